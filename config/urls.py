@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from graph_app.apis import ItemBatchUpsertApi, ItemDetailApi
+from personalization import views as platform_views
+from signals_app.apis import EventIngestApi
+from surface_app.apis import RecommendationsApi, SimilarItemsApi
+from surface_app.views import demo_page
+
+api_v1 = [
+    path("items/batch", ItemBatchUpsertApi.as_view(), name="items-batch"),
+    path("items/<str:item_id>/similar", SimilarItemsApi.as_view(), name="items-similar"),
+    path("items/<str:item_id>", ItemDetailApi.as_view(), name="item-detail"),
+    path("events", EventIngestApi.as_view(), name="events"),
+    path("recommendations", RecommendationsApi.as_view(), name="recommendations"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
+
+urlpatterns = [
+    path("api/v1/", include((api_v1, "v1"))),
+    path("admin/", admin.site.urls),
+    path("demo/", demo_page, name="demo"),
+    path("healthz", platform_views.healthz, name="healthz"),
+    path("readyz", platform_views.readyz, name="readyz"),
+    path("metrics", platform_views.metrics, name="metrics"),
+]

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from graph_app.models import Item
+from graph_app.selectors import item_get_with_entities
+from graph_app.services import (
+    ITEM_BATCH_MAX,
+    EntityRef,
+    ItemInput,
+    content_projection,
+    item_delete,
+    item_upsert,
+)
+from personalization.errors import ApplicationError, flatten_errors
+from personalization.validation import JsonObjectField
+
+EXTERNAL_ID_MAX_LENGTH = 200
+
+
+class EntityRefSerializer(serializers.Serializer):
+    kind = serializers.SlugField(max_length=50)
+    id = serializers.CharField(max_length=EXTERNAL_ID_MAX_LENGTH)
+    name = serializers.CharField(max_length=300, required=False, default="", allow_blank=True)
+    weight = serializers.FloatField(required=False, default=1.0, min_value=0.0001, max_value=1000)
+
+
+class ItemInputSerializer(serializers.Serializer):
+    title = serializers.CharField(max_length=500)
+    description = serializers.CharField(required=False, default="", allow_blank=True, max_length=20000)
+    category = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0, required=False, allow_null=True)
+    in_stock = serializers.BooleanField(required=False, default=True)
+    attributes = JsonObjectField(required=False, default=dict)
+    entities = EntityRefSerializer(many=True, required=False, default=list, max_length=100)
+
+    def to_input(self, external_id: str) -> ItemInput:
+        data = self.validated_data
+        return ItemInput(
+            external_id=external_id,
+            title=data["title"],
+            description=data["description"],
+            category=data["category"],
+            price=data.get("price"),
+            in_stock=data["in_stock"],
+            attributes=data["attributes"],
+            entities=tuple(
+                EntityRef(kind=ref["kind"], external_id=ref["id"], name=ref["name"], weight=ref["weight"])
+                for ref in data["entities"]
+            ),
+        )
+
+
+class ItemBatchRowSerializer(ItemInputSerializer):
+    item_id = serializers.CharField(max_length=EXTERNAL_ID_MAX_LENGTH)
+
+
+class ItemOutputSerializer(serializers.Serializer):
+    item_id = serializers.CharField(source="external_id")
+    title = serializers.CharField()
+    description = serializers.CharField()
+    category = serializers.CharField()
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, allow_null=True, coerce_to_string=False)
+    in_stock = serializers.BooleanField()
+    attributes = serializers.JSONField()
+    entities = serializers.SerializerMethodField()
+    embedding_source = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_entities(self, item: Item) -> list[dict[str, Any]]:
+        return [
+            {"kind": link.entity.kind, "id": link.entity.external_id, "name": link.entity.name, "weight": link.weight}
+            for link in item.entity_links.all()
+        ]
+
+
+def _validate_item_id(item_id: str) -> str:
+    if len(item_id) > EXTERNAL_ID_MAX_LENGTH or "\x00" in item_id or not item_id.strip():
+        raise ApplicationError(
+            "item_id: must be 1 to 200 characters without NUL.",
+            errors={"item_id": [f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL."]},
+        )
+    return item_id
+
+
+class ItemDetailApi(APIView):
+    @extend_schema(responses=ItemOutputSerializer, operation_id="item_get")
+    def get(self, request: Request, item_id: str) -> Response:
+        item = get_object_or_404(item_get_with_entities(), external_id=item_id)
+        return Response(ItemOutputSerializer(item).data)
+
+    @extend_schema(
+        request=ItemInputSerializer,
+        responses={200: ItemOutputSerializer, 201: ItemOutputSerializer},
+        operation_id="item_upsert",
+    )
+    def put(self, request: Request, item_id: str) -> Response:
+        _validate_item_id(item_id)
+        serializer = ItemInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = item_upsert(data=serializer.to_input(item_id))
+        item = item_get_with_entities().get(pk=result.item.pk)
+        return Response(
+            ItemOutputSerializer(item).data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        )
+
+    @extend_schema(responses={204: None}, operation_id="item_delete")
+    def delete(self, request: Request, item_id: str) -> Response:
+        item = get_object_or_404(Item, external_id=item_id)
+        item_delete(item=item)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ItemBatchUpsertApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        items = serializers.ListField(child=serializers.JSONField(), max_length=ITEM_BATCH_MAX, allow_empty=False)
+
+    @extend_schema(
+        request=inline_serializer("ItemBatchRequest", {"items": ItemBatchRowSerializer(many=True)}),
+        responses=inline_serializer(
+            "ItemBatchResponse",
+            {
+                "created": serializers.IntegerField(),
+                "updated": serializers.IntegerField(),
+                "errors": serializers.ListField(child=serializers.DictField()),
+                "results": serializers.ListField(child=serializers.DictField()),
+            },
+        ),
+        operation_id="items_batch_upsert",
+    )
+    def post(self, request: Request) -> Response:
+        envelope = self.InputSerializer(data=request.data)
+        envelope.is_valid(raise_exception=True)
+        projection = content_projection()
+        created = updated = 0
+        errors: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = []
+        for index, row in enumerate(envelope.validated_data["items"]):
+            serializer = ItemBatchRowSerializer(data=row) if isinstance(row, dict) else None
+            if serializer is None or not serializer.is_valid():
+                row_errors = (
+                    flatten_errors(serializer.errors) if serializer is not None else {"item": ["Must be an object."]}
+                )
+                for field_name, messages in row_errors.items():
+                    errors.append({"index": index, "field": field_name, "message": messages[0]})
+                results.append(
+                    {
+                        "index": index,
+                        "item_id": row.get("item_id") if isinstance(row, dict) else None,
+                        "status": "error",
+                    }
+                )
+                continue
+            result = item_upsert(data=serializer.to_input(serializer.validated_data["item_id"]), projection=projection)
+            created += result.created
+            updated += not result.created
+            results.append(
+                {
+                    "index": index,
+                    "item_id": result.item.external_id,
+                    "status": "created" if result.created else "updated",
+                }
+            )
+        return Response({"created": created, "updated": updated, "errors": errors, "results": results})

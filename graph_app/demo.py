@@ -1,0 +1,212 @@
+"""Demo data: a sample of the UCI Online Retail data set (CC BY 4.0, see demo_data/ATTRIBUTION.md).
+
+Items get a category and tag entities derived from their descriptions; every invoice line becomes a purchase
+event that goes through the same validation and deduplication as the API.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import statistics
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from graph_app.models import Shopper
+from graph_app.services import EntityRef, ItemInput, content_projection, item_upsert
+from signals_app.services import EVENT_BATCH_MAX, events_ingest
+
+DEMO_SAMPLE = Path(__file__).resolve().parent / "demo_data" / "online_retail_sample.csv.gz"
+# Every 29th item (by a stable hash) is out of stock, so the demo shows stock filtering.
+OUT_OF_STOCK_MODULUS = 29
+
+CATEGORY_KEYWORDS = [
+    ("christmas", {"CHRISTMAS", "XMAS", "ADVENT", "SANTA", "REINDEER", "SNOWFLAKE"}),
+    ("lighting", {"T-LIGHT", "CANDLE", "LANTERN", "LIGHT", "LIGHTS", "NIGHTLIGHT", "CANDLES"}),
+    ("bags", {"BAG", "BAGS", "CHARLOTTE", "SHOPPER", "JUMBO"}),
+    (
+        "kitchen",
+        {
+            "MUG",
+            "CUP",
+            "CUPS",
+            "TEA",
+            "CAKE",
+            "LUNCH",
+            "BOWL",
+            "PLATE",
+            "PLATES",
+            "JAR",
+            "BOTTLE",
+            "NAPKINS",
+            "TIN",
+            "TINS",
+            "SPOON",
+            "BAKING",
+            "PANTRY",
+            "JAM",
+            "CUTLERY",
+        },
+    ),
+    (
+        "stationery",
+        {"CARD", "CARDS", "WRAP", "PAPER", "NOTEBOOK", "PENCIL", "PENCILS", "STICKER", "STICKERS", "ENVELOPE", "CHALK"},
+    ),
+    ("party", {"PARTY", "BUNTING", "BALLOON", "BALLOONS", "CANDLES", "BIRTHDAY"}),
+    ("garden", {"GARDEN", "PLANT", "WATERING", "BIRD", "FLOWER"}),
+    ("toys", {"TOY", "DOLLY", "GAME", "PLAYHOUSE", "SPACEBOY", "SKITTLES", "DOMINOES", "JIGSAW", "KIT"}),
+    (
+        "home decor",
+        {
+            "SIGN",
+            "FRAME",
+            "CLOCK",
+            "DOORMAT",
+            "CUSHION",
+            "HANGING",
+            "DECORATION",
+            "HOOK",
+            "MIRROR",
+            "DRAWER",
+            "HOLDER",
+            "WICKER",
+            "VASE",
+            "HEART",
+        },
+    ),
+]
+THEME_TAGS = {
+    "RETROSPOT",
+    "VINTAGE",
+    "POLKADOT",
+    "SPACEBOY",
+    "REGENCY",
+    "PAISLEY",
+    "WOODLAND",
+    "FAIRY",
+    "ROSE",
+    "LOVE",
+    "HEART",
+    "CHRISTMAS",
+    "ANTIQUE",
+    "FELTCRAFT",
+    "ENGLISH",
+    "FRENCH",
+    "GINGHAM",
+    "SKULL",
+    "OWL",
+    "BIRD",
+}
+COLOUR_TAGS = {
+    "RED",
+    "PINK",
+    "WHITE",
+    "BLUE",
+    "GREEN",
+    "IVORY",
+    "CREAM",
+    "BLACK",
+    "SILVER",
+    "GOLD",
+    "PURPLE",
+    "ORANGE",
+    "YELLOW",
+}
+
+
+@dataclass(frozen=True)
+class DemoLoadReport:
+    items: int
+    users: int
+    events_accepted: int
+    events_duplicate: int
+
+
+def _category(words: list[str]) -> str:
+    for category, keywords in CATEGORY_KEYWORDS:
+        if keywords.intersection(words):
+            return category
+    return "gifts"
+
+
+def _item_input(code: str, description: str, prices: list[float]) -> ItemInput:
+    words = description.upper().replace(",", " ").split()
+    category = _category(words)
+    entities = [EntityRef(kind="category", external_id=category, name=category.title())]
+    entities += [
+        EntityRef(kind="theme", external_id=word.lower(), name=word.title())
+        for word in sorted(THEME_TAGS.intersection(words))
+    ]
+    entities += [
+        EntityRef(kind="colour", external_id=word.lower(), name=word.title())
+        for word in sorted(COLOUR_TAGS.intersection(words))
+    ]
+    return ItemInput(
+        external_id=code,
+        title=description.title(),
+        description=f"{description.title()}. From the UK online gift retailer sample.",
+        category=category,
+        price=Decimal(str(round(statistics.median(prices), 2))),
+        in_stock=zlib.crc32(code.encode()) % OUT_OF_STOCK_MODULUS != 0,
+        attributes={"stock_code": code, "source": "uci-online-retail"},
+        entities=tuple(entities),
+    )
+
+
+def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -> DemoLoadReport:
+    with gzip.open(sample, "rt", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    descriptions: dict[str, str] = {}
+    prices: dict[str, list[float]] = defaultdict(list)
+    countries: dict[str, str] = {}
+    for row in rows:
+        descriptions.setdefault(row["StockCode"], row["Description"])
+        prices[row["StockCode"]].append(float(row["UnitPrice"]))
+        countries[row["CustomerID"]] = row["Country"]
+
+    projection = content_projection()
+    for code in sorted(descriptions):
+        item_upsert(data=_item_input(code, descriptions[code], prices[code]), projection=projection)
+    Shopper.objects.bulk_create(
+        [
+            Shopper(external_id=_user_id(customer), traits={"country": country})
+            for customer, country in sorted(countries.items())
+        ],
+        ignore_conflicts=True,
+    )
+
+    # Shift the 2010-2011 invoice dates so that the newest falls an hour before now.
+    dates = [datetime.fromisoformat(row["InvoiceDate"]).replace(tzinfo=UTC) for row in rows]
+    shift = ((now or datetime.now(UTC)) - timedelta(hours=1)) - max(dates)
+    events = []
+    line_numbers: dict[tuple[str, str], int] = defaultdict(int)
+    for row, date in zip(rows, dates, strict=True):
+        line_key = (row["InvoiceNo"], row["StockCode"])
+        line_numbers[line_key] += 1
+        events.append(
+            {
+                "event_id": f"retail-{row['InvoiceNo']}-{row['StockCode']}-{line_numbers[line_key]}",
+                "type": "purchase",
+                "user_id": _user_id(row["CustomerID"]),
+                "item_id": row["StockCode"],
+                "timestamp": (date + shift).isoformat(),
+                "value": round(float(row["UnitPrice"]) * float(row["Quantity"]), 2),
+                "context": {"invoice": row["InvoiceNo"], "quantity": int(float(row["Quantity"]))},
+            }
+        )
+    accepted = duplicates = 0
+    for start in range(0, len(events), EVENT_BATCH_MAX):
+        report = events_ingest(raw_events=events[start : start + EVENT_BATCH_MAX])
+        accepted += report.accepted
+        duplicates += report.duplicates
+    return DemoLoadReport(
+        items=len(descriptions), users=len(countries), events_accepted=accepted, events_duplicate=duplicates
+    )
+
+
+def _user_id(customer_id: str) -> str:
+    return f"customer-{int(float(customer_id))}"

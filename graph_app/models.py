@@ -1,0 +1,96 @@
+from django.conf import settings
+from django.db import models
+from pgvector.django import HnswIndex, VectorField
+
+
+class Item(models.Model):
+    external_id = models.CharField(max_length=200, unique=True)
+    title = models.CharField(max_length=500)
+    description = models.TextField(blank=True, default="")
+    category = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    price = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    in_stock = models.BooleanField(default=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    embedding = VectorField(dimensions=settings.EMBEDDING_DIMENSIONS, null=True, blank=True, editable=False)
+    # How the embedding was made: "content" for items without interactions, "collaborative" once learned.
+    embedding_source = models.CharField(max_length=20, blank=True, default="", editable=False)
+    # Decayed popularity, written by the popularity refresh; the fallback when Redis is unavailable.
+    popularity = models.FloatField(default=0.0, editable=False, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["external_id"]
+        indexes = [
+            HnswIndex(
+                name="item_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            )
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(price__gte=0) | models.Q(price__isnull=True), name="item_price_not_negative"
+            ),
+            models.CheckConstraint(condition=~models.Q(external_id=""), name="item_external_id_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.external_id}: {self.title}"
+
+
+class Shopper(models.Model):
+    """A storefront's end user (the API calls it `user_id`)."""
+
+    external_id = models.CharField(max_length=200, unique=True)
+    traits = models.JSONField(default=dict, blank=True)
+    embedding = VectorField(dimensions=settings.EMBEDDING_DIMENSIONS, null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["external_id"]
+        verbose_name = "user"
+        constraints = [
+            models.CheckConstraint(condition=~models.Q(external_id=""), name="shopper_external_id_not_empty")
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Entity(models.Model):
+    """A node of the knowledge graph that items relate to: a category, brand, creator, tag..."""
+
+    kind = models.SlugField(max_length=50)
+    external_id = models.CharField(max_length=200)
+    name = models.CharField(max_length=300, blank=True, default="")
+    items = models.ManyToManyField(Item, through="ItemEntity", related_name="entities")
+
+    class Meta:
+        ordering = ["kind", "external_id"]
+        verbose_name_plural = "entities"
+        constraints = [models.UniqueConstraint(fields=["kind", "external_id"], name="entity_unique_kind_external_id")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.external_id}"
+
+
+class ItemEntity(models.Model):
+    """A weighted item → entity relation."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="entity_links")
+    entity = models.ForeignKey(Entity, on_delete=models.CASCADE, related_name="item_links")
+    weight = models.FloatField(default=1.0)
+
+    class Meta:
+        verbose_name = "item relation"
+        constraints = [
+            models.UniqueConstraint(fields=["item", "entity"], name="item_entity_unique"),
+            models.CheckConstraint(condition=models.Q(weight__gt=0), name="item_entity_weight_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.item_id} -> {self.entity_id} ({self.weight})"

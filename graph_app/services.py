@@ -1,0 +1,126 @@
+"""Writes to the catalog and the knowledge graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from django.db import IntegrityError, transaction
+
+from graph_app.embeddings import ItemContent, content_features, project, random_projection
+from graph_app.models import Entity, Item, ItemEntity, Shopper
+from scoring_app.models import ModelVersion
+from scoring_app.selectors import model_artifact_arrays, model_version_active
+
+ITEM_BATCH_MAX = 1000
+
+
+@dataclass(frozen=True)
+class EntityRef:
+    kind: str
+    external_id: str
+    name: str = ""
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    external_id: str
+    title: str
+    description: str = ""
+    category: str = ""
+    price: Decimal | None = None
+    in_stock: bool = True
+    attributes: dict[str, Any] = field(default_factory=dict)
+    entities: tuple[EntityRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class ItemUpsertResult:
+    item: Item
+    created: bool
+
+
+def content_projection() -> np.ndarray:
+    """The projection from content features into the embedding space that the serving model uses."""
+    active = model_version_active(kind=ModelVersion.Kind.EMBEDDINGS)
+    if active is None:
+        return _default_projection()
+    return model_artifact_arrays(version=active.version)["content_projection"]
+
+
+_default_projection_cache: list[np.ndarray] = []
+
+
+def _default_projection() -> np.ndarray:
+    if not _default_projection_cache:
+        _default_projection_cache.append(random_projection())
+    return _default_projection_cache[0]
+
+
+def item_content_vector(*, data: ItemInput, projection: np.ndarray) -> list[float]:
+    content = ItemContent(
+        title=data.title,
+        description=data.description,
+        category=data.category,
+        entities=tuple((ref.kind, ref.external_id, ref.weight) for ref in data.entities),
+        attributes=data.attributes,
+    )
+    return project(content_features(content), projection).tolist()
+
+
+def _entities_replace(*, item: Item, refs: tuple[EntityRef, ...]) -> None:
+    ItemEntity.objects.filter(item=item).delete()
+    links = []
+    for ref in refs:
+        entity, created = Entity.objects.get_or_create(
+            kind=ref.kind, external_id=ref.external_id, defaults={"name": ref.name}
+        )
+        if ref.name and not created and entity.name != ref.name:
+            entity.name = ref.name
+            entity.save(update_fields=["name"])
+        links.append(ItemEntity(item=item, entity=entity, weight=ref.weight))
+    ItemEntity.objects.bulk_create(links)
+
+
+def item_upsert(*, data: ItemInput, projection: np.ndarray | None = None) -> ItemUpsertResult:
+    """Create or replace an item. A learned (collaborative) embedding survives edits; otherwise the item gets a
+    content vector at once so that it can be retrieved before the next training run."""
+    projection = content_projection() if projection is None else projection
+    try:
+        return _item_write(data=data, projection=projection)
+    except IntegrityError:
+        # Another request created the same item between our lookup and insert: it is an update after all.
+        return _item_write(data=data, projection=projection)
+
+
+def _item_write(*, data: ItemInput, projection: np.ndarray) -> ItemUpsertResult:
+    with transaction.atomic():
+        item = Item.objects.select_for_update().filter(external_id=data.external_id).first()
+        created = item is None
+        if item is None:
+            item = Item(external_id=data.external_id)
+        item.title = data.title
+        item.description = data.description
+        item.category = data.category
+        item.price = data.price
+        item.in_stock = data.in_stock
+        item.attributes = data.attributes
+        if item.embedding_source != "collaborative":
+            item.embedding = item_content_vector(data=data, projection=projection)
+            item.embedding_source = "content"
+        item.full_clean(validate_unique=False)
+        item.save()
+        _entities_replace(item=item, refs=data.entities)
+    return ItemUpsertResult(item=item, created=created)
+
+
+def item_delete(*, item: Item) -> None:
+    item.delete()
+
+
+def shoppers_ensure(*, external_ids: set[str]) -> None:
+    if external_ids:
+        Shopper.objects.bulk_create([Shopper(external_id=value) for value in external_ids], ignore_conflicts=True)

@@ -1,0 +1,180 @@
+"""Learning item and user embeddings from the event log (control plane: ORM and SQL are fine here).
+
+Collaborative vectors come from implicit's ALS on the weighted user-item matrix; a ridge regression maps
+content features onto them so that items with little or no history get a vector in the same space. An item's
+final vector blends the two by how much history it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+
+from graph_app.embeddings import ItemContent, content_features, feature_matrix, normalize_rows
+from graph_app.models import Item
+from scoring_app.models import ModelVersion
+from scoring_app.services import model_version_register
+from signals_app.event_types import BUILT_IN_EVENT_TYPES
+
+logger = logging.getLogger(__name__)
+
+ALS_ITERATIONS = 15
+ALS_REGULARIZATION = 0.05
+ALS_RANDOM_SEED = 42
+RIDGE_PENALTY = 1.0
+# An item with this many interacting users is half collaborative, half content.
+BLEND_HALF_WEIGHT_USERS = 5.0
+UPDATE_BATCH_SIZE = 2000
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    model_version: str
+    items: int
+    users: int
+    interactions: int
+    collaborative_items: int
+    seconds: float
+
+
+def _interaction_weights_sql() -> tuple[str, list[object]]:
+    types = [name for name, kind in BUILT_IN_EVENT_TYPES.items() if kind.popularity_weight > 0]
+    weights = [BUILT_IN_EVENT_TYPES[name].popularity_weight for name in types]
+    sql = """
+        SELECT e.user_id, e.item_id, sum(w.weight)
+        FROM signals_app_event e
+        JOIN unnest(%s::text[], %s::float8[]) AS w(type, weight) ON w.type = e.type
+        JOIN graph_app_item i ON i.external_id = e.item_id
+        WHERE e.user_id <> '' AND e.item_id <> ''
+        GROUP BY e.user_id, e.item_id
+    """
+    return sql, [types, weights]
+
+
+def _items_content() -> tuple[list[str], list[ItemContent]]:
+    ids: list[str] = []
+    contents: list[ItemContent] = []
+    links: dict[int, list[tuple[str, str, float]]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT l.item_id, e.kind, e.external_id, l.weight FROM graph_app_itementity l "
+            "JOIN graph_app_entity e ON e.id = l.entity_id"
+        )
+        for item_pk, kind, external_id, weight in cursor.fetchall():
+            links.setdefault(item_pk, []).append((kind, external_id, weight))
+    for pk, external_id, title, description, category, attributes in Item.objects.values_list(
+        "pk", "external_id", "title", "description", "category", "attributes"
+    ).iterator(chunk_size=5000):
+        ids.append(external_id)
+        contents.append(ItemContent(title, description, category, tuple(links.get(pk, ())), attributes or {}))
+    return ids, contents
+
+
+def _vector_literal(vector: np.ndarray) -> str:
+    return "[" + ",".join(f"{value:.6f}" for value in vector) + "]"
+
+
+def _vectors_write(table: str, ids: list[str], vectors: np.ndarray, sources: list[str] | None = None) -> None:
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), UPDATE_BATCH_SIZE):
+            chunk = slice(start, start + UPDATE_BATCH_SIZE)
+            literals = [_vector_literal(vector) for vector in vectors[chunk]]
+            if sources is None:
+                cursor.execute(
+                    f"UPDATE {table} AS t SET embedding = v.e::vector FROM unnest(%s::text[], %s::text[]) AS v(id, e) "
+                    "WHERE t.external_id = v.id",
+                    [ids[chunk], literals],
+                )
+            else:
+                cursor.execute(
+                    f"UPDATE {table} AS t SET embedding = v.e::vector, embedding_source = v.s "
+                    "FROM unnest(%s::text[], %s::text[], %s::text[]) AS v(id, e, s) WHERE t.external_id = v.id",
+                    [ids[chunk], literals, sources[chunk]],
+                )
+
+
+def embeddings_train() -> TrainingReport:
+    """Train on the whole log and make the result the serving embeddings model."""
+    import implicit
+    from scipy import sparse
+    from threadpoolctl import threadpool_limits
+
+    started = time.monotonic()
+    dimensions = settings.EMBEDDING_DIMENSIONS
+    item_ids, contents = _items_content()
+    item_index = {item_id: index for index, item_id in enumerate(item_ids)}
+    sql, params = _interaction_weights_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    user_ids = sorted({user_id for user_id, _, _ in rows})
+    user_index = {user_id: index for index, user_id in enumerate(user_ids)}
+    content = feature_matrix(content_features(item) for item in contents)
+
+    collaborative = np.zeros((len(item_ids), dimensions), dtype=np.float32)
+    users_per_item = np.zeros(len(item_ids), dtype=np.float32)
+    user_vectors = np.zeros((len(user_ids), dimensions), dtype=np.float32)
+    if rows:
+        user_items = sparse.csr_matrix(
+            (
+                np.log1p(np.asarray([weight for _, _, weight in rows], dtype=np.float32)),
+                ([user_index[user] for user, _, _ in rows], [item_index[item] for _, item, _ in rows]),
+            ),
+            shape=(len(user_ids), len(item_ids)),
+        )
+        users_per_item = np.asarray((user_items > 0).sum(axis=0)).ravel().astype(np.float32)
+        model = implicit.als.AlternatingLeastSquares(
+            factors=dimensions,
+            regularization=ALS_REGULARIZATION,
+            iterations=ALS_ITERATIONS,
+            random_state=ALS_RANDOM_SEED,
+            calculate_training_loss=False,
+        )
+        with threadpool_limits(1):
+            model.fit(user_items, show_progress=False)
+        collaborative = normalize_rows(np.asarray(model.item_factors)[:, :dimensions])
+        user_vectors = normalize_rows(np.asarray(model.user_factors)[:, :dimensions])
+
+    has_history = users_per_item > 0
+    if has_history.any():
+        # Ridge regression from content features to collaborative vectors, fitted on items with history.
+        x = content[has_history]
+        gram = (x.T @ x).toarray() + RIDGE_PENALTY * np.eye(content.shape[1], dtype=np.float32)
+        projection = np.linalg.solve(gram, (x.T @ collaborative[has_history])).astype(np.float32)
+    else:
+        from graph_app.embeddings import random_projection
+
+        projection = random_projection()
+    content_vectors = normalize_rows(np.asarray(content @ projection))
+    blend = (users_per_item / (users_per_item + BLEND_HALF_WEIGHT_USERS))[:, None]
+    item_vectors = normalize_rows(blend * collaborative + (1 - blend) * content_vectors)
+    sources = ["collaborative" if history else "content" for history in has_history]
+
+    with transaction.atomic():
+        _vectors_write("graph_app_item", item_ids, item_vectors, sources)
+        _vectors_write("graph_app_shopper", user_ids, user_vectors)
+        model_version = model_version_register(
+            kind=ModelVersion.Kind.EMBEDDINGS,
+            arrays={"content_projection": projection},
+            metrics={
+                "items": len(item_ids),
+                "users": len(user_ids),
+                "interactions": len(rows),
+                "collaborative_items": int(has_history.sum()),
+            },
+        )
+    report = TrainingReport(
+        model_version=model_version.version,
+        items=len(item_ids),
+        users=len(user_ids),
+        interactions=len(rows),
+        collaborative_items=int(has_history.sum()),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    logger.info("graph.embeddings_trained", extra=report.__dict__)
+    return report

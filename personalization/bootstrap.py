@@ -1,0 +1,100 @@
+"""First-run set-up of a platform: demo data, first model, default schedules, console login, a demo API key.
+
+Every step is idempotent, so the run command calls it on every start and a second start is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+ADMIN_USERNAME = "admin"
+DEFAULT_SCHEDULES = [
+    # (name, task, every N minutes)
+    ("Refresh item popularity", "signals.popularity_refresh", 5),
+    ("Retrain embeddings", "graph.embeddings_train", 60),
+]
+
+
+@dataclass(frozen=True)
+class BootstrapReport:
+    demo_loaded: bool
+    model_trained: bool
+    admin_password: str
+    demo_api_key: str
+
+
+def _secrets_file() -> Path:
+    return Path(settings.DATA_DIR) / "console-credentials.json"
+
+
+def schedules_install_defaults() -> int:
+    """Create the default beat schedules once; staff edit them in the admin afterwards, so never overwrite."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    created = 0
+    for name, task, minutes in DEFAULT_SCHEDULES:
+        interval, _ = IntervalSchedule.objects.get_or_create(every=minutes, period=IntervalSchedule.MINUTES)
+        _, was_created = PeriodicTask.objects.get_or_create(name=name, defaults={"task": task, "interval": interval})
+        created += was_created
+    return created
+
+
+def _console_credentials() -> tuple[str, str]:
+    """The admin password and demo API key made on the first run (kept in the ignored data folder)."""
+    from personalization.services import api_key_create
+
+    path = _secrets_file()
+    if path.exists():
+        stored = json.loads(path.read_text())
+        user = get_user_model().objects.filter(username=ADMIN_USERNAME).first()
+        if user is not None and user.check_password(stored["admin_password"]):
+            return stored["admin_password"], stored["demo_api_key"]
+        if user is not None:
+            return "(changed since the first run)", stored["demo_api_key"]
+    password = secrets.token_urlsafe(12)
+    with transaction.atomic():
+        user_model = get_user_model()
+        user = user_model.objects.filter(username=ADMIN_USERNAME).first()
+        if user is None:
+            user_model.objects.create_superuser(username=ADMIN_USERNAME, email="", password=password)
+        else:
+            user.set_password(password)
+            user.save(update_fields=["password"])
+        raw_key = api_key_create(name="demo storefront").raw_key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"admin_password": password, "demo_api_key": raw_key}))
+    path.chmod(0o600)
+    return password, raw_key
+
+
+def platform_bootstrap(*, with_demo_data: bool = True) -> BootstrapReport:
+    from graph_app.demo import demo_data_load
+    from graph_app.models import Item
+    from graph_app.training import embeddings_train
+    from scoring_app.models import ModelVersion
+    from scoring_app.selectors import model_version_active
+    from signals_app.popularity import popularity_refresh
+
+    demo_loaded = False
+    if with_demo_data and not Item.objects.exists():
+        report = demo_data_load()
+        logger.info("bootstrap.demo_loaded", extra=report.__dict__)
+        demo_loaded = True
+    model_trained = False
+    if model_version_active(kind=ModelVersion.Kind.EMBEDDINGS) is None and Item.objects.exists():
+        embeddings_train()
+        popularity_refresh()
+        model_trained = True
+    schedules_install_defaults()
+    password, raw_key = _console_credentials()
+    return BootstrapReport(demo_loaded, model_trained, password, raw_key)

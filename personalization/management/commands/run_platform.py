@@ -1,0 +1,85 @@
+"""Run the whole platform in the foreground: HTTP API (gunicorn), WebSockets (uvicorn), Celery worker and beat.
+
+Embedded PostgreSQL and Valkey are started by the settings when DATABASE_URL / REDIS_URL are unset, and stopped
+here on Ctrl-C; servers given by URL are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+from personalization import embedded
+from personalization.bootstrap import ADMIN_USERNAME, platform_bootstrap
+
+
+class Command(BaseCommand):
+    help = "Migrate, load demo data on first run, then run web, WebSocket, worker and beat until Ctrl-C."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--ws-port", type=int, default=int(os.environ.get("WS_PORT", "8001")))
+        parser.add_argument("--web-workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2")))
+        parser.add_argument("--no-demo", action="store_true", help="Do not load the demo data into an empty database.")
+
+    def handle(self, *args: object, **options: object) -> None:
+        from honcho.manager import Manager
+        from honcho.printer import Printer
+
+        embedded_services = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
+        call_command("migrate", interactive=False, verbosity=0)
+        report = platform_bootstrap(with_demo_data=not options["no_demo"])
+
+        host, port, ws_port = options["host"], options["port"], options["ws_port"]
+        env = {
+            **os.environ,
+            "DATABASE_URL": settings.DATABASE_URL,
+            "REDIS_URL": settings.REDIS_URL,
+            "WEBSOCKET_PUBLIC_URL": os.environ.get("WEBSOCKET_PUBLIC_URL", f"ws://{host}:{ws_port}"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        python = sys.executable
+        bin_dir = os.path.dirname(python)
+        processes = {
+            "web": (
+                f"{bin_dir}/gunicorn config.wsgi:application --bind {host}:{port}"
+                f" --workers {options['web_workers']} --log-level warning"
+            ),
+            "ws": f"{bin_dir}/uvicorn config.asgi:application --host {host} --port {ws_port} --log-level warning",
+            "worker": f"{bin_dir}/celery -A config worker --loglevel INFO --concurrency 1",
+            "beat": f"{bin_dir}/celery -A config beat --loglevel INFO",
+        }
+        base = f"http://{host}:{port}"
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    "Personalization platform",
+                    f"  API docs   {base}/api/v1/docs/   (log in to the admin first, or send the API key)",
+                    f"  Admin      {base}/admin/   user '{ADMIN_USERNAME}', password {report.admin_password}",
+                    f"  Demo page  {base}/demo/",
+                    f"  WebSocket  ws://{host}:{ws_port}/ws/v1/recommendations/?user_id=...&api_key=...",
+                    f"  API key    {report.demo_api_key}",
+                    f"  Try        curl -H 'Authorization: Bearer {report.demo_api_key}' \\\n"
+                    f"               '{base}/api/v1/recommendations?user_id=customer-12347'",
+                    "  Ctrl-C stops everything.",
+                    "",
+                ]
+            )
+        )
+        self.stdout.flush()
+        manager = Manager(Printer(sys.stdout))
+        for name, command in processes.items():
+            manager.add_process(name, command, env=env)
+        try:
+            manager.loop()
+        finally:
+            if embedded_services:
+                self.stdout.write("Stopping the embedded PostgreSQL and Valkey…")
+                embedded.stop_all(settings.DATA_DIR)
+        sys.exit(manager.returncode)

@@ -1,0 +1,53 @@
+"""Liveness, readiness and metrics for the operators' tooling."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django_prometheus.exports import ExportToDjangoView
+
+from personalization.redis_client import get_redis
+from personalization.services import api_key_verify
+
+logger = logging.getLogger(__name__)
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as error:  # any driver error means "not ready", which is what we report
+        logger.warning("readyz.postgres_down", extra={"error": str(error)})
+        checks["postgres"] = "down"
+    try:
+        get_redis().ping()
+        checks["redis"] = "ok"
+    except Exception as error:
+        logger.warning("readyz.redis_down", extra={"error": str(error)})
+        checks["redis"] = "down"
+    ready = all(state == "ok" for state in checks.values())
+    return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition, behind an API key (Prometheus sends it as `bearer_token`) or a staff session."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw_key = header.partition(" ")
+    has_key = scheme.lower() == "bearer" and api_key_verify(raw_key=raw_key.strip()) is not None
+    is_staff = request.user.is_authenticated and request.user.is_staff
+    if not (has_key or is_staff):
+        response = JsonResponse(
+            {"detail": "Authentication credentials were not provided.", "code": "not_authenticated", "errors": {}},
+            status=401,
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+        return response
+    return ExportToDjangoView(request)

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from graph_app.selectors import item_exists
+from scoring_app.engine.retrieval import similar_items
+from surface_app.serving.slates import slate_serve
+
+K_MAX = 100
+
+
+class CandidateSerializer(serializers.Serializer):
+    item_id = serializers.CharField()
+    score = serializers.FloatField()
+    source = serializers.CharField()
+    explanation = serializers.CharField()
+
+
+class SlateSerializer(serializers.Serializer):
+    request_id = serializers.CharField()
+    placement = serializers.CharField()
+    items = CandidateSerializer(many=True)
+    confidence = serializers.FloatField()
+    model_version = serializers.CharField(allow_null=True)
+    degraded = serializers.ListField(child=serializers.CharField())
+
+
+class RecommendationsApi(APIView):
+    class QuerySerializer(serializers.Serializer):
+        user_id = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+        session_id = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+        placement = serializers.CharField(max_length=100, required=False, default="default")
+        k = serializers.IntegerField(min_value=1, max_value=K_MAX, required=False, default=10)
+
+        def validate(self, attrs: dict[str, object]) -> dict[str, object]:
+            if not attrs["user_id"] and not attrs["session_id"]:
+                raise serializers.ValidationError({"user_id": ["Either user_id or session_id is required."]})
+            return attrs
+
+    @extend_schema(parameters=[QuerySerializer], responses=SlateSerializer, operation_id="recommendations_get")
+    def get(self, request: Request) -> Response:
+        query = self.QuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        user_key = data["user_id"] or f"session:{data['session_id']}"
+        slate = slate_serve(user_key=user_key, placement=data["placement"], k=data["k"])
+        return Response(slate.as_dict())
+
+
+class SimilarItemsApi(APIView):
+    class QuerySerializer(serializers.Serializer):
+        k = serializers.IntegerField(min_value=1, max_value=K_MAX, required=False, default=10)
+
+    @extend_schema(
+        parameters=[QuerySerializer, OpenApiParameter("item_id", str, OpenApiParameter.PATH)],
+        responses=inline_serializer(
+            "SimilarItems", {"item_id": serializers.CharField(), "items": CandidateSerializer(many=True)}
+        ),
+        operation_id="items_similar",
+    )
+    def get(self, request: Request, item_id: str) -> Response:
+        query = self.QuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        if not item_exists(external_id=item_id):
+            raise NotFound(f"No item with item_id '{item_id}'.")
+        candidates = similar_items(item_id=item_id, k=query.validated_data["k"])
+        return Response({"item_id": item_id, "items": [candidate.__dict__ for candidate in candidates]})

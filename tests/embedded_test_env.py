@@ -1,0 +1,17 @@
+"""Loaded with `-p` before Django's settings are imported: the tests get their own embedded servers
+(under .data/test) unless DATABASE_URL / REDIS_URL point at real ones, so a running demo is never touched."""
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STARTED_EMBEDDED_SERVERS = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
+os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(PROJECT_ROOT / ".data" / "test"))
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def pytest_unconfigure(config: object) -> None:
+    if STARTED_EMBEDDED_SERVERS and not os.environ.get("KEEP_TEST_SERVERS"):
+        from personalization import embedded
+
+        embedded.stop_all(Path(os.environ["PERSONALIZATION_DATA_DIR"]))

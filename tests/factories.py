@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import factory
+from django.utils import timezone
+
+from graph_app.models import Entity, Item, ItemEntity, Shopper
+from signals_app.models import Event
+
+
+class ItemFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Item
+
+    external_id = factory.Sequence(lambda n: f"sku-{n}")
+    title = factory.Sequence(lambda n: f"Item {n}")
+    category = "mugs"
+    price = "9.99"
+    in_stock = True
+
+
+class ShopperFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Shopper
+
+    external_id = factory.Sequence(lambda n: f"user-{n}")
+
+
+class EntityFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Entity
+
+    kind = "brand"
+    external_id = factory.Sequence(lambda n: f"brand-{n}")
+
+
+class ItemEntityFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ItemEntity
+
+    item = factory.SubFactory(ItemFactory)
+    entity = factory.SubFactory(EntityFactory)
+
+
+class EventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Event
+
+    event_id = factory.Sequence(lambda n: f"event-{n}")
+    type = "view"
+    user_id = "user-1"
+    item_id = "sku-1"
+    occurred_at = factory.LazyFunction(lambda: timezone.now() - timedelta(minutes=1))
