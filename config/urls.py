@@ -15,7 +15,7 @@ api_v1 = [
     path("events", EventIngestApi.as_view(), name="events"),
     path("recommendations", RecommendationsApi.as_view(), name="recommendations"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="v1:schema"), name="docs"),
 ]
 
 urlpatterns = [

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import OperationalError
 from django.http import Http404
+from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from personalization.errors import ApplicationError, first_message, flatten_errors
 
+logger = logging.getLogger(__name__)
+
+
+SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, (RedisError, OperationalError)):
+        # A store is down: tell the client to retry shortly instead of failing with a 500.
+        logger.warning("api.store_unavailable", extra={"error": str(exc)})
+        return Response(
+            {"detail": "A backing store is unavailable; retry shortly.", "code": "service_unavailable", "errors": {}},
+            status=503,
+            headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, ApplicationError):
         return Response({"detail": exc.message, "code": exc.code, "errors": exc.errors}, status=exc.status_code)
     if isinstance(exc, DjangoValidationError):

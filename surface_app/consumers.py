@@ -1,7 +1,8 @@
 """WebSocket `/ws/v1/recommendations/?placement=P&user_id=U[&k=10][&api_key=KEY]`.
 
 Browsers cannot set headers on a WebSocket, so the key comes as `api_key` in the query string (or as an
-`Authorization: Bearer` header from server-side clients); a staff member's console session also works.
+`Authorization: Bearer` header from server-side clients); a staff member's console session also works when the
+page comes from a trusted origin (DJANGO_CSRF_TRUSTED_ORIGINS).
 Close codes: 4401 not authenticated, 4400 bad query.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from personalization.services import api_key_verify
@@ -68,4 +70,10 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         if raw_key:
             return await database_sync_to_async(api_key_verify)(raw_key=raw_key) is not None
         user = self.scope.get("user")
-        return bool(user is not None and user.is_authenticated and user.is_staff)
+        is_staff = bool(user is not None and user.is_authenticated and user.is_staff)
+        # A cookie-authenticated socket must come from the console's own pages (no cross-site hijacking).
+        return is_staff and self._origin_is_trusted()
+
+    def _origin_is_trusted(self) -> bool:
+        origin = dict(self.scope.get("headers", [])).get(b"origin", b"").decode("latin-1")
+        return origin in settings.CSRF_TRUSTED_ORIGINS

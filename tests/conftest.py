@@ -6,7 +6,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from personalization import services as key_services
-from personalization.redis_client import get_redis
+from personalization.redis_client import get_redis, redis_client_for
 
 
 @pytest.fixture(autouse=True)
@@ -47,4 +47,18 @@ def dead_redis() -> redis.Redis:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.2, socket_connect_timeout=0.1)
+    return redis_client_for(f"redis://127.0.0.1:{port}/0")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Connections opened by worker threads (Channels' database_sync_to_async, live servers) would block dropping
+    the test database at the end: end them first."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )

@@ -125,3 +125,16 @@ def test_invalid_json_is_400(api_client):
 def test_events_require_a_key(anonymous_client):
     assert anonymous_client.post("/api/v1/events", view("e1"), format="json").status_code == 401
     assert not Event.objects.exists()
+
+
+def test_redis_outage_answers_503_with_retry_after(api_client, monkeypatch):
+    from signals_app import services
+    from tests.conftest import dead_redis
+
+    monkeypatch.setattr(services, "get_redis", dead_redis)
+
+    response = api_client.post("/api/v1/events", view("e1"), format="json")
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["code"] == "service_unavailable"

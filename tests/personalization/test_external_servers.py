@@ -1,0 +1,61 @@
+"""With DATABASE_URL and REDIS_URL set, the platform uses those servers and starts nothing of its own."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from tests.embedded_test_env import PROJECT_ROOT
+from tests.integration_helpers import child_env
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+
+EXTERNAL_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+INGEST_SCRIPT = """
+from django.conf import settings
+from django.test import Client
+from personalization.services import api_key_create
+key = api_key_create(name="external check").raw_key
+response = Client().post(
+    "/api/v1/events",
+    {"event_id": "external-1", "type": "view", "user_id": "external-user", "item_id": "sku-x"},
+    content_type="application/json",
+    HTTP_AUTHORIZATION=f"Bearer {key}",
+)
+print(settings.REDIS_URL, response.status_code, response.json()["accepted"])
+"""
+
+
+def _external_redis_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.3):
+            return redis.Redis.from_url(EXTERNAL_REDIS_URL, socket_timeout=0.5).ping()
+    except (OSError, redis.RedisError):
+        return False
+
+
+@pytest.mark.skipif(not _external_redis_answers(), reason="no Redis answers on 127.0.0.1:6379")
+def test_ingest_uses_the_external_redis_and_database(tmp_path):
+    external = redis.Redis.from_url(EXTERNAL_REDIS_URL)
+    external.delete("user:{external-user}:recent")
+    empty_data_dir = tmp_path / "data"
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", INGEST_SCRIPT],
+        cwd=PROJECT_ROOT,
+        env=child_env(REDIS_URL=EXTERNAL_REDIS_URL, PERSONALIZATION_DATA_DIR=str(empty_data_dir)),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert result.stdout.strip().splitlines()[-1] == f"{EXTERNAL_REDIS_URL} 202 1", result.stderr
+    assert external.lrange("user:{external-user}:recent", 0, -1) == [b"sku-x"]
+    assert not empty_data_dir.exists()  # no embedded server was started
+    from signals_app.models import Event
+
+    assert Event.objects.filter(event_id="external-1").exists()
+    external.delete("user:{external-user}:recent", "items:popularity")

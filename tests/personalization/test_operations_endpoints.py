@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from personalization import views
+from tests.conftest import dead_redis
+from tests.embedded_test_env import PROJECT_ROOT
+
+pytestmark = pytest.mark.django_db
+
+
+def test_healthz_needs_no_key(anonymous_client):
+    response = anonymous_client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_readyz_checks_postgres_and_redis(anonymous_client):
+    response = anonymous_client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}}
+
+
+def test_readyz_is_503_when_redis_is_down(anonymous_client, monkeypatch):
+    monkeypatch.setattr(views, "get_redis", dead_redis)
+
+    response = anonymous_client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"postgres": "ok", "redis": "down"}
+
+
+def test_readyz_is_503_when_postgres_is_down():
+    """A separate process pointed at a port where no PostgreSQL listens, through the real stack."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/postgres",
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    script = (
+        "from django.test import Client; r = Client().get('/readyz'); "
+        "print(r.status_code, r.json()['checks']['postgres'], r.json()['checks']['redis'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == "503 down ok", result.stderr
+
+
+def test_metrics_need_a_key(anonymous_client, api_client):
+    assert anonymous_client.get("/metrics").status_code == 401
+
+    response = api_client.get("/metrics")
+
+    assert response.status_code == 200
+    assert b"django_http_requests_total_by_method_total" in response.content
+
+
+def test_openapi_schema_and_docs(api_client, anonymous_client):
+    assert anonymous_client.get("/api/v1/schema/").status_code == 401
+
+    schema = api_client.get("/api/v1/schema/", {"format": "json"})
+    docs = api_client.get("/api/v1/docs/")
+
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert {
+        "/api/v1/items/{item_id}",
+        "/api/v1/items/batch",
+        "/api/v1/items/{item_id}/similar",
+        "/api/v1/events",
+        "/api/v1/recommendations",
+    } <= set(paths)
+    assert set(paths["/api/v1/items/{item_id}"]) == {"get", "put", "delete"}
+    assert docs.status_code == 200
+    assert b"swagger-ui" in docs.content
+    assert b"cdn." not in docs.content
+
+
+def test_vector_extension_and_hnsw_index_exist():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        assert cursor.fetchone()[0] >= "0.8"
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'item_embedding_hnsw'")
+        assert "hnsw (embedding vector_cosine_ops)" in cursor.fetchone()[0]

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from personalization import redis_keys
+from scoring_app.engine import retrieval
+from tests.conftest import dead_redis
+from tests.factories import ItemFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def unit(*weights: float) -> list[float]:
+    vector = np.zeros(64)
+    vector[: len(weights)] = weights
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+@pytest.fixture
+def catalog():
+    ItemFactory(external_id="anchor", embedding=unit(1, 0))
+    ItemFactory(external_id="near", embedding=unit(1, 0.1))
+    ItemFactory(external_id="nearest-but-sold-out", embedding=unit(1, 0.01), in_stock=False)
+    ItemFactory(external_id="far", embedding=unit(0, 1))
+    ItemFactory(external_id="middle", embedding=unit(1, 1))
+
+
+def test_user_with_history_gets_similar_in_stock_unseen_items(api_client, clean_redis, catalog):
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "anchor")
+
+    response = api_client.get("/api/v1/recommendations", {"user_id": "u1", "placement": "home", "k": 3})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert [item["item_id"] for item in body["items"]] == ["near", "middle", "far"]
+    assert {item["source"] for item in body["items"]} == {"similar"}
+    assert body["items"][0]["score"] == pytest.approx(1 - 0.00496, abs=1e-3)
+    assert body["placement"] == "home"
+    assert body["confidence"] == 1.0
+    assert body["degraded"] == []
+
+
+def test_new_user_gets_popular_items_in_stock(api_client, clean_redis):
+    ItemFactory(external_id="p1")
+    ItemFactory(external_id="p2")
+    ItemFactory(external_id="p3-sold-out", in_stock=False)
+    clean_redis.zadd(redis_keys.ITEM_POPULARITY, {"p1": 5, "p2": 10, "p3-sold-out": 50, "not-in-catalog": 99})
+
+    body = api_client.get("/api/v1/recommendations", {"user_id": "stranger", "k": 5}).json()
+
+    assert [(item["item_id"], item["source"], item["score"]) for item in body["items"]] == [
+        ("p2", "popular", 0.101010),
+        ("p1", "popular", 0.050505),
+    ]
+    assert body["confidence"] == 0.0
+
+
+def test_similar_items_are_filled_with_popular_ones(api_client, clean_redis):
+    ItemFactory(external_id="seen", embedding=unit(1, 0))
+    ItemFactory(external_id="close", embedding=unit(1, 0.2))
+    ItemFactory(external_id="no-vector")
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "seen")
+    clean_redis.zadd(redis_keys.ITEM_POPULARITY, {"no-vector": 3, "seen": 9})
+
+    body = api_client.get("/api/v1/recommendations", {"user_id": "u1", "k": 5}).json()
+
+    assert [(item["item_id"], item["source"]) for item in body["items"]] == [("close", "similar"), ("no-vector", "popular")]
+    assert body["confidence"] == 0.2
+
+
+def test_served_slate_is_logged_for_attribution(api_client, clean_redis, catalog):
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "anchor")
+    clean_redis.set(redis_keys.active_model("embeddings"), "embeddings-v7")
+
+    body = api_client.get("/api/v1/recommendations", {"user_id": "u1", "placement": "pdp", "k": 2}).json()
+
+    assert body["model_version"] == "embeddings-v7"
+    logged = json.loads(clean_redis.get(redis_keys.slate(body["request_id"])))
+    assert logged["placement"] == "pdp"
+    assert logged["user_key"] == "u1"
+    assert [(row["item_id"], row["slot"]) for row in logged["items"]] == [("near", 0), ("middle", 1)]
+    assert 0 < clean_redis.ttl(redis_keys.slate(body["request_id"])) <= 7 * 24 * 3600
+
+
+def test_recommendations_take_one_sql_query(api_client, clean_redis, catalog, django_assert_num_queries):
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "anchor")
+    api_client.get("/api/v1/recommendations", {"user_id": "u1"})  # warms the API key cache
+
+    with django_assert_num_queries(1):
+        assert api_client.get("/api/v1/recommendations", {"user_id": "u1"}).status_code == 200
+
+
+def test_redis_outage_degrades_to_catalog_popularity(api_client, monkeypatch):
+    ItemFactory(external_id="popular", popularity=10)
+    ItemFactory(external_id="less", popularity=1)
+    ItemFactory(external_id="sold-out", popularity=99, in_stock=False)
+    monkeypatch.setattr(retrieval, "get_redis", dead_redis)
+    from surface_app.serving import slates
+
+    monkeypatch.setattr(slates, "get_redis", dead_redis)
+
+    response = api_client.get("/api/v1/recommendations", {"user_id": "u1", "k": 5})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert [item["item_id"] for item in body["items"]] == ["popular", "less"]
+    assert body["degraded"] == ["user_state_unavailable", "impression_log_failed"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({}, "user_id"), ({"user_id": "u", "k": 0}, "k"), ({"user_id": "u", "k": 101}, "k"), ({"user_id": "u", "k": "x"}, "k")],
+)
+def test_bad_query_is_400(api_client, params, field):
+    response = api_client.get("/api/v1/recommendations", params)
+    assert response.status_code == 400
+    assert field in response.json()["errors"]
+
+
+def test_recommendations_require_a_key(anonymous_client):
+    response = anonymous_client.get("/api/v1/recommendations", {"user_id": "u1"})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_similar_items_by_embedding(api_client, catalog):
+    response = api_client.get("/api/v1/items/anchor/similar", {"k": 2})
+
+    assert response.status_code == 200
+    assert [item["item_id"] for item in response.json()["items"]] == ["near", "middle"]
+
+
+def test_similar_items_of_unknown_item_is_404(api_client):
+    assert api_client.get("/api/v1/items/ghost/similar").status_code == 404
+
+
+def test_similar_items_bad_k_is_400(api_client, catalog):
+    response = api_client.get("/api/v1/items/anchor/similar", {"k": -1})
+    assert response.status_code == 400
+    assert "k" in response.json()["errors"]

@@ -1,0 +1,90 @@
+"""The run command end to end: gunicorn, the WebSocket server, a Celery worker and beat as real processes.
+
+An event posted to the HTTP server reaches a WebSocket held by the other server through the Redis channel
+layer; Ctrl-C (SIGINT) stops every process.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from websockets.sync.client import connect
+
+from personalization.services import api_key_create
+from tests.embedded_test_env import PROJECT_ROOT
+from tests.factories import ItemFactory
+from tests.integration_helpers import child_env
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+START_TIMEOUT_SECONDS = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for(url: str, deadline: float) -> None:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _port_closed(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
+    ItemFactory(external_id="a", embedding=[1.0] + [0.0] * 63)
+    ItemFactory(external_id="b", embedding=[0.9, 0.1] + [0.0] * 62)
+    raw_key = api_key_create(name="e2e").raw_key
+    port, ws_port = _free_port(), _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
+         "--web-workers", "1"],
+        cwd=PROJECT_ROOT, env=child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        _wait_for(f"http://127.0.0.1:{port}/readyz", deadline)
+        _wait_for(f"http://127.0.0.1:{ws_port}/healthz", deadline)
+
+        with connect(f"ws://127.0.0.1:{ws_port}/ws/v1/recommendations/?api_key={raw_key}&user_id=u1&k=1") as socket_:
+            assert json.loads(socket_.recv(timeout=10))["items"] == []
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/v1/events",
+                data=json.dumps({"event_id": "e2e-1", "type": "view", "user_id": "u1", "item_id": "a"}).encode(),
+                headers={"Authorization": f"Bearer {raw_key}", "Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 202
+            pushed = json.loads(socket_.recv(timeout=10))
+            assert [item["item_id"] for item in pushed["items"]] == ["b"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert "Admin" in output and "password" in output, output
+    for name in ("web", "ws", "worker", "beat"):
+        assert f"{name} stopped" in output, output
+    assert _port_closed(port) and _port_closed(ws_port)
