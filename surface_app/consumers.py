@@ -12,8 +12,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from personalization.services import api_key_verify
 from surface_app.services import shelf_group_name

@@ -82,6 +82,7 @@ def candidates_retrieve(*, state: UserState, k: int) -> tuple[list[Candidate], l
     degraded: list[str] = []
     exclude = set(state.recent_items)
     popular_scores = dict(state.popular_items)
+    params: dict[str, int | list[str]]
     if "user_state_unavailable" in state.degraded:
         sql, params = _POPULAR_FROM_CATALOG_SQL, {"k": k + len(exclude)}
     else:

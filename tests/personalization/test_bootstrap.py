@@ -21,7 +21,10 @@ def test_bootstrap_trains_installs_schedules_and_makes_credentials(settings, tmp
 
     assert report.model_trained is True
     assert ModelVersion.objects.filter(is_active=True).count() == 1
-    assert set(PeriodicTask.objects.values_list("task", flat=True)) >= {"signals.popularity_refresh", "graph.embeddings_train"}
+    assert set(PeriodicTask.objects.values_list("task", flat=True)) >= {
+        "signals.popularity_refresh",
+        "graph.embeddings_train",
+    }
     admin = get_user_model().objects.get(username=ADMIN_USERNAME)
     assert admin.is_superuser and admin.check_password(report.admin_password)
     assert len(report.admin_password) >= 16

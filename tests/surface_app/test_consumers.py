@@ -93,8 +93,12 @@ async def test_staff_session_socket_needs_a_trusted_origin(settings):
     trusted = settings.CSRF_TRUSTED_ORIGINS[0]
     path = "/ws/v1/recommendations/?user_id=u1"
 
-    good = WebsocketCommunicator(application, path, headers=[(b"cookie", cookie.encode()), (b"origin", trusted.encode())])
-    evil = WebsocketCommunicator(application, path, headers=[(b"cookie", cookie.encode()), (b"origin", b"https://evil.example")])
+    good = WebsocketCommunicator(
+        application, path, headers=[(b"cookie", cookie.encode()), (b"origin", trusted.encode())]
+    )
+    evil = WebsocketCommunicator(
+        application, path, headers=[(b"cookie", cookie.encode()), (b"origin", b"https://evil.example")]
+    )
 
     assert (await good.connect())[0] is True
     assert (await good.receive_json_from(timeout=5))["type"] == "recommendations"

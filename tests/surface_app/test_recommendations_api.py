@@ -67,7 +67,10 @@ def test_similar_items_are_filled_with_popular_ones(api_client, clean_redis):
 
     body = api_client.get("/api/v1/recommendations", {"user_id": "u1", "k": 5}).json()
 
-    assert [(item["item_id"], item["source"]) for item in body["items"]] == [("close", "similar"), ("no-vector", "popular")]
+    assert [(item["item_id"], item["source"]) for item in body["items"]] == [
+        ("close", "similar"),
+        ("no-vector", "popular"),
+    ]
     assert body["confidence"] == 0.2
 
 
@@ -112,7 +115,12 @@ def test_redis_outage_degrades_to_catalog_popularity(api_client, monkeypatch):
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({}, "user_id"), ({"user_id": "u", "k": 0}, "k"), ({"user_id": "u", "k": 101}, "k"), ({"user_id": "u", "k": "x"}, "k")],
+    [
+        ({}, "user_id"),
+        ({"user_id": "u", "k": 0}, "k"),
+        ({"user_id": "u", "k": 101}, "k"),
+        ({"user_id": "u", "k": "x"}, "k"),
+    ],
 )
 def test_bad_query_is_400(api_client, params, field):
     response = api_client.get("/api/v1/recommendations", params)
