@@ -1,0 +1,114 @@
+"""Shared pieces of the benchmarks: Django set-up against the embedded (or configured) servers, process
+management, a closed-loop HTTP load generator and writing results to BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def django_setup() -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_process(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_http(port: int, path: str = "/healthz", timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            connection.request("GET", path)
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def closed_loop(
+    port: int, make_request: Callable[[int], tuple[str, str, bytes | None, dict[str, str]]], *, requests: int
+) -> dict[str, float]:
+    """One keep-alive connection, one request at a time; latency in milliseconds as the client sees it."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    latencies: list[float] = []
+    errors = 0
+    started = time.perf_counter()
+    for index in range(requests):
+        method, path, body, headers = make_request(index)
+        before = time.perf_counter()
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        latencies.append((time.perf_counter() - before) * 1000)
+        errors += response.status >= 400
+    elapsed = time.perf_counter() - started
+    return {
+        "requests": requests,
+        "errors": errors,
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "rps": round(requests / elapsed),
+    }
+
+
+def machine_description() -> str:
+    cpu = "unknown CPU"
+    try:
+        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu = match.group(1).strip() if match else cpu
+    except OSError:
+        pass
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def record(section: str, command: str, body: str) -> None:
+    """Replace (or add) one section of BENCHMARKS.md, keeping the others."""
+    header = "# Benchmarks\n\nFigures measured on this project's machines; each section says how and when.\n"
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else header
+    block = (
+        f"## {section}\n\n"
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
+        f"- Machine: {machine_description()}\n"
+        f"- Command: `{command}`\n\n"
+        f"{body.strip()}\n"
+    )
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    BENCHMARKS_MD.write_text(text.rstrip() + "\n")
+
+
+def to_json(value: object) -> str:
+    return json.dumps(value, indent=2, sort_keys=True)
