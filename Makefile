@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: run test lint typecheck bench clean-data
 
 $(STAMP): requirements.txt
@@ -15,7 +17,14 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	$(BIN)/python manage.py run_platform
 
-test: $(STAMP)
+# Browser tests drive Debian's Chromium; install it where we may (root with apt), else those tests skip.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium for the browser tests"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "No $(CHROMIUM): browser tests will be skipped"; fi
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	# The django-stubs plugin imports the settings: give it URLs so that no embedded server is started for it.

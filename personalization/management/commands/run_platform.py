@@ -41,6 +41,8 @@ class Command(BaseCommand):
             "DATABASE_URL": settings.DATABASE_URL,
             "REDIS_URL": settings.REDIS_URL,
             "WEBSOCKET_PUBLIC_URL": os.environ.get("WEBSOCKET_PUBLIC_URL", f"ws://{host}:{ws_port}"),
+            # The demo page's socket is authenticated by the console session only from trusted origins.
+            "DJANGO_CSRF_TRUSTED_ORIGINS": os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", f"http://{host}:{port}"),
             "PYTHONUNBUFFERED": "1",
         }
         python = sys.executable
