@@ -18,3 +18,6 @@ ITEM_POPULARITY = "items:popularity"
 
 def active_model(kind: str) -> str:
     return f"model:active:{kind}"
+
+
+CUSTOM_EVENT_TYPES = "event-types:custom"
