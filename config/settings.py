@@ -184,7 +184,8 @@ SPECTACULAR_SETTINGS = {
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Pub/sub: a group send is one PUBLISH, fanned out by Redis to the WebSocket processes that subscribed.
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL], "prefix": "channels"},
     }
 }
@@ -199,7 +200,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The event log's consumers get their own queue (and worker), so a long training run never delays them.
+CELERY_TASK_ROUTES = {"signals.events_drain": {"queue": "events"}}
 CELERY_TASK_ALWAYS_EAGER = _env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+
+# A stream entry pending this long belongs to a consumer presumed dead and is reclaimed by another.
+EVENT_RECLAIM_IDLE_MS = int(os.environ.get("EVENT_RECLAIM_IDLE_MS", "60000"))
+# Online state and event streams are split into this many partitions (by user); see personalization/redis_keys.py.
+EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "4"))
 
 # The embedding size of every vector column; changing it needs a migration and a retrain.
 EMBEDDING_DIMENSIONS = 64

@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from graph_app.apis import ItemBatchUpsertApi, ItemDetailApi
 from personalization import views as platform_views
 from signals_app import segment_apis
-from signals_app.apis import EventIngestApi
+from signals_app.apis import EventIngestApi, IdentifyApi
 from surface_app.apis import RecommendationsApi, SimilarItemsApi
 from surface_app.views import demo_page
 
@@ -16,6 +16,7 @@ api_v1 = [
     path("events", EventIngestApi.as_view(), name="events"),
     path("segment/track", segment_apis.SegmentTrackApi.as_view(), name="segment-track"),
     path("segment/batch", segment_apis.SegmentBatchApi.as_view(), name="segment-batch"),
+    path("users/<str:user_id>/identify", IdentifyApi.as_view(), name="user-identify"),
     path("recommendations", RecommendationsApi.as_view(), name="recommendations"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="v1:schema"), name="docs"),

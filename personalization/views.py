@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from typing import Any
 
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django_prometheus.exports import ExportToDjangoView
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from personalization.redis_client import get_redis
 from personalization.services import api_key_verify
@@ -50,4 +53,23 @@ def metrics(request: HttpRequest) -> HttpResponse:
         )
         response["WWW-Authenticate"] = 'Bearer realm="api"'
         return response
-    return ExportToDjangoView(request)
+    return HttpResponse(generate_latest(_metrics_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def _metrics_registry() -> Any:
+    """This process's metrics, or every worker's when PROMETHEUS_MULTIPROC_DIR is set (gunicorn), plus the
+    collectors that read shared state (event streams) at scrape time."""
+    from signals_app.stream_metrics import EventStreamCollector
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        source: Any = CollectorRegistry()
+        multiprocess.MultiProcessCollector(source)
+    else:
+        source = REGISTRY
+
+    class Combined:
+        def collect(self) -> Iterator[Any]:
+            yield from source.collect()
+            yield from EventStreamCollector().collect()
+
+    return Combined()

@@ -1,15 +1,115 @@
 from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.utils.functional import cached_property
 
-from signals_app.models import Event
+from signals_app.custom_types import custom_event_type_delete, custom_event_type_save
+from signals_app.event_types import BUILT_IN_EVENT_TYPES
+from signals_app.log import event_log_estimated_count
+from signals_app.models import CustomEventType, DeadLetter, Event, IdentityLink
+
+
+class EventTypeFilter(admin.SimpleListFilter):
+    """The known types, without scanning the log for its distinct values."""
+
+    title = "type"
+    parameter_name = "type"
+
+    def lookups(self, request, model_admin):  # type: ignore[no-untyped-def]
+        custom = CustomEventType.objects.values_list("name", flat=True)
+        return [(name, name) for name in sorted({*BUILT_IN_EVENT_TYPES, *custom})]
+
+    def queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        return queryset.filter(type=self.value()) if self.value() else queryset
+
+
+class AttributedFilter(admin.SimpleListFilter):
+    title = "attributed to a served slate"
+    parameter_name = "attributed"
+
+    def lookups(self, request, model_admin):  # type: ignore[no-untyped-def]
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        if self.value() == "yes":
+            return queryset.exclude(attributed_source="")
+        if self.value() == "no":
+            return queryset.filter(attributed_source="")
+        return queryset
+
+
+class EventLogPaginator(Paginator):
+    """The unfiltered log is counted from the planner's statistics: count(*) would read every partition."""
+
+    @cached_property
+    def count(self) -> int:
+        if not self.object_list.query.where:
+            estimate = event_log_estimated_count()
+            if estimate:
+                return estimate
+        return super().count
 
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     list_display = ["event_id", "type", "user_id", "session_id", "item_id", "placement", "occurred_at"]
-    list_filter = ["type"]
-    search_fields = ["event_id", "user_id", "session_id", "item_id"]
+    list_filter = [EventTypeFilter, AttributedFilter]
+    search_fields = ["event_id", "user_id", "item_id"]
+    search_help_text = "An exact event id, user id or item id."
     date_hierarchy = "occurred_at"
     show_full_result_count = False
+    paginator = EventLogPaginator
+
+    def get_search_results(self, request, queryset, search_term):  # type: ignore[no-untyped-def]
+        """Exact matches, which the log's indexes answer (a substring search would read every partition)."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(event_id=term) | Q(user_id=term) | Q(item_id=term)), False
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False  # events enter through the API or the import, which keep event ids unique
 
     def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
         return False  # the log is append-only
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(CustomEventType)
+class CustomEventTypeAdmin(admin.ModelAdmin):
+    list_display = ["name", "needs_item", "popularity_weight", "marks_interest", "description"]
+    search_fields = ["name"]
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        custom_event_type_save(event_type=obj)  # the form already ran the model's validation
+
+    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+        custom_event_type_delete(event_type=obj)
+
+    def delete_queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        for event_type in queryset:
+            custom_event_type_delete(event_type=event_type)
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "stream", "entry_id", "deliveries", "short_error"]
+    list_filter = ["stream"]
+    search_fields = ["entry_id", "payload", "error"]
+    readonly_fields = ["stream", "entry_id", "payload", "error", "deliveries", "created_at"]
+
+    @admin.display(description="error")
+    def short_error(self, obj: DeadLetter) -> str:
+        return obj.error[:120]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(IdentityLink)
+class IdentityLinkAdmin(admin.ModelAdmin):
+    list_display = ["session_id", "user_id", "linked_at"]
+    search_fields = ["session_id", "user_id"]
+    readonly_fields = ["session_id", "user_id", "linked_at"]

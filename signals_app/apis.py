@@ -2,45 +2,103 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from personalization.errors import ApplicationError
-from signals_app.services import EVENT_BATCH_MAX, EventSerializer, events_ingest
-from surface_app.services import shelves_notify
+from signals_app.identity import identity_link
+from signals_app.services import EVENT_BATCH_MAX, EVENT_BODY_MAX_BYTES, events_ingest
+from surface_app.services import shelves_notify, shelves_refresh_queue
+
+
+class EventDocSerializer(serializers.Serializer):
+    """For the OpenAPI schema only: events are validated by signals_app.validation (faster than DRF)."""
+
+    event_id = serializers.CharField(max_length=100, help_text="Client-made idempotency key.")
+    type = serializers.CharField(
+        help_text="view, click, dwell, add_to_cart, remove_from_cart, purchase, save, skip, hide, share, search, "
+        "custom, or a custom type registered in the admin."
+    )
+    user_id = serializers.CharField(required=False, max_length=200)
+    session_id = serializers.CharField(required=False, max_length=200)
+    item_id = serializers.CharField(required=False, max_length=200)
+    timestamp = serializers.DateTimeField(required=False, help_text="ISO 8601 or Unix seconds; default: now.")
+    placement = serializers.CharField(required=False, max_length=100)
+    request_id = serializers.CharField(required=False, max_length=100, help_text="From a served slate.")
+    slot = serializers.IntegerField(required=False, min_value=0)
+    value = serializers.FloatField(required=False)
+    context = serializers.DictField(required=False)
+
+
+class RawBodyParser(BaseParser):
+    """Hands the bytes to the view, which checks the size before parsing them with orjson."""
+
+    media_type = "*/*"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> bytes:
+        return bytes(stream.read()) if stream is not None else b""
+
+
+def parse_json_body(request: Request, *, max_bytes: int) -> Any:
+    declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    if declared > max_bytes:
+        raise ApplicationError(
+            f"The body must be at most {max_bytes // 1024} KB.",
+            code="payload_too_large",
+            errors={"body": [f"At most {max_bytes} bytes."]},
+            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    # request.data runs RawBodyParser once (the CSRF check of a console session may already have run it).
+    body = request.data if isinstance(request.data, bytes) else b""
+    if len(body) > max_bytes:
+        raise ApplicationError(
+            f"The body must be at most {max_bytes // 1024} KB.",
+            code="payload_too_large",
+            errors={"body": [f"At most {max_bytes} bytes."]},
+            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ApplicationError(
+            f"The body is not valid JSON: {error}", code="parse_error", errors={"body": [str(error)]}
+        ) from error
+
+
+INGEST_RESPONSE = inline_serializer(
+    "EventIngestResponse",
+    {
+        "accepted": serializers.IntegerField(),
+        "duplicates": serializers.IntegerField(),
+        "rejected": serializers.IntegerField(),
+        "errors": serializers.ListField(child=serializers.DictField()),
+    },
+)
 
 
 class EventIngestApi(APIView):
-    """Log what shoppers did: one event object, or {"events": [...]} with up to 500."""
+    """Log what shoppers did: one event object, or {"events": [...]} with up to 500 (1 MB)."""
+
+    parser_classes = [RawBodyParser]
 
     @extend_schema(
-        request=EventSerializer,
-        responses={
-            202: inline_serializer(
-                "EventIngestResponse",
-                {
-                    "accepted": serializers.IntegerField(),
-                    "duplicates": serializers.IntegerField(),
-                    "rejected": serializers.IntegerField(),
-                    "errors": serializers.ListField(child=serializers.DictField()),
-                },
-            )
-        },
+        request=EventDocSerializer,
+        responses={202: INGEST_RESPONSE},
         examples=[
             OpenApiExample(
-                "A product view",
-                value={"event_id": "e-1", "type": "view", "user_id": "u-1", "item_id": "sku-1"},
+                "A product view", value={"event_id": "e-1", "type": "view", "user_id": "u-1", "item_id": "sku-1"}
             )
         ],
         operation_id="events_ingest",
     )
     def post(self, request: Request) -> Response:
-        raw_events = _event_list(request.data)
-        report = events_ingest(raw_events=raw_events)
-        shelves_notify(user_keys={event.user_key for event in report.accepted_events})
+        raw_events = _event_list(parse_json_body(request, max_bytes=EVENT_BODY_MAX_BYTES))
+        report = events_ingest(raw_events=raw_events, on_users_changed=shelves_refresh_queue)
         return Response(
             {
                 "accepted": report.accepted,
@@ -70,3 +128,33 @@ def _event_list(body: Any) -> list[Any]:
     raise ApplicationError(
         'The body must be an event object or {"events": [...]}.', errors={"body": ["Must be a JSON object."]}
     )
+
+
+class IdentifyApi(APIView):
+    """Join an anonymous session's history to a user (e.g. at login)."""
+
+    class InputSerializer(serializers.Serializer):
+        session_id = serializers.CharField(max_length=200)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses=inline_serializer(
+            "IdentifyResponse",
+            {
+                "user_id": serializers.CharField(),
+                "session_id": serializers.CharField(),
+                "merged_items": serializers.IntegerField(),
+            },
+        ),
+        operation_id="user_identify",
+    )
+    def post(self, request: Request, user_id: str) -> Response:
+        if len(user_id) > 200 or "\x00" in user_id:
+            raise ApplicationError("user_id: at most 200 characters, no NUL.", errors={"user_id": ["Invalid user id."]})
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = identity_link(user_id=user_id, session_id=serializer.validated_data["session_id"])
+        shelves_notify(user_keys={user_id})
+        return Response(
+            {"user_id": result.user_id, "session_id": result.session_id, "merged_items": result.merged_items}
+        )

@@ -1,20 +1,34 @@
+from django.core.exceptions import ValidationError
 from django.db import models
 
 
 class Event(models.Model):
-    """The durable log of what shoppers did. `event_id` is the client's idempotency key."""
+    """The durable log of what shoppers did.
 
-    event_id = models.CharField(max_length=100, unique=True)
+    In PostgreSQL the table is partitioned by month of `occurred_at` (migration 0003), so its real primary key is
+    `(id, occurred_at)`; `id` alone is still unique (one identity sequence) and is what the ORM and the admin use.
+    Uniqueness of `event_id`, the client's idempotency key, is kept by `EventId`, written first by the log.
+    """
+
+    event_id = models.CharField(max_length=100)
     type = models.CharField(max_length=50)
     user_id = models.CharField(max_length=200, blank=True, default="")
     session_id = models.CharField(max_length=200, blank=True, default="")
     item_id = models.CharField(max_length=200, blank=True, default="")
     placement = models.CharField(max_length=100, blank=True, default="")
     request_id = models.CharField(max_length=100, blank=True, default="")
+    # The slot (0-based position) the storefront reported the item in.
+    slot = models.IntegerField(null=True, blank=True)
     value = models.FloatField(null=True, blank=True)
     context = models.JSONField(default=dict, blank=True)
     occurred_at = models.DateTimeField()
     received_at = models.DateTimeField(auto_now_add=True)
+    # The served slate the event answers, as the platform logged it (empty when the request_id matched none).
+    attributed_placement = models.CharField(max_length=100, blank=True, default="")
+    attributed_slot = models.IntegerField(null=True, blank=True)
+    attributed_model_version = models.CharField(max_length=60, blank=True, default="")
+    attributed_score = models.FloatField(null=True, blank=True)
+    attributed_source = models.CharField(max_length=30, blank=True, default="")
 
     class Meta:
         ordering = ["-occurred_at"]
@@ -22,6 +36,7 @@ class Event(models.Model):
             models.Index(fields=["user_id", "occurred_at"], name="event_user_time"),
             models.Index(fields=["item_id", "occurred_at"], name="event_item_time"),
             models.Index(fields=["occurred_at"], name="event_time"),
+            models.Index(fields=["event_id"], name="event_event_id"),
         ]
         constraints = [
             models.CheckConstraint(condition=~models.Q(user_id="", session_id=""), name="event_has_user_or_session")
@@ -29,3 +44,77 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.type} {self.user_id or self.session_id} {self.item_id}"
+
+
+class EventId(models.Model):
+    """Every event id the log holds, once: the idempotency key a partitioned table cannot enforce itself.
+
+    `occurred_at` locates the event's partition.
+    """
+
+    event_id = models.CharField(max_length=100, primary_key=True)
+    occurred_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "event id"
+
+    def __str__(self) -> str:
+        return self.event_id
+
+
+class IdentityLink(models.Model):
+    """An anonymous session joined to a user (at login): the session's history belongs to the user from then on."""
+
+    session_id = models.CharField(max_length=200, unique=True)
+    user_id = models.CharField(max_length=200, db_index=True)
+    linked_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-linked_at"]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} -> {self.user_id}"
+
+
+class CustomEventType(models.Model):
+    """An event type staff register in the admin, beside the built-in ones."""
+
+    name = models.SlugField(unique=True)
+    description = models.CharField(max_length=300, blank=True, default="")
+    needs_item = models.BooleanField(default=True)
+    popularity_weight = models.FloatField(default=0.0, help_text="0 leaves popularity and affinities alone.")
+    marks_interest = models.BooleanField(default=False, help_text="Whether the item joins the user's recent items.")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(popularity_weight__gte=0), name="custom_type_weight_not_negative")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from signals_app.event_types import BUILT_IN_EVENT_TYPES
+
+        if self.name in BUILT_IN_EVENT_TYPES:
+            raise ValidationError({"name": "This name is a built-in event type; choose another."})
+
+
+class DeadLetter(models.Model):
+    """A stream entry that could not be stored in the log, kept for staff to inspect."""
+
+    stream = models.CharField(max_length=100)
+    entry_id = models.CharField(max_length=50)
+    payload = models.TextField()
+    error = models.TextField()
+    deliveries = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "dead-lettered event"
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["stream", "entry_id"], name="dead_letter_unique_entry")]
+
+    def __str__(self) -> str:
+        return f"{self.stream} {self.entry_id}"

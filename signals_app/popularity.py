@@ -1,7 +1,7 @@
-"""Item popularity rebuilt from the durable log with exponential time decay (control plane).
+"""Item popularity recomputed from the durable log (control plane), stored in `Item.popularity`.
 
-The result replaces the Redis sorted set read by the hot path (atomically, via RENAME) and is copied to
-`Item.popularity`, the fallback when Redis is unavailable.
+The hot path ranks by the online, per-event popularity windows in Redis (signals_app/online_state.py); this
+copy in PostgreSQL is what recommendations fall back to when Redis is unavailable.
 """
 
 from __future__ import annotations
@@ -11,22 +11,20 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 
-from personalization import redis_keys
-from personalization.redis_client import get_redis
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
+from signals_app.online_reads import POPULAR_WINDOW
+from signals_app.online_state import TREND_WINDOWS
 
 logger = logging.getLogger(__name__)
 
 POPULARITY_WINDOW_DAYS = 30
-POPULARITY_HALF_LIFE_DAYS = 3.0
-REDIS_WRITE_BATCH_SIZE = 5000
 
 _DECAYED_POPULARITY_SQL = """
 SELECT e.item_id,
-       sum(w.weight * exp(-ln(2) * extract(epoch FROM (now() - e.occurred_at)) / 86400.0 / %(half_life)s))
+       sum(w.weight * power(2, -extract(epoch FROM (now() - e.occurred_at)) / %(half_life)s))
 FROM signals_app_event e
 JOIN unnest(%(types)s::text[], %(weights)s::float8[]) AS w(type, weight) ON w.type = e.type
-WHERE e.item_id <> '' AND e.occurred_at > now() - make_interval(days => %(window)s)
+WHERE e.item_id <> '' AND e.occurred_at > now() - make_interval(days => %(window)s) AND e.occurred_at <= now()
 GROUP BY e.item_id
 """
 
@@ -45,22 +43,11 @@ def popularity_refresh() -> PopularityReport:
             {
                 "types": types,
                 "weights": [BUILT_IN_EVENT_TYPES[name].popularity_weight for name in types],
-                "half_life": POPULARITY_HALF_LIFE_DAYS,
+                "half_life": float(TREND_WINDOWS[POPULAR_WINDOW]),
                 "window": POPULARITY_WINDOW_DAYS,
             },
         )
         scores = {item_id: float(score) for item_id, score in cursor.fetchall()}
-
-    redis = get_redis()
-    staging_key = redis_keys.ITEM_POPULARITY + ":staging"
-    redis.delete(staging_key)
-    pairs = list(scores.items())
-    for start in range(0, len(pairs), REDIS_WRITE_BATCH_SIZE):
-        redis.zadd(staging_key, dict(pairs[start : start + REDIS_WRITE_BATCH_SIZE]))
-    if pairs:
-        redis.rename(staging_key, redis_keys.ITEM_POPULARITY)
-    else:
-        redis.delete(redis_keys.ITEM_POPULARITY)
 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE graph_app_item SET popularity = 0 WHERE popularity <> 0")

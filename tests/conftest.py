@@ -62,3 +62,11 @@ def django_db_setup(django_db_setup, django_db_blocker):
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+@pytest.fixture(autouse=True)
+def _forget_linked_sessions():
+    """The ingest path remembers sessions it linked; Redis is emptied between tests, so must this be."""
+    from signals_app import services
+
+    services._linked_sessions.clear()

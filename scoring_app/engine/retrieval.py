@@ -7,6 +7,7 @@ single pgvector query that also checks stock for the popular fill.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from django.db import DatabaseError, connection
@@ -14,6 +15,7 @@ from redis.exceptions import RedisError
 
 from personalization import redis_keys
 from personalization.redis_client import get_redis
+from signals_app.online_reads import decode_popular, queue_popular
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +46,17 @@ def user_state_fetch(*, user_key: str, popular_depth: int) -> UserState:
     try:
         pipeline = get_redis().pipeline(transaction=False)
         pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_USED - 1)
-        pipeline.zrevrange(redis_keys.ITEM_POPULARITY, 0, popular_depth - 1, withscores=True)
         pipeline.get(redis_keys.active_model("embeddings"))
-        recent, popular, model_version = pipeline.execute()
+        queue_popular(pipeline, depth=popular_depth)
+        replies = pipeline.execute()
     except RedisError as error:
         logger.warning("score.user_state_unavailable", extra={"error": str(error)})
         return UserState(user_key, [], [], None, degraded=["user_state_unavailable"])
+    recent, model_version = replies[0], replies[1]
     return UserState(
         user_key=user_key,
         recent_items=[value.decode() for value in recent],
-        popular_items=[(value.decode(), float(score)) for value, score in popular],
+        popular_items=decode_popular(replies[2:], now=time.time(), depth=popular_depth),
         model_version=model_version.decode() if model_version else None,
     )
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 import redis
 
+from personalization import redis_keys
 from tests.embedded_test_env import PROJECT_ROOT
 from tests.integration_helpers import child_env
 
@@ -27,6 +28,8 @@ response = Client().post(
     content_type="application/json",
     HTTP_AUTHORIZATION=f"Bearer {key}",
 )
+from signals_app.consumer import events_drain_all
+events_drain_all()
 print(settings.REDIS_URL, response.status_code, response.json()["accepted"])
 """
 
@@ -42,7 +45,7 @@ def _external_redis_answers() -> bool:
 @pytest.mark.skipif(not _external_redis_answers(), reason="no Redis answers on 127.0.0.1:6379")
 def test_ingest_uses_the_external_redis_and_database(tmp_path):
     external = redis.Redis.from_url(EXTERNAL_REDIS_URL)
-    external.delete("user:{external-user}:recent")
+    external.flushdb()  # database 15 of the machine's Redis is the tests' own
     empty_data_dir = tmp_path / "data"
 
     result = subprocess.run(
@@ -53,9 +56,9 @@ def test_ingest_uses_the_external_redis_and_database(tmp_path):
     )  # fmt: skip
 
     assert result.stdout.strip().splitlines()[-1] == f"{EXTERNAL_REDIS_URL} 202 1", result.stderr
-    assert external.lrange("user:{external-user}:recent", 0, -1) == [b"sku-x"]
+    assert external.lrange(redis_keys.user_recent_items("external-user"), 0, -1) == [b"sku-x"]
     assert not empty_data_dir.exists()  # no embedded server was started
     from signals_app.models import Event
 
-    assert Event.objects.filter(event_id="external-1").exists()
-    external.delete("user:{external-user}:recent", "items:popularity")
+    assert Event.objects.filter(event_id="external-1", user_id="external-user").exists()
+    external.flushdb()

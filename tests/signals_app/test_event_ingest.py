@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -7,7 +8,9 @@ from django.utils import timezone
 
 from graph_app.models import Shopper
 from personalization import redis_keys
+from signals_app.consumer import events_drain_all
 from signals_app.models import Event
+from tests.signals_app.helpers import online_popularity, stream_lengths
 
 pytestmark = pytest.mark.django_db
 
@@ -16,38 +19,67 @@ def view(event_id: str, **overrides):
     return {"event_id": event_id, "type": "view", "user_id": "u1", "item_id": "sku-1", **overrides}
 
 
-def test_single_event_is_stored_and_updates_online_state(api_client, clean_redis):
-    response = api_client.post("/api/v1/events", view("e1", placement="home", value=1.5), format="json")
+def test_single_event_updates_online_state_then_reaches_the_log(api_client, clean_redis):
+    response = api_client.post("/api/v1/events", view("e1", placement="home", value=1.5, slot=2), format="json")
 
     assert response.status_code == 202
     assert response.json() == {"accepted": 1, "duplicates": 0, "rejected": 0, "errors": []}
-    event = Event.objects.get(event_id="e1")
-    assert (event.type, event.user_id, event.item_id, event.placement, event.value) == (
-        "view",
-        "u1",
-        "sku-1",
-        "home",
-        1.5,
-    )
     assert clean_redis.lrange(redis_keys.user_recent_items("u1"), 0, -1) == [b"sku-1"]
-    assert clean_redis.zscore(redis_keys.ITEM_POPULARITY, "sku-1") == 1.0
+    assert online_popularity()["sku-1"] == pytest.approx(1.0, rel=1e-4)
+    assert stream_lengths() == 1
+    assert not Event.objects.exists()  # no PostgreSQL on the ingest path
+
+    report = events_drain_all()
+
+    assert (report.read, report.stored) == (1, 1)
+    event = Event.objects.get(event_id="e1")
+    assert (event.type, event.user_id, event.item_id, event.placement, event.value, event.slot) == (
+        "view", "u1", "sku-1", "home", 1.5, 2,
+    )  # fmt: skip
     assert Shopper.objects.filter(external_id="u1").exists()
+    assert stream_lengths() == 0  # acknowledged entries are trimmed
 
 
-def test_same_event_id_counts_once_across_requests_and_within_a_batch(api_client, clean_redis):
+def test_same_event_id_counts_once_across_requests_and_within_a_batch(api_client):
     api_client.post("/api/v1/events", view("e1"), format="json")
 
     again = api_client.post("/api/v1/events", {"events": [view("e1"), view("e2"), view("e2")]}, format="json")
 
     assert again.json() == {"accepted": 1, "duplicates": 2, "rejected": 0, "errors": []}
+    assert online_popularity()["sku-1"] == pytest.approx(2.0, rel=1e-4)
+    events_drain_all()
     assert Event.objects.count() == 2
-    # The resend did not count twice in popularity.
-    assert clean_redis.zscore(redis_keys.ITEM_POPULARITY, "sku-1") == 2.0
+
+
+def test_retrying_a_whole_batch_never_double_counts(api_client):
+    batch = {"events": [view(f"b{n}", item_id=f"sku-{n % 3}") for n in range(30)]}
+
+    first = api_client.post("/api/v1/events", batch, format="json").json()
+    retry = api_client.post("/api/v1/events", batch, format="json").json()
+    events_drain_all()
+
+    assert (first["accepted"], retry["accepted"], retry["duplicates"]) == (30, 0, 30)
+    assert Event.objects.count() == 30
+    assert sum(online_popularity().values()) == pytest.approx(30.0, rel=1e-4)
+
+
+def test_resend_after_the_online_window_is_stored_once(api_client, clean_redis):
+    old = (timezone.now() - timedelta(days=3)).isoformat()
+    api_client.post("/api/v1/events", view("old-1", timestamp=old), format="json")
+    events_drain_all()
+    for key in clean_redis.scan_iter("seen:*"):
+        clean_redis.delete(key)  # the 48 h dedupe window has passed
+
+    api_client.post("/api/v1/events", view("old-1", timestamp=old), format="json")
+    events_drain_all()
+
+    assert Event.objects.filter(event_id="old-1").count() == 1
+    assert "sku-1" not in online_popularity()  # too old to move the online state
 
 
 def test_batch_accepts_valid_events_and_reports_each_rejected_one(api_client):
     future = (timezone.now() + timedelta(minutes=10)).isoformat()
-    late = (timezone.now() - timedelta(days=3)).isoformat()
+    late = (timezone.now() - timedelta(days=1)).isoformat()
     response = api_client.post(
         "/api/v1/events",
         {
@@ -61,6 +93,12 @@ def test_batch_accepts_valid_events_and_reports_each_rejected_one(api_client):
                 {"type": "search", "session_id": "s1", "event_id": "search-1", "context": {"query": "mug"}},
                 "junk",
                 view("nul\u0000id"),
+                view("x" * 101),
+                view("big", context={"blob": "x" * 33 * 1024}),
+                view("nested-nul", context={"a": [{"b": "c\u0000"}]}),
+                view("bad-slot", slot=-1),
+                view("bad-value", value="lots"),
+                view("bad-time", timestamp="yesterday"),
             ]
         },
         format="json",
@@ -68,7 +106,7 @@ def test_batch_accepts_valid_events_and_reports_each_rejected_one(api_client):
 
     assert response.status_code == 202
     body = response.json()
-    assert (body["accepted"], body["rejected"]) == (3, 6)
+    assert (body["accepted"], body["rejected"]) == (3, 12)
     assert {(error["index"], error["field"]) for error in body["errors"]} == {
         (1, "type"),
         (2, "user_id"),
@@ -76,9 +114,26 @@ def test_batch_accepts_valid_events_and_reports_each_rejected_one(api_client):
         (4, "timestamp"),
         (7, "event"),
         (8, "event_id"),
+        (9, "event_id"),
+        (10, "event"),
+        (11, "context"),
+        (12, "slot"),
+        (13, "value"),
+        (14, "timestamp"),
     }
+    events_drain_all()
     assert set(Event.objects.values_list("event_id", flat=True)) == {"ok-1", "late", "search-1"}
-    assert Event.objects.get(event_id="late").occurred_at < timezone.now() - timedelta(days=2)
+    assert Event.objects.get(event_id="late").occurred_at < timezone.now() - timedelta(hours=23)
+
+
+def test_body_over_one_megabyte_is_413_and_nothing_is_kept(api_client):
+    events = [view(f"e{n}", context={"pad": "x" * 2500}) for n in range(450)]
+
+    response = api_client.post("/api/v1/events", {"events": events}, format="json")
+
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    assert stream_lengths() == 0
 
 
 def test_session_events_build_session_state(api_client, clean_redis):
@@ -104,6 +159,38 @@ def test_recent_items_move_to_front_without_repeats(api_client, clean_redis):
     assert clean_redis.lrange(redis_keys.user_recent_items("u1"), 0, -1) == [b"a", b"b"]
 
 
+def test_entity_affinities_and_session_items_are_decayed_counters(
+    api_client, clean_redis, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):  # the item's entities reach Redis after commit
+        api_client.put(
+            "/api/v1/items/mug",
+            {"title": "Mug", "category": "kitchen", "entities": [{"kind": "brand", "id": "acme"}]},
+            format="json",
+        )
+    api_client.post(
+        "/api/v1/events",
+        {
+            "events": [
+                view("e1", item_id="mug", session_id="s1"),
+                view("e2", item_id="mug", type="purchase", session_id="s1"),
+            ]
+        },
+        format="json",
+    )
+
+    affinity = {
+        key.decode(): float(value) for key, value in clean_redis.hgetall(redis_keys.user_affinity("u1")).items()
+    }
+    epoch = affinity.pop("_epoch")
+    # Forward decay: weights (view 1 + purchase 8) stored against the key's epoch, the first event's time.
+    assert affinity["f:category:kitchen"] == pytest.approx(9.0, rel=1e-3)
+    assert affinity["f:brand:acme"] == pytest.approx(9.0, rel=1e-3)
+    assert affinity["r:brand:acme"] >= epoch
+    assert clean_redis.lrange(redis_keys.user_session_items("u1", "s1"), 0, -1) == [b"mug"]
+    assert 0 < clean_redis.ttl(redis_keys.user_session_items("u1", "s1")) <= 1800
+
+
 @pytest.mark.parametrize(
     "body",
     [["a", "list"], {"events": "nope"}, {"events": []}, {"events": [view(f"e{n}") for n in range(501)]}],
@@ -113,7 +200,7 @@ def test_malformed_bodies_are_400_and_store_nothing(api_client, body):
 
     assert response.status_code == 400
     assert response.json()["errors"]
-    assert not Event.objects.exists()
+    assert stream_lengths() == 0
 
 
 def test_invalid_json_is_400(api_client):
@@ -124,7 +211,7 @@ def test_invalid_json_is_400(api_client):
 
 def test_events_require_a_key(anonymous_client):
     assert anonymous_client.post("/api/v1/events", view("e1"), format="json").status_code == 401
-    assert not Event.objects.exists()
+    assert stream_lengths() == 0
 
 
 def test_redis_outage_answers_503_with_retry_after(api_client, monkeypatch):
@@ -138,3 +225,73 @@ def test_redis_outage_answers_503_with_retry_after(api_client, monkeypatch):
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert response.json()["code"] == "service_unavailable"
+
+
+def test_hung_redis_answers_503_instead_of_hanging(api_client, monkeypatch, tmp_path):
+    """A Redis that accepts connections but never answers (SIGSTOP): the short socket timeout turns it into a 503."""
+    import os
+    import signal
+
+    from personalization import embedded
+    from personalization.redis_client import redis_client_for
+    from signals_app import services
+
+    url = embedded.ensure_valkey(tmp_path)
+    pid = int((tmp_path / "valkey" / "valkey.pid").read_text())
+    hung_client = redis_client_for(url)
+    hung_client.ping()
+    monkeypatch.setattr(services, "get_redis", lambda: hung_client)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        response = api_client.post("/api/v1/events", view("e1"), format="json")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        embedded.stop_valkey(tmp_path)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_metrics_count_events_by_type_and_outcome(api_client):
+    api_client.post("/api/v1/events", {"events": [view("m1"), view("m1"), view("m2", type="nope")]}, format="json")
+
+    text = api_client.get("/metrics").content.decode()
+
+    assert 'signals_events_total{outcome="accepted",type="view"}' in text
+    assert 'signals_events_total{outcome="duplicate",type="view"}' in text
+    assert 'signals_events_total{outcome="rejected",type="other"}' in text
+    assert "signals_ingest_seconds_bucket" in text
+    assert 'signals_stream_length{partition="' in text
+    lag_lines = [line for line in text.splitlines() if line.startswith("signals_consumer_lag{")]
+    assert sum(float(line.split()[-1]) for line in lag_lines) == 1.0
+
+
+def test_served_slate_attribution_reaches_the_log(api_client, clean_redis):
+    clean_redis.set(
+        redis_keys.slate("req-1"),
+        json.dumps(
+            {
+                "placement": "home",
+                "model_version": "embeddings-v3",
+                "items": [{"item_id": "sku-9", "slot": 4, "score": 0.7, "source": "similar"}],
+            }
+        ),
+    )
+
+    api_client.post("/api/v1/events", view("click-1", type="click", item_id="sku-9", request_id="req-1"), format="json")
+    events_drain_all()
+
+    event = Event.objects.get(event_id="click-1")
+    assert (event.attributed_placement, event.attributed_slot, event.attributed_model_version) == (
+        "home",
+        4,
+        "embeddings-v3",
+    )
+    assert (event.attributed_score, event.attributed_source) == (0.7, "similar")
+
+
+def test_the_text_backslash_u0000_is_not_a_nul(api_client):
+    response = api_client.post(
+        "/api/v1/events", view("lit", context={"note": "\\u0000 is how JSON writes NUL"}), format="json"
+    )
+    assert response.json()["accepted"] == 1

@@ -7,7 +7,9 @@ here on Ctrl-C; servers given by URL are left alone.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
@@ -45,15 +47,24 @@ class Command(BaseCommand):
             "DJANGO_CSRF_TRUSTED_ORIGINS": os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", f"http://{host}:{port}"),
             "PYTHONUNBUFFERED": "1",
         }
+        # Counters and histograms from every process are merged at scrape time (prometheus_client multiprocess).
+        metrics_dir = Path(settings.DATA_DIR) / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         python = sys.executable
         bin_dir = os.path.dirname(python)
         processes = {
             "web": (
-                f"{bin_dir}/gunicorn config.wsgi:application --bind {host}:{port}"
+                f"{bin_dir}/gunicorn config.wsgi:application --config python:config.gunicorn --bind {host}:{port}"
                 f" --workers {options['web_workers']} --log-level warning"
             ),
             "ws": f"{bin_dir}/uvicorn config.asgi:application --host {host} --port {ws_port} --log-level warning",
-            "worker": f"{bin_dir}/celery -A config worker --loglevel INFO --concurrency 1",
+            "worker": f"{bin_dir}/celery -A config worker --queues celery --loglevel INFO --concurrency 1 -n worker@%h",
+            # Writes the event streams to the PostgreSQL log; scale by running more of these.
+            "events": (
+                f"{bin_dir}/celery -A config worker --queues events --loglevel WARNING --concurrency 1 -n events@%h"
+            ),
             "beat": f"{bin_dir}/celery -A config beat --loglevel INFO",
         }
         base = f"http://{host}:{port}"

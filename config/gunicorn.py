@@ -1,0 +1,7 @@
+"""gunicorn settings used by `make run`: metrics from every worker are merged through PROMETHEUS_MULTIPROC_DIR."""
+
+from prometheus_client import multiprocess
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    multiprocess.mark_process_dead(worker.pid)

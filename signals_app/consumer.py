@@ -1,0 +1,294 @@
+"""The durable side of ingest: consumers read the partition streams as a consumer group and write the events to
+the PostgreSQL log, acknowledging an entry only after its batch committed.
+
+At-least-once end to end: an entry read by a consumer that died stays pending and is reclaimed by another
+after EVENT_RECLAIM_IDLE_MS; the log's unique event id makes the replay harmless. An entry that cannot be
+stored (bad data) is isolated from its batch and moved to the partition's dead-letter stream and the
+DeadLetter table, as is one delivered more than MAX_DELIVERIES times (it kept killing its consumers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from redis.exceptions import ResponseError
+
+from personalization import redis_keys
+from personalization.redis_client import get_redis
+from signals_app.log import event_log_append
+from signals_app.models import DeadLetter, IdentityLink
+from signals_app.records import Attribution, EventRecord
+from signals_app.validation import EventInput
+
+logger = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "event-log"
+READ_BATCH_SIZE = 500
+MAX_DELIVERIES = 5
+DRAIN_TIME_BUDGET_SECONDS = 5.0
+IDLE_CONSUMER_FORGET_MS = 3600 * 1000
+# A test hook: exit abruptly after reading a batch, as a killed worker would (never set in production).
+CRASH_AFTER_READ_ENV = "SIGNALS_CONSUMER_CRASH_AFTER_READ"
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+@dataclass
+class DrainReport:
+    read: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    identities: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    skipped: str = ""
+    partitions: list[int] = field(default_factory=list)
+
+    def add(self, other: DrainReport) -> None:
+        for name in ("read", "stored", "duplicates", "identities", "dead_lettered", "reclaimed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.partitions += other.partitions
+        self.skipped = self.skipped or other.skipped
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _group_ensure(stream: str) -> None:
+    try:
+        get_redis().xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+    except ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+
+
+def _postgres_available() -> bool:
+    try:
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except (OperationalError, InterfaceError):
+        connection.close_if_unusable_or_obsolete()
+        return False
+
+
+def events_drain_all(*, consumer: str | None = None, time_budget: float = DRAIN_TIME_BUDGET_SECONDS) -> DrainReport:
+    report = DrainReport()
+    for partition in redis_keys.partitions():
+        report.add(events_drain(partition=partition, consumer=consumer or consumer_name(), time_budget=time_budget))
+        if report.skipped:
+            break
+    return report
+
+
+def events_drain(*, partition: int, consumer: str, time_budget: float = DRAIN_TIME_BUDGET_SECONDS) -> DrainReport:
+    report = DrainReport(partitions=[partition])
+    # Without PostgreSQL nothing can be stored: leave the entries where they are (claiming them would count
+    # deliveries against them).
+    if not _postgres_available():
+        report.skipped = "postgres_unavailable"
+        logger.warning("signals.drain_skipped", extra={"reason": report.skipped, "partition": partition})
+        return report
+    stream = redis_keys.event_stream(partition)
+    _group_ensure(stream)
+    redis = get_redis()
+    deadline = time.monotonic() + time_budget
+
+    start = "0-0"
+    while time.monotonic() < deadline:
+        start, entries, _deleted = redis.xautoclaim(
+            stream, CONSUMER_GROUP, consumer, settings.EVENT_RECLAIM_IDLE_MS, start_id=start, count=READ_BATCH_SIZE
+        )
+        if entries:
+            report.reclaimed += len(entries)
+            _process(stream, partition, entries, report, reclaimed=True)
+        if start in (b"0-0", "0-0"):
+            break
+
+    while time.monotonic() < deadline:
+        response = redis.xreadgroup(CONSUMER_GROUP, consumer, {stream: ">"}, count=READ_BATCH_SIZE)
+        entries = response[0][1] if response else []
+        if not entries:
+            break
+        if os.environ.get(CRASH_AFTER_READ_ENV):
+            os._exit(137)
+        _process(stream, partition, entries, report, reclaimed=False)
+
+    _trim_acknowledged(stream)
+    _forget_idle_consumers(stream)
+    return report
+
+
+def _delivery_counts(stream: str, entries: list[Entry]) -> dict[bytes, int]:
+    ids = [entry_id for entry_id, _ in entries]
+    pending = get_redis().xpending_range(stream, CONSUMER_GROUP, min=ids[0], max=ids[-1], count=len(ids) + 100)
+    return {row["message_id"]: int(row["times_delivered"]) for row in pending}
+
+
+def _attributions(events: list[EventInput]) -> dict[str, dict[str, Any]]:
+    request_ids = sorted({event.request_id for event in events if event.request_id})
+    if not request_ids:
+        return {}
+    pipeline = get_redis().pipeline(transaction=False)
+    for request_id in request_ids:
+        pipeline.get(redis_keys.slate(request_id))
+    slates = {}
+    for request_id, payload in zip(request_ids, pipeline.execute(), strict=True):
+        if payload:
+            slates[request_id] = orjson.loads(payload)
+    return slates
+
+
+def _attribution(event: EventInput, slates: dict[str, dict[str, Any]]) -> Attribution | None:
+    served = slates.get(event.request_id)
+    if served is None:
+        return None
+    shown = next((row for row in served.get("items", []) if row["item_id"] == event.item_id), None)
+    return Attribution(
+        request_id=event.request_id,
+        placement=served.get("placement", ""),
+        slot=shown["slot"] if shown else None,
+        model_version=served.get("model_version") or "",
+        score=shown["score"] if shown else None,
+        source=shown["source"] if shown else "",
+    )
+
+
+def _event_from_payload(payload: dict[str, Any]) -> tuple[EventInput, datetime]:
+    return (
+        EventInput(
+            event_id=payload["event_id"],
+            type=payload["type"],
+            user_id=payload["user_id"],
+            session_id=payload["session_id"],
+            item_id=payload["item_id"],
+            placement=payload["placement"],
+            request_id=payload["request_id"],
+            slot=payload.get("slot"),
+            value=payload["value"],
+            context=payload["context"],
+            occurred_at=datetime.fromisoformat(payload["occurred_at"]),
+        ),
+        datetime.fromisoformat(payload["received_at"]),
+    )
+
+
+def _process(stream: str, partition: int, entries: list[Entry], report: DrainReport, *, reclaimed: bool) -> None:
+    report.read += len(entries)
+    counts = _delivery_counts(stream, entries) if reclaimed else {}
+    dead: list[tuple[Entry, str]] = []
+    events: list[tuple[bytes, EventInput, datetime]] = []
+    identities: list[tuple[bytes, dict[str, Any]]] = []
+    for entry in entries:
+        entry_id, fields = entry
+        if counts.get(entry_id, 0) > MAX_DELIVERIES:
+            dead.append((entry, f"delivered {counts[entry_id]} times without being stored"))
+            continue
+        try:
+            payload = orjson.loads(fields[b"e"])
+            if payload.get("kind") == "identify":
+                identities.append((entry_id, payload))
+            else:
+                event, received_at = _event_from_payload(payload)
+                events.append((entry_id, event, received_at))
+        except (KeyError, ValueError, TypeError) as error:
+            dead.append((entry, f"unreadable entry: {error}"))
+
+    slates = _attributions([event for _, event, _ in events])
+    records = [
+        (entry_id, EventRecord(event=event, received_at=received_at, attribution=_attribution(event, slates)))
+        for entry_id, event, received_at in events
+    ]
+    try:
+        stored = event_log_append(records=[record for _, record in records])
+    except (OperationalError, InterfaceError):
+        raise  # PostgreSQL went away: the entries stay pending and are retried
+    except DatabaseError as error:
+        logger.warning("signals.batch_failed_isolating", extra={"error": str(error), "entries": len(records)})
+        stored = set()
+        by_id = {entry_id: entry for entry in entries for entry_id in [entry[0]]}
+        for entry_id, record in records:
+            try:
+                stored |= event_log_append(records=[record])
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError as row_error:
+                dead.append((by_id[entry_id], f"could not be stored: {row_error}"))
+    report.stored += len(stored)
+    dead_ids = {entry[0] for entry, _ in dead}
+    report.duplicates += sum(
+        1 for entry_id, record in records if entry_id not in dead_ids and record.event.event_id not in stored
+    )
+
+    for _, payload in identities:
+        IdentityLink.objects.update_or_create(
+            session_id=payload["session_id"],
+            defaults={"user_id": payload["user_id"], "linked_at": datetime.fromisoformat(payload["linked_at"])},
+        )
+    report.identities += len(identities)
+
+    if dead:
+        _dead_letter(partition, dead, counts)
+        report.dead_lettered += len(dead)
+    get_redis().xack(stream, CONSUMER_GROUP, *[entry_id for entry_id, _ in entries])
+
+
+def _dead_letter(partition: int, dead: list[tuple[Entry, str]], counts: dict[bytes, int]) -> None:
+    with transaction.atomic():
+        DeadLetter.objects.bulk_create(
+            [
+                DeadLetter(
+                    stream=redis_keys.event_stream(partition),
+                    entry_id=entry_id.decode(),
+                    payload=fields.get(b"e", b"").decode("utf-8", "replace"),
+                    error=reason[:2000],
+                    deliveries=counts.get(entry_id, 1),
+                )
+                for (entry_id, fields), reason in dead
+            ]
+        )
+    pipeline = get_redis().pipeline(transaction=False)
+    for (entry_id, fields), reason in dead:
+        pipeline.xadd(
+            redis_keys.dead_letter_stream(partition), {**fields, b"source_id": entry_id, b"error": reason[:2000]}
+        )
+    pipeline.execute()
+    logger.error("signals.dead_lettered", extra={"partition": partition, "entries": len(dead)})
+
+
+def _trim_acknowledged(stream: str) -> None:
+    """Drop entries every consumer has acknowledged (XADD never trims: that could drop unread events)."""
+    redis = get_redis()
+    summary = redis.xpending(stream, CONSUMER_GROUP)
+    if summary["pending"]:
+        min_id = summary["min"]
+    else:
+        groups = {group["name"]: group for group in redis.xinfo_groups(stream)}
+        group = groups.get(CONSUMER_GROUP.encode()) or groups.get(CONSUMER_GROUP)
+        if not group:
+            return
+        last = group["last-delivered-id"]
+        last = last.decode() if isinstance(last, bytes) else last
+        if last == "0-0":
+            return
+        milliseconds, sequence = last.split("-")
+        min_id = f"{milliseconds}-{int(sequence) + 1}"
+    redis.xtrim(stream, minid=min_id)
+
+
+def _forget_idle_consumers(stream: str) -> None:
+    redis = get_redis()
+    for consumer in redis.xinfo_consumers(stream, CONSUMER_GROUP):
+        if consumer["pending"] == 0 and consumer["idle"] > IDLE_CONSUMER_FORGET_MS:
+            redis.xgroup_delconsumer(stream, CONSUMER_GROUP, consumer["name"])

@@ -1,0 +1,31 @@
+"""Custom event types registered by staff (control plane); published to Redis for the ingest processes."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from signals_app.event_types import EventType, custom_event_types_publish
+from signals_app.models import CustomEventType
+
+
+def custom_event_types_republish() -> None:
+    custom_event_types_publish(
+        [
+            EventType(row.name, row.needs_item, row.popularity_weight, row.marks_interest)
+            for row in CustomEventType.objects.order_by("name")
+        ]
+    )
+
+
+def custom_event_type_save(*, event_type: CustomEventType) -> CustomEventType:
+    event_type.full_clean()  # also refuses the names of built-in types
+    with transaction.atomic():
+        event_type.save()
+        transaction.on_commit(custom_event_types_republish)
+    return event_type
+
+
+def custom_event_type_delete(*, event_type: CustomEventType) -> None:
+    with transaction.atomic():
+        event_type.delete()
+        transaction.on_commit(custom_event_types_republish)

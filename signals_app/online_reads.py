@@ -1,0 +1,50 @@
+"""Reading the online state the ingest script writes (hot path: plain Python over Redis replies).
+
+Popularity is kept per partition; a read queues each partition's top items on the caller's pipeline (so it
+shares the caller's round trip) and merges them, turning forward-decayed scores into values at `now`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from personalization import redis_keys
+from signals_app.online_state import TREND_WINDOWS
+
+POPULAR_WINDOW = "1d"
+
+
+def queue_popular(pipeline: redis.client.Pipeline, *, depth: int, window: str = POPULAR_WINDOW) -> int:
+    """Queue the reads for the `depth` most popular items; returns how many replies they take."""
+    for partition in redis_keys.partitions():
+        key = redis_keys.item_trend(partition, window)
+        pipeline.zrevrange(key, 0, depth - 1, withscores=True)
+        pipeline.hget(redis_keys.item_trend_epochs(partition), key)
+    return 2 * len(redis_keys.partitions())
+
+
+def decode_popular(
+    replies: list[Any], *, now: float, depth: int, window: str = POPULAR_WINDOW
+) -> list[tuple[str, float]]:
+    """(item id, decayed popularity at `now`), most popular first."""
+    half_life = TREND_WINDOWS[window]
+    totals: dict[str, float] = {}
+    for position in range(0, len(replies), 2):
+        members, epoch = replies[position], replies[position + 1]
+        if not members or epoch is None:
+            continue
+        factor = 2 ** (-(now - float(epoch)) / half_life)
+        for member, score in members:
+            item_id = member.decode()
+            totals[item_id] = totals.get(item_id, 0.0) + float(score) * factor
+    return sorted(totals.items(), key=lambda pair: pair[1], reverse=True)[:depth]
+
+
+def popular_items(
+    client: redis.Redis, *, depth: int, now: float, window: str = POPULAR_WINDOW
+) -> list[tuple[str, float]]:
+    pipeline = client.pipeline(transaction=False)
+    queue_popular(pipeline, depth=depth, window=window)
+    return decode_popular(pipeline.execute(), now=now, depth=depth, window=window)

@@ -1,0 +1,245 @@
+"""The online state an event updates, in one Redis round trip (hot path: plain Python, no ORM).
+
+Per partition of the request one Lua script runs and, atomically for each event: drops a duplicate (event id seen
+in the last 48 h; an event older than that only goes to the durable log, which is unique on event id),
+updates the user's recent and session items, the user's decayed per-entity counters, the
+item's decayed popularity windows, and appends the event to the partition's stream for the durable log. All
+the scripts of a request (one per partition it touches) go out in one pipeline.
+
+Decayed counters use forward decay: an event of weight w at time t adds w * 2^((t - epoch) / half_life), so
+the stored numbers of one key rank correctly at any moment and the value at time T is
+stored * 2^(-(T - epoch) / half_life). The epoch moves forward (rebase) before the factors grow too large.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import orjson
+import redis
+from redis.exceptions import NoScriptError
+
+from personalization import redis_keys
+from signals_app.event_types import EventType
+from signals_app.validation import EventInput
+
+DEDUPE_WINDOW_SECONDS = 48 * 3600
+DEDUPE_WINDOW = timedelta(seconds=DEDUPE_WINDOW_SECONDS)
+RECENT_ITEMS_KEPT = 50
+RECENT_ITEMS_TTL_SECONDS = 90 * 24 * 3600
+SESSION_ITEMS_TTL_SECONDS = 30 * 60
+# Half-lives of the item popularity windows, in seconds.
+TREND_WINDOWS: dict[str, int] = {"1h": 3600, "1d": 86400, "7d": 7 * 86400}
+AFFINITY_HALF_LIFE_SECONDS = 7 * 86400
+# 2^200 is far from overflowing a double while rebasing rarely (every 200 half-lives).
+REBASE_AFTER_HALF_LIVES = 200
+
+INGEST_SCRIPT = """
+-- One partition's share of a request. KEYS: 1 trend epochs, 2 stream, 3 catalog entities, 4..3+W trend keys,
+-- then 4 keys an event: seen, recent, session items, affinity.
+-- ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 recent ttl, 5 session ttl, 6 affinity half-life,
+-- 7 rebase after, 8 windows W, 9..8+W trend half-lives, then 7 values an event:
+-- item, weight, marks interest, ts, payload, has session, late.
+local events = tonumber(ARGV[1])
+local windows = tonumber(ARGV[8])
+local rebase_after = tonumber(ARGV[7])
+local affinity_half_life = tonumber(ARGV[6])
+local trend_epochs = {}
+for w = 1, windows do
+  trend_epochs[w] = tonumber(redis.call('HGET', KEYS[1], KEYS[3 + w]))
+end
+local results = {}
+for e = 0, events - 1 do
+  local k = 3 + windows + 4 * e
+  local a = 8 + windows + 7 * e
+  local item, weight, ts = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
+  if not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[2]) then
+    results[e + 1] = 0
+  else
+    results[e + 1] = 1
+    -- Older than the dedupe window (ARGV late): maybe a resend we no longer remember, so it only goes to the
+    -- durable log, which is unique on event id; its decayed weight would be negligible online anyway.
+    if ARGV[a + 7] ~= '1' then
+      if item ~= '' and ARGV[a + 3] == '1' then
+        redis.call('LREM', KEYS[k + 2], 0, item)
+        redis.call('LPUSH', KEYS[k + 2], item)
+        redis.call('LTRIM', KEYS[k + 2], 0, tonumber(ARGV[3]) - 1)
+        redis.call('EXPIRE', KEYS[k + 2], ARGV[4])
+        if ARGV[a + 6] == '1' then
+          redis.call('LREM', KEYS[k + 3], 0, item)
+          redis.call('LPUSH', KEYS[k + 3], item)
+          redis.call('LTRIM', KEYS[k + 3], 0, tonumber(ARGV[3]) - 1)
+          redis.call('EXPIRE', KEYS[k + 3], ARGV[5])
+        end
+      end
+      if item ~= '' and weight > 0 then
+        for w = 1, windows do
+          local key = KEYS[3 + w]
+          local half_life = tonumber(ARGV[8 + w])
+          local epoch = trend_epochs[w]
+          if not epoch then
+            epoch = ts
+            trend_epochs[w] = epoch
+            redis.call('HSET', KEYS[1], key, epoch)
+          elseif (ts - epoch) / half_life > rebase_after then
+            redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', 2 ^ (-(ts - epoch) / half_life))
+            epoch = ts
+            trend_epochs[w] = epoch
+            redis.call('HSET', KEYS[1], key, epoch)
+          end
+          redis.call('ZINCRBY', key, weight * 2 ^ ((ts - epoch) / half_life), item)
+        end
+        local entities = redis.call('HGET', KEYS[3], item)
+        if entities then
+          local affinity = KEYS[k + 4]
+          local epoch = tonumber(redis.call('HGET', affinity, '_epoch'))
+          if not epoch then
+            epoch = ts
+            redis.call('HSET', affinity, '_epoch', epoch)
+          elseif (ts - epoch) / affinity_half_life > rebase_after then
+            local fields = redis.call('HGETALL', affinity)
+            local factor = 2 ^ (-(ts - epoch) / affinity_half_life)
+            for position = 1, #fields, 2 do
+              if string.sub(fields[position], 1, 2) == 'f:' then
+                redis.call('HSET', affinity, fields[position], tonumber(fields[position + 1]) * factor)
+              end
+            end
+            epoch = ts
+            redis.call('HSET', affinity, '_epoch', epoch)
+          end
+          local increment = weight * 2 ^ ((ts - epoch) / affinity_half_life)
+          for entity in string.gmatch(entities, '[^|]+') do
+            redis.call('HINCRBYFLOAT', affinity, 'f:' .. entity, increment)
+            local last = tonumber(redis.call('HGET', affinity, 'r:' .. entity) or '0')
+            if ts > last then redis.call('HSET', affinity, 'r:' .. entity, ts) end
+          end
+          redis.call('EXPIRE', affinity, ARGV[4])
+        end
+      end
+    end
+    redis.call('XADD', KEYS[2], '*', 'e', ARGV[a + 5])
+  end
+end
+return results
+"""
+
+
+@dataclass(frozen=True)
+class OnlineEvent:
+    """A validated event and what its type means to the online state."""
+
+    event: EventInput
+    event_type: EventType
+    received_at: datetime
+    # Set by bulk back-fills of history (demo data): apply events older than the dedupe window online too.
+    backfill: bool = False
+
+
+def stream_payload(online: OnlineEvent) -> bytes:
+    event = online.event
+    return orjson.dumps(
+        {
+            "kind": "event",
+            "event_id": event.event_id,
+            "type": event.type,
+            "user_id": event.user_id,
+            "session_id": event.session_id,
+            "item_id": event.item_id,
+            "placement": event.placement,
+            "request_id": event.request_id,
+            "slot": event.slot,
+            "value": event.value,
+            "context": event.context,
+            "occurred_at": event.occurred_at.isoformat(),
+            "received_at": online.received_at.isoformat(),
+        }
+    )
+
+
+class IngestScript:
+    """The ingest script, called by its SHA and reloaded after a Redis restart or failover."""
+
+    def __init__(self) -> None:
+        self.sha: str | None = None
+
+    def load(self, client: redis.Redis) -> str:
+        self.sha = str(client.script_load(INGEST_SCRIPT))
+        return self.sha
+
+    def queue(self, pipeline: redis.client.Pipeline, partition: int, events: Sequence[OnlineEvent]) -> None:
+        """One script call for the events of one partition."""
+        keys = [
+            redis_keys.item_trend_epochs(partition),
+            redis_keys.event_stream(partition),
+            redis_keys.catalog_entities(partition),
+            *(redis_keys.item_trend(partition, window) for window in TREND_WINDOWS),
+        ]
+        args: list[str | bytes | float | int] = [
+            len(events),
+            DEDUPE_WINDOW_SECONDS,
+            RECENT_ITEMS_KEPT,
+            RECENT_ITEMS_TTL_SECONDS,
+            SESSION_ITEMS_TTL_SECONDS,
+            AFFINITY_HALF_LIFE_SECONDS,
+            REBASE_AFTER_HALF_LIVES,
+            len(TREND_WINDOWS),
+            *TREND_WINDOWS.values(),
+        ]
+        for online in events:
+            event = online.event
+            keys += [
+                redis_keys.event_seen(partition, event.event_id),
+                redis_keys.user_recent_items(event.user_key),
+                redis_keys.user_session_items(event.user_key, event.session_id or "-"),
+                redis_keys.user_affinity(event.user_key),
+            ]
+            args += [
+                event.item_id,
+                online.event_type.popularity_weight,
+                "1" if online.event_type.marks_interest else "0",
+                repr(event.occurred_at.timestamp()),
+                stream_payload(online),
+                "1" if event.session_id and event.user_id else "0",
+                "1" if not online.backfill and event.occurred_at < online.received_at - DEDUPE_WINDOW else "0",
+            ]
+        assert self.sha is not None
+        pipeline.evalsha(self.sha, len(keys), *keys, *args)
+
+    def run(
+        self,
+        client: redis.Redis,
+        events: Sequence[OnlineEvent],
+        also: Callable[[redis.client.Pipeline], None] | None = None,
+    ) -> list[bool]:
+        """Apply the events in one round trip (a script call per partition); True for each event that was new.
+        `also` may queue more commands on the same pipeline (their replies are ignored)."""
+        if self.sha is None:
+            self.load(client)
+        by_partition: dict[int, list[int]] = {}
+        for index, online in enumerate(events):
+            by_partition.setdefault(redis_keys.partition_of(online.event.user_key), []).append(index)
+        for attempt in range(2):
+            pipeline = client.pipeline(transaction=False)
+            for partition, indexes in by_partition.items():
+                self.queue(pipeline, partition, [events[index] for index in indexes])
+            if also is not None:
+                also(pipeline)
+            try:
+                replies = pipeline.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                # Scripts do not survive a restart or a failover: load it again. Nothing ran, so it is safe to retry.
+                self.load(client)
+                continue
+            outcomes = [False] * len(events)
+            for indexes, reply in zip(by_partition.values(), replies[: len(by_partition)], strict=True):
+                for index, is_new in zip(indexes, reply, strict=True):
+                    outcomes[index] = bool(is_new)
+            return outcomes
+        raise AssertionError("unreachable")
+
+
+ingest_script = IngestScript()

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from personalization import redis_keys
+from signals_app.consumer import CONSUMER_GROUP, MAX_DELIVERIES, events_drain, events_drain_all
+from signals_app.models import DeadLetter, Event
+from signals_app.services import events_ingest
+from tests.signals_app.helpers import stream_lengths
+
+pytestmark = pytest.mark.django_db
+
+
+def view(event_id: str, user_id: str = "u1"):
+    return {"event_id": event_id, "type": "view", "user_id": user_id, "item_id": "sku-1"}
+
+
+def _stream_of(user_key: str) -> tuple[int, str]:
+    partition = redis_keys.partition_of(user_key)
+    return partition, redis_keys.event_stream(partition)
+
+
+def test_unreadable_and_unstorable_entries_are_dead_lettered_without_blocking_others(clean_redis):
+    events_ingest(raw_events=[view("good-1"), view("good-2")])
+    partition, stream = _stream_of("u1")
+    good_payload = orjson.loads(clean_redis.xrange(stream)[0][1][b"e"])
+    clean_redis.xadd(stream, {"e": b"{not json"})
+    clean_redis.xadd(stream, {"e": orjson.dumps({**good_payload, "event_id": "too-long-user", "user_id": "u" * 300})})
+
+    report = events_drain(partition=partition, consumer="test")
+
+    assert (report.read, report.stored, report.dead_lettered) == (4, 2, 2)
+    assert set(Event.objects.values_list("event_id", flat=True)) == {"good-1", "good-2"}
+    dead = {row.error.split(":")[0] for row in DeadLetter.objects.all()}
+    assert dead == {"unreadable entry", "could not be stored"}
+    assert clean_redis.xlen(redis_keys.dead_letter_stream(partition)) == 2
+    assert clean_redis.xpending(stream, CONSUMER_GROUP)["pending"] == 0
+
+
+def test_entries_of_a_dead_consumer_are_reclaimed(clean_redis, settings):
+    events_ingest(raw_events=[view(f"r{n}") for n in range(5)])
+    partition, stream = _stream_of("u1")
+    clean_redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+    clean_redis.xreadgroup(CONSUMER_GROUP, "crashed-worker", {stream: ">"}, count=100)  # read, never acknowledged
+    settings.EVENT_RECLAIM_IDLE_MS = 0
+
+    report = events_drain(partition=partition, consumer="survivor")
+
+    assert (report.reclaimed, report.stored) == (5, 5)
+    assert Event.objects.count() == 5
+    assert clean_redis.xpending(stream, CONSUMER_GROUP)["pending"] == 0
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered(clean_redis, settings):
+    events_ingest(raw_events=[view("poison")])
+    partition, stream = _stream_of("u1")
+    clean_redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+    clean_redis.xreadgroup(CONSUMER_GROUP, "crashing", {stream: ">"}, count=10)
+    for _ in range(MAX_DELIVERIES):  # consumers that died while handling it: each claim is one more delivery
+        clean_redis.xclaim(stream, CONSUMER_GROUP, "crashing", 0, [clean_redis.xrange(stream)[0][0]])
+    settings.EVENT_RECLAIM_IDLE_MS = 0
+
+    report = events_drain(partition=partition, consumer="survivor")
+
+    assert report.dead_lettered == 1
+    assert not Event.objects.exists()
+    assert DeadLetter.objects.get().deliveries > MAX_DELIVERIES
+
+
+def test_drain_leaves_entries_alone_when_postgres_is_unreachable(clean_redis, monkeypatch):
+    from signals_app import consumer
+
+    events_ingest(raw_events=[view("kept")])
+    monkeypatch.setattr(consumer, "_postgres_available", lambda: False)
+
+    report = events_drain_all()
+
+    assert report.skipped == "postgres_unavailable"
+    assert stream_lengths() == 1
+    _partition, stream = _stream_of("u1")
+    assert clean_redis.xinfo_groups(stream) == []  # nothing was read, so nothing counts a delivery
+
+
+def test_identify_entries_and_events_from_many_partitions(clean_redis):
+    events_ingest(raw_events=[view(f"p{n}", user_id=f"user-{n}") for n in range(40)])
+    assert len({redis_keys.partition_of(f"user-{n}") for n in range(40)}) == len(redis_keys.partitions())
+
+    report = events_drain_all()
+
+    assert report.stored == 40
+    assert Event.objects.count() == 40
+    assert stream_lengths() == 0
