@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 from django.utils import timezone
@@ -156,7 +156,7 @@ def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     compressed = raw.read(2) == GZIP_MAGIC
     raw.seek(0)
     if compressed:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")), raw
     return raw, raw
 
 
@@ -322,14 +322,17 @@ def events_import(
             "start (events already in the log are skipped as duplicates)."
         )
     checkpoint = checkpoint or Checkpoint(fingerprint=fingerprint, file_format=file_format)
+    # The report's totals are the checkpoint's: adding to one adds to the other.
     report = ImportReport(file_format=file_format, resumed_at_line=checkpoint.line, totals=checkpoint.totals)
     report.last_line = checkpoint.line
 
     rejects = None
     if rejects_path is not None:
-        rejects = rejects_path.open("r+b" if rejects_path.exists() and checkpoint.line else "wb")
-        rejects.truncate(checkpoint.rejects_size)  # drop the rejects of a batch that was not checkpointed
-        rejects.seek(checkpoint.rejects_size)
+        resuming = bool(checkpoint.line) and rejects_path.exists()
+        rejects = rejects_path.open("r+b" if resuming else "wb")
+        if resuming and rejects_path.stat().st_size >= checkpoint.rejects_size:
+            rejects.truncate(checkpoint.rejects_size)  # drop the rejects of a batch that was not checkpointed
+        rejects.seek(0, os.SEEK_END)
     stream, raw = _open(path)
     known_months = event_log_partition_months()
     known_users: set[str] = set()

@@ -58,6 +58,7 @@ _STAGING_SQL = (
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING_TABLE} "
     f"({', '.join(f'{name} {kind}' for name, kind in _STAGING_COLUMNS)}) ON COMMIT DELETE ROWS"
 )
+_COPY_SQL = f"COPY {_STAGING_TABLE} ({_COLUMN_NAMES}) FROM STDIN (FORMAT BINARY)"
 # One statement: new ids into the key table, then only those events into the log. The batch is sorted by id so
 # that two writers inserting overlapping ids take their key locks in the same order (no deadlock).
 _APPEND_SQL = f"""
@@ -119,7 +120,8 @@ def event_log_append(*, records: list[EventRecord], known_user_ids: set[str] | N
     batch = list(unique.values())
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_STAGING_SQL)
-        with cursor.copy(f"COPY {_STAGING_TABLE} ({_COLUMN_NAMES}) FROM STDIN (FORMAT BINARY)") as copy:
+        # As for execute(): the driver's errors become Django's (DatabaseError and subclasses).
+        with connection.wrap_database_errors, cursor.copy(_COPY_SQL) as copy:
             copy.set_types([kind for _, kind in _STAGING_COLUMNS])
             for record in batch:
                 copy.write_row(_row(record))
@@ -145,7 +147,7 @@ def month_add(month: date, months: int) -> date:
 
 
 def partition_name(month: date) -> str:
-    return f"{PARTITION_PREFIX}{month:%Y%m}"
+    return f"{PARTITION_PREFIX}{month.year:04d}{month.month:02d}"
 
 
 def event_log_partitions() -> dict[str, str]:

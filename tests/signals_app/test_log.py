@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -166,14 +166,15 @@ def test_append_of_a_batch_takes_a_fixed_number_of_statements():
     with CaptureQueriesContext(connection) as queries:
         new_ids = event_log_append(records=records)
 
-    statements = [query["sql"].split()[:3] for query in queries.captured_queries if "SAVEPOINT" not in query["sql"]]
+    statements = [query["sql"] for query in queries.captured_queries if "SAVEPOINT" not in query["sql"]]
     # The scratch table (a no-op once it exists), the batch, the move of the new ones into the log, the shoppers.
-    assert statements == [
+    assert [statement.split()[:3] for statement in statements[:3]] == [
         ["CREATE", "TEMP", "TABLE"],
         ["COPY", "signals_event_log_staging", "(event_id,"],
         ["WITH", "batch", "AS"],
-        ["INSERT", "INTO", '"graph_app_shopper"'],
     ]
+    assert len(statements) == 4
+    assert "graph_app_shopper" in statements[3]
     assert len(new_ids) == 1000
     assert Event.objects.count() == 1000
     assert Shopper.objects.count() == 50
@@ -317,3 +318,18 @@ def test_admin_lists_filters_searches_and_shows_events_read_only(admin_client):
     assert b"buyer" in detail.content
     assert not detail.context["has_change_permission"]
     assert admin_client.get(reverse("admin:signals_app_event_add")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"event_id": "x" * 101},  # longer than the column: refused by the append statement
+        {"item_id": "nul\x00"},  # refused by COPY itself
+    ],
+)
+def test_a_batch_the_database_refuses_raises_a_django_error_and_stores_nothing(bad):
+    with pytest.raises(DatabaseError):
+        event_log_append(records=[record("fine"), record(**{"event_id": "bad", **bad})])
+
+    assert (Event.objects.count(), EventId.objects.count(), Shopper.objects.count()) == (0, 0, 0)
+    assert event_log_append(records=[record("fine")]) == {"fine"}  # the connection is still usable
