@@ -172,10 +172,6 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema and docs need an API key or a staff session, like every other endpoint.
     "SERVE_PERMISSIONS": ["personalization.authentication.IsApiClientOrStaff"],
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "description": "API key"}}
-    },
-    "SECURITY": [{"ApiKey": []}],
     # The interactive docs are served from the project itself, no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -204,6 +200,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ROUTES = {"signals.events_drain": {"queue": "events"}}
 CELERY_TASK_ALWAYS_EAGER = _env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 
+# Verified API keys are remembered in each process this long: a revocation elsewhere takes effect within it.
+API_KEY_CACHE_SECONDS = float(os.environ.get("API_KEY_CACHE_SECONDS", "10"))
 # A stream entry pending this long belongs to a consumer presumed dead and is reclaimed by another.
 EVENT_RECLAIM_IDLE_MS = int(os.environ.get("EVENT_RECLAIM_IDLE_MS", "60000"))
 # Online state and event streams are split into this many partitions (by user); see personalization/redis_keys.py.

@@ -19,6 +19,7 @@ from pathlib import Path
 from graph_app.models import Shopper
 from graph_app.services import EntityRef, ItemInput, content_projection, item_upsert
 from signals_app.consumer import events_drain_all
+from signals_app.log import event_log_partitions_create
 from signals_app.services import EVENT_BATCH_MAX, events_ingest
 
 DEMO_SAMPLE = Path(__file__).resolve().parent / "demo_data" / "online_retail_sample.csv.gz"
@@ -160,7 +161,8 @@ def _item_input(code: str, description: str, prices: list[float]) -> ItemInput:
 
 def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -> DemoLoadReport:
     with gzip.open(sample, "rt", encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        # Stock codes that do not start with a digit are fees, not products (POST is postage, M manual, ...).
+        rows = [row for row in csv.DictReader(handle) if row["StockCode"][:1].isdigit()]
     descriptions: dict[str, str] = {}
     prices: dict[str, list[float]] = defaultdict(list)
     countries: dict[str, str] = {}
@@ -199,6 +201,8 @@ def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -
                 "context": {"invoice": row["InvoiceNo"], "quantity": int(float(row["Quantity"]))},
             }
         )
+    # History gets its monthly partitions of the log first (instead of piling up in the DEFAULT one).
+    event_log_partitions_create(months={(date + shift).date() for date in dates})
     accepted = duplicates = 0
     for start in range(0, len(events), EVENT_BATCH_MAX):
         report = events_ingest(raw_events=events[start : start + EVENT_BATCH_MAX], backfill=True)

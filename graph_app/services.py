@@ -7,10 +7,10 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from graph_app.embeddings import ItemContent, content_features, project, random_projection
-from graph_app.models import Entity, Item, ItemEntity, Shopper
+from graph_app.models import Entity, Item, ItemEntity
 from graph_app.online import catalog_entities_publish, entity_keys
 from scoring_app.models import ModelVersion
 from scoring_app.selectors import model_artifact_arrays, model_version_active
@@ -128,5 +128,12 @@ def item_delete(*, item: Item) -> None:
 
 
 def shoppers_ensure(*, external_ids: set[str]) -> None:
+    """Create the users not known yet (one statement: the event log's consumer calls this for every batch)."""
     if external_ids:
-        Shopper.objects.bulk_create([Shopper(external_id=value) for value in external_ids], ignore_conflicts=True)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO graph_app_shopper (external_id, traits, created_at, updated_at) "
+                "SELECT id, '{}'::jsonb, now(), now() FROM unnest(%s::text[]) AS u(id) "
+                "ON CONFLICT (external_id) DO NOTHING",
+                [sorted(external_ids)],
+            )

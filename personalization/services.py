@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from personalization.errors import ApplicationError
 from personalization.models import ApiKey
 
 KEY_PREFIX_LENGTH = 8
-# Verified keys are remembered in-process this long; revocation elsewhere takes effect within it.
-VERIFIED_KEY_CACHE_SECONDS = 10.0
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,22 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
 
 
 def api_key_verify(*, raw_key: str) -> ApiClient | None:
-    """The client a raw key belongs to, or None when it is unknown or revoked."""
+    """The client a raw key belongs to, or None when it is unknown or revoked.
+
+    While PostgreSQL is unreachable a key verified before keeps working (ingest must go on without the
+    database); a key never seen by this process cannot be verified then, and the error propagates (503)."""
     hashed = _hash(raw_key)
     cached = _verified_keys.get(hashed)
     now = time.monotonic()
-    if cached and now - cached[0] < VERIFIED_KEY_CACHE_SECONDS:
+    if cached and now - cached[0] < settings.API_KEY_CACHE_SECONDS:
         return cached[1]
-    row = ApiKey.objects.filter(hashed_key=hashed, revoked_at__isnull=True).values("id", "name").first()
+    try:
+        row = ApiKey.objects.filter(hashed_key=hashed, revoked_at__isnull=True).values("id", "name").first()
+    except (OperationalError, InterfaceError):
+        if cached:
+            logger.warning("auth.key_verified_from_cache", extra={"api_key_id": cached[1].api_key_id})
+            return cached[1]
+        raise
     if row is None:
         _verified_keys.pop(hashed, None)
         return None
