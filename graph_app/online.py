@@ -7,8 +7,11 @@ by the control plane on every item change; `catalog_entities_rebuild` repairs it
 
 from __future__ import annotations
 
+import math
+import struct
 from collections import defaultdict
 
+import numpy as np
 from django.db import connection
 
 from personalization import redis_keys
@@ -61,3 +64,69 @@ def catalog_entities_rebuild() -> int:
             }
         )
     return len(rows)
+
+
+STATIC_FORMAT = struct.Struct("<dBd")  # price (NaN when unknown), in stock, created at (Unix seconds)
+
+
+def pack_static(*, price: float | None, in_stock: bool, created_at: float) -> bytes:
+    return STATIC_FORMAT.pack(math.nan if price is None else float(price), 1 if in_stock else 0, created_at)
+
+
+def unpack_static(payload: bytes) -> tuple[float, bool, float]:
+    price, in_stock, created_at = STATIC_FORMAT.unpack(payload)
+    return price, bool(in_stock), created_at
+
+
+def catalog_items_publish(*, static: dict[str, bytes], vectors: dict[str, bytes], forget: tuple[str, ...] = ()) -> None:
+    """Item facts the feature store reads online: packed static facts and float32 embeddings."""
+    pipeline = get_redis().pipeline(transaction=False)
+    if static:
+        pipeline.hset(redis_keys.CATALOG_STATIC, mapping=static)
+    if vectors:
+        pipeline.hset(redis_keys.CATALOG_VECTORS, mapping=vectors)
+    if forget:
+        pipeline.hdel(redis_keys.CATALOG_STATIC, *forget)
+        pipeline.hdel(redis_keys.CATALOG_VECTORS, *forget)
+    pipeline.execute()
+
+
+def catalog_items_rebuild() -> int:
+    """Copy every item's static facts and embedding from PostgreSQL to Redis (after training, or as a repair)."""
+    redis = get_redis()
+    redis.delete(redis_keys.CATALOG_STATIC, redis_keys.CATALOG_VECTORS)
+    from graph_app.models import Item
+
+    count = 0
+    rows = Item.objects.values_list("external_id", "price", "in_stock", "created_at", "embedding")
+    batch: list[tuple[str, object, bool, object, object]] = []
+    for row in rows.iterator(chunk_size=REBUILD_BATCH_SIZE):
+        batch.append(row)
+        if len(batch) == REBUILD_BATCH_SIZE:
+            count += _publish_rows(batch)
+            batch = []
+    count += _publish_rows(batch)
+    return count
+
+
+def _publish_rows(rows: list[tuple[str, object, bool, object, object]]) -> int:
+    static = {
+        item_id: pack_static(
+            price=None if price is None else float(price),  # type: ignore[arg-type]
+            in_stock=in_stock,
+            created_at=created.timestamp(),  # type: ignore[attr-defined]
+        )
+        for item_id, price, in_stock, created, _ in rows
+    }
+    vectors = {
+        item_id: np.asarray(vector, dtype=np.float32).tobytes()
+        for item_id, _, _, _, vector in rows
+        if vector is not None
+    }
+    catalog_items_publish(static=static, vectors=vectors)
+    return len(rows)
+
+
+def catalog_online_rebuild() -> int:
+    catalog_entities_rebuild()
+    return catalog_items_rebuild()

@@ -11,7 +11,7 @@ from django.db import IntegrityError, connection, transaction
 
 from graph_app.embeddings import ItemContent, content_features, project, random_projection
 from graph_app.models import Entity, Item, ItemEntity
-from graph_app.online import catalog_entities_publish, entity_keys
+from graph_app.online import catalog_entities_publish, catalog_items_publish, entity_keys, pack_static
 from scoring_app.models import ModelVersion
 from scoring_app.selectors import model_artifact_arrays, model_version_active
 
@@ -116,7 +116,18 @@ def _item_write(*, data: ItemInput, projection: np.ndarray) -> ItemUpsertResult:
         item.save()
         _entities_replace(item=item, refs=data.entities)
         keys = entity_keys(category=data.category, entities=[(ref.kind, ref.external_id) for ref in data.entities])
-        transaction.on_commit(lambda: catalog_entities_publish(items={data.external_id: keys}))
+        static = pack_static(
+            price=None if data.price is None else float(data.price),
+            in_stock=data.in_stock,
+            created_at=item.created_at.timestamp(),
+        )
+        vector = np.asarray(item.embedding, dtype=np.float32).tobytes()
+
+        def publish() -> None:
+            catalog_entities_publish(items={data.external_id: keys})
+            catalog_items_publish(static={data.external_id: static}, vectors={data.external_id: vector})
+
+        transaction.on_commit(publish)
     return ItemUpsertResult(item=item, created=created)
 
 
@@ -125,6 +136,7 @@ def item_delete(*, item: Item) -> None:
     with transaction.atomic():
         item.delete()
         transaction.on_commit(lambda: catalog_entities_publish(items={external_id: ""}))
+        transaction.on_commit(lambda: catalog_items_publish(static={}, vectors={}, forget=(external_id,)))
 
 
 def shoppers_ensure(*, external_ids: set[str]) -> None:

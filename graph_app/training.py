@@ -17,6 +17,7 @@ from django.db import connection, transaction
 
 from graph_app.embeddings import ItemContent, content_features, feature_matrix, normalize_rows
 from graph_app.models import Item
+from graph_app.online import catalog_items_rebuild
 from scoring_app.models import ModelVersion
 from scoring_app.services import model_version_register
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
@@ -168,6 +169,8 @@ def embeddings_train() -> TrainingReport:
                 "collaborative_items": int(has_history.sum()),
             },
         )
+    # The feature store reads embeddings from Redis: copy the new ones there once they are committed.
+    catalog_items_rebuild()
     report = TrainingReport(
         model_version=model_version.version,
         items=len(item_ids),

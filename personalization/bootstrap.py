@@ -87,14 +87,14 @@ def _console_credentials() -> tuple[str, str]:
 def platform_bootstrap(*, with_demo_data: bool = True) -> BootstrapReport:
     from graph_app.demo import demo_data_load
     from graph_app.models import Item
-    from graph_app.online import catalog_entities_rebuild
+    from graph_app.online import catalog_online_rebuild
     from graph_app.training import embeddings_train
     from scoring_app.models import ModelVersion
     from scoring_app.selectors import model_version_active
     from signals_app.popularity import popularity_refresh
 
-    # The ingest script reads item -> entities from Redis: make sure it matches the catalog (e.g. after a Redis loss).
-    catalog_entities_rebuild()
+    # The ingest script and the feature store read catalog facts from Redis: make sure they match the catalog.
+    catalog_online_rebuild()
     demo_loaded = False
     if with_demo_data and not Item.objects.exists():
         report = demo_data_load()

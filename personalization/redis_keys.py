@@ -45,6 +45,19 @@ def item_trend_epochs(partition: int) -> str:
     return f"items:{_tag(partition)}:trend-epochs"
 
 
+def item_last_seen(partition: int) -> str:
+    """item id -> time of its latest weighted event (the age of its popularity features)."""
+    return f"items:{_tag(partition)}:last-seen"
+
+
+def placement_clicks(partition: int, placement: str) -> str:
+    return f"ctr:{_tag(partition)}:clicks:{placement}"
+
+
+def placement_impressions(partition: int, placement: str) -> str:
+    return f"ctr:{_tag(partition)}:impressions:{placement}"
+
+
 def catalog_entities(partition: int) -> str:
     """item id -> "kind:id|kind:id" of its knowledge-graph entities (a copy per partition, for the ingest script)."""
     return f"catalog:{_tag(partition)}:entities"
@@ -68,7 +81,11 @@ def user_affinity(user_key: str) -> str:
     return f"user:{_tag(partition_of(user_key))}:{user_key}:affinity"
 
 
-# Not partitioned.
+# Not partitioned: read with one command each, written by the control plane.
+CATALOG_STATIC = "catalog:static"  # item id -> packed (price, in stock, created at)
+CATALOG_VECTORS = "catalog:vectors"  # item id -> float32 embedding bytes
+
+
 def slate(request_id: str) -> str:
     return f"slate:{{{request_id}}}"
 

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 from signals_app.log import event_log_append
-from signals_app.models import DeadLetter, IdentityLink
+from signals_app.models import DeadLetter, IdentityLink, Impression
 from signals_app.records import Attribution, EventRecord
 from signals_app.validation import EventInput
 
@@ -48,13 +48,14 @@ class DrainReport:
     stored: int = 0
     duplicates: int = 0
     identities: int = 0
+    impressions: int = 0
     dead_lettered: int = 0
     reclaimed: int = 0
     skipped: str = ""
     partitions: list[int] = field(default_factory=list)
 
     def add(self, other: DrainReport) -> None:
-        for name in ("read", "stored", "duplicates", "identities", "dead_lettered", "reclaimed"):
+        for name in ("read", "stored", "duplicates", "identities", "impressions", "dead_lettered", "reclaimed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.partitions += other.partitions
         self.skipped = self.skipped or other.skipped
@@ -190,6 +191,7 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
     dead: list[tuple[Entry, str]] = []
     events: list[tuple[bytes, EventInput, datetime]] = []
     identities: list[tuple[bytes, dict[str, Any]]] = []
+    impressions: list[dict[str, Any]] = []
     for entry in entries:
         entry_id, fields = entry
         if counts.get(entry_id, 0) > MAX_DELIVERIES:
@@ -199,6 +201,8 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
             payload = orjson.loads(fields[b"e"])
             if payload.get("kind") == "identify":
                 identities.append((entry_id, payload))
+            elif payload.get("kind") == "impression":
+                impressions.append(payload)
             else:
                 event, received_at = _event_from_payload(payload)
                 events.append((entry_id, event, received_at))
@@ -237,11 +241,34 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
             defaults={"user_id": payload["user_id"], "linked_at": datetime.fromisoformat(payload["linked_at"])},
         )
     report.identities += len(identities)
+    if impressions:
+        _impressions_store(impressions)
+        report.impressions += len(impressions)
 
     if dead:
         _dead_letter(partition, dead, counts)
         report.dead_lettered += len(dead)
     get_redis().xack(stream, CONSUMER_GROUP, *[entry_id for entry_id, _ in entries])
+
+
+def _impressions_store(impressions: list[dict[str, Any]]) -> None:
+    """One row per item shown; a replayed entry is ignored (unique on request id and slot)."""
+    rows = [
+        Impression(
+            request_id=record["request_id"],
+            user_key=record["user_key"],
+            placement=record["placement"],
+            item_id=item["item_id"],
+            slot=item["slot"],
+            score=item.get("score"),
+            source=item.get("source") or "",
+            model_version=record.get("model_version") or "",
+            served_at=datetime.fromtimestamp(record["served_at"], tz=UTC),
+        )
+        for record in impressions
+        for item in record["items"]
+    ]
+    Impression.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
 
 
 def _dead_letter(partition: int, dead: list[tuple[Entry, str]], counts: dict[bytes, int]) -> None:

@@ -118,3 +118,25 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stream} {self.entry_id}"
+
+
+class Impression(models.Model):
+    """One item shown in a served slate: what the next training run and the KPIs count clicks against."""
+
+    request_id = models.CharField(max_length=100, db_index=True)
+    user_key = models.CharField(max_length=220)
+    placement = models.CharField(max_length=100)
+    item_id = models.CharField(max_length=200)
+    slot = models.PositiveIntegerField()
+    score = models.FloatField(null=True)
+    source = models.CharField(max_length=30, blank=True, default="")
+    model_version = models.CharField(max_length=60, blank=True, default="")
+    served_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-served_at"]
+        indexes = [models.Index(fields=["placement", "item_id", "served_at"], name="impression_placement_item")]
+        constraints = [models.UniqueConstraint(fields=["request_id", "slot"], name="impression_unique_slot")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}#{self.slot} {self.item_id}"

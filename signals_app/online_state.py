@@ -21,6 +21,12 @@ import orjson
 import redis
 from redis.exceptions import NoScriptError
 
+from graph_app.features.definitions import (
+    AFFINITY_HALF_LIFE_SECONDS,
+    AFFINITY_TTL_SECONDS,
+    CTR_HALF_LIFE_SECONDS,
+    POPULARITY_HALF_LIVES,
+)
 from personalization import redis_keys
 from signals_app.event_types import EventType
 from signals_app.validation import EventInput
@@ -28,32 +34,31 @@ from signals_app.validation import EventInput
 DEDUPE_WINDOW_SECONDS = 48 * 3600
 DEDUPE_WINDOW = timedelta(seconds=DEDUPE_WINDOW_SECONDS)
 RECENT_ITEMS_KEPT = 50
-RECENT_ITEMS_TTL_SECONDS = 90 * 24 * 3600
+RECENT_ITEMS_TTL_SECONDS = int(AFFINITY_TTL_SECONDS)
 SESSION_ITEMS_TTL_SECONDS = 30 * 60
-# Half-lives of the item popularity windows, in seconds.
-TREND_WINDOWS: dict[str, int] = {"1h": 3600, "1d": 86400, "7d": 7 * 86400}
-AFFINITY_HALF_LIFE_SECONDS = 7 * 86400
+# Half-lives of the item popularity windows and of user affinities: the feature store's definitions.
+TREND_WINDOWS: dict[str, float] = POPULARITY_HALF_LIVES
 # 2^200 is far from overflowing a double while rebasing rarely (every 200 half-lives).
 REBASE_AFTER_HALF_LIVES = 200
 
 INGEST_SCRIPT = """
--- One partition's share of a request. KEYS: 1 trend epochs, 2 stream, 3 catalog entities, 4..3+W trend keys,
--- then 4 keys an event: seen, recent, session items, affinity.
+-- One partition's share of a request. KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item last seen,
+-- 5..4+W trend keys, then 5 keys an event: seen, recent, session items, affinity, placement clicks.
 -- ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 recent ttl, 5 session ttl, 6 affinity half-life,
 -- 7 rebase after, 8 windows W, 9..8+W trend half-lives, then 7 values an event:
--- item, weight, marks interest, ts, payload, has session, late.
+-- item, weight, marks interest, ts, payload, has session, late, is click in a placement, ctr half-life.
 local events = tonumber(ARGV[1])
 local windows = tonumber(ARGV[8])
 local rebase_after = tonumber(ARGV[7])
 local affinity_half_life = tonumber(ARGV[6])
 local trend_epochs = {}
 for w = 1, windows do
-  trend_epochs[w] = tonumber(redis.call('HGET', KEYS[1], KEYS[3 + w]))
+  trend_epochs[w] = tonumber(redis.call('HGET', KEYS[1], KEYS[4 + w]))
 end
 local results = {}
 for e = 0, events - 1 do
-  local k = 3 + windows + 4 * e
-  local a = 8 + windows + 7 * e
+  local k = 4 + windows + 5 * e
+  local a = 8 + windows + 9 * e
   local item, weight, ts = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
   if not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[2]) then
     results[e + 1] = 0
@@ -75,8 +80,9 @@ for e = 0, events - 1 do
         end
       end
       if item ~= '' and weight > 0 then
+        redis.call('ZADD', KEYS[4], 'GT', ts, item)
         for w = 1, windows do
-          local key = KEYS[3 + w]
+          local key = KEYS[4 + w]
           local half_life = tonumber(ARGV[8 + w])
           local epoch = trend_epochs[w]
           if not epoch then
@@ -118,6 +124,20 @@ for e = 0, events - 1 do
           redis.call('EXPIRE', affinity, ARGV[4])
         end
       end
+      if item ~= '' and ARGV[a + 8] == '1' then
+        local key = KEYS[k + 5]
+        local half_life = tonumber(ARGV[a + 9])
+        local epoch = tonumber(redis.call('HGET', KEYS[1], key))
+        if not epoch then
+          epoch = ts
+          redis.call('HSET', KEYS[1], key, epoch)
+        elseif (ts - epoch) / half_life > rebase_after then
+          redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', 2 ^ (-(ts - epoch) / half_life))
+          epoch = ts
+          redis.call('HSET', KEYS[1], key, epoch)
+        end
+        redis.call('ZINCRBY', key, 2 ^ ((ts - epoch) / half_life), item)
+      end
     end
     redis.call('XADD', KEYS[2], '*', 'e', ARGV[a + 5])
   end
@@ -153,7 +173,8 @@ def stream_payload(online: OnlineEvent) -> bytes:
             "value": event.value,
             "context": event.context,
             "occurred_at": event.occurred_at.isoformat(),
-            "received_at": online.received_at.isoformat(),
+            # A back-filled event counts as received when it happened (it is replayed history, applied online).
+            "received_at": (event.occurred_at if online.backfill else online.received_at).isoformat(),
         }
     )
 
@@ -174,6 +195,7 @@ class IngestScript:
             redis_keys.item_trend_epochs(partition),
             redis_keys.event_stream(partition),
             redis_keys.catalog_entities(partition),
+            redis_keys.item_last_seen(partition),
             *(redis_keys.item_trend(partition, window) for window in TREND_WINDOWS),
         ]
         args: list[str | bytes | float | int] = [
@@ -194,6 +216,7 @@ class IngestScript:
                 redis_keys.user_recent_items(event.user_key),
                 redis_keys.user_session_items(event.user_key, event.session_id or "-"),
                 redis_keys.user_affinity(event.user_key),
+                redis_keys.placement_clicks(partition, event.placement or "-"),
             ]
             args += [
                 event.item_id,
@@ -203,6 +226,8 @@ class IngestScript:
                 stream_payload(online),
                 "1" if event.session_id and event.user_id else "0",
                 "1" if not online.backfill and event.occurred_at < online.received_at - DEDUPE_WINDOW else "0",
+                "1" if event.type == "click" and event.placement else "0",
+                CTR_HALF_LIFE_SECONDS,
             ]
         assert self.sha is not None
         pipeline.evalsha(self.sha, len(keys), *keys, *args)

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 from scoring_app.engine.retrieval import Candidate, candidates_retrieve, user_state_fetch
+from surface_app.serving.impressions import NoScriptError, impression_script
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +59,37 @@ def slate_serve(*, user_key: str, placement: str, k: int) -> Slate:
 
 
 def _impression_log(*, slate: Slate, user_key: str) -> None:
+    """The served slate, kept for attribution (7 days) and logged as impressions, in one round trip."""
+    served_at = time.time()
+    items = [
+        {"item_id": candidate.item_id, "slot": slot, "score": candidate.score, "source": candidate.source}
+        for slot, candidate in enumerate(slate.items)
+    ]
     record = {
+        "request_id": slate.request_id,
         "user_key": user_key,
         "placement": slate.placement,
         "model_version": slate.model_version,
-        "served_at": time.time(),
-        "items": [
-            {"item_id": candidate.item_id, "slot": slot, "score": candidate.score, "source": candidate.source}
-            for slot, candidate in enumerate(slate.items)
-        ],
+        "served_at": served_at,
+        "items": items,
     }
-    try:
-        get_redis().set(redis_keys.slate(slate.request_id), json.dumps(record), ex=SLATE_TTL_SECONDS)
-    except RedisError as error:
-        logger.warning("surface.impression_log_failed", extra={"error": str(error), "request_id": slate.request_id})
-        slate.degraded.append("impression_log_failed")
+    client = get_redis()
+    for attempt in range(2):
+        try:
+            pipeline = client.pipeline(transaction=False)
+            pipeline.set(redis_keys.slate(slate.request_id), json.dumps(record), ex=SLATE_TTL_SECONDS)
+            if items:
+                impression_script.queue(
+                    client, pipeline, user_key=user_key, placement=slate.placement, served_at=served_at,
+                    record=record, item_ids=[row["item_id"] for row in items],
+                )  # fmt: skip
+            pipeline.execute()
+            return
+        except NoScriptError:
+            impression_script.forget()
+            if attempt:
+                break
+        except RedisError as error:
+            logger.warning("surface.impression_log_failed", extra={"error": str(error), "request_id": slate.request_id})
+            break
+    slate.degraded.append("impression_log_failed")

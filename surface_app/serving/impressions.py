@@ -1,0 +1,71 @@
+"""Impression logging on the serving path: one script call in the user's partition counts the impressions of
+the slate's items in the placement (decayed, for the click-through-rate feature) and appends the impression to
+the partition's stream, from which the durable log stores it (hot path: no ORM)."""
+
+from __future__ import annotations
+
+import orjson
+import redis
+from redis.exceptions import NoScriptError
+
+from graph_app.features.definitions import CTR_HALF_LIFE_SECONDS
+from personalization import redis_keys
+from signals_app.online_state import REBASE_AFTER_HALF_LIVES
+
+IMPRESSION_SCRIPT = """
+-- KEYS: 1 decay epochs, 2 placement impressions, 3 stream. ARGV: 1 ts, 2 half-life, 3 rebase after, 4 payload,
+-- 5.. item ids.
+local ts, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
+local epoch = tonumber(redis.call('HGET', KEYS[1], KEYS[2]))
+if not epoch then
+  epoch = ts
+  redis.call('HSET', KEYS[1], KEYS[2], epoch)
+elseif (ts - epoch) / half_life > tonumber(ARGV[3]) then
+  redis.call('ZUNIONSTORE', KEYS[2], 1, KEYS[2], 'WEIGHTS', 2 ^ (-(ts - epoch) / half_life))
+  epoch = ts
+  redis.call('HSET', KEYS[1], KEYS[2], epoch)
+end
+local increment = 2 ^ ((ts - epoch) / half_life)
+for index = 5, #ARGV do
+  redis.call('ZINCRBY', KEYS[2], increment, ARGV[index])
+end
+redis.call('XADD', KEYS[3], '*', 'e', ARGV[4])
+return 1
+"""
+
+
+class ImpressionScript:
+    def __init__(self) -> None:
+        self.sha: str | None = None
+
+    def queue(
+        self,
+        client: redis.Redis,
+        pipeline: redis.client.Pipeline,
+        *,
+        user_key: str,
+        placement: str,
+        served_at: float,
+        record: dict[str, object],
+        item_ids: list[str],
+    ) -> None:
+        if self.sha is None:
+            self.sha = str(client.script_load(IMPRESSION_SCRIPT))
+        partition = redis_keys.partition_of(user_key)
+        keys = [
+            redis_keys.item_trend_epochs(partition),
+            redis_keys.placement_impressions(partition, placement),
+            redis_keys.event_stream(partition),
+        ]
+        pipeline.evalsha(
+            self.sha, len(keys), *keys, repr(served_at), CTR_HALF_LIFE_SECONDS, REBASE_AFTER_HALF_LIVES,
+            orjson.dumps({"kind": "impression", **record}), *item_ids,
+        )  # fmt: skip
+
+    def forget(self) -> None:
+        """After NOSCRIPT (a Redis restart or failover): load again on the next call."""
+        self.sha = None
+
+
+impression_script = ImpressionScript()
+__all__ = ["NoScriptError", "impression_script"]
