@@ -95,3 +95,17 @@ def active_model(kind: str) -> str:
 
 
 CUSTOM_EVENT_TYPES = "event-types:custom"
+
+
+# Caches (personalization.cache): one key per cached value, hash-tagged by its entity so that on a Redis Cluster
+# the caches spread over the slots and an item cache's rebuild lock lives in its value's slot.
+def user_cache(user_key: str, name: str) -> str:
+    return f"cache:user:{{{user_key}}}:{name}"
+
+
+def item_cache(item_key: str, name: str) -> str:
+    return f"cache:item:{{{item_key}}}:{name}"
+
+
+def item_cache_lock(item_key: str, name: str) -> str:
+    return f"cache:item-lock:{{{item_key}}}:{name}"

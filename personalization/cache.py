@@ -1,0 +1,343 @@
+"""Caches on the recommendation path: user-keyed with short TTLs, item-keyed stale-while-revalidate.
+
+Two kinds, because the seam Graph -> Score breaks in two ways (README, "Caches"):
+
+* **User-keyed** (`user_cache_get_or_build`): a user's events change what is right for them within seconds, and
+  invalidating every cache that mentions a user on each event is what causes stampedes. So these live 60-300 s
+  and carry a `version` (e.g. a hash of the user's recent items): an event changes the version and the next read
+  misses, with no invalidation at all. One GET on a hit; on a miss the caller builds and SETs with EX. No
+  single flight: one user's requests rarely overlap and a duplicate build costs one user's work.
+* **Item-keyed** (`item_cache_get`): shared by every user, so a miss on a popular item is a stampede. The value
+  is stored with its build time; while fresh it is served, once stale it is still served while exactly one
+  caller (the winner of a SET NX PX lock in the value's slot) rebuilds it, and when it is missing one caller
+  builds while the others wait briefly for its value.
+
+Values are bytes (callers serialise, e.g. with orjson). Each cached value is one Redis key hash-tagged by its
+entity (`personalization.redis_keys`), and every command or script touches one slot, so a Redis Cluster works.
+
+Stored formats (the tests read them): a user value is `b"u1:" + version + b"\\n" + payload`; an item value is
+`b"i1" + 16 ASCII digits (build start, epoch milliseconds) + payload`, and an invalidated item value has the
+digits set to zero (stale for any `fresh_seconds`). Freshness is judged with the web machines' wall clocks (kept
+close by NTP): a skew between machines only shifts the fresh window by as much.
+
+Redis errors: a failed read is raised (the caller degrades as for any Redis outage, rather than every request
+building behind a cache that is down); a failed write after a successful build is logged and the built value
+returned.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+import redis
+from prometheus_client import Counter, Histogram
+from redis.commands.core import Script
+
+from personalization import redis_keys
+from personalization.redis_client import get_redis
+
+logger = logging.getLogger(__name__)
+
+USER_CACHE_MIN_TTL_SECONDS: Final = 60
+USER_CACHE_MAX_TTL_SECONDS: Final = 300
+USER_CACHE_DEFAULT_TTL_SECONDS: Final = 120
+# A cold item cache's waiters give up after this long: longer than a normal build (a few pgvector milliseconds),
+# short enough that a request degrades rather than hangs when the build is slow because the database is.
+ITEM_CACHE_DEFAULT_WAIT_SECONDS: Final = 0.25
+# The rebuild lock outlives any normal build; if its holder dies, another caller takes over after this long.
+ITEM_CACHE_DEFAULT_LOCK_SECONDS: Final = 5.0
+_FIRST_POLL_SECONDS: Final = 0.005
+_MAX_POLL_SECONDS: Final = 0.05
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_VERSION = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_USER_MAGIC: Final = b"u1:"
+_ITEM_MAGIC: Final = b"i1"
+_STAMP_DIGITS: Final = 16
+_ITEM_HEADER: Final = len(_ITEM_MAGIC) + _STAMP_DIGITS
+
+CACHE_REQUESTS = Counter(
+    "cache_requests_total",
+    "Cache reads by cache name and outcome: hit (fresh value), stale (stale value served while another caller "
+    "rebuilds), miss (nothing stored, this caller built), rebuild (stale, this caller rebuilt), wait (nothing "
+    "stored, this caller waited for another's build).",
+    ["cache", "outcome"],
+)
+CACHE_ERRORS = Counter(
+    "cache_errors_total",
+    "Cache failures by cache name and kind: build (the build function raised), store (Redis refused the built "
+    "value), wait_timeout (a cold item cache was still being built by another caller).",
+    ["cache", "kind"],
+)
+CACHE_BUILD_SECONDS = Histogram(
+    "cache_build_seconds",
+    "Time spent in a cache's build function (successful or not).",
+    ["cache"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+class CacheWaitTimeout(Exception):
+    """A cold item cache was still being built by another caller after `wait_seconds`. Serve a fallback: building
+    it here too would pile onto whatever makes the build slow (typically the database)."""
+
+
+# KEYS: value, lock. ARGV: token, lock ms, fresh after (epoch ms). {state, value or nil}: state 1 when the value is
+# fresh, else 2 when we took the rebuild lock, else 0 (another caller holds it). Checking and locking in one step
+# means a build that lands between a caller's GET and its lock attempt is not built a second time.
+_CLAIM = """
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, 2) ~= 'i1' then value = false end
+local stamp = value and tonumber(string.sub(value, 3, 18))
+if stamp and stamp > tonumber(ARGV[3]) then return {1, value} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, value} end
+return {0, value}
+"""
+_FRESH: Final = 1
+_LOCKED: Final = 2
+
+# KEYS: value, lock. ARGV: token, build stamp, payload, ttl ms. Stores fresh while we still hold the lock. Losing it
+# means an invalidation (or a build slower than the lock): our payload may predate a change, so it is stored
+# already stale (the next reader rebuilds) unless a build newer than ours has landed meanwhile.
+_STORE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], 'i1' .. ARGV[2] .. ARGV[3], 'PX', ARGV[4])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+local current = redis.call('GET', KEYS[1])
+local stamp = current and string.sub(current, 1, 2) == 'i1' and tonumber(string.sub(current, 3, 18))
+if stamp and stamp >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], 'i1' .. string.rep('0', 16) .. ARGV[3], 'PX', ARGV[4])
+return -1
+"""
+
+# KEYS: lock. ARGV: token. Only the holder releases (an expired lock may belong to another caller by now).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: value, lock. Marks the value stale in place (SETRANGE keeps its TTL) and drops the lock so that a build
+# already under way cannot store its possibly outdated value as fresh. 1 if there was a value.
+_INVALIDATE = """
+local marked = 0
+if redis.call('GETRANGE', KEYS[1], 0, 1) == 'i1' then
+  redis.call('SETRANGE', KEYS[1], 2, string.rep('0', 16))
+  marked = 1
+end
+redis.call('DEL', KEYS[2])
+return marked
+"""
+
+
+def user_cache_get_or_build(
+    *,
+    user_key: str,
+    name: str,
+    version: str,
+    build: Callable[[], bytes],
+    ttl_seconds: int = USER_CACHE_DEFAULT_TTL_SECONDS,
+) -> bytes:
+    """The user's cached value for `name` at `version`, built and stored (TTL clamped to 60-300 s) when missing or
+    of another version. One key per user and name: a new version replaces the old value instead of leaving it to
+    expire."""
+    _check_entity(user_key)
+    _check_name(name)
+    if not _VERSION.fullmatch(version):
+        raise ValueError(f"cache version must match {_VERSION.pattern}: {version!r}")
+    client = get_redis()
+    key = redis_keys.user_cache(user_key, name)
+    prefix = _USER_MAGIC + version.encode() + b"\n"
+    stored = _get(client, key)
+    if stored is not None and stored.startswith(prefix):
+        CACHE_REQUESTS.labels(cache=name, outcome="hit").inc()
+        return stored[len(prefix) :]
+    CACHE_REQUESTS.labels(cache=name, outcome="miss").inc()
+    payload = _timed_build(name, build)
+    ttl = min(max(ttl_seconds, USER_CACHE_MIN_TTL_SECONDS), USER_CACHE_MAX_TTL_SECONDS)
+    try:
+        client.set(key, prefix + payload, ex=ttl)
+    except redis.RedisError:
+        _store_failed(name, key)
+    return payload
+
+
+def user_cache_invalidate(*, user_key: str, name: str) -> bool:
+    """Drop the user's value for `name` (whatever its version); True if there was one. Prefer a new `version`."""
+    _check_entity(user_key)
+    _check_name(name)
+    return bool(get_redis().delete(redis_keys.user_cache(user_key, name)))
+
+
+def item_cache_get(
+    *,
+    item_key: str,
+    name: str,
+    fresh_seconds: int,
+    stale_seconds: int,
+    build: Callable[[], bytes],
+    wait_seconds: float = ITEM_CACHE_DEFAULT_WAIT_SECONDS,
+    lock_seconds: float = ITEM_CACHE_DEFAULT_LOCK_SECONDS,
+) -> bytes:
+    """The item's cached value for `name`, stale-while-revalidate with a single build under concurrency.
+
+    Fresh (built less than `fresh_seconds` ago): returned, one GET. Stale (kept `stale_seconds` longer): the caller
+    that takes the rebuild lock rebuilds inline and returns the new value, every other caller returns the stale
+    value at once; if the rebuild fails the stale value is returned and the lock released. Missing: the caller that
+    takes the lock builds (its failure is raised); the others poll for its value for up to `wait_seconds`, taking
+    over the build if the lock disappears without a value (the builder failed or died), and raise
+    `CacheWaitTimeout` when the wait runs out.
+
+    The rebuild runs inline rather than in a thread or a task: a sync gunicorn worker may be recycled after the
+    response (losing the thread's work), a task queue adds a hop and cannot carry the `build` closure, and inline
+    costs one request per stale period the build's latency while everyone else is served immediately.
+    """
+    _check_entity(item_key)
+    _check_name(name)
+    if fresh_seconds <= 0 or stale_seconds < 0:
+        raise ValueError("fresh_seconds must be positive and stale_seconds not negative")
+    client = get_redis()
+    key = redis_keys.item_cache(item_key, name)
+    lock = redis_keys.item_cache_lock(item_key, name)
+    fresh_ms = fresh_seconds * 1000
+    ttl_ms = (fresh_seconds + stale_seconds) * 1000
+    lock_ms = max(1, round(lock_seconds * 1000))
+    token = secrets.token_hex(16)
+
+    stored = _item_decode(_get(client, key))
+    if stored is not None and _now_ms() - stored[0] < fresh_ms:
+        CACHE_REQUESTS.labels(cache=name, outcome="hit").inc()
+        return stored[1]
+
+    deadline = time.monotonic() + wait_seconds
+    pause = _FIRST_POLL_SECONDS
+    waited = False
+    while True:
+        state, raw = _script(_CLAIM)(keys=[key, lock], args=[token, lock_ms, _now_ms() - fresh_ms], client=client)
+        current = _item_decode(raw)
+        if state == _FRESH and current is not None:
+            CACHE_REQUESTS.labels(cache=name, outcome="wait" if waited else "hit").inc()
+            return current[1]
+        if state == _LOCKED and current is None:
+            CACHE_REQUESTS.labels(cache=name, outcome="miss").inc()
+            return _item_build_and_store(client, name=name, key=key, lock=lock, token=token, ttl_ms=ttl_ms, build=build)
+        if state == _LOCKED and current is not None:
+            CACHE_REQUESTS.labels(cache=name, outcome="rebuild").inc()
+            try:
+                return _item_build_and_store(
+                    client, name=name, key=key, lock=lock, token=token, ttl_ms=ttl_ms, build=build
+                )
+            except Exception:
+                # The stale value beats an error page; the lock is already released, so the next caller retries.
+                logger.warning("cache.rebuild_failed", extra={"cache": name, "item_key": item_key}, exc_info=True)
+                return current[1]
+        if current is not None:
+            # Another caller is rebuilding: the stale value now. After a wait it is the build we waited for, stored
+            # already stale because an invalidation overtook it: still the newest there is.
+            CACHE_REQUESTS.labels(cache=name, outcome="wait" if waited else "stale").inc()
+            return current[1]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            CACHE_REQUESTS.labels(cache=name, outcome="wait").inc()
+            CACHE_ERRORS.labels(cache=name, kind="wait_timeout").inc()
+            raise CacheWaitTimeout(f"{key} is being built by another caller (waited {wait_seconds} s)")
+        waited = True
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 2, _MAX_POLL_SECONDS)
+
+
+def item_cache_invalidate(*, item_key: str, name: str) -> bool:
+    """Mark the item's value for `name` stale (not deleted: readers keep getting it while one caller rebuilds);
+    a build under way stores its result as stale too. True if there was a value."""
+    _check_entity(item_key)
+    _check_name(name)
+    keys = [redis_keys.item_cache(item_key, name), redis_keys.item_cache_lock(item_key, name)]
+    return bool(_script(_INVALIDATE)(keys=keys, client=get_redis()))
+
+
+def _item_build_and_store(
+    client: redis.Redis, *, name: str, key: str, lock: str, token: str, ttl_ms: int, build: Callable[[], bytes]
+) -> bytes:
+    """Build while holding the lock, then store (fresh if still held). The lock is released whatever happens."""
+    stamp = b"%0*d" % (_STAMP_DIGITS, _now_ms())  # the build's start: data read after it is at least this new
+    try:
+        payload = _timed_build(name, build)
+    except BaseException:
+        _release(client, name=name, lock=lock, token=token)
+        raise
+    try:
+        _script(_STORE)(keys=[key, lock], args=[token, stamp, payload, ttl_ms], client=client)
+    except redis.RedisError:
+        _store_failed(name, key)
+        _release(client, name=name, lock=lock, token=token)
+    return payload
+
+
+def _timed_build(name: str, build: Callable[[], bytes]) -> bytes:
+    started = time.monotonic()
+    try:
+        payload = build()
+    except BaseException:
+        CACHE_ERRORS.labels(cache=name, kind="build").inc()
+        raise
+    finally:
+        CACHE_BUILD_SECONDS.labels(cache=name).observe(time.monotonic() - started)
+    if not isinstance(payload, bytes):
+        raise TypeError(f"cache {name!r}: build must return bytes, not {type(payload).__name__}")
+    return payload
+
+
+def _release(client: redis.Redis, *, name: str, lock: str, token: str) -> None:
+    try:
+        _script(_RELEASE)(keys=[lock], args=[token], client=client)
+    except redis.RedisError:
+        # The lock expires on its own after lock_seconds.
+        logger.warning("cache.lock_release_failed", extra={"cache": name, "key": lock}, exc_info=True)
+
+
+def _store_failed(name: str, key: str) -> None:
+    CACHE_ERRORS.labels(cache=name, kind="store").inc()
+    logger.warning("cache.store_failed", extra={"cache": name, "key": key}, exc_info=True)
+
+
+def _item_decode(stored: bytes | None) -> tuple[int, bytes] | None:
+    """(build start in epoch ms, payload), or None for nothing or a value this code did not write."""
+    if stored is None or not stored.startswith(_ITEM_MAGIC):
+        return None
+    stamp = stored[len(_ITEM_MAGIC) : _ITEM_HEADER]
+    if len(stamp) != _STAMP_DIGITS or not stamp.isdigit():
+        return None
+    return int(stamp), stored[_ITEM_HEADER:]
+
+
+def _get(client: redis.Redis, key: str) -> bytes | None:
+    return cast("bytes | None", client.get(key))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@functools.cache
+def _script(source: str) -> Any:
+    """The script object (called by SHA, loaded again after a Redis restart or failover)."""
+    return Script(get_redis(), source)
+
+
+def _check_name(name: str) -> None:
+    # The name is a metric label: a small fixed set of identifiers, never built from request data.
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"cache name must match {_NAME.pattern}: {name!r}")
+
+
+def _check_entity(entity_key: str) -> None:
+    # An empty hash tag ("{}") would hash the whole key, putting a value and its lock in different slots.
+    if not entity_key:
+        raise ValueError("cache entity key must not be empty")
