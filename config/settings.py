@@ -205,7 +205,8 @@ API_KEY_CACHE_SECONDS = float(os.environ.get("API_KEY_CACHE_SECONDS", "10"))
 # A stream entry pending this long belongs to a consumer presumed dead and is reclaimed by another.
 EVENT_RECLAIM_IDLE_MS = int(os.environ.get("EVENT_RECLAIM_IDLE_MS", "60000"))
 # Online state and event streams are split into this many partitions (by user); see personalization/redis_keys.py.
-EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "4"))
+# One suits a single Redis node (item feature reads fan out over partitions); a Redis Cluster wants several.
+EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "1"))
 
 # The embedding size of every vector column; changing it needs a migration and a retrain.
 EMBEDDING_DIMENSIONS = 64

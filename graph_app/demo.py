@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from graph_app.models import Shopper
+from graph_app.online import catalog_online_rebuild
 from graph_app.services import EntityRef, ItemInput, content_projection, item_upsert
 from signals_app.consumer import events_drain_all
 from signals_app.log import event_log_partitions_create
@@ -174,6 +175,8 @@ def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -
     projection = content_projection()
     for code in sorted(descriptions):
         item_upsert(data=_item_input(code, descriptions[code], prices[code]), projection=projection)
+    # The ingest script reads item entities from Redis: publish the catalog before replaying the history.
+    catalog_online_rebuild()
     Shopper.objects.bulk_create(
         [
             Shopper(external_id=_user_id(customer), traits={"country": country})
@@ -187,7 +190,7 @@ def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -
     shift = ((now or datetime.now(UTC)) - timedelta(hours=1)) - max(dates)
     events = []
     line_numbers: dict[tuple[str, str], int] = defaultdict(int)
-    for row, date in zip(rows, dates, strict=True):
+    for position, (row, date) in enumerate(zip(rows, dates, strict=True)):
         line_key = (row["InvoiceNo"], row["StockCode"])
         line_numbers[line_key] += 1
         events.append(
@@ -196,7 +199,8 @@ def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -
                 "type": "purchase",
                 "user_id": _user_id(row["CustomerID"]),
                 "item_id": row["StockCode"],
-                "timestamp": (date + shift).isoformat(),
+                # Invoice lines share a minute: a microsecond per line keeps the file's order in event time too.
+                "timestamp": (date + shift + timedelta(microseconds=position)).isoformat(),
                 "value": round(float(row["UnitPrice"]) * float(row["Quantity"]), 2),
                 "context": {"invoice": row["InvoiceNo"], "quantity": int(float(row["Quantity"]))},
             }

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 
 import orjson
 
+from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
 from personalization import redis_keys
 from personalization.redis_client import get_redis
-from signals_app.online_state import AFFINITY_HALF_LIFE_SECONDS, RECENT_ITEMS_KEPT, RECENT_ITEMS_TTL_SECONDS
+from signals_app.online_state import RECENT_ITEMS_KEPT, RECENT_ITEMS_TTL_SECONDS
 
 logger = logging.getLogger(__name__)
 

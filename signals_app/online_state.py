@@ -13,6 +13,7 @@ stored * 2^(-(T - epoch) / half_life). The epoch moves forward (rebase) before t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,35 +44,61 @@ REBASE_AFTER_HALF_LIVES = 200
 
 INGEST_SCRIPT = """
 -- One partition's share of a request. KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item last seen,
--- 5..4+W trend keys, then 5 keys an event: seen, recent, session items, affinity, placement clicks.
--- ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 recent ttl, 5 session ttl, 6 affinity half-life,
--- 7 rebase after, 8 windows W, 9..8+W trend half-lives, then 7 values an event:
+-- 5..4+W trend keys, then 6 keys an event: seen, recent, session items, affinity, placement clicks, recent-last.
+-- ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 user state ttl, 5 session ttl, 6 affinity half-life,
+-- 7 rebase after, 8 windows W, 9..8+W trend half-lives, 9+W now, then 9 values an event:
 -- item, weight, marks interest, ts, payload, has session, late, is click in a placement, ctr half-life.
 local events = tonumber(ARGV[1])
 local windows = tonumber(ARGV[8])
 local rebase_after = tonumber(ARGV[7])
 local affinity_half_life = tonumber(ARGV[6])
+local state_ttl = tonumber(ARGV[4])
+local now = tonumber(ARGV[9 + windows])
+-- User state lasts state_ttl after its latest event, by event time: a gap longer than that starts it afresh
+-- (the offline materialization applies the same rule). Redis expiry only reclaims memory, a day at the least.
+local function expire_after(key, last)
+  redis.call('EXPIREAT', key, math.floor(math.max(last + state_ttl, now + 86400)))
+end
 local trend_epochs = {}
 for w = 1, windows do
   trend_epochs[w] = tonumber(redis.call('HGET', KEYS[1], KEYS[4 + w]))
 end
+local function bump(key, epoch_field_key, half_life, ts, amount, item)
+  local epoch = tonumber(redis.call('HGET', KEYS[1], epoch_field_key))
+  if not epoch then
+    epoch = ts
+    redis.call('HSET', KEYS[1], epoch_field_key, epoch)
+  elseif (ts - epoch) / half_life > rebase_after then
+    redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', 2 ^ (-(ts - epoch) / half_life))
+    epoch = ts
+    redis.call('HSET', KEYS[1], epoch_field_key, epoch)
+  end
+  redis.call('ZINCRBY', key, amount * 2 ^ ((ts - epoch) / half_life), item)
+end
 local results = {}
 for e = 0, events - 1 do
-  local k = 4 + windows + 5 * e
-  local a = 8 + windows + 9 * e
+  local k = 4 + windows + 6 * e
+  local a = 9 + windows + 9 * e
   local item, weight, ts = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
   if not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[2]) then
     results[e + 1] = 0
   else
     results[e + 1] = 1
-    -- Older than the dedupe window (ARGV late): maybe a resend we no longer remember, so it only goes to the
+    -- Older than the dedupe window (late): maybe a resend we no longer remember, so it only goes to the
     -- durable log, which is unique on event id; its decayed weight would be negligible online anyway.
     if ARGV[a + 7] ~= '1' then
       if item ~= '' and ARGV[a + 3] == '1' then
+        local last = tonumber(redis.call('GET', KEYS[k + 6]))
+        if last and ts - last > state_ttl then redis.call('DEL', KEYS[k + 2]) end
+        if not last or ts > last then
+          last = ts
+          redis.call('SET', KEYS[k + 6], ts)
+        end
         redis.call('LREM', KEYS[k + 2], 0, item)
         redis.call('LPUSH', KEYS[k + 2], item)
         redis.call('LTRIM', KEYS[k + 2], 0, tonumber(ARGV[3]) - 1)
-        redis.call('EXPIRE', KEYS[k + 2], ARGV[4])
+        expire_after(KEYS[k + 2], last)
+        expire_after(KEYS[k + 6], last)
         if ARGV[a + 6] == '1' then
           redis.call('LREM', KEYS[k + 3], 0, item)
           redis.call('LPUSH', KEYS[k + 3], item)
@@ -100,6 +127,11 @@ for e = 0, events - 1 do
         local entities = redis.call('HGET', KEYS[3], item)
         if entities then
           local affinity = KEYS[k + 4]
+          local last = tonumber(redis.call('HGET', affinity, '_last'))
+          if last and ts - last > state_ttl then
+            redis.call('DEL', affinity)
+            last = nil
+          end
           local epoch = tonumber(redis.call('HGET', affinity, '_epoch'))
           if not epoch then
             epoch = ts
@@ -118,25 +150,18 @@ for e = 0, events - 1 do
           local increment = weight * 2 ^ ((ts - epoch) / affinity_half_life)
           for entity in string.gmatch(entities, '[^|]+') do
             redis.call('HINCRBYFLOAT', affinity, 'f:' .. entity, increment)
-            local last = tonumber(redis.call('HGET', affinity, 'r:' .. entity) or '0')
-            if ts > last then redis.call('HSET', affinity, 'r:' .. entity, ts) end
+            local seen = tonumber(redis.call('HGET', affinity, 'r:' .. entity) or '0')
+            if ts > seen then redis.call('HSET', affinity, 'r:' .. entity, ts) end
           end
-          redis.call('EXPIRE', affinity, ARGV[4])
+          if not last or ts > last then
+            last = ts
+            redis.call('HSET', affinity, '_last', ts)
+          end
+          expire_after(affinity, last)
         end
       end
       if item ~= '' and ARGV[a + 8] == '1' then
-        local key = KEYS[k + 5]
-        local half_life = tonumber(ARGV[a + 9])
-        local epoch = tonumber(redis.call('HGET', KEYS[1], key))
-        if not epoch then
-          epoch = ts
-          redis.call('HSET', KEYS[1], key, epoch)
-        elseif (ts - epoch) / half_life > rebase_after then
-          redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', 2 ^ (-(ts - epoch) / half_life))
-          epoch = ts
-          redis.call('HSET', KEYS[1], key, epoch)
-        end
-        redis.call('ZINCRBY', key, 2 ^ ((ts - epoch) / half_life), item)
+        bump(KEYS[k + 5], KEYS[k + 5], tonumber(ARGV[a + 9]), ts, 1, item)
       end
     end
     redis.call('XADD', KEYS[2], '*', 'e', ARGV[a + 5])
@@ -208,6 +233,7 @@ class IngestScript:
             REBASE_AFTER_HALF_LIVES,
             len(TREND_WINDOWS),
             *TREND_WINDOWS.values(),
+            repr(time.time()),
         ]
         for online in events:
             event = online.event
@@ -217,6 +243,7 @@ class IngestScript:
                 redis_keys.user_session_items(event.user_key, event.session_id or "-"),
                 redis_keys.user_affinity(event.user_key),
                 redis_keys.placement_clicks(partition, event.placement or "-"),
+                redis_keys.user_recent_last(event.user_key),
             ]
             args += [
                 event.item_id,

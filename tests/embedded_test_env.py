@@ -8,6 +8,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STARTED_EMBEDDED_SERVERS = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
 os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(PROJECT_ROOT / ".data" / "test"))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Several partitions, so that the tests exercise the Redis Cluster layout (production default: one).
+os.environ.setdefault("EVENT_PARTITIONS", "4")
 
 
 def pytest_unconfigure(config: object) -> None:

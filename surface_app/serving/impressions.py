@@ -4,6 +4,8 @@ the partition's stream, from which the durable log stores it (hot path: no ORM).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
 import redis
 from redis.exceptions import NoScriptError
@@ -46,7 +48,7 @@ class ImpressionScript:
         user_key: str,
         placement: str,
         served_at: float,
-        record: dict[str, object],
+        record: Mapping[str, object],
         item_ids: list[str],
     ) -> None:
         if self.sha is None:

@@ -61,7 +61,7 @@ def slate_serve(*, user_key: str, placement: str, k: int) -> Slate:
 def _impression_log(*, slate: Slate, user_key: str) -> None:
     """The served slate, kept for attribution (7 days) and logged as impressions, in one round trip."""
     served_at = time.time()
-    items = [
+    items: list[dict[str, object]] = [
         {"item_id": candidate.item_id, "slot": slot, "score": candidate.score, "source": candidate.source}
         for slot, candidate in enumerate(slate.items)
     ]
@@ -81,7 +81,7 @@ def _impression_log(*, slate: Slate, user_key: str) -> None:
             if items:
                 impression_script.queue(
                     client, pipeline, user_key=user_key, placement=slate.placement, served_at=served_at,
-                    record=record, item_ids=[row["item_id"] for row in items],
+                    record=record, item_ids=[candidate.item_id for candidate in slate.items],
                 )  # fmt: skip
             pipeline.execute()
             return

@@ -1,0 +1,260 @@
+"""The offline materialization: point-in-time correct feature rows for (user, item, placement, as_of), computed
+from the PostgreSQL event log with the same definitions as the online store (control plane: SQL and ORM).
+
+Only what was known at `as_of` counts: events that happened by then and, like the online path, not those that
+arrived more than the 48 h dedupe window after they happened (those only reach the log). Catalog facts (price,
+stock, entities, embeddings) are the current ones: the catalog keeps no history.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from django.db import connection
+
+from graph_app.features.definitions import (
+    AFFINITY_HALF_LIFE_SECONDS,
+    AFFINITY_TTL_SECONDS,
+    CTR_HALF_LIFE_SECONDS,
+    DAY,
+    FEATURE_INDEX,
+    FEATURE_NAMES,
+    FEATURES,
+    POPULARITY_HALF_LIVES,
+    RECENT_ITEMS_FOR_SIMILARITY,
+    smoothed_ctr,
+    trend,
+)
+from graph_app.models import Item, ItemEntity
+from graph_app.online import entity_keys
+from signals_app.event_types import BUILT_IN_EVENT_TYPES, EventType
+from signals_app.models import CustomEventType
+from signals_app.online_state import DEDUPE_WINDOW_SECONDS
+
+TTL = {feature.name: feature.ttl_seconds for feature in FEATURES}
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    user_key: str
+    item_id: str
+    placement: str
+    as_of: datetime
+
+
+def _event_types() -> dict[str, EventType]:
+    types = dict(BUILT_IN_EVENT_TYPES)
+    for row in CustomEventType.objects.all():
+        types[row.name] = EventType(row.name, row.needs_item, row.popularity_weight, row.marks_interest)
+    return types
+
+
+def _catalog(
+    item_ids: set[str],
+) -> tuple[dict[str, list[str]], dict[str, tuple[float, bool, float, np.ndarray | None]]]:
+    links: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for item_id, kind, external_id in (
+        ItemEntity.objects.filter(item__external_id__in=item_ids)
+        .values_list("item__external_id", "entity__kind", "entity__external_id")
+        .order_by("item__external_id", "entity__kind", "entity__external_id")
+    ):
+        links[item_id].append((kind, external_id))
+    keys: dict[str, list[str]] = {}
+    facts: dict[str, tuple[float, bool, float, np.ndarray | None]] = {}
+    for item_id, category, price, in_stock, created, vector in Item.objects.filter(
+        external_id__in=item_ids
+    ).values_list("external_id", "category", "price", "in_stock", "created_at", "embedding"):
+        encoded = entity_keys(category=category, entities=links.get(item_id, []))
+        keys[item_id] = encoded.split("|") if encoded else []
+        facts[item_id] = (
+            math.nan if price is None else float(price),
+            in_stock,
+            created.timestamp(),
+            None if vector is None else np.asarray(vector, dtype=np.float32),
+        )
+    return keys, facts
+
+
+# power() raises on underflow in PostgreSQL: exponents are floored at 2^-1000 (about 1e-301, i.e. zero).
+_ITEM_POPULARITY_SQL = """
+WITH r AS (SELECT * FROM unnest(%(idx)s::int[], %(item)s::text[], %(as_of)s::timestamptz[]) AS r(idx, item, as_of)),
+     w AS (SELECT * FROM unnest(%(types)s::text[], %(weights)s::float8[]) AS w(type, weight))
+SELECT r.idx,
+       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h1)s, -1000))),
+       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h2)s, -1000))),
+       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h3)s, -1000))),
+       extract(epoch FROM max(e.occurred_at))::float8
+FROM r
+JOIN signals_app_event e ON e.item_id = r.item AND e.occurred_at <= r.as_of
+JOIN w ON w.type = e.type
+WHERE e.received_at - e.occurred_at <= make_interval(secs => %(late)s)
+GROUP BY r.idx
+"""
+
+_PLACEMENT_CLICKS_SQL = """
+WITH r AS (SELECT * FROM unnest(%(idx)s::int[], %(item)s::text[], %(placement)s::text[], %(as_of)s::timestamptz[])
+           AS r(idx, item, placement, as_of))
+SELECT r.idx, sum(power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h)s, -1000)))
+FROM r
+JOIN signals_app_event e ON e.item_id = r.item AND e.placement = r.placement AND e.type = 'click'
+                        AND e.occurred_at <= r.as_of
+WHERE e.received_at - e.occurred_at <= make_interval(secs => %(late)s)
+GROUP BY r.idx
+"""
+
+_PLACEMENT_IMPRESSIONS_SQL = """
+WITH r AS (SELECT * FROM unnest(%(idx)s::int[], %(item)s::text[], %(placement)s::text[], %(as_of)s::timestamptz[])
+           AS r(idx, item, placement, as_of))
+SELECT r.idx, sum(power(2, greatest(-extract(epoch FROM r.as_of - i.served_at)::float8 / %(h)s, -1000)))
+FROM r
+JOIN signals_app_impression i ON i.item_id = r.item AND i.placement = r.placement AND i.served_at <= r.as_of
+GROUP BY r.idx
+"""
+
+_USER_EVENTS_SQL = """
+SELECT user_id, item_id, type, extract(epoch FROM occurred_at)::float8
+FROM signals_app_event
+WHERE user_id = ANY(%(users)s) AND item_id <> '' AND occurred_at <= %(until)s
+  AND received_at - occurred_at <= make_interval(secs => %(late)s)
+ORDER BY occurred_at, id
+"""
+
+
+def features_offline(*, requests: list[FeatureRequest]) -> np.ndarray:
+    """One row per request, columns in FEATURE_NAMES order, NaN where missing."""
+    values = np.full((len(requests), len(FEATURE_NAMES)), np.nan)
+    if not requests:
+        return values
+    types = _event_types()
+    weighted = {name: kind.popularity_weight for name, kind in types.items() if kind.popularity_weight > 0}
+    item_ids = {request.item_id for request in requests}
+    users = {request.user_key for request in requests}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _USER_EVENTS_SQL,
+            {"users": sorted(users), "until": max(r.as_of for r in requests), "late": DEDUPE_WINDOW_SECONDS},
+        )
+        user_events = cursor.fetchall()
+    keys, facts = _catalog(item_ids | {item for _, item, _, _ in user_events})
+    columns = {
+        "idx": list(range(len(requests))),
+        "item": [request.item_id for request in requests],
+        "placement": [request.placement for request in requests],
+        "as_of": [request.as_of for request in requests],
+        "late": DEDUPE_WINDOW_SECONDS,
+    }
+    windows = list(POPULARITY_HALF_LIVES.values())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ITEM_POPULARITY_SQL,
+            {**columns, "types": list(weighted), "weights": list(weighted.values()),
+             "h1": windows[0], "h2": windows[1], "h3": windows[2]},
+        )  # fmt: skip
+        popularity = {row[0]: row[1:] for row in cursor.fetchall()}
+        cursor.execute(_PLACEMENT_CLICKS_SQL, {**columns, "h": CTR_HALF_LIFE_SECONDS})
+        clicks = dict(cursor.fetchall())
+        cursor.execute(_PLACEMENT_IMPRESSIONS_SQL, {**columns, "h": CTR_HALF_LIFE_SECONDS})
+        impressions = dict(cursor.fetchall())
+
+    by_user: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    for user_id, item_id, type_name, ts in user_events:
+        by_user[user_id].append((item_id, type_name, ts))
+
+    for row, request in enumerate(requests):
+        as_of = request.as_of.timestamp()
+        _item_features(values[row], request, as_of, popularity.get(row), facts)
+        values[row, FEATURE_INDEX["item_placement_ctr"]] = smoothed_ctr(clicks.get(row, 0.0), impressions.get(row, 0.0))
+        _user_features(values[row], request, as_of, by_user.get(request.user_key, []), types, keys, facts)
+    return values
+
+
+def _item_features(
+    row: np.ndarray,
+    request: FeatureRequest,
+    as_of: float,
+    popularity: tuple[float, float, float, float] | None,
+    facts: dict[str, tuple[float, bool, float, np.ndarray | None]],
+) -> None:
+    for position, window in enumerate(POPULARITY_HALF_LIVES):
+        name = f"item_popularity_{window}"
+        if popularity is None:
+            row[FEATURE_INDEX[name]] = 0.0
+            continue
+        ttl = TTL[name]
+        stale = ttl is not None and as_of - popularity[3] > ttl
+        row[FEATURE_INDEX[name]] = math.nan if stale else popularity[position]
+    row[FEATURE_INDEX["item_trend"]] = trend(
+        row[FEATURE_INDEX["item_popularity_1h"]], row[FEATURE_INDEX["item_popularity_1d"]]
+    )
+    fact = facts.get(request.item_id)
+    if fact is not None:
+        price, in_stock, created_at, _ = fact
+        row[FEATURE_INDEX["item_price"]] = price
+        row[FEATURE_INDEX["item_in_stock"]] = 1.0 if in_stock else 0.0
+        row[FEATURE_INDEX["item_age_days"]] = (as_of - created_at) / DAY
+
+
+def _user_features(
+    row: np.ndarray,
+    request: FeatureRequest,
+    as_of: float,
+    events: list[tuple[str, str, float]],
+    types: dict[str, EventType],
+    keys: dict[str, list[str]],
+    facts: dict[str, tuple[float, bool, float, np.ndarray | None]],
+) -> None:
+    frequency: dict[str, float] = defaultdict(float)
+    last_seen: dict[str, float] = {}
+    latest_affinity_event = -math.inf
+    recent: list[str] = []
+    latest_interest_event = -math.inf
+    # Like the online script: user state starts afresh after a gap longer than its TTL (by event time).
+    for item_id, type_name, ts in events:
+        if ts > as_of:
+            break
+        kind = types.get(type_name)
+        if kind is None:
+            continue
+        if kind.marks_interest:
+            if ts - latest_interest_event > AFFINITY_TTL_SECONDS:
+                recent = []
+            if item_id in recent:
+                recent.remove(item_id)
+            recent.insert(0, item_id)
+            latest_interest_event = max(latest_interest_event, ts)
+        if kind.popularity_weight > 0 and keys.get(item_id):
+            if ts - latest_affinity_event > AFFINITY_TTL_SECONDS:
+                frequency.clear()
+                last_seen.clear()
+            latest_affinity_event = max(latest_affinity_event, ts)
+            for key in keys[item_id]:
+                frequency[key] += kind.popularity_weight * 2.0 ** (-(as_of - ts) / AFFINITY_HALF_LIFE_SECONDS)
+                last_seen[key] = max(last_seen.get(key, -math.inf), ts)
+
+    # A user's online state expires its TTL after the latest event that updated it.
+    if latest_affinity_event + AFFINITY_TTL_SECONDS > as_of:
+        candidate_keys = keys.get(request.item_id, [])
+        category = next((key for key in candidate_keys if key.startswith("category:")), None)
+        row[FEATURE_INDEX["user_category_frequency"]] = frequency.get(category, 0.0) if category else 0.0
+        row[FEATURE_INDEX["user_category_recency_days"]] = (
+            (as_of - last_seen[category]) / DAY if category in last_seen else math.nan
+        )
+        row[FEATURE_INDEX["user_item_entity_affinity"]] = sum(
+            frequency.get(key, 0.0) for key in candidate_keys if not key.startswith("category:")
+        )
+    if latest_interest_event + AFFINITY_TTL_SECONDS <= as_of:
+        return
+    vectors = [
+        facts[item][3] for item in recent[:RECENT_ITEMS_FOR_SIMILARITY] if item in facts and facts[item][3] is not None
+    ]
+    fact = facts.get(request.item_id)
+    if not vectors or fact is None or fact[3] is None:
+        return
+    taste = np.mean(vectors, axis=0).astype(np.float64)
+    norm, item_norm = float(np.linalg.norm(taste)), float(np.linalg.norm(fact[3]))
+    if norm and item_norm:
+        row[FEATURE_INDEX["user_item_similarity"]] = float(fact[3].astype(np.float64) @ (taste / norm)) / item_norm

@@ -1,0 +1,207 @@
+"""The online materialization, read side: the feature matrix for one user and up to 500 candidate items in at
+most two pipelined Redis round trips (the second only fetches the embeddings of the user's recent items).
+
+Hot path: plain Python and numpy over Redis replies, no ORM. Every formula comes from `definitions`; the offline
+materialization (`offline.py`) computes the same values from the PostgreSQL log.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+from prometheus_client import Counter, Histogram
+
+from graph_app.features.definitions import (
+    AFFINITY_HALF_LIFE_SECONDS,
+    AFFINITY_TTL_SECONDS,
+    CTR_HALF_LIFE_SECONDS,
+    DAY,
+    FEATURE_INDEX,
+    FEATURE_NAMES,
+    FEATURES,
+    POPULARITY_HALF_LIVES,
+    RECENT_ITEMS_FOR_SIMILARITY,
+    smoothed_ctr,
+    trend,
+)
+from graph_app.online import unpack_static
+from personalization import redis_keys
+from personalization.redis_client import get_redis
+
+FEATURE_AGE_SECONDS = Histogram(
+    "feature_age_seconds",
+    "Age of the freshest online value read, per feature group (time since its latest source event).",
+    ["feature"],
+    buckets=(1, 10, 60, 300, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 90 * 86400),
+)
+FEATURE_MISSING = Counter(
+    "feature_missing_total", "Online values treated as missing because they were older than their TTL.", ["feature"]
+)
+TTL = {feature.name: feature.ttl_seconds for feature in FEATURES}
+
+COUNTER_WINDOWS = tuple(POPULARITY_HALF_LIVES)
+# Per partition: the decayed item counters (trend windows, last seen, placement clicks and impressions).
+COUNTERS_PER_PARTITION = len(COUNTER_WINDOWS) + 3
+ENTITY_SEPARATOR = "|"
+
+
+@dataclass(frozen=True)
+class FeatureMatrix:
+    item_ids: list[str]
+    values: np.ndarray  # len(item_ids) x len(FEATURE_NAMES), NaN where missing
+    names: tuple[str, ...] = FEATURE_NAMES
+    recent_items: list[str] = field(default_factory=list)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.values[:, FEATURE_INDEX[name]]
+
+
+def _floats(replies: list[Any]) -> np.ndarray:
+    """Redis numbers (bytes, or None when absent) as float64, NaN for None."""
+    return np.fromiter((math.nan if value is None else float(value) for value in replies), np.float64, len(replies))
+
+
+def _counter_keys(partition: int, placement: str) -> list[str]:
+    return [
+        redis_keys.item_trend_epochs(partition),
+        *(redis_keys.item_trend(partition, window) for window in COUNTER_WINDOWS),
+        redis_keys.item_last_seen(partition),
+        redis_keys.placement_clicks(partition, placement),
+        redis_keys.placement_impressions(partition, placement),
+    ]
+
+
+def features_queue(
+    client: redis.Redis, pipeline: redis.client.Pipeline, *, user_key: str, item_ids: list[str], placement: str
+) -> None:
+    """Queue every read the feature matrix needs except the recent items' embeddings."""
+    pipeline.hgetall(redis_keys.user_affinity(user_key))
+    pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_FOR_SIMILARITY - 1)
+    pipeline.get(redis_keys.user_recent_last(user_key))
+    pipeline.hmget(redis_keys.CATALOG_STATIC, item_ids)
+    pipeline.hmget(redis_keys.CATALOG_VECTORS, item_ids)
+    pipeline.hmget(redis_keys.catalog_entities(redis_keys.partition_of(user_key)), item_ids)
+    for partition in redis_keys.partitions():
+        epochs, *counters = _counter_keys(partition, placement)
+        pipeline.hmget(epochs, counters)
+        for key in counters:
+            pipeline.zmscore(key, item_ids)
+
+
+def features_fetch(*, user_key: str, item_ids: list[str], placement: str, now: float) -> FeatureMatrix:
+    client = get_redis()
+    pipeline = client.pipeline(transaction=False)
+    features_queue(client, pipeline, user_key=user_key, item_ids=item_ids, placement=placement)
+    replies = pipeline.execute()
+    recent = [value.decode() for value in replies[1]]
+    recent_last = replies[2]
+    if recent_last is None or float(recent_last) + AFFINITY_TTL_SECONDS <= now:
+        recent = []  # the user's recent items are older than their TTL: missing
+    recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent) if recent else []
+    return features_compute(replies=replies, recent_vectors=recent_vectors, item_ids=item_ids, now=now, observe=True)
+
+
+def features_compute(
+    *, replies: list[Any], recent_vectors: list[Any], item_ids: list[str], now: float, observe: bool = False
+) -> FeatureMatrix:
+    count = len(item_ids)
+    values = np.full((count, len(FEATURE_NAMES)), np.nan)
+    affinity_raw, recent_raw, _recent_last, static_raw, vectors_raw, entities_raw = replies[:6]
+    position = 6
+
+    half_lives = [*POPULARITY_HALF_LIVES.values(), None, CTR_HALF_LIFE_SECONDS, CTR_HALF_LIFE_SECONDS]
+    totals = np.zeros((len(half_lives), count))
+    last_seen = np.full(count, -np.inf)
+    for start in range(position, len(replies), COUNTERS_PER_PARTITION + 1):
+        epochs = _floats(replies[start])
+        counters = [_floats(reply) for reply in replies[start + 1 : start + 1 + COUNTERS_PER_PARTITION]]
+        for index, half_life in enumerate(half_lives):
+            if half_life is None:
+                last_seen = np.fmax(last_seen, np.nan_to_num(counters[index], nan=-np.inf))
+            elif not np.isnan(epochs[index]):
+                totals[index] += np.nan_to_num(counters[index]) * 2.0 ** (-(now - epochs[index]) / half_life)
+    popularity = {window: totals[index] for index, window in enumerate(POPULARITY_HALF_LIVES)}
+    clicks, impressions = totals[-2], totals[-1]
+
+    # Item popularity: zero when the item never had an event, missing when its latest is older than the TTL.
+    age = now - last_seen
+    for window in POPULARITY_HALF_LIVES:
+        name = f"item_popularity_{window}"
+        column = np.where(np.isfinite(last_seen), popularity[window], 0.0)
+        ttl = TTL[name]
+        stale = np.isfinite(age) & (age > ttl) if ttl else np.zeros(count, dtype=bool)
+        column[stale] = np.nan
+        values[:, FEATURE_INDEX[name]] = column
+        if observe and stale.any():
+            FEATURE_MISSING.labels(feature=name).inc(int(stale.sum()))
+    values[:, FEATURE_INDEX["item_trend"]] = [
+        trend(hour, day)
+        for hour, day in zip(
+            values[:, FEATURE_INDEX["item_popularity_1h"]], values[:, FEATURE_INDEX["item_popularity_1d"]], strict=True
+        )
+    ]
+    values[:, FEATURE_INDEX["item_placement_ctr"]] = [
+        smoothed_ctr(click, shown) for click, shown in zip(clicks, impressions, strict=True)
+    ]
+    if observe and np.isfinite(last_seen).any():
+        FEATURE_AGE_SECONDS.labels(feature="item_popularity").observe(max(0.0, float(np.nanmin(age[np.isfinite(age)]))))
+
+    for row, payload in enumerate(static_raw):
+        if payload is None:
+            continue
+        price, in_stock, created_at = unpack_static(payload)
+        values[row, FEATURE_INDEX["item_price"]] = price
+        values[row, FEATURE_INDEX["item_in_stock"]] = 1.0 if in_stock else 0.0
+        values[row, FEATURE_INDEX["item_age_days"]] = (now - created_at) / DAY
+
+    _user_entity_features(values, affinity_raw, entities_raw, now, observe)
+    _similarity(values, vectors_raw, recent_vectors)
+    return FeatureMatrix(item_ids=list(item_ids), values=values, recent_items=[value.decode() for value in recent_raw])
+
+
+def _user_entity_features(
+    values: np.ndarray, affinity_raw: dict[bytes, bytes], entities_raw: list[Any], now: float, observe: bool
+) -> None:
+    fields = {name.decode(): float(value) for name, value in affinity_raw.items()}
+    if not fields or fields.get("_last", -math.inf) + AFFINITY_TTL_SECONDS <= now:
+        return  # a new user, or one whose state is older than its TTL: missing
+    factor = 2.0 ** (-(now - fields.get("_epoch", now)) / AFFINITY_HALF_LIFE_SECONDS)
+    latest = max((value for name, value in fields.items() if name.startswith("r:")), default=None)
+    if observe and latest is not None:
+        FEATURE_AGE_SECONDS.labels(feature="user_affinity").observe(max(0.0, now - latest))
+    for row, payload in enumerate(entities_raw):
+        keys = payload.decode().split(ENTITY_SEPARATOR) if payload else []
+        category = next((key for key in keys if key.startswith("category:")), None)
+        others = [key for key in keys if not key.startswith("category:")]
+        values[row, FEATURE_INDEX["user_category_frequency"]] = (
+            fields.get(f"f:{category}", 0.0) * factor if category else 0.0
+        )
+        last = fields.get(f"r:{category}") if category else None
+        values[row, FEATURE_INDEX["user_category_recency_days"]] = (now - last) / DAY if last is not None else math.nan
+        values[row, FEATURE_INDEX["user_item_entity_affinity"]] = (
+            sum(fields.get(f"f:{key}", 0.0) for key in others) * factor
+        )
+
+
+def _similarity(values: np.ndarray, vectors_raw: list[Any], recent_vectors: list[Any]) -> None:
+    recent = [np.frombuffer(payload, dtype=np.float32) for payload in recent_vectors if payload]
+    if not recent:
+        return
+    taste = np.mean(recent, axis=0).astype(np.float64)
+    norm = float(np.linalg.norm(taste))
+    if norm == 0:
+        return
+    taste /= norm
+    rows = [row for row, payload in enumerate(vectors_raw) if payload]
+    if not rows:
+        return
+    matrix = np.frombuffer(b"".join(vectors_raw[row] for row in rows), dtype=np.float32).reshape(len(rows), -1)
+    matrix = matrix.astype(np.float64)
+    norms = np.linalg.norm(matrix, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = (matrix @ taste) / norms
+    values[rows, FEATURE_INDEX["user_item_similarity"]] = np.where(norms > 0, cosine, np.nan)
