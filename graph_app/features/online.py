@@ -163,28 +163,58 @@ def features_compute(
     return FeatureMatrix(item_ids=list(item_ids), values=values, recent_items=[value.decode() for value in recent_raw])
 
 
+# Parsed entity lists of items, by their encoded form (items keep their entities for long): (f: key of the
+# category, r: key of the category, f: keys of the other entities).
+_parsed_entities: dict[bytes, tuple[bytes | None, bytes | None, tuple[bytes, ...]]] = {}
+PARSED_ENTITIES_KEPT = 200_000
+
+
+def _parse_entities(payload: bytes) -> tuple[bytes | None, bytes | None, tuple[bytes, ...]]:
+    parsed = _parsed_entities.get(payload)
+    if parsed is None:
+        keys = payload.split(b"|")
+        category = next((key for key in keys if key.startswith(b"category:")), None)
+        parsed = (
+            b"f:" + category if category else None,
+            b"r:" + category if category else None,
+            tuple(b"f:" + key for key in keys if not key.startswith(b"category:")),
+        )
+        if len(_parsed_entities) >= PARSED_ENTITIES_KEPT:
+            _parsed_entities.clear()
+        _parsed_entities[payload] = parsed
+    return parsed
+
+
 def _user_entity_features(
     values: np.ndarray, affinity_raw: dict[bytes, bytes], entities_raw: list[Any], now: float, observe: bool
 ) -> None:
-    fields = {name.decode(): float(value) for name, value in affinity_raw.items()}
-    if not fields or fields.get("_last", -math.inf) + AFFINITY_TTL_SECONDS <= now:
+    last_update = affinity_raw.get(b"_last")
+    if last_update is None or float(last_update) + AFFINITY_TTL_SECONDS <= now:
         return  # a new user, or one whose state is older than its TTL: missing
-    factor = 2.0 ** (-(now - fields.get("_epoch", now)) / AFFINITY_HALF_LIFE_SECONDS)
-    latest = max((value for name, value in fields.items() if name.startswith("r:")), default=None)
-    if observe and latest is not None:
-        FEATURE_AGE_SECONDS.labels(feature="user_affinity").observe(max(0.0, now - latest))
+    factor = 2.0 ** (-(now - float(affinity_raw.get(b"_epoch", now))) / AFFINITY_HALF_LIFE_SECONDS)
+    if observe:
+        latest = max((float(value) for name, value in affinity_raw.items() if name.startswith(b"r:")), default=None)
+        if latest is not None:
+            FEATURE_AGE_SECONDS.labels(feature="user_affinity").observe(max(0.0, now - latest))
+    frequency, recency, affinity = (FEATURE_INDEX[name] for name in (
+        "user_category_frequency", "user_category_recency_days", "user_item_entity_affinity"
+    ))  # fmt: skip
+    computed: dict[bytes | None, tuple[float, float, float]] = {}
     for row, payload in enumerate(entities_raw):
-        keys = payload.decode().split(ENTITY_SEPARATOR) if payload else []
-        category = next((key for key in keys if key.startswith("category:")), None)
-        others = [key for key in keys if not key.startswith("category:")]
-        values[row, FEATURE_INDEX["user_category_frequency"]] = (
-            fields.get(f"f:{category}", 0.0) * factor if category else 0.0
-        )
-        last = fields.get(f"r:{category}") if category else None
-        values[row, FEATURE_INDEX["user_category_recency_days"]] = (now - last) / DAY if last is not None else math.nan
-        values[row, FEATURE_INDEX["user_item_entity_affinity"]] = (
-            sum(fields.get(f"f:{key}", 0.0) for key in others) * factor
-        )
+        result = computed.get(payload)
+        if result is None:
+            if payload:
+                category_frequency, category_recency, others = _parse_entities(payload)
+            else:
+                category_frequency, category_recency, others = None, None, ()
+            last = affinity_raw.get(category_recency) if category_recency else None
+            result = (
+                float(affinity_raw.get(category_frequency, 0.0)) * factor if category_frequency else 0.0,
+                (now - float(last)) / DAY if last is not None else math.nan,
+                sum(float(affinity_raw.get(key, 0.0)) for key in others) * factor,
+            )
+            computed[payload] = result
+        values[row, frequency], values[row, recency], values[row, affinity] = result
 
 
 def _similarity(values: np.ndarray, vectors_raw: list[Any], recent_vectors: list[Any]) -> None:
