@@ -12,6 +12,7 @@ from django.db import IntegrityError, connection, transaction
 from graph_app.embeddings import ItemContent, content_features, project, random_projection
 from graph_app.models import Entity, Item, ItemEntity
 from graph_app.online import catalog_entities_publish, catalog_items_publish, entity_keys, pack_static
+from personalization.cache import item_cache_invalidate
 from scoring_app.models import ModelVersion
 from scoring_app.selectors import model_artifact_arrays, model_version_active
 
@@ -126,6 +127,8 @@ def _item_write(*, data: ItemInput, projection: np.ndarray) -> ItemUpsertResult:
         def publish() -> None:
             catalog_entities_publish(items={data.external_id: keys})
             catalog_items_publish(static={data.external_id: static}, vectors={data.external_id: vector})
+            # Its neighbours may have changed: readers keep the old list while one request rebuilds it.
+            item_cache_invalidate(item_key=data.external_id, name="similar_items")
 
         transaction.on_commit(publish)
     return ItemUpsertResult(item=item, created=created)

@@ -6,22 +6,23 @@ single pgvector query that also checks stock for the popular fill.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 
+import orjson
 from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 
 from personalization import redis_keys
+from personalization.cache import CacheWaitTimeout, item_cache_get, user_cache_get_or_build
 from personalization.redis_client import get_redis
 from signals_app.online_reads import decode_popular, queue_popular
 
 logger = logging.getLogger(__name__)
 
 RECENT_ITEMS_USED = 20
-# Popular items fetched beyond k, to survive out-of-stock and already-seen removals.
-POPULAR_OVERFETCH = 3
 
 
 @dataclass(frozen=True)
@@ -62,66 +63,80 @@ def user_state_fetch(*, user_key: str, popular_depth: int) -> UserState:
 
 
 _SIMILAR_TO_RECENT_SQL = """
-(SELECT external_id, 1 - (embedding <=> (SELECT avg(embedding) FROM graph_app_item
-                                         WHERE external_id = ANY(%(recent)s) AND embedding IS NOT NULL)),
-        'similar'
- FROM graph_app_item
- WHERE in_stock AND embedding IS NOT NULL AND NOT (external_id = ANY(%(recent)s))
- ORDER BY embedding <=> (SELECT avg(embedding) FROM graph_app_item
-                         WHERE external_id = ANY(%(recent)s) AND embedding IS NOT NULL)
- LIMIT %(k)s)
-UNION ALL
+SELECT external_id, 1 - (embedding <=> (SELECT avg(embedding) FROM graph_app_item
+                                        WHERE external_id = ANY(%(recent)s) AND embedding IS NOT NULL))
+FROM graph_app_item
+WHERE in_stock AND embedding IS NOT NULL AND NOT (external_id = ANY(%(recent)s))
+ORDER BY embedding <=> (SELECT avg(embedding) FROM graph_app_item
+                        WHERE external_id = ANY(%(recent)s) AND embedding IS NOT NULL)
+LIMIT %(k)s
 """
 _POPULAR_IN_STOCK_SQL = """
-(SELECT external_id, 0.0, 'popular' FROM graph_app_item WHERE external_id = ANY(%(popular)s) AND in_stock)
+SELECT external_id FROM graph_app_item WHERE external_id = ANY(%(popular)s) AND in_stock
 """
 _POPULAR_FROM_CATALOG_SQL = """
-SELECT external_id, popularity, 'popular' FROM graph_app_item WHERE in_stock ORDER BY popularity DESC LIMIT %(k)s
+SELECT external_id, popularity FROM graph_app_item WHERE in_stock ORDER BY popularity DESC LIMIT %(k)s
 """
+# The neighbours of a user's recent items are cached this long, keyed by those items and the model: a new event
+# changes the key instead of needing an invalidation. Stock changes show up within the TTL.
+SIMILAR_TO_RECENT_CACHE_SECONDS = 120
+SIMILAR_TO_RECENT_CACHED = 100
+
+
+def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
+    """Items nearest the mean embedding of the user's recent items (pgvector HNSW), through a user-keyed cache."""
+
+    def build() -> bytes:
+        with connection.cursor() as cursor:
+            cursor.execute(_SIMILAR_TO_RECENT_SQL, {"recent": state.recent_items, "k": SIMILAR_TO_RECENT_CACHED})
+            rows = [(item_id, float(score)) for item_id, score in cursor.fetchall() if score is not None]
+        # iterative_scan=relaxed_order may return neighbours slightly out of order.
+        rows.sort(key=lambda row: row[1], reverse=True)
+        return orjson.dumps(rows)
+
+    version = hashlib.sha1("\x1f".join([state.model_version or "", *state.recent_items]).encode()).hexdigest()[:20]
+    payload = user_cache_get_or_build(
+        user_key=state.user_key, name="similar_to_recent", version=version, build=build,
+        ttl_seconds=SIMILAR_TO_RECENT_CACHE_SECONDS,
+    )  # fmt: skip
+    return [(item_id, score) for item_id, score in orjson.loads(payload)]
 
 
 def candidates_retrieve(*, state: UserState, k: int) -> tuple[list[Candidate], list[str]]:
     """Items similar to the user's recent items, then popular ones; in stock, not already seen, at most k."""
     degraded: list[str] = []
     exclude = set(state.recent_items)
-    popular_scores = dict(state.popular_items)
-    params: dict[str, int | list[str]]
-    if "user_state_unavailable" in state.degraded:
-        sql, params = _POPULAR_FROM_CATALOG_SQL, {"k": k + len(exclude)}
-    else:
-        sql = (_SIMILAR_TO_RECENT_SQL if state.recent_items else "") + _POPULAR_IN_STOCK_SQL
-        params = {"recent": state.recent_items, "k": k, "popular": list(popular_scores)}
+    chosen: list[Candidate] = []
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
+        if "user_state_unavailable" in state.degraded:
+            with connection.cursor() as cursor:
+                cursor.execute(_POPULAR_FROM_CATALOG_SQL, {"k": k + len(exclude)})
+                popular = [(item_id, float(score)) for item_id, score in cursor.fetchall()]
+            in_stock = {item_id for item_id, _ in popular}
+        else:
+            if state.recent_items:
+                chosen = [
+                    Candidate(item_id, score, "similar", "Similar to items you showed interest in")
+                    for item_id, score in _similar_to_recent(state)[:k]
+                ]
+            popular = state.popular_items
+            in_stock = set()
+            if len(chosen) < k and popular:
+                with connection.cursor() as cursor:
+                    cursor.execute(_POPULAR_IN_STOCK_SQL, {"popular": [item_id for item_id, _ in popular]})
+                    in_stock = {row[0] for row in cursor.fetchall()}
     except DatabaseError as error:
         logger.warning("score.catalog_unavailable", extra={"error": str(error)})
-        rows = [(item_id, 0.0, "popular") for item_id, _ in state.popular_items]
+        popular = state.popular_items
+        in_stock = {item_id for item_id, _ in popular}
         degraded.append("catalog_unavailable")
 
-    similar: list[Candidate] = []
-    popular_in_stock: set[str] = set()
-    for item_id, score, source in rows:
-        if source == "similar":
-            if score is None:  # no recent item has an embedding yet
-                continue
-            similar.append(Candidate(item_id, float(score), "similar", "Similar to items you showed interest in"))
-        elif "user_state_unavailable" in state.degraded:
-            popular_scores[item_id] = float(score)
-            popular_in_stock.add(item_id)
-        else:
-            popular_in_stock.add(item_id)
-    # iterative_scan=relaxed_order may return neighbours slightly out of order.
-    similar.sort(key=lambda candidate: candidate.score, reverse=True)
-
-    chosen = similar[:k]
     taken = {candidate.item_id for candidate in chosen} | exclude
-    top_popularity = max(popular_scores.values(), default=0.0) or 1.0
-    for item_id, popularity in sorted(popular_scores.items(), key=lambda pair: pair[1], reverse=True):
+    top_popularity = max((score for _, score in popular), default=0.0) or 1.0
+    for item_id, popularity in sorted(popular, key=lambda pair: pair[1], reverse=True):
         if len(chosen) >= k:
             break
-        if item_id in taken or item_id not in popular_in_stock:
+        if item_id in taken or item_id not in in_stock:
             continue
         chosen.append(Candidate(item_id, round(popularity / top_popularity, 6), "popular", "Popular right now"))
         taken.add(item_id)
@@ -137,14 +152,27 @@ LIMIT %(k)s
 """
 
 
-def similar_items(*, item_id: str, k: int) -> list[Candidate]:
+# An item's nearest neighbours change only with the catalog and the model: served stale-while-revalidate.
+SIMILAR_ITEMS_FRESH_SECONDS = 300
+SIMILAR_ITEMS_STALE_SECONDS = 86400
+SIMILAR_ITEMS_CACHED = 100
+
+
+def _similar_items_query(item_id: str) -> list[tuple[str, float]]:
     with connection.cursor() as cursor:
-        cursor.execute(_SIMILAR_TO_ITEM_SQL, {"item": item_id, "k": k})
-        rows = cursor.fetchall()
-    candidates = [
-        Candidate(other_id, float(score), "similar", f"Similar to {item_id}")
-        for other_id, score in rows
-        if score is not None
-    ]
-    candidates.sort(key=lambda candidate: candidate.score, reverse=True)
-    return candidates
+        cursor.execute(_SIMILAR_TO_ITEM_SQL, {"item": item_id, "k": SIMILAR_ITEMS_CACHED})
+        rows = [(other_id, float(score)) for other_id, score in cursor.fetchall() if score is not None]
+    rows.sort(key=lambda row: row[1], reverse=True)
+    return rows
+
+
+def similar_items(*, item_id: str, k: int) -> list[Candidate]:
+    try:
+        payload = item_cache_get(
+            item_key=item_id, name="similar_items", fresh_seconds=SIMILAR_ITEMS_FRESH_SECONDS,
+            stale_seconds=SIMILAR_ITEMS_STALE_SECONDS, build=lambda: orjson.dumps(_similar_items_query(item_id)),
+        )  # fmt: skip
+        rows = [(other_id, score) for other_id, score in orjson.loads(payload)]
+    except CacheWaitTimeout:
+        rows = _similar_items_query(item_id)  # another request is building it, slowly: answer on our own
+    return [Candidate(other_id, score, "similar", f"Similar to {item_id}") for other_id, score in rows[:k]]

@@ -88,12 +88,23 @@ def test_served_slate_is_logged_for_attribution(api_client, clean_redis, catalog
     assert 0 < clean_redis.ttl(redis_keys.slate(body["request_id"])) <= 7 * 24 * 3600
 
 
-def test_recommendations_take_one_sql_query(api_client, clean_redis, catalog, django_assert_num_queries):
+def test_recommendations_take_one_sql_query_then_none_while_the_user_is_unchanged(
+    api_client, clean_redis, catalog, django_assert_num_queries
+):
     clean_redis.lpush(redis_keys.user_recent_items("u1"), "anchor")
-    api_client.get("/api/v1/recommendations", {"user_id": "u1"})  # warms the API key cache
+    api_client.get("/api/v1/recommendations", {"user_id": "other"})  # warms the API key cache
 
     with django_assert_num_queries(1):
-        assert api_client.get("/api/v1/recommendations", {"user_id": "u1"}).status_code == 200
+        first = api_client.get("/api/v1/recommendations", {"user_id": "u1", "k": 2}).json()
+    with django_assert_num_queries(0):  # the user-keyed cache of their neighbours
+        again = api_client.get("/api/v1/recommendations", {"user_id": "u1", "k": 2}).json()
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "far")  # a new event changes the cache's key
+    with django_assert_num_queries(1):
+        changed = api_client.get("/api/v1/recommendations", {"user_id": "u1", "k": 2}).json()
+
+    assert [item["item_id"] for item in first["items"]] == [item["item_id"] for item in again["items"]]
+    assert [item["item_id"] for item in changed["items"]] != [item["item_id"] for item in first["items"]]
+    assert 60 <= clean_redis.ttl(redis_keys.user_cache("u1", "similar_to_recent")) <= 120
 
 
 def test_redis_outage_degrades_to_catalog_popularity(api_client, monkeypatch):
@@ -149,3 +160,18 @@ def test_similar_items_bad_k_is_400(api_client, catalog):
     response = api_client.get("/api/v1/items/anchor/similar", {"k": -1})
     assert response.status_code == 400
     assert "k" in response.json()["errors"]
+
+
+def test_similar_items_are_cached_per_item_and_marked_stale_when_it_changes(
+    api_client, catalog, clean_redis, django_assert_num_queries, django_capture_on_commit_callbacks
+):
+    api_client.get("/api/v1/items/anchor/similar", {"k": 2})  # builds the item-keyed cache (and warms the key)
+
+    with django_assert_num_queries(1):  # the existence check only
+        cached = api_client.get("/api/v1/items/anchor/similar", {"k": 2}).json()
+    with django_capture_on_commit_callbacks(execute=True):
+        api_client.put("/api/v1/items/anchor", {"title": "Anchor, renamed"}, format="json")
+
+    assert [item["item_id"] for item in cached["items"]] == ["near", "middle"]
+    stored = clean_redis.get(redis_keys.item_cache("anchor", "similar_items"))
+    assert stored.startswith(b"i1") and stored[2:18] == b"0" * 16  # stale: rebuilt by the next reader
