@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from graph_app.models import Entity, Item, ItemEntity, Shopper
+from graph_app.models import Entity, Item, ItemEntity, ItemNeighbour, Shopper
 
 
 class ItemEntityInline(admin.TabularInline):
@@ -39,3 +39,21 @@ class EntityAdmin(admin.ModelAdmin):
     list_display = ["kind", "external_id", "name"]
     list_filter = ["kind"]
     search_fields = ["external_id", "name"]
+
+
+@admin.register(ItemNeighbour)
+class ItemNeighbourAdmin(admin.ModelAdmin):
+    """Read only: the hourly neighbourhood refresh replaces every row."""
+
+    list_display = ["item_id", "neighbour_id", "score", "source", "via", "via_name", "refreshed_at"]
+    list_filter = ["source"]
+    search_fields = ["item_id", "neighbour_id", "via"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

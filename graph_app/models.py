@@ -94,3 +94,40 @@ class ItemEntity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.item_id} -> {self.entity_id} ({self.weight})"
+
+
+class ItemNeighbour(models.Model):
+    """One of an item's nearest items in the one-hop graph, with why (replaced as a whole by each refresh).
+
+    Ids are the storefront's item ids, as in the event log, so the hot path never joins; a deleted item's rows
+    go at the next refresh.
+    """
+
+    class Source(models.TextChoices):
+        ENTITY = "entity", "shared entity"
+        CO_OCCURRENCE = "co-occurrence", "co-occurrence"
+
+    item_id = models.CharField(max_length=200)
+    neighbour_id = models.CharField(max_length=200)
+    score = models.FloatField()
+    # The component that contributed more to the score.
+    source = models.CharField(max_length=20, choices=Source.choices)
+    # "kind:id" of the strongest shared entity, or "co-occurrence".
+    via = models.CharField(max_length=260)
+    # The entity's name, or for co-occurrence the title of `item_id` (what the explanation names).
+    via_name = models.CharField(max_length=500, blank=True, default="")
+    refreshed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["item_id", "-score", "neighbour_id"]
+        verbose_name = "item neighbour"
+        constraints = [
+            models.UniqueConstraint(fields=["item_id", "neighbour_id"], name="item_neighbour_unique"),
+            models.CheckConstraint(
+                condition=~models.Q(item_id=models.F("neighbour_id")), name="item_neighbour_not_self"
+            ),
+            models.CheckConstraint(condition=models.Q(score__gt=0), name="item_neighbour_score_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.item_id} -> {self.neighbour_id} ({self.source}, {self.score:.3f})"

@@ -6,3 +6,11 @@ from graph_app.training import embeddings_train
 @shared_task(name="graph.embeddings_train", autoretry_for=(Exception,), retry_backoff=True, max_retries=2)
 def embeddings_train_task() -> dict[str, object]:
     return embeddings_train().__dict__
+
+
+@shared_task(name="graph.neighbourhoods_refresh", autoretry_for=(Exception,), retry_backoff=True, max_retries=2)
+def neighbourhoods_refresh_task() -> dict[str, object]:
+    """Hourly: every item's one-hop neighbours, recomputed from the catalog and the event log (idempotent)."""
+    from graph_app.neighbourhoods import neighbourhoods_refresh
+
+    return neighbourhoods_refresh().__dict__

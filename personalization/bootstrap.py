@@ -27,6 +27,7 @@ DEFAULT_SCHEDULES = [
     ("Refresh item popularity", "signals.popularity_refresh", 5),
     ("Retrain embeddings", "graph.embeddings_train", 60),
     ("Create event log partitions", "signals.event_log_partitions_ensure", 1440),
+    ("Refresh item neighbourhoods", "graph.neighbourhoods_refresh", 60),
 ]
 
 
@@ -87,6 +88,7 @@ def _console_credentials() -> tuple[str, str]:
 def platform_bootstrap(*, with_demo_data: bool = True) -> BootstrapReport:
     from graph_app.demo import demo_data_load
     from graph_app.models import Item
+    from graph_app.neighbourhoods import neighbourhoods_refresh
     from graph_app.online import catalog_online_rebuild
     from graph_app.training import embeddings_train
     from scoring_app.models import ModelVersion
@@ -103,6 +105,7 @@ def platform_bootstrap(*, with_demo_data: bool = True) -> BootstrapReport:
     model_trained = False
     if model_version_active(kind=ModelVersion.Kind.EMBEDDINGS) is None and Item.objects.exists():
         embeddings_train()
+        neighbourhoods_refresh()
         popularity_refresh()
         model_trained = True
     schedules_install_defaults()

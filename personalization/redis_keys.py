@@ -97,6 +97,14 @@ def active_model(kind: str) -> str:
 CUSTOM_EVENT_TYPES = "event-types:custom"
 
 
+# Per item (graph layer): the item's one-hop neighbourhood, and the set of items that have one.
+def item_neighbours(item_id: str) -> str:
+    return f"neighbours:{{{item_id}}}"
+
+
+ITEM_NEIGHBOURS_INDEX = "neighbours:index"
+
+
 # Caches (personalization.cache): one key per cached value, hash-tagged by its entity so that on a Redis Cluster
 # the caches spread over the slots and an item cache's rebuild lock lives in its value's slot.
 def user_cache(user_key: str, name: str) -> str:

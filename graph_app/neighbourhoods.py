@@ -1,0 +1,330 @@
+"""One-hop neighbourhoods of the knowledge graph: for every item, its most related items and why (control plane).
+
+Two kinds of evidence, each scaled to about [0, 1] so that they can be added:
+
+- Shared entities: the sum over shared entities of idf(e) * w(item, e) * w(other, e), where
+  idf(e) = ln(N / n_e) / ln(N) (N items in the catalog, n_e of them linked to e), so a niche collection counts
+  for much more than a category half the catalog shares.
+- Co-occurrence in the event log: users who interacted with both items (event types of positive weight, over a
+  window), as the cosine of the two items' user sets, |U_i & U_j| / sqrt(|U_i| |U_j|), so very popular items
+  do not become everybody's neighbour; pairs seen by fewer than CO_OCCURRENCE_MIN_USERS users are noise.
+
+An item's neighbours are the K with the highest sum; each keeps the component that contributed more as its
+`source`, and as `via` the strongest shared entity ("kind:id") or "co-occurrence". Similarities are computed as
+sparse matrix products in blocks of rows, so memory stays bounded by the block, not the catalog squared.
+
+The result replaces `ItemNeighbour` in one transaction (the admin's view) and, after commit, is published to
+Redis, one key per item (what the hot path reads, see `graph_app.neighbourhoods_online`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+from django.db import connection, transaction
+from django.utils import timezone
+from scipy import sparse
+
+from graph_app.neighbourhoods_online import SOURCE_CO_OCCURRENCE, SOURCE_ENTITY, Neighbour, neighbours_encode
+from personalization import redis_keys
+from personalization.redis_client import get_redis
+from signals_app.event_types import BUILT_IN_EVENT_TYPES
+
+logger = logging.getLogger(__name__)
+
+NEIGHBOURS_PER_ITEM = 20
+CO_OCCURRENCE_WINDOW_DAYS = 90
+CO_OCCURRENCE_MIN_USERS = 2
+# A user with more distinct items than this (a crawler, a reseller) says little about pairs and costs quadratically.
+CO_OCCURRENCE_MAX_ITEMS_PER_USER = 1000
+# Items whose similarity rows are computed at once: bounds the memory of the sparse products.
+SIMILARITY_BLOCK_ROWS = 1000
+PUBLISH_BATCH_SIZE = 1000
+SCORE_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class NeighbourhoodsReport:
+    items: int
+    items_with_neighbours: int
+    neighbours: int
+    entity_neighbours: int
+    co_occurrence_neighbours: int
+    users: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Catalog:
+    item_ids: list[str]  # in byte order, so a lower row index is a lower item id
+    titles: list[str]
+    entity_keys: list[str]  # "kind:id", sorted by (kind, id)
+    entity_names: list[str]
+    links: sparse.csr_matrix  # items x entities, relation weights
+    idf: np.ndarray  # per entity
+
+
+@dataclass(frozen=True)
+class _Result:
+    """Every item's neighbours as flat arrays: item i's are [offsets[i], offsets[i + 1])."""
+
+    offsets: np.ndarray
+    neighbours: np.ndarray
+    scores: np.ndarray
+    via_entity: np.ndarray  # entity index, or -1 when the source is co-occurrence
+    users: int
+
+
+def _catalog_load() -> _Catalog:
+    with connection.cursor() as cursor:
+        # Byte order (not the server's collation), so that ties between neighbours break the same way everywhere.
+        cursor.execute('SELECT id, external_id, title FROM graph_app_item ORDER BY external_id COLLATE "C"')
+        items = cursor.fetchall()
+        cursor.execute(
+            "SELECT id, kind, external_id, name FROM graph_app_entity "
+            'ORDER BY kind COLLATE "C", external_id COLLATE "C"'
+        )
+        entities = cursor.fetchall()
+        cursor.execute("SELECT item_id, entity_id, weight FROM graph_app_itementity")
+        links = cursor.fetchall()
+    row_of = {pk: row for row, (pk, _, _) in enumerate(items)}
+    column_of = {pk: column for column, (pk, _, _, _) in enumerate(entities)}
+    matrix = sparse.csr_matrix(
+        (
+            np.asarray([weight for _, _, weight in links], dtype=np.float64),
+            ([row_of[item] for item, _, _ in links], [column_of[entity] for _, entity, _ in links]),
+        ),
+        shape=(len(items), len(entities)),
+    )
+    matrix.sort_indices()
+    item_count = len(items)
+    linked = np.diff(matrix.tocsc().indptr).astype(np.float64)
+    idf = np.zeros(len(entities), dtype=np.float64)
+    if item_count > 1:
+        used = linked > 0
+        idf[used] = np.log(item_count / linked[used]) / math.log(item_count)
+    return _Catalog(
+        item_ids=[external_id for _, external_id, _ in items],
+        titles=[title for _, _, title in items],
+        entity_keys=[f"{kind}:{external_id}" for _, kind, external_id, _ in entities],
+        entity_names=[name for _, _, _, name in entities],
+        links=matrix,
+        idf=idf,
+    )
+
+
+_ITEM_USERS_SQL = """
+SELECT e.user_id, array_agg(DISTINCT i.external_id)
+FROM signals_app_event e
+JOIN graph_app_item i ON i.external_id = e.item_id
+WHERE e.user_id <> '' AND e.type = ANY(%(types)s) AND e.occurred_at > %(since)s AND e.occurred_at <= %(now)s
+GROUP BY e.user_id
+"""
+
+
+def _interactions_load(*, catalog: _Catalog, since: datetime, now: datetime) -> tuple[sparse.csr_matrix, int]:
+    """items x users, 1 where the user interacted with the item in the window; and the number of users."""
+    types = [name for name, kind in BUILT_IN_EVENT_TYPES.items() if kind.popularity_weight > 0]
+    row_of = {item_id: row for row, item_id in enumerate(catalog.item_ids)}
+    indptr, indices = [0], []
+    with connection.cursor() as cursor:
+        cursor.execute(_ITEM_USERS_SQL, {"types": types, "since": since, "now": now})
+        for _, item_ids in cursor.fetchall():
+            if len(item_ids) > CO_OCCURRENCE_MAX_ITEMS_PER_USER:
+                continue
+            indices.extend(row_of[item_id] for item_id in item_ids)
+            indptr.append(len(indices))
+    users = len(indptr) - 1
+    user_items = sparse.csr_matrix(
+        (np.ones(len(indices), dtype=np.float32), np.asarray(indices, dtype=np.int32), np.asarray(indptr)),
+        shape=(users, len(catalog.item_ids)),
+    )
+    return user_items.T.tocsr(), users
+
+
+def _row(matrix: sparse.csr_matrix, row: int) -> tuple[np.ndarray, np.ndarray]:
+    start, end = matrix.indptr[row], matrix.indptr[row + 1]
+    return matrix.indices[start:end], matrix.data[start:end]
+
+
+def _lookup(indices: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """values at `wanted` in a sparse row whose indices are sorted (0 where absent)."""
+    if len(indices) == 0:
+        return np.zeros(len(wanted))
+    positions = np.minimum(np.searchsorted(indices, wanted), len(indices) - 1)
+    return np.where(indices[positions] == wanted, values[positions], 0.0)
+
+
+def _top(indices: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best: highest value first, then lowest index (item id), so ties are stable."""
+    if len(values) > k:
+        kth = np.partition(values, len(values) - k)[len(values) - k]
+        candidates = np.flatnonzero(values >= kth)
+    else:
+        candidates = np.arange(len(values))
+    return candidates[np.lexsort((indices[candidates], -values[candidates]))][:k]
+
+
+def _strongest_entity(catalog: _Catalog, item: int, other: int) -> int:
+    mine_indices, mine_weights = _row(catalog.links, item)
+    theirs = dict(zip(*_row(catalog.links, other), strict=True))
+    best, best_contribution = -1, 0.0
+    # Entities are indexed in (kind, id) order, so on a tie the first one wins.
+    for entity, weight in zip(mine_indices.tolist(), mine_weights.tolist(), strict=True):
+        if entity in theirs:
+            contribution = catalog.idf[entity] * weight * theirs[entity]
+            if contribution > best_contribution:
+                best, best_contribution = entity, contribution
+    return best
+
+
+def neighbourhoods_compute(*, catalog: _Catalog, item_users: sparse.csr_matrix, users: int, k: int) -> _Result:
+    item_count = len(catalog.item_ids)
+    weighted_links = catalog.links.multiply(catalog.idf[None, :]).tocsr() if len(catalog.idf) else catalog.links
+    links_t = catalog.links.T.tocsr()
+    users_t = item_users.T.tocsr()
+    user_counts = np.asarray(item_users.sum(axis=1)).ravel()
+    offsets = np.zeros(item_count + 1, dtype=np.int64)
+    neighbours: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    via_entity: list[np.ndarray] = []
+    for start in range(0, item_count, SIMILARITY_BLOCK_ROWS):
+        stop = min(start + SIMILARITY_BLOCK_ROWS, item_count)
+        entity_block = (weighted_links[start:stop] @ links_t).tocsr()
+        co_block = (item_users[start:stop] @ users_t).tocsr().astype(np.float64)
+        co_block.data[co_block.data < CO_OCCURRENCE_MIN_USERS] = 0
+        co_block.eliminate_zeros()
+        co_block.sort_indices()
+        # Cosine of the user sets: divide each count by sqrt(|U_i| |U_j|).
+        rows = np.repeat(np.arange(start, stop), np.diff(co_block.indptr))
+        co_block.data /= np.sqrt(user_counts[rows] * user_counts[co_block.indices])
+        entity_block.sort_indices()
+        total = (entity_block + co_block).tocsr()
+        for row in range(stop - start):
+            item = start + row
+            indices, values = _row(total, row)
+            keep = (indices != item) & (values > 0)
+            indices, values = indices[keep], np.round(values[keep], SCORE_DECIMALS)
+            chosen = _top(indices, values, k)
+            chosen_items, chosen_scores = indices[chosen], values[chosen]
+            from_entities = _lookup(*_row(entity_block, row), chosen_items)
+            from_users = _lookup(*_row(co_block, row), chosen_items)
+            via = np.full(len(chosen_items), -1, dtype=np.int32)
+            for position in np.flatnonzero((from_entities >= from_users) & (from_entities > 0)):
+                via[position] = _strongest_entity(catalog, item, int(chosen_items[position]))
+            neighbours.append(chosen_items.astype(np.int32))
+            scores.append(chosen_scores)
+            via_entity.append(via)
+            offsets[item + 1] = offsets[item] + len(chosen_items)
+    empty_int = np.zeros(0, dtype=np.int32)
+    return _Result(
+        offsets=offsets,
+        neighbours=np.concatenate(neighbours) if neighbours else empty_int,
+        scores=np.concatenate(scores) if scores else np.zeros(0),
+        via_entity=np.concatenate(via_entity) if via_entity else empty_int,
+        users=users,
+    )
+
+
+def _item_neighbours(catalog: _Catalog, result: _Result, item: int) -> list[Neighbour]:
+    start, stop = int(result.offsets[item]), int(result.offsets[item + 1])
+    title = catalog.titles[item]
+    neighbours = []
+    for other, score, entity in zip(
+        result.neighbours[start:stop].tolist(),
+        result.scores[start:stop].tolist(),
+        result.via_entity[start:stop].tolist(),
+        strict=True,
+    ):
+        if entity >= 0:
+            neighbour = Neighbour(
+                catalog.item_ids[other], score, SOURCE_ENTITY, catalog.entity_keys[entity], catalog.entity_names[entity]
+            )
+        else:
+            neighbour = Neighbour(catalog.item_ids[other], score, SOURCE_CO_OCCURRENCE, SOURCE_CO_OCCURRENCE, title)
+        neighbours.append(neighbour)
+    return neighbours
+
+
+_COPY_SQL = (
+    "COPY graph_app_itemneighbour (item_id, neighbour_id, score, source, via, via_name, refreshed_at) FROM STDIN"
+)
+
+
+def _rows_replace(*, catalog: _Catalog, result: _Result, refreshed_at: datetime) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM graph_app_itemneighbour")
+        with connection.wrap_database_errors, cursor.copy(_COPY_SQL) as copy:
+            for item, item_id in enumerate(catalog.item_ids):
+                for neighbour in _item_neighbours(catalog, result, item):
+                    copy.write_row(
+                        (
+                            item_id,
+                            neighbour.item_id,
+                            neighbour.score,
+                            neighbour.source,
+                            neighbour.via,
+                            neighbour.via_name,
+                            refreshed_at,
+                        )
+                    )
+
+
+def neighbourhoods_publish(*, catalog: _Catalog, result: _Result) -> int:
+    """Write every item's neighbourhood to Redis and delete the keys of items that no longer have one.
+
+    The index set only ever grows before keys are written and shrinks after they are deleted, so an interrupted
+    publish leaves at worst extra names in it, which the next publish removes. Returns the stale keys removed.
+    """
+    client = get_redis()
+    previous = {member.decode() for member in client.smembers(redis_keys.ITEM_NEIGHBOURS_INDEX)}
+    current = [item for item in range(len(catalog.item_ids)) if result.offsets[item + 1] > result.offsets[item]]
+    for start in range(0, len(current), PUBLISH_BATCH_SIZE):
+        batch = current[start : start + PUBLISH_BATCH_SIZE]
+        pipeline = client.pipeline(transaction=False)
+        pipeline.sadd(redis_keys.ITEM_NEIGHBOURS_INDEX, *(catalog.item_ids[item] for item in batch))
+        for item in batch:
+            payload = neighbours_encode(title=catalog.titles[item], neighbours=_item_neighbours(catalog, result, item))
+            pipeline.set(redis_keys.item_neighbours(catalog.item_ids[item]), payload)
+        pipeline.execute()
+    stale = sorted(previous - {catalog.item_ids[item] for item in current})
+    for start in range(0, len(stale), PUBLISH_BATCH_SIZE):
+        batch = stale[start : start + PUBLISH_BATCH_SIZE]
+        pipeline = client.pipeline(transaction=False)
+        for item_id in batch:
+            pipeline.delete(redis_keys.item_neighbours(item_id))
+        pipeline.srem(redis_keys.ITEM_NEIGHBOURS_INDEX, *batch)
+        pipeline.execute()
+    logger.info("graph.neighbourhoods_published", extra={"items": len(current), "stale_removed": len(stale)})
+    return len(stale)
+
+
+def neighbourhoods_refresh(
+    *, k: int = NEIGHBOURS_PER_ITEM, window_days: int = CO_OCCURRENCE_WINDOW_DAYS, now: datetime | None = None
+) -> NeighbourhoodsReport:
+    """Recompute every item's neighbours from the catalog and the event log; idempotent."""
+    started = time.monotonic()
+    now = now or timezone.now()
+    catalog = _catalog_load()
+    item_users, users = _interactions_load(catalog=catalog, since=now - timedelta(days=window_days), now=now)
+    result = neighbourhoods_compute(catalog=catalog, item_users=item_users, users=users, k=k)
+    with transaction.atomic():
+        _rows_replace(catalog=catalog, result=result, refreshed_at=now)
+        transaction.on_commit(lambda: neighbourhoods_publish(catalog=catalog, result=result))
+    entity_neighbours = int((result.via_entity >= 0).sum())
+    report = NeighbourhoodsReport(
+        items=len(catalog.item_ids),
+        items_with_neighbours=int((np.diff(result.offsets) > 0).sum()),
+        neighbours=len(result.neighbours),
+        entity_neighbours=entity_neighbours,
+        co_occurrence_neighbours=len(result.neighbours) - entity_neighbours,
+        users=users,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    logger.info("graph.neighbourhoods_refreshed", extra=report.__dict__)
+    return report
