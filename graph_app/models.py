@@ -131,3 +131,29 @@ class ItemNeighbour(models.Model):
 
     def __str__(self) -> str:
         return f"{self.item_id} -> {self.neighbour_id} ({self.source}, {self.score:.3f})"
+
+
+class FeatureRow(models.Model):
+    """A training example: one item of a served slate, its features as of serving (the offline materialization)
+    and what the shopper did with it afterwards."""
+
+    request_id = models.CharField(max_length=100)
+    slot = models.PositiveIntegerField()
+    user_key = models.CharField(max_length=220)
+    item_id = models.CharField(max_length=200)
+    placement = models.CharField(max_length=100)
+    served_at = models.DateTimeField(db_index=True)
+    model_version = models.CharField(max_length=60, blank=True, default="")
+    # In graph_app.features.definitions.FEATURE_NAMES order; NaN (missing) stored as null.
+    features = models.JSONField()
+    feature_names = models.JSONField()
+    clicked = models.BooleanField(default=False)
+    purchased = models.BooleanField(default=False)
+    materialized_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-served_at"]
+        constraints = [models.UniqueConstraint(fields=["request_id", "slot"], name="feature_row_unique_slot")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}#{self.slot} {self.item_id}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import struct
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from django.db import connection
@@ -26,7 +28,7 @@ def entity_keys(*, category: str, entities: list[tuple[str, str]]) -> str:
     return "|".join(dict.fromkeys(key.replace("|", "/") for key in keys))
 
 
-def catalog_entities_publish(*, items: dict[str, str]) -> None:
+def catalog_entities_publish(*, items: Mapping[Any, str]) -> None:
     """items: item id -> entity keys ("" to forget the item)."""
     if not items:
         return
@@ -78,7 +80,9 @@ def unpack_static(payload: bytes) -> tuple[float, bool, float]:
     return price, bool(in_stock), created_at
 
 
-def catalog_items_publish(*, static: dict[str, bytes], vectors: dict[str, bytes], forget: tuple[str, ...] = ()) -> None:
+def catalog_items_publish(
+    *, static: Mapping[Any, bytes], vectors: Mapping[Any, bytes], forget: tuple[str, ...] = ()
+) -> None:
     """Item facts the feature store reads online: packed static facts and float32 embeddings."""
     pipeline = get_redis().pipeline(transaction=False)
     if static:
@@ -94,7 +98,8 @@ def catalog_items_publish(*, static: dict[str, bytes], vectors: dict[str, bytes]
 def catalog_items_rebuild() -> int:
     """Copy every item's static facts and embedding from PostgreSQL to Redis (after training, or as a repair)."""
     redis = get_redis()
-    redis.delete(redis_keys.CATALOG_STATIC, redis_keys.CATALOG_VECTORS)
+    for key in (redis_keys.CATALOG_STATIC, redis_keys.CATALOG_VECTORS):  # one key a command: Cluster-safe
+        redis.delete(key)
     from graph_app.models import Item
 
     count = 0

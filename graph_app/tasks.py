@@ -14,3 +14,10 @@ def neighbourhoods_refresh_task() -> dict[str, object]:
     from graph_app.neighbourhoods import neighbourhoods_refresh
 
     return neighbourhoods_refresh().__dict__
+
+
+@shared_task(name="graph.features_materialize", autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
+def features_materialize_task() -> dict[str, object]:
+    from graph_app.features.materialize import features_materialize
+
+    return features_materialize().__dict__

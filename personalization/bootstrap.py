@@ -28,6 +28,7 @@ DEFAULT_SCHEDULES = [
     ("Retrain embeddings", "graph.embeddings_train", 60),
     ("Create event log partitions", "signals.event_log_partitions_ensure", 1440),
     ("Refresh item neighbourhoods", "graph.neighbourhoods_refresh", 60),
+    ("Materialize training rows from impressions", "graph.features_materialize", 10),
 ]
 
 

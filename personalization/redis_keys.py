@@ -73,6 +73,11 @@ def user_recent_items(user_key: str) -> str:
     return f"user:{_tag(partition_of(user_key))}:{user_key}:recent"
 
 
+def user_recent_last(user_key: str) -> str:
+    """Time of the user's latest item of interest (their recent items start afresh after a long gap)."""
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:recent-last"
+
+
 def user_session_items(user_key: str, session_id: str) -> str:
     return f"user:{_tag(partition_of(user_key))}:{user_key}:session:{session_id}"
 

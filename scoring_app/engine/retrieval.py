@@ -15,6 +15,8 @@ import orjson
 from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 
+from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation
+from graph_app.online import unpack_static
 from personalization import redis_keys
 from personalization.cache import CacheWaitTimeout, item_cache_get, user_cache_get_or_build
 from personalization.redis_client import get_redis
@@ -23,6 +25,11 @@ from signals_app.online_reads import decode_popular, queue_popular
 logger = logging.getLogger(__name__)
 
 RECENT_ITEMS_USED = 20
+# The latest items whose knowledge-graph neighbours become candidates.
+GRAPH_SEED_ITEMS = 5
+# Below this many items of interest a user is "cold": graph neighbours (explainable) come before embeddings.
+COLD_START_ITEMS = 3
+SIMILAR_EXPLANATION = "Similar to items you showed interest in"
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,62 @@ def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
 
 
+def _graph_candidates(state: UserState) -> dict[str, Candidate]:
+    """One-hop knowledge-graph neighbours of the user's latest items (shared entities, co-occurrence), best first,
+    with why: "Because you like Retrospot", "Often bought with ..."."""
+    try:
+        neighbourhoods = item_neighbours(state.recent_items[:GRAPH_SEED_ITEMS])
+    except RedisError as error:
+        logger.warning("score.graph_unavailable", extra={"error": str(error)})
+        return {}
+    best: dict[str, Candidate] = {}
+    neighbour_ids = sorted({neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours})
+    if not neighbour_ids:
+        return {}
+    try:
+        facts = get_redis().hmget(redis_keys.CATALOG_STATIC, neighbour_ids)
+    except RedisError:
+        return {}
+    # Neighbourhoods are refreshed hourly; stock changes by the minute: keep only what can be bought now.
+    available = {
+        item_id
+        for item_id, packed in zip(neighbour_ids, facts, strict=True)
+        if isinstance(packed, bytes) and unpack_static(packed)[1]
+    }
+    for neighbours in neighbourhoods.values():
+        for neighbour in neighbours:
+            if neighbour.item_id not in available:
+                continue
+            known = best.get(neighbour.item_id)
+            if known is None or neighbour.score > known.score:
+                best[neighbour.item_id] = Candidate(
+                    neighbour.item_id, neighbour.score, "graph", neighbour_explanation(neighbour)
+                )
+    return dict(sorted(best.items(), key=lambda pair: pair[1].score, reverse=True))
+
+
+def _personal_candidates(state: UserState, k: int) -> list[Candidate]:
+    """Embedding neighbours of the user's taste and knowledge-graph neighbours of their items. A user with little
+    history (cold start) gets the graph's first, whose explanations say why; otherwise the embeddings lead and the
+    graph explains the items both found."""
+    seen = set(state.recent_items)
+    graph = {item_id: candidate for item_id, candidate in _graph_candidates(state).items() if item_id not in seen}
+    similar = [
+        Candidate(item_id, score, "similar", graph[item_id].explanation if item_id in graph else SIMILAR_EXPLANATION)
+        for item_id, score in _similar_to_recent(state)
+    ]
+    ordered = [*graph.values(), *similar] if len(state.recent_items) < COLD_START_ITEMS else [*similar, *graph.values()]
+    chosen: list[Candidate] = []
+    taken: set[str] = set()
+    for candidate in ordered:
+        if candidate.item_id not in taken:
+            chosen.append(candidate)
+            taken.add(candidate.item_id)
+        if len(chosen) >= k:
+            break
+    return chosen
+
+
 def candidates_retrieve(*, state: UserState, k: int) -> tuple[list[Candidate], list[str]]:
     """Items similar to the user's recent items, then popular ones; in stock, not already seen, at most k."""
     degraded: list[str] = []
@@ -115,10 +178,7 @@ def candidates_retrieve(*, state: UserState, k: int) -> tuple[list[Candidate], l
             in_stock = {item_id for item_id, _ in popular}
         else:
             if state.recent_items:
-                chosen = [
-                    Candidate(item_id, score, "similar", "Similar to items you showed interest in")
-                    for item_id, score in _similar_to_recent(state)[:k]
-                ]
+                chosen = _personal_candidates(state, k)
             popular = state.popular_items
             in_stock = set()
             if len(chosen) < k and popular:

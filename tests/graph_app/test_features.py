@@ -139,3 +139,37 @@ def test_skew_check_finds_no_difference_on_demo_data(tmp_path, django_capture_on
 
     call_command("feature_skew_check", "--users", "5")
     assert "MISMATCHED" not in capsys.readouterr().out
+
+
+def test_impressions_become_training_rows_with_point_in_time_features_and_labels(catalog):
+    from graph_app.features.materialize import features_materialize
+    from graph_app.models import FeatureRow
+
+    events_ingest(raw_events=[{"event_id": "v1", "type": "view", "user_id": "u3", "item_id": "mug"}])
+    slate = slate_serve(user_key="u3", placement="home", k=2)
+    clicked_item = slate.items[0].item_id
+    events_ingest(
+        raw_events=[
+            {"event_id": "c", "type": "click", "user_id": "u3", "item_id": clicked_item, "placement": "home",
+             "request_id": slate.request_id},
+            {"event_id": "later", "type": "purchase", "user_id": "u3", "item_id": "rake"},
+        ]
+    )  # fmt: skip
+    while events_drain_all().read:
+        pass
+
+    assert features_materialize().rows == 0  # the label window has not closed yet
+    report = features_materialize(label_window=timedelta(0))
+    again = features_materialize(label_window=timedelta(0))
+
+    assert (report.rows, report.clicked, again.rows) == (2, 1, 0)
+    rows = {row.item_id: row for row in FeatureRow.objects.all()}
+    assert rows[clicked_item].clicked and not rows[slate.items[1].item_id].clicked
+    assert rows[clicked_item].feature_names == list(FEATURE_NAMES)
+    # Point in time: the purchase of "rake" after serving is not in the features of the served slate.
+    popularity_7d = FEATURE_NAMES.index("item_popularity_7d")
+    assert set(rows) == {"bowl", "rake"}  # the two items the user had not seen
+    assert rows["rake"].features[popularity_7d] == 0.0
+    served_at = rows[clicked_item].served_at
+    expected = features_offline(requests=[FeatureRequest("u3", clicked_item, "home", served_at)])[0]
+    assert rows[clicked_item].features == [None if math.isnan(value) else value for value in expected]

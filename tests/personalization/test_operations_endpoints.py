@@ -89,3 +89,9 @@ def test_vector_extension_and_hnsw_index_exist():
         assert cursor.fetchone()[0] >= "0.8"
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'item_embedding_hnsw'")
         assert "hnsw (embedding vector_cosine_ops)" in cursor.fetchone()[0]
+
+
+def test_vector_searches_use_iterative_scans_and_the_measured_ef_search():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('hnsw.iterative_scan'), current_setting('hnsw.ef_search')")
+        assert cursor.fetchone() == ("relaxed_order", "100")

@@ -175,3 +175,30 @@ def test_similar_items_are_cached_per_item_and_marked_stale_when_it_changes(
     assert [item["item_id"] for item in cached["items"]] == ["near", "middle"]
     stored = clean_redis.get(redis_keys.item_cache("anchor", "similar_items"))
     assert stored.startswith(b"i1") and stored[2:18] == b"0" * 16  # stale: rebuilt by the next reader
+
+
+def test_a_cold_user_gets_explained_knowledge_graph_neighbours_first(
+    api_client, clean_redis, django_capture_on_commit_callbacks
+):
+    from graph_app.neighbourhoods import neighbourhoods_refresh
+
+    with django_capture_on_commit_callbacks(execute=True):
+        for item_id, brand, in_stock in [("tea-cup", "retrospot", True), ("tea-pot", "retrospot", True),
+                                         ("cake-tin", "retrospot", False), ("rake", "gardenco", True)]:  # fmt: skip
+            api_client.put(
+                f"/api/v1/items/{item_id}",
+                {"title": item_id, "category": "home", "in_stock": in_stock,
+                 "entities": [{"kind": "brand", "id": brand, "name": brand.title()}]},
+                format="json",
+            )  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=True):
+        neighbourhoods_refresh()
+    clean_redis.lpush(redis_keys.user_recent_items("newcomer"), "tea-cup")
+
+    items = api_client.get("/api/v1/recommendations", {"user_id": "newcomer", "k": 3}).json()["items"]
+
+    assert items[0] == {
+        "item_id": "tea-pot", "score": items[0]["score"], "source": "graph", "explanation": "Because you like Retrospot"
+    }  # fmt: skip
+    assert "cake-tin" not in {item["item_id"] for item in items}  # out of stock
+    assert "tea-cup" not in {item["item_id"] for item in items}  # already seen
