@@ -213,6 +213,12 @@ EVENT_RECLAIM_IDLE_MS = int(os.environ.get("EVENT_RECLAIM_IDLE_MS", "60000"))
 # One suits a single Redis node (item feature reads fan out over partitions); a Redis Cluster wants several.
 EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "1"))
 
+# Retrieval sources that query PostgreSQL run in this many threads per process, each against its own deadline
+# (0 runs them one after another in the request's thread, checking deadlines after the fact).
+SCORE_RETRIEVAL_THREADS = int(os.environ.get("SCORE_RETRIEVAL_THREADS", "4"))
+# Below this ranking confidence (share of top items the ranker knew the user for) the bandit decides the slate.
+SCORE_MIN_RANKER_CONFIDENCE = float(os.environ.get("SCORE_MIN_RANKER_CONFIDENCE", "0.3"))
+
 # The embedding size of every vector column; changing it needs a migration and a retrain.
 EMBEDDING_DIMENSIONS = 64
 # Public address of the WebSocket server, shown to the demo page (served by a separate ASGI process).

@@ -29,6 +29,9 @@ DEFAULT_SCHEDULES = [
     ("Create event log partitions", "signals.event_log_partitions_ensure", 1440),
     ("Refresh item neighbourhoods", "graph.neighbourhoods_refresh", 60),
     ("Materialize training rows from impressions", "graph.features_materialize", 10),
+    ("Retrain the ranker", "scoring.ranker_train", 360),
+    ("Publish serving models to Redis", "scoring.models_serving_publish", 1),
+    ("Teach the contextual bandit from rewards", "scoring.bandit_learn", 1),
 ]
 
 
@@ -94,6 +97,8 @@ def platform_bootstrap(*, with_demo_data: bool = True) -> BootstrapReport:
     from graph_app.training import embeddings_train
     from scoring_app.models import ModelVersion
     from scoring_app.selectors import model_version_active
+    from scoring_app.services import models_serving_publish
+    from scoring_app.training import ranker_train
     from signals_app.popularity import popularity_refresh
 
     # The ingest script and the feature store read catalog facts from Redis: make sure they match the catalog.
@@ -109,6 +114,11 @@ def platform_bootstrap(*, with_demo_data: bool = True) -> BootstrapReport:
         neighbourhoods_refresh()
         popularity_refresh()
         model_trained = True
+    if model_version_active(kind=ModelVersion.Kind.RANKER) is None and Item.objects.exists():
+        # The first ranker learns from the interactions in the log (there are no impressions yet).
+        ranker_train()
+        model_trained = True
+    models_serving_publish()
     schedules_install_defaults()
     password, raw_key = _console_credentials()
     return BootstrapReport(demo_loaded, model_trained, password, raw_key)

@@ -83,6 +83,11 @@ CACHE_BUILD_SECONDS = Histogram(
 )
 
 
+class Uncacheable(bytes):
+    """A value a user-keyed build returns but that must not be stored (e.g. a candidate set missing a source
+    that was late): the caller gets it, the next request builds again."""
+
+
 class CacheWaitTimeout(Exception):
     """A cold item cache was still being built by another caller after `wait_seconds`. Serve a fallback: building
     it here too would pile onto whatever makes the build slow (typically the database)."""
@@ -161,6 +166,8 @@ def user_cache_get_or_build(
         return stored[len(prefix) :]
     CACHE_REQUESTS.labels(cache=name, outcome="miss").inc()
     payload = _timed_build(name, build)
+    if isinstance(payload, Uncacheable):
+        return bytes(payload)
     ttl = min(max(ttl_seconds, USER_CACHE_MIN_TTL_SECONDS), USER_CACHE_MAX_TTL_SECONDS)
     try:
         client.set(key, prefix + payload, ex=ttl)

@@ -99,6 +99,10 @@ def active_model(kind: str) -> str:
     return f"model:active:{kind}"
 
 
+# Model registry snapshot for serving processes: kind -> {"active", "canary", "canary_percent"} (JSON).
+MODELS_SERVING = "models:serving"
+
+
 CUSTOM_EVENT_TYPES = "event-types:custom"
 
 

@@ -59,6 +59,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
 def _metrics_registry() -> Any:
     """This process's metrics, or every worker's when PROMETHEUS_MULTIPROC_DIR is set (gunicorn), plus the
     collectors that read shared state (event streams) at scrape time."""
+    from scoring_app.model_metrics import ModelAgeCollector
     from signals_app.stream_metrics import EventStreamCollector
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -71,5 +72,6 @@ def _metrics_registry() -> Any:
         def collect(self) -> Iterator[Any]:
             yield from source.collect()
             yield from EventStreamCollector().collect()
+            yield from ModelAgeCollector().collect()
 
     return Combined()

@@ -9,13 +9,16 @@ from scoring_app.models import ModelVersion
 
 
 def model_version_active(*, kind: str) -> ModelVersion | None:
-    return ModelVersion.objects.filter(kind=kind, is_active=True).defer("artifact").first()
+    return ModelVersion.objects.filter(kind=kind, state=ModelVersion.State.ACTIVE).defer("artifact").first()
+
+
+def model_artifact(*, version: str) -> bytes:
+    return bytes(ModelVersion.objects.values_list("artifact", flat=True).get(version=version))
 
 
 @functools.lru_cache(maxsize=4)
 def _artifact_arrays(version: str) -> dict[str, np.ndarray]:
-    payload = ModelVersion.objects.values_list("artifact", flat=True).get(version=version)
-    with np.load(io.BytesIO(bytes(payload))) as archive:
+    with np.load(io.BytesIO(model_artifact(version=version))) as archive:
         return {name: archive[name] for name in archive.files}
 
 

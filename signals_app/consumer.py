@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 from signals_app.log import event_log_append
-from signals_app.models import DeadLetter, IdentityLink, Impression
+from signals_app.models import BanditDecision, DeadLetter, IdentityLink, Impression
 from signals_app.records import Attribution, EventRecord
 from signals_app.validation import EventInput
 
@@ -252,7 +252,8 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
 
 
 def _impressions_store(impressions: list[dict[str, Any]]) -> None:
-    """One row per item shown; a replayed entry is ignored (unique on request id and slot)."""
+    """One row per item shown, and one per decision of the contextual bandit (what it could have shown); a
+    replayed entry is ignored (unique on request id and slot, and on request id)."""
     rows = [
         Impression(
             request_id=record["request_id"],
@@ -264,11 +265,28 @@ def _impressions_store(impressions: list[dict[str, Any]]) -> None:
             source=item.get("source") or "",
             model_version=record.get("model_version") or "",
             served_at=datetime.fromtimestamp(record["served_at"], tz=UTC),
+            propensity=item.get("propensity"),
         )
         for record in impressions
         for item in record["items"]
     ]
-    Impression.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+    decisions = [
+        BanditDecision(
+            request_id=record["request_id"],
+            placement=record["placement"],
+            served_at=datetime.fromtimestamp(record["served_at"], tz=UTC),
+            shared=record["bandit"]["shared"],
+            # Every offered action once: the picked ones carry their features on their item.
+            actions=[[item["item_id"], item["features"]] for item in record["items"] if item.get("features")]
+            + [list(action) for action in record["bandit"]["unshown"]],
+        )
+        for record in impressions
+        if record.get("bandit")
+    ]
+    with transaction.atomic():
+        Impression.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+        if decisions:
+            BanditDecision.objects.bulk_create(decisions, ignore_conflicts=True, batch_size=1000)
 
 
 def _dead_letter(partition: int, dead: list[tuple[Entry, str]], counts: dict[bytes, int]) -> None:

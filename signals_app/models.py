@@ -132,11 +132,42 @@ class Impression(models.Model):
     source = models.CharField(max_length=30, blank=True, default="")
     model_version = models.CharField(max_length=60, blank=True, default="")
     served_at = models.DateTimeField()
+    # Set when the contextual bandit chose the item: the probability it had of being chosen for its slot, given
+    # the bandit's earlier picks in the slate (what off-policy learning and evaluation divide by).
+    propensity = models.FloatField(null=True, blank=True)
+    # The cost the bandit was fed for this impression (negative: a reward); null until fed, so each learns once.
+    bandit_cost = models.FloatField(null=True, blank=True)
 
     class Meta:
         ordering = ["-served_at"]
-        indexes = [models.Index(fields=["placement", "item_id", "served_at"], name="impression_placement_item")]
+        indexes = [
+            models.Index(fields=["placement", "item_id", "served_at"], name="impression_placement_item"),
+            # The bandit's queue: served by it and not learned yet (small, it empties every minute).
+            models.Index(
+                fields=["served_at"],
+                name="impression_bandit_pending",
+                condition=models.Q(propensity__isnull=False, bandit_cost__isnull=True),
+            ),
+        ]
         constraints = [models.UniqueConstraint(fields=["request_id", "slot"], name="impression_unique_slot")]
 
     def __str__(self) -> str:
         return f"{self.request_id}#{self.slot} {self.item_id}"
+
+
+class BanditDecision(models.Model):
+    """What the contextual bandit could choose from when it filled a served slate: the shared features and every
+    action it was offered (item id, VW features), once per slate rather than on each impression. The bandit learns
+    an impression's outcome against these alternatives."""
+
+    request_id = models.CharField(max_length=100, unique=True)
+    placement = models.CharField(max_length=100)
+    served_at = models.DateTimeField(db_index=True)
+    shared = models.TextField()
+    actions = models.JSONField(default=list)  # [[item id, features], ...]
+
+    class Meta:
+        ordering = ["-served_at"]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} ({len(self.actions)} actions)"

@@ -17,16 +17,24 @@ K_MAX = 100
 class CandidateSerializer(serializers.Serializer):
     item_id = serializers.CharField()
     score = serializers.FloatField()
-    source = serializers.CharField()
+    source = serializers.CharField(help_text="The retrieval source that found the item first.")
     explanation = serializers.CharField()
+
+
+class SlateItemSerializer(CandidateSerializer):
+    sources = serializers.ListField(child=serializers.CharField(), help_text="Every retrieval source that found it.")
+    propensity = serializers.FloatField(
+        allow_null=True, help_text="When the contextual bandit chose the item: the probability it had of being chosen."
+    )
 
 
 class SlateSerializer(serializers.Serializer):
     request_id = serializers.CharField()
     placement = serializers.CharField()
-    items = CandidateSerializer(many=True)
+    items = SlateItemSerializer(many=True)
     confidence = serializers.FloatField()
     model_version = serializers.CharField(allow_null=True)
+    path = serializers.ChoiceField(choices=["ranker", "bandit", "fallback"])
     degraded = serializers.ListField(child=serializers.CharField())
 
 

@@ -10,6 +10,9 @@ os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(PROJECT_ROOT / ".data" / "
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Several partitions, so that the tests exercise the Redis Cluster layout (production default: one).
 os.environ.setdefault("EVENT_PARTITIONS", "4")
+# Tests run inside a transaction that threads' own connections cannot see: retrieval sources run inline here,
+# and tests/scoring_app/test_retrieval.py covers the threaded path with committed data.
+os.environ.setdefault("SCORE_RETRIEVAL_THREADS", "0")
 
 
 def pytest_unconfigure(config: object) -> None:

@@ -66,7 +66,8 @@ def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
         _wait_for(f"http://127.0.0.1:{ws_port}/healthz", deadline)
 
         with connect(f"ws://127.0.0.1:{ws_port}/ws/v1/recommendations/?api_key={raw_key}&user_id=u1&k=1") as socket_:
-            assert json.loads(socket_.recv(timeout=10))["items"] == []
+            # A new user, no popularity yet: the newest item, for exploration.
+            assert json.loads(socket_.recv(timeout=10))["items"][0]["source"] == "fresh"
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/api/v1/events",
                 data=json.dumps({"event_id": "e2e-1", "type": "view", "user_id": "u1", "item_id": "a"}).encode(),
@@ -85,6 +86,6 @@ def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
             process.kill()
             output, _ = process.communicate()
     assert "Admin" in output and "password" in output, output
-    for name in ("web", "ws", "worker", "beat"):
+    for name in ("web", "ws", "worker", "events", "beat"):
         assert f"{name} stopped" in output, output
     assert _port_closed(port) and _port_closed(ws_port)

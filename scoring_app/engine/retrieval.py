@@ -1,7 +1,11 @@
-"""Candidate retrieval on the hot path: plain Python over dataclasses, one Redis pipeline and one SQL round trip.
+"""Candidate retrieval on the hot path: plain Python over dataclasses, no ORM objects (see the house style).
 
-No ORM objects are built here (see the house style): the user's state comes from Redis, candidates from a
-single pgvector query that also checks stock for the popular fill.
+Several sources run at once, each with its own deadline: pgvector neighbours of the user's vector and of their
+recent items, knowledge-graph neighbours of their latest items, popular items of their favourite categories,
+popular items overall, and fresh items for exploration. A source that misses its deadline is dropped, not awaited,
+and the response says so. The union is deduplicated (each candidate remembers every source that produced it) and
+cached per user for a minute, keyed by the user's recent items, favourite categories and the serving model, so an
+event changes the key instead of needing an invalidation. Final scores are never cached.
 """
 
 from __future__ import annotations
@@ -9,17 +13,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
+from django.conf import settings
 from django.db import DatabaseError, connection
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation
 from graph_app.online import unpack_static
 from personalization import redis_keys
-from personalization.cache import CacheWaitTimeout, item_cache_get, user_cache_get_or_build
+from personalization.cache import CacheWaitTimeout, Uncacheable, item_cache_get, user_cache_get_or_build
 from personalization.redis_client import get_redis
+from scoring_app.engine import registry
 from signals_app.online_reads import decode_popular, queue_popular
 
 logger = logging.getLogger(__name__)
@@ -30,6 +41,21 @@ GRAPH_SEED_ITEMS = 5
 # Below this many items of interest a user is "cold": graph neighbours (explainable) come before embeddings.
 COLD_START_ITEMS = 3
 SIMILAR_EXPLANATION = "Similar to items you showed interest in"
+# The candidate set handed to ranking: at most this many.
+CANDIDATES_MAX = 500
+POPULAR_DEPTH = 120
+USER_VECTOR_NEIGHBOURS = 200
+FAVOURITE_CATEGORIES = 3
+CATEGORY_POPULAR_PER_CATEGORY = 40
+FRESH_ITEMS = 30
+FRESH_WITHIN_DAYS = 30
+CANDIDATE_SET_CACHE_SECONDS = 60
+
+SOURCES_DROPPED = Counter(
+    "score_retrieval_sources_dropped_total",
+    "Retrieval sources dropped from a request, by reason.",
+    ["source", "reason"],
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,8 @@ class Candidate:
     score: float
     source: str
     explanation: str
+    # Every retrieval source that produced the item (provenance), the first one being `source`.
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,25 +75,44 @@ class UserState:
     popular_items: list[tuple[str, float]]
     model_version: str | None
     degraded: list[str] = field(default_factory=list)
+    favourite_categories: list[str] = field(default_factory=list)
+    # The model registry's serving snapshot (kind -> JSON), read in the same round trip.
+    models_snapshot: dict[bytes, bytes] = field(default_factory=dict)
 
 
-def user_state_fetch(*, user_key: str, popular_depth: int) -> UserState:
-    """The user's recent items, the popular items and the serving model version, in one Redis round trip."""
+def _favourite_categories(affinity: dict[bytes, bytes]) -> list[str]:
+    """The user's categories by decayed frequency (all counters share one decay epoch, so raw values order)."""
+    counted = [
+        (float(value), name[len(b"f:category:") :].decode())
+        for name, value in affinity.items()
+        if name.startswith(b"f:category:")
+    ]
+    counted.sort(reverse=True)
+    return [category for _, category in counted[:FAVOURITE_CATEGORIES]]
+
+
+def user_state_fetch(*, user_key: str, popular_depth: int = POPULAR_DEPTH) -> UserState:
+    """The user's recent items and favourite categories, the popular items and the serving models, in one Redis
+    round trip."""
     try:
         pipeline = get_redis().pipeline(transaction=False)
         pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_USED - 1)
         pipeline.get(redis_keys.active_model("embeddings"))
+        pipeline.hgetall(redis_keys.user_affinity(user_key))
+        registry.queue_snapshot(pipeline)
         queue_popular(pipeline, depth=popular_depth)
         replies = pipeline.execute()
     except RedisError as error:
         logger.warning("score.user_state_unavailable", extra={"error": str(error)})
         return UserState(user_key, [], [], None, degraded=["user_state_unavailable"])
-    recent, model_version = replies[0], replies[1]
+    recent, model_version, affinity, snapshot = replies[:4]
     return UserState(
         user_key=user_key,
         recent_items=[value.decode() for value in recent],
-        popular_items=decode_popular(replies[2:], now=time.time(), depth=popular_depth),
+        popular_items=decode_popular(replies[4:], now=time.time(), depth=popular_depth),
         model_version=model_version.decode() if model_version else None,
+        favourite_categories=_favourite_categories(affinity),
+        models_snapshot=snapshot,
     )
 
 
@@ -143,64 +190,263 @@ def _graph_candidates(state: UserState) -> dict[str, Candidate]:
     return dict(sorted(best.items(), key=lambda pair: pair[1].score, reverse=True))
 
 
-def _personal_candidates(state: UserState, k: int) -> list[Candidate]:
-    """Embedding neighbours of the user's taste and knowledge-graph neighbours of their items. A user with little
-    history (cold start) gets the graph's first, whose explanations say why; otherwise the embeddings lead and the
-    graph explains the items both found."""
-    seen = set(state.recent_items)
-    graph = {item_id: candidate for item_id, candidate in _graph_candidates(state).items() if item_id not in seen}
-    similar = [
-        Candidate(item_id, score, "similar", graph[item_id].explanation if item_id in graph else SIMILAR_EXPLANATION)
-        for item_id, score in _similar_to_recent(state)
-    ]
-    ordered = [*graph.values(), *similar] if len(state.recent_items) < COLD_START_ITEMS else [*similar, *graph.values()]
+_USER_VECTOR_SQL = """
+SELECT external_id, 1 - (embedding <=> (SELECT embedding FROM graph_app_shopper WHERE external_id = %(user)s))
+FROM graph_app_item
+WHERE in_stock AND embedding IS NOT NULL AND NOT (external_id = ANY(%(recent)s))
+ORDER BY embedding <=> (SELECT embedding FROM graph_app_shopper WHERE external_id = %(user)s)
+LIMIT %(k)s
+"""
+_CATEGORY_POPULAR_SQL = """
+SELECT external_id, popularity FROM graph_app_item
+WHERE category = %(category)s AND in_stock AND popularity > 0 ORDER BY popularity DESC LIMIT %(k)s
+"""
+_FRESH_SQL = """
+SELECT external_id, extract(epoch FROM created_at)::float8 FROM graph_app_item
+WHERE in_stock AND created_at > now() - make_interval(days => %(days)s) ORDER BY created_at DESC LIMIT %(k)s
+"""
+# Shared lists (a category's best sellers, the newest items) change slowly and are the same for every user:
+# served stale-while-revalidate from an item-keyed cache, one rebuild at a time.
+SHARED_LIST_FRESH_SECONDS = 60
+SHARED_LIST_STALE_SECONDS = 3600
+
+
+def _rows(sql: str, params: dict[str, Any]) -> list[tuple[str, float]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [(item_id, float(score)) for item_id, score in cursor.fetchall() if score is not None]
+
+
+def _shared_list(key: str, name: str, sql: str, params: dict[str, Any]) -> list[tuple[str, float]]:
+    payload = item_cache_get(
+        item_key=key, name=name, fresh_seconds=SHARED_LIST_FRESH_SECONDS, stale_seconds=SHARED_LIST_STALE_SECONDS,
+        build=lambda: orjson.dumps(_rows(sql, params)),
+    )  # fmt: skip
+    return [(item_id, score) for item_id, score in orjson.loads(payload)]
+
+
+def _user_vector_source(state: UserState) -> list[Candidate]:
+    rows = _rows(_USER_VECTOR_SQL, {"user": state.user_key, "recent": state.recent_items, "k": USER_VECTOR_NEIGHBOURS})
+    rows.sort(key=lambda row: row[1], reverse=True)  # relaxed iterative scans may return rows slightly out of order
+    return [Candidate(item_id, score, "user_vector", "Picked for your taste") for item_id, score in rows]
+
+
+def _recent_items_source(state: UserState) -> list[Candidate]:
+    if not state.recent_items:
+        return []
+    return [Candidate(item_id, score, "similar", SIMILAR_EXPLANATION) for item_id, score in _similar_to_recent(state)]
+
+
+def _category_popular_source(state: UserState) -> list[Candidate]:
     chosen: list[Candidate] = []
-    taken: set[str] = set()
-    for candidate in ordered:
-        if candidate.item_id not in taken:
-            chosen.append(candidate)
-            taken.add(candidate.item_id)
-        if len(chosen) >= k:
-            break
+    for category in state.favourite_categories:
+        rows = _shared_list(
+            f"category:{category}", "popular_in_category", _CATEGORY_POPULAR_SQL,
+            {"category": category, "k": CATEGORY_POPULAR_PER_CATEGORY},
+        )  # fmt: skip
+        top = max((score for _, score in rows), default=0.0) or 1.0
+        chosen += [
+            Candidate(item_id, round(score / top, 6), "category_popular", f"Popular in {category}")
+            for item_id, score in rows
+        ]
     return chosen
 
 
-def candidates_retrieve(*, state: UserState, k: int) -> tuple[list[Candidate], list[str]]:
-    """Items similar to the user's recent items, then popular ones; in stock, not already seen, at most k."""
+def _fresh_source(state: UserState) -> list[Candidate]:
+    rows = _shared_list("catalog", "fresh_items", _FRESH_SQL, {"days": FRESH_WITHIN_DAYS, "k": FRESH_ITEMS})
+    newest = max((created for _, created in rows), default=0.0)
+    return [
+        Candidate(item_id, round(2.0 ** (-(newest - created) / 86400.0), 6), "fresh", "New in")
+        for item_id, created in rows
+    ]
+
+
+def _popular_source(state: UserState) -> list[Candidate]:
+    """Popular items right now (the online counters), checked in stock."""
+    if not state.popular_items:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_POPULAR_IN_STOCK_SQL, {"popular": [item_id for item_id, _ in state.popular_items]})
+        in_stock = {row[0] for row in cursor.fetchall()}
+    top = max((score for _, score in state.popular_items), default=0.0) or 1.0
+    return [
+        Candidate(item_id, round(score / top, 6), "popular", "Popular right now")
+        for item_id, score in state.popular_items
+        if item_id in in_stock
+    ]
+
+
+def _graph_source(state: UserState) -> list[Candidate]:
+    return list(_graph_candidates(state).values())
+
+
+@dataclass(frozen=True)
+class RetrievalSource:
+    name: str
+    fetch: Callable[[UserState], list[Candidate]]
+    deadline_ms: float
+    uses_database: bool
+
+
+# In the order their candidates are merged (and served when no ranker or bandit scores them): the user's own
+# signals first, then what is popular, then exploration.
+SOURCES: tuple[RetrievalSource, ...] = (
+    RetrievalSource("similar", _recent_items_source, 8.0, True),
+    RetrievalSource("graph", _graph_source, 5.0, False),
+    RetrievalSource("user_vector", _user_vector_source, 8.0, True),
+    RetrievalSource("category_popular", _category_popular_source, 5.0, True),
+    RetrievalSource("popular", _popular_source, 5.0, True),
+    RetrievalSource("fresh", _fresh_source, 5.0, True),
+)
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor | None:
+    global _pool
+    if settings.SCORE_RETRIEVAL_THREADS <= 0:
+        return None
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=settings.SCORE_RETRIEVAL_THREADS, thread_name_prefix="retrieval")
+    return _pool
+
+
+def _run_in_thread(source: RetrievalSource, state: UserState) -> list[Candidate]:
+    # Pool threads keep their own connection between requests; one broken by a database restart is replaced.
+    if source.uses_database:
+        connection.close_if_unusable_or_obsolete()
+    return source.fetch(state)
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    candidates: list[Candidate]
+    # Sources that produced nothing in time: "user_vector:deadline", "graph:error"...
+    dropped: list[str]
+
+    def as_bytes(self) -> bytes:
+        return orjson.dumps([[c.item_id, c.score, c.source, c.explanation, c.sources] for c in self.candidates])
+
+    @classmethod
+    def from_bytes(cls, payload: bytes, *, dropped: list[str]) -> CandidateSet:
+        return cls([Candidate(i, s, src, e, tuple(srcs)) for i, s, src, e, srcs in orjson.loads(payload)], dropped)
+
+
+def _sources_run(
+    state: UserState, sources: tuple[RetrievalSource, ...]
+) -> tuple[dict[str, list[Candidate]], list[str]]:
+    """Run every source in parallel threads; one late for its deadline is dropped, not awaited. Without a pool
+    (SCORE_RETRIEVAL_THREADS=0: development and tests) they run one after another with no deadline."""
+    results: dict[str, list[Candidate]] = {}
+    dropped: list[str] = []
+
+    def failed(source: RetrievalSource, reason: str, error: BaseException | None = None) -> None:
+        dropped.append(f"{source.name}:{reason}")
+        SOURCES_DROPPED.labels(source=source.name, reason=reason).inc()
+        if error is not None:
+            logger.warning("score.source_failed", extra={"source": source.name, "error": str(error)})
+
+    executor = _executor()
+    if executor is None:
+        for source in sources:
+            try:
+                results[source.name] = source.fetch(state)
+            except (RedisError, DatabaseError, CacheWaitTimeout) as error:
+                failed(source, "error", error)
+        return results, dropped
+
+    started = time.perf_counter()
+    futures = {source.name: executor.submit(_run_in_thread, source, state) for source in sources}
+    for source in sources:
+        future = futures[source.name]
+        remaining = source.deadline_ms / 1000 - (time.perf_counter() - started)
+        futures_wait([future], timeout=max(0.0, remaining))
+        if not future.done():
+            failed(source, "deadline")  # the thread finishes on its own; its result is ignored
+            continue
+        problem = future.exception()
+        if problem is not None:
+            failed(source, "error", problem)
+            continue
+        results[source.name] = future.result()
+    return results, dropped
+
+
+def _merge(state: UserState, results: dict[str, list[Candidate]]) -> list[Candidate]:
+    """Union in source order, deduplicated; an item keeps its first source and explanation and lists all."""
+    order = [source.name for source in SOURCES]
+    if len(state.recent_items) < COLD_START_ITEMS and "graph" in results:
+        order.remove("graph")
+        order.insert(0, "graph")  # a cold user's explainable graph neighbours lead
+    graph_explanations = {candidate.item_id: candidate.explanation for candidate in results.get("graph", [])}
+    seen = set(state.recent_items)
+    merged: dict[str, Candidate] = {}
+    provenance: dict[str, list[str]] = {}
+    for name in order:
+        for candidate in results.get(name, []):
+            if candidate.item_id in seen:
+                continue
+            if candidate.item_id in merged:
+                if name not in provenance[candidate.item_id]:
+                    provenance[candidate.item_id].append(name)
+                continue
+            explanation = candidate.explanation
+            if name == "similar" and candidate.item_id in graph_explanations:
+                explanation = graph_explanations[candidate.item_id]
+            merged[candidate.item_id] = Candidate(candidate.item_id, candidate.score, name, explanation)
+            provenance[candidate.item_id] = [name]
+    return [
+        Candidate(c.item_id, c.score, c.source, c.explanation, tuple(provenance[c.item_id])) for c in merged.values()
+    ]
+
+
+def _catalog_popular(state: UserState, limit: int) -> list[Candidate]:
+    """Redis is down: the popularity PostgreSQL keeps (refreshed every few minutes)."""
+    rows = _rows(_POPULAR_FROM_CATALOG_SQL, {"k": limit})
+    top = max((score for _, score in rows), default=0.0) or 1.0
+    return [
+        Candidate(item_id, round(score / top, 6), "popular", "Popular right now", ("popular",))
+        for item_id, score in rows
+    ]
+
+
+def candidates_retrieve(*, state: UserState, limit: int = CANDIDATES_MAX) -> tuple[CandidateSet, list[str]]:
+    """The candidate set for ranking: every source's items, deduplicated, at most `limit` (popular items alone
+    give at least POPULAR_DEPTH when the catalog has them). Returns it and what degraded."""
     degraded: list[str] = []
-    exclude = set(state.recent_items)
-    chosen: list[Candidate] = []
     try:
         if "user_state_unavailable" in state.degraded:
-            with connection.cursor() as cursor:
-                cursor.execute(_POPULAR_FROM_CATALOG_SQL, {"k": k + len(exclude)})
-                popular = [(item_id, float(score)) for item_id, score in cursor.fetchall()]
-            in_stock = {item_id for item_id, _ in popular}
-        else:
-            if state.recent_items:
-                chosen = _personal_candidates(state, k)
-            popular = state.popular_items
-            in_stock = set()
-            if len(chosen) < k and popular:
-                with connection.cursor() as cursor:
-                    cursor.execute(_POPULAR_IN_STOCK_SQL, {"popular": [item_id for item_id, _ in popular]})
-                    in_stock = {row[0] for row in cursor.fetchall()}
+            return CandidateSet(_catalog_popular(state, limit), []), degraded
+
+        def build() -> bytes:
+            results, dropped = _sources_run(state, SOURCES)
+            built = CandidateSet(_merge(state, results)[:limit], dropped)
+            payload = orjson.dumps({"c": orjson.loads(built.as_bytes()), "d": dropped})
+            # A set missing a late source is served but not cached: the next request tries again.
+            return Uncacheable(payload) if dropped else payload
+
+        key = "\x1f".join([
+            state.model_version or "", str(limit), ",".join(state.favourite_categories), *state.recent_items
+        ])  # fmt: skip
+        version = hashlib.sha1(key.encode()).hexdigest()[:20]
+        try:
+            payload = user_cache_get_or_build(
+                user_key=state.user_key, name="candidates", version=version, build=build,
+                ttl_seconds=CANDIDATE_SET_CACHE_SECONDS,
+            )  # fmt: skip
+        except RedisError:
+            payload = build()
+        decoded = orjson.loads(payload)
+        return CandidateSet.from_bytes(orjson.dumps(decoded["c"]), dropped=list(decoded["d"])), degraded
     except DatabaseError as error:
         logger.warning("score.catalog_unavailable", extra={"error": str(error)})
-        popular = state.popular_items
-        in_stock = {item_id for item_id, _ in popular}
         degraded.append("catalog_unavailable")
-
-    taken = {candidate.item_id for candidate in chosen} | exclude
-    top_popularity = max((score for _, score in popular), default=0.0) or 1.0
-    for item_id, popularity in sorted(popular, key=lambda pair: pair[1], reverse=True):
-        if len(chosen) >= k:
-            break
-        if item_id in taken or item_id not in in_stock:
-            continue
-        chosen.append(Candidate(item_id, round(popularity / top_popularity, 6), "popular", "Popular right now"))
-        taken.add(item_id)
-    return chosen, degraded
+        fallback = [
+            Candidate(item_id, score, "popular", "Popular right now", ("popular",))
+            for item_id, score in state.popular_items
+            if item_id not in set(state.recent_items)
+        ]
+        return CandidateSet(fallback[:limit], []), degraded
 
 
 _SIMILAR_TO_ITEM_SQL = """

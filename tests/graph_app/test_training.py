@@ -35,7 +35,7 @@ def test_training_learns_vectors_that_separate_tastes(two_tastes, clean_redis, d
         report = embeddings_train()
 
     assert (report.items, report.users, report.collaborative_items) == (8, 12, 8)
-    active = ModelVersion.objects.get(is_active=True)
+    active = ModelVersion.objects.get(state="active")
     assert active.version == report.model_version
     assert active.metrics["interactions"] == report.interactions == 36
     assert clean_redis.get(redis_keys.active_model("embeddings")).decode() == report.model_version
@@ -50,7 +50,7 @@ def test_retraining_keeps_one_active_version(two_tastes):
     first = embeddings_train()
     second = embeddings_train()
 
-    assert ModelVersion.objects.filter(is_active=True).get().version == second.model_version
+    assert ModelVersion.objects.filter(state="active").get().version == second.model_version
     assert ModelVersion.objects.get(version=first.model_version).is_active is False
 
 

@@ -20,7 +20,7 @@ def test_bootstrap_trains_installs_schedules_and_makes_credentials(settings, tmp
     report = platform_bootstrap(with_demo_data=False)
 
     assert report.model_trained is True
-    assert ModelVersion.objects.filter(is_active=True).count() == 1
+    assert ModelVersion.objects.filter(state="active").count() == 1
     assert set(PeriodicTask.objects.values_list("task", flat=True)) >= {
         "signals.popularity_refresh",
         "graph.embeddings_train",

@@ -51,7 +51,8 @@ async def test_socket_sends_a_shelf_and_a_fresh_one_after_the_users_events(clean
     first = await communicator.receive_json_from(timeout=5)
     assert first["type"] == "recommendations"
     assert first["placement"] == "home"
-    assert first["items"] == []  # a new user and no popularity yet
+    # A new user and no popularity yet: only the newest items, for exploration.
+    assert {item["source"] for item in first["items"]} == {"fresh"}
 
     report = await sync_to_async(events_ingest)(
         raw_events=[{"event_id": "ws-1", "type": "view", "user_id": "u1", "item_id": "a"}]

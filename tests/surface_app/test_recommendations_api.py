@@ -41,7 +41,9 @@ def test_user_with_history_gets_similar_in_stock_unseen_items(api_client, clean_
     assert body["items"][0]["score"] == pytest.approx(1 - 0.00496, abs=1e-3)
     assert body["placement"] == "home"
     assert body["confidence"] == 1.0
-    assert body["degraded"] == []
+    # No ranker has been trained: retrieval's own order serves, and the response says so.
+    assert body["path"] == "fallback"
+    assert body["degraded"] == ["ranker_unavailable"]
 
 
 def test_new_user_gets_popular_items_in_stock(api_client, clean_redis):
@@ -88,18 +90,19 @@ def test_served_slate_is_logged_for_attribution(api_client, clean_redis, catalog
     assert 0 < clean_redis.ttl(redis_keys.slate(body["request_id"])) <= 7 * 24 * 3600
 
 
-def test_recommendations_take_one_sql_query_then_none_while_the_user_is_unchanged(
+def test_recommendations_query_each_database_source_once_then_none_while_the_user_is_unchanged(
     api_client, clean_redis, catalog, django_assert_num_queries
 ):
     clean_redis.lpush(redis_keys.user_recent_items("u1"), "anchor")
-    api_client.get("/api/v1/recommendations", {"user_id": "other"})  # warms the API key cache
+    api_client.get("/api/v1/recommendations", {"user_id": "other"})  # warms the API key and shared list caches
 
-    with django_assert_num_queries(1):
+    # One query each: neighbours of the recent items and of the user's vector (none yet).
+    with django_assert_num_queries(2):
         first = api_client.get("/api/v1/recommendations", {"user_id": "u1", "k": 2}).json()
-    with django_assert_num_queries(0):  # the user-keyed cache of their neighbours
+    with django_assert_num_queries(0):  # the user-keyed cache of their candidate set
         again = api_client.get("/api/v1/recommendations", {"user_id": "u1", "k": 2}).json()
     clean_redis.lpush(redis_keys.user_recent_items("u1"), "far")  # a new event changes the cache's key
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(2):
         changed = api_client.get("/api/v1/recommendations", {"user_id": "u1", "k": 2}).json()
 
     assert [item["item_id"] for item in first["items"]] == [item["item_id"] for item in again["items"]]
@@ -198,7 +201,8 @@ def test_a_cold_user_gets_explained_knowledge_graph_neighbours_first(
     items = api_client.get("/api/v1/recommendations", {"user_id": "newcomer", "k": 3}).json()["items"]
 
     assert items[0] == {
-        "item_id": "tea-pot", "score": items[0]["score"], "source": "graph", "explanation": "Because you like Retrospot"
+        "item_id": "tea-pot", "score": items[0]["score"], "source": "graph",
+        "explanation": "Because you like Retrospot", "sources": ["graph", "similar", "fresh"], "propensity": None,
     }  # fmt: skip
     assert "cake-tin" not in {item["item_id"] for item in items}  # out of stock
     assert "tea-cup" not in {item["item_id"] for item in items}  # already seen

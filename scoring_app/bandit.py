@@ -1,0 +1,176 @@
+"""Online learning of the contextual bandit from rewards (control plane; the bandit itself is in
+`scoring_app.engine.bandit`).
+
+Every minute the impressions the bandit chose are fed back to it: as soon as an attributed click, add to cart or
+purchase arrives, or with no reaction once the label window has closed. Each becomes a VW ADF example against the
+alternatives the bandit had for that slot (its decision's offered actions minus the items it picked for earlier
+slots), with the logged propensity; the updated model is published to the registry and serving swaps to it.
+
+Costs (VW minimises cost, so a reward is negative): purchase -1.0, add to cart -0.5, click -0.3, no reaction 0.
+They follow the value of each outcome to the shop, roughly in the proportions of a usual funnel: a click is worth
+something, but optimising clicks alone would favour clickbait over what sells. An impression takes its strongest
+reaction; each impression is fed once (`Impression.bandit_cost` records what it was fed), so a later, stronger
+reaction to an impression already fed is not learned: the price of learning from clicks within a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from graph_app.features.materialize import LABEL_WINDOW
+from scoring_app.engine.bandit import (
+    BANDIT,
+    bandit_example,
+    bandit_model_dump,
+    bandit_model_load,
+    bandit_model_new,
+    bandit_pmf,
+)
+from scoring_app.selectors import model_artifact, model_version_active
+from scoring_app.services import model_version_publish
+from signals_app.models import BanditDecision, Event, Impression
+
+logger = logging.getLogger(__name__)
+
+BANDIT_LEARN_BATCH_SIZE = 5000
+REACTION_COSTS = {"purchase": -1.0, "add_to_cart": -0.5, "click": -0.3}
+NO_REACTION_COST = 0.0
+# Decisions are kept as long as served slates (7 days); an impression not fed by then is not learned.
+DECISION_RETENTION = timedelta(days=7)
+DECISIONS_PRUNED_PER_RUN = 10_000
+# Reactions carry the client's clock, which may run a little behind ours.
+CLOCK_SKEW = timedelta(minutes=5)
+# One learner at a time: two would each extend the same model and one's update would be lost.
+LEARN_LOCK_ID = 0x62616E64
+
+
+@dataclass(frozen=True)
+class BanditLearnReport:
+    learned: int
+    rewarded: int
+    unlearnable: int  # fed but without their decision (pruned, or never logged): recorded, not learned
+    version: str | None  # the version published, if any
+    busy: bool = False  # another learner held the lock: nothing done
+
+
+def _model_active() -> tuple[Any, str]:
+    """The active bandit to extend, or a new one when none was published yet."""
+    active = model_version_active(kind=BANDIT)
+    if active is None:
+        return bandit_model_new(), ""
+    return bandit_model_load(model_artifact(version=active.version)), active.version
+
+
+def _reaction_costs(request_ids: set[str], since: datetime) -> dict[tuple[str, str], float]:
+    costs: dict[tuple[str, str], float] = {}
+    reactions = Event.objects.filter(
+        request_id__in=request_ids, type__in=list(REACTION_COSTS), occurred_at__gte=since - CLOCK_SKEW
+    ).values_list("request_id", "item_id", "type")
+    for request_id, item_id, type_name in reactions:
+        key = (request_id, item_id)
+        costs[key] = min(costs.get(key, NO_REACTION_COST), REACTION_COSTS[type_name])
+    return costs
+
+
+def bandit_learn(
+    *, batch_size: int = BANDIT_LEARN_BATCH_SIZE, label_window: timedelta = LABEL_WINDOW
+) -> BanditLearnReport:
+    """Feed the bandit the outcomes of up to batch_size of its impressions, publish the updated model (idempotent:
+    an impression is fed once). Publishes a first, untrained model when none exists."""
+    now = timezone.now()
+    horizon = now - DECISION_RETENTION
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LEARN_LOCK_ID])
+            if not cursor.fetchone()[0]:
+                return BanditLearnReport(0, 0, 0, None, busy=True)
+        reacted = Event.objects.filter(
+            request_id=OuterRef("request_id"),
+            item_id=OuterRef("item_id"),
+            type__in=list(REACTION_COSTS),
+            occurred_at__gte=OuterRef("served_at") - CLOCK_SKEW,
+        )
+        pending = list(
+            Impression.objects.filter(propensity__isnull=False, bandit_cost__isnull=True, served_at__gte=horizon)
+            .filter(Q(served_at__lte=now - label_window) | Exists(reacted))
+            .order_by("served_at", "request_id", "slot")
+            .values("pk", "request_id", "item_id", "slot", "propensity", "served_at")[:batch_size]
+        )
+        workspace, base_version = _model_active()
+        try:
+            report = _learn(workspace, pending, base_version)
+        finally:
+            workspace.finish()
+        _decisions_prune(horizon)
+    logger.info("score.bandit_learned", extra=report.__dict__)
+    return report
+
+
+def _learn(workspace: Any, pending: list[dict[str, Any]], base_version: str) -> BanditLearnReport:
+    request_ids = {row["request_id"] for row in pending}
+    costs = _reaction_costs(request_ids, min((row["served_at"] for row in pending), default=timezone.now()))
+    picked: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for request_id, slot, item_id in Impression.objects.filter(
+        request_id__in=request_ids, propensity__isnull=False
+    ).values_list("request_id", "slot", "item_id"):
+        picked[request_id].append((slot, item_id))
+    decisions = {
+        request_id: (shared, actions)
+        for request_id, shared, actions in BanditDecision.objects.filter(request_id__in=request_ids).values_list(
+            "request_id", "shared", "actions"
+        )
+    }
+
+    fed: dict[float, list[int]] = defaultdict(list)
+    learned = rewarded = unlearnable = 0
+    ips_cost = logged_cost = 0.0
+    for row in pending:
+        cost = costs.get((row["request_id"], row["item_id"]), NO_REACTION_COST)
+        fed[cost].append(row["pk"])
+        decision = decisions.get(row["request_id"])
+        # The slot's alternatives: what the bandit was offered, minus what it had picked for the earlier slots.
+        earlier = {item_id for slot, item_id in picked[row["request_id"]] if slot < row["slot"]}
+        actions = [features for item_id, features in decision[1] if item_id not in earlier] if decision else []
+        item_ids = [item_id for item_id, _ in decision[1] if item_id not in earlier] if decision else []
+        if row["item_id"] not in item_ids:
+            unlearnable += 1
+            continue
+        chosen = item_ids.index(row["item_id"])
+        # Progressive validation: the model's own probability for the logged action before it learns from it
+        # gives an inverse-propensity estimate of the cost of the policy being learned.
+        ips_cost += cost * bandit_pmf(workspace, decision[0], actions)[chosen] / row["propensity"]
+        logged_cost += cost
+        workspace.learn(
+            bandit_example(shared=decision[0], actions=actions, chosen=chosen, cost=cost, propensity=row["propensity"])
+        )
+        learned += 1
+        rewarded += cost < NO_REACTION_COST
+
+    version = None
+    if learned or not base_version:
+        metrics: dict[str, object] = {
+            "examples": learned,
+            "rewarded": rewarded,
+            "logged_cost": round(logged_cost / learned, 6) if learned else None,
+            "ips_cost": round(ips_cost / learned, 6) if learned else None,
+            "learned_from": base_version or None,
+        }
+        version = model_version_publish(kind=BANDIT, artifact=bandit_model_dump(workspace), metrics=metrics).version
+    for cost, pks in fed.items():
+        Impression.objects.filter(pk__in=pks).update(bandit_cost=cost)
+    return BanditLearnReport(learned, rewarded, unlearnable, version)
+
+
+def _decisions_prune(horizon: datetime) -> int:
+    old = list(
+        BanditDecision.objects.filter(served_at__lt=horizon).values_list("pk", flat=True)[:DECISIONS_PRUNED_PER_RUN]
+    )
+    return BanditDecision.objects.filter(pk__in=old).delete()[0] if old else 0

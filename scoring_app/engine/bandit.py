@@ -1,0 +1,319 @@
+"""The contextual bandit on the hot path: Vowpal Wabbit's `cb_explore_adf` fills slots for new users, new items
+and requests the ranker cannot score with confidence, and logs with every item the probability it had.
+
+Exploration is SquareCB rather than epsilon-greedy: epsilon-greedy puts 1 - epsilon on one action and spreads the
+rest evenly, so once the first slot is taken the other slots of a slate would be uniformly random. SquareCB gives
+each action a probability that falls with its predicted gap to the best one (1 / (n + gamma * gap)), so filling k
+slots by sampling without replacement keeps a sensible order, and exploration shrinks as the model gets surer.
+
+Plain Python over dataclasses (no ORM). Thread safety: a VW workspace is not safe to use from two threads (it
+parses examples into shared state), so serving predicts under one process-wide lock (a prediction over 50 actions
+takes well under a millisecond, and VW holds the GIL anyway); learning never touches a serving workspace, it runs in
+the Celery worker on its own copy loaded from the registry's bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import vowpalwabbit
+from redis.exceptions import RedisError
+
+from graph_app.features.definitions import AFFINITY_TTL_SECONDS
+from graph_app.features.online import FeatureMatrix, features_compute, features_queue
+from personalization.redis_client import get_redis
+from scoring_app.engine import registry
+from scoring_app.engine.retrieval import Candidate
+
+BANDIT = "bandit"
+# Bounds the work of one decision (VW scores every action): the retrieval's best candidates, in its order.
+MAX_BANDIT_ACTIONS = 50
+# U: the shared context (user, placement, time), A: the action's attributes, crossed (-q UA) so that the bandit
+# learns which kinds of items suit which users and placements; I: the item itself, not crossed (per-item effect).
+VW_ARGUMENTS = ["--cb_explore_adf", "--squarecb", "--quadratic", "UA", "--bit_precision", "20", "--quiet"]
+TOP_CATEGORIES = 3
+TOP_ENTITIES = 5
+ENTITIES_PER_ITEM = 5
+
+# VW's text format: whitespace separates features, "|" starts a namespace, ":" gives a value.
+_TOKEN = str.maketrans({":": "=", "|": "/", " ": "_", "\t": "_", "\n": "_", "\r": "_"})
+_predict_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class BanditItem:
+    """What the bandit knows of a candidate beyond retrieval; unknown facts stay NaN or empty."""
+
+    category: str = ""
+    entities: tuple[str, ...] = ()  # "kind:id" keys of the item's other knowledge-graph entities
+    popularity_1d: float = math.nan
+    age_days: float = math.nan
+
+
+@dataclass(frozen=True)
+class BanditContext:
+    placement: str
+    hour: int  # 0-23, UTC
+    new_user: bool | None  # None: the user's state could not be read
+    # Why the bandit serves this request (new_user, new_items, missing_features, low_confidence): the bandit
+    # learns each regime's behaviour separately.
+    reason: str = ""
+    top_categories: tuple[str, ...] = ()
+    top_entities: tuple[str, ...] = ()
+    items: Mapping[str, BanditItem] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BanditPick:
+    item_id: str
+    slot: int  # the order in which the bandit picked it (0 first)
+    propensity: float  # P(this item for this slot | the items picked for the earlier slots)
+    features: str  # the action's VW features, logged so the bandit can learn from the outcome
+
+
+@dataclass(frozen=True)
+class BanditLog:
+    """What the impression log keeps of one decision: the shared features and every action offered, so that a
+    reward can later be learned against the alternatives the bandit had (see `bandit_log`)."""
+
+    shared: str
+    picks: dict[str, BanditPick]
+    unshown: list[tuple[str, str]]  # (item id, features) of the offered actions the bandit did not pick
+
+
+def _token(text: str) -> str:
+    return text.translate(_TOKEN)
+
+
+def _hour_bucket(hour: int) -> str:
+    return ("night", "morning", "afternoon", "evening")[(hour % 24) // 6]
+
+
+def _popularity_bucket(value: float) -> str:
+    return "na" if math.isnan(value) else str(min(12, int(math.log2(1.0 + max(0.0, value)))))
+
+
+def _age_bucket(days: float) -> str:
+    if math.isnan(days):
+        return "na"
+    for limit, name in ((1, "day"), (7, "week"), (30, "month"), (180, "season")):
+        if days < limit:
+            return name
+    return "old"
+
+
+def shared_features(context: BanditContext) -> str:
+    user = "unknown" if context.new_user is None else ("new" if context.new_user else "known")
+    parts = [f"shared |U p={_token(context.placement)} h={_hour_bucket(context.hour)} u={user}"]
+    if context.reason:
+        parts.append(f"r={_token(context.reason)}")
+    parts += [f"c={_token(category)}" for category in context.top_categories]
+    parts += [f"e={_token(entity)}" for entity in context.top_entities]
+    return " ".join(parts)
+
+
+def action_features(context: BanditContext, candidate: Candidate, rank: int) -> str:
+    item = context.items.get(candidate.item_id) or BanditItem()
+    parts = [
+        f"|A s={_token(candidate.source)} pop={_popularity_bucket(item.popularity_1d)}",
+        f"age={_age_bucket(item.age_days)} rk={int(math.log2(1 + rank))}",
+    ]
+    if item.category:
+        parts.append(f"c={_token(item.category)}")
+        if item.category in context.top_categories:
+            parts.append("m=c")  # generalises "likes what they liked" across categories
+    entities = item.entities[:ENTITIES_PER_ITEM]
+    parts += [f"e={_token(entity)}" for entity in entities]
+    if any(entity in context.top_entities for entity in entities):
+        parts.append("m=e")
+    parts.append(f"|I {_token(candidate.item_id)}")
+    return " ".join(parts)
+
+
+def _offered(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The actions of a decision: the first MAX_BANDIT_ACTIONS distinct candidates, in retrieval order."""
+    seen: set[str] = set()
+    offered: list[Candidate] = []
+    for candidate in candidates:
+        if candidate.item_id not in seen:
+            seen.add(candidate.item_id)
+            offered.append(candidate)
+            if len(offered) >= MAX_BANDIT_ACTIONS:
+                break
+    return offered
+
+
+def bandit_pmf(model: vowpalwabbit.Workspace, shared: str, actions: Sequence[str]) -> list[float]:
+    """VW's probability of each action, in the order given."""
+    with _predict_lock:
+        prediction: Any = model.predict([shared, *actions])
+    pmf = [float(value) for value in prediction]
+    if len(pmf) != len(actions):
+        raise ValueError(f"the bandit returned {len(pmf)} probabilities for {len(actions)} actions")
+    return [value if math.isfinite(value) and value > 0 else 0.0 for value in pmf]
+
+
+def bandit_choose(
+    *, model: vowpalwabbit.Workspace, context: BanditContext, candidates: list[Candidate], k: int, rng: random.Random
+) -> list[BanditPick]:
+    """Pick up to k distinct items: one VW prediction gives a PMF over the offered candidates, then each slot is
+    sampled from the PMF renormalized over the items not picked yet; its propensity is that conditional
+    probability. Put the picks in the slate in this order (a later pick's propensity assumes the earlier ones)."""
+    offered = _offered(candidates)
+    if k <= 0 or not offered:
+        return []
+    actions = [action_features(context, candidate, rank) for rank, candidate in enumerate(offered)]
+    weights = bandit_pmf(model, shared_features(context), actions)
+    remaining = list(range(len(offered)))
+    picks: list[BanditPick] = []
+    for slot in range(min(k, len(offered))):
+        total = math.fsum(weights[index] for index in remaining)
+        if total <= 0:
+            # The PMF gave the rest nothing (cannot happen with SquareCB): uniform, so every pick stays loggable.
+            position = rng.randrange(len(remaining))
+            propensity = 1.0 / len(remaining)
+        else:
+            position = _sample(remaining, weights, rng.random() * total)
+            propensity = weights[remaining[position]] / total
+        index = remaining.pop(position)
+        picks.append(BanditPick(offered[index].item_id, slot, min(1.0, propensity), actions[index]))
+    return picks
+
+
+def _sample(remaining: list[int], weights: list[float], threshold: float) -> int:
+    cumulative = 0.0
+    last_positive = 0
+    for position, index in enumerate(remaining):
+        if weights[index] > 0:
+            cumulative += weights[index]
+            last_positive = position
+            if threshold < cumulative:
+                return position
+    return last_positive  # rounding left the threshold past the sum: the last item with any probability
+
+
+def bandit_log(*, context: BanditContext, candidates: list[Candidate], picks: list[BanditPick]) -> BanditLog:
+    """What to put on the Slate (`Slate.bandit`) so the impression log keeps the decision for learning; pass the
+    same candidates as to `bandit_choose`."""
+    chosen = {pick.item_id: pick for pick in picks}
+    unshown = [
+        (candidate.item_id, action_features(context, candidate, rank))
+        for rank, candidate in enumerate(_offered(candidates))
+        if candidate.item_id not in chosen
+    ]
+    return BanditLog(shared_features(context), chosen, unshown)
+
+
+def bandit_context_build(
+    *,
+    placement: str,
+    now: float,
+    reason: str,
+    item_ids: list[str],
+    affinity: Mapping[bytes, bytes],
+    has_recent_items: bool,
+    entities: Sequence[bytes | None],
+    matrix: FeatureMatrix,
+) -> BanditContext:
+    """The context from the feature store's raw reads: the user's decayed affinities (HGETALL), the items'
+    entity keys ("category:x|brand:y") and their feature matrix (popularity, age)."""
+    last = affinity.get(b"_last")
+    affinity_valid = last is not None and float(last) + AFFINITY_TTL_SECONDS > now
+    categories: list[tuple[float, str]] = []
+    others: list[tuple[float, str]] = []
+    if affinity_valid:
+        # Every counter shares one decay factor, so the raw values rank the entities correctly.
+        for name, value in affinity.items():
+            if name.startswith(b"f:category:"):
+                categories.append((float(value), name[11:].decode()))
+            elif name.startswith(b"f:"):
+                others.append((float(value), name[2:].decode()))
+    categories.sort(reverse=True)
+    others.sort(reverse=True)
+    popularity = matrix.column("item_popularity_1d")
+    age = matrix.column("item_age_days")
+    items: dict[str, BanditItem] = {}
+    for row, (item_id, payload) in enumerate(zip(item_ids, entities, strict=True)):
+        keys = payload.decode().split("|") if payload else []
+        category = next((key[9:] for key in keys if key.startswith("category:")), "")
+        items[item_id] = BanditItem(
+            category=category,
+            entities=tuple(key for key in keys if key and not key.startswith("category:")),
+            popularity_1d=float(popularity[row]),
+            age_days=float(age[row]),
+        )
+    return BanditContext(
+        placement=placement,
+        hour=time.gmtime(now).tm_hour,
+        new_user=not affinity_valid and not has_recent_items,
+        reason=reason,
+        top_categories=tuple(name for _, name in categories[:TOP_CATEGORIES]),
+        top_entities=tuple(name for _, name in others[:TOP_ENTITIES]),
+        items=items,
+    )
+
+
+def bandit_context_fetch(
+    *, user_key: str, placement: str, candidates: list[Candidate], now: float, reason: str = ""
+) -> BanditContext:
+    """The bandit's context in one Redis round trip (the feature store's reads, without the embeddings). Redis
+    down: a context with nothing known, which the bandit still serves (its features say "unknown")."""
+    item_ids = [candidate.item_id for candidate in _offered(candidates)]
+    try:
+        client = get_redis()
+        pipeline = client.pipeline(transaction=False)
+        features_queue(client, pipeline, user_key=user_key, item_ids=item_ids, placement=placement)
+        replies = pipeline.execute()
+    except RedisError:
+        return BanditContext(placement=placement, hour=time.gmtime(now).tm_hour, new_user=None, reason=reason)
+    # The feature store's reply layout: 0 affinity, 1 recent items, 2 recent-last, 5 entity keys of the items.
+    recent_last = replies[2]
+    has_recent = bool(replies[1]) and recent_last is not None and float(recent_last) + AFFINITY_TTL_SECONDS > now
+    matrix = features_compute(replies=replies, recent_vectors=[], item_ids=item_ids, now=now)
+    return bandit_context_build(
+        placement=placement, now=now, reason=reason, item_ids=item_ids, affinity=replies[0],
+        has_recent_items=has_recent, entities=replies[5], matrix=matrix,
+    )  # fmt: skip
+
+
+def bandit_example(*, shared: str, actions: Sequence[str], chosen: int, cost: float, propensity: float) -> list[str]:
+    """A logged decision as a VW ADF example: the chosen action carries "0:cost:probability"."""
+    label = f"0:{cost!r}:{propensity!r} "
+    return [shared, *(label + line if index == chosen else line for index, line in enumerate(actions))]
+
+
+def bandit_model_new() -> vowpalwabbit.Workspace:
+    """The first model: it knows nothing, so its PMF is uniform over the offered actions."""
+    return vowpalwabbit.Workspace(arg_list=VW_ARGUMENTS)
+
+
+def bandit_model_load(artifact: bytes) -> vowpalwabbit.Workspace:
+    """A workspace from stored bytes; VW keeps its options (--cb_explore_adf, --squarecb...) in the model file."""
+    with tempfile.TemporaryDirectory(prefix="bandit-") as folder:
+        path = Path(folder) / "model.vw"
+        path.write_bytes(artifact)
+        return vowpalwabbit.Workspace(arg_list=["--quiet", "--initial_regressor", str(path)])
+
+
+def bandit_model_dump(workspace: vowpalwabbit.Workspace) -> bytes:
+    """The model's bytes with its learning state (VW 9 saves resumable models by default, so learning continues
+    exactly where it stopped)."""
+    with tempfile.TemporaryDirectory(prefix="bandit-") as folder:
+        path = Path(folder) / "model.vw"
+        workspace.save(str(path))
+        return path.read_bytes()
+
+
+def serving_bandit(*, user_key: str) -> registry.ServingModel | None:
+    return registry.serving_model(BANDIT, user_key=user_key)
+
+
+registry.register_loader(BANDIT, bandit_model_load)

@@ -1,0 +1,196 @@
+"""Serving models kept hot in process memory, swapped atomically when the registry changes.
+
+Every recommendation request reads the registry's snapshot (one Redis hash, `models:serving`) in the pipeline it
+sends anyway and hands it to `models_observe`. When a kind's snapshot changes, its new versions are loaded from
+PostgreSQL in a background thread while requests go on with the models they have; the loaded set then replaces
+the old one in a single assignment. So a promotion, canary or rollback causes no failed and no slow request. Only
+a process that has no model of a kind at all loads it inline, once.
+
+Hot path: no ORM (one SQL select of the artifact, in the loader thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+from django.db import connection
+
+from personalization import redis_keys
+
+logger = logging.getLogger(__name__)
+
+# Without a snapshot in Redis (flushed, restarted) a process asks PostgreSQL directly, at most this often.
+DATABASE_CHECK_SECONDS = 30.0
+LOADED_VERSIONS_KEPT = 4
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    version: str
+    model: Any
+
+
+@dataclass(frozen=True)
+class KindServing:
+    snapshot: bytes
+    active: ServingModel | None
+    canary: ServingModel | None
+    canary_percent: int
+
+
+_loaders: dict[str, Callable[[bytes], Any]] = {}
+_serving: dict[str, KindServing] = {}
+_loaded: dict[str, ServingModel] = {}  # version -> model, a few recent ones (rollbacks are instant)
+_loading: set[str] = set()
+_last_database_check: dict[str, float] = {}
+_lock = threading.Lock()
+
+
+def register_loader(kind: str, loader: Callable[[bytes], Any]) -> None:
+    """How to turn a stored artifact of `kind` into a model object serving can call."""
+    _loaders[kind] = loader
+
+
+def queue_snapshot(pipeline: redis.client.Pipeline) -> None:
+    pipeline.hgetall(redis_keys.MODELS_SERVING)
+
+
+def user_bucket(user_key: str) -> int:
+    """A stable 0-99 bucket per user: the same users see a canary on every request and every process."""
+    return zlib.crc32(user_key.encode()) % 100
+
+
+def serving_model(kind: str, *, user_key: str) -> ServingModel | None:
+    serving = _serving.get(kind)
+    if serving is None:
+        return None
+    if serving.canary is not None and user_bucket(user_key) < serving.canary_percent:
+        return serving.canary
+    return serving.active
+
+
+def models_observe(snapshot: dict[bytes, bytes]) -> None:
+    """Compare the registry snapshot read from Redis with what this process serves; load what changed."""
+    for kind in _loaders:
+        raw = snapshot.get(kind.encode())
+        current = _serving.get(kind)
+        if raw is None:
+            _check_database_later(kind, has_model=current is not None)
+            continue
+        if current is not None and current.snapshot == raw:
+            continue
+        if current is None:
+            _load(kind, raw)  # nothing to serve meanwhile: load inline, once per process
+        else:
+            _load_in_background(kind, raw)
+
+
+def models_refresh() -> None:
+    """Read the snapshot and load synchronously (process start, tests, benchmarks)."""
+    from personalization.redis_client import get_redis
+
+    snapshot = get_redis().hgetall(redis_keys.MODELS_SERVING)
+    for kind in _loaders:
+        raw = snapshot.get(kind.encode())
+        if isinstance(raw, bytes) and (kind not in _serving or _serving[kind].snapshot != raw):
+            _load(kind, raw)
+
+
+def models_forget() -> None:
+    """Drop every loaded model (tests)."""
+    with _lock:
+        _serving.clear()
+        _loaded.clear()
+        _last_database_check.clear()
+
+
+def _check_database_later(kind: str, *, has_model: bool) -> None:
+    now = time.monotonic()
+    if now - _last_database_check.get(kind, -DATABASE_CHECK_SECONDS) < DATABASE_CHECK_SECONDS:
+        return
+    _last_database_check[kind] = now
+    if has_model:
+        return  # keep serving what we have until the snapshot is published again
+    raw = _snapshot_from_database(kind)
+    if raw is not None:
+        _load(kind, raw)
+
+
+def _snapshot_from_database(kind: str) -> bytes | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT state, version, canary_percent FROM scoring_app_modelversion "
+            "WHERE kind = %s AND state IN ('active', 'canary')",
+            [kind],
+        )
+        rows = cursor.fetchall()
+    snapshot: dict[str, object] = {"active": None, "canary": None, "canary_percent": 0}
+    for state, version, percent in rows:
+        snapshot[state] = version
+        if state == "canary":
+            snapshot["canary_percent"] = percent
+    return orjson.dumps(snapshot) if rows else None
+
+
+def _load_in_background(kind: str, raw: bytes) -> None:
+    with _lock:
+        if kind in _loading:
+            return
+        _loading.add(kind)
+
+    def run() -> None:
+        try:
+            _load(kind, raw)
+        except Exception:
+            logger.exception("score.model_load_failed", extra={"kind": kind})
+        finally:
+            connection.close()  # this thread's own connection
+            with _lock:
+                _loading.discard(kind)
+
+    threading.Thread(target=run, name=f"model-loader-{kind}", daemon=True).start()
+
+
+def _model(kind: str, version: str | None) -> ServingModel | None:
+    if not version:
+        return None
+    known = _loaded.get(version)
+    if known is not None:
+        return known
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT artifact FROM scoring_app_modelversion WHERE version = %s", [version])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    loaded = ServingModel(version, _loaders[kind](bytes(row[0])))
+    with _lock:
+        _loaded[version] = loaded
+        while len(_loaded) > LOADED_VERSIONS_KEPT * max(1, len(_loaders)):
+            _loaded.pop(next(iter(_loaded)))
+    return loaded
+
+
+def _load(kind: str, raw: bytes) -> None:
+    snapshot = orjson.loads(raw)
+    started = time.perf_counter()
+    active = _model(kind, snapshot.get("active"))
+    canary = _model(kind, snapshot.get("canary"))
+    # One assignment: a request sees either the old set or the new one, never a mix.
+    _serving[kind] = KindServing(raw, active, canary, int(snapshot.get("canary_percent") or 0))
+    logger.info(
+        "score.models_loaded",
+        extra={
+            "kind": kind,
+            "active": active.version if active else None,
+            "canary": canary.version if canary else None,
+            "seconds": round(time.perf_counter() - started, 4),
+        },
+    )

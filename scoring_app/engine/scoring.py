@@ -1,0 +1,180 @@
+"""The Score layer's answer for one request: retrieval's candidates ranked, with a confidence and the path taken.
+
+- `ranker`: the active (or, for a canary's share of users, the canary) LightGBM model scores every candidate's
+  feature-store row; its confidence is how much it knew about the user for the items it put on top.
+- `bandit`: for new users and requests where features are missing or the ranker's confidence is low, the
+  contextual bandit picks the slate and logs each item's propensity.
+- `fallback`: neither model is available (or the feature store is down): retrieval's own order.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from graph_app.features.online import FeatureMatrix, features_fetch
+from scoring_app.engine import bandit, registry
+from scoring_app.engine.ranking import RANKER, LoadedRanker, ranker_scores, ranking_confidence
+from scoring_app.engine.retrieval import Candidate, CandidateSet, UserState
+
+logger = logging.getLogger(__name__)
+
+PATH_RANKER = "ranker"
+PATH_BANDIT = "bandit"
+PATH_FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    item_id: str
+    score: float
+    source: str
+    explanation: str
+    sources: tuple[str, ...]
+    propensity: float | None = None
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    items: list[ScoredItem]
+    confidence: float
+    path: str
+    model_version: str | None
+    degraded: list[str] = field(default_factory=list)
+    # What the bandit learns from (its context, the offered actions, propensities), when it chose the slate.
+    bandit_log: Any = None
+
+
+def _scored(candidate: Candidate, score: float, propensity: float | None = None) -> ScoredItem:
+    return ScoredItem(
+        candidate.item_id, round(float(score), 6), candidate.source, candidate.explanation,
+        candidate.sources or (candidate.source,), propensity,
+    )  # fmt: skip
+
+
+def _in_stock(features: FeatureMatrix, candidates: list[Candidate]) -> tuple[list[Candidate], FeatureMatrix]:
+    """Drop what went out of stock since the candidate set was cached (unknown stock is kept)."""
+    stock = features.column("item_in_stock")
+    keep = np.flatnonzero(~(stock == 0.0))
+    if len(keep) == len(candidates):
+        return candidates, features
+    kept = [candidates[index] for index in keep]
+    return kept, FeatureMatrix([c.item_id for c in kept], features.values[keep], recent_items=features.recent_items)
+
+
+def _fallback(candidates: list[Candidate], k: int, model_version: str | None, degraded: list[str]) -> ScoreResult:
+    chosen = candidates[:k]
+    personalized = sum(1 for candidate in chosen if candidate.source not in ("popular", "fresh"))
+    return ScoreResult(
+        items=[_scored(candidate, candidate.score) for candidate in chosen],
+        # The share of slots filled by the user's own signals: the Surface decides how much to trust the slate.
+        confidence=round(personalized / k, 4) if k else 0.0,
+        path=PATH_FALLBACK,
+        model_version=model_version,
+        degraded=degraded,
+    )
+
+
+def _ranked(
+    ranker: registry.ServingModel, candidates: list[Candidate], features: FeatureMatrix, k: int
+) -> tuple[list[ScoredItem], float, list[Candidate]]:
+    """The top k by the ranker's score, its confidence, and every candidate in ranked order (what the bandit is
+    offered when the confidence is too low)."""
+    loaded: LoadedRanker = ranker.model
+    scores = ranker_scores(loaded, features)
+    order = np.argsort(-scores, kind="stable")
+    confidence = ranking_confidence(features, order[:k])
+    return (
+        [_scored(candidates[index], scores[index]) for index in order[:k]],
+        confidence,
+        [candidates[index] for index in order],
+    )
+
+
+def _reason(ranker: registry.ServingModel | None, items: list[ScoredItem], state: UserState) -> str:
+    """Why the bandit decides this request (it learns each regime separately)."""
+    if not state.recent_items and not state.favourite_categories:
+        return "new_user"
+    if ranker is None or not items:
+        return "missing_features"
+    return "low_confidence"
+
+
+def slate_score(*, state: UserState, candidate_set: CandidateSet, placement: str, k: int) -> ScoreResult:
+    registry.models_observe(state.models_snapshot)
+    degraded: list[str] = []
+    candidates = candidate_set.candidates
+    if not candidates:
+        return ScoreResult([], 0.0, PATH_FALLBACK, state.model_version, degraded)
+    if "user_state_unavailable" in state.degraded:
+        return _fallback(candidates, k, state.model_version, degraded)
+    try:
+        features = features_fetch(
+            user_key=state.user_key, item_ids=[c.item_id for c in candidates], placement=placement, now=time.time()
+        )
+    except RedisError as error:
+        logger.warning("score.features_unavailable", extra={"error": str(error)})
+        return _fallback(candidates, k, state.model_version, ["features_unavailable"])
+    candidates, features = _in_stock(features, candidates)
+
+    ranker = registry.serving_model(RANKER, user_key=state.user_key)
+    items: list[ScoredItem] = []
+    confidence = 0.0
+    offered = candidates
+    if ranker is not None:
+        try:
+            items, confidence, offered = _ranked(ranker, candidates, features, k)
+        except Exception as error:  # a broken model must not break the shelf
+            logger.exception("score.ranker_failed", extra={"version": ranker.version})
+            degraded.append(f"ranker_failed:{type(error).__name__}")
+            items = []
+        if items and confidence >= settings.SCORE_MIN_RANKER_CONFIDENCE:
+            return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded)
+
+    bandit_result = _bandit(state, offered, placement, k, _reason(ranker, items, state))
+    if bandit_result is not None:
+        return ScoreResult(
+            bandit_result.items, bandit_result.confidence, PATH_BANDIT, bandit_result.model_version,
+            degraded + bandit_result.degraded, bandit_result.bandit_log,
+        )  # fmt: skip
+    if items and ranker is not None:
+        return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded)
+    if ranker is None:
+        degraded.append("ranker_unavailable")
+    return _fallback(candidates, k, state.model_version, degraded)
+
+
+_random = random.Random()
+
+
+def _bandit(state: UserState, offered: list[Candidate], placement: str, k: int, reason: str) -> ScoreResult | None:
+    """The contextual bandit's slate over the best candidates, or None when no bandit model serves."""
+    serving = bandit.serving_bandit(user_key=state.user_key)
+    if serving is None:
+        return None
+    try:
+        context = bandit.bandit_context_fetch(
+            user_key=state.user_key, placement=placement, candidates=offered, now=time.time(), reason=reason
+        )
+        picks = bandit.bandit_choose(model=serving.model, context=context, candidates=offered, k=k, rng=_random)
+    except Exception:
+        logger.exception("score.bandit_failed", extra={"version": serving.version})
+        return None
+    by_id = {candidate.item_id: candidate for candidate in offered}
+    # In pick order: each later propensity assumes the earlier picks were taken.
+    items = [_scored(by_id[pick.item_id], pick.propensity, pick.propensity) for pick in picks]
+    return ScoreResult(
+        items=items,
+        # How sure the bandit was of its first pick.
+        confidence=round(picks[0].propensity, 4) if picks else 0.0,
+        path=PATH_BANDIT,
+        model_version=serving.version,
+        bandit_log=bandit.bandit_log(context=context, candidates=offered, picks=picks),
+    )
