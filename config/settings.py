@@ -216,6 +216,8 @@ EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "1"))
 # Retrieval sources that query PostgreSQL run in this many threads per process, each against its own deadline
 # (0 runs them one after another in the request's thread, checking deadlines after the fact).
 SCORE_RETRIEVAL_THREADS = int(os.environ.get("SCORE_RETRIEVAL_THREADS", "4"))
+# Multiplies every source's deadline (e.g. 2 on a slow or busy machine; the deadlines themselves are in code).
+SCORE_RETRIEVAL_DEADLINE_FACTOR = float(os.environ.get("SCORE_RETRIEVAL_DEADLINE_FACTOR", "1"))
 # Below this ranking confidence (share of top items the ranker knew the user for) the bandit decides the slate.
 SCORE_MIN_RANKER_CONFIDENCE = float(os.environ.get("SCORE_MIN_RANKER_CONFIDENCE", "0.3"))
 

@@ -65,7 +65,12 @@ def _prune_retired(kind: str) -> None:
     keep = ModelVersion.objects.filter(kind=kind, state=State.RETIRED).values_list("pk", flat=True)[
         :RETIRED_VERSIONS_KEPT
     ]
-    protected = ModelVersion.objects.filter(kind=kind).exclude(replaced_version="").values_list("replaced_version")
+    # What a rollback of the serving versions would return to.
+    protected = (
+        ModelVersion.objects.filter(kind=kind, state__in=[State.ACTIVE, State.CANARY])
+        .exclude(replaced_version="")
+        .values_list("replaced_version")
+    )
     ModelVersion.objects.filter(kind=kind, state=State.RETIRED).exclude(pk__in=list(keep)).exclude(
         version__in=protected
     ).delete()
@@ -92,7 +97,6 @@ def model_version_create(
         training_window_end=training_window[1],
         artifact=artifact,
     )
-    _prune_retired(kind)
     return model_version
 
 
@@ -113,6 +117,7 @@ def model_version_promote(*, model_version: ModelVersion) -> ModelVersion:
     locked.replaced_version = previous.version if previous else ""
     locked.save(update_fields=["state", "canary_percent", "promoted_at", "replaced_version"])
     logger.info("score.model_promoted", extra={"kind": locked.kind, "version": locked.version})
+    _prune_retired(locked.kind)
     _publish_on_commit(locked.kind)
     return locked
 

@@ -132,12 +132,14 @@ def _interaction_queries(since: datetime) -> list[_Query]:
                 candidate = catalog[int(generator.integers(len(catalog)))]
             if candidate not in touched[user_id] and candidate not in negatives:
                 negatives.append(candidate)
-        items = [item_id, *negatives]
+        # The positive at a random position: row order must not tell the model (or the metrics) anything.
+        labelled = [(item_id, INTERACTION_LABELS[type_name]), *((negative, 0) for negative in negatives)]
+        generator.shuffle(labelled)
         queries.append(
             _Query(
                 as_of=as_of,
-                requests=[FeatureRequest(user_id, item, placement or "default", as_of) for item in items],
-                labels=[INTERACTION_LABELS[type_name], *[0] * len(negatives)],
+                requests=[FeatureRequest(user_id, item, placement or "default", as_of) for item, _ in labelled],
+                labels=[label for _, label in labelled],
             )
         )
     return queries

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 # Without a snapshot in Redis (flushed, restarted) a process asks PostgreSQL directly, at most this often.
 DATABASE_CHECK_SECONDS = 30.0
 LOADED_VERSIONS_KEPT = 4
+LOAD_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ _serving: dict[str, KindServing] = {}
 _loaded: dict[str, ServingModel] = {}  # version -> model, a few recent ones (rollbacks are instant)
 _loading: set[str] = set()
 _last_database_check: dict[str, float] = {}
+_failed_until: dict[bytes, float] = {}
+# Bumped by models_forget: a loader thread started before must not install its (now outdated) result.
+_generation = [0]
 _lock = threading.Lock()
 
 
@@ -107,9 +111,11 @@ def models_refresh() -> None:
 def models_forget() -> None:
     """Drop every loaded model (tests)."""
     with _lock:
+        _generation[0] += 1
         _serving.clear()
         _loaded.clear()
         _last_database_check.clear()
+        _failed_until.clear()
 
 
 def _check_database_later(kind: str, *, has_model: bool) -> None:
@@ -180,9 +186,19 @@ def _model(kind: str, version: str | None) -> ServingModel | None:
 
 def _load(kind: str, raw: bytes) -> None:
     snapshot = orjson.loads(raw)
+    if time.monotonic() < _failed_until.get(raw, 0.0):
+        return
+    generation = _generation[0]
     started = time.perf_counter()
     active = _model(kind, snapshot.get("active"))
     canary = _model(kind, snapshot.get("canary"))
+    if (snapshot.get("active") and active is None) or (snapshot.get("canary") and canary is None):
+        # Not in the database (yet, e.g. a replica lagging): keep serving what we have, try again shortly.
+        _failed_until[raw] = time.monotonic() + LOAD_RETRY_SECONDS
+        logger.warning("score.model_missing", extra={"kind": kind, "snapshot": raw.decode()})
+        return
+    if generation != _generation[0]:
+        return
     # One assignment: a request sees either the old set or the new one, never a mix.
     _serving[kind] = KindServing(raw, active, canary, int(snapshot.get("canary_percent") or 0))
     logger.info(

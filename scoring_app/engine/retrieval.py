@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -304,11 +305,27 @@ _pool: ThreadPoolExecutor | None = None
 
 def _executor() -> ThreadPoolExecutor | None:
     global _pool
-    if settings.SCORE_RETRIEVAL_THREADS <= 0:
+    threads = settings.SCORE_RETRIEVAL_THREADS
+    if threads <= 0:
         return None
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=settings.SCORE_RETRIEVAL_THREADS, thread_name_prefix="retrieval")
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="retrieval")
+        # Open every thread's database connection now: a first connection takes longer than any source's deadline.
+        barrier = threading.Barrier(threads)
+
+        def warm() -> None:
+            barrier.wait(timeout=10)
+            connection.ensure_connection()
+
+        for future in [pool.submit(warm) for _ in range(threads)]:
+            future.result(timeout=15)
+        _pool = pool
     return _pool
+
+
+def retrieval_warm_up() -> None:
+    """Start the retrieval threads and their connections (a worker calls it before its first request)."""
+    _executor()
 
 
 def _run_in_thread(source: RetrievalSource, state: UserState) -> list[Candidate]:
@@ -359,7 +376,9 @@ def _sources_run(
     futures = {source.name: executor.submit(_run_in_thread, source, state) for source in sources}
     for source in sources:
         future = futures[source.name]
-        remaining = source.deadline_ms / 1000 - (time.perf_counter() - started)
+        remaining = source.deadline_ms * settings.SCORE_RETRIEVAL_DEADLINE_FACTOR / 1000 - (
+            time.perf_counter() - started
+        )
         futures_wait([future], timeout=max(0.0, remaining))
         if not future.done():
             failed(source, "deadline")  # the thread finishes on its own; its result is ignored

@@ -1,0 +1,105 @@
+"""Multi-source retrieval in parallel threads, each source with its own deadline (committed data: the threads
+read over their own connections)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from personalization import redis_keys
+from scoring_app.engine import retrieval
+from scoring_app.engine.retrieval import Candidate, RetrievalSource, candidates_retrieve, user_state_fetch
+from tests.factories import ItemFactory, ShopperFactory
+from tests.signals_app.helpers import ingest_views
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def unit(*weights: float) -> list[float]:
+    vector = [0.0] * 64
+    vector[: len(weights)] = weights
+    norm = sum(value * value for value in vector) ** 0.5
+    return [value / norm for value in vector]
+
+
+@pytest.fixture(autouse=True)
+def threads(settings):
+    settings.SCORE_RETRIEVAL_THREADS = 4
+    # Generous deadlines: other tests and servers share the machine's two cores.
+    settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = 20
+    retrieval._pool = None
+    yield
+    if retrieval._pool is not None:
+        retrieval._pool.shutdown(wait=True)
+    retrieval._pool = None
+
+
+@pytest.fixture
+def shop(clean_redis):
+    ItemFactory(external_id="seen", category="mugs", embedding=unit(1, 0))
+    ItemFactory(external_id="near", category="mugs", embedding=unit(1, 0.1))
+    ItemFactory(external_id="taste", category="bags", embedding=unit(0, 1))
+    ItemFactory(external_id="hit", category="bags", embedding=unit(0.5, 0.5), popularity=5)
+    ShopperFactory(external_id="u1", embedding=unit(0, 1))
+    ingest_views({"hit": 3})
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "seen")
+
+
+def test_every_source_contributes_and_each_candidate_keeps_its_provenance(shop):
+    state = user_state_fetch(user_key="u1")
+
+    candidate_set, degraded = candidates_retrieve(state=state)
+
+    by_id = {candidate.item_id: candidate for candidate in candidate_set.candidates}
+    assert (degraded, candidate_set.dropped) == ([], [])
+    assert "seen" not in by_id  # the user's own recent items are not candidates
+    assert by_id["near"].source == "similar"
+    assert by_id["taste"].sources[:2] == ("similar", "user_vector")
+    assert {"popular", "fresh"} <= set(by_id["hit"].sources)
+    assert len(by_id) == 3
+
+
+def test_a_source_late_for_its_deadline_is_dropped_not_awaited(shop, clean_redis, monkeypatch):
+    def slow(state):
+        time.sleep(1.0)
+        return [Candidate("late-item", 1.0, "slow", "")]
+
+    monkeypatch.setattr(retrieval, "SOURCES", (*retrieval.SOURCES, RetrievalSource("slow", slow, 20.0, True)))
+    state = user_state_fetch(user_key="u1")
+
+    candidate_set, _ = candidates_retrieve(state=state)
+
+    assert candidate_set.dropped == ["slow:deadline"]
+    assert "late-item" not in {candidate.item_id for candidate in candidate_set.candidates}
+    assert {"near", "taste", "hit"} <= {candidate.item_id for candidate in candidate_set.candidates}
+    # An incomplete set is served but not cached: the next request tries every source again.
+    assert clean_redis.get(redis_keys.user_cache("u1", "candidates")) is None
+
+
+def test_a_failing_source_is_dropped_and_the_others_serve(shop, monkeypatch):
+    def broken(state):
+        from django.db import DatabaseError
+
+        raise DatabaseError("replica gone")
+
+    monkeypatch.setattr(retrieval, "SOURCES", (RetrievalSource("broken", broken, 50.0, True), *retrieval.SOURCES))
+
+    candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+
+    assert candidate_set.dropped == ["broken:error"]
+    assert len(candidate_set.candidates) == 3
+
+
+def test_a_complete_set_is_cached_for_the_user_until_their_state_changes(shop, clean_redis):
+    state = user_state_fetch(user_key="u1")
+    first, _ = candidates_retrieve(state=state)
+    assert 0 < clean_redis.ttl(redis_keys.user_cache("u1", "candidates")) <= retrieval.CANDIDATE_SET_CACHE_SECONDS
+
+    ItemFactory(external_id="newer", category="mugs", embedding=unit(1, 0.05))
+    again, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "taste")
+    changed, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+
+    assert [c.item_id for c in again.candidates] == [c.item_id for c in first.candidates]
+    assert "newer" in {c.item_id for c in changed.candidates}

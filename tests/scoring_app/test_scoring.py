@@ -1,0 +1,97 @@
+"""The Score layer's paths through the API: ranker, canary, bandit, fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from scoring_app.engine import registry
+from scoring_app.engine.bandit import bandit_model_dump, bandit_model_new
+from scoring_app.models import ModelVersion
+from scoring_app.services import model_version_canary, model_version_create, model_version_publish
+from scoring_app.training import ranker_train
+from signals_app.services import events_ingest
+from tests.scoring_app.shop import shop_build
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    registry.models_forget()
+    yield
+    registry.models_forget()
+
+
+@pytest.fixture
+def trained_shop(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        shop_build()
+        report = ranker_train()
+    # The shopper buys more of their favourite category now.
+    events_ingest(
+        raw_events=[
+            {"event_id": f"now-{n}", "type": "purchase", "user_id": "user-0", "item_id": f"mugs-{n}"} for n in range(4)
+        ]
+    )
+    return report
+
+
+def recommend(api_client, user_id: str, k: int = 5) -> dict:
+    response = api_client.get("/api/v1/recommendations", {"user_id": user_id, "placement": "home", "k": k})
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_a_known_shopper_is_ranked_by_the_active_model(api_client, trained_shop):
+    body = recommend(api_client, "user-0")
+
+    assert body["path"] == "ranker"
+    assert body["model_version"] == trained_shop.model_version
+    scores = [item["score"] for item in body["items"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert body["confidence"] >= 0.3
+    assert all(item["sources"] and item["propensity"] is None for item in body["items"])
+    # Their favourite category leads, and nothing they just bought comes back.
+    assert body["items"][0]["item_id"].startswith("mugs-")
+    assert not {item["item_id"] for item in body["items"]} & {f"mugs-{n}" for n in range(4)}
+
+
+def test_a_canary_serves_its_share_of_users(api_client, trained_shop, django_capture_on_commit_callbacks):
+    active = ModelVersion.objects.get(version=trained_shop.model_version)
+    with django_capture_on_commit_callbacks(execute=True):
+        canary = model_version_create(
+            kind="ranker", artifact=bytes(active.artifact), metrics={}, feature_names=active.feature_names
+        )
+        model_version_canary(model_version=canary, percent=100)
+
+    assert recommend(api_client, "user-0")["model_version"] == canary.version
+
+
+def test_a_new_shopper_gets_the_bandits_slate_with_propensities(api_client, trained_shop, clean_redis):
+    model_version_publish(kind="bandit", artifact=bandit_model_dump(bandit_model_new()), metrics={})
+    registry.models_forget()  # published in the test's transaction: read from the database, not the snapshot
+    clean_redis.hdel("models:serving", "bandit")
+
+    body = recommend(api_client, "someone-new")
+
+    assert body["path"] == "bandit"
+    assert body["model_version"].startswith("bandit-")
+    assert len(body["items"]) == 5
+    assert all(0 < item["propensity"] <= 1 for item in body["items"])
+    assert len({item["item_id"] for item in body["items"]}) == 5
+
+
+def test_a_new_shopper_without_a_bandit_gets_the_ranker_order_anyway(api_client, trained_shop):
+    body = recommend(api_client, "someone-new")
+
+    assert body["path"] == "ranker"
+    assert body["confidence"] == 0.0
+
+
+def test_without_any_model_retrieval_order_serves_and_says_so(api_client):
+    shop_build(users=3)
+
+    body = recommend(api_client, "user-0")
+
+    assert body["path"] == "fallback"
+    assert "ranker_unavailable" in body["degraded"]

@@ -1,0 +1,119 @@
+"""Retraining the ranker: point-in-time rows, a time-based holdout, promotion only when not worse."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from graph_app.features.definitions import FEATURE_NAMES
+from graph_app.models import FeatureRow
+from scoring_app import training
+from scoring_app.models import ModelVersion
+from scoring_app.ranker import RankingData, ranking_metrics
+from scoring_app.tasks import ranker_train_task
+from tests.scoring_app.shop import item_ids, shop_build
+
+pytestmark = pytest.mark.django_db
+
+
+def test_first_ranker_learns_from_interactions_and_is_promoted():
+    shop_build()
+
+    report = training.ranker_train()
+
+    assert (report.promoted, report.label_source) == (True, "interactions")
+    assert report.queries == 300  # every positive event of the log
+    assert report.rows == 300 * (1 + training.NEGATIVES_PER_QUERY)
+    version = ModelVersion.objects.get(version=report.model_version)
+    assert (version.kind, version.state) == ("ranker", "active")
+    assert version.feature_names == list(FEATURE_NAMES)
+    assert version.training_window_start < version.training_window_end
+    # The shoppers' favourite categories are learnable: far better than ranking by popularity.
+    holdout = version.metrics["holdout"]
+    assert holdout["queries"] == 60
+    assert holdout["ndcg@10"] > version.metrics["holdout_popularity_baseline"]["ndcg@10"] + 0.1
+    assert version.metrics["feature_importance_gain"]["user_category_frequency"] > 0
+
+
+def test_a_worse_model_stays_a_candidate_with_its_numbers(monkeypatch):
+    shop_build()
+    first = training.ranker_train()
+    fit = training.ranker_fit
+
+    def upside_down(*, train: RankingData, **kwargs):
+        flipped = RankingData(train.values, train.labels.max() - train.labels, train.group_sizes)
+        return fit(train=flipped, **kwargs)
+
+    monkeypatch.setattr(training, "ranker_fit", upside_down)
+
+    second = training.ranker_train()
+
+    assert second.promoted is False
+    assert second.holdout["ndcg@10"] < second.active_holdout["ndcg@10"]
+    candidate = ModelVersion.objects.get(version=second.model_version)
+    assert candidate.state == "candidate"
+    assert candidate.metrics["active_version"] == first.model_version
+    assert ModelVersion.objects.get(kind="ranker", state="active").version == first.model_version
+
+
+def test_the_same_data_twice_is_not_worse_and_is_promoted():
+    shop_build()
+    first = training.ranker_train()
+
+    second = training.ranker_train()
+
+    assert second.promoted is True
+    assert second.holdout["ndcg@10"] == pytest.approx(second.active_holdout["ndcg@10"])
+    assert ModelVersion.objects.get(version=first.model_version).state == "retired"
+
+
+def test_attributed_impressions_replace_interactions_once_there_are_enough(monkeypatch):
+    shop_build()
+    monkeypatch.setattr(training, "MIN_IMPRESSION_QUERIES", 20)
+    served_at = timezone.now() - timedelta(hours=2)
+    items = item_ids()
+    for slate in range(30):
+        for slot in range(4):
+            FeatureRow.objects.create(
+                request_id=f"r{slate}", slot=slot, user_key=f"user-{slate}", item_id=items[(slate + slot) % len(items)],
+                placement="home", served_at=served_at + timedelta(minutes=slate), features=[None] * len(FEATURE_NAMES),
+                feature_names=list(FEATURE_NAMES), clicked=slot == slate % 4, purchased=slot == 0 and slate % 4 == 0,
+            )  # fmt: skip
+
+    report = training.ranker_train()
+
+    assert report.label_source == "impressions"
+    assert (report.queries, report.rows) == (30, 120)
+
+
+def test_too_little_history_trains_nothing():
+    report = training.ranker_train()
+
+    assert (report.model_version, report.promoted) == (None, False)
+    assert not ModelVersion.objects.filter(kind="ranker").exists()
+
+
+def test_the_scheduled_task_trains():
+    shop_build(users=12)
+
+    result = ranker_train_task()
+
+    assert result["promoted"] is True
+    assert ModelVersion.objects.filter(kind="ranker", state="active").count() == 1
+
+
+def test_ranking_metrics_on_hand_made_queries():
+    data = RankingData(
+        values=np.zeros((5, 1)),
+        labels=np.array([0, 1, 0, 0, 0]),
+        group_sizes=np.array([3, 2]),
+    )
+    # Query 1: the relevant row ranked second; query 2 has no relevant row and is not counted.
+    metrics = ranking_metrics(scores=np.array([0.9, 0.5, 0.1, 0.3, 0.2]), data=data)
+
+    assert metrics["queries"] == 1
+    assert metrics["ndcg@10"] == pytest.approx(1 / np.log2(3))
+    assert metrics["recall@20"] == 1.0
