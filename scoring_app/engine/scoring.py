@@ -136,6 +136,9 @@ def slate_score(*, state: UserState, candidate_set: CandidateSet, placement: str
             degraded.append(f"ranker_failed:{type(error).__name__}")
             items = []
         if items and confidence >= settings.SCORE_MIN_RANKER_CONFIDENCE:
+            explored = _new_item_slot(state, items, candidates, features, placement)
+            if explored is not None:
+                return ScoreResult(explored[0], confidence, PATH_RANKER, ranker.version, degraded, explored[1])
             return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded)
 
     bandit_result = _bandit(state, offered, placement, k, _reason(ranker, items, state))
@@ -152,6 +155,32 @@ def slate_score(*, state: UserState, candidate_set: CandidateSet, placement: str
 
 
 _random = random.Random()
+# A new item (no popularity yet, created within this many days) cannot earn a ranker score: the bandit may give it
+# the last slot of a ranked slate, so new items are explored (and their propensity logged) on every shelf.
+NEW_ITEM_DAYS = 30.0
+EXPLORATION_MIN_SLOTS = 4
+
+
+def _new_item_slot(
+    state: UserState, items: list[ScoredItem], candidates: list[Candidate], features: FeatureMatrix, placement: str
+) -> tuple[list[ScoredItem], Any] | None:
+    """The ranked slate with its last slot chosen by the bandit among new items, or None."""
+    if len(items) < EXPLORATION_MIN_SLOTS:
+        return None
+    shown = {item.item_id for item in items}
+    popularity = np.nan_to_num(features.column("item_popularity_7d"), nan=0.0)
+    age = features.column("item_age_days")
+    new = [
+        candidate
+        for row, candidate in enumerate(candidates)
+        if popularity[row] == 0.0 and age[row] <= NEW_ITEM_DAYS and candidate.item_id not in shown
+    ]
+    if not new:
+        return None
+    explored = _bandit(state, new, placement, 1, "new_items")
+    if explored is None or not explored.items:
+        return None
+    return [*items[:-1], explored.items[0]], explored.bandit_log
 
 
 def _bandit(state: UserState, offered: list[Candidate], placement: str, k: int, reason: str) -> ScoreResult | None:

@@ -95,3 +95,20 @@ def test_without_any_model_retrieval_order_serves_and_says_so(api_client):
 
     assert body["path"] == "fallback"
     assert "ranker_unavailable" in body["degraded"]
+
+
+def test_a_new_item_gets_the_last_slot_of_a_ranked_shelf_through_the_bandit(api_client, trained_shop, clean_redis):
+    from graph_app.online import catalog_online_rebuild
+    from graph_app.services import ItemInput, item_upsert
+
+    item_upsert(data=ItemInput(external_id="brand-new", title="Brand new mug", category="mugs"))
+    catalog_online_rebuild()
+    model_version_publish(kind="bandit", artifact=bandit_model_dump(bandit_model_new()), metrics={})
+    clean_redis.hdel("models:serving", "bandit")
+
+    body = recommend(api_client, "user-0")
+
+    assert body["path"] == "ranker"
+    assert [item["propensity"] is None for item in body["items"]] == [True] * 4 + [False]
+    assert body["items"][-1]["item_id"] == "brand-new"
+    assert body["items"][-1]["propensity"] == 1.0  # the only new item
