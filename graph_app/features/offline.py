@@ -164,11 +164,17 @@ def features_offline(*, requests: list[FeatureRequest]) -> np.ndarray:
     for user_id, item_id, type_name, ts in user_events:
         by_user[user_id].append((item_id, type_name, ts))
 
+    # Rows of one query share a user and an instant: replay the user's log once for all of them.
+    states: dict[tuple[str, float], _UserState] = {}
     for row, request in enumerate(requests):
         as_of = request.as_of.timestamp()
         _item_features(values[row], request, as_of, popularity.get(row), facts)
         values[row, FEATURE_INDEX["item_placement_ctr"]] = smoothed_ctr(clicks.get(row, 0.0), impressions.get(row, 0.0))
-        _user_features(values[row], request, as_of, by_user.get(request.user_key, []), types, keys, facts)
+        state_key = (request.user_key, as_of)
+        state = states.get(state_key)
+        if state is None:
+            state = states[state_key] = _user_state(as_of, by_user.get(request.user_key, []), types, keys, facts)
+        _user_features(values[row], request, as_of, state, keys, facts)
     return values
 
 
@@ -198,15 +204,25 @@ def _item_features(
         row[FEATURE_INDEX["item_age_days"]] = (as_of - created_at) / DAY
 
 
-def _user_features(
-    row: np.ndarray,
-    request: FeatureRequest,
+@dataclass
+class _UserState:
+    """What the online script holds for a user at `as_of`, replayed from the log (shared by all their rows)."""
+
+    frequency: dict[str, float]
+    last_seen: dict[str, float]
+    latest_affinity_event: float
+    recent: list[str]
+    latest_interest_event: float
+    taste: np.ndarray | None  # normalized mean embedding of the recent items
+
+
+def _user_state(
     as_of: float,
     events: list[tuple[str, str, float]],
     types: dict[str, EventType],
     keys: dict[str, list[str]],
     facts: dict[str, tuple[float, bool, float, np.ndarray | None]],
-) -> None:
+) -> _UserState:
     frequency: dict[str, float] = defaultdict(float)
     last_seen: dict[str, float] = {}
     latest_affinity_event = -math.inf
@@ -234,27 +250,41 @@ def _user_features(
             for key in keys[item_id]:
                 frequency[key] += kind.popularity_weight * 2.0 ** (-(as_of - ts) / AFFINITY_HALF_LIFE_SECONDS)
                 last_seen[key] = max(last_seen.get(key, -math.inf), ts)
-
-    # A user's online state expires its TTL after the latest event that updated it.
-    if latest_affinity_event + AFFINITY_TTL_SECONDS > as_of:
-        candidate_keys = keys.get(request.item_id, [])
-        category = next((key for key in candidate_keys if key.startswith("category:")), None)
-        row[FEATURE_INDEX["user_category_frequency"]] = frequency.get(category, 0.0) if category else 0.0
-        row[FEATURE_INDEX["user_category_recency_days"]] = (
-            (as_of - last_seen[category]) / DAY if category in last_seen else math.nan
-        )
-        row[FEATURE_INDEX["user_item_entity_affinity"]] = sum(
-            frequency.get(key, 0.0) for key in candidate_keys if not key.startswith("category:")
-        )
-    if latest_interest_event + AFFINITY_TTL_SECONDS <= as_of:
-        return
+    taste = None
     vectors = [
         facts[item][3] for item in recent[:RECENT_ITEMS_FOR_SIMILARITY] if item in facts and facts[item][3] is not None
     ]
-    fact = facts.get(request.item_id)
-    if not vectors or fact is None or fact[3] is None:
+    if vectors:
+        mean = np.mean(vectors, axis=0).astype(np.float64)
+        norm = float(np.linalg.norm(mean))
+        taste = mean / norm if norm else None
+    return _UserState(frequency, last_seen, latest_affinity_event, recent, latest_interest_event, taste)
+
+
+def _user_features(
+    row: np.ndarray,
+    request: FeatureRequest,
+    as_of: float,
+    state: _UserState,
+    keys: dict[str, list[str]],
+    facts: dict[str, tuple[float, bool, float, np.ndarray | None]],
+) -> None:
+    # A user's online state expires its TTL after the latest event that updated it.
+    if state.latest_affinity_event + AFFINITY_TTL_SECONDS > as_of:
+        candidate_keys = keys.get(request.item_id, [])
+        category = next((key for key in candidate_keys if key.startswith("category:")), None)
+        row[FEATURE_INDEX["user_category_frequency"]] = state.frequency.get(category, 0.0) if category else 0.0
+        row[FEATURE_INDEX["user_category_recency_days"]] = (
+            (as_of - state.last_seen[category]) / DAY if category in state.last_seen else math.nan
+        )
+        row[FEATURE_INDEX["user_item_entity_affinity"]] = sum(
+            state.frequency.get(key, 0.0) for key in candidate_keys if not key.startswith("category:")
+        )
+    if state.latest_interest_event + AFFINITY_TTL_SECONDS <= as_of or state.taste is None:
         return
-    taste = np.mean(vectors, axis=0).astype(np.float64)
-    norm, item_norm = float(np.linalg.norm(taste)), float(np.linalg.norm(fact[3]))
-    if norm and item_norm:
-        row[FEATURE_INDEX["user_item_similarity"]] = float(fact[3].astype(np.float64) @ (taste / norm)) / item_norm
+    fact = facts.get(request.item_id)
+    if fact is None or fact[3] is None:
+        return
+    item_norm = float(np.linalg.norm(fact[3]))
+    if item_norm:
+        row[FEATURE_INDEX["user_item_similarity"]] = float(fact[3].astype(np.float64) @ state.taste) / item_norm
