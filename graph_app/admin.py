@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from graph_app.models import Entity, Item, ItemEntity, ItemNeighbour, Shopper
+from graph_app.services import EntityRef, ItemInput, item_delete, item_upsert
 
 
 class ItemEntityInline(admin.TabularInline):
@@ -25,6 +26,51 @@ class ItemAdmin(admin.ModelAdmin):
     search_fields = ["external_id", "title"]
     readonly_fields = ["embedding_source", "popularity", "created_at", "updated_at"]
     inlines = [ItemEntityInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The storefront's id names the item everywhere (API, event log, Redis): set once, at creation.
+        return [*self.readonly_fields, "external_id"] if obj is not None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change) -> None:
+        """Nothing yet: save_related writes the item together with its entities."""
+
+    def save_related(self, request, form, formsets, change) -> None:
+        """Through the catalog service, like the API, so the change reaches Redis (catalog facts, vector,
+        entities, similar-items cache) after commit."""
+        refs = []
+        for formset in formsets:
+            formset.save(commit=False)  # only for the admin's change message: the service writes the links
+            refs += [
+                EntityRef(
+                    kind=row["entity"].kind,
+                    external_id=row["entity"].external_id,
+                    name=row["entity"].name,
+                    weight=row["weight"],
+                )
+                for row in (inline.cleaned_data for inline in formset.forms)
+                if row and row.get("entity") and not row.get("DELETE")
+            ]
+        item = form.instance
+        result = item_upsert(
+            data=ItemInput(
+                external_id=item.external_id,
+                title=item.title,
+                description=item.description,
+                category=item.category,
+                price=item.price,
+                in_stock=item.in_stock,
+                attributes=item.attributes,
+                entities=tuple(refs),
+            )
+        )
+        item.pk = result.item.pk  # the admin's log entry and redirect name the stored row
+
+    def delete_model(self, request, obj) -> None:
+        item_delete(item=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for item in queryset:
+            item_delete(item=item)
 
 
 @admin.register(Shopper)

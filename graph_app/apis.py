@@ -19,10 +19,8 @@ from graph_app.services import (
     item_delete,
     item_upsert,
 )
-from personalization.errors import ApplicationError, flatten_errors
-from personalization.validation import JsonObjectField
-
-EXTERNAL_ID_MAX_LENGTH = 200
+from personalization.errors import flatten_errors
+from personalization.validation import EXTERNAL_ID_MAX_LENGTH, JsonObjectField, item_id_validate
 
 
 class EntityRefSerializer(serializers.Serializer):
@@ -82,18 +80,10 @@ class ItemOutputSerializer(serializers.Serializer):
         ]
 
 
-def _validate_item_id(item_id: str) -> str:
-    if len(item_id) > EXTERNAL_ID_MAX_LENGTH or "\x00" in item_id or not item_id.strip():
-        raise ApplicationError(
-            "item_id: must be 1 to 200 characters without NUL.",
-            errors={"item_id": [f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL."]},
-        )
-    return item_id
-
-
 class ItemDetailApi(APIView):
     @extend_schema(responses=ItemOutputSerializer, operation_id="item_get")
     def get(self, request: Request, item_id: str) -> Response:
+        item_id_validate(item_id)
         item = get_object_or_404(item_get_with_entities(), external_id=item_id)
         return Response(ItemOutputSerializer(item).data)
 
@@ -103,7 +93,7 @@ class ItemDetailApi(APIView):
         operation_id="item_upsert",
     )
     def put(self, request: Request, item_id: str) -> Response:
-        _validate_item_id(item_id)
+        item_id_validate(item_id)
         serializer = ItemInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         result = item_upsert(data=serializer.to_input(item_id))
@@ -114,6 +104,7 @@ class ItemDetailApi(APIView):
 
     @extend_schema(responses={204: None}, operation_id="item_delete")
     def delete(self, request: Request, item_id: str) -> Response:
+        item_id_validate(item_id)
         item = get_object_or_404(Item, external_id=item_id)
         item_delete(item=item)
         return Response(status=status.HTTP_204_NO_CONTENT)

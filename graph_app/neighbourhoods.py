@@ -32,7 +32,7 @@ from scipy import sparse
 
 from graph_app.neighbourhoods_online import SOURCE_CO_OCCURRENCE, SOURCE_ENTITY, Neighbour, neighbours_encode
 from personalization import redis_keys
-from personalization.redis_client import get_redis
+from personalization.redis_client import get_control_redis
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
 
 logger = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ def neighbourhoods_publish(*, catalog: _Catalog, result: _Result) -> int:
     The index set only ever grows before keys are written and shrinks after they are deleted, so an interrupted
     publish leaves at worst extra names in it, which the next publish removes. Returns the stale keys removed.
     """
-    client = get_redis()
+    client = get_control_redis()
     previous = {member.decode() for member in client.smembers(redis_keys.ITEM_NEIGHBOURS_INDEX)}
     current = [item for item in range(len(catalog.item_ids)) if result.offsets[item + 1] > result.offsets[item]]
     for start in range(0, len(current), PUBLISH_BATCH_SIZE):

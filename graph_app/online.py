@@ -17,7 +17,7 @@ import numpy as np
 from django.db import connection
 
 from personalization import redis_keys
-from personalization.redis_client import get_redis
+from personalization.redis_client import get_control_redis
 
 REBUILD_BATCH_SIZE = 5000
 
@@ -32,7 +32,7 @@ def catalog_entities_publish(*, items: Mapping[Any, str]) -> None:
     """items: item id -> entity keys ("" to forget the item)."""
     if not items:
         return
-    pipeline = get_redis().pipeline(transaction=False)
+    pipeline = get_control_redis().pipeline(transaction=False)
     present = {item_id: keys for item_id, keys in items.items() if keys}
     absent = [item_id for item_id, keys in items.items() if not keys]
     for partition in redis_keys.partitions():
@@ -56,7 +56,7 @@ def catalog_entities_rebuild() -> int:
         cursor.execute("SELECT id, external_id, category FROM graph_app_item")
         rows = cursor.fetchall()
     for partition in redis_keys.partitions():
-        get_redis().delete(redis_keys.catalog_entities(partition))
+        get_control_redis().delete(redis_keys.catalog_entities(partition))
     for start in range(0, len(rows), REBUILD_BATCH_SIZE):
         batch = rows[start : start + REBUILD_BATCH_SIZE]
         catalog_entities_publish(
@@ -84,7 +84,7 @@ def catalog_items_publish(
     *, static: Mapping[Any, bytes], vectors: Mapping[Any, bytes], forget: tuple[str, ...] = ()
 ) -> None:
     """Item facts the feature store reads online: packed static facts and float32 embeddings."""
-    pipeline = get_redis().pipeline(transaction=False)
+    pipeline = get_control_redis().pipeline(transaction=False)
     if static:
         pipeline.hset(redis_keys.CATALOG_STATIC, mapping=static)
     if vectors:
@@ -97,7 +97,7 @@ def catalog_items_publish(
 
 def catalog_items_rebuild() -> int:
     """Copy every item's static facts and embedding from PostgreSQL to Redis (after training, or as a repair)."""
-    redis = get_redis()
+    redis = get_control_redis()
     for key in (redis_keys.CATALOG_STATIC, redis_keys.CATALOG_VECTORS):  # one key a command: Cluster-safe
         redis.delete(key)
     from graph_app.models import Item

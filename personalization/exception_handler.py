@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import OperationalError
+from django.db import DataError, OperationalError
 from django.http import Http404
 from redis.exceptions import RedisError
 from rest_framework import exceptions
@@ -30,6 +30,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             {"detail": "A backing store is unavailable; retry shortly.", "code": "service_unavailable", "errors": {}},
             status=503,
             headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS)},
+        )
+    if isinstance(exc, DataError):
+        # A safety net: the views validate their input, but a value PostgreSQL refuses is bad input, not a 500.
+        logger.warning("api.data_error", extra={"error": str(exc)})
+        return Response(
+            {"detail": "A value in the request cannot be stored or searched for.", "code": "invalid", "errors": {}},
+            status=400,
         )
     if isinstance(exc, ApplicationError):
         return Response({"detail": exc.message, "code": exc.code, "errors": exc.errors}, status=exc.status_code)

@@ -1,8 +1,11 @@
-"""The process-wide Redis client for the hot path.
+"""The process-wide Redis clients: one for the hot path, one for the control plane.
 
-Short timeouts and no backoff: a Redis that does not answer must turn into a fast 503 or a degraded answer,
-never a hang (redis-py's default retries with backoff for seconds). Keys are built in
-`personalization.redis_keys` with hash tags so that one user's keys share a Redis Cluster slot.
+Hot path (ingest, state and feature reads, serving): short timeouts and no retry of a timeout, so that a Redis
+that does not answer turns into a 503 or a degraded answer within 100 ms, never a hang (redis-py's default
+retries with backoff for seconds). A dropped connection (e.g. after a Redis restart) is retried once at once.
+Control plane (the event-log consumer, training, catalog and neighbourhood publishing, test set-up): longer
+timeouts, since its commands may move thousands of entries and nobody waits on them interactively.
+Keys are built in `personalization.redis_keys` with hash tags so that one user's keys share a Redis Cluster slot.
 """
 
 from __future__ import annotations
@@ -14,21 +17,39 @@ from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-HOT_PATH_SOCKET_TIMEOUT_SECONDS = 0.25
-HOT_PATH_CONNECT_TIMEOUT_SECONDS = 0.1
-HOT_PATH_RETRIES = 1
+HOT_PATH_SOCKET_TIMEOUT_SECONDS = 0.05
+HOT_PATH_CONNECT_TIMEOUT_SECONDS = 0.05
+CONTROL_SOCKET_TIMEOUT_SECONDS = 5.0
+CONTROL_CONNECT_TIMEOUT_SECONDS = 1.0
 
 
-def redis_client_for(url: str) -> redis.Redis:
+def redis_client_for(
+    url: str,
+    *,
+    socket_timeout: float = HOT_PATH_SOCKET_TIMEOUT_SECONDS,
+    connect_timeout: float = HOT_PATH_CONNECT_TIMEOUT_SECONDS,
+) -> redis.Redis:
     return redis.Redis.from_url(
         url,
-        socket_timeout=HOT_PATH_SOCKET_TIMEOUT_SECONDS,
-        socket_connect_timeout=HOT_PATH_CONNECT_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), HOT_PATH_RETRIES),
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        # Only a connection error is retried: retrying a timeout would double the wait on a hung Redis.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=30,
     )
 
 
 @functools.cache
 def get_redis() -> redis.Redis:
+    """The hot path's client."""
     return redis_client_for(settings.REDIS_URL)
+
+
+@functools.cache
+def get_control_redis() -> redis.Redis:
+    """The control plane's client (longer timeouts)."""
+    return redis_client_for(
+        settings.REDIS_URL,
+        socket_timeout=CONTROL_SOCKET_TIMEOUT_SECONDS,
+        connect_timeout=CONTROL_CONNECT_TIMEOUT_SECONDS,
+    )

@@ -6,6 +6,10 @@ from typing import Any
 
 from rest_framework import serializers
 
+from personalization.errors import ApplicationError
+
+EXTERNAL_ID_MAX_LENGTH = 200
+
 
 def reject_nul_characters(value: Any, path: str = "") -> None:
     """PostgreSQL cannot store U+0000 in text or jsonb: refuse it at the door, naming where it was."""
@@ -30,3 +34,13 @@ class JsonObjectField(serializers.JSONField):
             raise serializers.ValidationError("Must be a JSON object.")
         reject_nul_characters(value)
         return value
+
+
+def item_id_validate(item_id: str) -> str:
+    """An item id taken from a URL path: 400 naming `item_id` rather than a database error (e.g. on NUL)."""
+    if len(item_id) > EXTERNAL_ID_MAX_LENGTH or "\x00" in item_id or not item_id.strip():
+        raise ApplicationError(
+            f"item_id: must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL.",
+            errors={"item_id": [f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL."]},
+        )
+    return item_id

@@ -3,8 +3,9 @@ the PostgreSQL log, acknowledging an entry only after its batch committed.
 
 At-least-once end to end: an entry read by a consumer that died stays pending and is reclaimed by another
 after EVENT_RECLAIM_IDLE_MS; the log's unique event id makes the replay harmless. An entry that cannot be
-stored (bad data) is isolated from its batch and moved to the partition's dead-letter stream and the
-DeadLetter table, as is one delivered more than MAX_DELIVERIES times (it kept killing its consumers).
+stored (bad data, or a record that fails in any other way) is isolated from its batch and moved to the
+partition's dead-letter stream and the DeadLetter table, as is one delivered more than MAX_DELIVERIES times (it
+kept killing its consumers). Only PostgreSQL or Redis going away leaves a batch pending, to be retried.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from personalization import redis_keys
-from personalization.redis_client import get_redis
+from personalization.redis_client import get_control_redis
 from signals_app.log import event_log_append
 from signals_app.models import BanditDecision, DeadLetter, IdentityLink, Impression
 from signals_app.records import Attribution, EventRecord
@@ -67,7 +68,7 @@ def consumer_name() -> str:
 
 def _group_ensure(stream: str) -> None:
     try:
-        get_redis().xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+        get_control_redis().xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
     except ResponseError as error:
         if "BUSYGROUP" not in str(error):
             raise
@@ -103,7 +104,7 @@ def events_drain(*, partition: int, consumer: str, time_budget: float = DRAIN_TI
         return report
     stream = redis_keys.event_stream(partition)
     _group_ensure(stream)
-    redis = get_redis()
+    redis = get_control_redis()
     deadline = time.monotonic() + time_budget
 
     start = "0-0"
@@ -133,7 +134,7 @@ def events_drain(*, partition: int, consumer: str, time_budget: float = DRAIN_TI
 
 def _delivery_counts(stream: str, entries: list[Entry]) -> dict[bytes, int]:
     ids = [entry_id for entry_id, _ in entries]
-    pending = get_redis().xpending_range(stream, CONSUMER_GROUP, min=ids[0], max=ids[-1], count=len(ids) + 100)
+    pending = get_control_redis().xpending_range(stream, CONSUMER_GROUP, min=ids[0], max=ids[-1], count=len(ids) + 100)
     return {row["message_id"]: int(row["times_delivered"]) for row in pending}
 
 
@@ -141,7 +142,7 @@ def _attributions(events: list[EventInput]) -> dict[str, dict[str, Any]]:
     request_ids = sorted({event.request_id for event in events if event.request_id})
     if not request_ids:
         return {}
-    pipeline = get_redis().pipeline(transaction=False)
+    pipeline = get_control_redis().pipeline(transaction=False)
     for request_id in request_ids:
         pipeline.get(redis_keys.slate(request_id))
     slates = {}
@@ -188,6 +189,37 @@ def _event_from_payload(payload: dict[str, Any]) -> tuple[EventInput, datetime]:
 def _process(stream: str, partition: int, entries: list[Entry], report: DrainReport, *, reclaimed: bool) -> None:
     report.read += len(entries)
     counts = _delivery_counts(stream, entries) if reclaimed else {}
+    try:
+        dead, stored = _store(entries, counts)
+    except (OperationalError, InterfaceError, RedisError):
+        raise  # PostgreSQL or Redis went away: the entries stay pending and are retried
+    except Exception as error:
+        # Anything else is a bad entry (e.g. a malformed record): store the batch entry by entry, so that only
+        # the offenders are dead-lettered and the others are stored and acknowledged now.
+        logger.warning("signals.batch_failed_isolating", extra={"error": repr(error), "entries": len(entries)})
+        dead, stored = [], DrainReport()
+        for entry in entries:
+            try:
+                entry_dead, entry_stored = _store([entry], counts)
+            except (OperationalError, InterfaceError, RedisError):
+                raise
+            except Exception as entry_error:
+                dead.append((entry, f"could not be processed: {entry_error!r}"))
+                continue
+            dead += entry_dead
+            stored.add(entry_stored)
+    report.add(stored)
+
+    if dead:
+        _dead_letter(partition, dead, counts)
+        report.dead_lettered += len(dead)
+    get_control_redis().xack(stream, CONSUMER_GROUP, *[entry_id for entry_id, _ in entries])
+
+
+def _store(entries: list[Entry], counts: dict[bytes, int]) -> tuple[list[tuple[Entry, str]], DrainReport]:
+    """Write the entries in one transaction: what could not be stored (to dead-letter), and the counts of what
+    was. An unexpected exception rolls the whole batch back."""
+    stored_report = DrainReport()
     dead: list[tuple[Entry, str]] = []
     events: list[tuple[bytes, EventInput, datetime]] = []
     identities: list[tuple[bytes, dict[str, Any]]] = []
@@ -214,41 +246,38 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
         (entry_id, EventRecord(event=event, received_at=received_at, attribution=_attribution(event, slates)))
         for entry_id, event, received_at in events
     ]
-    try:
-        stored = event_log_append(records=[record for _, record in records])
-    except (OperationalError, InterfaceError):
-        raise  # PostgreSQL went away: the entries stay pending and are retried
-    except DatabaseError as error:
-        logger.warning("signals.batch_failed_isolating", extra={"error": str(error), "entries": len(records)})
-        stored = set()
-        by_id = {entry_id: entry for entry in entries for entry_id in [entry[0]]}
-        for entry_id, record in records:
-            try:
-                stored |= event_log_append(records=[record])
-            except (OperationalError, InterfaceError):
-                raise
-            except DatabaseError as row_error:
-                dead.append((by_id[entry_id], f"could not be stored: {row_error}"))
-    report.stored += len(stored)
-    dead_ids = {entry[0] for entry, _ in dead}
-    report.duplicates += sum(
-        1 for entry_id, record in records if entry_id not in dead_ids and record.event.event_id not in stored
-    )
-
-    for _, payload in identities:
-        IdentityLink.objects.update_or_create(
-            session_id=payload["session_id"],
-            defaults={"user_id": payload["user_id"], "linked_at": datetime.fromisoformat(payload["linked_at"])},
+    with transaction.atomic():
+        try:
+            stored = event_log_append(records=[record for _, record in records])
+        except (OperationalError, InterfaceError):
+            raise  # PostgreSQL went away: the entries stay pending and are retried
+        except DatabaseError as error:
+            logger.warning("signals.batch_failed_isolating", extra={"error": str(error), "entries": len(records)})
+            stored = set()
+            by_id = {entry_id: entry for entry in entries for entry_id in [entry[0]]}
+            for entry_id, record in records:
+                try:
+                    stored |= event_log_append(records=[record])
+                except (OperationalError, InterfaceError):
+                    raise
+                except DatabaseError as row_error:
+                    dead.append((by_id[entry_id], f"could not be stored: {row_error}"))
+        stored_report.stored += len(stored)
+        dead_ids = {entry[0] for entry, _ in dead}
+        stored_report.duplicates += sum(
+            1 for entry_id, record in records if entry_id not in dead_ids and record.event.event_id not in stored
         )
-    report.identities += len(identities)
-    if impressions:
-        _impressions_store(impressions)
-        report.impressions += len(impressions)
 
-    if dead:
-        _dead_letter(partition, dead, counts)
-        report.dead_lettered += len(dead)
-    get_redis().xack(stream, CONSUMER_GROUP, *[entry_id for entry_id, _ in entries])
+        for _, payload in identities:
+            IdentityLink.objects.update_or_create(
+                session_id=payload["session_id"],
+                defaults={"user_id": payload["user_id"], "linked_at": datetime.fromisoformat(payload["linked_at"])},
+            )
+        stored_report.identities += len(identities)
+        if impressions:
+            _impressions_store(impressions)
+            stored_report.impressions += len(impressions)
+    return dead, stored_report
 
 
 def _impressions_store(impressions: list[dict[str, Any]]) -> None:
@@ -303,7 +332,7 @@ def _dead_letter(partition: int, dead: list[tuple[Entry, str]], counts: dict[byt
                 for (entry_id, fields), reason in dead
             ]
         )
-    pipeline = get_redis().pipeline(transaction=False)
+    pipeline = get_control_redis().pipeline(transaction=False)
     for (entry_id, fields), reason in dead:
         pipeline.xadd(
             redis_keys.dead_letter_stream(partition), {**fields, b"source_id": entry_id, b"error": reason[:2000]}
@@ -314,7 +343,7 @@ def _dead_letter(partition: int, dead: list[tuple[Entry, str]], counts: dict[byt
 
 def _trim_acknowledged(stream: str) -> None:
     """Drop entries every consumer has acknowledged (XADD never trims: that could drop unread events)."""
-    redis = get_redis()
+    redis = get_control_redis()
     summary = redis.xpending(stream, CONSUMER_GROUP)
     if summary["pending"]:
         min_id = summary["min"]
@@ -333,7 +362,7 @@ def _trim_acknowledged(stream: str) -> None:
 
 
 def _forget_idle_consumers(stream: str) -> None:
-    redis = get_redis()
+    redis = get_control_redis()
     for consumer in redis.xinfo_consumers(stream, CONSUMER_GROUP):
         if consumer["pending"] == 0 and consumer["idle"] > IDLE_CONSUMER_FORGET_MS:
             redis.xgroup_delconsumer(stream, CONSUMER_GROUP, consumer["name"])

@@ -49,7 +49,9 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
     read.lrange(redis_keys.user_recent_items(session_key), 0, -1)
     read.hgetall(redis_keys.user_affinity(session_key))
     read.hgetall(redis_keys.user_affinity(user_id))
-    session_items, session_affinity, user_affinity = read.execute()
+    read.get(redis_keys.user_recent_last(session_key))
+    read.get(redis_keys.user_recent_last(user_id))
+    session_items, session_affinity, user_affinity, session_recent_last, user_recent_last = read.execute()
     user_epoch_raw = user_affinity.get(b"_epoch")
 
     now = datetime.now(UTC).timestamp()
@@ -61,6 +63,12 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
     if session_items:
         write.ltrim(recent_key, 0, RECENT_ITEMS_KEPT - 1)
         write.expire(recent_key, RECENT_ITEMS_TTL_SECONDS)
+    # When the state was last updated (the feature store treats state without it as older than its TTL): the later
+    # of the user's and the session's.
+    if session_recent_last is not None and (
+        user_recent_last is None or float(session_recent_last) > float(user_recent_last)
+    ):
+        write.set(redis_keys.user_recent_last(user_id), session_recent_last, ex=RECENT_ITEMS_TTL_SECONDS)
 
     affinity_key = redis_keys.user_affinity(user_id)
     merged_entities = 0
@@ -78,9 +86,16 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
             merged_entities += 1
         elif field.startswith("r:") and float(value) > float(user_affinity.get(name, 0)):
             write.hset(affinity_key, field, value)  # the later of the two last-seen times
+    session_last, user_last = session_affinity.get(b"_last"), user_affinity.get(b"_last")
+    if session_last is not None and (user_last is None or float(session_last) > float(user_last)):
+        write.hset(affinity_key, "_last", session_last)
     if session_affinity:
         write.expire(affinity_key, RECENT_ITEMS_TTL_SECONDS)
-    write.delete(redis_keys.user_recent_items(session_key), redis_keys.user_affinity(session_key))
+    write.delete(
+        redis_keys.user_recent_items(session_key),
+        redis_keys.user_affinity(session_key),
+        redis_keys.user_recent_last(session_key),
+    )
     write.xadd(
         redis_keys.event_stream(redis_keys.partition_of(user_id)),
         {

@@ -1,10 +1,10 @@
 """The online state an event updates, in one Redis round trip (hot path: plain Python, no ORM).
 
-Per partition of the request one Lua script runs and, atomically for each event: drops a duplicate (event id seen
-in the last 48 h; an event older than that only goes to the durable log, which is unique on event id),
-updates the user's recent and session items, the user's decayed per-entity counters, the
-item's decayed popularity windows, and appends the event to the partition's stream for the durable log. All
-the scripts of a request (one per partition it touches) go out in one pipeline.
+Per partition of the request a Lua script runs (a call per SCRIPT_CALL_EVENTS events) and, atomically for each
+event: drops a duplicate (event id seen in the last 48 h; an event older than that only goes to the durable log,
+which is unique on event id), updates the user's recent and session items, the user's decayed per-entity
+counters, the item's decayed popularity windows, and appends the event to the partition's stream for the durable
+log. All the script calls of a request go out in one pipeline.
 
 Decayed counters use forward decay: an event of weight w at time t adds w * 2^((t - epoch) / half_life), so
 the stored numbers of one key rank correctly at any moment and the value at time T is
@@ -41,6 +41,8 @@ SESSION_ITEMS_TTL_SECONDS = 30 * 60
 TREND_WINDOWS: dict[str, float] = POPULARITY_HALF_LIVES
 # 2^200 is far from overflowing a double while rebasing rarely (every 200 half-lives).
 REBASE_AFTER_HALF_LIVES = 200
+# Events per script call (a call runs about 60 µs an event).
+SCRIPT_CALL_EVENTS = 50
 
 INGEST_SCRIPT = """
 -- One partition's share of a request. KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item last seen,
@@ -265,16 +267,23 @@ class IngestScript:
         events: Sequence[OnlineEvent],
         also: Callable[[redis.client.Pipeline], None] | None = None,
     ) -> list[bool]:
-        """Apply the events in one round trip (a script call per partition); True for each event that was new.
+        """Apply the events in one round trip (script calls per partition); True for each event that was new.
         `also` may queue more commands on the same pipeline (their replies are ignored)."""
         if self.sha is None:
             self.load(client)
         by_partition: dict[int, list[int]] = {}
         for index, online in enumerate(events):
             by_partition.setdefault(redis_keys.partition_of(online.event.user_key), []).append(index)
+        # Calls of at most SCRIPT_CALL_EVENTS events: their replies arrive one after the other, each well within
+        # the hot path's short socket timeout, where one call for a 500-event batch could take longer.
+        calls = [
+            (partition, indexes[start : start + SCRIPT_CALL_EVENTS])
+            for partition, indexes in by_partition.items()
+            for start in range(0, len(indexes), SCRIPT_CALL_EVENTS)
+        ]
         for attempt in range(2):
             pipeline = client.pipeline(transaction=False)
-            for partition, indexes in by_partition.items():
+            for partition, indexes in calls:
                 self.queue(pipeline, partition, [events[index] for index in indexes])
             if also is not None:
                 also(pipeline)
@@ -287,7 +296,7 @@ class IngestScript:
                 self.load(client)
                 continue
             outcomes = [False] * len(events)
-            for indexes, reply in zip(by_partition.values(), replies[: len(by_partition)], strict=True):
+            for (_partition, indexes), reply in zip(calls, replies[: len(calls)], strict=True):
                 for index, is_new in zip(indexes, reply, strict=True):
                     outcomes[index] = bool(is_new)
             return outcomes

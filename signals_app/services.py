@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from personalization import redis_keys
-from personalization.redis_client import get_redis
+from personalization.redis_client import get_control_redis, get_redis
 from signals_app import metrics
 from signals_app.event_types import event_type_lookup
 from signals_app.identity import identity_link_if_new
@@ -66,14 +66,14 @@ def events_validate(
     return valid
 
 
-def _resolve_sessions(events: list[OnlineEvent]) -> list[OnlineEvent]:
+def _resolve_sessions(events: list[OnlineEvent], client: redis.Redis) -> list[OnlineEvent]:
     """Events sent under a session that was identified count for its user (one extra round trip, only for
     batches that have session-only events)."""
     anonymous = [online for online in events if not online.event.user_id]
     if not anonymous:
         return events
     sessions = sorted({online.event.session_id for online in anonymous})
-    pipeline = get_redis().pipeline(transaction=False)
+    pipeline = client.pipeline(transaction=False)
     for session_id in sessions:
         pipeline.get(redis_keys.session_alias(session_id))
     owners = {session: owner.decode() for session, owner in zip(sessions, pipeline.execute(), strict=True) if owner}
@@ -94,16 +94,19 @@ def events_ingest(
     *, raw_events: list[Any], backfill: bool = False, on_users_changed: UsersChanged | None = None
 ) -> IngestReport:
     """backfill: the events are history being loaded in bulk, so even old ones update the online state.
-    on_users_changed: queues more commands (e.g. live shelf refreshes) on the ingest's own Redis pipeline."""
+    on_users_changed: queues more commands (e.g. live shelf refreshes) on the ingest's own Redis pipeline.
+    A storefront's request uses the hot path's Redis client (a hung Redis answers 503 within 100 ms); a back-fill
+    is control plane and may wait longer."""
     started = time.perf_counter()
     report = IngestReport()
     valid = events_validate(raw_events=raw_events, report=report, now=datetime.now(UTC), backfill=backfill)
     if valid:
-        valid = _resolve_sessions(valid)
+        client = get_control_redis() if backfill else get_redis()
+        valid = _resolve_sessions(valid, client)
         _link_sessions_seen_with_users([online.event for online in valid])
         user_keys = {online.event.user_key for online in valid}
         also = (lambda pipeline: on_users_changed(pipeline, user_keys)) if on_users_changed else None
-        outcomes = ingest_script.run(get_redis(), valid, also)
+        outcomes = ingest_script.run(client, valid, also)
         for online, is_new in zip(valid, outcomes, strict=True):
             if is_new:
                 report.accepted += 1

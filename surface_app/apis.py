@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from graph_app.selectors import item_exists
+from personalization.validation import item_id_validate
 from scoring_app.engine.retrieval import similar_items
 from surface_app.serving.slates import slate_serve
 
@@ -72,6 +73,7 @@ class SimilarItemsApi(APIView):
         operation_id="items_similar",
     )
     def get(self, request: Request, item_id: str) -> Response:
+        item_id_validate(item_id)
         query = self.QuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         if not item_exists(external_id=item_id):

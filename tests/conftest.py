@@ -6,13 +6,13 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from personalization import services as key_services
-from personalization.redis_client import get_redis, redis_client_for
+from personalization.redis_client import get_control_redis, redis_client_for
 
 
 @pytest.fixture(autouse=True)
 def clean_redis() -> redis.Redis:
     """Each test starts from an empty Redis database (the tests' own embedded Valkey unless REDIS_URL is set)."""
-    client = get_redis()
+    client = get_control_redis()  # a flush may take longer than the hot path's timeout
     client.flushdb()
     key_services._verified_keys.clear()
     return client

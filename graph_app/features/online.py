@@ -34,7 +34,7 @@ from personalization.redis_client import get_redis
 
 FEATURE_AGE_SECONDS = Histogram(
     "feature_age_seconds",
-    "Age of the freshest online value read, per feature group (time since its latest source event).",
+    "Age of the freshest online value read, per feature (time since its latest source event).",
     ["feature"],
     buckets=(1, 10, 60, 300, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 90 * 86400),
 )
@@ -42,6 +42,22 @@ FEATURE_MISSING = Counter(
     "feature_missing_total", "Online values treated as missing because they were older than their TTL.", ["feature"]
 )
 TTL = {feature.name: feature.ttl_seconds for feature in FEATURES}
+# The features whose sources carry a timestamp online, by source. The catalog facts have none, nor do the
+# placement click-through counters (decayed sums only).
+ITEM_EVENT_FEATURES = (*(f"item_popularity_{window}" for window in POPULARITY_HALF_LIVES), "item_trend")
+USER_CATEGORY_FEATURES = ("user_category_frequency", "user_category_recency_days")
+USER_ENTITY_FEATURES = ("user_item_entity_affinity",)
+USER_RECENT_FEATURES = ("user_item_similarity",)
+_FEATURE_AGE = {
+    name: FEATURE_AGE_SECONDS.labels(feature=name)
+    for name in (*ITEM_EVENT_FEATURES, *USER_CATEGORY_FEATURES, *USER_ENTITY_FEATURES, *USER_RECENT_FEATURES)
+}
+
+
+def _age_observe(names: tuple[str, ...], age: float) -> None:
+    for name in names:
+        _FEATURE_AGE[name].observe(max(0.0, age))
+
 
 COUNTER_WINDOWS = tuple(POPULARITY_HALF_LIVES)
 # Per partition: the decayed item counters (trend windows, last seen, placement clicks and impressions).
@@ -110,7 +126,7 @@ def features_compute(
 ) -> FeatureMatrix:
     count = len(item_ids)
     values = np.full((count, len(FEATURE_NAMES)), np.nan)
-    affinity_raw, recent_raw, _recent_last, static_raw, vectors_raw, entities_raw = replies[:6]
+    affinity_raw, recent_raw, recent_last, static_raw, vectors_raw, entities_raw = replies[:6]
     position = 6
 
     half_lives = [*POPULARITY_HALF_LIVES.values(), None, CTR_HALF_LIFE_SECONDS, CTR_HALF_LIFE_SECONDS]
@@ -148,7 +164,7 @@ def features_compute(
         smoothed_ctr(click, shown) for click, shown in zip(clicks, impressions, strict=True)
     ]
     if observe and np.isfinite(last_seen).any():
-        FEATURE_AGE_SECONDS.labels(feature="item_popularity").observe(max(0.0, float(np.nanmin(age[np.isfinite(age)]))))
+        _age_observe(ITEM_EVENT_FEATURES, float(np.nanmin(age[np.isfinite(age)])))
 
     for row, payload in enumerate(static_raw):
         if payload is None:
@@ -160,6 +176,8 @@ def features_compute(
 
     _user_entity_features(values, affinity_raw, entities_raw, now, observe)
     _similarity(values, vectors_raw, recent_vectors)
+    if observe and recent_vectors and recent_last is not None:
+        _age_observe(USER_RECENT_FEATURES, now - float(recent_last))
     return FeatureMatrix(item_ids=list(item_ids), values=values, recent_items=[value.decode() for value in recent_raw])
 
 
@@ -193,9 +211,16 @@ def _user_entity_features(
         return  # a new user, or one whose state is older than its TTL: missing
     factor = 2.0 ** (-(now - float(affinity_raw.get(b"_epoch", now))) / AFFINITY_HALF_LIFE_SECONDS)
     if observe:
-        latest = max((float(value) for name, value in affinity_raw.items() if name.startswith(b"r:")), default=None)
-        if latest is not None:
-            FEATURE_AGE_SECONDS.labels(feature="user_affinity").observe(max(0.0, now - latest))
+        latest_category = latest_entity = -math.inf
+        for name, value in affinity_raw.items():
+            if name.startswith(b"r:category:"):
+                latest_category = max(latest_category, float(value))
+            elif name.startswith(b"r:"):
+                latest_entity = max(latest_entity, float(value))
+        if latest_category > -math.inf:
+            _age_observe(USER_CATEGORY_FEATURES, now - latest_category)
+        if latest_entity > -math.inf:
+            _age_observe(USER_ENTITY_FEATURES, now - latest_entity)
     frequency, recency, affinity = (FEATURE_INDEX[name] for name in (
         "user_category_frequency", "user_category_recency_days", "user_item_entity_affinity"
     ))  # fmt: skip

@@ -95,6 +95,34 @@ def test_values_older_than_their_ttl_are_missing_on_both_sides(catalog):
         assert math.isnan(values["item_popularity_1h"][0])
 
 
+def test_each_features_age_is_a_metric_labelled_with_the_feature(catalog, api_client):
+    from prometheus_client import REGISTRY
+
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    events_ingest(
+        raw_events=[{"event_id": "a1", "type": "purchase", "user_id": "u1", "item_id": "mug", "timestamp": hour_ago}]
+    )
+    aged = (
+        "item_popularity_1h", "item_popularity_1d", "item_popularity_7d", "item_trend", "user_category_frequency",
+        "user_category_recency_days", "user_item_entity_affinity", "user_item_similarity",
+    )  # fmt: skip
+
+    def samples(suffix: str) -> dict[str, float]:
+        return {
+            name: REGISTRY.get_sample_value(f"feature_age_seconds_{suffix}", {"feature": name}) or 0.0 for name in aged
+        }
+
+    counts, sums = samples("count"), samples("sum")
+    features_fetch(user_key="u1", item_ids=["mug", "bowl"], placement="home", now=time.time())
+
+    for name in aged:  # one observation each: the age of the purchase an hour ago
+        assert samples("count")[name] == counts[name] + 1, name
+        assert samples("sum")[name] - sums[name] == pytest.approx(3600, abs=60), name
+    exposed = api_client.get("/metrics").content.decode()
+    for name in aged:
+        assert f'feature_age_seconds_count{{feature="{name}"}}' in exposed
+
+
 def test_click_through_rate_counts_served_impressions_and_attributed_clicks(catalog):
     events_ingest(raw_events=[{"event_id": "v", "type": "view", "user_id": "u2", "item_id": "rake"}])
     slates = [slate_serve(user_key="u2", placement="home", k=3) for _ in range(4)]

@@ -97,6 +97,44 @@ def test_put_rejects_bad_input_naming_the_field(api_client, change, field):
     assert Item.objects.get(external_id="mug-1").title == "Red retrospot mug"
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/v1/items/a%00b"),
+        ("delete", "/api/v1/items/a%00b"),
+        ("get", "/api/v1/items/a%00b/similar"),
+        ("put", "/api/v1/items/a%00b"),
+        ("get", f"/api/v1/items/{'x' * 201}"),
+        ("delete", f"/api/v1/items/{'x' * 201}"),
+        ("get", f"/api/v1/items/{'x' * 201}/similar"),
+    ],
+)
+def test_a_bad_item_id_in_the_path_is_400_naming_item_id(api_client, method, path):
+    response = (
+        getattr(api_client, method)(path, MUG, format="json") if method == "put" else getattr(api_client, method)(path)
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
+    assert "item_id" in response.json()["errors"]
+
+
+def test_a_value_postgresql_refuses_is_answered_400_not_500():
+    """The safety net behind the views' own checks: a DataError is bad input."""
+    from django.db import DataError
+
+    from personalization.exception_handler import api_exception_handler
+
+    with pytest.raises(DataError) as refused:
+        Item.objects.filter(external_id="a\x00b").exists()
+
+    response = api_exception_handler(refused.value, {})
+
+    assert response is not None
+    assert response.status_code == 400
+    assert response.data["code"] == "invalid"
+
+
 def test_put_without_title_is_400(api_client):
     response = api_client.put("/api/v1/items/mug-1", {"price": "1.00"}, format="json")
     assert response.status_code == 400

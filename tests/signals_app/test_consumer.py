@@ -5,7 +5,7 @@ import pytest
 
 from personalization import redis_keys
 from signals_app.consumer import CONSUMER_GROUP, MAX_DELIVERIES, events_drain, events_drain_all
-from signals_app.models import DeadLetter, Event
+from signals_app.models import BanditDecision, DeadLetter, Event, Impression
 from signals_app.services import events_ingest
 from tests.signals_app.helpers import stream_lengths
 
@@ -35,6 +35,44 @@ def test_unreadable_and_unstorable_entries_are_dead_lettered_without_blocking_ot
     dead = {row.error.split(":")[0] for row in DeadLetter.objects.all()}
     assert dead == {"unreadable entry", "could not be stored"}
     assert clean_redis.xlen(redis_keys.dead_letter_stream(partition)) == 2
+    assert clean_redis.xpending(stream, CONSUMER_GROUP)["pending"] == 0
+
+
+def _impression(request_id: str, **overrides):
+    record = {
+        "kind": "impression",
+        "request_id": request_id,
+        "user_key": "u1",
+        "placement": "home",
+        "model_version": "ranker-v1",
+        "served_at": 1_760_000_000.0,
+        "items": [{"item_id": "sku-1", "slot": 0, "score": 0.9, "source": "bandit", "propensity": 0.25,
+                   "features": "|i sku-1"}],
+        "bandit": {"shared": "|u u1", "unshown": [["sku-2", "|i sku-2"]]},
+    }  # fmt: skip
+    return orjson.dumps({**record, **overrides})
+
+
+def test_a_malformed_record_is_dead_lettered_alone_and_the_rest_of_its_batch_is_stored(clean_redis):
+    events_ingest(raw_events=[view("good-1")])
+    partition, stream = _stream_of("u1")
+    malformed = _impression("r-bad")
+    malformed = orjson.dumps({key: value for key, value in orjson.loads(malformed).items() if key != "user_key"})
+    clean_redis.xadd(stream, {"e": malformed})
+    clean_redis.xadd(stream, {"e": _impression("r-good")})
+    events_ingest(raw_events=[view("good-2")])
+
+    report = events_drain(partition=partition, consumer="test")
+
+    assert (report.read, report.stored, report.impressions, report.dead_lettered) == (4, 2, 1, 1)
+    assert set(Event.objects.values_list("event_id", flat=True)) == {"good-1", "good-2"}
+    assert list(Impression.objects.values_list("request_id", "item_id", "propensity")) == [("r-good", "sku-1", 0.25)]
+    decision = BanditDecision.objects.get()
+    assert (decision.request_id, decision.actions) == ("r-good", [["sku-1", "|i sku-1"], ["sku-2", "|i sku-2"]])
+    dead = DeadLetter.objects.get()
+    assert dead.error.startswith("could not be processed: KeyError('user_key')")
+    assert orjson.loads(dead.payload)["request_id"] == "r-bad"
+    assert clean_redis.xlen(redis_keys.dead_letter_stream(partition)) == 1
     assert clean_redis.xpending(stream, CONSUMER_GROUP)["pending"] == 0
 
 

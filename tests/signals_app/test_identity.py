@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pytest
 
+from graph_app.features.online import features_fetch
 from personalization import redis_keys
 from signals_app.consumer import events_drain_all
 from signals_app.models import Event, IdentityLink
@@ -49,6 +53,55 @@ def test_an_event_with_both_ids_links_the_session(api_client, clean_redis):
     assert clean_redis.lrange(redis_keys.user_recent_items("bob"), 0, -1) == [b"q", b"x"]
     events_drain_all()
     assert IdentityLink.objects.get(session_id="s-2").user_id == "bob"
+
+
+@pytest.fixture
+def shop(api_client, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):  # publishes the catalog facts to Redis
+        for item_id, category in [("mug", "kitchen"), ("bowl", "kitchen"), ("rake", "garden")]:
+            api_client.put(
+                f"/api/v1/items/{item_id}",
+                {"title": item_id, "category": category, "entities": [{"kind": "brand", "id": "acme"}]},
+                format="json",
+            )
+
+
+USER_FEATURES = ("user_category_frequency", "user_category_recency_days", "user_item_entity_affinity")
+
+
+def test_identify_carries_the_sessions_update_times_so_the_users_features_are_served(api_client, clean_redis, shop):
+    api_client.post(
+        "/api/v1/events", {"events": [anonymous_view("a1", "mug"), anonymous_view("a2", "rake")]}, format="json"
+    )
+    session_last = clean_redis.hget(redis_keys.user_affinity("session:s-1"), "_last")
+    session_recent_last = clean_redis.get(redis_keys.user_recent_last("session:s-1"))
+
+    api_client.post("/api/v1/users/carol/identify", {"session_id": "s-1"}, format="json")
+
+    assert clean_redis.hget(redis_keys.user_affinity("carol"), "_last") == session_last
+    assert clean_redis.get(redis_keys.user_recent_last("carol")) == session_recent_last
+    assert clean_redis.get(redis_keys.user_recent_last("session:s-1")) is None
+    features = features_fetch(user_key="carol", item_ids=["mug", "bowl", "rake"], placement="home", now=time.time())
+    for name in (*USER_FEATURES, "user_item_similarity"):
+        assert not np.isnan(features.column(name)).any(), name
+    assert features.column("user_category_frequency")[0] > 0
+
+
+@pytest.mark.parametrize("later", ["user", "session"])
+def test_identify_keeps_the_later_update_time_of_the_user_and_the_session(api_client, clean_redis, shop, later):
+    now = time.time()
+    session_time, user_time = (now - 600, now) if later == "user" else (now, now - 600)
+    api_client.post("/api/v1/events", {**anonymous_view("a1", "mug"), "timestamp": session_time}, format="json")
+    api_client.post(
+        "/api/v1/events",
+        {"event_id": "u1", "type": "view", "user_id": "dave", "item_id": "rake", "timestamp": user_time},
+        format="json",
+    )
+
+    api_client.post("/api/v1/users/dave/identify", {"session_id": "s-1"}, format="json")
+
+    assert float(clean_redis.hget(redis_keys.user_affinity("dave"), "_last")) == pytest.approx(now, abs=0.01)
+    assert float(clean_redis.get(redis_keys.user_recent_last("dave"))) == pytest.approx(now, abs=0.01)
 
 
 @pytest.mark.parametrize(("body", "field"), [({}, "session_id"), ({"session_id": ""}, "session_id")])
