@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from graph_app.apis import ItemBatchUpsertApi, ItemDetailApi
+from graph_app.apis import ItemBatchUpsertApi, ItemDetailApi, UserTraitsApi
 from personalization import views as platform_views
 from signals_app import segment_apis
 from signals_app.apis import EventIngestApi, IdentifyApi
@@ -17,6 +17,7 @@ api_v1 = [
     path("segment/track", segment_apis.SegmentTrackApi.as_view(), name="segment-track"),
     path("segment/batch", segment_apis.SegmentBatchApi.as_view(), name="segment-batch"),
     path("users/<str:user_id>/identify", IdentifyApi.as_view(), name="user-identify"),
+    path("users/<str:user_id>", UserTraitsApi.as_view(), name="user-traits"),
     path("recommendations", RecommendationsApi.as_view(), name="recommendations"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="v1:schema"), name="docs"),

@@ -20,7 +20,13 @@ from graph_app.services import (
     item_upsert,
 )
 from personalization.errors import flatten_errors
-from personalization.validation import EXTERNAL_ID_MAX_LENGTH, JsonObjectField, item_id_validate
+from personalization.validation import (
+    EXTERNAL_ID_MAX_LENGTH,
+    JsonObjectField,
+    item_id_validate,
+    user_id_validate,
+)
+from surface_app.services import shelves_catalog_batch
 
 
 class EntityRefSerializer(serializers.Serializer):
@@ -127,6 +133,7 @@ class ItemBatchUpsertApi(APIView):
         ),
         operation_id="items_batch_upsert",
     )
+    @shelves_catalog_batch()  # the live shelves hear of the whole batch in one message
     def post(self, request: Request) -> Response:
         envelope = self.InputSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)
@@ -161,3 +168,29 @@ class ItemBatchUpsertApi(APIView):
                 }
             )
         return Response({"created": created, "updated": updated, "errors": errors, "results": results})
+
+
+class UserTraitsApi(APIView):
+    """`PUT /api/v1/users/{user_id}`: the user's traits (rule audiences and compliance filters match on them)."""
+
+    class InputSerializer(serializers.Serializer):
+        traits = JsonObjectField()
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer("UserTraits", {"user_id": serializers.CharField(), "traits": JsonObjectField()})
+        },
+        operation_id="user_traits_put",
+    )
+    def put(self, request: Request, user_id: str) -> Response:
+        from graph_app.services import shopper_traits_set
+
+        user_id_validate(user_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        _, created = shopper_traits_set(external_id=user_id, traits=data.validated_data["traits"])
+        return Response(
+            {"user_id": user_id, "traits": data.validated_data["traits"]},
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )

@@ -82,8 +82,44 @@ def user_session_items(user_key: str, session_id: str) -> str:
     return f"user:{_tag(partition_of(user_key))}:{user_key}:session:{session_id}"
 
 
+def user_traits(user_key: str) -> str:
+    """The user's traits (JSON), for rule audiences."""
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:traits"
+
+
+def user_last_slate(user_key: str, placement: str) -> str:
+    """The item ids of the last slate served to the user in a placement (a fallback of last resort)."""
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:last:{placement}"
+
+
 def user_affinity(user_key: str) -> str:
     return f"user:{_tag(partition_of(user_key))}:{user_key}:affinity"
+
+
+def user_cap_counts(user_key: str) -> str:
+    """Frequency caps: hash of what the user was shown (item, category, entity, campaign, slates of a placement)
+    -> the times of its recent impressions."""
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:caps"
+
+
+def user_cap_touched(user_key: str) -> str:
+    """Frequency caps: sorted set of the fields of `user_cap_counts` by last write (to drop the stale ones)."""
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:caps-touched"
+
+
+def user_cap_blocks(user_key: str) -> str:
+    """Frequency caps: hash "<cap signature>\x1f<what>" -> until when that cap refuses it (read on the hot path)."""
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:caps-blocked"
+
+
+def user_purchased(user_key: str) -> str:
+    """Items the user bought (sorted set, by time): placements may leave them out."""
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:purchased"
+
+
+def user_cooldown(user_key: str) -> str:
+    """Sorted set item id -> time of the user's latest hide or skip of it: cool-downs."""
+    return f"user:{_tag(partition_of(user_key))}:{user_key}:cooldown"
 
 
 # Not partitioned: read with one command each, written by the control plane.

@@ -44,3 +44,13 @@ def item_id_validate(item_id: str) -> str:
             errors={"item_id": [f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL."]},
         )
     return item_id
+
+
+def user_id_validate(user_id: str) -> str:
+    """A user id taken from a URL path: 400 naming `user_id`."""
+    if len(user_id) > EXTERNAL_ID_MAX_LENGTH or "\x00" in user_id or not user_id.strip():
+        raise ApplicationError(
+            f"user_id: must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL.",
+            errors={"user_id": [f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL."]},
+        )
+    return user_id

@@ -295,6 +295,9 @@ def _impressions_store(impressions: list[dict[str, Any]]) -> None:
             model_version=record.get("model_version") or "",
             served_at=datetime.fromtimestamp(record["served_at"], tz=UTC),
             propensity=item.get("propensity"),
+            variant=record.get("variant") or "",
+            rules=item.get("rules") or [],
+            path=record.get("path") or "",
         )
         for record in impressions
         for item in record["items"]

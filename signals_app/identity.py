@@ -15,7 +15,12 @@ import orjson
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
 from personalization import redis_keys
 from personalization.redis_client import get_redis
-from signals_app.online_state import RECENT_ITEMS_KEPT, RECENT_ITEMS_TTL_SECONDS
+from signals_app.online_state import (
+    COOLDOWN_ITEMS_KEPT,
+    COOLDOWN_KEPT_SECONDS,
+    RECENT_ITEMS_KEPT,
+    RECENT_ITEMS_TTL_SECONDS,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,10 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
     read.hgetall(redis_keys.user_affinity(user_id))
     read.get(redis_keys.user_recent_last(session_key))
     read.get(redis_keys.user_recent_last(user_id))
-    session_items, session_affinity, user_affinity, session_recent_last, user_recent_last = read.execute()
+    read.zrange(redis_keys.user_cooldown(session_key), 0, -1, withscores=True)
+    session_items, session_affinity, user_affinity, session_recent_last, user_recent_last, session_cooldown = (
+        read.execute()
+    )
     user_epoch_raw = user_affinity.get(b"_epoch")
 
     now = datetime.now(UTC).timestamp()
@@ -91,10 +99,17 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
         write.hset(affinity_key, "_last", session_last)
     if session_affinity:
         write.expire(affinity_key, RECENT_ITEMS_TTL_SECONDS)
+    if session_cooldown:
+        # What the shopper hid or skipped before signing in stays cooled down (the later time of the two wins).
+        cooldown_key = redis_keys.user_cooldown(user_id)
+        write.zadd(cooldown_key, dict(session_cooldown), gt=True)
+        write.zremrangebyrank(cooldown_key, 0, -COOLDOWN_ITEMS_KEPT - 1)
+        write.expire(cooldown_key, COOLDOWN_KEPT_SECONDS)
     write.delete(
         redis_keys.user_recent_items(session_key),
         redis_keys.user_affinity(session_key),
         redis_keys.user_recent_last(session_key),
+        redis_keys.user_cooldown(session_key),
     )
     write.xadd(
         redis_keys.event_stream(redis_keys.partition_of(user_id)),

@@ -131,6 +131,11 @@ class Impression(models.Model):
     score = models.FloatField(null=True)
     source = models.CharField(max_length=30, blank=True, default="")
     model_version = models.CharField(max_length=60, blank=True, default="")
+    # Which arm served it: "control" (the active model) or "canary".
+    variant = models.CharField(max_length=20, blank=True, default="")
+    # The business rules that touched the item (names), and which Score path chose the slate.
+    rules = models.JSONField(default=list, blank=True)
+    path = models.CharField(max_length=20, blank=True, default="")
     served_at = models.DateTimeField()
     # Set when the contextual bandit chose the item: the probability it had of being chosen for its slot, given
     # the bandit's earlier picks in the slate (what off-policy learning and evaluation divide by).

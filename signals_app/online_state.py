@@ -3,8 +3,9 @@
 Per partition of the request a Lua script runs (a call per SCRIPT_CALL_EVENTS events) and, atomically for each
 event: drops a duplicate (event id seen in the last 48 h; an event older than that only goes to the durable log,
 which is unique on event id), updates the user's recent and session items, the user's decayed per-entity
-counters, the item's decayed popularity windows, and appends the event to the partition's stream for the durable
-log. All the script calls of a request go out in one pipeline.
+counters, the item's decayed popularity windows, the user's cool-down set (a hide or a skip, even a late one:
+adding it again changes nothing), and appends the event to the partition's stream for the durable log. All the
+script calls of a request go out in one pipeline.
 
 Decayed counters use forward decay: an event of weight w at time t adds w * 2^((t - epoch) / half_life), so
 the stored numbers of one key rank correctly at any moment and the value at time T is
@@ -43,19 +44,26 @@ TREND_WINDOWS: dict[str, float] = POPULARITY_HALF_LIVES
 REBASE_AFTER_HALF_LIVES = 200
 # Events per script call (a call runs about 60 µs an event).
 SCRIPT_CALL_EVENTS = 50
+# Hides and skips put the item in a per-user cool-down set (read by surface_app.serving.caps): the latest
+# COOLDOWN_ITEMS_KEPT items, for at most COOLDOWN_KEPT_SECONDS (the longest cool-down a cap can ask for).
+COOLDOWN_EVENT_TYPES = frozenset({"hide", "skip"})
+COOLDOWN_ITEMS_KEPT = 200
+COOLDOWN_KEPT_SECONDS = 30 * 24 * 3600
 
 INGEST_SCRIPT = """
 -- One partition's share of a request. KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item last seen,
--- 5..4+W trend keys, then 6 keys an event: seen, recent, session items, affinity, placement clicks, recent-last.
--- ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 user state ttl, 5 session ttl, 6 affinity half-life,
--- 7 rebase after, 8 windows W, 9..8+W trend half-lives, 9+W now, then 9 values an event:
--- item, weight, marks interest, ts, payload, has session, late, is click in a placement, ctr half-life.
+-- 5..4+W trend keys, then 8 keys an event: seen, recent, session items, affinity, placement clicks, recent-last,
+-- cool-down, purchased. ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 user state ttl, 5 session ttl,
+-- 6 affinity half-life, 7 rebase after, 8 windows W, 9..8+W trend half-lives, 9+W now, 10+W cool-down items kept,
+-- 11+W cool-down seconds kept, then 11 values an event: item, weight, marks interest, ts, payload, has session,
+-- late, is click in a placement, ctr half-life, starts a cool-down (hide or skip), is a purchase.
 local events = tonumber(ARGV[1])
 local windows = tonumber(ARGV[8])
 local rebase_after = tonumber(ARGV[7])
 local affinity_half_life = tonumber(ARGV[6])
 local state_ttl = tonumber(ARGV[4])
 local now = tonumber(ARGV[9 + windows])
+local cooldown_kept, cooldown_seconds = tonumber(ARGV[10 + windows]), tonumber(ARGV[11 + windows])
 -- User state lasts state_ttl after its latest event, by event time: a gap longer than that starts it afresh
 -- (the offline materialization applies the same rule). Redis expiry only reclaims memory, a day at the least.
 local function expire_after(key, last)
@@ -79,13 +87,28 @@ local function bump(key, epoch_field_key, half_life, ts, amount, item)
 end
 local results = {}
 for e = 0, events - 1 do
-  local k = 4 + windows + 6 * e
-  local a = 9 + windows + 9 * e
+  local k = 4 + windows + 8 * e
+  local a = 11 + windows + 11 * e
   local item, weight, ts = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
   if not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[2]) then
     results[e + 1] = 0
   else
     results[e + 1] = 1
+    -- Idempotent (the later time wins), so a late hide still counts for a long cool-down.
+    if item ~= '' and ARGV[a + 10] == '1' then
+      local cooldown = KEYS[k + 7]
+      redis.call('ZADD', cooldown, 'GT', ARGV[a + 4], item)
+      redis.call('ZREMRANGEBYSCORE', cooldown, '-inf', now - cooldown_seconds)
+      redis.call('ZREMRANGEBYRANK', cooldown, 0, -cooldown_kept - 1)
+      redis.call('EXPIRE', cooldown, cooldown_seconds)
+    end
+    -- What the user bought (placements may leave it out), the latest PURCHASED_ITEMS_KEPT.
+    if item ~= '' and ARGV[a + 11] == '1' then
+      local purchased = KEYS[k + 8]
+      redis.call('ZADD', purchased, 'GT', ARGV[a + 4], item)
+      redis.call('ZREMRANGEBYRANK', purchased, 0, -cooldown_kept - 1)
+      redis.call('EXPIRE', purchased, state_ttl)
+    end
     -- Older than the dedupe window (late): maybe a resend we no longer remember, so it only goes to the
     -- durable log, which is unique on event id; its decayed weight would be negligible online anyway.
     if ARGV[a + 7] ~= '1' then
@@ -236,6 +259,8 @@ class IngestScript:
             len(TREND_WINDOWS),
             *TREND_WINDOWS.values(),
             repr(time.time()),
+            COOLDOWN_ITEMS_KEPT,
+            COOLDOWN_KEPT_SECONDS,
         ]
         for online in events:
             event = online.event
@@ -246,6 +271,8 @@ class IngestScript:
                 redis_keys.user_affinity(event.user_key),
                 redis_keys.placement_clicks(partition, event.placement or "-"),
                 redis_keys.user_recent_last(event.user_key),
+                redis_keys.user_cooldown(event.user_key),
+                redis_keys.user_purchased(event.user_key),
             ]
             args += [
                 event.item_id,
@@ -257,6 +284,8 @@ class IngestScript:
                 "1" if not online.backfill and event.occurred_at < online.received_at - DEDUPE_WINDOW else "0",
                 "1" if event.type == "click" and event.placement else "0",
                 CTR_HALF_LIFE_SECONDS,
+                "1" if event.type in COOLDOWN_EVENT_TYPES else "0",
+                "1" if event.type == "purchase" else "0",
             ]
         assert self.sha is not None
         pipeline.evalsha(self.sha, len(keys), *keys, *args)

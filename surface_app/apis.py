@@ -13,6 +13,7 @@ from scoring_app.engine.retrieval import similar_items
 from surface_app.serving.slates import slate_serve
 
 K_MAX = 100
+CONTEXT_ITEMS_MAX = 20
 
 
 class CandidateSerializer(serializers.Serializer):
@@ -27,6 +28,7 @@ class SlateItemSerializer(CandidateSerializer):
     propensity = serializers.FloatField(
         allow_null=True, help_text="When the contextual bandit chose the item: the probability it had of being chosen."
     )
+    rules = serializers.ListField(child=serializers.CharField(), help_text="The business rules that touched it.")
 
 
 class SlateSerializer(serializers.Serializer):
@@ -44,7 +46,16 @@ class RecommendationsApi(APIView):
         user_id = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
         session_id = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
         placement = serializers.CharField(max_length=100, required=False, default="default")
-        k = serializers.IntegerField(min_value=1, max_value=K_MAX, required=False, default=10)
+        k = serializers.IntegerField(
+            min_value=1, max_value=K_MAX, required=False, default=None, help_text="Default: the placement's size."
+        )
+        item_id = serializers.CharField(
+            max_length=200,
+            required=False,
+            default="",
+            allow_blank=True,
+            help_text="Context items (a product page's item, a cart), comma-separated: retrieval starts from them.",
+        )
 
         def validate(self, attrs: dict[str, object]) -> dict[str, object]:
             if not attrs["user_id"] and not attrs["session_id"]:
@@ -57,7 +68,8 @@ class RecommendationsApi(APIView):
         query.is_valid(raise_exception=True)
         data = query.validated_data
         user_key = data["user_id"] or f"session:{data['session_id']}"
-        slate = slate_serve(user_key=user_key, placement=data["placement"], k=data["k"])
+        context_items = [item.strip() for item in data["item_id"].split(",") if item.strip()][:CONTEXT_ITEMS_MAX]
+        slate = slate_serve(user_key=user_key, placement=data["placement"], k=data["k"], context_items=context_items)
         return Response(slate.as_dict())
 
 

@@ -70,3 +70,15 @@ def _forget_linked_sessions():
     from signals_app import services
 
     services._linked_sessions.clear()
+
+
+@pytest.fixture(autouse=True)
+def _forget_served_slates():
+    """Serving remembers each user's last slate in process memory (a fallback of last resort): per test."""
+    from surface_app.serving.rules import snapshot_forget
+    from surface_app.serving.slates import slates_forget
+
+    slates_forget()
+    snapshot_forget()
+    yield
+    slates_forget()

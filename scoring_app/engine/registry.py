@@ -81,6 +81,14 @@ def serving_model(kind: str, *, user_key: str) -> ServingModel | None:
     return serving.active
 
 
+def serving_variant(kind: str, *, user_key: str) -> str:
+    """ "canary" when this user is in the canary's share of `kind`, else "control"."""
+    serving = _serving.get(kind)
+    if serving is not None and serving.canary is not None and user_bucket(user_key) < serving.canary_percent:
+        return "canary"
+    return "control"
+
+
 def models_observe(snapshot: dict[bytes, bytes]) -> None:
     """Compare the registry snapshot read from Redis with what this process serves; load what changed."""
     for kind in _loaders:

@@ -14,13 +14,14 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from prometheus_client import Counter
@@ -79,6 +80,10 @@ class UserState:
     favourite_categories: list[str] = field(default_factory=list)
     # The model registry's serving snapshot (kind -> JSON), read in the same round trip.
     models_snapshot: dict[bytes, bytes] = field(default_factory=dict)
+    # The request's context items (product page, cart): retrieval starts from them, the slate leaves them out.
+    seeds: tuple[str, ...] = ()
+    # Replies to the caller's own reads queued on the same pipeline (`extra`).
+    extra_replies: list[Any] = field(default_factory=list)
 
 
 def _favourite_categories(affinity: dict[bytes, bytes]) -> list[str]:
@@ -92,11 +97,19 @@ def _favourite_categories(affinity: dict[bytes, bytes]) -> list[str]:
     return [category for _, category in counted[:FAVOURITE_CATEGORIES]]
 
 
-def user_state_fetch(*, user_key: str, popular_depth: int = POPULAR_DEPTH) -> UserState:
+def user_state_fetch(
+    *,
+    user_key: str,
+    popular_depth: int = POPULAR_DEPTH,
+    seeds: Sequence[str] = (),
+    extra: Callable[[redis.client.Pipeline], int] | None = None,
+) -> UserState:
     """The user's recent items and favourite categories, the popular items and the serving models, in one Redis
-    round trip."""
+    round trip. `seeds` (the item on a product page, the cart) lead the recent items as what retrieval starts
+    from; `extra` queues the caller's own reads on the same pipeline and returns how many replies they take."""
     try:
         pipeline = get_redis().pipeline(transaction=False)
+        extra_count = extra(pipeline) if extra is not None else 0
         pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_USED - 1)
         pipeline.get(redis_keys.active_model("embeddings"))
         pipeline.hgetall(redis_keys.user_affinity(user_key))
@@ -105,15 +118,19 @@ def user_state_fetch(*, user_key: str, popular_depth: int = POPULAR_DEPTH) -> Us
         replies = pipeline.execute()
     except RedisError as error:
         logger.warning("score.user_state_unavailable", extra={"error": str(error)})
-        return UserState(user_key, [], [], None, degraded=["user_state_unavailable"])
+        return UserState(user_key, list(seeds), [], None, degraded=["user_state_unavailable"], seeds=tuple(seeds))
+    extra_replies, replies = replies[:extra_count], replies[extra_count:]
     recent, model_version, affinity, snapshot = replies[:4]
+    own = [value.decode() for value in recent]
     return UserState(
         user_key=user_key,
-        recent_items=[value.decode() for value in recent],
+        recent_items=[*seeds, *(item for item in own if item not in seeds)][:RECENT_ITEMS_USED],
         popular_items=decode_popular(replies[4:], now=time.time(), depth=popular_depth),
         model_version=model_version.decode() if model_version else None,
         favourite_categories=_favourite_categories(affinity),
         models_snapshot=snapshot,
+        seeds=tuple(seeds),
+        extra_replies=extra_replies,
     )
 
 
@@ -429,7 +446,19 @@ def _catalog_popular(state: UserState, limit: int) -> list[Candidate]:
     ]
 
 
-def candidates_retrieve(*, state: UserState, limit: int = CANDIDATES_MAX) -> tuple[CandidateSet, list[str]]:
+def popular_fallback(*, state: UserState, limit: int) -> list[Candidate]:
+    """A placement's popular fallback: the online popular items in stock, or PostgreSQL's popularity when the
+    user's state (Redis) is unavailable."""
+    if "user_state_unavailable" in state.degraded:
+        return _catalog_popular(state, limit)
+    return [
+        Candidate(c.item_id, c.score, c.source, c.explanation, ("popular",)) for c in _popular_source(state)[:limit]
+    ]
+
+
+def candidates_retrieve(
+    *, state: UserState, limit: int = CANDIDATES_MAX, sources: Sequence[str] = ()
+) -> tuple[CandidateSet, list[str]]:
     """The candidate set for ranking: every source's items, deduplicated, at most `limit` (popular items alone
     give at least POPULAR_DEPTH when the catalog has them). Returns it and what degraded."""
     degraded: list[str] = []
@@ -437,15 +466,18 @@ def candidates_retrieve(*, state: UserState, limit: int = CANDIDATES_MAX) -> tup
         if "user_state_unavailable" in state.degraded:
             return CandidateSet(_catalog_popular(state, limit), []), degraded
 
+        chosen = tuple(source for source in SOURCES if not sources or source.name in sources)
+
         def build() -> bytes:
-            results, dropped = _sources_run(state, SOURCES)
+            results, dropped = _sources_run(state, chosen)
             built = CandidateSet(_merge(state, results)[:limit], dropped)
             payload = orjson.dumps({"c": orjson.loads(built.as_bytes()), "d": dropped})
             # A set missing a late source is served but not cached: the next request tries again.
             return Uncacheable(payload) if dropped else payload
 
         key = "\x1f".join([
-            state.model_version or "", str(limit), ",".join(state.favourite_categories), *state.recent_items
+            state.model_version or "", str(limit), ",".join(state.favourite_categories), ",".join(sources),
+            *state.recent_items,
         ])  # fmt: skip
         version = hashlib.sha1(key.encode()).hexdigest()[:20]
         try:

@@ -50,6 +50,8 @@ class ScoreResult:
     degraded: list[str] = field(default_factory=list)
     # What the bandit learns from (its context, the offered actions, propensities), when it chose the slate.
     bandit_log: Any = None
+    # "canary" when the model that chose the slate is this user's canary, else "control".
+    variant: str = "control"
 
 
 def _scored(candidate: Candidate, score: float, propensity: float | None = None) -> ScoredItem:
@@ -107,7 +109,18 @@ def _reason(ranker: registry.ServingModel | None, items: list[ScoredItem], state
     return "low_confidence"
 
 
-def slate_score(*, state: UserState, candidate_set: CandidateSet, placement: str, k: int) -> ScoreResult:
+def slate_score(
+    *,
+    state: UserState,
+    candidate_set: CandidateSet,
+    placement: str,
+    k: int,
+    scorer: str = "auto",
+    explore_slot: int | None = None,
+) -> ScoreResult:
+    """`scorer`: auto (ranker, bandit when unsure), ranker (never the bandit), bandit (never the ranker),
+    retrieval (retrieval's order). `explore_slot`: where a new item explored by the bandit goes in a ranked list
+    (default: the last of the k); the Surface asks for more than it shows and puts it on the shelf."""
     registry.models_observe(state.models_snapshot)
     degraded: list[str] = []
     candidates = candidate_set.candidates
@@ -124,7 +137,9 @@ def slate_score(*, state: UserState, candidate_set: CandidateSet, placement: str
         return _fallback(candidates, k, state.model_version, ["features_unavailable"])
     candidates, features = _in_stock(features, candidates)
 
-    ranker = registry.serving_model(RANKER, user_key=state.user_key)
+    if scorer == "retrieval":
+        return _fallback(candidates, k, state.model_version, degraded)
+    ranker = registry.serving_model(RANKER, user_key=state.user_key) if scorer != "bandit" else None
     items: list[ScoredItem] = []
     confidence = 0.0
     offered = candidates
@@ -136,25 +151,34 @@ def slate_score(*, state: UserState, candidate_set: CandidateSet, placement: str
             degraded.append(f"ranker_failed:{type(error).__name__}")
             items = []
         if items and confidence >= settings.SCORE_MIN_RANKER_CONFIDENCE:
-            explored = _new_item_slot(state, items, candidates, features, placement)
+            slot = min(k, explore_slot + 1 if explore_slot is not None else k) - 1
+            explored = _new_item_slot(state, items, candidates, features, placement, slot)
             if explored is not None:
-                return ScoreResult(explored[0], confidence, PATH_RANKER, ranker.version, degraded, explored[1])
-            return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded)
+                return ScoreResult(
+                    explored[0], confidence, PATH_RANKER, ranker.version, degraded, explored[1], _variant(state)
+                )
+            return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded, variant=_variant(state))
 
-    bandit_result = _bandit(state, offered, placement, k, _reason(ranker, items, state))
+    bandit_result = _bandit(state, offered, placement, k, _reason(ranker, items, state)) if scorer != "ranker" else None
     if bandit_result is not None:
         return ScoreResult(
             bandit_result.items, bandit_result.confidence, PATH_BANDIT, bandit_result.model_version,
             degraded + bandit_result.degraded, bandit_result.bandit_log,
         )  # fmt: skip
     if items and ranker is not None:
-        return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded)
-    if ranker is None:
+        return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded, variant=_variant(state))
+    if ranker is None and scorer != "bandit":
         degraded.append("ranker_unavailable")
     return _fallback(candidates, k, state.model_version, degraded)
 
 
 _random = random.Random()
+
+
+def _variant(state: UserState) -> str:
+    return registry.serving_variant(RANKER, user_key=state.user_key)
+
+
 # A new item (no popularity yet, created within this many days) cannot earn a ranker score: the bandit may give it
 # the last slot of a ranked slate, so new items are explored (and their propensity logged) on every shelf.
 NEW_ITEM_DAYS = 30.0
@@ -162,10 +186,15 @@ EXPLORATION_MIN_SLOTS = 4
 
 
 def _new_item_slot(
-    state: UserState, items: list[ScoredItem], candidates: list[Candidate], features: FeatureMatrix, placement: str
+    state: UserState,
+    items: list[ScoredItem],
+    candidates: list[Candidate],
+    features: FeatureMatrix,
+    placement: str,
+    slot: int,
 ) -> tuple[list[ScoredItem], Any] | None:
-    """The ranked slate with its last slot chosen by the bandit among new items, or None."""
-    if len(items) < EXPLORATION_MIN_SLOTS:
+    """The ranked list with the bandit's pick among new items at `slot`, or None."""
+    if slot + 1 < EXPLORATION_MIN_SLOTS or len(items) <= slot:
         return None
     shown = {item.item_id for item in items}
     popularity = np.nan_to_num(features.column("item_popularity_7d"), nan=0.0)
@@ -180,7 +209,7 @@ def _new_item_slot(
     explored = _bandit(state, new, placement, 1, "new_items")
     if explored is None or not explored.items:
         return None
-    return [*items[:-1], explored.items[0]], explored.bandit_log
+    return [*items[:slot], explored.items[0], *items[slot:-1]], explored.bandit_log
 
 
 def _bandit(state: UserState, offered: list[Candidate], placement: str, k: int, reason: str) -> ScoreResult | None:

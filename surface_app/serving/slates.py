@@ -1,4 +1,14 @@
-"""Assemble the slate a storefront shows, and log the impression with it."""
+"""Assemble the slate a storefront shows: Score's ranked list, the placement's business rules, diversity, pins,
+frequency caps and fallbacks, then the impression log, in the request (hot path: no ORM, rules from the in-process
+snapshot).
+
+Degradation is the default behaviour, not an exception path: the shopper never sees an error. Each step gets
+what is left of the placement's deadline:
+- Score late or failing: the placement's fallback chain (by default popular items first);
+- Graph (the user's online state) failing: a session-only result, from the request's context items;
+- everything failing: the last slate served to this user in this placement, or the placement's default list.
+`degraded` names every reason, and `surface_degraded_total{reason}` counts them.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +16,30 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+import orjson
+import redis
+from django.db import DatabaseError
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from personalization import redis_keys
 from personalization.redis_client import get_redis
-from scoring_app.engine.retrieval import candidates_retrieve, user_state_fetch
-from scoring_app.engine.scoring import ScoredItem, slate_score
+from scoring_app.engine.retrieval import (
+    UserState,
+    candidates_retrieve,
+    popular_fallback,
+    similar_items,
+    user_state_fetch,
+)
+from scoring_app.engine.scoring import ScoredItem, ScoreResult, slate_score
+from surface_app.serving import caps as frequency_caps
 from surface_app.serving.impressions import NoScriptError, impression_script
+from surface_app.serving.rules import PlacementConfig, RankedItem, rules_apply, snapshot_observe
 
 if TYPE_CHECKING:
     from scoring_app.engine.bandit import BanditLog
@@ -24,13 +48,33 @@ logger = logging.getLogger(__name__)
 
 # Served slates are kept this long so that later clicks and purchases can be attributed to them.
 SLATE_TTL_SECONDS = 7 * 24 * 3600
+# Time kept back from a placement's deadline for the Surface's own work (rules, caps, logging).
+SURFACE_RESERVE_MS = 8.0
+# Items Score is asked for beyond the slate's size, so that filters and caps leave enough.
+OVERFETCH = 4
+LAST_SLATES_KEPT = 10_000
+CONFIG_VERSION_KEY = "surface:config-version"
+
+DEGRADED = Counter("surface_degraded_total", "Degraded slates, by reason.", ["reason"])
+FILTERED = Counter("surface_filtered_total", "Items removed by business rules, caps and filters.", ["reason"])
+
+
+@dataclass(frozen=True)
+class SlateItem:
+    item_id: str
+    score: float
+    source: str
+    explanation: str
+    sources: tuple[str, ...]
+    propensity: float | None = None
+    rules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Slate:
     request_id: str
     placement: str
-    items: list[ScoredItem]
+    items: list[SlateItem]
     confidence: float
     model_version: str | None
     degraded: list[str] = field(default_factory=list)
@@ -38,43 +82,366 @@ class Slate:
     path: str = "fallback"
     # Set when the contextual bandit chose items (`scoring_app.engine.bandit.bandit_log`): logged for its learning.
     bandit: BanditLog | None = None
+    variant: str = "control"
 
     def as_dict(self) -> dict[str, object]:
         return {
             "request_id": self.request_id,
             "placement": self.placement,
-            "items": [asdict(candidate) for candidate in self.items],
+            "items": [
+                {
+                    "item_id": item.item_id, "score": item.score, "source": item.source,
+                    "explanation": item.explanation, "sources": list(item.sources), "propensity": item.propensity,
+                    "rules": list(item.rules),
+                }
+                for item in self.items
+            ],
             "confidence": self.confidence,
             "model_version": self.model_version,
             "path": self.path,
             "degraded": self.degraded,
-        }
+        }  # fmt: skip
 
 
-def slate_serve(*, user_key: str, placement: str, k: int) -> Slate:
-    state = user_state_fetch(user_key=user_key)
-    candidate_set, retrieval_degraded = candidates_retrieve(state=state)
-    result = slate_score(state=state, candidate_set=candidate_set, placement=placement, k=k)
+# The last slate served per (user, placement) in this process: what serves when Redis is down too.
+_last_slates: OrderedDict[tuple[str, str], list[SlateItem]] = OrderedDict()
+
+
+@dataclass
+class _SurfaceReads:
+    """Surface's own reads, queued on the state round trip: configuration version, traits, caps, last slate."""
+
+    user_key: str
+    placement: str
+    now: float
+    horizon: int
+    count: int = 0
+
+    def queue(self, pipeline: redis.client.Pipeline) -> int:
+        pipeline.get(CONFIG_VERSION_KEY)
+        pipeline.get(redis_keys.user_traits(self.user_key))
+        pipeline.get(redis_keys.user_last_slate(self.user_key, self.placement))
+        pipeline.zrange(redis_keys.user_purchased(self.user_key), 0, -1)
+        before = len(pipeline.command_stack)
+        if self.horizon:  # no cap, no cool-down: nothing to read
+            frequency_caps.caps_queue(pipeline, user_key=self.user_key, now=self.now, horizon_seconds=self.horizon)
+        self.count = 4 + len(pipeline.command_stack) - before
+        return self.count
+
+
+def _degrade(degraded: list[str], reason: str) -> None:
+    degraded.append(reason)
+    DEGRADED.labels(reason=reason.split(":", 1)[0]).inc()
+
+
+def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_items: Sequence[str] = ()) -> Slate:
+    started = time.perf_counter()
+    now = time.time()
+    from surface_app.serving.rules import snapshot_current
+
+    config = snapshot_current().placement(placement)
+    horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
+    reads = _SurfaceReads(user_key, placement, now, horizon)
+    state = user_state_fetch(user_key=user_key, seeds=list(context_items), extra=reads.queue)
+    degraded = list(state.degraded)
+    traits: dict[str, Any] = {}
+    last_slate: list[str] = []
+    cap_state: Any = None
+    purchased: set[str] = set()
+    if state.extra_replies:
+        version, raw_traits, raw_last, raw_purchased = state.extra_replies[:4]
+        purchased = {item.decode() for item in raw_purchased}
+        snapshot = snapshot_observe(version)
+        traits = _json_dict(raw_traits)
+        last_slate = [str(item) for item in orjson.loads(raw_last)] if raw_last else []
+        if len(state.extra_replies) > 4:
+            cap_state = frequency_caps.caps_decode(state.extra_replies[4:], now=now)
+    else:
+        snapshot = snapshot_observe(None)
+    config = snapshot.placement(placement)
+    if cap_state is None and config.cap_specs and state.extra_replies:
+        cap_state = _caps_read(user_key, config, now, degraded)
+    size = k or config.size
+    want = size * OVERFETCH + len(snapshot.pinnable)
+    deadline = started + config.deadline_ms / 1000
+
+    result: ScoreResult | None = None
+    if "user_state_unavailable" in degraded:
+        _degrade(degraded, "graph_unavailable")
+        items = _session_only(state.seeds, want, degraded)
+    else:
+        try:
+            candidate_set, retrieval_degraded = candidates_retrieve(state=state, sources=config.sources)
+            degraded += [*retrieval_degraded, *candidate_set.dropped]
+            if (time.perf_counter() - started) * 1000 > config.deadline_ms - SURFACE_RESERVE_MS:
+                _degrade(degraded, "score_late")
+                items = []
+            else:
+                result = slate_score(
+                    state=state, candidate_set=candidate_set, placement=placement, k=want, scorer=config.scorer,
+                    explore_slot=size - 1,
+                )  # fmt: skip
+                degraded += result.degraded
+                items = [_ranked(item) for item in result.items]
+        except Exception as error:  # Score failing must not fail the shelf
+            logger.exception("surface.score_failed")
+            _degrade(degraded, f"score_failed:{type(error).__name__}")
+            items = []
+    items = [item for item in items if item.item_id not in set(state.seeds)]
+    slate_items, cap_items = _apply_rules(
+        items=items, config=config, snapshot=snapshot, traits=traits, now=now, cap_state=cap_state, size=size,
+        placement=placement, purchased=purchased, user_key=user_key,
+    )  # fmt: skip
+    if len(slate_items) < size:
+        slate_items = _fill(
+            slate_items, config=config, state=state, last_slate=last_slate, user_key=user_key, size=size,
+            degraded=degraded, personal=bool(items),
+        )  # fmt: skip
+    if time.perf_counter() > deadline:
+        _degrade(degraded, "deadline_exceeded")
     slate = Slate(
         request_id=uuid.uuid4().hex,
         placement=placement,
-        items=result.items,
-        confidence=result.confidence,
-        model_version=result.model_version,
-        degraded=[*state.degraded, *retrieval_degraded, *candidate_set.dropped, *result.degraded],
-        path=result.path,
-        bandit=result.bandit_log,
+        items=slate_items[:size],
+        confidence=_confidence(result, slate_items[:size], size),
+        model_version=result.model_version if result is not None else state.model_version,
+        degraded=degraded,
+        path=result.path if result is not None and items else "fallback",
+        bandit=result.bandit_log if result is not None else None,
+        variant=result.variant if result is not None else "control",
     )
+    slate = _caps_enforce(
+        slate, config=config, user_key=user_key, now=now, reserve=slate_items[size:], cap_items=cap_items,
+        retention=snapshot.caps_retention_seconds,
+    )  # fmt: skip
     _impression_log(slate=slate, user_key=user_key)
+    _last_slates[(user_key, placement)] = slate.items
+    _last_slates.move_to_end((user_key, placement))
+    while len(_last_slates) > LAST_SLATES_KEPT:
+        _last_slates.popitem(last=False)
     return slate
+
+
+def _caps_read(user_key: str, config: PlacementConfig, now: float, degraded: list[str]) -> Any:
+    """The caps' reads, when the snapshot learned of caps only in this request (a configuration change)."""
+    try:
+        pipeline = get_redis().pipeline(transaction=False)
+        horizon = frequency_caps.caps_horizon(config.cap_specs)
+        frequency_caps.caps_queue(pipeline, user_key=user_key, now=now, horizon_seconds=horizon)
+        return frequency_caps.caps_decode(pipeline.execute(), now=now)
+    except RedisError:
+        _degrade(degraded, "caps_unavailable")
+        return None
+
+
+def _confidence(result: ScoreResult | None, items: list[SlateItem], size: int) -> float:
+    """The model's confidence; without a model, the share of slots filled from the user's own signals."""
+    if result is not None and result.path != "fallback":
+        return result.confidence
+    personal = sum(1 for item in items if item.source not in ("popular", "fresh", "default", "last_slate"))
+    return round(personal / size, 4) if size else 0.0
+
+
+def slates_forget() -> None:
+    """Tests: forget the last slates this process served."""
+    _last_slates.clear()
+
+
+def _json_dict(raw: bytes | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _ranked(item: ScoredItem) -> RankedItem:
+    return RankedItem(item.item_id, item.score, item.source, item.explanation, item.sources, item.propensity)
+
+
+def _item_facts(items: list[RankedItem], user_key: str) -> None:
+    """Category, brand and entities of the items, from the catalog copy in Redis (one round trip)."""
+    if not items:
+        return
+    try:
+        key = redis_keys.catalog_entities(redis_keys.partition_of(user_key))  # every partition has the same copy
+        payloads = get_redis().hmget(key, [item.item_id for item in items])
+    except RedisError:
+        return
+    for item, payload in zip(items, payloads, strict=True):
+        if not isinstance(payload, bytes):
+            continue
+        keys = payload.decode().split("|")
+        item.entities = tuple(keys)
+        for key in keys:
+            kind, _, value = key.partition(":")
+            if kind == "category" and not item.category:
+                item.category = value
+            elif kind == "brand" and not item.brand:
+                item.brand = value
+
+
+def _apply_rules(
+    *,
+    items: list[RankedItem],
+    config: PlacementConfig,
+    snapshot: Any,
+    traits: dict[str, Any],
+    now: float,
+    cap_state: Any,
+    size: int,
+    placement: str,
+    purchased: set[str],
+    user_key: str,
+) -> tuple[list[SlateItem], dict[str, Any]]:
+    """The slate candidates in order (backfill after), and what the caps need to know of each."""
+    rules = snapshot.rules_for(placement)
+    pinned = {rule.item_ids[0] for rule in rules if rule.kind == "pin" and rule.item_ids}
+    extra = [RankedItem(item_id, 0.0, "pin", "", ("pin",)) for item_id in pinned if item_id in snapshot.pinnable]
+    _item_facts([*items, *extra], user_key)
+    pinned_by_id = {item.item_id: item for item in extra}
+    facts = {item.item_id: _cap_item(item) for item in [*items, *extra]}
+    capped: dict[str, str] = {}
+    if cap_state is not None and config.cap_specs:
+        capped = frequency_caps.caps_block_reasons(cap_state, config.cap_specs, list(facts.values()), placement)
+
+    def blocked(item: RankedItem) -> str | None:
+        if config.exclude_purchased and item.item_id in purchased:
+            return "already_purchased"
+        return capped.get(item.item_id)
+
+    ordered, backfill, removed = rules_apply(
+        items=items, rules=rules, config=config, traits=traits, now=now, blocked=blocked,
+        pinned_facts=pinned_by_id.get, size=size,
+    )  # fmt: skip
+    for reason, count in removed.items():
+        FILTERED.labels(reason=reason.split(":", 1)[0]).inc(count)
+    everything = [*ordered, *backfill]
+    # Pins may have set a campaign: the caps count it.
+    facts.update({item.item_id: _cap_item(item) for item in everything if item.campaign})
+    return [_slate_item(item) for item in everything], facts
+
+
+def _cap_item(item: RankedItem) -> Any:
+    # Entity caps count brands, creators, themes... (the category has its own scope).
+    entities = tuple(key for key in item.entities if not key.startswith("category:"))
+    return frequency_caps.CapItem(item.item_id, item.category, entities, item.campaign)
+
+
+def _slate_item(item: RankedItem) -> SlateItem:
+    return SlateItem(
+        item.item_id, round(item.score, 6), item.source, item.explanation, item.sources or (item.source,),
+        item.propensity, tuple(item.rules),
+    )  # fmt: skip
+
+
+def _session_only(seeds: Sequence[str], want: int, degraded: list[str]) -> list[RankedItem]:
+    """Graph is down: items similar to the request's own context (pgvector), with no user state."""
+    found: dict[str, RankedItem] = {}
+    for seed in seeds:
+        try:
+            for candidate in similar_items(item_id=seed, k=want):
+                found.setdefault(
+                    candidate.item_id,
+                    RankedItem(candidate.item_id, candidate.score, "session", candidate.explanation, ("session",)),
+                )
+        except Exception as error:
+            _degrade(degraded, f"session_failed:{type(error).__name__}")
+            break
+    return sorted(found.values(), key=lambda item: item.score, reverse=True)[:want]
+
+
+def _fill(
+    items: list[SlateItem],
+    *,
+    config: PlacementConfig,
+    state: UserState,
+    last_slate: list[str],
+    user_key: str,
+    size: int,
+    degraded: list[str],
+    personal: bool,
+) -> list[SlateItem]:
+    """Short of items: the placement's fallback chain, in its order, until the shelf is full."""
+    seeds = state.seeds
+    chosen = list(items)
+    taken = {item.item_id for item in chosen} | set(seeds) | set(state.recent_items)
+    for step in config.fallbacks:
+        if len(chosen) >= size:
+            break
+        if step == "popular":
+            try:
+                popular = popular_fallback(state=state, limit=size * OVERFETCH)
+            except DatabaseError as error:
+                _degrade(degraded, f"popular_failed:{type(error).__name__}")
+                popular = []
+            extra = [SlateItem(c.item_id, c.score, c.source, c.explanation, c.sources) for c in popular]
+        elif step == "session":
+            extra = [_slate_item(item) for item in _session_only(seeds, size, degraded)] if seeds else []
+        elif step == "last_slate":
+            remembered = _last_slates.get((user_key, config.name)) or [
+                SlateItem(i, 0.0, "last_slate", "Picked for you earlier", ("last_slate",)) for i in last_slate
+            ]
+            extra = list(remembered)
+        elif step == "default_list":
+            extra = [SlateItem(i, 0.0, "default", "Our selection", ("default",)) for i in config.default_items]
+        else:
+            continue
+        added = 0
+        for item in extra:
+            if len(chosen) >= size:
+                break
+            if item.item_id not in taken:
+                chosen.append(item)
+                taken.add(item.item_id)
+                added += 1
+        if added and not personal:
+            _degrade(degraded, f"fallback_{step}")
+    return chosen
+
+
+def _caps_enforce(
+    slate: Slate,
+    *,
+    config: PlacementConfig,
+    user_key: str,
+    now: float,
+    reserve: list[SlateItem],
+    cap_items: dict[str, Any],
+    retention: int,
+) -> Slate:
+    """Caps are checked again and recorded atomically in Redis as the slate is served: a refused item is replaced
+    by the next eligible one (two requests of one user at once never exceed a cap)."""
+    if not config.caps or not slate.items:
+        return slate
+    shown = {item.item_id for item in slate.items}
+    offered = [*slate.items, *(item for item in reserve if item.item_id not in shown)]
+    try:
+        refused = set(
+            frequency_caps.caps_enforce_and_record(
+                user_key=user_key, placement=slate.placement, request_id=slate.request_id,
+                items=[cap_items.get(item.item_id) or frequency_caps.CapItem(item.item_id) for item in offered],
+                specs=list(config.caps), now=now, limit=len(slate.items), retention_seconds=retention,
+            )
+        )  # fmt: skip
+    except RedisError:
+        _degrade(slate.degraded, "caps_unavailable")
+        return slate
+    if not refused:
+        return slate
+    FILTERED.labels(reason="cap").inc(len(refused))
+    items = [item for item in offered if item.item_id not in refused][: len(slate.items)]
+    return Slate(**{**slate.__dict__, "items": items})
 
 
 def _impression_log(*, slate: Slate, user_key: str) -> None:
     """The served slate, kept for attribution (7 days) and logged as impressions, in one round trip."""
     served_at = time.time()
     items: list[dict[str, object]] = [
-        {"item_id": candidate.item_id, "slot": slot, "score": candidate.score, "source": candidate.source}
-        for slot, candidate in enumerate(slate.items)
+        {"item_id": item.item_id, "slot": slot, "score": item.score, "source": item.source}
+        for slot, item in enumerate(slate.items)
     ]
     record: dict[str, object] = {
         "request_id": slate.request_id,
@@ -84,7 +451,13 @@ def _impression_log(*, slate: Slate, user_key: str) -> None:
         "served_at": served_at,
         "items": items,
     }
-    logged = record
+    # The log also keeps which arm and path served, and the rules that touched each item (not needed in the
+    # slate kept for attribution).
+    logged_items = [
+        {**entry, "rules": list(item.rules)} if item.rules else entry
+        for entry, item in zip(items, slate.items, strict=True)
+    ]
+    logged: dict[str, object] = {**record, "items": logged_items, "variant": slate.variant, "path": slate.path}
     if slate.bandit is not None:
         # Only the log needs what the bandit learns from (not the slate kept 7 days in Redis for attribution): its
         # items carry their propensity and features, and the offered actions it did not pick ride along once.
@@ -93,19 +466,23 @@ def _impression_log(*, slate: Slate, user_key: str) -> None:
             {**item, "propensity": pick.propensity, "features": pick.features}
             if (pick := picks.get(str(item["item_id"]))) is not None
             else item
-            for item in items
+            for item in logged_items
         ]
         bandit = {"shared": slate.bandit.shared, "unshown": slate.bandit.unshown}
-        logged = {**record, "items": logged_items, "bandit": bandit}
+        logged = {**logged, "items": logged_items, "bandit": bandit}
     client = get_redis()
     for attempt in range(2):
         try:
             pipeline = client.pipeline(transaction=False)
             pipeline.set(redis_keys.slate(slate.request_id), json.dumps(record), ex=SLATE_TTL_SECONDS)
+            pipeline.set(
+                redis_keys.user_last_slate(user_key, slate.placement),
+                orjson.dumps([item.item_id for item in slate.items]), ex=SLATE_TTL_SECONDS,
+            )  # fmt: skip
             if items:
                 impression_script.queue(
                     client, pipeline, user_key=user_key, placement=slate.placement, served_at=served_at,
-                    record=logged, item_ids=[candidate.item_id for candidate in slate.items],
+                    record=logged, item_ids=[item.item_id for item in slate.items],
                 )  # fmt: skip
             pipeline.execute()
             return

@@ -124,7 +124,11 @@ def test_redis_outage_degrades_to_catalog_popularity(api_client, monkeypatch):
     assert response.status_code == 200
     body = response.json()
     assert [item["item_id"] for item in body["items"]] == ["popular", "less"]
-    assert body["degraded"] == ["user_state_unavailable", "impression_log_failed"]
+    # Graph (the user's state) is down: no session context to serve from, so the placement's popular fallback,
+    # from PostgreSQL.
+    assert body["degraded"] == [
+        "user_state_unavailable", "graph_unavailable", "fallback_popular", "impression_log_failed"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -203,6 +207,7 @@ def test_a_cold_user_gets_explained_knowledge_graph_neighbours_first(
     assert items[0] == {
         "item_id": "tea-pot", "score": items[0]["score"], "source": "graph",
         "explanation": "Because you like Retrospot", "sources": ["graph", "similar", "fresh"], "propensity": None,
+        "rules": [],
     }  # fmt: skip
     assert "cake-tin" not in {item["item_id"] for item in items}  # out of stock
     assert "tea-cup" not in {item["item_id"] for item in items}  # already seen

@@ -1,0 +1,152 @@
+"""Compiling placements, rules and caps into the serving snapshot (control plane: the ORM is fine here).
+
+A rule's item condition is evaluated here, once, into the set of catalog items it matches, so serving checks set
+membership instead of reading item attributes. Catalog changes bump the configuration version (see
+`surface_app.services.surface_config_changed`), so the sets follow the catalog within seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from graph_app.models import Item, ItemEntity
+from surface_app.models import BusinessRule, FrequencyCap, Placement
+from surface_app.serving.caps import CapSpec
+from surface_app.serving.rules import OPERATORS, CompiledRule, Condition, PlacementConfig, RulesSnapshot
+
+_LOOKUPS = {"eq": "exact", "in": "in", "lt": "lt", "lte": "lte", "gt": "gt", "gte": "gte", "contains": "icontains"}
+ITEM_FIELDS = ("category", "price", "brand", "title", "in_stock")
+
+
+class ConditionError(ValueError):
+    """A condition that cannot be compiled; the message says what is wrong, for the console's forms."""
+
+
+def conditions_parse(raw: Any, *, prefix: str = "") -> tuple[Condition, ...]:
+    """A condition or a list of them, as stored on a rule; raises ConditionError naming the problem."""
+    if not raw:
+        return ()
+    entries = raw if isinstance(raw, list) else [raw]
+    parsed = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not {"field", "op", "value"} <= set(entry):
+            raise ConditionError('Each condition needs "field", "op" and "value".')
+        field_name, op = str(entry["field"]), str(entry["op"])
+        if op not in OPERATORS:
+            raise ConditionError(f"Unknown operator '{op}'; use one of {', '.join(OPERATORS)}.")
+        if prefix and not field_name.startswith(prefix):
+            raise ConditionError(f"Audience conditions are on user traits: write '{prefix}<name>'.")
+        if not prefix and not (field_name in ITEM_FIELDS or field_name.startswith("attributes.")):
+            raise ConditionError(
+                f"Unknown item field '{field_name}'; use {', '.join(ITEM_FIELDS)} or attributes.<name>."
+            )
+        if op == "in" and not isinstance(entry["value"], list):
+            raise ConditionError('"in" needs a list of values.')
+        parsed.append(Condition(field_name[len(prefix) :] if prefix else field_name, op, entry["value"]))
+    return tuple(parsed)
+
+
+def _item_q(condition: Condition) -> Q:
+    if condition.field == "brand":
+        brands = ItemEntity.objects.filter(entity__kind="brand")
+        if condition.op in ("eq", "ne"):
+            matching = brands.filter(entity__external_id=condition.value)
+        elif condition.op == "in":
+            matching = brands.filter(entity__external_id__in=condition.value)
+        else:
+            matching = brands.filter(**{f"entity__external_id__{_LOOKUPS[condition.op]}": condition.value})
+        q = Q(pk__in=matching.values("item_id"))
+    else:
+        path = condition.field.replace(".", "__")
+        lookup = "exact" if condition.op == "ne" else _LOOKUPS[condition.op]
+        q = Q(**{f"{path}__{lookup}": condition.value})
+    return ~q if condition.op == "ne" else q
+
+
+def item_matches(conditions: tuple[Condition, ...]) -> frozenset[str] | None:
+    if not conditions:
+        return None
+    query = Q()
+    for condition in conditions:
+        query &= _item_q(condition)
+    return frozenset(Item.objects.filter(query).values_list("external_id", flat=True))
+
+
+def _caps(rows: list[FrequencyCap]) -> tuple[tuple[CapSpec, ...], int]:
+    caps = tuple(
+        CapSpec(
+            scope=row.scope,
+            max_impressions=row.max_impressions,
+            window_seconds=row.window_seconds,
+            name=row.name,
+            # A cap set on one placement counts that placement's impressions; a global one counts them all.
+            per_placement=row.placement_id is not None,
+        )
+        for row in rows
+        if row.scope != FrequencyCap.Scope.COOLDOWN
+    )
+    cooldown = max((row.window_seconds for row in rows if row.scope == FrequencyCap.Scope.COOLDOWN), default=0)
+    return caps, cooldown
+
+
+def rules_snapshot_build() -> RulesSnapshot:
+    now = timezone.now()
+    caps = list(FrequencyCap.objects.filter(enabled=True))
+    global_caps = [cap for cap in caps if cap.placement_id is None]
+    placements: dict[str, PlacementConfig] = {}
+    for placement in Placement.objects.filter(enabled=True):
+        specs, cooldown = _caps([*global_caps, *(cap for cap in caps if cap.placement_id == placement.pk)])
+        placements[placement.name] = PlacementConfig(
+            name=placement.name,
+            context=placement.context,
+            size=placement.size,
+            sources=tuple(placement.sources or ()),
+            scorer=placement.scorer,
+            fallbacks=tuple(placement.fallbacks or ()),
+            default_items=tuple(placement.default_items or ()),
+            deadline_ms=placement.deadline_ms,
+            max_per_category=placement.max_per_category,
+            max_per_brand=placement.max_per_brand,
+            exclude_purchased=placement.exclude_purchased,
+            caps=specs,
+            cooldown_seconds=cooldown,
+        )
+    global_specs, global_cooldown = _caps(global_caps)
+    compiled = []
+    pinned: set[str] = set()
+    rules = BusinessRule.objects.filter(enabled=True).filter(Q(valid_until__isnull=True) | Q(valid_until__gt=now))
+    for rule in rules.select_related("placement").order_by("-priority", "-updated_at"):
+        try:
+            matches = item_matches(conditions_parse(rule.condition))
+            audience = conditions_parse(rule.audience, prefix="traits.")
+        except ConditionError:
+            continue  # the console refuses these; one saved before a validation change must not stop serving
+        compiled.append(
+            CompiledRule(
+                name=rule.name,
+                kind=rule.kind,
+                priority=rule.priority,
+                placement=rule.placement.name if rule.placement else None,
+                valid_from=rule.valid_from.timestamp() if rule.valid_from else None,
+                valid_until=rule.valid_until.timestamp() if rule.valid_until else None,
+                audience=audience,
+                matches=matches,
+                factor=float(rule.factor),
+                item_ids=tuple(str(item_id) for item_id in rule.item_ids or ()),
+                slot=rule.slot,
+                campaign=rule.campaign,
+            )
+        )
+        if rule.kind == BusinessRule.Kind.PIN:
+            pinned.update(str(item_id) for item_id in rule.item_ids or ())
+    pinnable = frozenset(
+        Item.objects.filter(external_id__in=pinned, in_stock=True).values_list("external_id", flat=True)
+    )
+    return RulesSnapshot(
+        version=b"", placements=placements, rules=tuple(compiled), pinnable=pinnable, global_caps=global_specs,
+        global_cooldown_seconds=global_cooldown,
+        caps_retention_seconds=max((cap.window_seconds for cap in caps if cap.scope != "cooldown"), default=0),
+    )  # fmt: skip

@@ -1,0 +1,211 @@
+"""The Surface layer through the API: placements, rules after the model, caps, fallbacks, impressions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.db import DatabaseError
+
+from graph_app.online import catalog_online_rebuild
+from personalization import redis_keys
+from signals_app.consumer import events_drain_all
+from signals_app.models import Impression
+from signals_app.services import events_ingest
+from surface_app.models import BusinessRule, FrequencyCap, Placement
+from surface_app.serving import slates
+from surface_app.serving.rules import snapshot_forget
+from tests.conftest import dead_redis
+from tests.factories import ItemFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def unit(*weights: float) -> list[float]:
+    vector = np.zeros(64)
+    vector[: len(weights)] = weights
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+@pytest.fixture
+def shop(clean_redis):
+    """Mugs near the anchor, in decreasing similarity; a bottle of wine; the user viewed the anchor."""
+    ItemFactory(external_id="anchor", category="mugs", embedding=unit(1, 0))
+    for index in range(1, 7):
+        ItemFactory(external_id=f"mug-{index}", category="mugs", embedding=unit(1, index * 0.1))
+    ItemFactory(external_id="wine", category="drinks", embedding=unit(1, 0.05), attributes={"age_restricted": True})
+    ItemFactory(external_id="tea", category="drinks", embedding=unit(1, 0.75))
+    # The catalog copy serving reads (published after commit in production).
+    catalog_online_rebuild()
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "anchor")
+
+
+def shelf(api_client, user: str = "u1", placement: str = "home", **params) -> dict:
+    snapshot_forget()  # rules written in this test's transaction: compile them inline
+    response = api_client.get("/api/v1/recommendations", {"user_id": user, "placement": placement, **params})
+    assert response.status_code == 200
+    return response.json()
+
+
+def ids(body: dict) -> list[str]:
+    return [item["item_id"] for item in body["items"]]
+
+
+def test_a_placement_sets_the_shelf_size(api_client, shop):
+    Placement.objects.create(name="home", size=3)
+
+    assert ids(shelf(api_client)) == ["wine", "mug-1", "mug-2"]
+
+
+def test_a_compliance_filter_hides_age_restricted_items_from_minors_only(
+    api_client, shop, django_capture_on_commit_callbacks
+):
+    Placement.objects.create(name="home", size=3)
+    BusinessRule.objects.create(
+        name="No alcohol for minors", kind="filter",
+        condition={"field": "attributes.age_restricted", "op": "eq", "value": True},
+        audience={"field": "traits.age", "op": "lt", "value": 18},
+    )  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api_client.put("/api/v1/users/u1", {"traits": {"age": 16}}, format="json").status_code == 201
+    clean = shelf(api_client)
+    assert "wine" not in ids(clean)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        api_client.put("/api/v1/users/u1", {"traits": {"age": 30}}, format="json")
+    assert ids(shelf(api_client))[0] == "wine"
+
+
+def test_pins_boosts_buries_and_blocks_apply_in_their_documented_order(api_client, shop):
+    home = Placement.objects.create(name="home", size=4)
+    BusinessRule.objects.create(name="Tea promo", kind="pin", placement=home, item_ids=["tea"], slot=1,
+                                campaign="Tea time")  # fmt: skip
+    BusinessRule.objects.create(name="No wine", kind="block", item_ids=["wine"])
+    BusinessRule.objects.create(name="Bury mug-1", kind="bury", factor=10,
+                                condition={"field": "price", "op": "gte", "value": 0}, placement=None)  # fmt: skip
+    BusinessRule.objects.create(name="Mug 3 week", kind="boost", factor=50,
+                                condition={"field": "title", "op": "eq", "value": "nothing"})  # fmt: skip
+
+    body = shelf(api_client)
+
+    assert ids(body)[0] == "tea"
+    assert body["items"][0]["explanation"] == "Pinned by campaign Tea time"
+    assert body["items"][0]["rules"] == ["bury:Bury mug-1", "pin:Tea promo"]  # tea was a candidate too
+    assert "wine" not in ids(body)
+    assert ids(body)[1:] == ["mug-1", "mug-2", "mug-3"]  # buried together: their order holds
+    assert all(item["rules"] == ["bury:Bury mug-1"] for item in body["items"][1:])
+
+
+def test_diversity_limits_items_of_one_category(api_client, shop):
+    Placement.objects.create(name="home", size=4, max_per_category=2)
+
+    assert ids(shelf(api_client)) == ["wine", "mug-1", "mug-2", "tea"]
+
+
+def test_an_item_capped_per_day_leaves_the_shelf_after_its_impressions(api_client, shop):
+    home = Placement.objects.create(name="home", size=2)
+    FrequencyCap.objects.create(name="twice a day", scope="item", placement=home, max_impressions=2,
+                                window_seconds=86400)  # fmt: skip
+
+    first, second, third = (ids(shelf(api_client)) for _ in range(3))
+
+    assert first == second == ["wine", "mug-1"]
+    assert third == ["mug-2", "mug-3"]
+
+
+def test_a_skipped_item_cools_down_and_a_purchased_one_is_left_out(api_client, shop):
+    Placement.objects.create(name="home", size=3)
+    FrequencyCap.objects.create(name="a day after a skip", scope="cooldown", window_seconds=86400)
+    events_ingest(raw_events=[
+        {"event_id": "s1", "type": "skip", "user_id": "u1", "item_id": "wine"},
+        {"event_id": "p1", "type": "purchase", "user_id": "u1", "item_id": "mug-1"},
+    ])  # fmt: skip
+
+    shown = ids(shelf(api_client))
+
+    assert "wine" not in shown and "mug-1" not in shown
+
+
+def test_a_product_page_shows_items_similar_to_its_item(api_client, shop):
+    Placement.objects.create(name="product_page", context="item", size=2)
+
+    body = shelf(api_client, user="someone", placement="product_page", item_id="mug-6")
+
+    assert "mug-6" not in ids(body)
+    assert ids(body) == ["mug-5", "tea"]
+
+
+def test_score_failing_serves_the_placements_popular_fallback(api_client, shop, monkeypatch):
+    from tests.signals_app.helpers import ingest_views
+
+    Placement.objects.create(name="home", size=2)
+    ingest_views({"tea": 5, "mug-6": 3})
+
+    def broken(**kwargs):
+        raise RuntimeError("ranker exploded")
+
+    monkeypatch.setattr(slates, "slate_score", broken)
+
+    body = shelf(api_client)
+
+    assert ids(body) == ["tea", "mug-6"]
+    assert body["path"] == "fallback"
+    assert "score_failed:RuntimeError" in body["degraded"]
+    assert "fallback_popular" in body["degraded"]
+
+
+def test_everything_failing_serves_the_last_slate_then_the_default_list(api_client, shop, monkeypatch):
+    Placement.objects.create(name="home", size=2, default_items=["tea", "mug-6"])
+    before = ids(shelf(api_client))
+    monkeypatch.setattr(slates, "get_redis", dead_redis)
+    from scoring_app.engine import retrieval
+
+    monkeypatch.setattr(retrieval, "get_redis", dead_redis)
+
+    def no_database(**kwargs):
+        raise DatabaseError("database down")
+
+    monkeypatch.setattr(slates, "popular_fallback", no_database)
+
+    remembered = shelf(api_client)
+    stranger = shelf(api_client, user="stranger")
+
+    assert ids(remembered) == before
+    assert "fallback_last_slate" in remembered["degraded"]
+    assert ids(stranger) == ["tea", "mug-6"]
+    assert "fallback_default_list" in stranger["degraded"]
+
+
+def test_impressions_are_logged_with_rules_path_and_variant(api_client, shop):
+    home = Placement.objects.create(name="home", size=2)
+    BusinessRule.objects.create(name="Tea promo", kind="pin", placement=home, item_ids=["tea"], slot=2,
+                                campaign="Tea time")  # fmt: skip
+
+    body = shelf(api_client)
+    while events_drain_all().read:
+        pass
+
+    stored = list(Impression.objects.filter(request_id=body["request_id"]).order_by("slot"))
+    assert [(row.item_id, row.rules, row.path, row.variant) for row in stored] == [
+        ("wine", [], "fallback", "control"), ("tea", ["pin:Tea promo"], "fallback", "control"),
+    ]  # fmt: skip
+
+
+def test_degraded_reasons_are_counted(api_client, shop, monkeypatch):
+    from prometheus_client import REGISTRY
+
+    def broken(**kwargs):
+        raise RuntimeError("late")
+
+    monkeypatch.setattr(slates, "slate_score", broken)
+    before = REGISTRY.get_sample_value("surface_degraded_total", {"reason": "score_failed"}) or 0.0
+
+    shelf(api_client)
+
+    assert REGISTRY.get_sample_value("surface_degraded_total", {"reason": "score_failed"}) == before + 1
+
+
+def test_user_traits_need_a_json_object(api_client):
+    response = api_client.put("/api/v1/users/u1", {"traits": ["not", "an", "object"]}, format="json")
+
+    assert response.status_code == 400
+    assert "traits" in response.json()["errors"]
