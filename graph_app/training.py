@@ -99,27 +99,50 @@ def _vectors_write(table: str, ids: list[str], vectors: np.ndarray, sources: lis
                 )
 
 
-def embeddings_train() -> TrainingReport:
-    """Train on the whole log and make the result the serving embeddings model."""
+@dataclass(frozen=True)
+class AlsSettings:
+    """implicit's ALS hyperparameters (the factors are always EMBEDDING_DIMENSIONS); the defaults are the platform's.
+    The offline evaluation passes its own, tuned on a validation split."""
+
+    regularization: float = ALS_REGULARIZATION
+    iterations: int = ALS_ITERATIONS
+    # Confidence of an observed pair: 1 + alpha * log1p(its summed event weights); 1.0 is implicit's default.
+    alpha: float = 1.0
+    random_state: int = ALS_RANDOM_SEED
+
+
+@dataclass(frozen=True)
+class AlsFactors:
+    """Raw (not normalized) ALS factors: rows of `user_factors` follow `user_ids`, of `item_factors` the catalog."""
+
+    user_ids: list[str]
+    item_ids: list[str]
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    users_per_item: np.ndarray
+
+
+def interactions_load() -> list[tuple[str, str, float]]:
+    """(user, item, summed event weight) of every user-item pair of the log whose item is in the catalog."""
+    sql, params = _interaction_weights_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def als_factors_fit(*, item_ids: list[str], rows: list[tuple[str, str, float]], als: AlsSettings) -> AlsFactors:
+    """implicit's ALS on the log1p-weighted user-item matrix (one BLAS thread)."""
     import implicit
     from scipy import sparse
     from threadpoolctl import threadpool_limits
 
-    started = time.monotonic()
     dimensions = settings.EMBEDDING_DIMENSIONS
-    item_ids, contents = _items_content()
     item_index = {item_id: index for index, item_id in enumerate(item_ids)}
-    sql, params = _interaction_weights_sql()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
     user_ids = sorted({user_id for user_id, _, _ in rows})
     user_index = {user_id: index for index, user_id in enumerate(user_ids)}
-    content = feature_matrix(content_features(item) for item in contents)
-
-    collaborative = np.zeros((len(item_ids), dimensions), dtype=np.float32)
+    item_factors = np.zeros((len(item_ids), dimensions), dtype=np.float32)
     users_per_item = np.zeros(len(item_ids), dtype=np.float32)
-    user_vectors = np.zeros((len(user_ids), dimensions), dtype=np.float32)
+    user_factors = np.zeros((len(user_ids), dimensions), dtype=np.float32)
     if rows:
         user_items = sparse.csr_matrix(
             (
@@ -131,15 +154,34 @@ def embeddings_train() -> TrainingReport:
         users_per_item = np.asarray((user_items > 0).sum(axis=0)).ravel().astype(np.float32)
         model = implicit.als.AlternatingLeastSquares(
             factors=dimensions,
-            regularization=ALS_REGULARIZATION,
-            iterations=ALS_ITERATIONS,
-            random_state=ALS_RANDOM_SEED,
+            regularization=als.regularization,
+            alpha=als.alpha,
+            iterations=als.iterations,
+            random_state=als.random_state,
             calculate_training_loss=False,
         )
         with threadpool_limits(1):
             model.fit(user_items, show_progress=False)
-        collaborative = normalize_rows(np.asarray(model.item_factors)[:, :dimensions])
-        user_vectors = normalize_rows(np.asarray(model.user_factors)[:, :dimensions])
+        item_factors = np.asarray(model.item_factors)[:, :dimensions]
+        user_factors = np.asarray(model.user_factors)[:, :dimensions]
+    return AlsFactors(user_ids, list(item_ids), user_factors, item_factors, users_per_item)
+
+
+def embeddings_train(*, als: AlsSettings | None = None) -> TrainingReport:
+    """Train on the whole log and make the result the serving embeddings model."""
+    return embeddings_train_with_factors(als=als)[0]
+
+
+def embeddings_train_with_factors(*, als: AlsSettings | None = None) -> tuple[TrainingReport, AlsFactors]:
+    """embeddings_train, also returning the raw ALS factors (the offline evaluation scores with them)."""
+    started = time.monotonic()
+    item_ids, contents = _items_content()
+    rows = interactions_load()
+    content = feature_matrix(content_features(item) for item in contents)
+    factors = als_factors_fit(item_ids=item_ids, rows=rows, als=als or AlsSettings())
+    user_ids, users_per_item = factors.user_ids, factors.users_per_item
+    collaborative = normalize_rows(factors.item_factors)
+    user_vectors = normalize_rows(factors.user_factors)
 
     has_history = users_per_item > 0
     if has_history.any():
@@ -180,4 +222,4 @@ def embeddings_train() -> TrainingReport:
         seconds=round(time.monotonic() - started, 3),
     )
     logger.info("graph.embeddings_trained", extra=report.__dict__)
-    return report
+    return report, factors
