@@ -119,6 +119,9 @@ def platform_bootstrap(*, with_demo_data: bool = True) -> BootstrapReport:
         ranker_train()
         model_trained = True
     models_serving_publish()
+    from surface_app.configuration import surface_defaults_install
+
+    surface_defaults_install()
     schedules_install_defaults()
     password, raw_key = _console_credentials()
     return BootstrapReport(demo_loaded, model_trained, password, raw_key)

@@ -113,3 +113,25 @@ def cap_delete(*, cap: FrequencyCap) -> None:
     placement = cap.placement.name if cap.placement else None
     cap.delete()
     surface_config_changed(placement=placement)
+
+
+DEFAULT_PLACEMENTS = (
+    {"name": "home", "title": "Recommended for you", "context": "user", "size": 10, "max_per_category": 3},
+    {"name": "product_page", "title": "Similar items", "context": "item", "size": 6},
+    {"name": "cart", "title": "Goes well with your cart", "context": "cart", "size": 6},
+)
+
+
+def surface_defaults_install() -> int:
+    """First run: the usual placements and a one-day cool-down after a hide or skip. Never overwrites what staff
+    changed (only creates what is missing); returns how many were created."""
+    created = 0
+    for fields in DEFAULT_PLACEMENTS:
+        if not Placement.objects.filter(name=fields["name"]).exists():
+            placement_save(placement=Placement(**fields))
+            created += 1
+    if not FrequencyCap.objects.exists():
+        cap_save(cap=FrequencyCap(name="A day after a hide or skip", scope=FrequencyCap.Scope.COOLDOWN,
+                                  window_seconds=86400))  # fmt: skip
+        created += 1
+    return created

@@ -20,6 +20,10 @@ def test_bootstrap_trains_installs_schedules_and_makes_credentials(settings, tmp
     report = platform_bootstrap(with_demo_data=False)
 
     assert report.model_trained is True
+    from surface_app.models import FrequencyCap, Placement
+
+    assert set(Placement.objects.values_list("name", flat=True)) == {"home", "product_page", "cart"}
+    assert FrequencyCap.objects.get().scope == "cooldown"
     assert ModelVersion.objects.filter(state="active").count() == 1
     assert set(PeriodicTask.objects.values_list("task", flat=True)) >= {
         "signals.popularity_refresh",
