@@ -58,13 +58,13 @@ def power_law(count: int, exponent: float, generator: np.random.Generator) -> np
     return generator.permutation(weights / weights.sum())
 
 
-def catalog_create(generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def catalog_create(generator: np.random.Generator, *, items: int = ITEMS) -> tuple[np.ndarray, np.ndarray]:
     """Items and their entities; returns (item popularity, item category)."""
     from graph_app.models import Entity, Item, ItemEntity
 
     category_weights = power_law(CATEGORIES, 0.7, generator)
-    categories = generator.choice(CATEGORIES, size=ITEMS, p=category_weights)
-    brands = categories * BRANDS_PER_CATEGORY + generator.integers(0, BRANDS_PER_CATEGORY, ITEMS)
+    categories = generator.choice(CATEGORIES, size=items, p=category_weights)
+    brands = categories * BRANDS_PER_CATEGORY + generator.integers(0, BRANDS_PER_CATEGORY, items)
     Item.objects.bulk_create(
         [
             Item(
@@ -74,7 +74,7 @@ def catalog_create(generator: np.random.Generator) -> tuple[np.ndarray, np.ndarr
                 category=f"category-{categories[index]}",
                 price="9.99",
             )
-            for index in range(ITEMS)
+            for index in range(items)
         ],
         batch_size=5000,
     )
@@ -90,23 +90,31 @@ def catalog_create(generator: np.random.Generator) -> tuple[np.ndarray, np.ndarr
         f"{kind}:{external_id}": pk for pk, kind, external_id in Entity.objects.values_list("pk", "kind", "external_id")
     }
     links = []
-    for index in range(ITEMS):
+    for index in range(items):
         pk = item_pk[f"bench-sku-{index}"]
         links.append(ItemEntity(item_id=pk, entity_id=entity_pk[f"category:category-{categories[index]}"]))
         links.append(ItemEntity(item_id=pk, entity_id=entity_pk[f"brand:brand-{brands[index]}"], weight=0.8))
         for theme in set(generator.integers(0, THEMES, generator.integers(0, 3)).tolist()):
             links.append(ItemEntity(item_id=pk, entity_id=entity_pk[f"theme:theme-{theme}"], weight=0.5))
     ItemEntity.objects.bulk_create(links, batch_size=5000)
-    return power_law(ITEMS, 1.0, generator), categories
+    return power_law(items, 1.0, generator), categories
 
 
 def events_generate(
-    count: int, popularity: np.ndarray, categories: np.ndarray, generator: np.random.Generator
+    count: int,
+    popularity: np.ndarray,
+    categories: np.ndarray,
+    generator: np.random.Generator,
+    *,
+    user_count: int = USERS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(user index, item index, type index, seconds ago) per event."""
-    users = generator.choice(USERS, size=count, p=power_law(USERS, 0.8, generator))
-    favourite = generator.choice(CATEGORIES, size=USERS, p=np.bincount(categories, minlength=CATEGORIES) / ITEMS)
-    items = generator.choice(ITEMS, size=count, p=popularity)
+    """(user index, item index, type index, seconds ago) per event; the catalog's size is len(popularity)."""
+    item_count = len(popularity)
+    users = generator.choice(user_count, size=count, p=power_law(user_count, 0.8, generator))
+    favourite = generator.choice(
+        CATEGORIES, size=user_count, p=np.bincount(categories, minlength=CATEGORIES) / item_count
+    )
+    items = generator.choice(item_count, size=count, p=popularity)
     in_favourite = np.flatnonzero(generator.random(count) < FAVOURITE_CATEGORY_SHARE)
     wanted = favourite[users[in_favourite]]
     for category in range(CATEGORIES):
@@ -120,7 +128,7 @@ def events_generate(
     return users, items, types, seconds_ago
 
 
-def log_fill(count: int) -> float:
+def log_fill(count: int, *, items: int = ITEMS, users: int = USERS) -> float:
     from django.db import connection
 
     from signals_app.log import event_log_append, event_log_partitions_create, month_add, month_start
@@ -135,8 +143,10 @@ def log_fill(count: int) -> float:
         cursor.execute("DELETE FROM graph_app_entity")
         cursor.execute("DELETE FROM graph_app_item")
         cursor.execute("DELETE FROM graph_app_shopper")
-    popularity, categories = catalog_create(generator)
-    users, items, types, seconds_ago = events_generate(count, popularity, categories, generator)
+    popularity, categories = catalog_create(generator, items=items)
+    event_users, event_items, types, seconds_ago = events_generate(
+        count, popularity, categories, generator, user_count=users
+    )
     now = datetime.now(UTC)
     first_month = month_start(now - timedelta(days=HISTORY_DAYS))
     event_log_partitions_create(months=[month_add(first_month, offset) for offset in range(6)])
@@ -149,9 +159,9 @@ def log_fill(count: int) -> float:
                 EventInput(
                     event_id=f"bench-{index:08d}",
                     type=type_names[types[index]],
-                    user_id=f"bench-user-{users[index]}",
+                    user_id=f"bench-user-{event_users[index]}",
                     session_id="",
-                    item_id=f"bench-sku-{items[index]}",
+                    item_id=f"bench-sku-{event_items[index]}",
                     placement="",
                     request_id="",
                     slot=None,

@@ -109,7 +109,7 @@ def in_process(user_keys: list[str], requests: int, *, cold: bool) -> dict[str, 
             client.delete(redis_keys.user_cache(user, "candidates"))
         started = time.perf_counter()
         state = user_state_fetch(user_key=user)
-        candidate_set, _ = candidates_retrieve(state=state)
+        candidate_set, _ = candidates_retrieve(state=state, limit=500)
         retrieved = time.perf_counter()
         result = slate_score(state=state, candidate_set=candidate_set, placement="home", k=10)
         finished = time.perf_counter()

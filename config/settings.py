@@ -218,6 +218,11 @@ EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "1"))
 SCORE_RETRIEVAL_THREADS = int(os.environ.get("SCORE_RETRIEVAL_THREADS", "4"))
 # Multiplies every source's deadline (e.g. 2 on a slow or busy machine; the deadlines themselves are in code).
 SCORE_RETRIEVAL_DEADLINE_FACTOR = float(os.environ.get("SCORE_RETRIEVAL_DEADLINE_FACTOR", "1"))
+# Live shelves: slates each WebSocket process assembles at once (each on its own thread) when events, catalog or
+# rule changes make its sockets serve again.
+SURFACE_SOCKET_SERVING_SLOTS = int(os.environ.get("SURFACE_SOCKET_SERVING_SLOTS", "3"))
+# Candidates handed from retrieval to ranking per request (50-500): features and the ranker cost grow with it.
+SCORE_CANDIDATES = int(os.environ.get("SCORE_CANDIDATES", "300"))
 # Below this ranking confidence (share of top items the ranker knew the user for) the bandit decides the slate.
 SCORE_MIN_RANKER_CONFIDENCE = float(os.environ.get("SCORE_MIN_RANKER_CONFIDENCE", "0.3"))
 

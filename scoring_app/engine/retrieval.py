@@ -359,11 +359,14 @@ class CandidateSet:
     dropped: list[str]
 
     def as_bytes(self) -> bytes:
-        return orjson.dumps([[c.item_id, c.score, c.source, c.explanation, c.sources] for c in self.candidates])
+        """One payload for the user cache: the candidates (as rows) and the dropped sources."""
+        rows = [[c.item_id, c.score, c.source, c.explanation, c.sources] for c in self.candidates]
+        return orjson.dumps({"c": rows, "d": self.dropped})
 
     @classmethod
-    def from_bytes(cls, payload: bytes, *, dropped: list[str]) -> CandidateSet:
-        return cls([Candidate(i, s, src, e, tuple(srcs)) for i, s, src, e, srcs in orjson.loads(payload)], dropped)
+    def from_bytes(cls, payload: bytes) -> CandidateSet:
+        decoded = orjson.loads(payload)
+        return cls([Candidate(i, s, src, e, tuple(srcs)) for i, s, src, e, srcs in decoded["c"]], list(decoded["d"]))
 
 
 def _sources_run(
@@ -457,11 +460,12 @@ def popular_fallback(*, state: UserState, limit: int) -> list[Candidate]:
 
 
 def candidates_retrieve(
-    *, state: UserState, limit: int = CANDIDATES_MAX, sources: Sequence[str] = ()
+    *, state: UserState, limit: int | None = None, sources: Sequence[str] = ()
 ) -> tuple[CandidateSet, list[str]]:
     """The candidate set for ranking: every source's items, deduplicated, at most `limit` (popular items alone
     give at least POPULAR_DEPTH when the catalog has them). Returns it and what degraded."""
     degraded: list[str] = []
+    limit = min(limit or settings.SCORE_CANDIDATES, CANDIDATES_MAX)
     try:
         if "user_state_unavailable" in state.degraded:
             return CandidateSet(_catalog_popular(state, limit), []), degraded
@@ -470,8 +474,7 @@ def candidates_retrieve(
 
         def build() -> bytes:
             results, dropped = _sources_run(state, chosen)
-            built = CandidateSet(_merge(state, results)[:limit], dropped)
-            payload = orjson.dumps({"c": orjson.loads(built.as_bytes()), "d": dropped})
+            payload = CandidateSet(_merge(state, results)[:limit], dropped).as_bytes()
             # A set missing a late source is served but not cached: the next request tries again.
             return Uncacheable(payload) if dropped else payload
 
@@ -487,8 +490,7 @@ def candidates_retrieve(
             )  # fmt: skip
         except RedisError:
             payload = build()
-        decoded = orjson.loads(payload)
-        return CandidateSet.from_bytes(orjson.dumps(decoded["c"]), dropped=list(decoded["d"])), degraded
+        return CandidateSet.from_bytes(payload), degraded
     except DatabaseError as error:
         logger.warning("score.catalog_unavailable", extra={"error": str(error)})
         degraded.append("catalog_unavailable")
