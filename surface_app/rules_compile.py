@@ -92,6 +92,24 @@ def _caps(rows: list[FrequencyCap]) -> tuple[tuple[CapSpec, ...], int]:
     return caps, cooldown
 
 
+def rule_compile(rule: BusinessRule) -> CompiledRule:
+    """One rule as serving applies it (also for unsaved edits in the console's preview)."""
+    return CompiledRule(
+        name=rule.name,
+        kind=rule.kind,
+        priority=rule.priority,
+        placement=rule.placement.name if rule.placement else None,
+        valid_from=rule.valid_from.timestamp() if rule.valid_from else None,
+        valid_until=rule.valid_until.timestamp() if rule.valid_until else None,
+        audience=conditions_parse(rule.audience, prefix="traits."),
+        matches=item_matches(conditions_parse(rule.condition)),
+        factor=float(rule.factor),
+        item_ids=tuple(str(item_id) for item_id in rule.item_ids or ()),
+        slot=rule.slot,
+        campaign=rule.campaign,
+    )
+
+
 def rules_snapshot_build() -> RulesSnapshot:
     now = timezone.now()
     caps = list(FrequencyCap.objects.filter(enabled=True))
@@ -120,26 +138,9 @@ def rules_snapshot_build() -> RulesSnapshot:
     rules = BusinessRule.objects.filter(enabled=True).filter(Q(valid_until__isnull=True) | Q(valid_until__gt=now))
     for rule in rules.select_related("placement").order_by("-priority", "-updated_at"):
         try:
-            matches = item_matches(conditions_parse(rule.condition))
-            audience = conditions_parse(rule.audience, prefix="traits.")
+            compiled.append(rule_compile(rule))
         except ConditionError:
             continue  # the console refuses these; one saved before a validation change must not stop serving
-        compiled.append(
-            CompiledRule(
-                name=rule.name,
-                kind=rule.kind,
-                priority=rule.priority,
-                placement=rule.placement.name if rule.placement else None,
-                valid_from=rule.valid_from.timestamp() if rule.valid_from else None,
-                valid_until=rule.valid_until.timestamp() if rule.valid_until else None,
-                audience=audience,
-                matches=matches,
-                factor=float(rule.factor),
-                item_ids=tuple(str(item_id) for item_id in rule.item_ids or ()),
-                slot=rule.slot,
-                campaign=rule.campaign,
-            )
-        )
         if rule.kind == BusinessRule.Kind.PIN:
             pinned.update(str(item_id) for item_id in rule.item_ids or ())
     pinnable = frozenset(

@@ -192,10 +192,12 @@ def rules_apply(
     blocked: Callable[[RankedItem], str | None],
     pinned_facts: Callable[[str], RankedItem | None],
     size: int,
+    explain: dict[str, str] | None = None,
 ) -> tuple[list[RankedItem], list[RankedItem], dict[str, int]]:
     """(the ordered slate candidates, at least `size` when possible; the backfill after them; what each filter
     removed, by reason). `blocked` says why an item may not be shown (purchased, cool-down, cap) or None;
-    `pinned_facts` gives a pinned item that Score did not return."""
+    `pinned_facts` gives a pinned item that Score did not return; `explain`, when given, receives item id -> the
+    reason each removed item was removed."""
     active = [rule for rule in rules if rule.active(now, traits)]
     removed: dict[str, int] = {}
     blocked_ids = {item_id for rule in active if rule.kind == "block" for item_id in rule.item_ids}
@@ -210,6 +212,8 @@ def rules_apply(
             reason = hit.label if hit is not None else blocked(item)
         if reason is not None:
             removed[reason] = removed.get(reason, 0) + 1
+            if explain is not None:
+                explain[item.item_id] = reason
             return False
         return True
 

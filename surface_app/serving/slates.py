@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis
 from django.db import DatabaseError
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
 from personalization import redis_keys
@@ -39,7 +39,7 @@ from scoring_app.engine.retrieval import (
 from scoring_app.engine.scoring import ScoredItem, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
 from surface_app.serving.impressions import NoScriptError, impression_script
-from surface_app.serving.rules import PlacementConfig, RankedItem, rules_apply, snapshot_observe
+from surface_app.serving.rules import PlacementConfig, RankedItem, RulesSnapshot, rules_apply, snapshot_observe
 
 if TYPE_CHECKING:
     from scoring_app.engine.bandit import BanditLog
@@ -56,6 +56,14 @@ LAST_SLATES_KEPT = 10_000
 CONFIG_VERSION_KEY = "surface:config-version"
 
 DEGRADED = Counter("surface_degraded_total", "Degraded slates, by reason.", ["reason"])
+SLATES = Counter("surface_slates_total", "Slates served, by placement and Score path.", ["placement", "path"])
+LAYER_SECONDS = Histogram(
+    "serving_layer_seconds",
+    "Time of each step of a recommendation: the user's state (Graph), retrieval and ranking (Score, ranking includes "
+    "the feature fetch), rules, caps and logging (Surface), and the whole request.",
+    ["layer"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0),
+)
 FILTERED = Counter("surface_filtered_total", "Items removed by business rules, caps and filters.", ["reason"])
 
 
@@ -134,7 +142,30 @@ def _degrade(degraded: list[str], reason: str) -> None:
     DEGRADED.labels(reason=reason.split(":", 1)[0]).inc()
 
 
+@dataclass(frozen=True)
+class PreviewOptions:
+    """A dry run for the console: nothing is recorded (no impression, no cap count, no last slate), and the
+    snapshot, traits or recent items can be replaced (unsaved rule edits, a made-up profile)."""
+
+    snapshot: RulesSnapshot | None = None
+    traits: dict[str, Any] | None = None
+    removed: dict[str, str] = field(default_factory=dict)  # filled: item id -> why a rule or cap removed it
+
+
 def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_items: Sequence[str] = ()) -> Slate:
+    return _slate_build(user_key=user_key, placement=placement, k=k, context_items=context_items, preview=None)
+
+
+def slate_preview(
+    *, user_key: str, placement: str, k: int | None = None, context_items: Sequence[str] = (), options: PreviewOptions
+) -> Slate:
+    """The slate as it would be served now (or with `options`' changes), without recording anything."""
+    return _slate_build(user_key=user_key, placement=placement, k=k, context_items=context_items, preview=options)
+
+
+def _slate_build(
+    *, user_key: str, placement: str, k: int | None, context_items: Sequence[str], preview: PreviewOptions | None
+) -> Slate:
     started = time.perf_counter()
     now = time.time()
     from surface_app.serving.rules import snapshot_current
@@ -143,6 +174,8 @@ def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_
     horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
     reads = _SurfaceReads(user_key, placement, now, horizon)
     state = user_state_fetch(user_key=user_key, seeds=list(context_items), extra=reads.queue)
+    fetched = time.perf_counter()
+    retrieved = ranked = fetched
     degraded = list(state.degraded)
     traits: dict[str, Any] = {}
     last_slate: list[str] = []
@@ -158,6 +191,9 @@ def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_
             cap_state = frequency_caps.caps_decode(state.extra_replies[4:], now=now)
     else:
         snapshot = snapshot_observe(None)
+    if preview is not None:
+        snapshot = preview.snapshot or snapshot
+        traits = preview.traits if preview.traits is not None else traits
     config = snapshot.placement(placement)
     if cap_state is None and config.cap_specs and state.extra_replies:
         cap_state = _caps_read(user_key, config, now, degraded)
@@ -172,6 +208,7 @@ def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_
     else:
         try:
             candidate_set, retrieval_degraded = candidates_retrieve(state=state, sources=config.sources)
+            retrieved = ranked = time.perf_counter()
             degraded += [*retrieval_degraded, *candidate_set.dropped]
             if (time.perf_counter() - started) * 1000 > config.deadline_ms - SURFACE_RESERVE_MS:
                 _degrade(degraded, "score_late")
@@ -183,6 +220,7 @@ def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_
                 )  # fmt: skip
                 degraded += result.degraded
                 items = [_ranked(item) for item in result.items]
+                ranked = time.perf_counter()
         except Exception as error:  # Score failing must not fail the shelf
             logger.exception("surface.score_failed")
             _degrade(degraded, f"score_failed:{type(error).__name__}")
@@ -191,6 +229,7 @@ def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_
     slate_items, cap_items = _apply_rules(
         items=items, config=config, snapshot=snapshot, traits=traits, now=now, cap_state=cap_state, size=size,
         placement=placement, purchased=purchased, user_key=user_key,
+        removed=preview.removed if preview is not None else None,
     )  # fmt: skip
     if len(slate_items) < size:
         slate_items = _fill(
@@ -210,11 +249,20 @@ def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_
         bandit=result.bandit_log if result is not None else None,
         variant=result.variant if result is not None else "control",
     )
+    if preview is not None:
+        return slate
     slate = _caps_enforce(
         slate, config=config, user_key=user_key, now=now, reserve=slate_items[size:], cap_items=cap_items,
         retention=snapshot.caps_retention_seconds,
     )  # fmt: skip
     _impression_log(slate=slate, user_key=user_key)
+    finished = time.perf_counter()
+    for layer, seconds in (
+        ("graph_state", fetched - started), ("score_retrieval", retrieved - fetched),
+        ("score_ranking", ranked - retrieved), ("surface", finished - ranked), ("total", finished - started),
+    ):  # fmt: skip
+        LAYER_SECONDS.labels(layer=layer).observe(seconds)
+    SLATES.labels(placement=config.name if config.name in snapshot.placements else "other", path=slate.path).inc()
     _last_slates[(user_key, placement)] = slate.items
     _last_slates.move_to_end((user_key, placement))
     while len(_last_slates) > LAST_SLATES_KEPT:
@@ -295,6 +343,7 @@ def _apply_rules(
     placement: str,
     purchased: set[str],
     user_key: str,
+    removed: dict[str, str] | None = None,
 ) -> tuple[list[SlateItem], dict[str, Any]]:
     """The slate candidates in order (backfill after), and what the caps need to know of each."""
     rules = snapshot.rules_for(placement)
@@ -312,11 +361,11 @@ def _apply_rules(
             return "already_purchased"
         return capped.get(item.item_id)
 
-    ordered, backfill, removed = rules_apply(
+    ordered, backfill, removed_counts = rules_apply(
         items=items, rules=rules, config=config, traits=traits, now=now, blocked=blocked,
-        pinned_facts=pinned_by_id.get, size=size,
+        pinned_facts=pinned_by_id.get, size=size, explain=removed,
     )  # fmt: skip
-    for reason, count in removed.items():
+    for reason, count in removed_counts.items():
         FILTERED.labels(reason=reason.split(":", 1)[0]).inc(count)
     everything = [*ordered, *backfill]
     # Pins may have set a campaign: the caps count it.

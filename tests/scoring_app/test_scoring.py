@@ -112,3 +112,17 @@ def test_a_new_item_gets_the_last_slot_of_a_ranked_shelf_through_the_bandit(api_
     assert [item["propensity"] is None for item in body["items"]] == [True] * 4 + [False]
     assert body["items"][-1]["item_id"] == "brand-new"
     assert body["items"][-1]["propensity"] == 1.0  # the only new item
+
+
+def test_preview_explains_ranked_items_with_their_top_feature_contributions(trained_shop, clean_redis):
+    from graph_app.features.definitions import FEATURE_NAMES
+    from surface_app.preview import preview_explain
+
+    served, _ = preview_explain(placement="home", user_id="user-0", k=5)
+
+    assert served.path == "ranker"
+    assert [item.slot for item in served.items] == [1, 2, 3, 4, 5]
+    assert all(item.contributions for item in served.items)
+    assert {name for item in served.items for name, _ in item.contributions} <= set(FEATURE_NAMES)
+    top = served.items[0].contributions
+    assert [abs(value) for _, value in top] == sorted((abs(value) for _, value in top), reverse=True)

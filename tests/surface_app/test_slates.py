@@ -209,3 +209,35 @@ def test_user_traits_need_a_json_object(api_client):
 
     assert response.status_code == 400
     assert "traits" in response.json()["errors"]
+
+
+def test_preview_shows_the_slate_with_unsaved_rule_edits_and_records_nothing(api_client, shop, clean_redis):
+    from surface_app.preview import preview_explain
+
+    Placement.objects.create(name="home", size=3)
+    unsaved = BusinessRule(name="Tea promo", kind="pin", item_ids=["tea"], slot=1, campaign="Tea time")
+
+    served, edited = preview_explain(placement="home", user_id="u1", rule_edits=[unsaved])
+
+    assert [item.item_id for item in served.items] == ["wine", "mug-1", "mug-2"]
+    assert [item.item_id for item in edited.items] == ["tea", "wine", "mug-1"]
+    assert edited.items[0].rules == ("pin:Tea promo",)
+    assert not BusinessRule.objects.exists()
+    assert clean_redis.get(redis_keys.user_last_slate("u1", "home")) is None  # nothing recorded
+    assert not any(clean_redis.scan_iter(match="*caps*"))
+
+
+def test_preview_of_a_made_up_minor_shows_what_the_compliance_filter_removed(api_client, shop):
+    from surface_app.preview import preview_explain
+
+    Placement.objects.create(name="home", size=3)
+    BusinessRule.objects.create(
+        name="No alcohol for minors", kind="filter",
+        condition={"field": "attributes.age_restricted", "op": "eq", "value": True},
+        audience={"field": "traits.age", "op": "lt", "value": 18},
+    )  # fmt: skip
+
+    served, _ = preview_explain(placement="home", traits={"age": 15}, recent_items=["anchor"])
+
+    assert "wine" not in [item.item_id for item in served.items]
+    assert served.removed["wine"] == "filter:No alcohol for minors"
