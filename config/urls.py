@@ -25,6 +25,7 @@ api_v1 = [
 
 urlpatterns = [
     path("api/v1/", include((api_v1, "v1"))),
+    path("admin/console/", include(("rules_admin.urls", "console"))),
     path("admin/", admin.site.urls),
     path("demo/", demo_page, name="demo"),
     path("healthz", platform_views.healthz, name="healthz"),

@@ -1,0 +1,8 @@
+"""The merchandiser console's own pages, under /admin/console/ (staff login, the admin's look)."""
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("preview/", include("rules_admin.preview_urls")),
+    path("dashboard/", include("rules_admin.dashboard_urls")),
+]
