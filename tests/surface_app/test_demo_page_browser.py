@@ -1,8 +1,10 @@
-"""The demo page in a real browser (headless Chromium) against the real run command: log in, see the shelf,
-click an item, and watch the shelf update over the WebSocket."""
+"""The demo storefront in a real browser (headless Chromium) against the real run command: log in, see the home
+shelf, click a product and watch the shelf change over the WebSocket, then click a recommendation and check that
+the tracker's click carries the slate's request id and slot."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -23,15 +25,16 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed"),
 ]
+HOME_CARDS = "#shelf-home .card"
 
 
-def test_demo_shelf_updates_live_after_a_click(tmp_path):
+def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
     from playwright.sync_api import sync_playwright
 
     for index, name in enumerate(["anchor", "twin", "cousin", "stranger"]):
         vector = [0.0] * 64
         vector[0], vector[1] = 1.0, index * 0.3
-        ItemFactory(external_id=name, title=name.title(), embedding=vector)
+        ItemFactory(external_id=name, title=name.title(), category="mugs", price="4.50", embedding=vector)
     ShopperFactory(external_id="shopper-1")
     get_user_model().objects.create_user("staff", password="browser-test-pw", is_staff=True)
     port, ws_port = _free_port(), _free_port()
@@ -52,30 +55,65 @@ def test_demo_shelf_updates_live_after_a_click(tmp_path):
                       "--disable-sync", "--no-first-run"],
             )  # fmt: skip
             page = browser.new_page()
-            frames = []
-            page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(payload)))
+            home_frames: list[str] = []
+            page.on(
+                "websocket",
+                lambda ws: (
+                    "placement=home" in ws.url and ws.on("framereceived", lambda frame: home_frames.append(frame))
+                ),
+            )
+            sent_events: list[dict] = []
+            page.on(
+                "request",
+                lambda request: (
+                    request.url.endswith("/api/v1/events")
+                    and sent_events.extend(json.loads(request.post_data or "{}").get("events", []))
+                ),
+            )
             page.goto(f"http://127.0.0.1:{port}/admin/login/?next=/demo/")
             page.fill("#id_username", "staff")
             page.fill("#id_password", "browser-test-pw")
             page.click("input[type=submit]")
             page.wait_for_selector("#status.live", timeout=15000)
-            # No history and no popularity yet: the shelf explores the newest items, all four of them.
-            page.wait_for_function("document.querySelectorAll('.card').length === 4", timeout=15000)
+            # No history and no popularity yet: the home shelf explores the newest items, all four of them.
+            page.wait_for_function(f"document.querySelectorAll('{HOME_CARDS}').length === 4", timeout=15000)
+            assert page.locator("#products .card").count() == 4
+            first_shelf = page.locator(HOME_CARDS).evaluate_all("cards => cards.map(c => c.dataset.source)")
 
-            page.evaluate(
-                """() => fetch('/api/v1/events', {method: 'POST', credentials: 'same-origin',
-                     headers: {'Content-Type': 'application/json', 'X-CSRFToken':
-                               document.cookie.split('; ').find(c => c.startsWith('csrftoken=')).split('=')[1]},
-                     body: JSON.stringify({event_id: 'browser-1', type: 'view', user_id: 'shopper-1',
-                                           item_id: 'anchor'})})"""
+            # The shopper opens a product from the grid: the tracker sends a view, and the home shelf is pushed
+            # again, now led by what is similar to the product they viewed.
+            page.click("#products .card[data-item-id='anchor']")
+            page.wait_for_selector(f"{HOME_CARDS}[data-source='similar']", timeout=15000)
+            home_items = page.locator(HOME_CARDS).evaluate_all("cards => cards.map(c => c.dataset.itemId)")
+            assert page.locator("#product-title").inner_text() == "Anchor"
+            # The product page's shelf is served with the product as context.
+            page.wait_for_function("document.querySelectorAll('#shelf-product_page .card').length > 0", timeout=15000)
+            similar = page.locator("#shelf-product_page .card").evaluate_all(
+                "cards => cards.map(c => c.dataset.itemId)"
             )
-            # The pushed shelf leaves out what the shopper just viewed.
-            page.wait_for_function("document.querySelectorAll('.card').length === 3", timeout=15000)
-            titles = page.locator(".card h3").all_inner_texts()
+
+            # A click on a recommendation is attributed to the slate it came from.
+            first = page.locator(HOME_CARDS).first
+            clicked, request_id = (
+                first.get_attribute("data-item-id"),
+                page.get_attribute("#shelf-home", "data-request-id"),
+            )
+            first.click()
+            page.wait_for_function(
+                f"document.getElementById('product-title').textContent.toLowerCase() === '{clicked}'", timeout=15000
+            )
+            page.wait_for_timeout(500)  # the tracker's request leaves after the click
             browser.close()
-        # The run command trains a first model over these items, so the order is the model's: check membership.
-        assert sorted(title.lower() for title in titles) == ["cousin", "stranger", "twin"], (titles, frames)
-        assert len(frames) == 2  # the shelf on connect, then the one pushed after the event
+        assert first_shelf == ["fresh"] * 4, first_shelf
+        assert {"cousin", "stranger", "twin"} <= set(home_items), home_items
+        assert len(home_frames) >= 2, home_frames  # the shelf on connect, then the one pushed after the view
+        assert "anchor" not in similar and similar, similar
+        views = [event for event in sent_events if event["type"] == "view"]
+        assert views[0]["item_id"] == "anchor" and views[0]["user_id"] == "shopper-1", sent_events
+        clicks = [event for event in sent_events if event["type"] == "click"]
+        assert [(c["item_id"], c["placement"], c["request_id"], c["slot"]) for c in clicks] == [
+            (clicked, "home", request_id, 0)
+        ], sent_events
     finally:
         process.send_signal(signal.SIGINT)
         try:
