@@ -135,6 +135,10 @@ def active_model(kind: str) -> str:
     return f"model:active:{kind}"
 
 
+# The Surface configuration's version (placements, rules, caps; catalog changes too): serving rebuilds its rules
+# snapshot when it changes.
+SURFACE_CONFIG_VERSION = "surface:config-version"
+
 # Model registry snapshot for serving processes: kind -> {"active", "canary", "canary_percent"} (JSON).
 MODELS_SERVING = "models:serving"
 

@@ -1,37 +1,112 @@
-"""The Surface configuration in the admin (the merchandiser console builds on these, `rules_admin/`): thin, every
-write goes through `surface_app.configuration` so serving learns of it within seconds."""
+"""The Surface configuration in the admin (the merchandiser console, `rules_admin/`): thin, every write goes through
+`surface_app.configuration` so serving learns of it within seconds. Every change is recorded (django-simple-history)
+and a recorded version can be restored in one click, through the same services."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django import forms
-from django.contrib import admin
-from django.core.exceptions import ValidationError
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
+from import_export.admin import ImportExportMixin
+from import_export.formats.base_formats import CSV
+from simple_history.admin import SimpleHistoryAdmin
 
+from rules_admin.csv_io import BusinessRuleResource, FallbackListResource
+from rules_admin.selectors import placement_rules_in_order
 from surface_app import configuration
-from surface_app.models import BusinessRule, FrequencyCap, Placement
+from surface_app.models import FALLBACKS, BusinessRule, FallbackList, FrequencyCap, PinRule, Placement
+
+FALLBACK_STEPS = len(FALLBACKS)
+FALLBACK_LABELS = {
+    "popular": "Popular items",
+    "session": "From the session's own items",
+    "last_slate": "The last shelf shown to the user",
+    "default_list": "The default list below",
+}
 
 
-class _ServiceAdmin(admin.ModelAdmin):
-    save_service: Any = None
-    delete_service: Any = None
-    argument = ""
+class ItemIdsField(forms.Field):
+    """Item ids, one per line (commas work too), stored as a list."""
 
-    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        type(self).save_service(**{self.argument: obj})
+    widget = forms.Textarea(attrs={"rows": 4, "cols": 40})
 
-    def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        type(self).delete_service(**{self.argument: obj})
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return "\n".join(str(item_id) for item_id in value)
+        return value
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for obj in queryset:
-            type(self).delete_service(**{self.argument: obj})
+    def to_python(self, value: Any) -> list[str]:
+        if isinstance(value, list):
+            return [str(item_id) for item_id in value]
+        return [part.strip() for part in str(value or "").replace(",", "\n").splitlines() if part.strip()]
+
+
+class FallbackChainWidget(forms.MultiWidget):
+    def __init__(self) -> None:
+        choices = [("", "-"), *FALLBACK_LABELS.items()]
+        super().__init__([forms.Select(choices=choices) for _ in range(FALLBACK_STEPS)])
+
+    def decompress(self, value: Any) -> list[Any]:
+        steps = list(value or [])
+        return [*steps, *[None] * (FALLBACK_STEPS - len(steps))][:FALLBACK_STEPS]
+
+
+class FallbackChainField(forms.MultiValueField):
+    """The fallback chain as up to four steps, each picked from a list, in order."""
+
+    widget = FallbackChainWidget
+
+    def __init__(self, **kwargs: Any) -> None:
+        choices = [("", "-"), *FALLBACK_LABELS.items()]
+        fields = [forms.ChoiceField(choices=choices, required=False) for _ in range(FALLBACK_STEPS)]
+        super().__init__(fields=fields, require_all_fields=False, required=False, **kwargs)
+
+    def compress(self, data_list: list[Any]) -> list[str]:
+        steps = [step for step in data_list or [] if step]
+        repeated = sorted({step for step in steps if steps.count(step) > 1})
+        if repeated:
+            raise ValidationError(f"Each fallback once: {', '.join(FALLBACK_LABELS[step] for step in repeated)}.")
+        return steps
+
+
+def _fallback_fields() -> dict[str, forms.Field]:
+    return {
+        "fallbacks": FallbackChainField(
+            label="Fallback chain",
+            help_text="What serves, in this order, when the personal shelf cannot (too slow, or nothing known).",
+        ),
+        "default_items": ItemIdsField(
+            required=False, label="Default list", help_text="Item ids, one per line: the last-resort shelf."
+        ),
+    }
+
+
+class _PlacementForm(forms.ModelForm):
+    fallbacks = _fallback_fields()["fallbacks"]
+    default_items = _fallback_fields()["default_items"]
+
+    def clean_default_items(self) -> list[str]:
+        items = self.cleaned_data.get("default_items") or []
+        unknown = configuration.items_unknown(item_ids=items)
+        if unknown:
+            raise ValidationError(f"Not in the catalog: {', '.join(unknown)}.")
+        return items
 
 
 class _RuleForm(forms.ModelForm):
+    item_ids = ItemIdsField(
+        required=False, label="Item ids", help_text="Pin: the one item; block list: the items, one per line."
+    )
+
     class Meta:
         model = BusinessRule
         fields = [
@@ -41,32 +116,164 @@ class _RuleForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        # The instance as it would be saved (with its id, so that it is not compared with itself).
+        rule = copy.copy(self.instance)
+        rule.__class__ = BusinessRule
+        for name in self._meta.fields or []:
+            if name in cleaned:
+                setattr(rule, name, cleaned[name])
+        if getattr(self, "fixed_kind", None):
+            rule.kind = self.fixed_kind  # type: ignore[attr-defined]
+        rule.condition = rule.condition or {}
+        rule.audience = rule.audience or {}
         try:
-            configuration.rule_validate(rule=self.instance.__class__(**{
-                name: cleaned.get(name) for name in (
-                    "name", "kind", "placement", "priority", "valid_from", "valid_until", "condition", "audience",
-                    "factor", "item_ids", "slot", "campaign",
-                )
-            }))  # fmt: skip
+            configuration.rule_validate(rule=rule)
         except ValidationError as error:
-            for field, messages in error.message_dict.items():
-                self.add_error(field if field in self.fields else None, messages)
+            for field, messages_ in error.message_dict.items():
+                if field in self.fields and field not in self.errors:
+                    self.add_error(field, messages_)
+                elif field not in self.fields:
+                    self.add_error(None, [f"{field}: {message}" for message in messages_])
         return cleaned
+
+
+class _PinForm(_RuleForm):
+    fixed_kind = BusinessRule.Kind.PIN
+
+    class Meta(_RuleForm.Meta):
+        model = PinRule
+        fields = [
+            "name", "campaign", "placement", "slot", "item_ids", "priority", "enabled", "valid_from", "valid_until",
+            "audience",
+        ]  # fmt: skip
+
+
+class _CapForm(forms.ModelForm):
+    class Meta:
+        model = FrequencyCap
+        fields = ["name", "scope", "placement", "max_impressions", "window_seconds", "enabled"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        cap = FrequencyCap(**{name: cleaned.get(name) for name in ("scope", "max_impressions", "window_seconds")})
+        try:
+            configuration.cap_validate(cap=cap)
+        except ValidationError as error:
+            for field, messages_ in error.message_dict.items():
+                self.errors.pop(field, None)  # the friendlier message replaces the validator's
+                self.add_error(field, messages_)
+        return cleaned
+
+
+class _ServiceAdmin(SimpleHistoryAdmin):
+    """Writes through the configuration services; the history lists every version with a one-click revert."""
+
+    save_service: Any = None
+    delete_service: Any = None
+    argument = ""
+    object_history_list_template = "rules_admin/history_list.html"
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        obj._history_user = request.user
+        type(self).save_service(**{self.argument: obj})
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        type(self).delete_service(**{self.argument: obj})
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for obj in queryset:
+            type(self).delete_service(**{self.argument: obj})
+
+    def get_urls(self) -> list[Any]:
+        info = self.opts.app_label, self.opts.model_name
+        revert = path(
+            "<path:object_id>/history/<int:history_id>/revert/",
+            self.admin_site.admin_view(require_POST(self.revert_view)),
+            name="{}_{}_revert".format(*info),
+        )
+        return [revert, *super().get_urls()]
+
+    def revert_view(self, request: HttpRequest, object_id: str, history_id: int) -> HttpResponse:
+        """Restores one recorded version: validated and saved like an edit, and recorded as a change of its own."""
+        history = self.model.history.model  # type: ignore[attr-defined]
+        record = get_object_or_404(history, history_id=history_id, id=object_id)
+        if not self.has_change_permission(request, record.instance):
+            raise PermissionDenied
+        info = self.opts.app_label, self.opts.model_name
+        try:
+            configuration.history_revert(record=record)
+        except ValidationError as error:
+            self.message_user(request, f"Could not revert: {'; '.join(error.messages)}", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:{}_{}_history".format(*info), args=[object_id]))
+        self.message_user(
+            request, f"Reverted to the version of {record.history_date:%Y-%m-%d %H:%M:%S} UTC.", messages.SUCCESS
+        )
+        return HttpResponseRedirect(reverse("admin:{}_{}_change".format(*info), args=[object_id]))
 
 
 @admin.register(Placement)
 class PlacementAdmin(_ServiceAdmin):
+    form = _PlacementForm
     save_service = configuration.placement_save
     delete_service = configuration.placement_delete
     argument = "placement"
     list_display = ["name", "title", "context", "size", "scorer", "deadline_ms", "enabled"]
     list_filter = ["context", "scorer", "enabled"]
     search_fields = ["name", "title"]
+    readonly_fields = ["rules_in_order"]
+    fieldsets = [
+        (None, {"fields": ["name", "title", "context", "size", "enabled"]}),
+        ("Model", {"fields": ["sources", "scorer", "deadline_ms"]}),
+        ("Shelf", {"fields": ["max_per_category", "max_per_brand", "exclude_purchased"]}),
+        ("Fallbacks", {"fields": ["fallbacks", "default_items"]}),
+        ("Rules and caps that touch this placement, in the order they apply", {"fields": ["rules_in_order"]}),
+    ]
+
+    @admin.display(description="In order")
+    def rules_in_order(self, obj: Placement) -> str:
+        if obj.pk is None:
+            return "Save the placement to see the rules that apply to it."
+        rows = placement_rules_in_order(placement=obj)
+        if not rows:
+            return "No rules or caps apply to this placement."
+
+        def link(row: Any) -> str:
+            if row.rule_id:
+                return format_html(
+                    '<a href="{}">{}</a>',
+                    reverse("admin:surface_app_businessrule_change", args=[row.rule_id]),
+                    row.name,
+                )
+            if row.cap_id:
+                return format_html(
+                    '<a href="{}">{}</a>', reverse("admin:surface_app_frequencycap_change", args=[row.cap_id]), row.name
+                )
+            return row.name
+
+        header = format_html_join(
+            "", "<th>{}</th>", [(h,) for h in ("Step", "Kind", "Rule", "Applies to", "Priority", "Valid", "Audience",
+                                               "State")]
+        )  # fmt: skip
+        body = format_html_join(
+            "",
+            "<tr class='rule-row'><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<td>{}</td></tr>",
+            [
+                (row.step, row.kind, link(row), row.scope, "" if row.priority is None else row.priority, row.validity,
+                 row.audience, row.state)
+                for row in rows
+            ],
+        )  # fmt: skip
+        return format_html(
+            '<table id="rules-in-order"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>', header, body
+        )
 
 
 @admin.register(BusinessRule)
-class BusinessRuleAdmin(_ServiceAdmin):
+class BusinessRuleAdmin(ImportExportMixin, _ServiceAdmin):
     form = _RuleForm
+    resource_classes = [BusinessRuleResource]
+    import_formats = export_formats = [CSV]
     save_service = configuration.rule_save
     delete_service = configuration.rule_delete
     argument = "rule"
@@ -75,10 +282,70 @@ class BusinessRuleAdmin(_ServiceAdmin):
     search_fields = ["name", "campaign"]
 
 
+@admin.register(PinRule)
+class PinRuleAdmin(_ServiceAdmin):
+    form = _PinForm
+    save_service = configuration.rule_save
+    delete_service = configuration.rule_delete
+    argument = "rule"
+    list_display = ["name", "campaign", "placement", "slot", "pinned_item", "priority", "valid_from", "valid_until",
+                    "enabled"]  # fmt: skip
+    list_filter = ["campaign", "placement", "enabled"]
+    search_fields = ["name", "campaign", "item_ids"]
+
+    @admin.display(description="item")
+    def pinned_item(self, obj: PinRule) -> str:
+        return ", ".join(str(item_id) for item_id in obj.item_ids or [])
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).filter(kind=BusinessRule.Kind.PIN)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        obj.kind = BusinessRule.Kind.PIN
+        super().save_model(request, obj, form, change)
+
+
 @admin.register(FrequencyCap)
 class FrequencyCapAdmin(_ServiceAdmin):
+    form = _CapForm
     save_service = configuration.cap_save
     delete_service = configuration.cap_delete
     argument = "cap"
     list_display = ["name", "scope", "placement", "max_impressions", "window_seconds", "enabled"]
     list_filter = ["scope", "placement", "enabled"]
+
+
+class _FallbackListForm(_PlacementForm):
+    class Meta:
+        model = FallbackList
+        fields = ["fallbacks", "default_items"]
+
+
+@admin.register(FallbackList)
+class FallbackListAdmin(ImportExportMixin, _ServiceAdmin):
+    """Each placement's fallback chain and default list, on their own page (placements are added under
+    Placements)."""
+
+    form = _FallbackListForm
+    resource_classes = [FallbackListResource]
+    import_formats = export_formats = [CSV]
+    save_service = configuration.placement_save
+    delete_service = configuration.placement_delete
+    argument = "placement"
+    list_display = ["name", "chain", "default_count"]
+    fields = ["name", "fallbacks", "default_items"]
+    readonly_fields = ["name"]
+
+    @admin.display(description="fallback chain")
+    def chain(self, obj: Placement) -> str:
+        return " → ".join(FALLBACK_LABELS.get(step, step) for step in obj.fallbacks or []) or "-"
+
+    @admin.display(description="default items")
+    def default_count(self, obj: Placement) -> int:
+        return len(obj.default_items or [])
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -8,10 +8,13 @@ WebSocket shelves of the placement are told to re-serve.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Model, Q
 
+from graph_app.models import Item
 from personalization.redis_client import get_control_redis
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.rules_compile import ConditionError, conditions_parse
@@ -41,24 +44,73 @@ def surface_config_changed(*, placement: str | None = None) -> None:
     transaction.on_commit(publish)
 
 
+def _attributes_unknown(conditions: Any) -> list[str]:
+    """`attributes.<name>` conditions whose name no item in the catalog has (a typo matches nothing, silently)."""
+    names = sorted(
+        {condition.field.split(".")[1] for condition in conditions if condition.field.startswith("attributes.")}
+    )
+    return [name for name in names if not Item.objects.filter(attributes__has_key=name).exists()]
+
+
+def _window_text(rule: BusinessRule) -> str:
+    start = f"from {rule.valid_from:%Y-%m-%d %H:%M}" if rule.valid_from else "from the start"
+    end = f"until {rule.valid_until:%Y-%m-%d %H:%M}" if rule.valid_until else "with no end"
+    return f"{start} {end}"
+
+
+def _pin_conflicts(rule: BusinessRule) -> list[BusinessRule]:
+    """Enabled pins of other campaigns on the same slot of the same placement (a pin without placement is on
+    every placement) whose validity windows overlap this one's."""
+    others = BusinessRule.objects.filter(kind=BusinessRule.Kind.PIN, enabled=True, slot=rule.slot).exclude(
+        campaign=rule.campaign
+    )
+    if rule.pk:
+        others = others.exclude(pk=rule.pk)
+    if rule.placement_id is not None:
+        others = others.filter(Q(placement_id=rule.placement_id) | Q(placement__isnull=True))
+    if rule.valid_until:
+        others = others.filter(Q(valid_from__isnull=True) | Q(valid_from__lt=rule.valid_until))
+    if rule.valid_from:
+        others = others.filter(Q(valid_until__isnull=True) | Q(valid_until__gt=rule.valid_from))
+    return list(others.select_related("placement").order_by("-priority", "-updated_at"))
+
+
 def rule_validate(*, rule: BusinessRule) -> None:
-    """Messages a merchandiser understands, by field."""
+    """Messages a merchandiser understands, by field. The one place rules are validated: the admin's form, the
+    save service and the CSV import all call it."""
     errors: dict[str, str] = {}
     try:
-        conditions_parse(rule.condition)
+        unknown = _attributes_unknown(conditions_parse(rule.condition))
+        if unknown:
+            names = ", ".join(f"'{name}'" for name in unknown)
+            errors["condition"] = (
+                f"No item in the catalog has the attribute {names}: check the spelling of attributes.<name> "
+                "(a rule on an unknown attribute matches nothing)."
+            )
     except ConditionError as error:
         errors["condition"] = str(error)
     try:
         conditions_parse(rule.audience, prefix="traits.")
     except ConditionError as error:
         errors["audience"] = str(error)
+    placement = rule.placement if rule.placement_id is not None else None
     if rule.kind == BusinessRule.Kind.PIN:
         if not rule.item_ids or len(rule.item_ids) != 1:
             errors["item_ids"] = "A pin needs exactly one item id."
         if not rule.slot:
             errors["slot"] = "A pin needs a slot (1 is the first)."
-        elif rule.placement is not None and rule.slot > rule.placement.size:
-            errors["slot"] = f"Slot {rule.slot} is beyond the placement's {rule.placement.size} slots."
+        elif placement is not None and rule.slot > placement.size:
+            errors["slot"] = (
+                f"Slot {rule.slot} is beyond the placement '{placement.name}', which has {placement.size} slots."
+            )
+        elif rule.enabled and (conflicts := _pin_conflicts(rule)):
+            other = conflicts[0]
+            where = f"placement '{other.placement.name}'" if other.placement else "every placement"
+            errors["slot"] = (
+                f"Slot {rule.slot} is already pinned by campaign '{other.campaign or '(none)'}' (rule '{other.name}', "
+                f"on {where}, {_window_text(other)}) at the same time: choose another slot, change the dates so "
+                "they do not overlap, or disable one of them."
+            )
     if rule.kind == BusinessRule.Kind.BLOCK and not rule.item_ids:
         errors["item_ids"] = "A block list needs at least one item id."
     if rule.kind in (BusinessRule.Kind.BOOST, BusinessRule.Kind.BURY) and rule.factor <= 1:
@@ -69,8 +121,33 @@ def rule_validate(*, rule: BusinessRule) -> None:
         raise ValidationError(errors)
 
 
+def items_unknown(*, item_ids: list[str]) -> list[str]:
+    """Which of these item ids the catalog does not have (for default lists and pins, named back to the user)."""
+    known = set(Item.objects.filter(external_id__in=item_ids).values_list("external_id", flat=True))
+    return [item_id for item_id in item_ids if item_id not in known]
+
+
+def cap_validate(*, cap: FrequencyCap) -> None:
+    """The cap's own messages (the model's validators say the same in less merchandiser-friendly words)."""
+    errors: dict[str, str] = {}
+    if cap.window_seconds is not None and cap.window_seconds < 1:
+        errors["window_seconds"] = "The window must be at least one second: a cap over a zero window counts nothing."
+    if cap.max_impressions is not None and cap.max_impressions < 1 and cap.scope != FrequencyCap.Scope.COOLDOWN:
+        errors["max_impressions"] = "At least one impression: to hide something for good, use a block or filter rule."
+    if errors:
+        raise ValidationError(errors)
+
+
+def _concrete(obj: Any) -> Any:
+    """The console's proxies (pins, fallback lists) are saved as the model they stand for: its history records them."""
+    if obj._meta.proxy:
+        obj.__class__ = obj._meta.concrete_model
+    return obj
+
+
 @transaction.atomic
 def rule_save(*, rule: BusinessRule) -> BusinessRule:
+    rule = _concrete(rule)
     rule.full_clean()
     rule_validate(rule=rule)
     rule.save()
@@ -80,6 +157,7 @@ def rule_save(*, rule: BusinessRule) -> BusinessRule:
 
 @transaction.atomic
 def rule_delete(*, rule: BusinessRule) -> None:
+    rule = _concrete(rule)
     placement = rule.placement.name if rule.placement else None
     rule.delete()
     surface_config_changed(placement=placement)
@@ -87,6 +165,7 @@ def rule_delete(*, rule: BusinessRule) -> None:
 
 @transaction.atomic
 def placement_save(*, placement: Placement) -> Placement:
+    placement = _concrete(placement)
     placement.full_clean()
     placement.save()
     surface_config_changed(placement=placement.name)
@@ -95,6 +174,7 @@ def placement_save(*, placement: Placement) -> Placement:
 
 @transaction.atomic
 def placement_delete(*, placement: Placement) -> None:
+    placement = _concrete(placement)
     name = placement.name
     placement.delete()
     surface_config_changed(placement=name)
@@ -102,6 +182,7 @@ def placement_delete(*, placement: Placement) -> None:
 
 @transaction.atomic
 def cap_save(*, cap: FrequencyCap) -> FrequencyCap:
+    cap_validate(cap=cap)
     cap.full_clean()
     cap.save()
     surface_config_changed(placement=cap.placement.name if cap.placement else None)
@@ -113,6 +194,23 @@ def cap_delete(*, cap: FrequencyCap) -> None:
     placement = cap.placement.name if cap.placement else None
     cap.delete()
     surface_config_changed(placement=placement)
+
+
+@transaction.atomic
+def history_revert(*, record: Any) -> Model:
+    """Makes a recorded version (a django-simple-history record of a placement, rule or cap) current again, through
+    the same validation and version bump as an edit; the revert is itself recorded, with its reason."""
+    instance = record.instance
+    # An update of the row when it still exists (a deleted one is created again, with its id).
+    instance._state.adding = not type(instance).objects.filter(pk=instance.pk).exists()
+    instance._change_reason = f"Reverted to the version of {record.history_date:%Y-%m-%d %H:%M:%S} UTC"
+    if isinstance(instance, BusinessRule):
+        return rule_save(rule=instance)
+    if isinstance(instance, Placement):
+        return placement_save(placement=instance)
+    if isinstance(instance, FrequencyCap):
+        return cap_save(cap=instance)
+    raise TypeError(f"No revert for {type(instance).__name__}")
 
 
 DEFAULT_PLACEMENTS = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from simple_history.models import HistoricalRecords
 
 RETRIEVAL_SOURCES = ("similar", "graph", "user_vector", "category_popular", "popular", "fresh")
 FALLBACKS = ("popular", "session", "last_slate", "default_list")
@@ -62,6 +63,8 @@ class Placement(models.Model):
     exclude_purchased = models.BooleanField(default=True, help_text="Leave out what the user already bought.")
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Who changed what and when, before / after (the console's history, from which a version can be restored).
+    history = HistoricalRecords(excluded_fields=["updated_at"])
 
     class Meta:
         ordering = ["name"]
@@ -115,6 +118,7 @@ class BusinessRule(models.Model):
     campaign = models.CharField(max_length=100, blank=True, default="", help_text="Campaign name (pins, caps).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords(excluded_fields=["updated_at"])
 
     class Meta:
         ordering = ["-priority", "-updated_at"]
@@ -145,6 +149,7 @@ class FrequencyCap(models.Model):
     window_seconds = models.PositiveIntegerField(default=86400, validators=[MinValueValidator(1)])
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords(excluded_fields=["updated_at"])
 
     class Meta:
         ordering = ["scope", "name"]
@@ -157,3 +162,26 @@ class FrequencyCap(models.Model):
         if self.scope == self.Scope.COOLDOWN:
             return f"{self.name}: no hidden or skipped item for {self.window_seconds} s"
         return f"{self.name}: {self.max_impressions} per {self.window_seconds} s ({self.scope})"
+
+
+class PinRule(BusinessRule):
+    """The console's "Pins and campaigns": the pin rules (an item at a slot, usually for a campaign)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "pin or campaign"
+        verbose_name_plural = "pins and campaigns"
+
+
+class FallbackList(Placement):
+    """The console's "Fallback lists": each placement's fallback chain and default items, edited on their own."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "fallback list"
+        verbose_name_plural = "fallback lists"
+
+
+# The console opens a proxy's history through the model it stands for (its rows are that model's rows).
+PinRule._meta.simple_history_manager_attribute = "history"  # type: ignore[attr-defined]
+FallbackList._meta.simple_history_manager_attribute = "history"  # type: ignore[attr-defined]

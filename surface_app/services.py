@@ -30,6 +30,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from personalization import redis_keys
 from personalization.cache import item_cache_invalidate
 from personalization.redis_client import get_control_redis, get_redis
 
@@ -117,6 +118,12 @@ def shelves_catalog_changed(*, changed: Iterable[str] = (), appeared: Iterable[s
         batch.changed |= changed
         batch.appeared |= appeared
         return
+    # Rules compile their item conditions into item sets: serving rebuilds its snapshot (no shelf is told to
+    # re-serve for that: the catalog message below does it for the shelves concerned).
+    try:
+        get_control_redis().incr(redis_keys.SURFACE_CONFIG_VERSION)
+    except RedisError as error:
+        logger.warning("surface.config_version_failed", extra={"error": str(error)})
     if appeared:
         # Score's shared list of the newest items (stale-while-revalidate for a minute) must include them before
         # the shelves are served again: the first reader now rebuilds it.

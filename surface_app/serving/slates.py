@@ -53,7 +53,7 @@ SURFACE_RESERVE_MS = 8.0
 # Items Score is asked for beyond the slate's size, so that filters and caps leave enough.
 OVERFETCH = 4
 LAST_SLATES_KEPT = 10_000
-CONFIG_VERSION_KEY = "surface:config-version"
+CONFIG_VERSION_KEY = redis_keys.SURFACE_CONFIG_VERSION
 
 DEGRADED = Counter("surface_degraded_total", "Degraded slates, by reason.", ["reason"])
 SLATES = Counter("surface_slates_total", "Slates served, by placement and Score path.", ["placement", "path"])

@@ -241,3 +241,25 @@ def test_preview_of_a_made_up_minor_shows_what_the_compliance_filter_removed(api
 
     assert "wine" not in [item.item_id for item in served.items]
     assert served.removed["wine"] == "filter:No alcohol for minors"
+
+
+def test_a_short_shelf_is_filled_without_what_the_user_just_viewed(api_client, shop):
+    from tests.signals_app.helpers import ingest_views
+
+    Placement.objects.create(name="home", size=20)
+    ingest_views({"anchor": 9, "tea": 2})  # the viewed item is also the most popular
+
+    body = shelf(api_client)
+
+    assert "anchor" not in ids(body)
+    assert len(ids(body)) == len(set(ids(body)))
+
+
+def test_a_catalog_change_bumps_the_rules_snapshot_version(clean_redis, django_capture_on_commit_callbacks):
+    from graph_app.services import ItemInput, item_upsert
+
+    before = int(clean_redis.get(redis_keys.SURFACE_CONFIG_VERSION) or 0)
+    with django_capture_on_commit_callbacks(execute=True):
+        item_upsert(data=ItemInput(external_id="new-wine", title="Wine", attributes={"age_restricted": True}))
+
+    assert int(clean_redis.get(redis_keys.SURFACE_CONFIG_VERSION)) == before + 1
