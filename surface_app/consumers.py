@@ -34,7 +34,7 @@ from personalization.cache import user_cache_invalidate
 from personalization.services import api_key_verify
 from surface_app.services import SHELVES_ALL_GROUP, shelf_group_name, shelves_placement_group_name
 from surface_app.serving.rules import EMPTY, REBUILD_MIN_INTERVAL_SECONDS, snapshot_current, snapshot_observe
-from surface_app.serving.slates import PreviewOptions, Slate, slate_preview, slate_serve
+from surface_app.serving.slates import PreviewOptions, Slate, slate_commit, slate_preview, slate_serve
 
 logger = logging.getLogger(__name__)
 
@@ -261,20 +261,21 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
                     assert refresh is not None
                     # A re-serve that may not be sent is a dry run: impressions and cap counts are recorded only
                     # for what the shopper gets.
+                    options = None if refresh.always_send else PreviewOptions()
                     slate = await database_sync_to_async(self._serve)(
-                        catalog_grew=bool(refresh.appeared), record=refresh.always_send
+                        catalog_grew=bool(refresh.appeared), options=options
                     )
                     served = tuple(item.item_id for item in slate.items)
                     send = refresh.should_send(sent=self.sent_item_ids, served=served)
-                    if send and not refresh.always_send:
-                        slate = await database_sync_to_async(self._serve)(record=True)
+                    if send and options is not None:
+                        slate = await database_sync_to_async(slate_commit)(slate, options)
             except Exception as error:  # the shopper keeps the shelf they have; the next change tries again
                 logger.warning("surface.shelf_refresh_failed", extra={"error": repr(error), "user": self.user_key})
                 continue
             if send:
                 await self._send_slate(slate)
 
-    def _serve(self, *, catalog_grew: bool = False, record: bool = True) -> Slate:
+    def _serve(self, *, catalog_grew: bool = False, options: PreviewOptions | None = None) -> Slate:
         if catalog_grew:
             # Score caches a user's candidates for a minute, keyed by their own signals, not by the catalog: a new
             # or restocked item is only a candidate once they are built again.
@@ -283,10 +284,10 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
                     user_cache_invalidate(user_key=self.user_key, name=name)
             except RedisError:
                 pass  # serving degrades on its own when Redis is down
-        if not record:
+        if options is not None:
             return slate_preview(
                 user_key=self.user_key, placement=self.placement, k=self.k, context_items=self.context_items,
-                options=PreviewOptions(),
+                options=options,
             )  # fmt: skip
         return slate_serve(user_key=self.user_key, placement=self.placement, k=self.k, context_items=self.context_items)
 

@@ -142,7 +142,7 @@ def _degrade(degraded: list[str], reason: str) -> None:
     DEGRADED.labels(reason=reason.split(":", 1)[0]).inc()
 
 
-@dataclass(frozen=True)
+@dataclass
 class PreviewOptions:
     """A dry run for the console: nothing is recorded (no impression, no cap count, no last slate), and the
     snapshot, traits or recent items can be replaced (unsaved rule edits, a made-up profile)."""
@@ -150,6 +150,7 @@ class PreviewOptions:
     snapshot: RulesSnapshot | None = None
     traits: dict[str, Any] | None = None
     removed: dict[str, str] = field(default_factory=dict)  # filled: item id -> why a rule or cap removed it
+    pending: Any = None  # filled: what `slate_commit` needs to serve the slate after all
 
 
 def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_items: Sequence[str] = ()) -> Slate:
@@ -250,12 +251,13 @@ def _slate_build(
         variant=result.variant if result is not None else "control",
     )
     if preview is not None:
+        preview.pending = _Pending(
+            config, user_key, now, slate_items[size:], cap_items, snapshot.caps_retention_seconds
+        )
         return slate
-    slate = _caps_enforce(
-        slate, config=config, user_key=user_key, now=now, reserve=slate_items[size:], cap_items=cap_items,
-        retention=snapshot.caps_retention_seconds,
-    )  # fmt: skip
-    _impression_log(slate=slate, user_key=user_key)
+    slate = _record(
+        slate, _Pending(config, user_key, now, slate_items[size:], cap_items, snapshot.caps_retention_seconds)
+    )
     finished = time.perf_counter()
     for layer, seconds in (
         ("graph_state", fetched - started), ("score_retrieval", retrieved - fetched),
@@ -263,11 +265,41 @@ def _slate_build(
     ):  # fmt: skip
         LAYER_SECONDS.labels(layer=layer).observe(seconds)
     SLATES.labels(placement=config.name if config.name in snapshot.placements else "other", path=slate.path).inc()
-    _last_slates[(user_key, placement)] = slate.items
-    _last_slates.move_to_end((user_key, placement))
+    return slate
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """What recording a previewed slate needs (caps enforcement, impression log, last slate)."""
+
+    config: PlacementConfig
+    user_key: str
+    now: float
+    reserve: list[SlateItem]
+    cap_items: dict[str, Any]
+    retention: int
+
+
+def _record(slate: Slate, pending: _Pending) -> Slate:
+    slate = _caps_enforce(
+        slate, config=pending.config, user_key=pending.user_key, now=pending.now, reserve=pending.reserve,
+        cap_items=pending.cap_items, retention=pending.retention,
+    )  # fmt: skip
+    _impression_log(slate=slate, user_key=pending.user_key)
+    key = (pending.user_key, slate.placement)
+    _last_slates[key] = slate.items
+    _last_slates.move_to_end(key)
     while len(_last_slates) > LAST_SLATES_KEPT:
         _last_slates.popitem(last=False)
     return slate
+
+
+def slate_commit(slate: Slate, options: PreviewOptions) -> Slate:
+    """Serve a slate built by `slate_preview` after all (a live shelf decided to send it): caps are enforced and
+    counted, the impressions logged, as `slate_serve` would have. Without rule or trait overrides only."""
+    if options.pending is None or options.snapshot is not None or options.traits is not None:
+        raise ValueError("only a plain dry run of slate_preview can be committed")
+    return _record(slate, options.pending)
 
 
 def _caps_read(user_key: str, config: PlacementConfig, now: float, degraded: list[str]) -> Any:

@@ -263,3 +263,23 @@ def test_a_catalog_change_bumps_the_rules_snapshot_version(clean_redis, django_c
         item_upsert(data=ItemInput(external_id="new-wine", title="Wine", attributes={"age_restricted": True}))
 
     assert int(clean_redis.get(redis_keys.SURFACE_CONFIG_VERSION)) == before + 1
+
+
+def test_a_dry_run_records_nothing_until_it_is_committed(api_client, shop, clean_redis):
+    from surface_app.serving.slates import PreviewOptions, slate_commit, slate_preview
+
+    home = Placement.objects.create(name="home", size=2)
+    FrequencyCap.objects.create(name="once", scope="item", placement=home, max_impressions=1, window_seconds=3600)
+    snapshot_forget()
+    options = PreviewOptions()
+
+    dry = slate_preview(user_key="u1", placement="home", options=options)
+    assert clean_redis.get(redis_keys.user_last_slate("u1", "home")) is None
+    again = slate_preview(user_key="u1", placement="home", options=PreviewOptions())
+    assert ids(dry.as_dict()) == ids(again.as_dict()) == ["wine", "mug-1"]  # no cap was counted
+
+    committed = slate_commit(dry, options)
+
+    assert ids(committed.as_dict()) == ["wine", "mug-1"]
+    assert clean_redis.get(redis_keys.user_last_slate("u1", "home")) is not None
+    assert ids(shelf(api_client)) == ["mug-2", "mug-3"]  # the cap counted the committed impressions
