@@ -13,6 +13,9 @@ os.environ.setdefault("EVENT_PARTITIONS", "4")
 # Tests run inside a transaction that threads' own connections cannot see: retrieval sources run inline here,
 # and tests/scoring_app/test_retrieval.py covers the threaded path with committed data.
 os.environ.setdefault("SCORE_RETRIEVAL_THREADS", "0")
+# The suite shares two cores with its servers (and CI with other work): time budgets are five times looser, so that a
+# cold cache is not read as a late Score. Tests of deadlines set their own.
+os.environ.setdefault("SCORE_RETRIEVAL_DEADLINE_FACTOR", "5")
 
 
 def pytest_unconfigure(config: object) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
+from django.conf import settings
 from django.db import DatabaseError
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
@@ -200,7 +201,9 @@ def _slate_build(
         cap_state = _caps_read(user_key, config, now, degraded)
     size = k or config.size
     want = size * OVERFETCH + len(snapshot.pinnable)
-    deadline = started + config.deadline_ms / 1000
+    budget_ms = config.deadline_ms * settings.SCORE_RETRIEVAL_DEADLINE_FACTOR
+    deadline = started + budget_ms / 1000
+    late_candidates: list[RankedItem] = []
 
     result: ScoreResult | None = None
     if "user_state_unavailable" in degraded:
@@ -211,9 +214,14 @@ def _slate_build(
             candidate_set, retrieval_degraded = candidates_retrieve(state=state, sources=config.sources)
             retrieved = ranked = time.perf_counter()
             degraded += [*retrieval_degraded, *candidate_set.dropped]
-            if (time.perf_counter() - started) * 1000 > config.deadline_ms - SURFACE_RESERVE_MS:
+            if (time.perf_counter() - started) * 1000 > budget_ms - SURFACE_RESERVE_MS:
                 _degrade(degraded, "score_late")
                 items = []
+                # Unranked, they still beat an empty shelf: they fill what the fallbacks leave.
+                late_candidates = [
+                    RankedItem(c.item_id, c.score, c.source, c.explanation, c.sources or (c.source,))
+                    for c in candidate_set.candidates[:want]
+                ]
             else:
                 result = slate_score(
                     state=state, candidate_set=candidate_set, placement=placement, k=want, scorer=config.scorer,
@@ -237,6 +245,13 @@ def _slate_build(
             slate_items, config=config, state=state, last_slate=last_slate, user_key=user_key, size=size,
             degraded=degraded, personal=bool(items),
         )  # fmt: skip
+    if len(slate_items) < size and late_candidates:
+        taken = {item.item_id for item in slate_items}
+        slate_items += [
+            _slate_item(item)
+            for item in late_candidates
+            if item.item_id not in taken and item.item_id not in state.seeds
+        ][: size - len(slate_items)]
     if time.perf_counter() > deadline:
         _degrade(degraded, "deadline_exceeded")
     slate = Slate(
