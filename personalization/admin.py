@@ -24,7 +24,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         obj.prefix = created.api_key.prefix
         messages.warning(request, f"New API key (shown only now, copy it): {created.raw_key}")
 
-    @admin.action(description="Revoke selected API keys")
+    @admin.action(permissions=["change"], description="Revoke selected API keys")
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for api_key in queryset:
             api_key_revoke(api_key=api_key)

@@ -1,5 +1,2 @@
-from django.contrib import admin
-
-admin.site.site_header = "Personalization console"
-admin.site.site_title = "Personalization console"
-admin.site.index_title = "Catalog, signals, models and API keys"
+"""The merchandiser console is Django's admin with the console's site (`rules_admin.site`): the Surface
+configuration's admin lives in `surface_app/admin.py`, CSV import / export in `rules_admin.csv_io`."""

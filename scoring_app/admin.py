@@ -49,12 +49,15 @@ class ModelVersionAdmin(admin.ModelAdmin):
             services.model_version_canary(model_version=obj, percent=obj.canary_percent)
         # Other fields are read-only: state changes go through the actions.
 
-    @admin.action(description="Promote to active (the current active one retires)")
+    @admin.action(permissions=["change"], description="Promote to active (the current active one retires)")
     def promote(self, request: HttpRequest, queryset: QuerySet) -> None:
         if chosen := _one(self, request, queryset):
             _report(self, request, lambda: services.model_version_promote(model_version=chosen), "{version} is active.")
 
-    @admin.action(description=f"Canary: serve to {CANARY_PERCENT}%% of users (edit the share on the version)")
+    @admin.action(
+        permissions=["change"],
+        description=f"Canary: serve to {CANARY_PERCENT}%% of users (edit the share on the version)",
+    )
     def canary(self, request: HttpRequest, queryset: QuerySet) -> None:
         if chosen := _one(self, request, queryset):
             _report(
@@ -62,14 +65,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 f"{{version}} serves {CANARY_PERCENT}% of users.",
             )  # fmt: skip
 
-    @admin.action(description="Roll back: the selected kind's active version retires, the one before serves")
+    @admin.action(
+        permissions=["change"],
+        description="Roll back: the selected kind's active version retires, the one before serves",
+    )
     def rollback(self, request: HttpRequest, queryset: QuerySet) -> None:
         if chosen := _one(self, request, queryset):
             _report(
                 self, request, lambda: services.model_version_rollback(kind=chosen.kind), "{version} is active again."
             )
 
-    @admin.action(description="Retire")
+    @admin.action(permissions=["change"], description="Retire")
     def retire(self, request: HttpRequest, queryset: QuerySet) -> None:
         if chosen := _one(self, request, queryset):
             _report(self, request, lambda: services.model_version_retire(model_version=chosen), "{version} retired.")

@@ -37,6 +37,14 @@ class Event(models.Model):
             models.Index(fields=["item_id", "occurred_at"], name="event_item_time"),
             models.Index(fields=["occurred_at"], name="event_time"),
             models.Index(fields=["event_id"], name="event_event_id"),
+            # The console's dashboard: the events attributed to a shown item, by time (a small share of the log),
+            # carrying what its per-placement rates and revenue need.
+            models.Index(
+                fields=["occurred_at"],
+                include=["type", "request_id", "attributed_slot", "item_id", "value"],
+                condition=models.Q(attributed_slot__isnull=False),
+                name="event_attributed_time",
+            ),
         ]
         constraints = [
             models.CheckConstraint(condition=~models.Q(user_id="", session_id=""), name="event_has_user_or_session")
@@ -147,6 +155,8 @@ class Impression(models.Model):
         ordering = ["-served_at"]
         indexes = [
             models.Index(fields=["placement", "item_id", "served_at"], name="impression_placement_item"),
+            # The console's dashboard: impressions per placement per day over a date range.
+            models.Index(fields=["served_at"], include=["placement"], name="impression_served_time"),
             # The bandit's queue: served by it and not learned yet (small, it empties every minute).
             models.Index(
                 fields=["served_at"],

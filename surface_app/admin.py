@@ -201,7 +201,7 @@ class _ServiceAdmin(SimpleHistoryAdmin):
             raise PermissionDenied
         info = self.opts.app_label, self.opts.model_name
         try:
-            configuration.history_revert(record=record)
+            configuration.history_revert(record=record, user=request.user)
         except ValidationError as error:
             self.message_user(request, f"Could not revert: {'; '.join(error.messages)}", messages.ERROR)
             return HttpResponseRedirect(reverse("admin:{}_{}_history".format(*info), args=[object_id]))
@@ -222,7 +222,7 @@ class PlacementAdmin(_ServiceAdmin):
     search_fields = ["name", "title"]
     readonly_fields = ["rules_in_order"]
     fieldsets = [
-        (None, {"fields": ["name", "title", "context", "size", "enabled"]}),
+        (None, {"fields": ["name", "title", "context", "size", "enabled", "requires_review"]}),
         ("Model", {"fields": ["sources", "scorer", "deadline_ms"]}),
         ("Shelf", {"fields": ["max_per_category", "max_per_brand", "exclude_purchased"]}),
         ("Fallbacks", {"fields": ["fallbacks", "default_items"]}),
@@ -269,28 +269,56 @@ class PlacementAdmin(_ServiceAdmin):
         )
 
 
+class _RuleAdminMixin:
+    """Saves as the request's user (drafts of placements that require review are theirs) and approves drafts."""
+
+    readonly_fields = ["status", "drafted_by", "published_by"]
+    actions = ["approve_and_publish"]
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        obj._history_user = request.user
+        configuration.rule_save(rule=obj, user=request.user)
+        if obj.status == BusinessRule.Status.DRAFT:
+            self.message_user(  # type: ignore[attr-defined]
+                request, f"'{obj.name}' is a draft: it serves once another user approves it.", messages.WARNING
+            )
+
+    def has_publish_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("surface_app.publish_rule")
+
+    @admin.action(permissions=["publish"], description="Approve and publish the selected drafts")
+    def approve_and_publish(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for rule in queryset:
+            try:
+                configuration.rule_publish(rule=rule, user=request.user)
+            except ValidationError as error:
+                self.message_user(request, "; ".join(error.messages), messages.ERROR)  # type: ignore[attr-defined]
+            else:
+                self.message_user(request, f"'{rule.name}' is published.", messages.SUCCESS)  # type: ignore[attr-defined]
+
+
 @admin.register(BusinessRule)
-class BusinessRuleAdmin(ImportExportMixin, _ServiceAdmin):
+class BusinessRuleAdmin(_RuleAdminMixin, ImportExportMixin, _ServiceAdmin):
     form = _RuleForm
     resource_classes = [BusinessRuleResource]
     import_formats = export_formats = [CSV]
     save_service = configuration.rule_save
     delete_service = configuration.rule_delete
     argument = "rule"
-    list_display = ["name", "kind", "placement", "priority", "valid_from", "valid_until", "enabled"]
-    list_filter = ["kind", "placement", "enabled"]
+    list_display = ["name", "kind", "placement", "priority", "valid_from", "valid_until", "enabled", "status"]
+    list_filter = ["kind", "placement", "enabled", "status"]
     search_fields = ["name", "campaign"]
 
 
 @admin.register(PinRule)
-class PinRuleAdmin(_ServiceAdmin):
+class PinRuleAdmin(_RuleAdminMixin, _ServiceAdmin):
     form = _PinForm
     save_service = configuration.rule_save
     delete_service = configuration.rule_delete
     argument = "rule"
     list_display = ["name", "campaign", "placement", "slot", "pinned_item", "priority", "valid_from", "valid_until",
-                    "enabled"]  # fmt: skip
-    list_filter = ["campaign", "placement", "enabled"]
+                    "enabled", "status"]  # fmt: skip
+    list_filter = ["campaign", "placement", "enabled", "status"]
     search_fields = ["name", "campaign", "item_ids"]
 
     @admin.display(description="item")

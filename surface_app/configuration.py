@@ -61,9 +61,9 @@ def _window_text(rule: BusinessRule) -> str:
 def _pin_conflicts(rule: BusinessRule) -> list[BusinessRule]:
     """Enabled pins of other campaigns on the same slot of the same placement (a pin without placement is on
     every placement) whose validity windows overlap this one's."""
-    others = BusinessRule.objects.filter(kind=BusinessRule.Kind.PIN, enabled=True, slot=rule.slot).exclude(
-        campaign=rule.campaign
-    )
+    others = BusinessRule.objects.filter(
+        kind=BusinessRule.Kind.PIN, enabled=True, slot=rule.slot, status=BusinessRule.Status.PUBLISHED
+    ).exclude(campaign=rule.campaign)
     if rule.pk:
         others = others.exclude(pk=rule.pk)
     if rule.placement_id is not None:
@@ -145,11 +145,41 @@ def _concrete(obj: Any) -> Any:
     return obj
 
 
+def rule_draft_mark(*, rule: BusinessRule, user: Any = None) -> None:
+    """A change to a rule of a placement that requires review is a draft of its author: it does not serve until
+    another user with the publish permission approves it (`rule_publish`); elsewhere a rule is published at once."""
+    if rule.placement_id is not None and rule.placement.requires_review:
+        rule.status = BusinessRule.Status.DRAFT
+        rule.drafted_by = user if user is not None and user.is_authenticated else None
+        rule.published_by = None
+    else:
+        rule.status = BusinessRule.Status.PUBLISHED
+
+
 @transaction.atomic
-def rule_save(*, rule: BusinessRule) -> BusinessRule:
+def rule_save(*, rule: BusinessRule, user: Any = None) -> BusinessRule:
     rule = _concrete(rule)
+    rule_draft_mark(rule=rule, user=user)
     rule.full_clean()
     rule_validate(rule=rule)
+    rule.save()
+    surface_config_changed(placement=rule.placement.name if rule.placement else None)
+    return rule
+
+
+@transaction.atomic
+def rule_publish(*, rule: BusinessRule, user: Any) -> BusinessRule:
+    """Approves a draft: checked again (the catalog or other campaigns may have changed since), then it serves."""
+    rule = _concrete(rule)
+    if not user.has_perm("surface_app.publish_rule"):
+        raise ValidationError("Publishing needs the permission to approve rules.")
+    if rule.status != BusinessRule.Status.DRAFT:
+        raise ValidationError(f"'{rule.name}' is not a draft: nothing to approve.")
+    if rule.drafted_by_id is not None and rule.drafted_by_id == user.pk:
+        raise ValidationError(f"'{rule.name}': another user must approve the change you drafted.")
+    rule_validate(rule=rule)
+    rule.status, rule.published_by = BusinessRule.Status.PUBLISHED, user
+    rule._change_reason = "Approved and published"  # type: ignore[attr-defined]
     rule.save()
     surface_config_changed(placement=rule.placement.name if rule.placement else None)
     return rule
@@ -197,7 +227,7 @@ def cap_delete(*, cap: FrequencyCap) -> None:
 
 
 @transaction.atomic
-def history_revert(*, record: Any) -> Model:
+def history_revert(*, record: Any, user: Any = None) -> Model:
     """Makes a recorded version (a django-simple-history record of a placement, rule or cap) current again, through
     the same validation and version bump as an edit; the revert is itself recorded, with its reason."""
     instance = record.instance
@@ -205,7 +235,7 @@ def history_revert(*, record: Any) -> Model:
     instance._state.adding = not type(instance).objects.filter(pk=instance.pk).exists()
     instance._change_reason = f"Reverted to the version of {record.history_date:%Y-%m-%d %H:%M:%S} UTC"
     if isinstance(instance, BusinessRule):
-        return rule_save(rule=instance)
+        return rule_save(rule=instance, user=user)
     if isinstance(instance, Placement):
         return placement_save(placement=instance)
     if isinstance(instance, FrequencyCap):

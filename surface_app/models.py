@@ -6,6 +6,7 @@ snapshot that is rebuilt when the configuration's version (in Redis) changes.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -61,6 +62,10 @@ class Placement(models.Model):
         null=True, blank=True, help_text="Diversity: at most this many items of one brand (empty: no limit)."
     )
     exclude_purchased = models.BooleanField(default=True, help_text="Leave out what the user already bought.")
+    requires_review = models.BooleanField(
+        default=False,
+        help_text="Rule changes on this placement are drafts until another user with the publish permission approves.",
+    )
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
     # Who changed what and when, before / after (the console's history, from which a version can be restored).
@@ -89,6 +94,10 @@ class Placement(models.Model):
 class BusinessRule(models.Model):
     """A merchandising rule applied after the model (see `surface_app.serving.rules` for the order)."""
 
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft: waiting for review"
+        PUBLISHED = "published", "Published"
+
     class Kind(models.TextChoices):
         FILTER = "filter", "Filter out matching items"
         BOOST = "boost", "Boost matching items"
@@ -116,12 +125,22 @@ class BusinessRule(models.Model):
     item_ids = models.JSONField(default=list, blank=True, help_text="Pin: the item; block: the items.")
     slot = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Pin: the slot, 1 is the first.")
     campaign = models.CharField(max_length=100, blank=True, default="", help_text="Campaign name (pins, caps).")
+    # Review (placements that require it): a changed rule is a draft, and does not serve, until another user with
+    # the publish permission approves it.
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PUBLISHED, editable=False)
+    drafted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     history = HistoricalRecords(excluded_fields=["updated_at"])
 
     class Meta:
         ordering = ["-priority", "-updated_at"]
+        permissions = [("publish_rule", "Can approve and publish rules of placements that require review")]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.name}"

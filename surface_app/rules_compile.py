@@ -135,7 +135,10 @@ def rules_snapshot_build() -> RulesSnapshot:
     global_specs, global_cooldown = _caps(global_caps)
     compiled = []
     pinned: set[str] = set()
-    rules = BusinessRule.objects.filter(enabled=True).filter(Q(valid_until__isnull=True) | Q(valid_until__gt=now))
+    # Drafts (placements that require review) serve only once approved.
+    rules = BusinessRule.objects.filter(enabled=True, status=BusinessRule.Status.PUBLISHED).filter(
+        Q(valid_until__isnull=True) | Q(valid_until__gt=now)
+    )
     for rule in rules.select_related("placement").order_by("-priority", "-updated_at"):
         try:
             compiled.append(rule_compile(rule))

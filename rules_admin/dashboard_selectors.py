@@ -1,0 +1,352 @@
+"""The console dashboard's reads: per-placement KPIs per day from the impression and event logs (PostgreSQL), and
+latency, degraded responses and feature age from the Prometheus metrics the /metrics view exposes.
+
+Definitions (the page states them too):
+- An impression is one item shown in a served slate (`Impression`, one row per slot).
+- A click, add to cart or purchase counts when the event carried the slate's `request_id` and its item was shown
+  in it (the consumer attributed it to the slot: `attributed_slot`). Rates count impressions that had at least one
+  such event (a shopper clicking the same item twice counts once), so they are at most 1.
+- Revenue is the sum of the attributed purchases' `value`; a purchase sent without a value counts the item's
+  catalog price (as it is now: the catalog keeps no price history). RPM is revenue per thousand impressions.
+- Days are UTC days of the impression (`served_at`): an event is counted on the day its item was shown, so a
+  day's rates are final once its slates' events have arrived.
+- Latency, degraded responses and feature age come from the serving processes' metrics since they started (every
+  gunicorn worker merged when PROMETHEUS_MULTIPROC_DIR is set); quantiles are estimated from the histogram
+  buckets the way Prometheus' `histogram_quantile` does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from django.db import connection
+from django.utils import timezone
+
+from personalization.views import _metrics_registry
+from scoring_app.models import ModelVersion
+
+# Attributed events may carry a client timestamp a little before the slate was logged as served.
+EVENT_CLOCK_SLACK = timedelta(days=1)
+OUTCOME_TYPES = ("click", "add_to_cart", "purchase")
+
+# The layers of a recommendation (surface_app/serving/slates.py `serving_layer_seconds{layer}`), then ingest.
+SERVING_LAYERS = (
+    ("graph_state", "Graph: user state"),
+    ("score_retrieval", "Score: retrieval"),
+    ("score_ranking", "Score: ranking"),
+    ("surface", "Surface: rules, caps, logging"),
+    ("total", "Recommendation, total"),
+)
+SIGNAL_LAYER = ("signal_ingest", "Signal: event ingest")
+
+_PLACEMENT_DAYS_SQL = """
+WITH shown AS (
+    SELECT placement, date_trunc('day', served_at AT TIME ZONE 'UTC')::date AS day, count(*) AS impressions
+    FROM signals_app_impression
+    WHERE served_at >= %(start)s AND served_at < %(end)s
+    GROUP BY 1, 2
+), answered AS (
+    SELECT i.placement, date_trunc('day', i.served_at AT TIME ZONE 'UTC')::date AS day,
+        count(DISTINCT i.id) FILTER (WHERE e.type = 'click') AS clicks,
+        count(DISTINCT i.id) FILTER (WHERE e.type = 'add_to_cart') AS add_to_carts,
+        count(DISTINCT i.id) FILTER (WHERE e.type = 'purchase') AS purchases,
+        coalesce(sum(coalesce(e.value, item.price::float8)) FILTER (WHERE e.type = 'purchase'), 0) AS revenue
+    FROM signals_app_event e
+    JOIN signals_app_impression i ON i.request_id = e.request_id AND i.slot = e.attributed_slot
+    LEFT JOIN graph_app_item item ON item.external_id = e.item_id AND e.type = 'purchase' AND e.value IS NULL
+    WHERE e.attributed_slot IS NOT NULL AND e.occurred_at >= %(events_from)s AND e.type = ANY(%(types)s)
+        AND i.served_at >= %(start)s AND i.served_at < %(end)s
+    GROUP BY 1, 2
+)
+SELECT s.placement, s.day, s.impressions, coalesce(a.clicks, 0), coalesce(a.add_to_carts, 0),
+    coalesce(a.purchases, 0), coalesce(a.revenue, 0)
+FROM shown s LEFT JOIN answered a ON a.placement = s.placement AND a.day = s.day
+ORDER BY s.day, s.placement
+"""
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+@dataclass(frozen=True)
+class PlacementDay:
+    """One placement's numbers for one UTC day."""
+
+    placement: str
+    day: date
+    impressions: int
+    clicks: int = 0
+    add_to_carts: int = 0
+    purchases: int = 0
+    revenue: float = 0.0
+
+    @property
+    def ctr(self) -> float | None:
+        return _ratio(self.clicks, self.impressions)
+
+    @property
+    def add_to_cart_rate(self) -> float | None:
+        return _ratio(self.add_to_carts, self.impressions)
+
+    @property
+    def purchase_rate(self) -> float | None:
+        return _ratio(self.purchases, self.impressions)
+
+    @property
+    def rpm(self) -> float | None:
+        """Revenue per thousand impressions."""
+        ratio = _ratio(self.revenue, self.impressions)
+        return ratio * 1000 if ratio is not None else None
+
+
+@dataclass(frozen=True)
+class PlacementKpis:
+    """Every placement's days in a window of UTC days (first_day to last_day, both included)."""
+
+    first_day: date
+    last_day: date
+    rows: list[PlacementDay]
+
+    @property
+    def days(self) -> list[date]:
+        return [self.first_day + timedelta(days=offset) for offset in range((self.last_day - self.first_day).days + 1)]
+
+    @property
+    def placements(self) -> list[str]:
+        return sorted({row.placement for row in self.rows})
+
+    def grid(self) -> dict[str, list[PlacementDay]]:
+        """Per placement, one entry per day of the window (a day without impressions: zeros)."""
+        found = {(row.placement, row.day): row for row in self.rows}
+        return {
+            placement: [found.get((placement, day), PlacementDay(placement, day, 0)) for day in self.days]
+            for placement in self.placements
+        }
+
+    def totals(self) -> list[PlacementDay]:
+        """Per placement, the whole window summed (`day` is the window's first day)."""
+        sums: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0.0])
+        for row in self.rows:
+            total = sums[row.placement]
+            for index, value in enumerate((row.impressions, row.clicks, row.add_to_carts, row.purchases, row.revenue)):
+                total[index] += value
+        return [
+            PlacementDay(placement, self.first_day, int(t[0]), int(t[1]), int(t[2]), int(t[3]), float(t[4]))
+            for placement, t in sorted(sums.items())
+        ]
+
+
+def placement_kpis_list(*, first_day: date, last_day: date) -> PlacementKpis:
+    """Impressions, clicks, add to carts, purchases and revenue per placement per UTC day, in one SQL round trip.
+
+    Served by `impression_served_time` (the window's impressions), `event_attributed_time` (the attributed events
+    since the window began, a partial index) and `impression_unique_slot` (an event's impression).
+    """
+    start = datetime.combine(first_day, time.min, tzinfo=UTC)
+    end = datetime.combine(last_day + timedelta(days=1), time.min, tzinfo=UTC)
+    params = {"start": start, "end": end, "events_from": start - EVENT_CLOCK_SLACK, "types": list(OUTCOME_TYPES)}
+    with connection.cursor() as cursor:
+        cursor.execute(_PLACEMENT_DAYS_SQL, params)
+        rows = [
+            PlacementDay(
+                placement=placement,
+                day=day,
+                impressions=impressions,
+                clicks=clicks,
+                add_to_carts=add_to_carts,
+                purchases=purchases,
+                revenue=float(revenue),
+            )
+            for placement, day, impressions, clicks, add_to_carts, purchases, revenue in cursor.fetchall()
+        ]
+    return PlacementKpis(first_day=first_day, last_day=last_day, rows=rows)
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """The q-quantile estimated from cumulative buckets `(upper bound, count)` as Prometheus does: linear
+    interpolation inside the bucket the rank falls in (the first bucket starts at 0); a rank in the +Inf bucket
+    gives the highest finite bound. None when nothing was observed."""
+    ordered = sorted(buckets)
+    if not ordered or not math.isinf(ordered[-1][0]):
+        return None
+    total = ordered[-1][1]
+    if total == 0 or math.isnan(q):
+        return None
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    rank = q * total
+    index = next((i for i, (_, count) in enumerate(ordered[:-1]) if count >= rank), len(ordered) - 1)
+    if index == len(ordered) - 1:
+        return ordered[-2][0] if len(ordered) > 1 else None
+    upper, count = ordered[index]
+    if index == 0 and upper <= 0:
+        return upper
+    lower = 0.0
+    if index > 0:
+        lower, below = ordered[index - 1]
+        count -= below
+        rank -= below
+    return lower + (upper - lower) * (rank / count) if count else upper
+
+
+@dataclass
+class _Histogram:
+    buckets: dict[float, float] = field(default_factory=dict)
+    count: float = 0.0
+    sum: float = 0.0
+
+    def quantile(self, q: float) -> float | None:
+        return histogram_quantile(q, list(self.buckets.items()))
+
+
+@dataclass(frozen=True)
+class LayerLatency:
+    layer: str
+    label: str
+    requests: int
+    p50_seconds: float | None
+    p99_seconds: float | None
+    mean_seconds: float | None
+
+
+@dataclass(frozen=True)
+class DegradedReason:
+    reason: str
+    responses: int
+    rate: float | None  # over every slate served
+
+
+@dataclass(frozen=True)
+class FeatureAge:
+    feature: str
+    reads: int
+    p50_seconds: float | None
+    p99_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ServingMetrics:
+    """What the serving processes measured since they started."""
+
+    layers: list[LayerLatency]
+    slates: int
+    slates_by_placement: dict[str, int]
+    degraded: list[DegradedReason]
+    feature_ages: list[FeatureAge]
+    merged_workers: bool
+
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def _samples(registry: Any) -> Iterable[Sample]:
+    for family in registry.collect():
+        for sample in family.samples:
+            yield sample.name, sample.labels, sample.value
+
+
+def _histograms(samples: list[Sample], name: str, label: str | None) -> dict[str, _Histogram]:
+    found: dict[str, _Histogram] = defaultdict(_Histogram)
+    for sample_name, labels, value in samples:
+        key = labels.get(label, "") if label else ""
+        if sample_name == f"{name}_bucket":
+            histogram = found[key]
+            bound = float(labels["le"])
+            histogram.buckets[bound] = histogram.buckets.get(bound, 0.0) + value
+        elif sample_name == f"{name}_count":
+            found[key].count += value
+        elif sample_name == f"{name}_sum":
+            found[key].sum += value
+    return found
+
+
+def _counter(samples: list[Sample], name: str, label: str) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for sample_name, labels, value in samples:
+        if sample_name == f"{name}_total":
+            totals[labels.get(label, "")] += value
+    return totals
+
+
+def _layer(layer: str, label: str, histogram: _Histogram | None) -> LayerLatency:
+    if histogram is None or not histogram.count:
+        return LayerLatency(layer, label, 0, None, None, None)
+    return LayerLatency(
+        layer=layer,
+        label=label,
+        requests=int(histogram.count),
+        p50_seconds=histogram.quantile(0.5),
+        p99_seconds=histogram.quantile(0.99),
+        mean_seconds=histogram.sum / histogram.count,
+    )
+
+
+def serving_metrics_read(*, registry: Any = None) -> ServingMetrics:
+    """Latency per layer, degraded responses by reason and feature ages, from one collection of `registry`
+    (default: the one /metrics exposes, every gunicorn worker merged)."""
+    samples = list(_samples(registry if registry is not None else _metrics_registry()))
+    serving = _histograms(samples, "serving_layer_seconds", "layer")
+    ingest = _histograms(samples, "signals_ingest_seconds", None)
+    layers = [_layer(layer, label, serving.get(layer)) for layer, label in SERVING_LAYERS]
+    layers.append(_layer(*SIGNAL_LAYER, ingest.get("")))
+
+    by_placement = {
+        placement: int(count) for placement, count in _counter(samples, "surface_slates", "placement").items()
+    }
+    slates = sum(by_placement.values())
+    degraded = [
+        DegradedReason(reason=reason, responses=int(count), rate=_ratio(count, slates))
+        for reason, count in sorted(_counter(samples, "surface_degraded", "reason").items(), key=lambda kv: -kv[1])
+        if count
+    ]
+    feature_ages = [
+        FeatureAge(feature, int(histogram.count), histogram.quantile(0.5), histogram.quantile(0.99))
+        for feature, histogram in sorted(_histograms(samples, "feature_age_seconds", "feature").items())
+        if histogram.count
+    ]
+    return ServingMetrics(
+        layers=layers,
+        slates=slates,
+        slates_by_placement=dict(sorted(by_placement.items())),
+        degraded=degraded,
+        feature_ages=feature_ages,
+        merged_workers=registry is None and bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")),
+    )
+
+
+@dataclass(frozen=True)
+class ModelAge:
+    kind: str
+    version: str
+    state: str
+    created_at: datetime
+    age_seconds: float
+    canary_percent: int
+
+
+def model_age_list(*, now: datetime | None = None) -> list[ModelAge]:
+    """The serving model versions (active and canary, per kind) and how long ago each was trained."""
+    now = now or timezone.now()
+    rows = ModelVersion.objects.filter(state__in=[ModelVersion.State.ACTIVE, ModelVersion.State.CANARY]).order_by(
+        "kind", "state"
+    )
+    return [
+        ModelAge(
+            kind=row.kind,
+            version=row.version,
+            state=row.state,
+            created_at=row.created_at,
+            age_seconds=(now - row.created_at).total_seconds(),
+            canary_percent=row.canary_percent,
+        )
+        for row in rows.only("kind", "version", "state", "created_at", "canary_percent")
+    ]

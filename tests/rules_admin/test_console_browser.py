@@ -1,0 +1,103 @@
+"""The console in a real browser (headless Chromium) against the real run command: a merchandiser edits a rule in
+the admin, then restores the earlier version from its history in one click; the stored rule after each step."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection
+
+from rules_admin.roles import MERCHANDISER
+from surface_app import configuration
+from surface_app.models import BusinessRule, Placement
+from tests.embedded_test_env import PROJECT_ROOT
+from tests.integration_helpers import child_env
+from tests.rules_admin.console_users import console_user
+from tests.test_run_platform import _free_port, _wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.integration,
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed"),
+]
+
+
+def stored(rule_id: int) -> tuple[str, float]:
+    """The rule as stored, read on another thread (Playwright's sync API runs an event loop on this one, where
+    Django refuses database calls)."""
+
+    def read() -> tuple[str, float]:
+        try:
+            rule = BusinessRule.objects.get(pk=rule_id)
+            return rule.name, rule.factor
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(read).result()
+
+
+def test_a_merchandiser_edits_a_rule_then_reverts_it_from_its_history(tmp_path, django_user_model):
+    from playwright.sync_api import sync_playwright
+
+    home = Placement.objects.create(name="home", size=10)
+    rule = configuration.rule_save(rule=BusinessRule(name="Mugs up", kind="boost", placement=home, factor=2.0))
+    user = console_user(django_user_model, "merch", MERCHANDISER)
+    user.set_password("browser-test-pw")
+    user.save()
+    port, ws_port = _free_port(), _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
+         "--web-workers", "1"],
+        cwd=PROJECT_ROOT, env=child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{base}/readyz", time.monotonic() + 60)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync", "--no-first-run"],
+            )  # fmt: skip
+            page = browser.new_page()
+            page.goto(f"{base}/admin/login/?next=/admin/surface_app/businessrule/{rule.pk}/change/")
+            page.fill("#id_username", "merch")
+            page.fill("#id_password", "browser-test-pw")
+            page.click("input[type=submit]")
+
+            page.wait_for_selector("#id_factor")
+            page.fill("#id_factor", "5")
+            page.fill("#id_name", "Mugs way up")
+            page.click("input[name=_continue]")
+            page.wait_for_selector(".messagelist .success")
+            edited = stored(rule.pk)
+
+            page.goto(f"{base}/admin/surface_app/businessrule/{rule.pk}/history/")
+            assert page.locator("button.revert-version").count() == 1  # the earlier version only
+            assert "merch" in page.locator("#change-history").inner_text()
+            page.click("button.revert-version")
+            page.wait_for_selector(".messagelist .success")
+            message = page.locator(".messagelist .success").inner_text()
+            shown_factor = page.input_value("#id_factor")
+            reverted = stored(rule.pk)
+            browser.close()
+        assert edited == ("Mugs way up", 5.0)
+        assert reverted == ("Mugs up", 2.0)
+        assert message.startswith("Reverted to the version of ") and shown_factor == "2.0"
+        assert [(h.history_type, h.history_user and h.history_user.username) for h in
+                rule.history.order_by("history_date")] == [("+", None), ("~", "merch"), ("~", "merch")]  # fmt: skip
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

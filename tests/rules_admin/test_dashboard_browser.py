@@ -1,0 +1,138 @@
+"""The console dashboard in a real browser (headless Chromium) against the real run command: log in, serve a
+recommendation, open the dashboard and check that its charts rendered, with one day on the axis per day of the
+window and a point per placement per day."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+
+from signals_app.models import Impression
+from tests.embedded_test_env import PROJECT_ROOT
+from tests.factories import EventFactory, ItemFactory, ShopperFactory
+from tests.integration_helpers import child_env
+from tests.test_run_platform import _free_port, _wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.integration,
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed"),
+]
+WINDOW_DAYS = 14
+PER_DAY_CHARTS = ("impressions", "ctr", "add_to_cart_rate", "purchase_rate", "rpm")
+
+
+def _served_history() -> None:
+    """Two placements served every day of the window, home three items a day and cart one; a click on home's
+    first item every other day."""
+    today = timezone.now().date()
+    for offset in range(WINDOW_DAYS):
+        served_at = datetime.combine(today - timedelta(days=offset), datetime.min.time(), tzinfo=UTC)
+        for placement, size in (("home", 3), ("cart", 1)):
+            for slot in range(size):
+                Impression.objects.create(
+                    request_id=f"{placement}-{offset}", user_key="u:shopper-1", placement=placement,
+                    item_id=f"sku-{slot}", slot=slot, served_at=served_at,
+                )  # fmt: skip
+        if offset % 2 == 0:
+            EventFactory(
+                type="click", item_id="sku-0", request_id=f"home-{offset}", attributed_placement="home",
+                attributed_slot=0, occurred_at=served_at + timedelta(minutes=1),
+            )  # fmt: skip
+
+
+def test_dashboard_renders_its_charts(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    for index in range(4):
+        ItemFactory(external_id=f"sku-{index}", title=f"Mug {index}")
+    ShopperFactory(external_id="shopper-1")
+    _served_history()
+    merchandiser = get_user_model().objects.create_user("merch", password="browser-test-pw", is_staff=True)
+    merchandiser.user_permissions.add(
+        Permission.objects.get(content_type__app_label="signals_app", codename="view_impression")
+    )
+    port, ws_port = _free_port(), _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
+         "--web-workers", "1"],
+        cwd=PROJECT_ROOT, env=child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        _wait_for(f"http://127.0.0.1:{port}/readyz", deadline)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync", "--no-first-run"],
+            )  # fmt: skip
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            outside_requests: list[str] = []
+            page.on(
+                "request",
+                lambda request: (
+                    request.url.startswith(f"http://127.0.0.1:{port}/") or outside_requests.append(request.url)
+                ),
+            )
+            page.goto(f"http://127.0.0.1:{port}/admin/login/?next=/admin/console/dashboard/")
+            page.fill("#id_username", "merch")
+            page.fill("#id_password", "browser-test-pw")
+            page.click("input[type=submit]")
+            page.wait_for_selector("svg[data-chart='impressions']", timeout=15000)
+            # A recommendation served by the web process, for the latency chart (the session works for the API).
+            served = page.request.get(
+                f"http://127.0.0.1:{port}/api/v1/recommendations?user_id=shopper-1&placement=home"
+            )
+            assert served.ok, served.text()
+            page.reload()
+            page.wait_for_selector("svg[data-chart='latency'] rect.bar", timeout=15000)
+
+            sizes = page.locator("svg.dashboard-chart").evaluate_all(
+                "charts => charts.map(c => [c.dataset.chart, c.getBoundingClientRect().width,"
+                " c.getBoundingClientRect().height])"
+            )
+            days = {chart: page.locator(f"svg[data-chart='{chart}'] g.day").count() for chart in PER_DAY_CHARTS}
+            impression_points = page.locator("svg[data-chart='impressions'] g.series").evaluate_all(
+                "series => series.map(s => [s.dataset.series, s.querySelectorAll('circle.point').length,"
+                " s.querySelector('path').getTotalLength() > 0])"
+            )
+            home_ctr_heights = page.locator(
+                "svg[data-chart='ctr'] g.series[data-series='home'] circle.point"
+            ).evaluate_all("points => points.map(p => p.getAttribute('cy'))")
+            latency_bars = page.locator("svg[data-chart='latency'] g.bar-row[data-row='total'] rect.bar").evaluate_all(
+                "bars => bars.map(b => [b.dataset.measure, b.getBoundingClientRect().width])"
+            )
+            table_rows = page.locator("#placement-days tbody tr").count()
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            browser.close()
+
+        charts = {chart for chart, _, _ in sizes}
+        assert {*PER_DAY_CHARTS, "latency"} <= charts, sizes
+        assert all(width > 100 and height > 50 for _, width, height in sizes), sizes
+        assert days == dict.fromkeys(PER_DAY_CHARTS, WINDOW_DAYS), days
+        assert sorted(impression_points) == [["cart", WINDOW_DAYS, True], ["home", WINDOW_DAYS, True]]
+        # Home's CTR: a third on the days with a click, none on the others, half the days each.
+        assert sorted(Counter(home_ctr_heights).values()) == [WINDOW_DAYS // 2, WINDOW_DAYS // 2], home_ctr_heights
+        assert [measure for measure, _ in latency_bars] == ["p50", "p99"], latency_bars
+        assert all(width > 0 for _, width in latency_bars), latency_bars
+        assert table_rows == 2 * WINDOW_DAYS
+        assert outside_requests == []  # no CDN: every asset comes from the platform itself
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,111 @@
+"""The console's preview in a real browser (headless Chromium) against the real run command: log in, preview a
+user's home shelf, add an unsaved pin and see the "with the unsaved edit" column change while "served now" does not,
+and nothing is saved."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+
+from graph_app.online import catalog_online_rebuild
+from personalization import redis_keys
+from surface_app.models import BusinessRule, Placement
+from tests.embedded_test_env import PROJECT_ROOT
+from tests.factories import ItemFactory
+from tests.integration_helpers import child_env
+from tests.test_run_platform import _free_port, _wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.integration,
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed"),
+]
+SERVED = "#column-served tr.preview-item"
+EDITED = "#column-edited tr.preview-item"
+CATALOG = ["anchor", "twin", "cousin", "stranger", "tea"]
+
+
+def test_an_unsaved_pin_changes_the_edited_column_only(tmp_path, clean_redis):
+    from playwright.sync_api import sync_playwright
+
+    for index, name in enumerate(CATALOG):
+        vector = [0.0] * 64
+        vector[0], vector[1] = 1.0, index * 0.3
+        ItemFactory(external_id=name, title=name.title(), category="mugs", price="4.50", embedding=vector)
+    catalog_online_rebuild()
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "anchor")
+    Placement.objects.create(name="home", size=3)
+    staff = get_user_model().objects.create_user("merchandiser", password="browser-test-pw", is_staff=True)
+    staff.user_permissions.add(
+        Permission.objects.get(content_type__app_label="surface_app", codename="view_businessrule")
+    )
+    port, ws_port = _free_port(), _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
+         "--web-workers", "1"],
+        cwd=PROJECT_ROOT, env=child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        _wait_for(f"http://127.0.0.1:{port}/readyz", deadline)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync", "--no-first-run"],
+            )  # fmt: skip
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/admin/login/?next=/admin/console/preview/")
+            page.fill("#id_username", "merchandiser")
+            page.fill("#id_password", "browser-test-pw")
+            page.click("input[type=submit]")
+            page.wait_for_selector("#preview-form", timeout=15000)
+
+            # The merchandiser previews u1's home shelf as it is served now.
+            page.select_option("#id_placement", "home")
+            page.fill("#id_user_id", "u1")
+            page.click("#preview-submit")
+            page.wait_for_selector(SERVED, timeout=15000)
+            served_before = page.locator(SERVED).evaluate_all("rows => rows.map(r => r.dataset.itemId)")
+            edited_before = page.locator(EDITED).evaluate_all("rows => rows.map(r => r.dataset.itemId)")
+
+            # Then pins an item the shelf does not show, without saving the rule, and previews again.
+            pinned = next(name for name in CATALOG[1:] if name not in served_before)
+            page.select_option("#id_rule-kind", "pin")
+            page.fill("#id_rule-name", "Spring promo")
+            page.fill("#id_rule-item_ids", pinned)
+            page.fill("#id_rule-slot", "1")
+            page.click("#preview-submit")
+            page.wait_for_selector(f"{EDITED}[data-item-id='{pinned}'][data-slot='1']", timeout=15000)
+            served_after = page.locator(SERVED).evaluate_all("rows => rows.map(r => r.dataset.itemId)")
+            edited_after = page.locator(EDITED).evaluate_all(
+                "rows => rows.map(r => [r.dataset.itemId, r.dataset.change])"
+            )
+            removed_by_edit = page.locator("#column-edited .preview-missing li").evaluate_all(
+                "items => items.map(i => i.dataset.itemId)"
+            )
+            rules_of_pinned = page.locator(f"{EDITED}[data-item-id='{pinned}'] td.rules").inner_text()
+            browser.close()
+        assert len(served_before) == 3, served_before
+        assert edited_before == served_before  # no edit yet: both columns agree
+        assert served_after == served_before  # "served now" does not move
+        assert edited_after[0] == [pinned, "new"], edited_after
+        assert [item_id for item_id, _ in edited_after[1:]] == served_before[:2], edited_after
+        assert removed_by_edit == served_before[2:], removed_by_edit
+        assert rules_of_pinned.strip() == "pin:Spring promo"
+        assert not BusinessRule.objects.exists()  # a preview saves nothing
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
