@@ -33,13 +33,33 @@ class ConsoleSite(admin.AdminSite):
 
     def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[dict[str, Any]]:
         apps = super().get_app_list(request, app_label)
-        labels = [label for label, _ in SECTION_ORDER]
+        if app_label is None:
+            tools = self._console_tools(request)
+            if tools:
+                apps.insert(0, {"name": "Console", "app_label": "console", "app_url": "", "has_module_perms": True,
+                                "models": tools})  # fmt: skip
+        labels = ["console", *(label for label, _ in SECTION_ORDER)]
         models = dict(SECTION_ORDER)
         apps.sort(key=lambda app: _position(labels, app["app_label"]))
         for app in apps:
             order = models.get(app["app_label"], [])
             app["models"].sort(key=lambda model: _position(order, model["object_name"]))
         return apps
+
+    def _console_tools(self, request: HttpRequest) -> list[dict[str, Any]]:
+        """The console's own pages (preview and explain, dashboard) on the index, for those allowed to see them."""
+        from django.urls import reverse
+
+        pages = [
+            ("Preview and explain", "console:preview", "surface_app.view_businessrule"),
+            ("Dashboard", "console:dashboard", "signals_app.view_impression"),
+        ]
+        return [
+            {"name": name, "object_name": name.replace(" ", ""), "admin_url": reverse(url), "add_url": None,
+             "view_only": True, "perms": {"view": True}}
+            for name, url, permission in pages
+            if request.user.has_perm(permission)
+        ]  # fmt: skip
 
 
 class ConsoleAdminConfig(AdminConfig):

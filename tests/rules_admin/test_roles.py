@@ -122,9 +122,12 @@ def test_model_version_actions_need_the_change_permission(merchandiser_client, a
 def test_the_index_lists_merchandising_first_then_models_and_schedules(administrator_client):
     apps_listed = administrator_client.get(reverse("admin:index")).context["app_list"]
     labels = [app["app_label"] for app in apps_listed]
-    surface = [model["object_name"] for model in apps_listed[0]["models"]]
+    tools = [model["name"] for model in apps_listed[0]["models"]]
+    surface = [model["object_name"] for model in apps_listed[1]["models"]]
 
-    assert labels[:3] == ["surface_app", "scoring_app", "django_celery_beat"]
+    # The console's own pages first, then merchandising.
+    assert tools == ["Dashboard", "Preview and explain"]
+    assert labels[:4] == ["console", "surface_app", "scoring_app", "django_celery_beat"]
     assert surface == ["Placement", "BusinessRule", "PinRule", "FrequencyCap", "FallbackList"]
 
 
@@ -132,7 +135,7 @@ def test_a_merchandisers_index_hides_what_they_cannot_open(merchandiser_client):
     labels = [app["app_label"] for app in merchandiser_client.get(reverse("admin:index")).context["app_list"]]
 
     assert "personalization" not in labels and "django_celery_beat" not in labels
-    assert labels[0] == "surface_app"
+    assert labels[:2] == ["console", "surface_app"]
 
 
 def test_repeated_failed_logins_lock_the_account_out_even_with_the_right_password(django_user_model, settings):
