@@ -40,7 +40,14 @@ from scoring_app.engine.retrieval import (
 from scoring_app.engine.scoring import ScoredItem, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
 from surface_app.serving.impressions import NoScriptError, impression_script
-from surface_app.serving.rules import PlacementConfig, RankedItem, RulesSnapshot, rules_apply, snapshot_observe
+from surface_app.serving.rules import (
+    PlacementConfig,
+    RankedItem,
+    RulesSnapshot,
+    rules_apply,
+    snapshot_current,
+    snapshot_observe,
+)
 
 if TYPE_CHECKING:
     from scoring_app.engine.bandit import BanditLog
@@ -170,8 +177,6 @@ def _slate_build(
 ) -> Slate:
     started = time.perf_counter()
     now = time.time()
-    from surface_app.serving.rules import snapshot_current
-
     config = snapshot_current().placement(placement)
     horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
     reads = _SurfaceReads(user_key, placement, now, horizon)
