@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 from django.conf import settings
 from django.db import connection
@@ -28,3 +29,12 @@ def child_env(**overrides: str) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         **overrides,
     }
+
+
+# Debian's Chromium, driven by Playwright in the browser tests (they skip when it is not installed). Without the
+# background-networking flags it keeps trying the network, which this machine refuses.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run",
+]  # fmt: skip

@@ -3,7 +3,6 @@ the admin, then restores the earlier version from its history in one click; the 
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +16,10 @@ from rules_admin.roles import MERCHANDISER
 from surface_app import configuration
 from surface_app.models import BusinessRule, Placement
 from tests.embedded_test_env import PROJECT_ROOT
-from tests.integration_helpers import child_env
+from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, child_env
 from tests.rules_admin.console_users import console_user
 from tests.test_run_platform import _free_port, _wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.integration,
@@ -65,8 +63,7 @@ def test_a_merchandiser_edits_a_rule_then_reverts_it_from_its_history(tmp_path, 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync", "--no-first-run"],
+                args=CHROMIUM_ARGS,
             )  # fmt: skip
             page = browser.new_page()
             page.goto(f"{base}/admin/login/?next=/admin/surface_app/businessrule/{rule.pk}/change/")

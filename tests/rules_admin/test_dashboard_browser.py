@@ -4,7 +4,6 @@ window and a point per placement per day."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +19,9 @@ from django.utils import timezone
 from signals_app.models import Impression
 from tests.embedded_test_env import PROJECT_ROOT
 from tests.factories import EventFactory, ItemFactory, ShopperFactory
-from tests.integration_helpers import child_env
+from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, child_env
 from tests.test_run_platform import _free_port, _wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.integration,
@@ -76,8 +74,7 @@ def test_dashboard_renders_its_charts(tmp_path):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync", "--no-first-run"],
+                args=CHROMIUM_ARGS,
             )  # fmt: skip
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             outside_requests: list[str] = []

@@ -4,7 +4,6 @@ and nothing is saved."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +18,9 @@ from personalization import redis_keys
 from surface_app.models import BusinessRule, Placement
 from tests.embedded_test_env import PROJECT_ROOT
 from tests.factories import ItemFactory
-from tests.integration_helpers import child_env
+from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, child_env
 from tests.test_run_platform import _free_port, _wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.integration,
@@ -60,8 +58,7 @@ def test_an_unsaved_pin_changes_the_edited_column_only(tmp_path, clean_redis):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync", "--no-first-run"],
+                args=CHROMIUM_ARGS,
             )  # fmt: skip
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/admin/login/?next=/admin/console/preview/")

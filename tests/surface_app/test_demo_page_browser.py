@@ -5,7 +5,6 @@ the tracker's click carries the slate's request id and slot."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +15,9 @@ from django.contrib.auth import get_user_model
 
 from tests.embedded_test_env import PROJECT_ROOT
 from tests.factories import ItemFactory, ShopperFactory
-from tests.integration_helpers import child_env
+from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, child_env
 from tests.test_run_platform import _free_port, _wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.integration,
@@ -51,8 +49,7 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync", "--no-first-run"],
+                args=CHROMIUM_ARGS,
             )  # fmt: skip
             page = browser.new_page()
             home_frames: list[str] = []
