@@ -244,7 +244,7 @@ EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "1"))
 
 # Retrieval sources that query PostgreSQL run in this many threads per process, each against its own deadline
 # (0 runs them one after another in the request's thread, checking deadlines after the fact).
-SCORE_RETRIEVAL_THREADS = int(os.environ.get("SCORE_RETRIEVAL_THREADS", "4"))
+SCORE_RETRIEVAL_THREADS = int(os.environ.get("SCORE_RETRIEVAL_THREADS", "6"))
 # Multiplies every time budget of serving, the retrieval sources' deadlines and the placements' (e.g. 2 on a slow or
 # busy machine; the budgets themselves are in code and in the placements).
 SCORE_RETRIEVAL_DEADLINE_FACTOR = float(os.environ.get("SCORE_RETRIEVAL_DEADLINE_FACTOR", "1"))

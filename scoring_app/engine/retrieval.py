@@ -306,15 +306,19 @@ class RetrievalSource:
     uses_database: bool
 
 
+# Every source gets the Score layer's whole retrieval budget: they run at once, and on two cores the GIL serializes
+# their Python work, so a cheap source started last still needs most of it.
+RETRIEVAL_DEADLINE_MS = 10.0
+
 # In the order their candidates are merged (and served when no ranker or bandit scores them): the user's own
 # signals first, then what is popular, then exploration.
 SOURCES: tuple[RetrievalSource, ...] = (
-    RetrievalSource("similar", _recent_items_source, 8.0, True),
-    RetrievalSource("graph", _graph_source, 5.0, False),
-    RetrievalSource("user_vector", _user_vector_source, 8.0, True),
-    RetrievalSource("category_popular", _category_popular_source, 5.0, True),
-    RetrievalSource("popular", _popular_source, 5.0, True),
-    RetrievalSource("fresh", _fresh_source, 5.0, True),
+    RetrievalSource("similar", _recent_items_source, RETRIEVAL_DEADLINE_MS, True),
+    RetrievalSource("graph", _graph_source, RETRIEVAL_DEADLINE_MS, False),
+    RetrievalSource("user_vector", _user_vector_source, RETRIEVAL_DEADLINE_MS, True),
+    RetrievalSource("category_popular", _category_popular_source, RETRIEVAL_DEADLINE_MS, True),
+    RetrievalSource("popular", _popular_source, RETRIEVAL_DEADLINE_MS, True),
+    RetrievalSource("fresh", _fresh_source, RETRIEVAL_DEADLINE_MS, True),
 )
 
 _pool: ThreadPoolExecutor | None = None
