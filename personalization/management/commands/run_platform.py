@@ -68,6 +68,10 @@ class Command(BaseCommand):
             "beat": f"{bin_dir}/celery -A config beat --loglevel INFO",
         }
         base = f"http://{host}:{port}"
+        from graph_app.models import Shopper
+
+        # A shopper with history, for the example request (the demo's customers; any id works).
+        example_user = Shopper.objects.order_by("external_id").values_list("external_id", flat=True).first() or "u1"
         self.stdout.write(
             "\n".join(
                 [
@@ -79,7 +83,7 @@ class Command(BaseCommand):
                     f"  WebSocket  ws://{host}:{ws_port}/ws/v1/recommendations/?user_id=...&api_key=...",
                     f"  API key    {report.demo_api_key}",
                     f"  Try        curl -H 'Authorization: Bearer {report.demo_api_key}' \\\n"
-                    f"               '{base}/api/v1/recommendations?user_id=customer-12347'",
+                    f"               '{base}/api/v1/recommendations?user_id={example_user}&placement=home'",
                     "  Ctrl-C stops everything.",
                     "",
                 ]
