@@ -235,6 +235,11 @@ def main() -> None:
 
     retrieval_warm_up()
     models_refresh()
+    # As a serving worker does after its warm-up (config/gunicorn.py): what is loaded leaves the collector's reach.
+    import gc
+
+    gc.collect()
+    gc.freeze()
     cold = in_process(user_keys, args.requests, cold=True)
     print("cold", cold)
     warm = in_process(user_keys, args.requests, cold=False)
