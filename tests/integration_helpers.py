@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
@@ -38,3 +45,30 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--no-first-run",
 ]  # fmt: skip
+
+
+@contextmanager
+def platform_running(data_dir: Path, *, wait_for_websockets: bool = False) -> Iterator[tuple[int, int]]:
+    """`manage.py run_platform --no-demo` on free ports against the test servers, ready to serve; yields (HTTP
+    port, WebSocket port) and stops it with Ctrl-C (SIGINT) afterwards, as a user would."""
+    from tests.test_run_platform import _free_port, _wait_for
+
+    port, ws_port = _free_port(), _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
+         "--web-workers", "1"],
+        cwd=Path(__file__).resolve().parent.parent, env=child_env(PERSONALIZATION_DATA_DIR=str(data_dir)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        _wait_for(f"http://127.0.0.1:{port}/readyz", deadline)
+        if wait_for_websockets:
+            _wait_for(f"http://127.0.0.1:{ws_port}/healthz", deadline)
+        yield port, ws_port
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -3,10 +3,6 @@ the admin, then restores the earlier version from its history in one click; the 
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,10 +11,8 @@ from django.db import connection
 from rules_admin.roles import MERCHANDISER
 from surface_app import configuration
 from surface_app.models import BusinessRule, Placement
-from tests.embedded_test_env import PROJECT_ROOT
-from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, child_env
+from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, platform_running
 from tests.rules_admin.console_users import console_user
-from tests.test_run_platform import _free_port, _wait_for
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -50,16 +44,8 @@ def test_a_merchandiser_edits_a_rule_then_reverts_it_from_its_history(tmp_path, 
     user = console_user(django_user_model, "merch", MERCHANDISER)
     user.set_password("browser-test-pw")
     user.save()
-    port, ws_port = _free_port(), _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
-         "--web-workers", "1"],
-        cwd=PROJECT_ROOT, env=child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{base}/readyz", time.monotonic() + 60)
+    with platform_running(tmp_path) as (port, _):
+        base = f"http://127.0.0.1:{port}"
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
@@ -92,9 +78,3 @@ def test_a_merchandiser_edits_a_rule_then_reverts_it_from_its_history(tmp_path, 
         assert message.startswith("Reverted to the version of ") and shown_factor == "2.0"
         assert [(h.history_type, h.history_user and h.history_user.username) for h in
                 rule.history.order_by("history_date")] == [("+", None), ("~", "merch"), ("~", "merch")]  # fmt: skip
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()

@@ -4,10 +4,6 @@ window and a point per placement per day."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -17,10 +13,8 @@ from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from signals_app.models import Impression
-from tests.embedded_test_env import PROJECT_ROOT
 from tests.factories import EventFactory, ItemFactory, ShopperFactory
-from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, child_env
-from tests.test_run_platform import _free_port, _wait_for
+from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, platform_running
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -61,16 +55,7 @@ def test_dashboard_renders_its_charts(tmp_path):
     merchandiser.user_permissions.add(
         Permission.objects.get(content_type__app_label="signals_app", codename="view_impression")
     )
-    port, ws_port = _free_port(), _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
-         "--web-workers", "1"],
-        cwd=PROJECT_ROOT, env=child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        _wait_for(f"http://127.0.0.1:{port}/readyz", deadline)
+    with platform_running(tmp_path) as (port, _):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
@@ -127,9 +112,3 @@ def test_dashboard_renders_its_charts(tmp_path):
         assert all(width > 0 for _, width in latency_bars), latency_bars
         assert table_rows == 2 * WINDOW_DAYS
         assert outside_requests == []  # no CDN: every asset comes from the platform itself
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()

@@ -4,11 +4,6 @@ and nothing is saved."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -16,10 +11,8 @@ from django.contrib.auth.models import Permission
 from graph_app.online import catalog_online_rebuild
 from personalization import redis_keys
 from surface_app.models import BusinessRule, Placement
-from tests.embedded_test_env import PROJECT_ROOT
 from tests.factories import ItemFactory
-from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, child_env
-from tests.test_run_platform import _free_port, _wait_for
+from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, platform_running
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -45,16 +38,7 @@ def test_an_unsaved_pin_changes_the_edited_column_only(tmp_path, clean_redis):
     staff.user_permissions.add(
         Permission.objects.get(content_type__app_label="surface_app", codename="view_businessrule")
     )
-    port, ws_port = _free_port(), _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
-         "--web-workers", "1"],
-        cwd=PROJECT_ROOT, env=child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        _wait_for(f"http://127.0.0.1:{port}/readyz", deadline)
+    with platform_running(tmp_path) as (port, _):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
@@ -100,9 +84,3 @@ def test_an_unsaved_pin_changes_the_edited_column_only(tmp_path, clean_redis):
         assert removed_by_edit == served_before[2:], removed_by_edit
         assert rules_of_pinned.strip() == "pin:Spring promo"
         assert not BusinessRule.objects.exists()  # a preview saves nothing
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()

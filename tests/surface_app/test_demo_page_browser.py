@@ -5,18 +5,12 @@ the tracker's click carries the slate's request id and slot."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from django.contrib.auth import get_user_model
 
-from tests.embedded_test_env import PROJECT_ROOT
 from tests.factories import ItemFactory, ShopperFactory
-from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, child_env
-from tests.test_run_platform import _free_port, _wait_for
+from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, platform_running
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -35,17 +29,7 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
         ItemFactory(external_id=name, title=name.title(), category="mugs", price="4.50", embedding=vector)
     ShopperFactory(external_id="shopper-1")
     get_user_model().objects.create_user("staff", password="browser-test-pw", is_staff=True)
-    port, ws_port = _free_port(), _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
-         "--web-workers", "1"],
-        cwd=PROJECT_ROOT, env=child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        _wait_for(f"http://127.0.0.1:{port}/readyz", deadline)
-        _wait_for(f"http://127.0.0.1:{ws_port}/healthz", deadline)
+    with platform_running(tmp_path, wait_for_websockets=True) as (port, _):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
@@ -111,9 +95,3 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
         assert [(c["item_id"], c["placement"], c["request_id"], c["slot"]) for c in clicks] == [
             (clicked, "home", request_id, 0)
         ], sent_events
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
