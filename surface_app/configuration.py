@@ -18,6 +18,7 @@ from graph_app.models import Item
 from personalization.redis_client import get_control_redis
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.rules_compile import ConditionError, conditions_parse
+from surface_app.services import shelves_placement_changed
 from surface_app.serving.slates import CONFIG_VERSION_KEY
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,7 @@ def surface_config_changed(*, placement: str | None = None) -> None:
             logger.exception("surface.config_version_failed")
             return
         try:
-            from surface_app import services
-
-            notify = getattr(services, "shelves_placement_changed", None)
-            if notify is not None:
-                notify(placement=placement)
+            shelves_placement_changed(placement=placement)
         except Exception:
             logger.exception("surface.shelves_notify_failed")
 
