@@ -45,17 +45,16 @@ def item_trend_epochs(partition: int) -> str:
     return f"items:{_tag(partition)}:trend-epochs"
 
 
-def item_last_seen(partition: int) -> str:
-    """item id -> time of its latest weighted event (the age of its popularity features)."""
-    return f"items:{_tag(partition)}:last-seen"
+def item_counters(partition: int) -> str:
+    """item id -> packed doubles: its popularity windows (decayed to its latest weighted event), then that event's
+    time. What the feature store reads for 500 candidates in one HMGET (`graph_app.features.online`)."""
+    return f"items:{_tag(partition)}:counters"
 
 
-def placement_clicks(partition: int, placement: str) -> str:
-    return f"ctr:{_tag(partition)}:clicks:{placement}"
-
-
-def placement_impressions(partition: int, placement: str) -> str:
-    return f"ctr:{_tag(partition)}:impressions:{placement}"
+def placement_counters(partition: int, placement: str) -> str:
+    """item id -> packed doubles: attributed clicks and served impressions in the placement (decayed to the time of
+    the latest of them), then that time: the click-through-rate feature."""
+    return f"ctr:{_tag(partition)}:{placement}"
 
 
 def catalog_entities(partition: int) -> str:

@@ -50,9 +50,39 @@ COOLDOWN_EVENT_TYPES = frozenset({"hide", "skip"})
 COOLDOWN_ITEMS_KEPT = 200
 COOLDOWN_KEPT_SECONDS = 30 * 24 * 3600
 
-INGEST_SCRIPT = """
--- One partition's share of a request. KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item last seen,
--- 5..4+W trend keys, then 8 keys an event: seen, recent, session items, affinity, placement clicks, recent-last,
+PACKED_ADD_LUA = """
+-- An item's decayed counters in one packed record (doubles: the values at time `last`, then `last`), so that the
+-- feature store reads every counter of 500 items with one HMGET: an event adds to each value with the value's own
+-- half-life. A late event (before `last`) adds its decayed amount.
+local function packed_add(key, item, ts, increments, half_lives)
+  local n = #half_lives
+  local format = '<' .. string.rep('d', n + 1)
+  local packed = redis.call('HGET', key, item)
+  local values = {}
+  local last = nil
+  if packed and #packed == 8 * (n + 1) then
+    local fields = {struct.unpack(format, packed)}
+    for i = 1, n do values[i] = fields[i] end
+    last = fields[n + 1]
+  end
+  if not last then
+    for i = 1, n do values[i] = increments[i] end
+    last = ts
+  elseif ts >= last then
+    for i = 1, n do values[i] = values[i] * 2 ^ (-(ts - last) / half_lives[i]) + increments[i] end
+    last = ts
+  else
+    for i = 1, n do values[i] = values[i] + increments[i] * 2 ^ (-(last - ts) / half_lives[i]) end
+  end
+  values[n + 1] = last
+  redis.call('HSET', key, item, struct.pack(format, unpack(values)))
+end
+"""
+
+INGEST_SCRIPT = (
+    """
+-- One partition's share of a request. KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item counters,
+-- 5..4+W trend keys, then 8 keys an event: seen, recent, session items, affinity, placement counters, recent-last,
 -- cool-down, purchased. ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 user state ttl, 5 session ttl,
 -- 6 affinity half-life, 7 rebase after, 8 windows W, 9..8+W trend half-lives, 9+W now, 10+W cool-down items kept,
 -- 11+W cool-down seconds kept, then 11 values an event: item, weight, marks interest, ts, payload, has session,
@@ -73,19 +103,9 @@ local trend_epochs = {}
 for w = 1, windows do
   trend_epochs[w] = tonumber(redis.call('HGET', KEYS[1], KEYS[4 + w]))
 end
-local function bump(key, epoch_field_key, half_life, ts, amount, item)
-  local epoch = tonumber(redis.call('HGET', KEYS[1], epoch_field_key))
-  if not epoch then
-    epoch = ts
-    redis.call('HSET', KEYS[1], epoch_field_key, epoch)
-  elseif (ts - epoch) / half_life > rebase_after then
-    redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', 2 ^ (-(ts - epoch) / half_life))
-    epoch = ts
-    redis.call('HSET', KEYS[1], epoch_field_key, epoch)
-  end
-  redis.call('ZINCRBY', key, amount * 2 ^ ((ts - epoch) / half_life), item)
-end
-local results = {}
+"""
+    + PACKED_ADD_LUA
+    + """local results = {}
 for e = 0, events - 1 do
   local k = 4 + windows + 8 * e
   local a = 11 + windows + 11 * e
@@ -132,7 +152,12 @@ for e = 0, events - 1 do
         end
       end
       if item ~= '' and weight > 0 then
-        redis.call('ZADD', KEYS[4], 'GT', ts, item)
+        local weights, half_lives = {}, {}
+        for w = 1, windows do
+          weights[w] = weight
+          half_lives[w] = tonumber(ARGV[8 + w])
+        end
+        packed_add(KEYS[4], item, ts, weights, half_lives)
         for w = 1, windows do
           local key = KEYS[4 + w]
           local half_life = tonumber(ARGV[8 + w])
@@ -186,7 +211,8 @@ for e = 0, events - 1 do
         end
       end
       if item ~= '' and ARGV[a + 8] == '1' then
-        bump(KEYS[k + 5], KEYS[k + 5], tonumber(ARGV[a + 9]), ts, 1, item)
+        local ctr_half_life = tonumber(ARGV[a + 9])
+        packed_add(KEYS[k + 5], item, ts, {1, 0}, {ctr_half_life, ctr_half_life})
       end
     end
     redis.call('XADD', KEYS[2], '*', 'e', ARGV[a + 5])
@@ -194,6 +220,7 @@ for e = 0, events - 1 do
 end
 return results
 """
+)
 
 
 @dataclass(frozen=True)
@@ -245,7 +272,7 @@ class IngestScript:
             redis_keys.item_trend_epochs(partition),
             redis_keys.event_stream(partition),
             redis_keys.catalog_entities(partition),
-            redis_keys.item_last_seen(partition),
+            redis_keys.item_counters(partition),
             *(redis_keys.item_trend(partition, window) for window in TREND_WINDOWS),
         ]
         args: list[str | bytes | float | int] = [
@@ -269,7 +296,7 @@ class IngestScript:
                 redis_keys.user_recent_items(event.user_key),
                 redis_keys.user_session_items(event.user_key, event.session_id or "-"),
                 redis_keys.user_affinity(event.user_key),
-                redis_keys.placement_clicks(partition, event.placement or "-"),
+                redis_keys.placement_counters(partition, event.placement or "-"),
                 redis_keys.user_recent_last(event.user_key),
                 redis_keys.user_cooldown(event.user_key),
                 redis_keys.user_purchased(event.user_key),

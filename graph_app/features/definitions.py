@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
+
+import numpy as np
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -109,9 +112,13 @@ def decay(age_seconds: float, half_life_seconds: float) -> float:
     return float(2.0 ** (-age_seconds / half_life_seconds))
 
 
-def trend(popularity_1h: float, popularity_1d: float) -> float:
+# The formulas serve one row offline and whole numpy columns online: plain arithmetic, the same numbers either way.
+Number = TypeVar("Number", float, np.ndarray)
+
+
+def trend(popularity_1h: Number, popularity_1d: Number) -> Number:
     return popularity_1h / (popularity_1d + 1.0)
 
 
-def smoothed_ctr(clicks: float, impressions: float) -> float:
+def smoothed_ctr(clicks: Number, impressions: Number) -> Number:
     return (clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_CLICKS + CTR_PRIOR_NON_CLICKS)

@@ -28,7 +28,6 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
-from graph_app.online import unpack_static
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 
@@ -60,8 +59,12 @@ def _age_observe(names: tuple[str, ...], age: float) -> None:
 
 
 COUNTER_WINDOWS = tuple(POPULARITY_HALF_LIVES)
-# Per partition: the decayed item counters (trend windows, last seen, placement clicks and impressions).
-COUNTERS_PER_PARTITION = len(COUNTER_WINDOWS) + 3
+# The packed records the ingest and impression scripts keep per item (signals_app.online_state.PACKED_ADD_LUA):
+# the popularity windows then the time of the latest event; clicks, impressions, then the latest time.
+ITEM_COUNTERS = np.dtype([("values", "<f8", (len(COUNTER_WINDOWS),)), ("last", "<f8")])
+PLACEMENT_COUNTERS = np.dtype([("values", "<f8", (2,)), ("last", "<f8")])
+# The catalog's packed static facts (graph_app.online.STATIC_FORMAT: "<dBd").
+STATIC = np.dtype([("price", "<f8"), ("in_stock", "u1"), ("created_at", "<f8")])
 ENTITY_SEPARATOR = "|"
 
 
@@ -76,25 +79,22 @@ class FeatureMatrix:
         return self.values[:, FEATURE_INDEX[name]]
 
 
-def _floats(replies: list[Any]) -> np.ndarray:
-    """Redis numbers (bytes, or None when absent) as float64, NaN for None."""
-    return np.fromiter((math.nan if value is None else float(value) for value in replies), np.float64, len(replies))
-
-
-def _counter_keys(partition: int, placement: str) -> list[str]:
-    return [
-        redis_keys.item_trend_epochs(partition),
-        *(redis_keys.item_trend(partition, window) for window in COUNTER_WINDOWS),
-        redis_keys.item_last_seen(partition),
-        redis_keys.placement_clicks(partition, placement),
-        redis_keys.placement_impressions(partition, placement),
-    ]
+def _records(replies: list[Any], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Packed fixed-size records (or None, or a payload of another size: absent) as one structured array, and
+    which rows were present. One join and one frombuffer, not a Python loop over the fields."""
+    width = dtype.itemsize
+    blank = bytes(width)
+    present = np.fromiter((isinstance(value, bytes) and len(value) == width for value in replies), bool, len(replies))
+    payload = b"".join(value if ok else blank for value, ok in zip(replies, present.tolist(), strict=True))
+    return np.frombuffer(payload, dtype=dtype, count=len(replies)), present
 
 
 def features_queue(
     client: redis.Redis, pipeline: redis.client.Pipeline, *, user_key: str, item_ids: list[str], placement: str
 ) -> None:
-    """Queue every read the feature matrix needs except the recent items' embeddings."""
+    """Queue every read the feature matrix needs except the recent items' embeddings: three for the user, one
+    HMGET per item structure (static facts, embeddings, entities) and two per event partition (the items'
+    packed popularity counters, their counters in the placement)."""
     pipeline.hgetall(redis_keys.user_affinity(user_key))
     pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_FOR_SIMILARITY - 1)
     pipeline.get(redis_keys.user_recent_last(user_key))
@@ -102,10 +102,8 @@ def features_queue(
     pipeline.hmget(redis_keys.CATALOG_VECTORS, item_ids)
     pipeline.hmget(redis_keys.catalog_entities(redis_keys.partition_of(user_key)), item_ids)
     for partition in redis_keys.partitions():
-        epochs, *counters = _counter_keys(partition, placement)
-        pipeline.hmget(epochs, counters)
-        for key in counters:
-            pipeline.zmscore(key, item_ids)
+        pipeline.hmget(redis_keys.item_counters(partition), item_ids)
+        pipeline.hmget(redis_keys.placement_counters(partition, placement), item_ids)
 
 
 def features_fetch(*, user_key: str, item_ids: list[str], placement: str, now: float) -> FeatureMatrix:
@@ -121,58 +119,62 @@ def features_fetch(*, user_key: str, item_ids: list[str], placement: str, now: f
     return features_compute(replies=replies, recent_vectors=recent_vectors, item_ids=item_ids, now=now, observe=True)
 
 
+def _decayed_sums(
+    replies: list[Any], dtype: np.dtype, half_lives: np.ndarray, now: float, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per item, the packed counters of every partition decayed to `now` and summed (count x windows), and the
+    time of the item's latest event in any partition (-inf when none)."""
+    totals = np.zeros((count, len(half_lives)))
+    last_seen = np.full(count, -np.inf)
+    for reply in replies:
+        records, present = _records(reply, dtype)
+        if not present.any():
+            continue
+        last = records["last"]
+        factors = 2.0 ** (-(now - last)[:, None] / half_lives[None, :])
+        totals += np.where(present[:, None], records["values"] * factors, 0.0)
+        last_seen = np.where(present, np.fmax(last_seen, last), last_seen)
+    return totals, last_seen
+
+
+_POPULARITY_HALF_LIVES = np.array([POPULARITY_HALF_LIVES[window] for window in COUNTER_WINDOWS])
+_CTR_HALF_LIVES = np.array([CTR_HALF_LIFE_SECONDS, CTR_HALF_LIFE_SECONDS])
+
+
 def features_compute(
     *, replies: list[Any], recent_vectors: list[Any], item_ids: list[str], now: float, observe: bool = False
 ) -> FeatureMatrix:
     count = len(item_ids)
     values = np.full((count, len(FEATURE_NAMES)), np.nan)
     affinity_raw, recent_raw, recent_last, static_raw, vectors_raw, entities_raw = replies[:6]
-    position = 6
-
-    half_lives = [*POPULARITY_HALF_LIVES.values(), None, CTR_HALF_LIFE_SECONDS, CTR_HALF_LIFE_SECONDS]
-    totals = np.zeros((len(half_lives), count))
-    last_seen = np.full(count, -np.inf)
-    for start in range(position, len(replies), COUNTERS_PER_PARTITION + 1):
-        epochs = _floats(replies[start])
-        counters = [_floats(reply) for reply in replies[start + 1 : start + 1 + COUNTERS_PER_PARTITION]]
-        for index, half_life in enumerate(half_lives):
-            if half_life is None:
-                last_seen = np.fmax(last_seen, np.nan_to_num(counters[index], nan=-np.inf))
-            elif not np.isnan(epochs[index]):
-                totals[index] += np.nan_to_num(counters[index]) * 2.0 ** (-(now - epochs[index]) / half_life)
-    popularity = {window: totals[index] for index, window in enumerate(POPULARITY_HALF_LIVES)}
-    clicks, impressions = totals[-2], totals[-1]
+    per_partition = replies[6:]
+    popularity, last_seen = _decayed_sums(per_partition[0::2], ITEM_COUNTERS, _POPULARITY_HALF_LIVES, now, count)
+    placement_totals, _ = _decayed_sums(per_partition[1::2], PLACEMENT_COUNTERS, _CTR_HALF_LIVES, now, count)
 
     # Item popularity: zero when the item never had an event, missing when its latest is older than the TTL.
+    seen = np.isfinite(last_seen)
     age = now - last_seen
-    for window in POPULARITY_HALF_LIVES:
+    for index, window in enumerate(COUNTER_WINDOWS):
         name = f"item_popularity_{window}"
-        column = np.where(np.isfinite(last_seen), popularity[window], 0.0)
+        column = np.where(seen, popularity[:, index], 0.0)
         ttl = TTL[name]
-        stale = np.isfinite(age) & (age > ttl) if ttl else np.zeros(count, dtype=bool)
+        stale = seen & (age > ttl) if ttl else np.zeros(count, dtype=bool)
         column[stale] = np.nan
         values[:, FEATURE_INDEX[name]] = column
         if observe and stale.any():
             FEATURE_MISSING.labels(feature=name).inc(int(stale.sum()))
-    values[:, FEATURE_INDEX["item_trend"]] = [
-        trend(hour, day)
-        for hour, day in zip(
-            values[:, FEATURE_INDEX["item_popularity_1h"]], values[:, FEATURE_INDEX["item_popularity_1d"]], strict=True
-        )
-    ]
-    values[:, FEATURE_INDEX["item_placement_ctr"]] = [
-        smoothed_ctr(click, shown) for click, shown in zip(clicks, impressions, strict=True)
-    ]
-    if observe and np.isfinite(last_seen).any():
-        _age_observe(ITEM_EVENT_FEATURES, float(np.nanmin(age[np.isfinite(age)])))
+    # The definitions' formulas are plain arithmetic: applied to whole columns they give the same numbers.
+    values[:, FEATURE_INDEX["item_trend"]] = trend(
+        values[:, FEATURE_INDEX["item_popularity_1h"]], values[:, FEATURE_INDEX["item_popularity_1d"]]
+    )
+    values[:, FEATURE_INDEX["item_placement_ctr"]] = smoothed_ctr(placement_totals[:, 0], placement_totals[:, 1])
+    if observe and seen.any():
+        _age_observe(ITEM_EVENT_FEATURES, float(np.min(age[seen])))
 
-    for row, payload in enumerate(static_raw):
-        if payload is None:
-            continue
-        price, in_stock, created_at = unpack_static(payload)
-        values[row, FEATURE_INDEX["item_price"]] = price
-        values[row, FEATURE_INDEX["item_in_stock"]] = 1.0 if in_stock else 0.0
-        values[row, FEATURE_INDEX["item_age_days"]] = (now - created_at) / DAY
+    static, known = _records(static_raw, STATIC)
+    values[known, FEATURE_INDEX["item_price"]] = static["price"][known]
+    values[known, FEATURE_INDEX["item_in_stock"]] = (static["in_stock"][known] != 0).astype(np.float64)
+    values[known, FEATURE_INDEX["item_age_days"]] = (now - static["created_at"][known]) / DAY
 
     _user_entity_features(values, affinity_raw, entities_raw, now, observe)
     _similarity(values, vectors_raw, recent_vectors)

@@ -12,28 +12,20 @@ from redis.exceptions import NoScriptError
 
 from graph_app.features.definitions import CTR_HALF_LIFE_SECONDS
 from personalization import redis_keys
-from signals_app.online_state import REBASE_AFTER_HALF_LIVES
+from signals_app.online_state import PACKED_ADD_LUA
 
-IMPRESSION_SCRIPT = """
--- KEYS: 1 decay epochs, 2 placement impressions, 3 stream. ARGV: 1 ts, 2 half-life, 3 rebase after, 4 payload,
--- 5.. item ids.
+IMPRESSION_SCRIPT = (
+    PACKED_ADD_LUA
+    + """
+-- KEYS: 1 the placement's item counters, 2 stream. ARGV: 1 ts, 2 half-life, 3 payload, 4.. item ids.
 local ts, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
-local epoch = tonumber(redis.call('HGET', KEYS[1], KEYS[2]))
-if not epoch then
-  epoch = ts
-  redis.call('HSET', KEYS[1], KEYS[2], epoch)
-elseif (ts - epoch) / half_life > tonumber(ARGV[3]) then
-  redis.call('ZUNIONSTORE', KEYS[2], 1, KEYS[2], 'WEIGHTS', 2 ^ (-(ts - epoch) / half_life))
-  epoch = ts
-  redis.call('HSET', KEYS[1], KEYS[2], epoch)
+for index = 4, #ARGV do
+  packed_add(KEYS[1], ARGV[index], ts, {0, 1}, {half_life, half_life})
 end
-local increment = 2 ^ ((ts - epoch) / half_life)
-for index = 5, #ARGV do
-  redis.call('ZINCRBY', KEYS[2], increment, ARGV[index])
-end
-redis.call('XADD', KEYS[3], '*', 'e', ARGV[4])
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
 return 1
 """
+)
 
 
 class ImpressionScript:
@@ -54,13 +46,9 @@ class ImpressionScript:
         if self.sha is None:
             self.sha = str(client.script_load(IMPRESSION_SCRIPT))
         partition = redis_keys.partition_of(user_key)
-        keys = [
-            redis_keys.item_trend_epochs(partition),
-            redis_keys.placement_impressions(partition, placement),
-            redis_keys.event_stream(partition),
-        ]
+        keys = [redis_keys.placement_counters(partition, placement), redis_keys.event_stream(partition)]
         pipeline.evalsha(
-            self.sha, len(keys), *keys, repr(served_at), CTR_HALF_LIFE_SECONDS, REBASE_AFTER_HALF_LIVES,
+            self.sha, len(keys), *keys, repr(served_at), CTR_HALF_LIFE_SECONDS,
             orjson.dumps({"kind": "impression", **record}), *item_ids,
         )  # fmt: skip
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import struct
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,8 @@ from graph_app.features.definitions import FEATURE_INDEX, FEATURE_NAMES
 from graph_app.features.offline import FeatureRequest, features_offline
 from graph_app.features.online import features_fetch
 from graph_app.features.skew import feature_skew_check
+from personalization import redis_keys
+from personalization.redis_client import get_redis
 from signals_app.consumer import events_drain_all
 from signals_app.services import events_ingest
 from surface_app.serving.slates import slate_serve
@@ -77,6 +80,30 @@ def test_decayed_values_match_the_definitions_online_and_offline(catalog):
         assert values["item_in_stock"] == [1.0, 1.0, 1.0]
         assert values["item_placement_ctr"] == pytest.approx([0.05] * 3)
     assert online["user_item_similarity"] == pytest.approx(offline["user_item_similarity"], rel=1e-6)
+
+
+def test_item_counters_add_events_in_any_order_into_one_packed_record(catalog):
+    now = datetime.now(UTC)
+    # The 30 h and 5 h old purchases arrive after the 2 h old one: they add their decayed amounts to the record.
+    times = [now - timedelta(hours=hours) for hours in (2, 30, 5)]
+    events_ingest(
+        raw_events=[
+            {"event_id": f"late-{index}", "type": "purchase", "user_id": "u3", "item_id": "bowl",
+             "timestamp": occurred.isoformat()}
+            for index, occurred in enumerate(times)
+        ]
+    )  # fmt: skip
+
+    online, offline = _both("u3", ["bowl"])
+
+    for window, half_life in (("1h", 3600.0), ("1d", 86400.0), ("7d", 7 * 86400.0)):
+        expected = sum(8 * 2 ** (-(now - occurred).total_seconds() / half_life) for occurred in times)
+        assert online[f"item_popularity_{window}"][0] == pytest.approx(expected, rel=1e-3), window
+        assert offline[f"item_popularity_{window}"][0] == pytest.approx(online[f"item_popularity_{window}"][0])
+    # One record of four doubles (three windows, then the latest event's time) read by one HMGET for any item.
+    record = get_redis().hget(redis_keys.item_counters(redis_keys.partition_of("u3")), "bowl")
+    assert len(record) == 32
+    assert struct.unpack("<4d", record)[3] == pytest.approx(times[0].timestamp())
 
 
 def test_values_older_than_their_ttl_are_missing_on_both_sides(catalog):
