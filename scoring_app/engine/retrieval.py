@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -60,8 +60,10 @@ SOURCES_DROPPED = Counter(
 )
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """One retrieved item. A named tuple: a request builds hundreds of them, at a third of a frozen dataclass's
+    cost."""
+
     item_id: str
     score: float
     source: str
