@@ -40,7 +40,7 @@ class CommandPacker(HiredisRespSerializer):
         try:
             return [hiredis.pack_command(args)]
         except TypeError:
-            return super().pack(*args)  # raises redis-py's DataError naming the value
+            return list(super().pack(*args))  # raises redis-py's DataError naming the value
 
 
 _COMMAND_PACKER = CommandPacker()
