@@ -2,18 +2,31 @@
 
 The model's own feature list decides the columns it gets, so a model trained before a feature was added keeps
 working; a feature it needs that the store no longer has is passed as missing (NaN), which LightGBM handles.
+
+Serving compiles each model to machine code with lleaves (LLVM) when it loads it, in the registry's background
+loader: 500 candidates score in about 0.1 ms instead of LightGBM's 0.8 ms on one thread, with the same numbers
+(to about 1e-15). The LightGBM booster stays loaded for explanations (pred_contrib) and as the fallback when
+compiling is switched off (SCORE_RANKER_COMPILE=0) or fails.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
 from graph_app.features.definitions import FEATURE_INDEX
 from graph_app.features.online import FeatureMatrix
 from scoring_app.engine import registry
+
+logger = logging.getLogger(__name__)
 
 RANKER = "ranker"
 # The user x item features: when they are all missing the ranker knows nothing about this user.
@@ -29,6 +42,38 @@ class LoadedRanker:
     booster: Any  # lightgbm.Booster
     feature_names: tuple[str, ...]
     columns: np.ndarray  # index into the feature store's columns, -1 where the store lacks the feature
+    compiled: Any = None  # lleaves.Model, when the model was compiled
+
+
+def _compiled(artifact: bytes) -> Any:
+    """The model compiled by lleaves, cached on disk by the artifact's hash so that the other processes of this
+    machine (and restarts) load the object code instead of compiling again. None when it cannot be compiled."""
+    if not settings.SCORE_RANKER_COMPILE:
+        return None
+    try:
+        import lleaves
+
+        folder = Path(settings.DATA_DIR) / "compiled-models"
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(artifact).hexdigest()[:32]
+        cached = folder / f"ranker-{digest}.o"
+        with tempfile.NamedTemporaryFile("wb", dir=folder, suffix=".txt", delete=False) as model_file:
+            model_file.write(artifact)
+        try:
+            model = lleaves.Model(model_file=model_file.name)
+            if cached.exists():
+                model.compile(cache=str(cached))
+            else:
+                # Written under a name of this process's own, then renamed: another process never reads half a file.
+                partial = folder / f"ranker-{digest}.{os.getpid()}.partial"
+                model.compile(cache=str(partial))
+                os.replace(partial, cached)
+        finally:
+            os.unlink(model_file.name)
+        return model
+    except Exception:  # no LLVM here, or a model lleaves cannot compile: LightGBM scores it
+        logger.exception("score.ranker_compile_failed")
+        return None
 
 
 def ranker_load(artifact: bytes) -> LoadedRanker:
@@ -37,7 +82,7 @@ def ranker_load(artifact: bytes) -> LoadedRanker:
     booster = lightgbm.Booster(model_str=artifact.decode())
     names = tuple(str(name) for name in booster.feature_name())
     columns = np.array([FEATURE_INDEX.get(name, -1) for name in names], dtype=np.int64)
-    return LoadedRanker(booster, names, columns)
+    return LoadedRanker(booster, names, columns, _compiled(artifact))
 
 
 registry.register_loader(RANKER, ranker_load)
@@ -53,7 +98,11 @@ def ranker_inputs(ranker: LoadedRanker, features: FeatureMatrix) -> np.ndarray:
 def ranker_scores(ranker: LoadedRanker, features: FeatureMatrix) -> np.ndarray:
     if not features.item_ids:
         return np.zeros(0)
-    scores = ranker.booster.predict(ranker_inputs(ranker, features), num_threads=1)
+    inputs = ranker_inputs(ranker, features)
+    if ranker.compiled is not None:
+        scores = ranker.compiled.predict(inputs, n_jobs=1)
+    else:
+        scores = ranker.booster.predict(inputs, num_threads=1)
     return np.asarray(scores, dtype=np.float64)
 
 

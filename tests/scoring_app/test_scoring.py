@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from scoring_app.engine import registry
@@ -126,3 +128,24 @@ def test_preview_explains_ranked_items_with_their_top_feature_contributions(trai
     assert {name for item in served.items for name, _ in item.contributions} <= set(FEATURE_NAMES)
     top = served.items[0].contributions
     assert [abs(value) for _, value in top] == sorted((abs(value) for _, value in top), reverse=True)
+
+
+def test_served_rankers_are_compiled_and_score_as_lightgbm_does(trained_shop, settings):
+    from graph_app.features.online import features_fetch
+    from scoring_app.engine.ranking import ranker_inputs, ranker_load, ranker_scores
+
+    artifact = bytes(ModelVersion.objects.get(version=trained_shop.model_version).artifact)
+    compiled = ranker_load(artifact)
+    features = features_fetch(
+        user_key="user-0", item_ids=[f"mugs-{n}" for n in range(10)], placement="home", now=time.time()
+    )
+
+    assert compiled.compiled is not None
+    expected = compiled.booster.predict(ranker_inputs(compiled, features), num_threads=1)
+    assert ranker_scores(compiled, features) == pytest.approx(expected, abs=1e-9)
+    # The object code is kept by the artifact's hash: the next process loads it instead of compiling.
+    assert list((settings.DATA_DIR / "compiled-models").glob("ranker-*.o"))
+    settings.SCORE_RANKER_COMPILE = False
+    plain = ranker_load(artifact)
+    assert plain.compiled is None
+    assert ranker_scores(plain, features) == pytest.approx(expected, abs=1e-12)
