@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,9 +86,9 @@ def _records(replies: list[Any], dtype: np.dtype) -> tuple[np.ndarray, np.ndarra
     which rows were present. One join and one frombuffer, not a Python loop over the fields."""
     width = dtype.itemsize
     blank = bytes(width)
-    present = np.fromiter((isinstance(value, bytes) and len(value) == width for value in replies), bool, len(replies))
-    payload = b"".join(value if ok else blank for value, ok in zip(replies, present.tolist(), strict=True))
-    return np.frombuffer(payload, dtype=dtype, count=len(replies)), present
+    chunks = [value if value.__class__ is bytes and len(value) == width else blank for value in replies]
+    present = np.fromiter(map(operator.is_not, chunks, itertools.repeat(blank)), bool, len(chunks))
+    return np.frombuffer(b"".join(chunks), dtype=dtype, count=len(chunks)), present
 
 
 def features_queue(
