@@ -108,13 +108,13 @@ def catalog_items_rebuild() -> int:
     for row in rows.iterator(chunk_size=REBUILD_BATCH_SIZE):
         batch.append(row)
         if len(batch) == REBUILD_BATCH_SIZE:
-            count += _publish_rows(batch)
+            count += catalog_rows_publish(batch)
             batch = []
-    count += _publish_rows(batch)
+    count += catalog_rows_publish(batch)
     return count
 
 
-def _publish_rows(rows: list[tuple[str, object, bool, object, object]]) -> int:
+def catalog_rows_publish(rows: list[tuple[str, object, bool, object, object]]) -> int:
     static = {
         item_id: pack_static(
             price=None if price is None else float(price),  # type: ignore[arg-type]

@@ -6,18 +6,26 @@ import factory
 from django.utils import timezone
 
 from graph_app.models import Entity, Item, ItemEntity, Shopper
+from graph_app.online import catalog_rows_publish
 from signals_app.models import Event
 
 
 class ItemFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Item
+        skip_postgeneration_save = True
 
     external_id = factory.Sequence(lambda n: f"sku-{n}")
     title = factory.Sequence(lambda n: f"Item {n}")
     category = "mugs"
     price = "9.99"
     in_stock = True
+
+    @factory.post_generation
+    def online(obj: Item, create: bool, extracted: object, **kwargs: object) -> None:
+        """As the catalog services do: the item's facts and vector copied to Redis, where serving reads them."""
+        if create:
+            catalog_rows_publish([(obj.external_id, obj.price, obj.in_stock, obj.created_at, obj.embedding)])
 
 
 class ShopperFactory(factory.django.DjangoModelFactory):

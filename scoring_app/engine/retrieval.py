@@ -145,9 +145,6 @@ ORDER BY embedding <=> (SELECT avg(embedding) FROM graph_app_item
                         WHERE external_id = ANY(%(recent)s) AND embedding IS NOT NULL)
 LIMIT %(k)s
 """
-_POPULAR_IN_STOCK_SQL = """
-SELECT external_id FROM graph_app_item WHERE external_id = ANY(%(popular)s) AND in_stock
-"""
 _POPULAR_FROM_CATALOG_SQL = """
 SELECT external_id, popularity FROM graph_app_item WHERE in_stock ORDER BY popularity DESC LIMIT %(k)s
 """
@@ -189,15 +186,10 @@ def _graph_candidates(state: UserState) -> dict[str, Candidate]:
     if not neighbour_ids:
         return {}
     try:
-        facts = get_redis().hmget(redis_keys.CATALOG_STATIC, neighbour_ids)
+        # Neighbourhoods are refreshed hourly; stock changes by the minute: keep only what can be bought now.
+        available = _in_stock(neighbour_ids)
     except RedisError:
         return {}
-    # Neighbourhoods are refreshed hourly; stock changes by the minute: keep only what can be bought now.
-    available = {
-        item_id
-        for item_id, packed in zip(neighbour_ids, facts, strict=True)
-        if isinstance(packed, bytes) and unpack_static(packed)[1]
-    }
     for neighbours in neighbourhoods.values():
         for neighbour in neighbours:
             if neighbour.item_id not in available:
@@ -245,10 +237,35 @@ def _shared_list(key: str, name: str, sql: str, params: dict[str, Any]) -> list[
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
 
 
+# The user's vector changes only when the embeddings are retrained: its neighbours are cached per user and model
+# version (the version is the cache version) for the user cache's longest TTL. Taken without the exclusion of the
+# user's recent items, RECENT_ITEMS_USED more than needed, so that the exclusion applies when read.
+USER_VECTOR_CACHE_SECONDS = 300
+
+
+def _user_vector_neighbours(state: UserState) -> list[tuple[str, float]]:
+    def build() -> bytes:
+        rows = _rows(
+            _USER_VECTOR_SQL, {"user": state.user_key, "recent": [], "k": USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED}
+        )
+        rows.sort(key=lambda row: row[1], reverse=True)  # relaxed iterative scans may return rows slightly out of order
+        return orjson.dumps(rows)
+
+    version = hashlib.sha1((state.model_version or "").encode()).hexdigest()[:20]
+    payload = user_cache_get_or_build(
+        user_key=state.user_key, name="user_vector", version=version, build=build,
+        ttl_seconds=USER_VECTOR_CACHE_SECONDS,
+    )  # fmt: skip
+    return [(item_id, score) for item_id, score in orjson.loads(payload)]
+
+
 def _user_vector_source(state: UserState) -> list[Candidate]:
-    rows = _rows(_USER_VECTOR_SQL, {"user": state.user_key, "recent": state.recent_items, "k": USER_VECTOR_NEIGHBOURS})
-    rows.sort(key=lambda row: row[1], reverse=True)  # relaxed iterative scans may return rows slightly out of order
-    return [Candidate(item_id, score, "user_vector", "Picked for your taste") for item_id, score in rows]
+    recent = set(state.recent_items)
+    rows = [(item_id, score) for item_id, score in _user_vector_neighbours(state) if item_id not in recent]
+    return [
+        Candidate(item_id, score, "user_vector", "Picked for your taste")
+        for item_id, score in rows[:USER_VECTOR_NEIGHBOURS]
+    ]
 
 
 def _recent_items_source(state: UserState) -> list[Candidate]:
@@ -281,13 +298,23 @@ def _fresh_source(state: UserState) -> list[Candidate]:
     ]
 
 
+def _in_stock(item_ids: list[str]) -> set[str]:
+    """The items in stock, from the catalog's copy in Redis (kept by the catalog services with every change)."""
+    if not item_ids:
+        return set()
+    facts = get_redis().hmget(redis_keys.CATALOG_STATIC, item_ids)
+    return {
+        item_id
+        for item_id, packed in zip(item_ids, facts, strict=True)
+        if isinstance(packed, bytes) and unpack_static(packed)[1]
+    }
+
+
 def _popular_source(state: UserState) -> list[Candidate]:
     """Popular items right now (the online counters), checked in stock."""
     if not state.popular_items:
         return []
-    with connection.cursor() as cursor:
-        cursor.execute(_POPULAR_IN_STOCK_SQL, {"popular": [item_id for item_id, _ in state.popular_items]})
-        in_stock = {row[0] for row in cursor.fetchall()}
+    in_stock = _in_stock([item_id for item_id, _ in state.popular_items])
     top = max((score for _, score in state.popular_items), default=0.0) or 1.0
     return [
         Candidate(item_id, round(score / top, 6), "popular", "Popular right now")
@@ -319,7 +346,7 @@ SOURCES: tuple[RetrievalSource, ...] = (
     RetrievalSource("graph", _graph_source, RETRIEVAL_DEADLINE_MS, False),
     RetrievalSource("user_vector", _user_vector_source, RETRIEVAL_DEADLINE_MS, True),
     RetrievalSource("category_popular", _category_popular_source, RETRIEVAL_DEADLINE_MS, True),
-    RetrievalSource("popular", _popular_source, RETRIEVAL_DEADLINE_MS, True),
+    RetrievalSource("popular", _popular_source, RETRIEVAL_DEADLINE_MS, False),
     RetrievalSource("fresh", _fresh_source, RETRIEVAL_DEADLINE_MS, True),
 )
 
@@ -456,13 +483,15 @@ def _catalog_popular(state: UserState, limit: int) -> list[Candidate]:
 
 
 def popular_fallback(*, state: UserState, limit: int) -> list[Candidate]:
-    """A placement's popular fallback: the online popular items in stock, or PostgreSQL's popularity when the
-    user's state (Redis) is unavailable."""
+    """A placement's popular fallback: the online popular items in stock, or PostgreSQL's popularity when Redis
+    is unavailable."""
     if "user_state_unavailable" in state.degraded:
         return _catalog_popular(state, limit)
-    return [
-        Candidate(c.item_id, c.score, c.source, c.explanation, ("popular",)) for c in _popular_source(state)[:limit]
-    ]
+    try:
+        popular = _popular_source(state)
+    except RedisError:
+        return _catalog_popular(state, limit)
+    return [Candidate(c.item_id, c.score, c.source, c.explanation, ("popular",)) for c in popular[:limit]]
 
 
 def candidates_retrieve(
