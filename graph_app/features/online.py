@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,9 +77,22 @@ class FeatureMatrix:
     values: np.ndarray  # len(item_ids) x len(FEATURE_NAMES), NaN where missing
     names: tuple[str, ...] = FEATURE_NAMES
     recent_items: list[str] = field(default_factory=list)
+    # The raw reads other consumers of the same request reuse (the bandit's context): the user's affinity hash,
+    # each row's entity keys, and whether the user's recent items are within their TTL.
+    affinity: dict[bytes, bytes] = field(default_factory=dict)
+    entities: list[bytes | None] = field(default_factory=list)
+    recent_valid: bool = False
 
     def column(self, name: str) -> np.ndarray:
         return self.values[:, FEATURE_INDEX[name]]
+
+    def rows(self, indexes: Sequence[int] | np.ndarray) -> FeatureMatrix:
+        """The matrix of these rows only (in this order)."""
+        chosen = [int(index) for index in indexes]
+        return FeatureMatrix(
+            [self.item_ids[index] for index in chosen], self.values[chosen], self.names, self.recent_items,
+            self.affinity, [self.entities[index] for index in chosen] if self.entities else [], self.recent_valid,
+        )  # fmt: skip
 
 
 def _records(replies: list[Any], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +196,11 @@ def features_compute(
     _similarity(values, vectors_raw, recent_vectors)
     if observe and recent_vectors and recent_last is not None:
         _age_observe(USER_RECENT_FEATURES, now - float(recent_last))
-    return FeatureMatrix(item_ids=list(item_ids), values=values, recent_items=[value.decode() for value in recent_raw])
+    return FeatureMatrix(
+        item_ids=list(item_ids), values=values, recent_items=[value.decode() for value in recent_raw],
+        affinity=affinity_raw, entities=list(entities_raw),
+        recent_valid=bool(recent_raw) and recent_last is not None and float(recent_last) + AFFINITY_TTL_SECONDS > now,
+    )  # fmt: skip
 
 
 # Parsed entity lists of items, by their encoded form (items keep their entities for long): (f: key of the

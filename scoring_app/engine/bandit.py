@@ -261,6 +261,19 @@ def bandit_context_build(
     )
 
 
+def bandit_context_from_features(
+    *, placement: str, now: float, reason: str, candidates: list[Candidate], features: FeatureMatrix
+) -> BanditContext:
+    """The context from a feature matrix already fetched for these candidates (rows in the same order)."""
+    offered = _offered(candidates)
+    rows = {item_id: row for row, item_id in enumerate(features.item_ids)}
+    chosen = features.rows([rows[candidate.item_id] for candidate in offered])
+    return bandit_context_build(
+        placement=placement, now=now, reason=reason, item_ids=chosen.item_ids, affinity=chosen.affinity,
+        has_recent_items=chosen.recent_valid, entities=chosen.entities, matrix=chosen,
+    )  # fmt: skip
+
+
 def bandit_context_fetch(
     *, user_key: str, placement: str, candidates: list[Candidate], now: float, reason: str = ""
 ) -> BanditContext:

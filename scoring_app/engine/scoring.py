@@ -67,8 +67,7 @@ def _in_stock(features: FeatureMatrix, candidates: list[Candidate]) -> tuple[lis
     keep = np.flatnonzero(~(stock == 0.0))
     if len(keep) == len(candidates):
         return candidates, features
-    kept = [candidates[index] for index in keep]
-    return kept, FeatureMatrix([c.item_id for c in kept], features.values[keep], recent_items=features.recent_items)
+    return [candidates[index] for index in keep], features.rows(keep)
 
 
 def _fallback(candidates: list[Candidate], k: int, model_version: str | None, degraded: list[str]) -> ScoreResult:
@@ -159,7 +158,9 @@ def slate_score(
                 )
             return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded, variant=_variant(state))
 
-    bandit_result = _bandit(state, offered, placement, k, _reason(ranker, items, state)) if scorer != "ranker" else None
+    bandit_result = (
+        _bandit(state, offered, placement, k, _reason(ranker, items, state), features) if scorer != "ranker" else None
+    )
     if bandit_result is not None:
         return ScoreResult(
             bandit_result.items, bandit_result.confidence, PATH_BANDIT, bandit_result.model_version,
@@ -183,6 +184,9 @@ def _variant(state: UserState) -> str:
 # the last slot of a ranked slate, so new items are explored (and their propensity logged) on every shelf.
 NEW_ITEM_DAYS = 30.0
 EXPLORATION_MIN_SLOTS = 4
+# The new items offered for that slot: the first ones in retrieval order (each offered action costs features to
+# build and a line in the impression log).
+NEW_ITEMS_OFFERED = 20
 
 
 def _new_item_slot(
@@ -199,27 +203,30 @@ def _new_item_slot(
     shown = {item.item_id for item in items}
     popularity = np.nan_to_num(features.column("item_popularity_7d"), nan=0.0)
     age = features.column("item_age_days")
-    new = [
-        candidate
+    rows = [
+        row
         for row, candidate in enumerate(candidates)
         if popularity[row] == 0.0 and age[row] <= NEW_ITEM_DAYS and candidate.item_id not in shown
-    ]
-    if not new:
+    ][:NEW_ITEMS_OFFERED]
+    if not rows:
         return None
-    explored = _bandit(state, new, placement, 1, "new_items")
+    explored = _bandit(state, [candidates[row] for row in rows], placement, 1, "new_items", features.rows(rows))
     if explored is None or not explored.items:
         return None
     return [*items[:slot], explored.items[0], *items[slot:-1]], explored.bandit_log
 
 
-def _bandit(state: UserState, offered: list[Candidate], placement: str, k: int, reason: str) -> ScoreResult | None:
-    """The contextual bandit's slate over the best candidates, or None when no bandit model serves."""
+def _bandit(
+    state: UserState, offered: list[Candidate], placement: str, k: int, reason: str, features: FeatureMatrix
+) -> ScoreResult | None:
+    """The contextual bandit's slate over the best candidates (`features`: their rows, in the same order), or None
+    when no bandit model serves. Its context comes from the feature reads the request already made."""
     serving = bandit.serving_bandit(user_key=state.user_key)
     if serving is None:
         return None
     try:
-        context = bandit.bandit_context_fetch(
-            user_key=state.user_key, placement=placement, candidates=offered, now=time.time(), reason=reason
+        context = bandit.bandit_context_from_features(
+            placement=placement, now=time.time(), reason=reason, candidates=offered, features=features
         )
         picks = bandit.bandit_choose(model=serving.model, context=context, candidates=offered, k=k, rng=_random)
     except Exception:

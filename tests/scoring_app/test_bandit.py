@@ -8,6 +8,7 @@ from datetime import timedelta
 import orjson
 import pytest
 
+from graph_app.features.online import features_fetch
 from graph_app.online import catalog_entities_publish
 from personalization import redis_keys
 from scoring_app.bandit import REACTION_COSTS, bandit_learn
@@ -20,6 +21,7 @@ from scoring_app.engine.bandit import (
     action_features,
     bandit_choose,
     bandit_context_fetch,
+    bandit_context_from_features,
     bandit_example,
     bandit_log,
     bandit_model_dump,
@@ -175,6 +177,13 @@ def test_the_context_comes_from_the_feature_store():
     assert known.items["sku-0"].popularity_1d > 0
     assert "m=c" in action_features(known, offered[0], 0)
     assert (stranger.new_user, stranger.top_categories) == (True, ())
+    # Serving builds the same context from the feature reads it already made for ranking (rows in any order).
+    for user, fetched in (("fan", known), ("stranger", stranger)):
+        features = features_fetch(user_key=user, item_ids=["sku-1", "sku-0"], placement="home", now=now)
+        reused = bandit_context_from_features(
+            placement="home", now=now, reason="", candidates=offered, features=features
+        )
+        assert repr(reused) == repr(fetched)  # (NaN ages compare unequal to themselves)
 
 
 def serve(request_id: str, *, user_key: str = "u1", k: int = 3, seed: int = 1) -> list[str]:
