@@ -518,7 +518,10 @@ def _caps_enforce(
     if not config.caps or not slate.items:
         return slate
     shown = {item.item_id for item in slate.items}
-    offered = [*slate.items, *(item for item in reserve if item.item_id not in shown)]
+    # The reads already left out what the caps refused: the script refuses only what a concurrent request of the
+    # same user just took, so as many spares as slots are plenty (each item offered costs the script work).
+    spares = [item for item in reserve if item.item_id not in shown][: len(slate.items)]
+    offered = [*slate.items, *spares]
     try:
         refused = set(
             frequency_caps.caps_enforce_and_record(
