@@ -203,25 +203,32 @@ def features_compute(
     )  # fmt: skip
 
 
-# Parsed entity lists of items, by their encoded form (items keep their entities for long): (f: key of the
-# category, r: key of the category, f: keys of the other entities).
-_parsed_entities: dict[bytes, tuple[bytes | None, bytes | None, tuple[bytes, ...]]] = {}
+# Entity keys ("category:mugs", "brand:acme") numbered in this process, and items' entity lists by their encoded
+# form (items keep their entities for long), parsed once: (index of the category or NO_ENTITY, indexes of the
+# other entities). A request then reads the user's counters into arrays over these numbers and computes every
+# row with numpy.
+_entity_numbers: dict[bytes, int] = {}
+_parsed_entities: dict[bytes, tuple[int, np.ndarray]] = {}
 PARSED_ENTITIES_KEPT = 200_000
+NO_ENTITY = -1
+_NO_ENTITIES = (NO_ENTITY, np.zeros(0, dtype=np.int64))
 
 
-def _parse_entities(payload: bytes) -> tuple[bytes | None, bytes | None, tuple[bytes, ...]]:
-    parsed = _parsed_entities.get(payload)
-    if parsed is None:
-        keys = payload.split(b"|")
-        category = next((key for key in keys if key.startswith(b"category:")), None)
-        parsed = (
-            b"f:" + category if category else None,
-            b"r:" + category if category else None,
-            tuple(b"f:" + key for key in keys if not key.startswith(b"category:")),
-        )
-        if len(_parsed_entities) >= PARSED_ENTITIES_KEPT:
-            _parsed_entities.clear()
-        _parsed_entities[payload] = parsed
+def _entity_number(key: bytes) -> int:
+    number = _entity_numbers.get(key)
+    if number is None:
+        number = _entity_numbers[key] = len(_entity_numbers)
+    return number
+
+
+def _parse_entities(payload: bytes) -> tuple[int, np.ndarray]:
+    keys = payload.split(b"|")
+    category = next((key for key in keys if key.startswith(b"category:")), None)
+    others = [_entity_number(key) for key in keys if key and not key.startswith(b"category:")]
+    parsed = (_entity_number(category) if category else NO_ENTITY, np.array(others, dtype=np.int64))
+    if len(_parsed_entities) >= PARSED_ENTITIES_KEPT:
+        _parsed_entities.clear()  # the numbering stays: it only grows with the catalog's entities
+    _parsed_entities[payload] = parsed
     return parsed
 
 
@@ -246,29 +253,32 @@ def _user_entity_features(
     frequency, recency, affinity = (FEATURE_INDEX[name] for name in (
         "user_category_frequency", "user_category_recency_days", "user_item_entity_affinity"
     ))  # fmt: skip
-    # The user's counters as floats once; then each item is a few dictionary look-ups done by `map` in C.
-    counters = {name: float(value) for name, value in affinity_raw.items() if name.startswith((b"f:", b"r:"))}
-    lookup = counters.get
-    zeros = itertools.repeat(0.0)
-    rows: list[tuple[float, float, float]] = []
-    computed: dict[bytes | None, tuple[float, float, float]] = {}
-    for payload in entities_raw:
-        result = computed.get(payload)
-        if result is None:
-            if payload:
-                category_frequency, category_recency, others = _parse_entities(payload)
-            else:
-                category_frequency, category_recency, others = None, None, ()
-            last = lookup(category_recency) if category_recency else None
-            result = (
-                lookup(category_frequency, 0.0) * factor if category_frequency else 0.0,
-                (now - last) / DAY if last is not None else math.nan,
-                sum(map(lookup, others, zeros)) * factor,
-            )
-            computed[payload] = result
-        rows.append(result)
-    if rows:
-        values[:, [frequency, recency, affinity]] = rows
+    parsed = [
+        (_parsed_entities.get(payload) or _parse_entities(payload)) if payload else _NO_ENTITIES
+        for payload in entities_raw
+    ]
+    # The user's counters over the entity numbers (the last slot stands for "no category": 0 and never).
+    size = len(_entity_numbers) + 1
+    counts, latest = np.zeros(size), np.full(size, np.nan)
+    for name, value in affinity_raw.items():
+        number = _entity_numbers.get(name[2:])
+        if number is None:
+            continue  # an entity of none of the items read so far: no row needs it
+        if name.startswith(b"f:"):
+            counts[number] = float(value)
+        elif name.startswith(b"r:"):
+            latest[number] = float(value)
+    categories = np.fromiter((category for category, _ in parsed), np.int64, len(parsed))
+    values[:, frequency] = counts[categories] * factor
+    values[:, recency] = (now - latest[categories]) / DAY
+    lengths = np.fromiter((len(others) for _, others in parsed), np.int64, len(parsed))
+    if lengths.any():
+        flat = np.concatenate([others for _, others in parsed])
+        # Summed per row in the items' own order, as one would by hand.
+        sums = np.bincount(np.repeat(np.arange(len(parsed)), lengths), weights=counts[flat], minlength=len(parsed))
+    else:
+        sums = np.zeros(len(parsed))
+    values[:, affinity] = sums * factor
 
 
 def _similarity(values: np.ndarray, vectors_raw: list[Any], recent_vectors: list[Any]) -> None:
