@@ -122,16 +122,30 @@ def features_queue(
         pipeline.hmget(redis_keys.placement_counters(partition, placement), item_ids)
 
 
-def features_fetch(*, user_key: str, item_ids: list[str], placement: str, now: float) -> FeatureMatrix:
+def features_fetch(
+    *, user_key: str, item_ids: list[str], placement: str, now: float, recent_items: Sequence[str] | None = None
+) -> FeatureMatrix:
+    """The feature matrix of the items for the user. `recent_items`: the user's recent items as the caller read
+    them moments ago; their embeddings then ride in the same round trip, and are used if the list still holds
+    them (else a second round trip reads the embeddings of the list as it is now)."""
     client = get_redis()
     pipeline = client.pipeline(transaction=False)
     features_queue(client, pipeline, user_key=user_key, item_ids=item_ids, placement=placement)
+    expected = list(recent_items[:RECENT_ITEMS_FOR_SIMILARITY]) if recent_items else []
+    if expected:
+        pipeline.hmget(redis_keys.CATALOG_VECTORS, expected)
     replies = pipeline.execute()
+    early_vectors = replies.pop() if expected else None
     recent = [value.decode() for value in replies[1]]
     recent_last = replies[2]
     if recent_last is None or float(recent_last) + AFFINITY_TTL_SECONDS <= now:
         recent = []  # the user's recent items are older than their TTL: missing
-    recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent) if recent else []
+    if not recent:
+        recent_vectors = []
+    elif recent == expected and early_vectors is not None:
+        recent_vectors = early_vectors
+    else:
+        recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent)
     return features_compute(replies=replies, recent_vectors=recent_vectors, item_ids=item_ids, now=now, observe=True)
 
 
@@ -272,12 +286,11 @@ def _user_entity_features(
     values[:, frequency] = counts[categories] * factor
     values[:, recency] = (now - latest[categories]) / DAY
     lengths = np.fromiter((len(others) for _, others in parsed), np.int64, len(parsed))
+    sums: np.ndarray = np.zeros(len(parsed))
     if lengths.any():
         flat = np.concatenate([others for _, others in parsed])
         # Summed per row in the items' own order, as one would by hand.
         sums = np.bincount(np.repeat(np.arange(len(parsed)), lengths), weights=counts[flat], minlength=len(parsed))
-    else:
-        sums = np.zeros(len(parsed))
     values[:, affinity] = sums * factor
 
 

@@ -129,8 +129,9 @@ def slate_score(
         return _fallback(candidates, k, state.model_version, degraded)
     try:
         features = features_fetch(
-            user_key=state.user_key, item_ids=[c.item_id for c in candidates], placement=placement, now=time.time()
-        )
+            user_key=state.user_key, item_ids=[c.item_id for c in candidates], placement=placement, now=time.time(),
+            recent_items=state.recent_items[len(state.seeds) :],
+        )  # fmt: skip
     except RedisError as error:
         logger.warning("score.features_unavailable", extra={"error": str(error)})
         return _fallback(candidates, k, state.model_version, ["features_unavailable"])
