@@ -176,6 +176,16 @@ def user_cache_get_or_build(
     return payload
 
 
+def user_cache_peek(*, name: str, version: str, stored: bytes | None) -> bytes | None:
+    """The payload of a user cache value the caller read itself (a GET of `redis_keys.user_cache` in its own
+    pipeline) when it is of `version`, counted as a hit; None otherwise (then `user_cache_get_or_build`)."""
+    prefix = _USER_MAGIC + version.encode() + b"\n"
+    if stored is None or not stored.startswith(prefix):
+        return None
+    CACHE_REQUESTS.labels(cache=name, outcome="hit").inc()
+    return stored[len(prefix) :]
+
+
 def user_cache_invalidate(*, user_key: str, name: str) -> bool:
     """Drop the user's value for `name` (whatever its version); True if there was one. Prefer a new `version`."""
     _check_entity(user_key)
@@ -258,6 +268,17 @@ def item_cache_get(
         waited = True
         time.sleep(min(pause, remaining))
         pause = min(pause * 2, _MAX_POLL_SECONDS)
+
+
+def item_cache_peek(*, name: str, fresh_seconds: int, stored: bytes | None) -> bytes | None:
+    """The payload of an item cache value the caller read itself (a GET of `redis_keys.item_cache` in its own
+    pipeline) when it is fresh, counted as a hit; None otherwise (then `item_cache_get`, which rebuilds or serves
+    it stale under its lock)."""
+    decoded = _item_decode(stored)
+    if decoded is None or _now_ms() - decoded[0] >= fresh_seconds * 1000:
+        return None
+    CACHE_REQUESTS.labels(cache=name, outcome="hit").inc()
+    return decoded[1]
 
 
 def item_cache_invalidate(*, item_key: str, name: str) -> bool:

@@ -27,10 +27,17 @@ from django.db import DatabaseError, connection
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation
+from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation, neighbours_decode, neighbours_queue
 from graph_app.online import unpack_static
 from personalization import redis_keys
-from personalization.cache import CacheWaitTimeout, Uncacheable, item_cache_get, user_cache_get_or_build
+from personalization.cache import (
+    CacheWaitTimeout,
+    Uncacheable,
+    item_cache_get,
+    item_cache_peek,
+    user_cache_get_or_build,
+    user_cache_peek,
+)
 from personalization.redis_client import get_redis
 from scoring_app.engine import registry
 from signals_app.online_reads import decode_popular, queue_popular
@@ -86,6 +93,9 @@ class UserState:
     seeds: tuple[str, ...] = ()
     # Replies to the caller's own reads queued on the same pipeline (`extra`).
     extra_replies: list[Any] = field(default_factory=list)
+    # What retrieval read ahead for its sources in pipelined round trips (cache values, neighbourhoods, stock),
+    # by name: a source finds its input here and runs inline; a source whose input is missing runs in the pool.
+    prefetched: dict[Any, Any] = field(default_factory=dict)
 
 
 def _favourite_categories(affinity: dict[bytes, bytes]) -> list[str]:
@@ -97,6 +107,15 @@ def _favourite_categories(affinity: dict[bytes, bytes]) -> list[str]:
     ]
     counted.sort(reverse=True)
     return [category for _, category in counted[:FAVOURITE_CATEGORIES]]
+
+
+# Read in the state's round trip, raw: the user's cached candidate set and source results, and the newest items.
+_PREFETCHED_WITH_STATE: dict[str, Callable[[str], str]] = {
+    "candidates": lambda user_key: redis_keys.user_cache(user_key, "candidates"),
+    "user_vector": lambda user_key: redis_keys.user_cache(user_key, "user_vector"),
+    "similar_to_recent": lambda user_key: redis_keys.user_cache(user_key, "similar_to_recent"),
+    "fresh_items": lambda user_key: redis_keys.item_cache("catalog", "fresh_items"),
+}
 
 
 def user_state_fetch(
@@ -116,7 +135,9 @@ def user_state_fetch(
         pipeline.get(redis_keys.active_model("embeddings"))
         pipeline.hgetall(redis_keys.user_affinity(user_key))
         registry.queue_snapshot(pipeline)
-        queue_popular(pipeline, depth=popular_depth)
+        popular_count = queue_popular(pipeline, depth=popular_depth)
+        for key in _PREFETCHED_WITH_STATE.values():
+            pipeline.get(key(user_key))
         replies = pipeline.execute()
     except RedisError as error:
         logger.warning("score.user_state_unavailable", extra={"error": str(error)})
@@ -124,15 +145,17 @@ def user_state_fetch(
     extra_replies, replies = replies[:extra_count], replies[extra_count:]
     recent, model_version, affinity, snapshot = replies[:4]
     own = [value.decode() for value in recent]
+    prefetched = dict(zip(_PREFETCHED_WITH_STATE, replies[4 + popular_count :], strict=True))
     return UserState(
         user_key=user_key,
         recent_items=[*seeds, *(item for item in own if item not in seeds)][:RECENT_ITEMS_USED],
-        popular_items=decode_popular(replies[4:], now=time.time(), depth=popular_depth),
+        popular_items=decode_popular(replies[4 : 4 + popular_count], now=time.time(), depth=popular_depth),
         model_version=model_version.decode() if model_version else None,
         favourite_categories=_favourite_categories(affinity),
         models_snapshot=snapshot,
         seeds=tuple(seeds),
         extra_replies=extra_replies,
+        prefetched=prefetched,
     )
 
 
@@ -154,6 +177,10 @@ SIMILAR_TO_RECENT_CACHE_SECONDS = 120
 SIMILAR_TO_RECENT_CACHED = 100
 
 
+def _similar_version(state: UserState) -> str:
+    return hashlib.sha1("\x1f".join([state.model_version or "", *state.recent_items]).encode()).hexdigest()[:20]
+
+
 def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
     """Items nearest the mean embedding of the user's recent items (pgvector HNSW), through a user-keyed cache."""
 
@@ -165,9 +192,8 @@ def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
         rows.sort(key=lambda row: row[1], reverse=True)
         return orjson.dumps(rows)
 
-    version = hashlib.sha1("\x1f".join([state.model_version or "", *state.recent_items]).encode()).hexdigest()[:20]
-    payload = user_cache_get_or_build(
-        user_key=state.user_key, name="similar_to_recent", version=version, build=build,
+    payload = state.prefetched.get("similar_rows") or user_cache_get_or_build(
+        user_key=state.user_key, name="similar_to_recent", version=_similar_version(state), build=build,
         ttl_seconds=SIMILAR_TO_RECENT_CACHE_SECONDS,
     )  # fmt: skip
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
@@ -176,18 +202,22 @@ def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
 def _graph_candidates(state: UserState) -> dict[str, Candidate]:
     """One-hop knowledge-graph neighbours of the user's latest items (shared entities, co-occurrence), best first,
     with why: "Because you like Retrospot", "Often bought with ..."."""
-    try:
-        neighbourhoods = item_neighbours(state.recent_items[:GRAPH_SEED_ITEMS])
-    except RedisError as error:
-        logger.warning("score.graph_unavailable", extra={"error": str(error)})
-        return {}
+    neighbourhoods = state.prefetched.get("neighbours")
+    if neighbourhoods is None:
+        try:
+            neighbourhoods = item_neighbours(state.recent_items[:GRAPH_SEED_ITEMS])
+        except RedisError as error:
+            logger.warning("score.graph_unavailable", extra={"error": str(error)})
+            return {}
     best: dict[str, Candidate] = {}
     neighbour_ids = sorted({neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours})
     if not neighbour_ids:
         return {}
     try:
         # Neighbourhoods are refreshed hourly; stock changes by the minute: keep only what can be bought now.
-        available = _in_stock(neighbour_ids)
+        available = state.prefetched.get("in_stock")
+        if available is None:
+            available = _in_stock(neighbour_ids)
     except RedisError:
         return {}
     for neighbours in neighbourhoods.values():
@@ -229,8 +259,10 @@ def _rows(sql: str, params: dict[str, Any]) -> list[tuple[str, float]]:
         return [(item_id, float(score)) for item_id, score in cursor.fetchall() if score is not None]
 
 
-def _shared_list(key: str, name: str, sql: str, params: dict[str, Any]) -> list[tuple[str, float]]:
-    payload = item_cache_get(
+def _shared_list(
+    key: str, name: str, sql: str, params: dict[str, Any], prefetched: bytes | None = None
+) -> list[tuple[str, float]]:
+    payload = prefetched or item_cache_get(
         item_key=key, name=name, fresh_seconds=SHARED_LIST_FRESH_SECONDS, stale_seconds=SHARED_LIST_STALE_SECONDS,
         build=lambda: orjson.dumps(_rows(sql, params)),
     )  # fmt: skip
@@ -243,6 +275,10 @@ def _shared_list(key: str, name: str, sql: str, params: dict[str, Any]) -> list[
 USER_VECTOR_CACHE_SECONDS = 300
 
 
+def _user_vector_version(state: UserState) -> str:
+    return hashlib.sha1((state.model_version or "").encode()).hexdigest()[:20]
+
+
 def _user_vector_neighbours(state: UserState) -> list[tuple[str, float]]:
     def build() -> bytes:
         rows = _rows(
@@ -251,9 +287,8 @@ def _user_vector_neighbours(state: UserState) -> list[tuple[str, float]]:
         rows.sort(key=lambda row: row[1], reverse=True)  # relaxed iterative scans may return rows slightly out of order
         return orjson.dumps(rows)
 
-    version = hashlib.sha1((state.model_version or "").encode()).hexdigest()[:20]
-    payload = user_cache_get_or_build(
-        user_key=state.user_key, name="user_vector", version=version, build=build,
+    payload = state.prefetched.get("user_vector_rows") or user_cache_get_or_build(
+        user_key=state.user_key, name="user_vector", version=_user_vector_version(state), build=build,
         ttl_seconds=USER_VECTOR_CACHE_SECONDS,
     )  # fmt: skip
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
@@ -280,6 +315,7 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
         rows = _shared_list(
             f"category:{category}", "popular_in_category", _CATEGORY_POPULAR_SQL,
             {"category": category, "k": CATEGORY_POPULAR_PER_CATEGORY},
+            state.prefetched.get(("category_rows", category)),
         )  # fmt: skip
         top = max((score for _, score in rows), default=0.0) or 1.0
         chosen += [
@@ -290,7 +326,10 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
 
 
 def _fresh_source(state: UserState) -> list[Candidate]:
-    rows = _shared_list("catalog", "fresh_items", _FRESH_SQL, {"days": FRESH_WITHIN_DAYS, "k": FRESH_ITEMS})
+    rows = _shared_list(
+        "catalog", "fresh_items", _FRESH_SQL, {"days": FRESH_WITHIN_DAYS, "k": FRESH_ITEMS},
+        state.prefetched.get("fresh_rows"),
+    )  # fmt: skip
     newest = max((created for _, created in rows), default=0.0)
     return [
         Candidate(item_id, round(2.0 ** (-(newest - created) / 86400.0), 6), "fresh", "New in")
@@ -314,7 +353,9 @@ def _popular_source(state: UserState) -> list[Candidate]:
     """Popular items right now (the online counters), checked in stock."""
     if not state.popular_items:
         return []
-    in_stock = _in_stock([item_id for item_id, _ in state.popular_items])
+    in_stock = state.prefetched.get("in_stock")
+    if in_stock is None:
+        in_stock = _in_stock([item_id for item_id, _ in state.popular_items])
     top = max((score for _, score in state.popular_items), default=0.0) or 1.0
     return [
         Candidate(item_id, round(score / top, 6), "popular", "Popular right now")
@@ -333,6 +374,9 @@ class RetrievalSource:
     fetch: Callable[[UserState], list[Candidate]]
     deadline_ms: float
     uses_database: bool
+    # Whether what the source needs was read ahead (`_prefetch_sources`): then it runs inline, in microseconds,
+    # instead of in the pool under its deadline. None: always in the pool.
+    ready: Callable[[UserState], bool] | None = None
 
 
 # Every source gets the Score layer's whole retrieval budget: they run at once, and on two cores the GIL serializes
@@ -342,13 +386,72 @@ RETRIEVAL_DEADLINE_MS = 10.0
 # In the order their candidates are merged (and served when no ranker or bandit scores them): the user's own
 # signals first, then what is popular, then exploration.
 SOURCES: tuple[RetrievalSource, ...] = (
-    RetrievalSource("similar", _recent_items_source, RETRIEVAL_DEADLINE_MS, True),
-    RetrievalSource("graph", _graph_source, RETRIEVAL_DEADLINE_MS, False),
-    RetrievalSource("user_vector", _user_vector_source, RETRIEVAL_DEADLINE_MS, True),
-    RetrievalSource("category_popular", _category_popular_source, RETRIEVAL_DEADLINE_MS, True),
-    RetrievalSource("popular", _popular_source, RETRIEVAL_DEADLINE_MS, False),
-    RetrievalSource("fresh", _fresh_source, RETRIEVAL_DEADLINE_MS, True),
-)
+    RetrievalSource(
+        "similar", _recent_items_source, RETRIEVAL_DEADLINE_MS, True,
+        lambda state: not state.recent_items or "similar_rows" in state.prefetched,
+    ),
+    RetrievalSource(
+        "graph", _graph_source, RETRIEVAL_DEADLINE_MS, False,
+        lambda state: "neighbours" in state.prefetched and "in_stock" in state.prefetched,
+    ),
+    RetrievalSource(
+        "user_vector", _user_vector_source, RETRIEVAL_DEADLINE_MS, True,
+        lambda state: "user_vector_rows" in state.prefetched,
+    ),
+    RetrievalSource(
+        "category_popular", _category_popular_source, RETRIEVAL_DEADLINE_MS, True,
+        lambda state: all(("category_rows", category) in state.prefetched for category in state.favourite_categories),
+    ),
+    RetrievalSource(
+        "popular", _popular_source, RETRIEVAL_DEADLINE_MS, False,
+        lambda state: not state.popular_items or "in_stock" in state.prefetched,
+    ),
+    RetrievalSource(
+        "fresh", _fresh_source, RETRIEVAL_DEADLINE_MS, True, lambda state: "fresh_rows" in state.prefetched
+    ),
+)  # fmt: skip
+
+
+def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) -> None:
+    """Read ahead what the sources need, so that those whose input is cached run inline, not in threads: the
+    user's caches and the newest items came with the state; one round trip reads the neighbourhoods of the
+    user's latest items and the best sellers of their categories, one more the stock of every item those and the
+    popular list name. What is missing or stale is left to its source (which builds it under its deadline)."""
+    names = {source.name for source in sources}
+    prefetched = state.prefetched
+    for name, version, target in (
+        ("similar_to_recent", _similar_version(state), "similar_rows"),
+        ("user_vector", _user_vector_version(state), "user_vector_rows"),
+    ):
+        payload = user_cache_peek(name=name, version=version, stored=prefetched.get(name))
+        if payload is not None:
+            prefetched[target] = payload
+    payload = item_cache_peek(
+        name="fresh_items", fresh_seconds=SHARED_LIST_FRESH_SECONDS, stored=prefetched.get("fresh_items")
+    )
+    if payload is not None:
+        prefetched["fresh_rows"] = payload
+    try:
+        pipeline = get_redis().pipeline(transaction=False)
+        seeds = state.recent_items[:GRAPH_SEED_ITEMS] if "graph" in names else []
+        count = neighbours_queue(pipeline, seeds)
+        categories = list(state.favourite_categories) if "category_popular" in names else []
+        for category in categories:
+            pipeline.get(redis_keys.item_cache(f"category:{category}", "popular_in_category"))
+        replies = pipeline.execute() if seeds or categories else []
+        neighbourhoods = neighbours_decode(replies[:count], item_ids=seeds)
+        for category, raw in zip(categories, replies[count:], strict=True):
+            payload = item_cache_peek(name="popular_in_category", fresh_seconds=SHARED_LIST_FRESH_SECONDS, stored=raw)
+            if payload is not None:
+                prefetched[("category_rows", category)] = payload
+        named = {neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours}
+        if "popular" in names:
+            named.update(item_id for item_id, _ in state.popular_items)
+        prefetched["in_stock"] = _in_stock(sorted(named))
+        prefetched["neighbours"] = neighbourhoods
+    except RedisError as error:  # the sources read for themselves, and fail on their own
+        logger.warning("score.prefetch_failed", extra={"error": str(error)})
+
 
 _pool: ThreadPoolExecutor | None = None
 
@@ -425,9 +528,16 @@ def _sources_run(
                 failed(source, "error", error)
         return results, dropped
 
+    inline = [source for source in sources if source.ready is not None and source.ready(state)]
+    pooled = [source for source in sources if source not in inline]
     started = time.perf_counter()
-    futures = {source.name: executor.submit(_run_in_thread, source, state) for source in sources}
-    for source in sources:
+    futures = {source.name: executor.submit(_run_in_thread, source, state) for source in pooled}
+    for source in inline:  # their input is in memory already: no deadline to miss
+        try:
+            results[source.name] = source.fetch(state)
+        except (RedisError, DatabaseError, CacheWaitTimeout) as error:
+            failed(source, "error", error)
+    for source in pooled:
         future = futures[source.name]
         remaining = source.deadline_ms * settings.SCORE_RETRIEVAL_DEADLINE_FACTOR / 1000 - (
             time.perf_counter() - started
@@ -452,23 +562,26 @@ def _merge(state: UserState, results: dict[str, list[Candidate]]) -> list[Candid
         order.insert(0, "graph")  # a cold user's explainable graph neighbours lead
     graph_explanations = {candidate.item_id: candidate.explanation for candidate in results.get("graph", [])}
     seen = set(state.recent_items)
-    merged: dict[str, Candidate] = {}
+    first: dict[str, tuple[float, str, str]] = {}  # item -> score, source and explanation where first found
     provenance: dict[str, list[str]] = {}
     for name in order:
         for candidate in results.get(name, []):
-            if candidate.item_id in seen:
+            item_id = candidate.item_id
+            if item_id in seen:
                 continue
-            if candidate.item_id in merged:
-                if name not in provenance[candidate.item_id]:
-                    provenance[candidate.item_id].append(name)
+            sources = provenance.get(item_id)
+            if sources is not None:
+                if name not in sources:
+                    sources.append(name)
                 continue
             explanation = candidate.explanation
-            if name == "similar" and candidate.item_id in graph_explanations:
-                explanation = graph_explanations[candidate.item_id]
-            merged[candidate.item_id] = Candidate(candidate.item_id, candidate.score, name, explanation)
-            provenance[candidate.item_id] = [name]
+            if name == "similar" and item_id in graph_explanations:
+                explanation = graph_explanations[item_id]
+            first[item_id] = (candidate.score, name, explanation)
+            provenance[item_id] = [name]
     return [
-        Candidate(c.item_id, c.score, c.source, c.explanation, tuple(provenance[c.item_id])) for c in merged.values()
+        Candidate(item_id, score, source, explanation, tuple(provenance[item_id]))
+        for item_id, (score, source, explanation) in first.items()
     ]
 
 
@@ -507,9 +620,13 @@ def candidates_retrieve(
 
         chosen = tuple(source for source in SOURCES if not sources or source.name in sources)
 
+        built: list[CandidateSet] = []
+
         def build() -> bytes:
+            _prefetch_sources(state, chosen)
             results, dropped = _sources_run(state, chosen)
-            payload = CandidateSet(_merge(state, results)[:limit], dropped).as_bytes()
+            built.append(CandidateSet(_merge(state, results)[:limit], dropped))
+            payload = built[0].as_bytes()
             # A set missing a late source is served but not cached: the next request tries again.
             return Uncacheable(payload) if dropped else payload
 
@@ -518,14 +635,17 @@ def candidates_retrieve(
             *state.recent_items,
         ])  # fmt: skip
         version = hashlib.sha1(key.encode()).hexdigest()[:20]
-        try:
-            payload = user_cache_get_or_build(
-                user_key=state.user_key, name="candidates", version=version, build=build,
-                ttl_seconds=CANDIDATE_SET_CACHE_SECONDS,
-            )  # fmt: skip
-        except RedisError:
-            payload = build()
-        return CandidateSet.from_bytes(payload), degraded
+        payload = user_cache_peek(name="candidates", version=version, stored=state.prefetched.get("candidates"))
+        if payload is None:
+            try:
+                payload = user_cache_get_or_build(
+                    user_key=state.user_key, name="candidates", version=version, build=build,
+                    ttl_seconds=CANDIDATE_SET_CACHE_SECONDS,
+                )  # fmt: skip
+            except RedisError:
+                payload = build()
+        # Built in this request: the set itself, not its payload decoded again.
+        return (built[0] if built else CandidateSet.from_bytes(payload)), degraded
     except DatabaseError as error:
         logger.warning("score.catalog_unavailable", extra={"error": str(error)})
         degraded.append("catalog_unavailable")
