@@ -46,7 +46,8 @@ class FeatureRequest:
     as_of: datetime
 
 
-def _event_types() -> dict[str, EventType]:
+def event_types() -> dict[str, EventType]:
+    """The built-in event types and the custom ones, by name."""
     types = dict(BUILT_IN_EVENT_TYPES)
     for row in CustomEventType.objects.all():
         types[row.name] = EventType(row.name, row.needs_item, row.popularity_weight, row.marks_interest)
@@ -129,7 +130,7 @@ def features_offline(*, requests: list[FeatureRequest]) -> np.ndarray:
     values = np.full((len(requests), len(FEATURE_NAMES)), np.nan)
     if not requests:
         return values
-    types = _event_types()
+    types = event_types()
     weighted = {name: kind.popularity_weight for name, kind in types.items() if kind.popularity_weight > 0}
     item_ids = {request.item_id for request in requests}
     users = {request.user_key for request in requests}

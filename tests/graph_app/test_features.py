@@ -245,3 +245,38 @@ def test_the_callers_recent_items_save_a_round_trip_without_changing_a_value(cat
         given = features_fetch(user_key="u5", item_ids=items, placement="home", now=now, recent_items=known).values
         assert given.ravel().tolist() == pytest.approx(plain.ravel().tolist(), nan_ok=True)
     assert not math.isnan(plain[1, FEATURE_INDEX["user_item_similarity"]])
+
+
+def test_item_counters_rebuilt_from_the_log_serve_the_same_features(catalog):
+    day_ago = (datetime.now(UTC) - timedelta(hours=20)).isoformat()
+    events_ingest(
+        raw_events=[
+            {"event_id": "b1", "type": "purchase", "user_id": "u6", "item_id": "mug", "timestamp": day_ago},
+            {"event_id": "b2", "type": "view", "user_id": "u7", "item_id": "mug"},
+            {"event_id": "b3", "type": "add_to_cart", "user_id": "u6", "item_id": "rake"},
+        ]
+    )
+    slate = slate_serve(user_key="u6", placement="home", k=3)
+    events_ingest(
+        raw_events=[
+            {"event_id": "b4", "type": "click", "user_id": "u6", "item_id": slate.items[0].item_id,
+             "placement": "home", "request_id": slate.request_id}
+        ]
+    )  # fmt: skip
+    while events_drain_all().read:
+        pass
+    items = ["mug", "bowl", "rake"]
+    now = time.time()
+    before = features_fetch(user_key="u6", item_ids=items, placement="home", now=now).values
+    client = get_redis()
+    for partition in redis_keys.partitions():
+        client.delete(redis_keys.item_counters(partition), redis_keys.placement_counters(partition, "home"))
+    emptied = features_fetch(user_key="u6", item_ids=items, placement="home", now=now).values
+    assert emptied[0, FEATURE_INDEX["item_popularity_7d"]] == 0.0
+
+    call_command("rebuild_item_counters")
+
+    after = features_fetch(user_key="u6", item_ids=items, placement="home", now=now).values
+    assert after.ravel().tolist() == pytest.approx(before.ravel().tolist(), rel=1e-6, nan_ok=True)
+    assert after[0, FEATURE_INDEX["item_popularity_7d"]] > 0
+    assert after[:, FEATURE_INDEX["item_placement_ctr"]].tolist() != [0.05] * 3  # impressions and the click
