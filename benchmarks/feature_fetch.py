@@ -61,10 +61,13 @@ def main() -> None:
         "| measurement | p50 | p99 | mean |\n|---|---|---|---|\n"
         f"| user state + features of {len(items)} candidates | {result['p50_ms']} ms | {result['p99_ms']} ms | "
         f"{result['mean_ms']} ms |\n\n"
-        "Goal (issue 4): p99 <= 5 ms (the Graph layer's budget is 20 ms). Item counters are kept per event "
-        "partition (the user's), so with N partitions a read fans out over N sorted sets per counter: on a single "
-        "Redis node one partition is the right setting; a Redis Cluster deployment trades some of this latency "
-        "for write scale-out."
+        "Goal (issue 4): p99 <= 5 ms (the Graph layer's budget is 20 ms). One pipelined round trip: the user's "
+        "affinity hash, recent items and their time, then one HMGET of the 500 ids per item structure (packed "
+        "static facts, float32 embeddings, entity keys, and per event partition the packed popularity counters "
+        "and the placement's click and impression counters); a second round trip reads the embeddings of the "
+        "user's recent items unless the caller passed them (serving does). With N partitions the two counter "
+        "HMGETs fan out over N hashes: on a single Redis node one partition is the right setting; a Redis Cluster "
+        "deployment trades some of this latency for write scale-out."
     )
     record("Graph layer: feature fetch", "python benchmarks/feature_fetch.py", body)
 

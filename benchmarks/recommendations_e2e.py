@@ -722,7 +722,8 @@ def main() -> None:
         f"\nGoal (issue 6): p99 <= 25 ms at {args.rate:g} requests/s on this catalog: "
         + ("met." if meets else "**not met**.")
         + " In process, state = the request's one Redis round trip (user state, configuration version, caps), "
-        "retrieval = the sources in parallel threads, scoring = features + LightGBM or the bandit, surface = "
+        "retrieval = the read-ahead and the sources (inline when cached, else in the thread pool), scoring = "
+        "features + the compiled LightGBM model or the bandit, surface = "
         "rules, diversity, pins, caps enforced and the impression logged."
     )
     if steps:
