@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,14 @@ def entity_keys(*, category: str, entities: list[tuple[str, str]]) -> str:
     return "|".join(dict.fromkeys(key.replace("|", "/") for key in keys))
 
 
+def catalog_version_bump() -> None:
+    """After a write of the catalog copies has completed (a separate call: on a Redis Cluster the version lives
+    in another slot, and a reader must never see the new version before the new facts)."""
+    # A token, not a counter: a Redis that lost its data and counts again must not repeat a version a process
+    # still keeps facts of.
+    get_control_redis().set(redis_keys.CATALOG_VERSION, uuid.uuid4().hex)
+
+
 def catalog_entities_publish(*, items: Mapping[Any, str]) -> None:
     """items: item id -> entity keys ("" to forget the item)."""
     if not items:
@@ -42,6 +51,7 @@ def catalog_entities_publish(*, items: Mapping[Any, str]) -> None:
         if absent:
             pipeline.hdel(key, *absent)
     pipeline.execute()
+    catalog_version_bump()
 
 
 def catalog_entities_rebuild() -> int:
@@ -57,6 +67,7 @@ def catalog_entities_rebuild() -> int:
         rows = cursor.fetchall()
     for partition in redis_keys.partitions():
         get_control_redis().delete(redis_keys.catalog_entities(partition))
+    catalog_version_bump()
     for start in range(0, len(rows), REBUILD_BATCH_SIZE):
         batch = rows[start : start + REBUILD_BATCH_SIZE]
         catalog_entities_publish(
@@ -93,6 +104,7 @@ def catalog_items_publish(
         pipeline.hdel(redis_keys.CATALOG_STATIC, *forget)
         pipeline.hdel(redis_keys.CATALOG_VECTORS, *forget)
     pipeline.execute()
+    catalog_version_bump()
 
 
 def catalog_items_rebuild() -> int:
@@ -100,6 +112,7 @@ def catalog_items_rebuild() -> int:
     redis = get_control_redis()
     for key in (redis_keys.CATALOG_STATIC, redis_keys.CATALOG_VECTORS):  # one key a command: Cluster-safe
         redis.delete(key)
+    catalog_version_bump()
     from graph_app.models import Item
 
     count = 0

@@ -124,6 +124,9 @@ def user_cooldown(user_key: str) -> str:
 # Not partitioned: read with one command each, written by the control plane.
 CATALOG_STATIC = "catalog:static"  # item id -> packed (price, in stock, created at)
 CATALOG_VECTORS = "catalog:vectors"  # item id -> float32 embedding bytes
+# Bumped after every write of the catalog copies (static facts, embeddings, entity keys): serving processes keep
+# the facts they read in memory until it changes (`graph_app.features.online`).
+CATALOG_VERSION = "catalog:version"
 
 
 def slate(request_id: str) -> str:

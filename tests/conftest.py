@@ -73,6 +73,14 @@ def _forget_linked_sessions():
 
 
 @pytest.fixture(autouse=True)
+def _forget_catalog_facts():
+    """Serving keeps the catalog facts it read per catalog version; Redis is emptied between tests."""
+    from graph_app.features.online import catalog_facts_forget
+
+    catalog_facts_forget()
+
+
+@pytest.fixture(autouse=True)
 def _forget_served_slates():
     """Serving remembers each user's last slate in process memory (a fallback of last resort): per test."""
     from surface_app.serving.rules import snapshot_forget

@@ -10,12 +10,14 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import redis
+from django.conf import settings
 from prometheus_client import Counter, Histogram
 
 from graph_app.features.definitions import (
@@ -122,22 +124,96 @@ def features_queue(
         pipeline.hmget(redis_keys.placement_counters(partition, placement), item_ids)
 
 
+class _CatalogFacts:
+    """The catalog facts (static, embedding, entity keys: raw Redis values) this process read, valid for one
+    catalog version. Every write of the catalog copies bumps the version (`graph_app.online`), and every fetch
+    reads it in the same round trip as the counters, so a fact is never older than the round trip that uses it."""
+
+    def __init__(self) -> None:
+        self.version: bytes | None = None
+        self.facts: dict[str, tuple[Any, Any, Any]] = {}
+        self.lock = threading.Lock()
+
+    def observe(self, version: bytes | None) -> bool:
+        """Note the version read; True when the facts kept are of it (else they are dropped)."""
+        with self.lock:
+            if version == self.version:
+                return True
+            self.version = version
+            self.facts = {}
+            return False
+
+    def keep(self, version: bytes | None, facts: dict[str, tuple[Any, Any, Any]]) -> None:
+        limit = settings.FEATURE_CATALOG_CACHE_ITEMS
+        with self.lock:
+            if version != self.version:
+                return  # read under an older version: not kept
+            if len(self.facts) + len(facts) > limit:
+                self.facts = {}
+            self.facts.update(facts)
+
+
+_catalog_facts = _CatalogFacts()
+
+
+def catalog_facts_forget() -> None:
+    """Drop the catalog facts this process keeps (tests)."""
+    with _catalog_facts.lock:
+        _catalog_facts.version, _catalog_facts.facts = b"", {}
+
+
+def _queue_catalog(pipeline: redis.client.Pipeline, user_key: str, item_ids: list[str]) -> None:
+    pipeline.hmget(redis_keys.CATALOG_STATIC, item_ids)
+    pipeline.hmget(redis_keys.CATALOG_VECTORS, item_ids)
+    pipeline.hmget(redis_keys.catalog_entities(redis_keys.partition_of(user_key)), item_ids)
+
+
 def features_fetch(
     *, user_key: str, item_ids: list[str], placement: str, now: float, recent_items: Sequence[str] | None = None
 ) -> FeatureMatrix:
-    """The feature matrix of the items for the user. `recent_items`: the user's recent items as the caller read
-    them moments ago; their embeddings then ride in the same round trip, and are used if the list still holds
-    them (else a second round trip reads the embeddings of the list as it is now)."""
+    """The feature matrix of the items for the user, in one round trip: the user's state, the catalog facts of
+    the items this process does not keep (see `_CatalogFacts`), every item's counters. `recent_items`: the
+    user's recent items as the caller read them moments ago; their embeddings then ride in the same round trip,
+    and are used if the list still holds them (else a second round trip reads the embeddings of the list as it
+    is now)."""
     client = get_redis()
     pipeline = client.pipeline(transaction=False)
-    features_queue(client, pipeline, user_key=user_key, item_ids=item_ids, placement=placement)
+    caching = settings.FEATURE_CATALOG_CACHE_ITEMS > 0
+    kept = _catalog_facts.facts if caching else {}
+    missing = [item_id for item_id in item_ids if item_id not in kept]
+    pipeline.get(redis_keys.CATALOG_VERSION)
+    pipeline.hgetall(redis_keys.user_affinity(user_key))
+    pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_FOR_SIMILARITY - 1)
+    pipeline.get(redis_keys.user_recent_last(user_key))
+    if missing:
+        _queue_catalog(pipeline, user_key, missing)
+    for partition in redis_keys.partitions():
+        pipeline.hmget(redis_keys.item_counters(partition), item_ids)
+        pipeline.hmget(redis_keys.placement_counters(partition, placement), item_ids)
     expected = list(recent_items[:RECENT_ITEMS_FOR_SIMILARITY]) if recent_items else []
     if expected:
         pipeline.hmget(redis_keys.CATALOG_VECTORS, expected)
     replies = pipeline.execute()
     early_vectors = replies.pop() if expected else None
-    recent = [value.decode() for value in replies[1]]
-    recent_last = replies[2]
+    version, affinity_raw, recent_raw, recent_last = replies[:4]
+    position = 4
+    read: dict[str, tuple[Any, Any, Any]] = {}
+    if missing:
+        read = dict(zip(missing, zip(*replies[4:7], strict=True), strict=True))
+        position = 7
+    per_partition = replies[position:]
+    if caching:
+        if not _catalog_facts.observe(version) and len(read) < len(item_ids):
+            # The catalog changed since the facts kept were read: read the others too (a second round trip).
+            others = [item_id for item_id in item_ids if item_id not in read]
+            pipeline = client.pipeline(transaction=False)
+            _queue_catalog(pipeline, user_key, others)
+            read.update(zip(others, zip(*pipeline.execute(), strict=True), strict=True))
+        _catalog_facts.keep(version, read)
+    facts = [read.get(item_id) or kept[item_id] for item_id in item_ids]
+    catalog = [list(column) for column in zip(*facts, strict=True)] if facts else [[], [], []]
+
+    recent = [value.decode() for value in recent_raw]
     if recent_last is None or float(recent_last) + AFFINITY_TTL_SECONDS <= now:
         recent = []  # the user's recent items are older than their TTL: missing
     if not recent:
@@ -146,7 +222,10 @@ def features_fetch(
         recent_vectors = early_vectors
     else:
         recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent)
-    return features_compute(replies=replies, recent_vectors=recent_vectors, item_ids=item_ids, now=now, observe=True)
+    return features_compute(
+        replies=[affinity_raw, recent_raw, recent_last, *catalog, *per_partition], recent_vectors=recent_vectors,
+        item_ids=item_ids, now=now, observe=True,
+    )  # fmt: skip
 
 
 def _decayed_sums(

@@ -15,7 +15,7 @@ from django.core.management import call_command
 from graph_app.demo import DEMO_SAMPLE, demo_data_load
 from graph_app.features.definitions import FEATURE_INDEX, FEATURE_NAMES
 from graph_app.features.offline import FeatureRequest, features_offline
-from graph_app.features.online import features_fetch
+from graph_app.features.online import catalog_facts_forget, features_fetch
 from graph_app.features.skew import feature_skew_check
 from personalization import redis_keys
 from personalization.redis_client import get_redis
@@ -280,3 +280,29 @@ def test_item_counters_rebuilt_from_the_log_serve_the_same_features(catalog):
     assert after.ravel().tolist() == pytest.approx(before.ravel().tolist(), rel=1e-6, nan_ok=True)
     assert after[0, FEATURE_INDEX["item_popularity_7d"]] > 0
     assert after[:, FEATURE_INDEX["item_placement_ctr"]].tolist() != [0.05] * 3  # impressions and the click
+
+
+def test_catalog_facts_kept_in_process_follow_every_catalog_change(
+    api_client, catalog, django_capture_on_commit_callbacks
+):
+    now = time.time()
+    first = features_fetch(user_key="u8", item_ids=["mug", "bowl"], placement="home", now=now)
+    kept = features_fetch(user_key="u8", item_ids=["mug", "bowl"], placement="home", now=now)
+    assert kept.values.ravel().tolist() == pytest.approx(first.values.ravel().tolist(), nan_ok=True)
+    assert first.column("item_in_stock").tolist() == [1.0, 1.0]
+
+    with django_capture_on_commit_callbacks(execute=True):  # the catalog changes: the next read sees it
+        api_client.put(
+            "/api/v1/items/mug",
+            {"title": "mug", "category": "garden", "price": "7.50", "in_stock": False, "entities": []},
+            format="json",
+        )
+    changed = features_fetch(user_key="u8", item_ids=["mug", "bowl"], placement="home", now=now)
+
+    assert changed.column("item_in_stock").tolist() == [0.0, 1.0]
+    assert changed.column("item_price").tolist() == [7.5, 5.0]
+    assert changed.entities[0] == b"category:garden"
+    # Read fresh from Redis (nothing kept) the values are the same.
+    catalog_facts_forget()
+    fresh = features_fetch(user_key="u8", item_ids=["mug", "bowl"], placement="home", now=now)
+    assert fresh.values.ravel().tolist() == pytest.approx(changed.values.ravel().tolist(), nan_ok=True)
