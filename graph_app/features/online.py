@@ -196,22 +196,19 @@ def features_fetch(
     replies = pipeline.execute()
     early_vectors = replies.pop() if expected else None
     version, affinity_raw, recent_raw, recent_last = replies[:4]
-    position = 4
-    read: dict[str, tuple[Any, Any, Any]] = {}
-    if missing:
-        read = dict(zip(missing, zip(*replies[4:7], strict=True), strict=True))
-        position = 7
-    per_partition = replies[position:]
+    columns: list[Sequence[Any]] = replies[4:7] if missing else [[], [], []]
+    per_partition = replies[7:] if missing else replies[4:]
     if caching:
-        if not _catalog_facts.observe(version) and len(read) < len(item_ids):
-            # The catalog changed since the facts kept were read: read the others too (a second round trip).
-            others = [item_id for item_id in item_ids if item_id not in read]
+        if not _catalog_facts.observe(version) and len(missing) < len(item_ids):
+            # The catalog changed since the facts kept were read: read them all again (a second round trip).
+            missing = list(item_ids)
             pipeline = client.pipeline(transaction=False)
-            _queue_catalog(pipeline, user_key, others)
-            read.update(zip(others, zip(*pipeline.execute(), strict=True), strict=True))
-        _catalog_facts.keep(version, read)
-    facts = [read.get(item_id) or kept[item_id] for item_id in item_ids]
-    catalog = [list(column) for column in zip(*facts, strict=True)] if facts else [[], [], []]
+            _queue_catalog(pipeline, user_key, missing)
+            columns = pipeline.execute()
+        _catalog_facts.keep(version, dict(zip(missing, zip(*columns, strict=True), strict=True)))
+        if len(missing) < len(item_ids):  # some facts were kept: the columns in the items' order
+            read = dict(zip(missing, zip(*columns, strict=True), strict=True))
+            columns = list(zip(*(read.get(i) or kept[i] for i in item_ids), strict=True))
 
     recent = [value.decode() for value in recent_raw]
     if recent_last is None or float(recent_last) + AFFINITY_TTL_SECONDS <= now:
@@ -223,7 +220,7 @@ def features_fetch(
     else:
         recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent)
     return features_compute(
-        replies=[affinity_raw, recent_raw, recent_last, *catalog, *per_partition], recent_vectors=recent_vectors,
+        replies=[affinity_raw, recent_raw, recent_last, *columns, *per_partition], recent_vectors=recent_vectors,
         item_ids=item_ids, now=now, observe=True,
     )  # fmt: skip
 
