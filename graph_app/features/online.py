@@ -156,6 +156,14 @@ class _CatalogFacts:
 _catalog_facts = _CatalogFacts()
 
 
+def catalog_facts_kept(version: bytes | None) -> dict[str, tuple[Any, Any, Any]]:
+    """Item id -> (static facts, embedding, entity keys) kept for this catalog version (read by the caller in its
+    own round trip); empty when caching is off or the version is new."""
+    if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0 or not _catalog_facts.observe(version):
+        return {}
+    return _catalog_facts.facts
+
+
 def catalog_facts_forget() -> None:
     """Drop the catalog facts this process keeps (tests)."""
     with _catalog_facts.lock:

@@ -27,6 +27,7 @@ from django.db import DatabaseError, connection
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from graph_app.features.online import catalog_facts_kept
 from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation, neighbours_decode, neighbours_queue
 from graph_app.online import unpack_static
 from personalization import redis_keys
@@ -115,6 +116,8 @@ _PREFETCHED_WITH_STATE: dict[str, Callable[[str], str]] = {
     "user_vector": lambda user_key: redis_keys.user_cache(user_key, "user_vector"),
     "similar_to_recent": lambda user_key: redis_keys.user_cache(user_key, "similar_to_recent"),
     "fresh_items": lambda user_key: redis_keys.item_cache("catalog", "fresh_items"),
+    # The catalog facts this process keeps for this version answer stock checks without a read.
+    "catalog_version": lambda user_key: redis_keys.CATALOG_VERSION,
 }
 
 
@@ -337,16 +340,15 @@ def _fresh_source(state: UserState) -> list[Candidate]:
     ]
 
 
-def _in_stock(item_ids: list[str]) -> set[str]:
-    """The items in stock, from the catalog's copy in Redis (kept by the catalog services with every change)."""
-    if not item_ids:
-        return set()
-    facts = get_redis().hmget(redis_keys.CATALOG_STATIC, item_ids)
-    return {
-        item_id
-        for item_id, packed in zip(item_ids, facts, strict=True)
-        if isinstance(packed, bytes) and unpack_static(packed)[1]
-    }
+def _in_stock(item_ids: list[str], kept: dict[str, tuple[Any, Any, Any]] | None = None) -> set[str]:
+    """The items in stock, from the catalog's copy in Redis (kept by the catalog services with every change);
+    `kept`: catalog facts this process keeps for the current version (`catalog_facts_kept`), read for the rest."""
+    kept = kept or {}
+    packed = {item_id: kept[item_id][0] for item_id in item_ids if item_id in kept}
+    unknown = [item_id for item_id in item_ids if item_id not in packed]
+    if unknown:
+        packed.update(zip(unknown, get_redis().hmget(redis_keys.CATALOG_STATIC, unknown), strict=True))
+    return {item_id for item_id, facts in packed.items() if isinstance(facts, bytes) and unpack_static(facts)[1]}
 
 
 def _popular_source(state: UserState) -> list[Candidate]:
@@ -447,7 +449,7 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         named = {neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours}
         if "popular" in names:
             named.update(item_id for item_id, _ in state.popular_items)
-        prefetched["in_stock"] = _in_stock(sorted(named))
+        prefetched["in_stock"] = _in_stock(sorted(named), catalog_facts_kept(prefetched.get("catalog_version")))
         prefetched["neighbours"] = neighbourhoods
     except RedisError as error:  # the sources read for themselves, and fail on their own
         logger.warning("score.prefetch_failed", extra={"error": str(error)})
