@@ -184,22 +184,29 @@ def _similar_version(state: UserState) -> str:
     return hashlib.sha1("\x1f".join([state.model_version or "", *state.recent_items]).encode()).hexdigest()[:20]
 
 
-def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
-    """Items nearest the mean embedding of the user's recent items (pgvector HNSW), through a user-keyed cache."""
+def _neighbours_cached(
+    state: UserState, *, name: str, version: str, ttl_seconds: int, sql: str, params: dict[str, Any]
+) -> list[tuple[str, float]]:
+    """pgvector neighbours (item id, similarity), best first, through the user-keyed cache `name` (or what the
+    read-ahead found of it: `<name>_rows`)."""
 
     def build() -> bytes:
-        with connection.cursor() as cursor:
-            cursor.execute(_SIMILAR_TO_RECENT_SQL, {"recent": state.recent_items, "k": SIMILAR_TO_RECENT_CACHED})
-            rows = [(item_id, float(score)) for item_id, score in cursor.fetchall() if score is not None]
-        # iterative_scan=relaxed_order may return neighbours slightly out of order.
-        rows.sort(key=lambda row: row[1], reverse=True)
+        rows = _rows(sql, params)
+        rows.sort(key=lambda row: row[1], reverse=True)  # relaxed iterative scans may return rows slightly out of order
         return orjson.dumps(rows)
 
-    payload = state.prefetched.get("similar_rows") or user_cache_get_or_build(
-        user_key=state.user_key, name="similar_to_recent", version=_similar_version(state), build=build,
-        ttl_seconds=SIMILAR_TO_RECENT_CACHE_SECONDS,
-    )  # fmt: skip
+    payload = state.prefetched.get(f"{name}_rows") or user_cache_get_or_build(
+        user_key=state.user_key, name=name, version=version, build=build, ttl_seconds=ttl_seconds
+    )
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
+
+
+def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
+    """Items nearest the mean embedding of the user's recent items (pgvector HNSW), through a user-keyed cache."""
+    return _neighbours_cached(
+        state, name="similar_to_recent", version=_similar_version(state), ttl_seconds=SIMILAR_TO_RECENT_CACHE_SECONDS,
+        sql=_SIMILAR_TO_RECENT_SQL, params={"recent": state.recent_items, "k": SIMILAR_TO_RECENT_CACHED},
+    )  # fmt: skip
 
 
 def _graph_candidates(state: UserState) -> dict[str, Candidate]:
@@ -283,18 +290,11 @@ def _user_vector_version(state: UserState) -> str:
 
 
 def _user_vector_neighbours(state: UserState) -> list[tuple[str, float]]:
-    def build() -> bytes:
-        rows = _rows(
-            _USER_VECTOR_SQL, {"user": state.user_key, "recent": [], "k": USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED}
-        )
-        rows.sort(key=lambda row: row[1], reverse=True)  # relaxed iterative scans may return rows slightly out of order
-        return orjson.dumps(rows)
-
-    payload = state.prefetched.get("user_vector_rows") or user_cache_get_or_build(
-        user_key=state.user_key, name="user_vector", version=_user_vector_version(state), build=build,
-        ttl_seconds=USER_VECTOR_CACHE_SECONDS,
+    return _neighbours_cached(
+        state, name="user_vector", version=_user_vector_version(state), ttl_seconds=USER_VECTOR_CACHE_SECONDS,
+        sql=_USER_VECTOR_SQL,
+        params={"user": state.user_key, "recent": [], "k": USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED},
     )  # fmt: skip
-    return [(item_id, score) for item_id, score in orjson.loads(payload)]
 
 
 def _user_vector_source(state: UserState) -> list[Candidate]:
@@ -390,7 +390,7 @@ RETRIEVAL_DEADLINE_MS = 10.0
 SOURCES: tuple[RetrievalSource, ...] = (
     RetrievalSource(
         "similar", _recent_items_source, RETRIEVAL_DEADLINE_MS, True,
-        lambda state: not state.recent_items or "similar_rows" in state.prefetched,
+        lambda state: not state.recent_items or "similar_to_recent_rows" in state.prefetched,
     ),
     RetrievalSource(
         "graph", _graph_source, RETRIEVAL_DEADLINE_MS, False,
@@ -421,13 +421,13 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
     popular list name. What is missing or stale is left to its source (which builds it under its deadline)."""
     names = {source.name for source in sources}
     prefetched = state.prefetched
-    for name, version, target in (
-        ("similar_to_recent", _similar_version(state), "similar_rows"),
-        ("user_vector", _user_vector_version(state), "user_vector_rows"),
+    for name, version in (
+        ("similar_to_recent", _similar_version(state)),
+        ("user_vector", _user_vector_version(state)),
     ):
         payload = user_cache_peek(name=name, version=version, stored=prefetched.get(name))
         if payload is not None:
-            prefetched[target] = payload
+            prefetched[f"{name}_rows"] = payload
     payload = item_cache_peek(
         name="fresh_items", fresh_seconds=SHARED_LIST_FRESH_SECONDS, stored=prefetched.get("fresh_items")
     )

@@ -103,3 +103,25 @@ def test_a_complete_set_is_cached_for_the_user_until_their_state_changes(shop, c
 
     assert [c.item_id for c in again.candidates] == [c.item_id for c in first.candidates]
     assert "newer" in {c.item_id for c in changed.candidates}
+
+
+def test_sources_whose_input_was_read_ahead_run_inline_and_the_rest_in_the_pool(shop, clean_redis, monkeypatch):
+    pooled: list[str] = []
+    run_in_thread = retrieval._run_in_thread
+
+    def counted(source, state):
+        pooled.append(source.name)
+        return run_in_thread(source, state)
+
+    monkeypatch.setattr(retrieval, "_run_in_thread", counted)
+    first, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+    # Nothing cached yet: the pgvector and shared-list sources query PostgreSQL in the pool.
+    assert {"similar", "user_vector"} <= set(pooled)
+    assert "graph" not in pooled and "popular" not in pooled  # Redis only: read ahead
+
+    pooled.clear()
+    clean_redis.delete(redis_keys.user_cache("u1", "candidates"))  # the set is rebuilt from the sources' caches
+    again, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+
+    assert pooled == []
+    assert again.candidates == first.candidates
