@@ -86,6 +86,11 @@ def pack_static(*, price: float | None, in_stock: bool, created_at: float) -> by
     return STATIC_FORMAT.pack(math.nan if price is None else float(price), 1 if in_stock else 0, created_at)
 
 
+def static_in_stock(payload: bytes) -> bool:
+    """The in-stock flag of packed static facts, read without unpacking the rest (stock checks of hundreds)."""
+    return len(payload) == STATIC_FORMAT.size and payload[8] != 0
+
+
 def unpack_static(payload: bytes) -> tuple[float, bool, float]:
     price, in_stock, created_at = STATIC_FORMAT.unpack(payload)
     return price, bool(in_stock), created_at

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from graph_app.features.online import catalog_facts_kept
 from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation, neighbours_decode, neighbours_queue
-from graph_app.online import unpack_static
+from graph_app.online import static_in_stock
 from personalization import redis_keys
 from personalization.cache import (
     CacheWaitTimeout,
@@ -348,7 +348,7 @@ def _in_stock(item_ids: list[str], kept: dict[str, tuple[Any, Any, Any]] | None 
     unknown = [item_id for item_id in item_ids if item_id not in packed]
     if unknown:
         packed.update(zip(unknown, get_redis().hmget(redis_keys.CATALOG_STATIC, unknown), strict=True))
-    return {item_id for item_id, facts in packed.items() if isinstance(facts, bytes) and unpack_static(facts)[1]}
+    return {item_id for item_id, facts in packed.items() if isinstance(facts, bytes) and static_in_stock(facts)}
 
 
 def _popular_source(state: UserState) -> list[Candidate]:
