@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import factory
+import numpy as np
 from django.utils import timezone
 
 from graph_app.models import Entity, Item, ItemEntity, Shopper
@@ -60,3 +61,10 @@ class EventFactory(factory.django.DjangoModelFactory):
     user_id = "user-1"
     item_id = "sku-1"
     occurred_at = factory.LazyFunction(lambda: timezone.now() - timedelta(minutes=1))
+
+
+def unit(*weights: float) -> list[float]:
+    """A unit embedding (64 dimensions) whose first components are proportional to `weights`."""
+    vector = np.zeros(64)
+    vector[: len(weights)] = weights
+    return (vector / np.linalg.norm(vector)).tolist()

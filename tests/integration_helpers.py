@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -45,6 +46,23 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--no-first-run",
 ]  # fmt: skip
+
+
+# The password the browser tests give their console users.
+BROWSER_TEST_PASSWORD = "browser-test-pw"
+
+
+def chromium_launch(playwright: Any) -> Any:
+    """Debian's Chromium, headless, through Playwright."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def admin_log_in(page: Any, base_url: str, username: str, next_path: str) -> None:
+    """Log in through the admin's login form (password BROWSER_TEST_PASSWORD), then go on to `next_path`."""
+    page.goto(f"{base_url}/admin/login/?next={next_path}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", BROWSER_TEST_PASSWORD)
+    page.click("input[type=submit]")
 
 
 @contextmanager

@@ -11,7 +11,13 @@ from django.db import connection
 from rules_admin.roles import MERCHANDISER
 from surface_app import configuration
 from surface_app.models import BusinessRule, Placement
-from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, platform_running
+from tests.integration_helpers import (
+    BROWSER_TEST_PASSWORD,
+    CHROMIUM,
+    admin_log_in,
+    chromium_launch,
+    platform_running,
+)
 from tests.rules_admin.console_users import console_user
 
 pytestmark = [
@@ -42,20 +48,14 @@ def test_a_merchandiser_edits_a_rule_then_reverts_it_from_its_history(tmp_path, 
     home = Placement.objects.create(name="home", size=10)
     rule = configuration.rule_save(rule=BusinessRule(name="Mugs up", kind="boost", placement=home, factor=2.0))
     user = console_user(django_user_model, "merch", MERCHANDISER)
-    user.set_password("browser-test-pw")
+    user.set_password(BROWSER_TEST_PASSWORD)
     user.save()
     with platform_running(tmp_path) as (port, _):
         base = f"http://127.0.0.1:{port}"
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=CHROMIUM_ARGS,
-            )  # fmt: skip
+            browser = chromium_launch(playwright)
             page = browser.new_page()
-            page.goto(f"{base}/admin/login/?next=/admin/surface_app/businessrule/{rule.pk}/change/")
-            page.fill("#id_username", "merch")
-            page.fill("#id_password", "browser-test-pw")
-            page.click("input[type=submit]")
+            admin_log_in(page, base, "merch", f"/admin/surface_app/businessrule/{rule.pk}/change/")
 
             page.wait_for_selector("#id_factor")
             page.fill("#id_factor", "5")

@@ -14,7 +14,13 @@ from django.utils import timezone
 
 from signals_app.models import Impression
 from tests.factories import EventFactory, ItemFactory, ShopperFactory
-from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, platform_running
+from tests.integration_helpers import (
+    BROWSER_TEST_PASSWORD,
+    CHROMIUM,
+    admin_log_in,
+    chromium_launch,
+    platform_running,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -51,16 +57,13 @@ def test_dashboard_renders_its_charts(tmp_path):
         ItemFactory(external_id=f"sku-{index}", title=f"Mug {index}")
     ShopperFactory(external_id="shopper-1")
     _served_history()
-    merchandiser = get_user_model().objects.create_user("merch", password="browser-test-pw", is_staff=True)
+    merchandiser = get_user_model().objects.create_user("merch", password=BROWSER_TEST_PASSWORD, is_staff=True)
     merchandiser.user_permissions.add(
         Permission.objects.get(content_type__app_label="signals_app", codename="view_impression")
     )
     with platform_running(tmp_path) as (port, _):
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=CHROMIUM_ARGS,
-            )  # fmt: skip
+            browser = chromium_launch(playwright)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             outside_requests: list[str] = []
             page.on(
@@ -69,10 +72,7 @@ def test_dashboard_renders_its_charts(tmp_path):
                     request.url.startswith(f"http://127.0.0.1:{port}/") or outside_requests.append(request.url)
                 ),
             )
-            page.goto(f"http://127.0.0.1:{port}/admin/login/?next=/admin/console/dashboard/")
-            page.fill("#id_username", "merch")
-            page.fill("#id_password", "browser-test-pw")
-            page.click("input[type=submit]")
+            admin_log_in(page, f"http://127.0.0.1:{port}", "merch", "/admin/console/dashboard/")
             page.wait_for_selector("svg[data-chart='impressions']", timeout=15000)
             # A recommendation served by the web process, for the latency chart (the session works for the API).
             served = page.request.get(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from django.contrib.auth.models import Permission
 
@@ -11,18 +10,12 @@ from personalization import redis_keys
 from rules_admin.preview_display import preview_columns
 from surface_app.models import BusinessRule, Placement
 from surface_app.preview import ExplainedItem, PreviewResult
-from tests.factories import ItemFactory
+from tests.factories import ItemFactory, unit
 
 pytestmark = pytest.mark.django_db
 
 URL = "/admin/console/preview/"
 SAVE_URL = "/admin/console/preview/save/"
-
-
-def unit(*weights: float) -> list[float]:
-    vector = np.zeros(64)
-    vector[: len(weights)] = weights
-    return (vector / np.linalg.norm(vector)).tolist()
 
 
 @pytest.fixture

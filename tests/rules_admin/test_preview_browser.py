@@ -12,7 +12,13 @@ from graph_app.online import catalog_online_rebuild
 from personalization import redis_keys
 from surface_app.models import BusinessRule, Placement
 from tests.factories import ItemFactory
-from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, platform_running
+from tests.integration_helpers import (
+    BROWSER_TEST_PASSWORD,
+    CHROMIUM,
+    admin_log_in,
+    chromium_launch,
+    platform_running,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -34,21 +40,15 @@ def test_an_unsaved_pin_changes_the_edited_column_only(tmp_path, clean_redis):
     catalog_online_rebuild()
     clean_redis.lpush(redis_keys.user_recent_items("u1"), "anchor")
     Placement.objects.create(name="home", size=3)
-    staff = get_user_model().objects.create_user("merchandiser", password="browser-test-pw", is_staff=True)
+    staff = get_user_model().objects.create_user("merchandiser", password=BROWSER_TEST_PASSWORD, is_staff=True)
     staff.user_permissions.add(
         Permission.objects.get(content_type__app_label="surface_app", codename="view_businessrule")
     )
     with platform_running(tmp_path) as (port, _):
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=CHROMIUM_ARGS,
-            )  # fmt: skip
+            browser = chromium_launch(playwright)
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/admin/login/?next=/admin/console/preview/")
-            page.fill("#id_username", "merchandiser")
-            page.fill("#id_password", "browser-test-pw")
-            page.click("input[type=submit]")
+            admin_log_in(page, f"http://127.0.0.1:{port}", "merchandiser", "/admin/console/preview/")
             page.wait_for_selector("#preview-form", timeout=15000)
 
             # The merchandiser previews u1's home shelf as it is served now.

@@ -10,17 +10,10 @@ import pytest
 from personalization import redis_keys
 from scoring_app.engine import retrieval
 from scoring_app.engine.retrieval import Candidate, RetrievalSource, candidates_retrieve, user_state_fetch
-from tests.factories import ItemFactory, ShopperFactory
+from tests.factories import ItemFactory, ShopperFactory, unit
 from tests.signals_app.helpers import ingest_views
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def unit(*weights: float) -> list[float]:
-    vector = [0.0] * 64
-    vector[: len(weights)] = weights
-    norm = sum(value * value for value in vector) ** 0.5
-    return [value / norm for value in vector]
 
 
 @pytest.fixture(autouse=True)

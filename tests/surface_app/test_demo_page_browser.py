@@ -10,7 +10,13 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from tests.factories import ItemFactory, ShopperFactory
-from tests.integration_helpers import CHROMIUM, CHROMIUM_ARGS, platform_running
+from tests.integration_helpers import (
+    BROWSER_TEST_PASSWORD,
+    CHROMIUM,
+    admin_log_in,
+    chromium_launch,
+    platform_running,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -28,13 +34,10 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
         vector[0], vector[1] = 1.0, index * 0.3
         ItemFactory(external_id=name, title=name.title(), category="mugs", price="4.50", embedding=vector)
     ShopperFactory(external_id="shopper-1")
-    get_user_model().objects.create_user("staff", password="browser-test-pw", is_staff=True)
+    get_user_model().objects.create_user("staff", password=BROWSER_TEST_PASSWORD, is_staff=True)
     with platform_running(tmp_path, wait_for_websockets=True) as (port, _):
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=CHROMIUM_ARGS,
-            )  # fmt: skip
+            browser = chromium_launch(playwright)
             page = browser.new_page()
             home_frames: list[str] = []
             page.on(
@@ -51,10 +54,7 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
                     and sent_events.extend(json.loads(request.post_data or "{}").get("events", []))
                 ),
             )
-            page.goto(f"http://127.0.0.1:{port}/admin/login/?next=/demo/")
-            page.fill("#id_username", "staff")
-            page.fill("#id_password", "browser-test-pw")
-            page.click("input[type=submit]")
+            admin_log_in(page, f"http://127.0.0.1:{port}", "staff", "/demo/")
             page.wait_for_selector("#status.live", timeout=15000)
             # No history and no popularity yet: the home shelf explores the newest items, all four of them.
             page.wait_for_function(f"document.querySelectorAll('{HOME_CARDS}').length === 4", timeout=15000)

@@ -2,22 +2,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from personalization import redis_keys
 from scoring_app.engine import retrieval
 from tests.conftest import dead_redis
-from tests.factories import ItemFactory
+from tests.factories import ItemFactory, unit
 from tests.signals_app.helpers import ingest_views
 
 pytestmark = pytest.mark.django_db
-
-
-def unit(*weights: float) -> list[float]:
-    vector = np.zeros(64)
-    vector[: len(weights)] = weights
-    return (vector / np.linalg.norm(vector)).tolist()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from django.db import DatabaseError
 
@@ -15,15 +14,9 @@ from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.serving import slates
 from surface_app.serving.rules import snapshot_forget
 from tests.conftest import dead_redis
-from tests.factories import ItemFactory
+from tests.factories import ItemFactory, unit
 
 pytestmark = pytest.mark.django_db
-
-
-def unit(*weights: float) -> list[float]:
-    vector = np.zeros(64)
-    vector[: len(weights)] = weights
-    return (vector / np.linalg.norm(vector)).tolist()
 
 
 @pytest.fixture
