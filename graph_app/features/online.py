@@ -107,23 +107,6 @@ def _records(replies: list[Any], dtype: np.dtype) -> tuple[np.ndarray, np.ndarra
     return np.frombuffer(b"".join(chunks), dtype=dtype, count=len(chunks)), present
 
 
-def features_queue(
-    client: redis.Redis, pipeline: redis.client.Pipeline, *, user_key: str, item_ids: list[str], placement: str
-) -> None:
-    """Queue every read the feature matrix needs except the recent items' embeddings: three for the user, one
-    HMGET per item structure (static facts, embeddings, entities) and two per event partition (the items'
-    packed popularity counters, their counters in the placement)."""
-    pipeline.hgetall(redis_keys.user_affinity(user_key))
-    pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_FOR_SIMILARITY - 1)
-    pipeline.get(redis_keys.user_recent_last(user_key))
-    pipeline.hmget(redis_keys.CATALOG_STATIC, item_ids)
-    pipeline.hmget(redis_keys.CATALOG_VECTORS, item_ids)
-    pipeline.hmget(redis_keys.catalog_entities(redis_keys.partition_of(user_key)), item_ids)
-    for partition in redis_keys.partitions():
-        pipeline.hmget(redis_keys.item_counters(partition), item_ids)
-        pipeline.hmget(redis_keys.placement_counters(partition, placement), item_ids)
-
-
 class _CatalogFacts:
     """The catalog facts (static, embedding, entity keys: raw Redis values) this process read, valid for one
     catalog version. Every write of the catalog copies bumps the version (`graph_app.online`), and every fetch

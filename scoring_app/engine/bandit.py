@@ -28,8 +28,7 @@ import vowpalwabbit
 from redis.exceptions import RedisError
 
 from graph_app.features.definitions import AFFINITY_TTL_SECONDS
-from graph_app.features.online import FeatureMatrix, features_compute, features_queue
-from personalization.redis_client import get_redis
+from graph_app.features.online import FeatureMatrix, features_fetch
 from scoring_app.engine import registry
 from scoring_app.engine.retrieval import Candidate
 
@@ -277,24 +276,17 @@ def bandit_context_from_features(
 def bandit_context_fetch(
     *, user_key: str, placement: str, candidates: list[Candidate], now: float, reason: str = ""
 ) -> BanditContext:
-    """The bandit's context in one Redis round trip (the feature store's reads, without the embeddings). Redis
-    down: a context with nothing known, which the bandit still serves (its features say "unknown")."""
+    """The bandit's context read from the feature store (serving passes the features it already read to
+    `bandit_context_from_features` instead). Redis down: a context with nothing known, which the bandit still
+    serves (its features say "unknown")."""
     item_ids = [candidate.item_id for candidate in _offered(candidates)]
     try:
-        client = get_redis()
-        pipeline = client.pipeline(transaction=False)
-        features_queue(client, pipeline, user_key=user_key, item_ids=item_ids, placement=placement)
-        replies = pipeline.execute()
+        features = features_fetch(user_key=user_key, item_ids=item_ids, placement=placement, now=now)
     except RedisError:
         return BanditContext(placement=placement, hour=time.gmtime(now).tm_hour, new_user=None, reason=reason)
-    # The feature store's reply layout: 0 affinity, 1 recent items, 2 recent-last, 5 entity keys of the items.
-    recent_last = replies[2]
-    has_recent = bool(replies[1]) and recent_last is not None and float(recent_last) + AFFINITY_TTL_SECONDS > now
-    matrix = features_compute(replies=replies, recent_vectors=[], item_ids=item_ids, now=now)
-    return bandit_context_build(
-        placement=placement, now=now, reason=reason, item_ids=item_ids, affinity=replies[0],
-        has_recent_items=has_recent, entities=replies[5], matrix=matrix,
-    )  # fmt: skip
+    return bandit_context_from_features(
+        placement=placement, now=now, reason=reason, candidates=candidates, features=features
+    )
 
 
 def bandit_example(*, shared: str, actions: Sequence[str], chosen: int, cost: float, propensity: float) -> list[str]:
