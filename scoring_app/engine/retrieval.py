@@ -447,8 +447,8 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
             if payload is not None:
                 prefetched[("category_rows", category)] = payload
         named = {neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours}
-        if "popular" in names:
-            named.update(item_id for item_id, _ in state.popular_items)
+        # The popular items always: the placement's popular fallback checks them too, source or not.
+        named.update(item_id for item_id, _ in state.popular_items)
         prefetched["in_stock"] = _in_stock(sorted(named), catalog_facts_kept(prefetched.get("catalog_version")))
         prefetched["neighbours"] = neighbourhoods
     except RedisError as error:  # the sources read for themselves, and fail on their own
