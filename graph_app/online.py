@@ -80,6 +80,9 @@ def catalog_entities_rebuild() -> int:
 
 
 STATIC_FORMAT = struct.Struct("<dBd")  # price (NaN when unknown), in stock, created at (Unix seconds)
+# The same layout for numpy, to decode hundreds at once.
+STATIC_DTYPE = np.dtype([("price", "<f8"), ("in_stock", "u1"), ("created_at", "<f8")])
+_IN_STOCK_OFFSET = struct.calcsize("<d")  # the in-stock flag follows the price
 
 
 def pack_static(*, price: float | None, in_stock: bool, created_at: float) -> bytes:
@@ -88,7 +91,7 @@ def pack_static(*, price: float | None, in_stock: bool, created_at: float) -> by
 
 def static_in_stock(payload: bytes) -> bool:
     """The in-stock flag of packed static facts, read without unpacking the rest (stock checks of hundreds)."""
-    return len(payload) == STATIC_FORMAT.size and payload[8] != 0
+    return len(payload) == STATIC_FORMAT.size and payload[_IN_STOCK_OFFSET] != 0
 
 
 def unpack_static(payload: bytes) -> tuple[float, bool, float]:

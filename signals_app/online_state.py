@@ -99,9 +99,10 @@ local cooldown_kept, cooldown_seconds = tonumber(ARGV[10 + windows]), tonumber(A
 local function expire_after(key, last)
   redis.call('EXPIREAT', key, math.floor(math.max(last + state_ttl, now + 86400)))
 end
-local trend_epochs = {}
+local trend_epochs, trend_half_lives = {}, {}
 for w = 1, windows do
   trend_epochs[w] = tonumber(redis.call('HGET', KEYS[1], KEYS[4 + w]))
+  trend_half_lives[w] = tonumber(ARGV[8 + w])
 end
 """
     + PACKED_ADD_LUA
@@ -122,7 +123,7 @@ for e = 0, events - 1 do
       redis.call('ZREMRANGEBYRANK', cooldown, 0, -cooldown_kept - 1)
       redis.call('EXPIRE', cooldown, cooldown_seconds)
     end
-    -- What the user bought (placements may leave it out), the latest PURCHASED_ITEMS_KEPT.
+    -- What the user bought (placements may leave it out), the latest COOLDOWN_ITEMS_KEPT.
     if item ~= '' and ARGV[a + 11] == '1' then
       local purchased = KEYS[k + 8]
       redis.call('ZADD', purchased, 'GT', ARGV[a + 4], item)
@@ -152,15 +153,12 @@ for e = 0, events - 1 do
         end
       end
       if item ~= '' and weight > 0 then
-        local weights, half_lives = {}, {}
-        for w = 1, windows do
-          weights[w] = weight
-          half_lives[w] = tonumber(ARGV[8 + w])
-        end
-        packed_add(KEYS[4], item, ts, weights, half_lives)
+        local weights = {}
+        for w = 1, windows do weights[w] = weight end
+        packed_add(KEYS[4], item, ts, weights, trend_half_lives)
         for w = 1, windows do
           local key = KEYS[4 + w]
-          local half_life = tonumber(ARGV[8 + w])
+          local half_life = trend_half_lives[w]
           local epoch = trend_epochs[w]
           if not epoch then
             epoch = ts

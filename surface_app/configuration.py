@@ -15,11 +15,11 @@ from django.db import transaction
 from django.db.models import Model, Q
 
 from graph_app.models import Item
+from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.rules_compile import ConditionError, conditions_parse
 from surface_app.services import shelves_placement_changed
-from surface_app.serving.slates import CONFIG_VERSION_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +29,12 @@ def surface_config_changed(*, placement: str | None = None) -> None:
 
     def publish() -> None:
         try:
-            get_control_redis().incr(CONFIG_VERSION_KEY)
+            version = get_control_redis().incr(redis_keys.SURFACE_CONFIG_VERSION)
         except Exception:
             logger.exception("surface.config_version_failed")
             return
         try:
-            shelves_placement_changed(placement=placement)
+            shelves_placement_changed(placement=placement, version=str(version).encode())
         except Exception:
             logger.exception("surface.shelves_notify_failed")
 

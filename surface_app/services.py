@@ -151,16 +151,16 @@ def shelves_catalog_batch() -> Iterator[None]:
         shelves_catalog_changed(changed=batch.changed, appeared=batch.appeared)
 
 
-def shelves_placement_changed(*, placement: str | None) -> None:
+def shelves_placement_changed(*, placement: str | None, version: bytes | None = None) -> None:
     """A placement's rules, caps or settings changed (None: those of every placement): its shelves are served again
     and sent where the slate changed. Call after commit and after bumping the configuration version: the message
-    carries it, and each WebSocket process serves them once its rules snapshot has caught up with it."""
-    from surface_app.serving.slates import CONFIG_VERSION_KEY  # the serving path, only loaded when needed here
-
+    carries it (`version`: the bump's reply, else read), and each WebSocket process serves them once its rules
+    snapshot has caught up with it."""
     group = SHELVES_ALL_GROUP if placement is None else shelves_placement_group_name(placement)
-    try:
-        version = get_control_redis().get(CONFIG_VERSION_KEY) or b"0"
-    except RedisError as error:
-        logger.warning("surface.shelves_notify_failed", extra={"what": "placement", "error": str(error)})
-        return
+    if version is None:
+        try:
+            version = get_control_redis().get(redis_keys.SURFACE_CONFIG_VERSION) or b"0"
+        except RedisError as error:
+            logger.warning("surface.shelves_notify_failed", extra={"what": "placement", "error": str(error)})
+            return
     _publish(group=group, message={"type": "shelf.placement", "version": version}, what="placement")

@@ -33,6 +33,7 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
+from graph_app.online import STATIC_DTYPE
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 
@@ -68,9 +69,6 @@ COUNTER_WINDOWS = tuple(POPULARITY_HALF_LIVES)
 # the popularity windows then the time of the latest event; clicks, impressions, then the latest time.
 ITEM_COUNTERS = np.dtype([("values", "<f8", (len(COUNTER_WINDOWS),)), ("last", "<f8")])
 PLACEMENT_COUNTERS = np.dtype([("values", "<f8", (2,)), ("last", "<f8")])
-# The catalog's packed static facts (graph_app.online.STATIC_FORMAT: "<dBd").
-STATIC = np.dtype([("price", "<f8"), ("in_stock", "u1"), ("created_at", "<f8")])
-ENTITY_SEPARATOR = "|"
 
 
 @dataclass(frozen=True)
@@ -196,9 +194,9 @@ def features_fetch(
             pipeline = client.pipeline(transaction=False)
             _queue_catalog(pipeline, user_key, missing)
             columns = pipeline.execute()
-        _catalog_facts.keep(version, dict(zip(missing, zip(*columns, strict=True), strict=True)))
+        read = dict(zip(missing, zip(*columns, strict=True), strict=True))
+        _catalog_facts.keep(version, read)
         if len(missing) < len(item_ids):  # some facts were kept: the columns in the items' order
-            read = dict(zip(missing, zip(*columns, strict=True), strict=True))
             columns = list(zip(*(read.get(i) or kept[i] for i in item_ids), strict=True))
 
     recent = [value.decode() for value in recent_raw]
@@ -268,7 +266,7 @@ def features_compute(
     if observe and seen.any():
         _age_observe(ITEM_EVENT_FEATURES, float(np.min(age[seen])))
 
-    static, known = _records(static_raw, STATIC)
+    static, known = _records(static_raw, STATIC_DTYPE)
     values[known, FEATURE_INDEX["item_price"]] = static["price"][known]
     values[known, FEATURE_INDEX["item_in_stock"]] = (static["in_stock"][known] != 0).astype(np.float64)
     values[known, FEATURE_INDEX["item_age_days"]] = (now - static["created_at"][known]) / DAY

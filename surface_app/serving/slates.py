@@ -131,7 +131,6 @@ class _SurfaceReads:
     placement: str
     now: float
     horizon: int
-    count: int = 0
 
     def queue(self, pipeline: redis.client.Pipeline) -> int:
         pipeline.get(CONFIG_VERSION_KEY)
@@ -141,8 +140,7 @@ class _SurfaceReads:
         before = len(pipeline.command_stack)
         if self.horizon:  # no cap, no cool-down: nothing to read
             frequency_caps.caps_queue(pipeline, user_key=self.user_key, now=self.now, horizon_seconds=self.horizon)
-        self.count = 4 + len(pipeline.command_stack) - before
-        return self.count
+        return 4 + len(pipeline.command_stack) - before
 
 
 def _degrade(degraded: list[str], reason: str) -> None:
@@ -239,7 +237,8 @@ def _slate_build(
             logger.exception("surface.score_failed")
             _degrade(degraded, f"score_failed:{type(error).__name__}")
             items = []
-    items = [item for item in items if item.item_id not in set(state.seeds)]
+    seeds = set(state.seeds)
+    items = [item for item in items if item.item_id not in seeds]
     slate_items, cap_items = _apply_rules(
         items=items, config=config, snapshot=snapshot, traits=traits, now=now, cap_state=cap_state, size=size,
         placement=placement, purchased=purchased, user_key=user_key,
@@ -270,14 +269,11 @@ def _slate_build(
         bandit=result.bandit_log if result is not None else None,
         variant=result.variant if result is not None else "control",
     )
+    pending = _Pending(config, user_key, now, slate_items[size:], cap_items, snapshot.caps_retention_seconds)
     if preview is not None:
-        preview.pending = _Pending(
-            config, user_key, now, slate_items[size:], cap_items, snapshot.caps_retention_seconds
-        )
+        preview.pending = pending
         return slate
-    slate = _record(
-        slate, _Pending(config, user_key, now, slate_items[size:], cap_items, snapshot.caps_retention_seconds)
-    )
+    slate = _record(slate, pending)
     finished = time.perf_counter()
     for layer, seconds in (
         ("graph_state", fetched - started), ("score_retrieval", retrieved - fetched),

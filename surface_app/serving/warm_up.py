@@ -1,0 +1,32 @@
+"""What a serving process (a gunicorn worker for the API, uvicorn for the WebSockets) loads before its first
+request."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def serving_warm_up() -> None:
+    """Retrieval threads with open database connections, the serving models and the rules snapshot in memory
+    before the first request, whose slate would otherwise miss every deadline. Then what was loaded is frozen out
+    of the garbage collector's reach: a full collection over it stalled every request of the process for tens of
+    milliseconds a few times a minute. A store that is down now degrades requests later: it must not stop the
+    process."""
+    from personalization import redis_keys
+    from personalization.redis_client import get_redis
+    from scoring_app.engine import retrieval, scoring  # noqa: F401 (registers the model loaders)
+    from scoring_app.engine.registry import models_refresh
+    from surface_app.serving.rules import snapshot_observe
+
+    try:
+        retrieval.retrieval_warm_up()
+        models_refresh()
+        version = get_redis().get(redis_keys.SURFACE_CONFIG_VERSION)
+        snapshot_observe(version if isinstance(version, bytes) else None)
+    except Exception:
+        logger.exception("serving.warm_up_failed")
+    gc.collect()
+    gc.freeze()
