@@ -238,7 +238,8 @@ def rules_apply(
 
     # 4. Pins.
     pins = [rule for rule in active if rule.kind == "pin" and rule.item_ids and rule.slot]
-    return _pin(ordered, overflow, pins, pinned_facts, eligible, size)
+    ordered, overflow = _pin(ordered, overflow, pins, pinned_facts, eligible, size)
+    return ordered, overflow, removed
 
 
 def _diversify(items: list[RankedItem], config: PlacementConfig) -> tuple[list[RankedItem], list[RankedItem]]:
@@ -273,10 +274,9 @@ def _pin(
     pinned_facts: Callable[[str], RankedItem | None],
     eligible: Callable[[RankedItem], bool],
     size: int,
-) -> tuple[list[RankedItem], list[RankedItem], dict[str, int]]:
-    removed: dict[str, int] = {}
+) -> tuple[list[RankedItem], list[RankedItem]]:
     if not pins:
-        return ordered, overflow, removed
+        return ordered, overflow
     by_id = {item.item_id: item for item in [*ordered, *overflow]}
     slots: dict[int, RankedItem] = {}
     for rule in pins:  # highest priority first: it takes its slot, a later pin the next free one
@@ -306,7 +306,7 @@ def _pin(
             break
         result.append(following)
     result.extend(rest)
-    return result, [item for item in overflow if item.item_id not in pinned_ids], removed
+    return result, [item for item in overflow if item.item_id not in pinned_ids]
 
 
 # The snapshot in this process, and how it is rebuilt.

@@ -211,3 +211,13 @@ def test_a_rule_a_merchandiser_gets_wrong_is_refused_naming_the_field(fields, fi
 
     assert field in refused.value.message_dict
     assert not BusinessRule.objects.exists()
+
+
+def test_removals_are_counted_by_reason_for_the_metrics():
+    rules = [rule("block", item_ids=("c",)), rule("pin", "campaign", item_ids=("a",), slot=2)]
+    _, _, removed = rules_apply(
+        items=ranked("a", "b", "c", "d"), rules=rules, config=PlacementConfig(name="home"), traits={}, now=NOW,
+        blocked=lambda item: "already_purchased" if item.item_id == "d" else None, pinned_facts={}.get, size=5,
+    )  # fmt: skip
+
+    assert removed == {"block": 1, "already_purchased": 1}
