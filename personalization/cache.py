@@ -44,6 +44,8 @@ from personalization.redis_client import get_redis
 
 logger = logging.getLogger(__name__)
 
+# `stored` of the get functions when the caller has not read the key itself.
+NOT_READ: Final = object()
 USER_CACHE_MIN_TTL_SECONDS: Final = 60
 USER_CACHE_MAX_TTL_SECONDS: Final = 300
 USER_CACHE_DEFAULT_TTL_SECONDS: Final = 120
@@ -149,22 +151,22 @@ def user_cache_get_or_build(
     version: str,
     build: Callable[[], bytes],
     ttl_seconds: int = USER_CACHE_DEFAULT_TTL_SECONDS,
+    stored: bytes | object | None = NOT_READ,
 ) -> bytes:
     """The user's cached value for `name` at `version`, built and stored (TTL clamped to 60-300 s) when missing or
     of another version. One key per user and name: a new version replaces the old value instead of leaving it to
-    expire."""
+    expire. `stored`: the key's value as the caller already read it in its own pipeline (no second read)."""
     _check_entity(user_key)
     _check_name(name)
     if not _VERSION.fullmatch(version):
         raise ValueError(f"cache version must match {_VERSION.pattern}: {version!r}")
     client = get_redis()
     key = redis_keys.user_cache(user_key, name)
-    prefix = _USER_MAGIC + version.encode() + b"\n"
-    stored = _get(client, key)
-    if stored is not None and stored.startswith(prefix):
-        CACHE_REQUESTS.labels(cache=name, outcome="hit").inc()
-        return stored[len(prefix) :]
+    hit = user_cache_peek(name=name, version=version, stored=_get(client, key) if stored is NOT_READ else stored)
+    if hit is not None:
+        return hit
     CACHE_REQUESTS.labels(cache=name, outcome="miss").inc()
+    prefix = _USER_MAGIC + version.encode() + b"\n"
     payload = _timed_build(name, build)
     if isinstance(payload, Uncacheable):
         return bytes(payload)
@@ -176,11 +178,11 @@ def user_cache_get_or_build(
     return payload
 
 
-def user_cache_peek(*, name: str, version: str, stored: bytes | None) -> bytes | None:
+def user_cache_peek(*, name: str, version: str, stored: Any) -> bytes | None:
     """The payload of a user cache value the caller read itself (a GET of `redis_keys.user_cache` in its own
     pipeline) when it is of `version`, counted as a hit; None otherwise (then `user_cache_get_or_build`)."""
     prefix = _USER_MAGIC + version.encode() + b"\n"
-    if stored is None or not stored.startswith(prefix):
+    if not isinstance(stored, bytes) or not stored.startswith(prefix):
         return None
     CACHE_REQUESTS.labels(cache=name, outcome="hit").inc()
     return stored[len(prefix) :]
@@ -228,10 +230,9 @@ def item_cache_get(
     lock_ms = max(1, round(lock_seconds * 1000))
     token = secrets.token_hex(16)
 
-    stored = _item_decode(_get(client, key))
-    if stored is not None and _now_ms() - stored[0] < fresh_ms:
-        CACHE_REQUESTS.labels(cache=name, outcome="hit").inc()
-        return stored[1]
+    fresh = item_cache_peek(name=name, fresh_seconds=fresh_seconds, stored=_get(client, key))
+    if fresh is not None:
+        return fresh
 
     deadline = time.monotonic() + wait_seconds
     pause = _FIRST_POLL_SECONDS

@@ -32,6 +32,7 @@ from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanati
 from graph_app.online import static_in_stock
 from personalization import redis_keys
 from personalization.cache import (
+    NOT_READ,
     CacheWaitTimeout,
     Uncacheable,
     item_cache_get,
@@ -196,8 +197,9 @@ def _neighbours_cached(
         return orjson.dumps(rows)
 
     payload = state.prefetched.get(f"{name}_rows") or user_cache_get_or_build(
-        user_key=state.user_key, name=name, version=version, build=build, ttl_seconds=ttl_seconds
-    )
+        user_key=state.user_key, name=name, version=version, build=build, ttl_seconds=ttl_seconds,
+        stored=state.prefetched.get(name, NOT_READ),
+    )  # fmt: skip
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
 
 
@@ -637,15 +639,13 @@ def candidates_retrieve(
             *state.recent_items,
         ])  # fmt: skip
         version = hashlib.sha1(key.encode()).hexdigest()[:20]
-        payload = user_cache_peek(name="candidates", version=version, stored=state.prefetched.get("candidates"))
-        if payload is None:
-            try:
-                payload = user_cache_get_or_build(
-                    user_key=state.user_key, name="candidates", version=version, build=build,
-                    ttl_seconds=CANDIDATE_SET_CACHE_SECONDS,
-                )  # fmt: skip
-            except RedisError:
-                payload = build()
+        try:
+            payload = user_cache_get_or_build(
+                user_key=state.user_key, name="candidates", version=version, build=build,
+                ttl_seconds=CANDIDATE_SET_CACHE_SECONDS, stored=state.prefetched.get("candidates", NOT_READ),
+            )  # fmt: skip
+        except RedisError:
+            payload = build()
         # Built in this request: the set itself, not its payload decoded again.
         return (built[0] if built else CandidateSet.from_bytes(payload)), degraded
     except DatabaseError as error:
