@@ -10,10 +10,9 @@ from rest_framework.views import APIView
 from graph_app.selectors import item_exists
 from personalization.validation import item_id_validate
 from scoring_app.engine.retrieval import similar_items
-from surface_app.serving.slates import slate_serve
+from surface_app.serving.slates import context_items_parse, slate_serve
 
 K_MAX = 100
-CONTEXT_ITEMS_MAX = 20
 
 
 class CandidateSerializer(serializers.Serializer):
@@ -68,7 +67,7 @@ class RecommendationsApi(APIView):
         query.is_valid(raise_exception=True)
         data = query.validated_data
         user_key = data["user_id"] or f"session:{data['session_id']}"
-        context_items = [item.strip() for item in data["item_id"].split(",") if item.strip()][:CONTEXT_ITEMS_MAX]
+        context_items = context_items_parse(data["item_id"])
         slate = slate_serve(user_key=user_key, placement=data["placement"], k=data["k"], context_items=context_items)
         return Response(slate.as_dict())
 

@@ -34,7 +34,14 @@ from personalization.cache import user_cache_invalidate
 from personalization.services import api_key_verify
 from surface_app.services import SHELVES_ALL_GROUP, shelf_group_name, shelves_placement_group_name
 from surface_app.serving.rules import EMPTY, REBUILD_MIN_INTERVAL_SECONDS, snapshot_current, snapshot_observe
-from surface_app.serving.slates import PreviewOptions, Slate, slate_commit, slate_preview, slate_serve
+from surface_app.serving.slates import (
+    PreviewOptions,
+    Slate,
+    context_items_parse,
+    slate_commit,
+    slate_preview,
+    slate_serve,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +49,6 @@ CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_BAD_REQUEST = 4400
 K_MAX = 100
 ID_MAX_LENGTH = 200
-CONTEXT_ITEMS_MAX = 20
 # The user-keyed caches of `scoring_app.engine.retrieval` that hold candidates.
 RETRIEVAL_USER_CACHES = ("candidates", "similar_to_recent")
 # A process rebuilds its rules snapshot at most every REBUILD_MIN_INTERVAL_SECONDS: a re-serve for a rule change
@@ -187,8 +193,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
         user_id, session_id = query.get("user_id", ""), query.get("session_id", "")
-        self.context_items = [item.strip() for item in query.get("item_id", "").split(",") if item.strip()]
-        self.context_items = self.context_items[:CONTEXT_ITEMS_MAX]
+        self.context_items = context_items_parse(query.get("item_id", ""))
         try:
             self.k = int(query["k"]) if "k" in query else None
         except ValueError:

@@ -72,21 +72,21 @@ def user_bucket(user_key: str) -> int:
     return zlib.crc32(user_key.encode()) % 100
 
 
+def _in_canary(serving: KindServing, user_key: str) -> bool:
+    return serving.canary is not None and user_bucket(user_key) < serving.canary_percent
+
+
 def serving_model(kind: str, *, user_key: str) -> ServingModel | None:
     serving = _serving.get(kind)
     if serving is None:
         return None
-    if serving.canary is not None and user_bucket(user_key) < serving.canary_percent:
-        return serving.canary
-    return serving.active
+    return serving.canary if _in_canary(serving, user_key) else serving.active
 
 
 def serving_variant(kind: str, *, user_key: str) -> str:
     """ "canary" when this user is in the canary's share of `kind`, else "control"."""
     serving = _serving.get(kind)
-    if serving is not None and serving.canary is not None and user_bucket(user_key) < serving.canary_percent:
-        return "canary"
-    return "control"
+    return "canary" if serving is not None and _in_canary(serving, user_key) else "control"
 
 
 def models_observe(snapshot: dict[bytes, bytes]) -> None:

@@ -159,6 +159,15 @@ class PreviewOptions:
     pending: Any = None  # filled: what `slate_commit` needs to serve the slate after all
 
 
+# Context items a request may name (a product page, a cart): the first ones are kept.
+CONTEXT_ITEMS_MAX = 20
+
+
+def context_items_parse(raw: str) -> list[str]:
+    """The `item_id` parameter of a recommendation request: comma-separated item ids, the first CONTEXT_ITEMS_MAX."""
+    return [item.strip() for item in raw.split(",") if item.strip()][:CONTEXT_ITEMS_MAX]
+
+
 def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_items: Sequence[str] = ()) -> Slate:
     return _slate_build(user_key=user_key, placement=placement, k=k, context_items=context_items, preview=None)
 
