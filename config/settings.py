@@ -252,7 +252,7 @@ SCORE_RETRIEVAL_DEADLINE_FACTOR = float(os.environ.get("SCORE_RETRIEVAL_DEADLINE
 SCORE_CANDIDATES = int(os.environ.get("SCORE_CANDIDATES", "300"))
 # Each serving process keeps the catalog facts it read (static facts, embedding, entities) for at most this many
 # items, until the catalog's version in Redis changes; 0 reads them from Redis for every request.
-FEATURE_CATALOG_CACHE_ITEMS = int(os.environ.get("FEATURE_CATALOG_CACHE_ITEMS", "50000"))
+FEATURE_CATALOG_CACHE_ITEMS = int(os.environ.get("FEATURE_CATALOG_CACHE_ITEMS", "200000"))
 # Serving compiles LightGBM rankers to machine code (lleaves) when it loads them; 0 scores with LightGBM itself.
 SCORE_RANKER_COMPILE = _env_bool("SCORE_RANKER_COMPILE", True)
 # Below this ranking confidence (share of top items the ranker knew the user for) the bandit decides the slate.

@@ -20,7 +20,9 @@ def queue_popular(pipeline: redis.client.Pipeline, *, depth: int, window: str = 
     """Queue the reads for the `depth` most popular items; returns how many replies they take."""
     for partition in redis_keys.partitions():
         key = redis_keys.item_trend(partition, window)
-        pipeline.zrevrange(key, 0, depth - 1, withscores=True)
+        # Raw, without redis-py's `withscores` callback: on RESP3 it formats every score back to bytes to parse it
+        # again (120 members a request); `decode_popular` reads either protocol's shape.
+        pipeline.execute_command("ZREVRANGE", key, 0, depth - 1, "WITHSCORES")
         pipeline.hget(redis_keys.item_trend_epochs(partition), key)
     return 2 * len(redis_keys.partitions())
 
@@ -36,7 +38,9 @@ def decode_popular(
         if not members or epoch is None:
             continue
         factor = 2 ** (-(now - float(epoch)) / half_life)
-        for member, score in members:
+        # RESP3: [[member, score], ...]; RESP2: [member, score, member, score, ...].
+        pairs = members if isinstance(members[0], list) else zip(members[0::2], members[1::2], strict=True)
+        for member, score in pairs:
             item_id = member.decode()
             totals[item_id] = totals.get(item_id, 0.0) + float(score) * factor
     return sorted(totals.items(), key=lambda pair: pair[1], reverse=True)[:depth]

@@ -130,7 +130,10 @@ class _CatalogFacts:
             if version != self.version:
                 return  # read under an older version: not kept
             if len(self.facts) + len(facts) > limit:
-                self.facts = {}
+                # Full: the older half goes (insertion order), not everything, so that a catalog larger than the
+                # limit keeps serving most reads from memory instead of starting over.
+                items = list(self.facts.items())
+                self.facts = dict(items[len(items) // 2 + len(facts) :])
             self.facts.update(facts)
 
 

@@ -160,16 +160,30 @@ def bandit_pmf(model: vowpalwabbit.Workspace, shared: str, actions: Sequence[str
     return [value if math.isfinite(value) and value > 0 else 0.0 for value in pmf]
 
 
+def bandit_actions(context: BanditContext, candidates: Sequence[Candidate]) -> list[str]:
+    """The VW lines of the actions a decision over these candidates offers (what `bandit_choose` and `bandit_log`
+    build when not given them: a caller that needs both builds them once)."""
+    return [action_features(context, candidate, rank) for rank, candidate in enumerate(_offered(candidates))]
+
+
 def bandit_choose(
-    *, model: vowpalwabbit.Workspace, context: BanditContext, candidates: list[Candidate], k: int, rng: random.Random
+    *,
+    model: vowpalwabbit.Workspace,
+    context: BanditContext,
+    candidates: list[Candidate],
+    k: int,
+    rng: random.Random,
+    actions: Sequence[str] | None = None,
 ) -> list[BanditPick]:
     """Pick up to k distinct items: one VW prediction gives a PMF over the offered candidates, then each slot is
     sampled from the PMF renormalized over the items not picked yet; its propensity is that conditional
-    probability. Put the picks in the slate in this order (a later pick's propensity assumes the earlier ones)."""
+    probability. Put the picks in the slate in this order (a later pick's propensity assumes the earlier ones).
+    `actions`: `bandit_actions` of the same context and candidates, when the caller has them."""
     offered = _offered(candidates)
     if k <= 0 or not offered:
         return []
-    actions = [action_features(context, candidate, rank) for rank, candidate in enumerate(offered)]
+    if actions is None:
+        actions = bandit_actions(context, offered)
     weights = bandit_pmf(model, shared_features(context), actions)
     remaining = list(range(len(offered)))
     picks: list[BanditPick] = []
@@ -199,13 +213,22 @@ def _sample(remaining: list[int], weights: list[float], threshold: float) -> int
     return last_positive  # rounding left the threshold past the sum: the last item with any probability
 
 
-def bandit_log(*, context: BanditContext, candidates: list[Candidate], picks: list[BanditPick]) -> BanditLog:
+def bandit_log(
+    *,
+    context: BanditContext,
+    candidates: list[Candidate],
+    picks: list[BanditPick],
+    actions: Sequence[str] | None = None,
+) -> BanditLog:
     """What to put on the Slate (`Slate.bandit`) so the impression log keeps the decision for learning; pass the
-    same candidates as to `bandit_choose`."""
+    same candidates (and `actions`, if any) as to `bandit_choose`."""
     chosen = {pick.item_id: pick for pick in picks}
+    offered = _offered(candidates)
+    if actions is None:
+        actions = bandit_actions(context, offered)
     unshown = [
-        (candidate.item_id, action_features(context, candidate, rank))
-        for rank, candidate in enumerate(_offered(candidates))
+        (candidate.item_id, line)
+        for candidate, line in zip(offered, actions, strict=True)
         if candidate.item_id not in chosen
     ]
     return BanditLog(shared_features(context), chosen, unshown)

@@ -39,6 +39,9 @@ class ScoredItem:
     explanation: str
     sources: tuple[str, ...]
     propensity: float | None = None
+    # The item's entity keys as the feature read found them ("category:x|brand:y"; None: not read), so that the
+    # Surface's rules and caps need not read them again.
+    entities: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,20 @@ class ScoreResult:
     variant: str = "control"
 
 
-def _scored(candidate: Candidate, score: float, propensity: float | None = None) -> ScoredItem:
+def _scored(
+    candidate: Candidate, score: float, propensity: float | None = None, entities: bytes | None = None
+) -> ScoredItem:
     return ScoredItem(
         candidate.item_id, round(float(score), 6), candidate.source, candidate.explanation,
-        candidate.sources or (candidate.source,), propensity,
+        candidate.sources or (candidate.source,), propensity, entities,
     )  # fmt: skip
+
+
+def _entities(features: FeatureMatrix, row: int | None) -> bytes | None:
+    """The row's entity keys as read (b"": read, none), or None when the matrix did not read them."""
+    if not features.entities or row is None:
+        return None
+    return features.entities[row] or b""
 
 
 def _in_stock(features: FeatureMatrix, candidates: list[Candidate]) -> tuple[list[Candidate], FeatureMatrix]:
@@ -93,7 +105,7 @@ def _ranked(
     order = np.argsort(-scores, kind="stable")
     confidence = ranking_confidence(features, order[:k])
     return (
-        [_scored(candidates[index], scores[index]) for index in order[:k]],
+        [_scored(candidates[index], scores[index], entities=_entities(features, index)) for index in order[:k]],
         confidence,
         [candidates[index] for index in order],
     )
@@ -220,7 +232,7 @@ def _new_item_slot(
 def _bandit(
     state: UserState, offered: list[Candidate], placement: str, k: int, reason: str, features: FeatureMatrix
 ) -> ScoreResult | None:
-    """The contextual bandit's slate over the best candidates (`features`: their rows, in the same order), or None
+    """The contextual bandit's slate over the best candidates (`features`: rows of at least those items), or None
     when no bandit model serves. Its context comes from the feature reads the request already made."""
     serving = bandit.serving_bandit(user_key=state.user_key)
     if serving is None:
@@ -229,18 +241,27 @@ def _bandit(
         context = bandit.bandit_context_from_features(
             placement=placement, now=time.time(), reason=reason, candidates=offered, features=features
         )
-        picks = bandit.bandit_choose(model=serving.model, context=context, candidates=offered, k=k, rng=_random)
+        actions = bandit.bandit_actions(context, offered)
+        picks = bandit.bandit_choose(
+            model=serving.model, context=context, candidates=offered, k=k, rng=_random, actions=actions
+        )
     except Exception:
         logger.exception("score.bandit_failed", extra={"version": serving.version})
         return None
     by_id = {candidate.item_id: candidate for candidate in offered}
+    # `features` may be in another order than `offered` (the ranker's): rows by item.
+    picked = {pick.item_id for pick in picks}
+    rows = {item_id: row for row, item_id in enumerate(features.item_ids) if item_id in picked}
     # In pick order: each later propensity assumes the earlier picks were taken.
-    items = [_scored(by_id[pick.item_id], pick.propensity, pick.propensity) for pick in picks]
+    items = [
+        _scored(by_id[pick.item_id], pick.propensity, pick.propensity, _entities(features, rows.get(pick.item_id)))
+        for pick in picks
+    ]
     return ScoreResult(
         items=items,
         # How sure the bandit was of its first pick.
         confidence=round(picks[0].propensity, 4) if picks else 0.0,
         path=PATH_BANDIT,
         model_version=serving.version,
-        bandit_log=bandit.bandit_log(context=context, candidates=offered, picks=picks),
+        bandit_log=bandit.bandit_log(context=context, candidates=offered, picks=picks, actions=actions),
     )

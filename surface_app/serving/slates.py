@@ -131,6 +131,8 @@ class _SurfaceReads:
     placement: str
     now: float
     horizon: int
+    # The items the placement's pins name (their entity keys, for rules and caps, come in the same round trip).
+    pinned: list[str] = field(default_factory=list)
 
     def queue(self, pipeline: redis.client.Pipeline) -> int:
         pipeline.get(CONFIG_VERSION_KEY)
@@ -138,6 +140,9 @@ class _SurfaceReads:
         pipeline.get(redis_keys.user_last_slate(self.user_key, self.placement))
         pipeline.zrange(redis_keys.user_purchased(self.user_key), 0, -1)
         before = len(pipeline.command_stack)
+        if self.pinned:
+            key = redis_keys.catalog_entities(redis_keys.partition_of(self.user_key))
+            pipeline.hmget(key, self.pinned)
         if self.horizon:  # no cap, no cool-down: nothing to read
             frequency_caps.caps_queue(pipeline, user_key=self.user_key, now=self.now, horizon_seconds=self.horizon)
         return 4 + len(pipeline.command_stack) - before
@@ -184,9 +189,10 @@ def _slate_build(
 ) -> Slate:
     started = time.perf_counter()
     now = time.time()
-    config = snapshot_current().placement(placement)
+    current = snapshot_current()
+    config = current.placement(placement)
     horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
-    reads = _SurfaceReads(user_key, placement, now, horizon)
+    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_ids(current, placement))
     state = user_state_fetch(user_key=user_key, seeds=list(context_items), extra=reads.queue)
     fetched = time.perf_counter()
     retrieved = ranked = fetched
@@ -201,8 +207,9 @@ def _slate_build(
         snapshot = snapshot_observe(version)
         traits = _json_dict(raw_traits)
         last_slate = [str(item) for item in orjson.loads(raw_last)] if raw_last else []
-        if len(state.extra_replies) > 4:
-            cap_state = frequency_caps.caps_decode(state.extra_replies[4:], now=now)
+        caps_at = 5 if reads.pinned else 4
+        if len(state.extra_replies) > caps_at:
+            cap_state = frequency_caps.caps_decode(state.extra_replies[caps_at:], now=now)
     else:
         snapshot = snapshot_observe(None)
     if preview is not None:
@@ -216,6 +223,11 @@ def _slate_build(
     budget_ms = config.deadline_ms * settings.SCORE_RETRIEVAL_DEADLINE_FACTOR
     deadline = started + budget_ms / 1000
     late_candidates: list[RankedItem] = []
+    entity_payloads: dict[str, bytes] = {}
+    if reads.pinned and len(state.extra_replies) > 4:
+        entity_payloads = {
+            item_id: payload or b"" for item_id, payload in zip(reads.pinned, state.extra_replies[4], strict=True)
+        }
 
     result: ScoreResult | None = None
     if "user_state_unavailable" in degraded:
@@ -241,6 +253,9 @@ def _slate_build(
                 )  # fmt: skip
                 degraded += result.degraded
                 items = [_ranked(item) for item in result.items]
+                entity_payloads.update(
+                    (item.item_id, item.entities) for item in result.items if item.entities is not None
+                )
                 ranked = time.perf_counter()
         except Exception as error:  # Score failing must not fail the shelf
             logger.exception("surface.score_failed")
@@ -250,7 +265,7 @@ def _slate_build(
     items = [item for item in items if item.item_id not in seeds]
     slate_items, cap_items = _apply_rules(
         items=items, config=config, snapshot=snapshot, traits=traits, now=now, cap_state=cap_state, size=size,
-        placement=placement, purchased=purchased, user_key=user_key,
+        placement=placement, purchased=purchased, user_key=user_key, entity_payloads=entity_payloads,
         removed=preview.removed if preview is not None else None,
     )  # fmt: skip
     if len(slate_items) < size:
@@ -366,17 +381,19 @@ def _ranked(item: ScoredItem) -> RankedItem:
     return RankedItem(item.item_id, item.score, item.source, item.explanation, item.sources, item.propensity)
 
 
-def _item_facts(items: list[RankedItem], user_key: str) -> None:
-    """Category, brand and entities of the items, from the catalog copy in Redis (one round trip)."""
-    if not items:
-        return
-    try:
-        key = redis_keys.catalog_entities(redis_keys.partition_of(user_key))  # every partition has the same copy
-        payloads = get_redis().hmget(key, [item.item_id for item in items])
-    except RedisError:
-        return
-    for item, payload in zip(items, payloads, strict=True):
-        if not isinstance(payload, bytes):
+def _item_facts(items: list[RankedItem], user_key: str, known: dict[str, bytes]) -> None:
+    """Category, brand and entities of the items: as Score's feature read found them (`known`, item id -> entity
+    keys), else from the catalog copy in Redis (one round trip)."""
+    unknown = [item.item_id for item in items if item.item_id not in known]
+    if unknown:
+        try:
+            key = redis_keys.catalog_entities(redis_keys.partition_of(user_key))  # every partition has the same copy
+            known = {**known, **dict(zip(unknown, get_redis().hmget(key, unknown), strict=True))}
+        except RedisError:
+            pass
+    for item in items:
+        payload = known.get(item.item_id)
+        if not isinstance(payload, bytes) or not payload:
             continue
         keys = payload.decode().split("|")
         item.entities = tuple(keys)
@@ -400,13 +417,14 @@ def _apply_rules(
     placement: str,
     purchased: set[str],
     user_key: str,
+    entity_payloads: dict[str, bytes],
     removed: dict[str, str] | None = None,
 ) -> tuple[list[SlateItem], dict[str, Any]]:
     """The slate candidates in order (backfill after), and what the caps need to know of each."""
     rules = snapshot.rules_for(placement)
-    pinned = {rule.item_ids[0] for rule in rules if rule.kind == "pin" and rule.item_ids}
+    pinned = _pinned_ids(snapshot, placement)
     extra = [RankedItem(item_id, 0.0, "pin", "", ("pin",)) for item_id in pinned if item_id in snapshot.pinnable]
-    _item_facts([*items, *extra], user_key)
+    _item_facts([*items, *extra], user_key, entity_payloads)
     pinned_by_id = {item.item_id: item for item in extra}
     facts = {item.item_id: _cap_item(item) for item in [*items, *extra]}
     capped: dict[str, str] = {}
@@ -428,6 +446,10 @@ def _apply_rules(
     # Pins may have set a campaign: the caps count it.
     facts.update({item.item_id: _cap_item(item) for item in everything if item.campaign})
     return [_slate_item(item) for item in everything], facts
+
+
+def _pinned_ids(snapshot: RulesSnapshot, placement: str) -> list[str]:
+    return sorted({rule.item_ids[0] for rule in snapshot.rules_for(placement) if rule.kind == "pin" and rule.item_ids})
 
 
 def _cap_item(item: RankedItem) -> Any:
