@@ -292,6 +292,10 @@ def prepare_data(args: argparse.Namespace) -> dict[str, float]:
         _marker_write({"log": wanted, "pipeline": wanted})
     else:
         models_serving_publish()
+    if not get_control_redis().exists(redis_keys.ITEM_SIMILAR_LISTS):  # data prepared before the lists existed
+        from graph_app.similar_lists import similar_lists_refresh
+
+        _timed(steps, "similar_lists_refresh", similar_lists_refresh)
     return steps
 
 

@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from graph_app.embeddings import ItemContent, content_features, feature_matrix, normalize_rows
 from graph_app.models import Item
 from graph_app.online import catalog_items_rebuild
+from graph_app.similar_lists import similar_lists_publish
 from scoring_app.models import ModelVersion
 from scoring_app.services import model_version_register
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
@@ -213,6 +214,8 @@ def embeddings_train_with_factors(*, als: AlsSettings | None = None) -> tuple[Tr
         )
     # The feature store reads embeddings from Redis: copy the new ones there once they are committed.
     catalog_items_rebuild()
+    # Retrieval's "similar to your recent items" reads each item's nearest items, computed once per training.
+    similar_lists_publish(item_ids=item_ids, vectors=item_vectors)
     report = TrainingReport(
         model_version=model_version.version,
         items=len(item_ids),

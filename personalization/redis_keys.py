@@ -127,6 +127,10 @@ CATALOG_VECTORS = "catalog:vectors"  # item id -> float32 embedding bytes
 # Bumped after every write of the catalog copies (static facts, embeddings, entity keys): serving processes keep
 # the facts they read in memory until it changes (`graph_app.features.online`).
 CATALOG_VERSION = "catalog:version"
+# item id -> orjson [[neighbour id, cosine], ...], nearest first (graph_app.similar_lists); built under the second
+# key and renamed over the first (one hash tag: the same Cluster slot).
+ITEM_SIMILAR_LISTS = "similar:{catalog}"
+ITEM_SIMILAR_LISTS_BUILDING = "similar:{catalog}:building"
 
 
 def slate(request_id: str) -> str:

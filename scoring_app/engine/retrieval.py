@@ -1,7 +1,9 @@
 """Candidate retrieval on the hot path: plain Python over dataclasses, no ORM objects (see the house style).
 
-Several sources run at once, each with its own deadline: pgvector neighbours of the user's vector and of their
-recent items, knowledge-graph neighbours of their latest items, popular items of their favourite categories,
+Several sources run at once, each with its own deadline: pgvector neighbours of the user's vector, the nearest
+items of their recent items (precomputed per item after each embeddings training, `graph_app.similar_lists`; pgvector
+around the mean of their embeddings when none of them has a list yet), knowledge-graph neighbours of their latest
+items, popular items of their favourite categories,
 popular items overall, and fresh items for exploration. A source that misses its deadline is dropped, not awaited,
 and the response says so. The union is deduplicated (each candidate remembers every source that produced it) and
 cached per user for a minute, keyed by the user's recent items, favourite categories and the serving model, so an
@@ -179,6 +181,10 @@ SELECT external_id, popularity FROM graph_app_item WHERE in_stock ORDER BY popul
 # changes the key instead of needing an invalidation. Stock changes show up within the TTL.
 SIMILAR_TO_RECENT_CACHE_SECONDS = 120
 SIMILAR_TO_RECENT_CACHED = 100
+# The recent items whose precomputed nearest items (`graph_app.similar_lists`) make the "similar" source, and how
+# much each older one counts: an item's score is its best cosine to one of them, times 0.9 per step back in time.
+SIMILAR_SEED_ITEMS = 10
+SIMILAR_SEED_DECAY = 0.9
 
 
 def _similar_version(state: UserState) -> str:
@@ -308,10 +314,30 @@ def _user_vector_source(state: UserState) -> list[Candidate]:
     ]
 
 
+def _similar_from_lists(
+    state: UserState, lists: dict[str, list[list[Any]]], in_stock: set[str]
+) -> list[tuple[str, float]]:
+    """The "similar" rows from the recent items' precomputed nearest items: each item's best decayed cosine, in
+    stock and not among the recent items, best first."""
+    recent = set(state.recent_items)
+    best: dict[str, float] = {}
+    for position, seed in enumerate(state.recent_items[:SIMILAR_SEED_ITEMS]):
+        weight = SIMILAR_SEED_DECAY**position
+        for item_id, cosine in lists.get(seed, ()):
+            score = cosine * weight
+            if score > best.get(item_id, -2.0) and item_id not in recent and item_id in in_stock:
+                best[item_id] = score
+    rows = sorted(best.items(), key=lambda pair: pair[1], reverse=True)[:SIMILAR_TO_RECENT_CACHED]
+    return [(item_id, round(score, 6)) for item_id, score in rows]
+
+
 def _recent_items_source(state: UserState) -> list[Candidate]:
     if not state.recent_items:
         return []
-    return [Candidate(item_id, score, "similar", SIMILAR_EXPLANATION) for item_id, score in _similar_to_recent(state)]
+    rows = state.prefetched.get("similar_rows")
+    if rows is None:  # none of the recent items has a precomputed list (newer than the embeddings): pgvector
+        rows = _similar_to_recent(state)
+    return [Candidate(item_id, score, "similar", SIMILAR_EXPLANATION) for item_id, score in rows]
 
 
 def _category_popular_source(state: UserState) -> list[Candidate]:
@@ -392,7 +418,9 @@ RETRIEVAL_DEADLINE_MS = 10.0
 SOURCES: tuple[RetrievalSource, ...] = (
     RetrievalSource(
         "similar", _recent_items_source, RETRIEVAL_DEADLINE_MS, True,
-        lambda state: not state.recent_items or "similar_to_recent_rows" in state.prefetched,
+        lambda state: (
+            not state.recent_items or "similar_rows" in state.prefetched or "similar_to_recent_rows" in state.prefetched
+        ),
     ),
     RetrievalSource(
         "graph", _graph_source, RETRIEVAL_DEADLINE_MS, False,
@@ -442,7 +470,15 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         categories = list(state.favourite_categories) if "category_popular" in names else []
         for category in categories:
             pipeline.get(redis_keys.item_cache(f"category:{category}", "popular_in_category"))
-        replies = pipeline.execute() if seeds or categories else []
+        similar_seeds = state.recent_items[:SIMILAR_SEED_ITEMS] if "similar" in names else []
+        if similar_seeds:
+            pipeline.hmget(redis_keys.ITEM_SIMILAR_LISTS, similar_seeds)
+        replies = pipeline.execute() if seeds or categories or similar_seeds else []
+        similar_lists = {
+            seed: orjson.loads(payload)
+            for seed, payload in zip(similar_seeds, replies.pop() if similar_seeds else [], strict=True)
+            if payload
+        }
         neighbourhoods = neighbours_decode(replies[:count], item_ids=seeds)
         for category, raw in zip(categories, replies[count:], strict=True):
             payload = item_cache_peek(name="popular_in_category", fresh_seconds=SHARED_LIST_FRESH_SECONDS, stored=raw)
@@ -451,8 +487,11 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         named = {neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours}
         # The popular items always: the placement's popular fallback checks them too, source or not.
         named.update(item_id for item_id, _ in state.popular_items)
+        named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
         prefetched["in_stock"] = _in_stock(sorted(named), catalog_facts_kept(prefetched.get("catalog_version")))
         prefetched["neighbours"] = neighbourhoods
+        if similar_lists:
+            prefetched["similar_rows"] = _similar_from_lists(state, similar_lists, prefetched["in_stock"])
     except RedisError as error:  # the sources read for themselves, and fail on their own
         logger.warning("score.prefetch_failed", extra={"error": str(error)})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from personalization import redis_keys
@@ -118,3 +119,45 @@ def test_sources_whose_input_was_read_ahead_run_inline_and_the_rest_in_the_pool(
 
     assert pooled == []
     assert again.candidates == first.candidates
+
+
+def test_similar_reads_the_recent_items_precomputed_lists_inline_without_postgresql(shop, clean_redis, monkeypatch):
+    from graph_app.similar_lists import similar_lists_refresh
+
+    ItemFactory(external_id="gone", category="mugs", embedding=unit(1, 0.02), in_stock=False)
+    similar_lists_refresh(k=3)
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "taste")  # recent: taste (newest), then seen
+    pooled: list[str] = []
+    run_in_thread = retrieval._run_in_thread
+
+    def counted(source, state):
+        pooled.append(source.name)
+        return run_in_thread(source, state)
+
+    monkeypatch.setattr(retrieval, "_run_in_thread", counted)
+    monkeypatch.setattr(retrieval, "_similar_to_recent", lambda state: pytest.fail("pgvector queried"))
+
+    candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"), sources=["similar"])
+
+    assert "similar" not in pooled
+    similar = [(c.item_id, c.score) for c in candidate_set.candidates]
+    # "gone" is out of stock and the recent items are left out. "near" is nearest "seen" (one step older: x0.9),
+    # "hit" nearest "taste"; each keeps its best decayed cosine.
+    assert [item_id for item_id, _ in similar] == ["near", "hit"]
+    scores = dict(similar)
+    assert scores["hit"] == pytest.approx(float(np.dot(unit(0, 1), unit(0.5, 0.5))), abs=1e-4)
+    assert scores["near"] == pytest.approx(0.9 * float(np.dot(unit(1, 0), unit(1, 0.1))), abs=1e-4)
+
+
+def test_similar_falls_back_to_pgvector_when_no_recent_item_has_a_list(shop, clean_redis):
+    from graph_app.similar_lists import similar_lists_refresh
+
+    similar_lists_refresh(k=3)
+    ItemFactory(external_id="brand-new", category="mugs", embedding=unit(1, 0.3))
+    clean_redis.delete(redis_keys.user_recent_items("u1"))
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "brand-new")  # newer than the lists
+
+    candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"), sources=["similar"])
+
+    assert candidate_set.candidates[0].item_id in {"near", "seen"}
+    assert "brand-new" not in {c.item_id for c in candidate_set.candidates}
