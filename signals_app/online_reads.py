@@ -22,7 +22,7 @@ def queue_popular(pipeline: redis.client.Pipeline, *, depth: int, window: str = 
         key = redis_keys.item_trend(partition, window)
         # Raw, without redis-py's `withscores` callback: on RESP3 it formats every score back to bytes to parse it
         # again (120 members a request); `decode_popular` reads either protocol's shape.
-        pipeline.execute_command("ZREVRANGE", key, 0, depth - 1, "WITHSCORES")
+        pipeline.execute_command("ZREVRANGE", key, 0, depth - 1, "WITHSCORES")  # type: ignore[no-untyped-call]
         pipeline.hget(redis_keys.item_trend_epochs(partition), key)
     return 2 * len(redis_keys.partitions())
 

@@ -33,7 +33,7 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
-from graph_app.online import STATIC_DTYPE
+from graph_app.online import STATIC_DTYPE, static_in_stock
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 
@@ -113,6 +113,8 @@ class _CatalogFacts:
     def __init__(self) -> None:
         self.version: bytes | None = None
         self.facts: dict[str, tuple[Any, Any, Any]] = {}
+        # Whether each item kept is in stock, decoded once (retrieval checks hundreds a request).
+        self.stock: dict[str, bool] = {}
         self.lock = threading.Lock()
 
     def observe(self, version: bytes | None) -> bool:
@@ -121,7 +123,8 @@ class _CatalogFacts:
             if version == self.version:
                 return True
             self.version = version
-            self.facts = {}
+            # New objects, not cleared ones: a reader holding the old ones still sees one version.
+            self.facts, self.stock = {}, {}
             return False
 
     def keep(self, version: bytes | None, facts: dict[str, tuple[Any, Any, Any]]) -> None:
@@ -134,7 +137,12 @@ class _CatalogFacts:
                 # limit keeps serving most reads from memory instead of starting over.
                 items = list(self.facts.items())
                 self.facts = dict(items[len(items) // 2 + len(facts) :])
+                self.stock = {item_id: self.stock[item_id] for item_id in self.facts if item_id in self.stock}
             self.facts.update(facts)
+            self.stock.update(
+                (item_id, isinstance(static, bytes) and static_in_stock(static))
+                for item_id, (static, _, _) in facts.items()
+            )
 
 
 _catalog_facts = _CatalogFacts()
@@ -148,10 +156,17 @@ def catalog_facts_kept(version: bytes | None) -> dict[str, tuple[Any, Any, Any]]
     return _catalog_facts.facts
 
 
+def catalog_stock_kept(version: bytes | None) -> dict[str, bool]:
+    """Item id -> in stock, for the items whose facts are kept for this catalog version (see `catalog_facts_kept`)."""
+    if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0 or not _catalog_facts.observe(version):
+        return {}
+    return _catalog_facts.stock
+
+
 def catalog_facts_forget() -> None:
     """Drop the catalog facts this process keeps (tests)."""
     with _catalog_facts.lock:
-        _catalog_facts.version, _catalog_facts.facts = b"", {}
+        _catalog_facts.version, _catalog_facts.facts, _catalog_facts.stock = b"", {}, {}
 
 
 def _queue_catalog(pipeline: redis.client.Pipeline, user_key: str, item_ids: list[str]) -> None:

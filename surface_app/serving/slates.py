@@ -388,7 +388,8 @@ def _item_facts(items: list[RankedItem], user_key: str, known: dict[str, bytes])
     if unknown:
         try:
             key = redis_keys.catalog_entities(redis_keys.partition_of(user_key))  # every partition has the same copy
-            known = {**known, **dict(zip(unknown, get_redis().hmget(key, unknown), strict=True))}
+            read: list[Any] = get_redis().hmget(key, unknown)
+            known = {**known, **{item_id: payload for item_id, payload in zip(unknown, read, strict=True) if payload}}
         except RedisError:
             pass
     for item in items:
