@@ -216,11 +216,9 @@ def _new_item_slot(
     shown = {item.item_id for item in items}
     popularity = np.nan_to_num(features.column("item_popularity_7d"), nan=0.0)
     age = features.column("item_age_days")
-    rows = [
-        row
-        for row, candidate in enumerate(candidates)
-        if popularity[row] == 0.0 and age[row] <= NEW_ITEM_DAYS and candidate.item_id not in shown
-    ][:NEW_ITEMS_OFFERED]
+    new = np.flatnonzero((popularity == 0.0) & (age <= NEW_ITEM_DAYS))  # NaN ages compare False, as before
+    rows = [int(row) for row in new[: NEW_ITEMS_OFFERED + len(shown)] if candidates[row].item_id not in shown]
+    rows = rows[:NEW_ITEMS_OFFERED]
     if not rows:
         return None
     explored = _bandit(state, [candidates[row] for row in rows], placement, 1, "new_items", features.rows(rows))

@@ -9,6 +9,7 @@ import struct
 import time
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from django.core.management import call_command
 
@@ -309,3 +310,33 @@ def test_catalog_facts_kept_in_process_follow_every_catalog_change(
     assert mixed.values.ravel().tolist() == pytest.approx(fresh.values.ravel().tolist(), nan_ok=True)
     assert mixed.entities == fresh.entities
     assert fresh.values[1:].ravel().tolist() == pytest.approx(changed.values.ravel().tolist(), nan_ok=True)
+
+
+def test_kept_catalog_facts_past_their_limit_keep_the_newer_half_and_give_the_values_read_fresh(
+    catalog, settings, clean_redis
+):
+    from graph_app.features import online
+
+    events_ingest(raw_events=[{"event_id": "k1", "type": "purchase", "user_id": "u9", "item_id": "mug"}])
+    # An item with more entities than the others (wider rows) and one whose embedding has another size.
+    clean_redis.hset(
+        redis_keys.catalog_entities(redis_keys.partition_of("u9")), "bowl", b"category:kitchen|brand:acme|theme:tea"
+    )
+    vectors = {"mug": np.ones(64), "bowl": np.arange(64.0), "rake": np.ones(8)}
+    clean_redis.hset(
+        redis_keys.CATALOG_VECTORS, mapping={k: v.astype(np.float32).tobytes() for k, v in vectors.items()}
+    )
+    settings.FEATURE_CATALOG_CACHE_ITEMS = 2
+    now = time.time()
+    for items in (["mug", "bowl"], ["rake"], ["bowl", "rake"], ["rake", "mug", "bowl", "mug"]):
+        kept = features_fetch(user_key="u9", item_ids=items, placement="home", now=now)
+        assert len(online._catalog_facts.index) <= 3  # the limit, plus what one request read beyond it
+
+    settings.FEATURE_CATALOG_CACHE_ITEMS = 0
+    fresh = features_fetch(user_key="u9", item_ids=["rake", "mug", "bowl", "mug"], placement="home", now=now)
+    assert kept.values.ravel().tolist() == pytest.approx(fresh.values.ravel().tolist(), nan_ok=True)
+    assert kept.entities == fresh.entities
+    assert kept.values[2, FEATURE_INDEX["user_item_entity_affinity"]] > 0  # acme, in the widest row
+    similarity = fresh.values[:, FEATURE_INDEX["user_item_similarity"]]
+    assert np.isnan(similarity[0])  # an embedding of another size: missing
+    assert similarity[1] == pytest.approx(1.0) and 0 < similarity[2] < 1
