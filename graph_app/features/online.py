@@ -270,11 +270,14 @@ class _CatalogFacts:
                     for number, (item_id, row) in enumerate(order):
                         self.index[item_id] = offset + number
                         self.stock[item_id] = bool(in_stock[row])
-                index = self.index
-                if all(item_id in index for item_id in item_ids):
+                try:
+                    rows = np.fromiter(map(self.index.__getitem__, item_ids), np.int64, len(item_ids))
+                except KeyError:
+                    pass  # not every item is kept (a limit of fewer items than the request's)
+                else:
                     merged = self._merged()
                     assert merged is not None
-                    return merged.take(np.fromiter(map(index.__getitem__, item_ids), np.int64, len(item_ids)))
+                    return merged.take(rows)
         # Not kept: each row from the block read, else from the facts kept (all of one version: the caller read
         # everything again when the version changed).
         return self._take_unkept(item_ids, read, block)

@@ -98,8 +98,8 @@ def _fallback(candidates: list[Candidate], k: int, model_version: str | None, de
 def _ranked(
     ranker: registry.ServingModel, candidates: list[Candidate], features: FeatureMatrix, k: int
 ) -> tuple[list[ScoredItem], float, list[Candidate]]:
-    """The top k by the ranker's score, its confidence, and every candidate in ranked order (what the bandit is
-    offered when the confidence is too low)."""
+    """The top k by the ranker's score, its confidence, and the best candidates in ranked order (what the bandit is
+    offered when the confidence is too low: it takes at most MAX_BANDIT_ACTIONS of the distinct candidates)."""
     loaded: LoadedRanker = ranker.model
     scores = ranker_scores(loaded, features)
     order = np.argsort(-scores, kind="stable")
@@ -107,7 +107,7 @@ def _ranked(
     return (
         [_scored(candidates[index], scores[index], entities=_entities(features, index)) for index in order[:k]],
         confidence,
-        [candidates[index] for index in order],
+        [candidates[index] for index in order[: bandit.MAX_BANDIT_ACTIONS]],
     )
 
 
@@ -199,7 +199,7 @@ NEW_ITEM_DAYS = 30.0
 EXPLORATION_MIN_SLOTS = 4
 # The new items offered for that slot: the first ones in retrieval order (each offered action costs features to
 # build and a line in the impression log).
-NEW_ITEMS_OFFERED = 20
+NEW_ITEMS_OFFERED = 10
 
 
 def _new_item_slot(
