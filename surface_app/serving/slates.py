@@ -12,7 +12,6 @@ what is left of the placement's deadline:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -606,7 +605,7 @@ def _impression_log(*, slate: Slate, user_key: str) -> None:
     for attempt in range(2):
         try:
             pipeline = client.pipeline(transaction=False)
-            pipeline.set(redis_keys.slate(slate.request_id), json.dumps(record), ex=SLATE_TTL_SECONDS)
+            pipeline.set(redis_keys.slate(slate.request_id), orjson.dumps(record), ex=SLATE_TTL_SECONDS)
             pipeline.set(
                 redis_keys.user_last_slate(user_key, slate.placement),
                 orjson.dumps([item.item_id for item in slate.items]), ex=SLATE_TTL_SECONDS,

@@ -202,6 +202,46 @@ def test_limit_fills_the_slate_with_spare_candidates():
     assert sorted(get_redis().hkeys(redis_keys.user_cap_counts(USER))) == [b"i:sku-1", b"i:sku-2", b"i:sku-3"]
 
 
+def test_spare_candidates_are_checked_against_their_own_history():
+    specs = [CapSpec("item", max_impressions=1, window_seconds=DAY, name="once")]
+    serve([BOOT, HAT], specs)
+
+    # The script reads the slots' fields first, the spares' only once a refusal sends it on to them.
+    assert serve([SHOE, BOOT, HAT, SCARF], specs, limit=2) == ["sku-2", "sku-3"]
+    assert recorded("i:sku-1") == [NOW]
+    assert recorded("i:sku-4") == [NOW]
+
+
+def test_every_entity_of_a_spare_is_checked():
+    specs = [CapSpec("entity", max_impressions=1, window_seconds=DAY, name="entity-once", per_placement=True)]
+    serve([CapItem("sku-1", entities=("brand:a", "colour:red"))], specs)
+    offered = [
+        CapItem("sku-2", entities=("brand:b",)),
+        CapItem("sku-3", category="hats"),  # no entity: nothing to count
+        CapItem("sku-4", entities=("brand:c", "colour:red")),
+        CapItem("sku-5", entities=("brand:d", "size:9")),
+    ]
+
+    assert serve(offered, specs, limit=3) == ["sku-4"]
+    assert recorded("home\x1fe:brand:d") == recorded("home\x1fe:size:9") == [NOW]
+    assert recorded("home\x1fe:brand:c") == []
+    assert recorded("home\x1fe:colour:red") == [NOW]
+
+
+def test_each_field_keeps_what_the_caps_counting_it_need():
+    specs = [
+        CapSpec("category", max_impressions=1, window_seconds=10, name="once-on-home", per_placement=True),
+        CapSpec("category", max_impressions=3, window_seconds=100, name="three-anywhere"),
+    ]
+    outcomes = [
+        serve([CapItem(f"sku-{offset}", category="shoes")], specs, now=NOW + offset) for offset in (0, 11, 22, 33)
+    ]
+
+    assert outcomes == [[], [], [], ["sku-33"]]
+    assert recorded("home\x1fc:shoes") == [NOW + 22]
+    assert recorded("c:shoes") == [NOW, NOW + 11, NOW + 22]
+
+
 def test_a_skip_ingested_as_an_event_cools_the_item_down_until_the_window_passes():
     specs = [
         CapSpec("cooldown", max_impressions=1, window_seconds=3600, name="after-skip"),
