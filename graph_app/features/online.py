@@ -33,7 +33,7 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
-from graph_app.online import STATIC_DTYPE
+from graph_app.online import STATIC_DTYPE, static_in_stock
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 
@@ -105,118 +105,15 @@ def _records(replies: list[Any], dtype: np.dtype) -> tuple[np.ndarray, np.ndarra
     return np.frombuffer(b"".join(chunks), dtype=dtype, count=len(chunks)), present
 
 
-# Entity keys ("category:mugs", "brand:acme") numbered in this process (the numbering only grows with the
-# catalog's entities). The kept catalog facts store each item's category and other entities as these numbers, so
-# a request reads the user's counters into arrays over them and computes every row with numpy.
-_entity_numbers: dict[bytes, int] = {}
-NO_ENTITY = -1  # also pads rows of fewer entities: it indexes the counters' last slot, which stays 0 and never
-
-
-def _entity_number(key: bytes) -> int:
-    number = _entity_numbers.get(key)
-    if number is None:
-        number = _entity_numbers[key] = len(_entity_numbers)
-    return number
-
-
-def _parse_entities(payload: bytes | None) -> tuple[int, list[int]]:
-    """(the category's number or NO_ENTITY, the other entities' numbers in the payload's order)."""
-    if not payload:
-        return NO_ENTITY, []
-    keys = payload.split(b"|")
-    category = next((key for key in keys if key.startswith(b"category:")), None)
-    others = [_entity_number(key) for key in keys if key and not key.startswith(b"category:")]
-    return (_entity_number(category) if category else NO_ENTITY), others
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """Catalog facts of some items as numpy columns (rows in the items' order)."""
-
-    static: np.ndarray  # STATIC_DTYPE records
-    static_known: np.ndarray
-    vectors: np.ndarray  # float32, rows x dimensions (0 columns when no item has one)
-    vector_norms: np.ndarray  # of each vector in float64, computed once
-    vector_known: np.ndarray
-    category: np.ndarray  # entity number or NO_ENTITY
-    others: np.ndarray  # rows x width entity numbers, padded with NO_ENTITY
-    entities: list[bytes | None]  # the raw entity keys (what the bandit and the Surface read)
-
-    @classmethod
-    def from_replies(cls, static_raw: Sequence[Any], vectors_raw: Sequence[Any], entities_raw: Sequence[Any]) -> _Rows:
-        """Rows from the three HMGET replies of `_queue_catalog`."""
-        count = len(static_raw)
-        static, static_known = _records(list(static_raw), STATIC_DTYPE)
-        sizes = {len(value) for value in vectors_raw if value.__class__ is bytes and value}
-        width = max(sizes, default=0)
-        # A vector of another size than the others (an older model's) is treated as missing.
-        vector_known = np.fromiter(
-            (value.__class__ is bytes and len(value) == width > 0 for value in vectors_raw), bool, count
-        )
-        blank = bytes(width)
-        vectors = np.frombuffer(
-            b"".join(value if known else blank for value, known in zip(vectors_raw, vector_known, strict=True)),
-            dtype=np.float32,
-        ).reshape(count, width // 4)
-        parsed = [_parse_entities(value if value.__class__ is bytes else None) for value in entities_raw]
-        others = np.full((count, max((len(row) for _, row in parsed), default=0)), NO_ENTITY, dtype=np.int64)
-        for row, (_, numbers) in enumerate(parsed):
-            others[row, : len(numbers)] = numbers
-        return cls(
-            static=np.array(static), static_known=static_known, vectors=vectors.copy(),
-            vector_norms=np.linalg.norm(vectors.astype(np.float64), axis=1), vector_known=vector_known,
-            category=np.fromiter((category for category, _ in parsed), np.int64, count), others=others,
-            entities=[value if value.__class__ is bytes else None for value in entities_raw],
-        )  # fmt: skip
-
-    def take(self, rows: np.ndarray) -> _Rows:
-        return _Rows(
-            self.static[rows], self.static_known[rows], self.vectors[rows], self.vector_norms[rows],
-            self.vector_known[rows], self.category[rows], self.others[rows], [self.entities[row] for row in rows],
-        )  # fmt: skip
-
-
-def _rows_concat(parts: Sequence[_Rows]) -> _Rows:
-    """One block of rows from several (vectors and entity lists of different widths are padded)."""
-    dimensions = max(part.vectors.shape[1] for part in parts)
-    width = max(part.others.shape[1] for part in parts)
-
-    def padded(array: np.ndarray, columns: int, fill: float | int) -> np.ndarray:
-        if array.shape[1] == columns:
-            return array
-        wider = np.full((len(array), columns), fill, dtype=array.dtype)
-        wider[:, : array.shape[1]] = array
-        return wider
-
-    vectors, known = [], []
-    for part in parts:
-        # Vectors of another size than the widest are missing (an older model's).
-        known.append(part.vector_known & (part.vectors.shape[1] == dimensions))
-        vectors.append(padded(part.vectors, dimensions, 0.0))
-    return _Rows(
-        static=np.concatenate([part.static for part in parts]),
-        static_known=np.concatenate([part.static_known for part in parts]),
-        vectors=np.concatenate(vectors),
-        vector_norms=np.concatenate([part.vector_norms for part in parts]),
-        vector_known=np.concatenate(known),
-        category=np.concatenate([part.category for part in parts]),
-        others=np.concatenate([padded(part.others, width, NO_ENTITY) for part in parts]),
-        entities=[entity for part in parts for entity in part.entities],
-    )
-
-
 class _CatalogFacts:
-    """The catalog facts (static, embedding, entities) this process read, as numpy columns, valid for one catalog
-    version. Every write of the catalog copies bumps the version (`graph_app.online`), and every fetch reads it
-    in the same round trip as the counters, so a fact is never older than the round trip that uses it. A request
-    gathers its rows with numpy instead of decoding hundreds of Redis values."""
+    """The catalog facts (static, embedding, entity keys: raw Redis values) this process read, valid for one
+    catalog version. Every write of the catalog copies bumps the version (`graph_app.online`), and every fetch
+    reads it in the same round trip as the counters, so a fact is never older than the round trip that uses it."""
 
     def __init__(self) -> None:
         self.version: bytes | None = None
-        self.index: dict[str, int] = {}  # item id -> row
-        self.blocks: list[_Rows] = []  # appended since the last merge into `rows`
-        self.rows: _Rows | None = None
-        # Whether each item kept is in stock (retrieval checks hundreds a request).
+        self.facts: dict[str, tuple[Any, Any, Any]] = {}
+        # Whether each item kept is in stock, decoded once (retrieval checks hundreds a request).
         self.stock: dict[str, bool] = {}
         self.lock = threading.Lock()
 
@@ -226,88 +123,41 @@ class _CatalogFacts:
             if version == self.version:
                 return True
             self.version = version
-            self._reset()
+            # New objects, not cleared ones: a reader holding the old ones still sees one version.
+            self.facts, self.stock = {}, {}
             return False
 
-    def _reset(self) -> None:
-        # New objects, not cleared ones: a reader holding the old ones still sees one version.
-        self.index, self.blocks, self.rows, self.stock = {}, [], None, {}
-
-    def _merged(self) -> _Rows | None:
-        if self.blocks:
-            self.rows = _rows_concat([self.rows, *self.blocks] if self.rows is not None else self.blocks)
-            self.blocks = []
-        return self.rows
-
-    def keep_and_take(
-        self, version: bytes | None, item_ids: list[str], read: dict[str, int], block: _Rows
-    ) -> _Rows | None:
-        """Keep `block` (the facts just read: item id -> its row in it) when read under the kept version, and the
-        rows of `item_ids` from what is kept; without keeping (another version, or caching off), from `block`
-        and the facts kept (None when those changed version meanwhile: read everything again)."""
+    def keep(self, version: bytes | None, facts: dict[str, tuple[Any, Any, Any]]) -> None:
         limit = settings.FEATURE_CATALOG_CACHE_ITEMS
-        if not item_ids:
-            return block
         with self.lock:
-            if version == self.version and limit > 0:
-                if len(self.index) + len(read) > limit:
-                    # Full: the older half goes, not everything, so that a catalog larger than the limit keeps
-                    # serving most reads from memory instead of starting over.
-                    merged = self._merged()
-                    kept = sorted(self.index.items(), key=lambda pair: pair[1])[len(self.index) // 2 + len(read) :]
-                    rows = np.array([row for _, row in kept], dtype=np.int64)
-                    stock = self.stock
-                    self._reset()
-                    if merged is not None and len(rows):
-                        self.rows = merged.take(rows)
-                        self.index = {item_id: number for number, (item_id, _) in enumerate(kept)}
-                        self.stock = {item_id: stock[item_id] for item_id, _ in kept}
-                if read:
-                    offset = len(self.index) + 0
-                    order = sorted(read.items(), key=lambda pair: pair[1])
-                    self.blocks.append(block.take(np.array([row for _, row in order], dtype=np.int64)))
-                    in_stock = block.static_known & (block.static["in_stock"] != 0)
-                    for number, (item_id, row) in enumerate(order):
-                        self.index[item_id] = offset + number
-                        self.stock[item_id] = bool(in_stock[row])
-                try:
-                    rows = np.fromiter(map(self.index.__getitem__, item_ids), np.int64, len(item_ids))
-                except KeyError:
-                    pass  # not every item is kept (a limit of fewer items than the request's)
-                else:
-                    merged = self._merged()
-                    assert merged is not None
-                    return merged.take(rows)
-        # Not kept: each row from the block read, else from the facts kept (all of one version: the caller read
-        # everything again when the version changed).
-        return self._take_unkept(item_ids, read, block)
-
-    def _take_unkept(self, item_ids: list[str], read: dict[str, int], block: _Rows) -> _Rows | None:
-        """None: some item is neither read nor kept (the kept facts changed version meanwhile)."""
-        with self.lock:
-            merged, index = self._merged(), self.index
-        from_block = [row for row in map(read.get, item_ids) if row is not None]
-        if len(from_block) == len(item_ids):
-            return block.take(np.array(from_block, dtype=np.int64))
-        if merged is None or any(item_id not in index for item_id in item_ids if item_id not in read):
-            return None
-        parts = [block.take(np.array(from_block, dtype=np.int64)), merged.take(
-            np.array([index[item_id] for item_id in item_ids if item_id not in read], dtype=np.int64)
-        )]  # fmt: skip
-        combined = _rows_concat(parts)
-        # Back in the items' order.
-        position = {item_id: number for number, item_id in enumerate(
-            [item_id for item_id in item_ids if item_id in read] + [i for i in item_ids if i not in read]
-        )}  # fmt: skip
-        return combined.take(np.array([position[item_id] for item_id in item_ids], dtype=np.int64))
+            if version != self.version:
+                return  # read under an older version: not kept
+            if len(self.facts) + len(facts) > limit:
+                # Full: the older half goes (insertion order), not everything, so that a catalog larger than the
+                # limit keeps serving most reads from memory instead of starting over.
+                items = list(self.facts.items())
+                self.facts = dict(items[len(items) // 2 + len(facts) :])
+                self.stock = {item_id: self.stock[item_id] for item_id in self.facts if item_id in self.stock}
+            self.facts.update(facts)
+            self.stock.update(
+                (item_id, isinstance(static, bytes) and static_in_stock(static))
+                for item_id, (static, _, _) in facts.items()
+            )
 
 
 _catalog_facts = _CatalogFacts()
 
 
+def catalog_facts_kept(version: bytes | None) -> dict[str, tuple[Any, Any, Any]]:
+    """Item id -> (static facts, embedding, entity keys) kept for this catalog version (read by the caller in its
+    own round trip); empty when caching is off or the version is new."""
+    if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0 or not _catalog_facts.observe(version):
+        return {}
+    return _catalog_facts.facts
+
+
 def catalog_stock_kept(version: bytes | None) -> dict[str, bool]:
-    """Item id -> in stock, for the items whose facts this process keeps for this catalog version (read by the
-    caller in its own round trip); empty when caching is off or the version is new."""
+    """Item id -> in stock, for the items whose facts are kept for this catalog version (see `catalog_facts_kept`)."""
     if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0 or not _catalog_facts.observe(version):
         return {}
     return _catalog_facts.stock
@@ -316,8 +166,7 @@ def catalog_stock_kept(version: bytes | None) -> dict[str, bool]:
 def catalog_facts_forget() -> None:
     """Drop the catalog facts this process keeps (tests)."""
     with _catalog_facts.lock:
-        _catalog_facts.version = b""
-        _catalog_facts._reset()
+        _catalog_facts.version, _catalog_facts.facts, _catalog_facts.stock = b"", {}, {}
 
 
 def _queue_catalog(pipeline: redis.client.Pipeline, user_key: str, item_ids: list[str]) -> None:
@@ -337,8 +186,8 @@ def features_fetch(
     client = get_redis()
     pipeline = client.pipeline(transaction=False)
     caching = settings.FEATURE_CATALOG_CACHE_ITEMS > 0
-    kept = _catalog_facts.index if caching else {}
-    missing = list(dict.fromkeys(item_id for item_id in item_ids if item_id not in kept))
+    kept = _catalog_facts.facts if caching else {}
+    missing = [item_id for item_id in item_ids if item_id not in kept]
     pipeline.get(redis_keys.CATALOG_VERSION)
     pipeline.hgetall(redis_keys.user_affinity(user_key))
     pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_FOR_SIMILARITY - 1)
@@ -356,22 +205,17 @@ def features_fetch(
     version, affinity_raw, recent_raw, recent_last = replies[:4]
     columns: list[Sequence[Any]] = replies[4:7] if missing else [[], [], []]
     per_partition = replies[7:] if missing else replies[4:]
-    if caching and not _catalog_facts.observe(version) and len(missing) < len(set(item_ids)):
-        # The catalog changed since the facts kept were read: read them all again (a second round trip).
-        missing = list(dict.fromkeys(item_ids))
-        pipeline = client.pipeline(transaction=False)
-        _queue_catalog(pipeline, user_key, missing)
-        columns = pipeline.execute()
-    block = _Rows.from_replies(*columns)
-    read = {item_id: row for row, item_id in enumerate(missing)}
-    rows = _catalog_facts.keep_and_take(version if caching else None, item_ids, read, block)
-    if rows is None:  # another request saw a newer catalog meanwhile: this one reads all its facts itself
-        missing = list(dict.fromkeys(item_ids))
-        pipeline = client.pipeline(transaction=False)
-        _queue_catalog(pipeline, user_key, missing)
-        block = _Rows.from_replies(*pipeline.execute())
-        position = {item_id: row for row, item_id in enumerate(missing)}
-        rows = block.take(np.array([position[item_id] for item_id in item_ids], dtype=np.int64))
+    if caching:
+        if not _catalog_facts.observe(version) and len(missing) < len(item_ids):
+            # The catalog changed since the facts kept were read: read them all again (a second round trip).
+            missing = list(item_ids)
+            pipeline = client.pipeline(transaction=False)
+            _queue_catalog(pipeline, user_key, missing)
+            columns = pipeline.execute()
+        read = dict(zip(missing, zip(*columns, strict=True), strict=True))
+        _catalog_facts.keep(version, read)
+        if len(missing) < len(item_ids):  # some facts were kept: the columns in the items' order
+            columns = list(zip(*(read.get(i) or kept[i] for i in item_ids), strict=True))
 
     recent = [value.decode() for value in recent_raw]
     if recent_last is None or float(recent_last) + AFFINITY_TTL_SECONDS <= now:
@@ -383,7 +227,7 @@ def features_fetch(
     else:
         recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent)
     return features_compute(
-        replies=[affinity_raw, recent_raw, recent_last, *per_partition], rows=rows, recent_vectors=recent_vectors,
+        replies=[affinity_raw, recent_raw, recent_last, *columns, *per_partition], recent_vectors=recent_vectors,
         item_ids=item_ids, now=now, observe=True,
     )  # fmt: skip
 
@@ -411,20 +255,12 @@ _CTR_HALF_LIVES = np.array([CTR_HALF_LIFE_SECONDS, CTR_HALF_LIFE_SECONDS])
 
 
 def features_compute(
-    *,
-    replies: list[Any],
-    rows: _Rows,
-    recent_vectors: list[Any],
-    item_ids: list[str],
-    now: float,
-    observe: bool = False,
+    *, replies: list[Any], recent_vectors: list[Any], item_ids: list[str], now: float, observe: bool = False
 ) -> FeatureMatrix:
-    """`replies`: the user's affinity hash, recent items and their time, then each partition's item and placement
-    counters; `rows`: the items' catalog facts."""
     count = len(item_ids)
     values = np.full((count, len(FEATURE_NAMES)), np.nan)
-    affinity_raw, recent_raw, recent_last = replies[:3]
-    per_partition = replies[3:]
+    affinity_raw, recent_raw, recent_last, static_raw, vectors_raw, entities_raw = replies[:6]
+    per_partition = replies[6:]
     popularity, last_seen = _decayed_sums(per_partition[0::2], ITEM_COUNTERS, _POPULARITY_HALF_LIVES, now, count)
     placement_totals, _ = _decayed_sums(per_partition[1::2], PLACEMENT_COUNTERS, _CTR_HALF_LIVES, now, count)
 
@@ -448,24 +284,53 @@ def features_compute(
     if observe and seen.any():
         _age_observe(ITEM_EVENT_FEATURES, float(np.min(age[seen])))
 
-    static, known = rows.static, rows.static_known
+    static, known = _records(static_raw, STATIC_DTYPE)
     values[known, FEATURE_INDEX["item_price"]] = static["price"][known]
     values[known, FEATURE_INDEX["item_in_stock"]] = (static["in_stock"][known] != 0).astype(np.float64)
     values[known, FEATURE_INDEX["item_age_days"]] = (now - static["created_at"][known]) / DAY
 
-    _user_entity_features(values, affinity_raw, rows, now, observe)
-    _similarity(values, rows, recent_vectors)
+    _user_entity_features(values, affinity_raw, entities_raw, now, observe)
+    _similarity(values, vectors_raw, recent_vectors)
     if observe and recent_vectors and recent_last is not None:
         _age_observe(USER_RECENT_FEATURES, now - float(recent_last))
     return FeatureMatrix(
         item_ids=list(item_ids), values=values, recent_items=[value.decode() for value in recent_raw],
-        affinity=affinity_raw, entities=rows.entities,
+        affinity=affinity_raw, entities=list(entities_raw),
         recent_valid=bool(recent_raw) and recent_last is not None and float(recent_last) + AFFINITY_TTL_SECONDS > now,
     )  # fmt: skip
 
 
+# Entity keys ("category:mugs", "brand:acme") numbered in this process, and items' entity lists by their encoded
+# form (items keep their entities for long), parsed once: (index of the category or NO_ENTITY, indexes of the
+# other entities). A request then reads the user's counters into arrays over these numbers and computes every
+# row with numpy.
+_entity_numbers: dict[bytes, int] = {}
+_parsed_entities: dict[bytes, tuple[int, np.ndarray]] = {}
+PARSED_ENTITIES_KEPT = 200_000
+NO_ENTITY = -1
+_NO_ENTITIES = (NO_ENTITY, np.zeros(0, dtype=np.int64))
+
+
+def _entity_number(key: bytes) -> int:
+    number = _entity_numbers.get(key)
+    if number is None:
+        number = _entity_numbers[key] = len(_entity_numbers)
+    return number
+
+
+def _parse_entities(payload: bytes) -> tuple[int, np.ndarray]:
+    keys = payload.split(b"|")
+    category = next((key for key in keys if key.startswith(b"category:")), None)
+    others = [_entity_number(key) for key in keys if key and not key.startswith(b"category:")]
+    parsed = (_entity_number(category) if category else NO_ENTITY, np.array(others, dtype=np.int64))
+    if len(_parsed_entities) >= PARSED_ENTITIES_KEPT:
+        _parsed_entities.clear()  # the numbering stays: it only grows with the catalog's entities
+    _parsed_entities[payload] = parsed
+    return parsed
+
+
 def _user_entity_features(
-    values: np.ndarray, affinity_raw: dict[bytes, bytes], rows: _Rows, now: float, observe: bool
+    values: np.ndarray, affinity_raw: dict[bytes, bytes], entities_raw: list[Any], now: float, observe: bool
 ) -> None:
     last_update = affinity_raw.get(b"_last")
     if last_update is None or float(last_update) + AFFINITY_TTL_SECONDS <= now:
@@ -485,7 +350,11 @@ def _user_entity_features(
     frequency, recency, affinity = (FEATURE_INDEX[name] for name in (
         "user_category_frequency", "user_category_recency_days", "user_item_entity_affinity"
     ))  # fmt: skip
-    # The user's counters over the entity numbers (the last slot, NO_ENTITY, stands for "none": 0 and never).
+    parsed = [
+        (_parsed_entities.get(payload) or _parse_entities(payload)) if payload else _NO_ENTITIES
+        for payload in entities_raw
+    ]
+    # The user's counters over the entity numbers (the last slot stands for "no category": 0 and never).
     size = len(_entity_numbers) + 1
     counts, latest = np.zeros(size), np.full(size, np.nan)
     for name, value in affinity_raw.items():
@@ -496,17 +365,24 @@ def _user_entity_features(
             counts[number] = float(value)
         elif name.startswith(b"r:"):
             latest[number] = float(value)
-    values[:, frequency] = counts[rows.category] * factor
-    values[:, recency] = (now - latest[rows.category]) / DAY
-    # Summed per row in the items' own order, as one would by hand (the padding adds zeros).
-    sums = np.zeros(len(rows.category))
-    for column in range(rows.others.shape[1]):
-        sums += counts[rows.others[:, column]]
+    categories = np.fromiter((category for category, _ in parsed), np.int64, len(parsed))
+    values[:, frequency] = counts[categories] * factor
+    values[:, recency] = (now - latest[categories]) / DAY
+    lengths = np.fromiter((len(others) for _, others in parsed), np.int64, len(parsed))
+    sums: np.ndarray = np.zeros(len(parsed))
+    if lengths.any():
+        flat = np.concatenate([others for _, others in parsed])
+        # Summed per row in the items' own order, as one would by hand.
+        sums = np.bincount(np.repeat(np.arange(len(parsed)), lengths), weights=counts[flat], minlength=len(parsed))
     values[:, affinity] = sums * factor
 
 
-def _similarity(values: np.ndarray, rows: _Rows, recent_vectors: list[Any]) -> None:
-    recent = [np.frombuffer(payload, dtype=np.float32) for payload in recent_vectors if payload]
+def _similarity(values: np.ndarray, vectors_raw: list[Any], recent_vectors: list[Any]) -> None:
+    # Embeddings of another size than the newest recent item's (an older model's, mid-retraining) are missing.
+    size = next((len(payload) for payload in recent_vectors if payload), 0)
+    recent = [
+        np.frombuffer(payload, dtype=np.float32) for payload in recent_vectors if payload and len(payload) == size
+    ]
     if not recent:
         return
     taste = np.mean(recent, axis=0).astype(np.float64)
@@ -514,11 +390,12 @@ def _similarity(values: np.ndarray, rows: _Rows, recent_vectors: list[Any]) -> N
     if norm == 0:
         return
     taste /= norm
-    present = np.flatnonzero(rows.vector_known)
-    if not len(present) or rows.vectors.shape[1] != len(taste):
+    rows = [row for row, payload in enumerate(vectors_raw) if payload and len(payload) == size]
+    if not rows:
         return
-    matrix = rows.vectors[present].astype(np.float64)
-    norms = rows.vector_norms[present]
+    matrix = np.frombuffer(b"".join(vectors_raw[row] for row in rows), dtype=np.float32).reshape(len(rows), -1)
+    matrix = matrix.astype(np.float64)
+    norms = np.linalg.norm(matrix, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cosine = (matrix @ taste) / norms
-    values[present, FEATURE_INDEX["user_item_similarity"]] = np.where(norms > 0, cosine, np.nan)
+    values[rows, FEATURE_INDEX["user_item_similarity"]] = np.where(norms > 0, cosine, np.nan)

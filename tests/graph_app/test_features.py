@@ -330,7 +330,7 @@ def test_kept_catalog_facts_past_their_limit_keep_the_newer_half_and_give_the_va
     now = time.time()
     for items in (["mug", "bowl"], ["rake"], ["bowl", "rake"], ["rake", "mug", "bowl", "mug"]):
         kept = features_fetch(user_key="u9", item_ids=items, placement="home", now=now)
-        assert len(online._catalog_facts.index) <= 3  # the limit, plus what one request read beyond it
+        assert len(online._catalog_facts.facts) <= 3  # the limit, plus what one request read beyond it
 
     settings.FEATURE_CATALOG_CACHE_ITEMS = 0
     fresh = features_fetch(user_key="u9", item_ids=["rake", "mug", "bowl", "mug"], placement="home", now=now)
