@@ -11,7 +11,7 @@ import math
 import struct
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,12 +29,49 @@ def entity_keys(*, category: str, entities: list[tuple[str, str]]) -> str:
     return "|".join(dict.fromkeys(key.replace("|", "/") for key in keys))
 
 
-def catalog_version_bump() -> None:
+# Versions whose changed items serving processes can look up; one that fell behind further drops everything.
+CATALOG_CHANGES_KEPT = 200
+# A change of more items than this is recorded as "any item" (a bulk import: cheaper to read everything again).
+CATALOG_CHANGE_MAX_ITEMS = 1000
+CHANGE_SEPARATOR = "\x1e"
+ITEM_SEPARATOR = "\x1f"
+ANY_ITEM = "*"
+
+
+def catalog_version_bump(changed: Iterable[Any] | None = None) -> None:
     """After a write of the catalog copies has completed (a separate call: on a Redis Cluster the version lives
-    in another slot, and a reader must never see the new version before the new facts)."""
+    in another slot, and a reader must never see the new version before the new facts). `changed`: the items
+    whose facts the write changed (None: any may have, as after a rebuild)."""
     # A token, not a counter: a Redis that lost its data and counts again must not repeat a version a process
     # still keeps facts of.
-    get_control_redis().set(redis_keys.CATALOG_VERSION, uuid.uuid4().hex)
+    token = uuid.uuid4().hex
+    items = None if changed is None else [str(item_id) for item_id in changed]
+    if items is None or len(items) > CATALOG_CHANGE_MAX_ITEMS:
+        items = [ANY_ITEM]
+    client = get_control_redis()
+    # The change first, then the version: whoever reads the version finds its change.
+    pipeline = client.pipeline(transaction=False)
+    pipeline.rpush(redis_keys.CATALOG_CHANGES, token + CHANGE_SEPARATOR + ITEM_SEPARATOR.join(items))
+    pipeline.ltrim(redis_keys.CATALOG_CHANGES, -CATALOG_CHANGES_KEPT, -1)
+    pipeline.execute()
+    client.set(redis_keys.CATALOG_VERSION, token)
+
+
+def catalog_changes_since(entries: list[bytes], kept: bytes, current: bytes) -> set[str] | None:
+    """The items changed after version `kept` up to `current`, from the change list (`catalog:changes`); None
+    when that cannot be told (`kept` no longer listed, `current` not listed yet, or a change of any item)."""
+    tokens = [entry.split(CHANGE_SEPARATOR.encode(), 1) for entry in entries]
+    positions = {parts[0]: index for index, parts in enumerate(tokens)}
+    start, end = positions.get(kept), positions.get(current)
+    if start is None or end is None or end < start:
+        return None
+    changed: set[str] = set()
+    for parts in tokens[start + 1 : end + 1]:
+        items = parts[1].decode().split(ITEM_SEPARATOR) if len(parts) > 1 else [ANY_ITEM]
+        if ANY_ITEM in items:
+            return None
+        changed.update(items)
+    return changed
 
 
 def catalog_entities_publish(*, items: Mapping[Any, str]) -> None:
@@ -51,7 +88,7 @@ def catalog_entities_publish(*, items: Mapping[Any, str]) -> None:
         if absent:
             pipeline.hdel(key, *absent)
     pipeline.execute()
-    catalog_version_bump()
+    catalog_version_bump(items.keys())
 
 
 def catalog_entities_rebuild() -> int:
@@ -112,7 +149,7 @@ def catalog_items_publish(
         pipeline.hdel(redis_keys.CATALOG_STATIC, *forget)
         pipeline.hdel(redis_keys.CATALOG_VECTORS, *forget)
     pipeline.execute()
-    catalog_version_bump()
+    catalog_version_bump({*static, *vectors, *forget})
 
 
 def catalog_items_rebuild() -> int:

@@ -127,6 +127,9 @@ CATALOG_VECTORS = "catalog:vectors"  # item id -> float32 embedding bytes
 # Bumped after every write of the catalog copies (static facts, embeddings, entity keys): serving processes keep
 # the facts they read in memory until it changes (`graph_app.features.online`).
 CATALOG_VERSION = "catalog:version"
+# The latest versions, oldest first, each with the items whose facts it changed: "<version>\x1e<id>\x1f<id>..."
+# ("*": any item). A serving process that sees a new version drops only those items' facts.
+CATALOG_CHANGES = "catalog:changes"
 # item id -> orjson [[neighbour id, cosine], ...], nearest first (graph_app.similar_lists); built under the second
 # key and renamed over the first (one hash tag: the same Cluster slot).
 ITEM_SIMILAR_LISTS = "similar:{catalog}"

@@ -33,7 +33,7 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
-from graph_app.online import STATIC_DTYPE, static_in_stock
+from graph_app.online import STATIC_DTYPE, catalog_changes_since, static_in_stock
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 
@@ -117,15 +117,22 @@ class _CatalogFacts:
         self.stock: dict[str, bool] = {}
         self.lock = threading.Lock()
 
-    def observe(self, version: bytes | None) -> bool:
-        """Note the version read; True when the facts kept are of it (else they are dropped)."""
+    def follow(self, version: bytes | None, changes: list[bytes]) -> None:
+        """Move the facts kept to `version`: drop those of the items changed since (`changes`: the catalog's
+        change list, `graph_app.online.catalog_changes_since`), or all when that cannot be told."""
         with self.lock:
             if version == self.version:
-                return True
+                return
+            changed = (
+                catalog_changes_since(changes, self.version, version) if self.version and version is not None else None
+            )
             self.version = version
-            # New objects, not cleared ones: a reader holding the old ones still sees one version.
-            self.facts, self.stock = {}, {}
-            return False
+            # New objects, not changed ones: a reader holding the old ones still sees one version.
+            if changed is None:
+                self.facts, self.stock = {}, {}
+            elif changed:
+                self.facts = {item_id: fact for item_id, fact in self.facts.items() if item_id not in changed}
+                self.stock = {item_id: flag for item_id, flag in self.stock.items() if item_id not in changed}
 
     def keep(self, version: bytes | None, facts: dict[str, tuple[Any, Any, Any]]) -> None:
         limit = settings.FEATURE_CATALOG_CACHE_ITEMS
@@ -148,17 +155,10 @@ class _CatalogFacts:
 _catalog_facts = _CatalogFacts()
 
 
-def catalog_facts_kept(version: bytes | None) -> dict[str, tuple[Any, Any, Any]]:
-    """Item id -> (static facts, embedding, entity keys) kept for this catalog version (read by the caller in its
-    own round trip); empty when caching is off or the version is new."""
-    if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0 or not _catalog_facts.observe(version):
-        return {}
-    return _catalog_facts.facts
-
-
 def catalog_stock_kept(version: bytes | None) -> dict[str, bool]:
-    """Item id -> in stock, for the items whose facts are kept for this catalog version (see `catalog_facts_kept`)."""
-    if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0 or not _catalog_facts.observe(version):
+    """Item id -> in stock, for the items whose facts this process keeps, when it keeps them for this catalog
+    version (read by the caller in its own round trip); else empty (the next feature read follows the version)."""
+    if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0 or version != _catalog_facts.version:
         return {}
     return _catalog_facts.stock
 
@@ -206,16 +206,21 @@ def features_fetch(
     columns: list[Sequence[Any]] = replies[4:7] if missing else [[], [], []]
     per_partition = replies[7:] if missing else replies[4:]
     if caching:
-        if not _catalog_facts.observe(version) and len(missing) < len(item_ids):
-            # The catalog changed since the facts kept were read: read them all again (a second round trip).
-            missing = list(item_ids)
-            pipeline = client.pipeline(transaction=False)
-            _queue_catalog(pipeline, user_key, missing)
-            columns = pipeline.execute()
         read = dict(zip(missing, zip(*columns, strict=True), strict=True))
+        if version != _catalog_facts.version:
+            # The catalog changed since the facts kept were read: drop those of the items it changed (one more
+            # round trip for the change list), and read the request's own again (one more).
+            changes: list[bytes] = client.lrange(redis_keys.CATALOG_CHANGES, 0, -1)  # type: ignore[assignment]
+            _catalog_facts.follow(version, changes)
+            kept = _catalog_facts.facts
+            stale = [item_id for item_id in dict.fromkeys(item_ids) if item_id not in kept and item_id not in read]
+            if stale:
+                pipeline = client.pipeline(transaction=False)
+                _queue_catalog(pipeline, user_key, stale)
+                read.update(zip(stale, zip(*pipeline.execute(), strict=True), strict=True))
         _catalog_facts.keep(version, read)
-        if len(missing) < len(item_ids):  # some facts were kept: the columns in the items' order
-            columns = list(zip(*(read.get(i) or kept[i] for i in item_ids), strict=True))
+        if missing != item_ids:  # some facts were kept, or read again: the columns in the items' order
+            columns = list(zip(*(read.get(i) or kept[i] for i in item_ids), strict=True)) if item_ids else [[], [], []]
 
     recent = [value.decode() for value in recent_raw]
     if recent_last is None or float(recent_last) + AFFINITY_TTL_SECONDS <= now:

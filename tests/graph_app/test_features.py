@@ -340,3 +340,39 @@ def test_kept_catalog_facts_past_their_limit_keep_the_newer_half_and_give_the_va
     similarity = fresh.values[:, FEATURE_INDEX["user_item_similarity"]]
     assert np.isnan(similarity[0])  # an embedding of another size: missing
     assert similarity[1] == pytest.approx(1.0) and 0 < similarity[2] < 1
+
+
+def test_a_catalog_change_drops_only_the_changed_items_facts_kept(catalog):
+    from graph_app import online as catalog_copy
+    from graph_app.features import online
+
+    now = time.time()
+    features_fetch(user_key="u10", item_ids=["mug", "bowl", "rake"], placement="home", now=now)
+    bowl = online._catalog_facts.facts["bowl"]
+
+    catalog_copy.catalog_items_publish(
+        static={"mug": catalog_copy.pack_static(price=9.0, in_stock=False, created_at=now)}, vectors={}
+    )
+    changed = features_fetch(user_key="u10", item_ids=["mug", "bowl", "rake"], placement="home", now=now)
+
+    assert changed.column("item_in_stock").tolist() == [0.0, 1.0, 1.0]
+    assert changed.column("item_price").tolist() == [9.0, 5.0, 5.0]
+    assert online._catalog_facts.facts["bowl"] is bowl  # kept across the change, not read again
+    # A rebuild may change anything: everything is read again.
+    catalog_copy.catalog_version_bump()
+    features_fetch(user_key="u10", item_ids=["bowl"], placement="home", now=now)
+    assert online._catalog_facts.facts["bowl"] is not bowl
+    assert set(online._catalog_facts.facts) == {"bowl"}
+
+
+def test_catalog_changes_since_a_version_are_told_only_when_the_list_covers_them():
+    from graph_app.online import catalog_changes_since
+
+    entries = [b"v1\x1ea\x1fb", b"v2\x1ec", b"v3\x1e*", b"v4\x1ed"]
+
+    assert catalog_changes_since(entries, b"v1", b"v2") == {"c"}
+    assert catalog_changes_since(entries, b"v3", b"v4") == {"d"}
+    assert catalog_changes_since(entries, b"v2", b"v4") is None  # v3 may have changed anything
+    assert catalog_changes_since(entries, b"v0", b"v2") is None  # v0 is no longer listed
+    assert catalog_changes_since(entries, b"v2", b"v9") is None  # v9 not listed yet
+    assert catalog_changes_since(entries, b"v4", b"v4") == set()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def catalog():
+def catalog(vacuumed_vector_index):
     ItemFactory(external_id="anchor", embedding=unit(1, 0))
     ItemFactory(external_id="near", embedding=unit(1, 0.1))
     ItemFactory(external_id="nearest-but-sold-out", embedding=unit(1, 0.01), in_stock=False)
