@@ -54,6 +54,8 @@ COLD_EVERY = 10  # one request in ten is for a cold user
 SENDER_THREADS = 16
 MARKER = "bench-e2e-prepared.json"
 SEED = 11
+# The retrieval caches a user's requests fill (scoring_app.engine.retrieval).
+USER_CACHES = ("candidates", "user_vector", "similar_to_recent")
 
 
 # --- load generator (its own process: no Django here) ---------------------------------------------------------
@@ -426,7 +428,7 @@ def online_state_warm(users: list[str]) -> float:
 
 
 def per_user_state_reset(users: list[str]) -> None:
-    """Frequency caps and last slates of earlier runs: every run starts from the same state."""
+    """Frequency caps, last slates and retrieval caches of earlier runs: every run starts from the same state."""
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
 
@@ -438,6 +440,7 @@ def per_user_state_reset(users: list[str]) -> None:
                 redis_keys.user_cap_counts(user), redis_keys.user_cap_touched(user), redis_keys.user_cap_blocks(user)
             )
             pipeline.delete(redis_keys.user_last_slate(user, PLACEMENT))
+            pipeline.delete(*(redis_keys.user_cache(user, name) for name in USER_CACHES))
         pipeline.execute()
 
 
