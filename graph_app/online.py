@@ -29,10 +29,11 @@ def entity_keys(*, category: str, entities: list[tuple[str, str]]) -> str:
     return "|".join(dict.fromkeys(key.replace("|", "/") for key in keys))
 
 
-# Versions whose changed items serving processes can look up; one that fell behind further drops everything.
-CATALOG_CHANGES_KEPT = 200
+# Versions whose changed items serving processes can look up (each reads the whole list when the version moves:
+# keep it short); one that fell behind further drops everything.
+CATALOG_CHANGES_KEPT = 64
 # A change of more items than this is recorded as "any item" (a bulk import: cheaper to read everything again).
-CATALOG_CHANGE_MAX_ITEMS = 1000
+CATALOG_CHANGE_MAX_ITEMS = 500
 CHANGE_SEPARATOR = "\x1e"
 ITEM_SEPARATOR = "\x1f"
 ANY_ITEM = "*"
@@ -58,15 +59,17 @@ def catalog_version_bump(changed: Iterable[Any] | None = None) -> None:
 
 
 def catalog_changes_since(entries: list[bytes], kept: bytes, current: bytes) -> set[str] | None:
-    """The items changed after version `kept` up to `current`, from the change list (`catalog:changes`); None
-    when that cannot be told (`kept` no longer listed, `current` not listed yet, or a change of any item)."""
+    """The items changed by every version listed after `kept` in the change list (`catalog:changes`), `current`
+    among them; None when that cannot be told (`kept` no longer listed, `current` not listed yet, or a change of
+    any item). Every later entry counts, not only those up to `current`: two writers may push their changes in
+    one order and set the version in the other, and dropping a few facts too many costs only a read."""
     tokens = [entry.split(CHANGE_SEPARATOR.encode(), 1) for entry in entries]
     positions = {parts[0]: index for index, parts in enumerate(tokens)}
     start, end = positions.get(kept), positions.get(current)
-    if start is None or end is None or end < start:
+    if start is None or end is None:
         return None
     changed: set[str] = set()
-    for parts in tokens[start + 1 : end + 1]:
+    for parts in tokens[start + 1 :]:
         items = parts[1].decode().split(ITEM_SEPARATOR) if len(parts) > 1 else [ANY_ITEM]
         if ANY_ITEM in items:
             return None

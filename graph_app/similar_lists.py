@@ -3,8 +3,8 @@ items" retrieval source reads a few precomputed lists instead of querying pgvect
 
 Exact cosine top-k over the catalog's embeddings with implicit's blocked matrix-product top-k (C++, threaded), after
 each embeddings training and on demand (`similar_lists_refresh`). Stock is not filtered here (it changes by the
-minute): serving checks it. The lists are built under a temporary key and renamed over the served one, so a
-reader sees the old lists or the new ones, never a mix. An item missing from them (newer than the last training)
+minute): serving checks it. The lists are built under a key of their own and swapped in, so a reader sees the old
+lists or the new ones, never a mix. An item missing from them (newer than the last training)
 makes serving fall back to pgvector for that user (`scoring_app.engine.retrieval`).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,7 +63,9 @@ def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: in
     started = time.monotonic()
     indexes, scores = similar_lists_compute(vectors, k=k)
     client = get_control_redis()
-    client.delete(redis_keys.ITEM_SIMILAR_LISTS_BUILDING)
+    # A key of this build's own: two builds at once (training and a repair) cannot mix their lists.
+    run = uuid.uuid4().hex
+    staging, retired = redis_keys.item_similar_lists_staging(run), redis_keys.item_similar_lists_staging(f"{run}-old")
     published = 0
     batch: dict[str, bytes] = {}
     for row, item_id in enumerate(item_ids):
@@ -76,14 +79,18 @@ def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: in
         batch[item_id] = orjson.dumps(chosen)
         published += 1
         if len(batch) >= PUBLISH_BATCH_SIZE:
-            client.hset(redis_keys.ITEM_SIMILAR_LISTS_BUILDING, mapping=batch)
+            client.hset(staging, mapping=batch)
             batch = {}
     if batch:
-        client.hset(redis_keys.ITEM_SIMILAR_LISTS_BUILDING, mapping=batch)
+        client.hset(staging, mapping=batch)
+    # The served lists move aside and the new ones in, atomically; the old hash (tens of MB) is then freed in the
+    # background (UNLINK), where a RENAME over it would free it in Redis's one thread.
+    swap = client.pipeline(transaction=True)
+    swap.rename(redis_keys.ITEM_SIMILAR_LISTS, retired)  # fails harmlessly when nothing is served yet
     if published:
-        client.rename(redis_keys.ITEM_SIMILAR_LISTS_BUILDING, redis_keys.ITEM_SIMILAR_LISTS)
-    else:
-        client.delete(redis_keys.ITEM_SIMILAR_LISTS)
+        swap.rename(staging, redis_keys.ITEM_SIMILAR_LISTS)
+    swap.execute(raise_on_error=False)
+    client.unlink(retired, staging)
     logger.info(
         "graph.similar_lists_published", extra={"items": published, "seconds": round(time.monotonic() - started, 1)}
     )
@@ -98,7 +105,7 @@ def similar_lists_refresh(*, k: int = SIMILAR_PER_ITEM) -> int:
         )
         rows = cursor.fetchall()
     if not rows:
-        get_control_redis().delete(redis_keys.ITEM_SIMILAR_LISTS)
+        get_control_redis().unlink(redis_keys.ITEM_SIMILAR_LISTS)
         return 0
     vectors = np.array([orjson.loads(text) for _, text in rows], dtype=np.float32)
     return similar_lists_publish(item_ids=[item_id for item_id, _ in rows], vectors=vectors, k=k)

@@ -215,7 +215,12 @@ def embeddings_train_with_factors(*, als: AlsSettings | None = None) -> tuple[Tr
     # The feature store reads embeddings from Redis: copy the new ones there once they are committed.
     catalog_items_rebuild()
     # Retrieval's "similar to your recent items" reads each item's nearest items, computed once per training.
-    similar_lists_publish(item_ids=item_ids, vectors=item_vectors)
+    # Derived data: a failure keeps the previous lists (retrieval falls back to pgvector for items without one)
+    # and must not fail a training that is already committed.
+    try:
+        similar_lists_publish(item_ids=item_ids, vectors=item_vectors)
+    except Exception:
+        logger.exception("graph.similar_lists_failed")
     report = TrainingReport(
         model_version=model_version.version,
         items=len(item_ids),

@@ -130,10 +130,13 @@ CATALOG_VERSION = "catalog:version"
 # The latest versions, oldest first, each with the items whose facts it changed: "<version>\x1e<id>\x1f<id>..."
 # ("*": any item). A serving process that sees a new version drops only those items' facts.
 CATALOG_CHANGES = "catalog:changes"
-# item id -> orjson [[neighbour id, cosine], ...], nearest first (graph_app.similar_lists); built under the second
-# key and renamed over the first (one hash tag: the same Cluster slot).
+# item id -> orjson [[neighbour id, cosine], ...], nearest first (graph_app.similar_lists); each build writes a key
+# of its own and swaps it in (one hash tag: every one in the same Cluster slot).
 ITEM_SIMILAR_LISTS = "similar:{catalog}"
-ITEM_SIMILAR_LISTS_BUILDING = "similar:{catalog}:building"
+
+
+def item_similar_lists_staging(run: str) -> str:
+    return f"similar:{{catalog}}:staging:{run}"
 
 
 def slate(request_id: str) -> str:

@@ -126,13 +126,14 @@ class _CatalogFacts:
             changed = (
                 catalog_changes_since(changes, self.version, version) if self.version and version is not None else None
             )
-            self.version = version
-            # New objects, not changed ones: a reader holding the old ones still sees one version.
+            # New objects, not changed ones: a reader holding the old ones still sees one version. The facts are
+            # replaced before the version moves, so that no reader takes the old facts for the new version.
             if changed is None:
                 self.facts, self.stock = {}, {}
             elif changed:
                 self.facts = {item_id: fact for item_id, fact in self.facts.items() if item_id not in changed}
                 self.stock = {item_id: flag for item_id, flag in self.stock.items() if item_id not in changed}
+            self.version = version
 
     def keep(self, version: bytes | None, facts: dict[str, tuple[Any, Any, Any]]) -> None:
         limit = settings.FEATURE_CATALOG_CACHE_ITEMS

@@ -370,9 +370,12 @@ def test_catalog_changes_since_a_version_are_told_only_when_the_list_covers_them
 
     entries = [b"v1\x1ea\x1fb", b"v2\x1ec", b"v3\x1e*", b"v4\x1ed"]
 
-    assert catalog_changes_since(entries, b"v1", b"v2") == {"c"}
     assert catalog_changes_since(entries, b"v3", b"v4") == {"d"}
     assert catalog_changes_since(entries, b"v2", b"v4") is None  # v3 may have changed anything
     assert catalog_changes_since(entries, b"v0", b"v2") is None  # v0 is no longer listed
     assert catalog_changes_since(entries, b"v2", b"v9") is None  # v9 not listed yet
     assert catalog_changes_since(entries, b"v4", b"v4") == set()
+    # Two writers pushed their changes (v2, then v3) and set the version in the other order: v2 is what readers
+    # see last, so v3's change, listed after it, must count too.
+    racing = [b"v1\x1ea", b"v2\x1eb", b"v3\x1ec"]
+    assert catalog_changes_since(racing, b"v1", b"v2") == {"b", "c"}

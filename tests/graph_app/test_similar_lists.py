@@ -49,7 +49,7 @@ def test_publish_replaces_the_served_lists_as_a_whole(clean_redis):
     assert set(stored) == {"a", "b", "c"}  # the old list of an item no longer in the catalog is gone
     assert [item_id for item_id, _ in stored["a"]] == ["b"]
     assert stored["a"][0][1] == pytest.approx(float(np.dot(unit(1, 0), unit(1, 0.2))), abs=1e-5)
-    assert not clean_redis.exists(redis_keys.ITEM_SIMILAR_LISTS_BUILDING)
+    assert clean_redis.keys("similar:{catalog}:*") == []  # no staging or retired hash left behind
 
 
 @pytest.mark.django_db
@@ -64,3 +64,17 @@ def test_refresh_reads_the_embeddings_postgresql_keeps(clean_redis):
     payload = clean_redis.hget(redis_keys.ITEM_SIMILAR_LISTS, "mug")
     assert [item_id for item_id, _ in orjson.loads(payload)] == ["cup"]
     assert clean_redis.hget(redis_keys.ITEM_SIMILAR_LISTS, "no-vector") is None
+
+
+def test_a_failed_build_keeps_the_lists_served(clean_redis, monkeypatch):
+    similar_lists_publish(item_ids=["a", "b"], vectors=np.array([unit(1, 0), unit(1, 0.2)], dtype=np.float32), k=1)
+    served = clean_redis.hgetall(redis_keys.ITEM_SIMILAR_LISTS)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Redis out of memory")
+
+    monkeypatch.setattr("graph_app.similar_lists.similar_lists_compute", broken)
+    with pytest.raises(RuntimeError):
+        similar_lists_publish(item_ids=["a"], vectors=np.array([unit(1, 0)], dtype=np.float32))
+
+    assert clean_redis.hgetall(redis_keys.ITEM_SIMILAR_LISTS) == served

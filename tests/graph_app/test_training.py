@@ -74,3 +74,21 @@ def test_training_with_an_empty_log_still_gives_every_item_a_vector():
     assert (report.interactions, report.collaborative_items) == (0, 0)
     assert Item.objects.get(external_id="lonely").embedding_source == "content"
     assert len(_vector("lonely")) == 64
+
+
+def test_training_publishes_the_items_nearest_items_and_survives_a_failed_publish(two_tastes, clean_redis, monkeypatch):
+    import orjson
+
+    embeddings_train()
+    nearest = orjson.loads(clean_redis.hget(redis_keys.ITEM_SIMILAR_LISTS, "mug-1"))
+    assert len(nearest) == 7  # every other item, nearest first
+    assert {item_id for item_id, _ in nearest[:3]} == {"mug-0", "mug-2", "mug-3"}
+
+    def broken(**kwargs):
+        raise RuntimeError("Redis out of memory")
+
+    monkeypatch.setattr("graph_app.training.similar_lists_publish", broken)
+    report = embeddings_train()  # derived lists failing must not fail the committed training
+
+    assert ModelVersion.objects.get(state="active").version == report.model_version
+    assert orjson.loads(clean_redis.hget(redis_keys.ITEM_SIMILAR_LISTS, "mug-1")) == nearest
