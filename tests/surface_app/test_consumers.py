@@ -306,3 +306,40 @@ async def test_a_cancelled_waiter_does_not_keep_the_gate():
     await holder
 
     assert await asyncio.wait_for(serve(), timeout=1) == "served"
+
+
+async def test_a_restocked_item_that_cannot_reach_a_shelf_does_not_serve_it_again(monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from graph_app.models import Item
+    from surface_app import consumers
+
+    def old_and_sold_out() -> str:
+        key = _setup_catalog()
+        # Not fresh, not popular, not near anything the (new) user has: no source can find it, no rule pins it.
+        ItemFactory(external_id="old", embedding=[0.0, 0.0, 1.0] + [0.0] * 61, in_stock=False)
+        Item.objects.filter(external_id="old").update(created_at=timezone.now() - timedelta(days=400))
+        return key
+
+    key = await sync_to_async(old_and_sold_out)()
+    communicator, _ = await _shelf(key)
+    served: list[str] = []
+    preview = consumers.slate_preview
+
+    def counted(**kwargs):
+        served.append(kwargs["user_key"])
+        return preview(**kwargs)
+
+    monkeypatch.setattr(consumers, "slate_preview", counted)
+
+    await sync_to_async(_upsert)("old")  # back in stock
+    assert await communicator.receive_nothing(timeout=0.5)
+    assert served == []  # retrieval alone told that the item cannot reach this shelf
+
+    await sync_to_async(_upsert)("newest")  # a new item is fresh: it may
+    update = await communicator.receive_json_from(timeout=5)
+    assert served == ["u1"]
+    assert "newest" in [item["item_id"] for item in update["items"]]
+    await communicator.disconnect()
