@@ -32,14 +32,12 @@ from redis.exceptions import RedisError
 
 from personalization.cache import user_cache_invalidate
 from personalization.services import api_key_verify
-from scoring_app.engine.retrieval import candidates_retrieve, user_state_fetch
 from surface_app.services import SHELVES_ALL_GROUP, shelf_group_name, shelves_placement_group_name
 from surface_app.serving.rules import EMPTY, REBUILD_MIN_INTERVAL_SECONDS, snapshot_current, snapshot_observe
 from surface_app.serving.slates import (
     PreviewOptions,
     Slate,
     context_items_parse,
-    pinned_ids,
     slate_commit,
     slate_preview,
     slate_serve,
@@ -269,32 +267,20 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
                     # A re-serve that may not be sent is a dry run: impressions and cap counts are recorded only
                     # for what the shopper gets.
                     options = None if refresh.always_send else PreviewOptions()
-                    # Only new or restocked items elsewhere: serve the shelf only if one of them can reach it.
-                    only_appeared = refresh.priority == PRIORITY_APPEARED
                     slate = await database_sync_to_async(self._serve)(
-                        catalog_grew=bool(refresh.appeared), options=options,
-                        appeared=frozenset(refresh.appeared) if only_appeared else frozenset(),
-                    )  # fmt: skip
-                    send = False
-                    if slate is not None:
-                        served = tuple(item.item_id for item in slate.items)
-                        send = refresh.should_send(sent=self.sent_item_ids, served=served)
-                    if send and slate is not None and options is not None:
+                        catalog_grew=bool(refresh.appeared), options=options
+                    )
+                    served = tuple(item.item_id for item in slate.items)
+                    send = refresh.should_send(sent=self.sent_item_ids, served=served)
+                    if send and options is not None:
                         slate = await database_sync_to_async(slate_commit)(slate, options)
             except Exception as error:  # the shopper keeps the shelf they have; the next change tries again
                 logger.warning("surface.shelf_refresh_failed", extra={"error": repr(error), "user": self.user_key})
                 continue
-            if send and slate is not None:
+            if send:
                 await self._send_slate(slate)
 
-    def _serve(
-        self,
-        *,
-        catalog_grew: bool = False,
-        options: PreviewOptions | None = None,
-        appeared: frozenset[str] = frozenset(),
-    ) -> Slate | None:
-        """The shelf served again (a dry run with `options`); None when none of `appeared` can reach it."""
+    def _serve(self, *, catalog_grew: bool = False, options: PreviewOptions | None = None) -> Slate:
         if catalog_grew:
             # Score caches a user's candidates for a minute, keyed by their own signals, not by the catalog: a new
             # or restocked item is only a candidate once they are built again.
@@ -303,34 +289,12 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
                     user_cache_invalidate(user_key=self.user_key, name=name)
             except RedisError:
                 pass  # serving degrades on its own when Redis is down
-            if appeared and not self._may_show(appeared):
-                return None
         if options is not None:
             return slate_preview(
                 user_key=self.user_key, placement=self.placement, k=self.k, context_items=self.context_items,
                 options=options,
             )  # fmt: skip
         return slate_serve(user_key=self.user_key, placement=self.placement, k=self.k, context_items=self.context_items)
-
-    def _may_show(self, appeared: frozenset[str]) -> bool:
-        """Whether one of these new or restocked items can reach the shelf: it is among the user's candidates
-        (built again here and cached, so the serve that follows reads them), a pin of the placement, a popular
-        item or in the placement's default list (its fallbacks). A restock asks every shelf of the process, and
-        retrieval alone costs a fraction of a serve. When retrieval degraded, the shelf is served to be sure."""
-        try:
-            state = user_state_fetch(user_key=self.user_key, seeds=list(self.context_items))
-            snapshot = snapshot_current()
-            config = snapshot.placement(self.placement)
-            candidate_set, degraded = candidates_retrieve(state=state, sources=config.sources)
-        except Exception:
-            return True
-        if state.degraded or degraded or candidate_set.dropped:
-            return True
-        reachable = {candidate.item_id for candidate in candidate_set.candidates}
-        reachable.update(item_id for item_id, _ in state.popular_items)
-        reachable.update(config.default_items)
-        reachable.update(pinned_ids(snapshot, self.placement))
-        return not reachable.isdisjoint(appeared)
 
     async def _send_slate(self, slate: Slate) -> None:
         self.previous_item_ids = frozenset(self.sent_item_ids)

@@ -191,7 +191,7 @@ def _slate_build(
     current = snapshot_current()
     config = current.placement(placement)
     horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
-    reads = _SurfaceReads(user_key, placement, now, horizon, pinned_ids(current, placement))
+    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_ids(current, placement))
     state = user_state_fetch(user_key=user_key, seeds=list(context_items), extra=reads.queue)
     fetched = time.perf_counter()
     retrieved = ranked = fetched
@@ -422,7 +422,7 @@ def _apply_rules(
 ) -> tuple[list[SlateItem], dict[str, Any]]:
     """The slate candidates in order (backfill after), and what the caps need to know of each."""
     rules = snapshot.rules_for(placement)
-    pinned = pinned_ids(snapshot, placement)
+    pinned = _pinned_ids(snapshot, placement)
     extra = [RankedItem(item_id, 0.0, "pin", "", ("pin",)) for item_id in pinned if item_id in snapshot.pinnable]
     _item_facts([*items, *extra], user_key, entity_payloads)
     pinned_by_id = {item.item_id: item for item in extra}
@@ -448,8 +448,7 @@ def _apply_rules(
     return [_slate_item(item) for item in everything], facts
 
 
-def pinned_ids(snapshot: RulesSnapshot, placement: str) -> list[str]:
-    """The items the placement's pin rules name (whether or not they are active now)."""
+def _pinned_ids(snapshot: RulesSnapshot, placement: str) -> list[str]:
     return sorted({rule.item_ids[0] for rule in snapshot.rules_for(placement) if rule.kind == "pin" and rule.item_ids})
 
 
