@@ -340,7 +340,7 @@ def _recent_items_source(state: UserState) -> list[Candidate]:
     if not state.recent_items:
         return []
     rows = state.prefetched.get("similar_rows")
-    if rows is None:  # none of the recent items has a precomputed list (newer than the embeddings): pgvector
+    if rows is None:  # the newest recent item has no precomputed list (newer than the embeddings): pgvector
         rows = _similar_to_recent(state)
     return [_new_candidate(Candidate, (item_id, score, "similar", SIMILAR_EXPLANATION, ())) for item_id, score in rows]
 
@@ -503,7 +503,9 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
         prefetched["in_stock"] = _in_stock(named, catalog_stock_kept(prefetched.get("catalog_version")))
         prefetched["neighbours"] = neighbourhoods
-        if similar_lists:
+        # The lists serve when the newest item has one; an item newer than the last training leads otherwise, and
+        # the older items' lists alone would miss what the shopper looks at now: pgvector, around their mean.
+        if similar_seeds and similar_seeds[0] in similar_lists:
             prefetched["similar_rows"] = _similar_from_lists(state, similar_lists, prefetched["in_stock"])
     except RedisError as error:  # the sources read for themselves, and fail on their own
         logger.warning("score.prefetch_failed", extra={"error": str(error)})

@@ -149,15 +149,21 @@ def test_similar_reads_the_recent_items_precomputed_lists_inline_without_postgre
     assert scores["near"] == pytest.approx(0.9 * float(np.dot(unit(1, 0), unit(1, 0.1))), abs=1e-4)
 
 
-def test_similar_falls_back_to_pgvector_when_no_recent_item_has_a_list(shop, clean_redis):
+def test_similar_falls_back_to_pgvector_when_the_newest_recent_item_has_no_list(shop, clean_redis):
     from graph_app.similar_lists import similar_lists_refresh
 
     similar_lists_refresh(k=3)
     ItemFactory(external_id="brand-new", category="mugs", embedding=unit(1, 0.3))
-    clean_redis.delete(redis_keys.user_recent_items("u1"))
-    clean_redis.lpush(redis_keys.user_recent_items("u1"), "brand-new")  # newer than the lists
+    # The newest item is newer than the lists; "seen", before it, has one: the lists alone would ignore the item
+    # the shopper looks at now.
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "brand-new")
 
     candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"), sources=["similar"])
 
-    assert candidate_set.candidates[0].item_id in {"near", "seen"}
+    # Around the mean of unit(1, 0) and unit(1, 0.3): "near" (1, 0.1) is nearest; the lists alone would not say so
+    # with these scores (pgvector's are cosines to the mean).
+    assert candidate_set.candidates[0].item_id == "near"
     assert "brand-new" not in {c.item_id for c in candidate_set.candidates}
+    mean = np.add(unit(1, 0), unit(1, 0.3))
+    expected = float(np.dot(mean, unit(1, 0.1)) / np.linalg.norm(mean))
+    assert candidate_set.candidates[0].score == pytest.approx(expected, abs=1e-3)
