@@ -2,7 +2,7 @@
 
 Several sources run at once, each with its own deadline: pgvector neighbours of the user's vector, the nearest
 items of their recent items (precomputed per item after each embeddings training, `graph_app.similar_lists`; pgvector
-around the mean of their embeddings when none of them has a list yet), knowledge-graph neighbours of their latest
+around the mean of their embeddings when the newest has no list yet), knowledge-graph neighbours of their latest
 items, popular items of their favourite categories,
 popular items overall, and fresh items for exploration. A source that misses its deadline is dropped, not awaited,
 and the response says so. The union is deduplicated (each candidate remembers every source that produced it) and
