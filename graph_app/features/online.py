@@ -33,7 +33,7 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
-from graph_app.online import STATIC_DTYPE, catalog_changes_since, static_in_stock
+from graph_app.online import STATIC_DTYPE, catalog_changes_since
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 
@@ -113,8 +113,6 @@ class _CatalogFacts:
     def __init__(self) -> None:
         self.version: bytes | None = None
         self.facts: dict[str, tuple[Any, Any, Any]] = {}
-        # Whether each item kept is in stock, decoded once (retrieval checks hundreds a request).
-        self.stock: dict[str, bool] = {}
         self.lock = threading.Lock()
 
     def follow(self, version: bytes | None, changes: list[bytes]) -> None:
@@ -129,10 +127,9 @@ class _CatalogFacts:
             # New objects, not changed ones: a reader holding the old ones still sees one version. The facts are
             # replaced before the version moves, so that no reader takes the old facts for the new version.
             if changed is None:
-                self.facts, self.stock = {}, {}
+                self.facts = {}
             elif changed:
                 self.facts = {item_id: fact for item_id, fact in self.facts.items() if item_id not in changed}
-                self.stock = {item_id: flag for item_id, flag in self.stock.items() if item_id not in changed}
             self.version = version
 
     def keep(self, version: bytes | None, facts: dict[str, tuple[Any, Any, Any]]) -> None:
@@ -145,29 +142,24 @@ class _CatalogFacts:
                 # limit keeps serving most reads from memory instead of starting over.
                 items = list(self.facts.items())
                 self.facts = dict(items[len(items) // 2 + len(facts) :])
-                self.stock = {item_id: self.stock[item_id] for item_id in self.facts if item_id in self.stock}
             self.facts.update(facts)
-            self.stock.update(
-                (item_id, isinstance(static, bytes) and static_in_stock(static))
-                for item_id, (static, _, _) in facts.items()
-            )
 
 
 _catalog_facts = _CatalogFacts()
 
 
-def catalog_stock_kept(version: bytes | None) -> dict[str, bool]:
-    """Item id -> in stock, for the items whose facts this process keeps, when it keeps them for this catalog
+def catalog_facts_kept(version: bytes | None) -> dict[str, tuple[Any, Any, Any]]:
+    """Item id -> (static facts, embedding, entity keys) this process keeps, when it keeps them for this catalog
     version (read by the caller in its own round trip); else empty (the next feature read follows the version)."""
     if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0 or version != _catalog_facts.version:
         return {}
-    return _catalog_facts.stock
+    return _catalog_facts.facts
 
 
 def catalog_facts_forget() -> None:
     """Drop the catalog facts this process keeps (tests)."""
     with _catalog_facts.lock:
-        _catalog_facts.version, _catalog_facts.facts, _catalog_facts.stock = b"", {}, {}
+        _catalog_facts.version, _catalog_facts.facts = b"", {}
 
 
 def _queue_catalog(pipeline: redis.client.Pipeline, user_key: str, item_ids: list[str]) -> None:

@@ -29,7 +29,7 @@ from django.db import DatabaseError, connection
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from graph_app.features.online import catalog_stock_kept
+from graph_app.features.online import catalog_facts_kept
 from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation, neighbours_decode, neighbours_queue
 from graph_app.online import static_in_stock
 from personalization import redis_keys
@@ -375,21 +375,16 @@ def _fresh_source(state: UserState) -> list[Candidate]:
     ]
 
 
-def _in_stock(item_ids: Collection[str], kept: dict[str, bool] | None = None) -> set[str]:
+def _in_stock(item_ids: Collection[str], kept: dict[str, tuple[Any, Any, Any]] | None = None) -> set[str]:
     """The items in stock, from the catalog's copy in Redis (kept by the catalog services with every change);
-    `kept`: the stock this process keeps for the current catalog version (`catalog_stock_kept`), read for the
+    `kept`: the catalog facts this process keeps for the current version (`catalog_facts_kept`), read for the
     rest."""
     kept = kept or {}
-    available = {item_id for item_id in item_ids if kept.get(item_id)}
-    unknown = [item_id for item_id in item_ids if item_id not in kept]
+    packed = {item_id: kept[item_id][0] for item_id in item_ids if item_id in kept}
+    unknown = [item_id for item_id in item_ids if item_id not in packed]
     if unknown:
-        packed = get_redis().hmget(redis_keys.CATALOG_STATIC, unknown)
-        available.update(
-            item_id
-            for item_id, facts in zip(unknown, packed, strict=True)
-            if isinstance(facts, bytes) and static_in_stock(facts)
-        )
-    return available
+        packed.update(zip(unknown, get_redis().hmget(redis_keys.CATALOG_STATIC, unknown), strict=True))
+    return {item_id for item_id, facts in packed.items() if isinstance(facts, bytes) and static_in_stock(facts)}
 
 
 def _popular_source(state: UserState) -> list[Candidate]:
@@ -501,7 +496,7 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         # The popular items always: the placement's popular fallback checks them too, source or not.
         named.update(item_id for item_id, _ in state.popular_items)
         named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
-        prefetched["in_stock"] = _in_stock(named, catalog_stock_kept(prefetched.get("catalog_version")))
+        prefetched["in_stock"] = _in_stock(named, catalog_facts_kept(prefetched.get("catalog_version")))
         prefetched["neighbours"] = neighbourhoods
         # The lists serve when the newest item has one; an item newer than the last training leads otherwise, and
         # the older items' lists alone would miss what the shopper looks at now: pgvector, around their mean.

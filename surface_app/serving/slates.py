@@ -146,6 +146,33 @@ class _SurfaceReads:
             frequency_caps.caps_queue(pipeline, user_key=self.user_key, now=self.now, horizon_seconds=self.horizon)
         return 4 + len(pipeline.command_stack) - before
 
+    def decode(self, replies: list[Any]) -> _SurfaceState:
+        """The replies of `queue`, in its order."""
+        version, raw_traits, raw_last, raw_purchased = replies[:4]
+        rest = replies[4:]
+        entities: dict[str, bytes] = {}
+        if self.pinned:
+            entities = {item_id: payload or b"" for item_id, payload in zip(self.pinned, rest[0], strict=True)}
+            rest = rest[1:]
+        return _SurfaceState(
+            version=version,
+            traits=_json_dict(raw_traits),
+            last_slate=[str(item) for item in orjson.loads(raw_last)] if raw_last else [],
+            purchased={item.decode() for item in raw_purchased},
+            pinned_entities=entities,
+            caps=frequency_caps.caps_decode(rest, now=self.now) if rest else None,
+        )
+
+
+@dataclass
+class _SurfaceState:
+    version: bytes | None
+    traits: dict[str, Any]
+    last_slate: list[str]
+    purchased: set[str]
+    pinned_entities: dict[str, bytes]  # the pinned items' entity keys (b"": none)
+    caps: Any
+
 
 def _degrade(degraded: list[str], reason: str) -> None:
     degraded.append(reason)
@@ -200,15 +227,12 @@ def _slate_build(
     last_slate: list[str] = []
     cap_state: Any = None
     purchased: set[str] = set()
+    entity_payloads: dict[str, bytes] = {}
     if state.extra_replies:
-        version, raw_traits, raw_last, raw_purchased = state.extra_replies[:4]
-        purchased = {item.decode() for item in raw_purchased}
-        snapshot = snapshot_observe(version)
-        traits = _json_dict(raw_traits)
-        last_slate = [str(item) for item in orjson.loads(raw_last)] if raw_last else []
-        caps_at = 5 if reads.pinned else 4
-        if len(state.extra_replies) > caps_at:
-            cap_state = frequency_caps.caps_decode(state.extra_replies[caps_at:], now=now)
+        surface = reads.decode(state.extra_replies)
+        snapshot = snapshot_observe(surface.version)
+        traits, last_slate, purchased, cap_state = surface.traits, surface.last_slate, surface.purchased, surface.caps
+        entity_payloads = surface.pinned_entities
     else:
         snapshot = snapshot_observe(None)
     if preview is not None:
@@ -222,11 +246,6 @@ def _slate_build(
     budget_ms = config.deadline_ms * settings.SCORE_RETRIEVAL_DEADLINE_FACTOR
     deadline = started + budget_ms / 1000
     late_candidates: list[RankedItem] = []
-    entity_payloads: dict[str, bytes] = {}
-    if reads.pinned and len(state.extra_replies) > 4:
-        entity_payloads = {
-            item_id: payload or b"" for item_id, payload in zip(reads.pinned, state.extra_replies[4], strict=True)
-        }
 
     result: ScoreResult | None = None
     if "user_state_unavailable" in degraded:

@@ -40,6 +40,20 @@ def shop(clean_redis):
     clean_redis.lpush(redis_keys.user_recent_items("u1"), "seen")
 
 
+@pytest.fixture
+def pooled(monkeypatch) -> list[str]:
+    """The names of the sources that ran in the thread pool (the others ran inline)."""
+    names: list[str] = []
+    run_in_thread = retrieval._run_in_thread
+
+    def counted(source, state):
+        names.append(source.name)
+        return run_in_thread(source, state)
+
+    monkeypatch.setattr(retrieval, "_run_in_thread", counted)
+    return names
+
+
 def test_every_source_contributes_and_each_candidate_keeps_its_provenance(shop):
     state = user_state_fetch(user_key="u1")
 
@@ -99,15 +113,7 @@ def test_a_complete_set_is_cached_for_the_user_until_their_state_changes(shop, c
     assert "newer" in {c.item_id for c in changed.candidates}
 
 
-def test_sources_whose_input_was_read_ahead_run_inline_and_the_rest_in_the_pool(shop, clean_redis, monkeypatch):
-    pooled: list[str] = []
-    run_in_thread = retrieval._run_in_thread
-
-    def counted(source, state):
-        pooled.append(source.name)
-        return run_in_thread(source, state)
-
-    monkeypatch.setattr(retrieval, "_run_in_thread", counted)
+def test_sources_whose_input_was_read_ahead_run_inline_and_the_rest_in_the_pool(shop, clean_redis, pooled):
     first, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
     # Nothing cached yet: the pgvector and shared-list sources query PostgreSQL in the pool.
     assert {"similar", "user_vector"} <= set(pooled)
@@ -121,20 +127,14 @@ def test_sources_whose_input_was_read_ahead_run_inline_and_the_rest_in_the_pool(
     assert again.candidates == first.candidates
 
 
-def test_similar_reads_the_recent_items_precomputed_lists_inline_without_postgresql(shop, clean_redis, monkeypatch):
+def test_similar_reads_the_recent_items_precomputed_lists_inline_without_postgresql(
+    shop, clean_redis, monkeypatch, pooled
+):
     from graph_app.similar_lists import similar_lists_refresh
 
     ItemFactory(external_id="gone", category="mugs", embedding=unit(1, 0.02), in_stock=False)
     similar_lists_refresh(k=3)
     clean_redis.lpush(redis_keys.user_recent_items("u1"), "taste")  # recent: taste (newest), then seen
-    pooled: list[str] = []
-    run_in_thread = retrieval._run_in_thread
-
-    def counted(source, state):
-        pooled.append(source.name)
-        return run_in_thread(source, state)
-
-    monkeypatch.setattr(retrieval, "_run_in_thread", counted)
     monkeypatch.setattr(retrieval, "_similar_to_recent", lambda state: pytest.fail("pgvector queried"))
 
     candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"), sources=["similar"])
