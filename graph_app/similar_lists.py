@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import orjson
-from django.db import connection
 
+from graph_app.models import Item
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 
@@ -99,13 +99,11 @@ def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: in
 
 def similar_lists_refresh(*, k: int = SIMILAR_PER_ITEM) -> int:
     """The lists from the embeddings stored in PostgreSQL (a repair, or a deployment upgrading to them)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT external_id, embedding::text FROM graph_app_item WHERE embedding IS NOT NULL ORDER BY external_id"
-        )
-        rows = cursor.fetchall()
+    rows = list(
+        Item.objects.filter(embedding__isnull=False).order_by("external_id").values_list("external_id", "embedding")
+    )
     if not rows:
         get_control_redis().unlink(redis_keys.ITEM_SIMILAR_LISTS)
         return 0
-    vectors = np.array([orjson.loads(text) for _, text in rows], dtype=np.float32)
+    vectors = np.array([vector for _, vector in rows], dtype=np.float32)
     return similar_lists_publish(item_ids=[item_id for item_id, _ in rows], vectors=vectors, k=k)
