@@ -123,6 +123,7 @@ STATIC_FORMAT = struct.Struct("<dBd")  # price (NaN when unknown), in stock, cre
 # The same layout for numpy, to decode hundreds at once.
 STATIC_DTYPE = np.dtype([("price", "<f8"), ("in_stock", "u1"), ("created_at", "<f8")])
 _IN_STOCK_OFFSET = struct.calcsize("<d")  # the in-stock flag follows the price
+_STATIC_SIZE = STATIC_FORMAT.size
 
 
 def pack_static(*, price: float | None, in_stock: bool, created_at: float) -> bytes:
@@ -131,7 +132,7 @@ def pack_static(*, price: float | None, in_stock: bool, created_at: float) -> by
 
 def static_in_stock(payload: bytes) -> bool:
     """The in-stock flag of packed static facts, read without unpacking the rest (stock checks of hundreds)."""
-    return len(payload) == STATIC_FORMAT.size and payload[_IN_STOCK_OFFSET] != 0
+    return len(payload) == _STATIC_SIZE and payload[_IN_STOCK_OFFSET] != 0
 
 
 def unpack_static(payload: bytes) -> tuple[float, bool, float]:

@@ -13,6 +13,7 @@ event changes the key instead of needing an invalidation. Final scores are never
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -63,6 +64,8 @@ CATEGORY_POPULAR_PER_CATEGORY = 40
 FRESH_ITEMS = 30
 FRESH_WITHIN_DAYS = 30
 CANDIDATE_SET_CACHE_SECONDS = 60
+# Part of the cached candidate set's version: a payload in an earlier layout is a miss, not an error.
+CANDIDATE_SET_FORMAT = "2"
 
 SOURCES_DROPPED = Counter(
     "score_retrieval_sources_dropped_total",
@@ -105,6 +108,10 @@ class UserState:
 # Candidates are built by the thousand a request: tuple.__new__ skips the named tuple's Python-level constructor (half
 # the cost). Every field is given.
 _new_candidate = tuple.__new__
+# Each source's own provenance, shared by its candidates: most items come from one source, and the merge keeps them
+# as they are.
+_USER_VECTOR, _SIMILAR, _GRAPH = ("user_vector",), ("similar",), ("graph",)
+_CATEGORY_POPULAR, _POPULAR, _FRESH = ("category_popular",), ("popular",), ("fresh",)
 
 
 def _favourite_categories(affinity: dict[bytes, bytes]) -> list[str]:
@@ -250,7 +257,7 @@ def _graph_candidates(state: UserState) -> dict[str, Candidate]:
             known = best.get(neighbour.item_id)
             if known is None or neighbour.score > known.score:
                 best[neighbour.item_id] = Candidate(
-                    neighbour.item_id, neighbour.score, "graph", neighbour_explanation(neighbour)
+                    neighbour.item_id, neighbour.score, "graph", neighbour_explanation(neighbour), _GRAPH
                 )
     return dict(sorted(best.items(), key=lambda pair: pair[1].score, reverse=True))
 
@@ -314,7 +321,7 @@ def _user_vector_source(state: UserState) -> list[Candidate]:
     recent = set(state.recent_items)
     rows = [(item_id, score) for item_id, score in _user_vector_neighbours(state) if item_id not in recent]
     return [
-        _new_candidate(Candidate, (item_id, score, "user_vector", "Picked for your taste", ()))
+        _new_candidate(Candidate, (item_id, score, "user_vector", "Picked for your taste", _USER_VECTOR))
         for item_id, score in rows[:USER_VECTOR_NEIGHBOURS]
     ]
 
@@ -342,7 +349,9 @@ def _recent_items_source(state: UserState) -> list[Candidate]:
     rows = state.prefetched.get("similar_rows")
     if rows is None:  # the newest recent item has no precomputed list (newer than the embeddings): pgvector
         rows = _similar_to_recent(state)
-    return [_new_candidate(Candidate, (item_id, score, "similar", SIMILAR_EXPLANATION, ())) for item_id, score in rows]
+    return [
+        _new_candidate(Candidate, (item_id, score, "similar", SIMILAR_EXPLANATION, _SIMILAR)) for item_id, score in rows
+    ]
 
 
 def _category_popular_source(state: UserState) -> list[Candidate]:
@@ -354,9 +363,10 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
             state.prefetched.get(("category_rows", category)),
         )  # fmt: skip
         top = max((score for _, score in rows), default=0.0) or 1.0
+        explanation = f"Popular in {category}"
         chosen += [
             _new_candidate(
-                Candidate, (item_id, round(score / top, 6), "category_popular", f"Popular in {category}", ())
+                Candidate, (item_id, round(score / top, 6), "category_popular", explanation, _CATEGORY_POPULAR)
             )
             for item_id, score in rows
         ]
@@ -370,7 +380,9 @@ def _fresh_source(state: UserState) -> list[Candidate]:
     )  # fmt: skip
     newest = max((created for _, created in rows), default=0.0)
     return [
-        _new_candidate(Candidate, (item_id, round(2.0 ** (-(newest - created) / 86400.0), 6), "fresh", "New in", ()))
+        _new_candidate(
+            Candidate, (item_id, round(2.0 ** (-(newest - created) / 86400.0), 6), "fresh", "New in", _FRESH)
+        )
         for item_id, created in rows
     ]
 
@@ -380,11 +392,20 @@ def _in_stock(item_ids: Collection[str], kept: dict[str, tuple[Any, Any, Any]] |
     `kept`: the catalog facts this process keeps for the current version (`catalog_facts_kept`), read for the
     rest."""
     kept = kept or {}
-    packed = {item_id: kept[item_id][0] for item_id in item_ids if item_id in kept}
-    unknown = [item_id for item_id in item_ids if item_id not in packed]
+    in_stock: set[str] = set()
+    unknown: list[str] = []
+    for item_id in item_ids:  # one pass: a request checks hundreds
+        facts = kept.get(item_id)
+        if facts is None:
+            unknown.append(item_id)
+        elif facts[0].__class__ is bytes and static_in_stock(facts[0]):
+            in_stock.add(item_id)
     if unknown:
-        packed.update(zip(unknown, get_redis().hmget(redis_keys.CATALOG_STATIC, unknown), strict=True))
-    return {item_id for item_id, facts in packed.items() if isinstance(facts, bytes) and static_in_stock(facts)}
+        read = get_redis().hmget(redis_keys.CATALOG_STATIC, unknown)
+        in_stock.update(
+            item_id for item_id, static in zip(unknown, read, strict=True) if static and static_in_stock(static)
+        )
+    return in_stock
 
 
 def _popular_source(state: UserState) -> list[Candidate]:
@@ -396,7 +417,7 @@ def _popular_source(state: UserState) -> list[Candidate]:
         in_stock = _in_stock([item_id for item_id, _ in state.popular_items])
     top = max((score for _, score in state.popular_items), default=0.0) or 1.0
     return [
-        _new_candidate(Candidate, (item_id, round(score / top, 6), "popular", "Popular right now", ()))
+        _new_candidate(Candidate, (item_id, round(score / top, 6), "popular", "Popular right now", _POPULAR))
         for item_id, score in state.popular_items
         if item_id in in_stock
     ]
@@ -535,9 +556,12 @@ def retrieval_warm_up() -> None:
 
 
 def _run_in_thread(source: RetrievalSource, state: UserState) -> list[Candidate]:
-    # Pool threads keep their own connection between requests; one broken by a database restart is replaced.
+    # Pool threads keep their own connection between requests. One broken by a database restart fails a query,
+    # which marks it: it is tested then, and replaced, before the next one. Django's health check (CONN_HEALTH_CHECKS)
+    # would instead send a query of its own before every source's: a round trip on a pooled, busy connection.
     if source.uses_database:
         connection.close_if_unusable_or_obsolete()
+        connection.health_check_done = True
     return source.fetch(state)
 
 
@@ -548,17 +572,23 @@ class CandidateSet:
     dropped: list[str]
 
     def as_bytes(self) -> bytes:
-        """One payload for the user cache: the candidates (as rows) and the dropped sources."""
-        rows = [[c.item_id, c.score, c.source, c.explanation, c.sources] for c in self.candidates]
-        return orjson.dumps({"c": rows, "d": self.dropped})
+        """One payload for the user cache: the candidates' ids and scores, and what else each has (source,
+        explanation, provenance) once per distinct combination, so that reading it back builds few objects."""
+        kinds: dict[tuple[Any, ...], int] = {}
+        rows = [kinds.setdefault(candidate[2:], len(kinds)) for candidate in self.candidates]
+        return orjson.dumps({
+            "i": [candidate.item_id for candidate in self.candidates],
+            "s": [candidate.score for candidate in self.candidates],
+            "k": list(kinds), "r": rows, "d": self.dropped,
+        })  # fmt: skip
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> CandidateSet:
         decoded = orjson.loads(payload)
-        return cls(
-            [_new_candidate(Candidate, (i, s, src, e, tuple(srcs))) for i, s, src, e, srcs in decoded["c"]],
-            list(decoded["d"]),
-        )
+        kinds = [(source, explanation, tuple(sources)) for source, explanation, sources in decoded["k"]]
+        # Every candidate is built in C (zip, map), not by a Python loop: repeat requests decode hundreds.
+        rows = map(tuple.__add__, zip(decoded["i"], decoded["s"], strict=True), map(kinds.__getitem__, decoded["r"]))
+        return cls(list(map(_new_candidate, itertools.repeat(Candidate), rows)), list(decoded["d"]))
 
 
 def _sources_run(
@@ -618,27 +648,33 @@ def _merge(state: UserState, results: dict[str, list[Candidate]]) -> list[Candid
         order.insert(0, "graph")  # a cold user's explainable graph neighbours lead
     graph_explanations = {candidate.item_id: candidate.explanation for candidate in results.get("graph", [])}
     seen = set(state.recent_items)
-    first: dict[str, tuple[float, str, str]] = {}  # item -> score, source and explanation where first found
-    provenance: dict[str, list[str]] = {}
+    # Where each item was first found; most come from one source, and their candidate is kept as the source built it.
+    first: dict[str, Candidate] = {}
+    more: dict[str, list[str]] = {}  # items found by more than one source: every source, in order
     for name in order:
-        for candidate in results.get(name, []):
+        own = (name,)
+        for candidate in results.get(name, ()):
             item_id = candidate.item_id
-            if item_id in seen:
-                continue
-            sources = provenance.get(item_id)
-            if sources is not None:
-                if name not in sources:
-                    sources.append(name)
-                continue
-            explanation = candidate.explanation
-            if name == "similar" and item_id in graph_explanations:
-                explanation = graph_explanations[item_id]
-            first[item_id] = (candidate.score, name, explanation)
-            provenance[item_id] = [name]
-    return [
-        _new_candidate(Candidate, (item_id, score, source, explanation, tuple(provenance[item_id])))
-        for item_id, (score, source, explanation) in first.items()
-    ]
+            found = first.get(item_id)
+            if found is None:
+                if item_id in seen:
+                    continue
+                explanation = candidate.explanation
+                if name == "similar" and item_id in graph_explanations:
+                    explanation = graph_explanations[item_id]
+                if candidate.sources != own or candidate.source != name or explanation is not candidate.explanation:
+                    candidate = _new_candidate(Candidate, (item_id, candidate.score, name, explanation, own))
+                first[item_id] = candidate
+            else:
+                names = more.get(item_id)
+                if names is None:
+                    names = more[item_id] = [found.source]
+                if name not in names:
+                    names.append(name)
+    for item_id, names in more.items():
+        if len(names) > 1:
+            first[item_id] = first[item_id]._replace(sources=tuple(names))
+    return list(first.values())
 
 
 def _catalog_popular(state: UserState, limit: int) -> list[Candidate]:
@@ -687,8 +723,8 @@ def candidates_retrieve(
             return Uncacheable(payload) if dropped else payload
 
         key = "\x1f".join([
-            state.model_version or "", str(limit), ",".join(state.favourite_categories), ",".join(sources),
-            *state.recent_items,
+            CANDIDATE_SET_FORMAT, state.model_version or "", str(limit), ",".join(state.favourite_categories),
+            ",".join(sources), *state.recent_items,
         ])  # fmt: skip
         version = hashlib.sha1(key.encode()).hexdigest()[:20]
         try:

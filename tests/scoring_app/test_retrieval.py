@@ -109,8 +109,43 @@ def test_a_complete_set_is_cached_for_the_user_until_their_state_changes(shop, c
     clean_redis.lpush(redis_keys.user_recent_items("u1"), "taste")
     changed, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
 
-    assert [c.item_id for c in again.candidates] == [c.item_id for c in first.candidates]
+    # Read back from the cache whole: scores, sources, explanations and provenance as built.
+    assert again.candidates == first.candidates
+    assert all(isinstance(candidate.sources, tuple) for candidate in again.candidates)
     assert "newer" in {c.item_id for c in changed.candidates}
+
+
+def test_a_cached_set_in_an_earlier_layout_is_rebuilt_not_an_error(shop, clean_redis, monkeypatch):
+    first, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+    monkeypatch.setattr(retrieval, "CANDIDATE_SET_FORMAT", "next")
+
+    again, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+
+    assert again.candidates == first.candidates
+
+
+def test_a_pool_threads_broken_connection_fails_one_query_and_is_replaced(shop, settings):
+    """No health query before each source's (a round trip each): a connection the database dropped fails once."""
+    from django.db import connection
+
+    def backend_pid(state):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return [Candidate(str(cursor.fetchone()[0]), 1.0, "pid", "")]
+
+    settings.SCORE_RETRIEVAL_THREADS = 1  # every run on the same thread and connection
+    source = RetrievalSource("pid", backend_pid, 10_000.0, True)
+    state = user_state_fetch(user_key="u1")
+    results, dropped = retrieval._sources_run(state, (source,))
+    first_pid = int(results["pid"][0].item_id)
+    with connection.cursor() as cursor:  # a database restart, as far as that connection can tell
+        cursor.execute("SELECT pg_terminate_backend(%s)", [first_pid])
+
+    _, failed_dropped = retrieval._sources_run(state, (source,))
+    replaced, replaced_dropped = retrieval._sources_run(state, (source,))
+
+    assert dropped == [] and failed_dropped == ["pid:error"] and replaced_dropped == []
+    assert int(replaced["pid"][0].item_id) != first_pid
 
 
 def test_sources_whose_input_was_read_ahead_run_inline_and_the_rest_in_the_pool(shop, clean_redis, pooled):
