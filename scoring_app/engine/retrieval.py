@@ -401,7 +401,7 @@ def _in_stock(item_ids: Collection[str], kept: dict[str, tuple[Any, Any, Any]] |
         elif facts[0].__class__ is bytes and static_in_stock(facts[0]):
             in_stock.add(item_id)
     if unknown:
-        read = get_redis().hmget(redis_keys.CATALOG_STATIC, unknown)
+        read: list[bytes | None] = get_redis().hmget(redis_keys.CATALOG_STATIC, unknown)  # type: ignore[assignment]
         in_stock.update(
             item_id for item_id, static in zip(unknown, read, strict=True) if static and static_in_stock(static)
         )
@@ -561,7 +561,7 @@ def _run_in_thread(source: RetrievalSource, state: UserState) -> list[Candidate]
     # would instead send a query of its own before every source's: a round trip on a pooled, busy connection.
     if source.uses_database:
         connection.close_if_unusable_or_obsolete()
-        connection.health_check_done = True
+        connection.health_check_done = True  # type: ignore[attr-defined]
     return source.fetch(state)
 
 
