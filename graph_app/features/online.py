@@ -168,6 +168,18 @@ def _queue_catalog(pipeline: redis.client.Pipeline, user_key: str, item_ids: lis
     pipeline.hmget(redis_keys.catalog_entities(redis_keys.partition_of(user_key)), item_ids)
 
 
+def catalog_facts_read(*, user_key: str, item_ids: list[str], version: bytes | None) -> dict[str, tuple[Any, Any, Any]]:
+    """Item id -> (static facts, embedding, entity keys) of these items, in one round trip; kept by this process
+    when `version` (the catalog version the caller read before, in its own round trip) is the one it keeps, so that
+    items retrieval checks without ranking them (the similar lists' and graph neighbours' stock) are read once."""
+    pipeline = get_redis().pipeline(transaction=False)
+    _queue_catalog(pipeline, user_key, item_ids)
+    facts = dict(zip(item_ids, zip(*pipeline.execute(), strict=True), strict=True))
+    if settings.FEATURE_CATALOG_CACHE_ITEMS > 0:
+        _catalog_facts.keep(version, facts)
+    return facts
+
+
 def features_fetch(
     *, user_key: str, item_ids: list[str], placement: str, now: float, recent_items: Sequence[str] | None = None
 ) -> FeatureMatrix:
@@ -300,13 +312,18 @@ def features_compute(
 
 # Entity keys ("category:mugs", "brand:acme") numbered in this process, and items' entity lists by their encoded
 # form (items keep their entities for long), parsed once: (index of the category or NO_ENTITY, indexes of the
-# other entities). A request then reads the user's counters into arrays over these numbers and computes every
-# row with numpy.
+# other entities, how many). A request then reads the user's counters into arrays over these numbers and computes
+# every row with numpy, gathering the parsed lists in C (map, itemgetter) rather than in Python loops.
 _entity_numbers: dict[bytes, int] = {}
-_parsed_entities: dict[bytes, tuple[int, np.ndarray]] = {}
 PARSED_ENTITIES_KEPT = 200_000
 NO_ENTITY = -1
-_NO_ENTITIES = (NO_ENTITY, np.zeros(0, dtype=np.int64))
+_NO_ENTITIES: tuple[int, tuple[int, ...], int] = (NO_ENTITY, (), 0)
+# No payload (None) or an empty one: no entities; always there, so that a lookup misses only what needs parsing.
+_ALWAYS_PARSED: dict[bytes | None, tuple[int, tuple[int, ...], int]] = {None: _NO_ENTITIES, b"": _NO_ENTITIES}
+_parsed_entities: dict[bytes | None, tuple[int, tuple[int, ...], int]] = dict(_ALWAYS_PARSED)
+_category_of = operator.itemgetter(0)
+_others_of = operator.itemgetter(1)
+_count_of = operator.itemgetter(2)
 
 
 def _entity_number(key: bytes) -> int:
@@ -316,13 +333,14 @@ def _entity_number(key: bytes) -> int:
     return number
 
 
-def _parse_entities(payload: bytes) -> tuple[int, np.ndarray]:
+def _parse_entities(payload: bytes) -> tuple[int, tuple[int, ...], int]:
     keys = payload.split(b"|")
     category = next((key for key in keys if key.startswith(b"category:")), None)
-    others = [_entity_number(key) for key in keys if key and not key.startswith(b"category:")]
-    parsed = (_entity_number(category) if category else NO_ENTITY, np.array(others, dtype=np.int64))
+    others = tuple(_entity_number(key) for key in keys if key and not key.startswith(b"category:"))
+    parsed = (_entity_number(category) if category else NO_ENTITY, others, len(others))
     if len(_parsed_entities) >= PARSED_ENTITIES_KEPT:
         _parsed_entities.clear()  # the numbering stays: it only grows with the catalog's entities
+        _parsed_entities.update(_ALWAYS_PARSED)
     _parsed_entities[payload] = parsed
     return parsed
 
@@ -348,10 +366,9 @@ def _user_entity_features(
     frequency, recency, affinity = (FEATURE_INDEX[name] for name in (
         "user_category_frequency", "user_category_recency_days", "user_item_entity_affinity"
     ))  # fmt: skip
-    parsed = [
-        (_parsed_entities.get(payload) or _parse_entities(payload)) if payload else _NO_ENTITIES
-        for payload in entities_raw
-    ]
+    parsed: list[Any] = list(map(_parsed_entities.get, entities_raw))
+    if None in parsed:  # payloads seen for the first time
+        parsed = [entry or _parse_entities(payload) for entry, payload in zip(parsed, entities_raw, strict=True)]
     # The user's counters over the entity numbers (the last slot stands for "no category": 0 and never).
     size = len(_entity_numbers) + 1
     counts, latest = np.zeros(size), np.full(size, np.nan)
@@ -363,15 +380,17 @@ def _user_entity_features(
             counts[number] = float(value)
         elif name.startswith(b"r:"):
             latest[number] = float(value)
-    categories = np.fromiter((category for category, _ in parsed), np.int64, len(parsed))
+    rows = len(parsed)
+    categories = np.fromiter(map(_category_of, parsed), np.int64, rows)
     values[:, frequency] = counts[categories] * factor
     values[:, recency] = (now - latest[categories]) / DAY
-    lengths = np.fromiter((len(others) for _, others in parsed), np.int64, len(parsed))
-    sums: np.ndarray = np.zeros(len(parsed))
-    if lengths.any():
-        flat = np.concatenate([others for _, others in parsed])
+    lengths = np.fromiter(map(_count_of, parsed), np.int64, rows)
+    total = int(lengths.sum())
+    sums: np.ndarray = np.zeros(rows)
+    if total:
+        flat = np.fromiter(itertools.chain.from_iterable(map(_others_of, parsed)), np.int64, total)
         # Summed per row in the items' own order, as one would by hand.
-        sums = np.bincount(np.repeat(np.arange(len(parsed)), lengths), weights=counts[flat], minlength=len(parsed))
+        sums = np.bincount(np.repeat(np.arange(rows), lengths), weights=counts[flat], minlength=rows)
     values[:, affinity] = sums * factor
 
 

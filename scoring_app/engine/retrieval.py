@@ -30,7 +30,7 @@ from django.db import DatabaseError, connection
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from graph_app.features.online import catalog_facts_kept
+from graph_app.features.online import catalog_facts_kept, catalog_facts_read
 from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation, neighbours_decode, neighbours_queue
 from graph_app.online import static_in_stock
 from personalization import redis_keys
@@ -387,10 +387,16 @@ def _fresh_source(state: UserState) -> list[Candidate]:
     ]
 
 
-def _in_stock(item_ids: Collection[str], kept: dict[str, tuple[Any, Any, Any]] | None = None) -> set[str]:
+def _in_stock(
+    item_ids: Collection[str],
+    kept: dict[str, tuple[Any, Any, Any]] | None = None,
+    *,
+    user_key: str | None = None,
+    catalog_version: bytes | None = None,
+) -> set[str]:
     """The items in stock, from the catalog's copy in Redis (kept by the catalog services with every change);
     `kept`: the catalog facts this process keeps for the current version (`catalog_facts_kept`), read for the
-    rest."""
+    rest. With the user and the catalog version the caller read, the rest's facts are read whole and kept too."""
     kept = kept or {}
     in_stock: set[str] = set()
     unknown: list[str] = []
@@ -400,11 +406,16 @@ def _in_stock(item_ids: Collection[str], kept: dict[str, tuple[Any, Any, Any]] |
             unknown.append(item_id)
         elif facts[0].__class__ is bytes and static_in_stock(facts[0]):
             in_stock.add(item_id)
-    if unknown:
-        read: list[bytes | None] = get_redis().hmget(redis_keys.CATALOG_STATIC, unknown)  # type: ignore[assignment]
-        in_stock.update(
-            item_id for item_id, static in zip(unknown, read, strict=True) if static and static_in_stock(static)
-        )
+    if not unknown:
+        return in_stock
+    if user_key is not None:
+        read = catalog_facts_read(user_key=user_key, item_ids=unknown, version=catalog_version)
+        statics = [read[item_id][0] for item_id in unknown]
+    else:
+        statics = get_redis().hmget(redis_keys.CATALOG_STATIC, unknown)
+    in_stock.update(
+        item_id for item_id, static in zip(unknown, statics, strict=True) if static and static_in_stock(static)
+    )
     return in_stock
 
 
@@ -517,7 +528,10 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         # The popular items always: the placement's popular fallback checks them too, source or not.
         named.update(item_id for item_id, _ in state.popular_items)
         named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
-        prefetched["in_stock"] = _in_stock(named, catalog_facts_kept(prefetched.get("catalog_version")))
+        catalog_version = prefetched.get("catalog_version")
+        prefetched["in_stock"] = _in_stock(
+            named, catalog_facts_kept(catalog_version), user_key=state.user_key, catalog_version=catalog_version
+        )
         prefetched["neighbours"] = neighbourhoods
         # The lists serve when the newest item has one; an item newer than the last training leads otherwise, and
         # the older items' lists alone would miss what the shopper looks at now: pgvector, around their mean.

@@ -202,3 +202,22 @@ def test_similar_falls_back_to_pgvector_when_the_newest_recent_item_has_no_list(
     mean = np.add(unit(1, 0), unit(1, 0.3))
     expected = float(np.dot(mean, unit(1, 0.1)) / np.linalg.norm(mean))
     assert candidate_set.candidates[0].score == pytest.approx(expected, abs=1e-3)
+
+
+def test_the_stock_check_reads_the_facts_of_items_it_does_not_keep_whole_and_keeps_them(shop, clean_redis):
+    from graph_app.features.online import catalog_facts_forget, catalog_facts_kept, features_fetch
+
+    catalog_facts_forget()
+    version = clean_redis.get(redis_keys.CATALOG_VERSION)
+    features_fetch(user_key="u1", item_ids=["hit"], placement="home", now=time.time())  # follows the version
+    assert set(catalog_facts_kept(version)) == {"hit"}
+    clean_redis.hset(redis_keys.CATALOG_STATIC, "gone", b"not packed facts")  # unreadable: not in stock
+
+    in_stock = retrieval._in_stock(
+        ["near", "taste", "hit", "gone"], catalog_facts_kept(version), user_key="u1", catalog_version=version
+    )
+
+    assert in_stock == {"near", "taste", "hit"}
+    kept = catalog_facts_kept(version)
+    assert {"near", "taste", "gone"} <= set(kept)
+    assert len(kept["near"][1]) == 64 * 4  # the embedding came with the stock, for the next feature read
