@@ -13,8 +13,11 @@ def serving_warm_up() -> None:
     """Retrieval threads with open database connections, the serving models and the rules snapshot in memory
     before the first request, whose slate would otherwise miss every deadline. Then what was loaded is frozen out
     of the garbage collector's reach: a full collection over it stalled every request of the process for tens of
-    milliseconds a few times a minute. A store that is down now degrades requests later: it must not stop the
-    process."""
+    milliseconds a few times a minute. Young objects are collected less often too (`SERVING_GC_THRESHOLD`): a
+    request's candidates, features and replies die with it. A store that is down now degrades requests later: it
+    must not stop the process."""
+    from django.conf import settings
+
     from personalization import redis_keys
     from personalization.redis_client import get_redis
     from scoring_app.engine import retrieval, scoring  # noqa: F401 (registers the model loaders)
@@ -30,3 +33,5 @@ def serving_warm_up() -> None:
         logger.exception("serving.warm_up_failed")
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(settings.SERVING_GC_THRESHOLD, older, oldest)

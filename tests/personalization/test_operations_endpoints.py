@@ -94,4 +94,4 @@ def test_vector_extension_and_hnsw_index_exist():
 def test_vector_searches_use_iterative_scans_and_the_measured_ef_search():
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('hnsw.iterative_scan'), current_setting('hnsw.ef_search')")
-        assert cursor.fetchone() == ("relaxed_order", "100")
+        assert cursor.fetchone() == ("relaxed_order", "150")
