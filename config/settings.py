@@ -261,6 +261,8 @@ FEATURE_CATALOG_CACHE_ITEMS = int(os.environ.get("FEATURE_CATALOG_CACHE_ITEMS", 
 # A serving process collects its young objects after this many more allocations than deallocations (Python's
 # default is 700: a request allocates thousands of short-lived candidates, so it collected on most requests).
 SERVING_GC_THRESHOLD = int(os.environ.get("SERVING_GC_THRESHOLD", "5000"))
+# One feature read in this many per process observes the features' ages (feature_age_seconds); 1 observes every one.
+FEATURE_AGE_SAMPLE_EVERY = int(os.environ.get("FEATURE_AGE_SAMPLE_EVERY", "10"))
 # Serving compiles LightGBM rankers to machine code (lleaves) when it loads them; 0 scores with LightGBM itself.
 SCORE_RANKER_COMPILE = _env_bool("SCORE_RANKER_COMPILE", True)
 # Below this ranking confidence (share of top items the ranker knew the user for) the bandit decides the slate.

@@ -39,7 +39,8 @@ from personalization.redis_client import get_redis
 
 FEATURE_AGE_SECONDS = Histogram(
     "feature_age_seconds",
-    "Age of the freshest online value read, per feature (time since its latest source event).",
+    "Age of the freshest online value read, per feature (time since its latest source event); observed on one feature "
+    "read in FEATURE_AGE_SAMPLE_EVERY.",
     ["feature"],
     buckets=(1, 10, 60, 300, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 90 * 86400),
 )
@@ -57,6 +58,17 @@ _FEATURE_AGE = {
     name: FEATURE_AGE_SECONDS.labels(feature=name)
     for name in (*ITEM_EVENT_FEATURES, *USER_CATEGORY_FEATURES, *USER_ENTITY_FEATURES, *USER_RECENT_FEATURES)
 }
+
+
+_fetches = itertools.count()
+
+
+def _ages_sampled() -> bool:
+    """Whether this feature read observes the features' ages: one read in FEATURE_AGE_SAMPLE_EVERY per process. The
+    histograms describe a distribution, which a sample shows as well; observing about ten of them on every request
+    cost more than the rest of the metrics of a request (in gunicorn each observation writes a shared file)."""
+    every = settings.FEATURE_AGE_SAMPLE_EVERY
+    return every <= 1 or next(_fetches) % every == 0
 
 
 def _age_observe(names: tuple[str, ...], age: float) -> None:
@@ -238,7 +250,7 @@ def features_fetch(
         recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent)
     return features_compute(
         replies=[affinity_raw, recent_raw, recent_last, *columns, *per_partition], recent_vectors=recent_vectors,
-        item_ids=item_ids, now=now, observe=True,
+        item_ids=item_ids, now=now, observe=True, ages=_ages_sampled(),
     )  # fmt: skip
 
 
@@ -265,8 +277,17 @@ _CTR_HALF_LIVES = np.array([CTR_HALF_LIFE_SECONDS, CTR_HALF_LIFE_SECONDS])
 
 
 def features_compute(
-    *, replies: list[Any], recent_vectors: list[Any], item_ids: list[str], now: float, observe: bool = False
+    *,
+    replies: list[Any],
+    recent_vectors: list[Any],
+    item_ids: list[str],
+    now: float,
+    observe: bool = False,
+    ages: bool | None = None,
 ) -> FeatureMatrix:
+    """`observe`: count the values treated as missing (FEATURE_MISSING); `ages`: observe the features' ages too
+    (FEATURE_AGE_SECONDS; by default when `observe`)."""
+    ages = observe if ages is None else ages
     count = len(item_ids)
     values = np.full((count, len(FEATURE_NAMES)), np.nan)
     affinity_raw, recent_raw, recent_last, static_raw, vectors_raw, entities_raw = replies[:6]
@@ -291,7 +312,7 @@ def features_compute(
         values[:, FEATURE_INDEX["item_popularity_1h"]], values[:, FEATURE_INDEX["item_popularity_1d"]]
     )
     values[:, FEATURE_INDEX["item_placement_ctr"]] = smoothed_ctr(placement_totals[:, 0], placement_totals[:, 1])
-    if observe and seen.any():
+    if ages and seen.any():
         _age_observe(ITEM_EVENT_FEATURES, float(np.min(age[seen])))
 
     static, known = _records(static_raw, STATIC_DTYPE)
@@ -299,9 +320,9 @@ def features_compute(
     values[known, FEATURE_INDEX["item_in_stock"]] = (static["in_stock"][known] != 0).astype(np.float64)
     values[known, FEATURE_INDEX["item_age_days"]] = (now - static["created_at"][known]) / DAY
 
-    _user_entity_features(values, affinity_raw, entities_raw, now, observe)
+    _user_entity_features(values, affinity_raw, entities_raw, now, ages)
     _similarity(values, vectors_raw, recent_vectors)
-    if observe and recent_vectors and recent_last is not None:
+    if ages and recent_vectors and recent_last is not None:
         _age_observe(USER_RECENT_FEATURES, now - float(recent_last))
     return FeatureMatrix(
         item_ids=list(item_ids), values=values, recent_items=[value.decode() for value in recent_raw],

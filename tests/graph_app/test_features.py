@@ -123,8 +123,10 @@ def test_values_older_than_their_ttl_are_missing_on_both_sides(catalog):
         assert math.isnan(values["item_popularity_1h"][0])
 
 
-def test_each_features_age_is_a_metric_labelled_with_the_feature(catalog, api_client):
+def test_each_features_age_is_a_metric_labelled_with_the_feature(catalog, api_client, settings):
     from prometheus_client import REGISTRY
+
+    settings.FEATURE_AGE_SAMPLE_EVERY = 1  # every read observes
 
     hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     events_ingest(
@@ -379,3 +381,19 @@ def test_catalog_changes_since_a_version_are_told_only_when_the_list_covers_them
     # see last, so v3's change, listed after it, must count too.
     racing = [b"v1\x1ea", b"v2\x1eb", b"v3\x1ec"]
     assert catalog_changes_since(racing, b"v1", b"v2") == {"b", "c"}
+
+
+def test_one_feature_read_in_the_sample_rate_observes_the_ages(catalog, settings):
+    from prometheus_client import REGISTRY
+
+    settings.FEATURE_AGE_SAMPLE_EVERY = 4
+    events_ingest(raw_events=[{"event_id": "s1", "type": "view", "user_id": "u1", "item_id": "mug"}])
+
+    def observed() -> float:
+        return REGISTRY.get_sample_value("feature_age_seconds_count", {"feature": "item_popularity_1h"}) or 0.0
+
+    before = observed()
+    for _ in range(8):
+        features_fetch(user_key="u1", item_ids=["mug"], placement="home", now=time.time())
+
+    assert observed() - before == 2
