@@ -240,11 +240,11 @@ def main() -> None:
 
     retrieval_warm_up()
     models_refresh()
-    # As a serving worker does after its warm-up (config/gunicorn.py): what is loaded leaves the collector's reach.
-    import gc
+    # As a serving worker does after its warm-up (config/gunicorn.py): what is loaded leaves the collector's reach,
+    # and young objects are collected at the serving threshold.
+    from surface_app.serving.warm_up import serving_gc_configure
 
-    gc.collect()
-    gc.freeze()
+    serving_gc_configure()
     cold = in_process(user_keys, args.requests, cold=True)
     print("cold", cold)
     warm = in_process(user_keys, args.requests, cold=False)

@@ -16,8 +16,6 @@ def serving_warm_up() -> None:
     milliseconds a few times a minute. Young objects are collected less often too (`SERVING_GC_THRESHOLD`): a
     request's candidates, features and replies die with it. A store that is down now degrades requests later: it
     must not stop the process."""
-    from django.conf import settings
-
     from personalization import redis_keys
     from personalization.redis_client import get_redis
     from scoring_app.engine import retrieval, scoring  # noqa: F401 (registers the model loaders)
@@ -31,6 +29,13 @@ def serving_warm_up() -> None:
         snapshot_observe(version if isinstance(version, bytes) else None)
     except Exception:
         logger.exception("serving.warm_up_failed")
+    serving_gc_configure()
+
+
+def serving_gc_configure() -> None:
+    """The garbage collector as a serving process wants it once loaded (see `serving_warm_up`)."""
+    from django.conf import settings
+
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
