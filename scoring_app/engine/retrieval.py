@@ -408,7 +408,7 @@ def _in_stock(
             in_stock.add(item_id)
     if not unknown:
         return in_stock
-    if user_key is not None:
+    if user_key is not None and settings.FEATURE_CATALOG_CACHE_ITEMS > 0:
         read = catalog_facts_read(user_key=user_key, item_ids=unknown, version=catalog_version)
         statics = [read[item_id][0] for item_id in unknown]
     else:
