@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import orjson
 
+from graph_app.embeddings import normalize_rows
 from graph_app.models import Item
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
@@ -35,13 +36,11 @@ def similar_lists_compute(vectors: np.ndarray, *, k: int = SIMILAR_PER_ITEM) -> 
     gets no neighbours (index -1)."""
     from implicit.cpu.topk import topk
 
-    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    matrix = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    matrix = np.ascontiguousarray(normalize_rows(np.asarray(vectors, dtype=np.float32)))
     wanted = min(k + 1, len(matrix))  # the row itself comes back too
     indexes = np.full((len(matrix), k), -1, dtype=np.int64)
     scores = np.zeros((len(matrix), k), dtype=np.float32)
-    has_vector = norms[:, 0] > 0
+    has_vector = matrix.any(axis=1)
     for start in range(0, len(matrix), QUERY_BLOCK_ROWS):
         block = matrix[start : start + QUERY_BLOCK_ROWS]
         found, cosines = topk(matrix, block, wanted)

@@ -184,12 +184,16 @@ def catalog_facts_read(*, user_key: str, item_ids: list[str], version: bytes | N
     """Item id -> (static facts, embedding, entity keys) of these items, in one round trip; kept by this process
     when `version` (the catalog version the caller read before, in its own round trip) is the one it keeps, so that
     items retrieval checks without ranking them (the similar lists' and graph neighbours' stock) are read once."""
-    pipeline = get_redis().pipeline(transaction=False)
-    _queue_catalog(pipeline, user_key, item_ids)
-    facts = dict(zip(item_ids, zip(*pipeline.execute(), strict=True), strict=True))
+    facts = _catalog_read(user_key, item_ids)
     if settings.FEATURE_CATALOG_CACHE_ITEMS > 0:
         _catalog_facts.keep(version, facts)
     return facts
+
+
+def _catalog_read(user_key: str, item_ids: list[str]) -> dict[str, tuple[Any, Any, Any]]:
+    pipeline = get_redis().pipeline(transaction=False)
+    _queue_catalog(pipeline, user_key, item_ids)
+    return dict(zip(item_ids, zip(*pipeline.execute(), strict=True), strict=True))
 
 
 def features_fetch(
@@ -232,9 +236,7 @@ def features_fetch(
             kept = _catalog_facts.facts
             stale = [item_id for item_id in dict.fromkeys(item_ids) if item_id not in kept and item_id not in read]
             if stale:
-                pipeline = client.pipeline(transaction=False)
-                _queue_catalog(pipeline, user_key, stale)
-                read.update(zip(stale, zip(*pipeline.execute(), strict=True), strict=True))
+                read.update(_catalog_read(user_key, stale))
         _catalog_facts.keep(version, read)
         if missing != item_ids:  # some facts were kept, or read again: the columns in the items' order
             columns = list(zip(*(read.get(i) or kept[i] for i in item_ids), strict=True)) if item_ids else [[], [], []]
@@ -283,11 +285,10 @@ def features_compute(
     item_ids: list[str],
     now: float,
     observe: bool = False,
-    ages: bool | None = None,
+    ages: bool = False,
 ) -> FeatureMatrix:
-    """`observe`: count the values treated as missing (FEATURE_MISSING); `ages`: observe the features' ages too
-    (FEATURE_AGE_SECONDS; by default when `observe`)."""
-    ages = observe if ages is None else ages
+    """`observe`: count the values treated as missing (FEATURE_MISSING); `ages`: observe the features' ages
+    (FEATURE_AGE_SECONDS)."""
     count = len(item_ids)
     values = np.full((count, len(FEATURE_NAMES)), np.nan)
     affinity_raw, recent_raw, recent_last, static_raw, vectors_raw, entities_raw = replies[:6]

@@ -388,16 +388,12 @@ def _fresh_source(state: UserState) -> list[Candidate]:
 
 
 def _in_stock(
-    item_ids: Collection[str],
-    kept: dict[str, tuple[Any, Any, Any]] | None = None,
-    *,
-    user_key: str | None = None,
-    catalog_version: bytes | None = None,
+    item_ids: Collection[str], *, user_key: str | None = None, catalog_version: bytes | None = None
 ) -> set[str]:
-    """The items in stock, from the catalog's copy in Redis (kept by the catalog services with every change);
-    `kept`: the catalog facts this process keeps for the current version (`catalog_facts_kept`), read for the
-    rest. With the user and the catalog version the caller read, the rest's facts are read whole and kept too."""
-    kept = kept or {}
+    """The items in stock, from the catalog's copy in Redis (kept by the catalog services with every change).
+    With the user and the catalog version the caller read in its own round trip: the catalog facts this process
+    keeps for that version answer (`catalog_facts_kept`), and the rest's facts are read whole and kept too."""
+    kept = catalog_facts_kept(catalog_version) if user_key is not None else {}
     in_stock: set[str] = set()
     unknown: list[str] = []
     for item_id in item_ids:  # one pass: a request checks hundreds
@@ -528,9 +524,8 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         # The popular items always: the placement's popular fallback checks them too, source or not.
         named.update(item_id for item_id, _ in state.popular_items)
         named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
-        catalog_version = prefetched.get("catalog_version")
         prefetched["in_stock"] = _in_stock(
-            named, catalog_facts_kept(catalog_version), user_key=state.user_key, catalog_version=catalog_version
+            named, user_key=state.user_key, catalog_version=prefetched.get("catalog_version")
         )
         prefetched["neighbours"] = neighbourhoods
         # The lists serve when the newest item has one; an item newer than the last training leads otherwise, and

@@ -40,6 +40,7 @@ from scoring_app.engine.scoring import ScoredItem, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
 from surface_app.serving.impressions import NoScriptError, impression_script
 from surface_app.serving.rules import (
+    CompiledRule,
     PlacementConfig,
     RankedItem,
     RulesSnapshot,
@@ -218,7 +219,7 @@ def _slate_build(
     current = snapshot_current()
     config = current.placement(placement)
     horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
-    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_ids(current, placement))
+    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_ids(current.rules_for(placement)))
     state = user_state_fetch(user_key=user_key, seeds=list(context_items), extra=reads.queue)
     fetched = time.perf_counter()
     retrieved = ranked = fetched
@@ -441,7 +442,7 @@ def _apply_rules(
 ) -> tuple[list[SlateItem], dict[str, Any]]:
     """The slate candidates in order (backfill after), and what the caps need to know of each."""
     rules = snapshot.rules_for(placement)
-    pinned = _pinned_ids(snapshot, placement)
+    pinned = _pinned_ids(rules)
     extra = [RankedItem(item_id, 0.0, "pin", "", ("pin",)) for item_id in pinned if item_id in snapshot.pinnable]
     _item_facts([*items, *extra], user_key, entity_payloads)
     pinned_by_id = {item.item_id: item for item in extra}
@@ -467,8 +468,8 @@ def _apply_rules(
     return [_slate_item(item) for item in everything], facts
 
 
-def _pinned_ids(snapshot: RulesSnapshot, placement: str) -> list[str]:
-    return sorted({rule.item_ids[0] for rule in snapshot.rules_for(placement) if rule.kind == "pin" and rule.item_ids})
+def _pinned_ids(rules: list[CompiledRule]) -> list[str]:
+    return sorted({rule.item_ids[0] for rule in rules if rule.kind == "pin" and rule.item_ids})
 
 
 def _cap_item(item: RankedItem) -> Any:

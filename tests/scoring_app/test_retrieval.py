@@ -213,9 +213,7 @@ def test_the_stock_check_reads_the_facts_of_items_it_does_not_keep_whole_and_kee
     assert set(catalog_facts_kept(version)) == {"hit"}
     clean_redis.hset(redis_keys.CATALOG_STATIC, "gone", b"not packed facts")  # unreadable: not in stock
 
-    in_stock = retrieval._in_stock(
-        ["near", "taste", "hit", "gone"], catalog_facts_kept(version), user_key="u1", catalog_version=version
-    )
+    in_stock = retrieval._in_stock(["near", "taste", "hit", "gone"], user_key="u1", catalog_version=version)
 
     assert in_stock == {"near", "taste", "hit"}
     kept = catalog_facts_kept(version)
