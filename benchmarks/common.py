@@ -115,3 +115,22 @@ def record(section: str, command: str, body: str) -> None:
 
 def to_json(value: object) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
+
+
+def precomputed_lists_ensure() -> list[str]:
+    """Data prepared before the items' similar lists or the users' nearest lists existed gets them from the stored
+    embeddings (what each training now publishes); returns which were built."""
+    from graph_app.similar_lists import similar_lists_refresh
+    from graph_app.user_lists import user_lists_refresh
+    from personalization import redis_keys
+    from personalization.redis_client import get_control_redis
+
+    client = get_control_redis()
+    built = []
+    if not client.exists(redis_keys.ITEM_SIMILAR_LISTS):
+        similar_lists_refresh()
+        built.append("similar_lists")
+    if not any(client.exists(redis_keys.user_nearest_lists(partition)) for partition in redis_keys.partitions()):
+        user_lists_refresh()
+        built.append("user_lists")
+    return built

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(Path(__file__).resolve().parent.parent / ".data" / "bench-e2e"))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-from benchmarks.common import django_setup, free_port, percentile, record, wait_for_http
+from benchmarks.common import django_setup, free_port, percentile, precomputed_lists_ensure, record, wait_for_http
 
 PLACEMENT = "home"
 K = 10
@@ -294,10 +294,7 @@ def prepare_data(args: argparse.Namespace) -> dict[str, float]:
         _marker_write({"log": wanted, "pipeline": wanted})
     else:
         models_serving_publish()
-    if not get_control_redis().exists(redis_keys.ITEM_SIMILAR_LISTS):  # data prepared before the lists existed
-        from graph_app.similar_lists import similar_lists_refresh
-
-        _timed(steps, "similar_lists_refresh", similar_lists_refresh)
+    _timed(steps, "precomputed_lists_ensure", precomputed_lists_ensure)
     return steps
 
 

@@ -31,7 +31,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(Path(__file__).resolve().parent.parent / ".data" / "bench-score"))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-from benchmarks.common import django_setup, free_port, percentile, record, start_process, wait_for_http
+from benchmarks.common import (
+    django_setup,
+    free_port,
+    percentile,
+    precomputed_lists_ensure,
+    record,
+    start_process,
+    wait_for_http,
+)
 
 WARM_USERS = 300
 EVENTS_PER_WARM_USER = 20
@@ -47,10 +55,7 @@ def prepare(events: int, trees: int) -> tuple[str, list[str]]:
     from graph_app.features.definitions import FEATURE_NAMES
     from graph_app.neighbourhoods import neighbourhoods_refresh
     from graph_app.online import catalog_online_rebuild
-    from graph_app.similar_lists import similar_lists_refresh
     from graph_app.training import embeddings_train
-    from personalization import redis_keys
-    from personalization.redis_client import get_control_redis
     from scoring_app import training
     from scoring_app.ranker import ranker_fit
     from scoring_app.services import model_version_publish, models_serving_publish
@@ -67,8 +72,7 @@ def prepare(events: int, trees: int) -> tuple[str, list[str]]:
         neighbourhoods_refresh()
         popularity_refresh()
     catalog_online_rebuild()
-    if not get_control_redis().exists(redis_keys.ITEM_SIMILAR_LISTS):  # data prepared before the lists existed
-        similar_lists_refresh()
+    precomputed_lists_ensure()
     # A big ranker on interaction queries (the features are what the offline store computes).
     queries = training._interaction_queries(training.timezone.now() - training.TRAINING_WINDOW)
     data = training._ranking_data(queries)

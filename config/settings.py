@@ -258,6 +258,10 @@ SCORE_CANDIDATES = int(os.environ.get("SCORE_CANDIDATES", "300"))
 # Each serving process keeps the catalog facts it read (static facts, embedding, entities) for at most this many
 # items, until the catalog's version in Redis changes; 0 reads them from Redis for every request.
 FEATURE_CATALOG_CACHE_ITEMS = int(os.environ.get("FEATURE_CATALOG_CACHE_ITEMS", "200000"))
+# After each embeddings training, the items nearest each user's vector are computed in batch for at most this many
+# users (those with the most interactions first; about 4 KB of Redis each); retrieval queries pgvector for the
+# others. 0 turns the lists off.
+USER_NEAREST_LISTS_MAX_USERS = int(os.environ.get("USER_NEAREST_LISTS_MAX_USERS", "100000"))
 # A serving process collects its young objects after this many more allocations than deallocations (Python's
 # default is 700: a request allocates thousands of short-lived candidates, so it collected on most requests).
 SERVING_GC_THRESHOLD = int(os.environ.get("SERVING_GC_THRESHOLD", "5000"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from graph_app.embeddings import ItemContent, content_features, feature_matrix, 
 from graph_app.models import Item
 from graph_app.online import catalog_items_rebuild
 from graph_app.similar_lists import similar_lists_publish
+from graph_app.user_lists import user_lists_publish
 from scoring_app.models import ModelVersion
 from scoring_app.services import model_version_register
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
@@ -221,6 +223,17 @@ def embeddings_train_with_factors(*, als: AlsSettings | None = None) -> tuple[Tr
         similar_lists_publish(item_ids=item_ids, vectors=item_vectors)
     except Exception:
         logger.exception("graph.similar_lists_failed")
+    # Retrieval's "user_vector" source reads each user's nearest items, computed once per training (the most active
+    # users first, up to USER_NEAREST_LISTS_MAX_USERS). Derived data too: a failure falls back to pgvector.
+    try:
+        interactions = Counter(user for user, _, _ in rows)
+        order = sorted(range(len(user_ids)), key=lambda index: -interactions[user_ids[index]])
+        user_lists_publish(
+            user_ids=[user_ids[index] for index in order], user_vectors=user_vectors[order],
+            item_ids=item_ids, item_vectors=item_vectors,
+        )  # fmt: skip
+    except Exception:
+        logger.exception("graph.user_lists_failed")
     report = TrainingReport(
         model_version=model_version.version,
         items=len(item_ids),

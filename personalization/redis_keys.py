@@ -139,6 +139,16 @@ def item_similar_lists_staging(run: str) -> str:
     return f"similar:{{catalog}}:staging:{run}"
 
 
+# Per partition: user id -> orjson [[item id, cosine], ...], the items nearest the user's vector, nearest first
+# (graph_app.user_lists); each build writes keys of its own and swaps them in, partition by partition.
+def user_nearest_lists(partition: int) -> str:
+    return f"nearest:{_tag(partition)}"
+
+
+def user_nearest_lists_staging(partition: int, run: str) -> str:
+    return f"nearest:{_tag(partition)}:staging:{run}"
+
+
 def slate(request_id: str) -> str:
     return f"slate:{{{request_id}}}"
 

@@ -1,6 +1,7 @@
 """Candidate retrieval on the hot path: plain Python over dataclasses, no ORM objects (see the house style).
 
-Several sources run at once, each with its own deadline: pgvector neighbours of the user's vector, the nearest
+Several sources run at once, each with its own deadline: the items nearest the user's vector (precomputed per user
+after each embeddings training, `graph_app.user_lists`; pgvector for a user without a list), the nearest
 items of their recent items (precomputed per item after each embeddings training, `graph_app.similar_lists`; pgvector
 around the mean of their embeddings when the newest has no list yet), knowledge-graph neighbours of their latest
 items, popular items of their favourite categories,
@@ -156,6 +157,7 @@ def user_state_fetch(
         popular_count = queue_popular(pipeline, depth=popular_depth)
         for key in _PREFETCHED_WITH_STATE.values():
             pipeline.get(key(user_key))
+        pipeline.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(user_key)), user_key)
         replies = pipeline.execute()
     except RedisError as error:
         logger.warning("score.user_state_unavailable", extra={"error": str(error)})
@@ -163,7 +165,9 @@ def user_state_fetch(
     extra_replies, replies = replies[:extra_count], replies[extra_count:]
     recent, model_version, affinity, snapshot = replies[:4]
     own = [value.decode() for value in recent]
+    nearest_list = replies.pop()
     prefetched = dict(zip(_PREFETCHED_WITH_STATE, replies[4 + popular_count :], strict=True))
+    prefetched["nearest_list"] = nearest_list
     return UserState(
         user_key=user_key,
         recent_items=[*seeds, *(item for item in own if item not in seeds)][:RECENT_ITEMS_USED],
@@ -310,6 +314,9 @@ def _user_vector_version(state: UserState) -> str:
 
 
 def _user_vector_neighbours(state: UserState) -> list[tuple[str, float]]:
+    listed: list[tuple[str, float]] | None = state.prefetched.get("user_vector_listed")
+    if listed is not None:  # the user's precomputed list, checked in stock by the read-ahead
+        return listed
     return _neighbours_cached(
         state, name="user_vector", version=_user_vector_version(state), ttl_seconds=USER_VECTOR_CACHE_SECONDS,
         sql=_USER_VECTOR_SQL,
@@ -464,7 +471,7 @@ SOURCES: tuple[RetrievalSource, ...] = (
     ),
     RetrievalSource(
         "user_vector", _user_vector_source, RETRIEVAL_DEADLINE_MS, True,
-        lambda state: "user_vector_rows" in state.prefetched,
+        lambda state: "user_vector_listed" in state.prefetched or "user_vector_rows" in state.prefetched,
     ),
     RetrievalSource(
         "category_popular", _category_popular_source, RETRIEVAL_DEADLINE_MS, True,
@@ -524,9 +531,21 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         # The popular items always: the placement's popular fallback checks them too, source or not.
         named.update(item_id for item_id, _ in state.popular_items)
         named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
+        # The user's precomputed nearest items (`graph_app.user_lists`) stand for the pgvector query around their
+        # vector; they were not checked in stock when computed.
+        nearest = (
+            orjson.loads(nearest_list)
+            if "user_vector" in names and (nearest_list := prefetched.get("nearest_list"))
+            else None
+        )
+        if nearest:
+            named.update(item_id for item_id, _ in nearest)
         prefetched["in_stock"] = _in_stock(
             named, user_key=state.user_key, catalog_version=prefetched.get("catalog_version")
         )
+        if nearest:
+            in_stock = prefetched["in_stock"]
+            prefetched["user_vector_listed"] = [(item_id, score) for item_id, score in nearest if item_id in in_stock]
         prefetched["neighbours"] = neighbourhoods
         # The lists serve when the newest item has one; an item newer than the last training leads otherwise, and
         # the older items' lists alone would miss what the shopper looks at now: pgvector, around their mean.

@@ -92,3 +92,19 @@ def test_training_publishes_the_items_nearest_items_and_survives_a_failed_publis
 
     assert ModelVersion.objects.get(state="active").version == report.model_version
     assert orjson.loads(clean_redis.hget(redis_keys.ITEM_SIMILAR_LISTS, "mug-1")) == nearest
+
+
+def test_training_publishes_each_users_nearest_items_most_active_users_first(two_tastes, clean_redis, settings):
+    import orjson
+
+    EventFactory(event_id="e-extra", user_id="u3", item_id="mug-1", type="view")  # u3: the most items
+    settings.USER_NEAREST_LISTS_MAX_USERS = 1
+
+    embeddings_train()
+
+    lists = clean_redis.hgetall(redis_keys.user_nearest_lists(redis_keys.partition_of("u3")))
+    assert list(lists) == [b"u3"]  # only the most active user fits the limit
+    nearest = orjson.loads(lists[b"u3"])
+    assert len(nearest) == 8  # the whole (small) catalog, nearest first: a mug lover's mugs lead
+    assert {item_id.split("-")[0] for item_id, _ in nearest[:4]} == {"mug"}
+    assert [score for _, score in nearest] == sorted((score for _, score in nearest), reverse=True)

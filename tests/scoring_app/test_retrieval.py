@@ -204,6 +204,35 @@ def test_similar_falls_back_to_pgvector_when_the_newest_recent_item_has_no_list(
     assert candidate_set.candidates[0].score == pytest.approx(expected, abs=1e-3)
 
 
+def test_user_vector_reads_the_users_precomputed_list_inline_without_postgresql(shop, clean_redis, monkeypatch, pooled):
+    from graph_app.user_lists import user_lists_refresh
+
+    ItemFactory(external_id="gone", category="bags", embedding=unit(0.01, 1), in_stock=False)
+    user_lists_refresh(k=10)
+    monkeypatch.setattr(retrieval, "_neighbours_cached", lambda *args, **kwargs: pytest.fail("pgvector queried"))
+
+    candidate_set, degraded = candidates_retrieve(state=user_state_fetch(user_key="u1"), sources=["user_vector"])
+
+    assert "user_vector" not in pooled and degraded == []
+    # Nearest (0, 1) first; "gone" is out of stock and "seen" is a recent item.
+    assert [c.item_id for c in candidate_set.candidates] == ["taste", "hit", "near"]
+    assert candidate_set.candidates[1].score == pytest.approx(float(np.dot(unit(0, 1), unit(0.5, 0.5))), abs=1e-4)
+    assert not clean_redis.exists(redis_keys.user_cache("u1", "user_vector"))  # nothing to cache
+
+
+def test_user_vector_queries_pgvector_for_a_user_without_a_list(shop, clean_redis, pooled):
+    from graph_app.user_lists import user_lists_refresh
+
+    user_lists_refresh(k=10)
+    ShopperFactory(external_id="u2", embedding=unit(1, 0))  # newer than the lists
+    clean_redis.lpush(redis_keys.user_recent_items("u2"), "taste")
+
+    candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u2"), sources=["user_vector"])
+
+    assert pooled == ["user_vector"]
+    assert [c.item_id for c in candidate_set.candidates][:2] == ["seen", "near"]
+
+
 def test_the_stock_check_reads_the_facts_of_items_it_does_not_keep_whole_and_keeps_them(shop, clean_redis):
     from graph_app.features.online import catalog_facts_forget, catalog_facts_kept, features_fetch
 

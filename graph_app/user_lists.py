@@ -1,0 +1,143 @@
+"""The items nearest each user's vector, computed in batch (control plane) after each embeddings training, so that
+the "user_vector" retrieval source reads one precomputed list in the request's first round trip instead of querying
+pgvector (about 1.5 ms of PostgreSQL CPU, in a pool thread, on every user's first request of a few minutes).
+
+A user's vector changes only when the embeddings are retrained, so the list stays right until the next training.
+Exact cosine top-k with implicit's blocked matrix-product top-k (C++), as `graph_app.similar_lists` does for items.
+Stock is not filtered here (it changes by the minute): serving checks it, so each list holds USER_NEAREST_EXTRA
+more items than retrieval takes. At most USER_NEAREST_LISTS_MAX_USERS users get one, the most active first (Redis
+memory: about 4 KB a user); retrieval queries pgvector for the others, and for users newer than the training.
+
+Each build writes keys of its own and swaps them in, partition by partition (a partition's keys share a Cluster
+slot), so a reader sees a user's old list or new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+from django.conf import settings
+
+from graph_app.embeddings import normalize_rows
+from graph_app.models import Item, Shopper
+from personalization import redis_keys
+from personalization.redis_client import get_control_redis
+
+logger = logging.getLogger(__name__)
+
+# What retrieval takes from a list (scoring_app.engine.retrieval: USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED, 120),
+# plus room for the items out of stock when it reads the list.
+USER_NEAREST_PER_USER = 140
+QUERY_BLOCK_ROWS = 4096
+PUBLISH_BATCH_SIZE = 1000
+SCORE_DECIMALS = 4
+
+
+def user_lists_compute(
+    user_vectors: np.ndarray, item_vectors: np.ndarray, *, k: int = USER_NEAREST_PER_USER
+) -> tuple[np.ndarray, np.ndarray]:
+    """(item indexes, cosines) of each user's k nearest items, nearest first. A zero user gets none (index -1), and
+    an item without a vector is nobody's neighbour."""
+    from implicit.cpu.topk import topk
+
+    items = np.ascontiguousarray(normalize_rows(np.asarray(item_vectors, dtype=np.float32)))
+    users = np.ascontiguousarray(normalize_rows(np.asarray(user_vectors, dtype=np.float32)))
+    with_vector = np.flatnonzero(items.any(axis=1))
+    searched = np.ascontiguousarray(items[with_vector])
+    wanted = min(k, len(searched))
+    indexes = np.full((len(users), k), -1, dtype=np.int64)
+    scores = np.zeros((len(users), k), dtype=np.float32)
+    if not wanted:
+        return indexes, scores
+    has_vector = users.any(axis=1)
+    for start in range(0, len(users), QUERY_BLOCK_ROWS):
+        block = users[start : start + QUERY_BLOCK_ROWS]
+        found, cosines = topk(searched, block, wanted)
+        valid = (found >= 0) & np.isfinite(cosines) & has_vector[start : start + len(block), None]
+        rows = slice(start, start + len(block))
+        indexes[rows, :wanted] = np.where(valid, with_vector[np.maximum(found, 0)], -1)
+        scores[rows, :wanted] = np.where(valid, cosines, 0.0)
+    return indexes, scores
+
+
+def user_lists_publish(
+    *,
+    user_ids: Sequence[str],
+    user_vectors: np.ndarray,
+    item_ids: Sequence[str],
+    item_vectors: np.ndarray,
+    k: int = USER_NEAREST_PER_USER,
+) -> int:
+    """Compute and publish the lists of the first USER_NEAREST_LISTS_MAX_USERS users (`user_ids` in priority
+    order); returns how many users have one. Lists of users left out are removed with the old build."""
+    started = time.monotonic()
+    limit = max(0, settings.USER_NEAREST_LISTS_MAX_USERS)
+    chosen_ids = list(user_ids[:limit])
+    indexes, scores = user_lists_compute(user_vectors[: len(chosen_ids)], item_vectors, k=k)
+    client = get_control_redis()
+    run = uuid.uuid4().hex
+    batches: dict[int, dict[str, bytes]] = {}
+    published = 0
+
+    def flush(partition: int) -> None:
+        client.hset(redis_keys.user_nearest_lists_staging(partition, run), mapping=batches.pop(partition))
+
+    for row, user_id in enumerate(chosen_ids):
+        found = indexes[row] >= 0
+        if not found.any():
+            continue
+        payload = orjson.dumps([
+            (item_ids[index], round(float(score), SCORE_DECIMALS))
+            for index, score in zip(indexes[row][found], scores[row][found], strict=True)
+        ])  # fmt: skip
+        partition = redis_keys.partition_of(user_id)
+        batch = batches.setdefault(partition, {})
+        batch[user_id] = payload
+        published += 1
+        if len(batch) >= PUBLISH_BATCH_SIZE:
+            flush(partition)
+    for partition in list(batches):
+        flush(partition)
+    for partition in redis_keys.partitions():
+        staging = redis_keys.user_nearest_lists_staging(partition, run)
+        retired = redis_keys.user_nearest_lists_staging(partition, f"{run}-old")
+        # The served lists move aside and the new ones in, atomically; the old hash is then freed in the background.
+        swap = client.pipeline(transaction=True)
+        swap.rename(redis_keys.user_nearest_lists(partition), retired)  # fails harmlessly when nothing is served yet
+        swap.rename(staging, redis_keys.user_nearest_lists(partition))  # fails harmlessly when no list was written
+        swap.execute(raise_on_error=False)
+        client.unlink(retired, staging)
+    logger.info(
+        "graph.user_lists_published",
+        extra={"users": published, "seconds": round(time.monotonic() - started, 1)},
+    )
+    return published
+
+
+def user_lists_refresh(*, k: int = USER_NEAREST_PER_USER) -> int:
+    """The lists from the embeddings stored in PostgreSQL (a repair, or a deployment upgrading to them); users in
+    id order, as this path does not read the log to rank them by activity."""
+    users = list(
+        Shopper.objects.filter(embedding__isnull=False)
+        .order_by("external_id")
+        .values_list("external_id", "embedding")[: max(0, settings.USER_NEAREST_LISTS_MAX_USERS)]
+    )
+    items = list(
+        Item.objects.filter(embedding__isnull=False).order_by("external_id").values_list("external_id", "embedding")
+    )
+    if not users or not items:
+        return user_lists_publish(
+            user_ids=[], user_vectors=np.zeros((0, 1)), item_ids=[], item_vectors=np.zeros((0, 1)), k=k
+        )
+    return user_lists_publish(
+        user_ids=[user_id for user_id, _ in users],
+        user_vectors=np.array([vector for _, vector in users], dtype=np.float32),
+        item_ids=[item_id for item_id, _ in items],
+        item_vectors=np.array([vector for _, vector in items], dtype=np.float32),
+        k=k,
+    )
