@@ -143,6 +143,20 @@ def test_bad_query_is_400(api_client, params, field):
     assert field in response.json()["errors"]
 
 
+def test_each_query_is_validated_on_its_own(api_client, clean_redis):
+    ItemFactory(external_id="p1")
+    ItemFactory(external_id="p2")
+    ingest_views({"p1": 5, "p2": 10})
+
+    bad = api_client.get("/api/v1/recommendations", {"user_id": "u", "k": 0, "placement": "x" * 101})
+    one = api_client.get("/api/v1/recommendations", {"user_id": "u", "k": 1})
+    default = api_client.get("/api/v1/recommendations", {"session_id": "s"})
+
+    assert bad.status_code == 400 and set(bad.json()["errors"]) == {"k", "placement"}
+    assert [item["item_id"] for item in one.json()["items"]] == ["p2"]
+    assert default.status_code == 200 and len(default.json()["items"]) == 2  # no k from the request before
+
+
 def test_recommendations_require_a_key(anonymous_client):
     response = anonymous_client.get("/api/v1/recommendations", {"user_id": "u1"})
     assert response.status_code == 401
