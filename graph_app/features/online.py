@@ -33,7 +33,7 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
-from graph_app.online import STATIC_DTYPE, catalog_changes_since
+from graph_app.online import STATIC_DTYPE, catalog_changes_since, static_in_stock
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 
@@ -125,6 +125,8 @@ class _CatalogFacts:
     def __init__(self) -> None:
         self.version: bytes | None = None
         self.facts: dict[str, tuple[Any, Any, Any]] = {}
+        # The items of `facts` in stock: a stock check of hundreds of items is then one set intersection.
+        self.in_stock: set[str] = set()
         self.lock = threading.Lock()
 
     def follow(self, version: bytes | None, changes: list[bytes]) -> None:
@@ -139,9 +141,10 @@ class _CatalogFacts:
             # New objects, not changed ones: a reader holding the old ones still sees one version. The facts are
             # replaced before the version moves, so that no reader takes the old facts for the new version.
             if changed is None:
-                self.facts = {}
+                self.facts, self.in_stock = {}, set()
             elif changed:
                 self.facts = {item_id: fact for item_id, fact in self.facts.items() if item_id not in changed}
+                self.in_stock = self.in_stock.difference(changed)
             self.version = version
 
     def keep(self, version: bytes | None, facts: dict[str, tuple[Any, Any, Any]]) -> None:
@@ -154,24 +157,34 @@ class _CatalogFacts:
                 # limit keeps serving most reads from memory instead of starting over.
                 items = list(self.facts.items())
                 self.facts = dict(items[len(items) // 2 + len(facts) :])
+                self.in_stock = self.in_stock.intersection(self.facts)
             self.facts.update(facts)
+            for item_id, (static, _, _) in facts.items():
+                if static.__class__ is bytes and static_in_stock(static):
+                    self.in_stock.add(item_id)
+                else:
+                    self.in_stock.discard(item_id)
 
 
 _catalog_facts = _CatalogFacts()
 
 
-def catalog_facts_kept(version: bytes | None) -> dict[str, tuple[Any, Any, Any]]:
-    """Item id -> (static facts, embedding, entity keys) this process keeps, when it keeps them for this catalog
-    version (read by the caller in its own round trip); else empty (the next feature read follows the version)."""
-    if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0 or version != _catalog_facts.version:
-        return {}
-    return _catalog_facts.facts
+def catalog_stock_kept(version: bytes | None) -> tuple[dict[str, tuple[Any, Any, Any]], set[str]]:
+    """Item id -> (static facts, embedding, entity keys) this process keeps, and which of those items are in stock,
+    taken together, when it keeps them for this catalog version (read by the caller in its own round trip); else
+    empty (the next feature read follows the version)."""
+    if settings.FEATURE_CATALOG_CACHE_ITEMS <= 0:
+        return {}, set()
+    with _catalog_facts.lock:
+        if version != _catalog_facts.version:
+            return {}, set()
+        return _catalog_facts.facts, _catalog_facts.in_stock
 
 
 def catalog_facts_forget() -> None:
     """Drop the catalog facts this process keeps (tests)."""
     with _catalog_facts.lock:
-        _catalog_facts.version, _catalog_facts.facts = b"", {}
+        _catalog_facts.version, _catalog_facts.facts, _catalog_facts.in_stock = b"", {}, set()
 
 
 def _queue_catalog(pipeline: redis.client.Pipeline, user_key: str, item_ids: list[str]) -> None:

@@ -31,7 +31,7 @@ from django.db import DatabaseError, connection
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from graph_app.features.online import catalog_facts_kept, catalog_facts_read
+from graph_app.features.online import catalog_facts_read, catalog_stock_kept
 from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation, neighbours_decode, neighbours_queue
 from graph_app.online import static_in_stock
 from personalization import redis_keys
@@ -399,16 +399,11 @@ def _in_stock(
 ) -> set[str]:
     """The items in stock, from the catalog's copy in Redis (kept by the catalog services with every change).
     With the user and the catalog version the caller read in its own round trip: the catalog facts this process
-    keeps for that version answer (`catalog_facts_kept`), and the rest's facts are read whole and kept too."""
-    kept = catalog_facts_kept(catalog_version) if user_key is not None else {}
-    in_stock: set[str] = set()
-    unknown: list[str] = []
-    for item_id in item_ids:  # one pass: a request checks hundreds
-        facts = kept.get(item_id)
-        if facts is None:
-            unknown.append(item_id)
-        elif facts[0].__class__ is bytes and static_in_stock(facts[0]):
-            in_stock.add(item_id)
+    keeps for that version answer (`catalog_stock_kept`, set operations over hundreds of items), and the rest's
+    facts are read whole and kept too."""
+    kept, stocked = catalog_stock_kept(catalog_version) if user_key is not None else ({}, set())
+    in_stock = stocked.intersection(item_ids)
+    unknown = list(set(item_ids).difference(kept))
     if not unknown:
         return in_stock
     if user_key is not None and settings.FEATURE_CATALOG_CACHE_ITEMS > 0:

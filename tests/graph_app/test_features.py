@@ -16,7 +16,7 @@ from django.core.management import call_command
 from graph_app.demo import DEMO_SAMPLE, demo_data_load
 from graph_app.features.definitions import FEATURE_INDEX, FEATURE_NAMES
 from graph_app.features.offline import FeatureRequest, features_offline
-from graph_app.features.online import catalog_facts_forget, features_fetch
+from graph_app.features.online import catalog_facts_forget, catalog_stock_kept, features_fetch
 from graph_app.features.skew import feature_skew_check
 from personalization import redis_keys
 from personalization.redis_client import get_redis
@@ -286,7 +286,7 @@ def test_item_counters_rebuilt_from_the_log_serve_the_same_features(catalog):
 
 
 def test_catalog_facts_kept_in_process_follow_every_catalog_change(
-    api_client, catalog, django_capture_on_commit_callbacks
+    api_client, catalog, clean_redis, django_capture_on_commit_callbacks
 ):
     now = time.time()
     first = features_fetch(user_key="u8", item_ids=["mug", "bowl"], placement="home", now=now)
@@ -304,6 +304,9 @@ def test_catalog_facts_kept_in_process_follow_every_catalog_change(
 
     assert changed.column("item_in_stock").tolist() == [0.0, 1.0]
     assert changed.column("item_price").tolist() == [7.5, 5.0]
+    # What stock checks read: the items kept in stock, following the change too.
+    kept_facts, kept_in_stock = catalog_stock_kept(clean_redis.get(redis_keys.CATALOG_VERSION))
+    assert set(kept_facts) == {"mug", "bowl"} and kept_in_stock == {"bowl"}
     assert changed.entities[0] == b"category:garden"
     # Some facts kept, some read (in any order): the same values as read fresh from Redis with nothing kept.
     mixed = features_fetch(user_key="u8", item_ids=["rake", "mug", "bowl"], placement="home", now=now)
@@ -333,6 +336,7 @@ def test_kept_catalog_facts_past_their_limit_keep_the_newer_half_and_give_the_va
     for items in (["mug", "bowl"], ["rake"], ["bowl", "rake"], ["rake", "mug", "bowl", "mug"]):
         kept = features_fetch(user_key="u9", item_ids=items, placement="home", now=now)
         assert len(online._catalog_facts.facts) <= 3  # the limit, plus what one request read beyond it
+        assert online._catalog_facts.in_stock <= set(online._catalog_facts.facts)  # evicted with their facts
 
     settings.FEATURE_CATALOG_CACHE_ITEMS = 0
     fresh = features_fetch(user_key="u9", item_ids=["rake", "mug", "bowl", "mug"], placement="home", now=now)

@@ -234,17 +234,18 @@ def test_user_vector_queries_pgvector_for_a_user_without_a_list(shop, clean_redi
 
 
 def test_the_stock_check_reads_the_facts_of_items_it_does_not_keep_whole_and_keeps_them(shop, clean_redis):
-    from graph_app.features.online import catalog_facts_forget, catalog_facts_kept, features_fetch
+    from graph_app.features.online import catalog_facts_forget, catalog_stock_kept, features_fetch
 
     catalog_facts_forget()
     version = clean_redis.get(redis_keys.CATALOG_VERSION)
     features_fetch(user_key="u1", item_ids=["hit"], placement="home", now=time.time())  # follows the version
-    assert set(catalog_facts_kept(version)) == {"hit"}
+    assert set(catalog_stock_kept(version)[0]) == {"hit"}
     clean_redis.hset(redis_keys.CATALOG_STATIC, "gone", b"not packed facts")  # unreadable: not in stock
 
     in_stock = retrieval._in_stock(["near", "taste", "hit", "gone"], user_key="u1", catalog_version=version)
 
     assert in_stock == {"near", "taste", "hit"}
-    kept = catalog_facts_kept(version)
+    kept, kept_in_stock = catalog_stock_kept(version)
     assert {"near", "taste", "gone"} <= set(kept)
     assert len(kept["near"][1]) == 64 * 4  # the embedding came with the stock, for the next feature read
+    assert kept_in_stock >= {"near", "taste", "hit"} and "gone" not in kept_in_stock
