@@ -157,7 +157,6 @@ def user_state_fetch(
         popular_count = queue_popular(pipeline, depth=popular_depth)
         for key in _PREFETCHED_WITH_STATE.values():
             pipeline.get(key(user_key))
-        pipeline.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(user_key)), user_key)
         replies = pipeline.execute()
     except RedisError as error:
         logger.warning("score.user_state_unavailable", extra={"error": str(error)})
@@ -165,9 +164,7 @@ def user_state_fetch(
     extra_replies, replies = replies[:extra_count], replies[extra_count:]
     recent, model_version, affinity, snapshot = replies[:4]
     own = [value.decode() for value in recent]
-    nearest_list = replies.pop()
     prefetched = dict(zip(_PREFETCHED_WITH_STATE, replies[4 + popular_count :], strict=True))
-    prefetched["nearest_list"] = nearest_list
     return UserState(
         user_key=user_key,
         recent_items=[*seeds, *(item for item in own if item not in seeds)][:RECENT_ITEMS_USED],
@@ -485,8 +482,9 @@ SOURCES: tuple[RetrievalSource, ...] = (
 def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) -> None:
     """Read ahead what the sources need, so that those whose input is cached run inline, not in threads: the
     user's caches and the newest items came with the state; one round trip reads the neighbourhoods of the
-    user's latest items and the best sellers of their categories, one more the stock of every item those and the
-    popular list name. What is missing or stale is left to its source (which builds it under its deadline)."""
+    user's latest items, the best sellers of their categories and the user's nearest items, one more the stock of
+    every item those and the popular list name. What is missing or stale is left to its source (which builds it
+    under its deadline)."""
     names = {source.name for source in sources}
     prefetched = state.prefetched
     for name, version in (
@@ -511,7 +509,13 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         similar_seeds = state.recent_items[:SIMILAR_SEED_ITEMS] if "similar" in names else []
         if similar_seeds:
             pipeline.hmget(redis_keys.ITEM_SIMILAR_LISTS, similar_seeds)
-        replies = pipeline.execute() if seeds or categories or similar_seeds else []
+        # The user's precomputed nearest items (`graph_app.user_lists`) stand for the pgvector query around their
+        # vector, unless that query's result is cached; they were not checked in stock when computed.
+        listed = "user_vector" in names and "user_vector_rows" not in prefetched
+        if listed:
+            pipeline.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(state.user_key)), state.user_key)
+        replies = pipeline.execute() if seeds or categories or similar_seeds or listed else []
+        nearest_list = replies.pop() if listed else None
         similar_lists = {
             seed: orjson.loads(payload)
             for seed, payload in zip(similar_seeds, replies.pop() if similar_seeds else [], strict=True)
@@ -526,13 +530,7 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         # The popular items always: the placement's popular fallback checks them too, source or not.
         named.update(item_id for item_id, _ in state.popular_items)
         named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
-        # The user's precomputed nearest items (`graph_app.user_lists`) stand for the pgvector query around their
-        # vector; they were not checked in stock when computed.
-        nearest = (
-            orjson.loads(nearest_list)
-            if "user_vector" in names and (nearest_list := prefetched.get("nearest_list"))
-            else None
-        )
+        nearest: list[list[Any]] = orjson.loads(nearest_list) if nearest_list else []
         if nearest:
             named.update(item_id for item_id, _ in nearest)
         prefetched["in_stock"] = _in_stock(

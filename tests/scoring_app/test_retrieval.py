@@ -220,6 +220,20 @@ def test_user_vector_reads_the_users_precomputed_list_inline_without_postgresql(
     assert not clean_redis.exists(redis_keys.user_cache("u1", "user_vector"))  # nothing to cache
 
 
+def test_user_vector_reads_the_list_in_the_users_partition(shop, clean_redis, monkeypatch, pooled, settings):
+    from graph_app.user_lists import user_lists_refresh
+
+    settings.EVENT_PARTITIONS = 4
+    user_lists_refresh(k=10)
+    monkeypatch.setattr(retrieval, "_neighbours_cached", lambda *args, **kwargs: pytest.fail("pgvector queried"))
+
+    candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"), sources=["user_vector"])
+
+    assert redis_keys.partition_of("u1") != 0
+    assert clean_redis.hexists(redis_keys.user_nearest_lists(redis_keys.partition_of("u1")), "u1")
+    assert [c.item_id for c in candidate_set.candidates] == ["taste", "hit", "near"]
+
+
 def test_user_vector_queries_pgvector_for_a_user_without_a_list(shop, clean_redis, pooled):
     from graph_app.user_lists import user_lists_refresh
 
