@@ -255,8 +255,9 @@ SCORE_RETRIEVAL_THREADS = int(os.environ.get("SCORE_RETRIEVAL_THREADS", "6"))
 SCORE_RETRIEVAL_DEADLINE_FACTOR = float(os.environ.get("SCORE_RETRIEVAL_DEADLINE_FACTOR", "1"))
 # Candidates handed from retrieval to ranking per request (50-500): features and the ranker cost grow with it.
 SCORE_CANDIDATES = int(os.environ.get("SCORE_CANDIDATES", "300"))
-# Each serving process keeps the catalog facts it read (static facts, embedding, entities) for at most this many
-# items, until the catalog's version in Redis changes; 0 reads them from Redis for every request.
+# Each serving process keeps the catalog facts (static facts, embedding, entities) of at most this many items, read
+# at start-up and as requests need them, until the catalog's version in Redis changes; 0 reads them from Redis for
+# every request.
 FEATURE_CATALOG_CACHE_ITEMS = int(os.environ.get("FEATURE_CATALOG_CACHE_ITEMS", "200000"))
 # After each embeddings training, the items nearest each user's vector are computed in batch for at most this many
 # users (those with the most interactions first; about 4 KB of Redis each); retrieval queries pgvector for the

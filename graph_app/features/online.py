@@ -181,6 +181,45 @@ def catalog_stock_kept(version: bytes | None) -> tuple[dict[str, tuple[Any, Any,
         return _catalog_facts.facts, _catalog_facts.in_stock
 
 
+PRELOAD_SCAN_COUNT = 5000
+
+
+def catalog_facts_preload() -> int:
+    """Read the catalog facts of every item into this process before its first request (a serving process's
+    warm-up), so that neither stock checks nor feature reads wait on them while it is new; returns how many. A
+    catalog larger than FEATURE_CATALOG_CACHE_ITEMS gets half that many (the first scanned), leaving room for what
+    requests read."""
+    limit = settings.FEATURE_CATALOG_CACHE_ITEMS
+    if limit <= 0:
+        return 0
+    client = get_redis()
+    version: bytes | None = client.get(redis_keys.CATALOG_VERSION)  # type: ignore[assignment]
+    if version is None:
+        return 0
+    wanted = limit if int(client.hlen(redis_keys.CATALOG_STATIC)) <= limit else limit // 2
+    statics: dict[bytes, bytes] = {}
+    for item_id, static in client.hscan_iter(redis_keys.CATALOG_STATIC, count=PRELOAD_SCAN_COUNT):
+        statics[item_id] = static
+        if len(statics) >= wanted:
+            break
+    facts: dict[str, tuple[Any, Any, Any]] = {}
+    ids = list(statics)
+    entities_key = redis_keys.catalog_entities(0)  # every partition keeps the same copy
+    for start in range(0, len(ids), PRELOAD_SCAN_COUNT):
+        chunk = ids[start : start + PRELOAD_SCAN_COUNT]
+        pipeline = client.pipeline(transaction=False)
+        pipeline.hmget(redis_keys.CATALOG_VECTORS, chunk)
+        pipeline.hmget(entities_key, chunk)
+        vectors, entities = pipeline.execute()
+        facts.update(
+            (item_id.decode(), (statics[item_id], vector, entity))
+            for item_id, vector, entity in zip(chunk, vectors, entities, strict=True)
+        )
+    _catalog_facts.follow(version, [])
+    _catalog_facts.keep(version, facts)  # a catalog change meanwhile moved the version: then nothing is kept
+    return len(facts) if _catalog_facts.version == version else 0
+
+
 def catalog_facts_forget() -> None:
     """Drop the catalog facts this process keeps (tests)."""
     with _catalog_facts.lock:

@@ -10,12 +10,13 @@ logger = logging.getLogger(__name__)
 
 
 def serving_warm_up() -> None:
-    """Retrieval threads with open database connections, the serving models and the rules snapshot in memory
-    before the first request, whose slate would otherwise miss every deadline. Then what was loaded is frozen out
-    of the garbage collector's reach: a full collection over it stalled every request of the process for tens of
-    milliseconds a few times a minute. Young objects are collected less often too (`SERVING_GC_THRESHOLD`): a
-    request's candidates, features and replies die with it. A store that is down now degrades requests later: it
-    must not stop the process."""
+    """Retrieval threads with open database connections, the serving models, the catalog facts and the rules
+    snapshot in memory before the first request, whose slate would otherwise miss every deadline. Then what was
+    loaded is frozen out of the garbage collector's reach: a full collection over it stalled every request of the
+    process for tens of milliseconds a few times a minute. Young objects are collected less often too
+    (`SERVING_GC_THRESHOLD`): a request's candidates, features and replies die with it. A store that is down now
+    degrades requests later: it must not stop the process."""
+    from graph_app.features.online import catalog_facts_preload
     from personalization import redis_keys
     from personalization.redis_client import get_redis
     from scoring_app.engine import retrieval, scoring  # noqa: F401 (registers the model loaders)
@@ -25,6 +26,7 @@ def serving_warm_up() -> None:
     try:
         retrieval.retrieval_warm_up()
         models_refresh()
+        catalog_facts_preload()
         version = get_redis().get(redis_keys.SURFACE_CONFIG_VERSION)
         snapshot_observe(version if isinstance(version, bytes) else None)
     except Exception:
