@@ -1,12 +1,12 @@
 """The items nearest each user's vector, computed in batch (control plane) after each embeddings training, so that
-the "user_vector" retrieval source reads one precomputed list in the request's first round trip instead of querying
-pgvector (about 1.5 ms of PostgreSQL CPU, in a pool thread, on every user's first request of a few minutes).
+the "user_vector" retrieval source reads one precomputed list with its other read-ahead instead of querying pgvector
+(about 1.5 to 2 ms of PostgreSQL CPU, in a pool thread, on every user's first request of a few minutes).
 
 A user's vector changes only when the embeddings are retrained, so the list stays right until the next training.
 Exact cosine top-k with implicit's blocked matrix-product top-k (C++), as `graph_app.similar_lists` does for items.
-Stock is not filtered here (it changes by the minute): serving checks it, so each list holds USER_NEAREST_EXTRA
-more items than retrieval takes. At most USER_NEAREST_LISTS_MAX_USERS users get one, the most active first (Redis
-memory: about 4 KB a user); retrieval queries pgvector for the others, and for users newer than the training.
+Stock is not filtered here (it changes by the minute): serving checks it, so each list holds 20 more items than
+retrieval takes (USER_NEAREST_PER_USER). At most USER_NEAREST_LISTS_MAX_USERS users get one, the most active first
+(Redis memory: about 4 KB a user); retrieval queries pgvector for the others, and for users newer than the training.
 
 Each build writes keys of its own and swaps them in, partition by partition (a partition's keys share a Cluster
 slot), so a reader sees a user's old list or new one, never a mix.

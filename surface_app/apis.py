@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
@@ -10,7 +12,7 @@ from rest_framework.views import APIView
 from graph_app.selectors import item_exists
 from personalization.validation import item_id_validate
 from scoring_app.engine.retrieval import similar_items
-from surface_app.serving.slates import context_items_parse, slate_serve
+from surface_app.serving.slates import Slate, context_items_parse, slate_serve
 
 K_MAX = 100
 
@@ -67,13 +69,18 @@ class RecommendationsApi(APIView):
         # once: a new serializer deep-copies its fields on every request, a tenth of a millisecond on the hottest
         # endpoint. Validating keeps no state on the instance (`surface_app.fast_path` shares it).
         data = recommendations_query.run_validation(request.query_params)
-        user_key = data["user_id"] or f"session:{data['session_id']}"
-        context_items = context_items_parse(data["item_id"])
-        slate = slate_serve(user_key=user_key, placement=data["placement"], k=data["k"], context_items=context_items)
-        return Response(slate.as_dict())
+        return Response(recommendations_serve(data).as_dict())
 
 
 recommendations_query = RecommendationsApi.QuerySerializer()
+
+
+def recommendations_serve(query: dict[str, Any]) -> Slate:
+    """The slate for a validated recommendations query (the view's, and `surface_app.fast_path`'s)."""
+    return slate_serve(
+        user_key=query["user_id"] or f"session:{query['session_id']}", placement=query["placement"], k=query["k"],
+        context_items=context_items_parse(query["item_id"]),
+    )  # fmt: skip
 
 
 class SimilarItemsApi(APIView):

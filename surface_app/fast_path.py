@@ -1,9 +1,9 @@
 """GET /api/v1/recommendations for storefronts, answered before Django's request handling.
 
 Storefronts ask for shelves hundreds of times a second. For each, Django's handler, the console's middleware and
-DRF's request cycle cost about 1.2 ms of a 4 to 6 ms request on this machine (BENCHMARKS.md), more than any layer
-of the serving path but Score. This WSGI wrapper serves the plain case itself, with the very same parts: the API
-key check (`api_key_verify`), the documented view's query serializer, `slate_serve` and its response. Anything
+DRF's request cycle cost about 1 ms of a 4 to 6 ms request on this machine (BENCHMARKS.md), more than any layer of
+the serving path but Score. This WSGI wrapper serves the plain case itself, with the very same parts: the API key
+check (`api_key_verify`), the documented view's query serializer and slate (`recommendations_serve`). Anything
 else goes to Django untouched: another path or method, no bearer key, an unknown key, a query the serializer
 refuses, a host outside ALLOWED_HOSTS, plain HTTP where HTTPS is required. So every error is still answered by
 `surface_app.apis.RecommendationsApi` and the one exception handler, and staff sessions (the demo page, previews)
@@ -29,8 +29,7 @@ from django.http.request import split_domain_port, validate_host
 from prometheus_client import Counter
 
 from personalization.services import api_key_verify
-from surface_app.apis import recommendations_query
-from surface_app.serving.slates import context_items_parse, slate_serve
+from surface_app.apis import recommendations_query, recommendations_serve
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +106,7 @@ def _headers(environ: dict[str, Any], body: bytes) -> list[tuple[str, str]]:
 
 def _serve(environ: dict[str, Any], start_response: Callable[..., Any], data: dict[str, Any]) -> list[bytes]:
     try:
-        slate = slate_serve(
-            user_key=data["user_id"] or f"session:{data['session_id']}", placement=data["placement"], k=data["k"],
-            context_items=context_items_parse(data["item_id"]),
-        )  # fmt: skip
-        body = orjson.dumps(slate.as_dict())
+        body = orjson.dumps(recommendations_serve(data).as_dict())
     except Exception:  # slate_serve degrades rather than fails: this is a bug, answered as Django would
         logger.exception("surface.fast_path_failed")
         _FAILED.inc()
