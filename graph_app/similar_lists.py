@@ -21,7 +21,7 @@ import orjson
 from graph_app.embeddings import normalize_rows
 from graph_app.models import Item
 from personalization import redis_keys
-from personalization.redis_client import get_control_redis
+from personalization.redis_client import get_control_redis, swap_in
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: in
     client = get_control_redis()
     # A key of this build's own: two builds at once (training and a repair) cannot mix their lists.
     run = uuid.uuid4().hex
-    staging, retired = redis_keys.item_similar_lists_staging(run), redis_keys.item_similar_lists_staging(f"{run}-old")
+    staging = redis_keys.staging(redis_keys.ITEM_SIMILAR_LISTS, run)
     published = 0
     batch: dict[str, bytes] = {}
     for row, item_id in enumerate(item_ids):
@@ -82,14 +82,7 @@ def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: in
             batch = {}
     if batch:
         client.hset(staging, mapping=batch)
-    # The served lists move aside and the new ones in, atomically; the old hash (tens of MB) is then freed in the
-    # background (UNLINK), where a RENAME over it would free it in Redis's one thread.
-    swap = client.pipeline(transaction=True)
-    swap.rename(redis_keys.ITEM_SIMILAR_LISTS, retired)  # fails harmlessly when nothing is served yet
-    if published:
-        swap.rename(staging, redis_keys.ITEM_SIMILAR_LISTS)
-    swap.execute(raise_on_error=False)
-    client.unlink(retired, staging)
+    swap_in(client, key=redis_keys.ITEM_SIMILAR_LISTS, staging=staging)
     logger.info(
         "graph.similar_lists_published", extra={"items": published, "seconds": round(time.monotonic() - started, 1)}
     )

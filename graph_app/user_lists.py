@@ -26,7 +26,7 @@ from django.conf import settings
 from graph_app.embeddings import normalize_rows
 from graph_app.models import Item, Shopper
 from personalization import redis_keys
-from personalization.redis_client import get_control_redis
+from personalization.redis_client import get_control_redis, swap_in
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def user_lists_publish(
     published = 0
 
     def flush(partition: int) -> None:
-        client.hset(redis_keys.user_nearest_lists_staging(partition, run), mapping=batches.pop(partition))
+        client.hset(redis_keys.staging(redis_keys.user_nearest_lists(partition), run), mapping=batches.pop(partition))
 
     for row, user_id in enumerate(chosen_ids):
         found = indexes[row] >= 0
@@ -104,14 +104,8 @@ def user_lists_publish(
     for partition in list(batches):
         flush(partition)
     for partition in redis_keys.partitions():
-        staging = redis_keys.user_nearest_lists_staging(partition, run)
-        retired = redis_keys.user_nearest_lists_staging(partition, f"{run}-old")
-        # The served lists move aside and the new ones in, atomically; the old hash is then freed in the background.
-        swap = client.pipeline(transaction=True)
-        swap.rename(redis_keys.user_nearest_lists(partition), retired)  # fails harmlessly when nothing is served yet
-        swap.rename(staging, redis_keys.user_nearest_lists(partition))  # fails harmlessly when no list was written
-        swap.execute(raise_on_error=False)
-        client.unlink(retired, staging)
+        served = redis_keys.user_nearest_lists(partition)
+        swap_in(client, key=served, staging=redis_keys.staging(served, run))
     logger.info(
         "graph.user_lists_published",
         extra={"users": published, "seconds": round(time.monotonic() - started, 1)},

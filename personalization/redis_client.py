@@ -77,3 +77,15 @@ def get_control_redis() -> redis.Redis:
         socket_timeout=CONTROL_SOCKET_TIMEOUT_SECONDS,
         connect_timeout=CONTROL_CONNECT_TIMEOUT_SECONDS,
     )
+
+
+def swap_in(client: redis.Redis, *, key: str, staging: str) -> None:
+    """Make `staging` (`redis_keys.staging` of `key`) the value of `key`, atomically: a reader sees the old value or
+    the new one, never a mix. The old value (tens of MB for a list per item) is freed in the background (UNLINK),
+    where a RENAME over it would free it in Redis's one thread. A missing `staging` removes `key`."""
+    retired = f"{staging}:retired"
+    swap = client.pipeline(transaction=True)
+    swap.rename(key, retired)  # fails harmlessly when nothing is served yet
+    swap.rename(staging, key)  # fails harmlessly when the build wrote nothing
+    swap.execute(raise_on_error=False)
+    client.unlink(retired, staging)

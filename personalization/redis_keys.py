@@ -130,23 +130,21 @@ CATALOG_VERSION = "catalog:version"
 # The latest versions, oldest first, each with the items whose facts it changed: "<version>\x1e<id>\x1f<id>..."
 # ("*": any item). A serving process that sees a new version drops only those items' facts.
 CATALOG_CHANGES = "catalog:changes"
-# item id -> orjson [[neighbour id, cosine], ...], nearest first (graph_app.similar_lists); each build writes a key
-# of its own and swaps it in (one hash tag: every one in the same Cluster slot).
+# item id -> orjson [[neighbour id, cosine], ...], nearest first (graph_app.similar_lists); each build writes a
+# `staging` key of its own and swaps it in.
 ITEM_SIMILAR_LISTS = "similar:{catalog}"
 
 
-def item_similar_lists_staging(run: str) -> str:
-    return f"similar:{{catalog}}:staging:{run}"
-
-
 # Per partition: user id -> orjson [[item id, cosine], ...], the items nearest the user's vector, nearest first
-# (graph_app.user_lists); each build writes keys of its own and swaps them in, partition by partition.
+# (graph_app.user_lists); each build writes `staging` keys of its own and swaps them in, partition by partition.
 def user_nearest_lists(partition: int) -> str:
     return f"nearest:{_tag(partition)}"
 
 
-def user_nearest_lists_staging(partition: int, run: str) -> str:
-    return f"nearest:{_tag(partition)}:staging:{run}"
+def staging(key: str, run: str) -> str:
+    """Where build `run` writes the next value of `key` before swapping it in: the same hash tag, so the same Cluster
+    slot (a RENAME needs both keys in one)."""
+    return f"{key}:staging:{run}"
 
 
 def slate(request_id: str) -> str:
