@@ -11,7 +11,7 @@ import itertools
 import math
 import operator
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,166 @@ def _records(replies: list[Any], dtype: np.dtype) -> tuple[np.ndarray, np.ndarra
     return np.frombuffer(b"".join(chunks), dtype=dtype, count=len(chunks)), present
 
 
+@dataclass(frozen=True)
+class _CatalogRows:
+    """The catalog facts of a request's items as columns (row i: item i): gathered from the arrays this process
+    keeps (`_CatalogTable`), or decoded from the raw values read from Redis."""
+
+    static: np.ndarray  # STATIC_DTYPE records
+    known: np.ndarray  # whether the item's static facts were found
+    entities: list[bytes | None]  # each item's entity keys as read: the Surface reuses them
+    categories: np.ndarray  # the entity number of each item's category, or NO_ENTITY
+    lengths: np.ndarray  # how many other entities each item has
+    others: np.ndarray  # those entities' numbers, item after item
+    # Embeddings of EMBEDDING_DIMENSIONS, in the table: its float32 rows and float64 norms, each item's row there
+    # and its payload's size (0: none). None: only raw payloads (`vectors_raw`).
+    table: _CatalogTable | None
+    table_rows: np.ndarray | None
+    vector_sizes: np.ndarray | None
+    vectors_raw: Callable[[], list[Any]]
+
+    def embeddings(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows whose embedding has `size` bytes, those embeddings as float64 and their norms."""
+        table, table_rows, sizes = self.table, self.table_rows, self.vector_sizes
+        if table is not None and table_rows is not None and sizes is not None and size == table.vector_bytes:
+            rows = np.flatnonzero(sizes == size)
+            chosen = table_rows[rows]
+            return rows, table.vectors[chosen].astype(np.float64), table.norms[chosen]
+        payloads = self.vectors_raw()
+        found = [row for row, payload in enumerate(payloads) if payload and len(payload) == size]
+        matrix = np.frombuffer(b"".join(payloads[row] for row in found), dtype=np.float32).reshape(len(found), -1)
+        matrix = matrix.astype(np.float64)
+        return np.array(found, dtype=np.int64), matrix, np.linalg.norm(matrix, axis=1)
+
+
+def _catalog_rows_decode(
+    static_raw: Sequence[Any], vectors_raw: Sequence[Any], entities_raw: Sequence[Any]
+) -> _CatalogRows:
+    """Columns from raw Redis values (facts not kept in this process)."""
+    static, known = _records(list(static_raw), STATIC_DTYPE)
+    parsed: list[Any] = list(map(_parsed_entities.get, entities_raw))
+    if None in parsed:  # payloads seen for the first time
+        parsed = [entry or _parse_entities(payload) for entry, payload in zip(parsed, entities_raw, strict=True)]
+    rows = len(parsed)
+    lengths = np.fromiter(map(_count_of, parsed), np.int64, rows)
+    return _CatalogRows(
+        static=static, known=known, entities=list(entities_raw),
+        categories=np.fromiter(map(_category_of, parsed), np.int64, rows), lengths=lengths,
+        others=np.fromiter(itertools.chain.from_iterable(map(_others_of, parsed)), np.int64, int(lengths.sum())),
+        table=None, table_rows=None, vector_sizes=None, vectors_raw=lambda: list(vectors_raw),
+    )  # fmt: skip
+
+
+class _CatalogTable:
+    """The catalog facts kept, as arrays with one row per item, so that a feature read gathers its 300 rows with
+    numpy instead of decoding 300 raw values in Python. Rows are only ever appended: a reader holding row numbers
+    keeps reading the facts it looked up, whatever is appended meanwhile. An item whose facts change gets a new row
+    (its old one is left behind until the table is rebuilt: `dead`)."""
+
+    def __init__(self, facts: dict[str, tuple[Any, Any, Any]] | None = None) -> None:
+        self.row_of: dict[str, int] = {}
+        self.size = 0
+        self.dead = 0
+        self.vector_bytes = settings.EMBEDDING_DIMENSIONS * 4
+        self._allocate(max(1024, len(facts or ())))
+        self.others = np.zeros(1024, dtype=np.int64)
+        self.others_size = 0
+        if facts:
+            self.append(facts)
+
+    def _allocate(self, capacity: int) -> None:
+        def grown(old: np.ndarray | None, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            new = np.zeros(shape, dtype=dtype)
+            if old is not None:
+                new[: self.size] = old[: self.size]
+            return new
+
+        old = self.__dict__
+        self.static = grown(old.get("static"), (capacity,), STATIC_DTYPE)
+        self.known = grown(old.get("known"), (capacity,), bool)
+        self.categories = grown(old.get("categories"), (capacity,), np.int64)
+        self.starts = grown(old.get("starts"), (capacity,), np.int64)
+        self.lengths = grown(old.get("lengths"), (capacity,), np.int64)
+        self.vectors = grown(old.get("vectors"), (capacity, self.vector_bytes // 4), np.float32)
+        self.vector_sizes = grown(old.get("vector_sizes"), (capacity,), np.int64)
+        self.norms = grown(old.get("norms"), (capacity,), np.float64)
+        # The embeddings and entity keys as read.
+        self.vector_payloads: list[Any] = old.get("vector_payloads", [])
+        self.entity_payloads: list[Any] = old.get("entity_payloads", [])
+        self.capacity = capacity
+
+    def append(self, facts: dict[str, tuple[Any, Any, Any]]) -> None:
+        """New rows for these items (the callers hold the facts' lock)."""
+        count = len(facts)
+        if not count:
+            return
+        if self.size + count > self.capacity:
+            self._allocate(max(2 * self.capacity, self.size + count))
+        ids = list(facts)
+        statics, vectors, entities = zip(*facts.values(), strict=True)
+        new = slice(self.size, self.size + count)
+        self.static[new], self.known[new] = _records(list(statics), STATIC_DTYPE)
+        parsed = [_parsed_entities.get(payload) or _parse_entities(payload) for payload in entities]
+        self.categories[new] = [entry[0] for entry in parsed]
+        lengths = np.array([entry[2] for entry in parsed], dtype=np.int64)
+        self.lengths[new] = lengths
+        self.starts[new] = self.others_size + np.cumsum(lengths) - lengths
+        total = int(lengths.sum())
+        if self.others_size + total > len(self.others):
+            grown = np.zeros(max(2 * len(self.others), self.others_size + total), dtype=np.int64)
+            grown[: self.others_size] = self.others[: self.others_size]
+            self.others = grown
+        self.others[self.others_size : self.others_size + total] = list(
+            itertools.chain.from_iterable(entry[1] for entry in parsed)
+        )
+        self.others_size += total
+        sizes = np.array([len(v) if v.__class__ is bytes else 0 for v in vectors], dtype=np.int64)
+        self.vector_sizes[new] = sizes
+        fitting = np.flatnonzero(sizes == self.vector_bytes)
+        if len(fitting):
+            matrix = np.frombuffer(b"".join(vectors[row] for row in fitting), dtype=np.float32)
+            matrix = matrix.reshape(len(fitting), -1)
+            self.vectors[self.size + fitting] = matrix
+            self.norms[self.size + fitting] = np.linalg.norm(matrix.astype(np.float64), axis=1)
+        self.vector_payloads.extend(vectors)
+        self.entity_payloads.extend(entities)
+        for offset, item_id in enumerate(ids):
+            if item_id in self.row_of:
+                self.dead += 1
+            self.row_of[item_id] = self.size + offset
+        self.size += count
+
+    def forget(self, item_ids: set[str]) -> None:
+        """These items' rows no longer answer (a new dict: a reader that looked rows up keeps its own)."""
+        before = len(self.row_of)
+        self.row_of = {item_id: row for item_id, row in self.row_of.items() if item_id not in item_ids}
+        self.dead += before - len(self.row_of)
+
+    def lookup(self, item_ids: list[str]) -> np.ndarray:
+        """Each item's row, -1 where it has none."""
+        return np.fromiter(map(self.row_of.get, item_ids, itertools.repeat(-1)), np.int64, len(item_ids))
+
+    def gather(self, rows: np.ndarray) -> _CatalogRows:
+        """The columns of these rows (all of this table's)."""
+        lengths = self.lengths[rows]
+        total = int(lengths.sum())
+        # Each row's slice of `others`, end to end: its start repeated, plus the position within the row.
+        ends = np.cumsum(lengths)
+        flat = np.repeat(self.starts[rows] - (ends - lengths), lengths) + np.arange(total)
+        chosen = rows.tolist()
+        vectors, entities = self.vector_payloads, self.entity_payloads
+        return _CatalogRows(
+            static=self.static[rows], known=self.known[rows], entities=list(map(entities.__getitem__, chosen)),
+            categories=self.categories[rows], lengths=lengths, others=self.others[flat],
+            table=self, table_rows=rows, vector_sizes=self.vector_sizes[rows],
+            vectors_raw=lambda: list(map(vectors.__getitem__, chosen)),
+        )  # fmt: skip
+
+
+# A table with more rows left behind than this (and than live ones) is rebuilt from the facts kept.
+TABLE_DEAD_ROWS_REBUILD = 10_000
+
+
 class _CatalogFacts:
     """The catalog facts (static, embedding, entity keys: raw Redis values) this process read, valid for one
     catalog version. Every write of the catalog copies bumps the version (`graph_app.online`), and every fetch
@@ -127,6 +287,8 @@ class _CatalogFacts:
         self.facts: dict[str, tuple[Any, Any, Any]] = {}
         # The items of `facts` in stock: a stock check of hundreds of items is then one set intersection.
         self.in_stock: set[str] = set()
+        # The same facts as arrays (`_CatalogTable`), for feature reads.
+        self.table = _CatalogTable()
         self.lock = threading.Lock()
 
     def follow(self, version: bytes | None, changes: list[bytes]) -> None:
@@ -141,10 +303,11 @@ class _CatalogFacts:
             # New objects, not changed ones: a reader holding the old ones still sees one version. The facts are
             # replaced before the version moves, so that no reader takes the old facts for the new version.
             if changed is None:
-                self.facts, self.in_stock = {}, set()
+                self.facts, self.in_stock, self.table = {}, set(), _CatalogTable()
             elif changed:
                 self.facts = {item_id: fact for item_id, fact in self.facts.items() if item_id not in changed}
                 self.in_stock = self.in_stock.difference(changed)
+                self.table.forget(changed)
             self.version = version
 
     def keep(self, version: bytes | None, facts: dict[str, tuple[Any, Any, Any]]) -> None:
@@ -158,7 +321,11 @@ class _CatalogFacts:
                 items = list(self.facts.items())
                 self.facts = dict(items[len(items) // 2 + len(facts) :])
                 self.in_stock = self.in_stock.intersection(self.facts)
+                self.table = _CatalogTable(self.facts)
+            elif self.table.dead > max(TABLE_DEAD_ROWS_REBUILD, len(self.table.row_of)):
+                self.table = _CatalogTable(self.facts)
             self.facts.update(facts)
+            self.table.append(facts)
             for item_id, (static, _, _) in facts.items():
                 if static.__class__ is bytes and static_in_stock(static):
                     self.in_stock.add(item_id)
@@ -224,6 +391,7 @@ def catalog_facts_forget() -> None:
     """Drop the catalog facts this process keeps (tests)."""
     with _catalog_facts.lock:
         _catalog_facts.version, _catalog_facts.facts, _catalog_facts.in_stock = b"", {}, set()
+        _catalog_facts.table = _CatalogTable()
 
 
 def _queue_catalog(pipeline: redis.client.Pipeline, user_key: str, item_ids: list[str]) -> None:
@@ -259,8 +427,12 @@ def features_fetch(
     client = get_redis()
     pipeline = client.pipeline(transaction=False)
     caching = settings.FEATURE_CATALOG_CACHE_ITEMS > 0
-    kept = _catalog_facts.facts if caching else {}
-    missing = [item_id for item_id in item_ids if item_id not in kept]
+    # The items' rows in the facts kept (the version they were kept for, and the table, taken together).
+    with _catalog_facts.lock:
+        kept_version, kept, table = _catalog_facts.version, _catalog_facts.facts, _catalog_facts.table
+        rows = table.lookup(item_ids) if caching else np.full(len(item_ids), -1)
+    unknown = np.flatnonzero(rows < 0)
+    missing = [item_ids[row] for row in unknown.tolist()] if len(unknown) else []
     pipeline.get(redis_keys.CATALOG_VERSION)
     pipeline.hgetall(redis_keys.user_affinity(user_key))
     pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_FOR_SIMILARITY - 1)
@@ -278,7 +450,10 @@ def features_fetch(
     version, affinity_raw, recent_raw, recent_last = replies[:4]
     columns: list[Sequence[Any]] = replies[4:7] if missing else [[], [], []]
     per_partition = replies[7:] if missing else replies[4:]
-    if caching:
+    catalog: _CatalogRows | None = None
+    if caching and not missing and version == kept_version:
+        catalog = table.gather(rows)  # every fact kept, for the version just read: the usual case
+    elif caching:
         read = dict(zip(missing, zip(*columns, strict=True), strict=True))
         if version != _catalog_facts.version:
             # The catalog changed since the facts kept were read: drop those of the items it changed (one more
@@ -290,8 +465,15 @@ def features_fetch(
             if stale:
                 read.update(_catalog_read(user_key, stale))
         _catalog_facts.keep(version, read)
-        if missing != item_ids:  # some facts were kept, or read again: the columns in the items' order
+        with _catalog_facts.lock:
+            table = _catalog_facts.table
+            rows = table.lookup(item_ids) if _catalog_facts.version == version else np.full(len(item_ids), -1)
+        if len(rows) and rows.min() >= 0:
+            catalog = table.gather(rows)
+        else:  # not all kept (read under an older version, or past the limit): the columns in the items' order
             columns = list(zip(*(read.get(i) or kept[i] for i in item_ids), strict=True)) if item_ids else [[], [], []]
+    if catalog is None:
+        catalog = _catalog_rows_decode(*columns)
 
     recent = [value.decode() for value in recent_raw]
     if recent_last is None or float(recent_last) + AFFINITY_TTL_SECONDS <= now:
@@ -303,8 +485,8 @@ def features_fetch(
     else:
         recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent)
     return features_compute(
-        replies=[affinity_raw, recent_raw, recent_last, *columns, *per_partition], recent_vectors=recent_vectors,
-        item_ids=item_ids, now=now, observe=True, ages=_ages_sampled(),
+        replies=[affinity_raw, recent_raw, recent_last, *per_partition], catalog=catalog,
+        recent_vectors=recent_vectors, item_ids=item_ids, now=now, observe=True, ages=_ages_sampled(),
     )  # fmt: skip
 
 
@@ -333,18 +515,20 @@ _CTR_HALF_LIVES = np.array([CTR_HALF_LIFE_SECONDS, CTR_HALF_LIFE_SECONDS])
 def features_compute(
     *,
     replies: list[Any],
+    catalog: _CatalogRows,
     recent_vectors: list[Any],
     item_ids: list[str],
     now: float,
     observe: bool = False,
     ages: bool = False,
 ) -> FeatureMatrix:
-    """`observe`: count the values treated as missing (FEATURE_MISSING); `ages`: observe the features' ages
-    (FEATURE_AGE_SECONDS)."""
+    """`replies`: the user's affinity hash, recent items and their time, then the counters of every partition;
+    `catalog`: the items' catalog facts. `observe`: count the values treated as missing (FEATURE_MISSING); `ages`:
+    observe the features' ages (FEATURE_AGE_SECONDS)."""
     count = len(item_ids)
     values = np.full((count, len(FEATURE_NAMES)), np.nan)
-    affinity_raw, recent_raw, recent_last, static_raw, vectors_raw, entities_raw = replies[:6]
-    per_partition = replies[6:]
+    affinity_raw, recent_raw, recent_last = replies[:3]
+    per_partition = replies[3:]
     popularity, last_seen = _decayed_sums(per_partition[0::2], ITEM_COUNTERS, _POPULARITY_HALF_LIVES, now, count)
     placement_totals, _ = _decayed_sums(per_partition[1::2], PLACEMENT_COUNTERS, _CTR_HALF_LIVES, now, count)
 
@@ -368,18 +552,18 @@ def features_compute(
     if ages and seen.any():
         _age_observe(ITEM_EVENT_FEATURES, float(np.min(age[seen])))
 
-    static, known = _records(static_raw, STATIC_DTYPE)
+    static, known = catalog.static, catalog.known
     values[known, FEATURE_INDEX["item_price"]] = static["price"][known]
     values[known, FEATURE_INDEX["item_in_stock"]] = (static["in_stock"][known] != 0).astype(np.float64)
     values[known, FEATURE_INDEX["item_age_days"]] = (now - static["created_at"][known]) / DAY
 
-    _user_entity_features(values, affinity_raw, entities_raw, now, ages)
-    _similarity(values, vectors_raw, recent_vectors)
+    _user_entity_features(values, affinity_raw, catalog, now, ages)
+    _similarity(values, catalog, recent_vectors)
     if ages and recent_vectors and recent_last is not None:
         _age_observe(USER_RECENT_FEATURES, now - float(recent_last))
     return FeatureMatrix(
         item_ids=list(item_ids), values=values, recent_items=[value.decode() for value in recent_raw],
-        affinity=affinity_raw, entities=list(entities_raw),
+        affinity=affinity_raw, entities=catalog.entities,
         recent_valid=bool(recent_raw) and recent_last is not None and float(recent_last) + AFFINITY_TTL_SECONDS > now,
     )  # fmt: skip
 
@@ -420,7 +604,7 @@ def _parse_entities(payload: bytes) -> tuple[int, tuple[int, ...], int]:
 
 
 def _user_entity_features(
-    values: np.ndarray, affinity_raw: dict[bytes, bytes], entities_raw: list[Any], now: float, observe: bool
+    values: np.ndarray, affinity_raw: dict[bytes, bytes], catalog: _CatalogRows, now: float, observe: bool
 ) -> None:
     last_update = affinity_raw.get(b"_last")
     if last_update is None or float(last_update) + AFFINITY_TTL_SECONDS <= now:
@@ -440,9 +624,6 @@ def _user_entity_features(
     frequency, recency, affinity = (FEATURE_INDEX[name] for name in (
         "user_category_frequency", "user_category_recency_days", "user_item_entity_affinity"
     ))  # fmt: skip
-    parsed: list[Any] = list(map(_parsed_entities.get, entities_raw))
-    if None in parsed:  # payloads seen for the first time
-        parsed = [entry or _parse_entities(payload) for entry, payload in zip(parsed, entities_raw, strict=True)]
     # The user's counters over the entity numbers (the last slot stands for "no category": 0 and never).
     size = len(_entity_numbers) + 1
     counts, latest = np.zeros(size), np.full(size, np.nan)
@@ -454,21 +635,19 @@ def _user_entity_features(
             counts[number] = float(value)
         elif name.startswith(b"r:"):
             latest[number] = float(value)
-    rows = len(parsed)
-    categories = np.fromiter(map(_category_of, parsed), np.int64, rows)
+    rows = len(catalog.categories)
+    categories = catalog.categories
     values[:, frequency] = counts[categories] * factor
     values[:, recency] = (now - latest[categories]) / DAY
-    lengths = np.fromiter(map(_count_of, parsed), np.int64, rows)
-    total = int(lengths.sum())
+    lengths = catalog.lengths
     sums: np.ndarray = np.zeros(rows)
-    if total:
-        flat = np.fromiter(itertools.chain.from_iterable(map(_others_of, parsed)), np.int64, total)
+    if len(catalog.others):
         # Summed per row in the items' own order, as one would by hand.
-        sums = np.bincount(np.repeat(np.arange(rows), lengths), weights=counts[flat], minlength=rows)
+        sums = np.bincount(np.repeat(np.arange(rows), lengths), weights=counts[catalog.others], minlength=rows)
     values[:, affinity] = sums * factor
 
 
-def _similarity(values: np.ndarray, vectors_raw: list[Any], recent_vectors: list[Any]) -> None:
+def _similarity(values: np.ndarray, catalog: _CatalogRows, recent_vectors: list[Any]) -> None:
     # Embeddings of another size than the newest recent item's (an older model's, mid-retraining) are missing.
     size = next((len(payload) for payload in recent_vectors if payload), 0)
     recent = [
@@ -481,12 +660,9 @@ def _similarity(values: np.ndarray, vectors_raw: list[Any], recent_vectors: list
     if norm == 0:
         return
     taste /= norm
-    rows = [row for row, payload in enumerate(vectors_raw) if payload and len(payload) == size]
-    if not rows:
+    rows, matrix, norms = catalog.embeddings(size)
+    if not len(rows):
         return
-    matrix = np.frombuffer(b"".join(vectors_raw[row] for row in rows), dtype=np.float32).reshape(len(rows), -1)
-    matrix = matrix.astype(np.float64)
-    norms = np.linalg.norm(matrix, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cosine = (matrix @ taste) / norms
     values[rows, FEATURE_INDEX["user_item_similarity"]] = np.where(norms > 0, cosine, np.nan)

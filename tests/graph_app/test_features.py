@@ -401,3 +401,61 @@ def test_one_feature_read_in_the_sample_rate_observes_the_ages(catalog, settings
         features_fetch(user_key="u1", item_ids=["mug"], placement="home", now=time.time())
 
     assert observed() - before == 2
+
+
+def _facts(in_stock: bool, vector: np.ndarray | None, entities: bytes | None) -> tuple[object, object, object]:
+    from graph_app import online as catalog_copy
+
+    static = catalog_copy.pack_static(price=5.0, in_stock=in_stock, created_at=1.0e9)
+    return static, None if vector is None else vector.astype(np.float32).tobytes(), entities
+
+
+def test_the_catalog_table_appends_rows_and_readers_keep_the_rows_they_looked_up():
+    from graph_app.features import online
+
+    table = online._CatalogTable()
+    table.append({
+        "mug": _facts(True, np.ones(64), b"category:kitchen|brand:acme"),
+        "bowl": _facts(False, np.arange(64.0), b"category:kitchen|brand:acme|theme:tea"),
+        "rake": _facts(True, np.ones(8), None),  # an embedding of another size, no entities
+    })  # fmt: skip
+    rows = table.lookup(["bowl", "spade", "mug"])
+    assert rows.tolist() == [1, -1, 0]
+
+    table.append({"mug": _facts(False, np.full(64, 2.0), b"category:garden")})  # the mug changed: a new row
+    assert table.lookup(["mug"]).tolist() == [3] and table.dead == 1
+    old = table.gather(np.array([0, 1]))  # a reader that looked the mug up before the change
+    new = table.gather(table.lookup(["mug", "bowl", "rake"]))
+    assert old.static["in_stock"].tolist() == [1, 0] and new.static["in_stock"].tolist() == [0, 0, 1]
+    assert new.entities == [b"category:garden", b"category:kitchen|brand:acme|theme:tea", None]
+    numbers = online._entity_numbers
+    assert new.categories.tolist() == [numbers[b"category:garden"], numbers[b"category:kitchen"], online.NO_ENTITY]
+    assert new.lengths.tolist() == [0, 2, 0]
+    assert new.others.tolist() == [numbers[b"brand:acme"], numbers[b"theme:tea"]]
+    rows_with, vectors, norms = new.embeddings(64 * 4)
+    assert rows_with.tolist() == [0, 1] and vectors[0].tolist() == [2.0] * 64
+    assert norms.tolist() == pytest.approx([16.0, float(np.linalg.norm(np.arange(64.0)))])
+    rows_with, vectors, _ = new.embeddings(8 * 4)  # another size: from the payloads as read
+    assert rows_with.tolist() == [2] and vectors.tolist() == [[1.0] * 8]
+
+    table.forget({"bowl"})
+    assert table.lookup(["bowl"]).tolist() == [-1] and table.dead == 2
+    table.append({f"item{number}": _facts(True, np.ones(64), b"brand:acme") for number in range(3000)})  # grows
+    assert table.capacity >= 3004 and table.gather(np.array([0])).static["in_stock"].tolist() == [1]
+    assert table.gather(table.lookup(["item2999"])).others.tolist() == [numbers[b"brand:acme"]]
+
+
+def test_kept_catalog_facts_rebuild_their_table_when_too_many_rows_are_left_behind(catalog, monkeypatch):
+    from graph_app.features import online
+
+    monkeypatch.setattr(online, "TABLE_DEAD_ROWS_REBUILD", 1)
+    now = time.time()
+    fresh = features_fetch(user_key="u11", item_ids=["mug", "bowl", "rake"], placement="home", now=now)
+    version = get_redis().get(redis_keys.CATALOG_VERSION)
+    for _ in range(3):  # the same facts kept again and again: rows left behind
+        online._catalog_facts.keep(version, dict(online._catalog_facts.facts))
+    table = online._catalog_facts.table
+    assert table.dead <= max(1, len(table.row_of)) and table.size <= 2 * len(table.row_of)
+    kept = features_fetch(user_key="u11", item_ids=["mug", "bowl", "rake"], placement="home", now=now)
+    assert kept.values.ravel().tolist() == pytest.approx(fresh.values.ravel().tolist(), nan_ok=True)
+    assert kept.entities == fresh.entities
