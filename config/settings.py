@@ -255,6 +255,8 @@ SCORE_RETRIEVAL_THREADS = int(os.environ.get("SCORE_RETRIEVAL_THREADS", "6"))
 SCORE_RETRIEVAL_DEADLINE_FACTOR = float(os.environ.get("SCORE_RETRIEVAL_DEADLINE_FACTOR", "1"))
 # Candidates handed from retrieval to ranking per request (50-500): features and the ranker cost grow with it.
 SCORE_CANDIDATES = int(os.environ.get("SCORE_CANDIDATES", "300"))
+# How long a serving process reuses the popular items it read (0: every request reads them).
+SCORE_POPULAR_SHARED_SECONDS = float(os.environ.get("SCORE_POPULAR_SHARED_SECONDS", "1"))
 # Each serving process keeps the catalog facts (static facts, embedding, entities) of at most this many items, read
 # at start-up and as requests need them, until the catalog's version in Redis changes; 0 reads them from Redis for
 # every request.

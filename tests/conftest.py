@@ -81,6 +81,14 @@ def _forget_catalog_facts():
 
 
 @pytest.fixture(autouse=True)
+def _forget_popular_items():
+    """Serving shares the popular items it read for a second; Redis is emptied between tests."""
+    from scoring_app.engine.retrieval import popular_shared_forget
+
+    popular_shared_forget()
+
+
+@pytest.fixture(autouse=True)
 def _forget_served_slates():
     """Serving remembers each user's last slate in process memory (a fallback of last resort): per test."""
     from surface_app.serving.rules import snapshot_forget

@@ -137,6 +137,25 @@ _PREFETCHED_WITH_STATE: dict[str, Callable[[str], str]] = {
 }
 
 
+# The popular items as this process last read them, shared by its requests for SCORE_POPULAR_SHARED_SECONDS:
+# (when read, on the monotonic clock; at what depth; the items). A ranking of the whole catalog's last hours
+# barely moves within a second, and reading and decoding it cost every request more than the user's own state.
+_popular_shared: tuple[float, int, list[tuple[str, float]]] | None = None
+
+
+def _popular_kept(depth: int) -> list[tuple[str, float]] | None:
+    kept = _popular_shared
+    if kept is None or kept[1] != depth or time.monotonic() - kept[0] >= settings.SCORE_POPULAR_SHARED_SECONDS:
+        return None
+    return kept[2]
+
+
+def popular_shared_forget() -> None:
+    """Read the popular items afresh on the next request (tests)."""
+    global _popular_shared
+    _popular_shared = None
+
+
 def user_state_fetch(
     *,
     user_key: str,
@@ -145,8 +164,11 @@ def user_state_fetch(
     extra: Callable[[redis.client.Pipeline], int] | None = None,
 ) -> UserState:
     """The user's recent items and favourite categories, the popular items and the serving models, in one Redis
-    round trip. `seeds` (the item on a product page, the cart) lead the recent items as what retrieval starts
-    from; `extra` queues the caller's own reads on the same pipeline and returns how many replies they take."""
+    round trip (the popular items only when this process's are older than SCORE_POPULAR_SHARED_SECONDS). `seeds`
+    (the item on a product page, the cart) lead the recent items as what retrieval starts from; `extra` queues the
+    caller's own reads on the same pipeline and returns how many replies they take."""
+    global _popular_shared
+    popular = _popular_kept(popular_depth)
     try:
         pipeline = get_redis().pipeline(transaction=False)
         extra_count = extra(pipeline) if extra is not None else 0
@@ -154,7 +176,7 @@ def user_state_fetch(
         pipeline.get(redis_keys.active_model("embeddings"))
         pipeline.hgetall(redis_keys.user_affinity(user_key))
         registry.queue_snapshot(pipeline)
-        popular_count = queue_popular(pipeline, depth=popular_depth)
+        popular_count = queue_popular(pipeline, depth=popular_depth) if popular is None else 0
         for key in _PREFETCHED_WITH_STATE.values():
             pipeline.get(key(user_key))
         replies = pipeline.execute()
@@ -165,10 +187,13 @@ def user_state_fetch(
     recent, model_version, affinity, snapshot = replies[:4]
     own = [value.decode() for value in recent]
     prefetched = dict(zip(_PREFETCHED_WITH_STATE, replies[4 + popular_count :], strict=True))
+    if popular is None:
+        popular = decode_popular(replies[4 : 4 + popular_count], now=time.time(), depth=popular_depth)
+        _popular_shared = (time.monotonic(), popular_depth, popular)
     return UserState(
         user_key=user_key,
         recent_items=[*seeds, *(item for item in own if item not in seeds)][:RECENT_ITEMS_USED],
-        popular_items=decode_popular(replies[4 : 4 + popular_count], now=time.time(), depth=popular_depth),
+        popular_items=popular,
         model_version=model_version.decode() if model_version else None,
         favourite_categories=_favourite_categories(affinity),
         models_snapshot=snapshot,

@@ -263,3 +263,23 @@ def test_the_stock_check_reads_the_facts_of_items_it_does_not_keep_whole_and_kee
     assert {"near", "taste", "gone"} <= set(kept)
     assert len(kept["near"][1]) == 64 * 4  # the embedding came with the stock, for the next feature read
     assert kept_in_stock >= {"near", "taste", "hit"} and "gone" not in kept_in_stock
+
+
+def test_a_process_shares_the_popular_items_it_read_for_a_second_then_reads_them_again(shop, settings, monkeypatch):
+    settings.SCORE_POPULAR_SHARED_SECONDS = 1.0
+    clock = [1000.0]
+    monkeypatch.setattr(retrieval.time, "monotonic", lambda: clock[0])
+    first = user_state_fetch(user_key="u1")
+    assert [item_id for item_id, _ in first.popular_items] == ["hit"]
+
+    ingest_views({"near": 5})  # now the most popular, but within the second another user's request reuses
+    clock[0] += 0.5
+    shared = user_state_fetch(user_key="u2", popular_depth=retrieval.POPULAR_DEPTH)
+    assert shared.popular_items is first.popular_items
+    assert user_state_fetch(user_key="u2", popular_depth=5).popular_items[0][0] == "near"  # another depth: read
+
+    clock[0] += 1.0
+    fresh = user_state_fetch(user_key="u1")
+    assert [item_id for item_id, _ in fresh.popular_items] == ["near", "hit"]
+    settings.SCORE_POPULAR_SHARED_SECONDS = 0.0  # every request reads them
+    assert user_state_fetch(user_key="u1").popular_items is not user_state_fetch(user_key="u1").popular_items
