@@ -48,14 +48,18 @@ class ImpressionScript:
         partition = redis_keys.partition_of(user_key)
         keys = [redis_keys.placement_counters(partition, placement), redis_keys.event_stream(partition)]
         pipeline.evalsha(
-            self.sha, len(keys), *keys, repr(served_at), CTR_HALF_LIFE_SECONDS,
-            orjson.dumps({"kind": "impression", **record}), *item_ids,
-        )  # fmt: skip
+            self.sha, len(keys), *keys, repr(served_at), CTR_HALF_LIFE_SECONDS, impression_entry(record), *item_ids
+        )
 
     def forget(self) -> None:
         """After NOSCRIPT (a Redis restart or failover): load again on the next call."""
         self.sha = None
 
 
+def impression_entry(record: Mapping[str, object]) -> bytes:
+    """An impression as the event stream carries it to the durable log."""
+    return orjson.dumps({"kind": "impression", **record})
+
+
 impression_script = ImpressionScript()
-__all__ = ["NoScriptError", "impression_script"]
+__all__ = ["NoScriptError", "impression_entry", "impression_script"]

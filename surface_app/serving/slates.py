@@ -27,6 +27,7 @@ from django.db import DatabaseError
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
+from graph_app.features.definitions import CTR_HALF_LIFE_SECONDS
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 from scoring_app.engine.retrieval import (
@@ -38,7 +39,7 @@ from scoring_app.engine.retrieval import (
 )
 from scoring_app.engine.scoring import ScoredItem, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
-from surface_app.serving.impressions import NoScriptError, impression_script
+from surface_app.serving.impressions import NoScriptError, impression_entry, impression_script
 from surface_app.serving.rules import (
     CompiledRule,
     PlacementConfig,
@@ -340,11 +341,10 @@ class _Pending:
 
 
 def _record(slate: Slate, pending: _Pending) -> Slate:
-    slate = _caps_enforce(
-        slate, config=pending.config, user_key=pending.user_key, now=pending.now, reserve=pending.reserve,
-        cap_items=pending.cap_items, retention=pending.retention,
-    )  # fmt: skip
-    _impression_log(slate=slate, user_key=pending.user_key)
+    if pending.config.caps and slate.items:
+        slate = _caps_enforce_and_log(slate, pending)
+    else:
+        _impression_log(slate=slate, user_key=pending.user_key)
     key = (pending.user_key, slate.placement)
     _last_slates[key] = slate.items
     _last_slates.move_to_end(key)
@@ -550,45 +550,64 @@ def _fill(
     return chosen
 
 
-def _caps_enforce(
-    slate: Slate,
-    *,
-    config: PlacementConfig,
-    user_key: str,
-    now: float,
-    reserve: list[SlateItem],
-    cap_items: dict[str, Any],
-    retention: int,
-) -> Slate:
+def _caps_enforce_and_log(slate: Slate, pending: _Pending) -> Slate:
     """Caps are checked again and recorded atomically in Redis as the slate is served: a refused item is replaced
-    by the next eligible one (two requests of one user at once never exceed a cap)."""
-    if not config.caps or not slate.items:
-        return slate
+    by the next eligible one (two requests of one user at once never exceed a cap). The same script call logs the
+    impressions when it refuses nothing, and the slate kept for attribution rides in the same round trip; after a
+    refusal the slate served is logged in a round trip of its own."""
+    user_key = pending.user_key
     shown = {item.item_id for item in slate.items}
     # The reads already left out what the caps refused: the script refuses only what a concurrent request of the
     # same user just took, so as many spares as slots are plenty (each item offered costs the script work).
-    spares = [item for item in reserve if item.item_id not in shown][: len(slate.items)]
+    spares = [item for item in pending.reserve if item.item_id not in shown][: len(slate.items)]
     offered = [*slate.items, *spares]
-    try:
-        refused = set(
-            frequency_caps.caps_enforce_and_record(
-                user_key=user_key, placement=slate.placement, request_id=slate.request_id,
-                items=[cap_items.get(item.item_id) or frequency_caps.CapItem(item.item_id) for item in offered],
-                specs=list(config.caps), now=now, limit=len(slate.items), retention_seconds=retention,
-            )
-        )  # fmt: skip
-    except RedisError:
+    served_at, record, logged = _impression_records(slate, user_key)
+    partition = redis_keys.partition_of(user_key)
+    log = frequency_caps.ImpressionLog(
+        counters_key=redis_keys.placement_counters(partition, slate.placement),
+        stream_key=redis_keys.event_stream(partition), served_at=served_at, half_life=CTR_HALF_LIFE_SECONDS,
+        entry=impression_entry(logged), item_ids=[item.item_id for item in slate.items],
+    )  # fmt: skip
+    client = get_redis()
+    reply: list[bytes] | None = None
+    for attempt in range(2):
+        try:
+            pipeline = client.pipeline(transaction=False)
+            _slate_keep(pipeline, slate, user_key, record)
+            frequency_caps.caps_enforce_queue(
+                pipeline, user_key=user_key, placement=slate.placement, request_id=slate.request_id,
+                items=[pending.cap_items.get(item.item_id) or frequency_caps.CapItem(item.item_id) for item in offered],
+                specs=list(pending.config.caps), now=pending.now, limit=len(slate.items),
+                retention_seconds=pending.retention, log=log,
+            )  # fmt: skip
+            reply = pipeline.execute()[-1]
+            break
+        except NoScriptError:  # nothing of the script ran: load it again and send it once more
+            frequency_caps.enforce_and_log_script.forget()
+            if attempt:
+                break
+        except RedisError as error:
+            # Not sent again: the call may have run (a timeout), and an impression is logged at most once.
+            logger.warning("surface.impression_log_failed", extra={"error": str(error), "request_id": slate.request_id})
+            break
+    if reply is None:
         _degrade(slate.degraded, "caps_unavailable")
+        slate.degraded.append("impression_log_failed")
         return slate
+    refused = set(
+        frequency_caps.caps_refused(reply, user_key=user_key, placement=slate.placement, request_id=slate.request_id)
+    )
     if not refused:
         return slate
     FILTERED.labels(reason="cap").inc(len(refused))
     items = [item for item in offered if item.item_id not in refused][: len(slate.items)]
-    return Slate(**{**slate.__dict__, "items": items})
+    served = Slate(**{**slate.__dict__, "items": items})
+    _impression_log(slate=served, user_key=user_key)
+    return served
 
 
-def _impression_log(*, slate: Slate, user_key: str) -> None:
-    """The served slate, kept for attribution (7 days) and logged as impressions, in one round trip."""
+def _impression_records(slate: Slate, user_key: str) -> tuple[float, dict[str, object], dict[str, object]]:
+    """When the slate is served, the record kept for attribution, and the impression the log keeps."""
     served_at = time.time()
     items: list[dict[str, object]] = [
         {"item_id": item.item_id, "slot": slot, "score": item.score, "source": item.source}
@@ -621,16 +640,27 @@ def _impression_log(*, slate: Slate, user_key: str) -> None:
         ]
         bandit = {"shared": slate.bandit.shared, "unshown": slate.bandit.unshown}
         logged = {**logged, "items": logged_items, "bandit": bandit}
+    return served_at, record, logged
+
+
+def _slate_keep(pipeline: redis.client.Pipeline, slate: Slate, user_key: str, record: dict[str, object]) -> None:
+    """The slate kept for attribution (7 days), and as the user's last in the placement."""
+    pipeline.set(redis_keys.slate(slate.request_id), orjson.dumps(record), ex=SLATE_TTL_SECONDS)
+    pipeline.set(
+        redis_keys.user_last_slate(user_key, slate.placement),
+        orjson.dumps([item.item_id for item in slate.items]), ex=SLATE_TTL_SECONDS,
+    )  # fmt: skip
+
+
+def _impression_log(*, slate: Slate, user_key: str) -> None:
+    """The served slate, kept for attribution (7 days) and logged as impressions, in one round trip."""
+    served_at, record, logged = _impression_records(slate, user_key)
     client = get_redis()
     for attempt in range(2):
         try:
             pipeline = client.pipeline(transaction=False)
-            pipeline.set(redis_keys.slate(slate.request_id), orjson.dumps(record), ex=SLATE_TTL_SECONDS)
-            pipeline.set(
-                redis_keys.user_last_slate(user_key, slate.placement),
-                orjson.dumps([item.item_id for item in slate.items]), ex=SLATE_TTL_SECONDS,
-            )  # fmt: skip
-            if items:
+            _slate_keep(pipeline, slate, user_key, record)
+            if slate.items:
                 impression_script.queue(
                     client, pipeline, user_key=user_key, placement=slate.placement, served_at=served_at,
                     record=logged, item_ids=[item.item_id for item in slate.items],

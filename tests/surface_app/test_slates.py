@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.db import DatabaseError
 
@@ -103,6 +105,52 @@ def test_an_item_capped_per_day_leaves_the_shelf_after_its_impressions(api_clien
 
     assert first == second == ["wine", "mug-1"]
     assert third == ["mug-2", "mug-3"]
+
+
+def test_items_a_concurrent_request_capped_are_replaced_and_only_the_slate_served_is_logged(
+    api_client, shop, clean_redis, monkeypatch
+):
+    import numpy as np
+
+    from graph_app.features.online import PLACEMENT_COUNTERS
+
+    home = Placement.objects.create(name="home", size=2)
+    FrequencyCap.objects.create(name="once a day", scope="item", placement=home, max_impressions=1,
+                                window_seconds=86400)  # fmt: skip
+    # The caps read before ranking miss what another request of the user just took: the script decides.
+    monkeypatch.setattr(slates.frequency_caps, "caps_block_reasons", lambda *args, **kwargs: {})
+
+    first, second = shelf(api_client), shelf(api_client)
+
+    assert ids(first) == ["wine", "mug-1"]  # nothing refused: the script logged the impressions itself
+    assert ids(second) == ["mug-2", "mug-3"]  # both refused, replaced by the spares
+    while events_drain_all().read:
+        pass
+    for body in (first, second):
+        logged = Impression.objects.filter(request_id=body["request_id"]).order_by("slot")
+        assert [(row.item_id, row.slot) for row in logged] == [(ids(body)[0], 0), (ids(body)[1], 1)]
+        kept = json.loads(clean_redis.get(redis_keys.slate(body["request_id"])))
+        assert [item["item_id"] for item in kept["items"]] == ids(body)
+    assert json.loads(clean_redis.get(redis_keys.user_last_slate("u1", "home"))) == ["mug-2", "mug-3"]
+    placement_counters = redis_keys.placement_counters(redis_keys.partition_of("u1"), "home")
+    counters = clean_redis.hmget(placement_counters, ["wine", "mug-2"])
+    impressions = [float(np.frombuffer(value, dtype=PLACEMENT_COUNTERS)["values"][0][1]) for value in counters]
+    assert impressions == pytest.approx([1.0, 1.0], rel=1e-3)  # the refused wine counted once
+
+
+def test_caps_and_impressions_are_recorded_after_redis_forgot_the_script(api_client, shop, clean_redis):
+    home = Placement.objects.create(name="home", size=2)
+    FrequencyCap.objects.create(name="five a day", scope="item", placement=home, max_impressions=5,
+                                window_seconds=86400)  # fmt: skip
+    first = shelf(api_client)
+    clean_redis.script_flush()  # a restart or a failover
+
+    second = shelf(api_client)
+
+    assert first["degraded"] == second["degraded"] == ["ranker_unavailable"]  # no model trained here: nothing else
+    while events_drain_all().read:
+        pass
+    assert Impression.objects.filter(request_id__in=[first["request_id"], second["request_id"]]).count() == 4
 
 
 def test_a_skipped_item_cools_down_and_a_purchased_one_is_left_out(api_client, shop):
