@@ -33,6 +33,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import redis
@@ -152,10 +153,13 @@ def user_cache_get_or_build(
     build: Callable[[], bytes],
     ttl_seconds: int = USER_CACHE_DEFAULT_TTL_SECONDS,
     stored: bytes | object | None = NOT_READ,
+    deferred: list[UserCacheWrite] | None = None,
 ) -> bytes:
     """The user's cached value for `name` at `version`, built and stored (TTL clamped to 60-300 s) when missing or
     of another version. One key per user and name: a new version replaces the old value instead of leaving it to
-    expire. `stored`: the key's value as the caller already read it in its own pipeline (no second read)."""
+    expire. `stored`: the key's value as the caller already read it in its own pipeline (no second read).
+    `deferred`: a value built is not stored but added there, for the caller to write in its next round trip
+    (`user_cache_writes_queue`), or at the latest `user_cache_writes_flush`."""
     _check_entity(user_key)
     _check_name(name)
     if not _VERSION.fullmatch(version):
@@ -171,11 +175,47 @@ def user_cache_get_or_build(
     if isinstance(payload, Uncacheable):
         return bytes(payload)
     ttl = min(max(ttl_seconds, USER_CACHE_MIN_TTL_SECONDS), USER_CACHE_MAX_TTL_SECONDS)
+    if deferred is not None:
+        deferred.append(UserCacheWrite(name, key, prefix + payload, ttl))
+        return payload
     try:
         client.set(key, prefix + payload, ex=ttl)
     except redis.RedisError:
         _store_failed(name, key)
     return payload
+
+
+@dataclass(frozen=True)
+class UserCacheWrite:
+    """A user cache value built but not yet stored (`user_cache_get_or_build(deferred=...)`)."""
+
+    name: str
+    key: str
+    value: bytes
+    ttl_seconds: int
+
+
+def user_cache_writes_queue(pipeline: redis.client.Pipeline, writes: list[UserCacheWrite]) -> int:
+    """Queue these writes on the caller's pipeline, which owns them from then on (the list is emptied); returns
+    how many replies they take."""
+    for write in writes:
+        pipeline.set(write.key, write.value, ex=write.ttl_seconds)
+    count = len(writes)
+    writes.clear()
+    return count
+
+
+def user_cache_writes_flush(writes: list[UserCacheWrite]) -> None:
+    """Store the writes no pipeline took, in a round trip of their own (a failure is logged: a cache miss later)."""
+    if not writes:
+        return
+    try:
+        pipeline = get_redis().pipeline(transaction=False)
+        user_cache_writes_queue(pipeline, list(writes))
+        pipeline.execute()
+    except redis.RedisError:
+        _store_failed(writes[0].name, writes[0].key)
+    writes.clear()
 
 
 def user_cache_peek(*, name: str, version: str, stored: Any) -> bytes | None:

@@ -35,6 +35,7 @@ from graph_app.features.definitions import (
 )
 from graph_app.online import STATIC_DTYPE, catalog_changes_since, static_in_stock
 from personalization import redis_keys
+from personalization.cache import UserCacheWrite, user_cache_writes_queue
 from personalization.redis_client import get_redis
 
 FEATURE_AGE_SECONDS = Histogram(
@@ -417,13 +418,19 @@ def _catalog_read(user_key: str, item_ids: list[str]) -> dict[str, tuple[Any, An
 
 
 def features_fetch(
-    *, user_key: str, item_ids: list[str], placement: str, now: float, recent_items: Sequence[str] | None = None
+    *,
+    user_key: str,
+    item_ids: list[str],
+    placement: str,
+    now: float,
+    recent_items: Sequence[str] | None = None,
+    writes: list[UserCacheWrite] | None = None,
 ) -> FeatureMatrix:
     """The feature matrix of the items for the user, in one round trip: the user's state, the catalog facts of
     the items this process does not keep (see `_CatalogFacts`), every item's counters. `recent_items`: the
     user's recent items as the caller read them moments ago; their embeddings then ride in the same round trip,
     and are used if the list still holds them (else a second round trip reads the embeddings of the list as it
-    is now)."""
+    is now). `writes`: the caller's user cache values to store, in the same round trip."""
     client = get_redis()
     pipeline = client.pipeline(transaction=False)
     caching = settings.FEATURE_CATALOG_CACHE_ITEMS > 0
@@ -445,7 +452,9 @@ def features_fetch(
     expected = list(recent_items[:RECENT_ITEMS_FOR_SIMILARITY]) if recent_items else []
     if expected:
         pipeline.hmget(redis_keys.CATALOG_VECTORS, expected)
+    written = user_cache_writes_queue(pipeline, writes) if writes else 0
     replies = pipeline.execute()
+    del replies[len(replies) - written :]
     early_vectors = replies.pop() if expected else None
     version, affinity_raw, recent_raw, recent_last = replies[:4]
     columns: list[Sequence[Any]] = replies[4:7] if missing else [[], [], []]

@@ -39,6 +39,7 @@ from personalization.cache import (
     NOT_READ,
     CacheWaitTimeout,
     Uncacheable,
+    UserCacheWrite,
     item_cache_get,
     item_cache_peek,
     user_cache_get_or_build,
@@ -617,6 +618,8 @@ class CandidateSet:
     candidates: list[Candidate]
     # Sources that produced nothing in time: "user_vector:deadline", "graph:error"...
     dropped: list[str]
+    # The set built by this request, when its caller stores it (`candidates_retrieve(defer_store=True)`).
+    unsaved: list[UserCacheWrite] = field(default_factory=list)
 
     def as_bytes(self) -> bytes:
         """One payload for the user cache: the candidates' ids and scores, and what else each has (source,
@@ -747,10 +750,12 @@ def popular_fallback(*, state: UserState, limit: int) -> list[Candidate]:
 
 
 def candidates_retrieve(
-    *, state: UserState, limit: int | None = None, sources: Sequence[str] = ()
+    *, state: UserState, limit: int | None = None, sources: Sequence[str] = (), defer_store: bool = False
 ) -> tuple[CandidateSet, list[str]]:
     """The candidate set for ranking: every source's items, deduplicated, at most `limit` (popular items alone
-    give at least POPULAR_DEPTH when the catalog has them). Returns it and what degraded."""
+    give at least POPULAR_DEPTH when the catalog has them). Returns it and what degraded. `defer_store`: a set
+    built here is not stored in the user's cache but left in its `unsaved`, for the caller's next round trip
+    (the feature read's) to write."""
     degraded: list[str] = []
     limit = min(limit or settings.SCORE_CANDIDATES, CANDIDATES_MAX)
     try:
@@ -774,15 +779,19 @@ def candidates_retrieve(
             ",".join(sources), *state.recent_items,
         ])  # fmt: skip
         version = hashlib.sha1(key.encode()).hexdigest()[:20]
+        unsaved: list[UserCacheWrite] = []
         try:
             payload = user_cache_get_or_build(
                 user_key=state.user_key, name="candidates", version=version, build=build,
                 ttl_seconds=CANDIDATE_SET_CACHE_SECONDS, stored=state.prefetched.get("candidates", NOT_READ),
+                deferred=unsaved if defer_store else None,
             )  # fmt: skip
         except RedisError:
             payload = build()
         # Built in this request: the set itself, not its payload decoded again.
-        return (built[0] if built else CandidateSet.from_bytes(payload)), degraded
+        if built:
+            return CandidateSet(built[0].candidates, built[0].dropped, unsaved), degraded
+        return CandidateSet.from_bytes(payload), degraded
     except DatabaseError as error:
         logger.warning("score.catalog_unavailable", extra={"error": str(error)})
         degraded.append("catalog_unavailable")

@@ -142,7 +142,7 @@ def slate_score(
     try:
         features = features_fetch(
             user_key=state.user_key, item_ids=[c.item_id for c in candidates], placement=placement, now=time.time(),
-            recent_items=state.recent_items[len(state.seeds) :],
+            recent_items=state.recent_items[len(state.seeds) :], writes=candidate_set.unsaved,
         )  # fmt: skip
     except RedisError as error:
         logger.warning("score.features_unavailable", extra={"error": str(error)})

@@ -29,8 +29,10 @@ from redis.exceptions import RedisError
 
 from graph_app.features.definitions import CTR_HALF_LIFE_SECONDS
 from personalization import redis_keys
+from personalization.cache import user_cache_writes_flush
 from personalization.redis_client import get_redis
 from scoring_app.engine.retrieval import (
+    CandidateSet,
     UserState,
     candidates_retrieve,
     popular_fallback,
@@ -250,12 +252,16 @@ def _slate_build(
     late_candidates: list[RankedItem] = []
 
     result: ScoreResult | None = None
+    candidate_set: CandidateSet | None = None
     if "user_state_unavailable" in degraded:
         _degrade(degraded, "graph_unavailable")
         items = _session_only(state.seeds, want, degraded)
     else:
         try:
-            candidate_set, retrieval_degraded = candidates_retrieve(state=state, sources=config.sources)
+            # A set built here is stored in the feature read's round trip (or after, without one).
+            candidate_set, retrieval_degraded = candidates_retrieve(
+                state=state, sources=config.sources, defer_store=True
+            )
             retrieved = ranked = time.perf_counter()
             degraded += [*retrieval_degraded, *candidate_set.dropped]
             if (time.perf_counter() - started) * 1000 > budget_ms - SURFACE_RESERVE_MS:
@@ -281,6 +287,8 @@ def _slate_build(
             logger.exception("surface.score_failed")
             _degrade(degraded, f"score_failed:{type(error).__name__}")
             items = []
+        if candidate_set is not None:
+            user_cache_writes_flush(candidate_set.unsaved)
     seeds = set(state.seeds)
     items = [item for item in items if item.item_id not in seeds]
     slate_items, cap_items = _apply_rules(

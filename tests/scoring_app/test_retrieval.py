@@ -283,3 +283,21 @@ def test_a_process_shares_the_popular_items_it_read_for_a_second_then_reads_them
     assert [item_id for item_id, _ in fresh.popular_items] == ["near", "hit"]
     settings.SCORE_POPULAR_SHARED_SECONDS = 0.0  # every request reads them
     assert user_state_fetch(user_key="u1").popular_items is not user_state_fetch(user_key="u1").popular_items
+
+
+def test_a_set_built_for_serving_is_stored_by_the_feature_reads_round_trip(shop, clean_redis):
+    from graph_app.features.online import features_fetch
+
+    state = user_state_fetch(user_key="u1")
+    candidate_set, _ = candidates_retrieve(state=state, defer_store=True)
+
+    key = redis_keys.user_cache("u1", "candidates")
+    assert clean_redis.get(key) is None and len(candidate_set.unsaved) == 1
+    features = features_fetch(
+        user_key="u1", item_ids=[c.item_id for c in candidate_set.candidates], placement="home", now=time.time(),
+        writes=candidate_set.unsaved,
+    )  # fmt: skip
+    assert candidate_set.unsaved == [] and len(features.item_ids) == len(candidate_set.candidates)
+    assert 50 <= clean_redis.ttl(key) <= retrieval.CANDIDATE_SET_CACHE_SECONDS
+    cached, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"), defer_store=True)
+    assert cached.candidates == candidate_set.candidates and cached.unsaved == []  # read back, nothing to store

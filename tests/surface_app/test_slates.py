@@ -231,6 +231,19 @@ def test_impressions_are_logged_with_rules_path_and_variant(api_client, shop):
     ]  # fmt: skip
 
 
+def test_the_candidate_set_is_stored_when_scoring_fails_before_reading_features(
+    api_client, shop, clean_redis, monkeypatch
+):
+    def broken(**kwargs):
+        raise RuntimeError("late")
+
+    monkeypatch.setattr(slates, "slate_score", broken)
+
+    shelf(api_client)
+
+    assert clean_redis.get(redis_keys.user_cache("u1", "candidates")) is not None
+
+
 def test_degraded_reasons_are_counted(api_client, shop, monkeypatch):
     from prometheus_client import REGISTRY
 
