@@ -426,7 +426,8 @@ def _in_stock(
     facts are read whole and kept too."""
     kept, stocked = catalog_stock_kept(catalog_version) if user_key is not None else ({}, set())
     in_stock = stocked.intersection(item_ids)
-    # The items kept in stock are kept: only the rest (a few) are looked up among the facts of the whole catalog.
+    # Every item of the in-stock set has its facts kept: only the others (a few) are looked up among the facts of
+    # the whole catalog.
     unknown = [item_id for item_id in set(item_ids).difference(in_stock) if item_id not in kept]
     if not unknown:
         return in_stock
