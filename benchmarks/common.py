@@ -93,8 +93,22 @@ def machine_description() -> str:
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB, Linux {platform.release()}, "
-        f"Python {platform.python_version()}"
+        f"Python {platform.python_version()}; {python_speed()}"
     )
+
+
+def python_speed() -> str:
+    """How fast this machine runs plain Python now: machines of this kind have differed by three times from one
+    session to the next (and one drifts by 15% within minutes), so figures of different days compare only
+    through a reading like this one."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for number in range(2_000_000):
+            total += number
+        best = min(best, time.perf_counter() - started)
+    return f"speed: a 2 M-iteration Python loop in {best * 1000:.0f} ms (best of 3)"
 
 
 def record(section: str, command: str, body: str) -> None:
