@@ -11,6 +11,7 @@ Keys are built in `personalization.redis_keys` with hash tags so that one user's
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -18,6 +19,7 @@ import redis
 from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 HOT_PATH_SOCKET_TIMEOUT_SECONDS = 0.05
@@ -89,3 +91,51 @@ def swap_in(client: redis.Redis, *, key: str, staging: str) -> None:
     swap.rename(staging, key)  # fails harmlessly when the build wrote nothing
     swap.execute(raise_on_error=False)
     client.unlink(retired, staging)
+
+
+class ShaScript:
+    """A Lua script sent by its SHA (EVALSHA carries the hash, not the source), loaded on first use and again after
+    a Redis restart or failover forgot it (NOSCRIPT: nothing of that call ran)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha: str | None = None
+
+    def _loaded(self, client: redis.Redis) -> str:
+        if self.sha is None:
+            self.sha = str(client.script_load(self.source))
+        return self.sha
+
+    def call(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+        for attempt in range(2):
+            try:
+                return client.evalsha(self._loaded(client), len(keys), *keys, *args)
+            except NoScriptError:
+                self.sha = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def queue(self, client: redis.Redis, pipeline: redis.client.Pipeline, keys: list[str], args: list[Any]) -> None:
+        pipeline.evalsha(self._loaded(client), len(keys), *keys, *args)
+
+    def forget(self) -> None:
+        self.sha = None
+
+
+def script_pipeline_execute(
+    client: redis.Redis, queue: Callable[[redis.client.Pipeline], None], script: ShaScript
+) -> list[Any]:
+    """A pipeline that `queue` fills (calling `script` among other commands), executed; sent once more when Redis
+    had forgotten the script, which then ran nothing (the other commands must bear running twice). Raises
+    RedisError."""
+    for attempt in range(2):
+        pipeline = client.pipeline(transaction=False)
+        queue(pipeline)
+        try:
+            return pipeline.execute()
+        except NoScriptError:
+            script.forget()
+            if attempt:
+                raise
+    raise AssertionError("unreachable")

@@ -143,11 +143,28 @@ class _CatalogRows:
             rows = np.flatnonzero(sizes == size)
             chosen = table_rows[rows]
             return rows, table.vectors[chosen].astype(np.float64), table.norms[chosen]
-        payloads = self.vectors_raw()
-        found = [row for row, payload in enumerate(payloads) if payload and len(payload) == size]
-        matrix = np.frombuffer(b"".join(payloads[row] for row in found), dtype=np.float32).reshape(len(found), -1)
+        rows, matrix = _embedding_rows(self.vectors_raw(), size)
         matrix = matrix.astype(np.float64)
-        return np.array(found, dtype=np.int64), matrix, np.linalg.norm(matrix, axis=1)
+        return rows, matrix, np.linalg.norm(matrix, axis=1)
+
+
+def _embedding_rows(payloads: Sequence[Any], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose embedding payload has `size` bytes, and those embeddings (float32, one a row)."""
+    rows = [row for row, payload in enumerate(payloads) if payload and len(payload) == size]
+    matrix = np.frombuffer(b"".join(payloads[row] for row in rows), dtype=np.float32)
+    return np.array(rows, dtype=np.int64), matrix.reshape(len(rows), size // 4)
+
+
+def _entity_columns(payloads: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From items' entity keys as read: each one's category number (or NO_ENTITY), how many other entities it has,
+    and those entities' numbers, item after item. A payload is parsed once (`_parsed_entities`)."""
+    parsed: list[Any] = list(map(_parsed_entities.get, payloads))
+    if None in parsed:  # payloads seen for the first time
+        parsed = [entry or _parse_entities(payload) for entry, payload in zip(parsed, payloads, strict=True)]
+    rows = len(parsed)
+    lengths = np.fromiter(map(_count_of, parsed), np.int64, rows)
+    others = np.fromiter(itertools.chain.from_iterable(map(_others_of, parsed)), np.int64, int(lengths.sum()))
+    return np.fromiter(map(_category_of, parsed), np.int64, rows), lengths, others
 
 
 def _catalog_rows_decode(
@@ -155,16 +172,10 @@ def _catalog_rows_decode(
 ) -> _CatalogRows:
     """Columns from raw Redis values (facts not kept in this process)."""
     static, known = _records(list(static_raw), STATIC_DTYPE)
-    parsed: list[Any] = list(map(_parsed_entities.get, entities_raw))
-    if None in parsed:  # payloads seen for the first time
-        parsed = [entry or _parse_entities(payload) for entry, payload in zip(parsed, entities_raw, strict=True)]
-    rows = len(parsed)
-    lengths = np.fromiter(map(_count_of, parsed), np.int64, rows)
+    categories, lengths, others = _entity_columns(entities_raw)
     return _CatalogRows(
-        static=static, known=known, entities=list(entities_raw),
-        categories=np.fromiter(map(_category_of, parsed), np.int64, rows), lengths=lengths,
-        others=np.fromiter(itertools.chain.from_iterable(map(_others_of, parsed)), np.int64, int(lengths.sum())),
-        table=None, table_rows=None, vector_sizes=None, vectors_raw=lambda: list(vectors_raw),
+        static=static, known=known, entities=list(entities_raw), categories=categories, lengths=lengths,
+        others=others, table=None, table_rows=None, vector_sizes=None, vectors_raw=lambda: list(vectors_raw),
     )  # fmt: skip
 
 
@@ -217,28 +228,20 @@ class _CatalogTable:
         statics, vectors, entities = zip(*facts.values(), strict=True)
         new = slice(self.size, self.size + count)
         self.static[new], self.known[new] = _records(list(statics), STATIC_DTYPE)
-        parsed = [_parsed_entities.get(payload) or _parse_entities(payload) for payload in entities]
-        self.categories[new] = [entry[0] for entry in parsed]
-        lengths = np.array([entry[2] for entry in parsed], dtype=np.int64)
-        self.lengths[new] = lengths
+        categories, lengths, others = _entity_columns(entities)
+        self.categories[new], self.lengths[new] = categories, lengths
         self.starts[new] = self.others_size + np.cumsum(lengths) - lengths
-        total = int(lengths.sum())
+        total = len(others)
         if self.others_size + total > len(self.others):
             grown = np.zeros(max(2 * len(self.others), self.others_size + total), dtype=np.int64)
             grown[: self.others_size] = self.others[: self.others_size]
             self.others = grown
-        self.others[self.others_size : self.others_size + total] = list(
-            itertools.chain.from_iterable(entry[1] for entry in parsed)
-        )
+        self.others[self.others_size : self.others_size + total] = others
         self.others_size += total
-        sizes = np.array([len(v) if v.__class__ is bytes else 0 for v in vectors], dtype=np.int64)
-        self.vector_sizes[new] = sizes
-        fitting = np.flatnonzero(sizes == self.vector_bytes)
-        if len(fitting):
-            matrix = np.frombuffer(b"".join(vectors[row] for row in fitting), dtype=np.float32)
-            matrix = matrix.reshape(len(fitting), -1)
-            self.vectors[self.size + fitting] = matrix
-            self.norms[self.size + fitting] = np.linalg.norm(matrix.astype(np.float64), axis=1)
+        self.vector_sizes[new] = [len(v) if v.__class__ is bytes else 0 for v in vectors]
+        fitting, matrix = _embedding_rows(vectors, self.vector_bytes)
+        self.vectors[self.size + fitting] = matrix
+        self.norms[self.size + fitting] = np.linalg.norm(matrix.astype(np.float64), axis=1)
         self.vector_payloads.extend(vectors)
         self.entity_payloads.extend(entities)
         for offset, item_id in enumerate(ids):

@@ -559,8 +559,7 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         named.update(item_id for item_id, _ in state.popular_items)
         named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
         nearest: list[list[Any]] = orjson.loads(nearest_list) if nearest_list else []
-        if nearest:
-            named.update(item_id for item_id, _ in nearest)
+        named.update(item_id for item_id, _ in nearest)
         prefetched["in_stock"] = _in_stock(
             named, user_key=state.user_key, catalog_version=prefetched.get("catalog_version")
         )
@@ -766,11 +765,12 @@ def candidates_retrieve(
         chosen = tuple(source for source in SOURCES if not sources or source.name in sources)
 
         built: list[CandidateSet] = []
+        unsaved: list[UserCacheWrite] = []
 
         def build() -> bytes:
             _prefetch_sources(state, chosen)
             results, dropped = _sources_run(state, chosen)
-            built.append(CandidateSet(_merge(state, results)[:limit], dropped))
+            built.append(CandidateSet(_merge(state, results)[:limit], dropped, unsaved))
             payload = built[0].as_bytes()
             # A set missing a late source is served but not cached: the next request tries again.
             return Uncacheable(payload) if dropped else payload
@@ -780,7 +780,6 @@ def candidates_retrieve(
             ",".join(sources), *state.recent_items,
         ])  # fmt: skip
         version = hashlib.sha1(key.encode()).hexdigest()[:20]
-        unsaved: list[UserCacheWrite] = []
         try:
             payload = user_cache_get_or_build(
                 user_key=state.user_key, name="candidates", version=version, build=build,
@@ -789,10 +788,8 @@ def candidates_retrieve(
             )  # fmt: skip
         except RedisError:
             payload = build()
-        # Built in this request: the set itself, not its payload decoded again.
-        if built:
-            return CandidateSet(built[0].candidates, built[0].dropped, unsaved), degraded
-        return CandidateSet.from_bytes(payload), degraded
+        # Built in this request: the set itself (with what is left to store), not its payload decoded again.
+        return (built[0] if built else CandidateSet.from_bytes(payload)), degraded
     except DatabaseError as error:
         logger.warning("score.catalog_unavailable", extra={"error": str(error)})
         degraded.append("catalog_unavailable")

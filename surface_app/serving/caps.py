@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
-from redis.exceptions import NoScriptError
 
 from personalization import redis_keys
-from personalization.redis_client import get_redis
-from signals_app.online_state import PACKED_ADD_LUA
+from personalization.redis_client import ShaScript, get_redis
+from surface_app.serving.impressions import LOG_IMPRESSIONS_LUA
 
 logger = logging.getLogger(__name__)
 
@@ -357,24 +356,16 @@ end
 return refused
 """
 
-# The enforce script that also logs the slate's impressions, as the impression script does
-# (`surface_app.serving.impressions`), when it refused nothing: one call and one round trip fewer a request. KEYS 5
-# and 6: the placement's item counters and the event stream of the user's partition; ARGV after the fields: the
-# impressions' time, the click-through half-life, the stream entry, then the ids of the items shown.
+# The enforce script that also logs the slate's impressions (`surface_app.serving.impressions`) when it refused
+# nothing: one call and one round trip fewer a request. KEYS 5 and 6, and ARGV after the fields: `impression_call`'s.
 ENFORCE_AND_LOG_SCRIPT = (
-    PACKED_ADD_LUA
+    LOG_IMPRESSIONS_LUA
     + ENFORCE_SCRIPT.replace(
         "-- A field keeps as many times as its largest cap needs",
         "local log_at = a\n-- A field keeps as many times as its largest cap needs",
         1,
     ).removesuffix("return refused\n")
-    + """if #refused == 0 and ARGV[log_at] then
-  local ts, half_life = tonumber(ARGV[log_at]), tonumber(ARGV[log_at + 1])
-  for index = log_at + 3, #ARGV do
-    packed_add(KEYS[5], ARGV[index], ts, {0, 1}, {half_life, half_life})
-  end
-  redis.call('XADD', KEYS[6], '*', 'e', ARGV[log_at + 2])
-end
+    + """if #refused == 0 and ARGV[log_at] then log_impressions(KEYS[5], KEYS[6], log_at) end
 return refused
 """
 )
@@ -534,43 +525,8 @@ def caps_block_reasons(
     return reasons
 
 
-class EnforceScript:
-    """An enforce script, called by its SHA and loaded again after a Redis restart or failover."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha: str | None = None
-
-    def call(self, client: redis.Redis, keys: list[str], args: list[str | int | float]) -> list[bytes]:
-        for attempt in range(2):
-            if self.sha is None:
-                self.sha = str(client.script_load(self.source))
-            try:
-                return cast(list[bytes], client.evalsha(self.sha, len(keys), *keys, *args))
-            except NoScriptError:
-                # Nothing ran: safe to load it again and retry once.
-                self.sha = None
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    def queue(
-        self,
-        client: redis.Redis,
-        pipeline: redis.client.Pipeline,
-        keys: list[str],
-        args: list[str | int | float | bytes],
-    ) -> None:
-        if self.sha is None:
-            self.sha = str(client.script_load(self.source))
-        pipeline.evalsha(self.sha, len(keys), *keys, *args)
-
-    def forget(self) -> None:
-        self.sha = None
-
-
-enforce_script = EnforceScript(ENFORCE_SCRIPT)
-enforce_and_log_script = EnforceScript(ENFORCE_AND_LOG_SCRIPT)
+enforce_script = ShaScript(ENFORCE_SCRIPT)
+enforce_and_log_script = ShaScript(ENFORCE_AND_LOG_SCRIPT)
 
 
 def _counted_values(item: CapItem, tag: str) -> list[str]:
@@ -647,7 +603,7 @@ def caps_enforce_and_record(
         limit=limit,
         retention_seconds=retention_seconds,
     )
-    reply = enforce_script.call(get_redis(), _enforce_keys(user_key), args)
+    reply = cast(list[bytes], enforce_script.call(get_redis(), _enforce_keys(user_key), args))
     return caps_refused(reply, user_key=user_key, placement=placement, request_id=request_id)
 
 
@@ -658,20 +614,6 @@ def _enforce_keys(user_key: str) -> list[str]:
         redis_keys.user_cap_blocks(user_key),
         redis_keys.user_cooldown(user_key),
     ]
-
-
-@dataclass(frozen=True)
-class ImpressionLog:
-    """The impressions `caps_enforce_queue` logs when its call refuses nothing: the placement's item counters and
-    the event stream of the user's partition, the time, the click-through half-life, the stream entry and the
-    items shown (what `surface_app.serving.impressions` does otherwise)."""
-
-    counters_key: str
-    stream_key: str
-    served_at: float
-    half_life: float
-    entry: bytes
-    item_ids: list[str]
 
 
 def caps_enforce_queue(
@@ -685,19 +627,18 @@ def caps_enforce_queue(
     now: float,
     limit: int,
     retention_seconds: int | None,
-    log: ImpressionLog,
+    impression: tuple[list[str], list[Any]],
 ) -> None:
-    """Queue on the caller's pipeline what `caps_enforce_and_record` does, plus the slate's impression log when
-    the call refuses nothing (the caller then serves the slate as offered, `limit` items; otherwise it logs the
-    slate it serves itself). `caps_refused` reads the reply. After a Redis restart the pipeline raises
-    NoScriptError, having run nothing of it: `enforce_and_log_script.forget()` and queue again."""
+    """Queue on the caller's pipeline what `caps_enforce_and_record` does, plus the slate's impression log
+    (`impression`: `impressions.impression_call`'s keys and arguments) when the call refuses nothing: the caller then
+    serves the slate as offered, `limit` items; otherwise it logs the slate it serves itself. `caps_refused` reads
+    the reply; execute with `script_pipeline_execute(..., enforce_and_log_script)`."""
     args = _enforce_args(
         placement=placement, request_id=request_id, items=items, specs=specs, now=now, limit=limit,
         retention_seconds=retention_seconds,
     )  # fmt: skip
-    logged: list[str | int | float | bytes] = [repr(log.served_at), log.half_life, log.entry, *log.item_ids]
-    keys = [*_enforce_keys(user_key), log.counters_key, log.stream_key]
-    enforce_and_log_script.queue(get_redis(), pipeline, keys, [*args, *logged])
+    log_keys, log_args = impression
+    enforce_and_log_script.queue(get_redis(), pipeline, [*_enforce_keys(user_key), *log_keys], [*args, *log_args])
 
 
 def caps_refused(reply: list[bytes], *, user_key: str, placement: str, request_id: str) -> list[str]:

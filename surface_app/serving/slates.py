@@ -27,10 +27,9 @@ from django.db import DatabaseError
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
-from graph_app.features.definitions import CTR_HALF_LIFE_SECONDS
 from personalization import redis_keys
 from personalization.cache import user_cache_writes_flush
-from personalization.redis_client import get_redis
+from personalization.redis_client import get_redis, script_pipeline_execute
 from scoring_app.engine.retrieval import (
     CandidateSet,
     UserState,
@@ -41,7 +40,7 @@ from scoring_app.engine.retrieval import (
 )
 from scoring_app.engine.scoring import ScoredItem, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
-from surface_app.serving.impressions import NoScriptError, impression_entry, impression_script
+from surface_app.serving.impressions import impression_call, impression_script
 from surface_app.serving.rules import (
     CompiledRule,
     PlacementConfig,
@@ -569,36 +568,22 @@ def _caps_enforce_and_log(slate: Slate, pending: _Pending) -> Slate:
     # same user just took, so as many spares as slots are plenty (each item offered costs the script work).
     spares = [item for item in pending.reserve if item.item_id not in shown][: len(slate.items)]
     offered = [*slate.items, *spares]
-    served_at, record, logged = _impression_records(slate, user_key)
-    partition = redis_keys.partition_of(user_key)
-    log = frequency_caps.ImpressionLog(
-        counters_key=redis_keys.placement_counters(partition, slate.placement),
-        stream_key=redis_keys.event_stream(partition), served_at=served_at, half_life=CTR_HALF_LIFE_SECONDS,
-        entry=impression_entry(logged), item_ids=[item.item_id for item in slate.items],
-    )  # fmt: skip
-    client = get_redis()
-    reply: list[bytes] | None = None
-    for attempt in range(2):
-        try:
-            pipeline = client.pipeline(transaction=False)
-            _slate_keep(pipeline, slate, user_key, record)
-            frequency_caps.caps_enforce_queue(
-                pipeline, user_key=user_key, placement=slate.placement, request_id=slate.request_id,
-                items=[pending.cap_items.get(item.item_id) or frequency_caps.CapItem(item.item_id) for item in offered],
-                specs=list(pending.config.caps), now=pending.now, limit=len(slate.items),
-                retention_seconds=pending.retention, log=log,
-            )  # fmt: skip
-            reply = pipeline.execute()[-1]
-            break
-        except NoScriptError:  # nothing of the script ran: load it again and send it once more
-            frequency_caps.enforce_and_log_script.forget()
-            if attempt:
-                break
-        except RedisError as error:
-            # Not sent again: the call may have run (a timeout), and an impression is logged at most once.
-            logger.warning("surface.impression_log_failed", extra={"error": str(error), "request_id": slate.request_id})
-            break
-    if reply is None:
+    record, impression = _impression_records(slate, user_key)
+
+    def queue(pipeline: redis.client.Pipeline) -> None:
+        _slate_keep(pipeline, slate, user_key, record)
+        frequency_caps.caps_enforce_queue(
+            pipeline, user_key=user_key, placement=slate.placement, request_id=slate.request_id,
+            items=[pending.cap_items.get(item.item_id) or frequency_caps.CapItem(item.item_id) for item in offered],
+            specs=list(pending.config.caps), now=pending.now, limit=len(slate.items),
+            retention_seconds=pending.retention, impression=impression,
+        )  # fmt: skip
+
+    try:
+        reply = script_pipeline_execute(get_redis(), queue, frequency_caps.enforce_and_log_script)[-1]
+    except RedisError as error:
+        # Not sent again: the call may have run (a timeout), and an impression is logged at most once.
+        logger.warning("surface.impression_log_failed", extra={"error": str(error), "request_id": slate.request_id})
         _degrade(slate.degraded, "caps_unavailable")
         slate.degraded.append("impression_log_failed")
         return slate
@@ -614,8 +599,9 @@ def _caps_enforce_and_log(slate: Slate, pending: _Pending) -> Slate:
     return served
 
 
-def _impression_records(slate: Slate, user_key: str) -> tuple[float, dict[str, object], dict[str, object]]:
-    """When the slate is served, the record kept for attribution, and the impression the log keeps."""
+def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object], tuple[list[str], list[Any]]]:
+    """The record kept for attribution, and the keys and arguments that log the impression
+    (`impressions.impression_call`)."""
     served_at = time.time()
     items: list[dict[str, object]] = [
         {"item_id": item.item_id, "slot": slot, "score": item.score, "source": item.source}
@@ -648,7 +634,11 @@ def _impression_records(slate: Slate, user_key: str) -> tuple[float, dict[str, o
         ]
         bandit = {"shared": slate.bandit.shared, "unshown": slate.bandit.unshown}
         logged = {**logged, "items": logged_items, "bandit": bandit}
-    return served_at, record, logged
+    impression = impression_call(
+        user_key=user_key, placement=slate.placement, served_at=served_at, record=logged,
+        item_ids=[item.item_id for item in slate.items],
+    )  # fmt: skip
+    return record, impression
 
 
 def _slate_keep(pipeline: redis.client.Pipeline, slate: Slate, user_key: str, record: dict[str, object]) -> None:
@@ -662,24 +652,16 @@ def _slate_keep(pipeline: redis.client.Pipeline, slate: Slate, user_key: str, re
 
 def _impression_log(*, slate: Slate, user_key: str) -> None:
     """The served slate, kept for attribution (7 days) and logged as impressions, in one round trip."""
-    served_at, record, logged = _impression_records(slate, user_key)
+    record, (keys, args) = _impression_records(slate, user_key)
     client = get_redis()
-    for attempt in range(2):
-        try:
-            pipeline = client.pipeline(transaction=False)
-            _slate_keep(pipeline, slate, user_key, record)
-            if slate.items:
-                impression_script.queue(
-                    client, pipeline, user_key=user_key, placement=slate.placement, served_at=served_at,
-                    record=logged, item_ids=[item.item_id for item in slate.items],
-                )  # fmt: skip
-            pipeline.execute()
-            return
-        except NoScriptError:
-            impression_script.forget()
-            if attempt:
-                break
-        except RedisError as error:
-            logger.warning("surface.impression_log_failed", extra={"error": str(error), "request_id": slate.request_id})
-            break
-    slate.degraded.append("impression_log_failed")
+
+    def queue(pipeline: redis.client.Pipeline) -> None:
+        _slate_keep(pipeline, slate, user_key, record)
+        if slate.items:
+            impression_script.queue(client, pipeline, keys, args)
+
+    try:
+        script_pipeline_execute(client, queue, impression_script)
+    except RedisError as error:
+        logger.warning("surface.impression_log_failed", extra={"error": str(error), "request_id": slate.request_id})
+        slate.degraded.append("impression_log_failed")
