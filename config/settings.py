@@ -247,6 +247,12 @@ EVENT_RECLAIM_IDLE_MS = int(os.environ.get("EVENT_RECLAIM_IDLE_MS", "60000"))
 # One suits a single Redis node (item feature reads fan out over partitions); a Redis Cluster wants several.
 EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "1"))
 
+# A served slate stays in Redis this long for the attribution of the clicks and purchases that carry its request id
+# (about 1.1 KB a slate of 10: at 200 requests/s an hour holds 0.8 GB, a week would hold 130 GB). Later ones are
+# attributed from the impression log in PostgreSQL, within SIGNALS_ATTRIBUTION_WINDOW_SECONDS of the slate's serving.
+SURFACE_SLATE_KEEP_SECONDS = int(os.environ.get("SURFACE_SLATE_KEEP_SECONDS", "3600"))
+SIGNALS_ATTRIBUTION_WINDOW_SECONDS = int(os.environ.get("SIGNALS_ATTRIBUTION_WINDOW_SECONDS", str(7 * 24 * 3600)))
+
 # Retrieval sources that query PostgreSQL run in this many threads per process, each against its own deadline
 # (0 runs them one after another in the request's thread, checking deadlines after the fact).
 SCORE_RETRIEVAL_THREADS = int(os.environ.get("SCORE_RETRIEVAL_THREADS", "6"))

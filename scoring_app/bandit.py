@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 BANDIT_LEARN_BATCH_SIZE = 5000
 REACTION_COSTS = {"purchase": -1.0, "add_to_cart": -0.5, "click": -0.3}
 NO_REACTION_COST = 0.0
-# Decisions are kept as long as served slates (7 days); an impression not fed by then is not learned.
+# Decisions are kept as long as the attribution window's default (SIGNALS_ATTRIBUTION_WINDOW_SECONDS, 7 days); an
+# impression not fed by then is not learned.
 DECISION_RETENTION = timedelta(days=7)
 DECISIONS_PRUNED_PER_RUN = 10_000
 # Reactions carry the client's clock, which may run a little behind ours.

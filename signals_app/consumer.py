@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -149,6 +149,26 @@ def _attributions(events: list[EventInput]) -> dict[str, dict[str, Any]]:
     for request_id, payload in zip(request_ids, pipeline.execute(), strict=True):
         if payload:
             slates[request_id] = orjson.loads(payload)
+    older = [request_id for request_id in request_ids if request_id not in slates]
+    if older:
+        slates.update(_logged_slates(older))
+    return slates
+
+
+def _logged_slates(request_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Slates served longer ago than Redis keeps them (SURFACE_SLATE_KEEP_SECONDS), rebuilt from the impression
+    log, if served within the attribution window. An id that matches nothing (never served, or too old) costs this
+    one indexed query per batch."""
+    since = datetime.now(UTC) - timedelta(seconds=settings.SIGNALS_ATTRIBUTION_WINDOW_SECONDS)
+    rows = (
+        Impression.objects.filter(request_id__in=request_ids, served_at__gte=since)
+        .order_by("request_id", "slot")
+        .values_list("request_id", "placement", "model_version", "item_id", "slot", "score", "source")
+    )
+    slates: dict[str, dict[str, Any]] = {}
+    for request_id, placement, model_version, item_id, slot, score, source in rows:
+        slate = slates.setdefault(request_id, {"placement": placement, "model_version": model_version, "items": []})
+        slate["items"].append({"item_id": item_id, "slot": slot, "score": score, "source": source})
     return slates
 
 

@@ -56,8 +56,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Served slates are kept this long so that later clicks and purchases can be attributed to them.
-SLATE_TTL_SECONDS = 7 * 24 * 3600
+# A user's last slate in a placement, the fallback when everything else fails, is kept this long.
+LAST_SLATE_TTL_SECONDS = 7 * 24 * 3600
 # Time kept back from a placement's deadline for the Surface's own work (rules, caps, logging).
 SURFACE_RESERVE_MS = 8.0
 # Items Score is asked for beyond the slate's size, so that filters and caps leave enough.
@@ -623,7 +623,7 @@ def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object],
     ]
     logged: dict[str, object] = {**record, "items": logged_items, "variant": slate.variant, "path": slate.path}
     if slate.bandit is not None:
-        # Only the log needs what the bandit learns from (not the slate kept 7 days in Redis for attribution): its
+        # Only the log needs what the bandit learns from (not the slate kept in Redis for attribution): its
         # items carry their propensity and features, and the offered actions it did not pick ride along once.
         picks = slate.bandit.picks
         logged_items = [
@@ -642,16 +642,17 @@ def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object],
 
 
 def _slate_keep(pipeline: redis.client.Pipeline, slate: Slate, user_key: str, record: dict[str, object]) -> None:
-    """The slate kept for attribution (7 days), and as the user's last in the placement."""
-    pipeline.set(redis_keys.slate(slate.request_id), orjson.dumps(record), ex=SLATE_TTL_SECONDS)
+    """The slate kept for attribution (SURFACE_SLATE_KEEP_SECONDS; the impression log covers the rest of the
+    attribution window), and as the user's last in the placement."""
+    pipeline.set(redis_keys.slate(slate.request_id), orjson.dumps(record), ex=settings.SURFACE_SLATE_KEEP_SECONDS)
     pipeline.set(
         redis_keys.user_last_slate(user_key, slate.placement),
-        orjson.dumps([item.item_id for item in slate.items]), ex=SLATE_TTL_SECONDS,
+        orjson.dumps([item.item_id for item in slate.items]), ex=LAST_SLATE_TTL_SECONDS,
     )  # fmt: skip
 
 
 def _impression_log(*, slate: Slate, user_key: str) -> None:
-    """The served slate, kept for attribution (7 days) and logged as impressions, in one round trip."""
+    """The served slate, kept for attribution and logged as impressions, in one round trip."""
     record, (keys, args) = _impression_records(slate, user_key)
     client = get_redis()
 

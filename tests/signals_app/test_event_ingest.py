@@ -10,7 +10,7 @@ from django.utils import timezone
 from graph_app.models import Shopper
 from personalization import redis_keys
 from signals_app.consumer import events_drain_all
-from signals_app.models import Event
+from signals_app.models import Event, Impression
 from tests.signals_app.helpers import online_popularity, stream_lengths
 
 pytestmark = pytest.mark.django_db
@@ -313,6 +313,27 @@ def test_served_slate_attribution_reaches_the_log(api_client, clean_redis):
         "embeddings-v3",
     )
     assert (event.attributed_score, event.attributed_source) == (0.7, "similar")
+
+
+@pytest.mark.parametrize(("served_days_ago", "attributed"), [(6, True), (8, False)])
+def test_a_slate_redis_no_longer_keeps_is_attributed_from_the_impression_log_within_the_window(
+    api_client, clean_redis, served_days_ago, attributed
+):
+    served_at = timezone.now() - timedelta(days=served_days_ago)
+    for slot, item_id in enumerate(["sku-1", "sku-9"]):
+        Impression.objects.create(
+            request_id="req-old", user_key="u1", placement="cart", item_id=item_id, slot=slot, score=0.5 - slot / 10,
+            source="popular", model_version="ranker-v2", served_at=served_at,
+        )  # fmt: skip
+
+    api_client.post(
+        "/api/v1/events", view("click-old", type="click", item_id="sku-9", request_id="req-old"), format="json"
+    )
+    events_drain_all()
+
+    event = Event.objects.get(event_id="click-old")
+    fields = (event.attributed_placement, event.attributed_slot, event.attributed_model_version, event.attributed_score)
+    assert fields == (("cart", 1, "ranker-v2", pytest.approx(0.4)) if attributed else ("", None, "", None))
 
 
 def test_the_text_backslash_u0000_is_not_a_nul(api_client):

@@ -6,6 +6,8 @@ import pytest
 
 from personalization import redis_keys
 from scoring_app.engine import retrieval
+from signals_app.consumer import events_drain_all
+from signals_app.models import Event
 from tests.conftest import dead_redis
 from tests.factories import ItemFactory, unit
 from tests.signals_app.helpers import ingest_views
@@ -82,7 +84,30 @@ def test_served_slate_is_logged_for_attribution(api_client, clean_redis, catalog
     assert logged["placement"] == "pdp"
     assert logged["user_key"] == "u1"
     assert [(row["item_id"], row["slot"]) for row in logged["items"]] == [("near", 0), ("middle", 1)]
-    assert 0 < clean_redis.ttl(redis_keys.slate(body["request_id"])) <= 7 * 24 * 3600
+    # Redis keeps the slate an hour (the impression log covers the rest of the attribution window); the user's
+    # last slate, the fallback of last resort, a week.
+    assert 3500 < clean_redis.ttl(redis_keys.slate(body["request_id"])) <= 3600
+    assert 3600 < clean_redis.ttl(redis_keys.user_last_slate("u1", "pdp")) <= 7 * 24 * 3600
+
+
+def test_a_click_on_a_slate_redis_no_longer_keeps_is_attributed_from_the_impression_log(
+    api_client, clean_redis, catalog
+):
+    clean_redis.lpush(redis_keys.user_recent_items("u1"), "anchor")
+    clean_redis.set(redis_keys.active_model("embeddings"), "embeddings-v7")
+    body = api_client.get("/api/v1/recommendations", {"user_id": "u1", "placement": "pdp", "k": 2}).json()
+    events_drain_all()  # the impressions reach the log
+    clean_redis.delete(redis_keys.slate(body["request_id"]))  # as SURFACE_SLATE_KEEP_SECONDS would
+    click = {"event_id": "c-1", "type": "click", "user_id": "u1", "item_id": "middle", "request_id": body["request_id"]}
+
+    assert api_client.post("/api/v1/events", click, format="json").status_code == 202
+    events_drain_all()
+
+    event = Event.objects.get(event_id="c-1")
+    served = body["items"][1]
+    assert (event.attributed_placement, event.attributed_slot, event.attributed_source) == ("pdp", 1, "similar")
+    assert event.attributed_score == pytest.approx(served["score"])
+    assert event.attributed_model_version == "embeddings-v7"
 
 
 def test_recommendations_query_each_database_source_once_then_none_while_the_user_is_unchanged(
