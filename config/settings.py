@@ -251,6 +251,9 @@ EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "1"))
 # (about 1.1 KB a slate of 10: at 200 requests/s an hour holds 0.8 GB, a week would hold 130 GB). Later ones are
 # attributed from the impression log in PostgreSQL, within SIGNALS_ATTRIBUTION_WINDOW_SECONDS of the slate's serving.
 SURFACE_SLATE_KEEP_SECONDS = int(os.environ.get("SURFACE_SLATE_KEEP_SECONDS", "3600"))
+# The impression log in PostgreSQL (about ten rows a served slate, 0.45 KB each with its indexes) keeps its daily
+# partitions this many days (0: forever); KPIs, training rows and attribution read at most the last 30.
+IMPRESSION_LOG_RETENTION_DAYS = int(os.environ.get("IMPRESSION_LOG_RETENTION_DAYS", "90"))
 SIGNALS_ATTRIBUTION_WINDOW_SECONDS = int(os.environ.get("SIGNALS_ATTRIBUTION_WINDOW_SECONDS", str(7 * 24 * 3600)))
 
 # Retrieval sources that query PostgreSQL run in this many threads per process, each against its own deadline

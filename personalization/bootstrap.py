@@ -27,6 +27,7 @@ DEFAULT_SCHEDULES = [
     ("Refresh item popularity", "signals.popularity_refresh", 5),
     ("Retrain embeddings", "graph.embeddings_train", 60),
     ("Create event log partitions", "signals.event_log_partitions_ensure", 1440),
+    ("Maintain impression log partitions (create ahead, drop past retention)", "signals.impression_log_maintain", 1440),
     ("Refresh item neighbourhoods", "graph.neighbourhoods_refresh", 60),
     ("Materialize training rows from impressions", "graph.features_materialize", 10),
     ("Retrain the ranker", "scoring.ranker_train", 360),

@@ -302,7 +302,8 @@ def _store(entries: list[Entry], counts: dict[bytes, int]) -> tuple[list[tuple[E
 
 def _impressions_store(impressions: list[dict[str, Any]]) -> None:
     """One row per item shown, and one per decision of the contextual bandit (what it could have shown); a
-    replayed entry is ignored (unique on request id and slot, and on request id)."""
+    replayed entry is ignored (unique on request id, slot and serving time, which a replay repeats, and on request
+    id)."""
     rows = [
         Impression(
             request_id=record["request_id"],

@@ -7,29 +7,36 @@ A partitioned table cannot have a unique index on `event_id` alone, so the idemp
 whose ids were new, in the same statement and transaction.
 
 Month boundaries are in UTC.
+
+The impression log (`signals_app_impression`, migration 0008) is partitioned the same way, by day of `served_at`:
+about ten rows a served slate, so a day's partition is what is dropped once past IMPRESSION_LOG_RETENTION_DAYS.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
 import orjson
+from django.conf import settings
 from django.db import connection, transaction
-from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
 from graph_app.services import shoppers_ensure
+from personalization.partitions import RangePartitions
 from signals_app.records import EventRecord
 
 logger = logging.getLogger(__name__)
 
 EVENT_TABLE = "signals_app_event"
-DEFAULT_PARTITION = "signals_app_event_default"
-PARTITION_PREFIX = "signals_app_event_p"
-# Serialises partition maintenance (the daily task, imports and migrations may run at once).
-PARTITIONS_LOCK_KEY = 0x5E_0001
+EVENT_LOG = RangePartitions(table=EVENT_TABLE, column="occurred_at", period="month", log_prefix="signals.event")
+IMPRESSION_LOG = RangePartitions(
+    table="signals_app_impression", column="served_at", period="day", log_prefix="signals.impression"
+)
+# Days of the impression log's partitions made ahead: a week of the daily task not running before rows go to DEFAULT.
+IMPRESSION_DAYS_AHEAD = 7
 
 _STAGING_TABLE = "signals_event_log_staging"
 _STAGING_COLUMNS = (
@@ -137,28 +144,20 @@ def event_log_append(*, records: list[EventRecord], known_user_ids: set[str] | N
 
 
 def month_start(moment: datetime) -> date:
-    moment = moment.astimezone(UTC)
-    return date(moment.year, moment.month, 1)
+    return EVENT_LOG.start_of(moment)
 
 
 def month_add(month: date, months: int) -> date:
-    index = month.year * 12 + month.month - 1 + months
-    return date(index // 12, index % 12 + 1, 1)
+    return EVENT_LOG.add(month, months)
 
 
 def partition_name(month: date) -> str:
-    return f"{PARTITION_PREFIX}{month.year:04d}{month.month:02d}"
+    return EVENT_LOG.name(month)
 
 
 def event_log_partitions() -> dict[str, str]:
     """The partitions of the log and their bounds, by name (the DEFAULT partition included)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass ORDER BY c.relname",
-            [EVENT_TABLE],
-        )
-        return dict(cursor.fetchall())
+    return EVENT_LOG.partitions()
 
 
 def event_log_estimated_count() -> int:
@@ -174,76 +173,34 @@ def event_log_estimated_count() -> int:
 
 def event_log_partition_months() -> set[date]:
     """The months that have a partition."""
-    return {
-        date(int(name[-6:-2]), int(name[-2:]), 1)
-        for name in event_log_partitions()
-        if name.startswith(PARTITION_PREFIX) and name[-6:].isdigit()
-    }
+    return EVENT_LOG.starts()
 
 
 def event_log_partitions_create(*, months: Iterable[date]) -> list[str]:
-    """Create the monthly partitions of these months that are missing; the names of those created.
-
-    Events of such a month already in the DEFAULT partition are moved into the new one: Postgres refuses a
-    partition whose range the DEFAULT partition holds rows of. The new month is built as a plain table, filled
-    from DEFAULT and attached, all in one transaction that locks DEFAULT meanwhile (appends to months that have
-    a partition are not blocked; reads and appends that touch DEFAULT wait, briefly when it is near empty).
-    """
-    wanted = sorted({month.replace(day=1) for month in months})
-    created: list[str] = []
-    if not wanted:
-        return created
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PARTITIONS_LOCK_KEY])
-        cursor.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = %s::regclass",
-            [EVENT_TABLE],
-        )
-        existing = {row[0] for row in cursor.fetchall()}
-        for month in wanted:
-            name = partition_name(month)
-            if name not in existing:
-                _partition_create(cursor, name=name, month=month, has_default=DEFAULT_PARTITION in existing)
-                created.append(name)
-    if created:
-        logger.info("signals.event_partitions_created", extra={"partitions": created})
-    return created
-
-
-def _partition_create(cursor: CursorWrapper, *, name: str, month: date, has_default: bool) -> None:
-    following = month_add(month, 1)
-    lower = f"'{month.isoformat()} 00:00:00+00'"
-    upper = f"'{following.isoformat()} 00:00:00+00'"
-    in_range = f"occurred_at >= {lower}::timestamptz AND occurred_at < {upper}::timestamptz"
-    execute = cursor.execute
-    execute(
-        f"CREATE TABLE {name} (LIKE {EVENT_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
-        "INCLUDING COMPRESSION)"
-    )
-    # Lets ATTACH skip scanning the new table to prove its rows fit the range.
-    execute(f"ALTER TABLE {name} ADD CONSTRAINT {name}_bounds CHECK (occurred_at IS NOT NULL AND {in_range})")
-    if has_default:
-        execute(f"LOCK TABLE ONLY {EVENT_TABLE} IN SHARE UPDATE EXCLUSIVE MODE")
-        execute(f"LOCK TABLE {DEFAULT_PARTITION} IN ACCESS EXCLUSIVE MODE")
-        execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-            "ORDER BY attnum",
-            [EVENT_TABLE],
-        )
-        columns = ", ".join(row[0] for row in cursor.fetchall())
-        execute(
-            f"WITH moved AS (DELETE FROM {DEFAULT_PARTITION} WHERE {in_range} RETURNING {columns}) "
-            f"INSERT INTO {name} ({columns}) SELECT {columns} FROM moved"
-        )
-        moved = cursor.rowcount
-        if moved:
-            logger.info("signals.event_partition_filled_from_default", extra={"partition": name, "events": moved})
-    execute(f"ALTER TABLE {EVENT_TABLE} ATTACH PARTITION {name} FOR VALUES FROM ({lower}) TO ({upper})")
-    execute(f"ALTER TABLE {name} DROP CONSTRAINT {name}_bounds")
+    """Create the monthly partitions of these months that are missing (taking over the events DEFAULT holds for
+    them); the names of those created."""
+    return EVENT_LOG.create(months)
 
 
 def event_log_partitions_ensure(*, months_ahead: int = 2, now: datetime | None = None) -> list[str]:
     """The partitions of this month and the `months_ahead` next ones exist afterwards; the names created."""
-    first = month_start(now or timezone.now())
-    return event_log_partitions_create(months=[month_add(first, offset) for offset in range(months_ahead + 1)])
+    return EVENT_LOG.ensure(ahead=months_ahead, now=now)
+
+
+@dataclass(frozen=True)
+class ImpressionLogMaintenance:
+    created: list[str]
+    dropped: list[str]
+    default_rows_deleted: int
+
+
+def impression_log_maintain(
+    *, days_ahead: int = IMPRESSION_DAYS_AHEAD, retention_days: int | None = None, now: datetime | None = None
+) -> ImpressionLogMaintenance:
+    """The impression log's daily partitions exist for today and `days_ahead` days, and those wholly older than
+    the retention (IMPRESSION_LOG_RETENTION_DAYS; 0 keeps everything) are dropped."""
+    now = now or timezone.now()
+    retention = settings.IMPRESSION_LOG_RETENTION_DAYS if retention_days is None else retention_days
+    created = IMPRESSION_LOG.ensure(ahead=days_ahead, now=now)
+    dropped, deleted = IMPRESSION_LOG.drop_before(now - timedelta(days=retention)) if retention > 0 else ([], 0)
+    return ImpressionLogMaintenance(created=created, dropped=dropped, default_rows_deleted=deleted)

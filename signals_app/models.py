@@ -129,9 +129,14 @@ class DeadLetter(models.Model):
 
 
 class Impression(models.Model):
-    """One item shown in a served slate: what the next training run and the KPIs count clicks against."""
+    """One item shown in a served slate: what the next training run and the KPIs count clicks against.
 
-    request_id = models.CharField(max_length=100, db_index=True)
+    In PostgreSQL the table is partitioned by day of `served_at` (migration 0008; see `signals_app.log`), so its
+    real primary key is (id, served_at) and a slot is unique per request within its serving time.
+    """
+
+    # Looked up through the unique constraint's index, which leads with it.
+    request_id = models.CharField(max_length=100)
     user_key = models.CharField(max_length=220)
     placement = models.CharField(max_length=100)
     item_id = models.CharField(max_length=200)
@@ -164,7 +169,9 @@ class Impression(models.Model):
                 condition=models.Q(propensity__isnull=False, bandit_cost__isnull=True),
             ),
         ]
-        constraints = [models.UniqueConstraint(fields=["request_id", "slot"], name="impression_unique_slot")]
+        constraints = [
+            models.UniqueConstraint(fields=["request_id", "slot", "served_at"], name="impression_unique_slot")
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id}#{self.slot} {self.item_id}"

@@ -31,3 +31,12 @@ def event_log_partitions_ensure_task(months_ahead: int = 2) -> list[str]:
     from signals_app.log import event_log_partitions_ensure
 
     return event_log_partitions_ensure(months_ahead=months_ahead)
+
+
+@shared_task(name="signals.impression_log_maintain", autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
+def impression_log_maintain_task() -> dict[str, object]:
+    """Daily: the impression log's partitions exist a week ahead and the days past the retention are dropped."""
+    from signals_app.log import impression_log_maintain
+
+    report = impression_log_maintain()
+    return {"created": report.created, "dropped": report.dropped, "default_rows_deleted": report.default_rows_deleted}

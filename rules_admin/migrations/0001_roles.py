@@ -16,16 +16,19 @@ def forwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+    # Pinned, not "__latest__": that resolves to whatever is latest when migrate runs, so any later migration of
+    # these apps (or a package upgrade) made this one, already applied, depend on an unapplied one and migrate
+    # refuse to run. Models added later get their grants from the post_migrate sync (rules_admin.apps).
     dependencies = [
-        ("auth", "__latest__"),
-        ("contenttypes", "__latest__"),
+        ("auth", "0012_alter_user_first_name_max_length"),
+        ("contenttypes", "0002_remove_content_type_name"),
         ("surface_app", "0003_rule_review"),
-        ("graph_app", "__latest__"),
-        ("scoring_app", "__latest__"),
-        ("signals_app", "__latest__"),
-        ("personalization", "__latest__"),
-        ("django_celery_beat", "__latest__"),
-        ("axes", "__latest__"),
+        ("graph_app", "0003_feature_rows"),
+        ("scoring_app", "0002_model_registry"),
+        ("signals_app", "0007_dashboard_indexes"),
+        ("personalization", "0001_initial"),
+        ("django_celery_beat", "0019_alter_periodictasks_options"),
+        ("axes", "0010_accessattemptexpiration"),
     ]
 
     operations = [migrations.RunPython(forwards, migrations.RunPython.noop)]

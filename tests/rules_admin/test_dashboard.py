@@ -157,7 +157,8 @@ def test_placement_kpis_query_is_served_by_indexes(served, days):
         cursor.execute("EXPLAIN " + dashboard_selectors._PLACEMENT_DAYS_SQL, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
-    assert "impression_served_time" in plan, plan
+    # The impression log is partitioned by day: each partition's copy of `impression_served_time` is named after it.
+    assert "served_at_placement_idx on signals_app_impression_p" in plan, plan
     assert "Seq Scan on signals_app_impression" not in plan, plan
     assert "Seq Scan on signals_app_event" not in plan, plan
 

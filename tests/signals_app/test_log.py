@@ -11,17 +11,20 @@ from django.utils import timezone
 from graph_app.models import Shopper
 from personalization.bootstrap import DEFAULT_SCHEDULES
 from signals_app.log import (
+    IMPRESSION_DAYS_AHEAD,
+    IMPRESSION_LOG,
     event_log_append,
     event_log_partitions,
     event_log_partitions_create,
     event_log_partitions_ensure,
+    impression_log_maintain,
     month_add,
     month_start,
     partition_name,
 )
-from signals_app.models import Event, EventId
+from signals_app.models import Event, EventId, Impression
 from signals_app.records import Attribution, EventRecord
-from signals_app.tasks import event_log_partitions_ensure_task
+from signals_app.tasks import event_log_partitions_ensure_task, impression_log_maintain_task
 from signals_app.validation import EventInput
 from tests.factories import EventFactory
 
@@ -333,3 +336,99 @@ def test_a_batch_the_database_refuses_raises_a_django_error_and_stores_nothing(b
 
     assert (Event.objects.count(), EventId.objects.count(), Shopper.objects.count()) == (0, 0, 0)
     assert event_log_append(records=[record("fine")]) == {"fine"}  # the connection is still usable
+
+
+# --- the impression log: partitioned by day of served_at -------------------------------------------------------------
+
+
+def impression(request_id: str, served_at: datetime, slot: int = 0) -> Impression:
+    return Impression.objects.create(
+        request_id=request_id, user_key="u1", placement="home", item_id="sku-1", slot=slot, served_at=served_at
+    )
+
+
+def partition_of_impressions() -> dict[str, str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT request_id, tableoid::regclass::text FROM signals_app_impression")
+        return dict(cursor.fetchall())
+
+
+def today() -> date:
+    return timezone.now().astimezone(UTC).date()
+
+
+def test_the_migration_made_the_impression_logs_days_ahead_and_a_default():
+    expected = {IMPRESSION_LOG.name(today() + timedelta(days=offset)) for offset in range(IMPRESSION_DAYS_AHEAD + 1)}
+
+    assert set(IMPRESSION_LOG.partitions()) == expected | {"signals_app_impression_default"}
+    assert IMPRESSION_LOG.name(date(2026, 3, 9)) == "signals_app_impression_p20260309"
+
+
+def test_impressions_land_in_the_partition_of_their_day_or_in_default():
+    midnight = datetime.combine(today(), datetime.min.time(), tzinfo=UTC)
+    impression("now", timezone.now())
+    impression("midnight", midnight)  # the lower bound belongs to the day
+    impression("tomorrow", midnight + timedelta(days=1, hours=23))
+    impression("last-microsecond", midnight - timedelta(microseconds=1))  # the day before: no partition
+
+    assert partition_of_impressions() == {
+        "now": IMPRESSION_LOG.name(today()),
+        "midnight": IMPRESSION_LOG.name(today()),
+        "tomorrow": IMPRESSION_LOG.name(today() + timedelta(days=1)),
+        "last-microsecond": "signals_app_impression_default",
+    }
+
+
+def test_a_replayed_impression_is_stored_once_and_a_slot_once_per_request():
+    served_at = timezone.now()
+    impression("r1", served_at)
+    rows = [
+        Impression(request_id="r1", user_key="u1", placement="home", item_id="sku-1", slot=0, served_at=served_at),
+        Impression(request_id="r1", user_key="u1", placement="home", item_id="sku-2", slot=1, served_at=served_at),
+    ]
+
+    Impression.objects.bulk_create(rows, ignore_conflicts=True)
+
+    assert sorted(Impression.objects.values_list("slot", "item_id")) == [(0, "sku-1"), (1, "sku-2")]
+
+
+def test_maintenance_drops_the_days_past_retention_whole_and_keeps_the_others():
+    now = timezone.now()
+    IMPRESSION_LOG.create([(now - timedelta(days=days)).date() for days in (100, 91, 89)])
+    for days in (100, 91, 89):
+        impression(f"{days}-days-ago", now - timedelta(days=days))
+    impression("95-days-ago-in-default", now - timedelta(days=95, hours=1))
+    impression("30-days-ago-in-default", now - timedelta(days=30))
+
+    report = impression_log_maintain(retention_days=90, now=now)
+
+    # A day is dropped once all of it is older than the retention: the day 90 days ago still has younger rows.
+    assert report.dropped == [IMPRESSION_LOG.name((now - timedelta(days=days)).date()) for days in (100, 91)]
+    assert report.default_rows_deleted == 1
+    assert report.created == []
+    assert set(partition_of_impressions()) == {"89-days-ago", "30-days-ago-in-default"}
+    assert IMPRESSION_LOG.name((now - timedelta(days=89)).date()) in IMPRESSION_LOG.partitions()
+
+
+def test_maintenance_with_retention_0_keeps_everything_and_still_creates_days_ahead():
+    impression("years-ago", timezone.now() - timedelta(days=3000))
+
+    report = impression_log_maintain(retention_days=0, days_ahead=IMPRESSION_DAYS_AHEAD + 2)
+
+    assert report.dropped == []
+    assert report.created == [
+        IMPRESSION_LOG.name(today() + timedelta(days=IMPRESSION_DAYS_AHEAD + offset)) for offset in (1, 2)
+    ]
+    assert set(partition_of_impressions()) == {"years-ago"}
+
+
+def test_impression_maintenance_is_scheduled_daily_with_the_configured_retention(settings):
+    settings.IMPRESSION_LOG_RETENTION_DAYS = 10
+    impression("old", timezone.now() - timedelta(days=11))
+    schedules = {task: minutes for _, task, minutes in DEFAULT_SCHEDULES}
+
+    result = impression_log_maintain_task.apply().get()
+
+    assert schedules["signals.impression_log_maintain"] == 1440
+    assert result == {"created": [], "dropped": [], "default_rows_deleted": 1}
+    assert partition_of_impressions() == {}
