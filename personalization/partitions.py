@@ -83,7 +83,7 @@ class RangePartitions:
         attached, all in one transaction that locks DEFAULT meanwhile (writes to periods that have a partition are
         not blocked; reads and writes that touch DEFAULT wait, briefly when it is near empty).
         """
-        wanted = sorted({self.start_of(datetime(day.year, day.month, day.day, tzinfo=UTC)) for day in starts})
+        wanted = sorted({self.start_of(_midnight(day)) for day in starts})
         created: list[str] = []
         if not wanted:
             return created
