@@ -117,10 +117,13 @@ def bandit_learn(
 
 def _learn(workspace: Any, pending: list[dict[str, Any]], base_version: str) -> BanditLearnReport:
     request_ids = {row["request_id"] for row in pending}
-    costs = _reaction_costs(request_ids, min((row["served_at"] for row in pending), default=timezone.now()))
+    # A slate's impressions share its serving time: bounding it lets PostgreSQL read only the impression log's
+    # partitions (one a day) of the days these were served, not every day kept.
+    oldest = min((row["served_at"] for row in pending), default=timezone.now())
+    costs = _reaction_costs(request_ids, oldest)
     picked: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for request_id, slot, item_id in Impression.objects.filter(
-        request_id__in=request_ids, propensity__isnull=False
+        request_id__in=request_ids, propensity__isnull=False, served_at__gte=oldest
     ).values_list("request_id", "slot", "item_id"):
         picked[request_id].append((slot, item_id))
     decisions = {
@@ -166,7 +169,7 @@ def _learn(workspace: Any, pending: list[dict[str, Any]], base_version: str) -> 
         }
         version = model_version_publish(kind=BANDIT, artifact=bandit_model_dump(workspace), metrics=metrics).version
     for cost, pks in fed.items():
-        Impression.objects.filter(pk__in=pks).update(bandit_cost=cost)
+        Impression.objects.filter(pk__in=pks, served_at__gte=oldest).update(bandit_cost=cost)
     return BanditLearnReport(learned, rewarded, unlearnable, version)
 
 
