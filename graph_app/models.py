@@ -157,3 +157,13 @@ class FeatureRow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}#{self.slot} {self.item_id}"
+
+
+class MaterializationCursor(models.Model):
+    """How far the offline materialization has looked (slates served before `served_before` are done): one row,
+    locked by the run that advances it, so that a run reads only what is new and two runs never overlap."""
+
+    served_before = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"materialized before {self.served_before:%Y-%m-%d %H:%M}"
