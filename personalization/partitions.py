@@ -89,7 +89,7 @@ class RangePartitions:
             return created
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PARTITIONS_LOCK_KEY])
-            existing = self._names(cursor)
+            existing = set(self.partitions())
             for start in wanted:
                 name = self.name(start)
                 if name not in existing:
@@ -110,13 +110,14 @@ class RangePartitions:
         dropped: list[str] = []
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PARTITIONS_LOCK_KEY])
-            for name in sorted(self._names(cursor)):
+            existing = self.partitions()
+            for name in existing:
                 start = self.start_from_name(name)
                 if start is not None and _midnight(self.add(start, 1)) <= cutoff:
                     cursor.execute(f"DROP TABLE {name}")
                     dropped.append(name)
             deleted = 0
-            if self.default in self._names(cursor):
+            if self.default in existing:
                 cursor.execute(f"DELETE FROM {self.default} WHERE {self.column} < %s", [cutoff])
                 deleted = cursor.rowcount
         if dropped or deleted:
@@ -124,14 +125,6 @@ class RangePartitions:
                 f"{self.log_prefix}_partitions_dropped", extra={"partitions": dropped, "default_rows_deleted": deleted}
             )
         return dropped, deleted
-
-    def _names(self, cursor: CursorWrapper) -> set[str]:
-        cursor.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = %s::regclass",
-            [self.table],
-        )
-        return {row[0] for row in cursor.fetchall()}
 
     def _create(self, cursor: CursorWrapper, *, name: str, start: date, has_default: bool) -> None:
         lower = f"'{start.isoformat()} 00:00:00+00'"

@@ -85,10 +85,13 @@ def features_materialize(
 def _cursor_lock(now: datetime) -> MaterializationCursor | None:
     """The cursor, locked for this transaction; None when another run holds it. Made on the first run, at the oldest
     impression kept (or now, with none)."""
-    if not MaterializationCursor.objects.filter(pk=CURSOR_ID).exists():
+    locked = MaterializationCursor.objects.select_for_update(skip_locked=True).filter(pk=CURSOR_ID)
+    cursor = locked.first()
+    if cursor is None and not MaterializationCursor.objects.filter(pk=CURSOR_ID).exists():
         oldest = Impression.objects.aggregate(oldest=Min("served_at"))["oldest"]
         MaterializationCursor.objects.get_or_create(pk=CURSOR_ID, defaults={"served_before": oldest or now})
-    return MaterializationCursor.objects.select_for_update(skip_locked=True).filter(pk=CURSOR_ID).first()
+        cursor = locked.first()
+    return cursor
 
 
 def slice_reactions(start: datetime, end: datetime, label_window: timedelta) -> QuerySet[Event, tuple[str, str, str]]:

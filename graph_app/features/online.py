@@ -197,21 +197,15 @@ class _CatalogTable:
             self.append(facts)
 
     def _allocate(self, capacity: int) -> None:
-        def grown(old: np.ndarray | None, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-            new = np.zeros(shape, dtype=dtype)
-            if old is not None:
-                new[: self.size] = old[: self.size]
-            return new
-
-        old = self.__dict__
-        self.static = grown(old.get("static"), (capacity,), STATIC_DTYPE)
-        self.known = grown(old.get("known"), (capacity,), bool)
-        self.categories = grown(old.get("categories"), (capacity,), np.int64)
-        self.starts = grown(old.get("starts"), (capacity,), np.int64)
-        self.lengths = grown(old.get("lengths"), (capacity,), np.int64)
-        self.vectors = grown(old.get("vectors"), (capacity, self.vector_bytes // 4), np.float32)
-        self.vector_sizes = grown(old.get("vector_sizes"), (capacity,), np.int64)
-        self.norms = grown(old.get("norms"), (capacity,), np.float64)
+        old, size = self.__dict__, self.size
+        self.static = _grown(old.get("static"), size, (capacity,), STATIC_DTYPE)
+        self.known = _grown(old.get("known"), size, (capacity,), bool)
+        self.categories = _grown(old.get("categories"), size, (capacity,), np.int64)
+        self.starts = _grown(old.get("starts"), size, (capacity,), np.int64)
+        self.lengths = _grown(old.get("lengths"), size, (capacity,), np.int64)
+        self.vectors = _grown(old.get("vectors"), size, (capacity, self.vector_bytes // 4), np.float32)
+        self.vector_sizes = _grown(old.get("vector_sizes"), size, (capacity,), np.int64)
+        self.norms = _grown(old.get("norms"), size, (capacity,), np.float64)
         # The embeddings and entity keys as read.
         self.vector_payloads: list[Any] = old.get("vector_payloads", [])
         self.entity_payloads: list[Any] = old.get("entity_payloads", [])
@@ -233,9 +227,8 @@ class _CatalogTable:
         self.starts[new] = self.others_size + np.cumsum(lengths) - lengths
         total = len(others)
         if self.others_size + total > len(self.others):
-            grown = np.zeros(max(2 * len(self.others), self.others_size + total), dtype=np.int64)
-            grown[: self.others_size] = self.others[: self.others_size]
-            self.others = grown
+            capacity = max(2 * len(self.others), self.others_size + total)
+            self.others = _grown(self.others, self.others_size, (capacity,), np.int64)
         self.others[self.others_size : self.others_size + total] = others
         self.others_size += total
         self.vector_sizes[new] = [len(v) if v.__class__ is bytes else 0 for v in vectors]
@@ -275,6 +268,14 @@ class _CatalogTable:
             table=self, table_rows=rows, vector_sizes=self.vector_sizes[rows],
             vectors_raw=lambda: list(map(vectors.__getitem__, chosen)),
         )  # fmt: skip
+
+
+def _grown(old: np.ndarray | None, used: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zeroed array of `shape` holding the first `used` rows of `old`."""
+    new = np.zeros(shape, dtype=dtype)
+    if old is not None:
+        new[:used] = old[:used]
+    return new
 
 
 # A table with more rows left behind than this (and than live ones) is rebuilt from the facts kept.
