@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -36,17 +37,27 @@ USER_NEAREST_PER_USER = 140
 QUERY_BLOCK_ROWS = 4096
 PUBLISH_BATCH_SIZE = 1000
 SCORE_DECIMALS = 4
+# implicit's top-k gives filtered items float32's lowest value; anything this low is no neighbour.
+FILTERED_SCORE = -1e30
 
 
 def user_lists_compute(
-    user_vectors: np.ndarray, item_vectors: np.ndarray, *, k: int = USER_NEAREST_PER_USER
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    *,
+    k: int = USER_NEAREST_PER_USER,
+    exclude: Any = None,
+    normalize: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(item indexes, cosines) of each user's k nearest items, nearest first. A zero user gets none (index -1), and
-    an item without a vector is nobody's neighbour."""
+    """(item indexes, scores) of each user's k best items, best first: cosines (`normalize`) or raw dot products.
+    `exclude`: users x items CSR of items left out of each user's list (what they already bought). A zero user
+    gets none (index -1), and an item without a vector is nobody's neighbour."""
     from implicit.cpu.topk import topk
 
-    items = np.ascontiguousarray(normalize_rows(np.asarray(item_vectors, dtype=np.float32)))
-    users = np.ascontiguousarray(normalize_rows(np.asarray(user_vectors, dtype=np.float32)))
+    items = np.asarray(item_vectors, dtype=np.float32)
+    users = np.asarray(user_vectors, dtype=np.float32)
+    if normalize:
+        items, users = normalize_rows(items), normalize_rows(users)
     with_vector = np.flatnonzero(items.any(axis=1))
     searched = np.ascontiguousarray(items[with_vector])
     wanted = min(k, len(searched))
@@ -54,14 +65,18 @@ def user_lists_compute(
     scores = np.zeros((len(users), k), dtype=np.float32)
     if not wanted:
         return indexes, scores
+    if exclude is not None:
+        exclude = exclude[:, with_vector].tocsr()  # in the searched items' numbering
     has_vector = users.any(axis=1)
     for start in range(0, len(users), QUERY_BLOCK_ROWS):
-        block = users[start : start + QUERY_BLOCK_ROWS]
-        found, cosines = topk(searched, block, wanted)
-        valid = (found >= 0) & np.isfinite(cosines) & has_vector[start : start + len(block), None]
+        block = np.ascontiguousarray(users[start : start + QUERY_BLOCK_ROWS])
+        filtered = exclude[start : start + len(block)] if exclude is not None else None
+        found, found_scores = topk(searched, block, wanted, filter_query_items=filtered, num_threads=1)
+        # Filtered items come back last with the lowest float32 score, not -inf.
+        valid = (found >= 0) & (found_scores > FILTERED_SCORE) & has_vector[start : start + len(block), None]
         rows = slice(start, start + len(block))
         indexes[rows, :wanted] = np.where(valid, with_vector[np.maximum(found, 0)], -1)
-        scores[rows, :wanted] = np.where(valid, cosines, 0.0)
+        scores[rows, :wanted] = np.where(valid, found_scores, 0.0)
     return indexes, scores
 
 
@@ -72,13 +87,19 @@ def user_lists_publish(
     item_ids: Sequence[str],
     item_vectors: np.ndarray,
     k: int = USER_NEAREST_PER_USER,
+    exclude: Any = None,
 ) -> int:
     """Compute and publish the lists of the first USER_NEAREST_LISTS_MAX_USERS users (`user_ids` in priority
-    order); returns how many users have one. Lists of users left out are removed with the old build."""
+    order); returns how many users have one. Lists of users left out are removed with the old build. With
+    `exclude` (users x items CSR, rows in `user_ids` order: what each user bought), the lists rank the raw
+    vectors' dot products and leave those items out (the embeddings training); without it, cosines."""
     started = time.monotonic()
     limit = max(0, settings.USER_NEAREST_LISTS_MAX_USERS)
     chosen_ids = list(user_ids[:limit])
-    indexes, scores = user_lists_compute(user_vectors[: len(chosen_ids)], item_vectors, k=k)
+    indexes, scores = user_lists_compute(
+        user_vectors[: len(chosen_ids)], item_vectors, k=k,
+        exclude=exclude[: len(chosen_ids)] if exclude is not None else None, normalize=exclude is None,
+    )  # fmt: skip
     client = get_control_redis()
     run = uuid.uuid4().hex
     batches: dict[int, dict[str, bytes]] = {}

@@ -41,7 +41,7 @@ from prometheus_client import Counter, Histogram
 from redis.commands.core import Script
 
 from personalization import redis_keys
-from personalization.redis_client import get_redis
+from personalization.redis_client import get_control_redis, get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +328,8 @@ def item_cache_invalidate(*, item_key: str, name: str) -> bool:
     _check_entity(item_key)
     _check_name(name)
     keys = [redis_keys.item_cache(item_key, name), redis_keys.item_cache_lock(item_key, name)]
-    return bool(_script(_INVALIDATE)(keys=keys, client=get_redis()))
+    # Called by catalog writes and batch jobs (control plane), never by a recommendation: the longer timeouts.
+    return bool(_script(_INVALIDATE)(keys=keys, client=get_control_redis()))
 
 
 def _item_build_and_store(

@@ -9,6 +9,10 @@ from scoring_app.models import ModelVersion
 CANARY_PERCENT = 10
 
 
+def _figure(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
 def _one(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> ModelVersion | None:
     if queryset.count() != 1:
         modeladmin.message_user(request, "Select exactly one version.", messages.ERROR)
@@ -27,11 +31,13 @@ def _report(modeladmin: admin.ModelAdmin, request: HttpRequest, action, success:
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["version", "kind", "state", "canary_percent", "holdout_ndcg", "promoted_at", "created_at"]
+    list_display = [
+        "version", "kind", "state", "canary_percent", "holdout_ndcg", "quality_gate", "promoted_at", "created_at",
+    ]  # fmt: skip
     list_filter = ["kind", "state"]
     readonly_fields = [
-        "kind", "version", "state", "metrics", "feature_names", "training_window_start", "training_window_end",
-        "replaced_version", "created_at", "promoted_at",
+        "kind", "version", "state", "quality_gate", "training_settings", "metrics", "feature_names",
+        "training_window_start", "training_window_end", "replaced_version", "created_at", "promoted_at",
     ]  # fmt: skip
     fields = [*readonly_fields[:3], "canary_percent", *readonly_fields[3:]]
     actions = ["promote", "canary", "rollback", "retire"]
@@ -40,6 +46,30 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def holdout_ndcg(self, obj: ModelVersion) -> str:
         value = (obj.metrics or {}).get("holdout", {}).get("ndcg@10") if isinstance(obj.metrics, dict) else None
         return f"{value:.4f}" if isinstance(value, float) else "-"
+
+    @admin.display(description="quality gate (held-out nDCG@10)")
+    def quality_gate(self, obj: ModelVersion) -> str:
+        """The gate's figures: this model, popularity and the model it would replace, on the same held-out users."""
+        gate = obj.metrics.get("gate") if isinstance(obj.metrics, dict) else None
+        if not isinstance(gate, dict):
+            return "-"
+        if "skipped" in gate:
+            return f"not gated: {gate['skipped']}"
+        figures = [f"this {_figure(gate.get('ndcg@10'))}", f"popularity {_figure(gate.get('popularity_ndcg@10'))}"]
+        if gate.get("active_ndcg@10") is not None:
+            figures.append(f"active {_figure(gate.get('active_ndcg@10'))}")
+        verdict = "passed" if gate.get("passed") else "FAILED (not promoted)"
+        return f"{verdict}: " + ", ".join(figures) + f" on {gate.get('users', '?')} users"
+
+    @admin.display(description="settings it trained with")
+    def training_settings(self, obj: ModelVersion) -> str:
+        chosen = obj.metrics.get("settings") if isinstance(obj.metrics, dict) else None
+        if not isinstance(chosen, dict):
+            return "-"
+        search = obj.metrics.get("search") or {}
+        tried = len(search.get("tried") or []) if isinstance(search, dict) else 0
+        found = f" (best of {tried} tried)" if tried > 1 else " (defaults, no search)" if tried <= 1 else ""
+        return ", ".join(f"{name}={value}" for name, value in sorted(chosen.items())) + found
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # versions come from training runs

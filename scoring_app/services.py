@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from personalization import redis_keys
-from personalization.redis_client import get_redis
+from personalization.redis_client import get_control_redis
 from scoring_app.models import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def models_serving_snapshot(*, kind: str) -> dict[str, object]:
 def models_serving_publish(*, kinds: list[str] | None = None) -> dict[str, dict[str, object]]:
     """Write the serving snapshot of these kinds (all by default) to Redis; idempotent."""
     snapshots = {kind: models_serving_snapshot(kind=kind) for kind in (kinds or ModelVersion.Kind.values)}
-    pipeline = get_redis().pipeline(transaction=False)
+    pipeline = get_control_redis().pipeline(transaction=False)  # training and beat: control plane
     pipeline.hset(redis_keys.MODELS_SERVING, mapping={kind: orjson.dumps(value) for kind, value in snapshots.items()})
     for kind, snapshot in snapshots.items():
         # The embeddings version also keys the user caches of retrieval (kept as its own key for that).

@@ -1,15 +1,18 @@
 """Retraining the ranker (control plane: ORM and SQL are fine here).
 
-Training rows come from the offline materialization of the feature store (point in time), so the model learns
-on exactly the values serving computes online. Labels:
-- from attributed impressions once there are enough slates that got a reaction: each served slate is a query,
-  its items labelled 3 (bought), 1 (clicked or added to cart), 0 (shown, ignored);
-- before that, from interactions: each recent positive event is a query of the item it touched (labelled by how
-  strong the event was) and sampled negatives, with features as of just before the event.
+The ranker learns what a shopper does next. The latest slice of each user's history is held out (time-based, the
+same split the embeddings training tunes on, `graph_app.training.holdout_split`); embeddings are fitted on the
+rest with the serving settings, and each held-out user gets the candidates serving would retrieve for them then
+(the "user_vector", "similar" and "popular" sources, through the same functions and the same retrieval-feature
+definitions) with the feature store's point-in-time values as of the cut. Candidates the user went on to buy are
+the positives. Once there are enough served slates with a reaction, those slates (attributed impressions) are
+the training queries instead.
 
-The newest fifth of the queries (by time) is the holdout: the new model and the active one are both scored on
-it (nDCG@10, recall@20) and the new one is promoted only if it is not worse; otherwise it stays a candidate with
-its numbers, for staff to look at, canary or promote by hand.
+Settings of the LightGBM ranker are searched within the time budget on a validation part of the training users.
+The quality gate then scores the new model, the active one and popularity on held-out users the model never saw:
+nDCG@10 of the top 10 each puts on the shelf, against everything those users bought next. The new model is
+promoted only if it beats popularity and is not worse than the active model; otherwise it stays a candidate with
+its numbers, for staff to look at, canary or promote by hand. The figures are stored with the version.
 """
 
 from __future__ import annotations
@@ -17,38 +20,70 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from django.conf import settings
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from graph_app.features.definitions import FEATURE_INDEX, FEATURE_NAMES
+from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_COLUMNS, retrieval_features
 from graph_app.features.offline import FeatureRequest, features_offline
-from graph_app.models import FeatureRow, Item
+from graph_app.models import FeatureRow
+from graph_app.similar_lists import SCORE_DECIMALS as SIMILAR_DECIMALS
+from graph_app.similar_lists import SIMILAR_PER_ITEM, similar_lists_compute
+from graph_app.training import (
+    TOP_K,
+    Holdout,
+    Interactions,
+    active_als_settings,
+    als_fit,
+    holdout_split,
+    interactions_load,
+    item_vectors_for,
+    popularity_scores,
+    top_k_items,
+)
+from graph_app.user_lists import USER_NEAREST_PER_USER
 from scoring_app.engine.ranking import ranker_inputs, ranker_load
+from scoring_app.engine.retrieval import (
+    POPULAR_DEPTH,
+    RECENT_ITEMS_USED,
+    USER_VECTOR_NEIGHBOURS,
+    similar_rows,
+)
 from scoring_app.models import ModelVersion
-from scoring_app.ranker import RankingData, ranker_fit, ranking_metrics
+from scoring_app.ranker import RankingData, ranker_fit
 from scoring_app.selectors import model_artifact, model_version_active
 from scoring_app.services import model_version_create, model_version_promote
-from signals_app.models import Event
 
 logger = logging.getLogger(__name__)
 
 TRAINING_WINDOW = timedelta(days=90)
-# Slates with a click or purchase needed before impressions replace interactions as the source of labels.
+# Slates with a click or purchase needed before impressions replace the holdout as the source of labels.
 MIN_IMPRESSION_QUERIES = 200
 IMPRESSION_QUERIES_MAX = 20_000
-INTERACTION_QUERIES_MAX = 5_000
-NEGATIVES_PER_QUERY = 15
-HOLDOUT_SHARE = 0.2
-VALIDATION_SHARE = 0.1
+# Held-out users whose candidates are built (a seeded sample), and the share of them kept for the gate.
+RANKER_USERS_MAX = 1500
+GATE_SHARE = 0.25
+VALIDATION_SHARE = 0.2
 MIN_QUERIES = 20
-SAMPLING_SEED = 42
-# Interaction labels: how strongly each event type says "relevant".
-INTERACTION_LABELS = {"purchase": 3, "add_to_cart": 2, "save": 1, "share": 1, "click": 1, "view": 1, "dwell": 1}
+# What serving retrieves: the candidate set's size (settings.SCORE_CANDIDATES) from these sources.
+PLACEMENT = "home"
+# The ranker may rank a candidate higher only when the user's vector says so (keeps it from learning the noise of
+# the fold's embeddings); every other feature is free.
+MONOTONE = {"retrieval_user_vector_score": 1, "retrieval_user_vector_share": 1, "retrieval_user_vector_log_rank": -1}
+# LightGBM settings tried by the search, in order (over scoring_app.ranker.LIGHTGBM_PARAMS); rounds with each.
+RANKER_SEARCH_GRID: tuple[tuple[dict[str, object], int], ...] = (
+    ({"learning_rate": 0.05}, 100),
+    ({"learning_rate": 0.02}, 150),
+    ({"learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 50}, 150),
+    ({"learning_rate": 0.1, "num_leaves": 63}, 60),
+)
+FEATURES_CHUNK_USERS = 100
 
 
 @dataclass(frozen=True)
@@ -61,6 +96,7 @@ class RankerTrainingReport:
     holdout: dict[str, float]
     active_holdout: dict[str, float] | None
     seconds: float
+    gate: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,157 +121,349 @@ def _impression_queries(since: datetime) -> list[_Query]:
     by_request: dict[str, list[FeatureRow]] = defaultdict(list)
     for row in FeatureRow.objects.filter(request_id__in=request_ids).order_by("request_id", "slot"):
         by_request[row.request_id].append(row)
-    queries = []
-    for rows in by_request.values():
-        queries.append(
-            _Query(
-                as_of=rows[0].served_at,
-                requests=[FeatureRequest(row.user_key, row.item_id, row.placement, row.served_at) for row in rows],
-                labels=[3 if row.purchased else 1 if row.clicked else 0 for row in rows],
-            )
+    return [
+        _Query(
+            as_of=rows[0].served_at,
+            requests=[FeatureRequest(row.user_key, row.item_id, row.placement, row.served_at) for row in rows],
+            labels=[3 if row.purchased else 1 if row.clicked else 0 for row in rows],
         )
+        for rows in by_request.values()
+    ]
+
+
+@dataclass
+class HoldoutQueries:
+    """Held-out users' candidates as serving would retrieve them at the cut: one query per user, rows in order,
+    with the feature values, binary labels, and what each user bought next (all of it: the gate's denominator)."""
+
+    users: list[str] = field(default_factory=list)
+    items: list[list[str]] = field(default_factory=list)
+    values: np.ndarray = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES))))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    relevant: list[list[int]] = field(default_factory=list)  # item indexes, per user
+    user_rows: list[int] = field(default_factory=list)  # the users' rows in the interactions
+    excluded: list[set[str]] = field(default_factory=list)  # recent and bought items, never on the shelf
+    popular: list[str] = field(default_factory=list)  # the popularity baseline's order
+
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum([len(items) for items in self.items])]).astype(np.int64)
+
+    def subset(self, chosen: list[int]) -> HoldoutQueries:
+        offsets = self.offsets()
+        rows = np.concatenate([np.arange(offsets[q], offsets[q + 1]) for q in chosen]) if chosen else np.zeros(0, int)
+        return HoldoutQueries(
+            [self.users[q] for q in chosen], [self.items[q] for q in chosen], self.values[rows], self.labels[rows],
+            [self.relevant[q] for q in chosen], [self.user_rows[q] for q in chosen],
+            [self.excluded[q] for q in chosen], self.popular,
+        )  # fmt: skip
+
+    def ranking_data(self, *, with_positive_only: bool) -> RankingData:
+        offsets = self.offsets()
+        kept = [
+            query
+            for query in range(len(self.users))
+            if not with_positive_only or self.labels[offsets[query] : offsets[query + 1]].any()
+        ]
+        chosen = self.subset(kept)
+        return RankingData(
+            values=chosen.values, labels=chosen.labels,
+            group_sizes=np.asarray([len(items) for items in chosen.items], dtype=np.int32),
+        )  # fmt: skip
+
+
+def _sample(users: np.ndarray, limit: int) -> np.ndarray:
+    if len(users) <= limit:
+        return users
+    generator = np.random.default_rng(settings.TRAINING_SEED)
+    return np.sort(generator.choice(users, limit, replace=False))
+
+
+def holdout_queries(*, interactions: Interactions, holdout: Holdout, now: float | None = None) -> HoldoutQueries:
+    """The held-out users' candidates and features (see HoldoutQueries), from embeddings fitted on the rest."""
+    factors = als_fit(interactions, active_als_settings(), holdout.train)
+    item_ids = interactions.item_ids
+    # The "similar" source's lists, as the embeddings training would publish them from these factors.
+    neighbours, cosines = similar_lists_compute(item_vectors_for(factors), k=SIMILAR_PER_ITEM)
+    similar_lists = {
+        item_ids[row]: [
+            (item_ids[index], round(float(score), SIMILAR_DECIMALS))
+            for index, score in zip(neighbours[row], cosines[row], strict=True)
+            if index >= 0
+        ]
+        for row in range(len(item_ids))
+    }
+    users = _sample(holdout.users, RANKER_USERS_MAX)
+    train = holdout.train
+    bought = interactions.matrix(train & interactions.purchased)
+    nearest, nearest_scores = top_k_items(
+        factors.user_factors[users], factors.item_factors, bought[users], USER_NEAREST_PER_USER
+    )
+    popularity = popularity_scores(interactions, train)
+    popular_order = np.lexsort((np.arange(len(popularity)), -popularity))[:POPULAR_DEPTH]
+    popular_rows = [(item_ids[index], float(popularity[index])) for index in popular_order if popularity[index] > 0]
+    by_user: dict[int, list[int]] = defaultdict(list)
+    for pair in np.flatnonzero(train):
+        by_user[int(interactions.users[pair])].append(int(pair))
+    held: dict[int, list[int]] = defaultdict(list)
+    for pair in np.flatnonzero(holdout.held_out):
+        held[int(interactions.users[pair])].append(int(interactions.items[pair]))
+
+    item_index = {item_id: column for column, item_id in enumerate(item_ids)}
+    queries = HoldoutQueries()
+    queries.popular = [item_id for item_id, _ in popular_rows]
+    requests: list[FeatureRequest] = []
+    retrieval_blocks: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    limit = settings.SCORE_CANDIDATES
+    for position, user in enumerate(users.tolist()):
+        pairs = sorted(by_user[user], key=lambda pair: (-interactions.latest[pair], interactions.items[pair]))
+        recent = [item_ids[interactions.items[pair]] for pair in pairs][:RECENT_ITEMS_USED]
+        purchased = {item_ids[interactions.items[pair]] for pair in pairs if interactions.purchased[pair]}
+        excluded = set(recent) | purchased
+        found = nearest[position] >= 0
+        user_vector = [
+            (item_ids[index], float(score))
+            for index, score in zip(nearest[position][found], nearest_scores[position][found], strict=True)
+            if item_ids[index] not in excluded
+        ][:USER_VECTOR_NEIGHBOURS]
+        rankings = {
+            "similar": similar_rows(recent, similar_lists, _ALL_ITEMS),
+            "user_vector": user_vector,
+            "popular": popular_rows,
+        }
+        # Merged in serving's source order, without the user's recent and bought items.
+        merged = (item for name in ("similar", "user_vector", "popular") for item, _ in rankings[name])
+        candidates = [item for item in dict.fromkeys(merged) if item not in excluded][:limit]
+        if not candidates:
+            continue
+        as_of = datetime.fromtimestamp(holdout.cut[user] - 0.001, UTC)
+        user_key = interactions.user_ids[user]
+        relevant = set(held[user])
+        queries.users.append(user_key)
+        queries.items.append(candidates)
+        queries.relevant.append(sorted(relevant))
+        queries.excluded.append(excluded)
+        queries.user_rows.append(user)
+        requests += [FeatureRequest(user_key, item, PLACEMENT, as_of) for item in candidates]
+        retrieval_blocks.append(retrieval_features(rankings, candidates))
+        labels.append(np.asarray([item_index[item] in relevant for item in candidates], dtype=np.int32))
+    values = _features(requests, [len(items) for items in queries.items])
+    if len(values):
+        values[:, RETRIEVAL_COLUMNS] = np.vstack(retrieval_blocks)
+    queries.values = values
+    queries.labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int32)
     return queries
 
 
-def _interaction_queries(since: datetime) -> list[_Query]:
-    """Recent positive events, each with sampled negatives: half by popularity (hard negatives), half uniform."""
-    generator = np.random.default_rng(SAMPLING_SEED)
-    positives = list(
-        Event.objects.filter(occurred_at__gte=since, type__in=list(INTERACTION_LABELS))
-        .exclude(user_id="")
-        .exclude(item_id="")
-        .order_by("-occurred_at")
-        .values_list("user_id", "item_id", "type", "placement", "occurred_at")[:INTERACTION_QUERIES_MAX]
-    )
-    if not positives:
-        return []
-    catalog = list(Item.objects.values_list("external_id", flat=True))
-    counts: dict[str, int] = defaultdict(int)
-    touched: dict[str, set[str]] = defaultdict(set)
-    for user_id, item_id, *_ in positives:
-        counts[item_id] += 1
-        touched[user_id].add(item_id)
-    popular = list(counts)
-    weights = np.asarray([counts[item_id] for item_id in popular], dtype=np.float64)
-    weights /= weights.sum()
-    queries = []
-    for user_id, item_id, type_name, placement, occurred_at in positives:
-        # Just before the event: the event itself must not leak into its own features.
-        as_of = occurred_at - timedelta(milliseconds=1)
-        negatives: list[str] = []
-        for attempt in range(NEGATIVES_PER_QUERY * 4):
-            if len(negatives) >= NEGATIVES_PER_QUERY:
-                break
-            if attempt % 2 == 0:
-                candidate = popular[int(generator.choice(len(popular), p=weights))]
-            else:
-                candidate = catalog[int(generator.integers(len(catalog)))]
-            if candidate not in touched[user_id] and candidate not in negatives:
-                negatives.append(candidate)
-        # The positive at a random position: row order must not tell the model (or the metrics) anything.
-        labelled = [(item_id, INTERACTION_LABELS[type_name]), *((negative, 0) for negative in negatives)]
-        generator.shuffle(labelled)
-        queries.append(
-            _Query(
-                as_of=as_of,
-                requests=[FeatureRequest(user_id, item, placement or "default", as_of) for item, _ in labelled],
-                labels=[label for _, label in labelled],
-            )
-        )
-    return queries
+class _AllItems:
+    """Offline, every item counts as in stock (the catalog keeps no stock history)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
 
 
-def _ranking_data(queries: list[_Query]) -> RankingData:
-    requests = [request for query in queries for request in query.requests]
-    return RankingData(
-        values=features_offline(requests=requests),
-        labels=np.asarray([label for query in queries for label in query.labels], dtype=np.int32),
-        group_sizes=np.asarray([len(query.requests) for query in queries], dtype=np.int32),
-    )
+_ALL_ITEMS = _AllItems()
 
 
-def _active_holdout_metrics(holdout: RankingData) -> tuple[ModelVersion | None, dict[str, float] | None]:
+def _features(requests: list[FeatureRequest], sizes: list[int]) -> np.ndarray:
+    """features_offline in chunks of FEATURES_CHUNK_USERS queries (each chunk replays its users' logs once)."""
+    blocks = []
+    start = 0
+    for first in range(0, len(sizes), FEATURES_CHUNK_USERS):
+        count = sum(sizes[first : first + FEATURES_CHUNK_USERS])
+        blocks.append(features_offline(requests=requests[start : start + count]))
+        start += count
+    return np.vstack(blocks) if blocks else np.zeros((0, len(FEATURE_NAMES)))
+
+
+def _split_users(queries: HoldoutQueries) -> tuple[list[int], list[int], list[int]]:
+    """(training, validation, gate) queries: users assigned by a seeded hash of their key, so the same user stays
+    on the same side across trainings."""
+    train, validation, gate = [], [], []
+    for query, user_key in enumerate(queries.users):
+        draw = zlib.crc32(f"{settings.TRAINING_SEED}:{user_key}".encode()) / 2**32
+        if draw < GATE_SHARE:
+            gate.append(query)
+        elif draw < GATE_SHARE + (1 - GATE_SHARE) * VALIDATION_SHARE:
+            validation.append(query)
+        else:
+            train.append(query)
+    return train, validation, gate
+
+
+_DISCOUNTS = 1.0 / np.log2(np.arange(2, TOP_K + 2))
+
+
+def _ndcg(hits: np.ndarray, relevant: int) -> float:
+    ideal = float(_DISCOUNTS[: min(relevant, TOP_K)].sum())
+    return float(_DISCOUNTS[: len(hits)][hits].sum()) / ideal if ideal else 0.0
+
+
+def slate_ndcg(queries: HoldoutQueries, scores: np.ndarray) -> float:
+    """Mean nDCG@10 of each user's top 10 candidates by `scores` against everything the user bought next (items
+    outside the candidates count as misses)."""
+    offsets = queries.offsets()
+    total = 0.0
+    for query in range(len(queries.users)):
+        block = scores[offsets[query] : offsets[query + 1]]
+        order = np.lexsort((np.arange(len(block)), -block))[:TOP_K]
+        total += _ndcg(queries.labels[offsets[query] : offsets[query + 1]][order] > 0, len(queries.relevant[query]))
+    return total / max(1, len(queries.users))
+
+
+def popularity_ndcg(queries: HoldoutQueries, item_ids: list[str]) -> float:
+    """The same measure for the most popular items, without the user's recent and bought items."""
+    index = {item_id: column for column, item_id in enumerate(item_ids)}
+    total = 0.0
+    for query in range(len(queries.users)):
+        excluded = queries.excluded[query]
+        shelf = [index[item] for item in queries.popular if item not in excluded][:TOP_K]
+        total += _ndcg(np.isin(shelf, queries.relevant[query]), len(queries.relevant[query]))
+    return total / max(1, len(queries.users))
+
+
+def _monotone() -> list[int]:
+    return [MONOTONE.get(name, 0) for name in FEATURE_NAMES]
+
+
+def _fit(train: RankingData, params: dict[str, object], rounds: int):  # -> lightgbm.Booster
+    return ranker_fit(
+        train=train, feature_names=list(FEATURE_NAMES), params={**params, "monotone_constraints": _monotone()},
+        num_boost_round=rounds,
+    )  # fmt: skip
+
+
+def _predict(booster: object, values: np.ndarray) -> np.ndarray:
+    return np.asarray(booster.predict(values, num_threads=1))  # type: ignore[attr-defined]
+
+
+def _ranker_search(
+    train: RankingData, validation: HoldoutQueries, *, search: bool, budget_seconds: float
+) -> tuple[object, dict[str, object], list[dict[str, object]]]:
+    """The best of the grid by validation slate nDCG@10 (the first setting only without `search`), within the
+    time budget: (booster, its settings, every tried setting with its figure)."""
+    started = time.monotonic()
+    grid = RANKER_SEARCH_GRID if search else RANKER_SEARCH_GRID[:1]
+    best: tuple[float, object, dict[str, object]] | None = None
+    tried: list[dict[str, object]] = []
+    for params, rounds in grid:
+        if tried and time.monotonic() - started > budget_seconds:
+            break
+        booster = _fit(train, params, rounds)
+        figure = slate_ndcg(validation, _predict(booster, validation.values)) if validation.users else math.nan
+        chosen = {**params, "num_boost_round": rounds}
+        tried.append({**chosen, "validation_ndcg@10": round(figure, 6)})
+        if best is None or (not math.isnan(figure) and figure > best[0] + 1e-9):
+            best = (figure, booster, chosen)
+    assert best is not None
+    return best[1], best[2], tried
+
+
+def _active_scores(queries: HoldoutQueries) -> tuple[ModelVersion | None, np.ndarray | None]:
     active = model_version_active(kind=ModelVersion.Kind.RANKER)
     if active is None:
         return None, None
     ranker = ranker_load(model_artifact(version=active.version))
     from graph_app.features.online import FeatureMatrix
 
-    matrix = FeatureMatrix(item_ids=[""] * len(holdout.values), values=holdout.values.copy())
-    scores = np.asarray(ranker.booster.predict(ranker_inputs(ranker, matrix), num_threads=1))
-    return active, ranking_metrics(scores=scores, data=holdout)
+    matrix = FeatureMatrix(item_ids=[""] * len(queries.values), values=queries.values.copy())
+    return active, np.asarray(ranker.booster.predict(ranker_inputs(ranker, matrix), num_threads=1))
 
 
-def _slice(data: RankingData, start: int, stop: int) -> RankingData:
-    offsets = np.concatenate([[0], np.cumsum(data.group_sizes)])
-    return RankingData(
-        values=data.values[offsets[start] : offsets[stop]],
-        labels=data.labels[offsets[start] : offsets[stop]],
-        group_sizes=data.group_sizes[start:stop],
+def _not_trained(label_source: str, queries: int, started: float, reason: str) -> RankerTrainingReport:
+    logger.info("score.ranker_not_trained", extra={"queries": queries, "reason": reason})
+    return RankerTrainingReport(
+        None, False, label_source, queries, 0, {}, None, round(time.monotonic() - started, 3), {"skipped": reason}
     )
 
 
-def ranker_train(*, now: datetime | None = None) -> RankerTrainingReport:
-    """Train a ranker on the latest window; promote it if its holdout nDCG@10 is not worse than the active one's."""
+def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> RankerTrainingReport:
+    """Train a ranker (see the module's docstring) and promote it if it passes the quality gate."""
     started = time.monotonic()
     now = now or timezone.now()
-    since = now - TRAINING_WINDOW
-    queries = _impression_queries(since)
-    label_source = "impressions"
-    if not queries:
-        queries = _interaction_queries(since)
-        label_source = "interactions"
-    queries.sort(key=lambda query: query.as_of)
-    if len(queries) < MIN_QUERIES:
-        logger.info("score.ranker_not_trained", extra={"queries": len(queries)})
-        return RankerTrainingReport(None, False, label_source, len(queries), 0, {}, None, 0.0)
-
-    data = _ranking_data(queries)
-    holdout_start = int(len(queries) * (1 - HOLDOUT_SHARE))
-    validation_start = int(holdout_start * (1 - VALIDATION_SHARE))
-    train = _slice(data, 0, validation_start)
-    validation = _slice(data, validation_start, holdout_start)
-    holdout = _slice(data, holdout_start, len(queries))
-    booster = ranker_fit(train=train, valid=validation, feature_names=list(FEATURE_NAMES))
-    new_metrics = ranking_metrics(scores=np.asarray(booster.predict(holdout.values, num_threads=1)), data=holdout)
-    popularity_metrics = ranking_metrics(
-        scores=np.nan_to_num(holdout.values[:, FEATURE_INDEX["item_popularity_7d"]], nan=0.0), data=holdout
+    search_on = settings.TRAINING_SEARCH if search is None else search
+    interactions = interactions_load()
+    holdout = holdout_split(interactions)
+    queries = holdout_queries(interactions=interactions, holdout=holdout)
+    train_rows, validation_rows, gate_rows = _split_users(queries)
+    gate = queries.subset(gate_rows)
+    if not gate.users or not train_rows:
+        return _not_trained("holdout", len(queries.users), started, "too little history for a holdout")
+    impressions = _impression_queries(now - TRAINING_WINDOW)
+    if impressions:
+        impressions.sort(key=lambda query: query.as_of)
+        label_source = "impressions"
+        requests = [request for query in impressions for request in query.requests]
+        train = RankingData(
+            values=features_offline(requests=requests),
+            labels=np.asarray([label for query in impressions for label in query.labels], dtype=np.int32),
+            group_sizes=np.asarray([len(query.requests) for query in impressions], dtype=np.int32),
+        )
+    else:
+        label_source = "holdout"
+        train = queries.subset(train_rows).ranking_data(with_positive_only=True)
+    if len(train.group_sizes) < MIN_QUERIES:
+        return _not_trained(label_source, len(train.group_sizes), started, "too few training queries")
+    booster, chosen, tried = _ranker_search(
+        train, queries.subset(validation_rows), search=search_on, budget_seconds=settings.TRAINING_SEARCH_SECONDS
     )
-    active, active_metrics = _active_holdout_metrics(holdout)
-    not_worse = active_metrics is None or not (new_metrics["ndcg@10"] < active_metrics["ndcg@10"] - 1e-9)
-    if math.isnan(new_metrics["ndcg@10"]):
-        not_worse = active is None
-
+    new_ndcg = slate_ndcg(gate, _predict(booster, gate.values))
+    baseline = popularity_ndcg(gate, interactions.item_ids)
+    active, active_scores = _active_scores(gate)
+    active_ndcg = slate_ndcg(gate, active_scores) if active_scores is not None else None
+    retrieval_order = -np.nan_to_num(gate.values[:, FEATURE_NAMES.index("retrieval_user_vector_log_rank")], nan=99.0)
+    promoted = new_ndcg > baseline + 1e-9 and (active_ndcg is None or new_ndcg >= active_ndcg - 1e-9)
+    gate_figures: dict[str, object] = {
+        "users": len(gate.users),
+        "ndcg@10": round(new_ndcg, 6),
+        "popularity_ndcg@10": round(baseline, 6),
+        "active_ndcg@10": None if active_ndcg is None else round(active_ndcg, 6),
+        "user_vector_ndcg@10": round(slate_ndcg(gate, retrieval_order), 6),
+        "passed": promoted,
+    }
     model_version = model_version_create(
         kind=ModelVersion.Kind.RANKER,
-        artifact=booster.model_to_string().encode(),
+        artifact=booster.model_to_string().encode(),  # type: ignore[attr-defined]
         metrics={
             "label_source": label_source,
-            "queries": len(queries),
-            "rows": len(data.values),
-            "trees": booster.num_trees(),
-            "holdout": new_metrics,
-            "holdout_popularity_baseline": popularity_metrics,
+            "queries": len(train.group_sizes),
+            "rows": len(train.values),
+            "trees": booster.num_trees(),  # type: ignore[attr-defined]
+            "settings": chosen,
+            "search": {"enabled": search_on, "tried": tried},
+            "gate": gate_figures,
+            "holdout": {"ndcg@10": round(new_ndcg, 6), "queries": len(gate.users)},
+            "holdout_popularity_baseline": {"ndcg@10": round(baseline, 6)},
             "active_version": active.version if active else None,
-            "active_holdout": active_metrics,
+            "active_holdout": None if active_ndcg is None else {"ndcg@10": round(active_ndcg, 6)},
             "feature_importance_gain": dict(
-                zip(FEATURE_NAMES, (round(float(v), 3) for v in booster.feature_importance("gain")), strict=True)
+                zip(FEATURE_NAMES, (round(float(v), 3) for v in booster.feature_importance("gain")), strict=True)  # type: ignore[attr-defined]
             ),
         },
         feature_names=list(FEATURE_NAMES),
-        training_window=(queries[0].as_of, queries[holdout_start - 1].as_of),
+        training_window=_window(interactions, holdout),
     )
-    if not_worse:
+    if promoted:
         model_version_promote(model_version=model_version)
+    else:
+        logger.warning("score.ranker_not_promoted", extra={"version": model_version.version, **gate_figures})
     report = RankerTrainingReport(
         model_version=model_version.version,
-        promoted=not_worse,
+        promoted=promoted,
         label_source=label_source,
-        queries=len(queries),
-        rows=len(data.values),
-        holdout=new_metrics,
-        active_holdout=active_metrics,
+        queries=len(train.group_sizes),
+        rows=len(train.values),
+        holdout={"ndcg@10": round(new_ndcg, 6), "queries": len(gate.users)},
+        active_holdout=None if active_ndcg is None else {"ndcg@10": round(active_ndcg, 6)},
         seconds=round(time.monotonic() - started, 3),
+        gate=gate_figures,
     )
     logger.info("score.ranker_trained", extra=report.__dict__)
     return report
+
+
+def _window(interactions: Interactions, holdout: Holdout) -> tuple[datetime | None, datetime | None]:
+    train = interactions.latest[holdout.train]
+    if not len(train):
+        return None, None
+    return datetime.fromtimestamp(float(train.min()), UTC), datetime.fromtimestamp(float(train.max()), UTC)

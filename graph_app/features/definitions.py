@@ -12,6 +12,7 @@ w * 2^(-(as_of - t) / half_life) at time as_of. Weights are the event types' pop
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
@@ -104,8 +105,45 @@ FEATURES: tuple[FeatureDefinition, ...] = (
     ),
 )  # fmt: skip
 
+# Retrieval's own outputs, per source: what a candidate scored in the source's list, its share of the list's best
+# score and the log of its rank there (missing when the source did not find it). The ranker's strongest signals: the
+# serving candidate set carries them (`scoring_app.engine.retrieval`), and training computes them for its offline
+# candidates with the same function (`retrieval_features`).
+RETRIEVAL_SCORED_SOURCES: tuple[str, ...] = ("user_vector", "similar", "graph")
+RETRIEVAL_RANKED_SOURCES: tuple[str, ...] = ("popular",)
+RETRIEVAL_FEATURES: tuple[FeatureDefinition, ...] = (
+    *(
+        FeatureDefinition(
+            f"retrieval_{source}_{measure}", Entity.USER_ITEM,
+            f"The candidate's {description} in the '{source}' retrieval source's list.",
+            f"retrieval source '{source}'", aggregation,
+        )
+        for source in RETRIEVAL_SCORED_SOURCES
+        for measure, description, aggregation in (
+            ("score", "score", "score"),
+            ("share", "score over the list's best score", "score / max(score)"),
+            ("log_rank", "log of the rank (0 for the first)", "log(rank)"),
+        )
+    ),
+    *(
+        FeatureDefinition(
+            f"retrieval_{source}_log_rank", Entity.USER_ITEM,
+            f"The log of the candidate's rank in the '{source}' retrieval source's list.",
+            f"retrieval source '{source}'", "log(rank)",
+        )
+        for source in RETRIEVAL_RANKED_SOURCES
+    ),
+    FeatureDefinition(
+        "retrieval_sources", Entity.USER_ITEM, "How many retrieval sources found the candidate.",
+        "every retrieval source", "count",
+    ),
+)  # fmt: skip
+FEATURES = FEATURES + RETRIEVAL_FEATURES
+
 FEATURE_NAMES: tuple[str, ...] = tuple(feature.name for feature in FEATURES)
 FEATURE_INDEX: dict[str, int] = {name: index for index, name in enumerate(FEATURE_NAMES)}
+RETRIEVAL_FEATURE_NAMES: tuple[str, ...] = tuple(feature.name for feature in RETRIEVAL_FEATURES)
+RETRIEVAL_COLUMNS = np.array([FEATURE_INDEX[name] for name in RETRIEVAL_FEATURE_NAMES], dtype=np.int64)
 
 
 def decay(age_seconds: float, half_life_seconds: float) -> float:
@@ -122,3 +160,37 @@ def trend(popularity_1h: Number, popularity_1d: Number) -> Number:
 
 def smoothed_ctr(clicks: Number, impressions: Number) -> Number:
     return (clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_CLICKS + CTR_PRIOR_NON_CLICKS)
+
+
+def retrieval_features(rankings: Mapping[str, Sequence[tuple[str, float]]], item_ids: Sequence[str]) -> np.ndarray:
+    """The retrieval features of `item_ids` (rows) in RETRIEVAL_FEATURE_NAMES order, from each source's list
+    (item id, score) best first, as the source returned it: online for the served candidate set, offline for
+    training's candidates. An item listed twice by a source keeps its first (best) place."""
+    index = {item_id: row for row, item_id in enumerate(item_ids)}
+    values = np.full((len(item_ids), len(RETRIEVAL_FEATURES)), np.nan)
+    found = np.zeros(len(item_ids))
+    column = 0
+    for source in (*RETRIEVAL_SCORED_SOURCES, *RETRIEVAL_RANKED_SOURCES):
+        listed = rankings.get(source) or ()
+        scored = source in RETRIEVAL_SCORED_SOURCES
+        rows = np.full(len(listed), -1, dtype=np.int64)
+        for position, entry in enumerate(listed):
+            rows[position] = index.get(entry[0], -1)
+        kept = np.flatnonzero(rows >= 0)
+        # First occurrences only (np.unique returns the first index of each row).
+        _, first = np.unique(rows[kept], return_index=True)
+        kept = kept[first]
+        targets = rows[kept]
+        found[targets] += 1
+        if scored:
+            scores = np.array([float(entry[1]) for entry in listed])
+            best = float(scores.max()) if len(scores) else 0.0
+            values[targets, column] = scores[kept]
+            values[targets, column + 1] = scores[kept] / best if best > 0 else 0.0
+            values[targets, column + 2] = np.log1p(kept)  # log(rank), rank = position + 1
+            column += 3
+        else:
+            values[targets, column] = np.log1p(kept)
+            column += 1
+    values[:, column] = found
+    return values

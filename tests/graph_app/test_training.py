@@ -105,6 +105,69 @@ def test_training_publishes_each_users_nearest_items_most_active_users_first(two
     lists = clean_redis.hgetall(redis_keys.user_nearest_lists(redis_keys.partition_of("u3")))
     assert list(lists) == [b"u3"]  # only the most active user fits the limit
     nearest = orjson.loads(lists[b"u3"])
-    assert len(nearest) == 8  # the whole (small) catalog, nearest first: a mug lover's mugs lead
-    assert {item_id.split("-")[0] for item_id, _ in nearest[:4]} == {"mug"}
+    # The catalog without the three mugs u3 bought, best first by the raw factors' dot product: the mug u3 only
+    # looked at leads, then the pots.
+    assert [item_id for item_id, _ in nearest][:1] == ["mug-1"]
+    assert sorted(item_id for item_id, _ in nearest[1:]) == ["pot-0", "pot-1", "pot-2", "pot-3"]
     assert [score for _, score in nearest] == sorted((score for _, score in nearest), reverse=True)
+
+
+def test_training_tunes_on_a_time_based_holdout_and_stores_its_settings_and_gate(two_tastes):
+    report = embeddings_train()
+
+    version = ModelVersion.objects.get(version=report.model_version)
+    gate = version.metrics["gate"]
+    # Every user kept the latest of their items out of the fit; the chosen model finds them far better than
+    # popularity can (the two tastes are equally popular).
+    assert gate["users"] == 12
+    assert gate["passed"] is True
+    assert gate["ndcg@10"] > gate["popularity_ndcg@10"] + 0.1
+    tried = version.metrics["search"]["tried"]
+    assert len(tried) > 1 and tried[0]["regularization"] == 30.0 and tried[0]["alpha"] == 1.4
+    best = max(tried, key=lambda row: row["ndcg@10"])
+    assert version.metrics["settings"]["regularization"] == best["regularization"]
+    assert report.settings == version.metrics["settings"]
+
+
+def test_a_model_worse_than_popularity_is_stored_but_never_serves(two_tastes, monkeypatch, clean_redis):
+    # Best sellers that the two groups never buy: popularity's top 10 then reaches the groups' items only after
+    # them, and a model that ranks what each user likes last never does.
+    for n in range(10):
+        ItemFactory(external_id=f"lamp-{n}", title=f"Desk lamp {n}", category="lights")
+    for user in range(3):
+        ShopperFactory(external_id=f"lamp-fan-{user}")
+        for n in range(10):
+            EventFactory(event_id=f"l-{user}-{n}", user_id=f"lamp-fan-{user}", item_id=f"lamp-{n}", type="purchase")
+    first = embeddings_train()
+    before = _vector("mug-1")
+    from graph_app import training
+
+    fit = training.als_fit
+
+    def clueless(interactions, als, mask=None):  # a model that knows nothing of its users
+        factors = fit(interactions, als, mask)
+        return training.AlsFactors(
+            factors.user_ids, factors.item_ids, np.zeros_like(factors.user_factors), factors.item_factors,
+            factors.users_per_item,
+        )  # fmt: skip
+
+    monkeypatch.setattr(training, "als_fit", clueless)
+
+    report = embeddings_train()
+
+    assert report.promoted is False
+    assert report.gate["ndcg@10"] < report.gate["popularity_ndcg@10"]
+    assert ModelVersion.objects.get(version=report.model_version).state == "candidate"
+    assert ModelVersion.objects.get(state="active", kind="embeddings").version == first.model_version
+    assert np.allclose(_vector("mug-1"), before)  # the served vectors are untouched
+
+
+def test_search_off_scores_only_the_default_settings(two_tastes, settings):
+    settings.TRAINING_SEARCH = False
+
+    report = embeddings_train()
+
+    version = ModelVersion.objects.get(version=report.model_version)
+    assert [(row["regularization"], row["alpha"]) for row in version.metrics["search"]["tried"]] == [(30.0, 1.4)]
+    assert version.metrics["search"]["enabled"] is False
+    assert version.metrics["gate"]["passed"] is True
