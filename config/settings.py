@@ -255,6 +255,9 @@ SURFACE_SLATE_KEEP_SECONDS = int(os.environ.get("SURFACE_SLATE_KEEP_SECONDS", "3
 # partitions this many days (0: forever); KPIs, training rows and attribution read at most the last 30.
 IMPRESSION_LOG_RETENTION_DAYS = int(os.environ.get("IMPRESSION_LOG_RETENTION_DAYS", "90"))
 SIGNALS_ATTRIBUTION_WINDOW_SECONDS = int(os.environ.get("SIGNALS_ATTRIBUTION_WINDOW_SECONDS", str(7 * 24 * 3600)))
+# Each user's purchased set (items placements may leave out) keeps their latest purchases, this many (serving reads
+# the whole set with the user's state).
+SIGNALS_PURCHASED_ITEMS_KEPT = int(os.environ.get("SIGNALS_PURCHASED_ITEMS_KEPT", "1000"))
 
 # Retrieval sources that query PostgreSQL run in this many threads per process, each against its own deadline
 # (0 runs them one after another in the request's thread, checking deadlines after the fact).
@@ -281,8 +284,22 @@ SERVING_GC_THRESHOLD = int(os.environ.get("SERVING_GC_THRESHOLD", "5000"))
 FEATURE_AGE_SAMPLE_EVERY = int(os.environ.get("FEATURE_AGE_SAMPLE_EVERY", "10"))
 # Serving compiles LightGBM rankers to machine code (lleaves) when it loads them; 0 scores with LightGBM itself.
 SCORE_RANKER_COMPILE = _env_bool("SCORE_RANKER_COMPILE", True)
-# Below this ranking confidence (share of top items the ranker knew the user for) the bandit decides the slate.
+# Below this ranking confidence (share of top items the ranker knew the user for) the bandit explores a slot or two.
 SCORE_MIN_RANKER_CONFIDENCE = float(os.environ.get("SCORE_MIN_RANKER_CONFIDENCE", "0.3"))
+# The bandit chooses at most this many slots (the last ones shown, never the first three) of a ranked slate: a new
+# item's slot, and below SCORE_MIN_RANKER_CONFIDENCE its picks among the ranker's next-best candidates (0: none;
+# at most 2). The whole slate is the bandit's only for users with no history when no ranker serves.
+SCORE_EXPLORATION_SLOTS = int(os.environ.get("SCORE_EXPLORATION_SLOTS", "1"))
+# The bandit's picks for a user in a placement are drawn with the same random numbers for this long (each user's
+# window starts at an offset of their own), so that repeated requests do not reshuffle the shelf (0: every request).
+SCORE_EXPLORATION_RESEED_SECONDS = int(os.environ.get("SCORE_EXPLORATION_RESEED_SECONDS", "3600"))
+
+# Scheduled training tunes itself: each embeddings and ranker training holds out the latest slice of each user's
+# history and searches its settings on it within this many seconds each (0 or TRAINING_SEARCH=0: the default
+# settings only, still gated). TRAINING_SEED fixes every sample and split, so a training is reproducible.
+TRAINING_SEARCH = _env_bool("TRAINING_SEARCH", True)
+TRAINING_SEARCH_SECONDS = float(os.environ.get("TRAINING_SEARCH_SECONDS", "300"))
+TRAINING_SEED = int(os.environ.get("TRAINING_SEED", "42"))
 
 # The embedding size of every vector column; changing it needs a migration and a retrain.
 EMBEDDING_DIMENSIONS = 64

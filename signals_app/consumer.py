@@ -6,6 +6,9 @@ after EVENT_RECLAIM_IDLE_MS; the log's unique event id makes the replay harmless
 stored (bad data, or a record that fails in any other way) is isolated from its batch and moved to the
 partition's dead-letter stream and the DeadLetter table, as is one delivered more than MAX_DELIVERIES times (it
 kept killing its consumers). Only PostgreSQL or Redis going away leaves a batch pending, to be retried.
+
+Late events (older than the dedupe window when they arrived) that a batch stored as new are applied to the online
+state after its commit, before the acknowledgement (`signals_app.history`: at most once, never twice).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
+from signals_app.history import event_is_late, events_apply_online
 from signals_app.log import event_log_append
 from signals_app.models import BanditDecision, DeadLetter, IdentityLink, Impression
 from signals_app.records import Attribution, EventRecord
@@ -52,11 +56,15 @@ class DrainReport:
     impressions: int = 0
     dead_lettered: int = 0
     reclaimed: int = 0
+    # Late events stored as new and then applied to the online state.
+    late_applied: int = 0
     skipped: str = ""
     partitions: list[int] = field(default_factory=list)
 
     def add(self, other: DrainReport) -> None:
-        for name in ("read", "stored", "duplicates", "identities", "impressions", "dead_lettered", "reclaimed"):
+        for name in (
+            "read", "stored", "duplicates", "identities", "impressions", "dead_lettered", "reclaimed", "late_applied"
+        ):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.partitions += other.partitions
         self.skipped = self.skipped or other.skipped
@@ -210,17 +218,17 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
     report.read += len(entries)
     counts = _delivery_counts(stream, entries) if reclaimed else {}
     try:
-        dead, stored = _store(entries, counts)
+        dead, stored, late = _store(entries, counts)
     except (OperationalError, InterfaceError, RedisError):
         raise  # PostgreSQL or Redis went away: the entries stay pending and are retried
     except Exception as error:
         # Anything else is a bad entry (e.g. a malformed record): store the batch entry by entry, so that only
         # the offenders are dead-lettered and the others are stored and acknowledged now.
         logger.warning("signals.batch_failed_isolating", extra={"error": repr(error), "entries": len(entries)})
-        dead, stored = [], DrainReport()
+        dead, stored, late = [], DrainReport(), []
         for entry in entries:
             try:
-                entry_dead, entry_stored = _store([entry], counts)
+                entry_dead, entry_stored, entry_late = _store([entry], counts)
             except (OperationalError, InterfaceError, RedisError):
                 raise
             except Exception as entry_error:
@@ -228,7 +236,11 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
                 continue
             dead += entry_dead
             stored.add(entry_stored)
+            late += entry_late
     report.add(stored)
+    if late:
+        # Committed: from here a failure leaves these out of the online state (redelivered, they are duplicates).
+        report.late_applied += events_apply_online(records=late)
 
     if dead:
         _dead_letter(partition, dead, counts)
@@ -236,9 +248,12 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
     get_control_redis().xack(stream, CONSUMER_GROUP, *[entry_id for entry_id, _ in entries])
 
 
-def _store(entries: list[Entry], counts: dict[bytes, int]) -> tuple[list[tuple[Entry, str]], DrainReport]:
-    """Write the entries in one transaction: what could not be stored (to dead-letter), and the counts of what
-    was. An unexpected exception rolls the whole batch back."""
+def _store(
+    entries: list[Entry], counts: dict[bytes, int]
+) -> tuple[list[tuple[Entry, str]], DrainReport, list[EventRecord]]:
+    """Write the entries in one transaction: what could not be stored (to dead-letter), the counts of what was,
+    and the late events it stored as new (for the online state). An unexpected exception rolls the whole batch
+    back."""
     stored_report = DrainReport()
     dead: list[tuple[Entry, str]] = []
     events: list[tuple[bytes, EventInput, datetime]] = []
@@ -287,6 +302,12 @@ def _store(entries: list[Entry], counts: dict[bytes, int]) -> tuple[list[tuple[E
         stored_report.duplicates += sum(
             1 for entry_id, record in records if entry_id not in dead_ids and record.event.event_id not in stored
         )
+        late: dict[str, EventRecord] = {}
+        for _, record in records:  # the first record of an event id is the one stored
+            if record.event.event_id in stored and event_is_late(
+                occurred_at=record.event.occurred_at, received_at=record.received_at
+            ):
+                late.setdefault(record.event.event_id, record)
 
         for _, payload in identities:
             IdentityLink.objects.update_or_create(
@@ -297,7 +318,7 @@ def _store(entries: list[Entry], counts: dict[bytes, int]) -> tuple[list[tuple[E
         if impressions:
             _impressions_store(impressions)
             stored_report.impressions += len(impressions)
-    return dead, stored_report
+    return dead, stored_report, list(late.values())
 
 
 def _impressions_store(impressions: list[dict[str, Any]]) -> None:

@@ -5,8 +5,11 @@ carry its timestamp. Valid events are appended in batches by `event_log_append`,
 event id applies (a resent file, or an id repeated inside it, is stored once). Months the events fall in get their
 partitions first, so history does not pile up in the DEFAULT partition.
 
-The import writes the PostgreSQL log only: the Redis online state (recent items, popularity, trends) is not
-replayed; popularity and embeddings pick the history up when they are next rebuilt from the log.
+Each committed batch's newly stored events are then applied to the Redis online state (recent items in event-time
+order, affinities, item counters and popularity windows, purchased and cool-down sets: `signals_app.history`), so
+known customers are known online after an import. At most once, like late events: a crash between a batch's
+commit and its apply leaves that batch out of the online state on resume (its events are duplicates by then);
+`manage.py rebuild_online_state` recomputes it all from the log.
 
 After each committed batch a checkpoint (the byte offset and line number reached in the decompressed input, the
 size of the rejects file, the running totals) is written next to the input; a later run resumes from it.
@@ -32,7 +35,9 @@ import orjson
 from django.utils import timezone
 from tqdm import tqdm
 
+from signals_app.history import events_apply_online
 from signals_app.log import event_log_append, event_log_partition_months, event_log_partitions_create, month_start
+from signals_app.online_state import DEDUPE_WINDOW
 from signals_app.records import EventRecord
 from signals_app.validation import EventInput, event_validate
 
@@ -96,6 +101,8 @@ class ImportReport:
     finished: bool = False
     seconds: float = 0.0
     partitions_created: list[str] = field(default_factory=list)
+    # Events of this run applied to the online state.
+    applied_online: int = 0
 
 
 @dataclass
@@ -362,6 +369,7 @@ def events_import(
                 report.partitions_created += event_log_partitions_create(months=months)
                 known_months |= months
             new_ids = event_log_append(records=batch.records, known_user_ids=known_users)
+            report.applied_online += _apply_online(batch.records, new_ids)
             batch.counts.imported = len(new_ids)
             batch.counts.duplicates = len(batch.records) - len(new_ids)
             report.counts.add(batch.counts)
@@ -381,6 +389,15 @@ def events_import(
             rejects.close()
         report.seconds = time.perf_counter() - started
     return report
+
+
+def _apply_online(records: list[EventRecord], new_ids: set[str]) -> int:
+    """The batch's newly stored events (the first record of each id, as the log kept it) into the online state."""
+    first: dict[str, EventRecord] = {}
+    for record in records:
+        if record.event.event_id in new_ids:
+            first.setdefault(record.event.event_id, record)
+    return events_apply_online(records=list(first.values()), dedupe_after=timezone.now() - DEDUPE_WINDOW)
 
 
 def _read_batch(rows: Iterator[tuple[_Row, int, int]], batch_size: int) -> _Batch | None:

@@ -1,11 +1,15 @@
 """The online state an event updates, in one Redis round trip (hot path: plain Python, no ORM).
 
 Per partition of the request a Lua script runs (a call per SCRIPT_CALL_EVENTS events) and, atomically for each
-event: drops a duplicate (event id seen in the last 48 h; an event older than that only goes to the durable log,
-which is unique on event id), updates the user's recent and session items, the user's decayed per-entity
-counters, the item's decayed popularity windows, the user's cool-down set (a hide or a skip, even a late one:
-adding it again changes nothing), and appends the event to the partition's stream for the durable log. All the
-script calls of a request go out in one pipeline.
+event: drops a duplicate (event id seen in the last 48 h), updates the user's recent and session items, the user's
+decayed per-entity counters, the item's decayed popularity windows, the user's cool-down set (a hide or a skip)
+and purchased set (both even for a late event: adding it again changes nothing), and appends the event to the
+partition's stream for the durable log. All the script calls of a request go out in one pipeline.
+
+An event older than the dedupe window (late) may be a resend Redis no longer remembers: the ingest script only
+appends it to the stream, and the durable log, unique on event id, decides. The apply script (`apply_script`,
+control plane) applies the events the log stored as new, late ones and imported history, with the same Lua
+functions (`STATE_LUA`): a late item goes into the user's recent items by its time, not in front.
 
 Decayed counters use forward decay: an event of weight w at time t adds w * 2^((t - epoch) / half_life), so
 the stored numbers of one key rank correctly at any moment and the value at time T is
@@ -15,12 +19,13 @@ stored * 2^(-(T - epoch) / half_life). The epoch moves forward (rebase) before t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import orjson
 import redis
+from django.conf import settings
 from redis.exceptions import NoScriptError
 
 from graph_app.features.definitions import (
@@ -30,6 +35,7 @@ from graph_app.features.definitions import (
     POPULARITY_HALF_LIVES,
 )
 from personalization import redis_keys
+from personalization.redis_client import ShaScript, script_pipeline_execute
 from signals_app.event_types import EventType
 from signals_app.validation import EventInput
 
@@ -79,21 +85,23 @@ local function packed_add(key, item, ts, increments, half_lives)
 end
 """
 
-INGEST_SCRIPT = (
+# What the ingest script and the apply script share: their common KEYS and ARGV, and one function per piece of
+# online state, so that a late or imported event changes the state exactly as a live one does.
+STATE_LUA = (
     """
--- One partition's share of a request. KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item counters,
--- 5..4+W trend keys, then 8 keys an event: seen, recent, session items, affinity, placement counters, recent-last,
--- cool-down, purchased. ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 user state ttl, 5 session ttl,
--- 6 affinity half-life, 7 rebase after, 8 windows W, 9..8+W trend half-lives, 9+W now, 10+W cool-down items kept,
--- 11+W cool-down seconds kept, then 11 values an event: item, weight, marks interest, ts, payload, has session,
--- late, is click in a placement, ctr half-life, starts a cool-down (hide or skip), is a purchase.
+-- KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item counters, 5..4+W trend keys, then the events' keys.
+-- ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 user state ttl, 5 session ttl, 6 affinity half-life, 7 rebase
+-- after, 8 windows W, 9..8+W trend half-lives, 9+W now, 10+W cool-down items kept, 11+W cool-down seconds kept,
+-- 12+W purchased items kept, then the script's own.
 local events = tonumber(ARGV[1])
-local windows = tonumber(ARGV[8])
-local rebase_after = tonumber(ARGV[7])
-local affinity_half_life = tonumber(ARGV[6])
+local recent_kept = tonumber(ARGV[3])
 local state_ttl = tonumber(ARGV[4])
+local affinity_half_life = tonumber(ARGV[6])
+local rebase_after = tonumber(ARGV[7])
+local windows = tonumber(ARGV[8])
 local now = tonumber(ARGV[9 + windows])
 local cooldown_kept, cooldown_seconds = tonumber(ARGV[10 + windows]), tonumber(ARGV[11 + windows])
+local purchased_kept = tonumber(ARGV[12 + windows])
 -- User state lasts state_ttl after its latest event, by event time: a gap longer than that starts it afresh
 -- (the offline materialization applies the same rule). Redis expiry only reclaims memory, a day at the least.
 local function expire_after(key, last)
@@ -106,107 +114,128 @@ for w = 1, windows do
 end
 """
     + PACKED_ADD_LUA
-    + """local results = {}
+    + """
+-- Idempotent (the later time wins), so a late hide still counts for a long cool-down. `ts`: the argument string.
+local function cooldown_add(key, item, ts)
+  redis.call('ZADD', key, 'GT', ts, item)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - cooldown_seconds)
+  redis.call('ZREMRANGEBYRANK', key, 0, -cooldown_kept - 1)
+  redis.call('EXPIRE', key, cooldown_seconds)
+end
+-- What the user bought (placements may leave it out), the latest purchased_kept; idempotent like the cool-down.
+local function purchased_add(key, item, ts)
+  redis.call('ZADD', key, 'GT', ts, item)
+  redis.call('ZREMRANGEBYRANK', key, 0, -purchased_kept - 1)
+  redis.call('EXPIRE', key, state_ttl)
+end
+-- The item goes to the front of the user's recent items (which start afresh after a gap longer than state_ttl).
+local function recent_push(recent, recent_last, item, ts)
+  local last = tonumber(redis.call('GET', recent_last))
+  if last and ts - last > state_ttl then redis.call('DEL', recent) end
+  if not last or ts > last then
+    last = ts
+    redis.call('SET', recent_last, ts)
+  end
+  redis.call('LREM', recent, 0, item)
+  redis.call('LPUSH', recent, item)
+  redis.call('LTRIM', recent, 0, recent_kept - 1)
+  expire_after(recent, last)
+  expire_after(recent_last, last)
+end
+-- The item's counters and popularity windows (forward decay against each window's epoch).
+local function popularity_add(item, weight, ts)
+  local weights = {}
+  for w = 1, windows do weights[w] = weight end
+  packed_add(KEYS[4], item, ts, weights, trend_half_lives)
+  for w = 1, windows do
+    local key = KEYS[4 + w]
+    local half_life = trend_half_lives[w]
+    local epoch = trend_epochs[w]
+    if not epoch then
+      epoch = ts
+      trend_epochs[w] = epoch
+      redis.call('HSET', KEYS[1], key, epoch)
+    elseif (ts - epoch) / half_life > rebase_after then
+      redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', 2 ^ (-(ts - epoch) / half_life))
+      epoch = ts
+      trend_epochs[w] = epoch
+      redis.call('HSET', KEYS[1], key, epoch)
+    end
+    redis.call('ZINCRBY', key, weight * 2 ^ ((ts - epoch) / half_life), item)
+  end
+end
+-- The user's decayed counter and last time of each of the item's entities (nothing for an item without any).
+local function affinity_add(affinity, item, weight, ts)
+  local entities = redis.call('HGET', KEYS[3], item)
+  if not entities then return end
+  local last = tonumber(redis.call('HGET', affinity, '_last'))
+  if last and ts - last > state_ttl then
+    redis.call('DEL', affinity)
+    last = nil
+  end
+  local epoch = tonumber(redis.call('HGET', affinity, '_epoch'))
+  if not epoch then
+    epoch = ts
+    redis.call('HSET', affinity, '_epoch', epoch)
+  elseif (ts - epoch) / affinity_half_life > rebase_after then
+    local fields = redis.call('HGETALL', affinity)
+    local factor = 2 ^ (-(ts - epoch) / affinity_half_life)
+    for position = 1, #fields, 2 do
+      if string.sub(fields[position], 1, 2) == 'f:' then
+        redis.call('HSET', affinity, fields[position], tonumber(fields[position + 1]) * factor)
+      end
+    end
+    epoch = ts
+    redis.call('HSET', affinity, '_epoch', epoch)
+  end
+  local increment = weight * 2 ^ ((ts - epoch) / affinity_half_life)
+  for entity in string.gmatch(entities, '[^|]+') do
+    redis.call('HINCRBYFLOAT', affinity, 'f:' .. entity, increment)
+    local seen = tonumber(redis.call('HGET', affinity, 'r:' .. entity) or '0')
+    if ts > seen then redis.call('HSET', affinity, 'r:' .. entity, ts) end
+  end
+  if not last or ts > last then
+    last = ts
+    redis.call('HSET', affinity, '_last', ts)
+  end
+  expire_after(affinity, last)
+end
+"""
+)
+
+INGEST_SCRIPT = (
+    STATE_LUA
+    + """
+-- One partition's share of a request. KEYS after the common ones: 8 an event: seen, recent, session items,
+-- affinity, placement counters, recent-last, cool-down, purchased. ARGV after the common ones: 11 values an event:
+-- item, weight, marks interest, ts, payload, has session, late, is click in a placement, ctr half-life, starts a
+-- cool-down (hide or skip), is a purchase.
+local results = {}
 for e = 0, events - 1 do
   local k = 4 + windows + 8 * e
-  local a = 11 + windows + 11 * e
+  local a = 12 + windows + 11 * e
   local item, weight, ts = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
   if not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[2]) then
     results[e + 1] = 0
   else
     results[e + 1] = 1
-    -- Idempotent (the later time wins), so a late hide still counts for a long cool-down.
-    if item ~= '' and ARGV[a + 10] == '1' then
-      local cooldown = KEYS[k + 7]
-      redis.call('ZADD', cooldown, 'GT', ARGV[a + 4], item)
-      redis.call('ZREMRANGEBYSCORE', cooldown, '-inf', now - cooldown_seconds)
-      redis.call('ZREMRANGEBYRANK', cooldown, 0, -cooldown_kept - 1)
-      redis.call('EXPIRE', cooldown, cooldown_seconds)
-    end
-    -- What the user bought (placements may leave it out), the latest COOLDOWN_ITEMS_KEPT.
-    if item ~= '' and ARGV[a + 11] == '1' then
-      local purchased = KEYS[k + 8]
-      redis.call('ZADD', purchased, 'GT', ARGV[a + 4], item)
-      redis.call('ZREMRANGEBYRANK', purchased, 0, -cooldown_kept - 1)
-      redis.call('EXPIRE', purchased, state_ttl)
-    end
-    -- Older than the dedupe window (late): maybe a resend we no longer remember, so it only goes to the
-    -- durable log, which is unique on event id; its decayed weight would be negligible online anyway.
+    if item ~= '' and ARGV[a + 10] == '1' then cooldown_add(KEYS[k + 7], item, ARGV[a + 4]) end
+    if item ~= '' and ARGV[a + 11] == '1' then purchased_add(KEYS[k + 8], item, ARGV[a + 4]) end
+    -- Older than the dedupe window (late): maybe a resend we no longer remember, so the durable log decides:
+    -- the consumer applies it (the apply script) once the log stored it as new.
     if ARGV[a + 7] ~= '1' then
       if item ~= '' and ARGV[a + 3] == '1' then
-        local last = tonumber(redis.call('GET', KEYS[k + 6]))
-        if last and ts - last > state_ttl then redis.call('DEL', KEYS[k + 2]) end
-        if not last or ts > last then
-          last = ts
-          redis.call('SET', KEYS[k + 6], ts)
-        end
-        redis.call('LREM', KEYS[k + 2], 0, item)
-        redis.call('LPUSH', KEYS[k + 2], item)
-        redis.call('LTRIM', KEYS[k + 2], 0, tonumber(ARGV[3]) - 1)
-        expire_after(KEYS[k + 2], last)
-        expire_after(KEYS[k + 6], last)
+        recent_push(KEYS[k + 2], KEYS[k + 6], item, ts)
         if ARGV[a + 6] == '1' then
           redis.call('LREM', KEYS[k + 3], 0, item)
           redis.call('LPUSH', KEYS[k + 3], item)
-          redis.call('LTRIM', KEYS[k + 3], 0, tonumber(ARGV[3]) - 1)
+          redis.call('LTRIM', KEYS[k + 3], 0, recent_kept - 1)
           redis.call('EXPIRE', KEYS[k + 3], ARGV[5])
         end
       end
       if item ~= '' and weight > 0 then
-        local weights = {}
-        for w = 1, windows do weights[w] = weight end
-        packed_add(KEYS[4], item, ts, weights, trend_half_lives)
-        for w = 1, windows do
-          local key = KEYS[4 + w]
-          local half_life = trend_half_lives[w]
-          local epoch = trend_epochs[w]
-          if not epoch then
-            epoch = ts
-            trend_epochs[w] = epoch
-            redis.call('HSET', KEYS[1], key, epoch)
-          elseif (ts - epoch) / half_life > rebase_after then
-            redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', 2 ^ (-(ts - epoch) / half_life))
-            epoch = ts
-            trend_epochs[w] = epoch
-            redis.call('HSET', KEYS[1], key, epoch)
-          end
-          redis.call('ZINCRBY', key, weight * 2 ^ ((ts - epoch) / half_life), item)
-        end
-        local entities = redis.call('HGET', KEYS[3], item)
-        if entities then
-          local affinity = KEYS[k + 4]
-          local last = tonumber(redis.call('HGET', affinity, '_last'))
-          if last and ts - last > state_ttl then
-            redis.call('DEL', affinity)
-            last = nil
-          end
-          local epoch = tonumber(redis.call('HGET', affinity, '_epoch'))
-          if not epoch then
-            epoch = ts
-            redis.call('HSET', affinity, '_epoch', epoch)
-          elseif (ts - epoch) / affinity_half_life > rebase_after then
-            local fields = redis.call('HGETALL', affinity)
-            local factor = 2 ^ (-(ts - epoch) / affinity_half_life)
-            for position = 1, #fields, 2 do
-              if string.sub(fields[position], 1, 2) == 'f:' then
-                redis.call('HSET', affinity, fields[position], tonumber(fields[position + 1]) * factor)
-              end
-            end
-            epoch = ts
-            redis.call('HSET', affinity, '_epoch', epoch)
-          end
-          local increment = weight * 2 ^ ((ts - epoch) / affinity_half_life)
-          for entity in string.gmatch(entities, '[^|]+') do
-            redis.call('HINCRBYFLOAT', affinity, 'f:' .. entity, increment)
-            local seen = tonumber(redis.call('HGET', affinity, 'r:' .. entity) or '0')
-            if ts > seen then redis.call('HSET', affinity, 'r:' .. entity, ts) end
-          end
-          if not last or ts > last then
-            last = ts
-            redis.call('HSET', affinity, '_last', ts)
-          end
-          expire_after(affinity, last)
-        end
+        popularity_add(item, weight, ts)
+        affinity_add(KEYS[k + 4], item, weight, ts)
       end
       if item ~= '' and ARGV[a + 8] == '1' then
         local ctr_half_life = tonumber(ARGV[a + 9])
@@ -214,6 +243,80 @@ for e = 0, events - 1 do
       end
     end
     redis.call('XADD', KEYS[2], '*', 'e', ARGV[a + 5])
+  end
+end
+return results
+"""
+)
+
+APPLY_SCRIPT = (
+    STATE_LUA
+    + """
+-- Events the durable log stored as new that the ingest script did not apply (late ones, imported history), of one
+-- partition, each user's in event-time order: the same updates as live, except the session items, and neither a
+-- dedupe (the log did it) nor the stream. KEYS after the common ones: 7 an event: seen, recent, recent-last,
+-- affinity, placement counters, cool-down, purchased. ARGV after the common ones: 13+W the times the log knows of
+-- the items in each user's recent items (JSON: recent key -> {item: time}), then 9 values an event: item, weight,
+-- marks interest, ts, dedupe (an import's event within the dedupe window: skip it if the ingest script saw it),
+-- is click in a placement, ctr half-life, starts a cool-down, is a purchase. Returns 1 for each event applied.
+local known_times = cjson.decode(ARGV[13 + windows])
+-- An item older than the user's latest goes behind every item not known to be older: an item the log has no time
+-- for arrived after the late event, so it is newer (anything that arrives live is at most the dedupe window old).
+local function recent_insert(recent, recent_last, item, ts, known)
+  local last = tonumber(redis.call('GET', recent_last))
+  if not last or ts >= last then
+    recent_push(recent, recent_last, item, ts)
+    known[item] = ts
+    return
+  end
+  local listed = redis.call('LRANGE', recent, 0, -1)
+  local pivot, present = nil, false
+  for i = 1, #listed do
+    local other = listed[i]
+    if other == item then
+      if not known[item] or known[item] >= ts then return end -- already placed by a later event
+      present = true
+    elseif not known[other] or known[other] > ts then
+      pivot = other
+    end
+  end
+  if present then redis.call('LREM', recent, 0, item) end
+  if pivot then
+    redis.call('LINSERT', recent, 'AFTER', pivot, item)
+  else
+    redis.call('LPUSH', recent, item)
+  end
+  redis.call('LTRIM', recent, 0, recent_kept - 1)
+  known[item] = ts
+  expire_after(recent, last)
+end
+local results = {}
+for e = 0, events - 1 do
+  local k = 4 + windows + 7 * e
+  local a = 13 + windows + 9 * e
+  local item, weight, ts = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
+  if ARGV[a + 5] == '1' and not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[2]) then
+    results[e + 1] = 0
+  else
+    results[e + 1] = 1
+    if ARGV[a + 8] == '1' then cooldown_add(KEYS[k + 6], item, ARGV[a + 4]) end
+    if ARGV[a + 9] == '1' then purchased_add(KEYS[k + 7], item, ARGV[a + 4]) end
+    if ARGV[a + 3] == '1' then
+      local known = known_times[KEYS[k + 2]]
+      if not known then
+        known = {}
+        known_times[KEYS[k + 2]] = known
+      end
+      recent_insert(KEYS[k + 2], KEYS[k + 3], item, ts, known)
+    end
+    if weight > 0 then
+      popularity_add(item, weight, ts)
+      affinity_add(KEYS[k + 4], item, weight, ts)
+    end
+    if ARGV[a + 6] == '1' then
+      local ctr_half_life = tonumber(ARGV[a + 7])
+      packed_add(KEYS[k + 5], item, ts, {1, 0}, {ctr_half_life, ctr_half_life})
+    end
   end
 end
 return results
@@ -254,6 +357,34 @@ def stream_payload(online: OnlineEvent) -> bytes:
     )
 
 
+def _common_keys(partition: int) -> list[str]:
+    return [
+        redis_keys.item_trend_epochs(partition),
+        redis_keys.event_stream(partition),
+        redis_keys.catalog_entities(partition),
+        redis_keys.item_counters(partition),
+        *(redis_keys.item_trend(partition, window) for window in TREND_WINDOWS),
+    ]
+
+
+def _common_args(events: int) -> list[str | bytes | float | int]:
+    return [
+        events,
+        DEDUPE_WINDOW_SECONDS,
+        RECENT_ITEMS_KEPT,
+        RECENT_ITEMS_TTL_SECONDS,
+        SESSION_ITEMS_TTL_SECONDS,
+        AFFINITY_HALF_LIFE_SECONDS,
+        REBASE_AFTER_HALF_LIVES,
+        len(TREND_WINDOWS),
+        *TREND_WINDOWS.values(),
+        repr(time.time()),
+        COOLDOWN_ITEMS_KEPT,
+        COOLDOWN_KEPT_SECONDS,
+        settings.SIGNALS_PURCHASED_ITEMS_KEPT,
+    ]
+
+
 class IngestScript:
     """The ingest script, called by its SHA and reloaded after a Redis restart or failover."""
 
@@ -266,27 +397,8 @@ class IngestScript:
 
     def queue(self, pipeline: redis.client.Pipeline, partition: int, events: Sequence[OnlineEvent]) -> None:
         """One script call for the events of one partition."""
-        keys = [
-            redis_keys.item_trend_epochs(partition),
-            redis_keys.event_stream(partition),
-            redis_keys.catalog_entities(partition),
-            redis_keys.item_counters(partition),
-            *(redis_keys.item_trend(partition, window) for window in TREND_WINDOWS),
-        ]
-        args: list[str | bytes | float | int] = [
-            len(events),
-            DEDUPE_WINDOW_SECONDS,
-            RECENT_ITEMS_KEPT,
-            RECENT_ITEMS_TTL_SECONDS,
-            SESSION_ITEMS_TTL_SECONDS,
-            AFFINITY_HALF_LIFE_SECONDS,
-            REBASE_AFTER_HALF_LIVES,
-            len(TREND_WINDOWS),
-            *TREND_WINDOWS.values(),
-            repr(time.time()),
-            COOLDOWN_ITEMS_KEPT,
-            COOLDOWN_KEPT_SECONDS,
-        ]
+        keys = _common_keys(partition)
+        args = _common_args(len(events))
         for online in events:
             event = online.event
             keys += [
@@ -358,3 +470,92 @@ class IngestScript:
 
 
 ingest_script = IngestScript()
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An event the durable log stored as new that the ingest script did not apply: a late one, or imported."""
+
+    event: EventInput
+    event_type: EventType
+    # An imported event within the dedupe window: the ingest script may have applied it (the log had not stored it
+    # yet), so it is applied only if its event id was not seen, and a resend through the API is then a duplicate.
+    dedupe: bool = False
+
+
+class ApplyScript:
+    """The apply script (control plane: the event-log consumer and the importer, with the control client)."""
+
+    def __init__(self) -> None:
+        self.script = ShaScript(APPLY_SCRIPT)
+
+    def run(
+        self, client: redis.Redis, events: Sequence[LoggedEvent], known: Mapping[str, Mapping[str, float]]
+    ) -> list[bool]:
+        """Apply the events (each user's in event-time order) in one round trip; True for each one applied.
+        `known`: user key -> item -> the time of the latest event the log holds that put the item in the user's
+        recent items (the items there without one are newer than any late event)."""
+        known_running = {user_key: dict(items) for user_key, items in known.items()}
+        by_partition: dict[int, list[int]] = {}
+        for index, logged in enumerate(events):
+            by_partition.setdefault(redis_keys.partition_of(logged.event.user_key), []).append(index)
+        calls: list[tuple[list[int], list[str], list[str | bytes | float | int]]] = []
+        for partition, indexes in by_partition.items():
+            # Short calls, like ingest's: Redis serves the hot path between them.
+            for start in range(0, len(indexes), SCRIPT_CALL_EVENTS):
+                chunk = indexes[start : start + SCRIPT_CALL_EVENTS]
+                keys, args = self._call(partition, [events[index] for index in chunk], known_running)
+                calls.append((chunk, keys, args))
+
+        def queue(pipeline: redis.client.Pipeline) -> None:
+            for _chunk, keys, args in calls:
+                self.script.queue(client, pipeline, keys, args)
+
+        replies = script_pipeline_execute(client, queue, self.script)
+        outcomes = [False] * len(events)
+        for (chunk, _keys, _args), reply in zip(calls, replies, strict=True):
+            for index, applied in zip(chunk, reply, strict=True):
+                outcomes[index] = bool(applied)
+        return outcomes
+
+    @staticmethod
+    def _call(
+        partition: int, events: Sequence[LoggedEvent], known: dict[str, dict[str, float]]
+    ) -> tuple[list[str], list[str | bytes | float | int]]:
+        keys = _common_keys(partition)
+        args = _common_args(len(events))
+        recent_known = {
+            redis_keys.user_recent_items(user_key): known.get(user_key, {})
+            for user_key in {logged.event.user_key for logged in events}
+        }
+        args.append(orjson.dumps(recent_known))
+        for logged in events:
+            event, kind = logged.event, logged.event_type
+            keys += [
+                redis_keys.event_seen(partition, event.event_id),
+                redis_keys.user_recent_items(event.user_key),
+                redis_keys.user_recent_last(event.user_key),
+                redis_keys.user_affinity(event.user_key),
+                redis_keys.placement_counters(partition, event.placement or "-"),
+                redis_keys.user_cooldown(event.user_key),
+                redis_keys.user_purchased(event.user_key),
+            ]
+            timestamp = event.occurred_at.timestamp()
+            args += [
+                event.item_id,
+                kind.popularity_weight,
+                "1" if kind.marks_interest else "0",
+                repr(timestamp),
+                "1" if logged.dedupe else "0",
+                "1" if event.type == "click" and event.placement else "0",
+                CTR_HALF_LIFE_SECONDS,
+                "1" if event.type in COOLDOWN_EVENT_TYPES else "0",
+                "1" if event.type == "purchase" else "0",
+            ]
+            if kind.marks_interest:  # what the next call of the same user must know
+                items = known.setdefault(event.user_key, {})
+                items[event.item_id] = max(items.get(event.item_id, timestamp), timestamp)
+        return keys, args
+
+
+apply_script = ApplyScript()

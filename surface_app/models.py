@@ -12,7 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from simple_history.models import HistoricalRecords
 
-RETRIEVAL_SOURCES = ("similar", "graph", "user_vector", "category_popular", "popular", "fresh")
+RETRIEVAL_SOURCES = ("context", "similar", "graph", "user_vector", "category_popular", "popular", "fresh")
 FALLBACKS = ("popular", "session", "last_slate", "default_list")
 
 

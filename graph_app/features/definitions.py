@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -162,7 +162,7 @@ def smoothed_ctr(clicks: Number, impressions: Number) -> Number:
     return (clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_CLICKS + CTR_PRIOR_NON_CLICKS)
 
 
-def retrieval_features(rankings: Mapping[str, Sequence[tuple[str, float]]], item_ids: Sequence[str]) -> np.ndarray:
+def retrieval_features(rankings: Mapping[str, Sequence[Sequence[Any]]], item_ids: Sequence[str]) -> np.ndarray:
     """The retrieval features of `item_ids` (rows) in RETRIEVAL_FEATURE_NAMES order, from each source's list
     (item id, score) best first, as the source returned it: online for the served candidate set, offline for
     training's candidates. An item listed twice by a source keeps its first (best) place."""

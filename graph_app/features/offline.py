@@ -1,9 +1,10 @@
 """The offline materialization: point-in-time correct feature rows for (user, item, placement, as_of), computed
 from the PostgreSQL event log with the same definitions as the online store (control plane: SQL and ORM).
 
-Only what was known at `as_of` counts: events that happened by then and, like the online path, not those that
-arrived more than the 48 h dedupe window after they happened (those only reach the log). Catalog facts (price,
-stock, entities, embeddings) are the current ones: the catalog keeps no history.
+Only what happened by `as_of` counts, late events included: like the online path, which applies an event that
+arrived more than the 48 h dedupe window after it happened once the log stored it (`signals_app.history`), and
+imported history too. Catalog facts (price, stock, entities, embeddings) are the current ones: the catalog keeps
+no history.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from graph_app.models import Item, ItemEntity
 from graph_app.online import entity_keys
 from signals_app.event_types import BUILT_IN_EVENT_TYPES, EventType
 from signals_app.models import CustomEventType
-from signals_app.online_state import DEDUPE_WINDOW_SECONDS
 
 TTL = {feature.name: feature.ttl_seconds for feature in FEATURES}
 
@@ -54,16 +54,31 @@ def event_types() -> dict[str, EventType]:
     return types
 
 
+def _entity_links(item_ids: set[str] | None) -> dict[str, list[tuple[str, str]]]:
+    rows = ItemEntity.objects.all() if item_ids is None else ItemEntity.objects.filter(item__external_id__in=item_ids)
+    links: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for item_id, kind, external_id in rows.values_list(
+        "item__external_id", "entity__kind", "entity__external_id"
+    ).order_by("item__external_id", "entity__kind", "entity__external_id"):
+        links[item_id].append((kind, external_id))
+    return links
+
+
+def catalog_entity_keys(*, item_ids: set[str] | None = None) -> dict[str, str]:
+    """Item id -> its entity keys as the ingest script reads them ("category:x|brand:y", "" for none), from the
+    catalog in PostgreSQL; every item when `item_ids` is None."""
+    links = _entity_links(item_ids)
+    items = Item.objects.all() if item_ids is None else Item.objects.filter(external_id__in=item_ids)
+    return {
+        item_id: entity_keys(category=category, entities=links.get(item_id, []))
+        for item_id, category in items.values_list("external_id", "category")
+    }
+
+
 def _catalog(
     item_ids: set[str],
 ) -> tuple[dict[str, list[str]], dict[str, tuple[float, bool, float, np.ndarray | None]]]:
-    links: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for item_id, kind, external_id in (
-        ItemEntity.objects.filter(item__external_id__in=item_ids)
-        .values_list("item__external_id", "entity__kind", "entity__external_id")
-        .order_by("item__external_id", "entity__kind", "entity__external_id")
-    ):
-        links[item_id].append((kind, external_id))
+    links = _entity_links(item_ids)
     keys: dict[str, list[str]] = {}
     facts: dict[str, tuple[float, bool, float, np.ndarray | None]] = {}
     for item_id, category, price, in_stock, created, vector in Item.objects.filter(
@@ -92,7 +107,6 @@ SELECT r.idx,
 FROM r
 JOIN signals_app_event e ON e.item_id = r.item AND e.occurred_at <= r.as_of
 JOIN w ON w.type = e.type
-WHERE e.received_at - e.occurred_at <= make_interval(secs => %(late)s)
 GROUP BY r.idx
 """
 
@@ -103,7 +117,6 @@ SELECT r.idx, sum(power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)
 FROM r
 JOIN signals_app_event e ON e.item_id = r.item AND e.placement = r.placement AND e.type = 'click'
                         AND e.occurred_at <= r.as_of
-WHERE e.received_at - e.occurred_at <= make_interval(secs => %(late)s)
 GROUP BY r.idx
 """
 
@@ -120,7 +133,6 @@ _USER_EVENTS_SQL = """
 SELECT user_id, item_id, type, extract(epoch FROM occurred_at)::float8
 FROM signals_app_event
 WHERE user_id = ANY(%(users)s) AND item_id <> '' AND occurred_at <= %(until)s
-  AND received_at - occurred_at <= make_interval(secs => %(late)s)
 ORDER BY occurred_at, id
 """
 
@@ -137,7 +149,7 @@ def features_offline(*, requests: list[FeatureRequest]) -> np.ndarray:
     with connection.cursor() as cursor:
         cursor.execute(
             _USER_EVENTS_SQL,
-            {"users": sorted(users), "until": max(r.as_of for r in requests), "late": DEDUPE_WINDOW_SECONDS},
+            {"users": sorted(users), "until": max(r.as_of for r in requests)},
         )
         user_events = cursor.fetchall()
     keys, facts = _catalog(item_ids | {item for _, item, _, _ in user_events})
@@ -146,7 +158,6 @@ def features_offline(*, requests: list[FeatureRequest]) -> np.ndarray:
         "item": [request.item_id for request in requests],
         "placement": [request.placement for request in requests],
         "as_of": [request.as_of for request in requests],
-        "late": DEDUPE_WINDOW_SECONDS,
     }
     windows = list(POPULARITY_HALF_LIVES.values())
     with connection.cursor() as cursor:

@@ -30,6 +30,7 @@ from graph_app.features.definitions import (
     FEATURES,
     POPULARITY_HALF_LIVES,
     RECENT_ITEMS_FOR_SIMILARITY,
+    RETRIEVAL_COLUMNS,
     smoothed_ctr,
     trend,
 )
@@ -429,12 +430,14 @@ def features_fetch(
     now: float,
     recent_items: Sequence[str] | None = None,
     writes: list[UserCacheWrite] | None = None,
+    retrieval: np.ndarray | None = None,
 ) -> FeatureMatrix:
     """The feature matrix of the items for the user, in one round trip: the user's state, the catalog facts of
     the items this process does not keep (see `_CatalogFacts`), every item's counters. `recent_items`: the
     user's recent items as the caller read them moments ago; their embeddings then ride in the same round trip,
     and are used if the list still holds them (else a second round trip reads the embeddings of the list as it
-    is now). `writes`: the caller's user cache values to store, in the same round trip."""
+    is now). `writes`: the caller's user cache values to store, in the same round trip. `retrieval`: the items'
+    retrieval features as the candidate set carries them (rows in `item_ids` order)."""
     client = get_redis()
     pipeline = client.pipeline(transaction=False)
     caching = settings.FEATURE_CATALOG_CACHE_ITEMS > 0
@@ -497,10 +500,13 @@ def features_fetch(
         recent_vectors = early_vectors
     else:
         recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent)
-    return features_compute(
+    matrix = features_compute(
         replies=[affinity_raw, recent_raw, recent_last, *per_partition], catalog=catalog,
         recent_vectors=recent_vectors, item_ids=item_ids, now=now, observe=True, ages=_ages_sampled(),
     )  # fmt: skip
+    if retrieval is not None and len(retrieval) == len(item_ids):
+        matrix.values[:, RETRIEVAL_COLUMNS] = retrieval
+    return matrix
 
 
 def _decayed_sums(

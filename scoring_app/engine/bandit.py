@@ -1,5 +1,6 @@
-"""The contextual bandit on the hot path: Vowpal Wabbit's `cb_explore_adf` fills slots for new users, new items
-and requests the ranker cannot score with confidence, and logs with every item the probability it had.
+"""The contextual bandit on the hot path: Vowpal Wabbit's `cb_explore_adf` fills a slot or two of a ranked slate
+(a new item's; the next-best candidates' when the ranker is unsure) and the whole slate only for users with no
+history when no ranker serves, and logs with every item it picked the probability it had.
 
 Exploration is SquareCB rather than epsilon-greedy: epsilon-greedy puts 1 - epsilon on one action and spreads the
 rest evenly, so once the first slot is taken the other slots of a slate would be uniformly random. SquareCB gives
@@ -14,6 +15,7 @@ the Celery worker on its own copy loaded from the registry's bytes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import tempfile
@@ -199,6 +201,28 @@ def bandit_choose(
         index = remaining.pop(position)
         picks.append(BanditPick(offered[index].item_id, slot, min(1.0, propensity), actions[index]))
     return picks
+
+
+def exploration_window(*, user_key: str, placement: str, now: float, seconds: float) -> int:
+    """The user's exploration window in the placement at `now`: windows are `seconds` long and each user's start at
+    an offset of their own, so that the shelves of all users do not change at the same moment."""
+    digest = hashlib.blake2b(f"{user_key}\x1f{placement}".encode(), digest_size=8).digest()
+    return int((now + int.from_bytes(digest, "big") % max(1, int(seconds))) // seconds)
+
+
+def exploration_rng(*, user_key: str, placement: str, now: float, seconds: float) -> random.Random:
+    """The random numbers of the bandit's picks for this user in this placement, the same within a window of
+    `seconds` (SCORE_EXPLORATION_RESEED_SECONDS; 0: fresh ones every request). Repeated requests (a refresh, a
+    back button, a live shelf) then show the same picks instead of reshuffling the explored slots: a shelf that
+    changes with no new event or model reads as noise. The picks stay random across users and windows with the
+    logged propensities; the price is that a user's repeated impressions within a window are one draw, logged
+    again each time. Sampling is by inverse CDF, one uniform number a slot, so a small change of the model's PMF
+    (a learning update) moves few picks."""
+    if seconds <= 0:
+        return random.Random()
+    window = exploration_window(user_key=user_key, placement=placement, now=now, seconds=seconds)
+    digest = hashlib.blake2b(f"{user_key}\x1f{placement}\x1f{window}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "big"))
 
 
 def _sample(remaining: list[int], weights: list[float], threshold: float) -> int:

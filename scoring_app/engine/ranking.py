@@ -106,12 +106,20 @@ def ranker_scores(ranker: LoadedRanker, features: FeatureMatrix) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64)
 
 
+# The user's own vector (ALS, trained on their whole history) found the item: the ranker knows the user even when
+# their affinities (90 days) have expired. Missing from a feature store that has no retrieval features.
+_LISTED_BY_USER_VECTOR = FEATURE_INDEX.get("retrieval_user_vector_score")
+
+
 def ranking_confidence(features: FeatureMatrix, top_rows: np.ndarray) -> float:
     """How much the ranker knew about the user for the items it put on top: the share of those rows whose
-    user x item features are present and non-zero (0 for a new user, 1 for a user with rich, recent history)."""
+    user x item features are present and non-zero, or that the user's own vector retrieved (0 for a new user, 1 for
+    a user with rich history). Below SCORE_MIN_RANKER_CONFIDENCE the bandit explores a slot or two, no more."""
     if not len(top_rows):
         return 0.0
     columns = np.array([FEATURE_INDEX[name] for name in USER_FEATURES], dtype=np.int64)
     block = features.values[np.ix_(top_rows, columns)]
-    known = np.isfinite(block) & (block != 0)
-    return round(float(known.any(axis=1).mean()), 4)
+    known = (np.isfinite(block) & (block != 0)).any(axis=1)
+    if _LISTED_BY_USER_VECTOR is not None:
+        known |= np.isfinite(features.values[top_rows, _LISTED_BY_USER_VECTOR])
+    return round(float(known.mean()), 4)

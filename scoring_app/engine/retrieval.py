@@ -13,17 +13,19 @@ event changes the key instead of needing an invalidation. Final scores are never
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 import redis
 from django.conf import settings
@@ -31,8 +33,15 @@ from django.db import DatabaseError, connection
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
 from graph_app.features.online import catalog_facts_read, catalog_stock_kept
-from graph_app.neighbourhoods_online import item_neighbours, neighbour_explanation, neighbours_decode, neighbours_queue
+from graph_app.neighbourhoods_online import (
+    Neighbour,
+    item_neighbours,
+    neighbour_explanation,
+    neighbours_decode,
+    neighbours_queue,
+)
 from graph_app.online import static_in_stock
 from personalization import redis_keys
 from personalization.cache import (
@@ -67,7 +76,7 @@ FRESH_ITEMS = 30
 FRESH_WITHIN_DAYS = 30
 CANDIDATE_SET_CACHE_SECONDS = 60
 # Part of the cached candidate set's version: a payload in an earlier layout is a miss, not an error.
-CANDIDATE_SET_FORMAT = "2"
+CANDIDATE_SET_FORMAT = "3"
 
 SOURCES_DROPPED = Counter(
     "score_retrieval_sources_dropped_total",
@@ -357,13 +366,19 @@ def _user_vector_source(state: UserState) -> list[Candidate]:
 
 
 def _similar_from_lists(
-    state: UserState, lists: dict[str, list[list[Any]]], in_stock: set[str]
+    state: UserState, lists: dict[str, list[list[Any]]], in_stock: Container[str]
+) -> list[tuple[str, float]]:
+    return similar_rows(state.recent_items, lists, in_stock)
+
+
+def similar_rows(
+    recent_items: Sequence[str], lists: Mapping[str, Sequence[Sequence[Any]]], in_stock: Container[str]
 ) -> list[tuple[str, float]]:
     """The "similar" rows from the recent items' precomputed nearest items: each item's best decayed cosine, in
-    stock and not among the recent items, best first."""
-    recent = set(state.recent_items)
+    stock and not among the recent items, best first (training builds its candidates with it too)."""
+    recent = set(recent_items)
     best: dict[str, float] = {}
-    for position, seed in enumerate(state.recent_items[:SIMILAR_SEED_ITEMS]):
+    for position, seed in enumerate(recent_items[:SIMILAR_SEED_ITEMS]):
         weight = SIMILAR_SEED_DECAY**position
         for item_id, cosine in lists.get(seed, ()):
             score = cosine * weight
@@ -461,6 +476,70 @@ def _graph_source(state: UserState) -> list[Candidate]:
     return list(_graph_candidates(state).values())
 
 
+# The request's context items (a product page's item, a cart) whose neighbours make the "context" source: the
+# first ones, each further one counting x0.9 (SIMILAR_SEED_DECAY) as for the recent items.
+CONTEXT_SEED_ITEMS = 10
+CONTEXT_CANDIDATES = 100
+CONTEXT_EXPLANATION = "Goes with what you are looking at"
+_CONTEXT = ("context",)
+
+
+def _context_rows(
+    seeds: Sequence[str],
+    lists: Mapping[str, Sequence[Sequence[Any]]],
+    neighbourhoods: Mapping[str, Sequence[Neighbour]],
+    in_stock: Container[str],
+) -> list[tuple[str, float, str]]:
+    """(item, score, explanation) of the items related to the seeds: their nearest items by embedding (precomputed
+    lists) and their knowledge-graph and co-purchase neighbours, in stock and not among the seeds. An item's score
+    is its best decayed cosine plus its best decayed neighbour score (both about [0, 1]): related both ways comes
+    first. Ties go by item id, so that every process orders them alike."""
+    cosines: dict[str, float] = {}
+    related: dict[str, tuple[float, Neighbour]] = {}
+    for position, seed in enumerate(seeds):
+        weight = SIMILAR_SEED_DECAY**position
+        for item_id, cosine in lists.get(seed, ()):
+            cosines[item_id] = max(cosines.get(item_id, -2.0), float(cosine) * weight)
+        for neighbour in neighbourhoods.get(seed, ()):
+            known = related.get(neighbour.item_id)
+            if known is None or neighbour.score * weight > known[0]:
+                related[neighbour.item_id] = (neighbour.score * weight, neighbour)
+    excluded = set(seeds)
+    rows: list[tuple[str, float, str]] = []
+    for item_id in cosines.keys() | related.keys():
+        if item_id in excluded or item_id not in in_stock:
+            continue
+        graph = related.get(item_id)
+        score = max(cosines.get(item_id, 0.0), 0.0) + (graph[0] if graph else 0.0)
+        explanation = neighbour_explanation(graph[1]) if graph else CONTEXT_EXPLANATION
+        rows.append((item_id, round(score, 6), explanation))
+    rows.sort(key=lambda row: (-row[1], row[0]))
+    return rows[:CONTEXT_CANDIDATES]
+
+
+def _context_source(state: UserState) -> list[Candidate]:
+    """Items related to the request's context items: the slate leads with them (`scoring_app.engine.scoring`). Read
+    ahead with the other sources' inputs (`_prefetch_sources`), else in one round trip of its own."""
+    if not state.seeds:
+        return []
+    rows = state.prefetched.get("context_rows")
+    if rows is None:
+        seeds = list(state.seeds[:CONTEXT_SEED_ITEMS])
+        pipeline = get_redis().pipeline(transaction=False)
+        neighbours_queue(pipeline, seeds)
+        pipeline.hmget(redis_keys.ITEM_SIMILAR_LISTS, seeds)
+        replies = pipeline.execute()
+        lists = {seed: orjson.loads(payload) for seed, payload in zip(seeds, replies.pop(), strict=True) if payload}
+        neighbourhoods = neighbours_decode(replies, item_ids=seeds)
+        named = {neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours}
+        named.update(item_id for rows_of_seed in lists.values() for item_id, _ in rows_of_seed)
+        rows = _context_rows(seeds, lists, neighbourhoods, _in_stock(named))
+    return [
+        _new_candidate(Candidate, (item_id, score, "context", explanation, _CONTEXT))
+        for item_id, score, explanation in rows
+    ]
+
+
 @dataclass(frozen=True)
 class RetrievalSource:
     name: str
@@ -476,9 +555,13 @@ class RetrievalSource:
 # their Python work, so a cheap source started last still needs most of it.
 RETRIEVAL_DEADLINE_MS = 10.0
 
-# In the order their candidates are merged (and served when no ranker or bandit scores them): the user's own
-# signals first, then what is popular, then exploration.
+# In the order their candidates are merged (and served when no ranker or bandit scores them): what the request's
+# context items (a product page, a cart) relate to, the user's own signals, then what is popular, then exploration.
 SOURCES: tuple[RetrievalSource, ...] = (
+    RetrievalSource(
+        "context", _context_source, RETRIEVAL_DEADLINE_MS, False,
+        lambda state: not state.seeds or "context_rows" in state.prefetched,
+    ),
     RetrievalSource(
         "similar", _recent_items_source, RETRIEVAL_DEADLINE_MS, True,
         lambda state: (
@@ -529,24 +612,28 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         prefetched["fresh_rows"] = payload
     try:
         pipeline = get_redis().pipeline(transaction=False)
-        seeds = state.recent_items[:GRAPH_SEED_ITEMS] if "graph" in names else []
+        graph_seeds = state.recent_items[:GRAPH_SEED_ITEMS] if "graph" in names else []
+        # The request's context items lead the recent items: their neighbourhoods and lists are mostly read already.
+        context_seeds = list(state.seeds[:CONTEXT_SEED_ITEMS]) if "context" in names else []
+        seeds = [*graph_seeds, *(seed for seed in context_seeds if seed not in graph_seeds)]
         count = neighbours_queue(pipeline, seeds)
         categories = list(state.favourite_categories) if "category_popular" in names else []
         for category in categories:
             pipeline.get(redis_keys.item_cache(f"category:{category}", "popular_in_category"))
         similar_seeds = state.recent_items[:SIMILAR_SEED_ITEMS] if "similar" in names else []
-        if similar_seeds:
-            pipeline.hmget(redis_keys.ITEM_SIMILAR_LISTS, similar_seeds)
+        list_seeds = [*similar_seeds, *(seed for seed in context_seeds if seed not in similar_seeds)]
+        if list_seeds:
+            pipeline.hmget(redis_keys.ITEM_SIMILAR_LISTS, list_seeds)
         # The user's precomputed nearest items (`graph_app.user_lists`) stand for the pgvector query around their
         # vector, unless that query's result is cached; they were not checked in stock when computed.
         listed = "user_vector" in names and "user_vector_rows" not in prefetched
         if listed:
             pipeline.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(state.user_key)), state.user_key)
-        replies = pipeline.execute() if seeds or categories or similar_seeds or listed else []
+        replies = pipeline.execute() if seeds or categories or list_seeds or listed else []
         nearest_list = replies.pop() if listed else None
         similar_lists = {
             seed: orjson.loads(payload)
-            for seed, payload in zip(similar_seeds, replies.pop() if similar_seeds else [], strict=True)
+            for seed, payload in zip(list_seeds, replies.pop() if list_seeds else [], strict=True)
             if payload
         }
         neighbourhoods = neighbours_decode(replies[:count], item_ids=seeds)
@@ -566,7 +653,11 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         if nearest:
             in_stock = prefetched["in_stock"]
             prefetched["user_vector_listed"] = [(item_id, score) for item_id, score in nearest if item_id in in_stock]
-        prefetched["neighbours"] = neighbourhoods
+        prefetched["neighbours"] = {seed: neighbourhoods[seed] for seed in graph_seeds}
+        if context_seeds:
+            prefetched["context_rows"] = _context_rows(
+                context_seeds, similar_lists, neighbourhoods, prefetched["in_stock"]
+            )
         # The lists serve when the newest item has one; an item newer than the last training leads otherwise, and
         # the older items' lists alone would miss what the shopper looks at now: pgvector, around their mean.
         if similar_seeds and similar_seeds[0] in similar_lists:
@@ -620,16 +711,21 @@ class CandidateSet:
     dropped: list[str]
     # The set built by this request, when its caller stores it (`candidates_retrieve(defer_store=True)`).
     unsaved: list[UserCacheWrite] = field(default_factory=list)
+    # The candidates' retrieval features (rows in candidate order, RETRIEVAL_FEATURE_NAMES columns), for the ranker.
+    retrieval: np.ndarray | None = None
 
     def as_bytes(self) -> bytes:
         """One payload for the user cache: the candidates' ids and scores, and what else each has (source,
-        explanation, provenance) once per distinct combination, so that reading it back builds few objects."""
+        explanation, provenance) once per distinct combination, so that reading it back builds few objects; the
+        retrieval features as float32 bytes."""
         kinds: dict[tuple[Any, ...], int] = {}
         rows = [kinds.setdefault(candidate[2:], len(kinds)) for candidate in self.candidates]
+        features = self.retrieval if self.retrieval is not None else _retrieval_blank(len(self.candidates))
         return orjson.dumps({
             "i": [candidate.item_id for candidate in self.candidates],
             "s": [candidate.score for candidate in self.candidates],
             "k": list(kinds), "r": rows, "d": self.dropped,
+            "f": base64.b64encode(features.astype(np.float32).tobytes()).decode(),
         })  # fmt: skip
 
     @classmethod
@@ -638,7 +734,15 @@ class CandidateSet:
         kinds = [(source, explanation, tuple(sources)) for source, explanation, sources in decoded["k"]]
         # Every candidate is built in C (zip, map), not by a Python loop: repeat requests decode hundreds.
         rows = map(tuple.__add__, zip(decoded["i"], decoded["s"], strict=True), map(kinds.__getitem__, decoded["r"]))
-        return cls(list(map(_new_candidate, itertools.repeat(Candidate), rows)), list(decoded["d"]))
+        candidates = list(map(_new_candidate, itertools.repeat(Candidate), rows))
+        features = np.frombuffer(base64.b64decode(decoded["f"]), dtype=np.float32).astype(np.float64)
+        return cls(
+            candidates, list(decoded["d"]), retrieval=features.reshape(len(candidates), len(RETRIEVAL_FEATURE_NAMES))
+        )
+
+
+def _retrieval_blank(count: int) -> np.ndarray:
+    return np.full((count, len(RETRIEVAL_FEATURE_NAMES)), np.nan)
 
 
 def _sources_run(
@@ -770,14 +874,16 @@ def candidates_retrieve(
         def build() -> bytes:
             _prefetch_sources(state, chosen)
             results, dropped = _sources_run(state, chosen)
-            built.append(CandidateSet(_merge(state, results)[:limit], dropped, unsaved))
+            merged = _merge(state, results)[:limit]
+            features = retrieval_features(results, [candidate.item_id for candidate in merged])
+            built.append(CandidateSet(merged, dropped, unsaved, features))
             payload = built[0].as_bytes()
             # A set missing a late source is served but not cached: the next request tries again.
             return Uncacheable(payload) if dropped else payload
 
         key = "\x1f".join([
             CANDIDATE_SET_FORMAT, state.model_version or "", str(limit), ",".join(state.favourite_categories),
-            ",".join(sources), *state.recent_items,
+            ",".join(sources), ",".join(state.seeds), *state.recent_items,
         ])  # fmt: skip
         version = hashlib.sha1(key.encode()).hexdigest()[:20]
         try:

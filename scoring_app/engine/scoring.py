@@ -1,16 +1,23 @@
 """The Score layer's answer for one request: retrieval's candidates ranked, with a confidence and the path taken.
 
-- `ranker`: the active (or, for a canary's share of users, the canary) LightGBM model scores every candidate's
-  feature-store row; its confidence is how much it knew about the user for the items it put on top.
-- `bandit`: for new users and requests where features are missing or the ranker's confidence is low, the
-  contextual bandit picks the slate and logs each item's propensity.
-- `fallback`: neither model is available (or the feature store is down): retrieval's own order.
+- `ranker`: the active (or, for a canary's share of users, the canary) LightGBM model orders every candidate by its
+  feature-store row, whatever its confidence (how much it knew about the user for the items it put on top).
+- `bandit`: a user with no history at all (no recent items, no favourite categories, only popular, fresh or
+  category best-seller candidates) when no ranker serves, or a placement whose scorer is the bandit: the contextual
+  bandit picks the slate and logs each item's propensity.
+- `fallback`: no model serves (or the feature store is down): retrieval's own order.
+
+Exploration is confined to at most SCORE_EXPLORATION_SLOTS slots (the last ones shown) of an ordered slate, the
+ranker's or retrieval's: a new item's slot, and when the order is unsure (low confidence, or no ranker) the
+bandit's picks among the next-best candidates. An untrained bandit choosing whole slates for customers with months
+of history served noise; a slot or two keeps learning at the price of a slot or two. Items related to the request's
+context (a product page's item, a cart: the "context" retrieval source) lead the slate, each group in its order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +36,9 @@ logger = logging.getLogger(__name__)
 PATH_RANKER = "ranker"
 PATH_BANDIT = "bandit"
 PATH_FALLBACK = "fallback"
+# Candidates from these sources alone say nothing about the user: with only these, the user has no history.
+IMPERSONAL_SOURCES = frozenset(("popular", "fresh", "category_popular"))
+CONTEXT_SOURCE = "context"
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,8 @@ class ScoreResult:
     path: str
     model_version: str | None
     degraded: list[str] = field(default_factory=list)
-    # What the bandit learns from (its context, the offered actions, propensities), when it chose the slate.
+    # What the bandit learns from (its context, the offered actions, propensities), when it chose the slate or some
+    # of its slots.
     bandit_log: Any = None
     # "canary" when the model that chose the slate is this user's canary, else "control".
     variant: str = "control"
@@ -66,9 +77,9 @@ def _scored(
     )  # fmt: skip
 
 
-def _entities(features: FeatureMatrix, row: int | None) -> bytes | None:
+def _entities(features: FeatureMatrix | None, row: int | None) -> bytes | None:
     """The row's entity keys as read (b"": read, none), or None when the matrix did not read them."""
-    if not features.entities or row is None:
+    if features is None or not features.entities or row is None:
         return None
     return features.entities[row] or b""
 
@@ -82,11 +93,35 @@ def _in_stock(features: FeatureMatrix, candidates: list[Candidate]) -> tuple[lis
     return [candidates[index] for index in keep], features.rows(keep)
 
 
-def _fallback(candidates: list[Candidate], k: int, model_version: str | None, degraded: list[str]) -> ScoreResult:
-    chosen = candidates[:k]
-    personalized = sum(1 for candidate in chosen if candidate.source not in ("popular", "fresh"))
+def _context_first(order: np.ndarray, candidates: list[Candidate]) -> np.ndarray:
+    """`order` (rows of `candidates`) with the items related to the request's context (a product page's item, a
+    cart: the "context" source found them) first, each group in its order."""
+    related = np.fromiter(
+        (CONTEXT_SOURCE in candidate.sources or candidate.source == CONTEXT_SOURCE for candidate in candidates),
+        bool,
+        len(candidates),
+    )
+    if not related.any():
+        return order
+    leading = related[order]
+    return np.concatenate([order[leading], order[~leading]])
+
+
+def _retrieval_order(candidates: list[Candidate]) -> np.ndarray:
+    return _context_first(np.arange(len(candidates)), candidates)
+
+
+def _fallback(
+    candidates: list[Candidate],
+    k: int,
+    model_version: str | None,
+    degraded: list[str],
+    features: FeatureMatrix | None = None,
+) -> ScoreResult:
+    chosen = _retrieval_order(candidates)[:k].tolist()
+    personalized = sum(1 for row in chosen if candidates[row].source not in ("popular", "fresh"))
     return ScoreResult(
-        items=[_scored(candidate, candidate.score) for candidate in chosen],
+        items=[_scored(candidates[row], candidates[row].score, entities=_entities(features, row)) for row in chosen],
         # The share of slots filled by the user's own signals: the Surface decides how much to trust the slate.
         confidence=round(personalized / k, 4) if k else 0.0,
         path=PATH_FALLBACK,
@@ -96,28 +131,24 @@ def _fallback(candidates: list[Candidate], k: int, model_version: str | None, de
 
 
 def _ranked(
-    ranker: registry.ServingModel, candidates: list[Candidate], features: FeatureMatrix, k: int
-) -> tuple[list[ScoredItem], float, list[Candidate]]:
-    """The top k by the ranker's score, its confidence, and the best candidates in ranked order (what the bandit is
-    offered when the confidence is too low: it takes at most MAX_BANDIT_ACTIONS of the distinct candidates)."""
+    ranker: registry.ServingModel, candidates: list[Candidate], features: FeatureMatrix, k: int, *, context: bool
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Every candidate's row in ranked order (with `context`, the context's items first), their scores, and the
+    ranker's confidence over the top k."""
     loaded: LoadedRanker = ranker.model
     scores = ranker_scores(loaded, features)
     order = np.argsort(-scores, kind="stable")
-    confidence = ranking_confidence(features, order[:k])
-    return (
-        [_scored(candidates[index], scores[index], entities=_entities(features, index)) for index in order[:k]],
-        confidence,
-        [candidates[index] for index in order[: bandit.MAX_BANDIT_ACTIONS]],
-    )
+    if context:
+        order = _context_first(order, candidates)
+    return order, scores, ranking_confidence(features, order[:k])
 
 
-def _reason(ranker: registry.ServingModel | None, items: list[ScoredItem], state: UserState) -> str:
-    """Why the bandit decides this request (it learns each regime separately)."""
-    if not state.recent_items and not state.favourite_categories:
-        return "new_user"
-    if ranker is None or not items:
-        return "missing_features"
-    return "low_confidence"
+def _has_history(state: UserState, candidates: list[Candidate]) -> bool:
+    """Whether the user has any history: recent items of their own (the request's context items lead the list),
+    favourite categories, or candidates a personal source (not popular, fresh or category best sellers) found."""
+    if len(state.recent_items) > len(state.seeds) or state.favourite_categories:
+        return True
+    return any(not IMPERSONAL_SOURCES.issuperset(candidate.sources or (candidate.source,)) for candidate in candidates)
 
 
 def slate_score(
@@ -129,9 +160,10 @@ def slate_score(
     scorer: str = "auto",
     explore_slot: int | None = None,
 ) -> ScoreResult:
-    """`scorer`: auto (ranker, bandit when unsure), ranker (never the bandit), bandit (never the ranker),
-    retrieval (retrieval's order). `explore_slot`: where a new item explored by the bandit goes in a ranked list
-    (default: the last of the k); the Surface asks for more than it shows and puts it on the shelf."""
+    """`scorer`: auto (the ranker, or the bandit for a user with no history when no ranker serves; the bandit
+    explores a slot or two), ranker (never the bandit), bandit (never the ranker), retrieval (retrieval's order).
+    `explore_slot`: the last slot the bandit may explore (default: the last of the k); the Surface asks for more
+    than it shows and puts it on the shelf."""
     registry.models_observe(state.models_snapshot)
     degraded: list[str] = []
     candidates = candidate_set.candidates
@@ -143,6 +175,7 @@ def slate_score(
         features = features_fetch(
             user_key=state.user_key, item_ids=[c.item_id for c in candidates], placement=placement, now=time.time(),
             recent_items=state.recent_items[len(state.seeds) :], writes=candidate_set.unsaved,
+            retrieval=candidate_set.retrieval,
         )  # fmt: skip
     except RedisError as error:
         logger.warning("score.features_unavailable", extra={"error": str(error)})
@@ -150,43 +183,36 @@ def slate_score(
     candidates, features = _in_stock(features, candidates)
 
     if scorer == "retrieval":
-        return _fallback(candidates, k, state.model_version, degraded)
+        return _fallback(candidates, k, state.model_version, degraded, features)
+    history = _has_history(state, candidates)
+    last_slot = min(k, explore_slot + 1 if explore_slot is not None else k) - 1
+    explorer = _Explorer(state, placement, candidates, features, last_slot if scorer != "ranker" else -1)
     ranker = registry.serving_model(RANKER, user_key=state.user_key) if scorer != "bandit" else None
-    items: list[ScoredItem] = []
-    confidence = 0.0
-    offered = candidates
     if ranker is not None:
         try:
-            items, confidence, offered = _ranked(ranker, candidates, features, k)
+            order, scores, confidence = _ranked(ranker, candidates, features, k, context=bool(state.seeds))
         except Exception as error:  # a broken model must not break the shelf
             logger.exception("score.ranker_failed", extra={"version": ranker.version})
             degraded.append(f"ranker_failed:{type(error).__name__}")
-            items = []
-        if items and confidence >= settings.SCORE_MIN_RANKER_CONFIDENCE:
-            slot = min(k, explore_slot + 1 if explore_slot is not None else k) - 1
-            explored = _new_item_slot(state, items, candidates, features, placement, slot)
-            if explored is not None:
-                return ScoreResult(
-                    explored[0], confidence, PATH_RANKER, ranker.version, degraded, explored[1], _variant(state)
-                )
-            return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded, variant=_variant(state))
+        else:
+            items = [_scored(candidates[row], scores[row], entities=_entities(features, row)) for row in order[:k]]
+            # Unsure, the ranker still orders the slate: the bandit explores its slots only.
+            unsure = confidence < settings.SCORE_MIN_RANKER_CONFIDENCE
+            reason = ("low_confidence" if history else "new_user") if unsure else "new_items"
+            items, log = explorer.explore(order, items, unsure=unsure, reason=reason)
+            return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded, log, _variant(state))
 
-    bandit_result = (
-        _bandit(state, offered, placement, k, _reason(ranker, items, state), features) if scorer != "ranker" else None
-    )
-    if bandit_result is not None:
-        return ScoreResult(
-            bandit_result.items, bandit_result.confidence, PATH_BANDIT, bandit_result.model_version,
-            degraded + bandit_result.degraded, bandit_result.bandit_log,
-        )  # fmt: skip
-    if items and ranker is not None:
-        return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded, variant=_variant(state))
+    if scorer == "bandit" or (scorer == "auto" and not history):
+        chosen = _bandit(state, candidates, placement, k, "missing_features" if history else "new_user", features)
+        if chosen is not None:
+            return dataclasses.replace(chosen, degraded=degraded + chosen.degraded)
     if ranker is None and scorer != "bandit":
         degraded.append("ranker_unavailable")
-    return _fallback(candidates, k, state.model_version, degraded)
-
-
-_random = random.Random()
+    fallback = _fallback(candidates, k, state.model_version, degraded, features)
+    if scorer != "auto" or not history:
+        return fallback
+    items, log = explorer.explore(_retrieval_order(candidates), fallback.items, unsure=True, reason="missing_features")
+    return dataclasses.replace(fallback, items=items, bandit_log=log)
 
 
 def _variant(state: UserState) -> str:
@@ -196,52 +222,94 @@ def _variant(state: UserState) -> str:
 # A new item (no popularity yet, created within this many days) cannot earn a ranker score: the bandit may give it
 # the last slot of a ranked slate, so new items are explored (and their propensity logged) on every shelf.
 NEW_ITEM_DAYS = 30.0
+# Exploration never touches the first EXPLORATION_MIN_SLOTS - 1 slots (nor a shelf shorter than this).
 EXPLORATION_MIN_SLOTS = 4
-# The new items offered for that slot: the first ones in retrieval order (each offered action costs features to
-# build and a line in the impression log).
+# SCORE_EXPLORATION_SLOTS is capped here: past two slots the slate is the bandit's again.
+EXPLORATION_SLOTS_MAX = 2
+# The new items offered for a slot: the first ones in retrieval order (each offered action costs features to
+# build and a line in the impression log); and, when the order is unsure, the next-best candidates offered with
+# them (after the slots above the exploration ones).
 NEW_ITEMS_OFFERED = 10
+NEXT_BEST_OFFERED = 10
 
 
-def _new_item_slot(
-    state: UserState,
-    items: list[ScoredItem],
-    candidates: list[Candidate],
-    features: FeatureMatrix,
-    placement: str,
-    slot: int,
-) -> tuple[list[ScoredItem], Any] | None:
-    """The ranked list with the bandit's pick among new items at `slot`, or None."""
-    if slot + 1 < EXPLORATION_MIN_SLOTS or len(items) <= slot:
-        return None
-    shown = {item.item_id for item in items}
-    popularity = np.nan_to_num(features.column("item_popularity_7d"), nan=0.0)
-    age = features.column("item_age_days")
-    new = np.flatnonzero((popularity == 0.0) & (age <= NEW_ITEM_DAYS))  # NaN ages compare False, as before
-    rows = [int(row) for row in new[: NEW_ITEMS_OFFERED + len(shown)] if candidates[row].item_id not in shown]
-    rows = rows[:NEW_ITEMS_OFFERED]
-    if not rows:
-        return None
-    explored = _bandit(state, [candidates[row] for row in rows], placement, 1, "new_items", features.rows(rows))
-    if explored is None or not explored.items:
-        return None
-    return [*items[:slot], explored.items[0], *items[slot:-1]], explored.bandit_log
+def _exploration_slots(last_slot: int, shown: int, unsure: bool) -> int:
+    """How many slots, ending at `last_slot`, the bandit fills: one for a new item when the order is sure, up to
+    SCORE_EXPLORATION_SLOTS when it is not; none of the first EXPLORATION_MIN_SLOTS - 1."""
+    if last_slot < 0 or shown <= last_slot:
+        return 0
+    budget = max(0, min(settings.SCORE_EXPLORATION_SLOTS, EXPLORATION_SLOTS_MAX))
+    if not unsure:
+        budget = min(budget, 1)
+    return max(0, min(budget, last_slot + 2 - EXPLORATION_MIN_SLOTS))
+
+
+@dataclass(frozen=True)
+class _Explorer:
+    """A request's exploration: its candidates (in retrieval order) and their feature rows, and the last slot the
+    bandit may fill (-1: none)."""
+
+    state: UserState
+    placement: str
+    candidates: list[Candidate]
+    features: FeatureMatrix
+    last_slot: int
+
+    def explore(
+        self, order: np.ndarray, items: list[ScoredItem], *, unsure: bool, reason: str
+    ) -> tuple[list[ScoredItem], Any]:
+        """`items` (the top of `order`, rows of the candidates) with the bandit's picks in the exploration slots,
+        and its log (None: it picked nothing). Sure of the order, it picks a new item for the last slot; unsure, it
+        picks the slots among the next-best candidates after the slots above them, and the new items. The picks go
+        into the slots in the order picked (the logged propensities assume it); the rest keep their order."""
+        slots = _exploration_slots(self.last_slot, len(items), unsure)
+        if not slots:
+            return items, None
+        first = self.last_slot - slots + 1
+        # What the slots above show is not offered; what the overfetch holds below them may be (and moves up).
+        above = {item.item_id for item in items[:first]}
+        rows = [int(row) for row in order[first : first + NEXT_BEST_OFFERED]] if unsure else []
+        rows += [row for row in self._new_rows(above) if row not in rows]
+        if not rows:
+            return items, None
+        offered = [self.candidates[row] for row in rows]
+        explored = _bandit(self.state, offered, self.placement, slots, reason, self.features)
+        if explored is None or not explored.items:
+            return items, None
+        picked = {item.item_id for item in explored.items}
+        rest = [item for item in items[first:] if item.item_id not in picked]
+        return [*items[:first], *explored.items, *rest][: len(items)], explored.bandit_log
+
+    def _new_rows(self, shown: set[str]) -> list[int]:
+        """The first NEW_ITEMS_OFFERED new items in retrieval order that are not `shown`."""
+        popularity = np.nan_to_num(self.features.column("item_popularity_7d"), nan=0.0)
+        age = self.features.column("item_age_days")
+        new = np.flatnonzero((popularity == 0.0) & (age <= NEW_ITEM_DAYS))  # NaN ages compare False
+        rows = [int(row) for row in new[: NEW_ITEMS_OFFERED + len(shown)] if self.candidates[row].item_id not in shown]
+        return rows[:NEW_ITEMS_OFFERED]
 
 
 def _bandit(
     state: UserState, offered: list[Candidate], placement: str, k: int, reason: str, features: FeatureMatrix
 ) -> ScoreResult | None:
-    """The contextual bandit's slate over the best candidates (`features`: rows of at least those items), or None
-    when no bandit model serves. Its context comes from the feature reads the request already made."""
+    """The contextual bandit's k picks among the offered candidates (`features`: rows of at least those items), or
+    None when no bandit model serves. Its context comes from the feature reads the request already made; its random
+    numbers are the user's for the placement and the hour (`bandit.exploration_rng`), so that repeated requests
+    show the same picks."""
     serving = bandit.serving_bandit(user_key=state.user_key)
     if serving is None:
         return None
+    now = time.time()
     try:
         context = bandit.bandit_context_from_features(
-            placement=placement, now=time.time(), reason=reason, candidates=offered, features=features
+            placement=placement, now=now, reason=reason, candidates=offered, features=features
         )
         actions = bandit.bandit_actions(context, offered)
+        rng = bandit.exploration_rng(
+            user_key=state.user_key, placement=placement, now=now, seconds=settings.SCORE_EXPLORATION_RESEED_SECONDS
+        )
         picks = bandit.bandit_choose(
-            model=serving.model, context=context, candidates=offered, k=k, rng=_random, actions=actions
+            model=serving.model, context=context, candidates=offered, k=k, rng=rng, actions=actions
         )
     except Exception:
         logger.exception("score.bandit_failed", extra={"version": serving.version})

@@ -48,6 +48,8 @@ class EvaluationResult:
     test_rows: int
     test_users: int
     results: dict[str, dict[str, float]]
+    # Not what users get: parts of the served path measured alone, to tell where quality is lost.
+    research: dict[str, dict[str, float]]
     diagnostics: dict[str, Any]
     seconds: float
 
@@ -100,6 +102,22 @@ def _ingest_with_retries(ingest: Callable[..., Any], batch: list[dict[str, objec
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def user_vector_lists(*, users: list[str], k: int) -> dict[str, list[str]]:
+    """Research row: the first k items of each user's precomputed nearest list (the "user_vector" source's input,
+    the embeddings' own ranking without what the user bought)."""
+    import orjson
+
+    from personalization import redis_keys
+    from personalization.redis_client import get_control_redis
+
+    client = get_control_redis()
+    found = {}
+    for user in users:
+        payload = client.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(user)), user)
+        found[user] = [item for item, _ in orjson.loads(payload)][:k] if payload else []
+    return found
 
 
 def popularity_top(*, train: np.ndarray, users: list[str], k: int) -> dict[str, list[str]]:
@@ -181,6 +199,7 @@ def evaluate(
     served, paths = served_top(users=test_users, k=TOP_K)
     clock = lap("serving", clock)
 
+    lists = user_vector_lists(users=test_users, k=TOP_K)
     rows = {
         "served": served,
         "served_default": served_default,
@@ -195,6 +214,7 @@ def evaluate(
         results={
             name: _rounded(top_k_metrics(recommended=top, relevant=relevant, k=TOP_K)) for name, top in rows.items()
         },
+        research={"user_vector_lists": _rounded(top_k_metrics(recommended=lists, relevant=relevant, k=TOP_K))},
         diagnostics={
             "events": loaded,
             "paths": {"served": paths, "served_default": default_paths},

@@ -107,6 +107,27 @@ def test_item_counters_add_events_in_any_order_into_one_packed_record(catalog):
     assert struct.unpack("<4d", record)[3] == pytest.approx(times[0].timestamp())
 
 
+def test_a_late_event_counts_online_once_logged_and_offline_alike(catalog):
+    # Arrived three days after it happened (past the 48 h dedupe window): the online path applies it once the log
+    # stored it, and the offline materialization counts it too (one rule for both).
+    three_days_ago = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+    events_ingest(
+        raw_events=[
+            {"event_id": "late", "type": "purchase", "user_id": "u4", "item_id": "mug", "timestamp": three_days_ago}
+        ]
+    )
+
+    online, offline = _both("u4", ["mug", "bowl", "rake"])
+
+    for values in (online, offline):
+        assert values["user_category_frequency"][:2] == pytest.approx([8 * 2 ** (-3 / 7)] * 2, rel=1e-4)
+        assert values["user_category_recency_days"][0] == pytest.approx(3.0, rel=1e-3)
+        assert values["item_popularity_7d"][0] == pytest.approx(8 * 2 ** (-3 / 7), rel=1e-4)
+        assert values["item_popularity_1d"][0] == pytest.approx(8 * 2**-3, rel=1e-4)
+    for name in online:
+        assert online[name] == pytest.approx(offline[name], rel=1e-6, abs=1e-9, nan_ok=True), name
+
+
 def test_values_older_than_their_ttl_are_missing_on_both_sides(catalog):
     long_ago = (datetime.now(UTC) - timedelta(days=120)).isoformat()
     events_ingest(

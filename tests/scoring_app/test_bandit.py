@@ -28,6 +28,8 @@ from scoring_app.engine.bandit import (
     bandit_model_load,
     bandit_model_new,
     bandit_pmf,
+    exploration_rng,
+    exploration_window,
     shared_features,
 )
 from scoring_app.engine.retrieval import Candidate
@@ -119,6 +121,35 @@ def test_the_first_slot_is_drawn_with_the_pmf_s_probabilities():
     for pick, times in drawn.items():
         assert pick.propensity == pytest.approx(pmf[int(pick.item_id[4:])], rel=1e-6)
         assert times / 4000 == pytest.approx(pick.propensity, abs=0.03)
+
+
+def test_exploration_draws_are_the_users_own_for_a_window_and_follow_the_pmf_across_users():
+    offered, ctx = candidates(5), context(5)
+    model = bandit_model_new()
+    teach(model, ctx, offered, rewarded="sku-2", rounds=60)
+    pmf = pmf_of(model, ctx, offered)
+    now, hour = 1_800_000_000.0, 3600
+
+    def pick(user: str, at: float) -> str:
+        rng = exploration_rng(user_key=user, placement="home", now=at, seconds=hour)
+        return bandit_choose(model=model, context=ctx, candidates=offered, k=1, rng=rng)[0].item_id
+
+    minutes = [now + step * 60.0 for step in range(120)]
+    windows = [exploration_window(user_key="u1", placement="home", now=at, seconds=hour) for at in minutes]
+    start = windows[0]
+    same = [at for at, window in zip(minutes, windows, strict=True) if window == start]
+
+    # Within the user's window every request draws the same; windows are an hour, each user's at its own offset.
+    assert len({pick("u1", at) for at in same}) == 1 and 1 <= len(same) <= 60
+    assert sorted(set(windows)) == list(range(start, windows[-1] + 1)) and windows == sorted(windows)
+    assert exploration_window(user_key="u1", placement="home", now=now + hour, seconds=hour) == start + 1
+    # Half an hour on, some users' windows have turned and some not: shelves do not all change at once.
+    later = {exploration_window(user_key=f"u{n}", placement="home", now=now + 1800, seconds=hour) for n in range(50)}
+    assert len(later) == 2
+    # Across users (and windows) the draws follow the PMF: the logged propensities hold.
+    drawn = Counter(pick(f"user-{n}", now) for n in range(4000))
+    for index, item in enumerate(offered):
+        assert drawn[item.item_id] / 4000 == pytest.approx(pmf[index], abs=0.03)
 
 
 def test_at_most_50_actions_are_scored():

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from graph_app.training import embeddings_train
 from scoring_app.engine import registry
 from scoring_app.engine.bandit import bandit_model_dump, bandit_model_new
 from scoring_app.models import ModelVersion
@@ -28,6 +29,7 @@ def _fresh_registry():
 def trained_shop(django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         shop_build()
+        embeddings_train()  # the training chain's order: the ranker learns from the serving embeddings' sources
         report = ranker_train()
     # The shopper buys more of their favourite category now.
     events_ingest(
@@ -69,18 +71,82 @@ def test_a_canary_serves_its_share_of_users(api_client, trained_shop, django_cap
     assert recommend(api_client, "user-0")["model_version"] == canary.version
 
 
-def test_a_new_shopper_gets_the_bandits_slate_with_propensities(api_client, trained_shop, clean_redis):
+def bandit_publish(clean_redis) -> None:
+    """An untrained bandit (it learned nothing: a uniform PMF), serving."""
     model_version_publish(kind="bandit", artifact=bandit_model_dump(bandit_model_new()), metrics={})
     registry.models_forget()  # published in the test's transaction: read from the database, not the snapshot
     clean_redis.hdel("models:serving", "bandit")
+
+
+def propensities(body: dict) -> list[bool]:
+    return [item["propensity"] is not None for item in body["items"]]
+
+
+def test_a_new_shopper_is_ranked_and_the_bandit_explores_one_slot(api_client, trained_shop, clean_redis):
+    bandit_publish(clean_redis)
+
+    body = recommend(api_client, "someone-new")
+
+    assert body["path"] == "ranker"
+    assert body["model_version"] == trained_shop.model_version
+    assert body["confidence"] == 0.0
+    assert propensities(body) == [False] * 4 + [True]
+    assert 0 < body["items"][-1]["propensity"] <= 1
+    assert len({item["item_id"] for item in body["items"]}) == 5
+
+
+def test_without_a_ranker_a_new_shopper_gets_the_bandits_slate(api_client, clean_redis):
+    shop_build(users=3)
+    bandit_publish(clean_redis)
 
     body = recommend(api_client, "someone-new")
 
     assert body["path"] == "bandit"
     assert body["model_version"].startswith("bandit-")
-    assert len(body["items"]) == 5
     assert all(0 < item["propensity"] <= 1 for item in body["items"])
     assert len({item["item_id"] for item in body["items"]}) == 5
+    assert {source for item in body["items"] for source in item["sources"]} <= {"popular", "fresh", "category_popular"}
+
+
+def test_without_a_ranker_a_shopper_with_history_gets_retrieval_order_and_one_explored_slot(api_client, clean_redis):
+    shop_build(users=3)
+    bandit_publish(clean_redis)
+
+    body = recommend(api_client, "user-0")
+
+    assert body["path"] == "fallback"
+    assert "ranker_unavailable" in body["degraded"]
+    assert propensities(body) == [False] * 4 + [True]
+
+
+def test_an_unsure_ranker_keeps_its_order_and_the_bandit_explores_its_last_slots_only(
+    trained_shop, clean_redis, settings
+):
+    from scoring_app.engine.retrieval import candidates_retrieve, user_state_fetch
+    from scoring_app.engine.scoring import NEXT_BEST_OFFERED, slate_score
+
+    bandit_publish(clean_redis)
+    settings.SCORE_MIN_RANKER_CONFIDENCE = 1.01  # the replayed shop: the ranker unsure for nearly every customer
+    settings.SCORE_EXPLORATION_SLOTS = 2
+    state = user_state_fetch(user_key="user-0")
+    candidate_set, _ = candidates_retrieve(state=state)
+
+    plain = slate_score(state=state, candidate_set=candidate_set, placement="home", k=20, scorer="ranker")
+    explored = slate_score(state=state, candidate_set=candidate_set, placement="home", k=20, explore_slot=9)
+
+    ranked = [item.item_id for item in plain.items]
+    served = [item.item_id for item in explored.items]
+    picked = served[8:10]
+    assert explored.path == "ranker" and plain.path == "ranker"
+    assert plain.bandit_log is None and all(item.propensity is None for item in plain.items)
+    assert served[:8] == ranked[:8]  # the ranker's order, untouched above the explored slots
+    assert [item.propensity is not None for item in explored.items] == [False] * 8 + [True, True] + [False] * 10
+    assert set(picked) <= set(ranked[8 : 8 + NEXT_BEST_OFFERED])  # among the ranker's next best
+    assert served[10:] == [item_id for item_id in ranked[8:] if item_id not in picked][:10]
+    # The decision is logged for learning: the two picks, and the rest of what was offered.
+    assert set(explored.bandit_log.picks) == set(picked)
+    assert len(explored.bandit_log.unshown) == NEXT_BEST_OFFERED - 2
+    assert "r=low_confidence" in explored.bandit_log.shared
 
 
 def test_a_new_shopper_without_a_bandit_gets_the_ranker_order_anyway(api_client, trained_shop):
@@ -103,10 +169,10 @@ def test_a_new_item_gets_the_last_slot_of_a_ranked_shelf_through_the_bandit(api_
     from graph_app.online import catalog_online_rebuild
     from graph_app.services import ItemInput, item_upsert
 
-    item_upsert(data=ItemInput(external_id="brand-new", title="Brand new mug", category="mugs"))
+    # Nothing like what user-0 buys (a mug lover): the ranker would not show it, only exploration does.
+    item_upsert(data=ItemInput(external_id="brand-new", title="Garden hose reel", category="garden"))
     catalog_online_rebuild()
-    model_version_publish(kind="bandit", artifact=bandit_model_dump(bandit_model_new()), metrics={})
-    clean_redis.hdel("models:serving", "bandit")
+    bandit_publish(clean_redis)
 
     body = recommend(api_client, "user-0")
 

@@ -337,3 +337,107 @@ def test_a_dry_run_records_nothing_until_it_is_committed(api_client, shop, clean
     assert ids(committed.as_dict()) == ["wine", "mug-1"]
     assert clean_redis.get(redis_keys.user_last_slate("u1", "home")) is not None
     assert ids(shelf(api_client)) == ["mug-2", "mug-3"]  # the cap counted the committed impressions
+
+
+@pytest.fixture
+def trained_shop(django_capture_on_commit_callbacks, clean_redis):
+    """Shoppers with a favourite category each, and a ranker trained on their history."""
+    from scoring_app.engine import registry
+    from scoring_app.training import ranker_train
+    from tests.scoring_app.shop import shop_build
+
+    registry.models_forget()
+    with django_capture_on_commit_callbacks(execute=True):
+        shop_build()
+        ranker_train()
+    yield
+    registry.models_forget()
+
+
+def bandit_publish(clean_redis) -> None:
+    """An untrained bandit (it learned nothing: a uniform PMF), serving."""
+    from scoring_app.engine import registry
+    from scoring_app.engine.bandit import bandit_model_dump, bandit_model_new
+    from scoring_app.services import model_version_publish
+
+    model_version_publish(kind="bandit", artifact=bandit_model_dump(bandit_model_new()), metrics={})
+    registry.models_forget()  # published in the test's transaction: read from the database, not the snapshot
+    clean_redis.hdel("models:serving", "bandit")
+
+
+def test_a_shelf_stays_put_without_a_new_event_or_model(trained_shop, clean_redis, settings):
+    import time
+
+    from scoring_app.engine.bandit import exploration_window
+    from scoring_app.engine.retrieval import popular_shared_forget
+
+    bandit_publish(clean_redis)
+    settings.SCORE_MIN_RANKER_CONFIDENCE = 1.01  # the ranker unsure, as for most customers of the replayed shop
+    settings.SCORE_EXPLORATION_SLOTS = 2
+
+    def window() -> int:
+        return exploration_window(
+            user_key="user-1", placement="home", now=time.time(), seconds=settings.SCORE_EXPLORATION_RESEED_SECONDS
+        )
+
+    before = window()
+    first = slates.slate_serve(user_key="user-1", placement="home", k=10)
+    # A minute later: the user's candidate set and the process's popular items have expired; nothing else changed.
+    clean_redis.delete(redis_keys.user_cache("user-1", "candidates"))
+    popular_shared_forget()
+    second = slates.slate_serve(user_key="user-1", placement="home", k=10)
+    after = window()
+
+    shown = [ids(slate.as_dict()) for slate in (first, second)]
+    assert first.path == second.path == "ranker"
+    for slate in (first, second):
+        explored = [item.item_id for item in slate.items if item.propensity is not None]
+        assert len(explored) == 2 and set(explored) == set(slate.bandit.picks)  # logged for learning
+    assert len(set(shown[0]) & set(shown[1])) >= 8
+    if before == after:  # one exploration window (each user's next one starts at a time of their own)
+        assert shown[0] == shown[1]
+
+
+def test_a_product_page_leads_with_its_items_neighbours_ranked_by_the_ranker(
+    trained_shop, clean_redis, django_capture_on_commit_callbacks
+):
+    import orjson
+
+    from graph_app.neighbourhoods import neighbourhoods_refresh
+    from graph_app.neighbourhoods_online import item_neighbours
+    from graph_app.similar_lists import similar_lists_refresh
+
+    with django_capture_on_commit_callbacks(execute=True):
+        neighbourhoods_refresh(k=5)
+    similar_lists_refresh(k=5)
+    nearest = {item_id for item_id, _ in orjson.loads(clean_redis.hget(redis_keys.ITEM_SIMILAR_LISTS, "lights-3"))}
+    related = nearest | {neighbour.item_id for neighbour in item_neighbours(["lights-3"])["lights-3"]}
+
+    home = ids(slates.slate_serve(user_key="user-0", placement="home", k=10).as_dict())
+    page = slates.slate_serve(user_key="user-0", placement="product_page", k=10, context_items=["lights-3"])
+
+    shown = ids(page.as_dict())
+    leading = [item for item in page.items if item.item_id in related]
+    assert page.path == "ranker"
+    assert "lights-3" not in shown
+    assert len(leading) >= 4
+    assert page.items[: len(leading)] == leading  # the context's neighbours first, the user's own items after
+    assert all("context" in item.sources for item in leading)
+    assert [item.score for item in leading] == sorted((item.score for item in leading), reverse=True)
+    assert shown[: len(leading)] != home[: len(leading)]  # user-0 likes mugs: home leads otherwise
+
+
+def test_the_context_source_reads_for_itself_what_the_read_ahead_did_not(trained_shop, clean_redis):
+    from graph_app.similar_lists import similar_lists_refresh
+    from scoring_app.engine import retrieval
+
+    similar_lists_refresh(k=5)
+    state = retrieval.user_state_fetch(user_key="user-0", seeds=["lights-3", "bags-1"])
+
+    alone = retrieval._context_source(state)
+    retrieval._prefetch_sources(state, retrieval.SOURCES)
+
+    assert "context_rows" in state.prefetched
+    assert retrieval._context_source(state) == alone
+    assert len(alone) >= 5 and not {"lights-3", "bags-1"} & {candidate.item_id for candidate in alone}
+    assert all(candidate.sources == ("context",) for candidate in alone)

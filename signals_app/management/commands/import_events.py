@@ -12,9 +12,9 @@ class Command(BaseCommand):
         "names: event_id,type,user_id,session_id,item_id,timestamp,placement,request_id,slot,value,context, the "
         "context as a JSON string) or JSON lines (one event object a line), optionally gzipped. Every row is "
         "validated like the API's events (and must have a timestamp); event ids already in the log are skipped. "
-        "It writes the log only: the Redis online state (recent items, popularity, trends) is not replayed; "
-        "popularity and embeddings take the history in when they are next rebuilt. Resumable: a checkpoint next "
-        "to the file records each committed batch, and running the command again continues from it."
+        "Each committed batch's new events also build the Redis online state (recent items, affinities, item "
+        "counters, purchased sets), as if they had been received live. Resumable: a checkpoint next to the file "
+        "records each committed batch, and running the command again continues from it."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

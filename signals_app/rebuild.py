@@ -1,0 +1,199 @@
+"""Recomputing the online state from the PostgreSQL log (control plane): `manage.py rebuild_online_state`, after
+restoring the log or losing Redis.
+
+Users: each user's recent items and their time, affinity hash, purchased set and cool-down set, from their
+events in event-time order (then by row id) with the ingest script's rules (`STATE_LUA`) and the catalog's
+entity keys: the state ingesting the same events live would have built. An anonymous session's events count for
+the user it was identified as, as its state was merged into theirs; session items (30 minutes) are not rebuilt.
+Recent items or affinities that ended longer than their TTL ago are not written (readers take them as missing).
+Items: `graph_app.features.counters.item_counters_rebuild`.
+
+Run it while ingest is paused: a user's keys are replaced with what the log held when they were read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from redis.typing import EncodableT
+
+from graph_app.features.counters import item_counters_rebuild
+from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
+from graph_app.features.offline import catalog_entity_keys, event_types
+from personalization import redis_keys
+from personalization.redis_client import get_control_redis
+from signals_app.event_types import EventType
+from signals_app.online_state import (
+    COOLDOWN_EVENT_TYPES,
+    COOLDOWN_ITEMS_KEPT,
+    COOLDOWN_KEPT_SECONDS,
+    REBASE_AFTER_HALF_LIVES,
+    RECENT_ITEMS_KEPT,
+    RECENT_ITEMS_TTL_SECONDS,
+)
+
+logger = logging.getLogger(__name__)
+
+FETCH_ROWS = 10_000
+WRITE_USERS = 500
+MIN_EXPIRY_SECONDS = 86400  # as the ingest script: Redis keeps user state a day at the least
+
+_USER_EVENTS_SQL = """
+SELECT coalesce(nullif(e.user_id, ''), l.user_id, 'session:' || e.session_id) AS user_key,
+       e.item_id, e.type, extract(epoch FROM e.occurred_at)::float8
+FROM signals_app_event e
+LEFT JOIN signals_app_identitylink l ON e.user_id = '' AND l.session_id = e.session_id
+WHERE e.item_id <> '' AND e.type = ANY(%(types)s::text[])
+ORDER BY 1, e.occurred_at, e.id
+"""
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    users: int = 0
+    items: int = 0
+    placement_items: int = 0
+
+
+@dataclass
+class UserState:
+    """One user's online state, replayed event by event as the ingest script applies them."""
+
+    recent: list[str] = field(default_factory=list)  # newest first
+    recent_last: float | None = None
+    frequency: dict[str, float] = field(default_factory=dict)  # "f:" fields, against `epoch`
+    last_seen: dict[str, float] = field(default_factory=dict)  # "r:" fields
+    affinity_last: float | None = None
+    epoch: float | None = None
+    purchased: dict[str, float] = field(default_factory=dict)
+    cooldown: dict[str, float] = field(default_factory=dict)
+
+    def add(self, *, item: str, type_name: str, kind: EventType, ts: float, entities: str) -> None:
+        if type_name in COOLDOWN_EVENT_TYPES:
+            self.cooldown[item] = max(self.cooldown.get(item, ts), ts)
+        if type_name == "purchase":
+            self.purchased[item] = max(self.purchased.get(item, ts), ts)
+        if kind.marks_interest:
+            self._recent_push(item, ts)
+        if kind.popularity_weight > 0 and entities:
+            self._affinity_add(entities, kind.popularity_weight, ts)
+
+    def _recent_push(self, item: str, ts: float) -> None:
+        if self.recent_last is not None and ts - self.recent_last > RECENT_ITEMS_TTL_SECONDS:
+            self.recent = []
+        if self.recent_last is None or ts > self.recent_last:
+            self.recent_last = ts
+        if item in self.recent:
+            self.recent.remove(item)
+        self.recent.insert(0, item)
+        del self.recent[RECENT_ITEMS_KEPT:]
+
+    def _affinity_add(self, entities: str, weight: float, ts: float) -> None:
+        if self.affinity_last is not None and ts - self.affinity_last > RECENT_ITEMS_TTL_SECONDS:
+            self.frequency, self.last_seen, self.affinity_last, self.epoch = {}, {}, None, None
+        if self.epoch is None:
+            self.epoch = ts
+        elif (ts - self.epoch) / AFFINITY_HALF_LIFE_SECONDS > REBASE_AFTER_HALF_LIVES:
+            factor = 2 ** (-(ts - self.epoch) / AFFINITY_HALF_LIFE_SECONDS)
+            self.frequency = {key: value * factor for key, value in self.frequency.items()}
+            self.epoch = ts
+        increment = weight * 2 ** ((ts - self.epoch) / AFFINITY_HALF_LIFE_SECONDS)
+        for entity in (key for key in entities.split("|") if key):
+            self.frequency[entity] = self.frequency.get(entity, 0.0) + increment
+            if ts > self.last_seen.get(entity, 0.0):
+                self.last_seen[entity] = ts
+        if self.affinity_last is None or ts > self.affinity_last:
+            self.affinity_last = ts
+
+    def queue_write(self, pipeline: redis.client.Pipeline, user_key: str, now: float) -> None:
+        """Replace the user's keys with this state (one user's keys share a slot)."""
+        recent, recent_last = redis_keys.user_recent_items(user_key), redis_keys.user_recent_last(user_key)
+        affinity, purchased = redis_keys.user_affinity(user_key), redis_keys.user_purchased(user_key)
+        cooldown = redis_keys.user_cooldown(user_key)
+        pipeline.delete(recent, recent_last, affinity, purchased, cooldown)
+        if self.recent and self.recent_last is not None and self.recent_last + RECENT_ITEMS_TTL_SECONDS > now:
+            expire_at = _expire_at(self.recent_last, now)
+            pipeline.rpush(recent, *self.recent)
+            pipeline.set(recent_last, repr(self.recent_last), exat=expire_at)
+            pipeline.expireat(recent, expire_at)
+        if self.frequency and self.affinity_last is not None and self.affinity_last + RECENT_ITEMS_TTL_SECONDS > now:
+            fields: dict[EncodableT, EncodableT] = {"_epoch": repr(self.epoch), "_last": repr(self.affinity_last)}
+            fields.update({f"f:{key}": repr(value) for key, value in self.frequency.items()})
+            fields.update({f"r:{key}": repr(value) for key, value in self.last_seen.items()})
+            pipeline.hset(affinity, mapping=fields)
+            pipeline.expireat(affinity, _expire_at(self.affinity_last, now))
+        bought = _latest(self.purchased, settings.SIGNALS_PURCHASED_ITEMS_KEPT)
+        if bought:
+            pipeline.zadd(purchased, bought)
+            pipeline.expire(purchased, RECENT_ITEMS_TTL_SECONDS)
+        cooling = _latest(
+            {item: ts for item, ts in self.cooldown.items() if ts > now - COOLDOWN_KEPT_SECONDS}, COOLDOWN_ITEMS_KEPT
+        )
+        if cooling:
+            pipeline.zadd(cooldown, cooling)
+            pipeline.expire(cooldown, COOLDOWN_KEPT_SECONDS)
+
+
+def _expire_at(last: float, now: float) -> int:
+    return math.floor(max(last + RECENT_ITEMS_TTL_SECONDS, now + MIN_EXPIRY_SECONDS))
+
+
+def _latest(times: dict[str, float], kept: int) -> dict[str, float]:
+    """The `kept` latest, as a sorted set trimmed by rank keeps them (ties: the greater member)."""
+    return dict(sorted(times.items(), key=lambda pair: (pair[1], pair[0].encode()))[-kept:]) if kept > 0 else {}
+
+
+def online_state_rebuild(*, users: bool = True, items: bool = True) -> RebuildReport:
+    users_count = users_online_state_rebuild() if users else 0
+    counters = item_counters_rebuild() if items else None
+    report = RebuildReport(
+        users=users_count,
+        items=counters.items if counters else 0,
+        placement_items=counters.placement_items if counters else 0,
+    )
+    logger.info("signals.online_state_rebuilt", extra=report.__dict__)
+    return report
+
+
+def users_online_state_rebuild() -> int:
+    """Every user's (and session's) online state from the log; how many were written."""
+    types = {name: kind for name, kind in event_types().items() if _touches_user_state(name, kind)}
+    entities = catalog_entity_keys()
+    client = get_control_redis()
+    now = time.time()
+    written = 0
+    pipeline = client.pipeline(transaction=False)
+    for user_key, rows in itertools.groupby(_user_events(sorted(types)), key=lambda row: row[0]):
+        state = UserState()
+        for _, item_id, type_name, ts in rows:
+            state.add(
+                item=item_id, type_name=type_name, kind=types[type_name], ts=ts, entities=entities.get(item_id, "")
+            )
+        state.queue_write(pipeline, user_key, now)
+        written += 1
+        if written % WRITE_USERS == 0:
+            pipeline.execute()
+    pipeline.execute()
+    return written
+
+
+def _touches_user_state(name: str, kind: EventType) -> bool:
+    return kind.marks_interest or kind.popularity_weight > 0 or name == "purchase" or name in COOLDOWN_EVENT_TYPES
+
+
+def _user_events(types: list[str]) -> Iterator[tuple[str, str, str, float]]:
+    """(user key, item, type, time) of every event that feeds user state, by user then event time (server-side
+    cursor: the log may not fit in memory)."""
+    with transaction.atomic(), connection.chunked_cursor() as cursor:
+        cursor.cursor.itersize = FETCH_ROWS  # rows a fetch from the server (psycopg's cursor under Django's)
+        cursor.execute(_USER_EVENTS_SQL, {"types": types})
+        for user_key, item_id, type_name, ts in cursor:
+            yield user_key, item_id, type_name, float(ts)
