@@ -4,7 +4,7 @@ Collaborative vectors come from implicit's ALS on the weighted user-item matrix;
 content features onto them so that items with little or no history get a vector in the same space. An item's
 final vector blends the two by how much history it has.
 
-Each training tunes itself: the most recent slice of each user's history is held out (time-based), ALS settings
+Each training tunes itself: the most recent slice of the log is held out (time-based, one cut), ALS settings
 from a small grid are fitted on the rest within a time budget (TRAINING_SEARCH_SECONDS) and scored by the
 nDCG@10 of their top 10 on the held-out items; the best settings are refitted on the whole log. The model serves
 only if its held-out nDCG@10 beats popularity's on the same users (the quality gate); the figures and the settings
@@ -45,10 +45,10 @@ ALS_RANDOM_SEED = 42
 ALS_SEARCH_GRID: tuple[tuple[float, float], ...] = (
     (30.0, 1.4), (10.0, 1.4), (60.0, 1.4), (30.0, 0.7), (30.0, 3.0), (3.0, 1.0), (100.0, 2.0), (1.0, 0.5),
 )  # fmt: skip
-# Time-based holdout: the latest HOLDOUT_SHARE of each user's items (at least one), for users with at least
-# HOLDOUT_MIN_ITEMS items; at most HOLDOUT_USERS_MAX of them are scored (a fixed, seeded sample).
+# Time-based holdout: the latest HOLDOUT_SHARE of the log's user-item pairs, after one cut; the users with at least
+# HOLDOUT_MIN_ITEMS items before it are scored on theirs (at most HOLDOUT_USERS_MAX of them, a fixed, seeded sample).
 HOLDOUT_SHARE = 0.2
-HOLDOUT_MIN_ITEMS = 3
+HOLDOUT_MIN_ITEMS = 2
 HOLDOUT_USERS_MAX = 5000
 TOP_K = 10
 RIDGE_PENALTY = 1.0
@@ -235,9 +235,9 @@ def als_fit(interactions: Interactions, als: AlsSettings, mask: np.ndarray | Non
 
 @dataclass(frozen=True)
 class Holdout:
-    """A time-based holdout: `held_out` marks each scored user's latest pairs; `users` are the scored users (a
-    seeded sample of those with enough history); `cut` is each user's first held-out time (Unix seconds, by user
-    row; NaN for users without a holdout)."""
+    """A time-based holdout: `held_out` marks the pairs after the cut; `users` are the scored users (a seeded
+    sample of those with history on both sides); `cut` is the cut's instant for them (Unix seconds, by user row;
+    NaN for users not scored)."""
 
     held_out: np.ndarray
     users: np.ndarray
@@ -249,27 +249,26 @@ class Holdout:
 
 
 def holdout_split(interactions: Interactions, *, seed: int | None = None) -> Holdout:
-    """Hold out the latest HOLDOUT_SHARE of the items of each user with at least HOLDOUT_MIN_ITEMS (ties: item
-    order); score at most HOLDOUT_USERS_MAX of them, a sample fixed by `seed` (TRAINING_SEED by default)."""
+    """Hold out what happened after the cut: the instant before which (1 - HOLDOUT_SHARE) of the log's user-item
+    pairs fall. Scored: the users with at least HOLDOUT_MIN_ITEMS items before it and one after (at most
+    HOLDOUT_USERS_MAX of them, a sample fixed by `seed`, TRAINING_SEED by default). One cut for everybody, as
+    serving sees them: every shopper is served now, whenever they were last active, so what the model learns
+    must hold for a returning shopper, not only for the next click of a session."""
     count = len(interactions.users)
-    held_out = np.zeros(count, dtype=bool)
     cut = np.full(len(interactions.user_ids), np.nan)
-    order = np.lexsort((interactions.items, interactions.latest, interactions.users))
-    boundaries = np.flatnonzero(np.diff(interactions.users[order])) + 1
-    eligible: list[int] = []
-    for group in np.split(order, boundaries) if count else []:
-        if len(group) < HOLDOUT_MIN_ITEMS:
-            continue
-        held = group[-max(1, round(HOLDOUT_SHARE * len(group))) :]
-        held_out[held] = True
-        user = int(interactions.users[group[0]])
-        cut[user] = float(interactions.latest[held].min())
-        eligible.append(user)
-    users = np.asarray(eligible, dtype=np.int64)
+    if not count:
+        return Holdout(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), cut)
+    instant = float(np.quantile(interactions.latest, 1 - HOLDOUT_SHARE, method="higher"))
+    held_out = interactions.latest >= instant
+    before = np.bincount(interactions.users[~held_out], minlength=len(interactions.user_ids))
+    after = np.bincount(interactions.users[held_out], minlength=len(interactions.user_ids))
+    users = np.flatnonzero((before >= HOLDOUT_MIN_ITEMS) & (after > 0)).astype(np.int64)
+    if before.sum() == 0:  # everything at one instant: no history to learn from
+        users = users[:0]
+    cut[users] = instant
     if len(users) > HOLDOUT_USERS_MAX:
         generator = np.random.default_rng(settings.TRAINING_SEED if seed is None else seed)
         users = np.sort(generator.choice(users, HOLDOUT_USERS_MAX, replace=False))
-    # Users outside the sample keep their latest items out of training too: every candidate fits on the same rows.
     return Holdout(held_out=held_out, users=users, cut=cut)
 
 
@@ -288,19 +287,24 @@ def top_k_items(
     return np.where(valid, indexes, -1), np.where(valid, scores, 0.0)
 
 
-def ndcg_at_k(recommended: np.ndarray, relevant: Any, k: int = TOP_K) -> float:
-    """Mean nDCG@k with binary relevance over the rows of `recommended` (item indexes, -1 padding) against the
-    rows of `relevant` (CSR); a user with no hit counts 0."""
+def ndcg_per_user(recommended: np.ndarray, relevant: Any, k: int = TOP_K) -> np.ndarray:
+    """nDCG@k with binary relevance of each row of `recommended` (item indexes, -1 padding) against the same row
+    of `relevant` (CSR); a user with no hit scores 0."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    total = 0.0
+    scores = np.zeros(len(recommended))
     for row in range(len(recommended)):
         wanted = relevant.indices[relevant.indptr[row] : relevant.indptr[row + 1]]
         if not len(wanted):
             continue
         hits = np.isin(recommended[row, :k], wanted)
         ideal = float(discounts[: min(len(wanted), k)].sum())
-        total += float(discounts[: len(hits)][hits].sum()) / ideal
-    return float(total / max(1, len(recommended)))
+        scores[row] = float(discounts[: len(hits)][hits].sum()) / ideal
+    return scores
+
+
+def ndcg_at_k(recommended: np.ndarray, relevant: Any, k: int = TOP_K) -> float:
+    """The mean of `ndcg_per_user`."""
+    return float(ndcg_per_user(recommended, relevant, k).mean()) if len(recommended) else 0.0
 
 
 def popularity_scores(interactions: Interactions, mask: np.ndarray) -> np.ndarray:
@@ -312,6 +316,7 @@ def popularity_scores(interactions: Interactions, mask: np.ndarray) -> np.ndarra
 class HoldoutScores:
     ndcg: float
     popularity_ndcg: float
+    per_user: np.ndarray  # each scored user's nDCG@10, in holdout.users order
 
 
 def holdout_evaluate(interactions: Interactions, holdout: Holdout, factors: AlsFactors) -> HoldoutScores:
@@ -322,7 +327,24 @@ def holdout_evaluate(interactions: Interactions, holdout: Holdout, factors: AlsF
     found, _ = top_k_items(factors.user_factors[users], factors.item_factors, train, TOP_K)
     popularity = popularity_scores(interactions, holdout.train)[:, None]
     popular, _ = top_k_items(np.ones((len(users), 1), dtype=np.float32), popularity, train, TOP_K)
-    return HoldoutScores(round(ndcg_at_k(found, relevant), 6), round(ndcg_at_k(popular, relevant), 6))
+    per_user = ndcg_per_user(found, relevant)
+    return HoldoutScores(
+        round(float(per_user.mean()), 6) if len(users) else 0.0, round(ndcg_at_k(popular, relevant), 6), per_user
+    )
+
+
+# A setting replaces the incumbent (the active one, or the defaults) only when its gain over it, user by user,
+# is this many standard errors above zero: a difference within the holdout's noise is no reason to change.
+SEARCH_MIN_GAIN_SE = 2.0
+
+
+def significantly_better(candidate: np.ndarray, incumbent: np.ndarray) -> bool:
+    """Whether the paired per-user gain of `candidate` over `incumbent` is above SEARCH_MIN_GAIN_SE errors."""
+    gains = candidate - incumbent
+    if len(gains) < 2:
+        return bool(gains.mean() > 0) if len(gains) else False
+    error = float(gains.std(ddof=1)) / math.sqrt(len(gains))
+    return float(gains.mean()) > SEARCH_MIN_GAIN_SE * error and float(gains.mean()) > 0
 
 
 def _search_grid(active: AlsSettings | None) -> list[AlsSettings]:
@@ -343,13 +365,14 @@ def als_settings_search(
     interactions: Interactions, holdout: Holdout, *, active: AlsSettings | None, search: bool, budget_seconds: float
 ) -> SettingsSearch:
     """Fit each setting of the grid (the active and the default ones first) on the training part of the holdout,
-    until the time budget is spent, and keep the best by held-out nDCG@10; with `search` off, only the default
-    settings (or the active ones) are scored. The gate's figures compare the chosen settings with popularity and
-    with the active settings on the same users."""
+    until the time budget is spent, and keep the best by held-out nDCG@10 among those significantly better than
+    the first (SEARCH_MIN_GAIN_SE); with `search` off, only the default settings (or the active ones) are scored.
+    The gate's figures compare the chosen settings with popularity and the active settings on the same users."""
     started = time.monotonic()
     grid = _search_grid(active) if search else [active or AlsSettings()]
     tried: list[dict[str, float]] = []
-    best: tuple[float, AlsSettings] | None = None
+    incumbent: HoldoutScores | None = None
+    best: tuple[HoldoutScores, AlsSettings] | None = None
     popularity_ndcg = math.nan
     active_ndcg: float | None = None
     for candidate in grid:
@@ -360,15 +383,22 @@ def als_settings_search(
         tried.append({**asdict(candidate), "ndcg@10": scores.ndcg})
         if candidate == active:
             active_ndcg = scores.ndcg
-        if best is None or scores.ndcg > best[0] + 1e-9:
-            best = (scores.ndcg, candidate)
+        if incumbent is None:
+            incumbent = scores  # the active settings, or the defaults: what must be beaten, beyond noise
+            best = (scores, candidate)
+        elif (
+            best is not None
+            and scores.ndcg > best[0].ndcg
+            and significantly_better(scores.per_user, incumbent.per_user)
+        ):
+            best = (scores, candidate)
     assert best is not None
     gate: dict[str, object] = {
         "users": len(holdout.users),
-        "ndcg@10": best[0],
+        "ndcg@10": best[0].ndcg,
         "popularity_ndcg@10": popularity_ndcg,
         "active_ndcg@10": active_ndcg,
-        "passed": bool(best[0] > popularity_ndcg),
+        "passed": bool(best[0].ndcg > popularity_ndcg),
         "seconds": round(time.monotonic() - started, 2),
     }
     return SettingsSearch(best[1], tried, gate)

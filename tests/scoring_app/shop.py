@@ -48,7 +48,8 @@ def shop_build(*, users: int = 30, events_per_user: int = 10, seed: int = 7) -> 
                     "event_id": f"shop-{user}-{number}",
                     "type": generator.choice(["view", "view", "click", "purchase"]),
                     "user_id": f"user-{user}", "item_id": f"{category}-{generator.randrange(ITEMS_PER_CATEGORY)}",
-                    "timestamp": (start + timedelta(minutes=user * 30 + number * 7)).isoformat(),
+                    # Shoppers interleaved in time (they come back), each event of one after the one before.
+                    "timestamp": (start + timedelta(minutes=number * users * 2 + user * 2)).isoformat(),
                 }
             )  # fmt: skip
     # Through the real ingest (online state) and the real consumer (the log): both materializations agree.
