@@ -4,7 +4,7 @@ Collaborative vectors come from implicit's ALS on the weighted user-item matrix;
 content features onto them so that items with little or no history get a vector in the same space. An item's
 final vector blends the two by how much history it has.
 
-Each training tunes itself: the most recent slice of the log is held out (time-based, one cut), ALS settings
+Each training tunes itself: the most recent slice of each user's history is held out (time-based), ALS settings
 from a small grid are fitted on the rest within a time budget (TRAINING_SEARCH_SECONDS) and scored by the
 nDCG@10 of their top 10 on the held-out items; the best settings are refitted on the whole log. The model serves
 only if its held-out nDCG@10 beats popularity's on the same users (the quality gate); the figures and the settings
@@ -17,6 +17,7 @@ import io
 import logging
 import math
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -45,10 +46,11 @@ ALS_RANDOM_SEED = 42
 ALS_SEARCH_GRID: tuple[tuple[float, float], ...] = (
     (30.0, 1.4), (10.0, 1.4), (60.0, 1.4), (30.0, 0.7), (30.0, 3.0), (3.0, 1.0), (100.0, 2.0), (1.0, 0.5),
 )  # fmt: skip
-# Time-based holdout: the latest HOLDOUT_SHARE of the log's user-item pairs, after one cut; the users with at least
-# HOLDOUT_MIN_ITEMS items before it are scored on theirs (at most HOLDOUT_USERS_MAX of them, a fixed, seeded sample).
-HOLDOUT_SHARE = 0.2
-HOLDOUT_MIN_ITEMS = 2
+# Time-based holdout: the latest 20 to 50 % of each user's items (a share drawn per user), for users with at least
+# HOLDOUT_MIN_ITEMS items; at most HOLDOUT_USERS_MAX of them are scored (a fixed, seeded sample).
+HOLDOUT_SHARE_MIN = 0.2
+HOLDOUT_SHARE_MAX = 0.5
+HOLDOUT_MIN_ITEMS = 3
 HOLDOUT_USERS_MAX = 5000
 TOP_K = 10
 RIDGE_PENALTY = 1.0
@@ -235,9 +237,9 @@ def als_fit(interactions: Interactions, als: AlsSettings, mask: np.ndarray | Non
 
 @dataclass(frozen=True)
 class Holdout:
-    """A time-based holdout: `held_out` marks the pairs after the cut; `users` are the scored users (a seeded
-    sample of those with history on both sides); `cut` is the cut's instant for them (Unix seconds, by user row;
-    NaN for users not scored)."""
+    """A time-based holdout: `held_out` marks each user's latest pairs; `users` are the scored users (a seeded
+    sample of those with enough history); `cut` is each user's first held-out time (Unix seconds, by user row; NaN
+    for users without a holdout)."""
 
     held_out: np.ndarray
     users: np.ndarray
@@ -249,26 +251,35 @@ class Holdout:
 
 
 def holdout_split(interactions: Interactions, *, seed: int | None = None) -> Holdout:
-    """Hold out what happened after the cut: the instant before which (1 - HOLDOUT_SHARE) of the log's user-item
-    pairs fall. Scored: the users with at least HOLDOUT_MIN_ITEMS items before it and one after (at most
-    HOLDOUT_USERS_MAX of them, a sample fixed by `seed`, TRAINING_SEED by default). One cut for everybody, as
-    serving sees them: every shopper is served now, whenever they were last active, so what the model learns
-    must hold for a returning shopper, not only for the next click of a session."""
+    """Hold out the most recent slice of each user's history: a share of the user's items drawn between
+    HOLDOUT_SHARE_MIN and HOLDOUT_SHARE_MAX (at least one), for users with at least HOLDOUT_MIN_ITEMS items (ties:
+    item order). Scored: at most HOLDOUT_USERS_MAX of them, a sample fixed by `seed` (TRAINING_SEED by default).
+    A varied share makes the label the user's future over hours to months, not only the next few items of a
+    session: serving shows a returning shopper what they will want from now on."""
+    seed = settings.TRAINING_SEED if seed is None else seed
     count = len(interactions.users)
+    held_out = np.zeros(count, dtype=bool)
     cut = np.full(len(interactions.user_ids), np.nan)
-    if not count:
-        return Holdout(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), cut)
-    instant = float(np.quantile(interactions.latest, 1 - HOLDOUT_SHARE, method="higher"))
-    held_out = interactions.latest >= instant
-    before = np.bincount(interactions.users[~held_out], minlength=len(interactions.user_ids))
-    after = np.bincount(interactions.users[held_out], minlength=len(interactions.user_ids))
-    users = np.flatnonzero((before >= HOLDOUT_MIN_ITEMS) & (after > 0)).astype(np.int64)
-    if before.sum() == 0:  # everything at one instant: no history to learn from
-        users = users[:0]
-    cut[users] = instant
+    order = np.lexsort((interactions.items, interactions.latest, interactions.users))
+    boundaries = np.flatnonzero(np.diff(interactions.users[order])) + 1
+    eligible: list[int] = []
+    for group in np.split(order, boundaries) if count else []:
+        if len(group) < HOLDOUT_MIN_ITEMS:
+            continue
+        user = int(interactions.users[group[0]])
+        draw = zlib.crc32(f"{seed}:{interactions.user_ids[user]}".encode()) / 2**32
+        share = HOLDOUT_SHARE_MIN + (HOLDOUT_SHARE_MAX - HOLDOUT_SHARE_MIN) * draw
+        held = group[-max(1, round(share * len(group))) :]
+        if len(held) == len(group):
+            continue
+        held_out[held] = True
+        cut[user] = float(interactions.latest[held].min())
+        eligible.append(user)
+    users = np.asarray(eligible, dtype=np.int64)
     if len(users) > HOLDOUT_USERS_MAX:
-        generator = np.random.default_rng(settings.TRAINING_SEED if seed is None else seed)
+        generator = np.random.default_rng(seed)
         users = np.sort(generator.choice(users, HOLDOUT_USERS_MAX, replace=False))
+    # Users outside the sample keep their latest items out of training too: every candidate fits on the same rows.
     return Holdout(held_out=held_out, users=users, cut=cut)
 
 

@@ -216,8 +216,16 @@ def test_skew_check_finds_no_difference_on_demo_data(tmp_path, django_capture_on
     assert report.mismatched == 0, {name: skew.examples for name, skew in report.features.items() if skew.mismatched}
     assert report.features["user_item_similarity"].max_difference < 1e-6
 
+    from scoring_app.skew import retrieval_skew_check
+
+    retrieval = retrieval_skew_check(users=15)
+    assert retrieval.users > 5 and retrieval.rows > 100
+    assert retrieval.mismatched == 0, {n: skew.examples for n, skew in retrieval.features.items() if skew.mismatched}
+    assert retrieval.features["retrieval_user_vector_score"].compared == retrieval.rows
+
     call_command("feature_skew_check", "--users", "5")
-    assert "MISMATCHED" not in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "MISMATCHED" not in output and "retrieval_similar_share" in output
 
 
 def test_impressions_become_training_rows_with_point_in_time_features_and_labels(catalog):

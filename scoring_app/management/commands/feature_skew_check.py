@@ -1,13 +1,16 @@
 from django.core.management.base import BaseCommand, CommandParser
 
 from graph_app.features.skew import DEFAULT_TOLERANCE, feature_skew_check
+from scoring_app.skew import retrieval_skew_check
 from signals_app.consumer import events_drain_all
 
 
 class Command(BaseCommand):
     help = (
         "Compare the online (Redis) and offline (PostgreSQL log) values of every feature for sampled users and "
-        "items at the same instant. Exits 1 when any value differs beyond the tolerance."
+        "items at the same instant, and the retrieval features of the candidate set serving builds for sampled users "
+        "with the same features computed the way training computes them. Exits 1 when any value differs beyond the "
+        "tolerance."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -31,5 +34,12 @@ class Command(BaseCommand):
             self.stdout.write(f"  {skew.name:<28} max |diff| {skew.max_difference:.3g}  {state}")
             for example in skew.examples:
                 self.stdout.write(f"      {example}")
-        if report.mismatched:
+        retrieval = retrieval_skew_check(users=options["users"], tolerance=options["tolerance"], seed=options["seed"])
+        self.stdout.write(f"retrieval features: {retrieval.rows} candidates ({retrieval.users} users)")
+        for skew in retrieval.features.values():
+            state = "ok" if not skew.mismatched else f"{skew.mismatched} MISMATCHED"
+            self.stdout.write(f"  {skew.name:<34} max |diff| {skew.max_difference:.3g}  {state}")
+            for example in skew.examples:
+                self.stdout.write(f"      {example}")
+        if report.mismatched or retrieval.mismatched:
             raise SystemExit(1)

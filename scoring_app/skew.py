@@ -1,0 +1,135 @@
+"""Training-serving skew of the retrieval features: the candidate set serving builds for a user now, against the
+same features computed the way training computes them (`scoring_app.training.holdout_queries`): the user's recent
+and bought items read from the PostgreSQL log, the precomputed lists the sources read, the one definition
+(`retrieval_features`). The `graph` source is serving's only (training builds no graph candidates): not compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import orjson
+from django.db import connection
+
+from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
+from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew
+from personalization import redis_keys
+from personalization.redis_client import get_control_redis
+from scoring_app.engine.retrieval import (
+    _SIMILAR_TO_RECENT_SQL,
+    RECENT_ITEMS_USED,
+    SIMILAR_SEED_ITEMS,
+    SIMILAR_TO_RECENT_CACHED,
+    USER_VECTOR_NEIGHBOURS,
+    _rows,
+    candidates_retrieve,
+    similar_rows,
+    user_state_fetch,
+)
+from signals_app.event_types import BUILT_IN_EVENT_TYPES
+
+COMPARED = tuple(
+    name for name in RETRIEVAL_FEATURE_NAMES if not name.startswith("retrieval_graph_") and name != "retrieval_sources"
+)
+
+
+@dataclass
+class RetrievalSkewReport:
+    users: int
+    rows: int
+    tolerance: float
+    features: dict[str, FeatureSkew] = field(default_factory=dict)
+
+    @property
+    def mismatched(self) -> int:
+        return sum(feature.mismatched for feature in self.features.values())
+
+
+def _history(user_key: str) -> tuple[list[str], set[str]]:
+    """The user's latest distinct interest items (newest first) and what they bought, from the log."""
+    interest = [name for name, kind in BUILT_IN_EVENT_TYPES.items() if kind.marks_interest]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT item_id FROM signals_app_event WHERE user_id = %s AND item_id <> '' AND type = ANY(%s) "
+            "GROUP BY item_id ORDER BY max(occurred_at) DESC, item_id LIMIT %s",
+            [user_key, interest, RECENT_ITEMS_USED],
+        )
+        recent = [row[0] for row in cursor.fetchall()]
+        cursor.execute(
+            "SELECT DISTINCT item_id FROM signals_app_event WHERE user_id = %s AND type = 'purchase' ORDER BY 1",
+            [user_key],
+        )
+        bought = {row[0] for row in cursor.fetchall()}
+    return recent, bought
+
+
+def _in_stock() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT external_id FROM graph_app_item WHERE in_stock ORDER BY 1")
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _sample(users: int, seed: str) -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT user_id FROM (SELECT DISTINCT user_id FROM signals_app_event WHERE user_id <> '') u "
+            "ORDER BY md5(user_id || %s) LIMIT %s",
+            [seed, users],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def retrieval_skew_check(
+    *, users: int = 25, tolerance: float = DEFAULT_TOLERANCE, seed: str = "skew"
+) -> RetrievalSkewReport:
+    """Compare, for sampled users, every served candidate's retrieval features with training's computation."""
+    client = get_control_redis()
+    report = RetrievalSkewReport(users=0, rows=0, tolerance=tolerance)
+    report.features = {name: FeatureSkew(name) for name in COMPARED}
+    columns = [RETRIEVAL_FEATURE_NAMES.index(name) for name in COMPARED]
+    for user_key in _sample(users, seed):
+        state = user_state_fetch(user_key=user_key)
+        candidate_set, _ = candidates_retrieve(state=state)
+        if candidate_set.retrieval is None or not candidate_set.candidates:
+            continue
+        items = [candidate.item_id for candidate in candidate_set.candidates]
+        recent, bought = _history(user_key)
+        excluded = set(recent) | bought
+        listed = client.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(user_key)), user_key)
+        nearest = orjson.loads(listed) if listed else []
+        lists_raw = client.hmget(redis_keys.ITEM_SIMILAR_LISTS, recent[:SIMILAR_SEED_ITEMS]) if recent else []
+        lists = {seed: orjson.loads(raw) for seed, raw in zip(recent, lists_raw, strict=False) if raw}
+        in_stock = _in_stock()
+        if recent and recent[0] not in lists:
+            # Serving's own fallback when the newest item is newer than the lists: pgvector around the mean.
+            similar = _rows(_SIMILAR_TO_RECENT_SQL, {"recent": recent, "k": SIMILAR_TO_RECENT_CACHED})
+            similar.sort(key=lambda row: row[1], reverse=True)
+        else:
+            similar = similar_rows(recent, lists, in_stock)
+        rankings = {
+            "user_vector": [(item, score) for item, score in nearest if item not in excluded and item in in_stock][
+                :USER_VECTOR_NEIGHBOURS
+            ],
+            "similar": similar,
+            "popular": [(item, score) for item, score in state.popular_items if item in in_stock],
+        }
+        offline = retrieval_features(rankings, items)[:, columns]
+        online = candidate_set.retrieval[:, columns]
+        report.users += 1
+        report.rows += len(items)
+        for column, name in enumerate(COMPARED):
+            skew = report.features[name]
+            for row, item in enumerate(items):
+                left, right = float(online[row, column]), float(offline[row, column])
+                skew.compared += 1
+                if math.isnan(left) and math.isnan(right):
+                    continue
+                difference = abs(left - right) if not (math.isnan(left) or math.isnan(right)) else math.inf
+                if difference > tolerance * max(1.0, abs(right) if not math.isnan(right) else 1.0):
+                    skew.mismatched += 1
+                    if len(skew.examples) < 3:
+                        skew.examples.append(f"{user_key}/{item}: online {left!r}, offline {right!r}")
+                if not math.isinf(difference):
+                    skew.max_difference = max(skew.max_difference, difference)
+    return report
