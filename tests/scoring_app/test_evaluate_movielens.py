@@ -115,20 +115,23 @@ def test_command_runs_end_to_end_in_scratch_stores(tmp_path, clean_redis):
     listener = clean_redis.pubsub()
     listener.psubscribe(f"{settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}__group__*")
 
-    call_command("evaluate_movielens", str(tmp_path), "--label-folds", "2", stdout=stdout, stderr=stderr)
+    call_command("evaluate_movielens", str(tmp_path), "--seed", "42", stdout=stdout, stderr=stderr)
 
     document = json.loads(stdout.getvalue())
     assert document["split"] == "test"
     assert document["train_rows"] + document["test_rows"] == ratings
     assert document["test_users"] > 0
-    assert {"popularity", "embeddings", "two_stage"} <= set(document["results"])
+    assert set(document["results"]) == {"served", "served_default", "popularity"}
     for row in document["results"].values():
         assert set(row) == METRICS
         assert all(0.0 <= value <= 1.0 for value in row.values())
     results = document["results"]
-    assert results["two_stage"]["nDCG@10"] > results["popularity"]["nDCG@10"]
-    assert results["two_stage"]["Precision@10"] > 0
-    assert "ranker labels" in stderr.getvalue()
+    # The served rows are the REST path's slates after the scheduled training chain (every slate of 10 items).
+    assert results["served"]["nDCG@10"] > results["popularity"]["nDCG@10"]
+    assert results["served_default"]["Precision@10"] > 0
+    assert document["diagnostics"]["short_slates"] == 0
+    assert document["diagnostics"]["events"]["stored"] == document["train_rows"]
+    assert "scoring.ranker_train: done" in stderr.getvalue()
     # Isolation: the live database and Redis database saw nothing, and the scratch database is gone.
     assert connection.settings_dict["NAME"] == live_database
     assert not Item.objects.exists()
