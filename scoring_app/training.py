@@ -1,18 +1,22 @@
 """Retraining the ranker (control plane: ORM and SQL are fine here).
 
-The ranker learns what a shopper does next. The latest slice of each user's history is held out (time-based, the
-same split the embeddings training tunes on, `graph_app.training.holdout_split`); embeddings are fitted on the
-rest with the serving settings, and each held-out user gets the candidates serving would retrieve for them then
-(the "user_vector", "similar" and "popular" sources, through the same functions and the same retrieval-feature
-definitions) with the feature store's point-in-time values as of the cut. Candidates the user went on to buy are
-the positives. Once there are enough served slates with a reaction, those slates (attributed impressions) are
-the training queries instead.
+The latest slice of each user's history is held out (time-based, `graph_app.training.holdout_split`, the same
+split the embeddings training tunes on). The users with a holdout are split by a seeded hash of their key:
+- training users: a random share of their items before the cut are the labels, hidden from the embeddings fitted
+  for them and from their features (as of the cut): the ranker learns which candidates a user likes at all, not
+  only which one comes next in a session (a next-item label taught it "similar to the last items", which a
+  returning shopper is not served by);
+- validation users pick the LightGBM settings of a small grid, and gate users decide promotion, both on what they
+  bought after the cut: the future, as serving meets it.
+Each user's candidates are what serving would have retrieved at the cut (the "user_vector", "similar" and
+"popular" sources, through the same functions and the same retrieval-feature definitions, from embeddings fitted
+on what the user's labels are not part of), with the feature store's point-in-time values. Once there are enough
+served slates with a reaction, those slates (attributed impressions) are the training queries instead.
 
-Settings of the LightGBM ranker are searched within the time budget on a validation part of the training users.
-The quality gate then scores the new model, the active one and popularity on held-out users the model never saw:
-nDCG@10 of the top 10 each puts on the shelf, against everything those users bought next. The new model is
-promoted only if it beats popularity and is not worse than the active model; otherwise it stays a candidate with
-its numbers, for staff to look at, canary or promote by hand. The figures are stored with the version.
+The quality gate scores the new model, the active one and popularity on the gate users: nDCG@10 of the top 10 each
+puts on the shelf, against everything those users bought after the cut. The new model is promoted only if it
+beats popularity and is not worse than the active model; otherwise it stays a candidate with its numbers, for staff
+to look at, canary or promote by hand. The figures are stored with the version.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ IMPRESSION_QUERIES_MAX = 20_000
 RANKER_USERS_MAX = 1500
 GATE_SHARE = 0.25
 VALIDATION_SHARE = 0.2
+# Training users' labels: this share of their items before the cut, hidden from what ranks them (users with at
+# least HOLDOUT_MIN_LABELLED items there).
+LABEL_SHARE = 0.2
+HOLDOUT_MIN_LABELLED = 3
 MIN_QUERIES = 20
 # What serving retrieves: the candidate set's size (settings.SCORE_CANDIDATES) from these sources.
 PLACEMENT = "home"
@@ -178,9 +186,21 @@ def _sample(users: np.ndarray, limit: int) -> np.ndarray:
     return np.sort(generator.choice(users, limit, replace=False))
 
 
-def holdout_queries(*, interactions: Interactions, holdout: Holdout, now: float | None = None) -> HoldoutQueries:
-    """The held-out users' candidates and features (see HoldoutQueries), from embeddings fitted on the rest."""
-    factors = als_fit(interactions, active_als_settings(), holdout.train)
+def holdout_queries(
+    *,
+    interactions: Interactions,
+    holdout: Holdout,
+    users: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    visible: np.ndarray | None = None,
+) -> HoldoutQueries:
+    """The users' candidates and features as of their cut (see HoldoutQueries), from embeddings fitted on the
+    `visible` pairs (the holdout's training part by default); the `labels` pairs (the held-out future by default)
+    are the positives. Visible-before-the-cut pairs that are not `visible` are hidden from the features too."""
+    visible = holdout.train if visible is None else visible
+    labels = holdout.held_out if labels is None else labels
+    users = _sample(holdout.users, RANKER_USERS_MAX) if users is None else users
+    factors = als_fit(interactions, active_als_settings(), visible)
     item_ids = interactions.item_ids
     # The "similar" source's lists, as the embeddings training would publish them from these factors.
     neighbours, cosines = similar_lists_compute(item_vectors_for(factors), k=SIMILAR_PER_ITEM)
@@ -192,8 +212,7 @@ def holdout_queries(*, interactions: Interactions, holdout: Holdout, now: float 
         ]
         for row in range(len(item_ids))
     }
-    users = _sample(holdout.users, RANKER_USERS_MAX)
-    train = holdout.train
+    train = visible
     bought = interactions.matrix(train & interactions.purchased)
     nearest, nearest_scores = top_k_items(
         factors.user_factors[users], factors.item_factors, bought[users], USER_NEAREST_PER_USER
@@ -205,8 +224,14 @@ def holdout_queries(*, interactions: Interactions, holdout: Holdout, now: float 
     for pair in np.flatnonzero(train):
         by_user[int(interactions.users[pair])].append(int(pair))
     held: dict[int, list[int]] = defaultdict(list)
-    for pair in np.flatnonzero(holdout.held_out):
+    for pair in np.flatnonzero(labels):
         held[int(interactions.users[pair])].append(int(interactions.items[pair]))
+    chosen = set(users.tolist())
+    hidden = [
+        (interactions.user_ids[interactions.users[pair]], item_ids[interactions.items[pair]])
+        for pair in np.flatnonzero(holdout.train & ~visible)
+        if int(interactions.users[pair]) in chosen
+    ]
 
     item_index = {item_id: column for column, item_id in enumerate(item_ids)}
     queries = HoldoutQueries()
@@ -247,7 +272,7 @@ def holdout_queries(*, interactions: Interactions, holdout: Holdout, now: float 
         requests += [FeatureRequest(user_key, item, PLACEMENT, as_of) for item in candidates]
         retrieval_blocks.append(retrieval_features(rankings, candidates))
         labels.append(np.asarray([item_index[item] in relevant for item in candidates], dtype=np.int32))
-    values = _features(requests, [len(items) for items in queries.items])
+    values = _features(requests, [len(items) for items in queries.items], hidden)
     if len(values):
         values[:, RETRIEVAL_COLUMNS] = np.vstack(retrieval_blocks)
     queries.values = values
@@ -265,30 +290,50 @@ class _AllItems:
 _ALL_ITEMS = _AllItems()
 
 
-def _features(requests: list[FeatureRequest], sizes: list[int]) -> np.ndarray:
+def _features(requests: list[FeatureRequest], sizes: list[int], hidden: list[tuple[str, str]]) -> np.ndarray:
     """features_offline in chunks of FEATURES_CHUNK_USERS queries (each chunk replays its users' logs once)."""
     blocks = []
     start = 0
     for first in range(0, len(sizes), FEATURES_CHUNK_USERS):
         count = sum(sizes[first : first + FEATURES_CHUNK_USERS])
-        blocks.append(features_offline(requests=requests[start : start + count]))
+        chunk = requests[start : start + count]
+        users = {request.user_key for request in chunk}
+        blocks.append(features_offline(requests=chunk, hidden=[pair for pair in hidden if pair[0] in users]))
         start += count
     return np.vstack(blocks) if blocks else np.zeros((0, len(FEATURE_NAMES)))
 
 
-def _split_users(queries: HoldoutQueries) -> tuple[list[int], list[int], list[int]]:
-    """(training, validation, gate) queries: users assigned by a seeded hash of their key, so the same user stays
-    on the same side across trainings."""
-    train, validation, gate = [], [], []
-    for query, user_key in enumerate(queries.users):
-        draw = zlib.crc32(f"{settings.TRAINING_SEED}:{user_key}".encode()) / 2**32
-        if draw < GATE_SHARE:
-            gate.append(query)
-        elif draw < GATE_SHARE + (1 - GATE_SHARE) * VALIDATION_SHARE:
-            validation.append(query)
-        else:
-            train.append(query)
-    return train, validation, gate
+def _split_users(interactions: Interactions, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training, validation, gate) users: assigned by a seeded hash of their key, so the same user stays on the
+    same side across trainings."""
+    draws = np.asarray(
+        [zlib.crc32(f"{settings.TRAINING_SEED}:{interactions.user_ids[user]}".encode()) / 2**32 for user in users]
+    )
+    gate = draws < GATE_SHARE
+    validation = ~gate & (draws < GATE_SHARE + (1 - GATE_SHARE) * VALIDATION_SHARE)
+    return users[~gate & ~validation], users[validation], users[gate]
+
+
+def random_labels(interactions: Interactions, holdout: Holdout, users: np.ndarray) -> np.ndarray:
+    """The training users' labels: LABEL_SHARE of each one's items before the cut (at least one, a seeded draw),
+    hidden from the embeddings and the features they are ranked with. Items the user likes at any time, not only
+    next: the ranker then learns taste as well as the moment."""
+    generator = np.random.default_rng(settings.TRAINING_SEED)
+    chosen = np.zeros(len(interactions.users), dtype=bool)
+    wanted = set(users.tolist())
+    pairs = np.flatnonzero(holdout.train)
+    by_user: dict[int, list[int]] = defaultdict(list)
+    for pair in pairs:
+        user = int(interactions.users[pair])
+        if user in wanted:
+            by_user[user].append(int(pair))
+    for user in sorted(by_user):
+        own = by_user[user]
+        if len(own) < HOLDOUT_MIN_LABELLED:
+            continue
+        count = max(1, round(LABEL_SHARE * len(own)))
+        chosen[generator.choice(own, count, replace=False)] = True
+    return chosen
 
 
 _DISCOUNTS = 1.0 / np.log2(np.arange(2, TOP_K + 2))
@@ -384,11 +429,10 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     search_on = settings.TRAINING_SEARCH if search is None else search
     interactions = interactions_load()
     holdout = holdout_split(interactions)
-    queries = holdout_queries(interactions=interactions, holdout=holdout)
-    train_rows, validation_rows, gate_rows = _split_users(queries)
-    gate = queries.subset(gate_rows)
-    if not gate.users or not train_rows:
-        return _not_trained("holdout", len(queries.users), started, "too little history for a holdout")
+    train_users, validation_users, gate_users = _split_users(interactions, _sample(holdout.users, RANKER_USERS_MAX))
+    gate = holdout_queries(interactions=interactions, holdout=holdout, users=gate_users)
+    if not gate.users or not len(train_users):
+        return _not_trained("holdout", len(gate.users), started, "too little history for a holdout")
     impressions = _impression_queries(now - TRAINING_WINDOW)
     if impressions:
         impressions.sort(key=lambda query: query.as_of)
@@ -401,11 +445,16 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
         )
     else:
         label_source = "holdout"
-        train = queries.subset(train_rows).ranking_data(with_positive_only=True)
+        labelled = random_labels(interactions, holdout, train_users)
+        train = holdout_queries(
+            interactions=interactions, holdout=holdout, users=train_users, labels=labelled,
+            visible=holdout.train & ~labelled,
+        ).ranking_data(with_positive_only=True)  # fmt: skip
     if len(train.group_sizes) < MIN_QUERIES:
         return _not_trained(label_source, len(train.group_sizes), started, "too few training queries")
+    validation = holdout_queries(interactions=interactions, holdout=holdout, users=validation_users)
     booster, chosen, tried = _ranker_search(
-        train, queries.subset(validation_rows), search=search_on, budget_seconds=settings.TRAINING_SEARCH_SECONDS
+        train, validation, search=search_on, budget_seconds=settings.TRAINING_SEARCH_SECONDS
     )
     new_ndcg = slate_ndcg(gate, _predict(booster, gate.values))
     baseline = popularity_ndcg(gate, interactions.item_ids)

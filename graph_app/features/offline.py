@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -107,6 +108,8 @@ SELECT r.idx,
 FROM r
 JOIN signals_app_event e ON e.item_id = r.item AND e.occurred_at <= r.as_of
 JOIN w ON w.type = e.type
+WHERE NOT EXISTS (SELECT 1 FROM unnest(%(hidden_users)s::text[], %(hidden_items)s::text[]) AS h(user_id, item_id)
+                  WHERE h.user_id = e.user_id AND h.item_id = e.item_id)
 GROUP BY r.idx
 """
 
@@ -137,8 +140,9 @@ ORDER BY occurred_at, id
 """
 
 
-def features_offline(*, requests: list[FeatureRequest]) -> np.ndarray:
-    """One row per request, columns in FEATURE_NAMES order, NaN where missing."""
+def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple[str, str]] = ()) -> np.ndarray:
+    """One row per request, columns in FEATURE_NAMES order, NaN where missing. `hidden`: (user, item) pairs whose
+    events the rows must not see (training's held-out labels), as if they were not in the log."""
     values = np.full((len(requests), len(FEATURE_NAMES)), np.nan)
     if not requests:
         return values
@@ -152,6 +156,10 @@ def features_offline(*, requests: list[FeatureRequest]) -> np.ndarray:
             {"users": sorted(users), "until": max(r.as_of for r in requests)},
         )
         user_events = cursor.fetchall()
+    hidden_set = set(hidden)
+    hidden_pairs = sorted(hidden_set)
+    if hidden_set:
+        user_events = [event for event in user_events if (event[0], event[1]) not in hidden_set]
     keys, facts = _catalog(item_ids | {item for _, item, _, _ in user_events})
     columns = {
         "idx": list(range(len(requests))),
@@ -164,7 +172,8 @@ def features_offline(*, requests: list[FeatureRequest]) -> np.ndarray:
         cursor.execute(
             _ITEM_POPULARITY_SQL,
             {**columns, "types": list(weighted), "weights": list(weighted.values()),
-             "h1": windows[0], "h2": windows[1], "h3": windows[2]},
+             "h1": windows[0], "h2": windows[1], "h3": windows[2],
+             "hidden_users": [user for user, _ in hidden_pairs], "hidden_items": [item for _, item in hidden_pairs]},
         )  # fmt: skip
         popularity = {row[0]: row[1:] for row in cursor.fetchall()}
         cursor.execute(_PLACEMENT_CLICKS_SQL, {**columns, "h": CTR_HALF_LIFE_SECONDS})

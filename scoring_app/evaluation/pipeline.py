@@ -137,6 +137,7 @@ def served_top(*, users: list[str], k: int) -> tuple[dict[str, list[str]], dict[
         slate = slate_serve(user_key=user, placement=PLACEMENT, k=k)
         recommended[user] = [item.item_id for item in slate.items]
         paths[slate.path] += 1
+        paths.update(f"source:{item.source}" for item in slate.items)
     return recommended, dict(sorted(paths.items()))
 
 
