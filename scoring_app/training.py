@@ -74,9 +74,9 @@ IMPRESSION_QUERIES_MAX = 20_000
 RANKER_USERS_MAX = 1500
 GATE_SHARE = 0.25
 VALIDATION_SHARE = 0.2
-# Training users' labels: this share of their items before the cut, hidden from what ranks them (users with at
-# least HOLDOUT_MIN_LABELLED items there).
-LABEL_SHARE = 0.2
+# Training users' labels: their items before the cut dealt over LABEL_FOLDS folds, each fold's share hidden from
+# what ranks them in turn (users with at least HOLDOUT_MIN_LABELLED items there).
+LABEL_FOLDS = 4
 HOLDOUT_MIN_LABELLED = 3
 MIN_QUERIES = 20
 # What serving retrieves: the candidate set's size (settings.SCORE_CANDIDATES) from these sources.
@@ -193,10 +193,12 @@ def holdout_queries(
     users: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     visible: np.ndarray | None = None,
+    at: datetime | None = None,
 ) -> HoldoutQueries:
     """The users' candidates and features as of their cut (see HoldoutQueries), from embeddings fitted on the
     `visible` pairs (the holdout's training part by default); the `labels` pairs (the held-out future by default)
-    are the positives. Visible-before-the-cut pairs that are not `visible` are hidden from the features too."""
+    are the positives. The users' pairs that are not `visible` are hidden from the features too. `at`: the features'
+    instant for every user instead of each one's cut."""
     visible = holdout.train if visible is None else visible
     labels = holdout.held_out if labels is None else labels
     users = _sample(holdout.users, RANKER_USERS_MAX) if users is None else users
@@ -229,7 +231,7 @@ def holdout_queries(
     chosen = set(users.tolist())
     hidden = [
         (interactions.user_ids[interactions.users[pair]], item_ids[interactions.items[pair]])
-        for pair in np.flatnonzero(holdout.train & ~visible)
+        for pair in np.flatnonzero(~visible)
         if int(interactions.users[pair]) in chosen
     ]
 
@@ -261,7 +263,7 @@ def holdout_queries(
         candidates = [item for item in dict.fromkeys(merged) if item not in excluded][:limit]
         if not candidates:
             continue
-        as_of = datetime.fromtimestamp(holdout.cut[user] - 0.001, UTC)
+        as_of = at or datetime.fromtimestamp(holdout.cut[user] - 0.001, UTC)
         user_key = interactions.user_ids[user]
         relevant = set(held[user])
         queries.users.append(user_key)
@@ -314,25 +316,25 @@ def _split_users(interactions: Interactions, users: np.ndarray) -> tuple[np.ndar
     return users[~gate & ~validation], users[validation], users[gate]
 
 
-def random_labels(interactions: Interactions, holdout: Holdout, users: np.ndarray) -> np.ndarray:
-    """The training users' labels: LABEL_SHARE of each one's items before the cut (at least one, a seeded draw),
-    hidden from the embeddings and the features they are ranked with. Items the user likes at any time, not only
-    next: the ranker then learns taste as well as the moment."""
+def random_labels(interactions: Interactions, holdout: Holdout, users: np.ndarray, *, fold: int = 0) -> np.ndarray:
+    """The training users' labels for one of LABEL_FOLDS folds: each user's items are dealt over the folds in a
+    seeded random order, and the fold's share are the labels, hidden from the embeddings fitted for them
+    and from the features they are ranked with. Items the user likes at any time, not only next: the ranker then
+    learns taste as well as the moment."""
     generator = np.random.default_rng(settings.TRAINING_SEED)
     chosen = np.zeros(len(interactions.users), dtype=bool)
     wanted = set(users.tolist())
-    pairs = np.flatnonzero(holdout.train)
     by_user: dict[int, list[int]] = defaultdict(list)
-    for pair in pairs:
+    for pair in range(len(interactions.users)):
         user = int(interactions.users[pair])
         if user in wanted:
-            by_user[user].append(int(pair))
+            by_user[user].append(pair)
     for user in sorted(by_user):
-        own = by_user[user]
+        own = np.asarray(by_user[user])
+        dealt = generator.permutation(len(own))  # drawn for every user, whatever the fold: the folds are disjoint
         if len(own) < HOLDOUT_MIN_LABELLED:
             continue
-        count = max(1, round(LABEL_SHARE * len(own)))
-        chosen[generator.choice(own, count, replace=False)] = True
+        chosen[own[dealt % LABEL_FOLDS == fold]] = True
     return chosen
 
 
@@ -445,11 +447,24 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
         )
     else:
         label_source = "holdout"
-        labelled = random_labels(interactions, holdout, train_users)
-        train = holdout_queries(
-            interactions=interactions, holdout=holdout, users=train_users, labels=labelled,
-            visible=holdout.train & ~labelled,
-        ).ranking_data(with_positive_only=True)  # fmt: skip
+        parts = []
+        for fold in range(LABEL_FOLDS):
+            labelled = random_labels(interactions, holdout, train_users, fold=fold)
+            # Everything the training users did (their own future too) but the fold's labels; never the future
+            # of the validation and gate users, which judges the model. As of now, as serving sees them: a user
+            # inactive for months has the expired state serving will read.
+            visible = (holdout.train | (holdout.held_out & np.isin(interactions.users, train_users))) & ~labelled
+            parts.append(
+                holdout_queries(
+                    interactions=interactions, holdout=holdout, users=train_users, labels=labelled, visible=visible,
+                    at=now,
+                ).ranking_data(with_positive_only=True)
+            )  # fmt: skip
+        train = RankingData(
+            values=np.vstack([part.values for part in parts]),
+            labels=np.concatenate([part.labels for part in parts]),
+            group_sizes=np.concatenate([part.group_sizes for part in parts]),
+        )
     if len(train.group_sizes) < MIN_QUERIES:
         return _not_trained(label_source, len(train.group_sizes), started, "too few training queries")
     validation = holdout_queries(interactions=interactions, holdout=holdout, users=validation_users)

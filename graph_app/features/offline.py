@@ -96,14 +96,18 @@ def _catalog(
     return keys, facts
 
 
-# power() raises on underflow in PostgreSQL: exponents are floored at 2^-1000 (about 1e-301, i.e. zero).
+# power() raises on underflow in PostgreSQL: exponents are floored at 2^-1000 (about 1e-301, i.e. zero). Every
+# float sum is ordered: a sum in whatever order the plan reads rows differs in its last bits from run to run.
 _ITEM_POPULARITY_SQL = """
 WITH r AS (SELECT * FROM unnest(%(idx)s::int[], %(item)s::text[], %(as_of)s::timestamptz[]) AS r(idx, item, as_of)),
      w AS (SELECT * FROM unnest(%(types)s::text[], %(weights)s::float8[]) AS w(type, weight))
 SELECT r.idx,
-       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h1)s, -1000))),
-       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h2)s, -1000))),
-       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h3)s, -1000))),
+       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h1)s, -1000))
+           ORDER BY e.occurred_at, e.id),
+       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h2)s, -1000))
+           ORDER BY e.occurred_at, e.id),
+       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h3)s, -1000))
+           ORDER BY e.occurred_at, e.id),
        extract(epoch FROM max(e.occurred_at))::float8
 FROM r
 JOIN signals_app_event e ON e.item_id = r.item AND e.occurred_at <= r.as_of
@@ -116,7 +120,8 @@ GROUP BY r.idx
 _PLACEMENT_CLICKS_SQL = """
 WITH r AS (SELECT * FROM unnest(%(idx)s::int[], %(item)s::text[], %(placement)s::text[], %(as_of)s::timestamptz[])
            AS r(idx, item, placement, as_of))
-SELECT r.idx, sum(power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h)s, -1000)))
+SELECT r.idx, sum(power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h)s, -1000))
+                  ORDER BY e.occurred_at, e.id)
 FROM r
 JOIN signals_app_event e ON e.item_id = r.item AND e.placement = r.placement AND e.type = 'click'
                         AND e.occurred_at <= r.as_of
@@ -126,7 +131,8 @@ GROUP BY r.idx
 _PLACEMENT_IMPRESSIONS_SQL = """
 WITH r AS (SELECT * FROM unnest(%(idx)s::int[], %(item)s::text[], %(placement)s::text[], %(as_of)s::timestamptz[])
            AS r(idx, item, placement, as_of))
-SELECT r.idx, sum(power(2, greatest(-extract(epoch FROM r.as_of - i.served_at)::float8 / %(h)s, -1000)))
+SELECT r.idx, sum(power(2, greatest(-extract(epoch FROM r.as_of - i.served_at)::float8 / %(h)s, -1000))
+                  ORDER BY i.served_at, i.id)
 FROM r
 JOIN signals_app_impression i ON i.item_id = r.item AND i.placement = r.placement AND i.served_at <= r.as_of
 GROUP BY r.idx
