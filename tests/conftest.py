@@ -114,3 +114,14 @@ def vacuumed_vector_index(django_db_blocker):
         # Never wait long on a lock the test's own transaction might hold.
         own.execute("SET lock_timeout = '5s'")
         own.execute("VACUUM (TRUNCATE false) graph_app_item")
+
+
+@pytest.fixture(autouse=True)
+def _forget_serving_models():
+    """Serving processes keep the models they loaded; a test that trains and serves must not leave its models to
+    the next test's shelves."""
+    from scoring_app.engine import registry
+
+    registry.models_forget()
+    yield
+    registry.models_forget()
