@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from django.conf import settings
 from scipy import sparse
 
 from scoring_app.evaluation.metrics import TOP_K, top_k_metrics
@@ -538,19 +539,27 @@ def replay_run(*, purchases: list[Purchase], config: ReplayConfig, progress: Pro
     training = training_chain_run(progress=progress)
     clock.lap("training")
 
-    served, home_paths, home_degraded, stability = _serve_customers(
-        client=client, split=split, seed=config.seed, progress=progress
-    )
-    clock.lap("serve")
-    context_served, context_paths, context_degraded = [], Counter[str](), Counter[str]()
-    for number, basket in enumerate(split.baskets, start=1):
-        answer = recommendations_get(
-            client=client, user_id=f"replay-visitor-{number}", placement=CONTEXT_PLACEMENT, item_id=basket.context_item
+    # The sources one after another, without deadlines: what a source returns must not depend on how busy the
+    # machine is, or the same seed would not give the same figures (latency is the benchmarks' business).
+    threads = settings.SCORE_RETRIEVAL_THREADS
+    settings.SCORE_RETRIEVAL_THREADS = 0
+    try:
+        served, home_paths, home_degraded, stability = _serve_customers(
+            client=client, split=split, seed=config.seed, progress=progress
         )
-        context_served.append(answer.items)
-        context_paths[answer.path] += 1
-        context_degraded.update(answer.degraded)
-    clock.lap("context")
+        clock.lap("serve")
+        context_served, context_paths, context_degraded = [], Counter[str](), Counter[str]()
+        for number, basket in enumerate(split.baskets, start=1):
+            answer = recommendations_get(
+                client=client, user_id=f"replay-visitor-{number}", placement=CONTEXT_PLACEMENT,
+                item_id=basket.context_item,
+            )  # fmt: skip
+            context_served.append(answer.items)
+            context_paths[answer.path] += 1
+            context_degraded.update(answer.degraded)
+        clock.lap("context")
+    finally:
+        settings.SCORE_RETRIEVAL_THREADS = threads
 
     baselines = Baselines.fit(history_items=split.history_items)
     customers = split.test_customers
