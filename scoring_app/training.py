@@ -447,17 +447,19 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
         )
     else:
         label_source = "holdout"
+        present = datetime.fromtimestamp(float(interactions.latest.max()), UTC)
         parts = []
         for fold in range(LABEL_FOLDS):
             labelled = random_labels(interactions, holdout, train_users, fold=fold)
             # Everything the training users did (their own future too) but the fold's labels; never the future
-            # of the validation and gate users, which judges the model. As of now, as serving sees them: a user
-            # inactive for months has the expired state serving will read.
+            # of the validation and gate users, which judges the model. As of the log's present (its latest
+            # event: now, in a live shop), as serving sees them: a user inactive for months has the expired state
+            # serving will read. The log's clock, not the wall clock, so that the same log trains the same model.
             visible = (holdout.train | (holdout.held_out & np.isin(interactions.users, train_users))) & ~labelled
             parts.append(
                 holdout_queries(
                     interactions=interactions, holdout=holdout, users=train_users, labels=labelled, visible=visible,
-                    at=now,
+                    at=present,
                 ).ranking_data(with_positive_only=True)
             )  # fmt: skip
         train = RankingData(

@@ -17,7 +17,7 @@ class Command(BaseCommand):
         "u.user) with the Microsoft Recommenders protocol (stratified 75/25 split by item; top 10 without the "
         "user's training items; MAP, nDCG@10, Precision@10, Recall@10). The catalog and the training ratings go in "
         "through the platform's services (ratings as purchase events through the ingest service, timestamps moved "
-        "to end a day ago), the scheduled training chain runs as Celery beat runs it, and each test user's slate "
+        "to end a minute ago), the scheduled training chain runs as Celery beat runs it, and each test user's slate "
         "comes from the function that answers GET /api/v1/recommendations. Prints one JSON document on stdout "
         "(progress on stderr). ISOLATION: the run never touches live data. It drops and recreates a scratch "
         f"PostgreSQL database named '<current database>{SCRATCH_SUFFIX}' on the same server, migrates it and "
