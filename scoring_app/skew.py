@@ -6,14 +6,13 @@ and bought items read from the PostgreSQL log, the precomputed lists the sources
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import orjson
 from django.db import connection
 
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
-from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew
+from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, skew_compare
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from scoring_app.engine.retrieval import (
@@ -118,18 +117,7 @@ def retrieval_skew_check(
         online = candidate_set.retrieval[:, columns]
         report.users += 1
         report.rows += len(items)
+        labels = [f"{user_key}/{item}" for item in items]
         for column, name in enumerate(COMPARED):
-            skew = report.features[name]
-            for row, item in enumerate(items):
-                left, right = float(online[row, column]), float(offline[row, column])
-                skew.compared += 1
-                if math.isnan(left) and math.isnan(right):
-                    continue
-                difference = abs(left - right) if not (math.isnan(left) or math.isnan(right)) else math.inf
-                if difference > tolerance * max(1.0, abs(right) if not math.isnan(right) else 1.0):
-                    skew.mismatched += 1
-                    if len(skew.examples) < 3:
-                        skew.examples.append(f"{user_key}/{item}: online {left!r}, offline {right!r}")
-                if not math.isinf(difference):
-                    skew.max_difference = max(skew.max_difference, difference)
+            skew_compare(report.features[name], online[:, column], offline[:, column], labels, tolerance)
     return report

@@ -83,18 +83,24 @@ def feature_skew_check(
     offline = features_offline(requests=requests)
 
     features = {name: FeatureSkew(name) for name in FEATURE_NAMES}
+    labels = [f"{request.user_key}/{request.item_id}" for request in requests]
     for column, name in enumerate(FEATURE_NAMES):
-        skew = features[name]
-        for row, request in enumerate(requests):
-            left, right = online[row, column], offline[row, column]
-            skew.compared += 1
-            if math.isnan(left) and math.isnan(right):
-                continue
-            difference = abs(left - right) if not (math.isnan(left) or math.isnan(right)) else math.inf
-            if difference > tolerance * max(1.0, abs(right) if not math.isnan(right) else 1.0):
-                skew.mismatched += 1
-                if len(skew.examples) < 3:
-                    skew.examples.append(f"{request.user_key}/{request.item_id}: online {left!r}, offline {right!r}")
-            if not math.isinf(difference):
-                skew.max_difference = max(skew.max_difference, difference)
+        skew_compare(features[name], online[:, column], offline[:, column], labels, tolerance)
     return SkewReport(users=len(sample), rows=len(requests), tolerance=tolerance, features=features)
+
+
+def skew_compare(
+    skew: FeatureSkew, online: np.ndarray, offline: np.ndarray, labels: list[str], tolerance: float
+) -> None:
+    """Count one feature's rows that differ beyond the relative tolerance (missing on one side only differs)."""
+    for left, right, label in zip(online.tolist(), offline.tolist(), labels, strict=True):
+        skew.compared += 1
+        if math.isnan(left) and math.isnan(right):
+            continue
+        difference = abs(left - right) if not (math.isnan(left) or math.isnan(right)) else math.inf
+        if difference > tolerance * max(1.0, abs(right) if not math.isnan(right) else 1.0):
+            skew.mismatched += 1
+            if len(skew.examples) < 3:
+                skew.examples.append(f"{label}: online {left!r}, offline {right!r}")
+        if not math.isinf(difference):
+            skew.max_difference = max(skew.max_difference, difference)

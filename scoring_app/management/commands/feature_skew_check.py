@@ -1,6 +1,8 @@
+from collections.abc import Iterable
+
 from django.core.management.base import BaseCommand, CommandParser
 
-from graph_app.features.skew import DEFAULT_TOLERANCE, feature_skew_check
+from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, feature_skew_check
 from scoring_app.skew import retrieval_skew_check
 from signals_app.consumer import events_drain_all
 
@@ -29,17 +31,16 @@ class Command(BaseCommand):
             tolerance=options["tolerance"], seed=options["seed"],
         )  # fmt: skip
         self.stdout.write(f"{report.rows} rows ({report.users} users), relative tolerance {report.tolerance:g}")
-        for skew in report.features.values():
-            state = "ok" if not skew.mismatched else f"{skew.mismatched} MISMATCHED"
-            self.stdout.write(f"  {skew.name:<28} max |diff| {skew.max_difference:.3g}  {state}")
-            for example in skew.examples:
-                self.stdout.write(f"      {example}")
+        self._features_write(report.features.values())
         retrieval = retrieval_skew_check(users=options["users"], tolerance=options["tolerance"], seed=options["seed"])
         self.stdout.write(f"retrieval features: {retrieval.rows} candidates ({retrieval.users} users)")
-        for skew in retrieval.features.values():
+        self._features_write(retrieval.features.values())
+        if report.mismatched or retrieval.mismatched:
+            raise SystemExit(1)
+
+    def _features_write(self, features: Iterable[FeatureSkew]) -> None:
+        for skew in features:
             state = "ok" if not skew.mismatched else f"{skew.mismatched} MISMATCHED"
             self.stdout.write(f"  {skew.name:<34} max |diff| {skew.max_difference:.3g}  {state}")
             for example in skew.examples:
                 self.stdout.write(f"      {example}")
-        if report.mismatched or retrieval.mismatched:
-            raise SystemExit(1)
