@@ -14,11 +14,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
-from graph_app.models import Item
 from scoring_app.evaluation.metrics import top_k_metrics
 from scoring_app.evaluation.movielens import DEFAULT_GENRES, movielens_load
-from scoring_app.evaluation.scratch import SCRATCH_SUFFIX
-from signals_app.models import Event
+from tests.scoring_app.scratch_checks import assert_live_stores_untouched
 
 MOVIELENS_100K = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ml-100k"
 METRICS = {"MAP", "nDCG@10", "Precision@10", "Recall@10"}
@@ -132,17 +130,7 @@ def test_command_runs_end_to_end_in_scratch_stores(tmp_path, clean_redis):
     assert document["diagnostics"]["short_slates"] == 0
     assert document["diagnostics"]["events"]["stored"] == document["train_rows"]
     assert "scoring.ranker_train: done" in stderr.getvalue()
-    # Isolation: the live database and Redis database saw nothing, and the scratch database is gone.
-    assert connection.settings_dict["NAME"] == live_database
-    assert not Item.objects.exists()
-    assert not Event.objects.exists()
-    assert clean_redis.dbsize() == 0
-    heard = list(iter(lambda: listener.get_message(timeout=0.2), None))
-    assert [message for message in heard if message["type"] == "pmessage"] == []
-    listener.close()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [live_database + SCRATCH_SUFFIX])
-        assert cursor.fetchone()[0] == 0
+    assert_live_stores_untouched(live_database=live_database, clean_redis=clean_redis, listener=listener)
 
 
 def test_command_refuses_the_live_redis_database(tmp_path):

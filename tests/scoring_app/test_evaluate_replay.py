@@ -19,7 +19,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from graph_app.models import Item
 from scoring_app.evaluation.replay import (
     RETAIL_COLUMNS,
     Baselines,
@@ -35,8 +34,7 @@ from scoring_app.evaluation.replay import (
     purchases_read,
     replay_split,
 )
-from scoring_app.evaluation.scratch import SCRATCH_SUFFIX
-from signals_app.models import Event
+from tests.scoring_app.scratch_checks import assert_live_stores_untouched
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 ONLINE_RETAIL = SHARED_DATA / "online-retail" / "online-retail.csv.gz"
@@ -260,17 +258,7 @@ def test_command_runs_end_to_end_in_scratch_stores(tmp_path, clean_redis):
         document["seconds_by_phase"]
     )
     assert "drain:" in stderr.getvalue()
-    # Isolation: the live database and Redis database saw nothing, and the scratch database is gone.
-    assert connection.settings_dict["NAME"] == live_database
-    assert not Item.objects.exists()
-    assert not Event.objects.exists()
-    assert clean_redis.dbsize() == 0
-    heard = list(iter(lambda: listener.get_message(timeout=0.2), None))
-    assert [message for message in heard if message["type"] == "pmessage"] == []
-    listener.close()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [live_database + SCRATCH_SUFFIX])
-        assert cursor.fetchone()[0] == 0
+    assert_live_stores_untouched(live_database=live_database, clean_redis=clean_redis, listener=listener)
 
 
 def test_command_refuses_the_live_redis_database(tmp_path):
