@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from redis.exceptions import RedisError
 
 from personalization import redis_keys
-from personalization.redis_client import get_redis
+from personalization.redis_client import get_control_redis, get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ _custom_loaded_at = float("-inf")
 
 def custom_event_types_publish(event_types: list[EventType]) -> None:
     """Called after staff change custom types: every ingest process sees them within a few seconds."""
-    get_redis().set(redis_keys.CUSTOM_EVENT_TYPES, json.dumps([asdict(event_type) for event_type in event_types]))
+    client = get_control_redis()  # staff's change, not a request's: the control plane's timeouts
+    client.set(redis_keys.CUSTOM_EVENT_TYPES, json.dumps([asdict(event_type) for event_type in event_types]))
     custom_event_types_forget()
 
 
