@@ -2,16 +2,16 @@
 
 The latest slice of each user's history is held out (time-based, `graph_app.training.holdout_split`, the same
 split the embeddings training tunes on). The users with a holdout are split by a seeded hash of their key:
-- training users: a random share of their items before the cut are the labels, hidden from the embeddings fitted
-  for them and from their features (as of the cut): the ranker learns which candidates a user likes at all, not
-  only which one comes next in a session (a next-item label taught it "similar to the last items", which a
-  returning shopper is not served by);
+- training users: their items are dealt over LABEL_FOLDS folds, and each fold's items are the labels, hidden from
+  the embeddings fitted for them and from their features (as of the log's latest event, as serving sees a shopper
+  now): the ranker learns which candidates a user likes at all, not only which one comes next in a session (a
+  next-item label taught it "similar to the last items", which a returning shopper is not served by);
 - validation users pick the LightGBM settings of a small grid, and gate users decide promotion, both on what they
   bought after the cut: the future, as serving meets it.
-Each user's candidates are what serving would have retrieved at the cut (the "user_vector", "similar" and
-"popular" sources, through the same functions and the same retrieval-feature definitions, from embeddings fitted
-on what the user's labels are not part of), with the feature store's point-in-time values. Once there are enough
-served slates with a reaction, those slates (attributed impressions) are the training queries instead.
+Each user's candidates are what serving would have retrieved (the "user_vector", "similar" and "popular" sources,
+through the same functions and the same retrieval-feature definitions, from embeddings fitted on what the user's
+labels are not part of), with the feature store's point-in-time values. Once there are enough served slates with a
+reaction, those slates (attributed impressions) are the training queries instead.
 
 The quality gate scores the new model, the active one and popularity on the gate users: nDCG@10 of the top 10 each
 puts on the shelf, against everything those users bought after the cut. The new model is promoted only if it
@@ -74,8 +74,8 @@ IMPRESSION_QUERIES_MAX = 20_000
 RANKER_USERS_MAX = 1500
 GATE_SHARE = 0.25
 VALIDATION_SHARE = 0.2
-# Training users' labels: their items before the cut dealt over LABEL_FOLDS folds, each fold's share hidden from
-# what ranks them in turn (users with at least HOLDOUT_MIN_LABELLED items there).
+# Training users' labels: their items dealt over LABEL_FOLDS folds, each fold's share hidden from what ranks them
+# in turn (users with at least HOLDOUT_MIN_LABELLED items there).
 LABEL_FOLDS = 4
 HOLDOUT_MIN_LABELLED = 3
 MIN_QUERIES = 20
