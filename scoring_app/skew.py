@@ -16,14 +16,12 @@ from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, skew_compare
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from scoring_app.engine.retrieval import (
-    _SIMILAR_TO_RECENT_SQL,
     RECENT_ITEMS_USED,
     SIMILAR_SEED_ITEMS,
-    SIMILAR_TO_RECENT_CACHED,
     USER_VECTOR_NEIGHBOURS,
-    _rows,
     candidates_retrieve,
     similar_rows,
+    similar_to_recent_rows,
     user_state_fetch,
 )
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
@@ -102,8 +100,7 @@ def retrieval_skew_check(
         in_stock = _in_stock()
         if recent and recent[0] not in lists:
             # Serving's own fallback when the newest item is newer than the lists: pgvector around the mean.
-            similar = _rows(_SIMILAR_TO_RECENT_SQL, {"recent": recent, "k": SIMILAR_TO_RECENT_CACHED})
-            similar.sort(key=lambda row: row[1], reverse=True)
+            similar = similar_to_recent_rows(recent)
         else:
             similar = similar_rows(recent, lists, in_stock)
         rankings = {

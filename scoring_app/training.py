@@ -149,7 +149,6 @@ class HoldoutQueries:
     values: np.ndarray = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES))))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     relevant: list[list[int]] = field(default_factory=list)  # item indexes, per user
-    user_rows: list[int] = field(default_factory=list)  # the users' rows in the interactions
     excluded: list[set[str]] = field(default_factory=list)  # recent and bought items, never on the shelf
     popular: list[str] = field(default_factory=list)  # the popularity baseline's order
 
@@ -161,8 +160,7 @@ class HoldoutQueries:
         rows = np.concatenate([np.arange(offsets[q], offsets[q + 1]) for q in chosen]) if chosen else np.zeros(0, int)
         return HoldoutQueries(
             [self.users[q] for q in chosen], [self.items[q] for q in chosen], self.values[rows], self.labels[rows],
-            [self.relevant[q] for q in chosen], [self.user_rows[q] for q in chosen],
-            [self.excluded[q] for q in chosen], self.popular,
+            [self.relevant[q] for q in chosen], [self.excluded[q] for q in chosen], self.popular,
         )  # fmt: skip
 
     def ranking_data(self, *, with_positive_only: bool) -> RankingData:
@@ -270,7 +268,6 @@ def holdout_queries(
         queries.items.append(candidates)
         queries.relevant.append(sorted(relevant))
         queries.excluded.append(excluded)
-        queries.user_rows.append(user)
         requests += [FeatureRequest(user_key, item, PLACEMENT, as_of) for item in candidates]
         retrieval_blocks.append(retrieval_features(rankings, candidates))
         labels.append(np.asarray([item_index[item] in relevant for item in candidates], dtype=np.int32))
@@ -316,26 +313,21 @@ def _split_users(interactions: Interactions, users: np.ndarray) -> tuple[np.ndar
     return users[~gate & ~validation], users[validation], users[gate]
 
 
-def random_labels(interactions: Interactions, holdout: Holdout, users: np.ndarray, *, fold: int = 0) -> np.ndarray:
-    """The training users' labels for one of LABEL_FOLDS folds: each user's items are dealt over the folds in a
-    seeded random order, and the fold's share are the labels, hidden from the embeddings fitted for them
-    and from the features they are ranked with. Items the user likes at any time, not only next: the ranker then
-    learns taste as well as the moment."""
+def label_folds(interactions: Interactions, users: np.ndarray) -> np.ndarray:
+    """Each pair's label fold (-1: never a label): every training user's items are dealt over LABEL_FOLDS folds in a
+    seeded random order (users with at least HOLDOUT_MIN_LABELLED items). In turn, a fold's items are the labels,
+    hidden from the embeddings fitted for them and from the features they are ranked with: items the user likes at
+    any time, not only next, so the ranker learns taste as well as the moment."""
     generator = np.random.default_rng(settings.TRAINING_SEED)
-    chosen = np.zeros(len(interactions.users), dtype=bool)
-    wanted = set(users.tolist())
-    by_user: dict[int, list[int]] = defaultdict(list)
-    for pair in range(len(interactions.users)):
-        user = int(interactions.users[pair])
-        if user in wanted:
-            by_user[user].append(pair)
-    for user in sorted(by_user):
-        own = np.asarray(by_user[user])
-        dealt = generator.permutation(len(own))  # drawn for every user, whatever the fold: the folds are disjoint
-        if len(own) < HOLDOUT_MIN_LABELLED:
-            continue
-        chosen[own[dealt % LABEL_FOLDS == fold]] = True
-    return chosen
+    folds = np.full(len(interactions.users), -1, dtype=np.int64)
+    pairs = np.flatnonzero(np.isin(interactions.users, users))
+    pairs = pairs[np.argsort(interactions.users[pairs], kind="stable")]  # by user, each user's pairs in order
+    boundaries = np.flatnonzero(np.diff(interactions.users[pairs])) + 1
+    for own in np.split(pairs, boundaries) if len(pairs) else []:
+        dealt = generator.permutation(len(own))  # drawn for every user, so one user's draw never shifts another's
+        if len(own) >= HOLDOUT_MIN_LABELLED:
+            folds[own] = dealt % LABEL_FOLDS
+    return folds
 
 
 _DISCOUNTS = 1.0 / np.log2(np.arange(2, TOP_K + 2))
@@ -432,7 +424,13 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     interactions = interactions_load()
     holdout = holdout_split(interactions)
     train_users, validation_users, gate_users = _split_users(interactions, _sample(holdout.users, RANKER_USERS_MAX))
-    gate = holdout_queries(interactions=interactions, holdout=holdout, users=gate_users)
+    # The users who judge the model, validation and gate alike, from one set of embeddings fitted before their cut.
+    judged = holdout_queries(
+        interactions=interactions, holdout=holdout, users=np.sort(np.concatenate([validation_users, gate_users]))
+    )
+    gate_keys = {interactions.user_ids[user] for user in gate_users.tolist()}
+    gate = judged.subset([query for query, key in enumerate(judged.users) if key in gate_keys])
+    validation = judged.subset([query for query, key in enumerate(judged.users) if key not in gate_keys])
     if not gate.users or not len(train_users):
         return _not_trained("holdout", len(gate.users), started, "too little history for a holdout")
     impressions = _impression_queries(now - TRAINING_WINDOW)
@@ -449,8 +447,9 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
         label_source = "holdout"
         present = datetime.fromtimestamp(float(interactions.latest.max()), UTC)
         parts = []
+        folds = label_folds(interactions, train_users)
         for fold in range(LABEL_FOLDS):
-            labelled = random_labels(interactions, holdout, train_users, fold=fold)
+            labelled = folds == fold
             # Everything the training users did (their own future too) but the fold's labels; never the future
             # of the validation and gate users, which judges the model. As of the log's present (its latest
             # event: now, in a live shop), as serving sees them: a user inactive for months has the expired state
@@ -469,7 +468,6 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
         )
     if len(train.group_sizes) < MIN_QUERIES:
         return _not_trained(label_source, len(train.group_sizes), started, "too few training queries")
-    validation = holdout_queries(interactions=interactions, holdout=holdout, users=validation_users)
     booster, chosen, tried = _ranker_search(
         train, validation, search=search_on, budget_seconds=settings.TRAINING_SEARCH_SECONDS
     )

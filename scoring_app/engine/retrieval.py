@@ -246,15 +246,25 @@ def _neighbours_cached(
     read-ahead found of it: `<name>_rows`)."""
 
     def build() -> bytes:
-        rows = _rows(sql, params)
-        rows.sort(key=lambda row: row[1], reverse=True)  # relaxed iterative scans may return rows slightly out of order
-        return orjson.dumps(rows)
+        return orjson.dumps(_sorted_rows(sql, params))
 
     payload = state.prefetched.get(f"{name}_rows") or user_cache_get_or_build(
         user_key=state.user_key, name=name, version=version, build=build, ttl_seconds=ttl_seconds,
         stored=state.prefetched.get(name, NOT_READ),
     )  # fmt: skip
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
+
+
+def _sorted_rows(sql: str, params: dict[str, Any]) -> list[tuple[str, float]]:
+    rows = _rows(sql, params)
+    rows.sort(key=lambda row: row[1], reverse=True)  # relaxed iterative scans may return rows slightly out of order
+    return rows
+
+
+def similar_to_recent_rows(recent_items: Sequence[str]) -> list[tuple[str, float]]:
+    """The pgvector query behind the "similar" source when the newest recent item has no list, uncached (the skew
+    check recomputes it)."""
+    return _sorted_rows(_SIMILAR_TO_RECENT_SQL, {"recent": list(recent_items), "k": SIMILAR_TO_RECENT_CACHED})
 
 
 def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
@@ -363,12 +373,6 @@ def _user_vector_source(state: UserState) -> list[Candidate]:
         _new_candidate(Candidate, (item_id, score, "user_vector", "Picked for your taste", _USER_VECTOR))
         for item_id, score in rows[:USER_VECTOR_NEIGHBOURS]
     ]
-
-
-def _similar_from_lists(
-    state: UserState, lists: dict[str, list[list[Any]]], in_stock: Container[str]
-) -> list[tuple[str, float]]:
-    return similar_rows(state.recent_items, lists, in_stock)
 
 
 def similar_rows(
@@ -661,7 +665,7 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         # The lists serve when the newest item has one; an item newer than the last training leads otherwise, and
         # the older items' lists alone would miss what the shopper looks at now: pgvector, around their mean.
         if similar_seeds and similar_seeds[0] in similar_lists:
-            prefetched["similar_rows"] = _similar_from_lists(state, similar_lists, prefetched["in_stock"])
+            prefetched["similar_rows"] = similar_rows(state.recent_items, similar_lists, prefetched["in_stock"])
     except RedisError as error:  # the sources read for themselves, and fail on their own
         logger.warning("score.prefetch_failed", extra={"error": str(error)})
 
