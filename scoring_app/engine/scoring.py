@@ -233,6 +233,13 @@ NEW_ITEMS_OFFERED = 10
 NEXT_BEST_OFFERED = 10
 
 
+def new_item_rows(popularity_7d: np.ndarray, age_days: np.ndarray) -> np.ndarray:
+    """Rows of the items that never had an event (popularity exactly zero) and were created within NEW_ITEM_DAYS.
+    A missing popularity (NaN: the latest event is older than its TTL) is an old item gone quiet, not a new one: a
+    shop that loads its catalog after a year of history would otherwise explore its back catalog as new."""
+    return np.flatnonzero((popularity_7d == 0.0) & (age_days <= NEW_ITEM_DAYS))  # NaN compares False
+
+
 def _exploration_slots(last_slot: int, shown: int, unsure: bool) -> int:
     """How many slots, ending at `last_slot`, the bandit fills: one for a new item when the order is sure, up to
     SCORE_EXPLORATION_SLOTS when it is not; none of the first EXPLORATION_MIN_SLOTS - 1."""
@@ -282,9 +289,7 @@ class _Explorer:
 
     def _new_rows(self, shown: set[str]) -> list[int]:
         """The first NEW_ITEMS_OFFERED new items in retrieval order that are not `shown`."""
-        popularity = np.nan_to_num(self.features.column("item_popularity_7d"), nan=0.0)
-        age = self.features.column("item_age_days")
-        new = np.flatnonzero((popularity == 0.0) & (age <= NEW_ITEM_DAYS))  # NaN ages compare False
+        new = new_item_rows(self.features.column("item_popularity_7d"), self.features.column("item_age_days"))
         rows = [int(row) for row in new[: NEW_ITEMS_OFFERED + len(shown)] if self.candidates[row].item_id not in shown]
         return rows[:NEW_ITEMS_OFFERED]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from graph_app.training import embeddings_train
@@ -215,3 +216,13 @@ def test_served_rankers_are_compiled_and_score_as_lightgbm_does(trained_shop, se
     plain = ranker_load(artifact)
     assert plain.compiled is None
     assert ranker_scores(plain, features) == pytest.approx(expected, abs=1e-12)
+
+
+def test_only_items_that_never_had_an_event_count_as_new():
+    from scoring_app.engine.scoring import NEW_ITEM_DAYS, new_item_rows
+
+    popularity = np.array([0.0, np.nan, 0.0, 3.5, 0.0])
+    age_days = np.array([1.0, 1.0, NEW_ITEM_DAYS + 1, 1.0, np.nan])
+
+    # Row 1 had events long ago (its popularity expired): a quiet old item, not a new one.
+    assert new_item_rows(popularity, age_days).tolist() == [0]
