@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -79,6 +79,7 @@ class ItemOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
+    @extend_schema_field(EntityRefSerializer(many=True))
     def get_entities(self, item: Item) -> list[dict[str, Any]]:
         return [
             {"kind": link.entity.kind, "id": link.entity.external_id, "name": link.entity.name, "weight": link.weight}
@@ -116,19 +117,33 @@ class ItemDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class ItemBatchErrorSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="The item's position in the batch.")
+    field = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ItemBatchResultSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    item_id = serializers.CharField(allow_null=True)
+    status = serializers.ChoiceField(choices=["created", "updated", "error"])
+
+
 class ItemBatchUpsertApi(APIView):
     class InputSerializer(serializers.Serializer):
         items = serializers.ListField(child=serializers.JSONField(), max_length=ITEM_BATCH_MAX, allow_empty=False)
 
     @extend_schema(
-        request=inline_serializer("ItemBatchRequest", {"items": ItemBatchRowSerializer(many=True)}),
+        request=inline_serializer(
+            "ItemBatch", {"items": ItemBatchRowSerializer(many=True, min_length=1, max_length=ITEM_BATCH_MAX)}
+        ),
         responses=inline_serializer(
             "ItemBatchResponse",
             {
                 "created": serializers.IntegerField(),
                 "updated": serializers.IntegerField(),
-                "errors": serializers.ListField(child=serializers.DictField()),
-                "results": serializers.ListField(child=serializers.DictField()),
+                "errors": ItemBatchErrorSerializer(many=True),
+                "results": ItemBatchResultSerializer(many=True),
             },
         ),
         operation_id="items_batch_upsert",
@@ -170,17 +185,21 @@ class ItemBatchUpsertApi(APIView):
         return Response({"created": created, "updated": updated, "errors": errors, "results": results})
 
 
+USER_TRAITS_RESPONSE = inline_serializer(
+    "UserTraits", {"user_id": serializers.CharField(), "traits": JsonObjectField()}
+)
+
+
 class UserTraitsApi(APIView):
     """`PUT /api/v1/users/{user_id}`: the user's traits (rule audiences and compliance filters match on them)."""
 
+    @extend_schema_serializer(component_name="UserTraitsInput")
     class InputSerializer(serializers.Serializer):
         traits = JsonObjectField()
 
     @extend_schema(
         request=InputSerializer,
-        responses={
-            200: inline_serializer("UserTraits", {"user_id": serializers.CharField(), "traits": JsonObjectField()})
-        },
+        responses={200: USER_TRAITS_RESPONSE, 201: USER_TRAITS_RESPONSE},
         operation_id="user_traits_put",
     )
     def put(self, request: Request, user_id: str) -> Response:

@@ -1,6 +1,55 @@
-"""How drf-spectacular describes the API key authentication in the OpenAPI schema."""
+"""How drf-spectacular describes the API in the OpenAPI schema: the API key scheme, JSON bodies, and the error
+responses every operation can answer, declared once here rather than on each view."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+
+ERROR_COMPONENT = "Error"
+
+# The one error body (personalization.exception_handler); `message` repeats `detail` for Segment's libraries.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": 'Every API error: {"detail", "code", "errors": {field: [messages]}, "message"}.',
+    "properties": {
+        "detail": {"type": "string", "description": "What went wrong, for a person."},
+        "code": {"type": "string", "description": "What went wrong, for a program: invalid, not_found, ..."},
+        "errors": {
+            "type": "object",
+            "description": "The messages of each field that was refused (empty when no field is to blame).",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+        "message": {"type": "string", "description": "The same as detail (Segment's and RudderStack's field)."},
+    },
+    "required": ["detail", "code", "errors"],
+}
+
+RETRY_AFTER_HEADER = {
+    "required": True,
+    "description": "Seconds to wait before retrying.",
+    "schema": {"type": "integer", "minimum": 0},
+}
+# IETF draft-ietf-httpapi-ratelimit-headers, sent with a 429.
+RATE_LIMIT_HEADERS = {
+    "Retry-After": RETRY_AFTER_HEADER,
+    "RateLimit": {"description": "The key's remaining quota and when it resets.", "schema": {"type": "string"}},
+    "RateLimit-Policy": {"description": "The key's quota and its window.", "schema": {"type": "string"}},
+}
+
+# Status -> (description, headers): what every operation of the API may answer besides its own responses.
+ERROR_RESPONSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "400": ("Bad input: `errors` names each field that was refused.", {}),
+    "401": ("Missing, unknown or revoked API key.", {}),
+    "403": ("The API key's scope does not allow this operation.", {}),
+    "404": ("No such resource.", {}),
+    "413": ("The body is over the size limit.", {}),
+    "429": ("Over the API key's request rate: retry after Retry-After seconds.", RATE_LIMIT_HEADERS),
+    "503": ("A backing store is unavailable: retry after Retry-After seconds.", {"Retry-After": RETRY_AFTER_HEADER}),
+}
+HTTP_METHODS = ("get", "put", "post", "patch", "delete")
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
@@ -9,3 +58,38 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
         return {"type": "http", "scheme": "bearer", "description": "An API key from the admin or create_api_key."}
+
+
+class JsonBodyAutoSchema(AutoSchema):
+    """The ingest views take their body as bytes (a parser for any media type, so that they check its size before
+    parsing it): what they read is JSON, and a generated client must send it as JSON."""
+
+    def map_parsers(self) -> list[Any]:
+        return list(dict.fromkeys("application/json" if media == "*/*" else media for media in super().map_parsers()))
+
+
+def error_responses_declare(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """A postprocessing hook: the error component, and on every operation each error status it may answer (404
+    where the path names a resource, 413 where it takes a body) with that component as its body. A view's own
+    description of a status is kept."""
+    result.setdefault("components", {}).setdefault("schemas", {})[ERROR_COMPONENT] = ERROR_SCHEMA
+    for path, path_item in result.get("paths", {}).items():
+        for method in HTTP_METHODS:
+            operation = path_item.get(method)
+            if operation is None:
+                continue
+            statuses = {"400", "401", "403", "429", "503"}
+            if "{" in path:
+                statuses.add("404")
+            if "requestBody" in operation:
+                statuses.add("413")
+            responses = operation.setdefault("responses", {})
+            for status in sorted(statuses):
+                description, headers = ERROR_RESPONSES[status]
+                response = responses.setdefault(status, {"description": description})
+                response["content"] = {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"}}
+                }
+                if headers:
+                    response["headers"] = headers
+    return result

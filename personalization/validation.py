@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from personalization.errors import ApplicationError
@@ -25,6 +26,7 @@ def reject_nul_characters(value: Any, path: str = "") -> None:
             reject_nul_characters(inner, f"{path}[{index}]")
 
 
+@extend_schema_field({"type": "object", "additionalProperties": {}})
 class JsonObjectField(serializers.JSONField):
     """A JSON object (not a list or scalar), without NUL characters."""
 

@@ -3,7 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiExample,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
@@ -16,6 +22,7 @@ from signals_app.services import EVENT_BATCH_MAX, EVENT_BODY_MAX_BYTES, events_i
 from surface_app.services import shelves_notify, shelves_refresh_queue
 
 
+@extend_schema_serializer(component_name="Event")
 class EventDocSerializer(serializers.Serializer):
     """For the OpenAPI schema only: events are validated by signals_app.validation (faster than DRF)."""
 
@@ -33,6 +40,24 @@ class EventDocSerializer(serializers.Serializer):
     slot = serializers.IntegerField(required=False, min_value=0)
     value = serializers.FloatField(required=False)
     context = serializers.DictField(required=False)
+
+
+EVENT_BATCH_DOC = inline_serializer(
+    "EventBatch", {"events": EventDocSerializer(many=True, min_length=1, max_length=EVENT_BATCH_MAX)}
+)
+EVENT_INGEST_REQUEST = PolymorphicProxySerializer(
+    component_name="EventIngestBody",
+    serializers=[EventDocSerializer, EVENT_BATCH_DOC],
+    resource_type_field_name=None,
+)
+
+
+class RejectedSerializer(serializers.Serializer):
+    """One refused field of one event (or Segment call) of a request."""
+
+    index = serializers.IntegerField(help_text="The event's position in the request (0 for a single event).")
+    field = serializers.CharField()
+    message = serializers.CharField()
 
 
 class RawBodyParser(BaseParser):
@@ -76,7 +101,7 @@ INGEST_RESPONSE = inline_serializer(
         "accepted": serializers.IntegerField(),
         "duplicates": serializers.IntegerField(),
         "rejected": serializers.IntegerField(),
-        "errors": serializers.ListField(child=serializers.DictField()),
+        "errors": RejectedSerializer(many=True),
     },
 )
 
@@ -87,12 +112,24 @@ class EventIngestApi(APIView):
     parser_classes = [RawBodyParser]
 
     @extend_schema(
-        request=EventDocSerializer,
+        request=EVENT_INGEST_REQUEST,
         responses={202: INGEST_RESPONSE},
         examples=[
             OpenApiExample(
-                "A product view", value={"event_id": "e-1", "type": "view", "user_id": "u-1", "item_id": "sku-1"}
-            )
+                "A product view",
+                value={"event_id": "e-1", "type": "view", "user_id": "u-1", "item_id": "sku-1"},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "A batch",
+                value={
+                    "events": [
+                        {"event_id": "e-2", "type": "view", "session_id": "s-1", "item_id": "sku-1"},
+                        {"event_id": "e-3", "type": "add_to_cart", "session_id": "s-1", "item_id": "sku-1"},
+                    ]
+                },
+                request_only=True,
+            ),
         ],
         operation_id="events_ingest",
     )
@@ -133,6 +170,7 @@ def _event_list(body: Any) -> list[Any]:
 class IdentifyApi(APIView):
     """Join an anonymous session's history to a user (e.g. at login)."""
 
+    @extend_schema_serializer(component_name="IdentifyInput")
     class InputSerializer(serializers.Serializer):
         session_id = serializers.CharField(max_length=200)
 

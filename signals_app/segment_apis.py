@@ -14,7 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import authentication, exceptions, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -23,7 +29,7 @@ from rest_framework.views import APIView
 from personalization.authentication import ApiKeyAuthentication
 from personalization.errors import ApplicationError
 from personalization.services import ApiClient, api_key_verify
-from signals_app.apis import RawBodyParser, parse_json_body
+from signals_app.apis import RawBodyParser, RejectedSerializer, parse_json_body
 from signals_app.identity import identity_link
 from signals_app.segment import (
     SEGMENT_BATCH_MAX_BYTES,
@@ -106,6 +112,7 @@ def segment_calls_ingest(*, calls: list[MappedCall]) -> SegmentReport:
     return report
 
 
+@extend_schema_serializer(component_name="SegmentCall")
 class SegmentCallDocSerializer(serializers.Serializer):
     """For the OpenAPI schema only: calls are mapped by signals_app.segment."""
 
@@ -141,9 +148,7 @@ SEGMENT_RESPONSE = inline_serializer(
         "accepted": serializers.IntegerField(help_text="Calls stored or applied."),
         "duplicates": serializers.IntegerField(help_text="Calls whose messageId was already stored."),
         "rejected": serializers.IntegerField(),
-        "errors": serializers.ListField(
-            child=serializers.DictField(), help_text="{index (position in batch; 0 for track), field, message}"
-        ),
+        "errors": RejectedSerializer(many=True, help_text="index: the call's position in the batch (0 for one call)."),
     },
 )
 SEGMENT_ERROR_RESPONSES = {
