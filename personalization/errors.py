@@ -1,5 +1,6 @@
 """One error type for the services and one shape for every API error:
-{"detail": str, "code": str, "errors": {field: [messages]}}."""
+{"detail": str, "code": str, "errors": {field: [messages]}, "message": str}. `message` repeats `detail` because
+Segment's and RudderStack's libraries read it (RudderStack's crashes without it)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ class ApplicationError(Exception):
         self.code = code
         self.errors = errors or {}
         self.status_code = status_code
+
+
+def error_body(*, detail: str, code: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """The body of every API error, wherever it is written."""
+    return {"detail": detail, "code": code, "errors": errors or {}, "message": detail}
 
 
 def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:

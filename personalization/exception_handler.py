@@ -1,4 +1,4 @@
-"""Every API error in one shape: {"detail": str, "code": str, "errors": {field: [messages]}}."""
+"""Every API error in one shape: {"detail": str, "code": str, "errors": {field: [messages]}, "message": str}."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from personalization.errors import ApplicationError, first_message, flatten_errors
+from personalization.errors import ApplicationError, error_body, first_message, flatten_errors
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         # A store is down: tell the client to retry shortly instead of failing with a 500.
         logger.warning("api.store_unavailable", extra={"error": str(exc)})
         return Response(
-            {"detail": "A backing store is unavailable; retry shortly.", "code": "service_unavailable", "errors": {}},
+            error_body(detail="A backing store is unavailable; retry shortly.", code="service_unavailable"),
             status=503,
             headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS)},
         )
@@ -35,14 +35,14 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         # A safety net: the views validate their input, but a value PostgreSQL refuses is bad input, not a 500.
         logger.warning("api.data_error", extra={"error": str(exc)})
         return Response(
-            {"detail": "A value in the request cannot be stored or searched for.", "code": "invalid", "errors": {}},
+            error_body(detail="A value in the request cannot be stored or searched for.", code="invalid"),
             status=400,
         )
     if isinstance(exc, ApplicationError):
-        return Response({"detail": exc.message, "code": exc.code, "errors": exc.errors}, status=exc.status_code)
+        return Response(error_body(detail=exc.message, code=exc.code, errors=exc.errors), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
         errors = flatten_errors(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
-        return Response({"detail": first_message(errors), "code": "invalid", "errors": errors}, status=400)
+        return Response(error_body(detail=first_message(errors), code="invalid", errors=errors), status=400)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):
@@ -53,9 +53,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return None
     if isinstance(exc, exceptions.ValidationError):
         errors = flatten_errors(exc.detail)
-        response.data = {"detail": first_message(errors), "code": "invalid", "errors": errors}
+        response.data = error_body(detail=first_message(errors), code="invalid", errors=errors)
     elif isinstance(exc, exceptions.APIException):
         detail = exc.detail
         code = getattr(detail, "code", None) or exc.default_code
-        response.data = {"detail": str(detail), "code": str(code), "errors": {}}
+        response.data = error_body(detail=str(detail), code=str(code))
     return response

@@ -11,6 +11,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
+from personalization.errors import error_body
 from personalization.redis_client import get_redis
 from personalization.services import api_key_verify
 
@@ -48,7 +49,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     is_staff = request.user.is_authenticated and request.user.is_staff
     if not (has_key or is_staff):
         response = JsonResponse(
-            {"detail": "Authentication credentials were not provided.", "code": "not_authenticated", "errors": {}},
+            error_body(detail="Authentication credentials were not provided.", code="not_authenticated"),
             status=401,
         )
         response["WWW-Authenticate"] = 'Bearer realm="api"'

@@ -27,6 +27,7 @@ from django.core.handlers.wsgi import WSGIRequest
 from prometheus_client import Counter
 
 from personalization.authentication import ApiKeyAuthentication
+from personalization.errors import error_body
 from surface_app.apis import recommendations_query, recommendations_serve
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def _serve(request: WSGIRequest, start_response: Callable[..., Any], data: dict[
     except Exception:  # slate_serve degrades rather than fails: this is a bug, answered as Django would
         logger.exception("surface.fast_path_failed")
         _FAILED.inc()
-        body = orjson.dumps({"detail": "A server error occurred.", "code": "error", "errors": {}})
+        body = orjson.dumps(error_body(detail="A server error occurred.", code="error"))
         start_response("500 Internal Server Error", _headers(request, body))
         return [body]
     _SERVED.inc()
