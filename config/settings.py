@@ -81,6 +81,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # gzip request bodies to the API are inflated (with a cap) before anything reads them.
+    "personalization.request_encoding.RequestBodyDecodingMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -91,6 +93,10 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+
+# The largest request body the API inflates from gzip (Segment's and RudderStack's libraries compress); past it,
+# 413. Each endpoint's own limit then applies to the inflated body.
+API_INFLATED_BODY_MAX_BYTES = int(os.environ.get("API_INFLATED_BODY_MAX_BYTES", str(8 * 1024 * 1024)))
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
