@@ -123,9 +123,7 @@ def test_an_encoding_the_api_does_not_take_is_415(api_client):
 
     assert response.status_code == 415
     assert response.json()["code"] == "unsupported_content_encoding"
-    assert response.json()["errors"] == {
-        "body": ["Content-Encoding 'br' is not supported; send gzip or no encoding."]
-    }
+    assert response.json()["errors"] == {"body": ["Content-Encoding 'br' is not supported; send gzip or no encoding."]}
 
 
 def test_identity_encoding_is_a_plain_body(api_client):
