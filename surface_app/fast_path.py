@@ -27,6 +27,7 @@ from django.core.handlers.wsgi import WSGIRequest
 from prometheus_client import Counter
 
 from personalization.authentication import ApiKeyAuthentication
+from personalization.log_config import REQUEST_ID_HEADER, REQUEST_ID_META_KEY, request_context_bind
 from personalization.errors import error_body
 from surface_app.apis import recommendations_query, recommendations_serve
 
@@ -69,6 +70,7 @@ def _headers(request: WSGIRequest, body: bytes) -> list[tuple[str, str]]:
         ("Content-Length", str(len(body))),
         ("Allow", "GET, HEAD, OPTIONS"),
         ("X-Frame-Options", settings.X_FRAME_OPTIONS),
+        (REQUEST_ID_HEADER, request.META[REQUEST_ID_META_KEY]),
     ]
     if settings.SECURE_CONTENT_TYPE_NOSNIFF:
         headers.append(("X-Content-Type-Options", "nosniff"))
@@ -107,6 +109,8 @@ def recommendations_fast_path(django_application: WSGIApp) -> WSGIApp:
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH:
             return django_application(environ, start_response)
+        # The request's log lines carry its id; Django's RequestIdMiddleware keeps it when the view answers.
+        environ[REQUEST_ID_META_KEY] = request_context_bind(environ.get(REQUEST_ID_META_KEY))
         # As Django's handler does around a request: its database connections are checked, then closed if due.
         signals.request_started.send(sender=recommendations_fast_path, environ=environ)
         try:

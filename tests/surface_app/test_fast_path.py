@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from config.wsgi import application
 from surface_app.fast_path import recommendations_fast_path
 from tests.factories import ItemFactory
+from tests.log_capture import json_log_lines  # noqa: F401  (fixture)
 from tests.signals_app.helpers import ingest_views
 
 pytestmark = pytest.mark.django_db
@@ -149,3 +150,18 @@ def test_hosts_and_https_are_checked_by_django_as_for_any_request(shop, raw_api_
     )
     assert status == 200 and headers["Strict-Transport-Security"] == "max-age=3600"
     assert django_calls == ["GET", "GET", "GET"]
+
+
+def test_a_request_id_is_returned_and_kept_when_the_view_answers(shop, raw_api_key, django_calls, json_log_lines):  # noqa: F811
+    status, headers, _ = _call(query="user_id=u", key=raw_api_key, HTTP_X_REQUEST_ID="edge-9c1f")
+    assert (status, headers["X-Request-ID"]) == (200, "edge-9c1f")
+    status, headers, _ = _call(query="user_id=u", key=raw_api_key, HTTP_X_REQUEST_ID="a\tb")
+    assert status == 200 and len(headers["X-Request-ID"]) == 32
+
+    # Passed to Django: the id the fast path gave the request is the one the view's lines and response carry.
+    status, headers, _ = _call(query="user_id=u&k=0", key=raw_api_key)
+
+    assert (status, django_calls) == (400, ["GET"])
+    (line,) = json_log_lines()
+    assert (line["logger"], line["status_code"]) == ("django.request", 400)
+    assert line["request_id"] == headers["X-Request-ID"] and len(headers["X-Request-ID"]) == 32

@@ -46,6 +46,8 @@ class Command(BaseCommand):
             # The demo page's socket is authenticated by the console session only from trusted origins.
             "DJANGO_CSRF_TRUSTED_ORIGINS": os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", f"http://{host}:{port}"),
             "PYTHONUNBUFFERED": "1",
+            # Readable key=value lines in the terminal, whatever DJANGO_DEBUG says (production prints JSON).
+            "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"),
         }
         # Counters and histograms from every process are merged at scrape time (prometheus_client multiprocess).
         metrics_dir = Path(settings.DATA_DIR) / "prometheus"

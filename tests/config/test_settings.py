@@ -1,0 +1,99 @@
+"""Settings from the environment: connection URLs read by dj-database-url, and a production configuration that
+passes Django's deployment checks with the variables the README documents."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+from config.settings import _database_from_url
+from tests.embedded_test_env import PROJECT_ROOT
+
+
+def test_a_url_keeps_every_option_decoded():
+    config = _database_from_url(
+        "postgresql://app%40shop:p%40ss%2Fw%3Ard@db.internal:6543/personalization"
+        "?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem&application_name=web&connect_timeout=10"
+    )
+
+    assert (config["USER"], config["PASSWORD"]) == ("app@shop", "p@ss/w:rd")
+    assert (config["HOST"], int(config["PORT"]), config["NAME"]) == ("db.internal", 6543, "personalization")
+    assert config["ENGINE"] == "django_prometheus.db.backends.postgresql"
+    assert (config["CONN_MAX_AGE"], config["CONN_HEALTH_CHECKS"]) == (60, True)
+    options = config["OPTIONS"]
+    assert {key: options[key] for key in ("sslmode", "sslrootcert", "application_name", "connect_timeout")} == {
+        "sslmode": "verify-full",
+        "sslrootcert": "/etc/ssl/db-ca.pem",
+        "application_name": "web",
+        "connect_timeout": 10,
+    }
+    assert options["options"] == "-c hnsw.ef_search=150 -c hnsw.iterative_scan=relaxed_order"
+
+
+def test_the_embedded_servers_socket_is_the_host_and_defaults_fill_the_rest(monkeypatch):
+    monkeypatch.setenv("DATABASE_CONN_MAX_AGE", "0")
+
+    config = _database_from_url("postgresql://postgres:@/postgres?host=/data/pg&options=-c%20statement_timeout%3D5000")
+
+    assert (config["HOST"], config["PORT"], config["PASSWORD"]) == ("/data/pg", "", "")
+    assert "host" not in config["OPTIONS"]
+    assert config["OPTIONS"]["connect_timeout"] == 3
+    assert config["OPTIONS"]["options"] == (
+        "-c statement_timeout=5000 -c hnsw.ef_search=150 -c hnsw.iterative_scan=relaxed_order"
+    )
+    assert config["CONN_MAX_AGE"] == 0
+    assert _database_from_url("postgresql://app@db.internal")["NAME"] == "postgres"
+
+
+def readme_production_variables() -> dict[str, str]:
+    """The `export NAME=value` lines of the README's "Production settings" block; the secret key is generated, as
+    the README's command does."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    block = re.search(r"## Production settings\n.*?```sh\n(.*?)```", readme, re.S)
+    assert block, "README.md has no Production settings block"
+    variables = {}
+    for name, value in re.findall(r"^export (\w+)=(\S+)", block.group(1), re.M):
+        variables[name] = value.strip("'\"")
+    variables["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
+    return variables
+
+
+def deploy_check(variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # Only the machine's basics: no development setting of this process leaks into the production one.
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=PROJECT_ROOT, env={**env, **variables}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.integration
+def test_the_readmes_production_variables_pass_the_deployment_checks():
+    variables = readme_production_variables()
+    assert {"DJANGO_ENV", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL", "DJANGO_SECURE_HSTS_SECONDS"} <= set(
+        variables
+    )
+
+    passed = deploy_check(variables)
+    without_hsts = deploy_check({k: v for k, v in variables.items() if not k.startswith("DJANGO_SECURE_HSTS")})
+
+    assert passed.returncode == 0, passed.stderr
+    assert "System check identified no issues" in passed.stdout
+    assert without_hsts.returncode == 1
+    assert "security.W004" in without_hsts.stderr  # the check does fail on a missing setting
+
+
+@pytest.mark.integration
+def test_production_refuses_to_start_without_a_secret_key():
+    variables = readme_production_variables()
+    del variables["DJANGO_SECRET_KEY"]
+
+    refused = deploy_check(variables)
+
+    assert refused.returncode == 1
+    assert "DJANGO_SECRET_KEY must be set when DJANGO_ENV=production" in refused.stderr
