@@ -18,9 +18,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 # Roughly from the quickest to the longest (embeddings_refresh builds 1M events on its first run). bandit_choose
-# writes to BENCHMARKS.md only when asked.
+# and ranker_compile write to BENCHMARKS.md only when asked.
 KNOWN: dict[str, list[str]] = {
     "bandit_choose": ["--record"],
+    "ranker_compile": ["--record"],
     "feature_fetch": [],
     "serving_modes": [],
     "ingest": ["--rate", "500", "--seconds", "20"],

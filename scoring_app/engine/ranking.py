@@ -4,9 +4,10 @@ The model's own feature list decides the columns it gets, so a model trained bef
 working; a feature it needs that the store no longer has is passed as missing (NaN), which LightGBM handles.
 
 Serving compiles each model to machine code with lleaves (LLVM) when it loads it, in the registry's background
-loader: 500 candidates score in about 0.1 ms instead of LightGBM's 0.8 ms on one thread, with the same numbers
-(to about 1e-15). The LightGBM booster stays loaded for explanations (pred_contrib) and as the fallback when
-compiling is switched off (SCORE_RANKER_COMPILE=0) or fails.
+loader: 300 candidates score six to eight times faster than with LightGBM on one thread, about 2 ms less a request
+here (BENCHMARKS.md, "ranker compiled by lleaves or not"), with the same numbers (to about 1e-15). The LightGBM
+booster stays loaded for explanations (pred_contrib) and as the fallback when compiling is switched off
+(SCORE_RANKER_COMPILE=0), fails, or lleaves is not installed (Python 3.13: requirements.txt).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def _compiled(artifact: bytes) -> Any:
         return None
     try:
         import lleaves
-
+    except ImportError:  # not installed on this Python (requirements.txt): LightGBM scores it
+        return None
+    try:
         folder = Path(settings.DATA_DIR) / "compiled-models"
         folder.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(artifact).hexdigest()[:32]

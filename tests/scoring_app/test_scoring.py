@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 
 import numpy as np
@@ -197,6 +199,7 @@ def test_preview_explains_ranked_items_with_their_top_feature_contributions(trai
     assert [abs(value) for _, value in top] == sorted((abs(value) for _, value in top), reverse=True)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("lleaves") is None, reason="lleaves is installed on Python < 3.13 only")
 def test_served_rankers_are_compiled_and_score_as_lightgbm_does(trained_shop, settings):
     from graph_app.features.online import features_fetch
     from scoring_app.engine.ranking import ranker_inputs, ranker_load, ranker_scores
@@ -216,6 +219,25 @@ def test_served_rankers_are_compiled_and_score_as_lightgbm_does(trained_shop, se
     plain = ranker_load(artifact)
     assert plain.compiled is None
     assert ranker_scores(plain, features) == pytest.approx(expected, abs=1e-12)
+
+
+def test_without_lleaves_lightgbm_scores_and_nothing_is_logged_as_failed(trained_shop, monkeypatch, caplog):
+    """Python 3.13 installs no lleaves (requirements.txt): serving scores with LightGBM itself, quietly."""
+    from graph_app.features.online import features_fetch
+    from scoring_app.engine.ranking import ranker_inputs, ranker_load, ranker_scores
+
+    monkeypatch.setitem(sys.modules, "lleaves", None)  # what `import lleaves` meets where it is not installed
+    artifact = bytes(ModelVersion.objects.get(version=trained_shop.model_version).artifact)
+    features = features_fetch(
+        user_key="user-0", item_ids=[f"mugs-{n}" for n in range(10)], placement="home", now=time.time()
+    )
+
+    loaded = ranker_load(artifact)
+
+    assert loaded.compiled is None
+    expected = loaded.booster.predict(ranker_inputs(loaded, features), num_threads=1)
+    assert ranker_scores(loaded, features).tolist() == pytest.approx(expected.tolist(), abs=1e-12)
+    assert "score.ranker_compile_failed" not in caplog.messages
 
 
 def test_only_items_that_never_had_an_event_count_as_new():
