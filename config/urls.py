@@ -16,6 +16,13 @@ api_v1 = [
     path("events", EventIngestApi.as_view(), name="events"),
     path("segment/track", segment_apis.SegmentTrackApi.as_view(), name="segment-track"),
     path("segment/batch", segment_apis.SegmentBatchApi.as_view(), name="segment-batch"),
+    # A Segment or RudderStack source's data plane URL is <base>/api/v1/segment: its libraries add /v1/batch, ...
+    path("segment/v1/batch", segment_apis.SegmentSourceBatchApi.as_view(), name="segment-source-batch"),
+    path("segment/v1/b", segment_apis.SegmentBrowserBatchApi.as_view(), name="segment-source-b"),
+    *(
+        path(f"segment/v1/{name}", view.as_view(), name=f"segment-source-{name}")
+        for name, view in segment_apis.SOURCE_CALL_APIS.items()
+    ),
     path("users/<str:user_id>/identify", IdentifyApi.as_view(), name="user-identify"),
     path("users/<str:user_id>", UserTraitsApi.as_view(), name="user-traits"),
     path("recommendations", RecommendationsApi.as_view(), name="recommendations"),

@@ -164,12 +164,9 @@ class ItemBatchUpsertApi(APIView):
                 )
                 for field_name, messages in row_errors.items():
                     errors.append({"index": index, "field": field_name, "message": messages[0]})
+                item_id = row.get("item_id") if isinstance(row, dict) else None
                 results.append(
-                    {
-                        "index": index,
-                        "item_id": row.get("item_id") if isinstance(row, dict) else None,
-                        "status": "error",
-                    }
+                    {"index": index, "item_id": item_id if isinstance(item_id, str) else None, "status": "error"}
                 )
                 continue
             result = item_upsert(data=serializer.to_input(serializer.validated_data["item_id"]), projection=projection)

@@ -164,12 +164,26 @@ def shopper_traits_set(*, external_id: str, traits: dict[str, Any]) -> tuple[Sho
     """Replace a user's traits (what rule audiences match, e.g. age for compliance filters); serving reads them
     from Redis, written after commit."""
     shopper, created = Shopper.objects.update_or_create(external_id=external_id, defaults={"traits": traits})
-
-    def publish() -> None:
-        from personalization import redis_keys
-        from personalization.redis_client import get_control_redis
-
-        get_control_redis().set(redis_keys.user_traits(external_id), orjson.dumps(traits))
-
-    transaction.on_commit(publish)
+    transaction.on_commit(lambda: _shopper_traits_publish(external_id=external_id, traits=traits))
     return shopper, created
+
+
+def shopper_traits_merge(*, external_id: str, traits: dict[str, Any]) -> Shopper:
+    """Merge traits into a user's, as Segment's identify does: a trait sent replaces the one of the same name, the
+    others stay. A new user is created. Serving reads the result from Redis, written after commit."""
+    with transaction.atomic():
+        shopper, _ = Shopper.objects.select_for_update().get_or_create(external_id=external_id)
+        current = shopper.traits if isinstance(shopper.traits, dict) else {}
+        merged = {**current, **traits}
+        if merged != shopper.traits:
+            shopper.traits = merged
+            shopper.save(update_fields=["traits", "updated_at"])
+        transaction.on_commit(lambda: _shopper_traits_publish(external_id=external_id, traits=merged))
+    return shopper
+
+
+def _shopper_traits_publish(*, external_id: str, traits: dict[str, Any]) -> None:
+    from personalization import redis_keys
+    from personalization.redis_client import get_control_redis
+
+    get_control_redis().set(redis_keys.user_traits(external_id), orjson.dumps(traits))

@@ -54,6 +54,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, exceptions.ValidationError):
         errors = flatten_errors(exc.detail)
         response.data = error_body(detail=first_message(errors), code="invalid", errors=errors)
+    elif isinstance(exc, exceptions.ParseError):
+        # A body that is not JSON: the body is the field to blame.
+        response.data = error_body(detail=str(exc.detail), code="parse_error", errors={"body": [str(exc.detail)]})
     elif isinstance(exc, exceptions.APIException):
         detail = exc.detail
         code = getattr(detail, "code", None) or exc.default_code

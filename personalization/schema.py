@@ -24,7 +24,7 @@ ERROR_SCHEMA: dict[str, Any] = {
         },
         "message": {"type": "string", "description": "The same as detail (Segment's and RudderStack's field)."},
     },
-    "required": ["detail", "code", "errors"],
+    "required": ["detail", "code", "errors", "message"],
 }
 
 RETRY_AFTER_HEADER = {

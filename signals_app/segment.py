@@ -2,7 +2,7 @@
 
 A storefront already instrumented with Segment (or RudderStack, which follows the same spec) forwards its calls
 unchanged; each call becomes zero or more platform raw events for `events_ingest`, zero or more identity links,
-or a list of problems that reject it. The views (`segment_apis.py`) do the I/O.
+traits for a user, or a list of problems that reject it. The views (`segment_apis.py`) do the I/O.
 
 Call types:
 - `track`: the E-commerce Spec v2 names in TRACK_EVENT_TYPES map to platform types; `Order Completed` fans out
@@ -10,11 +10,14 @@ Call types:
   Product List Viewed or Cart Viewed, is kept as a "custom" event with the name in `context["segment_event"]`.
 - `page` / `screen`: kept as "custom" events whose `context["segment_event"]` is "page" / "screen", so the
   durable log has the navigation (they carry no item, so they change no recommendation).
-- `identify` with both userId and anonymousId links the anonymous session to the user; with only one of them
-  there is nothing to link and the call is accepted without effect (traits are not stored).
+- `identify` with both userId and anonymousId links the anonymous session to the user. Its `traits` (or
+  `context.traits`, where RudderStack puts them) are merged into the user's traits, what rule audiences match,
+  when it has a userId; an anonymous user has none to keep.
 - `alias` links previousId (treated as the session id) to userId.
-- `group` is accepted and ignored.
-Identify and alias are not deduplicated by messageId: linking the same pair again changes nothing.
+- `group` merges the group into the user's traits: `group.id` (the groupId) and each trait as `group.<name>`,
+  so an audience can say `traits.group.plan`. Without a userId it is accepted without effect.
+Identify, alias and group are not deduplicated by messageId: linking the same pair or merging the same traits
+again changes nothing.
 
 Every call needs a `messageId` (the idempotency key, at most 100 characters), at most 32 KB and no NUL
 character anywhere; track, page and screen need userId or anonymousId.
@@ -68,6 +71,7 @@ class MappedCall:
     events: list[dict[str, Any]] = field(default_factory=list)
     event_fields: list[dict[str, str]] = field(default_factory=list)
     links: list[tuple[str, str]] = field(default_factory=list)  # (user_id, session_id)
+    traits: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (user_id, traits to merge)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (Segment field, message)
 
 
@@ -136,17 +140,26 @@ def segment_call_map(
     segment_context = call.get("context")
     if segment_context is not None and not isinstance(segment_context, dict):
         mapped.problems.append(("context", "Must be a JSON object."))
+    traits, traits_field = _traits(call, kind, segment_context)
+    if traits is not None and not isinstance(traits, dict):
+        mapped.problems.append((traits_field, "Must be a JSON object."))
+    group_id = _text(call, "groupId", IDENTITY_MAX_LENGTH, mapped.problems, required=True) if kind == "group" else ""
     if mapped.problems:
         return mapped
 
     if kind == "identify":
         if user_id and anonymous_id:
             mapped.links.append((user_id, anonymous_id))
+        if user_id and traits:
+            mapped.traits.append((user_id, traits))
         return mapped
     if kind == "alias":
         mapped.links.append((user_id, previous_id))
         return mapped
     if kind == "group":
+        if user_id:
+            group_traits = {f"group.{name}": value for name, value in (traits or {}).items()}
+            mapped.traits.append((user_id, {**group_traits, "group.id": group_id}))
         return mapped
 
     base: dict[str, Any] = {"event_id": message_id}
@@ -331,6 +344,16 @@ def _add_event(mapped: MappedCall, event: dict[str, Any], fields: dict[str, str]
             context.setdefault("truncated", []).append(key)
     mapped.events.append(event)
     mapped.event_fields.append(fields)
+
+
+def _traits(call: dict[str, Any], kind: str, segment_context: Any) -> tuple[Any, str]:
+    """identify's and group's traits, and the field they came from. RudderStack's libraries send identify's
+    traits in `context.traits` only."""
+    if kind not in ("identify", "group"):
+        return None, ""
+    if call.get("traits") is None and kind == "identify" and isinstance(segment_context, dict):
+        return segment_context.get("traits"), "context.traits"
+    return call.get("traits"), "traits"
 
 
 def _timestamp(call: dict[str, Any], now: datetime, batch_sent_at: Any) -> tuple[Any, str]:

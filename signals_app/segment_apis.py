@@ -1,8 +1,12 @@
-"""Segment / RudderStack compatible ingest: `POST /api/v1/segment/track` and `POST /api/v1/segment/batch`.
+"""Segment / RudderStack compatible ingest. A source's data plane URL is `<base>/api/v1/segment`: below it,
+`/v1/batch`, `/v1/track`, `/v1/identify`, `/v1/page`, `/v1/screen`, `/v1/alias` and `/v1/group` (Segment's HTTP
+Tracking API and libraries, RudderStack's), and analytics.js's `/v1/b`, `/v1/t`, ... (see config/urls.py); the
+original `POST /api/v1/segment/track` and `/api/v1/segment/batch` stay.
 
-Both answer 200 for every well-formed request, with counts and per-call errors, because Segment's libraries
+All answer 200 for every well-formed request, with counts and per-call errors, because Segment's libraries
 (analytics-python, for one) treat any other status as a failed delivery and resend it. A malformed body is 400,
-a body over the size limit 413, a missing or wrong key 401, a store that is down 503 with Retry-After.
+a body over the size limit 413, a missing or wrong key 401, a store that is down 503 with Retry-After; gzip
+bodies are inflated before (personalization.request_encoding).
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiResponse,
     extend_schema,
     extend_schema_serializer,
+    extend_schema_view,
     inline_serializer,
 )
-from rest_framework import authentication, exceptions, serializers
+from rest_framework import authentication, exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -32,6 +38,7 @@ from personalization.services import ApiClient, api_key_verify
 from signals_app.apis import RawBodyParser, RejectedSerializer, parse_json_body
 from signals_app.identity import identity_link
 from signals_app.segment import (
+    CALL_TYPES,
     SEGMENT_BATCH_MAX_BYTES,
     SEGMENT_CALL_MAX_BYTES,
     MappedCall,
@@ -43,6 +50,9 @@ from signals_app.services import EVENT_BATCH_MAX, events_ingest
 from surface_app.services import shelves_notify
 
 logger = logging.getLogger(__name__)
+
+SEGMENT_CALL_TYPES = tuple(sorted(CALL_TYPES))
+CORS_PREFLIGHT_MAX_AGE_SECONDS = 86400
 
 
 class SegmentWriteKeyAuthentication(authentication.BaseAuthentication):
@@ -69,6 +79,27 @@ class SegmentWriteKeyAuthentication(authentication.BaseAuthentication):
         return 'Basic realm="api"'
 
 
+class SegmentBodyWriteKeyAuthentication(authentication.BaseAuthentication):
+    """analytics.js sends no Authorization header (a plain-text POST, so browsers skip the CORS preflight): the
+    write key is the body's `writeKey`, which Segment's HTTP API also takes. Only when no header authenticated."""
+
+    def authenticate(self, request: Request) -> tuple[Any, ApiClient] | None:
+        body = request.data if isinstance(request.data, bytes) else b""
+        if not body or len(body) > SEGMENT_BATCH_MAX_BYTES or authentication.get_authorization_header(request):
+            return None  # the view reports an oversized body; a header was refused by its own class
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None  # the view reports it once authenticated; unauthenticated, the key is missing
+        write_key = parsed.get("writeKey") if isinstance(parsed, dict) else None
+        if not isinstance(write_key, str) or not write_key.strip():
+            return None
+        client = api_key_verify(raw_key=write_key.strip())
+        if client is None:
+            raise exceptions.AuthenticationFailed("Unknown or revoked write key.")
+        return (None, client)
+
+
 class SegmentWriteKeyScheme(OpenApiAuthenticationExtension):
     target_class = SegmentWriteKeyAuthentication
     name = "SegmentWriteKey"
@@ -81,9 +112,23 @@ class SegmentWriteKeyScheme(OpenApiAuthenticationExtension):
         }
 
 
-def segment_calls_ingest(*, calls: list[MappedCall]) -> SegmentReport:
+class SegmentBodyWriteKeyScheme(OpenApiAuthenticationExtension):
+    """OpenAPI has no security scheme for a key in the body: the bodies' `writeKey` field documents it."""
+
+    target_class = SegmentBodyWriteKeyAuthentication
+    name: list[str] = []
+
+    def get_security_requirement(self, auto_schema: Any) -> None:
+        return None
+
+    def get_security_definition(self, auto_schema: Any) -> list[dict[str, Any]]:
+        return []
+
+
+def segment_calls_ingest(*, calls: list[MappedCall], store_traits: bool) -> SegmentReport:
     """Ingests the events of all calls (in slices the size of the events API's batches), then links the
-    identified sessions, so a session's events sent in the same batch as its identify join the user too."""
+    identified sessions, so a session's events sent in the same batch as its identify join the user too, then
+    merges the identify and group traits when `store_traits` (a key that may write users' traits)."""
     raw_events = [event for call in calls for event in call.events]
     ingest_errors: list[dict[str, Any]] = []
     accepted_events = []
@@ -99,7 +144,8 @@ def segment_calls_ingest(*, calls: list[MappedCall]) -> SegmentReport:
         for user_id, session_id in call.links:
             identity_link(user_id=user_id, session_id=session_id)
             linked_users.add(user_id)
-    shelves_notify(user_keys={event.user_key for event in accepted_events} | linked_users)
+    traits_by_user = segment_traits_store(calls=calls) if store_traits else {}
+    shelves_notify(user_keys={event.user_key for event in accepted_events} | linked_users | set(traits_by_user))
     logger.info(
         "signals.segment_ingested",
         extra={
@@ -110,6 +156,20 @@ def segment_calls_ingest(*, calls: list[MappedCall]) -> SegmentReport:
         },
     )
     return report
+
+
+def segment_traits_store(*, calls: list[MappedCall]) -> dict[str, dict[str, Any]]:
+    """Merges the identify and group traits of the calls, in order, into each user's traits (one write per user);
+    returns what was merged, by user."""
+    from graph_app.services import shopper_traits_merge
+
+    traits_by_user: dict[str, dict[str, Any]] = {}
+    for call in calls:
+        for user_id, traits in call.traits:
+            traits_by_user[user_id] = {**traits_by_user.get(user_id, {}), **traits}
+    for user_id, traits in traits_by_user.items():
+        shopper_traits_merge(external_id=user_id, traits=traits)
+    return traits_by_user
 
 
 @extend_schema_serializer(component_name="SegmentCall")
@@ -130,6 +190,14 @@ class SegmentCallDocSerializer(serializers.Serializer):
     userId = serializers.CharField(required=False, max_length=200)
     anonymousId = serializers.CharField(required=False, max_length=200, help_text="The session id.")
     previousId = serializers.CharField(required=False, max_length=200, help_text="alias only.")
+    groupId = serializers.CharField(required=False, max_length=200, help_text="group only.")
+    traits = serializers.DictField(
+        required=False,
+        help_text="identify: merged into the user's traits (rule audiences match them); group: merged as "
+        "group.<name>, with group.id the groupId.",
+    )
+    name = serializers.CharField(required=False, help_text="page / screen: kept in the event's context.")
+    category = serializers.CharField(required=False, help_text="page / screen: kept in the event's context.")
     timestamp = serializers.DateTimeField(required=False)
     originalTimestamp = serializers.DateTimeField(required=False, help_text="Used when timestamp is absent.")
     sentAt = serializers.DateTimeField(required=False, help_text="Corrects originalTimestamp for clock skew.")
@@ -140,6 +208,7 @@ class SegmentCallDocSerializer(serializers.Serializer):
     )
     context = serializers.DictField(required=False)
     integrations = serializers.DictField(required=False, help_text="Ignored.")
+    writeKey = serializers.CharField(required=False, help_text="The write key, when not in a header.")
 
 
 SEGMENT_RESPONSE = inline_serializer(
@@ -164,36 +233,65 @@ VIEWED = {
     "timestamp": "2025-01-01T12:00:00Z",
     "properties": {"product_id": "sku-1", "list_id": "home", "position": 1, "request_id": "r-1"},
 }
+CALL_EXAMPLES: dict[str, dict[str, Any]] = {
+    "track": VIEWED,
+    "identify": {"messageId": "m-2", "anonymousId": "a-1", "userId": "u-1", "traits": {"plan": "gold"}},
+    "page": {"messageId": "m-3", "anonymousId": "a-1", "name": "Home", "properties": {"path": "/"}},
+    "screen": {"messageId": "m-4", "userId": "u-1", "name": "Cart"},
+    "alias": {"messageId": "m-5", "previousId": "a-1", "userId": "u-1"},
+    "group": {"messageId": "m-6", "userId": "u-1", "groupId": "acme", "traits": {"plan": "enterprise"}},
+}
 
 
-class SegmentTrackApi(APIView):
-    """One Segment track call (at most 32 KB), as Segment's HTTP API takes it on /v1/track."""
+class SegmentSourceApi(APIView):
+    """What every Segment route shares: the write key (HTTP Basic, Bearer, or `writeKey` in the body), the raw
+    body, and CORS for browsers (analytics.js and RudderStack's JavaScript SDK post from the storefront's pages)."""
 
-    authentication_classes = [SegmentWriteKeyAuthentication, ApiKeyAuthentication]
+    authentication_classes = [SegmentWriteKeyAuthentication, ApiKeyAuthentication, SegmentBodyWriteKeyAuthentication]
     parser_classes = [RawBodyParser]
 
-    @extend_schema(
-        request=SegmentCallDocSerializer,
-        responses={200: SEGMENT_RESPONSE, **SEGMENT_ERROR_RESPONSES},
-        examples=[OpenApiExample("A product view", value=VIEWED, request_only=True)],
-        operation_id="segment_track",
-    )
+    def check_permissions(self, request: Request) -> None:
+        if request.method != "OPTIONS":  # a browser's CORS preflight carries no credentials
+            super().check_permissions(request)
+
+    @extend_schema(exclude=True)
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        requested = request.headers.get("Access-Control-Request-Headers", "")
+        return Response(
+            status=status.HTTP_204_NO_CONTENT,
+            headers={
+                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Headers": requested or "Authorization, Content-Type, Content-Encoding",
+                "Access-Control-Max-Age": str(CORS_PREFLIGHT_MAX_AGE_SECONDS),
+            },
+        )
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # Any origin, without cookies: the write key is the credential, as on Segment's own API.
+        response["Access-Control-Allow-Origin"] = "*"
+        return response
+
+
+class SegmentCallApi(SegmentSourceApi):
+    """One Segment call (at most 32 KB) of the type its path names, as Segment's HTTP API takes them on
+    /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias and /v1/group."""
+
+    call_type = "track"
+
     def post(self, request: Request) -> Response:
         body = parse_json_body(request, max_bytes=SEGMENT_CALL_MAX_BYTES)
         if not isinstance(body, dict):
             raise ApplicationError(
                 "The body must be a Segment call object.", errors={"body": ["Must be a JSON object."]}
             )
-        call = segment_call_map(body, now=datetime.now(UTC), call_type="track")
-        return Response(segment_calls_ingest(calls=[call]).as_dict())
+        call = segment_call_map(body, now=datetime.now(UTC), call_type=self.call_type)
+        return Response(segment_calls_ingest(calls=[call], store_traits=True).as_dict())
 
 
-class SegmentBatchApi(APIView):
+class SegmentBatchApi(SegmentSourceApi):
     """Segment's /v1/batch: {"batch": [calls, each with its type], "context": {...}, "integrations": {...}}, at
     most 500 KB and 32 KB a call. The valid calls are taken even when others are rejected."""
-
-    authentication_classes = [SegmentWriteKeyAuthentication, ApiKeyAuthentication]
-    parser_classes = [RawBodyParser]
 
     @extend_schema(
         request=inline_serializer(
@@ -203,6 +301,7 @@ class SegmentBatchApi(APIView):
                 "context": serializers.DictField(required=False, help_text="Shared by every call; theirs win."),
                 "integrations": serializers.DictField(required=False, help_text="Ignored."),
                 "sentAt": serializers.DateTimeField(required=False),
+                "writeKey": serializers.CharField(required=False, help_text="The write key, when not in a header."),
             },
         ),
         responses={200: SEGMENT_RESPONSE, **SEGMENT_ERROR_RESPONSES},
@@ -234,4 +333,42 @@ class SegmentBatchApi(APIView):
             segment_call_map(call, now=now, batch_context=batch_context, batch_sent_at=body.get("sentAt"))
             for call in body["batch"]
         ]
-        return Response(segment_calls_ingest(calls=calls).as_dict())
+        return Response(segment_calls_ingest(calls=calls, store_traits=True).as_dict())
+
+
+def _call_api(call_type: str, *, operation_id: str | None) -> type[SegmentCallApi]:
+    """The view of one call type; without an operation id it is an alias the schema leaves out."""
+    view = type(f"Segment{call_type.title()}CallApi", (SegmentCallApi,), {"call_type": call_type})
+    schema = (
+        extend_schema(
+            request=SegmentCallDocSerializer,
+            responses={200: SEGMENT_RESPONSE, **SEGMENT_ERROR_RESPONSES},
+            examples=[OpenApiExample("A call", value=CALL_EXAMPLES[call_type], request_only=True)],
+            operation_id=operation_id,
+        )
+        if operation_id
+        else extend_schema(exclude=True)
+    )
+    return extend_schema_view(post=schema)(view)
+
+
+# The original single-call route, /api/v1/segment/track.
+SegmentTrackApi = _call_api("track", operation_id="segment_track")
+
+
+@extend_schema_view(post=extend_schema(operation_id="segment_v1_batch"))
+class SegmentSourceBatchApi(SegmentBatchApi):
+    """/v1/batch under a source's data plane URL, where Segment's and RudderStack's libraries post."""
+
+
+@extend_schema_view(post=extend_schema(exclude=True))
+class SegmentBrowserBatchApi(SegmentBatchApi):
+    """analytics.js's batching delivery posts to /v1/b."""
+
+
+# Below a source's data plane URL (<base>/api/v1/segment): the paths of Segment's HTTP Tracking API and
+# libraries (/v1/track, ...), and analytics.js's one-letter ones (/v1/t, ...: the first letter of the type).
+SOURCE_CALL_APIS: dict[str, type[SegmentCallApi]] = {
+    **{kind: _call_api(kind, operation_id=f"segment_v1_{kind}") for kind in SEGMENT_CALL_TYPES},
+    **{kind[0]: _call_api(kind, operation_id=None) for kind in SEGMENT_CALL_TYPES},
+}

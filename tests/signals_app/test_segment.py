@@ -317,6 +317,46 @@ def test_map_identify_links_the_anonymous_session_to_the_user_and_alias_links_th
     ]
 
 
+def test_map_identify_and_group_traits_are_the_users_to_merge():
+    identify = {"type": "identify", "messageId": "m1", "userId": "u1", "traits": {"plan": "gold", "age": 30}}
+    rudderstack_identify = {"type": "identify", "messageId": "m2", "userId": "u2", "context": {"traits": {"a": 1}}}
+    anonymous_identify = {"type": "identify", "messageId": "m3", "anonymousId": "a1", "traits": {"plan": "gold"}}
+    group = {"type": "group", "messageId": "m4", "userId": "u1", "groupId": "acme", "traits": {"plan": "pro"}}
+
+    results = [segment_call_map(call, now=NOW) for call in (identify, rudderstack_identify, anonymous_identify, group)]
+
+    assert [(mapped.traits, mapped.problems) for mapped in results] == [
+        ([("u1", {"plan": "gold", "age": 30})], []),
+        ([("u2", {"a": 1})], []),
+        ([], []),  # no user to keep them for
+        ([("u1", {"group.plan": "pro", "group.id": "acme"})], []),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("call", "problems"),
+    [
+        (
+            {"type": "identify", "messageId": "m1", "userId": "u1", "traits": [1]},
+            [("traits", "Must be a JSON object.")],
+        ),
+        (
+            {"type": "identify", "messageId": "m1", "userId": "u1", "context": {"traits": "gold"}},
+            [("context.traits", "Must be a JSON object.")],
+        ),
+        ({"type": "group", "messageId": "m1", "userId": "u1"}, [("groupId", "This field is required.")]),
+        (
+            {"type": "group", "messageId": "m1", "userId": "u1", "groupId": "g", "traits": 3},
+            [("traits", "Must be a JSON object.")],
+        ),
+    ],
+)
+def test_map_rejects_traits_that_are_not_an_object_and_a_group_without_its_id(call, problems):
+    mapped = segment_call_map(call, now=NOW)
+
+    assert (mapped.traits, mapped.links, mapped.problems) == ([], [], problems)
+
+
 @pytest.mark.parametrize("kind", ["page", "screen"])
 def test_map_page_and_screen_become_custom_events_named_after_the_call(kind):
     call = {"type": kind, "messageId": "m1", "anonymousId": "a1", "name": "Home", "properties": {"path": "/"}}

@@ -1,0 +1,39 @@
+"""The catalog's and users' write services (the ones not covered through their APIs)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from graph_app.models import Shopper
+from graph_app.services import shopper_traits_merge
+from personalization import redis_keys
+
+pytestmark = pytest.mark.django_db
+
+
+def test_merging_traits_keeps_the_others_and_replaces_those_sent(clean_redis, django_capture_on_commit_callbacks):
+    Shopper.objects.create(external_id="u1", traits={"age": 30, "plan": "silver"})
+
+    with django_capture_on_commit_callbacks(execute=True):
+        shopper_traits_merge(external_id="u1", traits={"plan": "gold", "email": "u1@example.com"})
+
+    expected = {"age": 30, "plan": "gold", "email": "u1@example.com"}
+    assert Shopper.objects.get(external_id="u1").traits == expected
+    assert orjson.loads(clean_redis.get(redis_keys.user_traits("u1"))) == expected  # what serving reads
+
+
+def test_merging_traits_creates_a_new_user(clean_redis, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        shopper_traits_merge(external_id="new", traits={"plan": "gold"})
+
+    assert Shopper.objects.get(external_id="new").traits == {"plan": "gold"}
+    assert orjson.loads(clean_redis.get(redis_keys.user_traits("new"))) == {"plan": "gold"}
+
+
+def test_merged_traits_reach_serving_only_after_commit(clean_redis, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        shopper_traits_merge(external_id="u1", traits={"plan": "gold"})
+
+    assert clean_redis.get(redis_keys.user_traits("u1")) is None
+    assert len(callbacks) == 1
