@@ -1,5 +1,8 @@
-"""Model age, read from the registry when Prometheus scrapes: an alert on it catches a retrain schedule that
-silently stopped (model staleness is a failure mode of its own)."""
+"""Model age and versions, read from the registry when Prometheus scrapes: an alert on the age catches a retrain
+schedule that silently stopped (model staleness is a failure mode of its own).
+
+The age is labelled by kind only, so that a new version continues the same series; which versions serve is an info
+metric (`model_version_info{kind, state, version} 1`), joined on `kind` when a dashboard wants both."""
 
 from __future__ import annotations
 
@@ -7,18 +10,19 @@ from collections.abc import Iterator
 
 from django.db import DatabaseError
 from django.utils import timezone
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scoring_app.models import ModelVersion
 
 
 class ModelAgeCollector(Collector):
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         age = GaugeMetricFamily(
-            "model_age_seconds",
-            "Seconds since the serving (active or canary) model was trained, per kind.",
-            labels=["kind", "state", "version"],
+            "model_age_seconds", "Seconds since the active model of each kind was trained.", labels=["kind"]
+        )
+        versions = InfoMetricFamily(
+            "model_version", "The serving (active or canary) model versions of each kind.", labels=["kind", "state"]
         )
         now = timezone.now()
         try:
@@ -30,5 +34,8 @@ class ModelAgeCollector(Collector):
         except DatabaseError:
             return  # readyz reports the database
         for kind, state, version, created_at in rows:
-            age.add_metric([kind, state, version], (now - created_at).total_seconds())
+            versions.add_metric([kind, state], {"version": version})
+            if state == ModelVersion.State.ACTIVE:
+                age.add_metric([kind], (now - created_at).total_seconds())
         yield age
+        yield versions

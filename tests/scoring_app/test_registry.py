@@ -166,11 +166,3 @@ def test_a_version_missing_from_the_database_keeps_the_current_one_serving(
     registry._load(KIND, ghost)
 
     assert registry.serving_model(KIND, user_key="u").model == "one"
-
-
-def test_model_age_is_a_metric(api_client):
-    model_version_publish(kind=KIND, artifact=b"one", metrics={})
-
-    body = api_client.get("/metrics").content.decode()
-
-    assert 'model_age_seconds{kind="ranker",state="active"' in body
