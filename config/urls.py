@@ -39,3 +39,6 @@ urlpatterns = [
     path("readyz", platform_views.readyz, name="readyz"),
     path("metrics", platform_views.metrics, name="metrics"),
 ]
+
+# An API URL that matches no route answers in the API's error shape, as its schema declares.
+handler404 = "personalization.exception_handler.not_found"

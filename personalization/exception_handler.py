@@ -8,7 +8,8 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError, OperationalError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -20,6 +21,14 @@ logger = logging.getLogger(__name__)
 
 
 SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 404 for a URL that no route matches (handler404): under /api/ in the API's error shape (an id with
+    a "/" in it matches no route, for one), elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body(detail="No API endpoint matches this URL.", code="not_found"), status=404)
+    return defaults.page_not_found(request, exception)
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
