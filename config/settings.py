@@ -222,7 +222,8 @@ REST_FRAMEWORK = {
         "personalization.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["personalization.authentication.IsApiClientOrStaff"],
+    "DEFAULT_PERMISSION_CLASSES": ["personalization.authentication.ScopedAccess"],
+    "DEFAULT_THROTTLE_CLASSES": ["personalization.authentication.ApiKeyRateLimit"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "personalization.exception_handler.api_exception_handler",
@@ -235,7 +236,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema and docs need an API key or a staff session, like every other endpoint.
-    "SERVE_PERMISSIONS": ["personalization.authentication.IsApiClientOrStaff"],
+    "SERVE_PERMISSIONS": ["personalization.authentication.ScopedAccess"],
     # The interactive docs are served from the project itself, no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -275,6 +276,26 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Verified API keys are remembered in each process this long: a revocation elsewhere takes effect within it.
 API_KEY_CACHE_SECONDS = float(os.environ.get("API_KEY_CACHE_SECONDS", "10"))
+# An unknown key is remembered as unknown this long in each process, so that repeating it costs no database query.
+API_KEY_NEGATIVE_CACHE_SECONDS = float(os.environ.get("API_KEY_NEGATIVE_CACHE_SECONDS", "60"))
+# Requests a second a key may make (a token bucket in Redis holding as many: a second's burst), by scope, unless the
+# key sets its own in the admin. A public key is shared by every browser of a shop, and the first to be abused.
+API_RATE_LIMIT_DEFAULTS = {
+    "public": int(os.environ.get("API_RATE_LIMIT_PUBLIC", "100")),
+    "server": int(os.environ.get("API_RATE_LIMIT_SERVER", "1000")),
+    "admin": int(os.environ.get("API_RATE_LIMIT_ADMIN", "1000")),
+}
+# 0 turns the keys' request limits off (benchmarks compare the two); wrong keys are limited either way.
+API_RATE_LIMITS_ENABLED = _env_bool("API_RATE_LIMITS_ENABLED", True)
+# A client address may present this many wrong keys in this many seconds (a token bucket again); then 429.
+API_AUTH_FAILURES_MAX = int(os.environ.get("API_AUTH_FAILURES_MAX", "20"))
+API_AUTH_FAILURES_WINDOW_SECONDS = int(os.environ.get("API_AUTH_FAILURES_WINDOW_SECONDS", "60"))
+# Reverse proxies in front of the API that append to X-Forwarded-For: the client address is the one the outermost
+# of them saw. 0: REMOTE_ADDR (no proxy, or one that rewrites REMOTE_ADDR), since the header is the client's to forge.
+API_TRUSTED_PROXY_COUNT = int(os.environ.get("API_TRUSTED_PROXY_COUNT", "0"))
+# Shopper tokens (X-Shopper-Token) are the hex HMAC-SHA256 of the shopper's id with this secret, which the
+# storefront's back end shares; unset, no key can require them.
+SHOPPER_TOKEN_SECRET = os.environ.get("SHOPPER_TOKEN_SECRET", "")
 # A stream entry pending this long belongs to a consumer presumed dead and is reclaimed by another.
 EVENT_RECLAIM_IDLE_MS = int(os.environ.get("EVENT_RECLAIM_IDLE_MS", "60000"))
 # Online state and event streams are split into this many partitions (by user); see personalization/redis_keys.py.

@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from graph_app.apis import ItemBatchUpsertApi, ItemDetailApi, UserTraitsApi
 from personalization import views as platform_views
@@ -26,8 +25,8 @@ api_v1 = [
     path("users/<str:user_id>/identify", IdentifyApi.as_view(), name="user-identify"),
     path("users/<str:user_id>", UserTraitsApi.as_view(), name="user-traits"),
     path("recommendations", RecommendationsApi.as_view(), name="recommendations"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="v1:schema"), name="docs"),
+    path("schema/", platform_views.ApiSchemaView.as_view(), name="schema"),
+    path("docs/", platform_views.ApiDocsView.as_view(url_name="v1:schema"), name="docs"),
 ]
 
 urlpatterns = [

@@ -20,6 +20,7 @@ from graph_app.services import (
     item_upsert,
 )
 from personalization.errors import flatten_errors
+from personalization.models import ApiScope
 from personalization.validation import (
     EXTERNAL_ID_MAX_LENGTH,
     JsonObjectField,
@@ -88,6 +89,8 @@ class ItemOutputSerializer(serializers.Serializer):
 
 
 class ItemDetailApi(APIView):
+    required_scope = ApiScope.SERVER  # the catalog: a storefront's back end
+
     @extend_schema(responses=ItemOutputSerializer, operation_id="item_get")
     def get(self, request: Request, item_id: str) -> Response:
         item_id_validate(item_id)
@@ -130,6 +133,8 @@ class ItemBatchResultSerializer(serializers.Serializer):
 
 
 class ItemBatchUpsertApi(APIView):
+    required_scope = ApiScope.SERVER
+
     class InputSerializer(serializers.Serializer):
         items = serializers.ListField(child=serializers.JSONField(), max_length=ITEM_BATCH_MAX, allow_empty=False)
 
@@ -189,6 +194,8 @@ USER_TRAITS_RESPONSE = inline_serializer(
 
 class UserTraitsApi(APIView):
     """`PUT /api/v1/users/{user_id}`: the user's traits (rule audiences and compliance filters match on them)."""
+
+    required_scope = ApiScope.SERVER  # traits such as an age gate compliance filters: never from a browser
 
     @extend_schema_serializer(component_name="UserTraitsInput")
     class InputSerializer(serializers.Serializer):

@@ -3,23 +3,32 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from personalization.models import ApiKey
-from personalization.services import api_key_create, api_key_revoke
+from personalization.services import api_key_create, api_key_revoke, api_key_update
+
+# What staff set on a key (the form checks them with the model's own rules, `ApiKey.clean`).
+KEY_SETTINGS = ["name", "scope", "rate_limit_per_second", "requires_shopper_token"]
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "created_at", "revoked_at"]
-    list_filter = ["revoked_at"]
+    list_display = ["name", "prefix", "scope", "rate_limit_per_second", "created_at", "revoked_at"]
+    list_filter = ["scope", "revoked_at"]
     search_fields = ["name", "prefix"]
-    fields = ["name", "prefix", "created_at", "revoked_at"]
+    fields = [*KEY_SETTINGS, "prefix", "created_at", "revoked_at"]
     readonly_fields = ["prefix", "created_at", "revoked_at"]
     actions = ["revoke_selected"]
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: object, change: bool) -> None:
+        key_settings = {
+            "name": obj.name,
+            "scope": obj.scope,
+            "rate_limit_per_second": obj.rate_limit_per_second,
+            "requires_shopper_token": obj.requires_shopper_token,
+        }
         if change:
-            obj.save(update_fields=["name"])
+            api_key_update(api_key=obj, **key_settings)
             return
-        created = api_key_create(name=obj.name)
+        created = api_key_create(**key_settings)
         obj.pk = created.api_key.pk
         obj.prefix = created.api_key.prefix
         messages.warning(request, f"New API key (shown only now, copy it): {created.raw_key}")

@@ -1,11 +1,34 @@
+"""API keys in DRF: authentication, each endpoint's scope, the shopper binding and the keys' request rates.
+
+A request goes: the key (401 when wrong, 429 when its address sent too many wrong ones) -> `ScopedAccess` (403
+when the key's scope does not include the view's `required_scope`, see `personalization.access`) ->
+`ApiKeyRateLimit` (429 over the key's rate) -> the view, which checks a bound key's shopper token against the
+shopper it is asked about (`shopper_binding_check`, 403). A staff member's console session passes as before.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from rest_framework import authentication, exceptions, permissions
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework import authentication, exceptions, permissions, throttling
 from rest_framework.request import Request
 
-from personalization.services import ApiClient, api_key_verify
+from personalization.access import DEFAULT_SCOPE, SHOPPER_TOKEN_HEADER, client_address, shopper_token_valid
+from personalization.errors import error_body
+from personalization.rate_limits import RateLimitExceeded, rate_limited_body
+from personalization.services import ApiClient, ApiKeyRefused, api_key_authenticate
+
+
+def api_key_client(raw_key: str, request: HttpRequest | Request) -> ApiClient:
+    """The key's client; raises AuthenticationFailed (401) or RateLimitExceeded (429: too many wrong keys)."""
+    try:
+        return api_key_authenticate(raw_key=raw_key, client_address=client_address(request.META))
+    except ApiKeyRefused as refused:
+        if refused.too_many is not None:
+            raise refused.too_many from None
+        raise exceptions.AuthenticationFailed(str(refused)) from None
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -20,20 +43,85 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, raw_key = header.partition(" ")
         if scheme.lower() != self.keyword.lower() or not raw_key.strip():
             raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
-        client = api_key_verify(raw_key=raw_key.strip())
-        if client is None:
-            raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
-        return (None, client)
+        return (None, api_key_client(raw_key.strip(), request))
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'
 
 
-class IsApiClientOrStaff(permissions.BasePermission):
-    """A storefront with an API key, or a staff member logged in to the console (the demo page, previews)."""
+def scope_refusal(client: ApiClient, required_scope: str) -> str:
+    return f"This API key's scope is '{client.scope}'; this endpoint needs '{required_scope}' or broader."
+
+
+class ScopedAccess(permissions.BasePermission):
+    """A key whose scope includes the view's `required_scope` (default server), or a staff member logged in to
+    the console (the demo page, previews, the docs)."""
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        if isinstance(request.auth, ApiClient):
+        client = request.auth
+        if isinstance(client, ApiClient):
+            required = getattr(view, "required_scope", DEFAULT_SCOPE)
+            if not client.covers(required):
+                raise exceptions.PermissionDenied(scope_refusal(client, required), code="insufficient_scope")
+            if client.requires_shopper_token and not getattr(view, "checks_shopper_token", False):
+                raise exceptions.PermissionDenied(
+                    "This API key is bound to shoppers, and this endpoint cannot check a shopper token.",
+                    code="shopper_token_required",
+                )
             return True
         user = request.user
         return bool(user is not None and user.is_authenticated and user.is_staff)
+
+
+def shopper_binding_check(request: Request | HttpRequest, *, user_keys: Iterable[str]) -> None:
+    """For a key bound to shoppers: 403 unless X-Shopper-Token signs the one shopper the call is about (views that
+    set `checks_shopper_token` call it once they know the shopper)."""
+    client = request.auth if isinstance(request, Request) else None
+    if not (isinstance(client, ApiClient) and client.requires_shopper_token):
+        return
+    if not shopper_token_valid(request.headers.get(SHOPPER_TOKEN_HEADER, ""), user_keys=user_keys):
+        raise exceptions.PermissionDenied(
+            f"This API key is bound to one shopper: {SHOPPER_TOKEN_HEADER} must sign the user id (or "
+            "'session:<session id>') of every shopper the call is about.",
+            code="shopper_token_mismatch",
+        )
+
+
+class ApiKeyRateLimit(throttling.BaseThrottle):
+    """Takes a token from the key's bucket in a round trip of its own (429 when empty). Views that spend a Redis
+    round trip anyway queue it there instead and set `throttle_classes = []` (GET /recommendations)."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        client = request.auth
+        if isinstance(client, ApiClient) and (check := client.rate_limit()) is not None:
+            check.take()  # raises RateLimitExceeded
+        return True
+
+
+def plain_view_client(request: HttpRequest, required_scope: str) -> ApiClient | HttpResponse:
+    """The same checks for a plain Django view taking `Authorization: Bearer` (GET /metrics): its client, or the
+    error response (401, 403, 429) in the API's one shape."""
+    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not raw_key.strip():
+        return _plain_error(401, "Authentication credentials were not provided.", "not_authenticated")
+    try:
+        client = api_key_client(raw_key.strip(), request)
+        if not client.covers(required_scope):
+            return _plain_error(403, scope_refusal(client, required_scope), "insufficient_scope")
+        if (check := client.rate_limit()) is not None:
+            check.take()
+    except exceptions.AuthenticationFailed as failed:
+        return _plain_error(401, str(failed.detail), "authentication_failed")
+    except RateLimitExceeded as exceeded:
+        response = JsonResponse(rate_limited_body(exceeded), status=429)
+        for name, value in exceeded.decision.headers().items():
+            response[name] = value
+        return response
+    return client
+
+
+def _plain_error(status: int, detail: str, code: str) -> JsonResponse:
+    response = JsonResponse(error_body(detail=detail, code=code), status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response

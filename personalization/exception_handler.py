@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from personalization.errors import ApplicationError, error_body, first_message, flatten_errors
+from personalization.rate_limits import RateLimitExceeded, rate_limited_body
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             error_body(detail="A value in the request cannot be stored or searched for.", code="invalid"),
             status=400,
         )
+    if isinstance(exc, RateLimitExceeded):
+        return Response(rate_limited_body(exc), status=429, headers=exc.decision.headers())
     if isinstance(exc, ApplicationError):
         return Response(error_body(detail=exc.message, code=exc.code, errors=exc.errors), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):

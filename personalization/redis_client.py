@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import hiredis
 import redis
@@ -97,9 +97,12 @@ class ShaScript:
     """A Lua script sent by its SHA (EVALSHA carries the hash, not the source), loaded on first use and again after
     a Redis restart or failover forgot it (NOSCRIPT: nothing of that call ran)."""
 
+    _every: ClassVar[list[ShaScript]] = []
+
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha: str | None = None
+        ShaScript._every.append(self)  # scripts are module constants: the list does not grow with use
 
     def _loaded(self, client: redis.Redis) -> str:
         if self.sha is None:
@@ -121,6 +124,12 @@ class ShaScript:
 
     def forget(self) -> None:
         self.sha = None
+
+    @classmethod
+    def forget_all(cls) -> None:
+        """After a NOSCRIPT in a pipeline of several scripts: Redis forgot them all (a restart, a failover)."""
+        for script in cls._every:
+            script.forget()
 
 
 def script_pipeline_execute(

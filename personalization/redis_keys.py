@@ -186,3 +186,14 @@ def item_cache(item_key: str, name: str) -> str:
 
 def item_cache_lock(item_key: str, name: str) -> str:
     return f"cache:item-lock:{{{item_key}}}:{name}"
+
+
+# Request rate limits (personalization.rate_limits): one token bucket a key, each hash-tagged by itself so that on a
+# Redis Cluster the buckets spread over the slots and each script call touches one.
+def api_key_rate_bucket(api_key_id: int) -> str:
+    return f"ratelimit:{{key:{api_key_id}}}"
+
+
+def auth_failures_bucket(client_address: str) -> str:
+    """Wrong API keys presented from a client address."""
+    return f"ratelimit:{{addr:{client_address}}}:auth-failures"

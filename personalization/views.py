@@ -9,19 +9,24 @@ from typing import Any
 
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from rest_framework.renderers import JSONRenderer
 
-from personalization.errors import error_body
+from personalization.access import OPEN, endpoint_access
+from personalization.authentication import plain_view_client
+from personalization.models import ApiScope
 from personalization.redis_client import get_redis
-from personalization.services import api_key_verify
 
 logger = logging.getLogger(__name__)
 
 
+@endpoint_access(OPEN)
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+@endpoint_access(OPEN)
 def readyz(request: HttpRequest) -> JsonResponse:
     checks: dict[str, str] = {}
     try:
@@ -41,20 +46,33 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
 
 
+@endpoint_access(ApiScope.ADMIN)
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus exposition, behind an API key (Prometheus sends it as `bearer_token`) or a staff session."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, raw_key = header.partition(" ")
-    has_key = scheme.lower() == "bearer" and api_key_verify(raw_key=raw_key.strip()) is not None
-    is_staff = request.user.is_authenticated and request.user.is_staff
-    if not (has_key or is_staff):
-        response = JsonResponse(
-            error_body(detail="Authentication credentials were not provided.", code="not_authenticated"),
-            status=401,
-        )
-        response["WWW-Authenticate"] = 'Bearer realm="api"'
-        return response
+    """Prometheus exposition, behind an admin API key (Prometheus sends it as `bearer_token`) or a staff session:
+    the whole platform's operation is the operators' and the console's business, not a storefront's."""
+    if not (request.user.is_authenticated and request.user.is_staff):
+        client = plain_view_client(request, ApiScope.ADMIN)
+        if isinstance(client, HttpResponse):
+            return client
     return HttpResponse(generate_latest(_metrics_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+class _JsonErrors:
+    """The schema and the docs answer in YAML and HTML: their errors (401, 403, 429) in the API's JSON all the same."""
+
+    def handle_exception(self, exc: Exception) -> Any:
+        response = super().handle_exception(exc)  # type: ignore[misc]
+        self.request.accepted_renderer = JSONRenderer()  # type: ignore[attr-defined]
+        self.request.accepted_media_type = "application/json"  # type: ignore[attr-defined]
+        return response
+
+
+class ApiSchemaView(_JsonErrors, SpectacularAPIView):
+    required_scope = ApiScope.SERVER
+
+
+class ApiDocsView(_JsonErrors, SpectacularSwaggerView):
+    required_scope = ApiScope.SERVER
 
 
 def _metrics_registry() -> Any:

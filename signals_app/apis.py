@@ -16,7 +16,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from personalization.access import user_key_of
+from personalization.authentication import shopper_binding_check
 from personalization.errors import ApplicationError
+from personalization.models import ApiScope
 from signals_app.identity import identity_link
 from signals_app.services import EVENT_BATCH_MAX, EVENT_BODY_MAX_BYTES, events_ingest
 from surface_app.services import shelves_notify, shelves_refresh_queue
@@ -110,6 +113,8 @@ class EventIngestApi(APIView):
     """Log what shoppers did: one event object, or {"events": [...]} with up to 500 (1 MB)."""
 
     parser_classes = [RawBodyParser]
+    required_scope = ApiScope.PUBLIC
+    checks_shopper_token = True
 
     @extend_schema(
         request=EVENT_INGEST_REQUEST,
@@ -135,6 +140,7 @@ class EventIngestApi(APIView):
     )
     def post(self, request: Request) -> Response:
         raw_events = _event_list(parse_json_body(request, max_bytes=EVENT_BODY_MAX_BYTES))
+        shopper_binding_check(request, user_keys=_event_user_keys(raw_events))
         report = events_ingest(raw_events=raw_events, on_users_changed=shelves_refresh_queue)
         return Response(
             {
@@ -145,6 +151,15 @@ class EventIngestApi(APIView):
             },
             status=status.HTTP_202_ACCEPTED,
         )
+
+
+def _event_user_keys(raw_events: list[Any]) -> set[str]:
+    """The shoppers the events are about (an event that is not an object is rejected by validation anyway)."""
+    return {
+        user_key_of(user_id=str(event.get("user_id") or ""), session_id=str(event.get("session_id") or ""))
+        for event in raw_events
+        if isinstance(event, dict)
+    }
 
 
 def _event_list(body: Any) -> list[Any]:
@@ -170,6 +185,9 @@ def _event_list(body: Any) -> list[Any]:
 class IdentifyApi(APIView):
     """Join an anonymous session's history to a user (e.g. at login)."""
 
+    required_scope = ApiScope.PUBLIC  # as Segment's identify from a browser
+    checks_shopper_token = True
+
     @extend_schema_serializer(component_name="IdentifyInput")
     class InputSerializer(serializers.Serializer):
         session_id = serializers.CharField(max_length=200)
@@ -189,6 +207,7 @@ class IdentifyApi(APIView):
     def post(self, request: Request, user_id: str) -> Response:
         if len(user_id) > 200 or "\x00" in user_id:
             raise ApplicationError("user_id: at most 200 characters, no NUL.", errors={"user_id": ["Invalid user id."]})
+        shopper_binding_check(request, user_keys={user_id})
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         result = identity_link(user_id=user_id, session_id=serializer.validated_data["session_id"])

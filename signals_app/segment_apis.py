@@ -32,9 +32,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from personalization.authentication import ApiKeyAuthentication
+from personalization.authentication import ApiKeyAuthentication, api_key_client
 from personalization.errors import ApplicationError
-from personalization.services import ApiClient, api_key_verify
+from personalization.models import ApiScope
+from personalization.services import ApiClient
 from signals_app.apis import RawBodyParser, RejectedSerializer, parse_json_body
 from signals_app.identity import identity_link
 from signals_app.segment import (
@@ -70,10 +71,7 @@ class SegmentWriteKeyAuthentication(authentication.BaseAuthentication):
         write_key = decoded.partition(":")[0].strip()
         if not write_key:
             raise exceptions.AuthenticationFailed("Use 'Authorization: Basic base64(<write key>:)'.")
-        client = api_key_verify(raw_key=write_key)
-        if client is None:
-            raise exceptions.AuthenticationFailed("Unknown or revoked write key.")
-        return (None, client)
+        return (None, api_key_client(write_key, request))
 
     def authenticate_header(self, request: Request) -> str:
         return 'Basic realm="api"'
@@ -94,10 +92,7 @@ class SegmentBodyWriteKeyAuthentication(authentication.BaseAuthentication):
         write_key = parsed.get("writeKey") if isinstance(parsed, dict) else None
         if not isinstance(write_key, str) or not write_key.strip():
             return None
-        client = api_key_verify(raw_key=write_key.strip())
-        if client is None:
-            raise exceptions.AuthenticationFailed("Unknown or revoked write key.")
-        return (None, client)
+        return (None, api_key_client(write_key.strip(), request))
 
 
 class SegmentWriteKeyScheme(OpenApiAuthenticationExtension):

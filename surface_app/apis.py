@@ -7,9 +7,15 @@ from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from graph_app.selectors import item_exists
+from personalization.access import user_key_of
+from personalization.authentication import shopper_binding_check
+from personalization.models import ApiScope
+from personalization.rate_limits import RateLimitCheck
+from personalization.services import ApiClient
 from personalization.validation import item_id_validate
 from scoring_app.engine.retrieval import similar_items
 from surface_app.serving.slates import Slate, context_items_parse, slate_serve
@@ -43,6 +49,11 @@ class SlateSerializer(serializers.Serializer):
 
 
 class RecommendationsApi(APIView):
+    required_scope = ApiScope.PUBLIC
+    checks_shopper_token = True
+    # The key's rate limit is taken in the request's state round trip (`slate_serve`), not in one of its own.
+    throttle_classes: list[type[BaseThrottle]] = []
+
     class QuerySerializer(serializers.Serializer):
         user_id = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
         session_id = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
@@ -69,21 +80,31 @@ class RecommendationsApi(APIView):
         # once: a new serializer deep-copies its fields on every request, a tenth of a millisecond on the hottest
         # endpoint. Validating keeps no state on the instance (`surface_app.fast_path` shares it).
         data = recommendations_query.run_validation(request.query_params)
-        return Response(recommendations_serve(data).as_dict())
+        shopper_binding_check(request, user_keys={recommendations_user_key(data)})
+        client = request.auth if isinstance(request.auth, ApiClient) else None
+        return Response(recommendations_serve(data, rate_limit=client.rate_limit() if client else None).as_dict())
 
 
 recommendations_query = RecommendationsApi.QuerySerializer()
 
 
-def recommendations_serve(query: dict[str, Any]) -> Slate:
-    """The slate for a validated recommendations query (the view's, and `surface_app.fast_path`'s)."""
+def recommendations_user_key(query: dict[str, Any]) -> str:
+    return user_key_of(user_id=query["user_id"], session_id=query["session_id"])
+
+
+def recommendations_serve(query: dict[str, Any], *, rate_limit: RateLimitCheck | None) -> Slate:
+    """The slate for a validated recommendations query (the view's, and `surface_app.fast_path`'s); a key's
+    `rate_limit` is taken on the way (RateLimitExceeded)."""
     return slate_serve(
-        user_key=query["user_id"] or f"session:{query['session_id']}", placement=query["placement"], k=query["k"],
-        context_items=context_items_parse(query["item_id"]),
+        user_key=recommendations_user_key(query), placement=query["placement"], k=query["k"],
+        context_items=context_items_parse(query["item_id"]), rate_limit=rate_limit,
     )  # fmt: skip
 
 
 class SimilarItemsApi(APIView):
+    required_scope = ApiScope.PUBLIC
+    checks_shopper_token = True  # about an item, no shopper: a bound key may ask
+
     class QuerySerializer(serializers.Serializer):
         k = serializers.IntegerField(min_value=1, max_value=K_MAX, required=False, default=10)
 

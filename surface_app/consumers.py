@@ -4,7 +4,9 @@ Browsers cannot set headers on a WebSocket, so the key comes as `api_key` in the
 `Authorization: Bearer` header from server-side clients); a staff member's console session also works when the
 page comes from a trusted origin (DJANGO_CSRF_TRUSTED_ORIGINS).
 `item_id` names context items (a product page's item, a cart's), as for `GET /api/v1/recommendations`; `k`
-defaults to the placement's size. Close codes: 4401 not authenticated, 4400 bad query.
+defaults to the placement's size. Close codes: 4401 not authenticated, 4400 bad query, 4403 a key outside its scope
+(public is enough) or, for a key bound to shoppers, without `shopper_token` (or an `X-Shopper-Token` header) signing
+the user, 4429 over the key's request rate (each connection counts as a request) or too many wrong keys.
 
 A socket sends a `recommendations` message on connect, after each of the user's events (always), and after a
 catalog, stock, rule or placement change (`surface_app.services`) when the slate it serves then differs, in items
@@ -30,8 +32,11 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from personalization.access import SHOPPER_TOKEN_QUERY, client_address, shopper_token_valid, user_key_of
 from personalization.cache import user_cache_invalidate
-from personalization.services import api_key_verify
+from personalization.models import ApiScope
+from personalization.rate_limits import RateLimitExceeded
+from personalization.services import ApiKeyRefused, api_key_authenticate
 from surface_app.services import SHELVES_ALL_GROUP, shelf_group_name, shelves_placement_group_name
 from surface_app.serving.rules import EMPTY, REBUILD_MIN_INTERVAL_SECONDS, snapshot_current, snapshot_observe
 from surface_app.serving.slates import (
@@ -47,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_BAD_REQUEST = 4400
+CLOSE_FORBIDDEN = 4403
+CLOSE_RATE_LIMITED = 4429
 K_MAX = 100
 ID_MAX_LENGTH = 200
 # The user-keyed caches of `scoring_app.engine.retrieval` that hold candidates.
@@ -172,7 +179,28 @@ def _version_reached(have: bytes, wanted: bytes) -> bool:
     return have == wanted
 
 
+def _key_refusal(
+    raw_key: str, meta: dict[str, str], required_scope: str, user_key: str, shopper_token: str
+) -> int | None:
+    """The checks of an API request, for a socket's key (a connection counts against its rate)."""
+    try:
+        client = api_key_authenticate(raw_key=raw_key, client_address=client_address(meta))
+    except ApiKeyRefused as refused:
+        return CLOSE_RATE_LIMITED if refused.too_many is not None else CLOSE_NOT_AUTHENTICATED
+    if not client.covers(required_scope):
+        return CLOSE_FORBIDDEN
+    if client.requires_shopper_token and not shopper_token_valid(shopper_token, user_keys={user_key}):
+        return CLOSE_FORBIDDEN
+    try:
+        if (check := client.rate_limit()) is not None:
+            check.take()
+    except RateLimitExceeded:
+        return CLOSE_RATE_LIMITED
+    return None
+
+
 class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
+    required_scope = ApiScope.PUBLIC  # shelves and their pushes, as GET /recommendations
     user_key: str
     placement: str
     context_items: list[str]
@@ -189,8 +217,9 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         self._refresher: asyncio.Task[None] | None = None
         self._waiter: _Waiter | None = None
         query = {name: values[-1] for name, values in parse_qs(self.scope["query_string"].decode()).items()}
-        if not await self._is_authenticated(query):
-            await self.close(code=CLOSE_NOT_AUTHENTICATED)
+        refusal = await self._refusal(query)
+        if refusal is not None:
+            await self.close(code=refusal)
             return
         user_id, session_id = query.get("user_id", ""), query.get("session_id", "")
         self.context_items = context_items_parse(query.get("item_id", ""))
@@ -301,18 +330,27 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         self.sent_item_ids = tuple(item.item_id for item in slate.items)
         await self.send_json({"type": "recommendations", **slate.as_dict()})
 
-    async def _is_authenticated(self, query: dict[str, str]) -> bool:
+    async def _refusal(self, query: dict[str, str]) -> int | None:
+        """The close code when the socket may not open, else None."""
+        headers = dict(self.scope.get("headers", []))
         raw_key = query.get("api_key", "")
         if not raw_key:
-            headers = dict(self.scope.get("headers", []))
             scheme, _, raw_key = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             raw_key = raw_key.strip() if scheme.lower() == "bearer" else ""
         if raw_key:
-            return await database_sync_to_async(api_key_verify)(raw_key=raw_key) is not None
+            token = query.get(SHOPPER_TOKEN_QUERY) or headers.get(b"x-shopper-token", b"").decode("latin-1")
+            user_key = user_key_of(user_id=query.get("user_id", ""), session_id=query.get("session_id", ""))
+            meta = self._client_meta(headers)
+            return await database_sync_to_async(_key_refusal)(raw_key, meta, self.required_scope, user_key, token)
         user = self.scope.get("user")
         is_staff = bool(user is not None and user.is_authenticated and user.is_staff)
         # A cookie-authenticated socket must come from the console's own pages (no cross-site hijacking).
-        return is_staff and self._origin_is_trusted()
+        return None if is_staff and self._origin_is_trusted() else CLOSE_NOT_AUTHENTICATED
+
+    def _client_meta(self, headers: dict[bytes, bytes]) -> dict[str, str]:
+        client = self.scope.get("client") or ("unknown", 0)
+        forwarded = headers.get(b"x-forwarded-for", b"").decode("latin-1")
+        return {"REMOTE_ADDR": str(client[0]), "HTTP_X_FORWARDED_FOR": forwarded}
 
     def _origin_is_trusted(self) -> bool:
         origin = dict(self.scope.get("headers", [])).get(b"origin", b"").decode("latin-1")

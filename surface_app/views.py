@@ -5,6 +5,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from personalization.access import STAFF_SESSION, endpoint_access
 from surface_app.selectors import storefront_products, storefront_users
 
 GRID_PRODUCTS = 24
@@ -12,6 +13,7 @@ USERS_LISTED = 50
 VISITOR = "demo-visitor"
 
 
+@endpoint_access(STAFF_SESSION)
 @staff_member_required
 def demo_page(request: HttpRequest) -> HttpResponse:
     """A small storefront: a product grid, a home shelf and a product page's similar items that update live over the

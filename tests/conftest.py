@@ -14,13 +14,15 @@ def clean_redis() -> redis.Redis:
     """Each test starts from an empty Redis database (the tests' own embedded Valkey unless REDIS_URL is set)."""
     client = get_control_redis()  # a flush may take longer than the hot path's timeout
     client.flushdb()
-    key_services._verified_keys.clear()
+    key_services.api_key_caches_clear()
     return client
 
 
 @pytest.fixture
 def raw_api_key(db: None) -> str:
-    return key_services.api_key_create(name="test storefront").raw_key
+    """An admin key: it may call every endpoint, as any key could before scopes (tests/personalization/test_access.py
+    holds each scope to its endpoints)."""
+    return key_services.api_key_create(name="test storefront", scope="admin").raw_key
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from prometheus_client import Counter
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
 from graph_app.features.online import catalog_facts_read, catalog_stock_kept
@@ -54,7 +54,7 @@ from personalization.cache import (
     user_cache_get_or_build,
     user_cache_peek,
 )
-from personalization.redis_client import get_redis
+from personalization.redis_client import ShaScript, get_redis
 from scoring_app.engine import registry
 from signals_app.online_reads import decode_popular, queue_popular
 
@@ -179,8 +179,8 @@ def user_state_fetch(
     caller's own reads on the same pipeline and returns how many replies they take."""
     global _popular_shared
     popular = _popular_kept(popular_depth)
-    try:
-        pipeline = get_redis().pipeline(transaction=False)
+
+    def queue(pipeline: redis.client.Pipeline) -> tuple[int, int]:
         extra_count = extra(pipeline) if extra is not None else 0
         pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_USED - 1)
         pipeline.get(redis_keys.active_model("embeddings"))
@@ -189,7 +189,20 @@ def user_state_fetch(
         popular_count = queue_popular(pipeline, depth=popular_depth) if popular is None else 0
         for key in _PREFETCHED_WITH_STATE.values():
             pipeline.get(key(user_key))
-        replies = pipeline.execute()
+        return extra_count, popular_count
+
+    try:
+        try:
+            pipeline = get_redis().pipeline(transaction=False)
+            extra_count, popular_count = queue(pipeline)
+            replies = pipeline.execute()
+        except NoScriptError:
+            # A script of `extra` (the key's rate limit) that Redis forgot after a restart or failover: nothing of it
+            # ran; loaded again, the reads are sent once more.
+            ShaScript.forget_all()
+            pipeline = get_redis().pipeline(transaction=False)
+            extra_count, popular_count = queue(pipeline)
+            replies = pipeline.execute()
     except RedisError as error:
         logger.warning("score.user_state_unavailable", extra={"error": str(error)})
         return UserState(user_key, list(seeds), [], None, degraded=["user_state_unavailable"], seeds=tuple(seeds))

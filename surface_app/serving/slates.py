@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from personalization import redis_keys
 from personalization.cache import user_cache_writes_flush
+from personalization.rate_limits import RateLimitCheck
 from personalization.redis_client import get_redis, script_pipeline_execute
 from scoring_app.engine.retrieval import (
     CandidateSet,
@@ -127,7 +128,8 @@ _last_slates: OrderedDict[tuple[str, str], list[SlateItem]] = OrderedDict()
 
 @dataclass
 class _SurfaceReads:
-    """Surface's own reads, queued on the state round trip: configuration version, traits, caps, last slate."""
+    """Surface's own reads, queued on the state round trip: the API key's rate limit, configuration version, traits,
+    caps, last slate."""
 
     user_key: str
     placement: str
@@ -135,8 +137,11 @@ class _SurfaceReads:
     horizon: int
     # The items the placement's pins name (their entity keys, for rules and caps, come in the same round trip).
     pinned: list[str] = field(default_factory=list)
+    rate_limit: RateLimitCheck | None = None
 
     def queue(self, pipeline: redis.client.Pipeline) -> int:
+        if self.rate_limit is not None:
+            self.rate_limit.queue(pipeline)
         pipeline.get(CONFIG_VERSION_KEY)
         pipeline.get(redis_keys.user_traits(self.user_key))
         pipeline.get(redis_keys.user_last_slate(self.user_key, self.placement))
@@ -147,10 +152,13 @@ class _SurfaceReads:
             pipeline.hmget(key, self.pinned)
         if self.horizon:  # no cap, no cool-down: nothing to read
             frequency_caps.caps_queue(pipeline, user_key=self.user_key, now=self.now, horizon_seconds=self.horizon)
-        return 4 + len(pipeline.command_stack) - before
+        return 4 + len(pipeline.command_stack) - before + (self.rate_limit is not None)
 
     def decode(self, replies: list[Any]) -> _SurfaceState:
-        """The replies of `queue`, in its order."""
+        """The replies of `queue`, in its order; raises RateLimitExceeded first when the key is over its rate."""
+        if self.rate_limit is not None:
+            self.rate_limit.raise_if_refused(replies[0])
+            replies = replies[1:]
         version, raw_traits, raw_last, raw_purchased = replies[:4]
         rest = replies[4:]
         entities: dict[str, bytes] = {}
@@ -202,8 +210,19 @@ def context_items_parse(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()][:CONTEXT_ITEMS_MAX]
 
 
-def slate_serve(*, user_key: str, placement: str, k: int | None = None, context_items: Sequence[str] = ()) -> Slate:
-    return _slate_build(user_key=user_key, placement=placement, k=k, context_items=context_items, preview=None)
+def slate_serve(
+    *,
+    user_key: str,
+    placement: str,
+    k: int | None = None,
+    context_items: Sequence[str] = (),
+    rate_limit: RateLimitCheck | None = None,
+) -> Slate:
+    """The slate for the shopper. `rate_limit`: the API key's request, taken in the state round trip (a refusal
+    raises RateLimitExceeded before any other work; Redis down, the request goes through, degraded)."""
+    return _slate_build(
+        user_key=user_key, placement=placement, k=k, context_items=context_items, preview=None, rate_limit=rate_limit
+    )
 
 
 def slate_preview(
@@ -214,14 +233,20 @@ def slate_preview(
 
 
 def _slate_build(
-    *, user_key: str, placement: str, k: int | None, context_items: Sequence[str], preview: PreviewOptions | None
+    *,
+    user_key: str,
+    placement: str,
+    k: int | None,
+    context_items: Sequence[str],
+    preview: PreviewOptions | None,
+    rate_limit: RateLimitCheck | None = None,
 ) -> Slate:
     started = time.perf_counter()
     now = time.time()
     current = snapshot_current()
     config = current.placement(placement)
     horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
-    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_ids(current.rules_for(placement)))
+    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_ids(current.rules_for(placement)), rate_limit)
     state = user_state_fetch(user_key=user_key, seeds=list(context_items), extra=reads.queue)
     fetched = time.perf_counter()
     retrieved = ranked = fetched

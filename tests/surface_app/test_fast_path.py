@@ -165,3 +165,41 @@ def test_a_request_id_is_returned_and_kept_when_the_view_answers(shop, raw_api_k
     (line,) = json_log_lines()
     assert (line["logger"], line["status_code"]) == ("django.request", 400)
     assert line["request_id"] == headers["X-Request-ID"] and len(headers["X-Request-ID"]) == 32
+
+
+def test_a_key_over_its_rate_is_answered_429_here_with_the_views_body_and_headers(shop, django_calls):
+    from personalization.services import api_key_create
+
+    key = api_key_create(name="page", scope="public", rate_limit_per_second=1).raw_key
+    limited = _count("rate_limited")
+
+    first = _call(query="user_id=u", key=key)
+    status, headers, body = _call(query="user_id=u", key=key)
+
+    assert (first[0], status, django_calls) == (200, 429, [])
+    assert _count("rate_limited") == limited + 1
+    assert headers["Retry-After"] == "1" and headers["RateLimit"] == '"key";r=0;t=1'
+    assert headers["RateLimit-Policy"] == '"key";q=1;w=1'
+    assert json.loads(body)["code"] == "rate_limited"
+
+
+def test_a_bound_key_without_its_shoppers_token_is_answered_by_the_view(shop, django_calls, settings):
+    from personalization.access import shopper_token_sign
+    from personalization.services import api_key_create
+
+    settings.SHOPPER_TOKEN_SECRET = "fast-path-secret"
+    key = api_key_create(name="page", scope="public", requires_shopper_token=True).raw_key
+
+    own = _call(query="user_id=u1", key=key, HTTP_X_SHOPPER_TOKEN=shopper_token_sign("u1"))
+    other = _call(query="user_id=u2", key=key, HTTP_X_SHOPPER_TOKEN=shopper_token_sign("u1"))
+
+    assert (own[0], other[0], django_calls) == (200, 403, ["GET"])
+    assert json.loads(other[2])["code"] == "shopper_token_mismatch"
+
+
+def test_a_wrong_key_counts_once_against_its_address_though_both_paths_check_it(shop, django_calls, settings):
+    settings.API_AUTH_FAILURES_MAX = 2
+
+    statuses = [_call(query="user_id=u", key=f"pk_wrong_{n}")[0] for n in range(3)]
+
+    assert statuses == [401, 401, 429] and django_calls == ["GET"] * 3
