@@ -32,11 +32,19 @@ RETRY_AFTER_HEADER = {
     "description": "Seconds to wait before retrying.",
     "schema": {"type": "integer", "minimum": 0},
 }
-# IETF draft-ietf-httpapi-ratelimit-headers, sent with a 429.
+# draft-ietf-httpapi-ratelimit-headers-09, as personalization.rate_limits sends them with a 429.
 RATE_LIMIT_HEADERS = {
     "Retry-After": RETRY_AFTER_HEADER,
-    "RateLimit": {"description": "The key's remaining quota and when it resets.", "schema": {"type": "string"}},
-    "RateLimit-Policy": {"description": "The key's quota and its window.", "schema": {"type": "string"}},
+    "RateLimit": {
+        "required": True,
+        "description": 'What remains of the quota, and when a request is allowed again: "key";r=0;t=1.',
+        "schema": {"type": "string"},
+    },
+    "RateLimit-Policy": {
+        "required": True,
+        "description": 'The quota and its window in seconds: "key";q=100;w=1.',
+        "schema": {"type": "string"},
+    },
 }
 
 # Status -> (description, headers): what every operation of the API may answer besides its own responses.

@@ -3,6 +3,7 @@ operation of the API against a live server, with a real API key, and parses ever
 
 from __future__ import annotations
 
+import base64
 import importlib
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from django.core.management import call_command
 from drf_spectacular.drainage import GENERATOR_STATS
 from prometheus_client import REGISTRY
 
+from personalization.services import api_key_create
 from surface_app.fast_path import recommendations_fast_path
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
@@ -50,6 +52,28 @@ def generated() -> Iterator[SimpleNamespace]:
             sys.path.remove(workdir)
             for name in [module for module in sys.modules if module.split(".")[0] == PACKAGE]:
                 del sys.modules[name]
+
+
+# Every operation of the schema, each called by a test below.
+OPERATIONS = {
+    "events": {"events_ingest"},
+    "items": {"item_get", "item_upsert", "item_delete", "items_batch_upsert", "items_similar"},
+    "recommendations": {"recommendations_get"},
+    "segment": {"segment_track", "segment_batch"} | {f"segment_v1_{kind}" for kind in (
+        "batch", "track", "identify", "page", "screen", "alias", "group")},
+    "users": {"user_traits_put", "user_identify"},
+}  # fmt: skip
+
+
+def test_the_client_has_every_operation_and_the_tests_call_each(generated):
+    package = Path(generated.client.__file__).parent / "api"
+    generated_operations = {
+        tag.name: {module.stem for module in tag.glob("*.py") if module.stem != "__init__"}
+        for tag in package.iterdir()
+        if tag.is_dir() and tag.name != "__pycache__"
+    }
+
+    assert generated_operations == OPERATIONS
 
 
 class _Operations:
@@ -221,6 +245,64 @@ def test_segment_track_and_batch(generated, client):
 
     assert (tracked.status_code, tracked.parsed.accepted) == (200, 1)
     assert (batch.status_code, batch.parsed.accepted, batch.parsed.duplicates, batch.parsed.rejected) == (200, 2, 1, 0)
+
+
+SEGMENT_SOURCE_CALLS = {
+    "track": {**SEGMENT_VIEW, "messageId": "v1-track"},
+    "identify": {"messageId": "v1-identify", "anonymousId": "anon-2", "userId": "u-2", "traits": {"plan": "gold"}},
+    "page": {"messageId": "v1-page", "anonymousId": "anon-2", "name": "Home", "properties": {"path": "/"}},
+    "screen": {"messageId": "v1-screen", "userId": "u-2", "name": "Cart"},
+    "alias": {"messageId": "v1-alias", "previousId": "anon-2", "userId": "u-2"},
+    "group": {"messageId": "v1-group", "userId": "u-2", "groupId": "acme", "traits": {"plan": "enterprise"}},
+}
+
+
+def test_segment_source_routes(generated, client, base_url, raw_api_key):
+    segment, models = generated.api("segment"), generated.models
+    # As a Segment source sends it: the write key as the HTTP Basic user name.
+    write_key = base64.b64encode(f"{raw_api_key}:".encode()).decode()
+    source = generated.client.Client(base_url=base_url, headers={"Authorization": f"Basic {write_key}"})
+
+    answers = {
+        kind: getattr(segment, f"segment_v1_{kind}").sync_detailed(
+            client=source, body=models.SegmentCallRequest.from_dict(call)
+        )
+        for kind, call in SEGMENT_SOURCE_CALLS.items()
+    }
+    batch = segment.segment_v1_batch.sync_detailed(
+        client=client,
+        body=models.SegmentBatchRequest(
+            batch=[
+                models.SegmentCallRequest.from_dict({**SEGMENT_SOURCE_CALLS["track"], "type": "track"}),
+                models.SegmentCallRequest.from_dict({**SEGMENT_VIEW, "messageId": "v1-batch"}),
+                models.SegmentCallRequest.from_dict({"type": "track", "messageId": "v1-bad"}),
+            ]
+        ),
+    )
+
+    outcomes = {kind: (answer.status_code, answer.parsed.rejected) for kind, answer in answers.items()}
+    assert outcomes == dict.fromkeys(SEGMENT_SOURCE_CALLS, (200, 0))
+    assert answers["track"].parsed.accepted == 1
+    assert (batch.status_code, batch.parsed.accepted, batch.parsed.duplicates, batch.parsed.rejected) == (200, 1, 1, 1)
+    assert [error.index for error in batch.parsed.errors] == [2]
+
+
+def test_over_the_rate_limit_is_a_parsed_429_with_its_headers(generated, base_url):
+    recommendations = generated.api("recommendations")
+    limited = generated.client.AuthenticatedClient(
+        base_url=base_url, token=api_key_create(name="slow storefront", rate_limit_per_second=1).raw_key
+    )
+
+    answers = [
+        recommendations.recommendations_get.sync_detailed(client=limited, user_id="u-1", placement="home")
+        for _ in range(5)  # a token a second: one of them at least finds the bucket empty
+    ]
+    refused = next(answer for answer in answers if answer.status_code == 429)
+
+    assert (refused.parsed.code, refused.parsed.message) == ("rate_limited", refused.parsed.detail)
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.headers["RateLimit-Policy"] == '"key";q=1;w=1'
+    assert refused.headers["RateLimit"].startswith('"key";r=0;')
 
 
 def test_a_wrong_key_is_a_parsed_401(generated, base_url):
