@@ -244,10 +244,19 @@ class SegmentSourceApi(APIView):
 
     authentication_classes = [SegmentWriteKeyAuthentication, ApiKeyAuthentication, SegmentBodyWriteKeyAuthentication]
     parser_classes = [RawBodyParser]
+    # Event ingest, as a browser-shipped write key does on Segment. The libraries cannot send a shopper token, so
+    # a key bound to shoppers is refused here (`checks_shopper_token` unset).
+    required_scope = ApiScope.PUBLIC
 
     def check_permissions(self, request: Request) -> None:
         if request.method != "OPTIONS":  # a browser's CORS preflight carries no credentials
             super().check_permissions(request)
+
+    @staticmethod
+    def traits_trusted(request: Request) -> bool:
+        """Users' traits gate compliance rules (an age, say): only a server key writes them, never a key that a
+        web page ships; a public key's identify still links the session."""
+        return isinstance(request.auth, ApiClient) and request.auth.covers(ApiScope.SERVER)
 
     @extend_schema(exclude=True)
     def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -281,7 +290,7 @@ class SegmentCallApi(SegmentSourceApi):
                 "The body must be a Segment call object.", errors={"body": ["Must be a JSON object."]}
             )
         call = segment_call_map(body, now=datetime.now(UTC), call_type=self.call_type)
-        return Response(segment_calls_ingest(calls=[call], store_traits=True).as_dict())
+        return Response(segment_calls_ingest(calls=[call], store_traits=self.traits_trusted(request)).as_dict())
 
 
 class SegmentBatchApi(SegmentSourceApi):
@@ -328,7 +337,7 @@ class SegmentBatchApi(SegmentSourceApi):
             segment_call_map(call, now=now, batch_context=batch_context, batch_sent_at=body.get("sentAt"))
             for call in body["batch"]
         ]
-        return Response(segment_calls_ingest(calls=calls, store_traits=True).as_dict())
+        return Response(segment_calls_ingest(calls=calls, store_traits=self.traits_trusted(request)).as_dict())
 
 
 def _call_api(call_type: str, *, operation_id: str | None) -> type[SegmentCallApi]:

@@ -280,3 +280,24 @@ def test_a_gzip_batch_over_the_limit_once_inflated_is_413(client, raw_api_key):
     assert response.status_code == 413
     assert response.json()["message"] == "The body must be at most 500 KB."
 
+
+def test_a_public_keys_identify_links_the_session_but_writes_no_traits(client, clean_redis):
+    """A browser-shipped key must not set the traits compliance rules read (an age, say)."""
+    from personalization.models import ApiScope
+    from personalization.services import api_key_create
+
+    public_key = api_key_create(name="storefront page", scope=ApiScope.PUBLIC).raw_key
+    view = {"writeKey": public_key, "event": "Product Viewed", "messageId": "m-1", "anonymousId": "a1",
+            "properties": {"product_id": "mug-1"}}  # fmt: skip
+    identify = {"writeKey": public_key, "messageId": "m-2", "userId": "u1", "anonymousId": "a1",
+                "traits": {"age": 30}}  # fmt: skip
+
+    responses = [
+        client.post(f"/api/v1/segment/v1/{path}", orjson.dumps(call), content_type="text/plain")
+        for path, call in (("t", view), ("i", identify))
+    ]
+
+    assert [response.json()["accepted"] for response in responses] == [1, 1]
+    assert clean_redis.lrange(redis_keys.user_recent_items("u1"), 0, -1) == [b"mug-1"]  # the session joined u1
+    assert not Shopper.objects.filter(external_id="u1", traits__has_key="age").exists()
+    assert clean_redis.get(redis_keys.user_traits("u1")) is None
