@@ -79,7 +79,7 @@ class JsonBodyAutoSchema(AutoSchema):
 def error_responses_declare(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """A postprocessing hook: the error component, and on every operation each error status it may answer (404
     where the path names a resource, 413 where it takes a body) with that component as its body. A view's own
-    description of a status is kept."""
+    description of a status is kept. Request bodies are marked required."""
     result.setdefault("components", {}).setdefault("schemas", {})[ERROR_COMPONENT] = ERROR_SCHEMA
     for path, path_item in result.get("paths", {}).items():
         for method in HTTP_METHODS:
@@ -91,6 +91,8 @@ def error_responses_declare(result: dict[str, Any], generator: Any, request: Any
                 statuses.add("404")
             if "requestBody" in operation:
                 statuses.add("413")
+                # Every body the API takes is required (drf-spectacular cannot tell for a oneOf of forms).
+                operation["requestBody"]["required"] = True
             responses = operation.setdefault("responses", {})
             for status in sorted(statuses):
                 description, headers = ERROR_RESPONSES[status]

@@ -95,6 +95,7 @@ def test_every_body_is_json_and_every_error_status_is_declared_with_the_error_bo
     for path, method, operation in operations:
         if "requestBody" in operation:
             assert list(operation["requestBody"]["content"]) == ["application/json"], (method, path)
+            assert operation["requestBody"]["required"] is True, (method, path)
         for status in ("400", "401", "403", "429", "503") + (("404",) if "{" in path else ()):
             assert operation["responses"][status]["content"]["application/json"]["schema"] == error, (method, path)
         for status, response in operation["responses"].items():
