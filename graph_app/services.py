@@ -14,6 +14,7 @@ from graph_app.embeddings import ItemContent, content_features, project, random_
 from graph_app.models import Entity, Item, ItemEntity, Shopper
 from graph_app.online import catalog_entities_publish, catalog_items_publish, entity_keys, pack_static
 from personalization.cache import item_cache_invalidate
+from personalization.errors import ApplicationError
 from scoring_app.models import ModelVersion
 from scoring_app.selectors import model_artifact_arrays, model_version_active
 from surface_app.services import shelves_catalog_changed
@@ -163,8 +164,9 @@ def shoppers_ensure(*, external_ids: set[str]) -> None:
 def shopper_traits_set(*, external_id: str, traits: dict[str, Any]) -> tuple[Shopper, bool]:
     """Replace a user's traits (what rule audiences match, e.g. age for compliance filters); serving reads them
     from Redis, written after commit."""
+    encoded = _shopper_traits_encode(traits)
     shopper, created = Shopper.objects.update_or_create(external_id=external_id, defaults={"traits": traits})
-    transaction.on_commit(lambda: _shopper_traits_publish(external_id=external_id, traits=traits))
+    transaction.on_commit(lambda: _shopper_traits_publish(external_id=external_id, encoded=encoded))
     return shopper, created
 
 
@@ -175,15 +177,24 @@ def shopper_traits_merge(*, external_id: str, traits: dict[str, Any]) -> Shopper
         shopper, _ = Shopper.objects.select_for_update().get_or_create(external_id=external_id)
         current = shopper.traits if isinstance(shopper.traits, dict) else {}
         merged = {**current, **traits}
+        encoded = _shopper_traits_encode(merged)
         if merged != shopper.traits:
             shopper.traits = merged
             shopper.save(update_fields=["traits", "updated_at"])
-        transaction.on_commit(lambda: _shopper_traits_publish(external_id=external_id, traits=merged))
+        transaction.on_commit(lambda: _shopper_traits_publish(external_id=external_id, encoded=encoded))
     return shopper
 
 
-def _shopper_traits_publish(*, external_id: str, traits: dict[str, Any]) -> None:
+def _shopper_traits_encode(traits: dict[str, Any]) -> bytes:
+    """What serving reads, encoded before anything is stored: JSON allows integers serving cannot hold."""
+    try:
+        return orjson.dumps(traits)
+    except TypeError as error:
+        raise ApplicationError(f"traits: {error}.", errors={"traits": [f"{error}."]}) from error
+
+
+def _shopper_traits_publish(*, external_id: str, encoded: bytes) -> None:
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
 
-    get_control_redis().set(redis_keys.user_traits(external_id), orjson.dumps(traits))
+    get_control_redis().set(redis_keys.user_traits(external_id), encoded)

@@ -37,3 +37,25 @@ def test_merged_traits_reach_serving_only_after_commit(clean_redis, django_captu
 
     assert clean_redis.get(redis_keys.user_traits("u1")) is None
     assert len(callbacks) == 1
+
+
+@pytest.mark.parametrize("store", ["set", "merge"])
+def test_traits_serving_cannot_hold_are_refused_before_anything_is_stored(store, clean_redis):
+    from graph_app.services import shopper_traits_set
+    from personalization.errors import ApplicationError
+
+    write = shopper_traits_set if store == "set" else shopper_traits_merge
+
+    with pytest.raises(ApplicationError) as refused:
+        write(external_id="u1", traits={"age": 2**64})
+
+    assert refused.value.errors == {"traits": ["Integer exceeds 64-bit range."]}
+    assert not Shopper.objects.filter(external_id="u1").exists()
+
+
+def test_the_traits_api_answers_400_naming_traits_for_an_integer_serving_cannot_hold(api_client, clean_redis):
+    response = api_client.put("/api/v1/users/u1", {"traits": {"age": 2**64}}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"traits": ["Integer exceeds 64-bit range."]}
+    assert clean_redis.get(redis_keys.user_traits("u1")) is None
