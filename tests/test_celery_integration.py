@@ -67,8 +67,9 @@ def test_a_tasks_lines_carry_its_id_and_an_idle_drain_prints_nothing(json_loggin
     ItemFactory(external_id="hit")
     EventFactory(item_id="hit", type="purchase")
 
-    # One worker, one task at a time, in order: the drain (nothing to move) has run when the refresh is done.
-    events_drain_task.apply_async(queue="celery")
+    # One worker, one task at a time, in order: the drain (nothing to move) has run when the refresh is done. Its
+    # usual expiry (10 s) could pass while a busy machine starts the worker.
+    events_drain_task.apply_async(queue="celery", expires=600)
     result = popularity_refresh_task.delay()
     assert result.get(timeout=60) == {"items": 1, "top_item": "hit"}
     json_logging_worker.terminate()
