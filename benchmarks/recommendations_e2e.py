@@ -331,14 +331,17 @@ def prepare_data(args: argparse.Namespace) -> dict[str, float]:
 
 
 def ranker_publish() -> str:
-    """A LightGBM lambdarank of RANKER_TREES trees on interaction queries, as `score_path.py` trains it."""
+    """A LightGBM lambdarank of RANKER_TREES trees, labelled by each user's held-out latest history as scheduled
+    training labels it without impressions (`scoring_app.training`), published without its quality gate."""
     from graph_app.features.definitions import FEATURE_NAMES
     from scoring_app import training
     from scoring_app.ranker import ranker_fit
     from scoring_app.services import model_version_publish
 
-    queries = training._interaction_queries(training.timezone.now() - training.TRAINING_WINDOW)
-    data = training._ranking_data(queries)
+    interactions = training.interactions_load()
+    holdout = training.holdout_split(interactions)
+    queries = training.holdout_queries(interactions=interactions, holdout=holdout)
+    data = queries.ranking_data(with_positive_only=True)
     booster = ranker_fit(train=data, feature_names=list(FEATURE_NAMES), num_boost_round=RANKER_TREES)
     return model_version_publish(
         kind="ranker", artifact=booster.model_to_string().encode(), metrics={"trees": booster.num_trees()},
@@ -636,6 +639,183 @@ def layers_time(users: list[str], requests: int) -> dict[str, dict[str, float]]:
     }
 
 
+def served_run(
+    args: argparse.Namespace, key: str, plan: list[list[str]], warm_up: list[list[str]], **env_extra: str
+) -> tuple[dict[str, object], dict[str, float | None]]:
+    """gunicorn as `make run` starts it (with `env_extra`), the warm-up, then the measured load: its figures and the
+    CPU milliseconds a request cost each process (None: a server that is not local)."""
+    from django.conf import settings
+
+    metrics_dir = tempfile.mkdtemp(prefix="bench-e2e-metrics-")
+    env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL,
+           "PROMETHEUS_MULTIPROC_DIR": metrics_dir, **env_extra}  # fmt: skip
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    server_log = Path(settings.DATA_DIR) / "bench-e2e-gunicorn.log"
+    with server_log.open("wb") as log:
+        server = subprocess.Popen(
+            [str(bin_dir / "gunicorn"), "config.wsgi:application", "--config", "python:config.gunicorn",
+             "--workers", str(args.workers), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+            cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    pids = {"gunicorn": server.pid, **server_pids()}
+    try:
+        wait_for_http(port, timeout=120)
+        load_run(port, key, args.rate, warm_up)
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        result = load_run(port, key, args.rate, plan)
+        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    cpu_ms: dict[str, float | None] = {
+        name: (round((after[name] - before[name]) * 1000 / result["requests"], 2) if before[name] is not None else None)
+        for name in pids
+    }
+    cpu_ms["load generator"] = round(result["cpu_seconds"] * 1000 / result["requests"], 2)
+    return result, cpu_ms
+
+
+LIMITER_SECTION = "API keys: the rate limiter on the recommendation path"
+
+
+def state_round_trip_time(users: list[str], requests: int) -> dict[str, dict[str, float]]:
+    """`slate_serve` in process, one request after another, with and without a key's rate limit (alternating request
+    by request): the state round trip (which carries the bucket) and the whole request, p50 / p99 ms."""
+    from personalization.rate_limits import RateLimitCheck, RatePolicy
+    from scoring_app.engine.registry import models_refresh
+    from scoring_app.engine.retrieval import retrieval_warm_up
+    from surface_app.serving import slates
+
+    retrieval_warm_up()
+    models_refresh()
+    fetch = slates.user_state_fetch
+    spent: list[float] = []
+
+    def timed(*args: object, **kwargs: object) -> object:
+        started = time.perf_counter()
+        try:
+            return fetch(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            spent.append((time.perf_counter() - started) * 1000)
+
+    check = RateLimitCheck(api_key_id=-1, policy=RatePolicy("key", 10**9, 1))
+    rows: dict[str, list[float]] = {"state, limiter": [], "state, none": [], "total, limiter": [], "total, none": []}
+    slates.user_state_fetch = timed  # type: ignore[assignment]
+    try:
+        for index in range(2 * requests + 100):
+            # Each user is asked twice in a row, the limiter first for every other user: the second request of a
+            # user finds what the first cached.
+            limited = (index % 2 == 0) != ((index // 2) % 2 == 1)
+            spent.clear()
+            started = time.perf_counter()
+            slates.slate_serve(
+                user_key=users[(index // 2) % len(users)],
+                placement=PLACEMENT,
+                k=K,
+                rate_limit=check if limited else None,
+            )
+            total = (time.perf_counter() - started) * 1000
+            if index < 100:
+                continue  # warm-up
+            name = "limiter" if limited else "none"
+            rows[f"state, {name}"].append(spent[0])
+            rows[f"total, {name}"].append(total)
+    finally:
+        slates.user_state_fetch = fetch  # type: ignore[assignment]
+    return {
+        name: {"p50": round(percentile(values, 0.5), 3), "p99": round(percentile(values, 0.99), 3)}
+        for name, values in rows.items()
+    }
+
+
+def bucket_script_cost(redis: object, calls: int = 5000) -> dict[str, float]:
+    """Valkey's own time in the bucket script (INFO commandstats, nothing else running EVALSHA meanwhile)."""
+    from personalization import redis_keys
+    from personalization.rate_limits import token_bucket_script
+
+    redis.config_resetstat()  # type: ignore[attr-defined]
+    for call in range(calls):
+        token_bucket_script.call(redis, [redis_keys.api_key_rate_bucket(-2 - call % 100)], [10**9, 10**9, 1])  # type: ignore[arg-type]
+    stats = redis.info("commandstats").get("cmdstat_evalsha", {})  # type: ignore[attr-defined]
+    return {"calls": stats.get("calls", 0), "usec_per_call": stats.get("usec_per_call", float("nan"))}
+
+
+def limiter_compare(
+    args: argparse.Namespace,
+    users: dict[str, list[str]],
+    plan: list[list[str]],
+    warm_up: list[list[str]],
+    started: float,
+) -> None:
+    """The same load with the keys' rate limits on and off (API_RATE_LIMITS_ENABLED), alternating in pairs, then in
+    process; recorded in its own section of BENCHMARKS.md."""
+    from django.db import connection
+
+    from personalization.redis_client import get_control_redis
+    from personalization.services import api_key_create
+
+    # A browser's key, as a storefront page ships it; its rate far above the load, so that no request is refused.
+    key = api_key_create(name="limiter benchmark", scope="public", rate_limit_per_second=1_000_000).raw_key
+    connection.close()
+    runs: list[tuple[str, dict[str, object], dict[str, float | None]]] = []
+    for pair in range(args.limiter_pairs):
+        order = ("1", "0") if pair % 2 == 0 else ("0", "1")
+        for enabled in order:
+            result, cpu_ms = served_run(args, key, plan, warm_up, API_RATE_LIMITS_ENABLED=enabled)
+            label = "limiter" if enabled == "1" else "none"
+            print(label, {k: result[k] for k in ("p50_ms", "p99_ms", "errors", "achieved_rps")}, cpu_ms, flush=True)
+            runs.append((label, result, cpu_ms))
+    in_process = state_round_trip_time(users["warm"], args.layer_requests or 500)
+    script_stats = bucket_script_cost(get_control_redis())
+    print("in process", in_process, "bucket script", script_stats, flush=True)
+
+    def row(label: str, result: dict[str, object], cpu_ms: dict[str, float | None]) -> str:
+        cpu = ", ".join(f"{name} {value}" for name, value in cpu_ms.items() if value is not None)
+        return (
+            f"| {label} | {result['p50_ms']} / {result['p99_ms']} ms | {result['achieved_rps']} | "
+            f"{result['errors']} | {cpu} |"
+        )
+
+    def mean_cpu(label: str, process: str) -> float:
+        values = [cpu[process] for name, _, cpu in runs if name == label and cpu.get(process) is not None]
+        return sum(values) / len(values) if values else float("nan")  # type: ignore[arg-type]
+
+    body = (
+        f"The end-to-end benchmark's data and serving ({args.items:,} items, {args.users:,} users, {args.events:,} "
+        f"events; placement `{PLACEMENT}`, k={K}; gunicorn, {args.workers} sync workers, the fast path), GET "
+        f"/api/v1/recommendations open loop at {args.rate:g} requests/s for {args.seconds:g} s after a "
+        f"{args.warm_up_seconds:g} s warm-up, with a public key (rate 1,000,000/s: nothing refused), gunicorn "
+        "restarted for each run with `API_RATE_LIMITS_ENABLED` 1 (limiter) or 0 (none), the two alternating in "
+        f"{args.limiter_pairs} pairs (order swapped pair by pair). With the limiter, the key's token bucket is one "
+        "EVALSHA queued on the request's existing state round trip (no round trip of its own).\n\n"
+        "| run | latency p50 / p99 | requests/s | errors | CPU ms a request (user + system, /proc) |\n"
+        "|---|---|---|---|---|\n" + "\n".join(row(*run) for run in runs) + "\n\n"
+        "Means of the CPU a request cost, limiter against none: "
+        + ", ".join(
+            f"{process} {mean_cpu('limiter', process):.2f} against {mean_cpu('none', process):.2f} ms"
+            for process in ("gunicorn", "redis")
+        )
+        + ".\n\n"
+        f"In process, one request at a time ({args.layer_requests or 500} warm users each way, alternating request "
+        "by request, candidate sets cached as in steady state), p50 / p99: "
+        + ", ".join(f"{name} {figures['p50']} / {figures['p99']} ms" for name, figures in in_process.items())
+        + f". Valkey's own time in the bucket script: {script_stats.get('usec_per_call', '?')} µs a call "
+        f"({script_stats.get('calls', 0):,} calls)."
+    )
+    print(body)
+    print(f"total wall time {time.perf_counter() - started:.0f} s")
+    if not args.no_record:
+        command = (
+            f"python benchmarks/recommendations_e2e.py --items {args.items} --users {args.users} --events "
+            f"{args.events} --rate {args.rate:g} --seconds {args.seconds:g} --warm-up-seconds "
+            f"{args.warm_up_seconds:g} --warm-users {args.warm_users} --layer-requests {args.layer_requests} "
+            f"--limiter-pairs {args.limiter_pairs}"
+        )
+        record(LIMITER_SECTION, command, body)
+
+
 # --- main --------------------------------------------------------------------------------------------------------
 
 
@@ -651,6 +831,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (make run: 2)")
     parser.add_argument("--layer-requests", type=int, default=500, help="in-process layer timings (0: skip)")
     parser.add_argument("--regenerate", action="store_true")
+    parser.add_argument(
+        "--limiter-pairs",
+        type=int,
+        default=0,
+        help="instead: this many pairs of runs with the keys' rate limits on and off (BENCHMARKS.md, its own section)",
+    )
     parser.add_argument("--no-record", action="store_true", help="print the figures, leave BENCHMARKS.md alone")
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -703,35 +889,10 @@ def main() -> None:
         {"warm": users["warm_up"], "cold_log": users["cold_log"][::-1]}, int(args.rate * args.warm_up_seconds),
         run + "w",
     )  # fmt: skip
-    metrics_dir = tempfile.mkdtemp(prefix="bench-e2e-metrics-")
-    env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL,
-           "PROMETHEUS_MULTIPROC_DIR": metrics_dir}  # fmt: skip
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    server_log = Path(settings.DATA_DIR) / "bench-e2e-gunicorn.log"
-    with server_log.open("wb") as log:
-        server = subprocess.Popen(
-            [str(bin_dir / "gunicorn"), "config.wsgi:application", "--config", "python:config.gunicorn",
-             "--workers", str(args.workers), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
-            cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-    pids = {"gunicorn": server.pid, **server_pids()}
-    try:
-        wait_for_http(port, timeout=120)
-        load_run(port, key, args.rate, warm_up)
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        result = load_run(port, key, args.rate, plan)
-        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    # CPU milliseconds a request cost each process (None: a server that is not local).
-    cpu_ms = {
-        name: (round((after[name] - before[name]) * 1000 / result["requests"], 2) if before[name] is not None else None)
-        for name in pids
-    }
-    cpu_ms["load generator"] = round(result["cpu_seconds"] * 1000 / result["requests"], 2)
+    if args.limiter_pairs:
+        limiter_compare(args, users, plan, warm_up, started)
+        return
+    result, cpu_ms = served_run(args, key, plan, warm_up)
     print("load", json.dumps(result, indent=1), flush=True)
     print("CPU ms per request", cpu_ms, flush=True)
     layers = layers_time(users["warm"], args.layer_requests) if args.layer_requests else None
