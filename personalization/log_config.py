@@ -21,8 +21,9 @@ REQUEST_ID_META_KEY = "HTTP_X_REQUEST_ID"
 # An id from a proxy or the storefront is kept when it looks like one (a UUID, a trace id...): bounded, and nothing
 # that could break a log line or a header.
 _WELL_FORMED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Added by uvicorn to its own records; the line already has the message.
+# Fields that repeat the line's message: uvicorn's coloured copy, Celery's formatting arguments.
 _DROPPED_FIELDS = ("color_message",)
+_DROPPED_CELERY_FIELDS = ("data",)
 
 
 def request_id_for(incoming: str | None) -> str:
@@ -50,8 +51,10 @@ def context_clear() -> None:
 
 
 def _plain_values(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
-    """Django's request object (django.request's `extra`) as its method and path, not its repr."""
-    for field in _DROPPED_FIELDS:
+    """Django's request object (django.request's `extra`) as its method and path, not its repr; no field that
+    repeats the message."""
+    celery = str(event_dict.get("logger", "")).startswith("celery.")
+    for field in (*_DROPPED_FIELDS, *(_DROPPED_CELERY_FIELDS if celery else ())):
         event_dict.pop(field, None)
     request = event_dict.get("request")
     if request is not None and hasattr(request, "method") and hasattr(request, "path"):

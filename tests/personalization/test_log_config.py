@@ -109,6 +109,27 @@ def test_console_lines_are_key_value_pairs(printed):
     assert line.endswith("[tests.log_config] items=600 request_id=abc-123 seconds=1.5")
 
 
+def test_fields_that_repeat_the_message_are_left_out(printed):
+    logger, formatter_set, lines = printed
+    formatter_set(structured_formatter("json"))
+    celery = logging.getLogger("celery.app.trace")
+    celery.addHandler(logger.handlers[0])
+    celery.propagate = False
+    context = {"name": "signals.popularity_refresh", "id": "7", "runtime": 0.1, "return_value": "{}"}
+
+    try:
+        celery.info("Task %(name)s[%(id)s] succeeded in %(runtime)ss", context, extra={"data": context})
+        logger.info("Started server process [%d]", 42, extra={"color_message": "Started server process [\x1b[36m%d]"})
+    finally:
+        celery.removeHandler(logger.handlers[0])
+        celery.propagate = True
+
+    celery_line, uvicorn_line = (json.loads(line) for line in lines())
+    assert celery_line["event"] == "Task signals.popularity_refresh[7] succeeded in 0.1s"
+    assert "data" not in celery_line and "color_message" not in uvicorn_line
+    assert uvicorn_line["event"] == "Started server process [42]"
+
+
 def test_an_unknown_format_is_refused():
     with pytest.raises(ValueError, match="json or console"):
         structured_formatter("xml")
