@@ -73,9 +73,11 @@ def prepare(events: int, trees: int) -> tuple[str, list[str]]:
         popularity_refresh()
     catalog_online_rebuild()
     precomputed_lists_ensure()
-    # A big ranker on interaction queries (the features are what the offline store computes).
-    queries = training._interaction_queries(training.timezone.now() - training.TRAINING_WINDOW)
-    data = training._ranking_data(queries)
+    # A big ranker labelled by each user's held-out latest history, as scheduled training labels it without
+    # impressions (the features are what the offline store computes).
+    interactions = training.interactions_load()
+    queries = training.holdout_queries(interactions=interactions, holdout=training.holdout_split(interactions))
+    data = queries.ranking_data(with_positive_only=True)
     booster = ranker_fit(train=data, feature_names=list(FEATURE_NAMES), num_boost_round=trees)
     version = model_version_publish(
         kind="ranker", artifact=booster.model_to_string().encode(), metrics={"trees": booster.num_trees()},
