@@ -238,6 +238,8 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
+    from graph_app.features.definitions import FEATURE_NAMES
+
     call_command("migrate", verbosity=0)
     version, user_keys = prepare(args.events, args.trees)
     print(f"{len(user_keys)} warm users, ranker {version}")
@@ -269,7 +271,8 @@ def main() -> None:
     body = (
         f"Synthetic catalog of 20,000 items and {args.events:,} logged events (the generator of "
         "`embeddings_refresh.py`), ALS embeddings, neighbourhoods, a LightGBM lambdarank ranker of "
-        f"{args.trees} trees x 31 leaves over the feature store's 12 features (production trains at most 100), "
+        f"{args.trees} trees x 31 leaves over the feature store's {len(FEATURE_NAMES)} features (production trains at "
+        "most 100), "
         f"{len(user_keys)} users with warm online state; {settings.SCORE_RETRIEVAL_THREADS} retrieval threads, "
         f"{settings.EVENT_PARTITIONS} event partition(s); PostgreSQL, Valkey and the benchmark share the 2 cores. "
         f"{args.requests} requests one after another in one process, k=10.\n\n"
