@@ -14,6 +14,7 @@ event changes the key instead of needing an invalidation. Final scores are never
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import itertools
 import logging
@@ -788,7 +789,11 @@ def _sources_run(
     inline = [source for source in sources if source.ready is not None and source.ready(state)]
     pooled = [source for source in sources if source not in inline]
     started = time.perf_counter()
-    futures = {source.name: executor.submit(_run_in_thread, source, state) for source in pooled}
+    # Each source runs in a copy of the request's context, so that its log lines carry the request id (a copy is
+    # an O(1) snapshot; one per source, since a context cannot be entered by two threads at once).
+    futures = {
+        source.name: executor.submit(contextvars.copy_context().run, _run_in_thread, source, state) for source in pooled
+    }
     for source in inline:  # their input is in memory already: no deadline to miss
         try:
             results[source.name] = source.fetch(state)

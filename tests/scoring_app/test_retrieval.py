@@ -85,6 +85,29 @@ def test_a_source_late_for_its_deadline_is_dropped_not_awaited(shop, clean_redis
     assert clean_redis.get(redis_keys.user_cache("u1", "candidates")) is None
 
 
+def test_a_pooled_source_runs_in_the_requests_context_so_its_log_lines_carry_the_request_id(shop, monkeypatch):
+    import structlog
+
+    from personalization.log_config import context_clear, request_context_bind
+
+    seen: list[dict[str, object]] = []
+
+    def logging_source(state):
+        seen.append(structlog.contextvars.get_contextvars())
+        return []
+
+    monkeypatch.setattr(retrieval, "SOURCES", (RetrievalSource("logging", logging_source, 50.0, False),))
+    request_id = request_context_bind("req-42")
+    try:
+        candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+    finally:
+        context_clear()
+
+    assert candidate_set.dropped == []
+    assert seen == [{"request_id": "req-42"}]
+    assert request_id == "req-42"
+
+
 def test_a_failing_source_is_dropped_and_the_others_serve(shop, monkeypatch):
     def broken(state):
         from django.db import DatabaseError
