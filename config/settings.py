@@ -225,7 +225,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["personalization.authentication.ScopedAccess"],
     "DEFAULT_THROTTLE_CLASSES": ["personalization.authentication.ApiKeyRateLimit"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["personalization.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "personalization.exception_handler.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "personalization.schema.JsonBodyAutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -56,3 +57,46 @@ def user_id_validate(user_id: str) -> str:
             errors={"user_id": [f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL."]},
         )
     return user_id
+
+
+# Bounds on any JSON the API takes: deeper nesting or wider integers than these cannot be stored, indexed or shown
+# safely (Python's recursion limit, jsonb and Redis encoders, 64-bit counters), so they are 400 at the door.
+JSON_MAX_DEPTH = 32
+JSON_INT_MIN = -(2**63)
+JSON_INT_MAX = 2**63 - 1
+JSON_PATH_SHOWN_MAX = 200
+
+
+class JsonLimitExceeded(ApplicationError):
+    """A value beyond the JSON bounds, at `path` (e.g. "items[0].attributes.size")."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        field = path or "body"
+        if len(field) > JSON_PATH_SHOWN_MAX:  # a path 32 keys deep can be long: its start says where
+            field = field[: JSON_PATH_SHOWN_MAX - 1] + "…"
+        super().__init__(f"{field}: {problem}", errors={field: [problem]})
+
+
+def json_limits_check(value: Any) -> None:
+    """Raises JsonLimitExceeded naming a value nested deeper than JSON_MAX_DEPTH containers, an integer outside 64
+    bits or a number that is not finite. Iterative, so any depth a parser let through is walked without recursion."""
+    pending: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while pending:
+        current, path, depth = pending.pop()
+        if isinstance(current, bool):
+            continue
+        if isinstance(current, int):
+            if not JSON_INT_MIN <= current <= JSON_INT_MAX:
+                raise JsonLimitExceeded(path, "Integers must fit in 64 bits (signed).")
+        elif isinstance(current, float):
+            if not math.isfinite(current):
+                raise JsonLimitExceeded(path, "Numbers must be finite.")
+        elif isinstance(current, dict | list):
+            if depth >= JSON_MAX_DEPTH:
+                raise JsonLimitExceeded(path, f"Must not be nested deeper than {JSON_MAX_DEPTH} levels.")
+            if isinstance(current, dict):
+                pending.extend(
+                    (inner, f"{path}.{key}" if path else str(key), depth + 1) for key, inner in current.items()
+                )
+            else:
+                pending.extend((inner, f"{path}[{index}]", depth + 1) for index, inner in enumerate(current))

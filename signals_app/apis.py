@@ -20,6 +20,7 @@ from personalization.access import user_key_of
 from personalization.authentication import shopper_binding_check
 from personalization.errors import ApplicationError
 from personalization.models import ApiScope
+from personalization.validation import json_limits_check
 from signals_app.identity import identity_link
 from signals_app.services import EVENT_BATCH_MAX, EVENT_BODY_MAX_BYTES, events_ingest
 from surface_app.services import shelves_notify, shelves_refresh_queue
@@ -91,11 +92,13 @@ def parse_json_body(request: Request, *, max_bytes: int) -> Any:
             status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     try:
-        return orjson.loads(body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise ApplicationError(
             f"The body is not valid JSON: {error}", code="parse_error", errors={"body": [str(error)]}
         ) from error
+    json_limits_check(parsed)
+    return parsed
 
 
 INGEST_RESPONSE = inline_serializer(

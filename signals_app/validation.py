@@ -20,6 +20,8 @@ IDENTITY_MAX_LENGTH = 200
 PLACEMENT_MAX_LENGTH = 100
 EVENT_MAX_BYTES = 32 * 1024
 MAX_FUTURE_SKEW = timedelta(minutes=5)
+# Nothing a shop logs predates Unix time; earlier values (year 1 at +14:00 is 1 BC in UTC) break the log's readers.
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
 SLOT_MAX = 10_000
 NUL_ESCAPE = b"\\u0000"
 
@@ -162,6 +164,8 @@ def event_validate(raw: Any, *, now: datetime) -> EventInput | list[tuple[str, s
         parsed = parse_timestamp(raw["timestamp"])
         if parsed is None:
             problems.add("timestamp", "Must be an ISO 8601 date-time or Unix seconds.")
+        elif parsed < EARLIEST_TIMESTAMP:
+            problems.add("timestamp", "Must not be before 1970-01-01T00:00:00Z.")
         elif parsed > now + MAX_FUTURE_SKEW:
             problems.add("timestamp", "Must not be more than 5 minutes in the future.")
         else:

@@ -57,5 +57,5 @@ def test_the_traits_api_answers_400_naming_traits_for_an_integer_serving_cannot_
     response = api_client.put("/api/v1/users/u1", {"traits": {"age": 2**64}}, format="json")
 
     assert response.status_code == 400
-    assert response.json()["errors"] == {"traits": ["Integer exceeds 64-bit range."]}
+    assert response.json()["errors"] == {"traits.age": ["Integers must fit in 64 bits (signed)."]}
     assert clean_redis.get(redis_keys.user_traits("u1")) is None

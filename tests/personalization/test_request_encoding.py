@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import gzip
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
 import zlib
+from pathlib import Path
 
 import orjson
 import pytest
 
 from personalization import redis_keys
 from personalization.request_encoding import InflatedBodyTooLarge, gzip_inflate
+from personalization.services import api_key_create
+from tests.embedded_test_env import PROJECT_ROOT
+from tests.integration_helpers import child_env
 from tests.signals_app.helpers import stream_lengths
+from tests.test_run_platform import _free_port, _wait_for
 
 pytestmark = pytest.mark.django_db
 
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 VIEW = {"event_id": "e-1", "type": "view", "user_id": "u1", "item_id": "sku-1"}
 
 
@@ -66,7 +78,7 @@ def test_a_decompression_bomb_is_413_and_nothing_is_ingested(api_client, setting
     assert response.json() == {
         "detail": "The inflated body must be at most 1024 KB.",
         "code": "payload_too_large",
-        "errors": {"body": [f"At most {1024 * 1024} bytes once inflated."]},
+        "errors": {"body": [f"At most {1024 * 1024} bytes (inflated, if sent compressed)."]},
         "message": "The inflated body must be at most 1024 KB.",
     }
     assert stream_lengths() == 0
@@ -143,3 +155,71 @@ def test_a_gzip_json_body_reaches_drf_parsers_too(api_client, django_capture_on_
 
     assert response.status_code == 201
     assert orjson.loads(clean_redis.get(redis_keys.user_traits("u1"))) == {"plan": "gold"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PUT", "/api/v1/items/sku-1"), ("POST", "/api/v1/items/batch"), ("PUT", "/api/v1/users/u1"),
+     ("POST", "/api/v1/events"), ("POST", "/api/v1/segment/v1/batch"), ("POST", "/api/v1/users/u1/identify")],
+)  # fmt: skip
+def test_a_body_past_the_cap_is_a_json_413_on_every_endpoint(api_client, settings, method, path):
+    settings.API_INFLATED_BODY_MAX_BYTES = 64 * 1024
+
+    response = api_client.generic(method, path, b" " * (64 * 1024 + 1), content_type="application/json")
+
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    assert response.json()["errors"] == {"body": [f"At most {64 * 1024} bytes (inflated, if sent compressed)."]}
+
+
+def test_a_batch_over_djangos_upload_size_is_read_as_json(api_client, settings):
+    # Past DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB), which Django answers with an HTML 400 when it reads the body.
+    items = [{"item_id": f"i{n}", "title": "T", "description": "d" * 2600} for n in range(1001)]
+    body = orjson.dumps({"items": items})
+    assert len(body) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+    response = api_client.generic("POST", "/api/v1/items/batch", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert list(response.json()["errors"]) == ["items"]
+
+
+def test_a_chunked_body_is_refused_411_by_a_server_that_does_not_end_it(live_server, raw_api_key):
+    connection = http.client.HTTPConnection(live_server.thread.host, live_server.thread.port, timeout=10)
+    connection.request(
+        "POST", "/api/v1/events", body=iter([orjson.dumps(VIEW)]),
+        headers={"Authorization": f"Bearer {raw_api_key}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    response = connection.getresponse()
+
+    assert response.status == 411
+    assert orjson.loads(response.read())["code"] == "length_required"
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_chunked_body_is_read_through_gunicorn(clean_redis):
+    key = api_key_create(name="chunked").raw_key
+    port = _free_port()
+    web = subprocess.Popen(
+        [GUNICORN, "config.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 30)
+        body = orjson.dumps({"events": [VIEW, {**VIEW, "event_id": "e-2"}]})
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request(
+            "POST", "/api/v1/events", body=iter([body[:10], body[10:40], body[40:]]),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        response = connection.getresponse()
+        payload = orjson.loads(response.read())
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=10)
+
+    assert response.status == 202, payload
+    assert payload["accepted"] == 2
+    assert stream_lengths() == 2
