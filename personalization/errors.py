@@ -17,12 +17,17 @@ class ApplicationError(Exception):
         code: str = "invalid",
         errors: dict[str, list[str]] | None = None,
         status_code: int = status.HTTP_400_BAD_REQUEST,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
+        """`extra`: fields of the body beside the error shape's (an operation declares them in its schema)."""
         super().__init__(message)
         self.message = message
         self.code = code
         self.errors = errors or {}
         self.status_code = status_code
+        self.extra = extra or {}
+        self.headers = headers or {}
 
 
 def error_body(*, detail: str, code: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:

@@ -51,7 +51,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, RateLimitExceeded):
         return Response(rate_limited_body(exc), status=429, headers=exc.decision.headers())
     if isinstance(exc, ApplicationError):
-        return Response(error_body(detail=exc.message, code=exc.code, errors=exc.errors), status=exc.status_code)
+        return Response(
+            {**error_body(detail=exc.message, code=exc.code, errors=exc.errors), **exc.extra},
+            status=exc.status_code,
+            headers=exc.headers or None,
+        )
     if isinstance(exc, DjangoValidationError):
         errors = flatten_errors(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
         return Response(error_body(detail=first_message(errors), code="invalid", errors=errors), status=400)

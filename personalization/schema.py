@@ -80,7 +80,7 @@ class JsonBodyAutoSchema(AutoSchema):
 def error_responses_declare(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """A postprocessing hook: the error component, and on every operation each error status it may answer (404
     where the path names a resource, 413 and 415 where it takes a body) with that component as its body. A view's own
-    description of a status is kept. Request bodies are marked required."""
+    description and body of a status are kept. Request bodies are marked required."""
     result.setdefault("components", {}).setdefault("schemas", {})[ERROR_COMPONENT] = ERROR_SCHEMA
     for path, path_item in result.get("paths", {}).items():
         for method in HTTP_METHODS:
@@ -98,9 +98,10 @@ def error_responses_declare(result: dict[str, Any], generator: Any, request: Any
             for status in sorted(statuses):
                 description, headers = ERROR_RESPONSES[status]
                 response = responses.setdefault(status, {"description": description})
-                response["content"] = {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"}}
-                }
+                # A view that declares its own body for an error (the error shape with more fields) keeps it.
+                response.setdefault(
+                    "content", {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"}}}
+                )
                 if headers:
                     response["headers"] = headers
     return result

@@ -5,6 +5,7 @@ from typing import Any
 import orjson
 from drf_spectacular.utils import (
     OpenApiExample,
+    OpenApiResponse,
     PolymorphicProxySerializer,
     extend_schema,
     extend_schema_serializer,
@@ -111,6 +112,38 @@ INGEST_RESPONSE = inline_serializer(
     },
 )
 
+INGEST_UNAVAILABLE_RESPONSE = OpenApiResponse(
+    description="A backing store failed. A body with `applied`, `not_applied` and `unknown` (together every index of "
+    "the request) says what happened to each event; a body without them (the store failed before ingest began) "
+    "means none was applied. Resending `not_applied` and `unknown` events is safe: their event ids make a second "
+    "copy a duplicate.",
+    response=inline_serializer(
+        "EventIngestUnavailable",
+        {
+            "detail": serializers.CharField(),
+            "code": serializers.CharField(),
+            "errors": serializers.DictField(child=serializers.ListField(child=serializers.CharField())),
+            "message": serializers.CharField(),
+            "applied": serializers.ListField(
+                child=serializers.IntegerField(min_value=0),
+                required=False,
+                help_text="Indexes of the events applied (new, or already applied by an earlier request).",
+            ),
+            "not_applied": serializers.ListField(
+                child=serializers.IntegerField(min_value=0),
+                required=False,
+                help_text="Indexes of the events not applied (rejected ones included): resend them.",
+            ),
+            "unknown": serializers.ListField(
+                child=serializers.IntegerField(min_value=0),
+                required=False,
+                help_text="Indexes of the events that may or may not have been applied (no reply from the store "
+                "came): resend them.",
+            ),
+        },
+    ),
+)
+
 
 class EventIngestApi(APIView):
     """Log what shoppers did: one event object, or {"events": [...]} with up to 500 (1 MB)."""
@@ -121,7 +154,7 @@ class EventIngestApi(APIView):
 
     @extend_schema(
         request=EVENT_INGEST_REQUEST,
-        responses={202: INGEST_RESPONSE},
+        responses={202: INGEST_RESPONSE, 503: INGEST_UNAVAILABLE_RESPONSE},
         examples=[
             OpenApiExample(
                 "A product view",

@@ -18,6 +18,8 @@ stored * 2^(-(T - epoch) / half_life). The epoch moves forward (rebase) before t
 
 from __future__ import annotations
 
+import enum
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from datetime import datetime, timedelta
 import orjson
 import redis
 from django.conf import settings
-from redis.exceptions import NoScriptError
+from redis.exceptions import BusyLoadingError, NoScriptError, OutOfMemoryError, ReadOnlyError
 
 from graph_app.features.definitions import (
     AFFINITY_HALF_LIFE_SECONDS,
@@ -38,6 +40,8 @@ from personalization import redis_keys
 from personalization.redis_client import ShaScript, script_pipeline_execute
 from signals_app.event_types import EventType
 from signals_app.validation import EventInput
+
+logger = logging.getLogger(__name__)
 
 DEDUPE_WINDOW_SECONDS = 48 * 3600
 DEDUPE_WINDOW = timedelta(seconds=DEDUPE_WINDOW_SECONDS)
@@ -324,6 +328,25 @@ return results
 )
 
 
+# Errors a script call gets before it writes anything (Redis refuses a script's first write when over maxmemory or
+# on a read-only replica, and the whole call when loading, busy or without its master).
+REFUSED_BEFORE_ANY_WRITE: tuple[type[Exception], ...] = (OutOfMemoryError, ReadOnlyError, BusyLoadingError)
+REFUSED_BEFORE_ANY_WRITE_PREFIXES = ("BUSY", "MASTERDOWN")
+
+
+class EventOutcome(enum.Enum):
+    """What the ingest script did with an event."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"  # its event id was seen before: applied by an earlier request
+    NOT_APPLIED = "not_applied"  # its script call failed or was not sent: nothing of it was written
+    UNKNOWN = "unknown"  # its call was sent but no reply came: it may or may not have run
+
+    @property
+    def applied(self) -> bool:
+        return self in (EventOutcome.NEW, EventOutcome.DUPLICATE)
+
+
 @dataclass(frozen=True)
 class OnlineEvent:
     """A validated event and what its type means to the online state."""
@@ -432,40 +455,70 @@ class IngestScript:
         client: redis.Redis,
         events: Sequence[OnlineEvent],
         also: Callable[[redis.client.Pipeline], None] | None = None,
-    ) -> list[bool]:
-        """Apply the events in one round trip (script calls per partition); True for each event that was new.
-        `also` may queue more commands on the same pipeline (their replies are ignored)."""
+    ) -> list[EventOutcome]:
+        """Apply the events in one round trip (script calls per partition): each event's outcome. A call's writes
+        are atomic, so each event is applied or not as its call is; a reply that never came (a timeout, a dropped
+        connection) leaves its events UNKNOWN. `also` may queue more commands on the same pipeline (their replies
+        are ignored)."""
         if self.sha is None:
             self.load(client)
         by_partition: dict[int, list[int]] = {}
         for index, online in enumerate(events):
             by_partition.setdefault(redis_keys.partition_of(online.event.user_key), []).append(index)
         # Calls of at most SCRIPT_CALL_EVENTS events: their replies arrive one after the other, each well within
-        # the hot path's short socket timeout, where one call for a 500-event batch could take longer.
+        # the socket timeout, where one call for a 500-event batch could take longer.
         calls = [
             (partition, indexes[start : start + SCRIPT_CALL_EVENTS])
             for partition, indexes in by_partition.items()
             for start in range(0, len(indexes), SCRIPT_CALL_EVENTS)
         ]
+        outcomes = [EventOutcome.NOT_APPLIED] * len(events)
         for attempt in range(2):
             pipeline = client.pipeline(transaction=False)
             for partition, indexes in calls:
                 self.queue(pipeline, partition, [events[index] for index in indexes])
-            if also is not None:
+            if also is not None and attempt == 0:
                 also(pipeline)
             try:
-                replies = pipeline.execute()
-            except NoScriptError:
-                if attempt:
-                    raise
-                # Scripts do not survive a restart or a failover: load it again. Nothing ran, so it is safe to retry.
+                # Connected before anything is sent: a Redis that cannot be reached got none of the events.
+                pipeline.connection = client.connection_pool.get_connection()
+            except redis.RedisError as error:
+                logger.warning("signals.ingest_not_sent", extra={"error": repr(error), "events": len(events)})
+                return outcomes
+            try:
+                replies = pipeline.execute(raise_on_error=False)
+            except redis.RedisError as error:
+                # Sent, maybe run, but no word back: the client may resend these (event ids make it safe).
+                logger.warning("signals.ingest_outcome_unknown", extra={"error": repr(error), "events": len(events)})
+                for _partition, indexes in calls:
+                    for index in indexes:
+                        outcomes[index] = EventOutcome.UNKNOWN
+                return outcomes
+            forgotten = []
+            for call, reply in zip(calls, replies[: len(calls)], strict=True):
+                if isinstance(reply, NoScriptError):
+                    forgotten.append(call)  # nothing of this call ran
+                elif isinstance(reply, Exception):
+                    logger.warning("signals.ingest_call_failed", extra={"error": repr(reply), "events": len(call[1])})
+                    # A script is not rolled back when it fails midway: only a refusal of its first write (or of
+                    # the whole call) says that nothing of it was written.
+                    refused = isinstance(reply, REFUSED_BEFORE_ANY_WRITE) or str(reply).startswith(
+                        REFUSED_BEFORE_ANY_WRITE_PREFIXES
+                    )
+                    if not refused:
+                        for index in call[1]:
+                            outcomes[index] = EventOutcome.UNKNOWN
+                else:
+                    for index, is_new in zip(call[1], reply, strict=True):
+                        outcomes[index] = EventOutcome.NEW if is_new else EventOutcome.DUPLICATE
+            if not forgotten or attempt:
+                return outcomes
+            # Scripts do not survive a restart or a failover: load it again and send the calls that did not run.
+            try:
                 self.load(client)
-                continue
-            outcomes = [False] * len(events)
-            for (_partition, indexes), reply in zip(calls, replies[: len(calls)], strict=True):
-                for index, is_new in zip(indexes, reply, strict=True):
-                    outcomes[index] = bool(is_new)
-            return outcomes
+            except redis.RedisError:
+                return outcomes  # the forgotten calls stay NOT_APPLIED
+            calls = forgotten
         raise AssertionError("unreachable")
 
 

@@ -47,7 +47,7 @@ from signals_app.segment import (
     segment_call_map,
     segment_report,
 )
-from signals_app.services import EVENT_BATCH_MAX, events_ingest
+from signals_app.services import EVENT_BATCH_MAX, IngestIncomplete, events_ingest
 from surface_app.services import shelves_notify
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,20 @@ def segment_calls_ingest(*, calls: list[MappedCall], store_traits: bool) -> Segm
     ingest_errors: list[dict[str, Any]] = []
     accepted_events = []
     for start in range(0, len(raw_events), EVENT_BATCH_MAX):
-        ingest = events_ingest(raw_events=raw_events[start : start + EVENT_BATCH_MAX])
+        end = min(start + EVENT_BATCH_MAX, len(raw_events))
+        try:
+            ingest = events_ingest(raw_events=raw_events[start:end])
+        except IngestIncomplete as incomplete:
+            # Indexes of the whole request's events: the slices before were applied (but their rejected events),
+            # those after were not sent.
+            rejected = {error["index"] for error in ingest_errors}
+            raise IngestIncomplete(
+                applied=[*(i for i in range(start) if i not in rejected), *(i + start for i in incomplete.applied)],
+                not_applied=sorted(
+                    {*rejected, *(i + start for i in incomplete.not_applied), *range(end, len(raw_events))}
+                ),
+                unknown=[i + start for i in incomplete.unknown],
+            ) from incomplete
         ingest_errors.extend({**error, "index": error["index"] + start} for error in ingest.errors)
         accepted_events.extend(ingest.accepted_events)
     report = segment_report(

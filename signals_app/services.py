@@ -15,11 +15,13 @@ from typing import Any
 import redis
 
 from personalization import redis_keys
-from personalization.redis_client import get_control_redis, get_redis
+from personalization.errors import ApplicationError
+from personalization.exception_handler import SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS
+from personalization.redis_client import get_control_redis, get_ingest_redis
 from signals_app import metrics
 from signals_app.event_types import event_type_lookup
 from signals_app.identity import identity_link_if_new
-from signals_app.online_state import OnlineEvent, ingest_script
+from signals_app.online_state import EventOutcome, OnlineEvent, ingest_script
 from signals_app.validation import EventInput, event_validate
 
 logger = logging.getLogger(__name__)
@@ -41,12 +43,22 @@ class IngestReport:
     accepted_events: list[EventInput] = field(default_factory=list)
 
 
+@dataclass
+class ValidatedEvents:
+    """The valid events, first occurrence of each event id, with their indexes in the request."""
+
+    events: list[OnlineEvent] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)
+    # index of a repeated event id -> index of its first occurrence
+    repeats: dict[int, int] = field(default_factory=dict)
+
+
 def events_validate(
     *, raw_events: list[Any], report: IngestReport, now: datetime, backfill: bool = False
-) -> list[OnlineEvent]:
+) -> ValidatedEvents:
     """The valid events, first occurrence of each event id; every rejected one is reported by index and field."""
-    valid: list[OnlineEvent] = []
-    seen_ids: set[str] = set()
+    valid = ValidatedEvents()
+    first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_events):
         result = event_validate(raw, now=now)
         if isinstance(result, list):
@@ -55,15 +67,52 @@ def events_validate(
                 report.errors.append({"index": index, "field": field_name, "message": message})
             metrics.events_counted(raw.get("type") if isinstance(raw, dict) else None, "rejected")
             continue
-        if result.event_id in seen_ids:
+        if result.event_id in first_index:
             report.duplicates += 1
+            valid.repeats[index] = first_index[result.event_id]
             metrics.events_counted(result.type, "duplicate")
             continue
-        seen_ids.add(result.event_id)
+        first_index[result.event_id] = index
         event_type = event_type_lookup(result.type)
         assert event_type is not None  # validation checked it
-        valid.append(OnlineEvent(result, event_type, now, backfill))
+        valid.events.append(OnlineEvent(result, event_type, now, backfill))
+        valid.indexes.append(index)
     return valid
+
+
+class IngestIncomplete(ApplicationError):
+    """Redis failed part way: a 503 whose body says, by index in the request, which events were applied (new or
+    already seen), which were not, and which may have been (a reply that never came: resending them is safe, their
+    event ids make a second copy a duplicate)."""
+
+    def __init__(self, *, applied: list[int], not_applied: list[int], unknown: list[int]) -> None:
+        detail = (
+            "A backing store is unavailable; retry shortly. "
+            f"{len(applied)} events were applied, {len(not_applied)} were not, {len(unknown)} may have been."
+        )
+        super().__init__(
+            detail,
+            code="service_unavailable",
+            status_code=503,
+            extra={"applied": applied, "not_applied": not_applied, "unknown": unknown},
+            headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS)},
+        )
+        self.applied, self.not_applied, self.unknown = applied, not_applied, unknown
+
+
+def _incomplete(raw_count: int, valid: ValidatedEvents, outcomes: list[EventOutcome]) -> IngestIncomplete:
+    by_index = dict(zip(valid.indexes, outcomes, strict=True))
+    by_index.update({repeat: by_index[first] for repeat, first in valid.repeats.items()})
+    applied, not_applied, unknown = [], [], []
+    for index in range(raw_count):
+        outcome = by_index.get(index, EventOutcome.NOT_APPLIED)  # a rejected event was not applied
+        if outcome.applied:
+            applied.append(index)
+        elif outcome is EventOutcome.UNKNOWN:
+            unknown.append(index)
+        else:
+            not_applied.append(index)
+    return IngestIncomplete(applied=applied, not_applied=not_applied, unknown=unknown)
 
 
 def _resolve_sessions(events: list[OnlineEvent], client: redis.Redis) -> list[OnlineEvent]:
@@ -95,25 +144,33 @@ def events_ingest(
 ) -> IngestReport:
     """backfill: the events are history being loaded in bulk, so even old ones update the online state.
     on_users_changed: queues more commands (e.g. live shelf refreshes) on the ingest's own Redis pipeline.
-    A storefront's request uses the hot path's Redis client (a hung Redis answers 503 within 100 ms); a back-fill
-    is control plane and may wait longer."""
+    A storefront's request uses ingest's Redis client (a hung Redis answers 503 within its 2 s socket timeout); a
+    back-fill is control plane and may wait longer. Raises IngestIncomplete when Redis failed part way: the events
+    the report would count as accepted or duplicates were applied, the error says which."""
     started = time.perf_counter()
     report = IngestReport()
     valid = events_validate(raw_events=raw_events, report=report, now=datetime.now(UTC), backfill=backfill)
-    if valid:
-        client = get_control_redis() if backfill else get_redis()
-        valid = _resolve_sessions(valid, client)
-        _link_sessions_seen_with_users([online.event for online in valid])
-        user_keys = {online.event.user_key for online in valid}
+    if valid.events:
+        client = get_control_redis() if backfill else get_ingest_redis()
+        try:
+            # Only reads and identity links before the script: a failure here applied none of the events.
+            valid.events = _resolve_sessions(valid.events, client)
+            _link_sessions_seen_with_users([online.event for online in valid.events])
+        except redis.RedisError as error:
+            raise _incomplete(len(raw_events), valid, [EventOutcome.NOT_APPLIED] * len(valid.events)) from error
+        user_keys = {online.event.user_key for online in valid.events}
         also = (lambda pipeline: on_users_changed(pipeline, user_keys)) if on_users_changed else None
-        outcomes = ingest_script.run(client, valid, also)
-        for online, is_new in zip(valid, outcomes, strict=True):
-            if is_new:
+        outcomes = ingest_script.run(client, valid.events, also)
+        for online, outcome in zip(valid.events, outcomes, strict=True):
+            if outcome is EventOutcome.NEW:
                 report.accepted += 1
                 report.accepted_events.append(online.event)
-            else:
+            elif outcome is EventOutcome.DUPLICATE:
                 report.duplicates += 1
-            metrics.events_counted(online.event.type, "accepted" if is_new else "duplicate")
+            if outcome.applied:
+                metrics.events_counted(online.event.type, "accepted" if outcome is EventOutcome.NEW else "duplicate")
+        if not all(outcome.applied for outcome in outcomes):
+            raise _incomplete(len(raw_events), valid, outcomes)
     metrics.ingest_observed(time.perf_counter() - started)
     return report
 

@@ -50,6 +50,7 @@ def _redis_clients_forget() -> None:
     for function in (
         getattr(redis_client, "get_redis", None),
         getattr(redis_client, "get_control_redis", None),
+        getattr(redis_client, "get_ingest_redis", None),
         getattr(cache, "_script", None),  # scripts are bound to the client that made them
         getattr(selectors, "_artifact_arrays", None),  # version names could repeat across databases
     ):
