@@ -235,6 +235,18 @@ def user_cache_invalidate(*, user_key: str, name: str) -> bool:
     return bool(get_redis().delete(redis_keys.user_cache(user_key, name)))
 
 
+def user_caches_erase(*, user_key: str) -> int:
+    """Drop every cached value of the user, whatever its name (an erased shopper); the number dropped. Control
+    plane: a SCAN of the keyspace for the user's prefix."""
+    _check_entity(user_key)
+    client = get_control_redis()
+    prefix = redis_keys.user_cache(user_key, "")
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+    # A name is one identifier: a longer user id that merely starts like this one is not matched.
+    keys = [key for key in client.scan_iter(match=pattern, count=1000) if _NAME.fullmatch(key.decode()[len(prefix) :])]
+    return int(client.delete(*keys)) if keys else 0
+
+
 def item_cache_get(
     *,
     item_key: str,

@@ -7,6 +7,7 @@ keys live in one slot (partitions spread over the nodes). The partition count is
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 
 from django.conf import settings
@@ -119,6 +120,14 @@ def user_purchased(user_key: str) -> str:
 def user_cooldown(user_key: str) -> str:
     """Sorted set item id -> time of the user's latest hide or skip of it: cool-downs."""
     return f"user:{_tag(partition_of(user_key))}:{user_key}:cooldown"
+
+
+def erased_shopper(user_key: str) -> str:
+    """The tombstone of an erased shopper (`signals_app.erasure`): the last stream entry of its partition at the
+    erasure, so that the event-log consumer drops the shopper's entries up to it. Named by a digest of the user key,
+    so that nothing in Redis names the shopper any more."""
+    digest = hashlib.sha256(user_key.encode()).hexdigest()
+    return f"erased:{_tag(partition_of(user_key))}:{digest}"
 
 
 # Not partitioned: read with one command each, written by the control plane.

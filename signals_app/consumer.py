@@ -28,6 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
+from signals_app.erasure import erased_entry_ids
 from signals_app.history import event_is_late, events_apply_online
 from signals_app.log import event_log_append
 from signals_app.models import BanditDecision, DeadLetter, IdentityLink, Impression
@@ -58,12 +59,15 @@ class DrainReport:
     reclaimed: int = 0
     # Late events stored as new and then applied to the online state.
     late_applied: int = 0
+    # Entries of shoppers erased after they were sent (`signals_app.erasure`), dropped.
+    erased: int = 0
     skipped: str = ""
     partitions: list[int] = field(default_factory=list)
 
     def add(self, other: DrainReport) -> None:
         for name in (
-            "read", "stored", "duplicates", "identities", "impressions", "dead_lettered", "reclaimed", "late_applied"
+            "read", "stored", "duplicates", "identities", "impressions", "dead_lettered", "reclaimed", "late_applied",
+            "erased",
         ):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.partitions += other.partitions
@@ -258,7 +262,7 @@ def _store(
     dead: list[tuple[Entry, str]] = []
     events: list[tuple[bytes, EventInput, datetime]] = []
     identities: list[tuple[bytes, dict[str, Any]]] = []
-    impressions: list[dict[str, Any]] = []
+    impressions: list[tuple[bytes, dict[str, Any]]] = []
     for entry in entries:
         entry_id, fields = entry
         if counts.get(entry_id, 0) > MAX_DELIVERIES:
@@ -269,7 +273,7 @@ def _store(
             if payload.get("kind") == "identify":
                 identities.append((entry_id, payload))
             elif payload.get("kind") == "impression":
-                impressions.append(payload)
+                impressions.append((entry_id, payload))
             else:
                 event, received_at = _event_from_payload(payload)
                 events.append((entry_id, event, received_at))
@@ -282,6 +286,12 @@ def _store(
         for entry_id, event, received_at in events
     ]
     with transaction.atomic():
+        erased = erased_entry_ids(entries)  # after an erasure in progress, and before the next one
+        if erased:
+            stored_report.erased += len(erased)
+            records = [(entry_id, record) for entry_id, record in records if entry_id not in erased]
+            identities = [(entry_id, payload) for entry_id, payload in identities if entry_id not in erased]
+            impressions = [(entry_id, payload) for entry_id, payload in impressions if entry_id not in erased]
         try:
             stored = event_log_append(records=[record for _, record in records])
         except (OperationalError, InterfaceError):
@@ -316,7 +326,7 @@ def _store(
             )
         stored_report.identities += len(identities)
         if impressions:
-            _impressions_store(impressions)
+            _impressions_store([payload for _, payload in impressions])
             stored_report.impressions += len(impressions)
     return dead, stored_report, list(late.values())
 

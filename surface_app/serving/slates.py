@@ -418,6 +418,12 @@ def slates_forget() -> None:
     _last_slates.clear()
 
 
+def last_slates_forget(*, user_keys: set[str]) -> None:
+    """Forget the last slates this process served these users (erased shoppers)."""
+    for key in [key for key in _last_slates if key[0] in user_keys]:
+        _last_slates.pop(key, None)
+
+
 def _json_dict(raw: bytes | None) -> dict[str, Any]:
     if not raw:
         return {}
