@@ -46,6 +46,10 @@ def ensure_postgres(data_dir: Path) -> str:
             if not postgres_running(data_dir):
                 # Stopped or killed since this process attached: pg_ctl replaces a stale postmaster.pid.
                 server.start()
+                if not postgres_running(data_dir):
+                    # The library took a killed postmaster not yet reaped (a zombie) for a live one; PostgreSQL
+                    # itself refuses to start until it is gone: the caller tries again later.
+                    raise RuntimeError(f"embedded PostgreSQL did not start yet; see {data_dir / 'pg' / 'log'}")
             return str(server.get_uri())
 
 

@@ -31,7 +31,7 @@ class Backoff:
 
     initial_seconds: float = 1.0
     factor: float = 2.0
-    cap_seconds: float = 30.0
+    cap_seconds: float = 10.0
     stable_after_seconds: float = 10.0
     failures_in_a_row: int = 0
 
