@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from surface_app.models import Placement
+from surface_app.serving.slates import last_slates_forget
 
 SLATES_DELETE_BATCH = 1000
 
@@ -24,8 +25,10 @@ def shopper_surface_keys(*, user_key: str, placements: Iterable[str]) -> list[st
     ]
 
 
-def slates_forget(*, request_ids: Iterable[str]) -> int:
-    """Drop the served slates kept for attribution (each in its own slot: one DEL a key); the number dropped."""
+def slates_forget(*, request_ids: Iterable[str], user_keys: set[str]) -> int:
+    """Drop the served slates kept for attribution (each in its own slot: one DEL a key), and the users' last slates
+    this process remembers; the number dropped from Redis."""
+    last_slates_forget(user_keys=user_keys)
     keys = [redis_keys.slate(request_id) for request_id in sorted(request_ids)]
     pipeline = get_control_redis().pipeline(transaction=False)
     for key in keys:

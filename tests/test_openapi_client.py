@@ -61,7 +61,7 @@ OPERATIONS = {
     "recommendations": {"recommendations_get"},
     "segment": {"segment_track", "segment_batch"} | {f"segment_v1_{kind}" for kind in (
         "batch", "track", "identify", "page", "screen", "alias", "group")},
-    "users": {"user_traits_put", "user_identify"},
+    "users": {"user_traits_put", "user_identify", "user_erase"},
 }  # fmt: skip
 
 
@@ -172,7 +172,7 @@ def test_events_single_and_batch(generated, client):
     assert [(error.index, error.field) for error in batch.parsed.errors] == [(2, "user_id")]
 
 
-def test_users_traits_and_identify(generated, client):
+def test_users_traits_identify_and_erase(generated, client):
     users, events, models = generated.api("users"), generated.api("events"), generated.models
     traits = models.UserTraitsInputRequestTraits.from_dict({"age": 34, "tier": "gold"})
     events.events_ingest.sync_detailed(
@@ -188,6 +188,13 @@ def test_users_traits_and_identify(generated, client):
     assert (created.status_code, created.parsed.traits.additional_properties) == (201, {"age": 34, "tier": "gold"})
     assert (replaced.status_code, replaced.parsed.user_id) == (200, "u-1")
     assert (identified.status_code, identified.parsed.session_id, identified.parsed.merged_items) == (200, "anon-1", 1)
+
+    erased = users.user_erase.sync_detailed("u-1", client=client)
+
+    assert (erased.status_code, erased.parsed.user_id, erased.parsed.shoppers, erased.parsed.sessions) == (
+        200, "u-1", 1, 1,
+    )  # fmt: skip
+    assert erased.parsed.redis_keys > 0
 
 
 def _fast_path_served() -> float:

@@ -8,10 +8,13 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
-from graph_app.models import Entity, Item
+from graph_app.models import Entity, Item, Shopper
 from graph_app.online import unpack_static
 from graph_app.services import EntityRef, ItemInput, item_upsert
 from personalization import redis_keys
+from signals_app.consumer import events_drain_all
+from signals_app.models import Event
+from signals_app.services import events_ingest
 
 pytestmark = pytest.mark.django_db
 
@@ -114,3 +117,24 @@ def test_an_item_added_in_the_admin_reaches_the_redis_catalog(
     price, in_stock, _created_at = _static(clean_redis, "bowl")
     assert (price, in_stock) == (3.5, True)
     assert clean_redis.hget(redis_keys.CATALOG_VECTORS, "bowl") is not None
+
+
+def test_the_erase_action_erases_the_shopper_and_the_history_records_it_without_naming_it(admin_client, clean_redis):
+    events_ingest(raw_events=[{"event_id": "e-1", "type": "view", "user_id": "ada-q7", "item_id": "mug"}])
+    events_drain_all()
+    shopper = Shopper.objects.get(external_id="ada-q7")
+    changelist = reverse("admin:graph_app_shopper_changelist")
+
+    response = admin_client.post(changelist, {"action": "erase", "_selected_action": [shopper.pk]}, follow=True)
+
+    assert response.status_code == 200
+    assert not Shopper.objects.exists()
+    assert not Event.objects.exists()
+    assert clean_redis.exists(redis_keys.user_recent_items("ada-q7")) == 0
+    entry = LogEntry.objects.get(object_id=str(shopper.pk))
+    assert (entry.action_flag, entry.object_repr) == (3, f"user #{shopper.pk} (erased)")  # 3: a deletion
+    assert entry.change_message.startswith("Erased: 1 shoppers, 0 sessions, 1 events, 0 impressions")
+    assert "ada-q7" not in entry.object_repr + entry.change_message
+    # Deleting the row alone is no longer offered: it would leave the shopper's data behind.
+    other = Shopper.objects.create(external_id="bob-q7")
+    assert admin_client.get(reverse("admin:graph_app_shopper_delete", args=[other.pk])).status_code == 403
