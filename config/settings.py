@@ -4,6 +4,7 @@ production (DJANGO_ENV=production) refuses to start without the settings it must
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,20 @@ def _required_in_production(name: str, local_default: str) -> str:
 
 
 SECRET_KEY = _required_in_production("DJANGO_SECRET_KEY", "local-development-only-not-secret")
-DEBUG = _env_bool("DJANGO_DEBUG", not IS_PRODUCTION)
+
+
+def _debug() -> bool:
+    """`DEBUG` is the one name. `DJANGO_DEBUG`, read before, still works with a warning; the two disagreeing is
+    refused, since which one wins would be a guess."""
+    if "DJANGO_DEBUG" not in os.environ:
+        return _env_bool("DEBUG", not IS_PRODUCTION)
+    if "DEBUG" in os.environ and _env_bool("DEBUG", False) != _env_bool("DJANGO_DEBUG", False):
+        raise ImproperlyConfigured("DEBUG and DJANGO_DEBUG disagree: set DEBUG only (DJANGO_DEBUG is deprecated).")
+    warnings.warn("DJANGO_DEBUG is deprecated: set DEBUG instead.", FutureWarning, stacklevel=1)
+    return _env_bool("DJANGO_DEBUG", not IS_PRODUCTION)
+
+
+DEBUG = _debug()
 ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = _env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "http://localhost:8000,http://127.0.0.1:8000")
 # HTTPS: on by default in production (README, "Production settings"); HSTS is opted into with its max-age, since a
@@ -93,6 +107,8 @@ MIDDLEWARE = [
     "personalization.middleware.RequestIdMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # A Content-Security-Policy on the console's and the demo's pages (scripts by nonce).
+    "personalization.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

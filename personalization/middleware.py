@@ -1,12 +1,19 @@
-"""Request ids: every log line of a request carries one, and the response returns it in X-Request-ID."""
+"""Request ids: every log line of a request carries one, and the response returns it in X-Request-ID. And the
+pages' Content-Security-Policy."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
 from personalization.log_config import REQUEST_ID_HEADER, REQUEST_ID_META_KEY, request_context_bind
+
+API_PATH_PREFIX = "/api/"
+CSP_HEADER = "Content-Security-Policy"
 
 
 class RequestIdMiddleware:
@@ -21,3 +28,41 @@ class RequestIdMiddleware:
         response = self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
         return response
+
+
+class ContentSecurityPolicyMiddleware:
+    """A Content-Security-Policy on every page (the console, the demo): scripts only from the site itself or
+    carrying this response's nonce (`<script nonce="{{ request.csp_nonce }}">`), connections to the site and its
+    WebSocket server. Styles may be inline: Django's admin and the dashboard's chart swatches set style attributes,
+    which a nonce cannot cover. The API (JSON, and the interactive docs' own inline script) is left as it is."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if request.path.startswith(API_PATH_PREFIX):
+            return self.get_response(request)
+        nonce = secrets.token_urlsafe(16)
+        request.csp_nonce = nonce  # type: ignore[attr-defined]
+        response = self.get_response(request)
+        if "text/html" in response.get("Content-Type", ""):
+            response[CSP_HEADER] = "; ".join(
+                [
+                    "default-src 'self'",
+                    f"script-src 'self' 'nonce-{nonce}'",
+                    "style-src 'self' 'unsafe-inline'",
+                    "img-src 'self' data:",
+                    f"connect-src 'self' {_websocket_origin()}".rstrip(),
+                    "object-src 'none'",
+                    "base-uri 'self'",
+                    "form-action 'self'",
+                    "frame-ancestors 'none'",
+                ]
+            )
+        return response
+
+
+def _websocket_origin() -> str:
+    """The WebSocket server's origin (another port, so not 'self')."""
+    websocket = urlsplit(settings.WEBSOCKET_PUBLIC_URL)
+    return f"{websocket.scheme}://{websocket.netloc}" if websocket.netloc else ""

@@ -7,14 +7,17 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import connection
+from django.db import OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from redis.exceptions import RedisError
 from rest_framework.renderers import JSONRenderer
 
 from personalization.access import OPEN, endpoint_access
 from personalization.authentication import plain_view_client
+from personalization.errors import error_body
+from personalization.exception_handler import SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS
 from personalization.models import ApiScope
 from personalization.redis_client import get_redis
 
@@ -50,10 +53,18 @@ def readyz(request: HttpRequest) -> JsonResponse:
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition, behind an admin API key (Prometheus sends it as `bearer_token`) or a staff session:
     the whole platform's operation is the operators' and the console's business, not a storefront's."""
-    if not (request.user.is_authenticated and request.user.is_staff):
-        client = plain_view_client(request, ApiScope.ADMIN)
-        if isinstance(client, HttpResponse):
-            return client
+    try:
+        if not (request.user.is_authenticated and request.user.is_staff):
+            client = plain_view_client(request, ApiScope.ADMIN)
+            if isinstance(client, HttpResponse):
+                return client
+    except (OperationalError, RedisError) as error:  # the key or the session cannot be checked: not a 500
+        logger.warning("api.store_unavailable", extra={"error": str(error)})
+        response = JsonResponse(
+            error_body(detail="A backing store is unavailable; retry shortly.", code="service_unavailable"), status=503
+        )
+        response["Retry-After"] = str(SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS)
+        return response
     return HttpResponse(generate_latest(_metrics_registry()), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -97,3 +97,31 @@ def test_production_refuses_to_start_without_a_secret_key():
 
     assert refused.returncode == 1
     assert "DJANGO_SECRET_KEY must be set when DJANGO_ENV=production" in refused.stderr
+
+
+def settings_debug(**variables: str) -> subprocess.CompletedProcess[str]:
+    """config.settings imported alone (no server is contacted), printing DEBUG."""
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    urls = {"DATABASE_URL": "postgresql://app@db.invalid/none", "REDIS_URL": "redis://redis.invalid:1/0"}
+    return subprocess.run(
+        [sys.executable, "-c", "import config.settings as s; print(s.DEBUG)"],
+        cwd=PROJECT_ROOT, env={**env, **urls, **variables}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("variables", "debug"), [({"DEBUG": "0"}, "False"), ({"DEBUG": "1"}, "True"), ({}, "True")])
+def test_debug_is_read_from_debug(variables, debug):
+    result = settings_debug(**variables)
+
+    assert result.stdout.strip() == debug, result.stderr
+    assert "deprecated" not in result.stderr
+
+
+def test_djangos_old_name_still_works_with_a_warning_and_a_disagreement_is_refused():
+    old_name = settings_debug(DJANGO_DEBUG="0")
+    disagreeing = settings_debug(DJANGO_DEBUG="1", DEBUG="0")
+
+    assert old_name.stdout.strip() == "False"
+    assert "FutureWarning: DJANGO_DEBUG is deprecated: set DEBUG instead." in old_name.stderr
+    assert disagreeing.returncode == 1
+    assert "DEBUG and DJANGO_DEBUG disagree" in disagreeing.stderr

@@ -59,3 +59,51 @@ def test_djangos_request_lines_reach_one_handler():
         logger = logger.parent if logger.propagate else None
 
     assert [handler.name for handler in handlers] == ["console"]
+
+
+def csp_directives(response) -> dict[str, str]:
+    return {
+        part.strip().split(" ", 1)[0]: part.strip().partition(" ")[2]
+        for part in response["Content-Security-Policy"].split(";")
+    }
+
+
+@pytest.mark.django_db
+def test_console_pages_carry_a_policy_whose_nonce_is_their_inline_scripts(admin_client, settings):
+    settings.WEBSOCKET_PUBLIC_URL = "wss://ws.shop.example:8443"
+
+    preview = admin_client.get("/admin/console/preview/")
+    index = admin_client.get("/admin/")
+
+    directives = csp_directives(preview)
+    nonce = directives["script-src"].split("'nonce-")[1].rstrip("'")
+    assert preview.status_code == index.status_code == 200
+    assert f'<script nonce="{nonce}">' in preview.content.decode()
+    assert directives["default-src"] == "'self'"
+    assert directives["connect-src"] == "'self' wss://ws.shop.example:8443"
+    assert directives["object-src"] == "'none'" and directives["frame-ancestors"] == "'none'"
+    assert "unsafe-inline" not in directives["script-src"]
+    assert csp_directives(index)["script-src"] != directives["script-src"]  # a nonce per response
+
+
+@pytest.mark.django_db
+def test_the_demo_page_carries_the_policy_and_the_api_does_not_need_one(admin_client):
+    demo = admin_client.get("/demo/")
+    api = admin_client.get("/api/v1/items/missing")
+
+    assert demo.status_code == 200
+    nonce = csp_directives(demo)["script-src"].split("'nonce-")[1].rstrip("'")
+    assert f'<script nonce="{nonce}">' in demo.content.decode()
+    assert "Content-Security-Policy" not in api
+
+
+@pytest.mark.django_db
+def test_hsts_is_sent_on_the_console_with_the_production_settings(client, settings):
+    settings.SECURE_HSTS_SECONDS = 31536000
+    settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = settings.SECURE_HSTS_PRELOAD = True
+
+    response = client.get("/admin/login/", secure=True)
+
+    assert response.status_code == 200
+    assert response["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
+    assert "Content-Security-Policy" in response

@@ -53,6 +53,19 @@ def test_readyz_is_503_when_postgres_is_down():
     assert result.stdout.strip().splitlines()[-1] == "503 down ok", result.stderr
 
 
+def test_metrics_with_an_unknown_key_while_postgres_is_down_is_503_in_json():
+    env = {**os.environ, "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/postgres", "REDIS_URL": settings.REDIS_URL}
+    script = (
+        "from django.test import Client; r = Client().get('/metrics', headers={'Authorization': 'Bearer unknown'}); "
+        "print(r.status_code, r['Retry-After'], r.json()['code'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == "503 1 service_unavailable", result.stderr
+
+
 def test_metrics_need_a_key(anonymous_client, api_client):
     assert anonymous_client.get("/metrics").status_code == 401
 

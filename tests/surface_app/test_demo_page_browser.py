@@ -54,6 +54,12 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
                     and sent_events.extend(json.loads(request.post_data or "{}").get("events", []))
                 ),
             )
+            # The Content-Security-Policy blocks nothing the page needs (Chromium reports a blocked load or script).
+            csp_violations: list[str] = []
+            page.on(
+                "console",
+                lambda message: "Content Security Policy" in message.text and csp_violations.append(message.text),
+            )
             admin_log_in(page, f"http://127.0.0.1:{port}", "staff", "/demo/")
             page.wait_for_selector("#status.live", timeout=15000)
             # No history and no popularity yet: the home shelf explores the newest items, all four of them.
@@ -85,6 +91,7 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
             )
             page.wait_for_timeout(500)  # the tracker's request leaves after the click
             browser.close()
+        assert csp_violations == []
         assert first_shelf == ["fresh"] * 4, first_shelf
         assert {"cousin", "stranger", "twin"} <= set(home_items), home_items
         assert len(home_frames) >= 2, home_frames  # the shelf on connect, then the one pushed after the view
