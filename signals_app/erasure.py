@@ -12,9 +12,9 @@ stored after it and finds the tombstone (`erased_entry_ids`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -25,8 +25,7 @@ from personalization import redis_keys
 from personalization.access import user_key_of
 from personalization.redis_client import ShaScript, get_control_redis
 from signals_app.models import BanditDecision, DeadLetter, Event, EventId, IdentityLink, Impression
-
-logger = logging.getLogger(__name__)
+from signals_app.online_state import DEDUPE_WINDOW
 
 # Longer than an entry waits in a stream (the consumer's lag, a PostgreSQL outage): entries older than the erasure
 # that arrive later than this would be stored.
@@ -156,11 +155,13 @@ def shopper_trace(*, user_id: str) -> ShopperTrace:
         if owner in user_keys:
             trace.dead_letter_entries.setdefault(owner, []).append(entry_id)
 
-    for event_id, event_user, event_session in _events(trace).values_list("event_id", "user_id", "session_id"):
-        owner = user_key_of(user_id=event_user, session_id=event_session)
-        trace.event_ids.setdefault(owner, set()).add(event_id)
-        if event_user and event_session:
-            trace.event_session_ids.add(event_session)
+    trace.event_session_ids |= set(
+        _events(trace).exclude(user_id="").exclude(session_id="").values_list("session_id", flat=True).distinct()
+    )
+    # Dedupe keys outlive an event's arrival by the dedupe window only.
+    recent = _events(trace).filter(received_at__gte=datetime.now(UTC) - DEDUPE_WINDOW)
+    for event_id, event_user, event_session in recent.values_list("event_id", "user_id", "session_id"):
+        trace.event_ids.setdefault(user_key_of(user_id=event_user, session_id=event_session), set()).add(event_id)
     for request_id, placement in Impression.objects.filter(user_key__in=user_keys).values_list(
         "request_id", "placement"
     ):
@@ -259,9 +260,7 @@ def shopper_log_erase(*, trace: ShopperTrace) -> LogErasure:
         request_ids = set(Impression.objects.filter(user_key__in=user_keys).values_list("request_id", flat=True))
         impressions, _ = Impression.objects.filter(user_key__in=user_keys).delete()
         decisions, _ = BanditDecision.objects.filter(request_id__in=sorted(request_ids | trace.request_ids)).delete()
-        links, _ = IdentityLink.objects.filter(
-            Q(user_id=trace.user_id) | Q(session_id__in=sorted(trace.session_ids))
-        ).delete()
+        links, _ = IdentityLink.objects.filter(user_id=trace.user_id).delete()
         dead_letters, _ = DeadLetter.objects.filter(id__in=trace.dead_letter_ids).delete()
     return LogErasure(
         events=erased_events,
