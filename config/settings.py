@@ -74,6 +74,9 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or (
 REDIS_URL = os.environ.get("REDIS_URL") or (
     _required_in_production("REDIS_URL", "") or embedded.ensure_valkey(DATA_DIR)
 )
+# Event ingest's Redis socket timeout (personalization/redis_client.py): the hot path's 50 ms cut batches short on a
+# loaded machine (BENCHMARKS.md, "Signal layer: ingest under CPU load").
+REDIS_INGEST_SOCKET_TIMEOUT_SECONDS = float(os.environ.get("REDIS_INGEST_SOCKET_TIMEOUT_SECONDS", "2.0"))
 # Read replicas: reads from the control plane may go there; the hot path reads Redis and the primary.
 DATABASE_REPLICA_URLS = _env_list("DATABASE_REPLICA_URLS", "")
 

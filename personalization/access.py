@@ -40,9 +40,21 @@ def endpoint_access(required_scope: str) -> Callable[[View], View]:
     return declare
 
 
+SESSION_KEY_PREFIX: Final = "session:"
+USER_ID_IN_SESSION_NAMESPACE: Final = (
+    'Must not start with "session:": that names an anonymous session (send its id as session_id).'
+)
+
+
 def user_key_of(*, user_id: str, session_id: str = "") -> str:
     """The shopper a call is about, as the platform keys its state (and as shopper tokens sign it)."""
-    return user_id or f"session:{session_id}"
+    return user_id or f"{SESSION_KEY_PREFIX}{session_id}"
+
+
+def user_id_in_session_namespace(user_id: str) -> bool:
+    """A session's state is keyed `session:<id>` and a user's by the bare user id, so a user id of that form would
+    share a session's state: none is taken (400 naming the field)."""
+    return user_id.startswith(SESSION_KEY_PREFIX)
 
 
 def shopper_token_sign(user_key: str) -> str:

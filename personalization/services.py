@@ -122,11 +122,34 @@ def _api_key_validate(api_key: ApiKey) -> None:
 
 @transaction.atomic
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke the key; once committed, its open WebSockets are told to close (api_key_sockets_close)."""
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
     _verified_keys.clear()
+    api_key_id = api_key.pk
+    transaction.on_commit(lambda: api_key_sockets_close(api_key_id=api_key_id))
     return api_key
+
+
+def api_key_group_name(api_key_id: int) -> str:
+    """The channel-layer group of the WebSockets opened with a key (surface_app.consumers joins it)."""
+    return f"api-key.{api_key_id}"
+
+
+def api_key_sockets_close(*, api_key_id: int) -> None:
+    """Tell every WebSocket process to close the sockets opened with this key (one PUBLISH through the channel
+    layer). Its processes forget their cached verification of the key within API_KEY_CACHE_SECONDS anyway."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(api_key_group_name(api_key_id), {"type": "api_key.revoked"})
+    except Exception as error:  # the revocation stands; new requests and sockets with the key are refused
+        logger.warning("auth.revocation_broadcast_failed", extra={"api_key_id": api_key_id, "error": repr(error)})
 
 
 def api_key_caches_clear() -> None:

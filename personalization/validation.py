@@ -8,6 +8,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace
 from personalization.errors import ApplicationError
 
 EXTERNAL_ID_MAX_LENGTH = 200
@@ -27,16 +28,13 @@ def reject_nul_characters(value: Any, path: str = "") -> None:
             reject_nul_characters(inner, f"{path}[{index}]")
 
 
-@extend_schema_field({"type": "object", "additionalProperties": {}})
-class JsonObjectField(serializers.JSONField):
-    """A JSON object (not a list or scalar), without NUL characters."""
+class StrictCharField(serializers.CharField):
+    """Text, as the schema declares it: a JSON number or boolean is refused, not made a string."""
 
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        value = super().to_internal_value(data)
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("Must be a JSON object.")
-        reject_nul_characters(value)
-        return value
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
 
 
 def item_id_validate(item_id: str) -> str:
@@ -56,6 +54,10 @@ def user_id_validate(user_id: str) -> str:
             f"user_id: must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL.",
             errors={"user_id": [f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL."]},
         )
+    if user_id_in_session_namespace(user_id):
+        raise ApplicationError(
+            f"user_id: {USER_ID_IN_SESSION_NAMESPACE}", errors={"user_id": [USER_ID_IN_SESSION_NAMESPACE]}
+        )
     return user_id
 
 
@@ -65,6 +67,51 @@ JSON_MAX_DEPTH = 32
 JSON_INT_MIN = -(2**63)
 JSON_INT_MAX = 2**63 - 1
 JSON_PATH_SHOWN_MAX = 200
+
+
+# What JsonObjectField declares in the OpenAPI schema (the depth bound has no JSON Schema keyword).
+JSON_TEXT_PATTERN = "^[^\\x00]*$"
+JSON_VALUE_COMPONENT = "JsonValue"
+JSON_VALUE_SCHEMA = {
+    "description": f"Any JSON value: text without NUL, numbers within signed 64 bits, {JSON_MAX_DEPTH} levels deep.",
+    "nullable": True,
+    "anyOf": [
+        {"type": "string", "pattern": JSON_TEXT_PATTERN},
+        {"type": "integer", "minimum": JSON_INT_MIN, "maximum": JSON_INT_MAX},
+        {"type": "number", "minimum": JSON_INT_MIN, "maximum": JSON_INT_MAX},
+        {"type": "boolean"},
+        {"type": "array", "items": {"$ref": f"#/components/schemas/{JSON_VALUE_COMPONENT}"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": JSON_TEXT_PATTERN},
+            "additionalProperties": {"$ref": f"#/components/schemas/{JSON_VALUE_COMPONENT}"},
+        },
+    ],
+}
+
+
+def json_value_component_declare(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """A drf-spectacular postprocessing hook: the JsonValue component JsonObjectField refers to."""
+    result.setdefault("components", {}).setdefault("schemas", {})[JSON_VALUE_COMPONENT] = JSON_VALUE_SCHEMA
+    return result
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "propertyNames": {"pattern": JSON_TEXT_PATTERN},
+        "additionalProperties": {"$ref": f"#/components/schemas/{JSON_VALUE_COMPONENT}"},
+    }
+)
+class JsonObjectField(serializers.JSONField):
+    """A JSON object (not a list or scalar), without NUL characters."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        reject_nul_characters(value)
+        return value
 
 
 class JsonLimitExceeded(ApplicationError):
@@ -78,8 +125,9 @@ class JsonLimitExceeded(ApplicationError):
 
 
 def json_limits_check(value: Any) -> None:
-    """Raises JsonLimitExceeded naming a value nested deeper than JSON_MAX_DEPTH containers, an integer outside 64
-    bits or a number that is not finite. Iterative, so any depth a parser let through is walked without recursion."""
+    """Raises JsonLimitExceeded naming a value nested deeper than JSON_MAX_DEPTH containers, or a number that is
+    not finite or outside signed 64 bits. Iterative, so any depth a parser let through is walked without
+    recursion."""
     pending: list[tuple[Any, str, int]] = [(value, "", 0)]
     while pending:
         current, path, depth = pending.pop()
@@ -91,6 +139,8 @@ def json_limits_check(value: Any) -> None:
         elif isinstance(current, float):
             if not math.isfinite(current):
                 raise JsonLimitExceeded(path, "Numbers must be finite.")
+            if not JSON_INT_MIN <= current <= JSON_INT_MAX:
+                raise JsonLimitExceeded(path, "Numbers must be within the signed 64-bit range.")
         elif isinstance(current, dict | list):
             if depth >= JSON_MAX_DEPTH:
                 raise JsonLimitExceeded(path, f"Must not be nested deeper than {JSON_MAX_DEPTH} levels.")

@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from personalization.access import user_key_of
+from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace, user_key_of
 from personalization.authentication import shopper_binding_check
 from personalization.errors import ApplicationError
 from personalization.models import ApiScope
@@ -243,6 +243,10 @@ class IdentifyApi(APIView):
     def post(self, request: Request, user_id: str) -> Response:
         if len(user_id) > 200 or "\x00" in user_id:
             raise ApplicationError("user_id: at most 200 characters, no NUL.", errors={"user_id": ["Invalid user id."]})
+        if user_id_in_session_namespace(user_id):
+            raise ApplicationError(
+                f"user_id: {USER_ID_IN_SESSION_NAMESPACE}", errors={"user_id": [USER_ID_IN_SESSION_NAMESPACE]}
+            )
         shopper_binding_check(request, user_keys={user_id})
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

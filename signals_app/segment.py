@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace
 from signals_app.validation import EVENT_ID_MAX_LENGTH, EVENT_MAX_BYTES, IDENTITY_MAX_LENGTH, SLOT_MAX, parse_timestamp
 
 SEGMENT_CALL_MAX_BYTES = 32 * 1024
@@ -124,6 +125,8 @@ def segment_call_map(
         mapped.problems.append(("type", f"Must be one of {', '.join(sorted(CALL_TYPES))}."))
     message_id = _text(call, "messageId", EVENT_ID_MAX_LENGTH, mapped.problems, required=True)
     user_id = _text(call, "userId", IDENTITY_MAX_LENGTH, mapped.problems)
+    if user_id_in_session_namespace(user_id):
+        mapped.problems.append(("userId", USER_ID_IN_SESSION_NAMESPACE))
     anonymous_id = _text(call, "anonymousId", IDENTITY_MAX_LENGTH, mapped.problems)
     previous_id = ""
     if kind == "alias":

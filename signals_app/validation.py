@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace
 from signals_app.event_types import EventType, event_type_lookup
 
 EVENT_ID_MAX_LENGTH = 100
@@ -131,6 +132,8 @@ def event_validate(raw: Any, *, now: datetime) -> EventInput | list[tuple[str, s
         if event_type is None:
             problems.add("type", f"Unknown event type '{type_name}'.")
     user_id = _text(raw, "user_id", IDENTITY_MAX_LENGTH, problems)
+    if user_id_in_session_namespace(user_id):
+        problems.add("user_id", USER_ID_IN_SESSION_NAMESPACE)
     session_id = _text(raw, "session_id", IDENTITY_MAX_LENGTH, problems)
     if not user_id and not session_id and not any(name in ("user_id", "session_id") for name, _ in problems.problems):
         problems.add("user_id", "Either user_id or session_id is required.")

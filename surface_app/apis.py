@@ -11,7 +11,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from graph_app.selectors import item_exists
-from personalization.access import user_key_of
+from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace, user_key_of
 from personalization.authentication import shopper_binding_check
 from personalization.models import ApiScope
 from personalization.rate_limits import RateLimitCheck
@@ -72,6 +72,8 @@ class RecommendationsApi(APIView):
         def validate(self, attrs: dict[str, object]) -> dict[str, object]:
             if not attrs["user_id"] and not attrs["session_id"]:
                 raise serializers.ValidationError({"user_id": ["Either user_id or session_id is required."]})
+            if user_id_in_session_namespace(str(attrs["user_id"])):
+                raise serializers.ValidationError({"user_id": [USER_ID_IN_SESSION_NAMESPACE]})
             return attrs
 
     @extend_schema(parameters=[QuerySerializer], responses=SlateSerializer, operation_id="recommendations_get")

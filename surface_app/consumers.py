@@ -6,7 +6,8 @@ page comes from a trusted origin (DJANGO_CSRF_TRUSTED_ORIGINS).
 `item_id` names context items (a product page's item, a cart's), as for `GET /api/v1/recommendations`; `k`
 defaults to the placement's size. Close codes: 4401 not authenticated, 4400 bad query, 4403 a key outside its scope
 (public is enough) or, for a key bound to shoppers, without `shopper_token` (or an `X-Shopper-Token` header) signing
-the user, 4429 over the key's request rate (each connection counts as a request) or too many wrong keys.
+the user, 4429 over the key's request rate (each connection counts as a request) or too many wrong keys. Revoking a key
+closes its open sockets with 4401.
 
 A socket sends a `recommendations` message on connect, after each of the user's events (always), and after a
 catalog, stock, rule or placement change (`surface_app.services`) when the slate it serves then differs, in items
@@ -32,11 +33,17 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from personalization.access import SHOPPER_TOKEN_QUERY, client_address, shopper_token_valid, user_key_of
+from personalization.access import (
+    SHOPPER_TOKEN_QUERY,
+    client_address,
+    shopper_token_valid,
+    user_id_in_session_namespace,
+    user_key_of,
+)
 from personalization.cache import user_cache_invalidate
 from personalization.models import ApiScope
 from personalization.rate_limits import RateLimitExceeded
-from personalization.services import ApiKeyRefused, api_key_authenticate
+from personalization.services import ApiClient, ApiKeyRefused, api_key_authenticate, api_key_group_name
 from surface_app.services import SHELVES_ALL_GROUP, shelf_group_name, shelves_placement_group_name
 from surface_app.serving.rules import EMPTY, REBUILD_MIN_INTERVAL_SECONDS, snapshot_current, snapshot_observe
 from surface_app.serving.slates import (
@@ -181,8 +188,9 @@ def _version_reached(have: bytes, wanted: bytes) -> bool:
 
 def _key_refusal(
     raw_key: str, meta: dict[str, str], required_scope: str, user_key: str, shopper_token: str
-) -> int | None:
-    """The checks of an API request, for a socket's key (a connection counts against its rate)."""
+) -> int | ApiClient:
+    """The checks of an API request, for a socket's key (a connection counts against its rate): the close code, or
+    the key's client."""
     try:
         client = api_key_authenticate(raw_key=raw_key, client_address=client_address(meta))
     except ApiKeyRefused as refused:
@@ -196,7 +204,7 @@ def _key_refusal(
             check.take()
     except RateLimitExceeded:
         return CLOSE_RATE_LIMITED
-    return None
+    return client
 
 
 class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
@@ -218,9 +226,12 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         self._waiter: _Waiter | None = None
         query = {name: values[-1] for name, values in parse_qs(self.scope["query_string"].decode()).items()}
         refusal = await self._refusal(query)
-        if refusal is not None:
+        if isinstance(refusal, int):
             await self.close(code=refusal)
             return
+        if refusal is not None:
+            # Revoking the key closes the socket (personalization.services.api_key_sockets_close).
+            self.groups.append(api_key_group_name(refusal.api_key_id))
         user_id, session_id = query.get("user_id", ""), query.get("session_id", "")
         self.context_items = context_items_parse(query.get("item_id", ""))
         try:
@@ -232,13 +243,18 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             not (user_id or session_id)
             or not (self.k is None or 1 <= self.k <= K_MAX)
             or any(len(value) > ID_MAX_LENGTH or "\x00" in value for value in identifiers)
+            or user_id_in_session_namespace(user_id)
         ):
             await self.close(code=CLOSE_BAD_REQUEST)
             return
         self.user_key = user_id or f"session:{session_id}"
         self.placement = query.get("placement", "default")[:100]
         # Joined before the first slate is served, so no change made while it is served goes unnoticed.
-        self.groups = [shelf_group_name(self.user_key), SHELVES_ALL_GROUP, shelves_placement_group_name(self.placement)]
+        self.groups += [
+            shelf_group_name(self.user_key),
+            SHELVES_ALL_GROUP,
+            shelves_placement_group_name(self.placement),
+        ]
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -251,6 +267,10 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             self._refresher.cancel()
         for group in self.groups:
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def api_key_revoked(self, message: dict[str, Any]) -> None:
+        """The socket's key was revoked: it closes as a socket opened with an unknown key is refused."""
+        await self.close(code=CLOSE_NOT_AUTHENTICATED)
 
     async def shelf_refresh(self, message: dict[str, Any]) -> None:
         """The user's events: always send the new slate."""
@@ -330,8 +350,8 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         self.sent_item_ids = tuple(item.item_id for item in slate.items)
         await self.send_json({"type": "recommendations", **slate.as_dict()})
 
-    async def _refusal(self, query: dict[str, str]) -> int | None:
-        """The close code when the socket may not open, else None."""
+    async def _refusal(self, query: dict[str, str]) -> int | ApiClient | None:
+        """The close code when the socket may not open, else the key's client (None: a staff session)."""
         headers = dict(self.scope.get("headers", []))
         raw_key = query.get("api_key", "")
         if not raw_key:

@@ -219,3 +219,53 @@ async def test_the_websocket_takes_a_public_key_and_checks_a_bound_keys_token(se
     assert await _socket_close_code(f"/ws/v1/recommendations/?api_key={bound}&user_id=u1") == 4403
     assert await _socket_close_code(f"/ws/v1/recommendations/?api_key={bound}&user_id=u2&shopper_token={token}") == 4403
     assert await _socket_close_code(f"/ws/v1/recommendations/?api_key={bound}&user_id=u1&shopper_token={token}") is None
+
+
+# A session's state is keyed "session:<id>": a user id of that form would share it (issue 18).
+SESSION_LIKE_USER = "session:s-1"
+
+
+def test_a_user_id_in_the_session_namespace_is_refused_everywhere_naming_the_field(api_client, clean_redis):
+    event = {"event_id": "e1", "type": "view", "user_id": SESSION_LIKE_USER, "item_id": "sku-1"}
+    calls = {
+        "events": api_client.post("/api/v1/events", event, format="json"),
+        "recommendations": api_client.get(f"/api/v1/recommendations?user_id={SESSION_LIKE_USER}"),
+        "traits": api_client.put(f"/api/v1/users/{SESSION_LIKE_USER}", {"traits": {"age": 30}}, format="json"),
+        "identify": api_client.post(
+            f"/api/v1/users/{SESSION_LIKE_USER}/identify", {"session_id": "s-2"}, format="json"
+        ),
+        "segment": api_client.post(
+            "/api/v1/segment/v1/track",
+            {
+                "type": "track",
+                "event": "Product Viewed",
+                "messageId": "m1",
+                "userId": SESSION_LIKE_USER,
+                "properties": {"product_id": "sku-1"},
+            },
+            format="json",
+        ),
+    }
+
+    assert calls["events"].status_code == 202
+    assert calls["events"].json()["errors"] == [
+        {"index": 0, "field": "user_id", "message": 'Must not start with "session:": that names an anonymous session '
+         "(send its id as session_id)."}
+    ]  # fmt: skip
+    for name in ("recommendations", "traits", "identify"):
+        assert calls[name].status_code == 400, name
+        assert list(calls[name].json()["errors"]) == ["user_id"], name
+    assert calls["segment"].json()["rejected"] == 1
+    assert calls["segment"].json()["errors"][0]["field"] == "userId"
+    assert clean_redis.keys("user:*") == []  # the session s-1 got nothing from any of them
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_socket_for_a_user_id_in_the_session_namespace_is_closed_with_4400():
+    key = (await sync_to_async(api_key_create)(name="ws", scope="public")).raw_key
+    communicator = WebsocketCommunicator(
+        application, f"/ws/v1/recommendations/?api_key={key}&user_id={SESSION_LIKE_USER}"
+    )
+
+    assert await communicator.connect() == (False, 4400)

@@ -99,6 +99,36 @@ async def test_other_users_events_do_not_push_to_this_socket():
     await asyncio.sleep(0)
 
 
+def _create_and_revoke_keys() -> tuple[str, str, object]:
+    from personalization.models import ApiKey
+
+    _setup_catalog()
+    kept = api_key_create(name="kept", scope="public")
+    revoked = api_key_create(name="revoked", scope="public")
+    return kept.raw_key, revoked.raw_key, ApiKey.objects.get(pk=revoked.api_key.pk)
+
+
+async def test_revoking_a_key_closes_its_open_sockets_with_4401_and_no_others():
+    from personalization.services import api_key_revoke
+
+    kept_key, revoked_key, revoked = await sync_to_async(_create_and_revoke_keys)()
+    sockets = {}
+    for name, key in (("kept", kept_key), ("revoked", revoked_key)):
+        sockets[name] = WebsocketCommunicator(application, f"/ws/v1/recommendations/?api_key={key}&user_id=u1")
+        connected, _ = await sockets[name].connect()
+        assert connected
+        assert (await sockets[name].receive_json_from(timeout=5))["type"] == "recommendations"
+
+    await sync_to_async(api_key_revoke)(api_key=revoked)
+
+    assert await sockets["revoked"].receive_output(timeout=10) == {"type": "websocket.close", "code": 4401}
+    await sync_to_async(shelves_notify)(user_keys={"u1"})  # the kept key's socket is still served
+    assert (await sockets["kept"].receive_json_from(timeout=5))["type"] == "recommendations"
+    await sockets["kept"].disconnect()
+    reopened = WebsocketCommunicator(application, f"/ws/v1/recommendations/?api_key={revoked_key}&user_id=u1")
+    assert await reopened.connect() == (False, 4401)
+
+
 async def test_staff_session_socket_needs_a_trusted_origin(settings):
     from django.contrib.auth import get_user_model
     from django.test import Client
