@@ -12,10 +12,10 @@ stored after it and finds the tombstone (`erased_entry_ids`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from django.db import connection, transaction
@@ -118,7 +118,7 @@ def _stream_read(stream: str) -> Iterable[tuple[bytes, dict[str, Any]]]:
     client = get_control_redis()
     start = "-"
     while True:
-        entries = client.xrange(stream, min=start, count=STREAM_READ_BATCH)
+        entries = cast(list[Entry], client.xrange(stream, min=start, count=STREAM_READ_BATCH))
         for entry_id, fields in entries:
             payload = _payload(fields)
             if payload is not None:
@@ -222,7 +222,7 @@ def shopper_online_keys(trace: ShopperTrace, user_key: str) -> list[str]:
     return keys
 
 
-def shopper_online_erase(*, trace: ShopperTrace, keys: dict[str, Sequence[str]]) -> OnlineErasure:
+def shopper_online_erase(*, trace: ShopperTrace, keys: Mapping[str, Sequence[str]]) -> OnlineErasure:
     """Per user key, atomically in its partition: the tombstone, `keys[user_key]` deleted (every owner's keys of
     its online state), its entries in the event stream and its user nearest list removed."""
     client = get_control_redis()
@@ -290,7 +290,9 @@ def erased_entry_ids(entries: Sequence[Entry]) -> set[bytes]:
     if not owners:
         return set()
     user_keys = sorted(set(owners.values()))
-    tombstones = get_control_redis().mget([redis_keys.erased_shopper(user_key) for user_key in user_keys])
+    tombstones = cast(
+        list[bytes | None], get_control_redis().mget([redis_keys.erased_shopper(user_key) for user_key in user_keys])
+    )
     boundaries = {
         user_key: _stream_id(boundary)
         for user_key, boundary in zip(user_keys, tombstones, strict=True)
