@@ -16,7 +16,7 @@ import redis
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
-from personalization import cache
+from personalization import cache, redis_keys
 from personalization.redis_client import get_redis
 from tests.embedded_test_env import PROJECT_ROOT
 from tests.integration_helpers import child_env
@@ -469,3 +469,13 @@ def test_cold_item_cache_under_a_stampede_of_threads_counts_one_miss(clean_redis
     assert after["miss"] == 1
     assert after["rebuild"] == 0
     assert after["wait"] + after["hit"] == CALLERS_PER_PROCESS - 1
+
+
+def test_erasing_a_users_caches_drops_every_name_of_that_user_only(clean_redis):
+    for user_key, name in [("a*b", "candidates"), ("a*b", "user_vector"), ("aXb", "candidates"), ("a*b}:x", "seen")]:
+        clean_redis.set(redis_keys.user_cache(user_key, name), b"payload")
+
+    assert cache.user_caches_erase(user_key="a*b") == 2
+
+    # A glob character is no wildcard, and a longer id that starts like this one is another user.
+    assert sorted(clean_redis.keys("cache:*")) == [b"cache:user:{a*b}:x}:seen", b"cache:user:{aXb}:candidates"]
