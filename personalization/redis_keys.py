@@ -34,6 +34,11 @@ def dead_letter_stream(partition: int) -> str:
     return f"events:{_tag(partition)}:dead"
 
 
+def event_tries(partition: int) -> str:
+    """The event-log consumer's tries of each pending entry of the partition's stream (entry id -> tries)."""
+    return f"events:{_tag(partition)}:tries"
+
+
 def event_seen(partition: int, event_id: str) -> str:
     return f"seen:{_tag(partition)}:{event_id}"
 

@@ -1,13 +1,15 @@
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db.models import Q, TextField
+from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
+from django.http import HttpRequest
 from django.utils.functional import cached_property
 
 from signals_app.custom_types import custom_event_type_delete, custom_event_type_save
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
 from signals_app.log import event_log_estimated_count
 from signals_app.models import CustomEventType, DeadLetter, Event, IdentityLink
+from signals_app.services import dead_letters_replay
 
 
 class EventTypeFilter(admin.SimpleListFilter):
@@ -111,10 +113,16 @@ class CustomEventTypeAdmin(admin.ModelAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "stream", "entry_id", "deliveries", "short_error"]
-    list_filter = ["stream"]
+    list_display = ["created_at", "stream", "entry_id", "deliveries", "short_error", "replayed_at"]
+    list_filter = ["stream", ("replayed_at", admin.EmptyFieldListFilter)]
     search_fields = ["entry_id", "payload", "error"]
-    readonly_fields = ["stream", "entry_id", "payload", "error", "deliveries", "created_at"]
+    readonly_fields = ["stream", "entry_id", "payload", "error", "deliveries", "created_at", "replayed_at"]
+    actions = ["replay_selected"]
+
+    @admin.action(description="Replay the selected dead letters (queue them for the log again)")
+    def replay_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        replayed = dead_letters_replay(dead_letter_ids=queryset.values_list("pk", flat=True))
+        self.message_user(request, f"{replayed} dead letters queued again; already replayed ones were left alone.")
 
     @admin.display(description="error")
     def short_error(self, obj: DeadLetter) -> str:

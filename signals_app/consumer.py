@@ -4,8 +4,11 @@ the PostgreSQL log, acknowledging an entry only after its batch committed.
 At-least-once end to end: an entry read by a consumer that died stays pending and is reclaimed by another
 after EVENT_RECLAIM_IDLE_MS; the log's unique event id makes the replay harmless. An entry that cannot be
 stored (bad data, or a record that fails in any other way) is isolated from its batch and moved to the
-partition's dead-letter stream and the DeadLetter table, as is one delivered more than MAX_DELIVERIES times (it
-kept killing its consumers). Only PostgreSQL or Redis going away leaves a batch pending, to be retried.
+partition's dead-letter stream and the DeadLetter table, as is one tried MAX_TRIES times (it kept killing its
+consumers). Only PostgreSQL or Redis going away leaves a batch pending, to be retried. Tries are counted by the
+consumer (a hash per partition), not as Redis counts deliveries: a batch that found PostgreSQL or Redis away takes
+its try back, so an outage never dead-letters an entry. Staff replay dead letters from the admin
+(`signals_app.services.dead_letters_replay`).
 
 Late events (older than the dedupe window when they arrived) that a batch stored as new are applied to the online
 state after its commit, before the acknowledgement (`signals_app.history`: at most once, never twice).
@@ -39,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "event-log"
 READ_BATCH_SIZE = 500
-MAX_DELIVERIES = 5
+MAX_TRIES = 5
 DRAIN_TIME_BUDGET_SECONDS = 5.0
 IDLE_CONSUMER_FORGET_MS = 3600 * 1000
 # A test hook: exit abruptly after reading a batch, as a killed worker would (never set in production).
@@ -144,10 +147,28 @@ def events_drain(*, partition: int, consumer: str, time_budget: float = DRAIN_TI
     return report
 
 
-def _delivery_counts(stream: str, entries: list[Entry]) -> dict[bytes, int]:
-    ids = [entry_id for entry_id, _ in entries]
-    pending = get_control_redis().xpending_range(stream, CONSUMER_GROUP, min=ids[0], max=ids[-1], count=len(ids) + 100)
-    return {row["message_id"]: int(row["times_delivered"]) for row in pending}
+def _tries_begin(partition: int, entries: list[Entry]) -> dict[bytes, int]:
+    """Count a try of each entry before it is made (a consumer killed by an entry has tried it): the tries made
+    before this one, by entry id."""
+    pipeline = get_control_redis().pipeline(transaction=False)
+    for entry_id, _ in entries:
+        pipeline.hincrby(redis_keys.event_tries(partition), entry_id, 1)
+    return {entry_id: int(tries) - 1 for (entry_id, _), tries in zip(entries, pipeline.execute(), strict=True)}
+
+
+def _tries_undo(partition: int, entries: list[Entry]) -> None:
+    """The store was away, not the entries at fault: this try does not count."""
+    try:
+        pipeline = get_control_redis().pipeline(transaction=False)
+        for entry_id, _ in entries:
+            pipeline.hincrby(redis_keys.event_tries(partition), entry_id, -1)
+        pipeline.execute()
+    except RedisError:
+        logger.warning("signals.tries_not_undone", extra={"partition": partition, "entries": len(entries)})
+
+
+def _tries_forget(partition: int, entries: list[Entry]) -> None:
+    get_control_redis().hdel(redis_keys.event_tries(partition), *[entry_id for entry_id, _ in entries])
 
 
 def _attributions(events: list[EventInput]) -> dict[str, dict[str, Any]]:
@@ -220,10 +241,11 @@ def _event_from_payload(payload: dict[str, Any]) -> tuple[EventInput, datetime]:
 
 def _process(stream: str, partition: int, entries: list[Entry], report: DrainReport, *, reclaimed: bool) -> None:
     report.read += len(entries)
-    counts = _delivery_counts(stream, entries) if reclaimed else {}
+    tried = _tries_begin(partition, entries)
     try:
-        dead, stored, late = _store(entries, counts)
+        dead, stored, late = _store(entries, tried)
     except (OperationalError, InterfaceError, RedisError):
+        _tries_undo(partition, entries)
         raise  # PostgreSQL or Redis went away: the entries stay pending and are retried
     except Exception as error:
         # Anything else is a bad entry (e.g. a malformed record): store the batch entry by entry, so that only
@@ -232,8 +254,9 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
         dead, stored, late = [], DrainReport(), []
         for entry in entries:
             try:
-                entry_dead, entry_stored, entry_late = _store([entry], counts)
+                entry_dead, entry_stored, entry_late = _store([entry], tried)
             except (OperationalError, InterfaceError, RedisError):
+                _tries_undo(partition, entries)
                 raise
             except Exception as entry_error:
                 dead.append((entry, f"could not be processed: {entry_error!r}"))
@@ -247,13 +270,14 @@ def _process(stream: str, partition: int, entries: list[Entry], report: DrainRep
         report.late_applied += events_apply_online(records=late)
 
     if dead:
-        _dead_letter(partition, dead, counts)
+        _dead_letter(partition, dead, tried)
         report.dead_lettered += len(dead)
     get_control_redis().xack(stream, CONSUMER_GROUP, *[entry_id for entry_id, _ in entries])
+    _tries_forget(partition, entries)
 
 
 def _store(
-    entries: list[Entry], counts: dict[bytes, int]
+    entries: list[Entry], tried: dict[bytes, int]
 ) -> tuple[list[tuple[Entry, str]], DrainReport, list[EventRecord]]:
     """Write the entries in one transaction: what could not be stored (to dead-letter), the counts of what was,
     and the late events it stored as new (for the online state). An unexpected exception rolls the whole batch
@@ -265,8 +289,8 @@ def _store(
     impressions: list[tuple[bytes, dict[str, Any]]] = []
     for entry in entries:
         entry_id, fields = entry
-        if counts.get(entry_id, 0) > MAX_DELIVERIES:
-            dead.append((entry, f"delivered {counts[entry_id]} times without being stored"))
+        if tried.get(entry_id, 0) >= MAX_TRIES:
+            dead.append((entry, f"tried {tried[entry_id]} times without being stored"))
             continue
         try:
             payload = orjson.loads(fields[b"e"])
@@ -373,7 +397,7 @@ def _impressions_store(impressions: list[dict[str, Any]]) -> None:
             BanditDecision.objects.bulk_create(decisions, ignore_conflicts=True, batch_size=1000)
 
 
-def _dead_letter(partition: int, dead: list[tuple[Entry, str]], counts: dict[bytes, int]) -> None:
+def _dead_letter(partition: int, dead: list[tuple[Entry, str]], tried: dict[bytes, int]) -> None:
     with transaction.atomic():
         DeadLetter.objects.bulk_create(
             [
@@ -382,7 +406,8 @@ def _dead_letter(partition: int, dead: list[tuple[Entry, str]], counts: dict[byt
                     entry_id=entry_id.decode(),
                     payload=fields.get(b"e", b"").decode("utf-8", "replace"),
                     error=reason[:2000],
-                    deliveries=counts.get(entry_id, 1),
+                    # the tries made: this one too, unless the entry had used them all before it
+                    deliveries=min(tried.get(entry_id, 0) + 1, MAX_TRIES),
                 )
                 for (entry_id, fields), reason in dead
             ]

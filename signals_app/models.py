@@ -110,14 +110,16 @@ class CustomEventType(models.Model):
 
 
 class DeadLetter(models.Model):
-    """A stream entry that could not be stored in the log, kept for staff to inspect."""
+    """A stream entry that could not be stored in the log, kept for staff to inspect and replay."""
 
     stream = models.CharField(max_length=100)
     entry_id = models.CharField(max_length=50)
     payload = models.TextField()
     error = models.TextField()
-    deliveries = models.PositiveIntegerField(default=1)
+    deliveries = models.PositiveIntegerField(default=1, help_text="How many times the consumer tried to store it.")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set when staff put the entry back on its stream (signals_app.services.dead_letters_replay).
+    replayed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "dead-lettered event"

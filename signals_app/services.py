@@ -7,12 +7,14 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from django.db import transaction
+from django.utils import timezone
 
 from personalization import redis_keys
 from personalization.errors import ApplicationError
@@ -21,6 +23,7 @@ from personalization.redis_client import get_control_redis, get_ingest_redis
 from signals_app import metrics
 from signals_app.event_types import event_type_lookup
 from signals_app.identity import identity_link_if_new
+from signals_app.models import DeadLetter
 from signals_app.online_state import EventOutcome, OnlineEvent, ingest_script
 from signals_app.validation import EventInput, event_validate
 
@@ -190,3 +193,22 @@ def _link_sessions_seen_with_users(events: list[EventInput]) -> None:
         _linked_sessions[(user_id, session_id)] = None
         if len(_linked_sessions) > LINKED_SESSIONS_REMEMBERED:
             _linked_sessions.popitem(last=False)
+
+
+def dead_letters_replay(*, dead_letter_ids: Iterable[int]) -> int:
+    """Put dead-lettered entries back on their streams, for the consumer to store as if they had just arrived (the
+    admin's "Replay" action). Idempotent: a dead letter is replayed once (`replayed_at`), and an event stored twice
+    is one row, the log being unique on event id. Returns how many were put back."""
+    with transaction.atomic():
+        rows = list(
+            DeadLetter.objects.select_for_update().filter(pk__in=list(dead_letter_ids), replayed_at__isnull=True)
+        )
+        if not rows:
+            return 0
+        pipeline = get_control_redis().pipeline(transaction=False)
+        for row in rows:
+            pipeline.xadd(row.stream, {"e": row.payload.encode(), "replayed_from": row.entry_id})
+        pipeline.execute()
+        DeadLetter.objects.filter(pk__in=[row.pk for row in rows]).update(replayed_at=timezone.now())
+    logger.info("signals.dead_letters_replayed", extra={"dead_letters": len(rows)})
+    return len(rows)

@@ -28,3 +28,28 @@ def test_the_event_list_shows_a_row_stored_before_year_one_and_a_deep_context(ad
     assert page.status_code == filtered.status_code == 200
     assert "0001-12-31 10:00:00+00 BC" in filtered.content.decode()
     assert b"ordinary" in page.content
+
+
+def test_the_replay_action_queues_dead_letters_for_the_log_once(admin_client, clean_redis):
+    from personalization import redis_keys
+    from signals_app.consumer import events_drain_all
+    from signals_app.models import DeadLetter, Event
+
+    payload = (
+        '{"kind": "event", "event_id": "from-the-dead", "type": "view", "user_id": "u1", "session_id": "",'
+        ' "item_id": "sku-1", "placement": "", "request_id": "", "slot": null, "value": null, "context": {},'
+        ' "occurred_at": "2026-12-01T10:00:00+00:00", "received_at": "2026-12-01T10:00:00+00:00"}'
+    )
+    stream = redis_keys.event_stream(redis_keys.partition_of("u1"))
+    dead = DeadLetter.objects.create(stream=stream, entry_id="1-0", payload=payload, error="tried 5 times")
+    changelist = reverse("admin:signals_app_deadletter_changelist")
+
+    for _ in range(2):
+        response = admin_client.post(changelist, {"action": "replay_selected", "_selected_action": [dead.pk]})
+        assert response.status_code == 302
+    assert clean_redis.xlen(stream) == 1  # queued once: the second run left the replayed row alone
+    events_drain_all()
+
+    assert list(Event.objects.values_list("event_id", flat=True)) == ["from-the-dead"]
+    dead.refresh_from_db()
+    assert dead.replayed_at is not None

@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from personalization import redis_keys
-from signals_app.consumer import CONSUMER_GROUP, MAX_DELIVERIES, events_drain, events_drain_all
+from signals_app.consumer import CONSUMER_GROUP, MAX_TRIES, events_drain, events_drain_all
 from signals_app.models import BanditDecision, DeadLetter, Event, Impression
 from signals_app.services import events_ingest
 from tests.signals_app.helpers import stream_lengths
@@ -90,20 +90,100 @@ def test_entries_of_a_dead_consumer_are_reclaimed(clean_redis, settings):
     assert clean_redis.xpending(stream, CONSUMER_GROUP)["pending"] == 0
 
 
-def test_an_entry_delivered_too_often_is_dead_lettered(clean_redis, settings):
+def _consumer_dies_inside_each_try(monkeypatch) -> list[int]:
+    """Storing kills the consumer (a BaseException, as a poison entry that crashes the process): the try was made,
+    the entries stay pending. Returns the list each try appends to."""
+    from signals_app import consumer
+
+    tries: list[int] = []
+
+    def dies(*, records):
+        if not records:
+            return set()
+        tries.append(len(records))
+        raise SystemExit("killed while storing")
+
+    monkeypatch.setattr(consumer, "event_log_append", dies)
+    return tries
+
+
+def test_an_entry_is_dead_lettered_after_max_tries_actually_made(clean_redis, settings, monkeypatch):
     events_ingest(raw_events=[view("poison")])
-    partition, stream = _stream_of("u1")
-    clean_redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
-    clean_redis.xreadgroup(CONSUMER_GROUP, "crashing", {stream: ">"}, count=10)
-    for _ in range(MAX_DELIVERIES):  # consumers that died while handling it: each claim is one more delivery
-        clean_redis.xclaim(stream, CONSUMER_GROUP, "crashing", 0, [clean_redis.xrange(stream)[0][0]])
+    partition, _stream = _stream_of("u1")
     settings.EVENT_RECLAIM_IDLE_MS = 0
+    tries = _consumer_dies_inside_each_try(monkeypatch)
+    for _ in range(MAX_TRIES):
+        with pytest.raises(SystemExit):
+            events_drain(partition=partition, consumer="crashing")
 
     report = events_drain(partition=partition, consumer="survivor")
 
+    assert len(tries) == MAX_TRIES  # every try was made; the one after them was not
     assert report.dead_lettered == 1
+    dead = DeadLetter.objects.get()
+    assert (dead.deliveries, dead.error) == (MAX_TRIES, f"tried {MAX_TRIES} times without being stored")
+    assert not clean_redis.hlen(redis_keys.event_tries(partition))
+
+
+def test_tries_that_found_postgres_away_do_not_count(clean_redis, settings, monkeypatch):
+    from django.db import OperationalError
+
+    from signals_app import consumer
+    from signals_app.log import event_log_append
+
+    events_ingest(raw_events=[view("patient")])
+    partition, stream = _stream_of("u1")
+    settings.EVENT_RECLAIM_IDLE_MS = 0
+
+    def away(*, records):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(consumer, "event_log_append", away)
+    for _ in range(MAX_TRIES * 2):
+        with pytest.raises(OperationalError):
+            events_drain(partition=partition, consumer="test")
+    monkeypatch.setattr(consumer, "event_log_append", event_log_append)
+
+    report = events_drain(partition=partition, consumer="test")
+
+    assert (report.stored, report.dead_lettered) == (1, 0)
+    assert Event.objects.filter(event_id="patient").exists()
+    assert clean_redis.xpending(stream, CONSUMER_GROUP)["pending"] == 0
+    assert not clean_redis.hlen(redis_keys.event_tries(partition))
+
+
+def test_a_replayed_dead_letter_is_stored_once_however_often_it_is_replayed(clean_redis, settings, monkeypatch):
+    from signals_app import consumer
+    from signals_app.log import event_log_append
+    from signals_app.services import dead_letters_replay
+
+    events_ingest(raw_events=[view("unlucky")])
+    partition, _stream = _stream_of("u1")
+    settings.EVENT_RECLAIM_IDLE_MS = 0
+    _consumer_dies_inside_each_try(monkeypatch)
+    for _ in range(MAX_TRIES):
+        with pytest.raises(SystemExit):
+            events_drain(partition=partition, consumer="crashing")
+    monkeypatch.setattr(consumer, "event_log_append", event_log_append)  # whatever killed it is fixed
+    events_drain(partition=partition, consumer="test")
+    dead = DeadLetter.objects.get()
     assert not Event.objects.exists()
-    assert DeadLetter.objects.get().deliveries > MAX_DELIVERIES
+
+    assert dead_letters_replay(dead_letter_ids=[dead.pk]) == 1
+    assert dead_letters_replay(dead_letter_ids=[dead.pk]) == 0  # replayed already: left alone
+    report = events_drain(partition=partition, consumer="test")
+
+    assert (report.stored, report.dead_lettered) == (1, 0)
+    assert list(Event.objects.values_list("event_id", flat=True)) == ["unlucky"]
+    dead.refresh_from_db()
+    assert dead.replayed_at is not None
+
+    DeadLetter.objects.filter(pk=dead.pk).update(replayed_at=None)  # a second copy replayed: a duplicate
+    assert dead_letters_replay(dead_letter_ids=[dead.pk]) == 1
+    again = events_drain(partition=partition, consumer="test")
+
+    assert (again.stored, again.duplicates) == (0, 1)
+    assert Event.objects.count() == 1
 
 
 def test_drain_leaves_entries_alone_when_postgres_is_unreachable(clean_redis, monkeypatch):
