@@ -55,7 +55,10 @@ def _programs(runner_pid: int) -> dict[str, int]:
     names = {"gunicorn": "web", "uvicorn": "ws", "worker@": "worker", "events@": "events", " beat": "beat"}
     programs = {}
     for child in psutil.Process(runner_pid).children():
-        command = " ".join(child.cmdline())
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:  # exited, not yet reaped by the supervisor
+            continue
         programs.update({name: child.pid for marker, name in names.items() if marker in command})
     return programs
 
