@@ -137,6 +137,12 @@ def api_key_group_name(api_key_id: int) -> str:
     return f"api-key.{api_key_id}"
 
 
+def api_keys_revoked(*, api_key_ids: set[int]) -> set[int]:
+    """Which of these keys are revoked (or gone): one query, for the WebSockets' periodic re-check."""
+    active = set(ApiKey.objects.filter(pk__in=api_key_ids, revoked_at__isnull=True).values_list("pk", flat=True))
+    return api_key_ids - active
+
+
 def api_key_sockets_close(*, api_key_id: int) -> None:
     """Tell every WebSocket process to close the sockets opened with this key (one PUBLISH through the channel
     layer). Its processes forget their cached verification of the key within API_KEY_CACHE_SECONDS anyway."""
@@ -148,7 +154,7 @@ def api_key_sockets_close(*, api_key_id: int) -> None:
         return
     try:
         async_to_sync(layer.group_send)(api_key_group_name(api_key_id), {"type": "api_key.revoked"})
-    except Exception as error:  # the revocation stands; new requests and sockets with the key are refused
+    except Exception as error:  # the revocation stands: the sockets' periodic re-check closes them
         logger.warning("auth.revocation_broadcast_failed", extra={"api_key_id": api_key_id, "error": repr(error)})
 
 

@@ -43,7 +43,13 @@ from personalization.access import (
 from personalization.cache import user_cache_invalidate
 from personalization.models import ApiScope
 from personalization.rate_limits import RateLimitExceeded
-from personalization.services import ApiClient, ApiKeyRefused, api_key_authenticate, api_key_group_name
+from personalization.services import (
+    ApiClient,
+    ApiKeyRefused,
+    api_key_authenticate,
+    api_key_group_name,
+    api_keys_revoked,
+)
 from surface_app.services import SHELVES_ALL_GROUP, shelf_group_name, shelves_placement_group_name
 from surface_app.serving.rules import EMPTY, REBUILD_MIN_INTERVAL_SECONDS, snapshot_current, snapshot_observe
 from surface_app.serving.slates import (
@@ -69,6 +75,10 @@ RETRIEVAL_USER_CACHES = ("candidates", "similar_to_recent")
 # waits that long at most for it.
 RULES_SNAPSHOT_WAIT_SECONDS = REBUILD_MIN_INTERVAL_SECONDS + 1.0
 RULES_SNAPSHOT_POLL_SECONDS = 0.005
+
+# A revoked key's sockets are closed by a broadcast at once; this re-check closes them should the broadcast be lost
+# (Redis pub/sub keeps nothing for a process that was reconnecting) or the key be revoked by other means.
+KEY_RECHECK_SECONDS = 5.0
 
 PRIORITY_USER = 0  # a new connection or the user's own events
 PRIORITY_CHANGE = 1  # an item on the shelf, or the placement's rules, changed: the slate likely changes
@@ -124,6 +134,41 @@ class _Waiter:
 
 
 _gate = _ServingGate()
+
+
+class _KeyWatch:
+    """The keys of this process's open sockets, re-checked every KEY_RECHECK_SECONDS in one query for them all."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[int, set[RecommendationsConsumer]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, api_key_id: int, socket: RecommendationsConsumer) -> None:
+        self._sockets.setdefault(api_key_id, set()).add(socket)
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._watch())
+
+    def discard(self, api_key_id: int, socket: RecommendationsConsumer) -> None:
+        sockets = self._sockets.get(api_key_id, set())
+        sockets.discard(socket)
+        if not sockets:
+            self._sockets.pop(api_key_id, None)
+
+    async def _watch(self) -> None:
+        while self._sockets:
+            await asyncio.sleep(KEY_RECHECK_SECONDS)
+            try:
+                revoked = await database_sync_to_async(api_keys_revoked)(api_key_ids=set(self._sockets))
+            except Exception as error:  # the database is away: keep the sockets, check again later
+                logger.warning("surface.key_recheck_failed", extra={"error": repr(error)})
+                continue
+            for api_key_id in revoked:
+                for socket in list(self._sockets.pop(api_key_id, ())):
+                    await socket.api_key_revoked({})
+
+
+_key_watch = _KeyWatch()
 
 
 @dataclass
@@ -214,6 +259,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     context_items: list[str]
     k: int | None
     groups: list[str]
+    api_key_id: int | None = None  # None: a staff session
     # The item ids of the slate last sent, in order.
     sent_item_ids: tuple[str, ...] = ()
     # Those of the slate before: an item that left the shelf and comes back (restocked) likely returns to it.
@@ -230,7 +276,8 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=refusal)
             return
         if refusal is not None:
-            # Revoking the key closes the socket (personalization.services.api_key_sockets_close).
+            # Revoking the key closes the socket (personalization.services.api_key_sockets_close, and _key_watch).
+            self.api_key_id = refusal.api_key_id
             self.groups.append(api_key_group_name(refusal.api_key_id))
         user_id, session_id = query.get("user_id", ""), query.get("session_id", "")
         self.context_items = context_items_parse(query.get("item_id", ""))
@@ -258,11 +305,15 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        if self.api_key_id is not None:
+            _key_watch.add(self.api_key_id, self)
         async with _gate.turn(_Waiter(PRIORITY_USER)):
             slate = await database_sync_to_async(self._serve)()
         await self._send_slate(slate)
 
     async def disconnect(self, code: int) -> None:
+        if self.api_key_id is not None:
+            _key_watch.discard(self.api_key_id, self)
         if self._refresher is not None:
             self._refresher.cancel()
         for group in self.groups:

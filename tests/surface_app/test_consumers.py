@@ -129,6 +129,25 @@ async def test_revoking_a_key_closes_its_open_sockets_with_4401_and_no_others():
     assert await reopened.connect() == (False, 4401)
 
 
+async def test_a_key_revoked_without_a_broadcast_closes_its_sockets_at_the_next_recheck(monkeypatch):
+    """The broadcast can be lost (pub/sub keeps nothing for a process that was reconnecting), or the key revoked in
+    the database directly: the process's periodic re-check closes the socket."""
+    from django.utils import timezone
+
+    from personalization.models import ApiKey
+    from surface_app import consumers
+
+    monkeypatch.setattr(consumers, "KEY_RECHECK_SECONDS", 0.05)
+    _kept, revoked_key, revoked = await sync_to_async(_create_and_revoke_keys)()
+    communicator = WebsocketCommunicator(application, f"/ws/v1/recommendations/?api_key={revoked_key}&user_id=u1")
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "recommendations"
+
+    await sync_to_async(ApiKey.objects.filter(pk=revoked.pk).update)(revoked_at=timezone.now())
+
+    assert await communicator.receive_output(timeout=10) == {"type": "websocket.close", "code": 4401}
+
+
 async def test_staff_session_socket_needs_a_trusted_origin(settings):
     from django.contrib.auth import get_user_model
     from django.test import Client
