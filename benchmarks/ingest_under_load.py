@@ -122,9 +122,7 @@ def main() -> None:
          "--workers", str(args.workers), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
         env,
     )  # fmt: skip
-    burners = [
-        subprocess.Popen([sys.executable, "-c", BURNER], stdout=subprocess.DEVNULL) for _ in range(args.burners)
-    ]
+    burners = [subprocess.Popen([sys.executable, "-c", BURNER], stdout=subprocess.DEVNULL) for _ in range(args.burners)]
     loads: list[float] = []
     tally = Tally()
     try:
@@ -173,9 +171,9 @@ def main() -> None:
     print(result)
     body = (
         f"gunicorn with {args.workers} sync workers, {args.clients} clients posting batches of {args.batch} for "
-        f"{args.seconds:.0f} s, {args.burners} CPU burners (`{BURNER}`), event partitions: {settings.EVENT_PARTITIONS}, "
-        f"embedded Valkey and PostgreSQL, all on the same machine; ingest's Redis socket timeout {timeout * 1000:.0f} ms "
-        "(`REDIS_INGEST_SOCKET_TIMEOUT_SECONDS`).\n\n"
+        f"{args.seconds:.0f} s, {args.burners} CPU burners (`{BURNER}`), "
+        f"event partitions: {settings.EVENT_PARTITIONS}, embedded Valkey and PostgreSQL, all on the same machine; "
+        f"ingest's Redis socket timeout {timeout * 1000:.0f} ms (`REDIS_INGEST_SOCKET_TIMEOUT_SECONDS`).\n\n"
         "| measurement | result |\n|---|---|\n"
         f"| load average (1 min) during the run | {result['load_min']} to {result['load_max']} |\n"
         f"| batches posted | {tally.batches} |\n"
