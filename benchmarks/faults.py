@@ -153,7 +153,7 @@ def programs(runner_pid: int) -> dict[str, int]:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = RECOVERY_TIMEOUT_SECONDS) -> float:
-    """Seconds until the condition held; raises after the timeout."""
+    """Seconds until the condition held (polled every 0.1 s); raises after the timeout."""
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > timeout:
@@ -184,7 +184,8 @@ def run_faults(load: Load, runner_pid: int, data_dir: Path, outage_seconds: floa
     results: list[FaultResult] = []
 
     def recovered(result: FaultResult, since: float, replaced: dict[str, int] | None = None) -> None:
-        result.recovery_seconds = wait_until(lambda: healthy(load, runner_pid, since, replaced or {}))
+        wait_until(lambda: healthy(load, runner_pid, since, replaced or {}))
+        result.recovery_seconds = time.monotonic() - since
         time.sleep(SETTLE_SECONDS)
         result.ended = time.monotonic()
         results.append(result)
@@ -364,7 +365,10 @@ def main() -> None:
         "recommendation answered 200. Stored and lost are read from the PostgreSQL log after a final drain.\n\n"
         + header
         + table
-        + f"\nIn all: {len(acknowledged)} events acknowledged, {len(counts)} stored, {total_lost} lost."
+        + f"\nIn all: {len(acknowledged)} events acknowledged, {len(counts)} stored, {total_lost} lost. Goal (issue "
+        "18): 0 lost, 0 duplicated, every recommendation answered 200, recovery under 10 s. The non-200s of a web "
+        "kill are connections refused while the one gunicorn is restarted (1 s backoff, then its start-up): more "
+        "than one web process behind the proxy hides them."
     )
     record(
         "Reliability: faults under load",
