@@ -142,18 +142,11 @@ class Supervisor:
         assert child.program is not None
         child.next_start_at = None
         child.started_at = time.monotonic()
-        child.process = subprocess.Popen(
-            list(child.program.argv),
-            env=child.program.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            # Its own process group: the terminal's Ctrl-C reaches the supervisor only, which stops the children
-            # in order, and a dead child's leftovers (pool processes, workers) can be killed as a group.
-            start_new_session=True,
-        )
+        try:
+            child.process = _spawn(child.program)
+        except OSError as error:  # a missing or unreadable program: retried like one that exits at once
+            self._schedule_restart(child, child.started_at, f"did not start ({error})")
+            return
         threading.Thread(target=self._relay, args=(child.name, child.process.stdout), daemon=True).start()
         self.log(child.name, f"started (pid {child.process.pid})")
 
@@ -163,19 +156,22 @@ class Supervisor:
             self.log(name, line.rstrip("\n"))
 
     def _check_child(self, child: _Child, now: float) -> None:
-        assert child.process is not None
         if child.next_start_at is not None:
             if now >= child.next_start_at:
                 self._start(child)
             return
+        assert child.process is not None
         returncode = child.process.poll()
         if returncode is None:
             return
         _kill_group(child.process.pid)
+        self._schedule_restart(child, now, f"exited (rc={returncode})")
+
+    def _schedule_restart(self, child: _Child, now: float, what: str) -> None:
         delay = child.backoff.delay_after(run_seconds=now - child.started_at)
         child.delays.append(delay)
         child.next_start_at = now + delay
-        self.log(child.name, f"exited (rc={returncode}); restarting in {delay:g} s")
+        self.log(child.name, f"{what}; restarting in {delay:g} s")
 
     def _check_service(self, watched: _Watched, now: float) -> None:
         assert watched.service is not None
@@ -220,6 +216,21 @@ class Supervisor:
             returncode = child.process.wait()
             if child in running:
                 self.log(child.name, f"stopped (rc={returncode})")
+
+
+def _spawn(program: Program) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        list(program.argv),
+        env=program.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+        # Its own process group: the terminal's Ctrl-C reaches the supervisor only, which stops the children in
+        # order, and a dead child's leftovers (pool processes, workers) can be killed as a group.
+        start_new_session=True,
+    )
 
 
 def _signal_process(pid: int, signum: int) -> None:

@@ -180,3 +180,16 @@ def test_a_service_that_fails_to_start_is_retried_with_a_growing_backoff():
         _wait_until(lambda: len(attempts) >= 3, "a third attempt")
 
     assert supervisor.restart_delays()["flaky"] == [0.01, 0.02, 0.04]
+
+
+def test_a_program_that_cannot_be_started_is_retried_and_the_others_run():
+    output = io.StringIO()
+    supervisor = Supervisor([Program("missing", ["/nonexistent/program"]), Program("web", SLEEPER)],
+                            backoff=_fast_backoff, output=output)  # fmt: skip
+    with _running(supervisor):
+        _wait_until(lambda: len(supervisor.restart_delays()["missing"]) >= 3, "three attempts")
+
+        assert _alive(supervisor.pids()["web"])
+        assert "missing" not in supervisor.pids()
+    assert supervisor.restart_delays()["missing"][:3] == [0.01, 0.02, 0.04]
+    assert "missing | did not start ([Errno 2] No such file or directory" in output.getvalue()
