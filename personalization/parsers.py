@@ -25,5 +25,5 @@ class BoundedJSONParser(JSONParser):
             raise JsonLimitExceeded("", f"Must not be nested deeper than {JSON_MAX_DEPTH} levels.") from error
         except ValueError as error:
             raise ParseError(f"JSON parse error - {error}") from error
-        json_limits_check(value)
+        json_limits_check(value, stored=False)  # fields that store JSON hold their values to more
         return value

@@ -28,13 +28,30 @@ def reject_nul_characters(value: Any, path: str = "") -> None:
             reject_nul_characters(inner, f"{path}[{index}]")
 
 
-class StrictCharField(serializers.CharField):
+class _StrictText:
     """Text, as the schema declares it: a JSON number or boolean is refused, not made a string."""
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
-            self.fail("invalid")
-        return str(super().to_internal_value(data))
+            self.fail("invalid")  # type: ignore[attr-defined]
+        return str(super().to_internal_value(data))  # type: ignore[misc]
+
+
+class StrictCharField(_StrictText, serializers.CharField):
+    pass
+
+
+class StrictSlugField(_StrictText, serializers.SlugField):
+    pass
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false, as the schema declares it: not 0, 1 or "yes"."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
 
 
 def item_id_validate(item_id: str) -> str:
@@ -69,65 +86,22 @@ JSON_INT_MAX = 2**63 - 1
 JSON_PATH_SHOWN_MAX = 200
 
 
-# What JsonObjectField declares in the OpenAPI schema (the depth bound has no JSON Schema keyword).
-JSON_TEXT_PATTERN = "^[^\\x00]*$"
-JSON_VALUE_COMPONENT = "JsonValue"
-JSON_VALUE_SCHEMA = {
-    "description": f"Any JSON value: text without NUL, numbers within signed 64 bits, {JSON_MAX_DEPTH} levels deep.",
-    "nullable": True,
-    "anyOf": [
-        {"type": "string", "pattern": JSON_TEXT_PATTERN},
-        {"type": "integer", "minimum": JSON_INT_MIN, "maximum": JSON_INT_MAX},
-        {"type": "number", "minimum": JSON_INT_MIN, "maximum": JSON_INT_MAX},
-        {"type": "boolean"},
-        {"type": "array", "items": {"$ref": f"#/components/schemas/{JSON_VALUE_COMPONENT}"}},
-        {
-            "type": "object",
-            "propertyNames": {"pattern": JSON_TEXT_PATTERN},
-            "additionalProperties": {"$ref": f"#/components/schemas/{JSON_VALUE_COMPONENT}"},
-        },
-    ],
-}
-
-
-def json_value_component_declare(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
-    """A drf-spectacular postprocessing hook: the JsonValue component JsonObjectField refers to."""
-    result.setdefault("components", {}).setdefault("schemas", {})[JSON_VALUE_COMPONENT] = JSON_VALUE_SCHEMA
-    return result
-
-
-@extend_schema_field(
-    {
-        "type": "object",
-        "propertyNames": {"pattern": JSON_TEXT_PATTERN},
-        "additionalProperties": {"$ref": f"#/components/schemas/{JSON_VALUE_COMPONENT}"},
-    }
-)
-class JsonObjectField(serializers.JSONField):
-    """A JSON object (not a list or scalar), without NUL characters."""
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        value = super().to_internal_value(data)
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("Must be a JSON object.")
-        reject_nul_characters(value)
-        return value
-
-
 class JsonLimitExceeded(ApplicationError):
     """A value beyond the JSON bounds, at `path` (e.g. "items[0].attributes.size")."""
 
     def __init__(self, path: str, problem: str) -> None:
+        self.path, self.problem = path, problem
         field = path or "body"
         if len(field) > JSON_PATH_SHOWN_MAX:  # a path 32 keys deep can be long: its start says where
             field = field[: JSON_PATH_SHOWN_MAX - 1] + "…"
         super().__init__(f"{field}: {problem}", errors={field: [problem]})
 
 
-def json_limits_check(value: Any) -> None:
-    """Raises JsonLimitExceeded naming a value nested deeper than JSON_MAX_DEPTH containers, or a number that is
-    not finite or outside signed 64 bits. Iterative, so any depth a parser let through is walked without
-    recursion."""
+def json_limits_check(value: Any, *, stored: bool = True) -> None:
+    """Raises JsonLimitExceeded naming a value nested deeper than JSON_MAX_DEPTH containers, an integer outside
+    signed 64 bits or a number that is not finite. A value to be `stored` (jsonb, then re-read and re-encoded)
+    also keeps its other numbers within that range: jsonb writes 1e300 back as a 301-digit integer. Iterative, so
+    any depth a parser let through is walked without recursion."""
     pending: list[tuple[Any, str, int]] = [(value, "", 0)]
     while pending:
         current, path, depth = pending.pop()
@@ -139,7 +113,7 @@ def json_limits_check(value: Any) -> None:
         elif isinstance(current, float):
             if not math.isfinite(current):
                 raise JsonLimitExceeded(path, "Numbers must be finite.")
-            if not JSON_INT_MIN <= current <= JSON_INT_MAX:
+            if stored and not JSON_INT_MIN <= current <= JSON_INT_MAX:
                 raise JsonLimitExceeded(path, "Numbers must be within the signed 64-bit range.")
         elif isinstance(current, dict | list):
             if depth >= JSON_MAX_DEPTH:
@@ -150,3 +124,21 @@ def json_limits_check(value: Any) -> None:
                 )
             else:
                 pending.extend((inner, f"{path}[{index}]", depth + 1) for index, inner in enumerate(current))
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {}})
+class JsonObjectField(serializers.JSONField):
+    """A JSON object (not a list or scalar), without NUL characters."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        try:  # before DRF's own JSON round trip, which would recurse into any depth
+            json_limits_check(data)
+        except JsonLimitExceeded as refused:
+            raise serializers.ValidationError(
+                f"{refused.problem} (at {refused.path})" if refused.path else refused.problem
+            ) from refused
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        reject_nul_characters(value)
+        return value

@@ -21,7 +21,7 @@ from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_sess
 from personalization.authentication import shopper_binding_check
 from personalization.errors import ApplicationError
 from personalization.models import ApiScope
-from personalization.validation import json_limits_check
+from personalization.validation import JsonObjectField, StrictCharField, json_limits_check
 from signals_app.identity import identity_link
 from signals_app.services import EVENT_BATCH_MAX, EVENT_BODY_MAX_BYTES, events_ingest
 from surface_app.services import shelves_notify, shelves_refresh_queue
@@ -44,11 +44,12 @@ class EventDocSerializer(serializers.Serializer):
     request_id = serializers.CharField(required=False, max_length=100, help_text="From a served slate.")
     slot = serializers.IntegerField(required=False, min_value=0)
     value = serializers.FloatField(required=False)
-    context = serializers.DictField(required=False)
+    context = JsonObjectField(required=False)
 
 
 EVENT_BATCH_DOC = inline_serializer(
-    "EventBatch", {"events": EventDocSerializer(many=True, min_length=1, max_length=EVENT_BATCH_MAX)}
+    "EventBatch",
+    {"events": serializers.ListField(child=EventDocSerializer(), min_length=1, max_length=EVENT_BATCH_MAX)},
 )
 EVENT_INGEST_REQUEST = PolymorphicProxySerializer(
     component_name="EventIngestBody",
@@ -98,7 +99,7 @@ def parse_json_body(request: Request, *, max_bytes: int) -> Any:
         raise ApplicationError(
             f"The body is not valid JSON: {error}", code="parse_error", errors={"body": [str(error)]}
         ) from error
-    json_limits_check(parsed)
+    json_limits_check(parsed, stored=False)  # each event's context is held to more by its validation
     return parsed
 
 
@@ -226,7 +227,7 @@ class IdentifyApi(APIView):
 
     @extend_schema_serializer(component_name="IdentifyInput")
     class InputSerializer(serializers.Serializer):
-        session_id = serializers.CharField(max_length=200)
+        session_id = StrictCharField(max_length=200)
 
     @extend_schema(
         request=InputSerializer,

@@ -370,7 +370,10 @@ def _timestamp(call: dict[str, Any], now: datetime, batch_sent_at: Any) -> tuple
     sent = call.get("sentAt") if call.get("sentAt") is not None else batch_sent_at
     original_at, sent_at = parse_timestamp(original), parse_timestamp(sent)
     if original_at is not None and sent_at is not None:
-        return (now - (sent_at - original_at)).isoformat(), "originalTimestamp"
+        try:
+            return (now - (sent_at - original_at)).isoformat(), "originalTimestamp"
+        except OverflowError:  # a skew beyond the calendar: validation refuses the uncorrected time instead
+            pass
     return original, "originalTimestamp"
 
 

@@ -36,6 +36,7 @@ from personalization.authentication import ApiKeyAuthentication, api_key_client
 from personalization.errors import ApplicationError
 from personalization.models import ApiScope
 from personalization.services import ApiClient
+from personalization.validation import JsonObjectField
 from signals_app.apis import RawBodyParser, RejectedSerializer, parse_json_body
 from signals_app.identity import identity_link
 from signals_app.segment import (
@@ -199,7 +200,7 @@ class SegmentCallDocSerializer(serializers.Serializer):
     anonymousId = serializers.CharField(required=False, max_length=200, help_text="The session id.")
     previousId = serializers.CharField(required=False, max_length=200, help_text="alias only.")
     groupId = serializers.CharField(required=False, max_length=200, help_text="group only.")
-    traits = serializers.DictField(
+    traits = JsonObjectField(
         required=False,
         help_text="identify: merged into the user's traits (rule audiences match them); group: merged as "
         "group.<name>, with group.id the groupId.",
@@ -209,13 +210,13 @@ class SegmentCallDocSerializer(serializers.Serializer):
     timestamp = serializers.DateTimeField(required=False)
     originalTimestamp = serializers.DateTimeField(required=False, help_text="Used when timestamp is absent.")
     sentAt = serializers.DateTimeField(required=False, help_text="Corrects originalTimestamp for clock skew.")
-    properties = serializers.DictField(
+    properties = JsonObjectField(
         required=False,
         help_text="product_id or sku -> item, list_id -> placement, position (1-based) -> slot, request_id "
         "(recommendation_id, recommId) -> request_id, value / revenue / price -> value; the rest is kept.",
     )
-    context = serializers.DictField(required=False)
-    integrations = serializers.DictField(required=False, help_text="Ignored.")
+    context = JsonObjectField(required=False)
+    integrations = JsonObjectField(required=False, help_text="Ignored.")
     writeKey = serializers.CharField(required=False, help_text="The write key, when not in a header.")
 
 
@@ -314,9 +315,9 @@ class SegmentBatchApi(SegmentSourceApi):
         request=inline_serializer(
             "SegmentBatch",
             {
-                "batch": serializers.ListField(child=SegmentCallDocSerializer()),
-                "context": serializers.DictField(required=False, help_text="Shared by every call; theirs win."),
-                "integrations": serializers.DictField(required=False, help_text="Ignored."),
+                "batch": serializers.ListField(child=SegmentCallDocSerializer(), min_length=1),
+                "context": JsonObjectField(required=False, help_text="Shared by every call; theirs win."),
+                "integrations": JsonObjectField(required=False, help_text="Ignored."),
                 "sentAt": serializers.DateTimeField(required=False),
                 "writeKey": serializers.CharField(required=False, help_text="The write key, when not in a header."),
             },

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace
+from personalization.validation import JsonLimitExceeded, json_limits_check
 from signals_app.event_types import EventType, event_type_lookup
 
 EVENT_ID_MAX_LENGTH = 100
@@ -161,6 +162,11 @@ def event_validate(raw: Any, *, now: datetime) -> EventInput | list[tuple[str, s
         context = {}
     elif not isinstance(context, dict):
         problems.add("context", "Must be a JSON object.")
+    else:
+        try:
+            json_limits_check(context)
+        except JsonLimitExceeded as refused:
+            problems.add("context", f"{refused.problem} (at {refused.path})")
 
     occurred_at = now
     if raw.get("timestamp") is not None:

@@ -49,7 +49,7 @@ def test_traits_serving_cannot_hold_are_refused_before_anything_is_stored(store,
     with pytest.raises(ApplicationError) as refused:
         write(external_id="u1", traits={"age": 2**64})
 
-    assert refused.value.errors == {"traits": ["Integer exceeds 64-bit range."]}
+    assert refused.value.errors == {"traits": ["Integers must fit in 64 bits (signed)."]}
     assert not Shopper.objects.filter(external_id="u1").exists()
 
 

@@ -99,3 +99,33 @@ def test_segment_traits_past_the_bounds_are_400(api_client, clean_redis):
     assert response.status_code == 400
     assert list(response.json()["errors"]) == ["traits" + ".a" * (JSON_MAX_DEPTH - 1)]
     assert not Shopper.objects.exists()
+
+
+def test_a_stored_number_jsonb_would_give_back_as_a_too_wide_integer_is_400(api_client):
+    # jsonb keeps 1e300 as a numeric and gives it back as a 301-digit integer, which serving cannot encode.
+    response = put_json(api_client, "/api/v1/items/sku-1", '{"title": "T", "attributes": {"score": 1e300}}')
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"attributes": ["Numbers must be within the signed 64-bit range. (at score)"]}
+    assert not Item.objects.exists()
+
+
+def test_an_event_context_number_too_wide_to_store_rejects_that_event_only(api_client):
+    events = (
+        '{"events": [{"event_id": "e-1", "type": "view", "user_id": "u1", "item_id": "i", "context": {"n": 1e300}},'
+    )
+    events += ' {"event_id": "e-2", "type": "view", "user_id": "u1", "item_id": "i", "context": {"n": 1.5}}]}'
+
+    response = post_json(api_client, "/api/v1/events", events)
+
+    assert response.status_code == 202
+    assert (response.json()["accepted"], response.json()["rejected"]) == (1, 1)
+    assert response.json()["errors"][0]["field"] == "context"
+
+
+def test_a_traits_number_too_wide_to_store_is_400_naming_traits(api_client, clean_redis):
+    response = put_json(api_client, "/api/v1/users/u1", '{"traits": {"score": -1e300}}')
+
+    assert response.status_code == 400
+    assert list(response.json()["errors"]) == ["traits"]
+    assert not Shopper.objects.exists()

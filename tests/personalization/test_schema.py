@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from schemathesis.specs.openapi import checks as openapi_checks
+from schemathesis.checks import CHECKS
 
 pytestmark = pytest.mark.django_db
 
@@ -154,6 +154,13 @@ def _generated_schema() -> dict[str, Any]:
     return json.loads(json.dumps(SchemaGenerator().get_schema(request=None, public=True), default=str))
 
 
+# Every check schemathesis has but the two that judge request bodies against the schema's types: traits and
+# attributes are free-form JSON objects, whose bounds (32 levels, 64-bit numbers, no NUL) OpenAPI 3.0 can only
+# state with a recursive component, which the generated client cannot use (tests/test_openapi_client.py), and
+# the batch routes report refused entries in a 2xx body. The bounds are tested in test_parsers.py.
+BODY_TYPE_CHECKS = {"negative_data_rejection", "positive_data_acceptance"}
+LIVE_CHECKS = [check for check in CHECKS.get_all() if check.__name__ not in BODY_TYPE_CHECKS]
+
 # Built when the module is collected: schemathesis makes a test an operation from it.
 live_schema = schemathesis.openapi.from_dict(
     _generated_schema(),
@@ -186,16 +193,12 @@ def storefront_server(live_server) -> Iterator[str]:
 @live_schema.parametrize()
 # The server and the key serve every example of an operation: nothing an example does must be undone for the next.
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_the_live_api_keeps_to_its_schema(case, storefront_server, raw_api_key):
+def test_the_live_api_keeps_to_its_schema(case, storefront_server, raw_api_key, settings):
+    # ignored_auth sends wrong keys by the dozen: past API_AUTH_FAILURES_MAX the address would get its (declared)
+    # 429 instead of the 401 the check looks for.
+    settings.API_AUTH_FAILURES_MAX = 10_000
     case.call_and_validate(
         base_url=storefront_server,
         headers={"Authorization": f"Bearer {raw_api_key}"},
-        checks=[
-            schemathesis.checks.not_a_server_error,
-            openapi_checks.status_code_conformance,
-            openapi_checks.content_type_conformance,
-            openapi_checks.response_headers_conformance,
-            openapi_checks.response_schema_conformance,
-            bad_input_names_its_field,
-        ],
+        checks=[*LIVE_CHECKS, bad_input_names_its_field],
     )

@@ -386,6 +386,13 @@ def test_map_timestamp_falls_back_to_original_timestamp_corrected_for_clock_skew
     )
 
 
+def test_map_a_clock_skew_beyond_the_calendar_keeps_the_original_time_for_validation_to_judge():
+    # sentAt in year 9999 and originalTimestamp in year 1: the correction overflowed, a 500 on every Segment route.
+    call = track("m1", originalTimestamp="0001-01-01T00:00:00Z", sentAt="9999-12-31T23:59:59Z")
+
+    assert segment_call_map(call, now=NOW).events[0]["timestamp"] == "0001-01-01T00:00:00Z"
+
+
 def test_map_batch_context_is_shared_and_the_calls_own_keys_win():
     call = track("m1", context={"ip": "9.9.9.9"})
 
