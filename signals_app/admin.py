@@ -64,19 +64,32 @@ class EventAdmin(admin.ModelAdmin):
     show_full_result_count = False
     paginator = EventLogPaginator
 
+    # The detail page shows the same text forms: a stored field is never read into Python there either.
+    fields = [
+        "event_id", "type", "user_id", "session_id", "item_id", "placement", "request_id", "slot", "value",
+        "occurred", "received_at", "context_json", "attributed_placement", "attributed_slot",
+        "attributed_model_version", "attributed_score", "attributed_source",
+    ]  # fmt: skip
+    readonly_fields = fields
+
     def get_queryset(self, request):  # type: ignore[no-untyped-def]
-        """The log is append-only and keeps whatever it was once sent: the list reads the time as PostgreSQL's
-        text and leaves the context unread, so no stored value can fail the page."""
+        """The log is append-only and keeps whatever it was once sent: the pages read the time and the context as
+        PostgreSQL's text, so no stored value (a year before 1, a context nested too deep for Python's JSON
+        parser) can fail them."""
         return (
             super()
             .get_queryset(request)
             .defer("occurred_at", "context")
-            .annotate(occurred_at_text=Cast("occurred_at", TextField()))
+            .annotate(occurred_at_text=Cast("occurred_at", TextField()), context_text=Cast("context", TextField()))
         )
 
     @admin.display(description="occurred at", ordering="occurred_at")
     def occurred(self, obj: Event) -> str:
         return str(getattr(obj, "occurred_at_text", ""))
+
+    @admin.display(description="context")
+    def context_json(self, obj: Event) -> str:
+        return str(getattr(obj, "context_text", ""))
 
     def get_search_results(self, request, queryset, search_term):  # type: ignore[no-untyped-def]
         """Exact matches, which the log's indexes answer (a substring search would read every partition)."""

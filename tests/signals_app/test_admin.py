@@ -30,6 +30,26 @@ def test_the_event_list_shows_a_row_stored_before_year_one_and_a_deep_context(ad
     assert b"ordinary" in page.content
 
 
+def test_the_event_page_shows_a_row_stored_before_year_one_with_a_deep_context(admin_client):
+    deep_context = '{"a":' * 900 + "1" + "}" * 900
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO signals_app_event (event_id, type, user_id, session_id, item_id, placement, request_id,"
+            " context, occurred_at, received_at, attributed_placement, attributed_model_version, attributed_source)"
+            " VALUES ('bc', 'view', 'u1', '', 'i1', '', '', %s::jsonb, '0001-01-01 00:00:00+14', now(), '', '', '')"
+            " RETURNING id",
+            [deep_context],
+        )
+        (row_id,) = cursor.fetchone()
+
+    page = admin_client.get(reverse("admin:signals_app_event_change", args=[row_id]))
+
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "0001-12-31 10:00:00+00 BC" in text
+    assert "{&quot;a&quot;: {&quot;a&quot;:" in text  # the context as PostgreSQL prints it
+
+
 def test_the_replay_action_queues_dead_letters_for_the_log_once(admin_client, clean_redis):
     from personalization import redis_keys
     from signals_app.consumer import events_drain_all
