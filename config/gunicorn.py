@@ -12,3 +12,8 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     from surface_app.serving.warm_up import serving_warm_up
 
     serving_warm_up()
+
+
+# `make run` starts two masters on one port (SO_REUSEPORT): the kernel spreads the connections between them, and
+# while one is restarted the other accepts them all.
+reuse_port = True

@@ -1,7 +1,8 @@
 """The run command end to end: gunicorn, the WebSocket server, a Celery worker and beat as real processes.
 
 An event posted to the HTTP server reaches a WebSocket held by the other server through the Redis channel
-layer; a killed process is restarted while the others go on; Ctrl-C (SIGINT) stops every process and exits 0.
+layer; a killed process is restarted while the others go on, and with one of the two web processes killed the
+other answers every request; Ctrl-C (SIGINT) stops every process and exits 0.
 """
 
 from __future__ import annotations
@@ -52,7 +53,14 @@ def _port_closed(port: int) -> bool:
 
 def _programs(runner_pid: int) -> dict[str, int]:
     """The runner's children by program name (celery's -n names the workers)."""
-    names = {"gunicorn": "web", "uvicorn": "ws", "worker@": "worker", "events@": "events", " beat": "beat"}
+    names = {
+        "--name web-1": "web-1",
+        "--name web-2": "web-2",
+        "uvicorn": "ws",
+        "worker@": "worker",
+        "events@": "events",
+        " beat": "beat",
+    }
     programs = {}
     for child in psutil.Process(runner_pid).children():
         try:
@@ -63,7 +71,7 @@ def _programs(runner_pid: int) -> dict[str, int]:
     return programs
 
 
-def _wait_for_programs(runner_pid: int, deadline: float, expected: int = 5) -> dict[str, int]:
+def _wait_for_programs(runner_pid: int, deadline: float, expected: int = 6) -> dict[str, int]:
     while len(programs := _programs(runner_pid)) < expected:
         assert time.monotonic() < deadline, programs
         time.sleep(0.2)
@@ -111,6 +119,21 @@ def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
         assert {name: pid for name, pid in after.items() if name != "events"} == {
             name: pid for name, pid in before.items() if name != "events"
         }
+
+        # One web process killed: the other, on the same port (SO_REUSEPORT), answers every request until the
+        # supervisor has started the first again.
+        before = _wait_for_programs(process.pid, restart_deadline)
+        psutil.Process(before["web-1"]).kill()
+        restart_deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        answered = 0
+        while (after := _programs(process.pid)).get("web-1", before["web-1"]) == before["web-1"]:
+            assert time.monotonic() < restart_deadline, after
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+                assert response.status == 200
+            answered += 1
+        assert answered > 0
+        assert after["web-2"] == before["web-2"]
+        _wait_for(f"http://127.0.0.1:{port}/readyz", restart_deadline)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -121,6 +144,7 @@ def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
     assert process.returncode == 0, output
     assert "Admin" in output and "password" in output, output
     assert "events | exited (rc=-9); restarting in 1 s" in output, output
-    for name in ("web", "ws", "worker", "events", "beat"):
+    assert "web-1  | exited (rc=-9); restarting in 1 s" in output, output
+    for name in ("web-1", "web-2", "ws", "worker", "events", "beat"):
         assert f"{name:<6} | stopped" in output, output
     assert _port_closed(port) and _port_closed(ws_port)

@@ -22,6 +22,8 @@ from personalization import embedded
 from personalization.bootstrap import ADMIN_USERNAME, platform_bootstrap
 from personalization.supervision import Program, Service, Supervisor
 
+WEB_PROGRAMS = ("web-1", "web-2")
+
 
 class Command(BaseCommand):
     help = "Migrate, load demo data on first run, then run web, WebSocket, worker and beat until Ctrl-C."
@@ -30,7 +32,12 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--ws-port", type=int, default=int(os.environ.get("WS_PORT", "8001")))
-        parser.add_argument("--web-workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2")))
+        parser.add_argument(
+            "--web-workers",
+            type=int,
+            default=int(os.environ.get("WEB_WORKERS", "2")),
+            help="gunicorn workers in all, split between the two web processes (at least one each).",
+        )
         parser.add_argument("--no-demo", action="store_true", help="Do not load the demo data into an empty database.")
 
     def handle(self, *args: object, **options: object) -> None:
@@ -57,11 +64,19 @@ class Command(BaseCommand):
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         python = sys.executable
         bin_dir = os.path.dirname(python)
+        # Two gunicorn masters on the same port (SO_REUSEPORT, config/gunicorn.py), the workers split between them:
+        # while the supervisor restarts one, the kernel hands every connection to the other.
+        web_workers = options["web_workers"]
+        assert isinstance(web_workers, int)
+        workers_per_master = max(1, web_workers // len(WEB_PROGRAMS))
         processes = {
-            "web": (
+            name: (
                 f"{bin_dir}/gunicorn config.wsgi:application --config python:config.gunicorn --bind {host}:{port}"
-                f" --workers {options['web_workers']} --log-level warning"
-            ),
+                f" --workers {workers_per_master} --name {name} --log-level warning"
+            )
+            for name in WEB_PROGRAMS
+        }
+        processes |= {
             "ws": f"{bin_dir}/uvicorn config.asgi:application --host {host} --port {ws_port} --log-level warning",
             "worker": f"{bin_dir}/celery -A config worker --queues celery --loglevel INFO --concurrency 1 -n worker@%h",
             # Writes the event streams to the PostgreSQL log; scale by running more of these.
