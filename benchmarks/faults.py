@@ -389,8 +389,8 @@ def main() -> None:
         + table
         + f"\nIn all: {len(acknowledged)} events acknowledged, {len(counts)} stored, {total_lost} lost. Goal (issue "
         "18): 0 lost, 0 duplicated, every recommendation answered 200, recovery under 10 s. The web fault kills "
-        "one of the two gunicorn masters (and the supervisor its worker): the other, bound to the same port with "
-        "SO_REUSEPORT, takes every connection while the first is restarted."
+        "one of the two gunicorn masters: the other, bound to the same port with SO_REUSEPORT, takes every new "
+        "connection while the first is restarted, and the orphaned worker serves what was queued on its socket."
     )
     record(
         "Reliability: faults under load",
