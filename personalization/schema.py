@@ -53,6 +53,7 @@ ERROR_RESPONSES: dict[str, tuple[str, dict[str, Any]]] = {
     "401": ("Missing, unknown or revoked API key.", {}),
     "403": ("The API key's scope does not allow this operation.", {}),
     "404": ("No such resource.", {}),
+    "411": ("A chunked body the server in front did not decode: send a Content-Length.", {}),
     "413": ("The body is over the size limit.", {}),
     "415": ("A Content-Encoding the API does not take (it takes gzip or none).", {}),
     "429": ("Over the API key's request rate: retry after Retry-After seconds.", RATE_LIMIT_HEADERS),
@@ -79,8 +80,8 @@ class JsonBodyAutoSchema(AutoSchema):
 
 def error_responses_declare(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """A postprocessing hook: the error component, and on every operation each error status it may answer (404
-    where the path names a resource, 413 and 415 where it takes a body) with that component as its body. A view's own
-    description and body of a status are kept. Request bodies are marked required."""
+    where the path names a resource, 411, 413 and 415 where it takes a body) with that component as its body. A
+    view's own description and body of a status are kept. Request bodies are marked required."""
     result.setdefault("components", {}).setdefault("schemas", {})[ERROR_COMPONENT] = ERROR_SCHEMA
     for path, path_item in result.get("paths", {}).items():
         for method in HTTP_METHODS:
@@ -91,7 +92,7 @@ def error_responses_declare(result: dict[str, Any], generator: Any, request: Any
             if "{" in path:
                 statuses.add("404")
             if "requestBody" in operation:
-                statuses.update(("413", "415"))
+                statuses.update(("411", "413", "415"))
                 # Every body the API takes is required (drf-spectacular cannot tell for a oneOf of forms).
                 operation["requestBody"]["required"] = True
             responses = operation.setdefault("responses", {})

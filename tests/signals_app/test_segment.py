@@ -760,7 +760,7 @@ def test_openapi_schema_documents_both_endpoints_and_the_write_key(api_client):
     for path, operation_id in (("/api/v1/segment/track", "segment_track"), ("/api/v1/segment/batch", "segment_batch")):
         operation = schema["paths"][path]["post"]
         assert operation["operationId"] == operation_id
-        assert set(operation["responses"]) == {"200", "400", "401", "403", "413", "415", "429", "503"}
+        assert set(operation["responses"]) == {"200", "400", "401", "403", "411", "413", "415", "429", "503"}
         assert {"SegmentWriteKey": []} in operation["security"]
         assert {"ApiKey": []} in operation["security"]
     assert schema["components"]["securitySchemes"]["SegmentWriteKey"]["scheme"] == "basic"
