@@ -304,6 +304,17 @@ def setup() -> str:
     return api_key_create(name="faults benchmark", scope="server", rate_limit_per_second=100_000).raw_key
 
 
+def start_platform(
+    port: int, ws_port: int, env: dict[str, str], log_path: Path, *, mode: str, web_workers: int
+) -> subprocess.Popen[bytes]:
+    with open(log_path, mode) as log:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
+             "--web-workers", str(web_workers)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--outage", type=float, default=60.0, help="seconds PostgreSQL stays stopped")
@@ -320,12 +331,7 @@ def main() -> None:
     key = setup()
     env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL}
     log_path = data_dir / "faults-run_platform.log"
-    with open(log_path, "w") as log:
-        runner = subprocess.Popen(
-            [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
-             "--web-workers", "2"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    runner = start_platform(port, ws_port, env, log_path, mode="w", web_workers=2)
     load = Load(port, key, uuid.uuid4().hex[:8])
     threads: list[threading.Thread] = []
     try:
@@ -333,8 +339,8 @@ def main() -> None:
             lambda: load._request("GET", "/readyz")[0] == 200 and len(programs(runner.pid)) == len(PROGRAM_MARKERS)
         )
         items = [{"item_id": f"fault-item-{n}", "title": f"Item {n}", "category": f"c{n % 5}"} for n in range(ITEMS)]
-        status, body = load._request("POST", "/api/v1/items/batch", json.dumps({"items": items}).encode())
-        assert status in (200, 207), (status, body)
+        status, answer = load._request("POST", "/api/v1/items/batch", json.dumps({"items": items}).encode())
+        assert status in (200, 207), (status, answer)
         threads = [threading.Thread(target=load.post_events, args=(n,)) for n in range(EVENT_CLIENTS)]
         threads.append(threading.Thread(target=load.ask_recommendations))
         for thread in threads:
@@ -349,12 +355,7 @@ def main() -> None:
         runner.wait(60)
     acknowledged = {e for b in load.batches if b.acknowledged_at for e in b.event_ids}
     # The log is written by the events worker: a last platform run drains what the streams still hold.
-    with open(log_path, "a") as log:
-        drainer = subprocess.Popen(
-            [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
-             "--web-workers", "1"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    drainer = start_platform(port, ws_port, env, log_path, mode="a", web_workers=1)
     try:
         counts = drain(settings.DATABASE_URL, load.run_id, acknowledged)
     finally:
