@@ -93,8 +93,8 @@ class ApiKeyRateLimit(throttling.BaseThrottle):
 
     def allow_request(self, request: Request, view: Any) -> bool:
         client = request.auth
-        if isinstance(client, ApiClient) and (check := client.rate_limit()) is not None:
-            check.take()  # raises RateLimitExceeded
+        if isinstance(client, ApiClient):
+            client.rate_limit_take()  # raises RateLimitExceeded
         return True
 
 
@@ -108,8 +108,7 @@ def plain_view_client(request: HttpRequest, required_scope: str) -> ApiClient | 
         client = api_key_client(raw_key.strip(), request)
         if not client.covers(required_scope):
             return _plain_error(403, scope_refusal(client, required_scope), "insufficient_scope")
-        if (check := client.rate_limit()) is not None:
-            check.take()
+        client.rate_limit_take()
     except exceptions.AuthenticationFailed as failed:
         return _plain_error(401, str(failed.detail), "authentication_failed")
     except RateLimitExceeded as exceeded:

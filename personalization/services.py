@@ -47,6 +47,11 @@ class ApiClient:
             api_key_id=self.api_key_id, scope=self.scope, rate_limit_per_second=self.rate_limit_per_second
         )
 
+    def rate_limit_take(self) -> None:
+        """A token from the key's bucket in a round trip of its own (RateLimitExceeded when empty)."""
+        if (check := self.rate_limit()) is not None:
+            check.take()
+
 
 @dataclass(frozen=True)
 class CreatedApiKey:
@@ -162,14 +167,6 @@ def api_key_caches_clear() -> None:
     """Forget the keys this process verified or found unknown (tests; the admin's changes)."""
     _verified_keys.clear()
     _unknown_keys.clear()
-
-
-def api_key_cached(*, raw_key: str) -> ApiClient | None:
-    """The client of a key this process verified within API_KEY_CACHE_SECONDS, without asking anyone."""
-    cached = _verified_keys.get(_hash(raw_key))
-    if cached and time.monotonic() - cached[0] < settings.API_KEY_CACHE_SECONDS:
-        return cached[1]
-    return None
 
 
 def api_key_authenticate(*, raw_key: str, client_address: str, count_failure: bool = True) -> ApiClient:

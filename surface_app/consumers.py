@@ -245,8 +245,7 @@ def _key_refusal(
     if client.requires_shopper_token and not shopper_token_valid(shopper_token, user_keys={user_key}):
         return CLOSE_FORBIDDEN
     try:
-        if (check := client.rate_limit()) is not None:
-            check.take()
+        client.rate_limit_take()
     except RateLimitExceeded:
         return CLOSE_RATE_LIMITED
     return client
@@ -294,7 +293,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         ):
             await self.close(code=CLOSE_BAD_REQUEST)
             return
-        self.user_key = user_id or f"session:{session_id}"
+        self.user_key = user_key_of(user_id=user_id, session_id=session_id)
         self.placement = query.get("placement", "default")[:100]
         # Joined before the first slate is served, so no change made while it is served goes unnoticed.
         self.groups += [
