@@ -69,6 +69,13 @@ class _Unit:
     next_start_at: float | None = None  # set while waiting to restart
     delays: list[float] = field(default_factory=list)
 
+    def schedule_start(self, now: float, *, run_seconds: float) -> float:
+        """Wait the backoff (after a run of run_seconds) before the next start; the delay chosen."""
+        delay = self.backoff.delay_after(run_seconds=run_seconds)
+        self.delays.append(delay)
+        self.next_start_at = now + delay
+        return delay
+
 
 @dataclass
 class _Child(_Unit):
@@ -168,9 +175,7 @@ class Supervisor:
         self._schedule_restart(child, now, f"exited (rc={returncode})")
 
     def _schedule_restart(self, child: _Child, now: float, what: str) -> None:
-        delay = child.backoff.delay_after(run_seconds=now - child.started_at)
-        child.delays.append(delay)
-        child.next_start_at = now + delay
+        delay = child.schedule_start(now, run_seconds=now - child.started_at)
         self.log(child.name, f"{what}; restarting in {delay:g} s")
 
     def _check_service(self, watched: _Watched, now: float) -> None:
@@ -178,9 +183,7 @@ class Supervisor:
         if watched.next_start_at is None:
             if watched.service.is_running():
                 return
-            delay = watched.backoff.delay_after(run_seconds=now - watched.started_at)
-            watched.delays.append(delay)
-            watched.next_start_at = now + delay
+            delay = watched.schedule_start(now, run_seconds=now - watched.started_at)
             self.log(watched.name, f"is down; starting it in {delay:g} s")
             return
         if now < watched.next_start_at:
@@ -188,9 +191,7 @@ class Supervisor:
         try:
             watched.service.start()
         except Exception as error:  # any failure to start is retried after the backoff
-            delay = watched.backoff.delay_after(run_seconds=0.0)
-            watched.delays.append(delay)
-            watched.next_start_at = time.monotonic() + delay
+            delay = watched.schedule_start(time.monotonic(), run_seconds=0.0)
             self.log(watched.name, f"did not start ({error}); retrying in {delay:g} s")
             return
         watched.next_start_at = None
