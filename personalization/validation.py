@@ -71,11 +71,16 @@ def user_id_validate(user_id: str) -> str:
             f"user_id: must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL.",
             errors={"user_id": [f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters without NUL."]},
         )
+    user_id_namespace_check(user_id)
+    return user_id
+
+
+def user_id_namespace_check(user_id: str) -> None:
+    """400 naming `user_id` when it is in the namespace the API keeps for sessions."""
     if user_id_in_session_namespace(user_id):
         raise ApplicationError(
             f"user_id: {USER_ID_IN_SESSION_NAMESPACE}", errors={"user_id": [USER_ID_IN_SESSION_NAMESPACE]}
         )
-    return user_id
 
 
 # Bounds on any JSON the API takes: deeper nesting or wider integers than these cannot be stored, indexed or shown
@@ -95,6 +100,11 @@ class JsonLimitExceeded(ApplicationError):
         if len(field) > JSON_PATH_SHOWN_MAX:  # a path 32 keys deep can be long: its start says where
             field = field[: JSON_PATH_SHOWN_MAX - 1] + "…"
         super().__init__(f"{field}: {problem}", errors={field: [problem]})
+
+    @property
+    def located(self) -> str:
+        """The problem and where, for a message of the field that holds the value."""
+        return f"{self.problem} (at {self.path})" if self.path else self.problem
 
 
 def json_limits_check(value: Any, *, stored: bool = True) -> None:
@@ -134,9 +144,7 @@ class JsonObjectField(serializers.JSONField):
         try:  # before DRF's own JSON round trip, which would recurse into any depth
             json_limits_check(data)
         except JsonLimitExceeded as refused:
-            raise serializers.ValidationError(
-                f"{refused.problem} (at {refused.path})" if refused.path else refused.problem
-            ) from refused
+            raise serializers.ValidationError(refused.located) from refused
         value = super().to_internal_value(data)
         if not isinstance(value, dict):
             raise serializers.ValidationError("Must be a JSON object.")

@@ -17,11 +17,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace, user_key_of
+from personalization.access import user_key_of
 from personalization.authentication import shopper_binding_check
 from personalization.errors import ApplicationError
 from personalization.models import ApiScope
-from personalization.validation import JsonObjectField, StrictCharField, json_limits_check
+from personalization.validation import JsonObjectField, StrictCharField, json_limits_check, user_id_namespace_check
 from signals_app.identity import identity_link
 from signals_app.services import EVENT_BATCH_MAX, EVENT_BODY_MAX_BYTES, events_ingest
 from surface_app.services import shelves_notify, shelves_refresh_queue
@@ -244,10 +244,7 @@ class IdentifyApi(APIView):
     def post(self, request: Request, user_id: str) -> Response:
         if len(user_id) > 200 or "\x00" in user_id:
             raise ApplicationError("user_id: at most 200 characters, no NUL.", errors={"user_id": ["Invalid user id."]})
-        if user_id_in_session_namespace(user_id):
-            raise ApplicationError(
-                f"user_id: {USER_ID_IN_SESSION_NAMESPACE}", errors={"user_id": [USER_ID_IN_SESSION_NAMESPACE]}
-            )
+        user_id_namespace_check(user_id)
         shopper_binding_check(request, user_keys={user_id})
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -166,7 +166,7 @@ def event_validate(raw: Any, *, now: datetime) -> EventInput | list[tuple[str, s
         try:
             json_limits_check(context)
         except JsonLimitExceeded as refused:
-            problems.add("context", f"{refused.problem} (at {refused.path})")
+            problems.add("context", refused.located)  # a context's path is never empty
 
     occurred_at = now
     if raw.get("timestamp") is not None:
