@@ -37,7 +37,7 @@ from personalization.errors import ApplicationError
 from personalization.models import ApiScope
 from personalization.services import ApiClient
 from personalization.validation import JsonObjectField
-from signals_app.apis import RawBodyParser, RejectedSerializer, parse_json_body
+from signals_app.apis import RawBodyParser, RejectedSerializer, parse_json_body, raw_body_json
 from signals_app.identity import identity_link
 from signals_app.segment import (
     CALL_TYPES,
@@ -87,7 +87,7 @@ class SegmentBodyWriteKeyAuthentication(authentication.BaseAuthentication):
         if not body or len(body) > SEGMENT_BATCH_MAX_BYTES or authentication.get_authorization_header(request):
             return None  # the view reports an oversized body; a header was refused by its own class
         try:
-            parsed = orjson.loads(body)
+            parsed = raw_body_json(request, body)
         except orjson.JSONDecodeError:
             return None  # the view reports it once authenticated; unauthenticated, the key is missing
         write_key = parsed.get("writeKey") if isinstance(parsed, dict) else None
