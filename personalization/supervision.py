@@ -149,6 +149,10 @@ class Supervisor:
         assert child.program is not None
         child.next_start_at = None
         child.started_at = time.monotonic()
+        if child.process is not None:
+            # The dead run's leftovers go now, not when it died: until the restart they may finish their work (a
+            # gunicorn worker whose master was killed serves the connections queued on its socket, then exits).
+            _kill_group(child.process.pid)
         try:
             child.process = _spawn(child.program)
         except OSError as error:  # a missing or unreadable program: retried like one that exits at once
@@ -171,7 +175,6 @@ class Supervisor:
         returncode = child.process.poll()
         if returncode is None:
             return
-        _kill_group(child.process.pid)
         self._schedule_restart(child, now, f"exited (rc={returncode})")
 
     def _schedule_restart(self, child: _Child, now: float, what: str) -> None:
