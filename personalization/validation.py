@@ -91,6 +91,17 @@ JSON_INT_MAX = 2**63 - 1
 JSON_PATH_SHOWN_MAX = 200
 
 
+NUMERIC_ID_MESSAGE = "A numeric id must be a whole number within 64 bits (signed); send other ids as strings."
+
+
+def numeric_id_text(value: int | float) -> str | None:
+    """A numeric id as text, or None when it is not a whole number within signed 64 bits: orjson reads a longer
+    integer as a float, whose text would be another id (18446744073709551616 -> "1.8446744073709552e+19")."""
+    if isinstance(value, int) and JSON_INT_MIN <= value <= JSON_INT_MAX:
+        return str(value)
+    return None
+
+
 class JsonLimitExceeded(ApplicationError):
     """A value beyond the JSON bounds, at `path` (e.g. "items[0].attributes.size")."""
 

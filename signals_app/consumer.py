@@ -312,6 +312,8 @@ def _store(
     with transaction.atomic():
         erased = erased_entry_ids(entries)  # after an erasure in progress, and before the next one
         if erased:
+            # An erased shopper's entry that could not be stored is dropped too: a dead letter would keep its data.
+            dead = [(entry, reason) for entry, reason in dead if entry[0] not in erased]
             stored_report.erased += len(erased)
             records = [(entry_id, record) for entry_id, record in records if entry_id not in erased]
             identities = [(entry_id, payload) for entry_id, payload in identities if entry_id not in erased]

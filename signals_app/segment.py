@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace
+from personalization.validation import NUMERIC_ID_MESSAGE, numeric_id_text
 from signals_app.validation import EVENT_ID_MAX_LENGTH, EVENT_MAX_BYTES, IDENTITY_MAX_LENGTH, SLOT_MAX, parse_timestamp
 
 SEGMENT_CALL_MAX_BYTES = 32 * 1024
@@ -422,8 +423,11 @@ def _present(value: Any) -> bool:
 
 
 def _id_text(value: Any) -> Any:
-    """Numeric ids are common in storefront payloads; anything else is left for the ingest to reject."""
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    """Numeric ids are common in storefront payloads; anything else (a float among them) is left for the ingest
+    to reject."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return numeric_id_text(value) or value
+    return value
 
 
 def _text(
@@ -435,7 +439,8 @@ def _text(
             problems.append((name, "This field is required."))
         return ""
     if not isinstance(value, str):
-        problems.append((name, "Must be a string."))
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        problems.append((name, NUMERIC_ID_MESSAGE if numeric else "Must be a string."))
         return ""
     if len(value) > max_length:
         problems.append((name, f"Must be at most {max_length} characters."))

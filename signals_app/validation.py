@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace
-from personalization.validation import JsonLimitExceeded, json_limits_check
+from personalization.validation import NUMERIC_ID_MESSAGE, JsonLimitExceeded, json_limits_check, numeric_id_text
 from signals_app.event_types import EventType, event_type_lookup
 
 EVENT_ID_MAX_LENGTH = 100
@@ -74,8 +74,12 @@ def _text(
         if required:
             problems.add(name, "This field is required.")
         return ""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)  # numeric ids are common in storefront payloads
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # numeric ids are common in storefronts
+        text = numeric_id_text(value)
+        if text is None:
+            problems.add(name, NUMERIC_ID_MESSAGE)
+            return ""
+        value = text
     if not isinstance(value, str):
         problems.add(name, "Must be a string.")
         return ""

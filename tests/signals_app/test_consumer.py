@@ -125,6 +125,28 @@ def test_an_entry_is_dead_lettered_after_max_tries_actually_made(clean_redis, se
     assert not clean_redis.hlen(redis_keys.event_tries(partition))
 
 
+def test_an_erased_shoppers_entry_out_of_tries_is_dropped_not_dead_lettered(clean_redis, settings):
+    from graph_app.erasure import shopper_erase
+    from signals_app import consumer
+
+    settings.EVENT_PARTITIONS = 1
+    events_ingest(raw_events=[view("poison")])
+    stream = redis_keys.event_stream(0)
+    consumer._group_ensure(stream)
+    # Read by a consumer that holds it (the erasure cannot take it from the stream) and has used up its tries.
+    in_flight = clean_redis.xreadgroup(CONSUMER_GROUP, "slow", {stream: ">"})[0][1]
+    clean_redis.hset(redis_keys.event_tries(0), in_flight[0][0], MAX_TRIES)
+    shopper_erase(user_id="u1")
+
+    report = consumer.DrainReport()
+    consumer._process(stream, 0, in_flight, report, reclaimed=False)
+
+    assert (report.dead_lettered, report.erased) == (0, 1)
+    assert not DeadLetter.objects.exists()
+    assert not clean_redis.xlen(redis_keys.dead_letter_stream(0))
+    assert not clean_redis.xpending(stream, CONSUMER_GROUP)["pending"]
+
+
 def test_tries_that_found_postgres_away_do_not_count(clean_redis, settings, monkeypatch):
     from django.db import OperationalError
 
