@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db import OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
 from rest_framework.renderers import JSONRenderer
@@ -82,7 +82,10 @@ class ApiSchemaView(_JsonErrors, SpectacularAPIView):
     required_scope = ApiScope.SERVER
 
 
-class ApiDocsView(_JsonErrors, SpectacularSwaggerView):
+class ApiDocsView(_JsonErrors, SpectacularSwaggerSplitView):
+    """Swagger UI with its setup script served from this URL (`?script`), not inline: the page's
+    Content-Security-Policy allows scripts from the site only."""
+
     required_scope = ApiScope.SERVER
 
 

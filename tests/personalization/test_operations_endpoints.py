@@ -94,6 +94,12 @@ def test_openapi_schema_and_docs(api_client, anonymous_client):
     assert docs.status_code == 200
     assert b"swagger-ui" in docs.content
     assert b"cdn." not in docs.content
+    # Its setup script is served from the page's URL, not inline: the page's policy allows the site's scripts only.
+    assert "script-src 'self' 'nonce-" in docs["Content-Security-Policy"]
+    assert b"<script>" not in docs.content
+    script = api_client.get("/api/v1/docs/", {"script": ""})
+    assert (script.status_code, script["Content-Type"]) == (200, "application/javascript")
+    assert b"SwaggerUIBundle" in script.content
 
 
 def test_vector_extension_and_hnsw_index_exist():
