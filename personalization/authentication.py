@@ -8,6 +8,8 @@ shopper it is asked about (`shopper_binding_check`, 403). A staff member's conso
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +19,12 @@ from rest_framework.request import Request
 
 from personalization.access import DEFAULT_SCOPE, SHOPPER_TOKEN_HEADER, client_address, shopper_token_valid
 from personalization.errors import error_body
-from personalization.rate_limits import RateLimitExceeded, rate_limited_body
+from personalization.rate_limits import (
+    RateLimitExceeded,
+    auth_failures_blocked,
+    auth_failures_refusal,
+    rate_limited_body,
+)
 from personalization.services import ApiClient, ApiKeyRefused, api_key_authenticate
 
 
@@ -47,6 +54,19 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'
+
+
+def basic_write_key(credentials: bytes) -> str:
+    """The write key of HTTP Basic credentials as Segment's libraries send them (the key is the user name, the
+    password empty); raises AuthenticationFailed."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as error:
+        raise exceptions.AuthenticationFailed("Use 'Authorization: Basic base64(<write key>:)'.") from error
+    write_key = decoded.partition(":")[0].strip()
+    if not write_key:
+        raise exceptions.AuthenticationFailed("Use 'Authorization: Basic base64(<write key>:)'.")
+    return write_key
 
 
 def scope_refusal(client: ApiClient, required_scope: str) -> str:
@@ -112,11 +132,38 @@ def plain_view_client(request: HttpRequest, required_scope: str) -> ApiClient | 
     except exceptions.AuthenticationFailed as failed:
         return _plain_error(401, str(failed.detail), "authentication_failed")
     except RateLimitExceeded as exceeded:
-        response = JsonResponse(rate_limited_body(exceeded), status=429)
-        for name, value in exceeded.decision.headers().items():
-            response[name] = value
-        return response
+        return _rate_limited(exceeded)
     return client
+
+
+def costly_body_refusal(request: HttpRequest) -> HttpResponse | None:
+    """Before a body costs more to read than it took to send (inflating gzip): the 401 or 429 its credentials
+    will get anyway, or None. A wrong key is refused (and counted) here; without a key (a body write key, a
+    console session) an address past API_AUTH_FAILURES_MAX wrong keys gets its 429 before the body is read."""
+    header = request.headers.get("Authorization", "")
+    try:
+        if header:
+            scheme, _, credentials = header.partition(" ")
+            if scheme.lower() == "basic":
+                api_key_client(basic_write_key(credentials.encode("latin-1")), request)
+            elif scheme.lower() == "bearer" and credentials.strip():
+                api_key_client(credentials.strip(), request)
+            else:
+                return _plain_error(401, "Use 'Authorization: Bearer <api key>'.", "authentication_failed")
+        elif (blocked := auth_failures_blocked(client_address=client_address(request.META))) is not None:
+            raise auth_failures_refusal(blocked)
+    except exceptions.AuthenticationFailed as failed:
+        return _plain_error(401, str(failed.detail), "authentication_failed")
+    except RateLimitExceeded as exceeded:
+        return _rate_limited(exceeded)
+    return None
+
+
+def _rate_limited(exceeded: RateLimitExceeded) -> JsonResponse:
+    response = JsonResponse(rate_limited_body(exceeded), status=429)
+    for name, value in exceeded.decision.headers().items():
+        response[name] = value
+    return response
 
 
 def _plain_error(status: int, detail: str, code: str) -> JsonResponse:

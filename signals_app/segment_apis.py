@@ -11,8 +11,6 @@ bodies are inflated before (personalization.request_encoding).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -27,12 +25,12 @@ from drf_spectacular.utils import (
     extend_schema_view,
     inline_serializer,
 )
-from rest_framework import authentication, exceptions, serializers, status
+from rest_framework import authentication, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from personalization.authentication import ApiKeyAuthentication, api_key_client
+from personalization.authentication import ApiKeyAuthentication, api_key_client, basic_write_key
 from personalization.errors import ApplicationError
 from personalization.models import ApiScope
 from personalization.services import ApiClient
@@ -65,14 +63,7 @@ class SegmentWriteKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, credentials = authentication.get_authorization_header(request).partition(b" ")
         if scheme.lower() != b"basic":
             return None
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as error:
-            raise exceptions.AuthenticationFailed("Use 'Authorization: Basic base64(<write key>:)'.") from error
-        write_key = decoded.partition(":")[0].strip()
-        if not write_key:
-            raise exceptions.AuthenticationFailed("Use 'Authorization: Basic base64(<write key>:)'.")
-        return (None, api_key_client(write_key, request))
+        return (None, api_key_client(basic_write_key(credentials), request))
 
     def authenticate_header(self, request: Request) -> str:
         return 'Basic realm="api"'

@@ -84,6 +84,38 @@ def test_a_decompression_bomb_is_413_and_nothing_is_ingested(api_client, setting
     assert stream_lengths() == 0
 
 
+def _bomb() -> bytes:
+    """Refused with 413 if it is ever inflated."""
+    return gzip.compress(b'{"padding": "' + b"0" * (16 * 1024 * 1024) + b'"}', compresslevel=9)
+
+
+def test_a_gzip_body_with_a_wrong_key_is_401_without_being_inflated(client, settings):
+    settings.API_INFLATED_BODY_MAX_BYTES = 1024 * 1024
+
+    response = post_gzip_as(client, "/api/v1/events", _bomb(), authorization="Bearer wrong-key")
+
+    assert (response.status_code, response.json()["code"]) == (401, "authentication_failed")
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+def test_an_address_out_of_wrong_keys_gets_429_before_its_keyless_gzip_is_inflated(client, settings):
+    # Keyless: the Segment routes read their write key from the (inflated) body.
+    settings.API_INFLATED_BODY_MAX_BYTES = 1024 * 1024
+    settings.API_AUTH_FAILURES_MAX = 2
+    for _ in range(2):
+        assert post_gzip_as(client, "/api/v1/events", b"", authorization="Bearer wrong").status_code == 401
+
+    response = post_gzip_as(client, "/api/v1/segment/v1/batch", _bomb())
+
+    assert (response.status_code, response.json()["code"]) == (429, "rate_limited")
+    assert int(response["Retry-After"]) > 0
+
+
+def post_gzip_as(client, path: str, body: bytes, *, authorization: str = ""):
+    headers = {"Content-Encoding": "gzip", **({"Authorization": authorization} if authorization else {})}
+    return client.post(path, body, content_type="application/json", headers=headers)
+
+
 def test_inflation_stops_at_the_cap_without_reading_the_rest():
     bomb = gzip.compress(b"0" * (32 * 1024 * 1024), compresslevel=9)
     parts = chunks(bomb)
