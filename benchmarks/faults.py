@@ -14,7 +14,8 @@ would) and one client asks for recommendations in a closed loop. The faults, in 
 
 Per fault, over the window from the fault to 5 s after recovery: events sent (first tried in the window),
 acknowledged (a 202), stored (rows in the PostgreSQL log once drained), lost (acknowledged, not stored),
-duplicated (rows beyond one per event id); recommendations answered, degraded (200 with `degraded` reasons),
+duplicated (rows beyond one per event id); recommendations answered, degraded (200 with a `degraded` reason the
+answers before the first fault did not give),
 non-200 (or no answer), p99 latency; and the time to recover: from the kill (from SIGCONT, or PostgreSQL's return,
 for the outages) until /readyz answers 200, the killed program runs again, an event is acknowledged and a
 recommendation answered 200.
@@ -75,7 +76,7 @@ class Batch:
 class Answer:
     at: float
     status: int  # 0: no answer (connection refused or reset)
-    degraded: bool
+    degraded: frozenset[str]  # the answer's `degraded` reasons
     latency_ms: float
 
 
@@ -88,6 +89,9 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
     batches: list[Batch] = field(default_factory=list)
     event_answers: list[Answer] = field(default_factory=list)
+    # The reasons answers gave before the first fault (a store without a trained ranker: ranker_unavailable);
+    # an answer counts as degraded by a fault when it gives another.
+    baseline_degraded: frozenset[str] = frozenset()
     recommendations: list[Answer] = field(default_factory=list)
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
@@ -120,7 +124,7 @@ class Load:
                 before = time.monotonic()
                 status, _ = self._request("POST", "/api/v1/events", body)
                 with self.lock:
-                    self.event_answers.append(Answer(before, status, False, (time.monotonic() - before) * 1000))
+                    self.event_answers.append(Answer(before, status, frozenset(), (time.monotonic() - before) * 1000))
                 if status == 202:
                     batch.acknowledged_at = time.monotonic()
                     break
@@ -135,7 +139,7 @@ class Load:
             status, body = self._request(
                 "GET", f"/api/v1/recommendations?user_id=fault-user-{number % 40}&placement=home"
             )
-            degraded = status == 200 and bool(json.loads(body).get("degraded"))
+            degraded = frozenset(json.loads(body).get("degraded") or ()) if status == 200 else frozenset()
             with self.lock:
                 self.recommendations.append(Answer(before, status, degraded, (time.monotonic() - before) * 1000))
             if status != 200:
@@ -284,7 +288,7 @@ def summarize(result: FaultResult, load: Load, counts: dict[str, int]) -> dict[s
         "duplicated": sum(counts.get(event_id, 0) - 1 for event_id in sent if counts.get(event_id, 0) > 1),
         "recommendations": len(answers),
         "answered_200": sum(1 for a in answers if a.status == 200),
-        "degraded": sum(1 for a in answers if a.degraded),
+        "degraded": sum(1 for a in answers if a.degraded - load.baseline_degraded),
         "non_200": sum(1 for a in answers if a.status != 200),
         "p99_ms": round(percentile(latencies, 0.99)),
         "recovery_s": round(result.recovery_seconds, 1),
@@ -346,6 +350,9 @@ def main() -> None:
         for thread in threads:
             thread.start()
         time.sleep(SETTLE_SECONDS)
+        with load.lock:
+            load.baseline_degraded = frozenset().union(*(a.degraded for a in load.recommendations))
+        print(f"degraded before any fault: {sorted(load.baseline_degraded) or 'none'}", flush=True)
         results = run_faults(load, runner.pid, data_dir, args.outage, args.only)
     finally:
         load.stop.set()
