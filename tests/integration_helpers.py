@@ -57,6 +57,14 @@ def chromium_launch(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
+def csp_violations_watch(page: Any) -> list[str]:
+    """The Content-Security-Policy violations Chromium reports on the page's console (a blocked load or script),
+    collected as they happen: a test asserts the list stays empty."""
+    violations: list[str] = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and violations.append(message.text))
+    return violations
+
+
 def admin_log_in(page: Any, base_url: str, username: str, next_path: str) -> None:
     """Log in through the admin's login form (password BROWSER_TEST_PASSWORD), then go on to `next_path`."""
     page.goto(f"{base_url}/admin/login/?next={next_path}")

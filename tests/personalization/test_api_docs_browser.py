@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 
-from tests.integration_helpers import BROWSER_TEST_PASSWORD, CHROMIUM, admin_log_in, chromium_launch
+from tests.integration_helpers import (
+    BROWSER_TEST_PASSWORD,
+    CHROMIUM,
+    admin_log_in,
+    chromium_launch,
+    csp_violations_watch,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -22,11 +28,7 @@ def test_the_docs_render_every_operation_under_the_content_security_policy(live_
     with sync_playwright() as playwright:
         browser = chromium_launch(playwright)
         page = browser.new_page()
-        csp_violations: list[str] = []
-        page.on(
-            "console",
-            lambda message: "Content Security Policy" in message.text and csp_violations.append(message.text),
-        )
+        csp_violations = csp_violations_watch(page)  # the page's policy blocks nothing it needs
         policies: list[str] = []
         page.on(
             "response",

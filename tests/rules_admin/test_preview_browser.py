@@ -17,6 +17,7 @@ from tests.integration_helpers import (
     CHROMIUM,
     admin_log_in,
     chromium_launch,
+    csp_violations_watch,
     platform_running,
 )
 
@@ -48,12 +49,7 @@ def test_an_unsaved_pin_changes_the_edited_column_only(tmp_path, clean_redis):
         with sync_playwright() as playwright:
             browser = chromium_launch(playwright)
             page = browser.new_page()
-            # The Content-Security-Policy blocks nothing the page needs (Chromium reports a blocked load or script).
-            csp_violations: list[str] = []
-            page.on(
-                "console",
-                lambda message: "Content Security Policy" in message.text and csp_violations.append(message.text),
-            )
+            csp_violations = csp_violations_watch(page)  # the page's policy blocks nothing it needs
             admin_log_in(page, f"http://127.0.0.1:{port}", "merchandiser", "/admin/console/preview/")
             page.wait_for_selector("#preview-form", timeout=15000)
 

@@ -15,6 +15,7 @@ from tests.integration_helpers import (
     CHROMIUM,
     admin_log_in,
     chromium_launch,
+    csp_violations_watch,
     platform_running,
 )
 
@@ -54,12 +55,7 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
                     and sent_events.extend(json.loads(request.post_data or "{}").get("events", []))
                 ),
             )
-            # The Content-Security-Policy blocks nothing the page needs (Chromium reports a blocked load or script).
-            csp_violations: list[str] = []
-            page.on(
-                "console",
-                lambda message: "Content Security Policy" in message.text and csp_violations.append(message.text),
-            )
+            csp_violations = csp_violations_watch(page)  # the page's policy blocks nothing it needs
             admin_log_in(page, f"http://127.0.0.1:{port}", "staff", "/demo/")
             page.wait_for_selector("#status.live", timeout=15000)
             # No history and no popularity yet: the home shelf explores the newest items, all four of them.
