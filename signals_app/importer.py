@@ -18,23 +18,23 @@ size of the rejects file, the running totals) is written next to the input; a la
 from __future__ import annotations
 
 import contextlib
-import csv
-import gzip
-import hashlib
-import json
-import os
 import re
-import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import orjson
 from django.utils import timezone
-from tqdm import tqdm
 
+from personalization import file_import
+from personalization.file_import import (
+    ImportFileError,
+    Problems,
+    Rejected,
+    SourceRow,
+    checkpoint_path_for,
+)
 from signals_app.history import events_apply_online
 from signals_app.log import event_log_append, event_log_partition_months, event_log_partitions_create, month_start
 from signals_app.online_state import DEDUPE_WINDOW
@@ -42,8 +42,6 @@ from signals_app.records import EventRecord
 from signals_app.validation import EventInput, event_validate
 
 IMPORT_BATCH_SIZE = 5000
-ERRORS_KEPT = 10
-FINGERPRINT_BYTES = 64 * 1024
 CSV_COLUMNS = (
     "event_id",
     "type",
@@ -58,142 +56,29 @@ CSV_COLUMNS = (
     "context",
 )
 FORMAT_BY_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-GZIP_MAGIC = b"\x1f\x8b"
 UNIX_SECONDS = re.compile(r"\d+(\.\d*)?")
 
 
-class ImportFileError(Exception):
-    """The file cannot be imported at all (unknown format, bad header, a checkpoint of another file)."""
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    line: int
-    field: str
-    message: str
-
-
 @dataclass
-class ImportCounts:
-    read: int = 0
+class ImportCounts(file_import.ImportCounts):
     imported: int = 0
     duplicates: int = 0
-    rejected: int = 0
-
-    def add(self, other: ImportCounts) -> None:
-        self.read += other.read
-        self.imported += other.imported
-        self.duplicates += other.duplicates
-        self.rejected += other.rejected
 
 
 @dataclass
-class ImportReport:
-    """What this run did (`counts`), and since the first run of an import resumed from a checkpoint (`totals`)."""
-
-    file_format: str
+class ImportReport(file_import.ImportReport[ImportCounts]):
     counts: ImportCounts = field(default_factory=ImportCounts)
     totals: ImportCounts = field(default_factory=ImportCounts)
-    errors: list[RowProblem] = field(default_factory=list)
-    resumed_at_line: int = 0
-    last_line: int = 0
-    batches: int = 0
-    finished: bool = False
-    seconds: float = 0.0
     partitions_created: list[str] = field(default_factory=list)
     # Events of this run applied to the online state.
     applied_online: int = 0
 
 
-@dataclass
-class Checkpoint:
-    fingerprint: str
-    file_format: str
-    offset: int = 0
-    line: int = 0
-    rejects_size: int = 0
-    finished: bool = False
-    totals: ImportCounts = field(default_factory=ImportCounts)
-
-    @classmethod
-    def load(cls, path: Path) -> Checkpoint | None:
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text())
-        return cls(**{**data, "totals": ImportCounts(**data["totals"])})
-
-    def save(self, path: Path) -> None:
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(asdict(self)))
-        os.replace(temporary, path)  # atomic: a crash leaves the previous checkpoint or this one
-
-
-@dataclass(slots=True)
-class _Row:
-    line: int
-    raw: dict[str, Any] | None
-    text: bytes | str
-    problems: list[tuple[str, str]]
-
-
-def checkpoint_path_for(path: Path) -> Path:
-    return path.with_name(path.name + ".import-checkpoint.json")
-
-
 def import_format(path: Path, declared: str | None = None) -> str:
-    if declared:
-        if declared not in ("csv", "jsonl"):
-            raise ImportFileError(f"Unknown format '{declared}': csv or jsonl.")
-        return declared
-    name = path.name.lower().removesuffix(".gz")
-    for suffix, file_format in FORMAT_BY_SUFFIX.items():
-        if name.endswith(suffix):
-            return file_format
-    raise ImportFileError(f"Cannot tell the format of {path.name} from its extension: give --format csv or jsonl.")
+    return file_import.import_format(path, declared, by_suffix=FORMAT_BY_SUFFIX)
 
 
-def _fingerprint(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.sha256(handle.read(FINGERPRINT_BYTES)).hexdigest()
-
-
-def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
-    """The decompressed stream and the raw file under it (whose position the progress bar shows)."""
-    raw = path.open("rb")
-    compressed = raw.read(2) == GZIP_MAGIC
-    raw.seek(0)
-    if compressed:
-        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")), raw
-    return raw, raw
-
-
-class _Lines:
-    """The lines of a binary stream, decoded, counting bytes and lines consumed (csv reads exactly what it needs)."""
-
-    def __init__(self, stream: IO[bytes], *, offset: int, line: int) -> None:
-        self.stream = stream
-        self.offset = offset
-        self.line = line
-        self.record: list[bytes] = []
-        self.undecodable = False
-
-    def __iter__(self) -> Iterator[str]:
-        for raw_line in self.stream:
-            self.offset += len(raw_line)
-            self.line += 1
-            self.record.append(raw_line)
-            try:
-                yield raw_line.decode("utf-8")
-            except UnicodeDecodeError:
-                self.undecodable = True
-                yield raw_line.decode("utf-8", "replace")
-
-    def record_start(self) -> None:
-        self.record.clear()
-        self.undecodable = False
-
-
-def _csv_typed(raw: dict[str, Any], problems: list[tuple[str, str]]) -> dict[str, Any]:
+def _csv_typed(raw: dict[str, Any], problems: Problems) -> dict[str, Any]:
     """CSV cells are text: give the validator the types the API receives in JSON (it names what is still wrong)."""
     if "context" in raw:
         try:
@@ -210,70 +95,27 @@ def _csv_typed(raw: dict[str, Any], problems: list[tuple[str, str]]) -> dict[str
     return raw
 
 
-def _csv_rows(stream: IO[bytes], *, offset: int, line: int) -> Iterator[tuple[_Row, int, int]]:
-    """(row, offset after it, last line of it) from a CSV file with a header of event field names."""
-    header_lines = _Lines(stream, offset=0, line=0)
-    header_reader = csv.reader(header_lines)
-    try:
-        header = [name.strip().lstrip("\ufeff") for name in next(header_reader)]
-    except StopIteration:
-        return
+def _csv_header_check(header: list[str]) -> list[str]:
     unknown = [name for name in header if name not in CSV_COLUMNS]
     if unknown or "event_id" not in header or "type" not in header:
         raise ImportFileError(
             f"The CSV header must name event fields ({', '.join(CSV_COLUMNS)}), with event_id and type; "
             f"unknown: {', '.join(unknown) or 'none'}."
         )
-    lines, reader = header_lines, header_reader
-    if offset > header_lines.offset:
-        stream.seek(offset)
-        lines = _Lines(stream, offset=offset, line=line)
-        reader = csv.reader(lines)
-    columns = len(header)
-    while True:
-        lines.record_start()
-        first_line = lines.line + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            row = _Row(first_line, None, b"".join(lines.record), [("event", f"Not valid CSV: {error}.")])
-            yield row, lines.offset, lines.line
-            continue
-        if not values:
-            continue
-        problems: list[tuple[str, str]] = []
-        if lines.undecodable:
-            problems.append(("event", "Not valid UTF-8."))
-        elif len(values) != columns:
-            problems.append(("event", f"Expected {columns} columns, found {len(values)}."))
-        raw = None
-        if not problems:
-            raw = _csv_typed({name: value for name, value in zip(header, values, strict=True) if value}, problems)
-        yield _Row(first_line, raw, b"".join(lines.record), problems), lines.offset, lines.line
+    return header
 
 
-def _jsonl_rows(stream: IO[bytes], *, offset: int, line: int) -> Iterator[tuple[_Row, int, int]]:
-    if offset:
-        stream.seek(offset)
-    for raw_line in stream:
-        offset += len(raw_line)
-        line += 1
-        if not raw_line.strip():
-            continue
-        try:
-            raw = orjson.loads(raw_line)
-        except orjson.JSONDecodeError as error:
-            yield _Row(line, None, raw_line, [("event", f"Not valid JSON: {error}.")]), offset, line
-            continue
-        if not isinstance(raw, dict):
-            yield _Row(line, None, raw_line, [("event", "Must be a JSON object.")]), offset, line
-            continue
-        yield _Row(line, raw, raw_line, []), offset, line
+def _csv_rows(stream: IO[bytes], *, offset: int, line: int) -> Any:
+    return file_import.csv_rows(
+        stream, offset=offset, line=line, record_name="event", header_check=_csv_header_check, typed=_csv_typed
+    )
 
 
-def _validated(row: _Row, now: datetime) -> EventInput | list[tuple[str, str]]:
+def _jsonl_rows(stream: IO[bytes], *, offset: int, line: int) -> Any:
+    return file_import.jsonl_rows(stream, offset=offset, line=line, record_name="event")
+
+
+def _validated(row: SourceRow, now: datetime) -> EventInput | Problems:
     if row.raw is None:
         return row.problems
     result = event_validate(row.raw, now=now)
@@ -283,27 +125,6 @@ def _validated(row: _Row, now: datetime) -> EventInput | list[tuple[str, str]]:
     if row.raw.get("timestamp") is None:
         problems.append(("timestamp", "Required in an import (only the live API may default it to now)."))
     return problems
-
-
-def _reject_line(row: _Row, problems: list[tuple[str, str]]) -> bytes:
-    text = row.text.decode("utf-8", "replace") if isinstance(row.text, bytes) else row.text
-    return orjson.dumps(
-        {
-            "line": row.line,
-            "errors": [{"field": name, "message": message} for name, message in problems],
-            "row": text.rstrip("\r\n"),
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
-
-
-@dataclass
-class _Batch:
-    counts: ImportCounts
-    records: list[EventRecord]
-    rejected: list[tuple[_Row, list[tuple[str, str]]]]
-    offset: int
-    line: int
 
 
 def events_import(
@@ -318,76 +139,53 @@ def events_import(
     progress: IO[str] | None = None,
 ) -> ImportReport:
     """Import the file's events into the log, resuming from its checkpoint unless `restart`."""
-    started = time.perf_counter()
     file_format = import_format(path, file_format)
     checkpoint_path = checkpoint_path or checkpoint_path_for(path)
-    fingerprint = _fingerprint(path)
-    checkpoint = None if restart else Checkpoint.load(checkpoint_path)
-    if checkpoint is not None and (checkpoint.fingerprint, checkpoint.file_format) != (fingerprint, file_format):
-        raise ImportFileError(
-            f"The checkpoint {checkpoint_path} belongs to another file or format: give --restart to import from the "
-            "start (events already in the log are skipped as duplicates)."
-        )
-    checkpoint = checkpoint or Checkpoint(fingerprint=fingerprint, file_format=file_format)
+    checkpoint = file_import.checkpoint_open(
+        path=path,
+        checkpoint_path=checkpoint_path,
+        file_format=file_format,
+        counts_type=ImportCounts,
+        restart=restart,
+        restart_hint="events already in the log are skipped as duplicates",
+    )
     # The report's totals are the checkpoint's: adding to one adds to the other.
-    report = ImportReport(file_format=file_format, resumed_at_line=checkpoint.line, totals=checkpoint.totals)
-    report.last_line = checkpoint.line
-
-    rejects = None
-    if rejects_path is not None:
-        resuming = bool(checkpoint.line) and rejects_path.exists()
-        rejects = rejects_path.open("r+b" if resuming else "wb")
-        if resuming and rejects_path.stat().st_size >= checkpoint.rejects_size:
-            rejects.truncate(checkpoint.rejects_size)  # drop the rejects of a batch that was not checkpointed
-        rejects.seek(0, os.SEEK_END)
-    stream, raw = _open(path)
+    report = ImportReport(file_format=file_format, totals=checkpoint.totals)
     known_months = event_log_partition_months()
     known_users: set[str] = set()
-    read_rows = _csv_rows if file_format == "csv" else _jsonl_rows
-    bar = tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, file=progress, disable=not progress
+
+    def import_batch(rows: list[SourceRow]) -> tuple[ImportCounts, Rejected]:
+        now = timezone.now()
+        records: list[EventRecord] = []
+        rejected: Rejected = []
+        for row in rows:
+            result = _validated(row, now)
+            if isinstance(result, EventInput):
+                records.append(EventRecord(event=result, received_at=now))
+            else:
+                rejected.append((row, result))
+        months = {month_start(record.event.occurred_at) for record in records} - known_months
+        if months:
+            report.partitions_created += event_log_partitions_create(months=months)
+            known_months.update(months)
+        new_ids = event_log_append(records=records, known_user_ids=known_users)
+        report.applied_online += _apply_online(records, new_ids)
+        counts = ImportCounts(rejected=len(rejected), imported=len(new_ids), duplicates=len(records) - len(new_ids))
+        return counts, rejected
+
+    file_import.file_import_run(
+        path=path,
+        report=report,
+        checkpoint=checkpoint,
+        checkpoint_path=checkpoint_path,
+        read_rows=_csv_rows if file_format == "csv" else _jsonl_rows,
+        import_batch=import_batch,
+        batch_size=batch_size,
+        rejects_path=rejects_path,
+        max_batches=max_batches,
+        progress=progress,
+        noun="events",
     )
-    try:
-        rows = read_rows(stream, offset=checkpoint.offset, line=checkpoint.line)
-        while max_batches is None or report.batches < max_batches:
-            batch = _read_batch(rows, batch_size)
-            if batch is None:
-                checkpoint.finished = report.finished = True
-                checkpoint.save(checkpoint_path)
-                break
-            report.errors.extend(
-                RowProblem(row.line, name, message)
-                for row, problems in batch.rejected[: ERRORS_KEPT - len(report.errors)]
-                for name, message in problems
-            )
-            del report.errors[ERRORS_KEPT:]
-            if rejects is not None and batch.rejected:
-                rejects.write(b"".join(_reject_line(row, problems) for row, problems in batch.rejected))
-                rejects.flush()
-            months = {month_start(record.event.occurred_at) for record in batch.records} - known_months
-            if months:
-                report.partitions_created += event_log_partitions_create(months=months)
-                known_months |= months
-            new_ids = event_log_append(records=batch.records, known_user_ids=known_users)
-            report.applied_online += _apply_online(batch.records, new_ids)
-            batch.counts.imported = len(new_ids)
-            batch.counts.duplicates = len(batch.records) - len(new_ids)
-            report.counts.add(batch.counts)
-            report.totals.add(batch.counts)
-            report.batches += 1
-            report.last_line = checkpoint.line = batch.line
-            checkpoint.offset = batch.offset
-            checkpoint.rejects_size = rejects.tell() if rejects is not None else 0
-            checkpoint.save(checkpoint_path)
-            bar.update(raw.tell() - bar.n)
-            bar.set_postfix(events=report.counts.read, rejected=report.counts.rejected, refresh=False)
-    finally:
-        bar.close()
-        stream.close()
-        raw.close()
-        if rejects is not None:
-            rejects.close()
-        report.seconds = time.perf_counter() - started
     return report
 
 
@@ -398,25 +196,3 @@ def _apply_online(records: list[EventRecord], new_ids: set[str]) -> int:
         if record.event.event_id in new_ids:
             first.setdefault(record.event.event_id, record)
     return events_apply_online(records=list(first.values()), dedupe_after=timezone.now() - DEDUPE_WINDOW)
-
-
-def _read_batch(rows: Iterator[tuple[_Row, int, int]], batch_size: int) -> _Batch | None:
-    """Up to batch_size rows, validated, and where they end in the file; None at the end of the file."""
-    counts = ImportCounts()
-    records: list[EventRecord] = []
-    rejected: list[tuple[_Row, list[tuple[str, str]]]] = []
-    now = timezone.now()
-    offset = line = -1
-    for row, offset, line in rows:  # noqa: B007 (the offset and line of the last row are the batch's end)
-        counts.read += 1
-        result = _validated(row, now)
-        if isinstance(result, EventInput):
-            records.append(EventRecord(event=result, received_at=now))
-        else:
-            rejected.append((row, result))
-        if counts.read >= batch_size:
-            break
-    if not counts.read:
-        return None
-    counts.rejected = len(rejected)
-    return _Batch(counts, records, rejected, offset, line)

@@ -3,7 +3,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from signals_app.importer import IMPORT_BATCH_SIZE, ImportFileError, ImportReport, checkpoint_path_for, events_import
+from personalization.file_import import ImportFileError, checkpoint_path_for
+from signals_app.importer import IMPORT_BATCH_SIZE, ImportReport, events_import
 
 
 class Command(BaseCommand):

@@ -1,0 +1,507 @@
+"""Catalog feed import (control plane): a shop's items from CSV, JSON lines or a Google Merchant Center TSV feed.
+
+A full feed upserts whole items through `items_upsert_many` (a second import of the same file updates every item
+to what it already is). A stock feed, whose rows give only the id with price and/or stock, changes just those
+fields through `items_patch_many`, and reports the ids the catalog does not have. Rows are validated by the rules
+of the item API (`ItemBatchRowSerializer`): a plain-Python check accepts the rows it is sure of, and any other row
+goes through the serializer itself, so that a rejected row gets the API's own messages. Reading, batches,
+rejects and the resumable checkpoint are `personalization.file_import`'s.
+
+Google Merchant Center columns: id, title, description, product_type (its first " > " segment is the category;
+else google_product_category's), brand (an entity of kind "brand"), price ("12.99 USD": the currency goes into
+the attributes), availability (in_stock, out_of_stock, preorder, backorder: all but out_of_stock can be ordered,
+so count as in stock), link and image_link (attributes). Other columns of the specification are ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from rest_framework import serializers
+
+from graph_app.apis import ItemBatchRowSerializer
+from graph_app.catalog_bulk import ItemPatch, items_patch_many, items_upsert_many
+from graph_app.services import EntityRef, ItemInput, content_projection
+from personalization import file_import
+from personalization.errors import flatten_errors
+from personalization.file_import import ImportFileError, Problems, Rejected, SourceRow, checkpoint_path_for
+from personalization.validation import (
+    EXTERNAL_ID_MAX_LENGTH,
+    JsonLimitExceeded,
+    StrictBooleanField,
+    json_limits_check,
+)
+
+ITEM_IMPORT_BATCH_SIZE = 2000
+FULL, STOCK = "full", "stock"
+FORMAT_BY_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".tsv": "gmc", ".txt": "gmc"}
+CSV_COLUMNS = (
+    "item_id",
+    "title",
+    "description",
+    "category",
+    "price",
+    "in_stock",
+    "availability",
+    "brand",
+    "attributes",
+    "entities",
+)
+STOCK_FIELDS = frozenset({"price", "in_stock", "availability"})
+GMC_COLUMNS = (
+    "id",
+    "title",
+    "description",
+    "product_type",
+    "google_product_category",
+    "brand",
+    "price",
+    "availability",
+    "link",
+    "image_link",
+)
+GMC_STOCK_FIELDS = frozenset({"price", "availability"})
+# Google's availability values (and the spellings with a space its older feeds used), as in stock or not.
+AVAILABILITY_IN_STOCK = {"in_stock": True, "out_of_stock": False, "preorder": True, "backorder": True}
+AVAILABILITY_MESSAGE = f"Must be one of {', '.join(AVAILABILITY_IN_STOCK)}."
+BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+BRAND = "brand"
+CATEGORY_SEPARATOR = ">"
+NOT_IN_CATALOG = "Not in the catalog: a stock feed changes existing items only."
+NOTHING_TO_UPDATE = "Gives neither price nor stock (in_stock or availability): nothing to change."
+# "12.99 USD" (or "USD 12.99"): Google's price, a number and an ISO 4217 code.
+GMC_PRICE = re.compile(
+    r"\s*(?P<number>\S+)\s+(?P<currency>[A-Za-z]{3})\s*|\s*(?P<code>[A-Za-z]{3})\s+(?P<after>\S+)\s*"
+)
+GMC_PRICE_MESSAGE = 'Must be a number and an ISO 4217 currency code, like "12.99 USD".'
+# What the fast check is sure the API's DecimalField(max_digits=12, decimal_places=2, min_value=0) accepts.
+PLAIN_PRICE = re.compile(r"\d{1,10}(?:\.\d{1,2})?")
+SLUG = re.compile(r"[-a-zA-Z0-9_]+")
+CENTS = Decimal("0.01")
+
+
+@dataclass
+class ItemImportCounts(file_import.ImportCounts):
+    created: int = 0
+    updated: int = 0
+    # Stock feed rows of ids the catalog does not have.
+    missing: int = 0
+    # Rows replaced by a later row of the same id in the same batch (the last one counts).
+    repeated: int = 0
+
+
+@dataclass
+class ItemImportReport(file_import.ImportReport[ItemImportCounts]):
+    counts: ItemImportCounts = field(default_factory=ItemImportCounts)
+    totals: ItemImportCounts = field(default_factory=ItemImportCounts)
+    mode: str = FULL
+
+
+def import_format(path: Path, declared: str | None = None) -> str:
+    return file_import.import_format(path, declared, by_suffix=FORMAT_BY_SUFFIX)
+
+
+# --- Reading: each format's rows as the item API's fields, and the names its problems are reported under ---
+
+
+@dataclass(slots=True)
+class _Fields:
+    data: dict[str, Any]
+    problems: Problems
+    # The API's field name -> the file's column, where they differ (problems name what the file calls it).
+    columns: dict[str, str]
+
+
+def _availability(value: str, problems: Problems) -> bool | None:
+    in_stock = AVAILABILITY_IN_STOCK.get(value.strip().lower().replace(" ", "_"))
+    if in_stock is None:
+        problems.append(("availability", AVAILABILITY_MESSAGE))
+    return in_stock
+
+
+def _brand_add(data: dict[str, Any], brand: str, columns: dict[str, str]) -> None:
+    """The brand as an entity: its id the name folded (one entity for "Acme" and "ACME"), its name as written."""
+    entities = data.setdefault("entities", [])
+    if not isinstance(entities, list):
+        return  # the validator names the entities problem
+    index = len(entities)
+    name = " ".join(brand.split())
+    entities.append({"kind": BRAND, "id": name.casefold(), "name": name})
+    columns.update({f"entities.{index}.id": "brand", f"entities.{index}.name": "brand"})
+
+
+def _csv_fields(cells: dict[str, str], mode: str) -> _Fields:
+    """A CSV row's cells as the API's fields: text where the API takes text, JSON cells parsed."""
+    problems: Problems = []
+    columns: dict[str, str] = {}
+    data: dict[str, Any] = {name: cells[name] for name in ("item_id", "title", "description", "category", "price")
+                            if name in cells}  # fmt: skip
+    if "in_stock" in cells:
+        text = cells["in_stock"]
+        data["in_stock"] = BOOLEAN_TEXT.get(text.strip().lower(), text)  # other text: the validator's message
+    elif "availability" in cells:
+        in_stock = _availability(cells["availability"], problems)
+        if in_stock is not None:
+            data["in_stock"] = in_stock
+    if mode == STOCK:
+        return _Fields(data, problems, columns)
+    for name in ("attributes", "entities"):
+        if name in cells:
+            try:
+                data[name] = orjson.loads(cells[name])
+            except orjson.JSONDecodeError:
+                problems.append((name, "Not valid JSON."))
+    if cells.get("brand", "").strip():
+        _brand_add(data, cells["brand"], columns)
+    return _Fields(data, problems, columns)
+
+
+def _gmc_fields(cells: dict[str, str], mode: str) -> _Fields:
+    """A Merchant Center row as the API's fields."""
+    problems: Problems = []
+    columns = {"item_id": "id"}
+    data: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    if "id" in cells:
+        data["item_id"] = cells["id"]
+    if "price" in cells:
+        match = GMC_PRICE.fullmatch(cells["price"])
+        if match is None:
+            problems.append(("price", GMC_PRICE_MESSAGE))
+        else:
+            data["price"] = match["number"] or match["after"]
+            attributes["currency"] = (match["currency"] or match["code"]).upper()
+    if "availability" in cells:
+        in_stock = _availability(cells["availability"], problems)
+        if in_stock is not None:
+            data["in_stock"] = in_stock
+    if mode == STOCK:
+        return _Fields(data, problems, columns)  # the currency of a stock feed is not stored (attributes are content)
+    for name in ("title", "description"):
+        if name in cells:
+            data[name] = cells[name]
+    for column in ("product_type", "google_product_category"):
+        if cells.get(column, "").strip():
+            data["category"] = cells[column].split(CATEGORY_SEPARATOR, 1)[0].strip()
+            columns["category"] = column
+            break
+    for column in ("link", "image_link"):
+        if column in cells:
+            attributes[column] = cells[column].strip()
+    data["attributes"] = attributes
+    if cells.get("brand", "").strip():
+        _brand_add(data, cells["brand"], columns)
+    return _Fields(data, problems, columns)
+
+
+def _jsonl_fields(data: dict[str, Any], mode: str) -> _Fields:
+    problems: Problems = []
+    if "availability" in data and "in_stock" not in data:
+        availability = data.pop("availability")
+        if not isinstance(availability, str):
+            problems.append(("availability", AVAILABILITY_MESSAGE))
+        else:
+            in_stock = _availability(availability, problems)
+            if in_stock is not None:
+                data["in_stock"] = in_stock
+    return _Fields(data, problems, {})
+
+
+# --- Validation: a fast check of the API's rules, the serializer for everything it is not sure of ---
+
+
+def _text(value: Any, *, max_length: int, blank: bool = False) -> str | None:
+    """What the API's StrictCharField (trimmed) gives for value, or None when it might refuse it."""
+    if type(value) is not str:
+        return None
+    text = value.strip()
+    if (not text and not blank) or len(text) > max_length or "\x00" in text:
+        return None
+    return text
+
+
+def _optional_text(data: dict[str, Any], name: str, max_length: int) -> str | None:
+    return _text(data[name], max_length=max_length, blank=True) if name in data else ""
+
+
+def _price(data: dict[str, Any]) -> Decimal | bool | None:
+    """The price the API's DecimalField gives, None when absent or null, False when it might refuse it."""
+    value = data.get("price")
+    if value is None:
+        return None
+    if type(value) is str:
+        text = value.strip()
+    elif type(value) in (int, float):
+        text = str(value)
+    else:
+        return False
+    return Decimal(text).quantize(CENTS) if PLAIN_PRICE.fullmatch(text) else False
+
+
+def _entity(value: Any) -> EntityRef | None:
+    if type(value) is not dict:
+        return None
+    kind = _text(value.get("kind"), max_length=50)
+    external_id = _text(value.get("id"), max_length=EXTERNAL_ID_MAX_LENGTH)
+    name = _text(value["name"], max_length=300, blank=True) if "name" in value else ""
+    weight = value.get("weight", 1.0)
+    if kind is None or not SLUG.fullmatch(kind) or external_id is None or name is None:
+        return None
+    if type(weight) not in (int, float) or not 0.0001 <= weight <= 1000:
+        return None
+    return EntityRef(kind=kind, external_id=external_id, name=name, weight=float(weight))
+
+
+def _json_object(value: Any) -> bool:
+    if type(value) is not dict:
+        return False
+    try:
+        json_limits_check(value)
+    except JsonLimitExceeded:
+        return False
+    return b"\\u0000" not in orjson.dumps(value)  # NUL in any key or text (a false alarm costs only the slow path)
+
+
+def item_input_fast(data: dict[str, Any]) -> ItemInput | None:
+    """The ItemInput the item API would make of `data` (an `ItemBatchRowSerializer` body), or None when it would
+    refuse it, or when this check is not sure (the serializer then decides, with its own messages)."""
+    item_id = _text(data.get("item_id"), max_length=EXTERNAL_ID_MAX_LENGTH)
+    title = _text(data.get("title"), max_length=500)
+    description = _optional_text(data, "description", 20000)
+    category = _optional_text(data, "category", 200)
+    price = _price(data)
+    in_stock = data.get("in_stock", True)
+    attributes = data.get("attributes", {})
+    raw_entities = data.get("entities", [])
+    if item_id is None or title is None or description is None or category is None or price is False:
+        return None
+    if type(in_stock) is not bool or not _json_object(attributes):
+        return None
+    if type(raw_entities) is not list or len(raw_entities) > 100:
+        return None
+    entities = [_entity(value) for value in raw_entities]
+    if None in entities:
+        return None
+    return ItemInput(
+        external_id=item_id,
+        title=title,
+        description=description,
+        category=category,
+        price=price if isinstance(price, Decimal) else None,
+        in_stock=in_stock,
+        attributes=attributes,
+        entities=tuple(ref for ref in entities if ref is not None),
+    )
+
+
+def item_input_checked(data: dict[str, Any]) -> ItemInput | Problems:
+    """The item API's own verdict on `data`: its ItemInput, or its problems as (field, message)."""
+    serializer = ItemBatchRowSerializer(data=data)
+    if serializer.is_valid():
+        return serializer.to_input(serializer.validated_data["item_id"])
+    return [(name, messages[0]) for name, messages in flatten_errors(serializer.errors).items()]
+
+
+class StockRowSerializer(serializers.Serializer):  # type: ignore[misc]
+    """A stock feed row, by the item API's rules for these fields (in_stock has no default: absent, unchanged)."""
+
+    item_id = copy.deepcopy(ItemBatchRowSerializer._declared_fields["item_id"])
+    price = copy.deepcopy(ItemBatchRowSerializer._declared_fields["price"])
+    in_stock = StrictBooleanField(required=False)
+
+
+def item_patch_checked(data: dict[str, Any]) -> ItemPatch | Problems:
+    """A stock feed row (item_id with price and/or in_stock) as a patch of just those fields, by the API's rules."""
+    item_id = _text(data.get("item_id"), max_length=EXTERNAL_ID_MAX_LENGTH)
+    price = _price(data)
+    in_stock = data.get("in_stock", True)
+    if item_id is None or price is False or type(in_stock) is not bool:
+        serializer = StockRowSerializer(data=data)
+        if not serializer.is_valid():
+            return [(name, messages[0]) for name, messages in flatten_errors(serializer.errors).items()]
+        item_id, price = serializer.validated_data["item_id"], serializer.validated_data.get("price")
+        in_stock = serializer.validated_data.get("in_stock", True)
+    changed = frozenset(name for name in ("price", "in_stock") if name in data)
+    if not changed:
+        return [("item", NOTHING_TO_UPDATE)]
+    return ItemPatch(external_id=item_id, fields=changed, price=price if isinstance(price, Decimal) else None,
+                     in_stock=in_stock)  # fmt: skip
+
+
+def _renamed(problems: Problems, columns: dict[str, str]) -> Problems:
+    return [(columns.get(name, name), message) for name, message in problems]
+
+
+# --- Modes and headers ---
+
+
+def _csv_header_check(header: list[str], mode: str) -> list[str]:
+    unknown = [name for name in header if name not in CSV_COLUMNS]
+    if unknown or "item_id" not in header:
+        raise ImportFileError(
+            f"The CSV header must name item fields ({', '.join(CSV_COLUMNS)}), with item_id; "
+            f"unknown: {', '.join(unknown) or 'none'}."
+        )
+    if mode == FULL and "title" not in header:
+        raise ImportFileError(
+            "The CSV header needs title (a full catalog), or only item_id with price, in_stock or availability "
+            "(a stock feed)."
+        )
+    return header
+
+
+def _gmc_header_check(header: list[str], mode: str) -> list[str]:
+    header = _gmc_names(header)
+    if "id" not in header:
+        raise ImportFileError(
+            f"A Merchant Center feed's header must name its columns ({', '.join(GMC_COLUMNS)}), with id."
+        )
+    if mode == FULL and "title" not in header:
+        raise ImportFileError(
+            "The Merchant Center feed's header needs title (a full feed), or only id with price or availability "
+            "(a stock feed)."
+        )
+    return header
+
+
+def _gmc_names(header: list[str]) -> list[str]:
+    """Google's attribute names, however a feed's header spells them ("Image link" is image_link)."""
+    return [name.strip().lower().replace(" ", "_") for name in header]
+
+
+def import_mode(path: Path, file_format: str, *, partial: bool) -> str:
+    """STOCK when asked, or when the file gives nothing but ids, prices and stock; else FULL."""
+    if partial:
+        return STOCK
+    if file_format == "jsonl":
+        first = file_import.first_json_object(path) or {"title": None}
+        names, id_name, stock_fields = set(first), "item_id", STOCK_FIELDS
+    else:
+        header = file_import.csv_header(path, delimiter="\t" if file_format == "gmc" else ",")
+        names = set(_gmc_names(header) if file_format == "gmc" else header)
+        id_name, stock_fields = ("id", GMC_STOCK_FIELDS) if file_format == "gmc" else ("item_id", STOCK_FIELDS)
+        if not names:
+            return FULL
+    if "title" not in names and names & stock_fields and names <= {id_name, *stock_fields}:
+        return STOCK
+    return FULL
+
+
+def _row_reader(file_format: str, mode: str) -> Callable[..., Iterator[tuple[SourceRow, int, int]]]:
+    if file_format == "jsonl":
+
+        def jsonl(stream: IO[bytes], *, offset: int, line: int) -> Iterator[tuple[SourceRow, int, int]]:
+            return file_import.jsonl_rows(stream, offset=offset, line=line, record_name="item")
+
+        return jsonl
+    check = _gmc_header_check if file_format == "gmc" else _csv_header_check
+
+    def table(stream: IO[bytes], *, offset: int, line: int) -> Iterator[tuple[SourceRow, int, int]]:
+        return file_import.csv_rows(
+            stream,
+            offset=offset,
+            line=line,
+            record_name="item",
+            header_check=lambda header: check(header, mode),
+            delimiter="\t" if file_format == "gmc" else ",",
+        )
+
+    return table
+
+
+_FIELDS_OF: dict[str, Callable[[dict[str, Any], str], _Fields]] = {
+    "csv": _csv_fields,
+    "gmc": _gmc_fields,
+    "jsonl": _jsonl_fields,
+}
+
+
+def row_item(row: SourceRow, file_format: str, mode: str) -> ItemInput | ItemPatch | Problems:
+    """What one row of the file asks for (an item, or in a stock feed a patch), or its problems."""
+    if row.raw is None:
+        return row.problems
+    found = _FIELDS_OF[file_format](row.raw, mode)
+    if found.problems:
+        return _renamed(row.problems + found.problems, found.columns)
+    if mode == STOCK:
+        patch = item_patch_checked(found.data)
+        return patch if isinstance(patch, ItemPatch) else _renamed(patch, found.columns)
+    item = item_input_fast(found.data) or item_input_checked(found.data)
+    return item if isinstance(item, ItemInput) else _renamed(item, found.columns)
+
+
+# --- The import ---
+
+
+def items_import(
+    *,
+    path: Path,
+    file_format: str | None = None,
+    partial: bool = False,
+    batch_size: int = ITEM_IMPORT_BATCH_SIZE,
+    rejects_path: Path | None = None,
+    checkpoint_path: Path | None = None,
+    restart: bool = False,
+    max_batches: int | None = None,
+    progress: IO[str] | None = None,
+) -> ItemImportReport:
+    """Import the file's items into the catalog, resuming from its checkpoint unless `restart`."""
+    file_format = import_format(path, file_format)
+    mode = import_mode(path, file_format, partial=partial)
+    checkpoint_path = checkpoint_path or checkpoint_path_for(path)
+    checkpoint = file_import.checkpoint_open(
+        path=path,
+        checkpoint_path=checkpoint_path,
+        file_format=file_format,
+        counts_type=ItemImportCounts,
+        restart=restart,
+        restart_hint="items already imported are updated again, to the same values",
+        mode=mode,
+    )
+    report = ItemImportReport(file_format=file_format, totals=checkpoint.totals, mode=mode)
+    projection = content_projection() if mode == FULL else None
+
+    def import_batch(rows: list[SourceRow]) -> tuple[ItemImportCounts, Rejected]:
+        wanted: list[tuple[SourceRow, Any]] = []
+        rejected: Rejected = []
+        for row in rows:
+            result = row_item(row, file_format, mode)
+            if isinstance(result, list):
+                rejected.append((row, result))
+            else:
+                wanted.append((row, result))
+        counts = ItemImportCounts(rejected=len(rejected))
+        if mode == STOCK:
+            outcome = items_patch_many(patches=[patch for _, patch in wanted])
+            last_row = {patch.external_id: row for row, patch in wanted}
+            id_column = "id" if file_format == "gmc" else "item_id"
+            rejected += [(last_row[external_id], [(id_column, NOT_IN_CATALOG)]) for external_id in outcome.missing]
+            rejected.sort(key=lambda pair: pair[0].line)
+            counts.missing = len(outcome.missing)
+        else:
+            outcome = items_upsert_many(rows=[item for _, item in wanted], projection=projection)
+        counts.created, counts.updated = len(outcome.created), len(outcome.updated)
+        counts.repeated = len(wanted) - counts.created - counts.updated - counts.missing
+        return counts, rejected
+
+    file_import.file_import_run(
+        path=path,
+        report=report,
+        checkpoint=checkpoint,
+        checkpoint_path=checkpoint_path,
+        read_rows=_row_reader(file_format, mode),
+        import_batch=import_batch,
+        batch_size=batch_size,
+        rejects_path=rejects_path,
+        max_batches=max_batches,
+        progress=progress,
+        noun="items",
+    )
+    return report
