@@ -39,8 +39,15 @@ def event_tries(partition: int) -> str:
     return f"events:{_tag(partition)}:tries"
 
 
-def event_seen(partition: int, event_id: str) -> str:
-    return f"seen:{_tag(partition)}:{event_id}"
+def event_seen(partition: int, level: str, shard: int) -> str:
+    """One set of the 64-bit hashes of the event ids the partition's online state applied (`signals_app.dedupe`):
+    level "<day>.<level>" of the generations by arrival day, shard chosen by bits of the id's digest."""
+    return f"seen:{_tag(partition)}:{level}:{shard}"
+
+
+def event_seen_layout(partition: int) -> str:
+    """The partition's dedupe generations: "b:<day>" -> shard bits of each level, "n:<day>" -> ids added."""
+    return f"seen:{_tag(partition)}:layout"
 
 
 def item_trend(partition: int, window: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
@@ -25,7 +24,6 @@ from personalization import redis_keys
 from personalization.access import user_key_of
 from personalization.redis_client import ShaScript, get_control_redis
 from signals_app.models import BanditDecision, DeadLetter, Event, EventId, IdentityLink, Impression
-from signals_app.online_state import DEDUPE_WINDOW
 
 # Longer than an entry waits in a stream (the consumer's lag, a PostgreSQL outage): entries older than the erasure
 # that arrive later than this would be stored.
@@ -63,8 +61,6 @@ class ShopperTrace:
     session_ids: set[str] = field(default_factory=set)
     # The sessions the user's events carried (the user's session items are keyed by them).
     event_session_ids: set[str] = field(default_factory=set)
-    # user key -> the event ids of its events (their dedupe keys live in its partition).
-    event_ids: dict[str, set[str]] = field(default_factory=dict)
     request_ids: set[str] = field(default_factory=set)
     placements: set[str] = field(default_factory=set)
     # user key -> ids of its entries still in its partition's event stream; and in the dead-letter stream.
@@ -158,10 +154,6 @@ def shopper_trace(*, user_id: str) -> ShopperTrace:
     trace.event_session_ids |= set(
         _events(trace).exclude(user_id="").exclude(session_id="").values_list("session_id", flat=True).distinct()
     )
-    # Dedupe keys outlive an event's arrival by the dedupe window only.
-    recent = _events(trace).filter(received_at__gte=datetime.now(UTC) - DEDUPE_WINDOW)
-    for event_id, event_user, event_session in recent.values_list("event_id", "user_id", "session_id"):
-        trace.event_ids.setdefault(user_key_of(user_id=event_user, session_id=event_session), set()).add(event_id)
     for request_id, placement in Impression.objects.filter(user_key__in=user_keys).values_list(
         "request_id", "placement"
     ):
@@ -177,10 +169,8 @@ def _note(trace: ShopperTrace, owner: str, payload: dict[str, Any]) -> None:
     if kind == "impression":
         trace.request_ids.add(str(payload.get("request_id")))
         trace.placements.add(str(payload.get("placement")))
-    elif kind != "identify":
-        trace.event_ids.setdefault(owner, set()).add(str(payload.get("event_id")))
-        if payload.get("user_id") and payload.get("session_id"):
-            trace.event_session_ids.add(str(payload["session_id"]))
+    elif kind != "identify" and payload.get("user_id") and payload.get("session_id"):
+        trace.event_session_ids.add(str(payload["session_id"]))
 
 
 def _events(trace: ShopperTrace) -> Any:
@@ -206,8 +196,9 @@ def _dead_letters(trace: ShopperTrace) -> set[int]:
 
 
 def shopper_online_keys(trace: ShopperTrace, user_key: str) -> list[str]:
-    """The keys of the user key's online state that the Signal layer writes (all in its partition)."""
-    partition = redis_keys.partition_of(user_key)
+    """The keys of the user key's online state that the Signal layer writes (all in its partition). Not the dedupe's
+    sets: they hold 64-bit hashes of event ids, nothing that names the shopper, for at most 3 days, and keep a resend
+    of an erased event (after the tombstone's boundary) from starting its history again within the window."""
     keys = [
         redis_keys.user_recent_items(user_key),
         redis_keys.user_recent_last(user_key),
@@ -215,7 +206,6 @@ def shopper_online_keys(trace: ShopperTrace, user_key: str) -> list[str]:
         redis_keys.user_purchased(user_key),
         redis_keys.user_cooldown(user_key),
         *(redis_keys.user_session_items(user_key, session) for session in sorted(trace.event_session_ids | {"-"})),
-        *(redis_keys.event_seen(partition, event_id) for event_id in sorted(trace.event_ids.get(user_key, ()))),
     ]
     if user_key != trace.user_id:  # a linked session: the alias that sends its events to the user
         keys.append(redis_keys.session_alias(user_key.removeprefix("session:")))

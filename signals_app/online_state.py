@@ -23,7 +23,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Any
 
 import orjson
 import redis
@@ -38,13 +39,14 @@ from graph_app.features.definitions import (
 )
 from personalization import redis_keys
 from personalization.redis_client import ShaScript, script_pipeline_execute
+from signals_app import dedupe
+from signals_app.dedupe import DEDUPE_LUA, DEDUPE_WINDOW, DEDUPE_WINDOW_SECONDS, Generations
 from signals_app.event_types import EventType
 from signals_app.validation import EventInput
 
 logger = logging.getLogger(__name__)
 
-DEDUPE_WINDOW_SECONDS = 48 * 3600
-DEDUPE_WINDOW = timedelta(seconds=DEDUPE_WINDOW_SECONDS)
+__all__ = ["DEDUPE_WINDOW", "DEDUPE_WINDOW_SECONDS"]  # their home is signals_app.dedupe
 RECENT_ITEMS_KEPT = 50
 RECENT_ITEMS_TTL_SECONDS = int(AFFINITY_TTL_SECONDS)
 SESSION_ITEMS_TTL_SECONDS = 30 * 60
@@ -54,6 +56,8 @@ TREND_WINDOWS: dict[str, float] = POPULARITY_HALF_LIVES
 REBASE_AFTER_HALF_LIVES = 200
 # Events per script call (a call runs about 60 µs an event).
 SCRIPT_CALL_EVENTS = 50
+# Sends of a call: again after Redis forgot the script, or after another process added a dedupe level.
+INGEST_ATTEMPTS = 3
 # Hides and skips put the item in a per-user cool-down set (read by surface_app.serving.caps): the latest
 # COOLDOWN_ITEMS_KEPT items, for at most COOLDOWN_KEPT_SECONDS (the longest cool-down a cap can ask for).
 COOLDOWN_EVENT_TYPES = frozenset({"hide", "skip"})
@@ -93,10 +97,13 @@ end
 # online state, so that a late or imported event changes the state exactly as a live one does.
 STATE_LUA = (
     """
--- KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item counters, 5..4+W trend keys, then the events' keys.
--- ARGV: 1 events, 2 dedupe ttl, 3 recent kept, 4 user state ttl, 5 session ttl, 6 affinity half-life, 7 rebase
+-- KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item counters, 5..4+W trend keys, 5+W dedupe layout, then
+-- the events' keys (first each event's D dedupe sets).
+-- ARGV: 1 events, 2 (unused), 3 recent kept, 4 user state ttl, 5 session ttl, 6 affinity half-life, 7 rebase
 -- after, 8 windows W, 9..8+W trend half-lives, 9+W now, 10+W cool-down items kept, 11+W cool-down seconds kept,
--- 12+W purchased items kept, then the script's own.
+-- 12+W purchased items kept, then the dedupe's (signals_app.dedupe): 13+W dedupe sets an event D, 14+W ids per
+-- set, 15+W max shard bits, 16+W max levels, 17+W current generation, 18+W its end, 19+W its sets' expiry, 20+W
+-- arrival, 21+W its layout, 22+W.. the generations checked then their layouts; then the script's own.
 local events = tonumber(ARGV[1])
 local recent_kept = tonumber(ARGV[3])
 local state_ttl = tonumber(ARGV[4])
@@ -118,7 +125,16 @@ for w = 1, windows do
 end
 """
     + PACKED_ADD_LUA
+    + DEDUPE_LUA
     + """
+local dedupe_layout, dedupe_keys = KEYS[5 + windows], tonumber(ARGV[13 + windows])
+local dedupe_expire_at = ARGV[19 + windows]
+local own_args = 22 + windows + 2 * dedupe_checked
+local function dedupe_added(added)
+  dedupe_grow(dedupe_layout, ARGV[17 + windows], ARGV[21 + windows], added, tonumber(ARGV[20 + windows]),
+              tonumber(ARGV[18 + windows]), tonumber(ARGV[14 + windows]), tonumber(ARGV[15 + windows]),
+              tonumber(ARGV[16 + windows]))
+end
 -- Idempotent (the later time wins), so a late hide still counts for a long cool-down. `ts`: the argument string.
 local function cooldown_add(key, item, ts)
   redis.call('ZADD', key, 'GT', ts, item)
@@ -210,19 +226,24 @@ end
 INGEST_SCRIPT = (
     STATE_LUA
     + """
--- One partition's share of a request. KEYS after the common ones: 8 an event: seen, recent, session items,
--- affinity, placement counters, recent-last, cool-down, purchased. ARGV after the common ones: 11 values an event:
--- item, weight, marks interest, ts, payload, has session, late, is click in a placement, ctr half-life, starts a
--- cool-down (hide or skip), is a purchase.
+-- One partition's share of a request. KEYS after the common ones, an event: D dedupe sets, then recent, session
+-- items, affinity, placement counters, recent-last, cool-down, purchased. ARGV after the common ones: 12 values an
+-- event: item, weight, marks interest, ts, payload, has session, late, is click in a placement, ctr half-life,
+-- starts a cool-down (hide or skip), is a purchase, dedupe member. Returns "stale" (and writes nothing) when the
+-- caller's dedupe layouts are not the stored ones.
+if not dedupe_layout_current(dedupe_layout, 22 + windows) then return 'stale' end
 local results = {}
+local added = 0
 for e = 0, events - 1 do
-  local k = 4 + windows + 8 * e
-  local a = 12 + windows + 11 * e
+  local k = 5 + windows + (dedupe_keys + 7) * e
+  local a = own_args - 1 + 12 * e
   local item, weight, ts = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
-  if not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[2]) then
+  if not dedupe_first(k + 1, dedupe_keys, ARGV[a + 12], dedupe_expire_at) then
     results[e + 1] = 0
   else
     results[e + 1] = 1
+    added = added + 1
+    k = k + dedupe_keys - 1  -- the event's other keys: k + 2 ...
     if item ~= '' and ARGV[a + 10] == '1' then cooldown_add(KEYS[k + 7], item, ARGV[a + 4]) end
     if item ~= '' and ARGV[a + 11] == '1' then purchased_add(KEYS[k + 8], item, ARGV[a + 4]) end
     -- Older than the dedupe window (late): maybe a resend we no longer remember, so the durable log decides:
@@ -249,6 +270,7 @@ for e = 0, events - 1 do
     redis.call('XADD', KEYS[2], '*', 'e', ARGV[a + 5])
   end
 end
+dedupe_added(added)
 return results
 """
 )
@@ -258,12 +280,14 @@ APPLY_SCRIPT = (
     + """
 -- Events the durable log stored as new that the ingest script did not apply (late ones, imported history), of one
 -- partition, each user's in event-time order: the same updates as live, except the session items, and neither a
--- dedupe (the log did it) nor the stream. KEYS after the common ones: 7 an event: seen, recent, recent-last,
--- affinity, placement counters, cool-down, purchased. ARGV after the common ones: 13+W the times the log knows of
--- the items in each user's recent items (JSON: recent key -> {item: time}), then 9 values an event: item, weight,
--- marks interest, ts, dedupe (an import's event within the dedupe window: skip it if the ingest script saw it),
--- is click in a placement, ctr half-life, starts a cool-down, is a purchase. Returns 1 for each event applied.
-local known_times = cjson.decode(ARGV[13 + windows])
+-- dedupe (the log did it) nor the stream. KEYS after the common ones, an event: D dedupe sets, then recent,
+-- recent-last, affinity, placement counters, cool-down, purchased. ARGV after the common ones: the times the log
+-- knows of the items in each user's recent items (JSON: recent key -> {item: time}), then 10 values an event: item,
+-- weight, marks interest, ts, dedupe (an import's event within the dedupe window: skip it if the ingest script saw
+-- it), is click in a placement, ctr half-life, starts a cool-down, is a purchase, dedupe member. Returns 1 for each
+-- event applied, or "stale" (having written nothing) when the caller's dedupe layouts are not the stored ones.
+if not dedupe_layout_current(dedupe_layout, 22 + windows) then return 'stale' end
+local known_times = cjson.decode(ARGV[own_args])
 -- An item older than the user's latest goes behind every item not known to be older: an item the log has no time
 -- for arrived after the late event, so it is newer (anything that arrives live is at most the dedupe window old).
 local function recent_insert(recent, recent_last, item, ts, known)
@@ -295,14 +319,17 @@ local function recent_insert(recent, recent_last, item, ts, known)
   expire_after(recent, last)
 end
 local results = {}
+local added = 0
 for e = 0, events - 1 do
-  local k = 4 + windows + 7 * e
-  local a = 13 + windows + 9 * e
+  local k = 5 + windows + (dedupe_keys + 6) * e
+  local a = own_args + 10 * e
   local item, weight, ts = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
-  if ARGV[a + 5] == '1' and not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[2]) then
+  if ARGV[a + 5] == '1' and not dedupe_first(k + 1, dedupe_keys, ARGV[a + 10], dedupe_expire_at) then
     results[e + 1] = 0
   else
     results[e + 1] = 1
+    if ARGV[a + 5] == '1' then added = added + 1 end
+    k = k + dedupe_keys - 1  -- the event's other keys: k + 2 ...
     if ARGV[a + 8] == '1' then cooldown_add(KEYS[k + 6], item, ARGV[a + 4]) end
     if ARGV[a + 9] == '1' then purchased_add(KEYS[k + 7], item, ARGV[a + 4]) end
     if ARGV[a + 3] == '1' then
@@ -323,6 +350,7 @@ for e = 0, events - 1 do
     end
   end
 end
+dedupe_added(added)
 return results
 """
 )
@@ -387,13 +415,31 @@ def _common_keys(partition: int) -> list[str]:
         redis_keys.catalog_entities(partition),
         redis_keys.item_counters(partition),
         *(redis_keys.item_trend(partition, window) for window in TREND_WINDOWS),
+        redis_keys.event_seen_layout(partition),
     ]
 
 
-def _common_args(events: int) -> list[str | bytes | float | int]:
+def _dedupe_args(partition: int, generations: Generations, arrival: float, dedupe_keys: int) -> list[str | int]:
+    return [
+        dedupe_keys,
+        dedupe.IDS_PER_SET,
+        dedupe.MAX_SHARD_BITS,
+        dedupe.MAX_LEVELS,
+        generations.current,
+        generations.current_end,
+        generations.expire_at,
+        repr(arrival),
+        dedupe.layouts.levels(partition, generations.current),
+        *dedupe.layouts.args(partition, generations),
+    ]
+
+
+def _common_args(
+    events: int, partition: int, generations: Generations, arrival: float, dedupe_keys: int
+) -> list[str | bytes | float | int]:
     return [
         events,
-        DEDUPE_WINDOW_SECONDS,
+        0,  # formerly the dedupe key's ttl
         RECENT_ITEMS_KEPT,
         RECENT_ITEMS_TTL_SECONDS,
         SESSION_ITEMS_TTL_SECONDS,
@@ -405,7 +451,13 @@ def _common_args(events: int) -> list[str | bytes | float | int]:
         COOLDOWN_ITEMS_KEPT,
         COOLDOWN_KEPT_SECONDS,
         settings.SIGNALS_PURCHASED_ITEMS_KEPT,
+        *_dedupe_args(partition, generations, arrival, dedupe_keys),
     ]
+
+
+def _is_stale(reply: object) -> bool:
+    """The script refused the call (writing nothing): its dedupe layouts were not the stored ones."""
+    return reply in (dedupe.STALE, dedupe.STALE.decode())
 
 
 class IngestScript:
@@ -418,14 +470,24 @@ class IngestScript:
         self.sha = str(client.script_load(INGEST_SCRIPT))
         return self.sha
 
-    def queue(self, pipeline: redis.client.Pipeline, partition: int, events: Sequence[OnlineEvent]) -> None:
-        """One script call for the events of one partition."""
+    def queue(
+        self,
+        pipeline: redis.client.Pipeline,
+        partition: int,
+        events: Sequence[OnlineEvent],
+        arrival: float,
+        generations: Generations,
+    ) -> None:
+        """One script call for the events of one partition (their dedupe layouts known)."""
         keys = _common_keys(partition)
-        args = _common_args(len(events))
+        args: list[str | bytes | float | int] = []
+        dedupe_keys = 0
         for online in events:
             event = online.event
+            member, seen = dedupe.layouts.keys(partition, generations, event.event_id)
+            dedupe_keys = len(seen)
             keys += [
-                redis_keys.event_seen(partition, event.event_id),
+                *seen,
                 redis_keys.user_recent_items(event.user_key),
                 redis_keys.user_session_items(event.user_key, event.session_id or "-"),
                 redis_keys.user_affinity(event.user_key),
@@ -446,7 +508,9 @@ class IngestScript:
                 CTR_HALF_LIFE_SECONDS,
                 "1" if event.type in COOLDOWN_EVENT_TYPES else "0",
                 "1" if event.type == "purchase" else "0",
+                member,
             ]
+        args = _common_args(len(events), partition, generations, arrival, dedupe_keys) + args
         assert self.sha is not None
         pipeline.evalsha(self.sha, len(keys), *keys, *args)
 
@@ -473,10 +537,26 @@ class IngestScript:
             for start in range(0, len(indexes), SCRIPT_CALL_EVENTS)
         ]
         outcomes = [EventOutcome.NOT_APPLIED] * len(events)
-        for attempt in range(2):
+        # The dedupe's generations by the request's arrival (one for all its events).
+        arrival = max(online.received_at for online in events).timestamp() if events else time.time()
+        generations = dedupe.generations_at(arrival)
+        stale: set[int] = set()
+        for attempt in range(INGEST_ATTEMPTS):
+            try:
+                # The dedupe layouts of the partitions this process does not know yet (or knew as they were): a
+                # round trip that writes only layouts, so a failure applied none of the events.
+                for partition in stale:
+                    dedupe.layouts.forget(partition)
+                dedupe.layouts.fetch(
+                    client,
+                    [(p, generations) for p, _ in calls if dedupe.layouts.missing(p, generations)],
+                )
+            except redis.RedisError as error:
+                logger.warning("signals.ingest_not_sent", extra={"error": repr(error), "events": len(events)})
+                return outcomes
             pipeline = client.pipeline(transaction=False)
             for partition, indexes in calls:
-                self.queue(pipeline, partition, [events[index] for index in indexes])
+                self.queue(pipeline, partition, [events[index] for index in indexes], arrival, generations)
             if also is not None and attempt == 0:
                 also(pipeline)
             try:
@@ -495,9 +575,15 @@ class IngestScript:
                         outcomes[index] = EventOutcome.UNKNOWN
                 return outcomes
             forgotten = []
+            stale = set()
+            script_forgotten = False
             for call, reply in zip(calls, replies[: len(calls)], strict=True):
                 if isinstance(reply, NoScriptError):
                     forgotten.append(call)  # nothing of this call ran
+                    script_forgotten = True
+                elif _is_stale(reply):
+                    forgotten.append(call)  # nothing of this call ran: send it again with the layouts as stored
+                    stale.add(call[0])
                 elif isinstance(reply, Exception):
                     logger.warning("signals.ingest_call_failed", extra={"error": repr(reply), "events": len(call[1])})
                     # A script is not rolled back when it fails midway: only a refusal of its first write (or of
@@ -511,11 +597,12 @@ class IngestScript:
                 else:
                     for index, is_new in zip(call[1], reply, strict=True):
                         outcomes[index] = EventOutcome.NEW if is_new else EventOutcome.DUPLICATE
-            if not forgotten or attempt:
+            if not forgotten or attempt == INGEST_ATTEMPTS - 1:
                 return outcomes
             # Scripts do not survive a restart or a failover: load it again and send the calls that did not run.
             try:
-                self.load(client)
+                if script_forgotten:
+                    self.load(client)
             except redis.RedisError:
                 return outcomes  # the forgotten calls stay NOT_APPLIED
             calls = forgotten
@@ -548,44 +635,73 @@ class ApplyScript:
         """Apply the events (each user's in event-time order) in one round trip; True for each one applied.
         `known`: user key -> item -> the time of the latest event the log holds that put the item in the user's
         recent items (the items there without one are newer than any late event)."""
-        known_running = {user_key: dict(items) for user_key, items in known.items()}
         by_partition: dict[int, list[int]] = {}
         for index, logged in enumerate(events):
             by_partition.setdefault(redis_keys.partition_of(logged.event.user_key), []).append(index)
-        calls: list[tuple[list[int], list[str], list[str | bytes | float | int]]] = []
-        for partition, indexes in by_partition.items():
-            # Short calls, like ingest's: Redis serves the hot path between them.
-            for start in range(0, len(indexes), SCRIPT_CALL_EVENTS):
-                chunk = indexes[start : start + SCRIPT_CALL_EVENTS]
-                keys, args = self._call(partition, [events[index] for index in chunk], known_running)
-                calls.append((chunk, keys, args))
-
-        def queue(pipeline: redis.client.Pipeline) -> None:
-            for _chunk, keys, args in calls:
-                self.script.queue(client, pipeline, keys, args)
-
-        replies = script_pipeline_execute(client, queue, self.script)
+        # Short calls, like ingest's: Redis serves the hot path between them.
+        chunks = [
+            (partition, indexes[start : start + SCRIPT_CALL_EVENTS])
+            for partition, indexes in by_partition.items()
+            for start in range(0, len(indexes), SCRIPT_CALL_EVENTS)
+        ]
+        arrival = time.time()
+        generations = dedupe.generations_at(arrival)
         outcomes = [False] * len(events)
-        for (chunk, _keys, _args), reply in zip(calls, replies, strict=True):
-            for index, applied in zip(chunk, reply, strict=True):
-                outcomes[index] = bool(applied)
-        return outcomes
+        to_send = set(range(len(chunks)))
+        stale: set[int] = set()
+        for _attempt in range(INGEST_ATTEMPTS):
+            for partition in stale:
+                dedupe.layouts.forget(partition)
+            dedupe.layouts.fetch(
+                client, [(p, generations) for p, _ in chunks if dedupe.layouts.missing(p, generations)]
+            )
+            # Every call built again in order (each user's known times carry from one call to the next), the ones
+            # already run left out.
+            known_running = {user_key: dict(items) for user_key, items in known.items()}
+            calls = [
+                (number, chunk, *self._call(p, [events[i] for i in chunk], known_running, generations, arrival))
+                for number, (p, chunk) in enumerate(chunks)
+            ]
+            calls = [call for call in calls if call[0] in to_send]
+
+            def queue(pipeline: redis.client.Pipeline, calls: list[Any] = calls) -> None:
+                for _number, _chunk, keys, args in calls:
+                    self.script.queue(client, pipeline, keys, args)
+
+            replies = script_pipeline_execute(client, queue, self.script)
+            stale = set()
+            for (number, chunk, _keys, _args), reply in zip(calls, replies, strict=True):
+                if _is_stale(reply):  # nothing of it ran: sent again with the layouts as stored
+                    stale.add(chunks[number][0])
+                    continue
+                to_send.discard(number)
+                for index, applied in zip(chunk, reply, strict=True):
+                    outcomes[index] = bool(applied)
+            if not to_send:
+                return outcomes
+        raise redis.RedisError("the dedupe layout kept changing: some events were not applied")
 
     @staticmethod
     def _call(
-        partition: int, events: Sequence[LoggedEvent], known: dict[str, dict[str, float]]
+        partition: int,
+        events: Sequence[LoggedEvent],
+        known: dict[str, dict[str, float]],
+        generations: Generations,
+        arrival: float,
     ) -> tuple[list[str], list[str | bytes | float | int]]:
         keys = _common_keys(partition)
-        args = _common_args(len(events))
         recent_known = {
             redis_keys.user_recent_items(user_key): known.get(user_key, {})
             for user_key in {logged.event.user_key for logged in events}
         }
-        args.append(orjson.dumps(recent_known))
+        args: list[str | bytes | float | int] = [orjson.dumps(recent_known)]
+        dedupe_keys = 0
         for logged in events:
             event, kind = logged.event, logged.event_type
+            member, seen = dedupe.layouts.keys(partition, generations, event.event_id)
+            dedupe_keys = len(seen)
             keys += [
-                redis_keys.event_seen(partition, event.event_id),
+                *seen,
                 redis_keys.user_recent_items(event.user_key),
                 redis_keys.user_recent_last(event.user_key),
                 redis_keys.user_affinity(event.user_key),
@@ -604,11 +720,13 @@ class ApplyScript:
                 CTR_HALF_LIFE_SECONDS,
                 "1" if event.type in COOLDOWN_EVENT_TYPES else "0",
                 "1" if event.type == "purchase" else "0",
+                member,
             ]
             if kind.marks_interest:  # what the next call of the same user must know
                 items = known.setdefault(event.user_key, {})
                 items[event.item_id] = max(items.get(event.item_id, timestamp), timestamp)
-        return keys, args
+        common = _common_args(len(events), partition, generations, arrival, dedupe_keys)
+        return keys, common + args
 
 
 apply_script = ApplyScript()

@@ -49,3 +49,21 @@ def test_entries_read_before_the_erasure_are_dropped_when_stored_and_later_ones_
     assert (later.stored, later.erased) == (1, 0)
     assert Event.objects.filter(user_id="gone").count() == 1
     assert clean_redis.lrange(redis_keys.user_recent_items("gone"), 0, -1) == [b"bag"]
+
+
+def test_a_resend_of_an_erased_event_within_the_window_does_not_start_its_history_again(clean_redis):
+    """The tombstone covers what was in flight at the erasure; a resend after it is kept out by the dedupe, which
+    remembers the event id only as a 64-bit hash: nothing in Redis names the shopper or the event."""
+    sent = {"event_id": "gone-1", "type": "view", "user_id": "gone", "item_id": "mug"}
+    events_ingest(raw_events=[sent])
+    consumer.events_drain_all()
+    shopper_erase(user_id="gone")
+
+    report = events_ingest(raw_events=[sent])
+    consumer.events_drain_all()
+
+    assert (report.accepted, report.duplicates) == (0, 1)
+    assert not Event.objects.filter(user_id="gone").exists()
+    assert not clean_redis.exists(redis_keys.user_recent_items("gone"))
+    assert [key for key in clean_redis.scan_iter(count=1000) if b"gone" in key] == []
+    assert clean_redis.keys("seen:*")  # the dedupe's sets are still there

@@ -1,0 +1,264 @@
+"""Which event ids the online state applied in the last 48 h: the ingest script's dedupe (hot path, no ORM).
+
+An event id is remembered as a 64-bit hash (blake2b), an integer member of a Redis set: sets of integers of at
+most 512 members (the default `set-max-intset-entries`) are intsets, 8 bytes a member. Per partition, the ids are
+kept in generations by arrival time (a UTC day each, `seen:{pN}:<day>.<level>:<shard>`); a generation's ids are
+spread over 2^bits sets by other bits of the digest, so that each set holds about IDS_PER_SET. The bits follow
+the event rate: a new generation starts with enough sets for the busier of the two before it, and when its sets
+fill up faster than that, the ingest script adds a level (more sets) for the rest of the day; an id is looked up
+in every level of the generations it checks and added to the newest level of the current one. The layout (each
+generation's levels) is stored in the partition's layout hash; each process keeps the layouts it uses, and the
+ingest script refuses a call made with a layout that is not the stored one ("stale") before writing anything.
+
+A lookup checks the generations that overlap [arrival - 48 h - skew, arrival + skew] (at most 4): an id stays
+known for at least the 48 h window (and at most 3 days), despite a clock skew of up to CLOCK_SKEW_SECONDS between
+the processes and Redis. Members of the checked sets are compared exactly, so a new event is dropped only if its
+64-bit hash equals that of one of the few hundred ids in the sets it is looked up in (the digest's other bits chose
+the set): about 1e-15 an event, once in thousands of years at 10,000 events/s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import redis
+
+from personalization import redis_keys
+from personalization.redis_client import ShaScript
+
+DEDUPE_WINDOW_SECONDS = 48 * 3600
+DEDUPE_WINDOW = timedelta(seconds=DEDUPE_WINDOW_SECONDS)
+GENERATION_SECONDS = 24 * 3600
+CLOCK_SKEW_SECONDS = 300
+# Enough generations to cover the window and both skews: (48 h + 10 min) spans at most 3 days, plus the next day.
+GENERATIONS_CHECKED = 4
+# The mean size a set is sized for: half the default intset limit (512), so a day up to twice as busy as the one
+# before still fits, and sets of a few hundred ids make each key's own overhead (about 70 bytes) small per id.
+IDS_PER_SET = 256
+MAX_SHARD_BITS = 22
+# A generation grows levels at most this many times (each is one more lookup an event): past it, sets outgrow the
+# intset encoding (correct, about 5x the memory).
+MAX_LEVELS = 4
+# A level's rate is measured over at least this long (a burst of a few seconds would ask for far too many sets).
+RATE_MIN_SECONDS = 600
+# The layout hash outlives its generations (a new one reads the counts of the two before it).
+LAYOUT_KEEP_SECONDS = 10 * 24 * 3600
+STALE = b"stale"
+
+
+def _constants(lua: str) -> str:
+    """The Lua source with this module's constants in it."""
+    for name in ("GENERATIONS_CHECKED", "GENERATION_SECONDS", "RATE_MIN_SECONDS"):
+        lua = lua.replace(name, str(globals()[name]))
+    return lua
+
+
+# KEYS 1 the partition's layout. ARGV 1 layout keep seconds, 2 ids per set, 3 max shard bits, 4 now, then
+# generations. Returns each generation's layout ("bits,bits..." of its levels): a generation not yet known gets one
+# level, with enough sets for the busier of the two generations before it, begun now (or at the generation's start).
+LAYOUT_LUA = """
+local layout = KEYS[1]
+local per_set, max_bits, now = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local layouts, oldest = {}, nil
+for index = 5, #ARGV do
+  local generation = tonumber(ARGV[index])
+  if not oldest or generation < oldest then oldest = generation end
+  local levels = redis.call('HGET', layout, 'b:' .. generation)
+  if not levels then
+    local ids = math.max(tonumber(redis.call('HGET', layout, 'n:' .. (generation - 1)) or '0'),
+                         tonumber(redis.call('HGET', layout, 'n:' .. (generation - 2)) or '0'))
+    local bits = 0
+    while bits < max_bits and ids > per_set * 2 ^ bits do bits = bits + 1 end
+    levels = tostring(bits)
+    redis.call('HSET', layout, 'b:' .. generation, levels, 't:' .. generation,
+               math.max(now, generation * GENERATION_SECONDS))
+  end
+  layouts[#layouts + 1] = levels
+end
+for generation = oldest - 10, oldest - 3 do
+  redis.call('HDEL', layout, 'b:' .. generation, 'n:' .. generation, 'c:' .. generation, 't:' .. generation)
+end
+redis.call('EXPIRE', layout, tonumber(ARGV[1]))
+return layouts
+"""
+layout_script = ShaScript(_constants(LAYOUT_LUA))
+
+# The ingest and apply scripts' dedupe (Lua functions over their KEYS and ARGV). dedupe_layout_current(layout,
+# first_arg) checks the caller's layouts (ARGV from first_arg: the generations checked, then their layouts) against
+# the stored ones; dedupe_first(keys, first_key, count, member, expire_at) checks an id's sets (its key in each level
+# of each generation checked; the first: the newest level of the current generation, where a new id is added) and
+# adds it; dedupe_grow(...) counts the ids added and adds a level when the current generation's sets are full.
+DEDUPE_LUA = """
+local dedupe_checked = GENERATIONS_CHECKED
+local function dedupe_layout_current(layout, first_arg)
+  local fields, expected = {}, {}
+  for index = 0, GENERATIONS_CHECKED - 1 do
+    fields[index + 1] = 'b:' .. ARGV[first_arg + index]
+    expected[index + 1] = ARGV[first_arg + GENERATIONS_CHECKED + index]
+  end
+  local stored = redis.call('HMGET', layout, unpack(fields))
+  for index = 1, #fields do
+    if stored[index] ~= expected[index] then return false end
+  end
+  return true
+end
+local function dedupe_first(first_key, count, member, expire_at)
+  for index = first_key, first_key + count - 1 do
+    if redis.call('SISMEMBER', KEYS[index], member) == 1 then return false end
+  end
+  redis.call('SADD', KEYS[first_key], member)
+  redis.call('EXPIREAT', KEYS[first_key], expire_at)
+  return true
+end
+-- A level has as many sets as its bits say: once they hold IDS_PER_SET each on average, the rest of the day goes
+-- to a new level with enough sets for the ids the rate since the last level began brings until the day ends.
+local function dedupe_grow(layout, generation, levels, added, now, generation_end, per_set, max_bits, max_levels)
+  if added == 0 then return end
+  redis.call('HINCRBY', layout, 'n:' .. generation, added)
+  local in_level = redis.call('HINCRBY', layout, 'c:' .. generation, added)
+  local count, last_bits = 0, 0
+  for bits in string.gmatch(levels, '[^,]+') do
+    count = count + 1
+    last_bits = tonumber(bits)
+  end
+  if in_level <= per_set * 2 ^ last_bits or count >= max_levels or last_bits >= max_bits then return end
+  local started = tonumber(redis.call('HGET', layout, 't:' .. generation) or '0')
+  started = math.max(started, generation_end - GENERATION_SECONDS)
+  local expected = in_level / math.max(now - started, RATE_MIN_SECONDS) * math.max(generation_end - now, 1)
+  local bits = last_bits + 1
+  while bits < max_bits and expected > per_set * 2 ^ bits do bits = bits + 1 end
+  redis.call('HSET', layout, 'b:' .. generation, levels .. ',' .. bits, 'c:' .. generation, 0, 't:' .. generation, now)
+end
+"""
+DEDUPE_LUA = _constants(DEDUPE_LUA)
+
+
+def event_digest(event_id: str) -> tuple[int, int]:
+    """The id's member (a signed 64-bit integer, as intsets hold) and the independent bits that choose its set."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little", signed=True), int.from_bytes(digest[8:], "little")
+
+
+@dataclass(frozen=True)
+class Generations:
+    """The generations an arrival time uses: `checked`, newest first (GENERATIONS_CHECKED), and `current`, where
+    a new id goes."""
+
+    current: int
+    checked: tuple[int, ...]
+    arrival: float
+
+    @property
+    def expire_at(self) -> int:
+        """When the current generation's sets may go: its last id is then older than the window and both skews."""
+        return (self.current + 1) * GENERATION_SECONDS + DEDUPE_WINDOW_SECONDS + 2 * CLOCK_SKEW_SECONDS
+
+    @property
+    def current_end(self) -> int:
+        return (self.current + 1) * GENERATION_SECONDS
+
+
+def generations_at(arrival: float) -> Generations:
+    newest = math.floor((arrival + CLOCK_SKEW_SECONDS) / GENERATION_SECONDS)
+    return Generations(
+        current=math.floor(arrival / GENERATION_SECONDS),
+        checked=tuple(range(newest, newest - GENERATIONS_CHECKED, -1)),
+        arrival=arrival,
+    )
+
+
+class Layouts:
+    """The generations' layouts this process knows (they change only by a level added, which a call with an old
+    one learns from its "stale" reply)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, int], str] = {}
+
+    def missing(self, partition: int, generations: Generations) -> bool:
+        return any((partition, generation) not in self._known for generation in generations.checked)
+
+    def forget(self, partition: int) -> None:
+        for known in [known for known in self._known if known[0] == partition]:
+            del self._known[known]
+
+    def fetch(self, client: redis.Redis, needed: Iterable[tuple[int, Generations]]) -> None:
+        """The layouts of these partitions' generations, one round trip (creating the ones not yet known)."""
+        wanted = list(needed)
+        if not wanted:
+            return
+        now = max(generations.arrival for _partition, generations in wanted)
+        needed_checked = sorted({(partition, generations.checked) for partition, generations in wanted})
+        for attempt in range(2):
+            pipeline = client.pipeline(transaction=False)
+            for partition, checked in needed_checked:
+                layout_script.queue(
+                    client,
+                    pipeline,
+                    [redis_keys.event_seen_layout(partition)],
+                    [LAYOUT_KEEP_SECONDS, IDS_PER_SET, MAX_SHARD_BITS, repr(now), *checked],
+                )
+            try:
+                replies = pipeline.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                layout_script.forget()  # Redis restarted or failed over: nothing of these calls ran
+                if attempt:
+                    raise
+        newest = max(checked[0] for _partition, checked in needed_checked)
+        for (partition, checked), layouts in zip(needed_checked, replies, strict=True):
+            for generation, levels in zip(checked, layouts, strict=True):
+                self._known[(partition, generation)] = levels.decode() if isinstance(levels, bytes) else str(levels)
+        for known in [known for known in self._known if known[1] < newest - 2 * GENERATIONS_CHECKED]:
+            del self._known[known]
+
+    def levels(self, partition: int, generation: int) -> str:
+        return self._known[(partition, generation)]
+
+    def keys(self, partition: int, generations: Generations, event_id: str) -> tuple[int, list[str]]:
+        """The id's member and its sets: first the newest level of the current generation, then every other level
+        of the generations checked."""
+        member, chooser = event_digest(event_id)
+        current: str | None = None
+        others: list[str] = []
+        for generation in generations.checked:
+            levels = self._known[(partition, generation)].split(",")
+            for level, bits in enumerate(levels):
+                key = redis_keys.event_seen(partition, f"{generation}.{level}", chooser & ((1 << int(bits)) - 1))
+                if generation == generations.current and level == len(levels) - 1:
+                    current = key
+                else:
+                    others.append(key)
+        assert current is not None
+        return member, [current, *others]
+
+    def args(self, partition: int, generations: Generations) -> list[str | int]:
+        """What the scripts' dedupe_layout_current reads: the generations checked, then their layouts."""
+        return [
+            *generations.checked,
+            *(self._known[(partition, generation)] for generation in generations.checked),
+        ]
+
+
+layouts = Layouts()
+
+
+def event_ids_seen(client: redis.Redis, events: Sequence[tuple[int, str]], arrival: float) -> list[bool]:
+    """Whether each (partition, event id) was seen within the window before `arrival` (control plane: tests,
+    benchmarks)."""
+    generations = generations_at(arrival)
+    layouts.fetch(client, [(partition, generations) for partition, _ in events])
+    pipeline = client.pipeline(transaction=False)
+    for partition, event_id in events:
+        member, keys = layouts.keys(partition, generations, event_id)
+        for key in keys:
+            pipeline.sismember(key, str(member))
+    replies = iter(pipeline.execute())
+    seen = []
+    for partition, event_id in events:
+        found = [bool(next(replies)) for _ in layouts.keys(partition, generations, event_id)[1]]
+        seen.append(any(found))
+    return seen
