@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from graph_app.apis import ItemBatchUpsertApi, ItemDetailApi, UserTraitsApi
+from graph_app.apis import ItemBatchDeleteApi, ItemBatchUpsertApi, ItemDetailApi, UserTraitsApi
 from personalization import views as platform_views
 from signals_app import segment_apis
 from signals_app.apis import EventIngestApi, IdentifyApi
@@ -10,6 +10,7 @@ from surface_app.views import demo_page
 
 api_v1 = [
     path("items/batch", ItemBatchUpsertApi.as_view(), name="items-batch"),
+    path("items/batch/delete", ItemBatchDeleteApi.as_view(), name="items-batch-delete"),
     path("items/<str:item_id>/similar", SimilarItemsApi.as_view(), name="items-similar"),
     path("items/<str:item_id>", ItemDetailApi.as_view(), name="item-detail"),
     path("events", EventIngestApi.as_view(), name="events"),

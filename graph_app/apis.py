@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from graph_app.catalog_bulk import PATCH_FIELDS, ItemPatch, items_delete_many, items_patch_many, items_upsert_many
 from graph_app.models import Item
 from graph_app.selectors import item_get_with_entities
 from graph_app.services import (
@@ -135,7 +136,77 @@ class ItemBatchResultSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["created", "updated", "error"])
 
 
+class ItemPatchRowSerializer(serializers.Serializer):
+    item_id = StrictCharField(max_length=EXTERNAL_ID_MAX_LENGTH)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0, required=False, allow_null=True)
+    in_stock = StrictBooleanField(required=False)
+    attributes = JsonObjectField(
+        required=False, help_text="Merged into the item's attributes at the top level; a key set to null is removed."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        if not PATCH_FIELDS & set(attrs):
+            raise serializers.ValidationError({"item": [f"Name at least one of {', '.join(sorted(PATCH_FIELDS))}."]})
+        return attrs
+
+    def to_patch(self) -> ItemPatch:
+        data = self.validated_data
+        return ItemPatch(
+            external_id=data["item_id"],
+            fields=frozenset(PATCH_FIELDS & set(data)),
+            price=data.get("price"),
+            in_stock=data.get("in_stock", True),
+            attributes=data.get("attributes", {}),
+        )
+
+
+# The body of `PATCH /api/v1/items/batch`, declared whole: the rows are partial, the body is not (the schema
+# generator would otherwise mark `items` optional, as for any PATCH).
+class ItemBatchPatchSerializer(serializers.Serializer):
+    items = serializers.ListField(child=ItemPatchRowSerializer(), min_length=1)
+
+    @property
+    def partial(self) -> bool:
+        return False
+
+    @partial.setter
+    def partial(self, value: bool) -> None:
+        pass
+
+
+class ItemPatchResultSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    item_id = serializers.CharField(allow_null=True)
+    status = serializers.ChoiceField(choices=["updated", "missing", "error"])
+
+
+def _rows_validate(
+    rows: list[Any], serializer_class: type[serializers.Serializer]
+) -> tuple[list[tuple[int, serializers.Serializer]], list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """The valid rows (index, serializer), the per-index errors, and the error results by index."""
+    valid: list[tuple[int, serializers.Serializer]] = []
+    errors: list[dict[str, Any]] = []
+    failed: dict[int, dict[str, Any]] = {}
+    for index, row in enumerate(rows):
+        serializer = serializer_class(data=row) if isinstance(row, dict) else None
+        if serializer is not None and serializer.is_valid():
+            valid.append((index, serializer))
+            continue
+        row_errors = flatten_errors(serializer.errors) if serializer is not None else {"item": ["Must be an object."]}
+        for field_name, messages in row_errors.items():
+            errors.append({"index": index, "field": field_name, "message": messages[0]})
+        item_id = row.get("item_id") if isinstance(row, dict) else None
+        failed[index] = {"index": index, "item_id": item_id if isinstance(item_id, str) else None, "status": "error"}
+    return valid, errors, failed
+
+
 class ItemBatchUpsertApi(APIView):
+    """`POST /api/v1/items/batch`: create or replace up to ITEM_BATCH_MAX items; `PATCH`: change some fields of
+    existing ones. Rows are validated one by one (per-index errors), the valid ones written together."""
+
     required_scope = ApiScope.SERVER
 
     class InputSerializer(serializers.Serializer):
@@ -150,46 +221,107 @@ class ItemBatchUpsertApi(APIView):
         responses=inline_serializer(
             "ItemBatchResponse",
             {
-                "created": serializers.IntegerField(),
+                "created": serializers.IntegerField(help_text="Items created (an id sent twice counts once)."),
                 "updated": serializers.IntegerField(),
                 "errors": ItemBatchErrorSerializer(many=True),
                 "results": ItemBatchResultSerializer(many=True),
             },
         ),
         operation_id="items_batch_upsert",
+        description="A duplicate item_id within one batch: the last row wins (each of its indexes reports it).",
     )
     @shelves_catalog_batch()  # the live shelves hear of the whole batch in one message
     def post(self, request: Request) -> Response:
         envelope = self.InputSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)
-        projection = content_projection()
-        created = updated = 0
-        errors: list[dict[str, Any]] = []
-        results: list[dict[str, Any]] = []
-        for index, row in enumerate(envelope.validated_data["items"]):
-            serializer = ItemBatchRowSerializer(data=row) if isinstance(row, dict) else None
-            if serializer is None or not serializer.is_valid():
-                row_errors = (
-                    flatten_errors(serializer.errors) if serializer is not None else {"item": ["Must be an object."]}
-                )
-                for field_name, messages in row_errors.items():
-                    errors.append({"index": index, "field": field_name, "message": messages[0]})
-                item_id = row.get("item_id") if isinstance(row, dict) else None
-                results.append(
-                    {"index": index, "item_id": item_id if isinstance(item_id, str) else None, "status": "error"}
-                )
-                continue
-            result = item_upsert(data=serializer.to_input(serializer.validated_data["item_id"]), projection=projection)
-            created += result.created
-            updated += not result.created
-            results.append(
-                {
-                    "index": index,
-                    "item_id": result.item.external_id,
-                    "status": "created" if result.created else "updated",
-                }
-            )
-        return Response({"created": created, "updated": updated, "errors": errors, "results": results})
+        valid, errors, results = _rows_validate(envelope.validated_data["items"], ItemBatchRowSerializer)
+        rows = [serializer.to_input(serializer.validated_data["item_id"]) for _, serializer in valid]  # type: ignore[attr-defined]
+        outcome = items_upsert_many(rows=rows, projection=content_projection())
+        created = set(outcome.created)
+        for (index, _), row in zip(valid, rows, strict=True):
+            status_name = "created" if row.external_id in created else "updated"
+            results[index] = {"index": index, "item_id": row.external_id, "status": status_name}
+        return Response(
+            {
+                "created": len(outcome.created),
+                "updated": len(outcome.updated),
+                "errors": errors,
+                "results": [results[index] for index in sorted(results)],
+            }
+        )
+
+    @extend_schema(
+        request=ItemBatchPatchSerializer,
+        responses=inline_serializer(
+            "ItemBatchPatchResponse",
+            {
+                "updated": serializers.IntegerField(),
+                "missing": serializers.IntegerField(help_text="Rows naming an item not in the catalog."),
+                "errors": ItemBatchErrorSerializer(many=True),
+                "results": ItemPatchResultSerializer(many=True),
+            },
+        ),
+        operation_id="items_batch_patch",
+        description="Change only the fields named (price, in_stock, attributes) of up to 1,000 existing items. "
+        "attributes merge at the top level (a key set to null is removed). An item_id not in the catalog: status "
+        '"missing"; an unknown field or a row naming none of the three: status "error".',
+    )
+    @shelves_catalog_batch()
+    def patch(self, request: Request) -> Response:
+        envelope = self.InputSerializer(data=request.data)
+        envelope.is_valid(raise_exception=True)
+        valid, errors, results = _rows_validate(envelope.validated_data["items"], ItemPatchRowSerializer)
+        patches = [serializer.to_patch() for _, serializer in valid]  # type: ignore[attr-defined]
+        outcome = items_patch_many(patches=patches)
+        missing = set(outcome.missing)
+        for (index, _), patch in zip(valid, patches, strict=True):
+            status_name = "missing" if patch.external_id in missing else "updated"
+            results[index] = {"index": index, "item_id": patch.external_id, "status": status_name}
+        ordered = [results[index] for index in sorted(results)]
+        return Response(
+            {
+                "updated": sum(row["status"] == "updated" for row in ordered),
+                "missing": sum(row["status"] == "missing" for row in ordered),
+                "errors": errors,
+                "results": ordered,
+            }
+        )
+
+
+class ItemBatchDeleteApi(APIView):
+    """`POST /api/v1/items/batch/delete`: delete up to ITEM_BATCH_MAX items (a POST: a DELETE with a body is
+    dropped by some proxies and clients)."""
+
+    required_scope = ApiScope.SERVER
+
+    class InputSerializer(serializers.Serializer):
+        item_ids = serializers.ListField(
+            child=StrictCharField(max_length=EXTERNAL_ID_MAX_LENGTH), min_length=1, max_length=ITEM_BATCH_MAX
+        )
+
+    @extend_schema(
+        request=inline_serializer(
+            "ItemBatchDelete",
+            # Up to ITEM_BATCH_MAX ids (not declared, as for the batch upsert).
+            {"item_ids": serializers.ListField(child=StrictCharField(max_length=EXTERNAL_ID_MAX_LENGTH), min_length=1)},
+        ),
+        responses=inline_serializer(
+            "ItemBatchDeleteResponse",
+            {
+                "deleted": serializers.IntegerField(min_value=0),
+                "missing": serializers.ListField(
+                    child=serializers.CharField(), help_text="The ids not in the catalog, in request order."
+                ),
+            },
+        ),
+        operation_id="items_batch_delete",
+    )
+    @shelves_catalog_batch()
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        outcome = items_delete_many(external_ids=data.validated_data["item_ids"])
+        return Response({"deleted": len(outcome.deleted), "missing": outcome.missing})
 
 
 USER_TRAITS_RESPONSE = inline_serializer(

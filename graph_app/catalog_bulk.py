@@ -1,21 +1,33 @@
-"""Catalog writes in bulk: upsert, partial update and delete of many items at once.
+"""Catalog writes in bulk: upsert, partial update and delete of many items, a few SQL statements per call.
 
-The public contract (names and signatures) is what importers and the batch endpoints code against.
+The one write path of the catalog: the single-item services (`item_upsert`, `item_delete`) are calls with one row.
+Each call is one transaction; after it commits the online catalog (Redis), the items' "similar_items" caches and
+the live shelves hear of the whole call at once (`_CatalogChange.publish`).
+
+Rows lock in `external_id` order, so two concurrent calls touching the same items wait instead of deadlocking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import orjson
+from django.db import IntegrityError, connection, transaction
 
-from graph_app.models import Item
-from graph_app.services import ItemInput, item_delete, item_upsert
+from graph_app.embeddings import ItemContent, content_features, feature_matrix, normalize_rows
+from graph_app.online import catalog_write, entity_keys, pack_static
+from graph_app.services import EntityRef, ItemInput, content_projection
+from personalization.cache import item_cache_invalidate_many
+from personalization.errors import ApplicationError
+from surface_app.services import shelves_catalog_changed
 
 PATCH_FIELDS = frozenset({"price", "in_stock", "attributes"})
+COLLABORATIVE = "collaborative"  # an embedding learned from interactions: catalog edits keep it
 
 
 @dataclass(frozen=True)
@@ -38,63 +50,344 @@ class BulkWriteOutcome:
     missing: list[str]  # patch/delete of ids not in the catalog
 
 
+@dataclass
+class _CatalogChange:
+    """What a committed write tells Redis and the shelves (one pipeline, one cache round trip, one message)."""
+
+    entity_keys: dict[str, str] = field(default_factory=dict)  # "" forgets the item
+    static: dict[str, bytes] = field(default_factory=dict)
+    vectors: dict[str, bytes] = field(default_factory=dict)
+    forget: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    appeared: list[str] = field(default_factory=list)  # created in stock, or back in stock
+
+    def publish(self) -> None:
+        catalog_write(entities=self.entity_keys, static=self.static, vectors=self.vectors, forget=tuple(self.forget))
+        # Their neighbours may have changed: readers keep the old lists while one request rebuilds each.
+        item_cache_invalidate_many(item_keys=[*self.changed, *self.appeared], name="similar_items")
+        shelves_catalog_changed(changed=self.changed, appeared=self.appeared)
+
+
 def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | None = None) -> BulkWriteOutcome:
-    """Create or replace many items (validated rows). A duplicate id within one call: the last row wins."""
-    last = {row.external_id: row for row in rows}
-    created: list[str] = []
-    updated: list[str] = []
-    for row in last.values():
-        result = item_upsert(data=row, projection=projection)
-        (created if result.created else updated).append(row.external_id)
+    """Create or replace many items (rows validated by the caller). A duplicate id within one call: the last row
+    wins. A learned (collaborative) embedding survives; other items get their content vector at once, so that they
+    can be retrieved before the next training run."""
+    latest = {row.external_id: row for row in rows}
+    if not latest:
+        return BulkWriteOutcome(created=[], updated=[], deleted=[], missing=[])
+    ordered = sorted(latest.values(), key=lambda row: row.external_id)
+    vectors = content_vectors(rows=ordered, projection=content_projection() if projection is None else projection)
+    change = _CatalogChange()
+    with transaction.atomic(), _check_violations(), connection.cursor() as cursor:
+        ids = [row.external_id for row in ordered]
+        cursor.execute(_LOCK_SQL, [ids])
+        was_in_stock: dict[str, bool] = {external_id: in_stock for _, external_id, in_stock, *_ in cursor.fetchall()}
+        cursor.execute(
+            _UPSERT_SQL,
+            [
+                ids,
+                [row.title for row in ordered],
+                [row.description for row in ordered],
+                [row.category for row in ordered],
+                [row.price for row in ordered],
+                [row.in_stock for row in ordered],
+                [orjson.dumps(row.attributes).decode() for row in ordered],
+                [_vector_literal(vector) for vector in vectors],
+            ],
+        )
+        written = {external_id: (pk, learned, created_at) for pk, external_id, learned, created_at in cursor.fetchall()}
+        _links_replace(cursor, rows=ordered, item_pks={external_id: written[external_id][0] for external_id in ids})
+        learned_vectors = _embeddings_read(cursor, pks=[pk for pk, learned, _ in written.values() if learned])
+        for row, vector in zip(ordered, vectors, strict=True):
+            pk, learned, created_at = written[row.external_id]
+            change.entity_keys[row.external_id] = entity_keys(
+                category=row.category, entities=[(ref.kind, ref.external_id) for ref in row.entities]
+            )
+            change.static[row.external_id] = pack_static(
+                price=None if row.price is None else float(row.price),
+                in_stock=row.in_stock,
+                created_at=created_at.timestamp(),
+            )
+            change.vectors[row.external_id] = (learned_vectors[pk] if learned else vector).tobytes()
+            previously = was_in_stock.get(row.external_id)
+            appeared = row.in_stock and not previously  # created in stock, or back in stock
+            (change.appeared if appeared else change.changed).append(row.external_id)
+        transaction.on_commit(change.publish)
+    created = [external_id for external_id in latest if external_id not in was_in_stock]
+    updated = [external_id for external_id in latest if external_id in was_in_stock]
     return BulkWriteOutcome(created=created, updated=updated, deleted=[], missing=[])
 
 
 def items_patch_many(*, patches: Sequence[ItemPatch]) -> BulkWriteOutcome:
-    """Change some fields of existing items. A duplicate id within one call: the patches apply in order."""
-    updated: list[str] = []
-    missing: list[str] = []
+    """Change some fields of existing items. A duplicate id within one call: its patches apply in input order.
+    A change of attributes gives a content-embedded item its new content vector (attributes are content)."""
+    merged: dict[str, ItemPatch] = {}
     for patch in patches:
-        item = Item.objects.prefetch_related("entity_links__entity").filter(external_id=patch.external_id).first()
-        if item is None:
-            missing.append(patch.external_id)
-            continue
-        attributes = dict(item.attributes)
-        if "attributes" in patch.fields:
-            for key, value in patch.attributes.items():
-                if value is None:
-                    attributes.pop(key, None)
-                else:
-                    attributes[key] = value
-        from graph_app.services import EntityRef
-
-        item_upsert(
-            data=ItemInput(
-                external_id=item.external_id,
-                title=item.title,
-                description=item.description,
-                category=item.category,
-                price=patch.price if "price" in patch.fields else item.price,
-                in_stock=patch.in_stock if "in_stock" in patch.fields else item.in_stock,
-                attributes=attributes,
-                entities=tuple(
-                    EntityRef(kind=link.entity.kind, external_id=link.entity.external_id, name="", weight=link.weight)
-                    for link in item.entity_links.all()
-                ),
+        unknown = patch.fields - PATCH_FIELDS
+        if unknown or not patch.fields:
+            raise ValueError(f"{patch.external_id}: patch fields must be a non-empty subset of {sorted(PATCH_FIELDS)}")
+        merged[patch.external_id] = _patch_compose(merged.get(patch.external_id), patch)
+    if not merged:
+        return BulkWriteOutcome(created=[], updated=[], deleted=[], missing=[])
+    ids = sorted(merged)
+    change = _CatalogChange()
+    with transaction.atomic(), _check_violations(), connection.cursor() as cursor:
+        cursor.execute(_LOCK_SQL, [ids])
+        current = {row[1]: row for row in cursor.fetchall()}
+        content_changed = [
+            external_id
+            for external_id in ids
+            if external_id in current and "attributes" in merged[external_id].fields and not current[external_id][4]
+        ]
+        refs = _entities_read(cursor, pks=[current[external_id][0] for external_id in content_changed])
+        new_rows: list[tuple[int, str, Decimal | None, bool, dict[str, Any]]] = []
+        for external_id in ids:
+            if external_id not in current:
+                continue
+            pk, _, in_stock, price, _, attributes, _, _, _, created_at = current[external_id]
+            patch = merged[external_id]
+            new_price = patch.price if "price" in patch.fields else price
+            new_in_stock = patch.in_stock if "in_stock" in patch.fields else in_stock
+            attributes = orjson.loads(attributes)
+            if "attributes" in patch.fields:
+                attributes = _attributes_merge(attributes, patch.attributes)
+            new_rows.append((pk, external_id, new_price, new_in_stock, attributes))
+            change.static[external_id] = pack_static(
+                price=None if new_price is None else float(new_price),
+                in_stock=new_in_stock,
+                created_at=float(created_at),
             )
+            (change.appeared if new_in_stock and not in_stock else change.changed).append(external_id)
+        new_attributes = {row[1]: row[4] for row in new_rows}
+        contents = [
+            ItemInput(
+                external_id=external_id,
+                title=current[external_id][6],
+                description=current[external_id][7],
+                category=current[external_id][8],
+                attributes=new_attributes[external_id],
+                entities=refs.get(current[external_id][0], ()),
+            )
+            for external_id in content_changed
+        ]
+        vectors = dict(
+            zip(content_changed, content_vectors(rows=contents, projection=content_projection()), strict=True)
         )
-        updated.append(patch.external_id)
-    return BulkWriteOutcome(created=[], updated=updated, deleted=[], missing=missing)
+        cursor.execute(
+            _PATCH_SQL,
+            [
+                [row[0] for row in new_rows],
+                [row[2] for row in new_rows],
+                [row[3] for row in new_rows],
+                [orjson.dumps(row[4]).decode() for row in new_rows],
+                [_vector_literal(vectors[row[1]]) if row[1] in vectors else None for row in new_rows],
+            ],
+        )
+        change.vectors = {external_id: vector.tobytes() for external_id, vector in vectors.items()}
+        transaction.on_commit(change.publish)
+    present = [external_id for external_id in merged if external_id in current]
+    missing = [external_id for external_id in merged if external_id not in current]
+    return BulkWriteOutcome(created=[], updated=present, deleted=[], missing=missing)
 
 
 def items_delete_many(*, external_ids: Sequence[str]) -> BulkWriteOutcome:
-    """Delete many items; ids not in the catalog are reported as missing."""
-    deleted: list[str] = []
-    missing: list[str] = []
-    for external_id in dict.fromkeys(external_ids):
-        item = Item.objects.filter(external_id=external_id).first()
-        if item is None:
-            missing.append(external_id)
-            continue
-        item_delete(item=item)
-        deleted.append(external_id)
-    return BulkWriteOutcome(created=[], updated=[], deleted=deleted, missing=missing)
+    """Delete many items with their entity links; ids not in the catalog are reported as missing."""
+    wanted = list(dict.fromkeys(external_ids))
+    if not wanted:
+        return BulkWriteOutcome(created=[], updated=[], deleted=[], missing=[])
+    change = _CatalogChange()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_LOCK_SQL, [sorted(wanted)])
+        pks = {row[1]: row[0] for row in cursor.fetchall()}
+        cursor.execute("DELETE FROM graph_app_itementity WHERE item_id = ANY(%s::bigint[])", [list(pks.values())])
+        cursor.execute("DELETE FROM graph_app_item WHERE id = ANY(%s::bigint[])", [list(pks.values())])
+        deleted = [external_id for external_id in wanted if external_id in pks]
+        change.entity_keys = dict.fromkeys(deleted, "")
+        change.forget = deleted
+        change.changed = deleted
+        transaction.on_commit(change.publish)
+    return BulkWriteOutcome(
+        created=[],
+        updated=[],
+        deleted=deleted,
+        missing=[external_id for external_id in wanted if external_id not in pks],
+    )
+
+
+def content_vectors(*, rows: Sequence[ItemInput], projection: np.ndarray) -> np.ndarray:
+    """The rows' content vectors (float32, one row each), projected in one sparse product."""
+    if not rows:
+        return np.zeros((0, projection.shape[1]), dtype=np.float32)
+    features = feature_matrix(
+        content_features(
+            ItemContent(
+                title=row.title,
+                description=row.description,
+                category=row.category,
+                entities=tuple((ref.kind, ref.external_id, ref.weight) for ref in row.entities),
+                attributes=row.attributes,
+            )
+        )
+        for row in rows
+    )
+    return normalize_rows(np.asarray(features @ projection, dtype=np.float32))
+
+
+# Every statement below takes arrays (one round trip whatever the batch size). The lock comes first and in id
+# order: what it finds existed before the write (created vs updated, and whether the item was in stock).
+_LOCK_SQL = """
+SELECT id, external_id, in_stock, price, embedding_source = 'collaborative', attributes::text, title, description,
+       category, extract(epoch FROM created_at)
+FROM graph_app_item WHERE external_id = ANY(%s::text[]) ORDER BY external_id FOR UPDATE
+"""
+
+_UPSERT_SQL = """
+INSERT INTO graph_app_item AS item (external_id, title, description, category, price, in_stock, attributes,
+                                    embedding, embedding_source, popularity, created_at, updated_at)
+SELECT u.external_id, u.title, u.description, u.category, u.price, u.in_stock, u.attributes::jsonb,
+       u.embedding::vector, 'content', 0, now(), now()
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[], %s::bool[], %s::text[], %s::text[])
+     AS u(external_id, title, description, category, price, in_stock, attributes, embedding)
+ORDER BY u.external_id
+ON CONFLICT (external_id) DO UPDATE SET
+    title = excluded.title, description = excluded.description, category = excluded.category,
+    price = excluded.price, in_stock = excluded.in_stock, attributes = excluded.attributes,
+    embedding = CASE WHEN item.embedding_source = 'collaborative' THEN item.embedding ELSE excluded.embedding END,
+    embedding_source = CASE WHEN item.embedding_source = 'collaborative' THEN item.embedding_source
+                            ELSE 'content' END,
+    updated_at = excluded.updated_at
+RETURNING item.id, item.external_id, item.embedding_source = 'collaborative', item.created_at
+"""
+
+_PATCH_SQL = """
+UPDATE graph_app_item AS item SET
+    price = p.price, in_stock = p.in_stock, attributes = p.attributes::jsonb,
+    embedding = coalesce(p.embedding::vector, item.embedding),
+    embedding_source = CASE WHEN p.embedding IS NULL THEN item.embedding_source ELSE 'content' END,
+    updated_at = now()
+FROM unnest(%s::bigint[], %s::numeric[], %s::bool[], %s::text[], %s::text[]) AS p(id, price, in_stock, attributes,
+                                                                                 embedding)
+WHERE item.id = p.id
+"""
+
+
+def _links_replace(cursor: Any, *, rows: Sequence[ItemInput], item_pks: dict[str, int]) -> None:
+    """Upsert the rows' entities and replace the items' links with theirs (an entity named twice in one item: the
+    last reference counts)."""
+    names: dict[tuple[str, str], str] = {}
+    for row in rows:
+        for ref in row.entities:
+            key = (ref.kind, ref.external_id)
+            names[key] = ref.name or names.get(key, "")
+    entity_pks = _entities_upsert(cursor, names=names) if names else {}
+    cursor.execute("DELETE FROM graph_app_itementity WHERE item_id = ANY(%s::bigint[])", [list(item_pks.values())])
+    links: dict[tuple[int, int], float] = {}
+    for row in rows:
+        for ref in row.entities:
+            links[(item_pks[row.external_id], entity_pks[(ref.kind, ref.external_id)])] = ref.weight
+    if links:
+        cursor.execute(
+            "INSERT INTO graph_app_itementity (item_id, entity_id, weight) "
+            "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::float8[])",
+            [[item for item, _ in links], [entity for _, entity in links], list(links.values())],
+        )
+
+
+_ENTITIES_UPSERT_SQL = """
+WITH input AS (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(kind, external_id, name)),
+written AS (
+    INSERT INTO graph_app_entity AS entity (kind, external_id, name)
+    SELECT kind, external_id, name FROM input ORDER BY kind, external_id
+    ON CONFLICT (kind, external_id) DO UPDATE SET name = excluded.name
+    WHERE excluded.name <> '' AND entity.name <> excluded.name
+    RETURNING entity.id, entity.kind, entity.external_id
+)
+SELECT id, kind, external_id FROM written
+UNION ALL
+SELECT entity.id, entity.kind, entity.external_id FROM graph_app_entity entity JOIN input USING (kind, external_id)
+"""
+
+
+def _entities_upsert(cursor: Any, *, names: dict[tuple[str, str], str]) -> dict[tuple[str, str], int]:
+    """Entities by (kind, id), created when new; a name given replaces the stored one. Only changed entities are
+    written: a brand shared by thousands of items is not rewritten (nor locked) by every batch."""
+    ordered = sorted(names)
+    cursor.execute(
+        _ENTITIES_UPSERT_SQL,
+        [[kind for kind, _ in ordered], [external_id for _, external_id in ordered], [names[key] for key in ordered]],
+    )
+    pks = {(kind, external_id): pk for pk, kind, external_id in cursor.fetchall()}
+    unseen = [key for key in ordered if key not in pks]
+    if unseen:
+        # Created by a concurrent transaction after this statement's snapshot: visible to a new statement.
+        cursor.execute(
+            "SELECT e.id, e.kind, e.external_id FROM graph_app_entity e "
+            "JOIN unnest(%s::text[], %s::text[]) AS u(kind, external_id) USING (kind, external_id)",
+            [[kind for kind, _ in unseen], [external_id for _, external_id in unseen]],
+        )
+        pks.update({(kind, external_id): pk for pk, kind, external_id in cursor.fetchall()})
+    return pks
+
+
+def _entities_read(cursor: Any, *, pks: list[int]) -> dict[int, tuple[EntityRef, ...]]:
+    if not pks:
+        return {}
+    cursor.execute(
+        "SELECT l.item_id, e.kind, e.external_id, e.name, l.weight FROM graph_app_itementity l "
+        "JOIN graph_app_entity e ON e.id = l.entity_id WHERE l.item_id = ANY(%s::bigint[]) ORDER BY l.id",
+        [pks],
+    )
+    refs: dict[int, list[EntityRef]] = {}
+    for item_pk, kind, external_id, name, weight in cursor.fetchall():
+        refs.setdefault(item_pk, []).append(EntityRef(kind=kind, external_id=external_id, name=name, weight=weight))
+    return {pk: tuple(item_refs) for pk, item_refs in refs.items()}
+
+
+def _embeddings_read(cursor: Any, *, pks: list[int]) -> dict[int, np.ndarray]:
+    """The learned embeddings kept by an upsert (Redis gets what PostgreSQL holds)."""
+    if not pks:
+        return {}
+    cursor.execute("SELECT id, embedding::text FROM graph_app_item WHERE id = ANY(%s::bigint[])", [pks])
+    return {pk: np.asarray(orjson.loads(text), dtype=np.float32) for pk, text in cursor.fetchall()}
+
+
+def _vector_literal(vector: np.ndarray) -> str:
+    # Nine significant digits give back the same float32 (Redis receives the exact bytes).
+    return "[" + ",".join([f"{value:.9g}" for value in vector.tolist()]) + "]"
+
+
+def _attributes_merge(current: Any, patch: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(current) if isinstance(current, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _patch_compose(earlier: ItemPatch | None, later: ItemPatch) -> ItemPatch:
+    """One patch doing what `earlier` then `later` do (a top-level merge patch composes by key)."""
+    if earlier is None:
+        return later
+    return ItemPatch(
+        external_id=later.external_id,
+        fields=earlier.fields | later.fields,
+        price=later.price if "price" in later.fields else earlier.price,
+        in_stock=later.in_stock if "in_stock" in later.fields else earlier.in_stock,
+        attributes={**earlier.attributes, **later.attributes},
+    )
+
+
+@contextmanager
+def _check_violations() -> Iterator[None]:
+    """The database's check constraints (price >= 0, a non-empty id) stay the guard: a row breaking one refuses the
+    whole call with a 400 naming the field, never a 500."""
+    try:
+        yield
+    except IntegrityError as error:
+        message = str(error)
+        field_name = "price" if "price" in message else "item_id" if "external_id" in message else "item"
+        raise ApplicationError(
+            f"{field_name}: refused by the catalog's constraints.", errors={field_name: [message.splitlines()[0]]}
+        ) from error

@@ -156,6 +156,32 @@ def catalog_items_publish(
     catalog_version_bump({*static, *vectors, *forget})
 
 
+def catalog_write(
+    *, entities: Mapping[Any, str], static: Mapping[Any, bytes], vectors: Mapping[Any, bytes], forget: tuple[str, ...]
+) -> None:
+    """A catalog write's facts (entity keys, "" to forget; static facts; embeddings; items deleted) in one pipeline
+    and one version bump: what `catalog_entities_publish` and `catalog_items_publish` do, for a batch."""
+    pipeline = get_control_redis().pipeline(transaction=False)
+    present = {item_id: keys for item_id, keys in entities.items() if keys}
+    absent = [item_id for item_id, keys in entities.items() if not keys]
+    for partition in redis_keys.partitions():
+        key = redis_keys.catalog_entities(partition)
+        if present:
+            pipeline.hset(key, mapping=present)
+        if absent:
+            pipeline.hdel(key, *absent)
+    if static:
+        pipeline.hset(redis_keys.CATALOG_STATIC, mapping=static)
+    if vectors:
+        pipeline.hset(redis_keys.CATALOG_VECTORS, mapping=vectors)
+    if forget:
+        pipeline.hdel(redis_keys.CATALOG_STATIC, *forget)
+        pipeline.hdel(redis_keys.CATALOG_VECTORS, *forget)
+    if len(pipeline):
+        pipeline.execute()
+        catalog_version_bump({*entities, *static, *vectors, *forget})
+
+
 def catalog_items_rebuild() -> int:
     """Copy every item's static facts and embedding from PostgreSQL to Redis (after training, or as a repair)."""
     redis = get_control_redis()

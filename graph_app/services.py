@@ -8,17 +8,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 
 from graph_app.embeddings import ItemContent, content_features, project, random_projection
-from graph_app.models import Entity, Item, ItemEntity, Shopper
-from graph_app.online import catalog_entities_publish, catalog_items_publish, entity_keys, pack_static
-from personalization.cache import item_cache_invalidate
+from graph_app.models import Item, Shopper
 from personalization.errors import ApplicationError
 from personalization.validation import JsonLimitExceeded, json_limits_check
 from scoring_app.models import ModelVersion
 from scoring_app.selectors import model_artifact_arrays, model_version_active
-from surface_app.services import shelves_catalog_changed
 
 ITEM_BATCH_MAX = 1000
 
@@ -77,77 +74,21 @@ def item_content_vector(*, data: ItemInput, projection: np.ndarray) -> list[floa
     return project(content_features(content), projection).tolist()
 
 
-def _entities_replace(*, item: Item, refs: tuple[EntityRef, ...]) -> None:
-    ItemEntity.objects.filter(item=item).delete()
-    links = []
-    for ref in refs:
-        entity, created = Entity.objects.get_or_create(
-            kind=ref.kind, external_id=ref.external_id, defaults={"name": ref.name}
-        )
-        if ref.name and not created and entity.name != ref.name:
-            entity.name = ref.name
-            entity.save(update_fields=["name"])
-        links.append(ItemEntity(item=item, entity=entity, weight=ref.weight))
-    ItemEntity.objects.bulk_create(links)
-
-
 def item_upsert(*, data: ItemInput, projection: np.ndarray | None = None) -> ItemUpsertResult:
-    """Create or replace an item. A learned (collaborative) embedding survives edits; otherwise the item gets a
-    content vector at once so that it can be retrieved before the next training run."""
-    projection = content_projection() if projection is None else projection
-    try:
-        return _item_write(data=data, projection=projection)
-    except IntegrityError:
-        # Another request created the same item between our lookup and insert: it is an update after all.
-        return _item_write(data=data, projection=projection)
+    """Create or replace an item: a batch of one (`graph_app.catalog_bulk.items_upsert_many`, the one write path).
+    A learned (collaborative) embedding survives edits; otherwise the item gets a content vector at once so that it
+    can be retrieved before the next training run."""
+    from graph_app.catalog_bulk import items_upsert_many
 
-
-def _item_write(*, data: ItemInput, projection: np.ndarray) -> ItemUpsertResult:
-    with transaction.atomic():
-        item = Item.objects.select_for_update().filter(external_id=data.external_id).first()
-        created = item is None
-        # Created or back in stock: shelves that do not show it yet may now.
-        appeared = data.in_stock and (item is None or not item.in_stock)
-        if item is None:
-            item = Item(external_id=data.external_id)
-        item.title = data.title
-        item.description = data.description
-        item.category = data.category
-        item.price = data.price
-        item.in_stock = data.in_stock
-        item.attributes = data.attributes
-        if item.embedding_source != "collaborative":
-            item.embedding = item_content_vector(data=data, projection=projection)
-            item.embedding_source = "content"
-        item.full_clean(validate_unique=False)
-        item.save()
-        _entities_replace(item=item, refs=data.entities)
-        keys = entity_keys(category=data.category, entities=[(ref.kind, ref.external_id) for ref in data.entities])
-        static = pack_static(
-            price=None if data.price is None else float(data.price),
-            in_stock=data.in_stock,
-            created_at=item.created_at.timestamp(),
-        )
-        vector = np.asarray(item.embedding, dtype=np.float32).tobytes()
-
-        def publish() -> None:
-            catalog_entities_publish(items={data.external_id: keys})
-            catalog_items_publish(static={data.external_id: static}, vectors={data.external_id: vector})
-            # Its neighbours may have changed: readers keep the old list while one request rebuilds it.
-            item_cache_invalidate(item_key=data.external_id, name="similar_items")
-            shelves_catalog_changed(changed=[data.external_id], appeared=[data.external_id] if appeared else [])
-
-        transaction.on_commit(publish)
-    return ItemUpsertResult(item=item, created=created)
+    outcome = items_upsert_many(rows=[data], projection=projection)
+    return ItemUpsertResult(item=Item.objects.get(external_id=data.external_id), created=bool(outcome.created))
 
 
 def item_delete(*, item: Item) -> None:
-    external_id = item.external_id
-    with transaction.atomic():
-        item.delete()
-        transaction.on_commit(lambda: catalog_entities_publish(items={external_id: ""}))
-        transaction.on_commit(lambda: catalog_items_publish(static={}, vectors={}, forget=(external_id,)))
-        transaction.on_commit(lambda: shelves_catalog_changed(changed=[external_id]))
+    """Delete an item: a batch of one (`graph_app.catalog_bulk.items_delete_many`)."""
+    from graph_app.catalog_bulk import items_delete_many
+
+    items_delete_many(external_ids=[item.external_id])
 
 
 def shoppers_ensure(*, external_ids: set[str]) -> None:

@@ -57,7 +57,8 @@ def generated() -> Iterator[SimpleNamespace]:
 # Every operation of the schema, each called by a test below.
 OPERATIONS = {
     "events": {"events_ingest"},
-    "items": {"item_get", "item_upsert", "item_delete", "items_batch_upsert", "items_similar"},
+    "items": {"item_get", "item_upsert", "item_delete", "items_batch_upsert", "items_batch_patch", "items_batch_delete",
+              "items_similar"},
     "recommendations": {"recommendations_get"},
     "segment": {"segment_track", "segment_batch"} | {f"segment_v1_{kind}" for kind in (
         "batch", "track", "identify", "page", "screen", "alias", "group")},
@@ -137,6 +138,24 @@ def test_catalog_operations(generated, client):
     ]
     assert (read.status_code, read.parsed.title, read.parsed.embedding_source) == (200, "Blue mug, large", "content")
     assert (similar.status_code, [candidate.item_id for candidate in similar.parsed.items]) == (200, ["mug-2"])
+
+    patched = items.items_batch_patch.sync_detailed(
+        client=client,
+        body=models.ItemBatchPatchRequest(
+            items=[models.ItemPatchRowRequest(item_id="mug-2", price=None, in_stock=False),
+                   models.ItemPatchRowRequest(item_id="mug-9", in_stock=True)]
+        ),
+    )  # fmt: skip
+    removed = items.items_batch_delete.sync_detailed(
+        client=client, body=models.ItemBatchDeleteRequest(item_ids=["mug-2", "mug-9"])
+    )
+
+    assert (patched.status_code, patched.parsed.updated, patched.parsed.missing) == (200, 1, 1)
+    assert [(row.item_id, row.status.value) for row in patched.parsed.results] == [
+        ("mug-2", "updated"),
+        ("mug-9", "missing"),
+    ]
+    assert (removed.status_code, removed.parsed.deleted, removed.parsed.missing) == (200, 1, ["mug-9"])
 
     deleted = items.item_delete.sync_detailed("mug-1", client=client)
     gone = items.item_get.sync_detailed("mug-1", client=client)
