@@ -17,6 +17,7 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 
+from graph_app.item_model import item_model_lists_forget
 from graph_app.models import FeatureRow, Shopper
 from personalization import redis_keys
 from personalization.cache import user_caches_erase
@@ -87,6 +88,7 @@ def shopper_erase(*, user_id: str) -> ShopperErasure:
         shoppers, _ = Shopper.objects.filter(pk__in=shopper_ids).delete()
         _console_history_redact(shopper_ids=shopper_ids)
     caches = sum(user_caches_erase(user_key=user_key) for user_key in user_keys)
+    caches += item_model_lists_forget(user_keys=user_keys)
     slates = slates_forget(request_ids=trace.request_ids, user_keys=set(user_keys))
     linked_sessions_forget(user_id=user_id)
     shelves_notify(user_keys=set(user_keys))  # open shelves are served again: non-personal now

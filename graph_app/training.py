@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from graph_app.embeddings import ItemContent, content_features, feature_matrix, normalize_rows
+from graph_app.item_model import ItemModelSearch, item_model_fit, item_model_publish, item_model_search
 from graph_app.models import Item
 from graph_app.online import catalog_items_rebuild
 from graph_app.similar_lists import similar_lists_publish
@@ -449,6 +450,27 @@ def _active_settings() -> AlsSettings | None:
     return AlsSettings.from_metrics(active.metrics) if active is not None else None
 
 
+def _item_model_search(interactions: Interactions, holdout: Holdout, *, search: bool) -> ItemModelSearch | None:
+    """The item-to-item model's λ, searched on the embeddings' holdout (None: the model is off, or nobody has a
+    holdout)."""
+    if settings.ITEM_MODEL_MAX_ITEMS <= 0 or not len(holdout.users):
+        return None
+    return item_model_search(
+        interactions, holdout, active=active_item_model_regularization(), search=search,
+        budget_seconds=settings.TRAINING_SEARCH_SECONDS,
+    )  # fmt: skip
+
+
+def active_item_model_regularization() -> float | None:
+    """The serving item model's λ (None before the first training, or when it serves no lists)."""
+    from scoring_app.selectors import model_version_active
+
+    active = model_version_active(kind=ModelVersion.Kind.EMBEDDINGS)
+    stored = active.metrics.get("item_model") if active is not None else None
+    value = stored.get("regularization") if isinstance(stored, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def active_als_settings() -> AlsSettings:
     """The settings of the serving embeddings (the defaults before the first training)."""
     return _active_settings() or AlsSettings()
@@ -471,6 +493,7 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
             budget_seconds=settings.TRAINING_SEARCH_SECONDS,
         )  # fmt: skip
         chosen = found.chosen
+    item_model = _item_model_search(interactions, holdout, search=search_on and als is None)
     factors = als_fit(interactions, chosen)
     item_vectors, projection, has_history = _item_vectors(factors, content)
     user_vectors = normalize_rows(factors.user_factors)
@@ -484,6 +507,7 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
         "settings": asdict(chosen),
         "search": {"enabled": search_on and als is None, "tried": found.tried if found else []},
         "gate": found.gate if found else {"passed": True, "skipped": "no user has enough history for a holdout"},
+        "item_model": asdict(item_model) if item_model is not None else None,
     }
     if not promoted:
         # Stored for staff to look at, never served: the active model (or popularity, without one) keeps serving.
@@ -518,16 +542,25 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
     # Retrieval's "user_vector" source reads each user's best items by the raw factors' dot product (what the
     # holdout scored; unit-length vectors lose the popularity it carries), without what the user already bought,
     # computed once per training (the most active users first, up to USER_NEAREST_LISTS_MAX_USERS).
+    activity = np.bincount(interactions.users, minlength=len(user_ids))
+    order = np.lexsort((np.arange(len(user_ids)), -activity))
+    bought = interactions.matrix(interactions.purchased)
     try:
-        activity = np.bincount(interactions.users, minlength=len(user_ids))
-        order = np.lexsort((np.arange(len(user_ids)), -activity))
-        bought = interactions.matrix(interactions.purchased)
         user_lists_publish(
             user_ids=[user_ids[index] for index in order], user_vectors=factors.user_factors[order],
             item_ids=item_ids, item_vectors=factors.item_factors, exclude=bought[order],
         )  # fmt: skip
     except Exception:
         logger.exception("graph.user_lists_failed")
+    # Retrieval's "item_model" source: each user's best items by the item-to-item model, for the same users.
+    try:
+        regularization = item_model.regularization if item_model is not None else None
+        item_model_publish(
+            model=item_model_fit(interactions, None, regularization=regularization) if regularization else None,
+            interactions=interactions, user_order=order, exclude=bought,
+        )  # fmt: skip
+    except Exception:
+        logger.exception("graph.item_model_lists_failed")
     report = TrainingReport(
         model_version=model_version.version,
         items=len(item_ids),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,27 +93,46 @@ def user_lists_publish(
     order); returns how many users have one. Lists of users left out are removed with the old build. With
     `exclude` (users x items CSR, rows in `user_ids` order: what each user bought), the lists rank the raw
     vectors' dot products and leave those items out (the embeddings training); without it, cosines."""
-    started = time.monotonic()
     limit = max(0, settings.USER_NEAREST_LISTS_MAX_USERS)
     chosen_ids = list(user_ids[:limit])
     indexes, scores = user_lists_compute(
         user_vectors[: len(chosen_ids)], item_vectors, k=k,
         exclude=exclude[: len(chosen_ids)] if exclude is not None else None, normalize=exclude is None,
     )  # fmt: skip
+    return ranked_lists_publish(
+        key=redis_keys.user_nearest_lists, user_ids=chosen_ids, item_ids=item_ids, indexes=indexes, scores=scores,
+        decimals=SCORE_DECIMALS, name="user_vector",
+    )  # fmt: skip
+
+
+def ranked_lists_publish(
+    *,
+    key: Callable[[int], str],
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    indexes: np.ndarray,
+    scores: np.ndarray,
+    decimals: int,
+    name: str,
+) -> int:
+    """Publish each user's list (rows of `indexes` into `item_ids`, -1 for none, with `scores`) in the per-partition
+    hashes `key(partition)`, built under staging keys and swapped in partition by partition; users without an item
+    get none, and lists of users left out go with the old build. Returns how many users have one."""
+    started = time.monotonic()
     client = get_control_redis()
     run = uuid.uuid4().hex
     batches: dict[int, dict[str, bytes]] = {}
     published = 0
 
     def flush(partition: int) -> None:
-        client.hset(redis_keys.staging(redis_keys.user_nearest_lists(partition), run), mapping=batches.pop(partition))
+        client.hset(redis_keys.staging(key(partition), run), mapping=batches.pop(partition))
 
-    for row, user_id in enumerate(chosen_ids):
+    for row, user_id in enumerate(user_ids):
         found = indexes[row] >= 0
         if not found.any():
             continue
         payload = orjson.dumps([
-            (item_ids[index], round(float(score), SCORE_DECIMALS))
+            (item_ids[index], round(float(score), decimals))
             for index, score in zip(indexes[row][found], scores[row][found], strict=True)
         ])  # fmt: skip
         partition = redis_keys.partition_of(user_id)
@@ -125,11 +144,11 @@ def user_lists_publish(
     for partition in list(batches):
         flush(partition)
     for partition in redis_keys.partitions():
-        served = redis_keys.user_nearest_lists(partition)
+        served = key(partition)
         swap_in(client, key=served, staging=redis_keys.staging(served, run))
     logger.info(
         "graph.user_lists_published",
-        extra={"users": published, "seconds": round(time.monotonic() - started, 1)},
+        extra={"lists": name, "users": published, "seconds": round(time.monotonic() - started, 1)},
     )
     return published
 

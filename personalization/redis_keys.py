@@ -162,6 +162,12 @@ def user_nearest_lists(partition: int) -> str:
     return f"nearest:{_tag(partition)}"
 
 
+# Per partition: user id -> orjson [[item id, score], ...], the user's best items by the item-to-item model
+# (graph_app.item_model), built and swapped in as the nearest lists are.
+def user_item_model_lists(partition: int) -> str:
+    return f"item_model:{_tag(partition)}"
+
+
 def staging(key: str, run: str) -> str:
     """Where build `run` writes the next value of `key` before swapping it in: the same hash tag, so the same Cluster
     slot (a RENAME needs both keys in one)."""

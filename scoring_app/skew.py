@@ -20,6 +20,7 @@ from scoring_app.engine.retrieval import (
     SIMILAR_SEED_ITEMS,
     USER_VECTOR_NEIGHBOURS,
     candidates_retrieve,
+    item_model_rows,
     similar_rows,
     similar_to_recent_rows,
     user_state_fetch,
@@ -93,8 +94,11 @@ def retrieval_skew_check(
         items = [candidate.item_id for candidate in candidate_set.candidates]
         recent, bought = _history(user_key)
         excluded = set(recent) | bought
-        listed = client.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(user_key)), user_key)
+        partition = redis_keys.partition_of(user_key)
+        listed = client.hget(redis_keys.user_nearest_lists(partition), user_key)
         nearest = orjson.loads(listed) if listed else []
+        item_model_raw = client.hget(redis_keys.user_item_model_lists(partition), user_key)
+        item_model = orjson.loads(item_model_raw) if item_model_raw else []
         lists_raw = client.hmget(redis_keys.ITEM_SIMILAR_LISTS, recent[:SIMILAR_SEED_ITEMS]) if recent else []
         lists = {seed: orjson.loads(raw) for seed, raw in zip(recent, lists_raw, strict=False) if raw}
         in_stock = _in_stock()
@@ -108,6 +112,7 @@ def retrieval_skew_check(
                 :USER_VECTOR_NEIGHBOURS
             ],
             "similar": similar,
+            "item_model": item_model_rows([row for row in item_model if row[0] in in_stock], set(recent)),
             "popular": [(item, score) for item, score in state.popular_items if item in in_stock],
         }
         offline = retrieval_features(rankings, items)[:, columns]

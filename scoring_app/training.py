@@ -8,10 +8,11 @@ split the embeddings training tunes on). The users with a holdout are split by a
   next-item label taught it "similar to the last items", which a returning shopper is not served by);
 - validation users pick the LightGBM settings of a small grid, and gate users decide promotion, both on what they
   bought after the cut: the future, as serving meets it.
-Each user's candidates are what serving would have retrieved (the "user_vector", "similar" and "popular" sources,
-through the same functions and the same retrieval-feature definitions, from embeddings fitted on what the user's
-labels are not part of), with the feature store's point-in-time values. Once there are enough served slates with a
-reaction, those slates (attributed impressions) are the training queries instead.
+Each user's candidates are what serving would have retrieved (the "user_vector", "similar", "item_model" and
+"popular" sources, through the same functions and the same retrieval-feature definitions, from embeddings and an
+item-to-item model fitted on what the user's labels are not part of), with the feature store's point-in-time
+values. Once there are enough served slates with a reaction, those slates (attributed impressions) are the training
+queries instead.
 
 The quality gate scores the new model, the active one and popularity on the gate users: nDCG@10 of the top 10 each
 puts on the shelf, against everything those users bought after the cut. The new model is promoted only if it
@@ -36,6 +37,8 @@ from django.utils import timezone
 
 from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_COLUMNS, retrieval_features
 from graph_app.features.offline import FeatureRequest, features_offline
+from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
+from graph_app.item_model import item_model_fit, item_model_lists
 from graph_app.models import FeatureRow
 from graph_app.similar_lists import SCORE_DECIMALS as SIMILAR_DECIMALS
 from graph_app.similar_lists import SIMILAR_PER_ITEM, similar_lists_compute
@@ -44,6 +47,7 @@ from graph_app.training import (
     Holdout,
     Interactions,
     active_als_settings,
+    active_item_model_regularization,
     als_fit,
     holdout_split,
     interactions_load,
@@ -57,6 +61,7 @@ from scoring_app.engine.retrieval import (
     POPULAR_DEPTH,
     RECENT_ITEMS_USED,
     USER_VECTOR_NEIGHBOURS,
+    item_model_rows,
     similar_rows,
 )
 from scoring_app.models import ModelVersion
@@ -81,9 +86,13 @@ HOLDOUT_MIN_LABELLED = 3
 MIN_QUERIES = 20
 # What serving retrieves: the candidate set's size (settings.SCORE_CANDIDATES) from these sources.
 PLACEMENT = "home"
-# The ranker may rank a candidate higher only when the user's vector says so (keeps it from learning the noise of
-# the fold's embeddings); every other feature is free.
-MONOTONE = {"retrieval_user_vector_score": 1, "retrieval_user_vector_share": 1, "retrieval_user_vector_log_rank": -1}
+# The ranker may rank a candidate higher only when the user's vector or item-to-item list says so (keeps it from
+# learning the noise of the fold's models); every other feature is free.
+MONOTONE = {
+    f"retrieval_{source}_{measure}": direction
+    for source in ("user_vector", "item_model")
+    for measure, direction in (("score", 1), ("share", 1), ("log_rank", -1))
+}
 # LightGBM settings tried by the search, in order (over scoring_app.ranker.LIGHTGBM_PARAMS); rounds with each.
 RANKER_SEARCH_GRID: tuple[tuple[dict[str, object], int], ...] = (
     ({"learning_rate": 0.05}, 100),
@@ -217,6 +226,15 @@ def holdout_queries(
     nearest, nearest_scores = top_k_items(
         factors.user_factors[users], factors.item_factors, bought[users], USER_NEAREST_PER_USER
     )
+    # The "item_model" source's lists, as the embeddings training would publish them from these pairs.
+    regularization = active_item_model_regularization()
+    item_model_found = np.full((len(users), 1), -1, dtype=np.int64)
+    item_model_scores = np.zeros((len(users), 1), dtype=np.float32)
+    if regularization is not None:
+        model = item_model_fit(interactions, visible, regularization=regularization)
+        item_model_found, item_model_scores = item_model_lists(
+            model, interactions.matrix(visible)[users], exclude=bought[users]
+        )
     popularity = popularity_scores(interactions, train)
     popular_order = np.lexsort((np.arange(len(popularity)), -popularity))[:POPULAR_DEPTH]
     popular_rows = [(item_ids[index], float(popularity[index])) for index in popular_order if popularity[index] > 0]
@@ -251,13 +269,24 @@ def holdout_queries(
             for index, score in zip(nearest[position][found], nearest_scores[position][found], strict=True)
             if item_ids[index] not in excluded
         ][:USER_VECTOR_NEIGHBOURS]
+        listed = item_model_found[position] >= 0
+        item_model = item_model_rows(
+            [
+                (item_ids[index], round(float(score), ITEM_MODEL_DECIMALS))
+                for index, score in zip(
+                    item_model_found[position][listed], item_model_scores[position][listed], strict=True
+                )
+            ],
+            excluded,
+        )
         rankings = {
             "similar": similar_rows(recent, similar_lists, _ALL_ITEMS),
             "user_vector": user_vector,
+            "item_model": item_model,
             "popular": popular_rows,
         }
         # Merged in serving's source order, without the user's recent and bought items.
-        merged = (item for name in ("similar", "user_vector", "popular") for item, _ in rankings[name])
+        merged = (item for name in ("similar", "user_vector", "item_model", "popular") for item, _ in rankings[name])
         candidates = [item for item in dict.fromkeys(merged) if item not in excluded][:limit]
         if not candidates:
             continue

@@ -109,7 +109,7 @@ FEATURES: tuple[FeatureDefinition, ...] = (
 # score and the log of its rank there (missing when the source did not find it). The ranker's strongest signals: the
 # serving candidate set carries them (`scoring_app.engine.retrieval`), and training computes them for its offline
 # candidates with the same function (`retrieval_features`).
-RETRIEVAL_SCORED_SOURCES: tuple[str, ...] = ("user_vector", "similar", "graph")
+RETRIEVAL_SCORED_SOURCES: tuple[str, ...] = ("user_vector", "similar", "graph", "item_model")
 RETRIEVAL_RANKED_SOURCES: tuple[str, ...] = ("popular",)
 RETRIEVAL_FEATURES: tuple[FeatureDefinition, ...] = (
     *(

@@ -71,6 +71,9 @@ SIMILAR_EXPLANATION = "Similar to items you showed interest in"
 CANDIDATES_MAX = 500
 POPULAR_DEPTH = 120
 USER_VECTOR_NEIGHBOURS = 100
+# The best items of the user's item-to-item list taken (graph_app.item_model).
+ITEM_MODEL_NEIGHBOURS = 100
+ITEM_MODEL_EXPLANATION = "Often chosen with your items"
 FAVOURITE_CATEGORIES = 3
 CATEGORY_POPULAR_PER_CATEGORY = 40
 FRESH_ITEMS = 30
@@ -122,7 +125,7 @@ class UserState:
 _new_candidate = tuple.__new__
 # Each source's own provenance, shared by its candidates: most items come from one source, and the merge keeps them
 # as they are.
-_USER_VECTOR, _SIMILAR, _GRAPH = ("user_vector",), ("similar",), ("graph",)
+_USER_VECTOR, _SIMILAR, _GRAPH, _ITEM_MODEL = ("user_vector",), ("similar",), ("graph",), ("item_model",)
 _CATEGORY_POPULAR, _POPULAR, _FRESH = ("category_popular",), ("popular",), ("fresh",)
 
 
@@ -389,6 +392,24 @@ def _user_vector_source(state: UserState) -> list[Candidate]:
     ]
 
 
+def _item_model_source(state: UserState) -> list[Candidate]:
+    """The user's best items by the item-to-item model (`graph_app.item_model`), precomputed at training and read
+    ahead with the user's nearest list (checked in stock there); none for a user without one."""
+    listed: list[tuple[str, float]] = state.prefetched.get("item_model_listed") or []
+    recent = set(state.recent_items)
+    return [
+        _new_candidate(Candidate, (item_id, score, "item_model", ITEM_MODEL_EXPLANATION, _ITEM_MODEL))
+        for item_id, score in item_model_rows(listed, recent)
+    ]
+
+
+def item_model_rows(listed: Sequence[Sequence[Any]], excluded: Container[str]) -> list[tuple[str, float]]:
+    """The "item_model" rows of a user's list (already in stock): without `excluded`, the first
+    ITEM_MODEL_NEIGHBOURS (training and the skew check build theirs with it too)."""
+    rows = [(str(item_id), float(score)) for item_id, score in listed if item_id not in excluded]
+    return rows[:ITEM_MODEL_NEIGHBOURS]
+
+
 def similar_rows(
     recent_items: Sequence[str], lists: Mapping[str, Sequence[Sequence[Any]]], in_stock: Container[str]
 ) -> list[tuple[str, float]]:
@@ -595,6 +616,10 @@ SOURCES: tuple[RetrievalSource, ...] = (
         lambda state: "user_vector_listed" in state.prefetched or "user_vector_rows" in state.prefetched,
     ),
     RetrievalSource(
+        "item_model", _item_model_source, RETRIEVAL_DEADLINE_MS, False,
+        lambda state: "item_model_listed" in state.prefetched,
+    ),
+    RetrievalSource(
         "category_popular", _category_popular_source, RETRIEVAL_DEADLINE_MS, True,
         lambda state: all(("category_rows", category) in state.prefetched for category in state.favourite_categories),
     ),
@@ -647,7 +672,12 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         listed = "user_vector" in names and "user_vector_rows" not in prefetched
         if listed:
             pipeline.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(state.user_key)), state.user_key)
-        replies = pipeline.execute() if seeds or categories or list_seeds or listed else []
+        # The user's item-to-item list (`graph_app.item_model`), not checked in stock when computed either.
+        item_model = "item_model" in names
+        if item_model:
+            pipeline.hget(redis_keys.user_item_model_lists(redis_keys.partition_of(state.user_key)), state.user_key)
+        replies = pipeline.execute() if seeds or categories or list_seeds or listed or item_model else []
+        item_model_list = replies.pop() if item_model else None
         nearest_list = replies.pop() if listed else None
         similar_lists = {
             seed: orjson.loads(payload)
@@ -665,12 +695,19 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
         named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
         nearest: list[list[Any]] = orjson.loads(nearest_list) if nearest_list else []
         named.update(item_id for item_id, _ in nearest)
+        item_model_listed: list[list[Any]] = orjson.loads(item_model_list) if item_model_list else []
+        named.update(item_id for item_id, _ in item_model_listed)
         prefetched["in_stock"] = _in_stock(
             named, user_key=state.user_key, catalog_version=prefetched.get("catalog_version")
         )
         if nearest:
             in_stock = prefetched["in_stock"]
             prefetched["user_vector_listed"] = [(item_id, score) for item_id, score in nearest if item_id in in_stock]
+        if item_model:
+            in_stock = prefetched["in_stock"]
+            prefetched["item_model_listed"] = [
+                (item_id, score) for item_id, score in item_model_listed if item_id in in_stock
+            ]
         prefetched["neighbours"] = {seed: neighbourhoods[seed] for seed in graph_seeds}
         if context_seeds:
             prefetched["context_rows"] = _context_rows(

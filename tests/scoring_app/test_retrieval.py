@@ -324,3 +324,32 @@ def test_a_set_built_for_serving_is_stored_by_the_feature_reads_round_trip(shop,
     assert 50 <= clean_redis.ttl(key) <= retrieval.CANDIDATE_SET_CACHE_SECONDS
     cached, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"), defer_store=True)
     assert cached.candidates == candidate_set.candidates and cached.unsaved == []  # read back, nothing to store
+
+
+def test_item_model_reads_the_users_list_inline_in_stock_without_recent_items(shop, clean_redis, pooled):
+    import orjson
+
+    from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES
+
+    ItemFactory(external_id="gone", category="bags", embedding=unit(0.01, 1), in_stock=False)
+    listed = [["gone", 0.9], ["taste", 0.6], ["seen", 0.5], ["hit", 0.3]]
+    clean_redis.hset(redis_keys.user_item_model_lists(redis_keys.partition_of("u1")), "u1", orjson.dumps(listed))
+
+    candidate_set, degraded = candidates_retrieve(state=user_state_fetch(user_key="u1"), sources=["item_model"])
+
+    assert "item_model" not in pooled and degraded == []
+    # "gone" is out of stock and "seen" is a recent item.
+    assert [(c.item_id, c.score, c.source) for c in candidate_set.candidates] == [
+        ("taste", 0.6, "item_model"),
+        ("hit", 0.3, "item_model"),
+    ]
+    features = dict(zip(RETRIEVAL_FEATURE_NAMES, candidate_set.retrieval[1], strict=True))
+    assert features["retrieval_item_model_score"] == pytest.approx(0.3)
+    assert features["retrieval_item_model_share"] == pytest.approx(0.5)
+    assert features["retrieval_item_model_log_rank"] == pytest.approx(np.log(2))
+
+
+def test_item_model_gives_nothing_for_a_user_without_a_list(shop, pooled):
+    candidate_set, degraded = candidates_retrieve(state=user_state_fetch(user_key="u1"), sources=["item_model"])
+
+    assert (candidate_set.candidates, degraded, pooled) == ([], [], [])

@@ -1,0 +1,194 @@
+"""An item-to-item model beside the embeddings: EASE (Steck, "Embarrassingly Shallow Autoencoders", 2019).
+
+A closed-form regression of each item on the others over the binary user-item matrix X:
+P = (XᵀX + λI)⁻¹, B = I - P diag(1/diag P) with a zero diagonal; a user's score for an item is the sum of B's
+rows of the user's items. ALS alone swings with its confidence weight between what a shop's next purchases reward
+and a user's static taste; beside this second model the ranker's choice holds on both (EVALUATION.md, "Why the gap
+stays").
+
+The inverse is dense: the model covers the ITEM_MODEL_MAX_ITEMS items most users interacted with (all of a small
+catalog). Each embeddings training fits it on the same time-based holdout for a few λ, keeps the best if it beats
+popularity there, refits on the whole log and publishes each user's best items (what they bought left out), read by
+retrieval's "item_model" source. The ranker's training computes the same lists from the data its labels are hidden
+from (`item_model_lists`), so the source's features mean the same online and offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+
+from graph_app.user_lists import FILTERED_SCORE, ranked_lists_publish
+from personalization import redis_keys
+from personalization.redis_client import get_control_redis
+
+logger = logging.getLogger(__name__)
+
+ITEM_MODEL_DEFAULT_LAMBDA = 500.0
+# λ tried by each training's search, after the active model's and the default (first found, first tried).
+ITEM_MODEL_LAMBDAS: tuple[float, ...] = (250.0, 1000.0, 2000.0)
+# Each user's list: what retrieval takes (scoring_app.engine.retrieval ITEM_MODEL_NEIGHBOURS) and room for the
+# recent items and what is out of stock when it is read.
+ITEM_MODEL_PER_USER = 120
+USER_BLOCK_ROWS = 2048
+SCORE_DECIMALS = 5
+
+
+@dataclass(frozen=True)
+class ItemModel:
+    """B over the covered items: `items` are catalog indexes (Interactions.item_ids), `weights` their B
+    (len(items) x len(items), float32, row = the item a user has, column = the item scored)."""
+
+    items: np.ndarray
+    weights: np.ndarray
+    regularization: float
+
+
+def item_model_fit(interactions: Any, mask: np.ndarray | None, *, regularization: float) -> ItemModel:
+    """EASE on the pairs in `mask` (all by default), binary, over the most interacted-with items (one BLAS
+    thread: training shares the machine with serving)."""
+    from threadpoolctl import threadpool_limits
+
+    user_items = interactions.matrix(mask)
+    users_per_item = np.asarray(user_items.sum(axis=0)).ravel()
+    order = np.lexsort((np.arange(len(users_per_item)), -users_per_item))
+    covered = np.sort(order[users_per_item[order] > 0][: settings.ITEM_MODEL_MAX_ITEMS])
+    if not len(covered):
+        return ItemModel(covered, np.zeros((0, 0), dtype=np.float32), regularization)
+    columns = user_items[:, covered]
+    # float32 throughout: three items x items arrays at most (5,000 items: 100 MB each); λ keeps it well conditioned.
+    gram = np.asarray((columns.T @ columns).toarray(), dtype=np.float32)
+    gram[np.diag_indices_from(gram)] += regularization
+    with threadpool_limits(1):
+        weights = np.linalg.inv(gram)
+    del gram
+    diagonal = np.diag(weights).copy()
+    weights /= -diagonal
+    weights[np.diag_indices_from(weights)] = 0.0
+    return ItemModel(covered, weights, regularization)
+
+
+def item_model_lists(
+    model: ItemModel, user_items: Any, *, exclude: Any = None, k: int = ITEM_MODEL_PER_USER
+) -> tuple[np.ndarray, np.ndarray]:
+    """(catalog item indexes, scores) of each row's k best items, best first, -1 where fewer: `user_items` is the
+    users x catalog CSR the scores sum over, `exclude` (same shape) what is left out. Only positive scores count."""
+    from implicit.cpu.topk import topk
+
+    rows = user_items.shape[0]
+    indexes = np.full((rows, k), -1, dtype=np.int64)
+    scores = np.zeros((rows, k), dtype=np.float32)
+    wanted = min(k, len(model.items))
+    if not wanted or not rows:
+        return indexes, scores
+    covered = user_items[:, model.items].tocsr()
+    excluded = exclude[:, model.items].tocsr() if exclude is not None else None
+    # topk scores query · itemsᵀ: the items' rows are B's columns.
+    scored_items = np.ascontiguousarray(model.weights.T)
+    for start in range(0, rows, USER_BLOCK_ROWS):
+        block = slice(start, min(start + USER_BLOCK_ROWS, rows))
+        query = np.ascontiguousarray(covered[block].toarray(), dtype=np.float32)
+        filtered = excluded[block] if excluded is not None else None
+        found, found_scores = topk(scored_items, query, wanted, filter_query_items=filtered, num_threads=1)
+        valid = (found >= 0) & (found_scores > FILTERED_SCORE) & (found_scores > 0)
+        indexes[block, :wanted] = np.where(valid, model.items[np.maximum(found, 0)], -1)
+        scores[block, :wanted] = np.where(valid, found_scores, 0.0)
+    return indexes, scores
+
+
+@dataclass(frozen=True)
+class ItemModelSearch:
+    """The λ chosen (None: the model did not beat popularity, and serves no lists) and the figures behind it."""
+
+    regularization: float | None
+    tried: list[dict[str, float]]
+    gate: dict[str, object]
+
+
+def item_model_search(
+    interactions: Any, holdout: Any, *, active: float | None, search: bool, budget_seconds: float
+) -> ItemModelSearch:
+    """Fit each λ (the active and the default first) on the training part of the embeddings' holdout, until the
+    time budget is spent; keep the best by held-out nDCG@10 among those significantly better than the first, as
+    the embeddings' search does. The model serves only if it beats popularity on the same users."""
+    from graph_app.training import TOP_K, ndcg_per_user, popularity_scores, significantly_better, top_k_items
+
+    started = time.monotonic()
+    grid = list(dict.fromkeys([*([active] if active else []), ITEM_MODEL_DEFAULT_LAMBDA, *ITEM_MODEL_LAMBDAS]))
+    if not search:
+        grid = grid[:1]
+    users = holdout.users
+    train = interactions.matrix(holdout.train)[users]
+    relevant = interactions.matrix(holdout.held_out)[users]
+    popularity = popularity_scores(interactions, holdout.train)[:, None]
+    popular, _ = top_k_items(np.ones((len(users), 1), dtype=np.float32), popularity, train, TOP_K)
+    popularity_ndcg = float(ndcg_per_user(popular, relevant).mean()) if len(users) else 0.0
+    tried: list[dict[str, float]] = []
+    first: np.ndarray | None = None
+    best: tuple[float, np.ndarray] | None = None
+    active_ndcg: float | None = None
+    for regularization in grid:
+        if tried and time.monotonic() - started > budget_seconds:
+            break
+        model = item_model_fit(interactions, holdout.train, regularization=regularization)
+        found, _ = item_model_lists(model, train, exclude=train, k=TOP_K)
+        per_user = ndcg_per_user(found, relevant)
+        tried.append({"regularization": regularization, "ndcg@10": round(float(per_user.mean()), 6)})
+        if regularization == active:
+            active_ndcg = round(float(per_user.mean()), 6)
+        if first is None:
+            first, best = per_user, (regularization, per_user)
+        elif best is not None and per_user.mean() > best[1].mean() and significantly_better(per_user, first):
+            best = (regularization, per_user)
+    assert best is not None
+    ndcg = round(float(best[1].mean()), 6)
+    passed = bool(len(users)) and ndcg > popularity_ndcg
+    gate: dict[str, object] = {
+        "users": len(users),
+        "ndcg@10": ndcg,
+        "popularity_ndcg@10": round(popularity_ndcg, 6),
+        "active_ndcg@10": active_ndcg,
+        "passed": passed,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    return ItemModelSearch(best[0] if passed else None, tried, gate)
+
+
+def item_model_publish(
+    *, model: ItemModel | None, interactions: Any, user_order: np.ndarray, exclude: Any = None
+) -> int:
+    """Compute and publish the lists of the first USER_NEAREST_LISTS_MAX_USERS users of `user_order` (rows of
+    `interactions`, most active first), their bought items (`exclude`, users x catalog CSR in interactions' user
+    order) left out; without a model the served lists are removed. Returns how many users have one."""
+    limit = max(0, settings.USER_NEAREST_LISTS_MAX_USERS) if model is not None else 0
+    chosen = user_order[:limit]
+    user_items = interactions.matrix()[chosen]
+    indexes, scores = item_model_lists(
+        model or ItemModel(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), 0.0),
+        user_items,
+        exclude=exclude[chosen] if exclude is not None else None,
+    )
+    return ranked_lists_publish(
+        key=redis_keys.user_item_model_lists,
+        user_ids=[interactions.user_ids[row] for row in chosen],
+        item_ids=interactions.item_ids,
+        indexes=indexes,
+        scores=scores,
+        decimals=SCORE_DECIMALS,
+        name="item_model",
+    )
+
+
+def item_model_lists_forget(*, user_keys: Sequence[str]) -> int:
+    """The users' published lists (erasure); how many were removed."""
+    client = get_control_redis()
+    pipeline = client.pipeline(transaction=False)
+    for user_key in user_keys:
+        pipeline.hdel(redis_keys.user_item_model_lists(redis_keys.partition_of(user_key)), user_key)
+    return sum(int(removed) for removed in pipeline.execute())
