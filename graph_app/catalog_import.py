@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+from django.db import connection
 from rest_framework import serializers
 
 from graph_app.apis import ItemBatchRowSerializer
@@ -91,6 +92,8 @@ CENTS = Decimal("0.01")
 class ItemImportCounts(file_import.ImportCounts):
     created: int = 0
     updated: int = 0
+    # Rows that repeat what the catalog holds: not written again.
+    unchanged: int = 0
     # Stock feed rows of ids the catalog does not have.
     missing: int = 0
     # Rows replaced by a later row of the same id in the same batch (the last one counts).
@@ -437,6 +440,120 @@ def row_item(row: SourceRow, file_format: str, mode: str) -> ItemInput | ItemPat
     return item if isinstance(item, ItemInput) else _renamed(item, found.columns)
 
 
+# --- Writes: only what the file changes ---
+
+
+def _items_stored(external_ids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """The stored values an upsert would write, by item id: title, description, category, price, in stock,
+    attributes, whether it has a vector, and its entity links as {(kind, id): (name, weight)}."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ITEMS_STORED_SQL, [external_ids])
+        # Django leaves jsonb as text for its JSONField to decode.
+        return {
+            row[0]: (
+                *row[1:6],
+                _json(row[6]),
+                row[7],
+                {(kind, entity_id): (name, weight) for kind, entity_id, name, weight in _json(row[8])},
+            )
+            for row in cursor.fetchall()
+        }
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+_ITEMS_STORED_SQL = """
+SELECT i.external_id, i.title, i.description, i.category, i.price, i.in_stock, i.attributes,
+       i.embedding IS NOT NULL,
+       coalesce(json_agg(json_build_array(e.kind, e.external_id, e.name, l.weight)) FILTER (WHERE l.id IS NOT NULL),
+                '[]'::json)
+FROM graph_app_item i
+LEFT JOIN graph_app_itementity l ON l.item_id = i.id
+LEFT JOIN graph_app_entity e ON e.id = l.entity_id
+WHERE i.external_id = ANY(%s::text[])
+GROUP BY i.id
+"""
+
+
+def _item_unchanged(item: ItemInput, stored: tuple[Any, ...] | None) -> bool:
+    """Whether upserting `item` would leave it as stored (a vector to make, or an entity to rename, is a change)."""
+    if stored is None:
+        return False
+    title, description, category, price, in_stock, attributes, has_vector, links = stored
+    if (item.title, item.description, item.category, item.price, item.in_stock) != (
+        title,
+        description,
+        category,
+        price,
+        in_stock,
+    ):
+        return False
+    wanted = {(ref.kind, ref.external_id): ref for ref in item.entities}  # the last reference counts
+    return (
+        has_vector
+        and item.attributes == attributes
+        and wanted.keys() == links.keys()
+        and all(ref.weight == links[key][1] and ref.name in ("", links[key][0]) for key, ref in wanted.items())
+    )
+
+
+def _items_write(
+    wanted: list[tuple[SourceRow, ItemInput]], counts: ItemImportCounts, *, projection: Any, rewrite: bool
+) -> None:
+    latest = {item.external_id: item for _, item in wanted}  # a repeated id: the last row counts
+    stored = {} if rewrite else _items_stored(list(latest))
+    changed = [item for external_id, item in latest.items() if not _item_unchanged(item, stored.get(external_id))]
+    outcome = items_upsert_many(rows=changed, projection=projection)
+    counts.created, counts.updated = len(outcome.created), len(outcome.updated)
+    counts.unchanged = len(latest) - len(changed)
+    counts.repeated = len(wanted) - len(latest)
+
+
+def _stock_write(
+    wanted: list[tuple[SourceRow, ItemPatch]], counts: ItemImportCounts, *, rewrite: bool
+) -> list[SourceRow]:
+    """Patch the items whose price or stock the rows change; the rows (the last of each id) of ids not in the
+    catalog are returned."""
+    latest: dict[str, ItemPatch] = {}
+    last_row: dict[str, SourceRow] = {}
+    for row, patch in wanted:
+        earlier = latest.get(patch.external_id)
+        if earlier is not None:  # a repeated id: each field as its last row gives it
+            patch = ItemPatch(
+                external_id=patch.external_id,
+                fields=earlier.fields | patch.fields,
+                price=patch.price if "price" in patch.fields else earlier.price,
+                in_stock=patch.in_stock if "in_stock" in patch.fields else earlier.in_stock,
+            )
+        latest[patch.external_id] = patch
+        last_row[patch.external_id] = row
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT external_id, price, in_stock FROM graph_app_item WHERE external_id = ANY(%s::text[])",
+            [list(latest)],
+        )
+        stored = {external_id: (price, in_stock) for external_id, price, in_stock in cursor.fetchall()}
+    changed = [
+        patch
+        for external_id, patch in latest.items()
+        if external_id in stored
+        and (
+            rewrite
+            or ("price" in patch.fields and patch.price != stored[external_id][0])
+            or ("in_stock" in patch.fields and patch.in_stock != stored[external_id][1])
+        )
+    ]
+    outcome = items_patch_many(patches=changed)
+    absent = [external_id for external_id in latest if external_id not in stored]
+    missing = absent + outcome.missing  # and those deleted since the read
+    counts.updated, counts.missing = len(outcome.updated), len(missing)
+    counts.unchanged = len(latest) - len(changed) - len(absent)
+    counts.repeated = len(wanted) - len(latest)
+    return sorted((last_row[external_id] for external_id in missing), key=lambda row: row.line)
+
+
 # --- The import ---
 
 
@@ -445,6 +562,7 @@ def items_import(
     path: Path,
     file_format: str | None = None,
     partial: bool = False,
+    rewrite: bool = False,
     batch_size: int = ITEM_IMPORT_BATCH_SIZE,
     rejects_path: Path | None = None,
     checkpoint_path: Path | None = None,
@@ -452,7 +570,8 @@ def items_import(
     max_batches: int | None = None,
     progress: IO[str] | None = None,
 ) -> ItemImportReport:
-    """Import the file's items into the catalog, resuming from its checkpoint unless `restart`."""
+    """Import the file's items into the catalog, resuming from its checkpoint unless `restart`. Items whose stored
+    values the file repeats are not written again, unless `rewrite`."""
     file_format = import_format(path, file_format)
     mode = import_mode(path, file_format, partial=partial)
     checkpoint_path = checkpoint_path or checkpoint_path_for(path)
@@ -479,16 +598,12 @@ def items_import(
                 wanted.append((row, result))
         counts = ItemImportCounts(rejected=len(rejected))
         if mode == STOCK:
-            outcome = items_patch_many(patches=[patch for _, patch in wanted])
-            last_row = {patch.external_id: row for row, patch in wanted}
+            missing_rows = _stock_write(wanted, counts, rewrite=rewrite)
             id_column = "id" if file_format == "gmc" else "item_id"
-            rejected += [(last_row[external_id], [(id_column, NOT_IN_CATALOG)]) for external_id in outcome.missing]
+            rejected += [(row, [(id_column, NOT_IN_CATALOG)]) for row in missing_rows]
             rejected.sort(key=lambda pair: pair[0].line)
-            counts.missing = len(outcome.missing)
         else:
-            outcome = items_upsert_many(rows=[item for _, item in wanted], projection=projection)
-        counts.created, counts.updated = len(outcome.created), len(outcome.updated)
-        counts.repeated = len(wanted) - counts.created - counts.updated - counts.missing
+            _items_write(wanted, counts, projection=projection, rewrite=rewrite)
         return counts, rejected
 
     file_import.file_import_run(

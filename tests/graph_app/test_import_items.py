@@ -114,7 +114,7 @@ def test_csv_feed_stores_items_brands_and_the_online_catalog_and_rejects_bad_row
     ]
     assert rejects_of(rejects)[0]["row"] == ",No id,,,,,,"
     lines = out.splitlines()
-    assert lines[0].startswith("Read 6, created 2, updated 0, rejected 4 in ")
+    assert lines[0].startswith("Read 6, created 2, updated 0, unchanged 0, rejected 4 in ")
     assert lines[1:8] == [
         "First problems:",
         "  line 4: item_id: This field is required.",
@@ -157,7 +157,7 @@ def test_jsonl_feed_takes_the_item_api_body_with_entities(run, tmp_path, clean_r
         (6, ["item"]),
     ]
     assert rejects_of(rejects)[0]["errors"][0]["message"] == "Ensure this field has no more than 500 characters."
-    assert out.splitlines()[0].startswith("Read 6, created 2, updated 0, rejected 4 in ")
+    assert out.splitlines()[0].startswith("Read 6, created 2, updated 0, unchanged 0, rejected 4 in ")
 
 
 def test_merchant_center_feed_maps_google_columns(run, tmp_path, clean_redis):
@@ -189,10 +189,10 @@ def test_merchant_center_feed_maps_google_columns(run, tmp_path, clean_redis):
         (6, [{"field": "availability", "message": "Must be one of in_stock, out_of_stock, preorder, backorder."}]),
         (7, [{"field": "id", "message": "This field is required."}]),  # an empty cell is no value
     ]
-    assert out.splitlines()[0].startswith("Read 6, created 3, updated 0, rejected 3 in ")
+    assert out.splitlines()[0].startswith("Read 6, created 3, updated 0, unchanged 0, rejected 3 in ")
 
 
-def test_a_second_import_of_the_same_file_updates_every_item_to_what_it_was(run, tmp_path, clean_redis):
+def test_a_second_import_of_the_same_file_changes_nothing(run, tmp_path, clean_redis):
     source = tmp_path / "catalog.tsv"
     source.write_text(
         GMC_HEADER
@@ -200,16 +200,42 @@ def test_a_second_import_of_the_same_file_updates_every_item_to_what_it_was(run,
         + "b\tShade\t\tHome\t\tLumo\t12.00 USD\tout_of_stock\t\t\n"
     )
     run(source)
-    before = items(), linked("a"), Entity.objects.count(), clean_redis.hgetall(redis_keys.CATALOG_STATIC)
-    vectors = clean_redis.hgetall(redis_keys.CATALOG_VECTORS)
+
+    def state() -> tuple[object, ...]:
+        return (
+            list(Item.objects.order_by("external_id").values_list("external_id", "updated_at")),
+            items(),
+            linked("a"),
+            list(Entity.objects.values_list("id", "kind", "external_id", "name")),
+            clean_redis.hgetall(redis_keys.CATALOG_STATIC),
+            clean_redis.hgetall(redis_keys.CATALOG_VECTORS),
+            clean_redis.get(redis_keys.CATALOG_VERSION),
+        )
+
+    before = state()
 
     out = run(source, "--restart")
 
-    after = items(), linked("a"), Entity.objects.count(), clean_redis.hgetall(redis_keys.CATALOG_STATIC)
-    assert after == before
-    assert clean_redis.hgetall(redis_keys.CATALOG_VECTORS) == vectors
-    assert Item.objects.count() == 2
-    assert out.splitlines()[0].startswith("Read 2, created 0, updated 2, rejected 0 in ")
+    assert state() == before  # not even rewritten: the same updated_at, no new catalog version
+    assert out.splitlines()[0].startswith("Read 2, created 0, updated 0, unchanged 2, rejected 0 in ")
+
+    source.write_text(source.read_text().replace("40.00 USD", "45.00 USD"))
+    out = run(source, "--restart")
+
+    assert out.splitlines()[0].startswith("Read 2, created 0, updated 1, unchanged 1, rejected 0 in ")
+    assert Item.objects.get(external_id="a").price == Decimal("45.00")
+    assert Item.objects.count() == 2 and Entity.objects.count() == 1
+
+    source.write_text(source.read_text().replace("Shade\t\tHome\t\tLumo", "Shade\t\tHome\t\tOtra"))
+    out = run(source, "--restart")
+
+    assert out.splitlines()[0].startswith("Read 2, created 0, updated 1, unchanged 1, rejected 0 in ")
+    assert linked("b") == [("brand", "otra", "Otra")]
+
+    out = run(source, "--restart", "--rewrite")
+
+    assert out.splitlines()[0].startswith("Read 2, created 0, updated 2, unchanged 0, rejected 0 in ")
+    assert Item.objects.count() == 2 and Entity.objects.count() == 2
 
 
 def test_an_interrupted_import_resumes_and_ends_as_one_run_would(run, tmp_path, clean_redis):
@@ -231,8 +257,10 @@ def test_an_interrupted_import_resumes_and_ends_as_one_run_would(run, tmp_path, 
     second = run(source, "--batch-size", "2", "--rejects", str(rejects))
 
     assert second.splitlines()[0] == "Resumed after line 5."
-    assert second.splitlines()[1].startswith("Read 3, created 3, updated 0, rejected 0 in ")
-    assert second.splitlines()[2] == "Since the start of this file: Read 7, created 6, updated 0, rejected 1."
+    assert second.splitlines()[1].startswith("Read 3, created 3, updated 0, unchanged 0, rejected 0 in ")
+    assert (
+        second.splitlines()[2] == "Since the start of this file: Read 7, created 6, updated 0, unchanged 0, rejected 1."
+    )
     assert [reject["line"] for reject in rejects_of(rejects)] == [5]
     resumed = items(), [linked(f"i{index}") for index in range(7)], clean_redis.hgetall(redis_keys.CATALOG_STATIC)
 
@@ -261,7 +289,7 @@ def test_a_stock_feed_changes_only_price_and_stock_and_reports_ids_not_in_the_ca
     untouched = list(Item.objects.order_by("external_id").values_list("external_id", "title", "attributes",
                                                                       "embedding", "created_at"))  # fmt: skip
     stock = tmp_path / "stock.csv"
-    stock.write_text("item_id,price,in_stock\np1,27.50,\np2,,false\nghost,5.00,true\np3,abc,yes\np1,,0\n")
+    stock.write_text("item_id,price,in_stock\np1,27.50,\np2,,false\nghost,5.00,true\np3,abc,yes\np1,,0\np3,99,false\n")
     rejects = tmp_path / "rejects.jsonl"
 
     out = run(stock, "--rejects", str(rejects))
@@ -285,7 +313,9 @@ def test_a_stock_feed_changes_only_price_and_stock_and_reports_ids_not_in_the_ca
     ]
     lines = out.splitlines()
     assert lines[0] == "A stock feed: only price and stock change, of items already in the catalog."
-    assert lines[1].startswith("Read 5, updated 2, not in the catalog 1, rejected 1, repeated in a batch 1 in ")
+    assert lines[1].startswith(
+        "Read 6, updated 2, unchanged 1, not in the catalog 1, rejected 1, repeated in a batch 1 in "
+    )
 
 
 def test_a_merchant_center_stock_feed_and_partial_on_a_full_feed(run, tmp_path):
@@ -300,7 +330,7 @@ def test_a_merchant_center_stock_feed_and_partial_on_a_full_feed(run, tmp_path):
     out = run(stock)
 
     assert items() == [("s1", "Sofa", "", "", Decimal("450.00"), True, {"currency": "USD"})]
-    assert out.splitlines()[1].startswith("Read 2, updated 1, not in the catalog 1, rejected 0 in ")
+    assert out.splitlines()[1].startswith("Read 2, updated 1, unchanged 0, not in the catalog 1, rejected 0 in ")
     assert "  line 3: id: Not in the catalog: a stock feed changes existing items only." in out.splitlines()
 
     full_feed = tmp_path / "renamed.jsonl"

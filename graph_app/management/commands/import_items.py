@@ -22,7 +22,8 @@ class Command(BaseCommand):
         "gzipped. Rows are validated like the item API's; an item already in the catalog is updated, so importing "
         "a file again changes nothing. A stock feed (only the id with price and/or in_stock or availability; "
         "detected from the header or the first line, or forced with --partial) changes just price and stock of "
-        "items already in the catalog. Resumable: a checkpoint next to the file records each committed batch, and "
+        "items already in the catalog. Rows that repeat what the catalog holds are not written again (unless "
+        "--rewrite). Resumable: a checkpoint next to the file records each committed batch, and "
         "running the command again continues from it."
     )
 
@@ -31,6 +32,11 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=["csv", "jsonl", "gmc"], help="Instead of guessing from the name.")
         parser.add_argument(
             "--partial", action="store_true", help="A stock feed: change only price and stock, whatever else it has."
+        )
+        parser.add_argument(
+            "--rewrite",
+            action="store_true",
+            help="Write every row, even one repeating what the catalog holds (e.g. to republish the online catalog).",
         )
         parser.add_argument("--batch-size", type=int, default=ITEM_IMPORT_BATCH_SIZE, help="Rows per transaction.")
         parser.add_argument(
@@ -47,6 +53,7 @@ class Command(BaseCommand):
         file: Path,
         format: str | None,
         partial: bool,
+        rewrite: bool,
         batch_size: int,
         rejects: Path | None,
         checkpoint: Path | None,
@@ -66,6 +73,7 @@ class Command(BaseCommand):
                 path=file,
                 file_format=format,
                 partial=partial,
+                rewrite=rewrite,
                 batch_size=batch_size,
                 rejects_path=rejects,
                 checkpoint_path=checkpoint,
@@ -112,9 +120,10 @@ class Command(BaseCommand):
         again = f", repeated in a batch {counts.repeated}" if counts.repeated else ""
         if report.mode == STOCK:
             return (
-                f"Read {counts.read}, updated {counts.updated}, not in the catalog {counts.missing}, rejected "
-                f"{counts.rejected}{again}"
+                f"Read {counts.read}, updated {counts.updated}, unchanged {counts.unchanged}, not in the catalog "
+                f"{counts.missing}, rejected {counts.rejected}{again}"
             )
         return (
-            f"Read {counts.read}, created {counts.created}, updated {counts.updated}, rejected {counts.rejected}{again}"
+            f"Read {counts.read}, created {counts.created}, updated {counts.updated}, unchanged {counts.unchanged}, "
+            f"rejected {counts.rejected}{again}"
         )

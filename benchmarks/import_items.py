@@ -1,0 +1,245 @@
+"""Catalog feed import rate: `manage.py import_items` on deterministic generated feeds.
+
+Full rows: a Google Merchant Center TSV feed and the same items as CSV and JSON lines (`--items`, default 100k; 2k
+brands, 40 product types, 0.5 % bad rows), each imported into an empty catalog, then the TSV again (every item an
+update to the same values). Stock feed: `--stock-items` (default 1M) items put in the catalog by one SQL statement
+(the import of that many full rows is the first figure's business), then a TSV stock feed of all of them (id, price,
+availability) imported. Rows per second end to end: read, validate, write PostgreSQL and the Redis online catalog,
+checkpoint. The feeds are generated under .data/bench-import-items/feeds (never committed) and reused when present;
+the servers are this benchmark's own embedded ones under .data/bench-import-items (unless DATABASE_URL / REDIS_URL
+are set). Results go to BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/import_items.py [--items 100000] [--stock-items 1000000] [--skip-stock]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import ROOT, django_setup, record
+
+BENCH_DATA_DIR = ROOT / ".data" / "bench-import-items"
+FEEDS_DIR = BENCH_DATA_DIR / "feeds"
+GMC_COLUMNS = ["id", "title", "description", "product_type", "google_product_category", "brand", "price",
+               "availability", "link", "image_link"]  # fmt: skip
+AVAILABILITY = ["in_stock"] * 8 + ["out_of_stock", "preorder"]
+WORDS = ["linen", "cotton", "wool", "steel", "oak", "walnut", "travel", "classic", "compact", "deluxe", "light",
+         "heavy", "blue", "red", "green", "black", "white", "grey", "slim", "wide", "round", "square", "soft", "hard",
+         "mini", "maxi"]  # fmt: skip
+BAD_EVERY = 200  # one row in 200 has a bad price (rejected with its line number)
+
+
+def synthetic_items(count: int, *, seed: int = 11) -> list[dict[str, str]]:
+    """Merchant Center rows (text cells), the same for every run of the same count."""
+    generator = random.Random(seed)
+    types = [f"Type {index} > Sub {index % 7} > Leaf {index % 3}" for index in range(40)]
+    rows = []
+    for index in range(count):
+        words = generator.sample(WORDS, 4)
+        rows.append(
+            {
+                "id": f"bench-item-{index:07d}",
+                "title": " ".join(words[:3]).title() + f" {index}",
+                "description": " ".join(generator.choices(WORDS, k=generator.randrange(8, 30))),
+                "product_type": generator.choice(types),
+                "google_product_category": "",
+                "brand": f"Brand {generator.randrange(2000)}",
+                "price": f"{generator.randrange(100, 50000) / 100:.2f} USD" if index % BAD_EVERY else "cheap USD",
+                "availability": generator.choice(AVAILABILITY),
+                "link": f"https://shop.example/p/{index}",
+                "image_link": f"https://cdn.example/p/{index}.jpg",
+            }
+        )
+    return rows
+
+
+def write_gmc(rows: list[dict[str, str]], path: Path) -> None:
+    lines = ["\t".join(GMC_COLUMNS)] + ["\t".join(row[name] for name in GMC_COLUMNS) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _as_api(row: dict[str, str]) -> dict[str, object]:
+    number, _, currency = row["price"].partition(" ")
+    return {
+        "item_id": row["id"],
+        "title": row["title"],
+        "description": row["description"],
+        "category": row["product_type"].split(" > ")[0],
+        "price": number,
+        "in_stock": row["availability"] != "out_of_stock",
+        "attributes": {"currency": currency, "link": row["link"], "image_link": row["image_link"]},
+        "brand": row["brand"],
+    }
+
+
+def write_csv(rows: list[dict[str, str]], path: Path) -> None:
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["item_id", "title", "description", "category", "price", "in_stock", "brand", "attributes"])
+    for row in rows:
+        item = _as_api(row)
+        attributes = orjson.dumps(item["attributes"]).decode()
+        writer.writerow([item["item_id"], item["title"], item["description"], item["category"], item["price"],
+                         str(item["in_stock"]).lower(), item["brand"], attributes])  # fmt: skip
+    path.write_text(buffer.getvalue())
+
+
+def write_jsonl(rows: list[dict[str, str]], path: Path) -> None:
+    with path.open("wb") as handle:
+        for row in rows:
+            item = _as_api(row)
+            brand = item.pop("brand")
+            item["entities"] = [{"kind": "brand", "id": str(brand).casefold(), "name": brand}]
+            handle.write(orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE))
+
+
+def write_stock(count: int, path: Path, *, seed: int = 13) -> None:
+    generator = random.Random(seed)
+    with path.open("w") as handle:
+        handle.write("id\tprice\tavailability\n")
+        for index in range(count):
+            handle.write(
+                f"bench-stock-{index:07d}\t{generator.randrange(100, 50000) / 100:.2f} USD\t"
+                f"{generator.choice(AVAILABILITY)}\n"
+            )
+
+
+def feed(name: str, write: object, *args: object) -> Path:
+    """The generated feed, made once (deterministic: the same arguments give the same bytes)."""
+    path = FEEDS_DIR / name
+    if not path.exists():
+        FEEDS_DIR.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        write(*args, partial)  # type: ignore[operator]
+        partial.rename(path)
+    return path
+
+
+def catalog_empty(prefix: str) -> None:
+    from django.db import connection
+
+    from personalization import redis_keys
+    from personalization.redis_client import get_control_redis
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM graph_app_itementity WHERE item_id IN (SELECT id FROM graph_app_item WHERE external_id "
+            "LIKE %s)",
+            [prefix + "%"],
+        )
+        cursor.execute("DELETE FROM graph_app_item WHERE external_id LIKE %s", [prefix + "%"])
+        cursor.execute("DELETE FROM graph_app_entity WHERE kind = 'brand' AND external_id LIKE 'brand %%'")
+        cursor.execute("VACUUM ANALYZE graph_app_item")
+    redis = get_control_redis()
+    for key in [redis_keys.CATALOG_STATIC, redis_keys.CATALOG_VECTORS] + [
+        redis_keys.catalog_entities(partition) for partition in redis_keys.partitions()
+    ]:
+        redis.delete(key)
+
+
+def stock_catalog_make(count: int) -> None:
+    """`count` items with ids the stock feed names, made in one statement (no vectors: a stock feed keeps them)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO graph_app_item (external_id, title, description, category, price, in_stock, attributes, "
+            "embedding_source, popularity, created_at, updated_at) "
+            "SELECT 'bench-stock-' || lpad(n::text, 7, '0'), 'Item ' || n, '', 'cat-' || (n % 40), 10.00, true, "
+            "'{}'::jsonb, '', 0, now(), now() FROM generate_series(0, %s - 1) AS n",
+            [count],
+        )
+        cursor.execute("VACUUM ANALYZE graph_app_item")
+
+
+def timed_import(path: Path, *extra: str) -> tuple[float, str]:
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    started = time.perf_counter()
+    call_command("import_items", str(path), "--no-progress", "--restart", *extra, stdout=out)
+    return time.perf_counter() - started, out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--stock-items", type=int, default=1_000_000)
+    parser.add_argument("--skip-stock", action="store_true")
+    parser.add_argument("--batch-size", type=int, help="Instead of the importer's default.")
+    args = parser.parse_args()
+    os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(BENCH_DATA_DIR))
+    django_setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from graph_app.catalog_import import ITEM_IMPORT_BATCH_SIZE
+
+    batch_size = args.batch_size or ITEM_IMPORT_BATCH_SIZE
+    extra = ("--batch-size", str(batch_size))
+    call_command("migrate", verbosity=0)
+    rows = synthetic_items(args.items)
+    rejected = sum(1 for row in rows if row["price"] == "cheap USD")
+    files = {
+        "Merchant Center TSV": feed(f"items-{args.items}.tsv", write_gmc, rows),
+        "CSV": feed(f"items-{args.items}.csv", write_csv, rows),
+        "JSON lines": feed(f"items-{args.items}.jsonl", write_jsonl, rows),
+    }
+    results = []
+    for name, path in files.items():
+        catalog_empty("bench-item-")
+        seconds, output = timed_import(path, *extra)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM graph_app_item WHERE external_id LIKE 'bench-item-%%'")
+            stored = cursor.fetchone()[0]
+        assert stored == args.items - rejected, (stored, output)
+        results.append((f"{name}, new items", path.stat().st_size, seconds, args.items / seconds))
+        print(name, f"{seconds:.2f} s", f"{args.items / seconds:,.0f} rows/s", output.splitlines()[0], flush=True)
+    seconds, output = timed_import(files["Merchant Center TSV"], *extra)
+    assert f"created 0, updated {args.items - rejected}," in output, output
+    results.append(("Merchant Center TSV again (all updates)", files["Merchant Center TSV"].stat().st_size, seconds,
+                    args.items / seconds))  # fmt: skip
+    print("TSV again", f"{seconds:.2f} s", output.splitlines()[0], flush=True)
+    catalog_empty("bench-item-")
+
+    if not args.skip_stock:
+        stock = feed(f"stock-{args.stock_items}.tsv", write_stock, args.stock_items)
+        catalog_empty("bench-stock-")
+        stock_catalog_make(args.stock_items)
+        seconds, output = timed_import(stock, *extra)
+        assert f"updated {args.stock_items}, not in the catalog 0, rejected 0" in output, output
+        results.append(("stock feed TSV (id, price, availability)", stock.stat().st_size, seconds,
+                        args.stock_items / seconds))  # fmt: skip
+        print("stock", f"{seconds:.2f} s", output.splitlines()[:2], flush=True)
+        catalog_empty("bench-stock-")
+
+    table = ["| feed | size | seconds | rows/s |", "|---|---|---|---|"]
+    for name, size, seconds, rate in results:
+        table.append(f"| {name} | {size / 2**20:.1f} MiB | {seconds:.2f} | {rate:,.0f} |")
+    body = (
+        f"{args.items:,} full rows (2k brands, 40 product types, 0.5 % rejected for a bad price) and a stock feed of "
+        f"{args.stock_items:,} items, batches of {batch_size:,}, one process, PostgreSQL and Valkey on the same 2 "
+        "cores; wall time of the command, including validation, the bulk catalog write (rows, brand entities and "
+        "links, content vectors), the Redis online catalog and checkpoints.\n\n" + "\n".join(table)
+    )
+    record("Catalog feed import", "python benchmarks/import_items.py", body)
+    if not os.environ.get("DATABASE_URL"):
+        from personalization import embedded
+
+        connection.close()
+        embedded.stop_all(Path(os.environ["PERSONALIZATION_DATA_DIR"]))
+
+
+if __name__ == "__main__":
+    main()
