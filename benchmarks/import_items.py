@@ -139,7 +139,10 @@ def catalog_empty(prefix: str) -> None:
             [prefix + "%"],
         )
         cursor.execute("DELETE FROM graph_app_item WHERE external_id LIKE %s", [prefix + "%"])
-        cursor.execute("DELETE FROM graph_app_entity WHERE kind = 'brand' AND external_id LIKE 'brand %%'")
+        cursor.execute(
+            "DELETE FROM graph_app_entity e WHERE kind = 'brand' AND external_id LIKE 'brand %%' "
+            "AND NOT EXISTS (SELECT FROM graph_app_itementity l WHERE l.entity_id = e.id)"
+        )
         cursor.execute("VACUUM ANALYZE graph_app_item")
     redis = get_control_redis()
     for key in [redis_keys.CATALOG_STATIC, redis_keys.CATALOG_VECTORS] + [
@@ -148,19 +151,31 @@ def catalog_empty(prefix: str) -> None:
         redis.delete(key)
 
 
-def stock_catalog_make(count: int) -> None:
-    """`count` items with ids the stock feed names, made in one statement (no vectors: a stock feed keeps them)."""
+def stock_catalog_make(feed_path: Path, *, change_every: int) -> int:
+    """The stock feed's items in the catalog, in one statement, as the feed gives them except every
+    `change_every`-th row's price (so the feed changes those); no vectors (see the notes). Returns how many
+    the feed will change."""
     from django.db import connection
 
+    ids, prices, in_stock = [], [], []
+    with feed_path.open() as handle:
+        next(handle)
+        for index, line in enumerate(handle):
+            external_id, price, availability = line.rstrip("\n").split("\t")
+            number = float(price.split()[0])
+            ids.append(external_id)
+            prices.append(f"{number + 1 if index % change_every == 0 else number:.2f}")
+            in_stock.append(availability != "out_of_stock")
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO graph_app_item (external_id, title, description, category, price, in_stock, attributes, "
             "embedding_source, popularity, created_at, updated_at) "
-            "SELECT 'bench-stock-' || lpad(n::text, 7, '0'), 'Item ' || n, '', 'cat-' || (n % 40), 10.00, true, "
-            "'{}'::jsonb, '', 0, now(), now() FROM generate_series(0, %s - 1) AS n",
-            [count],
+            "SELECT u.id, 'Item ' || u.id, '', 'cat', u.price, u.in_stock, '{}'::jsonb, '', 0, now(), now() "
+            "FROM unnest(%s::text[], %s::numeric[], %s::bool[]) AS u(id, price, in_stock)",
+            [ids, prices, in_stock],
         )
         cursor.execute("VACUUM ANALYZE graph_app_item")
+    return len(range(0, len(ids), change_every))
 
 
 def timed_import(path: Path, *extra: str) -> tuple[float, str]:
@@ -196,32 +211,47 @@ def main() -> None:
         "CSV": feed(f"items-{args.items}.csv", write_csv, rows),
         "JSON lines": feed(f"items-{args.items}.jsonl", write_jsonl, rows),
     }
+    changed = [{**row, "title": row["title"] + " v2"} if index % 10 == 0 else row for index, row in enumerate(rows)]
+    files["Merchant Center TSV, 1 row in 10 changed"] = feed(f"items-{args.items}-changed.tsv", write_gmc, changed)
     results = []
+    catalog_empty("bench-item-")
+    tsv = files["Merchant Center TSV"]
+    seconds, output = timed_import(tsv, *extra)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM graph_app_item WHERE external_id LIKE 'bench-item-%%'")
+        stored = cursor.fetchone()[0]
+    assert stored == args.items - rejected, (stored, output)
+    results.append(("Merchant Center TSV into an empty catalog", tsv.stat().st_size, seconds, args.items / seconds))
+    print("TSV, new items", f"{seconds:.2f} s", output.splitlines()[0], flush=True)
     for name, path in files.items():
-        catalog_empty("bench-item-")
         seconds, output = timed_import(path, *extra)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM graph_app_item WHERE external_id LIKE 'bench-item-%%'")
-            stored = cursor.fetchone()[0]
-        assert stored == args.items - rejected, (stored, output)
-        results.append((f"{name}, new items", path.stat().st_size, seconds, args.items / seconds))
-        print(name, f"{seconds:.2f} s", f"{args.items / seconds:,.0f} rows/s", output.splitlines()[0], flush=True)
-    seconds, output = timed_import(files["Merchant Center TSV"], *extra)
-    assert f"created 0, updated {args.items - rejected}," in output, output
-    results.append(("Merchant Center TSV again (all updates)", files["Merchant Center TSV"].stat().st_size, seconds,
-                    args.items / seconds))  # fmt: skip
-    print("TSV again", f"{seconds:.2f} s", output.splitlines()[0], flush=True)
+        label = name if "changed" in name else f"{name} again (no change)"
+        updated = len(range(0, args.items, 10)) - len(range(0, args.items, BAD_EVERY)) if "changed" in name else 0
+        assert f"created 0, updated {updated}, unchanged {args.items - rejected - updated}," in output, output
+        results.append((label, path.stat().st_size, seconds, args.items / seconds))
+        print(label, f"{seconds:.2f} s", output.splitlines()[0], flush=True)
     catalog_empty("bench-item-")
 
     if not args.skip_stock:
-        stock = feed(f"stock-{args.stock_items}.tsv", write_stock, args.stock_items)
-        catalog_empty("bench-stock-")
-        stock_catalog_make(args.stock_items)
-        seconds, output = timed_import(stock, *extra)
-        assert f"updated {args.stock_items}, not in the catalog 0, rejected 0" in output, output
-        results.append(("stock feed TSV (id, price, availability)", stock.stat().st_size, seconds,
-                        args.stock_items / seconds))  # fmt: skip
-        print("stock", f"{seconds:.2f} s", output.splitlines()[:2], flush=True)
+        big = feed(f"stock-{args.stock_items}.tsv", write_stock, args.stock_items)
+        small = feed(f"stock-{args.stock_items // 10}.tsv", write_stock, args.stock_items // 10)
+        for name, path, change_every in (
+            ("stock feed TSV, 1 row in 10 a change", big, 10),
+            ("the same stock feed again (no change)", big, 0),
+            ("stock feed TSV, every row a change", small, 1),
+        ):
+            if change_every:
+                catalog_empty("bench-stock-")
+                changing = stock_catalog_make(path, change_every=change_every)
+            else:
+                changing = 0
+            count = sum(1 for _ in path.open()) - 1
+            seconds, output = timed_import(path, *extra)
+            assert f"updated {changing}, unchanged {count - changing}, not in the catalog 0, rejected 0" in output, (
+                output
+            )
+            results.append((name, path.stat().st_size, seconds, count / seconds))
+            print(name, f"{seconds:.2f} s", output.splitlines()[1], flush=True)
         catalog_empty("bench-stock-")
 
     table = ["| feed | size | seconds | rows/s |", "|---|---|---|---|"]

@@ -265,6 +265,8 @@ def _entity(value: Any) -> EntityRef | None:
 def _json_object(value: Any) -> bool:
     if type(value) is not dict:
         return False
+    if all(type(inner) is str for inner in value.values()):  # the common flat object: no depth or number to check
+        return not any("\x00" in key or "\x00" in inner for key, inner in value.items())
     try:
         json_limits_check(value)
     except JsonLimitExceeded:
@@ -306,10 +308,28 @@ def item_input_fast(data: dict[str, Any]) -> ItemInput | None:
 
 def item_input_checked(data: dict[str, Any]) -> ItemInput | Problems:
     """The item API's own verdict on `data`: its ItemInput, or its problems as (field, message)."""
-    serializer = ItemBatchRowSerializer(data=data)
-    if serializer.is_valid():
-        return serializer.to_input(serializer.validated_data["item_id"])
-    return [(name, messages[0]) for name, messages in flatten_errors(serializer.errors).items()]
+    checked = _serializer_check(ItemBatchRowSerializer, data)
+    if isinstance(checked, list):
+        return checked
+    serializer = ItemBatchRowSerializer(data=data)  # rare: a valid row the fast check was not sure of
+    serializer.is_valid(raise_exception=True)
+    return serializer.to_input(serializer.validated_data["item_id"])
+
+
+_checking_serializers: dict[type[serializers.Serializer], serializers.Serializer] = {}
+
+
+def _serializer_check(kind: type[serializers.Serializer], data: dict[str, Any]) -> dict[str, Any] | Problems:
+    """The serializer's validated data, or its problems with `data`, from one instance of it for the whole import
+    (a new serializer copies its fields, which costs more than checking a row)."""
+    checker = _checking_serializers.get(kind)
+    if checker is None:
+        checker = _checking_serializers[kind] = kind()
+    try:
+        return dict(checker.run_validation(data))
+    except serializers.ValidationError as error:
+        errors = flatten_errors(serializers.as_serializer_error(error))
+        return [(name, messages[0]) for name, messages in errors.items()]
 
 
 class StockRowSerializer(serializers.Serializer):  # type: ignore[misc]
@@ -326,11 +346,10 @@ def item_patch_checked(data: dict[str, Any]) -> ItemPatch | Problems:
     price = _price(data)
     in_stock = data.get("in_stock", True)
     if item_id is None or price is False or type(in_stock) is not bool:
-        serializer = StockRowSerializer(data=data)
-        if not serializer.is_valid():
-            return [(name, messages[0]) for name, messages in flatten_errors(serializer.errors).items()]
-        item_id, price = serializer.validated_data["item_id"], serializer.validated_data.get("price")
-        in_stock = serializer.validated_data.get("in_stock", True)
+        checked = _serializer_check(StockRowSerializer, data)
+        if isinstance(checked, list):
+            return checked
+        item_id, price, in_stock = checked["item_id"], checked.get("price"), checked.get("in_stock", True)
     changed = frozenset(name for name in ("price", "in_stock") if name in data)
     if not changed:
         return [("item", NOTHING_TO_UPDATE)]
@@ -448,27 +467,23 @@ def _items_stored(external_ids: list[str]) -> dict[str, tuple[Any, ...]]:
     attributes, whether it has a vector, and its entity links as {(kind, id): (name, weight)}."""
     with connection.cursor() as cursor:
         cursor.execute(_ITEMS_STORED_SQL, [external_ids])
-        # Django leaves jsonb as text for its JSONField to decode.
+        # JSON as text, decoded by orjson (psycopg's loader is the standard library's).
         return {
             row[0]: (
                 *row[1:6],
-                _json(row[6]),
+                orjson.loads(row[6]),
                 row[7],
-                {(kind, entity_id): (name, weight) for kind, entity_id, name, weight in _json(row[8])},
+                {(kind, entity_id): (name, weight) for kind, entity_id, name, weight in orjson.loads(row[8])},
             )
             for row in cursor.fetchall()
         }
 
 
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
-
-
 _ITEMS_STORED_SQL = """
-SELECT i.external_id, i.title, i.description, i.category, i.price, i.in_stock, i.attributes,
+SELECT i.external_id, i.title, i.description, i.category, i.price, i.in_stock, i.attributes::text,
        i.embedding IS NOT NULL,
        coalesce(json_agg(json_build_array(e.kind, e.external_id, e.name, l.weight)) FILTER (WHERE l.id IS NOT NULL),
-                '[]'::json)
+                '[]'::json)::text
 FROM graph_app_item i
 LEFT JOIN graph_app_itementity l ON l.item_id = i.id
 LEFT JOIN graph_app_entity e ON e.id = l.entity_id
