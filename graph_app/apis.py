@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer, inline_serializer
@@ -10,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from graph_app.catalog_bulk import PATCH_FIELDS, ItemPatch, items_delete_many, items_patch_many, items_upsert_many
+from graph_app.item_rows import item_row_read, patch_row_read
 from graph_app.models import Item
 from graph_app.selectors import item_get_with_entities
 from graph_app.services import (
@@ -32,6 +34,8 @@ from personalization.validation import (
     user_id_validate,
 )
 from surface_app.services import shelves_catalog_batch
+
+T = TypeVar("T")
 
 
 class EntityRefSerializer(serializers.Serializer):
@@ -69,6 +73,9 @@ class ItemInputSerializer(serializers.Serializer):
 
 class ItemBatchRowSerializer(ItemInputSerializer):
     item_id = StrictCharField(max_length=EXTERNAL_ID_MAX_LENGTH)
+
+    def to_value(self) -> ItemInput:
+        return self.to_input(self.validated_data["item_id"])
 
 
 class ItemOutputSerializer(serializers.Serializer):
@@ -152,7 +159,7 @@ class ItemPatchRowSerializer(serializers.Serializer):
             raise serializers.ValidationError({"item": [f"Name at least one of {', '.join(sorted(PATCH_FIELDS))}."]})
         return attrs
 
-    def to_patch(self) -> ItemPatch:
+    def to_value(self) -> ItemPatch:
         data = self.validated_data
         return ItemPatch(
             external_id=data["item_id"],
@@ -184,16 +191,22 @@ class ItemPatchResultSerializer(serializers.Serializer):
 
 
 def _rows_validate(
-    rows: list[Any], serializer_class: type[serializers.Serializer]
-) -> tuple[list[tuple[int, serializers.Serializer]], list[dict[str, Any]], dict[int, dict[str, Any]]]:
-    """The valid rows (index, serializer), the per-index errors, and the error results by index."""
-    valid: list[tuple[int, serializers.Serializer]] = []
+    rows: list[Any], read: Callable[[Any], T | None], serializer_class: type[serializers.Serializer]
+) -> tuple[list[tuple[int, T]], list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """The valid rows (index, value), the per-index errors, and the error results by index. Each row is read by
+    `read` (graph_app.item_rows: plainly valid rows, without DRF's cost) and otherwise by the serializer, which
+    names the errors; its `to_value()` gives the same value as `read`."""
+    valid: list[tuple[int, T]] = []
     errors: list[dict[str, Any]] = []
     failed: dict[int, dict[str, Any]] = {}
     for index, row in enumerate(rows):
+        value = read(row)
+        if value is not None:
+            valid.append((index, value))
+            continue
         serializer = serializer_class(data=row) if isinstance(row, dict) else None
         if serializer is not None and serializer.is_valid():
-            valid.append((index, serializer))
+            valid.append((index, serializer.to_value()))  # type: ignore[attr-defined]
             continue
         row_errors = flatten_errors(serializer.errors) if serializer is not None else {"item": ["Must be an object."]}
         for field_name, messages in row_errors.items():
@@ -234,11 +247,10 @@ class ItemBatchUpsertApi(APIView):
     def post(self, request: Request) -> Response:
         envelope = self.InputSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)
-        valid, errors, results = _rows_validate(envelope.validated_data["items"], ItemBatchRowSerializer)
-        rows = [serializer.to_input(serializer.validated_data["item_id"]) for _, serializer in valid]  # type: ignore[attr-defined]
-        outcome = items_upsert_many(rows=rows, projection=content_projection())
+        valid, errors, results = _rows_validate(envelope.validated_data["items"], item_row_read, ItemBatchRowSerializer)
+        outcome = items_upsert_many(rows=[row for _, row in valid], projection=content_projection())
         created = set(outcome.created)
-        for (index, _), row in zip(valid, rows, strict=True):
+        for index, row in valid:
             status_name = "created" if row.external_id in created else "updated"
             results[index] = {"index": index, "item_id": row.external_id, "status": status_name}
         return Response(
@@ -270,11 +282,12 @@ class ItemBatchUpsertApi(APIView):
     def patch(self, request: Request) -> Response:
         envelope = self.InputSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)
-        valid, errors, results = _rows_validate(envelope.validated_data["items"], ItemPatchRowSerializer)
-        patches = [serializer.to_patch() for _, serializer in valid]  # type: ignore[attr-defined]
-        outcome = items_patch_many(patches=patches)
+        valid, errors, results = _rows_validate(
+            envelope.validated_data["items"], patch_row_read, ItemPatchRowSerializer
+        )
+        outcome = items_patch_many(patches=[patch for _, patch in valid])
         missing = set(outcome.missing)
-        for (index, _), patch in zip(valid, patches, strict=True):
+        for index, patch in valid:
             status_name = "missing" if patch.external_id in missing else "updated"
             results[index] = {"index": index, "item_id": patch.external_id, "status": status_name}
         ordered = [results[index] for index in sorted(results)]

@@ -9,6 +9,7 @@ Rows lock in `external_id` order, so two concurrent calls touching the same item
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import orjson
+import scipy.sparse
 from django.db import IntegrityError, connection, transaction
 
-from graph_app.embeddings import ItemContent, content_features, feature_matrix, normalize_rows
+from graph_app.embeddings import _TOKEN, CONTENT_FEATURE_BUCKETS, normalize_rows
 from graph_app.online import catalog_write, entity_keys, pack_static
 from graph_app.services import EntityRef, ItemInput, content_projection
 from personalization.cache import item_cache_invalidate_many
@@ -81,7 +83,9 @@ def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | Non
     with transaction.atomic(), _check_violations(), connection.cursor() as cursor:
         ids = [row.external_id for row in ordered]
         cursor.execute(_LOCK_SQL, [ids])
-        was_in_stock: dict[str, bool] = {external_id: in_stock for _, external_id, in_stock, *_ in cursor.fetchall()}
+        # external id -> (pk, in stock, learned embedding, created at): what existed; then what was written.
+        stored = {row[1]: (row[0], row[2], row[4], float(row[9])) for row in cursor.fetchall()}
+        existed = {external_id: facts[1] for external_id, facts in stored.items()}
         cursor.execute(
             _UPSERT_SQL,
             [
@@ -95,26 +99,24 @@ def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | Non
                 [_vector_literal(vector) for vector in vectors],
             ],
         )
-        written = {external_id: (pk, learned, created_at) for pk, external_id, learned, created_at in cursor.fetchall()}
-        _links_replace(cursor, rows=ordered, item_pks={external_id: written[external_id][0] for external_id in ids})
-        learned_vectors = _embeddings_read(cursor, pks=[pk for pk, learned, _ in written.values() if learned])
+        for pk, external_id, learned, created_at in cursor.fetchall():
+            stored[external_id] = (pk, True, learned, float(created_at))
+        _links_replace(cursor, rows=ordered, item_pks={external_id: stored[external_id][0] for external_id in ids})
+        learned_vectors = _embeddings_read(cursor, pks=[pk for pk, _, learned, _ in stored.values() if learned])
         for row, vector in zip(ordered, vectors, strict=True):
-            pk, learned, created_at = written[row.external_id]
+            pk, _, learned, created_at = stored[row.external_id]
             change.entity_keys[row.external_id] = entity_keys(
                 category=row.category, entities=[(ref.kind, ref.external_id) for ref in row.entities]
             )
             change.static[row.external_id] = pack_static(
-                price=None if row.price is None else float(row.price),
-                in_stock=row.in_stock,
-                created_at=created_at.timestamp(),
+                price=None if row.price is None else float(row.price), in_stock=row.in_stock, created_at=created_at
             )
             change.vectors[row.external_id] = (learned_vectors[pk] if learned else vector).tobytes()
-            previously = was_in_stock.get(row.external_id)
-            appeared = row.in_stock and not previously  # created in stock, or back in stock
+            appeared = row.in_stock and not existed.get(row.external_id)  # created in stock, or back in stock
             (change.appeared if appeared else change.changed).append(row.external_id)
         transaction.on_commit(change.publish)
-    created = [external_id for external_id in latest if external_id not in was_in_stock]
-    updated = [external_id for external_id in latest if external_id in was_in_stock]
+    created = [external_id for external_id in latest if external_id not in existed]
+    updated = [external_id for external_id in latest if external_id in existed]
     return BulkWriteOutcome(created=created, updated=updated, deleted=[], missing=[])
 
 
@@ -170,9 +172,8 @@ def items_patch_many(*, patches: Sequence[ItemPatch]) -> BulkWriteOutcome:
             )
             for external_id in content_changed
         ]
-        vectors = dict(
-            zip(content_changed, content_vectors(rows=contents, projection=content_projection()), strict=True)
-        )
+        fresh = content_vectors(rows=contents, projection=content_projection()) if contents else []
+        vectors = dict(zip(content_changed, fresh, strict=True))
         cursor.execute(
             _PATCH_SQL,
             [
@@ -215,22 +216,55 @@ def items_delete_many(*, external_ids: Sequence[str]) -> BulkWriteOutcome:
 
 
 def content_vectors(*, rows: Sequence[ItemInput], projection: np.ndarray) -> np.ndarray:
-    """The rows' content vectors (float32, one row each), projected in one sparse product."""
-    if not rows:
-        return np.zeros((0, projection.shape[1]), dtype=np.float32)
-    features = feature_matrix(
-        content_features(
-            ItemContent(
-                title=row.title,
-                description=row.description,
-                category=row.category,
-                entities=tuple((ref.kind, ref.external_id, ref.weight) for ref in row.entities),
-                attributes=row.attributes,
-            )
-        )
-        for row in rows
+    """The rows' content vectors (float32, one row each): `graph_app.embeddings.content_features` projected as
+    `project` does, for a whole batch in one sparse product. The features' own normalization is left out: the
+    projected vector is normalized anyway."""
+    features: list[str] = []
+    weights: list[float] = []
+    counts: list[int] = []
+    for row in rows:
+        before = len(features)
+        for token in _TOKEN.findall(row.title.lower()):
+            features.append("w:" + token)
+            weights.append(1.0)
+        for token in _TOKEN.findall(row.description.lower())[:200]:
+            features.append("w:" + token)
+            weights.append(0.5)
+        if row.category:
+            features.append("category:" + row.category.lower())
+            weights.append(2.0)
+        for ref in row.entities:
+            features.append(f"entity:{ref.kind}:{ref.external_id.lower()}")
+            weights.append(2.0 * ref.weight)
+        for key, value in row.attributes.items():
+            if isinstance(value, str | int | float | bool):
+                features.append(f"attr:{key}:{str(value).lower()}")
+                weights.append(1.0)
+        counts.append(len(features) - before)
+    codes = np.fromiter((_feature_code(feature) for feature in features), dtype=np.int64, count=len(features))
+    signed = np.asarray(weights, dtype=np.float32) * np.where(codes & 1, np.float32(1.0), np.float32(-1.0))
+    matrix = scipy.sparse.csr_matrix(
+        (signed, (np.repeat(np.arange(len(rows)), counts), codes >> 1)),
+        shape=(len(rows), CONTENT_FEATURE_BUCKETS),
+        dtype=np.float32,
     )
-    return normalize_rows(np.asarray(features @ projection, dtype=np.float32))
+    return normalize_rows(np.asarray(matrix @ projection, dtype=np.float32))
+
+
+_feature_codes: dict[str, int] = {}
+_FEATURE_CODES_KEPT = 1_000_000  # tokens repeat across a catalog: their hashes are kept (about 100 MB at most)
+
+
+def _feature_code(feature: str) -> int:
+    """The feature's bucket (shifted left) and sign (the low bit), hashed as `graph_app.embeddings._add` does."""
+    code = _feature_codes.get(feature)
+    if code is None:
+        hashed = zlib.crc32(feature.encode())
+        code = (hashed % CONTENT_FEATURE_BUCKETS) << 1 | (hashed >> 16) & 1
+        if len(_feature_codes) >= _FEATURE_CODES_KEPT:
+            _feature_codes.clear()
+        _feature_codes[feature] = code
+    return code
 
 
 # Every statement below takes arrays (one round trip whatever the batch size). The lock comes first and in id
@@ -238,9 +272,11 @@ def content_vectors(*, rows: Sequence[ItemInput], projection: np.ndarray) -> np.
 _LOCK_SQL = """
 SELECT id, external_id, in_stock, price, embedding_source = 'collaborative', attributes::text, title, description,
        category, extract(epoch FROM created_at)
-FROM graph_app_item WHERE external_id = ANY(%s::text[]) ORDER BY external_id FOR UPDATE
+FROM graph_app_item WHERE external_id = ANY(%s::text[]) ORDER BY external_id FOR NO KEY UPDATE
 """
 
+# A row the same as the one stored (a nightly feed sends most items unchanged) is not written again: no new row
+# version, no new entry in the HNSW index; its updated_at stays.
 _UPSERT_SQL = """
 INSERT INTO graph_app_item AS item (external_id, title, description, category, price, in_stock, attributes,
                                     embedding, embedding_source, popularity, created_at, updated_at)
@@ -256,9 +292,15 @@ ON CONFLICT (external_id) DO UPDATE SET
     embedding_source = CASE WHEN item.embedding_source = 'collaborative' THEN item.embedding_source
                             ELSE 'content' END,
     updated_at = excluded.updated_at
-RETURNING item.id, item.external_id, item.embedding_source = 'collaborative', item.created_at
+WHERE (item.title, item.description, item.category, item.price, item.in_stock, item.attributes)
+      IS DISTINCT FROM (excluded.title, excluded.description, excluded.category, excluded.price, excluded.in_stock,
+                        excluded.attributes)
+   OR (item.embedding_source <> 'collaborative'
+       AND (item.embedding_source <> 'content' OR item.embedding IS DISTINCT FROM excluded.embedding))
+RETURNING item.id, item.external_id, item.embedding_source = 'collaborative', extract(epoch FROM item.created_at)
 """
 
+# As for upserts, a patch that changes nothing writes nothing.
 _PATCH_SQL = """
 UPDATE graph_app_item AS item SET
     price = p.price, in_stock = p.in_stock, attributes = p.attributes::jsonb,
@@ -268,6 +310,8 @@ UPDATE graph_app_item AS item SET
 FROM unnest(%s::bigint[], %s::numeric[], %s::bool[], %s::text[], %s::text[]) AS p(id, price, in_stock, attributes,
                                                                                  embedding)
 WHERE item.id = p.id
+  AND ((item.price, item.in_stock, item.attributes) IS DISTINCT FROM (p.price, p.in_stock, p.attributes::jsonb)
+       OR item.embedding IS DISTINCT FROM coalesce(p.embedding::vector, item.embedding))
 """
 
 
@@ -280,17 +324,29 @@ def _links_replace(cursor: Any, *, rows: Sequence[ItemInput], item_pks: dict[str
             key = (ref.kind, ref.external_id)
             names[key] = ref.name or names.get(key, "")
     entity_pks = _entities_upsert(cursor, names=names) if names else {}
-    cursor.execute("DELETE FROM graph_app_itementity WHERE item_id = ANY(%s::bigint[])", [list(item_pks.values())])
     links: dict[tuple[int, int], float] = {}
     for row in rows:
         for ref in row.entities:
             links[(item_pks[row.external_id], entity_pks[(ref.kind, ref.external_id)])] = ref.weight
+    arrays = [[item for item, _ in links], [entity for _, entity in links], list(links.values())]
+    # Only the links that differ are deleted and inserted: an unchanged item's links are not rewritten.
+    cursor.execute(_LINKS_DELETE_SQL, [list(item_pks.values()), *arrays])
     if links:
-        cursor.execute(
-            "INSERT INTO graph_app_itementity (item_id, entity_id, weight) "
-            "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::float8[])",
-            [[item for item, _ in links], [entity for _, entity in links], list(links.values())],
-        )
+        cursor.execute(_LINKS_INSERT_SQL, arrays)
+
+
+_LINKS_DELETE_SQL = """
+DELETE FROM graph_app_itementity AS link WHERE link.item_id = ANY(%s::bigint[]) AND NOT EXISTS (
+    SELECT FROM unnest(%s::bigint[], %s::bigint[], %s::float8[]) AS kept(item_id, entity_id, weight)
+    WHERE kept.item_id = link.item_id AND kept.entity_id = link.entity_id AND kept.weight = link.weight
+)
+"""
+
+_LINKS_INSERT_SQL = """
+INSERT INTO graph_app_itementity (item_id, entity_id, weight)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::float8[]) ORDER BY 1, 2
+ON CONFLICT (item_id, entity_id) DO NOTHING
+"""
 
 
 _ENTITIES_UPSERT_SQL = """

@@ -3,6 +3,7 @@ online catalog in Redis, the similar-items caches and the live shelves' message.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from graph_app.catalog_bulk import ItemPatch, items_delete_many, items_patch_many, items_upsert_many
+from graph_app.catalog_bulk import ItemPatch, content_vectors, items_delete_many, items_patch_many, items_upsert_many
 from graph_app.models import Entity, Item, ItemEntity
 from graph_app.online import unpack_static
 from graph_app.services import EntityRef, ItemInput, content_projection, item_content_vector
@@ -348,3 +349,35 @@ def test_a_batch_of_1000_round_trip(api_client, clean_redis, django_capture_on_c
     assert (
         clean_redis.hkeys(redis_keys.CATALOG_STATIC) == clean_redis.hkeys(redis_keys.CATALOG_VECTORS) == [b"sku-0000"]
     )
+
+
+def test_content_vectors_of_a_batch_are_each_items_content_vector():
+    rows = [
+        _row("a", description="Soft wool " * 150, category="Knitwear", attributes={"size": "L", "new": True, "n": 2}),
+        _row("b", title="Çafé crème ☕", entities=(EntityRef("brand", "ACME", weight=0.25), EntityRef("tag", "x"))),
+        _row("c", title="!!!", attributes={"nested": {"ignored": 1}}),
+        _row("d", title="Mug", category="kitchen"),
+    ]
+    projection = content_projection()
+
+    vectors = content_vectors(rows=rows, projection=projection)
+
+    for row, vector in zip(rows, vectors, strict=True):
+        assert np.allclose(vector, item_content_vector(data=row, projection=projection), atol=1e-6), row.external_id
+    assert not vectors[2].any()  # no feature at all: the zero vector, as item_content_vector gives
+
+
+def test_an_unchanged_row_is_not_written_again(committed):
+    rows = [_row("same", attributes={"a": 1}, entities=(EntityRef("tag", "t"),)), _row("edited")]
+    committed(lambda: items_upsert_many(rows=rows))
+    long_ago = datetime(2026, 1, 1, tzinfo=UTC)
+    Item.objects.update(updated_at=long_ago)
+    links_before = list(ItemEntity.objects.values_list("id", flat=True))
+
+    outcome = committed(lambda: items_upsert_many(rows=[rows[0], _row("edited", title="Edited")]))
+    committed(lambda: items_patch_many(patches=[ItemPatch("same", frozenset({"attributes"}), attributes={"a": 1})]))
+
+    assert outcome.updated == ["same", "edited"]
+    updated_at = dict(Item.objects.values_list("external_id", "updated_at"))
+    assert updated_at["same"] == long_ago and updated_at["edited"] > long_ago
+    assert list(ItemEntity.objects.values_list("id", flat=True)) == links_before
