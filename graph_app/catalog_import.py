@@ -77,15 +77,18 @@ BRAND = "brand"
 CATEGORY_SEPARATOR = ">"
 NOT_IN_CATALOG = "Not in the catalog: a stock feed changes existing items only."
 NOTHING_TO_UPDATE = "Gives neither price nor stock (in_stock or availability): nothing to change."
-# "12.99 USD" (or "USD 12.99"): Google's price, a number and an ISO 4217 code.
-GMC_PRICE = re.compile(
-    r"\s*(?P<number>\S+)\s+(?P<currency>[A-Za-z]{3})\s*|\s*(?P<code>[A-Za-z]{3})\s+(?P<after>\S+)\s*"
-)
 GMC_PRICE_MESSAGE = 'Must be a number and an ISO 4217 currency code, like "12.99 USD".'
 # What the fast check is sure the API's DecimalField(max_digits=12, decimal_places=2, min_value=0) accepts.
 PLAIN_PRICE = re.compile(r"\d{1,10}(?:\.\d{1,2})?")
 SLUG = re.compile(r"[-a-zA-Z0-9_]+")
 CENTS = Decimal("0.01")
+# The fields a stock row patches, by (gives a price, gives stock).
+STOCK_PATCH_FIELDS = {
+    (True, True): frozenset({"price", "in_stock"}),
+    (True, False): frozenset({"price"}),
+    (False, True): frozenset({"in_stock"}),
+    (False, False): frozenset[str](),
+}
 
 
 @dataclass
@@ -166,6 +169,17 @@ def _csv_fields(cells: dict[str, str], mode: str) -> _Fields:
     return _Fields(data, problems, columns)
 
 
+def _gmc_price(text: str) -> tuple[str, str] | None:
+    """(number, currency) of Google's "12.99 USD" (or "USD 12.99"); the number is the validator's to judge."""
+    parts = text.split()
+    if len(parts) != 2:
+        return None
+    number, currency = parts if len(parts[1]) == 3 and parts[1].isalpha() else reversed(parts)
+    if len(currency) != 3 or not currency.isascii() or not currency.isalpha():
+        return None
+    return number, currency.upper()
+
+
 def _gmc_fields(cells: dict[str, str], mode: str) -> _Fields:
     """A Merchant Center row as the API's fields."""
     problems: Problems = []
@@ -175,12 +189,11 @@ def _gmc_fields(cells: dict[str, str], mode: str) -> _Fields:
     if "id" in cells:
         data["item_id"] = cells["id"]
     if "price" in cells:
-        match = GMC_PRICE.fullmatch(cells["price"])
-        if match is None:
+        price = _gmc_price(cells["price"])
+        if price is None:
             problems.append(("price", GMC_PRICE_MESSAGE))
         else:
-            data["price"] = match["number"] or match["after"]
-            attributes["currency"] = (match["currency"] or match["code"]).upper()
+            data["price"], attributes["currency"] = price
     if "availability" in cells:
         in_stock = _availability(cells["availability"], problems)
         if in_stock is not None:
@@ -350,7 +363,7 @@ def item_patch_checked(data: dict[str, Any]) -> ItemPatch | Problems:
         if isinstance(checked, list):
             return checked
         item_id, price, in_stock = checked["item_id"], checked.get("price"), checked.get("in_stock", True)
-    changed = frozenset(name for name in ("price", "in_stock") if name in data)
+    changed = STOCK_PATCH_FIELDS[("price" in data, "in_stock" in data)]
     if not changed:
         return [("item", NOTHING_TO_UPDATE)]
     return ItemPatch(external_id=item_id, fields=changed, price=price if isinstance(price, Decimal) else None,

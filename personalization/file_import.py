@@ -191,10 +191,6 @@ class _Lines:
                 self.undecodable = True
                 yield raw_line.decode("utf-8", "replace")
 
-    def record_start(self) -> None:
-        self.record.clear()
-        self.undecodable = False
-
 
 def csv_header(path: Path, *, delimiter: str = ",") -> list[str]:
     """The first record's names, stripped (and without a byte-order mark); [] for an empty file."""
@@ -239,7 +235,8 @@ def csv_rows(
         reader = csv.reader(lines, delimiter=delimiter)
     columns = len(names)
     while True:
-        lines.record_start()
+        lines.record.clear()
+        lines.undecodable = False
         first_line = lines.line + 1
         try:
             values = next(reader)
