@@ -9,6 +9,7 @@ Rows lock in `external_id` order, so two concurrent calls touching the same item
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 import scipy.sparse
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from graph_app.embeddings import _TOKEN, CONTENT_FEATURE_BUCKETS, normalize_rows
 from graph_app.online import catalog_write, entity_keys, pack_static
@@ -27,6 +28,8 @@ from graph_app.services import EntityRef, ItemInput, content_projection
 from personalization.cache import item_cache_invalidate_many
 from personalization.errors import ApplicationError
 from surface_app.services import shelves_catalog_changed
+
+logger = logging.getLogger(__name__)
 
 PATCH_FIELDS = frozenset({"price", "in_stock", "attributes"})
 COLLABORATIVE = "collaborative"  # an embedding learned from interactions: catalog edits keep it
@@ -65,9 +68,45 @@ class _CatalogChange:
 
     def publish(self) -> None:
         catalog_write(entities=self.entity_keys, static=self.static, vectors=self.vectors, forget=tuple(self.forget))
-        # Their neighbours may have changed: readers keep the old lists while one request rebuilds each.
-        item_cache_invalidate_many(item_keys=[*self.changed, *self.appeared], name="similar_items")
+        # Their neighbours may have changed: readers keep the old lists while one request rebuilds each. So may the
+        # lists of the items nearest to those that appeared, which now belong in them.
+        nearest = _neighbours_of(self.appeared) if len(self.appeared) <= NEIGHBOUR_LISTS_TOUCHED_MAX else []
+        item_cache_invalidate_many(item_keys=[*self.changed, *self.appeared, *nearest], name="similar_items")
         shelves_catalog_changed(changed=self.changed, appeared=self.appeared)
+
+
+# A write where at most this many items appeared (a merchant's edits, an import's small batches) marks stale the
+# cached similar lists of each one's nearest items, so that the new item shows in them at the next request; for
+# more, one nearest-neighbour search each would cost more than the write (the lists refresh within
+# SIMILAR_ITEMS_FRESH_SECONDS, 5 minutes, anyway).
+NEIGHBOUR_LISTS_TOUCHED_MAX = 100
+# An item is in the cached list of each of its nearest items only approximately (nearness is not symmetric in
+# rank): its 30 nearest cover most of the lists (100 long) it enters.
+NEIGHBOURS_TOUCHED = 30
+
+_NEIGHBOURS_SQL = """
+SELECT DISTINCT near.external_id
+FROM graph_app_item AS item
+CROSS JOIN LATERAL (
+    SELECT other.external_id FROM graph_app_item AS other
+    WHERE other.in_stock AND other.embedding IS NOT NULL AND other.id <> item.id
+    ORDER BY other.embedding <=> item.embedding LIMIT %s
+) AS near
+WHERE item.external_id = ANY(%s::text[]) AND item.embedding IS NOT NULL
+"""
+
+
+def _neighbours_of(item_ids: list[str]) -> list[str]:
+    if not item_ids:
+        return []
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_NEIGHBOURS_SQL, [NEIGHBOURS_TOUCHED, item_ids])
+            return [external_id for (external_id,) in cursor.fetchall()]
+    except DatabaseError as error:
+        # After commit: the write stands; the lists catch up within their freshness.
+        logger.warning("graph.catalog_neighbours_failed", extra={"items": len(item_ids), "error": str(error)})
+        return []
 
 
 def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | None = None) -> BulkWriteOutcome:

@@ -381,3 +381,31 @@ def test_an_unchanged_row_is_not_written_again(committed):
     updated_at = dict(Item.objects.values_list("external_id", "updated_at"))
     assert updated_at["same"] == long_ago and updated_at["edited"] > long_ago
     assert list(ItemEntity.objects.values_list("id", flat=True)) == links_before
+
+
+def test_an_item_that_appears_marks_its_neighbours_similar_lists_stale(committed, clean_redis, monkeypatch):
+    mug = {"title": "Red spotted mug", "description": "Ceramic tea mug", "category": "kitchen"}
+    committed(lambda: items_upsert_many(rows=[_row("mug", **mug), _row("rug", title="Wool rug", category="floor")]))
+    for item_id in ("mug", "rug"):
+        item_cache_get(
+            item_key=item_id, name="similar_items", fresh_seconds=300, stale_seconds=3600, build=lambda: b"[]"
+        )
+
+    def fresh(item_id: str) -> bool:
+        stored = clean_redis.get(redis_keys.item_cache(item_id, "similar_items"))
+        return item_cache_peek(name="similar_items", fresh_seconds=300, stored=stored) is not None
+
+    monkeypatch.setattr("graph_app.catalog_bulk.NEIGHBOURS_TOUCHED", 1)
+    committed(lambda: items_upsert_many(rows=[_row("mug-twin", **mug)]))
+
+    assert (fresh("mug"), fresh("rug")) == (False, True)  # the twin's nearest item is the mug only
+
+    monkeypatch.setattr("graph_app.catalog_bulk.NEIGHBOUR_LISTS_TOUCHED_MAX", 1)
+    _similar_list_cache("mug")
+    committed(lambda: items_upsert_many(rows=[_row("mug-2", **mug), _row("mug-3", **mug)]))
+
+    assert fresh("mug")  # more items appeared than searched for: the lists catch up within their freshness
+
+
+def _similar_list_cache(item_id: str) -> None:
+    item_cache_get(item_key=item_id, name="similar_items", fresh_seconds=300, stale_seconds=3600, build=lambda: b"[]")
