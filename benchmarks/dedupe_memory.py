@@ -85,17 +85,27 @@ def _delete_all_but(client, keep: str) -> None:
         client.unlink(*batch)
 
 
-def dedupe_worker(events: int) -> dict[str, object]:
-    """Inside a Django set up against the Valkey of REDIS_URL, with the code version first on sys.path."""
+def dedupe_worker(events: int, steady: bool) -> dict[str, object]:
+    """Inside a Django set up against the Valkey of REDIS_URL, with the code version first on sys.path. `steady`
+    (new code): the day before had as many events, so today's sets are sized for them from the start (otherwise
+    the first day of a burst grows levels as it goes)."""
     import django
 
     django.setup()
+    from personalization import redis_keys
     from personalization.redis_client import get_control_redis
     from signals_app.services import events_ingest
 
     client = get_control_redis()
     client.flushall()
     client.config_set("maxmemory", 0)
+    if steady:
+        from signals_app.dedupe import generations_at
+
+        yesterday = generations_at(time.time()).current - 1
+        for partition in redis_keys.partitions():
+            share = events // len(redis_keys.partitions())
+            client.hset(redis_keys.event_seen_layout(partition), f"n:{yesterday}", share)
     before = int(client.info("memory")["used_memory"])
 
     def batches():
@@ -152,7 +162,8 @@ def dedupe_worker(events: int) -> dict[str, object]:
 
 def user_state_worker(users: int) -> dict[str, object]:
     """A typical shopper's month: 3 sessions of 10 events (views, 4 add-to-carts, 1 purchase, 2 skips) over items
-    with 3 catalog entities each; MEMORY USAGE of each key type, per user."""
+    of 3 favourite categories (of 40), each item with 3 catalog entities (category, one of 300 brands, one of 900
+    tags); MEMORY USAGE of each key type, per user."""
     import django
 
     django.setup()
@@ -165,6 +176,9 @@ def user_state_worker(users: int) -> dict[str, object]:
 
     client = get_control_redis()
     client.flushall()
+    listpack_entries = os.environ.get("BENCH_HASH_MAX_LISTPACK_ENTRIES")
+    if listpack_entries:  # what a server setting would save (the stock value is 128)
+        client.config_set("hash-max-listpack-entries", listpack_entries)
     for partition in redis_keys.partitions():
         client.hset(
             redis_keys.catalog_entities(partition),
@@ -178,32 +192,44 @@ def user_state_worker(users: int) -> dict[str, object]:
     kinds = ["view"] * 23 + ["add_to_cart"] * 4 + ["purchase"] + ["skip"] * 2
     for user in range(users):
         rng.shuffle(kinds)
+        favourites = rng.sample(range(40), 3)
         raw = []
         for index, kind in enumerate(kinds):
             happened = now - timedelta(days=27 - 9 * (index // 10), minutes=30 - index % 10)
+            item = rng.choice(favourites) + 40 * rng.randrange(ITEMS // 40)  # category: item % 40
             raw.append(
                 {"event_id": f"u{user}-{index}", "type": kind, "user_id": f"shopper-{user}",
-                 "session_id": f"s{user}-{index // 10}", "item_id": f"mem-item-{rng.randrange(ITEMS)}",
+                 "session_id": f"s{user}-{index // 10}", "item_id": f"mem-item-{item}",
                  "timestamp": happened.isoformat()}
             )  # fmt: skip
         valid = events_validate(raw_events=raw, report=IngestReport(), now=now, backfill=True)
         ingest_script.run(client, valid.events)
     by_type: dict[str, list[int]] = {}
+    encodings: dict[str, dict[str, int]] = {}
+    affinity_fields = 0
     for key in client.scan_iter("user:*", count=10_000):
         kind = key.decode().rsplit(":", 1)[1]
         kind = "session" if key.decode().split(":")[-2] == "session" else kind
         by_type.setdefault(kind, []).append(int(client.memory_usage(key, samples=0) or 0))
+        encoding = client.object("encoding", key).decode()
+        encodings.setdefault(kind, {}).setdefault(encoding, 0)
+        encodings[kind][encoding] += 1
+        if kind == "affinity":
+            affinity_fields += int(client.hlen(key))
     seen = sum(int(client.memory_usage(key, samples=0) or 0) for key in client.scan_iter("seen:*"))
     rows = {
         kind: {"keys_per_user": round(len(sizes) / users, 2), "bytes_per_user": round(sum(sizes) / users)}
         for kind, sizes in sorted(by_type.items())
     }
     return {
+        "hash_max_listpack_entries": client.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"],
         "users": users,
         "events_per_user": len(kinds),
         "by_key_type": rows,
         "total_bytes_per_user": sum(row["bytes_per_user"] for row in rows.values()),
         "dedupe_bytes_per_user": round(seen / users),
+        "encodings": encodings,
+        "affinity_fields_per_user": round(affinity_fields / users, 1),
     }
 
 
@@ -237,24 +263,35 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=2_000, help="users of the per-user state part")
     parser.add_argument("--old", type=Path, default=None, help="a checkout of the old code")
     parser.add_argument("--record", action="store_true")
-    parser.add_argument("--worker", choices=["dedupe", "user_state"], default=None)
+    parser.add_argument("--only", choices=["steady", "user_state"], default=None, help="just that part")
+    parser.add_argument("--worker", choices=["dedupe", "dedupe_steady", "user_state"], default=None)
     parser.add_argument("--count", type=int, default=0)
     args = parser.parse_args()
     if args.worker:
         sys.path.insert(0, os.getcwd())  # the code version under test, before this file's own checkout
-        result = dedupe_worker(args.count) if args.worker == "dedupe" else user_state_worker(args.count)
+        if args.worker == "user_state":
+            result = user_state_worker(args.count)
+        else:
+            result = dedupe_worker(args.count, steady=args.worker == "dedupe_steady")
         print(json.dumps(result))
         return
 
     data = Path(tempfile.mkdtemp(prefix="dedupe-memory-"))
     results: dict[str, object] = {}
     try:
-        versions = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
-        for name, code in versions:
-            results[name] = run_worker(code, "dedupe", args.events, data)
+        versions = [("new, first day", ROOT, "dedupe"), ("new, steady", ROOT, "dedupe_steady")]
+        versions += [("old", args.old, "dedupe")] if args.old else []
+        for name, code, mode in versions:
+            if args.only and args.only not in mode:
+                continue
+            results[name] = run_worker(code, mode, args.events, data)
             print(name, json.dumps(results[name]), flush=True)
-        results["user_state"] = run_worker(ROOT, "user_state", args.users, data)
-        print("user_state", json.dumps(results["user_state"]), flush=True)
+        if args.only in (None, "user_state"):
+            results["user_state"] = run_worker(ROOT, "user_state", args.users, data)
+            print("user_state", json.dumps(results["user_state"]), flush=True)
+            os.environ["BENCH_HASH_MAX_LISTPACK_ENTRIES"] = "512"
+            results["user_state, hash-max-listpack-entries 512"] = run_worker(ROOT, "user_state", args.users, data)
+            print("user_state 512", json.dumps(results["user_state, hash-max-listpack-entries 512"]), flush=True)
     finally:
         shutil.rmtree(data, ignore_errors=True)
     if args.record:

@@ -12,9 +12,11 @@ ingest script refuses a call made with a layout that is not the stored one ("sta
 
 A lookup checks the generations that overlap [arrival - 48 h - skew, arrival + skew] (at most 4): an id stays
 known for at least the 48 h window (and at most 3 days), despite a clock skew of up to CLOCK_SKEW_SECONDS between
-the processes and Redis. Members of the checked sets are compared exactly, so a new event is dropped only if its
-64-bit hash equals that of one of the few hundred ids in the sets it is looked up in (the digest's other bits chose
-the set): about 1e-15 an event, once in thousands of years at 10,000 events/s.
+the processes and Redis. Members are compared exactly, so a new event is dropped only if its 64-bit hash equals
+that of an id in one of the sets it is looked up in (the digest's other 64 bits chose them): usually under 1,000
+ids, at most 8,192 (4 days x MAX_LEVELS levels x 512), so at most 4e-16 an event: at 10,000 events/s, once in
+7,000 years at the very worst, once in about 80,000 years as a rule. (One 64-bit hash for the whole window, 2.6 G
+ids at 10,000 events/s, would drop a new event about once a week: hence the sets chosen by independent bits.)
 """
 
 from __future__ import annotations
@@ -169,9 +171,45 @@ def generations_at(arrival: float) -> Generations:
     )
 
 
+@dataclass(frozen=True)
+class PartitionLayout:
+    """One partition's layouts of the generations an arrival checks, as one script call uses them: its keys and
+    the layouts it asks the script to check are made from the same snapshot."""
+
+    partition: int
+    generations: Generations
+    levels: dict[int, str]  # generation -> "bits,bits..." of its levels
+
+    def keys(self, event_id: str) -> tuple[int, list[str]]:
+        """The id's member and its sets: first the newest level of the current generation, then every other level
+        of the generations checked."""
+        member, chooser = event_digest(event_id)
+        current: str | None = None
+        others: list[str] = []
+        for generation in self.generations.checked:
+            levels = self.levels[generation].split(",")
+            for level, bits in enumerate(levels):
+                key = redis_keys.event_seen(self.partition, f"{generation}.{level}", chooser & ((1 << int(bits)) - 1))
+                if generation == self.generations.current and level == len(levels) - 1:
+                    current = key
+                else:
+                    others.append(key)
+        assert current is not None
+        return member, [current, *others]
+
+    def args(self) -> list[str | int]:
+        """What the scripts' dedupe_layout_current reads: the generations checked, then their layouts."""
+        checked = self.generations.checked
+        return [*checked, *(self.levels[generation] for generation in checked)]
+
+    @property
+    def current_levels(self) -> str:
+        return self.levels[self.generations.current]
+
+
 class Layouts:
-    """The generations' layouts this process knows (they change only by a level added, which a call with an old
-    one learns from its "stale" reply)."""
+    """The generations' layouts this process knows. A generation's layout changes only by a level added, which a
+    call made with the old one learns from its "stale" reply; old generations are forgotten as days pass."""
 
     def __init__(self) -> None:
         self._known: dict[tuple[int, int], str] = {}
@@ -179,12 +217,14 @@ class Layouts:
     def missing(self, partition: int, generations: Generations) -> bool:
         return any((partition, generation) not in self._known for generation in generations.checked)
 
-    def forget(self, partition: int) -> None:
-        for known in [known for known in self._known if known[0] == partition]:
-            del self._known[known]
+    def of(self, partition: int, generations: Generations) -> PartitionLayout:
+        """A snapshot (fetched before: `fetch`)."""
+        checked = generations.checked
+        return PartitionLayout(partition, generations, {g: self._known[(partition, g)] for g in checked})
 
     def fetch(self, client: redis.Redis, needed: Iterable[tuple[int, Generations]]) -> None:
-        """The layouts of these partitions' generations, one round trip (creating the ones not yet known)."""
+        """The layouts of these partitions' generations as stored, one round trip (creating the ones not yet
+        known)."""
         wanted = list(needed)
         if not wanted:
             return
@@ -210,35 +250,9 @@ class Layouts:
         for (partition, checked), layouts in zip(needed_checked, replies, strict=True):
             for generation, levels in zip(checked, layouts, strict=True):
                 self._known[(partition, generation)] = levels.decode() if isinstance(levels, bytes) else str(levels)
-        for known in [known for known in self._known if known[1] < newest - 2 * GENERATIONS_CHECKED]:
-            del self._known[known]
-
-    def levels(self, partition: int, generation: int) -> str:
-        return self._known[(partition, generation)]
-
-    def keys(self, partition: int, generations: Generations, event_id: str) -> tuple[int, list[str]]:
-        """The id's member and its sets: first the newest level of the current generation, then every other level
-        of the generations checked."""
-        member, chooser = event_digest(event_id)
-        current: str | None = None
-        others: list[str] = []
-        for generation in generations.checked:
-            levels = self._known[(partition, generation)].split(",")
-            for level, bits in enumerate(levels):
-                key = redis_keys.event_seen(partition, f"{generation}.{level}", chooser & ((1 << int(bits)) - 1))
-                if generation == generations.current and level == len(levels) - 1:
-                    current = key
-                else:
-                    others.append(key)
-        assert current is not None
-        return member, [current, *others]
-
-    def args(self, partition: int, generations: Generations) -> list[str | int]:
-        """What the scripts' dedupe_layout_current reads: the generations checked, then their layouts."""
-        return [
-            *generations.checked,
-            *(self._known[(partition, generation)] for generation in generations.checked),
-        ]
+        # list(): other threads may add meanwhile. Generations this old are checked by no arrival of now.
+        for known in [known for known in list(self._known) if known[1] < newest - 2 * GENERATIONS_CHECKED]:
+            self._known.pop(known, None)
 
 
 layouts = Layouts()
@@ -249,14 +263,12 @@ def event_ids_seen(client: redis.Redis, events: Sequence[tuple[int, str]], arriv
     benchmarks)."""
     generations = generations_at(arrival)
     layouts.fetch(client, [(partition, generations) for partition, _ in events])
+    looked_up = []
     pipeline = client.pipeline(transaction=False)
     for partition, event_id in events:
-        member, keys = layouts.keys(partition, generations, event_id)
+        member, keys = layouts.of(partition, generations).keys(event_id)
         for key in keys:
             pipeline.sismember(key, str(member))
+        looked_up.append(len(keys))
     replies = iter(pipeline.execute())
-    seen = []
-    for partition, event_id in events:
-        found = [bool(next(replies)) for _ in layouts.keys(partition, generations, event_id)[1]]
-        seen.append(any(found))
-    return seen
+    return [sum(bool(next(replies)) for _ in range(count)) > 0 for count in looked_up]

@@ -40,7 +40,7 @@ from graph_app.features.definitions import (
 from personalization import redis_keys
 from personalization.redis_client import ShaScript, script_pipeline_execute
 from signals_app import dedupe
-from signals_app.dedupe import DEDUPE_LUA, DEDUPE_WINDOW, DEDUPE_WINDOW_SECONDS, Generations
+from signals_app.dedupe import DEDUPE_LUA, DEDUPE_WINDOW, DEDUPE_WINDOW_SECONDS, Generations, PartitionLayout
 from signals_app.event_types import EventType
 from signals_app.validation import EventInput
 
@@ -419,7 +419,8 @@ def _common_keys(partition: int) -> list[str]:
     ]
 
 
-def _dedupe_args(partition: int, generations: Generations, arrival: float, dedupe_keys: int) -> list[str | int]:
+def _dedupe_args(layout: PartitionLayout, dedupe_keys: int) -> list[str | int]:
+    generations = layout.generations
     return [
         dedupe_keys,
         dedupe.IDS_PER_SET,
@@ -428,18 +429,16 @@ def _dedupe_args(partition: int, generations: Generations, arrival: float, dedup
         generations.current,
         generations.current_end,
         generations.expire_at,
-        repr(arrival),
-        dedupe.layouts.levels(partition, generations.current),
-        *dedupe.layouts.args(partition, generations),
+        repr(generations.arrival),
+        layout.current_levels,
+        *layout.args(),
     ]
 
 
-def _common_args(
-    events: int, partition: int, generations: Generations, arrival: float, dedupe_keys: int
-) -> list[str | bytes | float | int]:
+def _common_args(events: int, layout: PartitionLayout, dedupe_keys: int) -> list[str | bytes | float | int]:
     return [
         events,
-        0,  # formerly the dedupe key's ttl
+        0,  # unused (it was the dedupe key's ttl): the other arguments keep their places
         RECENT_ITEMS_KEPT,
         RECENT_ITEMS_TTL_SECONDS,
         SESSION_ITEMS_TTL_SECONDS,
@@ -451,7 +450,7 @@ def _common_args(
         COOLDOWN_ITEMS_KEPT,
         COOLDOWN_KEPT_SECONDS,
         settings.SIGNALS_PURCHASED_ITEMS_KEPT,
-        *_dedupe_args(partition, generations, arrival, dedupe_keys),
+        *_dedupe_args(layout, dedupe_keys),
     ]
 
 
@@ -475,16 +474,16 @@ class IngestScript:
         pipeline: redis.client.Pipeline,
         partition: int,
         events: Sequence[OnlineEvent],
-        arrival: float,
         generations: Generations,
     ) -> None:
-        """One script call for the events of one partition (their dedupe layouts known)."""
+        """One script call for the events of one partition (their dedupe layouts fetched before)."""
         keys = _common_keys(partition)
+        layout = dedupe.layouts.of(partition, generations)
         args: list[str | bytes | float | int] = []
         dedupe_keys = 0
         for online in events:
             event = online.event
-            member, seen = dedupe.layouts.keys(partition, generations, event.event_id)
+            member, seen = layout.keys(event.event_id)
             dedupe_keys = len(seen)
             keys += [
                 *seen,
@@ -510,7 +509,7 @@ class IngestScript:
                 "1" if event.type == "purchase" else "0",
                 member,
             ]
-        args = _common_args(len(events), partition, generations, arrival, dedupe_keys) + args
+        args = _common_args(len(events), layout, dedupe_keys) + args
         assert self.sha is not None
         pipeline.evalsha(self.sha, len(keys), *keys, *args)
 
@@ -545,18 +544,16 @@ class IngestScript:
             try:
                 # The dedupe layouts of the partitions this process does not know yet (or knew as they were): a
                 # round trip that writes only layouts, so a failure applied none of the events.
-                for partition in stale:
-                    dedupe.layouts.forget(partition)
                 dedupe.layouts.fetch(
                     client,
-                    [(p, generations) for p, _ in calls if dedupe.layouts.missing(p, generations)],
+                    [(p, generations) for p, _ in calls if p in stale or dedupe.layouts.missing(p, generations)],
                 )
             except redis.RedisError as error:
                 logger.warning("signals.ingest_not_sent", extra={"error": repr(error), "events": len(events)})
                 return outcomes
             pipeline = client.pipeline(transaction=False)
             for partition, indexes in calls:
-                self.queue(pipeline, partition, [events[index] for index in indexes], arrival, generations)
+                self.queue(pipeline, partition, [events[index] for index in indexes], generations)
             if also is not None and attempt == 0:
                 also(pipeline)
             try:
@@ -650,16 +647,14 @@ class ApplyScript:
         to_send = set(range(len(chunks)))
         stale: set[int] = set()
         for _attempt in range(INGEST_ATTEMPTS):
-            for partition in stale:
-                dedupe.layouts.forget(partition)
             dedupe.layouts.fetch(
-                client, [(p, generations) for p, _ in chunks if dedupe.layouts.missing(p, generations)]
+                client, [(p, generations) for p, _ in chunks if p in stale or dedupe.layouts.missing(p, generations)]
             )
             # Every call built again in order (each user's known times carry from one call to the next), the ones
             # already run left out.
             known_running = {user_key: dict(items) for user_key, items in known.items()}
             calls = [
-                (number, chunk, *self._call(p, [events[i] for i in chunk], known_running, generations, arrival))
+                (number, chunk, *self._call(p, [events[i] for i in chunk], known_running, generations))
                 for number, (p, chunk) in enumerate(chunks)
             ]
             calls = [call for call in calls if call[0] in to_send]
@@ -687,7 +682,6 @@ class ApplyScript:
         events: Sequence[LoggedEvent],
         known: dict[str, dict[str, float]],
         generations: Generations,
-        arrival: float,
     ) -> tuple[list[str], list[str | bytes | float | int]]:
         keys = _common_keys(partition)
         recent_known = {
@@ -695,10 +689,11 @@ class ApplyScript:
             for user_key in {logged.event.user_key for logged in events}
         }
         args: list[str | bytes | float | int] = [orjson.dumps(recent_known)]
+        layout = dedupe.layouts.of(partition, generations)
         dedupe_keys = 0
         for logged in events:
             event, kind = logged.event, logged.event_type
-            member, seen = dedupe.layouts.keys(partition, generations, event.event_id)
+            member, seen = layout.keys(event.event_id)
             dedupe_keys = len(seen)
             keys += [
                 *seen,
@@ -725,7 +720,7 @@ class ApplyScript:
             if kind.marks_interest:  # what the next call of the same user must know
                 items = known.setdefault(event.user_key, {})
                 items[event.item_id] = max(items.get(event.item_id, timestamp), timestamp)
-        common = _common_args(len(events), partition, generations, arrival, dedupe_keys)
+        common = _common_args(len(events), layout, dedupe_keys)
         return keys, common + args
 
 

@@ -150,5 +150,5 @@ def test_a_call_with_an_old_layout_is_refused_before_it_writes_and_sent_again(cl
     )  # as another process's growth would
 
     assert send(clean_redis, ["before", "after"], at=at) == [DUPLICATE, NEW]
-    assert dedupe.layouts.levels(redis_keys.partition_of("u1"), day) == "0,3"
+    assert dedupe.layouts.of(redis_keys.partition_of("u1"), generations_at(at.timestamp())).current_levels == "0,3"
     assert clean_redis.xlen(redis_keys.event_stream(redis_keys.partition_of("u1"))) == 2
