@@ -9,7 +9,9 @@ lines `{line, errors: [{field, message}], row}`, and the first few problems into
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import gzip
 import hashlib
 import json
@@ -339,6 +341,52 @@ def file_import_run(
     are written. Fills `report`; stops at the end of the file or after `max_batches`."""
     started = time.perf_counter()
     report.last_line = report.resumed_at_line = checkpoint.line
+    with _collection_between_batches():
+        _batches_run(
+            path=path,
+            report=report,
+            checkpoint=checkpoint,
+            checkpoint_path=checkpoint_path,
+            read_rows=read_rows,
+            import_batch=import_batch,
+            batch_size=batch_size,
+            rejects_path=rejects_path,
+            max_batches=max_batches,
+            progress=progress,
+            noun=noun,
+        )
+    report.seconds = time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def _collection_between_batches() -> Iterator[None]:
+    """The cycle collector off while batches run, and run between them over what is new since the import started:
+    its automatic passes over a batch's many young objects cost a third of a catalog import's time."""
+    enabled = gc.isenabled()
+    gc.freeze()  # what existed before the import is not scanned again
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+def _batches_run(
+    *,
+    path: Path,
+    report: ImportReport[CountsT],
+    checkpoint: Checkpoint[CountsT],
+    checkpoint_path: Path,
+    read_rows: RowReader,
+    import_batch: Callable[[list[SourceRow]], tuple[CountsT, Rejected]],
+    batch_size: int,
+    rejects_path: Path | None,
+    max_batches: int | None,
+    progress: IO[str] | None,
+    noun: str,
+) -> None:
     rejects = _rejects_open(rejects_path, checkpoint)
     stream, raw = open_input(path)
     bar = tqdm(
@@ -347,6 +395,7 @@ def file_import_run(
     try:
         rows = read_rows(stream, offset=checkpoint.offset, line=checkpoint.line)
         while max_batches is None or report.batches < max_batches:
+            gc.collect()
             batch, offset, line = _batch_read(rows, batch_size)
             if not batch:
                 checkpoint.finished = report.finished = True
@@ -378,7 +427,6 @@ def file_import_run(
         raw.close()
         if rejects is not None:
             rejects.close()
-        report.seconds = time.perf_counter() - started
 
 
 def _batch_read(rows: Iterator[tuple[SourceRow, int, int]], batch_size: int) -> tuple[list[SourceRow], int, int]:
