@@ -476,20 +476,11 @@ def row_item(row: SourceRow, file_format: str, mode: str) -> ItemInput | ItemPat
 
 
 def _items_stored(external_ids: list[str]) -> dict[str, tuple[Any, ...]]:
-    """The stored values an upsert would write, by item id: title, description, category, price, in stock,
-    attributes, whether it has a vector, and its entity links as {(kind, id): (name, weight)}."""
+    """The stored values an upsert would write, by item id: (id, title, description, category, price, in stock,
+    attributes as JSON text, whether it has a vector, its entity links as JSON text [[kind, id, name, weight]])."""
     with connection.cursor() as cursor:
         cursor.execute(_ITEMS_STORED_SQL, [external_ids])
-        # JSON as text, decoded by orjson (psycopg's loader is the standard library's).
-        return {
-            row[0]: (
-                *row[1:6],
-                orjson.loads(row[6]),
-                row[7],
-                {(kind, entity_id): (name, weight) for kind, entity_id, name, weight in orjson.loads(row[8])},
-            )
-            for row in cursor.fetchall()
-        }
+        return {row[0]: row for row in cursor.fetchall()}
 
 
 _ITEMS_STORED_SQL = """
@@ -506,24 +497,26 @@ GROUP BY i.id
 
 
 def _item_unchanged(item: ItemInput, stored: tuple[Any, ...] | None) -> bool:
-    """Whether upserting `item` would leave it as stored (a vector to make, or an entity to rename, is a change)."""
+    """Whether upserting `item` would leave it as stored (a vector to make, or an entity to rename, is a change).
+    The JSON (as text: orjson decodes it faster than psycopg's loader) only when the rest is the same."""
     if stored is None:
         return False
-    title, description, category, price, in_stock, attributes, has_vector, links = stored
-    if (item.title, item.description, item.category, item.price, item.in_stock) != (
+    _, title, description, category, price, in_stock, attributes, has_vector, links = stored
+    if (item.title, item.description, item.category, item.price, item.in_stock, has_vector) != (
         title,
         description,
         category,
         price,
         in_stock,
+        True,
     ):
         return False
+    if item.attributes != orjson.loads(attributes):
+        return False
+    stored_links = {(kind, entity_id): (name, weight) for kind, entity_id, name, weight in orjson.loads(links)}
     wanted = {(ref.kind, ref.external_id): ref for ref in item.entities}  # the last reference counts
-    return (
-        has_vector
-        and item.attributes == attributes
-        and wanted.keys() == links.keys()
-        and all(ref.weight == links[key][1] and ref.name in ("", links[key][0]) for key, ref in wanted.items())
+    return wanted.keys() == stored_links.keys() and all(
+        ref.weight == stored_links[key][1] and ref.name in ("", stored_links[key][0]) for key, ref in wanted.items()
     )
 
 
