@@ -72,6 +72,8 @@ class TrainingReport:
     promoted: bool = True
     gate: object = None
     settings: dict[str, object] | None = None
+    # The item-to-item model's search and gate (None: off).
+    item_model: dict[str, object] | None = None
 
 
 def _interaction_weights_sql() -> tuple[str, list[object]]:
@@ -522,6 +524,7 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
         return TrainingReport(
             version.version, len(item_ids), len(user_ids), len(interactions.users), int(has_history.sum()),
             round(time.monotonic() - started, 3), promoted=False, gate=metrics["gate"], settings=asdict(chosen),
+            item_model=asdict(item_model) if item_model is not None else None,
         )  # fmt: skip
     sources = ["collaborative" if history else "content" for history in has_history]
     with transaction.atomic():
@@ -571,6 +574,7 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
         promoted=True,
         gate=metrics["gate"],
         settings=asdict(chosen),
+        item_model=asdict(item_model) if item_model is not None else None,
     )
     logger.info("graph.embeddings_trained", extra=report.__dict__)
     return report

@@ -36,7 +36,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     ]  # fmt: skip
     list_filter = ["kind", "state"]
     readonly_fields = [
-        "kind", "version", "state", "quality_gate", "training_settings", "metrics", "feature_names",
+        "kind", "version", "state", "quality_gate", "training_settings", "item_model", "metrics", "feature_names",
         "training_window_start", "training_window_end", "replaced_version", "created_at", "promoted_at",
     ]  # fmt: skip
     fields = [*readonly_fields[:3], "canary_percent", *readonly_fields[3:]]
@@ -70,6 +70,20 @@ class ModelVersionAdmin(admin.ModelAdmin):
         tried = len(search.get("tried") or []) if isinstance(search, dict) else 0
         found = f" (best of {tried} tried)" if tried > 1 else " (defaults, no search)" if tried <= 1 else ""
         return ", ".join(f"{name}={value}" for name, value in sorted(chosen.items())) + found
+
+    @admin.display(description="item-to-item model")
+    def item_model(self, obj: ModelVersion) -> str:
+        """An embeddings version's EASE model (`graph_app.item_model`): its λ and its own gate, or why it serves no
+        lists."""
+        found = obj.metrics.get("item_model") if isinstance(obj.metrics, dict) else None
+        if not isinstance(found, dict):
+            return "-"
+        gate = found.get("gate") or {}
+        figures = f"this {_figure(gate.get('ndcg@10'))}, popularity {_figure(gate.get('popularity_ndcg@10'))}"
+        tried = len(found.get("tried") or [])
+        if found.get("regularization") is None:
+            return f"serves no lists: {figures} on {gate.get('users', '?')} users"
+        return f"λ={found['regularization']} (best of {tried} tried): {figures} on {gate.get('users', '?')} users"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # versions come from training runs

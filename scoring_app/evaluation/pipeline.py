@@ -28,6 +28,7 @@ import numpy as np
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from personalization import redis_keys
 from scoring_app.evaluation.ingest import catalog_load, movie_item_id, rating_events, user_key
 from scoring_app.evaluation.metrics import TOP_K, top_k_metrics
 from scoring_app.evaluation.movielens import MovieLensData
@@ -104,9 +105,10 @@ def _ingest_with_retries(ingest: Callable[..., Any], batch: list[dict[str, objec
     raise AssertionError("unreachable")
 
 
-def user_vector_lists(*, users: list[str], k: int) -> dict[str, list[str]]:
-    """Research row: the first k items of each user's precomputed nearest list (the "user_vector" source's input,
-    the embeddings' own ranking without what the user bought)."""
+def published_lists(*, key: Callable[[int], str], users: list[str], k: int) -> dict[str, list[str]]:
+    """Research rows: the first k items of each user's list published by training under `key` (the "user_vector"
+    source's nearest lists, the embeddings' own ranking; the "item_model" source's lists), without what the user
+    bought."""
     import orjson
 
     from personalization import redis_keys
@@ -115,7 +117,7 @@ def user_vector_lists(*, users: list[str], k: int) -> dict[str, list[str]]:
     client = get_control_redis()
     found = {}
     for user in users:
-        payload = client.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(user)), user)
+        payload = client.hget(key(redis_keys.partition_of(user)), user)
         found[user] = [item for item, _ in orjson.loads(payload)][:k] if payload else []
     return found
 
@@ -164,7 +166,7 @@ def _summary(result: Any) -> Any:
     """What a task's report says about quality (its gate and settings), without the bulky parts."""
     if not isinstance(result, dict):
         return result
-    kept = ("model_version", "promoted", "gate", "settings", "label_source", "queries", "seconds")
+    kept = ("model_version", "promoted", "gate", "settings", "item_model", "label_source", "queries", "seconds")
     return {name: result[name] for name in kept if name in result}
 
 
@@ -208,7 +210,10 @@ def evaluate(
     served, paths = served_top(users=test_users, k=TOP_K)
     clock = lap("serving", clock)
 
-    lists = user_vector_lists(users=test_users, k=TOP_K)
+    research = {
+        "user_vector_lists": published_lists(key=redis_keys.user_nearest_lists, users=test_users, k=TOP_K),
+        "item_model_lists": published_lists(key=redis_keys.user_item_model_lists, users=test_users, k=TOP_K),
+    }
     rows = {
         "served": served,
         "served_default": served_default,
@@ -223,7 +228,10 @@ def evaluate(
         results={
             name: _rounded(top_k_metrics(recommended=top, relevant=relevant, k=TOP_K)) for name, top in rows.items()
         },
-        research={"user_vector_lists": _rounded(top_k_metrics(recommended=lists, relevant=relevant, k=TOP_K))},
+        research={
+            name: _rounded(top_k_metrics(recommended=lists, relevant=relevant, k=TOP_K))
+            for name, lists in research.items()
+        },
         diagnostics={
             "events": loaded,
             "paths": {"served": paths, "served_default": default_paths},

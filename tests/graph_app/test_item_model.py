@@ -155,3 +155,19 @@ def test_erasure_removes_the_shoppers_list(two_tastes, clean_redis):
 
     assert _published(clean_redis, "u1") is None
     assert _published(clean_redis, "u3") is not None
+
+
+def test_the_console_shows_the_versions_item_model_and_its_gate(two_tastes, admin_client):
+    report = embeddings_train()
+    version = ModelVersion.objects.get(version=report.model_version)
+    found = version.metrics["item_model"]
+
+    page = admin_client.get(f"/admin/scoring_app/modelversion/{version.pk}/change/")
+
+    assert page.status_code == 200
+    gate = found["gate"]
+    expected = (
+        f"λ={found['regularization']} (best of {len(found['tried'])} tried): this {gate['ndcg@10']:.4f}, "
+        f"popularity {gate['popularity_ndcg@10']:.4f} on 12 users"
+    )
+    assert expected in page.content.decode()
