@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import connection
 
 from graph_app.catalog_bulk import ItemPatch, content_vectors, items_delete_many, items_patch_many, items_upsert_many
 from graph_app.models import Entity, Item, ItemEntity
@@ -409,3 +410,24 @@ def test_an_item_that_appears_marks_its_neighbours_similar_lists_stale(committed
 
 def _similar_list_cache(item_id: str) -> None:
     item_cache_get(item_key=item_id, name="similar_items", fresh_seconds=300, stale_seconds=3600, build=lambda: b"[]")
+
+
+def test_a_price_or_stock_change_is_a_heap_only_update(committed):
+    # The pages' free room (fillfactor 50) lets the new row versions stay off the indexes, the HNSW one above all.
+    rows = [_row(f"{group}{n}", price=Decimal("1.00")) for group in "ab" for n in range(40)]
+    committed(lambda: items_upsert_many(rows=rows))
+    changes = frozenset({"price", "in_stock"})
+    patches = [ItemPatch(f"a{n}", changes, price=None, in_stock=False) for n in range(40)]
+    before = _heap_only_updates()
+
+    committed(lambda: items_patch_many(patches=patches))
+    after_patch = _heap_only_updates()
+    committed(lambda: items_upsert_many(rows=[_row(f"b{n}", price=Decimal("3.00")) for n in range(40)]))
+
+    assert (after_patch - before, _heap_only_updates() - after_patch) == (40, 40)
+
+
+def _heap_only_updates() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_get_xact_tuples_hot_updated('graph_app_item'::regclass)")
+        return cursor.fetchone()[0]
