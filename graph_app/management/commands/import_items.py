@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from graph_app.catalog_import import (
     ITEM_IMPORT_BATCH_SIZE,
     STOCK,
+    STOCK_IMPORT_BATCH_SIZE,
     ItemImportCounts,
     ItemImportReport,
     items_import,
@@ -38,7 +39,11 @@ class Command(BaseCommand):
             action="store_true",
             help="Write every row, even one repeating what the catalog holds (e.g. to republish the online catalog).",
         )
-        parser.add_argument("--batch-size", type=int, default=ITEM_IMPORT_BATCH_SIZE, help="Rows per transaction.")
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            help=f"Rows per transaction (default {ITEM_IMPORT_BATCH_SIZE}, a stock feed {STOCK_IMPORT_BATCH_SIZE}).",
+        )
         parser.add_argument(
             "--rejects", type=Path, help="Write rejected rows here, as JSON lines: {line, errors, row}."
         )
@@ -54,7 +59,7 @@ class Command(BaseCommand):
         format: str | None,
         partial: bool,
         rewrite: bool,
-        batch_size: int,
+        batch_size: int | None,
         rejects: Path | None,
         checkpoint: Path | None,
         restart: bool,
@@ -64,7 +69,7 @@ class Command(BaseCommand):
     ) -> None:
         if not file.is_file():
             raise CommandError(f"No such file: {file}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
         # The raw stream: tqdm redraws its line with carriage returns, which the command's wrapper would break.
         progress = None if no_progress else getattr(self.stderr, "_out", sys.stderr)
