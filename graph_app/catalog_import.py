@@ -6,8 +6,8 @@ Each batch first reads what the catalog holds for its ids, and rows that repeat 
 import of the same file changes nothing, and a daily feed costs what it changes (a written item costs about a
 millisecond in PostgreSQL's vector index). A row written by someone else between that read and the batch's write
 may be left as they wrote it. Rows are validated by the rules
-of the item API (`ItemBatchRowSerializer`): a plain-Python check accepts the rows it is sure of, and any other row
-goes through the serializer itself, so that a rejected row gets the API's own messages. Reading, batches,
+of the item API: `graph_app.item_rows` reads the plainly valid ones (as the batch endpoints do), and any other row
+goes through the API's serializer, so that a rejected row gets the API's own messages. Reading, batches,
 rejects and the resumable checkpoint are `personalization.file_import`'s.
 
 Google Merchant Center columns: id, title, description, product_type (its first " > " segment is the category;
@@ -19,10 +19,8 @@ so count as in stock), link and image_link (attributes). Other columns of the sp
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,16 +30,12 @@ from rest_framework import serializers
 
 from graph_app.apis import ItemBatchRowSerializer
 from graph_app.catalog_bulk import ItemPatch, items_patch_many, items_upsert_many
-from graph_app.services import EntityRef, ItemInput, content_projection
+from graph_app.item_rows import item_row_read, patch_row_read
+from graph_app.services import ItemInput, content_projection
 from personalization import file_import
 from personalization.errors import flatten_errors
 from personalization.file_import import ImportFileError, Problems, Rejected, SourceRow, checkpoint_path_for
-from personalization.validation import (
-    EXTERNAL_ID_MAX_LENGTH,
-    JsonLimitExceeded,
-    StrictBooleanField,
-    json_limits_check,
-)
+from personalization.validation import StrictBooleanField
 
 ITEM_IMPORT_BATCH_SIZE = 2000
 # A stock feed's rows are small and mostly unchanged: larger batches spread each batch's round trips wider.
@@ -83,17 +77,6 @@ CATEGORY_SEPARATOR = ">"
 NOT_IN_CATALOG = "Not in the catalog: a stock feed changes existing items only."
 NOTHING_TO_UPDATE = "Gives neither price nor stock (in_stock or availability): nothing to change."
 GMC_PRICE_MESSAGE = 'Must be a number and an ISO 4217 currency code, like "12.99 USD".'
-# What the fast check is sure the API's DecimalField(max_digits=12, decimal_places=2, min_value=0) accepts.
-PLAIN_PRICE = re.compile(r"\d{1,10}(?:\.\d{1,2})?")
-SLUG = re.compile(r"[-a-zA-Z0-9_]+")
-CENTS = Decimal("0.01")
-# The fields a stock row patches, by (gives a price, gives stock).
-STOCK_PATCH_FIELDS = {
-    (True, True): frozenset({"price", "in_stock"}),
-    (True, False): frozenset({"price"}),
-    (False, True): frozenset({"in_stock"}),
-    (False, False): frozenset[str](),
-}
 
 
 @dataclass
@@ -152,8 +135,9 @@ def _csv_fields(cells: dict[str, str], mode: str) -> _Fields:
     """A CSV row's cells as the API's fields: text where the API takes text, JSON cells parsed."""
     problems: Problems = []
     columns: dict[str, str] = {}
-    data: dict[str, Any] = {name: cells[name] for name in ("item_id", "title", "description", "category", "price")
-                            if name in cells}  # fmt: skip
+    # Trimmed as the API's fields trim them, so that padded cells take the fast path.
+    data: dict[str, Any] = {name: cells[name].strip() for name in ("item_id", "title", "description", "category",
+                                                                    "price") if name in cells}  # fmt: skip
     if "in_stock" in cells:
         text = cells["in_stock"]
         data["in_stock"] = BOOLEAN_TEXT.get(text.strip().lower(), text)  # other text: the validator's message
@@ -192,7 +176,7 @@ def _gmc_fields(cells: dict[str, str], mode: str) -> _Fields:
     data: dict[str, Any] = {}
     attributes: dict[str, Any] = {}
     if "id" in cells:
-        data["item_id"] = cells["id"]
+        data["item_id"] = cells["id"].strip()  # trimmed as the API trims it
     if "price" in cells:
         price = _gmc_price(cells["price"])
         if price is None:
@@ -207,7 +191,7 @@ def _gmc_fields(cells: dict[str, str], mode: str) -> _Fields:
         return _Fields(data, problems, columns)  # the currency of a stock feed is not stored (attributes are content)
     for name in ("title", "description"):
         if name in cells:
-            data[name] = cells[name]
+            data[name] = cells[name].strip()
     for column in ("product_type", "google_product_category"):
         if cells.get(column, "").strip():
             data["category"] = cells[column].split(CATEGORY_SEPARATOR, 1)[0].strip()
@@ -235,93 +219,7 @@ def _jsonl_fields(data: dict[str, Any], mode: str) -> _Fields:
     return _Fields(data, problems, {})
 
 
-# --- Validation: a fast check of the API's rules, the serializer for everything it is not sure of ---
-
-
-def _text(value: Any, *, max_length: int, blank: bool = False) -> str | None:
-    """What the API's StrictCharField (trimmed) gives for value, or None when it might refuse it."""
-    if type(value) is not str:
-        return None
-    text = value.strip()
-    if (not text and not blank) or len(text) > max_length or "\x00" in text:
-        return None
-    return text
-
-
-def _optional_text(data: dict[str, Any], name: str, max_length: int) -> str | None:
-    return _text(data[name], max_length=max_length, blank=True) if name in data else ""
-
-
-def _price(data: dict[str, Any]) -> Decimal | bool | None:
-    """The price the API's DecimalField gives, None when absent or null, False when it might refuse it."""
-    value = data.get("price")
-    if value is None:
-        return None
-    if type(value) is str:
-        text = value.strip()
-    elif type(value) in (int, float):
-        text = str(value)
-    else:
-        return False
-    return Decimal(text).quantize(CENTS) if PLAIN_PRICE.fullmatch(text) else False
-
-
-def _entity(value: Any) -> EntityRef | None:
-    if type(value) is not dict:
-        return None
-    kind = _text(value.get("kind"), max_length=50)
-    external_id = _text(value.get("id"), max_length=EXTERNAL_ID_MAX_LENGTH)
-    name = _text(value["name"], max_length=300, blank=True) if "name" in value else ""
-    weight = value.get("weight", 1.0)
-    if kind is None or not SLUG.fullmatch(kind) or external_id is None or name is None:
-        return None
-    if type(weight) not in (int, float) or not 0.0001 <= weight <= 1000:
-        return None
-    return EntityRef(kind=kind, external_id=external_id, name=name, weight=float(weight))
-
-
-def _json_object(value: Any) -> bool:
-    if type(value) is not dict:
-        return False
-    if all(type(inner) is str for inner in value.values()):  # the common flat object: no depth or number to check
-        return not any("\x00" in key or "\x00" in inner for key, inner in value.items())
-    try:
-        json_limits_check(value)
-    except JsonLimitExceeded:
-        return False
-    return b"\\u0000" not in orjson.dumps(value)  # NUL in any key or text (a false alarm costs only the slow path)
-
-
-def item_input_fast(data: dict[str, Any]) -> ItemInput | None:
-    """The ItemInput the item API would make of `data` (an `ItemBatchRowSerializer` body), or None when it would
-    refuse it, or when this check is not sure (the serializer then decides, with its own messages)."""
-    item_id = _text(data.get("item_id"), max_length=EXTERNAL_ID_MAX_LENGTH)
-    title = _text(data.get("title"), max_length=500)
-    description = _optional_text(data, "description", 20000)
-    category = _optional_text(data, "category", 200)
-    price = _price(data)
-    in_stock = data.get("in_stock", True)
-    attributes = data.get("attributes", {})
-    raw_entities = data.get("entities", [])
-    if item_id is None or title is None or description is None or category is None or price is False:
-        return None
-    if type(in_stock) is not bool or not _json_object(attributes):
-        return None
-    if type(raw_entities) is not list or len(raw_entities) > 100:
-        return None
-    entities = [_entity(value) for value in raw_entities]
-    if None in entities:
-        return None
-    return ItemInput(
-        external_id=item_id,
-        title=title,
-        description=description,
-        category=category,
-        price=price if isinstance(price, Decimal) else None,
-        in_stock=in_stock,
-        attributes=attributes,
-        entities=tuple(ref for ref in entities if ref is not None),
-    )
+# --- Validation: graph_app.item_rows reads the plainly valid rows, the API's serializer judges the rest ---
 
 
 def item_input_checked(data: dict[str, Any]) -> ItemInput | Problems:
@@ -360,19 +258,21 @@ class StockRowSerializer(serializers.Serializer):  # type: ignore[misc]
 
 def item_patch_checked(data: dict[str, Any]) -> ItemPatch | Problems:
     """A stock feed row (item_id with price and/or in_stock) as a patch of just those fields, by the API's rules."""
-    item_id = _text(data.get("item_id"), max_length=EXTERNAL_ID_MAX_LENGTH)
-    price = _price(data)
-    in_stock = data.get("in_stock", True)
-    if item_id is None or price is False or type(in_stock) is not bool:
-        checked = _serializer_check(StockRowSerializer, data)
-        if isinstance(checked, list):
-            return checked
-        item_id, price, in_stock = checked["item_id"], checked.get("price"), checked.get("in_stock", True)
-    changed = STOCK_PATCH_FIELDS[("price" in data, "in_stock" in data)]
-    if not changed:
+    stock = {name: data[name] for name in ("item_id", "price", "in_stock") if name in data}
+    if not stock.keys() & {"price", "in_stock"}:
         return [("item", NOTHING_TO_UPDATE)]
-    return ItemPatch(external_id=item_id, fields=changed, price=price if isinstance(price, Decimal) else None,
-                     in_stock=in_stock)  # fmt: skip
+    patch = patch_row_read(stock)
+    if patch is not None:
+        return patch
+    checked = _serializer_check(StockRowSerializer, stock)
+    if isinstance(checked, list):
+        return checked
+    return ItemPatch(
+        external_id=checked["item_id"],
+        fields=frozenset(checked.keys() & {"price", "in_stock"}),
+        price=checked.get("price"),
+        in_stock=checked.get("in_stock", True),
+    )
 
 
 def _renamed(problems: Problems, columns: dict[str, str]) -> Problems:
@@ -473,7 +373,7 @@ def row_item(row: SourceRow, file_format: str, mode: str) -> ItemInput | ItemPat
     if mode == STOCK:
         patch = item_patch_checked(found.data)
         return patch if isinstance(patch, ItemPatch) else _renamed(patch, found.columns)
-    item = item_input_fast(found.data) or item_input_checked(found.data)
+    item = item_row_read(found.data) or item_input_checked(found.data)
     return item if isinstance(item, ItemInput) else _renamed(item, found.columns)
 
 
