@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 
-from graph_app.user_lists import FILTERED_SCORE, ranked_lists_publish
+from graph_app.user_lists import ranked_lists_publish
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 
@@ -78,9 +78,8 @@ def item_model_lists(
     model: ItemModel, user_items: Any, *, exclude: Any = None, k: int = ITEM_MODEL_PER_USER
 ) -> tuple[np.ndarray, np.ndarray]:
     """(catalog item indexes, scores) of each row's k best items, best first, -1 where fewer: `user_items` is the
-    users x catalog CSR the scores sum over, `exclude` (same shape) what is left out. Only positive scores count."""
-    from implicit.cpu.topk import topk
-
+    users x catalog CSR the scores sum over, `exclude` (same shape) what is left out. Only positive scores count.
+    A sparse times dense product: a user's few items cost a few rows of B, not the whole matrix."""
     rows = user_items.shape[0]
     indexes = np.full((rows, k), -1, dtype=np.int64)
     scores = np.zeros((rows, k), dtype=np.float32)
@@ -88,17 +87,23 @@ def item_model_lists(
     if not wanted or not rows:
         return indexes, scores
     covered = user_items[:, model.items].tocsr()
+    covered.data[:] = 1.0
     excluded = exclude[:, model.items].tocsr() if exclude is not None else None
-    # topk scores query · itemsᵀ: the items' rows are B's columns.
-    scored_items = np.ascontiguousarray(model.weights.T)
     for start in range(0, rows, USER_BLOCK_ROWS):
-        block = slice(start, min(start + USER_BLOCK_ROWS, rows))
-        query = np.ascontiguousarray(covered[block].toarray(), dtype=np.float32)
-        filtered = excluded[block] if excluded is not None else None
-        found, found_scores = topk(scored_items, query, wanted, filter_query_items=filtered, num_threads=1)
-        valid = (found >= 0) & (found_scores > FILTERED_SCORE) & (found_scores > 0)
-        indexes[block, :wanted] = np.where(valid, model.items[np.maximum(found, 0)], -1)
-        scores[block, :wanted] = np.where(valid, found_scores, 0.0)
+        stop = min(start + USER_BLOCK_ROWS, rows)
+        block = np.asarray(covered[start:stop] @ model.weights, dtype=np.float32)
+        if excluded is not None:
+            part = excluded[start:stop].tocoo()
+            block[part.row, part.col] = -np.inf
+        # The k best of each row, best first (equal scores: the lower item first).
+        best = np.argpartition(-block, wanted - 1, axis=1)[:, :wanted]
+        best_scores = np.take_along_axis(block, best, axis=1)
+        order = np.lexsort((best, -best_scores), axis=1)
+        best = np.take_along_axis(best, order, axis=1)
+        best_scores = np.take_along_axis(best_scores, order, axis=1)
+        valid = best_scores > 0
+        indexes[start:stop, :wanted] = np.where(valid, model.items[best], -1)
+        scores[start:stop, :wanted] = np.where(valid, best_scores, 0.0)
     return indexes, scores
 
 
