@@ -258,7 +258,7 @@ class StockRowSerializer(serializers.Serializer):  # type: ignore[misc]
 
 def item_patch_checked(data: dict[str, Any]) -> ItemPatch | Problems:
     """A stock feed row (item_id with price and/or in_stock) as a patch of just those fields, by the API's rules."""
-    stock = {name: data[name] for name in ("item_id", "price", "in_stock") if name in data}
+    stock: dict[str, Any] = {name: data[name] for name in ("item_id", "price", "in_stock") if name in data}
     if not stock.keys() & {"price", "in_stock"}:
         return [("item", NOTHING_TO_UPDATE)]
     patch = patch_row_read(stock)
