@@ -1,9 +1,9 @@
 """Catalog writes through the real HTTP endpoints, served by gunicorn as `make run` starts it.
 
 A deterministic generated catalog (`--items`, 100,000 by default) goes through the batch endpoints in batches of
-`--batch` (1,000): created (`POST /api/v1/items/batch`), upserted again (updates), patched (`PATCH`: price and
-stock) and deleted (`POST /api/v1/items/batch/delete`), one client sending one batch after another; items/s and
-the batch latency per phase.
+`--batch` (1,000): created (`POST /api/v1/items/batch`), upserted again unchanged, then with one price in ten
+changed, patched (`PATCH`: price and stock of all) and deleted (`POST /api/v1/items/batch/delete`), `--clients`
+clients each sending one batch after another; items/s and the batch latency per phase.
 
 Old vs new (`--old-tree`, a `git worktree add` checkout of the code before the bulk write path): both servers
 run side by side against the same PostgreSQL and Redis, and alternate batch by batch on batches of their own
@@ -28,7 +28,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +115,24 @@ def timed(client: Client, method: str, path: str, body: Any) -> tuple[float, Any
     return elapsed, answer
 
 
-def phase(client: Client, method: str, path: str, bodies: list[Any], items: int) -> dict[str, float]:
-    latencies = []
+def phase(clients: list[Client], method: str, path: str, bodies: list[Any], items: int) -> dict[str, float]:
+    """The bodies sent by the clients in parallel (each one batch after another)."""
+    pending = iter(bodies)
+    lock = threading.Lock()
+    latencies: list[float] = []
+
+    def send(client: Client) -> None:
+        while True:
+            with lock:
+                body = next(pending, None)
+            if body is None:
+                return
+            latencies.append(timed(client, method, path, body)[0])
+
     started = time.perf_counter()
-    for body in bodies:
-        latencies.append(timed(client, method, path, body)[0])
+    with ThreadPoolExecutor(len(clients)) as pool:
+        for sent in [pool.submit(send, client) for client in clients]:
+            sent.result()
     elapsed = time.perf_counter() - started
     return {
         "items": items,
@@ -128,27 +143,34 @@ def phase(client: Client, method: str, path: str, bodies: list[Any], items: int)
     }
 
 
-def catalog_phases(client: Client, items: int, batch: int) -> dict[str, dict[str, float]]:
+def catalog_phases(clients: list[Client], items: int, batch: int) -> dict[str, dict[str, float]]:
     starts = range(0, items, batch)
     rows = [[item_row(n) for n in range(start, min(start + batch, items))] for start in starts]
-    results = {"create": phase(client, "POST", "/api/v1/items/batch", [{"items": chunk} for chunk in rows], items)}
-    results["upsert again (update)"] = phase(
-        client, "POST", "/api/v1/items/batch", [{"items": chunk} for chunk in rows], items
+    results = {"create": phase(clients, "POST", "/api/v1/items/batch", [{"items": chunk} for chunk in rows], items)}
+    results["upsert again, unchanged"] = phase(
+        clients, "POST", "/api/v1/items/batch", [{"items": chunk} for chunk in rows], items
+    )
+    # A nightly feed: one item in ten has a new price.
+    repriced = [
+        [{**row, "price": f"{n % 400 + 1}.49"} if n % 10 == 0 else row for n, row in enumerate(chunk)] for chunk in rows
+    ]
+    results["upsert again, 10% repriced"] = phase(
+        clients, "POST", "/api/v1/items/batch", [{"items": chunk} for chunk in repriced], items
     )
     patches = [
         {"items": [{"item_id": row["item_id"], "price": "9.99", "in_stock": n % 3 != 0} for n, row in enumerate(chunk)]}
         for chunk in rows
     ]
-    results["patch price and stock"] = phase(client, "PATCH", "/api/v1/items/batch", patches, items)
+    results["patch price and stock (all)"] = phase(clients, "PATCH", "/api/v1/items/batch", patches, items)
     return results
 
 
-def deletes_phase(client: Client, items: int, batch: int) -> dict[str, float]:
+def deletes_phase(clients: list[Client], items: int, batch: int) -> dict[str, float]:
     bodies = [
         {"item_ids": [f"{PREFIX}{n:07d}" for n in range(start, min(start + batch, items))]}
         for start in range(0, items, batch)
     ]
-    return phase(client, "POST", "/api/v1/items/batch/delete", bodies, items)
+    return phase(clients, "POST", "/api/v1/items/batch/delete", bodies, items)
 
 
 def compare(clients: dict[str, Client], batches: int, batch: int) -> dict[str, dict[str, list[float]]]:
@@ -240,6 +262,7 @@ def main() -> None:
     parser.add_argument("--new-tree", type=Path, default=ROOT, help="the checkout the new server runs")
     parser.add_argument("--old-tree", type=Path, help="a checkout of the code before the bulk write path")
     parser.add_argument("--compare-batches", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=1, help="clients sending batches in parallel (phases)")
     parser.add_argument("--record", action="store_true", help="write the figures to BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -263,9 +286,10 @@ def main() -> None:
             wait_for_http(port, timeout=120)
         clients = {label: Client(ports[label], key) for label in trees}
         comparison = compare(clients, args.compare_batches, args.batch) if args.old_tree else None
-        phases = catalog_phases(clients["new"], args.items, args.batch)
+        senders = [clients["new"]] + [Client(ports["new"], key) for _ in range(args.clients - 1)]
+        phases = catalog_phases(senders, args.items, args.batch)
         cold = cold_items(clients["new"], args.items)
-        phases["delete"] = deletes_phase(clients["new"], args.items, args.batch)
+        phases["delete"] = deletes_phase(senders, args.items, args.batch)
     finally:
         for server in servers.values():
             server.terminate()
@@ -280,8 +304,8 @@ def main() -> None:
 def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
     lines = [
         f"{args.items:,} generated items (3 words of title, 20 of description, category, brand and tag entities, 3 "
-        f"attributes) in batches of {args.batch:,}, one client, one batch after another; gunicorn, {args.workers} "
-        "sync workers; embedded PostgreSQL 18 and Valkey on the same machine.",
+        f"attributes) in batches of {args.batch:,}, {args.clients} client(s) each sending one batch after another; "
+        f"gunicorn, {args.workers} sync workers; embedded PostgreSQL 18 and Valkey on the same machine.",
         "",
         "| phase | items/s | p50 batch ms | p99 batch ms | seconds |",
         "|---|---|---|---|---|",

@@ -431,3 +431,19 @@ def _heap_only_updates() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_stat_get_xact_tuples_hot_updated('graph_app_item'::regclass)")
         return cursor.fetchone()[0]
+
+
+def test_prices_and_weights_given_as_other_numbers_are_taken(committed):
+    # Callers such as the demo data pass plain numbers; the arrays sent in binary take one type each.
+    rows = [
+        _row("a", price=5, entities=(EntityRef("tag", "x", weight=2), EntityRef("tag", "y", weight=0.5))),
+        _row("b", price=Decimal("1.25")),
+        _row("c", price=2.5),
+    ]
+
+    committed(lambda: items_upsert_many(rows=rows))
+
+    assert dict(Item.objects.values_list("external_id", "price")) == {
+        "a": Decimal("5.00"), "b": Decimal("1.25"), "c": Decimal("2.50"),
+    }  # fmt: skip
+    assert _linked("a") == [("tag", "x", 2.0), ("tag", "y", 0.5)]
