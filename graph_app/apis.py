@@ -206,7 +206,7 @@ def _rows_validate(
             continue
         serializer = serializer_class(data=row) if isinstance(row, dict) else None
         if serializer is not None and serializer.is_valid():
-            valid.append((index, serializer.to_value()))  # type: ignore[attr-defined]
+            valid.append((index, serializer.to_value()))
             continue
         row_errors = flatten_errors(serializer.errors) if serializer is not None else {"item": ["Must be an object."]}
         for field_name, messages in row_errors.items():

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -33,7 +33,6 @@ from surface_app.services import shelves_catalog_changed
 logger = logging.getLogger(__name__)
 
 PATCH_FIELDS = frozenset({"price", "in_stock", "attributes"})
-COLLABORATIVE = "collaborative"  # an embedding learned from interactions: catalog edits keep it
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,21 @@ class BulkWriteOutcome:
     updated: list[str]
     deleted: list[str]
     missing: list[str]  # patch/delete of ids not in the catalog
+
+
+class _Stored(NamedTuple):
+    """An item as the write found it (`_LOCK_SQL`, in this order)."""
+
+    pk: int
+    external_id: str
+    in_stock: bool
+    price: Decimal | None
+    learned: bool  # a collaborative embedding, which catalog edits keep
+    attributes_json: str
+    title: str
+    description: str
+    category: str
+    created_at: float  # Unix seconds
 
 
 @dataclass
@@ -123,9 +137,9 @@ def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | Non
     with transaction.atomic(), _check_violations(), _cursor() as cursor:
         ids = [row.external_id for row in ordered]
         cursor.execute(_LOCK_SQL, [ids])
-        # external id -> (pk, in stock, learned embedding, created at): what existed; then what was written.
-        stored = {row[1]: (row[0], row[2], row[4], float(row[9])) for row in cursor.fetchall()}
-        existed = {external_id: facts[1] for external_id, facts in stored.items()}
+        found = {row.external_id: row for row in map(_Stored._make, cursor.fetchall())}
+        # external id -> (pk, learned embedding, created at), of the rows found, then of those written.
+        facts = {external_id: (row.pk, row.learned, float(row.created_at)) for external_id, row in found.items()}
         cursor.execute(
             _UPSERT_SQL,
             [
@@ -140,11 +154,11 @@ def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | Non
             ],
         )
         for pk, external_id, learned, created_at in cursor.fetchall():
-            stored[external_id] = (pk, True, learned, float(created_at))
-        _links_replace(cursor, rows=ordered, item_pks={external_id: stored[external_id][0] for external_id in ids})
-        learned_vectors = _embeddings_read(cursor, pks=[pk for pk, _, learned, _ in stored.values() if learned])
+            facts[external_id] = (pk, learned, float(created_at))
+        _links_replace(cursor, rows=ordered, item_pks={external_id: facts[external_id][0] for external_id in ids})
+        learned_vectors = _embeddings_read(cursor, pks=[pk for pk, learned, _ in facts.values() if learned])
         for row, vector in zip(ordered, vectors, strict=True):
-            pk, _, learned, created_at = stored[row.external_id]
+            pk, learned, created_at = facts[row.external_id]
             change.entity_keys[row.external_id] = entity_keys(
                 category=row.category, entities=[(ref.kind, ref.external_id) for ref in row.entities]
             )
@@ -152,17 +166,17 @@ def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | Non
                 price=None if row.price is None else float(row.price), in_stock=row.in_stock, created_at=created_at
             )
             change.vectors[row.external_id] = (learned_vectors[pk] if learned else vector).tobytes()
-            appeared = row.in_stock and not existed.get(row.external_id)  # created in stock, or back in stock
+            before = found.get(row.external_id)
+            appeared = row.in_stock and (before is None or not before.in_stock)  # created in stock, or back in stock
             (change.appeared if appeared else change.changed).append(row.external_id)
         transaction.on_commit(change.publish)
-    created = [external_id for external_id in latest if external_id not in existed]
-    updated = [external_id for external_id in latest if external_id in existed]
+    created = [external_id for external_id in latest if external_id not in found]
+    updated = [external_id for external_id in latest if external_id in found]
     return BulkWriteOutcome(created=created, updated=updated, deleted=[], missing=[])
 
 
 def items_patch_many(*, patches: Sequence[ItemPatch]) -> BulkWriteOutcome:
-    """Change some fields of existing items. A duplicate id within one call: its patches apply in input order.
-    A change of attributes gives a content-embedded item its new content vector (attributes are content)."""
+    """Change some fields of existing items. A duplicate id within one call: its patches apply in input order."""
     merged: dict[str, ItemPatch] = {}
     for patch in patches:
         unknown = patch.fields - PATCH_FIELDS
@@ -175,53 +189,32 @@ def items_patch_many(*, patches: Sequence[ItemPatch]) -> BulkWriteOutcome:
     change = _CatalogChange()
     with transaction.atomic(), _check_violations(), _cursor() as cursor:
         cursor.execute(_LOCK_SQL, [ids])
-        current = {row[1]: row for row in cursor.fetchall()}
-        content_changed = [
-            external_id
-            for external_id in ids
-            if external_id in current and "attributes" in merged[external_id].fields and not current[external_id][4]
-        ]
-        refs = _entities_read(cursor, pks=[current[external_id][0] for external_id in content_changed])
-        new_rows: list[tuple[int, str, Decimal | None, bool, dict[str, Any]]] = []
+        current = {row.external_id: row for row in map(_Stored._make, cursor.fetchall())}
+        patched: list[_Patched] = []
         for external_id in ids:
-            if external_id not in current:
+            before = current.get(external_id)
+            if before is None:
                 continue
-            pk, _, in_stock, price, _, attributes, _, _, _, created_at = current[external_id]
-            patch = merged[external_id]
-            new_price = patch.price if "price" in patch.fields else price
-            new_in_stock = patch.in_stock if "in_stock" in patch.fields else in_stock
-            attributes = orjson.loads(attributes)
-            if "attributes" in patch.fields:
-                attributes = _attributes_merge(attributes, patch.attributes)
-            new_rows.append((pk, external_id, new_price, new_in_stock, attributes))
+            after = _patch_apply(before, merged[external_id])
+            patched.append(after)
             change.static[external_id] = pack_static(
-                price=None if new_price is None else float(new_price),
-                in_stock=new_in_stock,
-                created_at=float(created_at),
+                price=None if after.price is None else float(after.price),
+                in_stock=after.in_stock,
+                created_at=float(before.created_at),
             )
-            (change.appeared if new_in_stock and not in_stock else change.changed).append(external_id)
-        new_attributes = {row[1]: row[4] for row in new_rows}
-        contents = [
-            ItemInput(
-                external_id=external_id,
-                title=current[external_id][6],
-                description=current[external_id][7],
-                category=current[external_id][8],
-                attributes=new_attributes[external_id],
-                entities=refs.get(current[external_id][0], ()),
-            )
-            for external_id in content_changed
-        ]
-        fresh = content_vectors(rows=contents, projection=content_projection()) if contents else []
-        vectors = dict(zip(content_changed, fresh, strict=True))
+            (change.appeared if after.in_stock and not before.in_stock else change.changed).append(external_id)
+        vectors = _patched_vectors(cursor, patched=[row for row in patched if row.content_changed])
         cursor.execute(
             _PATCH_SQL,
             [
-                [row[0] for row in new_rows],
-                [_decimal(row[2]) for row in new_rows],
-                [row[3] for row in new_rows],
-                [orjson.dumps(row[4]).decode() for row in new_rows],
-                [_vector_literal(vectors[row[1]]) if row[1] in vectors else None for row in new_rows],
+                [row.stored.pk for row in patched],
+                [_decimal(row.price) for row in patched],
+                [row.in_stock for row in patched],
+                [orjson.dumps(row.attributes).decode() for row in patched],
+                [
+                    _vector_literal(vectors[row.stored.external_id]) if row.stored.external_id in vectors else None
+                    for row in patched
+                ],
             ],
         )
         change.vectors = {external_id: vector.tobytes() for external_id, vector in vectors.items()}
@@ -229,6 +222,48 @@ def items_patch_many(*, patches: Sequence[ItemPatch]) -> BulkWriteOutcome:
     present = [external_id for external_id in merged if external_id in current]
     missing = [external_id for external_id in merged if external_id not in current]
     return BulkWriteOutcome(created=[], updated=present, deleted=[], missing=missing)
+
+
+class _Patched(NamedTuple):
+    stored: _Stored
+    price: Decimal | None
+    in_stock: bool
+    attributes: dict[str, Any]
+    content_changed: bool
+
+
+def _patch_apply(before: _Stored, patch: ItemPatch) -> _Patched:
+    attributes = orjson.loads(before.attributes_json)
+    if "attributes" in patch.fields:
+        attributes = _attributes_merge(attributes, patch.attributes)
+    return _Patched(
+        stored=before,
+        price=patch.price if "price" in patch.fields else before.price,
+        in_stock=patch.in_stock if "in_stock" in patch.fields else before.in_stock,
+        attributes=attributes,
+        # Attributes are content: a content-embedded item gets its new content vector.
+        content_changed="attributes" in patch.fields and not before.learned,
+    )
+
+
+def _patched_vectors(cursor: Any, *, patched: list[_Patched]) -> dict[str, np.ndarray]:
+    """The new content vectors of items whose attributes a patch changed (their other content read as stored)."""
+    if not patched:
+        return {}
+    refs = _entities_read(cursor, pks=[row.stored.pk for row in patched])
+    contents = [
+        ItemInput(
+            external_id=row.stored.external_id,
+            title=row.stored.title,
+            description=row.stored.description,
+            category=row.stored.category,
+            attributes=row.attributes,
+            entities=refs.get(row.stored.pk, ()),
+        )
+        for row in patched
+    ]
+    fresh = content_vectors(rows=contents, projection=content_projection())
+    return {row.stored.external_id: vector for row, vector in zip(patched, fresh, strict=True)}
 
 
 def items_delete_many(*, external_ids: Sequence[str]) -> BulkWriteOutcome:
@@ -239,7 +274,7 @@ def items_delete_many(*, external_ids: Sequence[str]) -> BulkWriteOutcome:
     change = _CatalogChange()
     with transaction.atomic(), _cursor() as cursor:
         cursor.execute(_LOCK_SQL, [sorted(wanted)])
-        pks = {row[1]: row[0] for row in cursor.fetchall()}
+        pks = {row.external_id: row.pk for row in map(_Stored._make, cursor.fetchall())}
         cursor.execute("DELETE FROM graph_app_itementity WHERE item_id = ANY(%b::bigint[])", [list(pks.values())])
         cursor.execute("DELETE FROM graph_app_item WHERE id = ANY(%b::bigint[])", [list(pks.values())])
         deleted = [external_id for external_id in wanted if external_id in pks]

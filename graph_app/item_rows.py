@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 from graph_app.catalog_bulk import PATCH_FIELDS, ItemPatch
 from graph_app.services import EntityRef, ItemInput
@@ -33,16 +33,16 @@ def item_row_read(row: Any) -> ItemInput | None:
     if not isinstance(row, dict) or not row.keys() <= _ROW_FIELDS:
         return None
     item_id, title = row.get("item_id"), row.get("title")
-    if not (_text(item_id, EXTERNAL_ID_MAX_LENGTH, blank=False) and _text(title, TITLE_MAX, blank=False)):
-        return None
     description, category = row.get("description", ""), row.get("category", "")
-    if not (_text(description, DESCRIPTION_MAX, blank=True) and _text(category, CATEGORY_MAX, blank=True)):
+    if not _text(item_id, EXTERNAL_ID_MAX_LENGTH, blank=False) or not _text(title, TITLE_MAX, blank=False):
         return None
-    price = _price(row["price"]) if "price" in row else None
+    if not _text(description, DESCRIPTION_MAX, blank=True) or not _text(category, CATEGORY_MAX, blank=True):
+        return None
+    plain_price, price = _price(row["price"]) if "price" in row else (True, None)
     in_stock = row.get("in_stock", True)
     attributes = row.get("attributes", {})
     entities = _entities(row.get("entities", []))
-    if price is False or not isinstance(in_stock, bool) or not _attributes_ok(attributes) or entities is None:
+    if not plain_price or not isinstance(in_stock, bool) or not _attributes_ok(attributes) or entities is None:
         return None
     return ItemInput(
         external_id=item_id,
@@ -64,15 +64,15 @@ def patch_row_read(row: Any) -> ItemPatch | None:
     item_id = row.get("item_id")
     if not fields or not _text(item_id, EXTERNAL_ID_MAX_LENGTH, blank=False):
         return None
-    price = _price(row["price"]) if "price" in row else None
+    plain_price, price = _price(row["price"]) if "price" in row else (True, None)
     in_stock = row.get("in_stock", True)
     attributes = row.get("attributes", {})
-    if price is False or not isinstance(in_stock, bool) or not _attributes_ok(attributes):
+    if not plain_price or not isinstance(in_stock, bool) or not _attributes_ok(attributes):
         return None
     return ItemPatch(external_id=item_id, fields=fields, price=price, in_stock=in_stock, attributes=attributes)
 
 
-def _text(value: Any, max_length: int, *, blank: bool) -> bool:
+def _text(value: Any, max_length: int, *, blank: bool) -> TypeGuard[str]:
     """A string the serializer's StrictCharField keeps as it is: not trimmed, no NUL, no lone surrogate."""
     if not isinstance(value, str) or len(value) > max_length or (not value and not blank):
         return False
@@ -87,16 +87,17 @@ def _text(value: Any, max_length: int, *, blank: bool) -> bool:
     return "\x00" not in value
 
 
-def _price(value: Any) -> Decimal | bool | None:
-    """The price as DecimalField(max_digits=12, decimal_places=2, min_value=0) gives it; False: let it decide."""
+def _price(value: Any) -> tuple[bool, Decimal | None]:
+    """(plain, the price as DecimalField(max_digits=12, decimal_places=2, min_value=0) gives it); not plain: let
+    the serializer decide."""
     if value is None:
-        return None
+        return True, None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return False
+        return False, None
     text = value if isinstance(value, str) else str(value)
     if not _PRICE.fullmatch(text):
-        return False
-    return Decimal(text).quantize(_CENT)
+        return False, None
+    return True, Decimal(text).quantize(_CENT)
 
 
 def _attributes_ok(value: Any) -> bool:
@@ -141,9 +142,9 @@ def _entities(value: Any) -> tuple[EntityRef, ...] | None:
             return None
         kind, external_id, name = entry.get("kind"), entry.get("id"), entry.get("name", "")
         weight = entry.get("weight", 1.0)
-        if not (_text(kind, KIND_MAX, blank=False) and _SLUG.fullmatch(kind)):
+        if not _text(kind, KIND_MAX, blank=False) or not _SLUG.fullmatch(kind):
             return None
-        if not (_text(external_id, EXTERNAL_ID_MAX_LENGTH, blank=False) and _text(name, ENTITY_NAME_MAX, blank=True)):
+        if not _text(external_id, EXTERNAL_ID_MAX_LENGTH, blank=False) or not _text(name, ENTITY_NAME_MAX, blank=True):
             return None
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not WEIGHT_MIN <= weight <= WEIGHT_MAX:
             return None
