@@ -160,6 +160,59 @@ def dedupe_worker(events: int, steady: bool) -> dict[str, object]:
     }
 
 
+def latency_worker(seconds: int) -> dict[str, object]:
+    """The ingest service's time per request, single events and batches of 50, with 200,000 ids already in the
+    dedupe (sized as in a steady day), against the Valkey of REDIS_URL."""
+    import django
+
+    django.setup()
+    from personalization import redis_keys
+    from personalization.redis_client import get_control_redis
+    from signals_app.services import events_ingest
+
+    client = get_control_redis()
+    client.flushall()
+    try:
+        from signals_app.dedupe import generations_at
+
+        yesterday = generations_at(time.time()).current - 1
+        for partition in redis_keys.partitions():
+            client.hset(redis_keys.event_seen_layout(partition), f"n:{yesterday}", 200_000)
+    except ImportError:
+        pass  # the old code
+    for start in range(0, 200_000, BATCH):
+        events_ingest(raw_events=[
+            {"event_id": f"pre-{n}", "type": "view", "user_id": f"lat-user-{n % 5000}", "item_id": f"i{n % 800}"}
+            for n in range(start, start + BATCH)
+        ])  # fmt: skip
+    result: dict[str, object] = {}
+    counter = 0
+    for size in (1, 50):
+        latencies = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            batch = [
+                {"event_id": f"lat-{counter + n}", "type": "view", "user_id": f"lat-user-{(counter + n) % 5000}",
+                 "item_id": f"i{(counter + n) % 800}"}
+                for n in range(size)
+            ]  # fmt: skip
+            counter += size
+            before = time.perf_counter()
+            events_ingest(raw_events=batch)
+            latencies.append((time.perf_counter() - before) * 1000)
+            if counter % 20_000 < size:
+                for stream in client.scan_iter("events:*", count=1000):
+                    client.xtrim(stream, maxlen=0)
+        latencies.sort()
+        result[f"batch_{size}"] = {
+            "requests": len(latencies),
+            "p50_ms": round(latencies[len(latencies) // 2], 3),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99)], 3),
+            "events_per_s": round(len(latencies) * size / seconds),
+        }
+    return result
+
+
 def user_state_worker(users: int) -> dict[str, object]:
     """A typical shopper's month: 3 sessions of 10 events (views, 4 add-to-carts, 1 purchase, 2 skips) over items
     of 3 favourite categories (of 40), each item with 3 catalog entities (category, one of 300 brands, one of 900
@@ -262,15 +315,19 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--users", type=int, default=2_000, help="users of the per-user state part")
     parser.add_argument("--old", type=Path, default=None, help="a checkout of the old code")
+    parser.add_argument("--new", type=Path, default=ROOT, help="a checkout of the new code (default: this one)")
     parser.add_argument("--record", action="store_true")
-    parser.add_argument("--only", choices=["steady", "user_state"], default=None, help="just that part")
-    parser.add_argument("--worker", choices=["dedupe", "dedupe_steady", "user_state"], default=None)
+    parser.add_argument("--only", choices=["steady", "user_state", "latency"], default=None, help="just that part")
+    parser.add_argument("--rounds", type=int, default=3, help="latency: old and new alternating, each this often")
+    parser.add_argument("--worker", choices=["dedupe", "dedupe_steady", "user_state", "latency"], default=None)
     parser.add_argument("--count", type=int, default=0)
     args = parser.parse_args()
     if args.worker:
         sys.path.insert(0, os.getcwd())  # the code version under test, before this file's own checkout
         if args.worker == "user_state":
             result = user_state_worker(args.count)
+        elif args.worker == "latency":
+            result = latency_worker(args.count)
         else:
             result = dedupe_worker(args.count, steady=args.worker == "dedupe_steady")
         print(json.dumps(result))
@@ -279,10 +336,16 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="dedupe-memory-"))
     results: dict[str, object] = {}
     try:
+        if args.only == "latency":
+            for round_number in range(args.rounds):
+                for name, code in [("old", args.old), ("new", args.new)]:
+                    result = run_worker(code, "latency", 15, data)
+                    results[f"{name} {round_number + 1}"] = result
+                    print(name, round_number + 1, json.dumps(result), flush=True)
         versions = [("new, first day", ROOT, "dedupe"), ("new, steady", ROOT, "dedupe_steady")]
         versions += [("old", args.old, "dedupe")] if args.old else []
         for name, code, mode in versions:
-            if args.only and args.only not in mode:
+            if args.only and (args.only not in mode or args.only == "latency"):
                 continue
             results[name] = run_worker(code, mode, args.events, data)
             print(name, json.dumps(results[name]), flush=True)

@@ -42,7 +42,11 @@ def event_tries(partition: int) -> str:
 def event_seen(partition: int, level: str, shard: int) -> str:
     """One set of the 64-bit hashes of the event ids the partition's online state applied (`signals_app.dedupe`):
     level "<day>.<level>" of the generations by arrival day, shard chosen by bits of the id's digest."""
-    return f"seen:{_tag(partition)}:{level}:{shard}"
+    return f"{event_seen_prefix(partition, level)}{shard}"
+
+
+def event_seen_prefix(partition: int, level: str) -> str:
+    return f"seen:{_tag(partition)}:{level}:"
 
 
 def event_seen_layout(partition: int) -> str:

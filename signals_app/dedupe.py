@@ -26,6 +26,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 
 import redis
 
@@ -36,7 +37,8 @@ DEDUPE_WINDOW_SECONDS = 48 * 3600
 DEDUPE_WINDOW = timedelta(seconds=DEDUPE_WINDOW_SECONDS)
 GENERATION_SECONDS = 24 * 3600
 CLOCK_SKEW_SECONDS = 300
-# Enough generations to cover the window and both skews: (48 h + 10 min) spans at most 3 days, plus the next day.
+# The most generations an arrival checks: those overlapping [arrival - 48 h - skew, arrival + skew], 3 days but
+# in the 5 minutes either side of midnight.
 GENERATIONS_CHECKED = 4
 # The mean size a set is sized for: half the default intset limit (512), so a day up to twice as busy as the one
 # before still fits, and sets of a few hundred ids make each key's own overhead (about 70 bytes) small per id.
@@ -52,7 +54,7 @@ STALE = b"stale"
 
 def _constants(lua: str) -> str:
     """The Lua source with this module's constants in it."""
-    for name in ("GENERATIONS_CHECKED", "GENERATION_SECONDS", "RATE_MIN_SECONDS"):
+    for name in ("GENERATION_SECONDS", "RATE_MIN_SECONDS"):
         lua = lua.replace(name, str(globals()[name]))
     return lua
 
@@ -88,17 +90,18 @@ return layouts
 layout_script = ShaScript(_constants(LAYOUT_LUA))
 
 # The ingest and apply scripts' dedupe (Lua functions over their KEYS and ARGV). dedupe_layout_current(layout,
-# first_arg) checks the caller's layouts (ARGV from first_arg: the generations checked, then their layouts) against
-# the stored ones; dedupe_first(first_key, count, member, expire_at) looks an id up in its sets (KEYS from first_key:
-# its set in each level of each generation checked, first the newest level of the current generation) and adds it
-# to the first; dedupe_grow(...) counts the ids added and adds a level when the current generation's sets are full.
+# first_arg) checks the caller's layouts (ARGV from first_arg: how many generations are checked, the generations,
+# then their layouts) against the stored ones; dedupe_first(first_key, count, member, expire_at) looks an id up in
+# its sets (KEYS from first_key: its set in each level of each generation checked, first the newest level of the
+# current generation) and adds it to the first; dedupe_grow(...) counts the ids added and adds a level when the
+# current generation's sets are full.
 DEDUPE_LUA = """
-local dedupe_checked = GENERATIONS_CHECKED
 local function dedupe_layout_current(layout, first_arg)
+  local checked = tonumber(ARGV[first_arg])
   local fields, expected = {}, {}
-  for index = 0, GENERATIONS_CHECKED - 1 do
-    fields[index + 1] = 'b:' .. ARGV[first_arg + index]
-    expected[index + 1] = ARGV[first_arg + GENERATIONS_CHECKED + index]
+  for index = 1, checked do
+    fields[index] = 'b:' .. ARGV[first_arg + index]
+    expected[index] = ARGV[first_arg + checked + index]
   end
   local stored = redis.call('HMGET', layout, unpack(fields))
   for index = 1, #fields do
@@ -145,8 +148,8 @@ def event_digest(event_id: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Generations:
-    """The generations an arrival time uses: `checked`, newest first (GENERATIONS_CHECKED), and `current`, where
-    a new id goes."""
+    """The generations an arrival time uses: `checked`, newest first (3, or 4 near midnight), and `current`,
+    where a new id goes."""
 
     current: int
     checked: tuple[int, ...]
@@ -164,9 +167,10 @@ class Generations:
 
 def generations_at(arrival: float) -> Generations:
     newest = math.floor((arrival + CLOCK_SKEW_SECONDS) / GENERATION_SECONDS)
+    oldest = math.floor((arrival - DEDUPE_WINDOW_SECONDS - CLOCK_SKEW_SECONDS) / GENERATION_SECONDS)
     return Generations(
         current=math.floor(arrival / GENERATION_SECONDS),
-        checked=tuple(range(newest, newest - GENERATIONS_CHECKED, -1)),
+        checked=tuple(range(newest, oldest - 1, -1)),
         arrival=arrival,
     )
 
@@ -180,27 +184,30 @@ class PartitionLayout:
     generations: Generations
     levels: dict[int, str]  # generation -> "bits,bits..." of its levels
 
-    def keys(self, event_id: str) -> tuple[int, list[str]]:
-        """The id's member and its sets: first the newest level of the current generation, then every other level
-        of the generations checked."""
-        member, chooser = event_digest(event_id)
-        current: str | None = None
-        others: list[str] = []
+    @cached_property
+    def _sets(self) -> list[tuple[str, int]]:
+        """Each level's key prefix and shard mask: first the newest level of the current generation, then every
+        other level of the generations checked."""
+        sets = []
         for generation in self.generations.checked:
             levels = self.levels[generation].split(",")
             for level, bits in enumerate(levels):
-                key = redis_keys.event_seen(self.partition, f"{generation}.{level}", chooser & ((1 << int(bits)) - 1))
+                prefix = redis_keys.event_seen_prefix(self.partition, f"{generation}.{level}")
                 if generation == self.generations.current and level == len(levels) - 1:
-                    current = key
+                    sets.insert(0, (prefix, (1 << int(bits)) - 1))
                 else:
-                    others.append(key)
-        assert current is not None
-        return member, [current, *others]
+                    sets.append((prefix, (1 << int(bits)) - 1))
+        return sets
+
+    def keys(self, event_id: str) -> tuple[int, list[str]]:
+        """The id's member and its sets (the first: where a new id goes)."""
+        member, chooser = event_digest(event_id)
+        return member, [prefix + str(chooser & mask) for prefix, mask in self._sets]
 
     def args(self) -> list[str | int]:
-        """What the scripts' dedupe_layout_current reads: the generations checked, then their layouts."""
+        """What the scripts' dedupe_layout_current reads: how many generations are checked, which, their layouts."""
         checked = self.generations.checked
-        return [*checked, *(self.levels[generation] for generation in checked)]
+        return [len(checked), *checked, *(self.levels[generation] for generation in checked)]
 
     @property
     def current_levels(self) -> str:

@@ -103,7 +103,8 @@ STATE_LUA = (
 -- after, 8 windows W, 9..8+W trend half-lives, 9+W now, 10+W cool-down items kept, 11+W cool-down seconds kept,
 -- 12+W purchased items kept, then the dedupe's (signals_app.dedupe): 13+W dedupe sets an event D, 14+W ids per
 -- set, 15+W max shard bits, 16+W max levels, 17+W current generation, 18+W its end, 19+W its sets' expiry, 20+W
--- arrival, 21+W its layout, 22+W.. the generations checked then their layouts; then the script's own.
+-- arrival, 21+W its layout, 22+W how many generations are checked C, then the C generations and their layouts;
+-- then the script's own.
 local events = tonumber(ARGV[1])
 local recent_kept = tonumber(ARGV[3])
 local state_ttl = tonumber(ARGV[4])
@@ -129,7 +130,7 @@ end
     + """
 local dedupe_layout, dedupe_keys = KEYS[5 + windows], tonumber(ARGV[13 + windows])
 local dedupe_expire_at = ARGV[19 + windows]
-local own_args = 22 + windows + 2 * dedupe_checked
+local own_args = 23 + windows + 2 * tonumber(ARGV[22 + windows])
 local function dedupe_added(added)
   dedupe_grow(dedupe_layout, ARGV[17 + windows], ARGV[21 + windows], added, tonumber(ARGV[20 + windows]),
               tonumber(ARGV[18 + windows]), tonumber(ARGV[14 + windows]), tonumber(ARGV[15 + windows]),

@@ -152,3 +152,15 @@ def test_a_call_with_an_old_layout_is_refused_before_it_writes_and_sent_again(cl
     assert send(clean_redis, ["before", "after"], at=at) == [DUPLICATE, NEW]
     assert dedupe.layouts.of(redis_keys.partition_of("u1"), generations_at(at.timestamp())).current_levels == "0,3"
     assert clean_redis.xlen(redis_keys.event_stream(redis_keys.partition_of("u1"))) == 2
+
+
+def test_an_arrival_checks_the_days_of_the_window_and_the_clock_skew():
+    day = int(MIDNIGHT.timestamp()) // GENERATION_SECONDS
+    noon = generations_at(MIDNIGHT.timestamp() + GENERATION_SECONDS / 2)
+    assert (noon.current, noon.checked) == (day, (day, day - 1, day - 2))
+    # Within the skew of midnight: the day before the window's start, or the next day, is checked too.
+    after_midnight = generations_at(MIDNIGHT.timestamp() + 60)
+    assert (after_midnight.current, after_midnight.checked) == (day, (day, day - 1, day - 2, day - 3))
+    before_midnight = generations_at(MIDNIGHT.timestamp() - 60)
+    assert (before_midnight.current, before_midnight.checked) == (day - 1, (day, day - 1, day - 2, day - 3))
+    assert noon.expire_at == (day + 1) * GENERATION_SECONDS + DEDUPE_WINDOW.total_seconds() + 600
