@@ -3,6 +3,7 @@ catalog's rows, entities and the online catalog in Redis; rejects, resume, re-im
 
 from __future__ import annotations
 
+import gzip
 import json
 from decimal import Decimal
 from io import StringIO
@@ -448,3 +449,22 @@ def test_an_imported_file_of_bad_rows_gets_the_item_api_s_messages(run, tmp_path
         expected.append((line, [{"field": name, "message": messages[0]} for name, messages in errors.items()]))
     assert [(reject["line"], reject["errors"]) for reject in rejects_of(rejects)] == expected
     assert Item.objects.count() == 0
+
+
+def test_a_gzipped_feed_with_google_s_spaced_names_and_the_progress_bar(django_capture_on_commit_callbacks, tmp_path):
+    source = tmp_path / "feed.txt.gz"
+    source.write_bytes(
+        gzip.compress(
+            b"ID\tTitle\tPrice\tAvailability\tImage link\ng1\tCap\t9.50 usd\tout of stock\thttps://x/g1.jpg\n"
+        )
+    )
+    out, err = StringIO(), StringIO()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("import_items", str(source), stdout=out, stderr=err)
+
+    assert items() == [
+        ("g1", "Cap", "", "", Decimal("9.50"), False, {"currency": "USD", "image_link": "https://x/g1.jpg"})
+    ]
+    assert "feed.txt.gz" in err.getvalue()  # tqdm's bar
+    assert out.getvalue().splitlines()[-1] == "Done: the whole file is in the catalog."
