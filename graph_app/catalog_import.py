@@ -19,8 +19,10 @@ so count as in stock), link and image_link (attributes). Other columns of the sp
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +37,7 @@ from graph_app.services import ItemInput, content_projection
 from personalization import file_import
 from personalization.errors import flatten_errors
 from personalization.file_import import ImportFileError, Problems, Rejected, SourceRow, checkpoint_path_for
-from personalization.validation import StrictBooleanField
+from personalization.validation import EXTERNAL_ID_MAX_LENGTH, StrictBooleanField
 
 ITEM_IMPORT_BATCH_SIZE = 2000
 # A stock feed's rows are small and mostly unchanged: larger batches spread each batch's round trips wider.
@@ -74,6 +76,8 @@ AVAILABILITY_MESSAGE = f"Must be one of {', '.join(AVAILABILITY_IN_STOCK)}."
 BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 BRAND = "brand"
 CATEGORY_SEPARATOR = ">"
+# A price a row gives as the catalog stores it (max 12 digits, 2 decimals, not negative).
+PLAIN_PRICE = re.compile(r"\d{1,10}(?:\.\d{1,2})?")
 NOT_IN_CATALOG = "Not in the catalog: a stock feed changes existing items only."
 NOTHING_TO_UPDATE = "Gives neither price nor stock (in_stock or availability): nothing to change."
 GMC_PRICE_MESSAGE = 'Must be a number and an ISO 4217 currency code, like "12.99 USD".'
@@ -425,16 +429,99 @@ def _item_unchanged(item: ItemInput, stored: tuple[Any, ...] | None) -> bool:
     )
 
 
-def _items_write(
-    wanted: list[tuple[SourceRow, ItemInput]], counts: ItemImportCounts, *, projection: Any, rewrite: bool
-) -> None:
-    latest = {item.external_id: item for _, item in wanted}  # a repeated id: the last row counts
-    stored = {} if rewrite else _items_stored(list(latest))
-    changed = [item for external_id, item in latest.items() if not _item_unchanged(item, stored.get(external_id))]
-    outcome = items_upsert_many(rows=changed, projection=projection)
-    counts.created, counts.updated = len(outcome.created), len(outcome.updated)
-    counts.unchanged = len(latest) - len(changed)
-    counts.repeated = len(wanted) - len(latest)
+def _row_repeats(data: dict[str, Any], stored: tuple[Any, ...]) -> bool:
+    """Whether a row's fields, before validation, are exactly what the catalog holds for its item: then it would
+    change nothing, and it needs no checking (the stored item passed the same checks). Anything not plainly equal
+    (text to trim, a price written otherwise, an entity without its name) is left to validation."""
+    _, title, description, category, price, in_stock, attributes, has_vector, links = stored
+    raw_price, raw_in_stock = data.get("price"), data.get("in_stock", True)
+    if (data.get("title"), data.get("description", ""), data.get("category", ""), has_vector) != (
+        title,
+        description,
+        category,
+        True,
+    ):
+        return False
+    if type(raw_in_stock) is not bool or raw_in_stock != in_stock:
+        return False
+    if raw_price is None or price is None:
+        if raw_price is not price:
+            return False
+    elif type(raw_price) is not str or not PLAIN_PRICE.fullmatch(raw_price) or Decimal(raw_price) != price:
+        return False
+    if data.get("attributes", {}) != orjson.loads(attributes):
+        return False
+    entities = data.get("entities", [])
+    stored_links = {(kind, entity_id): (name, weight) for kind, entity_id, name, weight in orjson.loads(links)}
+    if type(entities) is not list or len(entities) != len(stored_links):
+        return False
+    for entity in entities:
+        if type(entity) is not dict or not entity.keys() <= {"kind", "id", "name", "weight"}:
+            return False
+        link = stored_links.get((entity.get("kind"), entity.get("id")))  # type: ignore[arg-type]
+        if link is None or entity.get("name", link[0]) != link[0] or entity.get("weight", 1.0) != link[1]:
+            return False
+        if type(entity.get("weight", 1.0)) not in (int, float):
+            return False
+    return True
+
+
+def _queryable_id(value: Any) -> bool:
+    """An id not validated yet that is safe to look up (PostgreSQL refuses NUL and unencodable text)."""
+    if type(value) is not str or not value or len(value) > EXTERNAL_ID_MAX_LENGTH or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _items_batch(
+    rows: list[SourceRow], *, file_format: str, projection: Any, rewrite: bool
+) -> tuple[ItemImportCounts, Rejected]:
+    """A batch of full rows. In file order, each id's last row counts; a row that repeats what the catalog holds
+    is left alone, before validation or after it; the others are validated and written together."""
+    rejected: Rejected = []
+    mapped: list[tuple[SourceRow, _Fields]] = []
+    for row in rows:
+        if row.raw is None:
+            rejected.append((row, row.problems))
+            continue
+        found = _FIELDS_OF[file_format](row.raw, FULL)
+        if found.problems:
+            rejected.append((row, _renamed(row.problems + found.problems, found.columns)))
+        else:
+            mapped.append((row, found))
+    ids = {found.data.get("item_id") for _, found in mapped}
+    stored = {} if rewrite else _items_stored([item_id for item_id in ids if _queryable_id(item_id)])
+    latest: dict[str, ItemInput] = {}
+    same: set[str] = set()
+    valid = 0
+    for row, found in mapped:
+        current = None if rewrite else stored.get(found.data.get("item_id"))  # type: ignore[arg-type]
+        if current is not None and _row_repeats(found.data, current):
+            item_id: str = found.data["item_id"]
+        else:
+            item = item_row_read(found.data) or item_input_checked(found.data)
+            if not isinstance(item, ItemInput):
+                rejected.append((row, _renamed(item, found.columns)))
+                continue
+            item_id = item.external_id
+            if not _item_unchanged(item, stored.get(item_id)):
+                same.discard(item_id)
+                latest[item_id] = item
+                valid += 1
+                continue
+        latest.pop(item_id, None)  # a later row putting back what is stored undoes an earlier change
+        same.add(item_id)
+        valid += 1
+    outcome = items_upsert_many(rows=list(latest.values()), projection=projection)
+    counts = ItemImportCounts(rejected=len(rejected), created=len(outcome.created), updated=len(outcome.updated))
+    counts.unchanged = len(same)
+    counts.repeated = valid - len(same) - len(latest)
+    rejected.sort(key=lambda pair: pair[0].line)
+    return counts, rejected
 
 
 def _stock_write(
@@ -514,6 +601,8 @@ def items_import(
     projection = content_projection() if mode == FULL else None
 
     def import_batch(rows: list[SourceRow]) -> tuple[ItemImportCounts, Rejected]:
+        if mode == FULL:
+            return _items_batch(rows, file_format=file_format, projection=projection, rewrite=rewrite)
         wanted: list[tuple[SourceRow, Any]] = []
         rejected: Rejected = []
         for row in rows:
@@ -523,13 +612,10 @@ def items_import(
             else:
                 wanted.append((row, result))
         counts = ItemImportCounts(rejected=len(rejected))
-        if mode == STOCK:
-            missing_rows = _stock_write(wanted, counts, rewrite=rewrite)
-            id_column = "id" if file_format == "gmc" else "item_id"
-            rejected += [(row, [(id_column, NOT_IN_CATALOG)]) for row in missing_rows]
-            rejected.sort(key=lambda pair: pair[0].line)
-        else:
-            _items_write(wanted, counts, projection=projection, rewrite=rewrite)
+        missing_rows = _stock_write(wanted, counts, rewrite=rewrite)
+        id_column = "id" if file_format == "gmc" else "item_id"
+        rejected += [(row, [(id_column, NOT_IN_CATALOG)]) for row in missing_rows]
+        rejected.sort(key=lambda pair: pair[0].line)
         return counts, rejected
 
     file_import.file_import_run(

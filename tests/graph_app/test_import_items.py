@@ -468,3 +468,31 @@ def test_a_gzipped_feed_with_google_s_spaced_names_and_the_progress_bar(django_c
     ]
     assert "feed.txt.gz" in err.getvalue()  # tqdm's bar
     assert out.getvalue().splitlines()[-1] == "Done: the whole file is in the catalog."
+
+
+def test_within_a_batch_the_last_row_of_an_id_counts_even_when_it_repeats_the_catalog(run, tmp_path):
+    source = tmp_path / "catalog.jsonl"
+    stored = {"item_id": "k", "title": "Kettle", "price": "30.00", "entities": [{"kind": "brand", "id": "acme"}]}
+    source.write_text(json.dumps(stored) + "\n")
+    run(source)
+    source.write_text(
+        json.dumps({**stored, "title": "Renamed"})
+        + "\n"  # a change, undone by the next row
+        + json.dumps(stored)
+        + "\n"
+        + json.dumps({**stored, "item_id": " k2 ", "title": " Pot "})
+        + "\n"  # new, trimmed as the API trims
+        + json.dumps({"item_id": "k2", "title": "Pot", "price": 30})
+        + "\n"  # the same item once trimmed
+    )
+
+    out = run(source, "--restart")
+
+    assert [row[:5] for row in items()] == [
+        ("k", "Kettle", "", "", Decimal("30.00")),
+        ("k2", "Pot", "", "", Decimal("30.00")),
+    ]
+    assert linked("k") == [("brand", "acme", "")]
+    assert out.splitlines()[0].startswith(
+        "Read 4, created 1, updated 0, unchanged 1, rejected 0, repeated in a batch 2 in "
+    )
