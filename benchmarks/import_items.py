@@ -51,11 +51,10 @@ NOTES = """- **New items: PostgreSQL's HNSW index.** Each new content vector is 
   took 11.3 s of 14.4 s; its after-commit `item_cache_invalidate_many` (one Lua script call per item for the
   similar-items cache) 3.5 s, psycopg's client-side quoting of the arrays 1.3 s; reading, validating and
   comparing the rows 3 s.
-- **A re-imported row** (20k Merchant Center rows, profiled, 2026-12-06 22:26): reading it as the API would
-  (`graph_app.item_rows.item_row_read`: the attributes walked by `json_limits_check` and again for NUL and
-  lone surrogates) took 44 % of the import; mapping the columns 16 %, the catalog read and comparison about 18 %.
-  Before the importer used `item_rows` (its own reader, a flat object's strings checked in one pass), 20k-row
-  files re-imported at 20,000-22,000 rows/s with the speed line at 49-72 ms.
+- **A re-imported row.** A row that says exactly what the catalog holds is not validated again (the stored
+  item passed the same checks): it costs its reading, the mapping of its columns and one comparison. Before
+  that, reading each row as the API would (`graph_app.item_rows.item_row_read`) was 44 % of a re-import
+  (20k rows, profiled), and 20k-row files re-imported at 12,000-22,000 rows/s depending on the machine's load.
 - **The collector.** The cycle collector is off while a batch runs and collects between batches (a third of
   a re-import's time before).
 - The machine was shared with other sessions' work: the Python speed line above and the load average below

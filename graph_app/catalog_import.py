@@ -2,13 +2,14 @@
 
 A full feed upserts whole items through `items_upsert_many`; a stock feed, whose rows give only the id with price
 and/or stock, changes just those fields through `items_patch_many` and reports the ids the catalog does not have.
-Each batch first reads what the catalog holds for its ids, and rows that repeat it are not written: a second
-import of the same file changes nothing, and a daily feed costs what it changes (a written item costs about a
-millisecond in PostgreSQL's vector index). A row written by someone else between that read and the batch's write
-may be left as they wrote it. Rows are validated by the rules
-of the item API: `graph_app.item_rows` reads the plainly valid ones (as the batch endpoints do), and any other row
-goes through the API's serializer, so that a rejected row gets the API's own messages. Reading, batches,
-rejects and the resumable checkpoint are `personalization.file_import`'s.
+Rows are validated by the rules of the item API: `graph_app.item_rows` reads the plainly valid ones (as the batch
+endpoints do), and any other row goes through the API's serializer, so that a rejected row gets its messages.
+
+Each batch first reads what the catalog holds for its ids, and rows that repeat it are not written (nor, when
+they repeat it plainly, validated again): a second import of the same file changes nothing, and a daily feed
+costs what it changes (a written item costs about a millisecond in PostgreSQL's vector index). A row written by
+someone else between that read and the batch's write may be left as they wrote it. Reading, batches, rejects and
+the resumable checkpoint are `personalization.file_import`'s.
 
 Google Merchant Center columns: id, title, description, product_type (its first " > " segment is the category;
 else google_product_category's), brand (an entity of kind "brand"), price ("12.99 USD": the currency goes into
