@@ -37,6 +37,7 @@ DEDUPE_WINDOW_SECONDS = 48 * 3600
 DEDUPE_WINDOW = timedelta(seconds=DEDUPE_WINDOW_SECONDS)
 GENERATION_SECONDS = 24 * 3600
 CLOCK_SKEW_SECONDS = 300
+SNAPSHOTS_KEPT = 4096
 # The most generations an arrival checks: those overlapping [arrival - 48 h - skew, arrival + skew], 3 days but
 # in the 5 minutes either side of midnight.
 GENERATIONS_CHECKED = 4
@@ -220,14 +221,23 @@ class Layouts:
 
     def __init__(self) -> None:
         self._known: dict[tuple[int, int], str] = {}
+        # Snapshots made, reused while their layouts are the ones known (one a partition and arrival day, mostly).
+        self._snapshots: dict[tuple[int, Generations], PartitionLayout] = {}
 
     def missing(self, partition: int, generations: Generations) -> bool:
         return any((partition, generation) not in self._known for generation in generations.checked)
 
     def of(self, partition: int, generations: Generations) -> PartitionLayout:
         """A snapshot (fetched before: `fetch`)."""
-        checked = generations.checked
-        return PartitionLayout(partition, generations, {g: self._known[(partition, g)] for g in checked})
+        levels = {generation: self._known[(partition, generation)] for generation in generations.checked}
+        day = Generations(current=generations.current, checked=generations.checked, arrival=0.0)
+        snapshot = self._snapshots.get((partition, day))
+        if snapshot is None or snapshot.levels != levels:
+            if len(self._snapshots) > SNAPSHOTS_KEPT:
+                self._snapshots.clear()
+            snapshot = PartitionLayout(partition, day, levels)
+            self._snapshots[(partition, day)] = snapshot
+        return snapshot
 
     def fetch(self, client: redis.Redis, needed: Iterable[tuple[int, Generations]]) -> None:
         """The layouts of these partitions' generations as stored, one round trip (creating the ones not yet

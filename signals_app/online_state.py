@@ -420,7 +420,7 @@ def _common_keys(partition: int) -> list[str]:
     ]
 
 
-def _dedupe_args(layout: PartitionLayout, dedupe_keys: int) -> list[str | int]:
+def _dedupe_args(layout: PartitionLayout, arrival: float, dedupe_keys: int) -> list[str | int]:
     generations = layout.generations
     return [
         dedupe_keys,
@@ -430,13 +430,15 @@ def _dedupe_args(layout: PartitionLayout, dedupe_keys: int) -> list[str | int]:
         generations.current,
         generations.current_end,
         generations.expire_at,
-        repr(generations.arrival),
+        repr(arrival),
         layout.current_levels,
         *layout.args(),
     ]
 
 
-def _common_args(events: int, layout: PartitionLayout, dedupe_keys: int) -> list[str | bytes | float | int]:
+def _common_args(
+    events: int, layout: PartitionLayout, arrival: float, dedupe_keys: int
+) -> list[str | bytes | float | int]:
     return [
         events,
         0,  # unused (it was the dedupe key's ttl): the other arguments keep their places
@@ -451,7 +453,7 @@ def _common_args(events: int, layout: PartitionLayout, dedupe_keys: int) -> list
         COOLDOWN_ITEMS_KEPT,
         COOLDOWN_KEPT_SECONDS,
         settings.SIGNALS_PURCHASED_ITEMS_KEPT,
-        *_dedupe_args(layout, dedupe_keys),
+        *_dedupe_args(layout, arrival, dedupe_keys),
     ]
 
 
@@ -510,7 +512,7 @@ class IngestScript:
                 "1" if event.type == "purchase" else "0",
                 member,
             ]
-        args = _common_args(len(events), layout, dedupe_keys) + args
+        args = _common_args(len(events), layout, generations.arrival, dedupe_keys) + args
         assert self.sha is not None
         pipeline.evalsha(self.sha, len(keys), *keys, *args)
 
@@ -721,7 +723,7 @@ class ApplyScript:
             if kind.marks_interest:  # what the next call of the same user must know
                 items = known.setdefault(event.user_key, {})
                 items[event.item_id] = max(items.get(event.item_id, timestamp), timestamp)
-        common = _common_args(len(events), layout, dedupe_keys)
+        common = _common_args(len(events), layout, generations.arrival, dedupe_keys)
         return keys, common + args
 
 
