@@ -189,7 +189,7 @@ class PartitionLayout:
     def _sets(self) -> list[tuple[str, int]]:
         """Each level's key prefix and shard mask: first the newest level of the current generation, then every
         other level of the generations checked."""
-        sets = []
+        sets: list[tuple[str, int]] = []
         for generation in self.generations.checked:
             levels = self.levels[generation].split(",")
             for level, bits in enumerate(levels):
