@@ -164,3 +164,28 @@ def test_an_arrival_checks_the_days_of_the_window_and_the_clock_skew():
     before_midnight = generations_at(MIDNIGHT.timestamp() - 60)
     assert (before_midnight.current, before_midnight.checked) == (day - 1, (day, day - 1, day - 2, day - 3))
     assert noon.expire_at == (day + 1) * GENERATION_SECONDS + DEDUPE_WINDOW.total_seconds() + 600
+
+
+def test_an_import_with_an_old_layout_is_sent_again_and_skips_what_ingest_saw(clean_redis):
+    """The apply script (imports within the window) checks the same sets: a call made with a layout another process
+    has grown since is refused and sent again; an event ingest saw is skipped, a new one applied and remembered."""
+    from signals_app.history import events_apply_online
+    from signals_app.records import EventRecord
+    from signals_app.validation import event_validate
+
+    now = datetime.now(UTC)
+    assert send(clean_redis, ["live-1"], at=now) == [NEW]
+    day = generations_at(now.timestamp()).current
+    layout = redis_keys.event_seen_layout(redis_keys.partition_of("u1"))
+    clean_redis.hset(layout, f"b:{day}", clean_redis.hget(layout, f"b:{day}").decode() + ",2")
+
+    records = [
+        EventRecord(event=event_validate({"event_id": event_id, "type": "view", "user_id": "u1", "item_id": "mug",
+                                          "timestamp": now.isoformat()}, now=now), received_at=now)
+        for event_id in ("live-1", "imported-1")
+    ]  # fmt: skip
+    applied = events_apply_online(records=records, dedupe_after=now - DEDUPE_WINDOW)
+
+    assert applied == 1
+    assert len(clean_redis.keys(f"seen:*:{day}.1:*")) == 1  # added to the level the stored layout has
+    assert send(clean_redis, ["imported-1", "live-1"], at=now) == [DUPLICATE, DUPLICATE]
