@@ -55,6 +55,9 @@ NOTES = """- **New items: PostgreSQL's HNSW index.** Each new content vector is 
   item passed the same checks): it costs its reading, the mapping of its columns and one comparison. Before
   that, reading each row as the API would (`graph_app.item_rows.item_row_read`) was 44 % of a re-import
   (20k rows, profiled), and 20k-row files re-imported at 12,000-22,000 rows/s depending on the machine's load.
+- **Right after a cold import** the re-imports can run at half speed (autovacuum of the freshly written table
+  and its vector index shares the 2 cores): run again on the same 100k catalog 10 minutes after the 22:35 run
+  (speed line 41 ms, load 3-4.5), the three re-imports took 2.0-2.8 s, 36,000-50,500 rows/s.
 - **The collector.** The cycle collector is off while a batch runs and collects between batches (a third of
   a re-import's time before).
 - The machine was shared with other sessions' work: the Python speed line above and the load average below
