@@ -459,7 +459,7 @@ def _row_repeats(data: dict[str, Any], stored: tuple[Any, ...]) -> bool:
     for entity in entities:
         if type(entity) is not dict or not entity.keys() <= {"kind", "id", "name", "weight"}:
             return False
-        link = stored_links.get((entity.get("kind"), entity.get("id")))  # type: ignore[arg-type]
+        link = stored_links.get((entity.get("kind"), entity.get("id")))
         if link is None or entity.get("name", link[0]) != link[0] or entity.get("weight", 1.0) != link[1]:
             return False
         if type(entity.get("weight", 1.0)) not in (int, float):
@@ -494,8 +494,8 @@ def _items_batch(
             rejected.append((row, _renamed(row.problems + found.problems, found.columns)))
         else:
             mapped.append((row, found))
-    ids = {found.data.get("item_id") for _, found in mapped}
-    stored = {} if rewrite else _items_stored([item_id for item_id in ids if _queryable_id(item_id)])
+    ids: set[str] = {found.data["item_id"] for _, found in mapped if _queryable_id(found.data.get("item_id"))}
+    stored = {} if rewrite else _items_stored(list(ids))
     latest: dict[str, ItemInput] = {}
     same: set[str] = set()
     valid = 0
