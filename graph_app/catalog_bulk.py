@@ -82,7 +82,14 @@ class _CatalogChange:
     appeared: list[str] = field(default_factory=list)  # created in stock, or back in stock
 
     def publish(self) -> None:
-        catalog_write(entities=self.entity_keys, static=self.static, vectors=self.vectors, forget=tuple(self.forget))
+        # Every item's facts are written (a repair if Redis lost them); only changed ones move the catalog version.
+        catalog_write(
+            entities=self.entity_keys,
+            static=self.static,
+            vectors=self.vectors,
+            forget=tuple(self.forget),
+            changed=[*self.changed, *self.appeared],
+        )
         # Their neighbours may have changed: readers keep the old lists while one request rebuilds each. So may the
         # lists of the items nearest to those that appeared, which now belong in them.
         nearest = _neighbours_of(self.appeared) if len(self.appeared) <= NEIGHBOUR_LISTS_TOUCHED_MAX else []
@@ -153,9 +160,13 @@ def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | Non
                 [_vector_literal(vector) for vector in vectors],
             ],
         )
+        written = set()
         for pk, external_id, learned, created_at in cursor.fetchall():
             facts[external_id] = (pk, learned, float(created_at))
-        _links_replace(cursor, rows=ordered, item_pks={external_id: facts[external_id][0] for external_id in ids})
+            written.add(pk)
+        written |= _links_replace(
+            cursor, rows=ordered, item_pks={external_id: facts[external_id][0] for external_id in ids}
+        )
         learned_vectors = _embeddings_read(cursor, pks=[pk for pk, learned, _ in facts.values() if learned])
         for row, vector in zip(ordered, vectors, strict=True):
             pk, learned, created_at = facts[row.external_id]
@@ -166,6 +177,8 @@ def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | Non
                 price=None if row.price is None else float(row.price), in_stock=row.in_stock, created_at=created_at
             )
             change.vectors[row.external_id] = (learned_vectors[pk] if learned else vector).tobytes()
+            if pk not in written:
+                continue  # as stored: nothing to tell the shelves or the caches
             before = found.get(row.external_id)
             appeared = row.in_stock and (before is None or not before.in_stock)  # created in stock, or back in stock
             (change.appeared if appeared else change.changed).append(row.external_id)
@@ -202,7 +215,6 @@ def items_patch_many(*, patches: Sequence[ItemPatch]) -> BulkWriteOutcome:
                 in_stock=after.in_stock,
                 created_at=float(before.created_at),
             )
-            (change.appeared if after.in_stock and not before.in_stock else change.changed).append(external_id)
         vectors = _patched_vectors(cursor, patched=[row for row in patched if row.content_changed])
         cursor.execute(
             _PATCH_SQL,
@@ -217,6 +229,11 @@ def items_patch_many(*, patches: Sequence[ItemPatch]) -> BulkWriteOutcome:
                 ],
             ],
         )
+        written = {pk for (pk,) in cursor.fetchall()}
+        for row in patched:
+            if row.stored.pk in written:  # else as stored: nothing to tell the shelves or the caches
+                appeared = row.in_stock and not row.stored.in_stock
+                (change.appeared if appeared else change.changed).append(row.stored.external_id)
         change.vectors = {external_id: vector.tobytes() for external_id, vector in vectors.items()}
         transaction.on_commit(change.publish)
     present = [external_id for external_id in merged if external_id in current]
@@ -387,12 +404,13 @@ FROM unnest(%b::bigint[], %b::numeric[], %b::bool[], %b::text[], %b::text[]) AS 
 WHERE item.id = p.id
   AND ((item.price, item.in_stock, item.attributes) IS DISTINCT FROM (p.price, p.in_stock, p.attributes::jsonb)
        OR item.embedding IS DISTINCT FROM coalesce(p.embedding::vector, item.embedding))
+RETURNING item.id
 """
 
 
-def _links_replace(cursor: Any, *, rows: Sequence[ItemInput], item_pks: dict[str, int]) -> None:
+def _links_replace(cursor: Any, *, rows: Sequence[ItemInput], item_pks: dict[str, int]) -> set[int]:
     """Upsert the rows' entities and replace the items' links with theirs (an entity named twice in one item: the
-    last reference counts)."""
+    last reference counts); the items whose links changed."""
     names: dict[tuple[str, str], str] = {}
     for row in rows:
         for ref in row.entities:
@@ -406,8 +424,11 @@ def _links_replace(cursor: Any, *, rows: Sequence[ItemInput], item_pks: dict[str
     arrays = [[item for item, _ in links], [entity for _, entity in links], list(links.values())]
     # Only the links that differ are deleted and inserted: an unchanged item's links are not rewritten.
     cursor.execute(_LINKS_DELETE_SQL, [list(item_pks.values()), *arrays])
+    relinked = {item_pk for (item_pk,) in cursor.fetchall()}
     if links:
         cursor.execute(_LINKS_INSERT_SQL, arrays)
+        relinked.update(item_pk for (item_pk,) in cursor.fetchall())
+    return relinked
 
 
 _LINKS_DELETE_SQL = """
@@ -415,12 +436,14 @@ DELETE FROM graph_app_itementity AS link WHERE link.item_id = ANY(%b::bigint[]) 
     SELECT FROM unnest(%b::bigint[], %b::bigint[], %b::float8[]) AS kept(item_id, entity_id, weight)
     WHERE kept.item_id = link.item_id AND kept.entity_id = link.entity_id AND kept.weight = link.weight
 )
+RETURNING link.item_id
 """
 
 _LINKS_INSERT_SQL = """
 INSERT INTO graph_app_itementity (item_id, entity_id, weight)
 SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::float8[]) ORDER BY 1, 2
 ON CONFLICT (item_id, entity_id) DO NOTHING
+RETURNING item_id
 """
 
 

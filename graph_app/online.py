@@ -157,10 +157,17 @@ def catalog_items_publish(
 
 
 def catalog_write(
-    *, entities: Mapping[Any, str], static: Mapping[Any, bytes], vectors: Mapping[Any, bytes], forget: tuple[str, ...]
+    *,
+    entities: Mapping[Any, str],
+    static: Mapping[Any, bytes],
+    vectors: Mapping[Any, bytes],
+    forget: tuple[str, ...],
+    changed: Iterable[str] | None = None,
 ) -> None:
     """A catalog write's facts (entity keys, "" to forget; static facts; embeddings; items deleted) in one pipeline
-    and one version bump: what `catalog_entities_publish` and `catalog_items_publish` do, for a batch."""
+    and one version bump: what `catalog_entities_publish` and `catalog_items_publish` do, for a batch. `changed`:
+    the items whose facts differ from what was written before (None: all); no version bump when none does, so
+    that serving keeps the facts it read (a feed resent unchanged rewrites the same values)."""
     pipeline = get_control_redis().pipeline(transaction=False)
     present = {item_id: keys for item_id, keys in entities.items() if keys}
     absent = [item_id for item_id, keys in entities.items() if not keys]
@@ -179,7 +186,9 @@ def catalog_write(
         pipeline.hdel(redis_keys.CATALOG_VECTORS, *forget)
     if len(pipeline):
         pipeline.execute()
-        catalog_version_bump({*entities, *static, *vectors, *forget})
+    moved = {*entities, *static, *vectors, *forget} if changed is None else set(changed)
+    if moved:
+        catalog_version_bump(moved)
 
 
 def catalog_items_rebuild() -> int:

@@ -104,7 +104,8 @@ def test_upsert_many_tells_created_from_updated_and_what_appeared(committed, she
 
     assert (outcome.created, outcome.updated) == (["new", "new-out"], ["kept", "restocked", "sold-out"])
     assert shelves() == [
-        {"type": "shelf.catalog", "changed": ["kept", "new-out", "sold-out"], "appeared": ["new", "restocked"]}
+        # sold-out was sent as stored: nothing to tell.
+        {"type": "shelf.catalog", "changed": ["kept", "new-out"], "appeared": ["new", "restocked"]}
     ]
 
 
@@ -151,6 +152,16 @@ def test_entities_are_upserted_and_links_replaced(committed):
     # A reference without a name keeps the entity's name.
     committed(lambda: items_upsert_many(rows=[_row("b", entities=(EntityRef("brand", "acme"),))]))
     assert Entity.objects.get(external_id="acme").name == "ACME Corp"
+
+
+def test_a_change_of_links_moves_the_catalog_version(committed, clean_redis):
+    committed(lambda: items_upsert_many(rows=[_row("a", entities=(EntityRef("tag", "x"),))]))
+    version = clean_redis.get(redis_keys.CATALOG_VERSION)
+
+    committed(lambda: items_upsert_many(rows=[_row("a", entities=(EntityRef("tag", "y"),))]))
+
+    assert clean_redis.get(redis_keys.CATALOG_VERSION) != version
+    assert clean_redis.hget(redis_keys.catalog_entities(0), "a") == b"tag:y"
 
 
 def test_an_upsert_marks_the_items_similar_lists_stale(committed, clean_redis):
@@ -447,3 +458,22 @@ def test_prices_and_weights_given_as_other_numbers_are_taken(committed):
         "a": Decimal("5.00"), "b": Decimal("1.25"), "c": Decimal("2.50"),
     }  # fmt: skip
     assert _linked("a") == [("tag", "x", 2.0), ("tag", "y", 0.5)]
+
+
+def test_a_row_resent_unchanged_is_rewritten_online_but_tells_no_one(committed, clean_redis, shelves):
+    rows = [_row("a", category="kitchen", price=Decimal("2.00")), _row("b", category="kitchen")]
+    committed(lambda: items_upsert_many(rows=rows))
+    _similar_list_cache("a")
+    version = clean_redis.get(redis_keys.CATALOG_VERSION)
+    clean_redis.hdel(redis_keys.CATALOG_STATIC, "a")  # as if Redis had lost it
+    shelves()
+
+    outcome = committed(lambda: items_upsert_many(rows=rows))
+    committed(lambda: items_patch_many(patches=[ItemPatch("a", frozenset({"price"}), price=Decimal("2"))]))
+
+    assert outcome.updated == ["a", "b"]
+    assert unpack_static(clean_redis.hget(redis_keys.CATALOG_STATIC, "a"))[:2] == (2.0, True)
+    assert clean_redis.get(redis_keys.CATALOG_VERSION) == version  # serving keeps the facts it read
+    stored = clean_redis.get(redis_keys.item_cache("a", "similar_items"))
+    assert item_cache_peek(name="similar_items", fresh_seconds=300, stored=stored) is not None
+    assert shelves() == []
