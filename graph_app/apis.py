@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from graph_app.catalog_bulk import PATCH_FIELDS, ItemPatch, items_delete_many, items_patch_many, items_upsert_many
-from graph_app.item_rows import item_row_read, patch_row_read
+from graph_app.item_rows import item_row_read, json_storable, patch_row_read
 from graph_app.models import Item
 from graph_app.selectors import item_get_with_entities
 from graph_app.services import (
@@ -22,7 +22,7 @@ from graph_app.services import (
     item_delete,
     item_upsert,
 )
-from personalization.errors import flatten_errors
+from personalization.errors import ApplicationError, flatten_errors
 from personalization.models import ApiScope
 from personalization.validation import (
     EXTERNAL_ID_MAX_LENGTH,
@@ -36,6 +36,7 @@ from personalization.validation import (
 from surface_app.services import shelves_catalog_batch
 
 T = TypeVar("T")
+LONE_SURROGATE = "Text must not hold a lone surrogate (an unpaired \\ud800-\\udfff escape)."
 
 
 class EntityRefSerializer(serializers.Serializer):
@@ -117,6 +118,8 @@ class ItemDetailApi(APIView):
         item_id_validate(item_id)
         serializer = ItemInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        if not json_storable(serializer.validated_data["attributes"]):
+            raise ApplicationError(f"attributes: {LONE_SURROGATE}", errors={"attributes": [LONE_SURROGATE]})
         result = item_upsert(data=serializer.to_input(item_id))
         item = item_get_with_entities().get(pk=result.item.pk)
         return Response(
@@ -206,9 +209,15 @@ def _rows_validate(
             continue
         serializer = serializer_class(data=row) if isinstance(row, dict) else None
         if serializer is not None and serializer.is_valid():
-            valid.append((index, serializer.to_value()))
-            continue
-        row_errors = flatten_errors(serializer.errors) if serializer is not None else {"item": ["Must be an object."]}
+            value = serializer.to_value()
+            if json_storable(value.attributes):
+                valid.append((index, value))
+                continue
+            row_errors = {"attributes": [LONE_SURROGATE]}
+        elif serializer is not None:
+            row_errors = flatten_errors(serializer.errors)
+        else:
+            row_errors = {"item": ["Must be an object."]}
         for field_name, messages in row_errors.items():
             errors.append({"index": index, "field": field_name, "message": messages[0]})
         item_id = row.get("item_id") if isinstance(row, dict) else None

@@ -107,17 +107,18 @@ def _attributes_ok(value: Any) -> bool:
         json_limits_check(value)
     except JsonLimitExceeded:
         return False
-    return _plain_json(value)
+    return json_storable(value)
 
 
-def _plain_json(value: Any) -> bool:
-    """No NUL and no lone surrogate anywhere (keys included)."""
+def json_storable(value: Any) -> bool:
+    """No NUL and no lone surrogate anywhere (keys included): what jsonb can store. The serializers refuse NUL, not
+    lone surrogates, which JSON's \\ud800 escapes can carry."""
     if isinstance(value, str):
         return _text_storable(value)
     if isinstance(value, dict):
-        return all(_text_storable(key) and _plain_json(inner) for key, inner in value.items())
+        return all(_text_storable(key) and json_storable(inner) for key, inner in value.items())
     if isinstance(value, list):
-        return all(_plain_json(inner) for inner in value)
+        return all(json_storable(inner) for inner in value)
     return True
 
 

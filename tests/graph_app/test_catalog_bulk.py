@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 
+from graph_app.apis import LONE_SURROGATE
 from graph_app.catalog_bulk import ItemPatch, content_vectors, items_delete_many, items_patch_many, items_upsert_many
 from graph_app.models import Entity, Item, ItemEntity
 from graph_app.online import unpack_static
@@ -477,3 +478,22 @@ def test_a_row_resent_unchanged_is_rewritten_online_but_tells_no_one(committed, 
     stored = clean_redis.get(redis_keys.item_cache("a", "similar_items"))
     assert item_cache_peek(name="similar_items", fresh_seconds=300, stored=stored) is not None
     assert shelves() == []
+
+
+def test_a_lone_surrogate_in_attributes_is_refused_naming_the_field(api_client):
+    # JSON's \ud800 escape parses to text that jsonb cannot store: a 400 naming attributes, never a 500.
+    body = '{"items": [{"item_id": "a", "title": "A"}, {"item_id": "b", "title": "B", "attributes": {"k": "\\ud800"}}]}'
+
+    json_body = "application/json"
+    batch = api_client.post("/api/v1/items/batch", body, content_type=json_body)
+    patched = '{"items": [{"item_id": "a", "attributes": {"\\udc00": 1}}]}'
+    patch = api_client.patch("/api/v1/items/batch", patched, content_type=json_body)
+    single = api_client.put(
+        "/api/v1/items/c", '{"title": "C", "attributes": {"k": ["\\ud800"]}}', content_type=json_body
+    )
+
+    assert batch.status_code == 200
+    assert batch.json()["errors"] == [{"index": 1, "field": "attributes", "message": LONE_SURROGATE}]
+    assert (patch.status_code, patch.json()["errors"][0]["field"]) == (200, "attributes")
+    assert (single.status_code, list(single.json()["errors"])) == (400, ["attributes"])
+    assert list(Item.objects.values_list("external_id", flat=True)) == ["a"]
