@@ -334,6 +334,16 @@ def item_cache_peek(*, name: str, fresh_seconds: int, stored: bytes | None) -> b
     return decoded[1]
 
 
+def item_cache_identity(stored: bytes | None) -> bytes:
+    """What tells an item cache value (a GET of `redis_keys.item_cache`) from another, for callers that key their
+    own caches on it: its payload and whether it is marked stale, not when it was built (a rebuild to the same
+    payload is the same value)."""
+    decoded = _item_decode(stored)
+    if decoded is None:
+        return b""
+    return (b"stale:" if decoded[0] == 0 else b"") + decoded[1]
+
+
 def item_cache_invalidate(*, item_key: str, name: str) -> bool:
     """Mark the item's value for `name` stale (not deleted: readers keep getting it while one caller rebuilds);
     a build under way stores its result as stale too. True if there was a value."""

@@ -51,6 +51,7 @@ from personalization.cache import (
     Uncacheable,
     UserCacheWrite,
     item_cache_get,
+    item_cache_identity,
     item_cache_peek,
     user_cache_get_or_build,
     user_cache_peek,
@@ -944,7 +945,12 @@ def candidates_retrieve(
             CANDIDATE_SET_FORMAT, state.model_version or "", str(limit), ",".join(state.favourite_categories),
             ",".join(sources), ",".join(state.seeds), *state.recent_items,
         ])  # fmt: skip
-        version = hashlib.sha1(key.encode()).hexdigest()[:20]
+        digest = hashlib.sha1(key.encode())
+        # The newest items' shared list as read with the state: an item that appears marks it stale, and the list
+        # rebuilt holds it; either moves every cached set on at once (the fresh source is how a new item reaches
+        # shelves before any training). Its periodic rebuild to the same items moves nothing.
+        digest.update(item_cache_identity(state.prefetched.get("fresh_items")))
+        version = digest.hexdigest()[:20]
         try:
             payload = user_cache_get_or_build(
                 user_key=state.user_key, name="candidates", version=version, build=build,

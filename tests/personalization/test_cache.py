@@ -303,6 +303,17 @@ def test_item_cache_invalidate_marks_stale_without_deleting_and_keeps_the_ttl(cl
     assert _item_get(Builds()) == b"built-1"
 
 
+def test_item_cache_identity_is_the_payload_and_its_staleness_not_its_build_time(clean_redis):
+    _item_get(lambda: b"v1")
+    built = clean_redis.get(ITEM_KEY)
+    rebuilt = built[:2] + b"9" * 16 + built[18:]  # the same payload, built at another time
+
+    assert cache.item_cache_identity(built) == cache.item_cache_identity(rebuilt) == b"v1"
+    cache.item_cache_invalidate(item_key=ITEM, name=SIMILAR)
+    assert cache.item_cache_identity(clean_redis.get(ITEM_KEY)) == b"stale:v1"
+    assert cache.item_cache_identity(None) == cache.item_cache_identity(b"not ours") == b""
+
+
 def test_item_cache_invalidate_of_a_missing_value_creates_nothing(clean_redis):
     assert cache.item_cache_invalidate(item_key=ITEM, name=SIMILAR) is False
     assert clean_redis.keys("*") == []

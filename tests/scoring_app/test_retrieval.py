@@ -311,6 +311,8 @@ def test_a_process_shares_the_popular_items_it_read_for_a_second_then_reads_them
 def test_a_set_built_for_serving_is_stored_by_the_feature_reads_round_trip(shop, clean_redis):
     from graph_app.features.online import features_fetch
 
+    # Another shopper's request builds the newest items' shared list, which cached sets are keyed on.
+    candidates_retrieve(state=user_state_fetch(user_key="u2"))
     state = user_state_fetch(user_key="u1")
     candidate_set, _ = candidates_retrieve(state=state, defer_store=True)
 
@@ -353,3 +355,16 @@ def test_item_model_gives_nothing_for_a_user_without_a_list(shop, pooled):
     candidate_set, degraded = candidates_retrieve(state=user_state_fetch(user_key="u1"), sources=["item_model"])
 
     assert (candidate_set.candidates, degraded, pooled) == ([], [], [])
+
+
+def test_an_item_that_appears_reaches_a_cached_candidate_set_at_once(shop, clean_redis):
+    from graph_app.services import ItemInput, item_upsert
+
+    first, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+    assert clean_redis.exists(redis_keys.user_cache("u1", "candidates"))  # the set is cached for a minute
+
+    item_upsert(data=ItemInput(external_id="brand-new", title="Brand new bag", category="bags"))
+    again, _ = candidates_retrieve(state=user_state_fetch(user_key="u1"))
+
+    assert "brand-new" not in [c.item_id for c in first.candidates]
+    assert "fresh" in next(c.sources for c in again.candidates if c.item_id == "brand-new")
