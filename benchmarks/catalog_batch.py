@@ -38,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, django_setup, free_port, percentile, record, wait_for_http
 
+# Its own embedded stores (unless DATABASE_URL / REDIS_URL are set), never the ones `make run` uses.
+os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(ROOT / ".data" / "bench-catalog"))
+
 SECTION = "Catalog writes in bulk: the batch endpoints"
 SEED = 19
 PREFIX = "bench-cat-"
@@ -268,9 +271,11 @@ def main() -> None:
 
     django_setup()
     from django.conf import settings
+    from django.core.management import call_command
 
     from personalization.services import api_key_create
 
+    call_command("migrate", verbosity=0)
     removed = bench_items_delete()
     key = api_key_create(name="bench catalog", scope="server", rate_limit_per_second=1_000_000).raw_key
     env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL}
