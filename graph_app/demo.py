@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from graph_app.catalog_bulk import items_upsert_many
 from graph_app.models import Shopper
 from graph_app.online import catalog_online_rebuild
-from graph_app.services import EntityRef, ItemInput, content_projection, item_upsert
+from graph_app.services import ITEM_BATCH_MAX, EntityRef, ItemInput, content_projection
 from signals_app.consumer import events_drain_all
 from signals_app.log import event_log_partitions_create
 from signals_app.services import EVENT_BATCH_MAX, events_ingest
@@ -173,8 +174,9 @@ def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -
         countries[row["CustomerID"]] = row["Country"]
 
     projection = content_projection()
-    for code in sorted(descriptions):
-        item_upsert(data=_item_input(code, descriptions[code], prices[code]), projection=projection)
+    inputs = [_item_input(code, descriptions[code], prices[code]) for code in sorted(descriptions)]
+    for start in range(0, len(inputs), ITEM_BATCH_MAX):
+        items_upsert_many(rows=inputs[start : start + ITEM_BATCH_MAX], projection=projection)
     # The ingest script reads item entities from Redis: publish the catalog before replaying the history.
     catalog_online_rebuild()
     Shopper.objects.bulk_create(

@@ -1,4 +1,4 @@
-"""MovieLens into the platform through its own services: movies become catalog items (`item_upsert`), users
+"""MovieLens into the platform through its own services: movies become catalog items (`items_upsert_many`), users
 shoppers with their traits, ratings events as a storefront posts them (`rating_events`, for `events_ingest`).
 
 Every rating becomes one `purchase` event (the user watched the film: the strongest, completed interaction),
@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from graph_app.catalog_bulk import items_upsert_many
 from graph_app.models import Shopper
-from graph_app.services import EntityRef, ItemInput, content_projection, item_upsert
+from graph_app.services import ITEM_BATCH_MAX, EntityRef, ItemInput, content_projection
 from scoring_app.evaluation.movielens import Movie, MovieLensData
 
 RATING_EVENT_TYPE = "purchase"
@@ -54,8 +55,9 @@ def movie_item_input(movie: Movie) -> ItemInput:
 def catalog_load(*, data: MovieLensData) -> int:
     """Every movie as an item, every user of u.user as a shopper with its traits; the number of items."""
     projection = content_projection()
-    for movie in data.movies.values():
-        item_upsert(data=movie_item_input(movie), projection=projection)
+    inputs = [movie_item_input(movie) for movie in data.movies.values()]
+    for start in range(0, len(inputs), ITEM_BATCH_MAX):
+        items_upsert_many(rows=inputs[start : start + ITEM_BATCH_MAX], projection=projection)
     Shopper.objects.bulk_create(
         [Shopper(external_id=user_key(user_id), traits=traits) for user_id, traits in sorted(data.users.items())],
         ignore_conflicts=True,
