@@ -353,7 +353,7 @@ FEATURE_CATALOG_CACHE_ITEMS = int(os.environ.get("FEATURE_CATALOG_CACHE_ITEMS", 
 USER_NEAREST_LISTS_MAX_USERS = int(os.environ.get("USER_NEAREST_LISTS_MAX_USERS", "100000"))
 # The item-to-item model (graph_app.item_model, EASE) beside the embeddings covers at most this many items, those
 # most users interacted with: its dense items x items inverse takes 3 x 4 bytes x items² of memory while it trains
-# (5,000 items: 300 MB, a few seconds) and its time grows with the cube. Its lists go to the same users as the
+# (5,000 items: 300 MB, about 17 s on one core) and its time grows with the cube. Its lists go to the same users as the
 # nearest lists (about 3 KB of Redis each). 0 turns it off.
 ITEM_MODEL_MAX_ITEMS = int(os.environ.get("ITEM_MODEL_MAX_ITEMS", "5000"))
 # A serving process collects its young objects after this many more allocations than deallocations (Python's

@@ -171,14 +171,12 @@ def item_model_publish(
     """Compute and publish the lists of the first USER_NEAREST_LISTS_MAX_USERS users of `user_order` (rows of
     `interactions`, most active first), their bought items (`exclude`, users x catalog CSR in interactions' user
     order) left out; without a model the served lists are removed. Returns how many users have one."""
-    limit = max(0, settings.USER_NEAREST_LISTS_MAX_USERS) if model is not None else 0
-    chosen = user_order[:limit]
-    user_items = interactions.matrix()[chosen]
-    indexes, scores = item_model_lists(
-        model or ItemModel(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), 0.0),
-        user_items,
-        exclude=exclude[chosen] if exclude is not None else None,
-    )
+    chosen = user_order[: max(0, settings.USER_NEAREST_LISTS_MAX_USERS)] if model is not None else user_order[:0]
+    indexes = np.full((0, ITEM_MODEL_PER_USER), -1, dtype=np.int64)
+    scores = np.zeros((0, ITEM_MODEL_PER_USER), dtype=np.float32)
+    if model is not None:
+        exclude_chosen = exclude[chosen] if exclude is not None else None
+        indexes, scores = item_model_lists(model, interactions.matrix()[chosen], exclude=exclude_chosen)
     return ranked_lists_publish(
         key=redis_keys.user_item_model_lists,
         user_ids=[interactions.user_ids[row] for row in chosen],

@@ -82,6 +82,13 @@ def catalog_entities_publish(*, items: Mapping[Any, str]) -> None:
     if not items:
         return
     pipeline = get_control_redis().pipeline(transaction=False)
+    _entities_queue(pipeline, items)
+    pipeline.execute()
+    catalog_version_bump(items.keys())
+
+
+def _entities_queue(pipeline: Any, items: Mapping[Any, str]) -> None:
+    """Queue the items' entity keys ("" to forget the item) in every partition's copy."""
     present = {item_id: keys for item_id, keys in items.items() if keys}
     absent = [item_id for item_id, keys in items.items() if not keys]
     for partition in redis_keys.partitions():
@@ -90,8 +97,6 @@ def catalog_entities_publish(*, items: Mapping[Any, str]) -> None:
             pipeline.hset(key, mapping=present)
         if absent:
             pipeline.hdel(key, *absent)
-    pipeline.execute()
-    catalog_version_bump(items.keys())
 
 
 def catalog_entities_rebuild() -> int:
@@ -145,6 +150,15 @@ def catalog_items_publish(
 ) -> None:
     """Item facts the feature store reads online: packed static facts and float32 embeddings."""
     pipeline = get_control_redis().pipeline(transaction=False)
+    _facts_queue(pipeline, static, vectors, forget)
+    pipeline.execute()
+    catalog_version_bump({*static, *vectors, *forget})
+
+
+def _facts_queue(
+    pipeline: Any, static: Mapping[Any, bytes], vectors: Mapping[Any, bytes], forget: tuple[str, ...]
+) -> None:
+    """Queue the items' packed static facts and embeddings, and the removal of those of `forget`."""
     if static:
         pipeline.hset(redis_keys.CATALOG_STATIC, mapping=static)
     if vectors:
@@ -152,8 +166,6 @@ def catalog_items_publish(
     if forget:
         pipeline.hdel(redis_keys.CATALOG_STATIC, *forget)
         pipeline.hdel(redis_keys.CATALOG_VECTORS, *forget)
-    pipeline.execute()
-    catalog_version_bump({*static, *vectors, *forget})
 
 
 def catalog_write(
@@ -169,21 +181,8 @@ def catalog_write(
     the items whose facts differ from what was written before (None: all); no version bump when none does, so
     that serving keeps the facts it read (a feed resent unchanged rewrites the same values)."""
     pipeline = get_control_redis().pipeline(transaction=False)
-    present = {item_id: keys for item_id, keys in entities.items() if keys}
-    absent = [item_id for item_id, keys in entities.items() if not keys]
-    for partition in redis_keys.partitions():
-        key = redis_keys.catalog_entities(partition)
-        if present:
-            pipeline.hset(key, mapping=present)
-        if absent:
-            pipeline.hdel(key, *absent)
-    if static:
-        pipeline.hset(redis_keys.CATALOG_STATIC, mapping=static)
-    if vectors:
-        pipeline.hset(redis_keys.CATALOG_VECTORS, mapping=vectors)
-    if forget:
-        pipeline.hdel(redis_keys.CATALOG_STATIC, *forget)
-        pipeline.hdel(redis_keys.CATALOG_VECTORS, *forget)
+    _entities_queue(pipeline, entities)
+    _facts_queue(pipeline, static, vectors, forget)
     if len(pipeline):
         pipeline.execute()
     moved = {*entities, *static, *vectors, *forget} if changed is None else set(changed)

@@ -4,12 +4,9 @@ shopper."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import numpy as np
 import orjson
 import pytest
-from django.utils import timezone
 from scipy import sparse
 
 from graph_app.erasure import shopper_erase
@@ -17,7 +14,7 @@ from graph_app.item_model import ItemModel, ItemModelSearch, item_model_fit, ite
 from graph_app.training import Interactions, embeddings_train, holdout_split
 from personalization import redis_keys
 from scoring_app.models import ModelVersion
-from tests.factories import EventFactory, ItemFactory, ShopperFactory
+from tests.graph_app.tastes import two_tastes_create
 
 pytestmark = pytest.mark.django_db
 
@@ -71,18 +68,7 @@ def test_a_users_list_sums_the_rows_of_their_items_leaves_out_what_is_excluded_a
 def two_tastes():
     """Mug lovers buy mugs, garden lovers buy garden things, each three of the four, in an order of their own (so
     that the latest items, held out, were bought by others before)."""
-    for n in range(4):
-        ItemFactory(external_id=f"mug-{n}", title=f"Ceramic mug {n}", category="kitchen")
-        ItemFactory(external_id=f"pot-{n}", title=f"Garden plant pot {n}", category="garden")
-    for user in range(12):
-        group = "mug" if user % 2 else "pot"
-        ShopperFactory(external_id=f"u{user}")
-        for n in range(4):
-            if (user + n) % 4 != 0:
-                EventFactory(
-                    event_id=f"e-{user}-{n}", user_id=f"u{user}", item_id=f"{group}-{n}", type="purchase",
-                    occurred_at=timezone.now() - timedelta(hours=10 - (n + user // 2) % 4, minutes=user),
-                )  # fmt: skip
+    two_tastes_create(hours_ago=lambda user, n: 10 - (n + user // 2) % 4)
 
 
 def _published(clean_redis, user: str) -> list[list[object]] | None:

@@ -1,16 +1,14 @@
 from __future__ import annotations
 
-from datetime import timedelta
-
 import numpy as np
 import pytest
-from django.utils import timezone
 
 from graph_app.models import Item, Shopper
 from graph_app.training import AlsSettings, embeddings_train
 from personalization import redis_keys
 from scoring_app.models import ModelVersion
-from tests.factories import EventFactory, ItemFactory, ShopperFactory
+from tests.factories import EventFactory, ItemFactory
+from tests.graph_app.tastes import two_tastes_create
 
 pytestmark = pytest.mark.django_db
 
@@ -18,18 +16,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def two_tastes():
     """Mug lovers buy mugs, garden lovers buy garden things: ALS must separate the two groups."""
-    for n in range(4):
-        ItemFactory(external_id=f"mug-{n}", title=f"Ceramic mug {n}", category="kitchen")
-        ItemFactory(external_id=f"pot-{n}", title=f"Garden plant pot {n}", category="garden")
-    for user in range(12):
-        group = "mug" if user % 2 else "pot"
-        ShopperFactory(external_id=f"u{user}")
-        for n in range(4):
-            if (user + n) % 4 != 0:
-                EventFactory(
-                    event_id=f"e-{user}-{n}", user_id=f"u{user}", item_id=f"{group}-{n}", type="purchase",
-                    occurred_at=timezone.now() - timedelta(hours=10 - n, minutes=user),
-                )  # fmt: skip
+    two_tastes_create()
 
 
 def _vector(external_id: str) -> np.ndarray:
