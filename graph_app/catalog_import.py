@@ -34,6 +34,7 @@ from rest_framework import serializers
 from graph_app.apis import ItemBatchRowSerializer
 from graph_app.catalog_bulk import ItemPatch, items_patch_many, items_upsert_many
 from graph_app.item_rows import item_row_read, patch_row_read
+from graph_app.item_vector_index import item_vector_index_build, item_vector_index_drop
 from graph_app.services import ItemInput, content_projection
 from personalization import file_import
 from personalization.errors import flatten_errors
@@ -101,6 +102,8 @@ class ItemImportReport(file_import.ImportReport[ItemImportCounts]):
     counts: ItemImportCounts = field(default_factory=ItemImportCounts)
     totals: ItemImportCounts = field(default_factory=ItemImportCounts)
     mode: str = FULL
+    # A bulk load: the seconds the vector index took to build again after the rows were in.
+    index_seconds: float | None = None
 
 
 def import_format(path: Path, declared: str | None = None) -> str:
@@ -583,11 +586,15 @@ def items_import(
     restart: bool = False,
     max_batches: int | None = None,
     progress: IO[str] | None = None,
+    bulk_load: bool = False,
 ) -> ItemImportReport:
     """Import the file's items into the catalog, resuming from its checkpoint unless `restart`. Items whose stored
-    values the file repeats are not written again, unless `rewrite`."""
+    values the file repeats are not written again, unless `rewrite`. A `bulk_load` drops the items' vector index
+    for the import and builds it again after it, whether the import finished or stopped."""
     file_format = import_format(path, file_format)
     mode = import_mode(path, file_format, partial=partial)
+    if bulk_load and mode != FULL:
+        raise ImportFileError("--bulk-load is for full rows: a stock feed writes no vectors.")
     checkpoint_path = checkpoint_path or checkpoint_path_for(path)
     checkpoint = file_import.checkpoint_open(
         path=path,
@@ -619,17 +626,23 @@ def items_import(
         rejected.sort(key=lambda pair: pair[0].line)
         return counts, rejected
 
-    file_import.file_import_run(
-        path=path,
-        report=report,
-        checkpoint=checkpoint,
-        checkpoint_path=checkpoint_path,
-        read_rows=_row_reader(file_format, mode),
-        import_batch=import_batch,
-        batch_size=batch_size or (STOCK_IMPORT_BATCH_SIZE if mode == STOCK else ITEM_IMPORT_BATCH_SIZE),
-        rejects_path=rejects_path,
-        max_batches=max_batches,
-        progress=progress,
-        noun="items",
-    )
+    if bulk_load:
+        item_vector_index_drop()
+    try:
+        file_import.file_import_run(
+            path=path,
+            report=report,
+            checkpoint=checkpoint,
+            checkpoint_path=checkpoint_path,
+            read_rows=_row_reader(file_format, mode),
+            import_batch=import_batch,
+            batch_size=batch_size or (STOCK_IMPORT_BATCH_SIZE if mode == STOCK else ITEM_IMPORT_BATCH_SIZE),
+            rejects_path=rejects_path,
+            max_batches=max_batches,
+            progress=progress,
+            noun="items",
+        )
+    finally:
+        if bulk_load:  # also after an error or an interrupt: serving must not stay on exact search
+            report.index_seconds = item_vector_index_build(progress=progress)
     return report
