@@ -939,7 +939,7 @@ def main() -> None:
                 {"store": os.environ["PERSONALIZATION_DATA_DIR"], "items": items, "in_stock": in_stock,
                  "embedded": embedded, "shoppers": shoppers, "events": events, "rate": args.rate,
                  "seconds": args.seconds, "result": result, "cpu_ms": cpu_ms, "layers": layers,
-                 "models_serving": str(get_control_redis().get("models:serving")),
+                 "models_serving": sorted(kind.decode() for kind in get_control_redis().hkeys("models:serving")),
                  "at": f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC", "speed": python_speed()},
                 indent=1, default=str,
             )
