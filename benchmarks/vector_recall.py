@@ -192,7 +192,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument(
+        "--ef-search", type=lambda text: [int(value) for value in text.split(",")], default=EF_SEARCH_VALUES,
+        help="comma-separated hnsw.ef_search values to measure (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--print-only", action="store_true",
+        help="print the section's body instead of replacing the 100,000-item section of BENCHMARKS.md "
+        "(for figures recorded inside another section, e.g. the 1 M-item training one)",
+    )  # fmt: skip
     args = parser.parse_args()
+    ef_search_values = sorted(args.ef_search)
     os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(BENCH_DATA_DIR))
     django_setup()
     from django.db import connection
@@ -223,7 +233,7 @@ def main() -> None:
 
         # Warm-up: every query once at the highest ef_search (the index pages and the table are then in memory).
         for where, iterative_scan in CASES.values():
-            settings_apply(cursor, ef_search=max(EF_SEARCH_VALUES), iterative_scan=iterative_scan)
+            settings_apply(cursor, ef_search=max(ef_search_values), iterative_scan=iterative_scan)
             run_queries(cursor, query_sql(where), params)
         plans = {}
         for name, (where, iterative_scan) in CASES.items():
@@ -231,7 +241,7 @@ def main() -> None:
             plans[name] = plan_of(cursor, query_sql(where), params[0])
 
         measured: dict[tuple[str, int], dict[str, float]] = {}
-        for ef_search in EF_SEARCH_VALUES:
+        for ef_search in ef_search_values:
             for name, (where, iterative_scan) in CASES.items():
                 settings_apply(cursor, ef_search=ef_search, iterative_scan=iterative_scan)
                 found, latencies = run_queries(cursor, query_sql(where), params)
@@ -249,19 +259,19 @@ def main() -> None:
         chosen = next(
             (
                 ef_search
-                for ef_search in EF_SEARCH_VALUES
+                for ef_search in ef_search_values
                 if all(measured[(name, ef_search)]["recall"] >= RECALL_TARGET for name in REQUIRED_CASES)
             ),
             None,
         )
         print("chosen ef_search:", chosen)
-        breakdown = filtered_breakdown(cursor, params, exact[CASES["c"][0]], ef_search=chosen or max(EF_SEARCH_VALUES))
+        breakdown = filtered_breakdown(cursor, params, exact[CASES["c"][0]], ef_search=chosen or max(ef_search_values))
         with_btree = category_btree_pass(cursor, params, exact[CASES["c"][0]], ef_search=chosen or 40)
         settings_apply(cursor, ef_search=None, iterative_scan="off")
 
     header = "| ef_search | " + " | ".join(CASE_LABELS[name] for name in CASES) + " |"
     table = [header, "|---" * (len(CASES) + 1) + "|"]
-    for ef_search in EF_SEARCH_VALUES:
+    for ef_search in ef_search_values:
         cells = []
         for name in CASES:
             figures = measured[(name, ef_search)]
@@ -280,7 +290,7 @@ def main() -> None:
         "The remaining (c) misses and its p99 are queries whose category is rare around the query vector; for "
         "those an exact filtered search (above) is both exact and cheaper at this catalog size."
         if chosen is not None
-        else f"No ef_search up to {max(EF_SEARCH_VALUES)} reached recall@10 >= {RECALL_TARGET} in every case."
+        else f"No ef_search up to {max(ef_search_values)} reached recall@10 >= {RECALL_TARGET} in every case."
     )
     body = (
         f"{args.items:,} synthetic items ({DIMENSIONS} dims, a mixture of {CLUSTERS} Gaussians of uneven sizes and "
@@ -301,11 +311,13 @@ def main() -> None:
         "or `hnsw.scan_mem_multiplier` (to 4) changed nothing in a separate probe: the misses are the relaxed-order "
         f"walk through parts of the graph where the filter is rare. Finally, {with_btree}.\n\n" + decision
     )
-    record(
-        "pgvector recall and ef_search",
-        f"python benchmarks/vector_recall.py --items {args.items} --queries {args.queries}",
-        body,
-    )
+    command = f"python benchmarks/vector_recall.py --items {args.items} --queries {args.queries}"
+    if args.ef_search != EF_SEARCH_VALUES:
+        command += " --ef-search " + ",".join(str(value) for value in ef_search_values)
+    if args.print_only:
+        print(f"\n{command}\n\n{body}")
+    else:
+        record("pgvector recall and ef_search", command, body)
     if not os.environ.get("DATABASE_URL"):
         from personalization import embedded
 

@@ -31,6 +31,7 @@ from django.utils import timezone
 from scipy import sparse
 
 from graph_app.neighbourhoods_online import SOURCE_CO_OCCURRENCE, SOURCE_ENTITY, Neighbour, neighbours_encode
+from graph_app.progress import Progress
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
@@ -193,8 +194,10 @@ def neighbourhoods_compute(*, catalog: _Catalog, item_users: sparse.csr_matrix, 
     neighbours: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     via_entity: list[np.ndarray] = []
+    progress = Progress("neighbourhoods: items", total=item_count)
     for start in range(0, item_count, SIMILARITY_BLOCK_ROWS):
         stop = min(start + SIMILARITY_BLOCK_ROWS, item_count)
+        progress.advance(stop - start)
         entity_block = (weighted_links[start:stop] @ links_t).tocsr()
         co_block = (item_users[start:stop] @ users_t).tocsr().astype(np.float64)
         co_block.data[co_block.data < CO_OCCURRENCE_MIN_USERS] = 0
@@ -221,6 +224,7 @@ def neighbourhoods_compute(*, catalog: _Catalog, item_users: sparse.csr_matrix, 
             scores.append(chosen_scores)
             via_entity.append(via)
             offsets[item + 1] = offsets[item] + len(chosen_items)
+    progress.finish()
     empty_int = np.zeros(0, dtype=np.int32)
     return _Result(
         offsets=offsets,
@@ -284,14 +288,17 @@ def neighbourhoods_publish(*, catalog: _Catalog, result: _Result) -> int:
     client = get_control_redis()
     previous = {member.decode() for member in client.smembers(redis_keys.ITEM_NEIGHBOURS_INDEX)}
     current = [item for item in range(len(catalog.item_ids)) if result.offsets[item + 1] > result.offsets[item]]
+    progress = Progress("neighbourhoods: items published", total=len(current))
     for start in range(0, len(current), PUBLISH_BATCH_SIZE):
         batch = current[start : start + PUBLISH_BATCH_SIZE]
+        progress.advance(len(batch))
         pipeline = client.pipeline(transaction=False)
         pipeline.sadd(redis_keys.ITEM_NEIGHBOURS_INDEX, *(catalog.item_ids[item] for item in batch))
         for item in batch:
             payload = neighbours_encode(title=catalog.titles[item], neighbours=_item_neighbours(catalog, result, item))
             pipeline.set(redis_keys.item_neighbours(catalog.item_ids[item]), payload)
         pipeline.execute()
+    progress.finish()
     stale = sorted(previous - {catalog.item_ids[item] for item in current})
     for start in range(0, len(stale), PUBLISH_BATCH_SIZE):
         batch = stale[start : start + PUBLISH_BATCH_SIZE]

@@ -1,11 +1,13 @@
 """Every item's nearest items by embedding, computed in batch (control plane) so that the "similar to your recent
 items" retrieval source reads a few precomputed lists instead of querying pgvector in the request.
 
-Exact cosine top-k over the catalog's embeddings with implicit's blocked matrix-product top-k (C++, threaded), after
-each embeddings training and on demand (`similar_lists_refresh`). Stock is not filtered here (it changes by the
-minute): serving checks it. The lists are built under a key of their own and swapped in, so a reader sees the old
-lists or the new ones, never a mix. An item missing from them (newer than the last training)
-makes serving fall back to pgvector for that user (`scoring_app.engine.retrieval`).
+Exact cosine top-k over the catalog's embeddings with implicit's blocked matrix-product top-k (C++, threaded) up to
+settings.SIMILAR_LISTS_EXACT_MAX_ITEMS items (a million items would take about 20 minutes of a core), approximate
+above (faiss's inverted-file index, a few minutes), after each embeddings training and on demand
+(`similar_lists_refresh`). Stock is not filtered here (it changes by the minute): serving checks it. The lists are
+built under a key of their own and swapped in, so a reader sees the old lists or the new ones, never a mix. An item
+missing from them (newer than the last training) makes serving fall back to pgvector for that user
+(`scoring_app.engine.retrieval`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import orjson
+from django.conf import settings
 
 from graph_app.embeddings import normalize_rows
 from graph_app.models import Item
+from graph_app.progress import Progress
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis, swap_in
 
@@ -29,32 +33,99 @@ SIMILAR_PER_ITEM = 30
 QUERY_BLOCK_ROWS = 4096
 PUBLISH_BATCH_SIZE = 2000
 SCORE_DECIMALS = 5
+# Above settings.SIMILAR_LISTS_EXACT_MAX_ITEMS items the lists come from an inverted-file index: about 4 x sqrt(items)
+# k-means cells, ANN_PROBE_CELLS of them searched per item (recall@30 about 0.96 on clustered 64-dim vectors).
+ANN_CELLS_PER_SQRT_ITEMS = 4.0
+ANN_PROBE_CELLS = 32
+ANN_QUERY_BLOCK_ROWS = 20_000
+# k-means on 40 sampled items a cell (faiss's minimum for a stable clustering), ten rounds: the cells need only
+# be good enough that the nearest items of an item sit in its ANN_PROBE_CELLS nearest cells.
+ANN_KMEANS_ITERATIONS = 10
+ANN_SEED = 20261207
 
 
-def similar_lists_compute(vectors: np.ndarray, *, k: int = SIMILAR_PER_ITEM) -> tuple[np.ndarray, np.ndarray]:
+def similar_lists_compute(
+    vectors: np.ndarray, *, k: int = SIMILAR_PER_ITEM, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(indexes, cosines) of each row's k nearest other rows, nearest first. Rows are normalized here; a zero row
-    gets no neighbours (index -1)."""
-    from implicit.cpu.topk import topk
+    gets no neighbours (index -1). `rows`: only these rows' lists are computed (the others get none).
 
+    Exact up to settings.SIMILAR_LISTS_EXACT_MAX_ITEMS rows with a vector; above, approximate (`_ann_search`)."""
     matrix = np.ascontiguousarray(normalize_rows(np.asarray(vectors, dtype=np.float32)))
-    wanted = min(k + 1, len(matrix))  # the row itself comes back too
     indexes = np.full((len(matrix), k), -1, dtype=np.int64)
     scores = np.zeros((len(matrix), k), dtype=np.float32)
     has_vector = matrix.any(axis=1)
-    for start in range(0, len(matrix), QUERY_BLOCK_ROWS):
-        block = matrix[start : start + QUERY_BLOCK_ROWS]
-        found, cosines = topk(matrix, block, wanted)
-        for offset in range(len(block)):
-            row = start + offset
-            if not has_vector[row]:
-                continue
-            # Not the row itself, nor an item without a vector (a cosine of 0 to everything).
-            keep = (found[offset] >= 0) & (found[offset] != row) & np.isfinite(cosines[offset])
-            keep &= has_vector[np.maximum(found[offset], 0)]
-            chosen = found[offset][keep][:k]
-            indexes[row, : len(chosen)] = chosen
-            scores[row, : len(chosen)] = cosines[offset][keep][:k]
+    queried = np.flatnonzero(has_vector) if rows is None else np.asarray(rows, dtype=np.int64)[has_vector[rows]]
+    if not len(queried):
+        return indexes, scores
+    if int(has_vector.sum()) > settings.SIMILAR_LISTS_EXACT_MAX_ITEMS:
+        found, cosines = _ann_search(matrix, has_vector, queried, k + 1)
+    else:
+        found, cosines = _exact_search(matrix, queried, min(k + 1, len(matrix)))
+    for offset, row in enumerate(queried.tolist()):
+        # Not the row itself, nor an item without a vector (a cosine of 0 to everything).
+        keep = (found[offset] >= 0) & (found[offset] != row) & np.isfinite(cosines[offset])
+        keep &= has_vector[np.maximum(found[offset], 0)]
+        chosen = found[offset][keep][:k]
+        indexes[row, : len(chosen)] = chosen
+        scores[row, : len(chosen)] = cosines[offset][keep][:k]
     return indexes, scores
+
+
+def _exact_search(matrix: np.ndarray, queried: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top `wanted` by cosine of each queried row over every row (the row itself included), by blocks."""
+    from implicit.cpu.topk import topk
+
+    found = np.full((len(queried), wanted), -1, dtype=np.int64)
+    cosines = np.zeros((len(queried), wanted), dtype=np.float32)
+    progress = Progress("similar_lists: exact search, items", total=len(queried))
+    for start in range(0, len(queried), QUERY_BLOCK_ROWS):
+        block = matrix[queried[start : start + QUERY_BLOCK_ROWS]]
+        block_found, block_cosines = topk(matrix, block, wanted)
+        found[start : start + len(block)] = block_found
+        cosines[start : start + len(block)] = block_cosines
+        progress.advance(len(block))
+    progress.finish()
+    return found, cosines
+
+
+def _ann_search(
+    matrix: np.ndarray, has_vector: np.ndarray, queried: np.ndarray, wanted: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top `wanted` by cosine (inner product of unit rows) with faiss's inverted-file index: k-means
+    cells (ANN_CELLS_PER_SQRT_ITEMS x sqrt(items)), each row's ANN_PROBE_CELLS nearest cells searched exactly.
+    Single-threaded, seeded: the same vectors give the same lists. Recall@30 against exact search: BENCHMARKS.md
+    ("Training at 1 M items ...")."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # training shares the machine with serving, as ALS's one BLAS thread does
+    indexed = np.flatnonzero(has_vector)
+    vectors = np.ascontiguousarray(matrix[indexed])
+    cells = max(1, min(len(indexed) // 40, int(ANN_CELLS_PER_SQRT_ITEMS * np.sqrt(len(indexed)))))
+    started = time.monotonic()
+    quantizer = faiss.IndexFlatIP(vectors.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], cells, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = ANN_KMEANS_ITERATIONS
+    index.cp.seed = ANN_SEED
+    sample = np.random.default_rng(ANN_SEED).choice(len(vectors), min(len(vectors), cells * 40), replace=False)
+    index.train(vectors[np.sort(sample)])
+    index.add(vectors)
+    index.nprobe = min(cells, ANN_PROBE_CELLS)
+    logger.info(
+        "graph.similar_lists_index_built",
+        extra={"items": len(indexed), "cells": cells, "seconds": round(time.monotonic() - started, 1)},
+    )
+    found = np.full((len(queried), wanted), -1, dtype=np.int64)
+    cosines = np.zeros((len(queried), wanted), dtype=np.float32)
+    progress = Progress("similar_lists: approximate search, items", total=len(queried))
+    for start in range(0, len(queried), ANN_QUERY_BLOCK_ROWS):
+        chosen = queried[start : start + ANN_QUERY_BLOCK_ROWS]
+        block_cosines, block_found = index.search(np.ascontiguousarray(matrix[chosen]), wanted)
+        found[start : start + len(chosen)] = np.where(block_found >= 0, indexed[np.maximum(block_found, 0)], -1)
+        cosines[start : start + len(chosen)] = block_cosines
+        progress.advance(len(chosen))
+    progress.finish()
+    return found, cosines
 
 
 def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: int = SIMILAR_PER_ITEM) -> int:
@@ -67,7 +138,9 @@ def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: in
     staging = redis_keys.staging(redis_keys.ITEM_SIMILAR_LISTS, run)
     published = 0
     batch: dict[str, bytes] = {}
+    progress = Progress("similar_lists: items published", total=len(item_ids))
     for row, item_id in enumerate(item_ids):
+        progress.advance()
         chosen = [
             (item_ids[index], round(float(score), SCORE_DECIMALS))
             for index, score in zip(indexes[row], scores[row], strict=True)
@@ -82,6 +155,7 @@ def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: in
             batch = {}
     if batch:
         client.hset(staging, mapping=batch)
+    progress.finish()
     swap_in(client, key=redis_keys.ITEM_SIMILAR_LISTS, staging=staging)
     logger.info(
         "graph.similar_lists_published", extra={"items": published, "seconds": round(time.monotonic() - started, 1)}

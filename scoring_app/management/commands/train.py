@@ -14,5 +14,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         runs = training_chain_run(progress=lambda message: self.stderr.write(message))
-        report = [{"task": run.task, "seconds": run.seconds, "result": run.result} for run in runs]
+        report = [
+            {"task": run.task, "seconds": run.seconds, "peak_rss_mib": run.peak_rss_mib, "result": run.result}
+            for run in runs
+        ]
         self.stdout.write(json.dumps(report, indent=2, default=str))
