@@ -332,6 +332,10 @@ SIGNALS_ATTRIBUTION_WINDOW_SECONDS = int(os.environ.get("SIGNALS_ATTRIBUTION_WIN
 # Each user's purchased set (items placements may leave out) keeps their latest purchases, this many (serving reads
 # the whole set with the user's state).
 SIGNALS_PURCHASED_ITEMS_KEPT = int(os.environ.get("SIGNALS_PURCHASED_ITEMS_KEPT", "1000"))
+# Each user's affinity hash keeps this many entities (categories, brands, tags...), the strongest by decayed counter
+# (`graph_app.features.user_affinity`): a heavy user's hash stays small and, with its two meta fields, within Redis
+# 7's hash-max-listpack-entries (128), the compact encoding.
+SIGNALS_AFFINITY_ENTITIES_KEPT = int(os.environ.get("SIGNALS_AFFINITY_ENTITIES_KEPT", "100"))
 
 # Retrieval sources that query PostgreSQL run in this many threads per process, each against its own deadline
 # (0 runs them one after another in the request's thread, checking deadlines after the fact).
