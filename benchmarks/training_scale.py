@@ -5,6 +5,8 @@ Two measurements:
 - `--ann ITEMS`: the items' similar lists above SIMILAR_LISTS_EXACT_MAX_ITEMS (`graph_app.similar_lists`, faiss's
   inverted-file index) on ITEMS synthetic 64-dim vectors (vector_recall.py's clustered mixture): build and search
   time, and recall@30 of the approximate lists against exact search on a seeded sample of SAMPLE_ROWS items.
+- `--recall N`: on a trained store, serving's "user_vector" query for N sampled shoppers through the items' HNSW
+  index (at HNSW_EF_SEARCH) against exact search: recall@10 and latency.
 - `--chain`: on a loaded store (PERSONALIZATION_DATA_DIR, e.g. the one `benchmarks/scale_data.py` and the importers
   fill), gunicorn as `make run` starts it and a separate load process asking GET /api/v1/recommendations open-loop
   at --rate for users sampled from the log, first alone (--baseline-seconds), then while `manage.py train` runs
@@ -14,6 +16,7 @@ Two measurements:
 
     PERSONALIZATION_DATA_DIR=.data/bench-scale .venv/bin/python benchmarks/training_scale.py --chain --rate 20
     .venv/bin/python benchmarks/training_scale.py --ann 1000000
+    PERSONALIZATION_DATA_DIR=.data/bench-scale .venv/bin/python benchmarks/training_scale.py --recall 200
 
 Figures are printed (and kept as JSON next to the store) for BENCHMARKS.md, "Training at 1 M items / 1 M users /
 20 M events".
@@ -78,6 +81,59 @@ def ann_measure(items: int) -> dict[str, object]:
         "exact_all_items_extrapolated_s": round(exact_seconds * items / len(sample), 0),
         "recall_at_30": round(recall, 4),
         "sample_rows": len(sample),
+    }
+
+
+# --- recall of the items' HNSW index on the trained store ------------------------------------------------------
+
+
+def store_recall(queries: int) -> dict[str, object]:
+    """Serving's "user_vector" query (the items nearest a shopper's vector, 10 rows) through the HNSW index at the
+    connection's settings (HNSW_EF_SEARCH, relaxed iterative scan) against exact search, for a seeded sample of
+    shoppers with a vector."""
+    django_setup()
+    from django.conf import settings
+    from django.db import connection
+
+    sql = (
+        "SELECT i.external_id FROM graph_app_item i WHERE i.embedding IS NOT NULL "
+        "ORDER BY i.embedding <=> (SELECT embedding FROM graph_app_shopper WHERE external_id = %s) LIMIT 10"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT external_id FROM graph_app_shopper TABLESAMPLE SYSTEM (1) REPEATABLE (%s) "
+            "WHERE embedding IS NOT NULL ORDER BY external_id",
+            [SEED],
+        )
+        users = [row[0] for row in cursor.fetchall()]
+        users = [users[index] for index in np.random.default_rng(SEED).permutation(len(users))[:queries]]
+        cursor.execute("SELECT count(*) FROM graph_app_item WHERE embedding IS NOT NULL")
+        (items,) = cursor.fetchone()
+        found, latencies = [], []
+        for user in users:  # warm-up pass, then the measured one
+            cursor.execute(sql, [user])
+        for user in users:
+            started = time.perf_counter()
+            cursor.execute(sql, [user])
+            latencies.append((time.perf_counter() - started) * 1000)
+            found.append({row[0] for row in cursor.fetchall()})
+        cursor.execute("EXPLAIN " + sql, [users[0]])
+        plan = " ".join(row[0] for row in cursor.fetchall())
+        cursor.execute("SET enable_indexscan = off")
+        recalls = []
+        for user, approximate in zip(users, found, strict=True):
+            cursor.execute(sql, [user])
+            exact = {row[0] for row in cursor.fetchall()}
+            recalls.append(len(approximate & exact) / max(1, len(exact)))
+        cursor.execute("RESET enable_indexscan")
+    return {
+        "items_with_vector": items,
+        "queries": len(users),
+        "ef_search": settings.HNSW_EF_SEARCH,
+        "uses_hnsw": "item_embedding_hnsw" in plan,
+        "recall_at_10": round(float(np.mean(recalls)), 4),
+        "p50_ms": round(percentile(latencies, 0.5), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
     }
 
 
@@ -241,6 +297,7 @@ def main() -> None:
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ann", type=int, default=0, help="measure the approximate similar lists on this many items")
     parser.add_argument("--chain", action="store_true", help="run the training chain under serving load")
+    parser.add_argument("--recall", type=int, default=0, help="HNSW recall@10 of serving's query, this many shoppers")
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline-seconds", type=float, default=60.0)
@@ -252,6 +309,8 @@ def main() -> None:
     if args.ann:
         result = ann_measure(args.ann)
         print(json.dumps({"machine": machine_description(), **result}, indent=2))
+    if args.recall:
+        print(json.dumps({"machine": machine_description(), **store_recall(args.recall)}, indent=2))
     if args.chain:
         result = chain_measure(args)
         from django.conf import settings

@@ -91,7 +91,9 @@ def category_name(index: int) -> str:
     return f"category-{index:02d}"
 
 
-def build(cursor, vectors: np.ndarray, categories: np.ndarray, in_stock: np.ndarray) -> dict[str, float]:
+def build(
+    cursor, vectors: np.ndarray, categories: np.ndarray, in_stock: np.ndarray, *, m: int = 16, ef_construction: int = 64
+) -> dict[str, float]:
     cursor.execute("CREATE EXTENSION IF NOT EXISTS vector")
     cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
     cursor.execute(
@@ -109,7 +111,7 @@ def build(cursor, vectors: np.ndarray, categories: np.ndarray, in_stock: np.ndar
     cursor.execute("SET maintenance_work_mem = '1GB'")
     cursor.execute(
         f"CREATE INDEX {TABLE}_hnsw ON {TABLE} USING hnsw (embedding vector_cosine_ops) "
-        "WITH (m = 16, ef_construction = 64)"
+        f"WITH (m = {m}, ef_construction = {ef_construction})"
     )
     built = time.perf_counter() - started
     cursor.execute(f"VACUUM ANALYZE {TABLE}")
@@ -196,6 +198,8 @@ def main() -> None:
         "--ef-search", type=lambda text: [int(value) for value in text.split(",")], default=EF_SEARCH_VALUES,
         help="comma-separated hnsw.ef_search values to measure (default: %(default)s)",
     )  # fmt: skip
+    parser.add_argument("--m", type=int, default=16, help="the index's m (the product's: 16)")
+    parser.add_argument("--ef-construction", type=int, default=64, help="the index's ef_construction (product: 64)")
     parser.add_argument(
         "--print-only", action="store_true",
         help="print the section's body instead of replacing the 100,000-item section of BENCHMARKS.md "
@@ -216,7 +220,7 @@ def main() -> None:
         for vector, category in zip(query_vectors, query_categories, strict=True)
     ]
     with connection.cursor() as cursor:
-        timings = build(cursor, vectors, categories, in_stock)
+        timings = build(cursor, vectors, categories, in_stock, m=args.m, ef_construction=args.ef_construction)
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         pgvector_version = cursor.fetchone()[0]
         cursor.execute("SHOW server_version")
@@ -296,7 +300,8 @@ def main() -> None:
         f"{args.items:,} synthetic items ({DIMENSIONS} dims, a mixture of {CLUSTERS} Gaussians of uneven sizes and "
         f"spreads, normalised; {IN_STOCK_SHARE:.0%} in stock; {CATEGORIES} categories, {HOME_CATEGORY_SHARE:.0%} of "
         f"a cluster's items in its home category), {args.queries} queries (new points of the same mixture), k={K}. "
-        f"PostgreSQL {server_version}, pgvector {pgvector_version}, HNSW m=16, ef_construction=64, "
+        f"PostgreSQL {server_version}, pgvector {pgvector_version}, HNSW m={args.m}, "
+        f"ef_construction={args.ef_construction}, "
         f"vector_cosine_ops; COPY {timings['load_s']:.1f} s, index build {timings['build_s']:.1f} s "
         f"(maintenance_work_mem 1GB), then VACUUM ANALYZE and a warm-up pass over every query (pg_prewarm is not in "
         f"the embedded server). Filter (c) keeps {selectivity:.1%} of the rows on average (a category holds "
@@ -312,6 +317,8 @@ def main() -> None:
         f"walk through parts of the graph where the filter is rare. Finally, {with_btree}.\n\n" + decision
     )
     command = f"python benchmarks/vector_recall.py --items {args.items} --queries {args.queries}"
+    if (args.m, args.ef_construction) != (16, 64):
+        command += f" --m {args.m} --ef-construction {args.ef_construction}"
     if args.ef_search != EF_SEARCH_VALUES:
         command += " --ef-search " + ",".join(str(value) for value in ef_search_values)
     if args.print_only:

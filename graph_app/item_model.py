@@ -142,11 +142,13 @@ def item_model_search(
     first: np.ndarray | None = None
     best: tuple[float, np.ndarray] | None = None
     active_ndcg: float | None = None
+    progress = Progress(f"item_model search ({budget_seconds:.0f} s budget): λ tried", total=len(grid), every_seconds=0)
     for regularization in grid:
         if tried and time.monotonic() - started > budget_seconds:
             break
         model = item_model_fit(interactions, holdout.train, regularization=regularization)
         found, _ = item_model_lists(model, train, exclude=train, k=TOP_K)
+        progress.advance()
         per_user = ndcg_per_user(found, relevant)
         tried.append({"regularization": regularization, "ndcg@10": round(float(per_user.mean()), 6)})
         if regularization == active:

@@ -477,10 +477,13 @@ def als_settings_search(
     best: tuple[HoldoutScores, AlsSettings] | None = None
     popularity_ndcg = math.nan
     active_ndcg: float | None = None
+    # One line per setting tried; the search stops at its budget, so the time left is at most what remains of it.
+    progress = Progress(f"als search ({budget_seconds:.0f} s budget): settings tried", total=len(grid), every_seconds=0)
     for candidate in grid:
         if tried and time.monotonic() - started > budget_seconds:
             break
         scores = holdout_evaluate(interactions, holdout, als_fit(interactions, candidate, holdout.train))
+        progress.advance()
         popularity_ndcg = scores.popularity_ndcg
         tried.append({**asdict(candidate), "ndcg@10": scores.ndcg})
         if candidate == active:

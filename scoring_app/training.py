@@ -41,6 +41,7 @@ from graph_app.features.offline import FeatureRequest, features_offline
 from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
 from graph_app.item_model import item_model_fit, item_model_lists
 from graph_app.models import FeatureRow
+from graph_app.progress import Progress
 from graph_app.similar_lists import SCORE_DECIMALS as SIMILAR_DECIMALS
 from graph_app.similar_lists import SIMILAR_PER_ITEM, similar_lists_compute
 from graph_app.training import (
@@ -420,10 +421,14 @@ def _ranker_search(
     grid = RANKER_SEARCH_GRID if search else RANKER_SEARCH_GRID[:1]
     best: tuple[float, object, dict[str, object]] | None = None
     tried: list[dict[str, object]] = []
+    progress = Progress(
+        f"ranker search ({budget_seconds:.0f} s budget): settings tried", total=len(grid), every_seconds=0
+    )
     for params, rounds in grid:
         if tried and time.monotonic() - started > budget_seconds:
             break
         booster = _fit(train, params, rounds)
+        progress.advance()
         figure = slate_ndcg(validation, _predict(booster, validation.values)) if validation.users else math.nan
         chosen = {**params, "num_boost_round": rounds}
         tried.append({**chosen, "validation_ndcg@10": round(figure, 6)})
@@ -461,10 +466,13 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     train_users, validation_users, gate_users = _split_users(interactions, _sample(holdout.users, RANKER_USERS_MAX))
     # The users who judge the model, validation and gate alike, from one set of embeddings fitted before their cut.
     content = item_content_matrix()  # read once for the five sets of embeddings below
+    # Each set of candidates fits embeddings on what its labels are hidden from: the step's bulk of the time.
+    progress = Progress("ranker: candidate sets built", total=LABEL_FOLDS + 1, every_seconds=0)
     judged = holdout_queries(
         interactions=interactions, holdout=holdout, users=np.sort(np.concatenate([validation_users, gate_users])),
         content=content,
     )  # fmt: skip
+    progress.advance()
     gate_keys = {interactions.user_ids[user] for user in gate_users.tolist()}
     gate = judged.subset([query for query, key in enumerate(judged.users) if key in gate_keys])
     validation = judged.subset([query for query, key in enumerate(judged.users) if key not in gate_keys])
@@ -498,6 +506,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
                     at=present, content=content,
                 ).ranking_data(with_positive_only=True)
             )  # fmt: skip
+            progress.advance()
         train = RankingData(
             values=np.vstack([part.values for part in parts]),
             labels=np.concatenate([part.labels for part in parts]),
