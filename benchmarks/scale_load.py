@@ -205,8 +205,8 @@ def _measure() -> None:
             for name, total, heap, indexes, rows in cursor.fetchall()
         }
         cursor.execute(
-            "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0), "
-            "coalesce(sum(pg_indexes_size(i.inhrelid)), 0) FROM pg_inherits AS i "
+            "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)::bigint, "
+            "coalesce(sum(pg_indexes_size(i.inhrelid)), 0)::bigint FROM pg_inherits AS i "
             "JOIN pg_class AS p ON p.oid = i.inhparent WHERE p.relname = 'signals_app_event'"
         )
         event_total, event_indexes = cursor.fetchone()
