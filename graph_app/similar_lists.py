@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -92,16 +93,25 @@ def _exact_search(matrix: np.ndarray, queried: np.ndarray, wanted: int) -> tuple
 def _ann_search(
     matrix: np.ndarray, has_vector: np.ndarray, queried: np.ndarray, wanted: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate top `wanted` by cosine (inner product of unit rows) with faiss's inverted-file index: k-means
-    cells (ANN_CELLS_PER_SQRT_ITEMS x sqrt(items)), each row's ANN_PROBE_CELLS nearest cells searched exactly.
-    Single-threaded, seeded: the same vectors give the same lists. Recall@30 against exact search: BENCHMARKS.md
-    ("Training at 1 M items ...")."""
+    """Approximate top `wanted` by cosine (inner product of unit rows) of each queried row (see ann_top_k)."""
+    indexed = np.flatnonzero(has_vector)
+    found, cosines = ann_top_k(matrix[indexed], matrix[queried], wanted, name="similar_lists")
+    return np.where(found >= 0, indexed[np.maximum(found, 0)], -1), cosines
+
+
+def ann_top_k(
+    items: np.ndarray, queries: np.ndarray, k: int, *, name: str, exclude: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(item rows, inner products) of each query's approximate k best `items` rows, best first (-1 where fewer),
+    with faiss's inverted-file index: k-means cells (ANN_CELLS_PER_SQRT_ITEMS x sqrt(items)), each query's
+    ANN_PROBE_CELLS nearest cells searched exactly. `exclude`: queries x items CSR of rows left out of each list
+    (the search asks for that many more). Single-threaded, seeded: the same vectors give the same lists. Recall
+    against exact search: BENCHMARKS.md ("Training at 1 M items ...")."""
     import faiss
 
     faiss.omp_set_num_threads(1)  # training shares the machine with serving, as ALS's one BLAS thread does
-    indexed = np.flatnonzero(has_vector)
-    vectors = np.ascontiguousarray(matrix[indexed])
-    cells = max(1, min(len(indexed) // 40, int(ANN_CELLS_PER_SQRT_ITEMS * np.sqrt(len(indexed)))))
+    vectors = np.ascontiguousarray(items, dtype=np.float32)
+    cells = max(1, min(len(vectors) // 40, int(ANN_CELLS_PER_SQRT_ITEMS * np.sqrt(len(vectors)))))
     started = time.monotonic()
     quantizer = faiss.IndexFlatIP(vectors.shape[1])
     index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], cells, faiss.METRIC_INNER_PRODUCT)
@@ -112,20 +122,29 @@ def _ann_search(
     index.add(vectors)
     index.nprobe = min(cells, ANN_PROBE_CELLS)
     logger.info(
-        "graph.similar_lists_index_built",
-        extra={"items": len(indexed), "cells": cells, "seconds": round(time.monotonic() - started, 1)},
+        "graph.ann_index_built",
+        extra={"lists": name, "items": len(vectors), "cells": cells, "seconds": round(time.monotonic() - started, 1)},
     )
-    found = np.full((len(queried), wanted), -1, dtype=np.int64)
-    cosines = np.zeros((len(queried), wanted), dtype=np.float32)
-    progress = Progress("similar_lists: approximate search, items", total=len(queried))
-    for start in range(0, len(queried), ANN_QUERY_BLOCK_ROWS):
-        chosen = queried[start : start + ANN_QUERY_BLOCK_ROWS]
-        block_cosines, block_found = index.search(np.ascontiguousarray(matrix[chosen]), wanted)
-        found[start : start + len(chosen)] = np.where(block_found >= 0, indexed[np.maximum(block_found, 0)], -1)
-        cosines[start : start + len(chosen)] = block_cosines
-        progress.advance(len(chosen))
+    found = np.full((len(queries), k), -1, dtype=np.int64)
+    scores = np.zeros((len(queries), k), dtype=np.float32)
+    progress = Progress(f"{name}: approximate search, queries", total=len(queries))
+    for start in range(0, len(queries), ANN_QUERY_BLOCK_ROWS):
+        block = np.ascontiguousarray(queries[start : start + ANN_QUERY_BLOCK_ROWS], dtype=np.float32)
+        left_out = exclude[start : start + len(block)] if exclude is not None else None
+        extra = int(np.diff(left_out.indptr).max()) if left_out is not None and left_out.nnz else 0
+        block_scores, block_found = index.search(block, min(len(vectors), k + extra))
+        if left_out is not None and extra:
+            for row in range(len(block)):
+                gone = left_out.indices[left_out.indptr[row] : left_out.indptr[row + 1]]
+                keep = np.flatnonzero(~np.isin(block_found[row], gone))[:k]
+                found[start + row, : len(keep)] = block_found[row][keep]
+                scores[start + row, : len(keep)] = block_scores[row][keep]
+        else:
+            found[start : start + len(block), : block_found.shape[1]] = block_found[:, :k]
+            scores[start : start + len(block), : block_found.shape[1]] = block_scores[:, :k]
+        progress.advance(len(block))
     progress.finish()
-    return found, cosines
+    return np.where(found >= 0, found, -1), np.where(found >= 0, scores, 0.0).astype(np.float32)
 
 
 def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: int = SIMILAR_PER_ITEM) -> int:

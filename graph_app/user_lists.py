@@ -69,6 +69,16 @@ def user_lists_compute(
     if exclude is not None:
         exclude = exclude[:, with_vector].tocsr()  # in the searched items' numbering
     has_vector = users.any(axis=1)
+    if len(searched) > settings.SIMILAR_LISTS_EXACT_MAX_ITEMS:
+        # Exact top-k over a million items for 100,000 users is an hour of a core: approximate, as the items'
+        # similar lists are above the same size.
+        from graph_app.similar_lists import ann_top_k
+
+        found, found_scores = ann_top_k(searched, users, wanted, name="user_lists", exclude=exclude)
+        valid = (found >= 0) & has_vector[:, None]
+        indexes[:, :wanted] = np.where(valid, with_vector[np.maximum(found, 0)], -1)
+        scores[:, :wanted] = np.where(valid, found_scores, 0.0)
+        return indexes, scores
     progress = Progress("user_lists: users' nearest items", total=len(users))
     for start in range(0, len(users), QUERY_BLOCK_ROWS):
         block = np.ascontiguousarray(users[start : start + QUERY_BLOCK_ROWS])
