@@ -34,11 +34,11 @@ SIMILAR_PER_ITEM = 30
 QUERY_BLOCK_ROWS = 4096
 PUBLISH_BATCH_SIZE = 2000
 SCORE_DECIMALS = 5
-# Above settings.SIMILAR_LISTS_EXACT_MAX_ITEMS items the lists come from an inverted-file index: about 4 x sqrt(items)
-# k-means cells, ANN_PROBE_CELLS of them searched per item (recall@30 about 0.96 on clustered 64-dim vectors).
+# Above settings.SIMILAR_LISTS_EXACT_MAX_ITEMS items the lists come from an inverted file (`ann_top_k`): about
+# 4 x sqrt(items) k-means cells, the ANN_PROBE_CELLS best of them searched for each group of queries (32 cells:
+# recall@30 0.90 on 200,000 clustered 64-dim vectors).
 ANN_CELLS_PER_SQRT_ITEMS = 4.0
-ANN_PROBE_CELLS = 32
-ANN_QUERY_BLOCK_ROWS = 20_000
+ANN_PROBE_CELLS = 48
 # k-means on 40 sampled items a cell (faiss's minimum for a stable clustering), ten rounds: the cells need only
 # be good enough that the nearest items of an item sit in its ANN_PROBE_CELLS nearest cells.
 ANN_KMEANS_ITERATIONS = 10
@@ -102,49 +102,84 @@ def _ann_search(
 def ann_top_k(
     items: np.ndarray, queries: np.ndarray, k: int, *, name: str, exclude: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(item rows, inner products) of each query's approximate k best `items` rows, best first (-1 where fewer),
-    with faiss's inverted-file index: k-means cells (ANN_CELLS_PER_SQRT_ITEMS x sqrt(items)), each query's
-    ANN_PROBE_CELLS nearest cells searched exactly. `exclude`: queries x items CSR of rows left out of each list
-    (the search asks for that many more). Single-threaded, seeded: the same vectors give the same lists. Recall
-    against exact search: BENCHMARKS.md ("Training at 1 M items ...")."""
+    """(item rows, inner products) of each query's approximate k best `items` rows, best first (-1 where fewer).
+
+    An inverted file searched cell by cell: faiss's k-means splits the items into cells (ANN_CELLS_PER_SQRT_ITEMS x
+    sqrt(items)); the queries are grouped by their best cell, and each group is scored exactly (one matrix product,
+    implicit's top-k) against the items of the ANN_PROBE_CELLS cells best for the group's mean query. faiss's own
+    IVF search scans the cells query by query: on this machine about ten times slower than one product per group.
+    `exclude`: queries x items CSR of rows left out of each list (the search asks for that many more).
+    Single-threaded and seeded: the same vectors give the same lists. Recall against exact search: BENCHMARKS.md
+    ("Training at 1 M items ...")."""
     import faiss
+    from threadpoolctl import threadpool_limits
 
     faiss.omp_set_num_threads(1)  # training shares the machine with serving, as ALS's one BLAS thread does
     vectors = np.ascontiguousarray(items, dtype=np.float32)
-    cells = max(1, min(len(vectors) // 40, int(ANN_CELLS_PER_SQRT_ITEMS * np.sqrt(len(vectors)))))
-    started = time.monotonic()
-    quantizer = faiss.IndexFlatIP(vectors.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], cells, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = ANN_KMEANS_ITERATIONS
-    index.cp.seed = ANN_SEED
-    sample = np.random.default_rng(ANN_SEED).choice(len(vectors), min(len(vectors), cells * 40), replace=False)
-    index.train(vectors[np.sort(sample)])
-    index.add(vectors)
-    index.nprobe = min(cells, ANN_PROBE_CELLS)
-    logger.info(
-        "graph.ann_index_built",
-        extra={"lists": name, "items": len(vectors), "cells": cells, "seconds": round(time.monotonic() - started, 1)},
-    )
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     found = np.full((len(queries), k), -1, dtype=np.int64)
     scores = np.zeros((len(queries), k), dtype=np.float32)
+    if not len(vectors) or not len(queries):
+        return found, scores
+    started = time.monotonic()
+    cells = max(1, min(len(vectors) // 40, int(ANN_CELLS_PER_SQRT_ITEMS * np.sqrt(len(vectors)))))
+    sample = np.sort(np.random.default_rng(ANN_SEED).choice(len(vectors), min(len(vectors), cells * 40), replace=False))
+    kmeans = faiss.Kmeans(vectors.shape[1], cells, niter=ANN_KMEANS_ITERATIONS, seed=ANN_SEED, verbose=False)
+    kmeans.train(vectors[sample])
+    centroids = kmeans.centroids
+    _, item_cell = kmeans.index.search(vectors, 1)
+    item_cell = item_cell.ravel()
+    by_cell = np.argsort(item_cell, kind="stable")
+    bounds = np.searchsorted(item_cell[by_cell], np.arange(cells + 1))
+    with threadpool_limits(1):
+        query_cell = np.concatenate(
+            [
+                np.argmax(queries[start : start + 20_000] @ centroids.T, axis=1)
+                for start in range(0, len(queries), 20_000)
+            ]
+        )
+    logger.info(
+        "graph.ann_cells_built",
+        extra={"lists": name, "items": len(vectors), "cells": cells, "seconds": round(time.monotonic() - started, 1)},
+    )
+    groups = np.argsort(query_cell, kind="stable")
+    group_bounds = np.flatnonzero(np.diff(query_cell[groups])) + 1
+    probes = min(cells, ANN_PROBE_CELLS)
     progress = Progress(f"{name}: approximate search, queries", total=len(queries))
-    for start in range(0, len(queries), ANN_QUERY_BLOCK_ROWS):
-        block = np.ascontiguousarray(queries[start : start + ANN_QUERY_BLOCK_ROWS], dtype=np.float32)
-        left_out = exclude[start : start + len(block)] if exclude is not None else None
-        extra = int(np.diff(left_out.indptr).max()) if left_out is not None and left_out.nnz else 0
-        block_scores, block_found = index.search(block, min(len(vectors), k + extra))
-        if left_out is not None and extra:
-            for row in range(len(block)):
-                gone = left_out.indices[left_out.indptr[row] : left_out.indptr[row + 1]]
-                keep = np.flatnonzero(~np.isin(block_found[row], gone))[:k]
-                found[start + row, : len(keep)] = block_found[row][keep]
-                scores[start + row, : len(keep)] = block_scores[row][keep]
-        else:
-            found[start : start + len(block), : block_found.shape[1]] = block_found[:, :k]
-            scores[start : start + len(block), : block_found.shape[1]] = block_scores[:, :k]
-        progress.advance(len(block))
+    limits = threadpool_limits(1)  # one BLAS thread: training shares the machine with serving
+    try:
+        for members in np.split(groups, group_bounds):
+            mean = queries[members].mean(axis=0)
+            chosen_cells = (
+                np.argpartition(-(centroids @ mean), probes - 1)[:probes] if probes < cells else np.arange(cells)
+            )
+            candidates = np.concatenate([by_cell[bounds[cell] : bounds[cell + 1]] for cell in chosen_cells])
+            left_out = exclude[members] if exclude is not None else None
+            extra = int(np.diff(left_out.indptr).max()) if left_out is not None and left_out.nnz else 0
+            wanted = min(len(candidates), k + extra)
+            if wanted:
+                products = queries[members] @ vectors[candidates].T
+                best = np.argpartition(-products, wanted - 1, axis=1)[:, :wanted] if wanted < len(candidates) else None
+                if best is None:
+                    best = np.broadcast_to(np.arange(len(candidates)), products.shape)
+                best_scores = np.take_along_axis(products, best, axis=1)
+                order = np.argsort(-best_scores, axis=1, kind="stable")
+                rows = candidates[np.take_along_axis(best, order, axis=1)]
+                block_scores = np.take_along_axis(best_scores, order, axis=1)
+                if extra:
+                    for position, query in enumerate(members.tolist()):
+                        gone = left_out.indices[left_out.indptr[position] : left_out.indptr[position + 1]]
+                        keep = np.flatnonzero(~np.isin(rows[position], gone))[:k]
+                        found[query, : len(keep)] = rows[position][keep]
+                        scores[query, : len(keep)] = block_scores[position][keep]
+                else:
+                    found[members, :wanted] = rows[:, :k]
+                    scores[members, :wanted] = block_scores[:, :k]
+            progress.advance(len(members))
+    finally:
+        limits.unregister()
     progress.finish()
-    return np.where(found >= 0, found, -1), np.where(found >= 0, scores, 0.0).astype(np.float32)
+    return found, scores
 
 
 def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: int = SIMILAR_PER_ITEM) -> int:
