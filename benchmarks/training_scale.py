@@ -247,7 +247,8 @@ def chain_measure(args: argparse.Namespace) -> dict[str, object]:
         time.sleep(args.baseline_seconds)
         train_log = (data_dir / "training-scale-train.log").open("w")
         train = subprocess.Popen(
-            [str(bin_dir / "python"), "manage.py", "train"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            [str(bin_dir / "python"), "manage.py", "train", *(f"--skip={task}" for task in args.skip)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert train.stderr is not None and train.stdout is not None
@@ -299,6 +300,7 @@ def main() -> None:
     parser.add_argument("--chain", action="store_true", help="run the training chain under serving load")
     parser.add_argument("--recall", type=int, default=0, help="HNSW recall@10 of serving's query, this many shoppers")
     parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--skip", action="append", default=[], help="a training task to leave out (manage.py train)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline-seconds", type=float, default=60.0)
     parser.add_argument("--after-seconds", type=float, default=30.0)

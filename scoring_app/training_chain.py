@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,15 +52,20 @@ def _peak_rss_mib() -> float | None:
     return None
 
 
-def training_chain_run(*, progress: Callable[[str], None] | None = None) -> list[TaskRun]:
-    """Apply every training task in order (eagerly, in this process); a task's failure is raised."""
+def training_chain_run(*, progress: Callable[[str], None] | None = None, skip: Collection[str] = ()) -> list[TaskRun]:
+    """Apply every training task in order (eagerly, in this process), but those named in `skip`; a task's failure
+    is raised."""
     from config.celery import app
 
     say = progress or (lambda message: None)
     app.loader.import_default_modules()  # the apps' tasks modules (autodiscovery is lazy outside a worker)
     runs: list[TaskRun] = []
-    for name in TRAINING_TASKS:
-        say(f"{name}: running (step {len(runs) + 1} of {len(TRAINING_TASKS)}; each step logs its progress)")
+    unknown = set(skip) - set(TRAINING_TASKS)
+    if unknown:
+        raise ValueError(f"not a training task: {', '.join(sorted(unknown))}")
+    chosen = [name for name in TRAINING_TASKS if name not in skip]
+    for name in chosen:
+        say(f"{name}: running (step {len(runs) + 1} of {len(chosen)}; each step logs its progress)")
         _peak_rss_reset()
         started = time.monotonic()
         outcome = app.tasks[name].apply(throw=True)
