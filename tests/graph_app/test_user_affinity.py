@@ -146,3 +146,27 @@ def test_identify_adds_the_sessions_entities_then_applies_the_cap(shop, clean_re
     assert set(raw) == {b"#e", b"#l", b"category:garden", b"brand:b0", b"tag:t0"}
     assert affinity_decode(raw).last == pytest.approx(time.time() - 36000, abs=5)  # the session's later event
     assert not clean_redis.exists(redis_keys.user_affinity("session:s-9"))
+
+
+def test_the_epoch_moves_forward_after_200_half_lives_keeping_every_value(shop, clean_redis):
+    from signals_app.online_state import ingest_script
+    from signals_app.services import IngestReport, events_validate
+
+    now = datetime.now(UTC)
+    # A view every 80 days for 1,520 days (217 half-lives of 7 days), never a gap past the 90-day TTL.
+    times = [now - timedelta(days=80 * step) for step in range(19, -1, -1)]
+    raw = [
+        {"event_id": f"r{number}", "type": "view", "user_id": "u3", "item_id": "i1", "timestamp": at.isoformat()}
+        for number, at in enumerate(times)
+    ]
+    valid = events_validate(raw_events=raw, report=IngestReport(), now=now, backfill=True)
+    ingest_script.run(clean_redis, valid.events)
+
+    affinity = affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("u3")))
+    assert affinity.epoch == pytest.approx(times[-2].timestamp())  # moved at the first event past 200 half-lives
+    at = now.timestamp()
+    expected = sum(2 ** (-(at - moment.timestamp()) / AFFINITY_HALF_LIFE_SECONDS) for moment in times)
+    factor = affinity.factor(at)
+    assert affinity.counters[b"category:kitchen"] * factor == pytest.approx(expected, rel=1e-9)
+    assert affinity.counters[b"tag:t1"] * factor == pytest.approx(expected, rel=1e-9)
+    assert affinity.category_times == {b"category:kitchen": pytest.approx(at)}
