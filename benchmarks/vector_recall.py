@@ -198,6 +198,7 @@ def main() -> None:
         "--ef-search", type=lambda text: [int(value) for value in text.split(",")], default=EF_SEARCH_VALUES,
         help="comma-separated hnsw.ef_search values to measure (default: %(default)s)",
     )  # fmt: skip
+    parser.add_argument("--reuse", action="store_true", help="query the table and index the last run built")
     parser.add_argument("--m", type=int, default=16, help="the index's m (the product's: 16)")
     parser.add_argument("--ef-construction", type=int, default=64, help="the index's ef_construction (product: 64)")
     parser.add_argument(
@@ -220,7 +221,14 @@ def main() -> None:
         for vector, category in zip(query_vectors, query_categories, strict=True)
     ]
     with connection.cursor() as cursor:
-        timings = build(cursor, vectors, categories, in_stock, m=args.m, ef_construction=args.ef_construction)
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [TABLE])
+        if args.reuse and cursor.fetchone()[0]:
+            # The previous run's table and index (same --items, seed and index settings): only the queries run.
+            cursor.execute(f"SELECT count(*) FROM {TABLE}")
+            assert cursor.fetchone()[0] == args.items, "--reuse needs the table of a run with the same --items"
+            timings = {"load_s": float("nan"), "build_s": float("nan")}
+        else:
+            timings = build(cursor, vectors, categories, in_stock, m=args.m, ef_construction=args.ef_construction)
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         pgvector_version = cursor.fetchone()[0]
         cursor.execute("SHOW server_version")
@@ -319,6 +327,8 @@ def main() -> None:
     command = f"python benchmarks/vector_recall.py --items {args.items} --queries {args.queries}"
     if (args.m, args.ef_construction) != (16, 64):
         command += f" --m {args.m} --ef-construction {args.ef_construction}"
+    if args.reuse:
+        command += " --reuse"
     if args.ef_search != EF_SEARCH_VALUES:
         command += " --ef-search " + ",".join(str(value) for value in ef_search_values)
     if args.print_only:
