@@ -97,7 +97,7 @@ def dedupe_worker(events: int, steady: bool) -> dict[str, object]:
     from signals_app.services import events_ingest
 
     client = get_control_redis()
-    client.flushall()
+    client.flushdb()
     client.config_set("maxmemory", 0)
     if steady:
         from signals_app.dedupe import generations_at
@@ -160,9 +160,10 @@ def dedupe_worker(events: int, steady: bool) -> dict[str, object]:
     }
 
 
-def latency_worker(seconds: int) -> dict[str, object]:
+def latency_worker(seconds: int, entities: bool = False) -> dict[str, object]:
     """The ingest service's time per request, single events and batches of 50, with 200,000 ids already in the
-    dedupe (sized as in a steady day), against the Valkey of REDIS_URL."""
+    dedupe (sized as in a steady day), against the Valkey of REDIS_URL. `entities`: the items have catalog entities
+    (category, brand, tag, as in the user-state part), so that every event updates its user's affinity hash too."""
     import django
 
     django.setup()
@@ -171,7 +172,15 @@ def latency_worker(seconds: int) -> dict[str, object]:
     from signals_app.services import events_ingest
 
     client = get_control_redis()
-    client.flushall()
+    client.flushdb()
+    if entities:
+        for partition in redis_keys.partitions():
+            client.hset(
+                redis_keys.catalog_entities(partition),
+                mapping={
+                    f"i{item}": f"category:c{item % 40}|brand:b{item % 300}|tag:t{item % 900}" for item in range(800)
+                },
+            )
     try:
         from signals_app.dedupe import generations_at
 
@@ -189,6 +198,7 @@ def latency_worker(seconds: int) -> dict[str, object]:
     counter = 0
     for size in (1, 50):
         latencies = []
+        client.config_resetstat()  # the server's own time per script call, below: less noisy than the wall time
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             batch = [
@@ -209,7 +219,93 @@ def latency_worker(seconds: int) -> dict[str, object]:
             "p50_ms": round(latencies[len(latencies) // 2], 3),
             "p99_ms": round(latencies[int(len(latencies) * 0.99)], 3),
             "events_per_s": round(len(latencies) * size / seconds),
+            "server_us_per_script_call": client.info("commandstats").get("cmdstat_evalsha", {}).get("usec_per_call"),
         }
+    return result
+
+
+def script_pair_worker(users: int, old_code: str) -> dict[str, object]:
+    """The ingest script of the old code and of this one, called alternately in one process against one Valkey (each
+    on users of its own), so that both see the same machine load: the user-state workload (a month of 30 events a
+    user, items with 3 catalog entities), one event a call for every user in turn, then 50 events a call. Both get
+    the same keys and arguments (this code's), which the old script reads as it always did."""
+    import django
+
+    django.setup()
+    import importlib.util
+    from datetime import UTC, datetime, timedelta
+
+    from personalization import redis_keys
+    from personalization.redis_client import get_control_redis
+    from signals_app.online_state import IngestScript
+    from signals_app.services import IngestReport, events_validate
+
+    spec = importlib.util.spec_from_file_location("old_online_state", Path(old_code) / "signals_app/online_state.py")
+    assert spec is not None and spec.loader is not None
+    old_module = importlib.util.module_from_spec(spec)
+    sys.modules["old_online_state"] = old_module  # its dataclasses look their module up
+    spec.loader.exec_module(old_module)
+    client = get_control_redis()
+    client.flushdb()
+    scripts = {"old": IngestScript(), "new": IngestScript()}
+    scripts["old"].sha = str(client.script_load(old_module.INGEST_SCRIPT))
+    scripts["new"].load(client)
+    for partition in redis_keys.partitions():
+        client.hset(
+            redis_keys.catalog_entities(partition),
+            mapping={
+                f"mem-item-{item}": f"category:c{item % 40}|brand:b{item % 300}|tag:t{item % 900}"
+                for item in range(ITEMS)
+            },
+        )
+    now = datetime.now(UTC)
+    rng = random.Random(11)
+    kinds = ["view"] * 23 + ["add_to_cart"] * 4 + ["purchase"] + ["skip"] * 2
+    months = []
+    for _ in range(users):
+        rng.shuffle(kinds)
+        favourites = rng.sample(range(40), 3)
+        month = []
+        for index, kind in enumerate(kinds):
+            # Within the dedupe window, so that the script applies each event as it arrives.
+            happened = now - timedelta(hours=40 - index)
+            item = rng.choice(favourites) + 40 * rng.randrange(ITEMS // 40)
+            month.append((index, kind, item, happened.isoformat()))
+        months.append(month)
+
+    def events(version: str, pairs: list[tuple[int, int]]) -> list[object]:
+        raw = [
+            {"event_id": f"{version}-{user}-{index}", "type": kind, "user_id": f"{version}-shopper-{user}",
+             "session_id": f"{version}-s{user}-{index // 10}", "item_id": f"mem-item-{item}", "timestamp": at}
+            for user, index in pairs
+            for _, kind, item, at in [months[user][index]]
+        ]  # fmt: skip
+        return events_validate(raw_events=raw, report=IngestReport(), now=now).events
+
+    result: dict[str, object] = {}
+    for size in (1, 50):
+        latencies: dict[str, list[float]] = {"old": [], "new": []}
+        calls = [
+            [(user, index) for user in range(start, min(start + size, users))]
+            for index in range(len(kinds))
+            for start in range(0, users, size)
+        ]
+        for number, pairs in enumerate(calls):
+            order = ("old", "new") if number % 2 == 0 else ("new", "old")
+            for version in order:
+                batch = events(version + str(size), pairs)
+                before = time.perf_counter()
+                scripts[version].run(client, batch)
+                latencies[version].append((time.perf_counter() - before) * 1000)
+        for version, values in latencies.items():
+            values.sort()
+            result[f"{version}, {size} event(s) a call"] = {
+                "calls": len(values),
+                "p50_ms": round(values[len(values) // 2], 3),
+                "p90_ms": round(values[int(len(values) * 0.9)], 3),
+                "p99_ms": round(values[int(len(values) * 0.99)], 3),
+                "mean_ms": round(sum(values) / len(values), 3),
+            }
     return result
 
 
@@ -228,7 +324,7 @@ def user_state_worker(users: int) -> dict[str, object]:
     from signals_app.services import IngestReport, events_validate
 
     client = get_control_redis()
-    client.flushall()
+    client.flushdb()  # the database of REDIS_URL only: a shared server's other databases stay
     listpack_entries = os.environ.get("BENCH_HASH_MAX_LISTPACK_ENTRIES")
     if listpack_entries:  # what a server setting would save (the stock value is 128)
         client.config_set("hash-max-listpack-entries", listpack_entries)
@@ -286,18 +382,23 @@ def user_state_worker(users: int) -> dict[str, object]:
     }
 
 
-def run_worker(code: Path, mode: str, count: int, data: Path) -> dict[str, object]:
-    process, port = valkey_start(data)
+def run_worker(
+    code: Path, mode: str, count: int, data: Path, redis_url: str | None = None, old: Path | None = None
+) -> dict[str, object]:
+    """The worker in a process of its own, against a fresh Valkey started here or, given `redis_url`, that server's
+    database (flushed first: give one nobody else uses)."""
+    process, port = (None, 0) if redis_url else valkey_start(data)
     try:
         env = {
             **os.environ,
-            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "REDIS_URL": redis_url or f"redis://127.0.0.1:{port}/0",
             "DATABASE_URL": "postgresql://bench@localhost/none",  # not used: no sessions, no log
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "PYTHONPATH": str(code),
         }
         output = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--count", str(count)],
+            [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--count", str(count)]
+            + (["--old-code", str(old)] if old else []),
             cwd=code,
             env=env,
             check=True,
@@ -306,8 +407,9 @@ def run_worker(code: Path, mode: str, count: int, data: Path) -> dict[str, objec
         ).stdout
         return json.loads(output.strip().splitlines()[-1])
     finally:
-        process.terminate()
-        process.wait()
+        if process is not None:
+            process.terminate()
+            process.wait()
 
 
 def main() -> None:
@@ -317,17 +419,32 @@ def main() -> None:
     parser.add_argument("--old", type=Path, default=None, help="a checkout of the old code")
     parser.add_argument("--new", type=Path, default=ROOT, help="a checkout of the new code (default: this one)")
     parser.add_argument("--record", action="store_true")
-    parser.add_argument("--only", choices=["steady", "user_state", "latency"], default=None, help="just that part")
+    parser.add_argument(
+        "--only",
+        choices=["steady", "user_state", "latency", "latency_state", "script_pair"],
+        default=None,
+        help="just that part",
+    )
+    parser.add_argument(
+        "--redis-url", default=None, help="user state and latency: this server's database instead of a fresh Valkey"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="latency: old and new alternating, each this often")
-    parser.add_argument("--worker", choices=["dedupe", "dedupe_steady", "user_state", "latency"], default=None)
+    parser.add_argument(
+        "--worker",
+        choices=["dedupe", "dedupe_steady", "user_state", "latency", "latency_state", "script_pair"],
+        default=None,
+    )
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--old-code", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         sys.path.insert(0, os.getcwd())  # the code version under test, before this file's own checkout
         if args.worker == "user_state":
             result = user_state_worker(args.count)
-        elif args.worker == "latency":
-            result = latency_worker(args.count)
+        elif args.worker == "script_pair":
+            result = script_pair_worker(args.count, args.old_code)
+        elif args.worker in ("latency", "latency_state"):
+            result = latency_worker(args.count, entities=args.worker == "latency_state")
         else:
             result = dedupe_worker(args.count, steady=args.worker == "dedupe_steady")
         print(json.dumps(result))
@@ -336,25 +453,33 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="dedupe-memory-"))
     results: dict[str, object] = {}
     try:
-        if args.only == "latency":
+        if args.only == "script_pair":
+            results["script_pair"] = run_worker(args.new, "script_pair", args.users, data, args.redis_url, args.old)
+            print("script_pair", json.dumps(results["script_pair"]), flush=True)
+        if args.only in ("latency", "latency_state"):
             for round_number in range(args.rounds):
                 for name, code in [("old", args.old), ("new", args.new)]:
-                    result = run_worker(code, "latency", 15, data)
+                    result = run_worker(code, args.only, 15, data, args.redis_url)
                     results[f"{name} {round_number + 1}"] = result
                     print(name, round_number + 1, json.dumps(result), flush=True)
         versions = [("new, first day", ROOT, "dedupe"), ("new, steady", ROOT, "dedupe_steady")]
         versions += [("old", args.old, "dedupe")] if args.old else []
         for name, code, mode in versions:
-            if args.only and (args.only not in mode or args.only == "latency"):
+            if args.only and (args.only not in mode or args.only.startswith("latency")):
                 continue
             results[name] = run_worker(code, mode, args.events, data)
             print(name, json.dumps(results[name]), flush=True)
         if args.only in (None, "user_state"):
-            results["user_state"] = run_worker(ROOT, "user_state", args.users, data)
-            print("user_state", json.dumps(results["user_state"]), flush=True)
-            os.environ["BENCH_HASH_MAX_LISTPACK_ENTRIES"] = "512"
-            results["user_state, hash-max-listpack-entries 512"] = run_worker(ROOT, "user_state", args.users, data)
-            print("user_state 512", json.dumps(results["user_state, hash-max-listpack-entries 512"]), flush=True)
+            # The user state of each code version (`--old`: that checkout's too), on the same kind of server.
+            for name, code in [("old", args.old), ("new", args.new)] if args.old else [("new", args.new)]:
+                results[f"user_state {name}"] = run_worker(code, "user_state", args.users, data, args.redis_url)
+                print(f"user_state {name}", json.dumps(results[f"user_state {name}"]), flush=True)
+            if not args.redis_url:  # a setting of our own Valkey only, never of a shared server
+                os.environ["BENCH_HASH_MAX_LISTPACK_ENTRIES"] = "128"  # Redis 7's default
+                for name, code in [("old", args.old), ("new", args.new)] if args.old else [("new", args.new)]:
+                    label = f"user_state {name}, hash-max-listpack-entries 128"
+                    results[label] = run_worker(code, "user_state", args.users, data)
+                    print(label, json.dumps(results[label]), flush=True)
     finally:
         shutil.rmtree(data, ignore_errors=True)
     if args.record:

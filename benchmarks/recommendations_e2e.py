@@ -18,6 +18,14 @@ scheduled time (no coordinated omission). Finally, optionally, the layers of `sl
 
     .venv/bin/python benchmarks/recommendations_e2e.py [--items 100000] [--users 50000] [--events 2000000]
         [--rate 200] [--seconds 30] [--regenerate] [--no-record]
+
+Against a store loaded and trained elsewhere (e.g. `benchmarks/scale_load.py`'s, after the scheduled training):
+`--store-dir .data/bench-scale --reuse` generates and trains nothing (whatever models the store serves are used),
+draws its users from a 1 % sample of the log's pages (any event ids), leaves the store's servers running, and
+records nothing in BENCHMARKS.md (`--json-out FILE` keeps the figures):
+
+    .venv/bin/python benchmarks/recommendations_e2e.py --store-dir .data/bench-scale --reuse --rate 100 \
+        --seconds 30 --json-out /tmp/scale/e2e-1m.json
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ WARM_EVENT_TYPES = {"view": 0.7, "click": 0.2, "add_to_cart": 0.07, "purchase": 
 WARM_UP_USERS = 200
 MIN_LOG_EVENTS = 5
 COLD_EVERY = 10  # one request in ten is for a cold user
+# The log's events this benchmark generated (and looks its users up among): all of them in a reused store.
+BENCH_EVENTS = "event_id LIKE 'bench-%%'"
+ANY_EVENTS = "true"
 SENDER_THREADS = 16
 MARKER = "bench-e2e-prepared.json"
 SEED = 11
@@ -398,17 +409,26 @@ def placement_configure() -> dict[str, object]:
     return {"boosted": boosted, "pinned": popular[:1], "blocked": len(popular[1:11])}
 
 
-def users_choose(warm_users: int) -> dict[str, list[str]]:
-    """Users of the log with some history: the warm ones asked for, the warm-up's, and cold ones (no online state)."""
+def users_choose(warm_users: int, *, reuse: bool = False) -> dict[str, list[str]]:
+    """Users of the log with some history: the warm ones asked for, the warm-up's, and cold ones (no online state).
+    In a reused store (tens of millions of events) from a 1 % sample of the log's pages instead of all of it: users
+    with events there, the more active the likelier."""
     import numpy as np
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT user_id FROM signals_app_event WHERE event_id LIKE 'bench-%%' GROUP BY user_id "
-            "HAVING count(*) >= %s ORDER BY user_id",
-            [MIN_LOG_EVENTS],
-        )
+        if reuse:
+            cursor.execute(
+                "SELECT DISTINCT user_id FROM signals_app_event TABLESAMPLE SYSTEM (1) REPEATABLE (%s) "
+                "WHERE user_id <> '' ORDER BY user_id",
+                [SEED],
+            )
+        else:
+            cursor.execute(
+                f"SELECT user_id FROM signals_app_event WHERE {BENCH_EVENTS} GROUP BY user_id "
+                "HAVING count(*) >= %s ORDER BY user_id",
+                [MIN_LOG_EVENTS],
+            )
         candidates = [row[0] for row in cursor.fetchall()]
     generator = np.random.default_rng(SEED)
     candidates = [candidates[index] for index in generator.permutation(len(candidates))]
@@ -421,7 +441,7 @@ def users_choose(warm_users: int) -> dict[str, list[str]]:
     }
 
 
-def online_state_warm(users: list[str]) -> float:
+def online_state_warm(users: list[str], *, events_filter: str = BENCH_EVENTS) -> float:
     """Fresh events for these users through the real ingest (their recent items, affinities, counters)."""
     import numpy as np
     from django.db import connection
@@ -432,7 +452,7 @@ def online_state_warm(users: list[str]) -> float:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT user_id, array_agg(item_id) FROM signals_app_event WHERE user_id = ANY(%s) "
-            "AND event_id LIKE 'bench-%%' GROUP BY user_id",
+            f"AND item_id <> '' AND {events_filter} GROUP BY user_id",
             [users],
         )
         histories = dict(cursor.fetchall())
@@ -838,11 +858,23 @@ def main() -> None:
         help="instead: this many pairs of runs with the keys' rate limits on and off (BENCHMARKS.md, its own section)",
     )
     parser.add_argument("--no-record", action="store_true", help="print the figures, leave BENCHMARKS.md alone")
+    parser.add_argument("--store-dir", type=Path, help="the store's data dir (default .data/bench-e2e)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="a store loaded and trained elsewhere: no generation or training, any event ids; implies --no-record",
+    )
+    parser.add_argument("--json-out", type=Path, help="also write the figures here (JSON)")
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_worker:
         load_worker()
         return
+    if args.store_dir:
+        os.environ["PERSONALIZATION_DATA_DIR"] = str(args.store_dir.resolve())
+    if args.reuse:
+        args.no_record = True
+    events_filter = ANY_EVENTS if args.reuse else BENCH_EVENTS
     started = time.perf_counter()
     django_setup()
     from django.conf import settings
@@ -852,13 +884,13 @@ def main() -> None:
     from personalization.services import api_key_create
 
     call_command("migrate", verbosity=0)
-    steps = prepare_data(args)
+    steps = {} if args.reuse else prepare_data(args)
     preparation_seconds = time.perf_counter() - started
     configuration = placement_configure()
-    users = users_choose(args.warm_users)
+    users = users_choose(args.warm_users, reuse=args.reuse)
     drained = streams_drain()
     per_user_state_reset(users["warm"] + users["warm_up"] + users["cold_log"])
-    warm_seconds = online_state_warm(users["warm"] + users["warm_up"])
+    warm_seconds = online_state_warm(users["warm"] + users["warm_up"], events_filter=events_filter)
     vacuumed = log_vacuum()
     warmed = hnsw_warm()
     rewritten = aof_rewrite()
@@ -870,7 +902,7 @@ def main() -> None:
         items, in_stock, embedded = cursor.fetchone()
         cursor.execute("SELECT count(*) FROM graph_app_shopper")
         shoppers = cursor.fetchone()[0]
-        cursor.execute("SELECT count(*) FROM signals_app_event WHERE event_id LIKE 'bench-%%'")
+        cursor.execute(f"SELECT count(*) FROM signals_app_event WHERE {events_filter}")
         events = cursor.fetchone()[0]
     print(
         f"{items:,} items ({in_stock:,} in stock, {embedded:,} with an embedding), {shoppers:,} users, {events:,} "
@@ -898,6 +930,20 @@ def main() -> None:
     layers = layers_time(users["warm"], args.layer_requests) if args.layer_requests else None
     if layers:
         print("layers", layers, flush=True)
+    if args.json_out:
+        from benchmarks.common import python_speed
+        from personalization.redis_client import get_control_redis
+
+        args.json_out.write_text(
+            json.dumps(
+                {"store": os.environ["PERSONALIZATION_DATA_DIR"], "items": items, "in_stock": in_stock,
+                 "embedded": embedded, "shoppers": shoppers, "events": events, "rate": args.rate,
+                 "seconds": args.seconds, "result": result, "cpu_ms": cpu_ms, "layers": layers,
+                 "models_serving": sorted(kind.decode() for kind in get_control_redis().hkeys("models:serving")),
+                 "at": f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC", "speed": python_speed()},
+                indent=1, default=str,
+            )
+        )  # fmt: skip
     connection.close()
 
     meets = result["p99_ms"] <= 25 and result["errors"] == 0
@@ -988,7 +1034,7 @@ def main() -> None:
             f"--seconds {args.seconds:g}"
         )
         record("Surface layer: end-to-end recommendations", command, body)
-    if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
+    if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")) and not args.reuse:
         from personalization import embedded
 
         embedded.stop_all(Path(os.environ["PERSONALIZATION_DATA_DIR"]))  # the data stays for the next run

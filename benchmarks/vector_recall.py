@@ -91,7 +91,9 @@ def category_name(index: int) -> str:
     return f"category-{index:02d}"
 
 
-def build(cursor, vectors: np.ndarray, categories: np.ndarray, in_stock: np.ndarray) -> dict[str, float]:
+def build(
+    cursor, vectors: np.ndarray, categories: np.ndarray, in_stock: np.ndarray, *, m: int = 16, ef_construction: int = 64
+) -> dict[str, float]:
     cursor.execute("CREATE EXTENSION IF NOT EXISTS vector")
     cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
     cursor.execute(
@@ -109,7 +111,7 @@ def build(cursor, vectors: np.ndarray, categories: np.ndarray, in_stock: np.ndar
     cursor.execute("SET maintenance_work_mem = '1GB'")
     cursor.execute(
         f"CREATE INDEX {TABLE}_hnsw ON {TABLE} USING hnsw (embedding vector_cosine_ops) "
-        "WITH (m = 16, ef_construction = 64)"
+        f"WITH (m = {m}, ef_construction = {ef_construction})"
     )
     built = time.perf_counter() - started
     cursor.execute(f"VACUUM ANALYZE {TABLE}")
@@ -192,7 +194,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument(
+        "--ef-search", type=lambda text: [int(value) for value in text.split(",")], default=EF_SEARCH_VALUES,
+        help="comma-separated hnsw.ef_search values to measure (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--m", type=int, default=16, help="the index's m (the product's: 16)")
+    parser.add_argument("--ef-construction", type=int, default=64, help="the index's ef_construction (product: 64)")
+    parser.add_argument(
+        "--print-only", action="store_true",
+        help="print the section's body instead of replacing the 100,000-item section of BENCHMARKS.md "
+        "(for figures recorded inside another section, e.g. the 1 M-item training one)",
+    )  # fmt: skip
     args = parser.parse_args()
+    ef_search_values = sorted(args.ef_search)
     os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(BENCH_DATA_DIR))
     django_setup()
     from django.db import connection
@@ -206,7 +220,7 @@ def main() -> None:
         for vector, category in zip(query_vectors, query_categories, strict=True)
     ]
     with connection.cursor() as cursor:
-        timings = build(cursor, vectors, categories, in_stock)
+        timings = build(cursor, vectors, categories, in_stock, m=args.m, ef_construction=args.ef_construction)
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         pgvector_version = cursor.fetchone()[0]
         cursor.execute("SHOW server_version")
@@ -223,7 +237,7 @@ def main() -> None:
 
         # Warm-up: every query once at the highest ef_search (the index pages and the table are then in memory).
         for where, iterative_scan in CASES.values():
-            settings_apply(cursor, ef_search=max(EF_SEARCH_VALUES), iterative_scan=iterative_scan)
+            settings_apply(cursor, ef_search=max(ef_search_values), iterative_scan=iterative_scan)
             run_queries(cursor, query_sql(where), params)
         plans = {}
         for name, (where, iterative_scan) in CASES.items():
@@ -231,7 +245,7 @@ def main() -> None:
             plans[name] = plan_of(cursor, query_sql(where), params[0])
 
         measured: dict[tuple[str, int], dict[str, float]] = {}
-        for ef_search in EF_SEARCH_VALUES:
+        for ef_search in ef_search_values:
             for name, (where, iterative_scan) in CASES.items():
                 settings_apply(cursor, ef_search=ef_search, iterative_scan=iterative_scan)
                 found, latencies = run_queries(cursor, query_sql(where), params)
@@ -249,19 +263,19 @@ def main() -> None:
         chosen = next(
             (
                 ef_search
-                for ef_search in EF_SEARCH_VALUES
+                for ef_search in ef_search_values
                 if all(measured[(name, ef_search)]["recall"] >= RECALL_TARGET for name in REQUIRED_CASES)
             ),
             None,
         )
         print("chosen ef_search:", chosen)
-        breakdown = filtered_breakdown(cursor, params, exact[CASES["c"][0]], ef_search=chosen or max(EF_SEARCH_VALUES))
+        breakdown = filtered_breakdown(cursor, params, exact[CASES["c"][0]], ef_search=chosen or max(ef_search_values))
         with_btree = category_btree_pass(cursor, params, exact[CASES["c"][0]], ef_search=chosen or 40)
         settings_apply(cursor, ef_search=None, iterative_scan="off")
 
     header = "| ef_search | " + " | ".join(CASE_LABELS[name] for name in CASES) + " |"
     table = [header, "|---" * (len(CASES) + 1) + "|"]
-    for ef_search in EF_SEARCH_VALUES:
+    for ef_search in ef_search_values:
         cells = []
         for name in CASES:
             figures = measured[(name, ef_search)]
@@ -280,13 +294,14 @@ def main() -> None:
         "The remaining (c) misses and its p99 are queries whose category is rare around the query vector; for "
         "those an exact filtered search (above) is both exact and cheaper at this catalog size."
         if chosen is not None
-        else f"No ef_search up to {max(EF_SEARCH_VALUES)} reached recall@10 >= {RECALL_TARGET} in every case."
+        else f"No ef_search up to {max(ef_search_values)} reached recall@10 >= {RECALL_TARGET} in every case."
     )
     body = (
         f"{args.items:,} synthetic items ({DIMENSIONS} dims, a mixture of {CLUSTERS} Gaussians of uneven sizes and "
         f"spreads, normalised; {IN_STOCK_SHARE:.0%} in stock; {CATEGORIES} categories, {HOME_CATEGORY_SHARE:.0%} of "
         f"a cluster's items in its home category), {args.queries} queries (new points of the same mixture), k={K}. "
-        f"PostgreSQL {server_version}, pgvector {pgvector_version}, HNSW m=16, ef_construction=64, "
+        f"PostgreSQL {server_version}, pgvector {pgvector_version}, HNSW m={args.m}, "
+        f"ef_construction={args.ef_construction}, "
         f"vector_cosine_ops; COPY {timings['load_s']:.1f} s, index build {timings['build_s']:.1f} s "
         f"(maintenance_work_mem 1GB), then VACUUM ANALYZE and a warm-up pass over every query (pg_prewarm is not in "
         f"the embedded server). Filter (c) keeps {selectivity:.1%} of the rows on average (a category holds "
@@ -301,11 +316,15 @@ def main() -> None:
         "or `hnsw.scan_mem_multiplier` (to 4) changed nothing in a separate probe: the misses are the relaxed-order "
         f"walk through parts of the graph where the filter is rare. Finally, {with_btree}.\n\n" + decision
     )
-    record(
-        "pgvector recall and ef_search",
-        f"python benchmarks/vector_recall.py --items {args.items} --queries {args.queries}",
-        body,
-    )
+    command = f"python benchmarks/vector_recall.py --items {args.items} --queries {args.queries}"
+    if (args.m, args.ef_construction) != (16, 64):
+        command += f" --m {args.m} --ef-construction {args.ef_construction}"
+    if args.ef_search != EF_SEARCH_VALUES:
+        command += " --ef-search " + ",".join(str(value) for value in ef_search_values)
+    if args.print_only:
+        print(f"\n{command}\n\n{body}")
+    else:
+        record("pgvector recall and ef_search", command, body)
     if not os.environ.get("DATABASE_URL"):
         from personalization import embedded
 

@@ -332,6 +332,10 @@ SIGNALS_ATTRIBUTION_WINDOW_SECONDS = int(os.environ.get("SIGNALS_ATTRIBUTION_WIN
 # Each user's purchased set (items placements may leave out) keeps their latest purchases, this many (serving reads
 # the whole set with the user's state).
 SIGNALS_PURCHASED_ITEMS_KEPT = int(os.environ.get("SIGNALS_PURCHASED_ITEMS_KEPT", "1000"))
+# Each user's affinity hash keeps this many entities (categories, brands, tags...), the strongest by decayed counter
+# (`graph_app.features.user_affinity`): a heavy user's hash stays small and, with its two meta fields, within Redis
+# 7's hash-max-listpack-entries (128), the compact encoding.
+SIGNALS_AFFINITY_ENTITIES_KEPT = int(os.environ.get("SIGNALS_AFFINITY_ENTITIES_KEPT", "100"))
 
 # Retrieval sources that query PostgreSQL run in this many threads per process, each against its own deadline
 # (0 runs them one after another in the request's thread, checking deadlines after the fact).
@@ -356,6 +360,9 @@ USER_NEAREST_LISTS_MAX_USERS = int(os.environ.get("USER_NEAREST_LISTS_MAX_USERS"
 # (5,000 items: 300 MB, about 17 s on one core) and its time grows with the cube. Its lists go to the same users as the
 # nearest lists (about 3 KB of Redis each). 0 turns it off.
 ITEM_MODEL_MAX_ITEMS = int(os.environ.get("ITEM_MODEL_MAX_ITEMS", "5000"))
+# The items' similar lists are exact up to this many items with a vector, approximate above (graph_app.similar_lists:
+# exact top-k grows with the square of the catalog, about 20 minutes of a core at a million items).
+SIMILAR_LISTS_EXACT_MAX_ITEMS = int(os.environ.get("SIMILAR_LISTS_EXACT_MAX_ITEMS", "200000"))
 # A serving process collects its young objects after this many more allocations than deallocations (Python's
 # default is 700: a request allocates thousands of short-lived candidates, so it collected on most requests).
 SERVING_GC_THRESHOLD = int(os.environ.get("SERVING_GC_THRESHOLD", "5000"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -83,12 +84,13 @@ def project(features: FeatureVector, projection: np.ndarray) -> np.ndarray:
 def feature_matrix(rows: Iterable[FeatureVector]) -> scipy.sparse.csr_matrix:  # noqa: F821
     from scipy import sparse
 
-    indptr, indices, data = [0], [], []
+    # Typed arrays, not lists: a million items' features are tens of millions of numbers.
+    indptr, indices, data = array("q", [0]), array("q"), array("f")
     for features in rows:
         indices.extend(features.keys())
         data.extend(features.values())
         indptr.append(len(indices))
     return sparse.csr_matrix(
-        (np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int64), np.asarray(indptr)),
+        (np.array(data, dtype=np.float32), np.array(indices, dtype=np.int64), np.array(indptr, dtype=np.int64)),
         shape=(len(indptr) - 1, CONTENT_FEATURE_BUCKETS),
     )

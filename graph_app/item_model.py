@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 
+from graph_app.progress import Progress
 from graph_app.user_lists import ranked_lists_publish
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
@@ -89,8 +90,10 @@ def item_model_lists(
     covered = user_items[:, model.items].tocsr()
     covered.data[:] = 1.0
     excluded = exclude[:, model.items].tocsr() if exclude is not None else None
+    progress = Progress("item_model: users' lists", total=rows)
     for start in range(0, rows, USER_BLOCK_ROWS):
         stop = min(start + USER_BLOCK_ROWS, rows)
+        progress.advance(stop - start)
         block = np.asarray(covered[start:stop] @ model.weights, dtype=np.float32)
         if excluded is not None:
             part = excluded[start:stop].tocoo()
@@ -104,6 +107,7 @@ def item_model_lists(
         valid = best_scores > 0
         indexes[start:stop, :wanted] = np.where(valid, model.items[best], -1)
         scores[start:stop, :wanted] = np.where(valid, best_scores, 0.0)
+    progress.finish()
     return indexes, scores
 
 
@@ -136,11 +140,13 @@ def item_model_search(
     first: np.ndarray | None = None
     best: tuple[float, Any] | None = None
     active_ndcg: float | None = None
+    progress = Progress(f"item_model search ({budget_seconds:.0f} s budget): λ tried", total=len(grid), every_seconds=0)
     for regularization in grid:
         if tried and time.monotonic() - started > budget_seconds:
             break
         model = item_model_fit(interactions, holdout.search_train, regularization=regularization)
         found, _ = item_model_lists(model, seen, exclude=seen, k=TOP_K)
+        progress.advance()
         scores = holdout_scores(interactions, holdout, found, popularity_ndcg)
         tried.append({"regularization": regularization, "ndcg@10": scores.ndcg, "taste_ndcg@10": scores.taste_ndcg})
         if regularization == active:

@@ -31,6 +31,7 @@ from django.utils import timezone
 from scipy import sparse
 
 from graph_app.neighbourhoods_online import SOURCE_CO_OCCURRENCE, SOURCE_ENTITY, Neighbour, neighbours_encode
+from graph_app.progress import Progress
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
@@ -44,6 +45,8 @@ CO_OCCURRENCE_MIN_USERS = 2
 CO_OCCURRENCE_MAX_ITEMS_PER_USER = 1000
 # Items whose similarity rows are computed at once: bounds the memory of the sparse products.
 SIMILARITY_BLOCK_ROWS = 1000
+# Members of an entity an item's candidates through it come from (see neighbourhoods_compute).
+ENTITY_CANDIDATES_MAX = 200
 PUBLISH_BATCH_SIZE = 1000
 SCORE_DECIMALS = 6
 
@@ -183,23 +186,75 @@ def _strongest_entity(catalog: _Catalog, item: int, other: int) -> int:
     return best
 
 
+def _members_capped(links_t: sparse.csr_matrix, cap: int) -> sparse.csr_matrix | None:
+    """entities x items with each entity's members cut to its `cap` strongest (highest weight, then lowest item
+    index); None when no entity has more."""
+    sizes = np.diff(links_t.indptr)
+    if not len(sizes) or sizes.max() <= cap:
+        return None
+    keep = np.ones(links_t.nnz, dtype=bool)
+    for entity in np.flatnonzero(sizes > cap).tolist():
+        start, end = links_t.indptr[entity], links_t.indptr[entity + 1]
+        order = np.lexsort((links_t.indices[start:end], -links_t.data[start:end]))
+        keep[start + order[cap:]] = False
+    rows = np.repeat(np.arange(links_t.shape[0]), sizes)
+    return sparse.csr_matrix((links_t.data[keep], (rows[keep], links_t.indices[keep])), shape=links_t.shape).tocsr()
+
+
+def _entity_values(
+    weighted_block: sparse.csr_matrix, links: sparse.csr_matrix, pattern: sparse.csr_matrix
+) -> sparse.csr_matrix:
+    """The exact shared-entity score of each (row, item) pair of `pattern` (block rows x items): the dot product of
+    the row's idf-weighted links with the item's links, for those pairs only."""
+    block_entities = np.unique(weighted_block.indices)
+    dense = weighted_block[:, block_entities].toarray()
+    local = np.full(links.shape[1], -1, dtype=np.int64)
+    local[block_entities] = np.arange(len(block_entities))
+    pair_rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
+    items = pattern.indices
+    counts = np.diff(links.indptr)[items]
+    pair_of_link = np.repeat(np.arange(len(items)), counts)
+    firsts = np.repeat(links.indptr[items], counts)
+    offsets = np.arange(len(pair_of_link)) - np.repeat(np.cumsum(counts) - counts, counts)
+    link = firsts + offsets
+    column = local[links.indices[link]]
+    contributions = np.where(column >= 0, dense[pair_rows[pair_of_link], np.maximum(column, 0)] * links.data[link], 0.0)
+    values = np.bincount(pair_of_link, weights=contributions, minlength=len(items))
+    result = sparse.csr_matrix((values, items.copy(), pattern.indptr.copy()), shape=pattern.shape)
+    result.eliminate_zeros()
+    return result
+
+
 def neighbourhoods_compute(*, catalog: _Catalog, item_users: sparse.csr_matrix, users: int, k: int) -> _Result:
     item_count = len(catalog.item_ids)
     weighted_links = catalog.links.multiply(catalog.idf[None, :]).tocsr() if len(catalog.idf) else catalog.links
     links_t = catalog.links.T.tocsr()
+    # A brand of a million-item catalog has thousands of items, all equally similar through it: the pairs through
+    # it would be billions. An item's candidates through an entity are its ENTITY_CANDIDATES_MAX strongest members
+    # (the others could only tie with them, and ties go to the lower index, which they have); every candidate's
+    # score is then computed exactly, co-occurrence candidates' included. Exact unless an item shares two such
+    # big entities with a member left out of both (which then misses its higher score).
+    capped_t = _members_capped(links_t, max(k + 1, ENTITY_CANDIDATES_MAX))
     users_t = item_users.T.tocsr()
     user_counts = np.asarray(item_users.sum(axis=1)).ravel()
     offsets = np.zeros(item_count + 1, dtype=np.int64)
     neighbours: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     via_entity: list[np.ndarray] = []
+    progress = Progress("neighbourhoods: items", total=item_count)
     for start in range(0, item_count, SIMILARITY_BLOCK_ROWS):
         stop = min(start + SIMILARITY_BLOCK_ROWS, item_count)
-        entity_block = (weighted_links[start:stop] @ links_t).tocsr()
+        progress.advance(stop - start)
         co_block = (item_users[start:stop] @ users_t).tocsr().astype(np.float64)
         co_block.data[co_block.data < CO_OCCURRENCE_MIN_USERS] = 0
         co_block.eliminate_zeros()
         co_block.sort_indices()
+        if capped_t is None:
+            entity_block = (weighted_links[start:stop] @ links_t).tocsr()
+        else:
+            pattern = ((weighted_links[start:stop] @ capped_t) + co_block).tocsr()
+            pattern.sort_indices()
+            entity_block = _entity_values(weighted_links[start:stop], catalog.links, pattern)
         # Cosine of the user sets: divide each count by sqrt(|U_i| |U_j|).
         rows = np.repeat(np.arange(start, stop), np.diff(co_block.indptr))
         co_block.data /= np.sqrt(user_counts[rows] * user_counts[co_block.indices])
@@ -221,6 +276,7 @@ def neighbourhoods_compute(*, catalog: _Catalog, item_users: sparse.csr_matrix, 
             scores.append(chosen_scores)
             via_entity.append(via)
             offsets[item + 1] = offsets[item] + len(chosen_items)
+    progress.finish()
     empty_int = np.zeros(0, dtype=np.int32)
     return _Result(
         offsets=offsets,
@@ -284,14 +340,17 @@ def neighbourhoods_publish(*, catalog: _Catalog, result: _Result) -> int:
     client = get_control_redis()
     previous = {member.decode() for member in client.smembers(redis_keys.ITEM_NEIGHBOURS_INDEX)}
     current = [item for item in range(len(catalog.item_ids)) if result.offsets[item + 1] > result.offsets[item]]
+    progress = Progress("neighbourhoods: items published", total=len(current))
     for start in range(0, len(current), PUBLISH_BATCH_SIZE):
         batch = current[start : start + PUBLISH_BATCH_SIZE]
+        progress.advance(len(batch))
         pipeline = client.pipeline(transaction=False)
         pipeline.sadd(redis_keys.ITEM_NEIGHBOURS_INDEX, *(catalog.item_ids[item] for item in batch))
         for item in batch:
             payload = neighbours_encode(title=catalog.titles[item], neighbours=_item_neighbours(catalog, result, item))
             pipeline.set(redis_keys.item_neighbours(catalog.item_ids[item]), payload)
         pipeline.execute()
+    progress.finish()
     stale = sorted(previous - {catalog.item_ids[item] for item in current})
     for start in range(0, len(stale), PUBLISH_BATCH_SIZE):
         batch = stale[start : start + PUBLISH_BATCH_SIZE]

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from graph_app.embeddings import ItemContent, content_features, feature_matrix, 
 from graph_app.item_model import ItemModelSearch, item_model_fit, item_model_publish, item_model_search
 from graph_app.models import Item
 from graph_app.online import catalog_items_rebuild
+from graph_app.progress import Progress
 from graph_app.similar_lists import similar_lists_publish
 from graph_app.user_lists import FILTERED_SCORE, user_lists_publish
 from scoring_app.models import ModelVersion
@@ -63,6 +65,11 @@ RIDGE_PENALTY = 1.0
 # An item with this many interacting users is half collaborative, half content.
 BLEND_HALF_WEIGHT_USERS = 5.0
 UPDATE_BATCH_SIZE = 2000
+# From this many rows (items and users), the vectors are written with the items' HNSW index dropped and built again
+# afterwards (`_vectors_bulk_write`); below, row by row under the index.
+VECTORS_BULK_MIN_ROWS = 50_000
+# Rows fetched at a time when the log's pairs are streamed into arrays.
+INTERACTIONS_CHUNK_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,10 @@ def _interaction_weights_sql() -> tuple[str, list[object]]:
     return sql, [types, weights]
 
 
-def _items_content() -> tuple[list[str], list[ItemContent]]:
+def _items_features() -> tuple[list[str], Any]:
+    """The catalog's ids (in id order) and content features (CSR, a row per item), each item's features computed
+    as its row is read: a million items' ItemContent objects would hold a GB of the worker's memory."""
     ids: list[str] = []
-    contents: list[ItemContent] = []
     links: dict[int, list[tuple[str, str, float]]] = {}
     with connection.cursor() as cursor:
         cursor.execute(
@@ -109,23 +117,38 @@ def _items_content() -> tuple[list[str], list[ItemContent]]:
         )
         for item_pk, kind, external_id, weight in cursor.fetchall():
             links.setdefault(item_pk, []).append((kind, external_id, weight))
-    for pk, external_id, title, description, category, attributes in (
-        Item.objects.values_list("pk", "external_id", "title", "description", "category", "attributes")
-        .order_by("external_id")
-        .iterator(chunk_size=5000)
-    ):
-        ids.append(external_id)
-        contents.append(ItemContent(title, description, category, tuple(links.get(pk, ())), attributes or {}))
-    return ids, contents
+
+    def features() -> Iterator[dict[int, float]]:
+        progress = Progress("embeddings: items' content read", total=None)
+        for pk, external_id, title, description, category, attributes in (
+            Item.objects.values_list("pk", "external_id", "title", "description", "category", "attributes")
+            .order_by("external_id")
+            .iterator(chunk_size=5000)
+        ):
+            ids.append(external_id)
+            progress.advance()
+            yield content_features(
+                ItemContent(title, description, category, tuple(links.get(pk, ())), attributes or {})
+            )
+        progress.finish()
+
+    matrix = feature_matrix(features())
+    return ids, matrix
+
+
+_SIX_DECIMALS = "{:.6f}".format
 
 
 def _vector_literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(f"{value:.6f}" for value in vector) + "]"
+    # Python floats (tolist) format about 2.5 times faster than numpy scalars, to the same text.
+    return "[" + ",".join(map(_SIX_DECIMALS, vector.tolist())) + "]"
 
 
 def _vectors_write(table: str, ids: list[str], vectors: np.ndarray, sources: list[str] | None = None) -> None:
+    progress = Progress(f"embeddings: {table} rows written", total=len(ids))
     with connection.cursor() as cursor:
         for start in range(0, len(ids), UPDATE_BATCH_SIZE):
+            progress.advance(min(UPDATE_BATCH_SIZE, len(ids) - start))
             chunk = slice(start, start + UPDATE_BATCH_SIZE)
             literals = [_vector_literal(vector) for vector in vectors[chunk]]
             if sources is None:
@@ -140,6 +163,44 @@ def _vectors_write(table: str, ids: list[str], vectors: np.ndarray, sources: lis
                     "FROM unnest(%s::text[], %s::text[], %s::text[]) AS v(id, e, s) WHERE t.external_id = v.id",
                     [ids[chunk], literals, sources[chunk]],
                 )
+    progress.finish()
+
+
+def _vectors_stage(name: str, ids: list[str], vectors: np.ndarray, sources: list[str] | None = None) -> str:
+    """COPY the vectors into a temporary table of this session (id, vector, source); returns its name."""
+    staging = f"embeddings_staging_{name}"
+    progress = Progress(f"embeddings: {name} vectors staged", total=len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {staging}")
+        cursor.execute(f"CREATE TEMPORARY TABLE {staging} (id varchar(200) PRIMARY KEY, e vector, s varchar(20))")
+        with cursor.copy(f"COPY {staging} (id, e, s) FROM STDIN") as copy:
+            for row, item_id in enumerate(ids):
+                copy.write_row((item_id, _vector_literal(vectors[row]), sources[row] if sources else None))
+                progress.advance()
+        cursor.execute(f"ANALYZE {staging}")
+    progress.finish()
+    return staging
+
+
+def _vectors_apply(table: str, staging: str, *, with_sources: bool) -> None:
+    """One UPDATE of `table` from a staging table (see _vectors_stage)."""
+    started = time.monotonic()
+    source = ", embedding_source = v.s" if with_sources else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS t SET embedding = v.e{source} FROM {staging} AS v WHERE t.external_id = v.id"
+        )
+        cursor.execute(f"DROP TABLE {staging}")
+    logger.info("graph.embeddings_written", extra={"table": table, "seconds": round(time.monotonic() - started, 1)})
+
+
+class _LogLines:
+    """A writable stream whose lines go to the log (item_vector_index_build's progress)."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            logger.info(line.strip())
+        return len(text)
 
 
 @dataclass(frozen=True)
@@ -200,24 +261,53 @@ class AlsFactors:
 
 
 def interactions_load(item_ids: list[str] | None = None) -> Interactions:
-    """The log's user-item pairs (see Interactions), for the catalog `item_ids` (read when not given)."""
+    """The log's user-item pairs (see Interactions), for the catalog `item_ids` (read when not given).
+
+    Streamed from a server-side cursor in chunks into numpy arrays: at 15 M pairs a list of row tuples alone would
+    take several GB of the worker's memory."""
     if item_ids is None:
         item_ids = list(Item.objects.order_by("external_id").values_list("external_id", flat=True))
     item_index = {item_id: index for index, item_id in enumerate(item_ids)}
+    # Users numbered as first met; renumbered in id order at the end.
+    user_codes: dict[str, int] = {}
+    parts: list[tuple[np.ndarray, ...]] = []
     sql, params = _interaction_weights_sql()
-    with connection.cursor() as cursor:
+    progress = Progress("interactions_load: pairs read", total=None)
+    with transaction.atomic(), connection.chunked_cursor() as cursor:
         cursor.execute(sql, params)
-        rows = [row for row in cursor.fetchall() if row[1] in item_index]
-    user_ids = sorted({row[0] for row in rows})
-    user_index = {user_id: index for index, user_id in enumerate(user_ids)}
+        while rows := cursor.fetchmany(INTERACTIONS_CHUNK_ROWS):
+            items = np.fromiter((item_index.get(row[1], -1) for row in rows), dtype=np.int64, count=len(rows))
+            kept = [row for row, item in zip(rows, items.tolist(), strict=True) if item >= 0]
+            parts.append(
+                (
+                    np.fromiter(
+                        (user_codes.setdefault(row[0], len(user_codes)) for row in kept), dtype=np.int64,
+                        count=len(kept),
+                    ),
+                    items[items >= 0],
+                    np.fromiter((row[2] for row in kept), dtype=np.float32, count=len(kept)),
+                    np.fromiter((row[3] for row in kept), dtype=np.float64, count=len(kept)),
+                    np.fromiter((bool(row[4]) for row in kept), dtype=bool, count=len(kept)),
+                )
+            )  # fmt: skip
+            progress.advance(len(rows))
+    progress.finish()
+    user_ids = sorted(user_codes)
+    position = {user_id: index for index, user_id in enumerate(user_ids)}
+    renumbered = np.fromiter((position[user_id] for user_id in user_codes), dtype=np.int64, count=len(user_codes))
+    del position
+
+    def column(index: int, dtype: Any) -> np.ndarray:
+        return np.concatenate([part[index] for part in parts]) if parts else np.zeros(0, dtype=dtype)
+
     return Interactions(
         user_ids=user_ids,
         item_ids=list(item_ids),
-        users=np.asarray([user_index[row[0]] for row in rows], dtype=np.int64),
-        items=np.asarray([item_index[row[1]] for row in rows], dtype=np.int64),
-        weights=np.asarray([row[2] for row in rows], dtype=np.float32),
-        latest=np.asarray([row[3] for row in rows], dtype=np.float64),
-        purchased=np.asarray([bool(row[4]) for row in rows], dtype=bool),
+        users=renumbered[column(0, np.int64)],
+        items=column(1, np.int64),
+        weights=column(2, np.float32),
+        latest=column(3, np.float64),
+        purchased=column(4, bool),
     )
 
 
@@ -236,8 +326,10 @@ def als_fit(interactions: Interactions, als: AlsSettings, mask: np.ndarray | Non
             factors=dimensions, regularization=als.regularization, alpha=als.alpha, iterations=als.iterations,
             random_state=als.random_state, calculate_training_loss=False,
         )  # fmt: skip
+        progress = Progress(f"als_fit: iterations ({user_items.nnz:,} pairs)", total=als.iterations)
         with threadpool_limits(1):
-            model.fit(user_items, show_progress=False)
+            model.fit(user_items, show_progress=False, callback=lambda *_: progress.advance())
+        progress.finish()
         item_factors = np.asarray(model.item_factors)[:, :dimensions]
         user_factors = np.asarray(model.user_factors)[:, :dimensions]
     return AlsFactors(interactions.user_ids, interactions.item_ids, user_factors, item_factors, users_per_item)
@@ -432,10 +524,13 @@ def als_settings_search(
     best: tuple[HoldoutScores, AlsSettings] | None = None
     popularity_ndcg = math.nan
     active_ndcg: float | None = None
+    # One line per setting tried; the search stops at its budget, so the time left is at most what remains of it.
+    progress = Progress(f"als search ({budget_seconds:.0f} s budget): settings tried", total=len(grid), every_seconds=0)
     for candidate in grid:
         if tried and time.monotonic() - started > budget_seconds:
             break
         scores = holdout_evaluate(interactions, holdout, als_fit(interactions, candidate, holdout.search_train))
+        progress.advance()
         popularity_ndcg = scores.popularity_ndcg
         tried.append({**asdict(candidate), "ndcg@10": scores.ndcg, "taste_ndcg@10": scores.taste_ndcg})
         if candidate == active:
@@ -462,6 +557,39 @@ def als_settings_search(
     return SettingsSearch(best[1], tried, gate)
 
 
+def _vectors_bulk_write(
+    item_ids: list[str],
+    item_vectors: np.ndarray,
+    sources: list[str],
+    user_ids: list[str],
+    user_vectors: np.ndarray,
+    *,
+    projection: np.ndarray,
+    metrics: dict[str, object],
+) -> ModelVersion:
+    """Write a large catalog's and its users' vectors with the items' HNSW index away, and register the model.
+
+    Each row updated under the index inserts its vector into the graph (about a millisecond: a million items
+    would take most of an hour); one UPDATE from a staging table and a concurrent build of the index afterwards
+    take minutes. Serving reads on meanwhile: its vector searches are exact (slower) until the index is back, and
+    it sees the old vectors or the new ones (one transaction), never a mix."""
+    from graph_app.item_vector_index import item_vector_index_build, item_vector_index_drop
+
+    items_staging = _vectors_stage("items", item_ids, item_vectors, sources)
+    users_staging = _vectors_stage("users", user_ids, user_vectors)
+    item_vector_index_drop()  # concurrently: serving's reads are not blocked
+    try:
+        with transaction.atomic():
+            _vectors_apply("graph_app_item", items_staging, with_sources=True)
+            _vectors_apply("graph_app_shopper", users_staging, with_sources=False)
+            model_version = model_version_register(
+                kind=ModelVersion.Kind.EMBEDDINGS, arrays={"content_projection": projection}, metrics=metrics
+            )
+    finally:
+        item_vector_index_build(progress=_LogLines())  # type: ignore[arg-type]
+    return model_version
+
+
 def _item_vectors(factors: AlsFactors, content: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(serving item vectors, content projection, which items have history): unit-length collaborative vectors
     blended with content vectors by how much history each item has."""
@@ -482,11 +610,15 @@ def _item_vectors(factors: AlsFactors, content: Any) -> tuple[np.ndarray, np.nda
     return normalize_rows(blend * collaborative + (1 - blend) * content_vectors), projection, has_history
 
 
-def item_vectors_for(factors: AlsFactors) -> np.ndarray:
-    """The serving item vectors of these factors (what `embeddings_train` stores), for the catalog's items."""
-    _, contents = _items_content()
-    content = feature_matrix(content_features(item) for item in contents)
-    return _item_vectors(factors, content)[0]
+def item_content_matrix() -> Any:
+    """The catalog's content features (items in id order x CONTENT_FEATURE_BUCKETS, CSR)."""
+    return _items_features()[1]
+
+
+def item_vectors_for(factors: AlsFactors, content: Any = None) -> np.ndarray:
+    """The serving item vectors of these factors (what `embeddings_train` stores), for the catalog's items;
+    `content`: the catalog's `item_content_matrix()`, read when not given."""
+    return _item_vectors(factors, item_content_matrix() if content is None else content)[0]
 
 
 def _active_settings() -> AlsSettings | None:
@@ -526,9 +658,8 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
     """Train on the whole log with the settings the holdout search chose (or `als`), and make the result the
     serving embeddings model if it passes the quality gate (beats popularity on the held-out slice)."""
     started = time.monotonic()
-    item_ids, contents = _items_content()
+    item_ids, content = _items_features()
     interactions = interactions_load(item_ids)
-    content = feature_matrix(content_features(item) for item in contents)
     holdout = holdout_split(interactions)
     search_on = settings.TRAINING_SEARCH if search is None else search
     chosen = als or AlsSettings()
@@ -571,11 +702,16 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
             item_model=asdict(item_model) if item_model is not None else None,
         )  # fmt: skip
     sources = ["collaborative" if history else "content" for history in has_history]
-    with transaction.atomic():
-        _vectors_write("graph_app_item", item_ids, item_vectors, sources)
-        _vectors_write("graph_app_shopper", user_ids, user_vectors)
-        model_version = model_version_register(
-            kind=ModelVersion.Kind.EMBEDDINGS, arrays={"content_projection": projection}, metrics=metrics
+    if len(item_ids) + len(user_ids) < VECTORS_BULK_MIN_ROWS:
+        with transaction.atomic():
+            _vectors_write("graph_app_item", item_ids, item_vectors, sources)
+            _vectors_write("graph_app_shopper", user_ids, user_vectors)
+            model_version = model_version_register(
+                kind=ModelVersion.Kind.EMBEDDINGS, arrays={"content_projection": projection}, metrics=metrics
+            )
+    else:
+        model_version = _vectors_bulk_write(
+            item_ids, item_vectors, sources, user_ids, user_vectors, projection=projection, metrics=metrics
         )
     # The feature store reads embeddings from Redis: copy the new ones there once they are committed.
     catalog_items_rebuild()

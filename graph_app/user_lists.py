@@ -26,6 +26,7 @@ from django.conf import settings
 
 from graph_app.embeddings import normalize_rows
 from graph_app.models import Item, Shopper
+from graph_app.progress import Progress
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis, swap_in
 
@@ -68,6 +69,17 @@ def user_lists_compute(
     if exclude is not None:
         exclude = exclude[:, with_vector].tocsr()  # in the searched items' numbering
     has_vector = users.any(axis=1)
+    if len(searched) > settings.SIMILAR_LISTS_EXACT_MAX_ITEMS:
+        # Exact top-k over a million items for 100,000 users is an hour of a core: approximate, as the items'
+        # similar lists are above the same size.
+        from graph_app.similar_lists import ann_top_k
+
+        found, found_scores = ann_top_k(searched, users, wanted, name="user_lists", exclude=exclude)
+        valid = (found >= 0) & has_vector[:, None]
+        indexes[:, :wanted] = np.where(valid, with_vector[np.maximum(found, 0)], -1)
+        scores[:, :wanted] = np.where(valid, found_scores, 0.0)
+        return indexes, scores
+    progress = Progress("user_lists: users' nearest items", total=len(users))
     for start in range(0, len(users), QUERY_BLOCK_ROWS):
         block = np.ascontiguousarray(users[start : start + QUERY_BLOCK_ROWS])
         filtered = exclude[start : start + len(block)] if exclude is not None else None
@@ -77,6 +89,8 @@ def user_lists_compute(
         rows = slice(start, start + len(block))
         indexes[rows, :wanted] = np.where(valid, with_vector[np.maximum(found, 0)], -1)
         scores[rows, :wanted] = np.where(valid, found_scores, 0.0)
+        progress.advance(len(block))
+    progress.finish()
     return indexes, scores
 
 
@@ -127,7 +141,9 @@ def ranked_lists_publish(
     def flush(partition: int) -> None:
         client.hset(redis_keys.staging(key(partition), run), mapping=batches.pop(partition))
 
+    progress = Progress(f"{name} lists: users published", total=len(user_ids))
     for row, user_id in enumerate(user_ids):
+        progress.advance()
         found = indexes[row] >= 0
         if not found.any():
             continue
@@ -143,6 +159,7 @@ def ranked_lists_publish(
             flush(partition)
     for partition in list(batches):
         flush(partition)
+    progress.finish()
     for partition in redis_keys.partitions():
         served = key(partition)
         swap_in(client, key=served, staging=redis_keys.staging(served, run))

@@ -86,6 +86,7 @@ def session_alias(session_id: str) -> str:
 
 # Per user (in the user's partition).
 def user_recent_items(user_key: str) -> str:
+    """The user's latest items of interest, newest first (RECENT_ITEMS_KEPT of them)."""
     return f"user:{_tag(partition_of(user_key))}:{user_key}:recent"
 
 
@@ -109,6 +110,8 @@ def user_last_slate(user_key: str, placement: str) -> str:
 
 
 def user_affinity(user_key: str) -> str:
+    """The user's decayed counter of each entity: one field an entity, packed doubles (the layout and its one
+    decoder: `graph_app.features.user_affinity`)."""
     return f"user:{_tag(partition_of(user_key))}:{user_key}:affinity"
 
 

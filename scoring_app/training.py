@@ -29,6 +29,7 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -40,6 +41,7 @@ from graph_app.features.offline import FeatureRequest, features_offline
 from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
 from graph_app.item_model import item_model_fit, item_model_lists
 from graph_app.models import FeatureRow
+from graph_app.progress import Progress
 from graph_app.similar_lists import SCORE_DECIMALS as SIMILAR_DECIMALS
 from graph_app.similar_lists import SIMILAR_PER_ITEM, similar_lists_compute
 from graph_app.training import (
@@ -51,6 +53,7 @@ from graph_app.training import (
     als_fit,
     holdout_split,
     interactions_load,
+    item_content_matrix,
     item_vectors_for,
     popularity_scores,
     top_k_items,
@@ -201,25 +204,29 @@ def holdout_queries(
     labels: np.ndarray | None = None,
     visible: np.ndarray | None = None,
     at: datetime | None = None,
+    content: Any = None,
 ) -> HoldoutQueries:
     """The users' candidates and features as of their cut (see HoldoutQueries), from embeddings fitted on the
     `visible` pairs (the holdout's training part by default); the `labels` pairs (the held-out future by default)
     are the positives. The users' pairs that are not `visible` are hidden from the features too. `at`: the features'
-    instant for every user instead of each one's cut."""
+    instant for every user instead of each one's cut. `content`: the catalog's `item_content_matrix()` (read when not
+    given; a caller building several sets of queries reads it once)."""
     visible = holdout.train if visible is None else visible
     labels = holdout.held_out if labels is None else labels
     users = _sample(holdout.users, RANKER_USERS_MAX) if users is None else users
     factors = als_fit(interactions, active_als_settings(), visible)
     item_ids = interactions.item_ids
     # The "similar" source's lists, as the embeddings training would publish them from these factors.
-    neighbours, cosines = similar_lists_compute(item_vectors_for(factors), k=SIMILAR_PER_ITEM)
+    # Only the lists these users' recent items can read (a few thousand of a million-item catalog's).
+    seeds = np.unique(interactions.items[visible & np.isin(interactions.users, users)])
+    neighbours, cosines = similar_lists_compute(item_vectors_for(factors, content), k=SIMILAR_PER_ITEM, rows=seeds)
     similar_lists = {
         item_ids[row]: [
             (item_ids[index], round(float(score), SIMILAR_DECIMALS))
             for index, score in zip(neighbours[row], cosines[row], strict=True)
             if index >= 0
         ]
-        for row in range(len(item_ids))
+        for row in seeds.tolist()
     }
     train = visible
     bought = interactions.matrix(train & interactions.purchased)
@@ -414,10 +421,14 @@ def _ranker_search(
     grid = RANKER_SEARCH_GRID if search else RANKER_SEARCH_GRID[:1]
     best: tuple[float, object, dict[str, object]] | None = None
     tried: list[dict[str, object]] = []
+    progress = Progress(
+        f"ranker search ({budget_seconds:.0f} s budget): settings tried", total=len(grid), every_seconds=0
+    )
     for params, rounds in grid:
         if tried and time.monotonic() - started > budget_seconds:
             break
         booster = _fit(train, params, rounds)
+        progress.advance()
         figure = slate_ndcg(validation, _predict(booster, validation.values)) if validation.users else math.nan
         chosen = {**params, "num_boost_round": rounds}
         tried.append({**chosen, "validation_ndcg@10": round(figure, 6)})
@@ -454,9 +465,14 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     holdout = holdout_split(interactions)
     train_users, validation_users, gate_users = _split_users(interactions, _sample(holdout.users, RANKER_USERS_MAX))
     # The users who judge the model, validation and gate alike, from one set of embeddings fitted before their cut.
+    content = item_content_matrix()  # read once for the five sets of embeddings below
+    # Each set of candidates fits embeddings on what its labels are hidden from: the step's bulk of the time.
+    progress = Progress("ranker: candidate sets built", total=LABEL_FOLDS + 1, every_seconds=0)
     judged = holdout_queries(
-        interactions=interactions, holdout=holdout, users=np.sort(np.concatenate([validation_users, gate_users]))
-    )
+        interactions=interactions, holdout=holdout, users=np.sort(np.concatenate([validation_users, gate_users])),
+        content=content,
+    )  # fmt: skip
+    progress.advance()
     gate_keys = {interactions.user_ids[user] for user in gate_users.tolist()}
     gate = judged.subset([query for query, key in enumerate(judged.users) if key in gate_keys])
     validation = judged.subset([query for query, key in enumerate(judged.users) if key not in gate_keys])
@@ -487,9 +503,10 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
             parts.append(
                 holdout_queries(
                     interactions=interactions, holdout=holdout, users=train_users, labels=labelled, visible=visible,
-                    at=present,
+                    at=present, content=content,
                 ).ranking_data(with_positive_only=True)
             )  # fmt: skip
+            progress.advance()
         train = RankingData(
             values=np.vstack([part.values for part in parts]),
             labels=np.concatenate([part.labels for part in parts]),

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
+from django.conf import settings
+from redis import Redis
 
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
+from graph_app.features.user_affinity import UserAffinity, affinity_decode
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 from signals_app.online_state import (
@@ -20,6 +23,7 @@ from signals_app.online_state import (
     COOLDOWN_KEPT_SECONDS,
     RECENT_ITEMS_KEPT,
     RECENT_ITEMS_TTL_SECONDS,
+    affinity_merge_script,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,16 +57,11 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
     read = redis.pipeline(transaction=False)
     read.lrange(redis_keys.user_recent_items(session_key), 0, -1)
     read.hgetall(redis_keys.user_affinity(session_key))
-    read.hgetall(redis_keys.user_affinity(user_id))
     read.get(redis_keys.user_recent_last(session_key))
     read.get(redis_keys.user_recent_last(user_id))
     read.zrange(redis_keys.user_cooldown(session_key), 0, -1, withscores=True)
-    session_items, session_affinity, user_affinity, session_recent_last, user_recent_last, session_cooldown = (
-        read.execute()
-    )
-    user_epoch_raw = user_affinity.get(b"_epoch")
+    session_items, session_affinity_raw, session_recent_last, user_recent_last, session_cooldown = read.execute()
 
-    now = datetime.now(UTC).timestamp()
     write = redis.pipeline(transaction=False)
     recent_key = redis_keys.user_recent_items(user_id)
     for item in reversed(session_items):  # oldest first, so the newest ends up in front
@@ -78,33 +77,14 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
     ):
         write.set(redis_keys.user_recent_last(user_id), session_recent_last, ex=RECENT_ITEMS_TTL_SECONDS)
 
-    affinity_key = redis_keys.user_affinity(user_id)
-    merged_entities = 0
-    session_epoch = float(session_affinity.get(b"_epoch", now))
-    user_epoch = float(user_epoch_raw) if user_epoch_raw else session_epoch
-    if not user_epoch_raw and session_affinity:
-        write.hset(affinity_key, "_epoch", repr(user_epoch))
-    for name, value in session_affinity.items():
-        field = name.decode()
-        if field.startswith("f:"):
-            # Same forward-decayed quantity, re-expressed against the user's epoch.
-            write.hincrbyfloat(
-                affinity_key, field, float(value) * 2 ** ((session_epoch - user_epoch) / AFFINITY_HALF_LIFE_SECONDS)
-            )
-            merged_entities += 1
-        elif field.startswith("r:") and float(value) > float(user_affinity.get(name, 0)):
-            write.hset(affinity_key, field, value)  # the later of the two last-seen times
-    session_last, user_last = session_affinity.get(b"_last"), user_affinity.get(b"_last")
-    if session_last is not None and (user_last is None or float(session_last) > float(user_last)):
-        write.hset(affinity_key, "_last", session_last)
-    if session_affinity:
-        write.expire(affinity_key, RECENT_ITEMS_TTL_SECONDS)
+    session_affinity = affinity_decode(session_affinity_raw)
     if session_cooldown:
         # What the shopper hid or skipped before signing in stays cooled down (the later time of the two wins).
         cooldown_key = redis_keys.user_cooldown(user_id)
         write.zadd(cooldown_key, dict(session_cooldown), gt=True)
         write.zremrangebyrank(cooldown_key, 0, -COOLDOWN_ITEMS_KEPT - 1)
         write.expire(cooldown_key, COOLDOWN_KEPT_SECONDS)
+    merged_entities = _affinity_merge(redis, user_id=user_id, session=session_affinity)
     write.delete(
         redis_keys.user_recent_items(session_key),
         redis_keys.user_affinity(session_key),
@@ -127,3 +107,21 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
     write.execute()
     logger.info("signals.identity_linked", extra={"user_id": user_id, "session_id": session_id})
     return IdentityLinkResult(user_id, session_id, len(session_items), merged_entities)
+
+
+def _affinity_merge(redis: Redis, *, user_id: str, session: UserAffinity) -> int:
+    """The session's affinities added into the user's hash (atomically on it: an event of the user meanwhile keeps its
+    share); how many entities the session had."""
+    if session.epoch is None and session.last is None:
+        return 0
+    args: list[str | int | float] = [
+        settings.SIGNALS_AFFINITY_ENTITIES_KEPT,
+        AFFINITY_HALF_LIFE_SECONDS,
+        repr(session.epoch if session.epoch is not None else datetime.now(UTC).timestamp()),
+        repr(session.last) if session.last is not None else "",
+        RECENT_ITEMS_TTL_SECONDS,
+    ]
+    for name, counter in session.counters.items():
+        seen = session.category_times.get(name)
+        args += [name.decode(), repr(counter), "" if seen is None else repr(seen)]
+    return int(affinity_merge_script.call(redis, [redis_keys.user_affinity(user_id)], args))

@@ -36,6 +36,7 @@ from graph_app.features.definitions import (
     AFFINITY_TTL_SECONDS,
     CTR_HALF_LIFE_SECONDS,
     POPULARITY_HALF_LIVES,
+    RECENT_ITEMS_FOR_SIMILARITY,
 )
 from personalization import redis_keys
 from personalization.redis_client import ShaScript, script_pipeline_execute
@@ -47,7 +48,9 @@ from signals_app.validation import EventInput
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEDUPE_WINDOW", "DEDUPE_WINDOW_SECONDS"]  # their home is signals_app.dedupe
-RECENT_ITEMS_KEPT = 50
+# The readers take the first 20 (the feature store's RECENT_ITEMS_FOR_SIMILARITY, retrieval's RECENT_ITEMS_USED), and
+# a list's first 20 after a push or a late insert depend only on its first 20 before: more would be memory unread.
+RECENT_ITEMS_KEPT = RECENT_ITEMS_FOR_SIMILARITY
 RECENT_ITEMS_TTL_SECONDS = int(AFFINITY_TTL_SECONDS)
 SESSION_ITEMS_TTL_SECONDS = 30 * 60
 # Half-lives of the item popularity windows and of user affinities: the feature store's definitions.
@@ -93,15 +96,155 @@ local function packed_add(key, item, ts, increments, half_lives)
 end
 """
 
+# The user's affinity hash (`graph_app.features.user_affinity`): one field an entity, its forward-decayed counter
+# packed as a double, a category's with the time of its latest event after it; "#e" the epoch, "#l" the latest
+# event's time (packed doubles too). Needs `entities_kept` (the cap) and `affinity_half_life`.
+AFFINITY_LUA = """
+local function is_category(entity) return string.sub(entity, 1, 9) == 'category:' end
+local function affinity_meta(packed)
+  if packed and #packed == 8 then return (struct.unpack('<d', packed)) end
+  return nil
+end
+-- (counter, time or nil) of a stored field, (0, nil) for none.
+local function affinity_unpack(packed)
+  if packed and #packed == 16 then
+    local counter, seen = struct.unpack('<dd', packed)
+    return counter, seen
+  elseif packed and #packed == 8 then
+    return (struct.unpack('<d', packed)), nil
+  end
+  return 0, nil
+end
+local function affinity_pack(entity, counter, seen)
+  if is_category(entity) then return struct.pack('<dd', counter, seen or -math.huge) end
+  return struct.pack('<d', counter)
+end
+local function affinity_hset(affinity, fields)
+  for start = 1, #fields, 200 do
+    redis.call('HSET', affinity, unpack(fields, start, math.min(start + 199, #fields)))
+  end
+end
+-- A hash of the first layout ("f:" counters and "r:" times as text, "_epoch", "_last") in this one.
+local function affinity_upgrade(affinity)
+  local stored = redis.call('HGETALL', affinity)
+  local counters, times, fields = {}, {}, {}
+  for p = 1, #stored, 2 do
+    local name, value = stored[p], stored[p + 1]
+    local prefix = string.sub(name, 1, 2)
+    if prefix == 'f:' then counters[string.sub(name, 3)] = tonumber(value)
+    elseif prefix == 'r:' then times[string.sub(name, 3)] = tonumber(value)
+    elseif name == '_epoch' then fields[#fields + 1] = '#e'; fields[#fields + 1] = struct.pack('<d', tonumber(value))
+    elseif name == '_last' then fields[#fields + 1] = '#l'; fields[#fields + 1] = struct.pack('<d', tonumber(value))
+    end
+  end
+  for entity, counter in pairs(counters) do
+    fields[#fields + 1] = entity
+    fields[#fields + 1] = affinity_pack(entity, counter, times[entity])
+  end
+  local ttl = redis.call('PTTL', affinity)
+  redis.call('DEL', affinity)
+  affinity_hset(affinity, fields)
+  if ttl > 0 then redis.call('PEXPIRE', affinity, ttl) end
+end
+-- Every counter times `factor` (a rebase of the epoch; the caller writes the new epoch).
+local function affinity_rescale(affinity, factor)
+  local stored = redis.call('HGETALL', affinity)
+  local fields = {}
+  for p = 1, #stored, 2 do
+    local name = stored[p]
+    if string.sub(name, 1, 1) ~= '#' then
+      local counter, seen = affinity_unpack(stored[p + 1])
+      fields[#fields + 1] = name
+      fields[#fields + 1] = affinity_pack(name, counter * factor, seen)
+    end
+  end
+  if #fields > 0 then affinity_hset(affinity, fields) end
+end
+-- Past `entities_kept` entities, every one at the weakest counter goes, until at most that many are left
+-- (`graph_app.features.user_affinity.weakest_dropped`: ties all go, so no order among them matters).
+local function affinity_cap(affinity)
+  if redis.call('HLEN', affinity) <= entities_kept + 2 then return end
+  local stored = redis.call('HGETALL', affinity)
+  local counters, count = {}, 0
+  for p = 1, #stored, 2 do
+    local name = stored[p]
+    if string.sub(name, 1, 1) ~= '#' then
+      counters[name] = (affinity_unpack(stored[p + 1]))
+      count = count + 1
+    end
+  end
+  while count > entities_kept do
+    local weakest = math.huge
+    for _, counter in pairs(counters) do
+      if counter < weakest then weakest = counter end
+    end
+    local dropped = {}
+    for name, counter in pairs(counters) do
+      if counter == weakest then dropped[#dropped + 1] = name end
+    end
+    for _, name in ipairs(dropped) do counters[name] = nil end
+    count = count - #dropped
+    redis.call('HDEL', affinity, unpack(dropped))
+  end
+end
+"""
+
+# A session's affinities added into its user's hash when the storefront identifies it (`signals_app.identity`): the
+# session's counters re-expressed against the user's epoch, the later of each category's times, the later "#l",
+# then the cap. One key (a session's hash may live in another slot: the caller read it). KEYS: the user's hash.
+# ARGV: 1 entities kept, 2 affinity half-life, 3 the session's epoch, 4 its "#l", 5 the hash's ttl, then per entity:
+# its key, its counter (against the session's epoch), its time ('' when none). Returns how many entities came.
+AFFINITY_MERGE_LUA = (
+    """
+local entities_kept, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
+"""
+    + AFFINITY_LUA
+    + """
+local affinity = KEYS[1]
+local meta = redis.call('HMGET', affinity, '#l', '#e', '_epoch')
+if meta[3] then
+  affinity_upgrade(affinity)
+  meta = redis.call('HMGET', affinity, '#l', '#e')
+end
+local last, epoch = affinity_meta(meta[1]), affinity_meta(meta[2])
+local session_epoch, session_last = tonumber(ARGV[3]), tonumber(ARGV[4])
+if not epoch then epoch = session_epoch end
+local scale = 2 ^ ((session_epoch - epoch) / half_life)
+local names = {}
+for p = 6, #ARGV, 3 do names[#names + 1] = ARGV[p] end
+if #names > 0 then
+  local stored = redis.call('HMGET', affinity, unpack(names))
+  local fields = {}
+  for i, entity in ipairs(names) do
+    local p = 6 + 3 * (i - 1)
+    local counter, seen = affinity_unpack(stored[i])
+    local other_seen = tonumber(ARGV[p + 2])
+    if other_seen and (not seen or other_seen > seen) then seen = other_seen end
+    fields[#fields + 1] = entity
+    fields[#fields + 1] = affinity_pack(entity, counter + tonumber(ARGV[p + 1]) * scale, seen)
+  end
+  affinity_hset(affinity, fields)
+end
+if session_last and (not last or session_last > last) then last = session_last end
+redis.call('HSET', affinity, '#e', struct.pack('<d', epoch))
+if last then redis.call('HSET', affinity, '#l', struct.pack('<d', last)) end
+affinity_cap(affinity)
+redis.call('EXPIRE', affinity, ARGV[5])
+return #names
+"""
+)
+affinity_merge_script = ShaScript(AFFINITY_MERGE_LUA)
+
+
 # What the ingest script and the apply script share: their common KEYS and ARGV, and one function per piece of
 # online state, so that a late or imported event changes the state exactly as a live one does.
 STATE_LUA = (
     """
 -- KEYS: 1 decay epochs, 2 stream, 3 catalog entities, 4 item counters, 5..4+W trend keys, 5+W dedupe layout, then
 -- the events' keys (first each event's D dedupe sets).
--- ARGV: 1 events, 2 (unused), 3 recent kept, 4 user state ttl, 5 session ttl, 6 affinity half-life, 7 rebase
--- after, 8 windows W, 9..8+W trend half-lives, 9+W now, 10+W cool-down items kept, 11+W cool-down seconds kept,
--- 12+W purchased items kept, then the dedupe's (signals_app.dedupe): 13+W dedupe sets an event D, 14+W ids per
+-- ARGV: 1 events, 2 affinity entities kept, 3 recent kept, 4 user state ttl, 5 session ttl, 6 affinity half-life,
+-- 7 rebase after, 8 windows W, 9..8+W trend half-lives, 9+W now, 10+W cool-down items kept, 11+W cool-down seconds
+-- kept, 12+W purchased items kept, then the dedupe's (signals_app.dedupe): 13+W dedupe sets an event D, 14+W ids per
 -- set, 15+W max shard bits, 16+W max levels, 17+W current generation, 18+W its end, 19+W its sets' expiry, 20+W
 -- arrival, 21+W its layout, 22+W how many generations are checked C, then the C generations and their layouts;
 -- then the script's own.
@@ -114,6 +257,7 @@ local windows = tonumber(ARGV[8])
 local now = tonumber(ARGV[9 + windows])
 local cooldown_kept, cooldown_seconds = tonumber(ARGV[10 + windows]), tonumber(ARGV[11 + windows])
 local purchased_kept = tonumber(ARGV[12 + windows])
+local entities_kept = tonumber(ARGV[2])
 -- User state lasts state_ttl after its latest event, by event time: a gap longer than that starts it afresh
 -- (the offline materialization applies the same rule). Redis expiry only reclaims memory, a day at the least.
 local function expire_after(key, last)
@@ -126,6 +270,7 @@ for w = 1, windows do
 end
 """
     + PACKED_ADD_LUA
+    + AFFINITY_LUA
     + DEDUPE_LUA
     + """
 local dedupe_layout, dedupe_keys = KEYS[5 + windows], tonumber(ARGV[13 + windows])
@@ -185,40 +330,48 @@ local function popularity_add(item, weight, ts)
     redis.call('ZINCRBY', key, weight * 2 ^ ((ts - epoch) / half_life), item)
   end
 end
--- The user's decayed counter and last time of each of the item's entities (nothing for an item without any).
+-- The user's decayed counter of each of the item's entities, and for its category the time of its latest event
+-- (nothing for an item without entities): AFFINITY_LUA keeps the hash's layout.
 local function affinity_add(affinity, item, weight, ts)
   local entities = redis.call('HGET', KEYS[3], item)
   if not entities then return end
-  local last = tonumber(redis.call('HGET', affinity, '_last'))
+  local meta = redis.call('HMGET', affinity, '#l', '#e', '_epoch')
+  if meta[3] then
+    affinity_upgrade(affinity)
+    meta = redis.call('HMGET', affinity, '#l', '#e')
+  end
+  local last, epoch = affinity_meta(meta[1]), affinity_meta(meta[2])
   if last and ts - last > state_ttl then
     redis.call('DEL', affinity)
-    last = nil
+    last, epoch = nil, nil
   end
-  local epoch = tonumber(redis.call('HGET', affinity, '_epoch'))
   if not epoch then
     epoch = ts
-    redis.call('HSET', affinity, '_epoch', epoch)
   elseif (ts - epoch) / affinity_half_life > rebase_after then
-    local fields = redis.call('HGETALL', affinity)
-    local factor = 2 ^ (-(ts - epoch) / affinity_half_life)
-    for position = 1, #fields, 2 do
-      if string.sub(fields[position], 1, 2) == 'f:' then
-        redis.call('HSET', affinity, fields[position], tonumber(fields[position + 1]) * factor)
-      end
-    end
+    affinity_rescale(affinity, 2 ^ (-(ts - epoch) / affinity_half_life))
     epoch = ts
-    redis.call('HSET', affinity, '_epoch', epoch)
   end
   local increment = weight * 2 ^ ((ts - epoch) / affinity_half_life)
-  for entity in string.gmatch(entities, '[^|]+') do
-    redis.call('HINCRBYFLOAT', affinity, 'f:' .. entity, increment)
-    local seen = tonumber(redis.call('HGET', affinity, 'r:' .. entity) or '0')
-    if ts > seen then redis.call('HSET', affinity, 'r:' .. entity, ts) end
+  local names = {}
+  for entity in string.gmatch(entities, '[^|]+') do names[#names + 1] = entity end
+  local stored = redis.call('HMGET', affinity, unpack(names))
+  local counters, times, order = {}, {}, {}
+  for i, entity in ipairs(names) do
+    if counters[entity] == nil then  -- an entity listed twice counts twice, as offline
+      order[#order + 1] = entity
+      counters[entity], times[entity] = affinity_unpack(stored[i])
+    end
+    counters[entity] = counters[entity] + increment
+    if is_category(entity) and (not times[entity] or ts > times[entity]) then times[entity] = ts end
   end
-  if not last or ts > last then
-    last = ts
-    redis.call('HSET', affinity, '_last', ts)
+  if not last or ts > last then last = ts end
+  local fields = {'#e', struct.pack('<d', epoch), '#l', struct.pack('<d', last)}
+  for _, entity in ipairs(order) do
+    fields[#fields + 1] = entity
+    fields[#fields + 1] = affinity_pack(entity, counters[entity], times[entity])
   end
+  redis.call('HSET', affinity, unpack(fields))
+  affinity_cap(affinity)
   expire_after(affinity, last)
 end
 """
@@ -441,7 +594,7 @@ def _common_args(
 ) -> list[str | bytes | float | int]:
     return [
         events,
-        0,  # unused (it was the dedupe key's ttl): the other arguments keep their places
+        settings.SIGNALS_AFFINITY_ENTITIES_KEPT,
         RECENT_ITEMS_KEPT,
         RECENT_ITEMS_TTL_SECONDS,
         SESSION_ITEMS_TTL_SECONDS,

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 from django.conf import settings
@@ -28,6 +29,7 @@ from redis.typing import EncodableT
 from graph_app.features.counters import item_counters_rebuild
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
 from graph_app.features.offline import catalog_entity_keys, event_types
+from graph_app.features.user_affinity import affinity_encode, entities_kept, weakest_dropped
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from signals_app.event_types import EventType
@@ -69,8 +71,8 @@ class UserState:
 
     recent: list[str] = field(default_factory=list)  # newest first
     recent_last: float | None = None
-    frequency: dict[str, float] = field(default_factory=dict)  # "f:" fields, against `epoch`
-    last_seen: dict[str, float] = field(default_factory=dict)  # "r:" fields
+    frequency: dict[str, float] = field(default_factory=dict)  # entity counters, against `epoch`
+    last_seen: dict[str, float] = field(default_factory=dict)  # entity times (the categories' are kept)
     affinity_last: float | None = None
     epoch: float | None = None
     purchased: dict[str, float] = field(default_factory=dict)
@@ -112,6 +114,8 @@ class UserState:
                 self.last_seen[entity] = ts
         if self.affinity_last is None or ts > self.affinity_last:
             self.affinity_last = ts
+        for dropped in weakest_dropped(self.frequency, entities_kept()):
+            self.last_seen.pop(dropped, None)
 
     def queue_write(self, pipeline: redis.client.Pipeline, user_key: str, now: float) -> None:
         """Replace the user's keys with this state (one user's keys share a slot)."""
@@ -124,11 +128,16 @@ class UserState:
             pipeline.rpush(recent, *self.recent)
             pipeline.set(recent_last, repr(self.recent_last), exat=expire_at)
             pipeline.expireat(recent, expire_at)
-        if self.frequency and self.affinity_last is not None and self.affinity_last + RECENT_ITEMS_TTL_SECONDS > now:
-            fields: dict[EncodableT, EncodableT] = {"_epoch": repr(self.epoch), "_last": repr(self.affinity_last)}
-            fields.update({f"f:{key}": repr(value) for key, value in self.frequency.items()})
-            fields.update({f"r:{key}": repr(value) for key, value in self.last_seen.items()})
-            pipeline.hset(affinity, mapping=fields)
+        if (
+            self.frequency
+            and self.epoch is not None
+            and self.affinity_last is not None
+            and self.affinity_last + RECENT_ITEMS_TTL_SECONDS > now
+        ):
+            encoded = affinity_encode(
+                epoch=self.epoch, last=self.affinity_last, counters=self.frequency, times=self.last_seen
+            )
+            pipeline.hset(affinity, mapping=cast("dict[EncodableT, EncodableT]", encoded))
             pipeline.expireat(affinity, _expire_at(self.affinity_last, now))
         bought = _latest(self.purchased, settings.SIGNALS_PURCHASED_ITEMS_KEPT)
         if bought:

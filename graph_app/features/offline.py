@@ -31,6 +31,7 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
+from graph_app.features.user_affinity import entities_kept, weakest_dropped
 from graph_app.models import Item, ItemEntity
 from graph_app.online import entity_keys
 from signals_app.event_types import BUILT_IN_EVENT_TYPES, EventType
@@ -255,6 +256,7 @@ def _user_state(
     latest_affinity_event = -math.inf
     recent: list[str] = []
     latest_interest_event = -math.inf
+    kept = entities_kept()
     # Like the online script: user state starts afresh after a gap longer than its TTL (by event time).
     for item_id, type_name, ts in events:
         if ts > as_of:
@@ -277,6 +279,9 @@ def _user_state(
             for key in keys[item_id]:
                 frequency[key] += kind.popularity_weight * 2.0 ** (-(as_of - ts) / AFFINITY_HALF_LIFE_SECONDS)
                 last_seen[key] = max(last_seen.get(key, -math.inf), ts)
+            # The online hash keeps the strongest entities only (values at as_of rank as the stored ones do).
+            for dropped in weakest_dropped(frequency, kept):
+                del last_seen[dropped]
     taste = None
     vectors = [
         facts[item][3] for item in recent[:RECENT_ITEMS_FOR_SIMILARITY] if item in facts and facts[item][3] is not None

@@ -8,7 +8,6 @@ materialization (`offline.py`) computes the same values from the PostgreSQL log.
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 import threading
 from collections.abc import Callable, Sequence
@@ -21,7 +20,6 @@ from django.conf import settings
 from prometheus_client import Counter, Histogram
 
 from graph_app.features.definitions import (
-    AFFINITY_HALF_LIFE_SECONDS,
     AFFINITY_TTL_SECONDS,
     CTR_HALF_LIFE_SECONDS,
     DAY,
@@ -34,6 +32,7 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
+from graph_app.features.user_affinity import UserAffinity, affinity_decode
 from graph_app.online import STATIC_DTYPE, catalog_changes_since, static_in_stock
 from personalization import redis_keys
 from personalization.cache import UserCacheWrite, user_cache_writes_queue
@@ -91,9 +90,9 @@ class FeatureMatrix:
     values: np.ndarray  # len(item_ids) x len(FEATURE_NAMES), NaN where missing
     names: tuple[str, ...] = FEATURE_NAMES
     recent_items: list[str] = field(default_factory=list)
-    # The raw reads other consumers of the same request reuse (the bandit's context): the user's affinity hash,
-    # each row's entity keys, and whether the user's recent items are within their TTL.
-    affinity: dict[bytes, bytes] = field(default_factory=dict)
+    # The reads other consumers of the same request reuse (the bandit's context): the user's affinities, each row's
+    # entity keys as read, and whether the user's recent items are within their TTL.
+    affinity: UserAffinity = field(default_factory=UserAffinity)
     entities: list[bytes | None] = field(default_factory=list)
     recent_valid: bool = False
 
@@ -541,12 +540,13 @@ def features_compute(
     observe: bool = False,
     ages: bool = False,
 ) -> FeatureMatrix:
-    """`replies`: the user's affinity hash, recent items and their time, then the counters of every partition;
+    """`replies`: the user's affinity hash (as read), recent items and their time, then the counters of every partition;
     `catalog`: the items' catalog facts. `observe`: count the values treated as missing (FEATURE_MISSING); `ages`:
     observe the features' ages (FEATURE_AGE_SECONDS)."""
     count = len(item_ids)
     values = np.full((count, len(FEATURE_NAMES)), np.nan)
     affinity_raw, recent_raw, recent_last = replies[:3]
+    affinity = affinity_decode(affinity_raw)
     per_partition = replies[3:]
     popularity, last_seen = _decayed_sums(per_partition[0::2], ITEM_COUNTERS, _POPULARITY_HALF_LIVES, now, count)
     placement_totals, _ = _decayed_sums(per_partition[1::2], PLACEMENT_COUNTERS, _CTR_HALF_LIVES, now, count)
@@ -576,13 +576,13 @@ def features_compute(
     values[known, FEATURE_INDEX["item_in_stock"]] = (static["in_stock"][known] != 0).astype(np.float64)
     values[known, FEATURE_INDEX["item_age_days"]] = (now - static["created_at"][known]) / DAY
 
-    _user_entity_features(values, affinity_raw, catalog, now, ages)
+    _user_entity_features(values, affinity, catalog, now, ages)
     _similarity(values, catalog, recent_vectors)
     if ages and recent_vectors and recent_last is not None:
         _age_observe(USER_RECENT_FEATURES, now - float(recent_last))
     return FeatureMatrix(
         item_ids=list(item_ids), values=values, recent_items=[value.decode() for value in recent_raw],
-        affinity=affinity_raw, entities=catalog.entities,
+        affinity=affinity, entities=catalog.entities,
         recent_valid=bool(recent_raw) and recent_last is not None and float(recent_last) + AFFINITY_TTL_SECONDS > now,
     )  # fmt: skip
 
@@ -623,37 +623,32 @@ def _parse_entities(payload: bytes) -> tuple[int, tuple[int, ...], int]:
 
 
 def _user_entity_features(
-    values: np.ndarray, affinity_raw: dict[bytes, bytes], catalog: _CatalogRows, now: float, observe: bool
+    values: np.ndarray, affinity: UserAffinity, catalog: _CatalogRows, now: float, observe: bool
 ) -> None:
-    last_update = affinity_raw.get(b"_last")
-    if last_update is None or float(last_update) + AFFINITY_TTL_SECONDS <= now:
+    if not affinity.valid(now):
         return  # a new user, or one whose state is older than its TTL: missing
-    factor = 2.0 ** (-(now - float(affinity_raw.get(b"_epoch", now))) / AFFINITY_HALF_LIFE_SECONDS)
+    factor = affinity.factor(now)
     if observe:
-        latest_category = latest_entity = -math.inf
-        for name, value in affinity_raw.items():
-            if name.startswith(b"r:category:"):
-                latest_category = max(latest_category, float(value))
-            elif name.startswith(b"r:"):
-                latest_entity = max(latest_entity, float(value))
-        if latest_category > -math.inf:
-            _age_observe(USER_CATEGORY_FEATURES, now - latest_category)
-        if latest_entity > -math.inf:
-            _age_observe(USER_ENTITY_FEATURES, now - latest_entity)
-    frequency, recency, affinity = (FEATURE_INDEX[name] for name in (
+        if affinity.category_times:
+            _age_observe(USER_CATEGORY_FEATURES, now - max(affinity.category_times.values()))
+        # The other entities' freshest value is the latest event that updated the hash (when it holds any).
+        if affinity.last is not None and len(affinity.counters) > len(affinity.category_times):
+            _age_observe(USER_ENTITY_FEATURES, now - affinity.last)
+    frequency, recency, entity_affinity = (FEATURE_INDEX[name] for name in (
         "user_category_frequency", "user_category_recency_days", "user_item_entity_affinity"
     ))  # fmt: skip
     # The user's counters over the entity numbers (the last slot stands for "no category": 0 and never).
     size = len(_entity_numbers) + 1
     counts, latest = np.zeros(size), np.full(size, np.nan)
-    for name, value in affinity_raw.items():
-        number = _entity_numbers.get(name[2:])
-        if number is None:
-            continue  # an entity of none of the items read so far: no row needs it
-        if name.startswith(b"f:"):
-            counts[number] = float(value)
-        elif name.startswith(b"r:"):
-            latest[number] = float(value)
+    numbers = _entity_numbers
+    for name, value in affinity.counters.items():
+        number = numbers.get(name)
+        if number is not None:  # else an entity of none of the items read so far: no row needs it
+            counts[number] = value
+    for name, seen in affinity.category_times.items():
+        number = numbers.get(name)
+        if number is not None:
+            latest[number] = seen
     rows = len(catalog.categories)
     categories = catalog.categories
     values[:, frequency] = counts[categories] * factor
@@ -663,7 +658,7 @@ def _user_entity_features(
     if len(catalog.others):
         # Summed per row in the items' own order, as one would by hand.
         sums = np.bincount(np.repeat(np.arange(rows), lengths), weights=counts[catalog.others], minlength=rows)
-    values[:, affinity] = sums * factor
+    values[:, entity_affinity] = sums * factor
 
 
 def _similarity(values: np.ndarray, catalog: _CatalogRows, recent_vectors: list[Any]) -> None:

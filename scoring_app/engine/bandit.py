@@ -29,8 +29,8 @@ from typing import Any
 import vowpalwabbit
 from redis.exceptions import RedisError
 
-from graph_app.features.definitions import AFFINITY_TTL_SECONDS
 from graph_app.features.online import FeatureMatrix, features_fetch
+from graph_app.features.user_affinity import UserAffinity
 from scoring_app.engine import registry
 from scoring_app.engine.retrieval import Candidate
 
@@ -264,26 +264,17 @@ def bandit_context_build(
     now: float,
     reason: str,
     item_ids: list[str],
-    affinity: Mapping[bytes, bytes],
+    affinity: UserAffinity,
     has_recent_items: bool,
     entities: Sequence[bytes | None],
     matrix: FeatureMatrix,
 ) -> BanditContext:
-    """The context from the feature store's raw reads: the user's decayed affinities (HGETALL), the items'
-    entity keys ("category:x|brand:y") and their feature matrix (popularity, age)."""
-    last = affinity.get(b"_last")
-    affinity_valid = last is not None and float(last) + AFFINITY_TTL_SECONDS > now
-    categories: list[tuple[float, str]] = []
-    others: list[tuple[float, str]] = []
-    if affinity_valid:
-        # Every counter shares one decay factor, so the raw values rank the entities correctly.
-        for name, value in affinity.items():
-            if name.startswith(b"f:category:"):
-                categories.append((float(value), name[11:].decode()))
-            elif name.startswith(b"f:"):
-                others.append((float(value), name[2:].decode()))
-    categories.sort(reverse=True)
-    others.sort(reverse=True)
+    """The context from the feature store's reads: the user's decayed affinities, the items' entity keys
+    ("category:x|brand:y") and their feature matrix (popularity, age)."""
+    affinity_valid = affinity.valid(now)
+    # Every counter shares one decay factor, so the raw values rank the entities correctly.
+    top_categories = affinity.strongest(categories=True, count=TOP_CATEGORIES) if affinity_valid else []
+    top_entities = affinity.strongest(categories=False, count=TOP_ENTITIES) if affinity_valid else []
     popularity = matrix.column("item_popularity_1d")
     age = matrix.column("item_age_days")
     items: dict[str, BanditItem] = {}
@@ -301,8 +292,8 @@ def bandit_context_build(
         hour=time.gmtime(now).tm_hour,
         new_user=not affinity_valid and not has_recent_items,
         reason=reason,
-        top_categories=tuple(name for _, name in categories[:TOP_CATEGORIES]),
-        top_entities=tuple(name for _, name in others[:TOP_ENTITIES]),
+        top_categories=tuple(top_categories),
+        top_entities=tuple(top_entities),
         items=items,
     )
 

@@ -36,6 +36,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
 from graph_app.features.online import catalog_facts_read, catalog_stock_kept
+from graph_app.features.user_affinity import affinity_decode
 from graph_app.neighbourhoods_online import (
     Neighbour,
     item_neighbours,
@@ -132,13 +133,7 @@ _CATEGORY_POPULAR, _POPULAR, _FRESH = ("category_popular",), ("popular",), ("fre
 
 def _favourite_categories(affinity: dict[bytes, bytes]) -> list[str]:
     """The user's categories by decayed frequency (all counters share one decay epoch, so raw values order)."""
-    counted = [
-        (float(value), name[len(b"f:category:") :].decode())
-        for name, value in affinity.items()
-        if name.startswith(b"f:category:")
-    ]
-    counted.sort(reverse=True)
-    return [category for _, category in counted[:FAVOURITE_CATEGORIES]]
+    return affinity_decode(affinity).strongest(categories=True, count=FAVOURITE_CATEGORIES)
 
 
 # Read in the state's round trip, raw: the user's cached candidate set and source results, and the newest items.

@@ -238,3 +238,57 @@ def test_task_refreshes_and_is_scheduled_hourly(kitchen_catalog, clean_redis, dj
 
     assert (result["items"], result["neighbours"]) == (8, 32)
     assert item_neighbours(["g"])["g"] == [Neighbour("h", 0.666667, "entity", "category:garden", "Garden")]
+
+
+def _big_catalog(seed: int):
+    """600 items, each linked to one of 4 brands (one has most items) with uniform weight, some also to one of 30
+    collections with varied weights; a user x item matrix with co-occurrence."""
+    import math
+
+    import numpy as np
+    from scipy import sparse
+
+    from graph_app.neighbourhoods import _Catalog
+
+    generator = np.random.default_rng(seed)
+    items, entities = 600, 34
+    brand = np.minimum(generator.zipf(1.5, items) - 1, 3)
+    rows, columns, weights = list(range(items)), brand.tolist(), [1.0] * items
+    for item in np.flatnonzero(generator.random(items) < 0.3).tolist():
+        rows.append(item)
+        columns.append(4 + int(generator.integers(0, 30)))
+        weights.append(float(generator.choice([0.5, 1.0, 2.0])))
+    links = sparse.csr_matrix((weights, (rows, columns)), shape=(items, entities))
+    links.sort_indices()
+    linked = np.diff(links.tocsc().indptr).astype(np.float64)
+    idf = np.where(linked > 0, np.log(items / np.maximum(linked, 1)) / math.log(items), 0.0)
+    catalog = _Catalog(
+        [f"i{index:04d}" for index in range(items)], [""] * items, [f"e:{index}" for index in range(entities)],
+        [""] * entities, links, idf,
+    )  # fmt: skip
+    users = 300
+    pairs = {(int(generator.integers(0, users)), int(generator.integers(0, items))) for _ in range(4000)}
+    user_items = sparse.csr_matrix(
+        (np.ones(len(pairs), dtype=np.float32), ([user for user, _ in pairs], [item for _, item in pairs])),
+        shape=(users, items),
+    )
+    return catalog, user_items.T.tocsr(), users
+
+
+def test_an_entity_with_many_items_gives_candidates_from_its_strongest_members_with_the_same_result(monkeypatch):
+    import numpy as np
+
+    from graph_app import neighbourhoods
+
+    catalog, item_users, users = _big_catalog(4)
+    exact = neighbourhoods.neighbourhoods_compute(catalog=catalog, item_users=item_users, users=users, k=5)
+    # Only the brands (uniform weights, one an item) have more members than this: the collections are not cut.
+    monkeypatch.setattr(neighbourhoods, "ENTITY_CANDIDATES_MAX", 40)
+
+    capped = neighbourhoods.neighbourhoods_compute(catalog=catalog, item_users=item_users, users=users, k=5)
+
+    assert np.diff(catalog.links.tocsc().indptr).max() > 100  # the cap applied
+    assert (capped.offsets == exact.offsets).all()
+    assert (capped.neighbours == exact.neighbours).all()
+    np.testing.assert_allclose(capped.scores, exact.scores, atol=2e-6)
+    assert (capped.via_entity == exact.via_entity).all()

@@ -78,3 +78,42 @@ def test_a_failed_build_keeps_the_lists_served(clean_redis, monkeypatch):
         similar_lists_publish(item_ids=["a"], vectors=np.array([unit(1, 0)], dtype=np.float32))
 
     assert clean_redis.hgetall(redis_keys.ITEM_SIMILAR_LISTS) == served
+
+
+def _clustered(count: int, seed: int) -> np.ndarray:
+    generator = np.random.default_rng(seed)
+    centres = generator.standard_normal((40, 16))
+    return (centres[generator.integers(0, 40, count)] + 0.3 * generator.standard_normal((count, 16))).astype(
+        np.float32
+    )
+
+
+def test_above_the_exact_limit_the_lists_are_approximate_and_nearly_all_right(settings):
+    vectors = _clustered(4000, 5)
+    vectors[7] = 0.0
+    exact, _ = similar_lists_compute(vectors, k=10)
+    settings.SIMILAR_LISTS_EXACT_MAX_ITEMS = 1000
+
+    approximate, cosines = similar_lists_compute(vectors, k=10)
+
+    recall = np.mean([len(set(approximate[row]) & set(exact[row])) / 10 for row in range(len(vectors)) if row != 7])
+    assert recall >= 0.9
+    assert (approximate[7] == -1).all() and 7 not in approximate
+    assert not (approximate == np.arange(len(vectors))[:, None]).any()  # never an item's own neighbour
+    normalized = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    found = approximate[0][approximate[0] >= 0]
+    np.testing.assert_allclose(cosines[0][: len(found)], normalized[found] @ normalized[0], atol=1e-5)
+    assert (np.diff(cosines[0]) <= 1e-6).all()  # nearest first
+
+
+@pytest.mark.parametrize("exact_limit", [100_000, 100])
+def test_only_the_rows_asked_for_get_a_list_the_same_as_from_the_whole(settings, exact_limit):
+    settings.SIMILAR_LISTS_EXACT_MAX_ITEMS = exact_limit
+    vectors = _clustered(600, 9)
+    whole, whole_scores = similar_lists_compute(vectors, k=5)
+
+    some, some_scores = similar_lists_compute(vectors, k=5, rows=np.array([3, 50, 599]))
+
+    assert (some[[3, 50, 599]] == whole[[3, 50, 599]]).all()
+    np.testing.assert_allclose(some_scores[[3, 50, 599]], whole_scores[[3, 50, 599]], atol=1e-6)
+    assert (np.delete(some, [3, 50, 599], axis=0) == -1).all()

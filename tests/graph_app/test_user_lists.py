@@ -87,3 +87,26 @@ def test_refresh_reads_the_embeddings_postgresql_keeps(clean_redis):
     lists = clean_redis.hgetall(redis_keys.user_nearest_lists(redis_keys.partition_of("mug-lover")))
     assert list(lists) == [b"mug-lover"]
     assert [item_id for item_id, _ in orjson.loads(lists[b"mug-lover"])] == ["mug", "bag"]
+
+
+def test_above_the_exact_limit_the_lists_are_approximate_nearly_right_and_leave_out_what_was_bought(settings):
+    from scipy import sparse
+
+    generator = np.random.default_rng(8)
+    centres = generator.standard_normal((30, 16))
+    items = (centres[generator.integers(0, 30, 3000)] + 0.3 * generator.standard_normal((3000, 16))).astype(
+        np.float32
+    ) * generator.uniform(0.5, 2, (3000, 1)).astype(np.float32)
+    users = (centres[generator.integers(0, 30, 200)] + 0.3 * generator.standard_normal((200, 16))).astype(np.float32)
+    exact, _ = user_lists_compute(users, items, k=10, normalize=False)
+    bought = sparse.csr_matrix(
+        (np.ones(200, dtype=np.float32), (np.arange(200), exact[:, 0])), shape=(200, 3000)
+    )  # each user bought their best item
+    settings.SIMILAR_LISTS_EXACT_MAX_ITEMS = 1000
+
+    approximate, scores = user_lists_compute(users, items, k=10, normalize=False, exclude=bought)
+
+    assert not (approximate == exact[:, :1]).any()  # what was bought is left out
+    recall = np.mean([len(set(approximate[row]) & set(exact[row, 1:])) / 9 for row in range(200)])
+    assert recall >= 0.85
+    np.testing.assert_allclose(scores[0], items[approximate[0]] @ users[0], rtol=1e-4, atol=1e-4)

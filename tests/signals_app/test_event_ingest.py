@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from graph_app.features.user_affinity import affinity_decode
 from graph_app.models import Shopper
 from personalization import redis_keys
 from signals_app.consumer import events_drain_all
@@ -195,14 +196,14 @@ def test_entity_affinities_and_session_items_are_decayed_counters(
         format="json",
     )
 
-    affinity = {
-        key.decode(): float(value) for key, value in clean_redis.hgetall(redis_keys.user_affinity("u1")).items()
-    }
-    epoch = affinity.pop("_epoch")
-    # Forward decay: weights (view 1 + purchase 8) stored against the key's epoch, the first event's time.
-    assert affinity["f:category:kitchen"] == pytest.approx(9.0, rel=1e-3)
-    assert affinity["f:brand:acme"] == pytest.approx(9.0, rel=1e-3)
-    assert affinity["r:brand:acme"] >= epoch
+    raw = clean_redis.hgetall(redis_keys.user_affinity("u1"))
+    affinity = affinity_decode(raw)
+    # Forward decay: weights (view 1 + purchase 8) stored against the key's epoch, the first event's time; one
+    # field an entity (packed doubles), and only a category keeps its latest time.
+    assert set(raw) == {b"#e", b"#l", b"category:kitchen", b"brand:acme"}
+    assert affinity.counters == {b"category:kitchen": pytest.approx(9.0), b"brand:acme": pytest.approx(9.0)}
+    assert affinity.category_times[b"category:kitchen"] == affinity.last >= affinity.epoch
+    assert len(raw[b"brand:acme"]) == 8
     assert clean_redis.lrange(redis_keys.user_session_items("u1", "s1"), 0, -1) == [b"mug"]
     assert 0 < clean_redis.ttl(redis_keys.user_session_items("u1", "s1")) <= 1800
 

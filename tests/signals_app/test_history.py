@@ -13,11 +13,12 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS, CTR_HALF_LIFE_SECONDS, POPULARITY_HALF_LIVES
+from graph_app.features.definitions import CTR_HALF_LIFE_SECONDS, POPULARITY_HALF_LIVES
+from graph_app.features.user_affinity import affinity_decode
 from personalization import redis_keys
 from signals_app import consumer
 from signals_app.consumer import events_drain_all
-from signals_app.models import Event
+from signals_app.models import Event, EventId
 from signals_app.online_reads import popular_items
 from signals_app.services import events_ingest
 from tests.signals_app.helpers import online_popularity
@@ -62,9 +63,9 @@ def recent(client, user: str = "u1") -> list[str]:
 
 def affinity_now(client, user: str = "u1") -> dict[str, float]:
     """The user's entity counters decayed to now (what the feature store reads)."""
-    fields = {name.decode(): float(value) for name, value in client.hgetall(redis_keys.user_affinity(user)).items()}
-    factor = 2 ** (-(time.time() - fields.get("_epoch", 0.0)) / AFFINITY_HALF_LIFE_SECONDS)
-    return {name[2:]: value * factor for name, value in fields.items() if name.startswith("f:")}
+    affinity = affinity_decode(client.hgetall(redis_keys.user_affinity(user)))
+    factor = affinity.factor(time.time())
+    return {name.decode(): value * factor for name, value in affinity.counters.items()}
 
 
 def test_a_late_event_through_the_api_builds_online_state_once_the_log_stores_it(api_client, catalog, clean_redis):
@@ -199,17 +200,15 @@ def test_the_purchased_set_keeps_more_than_the_cool_down_limit(clean_redis, sett
 # What the rebuild must reproduce: every user and item key that ingest writes (session items aside), decoded to
 # values at one instant so that different decay epochs compare equal.
 def _user_snapshot(client, user: str, at: float) -> dict[str, object]:
-    fields = {name.decode(): float(value) for name, value in client.hgetall(redis_keys.user_affinity(user)).items()}
-    factor = 2 ** (-(at - fields.get("_epoch", at)) / AFFINITY_HALF_LIFE_SECONDS)
+    affinity = affinity_decode(client.hgetall(redis_keys.user_affinity(user)))
+    factor = affinity.factor(at)
     last = client.get(redis_keys.user_recent_last(user))
     return {
         "recent": recent(client, user),
         "recent_last": float(last) if last else None,
-        "affinity": {
-            name: value * factor if name.startswith("f:") else value
-            for name, value in fields.items()
-            if name != "_epoch"
-        },
+        "affinity": {name.decode(): value * factor for name, value in affinity.counters.items()},
+        "category_times": {name.decode(): value for name, value in affinity.category_times.items()},
+        "affinity_last": affinity.last,
         "purchased": dict(client.zrange(redis_keys.user_purchased(user), 0, -1, withscores=True)),
         "cooldown": dict(client.zrange(redis_keys.user_cooldown(user), 0, -1, withscores=True)),
     }
@@ -302,3 +301,34 @@ def test_the_rebuild_can_leave_items_or_users_alone(api_client, catalog, clean_r
     clean_redis.flushdb()
     call_command("rebuild_online_state", "--items-only", stdout=StringIO())
     assert recent(clean_redis) == [] and online_popularity()["a"] == pytest.approx(8 * 2 ** (-3 / 24), rel=1e-3)
+
+
+def test_an_import_without_online_state_then_the_rebuild_gives_what_the_import_would_have(
+    catalog, clean_redis, tmp_path
+):
+    source = jsonl(
+        tmp_path / "history.jsonl",
+        event("h-b", "b", ago(days=20)),
+        event("h-x", "x", ago(days=5), type="purchase"),
+        event("h-a", "a", ago(days=2), type="add_to_cart"),
+        event("h-c", "b", ago(hours=36), user_id="u2", type="save"),
+    )
+    call_command("import_events", str(source), "--no-progress", stdout=StringIO())
+    at = time.time()
+    applied = {user: _user_snapshot(clean_redis, user, at) for user in ("u1", "u2")}, _items_snapshot(clean_redis, at)
+    assert applied[0]["u1"]["recent"] == ["a", "x", "b"]
+    clean_redis.flushdb()
+    Event.objects.all().delete()
+    EventId.objects.all().delete()  # the log's durable ids: else every event is a duplicate
+    out = StringIO()
+
+    call_command("import_events", str(source), "--no-progress", "--restart", "--no-online-state", stdout=out)
+
+    assert Event.objects.count() == 4
+    assert recent(clean_redis) == [] and online_popularity() == {}
+    assert out.getvalue().splitlines()[-1].startswith("The online state was left alone: run `manage.py rebuild")
+
+    call_command("rebuild_online_state", stdout=StringIO())
+
+    rebuilt = {user: _user_snapshot(clean_redis, user, at) for user in ("u1", "u2")}, _items_snapshot(clean_redis, at)
+    assert rebuilt == _approx(applied)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from graph_app.features.online import features_fetch
+from graph_app.features.user_affinity import affinity_decode
 from personalization import redis_keys
 from signals_app.consumer import events_drain_all
 from signals_app.models import Event, IdentityLink
@@ -73,12 +74,12 @@ def test_identify_carries_the_sessions_update_times_so_the_users_features_are_se
     api_client.post(
         "/api/v1/events", {"events": [anonymous_view("a1", "mug"), anonymous_view("a2", "rake")]}, format="json"
     )
-    session_last = clean_redis.hget(redis_keys.user_affinity("session:s-1"), "_last")
+    session_last = affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("session:s-1"))).last
     session_recent_last = clean_redis.get(redis_keys.user_recent_last("session:s-1"))
 
     api_client.post("/api/v1/users/carol/identify", {"session_id": "s-1"}, format="json")
 
-    assert clean_redis.hget(redis_keys.user_affinity("carol"), "_last") == session_last
+    assert affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("carol"))).last == session_last is not None
     assert clean_redis.get(redis_keys.user_recent_last("carol")) == session_recent_last
     assert clean_redis.get(redis_keys.user_recent_last("session:s-1")) is None
     features = features_fetch(user_key="carol", item_ids=["mug", "bowl", "rake"], placement="home", now=time.time())
@@ -100,7 +101,7 @@ def test_identify_keeps_the_later_update_time_of_the_user_and_the_session(api_cl
 
     api_client.post("/api/v1/users/dave/identify", {"session_id": "s-1"}, format="json")
 
-    assert float(clean_redis.hget(redis_keys.user_affinity("dave"), "_last")) == pytest.approx(now, abs=0.01)
+    assert affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("dave"))).last == pytest.approx(now, abs=0.01)
     assert float(clean_redis.get(redis_keys.user_recent_last("dave"))) == pytest.approx(now, abs=0.01)
 
 
