@@ -55,6 +55,11 @@ HOLDOUT_SHARE_MIN = 0.2
 HOLDOUT_SHARE_MAX = 0.5
 HOLDOUT_MIN_ITEMS = 3
 HOLDOUT_USERS_MAX = 5000
+# The taste fold: this share of the scored users' items before their cut, drawn at random (a seeded hash of the
+# pair), hidden from the models the searches fit, for users with at least TASTE_MIN_ITEMS items there (fewer would
+# leave too little to learn the user from). The searches rank settings by both folds, the future and taste.
+TASTE_SHARE = 0.25
+TASTE_MIN_ITEMS = 4
 TOP_K = 10
 RIDGE_PENALTY = 1.0
 # An item with this many interacting users is half collaborative, half content.
@@ -334,15 +339,22 @@ def als_fit(interactions: Interactions, als: AlsSettings, mask: np.ndarray | Non
 class Holdout:
     """A time-based holdout: `held_out` marks each user's latest pairs; `users` are the scored users (a seeded
     sample of those with enough history); `cut` is each user's first held-out time (Unix seconds, by user row; NaN
-    for users without a holdout)."""
+    for users without a holdout); `taste` marks the scored users' taste fold (TASTE_SHARE of their items before
+    the cut, at random, for users with at least TASTE_MIN_ITEMS there)."""
 
     held_out: np.ndarray
     users: np.ndarray
     cut: np.ndarray
+    taste: np.ndarray
 
     @property
     def train(self) -> np.ndarray:
         return ~self.held_out
+
+    @property
+    def search_train(self) -> np.ndarray:
+        """What the searches fit on: neither fold."""
+        return ~self.held_out & ~self.taste
 
 
 def holdout_split(interactions: Interactions, *, seed: int | None = None) -> Holdout:
@@ -350,7 +362,8 @@ def holdout_split(interactions: Interactions, *, seed: int | None = None) -> Hol
     HOLDOUT_SHARE_MIN and HOLDOUT_SHARE_MAX (at least one), for users with at least HOLDOUT_MIN_ITEMS items (ties:
     item order). Scored: at most HOLDOUT_USERS_MAX of them, a sample fixed by `seed` (TRAINING_SEED by default).
     A varied share makes the label the user's future over hours to months, not only the next few items of a
-    session: serving shows a returning shopper what they will want from now on."""
+    session: serving shows a returning shopper what they will want from now on. The scored users' taste fold
+    (see Holdout) is drawn too."""
     seed = settings.TRAINING_SEED if seed is None else seed
     count = len(interactions.users)
     held_out = np.zeros(count, dtype=bool)
@@ -375,7 +388,15 @@ def holdout_split(interactions: Interactions, *, seed: int | None = None) -> Hol
         generator = np.random.default_rng(seed)
         users = np.sort(generator.choice(users, HOLDOUT_USERS_MAX, replace=False))
     # Users outside the sample keep their latest items out of training too: every candidate fits on the same rows.
-    return Holdout(held_out=held_out, users=users, cut=cut)
+    before_cut = np.isin(interactions.users, users) & ~held_out
+    enough = np.bincount(interactions.users[before_cut], minlength=len(interactions.user_ids)) >= TASTE_MIN_ITEMS
+    # Drawn over the pairs in (user, item) order, whatever order they came in: the same log gives the same fold.
+    # Not a crc32 of each pair: crc32 is linear, and picked the same items for whole groups of users.
+    candidates = np.flatnonzero(before_cut & enough[interactions.users])
+    candidates = candidates[np.lexsort((interactions.items[candidates], interactions.users[candidates]))]
+    taste = np.zeros(count, dtype=bool)
+    taste[candidates] = np.random.default_rng([seed, 1]).random(len(candidates)) < TASTE_SHARE
+    return Holdout(held_out=held_out, users=users, cut=cut, taste=taste)
 
 
 def top_k_items(
@@ -420,23 +441,42 @@ def popularity_scores(interactions: Interactions, mask: np.ndarray) -> np.ndarra
 
 @dataclass(frozen=True)
 class HoldoutScores:
+    """A model's figures on the holdout's scored users: nDCG@10 on the future (the gate's figure) and on the taste
+    fold; `per_user` is each user's mean of the two, in holdout.users order (what the searches rank and test)."""
+
     ndcg: float
     popularity_ndcg: float
-    per_user: np.ndarray  # each scored user's nDCG@10, in holdout.users order
+    per_user: np.ndarray
+    taste_ndcg: float | None = None
+
+
+def holdout_scores(interactions: Interactions, holdout: Holdout, found: np.ndarray, popularity: float) -> HoldoutScores:
+    """The figures of each scored user's top 10 `found` (item indexes, holdout.users order), fitted on
+    holdout.search_train with those items left out."""
+    users = holdout.users
+    future = ndcg_per_user(found, interactions.matrix(holdout.held_out)[users])
+    taste = ndcg_per_user(found, interactions.matrix(holdout.taste)[users])
+    return HoldoutScores(
+        round(float(future.mean()), 6) if len(users) else 0.0, popularity, (future + taste) / 2,
+        round(float(taste.mean()), 6) if len(users) else 0.0,
+    )  # fmt: skip
+
+
+def holdout_popularity(interactions: Interactions, holdout: Holdout) -> float:
+    """nDCG@10 on the future of the most popular items the user has not seen (what every gate compares with)."""
+    users = holdout.users
+    seen = interactions.matrix(holdout.search_train)[users]
+    popularity = popularity_scores(interactions, holdout.search_train)[:, None]
+    popular, _ = top_k_items(np.ones((len(users), 1), dtype=np.float32), popularity, seen, TOP_K)
+    return round(ndcg_at_k(popular, interactions.matrix(holdout.held_out)[users]), 6)
 
 
 def holdout_evaluate(interactions: Interactions, holdout: Holdout, factors: AlsFactors) -> HoldoutScores:
-    """nDCG@10 of the factors' top 10 (the user's training items left out) and of popularity's, on the holdout."""
+    """The figures (see HoldoutScores) of the factors' top 10, fitted on holdout.search_train, and popularity's."""
     users = holdout.users
-    train = interactions.matrix(holdout.train)[users]
-    relevant = interactions.matrix(holdout.held_out)[users]
-    found, _ = top_k_items(factors.user_factors[users], factors.item_factors, train, TOP_K)
-    popularity = popularity_scores(interactions, holdout.train)[:, None]
-    popular, _ = top_k_items(np.ones((len(users), 1), dtype=np.float32), popularity, train, TOP_K)
-    per_user = ndcg_per_user(found, relevant)
-    return HoldoutScores(
-        round(float(per_user.mean()), 6) if len(users) else 0.0, round(ndcg_at_k(popular, relevant), 6), per_user
-    )
+    seen = interactions.matrix(holdout.search_train)[users]
+    found, _ = top_k_items(factors.user_factors[users], factors.item_factors, seen, TOP_K)
+    return holdout_scores(interactions, holdout, found, holdout_popularity(interactions, holdout))
 
 
 # A setting replaces the incumbent (the active one, or the defaults) only when its gain over it, user by user,
@@ -470,10 +510,13 @@ class SettingsSearch:
 def als_settings_search(
     interactions: Interactions, holdout: Holdout, *, active: AlsSettings | None, search: bool, budget_seconds: float
 ) -> SettingsSearch:
-    """Fit each setting of the grid (the active and the default ones first) on the training part of the holdout,
-    until the time budget is spent, and keep the best by held-out nDCG@10 among those significantly better than
-    the first (SEARCH_MIN_GAIN_SE); with `search` off, only the default settings (or the active ones) are scored.
-    The gate's figures compare the chosen settings with popularity and the active settings on the same users."""
+    """Fit each setting of the grid (the active and the default ones first) on the training part of the holdout
+    (without the taste fold), until the time budget is spent, and keep the best by the mean of its future and taste
+    nDCG@10 among those significantly better than the first on it (SEARCH_MIN_GAIN_SE); with `search` off, only
+    the default settings (or the active ones) are scored. Both folds count because the shelf serves both: what a
+    shopper buys next and what they like at all (the ranker learns from both kinds of label too); the future alone
+    favoured settings that lean towards popular items. The gate's figures (the future's) compare the chosen
+    settings with popularity and the active settings on the same users."""
     started = time.monotonic()
     grid = _search_grid(active) if search else [active or AlsSettings()]
     tried: list[dict[str, float]] = []
@@ -486,10 +529,10 @@ def als_settings_search(
     for candidate in grid:
         if tried and time.monotonic() - started > budget_seconds:
             break
-        scores = holdout_evaluate(interactions, holdout, als_fit(interactions, candidate, holdout.train))
+        scores = holdout_evaluate(interactions, holdout, als_fit(interactions, candidate, holdout.search_train))
         progress.advance()
         popularity_ndcg = scores.popularity_ndcg
-        tried.append({**asdict(candidate), "ndcg@10": scores.ndcg})
+        tried.append({**asdict(candidate), "ndcg@10": scores.ndcg, "taste_ndcg@10": scores.taste_ndcg})
         if candidate == active:
             active_ndcg = scores.ndcg
         if incumbent is None:
@@ -497,7 +540,7 @@ def als_settings_search(
             best = (scores, candidate)
         elif (
             best is not None
-            and scores.ndcg > best[0].ndcg
+            and scores.per_user.mean() > best[0].per_user.mean()
             and significantly_better(scores.per_user, incumbent.per_user)
         ):
             best = (scores, candidate)
@@ -505,6 +548,7 @@ def als_settings_search(
     gate: dict[str, object] = {
         "users": len(holdout.users),
         "ndcg@10": best[0].ndcg,
+        "taste_ndcg@10": best[0].taste_ndcg,
         "popularity_ndcg@10": popularity_ndcg,
         "active_ndcg@10": active_ndcg,
         "passed": bool(best[0].ndcg > popularity_ndcg),

@@ -32,6 +32,7 @@ from personalization import redis_keys
 from scoring_app.evaluation.ingest import catalog_load, movie_item_id, rating_events, user_key
 from scoring_app.evaluation.metrics import TOP_K, top_k_metrics
 from scoring_app.evaluation.movielens import MovieLensData
+from scoring_app.evaluation.serving import serving_without_deadlines
 from scoring_app.evaluation.split import stratified_split
 
 Progress = Callable[[str], None]
@@ -130,23 +131,19 @@ def popularity_top(*, train: np.ndarray, users: list[str], k: int) -> dict[str, 
 
 
 def served_top(*, users: list[str], k: int) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Each user's slate from the serving function, and how many slates each Score path chose."""
+    """Each user's slate from the serving function, and how many slates each Score path chose, each source
+    filled and each degradation touched (none is expected: see serving_without_deadlines)."""
     from surface_app.serving.slates import slate_serve
 
     recommended: dict[str, list[str]] = {}
     paths: Counter[str] = Counter()
-    # The sources one after another, without deadlines (as the tests run them): what a source returns must not
-    # depend on how busy the machine is, or the same seed would not give the same figures.
-    threads = settings.SCORE_RETRIEVAL_THREADS
-    settings.SCORE_RETRIEVAL_THREADS = 0
-    try:
+    with serving_without_deadlines():
         for user in users:
             slate = slate_serve(user_key=user, placement=PLACEMENT, k=k)
             recommended[user] = [item.item_id for item in slate.items]
             paths[slate.path] += 1
             paths.update(f"source:{item.source}" for item in slate.items)
-    finally:
-        settings.SCORE_RETRIEVAL_THREADS = threads
+            paths.update(f"degraded:{reason}" for reason in slate.degraded)
     return recommended, dict(sorted(paths.items()))
 
 

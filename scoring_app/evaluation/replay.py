@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from django.conf import settings
 from scipy import sparse
 
 from scoring_app.evaluation.metrics import TOP_K, top_k_metrics
+from scoring_app.evaluation.serving import serving_without_deadlines
 
 Progress = Callable[[str], None]
 
@@ -539,11 +539,7 @@ def replay_run(*, purchases: list[Purchase], config: ReplayConfig, progress: Pro
     training = training_chain_run(progress=progress)
     clock.lap("training")
 
-    # The sources one after another, without deadlines: what a source returns must not depend on how busy the
-    # machine is, or the same seed would not give the same figures (latency is the benchmarks' business).
-    threads = settings.SCORE_RETRIEVAL_THREADS
-    settings.SCORE_RETRIEVAL_THREADS = 0
-    try:
+    with serving_without_deadlines():
         served, home_paths, home_degraded, stability = _serve_customers(
             client=client, split=split, seed=config.seed, progress=progress
         )
@@ -558,8 +554,6 @@ def replay_run(*, purchases: list[Purchase], config: ReplayConfig, progress: Pro
             context_paths[answer.path] += 1
             context_degraded.update(answer.degraded)
         clock.lap("context")
-    finally:
-        settings.SCORE_RETRIEVAL_THREADS = threads
 
     baselines = Baselines.fit(history_items=split.history_items)
     customers = split.test_customers

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from graph_app.models import Item, Shopper
-from graph_app.training import AlsSettings, embeddings_train
+from graph_app.training import AlsSettings, Interactions, embeddings_train, holdout_split
 from personalization import redis_keys
 from scoring_app.models import ModelVersion
 from tests.factories import EventFactory, ItemFactory
@@ -155,3 +155,47 @@ def test_search_off_scores_only_the_default_settings(two_tastes, settings):
     assert version.metrics["search"]["enabled"] is False
     gate = version.metrics["gate"]  # still gated: on a dozen users the underfitted defaults may lose to popularity
     assert gate["passed"] is (gate["ndcg@10"] > gate["popularity_ndcg@10"]) is report.promoted
+
+
+def _interactions(items_per_user: list[int]) -> Interactions:
+    users = np.repeat(np.arange(len(items_per_user)), items_per_user)
+    items = np.concatenate([np.arange(count) for count in items_per_user])
+    return Interactions(
+        user_ids=[f"u{user}" for user in range(len(items_per_user))], item_ids=[f"i{item}" for item in range(40)],
+        users=users, items=items, weights=np.ones(len(users), dtype=np.float32),
+        latest=np.concatenate([np.arange(count, dtype=float) for count in items_per_user]),
+        purchased=np.ones(len(users), dtype=bool),
+    )  # fmt: skip
+
+
+def test_the_taste_fold_is_a_random_share_of_the_items_before_the_cut_for_users_with_enough():
+    interactions = _interactions([40] * 30 + [4] * 30)
+
+    holdout = holdout_split(interactions)
+
+    assert not (holdout.taste & holdout.held_out).any()
+    assert np.array_equal(holdout.search_train, ~holdout.held_out & ~holdout.taste)
+    per_user = np.bincount(interactions.users[holdout.taste], minlength=60)
+    before_cut = np.bincount(interactions.users[holdout.train], minlength=60)
+    # Users with 40 items keep 20-32 of them before the cut, about a quarter of which are the taste fold; users
+    # with 4 items keep 2 or 3, too few to lose one.
+    assert per_user[30:].sum() == 0
+    assert 0.15 < per_user[:30].sum() / before_cut[:30].sum() < 0.35
+    # Not the latest items before the cut: drawn at random over the user's history.
+    taste_times = interactions.latest[holdout.taste]
+    assert taste_times.min() < 5 and len(set(taste_times.tolist())) > 10
+    # Deterministic for a seed, different for another.
+    assert np.array_equal(holdout_split(interactions).taste, holdout.taste)
+    assert not np.array_equal(holdout_split(interactions, seed=7).taste, holdout.taste)
+
+
+def test_the_search_ranks_settings_by_the_future_and_taste_and_gates_on_the_future(two_tastes):
+    report = embeddings_train()
+
+    version = ModelVersion.objects.get(version=report.model_version)
+    tried = version.metrics["search"]["tried"]
+    assert all("taste_ndcg@10" in row for row in tried)
+    assert version.metrics["gate"]["ndcg@10"] == next(
+        row["ndcg@10"] for row in tried if row["alpha"] == report.settings["alpha"]
+        and row["regularization"] == report.settings["regularization"]
+    )  # fmt: skip

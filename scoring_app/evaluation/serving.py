@@ -1,0 +1,40 @@
+"""Serving as the evaluations call it: the production functions, without the latency guards.
+
+The retrieval sources run one after another (SCORE_RETRIEVAL_THREADS=0, as in the tests), the placement's
+deadline is lifted and the hot path's Redis client waits as long as the control plane's: on a busy machine a
+source past its deadline is dropped, the ranker is skipped for a late candidate set ("score_late"), or a 50 ms
+Redis timeout serves a user without their state, and the same seed would then give other figures. Latency is the
+benchmarks' business.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.conf import settings
+
+from personalization.redis_client import CONTROL_SOCKET_TIMEOUT_SECONDS, get_redis
+
+
+def _socket_timeout_set(pool: Any, seconds: float | None) -> None:
+    pool.connection_kwargs["socket_timeout"] = seconds
+    # Open connections keep the timeout they were made with: drop them, the next ones are made with this one.
+    pool.disconnect()
+    pool.reset()
+
+
+@contextmanager
+def serving_without_deadlines() -> Iterator[None]:
+    threads, factor = settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR
+    pool = get_redis().connection_pool
+    socket_timeout = pool.connection_kwargs.get("socket_timeout")
+    settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = 0, math.inf
+    _socket_timeout_set(pool, CONTROL_SOCKET_TIMEOUT_SECONDS)
+    try:
+        yield
+    finally:
+        settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = threads, factor
+        _socket_timeout_set(pool, socket_timeout)
