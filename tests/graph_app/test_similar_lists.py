@@ -83,9 +83,7 @@ def test_a_failed_build_keeps_the_lists_served(clean_redis, monkeypatch):
 def _clustered(count: int, seed: int) -> np.ndarray:
     generator = np.random.default_rng(seed)
     centres = generator.standard_normal((40, 16))
-    return (centres[generator.integers(0, 40, count)] + 0.3 * generator.standard_normal((count, 16))).astype(
-        np.float32
-    )
+    return (centres[generator.integers(0, 40, count)] + 0.3 * generator.standard_normal((count, 16))).astype(np.float32)
 
 
 def test_above_the_exact_limit_the_lists_are_approximate_and_nearly_all_right(settings):
