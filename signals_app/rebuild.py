@@ -30,6 +30,7 @@ from graph_app.features.counters import item_counters_rebuild
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
 from graph_app.features.offline import catalog_entity_keys, event_types
 from graph_app.features.user_affinity import affinity_encode, entities_kept, weakest_dropped
+from graph_app.progress import PROGRESS_EVERY_SECONDS, Progress
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from signals_app.event_types import EventType
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 FETCH_ROWS = 10_000
 WRITE_USERS = 500
+# How often the rebuild logs how far it is and the time left (a year of a big shop's log takes an hour).
+REBUILD_PROGRESS_SECONDS = PROGRESS_EVERY_SECONDS
 MIN_EXPIRY_SECONDS = 86400  # as the ingest script: Redis keeps user state a day at the least
 
 _USER_EVENTS_SQL = """
@@ -55,6 +58,9 @@ FROM signals_app_event e
 LEFT JOIN signals_app_identitylink l ON e.user_id = '' AND l.session_id = e.session_id
 WHERE e.item_id <> '' AND e.type = ANY(%(types)s::text[])
 ORDER BY 1, e.occurred_at, e.id
+"""
+_USER_EVENTS_COUNT_SQL = """
+SELECT count(*) FROM signals_app_event e WHERE e.item_id <> '' AND e.type = ANY(%(types)s::text[])
 """
 
 
@@ -180,17 +186,25 @@ def users_online_state_rebuild() -> int:
     now = time.time()
     written = 0
     pipeline = client.pipeline(transaction=False)
+    with connection.cursor() as cursor:
+        cursor.execute(_USER_EVENTS_COUNT_SQL, {"types": sorted(types)})
+        total = int(cursor.fetchone()[0])
+    progress = Progress("online state rebuild: events replayed", total=total, every_seconds=REBUILD_PROGRESS_SECONDS)
     for user_key, rows in itertools.groupby(_user_events(sorted(types)), key=lambda row: row[0]):
         state = UserState()
+        replayed = 0
         for _, item_id, type_name, ts in rows:
             state.add(
                 item=item_id, type_name=type_name, kind=types[type_name], ts=ts, entities=entities.get(item_id, "")
             )
+            replayed += 1
         state.queue_write(pipeline, user_key, now)
         written += 1
         if written % WRITE_USERS == 0:
             pipeline.execute()
+        progress.advance(replayed)
     pipeline.execute()
+    progress.finish()
     return written
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import time
 from datetime import datetime, timedelta
@@ -332,3 +333,19 @@ def test_an_import_without_online_state_then_the_rebuild_gives_what_the_import_w
 
     rebuilt = {user: _user_snapshot(clean_redis, user, at) for user in ("u1", "u2")}, _items_snapshot(clean_redis, at)
     assert rebuilt == _approx(applied)
+
+
+def test_the_rebuild_says_how_far_it_is(api_client, catalog, clean_redis, caplog, monkeypatch):
+    from signals_app import rebuild
+
+    monkeypatch.setattr(rebuild, "REBUILD_PROGRESS_SECONDS", 0)
+    for number, item in enumerate(["a", "b", "a"]):
+        api_client.post("/api/v1/events", event(f"p{number}", item, ago(hours=3 - number)), format="json")
+    drain()
+
+    with caplog.at_level(logging.INFO, logger="graph_app.progress"):
+        call_command("rebuild_online_state", "--users-only", stdout=StringIO())
+
+    lines = [record for record in caplog.records if record.name == "graph_app.progress"]
+    assert lines and all(record.total == 3 for record in lines)
+    assert lines[-1].done == 3 and "done in" in lines[-1].getMessage()
