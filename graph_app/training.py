@@ -55,8 +55,8 @@ HOLDOUT_SHARE_MIN = 0.2
 HOLDOUT_SHARE_MAX = 0.5
 HOLDOUT_MIN_ITEMS = 3
 HOLDOUT_USERS_MAX = 5000
-# The taste fold: this share of the scored users' items before their cut, drawn at random (a seeded hash of the
-# pair), hidden from the models the searches fit, for users with at least TASTE_MIN_ITEMS items there (fewer would
+# The taste fold: this share of the scored users' items before their cut, drawn at random (seeded), hidden from
+# the models the searches fit, for users with at least TASTE_MIN_ITEMS items there (fewer would
 # leave too little to learn the user from). The searches rank settings by both folds, the future and taste.
 TASTE_SHARE = 0.25
 TASTE_MIN_ITEMS = 4
@@ -65,8 +65,8 @@ RIDGE_PENALTY = 1.0
 # An item with this many interacting users is half collaborative, half content.
 BLEND_HALF_WEIGHT_USERS = 5.0
 UPDATE_BATCH_SIZE = 2000
-# From this many rows (items and users), the vectors are written with the items' HNSW index dropped and built again
-# afterwards (`_vectors_bulk_write`); below, row by row under the index.
+# From this many items, the vectors are written with the items' HNSW index dropped and built again afterwards
+# (`_vectors_bulk_write`); below, row by row under the index. Only items count: the index is theirs alone.
 VECTORS_BULK_MIN_ROWS = 50_000
 # Rows fetched at a time when the log's pairs are streamed into arrays.
 INTERACTIONS_CHUNK_ROWS = 100_000
@@ -471,12 +471,17 @@ def holdout_popularity(interactions: Interactions, holdout: Holdout) -> float:
     return round(ndcg_at_k(popular, interactions.matrix(holdout.held_out)[users]), 6)
 
 
-def holdout_evaluate(interactions: Interactions, holdout: Holdout, factors: AlsFactors) -> HoldoutScores:
-    """The figures (see HoldoutScores) of the factors' top 10, fitted on holdout.search_train, and popularity's."""
+def holdout_evaluate(
+    interactions: Interactions, holdout: Holdout, factors: AlsFactors, *, popularity: float | None = None
+) -> HoldoutScores:
+    """The figures (see HoldoutScores) of the factors' top 10, fitted on holdout.search_train, and popularity's
+    (`holdout_popularity`, computed when not given: it is the same for every model on the holdout)."""
     users = holdout.users
     seen = interactions.matrix(holdout.search_train)[users]
     found, _ = top_k_items(factors.user_factors[users], factors.item_factors, seen, TOP_K)
-    return holdout_scores(interactions, holdout, found, holdout_popularity(interactions, holdout))
+    if popularity is None:
+        popularity = holdout_popularity(interactions, holdout)
+    return holdout_scores(interactions, holdout, found, popularity)
 
 
 # A setting replaces the incumbent (the active one, or the defaults) only when its gain over it, user by user,
@@ -522,16 +527,16 @@ def als_settings_search(
     tried: list[dict[str, float]] = []
     incumbent: HoldoutScores | None = None
     best: tuple[HoldoutScores, AlsSettings] | None = None
-    popularity_ndcg = math.nan
+    popularity_ndcg = holdout_popularity(interactions, holdout)
     active_ndcg: float | None = None
     # One line per setting tried; the search stops at its budget, so the time left is at most what remains of it.
     progress = Progress(f"als search ({budget_seconds:.0f} s budget): settings tried", total=len(grid), every_seconds=0)
     for candidate in grid:
         if tried and time.monotonic() - started > budget_seconds:
             break
-        scores = holdout_evaluate(interactions, holdout, als_fit(interactions, candidate, holdout.search_train))
+        factors = als_fit(interactions, candidate, holdout.search_train)
+        scores = holdout_evaluate(interactions, holdout, factors, popularity=popularity_ndcg)
         progress.advance()
-        popularity_ndcg = scores.popularity_ndcg
         tried.append({**asdict(candidate), "ndcg@10": scores.ndcg, "taste_ndcg@10": scores.taste_ndcg})
         if candidate == active:
             active_ndcg = scores.ndcg
@@ -702,7 +707,7 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
             item_model=asdict(item_model) if item_model is not None else None,
         )  # fmt: skip
     sources = ["collaborative" if history else "content" for history in has_history]
-    if len(item_ids) + len(user_ids) < VECTORS_BULK_MIN_ROWS:
+    if len(item_ids) < VECTORS_BULK_MIN_ROWS:
         with transaction.atomic():
             _vectors_write("graph_app_item", item_ids, item_vectors, sources)
             _vectors_write("graph_app_shopper", user_ids, user_vectors)

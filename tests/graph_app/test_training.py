@@ -131,7 +131,7 @@ def test_a_model_worse_than_popularity_is_stored_but_never_serves(two_tastes, mo
     before = _vector("mug-1")
     from graph_app import training
 
-    def worse_than_popularity(interactions, holdout, factors):  # whatever it fits, it loses to the best sellers
+    def worse_than_popularity(interactions, holdout, factors, **_):  # whatever it fits, it loses to the best sellers
         return training.HoldoutScores(0.05, 0.4, np.full(len(holdout.users), 0.05))
 
     monkeypatch.setattr(training, "holdout_evaluate", worse_than_popularity)
