@@ -146,6 +146,15 @@ local function affinity_upgrade(affinity)
   affinity_hset(affinity, fields)
   if ttl > 0 then redis.call('PEXPIRE', affinity, ttl) end
 end
+-- The hash's (latest event time, epoch), nil for none; a hash of the first layout is upgraded first.
+local function affinity_last_epoch(affinity)
+  local meta = redis.call('HMGET', affinity, '#l', '#e', '_epoch')
+  if meta[3] then
+    affinity_upgrade(affinity)
+    meta = redis.call('HMGET', affinity, '#l', '#e')
+  end
+  return affinity_meta(meta[1]), affinity_meta(meta[2])
+end
 -- Every counter times `factor` (a rebase of the epoch; the caller writes the new epoch).
 local function affinity_rescale(affinity, factor)
   local stored = redis.call('HGETALL', affinity)
@@ -201,12 +210,7 @@ local entities_kept, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
     + AFFINITY_LUA
     + """
 local affinity = KEYS[1]
-local meta = redis.call('HMGET', affinity, '#l', '#e', '_epoch')
-if meta[3] then
-  affinity_upgrade(affinity)
-  meta = redis.call('HMGET', affinity, '#l', '#e')
-end
-local last, epoch = affinity_meta(meta[1]), affinity_meta(meta[2])
+local last, epoch = affinity_last_epoch(affinity)
 local session_epoch, session_last = tonumber(ARGV[3]), tonumber(ARGV[4])
 if not epoch then epoch = session_epoch end
 local scale = 2 ^ ((session_epoch - epoch) / half_life)
@@ -335,12 +339,7 @@ end
 local function affinity_add(affinity, item, weight, ts)
   local entities = redis.call('HGET', KEYS[3], item)
   if not entities then return end
-  local meta = redis.call('HMGET', affinity, '#l', '#e', '_epoch')
-  if meta[3] then
-    affinity_upgrade(affinity)
-    meta = redis.call('HMGET', affinity, '#l', '#e')
-  end
-  local last, epoch = affinity_meta(meta[1]), affinity_meta(meta[2])
+  local last, epoch = affinity_last_epoch(affinity)
   if last and ts - last > state_ttl then
     redis.call('DEL', affinity)
     last, epoch = nil, nil
