@@ -216,8 +216,8 @@ def stock_catalog_make(feed_path: Path, *, change_every: int) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO graph_app_item (external_id, title, description, category, price, in_stock, attributes, "
-            "embedding_source, popularity, created_at, updated_at) "
-            "SELECT u.id, 'Item ' || u.id, '', 'cat', u.price, u.in_stock, '{}'::jsonb, '', 0, now(), now() "
+            "embedding_source, created_at, updated_at) "
+            "SELECT u.id, 'Item ' || u.id, '', 'cat', u.price, u.in_stock, '{}'::jsonb, '', now(), now() "
             "FROM unnest(%s::text[], %s::numeric[], %s::bool[]) AS u(id, price, in_stock)",
             [ids, prices, in_stock],
         )

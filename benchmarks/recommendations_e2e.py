@@ -384,7 +384,9 @@ def placement_configure() -> dict[str, object]:
         )
         boosted = [row[0] for row in cursor.fetchall()]
         cursor.execute(
-            "SELECT external_id FROM graph_app_item WHERE in_stock ORDER BY popularity DESC, external_id LIMIT 11"
+            "SELECT i.external_id FROM graph_app_item i "
+            "LEFT JOIN graph_app_itempopularity p ON p.item_id = i.external_id "
+            "WHERE i.in_stock ORDER BY p.score DESC NULLS LAST, i.external_id LIMIT 11"
         )
         popular = [row[0] for row in cursor.fetchall()]
     rules = [

@@ -1,9 +1,10 @@
 from django.contrib import admin, messages
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
+from django.db.models import OuterRef, QuerySet, Subquery
 
 from graph_app.erasure import erased_shopper_repr, shopper_erase
-from graph_app.models import Entity, Item, ItemEntity, ItemNeighbour, Shopper
+from graph_app.models import Entity, Item, ItemEntity, ItemNeighbour, ItemPopularity, Shopper
 from graph_app.services import EntityRef, ItemInput, item_delete, item_upsert
 
 
@@ -29,6 +30,14 @@ class ItemAdmin(admin.ModelAdmin):
     search_fields = ["external_id", "title"]
     readonly_fields = ["embedding_source", "popularity", "created_at", "updated_at"]
     inlines = [ItemEntityInline]
+
+    def get_queryset(self, request) -> QuerySet[Item]:
+        score = ItemPopularity.objects.filter(item_id=OuterRef("external_id")).values("score")[:1]
+        return super().get_queryset(request).annotate(popularity_score=Subquery(score))
+
+    @admin.display(description="popularity", ordering="popularity_score")
+    def popularity(self, obj: Item) -> float:
+        return round(getattr(obj, "popularity_score", None) or 0.0, 3)
 
     def get_readonly_fields(self, request, obj=None):
         # The storefront's id names the item everywhere (API, event log, Redis): set once, at creation.

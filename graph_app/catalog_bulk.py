@@ -371,9 +371,9 @@ FROM graph_app_item WHERE external_id = ANY(%b::text[]) ORDER BY external_id FOR
 # version, no new entry in the HNSW index; its updated_at stays.
 _UPSERT_SQL = """
 INSERT INTO graph_app_item AS item (external_id, title, description, category, price, in_stock, attributes,
-                                    embedding, embedding_source, popularity, created_at, updated_at)
+                                    embedding, embedding_source, created_at, updated_at)
 SELECT u.external_id, u.title, u.description, u.category, u.price, u.in_stock, u.attributes::jsonb,
-       u.embedding::vector, 'content', 0, now(), now()
+       u.embedding::vector, 'content', now(), now()
 FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::numeric[], %b::bool[], %b::text[], %b::text[])
      AS u(external_id, title, description, category, price, in_stock, attributes, embedding)
 ORDER BY u.external_id

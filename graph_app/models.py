@@ -14,8 +14,6 @@ class Item(models.Model):
     embedding = VectorField(dimensions=settings.EMBEDDING_DIMENSIONS, null=True, blank=True, editable=False)
     # How the embedding was made: "content" for items without interactions, "collaborative" once learned.
     embedding_source = models.CharField(max_length=20, blank=True, default="", editable=False)
-    # Decayed popularity, written by the popularity refresh; the fallback when Redis is unavailable.
-    popularity = models.FloatField(default=0.0, editable=False, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -94,6 +92,31 @@ class ItemEntity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.item_id} -> {self.entity_id} ({self.weight})"
+
+
+class ItemPopularity(models.Model):
+    """An item's decayed popularity from the durable log: the popular fallback when Redis is unavailable.
+
+    A table of its own, replaced as a whole by each refresh: as a column of the catalog its index made every
+    refresh a new row version of each popular item, inserted again into the catalog's HNSW index (100 minutes for
+    300,000 items at 1 M). Ids are the storefront's, as in the log; the category is copied for the per-category
+    lists, and readers join the catalog for stock (and the current category).
+    """
+
+    item_id = models.CharField(max_length=200, primary_key=True)
+    category = models.CharField(max_length=200, blank=True, default="")
+    score = models.FloatField()
+
+    class Meta:
+        verbose_name = "item popularity"
+        verbose_name_plural = "item popularity"
+        indexes = [
+            models.Index(models.F("score").desc(), name="item_popularity_score"),
+            models.Index("category", models.F("score").desc(), name="item_popularity_category"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.item_id}: {self.score:.3f}"
 
 
 class ItemNeighbour(models.Model):

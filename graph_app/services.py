@@ -144,3 +144,18 @@ def _shopper_traits_publish(*, external_id: str, encoded: bytes) -> None:
     from personalization.redis_client import get_control_redis
 
     get_control_redis().set(redis_keys.user_traits(external_id), encoded)
+
+
+_POPULARITY_REPLACE_SQL = """
+INSERT INTO graph_app_itempopularity (item_id, category, score)
+SELECT p.id, coalesce(i.category, ''), p.score
+FROM unnest(%s::text[], %s::float8[]) AS p(id, score) LEFT JOIN graph_app_item i ON i.external_id = p.id
+"""
+
+
+def item_popularity_replace(*, scores: dict[str, float]) -> None:
+    """The items' popularity replaced as a whole (an item left out has none), in one transaction: readers see
+    the old table or the new one. Items not in the catalog yet are kept: the readers join the catalog."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM graph_app_itempopularity")
+        cursor.execute(_POPULARITY_REPLACE_SQL, [list(scores), list(scores.values())])

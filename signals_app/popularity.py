@@ -1,4 +1,4 @@
-"""Item popularity recomputed from the durable log (control plane), stored in `Item.popularity`.
+"""Item popularity recomputed from the durable log (control plane), stored by the graph (`ItemPopularity`).
 
 The hot path ranks by the online, per-event popularity windows in Redis (signals_app/online_state.py); this
 copy in PostgreSQL is what recommendations fall back to when Redis is unavailable.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+from django.db import connection
 
+from graph_app.services import item_popularity_replace
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
 from signals_app.online_reads import POPULAR_WINDOW
 from signals_app.online_state import TREND_WINDOWS
@@ -49,13 +50,7 @@ def popularity_refresh() -> PopularityReport:
         )
         scores = {item_id: float(score) for item_id, score in cursor.fetchall()}
 
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("UPDATE graph_app_item SET popularity = 0 WHERE popularity <> 0")
-        cursor.execute(
-            "UPDATE graph_app_item AS i SET popularity = p.score "
-            "FROM unnest(%s::text[], %s::float8[]) AS p(id, score) WHERE i.external_id = p.id",
-            [list(scores), list(scores.values())],
-        )
+    item_popularity_replace(scores=scores)
     top_item = max(scores, key=lambda item_id: scores[item_id]) if scores else None
     logger.info("signals.popularity_refreshed", extra={"items": len(scores), "top_item": top_item})
     return PopularityReport(items=len(scores), top_item=top_item)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graph_app.models import Item, Shopper
+from django.db.models import F, OuterRef, Subquery
+
+from graph_app.models import Item, ItemPopularity, Shopper
 
 
 @dataclass(frozen=True)
@@ -17,9 +19,11 @@ class StorefrontProduct:
 
 def storefront_products(*, limit: int) -> list[StorefrontProduct]:
     """The first products of the catalog's grid: in stock, the most popular first."""
+    score = ItemPopularity.objects.filter(item_id=OuterRef("external_id")).values("score")[:1]
     rows = (
         Item.objects.filter(in_stock=True)
-        .order_by("-popularity", "external_id")
+        .annotate(popularity=Subquery(score))
+        .order_by(F("popularity").desc(nulls_last=True), "external_id")
         .values_list("external_id", "title", "category", "price")[:limit]
     )
     return [

@@ -6,7 +6,7 @@ import factory
 import numpy as np
 from django.utils import timezone
 
-from graph_app.models import Entity, Item, ItemEntity, Shopper
+from graph_app.models import Entity, Item, ItemEntity, ItemPopularity, Shopper
 from graph_app.online import catalog_rows_publish
 from signals_app.models import Event
 
@@ -27,6 +27,12 @@ class ItemFactory(factory.django.DjangoModelFactory):
         """As the catalog services do: the item's facts and vector copied to Redis, where serving reads them."""
         if create:
             catalog_rows_publish([(obj.external_id, obj.price, obj.in_stock, obj.created_at, obj.embedding)])
+
+    @factory.post_generation
+    def popularity(obj: Item, create: bool, extracted: float | None, **kwargs: object) -> None:
+        """`popularity=5`: the score a popularity refresh would have stored for the item."""
+        if create and extracted is not None:
+            ItemPopularity.objects.create(item_id=obj.external_id, category=obj.category, score=extracted)
 
 
 class ShopperFactory(factory.django.DjangoModelFactory):

@@ -236,7 +236,13 @@ ORDER BY embedding <=> (SELECT avg(embedding) FROM graph_app_item
 LIMIT %(k)s
 """
 _POPULAR_FROM_CATALOG_SQL = """
-SELECT external_id, popularity FROM graph_app_item WHERE in_stock ORDER BY popularity DESC LIMIT %(k)s
+SELECT p.item_id, p.score FROM graph_app_itempopularity p JOIN graph_app_item i ON i.external_id = p.item_id
+WHERE i.in_stock ORDER BY p.score DESC LIMIT %(k)s
+"""
+# Without enough popular items (a platform before its first refresh), in-stock items make up the shelf.
+_IN_STOCK_FROM_CATALOG_SQL = """
+SELECT external_id, 0.0 FROM graph_app_item
+WHERE in_stock AND NOT (external_id = ANY(%(known)s)) ORDER BY external_id LIMIT %(k)s
 """
 # The neighbours of a user's recent items are cached this long, keyed by those items and the model: a new event
 # changes the key instead of needing an invalidation. Stock changes show up within the TTL.
@@ -329,8 +335,9 @@ ORDER BY embedding <=> (SELECT embedding FROM graph_app_shopper WHERE external_i
 LIMIT %(k)s
 """
 _CATEGORY_POPULAR_SQL = """
-SELECT external_id, popularity FROM graph_app_item
-WHERE category = %(category)s AND in_stock AND popularity > 0 ORDER BY popularity DESC LIMIT %(k)s
+SELECT p.item_id, p.score FROM graph_app_itempopularity p JOIN graph_app_item i ON i.external_id = p.item_id
+WHERE p.category = %(category)s AND i.category = %(category)s AND i.in_stock AND p.score > 0
+ORDER BY p.score DESC LIMIT %(k)s
 """
 _FRESH_SQL = """
 SELECT external_id, extract(epoch FROM created_at)::float8 FROM graph_app_item
@@ -889,6 +896,8 @@ def _merge(state: UserState, results: dict[str, list[Candidate]]) -> list[Candid
 def _catalog_popular(state: UserState, limit: int) -> list[Candidate]:
     """Redis is down: the popularity PostgreSQL keeps (refreshed every few minutes)."""
     rows = _rows(_POPULAR_FROM_CATALOG_SQL, {"k": limit})
+    if len(rows) < limit:
+        rows += _rows(_IN_STOCK_FROM_CATALOG_SQL, {"k": limit - len(rows), "known": [item for item, _ in rows]})
     top = max((score for _, score in rows), default=0.0) or 1.0
     return [
         Candidate(item_id, round(score / top, 6), "popular", "Popular right now", ("popular",))

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from graph_app.models import Item
+from graph_app.models import ItemPopularity
 from signals_app.popularity import popularity_refresh
 from tests.factories import EventFactory, ItemFactory
 
@@ -26,6 +26,22 @@ def test_recent_events_count_more_than_old_ones():
 
     assert (report.items, report.top_item) == (2, "fresh")
     # A one-day half-life: an hour-old view is worth 2^(-1/24), a day-old one 1/2.
-    assert Item.objects.get(external_id="fresh").popularity == pytest.approx(0.5 ** (1 / 24), rel=1e-3)
-    assert Item.objects.get(external_id="stale").popularity == pytest.approx(0.5, rel=1e-3)
-    assert Item.objects.get(external_id="forgotten").popularity == 0
+    stored = dict(ItemPopularity.objects.values_list("item_id", "score"))
+    assert stored == {"fresh": pytest.approx(0.5 ** (1 / 24), rel=1e-3), "stale": pytest.approx(0.5, rel=1e-3)}
+
+
+def test_a_refresh_leaves_the_catalog_rows_alone():
+    """Popularity lives in its own table: a refresh writes no new version of an item's row (which would be an
+    insertion into the catalog's HNSW index each)."""
+    from django.db import connection
+
+    ItemFactory(external_id="hit", category="bags")
+    EventFactory(item_id="hit", type="view", occurred_at=timezone.now() - timedelta(minutes=5))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT xmin::text FROM graph_app_item WHERE external_id = 'hit'")
+        before = cursor.fetchone()[0]
+        popularity_refresh()
+        cursor.execute("SELECT xmin::text FROM graph_app_item WHERE external_id = 'hit'")
+        after = cursor.fetchone()[0]
+    assert after == before
+    assert list(ItemPopularity.objects.values_list("item_id", "category")) == [("hit", "bags")]
