@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 
 from graph_app.models import Item, Shopper
-from graph_app.training import AlsSettings, Interactions, embeddings_train, holdout_split
+from graph_app.training import (
+    TOP_K,
+    AlsSettings,
+    Interactions,
+    embeddings_train,
+    holdout_popularity,
+    holdout_split,
+    ndcg_at_k,
+    popularity_scores,
+    top_k_items,
+)
 from personalization import redis_keys
 from scoring_app.models import ModelVersion
 from tests.factories import EventFactory, ItemFactory
@@ -199,3 +209,24 @@ def test_the_search_ranks_settings_by_the_future_and_taste_and_gates_on_the_futu
         row["ndcg@10"] for row in tried if row["alpha"] == report.settings["alpha"]
         and row["regularization"] == report.settings["regularization"]
     )  # fmt: skip
+
+
+def test_popularitys_holdout_figure_is_the_whole_catalogs_searched_through_its_head():
+    """holdout_popularity searches only the (10 + most seen) most popular items: it must find what a search of
+    the whole catalog finds, each user's ten most popular unseen items."""
+    rng = np.random.default_rng(3)
+    drawn = zip(rng.integers(0, 300, 6000), rng.zipf(1.3, 6000) % 40, strict=True)
+    users, items = np.array(sorted({(int(user), int(item)) for user, item in drawn})).T
+    interactions = Interactions(
+        user_ids=[f"u{user:03}" for user in range(300)], item_ids=[f"i{item}" for item in range(40)],
+        users=users, items=items, weights=np.ones(len(users), dtype=np.float32),
+        latest=rng.random(len(users)), purchased=np.zeros(len(users), dtype=bool),
+    )  # fmt: skip
+    holdout = holdout_split(interactions)
+    seen = interactions.matrix(holdout.search_train)[holdout.users]
+    popularity = popularity_scores(interactions, holdout.search_train)
+    whole, _ = top_k_items(np.ones((len(holdout.users), 1), dtype=np.float32), popularity[:, None], seen, TOP_K)
+    expected = round(ndcg_at_k(whole, interactions.matrix(holdout.held_out)[holdout.users]), 6)
+
+    assert len(holdout.users) > 50 and expected > 0
+    assert holdout_popularity(interactions, holdout) == expected
