@@ -150,39 +150,56 @@ def _interactions_load(*, catalog: _Catalog, since: datetime, now: datetime) -> 
     return user_items.T.tocsr(), users
 
 
-def _row(matrix: sparse.csr_matrix, row: int) -> tuple[np.ndarray, np.ndarray]:
-    start, end = matrix.indptr[row], matrix.indptr[row + 1]
-    return matrix.indices[start:end], matrix.data[start:end]
+def _block_top(total: sparse.csr_matrix, start: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's k best other items (row `r` is item start + r), as (rows, items, scores) in row order: highest
+    score (rounded to SCORE_DECIMALS) first, then lowest index (item id), so ties are stable. One sort a block."""
+    rows = np.repeat(np.arange(total.shape[0]), np.diff(total.indptr))
+    keep = (total.indices != rows + start) & (total.data > 0)
+    rows, items, values = rows[keep], total.indices[keep], np.round(total.data[keep], SCORE_DECIMALS)
+    order = np.lexsort((items, -values, rows))
+    rows, items, values = rows[order], items[order], values[order]
+    firsts = np.searchsorted(rows, rows)  # the first position of each entry's row
+    chosen = np.arange(len(rows)) - firsts < k
+    return rows[chosen], items[chosen], values[chosen]
 
 
-def _lookup(indices: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """values at `wanted` in a sparse row whose indices are sorted (0 where absent)."""
-    if len(indices) == 0:
-        return np.zeros(len(wanted))
-    positions = np.minimum(np.searchsorted(indices, wanted), len(indices) - 1)
-    return np.where(indices[positions] == wanted, values[positions], 0.0)
+def _csr_keys(matrix: sparse.csr_matrix) -> np.ndarray:
+    """row * width + column of each stored entry: ascending in a CSR matrix with sorted indices."""
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return rows * np.int64(matrix.shape[1]) + matrix.indices
 
 
-def _top(indices: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k best: highest value first, then lowest index (item id), so ties are stable."""
-    if len(values) > k:
-        kth = np.partition(values, len(values) - k)[len(values) - k]
-        candidates = np.flatnonzero(values >= kth)
-    else:
-        candidates = np.arange(len(values))
-    return candidates[np.lexsort((indices[candidates], -values[candidates]))][:k]
+def _block_lookup(
+    matrix: sparse.csr_matrix, rows: np.ndarray, columns: np.ndarray, keys: np.ndarray | None = None
+) -> np.ndarray:
+    """matrix[rows[i], columns[i]] for each i (0 where absent) of a CSR matrix with sorted indices (`keys`: its
+    _csr_keys, when already computed)."""
+    if not matrix.nnz or not len(rows):
+        return np.zeros(len(rows))
+    keys = _csr_keys(matrix) if keys is None else keys
+    wanted = rows.astype(np.int64) * np.int64(matrix.shape[1]) + columns
+    positions = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[positions] == wanted, matrix.data[positions], 0.0)
 
 
-def _strongest_entity(catalog: _Catalog, item: int, other: int) -> int:
-    mine_indices, mine_weights = _row(catalog.links, item)
-    theirs = dict(zip(*_row(catalog.links, other), strict=True))
-    best, best_contribution = -1, 0.0
-    # Entities are indexed in (kind, id) order, so on a tie the first one wins.
-    for entity, weight in zip(mine_indices.tolist(), mine_weights.tolist(), strict=True):
-        if entity in theirs:
-            contribution = catalog.idf[entity] * weight * theirs[entity]
-            if contribution > best_contribution:
-                best, best_contribution = entity, contribution
+def _strongest_entities(catalog: _Catalog, items: np.ndarray, others: np.ndarray, link_keys: np.ndarray) -> np.ndarray:
+    """For each pair, the shared entity that contributes most to its score, idf(e) * w(item, e) * w(other, e)
+    (-1 if none); entities are indexed in (kind, id) order, so on a tie the first one wins. `link_keys`: the
+    _csr_keys of catalog.links."""
+    links = catalog.links
+    counts = np.diff(links.indptr)[items]
+    pair = np.repeat(np.arange(len(items)), counts)
+    link = np.repeat(links.indptr[items], counts) + np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts)
+    entities = links.indices[link]
+    theirs = _block_lookup(links, others[pair], entities, link_keys)
+    contribution = catalog.idf[entities] * links.data[link] * theirs
+    order = np.lexsort((entities, -contribution, pair))
+    pair, entities, contribution = pair[order], entities[order], contribution[order]
+    first = np.ones(len(pair), dtype=bool)
+    first[1:] = pair[1:] != pair[:-1]
+    best = np.full(len(items), -1, dtype=np.int32)
+    chosen = first & (contribution > 0)
+    best[pair[chosen]] = entities[chosen]
     return best
 
 
@@ -236,6 +253,7 @@ def neighbourhoods_compute(*, catalog: _Catalog, item_users: sparse.csr_matrix, 
     # big entities with a member left out of both (which then misses its higher score).
     capped_t = _members_capped(links_t, max(k + 1, ENTITY_CANDIDATES_MAX))
     users_t = item_users.T.tocsr()
+    link_keys = _csr_keys(catalog.links)
     user_counts = np.asarray(item_users.sum(axis=1)).ravel()
     offsets = np.zeros(item_count + 1, dtype=np.int64)
     neighbours: list[np.ndarray] = []
@@ -260,22 +278,16 @@ def neighbourhoods_compute(*, catalog: _Catalog, item_users: sparse.csr_matrix, 
         co_block.data /= np.sqrt(user_counts[rows] * user_counts[co_block.indices])
         entity_block.sort_indices()
         total = (entity_block + co_block).tocsr()
-        for row in range(stop - start):
-            item = start + row
-            indices, values = _row(total, row)
-            keep = (indices != item) & (values > 0)
-            indices, values = indices[keep], np.round(values[keep], SCORE_DECIMALS)
-            chosen = _top(indices, values, k)
-            chosen_items, chosen_scores = indices[chosen], values[chosen]
-            from_entities = _lookup(*_row(entity_block, row), chosen_items)
-            from_users = _lookup(*_row(co_block, row), chosen_items)
-            via = np.full(len(chosen_items), -1, dtype=np.int32)
-            for position in np.flatnonzero((from_entities >= from_users) & (from_entities > 0)):
-                via[position] = _strongest_entity(catalog, item, int(chosen_items[position]))
-            neighbours.append(chosen_items.astype(np.int32))
-            scores.append(chosen_scores)
-            via_entity.append(via)
-            offsets[item + 1] = offsets[item] + len(chosen_items)
+        total.sort_indices()
+        rows, items, values = _block_top(total, start, k)
+        via = np.full(len(items), -1, dtype=np.int32)
+        from_entities = _block_lookup(entity_block, rows, items)
+        by_entity = np.flatnonzero((from_entities >= _block_lookup(co_block, rows, items)) & (from_entities > 0))
+        via[by_entity] = _strongest_entities(catalog, rows[by_entity] + start, items[by_entity], link_keys)
+        neighbours.append(items.astype(np.int32))
+        scores.append(values)
+        via_entity.append(via)
+        offsets[start + 1 : stop + 1] = offsets[start] + np.cumsum(np.bincount(rows, minlength=stop - start))
     progress.finish()
     empty_int = np.zeros(0, dtype=np.int32)
     return _Result(
