@@ -146,3 +146,24 @@ def test_ranking_metrics_on_hand_made_queries():
     assert metrics["queries"] == 1
     assert metrics["ndcg@10"] == pytest.approx(1 / np.log2(3))
     assert metrics["recall@20"] == 1.0
+
+
+def test_the_candidates_embeddings_fit_on_the_users_and_a_bounded_sample_of_the_others(monkeypatch):
+    from graph_app.training import Interactions
+
+    users = np.repeat(np.arange(50), 3)
+    interactions = Interactions(
+        user_ids=[f"u{user:02}" for user in range(50)], item_ids=["a", "b", "c"], users=users,
+        items=np.tile(np.arange(3), 50), weights=np.ones(150, dtype=np.float32), latest=np.zeros(150),
+        purchased=np.zeros(150, dtype=bool),
+    )  # fmt: skip
+    chosen = np.array([3, 7])
+    assert training._fit_users(interactions, chosen).all()  # every user fits: all pairs
+
+    monkeypatch.setattr(training, "RANKER_FIT_USERS_MAX", 10)
+    kept = training._fit_users(interactions, chosen)
+
+    fitted = np.unique(users[kept])
+    assert len(fitted) == 12 and {3, 7} <= set(fitted.tolist())
+    assert np.array_equal(kept, np.isin(users, fitted))  # whole users: all three pairs of each
+    assert np.array_equal(training._fit_users(interactions, chosen), kept)  # seeded
