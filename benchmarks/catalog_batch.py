@@ -201,8 +201,9 @@ def first_answer_containing(ask: Any, wanted: set[str]) -> tuple[float | None, i
     return None, polls
 
 
-def cold_items(client: Client, items: int) -> dict[str, Any]:
-    """The time from a batch's 200 to the first answer containing one of its items."""
+def cold_items(client: Client, items: int) -> tuple[dict[str, Any], list[float]]:
+    """The time from a batch's 200 to the first answer containing one of its items; and the two 1,000-item
+    batches' own seconds (creates into the catalog as it is)."""
 
     def recommended(user: str) -> set[str]:
         status, answer = client.request("GET", f"/api/v1/recommendations?user_id={user}&k=50")
@@ -220,12 +221,12 @@ def cold_items(client: Client, items: int) -> dict[str, Any]:
     recommended(served_user)
     rows = [item_row(items + n, prefix=f"{PREFIX}cold-a-") for n in range(1000)]
     rows = [{**row, "in_stock": True} for row in rows]
-    timed(client, "POST", "/api/v1/items/batch", {"items": rows})
+    batch_seconds = [timed(client, "POST", "/api/v1/items/batch", {"items": rows})[0]]
     wanted = {row["item_id"] for row in rows}
     results["recommendations, a user served before"] = first_answer_containing(lambda: recommended(served_user), wanted)
     counter = iter(range(10**6))
     rows = [{**item_row(items + n, prefix=f"{PREFIX}cold-b-"), "in_stock": True} for n in range(1000)]
-    timed(client, "POST", "/api/v1/items/batch", {"items": rows})
+    batch_seconds.append(timed(client, "POST", "/api/v1/items/batch", {"items": rows})[0])
     wanted = {row["item_id"] for row in rows}
     results["recommendations, new users"] = first_answer_containing(
         lambda: recommended(f"bench-cold-new-{next(counter)}"), wanted
@@ -238,7 +239,7 @@ def cold_items(client: Client, items: int) -> dict[str, Any]:
     results["similar of a related item (its list cached before)"] = first_answer_containing(
         lambda: similar_to(related), {twin["item_id"]}
     )
-    return results
+    return results, [round(seconds, 3) for seconds in batch_seconds]
 
 
 def bench_items_delete() -> int:
@@ -267,6 +268,10 @@ def main() -> None:
     parser.add_argument("--compare-batches", type=int, default=4)
     parser.add_argument("--clients", type=int, default=1, help="clients sending batches in parallel (phases)")
     parser.add_argument("--record", action="store_true", help="write the figures to BENCHMARKS.md")
+    parser.add_argument(
+        "--cold-only", action="store_true",
+        help="only the cold-item measurement, e.g. on a loaded store: PERSONALIZATION_DATA_DIR=.data/bench-scale",
+    )  # fmt: skip
     args = parser.parse_args()
 
     django_setup()
@@ -292,15 +297,23 @@ def main() -> None:
         clients = {label: Client(ports[label], key) for label in trees}
         comparison = compare(clients, args.compare_batches, args.batch) if args.old_tree else None
         senders = [clients["new"]] + [Client(ports["new"], key) for _ in range(args.clients - 1)]
-        phases = catalog_phases(senders, args.items, args.batch)
-        cold = cold_items(clients["new"], args.items)
-        phases["delete"] = deletes_phase(senders, args.items, args.batch)
+        if args.cold_only:  # the item whose similar list is read, in a catalog loaded by other means
+            timed(clients["new"], "POST", "/api/v1/items/batch", {"items": [{**item_row(7), "in_stock": True}]})
+            phases = {}
+        else:
+            phases = catalog_phases(senders, args.items, args.batch)
+        cold, cold_batch_seconds = cold_items(clients["new"], args.items)
+        if not args.cold_only:
+            phases["delete"] = deletes_phase(senders, args.items, args.batch)
     finally:
         for server in servers.values():
             server.terminate()
             server.wait()
     removed += bench_items_delete()
-    result = {"phases": phases, "cold": cold, "comparison": comparison, "removed_before_and_after": removed}
+    result = {
+        "phases": phases, "cold": cold, "cold_batch_seconds": cold_batch_seconds, "comparison": comparison,
+        "removed_before_and_after": removed,
+    }  # fmt: skip
     print(json.dumps(result, indent=2))
     if args.record:
         record(SECTION, "python benchmarks/catalog_batch.py " + " ".join(sys.argv[1:]), report(args, result))
