@@ -368,22 +368,24 @@ def holdout_split(interactions: Interactions, *, seed: int | None = None) -> Hol
     count = len(interactions.users)
     held_out = np.zeros(count, dtype=bool)
     cut = np.full(len(interactions.user_ids), np.nan)
+    # Each user's pairs in time order, as one array: a group per user (array operations, not a loop per user).
     order = np.lexsort((interactions.items, interactions.latest, interactions.users))
-    boundaries = np.flatnonzero(np.diff(interactions.users[order])) + 1
-    eligible: list[int] = []
-    for group in np.split(order, boundaries) if count else []:
-        if len(group) < HOLDOUT_MIN_ITEMS:
-            continue
-        user = int(interactions.users[group[0]])
-        draw = zlib.crc32(f"{seed}:{interactions.user_ids[user]}".encode()) / 2**32
-        share = HOLDOUT_SHARE_MIN + (HOLDOUT_SHARE_MAX - HOLDOUT_SHARE_MIN) * draw
-        held = group[-max(1, round(share * len(group))) :]
-        if len(held) == len(group):
-            continue
-        held_out[held] = True
-        cut[user] = float(interactions.latest[held].min())
-        eligible.append(user)
-    users = np.asarray(eligible, dtype=np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(interactions.users[order])) + 1]) if count else np.zeros(0)
+    starts = starts.astype(np.int64)
+    sizes = np.diff(np.append(starts, count))
+    group_users = interactions.users[order[starts]] if count else np.zeros(0, dtype=np.int64)
+    draws = np.fromiter(
+        (zlib.crc32(f"{seed}:{interactions.user_ids[user]}".encode()) / 2**32 for user in group_users.tolist()),
+        dtype=np.float64, count=len(group_users),
+    )  # fmt: skip
+    shares = HOLDOUT_SHARE_MIN + (HOLDOUT_SHARE_MAX - HOLDOUT_SHARE_MIN) * draws
+    held_counts = np.maximum(1, np.round(shares * sizes)).astype(np.int64)
+    chosen = (sizes >= HOLDOUT_MIN_ITEMS) & (held_counts < sizes)
+    first_held = starts + sizes - held_counts  # in `order`; the group's earliest held pair, so its cut
+    position = np.arange(count) - np.repeat(starts, sizes)
+    held_out[order[np.repeat(chosen, sizes) & (position >= np.repeat(sizes - held_counts, sizes))]] = True
+    users = group_users[chosen].astype(np.int64)
+    cut[users] = interactions.latest[order[first_held[chosen]]]
     if len(users) > HOLDOUT_USERS_MAX:
         generator = np.random.default_rng(seed)
         users = np.sort(generator.choice(users, HOLDOUT_USERS_MAX, replace=False))
