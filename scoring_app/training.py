@@ -343,12 +343,15 @@ def _features(requests: list[FeatureRequest], sizes: list[int], hidden: list[tup
     """features_offline in chunks of FEATURES_CHUNK_USERS queries (each chunk replays its users' logs once)."""
     blocks = []
     start = 0
+    progress = Progress("ranker: candidates' features, users", total=len(sizes))
     for first in range(0, len(sizes), FEATURES_CHUNK_USERS):
         count = sum(sizes[first : first + FEATURES_CHUNK_USERS])
         chunk = requests[start : start + count]
         users = {request.user_key for request in chunk}
         blocks.append(features_offline(requests=chunk, hidden=[pair for pair in hidden if pair[0] in users]))
         start += count
+        progress.advance(len(sizes[first : first + FEATURES_CHUNK_USERS]))
+    progress.finish()
     return np.vstack(blocks) if blocks else np.zeros((0, len(FEATURE_NAMES)))
 
 
