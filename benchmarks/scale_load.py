@@ -292,6 +292,74 @@ def ready(args: argparse.Namespace) -> None:
     print(note)
 
 
+_SAMPLED_USER_EVENTS_SQL = """
+SELECT e.user_id, e.item_id, e.type, extract(epoch FROM e.occurred_at)::float8
+FROM signals_app_event e
+WHERE e.item_id <> '' AND e.type = ANY(%(types)s::text[]) AND e.user_id = ANY(%(users)s::text[])
+ORDER BY 1, e.occurred_at, e.id
+"""
+
+
+def user_sample(args: argparse.Namespace) -> None:
+    """The online state of a seeded sample of the log's users, rebuilt by the rebuild's own replay
+    (`signals_app.rebuild.UserState`) and measured key by key: bytes per user at the log's events per user, where
+    a rebuild of every user would take longer than there is time for."""
+    os.environ["PERSONALIZATION_DATA_DIR"] = str(args.data_dir)
+    from benchmarks.common import django_setup
+
+    django_setup()
+    import itertools
+    import time
+
+    from django.db import connection
+
+    from graph_app.features.offline import catalog_entity_keys, event_types
+    from personalization import redis_keys
+    from personalization.redis_client import get_control_redis
+    from signals_app.rebuild import UserState, _touches_user_state
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT external_id FROM graph_app_shopper ORDER BY md5(external_id) LIMIT %s", [args.users])
+        users = [row[0] for row in cursor.fetchall()]
+    types = {name: kind for name, kind in event_types().items() if _touches_user_state(name, kind)}
+    entities = catalog_entity_keys()
+    client = get_control_redis()
+    now, events, pipeline = time.time(), 0, client.pipeline(transaction=False)
+    with connection.cursor() as cursor:
+        cursor.execute(_SAMPLED_USER_EVENTS_SQL, {"types": sorted(types), "users": users})
+        rows = cursor.fetchall()
+    for user_key, user_rows in itertools.groupby(rows, key=lambda row: row[0]):
+        state = UserState()
+        for _, item_id, type_name, ts in user_rows:
+            state.add(item=item_id, type_name=type_name, kind=types[type_name], ts=float(ts),
+                      entities=entities.get(item_id, ""))  # fmt: skip
+            events += 1
+        state.queue_write(pipeline, user_key, now)
+    pipeline.execute()
+    kinds = {
+        "affinity": redis_keys.user_affinity, "recent": redis_keys.user_recent_items,
+        "recent-last": redis_keys.user_recent_last, "purchased": redis_keys.user_purchased,
+        "cooldown": redis_keys.user_cooldown,
+    }  # fmt: skip
+    per_kind: dict[str, dict[str, int]] = {}
+    for name, key_of in kinds.items():
+        sizes = [client.memory_usage(key_of(user), samples=0) for user in users]
+        present = [size for size in sizes if size]
+        per_kind[name] = {"keys": len(present), "bytes": sum(present)}
+    with_state = sum(
+        1 for user in users if client.exists(redis_keys.user_affinity(user), redis_keys.user_recent_items(user))
+    )
+    total = sum(kind["bytes"] for kind in per_kind.values())
+    found = {
+        "users": len(users), "users_with_state": with_state, "events": events,
+        "events_per_user": round(events / max(1, len(users)), 1), "per_kind": per_kind,
+        "bytes_per_user_with_state": round(total / max(1, with_state)),
+        "gib_per_million_users_with_state": round(total / max(1, with_state) * 1e6 / 2**30, 3),
+    }  # fmt: skip
+    results_update(args.data_dir, **{f"user_sample_{datetime.now(UTC):%H%M}": found})
+    print(json.dumps(found, indent=2))
+
+
 def main() -> None:
     if sys.argv[1:2] == ["_measure"]:
         _measure()
@@ -307,11 +375,14 @@ def main() -> None:
     commands.add_parser("measure", help="PostgreSQL sizes and Valkey memory now")
     rebuilding = commands.add_parser("rebuild", help="manage.py rebuild_online_state, timed, then measure")
     rebuilding.add_argument("extra", nargs="*", help="Arguments passed to rebuild_online_state.")
+    sampling = commands.add_parser("user-sample", help="online state of a sample of users, rebuilt and measured")
+    sampling.add_argument("--users", type=int, default=20_000)
     readying = commands.add_parser("ready", help="write the note that the store is loaded")
     readying.add_argument("--ready", type=Path, default=Path("/tmp/scale/READY"))
     args = parser.parse_args()
     args.data_dir = args.data_dir.resolve()
-    {"load": load, "measure": measure, "rebuild": rebuild, "ready": ready}[args.command](args)
+    commands_run = {"load": load, "measure": measure, "rebuild": rebuild, "ready": ready, "user-sample": user_sample}
+    commands_run[args.command](args)
 
 
 if __name__ == "__main__":
