@@ -168,11 +168,18 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
     if hidden_set:
         user_events = [event for event in user_events if (event[0], event[1]) not in hidden_set]
     keys, facts = _catalog(item_ids | {item for _, item, _, _ in user_events})
+    # The item's sums depend on (item, placement, instant) only (the hidden pairs are the same for every row of the
+    # call): each distinct one is computed once. A popular item is a candidate of most users; as of one instant
+    # (training's folds) a chunk of 15,000 rows asks for a few thousand, each a scan of the item's events.
+    distinct: dict[tuple[str, str, datetime], int] = {}
+    row_key = [
+        distinct.setdefault((request.item_id, request.placement, request.as_of), len(distinct)) for request in requests
+    ]
     columns = {
-        "idx": list(range(len(requests))),
-        "item": [request.item_id for request in requests],
-        "placement": [request.placement for request in requests],
-        "as_of": [request.as_of for request in requests],
+        "idx": list(range(len(distinct))),
+        "item": [item for item, _, _ in distinct],
+        "placement": [placement for _, placement, _ in distinct],
+        "as_of": [as_of for _, _, as_of in distinct],
     }
     windows = list(POPULARITY_HALF_LIVES.values())
     with connection.cursor() as cursor:
@@ -196,8 +203,9 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
     states: dict[tuple[str, float], _UserState] = {}
     for row, request in enumerate(requests):
         as_of = request.as_of.timestamp()
-        _item_features(values[row], request, as_of, popularity.get(row), facts)
-        values[row, FEATURE_INDEX["item_placement_ctr"]] = smoothed_ctr(clicks.get(row, 0.0), impressions.get(row, 0.0))
+        key = row_key[row]
+        _item_features(values[row], request, as_of, popularity.get(key), facts)
+        values[row, FEATURE_INDEX["item_placement_ctr"]] = smoothed_ctr(clicks.get(key, 0.0), impressions.get(key, 0.0))
         state_key = (request.user_key, as_of)
         state = states.get(state_key)
         if state is None:
