@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections
 
 from graph_app.models import Item
 
@@ -24,6 +24,35 @@ INDEX_NAME = "item_embedding_hnsw"
 BUILD_MEMORY = "2GB"
 BUILD_WORKERS = 1
 PROGRESS_SECONDS = 10.0
+
+
+# How long a process trusts its last look at whether the index is there (serving asks on every vector search).
+SERVING_CHECK_SECONDS = 5.0
+_serving_checked: tuple[float, bool] = (-SERVING_CHECK_SECONDS, True)
+
+
+class VectorIndexRebuilding(DatabaseError):
+    """The HNSW index is being rebuilt: a vector search now would scan every item's vector."""
+
+
+def item_vector_index_serving() -> bool:
+    """Whether vector searches can use the index, as this process last saw it (at most SERVING_CHECK_SECONDS
+    ago). While a bulk load or a training rebuilds it, a search is an exact scan of every vector (about a second
+    at a million items, in parallel workers): serving's searches piled up and held both cores, and every
+    recommendation waited seconds (BENCHMARKS.md, "Training at 1 M items"). Serving skips them meanwhile."""
+    global _serving_checked
+    checked_at, present = _serving_checked
+    now = time.monotonic()
+    if now - checked_at >= SERVING_CHECK_SECONDS:
+        present = item_vector_index_present()
+        _serving_checked = (now, present)
+    return present
+
+
+def item_vector_index_serving_forget() -> None:
+    """Look again at the next call (after this process dropped or built the index, and in tests)."""
+    global _serving_checked
+    _serving_checked = (-SERVING_CHECK_SECONDS, True)
 
 
 def item_vector_index_present() -> bool:

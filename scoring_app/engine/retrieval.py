@@ -37,6 +37,7 @@ from redis.exceptions import NoScriptError, RedisError
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
 from graph_app.features.online import catalog_facts_read, catalog_stock_kept
 from graph_app.features.user_affinity import affinity_decode
+from graph_app.item_vector_index import VectorIndexRebuilding, item_vector_index_serving
 from graph_app.neighbourhoods_online import (
     Neighbour,
     item_neighbours,
@@ -265,6 +266,8 @@ def _neighbours_cached(
     read-ahead found of it: `<name>_rows`)."""
 
     def build() -> bytes:
+        if not item_vector_index_serving():
+            raise VectorIndexRebuilding("the items' vector index is being rebuilt")
         return orjson.dumps(_sorted_rows(sql, params))
 
     payload = state.prefetched.get(f"{name}_rows") or user_cache_get_or_build(
@@ -812,6 +815,8 @@ def _sources_run(
     dropped: list[str] = []
 
     def failed(source: RetrievalSource, reason: str, error: BaseException | None = None) -> None:
+        if isinstance(error, VectorIndexRebuilding):  # expected for the rebuild's minutes: no warning each time
+            reason, error = "vector_index_rebuilding", None
         dropped.append(f"{source.name}:{reason}")
         SOURCES_DROPPED.labels(source=source.name, reason=reason).inc()
         if error is not None:

@@ -368,3 +368,29 @@ def test_an_item_that_appears_reaches_a_cached_candidate_set_at_once(shop, clean
 
     assert "brand-new" not in [c.item_id for c in first.candidates]
     assert "fresh" in next(c.sources for c in again.candidates if c.item_id == "brand-new")
+
+
+def test_while_the_vector_index_is_rebuilt_serving_skips_vector_searches_then_resumes(shop, clean_redis):
+    """Without the HNSW index a vector search scans every item's vector: at a million items they piled up and
+    held the machine while a training rebuilt the index. The source is dropped, with why, until it is back."""
+    from graph_app.item_vector_index import (
+        item_vector_index_build,
+        item_vector_index_drop,
+        item_vector_index_serving_forget,
+    )
+
+    ShopperFactory(external_id="u2", embedding=unit(1, 0))  # no precomputed list: a live vector search
+    item_vector_index_drop()
+    item_vector_index_serving_forget()
+    try:
+        candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u2"), sources=["user_vector"])
+        assert candidate_set.dropped == ["user_vector:vector_index_rebuilding"]
+        assert candidate_set.candidates == []
+    finally:
+        item_vector_index_build()
+        item_vector_index_serving_forget()
+
+    candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u2"), sources=["user_vector"])
+
+    assert candidate_set.dropped == []
+    assert [c.item_id for c in candidate_set.candidates][:2] == ["seen", "near"]
