@@ -95,7 +95,7 @@ def item_vector_index_build(*, progress: IO[str] | None = None) -> float:
     started = time.monotonic()
     try:
         with connection.schema_editor(atomic=False) as editor:
-            editor.add_index(Item, index, concurrently=not connection.in_atomic_block)
+            editor.add_index(Item, index, concurrently=not connection.in_atomic_block)  # type: ignore[call-arg]
     finally:
         done.set()
         if reporter is not None:
