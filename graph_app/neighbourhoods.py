@@ -325,10 +325,12 @@ _COPY_SQL = (
 
 
 def _rows_replace(*, catalog: _Catalog, result: _Result, refreshed_at: datetime) -> None:
+    progress = Progress("neighbourhoods: items' rows written", total=len(catalog.item_ids))
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM graph_app_itemneighbour")
         with connection.wrap_database_errors, cursor.copy(_COPY_SQL) as copy:
             for item, item_id in enumerate(catalog.item_ids):
+                progress.advance()
                 for neighbour in _item_neighbours(catalog, result, item):
                     copy.write_row(
                         (
@@ -341,6 +343,7 @@ def _rows_replace(*, catalog: _Catalog, result: _Result, refreshed_at: datetime)
                             refreshed_at,
                         )
                     )
+    progress.finish()
 
 
 def neighbourhoods_publish(*, catalog: _Catalog, result: _Result) -> int:
