@@ -182,14 +182,20 @@ def _block_lookup(
     return np.where(keys[positions] == wanted, matrix.data[positions], 0.0)
 
 
+def _links_of(links: sparse.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored entry of each of `items`' rows: (position in `items`, entry index in links.data/indices)."""
+    counts = np.diff(links.indptr)[items]
+    pair = np.repeat(np.arange(len(items)), counts)
+    starts = np.repeat(links.indptr[items], counts)
+    return pair, starts + np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def _strongest_entities(catalog: _Catalog, items: np.ndarray, others: np.ndarray, link_keys: np.ndarray) -> np.ndarray:
     """For each pair, the shared entity that contributes most to its score, idf(e) * w(item, e) * w(other, e)
     (-1 if none); entities are indexed in (kind, id) order, so on a tie the first one wins. `link_keys`: the
     _csr_keys of catalog.links."""
     links = catalog.links
-    counts = np.diff(links.indptr)[items]
-    pair = np.repeat(np.arange(len(items)), counts)
-    link = np.repeat(links.indptr[items], counts) + np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts)
+    pair, link = _links_of(links, items)
     entities = links.indices[link]
     theirs = _block_lookup(links, others[pair], entities, link_keys)
     contribution = catalog.idf[entities] * links.data[link] * theirs
@@ -229,11 +235,7 @@ def _entity_values(
     local[block_entities] = np.arange(len(block_entities))
     pair_rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
     items = pattern.indices
-    counts = np.diff(links.indptr)[items]
-    pair_of_link = np.repeat(np.arange(len(items)), counts)
-    firsts = np.repeat(links.indptr[items], counts)
-    offsets = np.arange(len(pair_of_link)) - np.repeat(np.cumsum(counts) - counts, counts)
-    link = firsts + offsets
+    pair_of_link, link = _links_of(links, items)
     column = local[links.indices[link]]
     contributions = np.where(column >= 0, dense[pair_rows[pair_of_link], np.maximum(column, 0)] * links.data[link], 0.0)
     values = np.bincount(pair_of_link, weights=contributions, minlength=len(items))
