@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from django.db import connection
 
+from graph_app.features.user_affinity import entity_names_learn
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 
@@ -91,6 +92,10 @@ def _entities_queue(pipeline: Any, items: Mapping[Any, str]) -> None:
     """Queue the items' entity keys ("" to forget the item) in every partition's copy."""
     present = {item_id: keys for item_id, keys in items.items() if keys}
     absent = [item_id for item_id, keys in items.items() if not keys]
+    if present:
+        # Users' affinity hashes name entities by code: the decoder names them again from here.
+        distinct = {key for keys in present.values() for key in keys.split("|") if key}
+        pipeline.hset(redis_keys.CATALOG_ENTITY_NAMES, mapping=entity_names_learn(sorted(distinct)))
     for partition in redis_keys.partitions():
         key = redis_keys.catalog_entities(partition)
         if present:

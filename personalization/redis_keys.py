@@ -152,6 +152,8 @@ def erased_shopper(user_key: str) -> str:
 # Not partitioned: read with one command each, written by the control plane.
 CATALOG_STATIC = "catalog:static"  # item id -> packed (price, in stock, created at)
 CATALOG_VECTORS = "catalog:vectors"  # item id -> float32 embedding bytes
+# entity code -> entity key: the names of the users' affinity fields (`graph_app.features.user_affinity`).
+CATALOG_ENTITY_NAMES = "catalog:entity-names"
 # Bumped after every write of the catalog copies (static facts, embeddings, entity keys): serving processes keep
 # the facts they read in memory until it changes (`graph_app.features.online`).
 CATALOG_VERSION = "catalog:version"

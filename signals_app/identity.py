@@ -7,7 +7,7 @@ state is merged into the user's, and the link is appended to the event stream so
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import orjson
@@ -57,10 +57,9 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
     read = redis.pipeline(transaction=False)
     read.lrange(redis_keys.user_recent_items(session_key), 0, -1)
     read.hgetall(redis_keys.user_affinity(session_key))
-    read.get(redis_keys.user_recent_last(session_key))
-    read.get(redis_keys.user_recent_last(user_id))
+    read.get(redis_keys.user_recent_last(session_key))  # the layout before "#r"
     read.zrange(redis_keys.user_cooldown(session_key), 0, -1, withscores=True)
-    session_items, session_affinity_raw, session_recent_last, user_recent_last, session_cooldown = read.execute()
+    session_items, session_affinity_raw, session_recent_last, session_cooldown = read.execute()
 
     write = redis.pipeline(transaction=False)
     recent_key = redis_keys.user_recent_items(user_id)
@@ -70,14 +69,9 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
     if session_items:
         write.ltrim(recent_key, 0, RECENT_ITEMS_KEPT - 1)
         write.expire(recent_key, RECENT_ITEMS_TTL_SECONDS)
-    # When the state was last updated (the feature store treats state without it as older than its TTL): the later
-    # of the user's and the session's.
-    if session_recent_last is not None and (
-        user_recent_last is None or float(session_recent_last) > float(user_recent_last)
-    ):
-        write.set(redis_keys.user_recent_last(user_id), session_recent_last, ex=RECENT_ITEMS_TTL_SECONDS)
-
     session_affinity = affinity_decode(session_affinity_raw)
+    if session_affinity.recent_last is None and session_recent_last is not None:
+        session_affinity = replace(session_affinity, recent_last=float(session_recent_last))
     if session_cooldown:
         # What the shopper hid or skipped before signing in stays cooled down (the later time of the two wins).
         cooldown_key = redis_keys.user_cooldown(user_id)
@@ -110,18 +104,21 @@ def _merge_and_log(*, user_id: str, session_id: str) -> IdentityLinkResult:
 
 
 def _affinity_merge(redis: Redis, *, user_id: str, session: UserAffinity) -> int:
-    """The session's affinities added into the user's hash (atomically on it: an event of the user meanwhile keeps its
-    share); how many entities the session had."""
-    if session.epoch is None and session.last is None:
+    """The session's affinities, and the time of its latest item of interest (when the feature store last saw the
+    state updated: it treats state without one as older than its TTL), added into the user's hash (atomically on
+    it: an event of the user meanwhile keeps its share); how many entities the session had."""
+    if session.epoch is None and session.last is None and session.recent_last is None:
         return 0
-    args: list[str | int | float] = [
+    args: list[str | int | float | bytes] = [
         settings.SIGNALS_AFFINITY_ENTITIES_KEPT,
         AFFINITY_HALF_LIFE_SECONDS,
-        repr(session.epoch if session.epoch is not None else datetime.now(UTC).timestamp()),
+        repr(session.epoch) if session.epoch is not None else "",
         repr(session.last) if session.last is not None else "",
         RECENT_ITEMS_TTL_SECONDS,
+        repr(session.recent_last) if session.recent_last is not None else "",
     ]
     for name, counter in session.counters.items():
         seen = session.category_times.get(name)
-        args += [name.decode(), repr(counter), "" if seen is None else repr(seen)]
-    return int(affinity_merge_script.call(redis, [redis_keys.user_affinity(user_id)], args))
+        args += [name, repr(counter), "" if seen is None else repr(seen)]
+    keys = [redis_keys.user_affinity(user_id), redis_keys.user_recent_last(user_id)]
+    return int(affinity_merge_script.call(redis, keys, args))

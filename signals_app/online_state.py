@@ -96,14 +96,24 @@ local function packed_add(key, item, ts, increments, half_lives)
 end
 """
 
-# The user's affinity hash (`graph_app.features.user_affinity`): one field an entity, its forward-decayed counter
-# packed as a double, a category's with the time of its latest event after it; "#e" the epoch, "#l" the latest
-# event's time (packed doubles too). Needs `entities_kept` (the cap) and `affinity_half_life`.
+# The user's affinity hash (`graph_app.features.user_affinity`): one field an entity, named by the entity's code,
+# its forward-decayed counter packed as a double, a category's with the time of its latest event after it; "#e" the
+# epoch, "#l" the latest event's time, "#r" the latest item of interest's (packed doubles too), "#c" the coded
+# layout's mark. Needs `entities_kept` (the cap) and `affinity_half_life`.
 AFFINITY_LUA = """
 local function is_category(entity) return string.sub(entity, 1, 9) == 'category:' end
 local function affinity_meta(packed)
   if packed and #packed == 8 then return (struct.unpack('<d', packed)) end
   return nil
+end
+-- The field naming an entity key: a NUL and the first 6 bytes of the key's SHA-1 (`user_affinity.entity_code`); a
+-- code (a session's entity the merge could not name) stays as it is.
+local function affinity_field(entity)
+  if #entity == 7 and string.byte(entity, 1) == 0 then return entity end
+  local h = redis.sha1hex(entity)
+  local bytes = {0}
+  for i = 1, 11, 2 do bytes[#bytes + 1] = tonumber(string.sub(h, i, i + 1), 16) end
+  return string.char(unpack(bytes))
 end
 -- (counter, time or nil) of a stored field, (0, nil) for none.
 local function affinity_unpack(packed)
@@ -115,8 +125,9 @@ local function affinity_unpack(packed)
   end
   return 0, nil
 end
-local function affinity_pack(entity, counter, seen)
-  if is_category(entity) then return struct.pack('<dd', counter, seen or -math.huge) end
+-- A category's field holds its counter and its time (-inf: none known), another entity's its counter alone.
+local function affinity_pack(category, counter, seen)
+  if category then return struct.pack('<dd', counter, seen or -math.huge) end
   return struct.pack('<d', counter)
 end
 local function affinity_hset(affinity, fields)
@@ -127,7 +138,7 @@ end
 -- A hash of the first layout ("f:" counters and "r:" times as text, "_epoch", "_last") in this one.
 local function affinity_upgrade(affinity)
   local stored = redis.call('HGETALL', affinity)
-  local counters, times, fields = {}, {}, {}
+  local counters, times, fields = {}, {}, {'#c', ''}
   for p = 1, #stored, 2 do
     local name, value = stored[p], stored[p + 1]
     local prefix = string.sub(name, 1, 2)
@@ -135,23 +146,43 @@ local function affinity_upgrade(affinity)
     elseif prefix == 'r:' then times[string.sub(name, 3)] = tonumber(value)
     elseif name == '_epoch' then fields[#fields + 1] = '#e'; fields[#fields + 1] = struct.pack('<d', tonumber(value))
     elseif name == '_last' then fields[#fields + 1] = '#l'; fields[#fields + 1] = struct.pack('<d', tonumber(value))
+    elseif name == '#r' then fields[#fields + 1] = name; fields[#fields + 1] = value
     end
   end
   for entity, counter in pairs(counters) do
-    fields[#fields + 1] = entity
-    fields[#fields + 1] = affinity_pack(entity, counter, times[entity])
+    fields[#fields + 1] = affinity_field(entity)
+    fields[#fields + 1] = affinity_pack(is_category(entity), counter, times[entity])
   end
   local ttl = redis.call('PTTL', affinity)
   redis.call('DEL', affinity)
   affinity_hset(affinity, fields)
   if ttl > 0 then redis.call('PEXPIRE', affinity, ttl) end
 end
--- The hash's (latest event time, epoch), nil for none; a hash of the first layout is upgraded first.
+-- A hash whose fields are named by entity key (the second layout) in the coded one.
+local function affinity_recode(affinity)
+  local stored = redis.call('HGETALL', affinity)
+  local keys, fields = {}, {'#c', ''}
+  for p = 1, #stored, 2 do
+    local name = stored[p]
+    local first = string.byte(name, 1)
+    if first ~= 35 and first ~= 0 then
+      local counter, seen = affinity_unpack(stored[p + 1])
+      keys[#keys + 1] = name
+      fields[#fields + 1] = affinity_field(name)
+      fields[#fields + 1] = affinity_pack(is_category(name) or seen ~= nil, counter, seen)
+    end
+  end
+  if #keys > 0 then redis.call('HDEL', affinity, unpack(keys)) end
+  affinity_hset(affinity, fields)
+end
+-- The hash's (latest event time, epoch), nil for none; a hash of an older layout is converted first.
 local function affinity_last_epoch(affinity)
-  local meta = redis.call('HMGET', affinity, '#l', '#e', '_epoch')
+  local meta = redis.call('HMGET', affinity, '#l', '#e', '_epoch', '#c')
   if meta[3] then
     affinity_upgrade(affinity)
     meta = redis.call('HMGET', affinity, '#l', '#e')
+  elseif meta[2] and not meta[4] then
+    affinity_recode(affinity)
   end
   return affinity_meta(meta[1]), affinity_meta(meta[2])
 end
@@ -164,7 +195,7 @@ local function affinity_rescale(affinity, factor)
     if string.sub(name, 1, 1) ~= '#' then
       local counter, seen = affinity_unpack(stored[p + 1])
       fields[#fields + 1] = name
-      fields[#fields + 1] = affinity_pack(name, counter * factor, seen)
+      fields[#fields + 1] = affinity_pack(seen ~= nil, counter * factor, seen)
     end
   end
   if #fields > 0 then affinity_hset(affinity, fields) end
@@ -172,7 +203,7 @@ end
 -- Past `entities_kept` entities, every one at the weakest counter goes, until at most that many are left
 -- (`graph_app.features.user_affinity.weakest_dropped`: ties all go, so no order among them matters).
 local function affinity_cap(affinity)
-  if redis.call('HLEN', affinity) <= entities_kept + 2 then return end
+  if redis.call('HLEN', affinity) <= entities_kept + 4 then return end  -- with the 4 meta fields
   local stored = redis.call('HGETALL', affinity)
   local counters, count = {}, 0
   for p = 1, #stored, 2 do
@@ -199,10 +230,11 @@ end
 """
 
 # A session's affinities added into its user's hash when the storefront identifies it (`signals_app.identity`): the
-# session's counters re-expressed against the user's epoch, the later of each category's times, the later "#l",
-# then the cap. One key (a session's hash may live in another slot: the caller read it). KEYS: the user's hash.
-# ARGV: 1 entities kept, 2 affinity half-life, 3 the session's epoch, 4 its "#l", 5 the hash's ttl, then per entity:
-# its key, its counter (against the session's epoch), its time ('' when none). Returns how many entities came.
+# session's counters re-expressed against the user's epoch, the later of each category's times, the later "#l" and
+# "#r", then the cap. The user's keys (a session's may live in another slot: the caller read them). KEYS: the
+# user's hash, their recent-last key of the layout before "#r". ARGV: 1 entities kept, 2 affinity half-life, 3 the
+# session's epoch, 4 its "#l", 5 the hash's ttl, 6 the session's "#r" ('' when none), then per entity: its key (or
+# code), its counter (against the session's epoch), its time ('' when none). Returns how many entities came.
 AFFINITY_MERGE_LUA = (
     """
 local entities_kept, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -212,26 +244,38 @@ local entities_kept, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
 local affinity = KEYS[1]
 local last, epoch = affinity_last_epoch(affinity)
 local session_epoch, session_last = tonumber(ARGV[3]), tonumber(ARGV[4])
-if not epoch then epoch = session_epoch end
-local scale = 2 ^ ((session_epoch - epoch) / half_life)
-local names = {}
-for p = 6, #ARGV, 3 do names[#names + 1] = ARGV[p] end
-if #names > 0 then
-  local stored = redis.call('HMGET', affinity, unpack(names))
-  local fields = {}
+local names, fields = {}, {}
+for p = 7, #ARGV, 3 do names[#names + 1] = ARGV[p] end
+if session_epoch then
+  if not epoch then epoch = session_epoch end
+  local scale = 2 ^ ((session_epoch - epoch) / half_life)
+  local codes = {}
+  for i, entity in ipairs(names) do codes[i] = affinity_field(entity) end
+  local stored = #codes > 0 and redis.call('HMGET', affinity, unpack(codes)) or {}
   for i, entity in ipairs(names) do
-    local p = 6 + 3 * (i - 1)
+    local p = 7 + 3 * (i - 1)
     local counter, seen = affinity_unpack(stored[i])
     local other_seen = tonumber(ARGV[p + 2])
     if other_seen and (not seen or other_seen > seen) then seen = other_seen end
-    fields[#fields + 1] = entity
-    fields[#fields + 1] = affinity_pack(entity, counter + tonumber(ARGV[p + 1]) * scale, seen)
+    fields[#fields + 1] = codes[i]
+    fields[#fields + 1] = affinity_pack(is_category(entity) or seen ~= nil, counter + tonumber(ARGV[p + 1]) * scale,
+                                        seen)
   end
-  affinity_hset(affinity, fields)
+  if session_last and (not last or session_last > last) then last = session_last end
+  fields[#fields + 1] = '#e'; fields[#fields + 1] = struct.pack('<d', epoch)
+  if last then fields[#fields + 1] = '#l'; fields[#fields + 1] = struct.pack('<d', last) end
 end
-if session_last and (not last or session_last > last) then last = session_last end
-redis.call('HSET', affinity, '#e', struct.pack('<d', epoch))
-if last then redis.call('HSET', affinity, '#l', struct.pack('<d', last)) end
+-- The later latest item of interest: the user's (moved from its key of the layout before) or the session's.
+local recent_last = affinity_meta(redis.call('HGET', affinity, '#r')) or tonumber(redis.call('GET', KEYS[2]))
+local session_recent_last = tonumber(ARGV[6])
+if session_recent_last and (not recent_last or session_recent_last > recent_last) then
+  recent_last = session_recent_last
+end
+if recent_last then fields[#fields + 1] = '#r'; fields[#fields + 1] = struct.pack('<d', recent_last) end
+if #fields == 0 then return 0 end
+fields[#fields + 1] = '#c'; fields[#fields + 1] = ''
+affinity_hset(affinity, fields)
+redis.call('DEL', KEYS[2])
 affinity_cap(affinity)
 redis.call('EXPIRE', affinity, ARGV[5])
 return #names
@@ -298,19 +342,39 @@ local function purchased_add(key, item, ts)
   redis.call('ZREMRANGEBYRANK', key, 0, -purchased_kept - 1)
   redis.call('EXPIRE', key, state_ttl)
 end
+-- The affinity hash lives state_ttl after the later of its latest event ("#l") and latest item of interest ("#r").
+local function affinity_expire(affinity)
+  local meta = redis.call('HMGET', affinity, '#l', '#r')
+  local last, recent_last = affinity_meta(meta[1]), affinity_meta(meta[2])
+  if recent_last and (not last or recent_last > last) then last = recent_last end
+  if last then expire_after(affinity, last) end
+end
+-- The time of the user's latest item of interest: "#r" in their affinity hash (a key of its own in the layout
+-- before, `legacy`: moved on first use).
+local function recent_last_get(affinity, legacy)
+  local packed = redis.call('HGET', affinity, '#r')
+  if packed then return affinity_meta(packed) end
+  local last = tonumber(redis.call('GET', legacy))
+  if last then
+    redis.call('HSET', affinity, '#r', struct.pack('<d', last))
+    redis.call('DEL', legacy)
+    affinity_expire(affinity)
+  end
+  return last
+end
 -- The item goes to the front of the user's recent items (which start afresh after a gap longer than state_ttl).
-local function recent_push(recent, recent_last, item, ts)
-  local last = tonumber(redis.call('GET', recent_last))
+local function recent_push(recent, legacy_last, affinity, item, ts)
+  local last = recent_last_get(affinity, legacy_last)
   if last and ts - last > state_ttl then redis.call('DEL', recent) end
   if not last or ts > last then
     last = ts
-    redis.call('SET', recent_last, ts)
+    redis.call('HSET', affinity, '#r', struct.pack('<d', ts))
   end
   redis.call('LREM', recent, 0, item)
   redis.call('LPUSH', recent, item)
   redis.call('LTRIM', recent, 0, recent_kept - 1)
   expire_after(recent, last)
-  expire_after(recent_last, last)
+  affinity_expire(affinity)
 end
 -- The item's counters and popularity windows (forward decay against each window's epoch).
 local function popularity_add(item, weight, ts)
@@ -341,7 +405,9 @@ local function affinity_add(affinity, item, weight, ts)
   if not entities then return end
   local last, epoch = affinity_last_epoch(affinity)
   if last and ts - last > state_ttl then
+    local recent_last = redis.call('HGET', affinity, '#r')  -- the recent items' own: they keep it
     redis.call('DEL', affinity)
+    if recent_last then redis.call('HSET', affinity, '#r', recent_last) end
     last, epoch = nil, nil
   end
   if not epoch then
@@ -351,27 +417,31 @@ local function affinity_add(affinity, item, weight, ts)
     epoch = ts
   end
   local increment = weight * 2 ^ ((ts - epoch) / affinity_half_life)
-  local names = {}
-  for entity in string.gmatch(entities, '[^|]+') do names[#names + 1] = entity end
-  local stored = redis.call('HMGET', affinity, unpack(names))
-  local counters, times, order = {}, {}, {}
+  local names, fields_of = {}, {}
+  for entity in string.gmatch(entities, '[^|]+') do
+    names[#names + 1] = entity
+    fields_of[#fields_of + 1] = affinity_field(entity)
+  end
+  local stored = redis.call('HMGET', affinity, unpack(fields_of))
+  local counters, times, order, codes = {}, {}, {}, {}
   for i, entity in ipairs(names) do
     if counters[entity] == nil then  -- an entity listed twice counts twice, as offline
       order[#order + 1] = entity
+      codes[#codes + 1] = fields_of[i]
       counters[entity], times[entity] = affinity_unpack(stored[i])
     end
     counters[entity] = counters[entity] + increment
     if is_category(entity) and (not times[entity] or ts > times[entity]) then times[entity] = ts end
   end
   if not last or ts > last then last = ts end
-  local fields = {'#e', struct.pack('<d', epoch), '#l', struct.pack('<d', last)}
-  for _, entity in ipairs(order) do
-    fields[#fields + 1] = entity
-    fields[#fields + 1] = affinity_pack(entity, counters[entity], times[entity])
+  local fields = {'#e', struct.pack('<d', epoch), '#l', struct.pack('<d', last), '#c', ''}
+  for i, entity in ipairs(order) do
+    fields[#fields + 1] = codes[i]
+    fields[#fields + 1] = affinity_pack(is_category(entity), counters[entity], times[entity])
   end
   redis.call('HSET', affinity, unpack(fields))
   affinity_cap(affinity)
-  expire_after(affinity, last)
+  affinity_expire(affinity)
 end
 """
 )
@@ -403,7 +473,7 @@ for e = 0, events - 1 do
     -- the consumer applies it (the apply script) once the log stored it as new.
     if ARGV[a + 7] ~= '1' then
       if item ~= '' and ARGV[a + 3] == '1' then
-        recent_push(KEYS[k + 2], KEYS[k + 6], item, ts)
+        recent_push(KEYS[k + 2], KEYS[k + 6], KEYS[k + 4], item, ts)
         if ARGV[a + 6] == '1' then
           redis.call('LREM', KEYS[k + 3], 0, item)
           redis.call('LPUSH', KEYS[k + 3], item)
@@ -443,10 +513,10 @@ if not dedupe_layout_current(dedupe_layout, 22 + windows) then return 'stale' en
 local known_times = cjson.decode(ARGV[own_args])
 -- An item older than the user's latest goes behind every item not known to be older: an item the log has no time
 -- for arrived after the late event, so it is newer (anything that arrives live is at most the dedupe window old).
-local function recent_insert(recent, recent_last, item, ts, known)
-  local last = tonumber(redis.call('GET', recent_last))
+local function recent_insert(recent, legacy_last, affinity, item, ts, known)
+  local last = recent_last_get(affinity, legacy_last)
   if not last or ts >= last then
-    recent_push(recent, recent_last, item, ts)
+    recent_push(recent, legacy_last, affinity, item, ts)
     known[item] = ts
     return
   end
@@ -491,7 +561,7 @@ for e = 0, events - 1 do
         known = {}
         known_times[KEYS[k + 2]] = known
       end
-      recent_insert(KEYS[k + 2], KEYS[k + 3], item, ts, known)
+      recent_insert(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], item, ts, known)
     end
     if weight > 0 then
       popularity_add(item, weight, ts)

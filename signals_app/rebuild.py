@@ -128,23 +128,29 @@ class UserState:
         recent, recent_last = redis_keys.user_recent_items(user_key), redis_keys.user_recent_last(user_key)
         affinity, purchased = redis_keys.user_affinity(user_key), redis_keys.user_purchased(user_key)
         cooldown = redis_keys.user_cooldown(user_key)
-        pipeline.delete(recent, recent_last, affinity, purchased, cooldown)
-        if self.recent and self.recent_last is not None and self.recent_last + RECENT_ITEMS_TTL_SECONDS > now:
-            expire_at = _expire_at(self.recent_last, now)
-            pipeline.rpush(recent, *self.recent)
-            pipeline.set(recent_last, repr(self.recent_last), exat=expire_at)
-            pipeline.expireat(recent, expire_at)
-        if (
+        pipeline.delete(recent, recent_last, affinity, purchased, cooldown)  # recent_last: the layout before "#r"
+        recent_valid = self.recent_last is not None and self.recent_last + RECENT_ITEMS_TTL_SECONDS > now
+        affinity_valid = (
             self.frequency
             and self.epoch is not None
             and self.affinity_last is not None
             and self.affinity_last + RECENT_ITEMS_TTL_SECONDS > now
-        ):
+        )
+        if self.recent and recent_valid:
+            assert self.recent_last is not None
+            pipeline.rpush(recent, *self.recent)
+            pipeline.expireat(recent, _expire_at(self.recent_last, now))
+        if affinity_valid or (self.recent and recent_valid):
             encoded = affinity_encode(
-                epoch=self.epoch, last=self.affinity_last, counters=self.frequency, times=self.last_seen
+                epoch=self.epoch if affinity_valid else None,
+                last=self.affinity_last if affinity_valid else None,
+                counters=self.frequency if affinity_valid else {},
+                times=self.last_seen,
+                recent_last=self.recent_last if self.recent and recent_valid else None,
             )
             pipeline.hset(affinity, mapping=cast("dict[EncodableT, EncodableT]", encoded))
-            pipeline.expireat(affinity, _expire_at(self.affinity_last, now))
+            latest = max(self.affinity_last or 0.0, self.recent_last or 0.0)
+            pipeline.expireat(affinity, _expire_at(latest, now))
         bought = _latest(self.purchased, settings.SIGNALS_PURCHASED_ITEMS_KEPT)
         if bought:
             pipeline.zadd(purchased, bought)

@@ -32,7 +32,7 @@ from graph_app.features.definitions import (
     smoothed_ctr,
     trend,
 )
-from graph_app.features.user_affinity import UserAffinity, affinity_decode
+from graph_app.features.user_affinity import UserAffinity, affinity_decode, recent_last_of
 from graph_app.online import STATIC_DTYPE, catalog_changes_since, static_in_stock
 from personalization import redis_keys
 from personalization.cache import UserCacheWrite, user_cache_writes_queue
@@ -449,7 +449,7 @@ def features_fetch(
     pipeline.get(redis_keys.CATALOG_VERSION)
     pipeline.hgetall(redis_keys.user_affinity(user_key))
     pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_FOR_SIMILARITY - 1)
-    pipeline.get(redis_keys.user_recent_last(user_key))
+    pipeline.get(redis_keys.user_recent_last(user_key))  # the layout before "#r"
     if missing:
         _queue_catalog(pipeline, user_key, missing)
     for partition in redis_keys.partitions():
@@ -462,7 +462,12 @@ def features_fetch(
     replies = pipeline.execute()
     del replies[len(replies) - written :]
     early_vectors = replies.pop() if expected else None
-    version, affinity_raw, recent_raw, recent_last = replies[:4]
+    version, affinity_raw, recent_raw, legacy_recent_last = replies[:4]
+    # The latest item of interest's time: "#r" of the hash, or its own key in the layout before (until the user's
+    # next event moves it).
+    recent_last = recent_last_of(affinity_raw)
+    if recent_last is None and legacy_recent_last is not None:
+        recent_last = float(legacy_recent_last)
     columns: list[Sequence[Any]] = replies[4:7] if missing else [[], [], []]
     per_partition = replies[7:] if missing else replies[4:]
     catalog: _CatalogRows | None = None

@@ -1,5 +1,6 @@
-"""The user's affinity hash: one packed field an entity, a cap on the entities kept that the offline materialization
-applies alike, and hashes of the first layout still served and converted on their user's next event."""
+"""The user's affinity hash: one packed field an entity, named by its code, a cap on the entities kept that the
+offline materialization applies alike, and hashes of the older layouts still served and converted on their user's
+next event."""
 
 from __future__ import annotations
 
@@ -11,16 +12,22 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
+from graph_app.features import user_affinity
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS, FEATURE_INDEX
 from graph_app.features.offline import FeatureRequest, features_offline
 from graph_app.features.online import features_fetch
-from graph_app.features.user_affinity import affinity_decode, weakest_dropped
+from graph_app.features.user_affinity import affinity_decode, entity_code, weakest_dropped
 from personalization import redis_keys
 from signals_app.consumer import events_drain_all
 from signals_app.services import events_ingest
 
 pytestmark = pytest.mark.django_db
 USER_FEATURES = ("user_category_frequency", "user_category_recency_days", "user_item_entity_affinity")
+META_FIELDS = {b"#e", b"#l", b"#r", b"#c"}
+
+
+def _fields(*keys: str) -> set[bytes]:
+    return META_FIELDS | {entity_code(key) for key in keys}
 
 
 @pytest.fixture
@@ -65,7 +72,7 @@ def test_past_the_cap_the_weakest_entities_go_online_and_offline_alike(shop, cle
     events_ingest(raw_events=[_event("e3", "view", "i2", 14)])  # garden +1; b2, t2: 1 each, the weakest: both go
 
     raw = clean_redis.hgetall(redis_keys.user_affinity("u1"))
-    assert set(raw) == {b"#e", b"#l", b"category:garden", b"brand:b0", b"tag:t0"}
+    assert set(raw) == _fields("category:garden", "brand:b0", "tag:t0")
     affinity = affinity_decode(raw)
     now = time.time()
     factor = affinity.factor(now)
@@ -124,7 +131,7 @@ def test_a_hash_of_the_first_layout_serves_the_same_values_and_converts_on_the_n
     events_ingest(raw_events=[_event("e9", "view", "i1", 0, user="u2")])
 
     raw = clean_redis.hgetall(key)
-    assert set(raw) == {b"#e", b"#l", b"category:kitchen", b"brand:b1", b"tag:t1"}
+    assert set(raw) == _fields("category:kitchen", "brand:b1", "tag:t1")
     affinity = affinity_decode(raw)
     assert affinity.epoch == pytest.approx(day_ago)
     growth = 2 ** ((time.time() - day_ago) / AFFINITY_HALF_LIFE_SECONDS)  # a view now, against the old epoch
@@ -143,8 +150,10 @@ def test_identify_adds_the_sessions_entities_then_applies_the_cap(shop, clean_re
     api_client.post("/api/v1/users/carol/identify", {"session_id": "s-9"}, format="json")
 
     raw = clean_redis.hgetall(redis_keys.user_affinity("carol"))
-    assert set(raw) == {b"#e", b"#l", b"category:garden", b"brand:b0", b"tag:t0"}
-    assert affinity_decode(raw).last == pytest.approx(time.time() - 36000, abs=5)  # the session's later event
+    assert set(raw) == _fields("category:garden", "brand:b0", "tag:t0")
+    merged = affinity_decode(raw)
+    assert merged.last == pytest.approx(time.time() - 36000, abs=5)  # the session's later event
+    assert merged.recent_last == pytest.approx(time.time() - 36000, abs=5)  # and its later item of interest
     assert not clean_redis.exists(redis_keys.user_affinity("session:s-9"))
 
 
@@ -170,3 +179,54 @@ def test_the_epoch_moves_forward_after_200_half_lives_keeping_every_value(shop, 
     assert affinity.counters[b"category:kitchen"] * factor == pytest.approx(expected, rel=1e-9)
     assert affinity.counters[b"tag:t1"] * factor == pytest.approx(expected, rel=1e-9)
     assert affinity.category_times == {b"category:kitchen": pytest.approx(at)}
+
+
+def test_a_hash_named_by_entity_keys_serves_the_same_values_and_is_coded_on_the_next_event(shop, clean_redis):
+    """The layout before codes: fields named by entity key, the latest item of interest in a key of its own."""
+    now = time.time()
+    day_ago = now - 86400
+    key = redis_keys.user_affinity("u4")
+    encoded = user_affinity.COUNTER_AND_TIME.pack(3.0, day_ago)
+    clean_redis.hset(
+        key,
+        mapping={
+            "#e": user_affinity.COUNTER.pack(day_ago), "#l": user_affinity.COUNTER.pack(day_ago),
+            "category:kitchen": encoded, "brand:b1": user_affinity.COUNTER.pack(2.0),
+        },
+    )  # fmt: skip
+    clean_redis.expire(key, 3600)
+    clean_redis.rpush(redis_keys.user_recent_items("u4"), "i1")
+    clean_redis.set(redis_keys.user_recent_last("u4"), repr(day_ago))
+    factor = 2 ** (-1 / 7)
+
+    values = features_fetch(user_key="u4", item_ids=["i1", "i0"], placement="home", now=now)
+
+    assert list(values.column("user_category_frequency")) == pytest.approx([3 * factor, 0.0], rel=1e-4)
+    assert list(values.column("user_item_entity_affinity")) == pytest.approx([2 * factor, 0.0], rel=1e-4)
+    assert values.recent_valid
+
+    events_ingest(raw_events=[_event("e10", "view", "i1", 0, user="u4")])
+
+    raw = clean_redis.hgetall(key)
+    assert set(raw) == _fields("category:kitchen", "brand:b1", "tag:t1")
+    assert not clean_redis.exists(redis_keys.user_recent_last("u4"))  # moved into "#r", then moved on
+    affinity = affinity_decode(raw)
+    growth = 2 ** ((time.time() - day_ago) / AFFINITY_HALF_LIFE_SECONDS)
+    assert affinity.counters[b"category:kitchen"] == pytest.approx(3.0 + growth, rel=1e-4)
+    assert affinity.counters[b"brand:b1"] == pytest.approx(2.0 + growth, rel=1e-4)
+    assert affinity.category_times[b"category:kitchen"] == pytest.approx(time.time(), abs=5)
+    assert affinity.recent_last == pytest.approx(time.time(), abs=5)
+    assert clean_redis.ttl(key) > 80 * 86400
+
+
+def test_codes_are_named_from_the_catalog_tables_when_redis_lost_the_names(shop, clean_redis, monkeypatch):
+    events_ingest(raw_events=[_event("e11", "view", "i1", 1, user="u5")])
+    clean_redis.delete(redis_keys.CATALOG_ENTITY_NAMES)
+    monkeypatch.setattr(user_affinity, "_entity_names", {})
+    monkeypatch.setattr(user_affinity, "_names_from_catalog_at", -user_affinity.NAMES_FROM_CATALOG_SECONDS)
+
+    affinity = affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("u5")))
+
+    assert set(affinity.counters) == {b"category:kitchen", b"brand:b1", b"tag:t1"}
+    assert affinity.strongest(categories=True, count=3) == ["kitchen"]
+    assert clean_redis.hget(redis_keys.CATALOG_ENTITY_NAMES, entity_code("brand:b1")) == b"brand:b1"

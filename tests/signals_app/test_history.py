@@ -203,10 +203,10 @@ def test_the_purchased_set_keeps_more_than_the_cool_down_limit(clean_redis, sett
 def _user_snapshot(client, user: str, at: float) -> dict[str, object]:
     affinity = affinity_decode(client.hgetall(redis_keys.user_affinity(user)))
     factor = affinity.factor(at)
-    last = client.get(redis_keys.user_recent_last(user))
+    assert not client.exists(redis_keys.user_recent_last(user))  # the layout before "#r"
     return {
         "recent": recent(client, user),
-        "recent_last": float(last) if last else None,
+        "recent_last": affinity.recent_last,
         "affinity": {name.decode(): value * factor for name, value in affinity.counters.items()},
         "category_times": {name.decode(): value for name, value in affinity.category_times.items()},
         "affinity_last": affinity.last,

@@ -74,14 +74,14 @@ def test_identify_carries_the_sessions_update_times_so_the_users_features_are_se
     api_client.post(
         "/api/v1/events", {"events": [anonymous_view("a1", "mug"), anonymous_view("a2", "rake")]}, format="json"
     )
-    session_last = affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("session:s-1"))).last
-    session_recent_last = clean_redis.get(redis_keys.user_recent_last("session:s-1"))
+    session = affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("session:s-1")))
 
     api_client.post("/api/v1/users/carol/identify", {"session_id": "s-1"}, format="json")
 
-    assert affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("carol"))).last == session_last is not None
-    assert clean_redis.get(redis_keys.user_recent_last("carol")) == session_recent_last
-    assert clean_redis.get(redis_keys.user_recent_last("session:s-1")) is None
+    carol = affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("carol")))
+    assert carol.last == session.last is not None
+    assert carol.recent_last == session.recent_last is not None
+    assert not clean_redis.exists(redis_keys.user_affinity("session:s-1"))
     features = features_fetch(user_key="carol", item_ids=["mug", "bowl", "rake"], placement="home", now=time.time())
     for name in (*USER_FEATURES, "user_item_similarity"):
         assert not np.isnan(features.column(name)).any(), name
@@ -101,8 +101,8 @@ def test_identify_keeps_the_later_update_time_of_the_user_and_the_session(api_cl
 
     api_client.post("/api/v1/users/dave/identify", {"session_id": "s-1"}, format="json")
 
-    assert affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("dave"))).last == pytest.approx(now, abs=0.01)
-    assert float(clean_redis.get(redis_keys.user_recent_last("dave"))) == pytest.approx(now, abs=0.01)
+    dave = affinity_decode(clean_redis.hgetall(redis_keys.user_affinity("dave")))
+    assert (dave.last, dave.recent_last) == pytest.approx((now, now), abs=0.01)
 
 
 @pytest.mark.parametrize(("body", "field"), [({}, "session_id"), ({"session_id": ""}, "session_id")])
