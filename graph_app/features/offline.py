@@ -13,11 +13,12 @@ import math
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from django.db import connection
 
+from graph_app.features.decayed_sums import decayed_sums
 from graph_app.features.definitions import (
     AFFINITY_HALF_LIFE_SECONDS,
     AFFINITY_TTL_SECONDS,
@@ -38,6 +39,7 @@ from signals_app.event_types import BUILT_IN_EVENT_TYPES, EventType
 from signals_app.models import CustomEventType
 
 TTL = {feature.name: feature.ttl_seconds for feature in FEATURES}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -97,47 +99,52 @@ def _catalog(
     return keys, facts
 
 
-# power() raises on underflow in PostgreSQL: exponents are floored at 2^-1000 (about 1e-301, i.e. zero). Every
-# float sum is ordered: a sum in whatever order the plan reads rows differs in its last bits from run to run.
-_ITEM_POPULARITY_SQL = """
-WITH r AS (SELECT * FROM unnest(%(idx)s::int[], %(item)s::text[], %(as_of)s::timestamptz[]) AS r(idx, item, as_of)),
+# Each series' events (an item's weighted events; an item's clicks or impressions in a placement) by series number
+# then time, read once per call: `decayed_sums` computes every instant's sums from them.
+_ITEM_EVENTS_SQL = """
+WITH r AS (SELECT * FROM unnest(%(series)s::text[]) WITH ORDINALITY AS r(item, idx)),
      w AS (SELECT * FROM unnest(%(types)s::text[], %(weights)s::float8[]) AS w(type, weight))
-SELECT r.idx,
-       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h1)s, -1000))
-           ORDER BY e.occurred_at, e.id),
-       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h2)s, -1000))
-           ORDER BY e.occurred_at, e.id),
-       sum(w.weight * power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h3)s, -1000))
-           ORDER BY e.occurred_at, e.id),
-       extract(epoch FROM max(e.occurred_at))::float8
+SELECT r.idx - 1, (extract(epoch FROM e.occurred_at) * 1000000)::int8, w.weight
 FROM r
-JOIN signals_app_event e ON e.item_id = r.item AND e.occurred_at <= r.as_of
+JOIN signals_app_event e ON e.item_id = r.item AND e.occurred_at <= %(until)s
 JOIN w ON w.type = e.type
 WHERE NOT EXISTS (SELECT 1 FROM unnest(%(hidden_users)s::text[], %(hidden_items)s::text[]) AS h(user_id, item_id)
                   WHERE h.user_id = e.user_id AND h.item_id = e.item_id)
-GROUP BY r.idx
+ORDER BY r.idx, e.occurred_at, e.id
 """
 
 _PLACEMENT_CLICKS_SQL = """
-WITH r AS (SELECT * FROM unnest(%(idx)s::int[], %(item)s::text[], %(placement)s::text[], %(as_of)s::timestamptz[])
-           AS r(idx, item, placement, as_of))
-SELECT r.idx, sum(power(2, greatest(-extract(epoch FROM r.as_of - e.occurred_at)::float8 / %(h)s, -1000))
-                  ORDER BY e.occurred_at, e.id)
+WITH r AS (SELECT * FROM unnest(%(series)s::text[], %(placements)s::text[]) WITH ORDINALITY AS r(item, placement, idx))
+SELECT r.idx - 1, (extract(epoch FROM e.occurred_at) * 1000000)::int8, 1.0::float8
 FROM r
 JOIN signals_app_event e ON e.item_id = r.item AND e.placement = r.placement AND e.type = 'click'
-                        AND e.occurred_at <= r.as_of
-GROUP BY r.idx
+                        AND e.occurred_at <= %(until)s
+ORDER BY r.idx, e.occurred_at, e.id
 """
 
 _PLACEMENT_IMPRESSIONS_SQL = """
-WITH r AS (SELECT * FROM unnest(%(idx)s::int[], %(item)s::text[], %(placement)s::text[], %(as_of)s::timestamptz[])
-           AS r(idx, item, placement, as_of))
-SELECT r.idx, sum(power(2, greatest(-extract(epoch FROM r.as_of - i.served_at)::float8 / %(h)s, -1000))
-                  ORDER BY i.served_at, i.id)
+WITH r AS (SELECT * FROM unnest(%(series)s::text[], %(placements)s::text[]) WITH ORDINALITY AS r(item, placement, idx))
+SELECT r.idx - 1, (extract(epoch FROM i.served_at) * 1000000)::int8, 1.0::float8
 FROM r
-JOIN signals_app_impression i ON i.item_id = r.item AND i.placement = r.placement AND i.served_at <= r.as_of
-GROUP BY r.idx
+JOIN signals_app_impression i ON i.item_id = r.item AND i.placement = r.placement AND i.served_at <= %(until)s
+ORDER BY r.idx, i.served_at, i.id
 """
+
+
+def _series_sums(
+    sql: str, params: dict[str, object], half_lives: list[float], query_series: np.ndarray, query_times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    count = len(rows)
+    return decayed_sums(
+        event_series=np.fromiter((row[0] for row in rows), np.int64, count),
+        event_times=np.fromiter((row[1] for row in rows), np.int64, count),
+        event_weights=np.fromiter((row[2] for row in rows), np.float64, count),
+        half_lives=half_lives, query_series=query_series, query_times=query_times,
+    )  # fmt: skip
+
 
 _USER_EVENTS_SQL = """
 SELECT user_id, item_id, type, extract(epoch FROM occurred_at)::float8
@@ -168,32 +175,31 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
     if hidden_set:
         user_events = [event for event in user_events if (event[0], event[1]) not in hidden_set]
     keys, facts = _catalog(item_ids | {item for _, item, _, _ in user_events})
-    # The item's sums depend on (item, placement, instant) only (the hidden pairs are the same for every row of the
-    # call): each distinct one is computed once. A popular item is a candidate of most users; as of one instant
-    # (training's folds) a chunk of 15,000 rows asks for a few thousand, each a scan of the item's events.
-    distinct: dict[tuple[str, str, datetime], int] = {}
-    row_key = [
-        distinct.setdefault((request.item_id, request.placement, request.as_of), len(distinct)) for request in requests
-    ]
-    columns = {
-        "idx": list(range(len(distinct))),
-        "item": [item for item, _, _ in distinct],
-        "placement": [placement for _, placement, _ in distinct],
-        "as_of": [as_of for _, _, as_of in distinct],
-    }
+    # Each item's events are read once, and every row's sums computed from them (`decayed_sums`): a popular item
+    # is a candidate of most users, each judged user's rows as of their own instant.
+    items = sorted(item_ids)
+    item_number = {item: number for number, item in enumerate(items)}
+    row_items = np.fromiter((item_number[request.item_id] for request in requests), np.int64, len(requests))
+    row_times = np.fromiter((_microseconds(request.as_of) for request in requests), np.int64, len(requests))
+    until = max(request.as_of for request in requests)
     windows = list(POPULARITY_HALF_LIVES.values())
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _ITEM_POPULARITY_SQL,
-            {**columns, "types": list(weighted), "weights": list(weighted.values()),
-             "h1": windows[0], "h2": windows[1], "h3": windows[2],
-             "hidden_users": [user for user, _ in hidden_pairs], "hidden_items": [item for _, item in hidden_pairs]},
-        )  # fmt: skip
-        popularity = {row[0]: row[1:] for row in cursor.fetchall()}
-        cursor.execute(_PLACEMENT_CLICKS_SQL, {**columns, "h": CTR_HALF_LIFE_SECONDS})
-        clicks = dict(cursor.fetchall())
-        cursor.execute(_PLACEMENT_IMPRESSIONS_SQL, {**columns, "h": CTR_HALF_LIFE_SECONDS})
-        impressions = dict(cursor.fetchall())
+    popularity, latest = _series_sums(
+        _ITEM_EVENTS_SQL,
+        {"series": items, "until": until, "types": list(weighted), "weights": list(weighted.values()),
+         "hidden_users": [user for user, _ in hidden_pairs], "hidden_items": [item for _, item in hidden_pairs]},
+        windows, row_items, row_times,
+    )  # fmt: skip
+    pairs = sorted({(request.item_id, request.placement) for request in requests})
+    pair_number = {pair: number for number, pair in enumerate(pairs)}
+    row_pairs = np.fromiter(
+        (pair_number[request.item_id, request.placement] for request in requests), np.int64, len(requests)
+    )
+    placement_params = {"series": [item for item, _ in pairs], "placements": [placement for _, placement in pairs],
+                        "until": until}  # fmt: skip
+    clicks, _ = _series_sums(_PLACEMENT_CLICKS_SQL, placement_params, [CTR_HALF_LIFE_SECONDS], row_pairs, row_times)
+    impressions, _ = _series_sums(
+        _PLACEMENT_IMPRESSIONS_SQL, placement_params, [CTR_HALF_LIFE_SECONDS], row_pairs, row_times
+    )
 
     by_user: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
     for user_id, item_id, type_name, ts in user_events:
@@ -203,15 +209,23 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
     states: dict[tuple[str, float], _UserState] = {}
     for row, request in enumerate(requests):
         as_of = request.as_of.timestamp()
-        key = row_key[row]
-        _item_features(values[row], request, as_of, popularity.get(key), facts)
-        values[row, FEATURE_INDEX["item_placement_ctr"]] = smoothed_ctr(clicks.get(key, 0.0), impressions.get(key, 0.0))
+        seen = float(latest[row])
+        item_sums = None if math.isnan(seen) else (*popularity[row].tolist(), seen)
+        _item_features(values[row], request, as_of, item_sums, facts)
+        ctr = smoothed_ctr(float(clicks[row, 0]), float(impressions[row, 0]))
+        values[row, FEATURE_INDEX["item_placement_ctr"]] = ctr
         state_key = (request.user_key, as_of)
         state = states.get(state_key)
         if state is None:
             state = states[state_key] = _user_state(as_of, by_user.get(request.user_key, []), types, keys, facts)
         _user_features(values[row], request, as_of, state, keys, facts)
     return values
+
+
+def _microseconds(moment: datetime) -> int:
+    """A datetime as integer microseconds since the epoch, exactly (as the SQL above turns `occurred_at`)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _item_features(
