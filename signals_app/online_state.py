@@ -38,6 +38,7 @@ from graph_app.features.definitions import (
     POPULARITY_HALF_LIVES,
     RECENT_ITEMS_FOR_SIMILARITY,
 )
+from graph_app.features.user_affinity import AFFINITY_REBASE_AFTER_HALF_LIVES
 from personalization import redis_keys
 from personalization.redis_client import ShaScript, script_pipeline_execute
 from signals_app import dedupe
@@ -96,95 +97,102 @@ local function packed_add(key, item, ts, increments, half_lives)
 end
 """
 
-# The user's affinity hash (`graph_app.features.user_affinity`): one field an entity, named by the entity's code,
-# its forward-decayed counter packed as a double, a category's with the time of its latest event after it; "#e" the
-# epoch, "#l" the latest event's time, "#r" the latest item of interest's (packed doubles too), "#c" the coded
-# layout's mark. Needs `entities_kept` (the cap) and `affinity_half_life`.
-AFFINITY_LUA = """
+# The user's affinity hash (`graph_app.features.user_affinity`): one field an entity, named by 6 bytes of the entity
+# key's SHA-1, its forward-decayed counter packed as a float, a category's with the time of its latest event after
+# it (a double); "#m" the epoch, the latest event's time and the latest item of interest's (doubles, NaN for none).
+# Hashes of the older layouts are converted by the first script that writes to them. Needs `entities_kept` (the
+# cap) and `affinity_half_life`.
+AFFINITY_LUA = (
+    """
+local affinity_rebase_after = """
+    + str(AFFINITY_REBASE_AFTER_HALF_LIVES)
+    + """
 local function is_category(entity) return string.sub(entity, 1, 9) == 'category:' end
-local function affinity_meta(packed)
-  if packed and #packed == 8 then return (struct.unpack('<d', packed)) end
-  return nil
+local function known(value) if value ~= value then return nil end return value end
+-- (epoch, latest event's time, latest item of interest's time) of "#m", nil for each one unknown.
+local function affinity_meta_read(affinity)
+  local packed = redis.call('HGET', affinity, '#m')
+  if not packed or #packed ~= 24 then return nil, nil, nil end
+  local epoch, last, recent_last = struct.unpack('<ddd', packed)
+  return known(epoch), known(last), known(recent_last)
 end
--- The field naming an entity key: a NUL and the first 6 bytes of the key's SHA-1 (`user_affinity.entity_code`); a
--- code (a session's entity the merge could not name) stays as it is.
+local function affinity_meta_pack(epoch, last, recent_last)
+  local nan = 0 / 0
+  return struct.pack('<ddd', epoch or nan, last or nan, recent_last or nan)
+end
+-- The field naming an entity key: the first 6 bytes of its SHA-1 (`user_affinity.entity_code`); a NUL and a code
+-- (a session's entity the merge could not name, or a field of the first coded layout) is that code.
 local function affinity_field(entity)
-  if #entity == 7 and string.byte(entity, 1) == 0 then return entity end
+  if #entity == 7 and string.byte(entity, 1) == 0 then return string.sub(entity, 2) end
   local h = redis.sha1hex(entity)
-  local bytes = {0}
+  local bytes = {}
   for i = 1, 11, 2 do bytes[#bytes + 1] = tonumber(string.sub(h, i, i + 1), 16) end
   return string.char(unpack(bytes))
 end
--- (counter, time or nil) of a stored field, (0, nil) for none.
+-- (counter, time or nil) of a stored field, (0, nil) for none; doubles in the layouts before.
 local function affinity_unpack(packed)
-  if packed and #packed == 16 then
+  if not packed then return 0, nil end
+  local size = #packed
+  if size == 12 then
+    local counter, seen = struct.unpack('<fd', packed)
+    return counter, seen
+  elseif size == 4 then
+    return (struct.unpack('<f', packed)), nil
+  elseif size == 16 then
     local counter, seen = struct.unpack('<dd', packed)
     return counter, seen
-  elseif packed and #packed == 8 then
+  elseif size == 8 then
     return (struct.unpack('<d', packed)), nil
   end
   return 0, nil
 end
 -- A category's field holds its counter and its time (-inf: none known), another entity's its counter alone.
 local function affinity_pack(category, counter, seen)
-  if category then return struct.pack('<dd', counter, seen or -math.huge) end
-  return struct.pack('<d', counter)
+  if category then return struct.pack('<fd', counter, seen or -math.huge) end
+  return struct.pack('<f', counter)
 end
 local function affinity_hset(affinity, fields)
   for start = 1, #fields, 200 do
     redis.call('HSET', affinity, unpack(fields, start, math.min(start + 199, #fields)))
   end
 end
--- A hash of the first layout ("f:" counters and "r:" times as text, "_epoch", "_last") in this one.
-local function affinity_upgrade(affinity)
+-- A hash of a layout before this one in this one: the first ("f:" counters and "r:" times as text, "_epoch",
+-- "_last") or the second (fields named by entity key, or by a NUL and a code, holding doubles; "#e", "#l", "#r").
+local function affinity_convert(affinity)
+  local old = redis.call('HMGET', affinity, '_epoch', '#e')
+  if not old[1] and not old[2] then return end
   local stored = redis.call('HGETALL', affinity)
-  local counters, times, fields = {}, {}, {'#c', ''}
+  local epoch, last, recent_last
+  local counters, times, order = {}, {}, {}
   for p = 1, #stored, 2 do
     local name, value = stored[p], stored[p + 1]
-    local prefix = string.sub(name, 1, 2)
-    if prefix == 'f:' then counters[string.sub(name, 3)] = tonumber(value)
-    elseif prefix == 'r:' then times[string.sub(name, 3)] = tonumber(value)
-    elseif name == '_epoch' then fields[#fields + 1] = '#e'; fields[#fields + 1] = struct.pack('<d', tonumber(value))
-    elseif name == '_last' then fields[#fields + 1] = '#l'; fields[#fields + 1] = struct.pack('<d', tonumber(value))
-    elseif name == '#r' then fields[#fields + 1] = name; fields[#fields + 1] = value
+    if old[1] then
+      local prefix = string.sub(name, 1, 2)
+      if prefix == 'f:' then
+        order[#order + 1] = string.sub(name, 3)
+        counters[order[#order]] = tonumber(value)
+      elseif prefix == 'r:' then times[string.sub(name, 3)] = tonumber(value)
+      elseif name == '_epoch' then epoch = tonumber(value)
+      elseif name == '_last' then last = tonumber(value)
+      end
+    elseif name == '#e' then epoch = (struct.unpack('<d', value))
+    elseif name == '#l' then last = (struct.unpack('<d', value))
+    elseif name == '#r' then recent_last = (struct.unpack('<d', value))
+    elseif string.byte(name, 1) ~= 35 then
+      order[#order + 1] = name
+      counters[name], times[name] = affinity_unpack(value)
     end
   end
-  for entity, counter in pairs(counters) do
+  local fields = {'#m', affinity_meta_pack(epoch, last, recent_last)}
+  for _, entity in ipairs(order) do
+    local category = is_category(entity) or (string.byte(entity, 1) == 0 and times[entity] ~= nil)
     fields[#fields + 1] = affinity_field(entity)
-    fields[#fields + 1] = affinity_pack(is_category(entity), counter, times[entity])
+    fields[#fields + 1] = affinity_pack(category, counters[entity], times[entity])
   end
   local ttl = redis.call('PTTL', affinity)
   redis.call('DEL', affinity)
   affinity_hset(affinity, fields)
   if ttl > 0 then redis.call('PEXPIRE', affinity, ttl) end
-end
--- A hash whose fields are named by entity key (the second layout) in the coded one.
-local function affinity_recode(affinity)
-  local stored = redis.call('HGETALL', affinity)
-  local keys, fields = {}, {'#c', ''}
-  for p = 1, #stored, 2 do
-    local name = stored[p]
-    local first = string.byte(name, 1)
-    if first ~= 35 and first ~= 0 then
-      local counter, seen = affinity_unpack(stored[p + 1])
-      keys[#keys + 1] = name
-      fields[#fields + 1] = affinity_field(name)
-      fields[#fields + 1] = affinity_pack(is_category(name) or seen ~= nil, counter, seen)
-    end
-  end
-  if #keys > 0 then redis.call('HDEL', affinity, unpack(keys)) end
-  affinity_hset(affinity, fields)
-end
--- The hash's (latest event time, epoch), nil for none; a hash of an older layout is converted first.
-local function affinity_last_epoch(affinity)
-  local meta = redis.call('HMGET', affinity, '#l', '#e', '_epoch', '#c')
-  if meta[3] then
-    affinity_upgrade(affinity)
-    meta = redis.call('HMGET', affinity, '#l', '#e')
-  elseif meta[2] and not meta[4] then
-    affinity_recode(affinity)
-  end
-  return affinity_meta(meta[1]), affinity_meta(meta[2])
 end
 -- Every counter times `factor` (a rebase of the epoch; the caller writes the new epoch).
 local function affinity_rescale(affinity, factor)
@@ -192,7 +200,7 @@ local function affinity_rescale(affinity, factor)
   local fields = {}
   for p = 1, #stored, 2 do
     local name = stored[p]
-    if string.sub(name, 1, 1) ~= '#' then
+    if name ~= '#m' then
       local counter, seen = affinity_unpack(stored[p + 1])
       fields[#fields + 1] = name
       fields[#fields + 1] = affinity_pack(seen ~= nil, counter * factor, seen)
@@ -203,12 +211,12 @@ end
 -- Past `entities_kept` entities, every one at the weakest counter goes, until at most that many are left
 -- (`graph_app.features.user_affinity.weakest_dropped`: ties all go, so no order among them matters).
 local function affinity_cap(affinity)
-  if redis.call('HLEN', affinity) <= entities_kept + 4 then return end  -- with the 4 meta fields
+  if redis.call('HLEN', affinity) <= entities_kept + 1 then return end  -- with "#m"
   local stored = redis.call('HGETALL', affinity)
   local counters, count = {}, 0
   for p = 1, #stored, 2 do
     local name = stored[p]
-    if string.sub(name, 1, 1) ~= '#' then
+    if name ~= '#m' then
       counters[name] = (affinity_unpack(stored[p + 1]))
       count = count + 1
     end
@@ -228,13 +236,15 @@ local function affinity_cap(affinity)
   end
 end
 """
+)
 
 # A session's affinities added into its user's hash when the storefront identifies it (`signals_app.identity`): the
-# session's counters re-expressed against the user's epoch, the later of each category's times, the later "#l" and
-# "#r", then the cap. The user's keys (a session's may live in another slot: the caller read them). KEYS: the
-# user's hash, their recent-last key of the layout before "#r". ARGV: 1 entities kept, 2 affinity half-life, 3 the
-# session's epoch, 4 its "#l", 5 the hash's ttl, 6 the session's "#r" ('' when none), then per entity: its key (or
-# code), its counter (against the session's epoch), its time ('' when none). Returns how many entities came.
+# session's counters re-expressed against the user's epoch, the later of each category's times, the later latest
+# event and latest item of interest, then the cap. The user's keys (a session's may live in another slot: the caller
+# read them). KEYS: the user's hash, their recent-last key of the layout before "#m". ARGV: 1 entities kept, 2
+# affinity half-life, 3 the session's epoch ('' when none), 4 its latest event, 5 the hash's ttl, 6 its latest item
+# of interest ('' when none), then per entity: its key (or a NUL and its code), its counter (against the session's
+# epoch), its time ('' when none). Returns how many entities came.
 AFFINITY_MERGE_LUA = (
     """
 local entities_kept, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -242,7 +252,8 @@ local entities_kept, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
     + AFFINITY_LUA
     + """
 local affinity = KEYS[1]
-local last, epoch = affinity_last_epoch(affinity)
+affinity_convert(affinity)
+local epoch, last, recent_last = affinity_meta_read(affinity)
 local session_epoch, session_last = tonumber(ARGV[3]), tonumber(ARGV[4])
 local names, fields = {}, {}
 for p = 7, #ARGV, 3 do names[#names + 1] = ARGV[p] end
@@ -262,18 +273,16 @@ if session_epoch then
                                         seen)
   end
   if session_last and (not last or session_last > last) then last = session_last end
-  fields[#fields + 1] = '#e'; fields[#fields + 1] = struct.pack('<d', epoch)
-  if last then fields[#fields + 1] = '#l'; fields[#fields + 1] = struct.pack('<d', last) end
 end
 -- The later latest item of interest: the user's (moved from its key of the layout before) or the session's.
-local recent_last = affinity_meta(redis.call('HGET', affinity, '#r')) or tonumber(redis.call('GET', KEYS[2]))
+recent_last = recent_last or tonumber(redis.call('GET', KEYS[2]))
 local session_recent_last = tonumber(ARGV[6])
 if session_recent_last and (not recent_last or session_recent_last > recent_last) then
   recent_last = session_recent_last
 end
-if recent_last then fields[#fields + 1] = '#r'; fields[#fields + 1] = struct.pack('<d', recent_last) end
-if #fields == 0 then return 0 end
-fields[#fields + 1] = '#c'; fields[#fields + 1] = ''
+if not epoch and not recent_last then return 0 end
+fields[#fields + 1] = '#m'
+fields[#fields + 1] = affinity_meta_pack(epoch, last, recent_last)
 affinity_hset(affinity, fields)
 redis.call('DEL', KEYS[2])
 affinity_cap(affinity)
@@ -342,21 +351,21 @@ local function purchased_add(key, item, ts)
   redis.call('ZREMRANGEBYRANK', key, 0, -purchased_kept - 1)
   redis.call('EXPIRE', key, state_ttl)
 end
--- The affinity hash lives state_ttl after the later of its latest event ("#l") and latest item of interest ("#r").
+-- The affinity hash lives state_ttl after the later of its latest event and its latest item of interest.
 local function affinity_expire(affinity)
-  local meta = redis.call('HMGET', affinity, '#l', '#r')
-  local last, recent_last = affinity_meta(meta[1]), affinity_meta(meta[2])
+  local _, last, recent_last = affinity_meta_read(affinity)
   if recent_last and (not last or recent_last > last) then last = recent_last end
   if last then expire_after(affinity, last) end
 end
--- The time of the user's latest item of interest: "#r" in their affinity hash (a key of its own in the layout
+-- The time of the user's latest item of interest, in their affinity hash's "#m" (a key of its own in the layouts
 -- before, `legacy`: moved on first use).
 local function recent_last_get(affinity, legacy)
-  local packed = redis.call('HGET', affinity, '#r')
-  if packed then return affinity_meta(packed) end
-  local last = tonumber(redis.call('GET', legacy))
+  affinity_convert(affinity)
+  local epoch, affinity_last, last = affinity_meta_read(affinity)
+  if last then return last end
+  last = tonumber(redis.call('GET', legacy))
   if last then
-    redis.call('HSET', affinity, '#r', struct.pack('<d', last))
+    redis.call('HSET', affinity, '#m', affinity_meta_pack(epoch, affinity_last, last))
     redis.call('DEL', legacy)
     affinity_expire(affinity)
   end
@@ -368,7 +377,8 @@ local function recent_push(recent, legacy_last, affinity, item, ts)
   if last and ts - last > state_ttl then redis.call('DEL', recent) end
   if not last or ts > last then
     last = ts
-    redis.call('HSET', affinity, '#r', struct.pack('<d', ts))
+    local epoch, affinity_last = affinity_meta_read(affinity)
+    redis.call('HSET', affinity, '#m', affinity_meta_pack(epoch, affinity_last, ts))
   end
   redis.call('LREM', recent, 0, item)
   redis.call('LPUSH', recent, item)
@@ -403,16 +413,15 @@ end
 local function affinity_add(affinity, item, weight, ts)
   local entities = redis.call('HGET', KEYS[3], item)
   if not entities then return end
-  local last, epoch = affinity_last_epoch(affinity)
+  affinity_convert(affinity)
+  local epoch, last, recent_last = affinity_meta_read(affinity)
   if last and ts - last > state_ttl then
-    local recent_last = redis.call('HGET', affinity, '#r')  -- the recent items' own: they keep it
-    redis.call('DEL', affinity)
-    if recent_last then redis.call('HSET', affinity, '#r', recent_last) end
+    redis.call('DEL', affinity)  -- the latest item of interest stays: it is the recent items' (written below)
     last, epoch = nil, nil
   end
   if not epoch then
     epoch = ts
-  elseif (ts - epoch) / affinity_half_life > rebase_after then
+  elseif (ts - epoch) / affinity_half_life > affinity_rebase_after then
     affinity_rescale(affinity, 2 ^ (-(ts - epoch) / affinity_half_life))
     epoch = ts
   end
@@ -434,7 +443,7 @@ local function affinity_add(affinity, item, weight, ts)
     if is_category(entity) and (not times[entity] or ts > times[entity]) then times[entity] = ts end
   end
   if not last or ts > last then last = ts end
-  local fields = {'#e', struct.pack('<d', epoch), '#l', struct.pack('<d', last), '#c', ''}
+  local fields = {'#m', affinity_meta_pack(epoch, last, recent_last)}
   for i, entity in ipairs(order) do
     fields[#fields + 1] = codes[i]
     fields[#fields + 1] = affinity_pack(is_category(entity), counters[entity], times[entity])

@@ -29,7 +29,13 @@ from redis.typing import EncodableT
 from graph_app.features.counters import item_counters_rebuild
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
 from graph_app.features.offline import catalog_entity_keys, event_types
-from graph_app.features.user_affinity import affinity_encode, entities_kept, weakest_dropped
+from graph_app.features.user_affinity import (
+    AFFINITY_REBASE_AFTER_HALF_LIVES,
+    affinity_encode,
+    as_float32,
+    entities_kept,
+    weakest_dropped,
+)
 from graph_app.progress import PROGRESS_EVERY_SECONDS, Progress
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
@@ -38,7 +44,6 @@ from signals_app.online_state import (
     COOLDOWN_EVENT_TYPES,
     COOLDOWN_ITEMS_KEPT,
     COOLDOWN_KEPT_SECONDS,
-    REBASE_AFTER_HALF_LIVES,
     RECENT_ITEMS_KEPT,
     RECENT_ITEMS_TTL_SECONDS,
 )
@@ -109,15 +114,18 @@ class UserState:
             self.frequency, self.last_seen, self.affinity_last, self.epoch = {}, {}, None, None
         if self.epoch is None:
             self.epoch = ts
-        elif (ts - self.epoch) / AFFINITY_HALF_LIFE_SECONDS > REBASE_AFTER_HALF_LIVES:
+        elif (ts - self.epoch) / AFFINITY_HALF_LIFE_SECONDS > AFFINITY_REBASE_AFTER_HALF_LIVES:
             factor = 2 ** (-(ts - self.epoch) / AFFINITY_HALF_LIFE_SECONDS)
-            self.frequency = {key: value * factor for key, value in self.frequency.items()}
+            self.frequency = {key: as_float32(value * factor) for key, value in self.frequency.items()}
             self.epoch = ts
         increment = weight * 2 ** ((ts - self.epoch) / AFFINITY_HALF_LIFE_SECONDS)
+        updated: dict[str, float] = {}
         for entity in (key for key in entities.split("|") if key):
-            self.frequency[entity] = self.frequency.get(entity, 0.0) + increment
+            updated[entity] = updated.get(entity, self.frequency.get(entity, 0.0)) + increment
             if ts > self.last_seen.get(entity, 0.0):
                 self.last_seen[entity] = ts
+        # Stored as floats, rounded once an event as the scripts round them.
+        self.frequency.update({entity: as_float32(value) for entity, value in updated.items()})
         if self.affinity_last is None or ts > self.affinity_last:
             self.affinity_last = ts
         for dropped in weakest_dropped(self.frequency, entities_kept()):

@@ -1,17 +1,18 @@
 """The user's affinity hash: its layout, the one decoder every reader uses, and the cap on the entities it keeps.
 
 Written by the ingest and apply scripts (`signals_app.online_state.AFFINITY_LUA`), the identity merge and the
-rebuild; read by the feature store, retrieval (favourite categories) and the bandit's context. One field an entity,
-named by its code (`entity_code`: a NUL and 6 bytes of the key's SHA-1, 7 bytes where a key such as
-"category:Home > Kitchen > Mugs" took 20 to 40: a million users' hashes are most of the online state), holding
-packed doubles: its forward-decayed counter (against the hash's epoch) and, for a category only, the time of its
-latest event (the one entity time a feature reads). The decoder names the entities again from the catalog's
-code -> key hash (`catalog:entity-names`, written with the catalog's entities). Meta fields start with "#", which no
-entity key or code can, and hold a packed double: "#e" the decay epoch, "#l" the time of the latest event that
-updated the hash, "#r" the time of the user's latest item of interest (which restarts the recent items after a long
-gap), and "#c" (empty) marks the coded layout. Older layouts read the same and are converted on their user's next
-event: entity keys as field names, and before that "f:<key>" counters and "r:<key>" times as text with "_epoch"
-and "_last".
+rebuild; read by the feature store, retrieval (favourite categories) and the bandit's context. A million users'
+hashes are most of the online state, so the layout is compact:
+- one field an entity, named by its code (`entity_code`: 6 bytes of the key's SHA-1, where a key such as
+  "category:Home > Kitchen > Mugs" takes 20 to 40), holding its forward-decayed counter (against the hash's epoch)
+  as a float (7 significant digits, far more than a ranking feature needs) and, for a category only, the time of
+  its latest event (a double: the one entity time a feature reads);
+- "#m": the decay epoch, the time of the latest event that updated the counters and the time of the user's latest
+  item of interest (which restarts the recent items after a long gap), three doubles, NaN for one not known.
+The decoder names the entities again from the catalog's code -> key hash (`catalog:entity-names`, written with the
+catalog's entities), else from the catalog's tables. The layouts before read the same and are converted on their
+user's next event: fields named by entity key holding doubles with "#e" and "#l" meta fields (and the latest item
+of interest in a key of its own), and before that "f:<key>" counters and "r:<key>" times as text.
 
 At most AFFINITY_ENTITIES_KEPT entities (setting SIGNALS_AFFINITY_ENTITIES_KEPT): past it the weakest by counter
 go (`weakest_dropped`), so that a heavy user's hash stays small and below Redis 7's hash-max-listpack-entries (128).
@@ -33,17 +34,27 @@ from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS, AFFINITY_
 
 logger = logging.getLogger(__name__)
 
-EPOCH_FIELD = b"#e"
-LAST_FIELD = b"#l"
-RECENT_LAST_FIELD = b"#r"
-CODED_FIELD = b"#c"
-ENTITY_CODE_MARK = 0  # an entity code's first byte (no entity key starts with it: kinds are slugs)
-ENTITY_CODE_BYTES = 7
+META_FIELD = b"#m"
+META = struct.Struct("<ddd")  # epoch, latest event, latest item of interest
+ENTITY_CODE_BYTES = 6
+# Counters are against the epoch, which moves to the latest event past this many half-lives: a float's range
+# (2^128) keeps room for 2^28 of weight.
+AFFINITY_REBASE_AFTER_HALF_LIVES = 100
 CATEGORY_PREFIX = b"category:"
-COUNTER = struct.Struct("<d")
-COUNTER_AND_TIME = struct.Struct("<dd")
-# The first layout's fields (read during the transition; the scripts convert a hash on its user's next event).
+COUNTER = struct.Struct("<f")
+COUNTER_AND_TIME = struct.Struct("<fd")
+# An entity code the decoder could not name is kept under this mark and its code (7 bytes: no entity key starts
+# with a NUL), so that the identity merge carries it and no reader mistakes it for a key.
+UNNAMED_MARK = b"\x00"
+# The layouts before (read until the scripts convert a hash on its user's next event).
+_OLD_EPOCH, _OLD_LAST, _OLD_RECENT_LAST = b"#e", b"#l", b"#r"
+_OLD_COUNTER, _OLD_COUNTER_AND_TIME = struct.Struct("<d"), struct.Struct("<dd")
 _LEGACY_EPOCH, _LEGACY_LAST = b"_epoch", b"_last"
+
+
+def as_float32(value: float) -> float:
+    """`value` as the hash stores a counter (the rebuild rounds as the scripts do, event by event)."""
+    return float(COUNTER.unpack(COUNTER.pack(value))[0])
 
 
 def entities_kept() -> int:
@@ -54,11 +65,12 @@ def entity_code(key: str | bytes) -> bytes:
     """The field naming an entity key in the hash; the scripts' `affinity_field` computes the same. 48 bits: two of
     a hundred thousand entities share one with a chance of about 1 in 50,000."""
     raw = key.encode() if isinstance(key, str) else key
-    return bytes([ENTITY_CODE_MARK]) + hashlib.sha1(raw).digest()[: ENTITY_CODE_BYTES - 1]
+    return hashlib.sha1(raw).digest()[:ENTITY_CODE_BYTES]
 
 
-def is_entity_code(name: bytes) -> bool:
-    return len(name) == ENTITY_CODE_BYTES and name[0] == ENTITY_CODE_MARK
+def is_unnamed(name: bytes) -> bool:
+    """A decoded entity that stayed a code (see UNNAMED_MARK)."""
+    return len(name) == ENTITY_CODE_BYTES + 1 and name[:1] == UNNAMED_MARK
 
 
 # Entity codes this process has named: a code is a function of its key, so an entry never goes stale.
@@ -142,7 +154,7 @@ class UserAffinity:
         chosen = [
             (value, name[len(CATEGORY_PREFIX) :].decode() if categories else name.decode())
             for name, value in self.counters.items()
-            if name.startswith(CATEGORY_PREFIX) == categories and not is_entity_code(name)  # (a code left unnamed)
+            if name.startswith(CATEGORY_PREFIX) == categories and not is_unnamed(name)
         ]
         chosen.sort(reverse=True)
         return [name for _, name in chosen[:count]]
@@ -152,13 +164,14 @@ EMPTY = UserAffinity()
 
 
 def affinity_decode(raw: Mapping[bytes, bytes] | None) -> UserAffinity:
-    """The hash as HGETALL returned it (any layout), its entities named by their keys. A code nobody named (its
-    entity's items gone from the catalog's names) keeps its code as a name: merged as it is, matched by nothing."""
+    """The hash as HGETALL returned it (any layout), its entities named by their keys."""
     if not raw:
         return EMPTY
     if _LEGACY_EPOCH in raw or _LEGACY_LAST in raw:
         return _legacy_decode(raw)
-    unnamed = [name for name in raw if is_entity_code(name) and name not in _entity_names]
+    if META_FIELD not in raw and (_OLD_EPOCH in raw or _OLD_RECENT_LAST in raw):
+        return _old_decode(raw)
+    unnamed = [name for name in raw if len(name) == ENTITY_CODE_BYTES and name not in _entity_names]
     if unnamed:
         _entity_names_resolve(unnamed)
     names = _entity_names
@@ -167,34 +180,57 @@ def affinity_decode(raw: Mapping[bytes, bytes] | None) -> UserAffinity:
     epoch = last = recent_last = None
     for name, value in raw.items():
         size = len(value)
-        if name[0] == 35:  # "#": a meta field
-            if size == 8:
-                if name == EPOCH_FIELD:
-                    epoch = COUNTER.unpack(value)[0]
-                elif name == LAST_FIELD:
-                    last = COUNTER.unpack(value)[0]
-                elif name == RECENT_LAST_FIELD:
-                    recent_last = COUNTER.unpack(value)[0]
+        if name == META_FIELD:
+            if size == META.size:
+                epoch, last, recent_last = (None if math.isnan(moment) else moment for moment in META.unpack(value))
             continue
-        if name[0] == ENTITY_CODE_MARK:
-            name = names.get(name, name)
-        # A key and its code both present (a hash converted while another writer wrote the old way) add up: every
-        # counter is against the same epoch.
-        if size == 8:
-            counters[name] = counters.get(name, 0.0) + COUNTER.unpack(value)[0]
-        elif size == 16:
-            counter, seen = COUNTER_AND_TIME.unpack(value)
-            counters[name] = counters.get(name, 0.0) + counter
-            if seen != -math.inf and seen > times.get(name, -math.inf):  # -inf: a converted category without time
-                times[name] = seen
+        key = names.get(name) or UNNAMED_MARK + name
+        if size == COUNTER.size:
+            counters[key] = COUNTER.unpack(value)[0]
+        elif size == COUNTER_AND_TIME.size:
+            counters[key], seen = COUNTER_AND_TIME.unpack(value)
+            if seen != -math.inf:  # a category converted from the first layout without its time
+                times[key] = seen
     return UserAffinity(epoch, last, counters, times, recent_last)
 
 
 def recent_last_of(raw: Mapping[bytes, bytes] | None) -> float | None:
-    """The time of the user's latest item of interest ("#r") in the hash as HGETALL returned it, without decoding
-    the rest."""
-    packed = raw.get(RECENT_LAST_FIELD) if raw else None
-    return COUNTER.unpack(packed)[0] if packed is not None and len(packed) == 8 else None
+    """The time of the user's latest item of interest in the hash as HGETALL returned it (this layout or the one
+    before), without decoding the rest."""
+    if not raw:
+        return None
+    packed = raw.get(META_FIELD)
+    if packed is not None and len(packed) == META.size:
+        moment = META.unpack(packed)[2]
+        return None if math.isnan(moment) else moment
+    packed = raw.get(_OLD_RECENT_LAST)
+    return _OLD_COUNTER.unpack(packed)[0] if packed is not None and len(packed) == 8 else None
+
+
+def _old_decode(raw: Mapping[bytes, bytes]) -> UserAffinity:
+    """The layout before: fields named by entity key (or a NUL and a 6-byte code), doubles, "#e", "#l", "#r"."""
+    coded = [name[1:] for name in raw if len(name) == ENTITY_CODE_BYTES + 1 and name[:1] == UNNAMED_MARK]
+    unnamed = [code for code in coded if code not in _entity_names]
+    if unnamed:
+        _entity_names_resolve(unnamed)
+    counters: dict[bytes, float] = {}
+    times: dict[bytes, float] = {}
+    meta: dict[bytes, float] = {}
+    for name, value in raw.items():
+        size = len(value)
+        if name[:1] == b"#":
+            if size == 8:
+                meta[name] = _OLD_COUNTER.unpack(value)[0]
+            continue
+        if name[:1] == UNNAMED_MARK:
+            name = _entity_names.get(name[1:], name)
+        if size == 8:
+            counters[name] = _OLD_COUNTER.unpack(value)[0]
+        elif size == 16:
+            counters[name], seen = _OLD_COUNTER_AND_TIME.unpack(value)
+            if seen != -math.inf:
+                times[name] = seen
+    return UserAffinity(meta.get(_OLD_EPOCH), meta.get(_OLD_LAST), counters, times, meta.get(_OLD_RECENT_LAST))
 
 
 def _legacy_decode(raw: Mapping[bytes, bytes]) -> UserAffinity:
@@ -218,11 +254,11 @@ def affinity_encode(
 ) -> dict[bytes, bytes]:
     """The hash's fields for these counters (against `epoch`, entities by key), entity times (only categories' are
     kept) and the latest item of interest's time."""
-    fields: dict[bytes, bytes] = {CODED_FIELD: b""}
-    if epoch is not None and last is not None:
-        fields[EPOCH_FIELD], fields[LAST_FIELD] = COUNTER.pack(epoch), COUNTER.pack(last)
-    if recent_last is not None:
-        fields[RECENT_LAST_FIELD] = COUNTER.pack(recent_last)
+    nan = math.nan
+    fields: dict[bytes, bytes] = {
+        META_FIELD: META.pack(nan if epoch is None else epoch, nan if last is None else last,
+                              nan if recent_last is None else recent_last),
+    }  # fmt: skip
     for key, value in counters.items():
         if key.startswith("category:"):
             fields[entity_code(key)] = COUNTER_AND_TIME.pack(value, times.get(key, -math.inf))

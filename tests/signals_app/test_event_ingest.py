@@ -199,12 +199,12 @@ def test_entity_affinities_and_session_items_are_decayed_counters(
     raw = clean_redis.hgetall(redis_keys.user_affinity("u1"))
     affinity = affinity_decode(raw)
     # Forward decay: weights (view 1 + purchase 8) stored against the key's epoch, the first event's time; one
-    # field an entity, named by its 7-byte code (packed doubles), and only a category keeps its latest time; the
-    # latest item of interest's time beside them.
-    assert set(raw) == {b"#e", b"#l", b"#r", b"#c", entity_code("category:kitchen"), entity_code("brand:acme")}
+    # field an entity, named by its 6-byte code (a packed float), and only a category keeps its latest time; the
+    # times in "#m".
+    assert set(raw) == {b"#m", entity_code("category:kitchen"), entity_code("brand:acme")}
     assert affinity.counters == {b"category:kitchen": pytest.approx(9.0), b"brand:acme": pytest.approx(9.0)}
     assert affinity.category_times[b"category:kitchen"] == affinity.last == affinity.recent_last >= affinity.epoch
-    assert len(raw[entity_code("brand:acme")]) == 8
+    assert len(raw[entity_code("brand:acme")]) == 4 and len(raw[entity_code("category:kitchen")]) == 12
     assert not clean_redis.exists(redis_keys.user_recent_last("u1"))
     assert clean_redis.lrange(redis_keys.user_session_items("u1", "s1"), 0, -1) == [b"mug"]
     assert 0 < clean_redis.ttl(redis_keys.user_session_items("u1", "s1")) <= 1800
