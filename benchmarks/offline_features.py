@@ -1,6 +1,6 @@
 """The ranker's offline features on a loaded store, as its judged users ask for them: each user's candidates as of
-that user's own instant (the last event minus a millisecond), `graph_app.features.offline.features_offline` in the
-ranker's chunks of FEATURES_CHUNK_USERS users.
+that user's own instant (the last event minus a millisecond), through the ranker's own call
+(`scoring_app.training._features`: `graph_app.features.offline.features_offline`).
 
 Candidates per user: the store's most popular items (the "popular" source every user gets) and items of the user's
 own log, CANDIDATES in all. Users: a seeded sample of the log's users with at least 5 events.
@@ -35,8 +35,8 @@ def main() -> None:
     django_setup()
     from django.db import connection
 
-    from graph_app.features.offline import FeatureRequest, features_offline
-    from scoring_app.training import FEATURES_CHUNK_USERS
+    from graph_app.features.offline import FeatureRequest
+    from scoring_app.training import _features
 
     with connection.cursor() as cursor:
         cursor.execute(SEED_SQL, [args.users])
@@ -56,14 +56,10 @@ def main() -> None:
         as_of = last - timedelta(milliseconds=1)
         requests += [FeatureRequest(user, item, "home", as_of) for item in candidates]
     started = time.perf_counter()
-    chunks = 0
-    for first in range(0, len(users), FEATURES_CHUNK_USERS):
-        chunk_users = set(users[first : first + FEATURES_CHUNK_USERS])
-        features_offline(requests=[request for request in requests if request.user_key in chunk_users])
-        chunks += 1
+    _features(requests, [])
     seconds = time.perf_counter() - started
     print(json.dumps({"machine": machine_description(), "users": len(users), "rows": len(requests),
-                      "chunks": chunks, "seconds": round(seconds, 1),
+                      "seconds": round(seconds, 1),
                       "rows_per_second": round(len(requests) / seconds)}, indent=2))  # fmt: skip
 
 

@@ -40,8 +40,9 @@ def decayed_sums(
     latest = np.full(queries, np.nan)
     if not len(event_series) or not queries:
         return sums, latest
-    # Series and time as one sortable integer: times ranked among all the times involved.
-    ranked = np.unique(np.concatenate([event_times, query_times]))
+    # Series and time as one sortable integer: times ranked among all the times involved (equal times, equal rank:
+    # the first position of their run).
+    ranked = np.sort(np.concatenate([event_times, query_times]))
     width = np.int64(len(ranked) + 1)
     event_keys = event_series.astype(np.int64) * width + np.searchsorted(ranked, event_times)
     query_keys = query_series.astype(np.int64) * width + np.searchsorted(ranked, query_times)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-from django.db import connection
+from django.db import connection, transaction
 
 from graph_app.features.decayed_sums import decayed_sums
 from graph_app.features.definitions import (
@@ -35,6 +35,7 @@ from graph_app.features.definitions import (
 from graph_app.features.user_affinity import entities_kept, weakest_dropped
 from graph_app.models import Item, ItemEntity
 from graph_app.online import entity_keys
+from graph_app.progress import Progress
 from signals_app.event_types import BUILT_IN_EVENT_TYPES, EventType
 from signals_app.models import CustomEventType
 
@@ -131,17 +132,32 @@ ORDER BY r.idx, i.served_at, i.id
 """
 
 
+# Rows fetched at a time when a series' events are streamed into arrays (a popular item has a fifth of the log).
+SERIES_CHUNK_ROWS = 200_000
+
+
 def _series_sums(
     sql: str, params: dict[str, object], half_lives: list[float], query_series: np.ndarray, query_times: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    with connection.cursor() as cursor:
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    progress = Progress("offline features: events read", total=None)
+    with transaction.atomic(), connection.chunked_cursor() as cursor:
         cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    count = len(rows)
+        while rows := cursor.fetchmany(SERIES_CHUNK_ROWS):
+            count = len(rows)
+            parts.append((
+                np.fromiter((row[0] for row in rows), np.int64, count),
+                np.fromiter((row[1] for row in rows), np.int64, count),
+                np.fromiter((row[2] for row in rows), np.float64, count),
+            ))  # fmt: skip
+            progress.advance(count)
+    progress.finish()
+
+    def column(index: int, dtype: type) -> np.ndarray:
+        return np.concatenate([part[index] for part in parts]) if parts else np.zeros(0, dtype=dtype)
+
     return decayed_sums(
-        event_series=np.fromiter((row[0] for row in rows), np.int64, count),
-        event_times=np.fromiter((row[1] for row in rows), np.int64, count),
-        event_weights=np.fromiter((row[2] for row in rows), np.float64, count),
+        event_series=column(0, np.int64), event_times=column(1, np.int64), event_weights=column(2, np.float64),
         half_lives=half_lives, query_series=query_series, query_times=query_times,
     )  # fmt: skip
 
