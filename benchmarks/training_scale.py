@@ -5,8 +5,8 @@ Two measurements:
 - `--ann ITEMS`: the items' similar lists above SIMILAR_LISTS_EXACT_MAX_ITEMS (`graph_app.similar_lists`, faiss's
   inverted-file index) on ITEMS synthetic 64-dim vectors (vector_recall.py's clustered mixture): build and search
   time, and recall@30 of the approximate lists against exact search on a seeded sample of SAMPLE_ROWS items.
-- `--recall N`: on a trained store, serving's "user_vector" query for N sampled shoppers through the items' HNSW
-  index (at HNSW_EF_SEARCH) against exact search: recall@10 and latency.
+- `--recall N`: on a trained store, serving's "user_vector" query for N sampled shoppers through the items' vector
+  index (at IVFFLAT_PROBES) against exact search: recall@10 and latency.
 - `--chain`: on a loaded store (PERSONALIZATION_DATA_DIR, e.g. the one `benchmarks/scale_data.py` and the importers
   fill), gunicorn as `make run` starts it and a separate load process asking GET /api/v1/recommendations open-loop
   at --rate for users sampled from the log, first alone (--baseline-seconds), then while `manage.py train` runs
@@ -84,20 +84,28 @@ def ann_measure(items: int) -> dict[str, object]:
     }
 
 
-# --- recall of the items' HNSW index on the trained store ------------------------------------------------------
+# --- recall of the items' vector index on the trained store ------------------------------------------------
 
 
 def store_recall(queries: int) -> dict[str, object]:
-    """Serving's "user_vector" query (the items nearest a shopper's vector, 10 rows) through the HNSW index at the
-    connection's settings (HNSW_EF_SEARCH, relaxed iterative scan) against exact search, for a seeded sample of
-    shoppers with a vector."""
+    """Serving's "user_vector" query (`scoring_app.engine.retrieval._USER_VECTOR_SQL`: in-stock items nearest a
+    shopper's vector, USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED rows, the user's recent items left out after)
+    through the items' vector index at the connection's settings (IVFFLAT_PROBES, relaxed iterative scan) against
+    exact search, for a seeded sample of shoppers with a vector; the recent items are each user's latest distinct
+    items in the log, as their online state holds them. Recall@10 of what serving keeps, by id and by distance (an
+    item as near as the exact 10th counts: among equally near items either answer is right, as ann-benchmarks
+    counts); also without the filters and the exclusion (the bare index)."""
     django_setup()
     from django.conf import settings
     from django.db import connection
 
-    sql = (
-        "SELECT i.external_id FROM graph_app_item i WHERE i.embedding IS NOT NULL "
-        "ORDER BY i.embedding <=> (SELECT embedding FROM graph_app_shopper WHERE external_id = %s) LIMIT 10"
+    from graph_app.item_vector_index import INDEX_NAME
+    from scoring_app.engine.retrieval import _USER_VECTOR_SQL, RECENT_ITEMS_USED, USER_VECTOR_NEIGHBOURS
+
+    bare_sql = (  # similarity, as serving's query returns it
+        "SELECT external_id, 1 - (embedding <=> (SELECT embedding FROM graph_app_shopper "
+        "WHERE external_id = %(user)s)) FROM graph_app_item WHERE embedding IS NOT NULL "
+        "ORDER BY embedding <=> (SELECT embedding FROM graph_app_shopper WHERE external_id = %(user)s) LIMIT 10"
     )
     with connection.cursor() as cursor:
         cursor.execute(
@@ -107,34 +115,120 @@ def store_recall(queries: int) -> dict[str, object]:
         )
         users = [row[0] for row in cursor.fetchall()]
         users = [users[index] for index in np.random.default_rng(SEED).permutation(len(users))[:queries]]
+        cursor.execute(
+            "SELECT user_id, array_agg(item_id ORDER BY last DESC) FROM (SELECT user_id, item_id, max(occurred_at) "
+            "AS last FROM signals_app_event WHERE user_id = ANY(%s) AND item_id <> '' GROUP BY 1, 2) AS u GROUP BY 1",
+            [users],
+        )
+        recent = {user: items[:RECENT_ITEMS_USED] for user, items in cursor.fetchall()}
         cursor.execute("SELECT count(*) FROM graph_app_item WHERE embedding IS NOT NULL")
         (items,) = cursor.fetchone()
-        found, latencies = [], []
+        limit = USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED
+
+        def served(user: str) -> list[tuple[str, float]]:
+            cursor.execute(_USER_VECTOR_SQL, {"user": user, "recent": [], "k": limit})
+            left_out = set(recent.get(user, []))
+            rows = [row for row in cursor.fetchall() if row[0] not in left_out]
+            return sorted(rows, key=lambda row: row[1], reverse=True)[:10]
+
+        def bare(user: str) -> list[tuple[str, float]]:
+            cursor.execute(bare_sql, {"user": user})
+            return cursor.fetchall()
+
+        found: dict[str, list[list[tuple[str, float]]]] = {"served": [], "bare": []}
+        latencies = []
         for user in users:  # warm-up pass, then the measured one
-            cursor.execute(sql, [user])
+            served(user)
         for user in users:
             started = time.perf_counter()
-            cursor.execute(sql, [user])
+            found["served"].append(served(user))
             latencies.append((time.perf_counter() - started) * 1000)
-            found.append({row[0] for row in cursor.fetchall()})
-        cursor.execute("EXPLAIN " + sql, [users[0]])
+            found["bare"].append(bare(user))
+        cursor.execute("EXPLAIN " + bare_sql, {"user": users[0]})
         plan = " ".join(row[0] for row in cursor.fetchall())
         cursor.execute("SET enable_indexscan = off")
-        recalls = []
-        for user, approximate in zip(users, found, strict=True):
-            cursor.execute(sql, [user])
-            exact = {row[0] for row in cursor.fetchall()}
-            recalls.append(len(approximate & exact) / max(1, len(exact)))
+        recalls: dict[str, list[float]] = {"served": [], "served_by_distance": [], "bare": [], "bare_by_distance": []}
+        for position, user in enumerate(users):
+            for name, query in (("served", served), ("bare", bare)):
+                exact, approximate = query(user), found[name][position]
+                ids = {row[0] for row in exact}
+                recalls[name].append(len(ids & {row[0] for row in approximate}) / max(1, len(exact)))
+                tenth = exact[-1][1] if exact else 0.0
+                near = sum(1 for row in approximate if row[1] >= tenth - 1e-6)
+                recalls[f"{name}_by_distance"].append(min(near, len(exact)) / max(1, len(exact)))
         cursor.execute("RESET enable_indexscan")
     return {
         "items_with_vector": items,
         "queries": len(users),
-        "ef_search": settings.HNSW_EF_SEARCH,
-        "uses_hnsw": "item_embedding_hnsw" in plan,
-        "recall_at_10": round(float(np.mean(recalls)), 4),
-        "p50_ms": round(percentile(latencies, 0.5), 2),
-        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "probes": settings.IVFFLAT_PROBES,
+        "uses_index": INDEX_NAME in plan,
+        **{f"recall_at_10_{name}": round(float(np.mean(values)), 4) for name, values in recalls.items()},
+        "served_p50_ms": round(percentile(latencies, 0.5), 2),
+        "served_p99_ms": round(percentile(latencies, 0.99), 2),
     }
+
+
+def graph_study(queries: int) -> list[dict[str, object]]:
+    """Which index reaches recall@10 0.95 for shoppers on this store's trained vectors: the items' and a seeded
+    sample of shoppers' vectors read out, then faiss's HNSW (pgvector's graph: m neighbours a node, ef_construction,
+    ef_search) and IVFFlat (pgvector's inverted lists: lists, probes) for a few settings against exact cosine
+    search. A guide for choosing the index and its settings, not the served figure (`--recall` measures pgvector
+    through serving's query)."""
+    import faiss
+
+    django_setup()
+    from django.db import connection
+
+    def vectors(sql: str, params: list[object]) -> np.ndarray:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = [np.frombuffer(row[0], dtype=">f4", offset=4).astype(np.float32) for row in cursor.fetchall()]
+        matrix = np.vstack(rows)
+        return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    items = vectors("SELECT vector_send(embedding) FROM graph_app_item WHERE embedding IS NOT NULL ORDER BY id", [])
+    users = vectors(
+        "SELECT vector_send(embedding) FROM graph_app_shopper TABLESAMPLE SYSTEM (1) REPEATABLE (%s) "
+        "WHERE embedding IS NOT NULL ORDER BY external_id LIMIT %s",
+        [SEED, queries],
+    )
+    exact_index = faiss.IndexFlatIP(items.shape[1])
+    exact_index.add(items)
+    exact_scores, exact_ids = exact_index.search(users, 10)
+    results = []
+    for m, ef_construction in ((16, 64), (24, 128), (32, 200)):
+        index = faiss.IndexHNSWFlat(items.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        started = time.perf_counter()
+        index.add(items)
+        build = time.perf_counter() - started
+        for ef_search in (40, 150, 400):
+            index.hnsw.efSearch = ef_search
+            scores, ids = index.search(users, 10)
+            recall = np.mean([len(set(ids[row]) & set(exact_ids[row])) / 10 for row in range(len(users))])
+            by_distance = np.mean(scores >= exact_scores[:, -1:] - 1e-6)
+            results.append({"m": m, "ef_construction": ef_construction, "ef_search": ef_search,
+                            "build_s": round(build, 1), "recall_at_10": round(float(recall), 4),
+                            "distance_recall_at_10": round(float(by_distance), 4)})  # fmt: skip
+            print(json.dumps(results[-1]), flush=True)
+    for lists in (1000, 2000):
+        dimensions = items.shape[1]
+        inverted = faiss.IndexIVFFlat(faiss.IndexFlatIP(dimensions), dimensions, lists, faiss.METRIC_INNER_PRODUCT)
+        started = time.perf_counter()
+        sample = np.random.default_rng(SEED).choice(len(items), min(len(items), 50 * lists), replace=False)
+        inverted.train(items[sample])
+        inverted.add(items)
+        build = time.perf_counter() - started
+        for probes in (20, 40, 60, 80):
+            inverted.nprobe = probes
+            scores, ids = inverted.search(users, 10)
+            recall = np.mean([len(set(ids[row]) & set(exact_ids[row])) / 10 for row in range(len(users))])
+            results.append({"lists": lists, "probes": probes, "build_s": round(build, 1),
+                            "recall_at_10": round(float(recall), 4)})  # fmt: skip
+            print(json.dumps(results[-1]), flush=True)
+    return results
 
 
 # --- the load process (no Django) ----------------------------------------------------------------------------------
@@ -298,7 +392,8 @@ def main() -> None:
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ann", type=int, default=0, help="measure the approximate similar lists on this many items")
     parser.add_argument("--chain", action="store_true", help="run the training chain under serving load")
-    parser.add_argument("--recall", type=int, default=0, help="HNSW recall@10 of serving's query, this many shoppers")
+    parser.add_argument("--recall", type=int, default=0, help="recall@10 of serving's vector query, this many shoppers")
+    parser.add_argument("--graph-study", type=int, default=0, help="faiss HNSW and IVF settings on the store's vectors")
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--skip", action="append", default=[], help="a training task to leave out (manage.py train)")
     parser.add_argument("--workers", type=int, default=2)
@@ -313,6 +408,8 @@ def main() -> None:
         print(json.dumps({"machine": machine_description(), **result}, indent=2))
     if args.recall:
         print(json.dumps({"machine": machine_description(), **store_recall(args.recall)}, indent=2))
+    if args.graph_study:
+        print(json.dumps({"machine": machine_description(), "study": graph_study(args.graph_study)}, indent=2))
     if args.chain:
         result = chain_measure(args)
         from django.conf import settings

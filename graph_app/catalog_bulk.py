@@ -368,7 +368,7 @@ FROM graph_app_item WHERE external_id = ANY(%b::text[]) ORDER BY external_id FOR
 """
 
 # A row the same as the one stored (a nightly feed sends most items unchanged) is not written again: no new row
-# version, no new entry in the HNSW index; its updated_at stays.
+# version, no new entry in the vector index; its updated_at stays.
 _UPSERT_SQL = """
 INSERT INTO graph_app_item AS item (external_id, title, description, category, price, in_stock, attributes,
                                     embedding, embedding_source, created_at, updated_at)

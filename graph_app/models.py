@@ -1,6 +1,6 @@
 from django.conf import settings
 from django.db import models
-from pgvector.django import HnswIndex, VectorField
+from pgvector.django import IvfflatIndex, VectorField
 
 
 class Item(models.Model):
@@ -22,13 +22,12 @@ class Item(models.Model):
         indexes = [
             # The "fresh" source's newest items: without it a scan of the whole catalog (seconds at a million).
             models.Index(models.F("created_at").desc(), name="item_created_at"),
-            HnswIndex(
-                name="item_embedding_hnsw",
-                fields=["embedding"],
-                m=16,
-                ef_construction=64,
-                opclasses=["vector_cosine_ops"],
-            ),
+            # Inverted lists, not HNSW: shoppers' vectors are not like the items' (user and item factors of one model),
+            # and an HNSW graph found 0.81 of their 10 nearest items at a million items (0.89 with four times the
+            # graph and twenty times the search); searching 3 % of 2,000 lists finds 0.95, and the index builds in a
+            # minute instead of three to seventeen (BENCHMARKS.md, "Scale, third pass"). `lists` here is a
+            # placeholder: every build sizes it to the catalog (`graph_app.item_vector_index.ivfflat_lists`).
+            IvfflatIndex(name="item_embedding_ivfflat", fields=["embedding"], lists=1, opclasses=["vector_cosine_ops"]),
         ]
         constraints = [
             models.CheckConstraint(
@@ -100,9 +99,9 @@ class ItemPopularity(models.Model):
     """An item's decayed popularity from the durable log: the popular fallback when Redis is unavailable.
 
     A table of its own, replaced as a whole by each refresh: as a column of the catalog its index made every
-    refresh a new row version of each popular item, inserted again into the catalog's HNSW index (100 minutes for
-    300,000 items at 1 M). Ids are the storefront's, as in the log; the category is copied for the per-category
-    lists, and readers join the catalog for stock (and the current category).
+    refresh a new row version of each popular item, inserted again into the catalog's vector index (then an HNSW
+    graph: 100 minutes for 300,000 items at 1 M). Ids are the storefront's, as in the log; the category is copied
+    for the per-category lists, and readers join the catalog for stock (and the current category).
     """
 
     item_id = models.CharField(max_length=200, primary_key=True)

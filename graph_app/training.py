@@ -28,6 +28,7 @@ from django.db import connection, transaction
 
 from graph_app.embeddings import ItemContent, content_features, feature_matrix, normalize_rows
 from graph_app.item_model import ItemModelSearch, item_model_fit, item_model_publish, item_model_search
+from graph_app.item_vector_index import item_vector_index_build, item_vector_index_drop
 from graph_app.models import Item
 from graph_app.online import catalog_items_rebuild
 from graph_app.progress import Progress
@@ -65,8 +66,9 @@ RIDGE_PENALTY = 1.0
 # An item with this many interacting users is half collaborative, half content.
 BLEND_HALF_WEIGHT_USERS = 5.0
 UPDATE_BATCH_SIZE = 2000
-# From this many items, the vectors are written with the items' HNSW index dropped and built again afterwards
-# (`_vectors_bulk_write`); below, row by row under the index. Only items count: the index is theirs alone.
+# From this many items, the vectors are written with the items' vector index dropped and built again afterwards
+# (`_vectors_bulk_write`); below, row by row under the index, built again after. Only items count: the index is
+# theirs alone.
 VECTORS_BULK_MIN_ROWS = 50_000
 # Rows fetched at a time when the log's pairs are streamed into arrays.
 INTERACTIONS_CHUNK_ROWS = 100_000
@@ -579,13 +581,11 @@ def _vectors_bulk_write(
     projection: np.ndarray,
     metrics: dict[str, object],
 ) -> ModelVersion:
-    """Write a large catalog's and its users' vectors with the items' HNSW index away, and register the model.
+    """Write a large catalog's and its users' vectors with the items' vector index away, and register the model.
 
-    Each row updated under the index inserts its vector into the graph (about a millisecond: a million items
-    would take most of an hour); one UPDATE from a staging table and a concurrent build of the index afterwards
-    take minutes. Serving reads on meanwhile: its vector searches are exact (slower) until the index is back, and
-    it sees the old vectors or the new ones (one transaction), never a mix."""
-    from graph_app.item_vector_index import item_vector_index_build, item_vector_index_drop
+    One UPDATE from a staging table, then a concurrent build of the index around the new vectors (its lists are
+    centred on the vectors it is built from). Serving reads on meanwhile: it skips its vector searches until the
+    index is back, and sees the old vectors or the new ones (one transaction), never a mix."""
 
     items_staging = _vectors_stage("items", item_ids, item_vectors, sources)
     users_staging = _vectors_stage("users", user_ids, user_vectors)
@@ -721,6 +721,10 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
             model_version = model_version_register(
                 kind=ModelVersion.Kind.EMBEDDINGS, arrays={"content_projection": projection}, metrics=metrics
             )
+        # The index's lists are centred on the vectors it was built from: built again around the new ones (seconds
+        # at this size).
+        item_vector_index_drop()
+        item_vector_index_build()
     else:
         model_version = _vectors_bulk_write(
             item_ids, item_vectors, sources, user_ids, user_vectors, projection=projection, metrics=metrics

@@ -104,7 +104,7 @@ def _forget_served_slates():
 
 @pytest.fixture
 def vacuumed_vector_index(django_db_blocker):
-    """Tests whose transactions roll back leave dead item rows in the HNSW index; many of them share the same
+    """Tests whose transactions roll back leave dead item rows in the vector index; many of them share the same
     unit vectors, so an approximate query near those vectors can spend its scan on dead entries and return fewer
     neighbours than exist. Tests that assert exact neighbours vacuum the table first (in autocommit, on a
     connection of their own: VACUUM cannot run in the test's transaction)."""

@@ -290,7 +290,7 @@ def similar_to_recent_rows(recent_items: Sequence[str]) -> list[tuple[str, float
 
 
 def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
-    """Items nearest the mean embedding of the user's recent items (pgvector HNSW), through a user-keyed cache."""
+    """Items nearest the mean embedding of the user's recent items (pgvector's index), through a user-keyed cache."""
     return _neighbours_cached(
         state, name="similar_to_recent", version=_similar_version(state), ttl_seconds=SIMILAR_TO_RECENT_CACHE_SECONDS,
         sql=_SIMILAR_TO_RECENT_SQL, params={"recent": state.recent_items, "k": SIMILAR_TO_RECENT_CACHED},

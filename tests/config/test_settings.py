@@ -32,7 +32,7 @@ def test_a_url_keeps_every_option_decoded():
         "application_name": "web",
         "connect_timeout": 10,
     }
-    assert options["options"] == "-c hnsw.ef_search=150 -c hnsw.iterative_scan=relaxed_order"
+    assert options["options"] == "-c ivfflat.probes=60 -c ivfflat.iterative_scan=relaxed_order"
 
 
 def test_the_embedded_servers_socket_is_the_host_and_defaults_fill_the_rest(monkeypatch):
@@ -44,7 +44,7 @@ def test_the_embedded_servers_socket_is_the_host_and_defaults_fill_the_rest(monk
     assert "host" not in config["OPTIONS"]
     assert config["OPTIONS"]["connect_timeout"] == 3
     assert config["OPTIONS"]["options"] == (
-        "-c statement_timeout=5000 -c hnsw.ef_search=150 -c hnsw.iterative_scan=relaxed_order"
+        "-c statement_timeout=5000 -c ivfflat.probes=60 -c ivfflat.iterative_scan=relaxed_order"
     )
     assert config["CONN_MAX_AGE"] == 0
     assert _database_from_url("postgresql://app@db.internal")["NAME"] == "postgres"

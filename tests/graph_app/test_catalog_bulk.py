@@ -425,7 +425,7 @@ def _similar_list_cache(item_id: str) -> None:
 
 
 def test_a_price_or_stock_change_is_a_heap_only_update(committed):
-    # The pages' free room (fillfactor 50) lets the new row versions stay off the indexes, the HNSW one above all.
+    # The pages' free room (fillfactor 50) lets the new row versions stay off the indexes, the vector one above all.
     rows = [_row(f"{group}{n}", price=Decimal("1.00")) for group in "ab" for n in range(40)]
     committed(lambda: items_upsert_many(rows=rows))
     changes = frozenset({"price", "in_stock"})

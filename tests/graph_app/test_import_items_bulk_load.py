@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from graph_app.item_vector_index import INDEX_NAME
+from graph_app.item_vector_index import INDEX_NAME, ivfflat_lists
 from graph_app.models import Item
 from personalization import redis_keys
 
@@ -37,11 +37,18 @@ def index_definition() -> tuple[str, bool] | None:
     return None if row is None else (row[0], row[1])
 
 
-MIGRATED_INDEX = (
-    f"CREATE INDEX {INDEX_NAME} ON public.graph_app_item USING hnsw (embedding vector_cosine_ops) "
-    "WITH (m='16', ef_construction='64')",
-    True,
-)
+def built_for(vectors: int) -> tuple[str, bool]:
+    """The valid index a build over `vectors` vectors leaves: its lists sized to them."""
+    return (
+        f"CREATE INDEX {INDEX_NAME} ON public.graph_app_item USING ivfflat (embedding vector_cosine_ops) "
+        f"WITH (lists='{ivfflat_lists(vectors)}')",
+        True,
+    )
+
+
+def serving_index() -> bool:
+    found = index_definition()
+    return found is not None and found[1] and "USING ivfflat (embedding vector_cosine_ops)" in found[0]
 
 
 def feed(tmp_path: Path, count: int) -> Path:
@@ -54,15 +61,15 @@ def feed(tmp_path: Path, count: int) -> Path:
     return source
 
 
-def test_a_bulk_load_stores_every_row_and_vector_and_builds_the_same_index_again(tmp_path, clean_redis):
-    assert index_definition() == MIGRATED_INDEX
+def test_a_bulk_load_stores_every_row_and_vector_and_builds_the_index_again_for_them(tmp_path, clean_redis):
+    assert serving_index()
 
     out = run(feed(tmp_path, 30), "--bulk-load")
 
     assert Item.objects.count() == 30
     assert Item.objects.filter(embedding__isnull=True).count() == 0
     assert clean_redis.hlen(redis_keys.CATALOG_VECTORS) == 30
-    assert index_definition() == MIGRATED_INDEX
+    assert index_definition() == built_for(30)
     lines = out.splitlines()
     assert lines[0].startswith("Read 31, created 30, updated 0, unchanged 0, rejected 1 in ")
     assert any(line.startswith("Vector index built again in ") for line in lines)
@@ -85,13 +92,13 @@ def test_a_bulk_load_stopped_early_leaves_the_index_built_and_resumes(tmp_path, 
     out = run(source, "--bulk-load", "--batch-size", "10", "--max-batches", "1")
 
     assert Item.objects.count() == 10
-    assert index_definition() == MIGRATED_INDEX
+    assert index_definition() == built_for(10)
     assert "run again to resume" in out.splitlines()[-1]
 
     run(source, "--bulk-load", "--batch-size", "10")
 
     assert Item.objects.count() == 30
-    assert index_definition() == MIGRATED_INDEX
+    assert index_definition() == built_for(30)
 
 
 def test_a_bulk_load_finds_an_invalid_index_left_by_a_failed_build_and_replaces_it(tmp_path, clean_redis):
@@ -100,14 +107,15 @@ def test_a_bulk_load_finds_an_invalid_index_left_by_a_failed_build_and_replaces_
 
     run(feed(tmp_path, 5), "--bulk-load")
 
-    assert index_definition() == MIGRATED_INDEX
+    assert index_definition() == built_for(5)
 
 
 def test_a_bulk_load_of_a_stock_feed_is_refused_and_keeps_the_index(tmp_path):
     source = tmp_path / "stock.csv"
     source.write_text("item_id,price\nsku-1,2.50\n")
 
+    before = index_definition()
     with pytest.raises(CommandError, match="--bulk-load is for full rows"):
         run(source, "--bulk-load")
 
-    assert index_definition() == MIGRATED_INDEX
+    assert index_definition() == before and serving_index()

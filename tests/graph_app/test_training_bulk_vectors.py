@@ -1,4 +1,4 @@
-"""A large catalog's vectors are written with the items' HNSW index away (`_vectors_bulk_write`): the same rows
+"""A large catalog's vectors are written with the items' vector index away (`_vectors_bulk_write`): the same rows
 as the row-by-row write, the index built again after."""
 
 from __future__ import annotations

@@ -102,15 +102,15 @@ def test_openapi_schema_and_docs(api_client, anonymous_client):
     assert b"SwaggerUIBundle" in script.content
 
 
-def test_vector_extension_and_hnsw_index_exist():
+def test_vector_extension_and_ivfflat_index_exist():
     with connection.cursor() as cursor:
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         assert cursor.fetchone()[0] >= "0.8"
-        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'item_embedding_hnsw'")
-        assert "hnsw (embedding vector_cosine_ops)" in cursor.fetchone()[0]
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'item_embedding_ivfflat'")
+        assert "ivfflat (embedding vector_cosine_ops)" in cursor.fetchone()[0]
 
 
-def test_vector_searches_use_iterative_scans_and_the_measured_ef_search():
+def test_vector_searches_use_iterative_scans_and_the_measured_probes():
     with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('hnsw.iterative_scan'), current_setting('hnsw.ef_search')")
-        assert cursor.fetchone() == ("relaxed_order", "150")
+        cursor.execute("SELECT current_setting('ivfflat.iterative_scan'), current_setting('ivfflat.probes')")
+        assert cursor.fetchone() == ("relaxed_order", "60")

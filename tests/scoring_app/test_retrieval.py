@@ -371,7 +371,7 @@ def test_an_item_that_appears_reaches_a_cached_candidate_set_at_once(shop, clean
 
 
 def test_while_the_vector_index_is_rebuilt_serving_skips_vector_searches_then_resumes(shop, clean_redis):
-    """Without the HNSW index a vector search scans every item's vector: at a million items they piled up and
+    """Without the vector index a vector search scans every item's vector: at a million items they piled up and
     held the machine while a training rebuilt the index. The source is dropped, with why, until it is back."""
     from graph_app.item_vector_index import (
         item_vector_index_build,

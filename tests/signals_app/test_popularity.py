@@ -32,7 +32,7 @@ def test_recent_events_count_more_than_old_ones():
 
 def test_a_refresh_leaves_the_catalog_rows_alone():
     """Popularity lives in its own table: a refresh writes no new version of an item's row (which would be an
-    insertion into the catalog's HNSW index each)."""
+    entry in the catalog's indexes each)."""
     from django.db import connection
 
     ItemFactory(external_id="hit", category="bags")

@@ -54,7 +54,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--bulk-load",
             action="store_true",
-            help="For a large load of new items (e.g. a first catalog): drop the items' vector (HNSW) index during "
+            help="For a large load of new items (e.g. a first catalog): drop the items' vector index during "
             "the import and build it once after it, many times faster than inserting each new vector into it. "
             "Vector searches stay right meanwhile, only slower (exact).",
         )
