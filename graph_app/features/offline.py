@@ -100,26 +100,22 @@ def _catalog(
     return keys, facts
 
 
-# Each series' events (an item's weighted events; an item's clicks or impressions in a placement) by series number
-# then time, read once per call: `decayed_sums` computes every instant's sums from them.
+# Each series' events by series number then time, read once per call: `decayed_sums` computes every instant's sums
+# from them. An item's weighted events and its clicks in the placements asked for (the placement's number, 0 for
+# none) come from one read: a separate read of the clicks scanned every event of the items again (85 s a candidate
+# set at a million items).
 _ITEM_EVENTS_SQL = """
 WITH r AS (SELECT * FROM unnest(%(series)s::text[]) WITH ORDINALITY AS r(item, idx)),
      w AS (SELECT * FROM unnest(%(types)s::text[], %(weights)s::float8[]) AS w(type, weight))
-SELECT r.idx - 1, (extract(epoch FROM e.occurred_at) * 1000000)::int8, w.weight
+SELECT r.idx - 1, (extract(epoch FROM e.occurred_at) * 1000000)::int8, coalesce(w.weight, 0.0),
+       CASE WHEN e.type = 'click' THEN coalesce(array_position(%(placements)s::text[], e.placement::text), 0)
+            ELSE 0 END
 FROM r
 JOIN signals_app_event e ON e.item_id = r.item AND e.occurred_at <= %(until)s
-JOIN w ON w.type = e.type
-WHERE NOT EXISTS (SELECT 1 FROM unnest(%(hidden_users)s::text[], %(hidden_items)s::text[]) AS h(user_id, item_id)
+LEFT JOIN w ON w.type = e.type
+WHERE (w.weight IS NOT NULL OR e.type = 'click')
+  AND NOT EXISTS (SELECT 1 FROM unnest(%(hidden_users)s::text[], %(hidden_items)s::text[]) AS h(user_id, item_id)
                   WHERE h.user_id = e.user_id AND h.item_id = e.item_id)
-ORDER BY r.idx, e.occurred_at, e.id
-"""
-
-_PLACEMENT_CLICKS_SQL = """
-WITH r AS (SELECT * FROM unnest(%(series)s::text[], %(placements)s::text[]) WITH ORDINALITY AS r(item, placement, idx))
-SELECT r.idx - 1, (extract(epoch FROM e.occurred_at) * 1000000)::int8, 1.0::float8
-FROM r
-JOIN signals_app_event e ON e.item_id = r.item AND e.placement = r.placement AND e.type = 'click'
-                        AND e.occurred_at <= %(until)s
 ORDER BY r.idx, e.occurred_at, e.id
 """
 
@@ -136,30 +132,21 @@ ORDER BY r.idx, i.served_at, i.id
 SERIES_CHUNK_ROWS = 200_000
 
 
-def _series_sums(
-    sql: str, params: dict[str, object], half_lives: list[float], query_series: np.ndarray, query_times: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+def _series_read(sql: str, params: dict[str, object], kinds: tuple[type, ...]) -> list[np.ndarray]:
+    """The query's columns as arrays of `kinds`, streamed (millions of rows: no list of tuples)."""
+    parts: list[list[np.ndarray]] = []
     progress = Progress("offline features: events read", total=None)
     with transaction.atomic(), connection.chunked_cursor() as cursor:
         cursor.execute(sql, params)
         while rows := cursor.fetchmany(SERIES_CHUNK_ROWS):
             count = len(rows)
-            parts.append((
-                np.fromiter((row[0] for row in rows), np.int64, count),
-                np.fromiter((row[1] for row in rows), np.int64, count),
-                np.fromiter((row[2] for row in rows), np.float64, count),
-            ))  # fmt: skip
+            parts.append([np.fromiter((row[index] for row in rows), kind, count) for index, kind in enumerate(kinds)])
             progress.advance(count)
     progress.finish()
-
-    def column(index: int, dtype: type) -> np.ndarray:
-        return np.concatenate([part[index] for part in parts]) if parts else np.zeros(0, dtype=dtype)
-
-    return decayed_sums(
-        event_series=column(0, np.int64), event_times=column(1, np.int64), event_weights=column(2, np.float64),
-        half_lives=half_lives, query_series=query_series, query_times=query_times,
-    )  # fmt: skip
+    return [
+        np.concatenate([part[index] for part in parts]) if parts else np.zeros(0, dtype=kind)
+        for index, kind in enumerate(kinds)
+    ]
 
 
 _USER_EVENTS_SQL = """
@@ -199,23 +186,45 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
     row_times = np.fromiter((_microseconds(request.as_of) for request in requests), np.int64, len(requests))
     until = max(request.as_of for request in requests)
     windows = list(POPULARITY_HALF_LIVES.values())
-    popularity, latest = _series_sums(
-        _ITEM_EVENTS_SQL,
-        {"series": items, "until": until, "types": list(weighted), "weights": list(weighted.values()),
-         "hidden_users": [user for user, _ in hidden_pairs], "hidden_items": [item for _, item in hidden_pairs]},
-        windows, row_items, row_times,
-    )  # fmt: skip
     pairs = sorted({(request.item_id, request.placement) for request in requests})
     pair_number = {pair: number for number, pair in enumerate(pairs)}
     row_pairs = np.fromiter(
         (pair_number[request.item_id, request.placement] for request in requests), np.int64, len(requests)
     )
-    placement_params = {"series": [item for item, _ in pairs], "placements": [placement for _, placement in pairs],
-                        "until": until}  # fmt: skip
-    clicks, _ = _series_sums(_PLACEMENT_CLICKS_SQL, placement_params, [CTR_HALF_LIFE_SECONDS], row_pairs, row_times)
-    impressions, _ = _series_sums(
-        _PLACEMENT_IMPRESSIONS_SQL, placement_params, [CTR_HALF_LIFE_SECONDS], row_pairs, row_times
+    placements = sorted({placement for _, placement in pairs})
+    series, times, weights, clicked_in = _series_read(
+        _ITEM_EVENTS_SQL,
+        {"series": items, "until": until, "types": list(weighted), "weights": list(weighted.values()),
+         "placements": placements,
+         "hidden_users": [user for user, _ in hidden_pairs], "hidden_items": [item for _, item in hidden_pairs]},
+        (np.int64, np.int64, np.float64, np.int64),
+    )  # fmt: skip
+    counted = weights > 0
+    popularity, latest = decayed_sums(
+        event_series=series[counted], event_times=times[counted], event_weights=weights[counted],
+        half_lives=windows, query_series=row_items, query_times=row_times,
+    )  # fmt: skip
+    # Clicks as series of (item, placement) pairs: a click's pair number, or -1 for a pair no row asks for.
+    pair_of = np.full((len(items), len(placements) + 1), -1, dtype=np.int64)
+    for (item, placement), number in pair_number.items():
+        pair_of[item_number[item], placements.index(placement) + 1] = number
+    click_pairs = pair_of[series, clicked_in]
+    wanted = click_pairs >= 0
+    order = np.argsort(click_pairs[wanted], kind="stable")  # by pair, each pair's clicks still in time order
+    clicks, _ = decayed_sums(
+        event_series=click_pairs[wanted][order], event_times=times[wanted][order],
+        event_weights=np.ones(int(wanted.sum())), half_lives=[CTR_HALF_LIFE_SECONDS],
+        query_series=row_pairs, query_times=row_times,
+    )  # fmt: skip
+    impression_series, impression_times, _ = _series_read(
+        _PLACEMENT_IMPRESSIONS_SQL,
+        {"series": [item for item, _ in pairs], "placements": [placement for _, placement in pairs], "until": until},
+        (np.int64, np.int64, np.float64),
     )
+    impressions, _ = decayed_sums(
+        event_series=impression_series, event_times=impression_times, event_weights=np.ones(len(impression_series)),
+        half_lives=[CTR_HALF_LIFE_SECONDS], query_series=row_pairs, query_times=row_times,
+    )  # fmt: skip
 
     by_user: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
     for user_id, item_id, type_name, ts in user_events:
