@@ -543,21 +543,21 @@ def aof_rewrite() -> str:
     return f"rewritten in {time.perf_counter() - started:.1f} s"
 
 
-def hnsw_warm(queries: int = 1000) -> str:
+def vector_index_warm(queries: int = 1000) -> str:
     """The first queries after a build (or a restart) read the index from disk: warm it before measuring."""
     from django.db import DatabaseError, connection
 
     with connection.cursor() as cursor:
         try:
             cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-            cursor.execute("SELECT pg_prewarm('item_embedding_hnsw'), pg_prewarm('graph_app_item')")
+            cursor.execute("SELECT pg_prewarm('item_embedding_ivfflat'), pg_prewarm('graph_app_item')")
             how = "pg_prewarm"
         except DatabaseError:
             # Not in the embedded server: read the relation files into the page cache when they are local.
             how = "a query pass"
             try:
                 cursor.execute(
-                    "SELECT current_setting('data_directory'), pg_relation_filepath('item_embedding_hnsw'), "
+                    "SELECT current_setting('data_directory'), pg_relation_filepath('item_embedding_ivfflat'), "
                     "pg_relation_filepath('graph_app_item')"
                 )
                 data_directory, *relations = cursor.fetchone()
@@ -894,7 +894,7 @@ def main() -> None:
     per_user_state_reset(users["warm"] + users["warm_up"] + users["cold_log"])
     warm_seconds = online_state_warm(users["warm"] + users["warm_up"], events_filter=events_filter)
     vacuumed = log_vacuum()
-    warmed = hnsw_warm()
+    warmed = vector_index_warm()
     rewritten = aof_rewrite()
     with connection.cursor() as cursor:
         cursor.execute(

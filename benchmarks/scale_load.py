@@ -218,8 +218,8 @@ def _measure() -> None:
         (shoppers,) = cursor.fetchone()
         cursor.execute("SELECT pg_database_size(current_database())")
         (database,) = cursor.fetchone()
-        cursor.execute("SELECT coalesce(pg_relation_size(to_regclass('item_embedding_hnsw')), 0)")
-        (hnsw,) = cursor.fetchone()
+        cursor.execute("SELECT coalesce(pg_relation_size(to_regclass('item_embedding_ivfflat')), 0)")
+        (vector_index,) = cursor.fetchone()
     sizes = {
         "database_bytes": database,
         "event_log_bytes": event_total,
@@ -228,7 +228,7 @@ def _measure() -> None:
         "items": items,
         "item_vectors": vectors,
         "shoppers": shoppers,
-        "hnsw_index_bytes": hnsw,
+        "vector_index_bytes": vector_index,
         "tables": {name: facts for name, facts in tables.items() if facts["total"] > 1 << 20},
     }
     client = get_control_redis()
