@@ -80,6 +80,7 @@ class _CatalogChange:
     forget: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     appeared: list[str] = field(default_factory=list)  # created in stock, or back in stock
+    created: set[str] = field(default_factory=set)  # of those, the new items: no cached list of their own yet
 
     def publish(self) -> None:
         # Every item's facts are written (a repair if Redis lost them); only changed ones move the catalog version.
@@ -93,7 +94,8 @@ class _CatalogChange:
         # Their neighbours may have changed: readers keep the old lists while one request rebuilds each. So may the
         # lists of the items nearest to those that appeared, which now belong in them.
         nearest = _neighbours_of(self.appeared) if len(self.appeared) <= NEIGHBOUR_LISTS_TOUCHED_MAX else []
-        item_cache_invalidate_many(item_keys=[*self.changed, *self.appeared, *nearest], name="similar_items")
+        returned = [item_id for item_id in self.appeared if item_id not in self.created]
+        item_cache_invalidate_many(item_keys=[*self.changed, *returned, *nearest], name="similar_items")
         shelves_catalog_changed(changed=self.changed, appeared=self.appeared)
 
 
@@ -182,6 +184,8 @@ def items_upsert_many(*, rows: Sequence[ItemInput], projection: np.ndarray | Non
             before = found.get(row.external_id)
             appeared = row.in_stock and (before is None or not before.in_stock)  # created in stock, or back in stock
             (change.appeared if appeared else change.changed).append(row.external_id)
+            if before is None:
+                change.created.add(row.external_id)
         transaction.on_commit(change.publish)
     created = [external_id for external_id in latest if external_id not in found]
     updated = [external_id for external_id in latest if external_id in found]

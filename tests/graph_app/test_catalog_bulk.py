@@ -420,6 +420,17 @@ def test_an_item_that_appears_marks_its_neighbours_similar_lists_stale(committed
     assert fresh("mug")  # more items appeared than searched for: the lists catch up within their freshness
 
 
+def test_an_item_back_in_stock_marks_its_own_similar_list_stale(committed, clean_redis):
+    committed(lambda: items_upsert_many(rows=[_row("lamp", title="Desk lamp", in_stock=False)]))
+    _similar_list_cache("lamp")
+    key = redis_keys.item_cache("lamp", "similar_items")
+    assert item_cache_peek(name="similar_items", fresh_seconds=300, stored=clean_redis.get(key)) == b"[]"
+
+    committed(lambda: items_upsert_many(rows=[_row("lamp", title="Desk lamp", in_stock=True)]))
+
+    assert item_cache_peek(name="similar_items", fresh_seconds=300, stored=clean_redis.get(key)) is None
+
+
 def _similar_list_cache(item_id: str) -> None:
     item_cache_get(item_key=item_id, name="similar_items", fresh_seconds=300, stale_seconds=3600, build=lambda: b"[]")
 
