@@ -1,6 +1,6 @@
 """The ranker's offline features on a loaded store, as its judged users ask for them: each user's candidates as of
-that user's own instant (the last event minus a millisecond), through the ranker's own call
-(`scoring_app.training._features`: `graph_app.features.offline.features_offline`).
+that user's own instant (the last event minus a millisecond), in one call of
+`graph_app.features.offline.features_offline`, as the ranker asks for a candidate set's rows.
 
 Candidates per user: the store's most popular items (the "popular" source every user gets) and items of the user's
 own log, CANDIDATES in all. Users: a seeded sample of the log's users with at least 5 events.
@@ -35,8 +35,7 @@ def main() -> None:
     django_setup()
     from django.db import connection
 
-    from graph_app.features.offline import FeatureRequest
-    from scoring_app.training import _features
+    from graph_app.features.offline import FeatureRequest, features_offline
 
     with connection.cursor() as cursor:
         cursor.execute(SEED_SQL, [args.users])
@@ -56,7 +55,7 @@ def main() -> None:
         as_of = last - timedelta(milliseconds=1)
         requests += [FeatureRequest(user, item, "home", as_of) for item in candidates]
     started = time.perf_counter()
-    _features(requests, [])
+    features_offline(requests=requests)
     seconds = time.perf_counter() - started
     print(json.dumps({"machine": machine_description(), "users": len(users), "rows": len(requests),
                       "seconds": round(seconds, 1),

@@ -320,7 +320,8 @@ def holdout_queries(
         requests += [FeatureRequest(user_key, item, PLACEMENT, as_of) for item in candidates]
         retrieval_blocks.append(retrieval_features(rankings, candidates))
         labels.append(np.asarray([item_index[item] in relevant for item in candidates], dtype=np.int32))
-    values = _features(requests, hidden)
+    # One call for the whole candidate set: each candidate item's events are read once for every user's rows.
+    values = features_offline(requests=requests, hidden=hidden)
     if len(values):
         values[:, RETRIEVAL_COLUMNS] = np.vstack(retrieval_blocks)
     queries.values = values
@@ -336,15 +337,6 @@ class _AllItems:
 
 
 _ALL_ITEMS = _AllItems()
-
-
-def _features(requests: list[FeatureRequest], hidden: list[tuple[str, str]]) -> np.ndarray:
-    """features_offline of a candidate set's rows in one call: each candidate item's events are read once for all
-    of them (a popular item is a candidate of every user, and its events may be a fifth of the log: read again for
-    each hundred users, they were most of the ranker's time at a million items)."""
-    if not requests:
-        return np.zeros((0, len(FEATURE_NAMES)))
-    return features_offline(requests=requests, hidden=hidden)  # logs its reading's progress
 
 
 def _split_users(interactions: Interactions, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -351,40 +351,39 @@ local function purchased_add(key, item, ts)
   redis.call('ZREMRANGEBYRANK', key, 0, -purchased_kept - 1)
   redis.call('EXPIRE', key, state_ttl)
 end
--- The affinity hash lives state_ttl after the later of its latest event and its latest item of interest.
-local function affinity_expire(affinity)
-  local _, last, recent_last = affinity_meta_read(affinity)
+-- The affinity hash lives state_ttl after the later of its latest event and its latest item of interest (the
+-- values its "#m" now holds).
+local function affinity_expire(affinity, last, recent_last)
   if recent_last and (not last or recent_last > last) then last = recent_last end
   if last then expire_after(affinity, last) end
 end
--- The time of the user's latest item of interest, in their affinity hash's "#m" (a key of its own in the layouts
--- before, `legacy`: moved on first use).
+-- The affinity hash's (epoch, latest event, latest item of interest): the last in "#m" (a key of its own in the
+-- layouts before, `legacy`: moved on first use).
 local function recent_last_get(affinity, legacy)
   affinity_convert(affinity)
   local epoch, affinity_last, last = affinity_meta_read(affinity)
-  if last then return last end
+  if last then return epoch, affinity_last, last end
   last = tonumber(redis.call('GET', legacy))
   if last then
     redis.call('HSET', affinity, '#m', affinity_meta_pack(epoch, affinity_last, last))
     redis.call('DEL', legacy)
-    affinity_expire(affinity)
+    affinity_expire(affinity, affinity_last, last)
   end
-  return last
+  return epoch, affinity_last, last
 end
 -- The item goes to the front of the user's recent items (which start afresh after a gap longer than state_ttl).
 local function recent_push(recent, legacy_last, affinity, item, ts)
-  local last = recent_last_get(affinity, legacy_last)
+  local epoch, affinity_last, last = recent_last_get(affinity, legacy_last)
   if last and ts - last > state_ttl then redis.call('DEL', recent) end
   if not last or ts > last then
     last = ts
-    local epoch, affinity_last = affinity_meta_read(affinity)
     redis.call('HSET', affinity, '#m', affinity_meta_pack(epoch, affinity_last, ts))
   end
   redis.call('LREM', recent, 0, item)
   redis.call('LPUSH', recent, item)
   redis.call('LTRIM', recent, 0, recent_kept - 1)
   expire_after(recent, last)
-  affinity_expire(affinity)
+  affinity_expire(affinity, affinity_last, last)
 end
 -- The item's counters and popularity windows (forward decay against each window's epoch).
 local function popularity_add(item, weight, ts)
@@ -450,7 +449,7 @@ local function affinity_add(affinity, item, weight, ts)
   end
   redis.call('HSET', affinity, unpack(fields))
   affinity_cap(affinity)
-  affinity_expire(affinity)
+  affinity_expire(affinity, last, recent_last)
 end
 """
 )
@@ -523,7 +522,7 @@ local known_times = cjson.decode(ARGV[own_args])
 -- An item older than the user's latest goes behind every item not known to be older: an item the log has no time
 -- for arrived after the late event, so it is newer (anything that arrives live is at most the dedupe window old).
 local function recent_insert(recent, legacy_last, affinity, item, ts, known)
-  local last = recent_last_get(affinity, legacy_last)
+  local _, _, last = recent_last_get(affinity, legacy_last)
   if not last or ts >= last then
     recent_push(recent, legacy_last, affinity, item, ts)
     known[item] = ts

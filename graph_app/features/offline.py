@@ -205,9 +205,10 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
         half_lives=windows, query_series=row_items, query_times=row_times,
     )  # fmt: skip
     # Clicks as series of (item, placement) pairs: a click's pair number, or -1 for a pair no row asks for.
+    placement_number = {placement: number for number, placement in enumerate(placements, start=1)}
     pair_of = np.full((len(items), len(placements) + 1), -1, dtype=np.int64)
     for (item, placement), number in pair_number.items():
-        pair_of[item_number[item], placements.index(placement) + 1] = number
+        pair_of[item_number[item], placement_number[placement]] = number
     click_pairs = pair_of[series, clicked_in]
     wanted = click_pairs >= 0
     order = np.argsort(click_pairs[wanted], kind="stable")  # by pair, each pair's clicks still in time order

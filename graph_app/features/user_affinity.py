@@ -109,9 +109,9 @@ def _entity_names_resolve(codes: list[bytes]) -> None:
         unnamed = any(code not in _entity_names for code in codes)
         if unnamed and now - _names_from_catalog_at >= NAMES_FROM_CATALOG_SECONDS:
             _names_from_catalog_at = now
-            learnt = entity_names_learn(_catalog_entity_keys())
+            learnt = list(entity_names_learn(_catalog_entity_keys()).items())
             for start in range(0, len(learnt), 10_000):
-                chunk = dict(list(learnt.items())[start : start + 10_000])
+                chunk = dict(learnt[start : start + 10_000])
                 get_redis().hset(redis_keys.CATALOG_ENTITY_NAMES, mapping=chunk)  # type: ignore[arg-type]
     except RedisError as error:
         logger.warning("graph.entity_names_unavailable", extra={"error": str(error)})
