@@ -385,6 +385,10 @@ SCORE_EXPLORATION_RESEED_SECONDS = int(os.environ.get("SCORE_EXPLORATION_RESEED_
 TRAINING_SEARCH = _env_bool("TRAINING_SEARCH", True)
 TRAINING_SEARCH_SECONDS = float(os.environ.get("TRAINING_SEARCH_SECONDS", "300"))
 TRAINING_SEED = int(os.environ.get("TRAINING_SEED", "42"))
+# A training's numeric work uses this many threads (0: every core), at this CPU niceness (0-19; serving runs at 0
+# and is scheduled first): `personalization.training_compute`.
+TRAINING_THREADS = int(os.environ.get("TRAINING_THREADS", "0"))
+TRAINING_NICENESS = int(os.environ.get("TRAINING_NICENESS", "10"))
 
 # The embedding size of every vector column; changing it needs a migration and a retrain.
 EMBEDDING_DIMENSIONS = 64

@@ -28,6 +28,7 @@ from graph_app.progress import Progress
 from graph_app.user_lists import ranked_lists_publish
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
+from personalization.training_compute import training_threads_used
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,8 @@ class ItemModel:
 
 
 def item_model_fit(interactions: Any, mask: np.ndarray | None, *, regularization: float) -> ItemModel:
-    """EASE on the pairs in `mask` (all by default), binary, over the most interacted-with items (one BLAS
-    thread: training shares the machine with serving)."""
-    from threadpoolctl import threadpool_limits
-
+    """EASE on the pairs in `mask` (all by default), binary, over the most interacted-with items
+    (`training_threads_used`)."""
     user_items = interactions.matrix(mask)
     users_per_item = np.asarray(user_items.sum(axis=0)).ravel()
     order = np.lexsort((np.arange(len(users_per_item)), -users_per_item))
@@ -66,7 +65,7 @@ def item_model_fit(interactions: Any, mask: np.ndarray | None, *, regularization
     # float32 throughout: three items x items arrays at most (5,000 items: 100 MB each); λ keeps it well conditioned.
     gram = np.asarray((columns.T @ columns).toarray(), dtype=np.float32)
     gram[np.diag_indices_from(gram)] += regularization
-    with threadpool_limits(1):
+    with training_threads_used():
         weights = np.linalg.inv(gram)
     del gram
     diagonal = np.diag(weights).copy()

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from graph_app.models import Item
 from graph_app.progress import Progress
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis, swap_in
+from personalization.training_compute import training_threads, training_threads_used
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +111,12 @@ def ann_top_k(
     implicit's top-k) against the items of the ANN_PROBE_CELLS cells best for the group's mean query. faiss's own
     IVF search scans the cells query by query: on this machine about ten times slower than one product per group.
     `exclude`: queries x items CSR of rows left out of each list (the search asks for that many more).
-    Single-threaded and seeded: the same vectors give the same lists. Recall against exact search: BENCHMARKS.md
-    ("Training at 1 M items ...")."""
+    Seeded: the same vectors give the same lists. Recall against exact search:
+    BENCHMARKS.md ("Training at 1 M items ...")."""
     import faiss
     from threadpoolctl import threadpool_limits
 
-    faiss.omp_set_num_threads(1)  # training shares the machine with serving, as ALS's one BLAS thread does
+    faiss.omp_set_num_threads(training_threads())
     vectors = np.ascontiguousarray(items, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     found = np.full((len(queries), k), -1, dtype=np.int64)
@@ -131,7 +133,7 @@ def ann_top_k(
     item_cell = item_cell.ravel()
     by_cell = np.argsort(item_cell, kind="stable")
     bounds = np.searchsorted(item_cell[by_cell], np.arange(cells + 1))
-    with threadpool_limits(1):
+    with training_threads_used():
         query_cell = np.concatenate(
             [
                 np.argmax(queries[start : start + 20_000] @ centroids.T, axis=1)
@@ -146,38 +148,39 @@ def ann_top_k(
     group_bounds = np.flatnonzero(np.diff(query_cell[groups])) + 1
     probes = min(cells, ANN_PROBE_CELLS)
     progress = Progress(f"{name}: approximate search, queries", total=len(queries))
-    limits = threadpool_limits(1)  # one BLAS thread: training shares the machine with serving
-    try:
-        for members in np.split(groups, group_bounds):
-            mean = queries[members].mean(axis=0)
-            chosen_cells = (
-                np.argpartition(-(centroids @ mean), probes - 1)[:probes] if probes < cells else np.arange(cells)
-            )
-            candidates = np.concatenate([by_cell[bounds[cell] : bounds[cell + 1]] for cell in chosen_cells])
-            left_out = exclude[members] if exclude is not None else None
-            extra = int(np.diff(left_out.indptr).max()) if left_out is not None and left_out.nnz else 0
-            wanted = min(len(candidates), k + extra)
-            if wanted:
-                products = queries[members] @ vectors[candidates].T
-                best = np.argpartition(-products, wanted - 1, axis=1)[:, :wanted] if wanted < len(candidates) else None
-                if best is None:
-                    best = np.broadcast_to(np.arange(len(candidates)), products.shape)
-                best_scores = np.take_along_axis(products, best, axis=1)
-                order = np.argsort(-best_scores, axis=1, kind="stable")
-                rows = candidates[np.take_along_axis(best, order, axis=1)]
-                block_scores = np.take_along_axis(best_scores, order, axis=1)
-                if extra:
-                    for position, query in enumerate(members.tolist()):
-                        gone = left_out.indices[left_out.indptr[position] : left_out.indptr[position + 1]]
-                        keep = np.flatnonzero(~np.isin(rows[position], gone))[:k]
-                        found[query, : len(keep)] = rows[position][keep]
-                        scores[query, : len(keep)] = block_scores[position][keep]
-                else:
-                    found[members, :wanted] = rows[:, :k]
-                    scores[members, :wanted] = block_scores[:, :k]
-            progress.advance(len(members))
-    finally:
-        limits.unregister()
+
+    def group_search(members: np.ndarray) -> int:
+        mean = queries[members].mean(axis=0)
+        chosen_cells = np.argpartition(-(centroids @ mean), probes - 1)[:probes] if probes < cells else np.arange(cells)
+        candidates = np.concatenate([by_cell[bounds[cell] : bounds[cell + 1]] for cell in chosen_cells])
+        left_out = exclude[members] if exclude is not None else None
+        extra = int(np.diff(left_out.indptr).max()) if left_out is not None and left_out.nnz else 0
+        wanted = min(len(candidates), k + extra)
+        if wanted:
+            products = queries[members] @ vectors[candidates].T
+            best = np.argpartition(-products, wanted - 1, axis=1)[:, :wanted] if wanted < len(candidates) else None
+            if best is None:
+                best = np.broadcast_to(np.arange(len(candidates)), products.shape)
+            best_scores = np.take_along_axis(products, best, axis=1)
+            order = np.argsort(-best_scores, axis=1, kind="stable")
+            rows = candidates[np.take_along_axis(best, order, axis=1)]
+            block_scores = np.take_along_axis(best_scores, order, axis=1)
+            if extra:
+                for position, query in enumerate(members.tolist()):
+                    gone = left_out.indices[left_out.indptr[position] : left_out.indptr[position + 1]]
+                    keep = np.flatnonzero(~np.isin(rows[position], gone))[:k]
+                    found[query, : len(keep)] = rows[position][keep]
+                    scores[query, : len(keep)] = block_scores[position][keep]
+            else:
+                found[members, :wanted] = rows[:, :k]
+                scores[members, :wanted] = block_scores[:, :k]
+        return len(members)
+
+    # Groups in parallel, one BLAS thread each: most of a group's time is numpy's partition and sort, which
+    # release the GIL but run on one core; each group writes only its own queries' rows.
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=training_threads()) as pool:
+        for searched in pool.map(group_search, np.split(groups, group_bounds)):
+            progress.advance(searched)
     progress.finish()
     return found, scores
 

@@ -29,6 +29,7 @@ from graph_app.models import Item, Shopper
 from graph_app.progress import Progress
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis, swap_in
+from personalization.training_compute import training_threads
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def user_lists_compute(
     for start in range(0, len(users), QUERY_BLOCK_ROWS):
         block = np.ascontiguousarray(users[start : start + QUERY_BLOCK_ROWS])
         filtered = exclude[start : start + len(block)] if exclude is not None else None
-        found, found_scores = topk(searched, block, wanted, filter_query_items=filtered, num_threads=1)
+        found, found_scores = topk(searched, block, wanted, filter_query_items=filtered, num_threads=training_threads())
         # Filtered items come back last with the lowest float32 score, not -inf.
         valid = (found >= 0) & (found_scores > FILTERED_SCORE) & has_vector[start : start + len(block), None]
         rows = slice(start, start + len(block))

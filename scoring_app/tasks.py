@@ -4,8 +4,10 @@ from celery import shared_task
 @shared_task(name="scoring.ranker_train", autoretry_for=(Exception,), retry_backoff=True, max_retries=2)
 def ranker_train_task() -> dict[str, object]:
     """Retrain the ranker; it serves only if its holdout nDCG@10 is not worse than the active model's."""
+    from personalization.training_compute import training_priority_lower
     from scoring_app.training import ranker_train
 
+    training_priority_lower()
     return ranker_train().__dict__
 
 

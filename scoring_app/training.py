@@ -231,7 +231,8 @@ def holdout_queries(
     item_ids = interactions.item_ids
     # The "similar" source's lists, as the embeddings training would publish them from these factors.
     # Only the lists these users' recent items can read (a few thousand of a million-item catalog's).
-    seeds = np.unique(interactions.items[visible & np.isin(interactions.users, users)])
+    own = np.isin(interactions.users, users)  # only these users' pairs are read below
+    seeds = np.unique(interactions.items[visible & own])
     neighbours, cosines = similar_lists_compute(item_vectors_for(factors, content), k=SIMILAR_PER_ITEM, rows=seeds)
     similar_lists = {
         item_ids[row]: [
@@ -259,16 +260,18 @@ def holdout_queries(
     popular_order = np.lexsort((np.arange(len(popularity)), -popularity))[:POPULAR_DEPTH]
     popular_rows = [(item_ids[index], float(popularity[index])) for index in popular_order if popularity[index] > 0]
     by_user: dict[int, list[int]] = defaultdict(list)
-    for pair in np.flatnonzero(train):
-        by_user[int(interactions.users[pair])].append(int(pair))
+    for pair, user in zip(np.flatnonzero(train & own).tolist(), interactions.users[train & own].tolist(), strict=True):
+        by_user[user].append(pair)
     held: dict[int, list[int]] = defaultdict(list)
-    for pair in np.flatnonzero(labels):
-        held[int(interactions.users[pair])].append(int(interactions.items[pair]))
-    chosen = set(users.tolist())
+    for user, item in zip(
+        interactions.users[labels & own].tolist(), interactions.items[labels & own].tolist(), strict=True
+    ):
+        held[user].append(item)
     hidden = [
-        (interactions.user_ids[interactions.users[pair]], item_ids[interactions.items[pair]])
-        for pair in np.flatnonzero(~visible)
-        if int(interactions.users[pair]) in chosen
+        (interactions.user_ids[user], item_ids[item])
+        for user, item in zip(
+            interactions.users[~visible & own].tolist(), interactions.items[~visible & own].tolist(), strict=True
+        )
     ]
 
     item_index = {item_id: column for column, item_id in enumerate(item_ids)}

@@ -2,6 +2,7 @@ import logging
 
 from celery import shared_task
 
+from personalization.training_compute import training_priority_lower
 from signals_app.popularity import popularity_refresh
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def events_drain_task() -> dict[str, object]:
 
 @shared_task(name="signals.popularity_refresh", autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
 def popularity_refresh_task() -> dict[str, object]:
+    training_priority_lower()
     report = popularity_refresh()
     return {"items": report.items, "top_item": report.top_item}
 

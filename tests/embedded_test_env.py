@@ -16,6 +16,9 @@ os.environ.setdefault("SCORE_RETRIEVAL_THREADS", "0")
 # The suite shares two cores with its servers (and CI with other work): time budgets are five times looser, so that a
 # cold cache is not read as a late Score. Tests of deadlines set their own.
 os.environ.setdefault("SCORE_RETRIEVAL_DEADLINE_FACTOR", "5")
+# The suite runs trainings in its own process: a lowered priority would stay with every test after the first one
+# (tests/personalization/test_training_compute.py lowers it in a child process).
+os.environ.setdefault("TRAINING_NICENESS", "0")
 
 
 def pytest_unconfigure(config: object) -> None:
