@@ -331,16 +331,17 @@ def als_fit(
     user_factors = np.zeros((len(interactions.user_ids), dimensions), dtype=np.float32)
     if user_items.nnz:
         iterations = als.iterations if start is None else min(als.iterations, ALS_WARM_ITERATIONS)
-        model = implicit.als.AlternatingLeastSquares(
-            factors=dimensions, regularization=als.regularization, alpha=als.alpha, iterations=iterations,
-            random_state=als.random_state, calculate_training_loss=False,
-        )  # fmt: skip
-        if start is not None:
-            # Users are solved first in each iteration, from the item factors: only those need a start.
-            model.item_factors = np.array(start.item_factors, dtype=np.float32, order="C")
-            model.user_factors = np.zeros((len(interactions.user_ids), dimensions), dtype=np.float32)
         progress = Progress(f"als_fit: iterations ({user_items.nnz:,} pairs)", total=iterations)
-        with training_threads_used():
+        # implicit runs its own threads, each calling BLAS: one BLAS thread each (it warns otherwise).
+        with training_threads_used(blas=False) as threads:
+            model = implicit.als.AlternatingLeastSquares(
+                factors=dimensions, regularization=als.regularization, alpha=als.alpha, iterations=iterations,
+                random_state=als.random_state, calculate_training_loss=False, num_threads=threads,
+            )  # fmt: skip
+            if start is not None:
+                # Users are solved first in each iteration, from the item factors: only those need a start.
+                model.item_factors = np.array(start.item_factors, dtype=np.float32, order="C")
+                model.user_factors = np.zeros((len(interactions.user_ids), dimensions), dtype=np.float32)
             model.fit(user_items, show_progress=False, callback=lambda *_: progress.advance())
         progress.finish()
         item_factors = np.asarray(model.item_factors)[:, :dimensions]

@@ -27,12 +27,14 @@ def training_threads() -> int:
 
 
 @contextlib.contextmanager
-def training_threads_used() -> Iterator[int]:
-    """Within the block, BLAS and OpenMP (numpy, scipy, implicit, faiss) use `training_threads()` threads."""
+def training_threads_used(*, blas: bool = True) -> Iterator[int]:
+    """Within the block, OpenMP (implicit, faiss) and, with `blas`, BLAS (numpy, scipy) use `training_threads()`
+    threads. Without `blas`, BLAS gets one: code that runs its own threads around BLAS calls (implicit's ALS)
+    would otherwise start threads within threads."""
     from threadpoolctl import threadpool_limits
 
     threads = training_threads()
-    with threadpool_limits(threads):
+    with threadpool_limits(limits={"openmp": threads, "blas": threads if blas else 1}):
         yield threads
 
 

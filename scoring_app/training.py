@@ -39,13 +39,14 @@ from django.utils import timezone
 from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_COLUMNS, retrieval_features
 from graph_app.features.offline import FeatureRequest, features_offline
 from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
-from graph_app.item_model import item_model_fit, item_model_lists
+from graph_app.item_model import ItemModel, item_model_fit, item_model_lists
 from graph_app.models import FeatureRow
 from graph_app.progress import Progress
 from graph_app.similar_lists import SCORE_DECIMALS as SIMILAR_DECIMALS
 from graph_app.similar_lists import SIMILAR_PER_ITEM, similar_lists_compute
 from graph_app.training import (
     TOP_K,
+    AlsSettings,
     Holdout,
     Interactions,
     active_als_settings,
@@ -59,6 +60,7 @@ from graph_app.training import (
     top_k_items,
 )
 from graph_app.user_lists import USER_NEAREST_PER_USER
+from personalization.training_compute import training_threads_used
 from scoring_app.engine.ranking import ranker_inputs, ranker_load
 from scoring_app.engine.retrieval import (
     POPULAR_DEPTH,
@@ -209,6 +211,74 @@ def _fit_users(interactions: Interactions, users: np.ndarray) -> np.ndarray:
     return np.isin(interactions.users, np.concatenate([users, _sample(others, RANKER_FIT_USERS_MAX)]))
 
 
+@dataclass(frozen=True)
+class CandidateModels:
+    """What retrieves every set of candidates of a large shop's training, fitted once: embeddings, the "similar"
+    lists of the ranker users' items and the item-to-item model, on the pairs of a sample of other users and of the
+    judged users before their cut, never a training user's pair (those are some set's labels). Each set's users
+    get their own vectors from their visible pairs against these item factors (`users_folded_in`: ALS's own user
+    step), so five sets cost one fit instead of five."""
+
+    als: AlsSettings
+    item_factors: np.ndarray
+    similar_lists: dict[str, list[tuple[str, float]]]
+    item_model: ItemModel | None
+
+    def users_folded_in(self, interactions: Interactions, users: np.ndarray, visible: np.ndarray) -> np.ndarray:
+        """The users' factors solved from their `visible` pairs (rows in `users` order)."""
+        import implicit
+
+        own = visible & np.isin(interactions.users, users)
+        user_items = interactions.matrix(own, np.log1p(interactions.weights))[users]
+        with training_threads_used(blas=False) as threads:
+            model = implicit.als.AlternatingLeastSquares(
+                factors=self.item_factors.shape[1], regularization=self.als.regularization, alpha=self.als.alpha,
+                random_state=self.als.random_state, num_threads=threads,
+            )  # fmt: skip
+            model.item_factors = np.ascontiguousarray(self.item_factors, dtype=np.float32)
+            return np.asarray(model.recalculate_user(np.arange(len(users)), user_items), dtype=np.float32)
+
+
+def candidate_models_fit(
+    *, interactions: Interactions, holdout: Holdout, judged: np.ndarray, training: np.ndarray, content: Any
+) -> CandidateModels | None:
+    """The shared models (see CandidateModels) when the shop has more users than its candidate sets fit on
+    (RANKER_FIT_USERS_MAX others); None for a smaller shop, whose sets each fit their own on every user."""
+    ranker_users = np.concatenate([judged, training])
+    others = np.setdiff1d(np.arange(len(interactions.user_ids)), ranker_users)
+    if len(others) <= RANKER_FIT_USERS_MAX:
+        return None
+    fitted = holdout.train & np.isin(
+        interactions.users, np.concatenate([judged, _sample(others, RANKER_FIT_USERS_MAX)])
+    )
+    als = active_als_settings()
+    factors = als_fit(interactions, als, fitted)
+    item_ids = interactions.item_ids
+    seeds = np.unique(interactions.items[np.isin(interactions.users, ranker_users)])
+    neighbours, cosines = similar_lists_compute(item_vectors_for(factors, content), k=SIMILAR_PER_ITEM, rows=seeds)
+    regularization = active_item_model_regularization()
+    return CandidateModels(
+        als=als,
+        item_factors=factors.item_factors,
+        similar_lists=_similar_lists(item_ids, seeds, neighbours, cosines),
+        item_model=item_model_fit(interactions, fitted, regularization=regularization) if regularization else None,
+    )
+
+
+def _similar_lists(
+    item_ids: list[str], seeds: np.ndarray, neighbours: np.ndarray, cosines: np.ndarray
+) -> dict[str, list[tuple[str, float]]]:
+    """The "similar" source's lists of the `seeds` rows, as the embeddings training would publish them."""
+    return {
+        item_ids[row]: [
+            (item_ids[index], round(float(score), SIMILAR_DECIMALS))
+            for index, score in zip(neighbours[row], cosines[row], strict=True)
+            if index >= 0
+        ]
+        for row in seeds.tolist()
+    }
+
+
 def holdout_queries(
     *,
     interactions: Interactions,
@@ -218,41 +288,39 @@ def holdout_queries(
     visible: np.ndarray | None = None,
     at: datetime | None = None,
     content: Any = None,
+    shared: CandidateModels | None = None,
 ) -> HoldoutQueries:
     """The users' candidates and features as of their cut (see HoldoutQueries), from embeddings fitted on the
     `visible` pairs (the holdout's training part by default); the `labels` pairs (the held-out future by default)
-    are the positives. The users' pairs that are not `visible` are hidden from the features too. `at`: the features'
-    instant for every user instead of each one's cut. `content`: the catalog's `item_content_matrix()` (read when not
-    given; a caller building several sets of queries reads it once)."""
+    are the positives. The users' pairs that are not `visible` are hidden from the features too. `at`: the
+    features' instant for every user instead of each one's cut. `content`: the catalog's `item_content_matrix()`
+    (read when not given; a caller building several sets of queries reads it once). `shared`: a large shop's
+    models fitted once for every set (`candidate_models_fit`); without them, this set's own are fitted here."""
     visible = holdout.train if visible is None else visible
     labels = holdout.held_out if labels is None else labels
     users = _sample(holdout.users, RANKER_USERS_MAX) if users is None else users
-    factors = als_fit(interactions, active_als_settings(), visible & _fit_users(interactions, users))
     item_ids = interactions.item_ids
-    # The "similar" source's lists, as the embeddings training would publish them from these factors.
-    # Only the lists these users' recent items can read (a few thousand of a million-item catalog's).
     own = np.isin(interactions.users, users)  # only these users' pairs are read below
-    seeds = np.unique(interactions.items[visible & own])
-    neighbours, cosines = similar_lists_compute(item_vectors_for(factors, content), k=SIMILAR_PER_ITEM, rows=seeds)
-    similar_lists = {
-        item_ids[row]: [
-            (item_ids[index], round(float(score), SIMILAR_DECIMALS))
-            for index, score in zip(neighbours[row], cosines[row], strict=True)
-            if index >= 0
-        ]
-        for row in seeds.tolist()
-    }
     train = visible
     bought = interactions.matrix(train & interactions.purchased)
-    nearest, nearest_scores = top_k_items(
-        factors.user_factors[users], factors.item_factors, bought[users], USER_NEAREST_PER_USER
-    )
-    # The "item_model" source's lists, as the embeddings training would publish them from these pairs.
-    regularization = active_item_model_regularization()
+    if shared is None:
+        factors = als_fit(interactions, active_als_settings(), visible & _fit_users(interactions, users))
+        user_factors, item_factors = factors.user_factors[users], factors.item_factors
+        # The "similar" source's lists, as the embeddings training would publish them from these factors.
+        # Only the lists these users' recent items can read (a few thousand of a million-item catalog's).
+        seeds = np.unique(interactions.items[visible & own])
+        neighbours, cosines = similar_lists_compute(item_vectors_for(factors, content), k=SIMILAR_PER_ITEM, rows=seeds)
+        similar_lists = _similar_lists(item_ids, seeds, neighbours, cosines)
+        # The "item_model" source's lists, as the embeddings training would publish them from these pairs.
+        regularization = active_item_model_regularization()
+        model = item_model_fit(interactions, visible, regularization=regularization) if regularization else None
+    else:
+        user_factors, item_factors = shared.users_folded_in(interactions, users, visible), shared.item_factors
+        similar_lists, model = shared.similar_lists, shared.item_model
+    nearest, nearest_scores = top_k_items(user_factors, item_factors, bought[users], USER_NEAREST_PER_USER)
     item_model_found = np.full((len(users), 1), -1, dtype=np.int64)
     item_model_scores = np.zeros((len(users), 1), dtype=np.float32)
-    if regularization is not None:
-        model = item_model_fit(interactions, visible, regularization=regularization)
+    if model is not None:
         item_model_found, item_model_scores = item_model_lists(
             model, interactions.matrix(visible)[users], exclude=bought[users]
         )
@@ -470,12 +538,15 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     train_users, validation_users, gate_users = _split_users(interactions, _sample(holdout.users, RANKER_USERS_MAX))
     # The users who judge the model, validation and gate alike, from one set of embeddings fitted before their cut.
     content = item_content_matrix()  # read once for the five sets of embeddings below
-    # Each set of candidates fits embeddings on what its labels are hidden from: the step's bulk of the time.
+    judged_users = np.sort(np.concatenate([validation_users, gate_users]))
+    shared = candidate_models_fit(
+        interactions=interactions, holdout=holdout, judged=judged_users, training=train_users, content=content
+    )
+    # Each set of candidates is retrieved by embeddings its labels are hidden from: the step's bulk of the time.
     progress = Progress("ranker: candidate sets built", total=LABEL_FOLDS + 1, every_seconds=0)
     judged = holdout_queries(
-        interactions=interactions, holdout=holdout, users=np.sort(np.concatenate([validation_users, gate_users])),
-        content=content,
-    )  # fmt: skip
+        interactions=interactions, holdout=holdout, users=judged_users, content=content, shared=shared
+    )
     progress.advance()
     gate_keys = {interactions.user_ids[user] for user in gate_users.tolist()}
     gate = judged.subset([query for query, key in enumerate(judged.users) if key in gate_keys])
@@ -507,7 +578,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
             parts.append(
                 holdout_queries(
                     interactions=interactions, holdout=holdout, users=train_users, labels=labelled, visible=visible,
-                    at=present, content=content,
+                    at=present, content=content, shared=shared,
                 ).ranking_data(with_positive_only=True)
             )  # fmt: skip
             progress.advance()

@@ -167,3 +167,60 @@ def test_the_candidates_embeddings_fit_on_the_users_and_a_bounded_sample_of_the_
     assert len(fitted) == 12 and {3, 7} <= set(fitted.tolist())
     assert np.array_equal(kept, np.isin(users, fitted))  # whole users: all three pairs of each
     assert np.array_equal(training._fit_users(interactions, chosen), kept)  # seeded
+
+
+def test_a_large_shop_fits_the_candidates_models_once_without_any_training_users_pair(monkeypatch):
+    _trained_shop()
+    interactions = interactions_load()
+    holdout = holdout_split(interactions)
+    # The ranker's users: some of the users with a holdout, so that others remain to fit on.
+    ranker_users = holdout.users[: len(holdout.users) * 2 // 3]
+    train_users, validation_users, gate_users = training._split_users(interactions, ranker_users)
+    judged = np.sort(np.concatenate([validation_users, gate_users]))
+    content = training.item_content_matrix()
+    arguments = {
+        "interactions": interactions,
+        "holdout": holdout,
+        "judged": judged,
+        "training": train_users,
+        "content": content,
+    }
+    assert training.candidate_models_fit(**arguments) is None  # every user fits: each set fits its own
+
+    monkeypatch.setattr(training, "RANKER_FIT_USERS_MAX", 5)
+    fitted_masks = []
+    als_fit = training.als_fit
+    monkeypatch.setattr(
+        training, "als_fit", lambda i, a, mask=None, **kw: fitted_masks.append(mask) or als_fit(i, a, mask, **kw)
+    )
+    shared = training.candidate_models_fit(**arguments)
+
+    assert shared is not None and len(fitted_masks) == 1
+    fitted_users = set(interactions.users[fitted_masks[0]].tolist())
+    assert not fitted_users & set(train_users.tolist())  # a training user's pairs are some set's labels
+    assert set(judged.tolist()) <= fitted_users and len(fitted_users - set(judged.tolist())) <= 5
+    assert not (fitted_masks[0] & holdout.held_out).any()  # nobody's future
+    # A user folded in gets the vector the fit's own user step gives them: close to the fit's, for a fitted user.
+    factors = als_fit(interactions, shared.als, fitted_masks[0])
+    folded = shared.users_folded_in(interactions, judged, holdout.train)
+    cosines = (folded * factors.user_factors[judged]).sum(axis=1) / (
+        np.linalg.norm(folded, axis=1) * np.linalg.norm(factors.user_factors[judged], axis=1) + 1e-12
+    )
+    assert np.median(cosines) > 0.95
+    assert np.allclose(factors.item_factors, shared.item_factors)  # seeded: the same fit
+
+
+def test_a_large_shops_ranker_trains_through_the_shared_models(monkeypatch):
+    _trained_shop()
+    monkeypatch.setattr(training, "RANKER_USERS_MAX", 40)  # of 60: others remain to fit on
+    monkeypatch.setattr(training, "RANKER_FIT_USERS_MAX", 5)
+    built = []
+    fit = training.candidate_models_fit
+    monkeypatch.setattr(training, "candidate_models_fit", lambda **kw: built.append(fit(**kw)) or built[-1])
+
+    report = training.ranker_train()
+
+    assert len(built) == 1 and built[0] is not None
+    assert report.rows > 0 and report.queries >= training.MIN_QUERIES
+    version = ModelVersion.objects.get(version=report.model_version)
+    assert version.metrics["gate"]["users"] > 5
