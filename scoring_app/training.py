@@ -37,7 +37,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_COLUMNS, retrieval_features
-from graph_app.features.offline import FeatureRequest, features_offline
+from graph_app.features.offline import FeatureRequest, features_offline, features_offline_sets
 from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
 from graph_app.item_model import ItemModel, item_model_fit, item_model_lists
 from graph_app.models import FeatureRow
@@ -169,6 +169,11 @@ class HoldoutQueries:
     relevant: list[list[int]] = field(default_factory=list)  # item indexes, per user
     excluded: list[set[str]] = field(default_factory=list)  # recent and bought items, never on the shelf
     popular: list[str] = field(default_factory=list)  # the popularity baseline's order
+    # Until `queries_featured` fills `values`: the rows' feature requests, the pairs hidden from them, and the
+    # retrieval features of each query.
+    requests: list[FeatureRequest] = field(default_factory=list)
+    hidden: list[tuple[str, str]] = field(default_factory=list)
+    retrieval: list[np.ndarray] = field(default_factory=list)
 
     def offsets(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum([len(items) for items in self.items])]).astype(np.int64)
@@ -289,13 +294,15 @@ def holdout_queries(
     at: datetime | None = None,
     content: Any = None,
     shared: CandidateModels | None = None,
+    featured: bool = True,
 ) -> HoldoutQueries:
     """The users' candidates and features as of their cut (see HoldoutQueries), from embeddings fitted on the
     `visible` pairs (the holdout's training part by default); the `labels` pairs (the held-out future by default)
     are the positives. The users' pairs that are not `visible` are hidden from the features too. `at`: the
     features' instant for every user instead of each one's cut. `content`: the catalog's `item_content_matrix()`
     (read when not given; a caller building several sets of queries reads it once). `shared`: a large shop's
-    models fitted once for every set (`candidate_models_fit`); without them, this set's own are fitted here."""
+    models fitted once for every set (`candidate_models_fit`); without them, this set's own are fitted here.
+    Without `featured`, the feature values are left to a `queries_featured` call for several sets at once."""
     visible = holdout.train if visible is None else visible
     labels = holdout.held_out if labels is None else labels
     users = _sample(holdout.users, RANKER_USERS_MAX) if users is None else users
@@ -345,8 +352,6 @@ def holdout_queries(
     item_index = {item_id: column for column, item_id in enumerate(item_ids)}
     queries = HoldoutQueries()
     queries.popular = [item_id for item_id, _ in popular_rows]
-    requests: list[FeatureRequest] = []
-    retrieval_blocks: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     limit = settings.SCORE_CANDIDATES
     for position, user in enumerate(users.tolist()):
@@ -388,16 +393,25 @@ def holdout_queries(
         queries.items.append(candidates)
         queries.relevant.append(sorted(relevant))
         queries.excluded.append(excluded)
-        requests += [FeatureRequest(user_key, item, PLACEMENT, as_of) for item in candidates]
-        retrieval_blocks.append(retrieval_features(rankings, candidates))
+        queries.requests += [FeatureRequest(user_key, item, PLACEMENT, as_of) for item in candidates]
+        queries.retrieval.append(retrieval_features(rankings, candidates))
         labels.append(np.asarray([item_index[item] in relevant for item in candidates], dtype=np.int32))
-    # One call for the whole candidate set: each candidate item's events are read once for every user's rows.
-    values = features_offline(requests=requests, hidden=hidden)
-    if len(values):
-        values[:, RETRIEVAL_COLUMNS] = np.vstack(retrieval_blocks)
-    queries.values = values
+    queries.hidden = hidden
     queries.labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int32)
+    if featured:
+        queries_featured([queries])
     return queries
+
+
+def queries_featured(sets: list[HoldoutQueries]) -> None:
+    """Fill each set's feature values, every candidate item's events read once for all the sets' rows (the five
+    sets of a training share most of their items)."""
+    values = features_offline_sets(sets=[(queries.requests, queries.hidden) for queries in sets])
+    for queries, set_values in zip(sets, values, strict=True):
+        if len(set_values):
+            set_values[:, RETRIEVAL_COLUMNS] = np.vstack(queries.retrieval)
+        queries.values = set_values
+        queries.requests, queries.hidden, queries.retrieval = [], [], []
 
 
 class _AllItems:
@@ -545,16 +559,17 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     # Each set of candidates is retrieved by embeddings its labels are hidden from: the step's bulk of the time.
     progress = Progress("ranker: candidate sets built", total=LABEL_FOLDS + 1, every_seconds=0)
     judged = holdout_queries(
-        interactions=interactions, holdout=holdout, users=judged_users, content=content, shared=shared
-    )
+        interactions=interactions, holdout=holdout, users=judged_users, content=content, shared=shared,
+        featured=False,
+    )  # fmt: skip
     progress.advance()
     gate_keys = {interactions.user_ids[user] for user in gate_users.tolist()}
-    gate = judged.subset([query for query, key in enumerate(judged.users) if key in gate_keys])
-    validation = judged.subset([query for query, key in enumerate(judged.users) if key not in gate_keys])
-    if not gate.users or not len(train_users):
-        return _not_trained("holdout", len(gate.users), started, "too little history for a holdout")
+    gate_queries = [query for query, key in enumerate(judged.users) if key in gate_keys]
+    if not gate_queries or not len(train_users):
+        return _not_trained("holdout", len(gate_queries), started, "too little history for a holdout")
     impressions = _impression_queries(now - TRAINING_WINDOW)
     if impressions:
+        queries_featured([judged])
         impressions.sort(key=lambda query: query.as_of)
         label_source = "impressions"
         requests = [request for query in impressions for request in query.requests]
@@ -566,7 +581,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     else:
         label_source = "holdout"
         present = datetime.fromtimestamp(float(interactions.latest.max()), UTC)
-        parts = []
+        fold_sets = []
         folds = label_folds(interactions, train_users)
         for fold in range(LABEL_FOLDS):
             labelled = folds == fold
@@ -575,18 +590,23 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
             # event: now, in a live shop), as serving sees them: a user inactive for months has the expired state
             # serving will read. The log's clock, not the wall clock, so that the same log trains the same model.
             visible = (holdout.train | (holdout.held_out & np.isin(interactions.users, train_users))) & ~labelled
-            parts.append(
+            fold_sets.append(
                 holdout_queries(
                     interactions=interactions, holdout=holdout, users=train_users, labels=labelled, visible=visible,
-                    at=present, content=content, shared=shared,
-                ).ranking_data(with_positive_only=True)
+                    at=present, content=content, shared=shared, featured=False,
+                )
             )  # fmt: skip
             progress.advance()
+        queries_featured([judged, *fold_sets])
+        parts = [queries.ranking_data(with_positive_only=True) for queries in fold_sets]
         train = RankingData(
             values=np.vstack([part.values for part in parts]),
             labels=np.concatenate([part.labels for part in parts]),
             group_sizes=np.concatenate([part.group_sizes for part in parts]),
         )
+    gate = judged.subset(gate_queries)
+    gate_set = set(gate_queries)
+    validation = judged.subset([query for query in range(len(judged.users)) if query not in gate_set])
     if len(train.group_sizes) < MIN_QUERIES:
         return _not_trained(label_source, len(train.group_sizes), started, "too few training queries")
     booster, chosen, tried = _ranker_search(

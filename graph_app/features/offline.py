@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -103,19 +103,22 @@ def _catalog(
 # Each series' events by series number then time, read once per call: `decayed_sums` computes every instant's sums
 # from them. An item's weighted events and its clicks in the placements asked for (the placement's number, 0 for
 # none) come from one read: a separate read of the clicks scanned every event of the items again (85 s a candidate
-# set at a million items).
+# set at a million items). The last column numbers the hidden pair an event belongs to (from 1; 0: none), so that
+# several sets of rows, each hiding its own pairs, share the read.
 _ITEM_EVENTS_SQL = """
 WITH r AS (SELECT * FROM unnest(%(series)s::text[]) WITH ORDINALITY AS r(item, idx)),
-     w AS (SELECT * FROM unnest(%(types)s::text[], %(weights)s::float8[]) AS w(type, weight))
+     w AS (SELECT * FROM unnest(%(types)s::text[], %(weights)s::float8[]) AS w(type, weight)),
+     h AS (SELECT * FROM unnest(%(hidden_users)s::text[], %(hidden_items)s::text[]) WITH ORDINALITY
+           AS h(user_id, item_id, idx))
 SELECT r.idx - 1, (extract(epoch FROM e.occurred_at) * 1000000)::int8, coalesce(w.weight, 0.0),
        CASE WHEN e.type = 'click' THEN coalesce(array_position(%(placements)s::text[], e.placement::text), 0)
-            ELSE 0 END
+            ELSE 0 END,
+       coalesce(h.idx, 0)
 FROM r
 JOIN signals_app_event e ON e.item_id = r.item AND e.occurred_at <= %(until)s
 LEFT JOIN w ON w.type = e.type
+LEFT JOIN h ON h.user_id = e.user_id AND h.item_id = e.item_id
 WHERE (w.weight IS NOT NULL OR e.type = 'click')
-  AND NOT EXISTS (SELECT 1 FROM unnest(%(hidden_users)s::text[], %(hidden_items)s::text[]) AS h(user_id, item_id)
-                  WHERE h.user_id = e.user_id AND h.item_id = e.item_id)
 ORDER BY r.idx, e.occurred_at, e.id
 """
 
@@ -160,49 +163,41 @@ ORDER BY occurred_at, id
 def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple[str, str]] = ()) -> np.ndarray:
     """One row per request, columns in FEATURE_NAMES order, NaN where missing. `hidden`: (user, item) pairs whose
     events the rows must not see (training's held-out labels), as if they were not in the log."""
-    values = np.full((len(requests), len(FEATURE_NAMES)), np.nan)
-    if not requests:
-        return values
+    return features_offline_sets(sets=[(requests, hidden)])[0]
+
+
+def features_offline_sets(
+    *, sets: Sequence[tuple[list[FeatureRequest], Collection[tuple[str, str]]]]
+) -> list[np.ndarray]:
+    """`features_offline` of several (requests, hidden) sets, their items' and users' events read once for all:
+    the ranker's candidate sets share most of their items, a million-item log's events a read each otherwise."""
+    results = [np.full((len(requests), len(FEATURE_NAMES)), np.nan) for requests, _ in sets]
+    everything = [request for requests, _ in sets for request in requests]
+    if not everything:
+        return results
     types = event_types()
     weighted = {name: kind.popularity_weight for name, kind in types.items() if kind.popularity_weight > 0}
-    item_ids = {request.item_id for request in requests}
-    users = {request.user_key for request in requests}
+    until = max(request.as_of for request in everything)
     with connection.cursor() as cursor:
-        cursor.execute(
-            _USER_EVENTS_SQL,
-            {"users": sorted(users), "until": max(r.as_of for r in requests)},
-        )
-        user_events = cursor.fetchall()
-    hidden_set = set(hidden)
-    hidden_pairs = sorted(hidden_set)
-    if hidden_set:
-        user_events = [event for event in user_events if (event[0], event[1]) not in hidden_set]
-    keys, facts = _catalog(item_ids | {item for _, item, _, _ in user_events})
+        cursor.execute(_USER_EVENTS_SQL, {"users": sorted({r.user_key for r in everything}), "until": until})
+        user_events_all = cursor.fetchall()
+    hidden_pairs = sorted({pair for _, hidden in sets for pair in hidden})
+    hidden_number = {pair: number for number, pair in enumerate(hidden_pairs, start=1)}
+    item_ids = {request.item_id for request in everything}
+    keys, facts = _catalog(item_ids | {item for _, item, _, _ in user_events_all})
     # Each item's events are read once, and every row's sums computed from them (`decayed_sums`): a popular item
     # is a candidate of most users, each judged user's rows as of their own instant.
     items = sorted(item_ids)
     item_number = {item: number for number, item in enumerate(items)}
-    row_items = np.fromiter((item_number[request.item_id] for request in requests), np.int64, len(requests))
-    row_times = np.fromiter((_microseconds(request.as_of) for request in requests), np.int64, len(requests))
-    until = max(request.as_of for request in requests)
-    windows = list(POPULARITY_HALF_LIVES.values())
-    pairs = sorted({(request.item_id, request.placement) for request in requests})
+    pairs = sorted({(request.item_id, request.placement) for request in everything})
     pair_number = {pair: number for number, pair in enumerate(pairs)}
-    row_pairs = np.fromiter(
-        (pair_number[request.item_id, request.placement] for request in requests), np.int64, len(requests)
-    )
     placements = sorted({placement for _, placement in pairs})
-    series, times, weights, clicked_in = _series_read(
+    series, times, weights, clicked_in, hidden_in = _series_read(
         _ITEM_EVENTS_SQL,
         {"series": items, "until": until, "types": list(weighted), "weights": list(weighted.values()),
          "placements": placements,
          "hidden_users": [user for user, _ in hidden_pairs], "hidden_items": [item for _, item in hidden_pairs]},
-        (np.int64, np.int64, np.float64, np.int64),
-    )  # fmt: skip
-    counted = weights > 0
-    popularity, latest = decayed_sums(
-        event_series=series[counted], event_times=times[counted], event_weights=weights[counted],
-        half_lives=windows, query_series=row_items, query_times=row_times,
+        (np.int64, np.int64, np.float64, np.int64, np.int64),
     )  # fmt: skip
     # Clicks as series of (item, placement) pairs: a click's pair number, or -1 for a pair no row asks for.
     placement_number = {placement: number for number, placement in enumerate(placements, start=1)}
@@ -210,6 +205,52 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
     for (item, placement), number in pair_number.items():
         pair_of[item_number[item], placement_number[placement]] = number
     click_pairs = pair_of[series, clicked_in]
+    impression_series, impression_times, _ = _series_read(
+        _PLACEMENT_IMPRESSIONS_SQL,
+        {"series": [item for item, _ in pairs], "placements": [placement for _, placement in pairs], "until": until},
+        (np.int64, np.int64, np.float64),
+    )
+    for (requests, hidden), values in zip(sets, results, strict=True):
+        if not requests:
+            continue
+        hidden_set = set(hidden)
+        # This set's hidden events (number 0: nobody's): out of its sums, as if they were not in the log.
+        own_hidden = np.zeros(len(hidden_pairs) + 1, dtype=bool)
+        own_hidden[[hidden_number[pair] for pair in hidden_set]] = True
+        visible = ~own_hidden[hidden_in]
+        user_events = [event for event in user_events_all if (event[0], event[1]) not in hidden_set]
+        _set_features(
+            values, requests, user_events, types, keys, facts,
+            row_items=np.fromiter((item_number[r.item_id] for r in requests), np.int64, len(requests)),
+            row_pairs=np.fromiter((pair_number[r.item_id, r.placement] for r in requests), np.int64, len(requests)),
+            events=(series[visible], times[visible], weights[visible], click_pairs[visible]),
+            impressions=(impression_series, impression_times),
+        )  # fmt: skip
+    return results
+
+
+def _set_features(
+    values: np.ndarray,
+    requests: list[FeatureRequest],
+    user_events: list[tuple[str, str, str, float]],
+    types: dict[str, EventType],
+    keys: dict[str, list[str]],
+    facts: dict[str, tuple[float, bool, float, np.ndarray | None]],
+    *,
+    row_items: np.ndarray,
+    row_pairs: np.ndarray,
+    events: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    impressions: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Fill `values` (one row per request) from the events the set may see: its items' (series, time, weight, click
+    pair) and its users' log."""
+    series, times, weights, click_pairs = events
+    row_times = np.fromiter((_microseconds(request.as_of) for request in requests), np.int64, len(requests))
+    counted = weights > 0
+    popularity, latest = decayed_sums(
+        event_series=series[counted], event_times=times[counted], event_weights=weights[counted],
+        half_lives=list(POPULARITY_HALF_LIVES.values()), query_series=row_items, query_times=row_times,
+    )  # fmt: skip
     wanted = click_pairs >= 0
     order = np.argsort(click_pairs[wanted], kind="stable")  # by pair, each pair's clicks still in time order
     clicks, _ = decayed_sums(
@@ -217,12 +258,8 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
         event_weights=np.ones(int(wanted.sum())), half_lives=[CTR_HALF_LIFE_SECONDS],
         query_series=row_pairs, query_times=row_times,
     )  # fmt: skip
-    impression_series, impression_times, _ = _series_read(
-        _PLACEMENT_IMPRESSIONS_SQL,
-        {"series": [item for item, _ in pairs], "placements": [placement for _, placement in pairs], "until": until},
-        (np.int64, np.int64, np.float64),
-    )
-    impressions, _ = decayed_sums(
+    impression_series, impression_times = impressions
+    shown, _ = decayed_sums(
         event_series=impression_series, event_times=impression_times, event_weights=np.ones(len(impression_series)),
         half_lives=[CTR_HALF_LIFE_SECONDS], query_series=row_pairs, query_times=row_times,
     )  # fmt: skip
@@ -238,14 +275,13 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
         seen = float(latest[row])
         item_sums = None if math.isnan(seen) else (*popularity[row].tolist(), seen)
         _item_features(values[row], request, as_of, item_sums, facts)
-        ctr = smoothed_ctr(float(clicks[row, 0]), float(impressions[row, 0]))
+        ctr = smoothed_ctr(float(clicks[row, 0]), float(shown[row, 0]))
         values[row, FEATURE_INDEX["item_placement_ctr"]] = ctr
         state_key = (request.user_key, as_of)
         state = states.get(state_key)
         if state is None:
             state = states[state_key] = _user_state(as_of, by_user.get(request.user_key, []), types, keys, facts)
         _user_features(values[row], request, as_of, state, keys, facts)
-    return values
 
 
 def _microseconds(moment: datetime) -> int:
