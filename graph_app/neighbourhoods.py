@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,6 +35,7 @@ from graph_app.neighbourhoods_online import SOURCE_CO_OCCURRENCE, SOURCE_ENTITY,
 from graph_app.progress import Progress
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
+from personalization.training_compute import training_threads
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
 
 logger = logging.getLogger(__name__)
@@ -262,9 +264,10 @@ def neighbourhoods_compute(*, catalog: _Catalog, item_users: sparse.csr_matrix, 
     scores: list[np.ndarray] = []
     via_entity: list[np.ndarray] = []
     progress = Progress("neighbourhoods: items", total=item_count)
-    for start in range(0, item_count, SIMILARITY_BLOCK_ROWS):
+
+    def block_neighbours(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The block's (row of each neighbour in the block, neighbour items, scores, strongest shared entity)."""
         stop = min(start + SIMILARITY_BLOCK_ROWS, item_count)
-        progress.advance(stop - start)
         co_block = (item_users[start:stop] @ users_t).tocsr().astype(np.float64)
         co_block.data[co_block.data < CO_OCCURRENCE_MIN_USERS] = 0
         co_block.eliminate_zeros()
@@ -286,10 +289,19 @@ def neighbourhoods_compute(*, catalog: _Catalog, item_users: sparse.csr_matrix, 
         from_entities = _block_lookup(entity_block, rows, items)
         by_entity = np.flatnonzero((from_entities >= _block_lookup(co_block, rows, items)) & (from_entities > 0))
         via[by_entity] = _strongest_entities(catalog, rows[by_entity] + start, items[by_entity], link_keys)
-        neighbours.append(items.astype(np.int32))
-        scores.append(values)
-        via_entity.append(via)
-        offsets[start + 1 : stop + 1] = offsets[start] + np.cumsum(np.bincount(rows, minlength=stop - start))
+        return rows, items.astype(np.int32), values, via
+
+    # Blocks in parallel: scipy's sparse products and numpy's sorts release the GIL; the results are taken in
+    # block order, so the output is the same whatever the threads.
+    starts = range(0, item_count, SIMILARITY_BLOCK_ROWS)
+    with ThreadPoolExecutor(max_workers=training_threads()) as pool:
+        for start, (rows, items, values, via) in zip(starts, pool.map(block_neighbours, starts), strict=True):
+            stop = min(start + SIMILARITY_BLOCK_ROWS, item_count)
+            neighbours.append(items)
+            scores.append(values)
+            via_entity.append(via)
+            offsets[start + 1 : stop + 1] = offsets[start] + np.cumsum(np.bincount(rows, minlength=stop - start))
+            progress.advance(stop - start)
     progress.finish()
     empty_int = np.zeros(0, dtype=np.int32)
     return _Result(
