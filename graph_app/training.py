@@ -60,6 +60,10 @@ HOLDOUT_SHARE_MIN = 0.2
 HOLDOUT_SHARE_MAX = 0.5
 HOLDOUT_MIN_ITEMS = 3
 HOLDOUT_USERS_MAX = 5000
+# Each setting the search tries is fitted on the scored users' pairs and those of at most this many others (a
+# seeded sample): settings are compared as well on a few hundred thousand users' tastes, and at a million users a
+# fit of everyone's took the whole budget for two settings. Smaller shops (every user fits) are unchanged.
+SEARCH_FIT_USERS_MAX = 200_000
 # The taste fold: this share of the scored users' items before their cut, drawn at random (seeded), hidden from
 # the models the searches fit, for users with at least TASTE_MIN_ITEMS items there (fewer would
 # leave too little to learn the user from). The searches rank settings by both folds, the future and taste.
@@ -543,6 +547,16 @@ def _search_grid(active: AlsSettings | None) -> list[AlsSettings]:
     return list(dict.fromkeys(grid))
 
 
+def search_fit_users(interactions: Interactions, users: np.ndarray, *, limit: int) -> np.ndarray:
+    """The pairs of `users` and of at most `limit` others, a sample fixed by TRAINING_SEED (every pair when all
+    fit): what a search or a ranker's candidate set fits on in a large shop."""
+    others = np.setdiff1d(np.arange(len(interactions.user_ids)), users)
+    if len(others) <= limit:
+        return np.ones(len(interactions.users), dtype=bool)
+    sample = np.sort(np.random.default_rng(settings.TRAINING_SEED).choice(others, limit, replace=False))
+    return np.isin(interactions.users, np.concatenate([users, sample]))
+
+
 @dataclass(frozen=True)
 class SettingsSearch:
     chosen: AlsSettings
@@ -572,13 +586,14 @@ def als_settings_search(
     active_ndcg: float | None = None
     # One line per setting tried; the search stops at its budget, so the time left is at most what remains of it.
     progress = Progress(f"als search ({budget_seconds:.0f} s budget): settings tried", total=len(grid), every_seconds=0)
+    fitted = holdout.search_train & search_fit_users(interactions, holdout.users, limit=SEARCH_FIT_USERS_MAX)
     fit_seconds = 0.0
     for candidate in grid:
         # A fit that would end past the budget is not started (the first always is): the budget bounds the search.
         if tried and time.monotonic() - started + fit_seconds > budget_seconds:
             break
         fit_started = time.monotonic()
-        factors = als_fit(interactions, candidate, holdout.search_train)
+        factors = als_fit(interactions, candidate, fitted)
         scores = holdout_evaluate(interactions, holdout, factors, popularity=popularity_ndcg)
         fit_seconds = time.monotonic() - fit_started
         progress.advance()

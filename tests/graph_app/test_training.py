@@ -230,3 +230,30 @@ def test_popularitys_holdout_figure_is_the_whole_catalogs_searched_through_its_h
 
     assert len(holdout.users) > 50 and expected > 0
     assert holdout_popularity(interactions, holdout) == expected
+
+
+def test_a_large_shops_search_fits_its_settings_on_the_scored_users_and_a_sample_of_the_others(two_tastes, monkeypatch):
+    from graph_app import training
+
+    fitted = []
+    als_fit = training.als_fit
+
+    def recorded(interactions, als, mask=None, **kwargs):
+        fitted.append((mask, kwargs.get("start")))
+        return als_fit(interactions, als, mask, **kwargs)
+
+    monkeypatch.setattr(training, "als_fit", recorded)
+    monkeypatch.setattr(training, "SEARCH_FIT_USERS_MAX", 3)
+    interactions = training.interactions_load()
+    holdout = holdout_split(interactions)
+
+    report = embeddings_train()
+
+    *searched, final = fitted
+    assert searched and final[0] is None and final[1] is not None  # the final fit: every pair, from the search's
+    others = set(range(len(interactions.user_ids))) - set(holdout.users.tolist())
+    for mask, _ in searched:
+        users = set(interactions.users[mask].tolist())
+        assert set(holdout.users.tolist()) <= users and len(users & others) <= 3
+        assert not (mask & (holdout.held_out | holdout.taste)).any()
+    assert report.promoted is True
