@@ -62,7 +62,7 @@ from graph_app.training import (
 )
 from graph_app.user_lists import USER_NEAREST_PER_USER
 from personalization.training_compute import training_threads_used
-from scoring_app.engine.ranking import ranker_inputs, ranker_load
+from scoring_app.engine.ranking import ranker_compile_ahead, ranker_inputs, ranker_load
 from scoring_app.engine.retrieval import (
     POPULAR_DEPTH,
     RECENT_ITEMS_USED,
@@ -647,6 +647,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
         training_window=_window(interactions, holdout),
     )
     if promoted:
+        ranker_compile_ahead(bytes(model_version.artifact))
         model_version_promote(model_version=model_version)
     else:
         logger.warning("score.ranker_not_promoted", extra={"version": model_version.version, **gate_figures})

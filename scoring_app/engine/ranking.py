@@ -79,6 +79,13 @@ def _compiled(artifact: bytes) -> Any:
         return None
 
 
+def ranker_compile_ahead(artifact: bytes) -> bool:
+    """Compile a model into this machine's cache before it is published (the training calls this): serving
+    processes then load its object code instead of each compiling it on its first requests, which delayed the
+    requests of the second a new ranker was published by up to 2 s. Whether it is compiled."""
+    return _compiled(artifact) is not None
+
+
 def ranker_load(artifact: bytes) -> LoadedRanker:
     import lightgbm
 

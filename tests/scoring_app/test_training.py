@@ -3,6 +3,7 @@ and the active model."""
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import timedelta
 
 import numpy as np
@@ -224,3 +225,25 @@ def test_a_large_shops_ranker_trains_through_the_shared_models(monkeypatch):
     assert report.rows > 0 and report.queries >= training.MIN_QUERIES
     version = ModelVersion.objects.get(version=report.model_version)
     assert version.metrics["gate"]["users"] > 5
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lleaves") is None, reason="lleaves is installed on Python < 3.13 only")
+def test_a_promoted_ranker_is_compiled_before_serving_hears_of_it(monkeypatch, settings, tmp_path):
+    """The publish spike: serving processes must find the object code in the cache, not compile on their requests."""
+    import hashlib
+
+    settings.DATA_DIR = tmp_path
+    _trained_shop()
+    cached_at_promotion = []
+    promote = training.model_version_promote
+
+    def promote_checked(*, model_version):
+        digest = hashlib.sha256(bytes(model_version.artifact)).hexdigest()[:32]
+        cached_at_promotion.append((tmp_path / "compiled-models" / f"ranker-{digest}.o").exists())
+        return promote(model_version=model_version)
+
+    monkeypatch.setattr(training, "model_version_promote", promote_checked)
+
+    report = training.ranker_train()
+
+    assert report.promoted is True and cached_at_promotion == [True]
