@@ -146,10 +146,14 @@ def phase(clients: list[Client], method: str, path: str, bodies: list[Any], item
     }
 
 
-def catalog_phases(clients: list[Client], items: int, batch: int) -> dict[str, dict[str, float]]:
+def catalog_phases(
+    clients: list[Client], items: int, batch: int, *, create_only: bool = False
+) -> dict[str, dict[str, float]]:
     starts = range(0, items, batch)
     rows = [[item_row(n) for n in range(start, min(start + batch, items))] for start in starts]
     results = {"create": phase(clients, "POST", "/api/v1/items/batch", [{"items": chunk} for chunk in rows], items)}
+    if create_only:
+        return results
     results["upsert again, unchanged"] = phase(
         clients, "POST", "/api/v1/items/batch", [{"items": chunk} for chunk in rows], items
     )
@@ -269,6 +273,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1, help="clients sending batches in parallel (phases)")
     parser.add_argument("--record", action="store_true", help="write the figures to BENCHMARKS.md")
     parser.add_argument(
+        "--create-only", action="store_true", help="only the create phase (new items through POST), no cold items"
+    )
+    parser.add_argument(
         "--cold-only", action="store_true",
         help="only the cold-item measurement, e.g. on a loaded store: PERSONALIZATION_DATA_DIR=.data/bench-scale",
     )  # fmt: skip
@@ -301,8 +308,8 @@ def main() -> None:
             timed(clients["new"], "POST", "/api/v1/items/batch", {"items": [{**item_row(7), "in_stock": True}]})
             phases = {}
         else:
-            phases = catalog_phases(senders, args.items, args.batch)
-        cold, cold_batch_seconds = cold_items(clients["new"], args.items)
+            phases = catalog_phases(senders, args.items, args.batch, create_only=args.create_only)
+        cold, cold_batch_seconds = ({}, []) if args.create_only else cold_items(clients["new"], args.items)
         if not args.cold_only:
             phases["delete"] = deletes_phase(senders, args.items, args.batch)
     finally:

@@ -7,9 +7,10 @@ endpoints do), and any other row goes through the API's serializer, so that a re
 
 Each batch first reads what the catalog holds for its ids, and rows that repeat it are not written (nor, when
 they repeat it plainly, validated again): a second import of the same file changes nothing, and a daily feed
-costs what it changes (a written item costs about a millisecond in PostgreSQL's vector index). A row written by
+costs what it changes (a written item is most of its cost in PostgreSQL, its vector index first). A row written by
 someone else between that read and the batch's write may be left as they wrote it. Reading, batches, rejects and
-the resumable checkpoint are `personalization.file_import`'s.
+the resumable checkpoint are `personalization.file_import`'s; batches run in ITEM_IMPORT_WORKERS processes, and one
+that writes an item (or renames an entity) of a batch still running waits for it, so the file's order decides.
 
 Google Merchant Center columns: id, title, description, product_type (its first " > " segment is the category;
 else google_product_category's), brand (an entity of kind "brand"), price ("12.99 USD": the currency goes into
@@ -20,8 +21,9 @@ so count as in stock), link and image_link (attributes). Other columns of the sp
 from __future__ import annotations
 
 import copy
+import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -32,7 +34,7 @@ from django.db import connection
 from rest_framework import serializers
 
 from graph_app.apis import ItemBatchRowSerializer
-from graph_app.catalog_bulk import ItemPatch, items_patch_many, items_upsert_many
+from graph_app.catalog_bulk import ItemPatch, items_patch_many, items_upsert_many, server_bound_cursor
 from graph_app.item_rows import item_row_read, patch_row_read
 from graph_app.item_vector_index import item_vector_index_build, item_vector_index_drop
 from graph_app.services import ItemInput, content_projection
@@ -42,6 +44,9 @@ from personalization.file_import import ImportFileError, Problems, Rejected, Sou
 from personalization.validation import EXTERNAL_ID_MAX_LENGTH, StrictBooleanField
 
 ITEM_IMPORT_BATCH_SIZE = 2000
+# Batches run in this many worker processes (each with its own database connection) while the command reads the
+# file: a batch's Python work and PostgreSQL's run side by side, on two cores or more.
+ITEM_IMPORT_WORKERS = 2
 # A stock feed's rows are small and mostly unchanged: larger batches spread each batch's round trips wider.
 STOCK_IMPORT_BATCH_SIZE = 5000
 FULL, STOCK = "full", "stock"
@@ -128,15 +133,27 @@ def _availability(value: str, problems: Problems) -> bool | None:
     return in_stock
 
 
-def _brand_add(data: dict[str, Any], brand: str, columns: dict[str, str]) -> None:
-    """The brand as an entity: its id the name folded (one entity for "Acme" and "ACME"), its name as written."""
+def _brand_add(data: dict[str, Any], brand: str) -> dict[str, str]:
+    """The brand as an entity: its id the name folded (one entity for "Acme" and "ACME"), its name as written.
+    Returns the API's names of its fields -> the file's column, for problems."""
     entities = data.setdefault("entities", [])
     if not isinstance(entities, list):
-        return  # the validator names the entities problem
-    index = len(entities)
+        return {}  # the validator names the entities problem
+    external_id, name = _brand_entity(brand)
+    entities.append({"kind": BRAND, "id": external_id, "name": name})
+    return _brand_columns(len(entities) - 1)
+
+
+@functools.lru_cache(maxsize=20_000)
+def _brand_entity(brand: str) -> tuple[str, str]:
+    """(id, name) of a brand as a feed writes it: a catalog names the same brands over and over."""
     name = " ".join(brand.split())
-    entities.append({"kind": BRAND, "id": name.casefold(), "name": name})
-    columns.update({f"entities.{index}.id": "brand", f"entities.{index}.name": "brand"})
+    return name.casefold(), name
+
+
+@functools.cache
+def _brand_columns(index: int) -> dict[str, str]:
+    return {f"entities.{index}.id": "brand", f"entities.{index}.name": "brand"}
 
 
 def _csv_fields(cells: dict[str, str], mode: str) -> _Fields:
@@ -162,7 +179,7 @@ def _csv_fields(cells: dict[str, str], mode: str) -> _Fields:
             except orjson.JSONDecodeError:
                 problems.append((name, "Not valid JSON."))
     if cells.get("brand", "").strip():
-        _brand_add(data, cells["brand"], columns)
+        columns = _brand_add(data, cells["brand"])
     return _Fields(data, problems, columns)
 
 
@@ -210,7 +227,7 @@ def _gmc_fields(cells: dict[str, str], mode: str) -> _Fields:
             attributes[column] = cells[column].strip()
     data["attributes"] = attributes
     if cells.get("brand", "").strip():
-        _brand_add(data, cells["brand"], columns)
+        columns.update(_brand_add(data, cells["brand"]))
     return _Fields(data, problems, columns)
 
 
@@ -391,21 +408,21 @@ def row_item(row: SourceRow, file_format: str, mode: str) -> ItemInput | ItemPat
 def _items_stored(external_ids: list[str]) -> dict[str, tuple[Any, ...]]:
     """The stored values an upsert would write, by item id: (id, title, description, category, price, in stock,
     attributes as JSON text, whether it has a vector, its entity links as JSON text [[kind, id, name, weight]])."""
-    with connection.cursor() as cursor:
-        cursor.execute(_ITEMS_STORED_SQL, [external_ids])
+    with server_bound_cursor() as cursor:
+        cursor.execute(_ITEMS_STORED_SQL, [orjson.dumps(external_ids).decode()])
         return {row[0]: row for row in cursor.fetchall()}
 
 
+# The ids as one JSON array (one parameter, where psycopg writes an array element by element). Each item's links
+# in a subquery of its own: grouping the join made a parallel plan at a million items, whose workers took longer
+# to start than the lookup of a batch's ids.
 _ITEMS_STORED_SQL = """
 SELECT i.external_id, i.title, i.description, i.category, i.price, i.in_stock, i.attributes::text,
        i.embedding IS NOT NULL,
-       coalesce(json_agg(json_build_array(e.kind, e.external_id, e.name, l.weight)) FILTER (WHERE l.id IS NOT NULL),
-                '[]'::json)::text
+       (SELECT coalesce(json_agg(json_build_array(e.kind, e.external_id, e.name, l.weight)), '[]'::json)::text
+        FROM graph_app_itementity l JOIN graph_app_entity e ON e.id = l.entity_id WHERE l.item_id = i.id)
 FROM graph_app_item i
-LEFT JOIN graph_app_itementity l ON l.item_id = i.id
-LEFT JOIN graph_app_entity e ON e.id = l.entity_id
-WHERE i.external_id = ANY(%s::text[])
-GROUP BY i.id
+WHERE i.external_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%b::jsonb)))
 """
 
 
@@ -571,6 +588,48 @@ def _stock_write(
     return sorted((last_row[external_id] for external_id in missing), key=lambda row: row.line)
 
 
+# --- Batches side by side: what each writes ---
+
+
+def _batch_claims(rows: list[SourceRow], *, file_format: str, mode: str) -> dict[Hashable, Hashable]:
+    """The items a batch writes, and the names it gives entities: a batch naming an item of a batch still running,
+    or naming one of its entities otherwise, waits for it (the file's later row wins, as one batch after another).
+    Read from the raw cells, trimmed as the API trims: two spellings that may be one item count as one."""
+    id_name = "id" if file_format == "gmc" else "item_id"
+    batch = rows[0].line  # any two batches naming the same item conflict
+    claims: dict[Hashable, Hashable] = {}
+    for row in rows:
+        raw = row.raw
+        if raw is None or raw.get(id_name) is None:
+            continue
+        claims["item", str(raw[id_name]).strip()] = batch
+        if mode != FULL:
+            continue
+        if "entities" in raw:
+            claims.update(_entity_names(raw["entities"], file_format))
+        brand = raw.get("brand") if file_format != "jsonl" else None
+        if brand and brand.strip():
+            external_id, name = _brand_entity(brand)
+            claims["entity", BRAND, external_id] = name
+    return claims
+
+
+def _entity_names(entities: Any, file_format: str) -> dict[Hashable, str]:
+    """The entities a row names (with a name, which would rename them), trimmed: ("entity", kind, id) -> name."""
+    if file_format == "csv" and isinstance(entities, str):
+        try:
+            entities = orjson.loads(entities)
+        except orjson.JSONDecodeError:
+            return {}
+    if not isinstance(entities, list):
+        return {}
+    return {
+        ("entity", str(entity.get("kind")).strip(), str(entity.get("id")).strip()): str(entity["name"]).strip()
+        for entity in entities
+        if isinstance(entity, dict) and str(entity.get("name", "")).strip()
+    }
+
+
 # --- The import ---
 
 
@@ -587,10 +646,12 @@ def items_import(
     max_batches: int | None = None,
     progress: IO[str] | None = None,
     bulk_load: bool = False,
+    workers: int = ITEM_IMPORT_WORKERS,
 ) -> ItemImportReport:
     """Import the file's items into the catalog, resuming from its checkpoint unless `restart`. Items whose stored
     values the file repeats are not written again, unless `rewrite`. A `bulk_load` drops the items' vector index
-    for the import and builds it again after it, whether the import finished or stopped."""
+    for the import and builds it again after it, whether the import finished or stopped. Batches run in `workers`
+    processes (1: in this one; so do they inside a transaction the caller holds)."""
     file_format = import_format(path, file_format)
     mode = import_mode(path, file_format, partial=partial)
     if bulk_load and mode != FULL:
@@ -641,6 +702,8 @@ def items_import(
             max_batches=max_batches,
             progress=progress,
             noun="items",
+            workers=workers,
+            batch_claims=functools.partial(_batch_claims, file_format=file_format, mode=mode),
         )
     finally:
         if bulk_load:  # also after an error or an interrupt: serving must not stay on exact search

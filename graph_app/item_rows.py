@@ -9,13 +9,20 @@ stricter than the serializer's, never looser (tests/graph_app/test_item_rows.py 
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from typing import Any, TypeGuard
 
 from graph_app.catalog_bulk import PATCH_FIELDS, ItemPatch
 from graph_app.services import EntityRef, ItemInput
-from personalization.validation import EXTERNAL_ID_MAX_LENGTH, JsonLimitExceeded, json_limits_check
+from personalization.validation import (
+    EXTERNAL_ID_MAX_LENGTH,
+    JSON_INT_MAX,
+    JSON_INT_MIN,
+    JsonLimitExceeded,
+    json_limits_check,
+)
 
 # The serializers' limits (graph_app.apis.ItemInputSerializer, EntityRefSerializer, ItemPatchRowSerializer).
 TITLE_MAX, DESCRIPTION_MAX, CATEGORY_MAX = 500, 20000, 200
@@ -95,19 +102,57 @@ def _price(value: Any) -> tuple[bool, Decimal | None]:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return False, None
     text = value if isinstance(value, str) else str(value)
-    if not _PRICE.fullmatch(text):
-        return False, None
-    return True, Decimal(text).quantize(_CENT)
+    price = _prices.get(text)
+    if price is None:
+        if not _PRICE.fullmatch(text):
+            return False, None
+        if len(_prices) >= PRICES_KEPT:
+            _prices.clear()
+        price = _prices[text] = Decimal(text).quantize(_CENT)
+    return True, price
+
+
+# Prices read, by their text: a catalog repeats its prices (Decimals are immutable, so they can be shared).
+_prices: dict[str, Decimal] = {}
+PRICES_KEPT = 20_000
 
 
 def _attributes_ok(value: Any) -> bool:
     if not isinstance(value, dict):
         return False
+    flat = _flat_attributes_ok(value)
+    if flat is not None:
+        return flat
     try:
         json_limits_check(value)
     except JsonLimitExceeded:
         return False
     return json_storable(value)
+
+
+def _flat_attributes_ok(value: dict[Any, Any]) -> bool | None:
+    """The common case, attributes of text, flags and numbers: the JSON limits and what jsonb stores, checked in one
+    pass (the text all at once). None when something is nested: the full check decides."""
+    try:
+        return _text_storable("".join(value) + "".join(value.values()))  # nothing but text: one join
+    except TypeError:
+        pass  # a flag or a number among them
+    texts: list[str] = []
+    for key, inner in value.items():
+        kind = type(inner)
+        if type(key) is not str:
+            return None
+        if kind is str:
+            texts.append(inner)
+        elif kind is int:
+            if not JSON_INT_MIN <= inner <= JSON_INT_MAX:
+                return False
+        elif kind is float:
+            if not (math.isfinite(inner) and JSON_INT_MIN <= inner <= JSON_INT_MAX):
+                return False
+        elif kind is not bool and inner is not None:
+            return None
+    return _text_storable("".join(value) + "".join(texts))
 
 
 def json_storable(value: Any) -> bool:
@@ -139,15 +184,42 @@ def _entities(value: Any) -> tuple[EntityRef, ...] | None:
         return None
     refs = []
     for entry in value:
-        if not isinstance(entry, dict) or not entry.keys() <= {"kind", "id", "name", "weight"}:
+        ref = _entity_ref(entry)
+        if ref is None:
             return None
-        kind, external_id, name = entry.get("kind"), entry.get("id"), entry.get("name", "")
-        weight = entry.get("weight", 1.0)
-        if not _text(kind, KIND_MAX, blank=False) or not _SLUG.fullmatch(kind):
-            return None
-        if not _text(external_id, EXTERNAL_ID_MAX_LENGTH, blank=False) or not _text(name, ENTITY_NAME_MAX, blank=True):
-            return None
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not WEIGHT_MIN <= weight <= WEIGHT_MAX:
-            return None
-        refs.append(EntityRef(kind=kind, external_id=external_id, name=name, weight=float(weight)))
+        refs.append(ref)
     return tuple(refs)
+
+
+_ENTITY_FIELDS = frozenset({"kind", "id", "name", "weight"})
+# Entities plainly valid, by their fields: a catalog names the same brands over and over.
+_entity_refs: dict[tuple[str, str, str, int | float], EntityRef] = {}
+ENTITY_REFS_KEPT = 20_000
+
+
+def _entity_ref(entry: Any) -> EntityRef | None:
+    if not isinstance(entry, dict) or not entry.keys() <= _ENTITY_FIELDS:
+        return None
+    kind, external_id, name = entry.get("kind"), entry.get("id"), entry.get("name", "")
+    weight = entry.get("weight", 1.0)
+    if not (type(kind) is str and type(external_id) is str and type(name) is str and type(weight) in (int, float)):
+        return None  # the serializer decides
+    key = (kind, external_id, name, weight)
+    ref = _entity_refs.get(key)
+    if ref is None:
+        ref = _entity_ref_read(kind, external_id, name, weight)
+        if ref is not None:
+            if len(_entity_refs) >= ENTITY_REFS_KEPT:
+                _entity_refs.clear()
+            _entity_refs[key] = ref
+    return ref
+
+
+def _entity_ref_read(kind: str, external_id: str, name: str, weight: int | float) -> EntityRef | None:
+    if not _text(kind, KIND_MAX, blank=False) or not _SLUG.fullmatch(kind):
+        return None
+    if not _text(external_id, EXTERNAL_ID_MAX_LENGTH, blank=False) or not _text(name, ENTITY_NAME_MAX, blank=True):
+        return None
+    if not WEIGHT_MIN <= weight <= WEIGHT_MAX:
+        return None
+    return EntityRef(kind=kind, external_id=external_id, name=name, weight=float(weight))

@@ -380,6 +380,36 @@ def test_content_vectors_of_a_batch_are_each_items_content_vector():
     assert not vectors[2].any()  # no feature at all: the zero vector, as item_content_vector gives
 
 
+def test_content_vectors_read_words_of_any_text_as_the_item_content_vector_does():
+    # ASCII text is split by a byte table, other text by the regular expression: the same words either way,
+    # including letters that lowercase into ASCII (the Kelvin sign) and digits next to punctuation.
+    rows = [
+        _row("ascii", title="BLUE-Mug_2000 (x3)", description="Tab\tand\nnew line; 12.5cm", category="Mugs"),
+        _row("other", title="\u212aelvin Stra\u00dfe \u0130stanbul na\u00efve 12ab", description="\u00e9t\u00e9 2024"),
+        _row("mixed", title="Plain title", description="d\u00e9j\u00e0 vu BLUE", attributes={"Colour": "Bleu \u00c9"}),
+        _row("repeat", title="BLUE-Mug_2000 (x3)", description="Tab\tand\nnew line; 12.5cm", category="Mugs"),
+    ]
+    projection = content_projection()
+
+    vectors = content_vectors(rows=rows, projection=projection)
+
+    for row, vector in zip(rows, vectors, strict=True):
+        assert np.allclose(vector, item_content_vector(data=row, projection=projection), atol=1e-6), row.external_id
+    assert np.array_equal(vectors[0], vectors[3])  # the second time from the kept feature codes
+
+
+def test_the_vectors_reach_postgresql_and_redis_exactly(committed, clean_redis):
+    rows = [_row(f"v{index}", title=f"Vector {index} \u00e9", category=f"c{index % 3}") for index in range(5)]
+
+    committed(lambda: items_upsert_many(rows=rows))
+
+    expected = content_vectors(rows=rows, projection=content_projection())
+    for row, vector in zip(rows, expected, strict=True):
+        stored = np.asarray(Item.objects.get(external_id=row.external_id).embedding, dtype=np.float32)
+        assert np.array_equal(stored, vector)
+        assert clean_redis.hget(redis_keys.CATALOG_VECTORS, row.external_id) == vector.tobytes()
+
+
 def test_an_unchanged_row_is_not_written_again(committed):
     rows = [_row("same", attributes={"a": 1}, entities=(EntityRef("tag", "t"),)), _row("edited")]
     committed(lambda: items_upsert_many(rows=rows))

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from graph_app.catalog_import import (
     ITEM_IMPORT_BATCH_SIZE,
+    ITEM_IMPORT_WORKERS,
     STOCK,
     STOCK_IMPORT_BATCH_SIZE,
     ItemImportCounts,
@@ -52,6 +53,13 @@ class Command(BaseCommand):
         parser.add_argument("--max-batches", type=int, help="Stop after this many batches (resume later).")
         parser.add_argument("--no-progress", action="store_true", help="No progress bar on stderr.")
         parser.add_argument(
+            "--workers",
+            type=int,
+            default=ITEM_IMPORT_WORKERS,
+            help=f"Processes running batches side by side, each with its own database connection (default "
+            f"{ITEM_IMPORT_WORKERS}; 1: batches run in this process).",
+        )
+        parser.add_argument(
             "--bulk-load",
             action="store_true",
             help="For a large load of new items (e.g. a first catalog): drop the items' vector index during "
@@ -73,12 +81,15 @@ class Command(BaseCommand):
         max_batches: int | None,
         no_progress: bool,
         bulk_load: bool,
+        workers: int,
         **options: object,
     ) -> None:
         if not file.is_file():
             raise CommandError(f"No such file: {file}")
         if batch_size is not None and batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
+        if workers < 1:
+            raise CommandError("--workers must be at least 1.")
         # The raw stream: tqdm redraws its line with carriage returns, which the command's wrapper would break.
         progress = None if no_progress else getattr(self.stderr, "_out", sys.stderr)
         try:
@@ -94,6 +105,7 @@ class Command(BaseCommand):
                 max_batches=max_batches,
                 progress=progress,
                 bulk_load=bulk_load,
+                workers=workers,
             )
         except ImportFileError as error:
             raise CommandError(str(error)) from error
