@@ -18,6 +18,7 @@ import contextvars
 import hashlib
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Container, Mapping, Sequence
@@ -353,9 +354,12 @@ SHARED_LIST_STALE_SECONDS = 3600
 
 
 def _rows(sql: str, params: dict[str, Any]) -> list[tuple[str, float]]:
+    """The query's (item, score) rows with a score: a cosine to a zero vector (a shopper the model learnt nothing
+    of) is NaN, which JSON caches as null."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [(item_id, float(score)) for item_id, score in cursor.fetchall() if score is not None]
+        rows = cursor.fetchall()
+    return [(item_id, float(score)) for item_id, score in rows if score is not None and math.isfinite(score)]
 
 
 def _shared_list(

@@ -394,3 +394,16 @@ def test_while_the_vector_index_is_rebuilt_serving_skips_vector_searches_then_re
 
     assert candidate_set.dropped == []
     assert [c.item_id for c in candidate_set.candidates][:2] == ["seen", "near"]
+
+
+def test_a_shopper_whose_vector_is_zero_gets_no_user_vector_rows_and_no_error(shop, clean_redis):
+    """pgvector's cosine distance to a zero vector is NaN: no row, rather than a score the ranker cannot read
+    (a NaN cached as JSON comes back as null)."""
+    ShopperFactory(external_id="u-zero", embedding=[0.0] * 64)
+    clean_redis.lpush(redis_keys.user_recent_items("u-zero"), "taste")
+
+    candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u-zero"), sources=["user_vector"])
+    again, _ = candidates_retrieve(state=user_state_fetch(user_key="u-zero"), sources=["user_vector"])  # cached
+
+    assert [c for c in candidate_set.candidates if c.source == "user_vector"] == []
+    assert [c for c in again.candidates if c.source == "user_vector"] == []
