@@ -80,7 +80,9 @@ class Entity(models.Model):
 class ItemEntity(models.Model):
     """A weighted item → entity relation."""
 
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="entity_links")
+    # No index of its own: item_entity_unique's (item, entity) serves an item's lookups, and each index is one more
+    # insert per link of every new item (BENCHMARKS.md, "Scale, fourth pass").
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="entity_links", db_index=False)
     entity = models.ForeignKey(Entity, on_delete=models.CASCADE, related_name="item_links")
     weight = models.FloatField(default=1.0)
 

@@ -26,3 +26,20 @@ def test_no_migration_of_ours_depends_on_whatever_is_latest():
     ]
 
     assert floating == []
+
+
+def test_a_new_item_updates_no_index_nothing_reads():
+    """Every index is one more insert per new item (or link): no LIKE-prefix twin of a text column, no item_id index
+    beside (item, entity)'s."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+            "AND tablename IN ('graph_app_item', 'graph_app_entity', 'graph_app_itementity')"
+        )
+        indexes = cursor.fetchall()
+
+    assert [row for row in indexes if "varchar_pattern_ops" in row[1]] == []
+    link_indexes = [definition.split(" USING ")[1] for table, definition in indexes if table == "graph_app_itementity"]
+    assert "btree (item_id)" not in link_indexes and "btree (item_id, entity_id)" in link_indexes
