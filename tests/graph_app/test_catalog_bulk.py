@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 
@@ -20,7 +19,6 @@ from graph_app.services import EntityRef, ItemInput, content_projection, item_co
 from personalization import redis_keys
 from personalization.cache import item_cache_get, item_cache_peek
 from personalization.errors import ApplicationError
-from surface_app.services import SHELVES_ALL_GROUP
 
 pytestmark = pytest.mark.django_db
 
@@ -38,23 +36,6 @@ def committed(django_capture_on_commit_callbacks):
             return write()
 
     return run
-
-
-@pytest.fixture
-def shelves(clean_redis):
-    """The messages the live shelves receive (the channel layer's group channel)."""
-    pubsub = clean_redis.pubsub()
-    pubsub.subscribe(f"{settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}__group__{SHELVES_ALL_GROUP}")
-    pubsub.get_message(timeout=1)  # the subscription's confirmation
-
-    def messages() -> list[dict]:
-        received = []
-        while (message := pubsub.get_message(timeout=0.2)) is not None:
-            received.append(get_channel_layer().deserialize(message["data"]))
-        return received
-
-    yield messages
-    pubsub.close()
 
 
 def _linked(external_id: str) -> list[tuple[str, str, float]]:

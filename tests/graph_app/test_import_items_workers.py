@@ -10,8 +10,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from channels.layers import get_channel_layer
-from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 
@@ -21,7 +19,6 @@ from graph_app.models import Entity, Item, ItemEntity
 from graph_app.services import EntityRef, ItemInput
 from personalization import redis_keys
 from personalization.errors import ApplicationError
-from surface_app.services import SHELVES_ALL_GROUP
 
 # Committed for real: the workers' own connections see only what is committed, and so does the test.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -55,23 +52,6 @@ def feed(tmp_path: Path, rows: list[str]) -> Path:
 
 def good(index: int, *, title: str | None = None, brand: str = "Acme") -> str:
     return f'i{index},{title or f"Mug {index}"},A mug,kitchen,{index}.5,true,{brand},"{{}}"\n'
-
-
-@pytest.fixture
-def shelves(clean_redis):
-    """The messages the live shelves receive."""
-    pubsub = clean_redis.pubsub()
-    pubsub.subscribe(f"{settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}__group__{SHELVES_ALL_GROUP}")
-    pubsub.get_message(timeout=1)
-
-    def messages() -> list[dict]:
-        received = []
-        while (message := pubsub.get_message(timeout=0.2)) is not None:
-            received.append(get_channel_layer().deserialize(message["data"]))
-        return received
-
-    yield messages
-    pubsub.close()
 
 
 def test_workers_store_what_one_process_would_with_rejects_in_file_order(tmp_path, clean_redis, shelves):
