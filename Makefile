@@ -10,8 +10,11 @@ CHROMIUM := /usr/bin/chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@echo "Installing the Python packages into $(VENV): 1 to 3 minutes the first time, quiet while it works..."
+	@started=$$(date +%s); \
+		$(BIN)/python -m pip install --quiet --upgrade pip && \
+		$(BIN)/python -m pip install --quiet -r requirements-dev.txt && \
+		echo "Installed in $$(( $$(date +%s) - started )) s."
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -28,7 +31,10 @@ test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	# The django-stubs plugin imports the settings: give it URLs so that no embedded server is started for it.
-	DATABASE_URL=postgresql://typecheck@localhost/none REDIS_URL=redis://localhost:1/0 $(BIN)/mypy
+	@echo "Type-checking with mypy: about 90 s the first time, seconds once its cache is warm..."
+	@started=$$(date +%s); \
+		DATABASE_URL=postgresql://typecheck@localhost/none REDIS_URL=redis://localhost:1/0 $(BIN)/mypy; \
+		status=$$?; echo "mypy took $$(( $$(date +%s) - started )) s."; exit $$status
 	$(BIN)/pytest
 
 lint: $(STAMP)
