@@ -250,11 +250,18 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Personalization platform API",
-    "DESCRIPTION": "Storefront API: catalog upserts, event ingest and personalized recommendations.",
+    "DESCRIPTION": (
+        "Storefront API: catalog upserts, event ingest and personalized recommendations. Every call needs an API key "
+        "(`Authorization: Bearer <key>`; **Authorize** above, then *Try it out*); this page and the schema are public. "
+        "Placements configured on a new platform: `home` (a shopper's shelf), `product_page` (items like the "
+        "`item_id` shown) and `cart` (cross-sell for the cart's items: `item_id` comma-separated); the console adds "
+        "others."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    # The schema and docs need an API key or a staff session, like every other endpoint.
-    "SERVE_PERMISSIONS": ["personalization.authentication.ScopedAccess"],
+    # The schema and the docs are public (what the API offers is no secret); every call they describe needs a key.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
     # The interactive docs are served from the project itself, no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -21,7 +21,7 @@ from django.conf import settings
 
 from personalization.models import ApiScope
 
-OPEN: Final = "open"  # no key: liveness and readiness probes
+OPEN: Final = "open"  # no key: liveness and readiness probes, the API's schema and docs
 STAFF_SESSION: Final = "staff-session"  # console pages: a staff login; API keys open nothing there
 DEFAULT_SCOPE: Final = ApiScope.SERVER
 SHOPPER_TOKEN_HEADER: Final = "X-Shopper-Token"

@@ -79,14 +79,19 @@ class _JsonErrors:
 
 
 class ApiSchemaView(_JsonErrors, SpectacularAPIView):
-    required_scope = ApiScope.SERVER
+    """The OpenAPI schema, public: a newcomer reads what the API offers before holding a key."""
+
+    required_scope = OPEN
+    throttle_classes: list[type] = []
 
 
 class ApiDocsView(_JsonErrors, SpectacularSwaggerSplitView):
     """Swagger UI with its setup script served from this URL (`?script`), not inline: the page's
-    Content-Security-Policy allows scripts from the site only."""
+    Content-Security-Policy allows scripts from the site only. Public, like the schema: calls made from it need
+    a key (its Authorize button)."""
 
-    required_scope = ApiScope.SERVER
+    required_scope = OPEN
+    throttle_classes: list[type] = []
 
 
 def _metrics_registry() -> Any:

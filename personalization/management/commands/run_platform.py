@@ -95,7 +95,7 @@ class Command(BaseCommand):
                 [
                     "",
                     "Personalization platform",
-                    f"  API docs   {base}/api/v1/docs/   (log in to the admin first, or send the API key)",
+                    f"  API docs   {base}/api/v1/docs/   (open to anyone; Authorize with the API key to try calls)",
                     f"  Admin      {base}/admin/   user '{ADMIN_USERNAME}', password {report.admin_password}",
                     f"  Demo page  {base}/demo/",
                     f"  WebSocket  ws://{host}:{ws_port}/ws/v1/recommendations/?user_id=...&api_key=...",
