@@ -267,6 +267,9 @@ def _slate_build(
         snapshot = preview.snapshot or snapshot
         traits = preview.traits if preview.traits is not None else traits
     config = snapshot.placement(placement)
+    if snapshot.placements and placement not in snapshot.placements:
+        # Served all the same (a storefront's typo must not empty its shelf), but said: the defaults answered.
+        _degrade(degraded, "placement_unknown")
     if cap_state is None and config.cap_specs and state.extra_replies:
         cap_state = _caps_read(user_key, config, now, degraded)
     size = k or config.size

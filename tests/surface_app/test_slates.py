@@ -441,3 +441,13 @@ def test_the_context_source_reads_for_itself_what_the_read_ahead_did_not(trained
     assert retrieval._context_source(state) == alone
     assert len(alone) >= 5 and not {"lights-3", "bags-1"} & {candidate.item_id for candidate in alone}
     assert all(candidate.sources == ("context",) for candidate in alone)
+
+
+def test_an_unknown_placement_is_served_with_the_defaults_and_says_so(api_client, shop):
+    Placement.objects.create(name="home", size=3)
+
+    typo = shelf(api_client, placement="homepage")
+    known = shelf(api_client, placement="home")
+
+    assert typo["items"] and "placement_unknown" in typo["degraded"]
+    assert "placement_unknown" not in known["degraded"]
