@@ -69,6 +69,18 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_RATE_LIMITED = 4429
 K_MAX = 100
 ID_MAX_LENGTH = 200
+# Why a socket is refused, sent with the close code after the handshake: a refusal before it reaches a browser as a
+# bare HTTP 403. At most 123 bytes each (the WebSocket limit of a close reason).
+CLOSE_REASONS = {
+    CLOSE_NOT_AUTHENTICATED: (
+        "No valid API key: send api_key=KEY or Authorization: Bearer KEY (or open it from the console)."
+    ),
+    CLOSE_BAD_REQUEST: (
+        f"Bad query: user_id or session_id is required, k from 1 to {K_MAX}, ids up to {ID_MAX_LENGTH} chars."
+    ),
+    CLOSE_FORBIDDEN: "Forbidden: the key's scope, or the shopper token for this user, does not allow this socket.",
+    CLOSE_RATE_LIMITED: "Too many requests for this key or address: retry later.",
+}
 # The user-keyed caches of `scoring_app.engine.retrieval` that hold candidates.
 RETRIEVAL_USER_CACHES = ("candidates", "similar_to_recent")
 # A process rebuilds its rules snapshot at most every REBUILD_MIN_INTERVAL_SECONDS: a re-serve for a rule change
@@ -272,7 +284,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         query = {name: values[-1] for name, values in parse_qs(self.scope["query_string"].decode()).items()}
         refusal = await self._refusal(query)
         if isinstance(refusal, int):
-            await self.close(code=refusal)
+            await self._refuse(refusal)
             return
         if refusal is not None:
             # Revoking the key closes the socket (personalization.services.api_key_sockets_close, and _key_watch).
@@ -291,7 +303,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             or any(len(value) > ID_MAX_LENGTH or "\x00" in value for value in identifiers)
             or user_id_in_session_namespace(user_id)
         ):
-            await self.close(code=CLOSE_BAD_REQUEST)
+            await self._refuse(CLOSE_BAD_REQUEST)
             return
         self.user_key = user_key_of(user_id=user_id, session_id=session_id)
         self.placement = query.get("placement", "default")[:100]
@@ -309,6 +321,11 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         async with _gate.turn(_Waiter(PRIORITY_USER)):
             slate = await database_sync_to_async(self._serve)()
         await self._send_slate(slate)
+
+    async def _refuse(self, code: int) -> None:
+        """Accept, then close with the code and its reason: the client learns why (CLOSE_REASONS)."""
+        await self.accept()
+        await self.close(code=code, reason=CLOSE_REASONS[code])
 
     async def disconnect(self, code: int) -> None:
         if self.api_key_id is not None:

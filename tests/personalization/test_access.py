@@ -198,10 +198,13 @@ def test_only_a_public_key_can_be_bound_and_only_with_a_secret(settings):
 
 
 async def _socket_close_code(path: str) -> int | None:
+    """The code a refused socket is closed with (after the handshake, with its reason), None when it is served."""
     communicator = WebsocketCommunicator(application, path)
-    connected, code = await communicator.connect()
+    connected, _ = await communicator.connect()
+    assert connected
+    first = await communicator.receive_output(timeout=10)
     await communicator.disconnect()
-    return None if connected else code
+    return int(first["code"]) if first["type"] == "websocket.close" else None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -268,4 +271,6 @@ async def test_a_socket_for_a_user_id_in_the_session_namespace_is_closed_with_44
         application, f"/ws/v1/recommendations/?api_key={key}&user_id={SESSION_LIKE_USER}"
     )
 
-    assert await communicator.connect() == (False, 4400)
+    assert (await communicator.connect())[0] is True
+    closed = await communicator.receive_output(timeout=10)
+    assert (closed["type"], closed["code"]) == ("websocket.close", 4400)
