@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -129,6 +129,18 @@ class PlacementKpis:
             placement: [found.get((placement, day), PlacementDay(placement, day, 0)) for day in self.days]
             for placement in self.placements
         }
+
+    def split(self, known: Collection[str]) -> tuple[PlacementKpis, dict[str, int]]:
+        """These KPIs for the `known` placements only, and the impressions of each other name (a storefront's typo,
+        served with the defaults); all of them when no placement is configured."""
+        if not known:
+            return self, {}
+        unknown: dict[str, int] = defaultdict(int)
+        for row in self.rows:
+            if row.placement not in known:
+                unknown[row.placement] += row.impressions
+        rows = [row for row in self.rows if row.placement in known]
+        return PlacementKpis(self.first_day, self.last_day, rows), dict(sorted(unknown.items()))
 
     def totals(self) -> list[PlacementDay]:
         """Per placement, the whole window summed (`day` is the window's first day)."""

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from rules_admin import dashboard_charts as charts
 from rules_admin.dashboard_selectors import PlacementDay, model_age_list, placement_kpis_list, serving_metrics_read
+from surface_app.selectors import placement_names
 
 WINDOWS = (7, 14, 30)
 DEFAULT_WINDOW = 14
@@ -57,7 +58,9 @@ def _kpi_cells(row: PlacementDay) -> dict[str, str]:
 def dashboard(request: HttpRequest) -> HttpResponse:
     days = _window(request)
     today = timezone.now().date()  # settings.TIME_ZONE is UTC: the SQL's days are UTC days too
-    kpis = placement_kpis_list(first_day=today - timedelta(days=days - 1), last_day=today)
+    kpis, unknown_placements = placement_kpis_list(first_day=today - timedelta(days=days - 1), last_day=today).split(
+        placement_names()
+    )
     grid = kpis.grid()
 
     def per_placement(measure: str) -> dict[str, list[float | None]]:
@@ -107,6 +110,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             (row, _kpi_cells(row)) for row in sorted(kpis.rows, key=lambda r: (-r.day.toordinal(), r.placement))
         ],
         "kpi_totals": [(row, _kpi_cells(row)) for row in kpis.totals()],
+        "unknown_placements": unknown_placements,
         "metrics": metrics,
         "layer_rows": [
             (

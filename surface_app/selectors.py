@@ -1,4 +1,4 @@
-"""Reads for the demo storefront (control plane)."""
+"""Reads for the demo storefront and the console (control plane)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,10 @@ def storefront_products(*, limit: int) -> list[StorefrontProduct]:
 
 def storefront_users(*, limit: int) -> list[str]:
     return list(Shopper.objects.order_by("external_id").values_list("external_id", flat=True)[:limit])
+
+
+def placement_names() -> set[str]:
+    """The placements configured (a name a storefront sends that is not among them is served with the defaults)."""
+    from surface_app.models import Placement
+
+    return set(Placement.objects.values_list("name", flat=True))

@@ -320,3 +320,17 @@ def test_line_chart_breaks_the_line_on_days_without_a_value(days):
     assert [tick.label for tick in chart.y_ticks] == ["0.00%", "25.0%", "50.0%"]  # the axis tops at 0.5
     assert len(chart.days) == 3
     assert [nice_ceiling(value) for value in (0, 0.4, 3, 7497.5)] == [1.0, 0.5, 5, 10000]
+
+
+def test_a_placement_name_that_is_not_configured_is_flagged_not_charted(client, served, days):
+    """cart is served (with the defaults) but only home is configured: a typo of a storefront's, not a placement."""
+    from surface_app.models import Placement
+
+    Placement.objects.create(name="home")
+    client.force_login(_staff(permitted=True))
+
+    page = client.get(DASHBOARD_URL, {"days": 7}).content.decode()
+
+    flagged = page.split('id="unknown-placements"')[1].split("</p>")[0]
+    assert "<code>cart</code> (1 impressions)" in flagged
+    assert 'data-placement="cart"' not in page and 'data-placement="home"' in page
