@@ -547,14 +547,20 @@ def _search_grid(active: AlsSettings | None) -> list[AlsSettings]:
     return list(dict.fromkeys(grid))
 
 
+def seeded_sample(users: np.ndarray, limit: int) -> np.ndarray:
+    """At most `limit` of `users`, sorted: a sample fixed by TRAINING_SEED (all of them when they fit)."""
+    if len(users) <= limit:
+        return users
+    return np.sort(np.random.default_rng(settings.TRAINING_SEED).choice(users, limit, replace=False))
+
+
 def search_fit_users(interactions: Interactions, users: np.ndarray, *, limit: int) -> np.ndarray:
     """The pairs of `users` and of at most `limit` others, a sample fixed by TRAINING_SEED (every pair when all
     fit): what a search or a ranker's candidate set fits on in a large shop."""
     others = np.setdiff1d(np.arange(len(interactions.user_ids)), users)
     if len(others) <= limit:
         return np.ones(len(interactions.users), dtype=bool)
-    sample = np.sort(np.random.default_rng(settings.TRAINING_SEED).choice(others, limit, replace=False))
-    return np.isin(interactions.users, np.concatenate([users, sample]))
+    return np.isin(interactions.users, np.concatenate([users, seeded_sample(others, limit)]))
 
 
 @dataclass(frozen=True)

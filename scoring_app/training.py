@@ -58,6 +58,7 @@ from graph_app.training import (
     item_vectors_for,
     popularity_scores,
     search_fit_users,
+    seeded_sample,
     top_k_items,
 )
 from graph_app.user_lists import USER_NEAREST_PER_USER
@@ -201,13 +202,6 @@ class HoldoutQueries:
         )  # fmt: skip
 
 
-def _sample(users: np.ndarray, limit: int) -> np.ndarray:
-    if len(users) <= limit:
-        return users
-    generator = np.random.default_rng(settings.TRAINING_SEED)
-    return np.sort(generator.choice(users, limit, replace=False))
-
-
 def _fit_users(interactions: Interactions, users: np.ndarray) -> np.ndarray:
     """The pairs whose users the candidates' embeddings are fitted on: `users` and at most RANKER_FIT_USERS_MAX
     others, a seeded sample (every pair when all fit)."""
@@ -252,7 +246,7 @@ def candidate_models_fit(
     if len(others) <= RANKER_FIT_USERS_MAX:
         return None
     fitted = holdout.train & np.isin(
-        interactions.users, np.concatenate([judged, _sample(others, RANKER_FIT_USERS_MAX)])
+        interactions.users, np.concatenate([judged, seeded_sample(others, RANKER_FIT_USERS_MAX)])
     )
     als = active_als_settings()
     factors = als_fit(interactions, als, fitted)
@@ -303,7 +297,7 @@ def holdout_queries(
     Without `featured`, the feature values are left to a `queries_featured` call for several sets at once."""
     visible = holdout.train if visible is None else visible
     labels = holdout.held_out if labels is None else labels
-    users = _sample(holdout.users, RANKER_USERS_MAX) if users is None else users
+    users = seeded_sample(holdout.users, RANKER_USERS_MAX) if users is None else users
     item_ids = interactions.item_ids
     own = np.isin(interactions.users, users)  # only these users' pairs are read below
     train = visible
@@ -547,7 +541,9 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     search_on = settings.TRAINING_SEARCH if search is None else search
     interactions = interactions_load()
     holdout = holdout_split(interactions)
-    train_users, validation_users, gate_users = _split_users(interactions, _sample(holdout.users, RANKER_USERS_MAX))
+    train_users, validation_users, gate_users = _split_users(
+        interactions, seeded_sample(holdout.users, RANKER_USERS_MAX)
+    )
     # The users who judge the model, validation and gate alike, from one set of embeddings fitted before their cut.
     content = item_content_matrix()  # read once for the five sets of embeddings below
     judged_users = np.sort(np.concatenate([validation_users, gate_users]))
