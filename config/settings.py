@@ -4,6 +4,7 @@ production (DJANGO_ENV=production) refuses to start without the settings it must
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -74,6 +75,15 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or (
 REDIS_URL = os.environ.get("REDIS_URL") or (
     _required_in_production("REDIS_URL", "") or embedded.ensure_valkey(DATA_DIR)
 )
+# Before every Redis key of the platform, its cache, its WebSocket layer and Celery's broker (empty: none), so that
+# deployments or test runs sharing one Redis keep to their own keys. Letters, digits and ".:_-" only: a brace would
+# change the keys' Cluster slots, a glob character the key scans.
+REDIS_KEY_PREFIX = os.environ.get("REDIS_KEY_PREFIX", "")
+if not re.fullmatch(r"[A-Za-z0-9.:_-]*", REDIS_KEY_PREFIX):
+    raise ImproperlyConfigured(f"REDIS_KEY_PREFIX may hold letters, digits and .:_- only, not {REDIS_KEY_PREFIX!r}.")
+# The hot path's Redis socket and connect timeouts (personalization/redis_client.py): a Redis that does not answer
+# becomes a degraded answer within the 100 ms contract. Only the test suite loosens it (tests/embedded_test_env.py).
+REDIS_HOT_PATH_TIMEOUT_SECONDS = float(os.environ.get("REDIS_HOT_PATH_TIMEOUT_SECONDS", "0.05"))
 # Event ingest's Redis socket timeout (personalization/redis_client.py): the hot path's 50 ms cut batches short on a
 # loaded machine (BENCHMARKS.md, "Signal layer: ingest under CPU load").
 REDIS_INGEST_SOCKET_TIMEOUT_SECONDS = float(os.environ.get("REDIS_INGEST_SOCKET_TIMEOUT_SECONDS", "2.0"))
@@ -231,7 +241,7 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "cache",
+        "KEY_PREFIX": f"{REDIS_KEY_PREFIX}cache",
     }
 }
 
@@ -279,12 +289,14 @@ CHANNEL_LAYERS = {
     "default": {
         # Pub/sub: a group send is one PUBLISH, fanned out by Redis to the WebSocket processes that subscribed.
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "channels"},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}channels"},
     }
 }
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": REDIS_KEY_PREFIX} if REDIS_KEY_PREFIX else {}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = CELERY_BROKER_TRANSPORT_OPTIONS
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True

@@ -67,8 +67,9 @@ def redis_client_for(
 
 @functools.cache
 def get_redis() -> redis.Redis:
-    """The hot path's client."""
-    return redis_client_for(settings.REDIS_URL)
+    """The hot path's client (REDIS_HOT_PATH_TIMEOUT_SECONDS, 50 ms in production)."""
+    timeout = settings.REDIS_HOT_PATH_TIMEOUT_SECONDS
+    return redis_client_for(settings.REDIS_URL, socket_timeout=timeout, connect_timeout=timeout)
 
 
 @functools.cache

@@ -12,6 +12,10 @@ import zlib
 
 from django.conf import settings
 
+# Before every key (REDIS_KEY_PREFIX, empty by default): deployments, or a test run, that share one Redis keep out
+# of each other's keys. Outside the hash tags, so it moves no key to another Cluster slot.
+PREFIX: str = settings.REDIS_KEY_PREFIX
+
 
 def partition_of(user_key: str) -> int:
     return zlib.crc32(user_key.encode()) % settings.EVENT_PARTITIONS
@@ -27,16 +31,16 @@ def _tag(partition: int) -> str:
 
 # Per partition.
 def event_stream(partition: int) -> str:
-    return f"events:{_tag(partition)}"
+    return f"{PREFIX}events:{_tag(partition)}"
 
 
 def dead_letter_stream(partition: int) -> str:
-    return f"events:{_tag(partition)}:dead"
+    return f"{PREFIX}events:{_tag(partition)}:dead"
 
 
 def event_tries(partition: int) -> str:
     """The event-log consumer's tries of each pending entry of the partition's stream (entry id -> tries)."""
-    return f"events:{_tag(partition)}:tries"
+    return f"{PREFIX}events:{_tag(partition)}:tries"
 
 
 def event_seen(partition: int, level: str, shard: int) -> str:
@@ -46,99 +50,99 @@ def event_seen(partition: int, level: str, shard: int) -> str:
 
 
 def event_seen_prefix(partition: int, level: str) -> str:
-    return f"seen:{_tag(partition)}:{level}:"
+    return f"{PREFIX}seen:{_tag(partition)}:{level}:"
 
 
 def event_seen_layout(partition: int) -> str:
     """The partition's dedupe generations: "b:<day>" -> shard bits of each level, "n:<day>" -> ids added."""
-    return f"seen:{_tag(partition)}:layout"
+    return f"{PREFIX}seen:{_tag(partition)}:layout"
 
 
 def item_trend(partition: int, window: str) -> str:
-    return f"items:{_tag(partition)}:trend:{window}"
+    return f"{PREFIX}items:{_tag(partition)}:trend:{window}"
 
 
 def item_trend_epochs(partition: int) -> str:
-    return f"items:{_tag(partition)}:trend-epochs"
+    return f"{PREFIX}items:{_tag(partition)}:trend-epochs"
 
 
 def item_counters(partition: int) -> str:
     """item id -> packed doubles: its popularity windows (decayed to its latest weighted event), then that event's
     time. What the feature store reads for 500 candidates in one HMGET (`graph_app.features.online`)."""
-    return f"items:{_tag(partition)}:counters"
+    return f"{PREFIX}items:{_tag(partition)}:counters"
 
 
 def placement_counters(partition: int, placement: str) -> str:
     """item id -> packed doubles: attributed clicks and served impressions in the placement (decayed to the time of
     the latest of them), then that time: the click-through-rate feature."""
-    return f"ctr:{_tag(partition)}:{placement}"
+    return f"{PREFIX}ctr:{_tag(partition)}:{placement}"
 
 
 def catalog_entities(partition: int) -> str:
     """item id -> "kind:id|kind:id" of its knowledge-graph entities (a copy per partition, for the ingest script)."""
-    return f"catalog:{_tag(partition)}:entities"
+    return f"{PREFIX}catalog:{_tag(partition)}:entities"
 
 
 def session_alias(session_id: str) -> str:
     user_key = f"session:{session_id}"
-    return f"alias:{_tag(partition_of(user_key))}:{session_id}"
+    return f"{PREFIX}alias:{_tag(partition_of(user_key))}:{session_id}"
 
 
 # Per user (in the user's partition).
 def user_recent_items(user_key: str) -> str:
     """The user's latest items of interest, newest first (RECENT_ITEMS_KEPT of them)."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:recent"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:recent"
 
 
 def user_recent_last(user_key: str) -> str:
     """Time of the user's latest item of interest (their recent items start afresh after a long gap)."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:recent-last"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:recent-last"
 
 
 def user_session_items(user_key: str, session_id: str) -> str:
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:session:{session_id}"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:session:{session_id}"
 
 
 def user_traits(user_key: str) -> str:
     """The user's traits (JSON), for rule audiences."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:traits"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:traits"
 
 
 def user_last_slate(user_key: str, placement: str) -> str:
     """The item ids of the last slate served to the user in a placement (a fallback of last resort)."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:last:{placement}"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:last:{placement}"
 
 
 def user_affinity(user_key: str) -> str:
     """The user's decayed counter of each entity: one field an entity, packed doubles (the layout and its one
     decoder: `graph_app.features.user_affinity`)."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:affinity"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:affinity"
 
 
 def user_cap_counts(user_key: str) -> str:
     """Frequency caps: hash of what the user was shown (item, category, entity, campaign, slates of a placement)
     -> the times of its recent impressions."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:caps"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:caps"
 
 
 def user_cap_touched(user_key: str) -> str:
     """Frequency caps: sorted set of the fields of `user_cap_counts` by last write (to drop the stale ones)."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:caps-touched"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:caps-touched"
 
 
 def user_cap_blocks(user_key: str) -> str:
     """Frequency caps: hash "<cap signature>\x1f<what>" -> until when that cap refuses it (read on the hot path)."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:caps-blocked"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:caps-blocked"
 
 
 def user_purchased(user_key: str) -> str:
     """Items the user bought (sorted set, by time): placements may leave them out."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:purchased"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:purchased"
 
 
 def user_cooldown(user_key: str) -> str:
     """Sorted set item id -> time of the user's latest hide or skip of it: cool-downs."""
-    return f"user:{_tag(partition_of(user_key))}:{user_key}:cooldown"
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:cooldown"
 
 
 def erased_shopper(user_key: str) -> str:
@@ -146,35 +150,35 @@ def erased_shopper(user_key: str) -> str:
     erasure, so that the event-log consumer drops the shopper's entries up to it. Named by a digest of the user key,
     so that nothing in Redis names the shopper any more."""
     digest = hashlib.sha256(user_key.encode()).hexdigest()
-    return f"erased:{_tag(partition_of(user_key))}:{digest}"
+    return f"{PREFIX}erased:{_tag(partition_of(user_key))}:{digest}"
 
 
 # Not partitioned: read with one command each, written by the control plane.
-CATALOG_STATIC = "catalog:static"  # item id -> packed (price, in stock, created at)
-CATALOG_VECTORS = "catalog:vectors"  # item id -> float32 embedding bytes
+CATALOG_STATIC = f"{PREFIX}catalog:static"  # item id -> packed (price, in stock, created at)
+CATALOG_VECTORS = f"{PREFIX}catalog:vectors"  # item id -> float32 embedding bytes
 # entity code -> entity key: the names of the users' affinity fields (`graph_app.features.user_affinity`).
-CATALOG_ENTITY_NAMES = "catalog:entity-names"
+CATALOG_ENTITY_NAMES = f"{PREFIX}catalog:entity-names"
 # Bumped after every write of the catalog copies (static facts, embeddings, entity keys): serving processes keep
 # the facts they read in memory until it changes (`graph_app.features.online`).
-CATALOG_VERSION = "catalog:version"
+CATALOG_VERSION = f"{PREFIX}catalog:version"
 # The latest versions, oldest first, each with the items whose facts it changed: "<version>\x1e<id>\x1f<id>..."
 # ("*": any item). A serving process that sees a new version drops only those items' facts.
-CATALOG_CHANGES = "catalog:changes"
+CATALOG_CHANGES = f"{PREFIX}catalog:changes"
 # item id -> orjson [[neighbour id, cosine], ...], nearest first (graph_app.similar_lists); each build writes a
 # `staging` key of its own and swaps it in.
-ITEM_SIMILAR_LISTS = "similar:{catalog}"
+ITEM_SIMILAR_LISTS = f"{PREFIX}similar:{{catalog}}"
 
 
 # Per partition: user id -> orjson [[item id, cosine], ...], the items nearest the user's vector, nearest first
 # (graph_app.user_lists); each build writes `staging` keys of its own and swaps them in, partition by partition.
 def user_nearest_lists(partition: int) -> str:
-    return f"nearest:{_tag(partition)}"
+    return f"{PREFIX}nearest:{_tag(partition)}"
 
 
 # Per partition: user id -> orjson [[item id, score], ...], the user's best items by the item-to-item model
 # (graph_app.item_model), built and swapped in as the nearest lists are.
 def user_item_model_lists(partition: int) -> str:
-    return f"item_model:{_tag(partition)}"
+    return f"{PREFIX}item_model:{_tag(partition)}"
 
 
 def staging(key: str, run: str) -> str:
@@ -184,52 +188,52 @@ def staging(key: str, run: str) -> str:
 
 
 def slate(request_id: str) -> str:
-    return f"slate:{{{request_id}}}"
+    return f"{PREFIX}slate:{{{request_id}}}"
 
 
 def active_model(kind: str) -> str:
-    return f"model:active:{kind}"
+    return f"{PREFIX}model:active:{kind}"
 
 
 # The Surface configuration's version (placements, rules, caps; catalog changes too): serving rebuilds its rules
 # snapshot when it changes.
-SURFACE_CONFIG_VERSION = "surface:config-version"
+SURFACE_CONFIG_VERSION = f"{PREFIX}surface:config-version"
 
 # Model registry snapshot for serving processes: kind -> {"active", "canary", "canary_percent"} (JSON).
-MODELS_SERVING = "models:serving"
+MODELS_SERVING = f"{PREFIX}models:serving"
 
 
-CUSTOM_EVENT_TYPES = "event-types:custom"
+CUSTOM_EVENT_TYPES = f"{PREFIX}event-types:custom"
 
 
 # Per item (graph layer): the item's one-hop neighbourhood, and the set of items that have one.
 def item_neighbours(item_id: str) -> str:
-    return f"neighbours:{{{item_id}}}"
+    return f"{PREFIX}neighbours:{{{item_id}}}"
 
 
-ITEM_NEIGHBOURS_INDEX = "neighbours:index"
+ITEM_NEIGHBOURS_INDEX = f"{PREFIX}neighbours:index"
 
 
 # Caches (personalization.cache): one key per cached value, hash-tagged by its entity so that on a Redis Cluster
 # the caches spread over the slots and an item cache's rebuild lock lives in its value's slot.
 def user_cache(user_key: str, name: str) -> str:
-    return f"cache:user:{{{user_key}}}:{name}"
+    return f"{PREFIX}cache:user:{{{user_key}}}:{name}"
 
 
 def item_cache(item_key: str, name: str) -> str:
-    return f"cache:item:{{{item_key}}}:{name}"
+    return f"{PREFIX}cache:item:{{{item_key}}}:{name}"
 
 
 def item_cache_lock(item_key: str, name: str) -> str:
-    return f"cache:item-lock:{{{item_key}}}:{name}"
+    return f"{PREFIX}cache:item-lock:{{{item_key}}}:{name}"
 
 
 # Request rate limits (personalization.rate_limits): one token bucket a key, each hash-tagged by itself so that on a
 # Redis Cluster the buckets spread over the slots and each script call touches one.
 def api_key_rate_bucket(api_key_id: int) -> str:
-    return f"ratelimit:{{key:{api_key_id}}}"
+    return f"{PREFIX}ratelimit:{{key:{api_key_id}}}"
 
 
 def auth_failures_bucket(client_address: str) -> str:
     """Wrong API keys presented from a client address."""
-    return f"ratelimit:{{addr:{client_address}}}:auth-failures"
+    return f"{PREFIX}ratelimit:{{addr:{client_address}}}:auth-failures"

@@ -16,6 +16,10 @@ os.environ.setdefault("SCORE_RETRIEVAL_THREADS", "0")
 # The suite shares two cores with its servers (and CI with other work): time budgets are five times looser, so that a
 # cold cache is not read as a late Score. Tests of deadlines set their own.
 os.environ.setdefault("SCORE_RETRIEVAL_DEADLINE_FACTOR", "5")
+# Likewise the hot path's Redis timeout (50 ms in production): on a busy machine a fixture's or a request's Redis
+# call may wait for a core longer than that, and the test would read a timeout it is not about. Tests of a Redis
+# that does not answer build their own 50 ms client (tests/conftest.py, `dead_redis`).
+os.environ.setdefault("REDIS_HOT_PATH_TIMEOUT_SECONDS", "2")
 # The suite runs trainings in its own process: a lowered priority would stay with every test after the first one
 # (tests/personalization/test_training_compute.py lowers it in a child process).
 os.environ.setdefault("TRAINING_NICENESS", "0")

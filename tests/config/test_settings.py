@@ -99,29 +99,46 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert "DJANGO_SECRET_KEY must be set when DJANGO_ENV=production" in refused.stderr
 
 
-def settings_debug(**variables: str) -> subprocess.CompletedProcess[str]:
-    """config.settings imported alone (no server is contacted), printing DEBUG."""
+def settings_value(setting: str = "DEBUG", **variables: str) -> subprocess.CompletedProcess[str]:
+    """config.settings imported alone (no server is contacted), printing a setting (DEBUG)."""
     env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
     urls = {"DATABASE_URL": "postgresql://app@db.invalid/none", "REDIS_URL": "redis://redis.invalid:1/0"}
     return subprocess.run(
-        [sys.executable, "-c", "import config.settings as s; print(s.DEBUG)"],
+        [sys.executable, "-c", f"import config.settings as s; print(s.{setting})"],
         cwd=PROJECT_ROOT, env={**env, **urls, **variables}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize(("variables", "debug"), [({"DEBUG": "0"}, "False"), ({"DEBUG": "1"}, "True"), ({}, "True")])
 def test_debug_is_read_from_debug(variables, debug):
-    result = settings_debug(**variables)
+    result = settings_value(**variables)
 
     assert result.stdout.strip() == debug, result.stderr
     assert "deprecated" not in result.stderr
 
 
 def test_djangos_old_name_still_works_with_a_warning_and_a_disagreement_is_refused():
-    old_name = settings_debug(DJANGO_DEBUG="0")
-    disagreeing = settings_debug(DJANGO_DEBUG="1", DEBUG="0")
+    old_name = settings_value(DJANGO_DEBUG="0")
+    disagreeing = settings_value(DJANGO_DEBUG="1", DEBUG="0")
 
     assert old_name.stdout.strip() == "False"
     assert "FutureWarning: DJANGO_DEBUG is deprecated: set DEBUG instead." in old_name.stderr
     assert disagreeing.returncode == 1
     assert "DEBUG and DJANGO_DEBUG disagree" in disagreeing.stderr
+
+
+def test_the_hot_paths_redis_timeout_is_50_ms_unless_loosened():
+    """The suite runs with a loosened timeout (tests/embedded_test_env.py); a deployment gets 50 ms."""
+    default = settings_value("REDIS_HOT_PATH_TIMEOUT_SECONDS")
+
+    assert default.stdout.strip() == "0.05", default.stderr
+    assert os.environ["REDIS_HOT_PATH_TIMEOUT_SECONDS"] == "2"
+
+
+def test_a_redis_key_prefix_that_would_move_keys_or_break_scans_is_refused():
+    refused = settings_value("REDIS_KEY_PREFIX", REDIS_KEY_PREFIX="shop{1}")
+    accepted = settings_value("CACHES['default']['KEY_PREFIX']", REDIS_KEY_PREFIX="shop-1:")
+
+    assert refused.returncode == 1
+    assert "REDIS_KEY_PREFIX may hold letters, digits and .:_- only, not 'shop{1}'" in refused.stderr
+    assert accepted.stdout.strip() == "shop-1:cache", accepted.stderr

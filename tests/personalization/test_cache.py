@@ -33,6 +33,7 @@ USER_KEY = "cache:user:{user:42}:candidates"
 CALLERS_PER_PROCESS = 16
 CHILD_PROCESSES = 2
 ALL_CALLERS = CALLERS_PER_PROCESS * (1 + CHILD_PROCESSES)
+READY = "test:ready"  # INCR by every process once it has imported everything and started its threads
 BUILDS = "test:builds"  # INCR by every build, in whichever process it runs
 ARRIVED = "test:arrived"  # INCR by every caller just before it reads the cache
 RETURNED = "test:returned"  # INCR by every caller once it has its value
@@ -390,11 +391,18 @@ def _slow_build(mode: str, callers: int) -> bytes:
     return b"built-%d" % number
 
 
-def run_stampede_callers(mode: str, callers: int) -> list[bytes]:
+def run_stampede_callers(mode: str, callers: int, processes: int = 1) -> list[bytes]:
     """CALLERS_PER_PROCESS threads released together, each reading the item cache once (also run by the child
-    processes)."""
+    processes). No thread starts before every one of the `processes` is ready: a child that is still importing
+    Django on a busy machine would otherwise arrive after the others were served, and the lock (held far longer
+    than any wait here) keeps one build even when the build waits long for the last caller."""
     client = get_redis()
-    start = threading.Barrier(CALLERS_PER_PROCESS)
+
+    def processes_ready() -> None:
+        client.incr(READY)
+        _wait_for(lambda: int(client.get(READY) or 0) >= processes)
+
+    start = threading.Barrier(CALLERS_PER_PROCESS, action=processes_ready)
     values: list[bytes] = []
     errors: list[BaseException] = []
 
@@ -402,7 +410,11 @@ def run_stampede_callers(mode: str, callers: int) -> list[bytes]:
         start.wait()
         client.incr(ARRIVED)
         try:
-            value = _item_get(functools.partial(_slow_build, mode, callers), wait_seconds=GENEROUS_SECONDS)
+            value = _item_get(
+                functools.partial(_slow_build, mode, callers),
+                wait_seconds=GENEROUS_SECONDS,
+                lock_seconds=2 * GENEROUS_SECONDS,
+            )
         except BaseException as error:
             errors.append(error)
             raise
@@ -424,18 +436,19 @@ import json, sys
 import django
 django.setup()
 from tests.personalization.test_cache import run_stampede_callers
-print(json.dumps([value.decode() for value in run_stampede_callers(sys.argv[1], int(sys.argv[2]))]))
+values = run_stampede_callers(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+print(json.dumps([value.decode() for value in values]))
 """
 
 
 def _stampede(mode: str) -> list[bytes]:
     env = child_env(DJANGO_SETTINGS_MODULE="config.settings")
-    command = [sys.executable, "-c", CHILD, mode, str(ALL_CALLERS)]
+    command = [sys.executable, "-c", CHILD, mode, str(ALL_CALLERS), str(1 + CHILD_PROCESSES)]
     children = [
         subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(CHILD_PROCESSES)
     ]
-    values = run_stampede_callers(mode, ALL_CALLERS)
+    values = run_stampede_callers(mode, ALL_CALLERS, 1 + CHILD_PROCESSES)
     for child in children:
         out, err = child.communicate(timeout=120)
         assert child.returncode == 0, err

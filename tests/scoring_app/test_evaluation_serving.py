@@ -4,7 +4,7 @@ import math
 
 from django.conf import settings
 
-from personalization.redis_client import CONTROL_SOCKET_TIMEOUT_SECONDS, HOT_PATH_SOCKET_TIMEOUT_SECONDS, get_redis
+from personalization.redis_client import CONTROL_SOCKET_TIMEOUT_SECONDS, get_redis
 from scoring_app.evaluation.serving import serving_without_deadlines
 
 
@@ -20,7 +20,7 @@ def _connection_timeout() -> float:
 
 def test_evaluations_serve_without_deadlines_and_restore_them():
     threads, factor = settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR
-    assert _connection_timeout() == HOT_PATH_SOCKET_TIMEOUT_SECONDS
+    assert _connection_timeout() == settings.REDIS_HOT_PATH_TIMEOUT_SECONDS
 
     with serving_without_deadlines():
         assert settings.SCORE_RETRIEVAL_THREADS == 0
@@ -28,4 +28,4 @@ def test_evaluations_serve_without_deadlines_and_restore_them():
         assert _connection_timeout() == CONTROL_SOCKET_TIMEOUT_SECONDS
 
     assert (threads, factor) == (settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR)
-    assert _connection_timeout() == HOT_PATH_SOCKET_TIMEOUT_SECONDS
+    assert _connection_timeout() == settings.REDIS_HOT_PATH_TIMEOUT_SECONDS
