@@ -603,12 +603,15 @@ class RetrievalSource:
 # Every source gets the Score layer's whole retrieval budget: they run at once, and on two cores the GIL serializes
 # their Python work, so a cheap source started last still needs most of it.
 RETRIEVAL_DEADLINE_MS = 10.0
+# The context source is the last one dropped: on a product page or beside a cart its items are what the shelf is
+# for, the other sources only fill it. It is waited for first, so the others' time runs meanwhile.
+CONTEXT_DEADLINE_MS = 25.0
 
 # In the order their candidates are merged (and served when no ranker or bandit scores them): what the request's
 # context items (a product page, a cart) relate to, the user's own signals, then what is popular, then exploration.
 SOURCES: tuple[RetrievalSource, ...] = (
     RetrievalSource(
-        "context", _context_source, RETRIEVAL_DEADLINE_MS, False,
+        "context", _context_source, CONTEXT_DEADLINE_MS, False,
         lambda state: not state.seeds or "context_rows" in state.prefetched,
     ),
     RetrievalSource(

@@ -39,7 +39,7 @@ from scoring_app.engine.retrieval import (
     similar_items,
     user_state_fetch,
 )
-from scoring_app.engine.scoring import ScoredItem, ScoreResult, slate_score
+from scoring_app.engine.scoring import CONTEXT_SOURCE, ScoredItem, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
 from surface_app.serving.impressions import impression_call, impression_script
 from surface_app.serving.rules import (
@@ -293,12 +293,15 @@ def _slate_build(
             degraded += [*retrieval_degraded, *candidate_set.dropped]
             if (time.perf_counter() - started) * 1000 > budget_ms - SURFACE_RESERVE_MS:
                 _degrade(degraded, "score_late")
-                items = []
-                # Unranked, they still beat an empty shelf: they fill what the fallbacks leave.
-                late_candidates = [
+                late = [
                     RankedItem(c.item_id, c.score, c.source, c.explanation, c.sources or (c.source,))
                     for c in candidate_set.candidates[:want]
                 ]
+                # Unranked, the items related to the request's context (a product page's, a cart's) are still
+                # what the shelf is for: they lead. The others still beat an empty shelf: they fill what the
+                # fallbacks leave.
+                items = [item for item in late if CONTEXT_SOURCE in item.sources] if state.seeds else []
+                late_candidates = [item for item in late if CONTEXT_SOURCE not in item.sources] if items else late
             else:
                 result = slate_score(
                     state=state, candidate_set=candidate_set, placement=placement, k=want, scorer=config.scorer,
@@ -553,11 +556,16 @@ def _fill(
     degraded: list[str],
     personal: bool,
 ) -> list[SlateItem]:
-    """Short of items: the placement's fallback chain, in its order, until the shelf is full."""
+    """Short of items: the placement's fallback chain, in its order, until the shelf is full. With context items (a
+    product page, a cart) the items similar to them ("session") come first: popular items are not what a shelf of
+    related items is for."""
     seeds = state.seeds
     chosen = list(items)
     taken = {item.item_id for item in chosen} | set(seeds) | set(state.recent_items)
-    for step in config.fallbacks:
+    steps = config.fallbacks
+    if seeds and "session" in steps:
+        steps = ["session", *(step for step in steps if step != "session")]
+    for step in steps:
         if len(chosen) >= size:
             break
         if step == "popular":

@@ -3,6 +3,7 @@ read over their own connections)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -69,20 +70,56 @@ def test_every_source_contributes_and_each_candidate_keeps_its_provenance(shop):
 
 
 def test_a_source_late_for_its_deadline_is_dropped_not_awaited(shop, clean_redis, monkeypatch):
+    released = threading.Event()
+
     def slow(state):
-        time.sleep(1.0)
+        released.wait(timeout=60)  # until the request is answered: late whatever the machine's speed
         return [Candidate("late-item", 1.0, "slow", "")]
 
     monkeypatch.setattr(retrieval, "SOURCES", (*retrieval.SOURCES, RetrievalSource("slow", slow, 20.0, True)))
     state = user_state_fetch(user_key="u1")
 
-    candidate_set, _ = candidates_retrieve(state=state)
+    try:
+        candidate_set, _ = candidates_retrieve(state=state)
+    finally:
+        released.set()
 
     assert candidate_set.dropped == ["slow:deadline"]
     assert "late-item" not in {candidate.item_id for candidate in candidate_set.candidates}
     assert {"near", "taste", "hit"} <= {candidate.item_id for candidate in candidate_set.candidates}
     # An incomplete set is served but not cached: the next request tries every source again.
     assert clean_redis.get(redis_keys.user_cache("u1", "candidates")) is None
+
+
+def test_the_context_source_is_the_last_one_dropped(shop, settings, monkeypatch):
+    """A product page's related items are what its shelf is for: the context source is waited for first and
+    longest, and the other sources' time runs meanwhile."""
+    deadlines = {source.name: source.deadline_ms for source in retrieval.SOURCES}
+    assert retrieval.SOURCES[0].name == "context"
+    assert deadlines["context"] == max(deadlines.values()) > retrieval.RETRIEVAL_DEADLINE_MS
+    settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = 100  # the others: 1 s; the context: 2.5 s
+    released = threading.Event()
+
+    def context_past_the_others_deadline(state):
+        # 1.5 s: a second past the others' deadline and a second before its own (the margins a busy machine needs).
+        time.sleep(1.5 * retrieval.RETRIEVAL_DEADLINE_MS * settings.SCORE_RETRIEVAL_DEADLINE_FACTOR / 1000)
+        return [Candidate("related", 1.0, "context", "", ("context",))]
+
+    def never_in_time(state):
+        released.wait(timeout=60)
+        return [Candidate("other", 1.0, "other", "")]
+
+    monkeypatch.setattr(retrieval, "SOURCES", (
+        RetrievalSource("context", context_past_the_others_deadline, retrieval.CONTEXT_DEADLINE_MS, False),
+        RetrievalSource("other", never_in_time, retrieval.RETRIEVAL_DEADLINE_MS, False),
+    ))  # fmt: skip
+    try:
+        candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u1", seeds=["near"]))
+    finally:
+        released.set()
+
+    assert candidate_set.dropped == ["other:deadline"]
+    assert [candidate.item_id for candidate in candidate_set.candidates] == ["related"]
 
 
 def test_a_pooled_source_runs_in_the_requests_context_so_its_log_lines_carry_the_request_id(shop, monkeypatch):

@@ -194,6 +194,42 @@ def test_score_failing_serves_the_placements_popular_fallback(api_client, shop, 
     assert "fallback_popular" in body["degraded"]
 
 
+def test_a_product_page_whose_score_fails_falls_back_to_items_like_its_item_before_popular_ones(
+    api_client, shop, monkeypatch
+):
+    from tests.signals_app.helpers import ingest_views
+
+    Placement.objects.create(name="product_page", context="item", size=2)  # fallbacks: popular first, then session
+    ingest_views({"wine": 5, "anchor": 4})
+
+    def broken(**kwargs):
+        raise RuntimeError("ranker exploded")
+
+    monkeypatch.setattr(slates, "slate_score", broken)
+
+    body = shelf(api_client, user="someone", placement="product_page", item_id="mug-6")
+
+    assert ids(body) == ["mug-5", "tea"]  # the nearest to mug-6, not the popular wine and anchor
+    assert "fallback_session" in body["degraded"] and "fallback_popular" not in body["degraded"]
+
+
+def test_a_product_page_late_for_its_ranker_still_leads_with_its_items_related_items(api_client, shop, monkeypatch):
+    from graph_app.similar_lists import similar_lists_refresh
+    from tests.signals_app.helpers import ingest_views
+
+    Placement.objects.create(name="product_page", context="item", size=3)
+    ingest_views({"wine": 5, "anchor": 4})
+    similar_lists_refresh(k=3)
+    monkeypatch.setattr(slates, "SURFACE_RESERVE_MS", 10**9)  # whatever retrieval took, Score's time is up
+
+    body = shelf(api_client, user="someone", placement="product_page", item_id="mug-3")
+
+    assert "score_late" in body["degraded"]
+    assert body["path"] == "fallback"
+    assert {"mug-2", "mug-4"} <= set(ids(body)[:2])  # mug-3's nearest, unranked, before any fallback
+    assert all("context" in item["sources"] for item in body["items"][:2])
+
+
 def test_everything_failing_serves_the_last_slate_then_the_default_list(api_client, shop, monkeypatch):
     Placement.objects.create(name="home", size=2, default_items=["tea", "mug-6"])
     before = ids(shelf(api_client))
