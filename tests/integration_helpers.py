@@ -52,9 +52,29 @@ CHROMIUM_ARGS = [
 BROWSER_TEST_PASSWORD = "browser-test-pw"
 
 
+# What a browser test waits for at most: generous bounds, not timings (a busy machine renders slowly). Playwright's
+# own defaults are 5 s for `expect` and 30 s for actions.
+BROWSER_WAIT_MS = 60_000
+
+
 def chromium_launch(playwright: Any) -> Any:
-    """Debian's Chromium, headless, through Playwright."""
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    """Debian's Chromium, headless, through Playwright, with waits bounded by BROWSER_WAIT_MS."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=BROWSER_WAIT_MS)
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    for name in ("new_page", "new_context"):  # a page or a context: both take a default timeout
+        browser.__dict__[name] = _bounded(getattr(browser, name))
+    return browser
+
+
+def _bounded(make: Any) -> Any:
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        made = make(*args, **kwargs)
+        made.set_default_timeout(BROWSER_WAIT_MS)
+        return made
+
+    return bounded
 
 
 def csp_violations_watch(page: Any) -> list[str]:

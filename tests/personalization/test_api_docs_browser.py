@@ -35,7 +35,7 @@ def test_the_docs_render_every_operation_without_a_login_under_the_content_secur
             ),
         )
         page.goto(f"{live_server.url}/api/v1/docs/")
-        page.wait_for_selector(".opblock-summary-path", timeout=15000)
+        page.wait_for_selector(".opblock-summary-path")
         paths = page.locator(".opblock-summary-path").evaluate_all("nodes => nodes.map(n => n.dataset.path)")
         authorize = page.locator("button.authorize").count()
         browser.close()

@@ -73,14 +73,14 @@ def test_dashboard_renders_its_charts(tmp_path):
                 ),
             )
             admin_log_in(page, f"http://127.0.0.1:{port}", "merch", "/admin/console/dashboard/")
-            page.wait_for_selector("svg[data-chart='impressions']", timeout=15000)
+            page.wait_for_selector("svg[data-chart='impressions']")
             # A recommendation served by the web process, for the latency chart (the session works for the API).
             served = page.request.get(
                 f"http://127.0.0.1:{port}/api/v1/recommendations?user_id=shopper-1&placement=home"
             )
             assert served.ok, served.text()
             page.reload()
-            page.wait_for_selector("svg[data-chart='latency'] rect.bar", timeout=15000)
+            page.wait_for_selector("svg[data-chart='latency'] rect.bar")
 
             sizes = page.locator("svg.dashboard-chart").evaluate_all(
                 "charts => charts.map(c => [c.dataset.chart, c.getBoundingClientRect().width,"

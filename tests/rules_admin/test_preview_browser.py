@@ -51,13 +51,13 @@ def test_an_unsaved_pin_changes_the_edited_column_only(tmp_path, clean_redis):
             page = browser.new_page()
             csp_violations = csp_violations_watch(page)  # the page's policy blocks nothing it needs
             admin_log_in(page, f"http://127.0.0.1:{port}", "merchandiser", "/admin/console/preview/")
-            page.wait_for_selector("#preview-form", timeout=15000)
+            page.wait_for_selector("#preview-form")
 
             # The merchandiser previews u1's home shelf as it is served now.
             page.select_option("#id_placement", "home")
             page.fill("#id_user_id", "u1")
             page.click("#preview-submit")
-            page.wait_for_selector(SERVED, timeout=15000)
+            page.wait_for_selector(SERVED)
             served_before = page.locator(SERVED).evaluate_all("rows => rows.map(r => r.dataset.itemId)")
             edited_before = page.locator(EDITED).evaluate_all("rows => rows.map(r => r.dataset.itemId)")
 
@@ -68,7 +68,7 @@ def test_an_unsaved_pin_changes_the_edited_column_only(tmp_path, clean_redis):
             page.fill("#id_rule-item_ids", pinned)
             page.fill("#id_rule-slot", "1")
             page.click("#preview-submit")
-            page.wait_for_selector(f"{EDITED}[data-item-id='{pinned}'][data-slot='1']", timeout=15000)
+            page.wait_for_selector(f"{EDITED}[data-item-id='{pinned}'][data-slot='1']")
             served_after = page.locator(SERVED).evaluate_all("rows => rows.map(r => r.dataset.itemId)")
             edited_after = page.locator(EDITED).evaluate_all(
                 "rows => rows.map(r => [r.dataset.itemId, r.dataset.change])"

@@ -58,21 +58,21 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
             )
             csp_violations = csp_violations_watch(page)  # the page's policy blocks nothing it needs
             admin_log_in(page, f"http://127.0.0.1:{port}", "staff", "/demo/")
-            page.wait_for_selector("#status.live", timeout=15000)
+            page.wait_for_selector("#status.live")
             # No history and no popularity yet: the home shelf explores the newest items, all four of them.
             # Playwright's own waits, not wait_for_function: the page's policy forbids the eval that polls a string.
-            expect(page.locator(HOME_CARDS)).to_have_count(4, timeout=15000)
+            expect(page.locator(HOME_CARDS)).to_have_count(4)
             assert page.locator("#products .card").count() == 4
             first_shelf = page.locator(HOME_CARDS).evaluate_all("cards => cards.map(c => c.dataset.source)")
 
             # The shopper opens a product from the grid: the tracker sends a view, and the home shelf is pushed
             # again, now led by what is similar to the product they viewed.
             page.click("#products .card[data-item-id='anchor']")
-            page.wait_for_selector(f"{HOME_CARDS}[data-source='similar']", timeout=15000)
+            page.wait_for_selector(f"{HOME_CARDS}[data-source='similar']")
             home_items = page.locator(HOME_CARDS).evaluate_all("cards => cards.map(c => c.dataset.itemId)")
             assert page.locator("#product-title").inner_text() == "Anchor"
             # The product page's shelf is served with the product as context.
-            page.wait_for_selector("#shelf-product_page .card", timeout=15000)
+            page.wait_for_selector("#shelf-product_page .card")
             similar = page.locator("#shelf-product_page .card").evaluate_all(
                 "cards => cards.map(c => c.dataset.itemId)"
             )
@@ -84,8 +84,7 @@ def test_demo_storefront_shelf_changes_live_after_a_click(tmp_path):
                 page.get_attribute("#shelf-home", "data-request-id"),
             )
             with page.expect_request(
-                lambda request: request.url.endswith("/api/v1/events") and '"click"' in (request.post_data or ""),
-                timeout=15000,
+                lambda request: request.url.endswith("/api/v1/events") and '"click"' in (request.post_data or "")
             ):  # the tracker's request, after the click
                 first.click()
             expect(page.locator("#product-title")).to_have_text(re.compile(f"^{re.escape(clicked)}$", re.I))
