@@ -16,7 +16,7 @@ MAX_RECENT_ITEMS = 20
 RULE_PREFIX = "rule"
 RULE_FIELDS = (
     "name", "kind", "placement", "priority", "enabled", "valid_from", "valid_until", "condition", "audience", "factor",
-    "item_ids", "slot", "campaign",
+    "item_ids", "slot", "campaign", "caps_apply",
 )  # fmt: skip
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.db.models import Q
 from django.utils import timezone
 
+from surface_app.conflicts import Conflict, conflicts_by_defeated_rule
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 
 # The order serving applies them in (see `surface_app.serving.rules`): filters, boosts / buries, diversity, pins,
@@ -31,7 +33,8 @@ class PlacementRuleRow:
     priority: int | None
     validity: str
     audience: str
-    state: str  # "serving", "scheduled", "expired", "disabled", "draft (waiting for review)"
+    state: str  # "serving", "scheduled", "expired", "disabled", "draft (waiting for review)"; and what defeats it
+    defeated: bool = False  # another rule or cap (or the catalog) keeps it from doing what it says
 
 
 def _validity(valid_from: datetime | None, valid_until: datetime | None) -> str:
@@ -64,10 +67,18 @@ def _audience(audience: object) -> str:
     )
 
 
-def placement_rules_in_order(*, placement: Placement) -> list[PlacementRuleRow]:
+def _state_with_conflicts(state: str, conflicts: list[Conflict]) -> str:
+    if not conflicts or state in ("disabled", "expired"):
+        return state
+    return f"{state}, but {'; '.join(conflict.status for conflict in conflicts)}"
+
+
+def placement_rules_in_order(*, placement: Placement, conflicts: Sequence[Conflict] = ()) -> list[PlacementRuleRow]:
     """Every rule and cap that can touch the placement (its own and the every-placement ones), in the order they
-    apply; within a kind by priority, then the most recently changed first (how serving breaks ties)."""
+    apply; within a kind by priority, then the most recently changed first (how serving breaks ties). A rule that
+    `conflicts` (`surface_app.conflicts.placement_conflicts`) defeat says so in its state."""
     now = timezone.now()
+    defeated = conflicts_by_defeated_rule(conflicts)
     rules = list(
         BusinessRule.objects.filter(Q(placement=placement) | Q(placement__isnull=True)).order_by(
             "-priority", "-updated_at"
@@ -92,7 +103,8 @@ def placement_rules_in_order(*, placement: Placement) -> list[PlacementRuleRow]:
                         step=step, kind=rule.get_kind_display(), name=rule.name, rule_id=rule.pk, cap_id=None,
                         scope="this placement" if rule.placement_id else "every placement", priority=rule.priority,
                         validity=_validity(rule.valid_from, rule.valid_until), audience=_audience(rule.audience),
-                        state=_state(rule, now),
+                        state=_state_with_conflicts(_state(rule, now), defeated.get(rule.pk, [])),
+                        defeated=bool(defeated.get(rule.pk)),
                     )
                 )  # fmt: skip
     caps = FrequencyCap.objects.filter(Q(placement=placement) | Q(placement__isnull=True))

@@ -47,12 +47,13 @@ class ConsoleSite(admin.AdminSite):
         return apps
 
     def _console_tools(self, request: HttpRequest) -> list[dict[str, Any]]:
-        """The console's own pages (preview and explain, dashboard) on the index, for those allowed to see them."""
+        """The console's own pages (preview, dashboard, blocking) on the index, for those allowed to see them."""
         from django.urls import reverse
 
         pages = [
             ("Preview and explain", "console:preview", "surface_app.view_businessrule"),
             ("Dashboard", "console:dashboard", "signals_app.view_impression"),
+            ("Block a category or brand", "console:block", "surface_app.add_businessrule"),
         ]
         return [
             {"name": name, "object_name": name.replace(" ", ""), "admin_url": reverse(url), "add_url": None,

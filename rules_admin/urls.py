@@ -5,4 +5,5 @@ from django.urls import include, path
 urlpatterns = [
     path("preview/", include("rules_admin.preview_urls")),
     path("dashboard/", include("rules_admin.dashboard_urls")),
+    path("conditions/", include("rules_admin.condition_urls")),
 ]

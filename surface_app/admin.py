@@ -20,9 +20,11 @@ from import_export.admin import ImportExportMixin
 from import_export.formats.base_formats import CSV
 from simple_history.admin import SimpleHistoryAdmin
 
+from rules_admin.condition_widget import ConditionBuilderWidget
 from rules_admin.csv_io import BusinessRuleResource, FallbackListResource
 from rules_admin.selectors import placement_rules_in_order
 from surface_app import configuration
+from surface_app.conflicts import Conflict, RuleRef, placement_conflicts
 from surface_app.models import FALLBACKS, BusinessRule, FallbackList, FrequencyCap, PinRule, Placement
 
 FALLBACK_STEPS = len(FALLBACKS)
@@ -111,8 +113,14 @@ class _RuleForm(forms.ModelForm):
         model = BusinessRule
         fields = [
             "name", "kind", "placement", "priority", "enabled", "valid_from", "valid_until", "condition", "audience",
-            "factor", "item_ids", "slot", "campaign",
+            "factor", "item_ids", "slot", "campaign", "caps_apply",
         ]  # fmt: skip
+        # Rows picked from the catalog over the JSON box (which stays, for power users: "Edit as JSON").
+        widgets = {"condition": ConditionBuilderWidget()}
+        help_texts = {
+            "condition": "Which items the rule touches: every row must hold (none: every item). As JSON: "
+            '{"field": "category", "op": "eq", "value": "mugs"} or a list of them.'
+        }
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -144,7 +152,7 @@ class _PinForm(_RuleForm):
         model = PinRule
         fields = [
             "name", "campaign", "placement", "slot", "item_ids", "priority", "enabled", "valid_from", "valid_until",
-            "audience",
+            "audience", "caps_apply",
         ]  # fmt: skip
 
 
@@ -152,6 +160,10 @@ class _CapForm(forms.ModelForm):
     class Meta:
         model = FrequencyCap
         fields = ["name", "scope", "placement", "max_impressions", "window_seconds", "enabled"]
+        help_texts = {
+            "scope": "A pinned item passes item, category and entity caps (they still count it) unless its pin "
+            'says "Frequency caps apply to this pin"; campaign caps exist to cap pins.',
+        }
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -211,6 +223,19 @@ class _ServiceAdmin(SimpleHistoryAdmin):
         return HttpResponseRedirect(reverse("admin:{}_{}_change".format(*info), args=[object_id]))
 
 
+def _config_link(label: str, *, rule_id: int | None, cap_id: int | None) -> str:
+    """The rule's or cap's change page, named `label` (plain text for neither)."""
+    if rule_id:
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:surface_app_businessrule_change", args=[rule_id]), label
+        )
+    if cap_id:
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:surface_app_frequencycap_change", args=[cap_id]), label
+        )
+    return label
+
+
 @admin.register(Placement)
 class PlacementAdmin(_ServiceAdmin):
     form = _PlacementForm
@@ -220,7 +245,7 @@ class PlacementAdmin(_ServiceAdmin):
     list_display = ["name", "title", "context", "size", "scorer", "deadline_ms", "enabled"]
     list_filter = ["context", "scorer", "enabled"]
     search_fields = ["name", "title"]
-    readonly_fields = ["rules_in_order"]
+    readonly_fields = ["rules_in_order", "rule_conflicts"]
     fieldsets = [
         (None, {"fields": ["name", "title", "context", "size", "enabled", "requires_review"]}),
         ("Model", {"fields": ["sources", "scorer", "deadline_ms"]}),
@@ -228,27 +253,55 @@ class PlacementAdmin(_ServiceAdmin):
         ("Fallbacks", {"fields": ["fallbacks", "default_items"]}),
         ("Rules and caps that touch this placement, in the order they apply", {"fields": ["rules_in_order"]}),
     ]
+    conflicts_fieldset = ("Rules and caps that defeat each other", {"fields": ["rule_conflicts"]})
+
+    def get_fieldsets(self, request: HttpRequest, obj: Placement | None = None) -> list[Any]:
+        """A saved placement's conflicts come first: what the merchandiser must not have to discover."""
+        fieldsets = list(super().get_fieldsets(request, obj))
+        return [self.conflicts_fieldset, *fieldsets] if obj is not None and obj.pk else fieldsets
+
+    @staticmethod
+    def _conflicts(obj: Placement) -> list[Conflict]:
+        """Found once per page (the warnings and the rules table share them)."""
+        if not hasattr(obj, "_rule_conflicts"):
+            obj._rule_conflicts = placement_conflicts(placement=obj)  # type: ignore[attr-defined]
+        return obj._rule_conflicts  # type: ignore[attr-defined]
+
+    @admin.display(description="Conflicts")
+    def rule_conflicts(self, obj: Placement) -> str:
+        if obj.pk is None:
+            return ""
+        conflicts = self._conflicts(obj)
+        if not conflicts:
+            return format_html('<p id="rule-conflicts-none">{}</p>', "None: every rule and cap does what it says.")
+
+        def link(ref: RuleRef) -> str:
+            return _config_link(ref.label, rule_id=ref.rule_id, cap_id=ref.cap_id)
+
+        items = format_html_join(
+            "",
+            '<li class="warning rule-conflict" data-kind="{}">{} <span class="rule-conflict-rules">({})</span></li>',
+            [
+                (
+                    conflict.kind,
+                    conflict.message,
+                    format_html_join(", ", "{}", [(link(ref),) for ref in conflict.rules]),
+                )
+                for conflict in conflicts
+            ],
+        )
+        return format_html('<ul id="rule-conflicts" class="messagelist">{}</ul>', items)
 
     @admin.display(description="In order")
     def rules_in_order(self, obj: Placement) -> str:
         if obj.pk is None:
             return "Save the placement to see the rules that apply to it."
-        rows = placement_rules_in_order(placement=obj)
+        rows = placement_rules_in_order(placement=obj, conflicts=self._conflicts(obj))
         if not rows:
             return "No rules or caps apply to this placement."
 
         def link(row: Any) -> str:
-            if row.rule_id:
-                return format_html(
-                    '<a href="{}">{}</a>',
-                    reverse("admin:surface_app_businessrule_change", args=[row.rule_id]),
-                    row.name,
-                )
-            if row.cap_id:
-                return format_html(
-                    '<a href="{}">{}</a>', reverse("admin:surface_app_frequencycap_change", args=[row.cap_id]), row.name
-                )
-            return row.name
+            return _config_link(row.name, rule_id=row.rule_id, cap_id=row.cap_id)
 
         header = format_html_join(
             "", "<th>{}</th>", [(h,) for h in ("Step", "Kind", "Rule", "Applies to", "Priority", "Valid", "Audience",
@@ -257,10 +310,10 @@ class PlacementAdmin(_ServiceAdmin):
         body = format_html_join(
             "",
             "<tr class='rule-row'><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-            "<td>{}</td></tr>",
+            "<td class='rule-state{}'>{}</td></tr>",
             [
                 (row.step, row.kind, link(row), row.scope, "" if row.priority is None else row.priority, row.validity,
-                 row.audience, row.state)
+                 row.audience, " rule-defeated" if row.defeated else "", row.state)
                 for row in rows
             ],
         )  # fmt: skip

@@ -17,6 +17,7 @@ from django.db.models import Model, Q
 from graph_app.models import Item
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
+from surface_app.condition_checks import condition_value_problems
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.rules_compile import ConditionError, conditions_parse
 from surface_app.services import shelves_placement_changed
@@ -77,13 +78,24 @@ def rule_validate(*, rule: BusinessRule) -> None:
     save service and the CSV import all call it."""
     errors: dict[str, str] = {}
     try:
-        unknown = _attributes_unknown(conditions_parse(rule.condition))
+        conditions = conditions_parse(rule.condition)
+        unknown = _attributes_unknown(conditions)
+        problems: list[str] = []
         if unknown:
             names = ", ".join(f"'{name}'" for name in unknown)
-            errors["condition"] = (
+            problems.append(
                 f"No item in the catalog has the attribute {names}: check the spelling of attributes.<name> "
                 "(a rule on an unknown attribute matches nothing)."
             )
+        # Like an unknown attribute, a value no item has (a case typo above all) is refused, naming the spelling.
+        missing = condition_value_problems(conditions=conditions, skip_attributes=unknown)
+        if missing:
+            problems.append(
+                " ".join(problem.message for problem in missing)
+                + " Values are compared exactly, case included: a rule on a value no item has matches nothing."
+            )
+        if problems:
+            errors["condition"] = " ".join(problems)
     except ConditionError as error:
         errors["condition"] = str(error)
     try:

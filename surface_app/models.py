@@ -125,6 +125,14 @@ class BusinessRule(models.Model):
     item_ids = models.JSONField(default=list, blank=True, help_text="Pin: the item; block: the items.")
     slot = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Pin: the slot, 1 is the first.")
     campaign = models.CharField(max_length=100, blank=True, default="", help_text="Campaign name (pins, caps).")
+    # A pin is the merchandiser's explicit choice: item, category and entity caps (set for freshness, usually on
+    # every placement) count its impressions but do not remove it, unless its author opts in here.
+    caps_apply = models.BooleanField(
+        default=False,
+        verbose_name="Frequency caps apply to this pin",
+        help_text="Pin: item, category and entity caps may remove the pinned item once it reached them (campaign "
+        "caps and the cool-down after a hide or skip always apply). Off: the pin shows at every visit.",
+    )
     # Review (placements that require it): a changed rule is a draft, and does not serve, until another user with
     # the publish permission approves it.
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PUBLISHED, editable=False)

@@ -66,13 +66,19 @@ def _item_q(condition: Condition) -> Q:
     return ~q if condition.op == "ne" else q
 
 
-def item_matches(conditions: tuple[Condition, ...]) -> frozenset[str] | None:
-    if not conditions:
-        return None
+def item_condition_q(conditions: tuple[Condition, ...]) -> Q:
+    """The catalog items the conditions match (all must hold), as a filter on `Item`: what serving's sets are built
+    from, and what the console counts."""
     query = Q()
     for condition in conditions:
         query &= _item_q(condition)
-    return frozenset(Item.objects.filter(query).values_list("external_id", flat=True))
+    return query
+
+
+def item_matches(conditions: tuple[Condition, ...]) -> frozenset[str] | None:
+    if not conditions:
+        return None
+    return frozenset(Item.objects.filter(item_condition_q(conditions)).values_list("external_id", flat=True))
 
 
 def _caps(rows: list[FrequencyCap]) -> tuple[tuple[CapSpec, ...], int]:
@@ -107,6 +113,7 @@ def rule_compile(rule: BusinessRule) -> CompiledRule:
         item_ids=tuple(str(item_id) for item_id in rule.item_ids or ()),
         slot=rule.slot,
         campaign=rule.campaign,
+        caps_apply=bool(rule.caps_apply),
     )
 
 

@@ -26,7 +26,8 @@ A spec counts the impressions of every placement, or only of the placement being
 cap configured on one placement). Impressions are recorded only for what the call's specs count, so a cap that
 counts every placement must be among every placement's specs (as a FrequencyCap without placement is). The
 `placement` scope counts the placement's slates (requests), not its items. Windows slide: an impression counts
-while `served_at > now - window_seconds`.
+while `served_at > now - window_seconds`. An item a pin shows (`CapItem.pin_exempt`, see `surface_app.serving.rules`)
+is counted by every cap but refused only by campaign and placement caps and the cool-down.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ SCOPE_CAMPAIGN = "campaign"
 SCOPE_PLACEMENT = "placement"
 SCOPE_COOLDOWN = "cooldown"
 SCOPES = frozenset({SCOPE_ITEM, SCOPE_CATEGORY, SCOPE_ENTITY, SCOPE_CAMPAIGN, SCOPE_PLACEMENT, SCOPE_COOLDOWN})
+# The caps a pin is exempt from unless it opts in: a campaign cap exists to cap pins, a placement cap caps the shelf.
+PIN_EXEMPT_SCOPES = frozenset({SCOPE_ITEM, SCOPE_CATEGORY, SCOPE_ENTITY})
 # How a counted field names what was shown, by scope.
 _TAGS = {SCOPE_ITEM: "i:", SCOPE_CATEGORY: "c:", SCOPE_ENTITY: "e:", SCOPE_CAMPAIGN: "m:"}
 SEPARATOR = "\x1f"
@@ -61,10 +64,11 @@ ENFORCE_SCRIPT = """
 -- KEYS: 1 counts, 2 touched, 3 blocks, 4 cool-down (see surface_app/serving/caps.py). ARGV (`_enforce_args`):
 -- 1 now, 2 retention seconds, 3 request id, 4 placement, 5 at most this many accepted (0: no limit), 6 specs S,
 -- then 5 values a spec: scope, max impressions, window seconds, counts this placement only ('1'), signature;
--- then the number K of items and their K ids; then, for each spec of item, category, entity or campaign scope
--- in order, the fields it counts: an item scope one field an item (K fields), the others how many each item has
--- (K numbers) then all of them. The caller names the fields: string and table work here costs Redis's one
--- thread as much as its commands do. Returns the ids of the items refused.
+-- then the number K of items and their K ids; then the number E of items pins show, which item, category and
+-- entity caps count but never refuse, and their E positions (1 to K); then, for each spec of item, category,
+-- entity or campaign scope in order, the fields it counts: an item scope one field an item (K fields), the others
+-- how many each item has (K numbers) then all of them. The caller names the fields: string and table work here
+-- costs Redis's one thread as much as its commands do. Returns the ids of the items refused.
 local now, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
 local request_id, placement, limit = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local spec_count = tonumber(ARGV[6])
@@ -76,7 +80,9 @@ local upfront = limit > 0 and limit < item_count and limit or item_count
 local old = now - retention
 local slates_field = 's:' .. placement
 local specs, counting, cooldown, slates_keep = {}, {}, nil, nil
-local a = ids + item_count + 1
+local exempt_count, pinned = tonumber(ARGV[ids + item_count + 1]), {}
+for n = 1, exempt_count do pinned[tonumber(ARGV[ids + item_count + 1 + n])] = true end
+local a = ids + item_count + 2 + exempt_count
 for s = 0, spec_count - 1 do
   local b = 7 + 5 * s
   local scope, max, window = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
@@ -90,6 +96,7 @@ for s = 0, spec_count - 1 do
     local spec = {
       tag = true, max = max, window = window, since = now - window, signature = ARGV[b + 4], counts = {},
       space = scope .. ARGV[b + 3], prefix = ARGV[b + 3] == '1' and #placement + 1 or 0,
+      pins_pass = scope ~= 'campaign',
     }
     if scope == 'item' then
       -- Item k's field is ARGV[spec.first + k - 1].
@@ -217,6 +224,8 @@ for k = 1, item_count do
   while allowed and s <= #counting do
     local spec = counting[s]
     local counts, at, max = spec.counts, spec.at, spec.max
+    -- A pin's item is counted (every field, for the recording below) but not refused.
+    if pinned[k] and spec.pins_pass then max = math.huge end
     local from = at and at[k] or spec.first + k - 1
     for arg = from, at and at[k + 1] - 1 or from do
       local name = ARGV[arg]
@@ -392,10 +401,13 @@ class CapItem:
     category: str = ""
     entities: tuple[str, ...] = ()
     campaign: str = ""
+    # Shown by a pin that does not opt in to caps: caps of PIN_EXEMPT_SCOPES count it but do not refuse it.
+    pin_exempt: bool = False
 
 
-# A compiled spec: its scope, the values it refuses (None: everything), and the reason to give.
-_Check = tuple[str, frozenset[str] | None, str]
+# A compiled spec: its scope, the values it refuses (None: everything), the reason to give, and whether a
+# pin_exempt item passes it.
+_Check = tuple[str, frozenset[str] | None, str, bool]
 
 
 @dataclass
@@ -453,7 +465,7 @@ def _compile(state: CapState, specs: Sequence[CapSpec], placement: str) -> list[
             since = state.now - spec.window_seconds
             hidden = frozenset(item for item, hidden_at in state.cooldown.items() if hidden_at > since)
             if hidden:
-                checks.append((SCOPE_ITEM, hidden, COOLDOWN_REASON))
+                checks.append((SCOPE_ITEM, hidden, COOLDOWN_REASON, False))
             continue
         blocked = state.blocks.get(cap_signature(spec, placement))
         if not blocked:
@@ -461,7 +473,7 @@ def _compile(state: CapState, specs: Sequence[CapSpec], placement: str) -> list[
         reason = f"cap:{spec.name}"
         if spec.scope == SCOPE_PLACEMENT:
             if f"s:{placement}" in blocked:
-                checks.append((SCOPE_PLACEMENT, None, reason))
+                checks.append((SCOPE_PLACEMENT, None, reason, False))
             continue
         tag = _TAGS.get(spec.scope)
         if tag is None:
@@ -469,7 +481,7 @@ def _compile(state: CapState, specs: Sequence[CapSpec], placement: str) -> list[
             continue
         values = frozenset(what[2:] for what in blocked if what.startswith(tag))
         if values:
-            checks.append((spec.scope, values, reason))
+            checks.append((spec.scope, values, reason, spec.scope in PIN_EXEMPT_SCOPES))
     return checks
 
 
@@ -483,7 +495,9 @@ def _checks(state: CapState, specs: Sequence[CapSpec], placement: str) -> list[_
 
 
 def _reason(checks: list[_Check], item: CapItem) -> str | None:
-    for scope, blocked, reason in checks:
+    for scope, blocked, reason, pins_pass in checks:
+        if pins_pass and item.pin_exempt:
+            continue
         if blocked is None:
             return reason
         if scope == SCOPE_ITEM:
@@ -569,7 +583,8 @@ def _enforce_args(
             names = [[f"{head}{value}" for value in _counted_values(item, tag)] for item in items]
             fields += [len(item_names) for item_names in names]
             fields += [name for item_names in names for name in item_names]
-    return [*args, len(items), *(item.item_id for item in items), *fields]
+    exempt = [position for position, item in enumerate(items, start=1) if item.pin_exempt]
+    return [*args, len(items), *(item.item_id for item in items), len(exempt), *exempt, *fields]
 
 
 def caps_enforce_and_record(

@@ -15,7 +15,9 @@ Order of application (and how conflicts resolve), for one request:
    moved after the others (it fills the shelf only if nothing else can).
 4. Pins put their item at their slot (1 is the first). Two pins on one slot: the higher priority wins (then the
    most recently changed rule); the other takes the next free slot. A pinned item must pass the filters, but not
-   the diversity limits.
+   the diversity limits, nor the item, category and entity caps unless its pin opts in (`caps_apply`): those
+   count its impressions, for its other appearances, without removing it (campaign and placement caps and the
+   cool-down still apply: a campaign cap exists to cap pins).
 5. The first `size` items are the slate; frequency caps are then enforced atomically in Redis as the impressions
    are recorded (an item refused there is replaced by the next one).
 Every rule only applies inside its validity window and to users its audience matches (conditions on traits).
@@ -85,6 +87,8 @@ class CompiledRule:
     item_ids: tuple[str, ...]
     slot: int | None
     campaign: str
+    # Pin: item, category and entity caps may remove its item (off: they count it but never remove it).
+    caps_apply: bool = False
 
     def active(self, now: float, traits: Mapping[str, Any]) -> bool:
         if self.valid_from is not None and now < self.valid_from:
@@ -240,6 +244,16 @@ def rules_apply(
     pins = [rule for rule in active if rule.kind == "pin" and rule.item_ids and rule.slot]
     ordered, overflow = _pin(ordered, overflow, pins, pinned_facts, eligible, size)
     return ordered, overflow, removed
+
+
+def pins_exempt_from_caps(rules: Sequence[CompiledRule], now: float, traits: Mapping[str, Any]) -> frozenset[str]:
+    """The items that active pins, without `caps_apply`, place: item, category and entity caps do not remove them.
+    The first pin of an item (by priority) decides, as it is the one that places it."""
+    deciding: dict[str, CompiledRule] = {}
+    for rule in rules:
+        if rule.kind == "pin" and rule.item_ids and rule.slot and rule.active(now, traits):
+            deciding.setdefault(rule.item_ids[0], rule)
+    return frozenset(item_id for item_id, rule in deciding.items() if not rule.caps_apply)
 
 
 def _diversify(items: list[RankedItem], config: PlacementConfig) -> tuple[list[RankedItem], list[RankedItem]]:

@@ -47,6 +47,7 @@ from surface_app.serving.rules import (
     PlacementConfig,
     RankedItem,
     RulesSnapshot,
+    pins_exempt_from_caps,
     rules_apply,
     snapshot_current,
     snapshot_observe,
@@ -490,7 +491,9 @@ def _apply_rules(
     extra = [RankedItem(item_id, 0.0, "pin", "", ("pin",)) for item_id in pinned if item_id in snapshot.pinnable]
     _item_facts([*items, *extra], user_key, entity_payloads)
     pinned_by_id = {item.item_id: item for item in extra}
-    facts = {item.item_id: _cap_item(item) for item in [*items, *extra]}
+    # What pins show passes the item, category and entity caps (unless the pin opts in); they still count it.
+    exempt = pins_exempt_from_caps(rules, now, traits)
+    facts = {item.item_id: _cap_item(item, item.item_id in exempt) for item in [*items, *extra]}
     capped: dict[str, str] = {}
     if cap_state is not None and config.cap_specs:
         capped = frequency_caps.caps_block_reasons(cap_state, config.cap_specs, list(facts.values()), placement)
@@ -507,8 +510,15 @@ def _apply_rules(
     for reason, count in removed_counts.items():
         FILTERED.labels(reason=reason.split(":", 1)[0]).inc(count)
     everything = [*ordered, *backfill]
-    # Pins may have set a campaign: the caps count it.
-    facts.update({item.item_id: _cap_item(item) for item in everything if item.campaign})
+    # Pins may have set a campaign: the caps count it. An exempt item is exempt only at its pin's slot on the
+    # shelf (a pin beyond the shelf's size, or an item that fills in for a refused one, meets every cap).
+    facts.update(
+        {
+            item.item_id: _cap_item(item, item.item_id in exempt and _shown_pinned(item, size))
+            for item in everything
+            if item.campaign or item.item_id in exempt
+        }
+    )
     return [_slate_item(item) for item in everything], facts
 
 
@@ -516,10 +526,14 @@ def _pinned_ids(rules: list[CompiledRule]) -> list[str]:
     return sorted({rule.item_ids[0] for rule in rules if rule.kind == "pin" and rule.item_ids})
 
 
-def _cap_item(item: RankedItem) -> Any:
+def _shown_pinned(item: RankedItem, size: int) -> bool:
+    return item.pinned_slot is not None and item.pinned_slot < size
+
+
+def _cap_item(item: RankedItem, pin_exempt: bool = False) -> Any:
     # Entity caps count brands, creators, themes... (the category has its own scope).
     entities = tuple(key for key in item.entities if not key.startswith("category:"))
-    return frequency_caps.CapItem(item.item_id, item.category, entities, item.campaign)
+    return frequency_caps.CapItem(item.item_id, item.category, entities, item.campaign, pin_exempt)
 
 
 def _slate_item(item: RankedItem) -> SlateItem:
@@ -564,7 +578,7 @@ def _fill(
     taken = {item.item_id for item in chosen} | set(seeds) | set(state.recent_items)
     steps = config.fallbacks
     if seeds and "session" in steps:
-        steps = ["session", *(step for step in steps if step != "session")]
+        steps = ("session", *(step for step in steps if step != "session"))
     for step in steps:
         if len(chosen) >= size:
             break

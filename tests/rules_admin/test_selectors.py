@@ -11,6 +11,7 @@ from django.utils import timezone
 from rules_admin.selectors import placement_rules_in_order
 from surface_app import configuration
 from surface_app.models import BusinessRule, FrequencyCap, Placement
+from tests.factories import ItemFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -28,6 +29,7 @@ def home():
     save(name="Boost everywhere", kind="boost", factor=2.0, audience={"field": "traits.age", "op": "gte", "value": 18})
     save(name="Pin high", kind="pin", placement=home, item_ids=["b"], slot=1, priority=5, campaign="B",
          valid_from=now - timedelta(days=1), valid_until=now + timedelta(days=1))  # fmt: skip
+    ItemFactory(category="wine")  # a condition names a value the catalog has
     save(name="Minors filter", kind="filter", condition={"field": "category", "op": "eq", "value": "wine"})
     save(name="Bury old", kind="bury", placement=home, factor=3.0, priority=1)
     save(name="Blocked", kind="block", placement=home, item_ids=["x"], enabled=False)
