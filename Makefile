@@ -17,8 +17,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 		echo "Installed in $$(( $$(date +%s) - started )) s."
 	touch $(STAMP)
 
+# RUN_ARGS: the command's options, e.g. make run RUN_ARGS="--port 9000". Ctrl-C exits 0: the command takes the
+# terminal's Ctrl-C for itself (personalization/startup.py), since make dies of any SIGINT it receives.
 run: $(STAMP)
-	$(BIN)/python manage.py run_platform
+	$(BIN)/python manage.py run_platform $(RUN_ARGS)
 
 # Browser tests drive Debian's Chromium; install it where we may (root with apt), else those tests skip.
 $(CHROMIUM):

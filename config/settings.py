@@ -422,6 +422,7 @@ if LOG_FORMAT not in {"json", "console"}:
 LOGGING = log_config.logging_settings(
     log_format=LOG_FORMAT,
     level=os.environ.get("LOG_LEVEL", "INFO"),
-    # Beat sends it every second: Celery's lines about it are at DEBUG (the task logs at INFO when it moved events).
-    routine_tasks=["signals.events_drain"],
+    # Beat sends these every second or minute: Celery's lines about them are at DEBUG, and each task logs at INFO
+    # itself when it did something (moved events, learned from rewards).
+    routine_tasks=["signals.events_drain", "scoring.models_serving_publish", "scoring.bandit_learn"],
 )

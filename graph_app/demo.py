@@ -19,6 +19,7 @@ from pathlib import Path
 from graph_app.catalog_bulk import items_upsert_many
 from graph_app.models import Shopper
 from graph_app.online import catalog_online_rebuild
+from graph_app.progress import Progress
 from graph_app.services import ITEM_BATCH_MAX, EntityRef, ItemInput, content_projection
 from signals_app.consumer import events_drain_all
 from signals_app.log import event_log_partitions_create
@@ -175,8 +176,12 @@ def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -
 
     projection = content_projection()
     inputs = [_item_input(code, descriptions[code], prices[code]) for code in sorted(descriptions)]
+    progress = Progress("demo: items stored", total=len(inputs))
     for start in range(0, len(inputs), ITEM_BATCH_MAX):
-        items_upsert_many(rows=inputs[start : start + ITEM_BATCH_MAX], projection=projection)
+        batch = inputs[start : start + ITEM_BATCH_MAX]
+        items_upsert_many(rows=batch, projection=projection)
+        progress.advance(len(batch))
+    progress.finish()
     # The ingest script reads item entities from Redis: publish the catalog before replaying the history.
     catalog_online_rebuild()
     Shopper.objects.bulk_create(
@@ -210,13 +215,19 @@ def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -
     # History gets its monthly partitions of the log first (instead of piling up in the DEFAULT one).
     event_log_partitions_create(months={(date + shift).date() for date in dates})
     accepted = duplicates = 0
+    progress = Progress("demo: purchases ingested", total=len(events))
     for start in range(0, len(events), EVENT_BATCH_MAX):
-        report = events_ingest(raw_events=events[start : start + EVENT_BATCH_MAX], backfill=True)
+        batch = events[start : start + EVENT_BATCH_MAX]
+        report = events_ingest(raw_events=batch, backfill=True)
         accepted += report.accepted
         duplicates += report.duplicates
+        progress.advance(len(batch))
+    progress.finish()
     # Write the streams to the durable log now, so that training can start from it right away.
-    while events_drain_all().read:
-        pass
+    progress = Progress("demo: purchases written to the log", total=accepted)
+    while drained := events_drain_all().read:
+        progress.advance(drained)
+    progress.finish()
     return DemoLoadReport(
         items=len(descriptions), users=len(countries), events_accepted=accepted, events_duplicate=duplicates
     )

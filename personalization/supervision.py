@@ -119,8 +119,9 @@ class Supervisor:
         self._stop_requested.set()
 
     def run_until_signalled(self) -> None:
-        """Run until SIGINT (the terminal's Ctrl-C) or SIGTERM; call from the main thread."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        """Run until SIGINT (the terminal's Ctrl-C), SIGTERM or SIGHUP (the terminal closed); call from the main
+        thread."""
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, lambda *_: self.stop())
         self.run()
 
@@ -140,9 +141,16 @@ class Supervisor:
         finally:
             self._stop_children()
 
+    def announce(self, text: str) -> None:
+        """Write a block of lines as they are (the run command's banner), never in the middle of a child's line."""
+        self._write(text if text.endswith("\n") else f"{text}\n")
+
     def log(self, name: str, message: str) -> None:
-        with self._output_lock:
-            self._output.write(f"{time.strftime('%H:%M:%S')} {name:<{self._width}} | {message}\n")
+        self._write(f"{time.strftime('%H:%M:%S')} {name:<{self._width}} | {message}\n")
+
+    def _write(self, text: str) -> None:
+        with self._output_lock, contextlib.suppress(OSError):  # a closed terminal must not stop the stopping
+            self._output.write(text)
             self._output.flush()
 
     def _start(self, child: _Child) -> None:

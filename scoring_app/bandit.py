@@ -111,7 +111,9 @@ def bandit_learn(
         finally:
             workspace.finish()
         _decisions_prune(horizon)
-    logger.info("score.bandit_learned", extra=report.__dict__)
+    # Beat runs it every minute: a run that fed and published nothing is not worth a line at INFO.
+    did_something = report.learned or report.rewarded or report.unlearnable or report.version
+    logger.log(logging.INFO if did_something else logging.DEBUG, "score.bandit_learned", extra=report.__dict__)
     return report
 
 

@@ -1,22 +1,27 @@
-"""The run command end to end: gunicorn, the WebSocket server, a Celery worker and beat as real processes.
+"""`make run` end to end, started in a terminal as a newcomer does: gunicorn, the WebSocket server, Celery workers and
+beat as real processes.
 
-An event posted to the HTTP server reaches a WebSocket held by the other server through the Redis channel
+It prints numbered set-up steps, then the banner once every process answers (and `platform_info` prints it
+again); an event posted to the HTTP server reaches a WebSocket held by the other server through the Redis channel
 layer; a killed process is restarted while the others go on, and with one of the two web processes killed the
-other answers every request; Ctrl-C (SIGINT) stops every process and exits 0.
+other answers every request; Ctrl-C typed in the terminal stops every process and `make run` exits 0.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import signal
+import os
+import pty
+import re
 import socket
-import subprocess
-import sys
+import threading
 import time
 import urllib.request
 
 import psutil
 import pytest
+from django.core.management import call_command
 from websockets.sync.client import connect
 
 from personalization.services import api_key_create
@@ -26,6 +31,64 @@ from tests.integration_helpers import child_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 START_TIMEOUT_SECONDS = 60
+# A first start trains on the test's catalog before it starts the processes: generous, never waited for in full.
+BANNER_TIMEOUT_SECONDS = 180
+BANNER_HEADING = "Personalization platform: ready"
+BANNER_END = "Ctrl-C stops everything."
+STARTUP_MARKERS = re.compile(r"^\[\d/\d\] |\| started \(pid | ready\.")
+
+
+class _Terminal:
+    """A command run as a terminal's foreground job: what the terminal shows, and Ctrl-C typed into it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.pid, self._master = pty.fork()
+        if self.pid == 0:  # the child: nothing but exec
+            try:
+                os.chdir(PROJECT_ROOT)
+                os.execvpe(argv[0], argv, env)
+            finally:
+                os._exit(127)
+        self._output = bytearray()
+        self._changed = threading.Condition()
+        self.closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:  # EIO: every process that held the terminal has exited
+                data = b""
+            with self._changed:
+                self._output += data
+                self.closed = not data
+                self._changed.notify_all()
+            if not data:
+                return
+
+    def text(self) -> str:
+        with self._changed:
+            return self._output.decode(errors="replace")
+
+    def lines(self) -> list[str]:
+        """The lines as they stay on screen: a line redrawn with carriage returns shows its last drawing."""
+        return [line.rstrip("\r").split("\r")[-1].replace("\x1b[K", "") for line in self.text().split("\n")]
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.closed or text.encode() in self._output, timeout)
+        assert text in self.text(), self.text()
+
+    def ctrl_c(self) -> None:
+        os.write(self._master, b"\x03")  # the line discipline sends SIGINT to the terminal's foreground group
+
+    def exit_code(self, timeout: float) -> int:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.closed, timeout), self.text()
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self._master)
+        return os.waitstatus_to_exitcode(status)
 
 
 def _free_port() -> int:
@@ -78,21 +141,63 @@ def _wait_for_programs(runner_pid: int, deadline: float, expected: int = 6) -> d
     return programs
 
 
-def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
+def _runner_pid(make_pid: int) -> int:
+    (runner,) = [p for p in psutil.Process(make_pid).children() if "run_platform" in " ".join(p.cmdline())]
+    return runner.pid
+
+
+def _assert_banner_printed_once_all_answer(terminal: _Terminal, port: int, ws_port: int) -> None:
+    """Every URL of the banner answers when it appears (asked once each, no retry), and nothing of the start-up
+    comes after it: the numbered steps, each process started, the workers ready."""
+    from config.celery import app
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{ws_port}/healthz", timeout=10) as response:
+        assert response.status == 200
+    assert app.control.ping(destination=[f"worker@{socket.gethostname()}"], timeout=5)
+    lines = terminal.lines()
+    banner_at = next(i for i, line in enumerate(lines) if line.startswith(BANNER_HEADING))
+    steps = [line for line in lines[:banner_at] if re.match(r"\[\d/7\] ", line)]
+    assert [step[:5] for step in steps] == ["[1/7]", "[2/7]", "[3/7]", "[4/7]", "[5/7]", "[6/7]", "[7/7]", "[7/7]"]
+    assert steps[2] == "[3/7] Loading the demo catalog ... skipped (--no-demo)"
+    assert steps[3].startswith("[4/7] Training the item embeddings ... 100% "), steps
+    assert steps[-1].startswith("[7/7] Starting web, WebSockets, workers and beat ... 100% "), steps
+    for name in ("web-1", "web-2", "ws", "worker", "events", "beat"):
+        assert any(f"{name:<6} | started (pid" in line for line in lines[:banner_at]), name
+    assert any("worker@" in line and " ready." in line for line in lines[:banner_at])
+    assert not [line for line in lines[banner_at:] if STARTUP_MARKERS.search(line)], lines[banner_at:]
+    assert "Authorization: Bearer " in "\n".join(lines[banner_at:])
+
+
+def test_make_run_prints_steps_then_the_banner_serves_and_exits_0_on_ctrl_c(tmp_path, settings):
     ItemFactory(external_id="a", embedding=[1.0] + [0.0] * 63)
     ItemFactory(external_id="b", embedding=[0.9, 0.1] + [0.0] * 62)
     raw_key = api_key_create(name="e2e").raw_key
     port, ws_port = _free_port(), _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_platform", "--no-demo", "--port", str(port), "--ws-port", str(ws_port),
-         "--web-workers", "1"],
-        cwd=PROJECT_ROOT, env=child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    run_args = f"--no-demo --port {port} --ws-port {ws_port} --web-workers 1"
+    # -o: never reinstall the packages from here, whatever the requirements files' times. Not the make of `make
+    # test` (its jobserver, its level): the one a newcomer types.
+    env = {
+        name: value
+        for name, value in child_env(PERSONALIZATION_DATA_DIR=str(tmp_path)).items()
+        if not name.startswith(("MAKE", "MFLAGS", "GNUMAKEFLAGS"))
+    }
+    terminal = _Terminal(["make", "-o", ".venv/.installed", "run", f"RUN_ARGS={run_args}"], env)
     try:
+        terminal.wait_for(BANNER_END, BANNER_TIMEOUT_SECONDS)
+        _assert_banner_printed_once_all_answer(terminal, port, ws_port)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        _wait_for(f"http://127.0.0.1:{port}/readyz", deadline)
-        _wait_for(f"http://127.0.0.1:{ws_port}/healthz", deadline)
+        runner_pid = _runner_pid(terminal.pid)
+
+        # The same banner again, from what the run command kept in its data folder.
+        settings.DATA_DIR = tmp_path
+        info = io.StringIO()
+        call_command("platform_info", stdout=info)
+        assert "Personalization platform: running" in info.getvalue()
+        banner = terminal.text().replace("\r\n", "\n").split(BANNER_HEADING)[1]
+        for line in banner.splitlines()[1:9]:
+            assert line in info.getvalue().splitlines(), (line, info.getvalue())
 
         with connect(f"ws://127.0.0.1:{ws_port}/ws/v1/recommendations/?api_key={raw_key}&user_id=u1&k=1") as socket_:
             # A new user, no popularity yet: the newest item, for exploration.
@@ -109,10 +214,10 @@ def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
             assert [item["item_id"] for item in pushed["items"]] == ["b"]
 
         # The events worker killed: it alone is restarted, and the web server answers all along.
-        before = _wait_for_programs(process.pid, deadline)
+        before = _wait_for_programs(runner_pid, deadline)
         psutil.Process(before["events"]).kill()
         restart_deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while (after := _programs(process.pid)).get("events", before["events"]) == before["events"]:
+        while (after := _programs(runner_pid)).get("events", before["events"]) == before["events"]:
             assert time.monotonic() < restart_deadline, after
             _wait_for(f"http://127.0.0.1:{port}/healthz", restart_deadline)
             time.sleep(0.2)
@@ -122,11 +227,11 @@ def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
 
         # One web process killed: the other, on the same port (SO_REUSEPORT), answers every request until the
         # supervisor has started the first again.
-        before = _wait_for_programs(process.pid, restart_deadline)
+        before = _wait_for_programs(runner_pid, restart_deadline)
         psutil.Process(before["web-1"]).kill()
         restart_deadline = time.monotonic() + START_TIMEOUT_SECONDS
         answered = 0
-        while (after := _programs(process.pid)).get("web-1", before["web-1"]) == before["web-1"]:
+        while (after := _programs(runner_pid)).get("web-1", before["web-1"]) == before["web-1"]:
             assert time.monotonic() < restart_deadline, after
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
                 assert response.status == 200
@@ -135,14 +240,18 @@ def test_run_platform_serves_http_and_websockets_and_stops_on_ctrl_c(tmp_path):
         assert after["web-2"] == before["web-2"]
         _wait_for(f"http://127.0.0.1:{port}/readyz", restart_deadline)
     finally:
-        process.send_signal(signal.SIGINT)
+        terminal.ctrl_c()
         try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-    assert process.returncode == 0, output
-    assert "Admin" in output and "password" in output, output
+            exit_code = terminal.exit_code(timeout=30)
+        except AssertionError:  # not stopped: leave nothing behind (the runner has its own process group)
+            for process in [psutil.Process(terminal.pid), *psutil.Process(terminal.pid).children(recursive=True)]:
+                process.kill()
+            raise
+    output = terminal.text()
+    assert exit_code == 0, output
+    assert "make: ***" not in output, output  # neither "Interrupt" nor "Error 130"
+    # Routine lines at DEBUG (beat sent the drain every second), no warning about running as root.
+    assert "Sending due task" not in output and "superuser privileges" not in output, output
     assert "events | exited (rc=-9); restarting in 1 s" in output, output
     assert "web-1  | exited (rc=-9); restarting in 1 s" in output, output
     for name in ("web-1", "web-2", "ws", "worker", "events", "beat"):

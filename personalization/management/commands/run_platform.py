@@ -3,26 +3,42 @@
 Embedded PostgreSQL and Valkey are started by the settings when DATABASE_URL / REDIS_URL are unset, started again
 if they die, and stopped here on Ctrl-C; servers given by URL are left alone. Every process is restarted when it
 exits, after a backoff, while the others go on (personalization/supervision.py).
+
+It says what it does in numbered steps (progress bars on a terminal), waits until every process answers, and only
+then prints the banner (personalization/startup.py). Ctrl-C stops everything and exits 0, under `make run` too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import socket
 import sys
+import threading
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import psutil
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from personalization import embedded
-from personalization.bootstrap import ADMIN_USERNAME, platform_bootstrap
+from personalization import embedded, startup
+from personalization.bootstrap import BOOTSTRAP_STEPS, credentials_file, platform_bootstrap
 from personalization.supervision import Program, Service, Supervisor
 
 WEB_PROGRAMS = ("web-1", "web-2")
+# The servers, the migrations, the bootstrap's steps, and the processes.
+STEP_COUNT = 2 + len(BOOTSTRAP_STEPS) + 1
+PROCESSES_STEP = "Starting web, WebSockets, workers and beat"
+# Celery warns at every start that a worker runs as root. `make run` is a developer's platform, often in a container
+# where root is the only user, and our workers accept JSON only (Celery refuses root outright with pickle).
+# Production runs them as their own user (deploy/systemd), and there the warning stays on.
+ROOT_WARNING_SILENCED = "ignore:You're running the worker with superuser privileges"
 
 
 class Command(BaseCommand):
@@ -42,10 +58,41 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         embedded_services = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
-        call_command("migrate", interactive=False, verbosity=0)
-        report = platform_bootstrap(with_demo_data=not options["no_demo"])
+        data_dir = Path(settings.DATA_DIR)
+        with startup.terminal_foreground():
+            try:
+                self._run(options, embedded_services=embedded_services)
+            except KeyboardInterrupt:
+                with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+                    self.stdout.write("\nStopped before the platform was up.")
+            finally:
+                if embedded_services:
+                    with contextlib.suppress(OSError):
+                        self.stdout.write("Stopping the embedded PostgreSQL and Valkey…")
+                    embedded.stop_all(data_dir)
+
+    def _run(self, options: dict[str, object], *, embedded_services: bool) -> None:
+        data_dir = Path(settings.DATA_DIR)
+        setup_log = data_dir / startup.SETUP_LOG_FILE
+        first_start = "" if credentials_file().exists() else " (a first start trains the first models"
+        if first_start:
+            first_start += ", on the demo data: a minute or two)" if not options["no_demo"] else ")"
+        self.stdout.write(
+            f"Starting the personalization platform{first_start}; set-up details in {startup.display_path(setup_log)}"
+        )
+        steps = startup.StepReporter(STEP_COUNT, stream=sys.stdout)
+        # The settings started (or reached) the servers while Django loaded: that step is this process's age.
+        servers = "Starting the embedded PostgreSQL and Valkey" if embedded_services else "Connecting to the servers"
+        steps.done(servers, time.time() - psutil.Process().create_time())
+        with startup.setup_log_to_file(setup_log):
+            with steps.step("Migrating the database"):
+                call_command("migrate", interactive=False, verbosity=0)
+            report = platform_bootstrap(with_demo_data=not options["no_demo"], step=steps.step)
 
         host, port, ws_port = options["host"], options["port"], options["ws_port"]
+        assert isinstance(host, str) and isinstance(port, int) and isinstance(ws_port, int)
+        addresses = startup.Addresses(host, port, ws_port)
+        startup.addresses_store(data_dir, addresses)
         env = {
             **os.environ,
             "DATABASE_URL": settings.DATABASE_URL,
@@ -76,39 +123,34 @@ class Command(BaseCommand):
             )
             for name in WEB_PROGRAMS
         }
+        # The workers' names spelled out (not -n worker@%h): the readiness check pings them by name.
+        worker_node, events_node = f"worker@{socket.gethostname()}", f"events@{socket.gethostname()}"
         processes |= {
             "ws": f"{bin_dir}/uvicorn config.asgi:application --host {host} --port {ws_port} --log-level warning",
-            "worker": f"{bin_dir}/celery -A config worker --queues celery --loglevel INFO --concurrency 1 -n worker@%h",
+            # --quiet: no ASCII-art banner; the "ready" line says it is up.
+            "worker": (
+                f"{bin_dir}/celery -A config --quiet worker --queues celery --loglevel INFO --concurrency 1"
+                f" -n {worker_node}"
+            ),
             # Writes the event streams to the PostgreSQL log; scale by running more of these.
             "events": (
-                f"{bin_dir}/celery -A config worker --queues events --loglevel WARNING --concurrency 1 -n events@%h"
+                f"{bin_dir}/celery -A config --quiet worker --queues events --loglevel WARNING --concurrency 1"
+                f" -n {events_node}"
             ),
-            "beat": f"{bin_dir}/celery -A config beat --loglevel INFO",
+            "beat": f"{bin_dir}/celery -A config --quiet beat --loglevel INFO",
         }
-        base = f"http://{host}:{port}"
-        from graph_app.models import Shopper
-
-        # A shopper with history, for the example request (the demo's customers; any id works).
-        example_user = Shopper.objects.order_by("external_id").values_list("external_id", flat=True).first() or "u1"
-        self.stdout.write(
-            "\n".join(
-                [
-                    "",
-                    "Personalization platform",
-                    f"  API docs   {base}/api/v1/docs/   (open to anyone; Authorize with the API key to try calls)",
-                    f"  Admin      {base}/admin/   user '{ADMIN_USERNAME}', password {report.admin_password}",
-                    f"  Demo page  {base}/demo/",
-                    f"  WebSocket  ws://{host}:{ws_port}/ws/v1/recommendations/?user_id=...&api_key=...",
-                    f"  API key    {report.demo_api_key}",
-                    f"  Try        curl -H 'Authorization: Bearer {report.demo_api_key}' \\\n"
-                    f"               '{base}/api/v1/recommendations?user_id={example_user}&placement=home'",
-                    "  A process that exits is restarted; Ctrl-C stops everything.",
-                    "",
-                ]
-            )
+        warning_filters = [env["PYTHONWARNINGS"]] if env.get("PYTHONWARNINGS") else []
+        celery_env = {**env, "PYTHONWARNINGS": ",".join([*warning_filters, ROOT_WARNING_SILENCED])}
+        banner = partial(
+            startup.banner,
+            addresses=addresses,
+            admin_password=report.admin_password,
+            demo_api_key=report.demo_api_key,
+            example_user=startup.example_shopper(),
+            credentials_path=credentials_file(),
+            footer=["  A process that exits is restarted; Ctrl-C stops everything."],
         )
-        self.stdout.flush()
-        data_dir = Path(settings.DATA_DIR)
+        checks = startup.readiness_checks(addresses, worker_nodes=[worker_node, events_node], events_node=events_node)
         services = (
             [
                 Service(
@@ -123,11 +165,42 @@ class Command(BaseCommand):
             if embedded_services
             else []
         )
-        programs = [Program(name, shlex.split(command), env) for name, command in processes.items()]
+        programs = [
+            Program(name, shlex.split(command), celery_env if name in ("worker", "events") else env)
+            for name, command in processes.items()
+        ]
         supervisor = Supervisor(programs, services, output=sys.stdout)
+        heading = steps.heading(PROCESSES_STEP)
+        self.stdout.write(f"{heading} (their lines follow; the banner comes once each answers)")
+        self.stdout.flush()
+        stopping = threading.Event()
+        announcer = threading.Thread(
+            target=_announce_when_ready, args=(supervisor, checks, stopping, heading, banner), daemon=True
+        )
+        announcer.start()
         try:
             supervisor.run_until_signalled()
         finally:
-            if embedded_services:
-                self.stdout.write("Stopping the embedded PostgreSQL and Valkey…")
-                embedded.stop_all(data_dir)
+            stopping.set()
+
+
+def _announce_when_ready(
+    supervisor: Supervisor,
+    checks: list[startup.ReadinessCheck],
+    stopping: threading.Event,
+    heading: str,
+    banner: Callable[..., str],
+) -> None:
+    """Print the banner once every process answers: its URLs work when it appears."""
+    began = time.monotonic()
+    ready = startup.readiness_wait(
+        checks,
+        stopping=stopping,
+        still_waiting=lambda names: supervisor.announce(f"{heading} still waiting for: {', '.join(names)}"),
+    )
+    if ready and not stopping.is_set():
+        started = time.time() - psutil.Process().create_time()
+        supervisor.announce(
+            f"{heading} 100% {time.monotonic() - began:.1f} s\n"
+            + banner(heading=f"Personalization platform: ready, started in {started:.0f} s")
+        )
