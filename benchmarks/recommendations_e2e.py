@@ -19,6 +19,17 @@ scheduled time (no coordinated omission). Finally, optionally, the layers of `sl
     .venv/bin/python benchmarks/recommendations_e2e.py [--items 100000] [--users 50000] [--events 2000000]
         [--rate 200] [--seconds 30] [--regenerate] [--no-record]
 
+With `--placement product_page` each request asks the default product page's shelf instead (context "item", its
+size, 6; created by `surface_defaults_install` if missing: no rules or caps configured) about a catalog item,
+`item_id=` (drawn from a 1 % sample of the log's events, in stock: the more viewed, the likelier), and the figures
+add what the shelf held: the share of slates led by an item related to the page's item (found by the "context"
+source, or similar to it as the "session" fallback), the mean share of such items in a slate, the mean share of
+items found by popularity alone (the popular fallback or source), and the `degraded` reasons. Nothing recorded
+(the comparisons in BENCHMARKS.md, "Product page under deadline pressure", are written by hand), no layer timings:
+
+    .venv/bin/python benchmarks/recommendations_e2e.py --placement product_page --store-dir .data/bench-e2e-pp \
+        --rate 200 --seconds 30 --json-out /tmp/pp.json
+
 Against a store loaded and trained elsewhere (e.g. `benchmarks/scale_load.py`'s, after the scheduled training):
 `--store-dir .data/bench-scale --reuse` generates and trains nothing (whatever models the store serves are used),
 draws its users from a 1 % sample of the log's pages (any event ids), leaves the store's servers running, and
@@ -63,6 +74,8 @@ COLD_EVERY = 10  # one request in ten is for a cold user
 BENCH_EVENTS = "event_id LIKE 'bench-%%'"
 ANY_EVENTS = "true"
 SENDER_THREADS = 16
+# What each request asks besides its user (and a product page's item): the home shelf, K items.
+HOME_QUERY = f"placement={PLACEMENT}&k={K}"
 MARKER = "bench-e2e-prepared.json"
 SEED = 11
 # The retrieval caches a user's requests fill (scoring_app.engine.retrieval).
@@ -72,11 +85,27 @@ USER_CACHES = ("candidates", "user_vector", "similar_to_recent")
 # --- load generator (its own process: no Django here) ---------------------------------------------------------
 
 
-def _fixed_rate(port: int, key: str, rate: float, plan: list[list[str]]) -> dict[str, object]:
-    """Open loop: request i is due at start + i / rate; its latency counts from then, not from when it was sent."""
+def _context_figures(items: list[dict[str, object]]) -> tuple[bool, float, float]:
+    """Whether the slate's first item relates to the request's context items (found by the "context" source, or
+    similar to them as the "session" fallback), the share of such items, and of items found by popularity alone."""
+    related = [
+        "context" in item["sources"] or item["source"] == "session"  # type: ignore[operator]
+        for item in items
+    ]
+    popular = [item["sources"] == ["popular"] for item in items]
+    if not items:
+        return False, 0.0, 0.0
+    return related[0], sum(related) / len(items), sum(popular) / len(items)
+
+
+def _fixed_rate(
+    port: int, key: str, rate: float, plan: list[list[str]], query: str = HOME_QUERY, size: int = K
+) -> dict[str, object]:
+    """Open loop: request i is due at start + i / rate; its latency counts from then, not from when it was sent.
+    A plan's row [user, kind, item] asks about that context item (a product page's)."""
     total = len(plan)
     start = time.perf_counter() + 0.5
-    rows: list[tuple[float, float, float, str, int, str, tuple[str, ...], int]] = []
+    rows: list[tuple[float, float, float, str, int, str, tuple[str, ...], int, tuple[bool, float, float]]] = []
     lock = threading.Lock()
 
     def sender(offset: int) -> None:
@@ -84,17 +113,17 @@ def _fixed_rate(port: int, key: str, rate: float, plan: list[list[str]]) -> dict
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         local = []
         for index in range(offset, total, SENDER_THREADS):
-            user, kind = plan[index]
+            user, kind, *context = plan[index]
+            url = f"/api/v1/recommendations?user_id={user}&{query}" + (f"&item_id={context[0]}" if context else "")
             scheduled = start + index / rate
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
             sent = time.perf_counter()
-            status, path, degraded, count = 0, "", (), 0
+            status, path, degraded, count, figures = 0, "", (), 0, (False, 0.0, 0.0)
             try:
                 connection.request(
-                    "GET", f"/api/v1/recommendations?user_id={user}&placement={PLACEMENT}&k={K}",
-                    headers={"Authorization": f"Bearer {key}"},
+                    "GET", url, headers={"Authorization": f"Bearer {key}"}
                 )  # fmt: skip
                 response = connection.getresponse()
                 body = response.read()
@@ -102,11 +131,12 @@ def _fixed_rate(port: int, key: str, rate: float, plan: list[list[str]]) -> dict
                 if status == 200:
                     payload = json.loads(body)
                     path, degraded, count = payload["path"], tuple(payload["degraded"]), len(payload["items"])
+                    figures = _context_figures(payload["items"])
             except (OSError, http.client.HTTPException, ValueError):
                 connection.close()
             finished = time.perf_counter()
             local.append(((finished - scheduled) * 1000, (finished - sent) * 1000, finished, kind, status, path,
-                          degraded, count))  # fmt: skip
+                          degraded, count, figures))  # fmt: skip
         with lock:
             rows.extend(local)
 
@@ -169,7 +199,12 @@ def _fixed_rate(port: int, key: str, rate: float, plan: list[list[str]]) -> dict
         "paths": dict(Counter(row[5] for row in ok)),
         "degraded_requests": sum(1 for row in ok if row[6]),
         "degraded": dict(Counter(reason for row in ok for reason in row[6]).most_common()),
-        "short_slates": sum(1 for row in ok if row[7] < K),
+        "short_slates": sum(1 for row in ok if row[7] < size),
+        # Of the slates served (200): led by an item related to the context, mean shares of such items and of
+        # items found by popularity alone.
+        "first_from_context": round(sum(row[8][0] for row in ok) / len(ok), 3) if ok else float("nan"),
+        "context_share_mean": round(sum(row[8][1] for row in ok) / len(ok), 3) if ok else float("nan"),
+        "popular_only_share_mean": round(sum(row[8][2] for row in ok) / len(ok), 3) if ok else float("nan"),
     }
 
 
@@ -183,14 +218,16 @@ def _by_second(scheduled: list[float], latencies: list[float], start: float) -> 
 def load_worker() -> None:
     """Entry point of the load process: the plan arrives as JSON on stdin, the figures leave as JSON on stdout."""
     spec = json.loads(sys.stdin.read())
-    result = _fixed_rate(spec["port"], spec["key"], spec["rate"], spec["plan"])
+    result = _fixed_rate(spec["port"], spec["key"], spec["rate"], spec["plan"], spec["query"], spec["size"])
     times = os.times()
     result["cpu_seconds"] = times.user + times.system
     print(json.dumps(result))
 
 
-def load_run(port: int, key: str, rate: float, plan: list[list[str]]) -> dict[str, object]:
-    spec = {"port": port, "key": key, "rate": rate, "plan": plan}
+def load_run(
+    port: int, key: str, rate: float, plan: list[list[str]], query: str = HOME_QUERY, size: int = K
+) -> dict[str, object]:
+    spec = {"port": port, "key": key, "rate": rate, "plan": plan, "query": query, "size": size}
     output = subprocess.run(
         [sys.executable, __file__, "--load-worker"], input=json.dumps(spec), check=True, capture_output=True, text=True
     ).stdout
@@ -411,6 +448,33 @@ def placement_configure() -> dict[str, object]:
     return {"boosted": boosted, "pinned": popular[:1], "blocked": len(popular[1:11])}
 
 
+def product_page_configure(placement: str) -> dict[str, object]:
+    """The default placements (created when missing, never changed): the product page's shelf as shipped."""
+    from surface_app.configuration import surface_defaults_install
+    from surface_app.models import Placement
+
+    created = surface_defaults_install()
+    shelf = Placement.objects.get(name=placement)
+    return {"created": created, "placement": placement, "context": shelf.context, "size": shelf.size}
+
+
+def context_items_choose(count: int) -> list[str]:
+    """The product pages asked about: the items of a 1 % sample of the log's events (the more viewed, the likelier),
+    in stock, in a seeded order, as many as requests (repeated when fewer)."""
+    import numpy as np
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT e.item_id FROM signals_app_event e TABLESAMPLE SYSTEM (1) REPEATABLE (%s) "
+            "JOIN graph_app_item i ON i.external_id = e.item_id WHERE i.in_stock ORDER BY e.item_id",
+            [SEED],
+        )
+        items = [row[0] for row in cursor.fetchall()]
+    order = np.random.default_rng(SEED).permutation(len(items))
+    return [items[order[index % len(items)]] for index in range(count)]
+
+
 def users_choose(warm_users: int, *, reuse: bool = False) -> dict[str, list[str]]:
     """Users of the log with some history: the warm ones asked for, the warm-up's, and cold ones (no online state).
     In a reused store (tens of millions of events) from a 1 % sample of the log's pages instead of all of it: users
@@ -481,7 +545,7 @@ def online_state_warm(users: list[str], *, events_filter: str = BENCH_EVENTS) ->
     return time.perf_counter() - started
 
 
-def per_user_state_reset(users: list[str]) -> None:
+def per_user_state_reset(users: list[str], placement: str = PLACEMENT) -> None:
     """Frequency caps, last slates and retrieval caches of earlier runs: every run starts from the same state."""
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
@@ -493,7 +557,7 @@ def per_user_state_reset(users: list[str]) -> None:
             pipeline.delete(
                 redis_keys.user_cap_counts(user), redis_keys.user_cap_touched(user), redis_keys.user_cap_blocks(user)
             )
-            pipeline.delete(redis_keys.user_last_slate(user, PLACEMENT))
+            pipeline.delete(redis_keys.user_last_slate(user, placement))
             pipeline.delete(*(redis_keys.user_cache(user, name) for name in USER_CACHES))
         pipeline.execute()
 
@@ -668,6 +732,12 @@ def served_run(
     CPU milliseconds a request cost each process (None: a server that is not local)."""
     from django.conf import settings
 
+    from surface_app.models import Placement
+
+    # The home shelf is asked for K items; another placement (a product page) for its own size, as shipped.
+    query, size = HOME_QUERY, K
+    if args.placement != PLACEMENT:
+        query, size = f"placement={args.placement}", Placement.objects.get(name=args.placement).size
     metrics_dir = tempfile.mkdtemp(prefix="bench-e2e-metrics-")
     env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL,
            "PROMETHEUS_MULTIPROC_DIR": metrics_dir, **env_extra}  # fmt: skip
@@ -683,9 +753,9 @@ def served_run(
     pids = {"gunicorn": server.pid, **server_pids()}
     try:
         wait_for_http(port, timeout=120)
-        load_run(port, key, args.rate, warm_up)
+        load_run(port, key, args.rate, warm_up, query, size)
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        result = load_run(port, key, args.rate, plan)
+        result = load_run(port, key, args.rate, plan, query, size)
         after = {name: cpu_seconds(pid) for name, pid in pids.items()}
     finally:
         server.terminate()
@@ -854,6 +924,11 @@ def main() -> None:
     parser.add_argument("--layer-requests", type=int, default=500, help="in-process layer timings (0: skip)")
     parser.add_argument("--regenerate", action="store_true")
     parser.add_argument(
+        "--placement",
+        default=PLACEMENT,
+        help="another placement (product_page): each request about a catalog item; implies --no-record",
+    )
+    parser.add_argument(
         "--limiter-pairs",
         type=int,
         default=0,
@@ -888,10 +963,13 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     steps = {} if args.reuse else prepare_data(args)
     preparation_seconds = time.perf_counter() - started
-    configuration = placement_configure()
+    product_page = args.placement != PLACEMENT
+    if product_page:
+        args.no_record, args.layer_requests = True, 0  # compared by hand; the layer timings are the home shelf's
+    configuration = product_page_configure(args.placement) if product_page else placement_configure()
     users = users_choose(args.warm_users, reuse=args.reuse)
     drained = streams_drain()
-    per_user_state_reset(users["warm"] + users["warm_up"] + users["cold_log"])
+    per_user_state_reset(users["warm"] + users["warm_up"] + users["cold_log"], args.placement)
     warm_seconds = online_state_warm(users["warm"] + users["warm_up"], events_filter=events_filter)
     vacuumed = log_vacuum()
     warmed = vector_index_warm()
@@ -923,6 +1001,10 @@ def main() -> None:
         {"warm": users["warm_up"], "cold_log": users["cold_log"][::-1]}, int(args.rate * args.warm_up_seconds),
         run + "w",
     )  # fmt: skip
+    if product_page:
+        for rows in (plan, warm_up):
+            for row, item in zip(rows, context_items_choose(len(rows)), strict=True):
+                row.append(item)
     if args.limiter_pairs:
         limiter_compare(args, users, plan, warm_up, started)
         return
@@ -938,8 +1020,8 @@ def main() -> None:
 
         args.json_out.write_text(
             json.dumps(
-                {"store": os.environ["PERSONALIZATION_DATA_DIR"], "items": items, "in_stock": in_stock,
-                 "embedded": embedded, "shoppers": shoppers, "events": events, "rate": args.rate,
+                {"store": os.environ["PERSONALIZATION_DATA_DIR"], "placement": args.placement, "items": items,
+                 "in_stock": in_stock, "embedded": embedded, "shoppers": shoppers, "events": events, "rate": args.rate,
                  "seconds": args.seconds, "result": result, "cpu_ms": cpu_ms, "layers": layers,
                  "models_serving": sorted(kind.decode() for kind in get_control_redis().hkeys("models:serving")),
                  "at": f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC", "speed": python_speed()},
@@ -947,6 +1029,17 @@ def main() -> None:
             )
         )  # fmt: skip
     connection.close()
+    if product_page:
+        print(
+            f"{args.placement}: p50 / p99 {result['p50_ms']} / {result['p99_ms']} ms, {result['achieved_rps']} "
+            f"requests/s, {result['errors']} errors; slates led by a related item {result['first_from_context']:.1%}; "
+            f"of a slate, related items {result['context_share_mean']:.1%}, popular only "
+            f"{result['popular_only_share_mean']:.1%}; degraded {result['degraded_requests']:,} requests: "
+            f"{result['degraded']}; total wall time {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        servers_stop(args)
+        return
 
     meets = result["p99_ms"] <= 25 and result["errors"] == 0
     kinds = "; ".join(
@@ -1036,6 +1129,10 @@ def main() -> None:
             f"--seconds {args.seconds:g}"
         )
         record("Surface layer: end-to-end recommendations", command, body)
+    servers_stop(args)
+
+
+def servers_stop(args: argparse.Namespace) -> None:
     if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")) and not args.reuse:
         from personalization import embedded
 
