@@ -17,6 +17,7 @@ import io
 import logging
 import math
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -354,8 +355,11 @@ def als_fit(
     if user_items.nnz:
         iterations = als.iterations if start is None else min(als.iterations, ALS_WARM_ITERATIONS)
         progress = Progress(f"als_fit: iterations ({user_items.nnz:,} pairs)", total=iterations)
-        # implicit runs its own threads, each calling BLAS: one BLAS thread each (it warns otherwise).
-        with training_threads_used(blas=False) as threads:
+        # implicit runs its own threads, each calling BLAS: one BLAS thread each (it warns otherwise). Its check
+        # also counts faiss's OpenBLAS, which follows OpenMP's thread count and which implicit never calls: that
+        # one warning, in a process that loaded faiss (the similar lists), is noise.
+        with training_threads_used(blas=False) as threads, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "OpenBLAS is configured to use", RuntimeWarning, "implicit")
             model = implicit.als.AlternatingLeastSquares(
                 factors=dimensions, regularization=als.regularization, alpha=als.alpha, iterations=iterations,
                 random_state=als.random_state, calculate_training_loss=False, num_threads=threads,

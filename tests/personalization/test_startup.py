@@ -150,7 +150,9 @@ def test_a_bandit_run_that_learned_nothing_logs_at_debug(caplog):
 
 
 def test_als_gives_no_blas_threads_warning_during_a_training(settings, monkeypatch):
-    """implicit's "OpenBLAS is configured to use N threads" warning, once printed by the first start's training."""
+    """implicit's "OpenBLAS is configured to use N threads" warning, once printed by the first start's training,
+    also in a process that loaded faiss (whose OpenMP-threaded OpenBLAS no BLAS limit reaches)."""
+    import faiss  # noqa: F401
     import implicit.utils
 
     from graph_app.training import AlsSettings, Interactions, als_fit
