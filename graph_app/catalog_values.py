@@ -1,10 +1,12 @@
 """The catalog's distinct values, for the console's rule builder: suggestions as a merchandiser types, and whether a
-value a rule names exists (with the spellings that differ only in case).
+value a rule names exists (with the spellings that differ only in case); and the names of users' traits, for a
+rule's audience.
 
 Every read is bounded on a million-item catalog, without an index of its own: categories walk the category index
 one distinct value at a time (a loose index scan, never the items), brands are entities, and attribute names,
 attribute values and price points come from the newest items (the `created_at` index), so a suggestion may miss
-what only old items have; whether a value exists is an exact check.
+what only old items have; whether a value exists is an exact check. Trait names come the same way from the newest
+users (the primary key's index), so a trait only old users have is not suggested.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ SUGGESTIONS_MAX = 20
 CATEGORY_WALK_MAX = 10_000
 # Attribute names, attribute values and prices are suggested from this many of the newest items.
 RECENT_ITEMS_SAMPLE = 20_000
+# Trait names are suggested from this many of the newest users.
+RECENT_USERS_SAMPLE = 20_000
 # An attribute's other spellings are read from at most this many items that have one.
 SPELLING_ITEMS_MAX = 200
 
@@ -60,6 +64,16 @@ SELECT DISTINCT recent.attributes -> %(name)s FROM {_RECENT}
 WHERE jsonb_typeof(recent.attributes -> %(name)s) IN ('string', 'number', 'boolean')
     AND lower(recent.attributes ->> %(name)s) LIKE %(pattern)s ESCAPE '\\'
 LIMIT %(limit)s
+"""
+
+# Users' traits are a JSON object (`shopper_traits_merge`); the filter keeps jsonb_each from failing on another one.
+_TRAIT_NAMES_SQL = """
+SELECT trait.key, array_agg(DISTINCT jsonb_typeof(trait.value))
+FROM (
+    SELECT traits FROM graph_app_shopper WHERE jsonb_typeof(traits) = 'object' ORDER BY id DESC LIMIT %(sample)s
+) recent, jsonb_each(recent.traits) trait
+WHERE lower(trait.key) LIKE %(pattern)s ESCAPE '\\'
+GROUP BY trait.key ORDER BY trait.key LIMIT %(limit)s
 """
 
 _PRICE_POINTS_SQL = f"""
@@ -106,9 +120,11 @@ WHERE lower(i.attributes ->> %(name)s) = ANY(%(lowered)s) LIMIT %(limit)s
 
 @dataclass(frozen=True)
 class AttributeName:
+    """An item attribute's name, or a user trait's."""
+
     name: str
-    # What its values are among the newest items: "boolean", "number", "string", or "mixed" (several of these,
-    # or lists and objects).
+    # What its values are among the newest items (or users): "boolean", "number", "string", or "mixed" (several of
+    # these, or lists and objects, or null).
     kind: str
 
 
@@ -147,15 +163,26 @@ def brands_search(*, prefix: str = "", limit: int = SUGGESTIONS_MAX) -> list[str
     return [brand for (brand,) in _rows(_BRANDS_SQL, {"pattern": _prefix_pattern(prefix), "limit": limit})]
 
 
-def attribute_names_search(*, prefix: str = "", limit: int = SUGGESTIONS_MAX) -> list[AttributeName]:
-    """Attribute names of the newest items starting with `prefix` (any case), with the kind of their values."""
-    params = {"sample": RECENT_ITEMS_SAMPLE, "pattern": _prefix_pattern(prefix), "limit": limit}
+def _names(sql: str, params: dict[str, Any]) -> list[AttributeName]:
     found = []
-    for name, types in _rows(_ATTRIBUTE_NAMES_SQL, params):
+    for name, types in _rows(sql, params):
         kinds = set(types)
         kind = kinds.pop() if len(kinds) == 1 and kinds <= {"boolean", "number", "string"} else "mixed"
         found.append(AttributeName(name=name, kind=kind))
     return found
+
+
+def attribute_names_search(*, prefix: str = "", limit: int = SUGGESTIONS_MAX) -> list[AttributeName]:
+    """Attribute names of the newest items starting with `prefix` (any case), with the kind of their values."""
+    return _names(
+        _ATTRIBUTE_NAMES_SQL, {"sample": RECENT_ITEMS_SAMPLE, "pattern": _prefix_pattern(prefix), "limit": limit}
+    )
+
+
+def trait_names_search(*, prefix: str = "", limit: int = SUGGESTIONS_MAX) -> list[AttributeName]:
+    """Trait names of the newest users starting with `prefix` (any case), with the kind of their values: what a
+    rule's audience can name (`traits.<name>`)."""
+    return _names(_TRAIT_NAMES_SQL, {"sample": RECENT_USERS_SAMPLE, "pattern": _prefix_pattern(prefix), "limit": limit})
 
 
 def attribute_values_search(*, name: str, prefix: str = "", limit: int = SUGGESTIONS_MAX) -> list[Any]:

@@ -1,7 +1,7 @@
 """The rule form's condition builder, under /admin/console/conditions/ (staff login): suggestions from the catalog
-and the live "matches N of M items" with the values no item has, as JSON for `condition_builder.js`; and the page
-that blocks a category or brand in one step. Thin: the reads are `surface_app.condition_checks` and
-`surface_app.catalog_blocks`, the write `catalog_blocks.catalog_value_block`."""
+(and users' trait names, for an audience) and the live "matches N of M items" with the values no item has, as JSON
+for `condition_builder.js`; and the page that blocks a category or brand in one step. Thin: the reads are
+`surface_app.condition_checks` and `surface_app.catalog_blocks`, the write `catalog_blocks.catalog_value_block`."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ CONDITION_BODY_MAX_BYTES = 256 * 1024
 @require_GET
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 def condition_values(request: HttpRequest) -> JsonResponse:
-    """`?field=category|brand|price|attributes|attributes.<name>&q=<prefix>`: `{"values": [{"value", "label"}]}`."""
+    """`?field=category|brand|price|attributes|attributes.<name>|traits&q=<prefix>`: `{"values": [{"value",
+    "label"}]}` (`traits`: users' trait names, for an audience)."""
     suggestions = condition_suggestions(field=request.GET.get("field", ""), prefix=request.GET.get("q", "")[:200])
     return JsonResponse({"values": [{"value": found.value, "label": found.label} for found in suggestions]})
 

@@ -9,6 +9,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.http import QueryDict
 
+from rules_admin.condition_widget import ConditionBuilderWidget
 from surface_app.configuration import items_unknown, rule_validate
 from surface_app.models import BusinessRule, Placement
 
@@ -95,8 +96,9 @@ class RuleEditForm(forms.ModelForm):
         widgets = {
             "valid_from": forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
             "valid_until": forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
-            "condition": forms.Textarea(attrs={"rows": 2, "cols": 40}),
-            "audience": forms.Textarea(attrs={"rows": 2, "cols": 40}),
+            # The rule form's rows over the JSON box (the page includes the form's media).
+            "condition": ConditionBuilderWidget(attrs={"rows": 2, "cols": 40}),
+            "audience": ConditionBuilderWidget(attrs={"rows": 2, "cols": 40}, mode="audience"),
         }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -115,11 +115,14 @@ class _RuleForm(forms.ModelForm):
             "name", "kind", "placement", "priority", "enabled", "valid_from", "valid_until", "condition", "audience",
             "factor", "item_ids", "slot", "campaign", "caps_apply",
         ]  # fmt: skip
-        # Rows picked from the catalog over the JSON box (which stays, for power users: "Edit as JSON").
-        widgets = {"condition": ConditionBuilderWidget()}
+        # Rows picked from the catalog over the JSON box (which stays, for power users: "Edit as JSON"); the
+        # audience's rows are on users' traits.
+        widgets = {"condition": ConditionBuilderWidget(), "audience": ConditionBuilderWidget(mode="audience")}
         help_texts = {
             "condition": "Which items the rule touches: every row must hold (none: every item). As JSON: "
-            '{"field": "category", "op": "eq", "value": "mugs"} or a list of them.'
+            '{"field": "category", "op": "eq", "value": "mugs"} or a list of them.',
+            "audience": "Which users the rule applies to: every row must hold (none: everyone). As JSON: "
+            '{"field": "traits.age", "op": "lt", "value": 18} or a list of them.',
         }
 
     def clean(self) -> dict[str, Any]:

@@ -191,13 +191,16 @@ class Suggestion:
 
 def condition_suggestions(*, field: str, prefix: str = "") -> list[Suggestion]:
     """What the catalog has for a condition on `field`, starting with `prefix` (any case): categories, brands,
-    attribute names (`field` "attributes", labelled with their values' kind), an attribute's values, price points."""
+    attribute names (`field` "attributes", labelled with their values' kind), an attribute's values, price points;
+    and for an audience, users' trait names (`field` "traits", labelled likewise)."""
     if field == "category":
         return [Suggestion(value) for value in catalog_values.categories_search(prefix=prefix)]
     if field == "brand":
         return [Suggestion(value) for value in catalog_values.brands_search(prefix=prefix)]
     if field == "attributes":
         return [Suggestion(found.name, found.kind) for found in catalog_values.attribute_names_search(prefix=prefix)]
+    if field == "traits":
+        return [Suggestion(found.name, found.kind) for found in catalog_values.trait_names_search(prefix=prefix)]
     if (name := _attribute_name(field)) is not None:
         return [Suggestion(value) for value in catalog_values.attribute_values_search(name=name, prefix=prefix)]
     if field == "price" and (points := catalog_values.price_points()) is not None:

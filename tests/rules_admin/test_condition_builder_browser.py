@@ -2,7 +2,8 @@
 merchandiser builds a condition from rows with values the catalog suggests, sees "matches N of M items" follow each
 change, is warned of a value that differs from the catalog's only in case (and fixes it in one click), goes to JSON
 and back, saves the same JSON as the box would; blocks a category in one step; and every rule of the documentation
-and the benchmark's catalog opens as rows. Nothing the page needs is blocked by its Content-Security-Policy."""
+and the benchmark's catalog opens as rows. The audience is the same builder on users' traits: "No alcohol for minors"
+is built from rows alone. Nothing the page needs is blocked by its Content-Security-Policy."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from django.db import connection
 from rules_admin.roles import MERCHANDISER
 from surface_app import configuration
 from surface_app.models import BusinessRule, Placement
-from tests.factories import EntityFactory, ItemEntityFactory, ItemFactory
+from tests.factories import EntityFactory, ItemEntityFactory, ItemFactory, ShopperFactory
 from tests.integration_helpers import (
     BROWSER_TEST_PASSWORD,
     CHROMIUM,
@@ -39,6 +40,8 @@ BUILDER = "#id_condition_builder"
 ROWS = f"{BUILDER} [data-role=row]"
 COUNT = f"{BUILDER} [data-role=count]"
 PROBLEMS = f"{BUILDER} [data-role=problems] li"
+AUDIENCE = "#id_audience_builder"
+AUDIENCE_ROWS = f"{AUDIENCE} [data-role=row]"
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +134,7 @@ def test_a_condition_is_built_from_rows_with_the_catalogs_values_and_saved_as_js
         expect(page.locator(PROBLEMS)).to_have_count(0)
 
         # Edit as JSON: the box shows what the rows wrote; an edit there comes back as rows.
-        page.get_by_role("button", name="Edit as JSON").click()
+        page.locator(BUILDER).get_by_role("button", name="Edit as JSON").click()
         expect(box).to_be_visible()
         expect(page.locator(ROWS).first).to_be_hidden()
         box.fill(
@@ -139,7 +142,7 @@ def test_a_condition_is_built_from_rows_with_the_catalogs_values_and_saved_as_js
             ' {"field": "in_stock", "op": "eq", "value": false}]'
         )
         expect(page.locator(COUNT)).to_have_text("Matches 1 of 6 items.")  # the box is counted as it is typed
-        page.get_by_role("button", name="Edit as rows").click()
+        page.locator(BUILDER).get_by_role("button", name="Edit as rows").click()
         expect(page.locator(ROWS)).to_have_count(3)
         expect(row(page, 1).locator("[data-role=op]")).to_have_value("gte")
         expect(row(page, 2).locator("[data-role=field]")).to_have_value("in_stock")
@@ -147,9 +150,9 @@ def test_a_condition_is_built_from_rows_with_the_catalogs_values_and_saved_as_js
         expect(box).to_be_hidden()
 
         # JSON the rows cannot show stays JSON, saying why.
-        page.get_by_role("button", name="Edit as JSON").click()
+        page.locator(BUILDER).get_by_role("button", name="Edit as JSON").click()
         box.fill('{"field": "category", "op": "gt", "value": "m"}')
-        page.get_by_role("button", name="Edit as rows").click()
+        page.locator(BUILDER).get_by_role("button", name="Edit as rows").click()
         expect(page.locator(f"{BUILDER} [data-role=note]")).to_contain_text(
             '"gt" on category is not an operator the rows offer'
         )
@@ -157,7 +160,7 @@ def test_a_condition_is_built_from_rows_with_the_catalogs_values_and_saved_as_js
         box.fill(
             '[{"field": "category", "op": "eq", "value": "stationery"}, {"field": "price", "op": "gte", "value": 5}]'
         )
-        page.get_by_role("button", name="Edit as rows").click()
+        page.locator(BUILDER).get_by_role("button", name="Edit as rows").click()
         expect(page.locator(ROWS)).to_have_count(2)
 
         # Removing a row, then saving: the rule stores the JSON the rows wrote.
@@ -174,6 +177,87 @@ def test_a_condition_is_built_from_rows_with_the_catalogs_values_and_saved_as_js
 
     stored = read(lambda: BusinessRule.objects.values_list("name", "kind", "condition").get())
     assert stored == ("No stationery", "filter", {"field": "category", "op": "eq", "value": "stationery"})
+    assert csp_violations == []
+
+
+def test_no_alcohol_for_minors_is_built_from_rows_for_its_items_and_its_audience(shop, tmp_path):
+    """The condition: an attribute the catalog holds as true / false; the audience: a trait suggested from users'
+    traits, of the kind their values are, with a sentence saying who in place of a count. Saved as the JSON one
+    would write by hand.
+
+    A run of the platform of its own: the module's run caches the content types' ids (the admin's log of a save
+    names them), which the database's emptying after a test renumbers; one admin save per run is safe."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ShopperFactory(traits={"age": 41, "plan": "gold"})
+    with platform_running(tmp_path) as (port, _), sync_playwright() as playwright:
+        browser = chromium_launch(playwright)
+        page = browser.new_page()
+        csp_violations = csp_violations_watch(page)
+        admin_log_in(page, f"http://127.0.0.1:{port}", "merch", RULE_ADD)
+        page.fill("#id_name", "No alcohol for minors")
+        page.select_option("#id_kind", "filter")
+
+        # Items: the attribute's kind comes from the catalog, so its value is picked from true / false.
+        expect(page.locator("#id_condition_attribute_names option[value=age_restricted]")).to_have_count(1)
+        page.click(f"{BUILDER} [data-role=add]")
+        item_row = row(page, 0)
+        item_row.locator("[data-role=field]").select_option("attribute")
+        item_row.locator("[data-role=attribute]").fill("age_restricted")
+        expect(item_row.locator("[data-role=choice]")).to_have_value("true")
+        expect(page.locator(COUNT)).to_have_text("Matches 1 of 6 items.")
+
+        # Users: rows too, with no count; empty is everyone.
+        audience_box = page.locator("#id_audience")
+        sentence = page.locator(f"{AUDIENCE} [data-role=count]")
+        expect(audience_box).to_be_hidden()
+        expect(sentence).to_have_text("The rule applies to every user.")
+        expect(page.locator("#id_audience_attribute_names option[value=age]")).to_have_attribute("label", "number")
+        page.click(f"{AUDIENCE} [data-role=add]")
+        user_row = page.locator(AUDIENCE_ROWS).first
+        user_row.get_by_label("Trait name").fill("age")
+        expect(user_row.get_by_label("Kind of value")).to_have_value("number")  # as the users' ages are
+        user_row.get_by_label("Operator").select_option(label="is under")
+        user_row.locator("[data-role=value]").fill("18")
+        expect(sentence).to_have_text("The rule applies to users whose age is under 18.")
+        expect(audience_box).to_have_value('{"field":"traits.age","op":"lt","value":18}')
+
+        # A trait no user has yet: its kind is chosen in the row. Every row must hold; removed, the sentence follows.
+        page.click(f"{AUDIENCE} [data-role=add]")
+        other = page.locator(AUDIENCE_ROWS).nth(1)
+        other.get_by_label("Trait name").fill("member")
+        other.get_by_label("Kind of value").select_option(label="true / false")
+        other.get_by_label("Operator").select_option(label="is not")
+        expect(sentence).to_have_text(
+            "The rule applies to users whose age is under 18 and whose member is not true (or who have no member)."
+        )
+        other.get_by_role("button", name="Remove this condition").click()
+        expect(sentence).to_have_text("The rule applies to users whose age is under 18.")
+
+        # Edit as JSON shows the audience's box; back to rows, the row is as it was.
+        page.locator(AUDIENCE).get_by_role("button", name="Edit as JSON").click()
+        expect(audience_box).to_be_visible()
+        page.locator(AUDIENCE).get_by_role("button", name="Edit as rows").click()
+        expect(audience_box).to_be_hidden()
+        expect(user_row.locator("[data-role=value]")).to_have_value("18")
+
+        page.click("input[name=_continue]")
+        expect(page.locator(".messagelist .success")).to_be_visible()
+        # The saved rule opens as rows again, both fields.
+        expect(page.locator(ROWS)).to_have_count(1)
+        expect(page.locator(AUDIENCE_ROWS).get_by_label("Trait name")).to_have_value("age")
+        expect(page.locator(f"{AUDIENCE} [data-role=count]")).to_have_text(
+            "The rule applies to users whose age is under 18."
+        )
+        browser.close()
+
+    stored = read(lambda: BusinessRule.objects.values_list("name", "kind", "condition", "audience").get())
+    assert stored == (
+        "No alcohol for minors",
+        "filter",
+        {"field": "attributes.age_restricted", "op": "eq", "value": True},
+        {"field": "traits.age", "op": "lt", "value": 18},
+    )
     assert csp_violations == []
 
 

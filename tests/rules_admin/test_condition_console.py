@@ -17,7 +17,7 @@ from surface_app import configuration
 from surface_app.catalog_blocks import blockable_values, catalog_value_block
 from surface_app.models import BusinessRule, Placement
 from surface_app.rules_compile import rules_snapshot_build
-from tests.factories import EntityFactory, ItemEntityFactory, ItemFactory
+from tests.factories import EntityFactory, ItemEntityFactory, ItemFactory, ShopperFactory
 from tests.rules_admin.console_users import form_errors, rule_form
 
 pytestmark = pytest.mark.django_db
@@ -61,6 +61,24 @@ def test_the_rule_form_shows_the_builder_over_the_json_box_with_its_script_from_
     assert 'src="/static/rules_admin/condition_builder.js"' in page
     widget = ConditionBuilderWidget().render("condition", '{"field": "category"}', attrs={"id": "id_condition"})
     assert "<script" not in widget  # the page's policy runs no inline script
+
+
+def test_the_audience_is_the_same_builder_on_traits_without_a_count(merchandiser_client):
+    page = merchandiser_client.get(RULE_ADD).content.decode()
+
+    builder = page[page.index('data-condition-builder="id_audience"') :]
+    builder = builder[: builder.index("</template>")]
+    assert 'data-mode="audience"' in builder
+    assert "data-count-url" not in builder  # users, not items: a sentence says who, nothing is counted
+    assert 'aria-label="Trait name"' in builder and 'data-role="kind"' in builder
+    assert '<textarea name="audience"' in page
+    assert page.count('src="/static/rules_admin/condition_builder.js"') == 1  # one script for both
+
+
+def test_trait_names_are_suggested_to_staff(viewer_client):
+    ShopperFactory(traits={"age": 41})
+
+    assert viewer_client.get(VALUES, {"field": "traits"}).json() == {"values": [{"value": "age", "label": "number"}]}
 
 
 def test_suggestions_and_counts_are_for_staff_only(client, catalog):

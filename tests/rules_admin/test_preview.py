@@ -77,6 +77,14 @@ def test_the_empty_page_offers_the_placements(viewer, shop):
     assert "admin/css/base.css" in response.content.decode()  # the admin's look
 
 
+def test_the_rule_editor_builds_the_condition_and_audience_as_rows_over_their_json_boxes(viewer, shop):
+    page = viewer.get(URL).content.decode()
+
+    assert 'data-condition-builder="id_rule-condition"' in page and '<textarea name="rule-condition"' in page
+    assert 'data-condition-builder="id_rule-audience"' in page and 'data-mode="audience"' in page
+    assert 'src="/static/rules_admin/condition_builder.js"' in page
+
+
 def test_the_preview_of_a_user_shows_their_slate_with_titles_and_sources(viewer, shop):
     response = viewer.post(URL, {"placement": "home", "user_id": "u1", **rule_fields()})
 

@@ -17,7 +17,7 @@ from surface_app.condition_checks import (
     condition_value_problems,
 )
 from surface_app.rules_compile import conditions_parse, item_matches
-from tests.factories import EntityFactory, ItemEntityFactory, ItemFactory
+from tests.factories import EntityFactory, ItemEntityFactory, ItemFactory, ShopperFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -60,6 +60,23 @@ def test_attribute_names_come_with_their_values_kind_and_values_as_stored(catalo
     assert values("attributes.colour", "r") == ["red"]
     assert values("attributes.size") == [5, "5"]  # a number and a text differ in a condition
     assert values("attributes.age_restricted") == [True]
+
+
+def test_trait_names_for_an_audience_come_from_the_newest_users_with_their_values_kind(
+    monkeypatch, django_assert_num_queries
+):
+    ShopperFactory(traits={"age": 41, "plan": "gold", "vip": True})
+    ShopperFactory(traits={"age": 16, "plan": 3, "group.plan": "enterprise"})
+    ShopperFactory(traits={})
+
+    with django_assert_num_queries(1):
+        names = {found.value: found.label for found in condition_suggestions(field="traits")}
+
+    assert names == {"age": "number", "group.plan": "string", "plan": "mixed", "vip": "boolean"}
+    assert values("traits", "PL") == ["plan"]
+    # Bounded: only the newest users are read (the first one's "vip" is left out).
+    monkeypatch.setattr(catalog_values, "RECENT_USERS_SAMPLE", 2)
+    assert values("traits") == ["age", "group.plan", "plan"]
 
 
 def test_price_points_are_the_spread_of_prices(catalog):

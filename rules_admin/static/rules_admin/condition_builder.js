@@ -1,12 +1,16 @@
 /*
  * The rule form's condition builder (rules_admin/condition_widget.py): rows of field / operator / value over the
- * condition's JSON box. The box is what the form submits; the rows write it as they change (one row: a condition,
+ * condition's JSON box, for a rule's items or (data-mode="audience") its audience. The box is what the form submits; the rows write it as they change (one row: a condition,
  * several: a list, all must hold; an incomplete row is left out), and "Edit as JSON" shows the box itself. A box the
  * rows cannot show (another field or operator, a value of another type) stays in JSON, with the reason.
  *
  * Values are suggested from the catalog as one types; "matches N of M items" and the values no item has (with the
  * catalog's spelling when only the case differs) follow every change. Loaded as a static file: the console's
  * Content-Security-Policy runs no inline script.
+ *
+ * An audience (which users: conditions on `traits.<name>`) has rows of trait name (suggested from users' traits),
+ * kind of value (from the trait's values, or chosen: a trait nobody has yet has no kind), operator and value; in
+ * place of the item count, a sentence saying who the rule applies to.
  */
 (function () {
   "use strict";
@@ -24,7 +28,26 @@
   var BLOCKABLE_FIELDS = { category: "category", brand: "brand" };
   var COUNT_DELAY_MS = 300;
   var SUGGEST_DELAY_MS = 150;
-  var ATTRIBUTE_PREFIX = "attributes.";
+  var PHRASES = {};
+  Object.keys(OPERATORS).forEach(function (kind) {
+    OPERATORS[kind].forEach(function (pair) { PHRASES[pair[0]] = pair[1]; });
+  });
+
+  /*
+   * What differs between an item condition and an audience: the fields with a kind of their own, the prefix of a
+   * named field ("attribute": attributes.<name>, traits.<name>), where names are suggested from, whether a named
+   * field's kind is chosen in the row (else it follows the catalog), whether values are suggested and items counted.
+   */
+  var MODES = {
+    items: {
+      fields: FIELD_KINDS, prefix: "attributes.", names: "attributes", kindChosen: false, counted: true,
+      subject: "condition", unnamed: "Name the attribute"
+    },
+    audience: {
+      fields: {}, prefix: "traits.", names: "traits", kindChosen: true, counted: false,
+      subject: "audience", unnamed: "Name the trait"
+    }
+  };
 
   function debounce(action, delay) {
     var timer = null;
@@ -54,7 +77,7 @@
   }
 
   /* One stored condition as a row's state, or an Error saying why the rows cannot show it. */
-  function describe(entry) {
+  function describe(mode, entry) {
     if (entry === null || typeof entry !== "object" || Array.isArray(entry)) {
       throw new Error("each condition must be an object");
     }
@@ -62,10 +85,10 @@
       throw new Error("each condition has exactly \"field\", \"op\" and \"value\"");
     }
     var field = entry.field, op = entry.op, value = entry.value, kind, attribute = "";
-    if (typeof field === "string" && Object.prototype.hasOwnProperty.call(FIELD_KINDS, field)) {
-      kind = FIELD_KINDS[field];
-    } else if (typeof field === "string" && field.indexOf(ATTRIBUTE_PREFIX) === 0 && field.length > ATTRIBUTE_PREFIX.length) {
-      attribute = field.slice(ATTRIBUTE_PREFIX.length);
+    if (typeof field === "string" && Object.prototype.hasOwnProperty.call(mode.fields, field)) {
+      kind = mode.fields[field];
+    } else if (typeof field === "string" && field.indexOf(mode.prefix) === 0 && field.length > mode.prefix.length) {
+      attribute = field.slice(mode.prefix.length);
       kind = kindOfValue(Array.isArray(value) ? value[0] : value);
       field = "attribute";
     } else {
@@ -93,7 +116,7 @@
   }
 
   /* The box's JSON as rows' states; throws an Error saying why when the rows cannot show it. */
-  function parseRows(text) {
+  function parseRows(mode, text) {
     var trimmed = text.trim();
     if (trimmed === "") { return []; }
     var raw;
@@ -103,11 +126,25 @@
       throw new Error("it is not valid JSON");
     }
     if (raw === null || (typeof raw === "object" && !Array.isArray(raw) && Object.keys(raw).length === 0)) { return []; }
-    return (Array.isArray(raw) ? raw : [raw]).map(describe);
+    return (Array.isArray(raw) ? raw : [raw]).map(describe.bind(null, mode));
+  }
+
+  /* Who an audience is, in a sentence: "The rule applies to users whose age is under 18." */
+  function audienceSentence(conditions) {
+    if (conditions.length === 0) { return "The rule applies to every user."; }
+    var clauses = conditions.map(function (condition) {
+      var name = condition.field.slice(MODES.audience.prefix.length);
+      var value = condition.op === "in" ? condition.value.map(shown).join(" or ") : shown(condition.value);
+      var clause = "whose " + name + " " + PHRASES[condition.op] + " " + value;
+      // A user without the trait: "is not" holds, every other operator does not.
+      return condition.op === "ne" ? clause + " (or who have no " + name + ")" : clause;
+    });
+    return "The rule applies to users " + clauses.join(" and ") + ".";
   }
 
   function Builder(root) {
     this.root = root;
+    this.mode = MODES[root.dataset.mode] || MODES.items;
     this.box = document.getElementById(root.dataset.conditionBuilder);
     this.form = this.box.form;
     this.rows = root.querySelector("[data-role=rows]");
@@ -126,7 +163,7 @@
     this.problems = [];
     this.scheduleCount = debounce(this.count.bind(this), COUNT_DELAY_MS);
     this.bind();
-    this.loadAttributeNames();
+    this.loadNames();
     this.start();
   }
 
@@ -134,9 +171,10 @@
     var self = this;
     this.actions.hidden = false;
     this.root.querySelector("[data-role=add]").addEventListener("click", function () {
-      var row = self.addRow({ field: "category", attribute: "", kind: "text", op: "eq", value: "" });
+      var field = self.mode.counted ? "category" : "attribute";
+      var row = self.addRow({ field: field, attribute: "", kind: "text", op: "eq", value: "" });
       self.changed();
-      row.querySelector("[data-role=value]").focus();
+      row.querySelector(field === "attribute" ? "[data-role=attribute]" : "[data-role=value]").focus();
     });
     this.toggle.addEventListener("click", function () {
       if (self.jsonMode) { self.showRows(); } else { self.showJson(""); }
@@ -163,10 +201,10 @@
   /* Rows when the box's JSON can be shown as rows, else the box, saying why. */
   Builder.prototype.start = function () {
     try {
-      this.fillRows(parseRows(this.box.value));
+      this.fillRows(parseRows(this.mode, this.box.value));
       this.setMode(false);
     } catch (error) {
-      this.showJson("The rows cannot show this condition (" + error.message + "): edit it as JSON.");
+      this.showJson("The rows cannot show this " + this.mode.subject + " (" + error.message + "): edit it as JSON.");
     }
     this.count();
   };
@@ -190,9 +228,10 @@
 
   Builder.prototype.showRows = function () {
     try {
-      this.fillRows(parseRows(this.box.value));
+      this.fillRows(parseRows(this.mode, this.box.value));
     } catch (error) {
-      this.setNote("The rows cannot show this condition (" + error.message + "): fix it, or keep editing it as JSON.");
+      this.setNote("The rows cannot show this " + this.mode.subject + " (" + error.message +
+        "): fix it, or keep editing it as JSON.");
       return;
     }
     this.setNote("");
@@ -221,7 +260,11 @@
     this.rowNumber += 1;
     suggestions.id = this.root.id + "_suggestions_" + this.rowNumber;
     row.querySelector("[data-role=value]").setAttribute("list", suggestions.id);
-    row.querySelector("[data-role=field]").value = state.field;
+    if (this.mode.kindChosen) {
+      row.querySelector("[data-role=kind]").value = state.kind;
+    } else {
+      row.querySelector("[data-role=field]").value = state.field;
+    }
     row.querySelector("[data-role=attribute]").value = state.attribute;
     row.dataset.kind = state.kind;
     this.rows.appendChild(row);
@@ -234,7 +277,7 @@
 
   /* The operators and value input a row's field calls for, keeping `op` when the field offers it. */
   Builder.prototype.shape = function (row, op) {
-    var field = row.querySelector("[data-role=field]").value;
+    var field = this.rowField(row);
     var kind = row.dataset.kind;
     var operators = row.querySelector("[data-role=op]");
     var value = row.querySelector("[data-role=value]");
@@ -263,12 +306,18 @@
     }
   };
 
-  /* The row's field name as stored ("category", "attributes.colour"), "" while an attribute has no name. */
+  /* The row's field: one of FIELD_KINDS, or "attribute" (a named one: an attribute, a trait). */
+  Builder.prototype.rowField = function (row) {
+    var select = row.querySelector("[data-role=field]");
+    return select ? select.value : "attribute";
+  };
+
+  /* The row's field name as stored ("category", "attributes.colour", "traits.age"), "" while a name is missing. */
   Builder.prototype.fieldName = function (row) {
-    var field = row.querySelector("[data-role=field]").value;
+    var field = this.rowField(row);
     if (field !== "attribute") { return field; }
     var name = row.querySelector("[data-role=attribute]").value.trim();
-    return name ? ATTRIBUTE_PREFIX + name : "";
+    return name ? this.mode.prefix + name : "";
   };
 
   /* The row as a stored condition, or null while it is incomplete. */
@@ -304,10 +353,11 @@
       row.dataset.kind = field === "attribute" ? this.kindOfAttribute(row) : FIELD_KINDS[field];
       this.shape(row, row.querySelector("[data-role=op]").value);
       row.querySelector("[data-role=value]").value = "";
-    } else if (role === "attribute") {
-      var kind = this.kindOfAttribute(row);
+    } else if (role === "attribute" || (role === "kind" && event.type === "change")) {
+      var kind = role === "kind" ? event.target.value : this.kindOfAttribute(row);
       if (kind !== row.dataset.kind) {
         row.dataset.kind = kind;
+        if (this.mode.kindChosen) { row.querySelector("[data-role=kind]").value = kind; }
         this.shape(row, row.querySelector("[data-role=op]").value);
         row.querySelector("[data-role=value]").value = "";
       }
@@ -321,9 +371,14 @@
     this.changed();
   };
 
+  /* The kind of a named field's values: the catalog's (text when it has none); for a trait, the users' when they
+   * agree on one, else the kind chosen in the row. */
   Builder.prototype.kindOfAttribute = function (row) {
-    var name = row.querySelector("[data-role=attribute]").value.trim();
-    return catalogKind(this.attributeKinds[name]);
+    var known = this.attributeKinds[row.querySelector("[data-role=attribute]").value.trim()];
+    if (this.mode.kindChosen && known !== "boolean" && known !== "number" && known !== "string") {
+      return row.dataset.kind;
+    }
+    return catalogKind(known);
   };
 
   /* A row's hint (what is missing) and its link to block the category or brand it names. */
@@ -333,7 +388,8 @@
     var block = row.querySelector("[data-role=block]");
     hint.hidden = condition !== null;
     hint.textContent = this.fieldName(row) ? "Fill in a value: until then this row is left out." :
-      "Name the attribute: until then this row is left out.";
+      this.mode.unnamed + ": until then this row is left out.";
+    if (!block) { return; }
     var blockable = condition && BLOCKABLE_FIELDS[condition.field] && condition.op === "eq";
     block.hidden = !blockable;
     if (blockable) {
@@ -342,22 +398,29 @@
     }
   };
 
-  /* The rows written to the box (the form submits the box), then counted. */
-  Builder.prototype.changed = function () {
+  /* The complete rows as stored conditions. */
+  Builder.prototype.conditions = function () {
     var conditions = [];
     Array.prototype.forEach.call(this.rows.children, function (row) {
       var condition = this.condition(row);
       if (condition) { conditions.push(condition); }
     }, this);
+    return conditions;
+  };
+
+  /* The rows written to the box (the form submits the box), then counted. */
+  Builder.prototype.changed = function () {
+    var conditions = this.conditions();
     var stored = conditions.length === 0 ? {} : conditions.length === 1 ? conditions[0] : conditions;
     this.box.value = JSON.stringify(stored);
     this.updateEmpty();
     this.scheduleCount();
   };
 
-  Builder.prototype.loadAttributeNames = function () {
+  /* The names a named field can take (attributes, or traits), with their kinds. */
+  Builder.prototype.loadNames = function () {
     var self = this;
-    this.fetchValues("attributes", "").then(function (values) {
+    this.fetchValues(this.mode.names, "").then(function (values) {
       values.forEach(function (found) {
         self.attributeKinds[found.value] = found.label;
         var option = new Option(found.label, found.value);
@@ -386,11 +449,12 @@
   };
 
   Builder.prototype.suggestNow = function (row) {
-    var field = row.querySelector("[data-role=field]").value;
+    var field = this.rowField(row);
     var name = this.fieldName(row);
     var op = row.querySelector("[data-role=op]").value;
     var list = row.querySelector("[data-role=suggestions]");
-    if (!SUGGESTED_FIELDS[field] || !name || row.dataset.kind === "boolean") { return; }
+    // Items only: an audience's values are the users' own.
+    if (!this.mode.counted || !SUGGESTED_FIELDS[field] || !name || row.dataset.kind === "boolean") { return; }
     var typed = row.querySelector("[data-role=value]").value;
     var parts = typed.split(",");
     var prefix = op === "in" ? parts[parts.length - 1].trim() : typed.trim();
@@ -408,8 +472,12 @@
     }).catch(function () { /* no suggestions this time */ });
   };
 
-  /* "Matches N of M items" and the values no item has, for what the box holds now. */
+  /* "Matches N of M items" and the values no item has, for what the box holds now; for an audience, who it is. */
   Builder.prototype.count = function () {
+    if (!this.mode.counted) {
+      this.describeAudience();
+      return;
+    }
     var self = this;
     var request = ++this.countRequest;
     var token = this.form ? this.form.querySelector("[name=csrfmiddlewaretoken]") : null;
@@ -428,6 +496,23 @@
       if (request !== self.countRequest) { return; }
       self.showCount(null, "The matching items could not be counted just now.");
     });
+  };
+
+  /* The sentence for the rows, or for the box while it is edited (nothing while the rows cannot show it). */
+  Builder.prototype.describeAudience = function () {
+    var conditions;
+    if (this.jsonMode) {
+      try {
+        conditions = parseRows(this.mode, this.box.value).map(function (state) {
+          return { field: this.mode.prefix + state.attribute, op: state.op, value: state.value };
+        }, this);
+      } catch (error) {
+        conditions = null;
+      }
+    } else {
+      conditions = this.conditions();
+    }
+    this.countLine.textContent = conditions ? audienceSentence(conditions) : "";
   };
 
   Builder.prototype.showCount = function (body, error) {
@@ -478,7 +563,7 @@
         var parts = condition.value.map(function (part) { return part === problem.value ? problem.suggestion : part; });
         this.setValue(row, parts);
       } else if (JSON.stringify(condition.value) === JSON.stringify(problem.value)) {
-        var kind = row.querySelector("[data-role=field]").value === "attribute" ? kindOfValue(problem.suggestion) : row.dataset.kind;
+        var kind = this.rowField(row) === "attribute" ? kindOfValue(problem.suggestion) : row.dataset.kind;
         if (kind !== row.dataset.kind) {
           row.dataset.kind = kind;
           this.shape(row, condition.op);
