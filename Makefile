@@ -32,6 +32,7 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	# The django-stubs plugin imports the settings: give it URLs so that no embedded server is started for it.
 	@echo "Type-checking with mypy: about 90 s the first time, seconds once its cache is warm..."
 	@started=$$(date +%s); \
