@@ -33,6 +33,7 @@ test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/readme_layout.py --check
 	# The django-stubs plugin imports the settings: give it URLs so that no embedded server is started for it.
 	@echo "Type-checking with mypy: about 90 s the first time, seconds once its cache is warm..."
 	@started=$$(date +%s); \

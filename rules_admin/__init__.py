@@ -1,0 +1,1 @@
+"""Console: the merchandiser console (admin site): rules, placements, previews, dashboards."""
