@@ -36,6 +36,7 @@ from graph_app.features.user_affinity import UserAffinity, affinity_decode, rece
 from graph_app.online import STATIC_DTYPE, catalog_changes_since, static_in_stock
 from personalization import redis_keys
 from personalization.cache import UserCacheWrite, user_cache_writes_queue
+from personalization.process_caches import process_cache
 from personalization.redis_client import get_redis
 
 FEATURE_AGE_SECONDS = Histogram(
@@ -392,6 +393,7 @@ def catalog_facts_preload() -> int:
     return len(facts) if _catalog_facts.version == version else 0
 
 
+@process_cache("graph.catalog_facts")
 def catalog_facts_forget() -> None:
     """Drop the catalog facts this process keeps (tests)."""
     with _catalog_facts.lock:
@@ -606,6 +608,15 @@ _parsed_entities: dict[bytes | None, tuple[int, tuple[int, ...], int]] = dict(_A
 _category_of = operator.itemgetter(0)
 _others_of = operator.itemgetter(1)
 _count_of = operator.itemgetter(2)
+
+
+@process_cache("graph.entity_numbers")
+def _entity_numbers_forget() -> None:
+    # The kept catalog table holds these numbers: it goes with them.
+    _entity_numbers.clear()
+    _parsed_entities.clear()
+    _parsed_entities.update(_ALWAYS_PARSED)
+    catalog_facts_forget()
 
 
 def _entity_number(key: bytes) -> int:

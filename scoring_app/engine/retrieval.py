@@ -59,6 +59,7 @@ from personalization.cache import (
     user_cache_get_or_build,
     user_cache_peek,
 )
+from personalization.process_caches import process_cache
 from personalization.redis_client import ShaScript, get_redis
 from scoring_app.engine import registry
 from signals_app.online_reads import decode_popular, queue_popular
@@ -162,8 +163,9 @@ def _popular_kept(depth: int) -> list[tuple[str, float]] | None:
     return kept[2]
 
 
-def popular_shared_forget() -> None:
-    """Read the popular items afresh on the next request (tests)."""
+@process_cache("score.popular_shared")
+def _popular_shared_forget() -> None:
+    """Read the popular items afresh on the next request."""
     global _popular_shared
     _popular_shared = None
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from personalization.process_caches import process_cache
 from surface_app.serving.caps import CapSpec
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,11 @@ def _cap_specs(caps: tuple[CapSpec, ...], cooldown_seconds: int) -> tuple[CapSpe
         if len(_specs_cache) > 1000:
             _specs_cache.clear()
     return specs
+
+
+@process_cache("surface.cap_specs")
+def _specs_forget() -> None:
+    _specs_cache.clear()
 
 
 @dataclass(frozen=True)
@@ -382,8 +388,9 @@ def _rebuild(version: bytes, *, locked: bool = False) -> None:
             _building.release()
 
 
-def snapshot_forget() -> None:
-    """Tests: drop the snapshot so the next request rebuilds it."""
+@process_cache("surface.rules_snapshot")
+def _snapshot_forget() -> None:
+    """Drop the snapshot so the next request rebuilds it."""
     _current[0] = EMPTY
     _last_failure[0] = -math.inf
     _last_build[0] = -math.inf

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from personalization import redis_keys
 from personalization.cache import user_cache_writes_flush
+from personalization.process_caches import process_cache
 from personalization.rate_limits import RateLimitCheck
 from personalization.redis_client import get_redis, script_pipeline_execute
 from scoring_app.engine.retrieval import (
@@ -420,8 +421,9 @@ def _confidence(result: ScoreResult | None, items: list[SlateItem], size: int) -
     return round(personal / size, 4) if size else 0.0
 
 
-def slates_forget() -> None:
-    """Tests: forget the last slates this process served."""
+@process_cache("surface.last_slates")
+def _last_slates_forget_all() -> None:
+    """Forget the last slates this process served."""
     _last_slates.clear()
 
 

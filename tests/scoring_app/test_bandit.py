@@ -11,6 +11,7 @@ import pytest
 from graph_app.features.online import features_fetch
 from graph_app.online import catalog_entities_publish
 from personalization import redis_keys
+from personalization.process_caches import process_caches_reset
 from scoring_app.bandit import REACTION_COSTS, bandit_learn
 from scoring_app.engine import registry
 from scoring_app.engine.bandit import (
@@ -314,12 +315,12 @@ def test_bandit_learn_feeds_each_impression_once_and_publishes_a_version():
 def test_the_first_learn_publishes_an_untrained_model_that_serving_loads():
     report = bandit_learn()
     models_serving_publish(kinds=[BANDIT])  # what the commit hook does outside the test's transaction
-    registry.models_forget()
+    process_caches_reset(["score.serving_models"])
     try:
         registry.models_refresh()
         serving = registry.serving_model(BANDIT, user_key="u1")
     finally:
-        registry.models_forget()
+        process_caches_reset(["score.serving_models"])
 
     assert report.learned == 0
     assert serving is not None

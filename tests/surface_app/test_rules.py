@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from personalization.process_caches import process_caches_reset
 from surface_app import configuration
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.rules_compile import rules_snapshot_build
@@ -18,7 +19,6 @@ from surface_app.serving.rules import (
     RankedItem,
     rules_apply,
     snapshot_current,
-    snapshot_forget,
     snapshot_observe,
 )
 from tests.factories import EntityFactory, ItemEntityFactory, ItemFactory
@@ -132,9 +132,9 @@ pytestmark_db = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _fresh_snapshot():
-    snapshot_forget()
+    process_caches_reset(["surface.rules_snapshot"])
     yield
-    snapshot_forget()
+    process_caches_reset(["surface.rules_snapshot"])
 
 
 @pytestmark_db
