@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from personalization import redis_keys
+from personalization.candidates import Candidate
 from personalization.process_caches import process_caches_reset
 from scoring_app.engine import retrieval
-from scoring_app.engine.retrieval import Candidate, RetrievalSource, candidates_retrieve, user_state_fetch
+from scoring_app.engine.retrieval import RetrievalSource, candidates_retrieve, user_state_fetch
 from tests.factories import ItemFactory, ShopperFactory, unit
 from tests.signals_app.helpers import ingest_views
 
