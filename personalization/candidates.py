@@ -13,7 +13,7 @@ from typing import Any
 
 class Candidate:
     """One item and what the layers found of it. A request builds hundreds: the five fields every retrieval source
-    gives are slots set by the constructor (as fast to build as the named tuple it replaces, faster to read); what
+    gives are slots (faster to read than the named tuple it replaces; `candidate_new` builds one as fast); what
     later layers add is a class-level default until a layer sets it on the item (in the item's own dict, made only
     then). A layer fills in the items it owns: Score copies the few it returns, Surface fills those."""
 
@@ -66,7 +66,7 @@ class Candidate:
     def copied(self) -> Candidate:
         """A copy to fill in apart from the original (which its owner keeps: a candidate set scored again, a
         remembered slate)."""
-        copy = Candidate(self.item_id, self.score, self.source, self.explanation, self.sources)
+        copy = candidate_new(self.item_id, self.score, self.source, self.explanation, self.sources)
         added = self.__dict__
         if added:
             copy.__dict__.update(added)
@@ -95,3 +95,18 @@ class Candidate:
 
     def _fields(self) -> tuple[Any, ...]:
         return (self.item_id, self.score, self.source, self.explanation, self.sources, self.__dict__)
+
+
+_object_new = object.__new__
+
+
+def candidate_new(item_id: str, score: float, source: str, explanation: str, sources: tuple[str, ...]) -> Candidate:
+    """`Candidate(...)` of the five retrieval fields, for loops that build hundreds: without the constructor's
+    optional arguments, it costs what building the named tuple it replaces did (half the constructor's cost)."""
+    candidate: Candidate = _object_new(Candidate)
+    candidate.item_id = item_id
+    candidate.score = score
+    candidate.source = source
+    candidate.explanation = explanation
+    candidate.sources = sources
+    return candidate

@@ -59,7 +59,7 @@ from personalization.cache import (
     user_cache_get_or_build,
     user_cache_peek,
 )
-from personalization.candidates import Candidate
+from personalization.candidates import Candidate, candidate_new
 from personalization.process_caches import process_cache
 from personalization.redis_client import ShaScript, get_redis
 from scoring_app.engine import registry
@@ -368,7 +368,7 @@ def _graph_candidates(state: UserState) -> dict[str, Candidate]:
                 continue
             known = best.get(neighbour.item_id)
             if known is None or neighbour.score > known.score:
-                best[neighbour.item_id] = Candidate(
+                best[neighbour.item_id] = candidate_new(
                     neighbour.item_id, neighbour.score, "graph", neighbour_explanation(neighbour), _GRAPH
                 )
     return dict(sorted(best.items(), key=lambda pair: pair[1].score, reverse=True))
@@ -441,7 +441,7 @@ def _user_vector_source(state: UserState) -> list[Candidate]:
     recent = set(state.recent_items)
     rows = [(item_id, score) for item_id, score in _user_vector_neighbours(state) if item_id not in recent]
     return [
-        Candidate(item_id, score, "user_vector", "Picked for your taste", _USER_VECTOR)
+        candidate_new(item_id, score, "user_vector", "Picked for your taste", _USER_VECTOR)
         for item_id, score in rows[:USER_VECTOR_NEIGHBOURS]
     ]
 
@@ -452,7 +452,7 @@ def _item_model_source(state: UserState) -> list[Candidate]:
     listed = state.prefetched.item_model_listed or []
     recent = set(state.recent_items)
     return [
-        Candidate(item_id, score, "item_model", ITEM_MODEL_EXPLANATION, _ITEM_MODEL)
+        candidate_new(item_id, score, "item_model", ITEM_MODEL_EXPLANATION, _ITEM_MODEL)
         for item_id, score in item_model_rows(listed, recent)
     ]
 
@@ -487,7 +487,7 @@ def _recent_items_source(state: UserState) -> list[Candidate]:
     rows = state.prefetched.similar_rows
     if rows is None:  # the newest recent item has no precomputed list (newer than the embeddings): pgvector
         rows = _similar_to_recent(state)
-    return [Candidate(item_id, score, "similar", SIMILAR_EXPLANATION, _SIMILAR) for item_id, score in rows]
+    return [candidate_new(item_id, score, "similar", SIMILAR_EXPLANATION, _SIMILAR) for item_id, score in rows]
 
 
 def _category_popular_source(state: UserState) -> list[Candidate]:
@@ -501,7 +501,7 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
         top = max((score for _, score in rows), default=0.0) or 1.0
         explanation = f"Popular in {category}"
         chosen += [
-            Candidate(item_id, round(score / top, 6), "category_popular", explanation, _CATEGORY_POPULAR)
+            candidate_new(item_id, round(score / top, 6), "category_popular", explanation, _CATEGORY_POPULAR)
             for item_id, score in rows
         ]
     return chosen
@@ -514,7 +514,7 @@ def _fresh_source(state: UserState) -> list[Candidate]:
     )  # fmt: skip
     newest = max((created for _, created in rows), default=0.0)
     return [
-        Candidate(item_id, round(2.0 ** (-(newest - created) / 86400.0), 6), "fresh", "New in", _FRESH)
+        candidate_new(item_id, round(2.0 ** (-(newest - created) / 86400.0), 6), "fresh", "New in", _FRESH)
         for item_id, created in rows
     ]
 
@@ -553,7 +553,7 @@ def _popular_source(state: UserState) -> list[Candidate]:
         in_stock = _in_stock([item_id for item_id, _ in state.popular_items])
     top = max((score for _, score in state.popular_items), default=0.0) or 1.0
     return [
-        Candidate(item_id, round(score / top, 6), "popular", "Popular right now", _POPULAR)
+        candidate_new(item_id, round(score / top, 6), "popular", "Popular right now", _POPULAR)
         for item_id, score in state.popular_items
         if item_id in in_stock
     ]
@@ -621,7 +621,7 @@ def _context_source(state: UserState) -> list[Candidate]:
         named = {neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours}
         named.update(item_id for rows_of_seed in lists.values() for item_id, _ in rows_of_seed)
         rows = _context_rows(seeds, lists, neighbourhoods, _in_stock(named))
-    return [Candidate(item_id, score, "context", explanation, _CONTEXT) for item_id, score, explanation in rows]
+    return [candidate_new(item_id, score, "context", explanation, _CONTEXT) for item_id, score, explanation in rows]
 
 
 @dataclass(frozen=True)
@@ -875,7 +875,7 @@ class CandidateSet:
         chosen = list(map(kinds.__getitem__, decoded["r"]))
         candidates = list(
             map(
-                Candidate,
+                candidate_new,
                 decoded["i"],
                 decoded["s"],
                 map(_SOURCE, chosen),

@@ -1,4 +1,4 @@
-from personalization.candidates import Candidate
+from personalization.candidates import Candidate, candidate_new
 
 
 def test_a_candidate_has_the_later_layers_defaults_until_they_fill_them():
@@ -31,3 +31,10 @@ def test_what_retrieval_gave_reads_by_name():
         "item_id": "mug-1", "score": 0.5, "source": "graph", "explanation": "Because you like Retrospot",
         "sources": ("graph", "similar"),
     }  # fmt: skip
+
+
+def test_the_hot_loops_constructor_builds_the_same_candidate():
+    built = candidate_new("mug-1", 0.5, "similar", "Similar to items you showed interest in", ("similar",))
+
+    assert built == Candidate("mug-1", 0.5, "similar", "Similar to items you showed interest in", ("similar",))
+    assert (built.propensity, built.rules) == (None, ())
