@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="write the figures to BENCHMARKS.md")
     args = parser.parse_args()
     django_setup()
+    from personalization.candidates import Candidate
     from scoring_app.engine.bandit import (
         BanditContext,
         BanditItem,
@@ -41,7 +42,6 @@ def main() -> None:
         bandit_model_new,
         shared_features,
     )
-    from scoring_app.engine.retrieval import Candidate
 
     rng = random.Random(1)
     categories = [f"category-{n}" for n in range(12)]

@@ -34,6 +34,7 @@ from graph_app.online import catalog_write, entity_keys, pack_static
 from graph_app.services import EntityRef, ItemInput, content_projection
 from personalization.cache import item_cache_invalidate_many
 from personalization.errors import ApplicationError
+from personalization.process_caches import process_cache
 from surface_app.services import shelves_catalog_changed
 
 logger = logging.getLogger(__name__)
@@ -577,6 +578,11 @@ def _entity_keys_of(row: ItemInput) -> str:
 
 _entity_keys_kept: dict[tuple[str, tuple[EntityRef, ...]], str] = {}
 ENTITY_KEYS_KEPT = 20_000
+
+
+@process_cache("graph.entity_keys_kept")
+def _entity_keys_kept_forget() -> None:
+    _entity_keys_kept.clear()
 
 
 def _embeddings_read(cursor: Any, *, pks: list[int]) -> dict[int, np.ndarray]:

@@ -41,6 +41,7 @@ from graph_app.services import ItemInput, content_projection
 from personalization import file_import
 from personalization.errors import flatten_errors
 from personalization.file_import import ImportFileError, Problems, Rejected, SourceRow, checkpoint_path_for
+from personalization.process_caches import process_cache
 from personalization.validation import EXTERNAL_ID_MAX_LENGTH, StrictBooleanField
 
 ITEM_IMPORT_BATCH_SIZE = 2000
@@ -258,6 +259,13 @@ def item_input_checked(data: dict[str, Any]) -> ItemInput | Problems:
 
 
 _checking_serializers: dict[type[serializers.Serializer], serializers.Serializer] = {}
+
+
+@process_cache("graph.catalog_import")
+def _catalog_import_forget() -> None:
+    _brand_entity.cache_clear()
+    _brand_columns.cache_clear()
+    _checking_serializers.clear()
 
 
 def _serializer_check(kind: type[serializers.Serializer], data: dict[str, Any]) -> dict[str, Any] | Problems:

@@ -16,6 +16,7 @@ from typing import Any, TypeGuard
 
 from graph_app.catalog_bulk import PATCH_FIELDS, ItemPatch
 from graph_app.services import EntityRef, ItemInput
+from personalization.process_caches import process_cache
 from personalization.validation import (
     EXTERNAL_ID_MAX_LENGTH,
     JSON_INT_MAX,
@@ -117,6 +118,11 @@ _prices: dict[str, Decimal] = {}
 PRICES_KEPT = 20_000
 
 
+@process_cache("graph.item_prices")
+def _prices_forget() -> None:
+    _prices.clear()
+
+
 def _attributes_ok(value: Any) -> bool:
     if not isinstance(value, dict):
         return False
@@ -195,6 +201,11 @@ _ENTITY_FIELDS = frozenset({"kind", "id", "name", "weight"})
 # Entities plainly valid, by their fields: a catalog names the same brands over and over.
 _entity_refs: dict[tuple[str, str, str, int | float], EntityRef] = {}
 ENTITY_REFS_KEPT = 20_000
+
+
+@process_cache("graph.entity_refs")
+def _entity_refs_forget() -> None:
+    _entity_refs.clear()
 
 
 def _entity_ref(entry: Any) -> EntityRef | None:

@@ -19,6 +19,8 @@ from typing import IO
 
 from django.db import DatabaseError, connection, connections
 
+from personalization.process_caches import process_cache
+
 INDEX_NAME = "item_embedding_ivfflat"
 # k-means over a sample of the vectors (50 a list) is held in this memory: 806 MB for 2,000 lists of 64 dimensions.
 BUILD_MEMORY = "2GB"
@@ -59,8 +61,9 @@ def item_vector_index_serving() -> bool:
     return present
 
 
-def item_vector_index_serving_forget() -> None:
-    """Look again at the next call (after this process dropped or built the index, and in tests)."""
+@process_cache("graph.vector_index_serving")
+def _serving_check_forget() -> None:
+    """Look again at the next call."""
     global _serving_checked
     _serving_checked = (-SERVING_CHECK_SECONDS, True)
 

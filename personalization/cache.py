@@ -41,6 +41,7 @@ from prometheus_client import Counter, Histogram
 from redis.commands.core import Script
 
 from personalization import redis_keys
+from personalization.process_caches import process_cache
 from personalization.redis_client import get_control_redis, get_redis
 
 logger = logging.getLogger(__name__)
@@ -436,6 +437,11 @@ def _now_ms() -> int:
 def _script(source: str) -> Any:
     """The script object (called by SHA, loaded again after a Redis restart or failover)."""
     return Script(get_redis(), source)
+
+
+@process_cache("core.cache_scripts")
+def _scripts_forget() -> None:
+    _script.cache_clear()
 
 
 def _check_name(name: str) -> None:

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from personalization.errors import ApplicationError, first_message
 from personalization.models import SCOPE_RANKS, ApiKey, ApiScope
+from personalization.process_caches import process_cache
 from personalization.rate_limits import (
     RateLimitCheck,
     RateLimitExceeded,
@@ -163,8 +164,9 @@ def api_key_sockets_close(*, api_key_id: int) -> None:
         logger.warning("auth.revocation_broadcast_failed", extra={"api_key_id": api_key_id, "error": repr(error)})
 
 
-def api_key_caches_clear() -> None:
-    """Forget the keys this process verified or found unknown (tests; the admin's changes)."""
+@process_cache("core.api_keys")
+def _api_key_caches_clear() -> None:
+    """Forget the keys this process verified or found unknown."""
     _verified_keys.clear()
     _unknown_keys.clear()
 

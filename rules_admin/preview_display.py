@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graph_app.selectors import item_titles
-from surface_app.preview import ExplainedItem, PreviewResult
+from personalization.candidates import Candidate
+from surface_app.preview import PreviewResult
 
 
 @dataclass(frozen=True)
 class PreviewRow:
-    item: ExplainedItem
+    item: Candidate
     title: str
     # What differs from the other column: "" (nothing), "new", "gone", "up", "down" or "changed" (its rules or source).
     change: str
@@ -40,7 +41,7 @@ class PreviewColumn:
         return {"ranker": "Ranker score", "bandit": "Bandit score"}.get(self.result.path, "Retrieval score")
 
 
-def _edited_row(item: ExplainedItem, title: str, served: dict[str, ExplainedItem]) -> PreviewRow:
+def _edited_row(item: Candidate, title: str, served: dict[str, Candidate]) -> PreviewRow:
     before = served.get(item.item_id)
     if before is None:
         return PreviewRow(item, title, "new", "new in this slate")

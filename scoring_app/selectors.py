@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 
+from personalization.process_caches import process_cache
 from scoring_app.models import ModelVersion
 
 
@@ -20,6 +21,11 @@ def model_artifact(*, version: str) -> bytes:
 def _artifact_arrays(version: str) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(model_artifact(version=version))) as archive:
         return {name: archive[name] for name in archive.files}
+
+
+@process_cache("score.artifact_arrays")
+def _artifact_arrays_forget() -> None:
+    _artifact_arrays.cache_clear()
 
 
 def model_artifact_arrays(*, version: str) -> dict[str, np.ndarray]:

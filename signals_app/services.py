@@ -19,6 +19,7 @@ from django.utils import timezone
 from personalization import redis_keys
 from personalization.errors import ApplicationError
 from personalization.exception_handler import SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS
+from personalization.process_caches import process_cache
 from personalization.redis_client import get_control_redis, get_ingest_redis
 from signals_app import metrics
 from signals_app.event_types import event_type_lookup
@@ -35,6 +36,11 @@ EVENT_BODY_MAX_BYTES = 1024 * 1024
 
 
 _linked_sessions: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+
+@process_cache("signal.linked_sessions")
+def _linked_sessions_forget() -> None:
+    _linked_sessions.clear()
 
 
 @dataclass

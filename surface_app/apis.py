@@ -124,4 +124,4 @@ class SimilarItemsApi(APIView):
         if not item_exists(external_id=item_id):
             raise NotFound(f"No item with item_id '{item_id}'.")
         candidates = similar_items(item_id=item_id, k=query.validated_data["k"])
-        return Response({"item_id": item_id, "items": [candidate._asdict() for candidate in candidates]})
+        return Response({"item_id": item_id, "items": [candidate.retrieved() for candidate in candidates]})

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from graph_app.features.online import features_fetch
+from personalization.candidates import Candidate
 from scoring_app.engine import registry
 from scoring_app.engine.ranking import RANKER, ranker_inputs
 from surface_app.models import BusinessRule
@@ -24,27 +25,14 @@ TOP_CONTRIBUTIONS = 3
 
 
 @dataclass(frozen=True)
-class ExplainedItem:
-    slot: int
-    item_id: str
-    score: float
-    source: str
-    sources: tuple[str, ...]
-    explanation: str
-    propensity: float | None
-    rules: tuple[str, ...]
-    # The ranker's top feature contributions to this item's score (LightGBM pred_contrib), largest first.
-    contributions: list[tuple[str, float]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
 class PreviewResult:
     placement: str
     path: str
     model_version: str | None
     confidence: float
     degraded: list[str]
-    items: list[ExplainedItem]
+    # The slate's items, each with its slot and (ranker) the top feature contributions to its score.
+    items: list[Candidate]
     # Items the rules or caps removed, with why ("filter:No alcohol for minors", "cap:3 a day", "cooldown"...).
     removed: dict[str, str]
 
@@ -70,26 +58,16 @@ def _contributions(user_key: str, placement: str, item_ids: list[str]) -> dict[s
 def _result(slate: Slate, removed: dict[str, str], user_key: str) -> PreviewResult:
     item_ids = [item.item_id for item in slate.items]
     contributions = _contributions(user_key, slate.placement, item_ids) if slate.path == "ranker" else {}
+    for slot, item in enumerate(slate.items, start=1):  # the preview's own slate: its items are filled in
+        item.slot = slot
+        item.contributions = contributions.get(item.item_id, [])
     return PreviewResult(
         placement=slate.placement,
         path=slate.path,
         model_version=slate.model_version,
         confidence=slate.confidence,
         degraded=list(slate.degraded),
-        items=[
-            ExplainedItem(
-                slot=slot + 1,
-                item_id=item.item_id,
-                score=item.score,
-                source=item.source,
-                sources=item.sources,
-                explanation=item.explanation,
-                propensity=item.propensity,
-                rules=item.rules,
-                contributions=contributions.get(item.item_id, []),
-            )
-            for slot, item in enumerate(slate.items)
-        ],
+        items=slate.items,
         removed=dict(removed),
     )
 

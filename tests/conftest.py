@@ -1,12 +1,35 @@
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import redis
 from django.conf import settings
 from rest_framework.test import APIClient
 
 from personalization import services as key_services
+from personalization.process_caches import process_caches_reset
 from personalization.redis_client import get_control_redis, redis_client_for
+
+# Every module that keeps a process cache, imported so that its reset is registered before the first test.
+PROCESS_CACHE_MODULES = (
+    "graph_app.catalog_bulk",
+    "graph_app.catalog_import",
+    "graph_app.features.online",
+    "graph_app.features.user_affinity",
+    "graph_app.item_rows",
+    "graph_app.item_vector_index",
+    "personalization.cache",
+    "personalization.services",
+    "scoring_app.engine.registry",
+    "scoring_app.engine.retrieval",
+    "scoring_app.selectors",
+    "signals_app.services",
+    "surface_app.serving.rules",
+    "surface_app.serving.slates",
+)
+for _module in PROCESS_CACHE_MODULES:
+    importlib.import_module(_module)
 
 
 @pytest.fixture(autouse=True)
@@ -14,7 +37,6 @@ def clean_redis() -> redis.Redis:
     """Each test starts from an empty Redis database (the tests' own embedded Valkey unless REDIS_URL is set)."""
     client = get_control_redis()  # a flush may take longer than the hot path's timeout
     client.flushdb()
-    key_services.api_key_caches_clear()
     return client
 
 
@@ -67,39 +89,13 @@ def django_db_setup(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
-def _forget_linked_sessions():
-    """The ingest path remembers sessions it linked; Redis is emptied between tests, so must this be."""
-    from signals_app import services
-
-    services._linked_sessions.clear()
-
-
-@pytest.fixture(autouse=True)
-def _forget_catalog_facts():
-    """Serving keeps the catalog facts it read per catalog version; Redis is emptied between tests."""
-    from graph_app.features.online import catalog_facts_forget
-
-    catalog_facts_forget()
-
-
-@pytest.fixture(autouse=True)
-def _forget_popular_items():
-    """Serving shares the popular items it read for a second; Redis is emptied between tests."""
-    from scoring_app.engine.retrieval import popular_shared_forget
-
-    popular_shared_forget()
-
-
-@pytest.fixture(autouse=True)
-def _forget_served_slates():
-    """Serving remembers each user's last slate in process memory (a fallback of last resort): per test."""
-    from surface_app.serving.rules import snapshot_forget
-    from surface_app.serving.slates import slates_forget
-
-    slates_forget()
-    snapshot_forget()
+def _process_caches_reset():
+    """Every cache a process keeps in memory starts each test empty: Redis and the database are emptied between
+    tests, so nothing a cache remembers may survive one. What a test served or loaded (last slates, models) is
+    dropped after it too, so that it never reaches another test's shelves."""
+    process_caches_reset()
     yield
-    slates_forget()
+    process_caches_reset(["surface.last_slates", "score.serving_models"])
 
 
 @pytest.fixture
@@ -116,14 +112,3 @@ def vacuumed_vector_index(django_db_blocker):
         # Never wait long on a lock the test's own transaction might hold.
         own.execute("SET lock_timeout = '5s'")
         own.execute("VACUUM (TRUNCATE false) graph_app_item")
-
-
-@pytest.fixture(autouse=True)
-def _forget_serving_models():
-    """Serving processes keep the models they loaded; a test that trains and serves must not leave its models to
-    the next test's shelves."""
-    from scoring_app.engine import registry
-
-    registry.models_forget()
-    yield
-    registry.models_forget()

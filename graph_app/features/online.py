@@ -36,6 +36,7 @@ from graph_app.features.user_affinity import UserAffinity, affinity_decode, rece
 from graph_app.online import STATIC_DTYPE, catalog_changes_since, static_in_stock
 from personalization import redis_keys
 from personalization.cache import UserCacheWrite, user_cache_writes_queue
+from personalization.process_caches import process_cache
 from personalization.redis_client import get_redis
 
 FEATURE_AGE_SECONDS = Histogram(
@@ -392,6 +393,7 @@ def catalog_facts_preload() -> int:
     return len(facts) if _catalog_facts.version == version else 0
 
 
+@process_cache("graph.catalog_facts")
 def catalog_facts_forget() -> None:
     """Drop the catalog facts this process keeps (tests)."""
     with _catalog_facts.lock:
@@ -470,40 +472,14 @@ def features_fetch(
         recent_last = float(legacy_recent_last)
     columns: list[Sequence[Any]] = replies[4:7] if missing else [[], [], []]
     per_partition = replies[7:] if missing else replies[4:]
-    catalog: _CatalogRows | None = None
-    if caching and not missing and version == kept_version:
-        catalog = table.gather(rows)  # every fact kept, for the version just read: the usual case
-    elif caching:
-        read = dict(zip(missing, zip(*columns, strict=True), strict=True))
-        if version != _catalog_facts.version:
-            # The catalog changed since the facts kept were read: drop those of the items it changed (one more
-            # round trip for the change list), and read the request's own again (one more).
-            changes: list[bytes] = client.lrange(redis_keys.CATALOG_CHANGES, 0, -1)  # type: ignore[assignment]
-            _catalog_facts.follow(version, changes)
-            kept = _catalog_facts.facts
-            stale = [item_id for item_id in dict.fromkeys(item_ids) if item_id not in kept and item_id not in read]
-            if stale:
-                read.update(_catalog_read(user_key, stale))
-        _catalog_facts.keep(version, read)
-        with _catalog_facts.lock:
-            table = _catalog_facts.table
-            rows = table.lookup(item_ids) if _catalog_facts.version == version else np.full(len(item_ids), -1)
-        if len(rows) and rows.min() >= 0:
-            catalog = table.gather(rows)
-        else:  # not all kept (read under an older version, or past the limit): the columns in the items' order
-            columns = list(zip(*(read.get(i) or kept[i] for i in item_ids), strict=True)) if item_ids else [[], [], []]
-    if catalog is None:
+    if not caching:
         catalog = _catalog_rows_decode(*columns)
-
-    recent = [value.decode() for value in recent_raw]
-    if recent_last is None or float(recent_last) + AFFINITY_TTL_SECONDS <= now:
-        recent = []  # the user's recent items are older than their TTL: missing
-    if not recent:
-        recent_vectors = []
-    elif recent == expected and early_vectors is not None:
-        recent_vectors = early_vectors
+    elif not missing and version == kept_version:
+        catalog = table.gather(rows)  # every fact kept, for the version just read: the usual case
     else:
-        recent_vectors = client.hmget(redis_keys.CATALOG_VECTORS, recent)
+        read = dict(zip(missing, zip(*columns, strict=True), strict=True))
+        catalog = _catalog_kept_and_read(client, user_key, item_ids, version, read, kept)
+    recent_vectors = _recent_vectors(client, recent_raw, recent_last, now, expected, early_vectors)
     matrix = features_compute(
         replies=[affinity_raw, recent_raw, recent_last, *per_partition], catalog=catalog,
         recent_vectors=recent_vectors, item_ids=item_ids, now=now, observe=True, ages=_ages_sampled(),
@@ -511,6 +487,60 @@ def features_fetch(
     if retrieval is not None and len(retrieval) == len(item_ids):
         matrix.values[:, RETRIEVAL_COLUMNS] = retrieval
     return matrix
+
+
+def _catalog_kept_and_read(
+    client: Any,
+    user_key: str,
+    item_ids: list[str],
+    version: bytes | None,
+    read: dict[str, tuple[Any, Any, Any]],
+    kept: dict[str, tuple[Any, Any, Any]],
+) -> _CatalogRows:
+    """The items' catalog rows when some were not kept, or kept for another catalog version: keep what the
+    request `read` (after dropping the facts of the items the catalog changed since, and reading the request's own
+    again), then take every row from the facts kept, or in the items' order when they cannot all be kept."""
+    if version != _catalog_facts.version:
+        # The catalog changed since the facts kept were read: drop those of the items it changed (one more round
+        # trip for the change list), and read the request's own again (one more).
+        changes: list[bytes] = client.lrange(redis_keys.CATALOG_CHANGES, 0, -1)
+        _catalog_facts.follow(version, changes)
+        kept = _catalog_facts.facts
+        stale = [item_id for item_id in dict.fromkeys(item_ids) if item_id not in kept and item_id not in read]
+        if stale:
+            read.update(_catalog_read(user_key, stale))
+    _catalog_facts.keep(version, read)
+    with _catalog_facts.lock:
+        table = _catalog_facts.table
+        rows = table.lookup(item_ids) if _catalog_facts.version == version else np.full(len(item_ids), -1)
+    if len(rows) and rows.min() >= 0:
+        return table.gather(rows)
+    # Not all kept (read under an older version, or past the limit): the columns in the items' order.
+    columns: list[Sequence[Any]] = (
+        list(zip(*(read.get(i) or kept[i] for i in item_ids), strict=True)) if item_ids else [[], [], []]
+    )
+    return _catalog_rows_decode(*columns)
+
+
+def _recent_vectors(
+    client: Any,
+    recent_raw: list[bytes],
+    recent_last: float | None,
+    now: float,
+    expected: list[str],
+    early_vectors: list[Any] | None,
+) -> list[Any]:
+    """The embeddings of the user's recent items (none once older than their TTL): those read in the round trip
+    when the list still holds what the caller expected, else read now."""
+    recent = [value.decode() for value in recent_raw]
+    if recent_last is None or float(recent_last) + AFFINITY_TTL_SECONDS <= now:
+        return []  # the user's recent items are older than their TTL: missing
+    if not recent:
+        return []
+    if recent == expected and early_vectors is not None:
+        return early_vectors
+    vectors: list[Any] = client.hmget(redis_keys.CATALOG_VECTORS, recent)
+    return vectors
 
 
 def _decayed_sums(
@@ -606,6 +636,15 @@ _parsed_entities: dict[bytes | None, tuple[int, tuple[int, ...], int]] = dict(_A
 _category_of = operator.itemgetter(0)
 _others_of = operator.itemgetter(1)
 _count_of = operator.itemgetter(2)
+
+
+@process_cache("graph.entity_numbers")
+def _entity_numbers_forget() -> None:
+    # The kept catalog table holds these numbers: it goes with them.
+    _entity_numbers.clear()
+    _parsed_entities.clear()
+    _parsed_entities.update(_ALWAYS_PARSED)
+    catalog_facts_forget()
 
 
 def _entity_number(key: bytes) -> int:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS, AFFINITY_TTL_SECONDS
+from personalization.process_caches import process_cache
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,13 @@ def entity_names_learn(keys: list[str] | list[bytes]) -> dict[bytes, bytes]:
 # at most this often per process.
 NAMES_FROM_CATALOG_SECONDS = 600.0
 _names_from_catalog_at = -NAMES_FROM_CATALOG_SECONDS
+
+
+@process_cache("graph.entity_names")
+def _entity_names_forget() -> None:
+    global _names_from_catalog_at
+    _entity_names.clear()
+    _names_from_catalog_at = -NAMES_FROM_CATALOG_SECONDS
 
 
 def _entity_names_resolve(codes: list[bytes]) -> None:

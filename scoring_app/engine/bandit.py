@@ -31,8 +31,8 @@ from redis.exceptions import RedisError
 
 from graph_app.features.online import FeatureMatrix, features_fetch
 from graph_app.features.user_affinity import UserAffinity
+from personalization.candidates import Candidate
 from scoring_app.engine import registry
-from scoring_app.engine.retrieval import Candidate
 
 BANDIT = "bandit"
 # Bounds the work of one decision (VW scores every action): the retrieval's best candidates, in its order.

@@ -24,6 +24,7 @@ import redis
 from django.db import connection
 
 from personalization import redis_keys
+from personalization.process_caches import process_cache
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _loaded: dict[str, ServingModel] = {}  # version -> model, a few recent ones (ro
 _loading: set[str] = set()
 _last_database_check: dict[str, float] = {}
 _failed_until: dict[bytes, float] = {}
-# Bumped by models_forget: a loader thread started before must not install its (now outdated) result.
+# Bumped by _models_forget: a loader thread started before must not install its (now outdated) result.
 _generation = [0]
 _lock = threading.Lock()
 
@@ -116,8 +117,9 @@ def models_refresh() -> None:
             _load(kind, raw)
 
 
-def models_forget() -> None:
-    """Drop every loaded model (tests)."""
+@process_cache("score.serving_models")
+def _models_forget() -> None:
+    """Drop every loaded model."""
     with _lock:
         _generation[0] += 1
         _serving.clear()

@@ -16,16 +16,16 @@ from __future__ import annotations
 import base64
 import contextvars
 import hashlib
-import itertools
 import logging
 import math
+import operator
 import threading
 import time
 from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -59,6 +59,8 @@ from personalization.cache import (
     user_cache_get_or_build,
     user_cache_peek,
 )
+from personalization.candidates import Candidate, candidate_new
+from personalization.process_caches import process_cache
 from personalization.redis_client import ShaScript, get_redis
 from scoring_app.engine import registry
 from signals_app.online_reads import decode_popular, queue_popular
@@ -93,16 +95,46 @@ SOURCES_DROPPED = Counter(
 )
 
 
-class Candidate(NamedTuple):
-    """One retrieved item. A named tuple: a request builds hundreds of them, at a third of a frozen dataclass's
-    cost."""
+@dataclass
+class Prefetched:
+    """What retrieval read ahead for its sources, by name: a source whose input is here runs inline, one whose input
+    is missing (None) runs in the pool and reads for itself."""
 
-    item_id: str
-    score: float
-    source: str
-    explanation: str
-    # Every retrieval source that produced the item (provenance), the first one being `source`.
-    sources: tuple[str, ...] = ()
+    # Read raw in the state's round trip (NOT_READ: not read, the round trip failed): the user's cached candidate
+    # set and source results, the newest items' shared list, and the catalog version (the catalog facts this process
+    # keeps for it answer stock checks without a read).
+    candidates: bytes | object | None = NOT_READ
+    user_vector: bytes | object | None = NOT_READ
+    similar_to_recent: bytes | object | None = NOT_READ
+    fresh_items: bytes | None = None
+    catalog_version: bytes | None = None
+    # Filled by `_prefetch_sources`: the sources' cached results found fresh (payloads)...
+    user_vector_rows: bytes | None = None
+    similar_to_recent_rows: bytes | None = None
+    fresh_rows: bytes | None = None
+    category_rows: dict[str, bytes] = field(default_factory=dict)  # by category
+    # ... and what one more round trip read: the stock of every item named below and by the popular list, the
+    # neighbourhoods of the user's latest items, and the lists of the user and of their recent and context items,
+    # checked in stock.
+    in_stock: set[str] | None = None
+    neighbours: dict[str, list[Neighbour]] | None = None
+    user_vector_listed: list[tuple[str, float]] | None = None
+    item_model_listed: list[tuple[str, float]] | None = None
+    similar_rows: list[tuple[str, float]] | None = None
+    context_rows: list[tuple[str, float, str]] | None = None
+
+    def __contains__(self, name: str) -> bool:
+        """Whether `name` was read ahead."""
+        return getattr(self, name) is not None
+
+
+class StateReads(Protocol):
+    """A caller's own reads, queued on the state's round trip: `queue` returns how many replies they take, and
+    `receive` gets those replies (it is not called when the round trip failed)."""
+
+    def queue(self, pipeline: redis.client.Pipeline) -> int: ...
+
+    def receive(self, replies: list[Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -117,16 +149,10 @@ class UserState:
     models_snapshot: dict[bytes, bytes] = field(default_factory=dict)
     # The request's context items (product page, cart): retrieval starts from them, the slate leaves them out.
     seeds: tuple[str, ...] = ()
-    # Replies to the caller's own reads queued on the same pipeline (`extra`).
-    extra_replies: list[Any] = field(default_factory=list)
-    # What retrieval read ahead for its sources in pipelined round trips (cache values, neighbourhoods, stock),
-    # by name: a source finds its input here and runs inline; a source whose input is missing runs in the pool.
-    prefetched: dict[Any, Any] = field(default_factory=dict)
+    # What retrieval read ahead for its sources in pipelined round trips (filled in as it reads).
+    prefetched: Prefetched = field(default_factory=Prefetched)
 
 
-# Candidates are built by the thousand a request: tuple.__new__ skips the named tuple's Python-level constructor (half
-# the cost). Every field is given.
-_new_candidate = tuple.__new__
 # Each source's own provenance, shared by its candidates: most items come from one source, and the merge keeps them
 # as they are.
 _USER_VECTOR, _SIMILAR, _GRAPH, _ITEM_MODEL = ("user_vector",), ("similar",), ("graph",), ("item_model",)
@@ -138,15 +164,22 @@ def _favourite_categories(affinity: dict[bytes, bytes]) -> list[str]:
     return affinity_decode(affinity).strongest(categories=True, count=FAVOURITE_CATEGORIES)
 
 
-# Read in the state's round trip, raw: the user's cached candidate set and source results, and the newest items.
-_PREFETCHED_WITH_STATE: dict[str, Callable[[str], str]] = {
-    "candidates": lambda user_key: redis_keys.user_cache(user_key, "candidates"),
-    "user_vector": lambda user_key: redis_keys.user_cache(user_key, "user_vector"),
-    "similar_to_recent": lambda user_key: redis_keys.user_cache(user_key, "similar_to_recent"),
-    "fresh_items": lambda user_key: redis_keys.item_cache("catalog", "fresh_items"),
-    # The catalog facts this process keeps for this version answer stock checks without a read.
-    "catalog_version": lambda user_key: redis_keys.CATALOG_VERSION,
-}
+def _prefetch_with_state(pipeline: redis.client.Pipeline, user_key: str) -> int:
+    """Queue the reads `Prefetched` takes from the state's round trip; how many replies they take."""
+    pipeline.get(redis_keys.user_cache(user_key, "candidates"))
+    pipeline.get(redis_keys.user_cache(user_key, "user_vector"))
+    pipeline.get(redis_keys.user_cache(user_key, "similar_to_recent"))
+    pipeline.get(redis_keys.item_cache("catalog", "fresh_items"))
+    pipeline.get(redis_keys.CATALOG_VERSION)
+    return 5
+
+
+def _prefetched_with_state(replies: list[Any]) -> Prefetched:
+    candidates, user_vector, similar_to_recent, fresh_items, catalog_version = replies
+    return Prefetched(
+        candidates=candidates, user_vector=user_vector, similar_to_recent=similar_to_recent, fresh_items=fresh_items,
+        catalog_version=catalog_version,
+    )  # fmt: skip
 
 
 # The popular items as this process last read them, shared by its requests for SCORE_POPULAR_SHARED_SECONDS:
@@ -162,8 +195,9 @@ def _popular_kept(depth: int) -> list[tuple[str, float]] | None:
     return kept[2]
 
 
-def popular_shared_forget() -> None:
-    """Read the popular items afresh on the next request (tests)."""
+@process_cache("score.popular_shared")
+def _popular_shared_forget() -> None:
+    """Read the popular items afresh on the next request."""
     global _popular_shared
     _popular_shared = None
 
@@ -173,24 +207,23 @@ def user_state_fetch(
     user_key: str,
     popular_depth: int = POPULAR_DEPTH,
     seeds: Sequence[str] = (),
-    extra: Callable[[redis.client.Pipeline], int] | None = None,
+    extra: StateReads | None = None,
 ) -> UserState:
     """The user's recent items and favourite categories, the popular items and the serving models, in one Redis
     round trip (the popular items only when this process's are older than SCORE_POPULAR_SHARED_SECONDS). `seeds`
-    (the item on a product page, the cart) lead the recent items as what retrieval starts from; `extra` queues the
-    caller's own reads on the same pipeline and returns how many replies they take."""
+    (the item on a product page, the cart) lead the recent items as what retrieval starts from; `extra`: the caller's
+    own reads, queued on the same pipeline, given their replies before this returns."""
     global _popular_shared
     popular = _popular_kept(popular_depth)
 
     def queue(pipeline: redis.client.Pipeline) -> tuple[int, int]:
-        extra_count = extra(pipeline) if extra is not None else 0
+        extra_count = extra.queue(pipeline) if extra is not None else 0
         pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_USED - 1)
         pipeline.get(redis_keys.active_model("embeddings"))
         pipeline.hgetall(redis_keys.user_affinity(user_key))
         registry.queue_snapshot(pipeline)
         popular_count = queue_popular(pipeline, depth=popular_depth) if popular is None else 0
-        for key in _PREFETCHED_WITH_STATE.values():
-            pipeline.get(key(user_key))
+        _prefetch_with_state(pipeline, user_key)
         return extra_count, popular_count
 
     try:
@@ -211,11 +244,11 @@ def user_state_fetch(
     extra_replies, replies = replies[:extra_count], replies[extra_count:]
     recent, model_version, affinity, snapshot = replies[:4]
     own = [value.decode() for value in recent]
-    prefetched = dict(zip(_PREFETCHED_WITH_STATE, replies[4 + popular_count :], strict=True))
+    prefetched = _prefetched_with_state(replies[4 + popular_count :])
     if popular is None:
         popular = decode_popular(replies[4 : 4 + popular_count], now=time.time(), depth=popular_depth)
         _popular_shared = (time.monotonic(), popular_depth, popular)
-    return UserState(
+    state = UserState(
         user_key=user_key,
         recent_items=[*seeds, *(item for item in own if item not in seeds)][:RECENT_ITEMS_USED],
         popular_items=popular,
@@ -223,9 +256,11 @@ def user_state_fetch(
         favourite_categories=_favourite_categories(affinity),
         models_snapshot=snapshot,
         seeds=tuple(seeds),
-        extra_replies=extra_replies,
         prefetched=prefetched,
     )
+    if extra is not None:
+        extra.receive(extra_replies)
+    return state
 
 
 _SIMILAR_TO_RECENT_SQL = """
@@ -261,20 +296,27 @@ def _similar_version(state: UserState) -> str:
 
 
 def _neighbours_cached(
-    state: UserState, *, name: str, version: str, ttl_seconds: int, sql: str, params: dict[str, Any]
+    state: UserState,
+    *,
+    name: str,
+    version: str,
+    ttl_seconds: int,
+    sql: str,
+    params: dict[str, Any],
+    rows: bytes | None,
+    stored: bytes | object | None,
 ) -> list[tuple[str, float]]:
-    """pgvector neighbours (item id, similarity), best first, through the user-keyed cache `name` (or what the
-    read-ahead found of it: `<name>_rows`)."""
+    """pgvector neighbours (item id, similarity), best first, through the user-keyed cache `name` (`stored`: its
+    value as the state's round trip read it), or the read-ahead's `rows` of it."""
 
     def build() -> bytes:
         if not item_vector_index_serving():
             raise VectorIndexRebuilding("the items' vector index is being rebuilt")
         return orjson.dumps(_sorted_rows(sql, params))
 
-    payload = state.prefetched.get(f"{name}_rows") or user_cache_get_or_build(
-        user_key=state.user_key, name=name, version=version, build=build, ttl_seconds=ttl_seconds,
-        stored=state.prefetched.get(name, NOT_READ),
-    )  # fmt: skip
+    payload = rows or user_cache_get_or_build(
+        user_key=state.user_key, name=name, version=version, build=build, ttl_seconds=ttl_seconds, stored=stored
+    )
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
 
 
@@ -295,13 +337,14 @@ def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
     return _neighbours_cached(
         state, name="similar_to_recent", version=_similar_version(state), ttl_seconds=SIMILAR_TO_RECENT_CACHE_SECONDS,
         sql=_SIMILAR_TO_RECENT_SQL, params={"recent": state.recent_items, "k": SIMILAR_TO_RECENT_CACHED},
+        rows=state.prefetched.similar_to_recent_rows, stored=state.prefetched.similar_to_recent,
     )  # fmt: skip
 
 
 def _graph_candidates(state: UserState) -> dict[str, Candidate]:
     """One-hop knowledge-graph neighbours of the user's latest items (shared entities, co-occurrence), best first,
     with why: "Because you like Retrospot", "Often bought with ..."."""
-    neighbourhoods = state.prefetched.get("neighbours")
+    neighbourhoods: Mapping[str, Sequence[Neighbour]] | None = state.prefetched.neighbours
     if neighbourhoods is None:
         try:
             neighbourhoods = item_neighbours(state.recent_items[:GRAPH_SEED_ITEMS])
@@ -314,7 +357,7 @@ def _graph_candidates(state: UserState) -> dict[str, Candidate]:
         return {}
     try:
         # Neighbourhoods are refreshed hourly; stock changes by the minute: keep only what can be bought now.
-        available = state.prefetched.get("in_stock")
+        available = state.prefetched.in_stock
         if available is None:
             available = _in_stock(neighbour_ids)
     except RedisError:
@@ -325,7 +368,7 @@ def _graph_candidates(state: UserState) -> dict[str, Candidate]:
                 continue
             known = best.get(neighbour.item_id)
             if known is None or neighbour.score > known.score:
-                best[neighbour.item_id] = Candidate(
+                best[neighbour.item_id] = candidate_new(
                     neighbour.item_id, neighbour.score, "graph", neighbour_explanation(neighbour), _GRAPH
                 )
     return dict(sorted(best.items(), key=lambda pair: pair[1].score, reverse=True))
@@ -383,13 +426,14 @@ def _user_vector_version(state: UserState) -> str:
 
 
 def _user_vector_neighbours(state: UserState) -> list[tuple[str, float]]:
-    listed: list[tuple[str, float]] | None = state.prefetched.get("user_vector_listed")
+    listed = state.prefetched.user_vector_listed
     if listed is not None:  # the user's precomputed list, checked in stock by the read-ahead
         return listed
     return _neighbours_cached(
         state, name="user_vector", version=_user_vector_version(state), ttl_seconds=USER_VECTOR_CACHE_SECONDS,
         sql=_USER_VECTOR_SQL,
         params={"user": state.user_key, "recent": [], "k": USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED},
+        rows=state.prefetched.user_vector_rows, stored=state.prefetched.user_vector,
     )  # fmt: skip
 
 
@@ -397,7 +441,7 @@ def _user_vector_source(state: UserState) -> list[Candidate]:
     recent = set(state.recent_items)
     rows = [(item_id, score) for item_id, score in _user_vector_neighbours(state) if item_id not in recent]
     return [
-        _new_candidate(Candidate, (item_id, score, "user_vector", "Picked for your taste", _USER_VECTOR))
+        candidate_new(item_id, score, "user_vector", "Picked for your taste", _USER_VECTOR)
         for item_id, score in rows[:USER_VECTOR_NEIGHBOURS]
     ]
 
@@ -405,10 +449,10 @@ def _user_vector_source(state: UserState) -> list[Candidate]:
 def _item_model_source(state: UserState) -> list[Candidate]:
     """The user's best items by the item-to-item model (`graph_app.item_model`), precomputed at training and read
     ahead with the user's nearest list (checked in stock there); none for a user without one."""
-    listed: list[tuple[str, float]] = state.prefetched.get("item_model_listed") or []
+    listed = state.prefetched.item_model_listed or []
     recent = set(state.recent_items)
     return [
-        _new_candidate(Candidate, (item_id, score, "item_model", ITEM_MODEL_EXPLANATION, _ITEM_MODEL))
+        candidate_new(item_id, score, "item_model", ITEM_MODEL_EXPLANATION, _ITEM_MODEL)
         for item_id, score in item_model_rows(listed, recent)
     ]
 
@@ -440,12 +484,10 @@ def similar_rows(
 def _recent_items_source(state: UserState) -> list[Candidate]:
     if not state.recent_items:
         return []
-    rows = state.prefetched.get("similar_rows")
+    rows = state.prefetched.similar_rows
     if rows is None:  # the newest recent item has no precomputed list (newer than the embeddings): pgvector
         rows = _similar_to_recent(state)
-    return [
-        _new_candidate(Candidate, (item_id, score, "similar", SIMILAR_EXPLANATION, _SIMILAR)) for item_id, score in rows
-    ]
+    return [candidate_new(item_id, score, "similar", SIMILAR_EXPLANATION, _SIMILAR) for item_id, score in rows]
 
 
 def _category_popular_source(state: UserState) -> list[Candidate]:
@@ -454,14 +496,12 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
         rows = _shared_list(
             f"category:{category}", "popular_in_category", _CATEGORY_POPULAR_SQL,
             {"category": category, "k": CATEGORY_POPULAR_PER_CATEGORY},
-            state.prefetched.get(("category_rows", category)),
+            state.prefetched.category_rows.get(category),
         )  # fmt: skip
         top = max((score for _, score in rows), default=0.0) or 1.0
         explanation = f"Popular in {category}"
         chosen += [
-            _new_candidate(
-                Candidate, (item_id, round(score / top, 6), "category_popular", explanation, _CATEGORY_POPULAR)
-            )
+            candidate_new(item_id, round(score / top, 6), "category_popular", explanation, _CATEGORY_POPULAR)
             for item_id, score in rows
         ]
     return chosen
@@ -470,13 +510,11 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
 def _fresh_source(state: UserState) -> list[Candidate]:
     rows = _shared_list(
         "catalog", "fresh_items", _FRESH_SQL, {"days": FRESH_WITHIN_DAYS, "k": FRESH_ITEMS},
-        state.prefetched.get("fresh_rows"),
+        state.prefetched.fresh_rows,
     )  # fmt: skip
     newest = max((created for _, created in rows), default=0.0)
     return [
-        _new_candidate(
-            Candidate, (item_id, round(2.0 ** (-(newest - created) / 86400.0), 6), "fresh", "New in", _FRESH)
-        )
+        candidate_new(item_id, round(2.0 ** (-(newest - created) / 86400.0), 6), "fresh", "New in", _FRESH)
         for item_id, created in rows
     ]
 
@@ -510,12 +548,12 @@ def _popular_source(state: UserState) -> list[Candidate]:
     """Popular items right now (the online counters), checked in stock."""
     if not state.popular_items:
         return []
-    in_stock = state.prefetched.get("in_stock")
+    in_stock = state.prefetched.in_stock
     if in_stock is None:
         in_stock = _in_stock([item_id for item_id, _ in state.popular_items])
     top = max((score for _, score in state.popular_items), default=0.0) or 1.0
     return [
-        _new_candidate(Candidate, (item_id, round(score / top, 6), "popular", "Popular right now", _POPULAR))
+        candidate_new(item_id, round(score / top, 6), "popular", "Popular right now", _POPULAR)
         for item_id, score in state.popular_items
         if item_id in in_stock
     ]
@@ -571,7 +609,7 @@ def _context_source(state: UserState) -> list[Candidate]:
     ahead with the other sources' inputs (`_prefetch_sources`), else in one round trip of its own."""
     if not state.seeds:
         return []
-    rows = state.prefetched.get("context_rows")
+    rows = state.prefetched.context_rows
     if rows is None:
         seeds = list(state.seeds[:CONTEXT_SEED_ITEMS])
         pipeline = get_redis().pipeline(transaction=False)
@@ -583,10 +621,7 @@ def _context_source(state: UserState) -> list[Candidate]:
         named = {neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours}
         named.update(item_id for rows_of_seed in lists.values() for item_id, _ in rows_of_seed)
         rows = _context_rows(seeds, lists, neighbourhoods, _in_stock(named))
-    return [
-        _new_candidate(Candidate, (item_id, score, "context", explanation, _CONTEXT))
-        for item_id, score, explanation in rows
-    ]
+    return [candidate_new(item_id, score, "context", explanation, _CONTEXT) for item_id, score, explanation in rows]
 
 
 @dataclass(frozen=True)
@@ -612,36 +647,38 @@ CONTEXT_DEADLINE_MS = 25.0
 SOURCES: tuple[RetrievalSource, ...] = (
     RetrievalSource(
         "context", _context_source, CONTEXT_DEADLINE_MS, False,
-        lambda state: not state.seeds or "context_rows" in state.prefetched,
+        lambda state: not state.seeds or state.prefetched.context_rows is not None,
     ),
     RetrievalSource(
         "similar", _recent_items_source, RETRIEVAL_DEADLINE_MS, True,
         lambda state: (
-            not state.recent_items or "similar_rows" in state.prefetched or "similar_to_recent_rows" in state.prefetched
+            not state.recent_items
+            or state.prefetched.similar_rows is not None
+            or state.prefetched.similar_to_recent_rows is not None
         ),
     ),
     RetrievalSource(
         "graph", _graph_source, RETRIEVAL_DEADLINE_MS, False,
-        lambda state: "neighbours" in state.prefetched and "in_stock" in state.prefetched,
+        lambda state: state.prefetched.neighbours is not None and state.prefetched.in_stock is not None,
     ),
     RetrievalSource(
         "user_vector", _user_vector_source, RETRIEVAL_DEADLINE_MS, True,
-        lambda state: "user_vector_listed" in state.prefetched or "user_vector_rows" in state.prefetched,
+        lambda state: state.prefetched.user_vector_listed is not None or state.prefetched.user_vector_rows is not None,
     ),
     RetrievalSource(
         "item_model", _item_model_source, RETRIEVAL_DEADLINE_MS, False,
-        lambda state: "item_model_listed" in state.prefetched,
+        lambda state: state.prefetched.item_model_listed is not None,
     ),
     RetrievalSource(
         "category_popular", _category_popular_source, RETRIEVAL_DEADLINE_MS, True,
-        lambda state: all(("category_rows", category) in state.prefetched for category in state.favourite_categories),
+        lambda state: all(category in state.prefetched.category_rows for category in state.favourite_categories),
     ),
     RetrievalSource(
         "popular", _popular_source, RETRIEVAL_DEADLINE_MS, False,
-        lambda state: not state.popular_items or "in_stock" in state.prefetched,
+        lambda state: not state.popular_items or state.prefetched.in_stock is not None,
     ),
     RetrievalSource(
-        "fresh", _fresh_source, RETRIEVAL_DEADLINE_MS, True, lambda state: "fresh_rows" in state.prefetched
+        "fresh", _fresh_source, RETRIEVAL_DEADLINE_MS, True, lambda state: state.prefetched.fresh_rows is not None
     ),
 )  # fmt: skip
 
@@ -652,86 +689,117 @@ def _prefetch_sources(state: UserState, sources: tuple[RetrievalSource, ...]) ->
     user's latest items, the best sellers of their categories and the user's nearest items, one more the stock of
     every item those and the popular list name. What is missing or stale is left to its source (which builds it
     under its deadline)."""
-    names = {source.name for source in sources}
-    prefetched = state.prefetched
-    for name, version in (
-        ("similar_to_recent", _similar_version(state)),
-        ("user_vector", _user_vector_version(state)),
-    ):
-        payload = user_cache_peek(name=name, version=version, stored=prefetched.get(name))
-        if payload is not None:
-            prefetched[f"{name}_rows"] = payload
-    payload = item_cache_peek(
-        name="fresh_items", fresh_seconds=SHARED_LIST_FRESH_SECONDS, stored=prefetched.get("fresh_items")
-    )
-    if payload is not None:
-        prefetched["fresh_rows"] = payload
+    _prefetch_cached(state)
+    read_ahead = _ReadAhead.planned(state, {source.name for source in sources})
     try:
+        read_ahead.run(state)
+    except RedisError as error:  # the sources read for themselves, and fail on their own
+        logger.warning("score.prefetch_failed", extra={"error": str(error)})
+
+
+def _prefetch_cached(state: UserState) -> None:
+    """The sources' results cached and still fresh, among the values the state's round trip read."""
+    prefetched = state.prefetched
+    prefetched.similar_to_recent_rows = user_cache_peek(
+        name="similar_to_recent", version=_similar_version(state), stored=prefetched.similar_to_recent
+    )
+    prefetched.user_vector_rows = user_cache_peek(
+        name="user_vector", version=_user_vector_version(state), stored=prefetched.user_vector
+    )
+    prefetched.fresh_rows = item_cache_peek(
+        name="fresh_items", fresh_seconds=SHARED_LIST_FRESH_SECONDS, stored=prefetched.fresh_items
+    )
+
+
+@dataclass(frozen=True)
+class _ReadAhead:
+    """What the read-ahead's round trip reads for the chosen sources, in the order its replies come back."""
+
+    graph_seeds: list[str]  # the latest items whose neighbourhoods make the "graph" source
+    # The request's context items: their neighbourhoods and lists are mostly read already (they lead the recent items).
+    context_seeds: list[str]
+    categories: list[str]  # the user's favourite categories, whose best sellers are cached
+    similar_seeds: list[str]  # the recent items whose nearest-item lists make the "similar" source
+    # The user's precomputed nearest items (`graph_app.user_lists`) stand for the pgvector query around their
+    # vector, unless that query's result is cached; they were not checked in stock when computed.
+    nearest: bool
+    # The user's item-to-item list (`graph_app.item_model`), not checked in stock when computed either.
+    item_model: bool
+
+    @classmethod
+    def planned(cls, state: UserState, names: Container[str]) -> _ReadAhead:
+        return cls(
+            graph_seeds=state.recent_items[:GRAPH_SEED_ITEMS] if "graph" in names else [],
+            context_seeds=list(state.seeds[:CONTEXT_SEED_ITEMS]) if "context" in names else [],
+            categories=list(state.favourite_categories) if "category_popular" in names else [],
+            similar_seeds=state.recent_items[:SIMILAR_SEED_ITEMS] if "similar" in names else [],
+            nearest="user_vector" in names and state.prefetched.user_vector_rows is None,
+            item_model="item_model" in names,
+        )
+
+    @property
+    def neighbour_seeds(self) -> list[str]:
+        return [*self.graph_seeds, *(seed for seed in self.context_seeds if seed not in self.graph_seeds)]
+
+    @property
+    def list_seeds(self) -> list[str]:
+        return [*self.similar_seeds, *(seed for seed in self.context_seeds if seed not in self.similar_seeds)]
+
+    def run(self, state: UserState) -> None:
+        """Read, then fill in `state.prefetched` (the stock check is the second round trip, when needed)."""
         pipeline = get_redis().pipeline(transaction=False)
-        graph_seeds = state.recent_items[:GRAPH_SEED_ITEMS] if "graph" in names else []
-        # The request's context items lead the recent items: their neighbourhoods and lists are mostly read already.
-        context_seeds = list(state.seeds[:CONTEXT_SEED_ITEMS]) if "context" in names else []
-        seeds = [*graph_seeds, *(seed for seed in context_seeds if seed not in graph_seeds)]
-        count = neighbours_queue(pipeline, seeds)
-        categories = list(state.favourite_categories) if "category_popular" in names else []
-        for category in categories:
+        neighbour_replies = neighbours_queue(pipeline, self.neighbour_seeds)
+        for category in self.categories:
             pipeline.get(redis_keys.item_cache(f"category:{category}", "popular_in_category"))
-        similar_seeds = state.recent_items[:SIMILAR_SEED_ITEMS] if "similar" in names else []
-        list_seeds = [*similar_seeds, *(seed for seed in context_seeds if seed not in similar_seeds)]
-        if list_seeds:
-            pipeline.hmget(redis_keys.ITEM_SIMILAR_LISTS, list_seeds)
-        # The user's precomputed nearest items (`graph_app.user_lists`) stand for the pgvector query around their
-        # vector, unless that query's result is cached; they were not checked in stock when computed.
-        listed = "user_vector" in names and "user_vector_rows" not in prefetched
-        if listed:
-            pipeline.hget(redis_keys.user_nearest_lists(redis_keys.partition_of(state.user_key)), state.user_key)
-        # The user's item-to-item list (`graph_app.item_model`), not checked in stock when computed either.
-        item_model = "item_model" in names
-        if item_model:
-            pipeline.hget(redis_keys.user_item_model_lists(redis_keys.partition_of(state.user_key)), state.user_key)
-        replies = pipeline.execute() if seeds or categories or list_seeds or listed or item_model else []
-        item_model_list = replies.pop() if item_model else None
-        nearest_list = replies.pop() if listed else None
+        if self.list_seeds:
+            pipeline.hmget(redis_keys.ITEM_SIMILAR_LISTS, self.list_seeds)
+        partition = redis_keys.partition_of(state.user_key)
+        if self.nearest:
+            pipeline.hget(redis_keys.user_nearest_lists(partition), state.user_key)
+        if self.item_model:
+            pipeline.hget(redis_keys.user_item_model_lists(partition), state.user_key)
+        # Nothing queued (no source that reads ahead): no round trip.
+        replies = pipeline.execute() if len(pipeline.command_stack) else []
+        self._take(state, replies, neighbour_replies)
+
+    def _take(self, state: UserState, replies: list[Any], neighbour_replies: int) -> None:
+        prefetched = state.prefetched
+        item_model_list = replies.pop() if self.item_model else None
+        nearest_list = replies.pop() if self.nearest else None
         similar_lists = {
             seed: orjson.loads(payload)
-            for seed, payload in zip(list_seeds, replies.pop() if list_seeds else [], strict=True)
+            for seed, payload in zip(self.list_seeds, replies.pop() if self.list_seeds else [], strict=True)
             if payload
         }
-        neighbourhoods = neighbours_decode(replies[:count], item_ids=seeds)
-        for category, raw in zip(categories, replies[count:], strict=True):
+        neighbourhoods = neighbours_decode(replies[:neighbour_replies], item_ids=self.neighbour_seeds)
+        for category, raw in zip(self.categories, replies[neighbour_replies:], strict=True):
             payload = item_cache_peek(name="popular_in_category", fresh_seconds=SHARED_LIST_FRESH_SECONDS, stored=raw)
             if payload is not None:
-                prefetched[("category_rows", category)] = payload
+                prefetched.category_rows[category] = payload
+        nearest: list[list[Any]] = orjson.loads(nearest_list) if nearest_list else []
+        item_model_listed: list[list[Any]] = orjson.loads(item_model_list) if item_model_list else []
         named = {neighbour.item_id for neighbours in neighbourhoods.values() for neighbour in neighbours}
         # The popular items always: the placement's popular fallback checks them too, source or not.
         named.update(item_id for item_id, _ in state.popular_items)
         named.update(item_id for rows in similar_lists.values() for item_id, _ in rows)
-        nearest: list[list[Any]] = orjson.loads(nearest_list) if nearest_list else []
         named.update(item_id for item_id, _ in nearest)
-        item_model_listed: list[list[Any]] = orjson.loads(item_model_list) if item_model_list else []
         named.update(item_id for item_id, _ in item_model_listed)
-        prefetched["in_stock"] = _in_stock(
-            named, user_key=state.user_key, catalog_version=prefetched.get("catalog_version")
+        in_stock = prefetched.in_stock = _in_stock(
+            named, user_key=state.user_key, catalog_version=prefetched.catalog_version
         )
         if nearest:
-            in_stock = prefetched["in_stock"]
-            prefetched["user_vector_listed"] = [(item_id, score) for item_id, score in nearest if item_id in in_stock]
-        if item_model:
-            in_stock = prefetched["in_stock"]
-            prefetched["item_model_listed"] = [
+            prefetched.user_vector_listed = [(item_id, score) for item_id, score in nearest if item_id in in_stock]
+        if self.item_model:
+            prefetched.item_model_listed = [
                 (item_id, score) for item_id, score in item_model_listed if item_id in in_stock
             ]
-        prefetched["neighbours"] = {seed: neighbourhoods[seed] for seed in graph_seeds}
-        if context_seeds:
-            prefetched["context_rows"] = _context_rows(
-                context_seeds, similar_lists, neighbourhoods, prefetched["in_stock"]
-            )
+        prefetched.neighbours = {seed: neighbourhoods[seed] for seed in self.graph_seeds}
+        if self.context_seeds:
+            prefetched.context_rows = _context_rows(self.context_seeds, similar_lists, neighbourhoods, in_stock)
         # The lists serve when the newest item has one; an item newer than the last training leads otherwise, and
         # the older items' lists alone would miss what the shopper looks at now: pgvector, around their mean.
-        if similar_seeds and similar_seeds[0] in similar_lists:
-            prefetched["similar_rows"] = similar_rows(state.recent_items, similar_lists, prefetched["in_stock"])
-    except RedisError as error:  # the sources read for themselves, and fail on their own
-        logger.warning("score.prefetch_failed", extra={"error": str(error)})
+        if self.similar_seeds and self.similar_seeds[0] in similar_lists:
+            prefetched.similar_rows = similar_rows(state.recent_items, similar_lists, in_stock)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -787,7 +855,10 @@ class CandidateSet:
         explanation, provenance) once per distinct combination, so that reading it back builds few objects; the
         retrieval features as float32 bytes."""
         kinds: dict[tuple[Any, ...], int] = {}
-        rows = [kinds.setdefault(candidate[2:], len(kinds)) for candidate in self.candidates]
+        rows = [
+            kinds.setdefault((candidate.source, candidate.explanation, candidate.sources), len(kinds))
+            for candidate in self.candidates
+        ]
         features = self.retrieval if self.retrieval is not None else _retrieval_blank(len(self.candidates))
         return orjson.dumps({
             "i": [candidate.item_id for candidate in self.candidates],
@@ -800,13 +871,25 @@ class CandidateSet:
     def from_bytes(cls, payload: bytes) -> CandidateSet:
         decoded = orjson.loads(payload)
         kinds = [(source, explanation, tuple(sources)) for source, explanation, sources in decoded["k"]]
-        # Every candidate is built in C (zip, map), not by a Python loop: repeat requests decode hundreds.
-        rows = map(tuple.__add__, zip(decoded["i"], decoded["s"], strict=True), map(kinds.__getitem__, decoded["r"]))
-        candidates = list(map(_new_candidate, itertools.repeat(Candidate), rows))
+        # Every candidate is built from C (map), not by a Python loop: repeat requests decode hundreds.
+        chosen = list(map(kinds.__getitem__, decoded["r"]))
+        candidates = list(
+            map(
+                candidate_new,
+                decoded["i"],
+                decoded["s"],
+                map(_SOURCE, chosen),
+                map(_EXPLANATION, chosen),
+                map(_SOURCES, chosen),
+            )
+        )
         features = np.frombuffer(base64.b64decode(decoded["f"]), dtype=np.float32).astype(np.float64)
         return cls(
             candidates, list(decoded["d"]), retrieval=features.reshape(len(candidates), len(RETRIEVAL_FEATURE_NAMES))
         )
+
+
+_SOURCE, _EXPLANATION, _SOURCES = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
 
 
 def _retrieval_blank(count: int) -> np.ndarray:
@@ -891,7 +974,8 @@ def _merge(state: UserState, results: dict[str, list[Candidate]]) -> list[Candid
                 if name == "similar" and item_id in graph_explanations:
                     explanation = graph_explanations[item_id]
                 if candidate.sources != own or candidate.source != name or explanation is not candidate.explanation:
-                    candidate = _new_candidate(Candidate, (item_id, candidate.score, name, explanation, own))
+                    # A new object: the source's own list, as it returned it, makes the retrieval features.
+                    candidate = Candidate(item_id, candidate.score, name, explanation, own)
                 first[item_id] = candidate
             else:
                 names = more.get(item_id)
@@ -901,7 +985,7 @@ def _merge(state: UserState, results: dict[str, list[Candidate]]) -> list[Candid
                     names.append(name)
     for item_id, names in more.items():
         if len(names) > 1:
-            first[item_id] = first[item_id]._replace(sources=tuple(names))
+            first[item_id].sources = tuple(names)
     return list(first.values())
 
 
@@ -951,7 +1035,8 @@ def candidates_retrieve(
             _prefetch_sources(state, chosen)
             results, dropped = _sources_run(state, chosen)
             merged = _merge(state, results)[:limit]
-            features = retrieval_features(results, [candidate.item_id for candidate in merged])
+            listed = {name: [(c.item_id, c.score) for c in found] for name, found in results.items()}
+            features = retrieval_features(listed, [candidate.item_id for candidate in merged])
             built.append(CandidateSet(merged, dropped, unsaved, features))
             payload = built[0].as_bytes()
             # A set missing a late source is served but not cached: the next request tries again.
@@ -965,12 +1050,12 @@ def candidates_retrieve(
         # The newest items' shared list as read with the state: an item that appears marks it stale, and the list
         # rebuilt holds it; either moves every cached set on at once (the fresh source is how a new item reaches
         # shelves before any training). Its periodic rebuild to the same items moves nothing.
-        digest.update(item_cache_identity(state.prefetched.get("fresh_items")))
+        digest.update(item_cache_identity(state.prefetched.fresh_items))
         version = digest.hexdigest()[:20]
         try:
             payload = user_cache_get_or_build(
                 user_key=state.user_key, name="candidates", version=version, build=build,
-                ttl_seconds=CANDIDATE_SET_CACHE_SECONDS, stored=state.prefetched.get("candidates", NOT_READ),
+                ttl_seconds=CANDIDATE_SET_CACHE_SECONDS, stored=state.prefetched.candidates,
                 deferred=unsaved if defer_store else None,
             )  # fmt: skip
         except RedisError:

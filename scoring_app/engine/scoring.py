@@ -27,9 +27,10 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from graph_app.features.online import FeatureMatrix, features_fetch
+from personalization.candidates import Candidate
 from scoring_app.engine import bandit, registry
 from scoring_app.engine.ranking import RANKER, LoadedRanker, ranker_scores, ranking_confidence
-from scoring_app.engine.retrieval import Candidate, CandidateSet, UserState
+from scoring_app.engine.retrieval import CandidateSet, UserState
 
 logger = logging.getLogger(__name__)
 
@@ -42,21 +43,8 @@ CONTEXT_SOURCE = "context"
 
 
 @dataclass(frozen=True)
-class ScoredItem:
-    item_id: str
-    score: float
-    source: str
-    explanation: str
-    sources: tuple[str, ...]
-    propensity: float | None = None
-    # The item's entity keys as the feature read found them ("category:x|brand:y"; None: not read), so that the
-    # Surface's rules and caps need not read them again.
-    entities: bytes | None = None
-
-
-@dataclass(frozen=True)
 class ScoreResult:
-    items: list[ScoredItem]
+    items: list[Candidate]
     confidence: float
     path: str
     model_version: str | None
@@ -69,12 +57,20 @@ class ScoreResult:
 
 
 def _scored(
-    candidate: Candidate, score: float, propensity: float | None = None, entities: bytes | None = None
-) -> ScoredItem:
-    return ScoredItem(
-        candidate.item_id, round(float(score), 6), candidate.source, candidate.explanation,
-        candidate.sources or (candidate.source,), propensity, entities,
-    )  # fmt: skip
+    candidate: Candidate, score: float, propensity: float | None = None, entity_payload: bytes | None = None
+) -> Candidate:
+    """The candidate with Score's answer filled in: its score (the ranker's, the bandit's or retrieval's), its
+    provenance, and what the bandit and the feature read found. On a copy (only the few returned are copied): the
+    caller's candidate set stays as retrieval left it, to be scored again."""
+    scored = candidate.copied()
+    scored.score = round(float(score), 6)
+    if not scored.sources:
+        scored.sources = (scored.source,)
+    if propensity is not None:
+        scored.propensity = propensity
+    if entity_payload is not None:
+        scored.entity_payload = entity_payload
+    return scored
 
 
 def _entities(features: FeatureMatrix | None, row: int | None) -> bytes | None:
@@ -121,7 +117,9 @@ def _fallback(
     chosen = _retrieval_order(candidates)[:k].tolist()
     personalized = sum(1 for row in chosen if candidates[row].source not in ("popular", "fresh"))
     return ScoreResult(
-        items=[_scored(candidates[row], candidates[row].score, entities=_entities(features, row)) for row in chosen],
+        items=[
+            _scored(candidates[row], candidates[row].score, entity_payload=_entities(features, row)) for row in chosen
+        ],
         # The share of slots filled by the user's own signals: the Surface decides how much to trust the slate.
         confidence=round(personalized / k, 4) if k else 0.0,
         path=PATH_FALLBACK,
@@ -195,7 +193,9 @@ def slate_score(
             logger.exception("score.ranker_failed", extra={"version": ranker.version})
             degraded.append(f"ranker_failed:{type(error).__name__}")
         else:
-            items = [_scored(candidates[row], scores[row], entities=_entities(features, row)) for row in order[:k]]
+            items = [
+                _scored(candidates[row], scores[row], entity_payload=_entities(features, row)) for row in order[:k]
+            ]
             # Unsure, the ranker still orders the slate: the bandit explores its slots only.
             unsure = confidence < settings.SCORE_MIN_RANKER_CONFIDENCE
             reason = ("low_confidence" if history else "new_user") if unsure else "new_items"
@@ -263,8 +263,8 @@ class _Explorer:
     last_slot: int
 
     def explore(
-        self, order: np.ndarray, items: list[ScoredItem], *, unsure: bool, reason: str
-    ) -> tuple[list[ScoredItem], Any]:
+        self, order: np.ndarray, items: list[Candidate], *, unsure: bool, reason: str
+    ) -> tuple[list[Candidate], Any]:
         """`items` (the top of `order`, rows of the candidates) with the bandit's picks in the exploration slots,
         and its log (None: it picked nothing). Sure of the order, it picks a new item for the last slot; unsure, it
         picks the slots among the next-best candidates after the slots above them, and the new items. The picks go

@@ -30,9 +30,11 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from personalization.candidates import Candidate
+from personalization.process_caches import process_cache
 from surface_app.serving.caps import CapSpec
 
 logger = logging.getLogger(__name__)
@@ -142,6 +144,11 @@ def _cap_specs(caps: tuple[CapSpec, ...], cooldown_seconds: int) -> tuple[CapSpe
     return specs
 
 
+@process_cache("surface.cap_specs")
+def _specs_forget() -> None:
+    _specs_cache.clear()
+
+
 @dataclass(frozen=True)
 class RulesSnapshot:
     version: bytes
@@ -168,36 +175,18 @@ class RulesSnapshot:
 EMPTY = RulesSnapshot(version=b"", placements={}, rules=())
 
 
-@dataclass
-class RankedItem:
-    """An item moving through the rules: what Score gave, and what the rules did to it."""
-
-    item_id: str
-    score: float
-    source: str
-    explanation: str
-    sources: tuple[str, ...]
-    propensity: float | None = None
-    category: str = ""
-    brand: str = ""
-    entities: tuple[str, ...] = ()
-    rules: list[str] = field(default_factory=list)
-    pinned_slot: int | None = None
-    campaign: str = ""
-
-
 def rules_apply(
     *,
-    items: Sequence[RankedItem],
+    items: Sequence[Candidate],
     rules: Sequence[CompiledRule],
     config: PlacementConfig,
     traits: Mapping[str, Any],
     now: float,
-    blocked: Callable[[RankedItem], str | None],
-    pinned_facts: Callable[[str], RankedItem | None],
+    blocked: Callable[[Candidate], str | None],
+    pinned_facts: Callable[[str], Candidate | None],
     size: int,
     explain: dict[str, str] | None = None,
-) -> tuple[list[RankedItem], list[RankedItem], dict[str, int]]:
+) -> tuple[list[Candidate], list[Candidate], dict[str, int]]:
     """(the ordered slate candidates, at least `size` when possible; the backfill after them; what each filter
     removed, by reason). `blocked` says why an item may not be shown (purchased, cool-down, cap) or None;
     `pinned_facts` gives a pinned item that Score did not return; `explain`, when given, receives item id -> the
@@ -207,7 +196,7 @@ def rules_apply(
     blocked_ids = {item_id for rule in active if rule.kind == "block" for item_id in rule.item_ids}
     filters = [rule for rule in active if rule.kind == "filter"]
 
-    def eligible(item: RankedItem) -> bool:
+    def eligible(item: Candidate) -> bool:
         reason: str | None = None
         if item.item_id in blocked_ids:
             reason = "block"
@@ -226,13 +215,13 @@ def rules_apply(
     # 2. Boosts and buries on a rank-based score, so that the model's order holds where no rule applies.
     weights = [rule for rule in active if rule.kind in ("boost", "bury")]
     count = len(kept)
-    adjusted: list[tuple[float, int, RankedItem]] = []
+    adjusted: list[tuple[float, int, Candidate]] = []
     for rank, item in enumerate(kept):
         value = (count - rank) / count
         for rule in weights:
             if rule.touches(item.item_id) and rule.factor > 0:
                 value = value * rule.factor if rule.kind == "boost" else value / rule.factor
-                item.rules.append(rule.label)
+                item.rules = [*item.rules, rule.label]
         adjusted.append((value, rank, item))
     adjusted.sort(key=lambda entry: (-entry[0], entry[1]))
     ordered = [item for _, _, item in adjusted]
@@ -256,13 +245,13 @@ def pins_exempt_from_caps(rules: Sequence[CompiledRule], now: float, traits: Map
     return frozenset(item_id for item_id, rule in deciding.items() if not rule.caps_apply)
 
 
-def _diversify(items: list[RankedItem], config: PlacementConfig) -> tuple[list[RankedItem], list[RankedItem]]:
+def _diversify(items: list[Candidate], config: PlacementConfig) -> tuple[list[Candidate], list[Candidate]]:
     if config.max_per_category is None and config.max_per_brand is None:
         return items, []
     by_category: dict[str, int] = {}
     by_brand: dict[str, int] = {}
-    diverse: list[RankedItem] = []
-    overflow: list[RankedItem] = []
+    diverse: list[Candidate] = []
+    overflow: list[Candidate] = []
     for item in items:
         too_many = (
             config.max_per_category is not None
@@ -270,7 +259,7 @@ def _diversify(items: list[RankedItem], config: PlacementConfig) -> tuple[list[R
             and by_category.get(item.category, 0) >= config.max_per_category
         ) or (config.max_per_brand is not None and item.brand and by_brand.get(item.brand, 0) >= config.max_per_brand)
         if too_many:
-            item.rules.append("diversity")
+            item.rules = [*item.rules, "diversity"]
             overflow.append(item)
             continue
         diverse.append(item)
@@ -282,17 +271,17 @@ def _diversify(items: list[RankedItem], config: PlacementConfig) -> tuple[list[R
 
 
 def _pin(
-    ordered: list[RankedItem],
-    overflow: list[RankedItem],
+    ordered: list[Candidate],
+    overflow: list[Candidate],
     pins: list[CompiledRule],
-    pinned_facts: Callable[[str], RankedItem | None],
-    eligible: Callable[[RankedItem], bool],
+    pinned_facts: Callable[[str], Candidate | None],
+    eligible: Callable[[Candidate], bool],
     size: int,
-) -> tuple[list[RankedItem], list[RankedItem]]:
+) -> tuple[list[Candidate], list[Candidate]]:
     if not pins:
         return ordered, overflow
     by_id = {item.item_id: item for item in [*ordered, *overflow]}
-    slots: dict[int, RankedItem] = {}
+    slots: dict[int, Candidate] = {}
     for rule in pins:  # highest priority first: it takes its slot, a later pin the next free one
         item_id = rule.item_ids[0]
         item = by_id.get(item_id) or pinned_facts(item_id)
@@ -303,14 +292,14 @@ def _pin(
         slot = (rule.slot or 1) - 1
         while slot in slots:
             slot += 1
-        item.rules.append(rule.label)
+        item.rules = [*item.rules, rule.label]
         item.pinned_slot = slot
         item.campaign = rule.campaign
         item.explanation = f"Pinned by campaign {rule.campaign or rule.name}"
         slots[slot] = item
     pinned_ids = {item.item_id for item in slots.values()}
     rest = iter([item for item in ordered if item.item_id not in pinned_ids])
-    result: list[RankedItem] = []
+    result: list[Candidate] = []
     for position in range(max(size, max(slots, default=-1) + 1)):
         if position in slots:
             result.append(slots[position])
@@ -382,8 +371,9 @@ def _rebuild(version: bytes, *, locked: bool = False) -> None:
             _building.release()
 
 
-def snapshot_forget() -> None:
-    """Tests: drop the snapshot so the next request rebuilds it."""
+@process_cache("surface.rules_snapshot")
+def _snapshot_forget() -> None:
+    """Drop the snapshot so the next request rebuilds it."""
     _current[0] = EMPTY
     _last_failure[0] = -math.inf
     _last_build[0] = -math.inf

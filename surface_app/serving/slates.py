@@ -29,6 +29,8 @@ from redis.exceptions import RedisError
 
 from personalization import redis_keys
 from personalization.cache import user_cache_writes_flush
+from personalization.candidates import Candidate
+from personalization.process_caches import process_cache
 from personalization.rate_limits import RateLimitCheck
 from personalization.redis_client import get_redis, script_pipeline_execute
 from scoring_app.engine.retrieval import (
@@ -39,13 +41,12 @@ from scoring_app.engine.retrieval import (
     similar_items,
     user_state_fetch,
 )
-from scoring_app.engine.scoring import CONTEXT_SOURCE, ScoredItem, ScoreResult, slate_score
+from scoring_app.engine.scoring import CONTEXT_SOURCE, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
 from surface_app.serving.impressions import impression_call, impression_script
 from surface_app.serving.rules import (
     CompiledRule,
     PlacementConfig,
-    RankedItem,
     RulesSnapshot,
     pins_exempt_from_caps,
     rules_apply,
@@ -80,21 +81,10 @@ FILTERED = Counter("surface_filtered_total", "Items removed by business rules, c
 
 
 @dataclass(frozen=True)
-class SlateItem:
-    item_id: str
-    score: float
-    source: str
-    explanation: str
-    sources: tuple[str, ...]
-    propensity: float | None = None
-    rules: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Slate:
     request_id: str
     placement: str
-    items: list[SlateItem]
+    items: list[Candidate]
     confidence: float
     model_version: str | None
     degraded: list[str] = field(default_factory=list)
@@ -124,7 +114,7 @@ class Slate:
 
 
 # The last slate served per (user, placement) in this process: what serves when Redis is down too.
-_last_slates: OrderedDict[tuple[str, str], list[SlateItem]] = OrderedDict()
+_last_slates: OrderedDict[tuple[str, str], list[Candidate]] = OrderedDict()
 
 
 @dataclass
@@ -139,6 +129,8 @@ class _SurfaceReads:
     # The items the placement's pins name (their entity keys, for rules and caps, come in the same round trip).
     pinned: list[str] = field(default_factory=list)
     rate_limit: RateLimitCheck | None = None
+    # What the reads found (`receive`); None when the round trip failed.
+    found: _SurfaceState | None = None
 
     def queue(self, pipeline: redis.client.Pipeline) -> int:
         if self.rate_limit is not None:
@@ -154,6 +146,9 @@ class _SurfaceReads:
         if self.horizon:  # no cap, no cool-down: nothing to read
             frequency_caps.caps_queue(pipeline, user_key=self.user_key, now=self.now, horizon_seconds=self.horizon)
         return 4 + len(pipeline.command_stack) - before + (self.rate_limit is not None)
+
+    def receive(self, replies: list[Any]) -> None:
+        self.found = self.decode(replies)
 
     def decode(self, replies: list[Any]) -> _SurfaceState:
         """The replies of `queue`, in its order; raises RateLimitExceeded first when the key is over its rate."""
@@ -242,105 +237,25 @@ def _slate_build(
     preview: PreviewOptions | None,
     rate_limit: RateLimitCheck | None = None,
 ) -> Slate:
+    """Down the layers and back once: the user's state and the Surface's own reads (one round trip), Score's ranked
+    items, the placement's rules and fallbacks, then the slate recorded (caps, impressions)."""
     started = time.perf_counter()
     now = time.time()
-    current = snapshot_current()
-    config = current.placement(placement)
-    horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
-    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_ids(current.rules_for(placement)), rate_limit)
-    state = user_state_fetch(user_key=user_key, seeds=list(context_items), extra=reads.queue)
+    request = _request_read(
+        user_key=user_key, placement=placement, context_items=context_items, preview=preview, rate_limit=rate_limit,
+        now=now,
+    )  # fmt: skip
     fetched = time.perf_counter()
-    retrieved = ranked = fetched
-    degraded = list(state.degraded)
-    traits: dict[str, Any] = {}
-    last_slate: list[str] = []
-    cap_state: Any = None
-    purchased: set[str] = set()
-    entity_payloads: dict[str, bytes] = {}
-    if state.extra_replies:
-        surface = reads.decode(state.extra_replies)
-        snapshot = snapshot_observe(surface.version)
-        traits, last_slate, purchased, cap_state = surface.traits, surface.last_slate, surface.purchased, surface.caps
-        entity_payloads = surface.pinned_entities
-    else:
-        snapshot = snapshot_observe(None)
-    if preview is not None:
-        snapshot = preview.snapshot or snapshot
-        traits = preview.traits if preview.traits is not None else traits
-    config = snapshot.placement(placement)
-    if snapshot.placements and placement not in snapshot.placements:
-        # Served all the same (a storefront's typo must not empty its shelf), but said: the defaults answered.
-        _degrade(degraded, "placement_unknown")
-    if cap_state is None and config.cap_specs and state.extra_replies:
-        cap_state = _caps_read(user_key, config, now, degraded)
+    state, snapshot, config, degraded = request.state, request.snapshot, request.config, request.degraded
     size = k or config.size
     want = size * OVERFETCH + len(snapshot.pinnable)
     budget_ms = config.deadline_ms * settings.SCORE_RETRIEVAL_DEADLINE_FACTOR
-    deadline = started + budget_ms / 1000
-    late_candidates: list[RankedItem] = []
-
-    result: ScoreResult | None = None
-    candidate_set: CandidateSet | None = None
-    if "user_state_unavailable" in degraded:
-        _degrade(degraded, "graph_unavailable")
-        items = _session_only(state.seeds, want, degraded)
-    else:
-        try:
-            # A set built here is stored in the feature read's round trip (or after, without one).
-            candidate_set, retrieval_degraded = candidates_retrieve(
-                state=state, sources=config.sources, defer_store=True
-            )
-            retrieved = ranked = time.perf_counter()
-            degraded += [*retrieval_degraded, *candidate_set.dropped]
-            if (time.perf_counter() - started) * 1000 > budget_ms - SURFACE_RESERVE_MS:
-                _degrade(degraded, "score_late")
-                late = [
-                    RankedItem(c.item_id, c.score, c.source, c.explanation, c.sources or (c.source,))
-                    for c in candidate_set.candidates[:want]
-                ]
-                # Unranked, the items related to the request's context (a product page's, a cart's) are still
-                # what the shelf is for: they lead. The others still beat an empty shelf: they fill what the
-                # fallbacks leave.
-                items = [item for item in late if CONTEXT_SOURCE in item.sources] if state.seeds else []
-                late_candidates = [item for item in late if CONTEXT_SOURCE not in item.sources] if items else late
-            else:
-                result = slate_score(
-                    state=state, candidate_set=candidate_set, placement=placement, k=want, scorer=config.scorer,
-                    explore_slot=size - 1,
-                )  # fmt: skip
-                degraded += result.degraded
-                items = [_ranked(item) for item in result.items]
-                entity_payloads.update(
-                    (item.item_id, item.entities) for item in result.items if item.entities is not None
-                )
-                ranked = time.perf_counter()
-        except Exception as error:  # Score failing must not fail the shelf
-            logger.exception("surface.score_failed")
-            _degrade(degraded, f"score_failed:{type(error).__name__}")
-            items = []
-        if candidate_set is not None:
-            user_cache_writes_flush(candidate_set.unsaved)
-    seeds = set(state.seeds)
-    items = [item for item in items if item.item_id not in seeds]
-    slate_items, cap_items = _apply_rules(
-        items=items, config=config, snapshot=snapshot, traits=traits, now=now, cap_state=cap_state, size=size,
-        placement=placement, purchased=purchased, user_key=user_key, entity_payloads=entity_payloads,
-        removed=preview.removed if preview is not None else None,
-    )  # fmt: skip
-    if len(slate_items) < size:
-        slate_items = _fill(
-            slate_items, config=config, state=state, last_slate=last_slate, user_key=user_key, size=size,
-            degraded=degraded, personal=bool(items),
-        )  # fmt: skip
-    if len(slate_items) < size and late_candidates:
-        taken = {item.item_id for item in slate_items}
-        slate_items += [
-            _slate_item(item)
-            for item in late_candidates
-            if item.item_id not in taken and item.item_id not in state.seeds
-        ][: size - len(slate_items)]
-    if time.perf_counter() > deadline:
+    scored = _score(request, placement=placement, size=size, want=want, started=started, budget_ms=budget_ms)
+    slate_items, cap_items = _shelf(request, scored, user_key=user_key, placement=placement, now=now, size=size,
+                                    preview=preview)  # fmt: skip
+    if time.perf_counter() > started + budget_ms / 1000:
         _degrade(degraded, "deadline_exceeded")
+    result = scored.result
     slate = Slate(
         request_id=uuid.uuid4().hex,
         placement=placement,
@@ -348,7 +263,7 @@ def _slate_build(
         confidence=_confidence(result, slate_items[:size], size),
         model_version=result.model_version if result is not None else state.model_version,
         degraded=degraded,
-        path=result.path if result is not None and items else "fallback",
+        path=result.path if result is not None and scored.items else "fallback",
         bandit=result.bandit_log if result is not None else None,
         variant=result.variant if result is not None else "control",
     )
@@ -358,6 +273,8 @@ def _slate_build(
         return slate
     slate = _record(slate, pending)
     finished = time.perf_counter()
+    retrieved = scored.retrieved or fetched
+    ranked = scored.ranked or retrieved
     for layer, seconds in (
         ("graph_state", fetched - started), ("score_retrieval", retrieved - fetched),
         ("score_ranking", ranked - retrieved), ("surface", finished - ranked), ("total", finished - started),
@@ -367,6 +284,147 @@ def _slate_build(
     return slate
 
 
+@dataclass
+class _Request:
+    """What the request's first round trip found: the user's state (Graph), and the Surface's own reads with the
+    rules snapshot they chose (or the preview's)."""
+
+    state: UserState
+    snapshot: RulesSnapshot
+    config: PlacementConfig
+    degraded: list[str]
+    traits: dict[str, Any] = field(default_factory=dict)
+    last_slate: list[str] = field(default_factory=list)
+    purchased: set[str] = field(default_factory=set)
+    cap_state: Any = None
+    entity_payloads: dict[str, bytes] = field(default_factory=dict)
+
+
+def _request_read(
+    *,
+    user_key: str,
+    placement: str,
+    context_items: Sequence[str],
+    preview: PreviewOptions | None,
+    rate_limit: RateLimitCheck | None,
+    now: float,
+) -> _Request:
+    current = snapshot_current()
+    config = current.placement(placement)
+    horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
+    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_ids(current.rules_for(placement)), rate_limit)
+    state = user_state_fetch(user_key=user_key, seeds=list(context_items), extra=reads)
+    surface = reads.found
+    snapshot = snapshot_observe(surface.version if surface is not None else None)
+    request = _Request(state, snapshot, config, list(state.degraded))
+    if surface is not None:
+        request.traits, request.last_slate, request.purchased = surface.traits, surface.last_slate, surface.purchased
+        request.cap_state, request.entity_payloads = surface.caps, surface.pinned_entities
+    if preview is not None:
+        request.snapshot = preview.snapshot or snapshot
+        request.traits = preview.traits if preview.traits is not None else request.traits
+    request.config = config = request.snapshot.placement(placement)
+    if request.snapshot.placements and placement not in request.snapshot.placements:
+        # Served all the same (a storefront's typo must not empty its shelf), but said: the defaults answered.
+        _degrade(request.degraded, "placement_unknown")
+    if request.cap_state is None and config.cap_specs and surface is not None:
+        request.cap_state = _caps_read(user_key, config, now, request.degraded)
+    return request
+
+
+@dataclass
+class _Scored:
+    """Score's answer for the shelf: its ranked items (or, late, retrieval's), and when each step ended."""
+
+    items: list[Candidate] = field(default_factory=list)
+    # Score was late: the unranked candidates left to fill what the fallbacks leave.
+    late_candidates: list[Candidate] = field(default_factory=list)
+    result: ScoreResult | None = None
+    retrieved: float | None = None
+    ranked: float | None = None
+
+
+def _score(request: _Request, *, placement: str, size: int, want: int, started: float, budget_ms: float) -> _Scored:
+    """Retrieval and ranking under the placement's deadline; Graph down, the session-only items."""
+    state, config, degraded = request.state, request.config, request.degraded
+    if "user_state_unavailable" in degraded:
+        _degrade(degraded, "graph_unavailable")
+        return _Scored(items=_session_only(state.seeds, want, degraded))
+    scored = _Scored()
+    candidate_set: CandidateSet | None = None
+    try:
+        # A set built here is stored in the feature read's round trip (or after, without one).
+        candidate_set, retrieval_degraded = candidates_retrieve(state=state, sources=config.sources, defer_store=True)
+        scored.retrieved = time.perf_counter()
+        degraded += [*retrieval_degraded, *candidate_set.dropped]
+        if (time.perf_counter() - started) * 1000 > budget_ms - SURFACE_RESERVE_MS:
+            _degrade(degraded, "score_late")
+            _late(scored, candidate_set.candidates[:want], context=bool(state.seeds))
+        else:
+            result = scored.result = slate_score(
+                state=state, candidate_set=candidate_set, placement=placement, k=want, scorer=config.scorer,
+                explore_slot=size - 1,
+            )  # fmt: skip
+            degraded += result.degraded
+            scored.items = result.items
+            request.entity_payloads.update(
+                (item.item_id, item.entity_payload) for item in result.items if item.entity_payload is not None
+            )
+            scored.ranked = time.perf_counter()
+    except Exception as error:  # Score failing must not fail the shelf
+        logger.exception("surface.score_failed")
+        _degrade(degraded, f"score_failed:{type(error).__name__}")
+        scored.items = []
+    if candidate_set is not None:
+        user_cache_writes_flush(candidate_set.unsaved)
+    return scored
+
+
+def _late(scored: _Scored, late: list[Candidate], *, context: bool) -> None:
+    """Unranked, the items related to the request's context (a product page's, a cart's) are still what the shelf
+    is for: they lead. The others still beat an empty shelf: they fill what the fallbacks leave."""
+    for candidate in late:
+        candidate.sources = candidate.sources or (candidate.source,)
+    scored.items = [item for item in late if CONTEXT_SOURCE in item.sources] if context else []
+    scored.late_candidates = [item for item in late if CONTEXT_SOURCE not in item.sources] if scored.items else late
+
+
+def _shelf(
+    request: _Request,
+    scored: _Scored,
+    *,
+    user_key: str,
+    placement: str,
+    now: float,
+    size: int,
+    preview: PreviewOptions | None,
+) -> tuple[list[Candidate], dict[str, Any]]:
+    """The slate's items in order (the spares after the first `size`), and what the caps know of each: the rules
+    over Score's items, then the fallbacks, then the late candidates."""
+    state, config = request.state, request.config
+    seeds = set(state.seeds)
+    items = [item for item in scored.items if item.item_id not in seeds]
+    scored.items = items
+    slate_items, cap_items = _apply_rules(
+        items=items, config=config, snapshot=request.snapshot, traits=request.traits, now=now,
+        cap_state=request.cap_state, size=size, placement=placement, purchased=request.purchased, user_key=user_key,
+        entity_payloads=request.entity_payloads, removed=preview.removed if preview is not None else None,
+    )  # fmt: skip
+    if len(slate_items) < size:
+        slate_items = _fill(
+            slate_items, config=config, state=state, last_slate=request.last_slate, user_key=user_key, size=size,
+            degraded=request.degraded, personal=bool(items),
+        )  # fmt: skip
+    if len(slate_items) < size and scored.late_candidates:
+        taken = {item.item_id for item in slate_items}
+        slate_items += [
+            _served(item)
+            for item in scored.late_candidates
+            if item.item_id not in taken and item.item_id not in state.seeds
+        ][: size - len(slate_items)]
+    return slate_items, cap_items
+
+
 @dataclass(frozen=True)
 class _Pending:
     """What recording a previewed slate needs (caps enforcement, impression log, last slate)."""
@@ -374,7 +432,7 @@ class _Pending:
     config: PlacementConfig
     user_key: str
     now: float
-    reserve: list[SlateItem]
+    reserve: list[Candidate]
     cap_items: dict[str, Any]
     retention: int
 
@@ -412,7 +470,7 @@ def _caps_read(user_key: str, config: PlacementConfig, now: float, degraded: lis
         return None
 
 
-def _confidence(result: ScoreResult | None, items: list[SlateItem], size: int) -> float:
+def _confidence(result: ScoreResult | None, items: list[Candidate], size: int) -> float:
     """The model's confidence; without a model, the share of slots filled from the user's own signals."""
     if result is not None and result.path != "fallback":
         return result.confidence
@@ -420,8 +478,9 @@ def _confidence(result: ScoreResult | None, items: list[SlateItem], size: int) -
     return round(personal / size, 4) if size else 0.0
 
 
-def slates_forget() -> None:
-    """Tests: forget the last slates this process served."""
+@process_cache("surface.last_slates")
+def _last_slates_forget_all() -> None:
+    """Forget the last slates this process served."""
     _last_slates.clear()
 
 
@@ -441,11 +500,7 @@ def _json_dict(raw: bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _ranked(item: ScoredItem) -> RankedItem:
-    return RankedItem(item.item_id, item.score, item.source, item.explanation, item.sources, item.propensity)
-
-
-def _item_facts(items: list[RankedItem], user_key: str, known: dict[str, bytes]) -> None:
+def _item_facts(items: list[Candidate], user_key: str, known: dict[str, bytes]) -> None:
     """Category, brand and entities of the items: as Score's feature read found them (`known`, item id -> entity
     keys), else from the catalog copy in Redis (one round trip)."""
     unknown = [item.item_id for item in items if item.item_id not in known]
@@ -472,7 +527,7 @@ def _item_facts(items: list[RankedItem], user_key: str, known: dict[str, bytes])
 
 def _apply_rules(
     *,
-    items: list[RankedItem],
+    items: list[Candidate],
     config: PlacementConfig,
     snapshot: Any,
     traits: dict[str, Any],
@@ -484,11 +539,11 @@ def _apply_rules(
     user_key: str,
     entity_payloads: dict[str, bytes],
     removed: dict[str, str] | None = None,
-) -> tuple[list[SlateItem], dict[str, Any]]:
+) -> tuple[list[Candidate], dict[str, Any]]:
     """The slate candidates in order (backfill after), and what the caps need to know of each."""
     rules = snapshot.rules_for(placement)
     pinned = _pinned_ids(rules)
-    extra = [RankedItem(item_id, 0.0, "pin", "", ("pin",)) for item_id in pinned if item_id in snapshot.pinnable]
+    extra = [Candidate(item_id, 0.0, "pin", "", ("pin",)) for item_id in pinned if item_id in snapshot.pinnable]
     _item_facts([*items, *extra], user_key, entity_payloads)
     pinned_by_id = {item.item_id: item for item in extra}
     # What pins show passes the item, category and entity caps (unless the pin opts in); they still count it.
@@ -498,7 +553,7 @@ def _apply_rules(
     if cap_state is not None and config.cap_specs:
         capped = frequency_caps.caps_block_reasons(cap_state, config.cap_specs, list(facts.values()), placement)
 
-    def blocked(item: RankedItem) -> str | None:
+    def blocked(item: Candidate) -> str | None:
         if config.exclude_purchased and item.item_id in purchased:
             return "already_purchased"
         return capped.get(item.item_id)
@@ -519,40 +574,41 @@ def _apply_rules(
             if item.campaign or item.item_id in exempt
         }
     )
-    return [_slate_item(item) for item in everything], facts
+    return [_served(item) for item in everything], facts
 
 
 def _pinned_ids(rules: list[CompiledRule]) -> list[str]:
     return sorted({rule.item_ids[0] for rule in rules if rule.kind == "pin" and rule.item_ids})
 
 
-def _shown_pinned(item: RankedItem, size: int) -> bool:
+def _shown_pinned(item: Candidate, size: int) -> bool:
     return item.pinned_slot is not None and item.pinned_slot < size
 
 
-def _cap_item(item: RankedItem, pin_exempt: bool = False) -> Any:
+def _cap_item(item: Candidate, pin_exempt: bool = False) -> Any:
     # Entity caps count brands, creators, themes... (the category has its own scope).
     entities = tuple(key for key in item.entities if not key.startswith("category:"))
     return frequency_caps.CapItem(item.item_id, item.category, entities, item.campaign, pin_exempt)
 
 
-def _slate_item(item: RankedItem) -> SlateItem:
-    return SlateItem(
-        item.item_id, round(item.score, 6), item.source, item.explanation, item.sources or (item.source,),
-        item.propensity, tuple(item.rules),
-    )  # fmt: skip
+def _served(item: Candidate) -> Candidate:
+    """The item as the slate shows it: its score rounded, its provenance, the rules that touched it (fixed)."""
+    item.score = round(item.score, 6)
+    item.sources = item.sources or (item.source,)
+    if item.rules:
+        item.rules = tuple(item.rules)
+    return item
 
 
-def _session_only(seeds: Sequence[str], want: int, degraded: list[str]) -> list[RankedItem]:
+def _session_only(seeds: Sequence[str], want: int, degraded: list[str]) -> list[Candidate]:
     """Graph is down: items similar to the request's own context (pgvector), with no user state."""
-    found: dict[str, RankedItem] = {}
+    found: dict[str, Candidate] = {}
     for seed in seeds:
         try:
             for candidate in similar_items(item_id=seed, k=want):
-                found.setdefault(
-                    candidate.item_id,
-                    RankedItem(candidate.item_id, candidate.score, "session", candidate.explanation, ("session",)),
-                )
+                if candidate.item_id not in found:
+                    candidate.source, candidate.sources = "session", ("session",)
+                    found[candidate.item_id] = candidate
         except Exception as error:
             _degrade(degraded, f"session_failed:{type(error).__name__}")
             break
@@ -560,7 +616,7 @@ def _session_only(seeds: Sequence[str], want: int, degraded: list[str]) -> list[
 
 
 def _fill(
-    items: list[SlateItem],
+    items: list[Candidate],
     *,
     config: PlacementConfig,
     state: UserState,
@@ -569,7 +625,7 @@ def _fill(
     size: int,
     degraded: list[str],
     personal: bool,
-) -> list[SlateItem]:
+) -> list[Candidate]:
     """Short of items: the placement's fallback chain, in its order, until the shelf is full. With context items (a
     product page, a cart) the items similar to them ("session") come first: popular items are not what a shelf of
     related items is for."""
@@ -588,16 +644,19 @@ def _fill(
             except DatabaseError as error:
                 _degrade(degraded, f"popular_failed:{type(error).__name__}")
                 popular = []
-            extra = [SlateItem(c.item_id, c.score, c.source, c.explanation, c.sources) for c in popular]
+            extra = popular
         elif step == "session":
-            extra = [_slate_item(item) for item in _session_only(seeds, size, degraded)] if seeds else []
+            extra = [_served(item) for item in _session_only(seeds, size, degraded)] if seeds else []
         elif step == "last_slate":
-            remembered = _last_slates.get((user_key, config.name)) or [
-                SlateItem(i, 0.0, "last_slate", "Picked for you earlier", ("last_slate",)) for i in last_slate
-            ]
-            extra = list(remembered)
+            # Copies: the slate remembered is kept as it was served, and this request's layers fill in its items.
+            remembered = _last_slates.get((user_key, config.name))
+            extra = (
+                [item.copied() for item in remembered]
+                if remembered
+                else [Candidate(i, 0.0, "last_slate", "Picked for you earlier", ("last_slate",)) for i in last_slate]
+            )
         elif step == "default_list":
-            extra = [SlateItem(i, 0.0, "default", "Our selection", ("default",)) for i in config.default_items]
+            extra = [Candidate(i, 0.0, "default", "Our selection", ("default",)) for i in config.default_items]
         else:
             continue
         added = 0

@@ -7,9 +7,10 @@ from django.contrib.auth.models import Permission
 
 from graph_app.online import catalog_online_rebuild
 from personalization import redis_keys
+from personalization.candidates import Candidate
 from rules_admin.preview_display import preview_columns
 from surface_app.models import BusinessRule, Placement
-from surface_app.preview import ExplainedItem, PreviewResult
+from surface_app.preview import PreviewResult
 from tests.factories import ItemFactory, unit
 
 pytestmark = pytest.mark.django_db
@@ -246,7 +247,7 @@ def test_staff_without_the_rule_permission_get_403_and_others_the_login(client, 
 
 
 def test_ranked_items_show_their_score_propensity_and_top_contributions(viewer, shop, monkeypatch):
-    item = ExplainedItem(
+    item = Candidate(
         slot=1, item_id="mug-1", score=0.8123, source="similar", sources=("similar", "popular"),
         explanation="Similar to what you viewed", propensity=0.25, rules=("boost:Mugs",),
         contributions=[("user_item_similarity", 0.4213), ("item_popularity_1d", -0.1)],
@@ -265,7 +266,7 @@ def test_ranked_items_show_their_score_propensity_and_top_contributions(viewer, 
 
 
 def test_item_titles_take_one_query(shop, django_assert_num_queries):
-    items = [ExplainedItem(slot, f"mug-{slot}", 1.0, "similar", ("similar",), "", None, ()) for slot in (1, 2)]
+    items = [Candidate(f"mug-{slot}", 1.0, "similar", "", ("similar",), None, slot=slot) for slot in (1, 2)]
     result = PreviewResult("home", "fallback", None, 0.0, [], items, {"wine": "block:No wine"})
 
     with django_assert_num_queries(1):

@@ -11,6 +11,8 @@ import pytest
 from graph_app.features.online import features_fetch
 from graph_app.online import catalog_entities_publish
 from personalization import redis_keys
+from personalization.candidates import Candidate
+from personalization.process_caches import process_caches_reset
 from scoring_app.bandit import REACTION_COSTS, bandit_learn
 from scoring_app.engine import registry
 from scoring_app.engine.bandit import (
@@ -32,14 +34,13 @@ from scoring_app.engine.bandit import (
     exploration_window,
     shared_features,
 )
-from scoring_app.engine.retrieval import Candidate
 from scoring_app.models import ModelVersion
 from scoring_app.services import model_version_publish, models_serving_publish
 from scoring_app.tasks import bandit_learn_task
 from signals_app.consumer import events_drain_all
 from signals_app.models import BanditDecision, Impression
 from signals_app.services import events_ingest
-from surface_app.serving.slates import Slate, SlateItem, _impression_log
+from surface_app.serving.slates import Slate, _impression_log
 
 CATEGORIES = ("mugs", "bags", "lights")
 
@@ -224,7 +225,7 @@ def serve(request_id: str, *, user_key: str = "u1", k: int = 3, seed: int = 1) -
     slate = Slate(
         request_id=request_id,
         placement="home",
-        items=[SlateItem(pick.item_id, 0.5, "bandit", "", ("bandit",)) for pick in picks],
+        items=[Candidate(pick.item_id, 0.5, "bandit", "", ("bandit",)) for pick in picks],
         confidence=0.0,
         model_version=None,
         bandit=bandit_log(context=ctx, candidates=offered, picks=picks),
@@ -237,11 +238,11 @@ def serve(request_id: str, *, user_key: str = "u1", k: int = 3, seed: int = 1) -
 def test_the_consumer_stores_bandit_impressions_with_their_propensity_and_the_decision(clean_redis):
     offered, ctx = candidates(8), context(8)
     picks = bandit_choose(model=bandit_model_new(), context=ctx, candidates=offered, k=3, rng=random.Random(1))
-    ranked = SlateItem("sku-99", 0.9, "similar", "", ("similar",))  # a slot the bandit did not fill
+    ranked = Candidate("sku-99", 0.9, "similar", "", ("similar",))  # a slot the bandit did not fill
     slate = Slate(
         request_id="req-1",
         placement="home",
-        items=[ranked, *(SlateItem(pick.item_id, 0.5, "bandit", "", ("bandit",)) for pick in picks)],
+        items=[ranked, *(Candidate(pick.item_id, 0.5, "bandit", "", ("bandit",)) for pick in picks)],
         confidence=0.0,
         model_version=None,
         bandit=bandit_log(context=ctx, candidates=offered, picks=picks),
@@ -266,7 +267,7 @@ def test_the_consumer_stores_bandit_impressions_with_their_propensity_and_the_de
 @pytest.mark.django_db
 def test_a_slate_without_the_bandit_logs_no_propensity_and_no_decision():
     slate = Slate(
-        "req-2", "home", [SlateItem("sku-1", 0.9, "similar", "", ("similar",))], confidence=1.0, model_version=None
+        "req-2", "home", [Candidate("sku-1", 0.9, "similar", "", ("similar",))], confidence=1.0, model_version=None
     )
 
     _impression_log(slate=slate, user_key="u1")
@@ -314,12 +315,12 @@ def test_bandit_learn_feeds_each_impression_once_and_publishes_a_version():
 def test_the_first_learn_publishes_an_untrained_model_that_serving_loads():
     report = bandit_learn()
     models_serving_publish(kinds=[BANDIT])  # what the commit hook does outside the test's transaction
-    registry.models_forget()
+    process_caches_reset(["score.serving_models"])
     try:
         registry.models_refresh()
         serving = registry.serving_model(BANDIT, user_key="u1")
     finally:
-        registry.models_forget()
+        process_caches_reset(["score.serving_models"])
 
     assert report.learned == 0
     assert serving is not None

@@ -9,6 +9,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from personalization import redis_keys
+from personalization.process_caches import process_caches_reset
 from scoring_app.engine import registry
 from scoring_app.models import ModelVersion
 from scoring_app.services import (
@@ -28,10 +29,10 @@ KIND = ModelVersion.Kind.RANKER
 def _echo_loader():
     """A loader that turns an artifact into its text: what serves is visible in assertions."""
     previous = registry._loaders.get(KIND)
-    registry.models_forget()
+    process_caches_reset(["score.serving_models"])
     registry.register_loader(KIND, lambda artifact: artifact.decode())
     yield
-    registry.models_forget()
+    process_caches_reset(["score.serving_models"])
     if previous is not None:
         registry.register_loader(KIND, previous)
 

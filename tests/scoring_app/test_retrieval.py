@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from personalization import redis_keys
+from personalization.candidates import Candidate
+from personalization.process_caches import process_caches_reset
 from scoring_app.engine import retrieval
-from scoring_app.engine.retrieval import Candidate, RetrievalSource, candidates_retrieve, user_state_fetch
+from scoring_app.engine.retrieval import RetrievalSource, candidates_retrieve, user_state_fetch
 from tests.factories import ItemFactory, ShopperFactory, unit
 from tests.signals_app.helpers import ingest_views
 
@@ -413,19 +415,18 @@ def test_while_the_vector_index_is_rebuilt_serving_skips_vector_searches_then_re
     from graph_app.item_vector_index import (
         item_vector_index_build,
         item_vector_index_drop,
-        item_vector_index_serving_forget,
     )
 
     ShopperFactory(external_id="u2", embedding=unit(1, 0))  # no precomputed list: a live vector search
     item_vector_index_drop()
-    item_vector_index_serving_forget()
+    process_caches_reset(["graph.vector_index_serving"])
     try:
         candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u2"), sources=["user_vector"])
         assert candidate_set.dropped == ["user_vector:vector_index_rebuilding"]
         assert candidate_set.candidates == []
     finally:
         item_vector_index_build()
-        item_vector_index_serving_forget()
+        process_caches_reset(["graph.vector_index_serving"])
 
     candidate_set, _ = candidates_retrieve(state=user_state_fetch(user_key="u2"), sources=["user_vector"])
 

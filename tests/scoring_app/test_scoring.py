@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from graph_app.training import embeddings_train
-from scoring_app.engine import registry
+from personalization.process_caches import process_caches_reset
 from scoring_app.engine.bandit import bandit_model_dump, bandit_model_new
 from scoring_app.models import ModelVersion
 from scoring_app.services import model_version_canary, model_version_create, model_version_publish
@@ -23,9 +23,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _fresh_registry():
-    registry.models_forget()
+    process_caches_reset(["score.serving_models"])
     yield
-    registry.models_forget()
+    process_caches_reset(["score.serving_models"])
 
 
 @pytest.fixture
@@ -77,7 +77,9 @@ def test_a_canary_serves_its_share_of_users(api_client, trained_shop, django_cap
 def bandit_publish(clean_redis) -> None:
     """An untrained bandit (it learned nothing: a uniform PMF), serving."""
     model_version_publish(kind="bandit", artifact=bandit_model_dump(bandit_model_new()), metrics={})
-    registry.models_forget()  # published in the test's transaction: read from the database, not the snapshot
+    process_caches_reset(
+        ["score.serving_models"]
+    )  # published in the test's transaction: read from the database, not the snapshot
     clean_redis.hdel("models:serving", "bandit")
 
 

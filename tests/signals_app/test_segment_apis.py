@@ -19,10 +19,10 @@ from segment.analytics.client import Client as SegmentClient
 from graph_app.models import Shopper
 from graph_app.online import catalog_online_rebuild
 from personalization import redis_keys
+from personalization.process_caches import process_caches_reset
 from signals_app.consumer import events_drain_all
 from signals_app.models import Event
 from surface_app.models import BusinessRule, Placement
-from surface_app.serving.rules import snapshot_forget
 from tests.factories import ItemFactory, unit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,7 +72,7 @@ def shop(clean_redis) -> None:
 
 
 def shelf(live_server, raw_api_key: str, user_id: str) -> list[str]:
-    snapshot_forget()  # serving compiles the rules this test wrote
+    process_caches_reset(["surface.rules_snapshot"])  # serving compiles the rules this test wrote
     response = requests.get(
         f"{live_server.url}/api/v1/recommendations",
         params={"user_id": user_id, "placement": "home"},

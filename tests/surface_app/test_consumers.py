@@ -12,6 +12,7 @@ from django.conf import settings
 from config.asgi import application
 from graph_app.services import ItemInput, item_upsert
 from personalization import redis_keys
+from personalization.process_caches import process_caches_reset
 from personalization.services import api_key_create
 from signals_app.services import events_ingest
 from surface_app.models import BusinessRule, Placement
@@ -21,7 +22,6 @@ from surface_app.services import (
     shelves_notify,
     shelves_placement_changed,
 )
-from surface_app.serving.rules import snapshot_forget
 from surface_app.serving.slates import CONFIG_VERSION_KEY
 from tests.factories import ItemFactory
 
@@ -31,9 +31,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 @pytest.fixture(autouse=True)
 def _fresh_rules_snapshot():
     """Each test starts with no rules snapshot: the last one may have been built from another test's rules."""
-    snapshot_forget()
+    process_caches_reset(["surface.rules_snapshot"])
     yield
-    snapshot_forget()
+    process_caches_reset(["surface.rules_snapshot"])
 
 
 def _setup_catalog() -> str:

@@ -6,6 +6,7 @@ import pytest
 
 from graph_app.online import catalog_online_rebuild
 from personalization import redis_keys
+from personalization.process_caches import process_caches_reset
 from personalization.redis_client import get_redis
 from surface_app import configuration
 from surface_app.models import BusinessRule, FrequencyCap, Placement
@@ -18,7 +19,6 @@ from surface_app.serving.caps import (
     caps_enforce_and_record,
     caps_queue,
 )
-from surface_app.serving.rules import snapshot_forget
 from tests.factories import ItemFactory, unit
 
 pytestmark = pytest.mark.django_db
@@ -39,7 +39,7 @@ def shop(clean_redis):
 
 
 def shelf(api_client, placement: str = "home") -> list[str]:
-    snapshot_forget()  # rules written in this test's transaction: compile them inline
+    process_caches_reset(["surface.rules_snapshot"])  # rules written in this test's transaction: compile them inline
     response = api_client.get("/api/v1/recommendations", {"user_id": "u1", "placement": placement})
     assert response.status_code == 200
     return [item["item_id"] for item in response.json()["items"]]

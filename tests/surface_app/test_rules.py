@@ -8,6 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from personalization.candidates import Candidate
+from personalization.process_caches import process_caches_reset
 from surface_app import configuration
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.rules_compile import rules_snapshot_build
@@ -15,10 +17,8 @@ from surface_app.serving.rules import (
     CompiledRule,
     Condition,
     PlacementConfig,
-    RankedItem,
     rules_apply,
     snapshot_current,
-    snapshot_forget,
     snapshot_observe,
 )
 from tests.factories import EntityFactory, ItemEntityFactory, ItemFactory
@@ -35,9 +35,9 @@ def rule(kind: str, name: str = "r", *, matches=None, priority=0, **fields) -> C
     return CompiledRule(name=name, kind=kind, priority=priority, matches=matches, **defaults)
 
 
-def ranked(*ids: str, category: str = "", brands: dict[str, str] | None = None) -> list[RankedItem]:
+def ranked(*ids: str, category: str = "", brands: dict[str, str] | None = None) -> list[Candidate]:
     return [
-        RankedItem(item_id, 1.0 - index / 100, "similar", "", ("similar",), category=category,
+        Candidate(item_id, 1.0 - index / 100, "similar", "", ("similar",), category=category,
                    brand=(brands or {}).get(item_id, ""))
         for index, item_id in enumerate(ids)
     ]  # fmt: skip
@@ -93,11 +93,11 @@ def test_pins_take_their_slot_and_the_higher_priority_wins_a_conflict():
 
 
 def test_a_pinned_item_score_did_not_return_is_placed_but_a_filtered_one_is_not():
-    outside = RankedItem("promo", 0.0, "pin", "", ("pin",))
+    outside = Candidate("promo", 0.0, "pin", "", ("pin",))
     pins = [rule("pin", item_ids=("promo",), slot=2)]
 
     assert apply(ranked("a", "b"), pins, pinned={"promo": outside}) == ["a", "promo", "b"]
-    outside = RankedItem("promo", 0.0, "pin", "", ("pin",))
+    outside = Candidate("promo", 0.0, "pin", "", ("pin",))
     assert apply(ranked("a", "b"), [*pins, rule("block", item_ids=("promo",))], pinned={"promo": outside}) == [
         "a", "b",
     ]  # fmt: skip
@@ -132,9 +132,9 @@ pytestmark_db = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _fresh_snapshot():
-    snapshot_forget()
+    process_caches_reset(["surface.rules_snapshot"])
     yield
-    snapshot_forget()
+    process_caches_reset(["surface.rules_snapshot"])
 
 
 @pytestmark_db

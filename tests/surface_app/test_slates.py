@@ -9,12 +9,12 @@ from django.db import DatabaseError
 
 from graph_app.online import catalog_online_rebuild
 from personalization import redis_keys
+from personalization.process_caches import process_caches_reset
 from signals_app.consumer import events_drain_all
 from signals_app.models import Impression
 from signals_app.services import events_ingest
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.serving import slates
-from surface_app.serving.rules import snapshot_forget
 from tests.conftest import dead_redis
 from tests.factories import ItemFactory, unit
 
@@ -35,7 +35,7 @@ def shop(clean_redis):
 
 
 def shelf(api_client, user: str = "u1", placement: str = "home", **params) -> dict:
-    snapshot_forget()  # rules written in this test's transaction: compile them inline
+    process_caches_reset(["surface.rules_snapshot"])  # rules written in this test's transaction: compile them inline
     response = api_client.get("/api/v1/recommendations", {"user_id": user, "placement": placement, **params})
     assert response.status_code == 200
     return response.json()
@@ -360,7 +360,7 @@ def test_a_dry_run_records_nothing_until_it_is_committed(api_client, shop, clean
 
     home = Placement.objects.create(name="home", size=2)
     FrequencyCap.objects.create(name="once", scope="item", placement=home, max_impressions=1, window_seconds=3600)
-    snapshot_forget()
+    process_caches_reset(["surface.rules_snapshot"])
     options = PreviewOptions()
 
     dry = slate_preview(user_key="u1", placement="home", options=options)
@@ -378,26 +378,26 @@ def test_a_dry_run_records_nothing_until_it_is_committed(api_client, shop, clean
 @pytest.fixture
 def trained_shop(django_capture_on_commit_callbacks, clean_redis):
     """Shoppers with a favourite category each, and a ranker trained on their history."""
-    from scoring_app.engine import registry
     from scoring_app.training import ranker_train
     from tests.scoring_app.shop import shop_build
 
-    registry.models_forget()
+    process_caches_reset(["score.serving_models"])
     with django_capture_on_commit_callbacks(execute=True):
         shop_build()
         ranker_train()
     yield
-    registry.models_forget()
+    process_caches_reset(["score.serving_models"])
 
 
 def bandit_publish(clean_redis) -> None:
     """An untrained bandit (it learned nothing: a uniform PMF), serving."""
-    from scoring_app.engine import registry
     from scoring_app.engine.bandit import bandit_model_dump, bandit_model_new
     from scoring_app.services import model_version_publish
 
     model_version_publish(kind="bandit", artifact=bandit_model_dump(bandit_model_new()), metrics={})
-    registry.models_forget()  # published in the test's transaction: read from the database, not the snapshot
+    process_caches_reset(
+        ["score.serving_models"]
+    )  # published in the test's transaction: read from the database, not the snapshot
     clean_redis.hdel("models:serving", "bandit")
 
 
@@ -405,7 +405,6 @@ def test_a_shelf_stays_put_without_a_new_event_or_model(trained_shop, clean_redi
     import time
 
     from scoring_app.engine.bandit import exploration_window
-    from scoring_app.engine.retrieval import popular_shared_forget
 
     bandit_publish(clean_redis)
     settings.SCORE_MIN_RANKER_CONFIDENCE = 1.01  # the ranker unsure, as for most customers of the replayed shop
@@ -420,7 +419,7 @@ def test_a_shelf_stays_put_without_a_new_event_or_model(trained_shop, clean_redi
     first = slates.slate_serve(user_key="user-1", placement="home", k=10)
     # A minute later: the user's candidate set and the process's popular items have expired; nothing else changed.
     clean_redis.delete(redis_keys.user_cache("user-1", "candidates"))
-    popular_shared_forget()
+    process_caches_reset(["score.popular_shared"])
     second = slates.slate_serve(user_key="user-1", placement="home", k=10)
     after = window()
 
