@@ -23,6 +23,7 @@ from graph_app.services import (
     item_upsert,
 )
 from personalization.errors import ApplicationError, flatten_errors
+from personalization.live_updates import catalog_batch
 from personalization.models import ApiScope
 from personalization.validation import (
     EXTERNAL_ID_MAX_LENGTH,
@@ -33,7 +34,6 @@ from personalization.validation import (
     item_id_validate,
     user_id_validate,
 )
-from surface_app.services import shelves_catalog_batch
 
 T = TypeVar("T")
 LONE_SURROGATE = "Text must not hold a lone surrogate (an unpaired \\ud800-\\udfff escape)."
@@ -252,7 +252,7 @@ class ItemBatchUpsertApi(APIView):
         operation_id="items_batch_upsert",
         description="A duplicate item_id within one batch: the last row wins (each of its indexes reports it).",
     )
-    @shelves_catalog_batch()  # the live shelves hear of the whole batch in one message
+    @catalog_batch()  # the live shelves hear of the whole batch in one message
     def post(self, request: Request) -> Response:
         envelope = self.InputSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)
@@ -287,7 +287,7 @@ class ItemBatchUpsertApi(APIView):
         "attributes merge at the top level (a key set to null is removed). An item_id not in the catalog: status "
         '"missing"; an unknown field or a row naming none of the three: status "error".',
     )
-    @shelves_catalog_batch()
+    @catalog_batch()
     def patch(self, request: Request) -> Response:
         envelope = self.InputSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)
@@ -338,7 +338,7 @@ class ItemBatchDeleteApi(APIView):
         ),
         operation_id="items_batch_delete",
     )
-    @shelves_catalog_batch()
+    @catalog_batch()
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
