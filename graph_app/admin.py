@@ -4,6 +4,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db.models import OuterRef, QuerySet, Subquery
 
 from graph_app.erasure import erased_shopper_repr, shopper_erase
+from graph_app.model_registry import admin as _model_registry_admin  # noqa: F401  # registers ModelVersion
 from graph_app.models import Entity, Item, ItemEntity, ItemNeighbour, ItemPopularity, Shopper
 from graph_app.services import EntityRef, ItemInput, item_delete, item_upsert
 

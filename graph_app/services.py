@@ -11,11 +11,11 @@ import orjson
 from django.db import connection, transaction
 
 from graph_app.embeddings import ItemContent, content_features, project, random_projection
+from graph_app.model_registry.models import ModelVersion
+from graph_app.model_registry.selectors import model_artifact_arrays, model_version_active
 from graph_app.models import Item, Shopper
 from personalization.errors import ApplicationError
 from personalization.validation import JsonLimitExceeded, json_limits_check
-from scoring_app.models import ModelVersion
-from scoring_app.selectors import model_artifact_arrays, model_version_active
 
 ITEM_BATCH_MAX = 1000
 

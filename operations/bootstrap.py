@@ -140,14 +140,12 @@ def _console_credentials() -> ConsoleCredentials:
 
 
 def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _step_unreported) -> BootstrapReport:
-    from graph_app.demo import demo_data_load
+    from graph_app.interface import ModelKind, model_version_active, models_serving_publish
     from graph_app.models import Item
     from graph_app.neighbourhoods import neighbourhoods_refresh
     from graph_app.online import catalog_online_rebuild
     from graph_app.training import embeddings_train
-    from scoring_app.models import ModelVersion
-    from scoring_app.selectors import model_version_active
-    from scoring_app.services import models_serving_publish
+    from operations.demo import demo_data_load
     from scoring_app.training import ranker_train
     from signals_app.popularity import popularity_refresh
 
@@ -173,7 +171,7 @@ def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _ste
             outcome.note = f"{report.items:,} items, {report.users:,} shoppers, {report.events_accepted:,} purchases"
     model_trained = False
     with step(embeddings) as outcome:
-        if model_version_active(kind=ModelVersion.Kind.EMBEDDINGS) is not None:
+        if model_version_active(kind=ModelKind.EMBEDDINGS) is not None:
             outcome.skip("skipped: a model is active")
         elif not Item.objects.exists():
             outcome.skip("skipped: no items")
@@ -183,7 +181,7 @@ def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _ste
             popularity_refresh()
             model_trained = True
     with step(ranker) as outcome:
-        if model_version_active(kind=ModelVersion.Kind.RANKER) is not None:
+        if model_version_active(kind=ModelKind.RANKER) is not None:
             outcome.skip("skipped: a model is active")
         elif not Item.objects.exists():
             outcome.skip("skipped: no items")

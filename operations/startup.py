@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from personalization.bootstrap import ADMIN_USERNAME, StepOutcome
+from operations.bootstrap import ADMIN_USERNAME, StepOutcome
 
 logger = logging.getLogger(__name__)
 

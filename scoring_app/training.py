@@ -38,6 +38,13 @@ from django.utils import timezone
 
 from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_COLUMNS, retrieval_features
 from graph_app.features.offline import FeatureRequest, features_offline, features_offline_sets
+from graph_app.interface import (
+    ModelKind,
+    model_artifact,
+    model_version_active,
+    model_version_create,
+    model_version_promote,
+)
 from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
 from graph_app.item_model import ItemModel, item_model_fit, item_model_lists
 from graph_app.models import FeatureRow
@@ -71,10 +78,7 @@ from scoring_app.engine.retrieval import (
     item_model_rows,
     similar_rows,
 )
-from scoring_app.models import ModelVersion
 from scoring_app.ranker import RankingData, ranker_fit
-from scoring_app.selectors import model_artifact, model_version_active
-from scoring_app.services import model_version_create, model_version_promote
 
 logger = logging.getLogger(__name__)
 
@@ -516,15 +520,16 @@ def _ranker_search(
     return best[1], best[2], tried
 
 
-def _active_scores(queries: HoldoutQueries) -> tuple[ModelVersion | None, np.ndarray | None]:
-    active = model_version_active(kind=ModelVersion.Kind.RANKER)
+def _active_scores(queries: HoldoutQueries) -> tuple[str | None, np.ndarray | None]:
+    """The active ranker's version and its scores of the gate's queries (None, None before the first one)."""
+    active = model_version_active(kind=ModelKind.RANKER)
     if active is None:
         return None, None
     ranker = ranker_load(model_artifact(version=active.version))
     from graph_app.features.online import FeatureMatrix
 
     matrix = FeatureMatrix(item_ids=[""] * len(queries.values), values=queries.values.copy())
-    return active, np.asarray(ranker.booster.predict(ranker_inputs(ranker, matrix), num_threads=1))
+    return active.version, np.asarray(ranker.booster.predict(ranker_inputs(ranker, matrix), num_threads=1))
 
 
 def _not_trained(label_source: str, queries: int, started: float, reason: str) -> RankerTrainingReport:
@@ -608,7 +613,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     )
     new_ndcg = slate_ndcg(gate, _predict(booster, gate.values))
     baseline = popularity_ndcg(gate, interactions.item_ids)
-    active, active_scores = _active_scores(gate)
+    active_version, active_scores = _active_scores(gate)
     active_ndcg = slate_ndcg(gate, active_scores) if active_scores is not None else None
     retrieval_order = -np.nan_to_num(gate.values[:, FEATURE_NAMES.index("retrieval_user_vector_log_rank")], nan=99.0)
     promoted = new_ndcg > baseline + 1e-9 and (active_ndcg is None or new_ndcg >= active_ndcg - 1e-9)
@@ -621,7 +626,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
         "passed": promoted,
     }
     model_version = model_version_create(
-        kind=ModelVersion.Kind.RANKER,
+        kind=ModelKind.RANKER,
         artifact=booster.model_to_string().encode(),  # type: ignore[attr-defined]
         metrics={
             "label_source": label_source,
@@ -633,7 +638,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
             "gate": gate_figures,
             "holdout": {"ndcg@10": round(new_ndcg, 6), "queries": len(gate.users)},
             "holdout_popularity_baseline": {"ndcg@10": round(baseline, 6)},
-            "active_version": active.version if active else None,
+            "active_version": active_version,
             "active_holdout": None if active_ndcg is None else {"ndcg@10": round(active_ndcg, 6)},
             "feature_importance_gain": dict(
                 zip(FEATURE_NAMES, (round(float(v), 3) for v in booster.feature_importance("gain")), strict=True)  # type: ignore[attr-defined]

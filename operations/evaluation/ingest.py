@@ -15,7 +15,7 @@ import numpy as np
 from graph_app.catalog_bulk import items_upsert_many
 from graph_app.models import Shopper
 from graph_app.services import ITEM_BATCH_MAX, EntityRef, ItemInput, content_projection
-from scoring_app.evaluation.movielens import Movie, MovieLensData
+from operations.evaluation.movielens import Movie, MovieLensData
 
 RATING_EVENT_TYPE = "purchase"
 _SLUG = re.compile(r"[^a-z0-9]+")

@@ -28,12 +28,12 @@ import numpy as np
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from operations.evaluation.ingest import catalog_load, movie_item_id, rating_events, user_key
+from operations.evaluation.metrics import TOP_K, top_k_metrics
+from operations.evaluation.movielens import MovieLensData
+from operations.evaluation.serving import serving_without_deadlines
+from operations.evaluation.split import stratified_split
 from personalization import redis_keys
-from scoring_app.evaluation.ingest import catalog_load, movie_item_id, rating_events, user_key
-from scoring_app.evaluation.metrics import TOP_K, top_k_metrics
-from scoring_app.evaluation.movielens import MovieLensData
-from scoring_app.evaluation.serving import serving_without_deadlines
-from scoring_app.evaluation.split import stratified_split
 
 Progress = Callable[[str], None]
 INGEST_BATCH = 500

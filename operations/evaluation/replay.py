@@ -38,8 +38,8 @@ import numpy as np
 import orjson
 from scipy import sparse
 
-from scoring_app.evaluation.metrics import TOP_K, top_k_metrics
-from scoring_app.evaluation.serving import serving_without_deadlines
+from operations.evaluation.metrics import TOP_K, top_k_metrics
+from operations.evaluation.serving import serving_without_deadlines
 
 Progress = Callable[[str], None]
 

@@ -45,17 +45,18 @@ def scratch_redis_url(*, live_url: str, db: int) -> str:
 def _redis_clients_forget() -> None:
     """Drop the process-wide Redis clients (and objects bound to them) so the next call connects to the current URL."""
     from personalization import cache, redis_client
-    from scoring_app import selectors
+    from personalization.process_caches import process_cache_names, process_caches_reset
 
     for function in (
         getattr(redis_client, "get_redis", None),
         getattr(redis_client, "get_control_redis", None),
         getattr(redis_client, "get_ingest_redis", None),
         getattr(cache, "_script", None),  # scripts are bound to the client that made them
-        getattr(selectors, "_artifact_arrays", None),  # version names could repeat across databases
     ):
         if function is not None and hasattr(function, "cache_clear"):
             function.cache_clear()
+    # Version names could repeat across databases.
+    process_caches_reset([name for name in process_cache_names() if name == "graph.model_artifact_arrays"])
 
 
 def _database_recreate(name: str) -> None:
