@@ -351,19 +351,9 @@ USER_TRAITS_RESPONSE = inline_serializer(
 )
 
 
-ERASURE_COUNTS = (
-    "shoppers", "sessions", "events", "impressions", "bandit_decisions", "identity_links", "dead_letters",
-    "feature_rows", "stream_entries", "redis_keys", "cached_slates",
-)  # fmt: skip
-USER_ERASURE_RESPONSE = inline_serializer(
-    "UserErasure",
-    {"user_id": serializers.CharField(), **{name: serializers.IntegerField(min_value=0) for name in ERASURE_COUNTS}},
-)
-
-
 class UserTraitsApi(APIView):
     """`PUT /api/v1/users/{user_id}`: the user's traits (rule audiences and compliance filters match on them);
-    `DELETE`: the shopper erased everywhere (`graph_app.erasure`)."""
+    `DELETE`: the shopper erased everywhere (`operations.apis.UserApi`, which the URL serves)."""
 
     required_scope = ApiScope.SERVER  # traits such as an age gate compliance filters: never from a browser
 
@@ -387,17 +377,3 @@ class UserTraitsApi(APIView):
             {"user_id": user_id, "traits": data.validated_data["traits"]},
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
-
-    @extend_schema(
-        request=None,
-        responses={200: USER_ERASURE_RESPONSE},
-        operation_id="user_erase",
-        description="Erase the shopper everywhere (events, impressions, identity links and linked sessions, training "
-        "rows, traits, online state, user vector, cached slates, entries not yet consumed); the counts erased. "
-        "An unknown user is erased too: every count 0.",
-    )
-    def delete(self, request: Request, user_id: str) -> Response:
-        from graph_app.erasure import shopper_erase
-
-        user_id_validate(user_id)
-        return Response(shopper_erase(user_id=user_id).as_dict())

@@ -9,10 +9,10 @@ import orjson
 import pytest
 from scipy import sparse
 
-from graph_app.erasure import shopper_erase
 from graph_app.item_model import ItemModel, ItemModelSearch, item_model_fit, item_model_lists, item_model_search
 from graph_app.model_registry.models import ModelVersion
 from graph_app.training import Interactions, embeddings_train, holdout_split
+from operations.erasure import shopper_erase
 from personalization import redis_keys
 from tests.graph_app.tastes import two_tastes_create
 
