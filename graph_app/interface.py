@@ -1,13 +1,33 @@
-"""What the layers above may use of Graph (Sentry's cross-app service idea): keyword-only functions and plain data,
-never Graph's models or tables. Everything here is a re-export of the module that implements it.
+"""What other apps may use of Graph (Sentry's cross-app service idea): keyword-only functions and plain data, never
+Graph's models or tables. Most names are re-exports of the module that implements them; training and the
+neighbourhood refresh are imported when called, since they load numerical libraries that serving never needs.
 
-The model registry lives in Graph (`graph_app.model_registry`): Graph trains embeddings into it and Score trains
-and serves rankers and bandits from it. Its ORM-returning services (`model_version_create`, ...) are the control
-plane's (training, admin); serving reads through `model_versions_serving_rows` / `model_artifact_read`, no ORM.
+- The catalog: items in batches, the catalog's copy in Redis, reads for grids and pins, rule conditions matched
+  and counted (`graph_app.item_conditions`), the values a condition may name (`catalog_values`, a module of
+  keyword-only searches and checks).
+- Shoppers: created in bulk, their traits merged, their rows erased (the whole erasure is `operations.erasure`).
+- Training rows: the served slates that were reacted to, as the materialization stored them.
+- The model registry (`graph_app.model_registry`): Graph trains embeddings into it, Score trains and serves rankers
+  and bandits from it. Its ORM-returning services (`model_version_create`, ...) are the control plane's (training,
+  admin); serving reads through `model_versions_serving_rows` / `model_artifact_read`, no ORM.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from graph_app import catalog_values
+from graph_app.catalog_bulk import items_upsert_many
+from graph_app.erasure import ShopperRowsErased, erased_shopper_repr, shopper_rows_erase
+from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, SkewReport, feature_skew_check
+from graph_app.item_conditions import (
+    ItemCondition,
+    ItemCount,
+    item_ids_matching,
+    items_in_stock,
+    items_matching_count,
+    items_matching_estimate,
+)
 from graph_app.model_registry.models import ModelVersion
 from graph_app.model_registry.selectors import (
     ServingVersion,
@@ -27,15 +47,92 @@ from graph_app.model_registry.services import (
     models_serving_publish,
 )
 from graph_app.model_registry.serving import model_artifact_read, model_versions_serving_rows
+from graph_app.online import catalog_online_rebuild
+from graph_app.progress import Progress, progress_observed
+from graph_app.selectors import (
+    ItemCard,
+    ItemFacts,
+    ServedRow,
+    catalog_has_items,
+    item_attributes_unknown,
+    item_exists,
+    item_ids_in_stock,
+    item_titles,
+    items_facts,
+    items_popular_in_stock,
+    items_unknown,
+    shopper_ids_first,
+    slates_reacted_to,
+    slates_served_rows,
+)
+from graph_app.services import (
+    ITEM_BATCH_MAX,
+    EntityRef,
+    ItemInput,
+    content_projection,
+    shopper_traits_merge,
+    shoppers_create,
+)
+
+if TYPE_CHECKING:
+    from graph_app.neighbourhoods import NeighbourhoodsReport
+    from graph_app.training import TrainingReport
 
 # The registry's vocabularies (choices, not the model): kinds of model and states of a version.
 ModelKind = ModelVersion.Kind
 ModelState = ModelVersion.State
 
+
+def embeddings_train(*, search: bool | None = None) -> TrainingReport:
+    """Train the embeddings (and the item model, similar and user lists) and serve them if they pass the gate."""
+    from graph_app.training import embeddings_train as train
+
+    return train(search=search)
+
+
+def neighbourhoods_refresh() -> NeighbourhoodsReport:
+    """Recompute every item's knowledge-graph and co-occurrence neighbours."""
+    from graph_app.neighbourhoods import neighbourhoods_refresh as refresh
+
+    return refresh()
+
+
 __all__ = [
+    "DEFAULT_TOLERANCE",
+    "ITEM_BATCH_MAX",
+    "EntityRef",
+    "FeatureSkew",
+    "ItemCard",
+    "ItemCondition",
+    "ItemCount",
+    "ItemFacts",
+    "ItemInput",
     "ModelKind",
     "ModelState",
+    "Progress",
+    "ServedRow",
     "ServingVersion",
+    "ShopperRowsErased",
+    "SkewReport",
+    "catalog_has_items",
+    "catalog_online_rebuild",
+    "catalog_values",
+    "content_projection",
+    "embeddings_train",
+    "erased_shopper_repr",
+    "feature_skew_check",
+    "item_attributes_unknown",
+    "item_exists",
+    "item_ids_in_stock",
+    "item_ids_matching",
+    "item_titles",
+    "items_facts",
+    "items_in_stock",
+    "items_matching_count",
+    "items_matching_estimate",
+    "items_popular_in_stock",
+    "items_unknown",
+    "items_upsert_many",
     "model_artifact",
     "model_artifact_arrays",
     "model_artifact_read",
@@ -50,4 +147,12 @@ __all__ = [
     "model_versions_serving",
     "model_versions_serving_rows",
     "models_serving_publish",
+    "neighbourhoods_refresh",
+    "progress_observed",
+    "shopper_ids_first",
+    "shopper_rows_erase",
+    "shopper_traits_merge",
+    "shoppers_create",
+    "slates_reacted_to",
+    "slates_served_rows",
 ]

@@ -103,6 +103,14 @@ def shoppers_ensure(*, external_ids: set[str]) -> None:
             )
 
 
+def shoppers_create(*, traits_by_user: dict[str, dict[str, Any]]) -> None:
+    """Shoppers with these traits, in this order, in one statement; a shopper that exists is left as it is."""
+    Shopper.objects.bulk_create(
+        [Shopper(external_id=external_id, traits=traits) for external_id, traits in traits_by_user.items()],
+        ignore_conflicts=True,
+    )
+
+
 def shopper_traits_set(*, external_id: str, traits: dict[str, Any]) -> tuple[Shopper, bool]:
     """Replace a user's traits (what rule audiences match, e.g. age for compliance filters); serving reads them
     from Redis, written after commit."""

@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
 
-from graph_app.erasure import erased_shopper_repr
+from graph_app.interface import erased_shopper_repr
 from graph_app.models import Shopper
 from operations.erasure import shopper_erase
 

@@ -13,17 +13,17 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-from graph_app.erasure import shopper_rows_erase
+from graph_app.interface import shopper_rows_erase
 from personalization import redis_keys
 from personalization.live_updates import users_changed
-from signals_app.erasure import (
+from signals_app.interface import (
     linked_sessions_forget,
     shopper_log_erase,
     shopper_online_erase,
     shopper_online_keys,
     shopper_trace,
 )
-from surface_app.erasure import shopper_surface_keys, slates_forget
+from surface_app.interface import shopper_surface_keys, slates_forget
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db.models import Count, Q
 from django.utils import timezone
 
 from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_COLUMNS, retrieval_features
@@ -44,10 +43,11 @@ from graph_app.interface import (
     model_version_active,
     model_version_create,
     model_version_promote,
+    slates_reacted_to,
+    slates_served_rows,
 )
 from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
 from graph_app.item_model import ItemModel, item_model_fit, item_model_lists
-from graph_app.models import FeatureRow
 from graph_app.progress import Progress
 from graph_app.similar_lists import SCORE_DECIMALS as SIMILAR_DECIMALS
 from graph_app.similar_lists import SIMILAR_PER_ITEM, similar_lists_compute
@@ -139,20 +139,10 @@ class _Query:
 
 
 def _impression_queries(since: datetime) -> list[_Query]:
-    reacted = (
-        FeatureRow.objects.filter(served_at__gte=since)
-        .values("request_id")
-        .annotate(rows=Count("id"), positives=Count("id", filter=Q(clicked=True)))
-        .filter(rows__gte=2, positives__gte=1)
-        .order_by("-request_id")
-        .values_list("request_id", flat=True)[:IMPRESSION_QUERIES_MAX]
-    )
-    request_ids = list(reacted)
+    request_ids = slates_reacted_to(since=since, limit=IMPRESSION_QUERIES_MAX)
     if len(request_ids) < MIN_IMPRESSION_QUERIES:
         return []
-    by_request: dict[str, list[FeatureRow]] = defaultdict(list)
-    for row in FeatureRow.objects.filter(request_id__in=request_ids).order_by("request_id", "slot"):
-        by_request[row.request_id].append(row)
+    by_request = slates_served_rows(request_ids=request_ids)
     return [
         _Query(
             as_of=rows[0].served_at,

@@ -161,7 +161,7 @@ def segment_calls_ingest(*, calls: list[MappedCall], store_traits: bool) -> Segm
 def segment_traits_store(*, calls: list[MappedCall]) -> dict[str, dict[str, Any]]:
     """Merges the identify and group traits of the calls, in order, into each user's traits (one write per user);
     returns what was merged, by user."""
-    from graph_app.services import shopper_traits_merge
+    from graph_app.interface import shopper_traits_merge
 
     traits_by_user: dict[str, dict[str, Any]] = {}
     for call in calls:
