@@ -10,6 +10,8 @@ neighbourhood refresh are imported when called, since they load numerical librar
 - The model registry (`graph_app.model_registry`): Graph trains embeddings into it, Score trains and serves rankers
   and bandits from it. Its ORM-returning services (`model_version_create`, ...) are the control plane's (training,
   admin); serving reads through `model_versions_serving_rows` / `model_artifact_read`, no ORM.
+- The catalog queries of Score's retrieval sources: Graph's SQL (`graph_app.catalog_queries`), run by Score under
+  its own deadlines.
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ from typing import TYPE_CHECKING
 
 from graph_app import catalog_values
 from graph_app.catalog_bulk import items_upsert_many
+from graph_app.catalog_queries import (
+    CATEGORY_POPULAR_SQL,
+    FRESH_SQL,
+    IN_STOCK_FROM_CATALOG_SQL,
+    POPULAR_FROM_CATALOG_SQL,
+    SIMILAR_TO_ITEM_SQL,
+    SIMILAR_TO_RECENT_SQL,
+    USER_VECTOR_SQL,
+)
 from graph_app.erasure import ShopperRowsErased, erased_shopper_repr, shopper_rows_erase
 from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, SkewReport, feature_skew_check
 from graph_app.item_conditions import (
@@ -98,8 +109,15 @@ def neighbourhoods_refresh() -> NeighbourhoodsReport:
 
 
 __all__ = [
+    "CATEGORY_POPULAR_SQL",
     "DEFAULT_TOLERANCE",
+    "FRESH_SQL",
+    "IN_STOCK_FROM_CATALOG_SQL",
     "ITEM_BATCH_MAX",
+    "POPULAR_FROM_CATALOG_SQL",
+    "SIMILAR_TO_ITEM_SQL",
+    "SIMILAR_TO_RECENT_SQL",
+    "USER_VECTOR_SQL",
     "EntityRef",
     "FeatureSkew",
     "ItemCard",
