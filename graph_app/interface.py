@@ -6,7 +6,8 @@ neighbourhood refresh are imported when called, since they load numerical librar
   and counted (`graph_app.item_conditions`), the values a condition may name (`catalog_values`, a module of
   keyword-only searches and checks).
 - Shoppers: created in bulk, their traits merged, their rows erased (the whole erasure is `operations.erasure`).
-- Training rows: the served slates that were reacted to, as the materialization stored them.
+- Training rows: the served slates that were reacted to, as the materialization stored them, and how long after
+  serving it labels them (`LABEL_WINDOW`); the online/offline feature comparison of the skew checks.
 - The model registry (`graph_app.model_registry`): Graph trains embeddings into it, Score trains and serves rankers
   and bandits from it. Its ORM-returning services (`model_version_create`, ...) are the control plane's (training,
   admin); serving reads through `model_versions_serving_rows` / `model_artifact_read`, no ORM.
@@ -30,7 +31,8 @@ from graph_app.catalog_queries import (
     USER_VECTOR_SQL,
 )
 from graph_app.erasure import ShopperRowsErased, erased_shopper_repr, shopper_rows_erase
-from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, SkewReport, feature_skew_check
+from graph_app.features.materialize import LABEL_WINDOW
+from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, SkewReport, feature_skew_check, skew_compare
 from graph_app.item_conditions import (
     ItemCondition,
     ItemCount,
@@ -114,6 +116,7 @@ __all__ = [
     "FRESH_SQL",
     "IN_STOCK_FROM_CATALOG_SQL",
     "ITEM_BATCH_MAX",
+    "LABEL_WINDOW",
     "POPULAR_FROM_CATALOG_SQL",
     "SIMILAR_TO_ITEM_SQL",
     "SIMILAR_TO_RECENT_SQL",
@@ -171,6 +174,7 @@ __all__ = [
     "shopper_rows_erase",
     "shopper_traits_merge",
     "shoppers_create",
+    "skew_compare",
     "slates_reacted_to",
     "slates_served_rows",
 ]

@@ -24,8 +24,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from rules_admin.condition_widget import ConditionBuilderWidget
 from rules_admin.csv_io import BusinessRuleResource, FallbackListResource
 from rules_admin.selectors import placement_rules_in_order
-from surface_app import configuration
-from surface_app.conflicts import Conflict, RuleRef, placement_conflicts
+from surface_app.interface import Conflict, RuleRef, configuration, placement_conflicts
 from surface_app.models import FALLBACKS, BusinessRule, FallbackList, FrequencyCap, PinRule, Placement
 
 FALLBACK_STEPS = len(FALLBACKS)

@@ -3,7 +3,7 @@ from django.apps import AppConfig
 
 class ScoringAppConfig(AppConfig):
     name = "scoring_app"
-    verbose_name = "Score: retrieval, ranking and model versions"
+    verbose_name = "Score: retrieval, ranking and training"
 
     def ready(self) -> None:
         from personalization.scrape_collectors import scrape_collector_register

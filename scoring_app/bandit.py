@@ -25,8 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from graph_app.features.materialize import LABEL_WINDOW
-from graph_app.interface import model_artifact, model_version_active, model_version_publish
+from graph_app.interface import LABEL_WINDOW, model_artifact, model_version_active, model_version_publish
 from scoring_app.engine.bandit import (
     BANDIT,
     bandit_example,

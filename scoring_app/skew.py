@@ -12,8 +12,7 @@ import orjson
 from django.db import connection
 
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
-from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, skew_compare
-from graph_app.interface import item_ids_in_stock
+from graph_app.interface import DEFAULT_TOLERANCE, FeatureSkew, item_ids_in_stock, skew_compare
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from scoring_app.engine.retrieval import (
