@@ -38,37 +38,38 @@ from django.utils import timezone
 from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_COLUMNS, retrieval_features
 from graph_app.features.offline import FeatureRequest, features_offline, features_offline_sets
 from graph_app.interface import (
-    ModelKind,
-    model_artifact,
-    model_version_active,
-    model_version_create,
-    model_version_promote,
-    slates_reacted_to,
-    slates_served_rows,
-)
-from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
-from graph_app.item_model import ItemModel, item_model_fit, item_model_lists
-from graph_app.progress import Progress
-from graph_app.similar_lists import SCORE_DECIMALS as SIMILAR_DECIMALS
-from graph_app.similar_lists import SIMILAR_PER_ITEM, similar_lists_compute
-from graph_app.training import (
+    ITEM_MODEL_DECIMALS,
+    SIMILAR_DECIMALS,
+    SIMILAR_PER_ITEM,
     TOP_K,
+    USER_NEAREST_PER_USER,
     AlsSettings,
     Holdout,
     Interactions,
+    ItemModel,
+    ModelKind,
+    Progress,
     active_als_settings,
     active_item_model_regularization,
     als_fit,
     holdout_split,
     interactions_load,
     item_content_matrix,
+    item_model_fit,
+    item_model_lists,
     item_vectors_for,
+    model_artifact,
+    model_version_active,
+    model_version_create,
+    model_version_promote,
     popularity_scores,
     search_fit_users,
     seeded_sample,
+    similar_lists_compute,
+    slates_reacted_to,
+    slates_served_rows,
     top_k_items,
 )
-from graph_app.user_lists import USER_NEAREST_PER_USER
 from personalization.training_compute import training_threads_used
 from scoring_app.engine.ranking import ranker_compile_ahead, ranker_inputs, ranker_load
 from scoring_app.engine.retrieval import (
