@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 # RUN_ARGS: the command's options, e.g. make run RUN_ARGS="--port 9000". Ctrl-C exits 0: the command takes the
-# terminal's Ctrl-C for itself (personalization/startup.py), since make dies of any SIGINT it receives.
+# terminal's Ctrl-C for itself (operations/startup.py), since make dies of any SIGINT it receives.
 run: $(STAMP)
 	$(BIN)/python manage.py run_platform $(RUN_ARGS)
 

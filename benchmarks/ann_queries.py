@@ -33,6 +33,7 @@ def main() -> None:
     django_setup()
     from django.db import connection
 
+    from graph_app import catalog_queries
     from scoring_app.engine import retrieval
 
     settings_tried = [int(value) for value in args.ef_search.split(",")]
@@ -62,15 +63,15 @@ def main() -> None:
     recent = retrieval.RECENT_ITEMS_USED
     queries = {
         "user vector (120 rows)": (
-            retrieval._USER_VECTOR_SQL,
+            catalog_queries.USER_VECTOR_SQL,
             lambda index: {"user": users[index], "recent": [], "k": retrieval.USER_VECTOR_NEIGHBOURS + recent},
         ),
         "similar to recent items (100 rows)": (
-            retrieval._SIMILAR_TO_RECENT_SQL,
+            catalog_queries.SIMILAR_TO_RECENT_SQL,
             lambda index: {"recent": items[index : index + 5], "k": retrieval.SIMILAR_TO_RECENT_CACHED},
         ),
         "similar items (100 rows)": (
-            retrieval._SIMILAR_TO_ITEM_SQL,
+            catalog_queries.SIMILAR_TO_ITEM_SQL,
             lambda index: {"item": items[index], "k": retrieval.SIMILAR_ITEMS_CACHED},
         ),
     }

@@ -300,7 +300,7 @@ def setup() -> str:
     """Schema, a server key, a small catalog; returns the key."""
     from django.core.management import call_command
 
-    from personalization.bootstrap import platform_bootstrap
+    from operations.bootstrap import platform_bootstrap
     from personalization.services import api_key_create
 
     call_command("migrate", verbosity=0)

@@ -35,7 +35,7 @@ def main() -> None:
     from graph_app.features.definitions import FEATURE_NAMES
     from graph_app.features.online import catalog_facts_forget, features_fetch
     from graph_app.models import Item, Shopper
-    from personalization.bootstrap import platform_bootstrap
+    from operations.bootstrap import platform_bootstrap
 
     call_command("migrate", verbosity=0)
     platform_bootstrap()

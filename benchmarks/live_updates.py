@@ -242,7 +242,7 @@ def main() -> None:
     from django.db import connection
 
     from graph_app.models import Item, Shopper
-    from personalization.bootstrap import platform_bootstrap
+    from operations.bootstrap import platform_bootstrap
     from personalization.services import api_key_create
 
     call_command("migrate", verbosity=0)

@@ -321,12 +321,12 @@ def prepare_data(args: argparse.Namespace) -> dict[str, float]:
     from django.db import connection
 
     from benchmarks.embeddings_refresh import log_fill
+    from graph_app.model_registry.services import models_serving_publish
     from graph_app.neighbourhoods import neighbourhoods_refresh
     from graph_app.online import catalog_online_rebuild
     from graph_app.training import embeddings_train
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
-    from scoring_app.services import models_serving_publish
     from signals_app.popularity import popularity_refresh
 
     wanted = {"items": args.items, "users": args.users, "events": args.events}
@@ -382,9 +382,9 @@ def ranker_publish() -> str:
     """A LightGBM lambdarank of RANKER_TREES trees, labelled by each user's held-out latest history as scheduled
     training labels it without impressions (`scoring_app.training`), published without its quality gate."""
     from graph_app.features.definitions import FEATURE_NAMES
+    from graph_app.model_registry.services import model_version_publish
     from scoring_app import training
     from scoring_app.ranker import ranker_fit
-    from scoring_app.services import model_version_publish
 
     interactions = training.interactions_load()
     holdout = training.holdout_split(interactions)
@@ -398,8 +398,8 @@ def ranker_publish() -> str:
 
 
 def bandit_publish() -> str:
+    from graph_app.model_registry.services import model_version_publish
     from scoring_app.engine.bandit import bandit_model_dump, bandit_model_new
-    from scoring_app.services import model_version_publish
 
     return model_version_publish(kind="bandit", artifact=bandit_model_dump(bandit_model_new()), metrics={}).version
 

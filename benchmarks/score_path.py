@@ -53,12 +53,12 @@ def prepare(events: int, trees: int) -> tuple[str, list[str]]:
 
     from benchmarks.embeddings_refresh import log_fill
     from graph_app.features.definitions import FEATURE_NAMES
+    from graph_app.model_registry.services import model_version_publish, models_serving_publish
     from graph_app.neighbourhoods import neighbourhoods_refresh
     from graph_app.online import catalog_online_rebuild
     from graph_app.training import embeddings_train
     from scoring_app import training
     from scoring_app.ranker import ranker_fit
-    from scoring_app.services import model_version_publish, models_serving_publish
     from signals_app.popularity import popularity_refresh
     from signals_app.services import events_ingest
 
@@ -150,9 +150,9 @@ def in_process(user_keys: list[str], requests: int, *, cold: bool) -> dict[str, 
 def swap_under_load(user_keys: list[str], ranker_version: str) -> dict[str, object]:
     from django.conf import settings
 
+    from graph_app.model_registry.models import ModelVersion
+    from graph_app.model_registry.services import model_version_create, model_version_promote, models_serving_publish
     from personalization.services import api_key_create
-    from scoring_app.models import ModelVersion
-    from scoring_app.services import model_version_create, model_version_promote, models_serving_publish
 
     key = api_key_create(name="score benchmark").raw_key
     port = free_port()

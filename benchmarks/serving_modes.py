@@ -36,7 +36,7 @@ def main() -> None:
     from django.core.management import call_command
 
     from graph_app.models import Shopper
-    from personalization.bootstrap import platform_bootstrap
+    from operations.bootstrap import platform_bootstrap
     from personalization.services import api_key_create
 
     call_command("migrate", verbosity=0)

@@ -88,7 +88,7 @@ def ann_measure(items: int) -> dict[str, object]:
 
 
 def store_recall(queries: int) -> dict[str, object]:
-    """Serving's "user_vector" query (`scoring_app.engine.retrieval._USER_VECTOR_SQL`: in-stock items nearest a
+    """Serving's "user_vector" query (`scoring_app.engine.catalog_queries.USER_VECTOR_SQL`: in-stock items nearest a
     shopper's vector, USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED rows, the user's recent items left out after)
     through the items' vector index at the connection's settings (IVFFLAT_PROBES, relaxed iterative scan) against
     exact search, for a seeded sample of shoppers with a vector; the recent items are each user's latest distinct
@@ -99,8 +99,9 @@ def store_recall(queries: int) -> dict[str, object]:
     from django.conf import settings
     from django.db import connection
 
+    from graph_app.interface import USER_VECTOR_SQL
     from graph_app.item_vector_index import INDEX_NAME
-    from scoring_app.engine.retrieval import _USER_VECTOR_SQL, RECENT_ITEMS_USED, USER_VECTOR_NEIGHBOURS
+    from scoring_app.engine.retrieval import RECENT_ITEMS_USED, USER_VECTOR_NEIGHBOURS
 
     bare_sql = (  # similarity, as serving's query returns it
         "SELECT external_id, 1 - (embedding <=> (SELECT embedding FROM graph_app_shopper "
@@ -126,7 +127,7 @@ def store_recall(queries: int) -> dict[str, object]:
         limit = USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED
 
         def served(user: str) -> list[tuple[str, float]]:
-            cursor.execute(_USER_VECTOR_SQL, {"user": user, "recent": [], "k": limit})
+            cursor.execute(USER_VECTOR_SQL, {"user": user, "recent": [], "k": limit})
             left_out = set(recent.get(user, []))
             rows = [row for row in cursor.fetchall() if row[0] not in left_out]
             return sorted(rows, key=lambda row: row[1], reverse=True)[:10]

@@ -113,6 +113,8 @@ INSTALLED_APPS = [
     "scoring_app",
     "surface_app",
     "rules_admin",
+    # Above every layer: what drives several of them at once (first run, demo data, erasure, evaluation).
+    "operations",
 ]
 
 MIDDLEWARE = [

@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from graph_app.apis import ItemBatchDeleteApi, ItemBatchUpsertApi, ItemDetailApi, UserTraitsApi
+from graph_app.apis import ItemBatchDeleteApi, ItemBatchUpsertApi, ItemDetailApi
+from operations.apis import UserApi
 from personalization import views as platform_views
 from signals_app import segment_apis
 from signals_app.apis import EventIngestApi, IdentifyApi
@@ -24,7 +25,7 @@ api_v1 = [
         for name, view in segment_apis.SOURCE_CALL_APIS.items()
     ),
     path("users/<str:user_id>/identify", IdentifyApi.as_view(), name="user-identify"),
-    path("users/<str:user_id>", UserTraitsApi.as_view(), name="user-traits"),
+    path("users/<str:user_id>", UserApi.as_view(), name="user-traits"),
     path("recommendations", RecommendationsApi.as_view(), name="recommendations"),
     path("schema/", platform_views.ApiSchemaView.as_view(), name="schema"),
     path("docs/", platform_views.ApiDocsView.as_view(url_name="v1:schema"), name="docs"),

@@ -1,10 +1,8 @@
-from django.contrib import admin, messages
-from django.contrib.admin.models import DELETION, LogEntry
-from django.contrib.contenttypes.models import ContentType
+from django.contrib import admin
 from django.db.models import OuterRef, QuerySet, Subquery
 
-from graph_app.erasure import erased_shopper_repr, shopper_erase
-from graph_app.models import Entity, Item, ItemEntity, ItemNeighbour, ItemPopularity, Shopper
+from graph_app.model_registry import admin as _model_registry_admin  # noqa: F401  # registers ModelVersion
+from graph_app.models import Entity, Item, ItemEntity, ItemNeighbour, ItemPopularity
 from graph_app.services import EntityRef, ItemInput, item_delete, item_upsert
 
 
@@ -83,38 +81,6 @@ class ItemAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset) -> None:
         for item in queryset:
             item_delete(item=item)
-
-
-@admin.register(Shopper)
-class ShopperAdmin(admin.ModelAdmin):
-    list_display = ["external_id", "created_at", "updated_at"]
-    search_fields = ["external_id"]
-    readonly_fields = ["created_at", "updated_at"]
-    actions = ["erase"]
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        # Deleting the row alone would leave the shopper's events, state and vectors behind: erase instead.
-        return False
-
-    @admin.action(description="Erase the selected users everywhere (events, state, vectors...)", permissions=["erase"])
-    def erase(self, request, queryset) -> None:
-        content_type = ContentType.objects.get_for_model(Shopper)
-        for shopper_id, external_id in queryset.values_list("pk", "external_id"):
-            counts = shopper_erase(user_id=external_id).as_dict()
-            del counts["user_id"]
-            # Recorded in the console's history by row number and counts: the history does not name whom.
-            LogEntry.objects.create(
-                user_id=request.user.pk,
-                content_type=content_type,
-                object_id=str(shopper_id),
-                object_repr=erased_shopper_repr(shopper_id),
-                action_flag=DELETION,
-                change_message="Erased: " + ", ".join(f"{value} {name}" for name, value in counts.items()),
-            )
-            self.message_user(request, f"Erased {erased_shopper_repr(shopper_id)}: {counts}", messages.SUCCESS)
-
-    def has_erase_permission(self, request) -> bool:
-        return request.user.has_perm("graph_app.delete_shopper")
 
 
 @admin.register(Entity)

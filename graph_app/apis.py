@@ -23,6 +23,7 @@ from graph_app.services import (
     item_upsert,
 )
 from personalization.errors import ApplicationError, flatten_errors
+from personalization.live_updates import catalog_batch
 from personalization.models import ApiScope
 from personalization.validation import (
     EXTERNAL_ID_MAX_LENGTH,
@@ -33,7 +34,6 @@ from personalization.validation import (
     item_id_validate,
     user_id_validate,
 )
-from surface_app.services import shelves_catalog_batch
 
 T = TypeVar("T")
 LONE_SURROGATE = "Text must not hold a lone surrogate (an unpaired \\ud800-\\udfff escape)."
@@ -252,7 +252,7 @@ class ItemBatchUpsertApi(APIView):
         operation_id="items_batch_upsert",
         description="A duplicate item_id within one batch: the last row wins (each of its indexes reports it).",
     )
-    @shelves_catalog_batch()  # the live shelves hear of the whole batch in one message
+    @catalog_batch()  # the live shelves hear of the whole batch in one message
     def post(self, request: Request) -> Response:
         envelope = self.InputSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)
@@ -287,7 +287,7 @@ class ItemBatchUpsertApi(APIView):
         "attributes merge at the top level (a key set to null is removed). An item_id not in the catalog: status "
         '"missing"; an unknown field or a row naming none of the three: status "error".',
     )
-    @shelves_catalog_batch()
+    @catalog_batch()
     def patch(self, request: Request) -> Response:
         envelope = self.InputSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)
@@ -338,7 +338,7 @@ class ItemBatchDeleteApi(APIView):
         ),
         operation_id="items_batch_delete",
     )
-    @shelves_catalog_batch()
+    @catalog_batch()
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -351,19 +351,9 @@ USER_TRAITS_RESPONSE = inline_serializer(
 )
 
 
-ERASURE_COUNTS = (
-    "shoppers", "sessions", "events", "impressions", "bandit_decisions", "identity_links", "dead_letters",
-    "feature_rows", "stream_entries", "redis_keys", "cached_slates",
-)  # fmt: skip
-USER_ERASURE_RESPONSE = inline_serializer(
-    "UserErasure",
-    {"user_id": serializers.CharField(), **{name: serializers.IntegerField(min_value=0) for name in ERASURE_COUNTS}},
-)
-
-
 class UserTraitsApi(APIView):
     """`PUT /api/v1/users/{user_id}`: the user's traits (rule audiences and compliance filters match on them);
-    `DELETE`: the shopper erased everywhere (`graph_app.erasure`)."""
+    `DELETE`: the shopper erased everywhere (`operations.apis.UserApi`, which the URL serves)."""
 
     required_scope = ApiScope.SERVER  # traits such as an age gate compliance filters: never from a browser
 
@@ -387,17 +377,3 @@ class UserTraitsApi(APIView):
             {"user_id": user_id, "traits": data.validated_data["traits"]},
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
-
-    @extend_schema(
-        request=None,
-        responses={200: USER_ERASURE_RESPONSE},
-        operation_id="user_erase",
-        description="Erase the shopper everywhere (events, impressions, identity links and linked sessions, training "
-        "rows, traits, online state, user vector, cached slates, entries not yet consumed); the counts erased. "
-        "An unknown user is erased too: every count 0.",
-    )
-    def delete(self, request: Request, user_id: str) -> Response:
-        from graph_app.erasure import shopper_erase
-
-        user_id_validate(user_id)
-        return Response(shopper_erase(user_id=user_id).as_dict())

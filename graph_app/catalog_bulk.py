@@ -34,8 +34,8 @@ from graph_app.online import catalog_write, entity_keys, pack_static
 from graph_app.services import EntityRef, ItemInput, content_projection
 from personalization.cache import item_cache_invalidate_many
 from personalization.errors import ApplicationError
+from personalization.live_updates import catalog_changed
 from personalization.process_caches import process_cache
-from surface_app.services import shelves_catalog_changed
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class _CatalogChange:
         nearest = _neighbours_of(self.appeared) if len(self.appeared) <= NEIGHBOUR_LISTS_TOUCHED_MAX else []
         returned = [item_id for item_id in self.appeared if item_id not in self.created]
         item_cache_invalidate_many(item_keys=[*self.changed, *returned, *nearest], name="similar_items")
-        shelves_catalog_changed(changed=self.changed, appeared=self.appeared)
+        catalog_changed(changed=self.changed, appeared=self.appeared)
 
 
 # A write where at most this many items appeared (a merchant's edits, an import's small batches) marks stale the

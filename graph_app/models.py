@@ -2,6 +2,8 @@ from django.conf import settings
 from django.db import models
 from pgvector.django import IvfflatIndex, VectorField
 
+from graph_app.model_registry.models import ModelVersion  # noqa: F401  # registered with Graph's models
+
 
 class Item(models.Model):
     external_id = models.CharField(max_length=200, unique=True)

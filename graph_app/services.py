@@ -11,11 +11,11 @@ import orjson
 from django.db import connection, transaction
 
 from graph_app.embeddings import ItemContent, content_features, project, random_projection
+from graph_app.model_registry.models import ModelVersion
+from graph_app.model_registry.selectors import model_artifact_arrays, model_version_active
 from graph_app.models import Item, Shopper
 from personalization.errors import ApplicationError
 from personalization.validation import JsonLimitExceeded, json_limits_check
-from scoring_app.models import ModelVersion
-from scoring_app.selectors import model_artifact_arrays, model_version_active
 
 ITEM_BATCH_MAX = 1000
 
@@ -101,6 +101,14 @@ def shoppers_ensure(*, external_ids: set[str]) -> None:
                 "ON CONFLICT (external_id) DO NOTHING",
                 [sorted(external_ids)],
             )
+
+
+def shoppers_create(*, traits_by_user: dict[str, dict[str, Any]]) -> None:
+    """Shoppers with these traits, in this order, in one statement; a shopper that exists is left as it is."""
+    Shopper.objects.bulk_create(
+        [Shopper(external_id=external_id, traits=traits) for external_id, traits in traits_by_user.items()],
+        ignore_conflicts=True,
+    )
 
 
 def shopper_traits_set(*, external_id: str, traits: dict[str, Any]) -> tuple[Shopper, bool]:

@@ -30,14 +30,15 @@ from django.db import connection, transaction
 from graph_app.embeddings import ItemContent, content_features, feature_matrix, normalize_rows
 from graph_app.item_model import ItemModelSearch, item_model_fit, item_model_publish, item_model_search
 from graph_app.item_vector_index import item_vector_index_build, item_vector_index_drop
+from graph_app.model_registry.models import ModelVersion
+from graph_app.model_registry.selectors import model_version_active
+from graph_app.model_registry.services import model_version_create, model_version_register
 from graph_app.models import Item
 from graph_app.online import catalog_items_rebuild
 from graph_app.progress import Progress
 from graph_app.similar_lists import similar_lists_publish
 from graph_app.user_lists import FILTERED_SCORE, user_lists_publish
 from personalization.training_compute import training_threads, training_threads_used
-from scoring_app.models import ModelVersion
-from scoring_app.services import model_version_register
 from signals_app.event_types import BUILT_IN_EVENT_TYPES
 
 logger = logging.getLogger(__name__)
@@ -695,8 +696,6 @@ def item_vectors_for(factors: AlsFactors, content: Any = None) -> np.ndarray:
 
 
 def _active_settings() -> AlsSettings | None:
-    from scoring_app.selectors import model_version_active
-
     active = model_version_active(kind=ModelVersion.Kind.EMBEDDINGS)
     return AlsSettings.from_metrics(active.metrics) if active is not None else None
 
@@ -714,8 +713,6 @@ def _item_model_search(interactions: Interactions, holdout: Holdout, *, search: 
 
 def active_item_model_regularization() -> float | None:
     """The serving item model's λ (None before the first training, or when it serves no lists)."""
-    from scoring_app.selectors import model_version_active
-
     active = model_version_active(kind=ModelVersion.Kind.EMBEDDINGS)
     stored = active.metrics.get("item_model") if active is not None else None
     value = stored.get("regularization") if isinstance(stored, dict) else None
@@ -761,8 +758,6 @@ def embeddings_train(*, als: AlsSettings | None = None, search: bool | None = No
     }
     if not promoted:
         # Stored for staff to look at, never served: the active model (or popularity, without one) keeps serving.
-        from scoring_app.services import model_version_create
-
         buffer = io.BytesIO()
         np.savez_compressed(buffer, content_projection=projection)
         version = model_version_create(kind=ModelVersion.Kind.EMBEDDINGS, artifact=buffer.getvalue(), metrics=metrics)

@@ -20,6 +20,7 @@ from personalization.errors import error_body
 from personalization.exception_handler import SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS
 from personalization.models import ApiScope
 from personalization.redis_client import get_redis
+from personalization.scrape_collectors import scrape_collectors
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +97,7 @@ class ApiDocsView(_JsonErrors, SpectacularSwaggerSplitView):
 
 def _metrics_registry() -> Any:
     """This process's metrics, or every worker's when PROMETHEUS_MULTIPROC_DIR is set (gunicorn), plus the
-    collectors that read shared state (event streams) at scrape time."""
-    from scoring_app.model_metrics import ModelAgeCollector
-    from signals_app.stream_metrics import EventStreamCollector
-
+    collectors that read shared state (event streams, model ages) at scrape time (`scrape_collectors`)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         source: Any = CollectorRegistry()
         multiprocess.MultiProcessCollector(source)
@@ -109,7 +107,7 @@ def _metrics_registry() -> Any:
     class Combined:
         def collect(self) -> Iterator[Any]:
             yield from source.collect()
-            yield from EventStreamCollector().collect()
-            yield from ModelAgeCollector().collect()
+            for collector in scrape_collectors():
+                yield from collector.collect()
 
     return Combined()

@@ -17,5 +17,5 @@ class RulesAdminConfig(AppConfig):
     verbose_name = "Merchandiser console"
 
     def ready(self) -> None:
-        # The console is the last app: when its post_migrate runs, every app's permissions exist.
+        # The console is the last app with models: when its post_migrate runs, every app's permissions exist.
         post_migrate.connect(_roles_sync, sender=self, dispatch_uid="rules_admin.roles")

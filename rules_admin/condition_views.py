@@ -20,15 +20,18 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from surface_app.catalog_blocks import BLOCKABLE_FIELDS, blockable_values, catalog_value_block
-from surface_app.condition_checks import (
+from surface_app.interface import (
+    BLOCKABLE_FIELDS,
     LIVE_CHECK_BUDGET_MS,
+    ConditionError,
+    blockable_values,
+    catalog_value_block,
     condition_match_count,
     condition_suggestions,
     condition_value_problems,
+    conditions_parse,
 )
 from surface_app.models import Placement
-from surface_app.rules_compile import ConditionError, conditions_parse
 
 logger = logging.getLogger(__name__)
 

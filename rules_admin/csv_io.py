@@ -13,7 +13,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from import_export import fields, resources, widgets
 
-from surface_app import configuration
+from surface_app.interface import configuration
 from surface_app.models import BusinessRule, Placement
 
 LIST_SEPARATOR = ","

@@ -28,8 +28,8 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
+from graph_app.interface import model_versions_serving
 from personalization.views import _metrics_registry
-from scoring_app.models import ModelVersion
 
 # Attributed events may carry a client timestamp a little before the slate was logged as served.
 EVENT_CLOCK_SLACK = timedelta(days=1)
@@ -348,9 +348,7 @@ class ModelAge:
 def model_age_list(*, now: datetime | None = None) -> list[ModelAge]:
     """The serving model versions (active and canary, per kind) and how long ago each was trained."""
     now = now or timezone.now()
-    rows = ModelVersion.objects.filter(state__in=[ModelVersion.State.ACTIVE, ModelVersion.State.CANARY]).order_by(
-        "kind", "state"
-    )
+    rows = sorted(model_versions_serving(), key=lambda row: (row.kind, row.state))
     return [
         ModelAge(
             kind=row.kind,
@@ -360,5 +358,5 @@ def model_age_list(*, now: datetime | None = None) -> list[ModelAge]:
             age_seconds=(now - row.created_at).total_seconds(),
             canary_percent=row.canary_percent,
         )
-        for row in rows.only("kind", "version", "state", "created_at", "canary_percent")
+        for row in rows
     ]

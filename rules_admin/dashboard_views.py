@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from rules_admin import dashboard_charts as charts
 from rules_admin.dashboard_selectors import PlacementDay, model_age_list, placement_kpis_list, serving_metrics_read
-from surface_app.selectors import placement_names
+from surface_app.interface import placement_names
 
 WINDOWS = (7, 14, 30)
 DEFAULT_WINDOW = 14

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graph_app.selectors import item_titles
+from graph_app.interface import item_titles
 from personalization.candidates import Candidate
 from surface_app.preview import PreviewResult
 

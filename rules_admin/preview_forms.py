@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.http import QueryDict
 
 from rules_admin.condition_widget import ConditionBuilderWidget
-from surface_app.configuration import items_unknown, rule_validate
+from surface_app.interface import items_unknown, rule_validate
 from surface_app.models import BusinessRule, Placement
 
 MAX_RECENT_ITEMS = 20

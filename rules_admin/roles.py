@@ -21,7 +21,7 @@ MERCHANDISER_PERMISSIONS: list[tuple[str, str, tuple[str, ...]]] = [
     ("surface_app", "historicalbusinessrule", ("view",)),
     ("surface_app", "historicalfrequencycap", ("view",)),
     ("graph_app", "*", ("view",)),
-    ("scoring_app", "modelversion", ("view",)),
+    ("graph_app", "modelversion", ("view",)),
     ("signals_app", "impression", ("view",)),
     ("signals_app", "event", ("view",)),
     ("signals_app", "customeventtype", ("view",)),
@@ -29,7 +29,7 @@ MERCHANDISER_PERMISSIONS: list[tuple[str, str, tuple[str, ...]]] = [
 ADMINISTRATOR_PERMISSIONS: list[tuple[str, str, tuple[str, ...]]] = [
     *MERCHANDISER_PERMISSIONS,
     ("personalization", "apikey", ALL),
-    ("scoring_app", "modelversion", ALL),
+    ("graph_app", "modelversion", ALL),
     ("django_celery_beat", "*", ALL),
     ("signals_app", "customeventtype", ALL),
     ("signals_app", "deadletter", ALL),

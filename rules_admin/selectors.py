@@ -9,7 +9,7 @@ from datetime import datetime
 from django.db.models import Q
 from django.utils import timezone
 
-from surface_app.conflicts import Conflict, conflicts_by_defeated_rule
+from surface_app.interface import Conflict, conflicts_by_defeated_rule
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 
 # The order serving applies them in (see `surface_app.serving.rules`): filters, boosts / buries, diversity, pins,

@@ -12,7 +12,7 @@ from django.http import HttpRequest
 SECTION_ORDER = [
     ("surface_app", ["Placement", "BusinessRule", "PinRule", "FrequencyCap", "FallbackList"]),
     ("rules_admin", []),
-    ("scoring_app", ["ModelVersion"]),
+    ("models", ["ModelVersion"]),  # the model registry's versions (Graph's), a section of their own
     ("django_celery_beat", ["PeriodicTask", "IntervalSchedule", "CrontabSchedule", "ClockedSchedule", "SolarSchedule"]),
     ("signals_app", ["CustomEventType", "DeadLetter", "Event", "IdentityLink"]),
     ("graph_app", []),
@@ -26,6 +26,22 @@ def _position(order: list[str], name: str) -> tuple[int, str]:
     return (order.index(name) if name in order else len(order), name)
 
 
+def _model_versions_apart(apps: list[dict[str, Any]]) -> None:
+    """Model versions get their own "Models" section: staff look for them beside the rules, not in the catalog's
+    section of the app that stores them (Graph)."""
+    for app in apps:
+        if app["app_label"] != "graph_app":
+            continue
+        versions = [model for model in app["models"] if model["object_name"] == "ModelVersion"]
+        if versions:
+            app["models"].remove(versions[0])
+            apps.append({"name": "Models", "app_label": "models", "app_url": app["app_url"],
+                         "has_module_perms": True, "models": versions})  # fmt: skip
+            if not app["models"]:
+                apps.remove(app)
+        return
+
+
 class ConsoleSite(admin.AdminSite):
     site_header = "Personalization console"
     site_title = "Personalization console"
@@ -35,6 +51,7 @@ class ConsoleSite(admin.AdminSite):
         apps = super().get_app_list(request, app_label)
         if app_label is None:
             tools = self._console_tools(request)
+            _model_versions_apart(apps)
             if tools:
                 apps.insert(0, {"name": "Console", "app_label": "console", "app_url": "", "has_module_perms": True,
                                 "models": tools})  # fmt: skip

@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from graph_app.features.materialize import LABEL_WINDOW
+from graph_app.interface import LABEL_WINDOW, model_artifact, model_version_active, model_version_publish
 from scoring_app.engine.bandit import (
     BANDIT,
     bandit_example,
@@ -34,8 +34,6 @@ from scoring_app.engine.bandit import (
     bandit_model_new,
     bandit_pmf,
 )
-from scoring_app.selectors import model_artifact, model_version_active
-from scoring_app.services import model_version_publish
 from signals_app.models import BanditDecision, Event, Impression
 
 logger = logging.getLogger(__name__)

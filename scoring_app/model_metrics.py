@@ -13,7 +13,7 @@ from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scoring_app.models import ModelVersion
+from graph_app.interface import ModelState, model_versions_serving
 
 
 class ModelAgeCollector(Collector):
@@ -26,16 +26,12 @@ class ModelAgeCollector(Collector):
         )
         now = timezone.now()
         try:
-            rows = list(
-                ModelVersion.objects.filter(
-                    state__in=[ModelVersion.State.ACTIVE, ModelVersion.State.CANARY]
-                ).values_list("kind", "state", "version", "created_at")
-            )
+            rows = model_versions_serving()
         except DatabaseError:
             return  # readyz reports the database
-        for kind, state, version, created_at in rows:
-            versions.add_metric([kind, state], {"version": version})
-            if state == ModelVersion.State.ACTIVE:
-                age.add_metric([kind], (now - created_at).total_seconds())
+        for row in rows:
+            versions.add_metric([row.kind, row.state], {"version": row.version})
+            if row.state == ModelState.ACTIVE:
+                age.add_metric([row.kind], (now - row.created_at).total_seconds())
         yield age
         yield versions

@@ -12,7 +12,7 @@ import orjson
 from django.db import connection
 
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
-from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, skew_compare
+from graph_app.interface import DEFAULT_TOLERANCE, FeatureSkew, item_ids_in_stock, skew_compare
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from scoring_app.engine.retrieval import (
@@ -63,9 +63,7 @@ def _history(user_key: str) -> tuple[list[str], set[str]]:
 
 
 def _in_stock() -> set[str]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT external_id FROM graph_app_item WHERE in_stock ORDER BY 1")
-        return {row[0] for row in cursor.fetchall()}
+    return item_ids_in_stock()
 
 
 def _sample(users: int, seed: str) -> list[str]:

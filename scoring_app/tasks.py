@@ -14,7 +14,7 @@ def ranker_train_task() -> dict[str, object]:
 @shared_task(name="scoring.models_serving_publish")
 def models_serving_publish_task() -> dict[str, object]:
     """Re-publish the registry's serving snapshot to Redis (heals a Redis restart); idempotent."""
-    from scoring_app.services import models_serving_publish
+    from graph_app.interface import models_serving_publish
 
     return models_serving_publish()
 

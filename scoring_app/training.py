@@ -33,35 +33,43 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db.models import Count, Q
 from django.utils import timezone
 
 from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_COLUMNS, retrieval_features
 from graph_app.features.offline import FeatureRequest, features_offline, features_offline_sets
-from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
-from graph_app.item_model import ItemModel, item_model_fit, item_model_lists
-from graph_app.models import FeatureRow
-from graph_app.progress import Progress
-from graph_app.similar_lists import SCORE_DECIMALS as SIMILAR_DECIMALS
-from graph_app.similar_lists import SIMILAR_PER_ITEM, similar_lists_compute
-from graph_app.training import (
+from graph_app.interface import (
+    ITEM_MODEL_DECIMALS,
+    SIMILAR_DECIMALS,
+    SIMILAR_PER_ITEM,
     TOP_K,
+    USER_NEAREST_PER_USER,
     AlsSettings,
     Holdout,
     Interactions,
+    ItemModel,
+    ModelKind,
+    Progress,
     active_als_settings,
     active_item_model_regularization,
     als_fit,
     holdout_split,
     interactions_load,
     item_content_matrix,
+    item_model_fit,
+    item_model_lists,
     item_vectors_for,
+    model_artifact,
+    model_version_active,
+    model_version_create,
+    model_version_promote,
     popularity_scores,
     search_fit_users,
     seeded_sample,
+    similar_lists_compute,
+    slates_reacted_to,
+    slates_served_rows,
     top_k_items,
 )
-from graph_app.user_lists import USER_NEAREST_PER_USER
 from personalization.training_compute import training_threads_used
 from scoring_app.engine.ranking import ranker_compile_ahead, ranker_inputs, ranker_load
 from scoring_app.engine.retrieval import (
@@ -71,10 +79,7 @@ from scoring_app.engine.retrieval import (
     item_model_rows,
     similar_rows,
 )
-from scoring_app.models import ModelVersion
 from scoring_app.ranker import RankingData, ranker_fit
-from scoring_app.selectors import model_artifact, model_version_active
-from scoring_app.services import model_version_create, model_version_promote
 
 logger = logging.getLogger(__name__)
 
@@ -135,20 +140,10 @@ class _Query:
 
 
 def _impression_queries(since: datetime) -> list[_Query]:
-    reacted = (
-        FeatureRow.objects.filter(served_at__gte=since)
-        .values("request_id")
-        .annotate(rows=Count("id"), positives=Count("id", filter=Q(clicked=True)))
-        .filter(rows__gte=2, positives__gte=1)
-        .order_by("-request_id")
-        .values_list("request_id", flat=True)[:IMPRESSION_QUERIES_MAX]
-    )
-    request_ids = list(reacted)
+    request_ids = slates_reacted_to(since=since, limit=IMPRESSION_QUERIES_MAX)
     if len(request_ids) < MIN_IMPRESSION_QUERIES:
         return []
-    by_request: dict[str, list[FeatureRow]] = defaultdict(list)
-    for row in FeatureRow.objects.filter(request_id__in=request_ids).order_by("request_id", "slot"):
-        by_request[row.request_id].append(row)
+    by_request = slates_served_rows(request_ids=request_ids)
     return [
         _Query(
             as_of=rows[0].served_at,
@@ -516,15 +511,16 @@ def _ranker_search(
     return best[1], best[2], tried
 
 
-def _active_scores(queries: HoldoutQueries) -> tuple[ModelVersion | None, np.ndarray | None]:
-    active = model_version_active(kind=ModelVersion.Kind.RANKER)
+def _active_scores(queries: HoldoutQueries) -> tuple[str | None, np.ndarray | None]:
+    """The active ranker's version and its scores of the gate's queries (None, None before the first one)."""
+    active = model_version_active(kind=ModelKind.RANKER)
     if active is None:
         return None, None
     ranker = ranker_load(model_artifact(version=active.version))
     from graph_app.features.online import FeatureMatrix
 
     matrix = FeatureMatrix(item_ids=[""] * len(queries.values), values=queries.values.copy())
-    return active, np.asarray(ranker.booster.predict(ranker_inputs(ranker, matrix), num_threads=1))
+    return active.version, np.asarray(ranker.booster.predict(ranker_inputs(ranker, matrix), num_threads=1))
 
 
 def _not_trained(label_source: str, queries: int, started: float, reason: str) -> RankerTrainingReport:
@@ -608,7 +604,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     )
     new_ndcg = slate_ndcg(gate, _predict(booster, gate.values))
     baseline = popularity_ndcg(gate, interactions.item_ids)
-    active, active_scores = _active_scores(gate)
+    active_version, active_scores = _active_scores(gate)
     active_ndcg = slate_ndcg(gate, active_scores) if active_scores is not None else None
     retrieval_order = -np.nan_to_num(gate.values[:, FEATURE_NAMES.index("retrieval_user_vector_log_rank")], nan=99.0)
     promoted = new_ndcg > baseline + 1e-9 and (active_ndcg is None or new_ndcg >= active_ndcg - 1e-9)
@@ -621,7 +617,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
         "passed": promoted,
     }
     model_version = model_version_create(
-        kind=ModelVersion.Kind.RANKER,
+        kind=ModelKind.RANKER,
         artifact=booster.model_to_string().encode(),  # type: ignore[attr-defined]
         metrics={
             "label_source": label_source,
@@ -633,7 +629,7 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
             "gate": gate_figures,
             "holdout": {"ndcg@10": round(new_ndcg, 6), "queries": len(gate.users)},
             "holdout_popularity_baseline": {"ndcg@10": round(baseline, 6)},
-            "active_version": active.version if active else None,
+            "active_version": active_version,
             "active_holdout": None if active_ndcg is None else {"ndcg@10": round(active_ndcg, 6)},
             "feature_importance_gain": dict(
                 zip(FEATURE_NAMES, (round(float(v), 3) for v in booster.feature_importance("gain")), strict=True)  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT.parent / "shared" / "data" / "online-retail" / "online-retail.csv.gz"
-TARGET = ROOT / "graph_app" / "demo_data" / "online_retail_sample.csv.gz"
+TARGET = ROOT / "operations" / "demo_data" / "online_retail_sample.csv.gz"
 ITEMS_KEPT = 600
 CUSTOMERS_KEPT = 500
 SEED = 7

@@ -20,11 +20,11 @@ from rest_framework.views import APIView
 from personalization.access import user_key_of
 from personalization.authentication import shopper_binding_check
 from personalization.errors import ApplicationError
+from personalization.live_updates import users_changed, users_changed_queue
 from personalization.models import ApiScope
 from personalization.validation import JsonObjectField, StrictCharField, json_limits_check, user_id_namespace_check
 from signals_app.identity import identity_link
 from signals_app.services import EVENT_BATCH_MAX, EVENT_BODY_MAX_BYTES, events_ingest
-from surface_app.services import shelves_notify, shelves_refresh_queue
 
 
 @extend_schema_serializer(component_name="Event")
@@ -189,7 +189,7 @@ class EventIngestApi(APIView):
     def post(self, request: Request) -> Response:
         raw_events = _event_list(parse_json_body(request, max_bytes=EVENT_BODY_MAX_BYTES))
         shopper_binding_check(request, user_keys=_event_user_keys(raw_events))
-        report = events_ingest(raw_events=raw_events, on_users_changed=shelves_refresh_queue)
+        report = events_ingest(raw_events=raw_events, on_users_changed=users_changed_queue)
         return Response(
             {
                 "accepted": report.accepted,
@@ -260,7 +260,7 @@ class IdentifyApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         result = identity_link(user_id=user_id, session_id=serializer.validated_data["session_id"])
-        shelves_notify(user_keys={user_id})
+        users_changed(user_keys={user_id})
         return Response(
             {"user_id": result.user_id, "session_id": result.session_id, "merged_items": result.merged_items}
         )

@@ -32,6 +32,7 @@ from rest_framework.views import APIView
 
 from personalization.authentication import ApiKeyAuthentication, api_key_client, basic_write_key
 from personalization.errors import ApplicationError
+from personalization.live_updates import users_changed
 from personalization.models import ApiScope
 from personalization.services import ApiClient
 from personalization.validation import JsonObjectField
@@ -47,7 +48,6 @@ from signals_app.segment import (
     segment_report,
 )
 from signals_app.services import EVENT_BATCH_MAX, IngestIncomplete, events_ingest
-from surface_app.services import shelves_notify
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def segment_calls_ingest(*, calls: list[MappedCall], store_traits: bool) -> Segm
             identity_link(user_id=user_id, session_id=session_id)
             linked_users.add(user_id)
     traits_by_user = segment_traits_store(calls=calls) if store_traits else {}
-    shelves_notify(user_keys={event.user_key for event in accepted_events} | linked_users | set(traits_by_user))
+    users_changed(user_keys={event.user_key for event in accepted_events} | linked_users | set(traits_by_user))
     logger.info(
         "signals.segment_ingested",
         extra={
@@ -161,7 +161,7 @@ def segment_calls_ingest(*, calls: list[MappedCall], store_traits: bool) -> Segm
 def segment_traits_store(*, calls: list[MappedCall]) -> dict[str, dict[str, Any]]:
     """Merges the identify and group traits of the calls, in order, into each user's traits (one write per user);
     returns what was merged, by user."""
-    from graph_app.services import shopper_traits_merge
+    from graph_app.interface import shopper_traits_merge
 
     traits_by_user: dict[str, dict[str, Any]] = {}
     for call in calls:

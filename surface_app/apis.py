@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from graph_app.selectors import item_exists
+from graph_app.interface import item_exists
 from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace, user_key_of
 from personalization.authentication import shopper_binding_check
 from personalization.models import ApiScope

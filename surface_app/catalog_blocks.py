@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import OperationalError
 
-from graph_app import catalog_values
+from graph_app.interface import catalog_values
 from surface_app import configuration
 from surface_app.condition_checks import query_cancelled, statement_timeout
 from surface_app.models import BusinessRule, Placement

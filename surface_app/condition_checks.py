@@ -11,12 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import OperationalError, connection, transaction
-from django.db.models import Count, Max, Min, Q
 from psycopg.errors import QueryCanceled
 
-from graph_app import catalog_values
-from graph_app.models import Item
-from surface_app.rules_compile import item_condition_q
+from graph_app.interface import catalog_values, items_matching_count, items_matching_estimate
 from surface_app.serving.rules import Condition
 
 # An exact count gets this long (a scan of a million items can take longer); then a sample estimates it.
@@ -84,38 +81,19 @@ def condition_match_count(*, conditions: tuple[Condition, ...], budget_ms: int =
     else estimated from a sample (`condition_match_estimate`). No condition matches every item."""
     try:
         with statement_timeout(budget_ms):
-            total = Item.objects.count()
-            matches = Item.objects.filter(item_condition_q(conditions)).count() if conditions else total
+            counted = items_matching_count(conditions=conditions)
     except OperationalError as error:
         if not query_cancelled(error):
             raise
         return condition_match_estimate(conditions=conditions)
-    return MatchCount(matches=matches, total=total)
+    return MatchCount(matches=counted.matches, total=counted.total)
 
 
 def condition_match_estimate(*, conditions: tuple[Condition, ...]) -> MatchCount:
-    """An estimate for a big catalog from `SAMPLE_IDS` ids in stretches spread evenly over the id range (the primary
-    key's index: a bounded read): the share of the sampled items that match, and the catalog's size from how densely
-    the sampled ids are used. A catalog within the sample's size is counted whole, exactly."""
-    bounds = Item.objects.aggregate(low=Min("pk"), high=Max("pk"))
-    if bounds["low"] is None:
-        return MatchCount(matches=0, total=0)
-    low, span = bounds["low"], bounds["high"] - bounds["low"] + 1
-    matching = item_condition_q(conditions) if conditions else Q()
-    if span <= SAMPLE_IDS:
-        counted = Item.objects.aggregate(seen=Count("pk"), matching=Count("pk", filter=matching))
-        return MatchCount(matches=counted["matching"], total=counted["seen"])
-    width = SAMPLE_IDS // SAMPLE_STRETCHES
-    step = span / SAMPLE_STRETCHES  # at least `width`: the stretches do not overlap
-    sample = Q()
-    for stretch in range(SAMPLE_STRETCHES):
-        start = low + int(stretch * step)
-        sample |= Q(pk__gte=start, pk__lt=start + width)
-    counted = Item.objects.filter(sample).aggregate(seen=Count("pk"), matching=Count("pk", filter=matching))
-    if not counted["seen"]:
-        return MatchCount(matches=0, total=0, estimated=True)
-    total = round(counted["seen"] * span / (width * SAMPLE_STRETCHES))
-    return MatchCount(matches=round(total * counted["matching"] / counted["seen"]), total=total, estimated=True)
+    """An estimate for a big catalog from `SAMPLE_IDS` ids in stretches spread evenly over the id range (Graph's
+    `items_matching_estimate`); a catalog within the sample's size is counted whole, exactly."""
+    counted = items_matching_estimate(conditions=conditions, sample_ids=SAMPLE_IDS, stretches=SAMPLE_STRETCHES)
+    return MatchCount(matches=counted.matches, total=counted.total, estimated=counted.estimated)
 
 
 def _values(condition: Condition) -> list[Any]:

@@ -14,7 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Model, Q
 
-from graph_app.models import Item
+from graph_app.interface import item_attributes_unknown
+from graph_app.interface import items_unknown as graph_items_unknown
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from surface_app.condition_checks import condition_value_problems
@@ -47,7 +48,7 @@ def _attributes_unknown(conditions: Any) -> list[str]:
     names = sorted(
         {condition.field.split(".")[1] for condition in conditions if condition.field.startswith("attributes.")}
     )
-    return [name for name in names if not Item.objects.filter(attributes__has_key=name).exists()]
+    return item_attributes_unknown(names=names)
 
 
 def _window_text(rule: BusinessRule) -> str:
@@ -132,8 +133,7 @@ def rule_validate(*, rule: BusinessRule) -> None:
 
 def items_unknown(*, item_ids: list[str]) -> list[str]:
     """Which of these item ids the catalog does not have (for default lists and pins, named back to the user)."""
-    known = set(Item.objects.filter(external_id__in=item_ids).values_list("external_id", flat=True))
-    return [item_id for item_id in item_ids if item_id not in known]
+    return graph_items_unknown(item_ids=item_ids)
 
 
 def cap_validate(*, cap: FrequencyCap) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from django.db.models import Q
 from django.utils import timezone
 
-from graph_app.selectors import item_get_with_entities
+from graph_app.interface import items_facts
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.rules_compile import ConditionError, rule_compile
 from surface_app.serving.caps import SCOPE_CATEGORY, SCOPE_ENTITY, SCOPE_ITEM, CapSpec
@@ -374,15 +374,10 @@ def conflicts_find(
 
 
 def _pinned_items(item_ids: set[str]) -> dict[str, PinnedItem]:
-    found: dict[str, PinnedItem] = {}
-    for item in item_get_with_entities().filter(external_id__in=item_ids):
-        entities = tuple(
-            f"{link.entity.kind}:{link.entity.external_id}"
-            for link in item.entity_links.all()
-            if link.entity.kind != "category"
-        )
-        found[item.external_id] = PinnedItem(item.external_id, item.title, item.category, entities, item.in_stock)
-    return found
+    return {
+        item_id: PinnedItem(facts.item_id, facts.title, facts.category, facts.entities, facts.in_stock)
+        for item_id, facts in items_facts(item_ids=item_ids).items()
+    }
 
 
 def _cap_spec(cap: FrequencyCap) -> CapSpec:

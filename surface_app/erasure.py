@@ -1,5 +1,5 @@
 """Erasure of a shopper's Surface state (control plane): its frequency caps, its last slates and the slates kept
-for attribution (`graph_app.erasure` orchestrates)."""
+for attribution (`operations.erasure` orchestrates)."""
 
 from __future__ import annotations
 

@@ -12,12 +12,11 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 
-from graph_app.models import Item, ItemEntity
+from graph_app.interface import item_ids_matching, items_in_stock
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.serving.caps import CapSpec
 from surface_app.serving.rules import OPERATORS, CompiledRule, Condition, PlacementConfig, RulesSnapshot
 
-_LOOKUPS = {"eq": "exact", "in": "in", "lt": "lt", "lte": "lte", "gt": "gt", "gte": "gte", "contains": "icontains"}
 ITEM_FIELDS = ("category", "price", "brand", "title", "in_stock")
 
 
@@ -49,36 +48,10 @@ def conditions_parse(raw: Any, *, prefix: str = "") -> tuple[Condition, ...]:
     return tuple(parsed)
 
 
-def _item_q(condition: Condition) -> Q:
-    if condition.field == "brand":
-        brands = ItemEntity.objects.filter(entity__kind="brand")
-        if condition.op in ("eq", "ne"):
-            matching = brands.filter(entity__external_id=condition.value)
-        elif condition.op == "in":
-            matching = brands.filter(entity__external_id__in=condition.value)
-        else:
-            matching = brands.filter(**{f"entity__external_id__{_LOOKUPS[condition.op]}": condition.value})
-        q = Q(pk__in=matching.values("item_id"))
-    else:
-        path = condition.field.replace(".", "__")
-        lookup = "exact" if condition.op == "ne" else _LOOKUPS[condition.op]
-        q = Q(**{f"{path}__{lookup}": condition.value})
-    return ~q if condition.op == "ne" else q
-
-
-def item_condition_q(conditions: tuple[Condition, ...]) -> Q:
-    """The catalog items the conditions match (all must hold), as a filter on `Item`: what serving's sets are built
-    from, and what the console counts."""
-    query = Q()
-    for condition in conditions:
-        query &= _item_q(condition)
-    return query
-
-
 def item_matches(conditions: tuple[Condition, ...]) -> frozenset[str] | None:
     if not conditions:
         return None
-    return frozenset(Item.objects.filter(item_condition_q(conditions)).values_list("external_id", flat=True))
+    return item_ids_matching(conditions=conditions)
 
 
 def _caps(rows: list[FrequencyCap]) -> tuple[tuple[CapSpec, ...], int]:
@@ -153,9 +126,7 @@ def rules_snapshot_build() -> RulesSnapshot:
             continue  # the console refuses these; one saved before a validation change must not stop serving
         if rule.kind == BusinessRule.Kind.PIN:
             pinned.update(str(item_id) for item_id in rule.item_ids or ())
-    pinnable = frozenset(
-        Item.objects.filter(external_id__in=pinned, in_stock=True).values_list("external_id", flat=True)
-    )
+    pinnable = items_in_stock(item_ids=pinned)
     return RulesSnapshot(
         version=b"", placements=placements, rules=tuple(compiled), pinnable=pinnable, global_caps=global_specs,
         global_cooldown_seconds=global_cooldown,

@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from graph_app.interface import ItemCard, items_popular_in_stock, shopper_ids_first
 
-from django.db.models import F, OuterRef, Subquery
-
-from graph_app.models import Item, ItemPopularity, Shopper
-
-
-@dataclass(frozen=True)
-class StorefrontProduct:
-    item_id: str
-    title: str
-    category: str
-    price: str | None
+# The storefront's grid shows Graph's item cards as they are.
+StorefrontProduct = ItemCard
 
 
 def storefront_products(*, limit: int) -> list[StorefrontProduct]:
     """The first products of the catalog's grid: in stock, the most popular first."""
-    score = ItemPopularity.objects.filter(item_id=OuterRef("external_id")).values("score")[:1]
-    rows = (
-        Item.objects.filter(in_stock=True)
-        .annotate(popularity=Subquery(score))
-        .order_by(F("popularity").desc(nulls_last=True), "external_id")
-        .values_list("external_id", "title", "category", "price")[:limit]
-    )
-    return [
-        StorefrontProduct(item_id, title, category, None if price is None else f"{price:.2f}")
-        for item_id, title, category, price in rows
-    ]
+    return items_popular_in_stock(limit=limit)
 
 
 def storefront_users(*, limit: int) -> list[str]:
-    return list(Shopper.objects.order_by("external_id").values_list("external_id", flat=True)[:limit])
+    return shopper_ids_first(limit=limit)
 
 
 def placement_names() -> set[str]:

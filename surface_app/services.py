@@ -13,16 +13,16 @@ The channel layer is channels_redis's pub/sub layer, where a group send is one R
 are synchronous (web workers, Celery, the admin), so instead of running an event loop (about 2 ms) they PUBLISH
 the serialized message themselves. The ingest path queues its PUBLISH on the Redis pipeline it already sends: the
 notification of a user's events costs no round trip.
+
+Graph and Signal do not call this module: they publish on `personalization.live_updates`, to which `ready()`
+subscribes the two `*_receive` functions below.
 """
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from personalization import redis_keys
 from personalization.cache import item_cache_invalidate
+from personalization.live_updates import CatalogChanged, UsersChanged
 from personalization.redis_client import get_control_redis, get_redis
 
 logger = logging.getLogger(__name__)
@@ -95,28 +96,12 @@ def _publish(*, group: str, message: dict[str, Any], what: str) -> None:
         logger.warning("surface.shelves_notify_failed", extra={"what": what, "error": str(error)})
 
 
-@dataclass
-class _CatalogChanges:
-    changed: set[str] = field(default_factory=set)
-    appeared: set[str] = field(default_factory=set)
-
-
-_catalog_batch: contextvars.ContextVar[_CatalogChanges | None] = contextvars.ContextVar(
-    "shelves_catalog_batch", default=None
-)
-
-
 def shelves_catalog_changed(*, changed: Iterable[str] = (), appeared: Iterable[str] = ()) -> None:
     """Items were updated or deleted (`changed`), or created or back in stock (`appeared`): every shelf showing one
     of them is served again, and every shelf that might now show an appeared one. Call after commit. Inside
-    `shelves_catalog_batch()` the changes are collected and sent as one message when it ends."""
+    `personalization.live_updates.catalog_batch()` the publisher's changes arrive here once, when it ends."""
     changed, appeared = set(changed), set(appeared)
     if not (changed or appeared):
-        return
-    batch = _catalog_batch.get()
-    if batch is not None:
-        batch.changed |= changed
-        batch.appeared |= appeared
         return
     # Rules compile their item conditions into item sets: serving rebuilds its snapshot (no shelf is told to
     # re-serve for that: the catalog message below does it for the shelves concerned).
@@ -135,20 +120,16 @@ def shelves_catalog_changed(*, changed: Iterable[str] = (), appeared: Iterable[s
     _publish(group=SHELVES_ALL_GROUP, message=message, what="catalog")
 
 
-@contextmanager
-def shelves_catalog_batch() -> Iterator[None]:
-    """Coalesce the catalog changes made inside (a batch upsert of 1,000 items) into one message at the end."""
-    if _catalog_batch.get() is not None:  # nested: the outer batch sends
-        yield
-        return
-    batch = _CatalogChanges()
-    token = _catalog_batch.set(batch)
-    try:
-        yield
-    finally:
-        _catalog_batch.reset(token)
-        # Also after an error: what committed before it must reach the shelves.
-        shelves_catalog_changed(changed=batch.changed, appeared=batch.appeared)
+def users_changed_receive(message: UsersChanged) -> None:
+    """Graph and Signal publish users' changes (`personalization.live_updates`); subscribed in `ready()`."""
+    if message.pipeline is not None:
+        shelves_refresh_queue(message.pipeline, message.user_keys)
+    else:
+        shelves_notify(user_keys=set(message.user_keys))
+
+
+def catalog_changed_receive(message: CatalogChanged) -> None:
+    shelves_catalog_changed(changed=message.changed, appeared=message.appeared)
 
 
 def shelves_placement_changed(*, placement: str | None, version: bytes | None = None) -> None:

@@ -23,6 +23,7 @@ import orjson
 import redis
 from django.db import connection
 
+from graph_app.interface import model_artifact_read, model_versions_serving_rows
 from personalization import redis_keys
 from personalization.process_caches import process_cache
 
@@ -141,13 +142,7 @@ def _check_database_later(kind: str, *, has_model: bool) -> None:
 
 
 def _snapshot_from_database(kind: str) -> bytes | None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT state, version, canary_percent FROM scoring_app_modelversion "
-            "WHERE kind = %s AND state IN ('active', 'canary')",
-            [kind],
-        )
-        rows = cursor.fetchall()
+    rows = model_versions_serving_rows(kind=kind)
     snapshot: dict[str, object] = {"active": None, "canary": None, "canary_percent": 0}
     for state, version, percent in rows:
         snapshot[state] = version
@@ -181,12 +176,10 @@ def _model(kind: str, version: str | None) -> ServingModel | None:
     known = _loaded.get(version)
     if known is not None:
         return known
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT artifact FROM scoring_app_modelversion WHERE version = %s", [version])
-        row = cursor.fetchone()
-    if row is None:
+    artifact = model_artifact_read(version=version)
+    if artifact is None:
         return None
-    loaded = ServingModel(version, _loaders[kind](bytes(row[0])))
+    loaded = ServingModel(version, _loaders[kind](artifact))
     with _lock:
         _loaded[version] = loaded
         while len(_loaded) > LOADED_VERSIONS_KEPT * max(1, len(_loaders)):

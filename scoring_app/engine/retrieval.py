@@ -38,6 +38,15 @@ from redis.exceptions import NoScriptError, RedisError
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
 from graph_app.features.online import catalog_facts_read, catalog_stock_kept
 from graph_app.features.user_affinity import affinity_decode
+from graph_app.interface import (
+    CATEGORY_POPULAR_SQL,
+    FRESH_SQL,
+    IN_STOCK_FROM_CATALOG_SQL,
+    POPULAR_FROM_CATALOG_SQL,
+    SIMILAR_TO_ITEM_SQL,
+    SIMILAR_TO_RECENT_SQL,
+    USER_VECTOR_SQL,
+)
 from graph_app.item_vector_index import VectorIndexRebuilding, item_vector_index_serving
 from graph_app.neighbourhoods_online import (
     Neighbour,
@@ -263,24 +272,6 @@ def user_state_fetch(
     return state
 
 
-_SIMILAR_TO_RECENT_SQL = """
-SELECT external_id, 1 - (embedding <=> (SELECT avg(embedding) FROM graph_app_item
-                                        WHERE external_id = ANY(%(recent)s) AND embedding IS NOT NULL))
-FROM graph_app_item
-WHERE in_stock AND embedding IS NOT NULL AND NOT (external_id = ANY(%(recent)s))
-ORDER BY embedding <=> (SELECT avg(embedding) FROM graph_app_item
-                        WHERE external_id = ANY(%(recent)s) AND embedding IS NOT NULL)
-LIMIT %(k)s
-"""
-_POPULAR_FROM_CATALOG_SQL = """
-SELECT p.item_id, p.score FROM graph_app_itempopularity p JOIN graph_app_item i ON i.external_id = p.item_id
-WHERE i.in_stock ORDER BY p.score DESC LIMIT %(k)s
-"""
-# Without enough popular items (a platform before its first refresh), in-stock items make up the shelf.
-_IN_STOCK_FROM_CATALOG_SQL = """
-SELECT external_id, 0.0 FROM graph_app_item
-WHERE in_stock AND NOT (external_id = ANY(%(known)s)) ORDER BY external_id LIMIT %(k)s
-"""
 # The neighbours of a user's recent items are cached this long, keyed by those items and the model: a new event
 # changes the key instead of needing an invalidation. Stock changes show up within the TTL.
 SIMILAR_TO_RECENT_CACHE_SECONDS = 120
@@ -329,14 +320,14 @@ def _sorted_rows(sql: str, params: dict[str, Any]) -> list[tuple[str, float]]:
 def similar_to_recent_rows(recent_items: Sequence[str]) -> list[tuple[str, float]]:
     """The pgvector query behind the "similar" source when the newest recent item has no list, uncached (the skew
     check recomputes it)."""
-    return _sorted_rows(_SIMILAR_TO_RECENT_SQL, {"recent": list(recent_items), "k": SIMILAR_TO_RECENT_CACHED})
+    return _sorted_rows(SIMILAR_TO_RECENT_SQL, {"recent": list(recent_items), "k": SIMILAR_TO_RECENT_CACHED})
 
 
 def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
     """Items nearest the mean embedding of the user's recent items (pgvector's index), through a user-keyed cache."""
     return _neighbours_cached(
         state, name="similar_to_recent", version=_similar_version(state), ttl_seconds=SIMILAR_TO_RECENT_CACHE_SECONDS,
-        sql=_SIMILAR_TO_RECENT_SQL, params={"recent": state.recent_items, "k": SIMILAR_TO_RECENT_CACHED},
+        sql=SIMILAR_TO_RECENT_SQL, params={"recent": state.recent_items, "k": SIMILAR_TO_RECENT_CACHED},
         rows=state.prefetched.similar_to_recent_rows, stored=state.prefetched.similar_to_recent,
     )  # fmt: skip
 
@@ -374,22 +365,6 @@ def _graph_candidates(state: UserState) -> dict[str, Candidate]:
     return dict(sorted(best.items(), key=lambda pair: pair[1].score, reverse=True))
 
 
-_USER_VECTOR_SQL = """
-SELECT external_id, 1 - (embedding <=> (SELECT embedding FROM graph_app_shopper WHERE external_id = %(user)s))
-FROM graph_app_item
-WHERE in_stock AND embedding IS NOT NULL AND NOT (external_id = ANY(%(recent)s))
-ORDER BY embedding <=> (SELECT embedding FROM graph_app_shopper WHERE external_id = %(user)s)
-LIMIT %(k)s
-"""
-_CATEGORY_POPULAR_SQL = """
-SELECT p.item_id, p.score FROM graph_app_itempopularity p JOIN graph_app_item i ON i.external_id = p.item_id
-WHERE p.category = %(category)s AND i.category = %(category)s AND i.in_stock AND p.score > 0
-ORDER BY p.score DESC LIMIT %(k)s
-"""
-_FRESH_SQL = """
-SELECT external_id, extract(epoch FROM created_at)::float8 FROM graph_app_item
-WHERE in_stock AND created_at > now() - make_interval(days => %(days)s) ORDER BY created_at DESC LIMIT %(k)s
-"""
 # Shared lists (a category's best sellers, the newest items) change slowly and are the same for every user:
 # served stale-while-revalidate from an item-keyed cache, one rebuild at a time.
 SHARED_LIST_FRESH_SECONDS = 60
@@ -431,7 +406,7 @@ def _user_vector_neighbours(state: UserState) -> list[tuple[str, float]]:
         return listed
     return _neighbours_cached(
         state, name="user_vector", version=_user_vector_version(state), ttl_seconds=USER_VECTOR_CACHE_SECONDS,
-        sql=_USER_VECTOR_SQL,
+        sql=USER_VECTOR_SQL,
         params={"user": state.user_key, "recent": [], "k": USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED},
         rows=state.prefetched.user_vector_rows, stored=state.prefetched.user_vector,
     )  # fmt: skip
@@ -494,7 +469,7 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
     chosen: list[Candidate] = []
     for category in state.favourite_categories:
         rows = _shared_list(
-            f"category:{category}", "popular_in_category", _CATEGORY_POPULAR_SQL,
+            f"category:{category}", "popular_in_category", CATEGORY_POPULAR_SQL,
             {"category": category, "k": CATEGORY_POPULAR_PER_CATEGORY},
             state.prefetched.category_rows.get(category),
         )  # fmt: skip
@@ -509,7 +484,7 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
 
 def _fresh_source(state: UserState) -> list[Candidate]:
     rows = _shared_list(
-        "catalog", "fresh_items", _FRESH_SQL, {"days": FRESH_WITHIN_DAYS, "k": FRESH_ITEMS},
+        "catalog", "fresh_items", FRESH_SQL, {"days": FRESH_WITHIN_DAYS, "k": FRESH_ITEMS},
         state.prefetched.fresh_rows,
     )  # fmt: skip
     newest = max((created for _, created in rows), default=0.0)
@@ -991,9 +966,9 @@ def _merge(state: UserState, results: dict[str, list[Candidate]]) -> list[Candid
 
 def _catalog_popular(state: UserState, limit: int) -> list[Candidate]:
     """Redis is down: the popularity PostgreSQL keeps (refreshed every few minutes)."""
-    rows = _rows(_POPULAR_FROM_CATALOG_SQL, {"k": limit})
+    rows = _rows(POPULAR_FROM_CATALOG_SQL, {"k": limit})
     if len(rows) < limit:
-        rows += _rows(_IN_STOCK_FROM_CATALOG_SQL, {"k": limit - len(rows), "known": [item for item, _ in rows]})
+        rows += _rows(IN_STOCK_FROM_CATALOG_SQL, {"k": limit - len(rows), "known": [item for item, _ in rows]})
     top = max((score for _, score in rows), default=0.0) or 1.0
     return [
         Candidate(item_id, round(score / top, 6), "popular", "Popular right now", ("popular",))
@@ -1073,15 +1048,6 @@ def candidates_retrieve(
         return CandidateSet(fallback[:limit], []), degraded
 
 
-_SIMILAR_TO_ITEM_SQL = """
-SELECT external_id, 1 - (embedding <=> (SELECT embedding FROM graph_app_item WHERE external_id = %(item)s))
-FROM graph_app_item
-WHERE in_stock AND embedding IS NOT NULL AND external_id <> %(item)s
-ORDER BY embedding <=> (SELECT embedding FROM graph_app_item WHERE external_id = %(item)s)
-LIMIT %(k)s
-"""
-
-
 # An item's nearest neighbours change only with the catalog and the model: served stale-while-revalidate.
 SIMILAR_ITEMS_FRESH_SECONDS = 300
 SIMILAR_ITEMS_STALE_SECONDS = 86400
@@ -1090,7 +1056,7 @@ SIMILAR_ITEMS_CACHED = 100
 
 def _similar_items_query(item_id: str) -> list[tuple[str, float]]:
     with connection.cursor() as cursor:
-        cursor.execute(_SIMILAR_TO_ITEM_SQL, {"item": item_id, "k": SIMILAR_ITEMS_CACHED})
+        cursor.execute(SIMILAR_TO_ITEM_SQL, {"item": item_id, "k": SIMILAR_ITEMS_CACHED})
         rows = [(other_id, float(score)) for other_id, score in cursor.fetchall() if score is not None]
     rows.sort(key=lambda row: row[1], reverse=True)
     return rows

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from graph_app.demo import DEMO_SAMPLE, demo_data_load
 from graph_app.models import Entity, Item, Shopper
+from operations.demo import DEMO_SAMPLE, demo_data_load
 from signals_app.models import Event
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""Erasure of a shopper (`graph_app.erasure`, `DELETE /api/v1/users/{user_id}`): a shopper with history in every
+"""Erasure of a shopper (`operations.erasure`, `DELETE /api/v1/users/{user_id}`): a shopper with history in every
 store is erased, then nothing anywhere names it, the shelf is the non-personal one and a new event starts afresh."""
 
 from __future__ import annotations

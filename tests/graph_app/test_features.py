@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from graph_app.demo import DEMO_SAMPLE, demo_data_load
 from graph_app.features.definitions import FEATURE_INDEX, FEATURE_NAMES
 from graph_app.features.offline import FeatureRequest, features_offline
 from graph_app.features.online import catalog_facts_forget, catalog_stock_kept, features_fetch
 from graph_app.features.skew import feature_skew_check
+from operations.demo import DEMO_SAMPLE, demo_data_load
 from personalization import redis_keys
 from personalization.redis_client import get_redis
 from signals_app.consumer import events_drain_all

@@ -9,11 +9,11 @@ import orjson
 import pytest
 from scipy import sparse
 
-from graph_app.erasure import shopper_erase
 from graph_app.item_model import ItemModel, ItemModelSearch, item_model_fit, item_model_lists, item_model_search
+from graph_app.model_registry.models import ModelVersion
 from graph_app.training import Interactions, embeddings_train, holdout_split
+from operations.erasure import shopper_erase
 from personalization import redis_keys
-from scoring_app.models import ModelVersion
 from tests.graph_app.tastes import two_tastes_create
 
 pytestmark = pytest.mark.django_db
@@ -148,7 +148,7 @@ def test_the_console_shows_the_versions_item_model_and_its_gate(two_tastes, admi
     version = ModelVersion.objects.get(version=report.model_version)
     found = version.metrics["item_model"]
 
-    page = admin_client.get(f"/admin/scoring_app/modelversion/{version.pk}/change/")
+    page = admin_client.get(f"/admin/graph_app/modelversion/{version.pk}/change/")
 
     assert page.status_code == 200
     gate = found["gate"]

@@ -16,8 +16,8 @@ from graph_app.neighbourhoods_online import (
     neighbours_queue,
 )
 from graph_app.tasks import neighbourhoods_refresh_task
+from operations.bootstrap import DEFAULT_SCHEDULES
 from personalization import redis_keys
-from personalization.bootstrap import DEFAULT_SCHEDULES
 from tests.factories import EntityFactory, EventFactory, ItemEntityFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db

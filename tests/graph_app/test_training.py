@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from graph_app.model_registry.models import ModelVersion
 from graph_app.models import Item, Shopper
 from graph_app.training import (
     TOP_K,
@@ -16,7 +17,6 @@ from graph_app.training import (
     top_k_items,
 )
 from personalization import redis_keys
-from scoring_app.models import ModelVersion
 from tests.factories import EventFactory, ItemFactory
 from tests.graph_app.tastes import two_tastes_create
 

@@ -9,9 +9,9 @@ from django.db import connection
 
 from graph_app import training
 from graph_app.item_vector_index import INDEX_NAME
+from graph_app.model_registry.models import ModelVersion
 from graph_app.models import Item, Shopper
 from graph_app.training import embeddings_train
-from scoring_app.models import ModelVersion
 from tests.graph_app.tastes import two_tastes_create
 
 # Outside a transaction, as training runs: the index is dropped and built CONCURRENTLY.

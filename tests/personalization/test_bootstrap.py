@@ -4,9 +4,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django_celery_beat.models import PeriodicTask
 
-from personalization.bootstrap import ADMIN_USERNAME, platform_bootstrap
+from graph_app.model_registry.models import ModelVersion
+from operations.bootstrap import ADMIN_USERNAME, platform_bootstrap
 from personalization.services import api_key_verify
-from scoring_app.models import ModelVersion
 from tests.factories import EventFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db

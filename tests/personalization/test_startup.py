@@ -16,8 +16,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from graph_app.progress import Progress
-from personalization import startup
-from personalization.bootstrap import (
+from operations import startup
+from operations.bootstrap import (
     BOOTSTRAP_STEPS,
     DEFAULT_SCHEDULES,
     SECONDS_SCHEDULES,

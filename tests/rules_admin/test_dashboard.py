@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from graph_app.model_registry.models import ModelVersion
 from rules_admin import dashboard_selectors
 from rules_admin.dashboard_charts import format_percent, line_chart, nice_ceiling
 from rules_admin.dashboard_selectors import (
@@ -26,7 +27,6 @@ from rules_admin.dashboard_selectors import (
     placement_kpis_list,
     serving_metrics_read,
 )
-from scoring_app.models import ModelVersion
 from signals_app.models import Impression
 from surface_app.serving import slates
 from tests.factories import EventFactory, ItemFactory

@@ -9,8 +9,8 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 
+from graph_app.model_registry.models import ModelVersion
 from rules_admin.roles import ADMINISTRATOR, MERCHANDISER, roles_sync
-from scoring_app.models import ModelVersion
 from surface_app.models import BusinessRule
 from tests.rules_admin.console_users import console_user, rule_form
 
@@ -31,7 +31,7 @@ EVERY_CONSOLE_USER = [
     "admin:surface_app_pinrule_changelist",
     "admin:surface_app_frequencycap_add",
     "admin:surface_app_fallbacklist_changelist",
-    "admin:scoring_app_modelversion_changelist",
+    "admin:graph_app_modelversion_changelist",
     "admin:graph_app_item_changelist",
 ]
 
@@ -54,16 +54,16 @@ def test_the_migration_created_both_groups_and_syncing_again_changes_nothing():
         "surface_app.change_fallbacklist",
         "surface_app.delete_frequencycap",
         "graph_app.view_item",
-        "scoring_app.view_modelversion",
+        "graph_app.view_modelversion",
     } <= merchandiser
     assert not {p for p in merchandiser if p.startswith(("personalization.", "django_celery_beat."))}
-    assert "scoring_app.change_modelversion" not in merchandiser
+    assert "graph_app.change_modelversion" not in merchandiser
     assert merchandiser < administrator
     assert "surface_app.publish_rule" in administrator and "surface_app.publish_rule" not in merchandiser
     assert {
         "personalization.add_apikey",
         "django_celery_beat.change_periodictask",
-        "scoring_app.change_modelversion",
+        "graph_app.change_modelversion",
         "signals_app.delete_deadletter",
         "signals_app.add_customeventtype",
         "axes.delete_accessattempt",
@@ -103,7 +103,7 @@ def _version(state: str, version: str) -> ModelVersion:
 def test_model_version_actions_need_the_change_permission(merchandiser_client, administrator_client):
     _version("active", "v1")
     candidate = _version("candidate", "v2")
-    url = reverse("admin:scoring_app_modelversion_changelist")
+    url = reverse("admin:graph_app_modelversion_changelist")
     promote = {"action": "promote", "_selected_action": [candidate.pk]}
 
     merchandiser_page = merchandiser_client.get(url)
@@ -127,7 +127,7 @@ def test_the_index_lists_merchandising_first_then_models_and_schedules(administr
 
     # The console's own pages first, then merchandising.
     assert tools == ["Block a category or brand", "Dashboard", "Preview and explain"]
-    assert labels[:4] == ["console", "surface_app", "scoring_app", "django_celery_beat"]
+    assert labels[:4] == ["console", "surface_app", "models", "django_celery_beat"]
     assert surface == ["Placement", "BusinessRule", "PinRule", "FrequencyCap", "FallbackList"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import connection
 
 from graph_app.models import Item
-from scoring_app.evaluation.scratch import SCRATCH_SUFFIX
+from operations.evaluation.scratch import SCRATCH_SUFFIX
 from signals_app.models import Event
 
 

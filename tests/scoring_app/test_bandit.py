@@ -9,6 +9,8 @@ import orjson
 import pytest
 
 from graph_app.features.online import features_fetch
+from graph_app.model_registry.models import ModelVersion
+from graph_app.model_registry.services import model_version_publish, models_serving_publish
 from graph_app.online import catalog_entities_publish
 from personalization import redis_keys
 from personalization.candidates import Candidate
@@ -34,8 +36,6 @@ from scoring_app.engine.bandit import (
     exploration_window,
     shared_features,
 )
-from scoring_app.models import ModelVersion
-from scoring_app.services import model_version_publish, models_serving_publish
 from scoring_app.tasks import bandit_learn_task
 from signals_app.consumer import events_drain_all
 from signals_app.models import BanditDecision, Impression
@@ -350,7 +350,7 @@ def test_bandit_learn_continues_from_the_active_model():
 def test_the_learner_is_scheduled_every_minute():
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-    from personalization.bootstrap import schedules_install_defaults
+    from operations.bootstrap import schedules_install_defaults
 
     schedules_install_defaults()
 

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
-from scoring_app.evaluation.metrics import top_k_metrics
-from scoring_app.evaluation.movielens import DEFAULT_GENRES, movielens_load
+from operations.evaluation.metrics import top_k_metrics
+from operations.evaluation.movielens import DEFAULT_GENRES, movielens_load
 from tests.scoring_app.scratch_checks import assert_live_stores_untouched
 
 MOVIELENS_100K = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ml-100k"
@@ -23,7 +23,7 @@ METRICS = {"MAP", "nDCG@10", "Precision@10", "Recall@10"}
 
 
 def test_stratified_split_matches_the_reference_draws_and_rounding():
-    from scoring_app.evaluation.split import stratified_split
+    from operations.evaluation.split import stratified_split
 
     # np.random.seed(42) draws, in row order: .3745 .9507 .7320 .5987 | .1560 .1560 | .0581 |
     # .8662 .6011 .7081 .0206 .9699 .8324. Group a (4 rows): round(3) = 3 to train, its highest draw (row 1) is
@@ -37,7 +37,7 @@ def test_stratified_split_matches_the_reference_draws_and_rounding():
 
 
 def test_stratified_folds_spread_every_group_over_the_folds():
-    from scoring_app.evaluation.split import stratified_folds
+    from operations.evaluation.split import stratified_folds
 
     groups = np.array(["a"] * 4 + ["b"] * 2 + ["c"] + ["d"] * 6)
 
@@ -145,7 +145,7 @@ def test_command_refuses_the_live_redis_database(tmp_path):
 
 @pytest.mark.skipif(not (MOVIELENS_100K / "u.data").exists(), reason="MovieLens 100K is not in ../shared/data")
 def test_split_counts_on_movielens_100k():
-    from scoring_app.evaluation.split import stratified_split
+    from operations.evaluation.split import stratified_split
 
     data = movielens_load(folder=MOVIELENS_100K)
 

@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from scoring_app.evaluation.replay import (
+from operations.evaluation.replay import (
     RETAIL_COLUMNS,
     Baselines,
     Basket,
@@ -105,7 +105,7 @@ def test_reading_keeps_clean_purchases_in_time_order(tmp_path):
 
 
 def test_reading_a_missing_file_names_it(tmp_path):
-    from scoring_app.evaluation.replay import ReplayError
+    from operations.evaluation.replay import ReplayError
 
     with pytest.raises(ReplayError, match="no such file"):
         purchases_read(path=tmp_path / "absent.csv.gz")

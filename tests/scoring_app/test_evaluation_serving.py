@@ -4,8 +4,8 @@ import math
 
 from django.conf import settings
 
+from operations.evaluation.serving import serving_without_deadlines
 from personalization.redis_client import CONTROL_SOCKET_TIMEOUT_SECONDS, get_redis
-from scoring_app.evaluation.serving import serving_without_deadlines
 
 
 def _connection_timeout() -> float:

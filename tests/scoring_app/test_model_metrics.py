@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scoring_app.models import ModelVersion
-from scoring_app.services import model_version_canary, model_version_create, model_version_publish
+from graph_app.model_registry.models import ModelVersion
+from graph_app.model_registry.services import model_version_canary, model_version_create, model_version_publish
 
 pytestmark = pytest.mark.django_db
 KIND = ModelVersion.Kind.RANKER

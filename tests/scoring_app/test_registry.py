@@ -8,11 +8,8 @@ import orjson
 import pytest
 from django.core.exceptions import ValidationError
 
-from personalization import redis_keys
-from personalization.process_caches import process_caches_reset
-from scoring_app.engine import registry
-from scoring_app.models import ModelVersion
-from scoring_app.services import (
+from graph_app.model_registry.models import ModelVersion
+from graph_app.model_registry.services import (
     model_version_canary,
     model_version_create,
     model_version_promote,
@@ -20,6 +17,9 @@ from scoring_app.services import (
     model_version_retire,
     model_version_rollback,
 )
+from personalization import redis_keys
+from personalization.process_caches import process_caches_reset
+from scoring_app.engine import registry
 
 pytestmark = pytest.mark.django_db
 KIND = ModelVersion.Kind.RANKER
@@ -146,7 +146,7 @@ def test_without_a_snapshot_in_redis_the_active_version_comes_from_the_database(
 
 
 def test_retired_versions_beyond_the_kept_number_are_deleted(monkeypatch):
-    from scoring_app import services
+    from graph_app.model_registry import services
 
     monkeypatch.setattr(services, "RETIRED_VERSIONS_KEPT", 2)
     versions = [model_version_publish(kind=KIND, artifact=str(n).encode(), metrics={}).version for n in range(5)]

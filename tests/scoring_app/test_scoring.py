@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
+from graph_app.model_registry.models import ModelVersion
+from graph_app.model_registry.services import model_version_canary, model_version_create, model_version_publish
 from graph_app.training import embeddings_train
 from personalization.process_caches import process_caches_reset
 from scoring_app.engine.bandit import bandit_model_dump, bandit_model_new
-from scoring_app.models import ModelVersion
-from scoring_app.services import model_version_canary, model_version_create, model_version_publish
 from scoring_app.training import ranker_train
 from signals_app.services import events_ingest
 from tests.scoring_app.shop import shop_build

@@ -11,10 +11,10 @@ import pytest
 from django.utils import timezone
 
 from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_FEATURE_NAMES
+from graph_app.model_registry.models import ModelVersion
 from graph_app.models import FeatureRow
 from graph_app.training import embeddings_train, holdout_split, interactions_load
 from scoring_app import training
-from scoring_app.models import ModelVersion
 from scoring_app.ranker import RankingData, ranking_metrics
 from scoring_app.tasks import ranker_train_task
 from tests.scoring_app.shop import item_ids, shop_build

@@ -126,7 +126,7 @@ def test_an_entry_is_dead_lettered_after_max_tries_actually_made(clean_redis, se
 
 
 def test_an_erased_shoppers_entry_out_of_tries_is_dropped_not_dead_lettered(clean_redis, settings):
-    from graph_app.erasure import shopper_erase
+    from operations.erasure import shopper_erase
     from signals_app import consumer
 
     settings.EVENT_PARTITIONS = 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from graph_app.erasure import shopper_erase
 from graph_app.models import Shopper
+from operations.erasure import shopper_erase
 from personalization import redis_keys
 from signals_app import consumer
 from signals_app.models import Event, IdentityLink

@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from graph_app.models import Shopper
-from personalization.bootstrap import DEFAULT_SCHEDULES
+from operations.bootstrap import DEFAULT_SCHEDULES
 from signals_app.log import (
     IMPRESSION_DAYS_AHEAD,
     IMPRESSION_LOG,

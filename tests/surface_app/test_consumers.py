@@ -12,16 +12,12 @@ from django.conf import settings
 from config.asgi import application
 from graph_app.services import ItemInput, item_upsert
 from personalization import redis_keys
+from personalization.live_updates import catalog_batch
 from personalization.process_caches import process_caches_reset
 from personalization.services import api_key_create
 from signals_app.services import events_ingest
 from surface_app.models import BusinessRule, Placement
-from surface_app.services import (
-    SHELVES_ALL_GROUP,
-    shelves_catalog_batch,
-    shelves_notify,
-    shelves_placement_changed,
-)
+from surface_app.services import SHELVES_ALL_GROUP, shelves_notify, shelves_placement_changed
 from surface_app.serving.slates import CONFIG_VERSION_KEY
 from tests.factories import ItemFactory
 
@@ -265,7 +261,7 @@ async def test_a_batch_of_catalog_changes_is_one_message(clean_redis):
 
     def batch() -> None:
         ItemFactory(external_id="a")
-        with shelves_catalog_batch():
+        with catalog_batch():
             for name in ("x", "y", "z"):
                 _upsert(name)
             _upsert("a", price="19.99")

@@ -391,8 +391,8 @@ def trained_shop(django_capture_on_commit_callbacks, clean_redis):
 
 def bandit_publish(clean_redis) -> None:
     """An untrained bandit (it learned nothing: a uniform PMF), serving."""
+    from graph_app.model_registry.services import model_version_publish
     from scoring_app.engine.bandit import bandit_model_dump, bandit_model_new
-    from scoring_app.services import model_version_publish
 
     model_version_publish(kind="bandit", artifact=bandit_model_dump(bandit_model_new()), metrics={})
     process_caches_reset(

@@ -38,8 +38,8 @@ import numpy as np
 import orjson
 from scipy import sparse
 
-from scoring_app.evaluation.metrics import TOP_K, top_k_metrics
-from scoring_app.evaluation.serving import serving_without_deadlines
+from operations.evaluation.metrics import TOP_K, top_k_metrics
+from operations.evaluation.serving import serving_without_deadlines
 
 Progress = Callable[[str], None]
 
@@ -329,7 +329,7 @@ def history_load(*, client: Any, events: list[dict[str, Any]], progress: Progres
 
 def events_drain_until_empty() -> dict[str, int]:
     """Write the event streams to the log, as the `events` workers do, until nothing is left to read."""
-    from signals_app.consumer import DrainReport, events_drain_all
+    from signals_app.interface import DrainReport, events_drain_all
 
     total = DrainReport()
     while True:
@@ -508,8 +508,8 @@ def _own_item_share(served: Mapping[str, Sequence[str]], split: ReplaySplit) -> 
 
 def replay_run(*, purchases: list[Purchase], config: ReplayConfig, progress: Progress) -> dict[str, Any]:
     """The whole protocol; call it inside `scratch_stores` (it loads, trains and serves for real)."""
-    from scoring_app.training_chain import training_chain_run
-    from surface_app.configuration import surface_defaults_install
+    from scoring_app.interface import training_chain_run
+    from surface_app.interface import surface_defaults_install
 
     clock = _Clock()
     split = replay_split(purchases=purchases, config=config)

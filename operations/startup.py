@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from personalization.bootstrap import ADMIN_USERNAME, StepOutcome
+from operations.bootstrap import ADMIN_USERNAME, StepOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class StepReporter:
 
     @contextlib.contextmanager
     def step(self, title: str) -> Iterator[StepOutcome]:
-        from graph_app.progress import progress_observed
+        from graph_app.interface import progress_observed
 
         self.number += 1
         prefix = self._prefix(title)
@@ -292,9 +292,9 @@ def readiness_wait(
 
 def example_shopper() -> str:
     """A shopper with history, for the example request (the demo's customers; any id works)."""
-    from graph_app.models import Shopper
+    from graph_app.interface import shopper_ids_first
 
-    return Shopper.objects.order_by("external_id").values_list("external_id", flat=True).first() or "u1"
+    return next(iter(shopper_ids_first(limit=1)), "u1")
 
 
 def display_path(path: Path) -> str:

@@ -5,7 +5,7 @@ if they die, and stopped here on Ctrl-C; servers given by URL are left alone. Ev
 exits, after a backoff, while the others go on (personalization/supervision.py).
 
 It says what it does in numbered steps (progress bars on a terminal), waits until every process answers, and only
-then prints the banner (personalization/startup.py). Ctrl-C stops everything and exits 0, under `make run` too.
+then prints the banner (operations/startup.py). Ctrl-C stops everything and exits 0, under `make run` too.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from personalization import embedded, startup
-from personalization.bootstrap import BOOTSTRAP_STEPS, credentials_file, platform_bootstrap
+from operations import startup
+from operations.bootstrap import BOOTSTRAP_STEPS, credentials_file, platform_bootstrap
+from personalization import embedded
 from personalization.supervision import Program, Service, Supervisor
 
 WEB_PROGRAMS = ("web-1", "web-2")

@@ -3,8 +3,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from scoring_app import services
-from scoring_app.models import ModelVersion
+from graph_app.model_registry import services
+from graph_app.model_registry.models import ModelVersion
 
 CANARY_PERCENT = 10
 

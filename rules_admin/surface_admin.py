@@ -1,6 +1,7 @@
-"""The Surface configuration in the admin (the merchandiser console, `rules_admin/`): thin, every write goes through
-`surface_app.configuration` so serving learns of it within seconds. Every change is recorded (django-simple-history)
-and a recorded version can be restored in one click, through the same services."""
+"""The Surface configuration in the merchandiser console: thin, every write goes through `surface_app.configuration`
+so serving learns of it within seconds. Every change is recorded (django-simple-history) and a recorded version can
+be restored in one click, through the same services. It lives in the console, not in `surface_app`, because it
+uses the console's widgets, CSV formats and selectors, and the console sits above Surface."""
 
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from rules_admin.condition_widget import ConditionBuilderWidget
 from rules_admin.csv_io import BusinessRuleResource, FallbackListResource
 from rules_admin.selectors import placement_rules_in_order
-from surface_app import configuration
-from surface_app.conflicts import Conflict, RuleRef, placement_conflicts
+from surface_app.interface import Conflict, RuleRef, configuration, placement_conflicts
 from surface_app.models import FALLBACKS, BusinessRule, FallbackList, FrequencyCap, PinRule, Placement
 
 FALLBACK_STEPS = len(FALLBACKS)

@@ -28,12 +28,12 @@ import numpy as np
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from operations.evaluation.ingest import catalog_load, movie_item_id, rating_events, user_key
+from operations.evaluation.metrics import TOP_K, top_k_metrics
+from operations.evaluation.movielens import MovieLensData
+from operations.evaluation.serving import serving_without_deadlines
+from operations.evaluation.split import stratified_split
 from personalization import redis_keys
-from scoring_app.evaluation.ingest import catalog_load, movie_item_id, rating_events, user_key
-from scoring_app.evaluation.metrics import TOP_K, top_k_metrics
-from scoring_app.evaluation.movielens import MovieLensData
-from scoring_app.evaluation.serving import serving_without_deadlines
-from scoring_app.evaluation.split import stratified_split
 
 Progress = Callable[[str], None]
 INGEST_BATCH = 500
@@ -72,8 +72,7 @@ def _pairs(ratings: np.ndarray) -> dict[str, set[str]]:
 
 def events_load(*, ratings: np.ndarray, end: datetime, say: Progress) -> dict[str, int]:
     """The ratings through the ingest service, shifted to end at `end`, then drained into the log."""
-    from signals_app.consumer import events_drain_all
-    from signals_app.services import events_ingest
+    from signals_app.interface import events_drain_all, events_ingest
 
     events = rating_events(ratings, end=end)
     accepted = 0
@@ -133,7 +132,7 @@ def popularity_top(*, train: np.ndarray, users: list[str], k: int) -> dict[str, 
 def served_top(*, users: list[str], k: int) -> tuple[dict[str, list[str]], dict[str, int]]:
     """Each user's slate from the serving function, and how many slates each Score path chose, each source
     filled and each degradation touched (none is expected: see serving_without_deadlines)."""
-    from surface_app.serving.slates import slate_serve
+    from surface_app.interface import slate_serve
 
     recommended: dict[str, list[str]] = {}
     paths: Counter[str] = Counter()
@@ -148,7 +147,7 @@ def served_top(*, users: list[str], k: int) -> tuple[dict[str, list[str]], dict[
 
 
 def _train(*, search: bool, say: Progress) -> list[dict[str, Any]]:
-    from scoring_app.training_chain import training_chain_run
+    from scoring_app.interface import training_chain_run
 
     previous = settings.TRAINING_SEARCH
     settings.TRAINING_SEARCH = search

@@ -13,8 +13,9 @@ import psutil
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from personalization import embedded, startup
-from personalization.bootstrap import console_credentials_read, credentials_file
+from operations import startup
+from operations.bootstrap import console_credentials_read, credentials_file
+from personalization import embedded
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from personalization.bootstrap import platform_bootstrap
+from operations.bootstrap import platform_bootstrap
 
 
 class Command(BaseCommand):

@@ -2,9 +2,9 @@ from collections.abc import Iterable
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, feature_skew_check
-from scoring_app.skew import retrieval_skew_check
-from signals_app.consumer import events_drain_all
+from graph_app.interface import DEFAULT_TOLERANCE, FeatureSkew, feature_skew_check
+from scoring_app.interface import retrieval_skew_check
+from signals_app.interface import events_drain_all
 
 
 class Command(BaseCommand):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+from datetime import datetime
 
 import numpy as np
 import orjson
@@ -16,9 +17,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from graph_app.model_registry.models import ModelVersion
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
-from scoring_app.models import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def model_version_create(
     artifact: bytes,
     metrics: dict[str, object],
     feature_names: list[str] | None = None,
-    training_window: tuple[object, object] = (None, None),
+    training_window: tuple[datetime | None, datetime | None] = (None, None),
 ) -> ModelVersion:
     """Store a new version as a candidate: it serves nobody until promoted or canaried."""
     if kind not in ModelVersion.Kind.values:
@@ -179,7 +180,7 @@ def model_version_publish(
     artifact: bytes,
     metrics: dict[str, object],
     feature_names: list[str] | None = None,
-    training_window: tuple[object, object] = (None, None),
+    training_window: tuple[datetime | None, datetime | None] = (None, None),
 ) -> ModelVersion:
     """Store a version and make it active at once (embeddings, bandit updates: no holdout gate)."""
     with transaction.atomic():
@@ -192,5 +193,5 @@ def model_version_publish(
 def model_version_register(*, kind: str, arrays: dict[str, np.ndarray], metrics: dict[str, object]) -> ModelVersion:
     """Store numpy arrays as a new active version of `kind`."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds as bool
     return model_version_publish(kind=kind, artifact=buffer.getvalue(), metrics=metrics)

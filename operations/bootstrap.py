@@ -140,15 +140,17 @@ def _console_credentials() -> ConsoleCredentials:
 
 
 def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _step_unreported) -> BootstrapReport:
-    from graph_app.demo import demo_data_load
-    from graph_app.models import Item
-    from graph_app.neighbourhoods import neighbourhoods_refresh
-    from graph_app.online import catalog_online_rebuild
-    from graph_app.training import embeddings_train
-    from scoring_app.models import ModelVersion
-    from scoring_app.selectors import model_version_active
-    from scoring_app.services import models_serving_publish
-    from scoring_app.training import ranker_train
+    from graph_app.interface import (
+        ModelKind,
+        catalog_has_items,
+        catalog_online_rebuild,
+        embeddings_train,
+        model_version_active,
+        models_serving_publish,
+        neighbourhoods_refresh,
+    )
+    from operations.demo import demo_data_load
+    from scoring_app.interface import ranker_train
     from signals_app.popularity import popularity_refresh
 
     demo, embeddings, ranker, finishing = BOOTSTRAP_STEPS
@@ -159,7 +161,7 @@ def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _ste
         catalog_online_rebuild()
         if not with_demo_data:
             outcome.skip("skipped (--no-demo)")
-        elif Item.objects.exists():
+        elif catalog_has_items():
             cut_short = f"skipped, but a demo load was cut short: delete {settings.DATA_DIR} to load all of it"
             outcome.skip(cut_short if interrupted_load.exists() else "skipped: the catalog has items")
         else:
@@ -173,9 +175,9 @@ def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _ste
             outcome.note = f"{report.items:,} items, {report.users:,} shoppers, {report.events_accepted:,} purchases"
     model_trained = False
     with step(embeddings) as outcome:
-        if model_version_active(kind=ModelVersion.Kind.EMBEDDINGS) is not None:
+        if model_version_active(kind=ModelKind.EMBEDDINGS) is not None:
             outcome.skip("skipped: a model is active")
-        elif not Item.objects.exists():
+        elif not catalog_has_items():
             outcome.skip("skipped: no items")
         else:
             embeddings_train()
@@ -183,9 +185,9 @@ def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _ste
             popularity_refresh()
             model_trained = True
     with step(ranker) as outcome:
-        if model_version_active(kind=ModelVersion.Kind.RANKER) is not None:
+        if model_version_active(kind=ModelKind.RANKER) is not None:
             outcome.skip("skipped: a model is active")
-        elif not Item.objects.exists():
+        elif not catalog_has_items():
             outcome.skip("skipped: no items")
         else:
             # The first ranker learns from the interactions in the log (there are no impressions yet), with the
@@ -195,7 +197,7 @@ def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _ste
             model_trained = True
     with step(finishing):
         models_serving_publish()
-        from surface_app.configuration import surface_defaults_install
+        from surface_app.interface import surface_defaults_install
 
         surface_defaults_install()
         schedules_install_defaults()

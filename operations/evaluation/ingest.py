@@ -12,10 +12,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from graph_app.catalog_bulk import items_upsert_many
-from graph_app.models import Shopper
-from graph_app.services import ITEM_BATCH_MAX, EntityRef, ItemInput, content_projection
-from scoring_app.evaluation.movielens import Movie, MovieLensData
+from graph_app.interface import (
+    ITEM_BATCH_MAX,
+    EntityRef,
+    ItemInput,
+    content_projection,
+    items_upsert_many,
+    shoppers_create,
+)
+from operations.evaluation.movielens import Movie, MovieLensData
 
 RATING_EVENT_TYPE = "purchase"
 _SLUG = re.compile(r"[^a-z0-9]+")
@@ -58,10 +63,7 @@ def catalog_load(*, data: MovieLensData) -> int:
     inputs = [movie_item_input(movie) for movie in data.movies.values()]
     for start in range(0, len(inputs), ITEM_BATCH_MAX):
         items_upsert_many(rows=inputs[start : start + ITEM_BATCH_MAX], projection=projection)
-    Shopper.objects.bulk_create(
-        [Shopper(external_id=user_key(user_id), traits=traits) for user_id, traits in sorted(data.users.items())],
-        ignore_conflicts=True,
-    )
+    shoppers_create(traits_by_user={user_key(user_id): traits for user_id, traits in sorted(data.users.items())})
     return len(data.movies)
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from scoring_app.evaluation.movielens import MovieLensError, movielens_load
-from scoring_app.evaluation.pipeline import evaluate
-from scoring_app.evaluation.scratch import SCRATCH_REDIS_DB, SCRATCH_SUFFIX, ScratchError, scratch_stores
-from scoring_app.evaluation.split import SPLIT_SEED
+from operations.evaluation.movielens import MovieLensError, movielens_load
+from operations.evaluation.pipeline import evaluate
+from operations.evaluation.scratch import SCRATCH_REDIS_DB, SCRATCH_SUFFIX, ScratchError, scratch_stores
+from operations.evaluation.split import SPLIT_SEED
 
 
 class Command(BaseCommand):

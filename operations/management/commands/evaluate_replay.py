@@ -6,8 +6,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from scoring_app.evaluation.replay import ReplayConfig, ReplayError, purchases_read, replay_run
-from scoring_app.evaluation.scratch import SCRATCH_REDIS_DB, SCRATCH_SUFFIX, ScratchError, scratch_stores
+from operations.evaluation.replay import ReplayConfig, ReplayError, purchases_read, replay_run
+from operations.evaluation.scratch import SCRATCH_REDIS_DB, SCRATCH_SUFFIX, ScratchError, scratch_stores
 
 
 class Command(BaseCommand):

@@ -1,3 +1,6 @@
+"""The model registry's one table. It belongs to Graph, below every layer that trains or serves models (Graph's
+embeddings, Score's ranker and bandit); the table keeps the name it had in Score."""
+
 from django.core.validators import MaxValueValidator
 from django.db import models
 
@@ -37,6 +40,7 @@ class ModelVersion(models.Model):
     promoted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "scoring_app_modelversion"
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(

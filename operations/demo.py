@@ -16,14 +16,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from graph_app.catalog_bulk import items_upsert_many
-from graph_app.models import Shopper
-from graph_app.online import catalog_online_rebuild
-from graph_app.progress import Progress
-from graph_app.services import ITEM_BATCH_MAX, EntityRef, ItemInput, content_projection
-from signals_app.consumer import events_drain_all
+from graph_app.interface import (
+    ITEM_BATCH_MAX,
+    EntityRef,
+    ItemInput,
+    Progress,
+    catalog_online_rebuild,
+    content_projection,
+    items_upsert_many,
+    shoppers_create,
+)
+from signals_app.interface import EVENT_BATCH_MAX, events_drain_all, events_ingest
 from signals_app.log import event_log_partitions_create
-from signals_app.services import EVENT_BATCH_MAX, events_ingest
 
 DEMO_SAMPLE = Path(__file__).resolve().parent / "demo_data" / "online_retail_sample.csv.gz"
 # Every 29th item (by a stable hash) is out of stock, so the demo shows stock filtering.
@@ -184,12 +188,8 @@ def demo_data_load(*, sample: Path = DEMO_SAMPLE, now: datetime | None = None) -
     progress.finish()
     # The ingest script reads item entities from Redis: publish the catalog before replaying the history.
     catalog_online_rebuild()
-    Shopper.objects.bulk_create(
-        [
-            Shopper(external_id=_user_id(customer), traits={"country": country})
-            for customer, country in sorted(countries.items())
-        ],
-        ignore_conflicts=True,
+    shoppers_create(
+        traits_by_user={_user_id(customer): {"country": country} for customer, country in sorted(countries.items())}
     )
 
     # Shift the 2010-2011 invoice dates so that the newest falls an hour before now.

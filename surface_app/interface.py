@@ -1,0 +1,59 @@
+"""What other apps may use of Surface (Sentry's cross-app service idea): keyword-only functions and plain data,
+never Surface's tables. Re-exports of the modules that implement them.
+
+- Serving: a placement's slate for a user, as the API serves it (`slate_serve`), for the offline evaluation.
+- Configuration: every write of placements, rules and caps with its validation and serving's notification
+  (`configuration`, a module of keyword-only services), the default set-up of a new platform
+  (`surface_defaults_install`), the placements' names.
+- Rule conditions: parsing, counting the items they match, their values' problems and suggestions, blocking a
+  catalog value; conflicts between a placement's rules and caps. The console's pages are built on these.
+- Erasure: Surface's part of erasing a shopper (its keys in Redis, its cached slates), which `operations.erasure`
+  orchestrates.
+
+Graph and Signal never call Surface: they publish their changes on `personalization.live_updates`, to which
+Surface subscribes. The console (`rules_admin`) also administers Surface's models (its ModelAdmins and forms
+need the model classes); the preview's explained items come from `surface_app.preview` while the hot path's item
+types are being reworked.
+"""
+
+from __future__ import annotations
+
+from surface_app import configuration
+from surface_app.catalog_blocks import BLOCKABLE_FIELDS, blockable_values, catalog_value_block
+from surface_app.condition_checks import (
+    LIVE_CHECK_BUDGET_MS,
+    condition_match_count,
+    condition_suggestions,
+    condition_value_problems,
+)
+from surface_app.configuration import items_unknown, rule_validate, surface_defaults_install
+from surface_app.conflicts import Conflict, RuleRef, conflicts_by_defeated_rule, placement_conflicts
+from surface_app.erasure import shopper_surface_keys, slates_forget
+from surface_app.rules_compile import ConditionError, conditions_parse
+from surface_app.selectors import placement_names
+from surface_app.serving.slates import Slate, slate_serve
+
+__all__ = [
+    "BLOCKABLE_FIELDS",
+    "LIVE_CHECK_BUDGET_MS",
+    "ConditionError",
+    "Conflict",
+    "RuleRef",
+    "Slate",
+    "blockable_values",
+    "catalog_value_block",
+    "condition_match_count",
+    "condition_suggestions",
+    "condition_value_problems",
+    "conditions_parse",
+    "configuration",
+    "conflicts_by_defeated_rule",
+    "items_unknown",
+    "placement_conflicts",
+    "placement_names",
+    "rule_validate",
+    "shopper_surface_keys",
+    "slate_serve",
+    "slates_forget",
+    "surface_defaults_install",
+]
