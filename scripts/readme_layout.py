@@ -88,7 +88,7 @@ def main() -> int:
 
 def _package(root: Path, name: str, interfaces: list[str]) -> Package:
     doc = ast.get_docstring(ast.parse((root / name / "__init__.py").read_text())) or ""
-    layer, _, holds = " ".join(doc.split()).partition(": ")
+    layer, _, holds = " ".join(doc.split("\n\n")[0].split()).partition(": ")
     if not holds:
         raise ValueError(f"{name}/__init__.py needs a docstring 'Layer: what it holds'")
     owned = tuple(module for module in interfaces if module == name or module.startswith(name + "."))
