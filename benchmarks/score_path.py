@@ -55,11 +55,11 @@ def prepare(events: int, trees: int) -> tuple[str, list[str]]:
     from graph_app.features.definitions import FEATURE_NAMES
     from graph_app.neighbourhoods import neighbourhoods_refresh
     from graph_app.online import catalog_online_rebuild
+    from graph_app.state.popularity import popularity_refresh
     from graph_app.training import embeddings_train
     from scoring_app import training
     from scoring_app.ranker import ranker_fit
     from scoring_app.services import model_version_publish, models_serving_publish
-    from signals_app.popularity import popularity_refresh
     from signals_app.services import events_ingest
 
     with connection.cursor() as cursor:

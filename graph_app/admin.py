@@ -6,6 +6,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from graph_app.erasure import erased_shopper_repr, shopper_erase
 from graph_app.models import Entity, Item, ItemEntity, ItemNeighbour, ItemPopularity, Shopper
 from graph_app.services import EntityRef, ItemInput, item_delete, item_upsert
+from graph_app.state import admin as state_admin  # noqa: F401  (registers the event log's and event types' admin)
 
 
 class ItemEntityInline(admin.TabularInline):

@@ -21,8 +21,8 @@ from graph_app.models import Shopper
 from graph_app.online import catalog_online_rebuild
 from graph_app.progress import Progress
 from graph_app.services import ITEM_BATCH_MAX, EntityRef, ItemInput, content_projection
+from graph_app.state.log import event_log_partitions_create
 from signals_app.consumer import events_drain_all
-from signals_app.log import event_log_partitions_create
 from signals_app.services import EVENT_BATCH_MAX, events_ingest
 
 DEMO_SAMPLE = Path(__file__).resolve().parent / "demo_data" / "online_retail_sample.csv.gz"

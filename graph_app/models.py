@@ -2,6 +2,11 @@ from django.conf import settings
 from django.db import models
 from pgvector.django import IvfflatIndex, VectorField
 
+# The logs and custom event types live with the online state they feed; imported here so Django registers them.
+from graph_app.state.models import BanditDecision, CustomEventType, Event, EventId, Impression
+
+__all__ = ["BanditDecision", "CustomEventType", "Event", "EventId", "Impression"]
+
 
 class Item(models.Model):
     external_id = models.CharField(max_length=200, unique=True)

@@ -33,10 +33,10 @@ from scipy import sparse
 
 from graph_app.neighbourhoods_online import SOURCE_CO_OCCURRENCE, SOURCE_ENTITY, Neighbour, neighbours_encode
 from graph_app.progress import Progress
+from graph_app.state.event_types import BUILT_IN_EVENT_TYPES
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from personalization.training_compute import training_threads
-from signals_app.event_types import BUILT_IN_EVENT_TYPES
 
 logger = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from graph_app.models import Item
 from graph_app.online import catalog_items_rebuild
 from graph_app.progress import Progress
 from graph_app.similar_lists import similar_lists_publish
+from graph_app.state.event_types import BUILT_IN_EVENT_TYPES
 from graph_app.user_lists import FILTERED_SCORE, user_lists_publish
 from personalization.training_compute import training_threads, training_threads_used
 from scoring_app.models import ModelVersion
 from scoring_app.services import model_version_register
-from signals_app.event_types import BUILT_IN_EVENT_TYPES
 
 logger = logging.getLogger(__name__)
 

@@ -144,12 +144,12 @@ def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _ste
     from graph_app.models import Item
     from graph_app.neighbourhoods import neighbourhoods_refresh
     from graph_app.online import catalog_online_rebuild
+    from graph_app.state.interface import popularity_refresh
     from graph_app.training import embeddings_train
     from scoring_app.models import ModelVersion
     from scoring_app.selectors import model_version_active
     from scoring_app.services import models_serving_publish
     from scoring_app.training import ranker_train
-    from signals_app.popularity import popularity_refresh
 
     demo, embeddings, ranker, finishing = BOOTSTRAP_STEPS
     demo_loaded = False

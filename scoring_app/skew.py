@@ -13,6 +13,7 @@ from django.db import connection
 
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
 from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, skew_compare
+from graph_app.state.interface import BUILT_IN_EVENT_TYPES
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from scoring_app.engine.retrieval import (
@@ -25,7 +26,6 @@ from scoring_app.engine.retrieval import (
     similar_to_recent_rows,
     user_state_fetch,
 )
-from signals_app.event_types import BUILT_IN_EVENT_TYPES
 
 COMPARED = tuple(
     name for name in RETRIEVAL_FEATURE_NAMES if not name.startswith("retrieval_graph_") and name != "retrieval_sources"

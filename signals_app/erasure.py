@@ -20,10 +20,11 @@ import orjson
 from django.db import connection, transaction
 from django.db.models import Q
 
+from graph_app.state.interface import shopper_log_trace, shopper_logs_erase
 from personalization import redis_keys
 from personalization.access import user_key_of
 from personalization.redis_client import ShaScript, get_control_redis
-from signals_app.models import BanditDecision, DeadLetter, Event, EventId, IdentityLink, Impression
+from signals_app.models import DeadLetter, IdentityLink
 
 # Longer than an entry waits in a stream (the consumer's lag, a PostgreSQL outage): entries older than the erasure
 # that arrive later than this would be stored.
@@ -151,14 +152,10 @@ def shopper_trace(*, user_id: str) -> ShopperTrace:
         if owner in user_keys:
             trace.dead_letter_entries.setdefault(owner, []).append(entry_id)
 
-    trace.event_session_ids |= set(
-        _events(trace).exclude(user_id="").exclude(session_id="").values_list("session_id", flat=True).distinct()
-    )
-    for request_id, placement in Impression.objects.filter(user_key__in=user_keys).values_list(
-        "request_id", "placement"
-    ):
-        trace.request_ids.add(request_id)
-        trace.placements.add(placement)
+    logged = shopper_log_trace(user_id=trace.user_id, session_ids=trace.session_ids, user_keys=user_keys)
+    trace.event_session_ids |= logged.event_session_ids
+    trace.request_ids |= logged.request_ids
+    trace.placements |= logged.placements
     trace.dead_letter_ids = _dead_letters(trace)
     return trace
 
@@ -171,11 +168,6 @@ def _note(trace: ShopperTrace, owner: str, payload: dict[str, Any]) -> None:
         trace.placements.add(str(payload.get("placement")))
     elif kind != "identify" and payload.get("user_id") and payload.get("session_id"):
         trace.event_session_ids.add(str(payload["session_id"]))
-
-
-def _events(trace: ShopperTrace) -> Any:
-    """The user's events and its linked sessions' anonymous ones (the parent table: every partition)."""
-    return Event.objects.filter(Q(user_id=trace.user_id) | Q(user_id="", session_id__in=sorted(trace.session_ids)))
 
 
 def _dead_letters(trace: ShopperTrace) -> set[int]:
@@ -242,20 +234,18 @@ def shopper_log_erase(*, trace: ShopperTrace) -> LogErasure:
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ERASURE_LOCK_KEY])
-        events = _events(trace)
-        event_ids = list(events.values_list("event_id", flat=True))
-        erased_events, _ = events.delete()
-        EventId.objects.filter(event_id__in=event_ids).delete()
-        user_keys = sorted(trace.user_keys)
-        request_ids = set(Impression.objects.filter(user_key__in=user_keys).values_list("request_id", flat=True))
-        impressions, _ = Impression.objects.filter(user_key__in=user_keys).delete()
-        decisions, _ = BanditDecision.objects.filter(request_id__in=sorted(request_ids | trace.request_ids)).delete()
+        logs = shopper_logs_erase(
+            user_id=trace.user_id,
+            session_ids=trace.session_ids,
+            user_keys=trace.user_keys,
+            request_ids=trace.request_ids,
+        )
         links, _ = IdentityLink.objects.filter(user_id=trace.user_id).delete()
         dead_letters, _ = DeadLetter.objects.filter(id__in=trace.dead_letter_ids).delete()
     return LogErasure(
-        events=erased_events,
-        impressions=impressions,
-        bandit_decisions=decisions,
+        events=logs.events,
+        impressions=logs.impressions,
+        bandit_decisions=logs.bandit_decisions,
         identity_links=links,
         dead_letters=dead_letters,
     )

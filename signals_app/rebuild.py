@@ -37,16 +37,16 @@ from graph_app.features.user_affinity import (
     weakest_dropped,
 )
 from graph_app.progress import PROGRESS_EVERY_SECONDS, Progress
-from personalization import redis_keys
-from personalization.redis_client import get_control_redis
-from signals_app.event_types import EventType
-from signals_app.online_state import (
+from graph_app.state.interface import (
     COOLDOWN_EVENT_TYPES,
     COOLDOWN_ITEMS_KEPT,
     COOLDOWN_KEPT_SECONDS,
     RECENT_ITEMS_KEPT,
     RECENT_ITEMS_TTL_SECONDS,
+    EventType,
 )
+from personalization import redis_keys
+from personalization.redis_client import get_control_redis
 
 logger = logging.getLogger(__name__)
 

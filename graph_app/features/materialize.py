@@ -25,7 +25,7 @@ from django.utils import timezone
 from graph_app.features.definitions import FEATURE_NAMES
 from graph_app.features.offline import FeatureRequest, features_offline
 from graph_app.models import FeatureRow, MaterializationCursor
-from signals_app.models import Event, Impression
+from graph_app.state.models import Event, Impression
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 from the PostgreSQL event log with the same definitions as the online store (control plane: SQL and ORM).
 
 Only what happened by `as_of` counts, late events included: like the online path, which applies an event that
-arrived more than the 48 h dedupe window after it happened once the log stored it (`signals_app.history`), and
+arrived more than the 48 h dedupe window after it happened once the log stored it (`graph_app.state.history`), and
 imported history too. Catalog facts (price, stock, entities, embeddings) are the current ones: the catalog keeps
 no history.
 """
@@ -36,8 +36,8 @@ from graph_app.features.user_affinity import entities_kept, weakest_dropped
 from graph_app.models import Item, ItemEntity
 from graph_app.online import entity_keys
 from graph_app.progress import Progress
-from signals_app.event_types import BUILT_IN_EVENT_TYPES, EventType
-from signals_app.models import CustomEventType
+from graph_app.state.event_types import BUILT_IN_EVENT_TYPES, EventType
+from graph_app.state.models import CustomEventType
 
 TTL = {feature.name: feature.ttl_seconds for feature in FEATURES}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -20,7 +20,7 @@ Redis layout, every key in the user's partition slot (`personalization.redis_key
 - `user_cap_blocks` (hash): "<cap signature>\\x1f<field>" -> until when that cap refuses it, written by the
   script whenever a count reaches its cap. The read path fetches only this (small) hash and the cool-downs.
 - `user_cooldown` (sorted set): item -> time of the latest hide or skip, written by the ingest script
-  (`signals_app.online_state`) in the event's own round trip.
+  (`graph_app.state.ingest`) in the event's own round trip.
 
 A spec counts the impressions of every placement, or only of the placement being served (`per_placement`, for a
 cap configured on one placement). Impressions are recorded only for what the call's specs count, so a cap that
@@ -39,9 +39,9 @@ from typing import Any, cast
 
 import redis
 
+from graph_app.state.interface import IMPRESSION_LOG_LUA, ImpressionLogCall
 from personalization import redis_keys
 from personalization.redis_client import ShaScript, get_redis
-from surface_app.serving.impressions import LOG_IMPRESSIONS_LUA
 
 logger = logging.getLogger(__name__)
 
@@ -365,10 +365,11 @@ end
 return refused
 """
 
-# The enforce script that also logs the slate's impressions (`surface_app.serving.impressions`) when it refused
-# nothing: one call and one round trip fewer a request. KEYS 5 and 6, and ARGV after the fields: `impression_call`'s.
+# The enforce script that also logs the slate's impressions (`graph_app.state.impressions`) when it refused
+# nothing: one call and one round trip fewer a request. KEYS 5 and 6, and ARGV after the fields:
+# `impression_log_call`'s.
 ENFORCE_AND_LOG_SCRIPT = (
-    LOG_IMPRESSIONS_LUA
+    IMPRESSION_LOG_LUA
     + ENFORCE_SCRIPT.replace(
         "-- A field keeps as many times as its largest cap needs",
         "local log_at = a\n-- A field keeps as many times as its largest cap needs",
@@ -642,10 +643,10 @@ def caps_enforce_queue(
     now: float,
     limit: int,
     retention_seconds: int | None,
-    impression: tuple[list[str], list[Any]],
+    impression: ImpressionLogCall,
 ) -> None:
     """Queue on the caller's pipeline what `caps_enforce_and_record` does, plus the slate's impression log
-    (`impression`: `impressions.impression_call`'s keys and arguments) when the call refuses nothing: the caller then
+    (`impression`: `impression_log_call`'s keys and arguments) when the call refuses nothing: the caller then
     serves the slate as offered, `limit` items; otherwise it logs the slate it serves itself. `caps_refused` reads
     the reply; execute with `script_pipeline_execute(..., enforce_and_log_script)`."""
     args = _enforce_args(

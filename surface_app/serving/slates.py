@@ -27,6 +27,12 @@ from django.db import DatabaseError
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
+from graph_app.state.interface import (
+    ImpressionLogCall,
+    impression_log_call,
+    impression_log_queue,
+    impression_log_script,
+)
 from personalization import redis_keys
 from personalization.cache import user_cache_writes_flush
 from personalization.rate_limits import RateLimitCheck
@@ -41,7 +47,6 @@ from scoring_app.engine.retrieval import (
 )
 from scoring_app.engine.scoring import CONTEXT_SOURCE, ScoredItem, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
-from surface_app.serving.impressions import impression_call, impression_script
 from surface_app.serving.rules import (
     CompiledRule,
     PlacementConfig,
@@ -655,9 +660,9 @@ def _caps_enforce_and_log(slate: Slate, pending: _Pending) -> Slate:
     return served
 
 
-def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object], tuple[list[str], list[Any]]]:
+def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object], ImpressionLogCall]:
     """The record kept for attribution, and the keys and arguments that log the impression
-    (`impressions.impression_call`)."""
+    (`graph_app.state.interface.impression_log_call`)."""
     served_at = time.time()
     items: list[dict[str, object]] = [
         {"item_id": item.item_id, "slot": slot, "score": item.score, "source": item.source}
@@ -690,7 +695,7 @@ def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object],
         ]
         bandit = {"shared": slate.bandit.shared, "unshown": slate.bandit.unshown}
         logged = {**logged, "items": logged_items, "bandit": bandit}
-    impression = impression_call(
+    impression = impression_log_call(
         user_key=user_key, placement=slate.placement, served_at=served_at, record=logged,
         item_ids=[item.item_id for item in slate.items],
     )  # fmt: skip
@@ -709,16 +714,16 @@ def _slate_keep(pipeline: redis.client.Pipeline, slate: Slate, user_key: str, re
 
 def _impression_log(*, slate: Slate, user_key: str) -> None:
     """The served slate, kept for attribution and logged as impressions, in one round trip."""
-    record, (keys, args) = _impression_records(slate, user_key)
+    record, impression = _impression_records(slate, user_key)
     client = get_redis()
 
     def queue(pipeline: redis.client.Pipeline) -> None:
         _slate_keep(pipeline, slate, user_key, record)
         if slate.items:
-            impression_script.queue(client, pipeline, keys, args)
+            impression_log_queue(client, pipeline, call=impression)
 
     try:
-        script_pipeline_execute(client, queue, impression_script)
+        script_pipeline_execute(client, queue, impression_log_script)
     except RedisError as error:
         logger.warning("surface.impression_log_failed", extra={"error": str(error), "request_id": slate.request_id})
         slate.degraded.append("impression_log_failed")

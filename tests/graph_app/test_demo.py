@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from graph_app.demo import DEMO_SAMPLE, demo_data_load
 from graph_app.models import Entity, Item, Shopper
-from signals_app.models import Event
+from graph_app.state.models import Event
 
 pytestmark = pytest.mark.django_db
 ROWS = 400

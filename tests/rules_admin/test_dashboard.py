@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from graph_app.state.models import Impression
 from rules_admin import dashboard_selectors
 from rules_admin.dashboard_charts import format_percent, line_chart, nice_ceiling
 from rules_admin.dashboard_selectors import (
@@ -27,7 +28,6 @@ from rules_admin.dashboard_selectors import (
     serving_metrics_read,
 )
 from scoring_app.models import ModelVersion
-from signals_app.models import Impression
 from surface_app.serving import slates
 from tests.factories import EventFactory, ItemFactory
 
@@ -266,7 +266,7 @@ def _staff(*, permitted: bool, is_staff: bool = True):
     user = get_user_model().objects.create_user("merch", password="pw", is_staff=is_staff)
     if permitted:
         user.user_permissions.add(
-            Permission.objects.get(content_type__app_label="signals_app", codename="view_impression")
+            Permission.objects.get(content_type__app_label="graph_app", codename="view_impression")
         )
     return user
 

@@ -10,6 +10,7 @@ import pytest
 
 from graph_app.features.online import features_fetch
 from graph_app.online import catalog_entities_publish
+from graph_app.state.models import BanditDecision, Impression
 from personalization import redis_keys
 from scoring_app.bandit import REACTION_COSTS, bandit_learn
 from scoring_app.engine import registry
@@ -37,7 +38,6 @@ from scoring_app.models import ModelVersion
 from scoring_app.services import model_version_publish, models_serving_publish
 from scoring_app.tasks import bandit_learn_task
 from signals_app.consumer import events_drain_all
-from signals_app.models import BanditDecision, Impression
 from signals_app.services import events_ingest
 from surface_app.serving.slates import Slate, SlateItem, _impression_log
 

@@ -7,9 +7,10 @@ import pytest
 
 from graph_app.erasure import shopper_erase
 from graph_app.models import Shopper
+from graph_app.state.models import Event
 from personalization import redis_keys
 from signals_app import consumer
-from signals_app.models import Event, IdentityLink
+from signals_app.models import IdentityLink
 from signals_app.services import events_ingest
 
 pytestmark = pytest.mark.django_db

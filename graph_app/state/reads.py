@@ -6,12 +6,14 @@ shares the caller's round trip) and merges them, turning forward-decayed scores 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from graph_app.state.ingest import TREND_WINDOWS
 from personalization import redis_keys
-from signals_app.online_state import TREND_WINDOWS
 
 POPULAR_WINDOW = "1d"
 
@@ -52,3 +54,25 @@ def popular_items(
     pipeline = client.pipeline(transaction=False)
     queue_popular(pipeline, depth=depth, window=window)
     return decode_popular(pipeline.execute(), now=now, depth=depth, window=window)
+
+
+@dataclass(frozen=True)
+class PopularRead:
+    """The popular items' reads queued on a caller's pipeline: where their replies start and how many they take."""
+
+    start: int
+    count: int
+    depth: int
+    window: str
+
+    def __call__(self, replies: Sequence[Any], *, now: float) -> list[tuple[str, float]]:
+        """(item id, decayed popularity at `now`) from the pipeline's replies, most popular first."""
+        mine = list(replies[self.start : self.start + self.count])
+        return decode_popular(mine, now=now, depth=self.depth, window=self.window)
+
+
+def popular_items_queue(pipeline: redis.client.Pipeline, *, depth: int, window: str = POPULAR_WINDOW) -> PopularRead:
+    """Queue the reads of the `depth` most popular items on the caller's pipeline; the returned reader picks their
+    replies out of the pipeline's."""
+    start = len(pipeline.command_stack)
+    return PopularRead(start, queue_popular(pipeline, depth=depth, window=window), depth, window)

@@ -39,16 +39,16 @@ from graph_app.features.definitions import (
     RECENT_ITEMS_FOR_SIMILARITY,
 )
 from graph_app.features.user_affinity import AFFINITY_REBASE_AFTER_HALF_LIVES
+from graph_app.state import dedupe
+from graph_app.state.dedupe import DEDUPE_LUA, DEDUPE_WINDOW, DEDUPE_WINDOW_SECONDS, Generations, PartitionLayout
+from graph_app.state.event_types import EventType
+from graph_app.state.records import EventInput
 from personalization import redis_keys
 from personalization.redis_client import ShaScript, script_pipeline_execute
-from signals_app import dedupe
-from signals_app.dedupe import DEDUPE_LUA, DEDUPE_WINDOW, DEDUPE_WINDOW_SECONDS, Generations, PartitionLayout
-from signals_app.event_types import EventType
-from signals_app.validation import EventInput
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEDUPE_WINDOW", "DEDUPE_WINDOW_SECONDS"]  # their home is signals_app.dedupe
+__all__ = ["DEDUPE_WINDOW", "DEDUPE_WINDOW_SECONDS"]  # their home is graph_app.state.dedupe
 # The readers take the first 20 (the feature store's RECENT_ITEMS_FOR_SIMILARITY, retrieval's RECENT_ITEMS_USED), and
 # a list's first 20 after a push or a late insert depend only on its first 20 before: more would be memory unread.
 RECENT_ITEMS_KEPT = RECENT_ITEMS_FOR_SIMILARITY
@@ -301,7 +301,7 @@ STATE_LUA = (
 -- the events' keys (first each event's D dedupe sets).
 -- ARGV: 1 events, 2 affinity entities kept, 3 recent kept, 4 user state ttl, 5 session ttl, 6 affinity half-life,
 -- 7 rebase after, 8 windows W, 9..8+W trend half-lives, 9+W now, 10+W cool-down items kept, 11+W cool-down seconds
--- kept, 12+W purchased items kept, then the dedupe's (signals_app.dedupe): 13+W dedupe sets an event D, 14+W ids per
+-- kept, 12+W purchased items kept, then the dedupe's (state.dedupe): 13+W dedupe sets an event D, 14+W ids per
 -- set, 15+W max shard bits, 16+W max levels, 17+W current generation, 18+W its end, 19+W its sets' expiry, 20+W
 -- arrival, 21+W its layout, 22+W how many generations are checked C, then the C generations and their layouts;
 -- then the script's own.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from signals_app.event_types import EventType, custom_event_types_publish
-from signals_app.models import CustomEventType
+from graph_app.state.event_types import EventType, custom_event_types_publish
+from graph_app.state.models import CustomEventType
 
 
 def custom_event_types_republish() -> None:
