@@ -13,7 +13,12 @@ from django.db import connection
 
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
 from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, skew_compare
-from graph_app.state.interface import BUILT_IN_EVENT_TYPES
+from graph_app.state.interface import (
+    BUILT_IN_EVENT_TYPES,
+    logged_users_sample,
+    user_items_logged,
+    user_purchases_logged,
+)
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from scoring_app.engine.retrieval import (
@@ -47,35 +52,14 @@ class RetrievalSkewReport:
 def _history(user_key: str) -> tuple[list[str], set[str]]:
     """The user's latest distinct interest items (newest first) and what they bought, from the log."""
     interest = [name for name, kind in BUILT_IN_EVENT_TYPES.items() if kind.marks_interest]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT item_id FROM signals_app_event WHERE user_id = %s AND item_id <> '' AND type = ANY(%s) "
-            "GROUP BY item_id ORDER BY max(occurred_at) DESC, item_id LIMIT %s",
-            [user_key, interest, RECENT_ITEMS_USED],
-        )
-        recent = [row[0] for row in cursor.fetchall()]
-        cursor.execute(
-            "SELECT DISTINCT item_id FROM signals_app_event WHERE user_id = %s AND type = 'purchase' ORDER BY 1",
-            [user_key],
-        )
-        bought = {row[0] for row in cursor.fetchall()}
-    return recent, bought
+    recent = user_items_logged(user_id=user_key, limit=RECENT_ITEMS_USED, types=interest)
+    return recent, user_purchases_logged(user_id=user_key)
 
 
 def _in_stock() -> set[str]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT external_id FROM graph_app_item WHERE in_stock ORDER BY 1")
         return {row[0] for row in cursor.fetchall()}
-
-
-def _sample(users: int, seed: str) -> list[str]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT user_id FROM (SELECT DISTINCT user_id FROM signals_app_event WHERE user_id <> '') u "
-            "ORDER BY md5(user_id || %s) LIMIT %s",
-            [seed, users],
-        )
-        return [row[0] for row in cursor.fetchall()]
 
 
 def retrieval_skew_check(
@@ -86,7 +70,7 @@ def retrieval_skew_check(
     report = RetrievalSkewReport(users=0, rows=0, tolerance=tolerance)
     report.features = {name: FeatureSkew(name) for name in COMPARED}
     columns = [RETRIEVAL_FEATURE_NAMES.index(name) for name in COMPARED]
-    for user_key in _sample(users, seed):
+    for user_key in logged_users_sample(users=users, seed=seed):
         state = user_state_fetch(user_key=user_key)
         candidate_set, _ = candidates_retrieve(state=state)
         if candidate_set.retrieval is None or not candidate_set.candidates:

@@ -2,7 +2,7 @@
 restoring the log or losing Redis.
 
 Users: each user's recent items and their time, affinity hash, purchased set and cool-down set, from their
-events in event-time order (then by row id) with the ingest script's rules (`STATE_LUA`) and the catalog's
+events in event-time order (then by row id) with the ingest script's rules (`state.lua`) and the catalog's
 entity keys: the state ingesting the same events live would have built. An anonymous session's events count for
 the user it was identified as, as its state was merged into theirs; session items (30 minutes) are not rebuilt.
 Recent items or affinities that ended longer than their TTL ago are not written (readers take them as missing).

@@ -2,7 +2,7 @@
 restoring the log, or after Redis lost them (`manage.py rebuild_item_counters`, `manage.py rebuild_online_state`).
 
 The feature store reads each item's popularity windows and its clicks and impressions in a placement as packed
-records (see `graph_app.state.ingest.PACKED_ADD_LUA`), summed over the event partitions; the popular items are
+records (see `graph_app/state/packed_add.lua`), summed over the event partitions; the popular items are
 read from the popularity windows' forward-decayed sorted sets, also summed over the partitions. The rebuild
 computes every record and score from the log with the offline materialization's formulas (every event, late ones
 too, as the online path applies them) and writes them to partition 0, emptying the others: the sums are what they

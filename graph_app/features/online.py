@@ -78,7 +78,7 @@ def _age_observe(names: tuple[str, ...], age: float) -> None:
 
 
 COUNTER_WINDOWS = tuple(POPULARITY_HALF_LIVES)
-# The packed records the ingest and impression scripts keep per item (graph_app.state.ingest.PACKED_ADD_LUA):
+# The packed records the ingest and impression scripts keep per item (graph_app/state/packed_add.lua):
 # the popularity windows then the time of the latest event; clicks, impressions, then the latest time.
 ITEM_COUNTERS = np.dtype([("values", "<f8", (len(COUNTER_WINDOWS),)), ("last", "<f8")])
 PLACEMENT_COUNTERS = np.dtype([("values", "<f8", (2,)), ("last", "<f8")])

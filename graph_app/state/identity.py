@@ -88,16 +88,21 @@ def _affinity_merge(redis: Redis, *, user_id: str, session: UserAffinity) -> int
     it: an event of the user meanwhile keeps its share); how many entities the session had."""
     if session.epoch is None and session.last is None and session.recent_last is None:
         return 0
-    args: list[str | int | float | bytes] = [
-        settings.SIGNALS_AFFINITY_ENTITIES_KEPT,
-        AFFINITY_HALF_LIFE_SECONDS,
-        repr(session.epoch) if session.epoch is not None else "",
-        repr(session.last) if session.last is not None else "",
-        RECENT_ITEMS_TTL_SECONDS,
-        repr(session.recent_last) if session.recent_last is not None else "",
-    ]
+    entity = affinity_merge_script.record("ENTITY")
+    entities: list[str] = []
     for name, counter in session.counters.items():
         seen = session.category_times.get(name)
-        args += [name, repr(counter), "" if seen is None else repr(seen)]
-    keys = [redis_keys.user_affinity(user_id), redis_keys.user_recent_last(user_id)]
-    return int(affinity_merge_script.call(redis, keys, args))
+        entities += entity.values(key=name, counter=repr(counter), seen="" if seen is None else repr(seen))
+    merged = affinity_merge_script.call_named(
+        redis,
+        affinity=redis_keys.user_affinity(user_id),
+        recent_last=redis_keys.user_recent_last(user_id),
+        entities_kept=settings.SIGNALS_AFFINITY_ENTITIES_KEPT,
+        half_life=AFFINITY_HALF_LIFE_SECONDS,
+        session_epoch=repr(session.epoch) if session.epoch is not None else "",
+        session_last=repr(session.last) if session.last is not None else "",
+        ttl=RECENT_ITEMS_TTL_SECONDS,
+        session_recent_last=repr(session.recent_last) if session.recent_last is not None else "",
+        entities=entities,
+    )
+    return int(merged)

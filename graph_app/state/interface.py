@@ -25,7 +25,7 @@ from graph_app.state.history import event_is_late, events_apply_online
 from graph_app.state.identity import SessionMerge, session_state_merge
 from graph_app.state.impression_log import impression_slates_logged, impressions_store
 from graph_app.state.impressions import (
-    IMPRESSION_LOG_LUA,
+    IMPRESSION_LOG_LUA_FILES,
     ImpressionLogCall,
     impression_log_call,
     impression_log_queue,
@@ -51,6 +51,14 @@ from graph_app.state.log import (
     month_start,
 )
 from graph_app.state.log_erasure import ShopperLogsErased, ShopperLogTrace, shopper_log_trace, shopper_logs_erase
+from graph_app.state.log_reads import (
+    PlacementDayOutcomes,
+    logged_users_sample,
+    placement_day_outcomes,
+    user_items_logged,
+    user_purchases_logged,
+)
+from graph_app.state.online_erasure import user_state_erase, user_state_keys
 from graph_app.state.popularity import PopularityReport, popularity_refresh
 from graph_app.state.reads import PopularRead, popular_items_queue
 from graph_app.state.records import Attribution, EventInput, EventRecord
@@ -61,7 +69,7 @@ __all__ = [
     "COOLDOWN_ITEMS_KEPT",
     "COOLDOWN_KEPT_SECONDS",
     "DEDUPE_WINDOW",
-    "IMPRESSION_LOG_LUA",
+    "IMPRESSION_LOG_LUA_FILES",
     "RECENT_ITEMS_KEPT",
     "RECENT_ITEMS_TTL_SECONDS",
     "Attribution",
@@ -71,6 +79,7 @@ __all__ = [
     "EventType",
     "ImpressionLogCall",
     "OnlineEvent",
+    "PlacementDayOutcomes",
     "PopularRead",
     "PopularityReport",
     "SessionMerge",
@@ -96,12 +105,18 @@ __all__ = [
     "impression_log_script",
     "impression_slates_logged",
     "impressions_store",
+    "logged_users_sample",
     "month_start",
+    "placement_day_outcomes",
     "popular_items_queue",
     "popularity_refresh",
     "session_state_merge",
     "shopper_log_trace",
     "shopper_logs_erase",
+    "user_items_logged",
+    "user_purchases_logged",
+    "user_state_erase",
+    "user_state_keys",
 ]
 
 

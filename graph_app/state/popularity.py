@@ -1,6 +1,6 @@
 """Item popularity recomputed from the durable log (control plane), stored by the graph (`ItemPopularity`).
 
-The hot path ranks by the online, per-event popularity windows in Redis (signals_app/online_state.py); this
+The hot path ranks by the online, per-event popularity windows in Redis (graph_app/state/ingest.lua); this
 copy in PostgreSQL is what recommendations fall back to when Redis is unavailable.
 """
 

@@ -15,8 +15,8 @@ from django.urls import reverse
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from graph_app.state import log_reads
 from graph_app.state.models import Impression
-from rules_admin import dashboard_selectors
 from rules_admin.dashboard_charts import format_percent, line_chart, nice_ceiling
 from rules_admin.dashboard_selectors import (
     DegradedReason,
@@ -154,7 +154,7 @@ def test_placement_kpis_query_is_served_by_indexes(served, days):
     }
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute("EXPLAIN " + dashboard_selectors._PLACEMENT_DAYS_SQL, params)
+        cursor.execute("EXPLAIN " + log_reads._PLACEMENT_DAYS_SQL, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
     # The impression log is partitioned by day: each partition's copy of `impression_served_time` is named after it.
