@@ -6,7 +6,7 @@ events in event-time order (then by row id) with the ingest script's rules (`sta
 entity keys: the state ingesting the same events live would have built. An anonymous session's events count for
 the user it was identified as, as its state was merged into theirs; session items (30 minutes) are not rebuilt.
 Recent items or affinities that ended longer than their TTL ago are not written (readers take them as missing).
-Items: `graph_app.features.counters.item_counters_rebuild`.
+Items: `graph_app.state.counters.item_counters_rebuild`.
 
 Run it while ingest is paused: a user's keys are replaced with what the log held when they were read.
 """
@@ -26,7 +26,6 @@ from django.conf import settings
 from django.db import connection, transaction
 from redis.typing import EncodableT
 
-from graph_app.features.counters import item_counters_rebuild
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
 from graph_app.features.offline import catalog_entity_keys, event_types
 from graph_app.features.user_affinity import (
@@ -44,6 +43,7 @@ from graph_app.state.interface import (
     RECENT_ITEMS_KEPT,
     RECENT_ITEMS_TTL_SECONDS,
     EventType,
+    item_counters_rebuild,
 )
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis

@@ -20,6 +20,7 @@ from graph_app.state.bandit_log import (
     bandit_reactions,
     bandit_slots_picked,
 )
+from graph_app.state.counters import CountersReport, item_counters_rebuild
 from graph_app.state.event_types import BUILT_IN_EVENT_TYPES, EventType, event_type_lookup
 from graph_app.state.history import event_is_late, events_apply_online
 from graph_app.state.identity import SessionMerge, session_state_merge
@@ -60,7 +61,15 @@ from graph_app.state.log_reads import (
 )
 from graph_app.state.online_erasure import user_state_erase, user_state_keys
 from graph_app.state.popularity import PopularityReport, popularity_refresh
-from graph_app.state.reads import PopularRead, popular_items_queue
+from graph_app.state.reads import (
+    PopularRead,
+    affinity_queue,
+    cooldown_key,
+    cooldown_queue,
+    popular_items_queue,
+    purchased_queue,
+    recent_items_queue,
+)
 from graph_app.state.records import Attribution, EventInput, EventRecord
 
 __all__ = [
@@ -73,6 +82,7 @@ __all__ = [
     "RECENT_ITEMS_KEPT",
     "RECENT_ITEMS_TTL_SECONDS",
     "Attribution",
+    "CountersReport",
     "EventInput",
     "EventOutcome",
     "EventRecord",
@@ -85,12 +95,15 @@ __all__ = [
     "SessionMerge",
     "ShopperLogTrace",
     "ShopperLogsErased",
+    "affinity_queue",
     "bandit_costs_record",
     "bandit_decisions_prune",
     "bandit_decisions_read",
     "bandit_impressions_pending",
     "bandit_reactions",
     "bandit_slots_picked",
+    "cooldown_key",
+    "cooldown_queue",
     "event_is_late",
     "event_log_append",
     "event_log_partition_months",
@@ -105,11 +118,14 @@ __all__ = [
     "impression_log_script",
     "impression_slates_logged",
     "impressions_store",
+    "item_counters_rebuild",
     "logged_users_sample",
     "month_start",
     "placement_day_outcomes",
     "popular_items_queue",
     "popularity_refresh",
+    "purchased_queue",
+    "recent_items_queue",
     "session_state_merge",
     "shopper_log_trace",
     "shopper_logs_erase",

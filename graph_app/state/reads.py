@@ -76,3 +76,33 @@ def popular_items_queue(pipeline: redis.client.Pipeline, *, depth: int, window: 
     replies out of the pipeline's."""
     start = len(pipeline.command_stack)
     return PopularRead(start, queue_popular(pipeline, depth=depth, window=window), depth, window)
+
+
+# One read each of a user's online state, queued on the caller's pipeline (one reply each, in the order queued):
+# the keys stay this package's, the round trip the caller's.
+
+
+def recent_items_queue(pipeline: redis.client.Pipeline, *, user_key: str, depth: int) -> None:
+    """The user's `depth` latest items of interest, newest first (a list of bytes)."""
+    pipeline.lrange(redis_keys.user_recent_items(user_key), 0, depth - 1)
+
+
+def affinity_queue(pipeline: redis.client.Pipeline, *, user_key: str) -> None:
+    """The user's affinity hash as stored (`graph_app.features.user_affinity.affinity_decode` reads it)."""
+    pipeline.hgetall(redis_keys.user_affinity(user_key))
+
+
+def purchased_queue(pipeline: redis.client.Pipeline, *, user_key: str) -> None:
+    """What the user bought, the latest last (a list of item ids as bytes)."""
+    pipeline.zrange(redis_keys.user_purchased(user_key), 0, -1)
+
+
+def cooldown_queue(pipeline: redis.client.Pipeline, *, user_key: str, since: float) -> None:
+    """The items the user hid or skipped after `since`, with when ([(item, time)], oldest first)."""
+    pipeline.zrangebyscore(redis_keys.user_cooldown(user_key), f"({since!r}", "+inf", withscores=True)
+
+
+def cooldown_key(*, user_key: str) -> str:
+    """The user's cool-down set, for a script of another owner that reads it atomically with its own keys (the caps'
+    enforce script): read only."""
+    return redis_keys.user_cooldown(user_key)

@@ -47,7 +47,7 @@ from graph_app.neighbourhoods_online import (
     neighbours_queue,
 )
 from graph_app.online import static_in_stock
-from graph_app.state.interface import PopularRead, popular_items_queue
+from graph_app.state.interface import PopularRead, affinity_queue, popular_items_queue, recent_items_queue
 from personalization import redis_keys
 from personalization.cache import (
     NOT_READ,
@@ -184,9 +184,9 @@ def user_state_fetch(
 
     def queue(pipeline: redis.client.Pipeline) -> tuple[int, PopularRead | None]:
         extra_count = extra(pipeline) if extra is not None else 0
-        pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_USED - 1)
+        recent_items_queue(pipeline, user_key=user_key, depth=RECENT_ITEMS_USED)
         pipeline.get(redis_keys.active_model("embeddings"))
-        pipeline.hgetall(redis_keys.user_affinity(user_key))
+        affinity_queue(pipeline, user_key=user_key)
         registry.queue_snapshot(pipeline)
         popular_read = popular_items_queue(pipeline, depth=popular_depth) if popular is None else None
         for key in _PREFETCHED_WITH_STATE.values():

@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import redis
 
-from graph_app.state.interface import IMPRESSION_LOG_LUA_FILES, ImpressionLogCall
+from graph_app.state.interface import IMPRESSION_LOG_LUA_FILES, ImpressionLogCall, cooldown_key, cooldown_queue
 from personalization import redis_keys
 from personalization.redis_client import ShaScript, get_redis
 
@@ -132,7 +132,7 @@ def caps_queue(pipeline: redis.client.Pipeline, *, user_key: str, now: float, ho
     """Queue the two reads `caps_decode` needs: what the user's caps refuse (a small hash) and the hides and skips
     within `horizon_seconds`. Queue nothing when no spec applies (and use EMPTY_REPLIES, or skip the caps)."""
     pipeline.hgetall(redis_keys.user_cap_blocks(user_key))
-    pipeline.zrangebyscore(redis_keys.user_cooldown(user_key), f"({now - horizon_seconds!r}", "+inf", withscores=True)
+    cooldown_queue(pipeline, user_key=user_key, since=now - horizon_seconds)
 
 
 def caps_decode(replies: Sequence[Any], *, now: float) -> CapState:
@@ -276,7 +276,7 @@ def _enforce_args(
         "counts": redis_keys.user_cap_counts(user_key),
         "touched": redis_keys.user_cap_touched(user_key),
         "blocks": redis_keys.user_cap_blocks(user_key),
-        "cooldown": redis_keys.user_cooldown(user_key),
+        "cooldown": cooldown_key(user_key=user_key),
         "now": repr(now),
         "retention": retention,
         "request_id": request_id,

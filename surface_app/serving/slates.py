@@ -32,6 +32,7 @@ from graph_app.state.interface import (
     impression_log_call,
     impression_log_queue,
     impression_log_script,
+    purchased_queue,
 )
 from personalization import redis_keys
 from personalization.cache import user_cache_writes_flush
@@ -151,7 +152,7 @@ class _SurfaceReads:
         pipeline.get(CONFIG_VERSION_KEY)
         pipeline.get(redis_keys.user_traits(self.user_key))
         pipeline.get(redis_keys.user_last_slate(self.user_key, self.placement))
-        pipeline.zrange(redis_keys.user_purchased(self.user_key), 0, -1)
+        purchased_queue(pipeline, user_key=self.user_key)
         before = len(pipeline.command_stack)
         if self.pinned:
             key = redis_keys.catalog_entities(redis_keys.partition_of(self.user_key))
