@@ -5,7 +5,9 @@
 -- ARGV after the named ones (`more`): the W windows' half-lives, the C generations the dedupe checks and their
 -- C layouts (`graph_app.state.dedupe`), then the script's own. `dedupe_keys`: how many dedupe sets an event has.
 --! KEYS: trend_epochs stream catalog_entities item_counters dedupe_layout more_keys...
---! ARGV: events entities_kept recent_kept state_ttl session_ttl affinity_half_life rebase_after now cooldown_kept cooldown_seconds purchased_kept dedupe_keys ids_per_set max_shard_bits max_levels generation generation_end expire_at arrival current_levels windows checked more...
+--! ARGV: events entities_kept recent_kept state_ttl session_ttl affinity_half_life rebase_after now cooldown_kept
+--! ARGV: cooldown_seconds purchased_kept dedupe_keys ids_per_set max_shard_bits max_levels generation generation_end
+--! ARGV: expire_at arrival current_levels windows checked more...
 local events = tonumber(ARGV[{{ARGV.events}}])
 local recent_kept = tonumber(ARGV[{{ARGV.recent_kept}}])
 local state_ttl = tonumber(ARGV[{{ARGV.state_ttl}}])
@@ -13,7 +15,8 @@ local affinity_half_life = tonumber(ARGV[{{ARGV.affinity_half_life}}])
 local rebase_after = tonumber(ARGV[{{ARGV.rebase_after}}])
 local windows = tonumber(ARGV[{{ARGV.windows}}])
 local now = tonumber(ARGV[{{ARGV.now}}])
-local cooldown_kept, cooldown_seconds = tonumber(ARGV[{{ARGV.cooldown_kept}}]), tonumber(ARGV[{{ARGV.cooldown_seconds}}])
+local cooldown_kept = tonumber(ARGV[{{ARGV.cooldown_kept}}])
+local cooldown_seconds = tonumber(ARGV[{{ARGV.cooldown_seconds}}])
 local purchased_kept = tonumber(ARGV[{{ARGV.purchased_kept}}])
 local entities_kept = tonumber(ARGV[{{ARGV.entities_kept}}])
 local trend_epochs_key, item_counters = KEYS[{{KEYS.trend_epochs}}], KEYS[{{KEYS.item_counters}}]

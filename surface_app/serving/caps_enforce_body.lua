@@ -281,7 +281,8 @@ for start = 1, #blocks, 400 do
 end
 if #written > 0 or slates_written or #blocks > 0 then
   -- Fields and blocks that are over: at most a bounded number a call, so a call stays short.
-  local stale = redis.call('ZRANGEBYSCORE', KEYS[{{KEYS.touched}}], '-inf', string.format('%.17g', old), 'LIMIT', 0, 100)
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[{{KEYS.touched}}], '-inf', string.format('%.17g', old),
+                           'LIMIT', 0, 100)
   if #stale > 0 then
     redis.call('HDEL', KEYS[{{KEYS.counts}}], unpack(stale))
     redis.call('ZREM', KEYS[{{KEYS.touched}}], unpack(stale))
