@@ -27,7 +27,7 @@ from django.db import connection, transaction
 from redis.typing import EncodableT
 
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
-from graph_app.features.offline import catalog_entity_keys, event_types
+from graph_app.features.offline import catalog_entity_keys
 from graph_app.features.user_affinity import (
     AFFINITY_REBASE_AFTER_HALF_LIVES,
     affinity_encode,
@@ -43,6 +43,7 @@ from graph_app.state.interface import (
     RECENT_ITEMS_KEPT,
     RECENT_ITEMS_TTL_SECONDS,
     EventType,
+    event_types,
     item_counters_rebuild,
 )
 from personalization import redis_keys

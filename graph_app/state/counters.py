@@ -22,7 +22,7 @@ import redis
 from django.db import connection
 
 from graph_app.features.definitions import CTR_HALF_LIFE_SECONDS, POPULARITY_HALF_LIVES
-from graph_app.features.offline import event_types
+from graph_app.state.custom_types import event_types
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 

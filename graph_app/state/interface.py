@@ -21,6 +21,7 @@ from graph_app.state.bandit_log import (
     bandit_slots_picked,
 )
 from graph_app.state.counters import CountersReport, item_counters_rebuild
+from graph_app.state.custom_types import event_types
 from graph_app.state.event_types import BUILT_IN_EVENT_TYPES, EventType, event_type_lookup
 from graph_app.state.history import event_is_late, events_apply_online
 from graph_app.state.identity import SessionMerge, session_state_merge
@@ -110,6 +111,7 @@ __all__ = [
     "event_log_partitions_create",
     "event_log_partitions_ensure",
     "event_type_lookup",
+    "event_types",
     "events_apply_online",
     "events_ingest_online",
     "impression_log_call",
