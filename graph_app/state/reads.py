@@ -106,3 +106,55 @@ def cooldown_key(*, user_key: str) -> str:
     """The user's cool-down set, for a script of another owner that reads it atomically with its own keys (the caps'
     enforce script): read only."""
     return redis_keys.user_cooldown(user_key)
+
+
+@dataclass(frozen=True)
+class UserStateReplies:
+    """A user's online state as stored: the affinity hash, the latest items of interest (newest first), and the
+    time of the latest one from its key of the layout before the hash kept it (None: none)."""
+
+    affinity: dict[bytes, bytes]
+    recent: list[bytes]
+    legacy_recent_last: bytes | None
+
+
+@dataclass(frozen=True)
+class UserStateRead:
+    """The user's state's reads queued on a caller's pipeline; picks their replies out of the pipeline's."""
+
+    start: int
+
+    def __call__(self, replies: Sequence[Any]) -> UserStateReplies:
+        affinity, recent, legacy = replies[self.start : self.start + 3]
+        return UserStateReplies(affinity, recent, legacy)
+
+
+def user_state_queue(pipeline: redis.client.Pipeline, *, user_key: str, recent_depth: int) -> UserStateRead:
+    """Queue the reads of the user's affinity hash and `recent_depth` latest items of interest."""
+    start = len(pipeline.command_stack)
+    pipeline.hgetall(redis_keys.user_affinity(user_key))
+    pipeline.lrange(redis_keys.user_recent_items(user_key), 0, recent_depth - 1)
+    pipeline.get(redis_keys.user_recent_last(user_key))  # the layout before "#r"
+    return UserStateRead(start)
+
+
+@dataclass(frozen=True)
+class ItemCountersRead:
+    """The items' counters' reads queued on a caller's pipeline; picks their replies out of the pipeline's: per
+    partition the items' packed counters, then their packed clicks and impressions in the placement."""
+
+    start: int
+    count: int
+
+    def __call__(self, replies: Sequence[Any]) -> list[Any]:
+        return list(replies[self.start : self.start + self.count])
+
+
+def item_counters_queue(pipeline: redis.client.Pipeline, *, item_ids: list[str], placement: str) -> ItemCountersRead:
+    """Queue the reads of the items' counters (popularity windows) and click-through counters in the placement, in
+    every partition (`graph_app/state/packed_add.lua` writes them)."""
+    start = len(pipeline.command_stack)
+    for partition in redis_keys.partitions():
+        pipeline.hmget(redis_keys.item_counters(partition), item_ids)
+        pipeline.hmget(redis_keys.placement_counters(partition, placement), item_ids)
+    return ItemCountersRead(start, 2 * len(redis_keys.partitions()))
