@@ -100,7 +100,7 @@ def dedupe_worker(events: int, steady: bool) -> dict[str, object]:
     client.flushdb()
     client.config_set("maxmemory", 0)
     if steady:
-        from signals_app.dedupe import generations_at
+        from graph_app.state.dedupe import generations_at
 
         yesterday = generations_at(time.time()).current - 1
         for partition in redis_keys.partitions():
@@ -182,7 +182,7 @@ def latency_worker(seconds: int, entities: bool = False) -> dict[str, object]:
                 },
             )
     try:
-        from signals_app.dedupe import generations_at
+        from graph_app.state.dedupe import generations_at
 
         yesterday = generations_at(time.time()).current - 1
         for partition in redis_keys.partitions():
@@ -235,9 +235,9 @@ def script_pair_worker(users: int, old_code: str) -> dict[str, object]:
     import importlib.util
     from datetime import UTC, datetime, timedelta
 
+    from graph_app.state.ingest import IngestScript
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
-    from signals_app.online_state import IngestScript
     from signals_app.services import IngestReport, events_validate
 
     spec = importlib.util.spec_from_file_location("old_online_state", Path(old_code) / "signals_app/online_state.py")
@@ -318,9 +318,9 @@ def user_state_worker(users: int) -> dict[str, object]:
     django.setup()
     from datetime import UTC, datetime, timedelta
 
+    from graph_app.state.ingest import ingest_script
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
-    from signals_app.online_state import ingest_script
     from signals_app.services import IngestReport, events_validate
 
     client = get_control_redis()

@@ -3,7 +3,7 @@
 Fills its own embedded servers (under .data/bench-embeddings, unless DATABASE_URL / REDIS_URL are set) with a
 synthetic catalog (20k items; 50 categories of uneven sizes, 20 brands each, 0-2 of 200 themes) and 1M events
 (50k users of power-law activity, power-law item popularity, 60 % of a user's events in their favourite category,
-a realistic type mix, over the last 120 days) written through `signals_app.log.event_log_append`. Then runs
+a realistic type mix, over the last 120 days) written through `graph_app.state.log.event_log_append`. Then runs
 `graph_app.training.embeddings_train()` and `graph_app.neighbourhoods.neighbourhoods_refresh()`, each in a fresh
 process, and reports wall time and the process's peak RSS (`ru_maxrss`) next to its RSS before the step (the
 PostgreSQL server's own memory is not included). The data is kept for the next run (`--regenerate` rebuilds it).
@@ -131,9 +131,8 @@ def events_generate(
 def log_fill(count: int, *, items: int = ITEMS, users: int = USERS) -> float:
     from django.db import connection
 
-    from signals_app.log import event_log_append, event_log_partitions_create, month_add, month_start
-    from signals_app.records import EventRecord
-    from signals_app.validation import EventInput
+    from graph_app.state.log import event_log_append, event_log_partitions_create, month_add, month_start
+    from graph_app.state.records import EventInput, EventRecord
 
     generator = np.random.default_rng(SEED)
     started = time.perf_counter()

@@ -86,9 +86,9 @@ def client_loop(port: int, key: str, number: int, batch: int, deadline: float, r
 
 def applied(ids: list[tuple[str, str]]) -> int:
     """How many of these events Redis saw (the dedupe remembers their event ids)."""
+    from graph_app.state.dedupe import event_ids_seen
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
-    from signals_app.dedupe import event_ids_seen
 
     pairs = [(redis_keys.partition_of(user_id), event_id) for user_id, event_id in ids]
     return sum(event_ids_seen(get_control_redis(), pairs, time.time())) if ids else 0

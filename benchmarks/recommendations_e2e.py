@@ -324,10 +324,10 @@ def prepare_data(args: argparse.Namespace) -> dict[str, float]:
     from graph_app.model_registry.services import models_serving_publish
     from graph_app.neighbourhoods import neighbourhoods_refresh
     from graph_app.online import catalog_online_rebuild
+    from graph_app.state.popularity import popularity_refresh
     from graph_app.training import embeddings_train
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
-    from signals_app.popularity import popularity_refresh
 
     wanted = {"items": args.items, "users": args.users, "events": args.events}
     marker = _marker_read()

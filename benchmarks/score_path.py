@@ -56,10 +56,10 @@ def prepare(events: int, trees: int) -> tuple[str, list[str]]:
     from graph_app.model_registry.services import model_version_publish, models_serving_publish
     from graph_app.neighbourhoods import neighbourhoods_refresh
     from graph_app.online import catalog_online_rebuild
+    from graph_app.state.popularity import popularity_refresh
     from graph_app.training import embeddings_train
     from scoring_app import training
     from scoring_app.ranker import ranker_fit
-    from signals_app.popularity import popularity_refresh
     from signals_app.services import events_ingest
 
     with connection.cursor() as cursor:

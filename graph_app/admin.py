@@ -4,6 +4,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from graph_app.model_registry import admin as _model_registry_admin  # noqa: F401  # registers ModelVersion
 from graph_app.models import Entity, Item, ItemEntity, ItemNeighbour, ItemPopularity
 from graph_app.services import EntityRef, ItemInput, item_delete, item_upsert
+from graph_app.state import admin as state_admin  # noqa: F401  (registers the event log's and event types' admin)
 
 
 class ItemEntityInline(admin.TabularInline):

@@ -2,7 +2,12 @@ from django.conf import settings
 from django.db import models
 from pgvector.django import IvfflatIndex, VectorField
 
-from graph_app.model_registry.models import ModelVersion  # noqa: F401  # registered with Graph's models
+# The model registry, the logs and the custom event types live in their own packages; imported here so Django
+# registers them with Graph's models.
+from graph_app.model_registry.models import ModelVersion
+from graph_app.state.models import BanditDecision, CustomEventType, Event, EventId, Impression
+
+__all__ = ["BanditDecision", "CustomEventType", "Event", "EventId", "Impression", "ModelVersion"]
 
 
 class Item(models.Model):

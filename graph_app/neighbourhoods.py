@@ -33,10 +33,11 @@ from scipy import sparse
 
 from graph_app.neighbourhoods_online import SOURCE_CO_OCCURRENCE, SOURCE_ENTITY, Neighbour, neighbours_encode
 from graph_app.progress import Progress
+from graph_app.state.event_types import BUILT_IN_EVENT_TYPES
+from graph_app.state.log_reads import user_items_in_window
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from personalization.training_compute import training_threads
-from signals_app.event_types import BUILT_IN_EVENT_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -123,27 +124,16 @@ def _catalog_load() -> _Catalog:
     )
 
 
-_ITEM_USERS_SQL = """
-SELECT e.user_id, array_agg(DISTINCT i.external_id)
-FROM signals_app_event e
-JOIN graph_app_item i ON i.external_id = e.item_id
-WHERE e.user_id <> '' AND e.type = ANY(%(types)s) AND e.occurred_at > %(since)s AND e.occurred_at <= %(now)s
-GROUP BY e.user_id
-"""
-
-
 def _interactions_load(*, catalog: _Catalog, since: datetime, now: datetime) -> tuple[sparse.csr_matrix, int]:
     """items x users, 1 where the user interacted with the item in the window; and the number of users."""
     types = [name for name, kind in BUILT_IN_EVENT_TYPES.items() if kind.popularity_weight > 0]
     row_of = {item_id: row for row, item_id in enumerate(catalog.item_ids)}
     indptr, indices = [0], []
-    with connection.cursor() as cursor:
-        cursor.execute(_ITEM_USERS_SQL, {"types": types, "since": since, "now": now})
-        for _, item_ids in cursor.fetchall():
-            if len(item_ids) > CO_OCCURRENCE_MAX_ITEMS_PER_USER:
-                continue
-            indices.extend(row_of[item_id] for item_id in item_ids)
-            indptr.append(len(indices))
+    for _, item_ids in user_items_in_window(types=types, since=since, now=now):
+        if len(item_ids) > CO_OCCURRENCE_MAX_ITEMS_PER_USER:
+            continue
+        indices.extend(row_of[item_id] for item_id in item_ids)
+        indptr.append(len(indices))
     users = len(indptr) - 1
     user_items = sparse.csr_matrix(
         (np.ones(len(indices), dtype=np.float32), np.asarray(indices, dtype=np.int32), np.asarray(indptr)),

@@ -37,9 +37,10 @@ from graph_app.models import Item
 from graph_app.online import catalog_items_rebuild
 from graph_app.progress import Progress
 from graph_app.similar_lists import similar_lists_publish
+from graph_app.state.event_types import BUILT_IN_EVENT_TYPES
+from graph_app.state.log_reads import interaction_weights_sql
 from graph_app.user_lists import FILTERED_SCORE, user_lists_publish
 from personalization.training_compute import training_threads, training_threads_used
-from signals_app.event_types import BUILT_IN_EVENT_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -99,20 +100,11 @@ class TrainingReport:
 
 
 def _interaction_weights_sql() -> tuple[str, list[object]]:
-    """The log's user-item pairs: user (bytewise order, as Python sorts), item row id, summed weight, latest event
-    (Unix seconds), whether a purchase is among them."""
-    types = [name for name, kind in BUILT_IN_EVENT_TYPES.items() if kind.popularity_weight > 0]
-    weights = [BUILT_IN_EVENT_TYPES[name].popularity_weight for name in types]
-    sql = """
-        SELECT e.user_id COLLATE "C" AS user_id, i.id AS item, sum(w.weight) AS weight,
-               extract(epoch FROM max(e.occurred_at))::float8 AS latest, bool_or(e.type = 'purchase') AS purchased
-        FROM signals_app_event e
-        JOIN unnest(%s::text[], %s::float8[]) AS w(type, weight) ON w.type = e.type
-        JOIN graph_app_item i ON i.external_id = e.item_id
-        WHERE e.user_id <> '' AND e.item_id <> ''
-        GROUP BY 1, 2
-    """
-    return sql, [types, weights]
+    """The log's user-item pairs (`graph_app.state.log_reads.interaction_weights_sql`) of the weighted types."""
+    weights = {
+        name: kind.popularity_weight for name, kind in BUILT_IN_EVENT_TYPES.items() if kind.popularity_weight > 0
+    }
+    return interaction_weights_sql(weights=weights)
 
 
 def _items_features() -> tuple[list[str], Any]:

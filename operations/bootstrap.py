@@ -149,9 +149,9 @@ def platform_bootstrap(*, with_demo_data: bool = True, step: StepReporter = _ste
         models_serving_publish,
         neighbourhoods_refresh,
     )
+    from graph_app.state.interface import popularity_refresh
     from operations.demo import demo_data_load
     from scoring_app.interface import ranker_train
-    from signals_app.popularity import popularity_refresh
 
     demo, embeddings, ranker, finishing = BOOTSTRAP_STEPS
     demo_loaded = False

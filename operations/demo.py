@@ -26,8 +26,8 @@ from graph_app.interface import (
     items_upsert_many,
     shoppers_create,
 )
+from graph_app.state.interface import event_log_partitions_create
 from signals_app.interface import EVENT_BATCH_MAX, events_drain_all, events_ingest
-from signals_app.log import event_log_partitions_create
 
 DEMO_SAMPLE = Path(__file__).resolve().parent / "demo_data" / "online_retail_sample.csv.gz"
 # Every 29th item (by a stable hash) is out of stock, so the demo shows stock filtering.

@@ -38,11 +38,9 @@ from typing import Any, Final, cast
 
 import redis
 from prometheus_client import Counter, Histogram
-from redis.commands.core import Script
 
 from personalization import redis_keys
-from personalization.process_caches import process_cache
-from personalization.redis_client import get_control_redis, get_redis
+from personalization.redis_client import ShaScript, get_control_redis, get_redis, script_pipeline_execute
 
 logger = logging.getLogger(__name__)
 
@@ -97,53 +95,14 @@ class CacheWaitTimeout(Exception):
     it here too would pile onto whatever makes the build slow (typically the database)."""
 
 
-# KEYS: value, lock. ARGV: token, lock ms, fresh after (epoch ms). {state, value or nil}: state 1 when the value is
-# fresh, else 2 when we took the rebuild lock, else 0 (another caller holds it). Checking and locking in one step
-# means a build that lands between a caller's GET and its lock attempt is not built a second time.
-_CLAIM = """
-local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, 2) ~= 'i1' then value = false end
-local stamp = value and tonumber(string.sub(value, 3, 18))
-if stamp and stamp > tonumber(ARGV[3]) then return {1, value} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, value} end
-return {0, value}
-"""
+# The item caches' scripts (`cache_*.lua`): the claim of a value or its rebuild lock, the store of a build, the
+# release of the lock, the invalidation.
+_claim_script = ShaScript.from_files(__file__, "cache_claim.lua")
+_store_script = ShaScript.from_files(__file__, "cache_store.lua")
+_release_script = ShaScript.from_files(__file__, "cache_release.lua")
+_invalidate_script = ShaScript.from_files(__file__, "cache_invalidate.lua")
 _FRESH: Final = 1
 _LOCKED: Final = 2
-
-# KEYS: value, lock. ARGV: token, build stamp, payload, ttl ms. Stores fresh while we still hold the lock. Losing it
-# means an invalidation (or a build slower than the lock): our payload may predate a change, so it is stored
-# already stale (the next reader rebuilds) unless a build newer than ours has landed meanwhile.
-_STORE = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('SET', KEYS[1], 'i1' .. ARGV[2] .. ARGV[3], 'PX', ARGV[4])
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-local current = redis.call('GET', KEYS[1])
-local stamp = current and string.sub(current, 1, 2) == 'i1' and tonumber(string.sub(current, 3, 18))
-if stamp and stamp >= tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], 'i1' .. string.rep('0', 16) .. ARGV[3], 'PX', ARGV[4])
-return -1
-"""
-
-# KEYS: lock. ARGV: token. Only the holder releases (an expired lock may belong to another caller by now).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# KEYS: value, lock. Marks the value stale in place (SETRANGE keeps its TTL) and drops the lock so that a build
-# already under way cannot store its possibly outdated value as fresh. 1 if there was a value.
-_INVALIDATE = """
-local marked = 0
-if redis.call('GETRANGE', KEYS[1], 0, 1) == 'i1' then
-  redis.call('SETRANGE', KEYS[1], 2, string.rep('0', 16))
-  marked = 1
-end
-redis.call('DEL', KEYS[2])
-return marked
-"""
 
 
 def user_cache_get_or_build(
@@ -291,7 +250,9 @@ def item_cache_get(
     pause = _FIRST_POLL_SECONDS
     waited = False
     while True:
-        state, raw = _script(_CLAIM)(keys=[key, lock], args=[token, lock_ms, _now_ms() - fresh_ms], client=client)
+        state, raw = _claim_script.call_named(
+            client, value=key, lock=lock, token=token, lock_ms=lock_ms, fresh_after=_now_ms() - fresh_ms
+        )
         current = _item_decode(raw)
         if state == _FRESH and current is not None:
             CACHE_REQUESTS.labels(cache=name, outcome="wait" if waited else "hit").inc()
@@ -352,7 +313,7 @@ def item_cache_invalidate(*, item_key: str, name: str) -> bool:
     _check_name(name)
     keys = [redis_keys.item_cache(item_key, name), redis_keys.item_cache_lock(item_key, name)]
     # Called by catalog writes and batch jobs (control plane), never by a recommendation: the longer timeouts.
-    return bool(_script(_INVALIDATE)(keys=keys, client=get_control_redis()))
+    return bool(_invalidate_script.call_named(get_control_redis(), value=keys[0], lock=keys[1]))
 
 
 def item_cache_invalidate_many(*, item_keys: list[str], name: str) -> None:
@@ -360,14 +321,21 @@ def item_cache_invalidate_many(*, item_keys: list[str], name: str) -> None:
     _check_name(name)
     if not item_keys:
         return
-    script = _script(_INVALIDATE)
-    pipeline = get_control_redis().pipeline(transaction=False)
     for item_key in item_keys:
         _check_entity(item_key)
-        script(
-            keys=[redis_keys.item_cache(item_key, name), redis_keys.item_cache_lock(item_key, name)], client=pipeline
-        )
-    pipeline.execute()
+    client = get_control_redis()
+
+    def queue(pipeline: redis.client.Pipeline) -> None:
+        for item_key in item_keys:
+            _invalidate_script.queue_named(
+                client,
+                pipeline,
+                value=redis_keys.item_cache(item_key, name),
+                lock=redis_keys.item_cache_lock(item_key, name),
+            )
+
+    # Sent again whole if Redis forgot the script (nothing of it ran then; invalidating twice changes nothing).
+    script_pipeline_execute(client, queue, _invalidate_script)
 
 
 def _item_build_and_store(
@@ -381,7 +349,7 @@ def _item_build_and_store(
         _release(client, name=name, lock=lock, token=token)
         raise
     try:
-        _script(_STORE)(keys=[key, lock], args=[token, stamp, payload, ttl_ms], client=client)
+        _store_script.call_named(client, value=key, lock=lock, token=token, stamp=stamp, payload=payload, ttl_ms=ttl_ms)
     except redis.RedisError:
         _store_failed(name, key)
         _release(client, name=name, lock=lock, token=token)
@@ -404,7 +372,7 @@ def _timed_build(name: str, build: Callable[[], bytes]) -> bytes:
 
 def _release(client: redis.Redis, *, name: str, lock: str, token: str) -> None:
     try:
-        _script(_RELEASE)(keys=[lock], args=[token], client=client)
+        _release_script.call_named(client, lock=lock, token=token)
     except redis.RedisError:
         # The lock expires on its own after lock_seconds.
         logger.warning("cache.lock_release_failed", extra={"cache": name, "key": lock}, exc_info=True)
@@ -434,16 +402,6 @@ def _now_ms() -> int:
 
 
 @functools.cache
-def _script(source: str) -> Any:
-    """The script object (called by SHA, loaded again after a Redis restart or failover)."""
-    return Script(get_redis(), source)
-
-
-@process_cache("core.cache_scripts")
-def _scripts_forget() -> None:
-    _script.cache_clear()
-
-
 def _check_name(name: str) -> None:
     # The name is a metric label: a small fixed set of identifiers, never built from request data.
     if not _NAME.fullmatch(name):

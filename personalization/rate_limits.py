@@ -33,36 +33,8 @@ logger = logging.getLogger(__name__)
 KEY_POLICY: Final = "key"
 AUTH_FAILURES_POLICY: Final = "auth-failures"
 
-# KEYS: the bucket (hash: t = tokens, s = when they were counted, in microseconds of Redis's clock).
-# ARGV: quota, tokens gained a second, cost (0: only look; allowed when a token is there, nothing is written).
-# Returns {allowed (0/1), whole tokens left, ms until a token is there (0 when allowed), ms until the bucket is full}.
-_TOKEN_BUCKET = """
-local quota = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local state = redis.call('HMGET', KEYS[1], 't', 's')
-local tokens = tonumber(state[1]) or quota
-local since = tonumber(state[2]) or now
-if now > since then tokens = math.min(quota, tokens + (now - since) * rate / 1000000) end
-local need = math.max(cost, 1)
-local allowed = 0
-local wait_ms = 0
-if tokens >= need then
-  allowed = 1
-  tokens = tokens - cost
-else
-  wait_ms = math.ceil((need - tokens) * 1000 / rate)
-end
-local full_ms = math.ceil((quota - tokens) * 1000 / rate)
-if cost > 0 then
-  redis.call('HSET', KEYS[1], 't', tostring(tokens), 's', tostring(now))
-  redis.call('PEXPIRE', KEYS[1], full_ms + 1000)
-end
-return {allowed, math.floor(tokens), wait_ms, full_ms}
-"""
-token_bucket_script = ShaScript(_TOKEN_BUCKET)
+# The token bucket (`rate_limit_bucket.lua`): one per API key, one per client address for wrong keys.
+token_bucket_script = ShaScript.from_files(__file__, "rate_limit_bucket.lua")
 
 
 @dataclass(frozen=True)
@@ -127,7 +99,7 @@ class RateLimitCheck:
     policy: RatePolicy
 
     def queue(self, pipeline: redis.client.Pipeline) -> None:
-        token_bucket_script.queue(get_redis(), pipeline, [redis_keys.api_key_rate_bucket(self.api_key_id)], self._args)
+        token_bucket_script.queue_named(get_redis(), pipeline, **self._named)
 
     def decide(self, reply: Any) -> RateDecision:
         return _decision(self.policy, reply)
@@ -141,15 +113,20 @@ class RateLimitCheck:
     def take(self) -> RateDecision | None:
         """In a round trip of its own; None (let through) when Redis does not answer."""
         try:
-            reply = token_bucket_script.call(get_redis(), [redis_keys.api_key_rate_bucket(self.api_key_id)], self._args)
+            reply = token_bucket_script.call_named(get_redis(), **self._named)
         except RedisError as error:
             logger.warning("auth.rate_limit_unavailable", extra={"error": str(error)})
             return None
         return self.raise_if_refused(reply)
 
     @property
-    def _args(self) -> list[Any]:
-        return [self.policy.quota, self.policy.per_second, 1]
+    def _named(self) -> dict[str, Any]:
+        return {
+            "bucket": redis_keys.api_key_rate_bucket(self.api_key_id),
+            "quota": self.policy.quota,
+            "per_second": self.policy.per_second,
+            "cost": 1,
+        }
 
 
 def rate_limit_check(*, api_key_id: int, scope: str, rate_limit_per_second: int | None) -> RateLimitCheck | None:
@@ -179,8 +156,12 @@ def auth_failures_refusal(decision: RateDecision) -> RateLimitExceeded:
 def _auth_failures(client_address: str, *, cost: int) -> RateDecision | None:
     policy = auth_failures_policy()
     try:
-        reply = token_bucket_script.call(
-            get_redis(), [redis_keys.auth_failures_bucket(client_address)], [policy.quota, policy.per_second, cost]
+        reply = token_bucket_script.call_named(
+            get_redis(),
+            bucket=redis_keys.auth_failures_bucket(client_address),
+            quota=policy.quota,
+            per_second=policy.per_second,
+            cost=cost,
         )
     except RedisError as error:
         logger.warning("auth.failure_limit_unavailable", extra={"error": str(error)})

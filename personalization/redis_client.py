@@ -11,7 +11,11 @@ Keys are built in `personalization.redis_keys` with hash tags so that one user's
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import keyword
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import hiredis
@@ -103,18 +107,124 @@ def swap_in(client: redis.Redis, *, key: str, staging: str) -> None:
     client.unlink(retired, staging)
 
 
+# A script's interface, read from its `.lua` files: "--! KEYS: a b c...", "--! ARGV: ...", "--! RECORD NAME: ..."
+# (a group of arguments repeated per element). A name ending in "..." takes the rest (a list). In the Lua,
+# `{{KEYS.a}}` and `{{ARGV.a}}` are a name's position, `{{NAME.f}}` a record field's (from 1: `ARGV[at + {{NAME.f}}]`
+# with `at` just before the record), `{{NAME}}` a record's fixed length or a constant the loader is given.
+_SIGNATURE = re.compile(r"^--!\s*(KEYS|ARGV|RECORD\s+(\w+))\s*:(.*)$", re.M)
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)(?:\.(\w+))?\s*\}\}")
+
+
+def _packer(groups: list[tuple[tuple[str, ...], str | None]]) -> Callable[..., Any]:
+    """A function of keyword-only arguments (these names) that returns each group's values as a list, in order (a
+    group's `rest` name spread at its end); Python itself refuses a missing or unknown name, at the cost of a call."""
+    names = [name for fields, rest in groups for name in (*fields, *([rest] if rest else []))]
+    for name in names:
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(f"{name!r} cannot name a script's argument")
+    lists = [
+        "[" + "".join(f"{name}, " for name in fields) + (f"*{rest}" if rest else "") + "]" for fields, rest in groups
+    ]
+    packed = lists[0] if len(lists) == 1 else "(" + ", ".join(lists) + ")"
+    packer: Callable[..., Any] = eval(f"lambda *, {', '.join(names)}: {packed}" if names else f"lambda: {packed}")
+    return packer
+
+
+@dataclass(frozen=True)
+class LuaRecord:
+    """Arguments repeated per element (an event, an item) in a declared order. `values(**named)` gives them in the
+    script's order and refuses a missing or unknown name."""
+
+    name: str
+    fields: tuple[str, ...]
+    rest: str | None = None  # a last field that takes a list
+    values: Callable[..., list[Any]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", _packer([(self.fields, self.rest)]))
+
+    def offset(self, name: str) -> int:
+        if name == self.rest:
+            return len(self.fields) + 1
+        return self.fields.index(name) + 1
+
+
+def _record_of(name: str, text: str) -> LuaRecord:
+    names = text.split()
+    rest = names.pop()[:-3] if names and names[-1].endswith("...") else None
+    if any(name.endswith("...") for name in names):
+        raise ValueError(f"{name}: only the last name may take the rest")
+    if len(set(names) | ({rest} if rest else set())) != len(names) + (rest is not None):
+        raise ValueError(f"{name}: a name declared twice")
+    return LuaRecord(name, tuple(names), rest)
+
+
+def lua_source(
+    anchor: str, *files: str | Path, constants: Mapping[str, object] | None = None
+) -> tuple[str, dict[str, LuaRecord]]:
+    """The Lua of `files` (names beside the module `anchor`, its `__file__`, or paths) joined in order, its
+    placeholders filled in, and the KEYS, ARGV and records it declares (a declaration may go on over several
+    lines). Refuses a placeholder it cannot fill."""
+    folder = Path(anchor).parent
+    text = "".join((folder / name).read_text(encoding="utf-8") for name in files)
+    declared: dict[str, list[str]] = {}
+    for match in _SIGNATURE.finditer(text):
+        declared.setdefault(match.group(2) or match.group(1), []).append(match.group(3))
+    records = {name: _record_of(name, " ".join(parts)) for name, parts in declared.items()}
+    known = dict(constants or {})
+
+    def fill(match: re.Match[str]) -> str:
+        name, field = match.group(1), match.group(2)
+        if field is None and name in known:
+            return str(known[name])
+        if field is None and name in records:
+            return str(len(records[name].fields))
+        if field is not None and name in records:
+            record = records[name]
+            if field in record.fields or field == record.rest:
+                return str(record.offset(field))
+        raise ValueError(f"{[str(name) for name in files]}: nothing fills {match.group(0)}")
+
+    return _PLACEHOLDER.sub(fill, text), records
+
+
 class ShaScript:
     """A Lua script sent by its SHA (EVALSHA carries the hash, not the source), loaded on first use and again after
-    a Redis restart or failover forgot it (NOSCRIPT: nothing of that call ran)."""
+    a Redis restart or failover forgot it (NOSCRIPT: nothing of that call ran).
+
+    Made from `.lua` files (`from_files`), it knows the names of its KEYS and ARGV: `arguments(**named)` builds both
+    lists and refuses a missing or unknown name."""
 
     _every: ClassVar[list[ShaScript]] = []
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, records: Mapping[str, LuaRecord] | None = None) -> None:
         self.source = source
         self.sha: str | None = None
+        self.records = dict(records or {})
+        self._keys = self.records.get("KEYS", LuaRecord("KEYS", ()))
+        self._args = self.records.get("ARGV", LuaRecord("ARGV", ()))
+        names = [*self._keys.fields, *self._args.fields, *(r.rest for r in (self._keys, self._args) if r.rest)]
+        if len(set(names)) != len(names):
+            raise ValueError("a name is both a key and an argument")
+        self._pack = _packer([(self._keys.fields, self._keys.rest), (self._args.fields, self._args.rest)])
         ShaScript._every.append(self)  # scripts are module constants: the list does not grow with use
 
-    def _loaded(self, client: redis.Redis) -> str:
+    @classmethod
+    def from_files(cls, anchor: str, *files: str | Path, constants: Mapping[str, object] | None = None) -> ShaScript:
+        """The script of these `.lua` files (beside the module `anchor`, or paths; fragments first, the script
+        last)."""
+        return cls(*lua_source(anchor, *files, constants=constants))
+
+    def record(self, name: str) -> LuaRecord:
+        return self.records[name]
+
+    def arguments(self, **named: Any) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV by the names the script declares (a name taking the rest gets a list); refuses a missing or
+        unknown name."""
+        keys, args = self._pack(**named)
+        return keys, args
+
+    def loaded(self, client: redis.Redis) -> str:
         if self.sha is None:
             self.sha = str(client.script_load(self.source))
         return self.sha
@@ -122,7 +232,7 @@ class ShaScript:
     def call(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
         for attempt in range(2):
             try:
-                return client.evalsha(self._loaded(client), len(keys), *keys, *args)
+                return client.evalsha(self.loaded(client), len(keys), *keys, *args)
             except NoScriptError:
                 self.sha = None
                 if attempt:
@@ -130,7 +240,13 @@ class ShaScript:
         raise AssertionError("unreachable")
 
     def queue(self, client: redis.Redis, pipeline: redis.client.Pipeline, keys: list[str], args: list[Any]) -> None:
-        pipeline.evalsha(self._loaded(client), len(keys), *keys, *args)
+        pipeline.evalsha(self.loaded(client), len(keys), *keys, *args)
+
+    def call_named(self, client: redis.Redis, **named: Any) -> Any:
+        return self.call(client, *self.arguments(**named))
+
+    def queue_named(self, client: redis.Redis, pipeline: redis.client.Pipeline, **named: Any) -> None:
+        self.queue(client, pipeline, *self.arguments(**named))
 
     def forget(self) -> None:
         self.sha = None

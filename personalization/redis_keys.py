@@ -44,7 +44,7 @@ def event_tries(partition: int) -> str:
 
 
 def event_seen(partition: int, level: str, shard: int) -> str:
-    """One set of the 64-bit hashes of the event ids the partition's online state applied (`signals_app.dedupe`):
+    """One set of the 64-bit hashes of the event ids the partition's online state applied (`graph_app.state.dedupe`):
     level "<day>.<level>" of the generations by arrival day, shard chosen by bits of the id's digest."""
     return f"{event_seen_prefix(partition, level)}{shard}"
 

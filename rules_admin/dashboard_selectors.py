@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from django.db import connection
 from django.utils import timezone
 
 from graph_app.interface import model_versions_serving
+from graph_app.state.interface import placement_day_outcomes
 from personalization.views import _metrics_registry
 
 # Attributed events may carry a client timestamp a little before the slate was logged as served.
@@ -44,31 +44,6 @@ SERVING_LAYERS = (
     ("total", "Recommendation, total"),
 )
 SIGNAL_LAYER = ("signal_ingest", "Signal: event ingest")
-
-_PLACEMENT_DAYS_SQL = """
-WITH shown AS (
-    SELECT placement, date_trunc('day', served_at AT TIME ZONE 'UTC')::date AS day, count(*) AS impressions
-    FROM signals_app_impression
-    WHERE served_at >= %(start)s AND served_at < %(end)s
-    GROUP BY 1, 2
-), answered AS (
-    SELECT i.placement, date_trunc('day', i.served_at AT TIME ZONE 'UTC')::date AS day,
-        count(DISTINCT i.id) FILTER (WHERE e.type = 'click') AS clicks,
-        count(DISTINCT i.id) FILTER (WHERE e.type = 'add_to_cart') AS add_to_carts,
-        count(DISTINCT i.id) FILTER (WHERE e.type = 'purchase') AS purchases,
-        coalesce(sum(coalesce(e.value, item.price::float8)) FILTER (WHERE e.type = 'purchase'), 0) AS revenue
-    FROM signals_app_event e
-    JOIN signals_app_impression i ON i.request_id = e.request_id AND i.slot = e.attributed_slot
-    LEFT JOIN graph_app_item item ON item.external_id = e.item_id AND e.type = 'purchase' AND e.value IS NULL
-    WHERE e.attributed_slot IS NOT NULL AND e.occurred_at >= %(events_from)s AND e.type = ANY(%(types)s)
-        AND i.served_at >= %(start)s AND i.served_at < %(end)s
-    GROUP BY 1, 2
-)
-SELECT s.placement, s.day, s.impressions, coalesce(a.clicks, 0), coalesce(a.add_to_carts, 0),
-    coalesce(a.purchases, 0), coalesce(a.revenue, 0)
-FROM shown s LEFT JOIN answered a ON a.placement = s.placement AND a.day = s.day
-ORDER BY s.day, s.placement
-"""
 
 
 def _ratio(part: float, whole: float) -> float | None:
@@ -163,21 +138,21 @@ def placement_kpis_list(*, first_day: date, last_day: date) -> PlacementKpis:
     """
     start = datetime.combine(first_day, time.min, tzinfo=UTC)
     end = datetime.combine(last_day + timedelta(days=1), time.min, tzinfo=UTC)
-    params = {"start": start, "end": end, "events_from": start - EVENT_CLOCK_SLACK, "types": list(OUTCOME_TYPES)}
-    with connection.cursor() as cursor:
-        cursor.execute(_PLACEMENT_DAYS_SQL, params)
-        rows = [
-            PlacementDay(
-                placement=placement,
-                day=day,
-                impressions=impressions,
-                clicks=clicks,
-                add_to_carts=add_to_carts,
-                purchases=purchases,
-                revenue=float(revenue),
-            )
-            for placement, day, impressions, clicks, add_to_carts, purchases, revenue in cursor.fetchall()
-        ]
+    outcomes = placement_day_outcomes(
+        start=start, end=end, events_from=start - EVENT_CLOCK_SLACK, outcome_types=OUTCOME_TYPES
+    )
+    rows = [
+        PlacementDay(
+            placement=row.placement,
+            day=row.day,
+            impressions=row.impressions,
+            clicks=row.clicks,
+            add_to_carts=row.add_to_carts,
+            purchases=row.purchases,
+            revenue=row.revenue,
+        )
+        for row in outcomes
+    ]
     return PlacementKpis(first_day=first_day, last_day=last_day, rows=rows)
 
 

@@ -20,7 +20,7 @@ from surface_app.interface import placement_names
 
 WINDOWS = (7, 14, 30)
 DEFAULT_WINDOW = 14
-VIEW_PERMISSION = "signals_app.view_impression"
+VIEW_PERMISSION = "graph_app.view_impression"
 NO_VALUE = "n/a"  # a rate without impressions, a quantile without observations
 
 

@@ -14,8 +14,8 @@ SECTION_ORDER = [
     ("rules_admin", []),
     ("models", ["ModelVersion"]),  # the model registry's versions (Graph's), a section of their own
     ("django_celery_beat", ["PeriodicTask", "IntervalSchedule", "CrontabSchedule", "ClockedSchedule", "SolarSchedule"]),
-    ("signals_app", ["CustomEventType", "DeadLetter", "Event", "IdentityLink"]),
-    ("graph_app", []),
+    ("signals_app", ["DeadLetter", "IdentityLink"]),
+    ("graph_app", ["CustomEventType", "Event"]),
     ("personalization", ["ApiKey"]),
     ("auth", ["User", "Group"]),
     ("axes", []),
@@ -69,7 +69,7 @@ class ConsoleSite(admin.AdminSite):
 
         pages = [
             ("Preview and explain", "console:preview", "surface_app.view_businessrule"),
-            ("Dashboard", "console:dashboard", "signals_app.view_impression"),
+            ("Dashboard", "console:dashboard", "graph_app.view_impression"),
             ("Block a category or brand", "console:block", "surface_app.add_businessrule"),
         ]
         return [

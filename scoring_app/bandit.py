@@ -9,7 +9,7 @@ slots), with the logged propensity; the updated model is published to the regist
 Costs (VW minimises cost, so a reward is negative): purchase -1.0, add to cart -0.5, click -0.3, no reaction 0.
 They follow the value of each outcome to the shop, roughly in the proportions of a usual funnel: a click is worth
 something, but optimising clicks alone would favour clickbait over what sells. An impression takes its strongest
-reaction; each impression is fed once (`Impression.bandit_cost` records what it was fed), so a later, stronger
+reaction; each impression is fed once (the impression log records the cost it was fed), so a later, stronger
 reaction to an impression already fed is not learned: the price of learning from clicks within a minute.
 """
 
@@ -22,10 +22,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from graph_app.interface import LABEL_WINDOW, model_artifact, model_version_active, model_version_publish
+from graph_app.state.interface import (
+    bandit_costs_record,
+    bandit_decisions_prune,
+    bandit_decisions_read,
+    bandit_impressions_pending,
+    bandit_reactions,
+    bandit_slots_picked,
+)
 from scoring_app.engine.bandit import (
     BANDIT,
     bandit_example,
@@ -34,7 +41,6 @@ from scoring_app.engine.bandit import (
     bandit_model_new,
     bandit_pmf,
 )
-from signals_app.models import BanditDecision, Event, Impression
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +76,7 @@ def _model_active() -> tuple[Any, str]:
 
 def _reaction_costs(request_ids: set[str], since: datetime) -> dict[tuple[str, str], float]:
     costs: dict[tuple[str, str], float] = {}
-    reactions = Event.objects.filter(
-        request_id__in=request_ids, type__in=list(REACTION_COSTS), occurred_at__gte=since - CLOCK_SKEW
-    ).values_list("request_id", "item_id", "type")
+    reactions = bandit_reactions(request_ids=request_ids, reaction_types=REACTION_COSTS, since=since - CLOCK_SKEW)
     for request_id, item_id, type_name in reactions:
         key = (request_id, item_id)
         costs[key] = min(costs.get(key, NO_REACTION_COST), REACTION_COSTS[type_name])
@@ -91,17 +95,12 @@ def bandit_learn(
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LEARN_LOCK_ID])
             if not cursor.fetchone()[0]:
                 return BanditLearnReport(0, 0, 0, None, busy=True)
-        reacted = Event.objects.filter(
-            request_id=OuterRef("request_id"),
-            item_id=OuterRef("item_id"),
-            type__in=list(REACTION_COSTS),
-            occurred_at__gte=OuterRef("served_at") - CLOCK_SKEW,
-        )
-        pending = list(
-            Impression.objects.filter(propensity__isnull=False, bandit_cost__isnull=True, served_at__gte=horizon)
-            .filter(Q(served_at__lte=now - label_window) | Exists(reacted))
-            .order_by("served_at", "request_id", "slot")
-            .values("pk", "request_id", "item_id", "slot", "propensity", "served_at")[:batch_size]
+        pending = bandit_impressions_pending(
+            since=horizon,
+            labelled_before=now - label_window,
+            reaction_types=REACTION_COSTS,
+            clock_skew=CLOCK_SKEW,
+            limit=batch_size,
         )
         workspace, base_version = _model_active()
         try:
@@ -122,16 +121,9 @@ def _learn(workspace: Any, pending: list[dict[str, Any]], base_version: str) -> 
     oldest = min((row["served_at"] for row in pending), default=timezone.now())
     costs = _reaction_costs(request_ids, oldest)
     picked: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for request_id, slot, item_id in Impression.objects.filter(
-        request_id__in=request_ids, propensity__isnull=False, served_at__gte=oldest
-    ).values_list("request_id", "slot", "item_id"):
+    for request_id, slot, item_id in bandit_slots_picked(request_ids=request_ids, since=oldest):
         picked[request_id].append((slot, item_id))
-    decisions = {
-        request_id: (shared, actions)
-        for request_id, shared, actions in BanditDecision.objects.filter(request_id__in=request_ids).values_list(
-            "request_id", "shared", "actions"
-        )
-    }
+    decisions = bandit_decisions_read(request_ids=request_ids)
 
     fed: dict[float, list[int]] = defaultdict(list)
     learned = rewarded = unlearnable = 0
@@ -168,13 +160,9 @@ def _learn(workspace: Any, pending: list[dict[str, Any]], base_version: str) -> 
             "learned_from": base_version or None,
         }
         version = model_version_publish(kind=BANDIT, artifact=bandit_model_dump(workspace), metrics=metrics).version
-    for cost, pks in fed.items():
-        Impression.objects.filter(pk__in=pks, served_at__gte=oldest).update(bandit_cost=cost)
+    bandit_costs_record(costs=fed, since=oldest)
     return BanditLearnReport(learned, rewarded, unlearnable, version)
 
 
 def _decisions_prune(horizon: datetime) -> int:
-    old = list(
-        BanditDecision.objects.filter(served_at__lt=horizon).values_list("pk", flat=True)[:DECISIONS_PRUNED_PER_RUN]
-    )
-    return BanditDecision.objects.filter(pk__in=old).delete()[0] if old else 0
+    return bandit_decisions_prune(before=horizon, limit=DECISIONS_PRUNED_PER_RUN)

@@ -9,10 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import orjson
-from django.db import connection
 
 from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
 from graph_app.interface import DEFAULT_TOLERANCE, FeatureSkew, item_ids_in_stock, skew_compare
+from graph_app.state.interface import (
+    BUILT_IN_EVENT_TYPES,
+    logged_users_sample,
+    user_items_logged,
+    user_purchases_logged,
+)
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from scoring_app.engine.retrieval import (
@@ -25,7 +30,6 @@ from scoring_app.engine.retrieval import (
     similar_to_recent_rows,
     user_state_fetch,
 )
-from signals_app.event_types import BUILT_IN_EVENT_TYPES
 
 COMPARED = tuple(
     name for name in RETRIEVAL_FEATURE_NAMES if not name.startswith("retrieval_graph_") and name != "retrieval_sources"
@@ -47,33 +51,12 @@ class RetrievalSkewReport:
 def _history(user_key: str) -> tuple[list[str], set[str]]:
     """The user's latest distinct interest items (newest first) and what they bought, from the log."""
     interest = [name for name, kind in BUILT_IN_EVENT_TYPES.items() if kind.marks_interest]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT item_id FROM signals_app_event WHERE user_id = %s AND item_id <> '' AND type = ANY(%s) "
-            "GROUP BY item_id ORDER BY max(occurred_at) DESC, item_id LIMIT %s",
-            [user_key, interest, RECENT_ITEMS_USED],
-        )
-        recent = [row[0] for row in cursor.fetchall()]
-        cursor.execute(
-            "SELECT DISTINCT item_id FROM signals_app_event WHERE user_id = %s AND type = 'purchase' ORDER BY 1",
-            [user_key],
-        )
-        bought = {row[0] for row in cursor.fetchall()}
-    return recent, bought
+    recent = user_items_logged(user_id=user_key, limit=RECENT_ITEMS_USED, types=interest)
+    return recent, user_purchases_logged(user_id=user_key)
 
 
 def _in_stock() -> set[str]:
     return item_ids_in_stock()
-
-
-def _sample(users: int, seed: str) -> list[str]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT user_id FROM (SELECT DISTINCT user_id FROM signals_app_event WHERE user_id <> '') u "
-            "ORDER BY md5(user_id || %s) LIMIT %s",
-            [seed, users],
-        )
-        return [row[0] for row in cursor.fetchall()]
 
 
 def retrieval_skew_check(
@@ -84,7 +67,7 @@ def retrieval_skew_check(
     report = RetrievalSkewReport(users=0, rows=0, tolerance=tolerance)
     report.features = {name: FeatureSkew(name) for name in COMPARED}
     columns = [RETRIEVAL_FEATURE_NAMES.index(name) for name in COMPARED]
-    for user_key in _sample(users, seed):
+    for user_key in logged_users_sample(users=users, seed=seed):
         state = user_state_fetch(user_key=user_key)
         candidate_set, _ = candidates_retrieve(state=state)
         if candidate_set.retrieval is None or not candidate_set.candidates:

@@ -11,7 +11,7 @@ its try back, so an outage never dead-letters an entry. Staff replay dead letter
 (`signals_app.services.dead_letters_replay`).
 
 Late events (older than the dedupe window when they arrived) that a batch stored as new are applied to the online
-state after its commit, before the acknowledgement (`signals_app.history`: at most once, never twice).
+state after its commit, before the acknowledgement (`graph_app.state.history`: at most once, never twice).
 """
 
 from __future__ import annotations
@@ -29,14 +29,20 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from redis.exceptions import RedisError, ResponseError
 
+from graph_app.state.interface import (
+    Attribution,
+    EventInput,
+    EventRecord,
+    event_is_late,
+    event_log_append,
+    events_apply_online,
+    impression_slates_logged,
+    impressions_store,
+)
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 from signals_app.erasure import erased_entry_ids
-from signals_app.history import event_is_late, events_apply_online
-from signals_app.log import event_log_append
-from signals_app.models import BanditDecision, DeadLetter, IdentityLink, Impression
-from signals_app.records import Attribution, EventRecord
-from signals_app.validation import EventInput
+from signals_app.models import DeadLetter, IdentityLink
 
 logger = logging.getLogger(__name__)
 
@@ -190,19 +196,9 @@ def _attributions(events: list[EventInput]) -> dict[str, dict[str, Any]]:
 
 def _logged_slates(request_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Slates served longer ago than Redis keeps them (SURFACE_SLATE_KEEP_SECONDS), rebuilt from the impression
-    log, if served within the attribution window. An id that matches nothing (never served, or too old) costs this
-    one indexed query per batch."""
+    log, if served within the attribution window."""
     since = datetime.now(UTC) - timedelta(seconds=settings.SIGNALS_ATTRIBUTION_WINDOW_SECONDS)
-    rows = (
-        Impression.objects.filter(request_id__in=request_ids, served_at__gte=since)
-        .order_by("request_id", "slot")
-        .values_list("request_id", "placement", "model_version", "item_id", "slot", "score", "source")
-    )
-    slates: dict[str, dict[str, Any]] = {}
-    for request_id, placement, model_version, item_id, slot, score, source in rows:
-        slate = slates.setdefault(request_id, {"placement": placement, "model_version": model_version, "items": []})
-        slate["items"].append({"item_id": item_id, "slot": slot, "score": score, "source": source})
-    return slates
+    return impression_slates_logged(request_ids=request_ids, since=since)
 
 
 def _attribution(event: EventInput, slates: dict[str, dict[str, Any]]) -> Attribution | None:
@@ -352,51 +348,9 @@ def _store(
             )
         stored_report.identities += len(identities)
         if impressions:
-            _impressions_store([payload for _, payload in impressions])
+            impressions_store(impressions=[payload for _, payload in impressions])
             stored_report.impressions += len(impressions)
     return dead, stored_report, list(late.values())
-
-
-def _impressions_store(impressions: list[dict[str, Any]]) -> None:
-    """One row per item shown, and one per decision of the contextual bandit (what it could have shown); a
-    replayed entry is ignored (unique on request id, slot and serving time, which a replay repeats, and on request
-    id)."""
-    rows = [
-        Impression(
-            request_id=record["request_id"],
-            user_key=record["user_key"],
-            placement=record["placement"],
-            item_id=item["item_id"],
-            slot=item["slot"],
-            score=item.get("score"),
-            source=item.get("source") or "",
-            model_version=record.get("model_version") or "",
-            served_at=datetime.fromtimestamp(record["served_at"], tz=UTC),
-            propensity=item.get("propensity"),
-            variant=record.get("variant") or "",
-            rules=item.get("rules") or [],
-            path=record.get("path") or "",
-        )
-        for record in impressions
-        for item in record["items"]
-    ]
-    decisions = [
-        BanditDecision(
-            request_id=record["request_id"],
-            placement=record["placement"],
-            served_at=datetime.fromtimestamp(record["served_at"], tz=UTC),
-            shared=record["bandit"]["shared"],
-            # Every offered action once: the picked ones carry their features on their item.
-            actions=[[item["item_id"], item["features"]] for item in record["items"] if item.get("features")]
-            + [list(action) for action in record["bandit"]["unshown"]],
-        )
-        for record in impressions
-        if record.get("bandit")
-    ]
-    with transaction.atomic():
-        Impression.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
-        if decisions:
-            BanditDecision.objects.bulk_create(decisions, ignore_conflicts=True, batch_size=1000)
 
 
 def _dead_letter(partition: int, dead: list[tuple[Entry, str]], tried: dict[bytes, int]) -> None:

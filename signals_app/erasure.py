@@ -20,10 +20,11 @@ import orjson
 from django.db import connection, transaction
 from django.db.models import Q
 
+from graph_app.state.interface import shopper_log_trace, shopper_logs_erase, user_state_erase, user_state_keys
 from personalization import redis_keys
 from personalization.access import user_key_of
-from personalization.redis_client import ShaScript, get_control_redis
-from signals_app.models import BanditDecision, DeadLetter, Event, EventId, IdentityLink, Impression
+from personalization.redis_client import get_control_redis
+from signals_app.models import DeadLetter, IdentityLink
 
 # Longer than an entry waits in a stream (the consumer's lag, a PostgreSQL outage): entries older than the erasure
 # that arrive later than this would be stored.
@@ -33,23 +34,6 @@ STREAM_READ_BATCH = 1000
 ERASURE_LOCK_KEY = 0x65726173757265
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-
-# Per user key, in its partition: KEYS 1 event stream, 2 tombstone, 3 the partition's user nearest lists, then the
-# keys to delete. ARGV 1 tombstone ttl, 2 the user key (its field in the nearest lists), then the stream entry ids.
-# Returns the keys deleted, the stream entries deleted, the hash fields deleted.
-ONLINE_ERASE_LUA = """
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local boundary = '0-0'
-if last[1] then boundary = last[1][1] end
-redis.call('SET', KEYS[2], boundary, 'EX', tonumber(ARGV[1]))
-local deleted = 0
-for index = 4, #KEYS do deleted = deleted + redis.call('DEL', KEYS[index]) end
-local entries = 0
-for index = 3, #ARGV do entries = entries + redis.call('XDEL', KEYS[1], ARGV[index]) end
-local fields = redis.call('HDEL', KEYS[3], ARGV[2])
-return {deleted, entries, fields}
-"""
-online_erase_script = ShaScript(ONLINE_ERASE_LUA)
 
 
 @dataclass
@@ -151,14 +135,10 @@ def shopper_trace(*, user_id: str) -> ShopperTrace:
         if owner in user_keys:
             trace.dead_letter_entries.setdefault(owner, []).append(entry_id)
 
-    trace.event_session_ids |= set(
-        _events(trace).exclude(user_id="").exclude(session_id="").values_list("session_id", flat=True).distinct()
-    )
-    for request_id, placement in Impression.objects.filter(user_key__in=user_keys).values_list(
-        "request_id", "placement"
-    ):
-        trace.request_ids.add(request_id)
-        trace.placements.add(placement)
+    logged = shopper_log_trace(user_id=trace.user_id, session_ids=trace.session_ids, user_keys=user_keys)
+    trace.event_session_ids |= logged.event_session_ids
+    trace.request_ids |= logged.request_ids
+    trace.placements |= logged.placements
     trace.dead_letter_ids = _dead_letters(trace)
     return trace
 
@@ -171,11 +151,6 @@ def _note(trace: ShopperTrace, owner: str, payload: dict[str, Any]) -> None:
         trace.placements.add(str(payload.get("placement")))
     elif kind != "identify" and payload.get("user_id") and payload.get("session_id"):
         trace.event_session_ids.add(str(payload["session_id"]))
-
-
-def _events(trace: ShopperTrace) -> Any:
-    """The user's events and its linked sessions' anonymous ones (the parent table: every partition)."""
-    return Event.objects.filter(Q(user_id=trace.user_id) | Q(user_id="", session_id__in=sorted(trace.session_ids)))
 
 
 def _dead_letters(trace: ShopperTrace) -> set[int]:
@@ -196,17 +171,8 @@ def _dead_letters(trace: ShopperTrace) -> set[int]:
 
 
 def shopper_online_keys(trace: ShopperTrace, user_key: str) -> list[str]:
-    """The keys of the user key's online state that the Signal layer writes (all in its partition). Not the dedupe's
-    sets: they hold 64-bit hashes of event ids, nothing that names the shopper, for at most 3 days, and keep a resend
-    of an erased event (after the tombstone's boundary) from starting its history again within the window."""
-    keys = [
-        redis_keys.user_recent_items(user_key),
-        redis_keys.user_recent_last(user_key),
-        redis_keys.user_affinity(user_key),
-        redis_keys.user_purchased(user_key),
-        redis_keys.user_cooldown(user_key),
-        *(redis_keys.user_session_items(user_key, session) for session in sorted(trace.event_session_ids | {"-"})),
-    ]
+    """The keys of the user key's online state (all in its partition), and a linked session's alias."""
+    keys = user_state_keys(user_key=user_key, session_ids=sorted(trace.event_session_ids | {"-"}))
     if user_key != trace.user_id:  # a linked session: the alias that sends its events to the user
         keys.append(redis_keys.session_alias(user_key.removeprefix("session:")))
     return keys
@@ -218,22 +184,19 @@ def shopper_online_erase(*, trace: ShopperTrace, keys: Mapping[str, Sequence[str
     client = get_control_redis()
     deleted = entries = 0
     for user_key in sorted(trace.user_keys):
-        partition = redis_keys.partition_of(user_key)
-        reply = online_erase_script.call(
-            client,
-            [
-                redis_keys.event_stream(partition),
-                redis_keys.erased_shopper(user_key),
-                redis_keys.user_nearest_lists(partition),
-                *keys.get(user_key, ()),
-            ],
-            [ERASURE_TOMBSTONE_SECONDS, user_key, *trace.stream_entries.get(user_key, ())],
+        erased, streamed = user_state_erase(
+            client=client,
+            user_key=user_key,
+            keys=keys.get(user_key, ()),
+            stream_entries=trace.stream_entries.get(user_key, ()),
+            tombstone=redis_keys.erased_shopper(user_key),
+            tombstone_ttl=ERASURE_TOMBSTONE_SECONDS,
         )
-        deleted += int(reply[0]) + int(reply[2])
-        entries += int(reply[1])
+        deleted += erased
+        entries += streamed
         dead_ids = trace.dead_letter_entries.get(user_key)
         if dead_ids:
-            entries += int(client.xdel(redis_keys.dead_letter_stream(partition), *dead_ids))
+            entries += int(client.xdel(redis_keys.dead_letter_stream(redis_keys.partition_of(user_key)), *dead_ids))
     return OnlineErasure(redis_keys=deleted, stream_entries=entries)
 
 
@@ -242,20 +205,18 @@ def shopper_log_erase(*, trace: ShopperTrace) -> LogErasure:
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ERASURE_LOCK_KEY])
-        events = _events(trace)
-        event_ids = list(events.values_list("event_id", flat=True))
-        erased_events, _ = events.delete()
-        EventId.objects.filter(event_id__in=event_ids).delete()
-        user_keys = sorted(trace.user_keys)
-        request_ids = set(Impression.objects.filter(user_key__in=user_keys).values_list("request_id", flat=True))
-        impressions, _ = Impression.objects.filter(user_key__in=user_keys).delete()
-        decisions, _ = BanditDecision.objects.filter(request_id__in=sorted(request_ids | trace.request_ids)).delete()
+        logs = shopper_logs_erase(
+            user_id=trace.user_id,
+            session_ids=trace.session_ids,
+            user_keys=trace.user_keys,
+            request_ids=trace.request_ids,
+        )
         links, _ = IdentityLink.objects.filter(user_id=trace.user_id).delete()
         dead_letters, _ = DeadLetter.objects.filter(id__in=trace.dead_letter_ids).delete()
     return LogErasure(
-        events=erased_events,
-        impressions=impressions,
-        bandit_decisions=decisions,
+        events=logs.events,
+        impressions=logs.impressions,
+        bandit_decisions=logs.bandit_decisions,
         identity_links=links,
         dead_letters=dead_letters,
     )

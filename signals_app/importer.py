@@ -6,7 +6,7 @@ event id applies (a resent file, or an id repeated inside it, is stored once). M
 partitions first, so history does not pile up in the DEFAULT partition.
 
 Each committed batch's newly stored events are then applied to the Redis online state (recent items in event-time
-order, affinities, item counters and popularity windows, purchased and cool-down sets: `signals_app.history`), so
+order, affinities, item counters and popularity windows, purchased and cool-down sets: `graph_app.state.history`), so
 known customers are known online after an import. At most once, like late events: a crash between a batch's
 commit and its apply leaves that batch out of the online state on resume (its events are duplicates by then);
 `manage.py rebuild_online_state` recomputes it all from the log. For a large history into a platform whose
@@ -30,6 +30,16 @@ from typing import IO, Any
 import orjson
 from django.utils import timezone
 
+from graph_app.state.interface import (
+    DEDUPE_WINDOW,
+    EventInput,
+    EventRecord,
+    event_log_append,
+    event_log_partition_months,
+    event_log_partitions_create,
+    events_apply_online,
+    month_start,
+)
 from personalization import file_import
 from personalization.file_import import (
     ImportFileError,
@@ -38,11 +48,7 @@ from personalization.file_import import (
     SourceRow,
     checkpoint_path_for,
 )
-from signals_app.history import events_apply_online
-from signals_app.log import event_log_append, event_log_partition_months, event_log_partitions_create, month_start
-from signals_app.online_state import DEDUPE_WINDOW
-from signals_app.records import EventRecord
-from signals_app.validation import EventInput, event_validate
+from signals_app.validation import event_validate
 
 IMPORT_BATCH_SIZE = 5000
 CSV_COLUMNS = (

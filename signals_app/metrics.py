@@ -17,7 +17,7 @@ _OTHER_TYPE = "other"
 
 
 def events_counted(type_name: object, outcome: str) -> None:
-    from signals_app.event_types import event_type_lookup
+    from graph_app.state.interface import event_type_lookup
 
     label = type_name if isinstance(type_name, str) and event_type_lookup(type_name) else _OTHER_TYPE
     EVENTS.labels(type=label, outcome=outcome).inc()

@@ -2,11 +2,11 @@
 restoring the log or losing Redis.
 
 Users: each user's recent items and their time, affinity hash, purchased set and cool-down set, from their
-events in event-time order (then by row id) with the ingest script's rules (`STATE_LUA`) and the catalog's
+events in event-time order (then by row id) with the ingest script's rules (`state.lua`) and the catalog's
 entity keys: the state ingesting the same events live would have built. An anonymous session's events count for
 the user it was identified as, as its state was merged into theirs; session items (30 minutes) are not rebuilt.
 Recent items or affinities that ended longer than their TTL ago are not written (readers take them as missing).
-Items: `graph_app.features.counters.item_counters_rebuild`.
+Items: `graph_app.state.counters.item_counters_rebuild`.
 
 Run it while ingest is paused: a user's keys are replaced with what the log held when they were read.
 """
@@ -26,9 +26,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from redis.typing import EncodableT
 
-from graph_app.features.counters import item_counters_rebuild
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
-from graph_app.features.offline import catalog_entity_keys, event_types
+from graph_app.features.offline import catalog_entity_keys
 from graph_app.features.user_affinity import (
     AFFINITY_REBASE_AFTER_HALF_LIVES,
     affinity_encode,
@@ -37,16 +36,18 @@ from graph_app.features.user_affinity import (
     weakest_dropped,
 )
 from graph_app.progress import PROGRESS_EVERY_SECONDS, Progress
-from personalization import redis_keys
-from personalization.redis_client import get_control_redis
-from signals_app.event_types import EventType
-from signals_app.online_state import (
+from graph_app.state.interface import (
     COOLDOWN_EVENT_TYPES,
     COOLDOWN_ITEMS_KEPT,
     COOLDOWN_KEPT_SECONDS,
     RECENT_ITEMS_KEPT,
     RECENT_ITEMS_TTL_SECONDS,
+    EventType,
+    event_types,
+    item_counters_rebuild,
 )
+from personalization import redis_keys
+from personalization.redis_client import get_control_redis
 
 logger = logging.getLogger(__name__)
 

@@ -16,17 +16,16 @@ import redis
 from django.db import transaction
 from django.utils import timezone
 
+from graph_app.state.interface import EventInput, EventOutcome, OnlineEvent, event_type_lookup, events_ingest_online
 from personalization import redis_keys
 from personalization.errors import ApplicationError
 from personalization.exception_handler import SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS
 from personalization.process_caches import process_cache
 from personalization.redis_client import get_control_redis, get_ingest_redis
 from signals_app import metrics
-from signals_app.event_types import event_type_lookup
 from signals_app.identity import identity_link_if_new
 from signals_app.models import DeadLetter
-from signals_app.online_state import EventOutcome, OnlineEvent, ingest_script
-from signals_app.validation import EventInput, event_validate
+from signals_app.validation import event_validate
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ def events_ingest(
             raise _incomplete(len(raw_events), valid, [EventOutcome.NOT_APPLIED] * len(valid.events)) from error
         user_keys = {online.event.user_key for online in valid.events}
         also = (lambda pipeline: on_users_changed(pipeline, user_keys)) if on_users_changed else None
-        outcomes = ingest_script.run(client, valid.events, also)
+        outcomes = events_ingest_online(client=client, events=valid.events, also=also)
         for online, outcome in zip(valid.events, outcomes, strict=True):
             if outcome is EventOutcome.NEW:
                 report.accepted += 1

@@ -2,8 +2,8 @@ import logging
 
 from celery import shared_task
 
+from graph_app.state.interface import popularity_refresh
 from personalization.training_compute import training_priority_lower
-from signals_app.popularity import popularity_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def popularity_refresh_task() -> dict[str, object]:
 @shared_task(name="signals.event_log_partitions_ensure", autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
 def event_log_partitions_ensure_task(months_ahead: int = 2) -> list[str]:
     """Daily: the event log's monthly partitions exist for this month and the next ones (idempotent)."""
-    from signals_app.log import event_log_partitions_ensure
+    from graph_app.state.interface import event_log_partitions_ensure
 
     return event_log_partitions_ensure(months_ahead=months_ahead)
 
@@ -46,7 +46,7 @@ def event_log_partitions_ensure_task(months_ahead: int = 2) -> list[str]:
 @shared_task(name="signals.impression_log_maintain", autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
 def impression_log_maintain_task() -> dict[str, object]:
     """Daily: the impression log's partitions exist a week ahead and the days past the retention are dropped."""
-    from signals_app.log import impression_log_maintain
+    from graph_app.state.interface import impression_log_maintain
 
     report = impression_log_maintain()
     return {"created": report.created, "dropped": report.dropped, "default_rows_deleted": report.default_rows_deleted}

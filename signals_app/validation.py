@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
+from graph_app.state.interface import EventInput, EventType, event_type_lookup
 from personalization.access import USER_ID_IN_SESSION_NAMESPACE, user_id_in_session_namespace
 from personalization.validation import NUMERIC_ID_MESSAGE, JsonLimitExceeded, json_limits_check, numeric_id_text
-from signals_app.event_types import EventType, event_type_lookup
 
 EVENT_ID_MAX_LENGTH = 100
 IDENTITY_MAX_LENGTH = 200
@@ -26,26 +26,6 @@ MAX_FUTURE_SKEW = timedelta(minutes=5)
 EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
 SLOT_MAX = 10_000
 NUL_ESCAPE = b"\\u0000"
-
-
-@dataclass(frozen=True)
-class EventInput:
-    event_id: str
-    type: str
-    user_id: str
-    session_id: str
-    item_id: str
-    placement: str
-    request_id: str
-    slot: int | None
-    value: float | None
-    context: dict[str, Any]
-    occurred_at: datetime
-
-    @property
-    def user_key(self) -> str:
-        """Whom the online state belongs to: the user, or the anonymous session until it is identified."""
-        return self.user_id or f"session:{self.session_id}"
 
 
 @dataclass

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from graph_app.models import Entity, Item, ItemEntity, ItemPopularity, Shopper
 from graph_app.online import catalog_rows_publish
-from signals_app.models import Event
+from graph_app.state.models import Event
 
 
 class ItemFactory(factory.django.DjangoModelFactory):

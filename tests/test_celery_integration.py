@@ -81,7 +81,7 @@ def test_a_tasks_lines_carry_its_id_and_an_idle_drain_prints_nothing(json_loggin
         {
             "event": "signals.popularity_refreshed",
             "level": "info",
-            "logger": "signals_app.popularity",
+            "logger": "graph_app.state.popularity",
             "task_id": result.id,
             "task": "signals.popularity_refresh",
             "items": 1,

@@ -1,7 +1,7 @@
 """Exponentially decayed sums of a log's events as of many instants at once: the offline twin of the online counters.
 
 Online, each item's counters are one running value per half-life, decayed and added to at every event
-(`signals_app.online_state.PACKED_ADD_LUA`). Offline, training asks for the same sums as of its own instants: each
+(`graph_app/state/packed_add.lua`). Offline, training asks for the same sums as of its own instants: each
 judged user's rows are as of their own cut, so a popular item may be asked for at thousands of instants. Summing
 the item's events again for each instant (a scan per row in SQL) took most of a ranker's fit at 100 k items; here
 each series is read once, its running values computed once, and every instant is a binary search.

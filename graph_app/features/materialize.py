@@ -19,13 +19,15 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, Min, OuterRef, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from graph_app.features.definitions import FEATURE_NAMES
 from graph_app.features.offline import FeatureRequest, features_offline
 from graph_app.models import FeatureRow, MaterializationCursor
-from signals_app.models import Event, Impression
+from graph_app.state.log_reads import impressions_oldest, impressions_without_feature_rows
+from graph_app.state.log_reads import slice_reactions as log_slice_reactions
+from graph_app.state.models import Event
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def _cursor_lock(now: datetime) -> MaterializationCursor | None:
     locked = MaterializationCursor.objects.select_for_update(skip_locked=True).filter(pk=CURSOR_ID)
     cursor = locked.first()
     if cursor is None and not MaterializationCursor.objects.filter(pk=CURSOR_ID).exists():
-        oldest = Impression.objects.aggregate(oldest=Min("served_at"))["oldest"]
+        oldest = impressions_oldest()
         MaterializationCursor.objects.get_or_create(pk=CURSOR_ID, defaults={"served_before": oldest or now})
         cursor = locked.first()
     return cursor
@@ -96,17 +98,8 @@ def _cursor_lock(now: datetime) -> MaterializationCursor | None:
 
 def slice_reactions(start: datetime, end: datetime, label_window: timedelta) -> QuerySet[Event, tuple[str, str, str]]:
     """(request id, item id, type) of the reactions attributed to slates served in [start, end) within their label
-    window: read from the log's partial index of attributed events (`event_attributed_time`), not the whole log."""
-    return (
-        Event.objects.filter(
-            attributed_slot__isnull=False,
-            occurred_at__gte=start - CLOCK_SKEW,
-            occurred_at__lt=end + label_window,
-            type__in=REACTIONS,
-        )
-        .order_by()
-        .values_list("request_id", "item_id", "type")
-    )
+    window (`graph_app.state.log_reads.slice_reactions`)."""
+    return log_slice_reactions(start, end, label_window, reactions=REACTIONS, clock_skew=CLOCK_SKEW)
 
 
 def _slice_materialize(start: datetime, end: datetime, label_window: timedelta) -> tuple[int, int, int]:
@@ -118,13 +111,7 @@ def _slice_materialize(start: datetime, end: datetime, label_window: timedelta) 
     request_ids = {request_id for request_id, _ in outcomes}
     if not request_ids:
         return 0, 0, 0
-    done = FeatureRow.objects.filter(request_id=OuterRef("request_id"), slot=OuterRef("slot"))
-    pending = list(
-        Impression.objects.filter(request_id__in=request_ids, served_at__gte=start, served_at__lt=end)
-        .exclude(Exists(done))
-        .order_by("served_at", "request_id", "slot")
-        .values("request_id", "slot", "user_key", "item_id", "placement", "served_at", "model_version")
-    )
+    pending = impressions_without_feature_rows(request_ids=request_ids, start=start, end=end)
     if not pending:
         return 0, 0, 0
     values = features_offline(

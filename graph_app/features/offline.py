@@ -2,7 +2,7 @@
 from the PostgreSQL event log with the same definitions as the online store (control plane: SQL and ORM).
 
 Only what happened by `as_of` counts, late events included: like the online path, which applies an event that
-arrived more than the 48 h dedupe window after it happened once the log stored it (`signals_app.history`), and
+arrived more than the 48 h dedupe window after it happened once the log stored it (`graph_app.state.history`), and
 imported history too. Catalog facts (price, stock, entities, embeddings) are the current ones: the catalog keeps
 no history.
 """
@@ -36,8 +36,9 @@ from graph_app.features.user_affinity import entities_kept, weakest_dropped
 from graph_app.models import Item, ItemEntity
 from graph_app.online import entity_keys
 from graph_app.progress import Progress
-from signals_app.event_types import BUILT_IN_EVENT_TYPES, EventType
-from signals_app.models import CustomEventType
+from graph_app.state.custom_types import event_types
+from graph_app.state.event_types import EventType
+from graph_app.state.log_reads import ITEM_EVENTS_SERIES_SQL, PLACEMENT_IMPRESSIONS_SERIES_SQL, user_events_logged
 
 TTL = {feature.name: feature.ttl_seconds for feature in FEATURES}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -49,14 +50,6 @@ class FeatureRequest:
     item_id: str
     placement: str
     as_of: datetime
-
-
-def event_types() -> dict[str, EventType]:
-    """The built-in event types and the custom ones, by name."""
-    types = dict(BUILT_IN_EVENT_TYPES)
-    for row in CustomEventType.objects.all():
-        types[row.name] = EventType(row.name, row.needs_item, row.popularity_weight, row.marks_interest)
-    return types
 
 
 def _entity_links(item_ids: set[str] | None) -> dict[str, list[tuple[str, str]]]:
@@ -100,37 +93,6 @@ def _catalog(
     return keys, facts
 
 
-# Each series' events by series number then time, read once per call: `decayed_sums` computes every instant's sums
-# from them. An item's weighted events and its clicks in the placements asked for (the placement's number, 0 for
-# none) come from one read: a separate read of the clicks scanned every event of the items again (85 s a candidate
-# set at a million items). The last column numbers the hidden pair an event belongs to (from 1; 0: none), so that
-# several sets of rows, each hiding its own pairs, share the read.
-_ITEM_EVENTS_SQL = """
-WITH r AS (SELECT * FROM unnest(%(series)s::text[]) WITH ORDINALITY AS r(item, idx)),
-     w AS (SELECT * FROM unnest(%(types)s::text[], %(weights)s::float8[]) AS w(type, weight)),
-     h AS (SELECT * FROM unnest(%(hidden_users)s::text[], %(hidden_items)s::text[]) WITH ORDINALITY
-           AS h(user_id, item_id, idx))
-SELECT r.idx - 1, (extract(epoch FROM e.occurred_at) * 1000000)::int8, coalesce(w.weight, 0.0),
-       CASE WHEN e.type = 'click' THEN coalesce(array_position(%(placements)s::text[], e.placement::text), 0)
-            ELSE 0 END,
-       coalesce(h.idx, 0)
-FROM r
-JOIN signals_app_event e ON e.item_id = r.item AND e.occurred_at <= %(until)s
-LEFT JOIN w ON w.type = e.type
-LEFT JOIN h ON h.user_id = e.user_id AND h.item_id = e.item_id
-WHERE (w.weight IS NOT NULL OR e.type = 'click')
-ORDER BY r.idx, e.occurred_at, e.id
-"""
-
-_PLACEMENT_IMPRESSIONS_SQL = """
-WITH r AS (SELECT * FROM unnest(%(series)s::text[], %(placements)s::text[]) WITH ORDINALITY AS r(item, placement, idx))
-SELECT r.idx - 1, (extract(epoch FROM i.served_at) * 1000000)::int8, 1.0::float8
-FROM r
-JOIN signals_app_impression i ON i.item_id = r.item AND i.placement = r.placement AND i.served_at <= %(until)s
-ORDER BY r.idx, i.served_at, i.id
-"""
-
-
 # Rows fetched at a time when a series' events are streamed into arrays (a popular item has a fifth of the log).
 SERIES_CHUNK_ROWS = 200_000
 
@@ -152,14 +114,6 @@ def _series_read(sql: str, params: dict[str, object], kinds: tuple[type, ...]) -
     ]
 
 
-_USER_EVENTS_SQL = """
-SELECT user_id, item_id, type, extract(epoch FROM occurred_at)::float8
-FROM signals_app_event
-WHERE user_id = ANY(%(users)s) AND item_id <> '' AND occurred_at <= %(until)s
-ORDER BY occurred_at, id
-"""
-
-
 def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple[str, str]] = ()) -> np.ndarray:
     """One row per request, columns in FEATURE_NAMES order, NaN where missing. `hidden`: (user, item) pairs whose
     events the rows must not see (training's held-out labels), as if they were not in the log."""
@@ -178,9 +132,7 @@ def features_offline_sets(
     types = event_types()
     weighted = {name: kind.popularity_weight for name, kind in types.items() if kind.popularity_weight > 0}
     until = max(request.as_of for request in everything)
-    with connection.cursor() as cursor:
-        cursor.execute(_USER_EVENTS_SQL, {"users": sorted({r.user_key for r in everything}), "until": until})
-        user_events_all = cursor.fetchall()
+    user_events_all = user_events_logged(users=sorted({r.user_key for r in everything}), until=until)
     hidden_pairs = sorted({pair for _, hidden in sets for pair in hidden})
     hidden_number = {pair: number for number, pair in enumerate(hidden_pairs, start=1)}
     item_ids = {request.item_id for request in everything}
@@ -193,7 +145,7 @@ def features_offline_sets(
     pair_number = {pair: number for number, pair in enumerate(pairs)}
     placements = sorted({placement for _, placement in pairs})
     series, times, weights, clicked_in, hidden_in = _series_read(
-        _ITEM_EVENTS_SQL,
+        ITEM_EVENTS_SERIES_SQL,
         {"series": items, "until": until, "types": list(weighted), "weights": list(weighted.values()),
          "placements": placements,
          "hidden_users": [user for user, _ in hidden_pairs], "hidden_items": [item for _, item in hidden_pairs]},
@@ -206,7 +158,7 @@ def features_offline_sets(
         pair_of[item_number[item], placement_number[placement]] = number
     click_pairs = pair_of[series, clicked_in]
     impression_series, impression_times, _ = _series_read(
-        _PLACEMENT_IMPRESSIONS_SQL,
+        PLACEMENT_IMPRESSIONS_SERIES_SQL,
         {"series": [item for item, _ in pairs], "placements": [placement for _, placement in pairs], "until": until},
         (np.int64, np.int64, np.float64),
     )

@@ -34,6 +34,7 @@ from graph_app.features.definitions import (
 )
 from graph_app.features.user_affinity import UserAffinity, affinity_decode, recent_last_of
 from graph_app.online import STATIC_DTYPE, catalog_changes_since, static_in_stock
+from graph_app.state.reads import item_counters_queue, user_state_queue
 from personalization import redis_keys
 from personalization.cache import UserCacheWrite, user_cache_writes_queue
 from personalization.process_caches import process_cache
@@ -79,7 +80,7 @@ def _age_observe(names: tuple[str, ...], age: float) -> None:
 
 
 COUNTER_WINDOWS = tuple(POPULARITY_HALF_LIVES)
-# The packed records the ingest and impression scripts keep per item (signals_app.online_state.PACKED_ADD_LUA):
+# The packed records the ingest and impression scripts keep per item (graph_app/state/packed_add.lua):
 # the popularity windows then the time of the latest event; clicks, impressions, then the latest time.
 ITEM_COUNTERS = np.dtype([("values", "<f8", (len(COUNTER_WINDOWS),)), ("last", "<f8")])
 PLACEMENT_COUNTERS = np.dtype([("values", "<f8", (2,)), ("last", "<f8")])
@@ -449,14 +450,10 @@ def features_fetch(
     unknown = np.flatnonzero(rows < 0)
     missing = [item_ids[row] for row in unknown.tolist()] if len(unknown) else []
     pipeline.get(redis_keys.CATALOG_VERSION)
-    pipeline.hgetall(redis_keys.user_affinity(user_key))
-    pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_FOR_SIMILARITY - 1)
-    pipeline.get(redis_keys.user_recent_last(user_key))  # the layout before "#r"
+    user_read = user_state_queue(pipeline, user_key=user_key, recent_depth=RECENT_ITEMS_FOR_SIMILARITY)
     if missing:
         _queue_catalog(pipeline, user_key, missing)
-    for partition in redis_keys.partitions():
-        pipeline.hmget(redis_keys.item_counters(partition), item_ids)
-        pipeline.hmget(redis_keys.placement_counters(partition, placement), item_ids)
+    counters_read = item_counters_queue(pipeline, item_ids=item_ids, placement=placement)
     expected = list(recent_items[:RECENT_ITEMS_FOR_SIMILARITY]) if recent_items else []
     if expected:
         pipeline.hmget(redis_keys.CATALOG_VECTORS, expected)
@@ -464,14 +461,16 @@ def features_fetch(
     replies = pipeline.execute()
     del replies[len(replies) - written :]
     early_vectors = replies.pop() if expected else None
-    version, affinity_raw, recent_raw, legacy_recent_last = replies[:4]
+    version = replies[0]
+    user = user_read(replies)
+    affinity_raw, recent_raw, legacy_recent_last = user.affinity, user.recent, user.legacy_recent_last
     # The latest item of interest's time: "#r" of the hash, or its own key in the layout before (until the user's
     # next event moves it).
     recent_last = recent_last_of(affinity_raw)
     if recent_last is None and legacy_recent_last is not None:
         recent_last = float(legacy_recent_last)
     columns: list[Sequence[Any]] = replies[4:7] if missing else [[], [], []]
-    per_partition = replies[7:] if missing else replies[4:]
+    per_partition = counters_read(replies)
     if not caching:
         catalog = _catalog_rows_decode(*columns)
     elif not missing and version == kept_version:

@@ -14,6 +14,7 @@ from django.db import connection
 from graph_app.features.definitions import FEATURE_NAMES
 from graph_app.features.offline import FeatureRequest, features_offline
 from graph_app.features.online import features_fetch
+from graph_app.state.log_reads import logged_users_sample, user_items_logged
 
 # Relative. The online affinity counters are floats (about 6e-8 of rounding an event, `user_affinity`): a user's
 # hundreds of events stay well within it; a definition that differs does not.
@@ -44,12 +45,7 @@ class SkewReport:
 def _sample(users: int, items_per_user: int, seed: str) -> dict[str, list[str]]:
     """Users with history, each with their own latest items and catalog items they never touched."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT user_id FROM (SELECT DISTINCT user_id FROM signals_app_event WHERE user_id <> '') u "
-            "ORDER BY md5(user_id || %s) LIMIT %s",
-            [seed, users],
-        )
-        user_ids = [row[0] for row in cursor.fetchall()]
+        user_ids = logged_users_sample(users=users, seed=seed)
         cursor.execute(
             "SELECT external_id FROM graph_app_item ORDER BY md5(external_id || %s) LIMIT %s",
             [seed, items_per_user * 4],
@@ -57,12 +53,7 @@ def _sample(users: int, items_per_user: int, seed: str) -> dict[str, list[str]]:
         catalog = [row[0] for row in cursor.fetchall()]
         sample: dict[str, list[str]] = {}
         for user_id in user_ids:
-            cursor.execute(
-                "SELECT item_id FROM signals_app_event WHERE user_id = %s AND item_id <> '' "
-                "GROUP BY item_id ORDER BY max(occurred_at) DESC LIMIT %s",
-                [user_id, items_per_user // 2],
-            )
-            own = [row[0] for row in cursor.fetchall()]
+            own = user_items_logged(user_id=user_id, limit=items_per_user // 2)
             others = [item for item in catalog if item not in own][: items_per_user - len(own)]
             sample[user_id] = own + others
     return sample

@@ -1,6 +1,6 @@
 """The user's affinity hash: its layout, the one decoder every reader uses, and the cap on the entities it keeps.
 
-Written by the ingest and apply scripts (`signals_app.online_state.AFFINITY_LUA`), the identity merge and the
+Written by the ingest and apply scripts (`graph_app/state/affinity.lua`), the identity merge and the
 rebuild; read by the feature store, retrieval (favourite categories) and the bandit's context. A million users'
 hashes are most of the online state, so the layout is compact:
 - one field an entity, named by its code (`entity_code`: 6 bytes of the key's SHA-1, where a key such as

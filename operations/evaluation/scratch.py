@@ -45,13 +45,13 @@ def scratch_redis_url(*, live_url: str, db: int) -> str:
 def _redis_clients_forget() -> None:
     """Drop the process-wide Redis clients (and objects bound to them) so the next call connects to the current URL."""
     from graph_app import interface  # noqa: F401  (registers the model artifacts' reset)
-    from personalization import cache, redis_client  # noqa: F401  (cache: registers its scripts' reset)
+    from personalization import redis_client
     from personalization.process_caches import process_caches_reset
 
     for function in (redis_client.get_redis, redis_client.get_control_redis, redis_client.get_ingest_redis):
         function.cache_clear()
-    # Scripts are bound to the client that made them; version names could repeat across databases.
-    process_caches_reset(["core.cache_scripts", "graph.model_artifact_arrays"])
+    # Version names could repeat across databases.
+    process_caches_reset(["graph.model_artifact_arrays"])
 
 
 def _database_recreate(name: str) -> None:

@@ -56,6 +56,7 @@ from graph_app.neighbourhoods_online import (
     neighbours_queue,
 )
 from graph_app.online import static_in_stock
+from graph_app.state.interface import PopularRead, affinity_queue, popular_items_queue, recent_items_queue
 from personalization import redis_keys
 from personalization.cache import (
     NOT_READ,
@@ -72,7 +73,6 @@ from personalization.candidates import Candidate, candidate_new
 from personalization.process_caches import process_cache
 from personalization.redis_client import ShaScript, get_redis
 from scoring_app.engine import registry
-from signals_app.online_reads import decode_popular, queue_popular
 
 logger = logging.getLogger(__name__)
 
@@ -225,37 +225,40 @@ def user_state_fetch(
     global _popular_shared
     popular = _popular_kept(popular_depth)
 
-    def queue(pipeline: redis.client.Pipeline) -> tuple[int, int]:
+    def queue(pipeline: redis.client.Pipeline) -> tuple[int, PopularRead | None]:
         extra_count = extra.queue(pipeline) if extra is not None else 0
-        pipeline.lrange(redis_keys.user_recent_items(user_key), 0, RECENT_ITEMS_USED - 1)
+        recent_items_queue(pipeline, user_key=user_key, depth=RECENT_ITEMS_USED)
         pipeline.get(redis_keys.active_model("embeddings"))
-        pipeline.hgetall(redis_keys.user_affinity(user_key))
+        affinity_queue(pipeline, user_key=user_key)
         registry.queue_snapshot(pipeline)
-        popular_count = queue_popular(pipeline, depth=popular_depth) if popular is None else 0
+        popular_read = popular_items_queue(pipeline, depth=popular_depth) if popular is None else None
         _prefetch_with_state(pipeline, user_key)
-        return extra_count, popular_count
+        return extra_count, popular_read
 
     try:
         try:
             pipeline = get_redis().pipeline(transaction=False)
-            extra_count, popular_count = queue(pipeline)
+            extra_count, popular_read = queue(pipeline)
             replies = pipeline.execute()
         except NoScriptError:
             # A script of `extra` (the key's rate limit) that Redis forgot after a restart or failover: nothing of it
             # ran; loaded again, the reads are sent once more.
             ShaScript.forget_all()
             pipeline = get_redis().pipeline(transaction=False)
-            extra_count, popular_count = queue(pipeline)
+            extra_count, popular_read = queue(pipeline)
             replies = pipeline.execute()
     except RedisError as error:
         logger.warning("score.user_state_unavailable", extra={"error": str(error)})
         return UserState(user_key, list(seeds), [], None, degraded=["user_state_unavailable"], seeds=tuple(seeds))
+    all_replies = replies
+    popular_count = popular_read.count if popular_read is not None else 0
     extra_replies, replies = replies[:extra_count], replies[extra_count:]
     recent, model_version, affinity, snapshot = replies[:4]
     own = [value.decode() for value in recent]
     prefetched = _prefetched_with_state(replies[4 + popular_count :])
     if popular is None:
-        popular = decode_popular(replies[4 : 4 + popular_count], now=time.time(), depth=popular_depth)
+        assert popular_read is not None  # queued whenever this process had none
+        popular = popular_read(all_replies, now=time.time())
         _popular_shared = (time.monotonic(), popular_depth, popular)
     state = UserState(
         user_key=user_key,

@@ -96,7 +96,7 @@ CREATE INDEX event_time ON signals_app_event (occurred_at);
 
 def partitions_create(apps, schema_editor):
     """This month, the next two, and every month the copied events fall in (emptying DEFAULT)."""
-    from signals_app.log import event_log_partitions_create, event_log_partitions_ensure
+    from graph_app.state.log import event_log_partitions_create, event_log_partitions_ensure
 
     with schema_editor.connection.cursor() as cursor:
         cursor.execute(

@@ -1,5 +1,5 @@
 """The impression log becomes a table partitioned by day of served_at, so that days past the retention are dropped
-whole (`signals_app.log.impression_log_maintain`) instead of deleted row by row: about ten rows a served slate.
+whole (`graph_app.state.log.impression_log_maintain`) instead of deleted row by row: about ten rows a served slate.
 
 Django keeps `id` as Impression's primary key in its state; in the database the key is (id, served_at), as
 partitioning requires, and `id` stays unique through its identity sequence. A slot is unique per request and serving
@@ -89,7 +89,7 @@ CREATE INDEX signals_app_impression_request_id_946ba7c9_like ON signals_app_impr
 
 def partitions_create(apps, schema_editor):
     """Today, the days ahead, and every day the impressions to copy fall in."""
-    from signals_app.log import IMPRESSION_DAYS_AHEAD, IMPRESSION_LOG
+    from graph_app.state.log import IMPRESSION_DAYS_AHEAD, IMPRESSION_LOG
 
     with schema_editor.connection.cursor() as cursor:
         cursor.execute(

@@ -27,6 +27,13 @@ from django.db import DatabaseError
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
+from graph_app.state.interface import (
+    ImpressionLogCall,
+    impression_log_call,
+    impression_log_queue,
+    impression_log_script,
+    purchased_queue,
+)
 from personalization import redis_keys
 from personalization.cache import user_cache_writes_flush
 from personalization.candidates import Candidate
@@ -43,7 +50,6 @@ from scoring_app.engine.retrieval import (
 )
 from scoring_app.engine.scoring import CONTEXT_SOURCE, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
-from surface_app.serving.impressions import impression_call, impression_script
 from surface_app.serving.rules import (
     CompiledRule,
     PlacementConfig,
@@ -138,7 +144,7 @@ class _SurfaceReads:
         pipeline.get(CONFIG_VERSION_KEY)
         pipeline.get(redis_keys.user_traits(self.user_key))
         pipeline.get(redis_keys.user_last_slate(self.user_key, self.placement))
-        pipeline.zrange(redis_keys.user_purchased(self.user_key), 0, -1)
+        purchased_queue(pipeline, user_key=self.user_key)
         before = len(pipeline.command_stack)
         if self.pinned:
             key = redis_keys.catalog_entities(redis_keys.partition_of(self.user_key))
@@ -714,9 +720,9 @@ def _caps_enforce_and_log(slate: Slate, pending: _Pending) -> Slate:
     return served
 
 
-def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object], tuple[list[str], list[Any]]]:
+def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object], ImpressionLogCall]:
     """The record kept for attribution, and the keys and arguments that log the impression
-    (`impressions.impression_call`)."""
+    (`graph_app.state.interface.impression_log_call`)."""
     served_at = time.time()
     items: list[dict[str, object]] = [
         {"item_id": item.item_id, "slot": slot, "score": item.score, "source": item.source}
@@ -749,7 +755,7 @@ def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object],
         ]
         bandit = {"shared": slate.bandit.shared, "unshown": slate.bandit.unshown}
         logged = {**logged, "items": logged_items, "bandit": bandit}
-    impression = impression_call(
+    impression = impression_log_call(
         user_key=user_key, placement=slate.placement, served_at=served_at, record=logged,
         item_ids=[item.item_id for item in slate.items],
     )  # fmt: skip
@@ -768,16 +774,16 @@ def _slate_keep(pipeline: redis.client.Pipeline, slate: Slate, user_key: str, re
 
 def _impression_log(*, slate: Slate, user_key: str) -> None:
     """The served slate, kept for attribution and logged as impressions, in one round trip."""
-    record, (keys, args) = _impression_records(slate, user_key)
+    record, impression = _impression_records(slate, user_key)
     client = get_redis()
 
     def queue(pipeline: redis.client.Pipeline) -> None:
         _slate_keep(pipeline, slate, user_key, record)
         if slate.items:
-            impression_script.queue(client, pipeline, keys, args)
+            impression_log_queue(client, pipeline, call=impression)
 
     try:
-        script_pipeline_execute(client, queue, impression_script)
+        script_pipeline_execute(client, queue, impression_log_script)
     except RedisError as error:
         logger.warning("surface.impression_log_failed", extra={"error": str(error), "request_id": slate.request_id})
         slate.degraded.append("impression_log_failed")

@@ -11,9 +11,9 @@ from django.urls import reverse
 from graph_app.models import Entity, Item, Shopper
 from graph_app.online import unpack_static
 from graph_app.services import EntityRef, ItemInput, item_upsert
+from graph_app.state.models import Event
 from personalization import redis_keys
 from signals_app.consumer import events_drain_all
-from signals_app.models import Event
 from signals_app.services import events_ingest
 
 pytestmark = pytest.mark.django_db

@@ -8,8 +8,8 @@ import pytest
 from django.utils import timezone
 
 from graph_app.models import Entity, Item, Shopper
+from graph_app.state.models import Event
 from operations.demo import DEMO_SAMPLE, demo_data_load
-from signals_app.models import Event
 
 pytestmark = pytest.mark.django_db
 ROWS = 400

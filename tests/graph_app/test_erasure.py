@@ -14,12 +14,13 @@ from rest_framework.test import APIClient
 
 from graph_app.features.materialize import features_materialize
 from graph_app.models import FeatureRow, Shopper
+from graph_app.state.log import event_log_partitions_create
+from graph_app.state.models import Event, Impression
 from graph_app.user_lists import user_lists_refresh
 from personalization import redis_keys
 from personalization.services import api_key_create
 from signals_app.consumer import events_drain_all
-from signals_app.log import event_log_partitions_create
-from signals_app.models import DeadLetter, Event, IdentityLink, Impression
+from signals_app.models import DeadLetter, IdentityLink
 from surface_app.models import FrequencyCap, Placement
 from tests.factories import ItemFactory, ShopperFactory, unit
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from graph_app.features.materialize import SLICE, features_materialize, slice_reactions
 from graph_app.models import FeatureRow, MaterializationCursor
-from signals_app.models import Impression
+from graph_app.state.models import Impression
 from tests.factories import EventFactory
 
 pytestmark = pytest.mark.django_db

@@ -160,7 +160,7 @@ def test_identify_adds_the_sessions_entities_then_applies_the_cap(shop, clean_re
 
 
 def test_the_epoch_moves_forward_after_100_half_lives_keeping_every_value(shop, clean_redis):
-    from signals_app.online_state import ingest_script
+    from graph_app.state.ingest import ingest_script
     from signals_app.services import IngestReport, events_validate
 
     now = datetime.now(UTC)

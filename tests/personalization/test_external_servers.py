@@ -72,7 +72,7 @@ def test_ingest_uses_the_external_redis_and_database_under_its_own_key_prefix(tm
     assert others_after <= others_before  # nothing written outside the prefix
     assert not list(external.scan_iter(match=f"{prefix}*"))  # and every key of ours deleted
     assert not empty_data_dir.exists()  # no embedded server was started
-    from signals_app.models import Event
+    from graph_app.state.models import Event
 
     assert Event.objects.filter(event_id="external-1", user_id="external-user").exists()
 

@@ -57,7 +57,6 @@ def test_two_caches_cannot_share_a_name(isolated_registry):
 # Every module-level cache of the platform (issue 21), by name: the module that keeps it.
 PLATFORM_CACHES = {
     "core.api_keys": "personalization.services",
-    "core.cache_scripts": "personalization.cache",
     "graph.catalog_facts": "graph_app.features.online",
     "graph.catalog_import": "graph_app.catalog_import",
     "graph.entity_keys_kept": "graph_app.catalog_bulk",

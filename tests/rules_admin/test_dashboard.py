@@ -16,7 +16,8 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from graph_app.model_registry.models import ModelVersion
-from rules_admin import dashboard_selectors
+from graph_app.state import log_reads
+from graph_app.state.models import Impression
 from rules_admin.dashboard_charts import format_percent, line_chart, nice_ceiling
 from rules_admin.dashboard_selectors import (
     DegradedReason,
@@ -27,7 +28,6 @@ from rules_admin.dashboard_selectors import (
     placement_kpis_list,
     serving_metrics_read,
 )
-from signals_app.models import Impression
 from surface_app.serving import slates
 from tests.factories import EventFactory, ItemFactory
 
@@ -154,7 +154,7 @@ def test_placement_kpis_query_is_served_by_indexes(served, days):
     }
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute("EXPLAIN " + dashboard_selectors._PLACEMENT_DAYS_SQL, params)
+        cursor.execute("EXPLAIN " + log_reads._PLACEMENT_DAYS_SQL, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
     # The impression log is partitioned by day: each partition's copy of `impression_served_time` is named after it.
@@ -266,7 +266,7 @@ def _staff(*, permitted: bool, is_staff: bool = True):
     user = get_user_model().objects.create_user("merch", password="pw", is_staff=is_staff)
     if permitted:
         user.user_permissions.add(
-            Permission.objects.get(content_type__app_label="signals_app", codename="view_impression")
+            Permission.objects.get(content_type__app_label="graph_app", codename="view_impression")
         )
     return user
 

@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from signals_app.models import Impression
+from graph_app.state.models import Impression
 from tests.factories import EventFactory, ItemFactory, ShopperFactory
 from tests.integration_helpers import (
     BROWSER_TEST_PASSWORD,
@@ -59,7 +59,7 @@ def test_dashboard_renders_its_charts(tmp_path):
     _served_history()
     merchandiser = get_user_model().objects.create_user("merch", password=BROWSER_TEST_PASSWORD, is_staff=True)
     merchandiser.user_permissions.add(
-        Permission.objects.get(content_type__app_label="signals_app", codename="view_impression")
+        Permission.objects.get(content_type__app_label="graph_app", codename="view_impression")
     )
     with platform_running(tmp_path) as (port, _):
         with sync_playwright() as playwright:

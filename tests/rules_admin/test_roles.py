@@ -22,7 +22,7 @@ ADMINISTRATOR_ONLY = [
     "admin:django_celery_beat_periodictask_changelist",
     "admin:django_celery_beat_crontabschedule_changelist",
     "admin:signals_app_deadletter_changelist",
-    "admin:signals_app_customeventtype_add",
+    "admin:graph_app_customeventtype_add",
 ]
 EVERY_CONSOLE_USER = [
     "admin:surface_app_placement_changelist",
@@ -65,7 +65,7 @@ def test_the_migration_created_both_groups_and_syncing_again_changes_nothing():
         "django_celery_beat.change_periodictask",
         "graph_app.change_modelversion",
         "signals_app.delete_deadletter",
-        "signals_app.add_customeventtype",
+        "graph_app.add_customeventtype",
         "axes.delete_accessattempt",
     } <= administrator
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.db import connection
 
 from graph_app.models import Item
+from graph_app.state.models import Event
 from operations.evaluation.scratch import SCRATCH_SUFFIX
-from signals_app.models import Event
 
 
 def assert_live_stores_untouched(*, live_database: str, clean_redis, listener) -> None:

@@ -12,6 +12,7 @@ from graph_app.features.online import features_fetch
 from graph_app.model_registry.models import ModelVersion
 from graph_app.model_registry.services import model_version_publish, models_serving_publish
 from graph_app.online import catalog_entities_publish
+from graph_app.state.models import BanditDecision, Impression
 from personalization import redis_keys
 from personalization.candidates import Candidate
 from personalization.process_caches import process_caches_reset
@@ -38,7 +39,6 @@ from scoring_app.engine.bandit import (
 )
 from scoring_app.tasks import bandit_learn_task
 from signals_app.consumer import events_drain_all
-from signals_app.models import BanditDecision, Impression
 from signals_app.services import events_ingest
 from surface_app.serving.slates import Slate, _impression_log
 

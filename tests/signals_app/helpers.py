@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from itertools import count
 
+from graph_app.state.reads import popular_items
 from personalization import redis_keys
 from personalization.redis_client import get_redis
-from signals_app.online_reads import popular_items
 from signals_app.services import events_ingest
 
 _ids = count()

@@ -22,8 +22,8 @@ def test_the_event_list_shows_a_row_stored_before_year_one_and_a_deep_context(ad
             [deep_context],
         )
 
-    page = admin_client.get(reverse("admin:signals_app_event_changelist"))
-    filtered = admin_client.get(reverse("admin:signals_app_event_changelist"), {"q": "bc"})
+    page = admin_client.get(reverse("admin:graph_app_event_changelist"))
+    filtered = admin_client.get(reverse("admin:graph_app_event_changelist"), {"q": "bc"})
 
     assert page.status_code == filtered.status_code == 200
     assert "0001-12-31 10:00:00+00 BC" in filtered.content.decode()
@@ -42,7 +42,7 @@ def test_the_event_page_shows_a_row_stored_before_year_one_with_a_deep_context(a
         )
         (row_id,) = cursor.fetchone()
 
-    page = admin_client.get(reverse("admin:signals_app_event_change", args=[row_id]))
+    page = admin_client.get(reverse("admin:graph_app_event_change", args=[row_id]))
 
     assert page.status_code == 200
     text = page.content.decode()
@@ -51,9 +51,10 @@ def test_the_event_page_shows_a_row_stored_before_year_one_with_a_deep_context(a
 
 
 def test_the_replay_action_queues_dead_letters_for_the_log_once(admin_client, clean_redis):
+    from graph_app.state.models import Event
     from personalization import redis_keys
     from signals_app.consumer import events_drain_all
-    from signals_app.models import DeadLetter, Event
+    from signals_app.models import DeadLetter
 
     payload = (
         '{"kind": "event", "event_id": "from-the-dead", "type": "view", "user_id": "u1", "session_id": "",'

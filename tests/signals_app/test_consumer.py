@@ -3,9 +3,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from graph_app.state.models import BanditDecision, Event, Impression
 from personalization import redis_keys
 from signals_app.consumer import CONSUMER_GROUP, MAX_TRIES, events_drain, events_drain_all
-from signals_app.models import BanditDecision, DeadLetter, Event, Impression
+from signals_app.models import DeadLetter
 from signals_app.services import events_ingest
 from tests.signals_app.helpers import stream_lengths
 
@@ -150,8 +151,8 @@ def test_an_erased_shoppers_entry_out_of_tries_is_dropped_not_dead_lettered(clea
 def test_tries_that_found_postgres_away_do_not_count(clean_redis, settings, monkeypatch):
     from django.db import OperationalError
 
+    from graph_app.state.log import event_log_append
     from signals_app import consumer
-    from signals_app.log import event_log_append
 
     events_ingest(raw_events=[view("patient")])
     partition, stream = _stream_of("u1")
@@ -175,8 +176,8 @@ def test_tries_that_found_postgres_away_do_not_count(clean_redis, settings, monk
 
 
 def test_a_replayed_dead_letter_is_stored_once_however_often_it_is_replayed(clean_redis, settings, monkeypatch):
+    from graph_app.state.log import event_log_append
     from signals_app import consumer
-    from signals_app.log import event_log_append
     from signals_app.services import dead_letters_replay
 
     events_ingest(raw_events=[view("unlucky")])

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
-from signals_app.custom_types import custom_event_type_save
-from signals_app.event_types import custom_event_types_forget
-from signals_app.models import CustomEventType
+from graph_app.state.custom_types import custom_event_type_save
+from graph_app.state.event_types import custom_event_types_forget
+from graph_app.state.models import CustomEventType
 from tests.signals_app.helpers import online_popularity
 
 pytestmark = pytest.mark.django_db
@@ -40,12 +40,12 @@ def test_custom_type_cannot_shadow_a_built_in_one():
 def test_admin_registers_a_custom_type(admin_client, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_client.post(
-            "/admin/signals_app/customeventtype/add/",
+            "/admin/graph_app/customeventtype/add/",
             {"name": "coupon_applied", "description": "", "popularity_weight": "0", "needs_item": ""},
         )
     assert response.status_code == 302
     assert CustomEventType.objects.filter(name="coupon_applied", needs_item=False).exists()
 
-    shadow = admin_client.post("/admin/signals_app/customeventtype/add/", {"name": "view", "popularity_weight": "0"})
+    shadow = admin_client.post("/admin/graph_app/customeventtype/add/", {"name": "view", "popularity_weight": "0"})
     assert shadow.status_code == 200
     assert "built-in event type" in shadow.content.decode()

@@ -1,4 +1,4 @@
-"""The ingest script's dedupe (`signals_app.dedupe`): 64-bit hashes of event ids in intsets, by arrival day."""
+"""The ingest script's dedupe (`graph_app.state.dedupe`): 64-bit hashes of event ids in intsets, by arrival day."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.crc import key_slot
 
+from graph_app.state import dedupe
+from graph_app.state.dedupe import DEDUPE_WINDOW, GENERATION_SECONDS, IDS_PER_SET, event_ids_seen, generations_at
+from graph_app.state.ingest import SCRIPT_CALL_EVENTS, EventOutcome, ingest_script
 from personalization import redis_keys
-from signals_app import dedupe
-from signals_app.dedupe import DEDUPE_WINDOW, GENERATION_SECONDS, IDS_PER_SET, event_ids_seen, generations_at
-from signals_app.online_state import SCRIPT_CALL_EVENTS, EventOutcome, ingest_script
 from signals_app.services import IngestReport, events_validate
 
 pytestmark = pytest.mark.django_db
@@ -169,8 +169,8 @@ def test_an_arrival_checks_the_days_of_the_window_and_the_clock_skew():
 def test_an_import_with_an_old_layout_is_sent_again_and_skips_what_ingest_saw(clean_redis):
     """The apply script (imports within the window) checks the same sets: a call made with a layout another process
     has grown since is refused and sent again; an event ingest saw is skipped, a new one applied and remembered."""
-    from signals_app.history import events_apply_online
-    from signals_app.records import EventRecord
+    from graph_app.state.history import events_apply_online
+    from graph_app.state.records import EventRecord
     from signals_app.validation import event_validate
 
     now = datetime.now(UTC)

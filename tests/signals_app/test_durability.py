@@ -15,10 +15,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from graph_app.state.models import Event
 from personalization import embedded
 from personalization.services import api_key_create
 from signals_app.consumer import CRASH_AFTER_READ_ENV, events_drain_all
-from signals_app.models import Event
 from tests.embedded_test_env import PROJECT_ROOT
 from tests.integration_helpers import child_env
 from tests.signals_app.helpers import stream_lengths

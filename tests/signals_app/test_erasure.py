@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from graph_app.models import Shopper
+from graph_app.state.models import Event
 from operations.erasure import shopper_erase
 from personalization import redis_keys
 from signals_app import consumer
-from signals_app.models import Event, IdentityLink
+from signals_app.models import IdentityLink
 from signals_app.services import events_ingest
 
 pytestmark = pytest.mark.django_db

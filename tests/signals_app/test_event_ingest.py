@@ -9,10 +9,10 @@ from django.utils import timezone
 
 from graph_app.features.user_affinity import affinity_decode, entity_code
 from graph_app.models import Shopper
+from graph_app.state.dedupe import event_ids_seen
+from graph_app.state.models import Event, Impression
 from personalization import redis_keys
 from signals_app.consumer import events_drain_all
-from signals_app.dedupe import event_ids_seen
-from signals_app.models import Event, Impression
 from tests.signals_app.helpers import online_popularity, stream_lengths
 
 pytestmark = pytest.mark.django_db
@@ -67,7 +67,7 @@ def test_retrying_a_whole_batch_never_double_counts(api_client):
 
 
 def test_a_large_batch_reports_each_events_outcome_across_script_calls():
-    from signals_app.online_state import SCRIPT_CALL_EVENTS
+    from graph_app.state.ingest import SCRIPT_CALL_EVENTS
     from signals_app.services import events_ingest
 
     batch = [view(f"c{n}", user_id=f"u{n % 3}") for n in range(3 * SCRIPT_CALL_EVENTS + 7)]

@@ -16,11 +16,11 @@ from django.utils import timezone
 
 from graph_app.features.definitions import CTR_HALF_LIFE_SECONDS, POPULARITY_HALF_LIVES
 from graph_app.features.user_affinity import affinity_decode
+from graph_app.state.models import Event, EventId
+from graph_app.state.reads import popular_items
 from personalization import redis_keys
 from signals_app import consumer
 from signals_app.consumer import events_drain_all
-from signals_app.models import Event, EventId
-from signals_app.online_reads import popular_items
 from signals_app.services import events_ingest
 from tests.signals_app.helpers import online_popularity
 

@@ -7,9 +7,10 @@ import pytest
 
 from graph_app.features.online import features_fetch
 from graph_app.features.user_affinity import affinity_decode
+from graph_app.state.models import Event
 from personalization import redis_keys
 from signals_app.consumer import events_drain_all
-from signals_app.models import Event, IdentityLink
+from signals_app.models import IdentityLink
 
 pytestmark = pytest.mark.django_db
 

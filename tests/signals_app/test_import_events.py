@@ -11,10 +11,9 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from graph_app.models import Shopper
-from signals_app.log import event_log_append
-from signals_app.models import Event, EventId
-from signals_app.records import EventRecord
-from signals_app.validation import EventInput
+from graph_app.state.log import event_log_append
+from graph_app.state.models import Event, EventId
+from graph_app.state.records import EventInput, EventRecord
 
 pytestmark = pytest.mark.django_db
 

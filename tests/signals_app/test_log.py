@@ -9,8 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from graph_app.models import Shopper
-from operations.bootstrap import DEFAULT_SCHEDULES
-from signals_app.log import (
+from graph_app.state.log import (
     IMPRESSION_DAYS_AHEAD,
     IMPRESSION_LOG,
     event_log_append,
@@ -22,10 +21,10 @@ from signals_app.log import (
     month_start,
     partition_name,
 )
-from signals_app.models import Event, EventId, Impression
-from signals_app.records import Attribution, EventRecord
+from graph_app.state.models import Event, EventId, Impression
+from graph_app.state.records import Attribution, EventInput, EventRecord
+from operations.bootstrap import DEFAULT_SCHEDULES
 from signals_app.tasks import event_log_partitions_ensure_task, impression_log_maintain_task
-from signals_app.validation import EventInput
 from tests.factories import EventFactory
 
 pytestmark = pytest.mark.django_db
@@ -305,13 +304,13 @@ def test_admin_lists_filters_searches_and_shows_events_read_only(admin_client):
             )
         ]
     )
-    url = reverse("admin:signals_app_event_changelist")
+    url = reverse("admin:graph_app_event_changelist")
 
     listing = admin_client.get(url)
     by_type = admin_client.get(url, {"type": "purchase"})
     attributed = admin_client.get(url, {"attributed": "yes"})
     searched = admin_client.get(url, {"q": "browser"})
-    detail = admin_client.get(reverse("admin:signals_app_event_change", args=[Event.objects.get(event_id="a-1").pk]))
+    detail = admin_client.get(reverse("admin:graph_app_event_change", args=[Event.objects.get(event_id="a-1").pk]))
 
     assert [response.status_code for response in (listing, by_type, attributed, searched, detail)] == [200] * 5
     assert [event.event_id for event in listing.context["cl"].result_list] == ["a-3", "a-2", "a-1"]
@@ -320,7 +319,7 @@ def test_admin_lists_filters_searches_and_shows_events_read_only(admin_client):
     assert [event.event_id for event in searched.context["cl"].result_list] == ["a-2"]
     assert b"buyer" in detail.content
     assert not detail.context["has_change_permission"]
-    assert admin_client.get(reverse("admin:signals_app_event_add")).status_code == 403
+    assert admin_client.get(reverse("admin:graph_app_event_add")).status_code == 403
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from graph_app.models import ItemPopularity
-from signals_app.popularity import popularity_refresh
+from graph_app.state.popularity import popularity_refresh
 from tests.factories import EventFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db

@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rest_framework.test import APIClient
 
+from graph_app.state.records import EventInput
 from personalization import redis_keys
 from personalization.models import ApiKey
 from personalization.services import api_key_revoke
 from signals_app import segment_apis
 from signals_app.segment import MappedCall, segment_call_map, segment_report
 from signals_app.services import events_ingest
-from signals_app.validation import EventInput
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

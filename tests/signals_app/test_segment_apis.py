@@ -18,10 +18,10 @@ from segment.analytics.client import Client as SegmentClient
 
 from graph_app.models import Shopper
 from graph_app.online import catalog_online_rebuild
+from graph_app.state.models import Event
 from personalization import redis_keys
 from personalization.process_caches import process_caches_reset
 from signals_app.consumer import events_drain_all
-from signals_app.models import Event
 from surface_app.models import BusinessRule, Placement
 from tests.factories import ItemFactory, unit
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from graph_app.state.models import Event
 from signals_app.consumer import events_drain_all
-from signals_app.models import Event
 from tests.signals_app.helpers import stream_lengths
 
 pytestmark = pytest.mark.django_db

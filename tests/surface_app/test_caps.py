@@ -267,7 +267,7 @@ def test_a_skip_ingested_as_an_event_cools_the_item_down_until_the_window_passes
 
 
 def test_the_cooldown_set_is_bounded(monkeypatch):
-    monkeypatch.setattr("signals_app.online_state.COOLDOWN_ITEMS_KEPT", 3)
+    monkeypatch.setattr("graph_app.state.ingest.COOLDOWN_ITEMS_KEPT", 3)
     events_ingest(
         raw_events=[
             {

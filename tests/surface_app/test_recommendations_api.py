@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from graph_app.state.models import Event
 from personalization import redis_keys
 from scoring_app.engine import retrieval
 from signals_app.consumer import events_drain_all
-from signals_app.models import Event
 from tests.conftest import dead_redis
 from tests.factories import ItemFactory, unit
 from tests.signals_app.helpers import ingest_views

@@ -8,10 +8,10 @@ import pytest
 from django.db import DatabaseError
 
 from graph_app.online import catalog_online_rebuild
+from graph_app.state.models import Impression
 from personalization import redis_keys
 from personalization.process_caches import process_caches_reset
 from signals_app.consumer import events_drain_all
-from signals_app.models import Impression
 from signals_app.services import events_ingest
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.serving import slates

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from graph_app.features.counters import item_counters_rebuild
+from graph_app.state.counters import item_counters_rebuild
 
 
 class Command(BaseCommand):

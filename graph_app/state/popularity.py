@@ -1,6 +1,6 @@
 """Item popularity recomputed from the durable log (control plane), stored by the graph (`ItemPopularity`).
 
-The hot path ranks by the online, per-event popularity windows in Redis (signals_app/online_state.py); this
+The hot path ranks by the online, per-event popularity windows in Redis (graph_app/state/ingest.lua); this
 copy in PostgreSQL is what recommendations fall back to when Redis is unavailable.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from django.db import connection
 
 from graph_app.services import item_popularity_replace
-from signals_app.event_types import BUILT_IN_EVENT_TYPES
-from signals_app.online_reads import POPULAR_WINDOW
-from signals_app.online_state import TREND_WINDOWS
+from graph_app.state.event_types import BUILT_IN_EVENT_TYPES
+from graph_app.state.ingest import TREND_WINDOWS
+from graph_app.state.reads import POPULAR_WINDOW
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from functools import cached_property
 import redis
 
 from personalization import redis_keys
-from personalization.redis_client import ShaScript
+from personalization.redis_client import ShaScript, script_pipeline_execute
 
 DEDUPE_WINDOW_SECONDS = 48 * 3600
 DEDUPE_WINDOW = timedelta(seconds=DEDUPE_WINDOW_SECONDS)
@@ -53,92 +53,11 @@ RATE_MIN_SECONDS = 600
 STALE = b"stale"
 
 
-def _constants(lua: str) -> str:
-    """The Lua source with this module's constants in it."""
-    for name in ("GENERATION_SECONDS", "RATE_MIN_SECONDS"):
-        lua = lua.replace(name, str(globals()[name]))
-    return lua
-
-
-# KEYS 1 the partition's layout (no expiry, so that an eviction policy for volatile keys cannot take it and leave
-# its sets unread; it forgets old generations itself). ARGV 1 ids per set, 2 max shard bits, 3 now, then
-# generations. Returns each generation's layout ("bits,bits..." of its levels): a generation not yet known gets one
-# level, with enough sets for the busier of the two generations before it, begun now (or at the generation's start).
-LAYOUT_LUA = """
-local layout = KEYS[1]
-local per_set, max_bits, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local layouts, oldest = {}, nil
-for index = 4, #ARGV do
-  local generation = tonumber(ARGV[index])
-  if not oldest or generation < oldest then oldest = generation end
-  local levels = redis.call('HGET', layout, 'b:' .. generation)
-  if not levels then
-    local ids = math.max(tonumber(redis.call('HGET', layout, 'n:' .. (generation - 1)) or '0'),
-                         tonumber(redis.call('HGET', layout, 'n:' .. (generation - 2)) or '0'))
-    local bits = 0
-    while bits < max_bits and ids > per_set * 2 ^ bits do bits = bits + 1 end
-    levels = tostring(bits)
-    redis.call('HSET', layout, 'b:' .. generation, levels, 't:' .. generation,
-               math.max(now, generation * GENERATION_SECONDS))
-  end
-  layouts[#layouts + 1] = levels
-end
-for generation = oldest - 10, oldest - 3 do
-  redis.call('HDEL', layout, 'b:' .. generation, 'n:' .. generation, 'c:' .. generation, 't:' .. generation)
-end
-return layouts
-"""
-layout_script = ShaScript(_constants(LAYOUT_LUA))
-
-# The ingest and apply scripts' dedupe (Lua functions over their KEYS and ARGV). dedupe_layout_current(layout,
-# first_arg) checks the caller's layouts (ARGV from first_arg: how many generations are checked, the generations,
-# then their layouts) against the stored ones; dedupe_first(first_key, count, member, expire_at) looks an id up in
-# its sets (KEYS from first_key: its set in each level of each generation checked, first the newest level of the
-# current generation) and adds it to the first; dedupe_grow(...) counts the ids added and adds a level when the
-# current generation's sets are full.
-DEDUPE_LUA = """
-local function dedupe_layout_current(layout, first_arg)
-  local checked = tonumber(ARGV[first_arg])
-  local fields, expected = {}, {}
-  for index = 1, checked do
-    fields[index] = 'b:' .. ARGV[first_arg + index]
-    expected[index] = ARGV[first_arg + checked + index]
-  end
-  local stored = redis.call('HMGET', layout, unpack(fields))
-  for index = 1, #fields do
-    if stored[index] ~= expected[index] then return false end
-  end
-  return true
-end
-local function dedupe_first(first_key, count, member, expire_at)
-  for index = first_key, first_key + count - 1 do
-    if redis.call('SISMEMBER', KEYS[index], member) == 1 then return false end
-  end
-  redis.call('SADD', KEYS[first_key], member)
-  redis.call('EXPIREAT', KEYS[first_key], expire_at)
-  return true
-end
--- A level has as many sets as its bits say: once they hold IDS_PER_SET each on average, the rest of the day goes
--- to a new level with enough sets for the ids the rate since the last level began brings until the day ends.
-local function dedupe_grow(layout, generation, levels, added, now, generation_end, per_set, max_bits, max_levels)
-  if added == 0 then return end
-  redis.call('HINCRBY', layout, 'n:' .. generation, added)
-  local in_level = redis.call('HINCRBY', layout, 'c:' .. generation, added)
-  local count, last_bits = 0, 0
-  for bits in string.gmatch(levels, '[^,]+') do
-    count = count + 1
-    last_bits = tonumber(bits)
-  end
-  if in_level <= per_set * 2 ^ last_bits or count >= max_levels or last_bits >= max_bits then return end
-  local started = tonumber(redis.call('HGET', layout, 't:' .. generation) or '0')
-  started = math.max(started, generation_end - GENERATION_SECONDS)
-  local expected = in_level / math.max(now - started, RATE_MIN_SECONDS) * math.max(generation_end - now, 1)
-  local bits = last_bits + 1
-  while bits < max_bits and expected > per_set * 2 ^ bits do bits = bits + 1 end
-  redis.call('HSET', layout, 'b:' .. generation, levels .. ',' .. bits, 'c:' .. generation, 0, 't:' .. generation, now)
-end
-"""
-DEDUPE_LUA = _constants(DEDUPE_LUA)
+# The constants the Lua files use.
+LUA_CONSTANTS = {"GENERATION_SECONDS": GENERATION_SECONDS, "RATE_MIN_SECONDS": RATE_MIN_SECONDS}
+# Each generation's layout (`dedupe_layout.lua`), created for the generations not yet known. The ingest and apply
+# scripts compose `dedupe.lua` (their dedupe functions).
+layout_script = ShaScript.from_files(__file__, "dedupe_layout.lua", constants=LUA_CONSTANTS)
 
 
 def event_digest(event_id: str) -> tuple[int, int]:
@@ -205,10 +124,10 @@ class PartitionLayout:
         member, chooser = event_digest(event_id)
         return member, [prefix + str(chooser & mask) for prefix, mask in self._sets]
 
-    def args(self) -> list[str | int]:
-        """What the scripts' dedupe_layout_current reads: how many generations are checked, which, their layouts."""
+    def generation_args(self) -> list[str | int]:
+        """What the scripts' dedupe_layout_current reads: the generations checked, then their layouts."""
         checked = self.generations.checked
-        return [len(checked), *checked, *(self.levels[generation] for generation in checked)]
+        return [*checked, *(self.levels[generation] for generation in checked)]
 
     @property
     def current_levels(self) -> str:
@@ -247,22 +166,21 @@ class Layouts:
             return
         now = max(generations.arrival for _partition, generations in wanted)
         needed_checked = sorted({(partition, generations.checked) for partition, generations in wanted})
-        for attempt in range(2):
-            pipeline = client.pipeline(transaction=False)
+
+        def queue(pipeline: redis.client.Pipeline) -> None:
             for partition, checked in needed_checked:
-                layout_script.queue(
+                layout_script.queue_named(
                     client,
                     pipeline,
-                    [redis_keys.event_seen_layout(partition)],
-                    [IDS_PER_SET, MAX_SHARD_BITS, repr(now), *checked],
+                    layout=redis_keys.event_seen_layout(partition),
+                    ids_per_set=IDS_PER_SET,
+                    max_shard_bits=MAX_SHARD_BITS,
+                    now=repr(now),
+                    generations=checked,
                 )
-            try:
-                replies = pipeline.execute()
-                break
-            except redis.exceptions.NoScriptError:
-                layout_script.forget()  # Redis restarted or failed over: nothing of these calls ran
-                if attempt:
-                    raise
+
+        # Sent again if Redis restarted or failed over and forgot the script (nothing of these calls ran then).
+        replies = script_pipeline_execute(client, queue, layout_script)
         newest = max(checked[0] for _partition, checked in needed_checked)
         for (partition, checked), layouts in zip(needed_checked, replies, strict=True):
             for generation, levels in zip(checked, layouts, strict=True):

@@ -3,7 +3,7 @@ events (older than the dedupe window when they arrived; the consumer applies the
 imported history (the importer, after each committed batch).
 
 The log decides, once: only the events `event_log_append` answered it stored as new are applied, by the apply
-script (`signals_app.online_state.apply_script`), without the stream and without the seen-key dedupe.
+script (`graph_app.state.ingest.apply_script`), without the stream and without the seen-key dedupe.
 
 At most once: the apply runs after the log's commit. A consumer that dies in between (or a Redis error in the apply)
 leaves its entries pending; redelivered, the log answers "already stored", so those events are not applied: never
@@ -25,13 +25,12 @@ from datetime import datetime
 import redis
 from django.db import connection
 
+from graph_app.state.event_types import BUILT_IN_EVENT_TYPES, EventType, event_type_lookup
+from graph_app.state.ingest import COOLDOWN_EVENT_TYPES, DEDUPE_WINDOW, LoggedEvent, apply_script
+from graph_app.state.models import CustomEventType
+from graph_app.state.records import EventInput, EventRecord
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
-from signals_app.event_types import BUILT_IN_EVENT_TYPES, EventType, event_type_lookup
-from signals_app.models import CustomEventType
-from signals_app.online_state import COOLDOWN_EVENT_TYPES, DEDUPE_WINDOW, LoggedEvent, apply_script
-from signals_app.records import EventRecord
-from signals_app.validation import EventInput
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from graph_app.services import shoppers_ensure
+from graph_app.state.records import EventRecord
 from personalization.partitions import RangePartitions
-from signals_app.records import EventRecord
 
 logger = logging.getLogger(__name__)
 

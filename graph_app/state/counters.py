@@ -2,7 +2,7 @@
 restoring the log, or after Redis lost them (`manage.py rebuild_item_counters`, `manage.py rebuild_online_state`).
 
 The feature store reads each item's popularity windows and its clicks and impressions in a placement as packed
-records (see `signals_app.online_state.PACKED_ADD_LUA`), summed over the event partitions; the popular items are
+records (see `graph_app/state/packed_add.lua`), summed over the event partitions; the popular items are
 read from the popularity windows' forward-decayed sorted sets, also summed over the partitions. The rebuild
 computes every record and score from the log with the offline materialization's formulas (every event, late ones
 too, as the online path applies them) and writes them to partition 0, emptying the others: the sums are what they
@@ -22,7 +22,7 @@ import redis
 from django.db import connection
 
 from graph_app.features.definitions import CTR_HALF_LIFE_SECONDS, POPULARITY_HALF_LIVES
-from graph_app.features.offline import event_types
+from graph_app.state.custom_types import event_types
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
 
