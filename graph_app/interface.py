@@ -15,6 +15,10 @@ are imported inside the functions that fit, so importing this loads nothing serv
   retrieval offline (interactions, holdout, ALS, item model, similar and user lists).
 - The catalog queries of Score's retrieval sources: Graph's SQL (`graph_app.catalog_queries`), run by Score under
   its own deadlines.
+- The feature store's online side, read on the hot path: the feature matrix of a user's candidates
+  (`features_fetch`), the catalog facts a serving process keeps, the features' definitions, a user's affinities;
+  the item vector index and item neighbourhoods that retrieval queries. Its offline side (`features_offline`) builds
+  the same features for training.
 """
 
 from __future__ import annotations
@@ -31,8 +35,24 @@ from graph_app.catalog_queries import (
     USER_VECTOR_SQL,
 )
 from graph_app.erasure import ShopperRowsErased, erased_shopper_repr, shopper_rows_erase
+from graph_app.features.definitions import (
+    FEATURE_INDEX,
+    FEATURE_NAMES,
+    RETRIEVAL_COLUMNS,
+    RETRIEVAL_FEATURE_NAMES,
+    retrieval_features,
+)
 from graph_app.features.materialize import LABEL_WINDOW
+from graph_app.features.offline import FeatureRequest, features_offline, features_offline_sets
+from graph_app.features.online import (
+    FeatureMatrix,
+    catalog_facts_preload,
+    catalog_facts_read,
+    catalog_stock_kept,
+    features_fetch,
+)
 from graph_app.features.skew import DEFAULT_TOLERANCE, FeatureSkew, SkewReport, feature_skew_check, skew_compare
+from graph_app.features.user_affinity import UserAffinity, affinity_decode
 from graph_app.item_conditions import (
     ItemCondition,
     ItemCount,
@@ -43,6 +63,7 @@ from graph_app.item_conditions import (
 )
 from graph_app.item_model import SCORE_DECIMALS as ITEM_MODEL_DECIMALS
 from graph_app.item_model import ItemModel, item_model_fit, item_model_lists
+from graph_app.item_vector_index import VectorIndexRebuilding, item_vector_index_serving
 from graph_app.model_registry.models import ModelVersion
 from graph_app.model_registry.selectors import (
     ServingVersion,
@@ -63,7 +84,14 @@ from graph_app.model_registry.services import (
 )
 from graph_app.model_registry.serving import model_artifact_read, model_versions_serving_rows
 from graph_app.neighbourhoods import NeighbourhoodsReport, neighbourhoods_refresh
-from graph_app.online import catalog_online_rebuild
+from graph_app.neighbourhoods_online import (
+    Neighbour,
+    item_neighbours,
+    neighbour_explanation,
+    neighbours_decode,
+    neighbours_queue,
+)
+from graph_app.online import catalog_online_rebuild, static_in_stock
 from graph_app.progress import Progress, progress_observed
 from graph_app.selectors import (
     ItemCard,
@@ -120,12 +148,16 @@ ModelState = ModelVersion.State
 __all__ = [
     "CATEGORY_POPULAR_SQL",
     "DEFAULT_TOLERANCE",
+    "FEATURE_INDEX",
+    "FEATURE_NAMES",
     "FRESH_SQL",
     "IN_STOCK_FROM_CATALOG_SQL",
     "ITEM_BATCH_MAX",
     "ITEM_MODEL_DECIMALS",
     "LABEL_WINDOW",
     "POPULAR_FROM_CATALOG_SQL",
+    "RETRIEVAL_COLUMNS",
+    "RETRIEVAL_FEATURE_NAMES",
     "SIMILAR_DECIMALS",
     "SIMILAR_PER_ITEM",
     "SIMILAR_TO_ITEM_SQL",
@@ -135,6 +167,8 @@ __all__ = [
     "USER_VECTOR_SQL",
     "AlsSettings",
     "EntityRef",
+    "FeatureMatrix",
+    "FeatureRequest",
     "FeatureSkew",
     "Holdout",
     "Interactions",
@@ -146,6 +180,7 @@ __all__ = [
     "ItemModel",
     "ModelKind",
     "ModelState",
+    "Neighbour",
     "NeighbourhoodsReport",
     "Progress",
     "ServedRow",
@@ -153,16 +188,25 @@ __all__ = [
     "ShopperRowsErased",
     "SkewReport",
     "TrainingReport",
+    "UserAffinity",
+    "VectorIndexRebuilding",
     "active_als_settings",
     "active_item_model_regularization",
+    "affinity_decode",
     "als_fit",
+    "catalog_facts_preload",
+    "catalog_facts_read",
     "catalog_has_items",
     "catalog_online_rebuild",
+    "catalog_stock_kept",
     "catalog_values",
     "content_projection",
     "embeddings_train",
     "erased_shopper_repr",
     "feature_skew_check",
+    "features_fetch",
+    "features_offline",
+    "features_offline_sets",
     "holdout_split",
     "interactions_load",
     "item_attributes_unknown",
@@ -172,7 +216,9 @@ __all__ = [
     "item_ids_matching",
     "item_model_fit",
     "item_model_lists",
+    "item_neighbours",
     "item_titles",
+    "item_vector_index_serving",
     "item_vectors_for",
     "items_facts",
     "items_in_stock",
@@ -195,9 +241,13 @@ __all__ = [
     "model_versions_serving",
     "model_versions_serving_rows",
     "models_serving_publish",
+    "neighbour_explanation",
     "neighbourhoods_refresh",
+    "neighbours_decode",
+    "neighbours_queue",
     "popularity_scores",
     "progress_observed",
+    "retrieval_features",
     "search_fit_users",
     "seeded_sample",
     "shopper_ids_first",
@@ -208,5 +258,6 @@ __all__ = [
     "skew_compare",
     "slates_reacted_to",
     "slates_served_rows",
+    "static_in_stock",
     "top_k_items",
 ]

@@ -1,3 +1,3 @@
-"""Core: what every layer shares. API keys and access, errors, the Redis client, its keys and the one Lua script
-mechanism, embedded servers, health, the registry of process caches, and the run command.
+"""Core: what every layer shares. API keys and access, errors, the Redis client and keys, the one Lua script
+mechanism, the hot path's item type, live-update topics, embedded servers, health, the process caches' registry.
 """

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from graph_app.interface import item_titles
 from personalization.candidates import Candidate
-from surface_app.preview import PreviewResult
+from surface_app.interface import PreviewResult
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from rules_admin.preview_display import preview_columns
 from rules_admin.preview_forms import PreviewForm, RuleEditForm, preview_rule_form
-from surface_app.interface import configuration
+from surface_app.interface import configuration, preview_explain
 from surface_app.models import BusinessRule
-from surface_app.preview import preview_explain
 
 logger = logging.getLogger(__name__)
 

@@ -4,22 +4,57 @@ Re-exports of the modules that implement them.
 - Training: the ranker (`ranker_train`) and the whole chain of scheduled trainings in order (`training_chain_run`).
 - Checks: retrieval's online/offline skew (`retrieval_skew_check`).
 
-Surface's serving still calls Score's engine (`scoring_app.engine`) directly while the hot path's item types are
-being reworked.
+- Serving (the hot path, `scoring_app.engine`): the user's state in one round trip (`user_state_fetch`, which
+  takes the caller's own reads as `StateReads`), the candidates of every retrieval source (`candidates_retrieve`),
+  their scores by the ranker or the bandit (`slate_score`), the popular and similar items of the fallbacks, the
+  serving models (`models_refresh`, `serving_model`) and the ranker's inputs for the console's explanations. Every
+  item is a `personalization.candidates.Candidate`, filled in as it goes.
 """
 
 from __future__ import annotations
 
+from scoring_app.engine import retrieval as _retrieval_sources  # noqa: F401  (registers the model loaders)
+from scoring_app.engine import scoring as _scoring_models  # noqa: F401  (registers the model loaders)
+from scoring_app.engine.bandit import BanditLog
+from scoring_app.engine.ranking import RANKER, ranker_inputs
+from scoring_app.engine.registry import models_refresh, serving_model
+from scoring_app.engine.retrieval import (
+    CandidateSet,
+    StateReads,
+    UserState,
+    candidates_retrieve,
+    popular_fallback,
+    retrieval_warm_up,
+    similar_items,
+    user_state_fetch,
+)
+from scoring_app.engine.scoring import CONTEXT_SOURCE, ScoreResult, slate_score
 from scoring_app.skew import RetrievalSkewReport, retrieval_skew_check
 from scoring_app.training import RankerTrainingReport, ranker_train
 from scoring_app.training_chain import TRAINING_TASKS, TaskRun, training_chain_run
 
 __all__ = [
+    "CONTEXT_SOURCE",
+    "RANKER",
     "TRAINING_TASKS",
+    "BanditLog",
+    "CandidateSet",
     "RankerTrainingReport",
     "RetrievalSkewReport",
+    "ScoreResult",
+    "StateReads",
     "TaskRun",
+    "UserState",
+    "candidates_retrieve",
+    "models_refresh",
+    "popular_fallback",
+    "ranker_inputs",
     "ranker_train",
     "retrieval_skew_check",
+    "retrieval_warm_up",
+    "serving_model",
+    "similar_items",
+    "slate_score",
     "training_chain_run",
+    "user_state_fetch",
 ]

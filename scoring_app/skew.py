@@ -10,8 +10,14 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
-from graph_app.interface import DEFAULT_TOLERANCE, FeatureSkew, item_ids_in_stock, skew_compare
+from graph_app.interface import (
+    DEFAULT_TOLERANCE,
+    RETRIEVAL_FEATURE_NAMES,
+    FeatureSkew,
+    item_ids_in_stock,
+    retrieval_features,
+    skew_compare,
+)
 from graph_app.state.interface import (
     BUILT_IN_EVENT_TYPES,
     logged_users_sample,

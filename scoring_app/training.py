@@ -35,15 +35,16 @@ import numpy as np
 from django.conf import settings
 from django.utils import timezone
 
-from graph_app.features.definitions import FEATURE_NAMES, RETRIEVAL_COLUMNS, retrieval_features
-from graph_app.features.offline import FeatureRequest, features_offline, features_offline_sets
 from graph_app.interface import (
+    FEATURE_NAMES,
     ITEM_MODEL_DECIMALS,
+    RETRIEVAL_COLUMNS,
     SIMILAR_DECIMALS,
     SIMILAR_PER_ITEM,
     TOP_K,
     USER_NEAREST_PER_USER,
     AlsSettings,
+    FeatureRequest,
     Holdout,
     Interactions,
     ItemModel,
@@ -52,6 +53,8 @@ from graph_app.interface import (
     active_als_settings,
     active_item_model_regularization,
     als_fit,
+    features_offline,
+    features_offline_sets,
     holdout_split,
     interactions_load,
     item_content_matrix,
@@ -63,6 +66,7 @@ from graph_app.interface import (
     model_version_create,
     model_version_promote,
     popularity_scores,
+    retrieval_features,
     search_fit_users,
     seeded_sample,
     similar_lists_compute,
@@ -517,7 +521,7 @@ def _active_scores(queries: HoldoutQueries) -> tuple[str | None, np.ndarray | No
     if active is None:
         return None, None
     ranker = ranker_load(model_artifact(version=active.version))
-    from graph_app.features.online import FeatureMatrix
+    from graph_app.interface import FeatureMatrix
 
     matrix = FeatureMatrix(item_ids=[""] * len(queries.values), values=queries.values.copy())
     return active.version, np.asarray(ranker.booster.predict(ranker_inputs(ranker, matrix), num_threads=1))

@@ -8,6 +8,8 @@ another must land on one of that app's interface modules. Core packages (not lis
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grimp
@@ -26,6 +28,8 @@ class InterfacesContract(Contract):
     """Options:
     - apps: the packages whose modules others may not import, except their interfaces.
     - interfaces: the modules other apps may import (e.g. graph_app.interface).
+    - exempt_importers: modules (fnmatch patterns) whose imports are not checked, e.g. `*.migrations.*`: a
+      migration is history, and calls what its operation needs where that lives now.
     - ignore_imports: imports to let pass (an unmatched one is an error, as in import-linter's own contracts).
     """
 
@@ -33,6 +37,7 @@ class InterfacesContract(Contract):
 
     apps = fields.ListField(subfield=fields.StringField())
     interfaces = fields.ListField(subfield=fields.StringField())
+    exempt_importers = fields.ListField(subfield=fields.StringField(), required=False)
     ignore_imports = fields.SetField(subfield=fields.ImportExpressionField(), required=False)
     unmatched_ignore_imports_alerting = fields.EnumField(
         contract_utils.AlertLevel, default=contract_utils.AlertLevel.ERROR
@@ -49,7 +54,8 @@ class InterfacesContract(Contract):
         unknown = sorted(name for name in interfaces if name not in graph.modules)
         if unknown:
             raise ValueError(f"Interface modules that do not exist: {', '.join(unknown)}")
-        foreign = foreign_imports(graph, apps=apps, interfaces=interfaces)
+        exempt: list[str] = list(self.exempt_importers or [])  # type: ignore[call-overload]
+        foreign = foreign_imports(graph, apps=apps, interfaces=interfaces, exempt=exempt)
         return ContractCheck(
             kept=not foreign,
             warnings=list(removal.warnings),
@@ -65,12 +71,14 @@ class InterfacesContract(Contract):
         output.print_error("Import the app's interface module instead, or add what you need to it.", bold=False)
 
 
-def foreign_imports(graph: grimp.ImportGraph, *, apps: list[str], interfaces: set[str]) -> list[ForeignImport]:
+def foreign_imports(
+    graph: grimp.ImportGraph, *, apps: list[str], interfaces: set[str], exempt: Sequence[str] = ()
+) -> list[ForeignImport]:
     """Every direct import from one app into another that does not land on an interface module."""
     found = []
     for importer in sorted(graph.modules):
         importer_app = _app_of(importer, apps)
-        if importer_app is None:
+        if importer_app is None or any(fnmatch.fnmatchcase(importer, pattern) for pattern in exempt):
             continue
         for imported in sorted(graph.find_modules_directly_imported_by(importer)):
             imported_app = _app_of(imported, apps)

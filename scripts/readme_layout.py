@@ -59,8 +59,13 @@ def section_render(layers: list[list[Package]], root: Path = ROOT) -> str:
     for siblings in layers:
         for package in siblings:
             for module in package.interfaces:
-                names = ", ".join(f"`{name}`" for name in _public_names(root, module))
-                text += ["", f"- `{module}`: {_docstring_first_line(_module_path(root, module))} {names}"]
+                names = _public_names(root, module)
+                listed = ", ".join(f"`{name}`" for name in names)
+                text += [
+                    "",
+                    f"- `{module}`: {_docstring_first_sentence(_module_path(root, module))} {len(names)} names:",
+                    f"  <details><summary>show</summary>{listed}</details>",
+                ]
     return "\n".join([*text, "", END])
 
 
@@ -104,7 +109,7 @@ def _wrap(text: str) -> list[str]:
 def _reach_without_interface(level: int, layers: list[list[Package]]) -> str:
     if level == 0:
         return "nothing (top of the stack)"
-    return "everything (the shared core)" if level == len(layers) - 1 else "nothing yet (no interface module)"
+    return "everything (the shared core)" if level == len(layers) - 1 else "nothing (no interface module)"
 
 
 def _public_names(root: Path, module: str) -> list[str]:
@@ -121,9 +126,10 @@ def _public_names(root: Path, module: str) -> list[str]:
     return sorted(name for name in names if not name.startswith("_") and name != "annotations")
 
 
-def _docstring_first_line(path: Path) -> str:
-    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-    return " ".join(doc.split("\n\n")[0].split())
+def _docstring_first_sentence(path: Path) -> str:
+    doc = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split())
+    sentence = re.split(r"(?<=[.:])\s", doc, maxsplit=1)[0]
+    return sentence if sentence.endswith(".") else sentence.rstrip(":") + "."
 
 
 def _module_path(root: Path, module: str) -> Path:

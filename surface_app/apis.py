@@ -17,7 +17,7 @@ from personalization.models import ApiScope
 from personalization.rate_limits import RateLimitCheck
 from personalization.services import ApiClient
 from personalization.validation import item_id_validate
-from scoring_app.engine.retrieval import similar_items
+from scoring_app.interface import similar_items
 from surface_app.serving.slates import Slate, context_items_parse, slate_serve
 
 K_MAX = 100

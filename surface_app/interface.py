@@ -12,8 +12,8 @@ never Surface's tables. Re-exports of the modules that implement them.
 
 Graph and Signal never call Surface: they publish their changes on `personalization.live_updates`, to which
 Surface subscribes. The console (`rules_admin`) also administers Surface's models (its ModelAdmins and forms
-need the model classes); the preview's explained items come from `surface_app.preview` while the hot path's item
-types are being reworked.
+need the model classes: the one exception `.importlinter` lists); its preview explains a slate through
+`preview_explain`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from surface_app.condition_checks import (
 from surface_app.configuration import items_unknown, rule_validate, surface_defaults_install
 from surface_app.conflicts import Conflict, RuleRef, conflicts_by_defeated_rule, placement_conflicts
 from surface_app.erasure import shopper_surface_keys, slates_forget
+from surface_app.preview import PreviewResult, preview_explain
 from surface_app.rules_compile import ConditionError, conditions_parse
 from surface_app.selectors import placement_names
 from surface_app.serving.slates import Slate, slate_serve
@@ -38,6 +39,7 @@ __all__ = [
     "LIVE_CHECK_BUDGET_MS",
     "ConditionError",
     "Conflict",
+    "PreviewResult",
     "RuleRef",
     "Slate",
     "blockable_values",
@@ -51,6 +53,7 @@ __all__ = [
     "items_unknown",
     "placement_conflicts",
     "placement_names",
+    "preview_explain",
     "rule_validate",
     "shopper_surface_keys",
     "slate_serve",

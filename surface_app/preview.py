@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from graph_app.features.online import features_fetch
+from graph_app.interface import features_fetch
 from personalization.candidates import Candidate
-from scoring_app.engine import registry
-from scoring_app.engine.ranking import RANKER, ranker_inputs
+from scoring_app.interface import RANKER, ranker_inputs, serving_model
 from surface_app.models import BusinessRule
 from surface_app.rules_compile import rule_compile, rules_snapshot_build
 from surface_app.serving.slates import PreviewOptions, Slate, slate_preview
@@ -38,7 +37,7 @@ class PreviewResult:
 
 
 def _contributions(user_key: str, placement: str, item_ids: list[str]) -> dict[str, list[tuple[str, float]]]:
-    ranker = registry.serving_model(RANKER, user_key=user_key)
+    ranker = serving_model(RANKER, user_key=user_key)
     if ranker is None or not item_ids:
         return {}
     registry_model = ranker.model

@@ -29,8 +29,7 @@ from typing import Any
 import vowpalwabbit
 from redis.exceptions import RedisError
 
-from graph_app.features.online import FeatureMatrix, features_fetch
-from graph_app.features.user_affinity import UserAffinity
+from graph_app.interface import FeatureMatrix, UserAffinity, features_fetch
 from personalization.candidates import Candidate
 from scoring_app.engine import registry
 

@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 
-from graph_app.features.definitions import FEATURE_INDEX
-from graph_app.features.online import FeatureMatrix
+from graph_app.interface import FEATURE_INDEX, FeatureMatrix
 from scoring_app.engine import registry
 
 logger = logging.getLogger(__name__)

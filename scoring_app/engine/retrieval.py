@@ -35,27 +35,28 @@ from django.db import DatabaseError, connection
 from prometheus_client import Counter
 from redis.exceptions import NoScriptError, RedisError
 
-from graph_app.features.definitions import RETRIEVAL_FEATURE_NAMES, retrieval_features
-from graph_app.features.online import catalog_facts_read, catalog_stock_kept
-from graph_app.features.user_affinity import affinity_decode
 from graph_app.interface import (
     CATEGORY_POPULAR_SQL,
     FRESH_SQL,
     IN_STOCK_FROM_CATALOG_SQL,
     POPULAR_FROM_CATALOG_SQL,
+    RETRIEVAL_FEATURE_NAMES,
     SIMILAR_TO_ITEM_SQL,
     SIMILAR_TO_RECENT_SQL,
     USER_VECTOR_SQL,
-)
-from graph_app.item_vector_index import VectorIndexRebuilding, item_vector_index_serving
-from graph_app.neighbourhoods_online import (
     Neighbour,
+    VectorIndexRebuilding,
+    affinity_decode,
+    catalog_facts_read,
+    catalog_stock_kept,
     item_neighbours,
+    item_vector_index_serving,
     neighbour_explanation,
     neighbours_decode,
     neighbours_queue,
+    retrieval_features,
+    static_in_stock,
 )
-from graph_app.online import static_in_stock
 from graph_app.state.interface import PopularRead, affinity_queue, popular_items_queue, recent_items_queue
 from personalization import redis_keys
 from personalization.cache import (

@@ -26,7 +26,7 @@ import numpy as np
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from graph_app.features.online import FeatureMatrix, features_fetch
+from graph_app.interface import FeatureMatrix, features_fetch
 from personalization.candidates import Candidate
 from scoring_app.engine import bandit, registry
 from scoring_app.engine.ranking import RANKER, LoadedRanker, ranker_scores, ranking_confidence

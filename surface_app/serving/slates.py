@@ -40,15 +40,17 @@ from personalization.candidates import Candidate
 from personalization.process_caches import process_cache
 from personalization.rate_limits import RateLimitCheck
 from personalization.redis_client import get_redis, script_pipeline_execute
-from scoring_app.engine.retrieval import (
+from scoring_app.interface import (
+    CONTEXT_SOURCE,
     CandidateSet,
+    ScoreResult,
     UserState,
     candidates_retrieve,
     popular_fallback,
     similar_items,
+    slate_score,
     user_state_fetch,
 )
-from scoring_app.engine.scoring import CONTEXT_SOURCE, ScoreResult, slate_score
 from surface_app.serving import caps as frequency_caps
 from surface_app.serving.rules import (
     CompiledRule,
@@ -61,7 +63,7 @@ from surface_app.serving.rules import (
 )
 
 if TYPE_CHECKING:
-    from scoring_app.engine.bandit import BanditLog
+    from scoring_app.interface import BanditLog
 
 logger = logging.getLogger(__name__)
 

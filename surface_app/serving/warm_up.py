@@ -16,15 +16,14 @@ def serving_warm_up() -> None:
     process for tens of milliseconds a few times a minute. Young objects are collected less often too
     (`SERVING_GC_THRESHOLD`): a request's candidates, features and replies die with it. A store that is down now
     degrades requests later: it must not stop the process."""
-    from graph_app.features.online import catalog_facts_preload
+    from graph_app.interface import catalog_facts_preload
     from personalization import redis_keys
     from personalization.redis_client import get_redis
-    from scoring_app.engine import retrieval, scoring  # noqa: F401 (registers the model loaders)
-    from scoring_app.engine.registry import models_refresh
+    from scoring_app.interface import models_refresh, retrieval_warm_up  # and registers the loaders
     from surface_app.serving.rules import snapshot_observe
 
     try:
-        retrieval.retrieval_warm_up()
+        retrieval_warm_up()
         models_refresh()
         catalog_facts_preload()
         version = get_redis().get(redis_keys.SURFACE_CONFIG_VERSION)

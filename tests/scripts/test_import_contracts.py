@@ -41,3 +41,12 @@ def test_the_package_itself_or_a_lookalike_name_is_not_the_interface(imported):
     graph = _graph(("surface_app.serving.slates", imported))
     found = foreign_imports(graph, apps=APPS, interfaces={"graph_app.interface"})
     assert [(item.importer, item.imported) for item in found] == [("surface_app.serving.slates", imported)]
+
+
+def test_exempt_importers_are_not_checked():
+    graph = _graph(
+        ("surface_app.migrations.0003_partitions", "graph_app.state_log"),
+        ("surface_app.serving.slates", "graph_app.models"),
+    )
+    found = foreign_imports(graph, apps=APPS, interfaces=set(), exempt=["*.migrations.*"])
+    assert [(item.importer, item.imported) for item in found] == [("surface_app.serving.slates", "graph_app.models")]

@@ -60,8 +60,9 @@ def test_the_section_names_each_interface_and_its_public_names(project):
     section = section_render(packages_read(project), project)
     assert "(Top → Left | Right → Core)" in section
     assert "| Left | `left/` | items. | `left.interface` |" in section
-    assert "| Right | `right/` | events. | nothing yet (no interface module) |" in section
-    assert "- `left.interface`: What the others may call. `item_get`, `items_read`" in section
+    assert "| Right | `right/` | events. | nothing (no interface module) |" in section
+    assert "- `left.interface`: What the others may call. 2 names:" in section
+    assert "<details><summary>show</summary>`item_get`, `items_read`</details>" in section
     assert "_hidden" not in section
 
 
