@@ -5,12 +5,20 @@ service function (`signals_app.services.events_ingest`, batches as a storefront'
 against a fresh Valkey of its own (stock configuration) started here. Reports the dedupe's keys, their MEMORY USAGE
 per event, and Valkey's used_memory delta per event once everything but the dedupe's keys is deleted; then ingests
 every event again (all duplicates) to time the dedupe's hits. The old code runs from a checkout of it (e.g. `git
-worktree add /tmp/old-dedupe <commit>`), imported instead of this one's.
+worktree add /tmp/old-dedupe <commit>`), imported instead of this one's: the workers below import the modules by
+their current names, so the user-state part needs a checkout from the state package on (`graph_app.state`).
 
-A second part (the current code only) ingests a typical shopper's month (sessions, views, carts, a purchase, skips,
-items with catalog entities) for many users and reports MEMORY USAGE per key type per user.
+A second part ingests a typical shopper's month (sessions, views, carts, a purchase, skips, items with catalog
+entities) for many users and reports MEMORY USAGE per key type per user (`--old`: that checkout's too).
+
+`--only script` times the ingest script alone on that month's events, one event a call then 50, in one process
+against one Valkey. It no longer pairs an old script with this one: that fed the old `signals_app/online_state.py`
+script this code's KEYS and ARGV, which are named now (`graph_app/state/ingest.lua`) and laid out otherwise, so the
+old script would read them at the wrong positions. To compare two versions, run it for each checkout (`--new`)
+alternately.
 
     .venv/bin/python benchmarks/dedupe_memory.py [--events 2000000] [--old /tmp/old-dedupe] [--record]
+    .venv/bin/python benchmarks/dedupe_memory.py --events 2000 --users 20   # a quick run: that it runs
 """
 
 from __future__ import annotations
@@ -224,32 +232,22 @@ def latency_worker(seconds: int, entities: bool = False) -> dict[str, object]:
     return result
 
 
-def script_pair_worker(users: int, old_code: str) -> dict[str, object]:
-    """The ingest script of the old code and of this one, called alternately in one process against one Valkey (each
-    on users of its own), so that both see the same machine load: the user-state workload (a month of 30 events a
-    user, items with 3 catalog entities), one event a call for every user in turn, then 50 events a call. Both get
-    the same keys and arguments (this code's), which the old script reads as it always did."""
+def script_worker(users: int) -> dict[str, object]:
+    """The ingest script of the code version under test, timed on the user-state workload (a month of 30 events a
+    user, items with 3 catalog entities): one event a call for every user in turn, then 50 events a call."""
     import django
 
     django.setup()
-    import importlib.util
     from datetime import UTC, datetime, timedelta
 
-    from graph_app.state.ingest import IngestScript
+    from graph_app.state.ingest import ingest_script
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
     from signals_app.services import IngestReport, events_validate
 
-    spec = importlib.util.spec_from_file_location("old_online_state", Path(old_code) / "signals_app/online_state.py")
-    assert spec is not None and spec.loader is not None
-    old_module = importlib.util.module_from_spec(spec)
-    sys.modules["old_online_state"] = old_module  # its dataclasses look their module up
-    spec.loader.exec_module(old_module)
     client = get_control_redis()
     client.flushdb()
-    scripts = {"old": IngestScript(), "new": IngestScript()}
-    scripts["old"].sha = str(client.script_load(old_module.INGEST_SCRIPT))
-    scripts["new"].load(client)
+    ingest_script.load(client)
     for partition in redis_keys.partitions():
         client.hset(
             redis_keys.catalog_entities(partition),
@@ -273,10 +271,10 @@ def script_pair_worker(users: int, old_code: str) -> dict[str, object]:
             month.append((index, kind, item, happened.isoformat()))
         months.append(month)
 
-    def events(version: str, pairs: list[tuple[int, int]]) -> list[object]:
+    def events(run: str, pairs: list[tuple[int, int]]) -> list[object]:
         raw = [
-            {"event_id": f"{version}-{user}-{index}", "type": kind, "user_id": f"{version}-shopper-{user}",
-             "session_id": f"{version}-s{user}-{index // 10}", "item_id": f"mem-item-{item}", "timestamp": at}
+            {"event_id": f"{run}-{user}-{index}", "type": kind, "user_id": f"{run}-shopper-{user}",
+             "session_id": f"{run}-s{user}-{index // 10}", "item_id": f"mem-item-{item}", "timestamp": at}
             for user, index in pairs
             for _, kind, item, at in [months[user][index]]
         ]  # fmt: skip
@@ -284,22 +282,20 @@ def script_pair_worker(users: int, old_code: str) -> dict[str, object]:
 
     result: dict[str, object] = {}
     for size in (1, 50):
-        latencies: dict[str, list[float]] = {"old": [], "new": []}
+        values: list[float] = []
         calls = [
             [(user, index) for user in range(start, min(start + size, users))]
             for index in range(len(kinds))
             for start in range(0, users, size)
         ]
-        for number, pairs in enumerate(calls):
-            order = ("old", "new") if number % 2 == 0 else ("new", "old")
-            for version in order:
-                batch = events(version + str(size), pairs)
-                before = time.perf_counter()
-                scripts[version].run(client, batch)
-                latencies[version].append((time.perf_counter() - before) * 1000)
-        for version, values in latencies.items():
+        for pairs in calls:
+            batch = events(f"run{size}", pairs)
+            before = time.perf_counter()
+            ingest_script.run(client, batch)
+            values.append((time.perf_counter() - before) * 1000)
+        if values:
             values.sort()
-            result[f"{version}, {size} event(s) a call"] = {
+            result[f"{size} event(s) a call"] = {
                 "calls": len(values),
                 "p50_ms": round(values[len(values) // 2], 3),
                 "p90_ms": round(values[int(len(values) * 0.9)], 3),
@@ -382,9 +378,7 @@ def user_state_worker(users: int) -> dict[str, object]:
     }
 
 
-def run_worker(
-    code: Path, mode: str, count: int, data: Path, redis_url: str | None = None, old: Path | None = None
-) -> dict[str, object]:
+def run_worker(code: Path, mode: str, count: int, data: Path, redis_url: str | None = None) -> dict[str, object]:
     """The worker in a process of its own, against a fresh Valkey started here or, given `redis_url`, that server's
     database (flushed first: give one nobody else uses)."""
     process, port = (None, 0) if redis_url else valkey_start(data)
@@ -397,8 +391,7 @@ def run_worker(
             "PYTHONPATH": str(code),
         }
         output = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--count", str(count)]
-            + (["--old-code", str(old)] if old else []),
+            [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--count", str(count)],
             cwd=code,
             env=env,
             check=True,
@@ -421,7 +414,7 @@ def main() -> None:
     parser.add_argument("--record", action="store_true")
     parser.add_argument(
         "--only",
-        choices=["steady", "user_state", "latency", "latency_state", "script_pair"],
+        choices=["steady", "user_state", "latency", "latency_state", "script"],
         default=None,
         help="just that part",
     )
@@ -431,18 +424,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="latency: old and new alternating, each this often")
     parser.add_argument(
         "--worker",
-        choices=["dedupe", "dedupe_steady", "user_state", "latency", "latency_state", "script_pair"],
+        choices=["dedupe", "dedupe_steady", "user_state", "latency", "latency_state", "script"],
         default=None,
     )
     parser.add_argument("--count", type=int, default=0)
-    parser.add_argument("--old-code", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         sys.path.insert(0, os.getcwd())  # the code version under test, before this file's own checkout
         if args.worker == "user_state":
             result = user_state_worker(args.count)
-        elif args.worker == "script_pair":
-            result = script_pair_worker(args.count, args.old_code)
+        elif args.worker == "script":
+            result = script_worker(args.count)
         elif args.worker in ("latency", "latency_state"):
             result = latency_worker(args.count, entities=args.worker == "latency_state")
         else:
@@ -453,12 +445,12 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="dedupe-memory-"))
     results: dict[str, object] = {}
     try:
-        if args.only == "script_pair":
-            results["script_pair"] = run_worker(args.new, "script_pair", args.users, data, args.redis_url, args.old)
-            print("script_pair", json.dumps(results["script_pair"]), flush=True)
+        if args.only == "script":
+            results["script"] = run_worker(args.new, "script", args.users, data, args.redis_url)
+            print("script", json.dumps(results["script"]), flush=True)
         if args.only in ("latency", "latency_state"):
             for round_number in range(args.rounds):
-                for name, code in [("old", args.old), ("new", args.new)]:
+                for name, code in [("old", args.old), ("new", args.new)] if args.old else [("new", args.new)]:
                     result = run_worker(code, args.only, 15, data, args.redis_url)
                     results[f"{name} {round_number + 1}"] = result
                     print(name, round_number + 1, json.dumps(result), flush=True)

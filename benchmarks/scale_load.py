@@ -302,7 +302,7 @@ ORDER BY 1, e.occurred_at, e.id
 
 def user_sample(args: argparse.Namespace) -> None:
     """The online state of a seeded sample of the log's users, rebuilt by the rebuild's own replay
-    (`signals_app.rebuild.UserState`) and measured key by key: bytes per user at the log's events per user, where
+    (`graph_app.state.rebuild.UserState`) and measured key by key: bytes per user at the log's events per user, where
     a rebuild of every user would take longer than there is time for."""
     os.environ["PERSONALIZATION_DATA_DIR"] = str(args.data_dir)
     from benchmarks.common import django_setup
@@ -314,9 +314,9 @@ def user_sample(args: argparse.Namespace) -> None:
     from django.db import connection
 
     from graph_app.features.offline import catalog_entity_keys, event_types
+    from graph_app.state.rebuild import UserState, _touches_user_state
     from personalization import redis_keys
     from personalization.redis_client import get_control_redis
-    from signals_app.rebuild import UserState, _touches_user_state
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT external_id FROM graph_app_shopper ORDER BY md5(external_id) LIMIT %s", [args.users])

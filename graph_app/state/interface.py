@@ -1,8 +1,9 @@
 """What other apps may use of the online state and the logs: frozen dataclasses and keyword-only functions.
 
 Signal validates events and asks this module to apply them (`events_ingest_online`), to store and apply what the
-stream brought (`event_log_append`, `events_apply_online`, `impressions_store`) and to merge an identified session
-(`session_state_merge`); Score reads popularity on its own pipeline (`popular_items_queue`); Surface logs
+stream brought (`event_log_append`, `events_apply_online`, `impressions_store`), to merge an identified session
+(`session_state_merge`) and to rebuild the online state from the log, handing in its identity links
+(`online_state_rebuild`); Score reads popularity on its own pipeline (`popular_items_queue`); Surface logs
 impressions (`impression_log_call`, `impression_log_queue`). Nothing else reads or writes these keys and tables.
 """
 
@@ -71,6 +72,7 @@ from graph_app.state.reads import (
     purchased_queue,
     recent_items_queue,
 )
+from graph_app.state.rebuild import OnlineStateRebuildReport, online_state_rebuild
 from graph_app.state.records import Attribution, EventInput, EventRecord
 
 __all__ = [
@@ -90,6 +92,7 @@ __all__ = [
     "EventType",
     "ImpressionLogCall",
     "OnlineEvent",
+    "OnlineStateRebuildReport",
     "PlacementDayOutcomes",
     "PopularRead",
     "PopularityReport",
@@ -123,6 +126,7 @@ __all__ = [
     "item_counters_rebuild",
     "logged_users_sample",
     "month_start",
+    "online_state_rebuild",
     "placement_day_outcomes",
     "popular_items_queue",
     "popularity_refresh",

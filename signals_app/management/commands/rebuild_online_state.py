@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from signals_app.rebuild import online_state_rebuild
+from graph_app.state.interface import online_state_rebuild
+from signals_app.identity import identity_links_read
 
 
 class Command(BaseCommand):
@@ -19,7 +20,9 @@ class Command(BaseCommand):
         only.add_argument("--items-only", action="store_true", help="Only the items' counters.")
 
     def handle(self, *args: object, users_only: bool, items_only: bool, **options: object) -> None:
-        report = online_state_rebuild(users=not items_only, items=not users_only)
+        report = online_state_rebuild(
+            sessions_to_users=identity_links_read(), users=not items_only, items=not users_only
+        )
         self.stdout.write(
             f"{report.users} users, {report.items} items, {report.placement_items} item x placement records"
         )

@@ -1,12 +1,12 @@
-"""Recomputing the online state from the PostgreSQL log (control plane): `manage.py rebuild_online_state`, after
-restoring the log or losing Redis.
+"""Recomputing the online state from the PostgreSQL log (control plane): `manage.py rebuild_online_state` (Signal's
+command, which hands in its identity links), after restoring the log or losing Redis.
 
 Users: each user's recent items and their time, affinity hash, purchased set and cool-down set, from their
 events in event-time order (then by row id) with the ingest script's rules (`state.lua`) and the catalog's
 entity keys: the state ingesting the same events live would have built. An anonymous session's events count for
-the user it was identified as, as its state was merged into theirs; session items (30 minutes) are not rebuilt.
-Recent items or affinities that ended longer than their TTL ago are not written (readers take them as missing).
-Items: `graph_app.state.counters.item_counters_rebuild`.
+the user it was identified as (the caller's `sessions_to_users`), as its state was merged into theirs; session
+items (30 minutes) are not rebuilt. Recent items or affinities that ended longer than their TTL ago are not written
+(readers take them as missing). Items: `graph_app.state.counters.item_counters_rebuild`.
 
 Run it while ingest is paused: a user's keys are replaced with what the log held when they were read.
 """
@@ -17,7 +17,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -36,15 +36,15 @@ from graph_app.features.user_affinity import (
     weakest_dropped,
 )
 from graph_app.progress import PROGRESS_EVERY_SECONDS, Progress
-from graph_app.state.interface import (
+from graph_app.state.counters import item_counters_rebuild
+from graph_app.state.custom_types import event_types
+from graph_app.state.event_types import EventType
+from graph_app.state.ingest import (
     COOLDOWN_EVENT_TYPES,
     COOLDOWN_ITEMS_KEPT,
     COOLDOWN_KEPT_SECONDS,
     RECENT_ITEMS_KEPT,
     RECENT_ITEMS_TTL_SECONDS,
-    EventType,
-    event_types,
-    item_counters_rebuild,
 )
 from personalization import redis_keys
 from personalization.redis_client import get_control_redis
@@ -52,16 +52,24 @@ from personalization.redis_client import get_control_redis
 logger = logging.getLogger(__name__)
 
 FETCH_ROWS = 10_000
+IDENTITY_LINKS_COPY_ROWS = 10_000  # links held at once while they are copied in (a shop may have millions)
 WRITE_USERS = 500
 # How often the rebuild logs how far it is and the time left (a year of a big shop's log takes an hour).
 REBUILD_PROGRESS_SECONDS = PROGRESS_EVERY_SECONDS
 MIN_EXPIRY_SECONDS = 86400  # as the ingest script: Redis keeps user state a day at the least
 
+# The caller's identity links, for the join below: a temporary table of this transaction (dropped first when an
+# enclosing transaction, as a test's, still holds one from an earlier call).
+_LINKS_TABLE_DROP_SQL = "DROP TABLE IF EXISTS pg_temp.rebuild_identity_links"
+_LINKS_TABLE_SQL = """
+CREATE TEMPORARY TABLE rebuild_identity_links (session_id text PRIMARY KEY, user_id text NOT NULL) ON COMMIT DROP
+"""
+_LINKS_COPY_SQL = "COPY rebuild_identity_links (session_id, user_id) FROM STDIN"
 _USER_EVENTS_SQL = """
 SELECT coalesce(nullif(e.user_id, ''), l.user_id, 'session:' || e.session_id) AS user_key,
        e.item_id, e.type, extract(epoch FROM e.occurred_at)::float8
 FROM signals_app_event e
-LEFT JOIN signals_app_identitylink l ON e.user_id = '' AND l.session_id = e.session_id
+LEFT JOIN rebuild_identity_links l ON e.user_id = '' AND l.session_id = e.session_id
 WHERE e.item_id <> '' AND e.type = ANY(%(types)s::text[])
 ORDER BY 1, e.occurred_at, e.id
 """
@@ -71,7 +79,7 @@ SELECT count(*) FROM signals_app_event e WHERE e.item_id <> '' AND e.type = ANY(
 
 
 @dataclass(frozen=True)
-class RebuildReport:
+class OnlineStateRebuildReport:
     users: int = 0
     items: int = 0
     placement_items: int = 0
@@ -181,10 +189,15 @@ def _latest(times: dict[str, float], kept: int) -> dict[str, float]:
     return dict(sorted(times.items(), key=lambda pair: (pair[1], pair[0].encode()))[-kept:]) if kept > 0 else {}
 
 
-def online_state_rebuild(*, users: bool = True, items: bool = True) -> RebuildReport:
-    users_count = users_online_state_rebuild() if users else 0
+def online_state_rebuild(
+    *, sessions_to_users: Iterable[tuple[str, str]], users: bool = True, items: bool = True
+) -> OnlineStateRebuildReport:
+    """The users' (`users`) and the items' (`items`) online state from the log. `sessions_to_users`: (session id,
+    user id) of every identified session, read once and only when the users are rebuilt (an iterator keeps a
+    million links out of memory)."""
+    users_count = users_online_state_rebuild(sessions_to_users=sessions_to_users) if users else 0
     counters = item_counters_rebuild() if items else None
-    report = RebuildReport(
+    report = OnlineStateRebuildReport(
         users=users_count,
         items=counters.items if counters else 0,
         placement_items=counters.placement_items if counters else 0,
@@ -193,8 +206,9 @@ def online_state_rebuild(*, users: bool = True, items: bool = True) -> RebuildRe
     return report
 
 
-def users_online_state_rebuild() -> int:
-    """Every user's (and session's) online state from the log; how many were written."""
+def users_online_state_rebuild(*, sessions_to_users: Iterable[tuple[str, str]]) -> int:
+    """Every user's (and session's) online state from the log, a session identified in `sessions_to_users` as its
+    user's; how many were written."""
     types = {name: kind for name, kind in event_types().items() if _touches_user_state(name, kind)}
     entities = catalog_entity_keys()
     client = get_control_redis()
@@ -205,7 +219,8 @@ def users_online_state_rebuild() -> int:
         cursor.execute(_USER_EVENTS_COUNT_SQL, {"types": sorted(types)})
         total = int(cursor.fetchone()[0])
     progress = Progress("online state rebuild: events replayed", total=total, every_seconds=REBUILD_PROGRESS_SECONDS)
-    for user_key, rows in itertools.groupby(_user_events(sorted(types)), key=lambda row: row[0]):
+    events = _user_events(sorted(types), sessions_to_users)
+    for user_key, rows in itertools.groupby(events, key=lambda row: row[0]):
         state = UserState()
         replayed = 0
         for _, item_id, type_name, ts in rows:
@@ -227,10 +242,33 @@ def _touches_user_state(name: str, kind: EventType) -> bool:
     return kind.marks_interest or kind.popularity_weight > 0 or name == "purchase" or name in COOLDOWN_EVENT_TYPES
 
 
-def _user_events(types: list[str]) -> Iterator[tuple[str, str, str, float]]:
+def _user_events(
+    types: list[str], sessions_to_users: Iterable[tuple[str, str]]
+) -> Iterator[tuple[str, str, str, float]]:
     """(user key, item, type, time) of every event that feeds user state, by user then event time (server-side
     cursor: the log may not fit in memory)."""
-    with transaction.atomic(), connection.chunked_cursor() as cursor:
+    with transaction.atomic():
+        _identity_links_load(sessions_to_users)
+        yield from _user_events_read(types)
+
+
+def _identity_links_load(sessions_to_users: Iterable[tuple[str, str]]) -> None:
+    """The links into this transaction's temporary table, a COPY per batch: the links may come from a cursor on
+    this same connection, which cannot fetch while a COPY is open."""
+    links = iter(sessions_to_users)
+    with connection.cursor() as cursor:
+        cursor.execute(_LINKS_TABLE_DROP_SQL)
+        cursor.execute(_LINKS_TABLE_SQL)
+        while batch := list(itertools.islice(links, IDENTITY_LINKS_COPY_ROWS)):
+            # As for execute(): the driver's errors become Django's (DatabaseError and subclasses).
+            with connection.wrap_database_errors, cursor.copy(_LINKS_COPY_SQL) as copy:
+                for session_id, user_id in batch:
+                    copy.write_row((session_id, user_id))
+        cursor.execute("ANALYZE rebuild_identity_links")  # the join's plan: a temporary table has no statistics
+
+
+def _user_events_read(types: list[str]) -> Iterator[tuple[str, str, str, float]]:
+    with connection.chunked_cursor() as cursor:
         cursor.cursor.itersize = FETCH_ROWS  # rows a fetch from the server (psycopg's cursor under Django's)
         cursor.execute(_USER_EVENTS_SQL, {"types": types})
         for user_key, item_id, type_name, ts in cursor:
