@@ -20,7 +20,7 @@ PROCESS_CACHE_MODULES = (
     "graph_app.item_rows",
     "graph_app.item_vector_index",
     "graph_app.model_registry.selectors",
-    "personalization.cache",
+    "graph_app.state.event_types",
     "personalization.services",
     "scoring_app.engine.registry",
     "scoring_app.engine.retrieval",

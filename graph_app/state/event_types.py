@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from redis.exceptions import RedisError
 
 from personalization import redis_keys
+from personalization.process_caches import process_cache
 from personalization.redis_client import get_control_redis, get_redis
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ def custom_event_types_publish(event_types: list[EventType]) -> None:
     custom_event_types_forget()
 
 
+@process_cache("graph.custom_event_types")
 def custom_event_types_forget() -> None:
+    """Read the custom event types afresh on the next event (after staff changed them, and between tests)."""
     global _custom_loaded_at
     _custom_loaded_at = float("-inf")
 

@@ -59,6 +59,7 @@ PLATFORM_CACHES = {
     "core.api_keys": "personalization.services",
     "graph.catalog_facts": "graph_app.features.online",
     "graph.catalog_import": "graph_app.catalog_import",
+    "graph.custom_event_types": "graph_app.state.event_types",
     "graph.entity_keys_kept": "graph_app.catalog_bulk",
     "graph.entity_names": "graph_app.features.user_affinity",
     "graph.entity_numbers": "graph_app.features.online",
