@@ -13,8 +13,8 @@ are imported inside the functions that fit, so importing this loads nothing serv
   admin); serving reads through `model_versions_serving_rows` / `model_artifact_read`, no ORM.
 - Training: the embeddings and the neighbourhoods; the building blocks Score's ranker training shares to replay
   retrieval offline (interactions, holdout, ALS, item model, similar and user lists).
-- The catalog queries of Score's retrieval sources: Graph's SQL (`graph_app.catalog_queries`), run by Score under
-  its own deadlines.
+- The catalog queries of Score's retrieval sources (`graph_app.catalog_queries`): Graph's SQL, run by Graph's
+  functions in Score's threads, under Score's deadlines and caches.
 - The feature store's online side, read on the hot path: the feature matrix of a user's candidates
   (`features_fetch`), the catalog facts a serving process keeps, the features' definitions, a user's affinities;
   the item vector index and item neighbourhoods that retrieval queries. Its offline side (`features_offline`) builds
@@ -33,7 +33,13 @@ from graph_app.catalog_queries import (
     SIMILAR_TO_ITEM_SQL,
     SIMILAR_TO_RECENT_SQL,
     USER_VECTOR_SQL,
+    similar_to_item_rows,
+    similar_to_recent_rows,
+    user_vector_rows,
 )
+from graph_app.catalog_queries import category_popular_rows as catalog_category_popular_rows
+from graph_app.catalog_queries import fresh_rows as catalog_fresh_rows
+from graph_app.catalog_queries import popular_from_catalog_rows as catalog_popular_rows
 from graph_app.erasure import ShopperRowsErased, erased_shopper_repr, shopper_rows_erase
 from graph_app.features.definitions import (
     FEATURE_INDEX,
@@ -194,10 +200,13 @@ __all__ = [
     "active_item_model_regularization",
     "affinity_decode",
     "als_fit",
+    "catalog_category_popular_rows",
     "catalog_facts_preload",
     "catalog_facts_read",
+    "catalog_fresh_rows",
     "catalog_has_items",
     "catalog_online_rebuild",
+    "catalog_popular_rows",
     "catalog_stock_kept",
     "catalog_values",
     "content_projection",
@@ -255,9 +264,12 @@ __all__ = [
     "shopper_traits_merge",
     "shoppers_create",
     "similar_lists_compute",
+    "similar_to_item_rows",
+    "similar_to_recent_rows",
     "skew_compare",
     "slates_reacted_to",
     "slates_served_rows",
     "static_in_stock",
     "top_k_items",
+    "user_vector_rows",
 ]

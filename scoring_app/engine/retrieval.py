@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import functools
 import hashlib
 import logging
-import math
 import operator
 import threading
 import time
@@ -36,18 +36,14 @@ from prometheus_client import Counter
 from redis.exceptions import NoScriptError, RedisError
 
 from graph_app.interface import (
-    CATEGORY_POPULAR_SQL,
-    FRESH_SQL,
-    IN_STOCK_FROM_CATALOG_SQL,
-    POPULAR_FROM_CATALOG_SQL,
     RETRIEVAL_FEATURE_NAMES,
-    SIMILAR_TO_ITEM_SQL,
-    SIMILAR_TO_RECENT_SQL,
-    USER_VECTOR_SQL,
     Neighbour,
     VectorIndexRebuilding,
     affinity_decode,
+    catalog_category_popular_rows,
     catalog_facts_read,
+    catalog_fresh_rows,
+    catalog_popular_rows,
     catalog_stock_kept,
     item_neighbours,
     item_vector_index_serving,
@@ -55,7 +51,12 @@ from graph_app.interface import (
     neighbours_decode,
     neighbours_queue,
     retrieval_features,
+    similar_to_item_rows,
     static_in_stock,
+    user_vector_rows,
+)
+from graph_app.interface import (
+    similar_to_recent_rows as _similar_to_recent_query,
 )
 from graph_app.state.interface import PopularRead, affinity_queue, popular_items_queue, recent_items_queue
 from personalization import redis_keys
@@ -296,18 +297,17 @@ def _neighbours_cached(
     name: str,
     version: str,
     ttl_seconds: int,
-    sql: str,
-    params: dict[str, Any],
+    query: Callable[[], list[tuple[str, float]]],
     rows: bytes | None,
     stored: bytes | object | None,
 ) -> list[tuple[str, float]]:
     """pgvector neighbours (item id, similarity), best first, through the user-keyed cache `name` (`stored`: its
-    value as the state's round trip read it), or the read-ahead's `rows` of it."""
+    value as the state's round trip read it), or the read-ahead's `rows` of it; `query`: Graph's query on a miss."""
 
     def build() -> bytes:
         if not item_vector_index_serving():
             raise VectorIndexRebuilding("the items' vector index is being rebuilt")
-        return orjson.dumps(_sorted_rows(sql, params))
+        return orjson.dumps(query())
 
     payload = rows or user_cache_get_or_build(
         user_key=state.user_key, name=name, version=version, build=build, ttl_seconds=ttl_seconds, stored=stored
@@ -315,23 +315,17 @@ def _neighbours_cached(
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
 
 
-def _sorted_rows(sql: str, params: dict[str, Any]) -> list[tuple[str, float]]:
-    rows = _rows(sql, params)
-    rows.sort(key=lambda row: row[1], reverse=True)  # relaxed iterative scans may return rows slightly out of order
-    return rows
-
-
 def similar_to_recent_rows(recent_items: Sequence[str]) -> list[tuple[str, float]]:
     """The pgvector query behind the "similar" source when the newest recent item has no list, uncached (the skew
     check recomputes it)."""
-    return _sorted_rows(SIMILAR_TO_RECENT_SQL, {"recent": list(recent_items), "k": SIMILAR_TO_RECENT_CACHED})
+    return _similar_to_recent_query(recent=recent_items, k=SIMILAR_TO_RECENT_CACHED)
 
 
 def _similar_to_recent(state: UserState) -> list[tuple[str, float]]:
     """Items nearest the mean embedding of the user's recent items (pgvector's index), through a user-keyed cache."""
     return _neighbours_cached(
         state, name="similar_to_recent", version=_similar_version(state), ttl_seconds=SIMILAR_TO_RECENT_CACHE_SECONDS,
-        sql=SIMILAR_TO_RECENT_SQL, params={"recent": state.recent_items, "k": SIMILAR_TO_RECENT_CACHED},
+        query=lambda: _similar_to_recent_query(recent=state.recent_items, k=SIMILAR_TO_RECENT_CACHED),
         rows=state.prefetched.similar_to_recent_rows, stored=state.prefetched.similar_to_recent,
     )  # fmt: skip
 
@@ -375,21 +369,12 @@ SHARED_LIST_FRESH_SECONDS = 60
 SHARED_LIST_STALE_SECONDS = 3600
 
 
-def _rows(sql: str, params: dict[str, Any]) -> list[tuple[str, float]]:
-    """The query's (item, score) rows with a score: a cosine to a zero vector (a shopper the model learnt nothing
-    of) is NaN, which JSON caches as null."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return [(item_id, float(score)) for item_id, score in rows if score is not None and math.isfinite(score)]
-
-
 def _shared_list(
-    key: str, name: str, sql: str, params: dict[str, Any], prefetched: bytes | None = None
+    key: str, name: str, query: Callable[[], list[tuple[str, float]]], prefetched: bytes | None = None
 ) -> list[tuple[str, float]]:
     payload = prefetched or item_cache_get(
         item_key=key, name=name, fresh_seconds=SHARED_LIST_FRESH_SECONDS, stale_seconds=SHARED_LIST_STALE_SECONDS,
-        build=lambda: orjson.dumps(_rows(sql, params)),
+        build=lambda: orjson.dumps(query()),
     )  # fmt: skip
     return [(item_id, score) for item_id, score in orjson.loads(payload)]
 
@@ -410,8 +395,7 @@ def _user_vector_neighbours(state: UserState) -> list[tuple[str, float]]:
         return listed
     return _neighbours_cached(
         state, name="user_vector", version=_user_vector_version(state), ttl_seconds=USER_VECTOR_CACHE_SECONDS,
-        sql=USER_VECTOR_SQL,
-        params={"user": state.user_key, "recent": [], "k": USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED},
+        query=lambda: user_vector_rows(user_key=state.user_key, k=USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED),
         rows=state.prefetched.user_vector_rows, stored=state.prefetched.user_vector,
     )  # fmt: skip
 
@@ -473,8 +457,8 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
     chosen: list[Candidate] = []
     for category in state.favourite_categories:
         rows = _shared_list(
-            f"category:{category}", "popular_in_category", CATEGORY_POPULAR_SQL,
-            {"category": category, "k": CATEGORY_POPULAR_PER_CATEGORY},
+            f"category:{category}", "popular_in_category",
+            functools.partial(catalog_category_popular_rows, category=category, k=CATEGORY_POPULAR_PER_CATEGORY),
             state.prefetched.category_rows.get(category),
         )  # fmt: skip
         top = max((score for _, score in rows), default=0.0) or 1.0
@@ -488,7 +472,7 @@ def _category_popular_source(state: UserState) -> list[Candidate]:
 
 def _fresh_source(state: UserState) -> list[Candidate]:
     rows = _shared_list(
-        "catalog", "fresh_items", FRESH_SQL, {"days": FRESH_WITHIN_DAYS, "k": FRESH_ITEMS},
+        "catalog", "fresh_items", lambda: catalog_fresh_rows(days=FRESH_WITHIN_DAYS, k=FRESH_ITEMS),
         state.prefetched.fresh_rows,
     )  # fmt: skip
     newest = max((created for _, created in rows), default=0.0)
@@ -970,9 +954,7 @@ def _merge(state: UserState, results: dict[str, list[Candidate]]) -> list[Candid
 
 def _catalog_popular(state: UserState, limit: int) -> list[Candidate]:
     """Redis is down: the popularity PostgreSQL keeps (refreshed every few minutes)."""
-    rows = _rows(POPULAR_FROM_CATALOG_SQL, {"k": limit})
-    if len(rows) < limit:
-        rows += _rows(IN_STOCK_FROM_CATALOG_SQL, {"k": limit - len(rows), "known": [item for item, _ in rows]})
+    rows = catalog_popular_rows(k=limit)
     top = max((score for _, score in rows), default=0.0) or 1.0
     return [
         Candidate(item_id, round(score / top, 6), "popular", "Popular right now", ("popular",))
@@ -1059,11 +1041,7 @@ SIMILAR_ITEMS_CACHED = 100
 
 
 def _similar_items_query(item_id: str) -> list[tuple[str, float]]:
-    with connection.cursor() as cursor:
-        cursor.execute(SIMILAR_TO_ITEM_SQL, {"item": item_id, "k": SIMILAR_ITEMS_CACHED})
-        rows = [(other_id, float(score)) for other_id, score in cursor.fetchall() if score is not None]
-    rows.sort(key=lambda row: row[1], reverse=True)
-    return rows
+    return similar_to_item_rows(item_id=item_id, k=SIMILAR_ITEMS_CACHED)
 
 
 def similar_items(*, item_id: str, k: int) -> list[Candidate]:
