@@ -1,0 +1,1 @@
+"""Experiments: A/B tests per placement, their assignment and their statistics."""
