@@ -7,6 +7,7 @@ from personalization import views as platform_views
 from signals_app import segment_apis
 from signals_app.apis import EventIngestApi, IdentifyApi
 from surface_app.apis import RecommendationsApi, SimilarItemsApi
+from surface_app.experiments.apis import ExperimentCreateApi, ExperimentDetailApi, ExperimentStopApi
 from surface_app.views import demo_page
 
 api_v1 = [
@@ -27,6 +28,9 @@ api_v1 = [
     path("users/<str:user_id>/identify", IdentifyApi.as_view(), name="user-identify"),
     path("users/<str:user_id>", UserApi.as_view(), name="user-traits"),
     path("recommendations", RecommendationsApi.as_view(), name="recommendations"),
+    path("experiments", ExperimentCreateApi.as_view(), name="experiments"),
+    path("experiments/<str:experiment_id>/stop", ExperimentStopApi.as_view(), name="experiment-stop"),
+    path("experiments/<str:experiment_id>", ExperimentDetailApi.as_view(), name="experiment-detail"),
     path("schema/", platform_views.ApiSchemaView.as_view(), name="schema"),
     path("docs/", platform_views.ApiDocsView.as_view(url_name="v1:schema"), name="docs"),
 ]

@@ -212,3 +212,6 @@ class FallbackList(Placement):
 # The console opens a proxy's history through the model it stands for (its rows are that model's rows).
 PinRule._meta.simple_history_manager_attribute = "history"  # type: ignore[attr-defined]
 FallbackList._meta.simple_history_manager_attribute = "history"  # type: ignore[attr-defined]
+
+# Experiments keep their model in their own package; imported here so that Django registers it with Surface.
+from surface_app.experiments.models import Experiment as Experiment  # noqa: E402

@@ -57,6 +57,7 @@ def generated() -> Iterator[SimpleNamespace]:
 # Every operation of the schema, each called by a test below.
 OPERATIONS = {
     "events": {"events_ingest"},
+    "experiments": {"experiment_create", "experiment_get", "experiment_stop"},
     "items": {"item_get", "item_upsert", "item_delete", "items_batch_upsert", "items_batch_patch", "items_batch_delete",
               "items_similar"},
     "recommendations": {"recommendations_get"},
@@ -271,6 +272,30 @@ def test_segment_track_and_batch(generated, client):
 
     assert (tracked.status_code, tracked.parsed.accepted) == (200, 1)
     assert (batch.status_code, batch.parsed.accepted, batch.parsed.duplicates, batch.parsed.rejected) == (200, 2, 1, 0)
+
+
+def test_experiments_create_read_and_stop(generated, client):
+    from surface_app.models import Placement
+
+    experiments, models = generated.api("experiments"), generated.models
+    Placement.objects.create(name="home", size=3)
+    body = models.ExperimentInputRequest.from_dict({
+        "name": "popularity test", "placement": "home", "primary_metric": "ctr",
+        "variants": [{"name": "control", "weight": 1, "treatment": {"kind": "current"}},
+                     {"name": "popular", "weight": 1, "treatment": {"kind": "popularity"}}],
+        "guardrails": {"serving_p99_ms": 80},
+    })  # fmt: skip
+
+    created = experiments.experiment_create.sync_detailed(client=client, body=body)
+    conflict = experiments.experiment_create.sync_detailed(client=client, body=body)
+    read = experiments.experiment_get.sync_detailed(created.parsed.id, client=client)
+    stopped = experiments.experiment_stop.sync_detailed(created.parsed.id, client=client)
+
+    assert (created.status_code, created.parsed.status) == (201, "running")
+    assert created.parsed.guardrails.serving_p99_ms == 80
+    assert (conflict.status_code, conflict.parsed.code) == (409, "conflict")
+    assert (read.status_code, [variant.name for variant in read.parsed.variants]) == (200, ["control", "popular"])
+    assert (stopped.status_code, stopped.parsed.status) == (200, "stopped")
 
 
 SEGMENT_SOURCE_CALLS = {
