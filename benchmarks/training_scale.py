@@ -88,7 +88,7 @@ def ann_measure(items: int) -> dict[str, object]:
 
 
 def store_recall(queries: int) -> dict[str, object]:
-    """Serving's "user_vector" query (`scoring_app.engine.catalog_queries.USER_VECTOR_SQL`: in-stock items nearest a
+    """Serving's "user_vector" query (`graph_app.catalog_queries.USER_VECTOR_SQL`: in-stock items nearest a
     shopper's vector, USER_VECTOR_NEIGHBOURS + RECENT_ITEMS_USED rows, the user's recent items left out after)
     through the items' vector index at the connection's settings (IVFFLAT_PROBES, relaxed iterative scan) against
     exact search, for a seeded sample of shoppers with a vector; the recent items are each user's latest distinct

@@ -13,8 +13,6 @@ Re-exports of the modules that implement them.
 
 from __future__ import annotations
 
-from scoring_app.engine import retrieval as _retrieval_sources  # noqa: F401  (registers the model loaders)
-from scoring_app.engine import scoring as _scoring_models  # noqa: F401  (registers the model loaders)
 from scoring_app.engine.bandit import BanditLog
 from scoring_app.engine.ranking import RANKER, ranker_inputs
 from scoring_app.engine.registry import models_refresh, serving_model
