@@ -32,21 +32,7 @@ def impressions_store(*, impressions: list[dict[str, Any]]) -> None:
     replayed entry is ignored (unique on request id, slot and serving time, which a replay repeats, and on request
     id)."""
     rows = [
-        Impression(
-            request_id=record["request_id"],
-            user_key=record["user_key"],
-            placement=record["placement"],
-            item_id=item["item_id"],
-            slot=item["slot"],
-            score=item.get("score"),
-            source=item.get("source") or "",
-            model_version=record.get("model_version") or "",
-            served_at=datetime.fromtimestamp(record["served_at"], tz=UTC),
-            propensity=item.get("propensity"),
-            variant=record.get("variant") or "",
-            rules=item.get("rules") or [],
-            path=record.get("path") or "",
-        )
+        _impression_row(record, item, experiment=record.get("experiment") or {})
         for record in impressions
         for item in record["items"]
     ]
@@ -67,3 +53,25 @@ def impressions_store(*, impressions: list[dict[str, Any]]) -> None:
         Impression.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
         if decisions:
             BanditDecision.objects.bulk_create(decisions, ignore_conflicts=True, batch_size=1000)
+
+
+def _impression_row(record: dict[str, Any], item: dict[str, Any], *, experiment: dict[str, Any]) -> Impression:
+    return Impression(
+        request_id=record["request_id"],
+        user_key=record["user_key"],
+        placement=record["placement"],
+        item_id=item["item_id"],
+        slot=item["slot"],
+        score=item.get("score"),
+        source=item.get("source") or "",
+        model_version=record.get("model_version") or "",
+        served_at=datetime.fromtimestamp(record["served_at"], tz=UTC),
+        propensity=item.get("propensity"),
+        variant=record.get("variant") or "",
+        rules=item.get("rules") or [],
+        path=record.get("path") or "",
+        experiment_id=experiment.get("id"),
+        experiment_variant=experiment.get("variant") or "",
+        serving_ms=record.get("serving_ms"),
+        degraded=bool(record.get("degraded")),
+    )

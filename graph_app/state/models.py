@@ -103,6 +103,13 @@ class Impression(models.Model):
     propensity = models.FloatField(null=True, blank=True)
     # The cost the bandit was fed for this impression (negative: a reward); null until fed, so each learns once.
     bandit_cost = models.FloatField(null=True, blank=True)
+    # The experiment running on the placement when the slate was served, and the shopper's variant in it (no
+    # foreign key: the log outlives what it logs, and the serving path writes it without a database read).
+    experiment_id = models.IntegerField(null=True, blank=True)
+    experiment_variant = models.CharField(max_length=50, blank=True, default="")
+    # How long the slate took to build (ms), and whether it was degraded: an experiment's guardrails.
+    serving_ms = models.FloatField(null=True, blank=True)
+    degraded = models.BooleanField(default=False)
 
     class Meta:
         db_table = "signals_app_impression"
@@ -116,6 +123,12 @@ class Impression(models.Model):
                 fields=["served_at"],
                 name="impression_bandit_pending",
                 condition=models.Q(propensity__isnull=False, bandit_cost__isnull=True),
+            ),
+            # An experiment's results: its rows only, by serving time.
+            models.Index(
+                fields=["experiment_id", "served_at"],
+                name="impression_experiment",
+                condition=models.Q(experiment_id__isnull=False),
             ),
         ]
         constraints = [
