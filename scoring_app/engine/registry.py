@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from django.db import connection
 
 from graph_app.interface import model_artifact_read, model_versions_serving_rows
 from personalization import redis_keys
+from personalization.buckets import BUCKETS, bucket_of
 from personalization.process_caches import process_cache
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class KindServing:
 _loaders: dict[str, Callable[[bytes], Any]] = {}
 _serving: dict[str, KindServing] = {}
 _loaded: dict[str, ServingModel] = {}  # version -> model, a few recent ones (rollbacks are instant)
+# Versions that running experiments serve (version -> kind): loaded ahead, in the background, and never evicted.
+_experiment_versions: dict[str, str] = {}
 _loading: set[str] = set()
 _last_database_check: dict[str, float] = {}
 _failed_until: dict[bytes, float] = {}
@@ -69,16 +71,22 @@ def queue_snapshot(pipeline: redis.client.Pipeline) -> None:
     pipeline.hgetall(redis_keys.MODELS_SERVING)
 
 
-def user_bucket(user_key: str) -> int:
-    """A stable 0-99 bucket per user: the same users see a canary on every request and every process."""
-    return zlib.crc32(user_key.encode()) % 100
+def user_bucket(user_key: str, *, salt: str = "") -> int:
+    """A stable 0-99 bucket per user in the split salted `salt`: the same users see a canary on every request and
+    every process. The canary's split is salted by its version, so each canary serves other shoppers."""
+    return bucket_of(salt=f"canary:{salt}", unit=user_key) * 100 // BUCKETS
 
 
 def _in_canary(serving: KindServing, user_key: str) -> bool:
-    return serving.canary is not None and user_bucket(user_key) < serving.canary_percent
+    canary = serving.canary
+    return canary is not None and user_bucket(user_key, salt=canary.version) < serving.canary_percent
 
 
-def serving_model(kind: str, *, user_key: str) -> ServingModel | None:
+def serving_model(kind: str, *, user_key: str, version: str | None = None) -> ServingModel | None:
+    """The model of `kind` that serves the user: `version` when an experiment names one (None while it is not
+    loaded: see `experiment_model`), else the canary or the active one."""
+    if version is not None:
+        return experiment_model(kind, version=version)
     serving = _serving.get(kind)
     if serving is None:
         return None
@@ -89,6 +97,46 @@ def serving_variant(kind: str, *, user_key: str) -> str:
     """ "canary" when this user is in the canary's share of `kind`, else "control"."""
     serving = _serving.get(kind)
     return "canary" if serving is not None and _in_canary(serving, user_key) else "control"
+
+
+def experiment_model(kind: str, *, version: str) -> ServingModel | None:
+    """An experiment's model version of `kind`, when loaded; else None, and its load starts in the background
+    (never inline: the request serves the current model meanwhile)."""
+    loaded = _loaded.get(version)
+    if loaded is not None and _experiment_versions.get(version) == kind:
+        return loaded
+    models_preload(versions={version: kind})
+    return None
+
+
+def models_preload(*, versions: Mapping[str, str], wait: bool = False) -> None:
+    """Load the model versions running experiments serve (version -> kind) in a background thread, and keep them
+    loaded (`wait`: in this thread, for tests and benchmarks). Called when the rules snapshot changes."""
+    with _lock:
+        _experiment_versions.update(versions)
+        missing = {version: kind for version, kind in versions.items() if version not in _loaded}
+        missing = {version: kind for version, kind in missing.items() if f"version:{version}" not in _loading}
+        _loading.update(f"version:{version}" for version in missing)
+    if not missing:
+        return
+    if wait:
+        _versions_load(missing, own_thread=False)
+        return
+    threading.Thread(target=_versions_load, args=(missing, True), name="model-preload", daemon=True).start()
+
+
+def _versions_load(versions: Mapping[str, str], own_thread: bool) -> None:
+    try:
+        for version, kind in versions.items():
+            if kind in _loaders:
+                _model(kind, version)
+    except Exception:
+        logger.exception("score.model_preload_failed", extra={"versions": list(versions)})
+    finally:
+        if own_thread:
+            connection.close()  # this thread's own connection
+        with _lock:
+            _loading.difference_update(f"version:{version}" for version in versions)
 
 
 def models_observe(snapshot: dict[bytes, bytes]) -> None:
@@ -125,6 +173,7 @@ def _models_forget() -> None:
         _generation[0] += 1
         _serving.clear()
         _loaded.clear()
+        _experiment_versions.clear()
         _last_database_check.clear()
         _failed_until.clear()
 
@@ -182,8 +231,9 @@ def _model(kind: str, version: str | None) -> ServingModel | None:
     loaded = ServingModel(version, _loaders[kind](artifact))
     with _lock:
         _loaded[version] = loaded
-        while len(_loaded) > LOADED_VERSIONS_KEPT * max(1, len(_loaders)):
-            _loaded.pop(next(iter(_loaded)))
+        evictable = [kept for kept in _loaded if kept not in _experiment_versions]
+        for oldest in evictable[: max(0, len(evictable) - LOADED_VERSIONS_KEPT * max(1, len(_loaders)))]:
+            _loaded.pop(oldest)
     return loaded
 
 

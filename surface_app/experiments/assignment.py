@@ -3,18 +3,22 @@
 A shopper's bucket (0 to 9,999) is a hash of the experiment's own salt and the shopper's assignment unit, so the
 same shopper always lands in the same variant of one experiment, while their variant in one experiment says nothing
 about another (the canary's unsalted `crc32(user) % 100` gave the same shoppers every canary). Variants own
-consecutive ranges of buckets in proportion to their weights.
+consecutive ranges of buckets in proportion to their weights. The hash (`personalization.buckets.bucket_of`) is
+shared with the model registry's canary.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-BUCKETS = 10_000
+from personalization.buckets import BUCKETS, bucket_of
+
 SALT_BYTES = 8
+
+
+__all__ = ["BUCKETS", "VariantWeight", "bucket_of", "salt_new", "variant_assign", "variant_bounds", "variant_index"]
 
 
 @dataclass(frozen=True)
@@ -28,20 +32,19 @@ def salt_new() -> str:
     return secrets.token_hex(SALT_BYTES)
 
 
-def bucket_of(*, salt: str, unit: str) -> int:
-    """The shopper's bucket in this experiment (0 <= bucket < BUCKETS)."""
-    digest = hashlib.blake2b(f"{salt}\x1f{unit}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
-
-
 def variant_assign(*, salt: str, unit: str, variants: Sequence[VariantWeight]) -> str:
     """The name of the variant whose range of buckets holds the shopper's bucket."""
+    return variants[variant_index(salt=salt, unit=unit, bounds=variant_bounds(variants))].name
+
+
+def variant_index(*, salt: str, unit: str, bounds: Sequence[int]) -> int:
+    """The index of the variant whose range holds the unit's bucket, given the variants' precomputed bounds
+    (`variant_bounds`): what serving runs per request, a hash and a walk over at most five bounds."""
     bucket = bucket_of(salt=salt, unit=unit)
-    bounds = variant_bounds(variants)
-    for variant, upper in zip(variants, bounds, strict=True):
+    for index, upper in enumerate(bounds):
         if bucket < upper:
-            return variant.name
-    return variants[-1].name  # unreachable: the last bound is BUCKETS
+            return index
+    return len(bounds) - 1  # unreachable: the last bound is BUCKETS
 
 
 def variant_bounds(variants: Sequence[VariantWeight]) -> list[int]:

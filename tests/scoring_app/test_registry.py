@@ -97,8 +97,19 @@ def test_canary_serves_a_share_of_users_and_a_new_canary_replaces_it(clean_redis
     served = {user: registry.serving_model(KIND, user_key=user).model for user in (f"u{n}" for n in range(400))}
     canary_users = {user for user, model in served.items() if model == "later"}
     assert set(served.values()) == {"stable", "later"}
-    assert canary_users == {user for user in served if registry.user_bucket(user) < 30}
+    assert canary_users == {user for user in served if registry.user_bucket(user, salt=later.version) < 30}
     assert 0.2 < len(canary_users) / 400 < 0.4
+
+
+def test_each_canary_splits_the_shoppers_afresh():
+    """Salted by the version: a canary's shoppers say nothing about the next canary's."""
+    users = [f"u{n}" for n in range(4000)]
+    first = {user for user in users if registry.user_bucket(user, salt="ranker-1") < 50}
+    second = {user for user in users if registry.user_bucket(user, salt="ranker-2") < 50}
+
+    assert first == {user for user in users if registry.user_bucket(user, salt="ranker-1") < 50}  # stable
+    # Independent halves overlap on about a quarter of the shoppers (the same half every time: all of them).
+    assert 0.2 < len(first & second) / len(users) < 0.3
 
 
 @pytest.mark.parametrize("percent", [0, 101])
