@@ -145,6 +145,12 @@ def user_cooldown(user_key: str) -> str:
     return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:cooldown"
 
 
+def user_assignment_unit(user_key: str) -> str:
+    """The unit experiments assign the shopper by (`graph_app.state.assignment_unit`): set when a slate is served in
+    an experiment, and inherited from the session when the session is identified, so the variant holds."""
+    return f"{PREFIX}user:{_tag(partition_of(user_key))}:{user_key}:assignment-unit"
+
+
 def erased_shopper(user_key: str) -> str:
     """The tombstone of an erased shopper (`signals_app.erasure`): the last stream entry of its partition at the
     erasure, so that the event-log consumer drops the shopper's entries up to it. Named by a digest of the user key,

@@ -12,6 +12,7 @@ from redis import Redis
 
 from graph_app.features.definitions import AFFINITY_HALF_LIFE_SECONDS
 from graph_app.features.user_affinity import UserAffinity, affinity_decode
+from graph_app.state.assignment_unit import ASSIGNMENT_UNIT_TTL_SECONDS, assignment_unit_decode
 from graph_app.state.ingest import (
     COOLDOWN_ITEMS_KEPT,
     COOLDOWN_KEPT_SECONDS,
@@ -31,7 +32,8 @@ class SessionMerge:
 
 def session_state_merge(*, user_id: str, session_id: str, linked_at: datetime) -> SessionMerge:
     """The session's online state (recent items, affinities, cool-down) added into the user's and the session's
-    removed, and the link appended to the partition's stream for the durable log: two round trips."""
+    removed, the session's experiment assignment unit (when it was served in one) inherited unless the user has
+    one, and the link appended to the partition's stream for the durable log: two round trips."""
     redis = get_redis()
     session_key = f"session:{session_id}"
     read = redis.pipeline(transaction=False)
@@ -39,7 +41,8 @@ def session_state_merge(*, user_id: str, session_id: str, linked_at: datetime) -
     read.hgetall(redis_keys.user_affinity(session_key))
     read.get(redis_keys.user_recent_last(session_key))  # the layout before "#r"
     read.zrange(redis_keys.user_cooldown(session_key), 0, -1, withscores=True)
-    session_items, session_affinity_raw, session_recent_last, session_cooldown = read.execute()
+    read.get(redis_keys.user_assignment_unit(session_key))
+    session_items, session_affinity_raw, session_recent_last, session_cooldown, session_unit = read.execute()
 
     write = redis.pipeline(transaction=False)
     recent_key = redis_keys.user_recent_items(user_id)
@@ -59,6 +62,11 @@ def session_state_merge(*, user_id: str, session_id: str, linked_at: datetime) -
         write.zremrangebyrank(cooldown_key, 0, -COOLDOWN_ITEMS_KEPT - 1)
         write.expire(cooldown_key, COOLDOWN_KEPT_SECONDS)
     merged_entities = _affinity_merge(redis, user_id=user_id, session=session_affinity)
+    if session_unit:
+        # The session's variants hold after sign-in; a user already served in an experiment keeps theirs (NX). A
+        # session never served in one has no variant to keep: the user's own unit stays free for a later session.
+        unit = assignment_unit_decode(session_unit, user_key=session_key)
+        write.set(redis_keys.user_assignment_unit(user_id), unit, nx=True, ex=ASSIGNMENT_UNIT_TTL_SECONDS)
     write.delete(
         redis_keys.user_recent_items(session_key),
         redis_keys.user_affinity(session_key),

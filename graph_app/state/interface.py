@@ -4,7 +4,9 @@ Signal validates events and asks this module to apply them (`events_ingest_onlin
 stream brought (`event_log_append`, `events_apply_online`, `impressions_store`), to merge an identified session
 (`session_state_merge`) and to rebuild the online state from the log, handing in its identity links
 (`online_state_rebuild`); Score reads popularity on its own pipeline (`popular_items_queue`); Surface logs
-impressions (`impression_log_call`, `impression_log_queue`). Nothing else reads or writes these keys and tables.
+impressions (`impression_log_call`, `impression_log_queue`) and reads and keeps the shopper's experiment
+assignment unit on its own pipelines (`assignment_unit_queue`, `assignment_unit_keep_queue`). Nothing else reads
+or writes these keys and tables.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+from graph_app.state.assignment_unit import (
+    ASSIGNMENT_UNIT_TTL_SECONDS,
+    assignment_unit_decode,
+    assignment_unit_keep_queue,
+    assignment_unit_queue,
+)
 from graph_app.state.bandit_log import (
     bandit_costs_record,
     bandit_decisions_prune,
@@ -76,6 +84,7 @@ from graph_app.state.rebuild import OnlineStateRebuildReport, online_state_rebui
 from graph_app.state.records import Attribution, EventInput, EventRecord
 
 __all__ = [
+    "ASSIGNMENT_UNIT_TTL_SECONDS",
     "BUILT_IN_EVENT_TYPES",
     "COOLDOWN_EVENT_TYPES",
     "COOLDOWN_ITEMS_KEPT",
@@ -100,6 +109,9 @@ __all__ = [
     "ShopperLogTrace",
     "ShopperLogsErased",
     "affinity_queue",
+    "assignment_unit_decode",
+    "assignment_unit_keep_queue",
+    "assignment_unit_queue",
     "bandit_costs_record",
     "bandit_decisions_prune",
     "bandit_decisions_read",

@@ -23,6 +23,7 @@ def user_state_keys(*, user_key: str, session_ids: Iterable[str]) -> list[str]:
         redis_keys.user_affinity(user_key),
         redis_keys.user_purchased(user_key),
         redis_keys.user_cooldown(user_key),
+        redis_keys.user_assignment_unit(user_key),
         *(redis_keys.user_session_items(user_key, session) for session in session_ids),
     ]
 
