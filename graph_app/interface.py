@@ -76,6 +76,7 @@ from graph_app.model_registry.selectors import (
     model_artifact,
     model_artifact_arrays,
     model_version_active,
+    model_version_kind,
     model_versions_serving,
 )
 from graph_app.model_registry.services import (
@@ -242,6 +243,7 @@ __all__ = [
     "model_version_active",
     "model_version_canary",
     "model_version_create",
+    "model_version_kind",
     "model_version_promote",
     "model_version_publish",
     "model_version_register",

@@ -7,15 +7,16 @@ Re-exports of the modules that implement them.
 - Serving (the hot path, `scoring_app.engine`): the user's state in one round trip (`user_state_fetch`, which
   takes the caller's own reads as `StateReads`), the candidates of every retrieval source (`candidates_retrieve`),
   their scores by the ranker or the bandit (`slate_score`), the popular and similar items of the fallbacks, the
-  serving models (`models_refresh`, `serving_model`) and the ranker's inputs for the console's explanations. Every
-  item is a `personalization.candidates.Candidate`, filled in as it goes.
+  serving models (`models_refresh`, `serving_model`; `models_preload`: the versions experiments serve) and the
+  ranker's inputs for the console's explanations. Every item is a `personalization.candidates.Candidate`, filled
+  in as it goes.
 """
 
 from __future__ import annotations
 
 from scoring_app.engine.bandit import BanditLog
 from scoring_app.engine.ranking import RANKER, ranker_inputs
-from scoring_app.engine.registry import models_refresh, serving_model
+from scoring_app.engine.registry import models_preload, models_refresh, serving_model
 from scoring_app.engine.retrieval import (
     CandidateSet,
     StateReads,
@@ -44,6 +45,7 @@ __all__ = [
     "TaskRun",
     "UserState",
     "candidates_retrieve",
+    "models_preload",
     "models_refresh",
     "popular_fallback",
     "ranker_inputs",

@@ -38,14 +38,25 @@ class SlateItemSerializer(CandidateSerializer):
     rules = serializers.ListField(child=serializers.CharField(), help_text="The business rules that touched it.")
 
 
+class SlateExperimentSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    variant = serializers.CharField()
+
+
 class SlateSerializer(serializers.Serializer):
     request_id = serializers.CharField()
     placement = serializers.CharField()
     items = SlateItemSerializer(many=True)
     confidence = serializers.FloatField()
     model_version = serializers.CharField(allow_null=True)
-    path = serializers.ChoiceField(choices=["ranker", "bandit", "fallback"])
+    path = serializers.ChoiceField(
+        choices=["ranker", "bandit", "fallback", "popularity"],
+        help_text="What chose the items; `popularity`: an experiment's holdout variant (no personalization).",
+    )
     degraded = serializers.ListField(child=serializers.CharField())
+    experiment = SlateExperimentSerializer(
+        allow_null=True, help_text="The placement's running experiment and the shopper's variant; null outside one."
+    )
 
 
 class RecommendationsApi(APIView):

@@ -34,6 +34,8 @@ class PreviewResult:
     items: list[Candidate]
     # Items the rules or caps removed, with why ("filter:No alcohol for minors", "cap:3 a day", "cooldown"...).
     removed: dict[str, str]
+    # The shopper's experiment variant ({"id", "variant"}), or None outside one.
+    experiment: dict[str, object] | None = None
 
 
 def _contributions(user_key: str, placement: str, item_ids: list[str]) -> dict[str, list[tuple[str, float]]]:
@@ -68,6 +70,7 @@ def _result(slate: Slate, removed: dict[str, str], user_key: str) -> PreviewResu
         degraded=list(slate.degraded),
         items=slate.items,
         removed=dict(removed),
+        experiment=slate.experiment.as_dict() if slate.experiment is not None else None,
     )
 
 

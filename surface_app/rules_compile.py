@@ -7,15 +7,24 @@ membership instead of reading item attributes. Catalog changes bump the configur
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from django.db.models import Q
 from django.utils import timezone
 
-from graph_app.interface import item_ids_matching, items_in_stock
+from graph_app.interface import item_ids_matching, items_in_stock, model_version_kind
+from scoring_app.interface import models_preload
+from surface_app.experiments.assignment import VariantWeight, variant_bounds
+from surface_app.experiments.models import Experiment
 from surface_app.models import BusinessRule, FrequencyCap, Placement
 from surface_app.serving.caps import CapSpec
+from surface_app.serving.experiments import RunningExperiment, Treatment
 from surface_app.serving.rules import OPERATORS, CompiledRule, Condition, PlacementConfig, RulesSnapshot
+
+logger = logging.getLogger(__name__)
 
 ITEM_FIELDS = ("category", "price", "brand", "title", "in_stock")
 
@@ -127,8 +136,63 @@ def rules_snapshot_build() -> RulesSnapshot:
         if rule.kind == BusinessRule.Kind.PIN:
             pinned.update(str(item_id) for item_id in rule.item_ids or ())
     pinnable = items_in_stock(item_ids=pinned)
-    return RulesSnapshot(
+    snapshot = RulesSnapshot(
         version=b"", placements=placements, rules=tuple(compiled), pinnable=pinnable, global_caps=global_specs,
         global_cooldown_seconds=global_cooldown,
         caps_retention_seconds=max((cap.window_seconds for cap in caps if cap.scope != "cooldown"), default=0),
     )  # fmt: skip
+    return replace(snapshot, experiments=experiments_compile(snapshot=snapshot))
+
+
+def experiments_compile(*, snapshot: RulesSnapshot) -> dict[str, RunningExperiment]:
+    """Each placement's running experiment as serving applies it; the model versions they serve start loading in
+    the background. An experiment that cannot be compiled (stored before a validation change) is left out: the
+    placement serves as it does today."""
+    running: dict[str, RunningExperiment] = {}
+    models: dict[str, str] = {}
+    for experiment in Experiment.objects.filter(status=Experiment.Status.RUNNING).select_related("placement"):
+        try:
+            compiled = _experiment_compile(experiment, snapshot.placement(experiment.placement.name))
+        except (KeyError, TypeError, ValueError):
+            logger.exception("surface.experiment_compile_failed", extra={"experiment_id": experiment.pk})
+            continue
+        running[experiment.placement.name] = compiled
+        models.update({version: kind for kind, version in (t.model for t in compiled.treatments if t.model)})
+    if models:
+        models_preload(versions=models)
+    return running
+
+
+def _experiment_compile(experiment: Experiment, config: PlacementConfig) -> RunningExperiment:
+    variants = list(experiment.variants)
+    bounds = variant_bounds([VariantWeight(str(variant["name"]), int(variant["weight"])) for variant in variants])
+    treatments = tuple(treatment_compile(treatment=variant["treatment"], config=config) for variant in variants)
+    return RunningExperiment(
+        id=experiment.pk,
+        salt=experiment.salt,
+        variants=tuple(str(variant["name"]) for variant in variants),
+        bounds=tuple(bounds),
+        treatments=treatments,
+        rule_sets=tuple(sorted({treatment.rules_of for treatment in treatments if treatment.rules_of})),
+    )
+
+
+def treatment_compile(*, treatment: Mapping[str, Any], config: PlacementConfig) -> Treatment:
+    """What a variant's stored treatment changes, resolved once: a config with its sources or first fallback
+    replaced, the placement whose rules apply, the model (kind, version) that serves."""
+    kind = str(treatment["kind"])
+    if kind == "sources":
+        return Treatment(kind, config=replace(config, sources=tuple(treatment["sources"])))
+    if kind == "rules":
+        fallback = treatment.get("fallback")
+        chain = config.fallbacks
+        if fallback:
+            chain = (fallback, *(step for step in chain[1:] if step != fallback))
+        return Treatment(kind, config=replace(config, fallbacks=chain), rules_of=treatment.get("rule_set") or None)
+    if kind == "model":
+        model_kind = model_version_kind(version=treatment["version"])
+        if model_kind is None:  # deleted since: the variant serves what the placement serves
+            logger.warning("surface.experiment_model_missing", extra={"version": treatment["version"]})
+            return Treatment(kind)
+        return Treatment(kind, model=(model_kind, str(treatment["version"])))
+    return Treatment(kind)

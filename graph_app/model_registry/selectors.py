@@ -15,6 +15,12 @@ def model_version_active(*, kind: str) -> ModelVersion | None:
     return ModelVersion.objects.filter(kind=kind, state=ModelVersion.State.ACTIVE).defer("artifact").first()
 
 
+def model_version_kind(*, version: str) -> str | None:
+    """The kind of a registered version (embeddings, ranker, bandit), or None when no such version exists: one
+    indexed lookup, without reading the artifact."""
+    return ModelVersion.objects.filter(version=version).values_list("kind", flat=True).first()
+
+
 def model_artifact(*, version: str) -> bytes:
     return bytes(ModelVersion.objects.values_list("artifact", flat=True).get(version=version))
 

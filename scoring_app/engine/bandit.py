@@ -354,8 +354,9 @@ def bandit_model_dump(workspace: vowpalwabbit.Workspace) -> bytes:
         return path.read_bytes()
 
 
-def serving_bandit(*, user_key: str) -> registry.ServingModel | None:
-    return registry.serving_model(BANDIT, user_key=user_key)
+def serving_bandit(*, user_key: str, version: str | None = None) -> registry.ServingModel | None:
+    """The bandit serving the user (`version`: an experiment's, when loaded)."""
+    return registry.serving_model(BANDIT, user_key=user_key, version=version)
 
 
 registry.register_loader(BANDIT, bandit_model_load)

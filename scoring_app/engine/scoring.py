@@ -157,11 +157,13 @@ def slate_score(
     k: int,
     scorer: str = "auto",
     explore_slot: int | None = None,
+    model: tuple[str, str] | None = None,
 ) -> ScoreResult:
     """`scorer`: auto (the ranker, or the bandit for a user with no history when no ranker serves; the bandit
     explores a slot or two), ranker (never the bandit), bandit (never the ranker), retrieval (retrieval's order).
     `explore_slot`: the last slot the bandit may explore (default: the last of the k); the Surface asks for more
-    than it shows and puts it on the shelf."""
+    than it shows and puts it on the shelf. `model`: (kind, version) an experiment serves in place of the kind's
+    active model; not loaded yet, the current one serves, degraded "experiment_model_loading"."""
     registry.models_observe(state.models_snapshot)
     degraded: list[str] = []
     candidates = candidate_set.candidates
@@ -184,8 +186,14 @@ def slate_score(
         return _fallback(candidates, k, state.model_version, degraded, features)
     history = _has_history(state, candidates)
     last_slot = min(k, explore_slot + 1 if explore_slot is not None else k) - 1
-    explorer = _Explorer(state, placement, candidates, features, last_slot if scorer != "ranker" else -1)
-    ranker = registry.serving_model(RANKER, user_key=state.user_key) if scorer != "bandit" else None
+    versions = _experiment_versions(model, degraded)
+    explorer = _Explorer(state, placement, candidates, features, last_slot if scorer != "ranker" else -1,
+                         versions.get(bandit.BANDIT))  # fmt: skip
+    ranker = (
+        registry.serving_model(RANKER, user_key=state.user_key, version=versions.get(RANKER))
+        if scorer != "bandit"
+        else None
+    )
     if ranker is not None:
         try:
             order, scores, confidence = _ranked(ranker, candidates, features, k, context=bool(state.seeds))
@@ -203,7 +211,8 @@ def slate_score(
             return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded, log, _variant(state))
 
     if scorer == "bandit" or (scorer == "auto" and not history):
-        chosen = _bandit(state, candidates, placement, k, "missing_features" if history else "new_user", features)
+        reason = "missing_features" if history else "new_user"
+        chosen = _bandit(state, candidates, placement, k, reason, features, versions.get(bandit.BANDIT))
         if chosen is not None:
             return dataclasses.replace(chosen, degraded=degraded + chosen.degraded)
     if ranker is None and scorer != "bandit":
@@ -213,6 +222,18 @@ def slate_score(
         return fallback
     items, log = explorer.explore(_retrieval_order(candidates), fallback.items, unsure=True, reason="missing_features")
     return dataclasses.replace(fallback, items=items, bandit_log=log)
+
+
+def _experiment_versions(model: tuple[str, str] | None, degraded: list[str]) -> dict[str, str]:
+    """{kind: version} of the experiment's model when it is loaded; while it loads (in the background), nothing:
+    the current model serves, and the slate says so."""
+    if model is None:
+        return {}
+    kind, version = model
+    if registry.experiment_model(kind, version=version) is None:
+        degraded.append("experiment_model_loading")
+        return {}
+    return {kind: version}
 
 
 def _variant(state: UserState) -> str:
@@ -261,6 +282,8 @@ class _Explorer:
     candidates: list[Candidate]
     features: FeatureMatrix
     last_slot: int
+    # The bandit version an experiment serves instead of the active one (None: the active one).
+    bandit_version: str | None = None
 
     def explore(
         self, order: np.ndarray, items: list[Candidate], *, unsure: bool, reason: str
@@ -280,7 +303,7 @@ class _Explorer:
         if not rows:
             return items, None
         offered = [self.candidates[row] for row in rows]
-        explored = _bandit(self.state, offered, self.placement, slots, reason, self.features)
+        explored = _bandit(self.state, offered, self.placement, slots, reason, self.features, self.bandit_version)
         if explored is None or not explored.items:
             return items, None
         picked = {item.item_id for item in explored.items}
@@ -295,13 +318,19 @@ class _Explorer:
 
 
 def _bandit(
-    state: UserState, offered: list[Candidate], placement: str, k: int, reason: str, features: FeatureMatrix
+    state: UserState,
+    offered: list[Candidate],
+    placement: str,
+    k: int,
+    reason: str,
+    features: FeatureMatrix,
+    version: str | None = None,
 ) -> ScoreResult | None:
     """The contextual bandit's k picks among the offered candidates (`features`: rows of at least those items), or
     None when no bandit model serves. Its context comes from the feature reads the request already made; its random
     numbers are the user's for the placement and the hour (`bandit.exploration_rng`), so that repeated requests
     show the same picks."""
-    serving = bandit.serving_bandit(user_key=state.user_key)
+    serving = bandit.serving_bandit(user_key=state.user_key, version=version)
     if serving is None:
         return None
     now = time.time()

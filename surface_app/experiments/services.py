@@ -10,8 +10,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import status
 
-from graph_app.interface import model_artifact_read
+from graph_app.interface import model_version_kind
 from personalization.errors import ApplicationError
+from surface_app.configuration import surface_config_changed
 from surface_app.experiments.assignment import salt_new
 from surface_app.experiments.models import Experiment
 from surface_app.models import FALLBACKS, RETRIEVAL_SOURCES, Placement
@@ -60,10 +61,7 @@ def _treatment_problems(treatment: Any, prefix: str) -> tuple[dict[str, Any], Er
         version = treatment.get("version")
         if not isinstance(version, str) or not version or _text_problem(version, max_length=60):
             return {}, {f"{prefix}.version": ["A model treatment needs the registered model version to serve."]}
-        # Creating an experiment is rare: reading the artifact to learn that the version exists is cheap enough.
-        if model_artifact_read(version=version) is None:
-            return {}, {f"{prefix}.version": [f"No registered model version '{version}'."]}
-        return {"kind": kind, "version": version}, {}
+        return _model_treatment(version, prefix)
     if kind == "sources":
         sources = treatment.get("sources")
         if not isinstance(sources, list) or not sources:
@@ -78,6 +76,23 @@ def _treatment_problems(treatment: Any, prefix: str) -> tuple[dict[str, Any], Er
     return {"kind": kind}, {}
 
 
+# Why an embeddings version cannot be an experiment's treatment (see the README's experiments section).
+EMBEDDINGS_REFUSED = (
+    "Embeddings versions cannot be served side by side: the items' vectors in the catalog's vector index, and the "
+    "nearest lists built from them, are those of the active version only. Compare embeddings offline, or through "
+    "the rankers trained on them."
+)
+
+
+def _model_treatment(version: str, prefix: str) -> tuple[dict[str, Any], Errors]:
+    kind = model_version_kind(version=version)
+    if kind is None:
+        return {}, {f"{prefix}.version": [f"No registered model version '{version}'."]}
+    if kind == "embeddings":
+        return {}, {f"{prefix}.version": [f"'{version}' is an embeddings version. {EMBEDDINGS_REFUSED}"]}
+    return {"kind": "model", "version": version}, {}
+
+
 def _rules_treatment(treatment: Mapping[str, Any], prefix: str) -> tuple[dict[str, Any], Errors]:
     rule_set, fallback = treatment.get("rule_set"), treatment.get("fallback")
     if rule_set is None and fallback is None:
@@ -85,6 +100,8 @@ def _rules_treatment(treatment: Mapping[str, Any], prefix: str) -> tuple[dict[st
     stored: dict[str, Any] = {"kind": "rules"}
     if rule_set is not None:
         problem = _text_problem(rule_set, max_length=NAME_MAX_LENGTH)
+        if not problem and not Placement.objects.filter(name=rule_set).exists():
+            problem = f"No placement named {rule_set!r}: build the alternative rules on a placement (one not served)."
         if problem:
             return {}, {f"{prefix}.rule_set": [problem]}
         stored["rule_set"] = rule_set
@@ -212,7 +229,10 @@ def experiment_create(
         salt=salt_new(),
         started_at=now if start else None,
     )
-    return _save(experiment, placement=placement_row.name)
+    saved = _save(experiment, placement=placement_row.name)
+    if start:
+        surface_config_changed(placement=placement_row.name)  # serving compiles it into its snapshot
+    return saved
 
 
 def _locked(experiment_id: int) -> Experiment:
@@ -237,7 +257,9 @@ def experiment_start(*, experiment_id: int) -> Experiment:
     _running_check(placement, excluding=experiment.pk)
     experiment.status = Experiment.Status.RUNNING
     experiment.started_at = timezone.now()
-    return _save(experiment, placement=placement.name)
+    saved = _save(experiment, placement=placement.name)
+    surface_config_changed(placement=placement.name)
+    return saved
 
 
 @transaction.atomic
@@ -245,7 +267,10 @@ def experiment_stop(*, experiment_id: int) -> Experiment:
     """Stop the experiment (a draft too: it will never run). Stopping a stopped one changes nothing."""
     experiment = _locked(experiment_id)
     if experiment.status != Experiment.Status.STOPPED:
+        was_running = experiment.status == Experiment.Status.RUNNING
         experiment.status = Experiment.Status.STOPPED
         experiment.stopped_at = timezone.now()
         experiment.save(update_fields=["status", "stopped_at"])
+        if was_running:
+            surface_config_changed(placement=experiment.placement.name)
     return experiment

@@ -30,12 +30,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from personalization.candidates import Candidate
 from personalization.process_caches import process_cache
 from surface_app.serving.caps import CapSpec
+from surface_app.serving.experiments import RunningExperiment
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,8 @@ class RulesSnapshot:
     global_cooldown_seconds: int = 0
     # How long cap counts are kept: the longest window of any cap of any placement.
     caps_retention_seconds: int = 0
+    # Placement name -> its running experiment (`surface_app.serving.experiments`).
+    experiments: Mapping[str, RunningExperiment] = field(default_factory=dict)
 
     def placement(self, name: str) -> PlacementConfig:
         known = self.placements.get(name)

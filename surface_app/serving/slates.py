@@ -29,6 +29,9 @@ from redis.exceptions import RedisError
 
 from graph_app.state.interface import (
     ImpressionLogCall,
+    assignment_unit_decode,
+    assignment_unit_keep_queue,
+    assignment_unit_queue,
     impression_log_call,
     impression_log_queue,
     impression_log_script,
@@ -52,6 +55,7 @@ from scoring_app.interface import (
     user_state_fetch,
 )
 from surface_app.serving import caps as frequency_caps
+from surface_app.serving.experiments import PATH_POPULARITY, Assignment
 from surface_app.serving.rules import (
     CompiledRule,
     PlacementConfig,
@@ -101,6 +105,8 @@ class Slate:
     # Set when the contextual bandit chose items (`scoring_app.engine.bandit.bandit_log`): logged for its learning.
     bandit: BanditLog | None = None
     variant: str = "control"
+    # The experiment variant that served the slate (None: outside any experiment).
+    experiment: Assignment | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -118,6 +124,7 @@ class Slate:
             "model_version": self.model_version,
             "path": self.path,
             "degraded": self.degraded,
+            "experiment": self.experiment.as_dict() if self.experiment is not None else None,
         }  # fmt: skip
 
 
@@ -128,7 +135,7 @@ _last_slates: OrderedDict[tuple[str, str], list[Candidate]] = OrderedDict()
 @dataclass
 class _SurfaceReads:
     """Surface's own reads, queued on the state round trip: the API key's rate limit, configuration version, traits,
-    caps, last slate."""
+    last slate, purchases, experiment assignment unit, pinned items' entities, caps."""
 
     user_key: str
     placement: str
@@ -147,13 +154,14 @@ class _SurfaceReads:
         pipeline.get(redis_keys.user_traits(self.user_key))
         pipeline.get(redis_keys.user_last_slate(self.user_key, self.placement))
         purchased_queue(pipeline, user_key=self.user_key)
+        assignment_unit_queue(pipeline, user_key=self.user_key)
         before = len(pipeline.command_stack)
         if self.pinned:
             key = redis_keys.catalog_entities(redis_keys.partition_of(self.user_key))
             pipeline.hmget(key, self.pinned)
         if self.horizon:  # no cap, no cool-down: nothing to read
             frequency_caps.caps_queue(pipeline, user_key=self.user_key, now=self.now, horizon_seconds=self.horizon)
-        return 4 + len(pipeline.command_stack) - before + (self.rate_limit is not None)
+        return 5 + len(pipeline.command_stack) - before + (self.rate_limit is not None)
 
     def receive(self, replies: list[Any]) -> None:
         self.found = self.decode(replies)
@@ -163,8 +171,8 @@ class _SurfaceReads:
         if self.rate_limit is not None:
             self.rate_limit.raise_if_refused(replies[0])
             replies = replies[1:]
-        version, raw_traits, raw_last, raw_purchased = replies[:4]
-        rest = replies[4:]
+        version, raw_traits, raw_last, raw_purchased, raw_unit = replies[:5]
+        rest = replies[5:]
         entities: dict[str, bytes] = {}
         if self.pinned:
             entities = {item_id: payload or b"" for item_id, payload in zip(self.pinned, rest[0], strict=True)}
@@ -174,6 +182,7 @@ class _SurfaceReads:
             traits=_json_dict(raw_traits),
             last_slate=[str(item) for item in orjson.loads(raw_last)] if raw_last else [],
             purchased={item.decode() for item in raw_purchased},
+            unit=assignment_unit_decode(raw_unit, user_key=self.user_key),
             pinned_entities=entities,
             caps=frequency_caps.caps_decode(rest, now=self.now) if rest else None,
         )
@@ -185,6 +194,7 @@ class _SurfaceState:
     traits: dict[str, Any]
     last_slate: list[str]
     purchased: set[str]
+    unit: str  # what experiments assign the shopper by (`graph_app.state.assignment_unit`)
     pinned_entities: dict[str, bytes]  # the pinned items' entity keys (b"": none)
     caps: Any
 
@@ -271,11 +281,14 @@ def _slate_build(
         confidence=_confidence(result, slate_items[:size], size),
         model_version=result.model_version if result is not None else state.model_version,
         degraded=degraded,
-        path=result.path if result is not None and scored.items else "fallback",
+        path=scored.path or (result.path if result is not None and scored.items else "fallback"),
         bandit=result.bandit_log if result is not None else None,
         variant=result.variant if result is not None else "control",
+        experiment=request.assignment,
     )
-    pending = _Pending(config, user_key, now, slate_items[size:], cap_items, snapshot.caps_retention_seconds)
+    pending = _Pending(
+        config, user_key, now, slate_items[size:], cap_items, snapshot.caps_retention_seconds, started=started
+    )
     if preview is not None:
         preview.pending = pending
         return slate
@@ -306,6 +319,10 @@ class _Request:
     purchased: set[str] = field(default_factory=set)
     cap_state: Any = None
     entity_payloads: dict[str, bytes] = field(default_factory=dict)
+    # The shopper's variant of the placement's running experiment (None: outside one), and the placement whose
+    # rules apply (its own, or a rules treatment's rule set).
+    assignment: Assignment | None = None
+    rules_of: str | None = None
 
 
 def _request_read(
@@ -320,7 +337,7 @@ def _request_read(
     current = snapshot_current()
     config = current.placement(placement)
     horizon = frequency_caps.caps_horizon(config.cap_specs) if config.cap_specs else 0
-    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_ids(current.rules_for(placement)), rate_limit)
+    reads = _SurfaceReads(user_key, placement, now, horizon, _pinned_for(current, placement), rate_limit)
     state = user_state_fetch(user_key=user_key, seeds=list(context_items), extra=reads)
     surface = reads.found
     snapshot = snapshot_observe(surface.version if surface is not None else None)
@@ -331,13 +348,39 @@ def _request_read(
     if preview is not None:
         request.snapshot = preview.snapshot or snapshot
         request.traits = preview.traits if preview.traits is not None else request.traits
-    request.config = config = request.snapshot.placement(placement)
+    request.config = request.snapshot.placement(placement)
+    _experiment_apply(request, placement=placement, unit=surface.unit if surface is not None else user_key)
+    config = request.config
     if request.snapshot.placements and placement not in request.snapshot.placements:
         # Served all the same (a storefront's typo must not empty its shelf), but said: the defaults answered.
         _degrade(request.degraded, "placement_unknown")
     if request.cap_state is None and config.cap_specs and surface is not None:
         request.cap_state = _caps_read(user_key, config, now, request.degraded)
     return request
+
+
+def _pinned_for(snapshot: RulesSnapshot, placement: str) -> list[str]:
+    """The items the placement's pins name, with those of its experiment's rule sets (their entities are read in
+    the first round trip, before the variant is known)."""
+    pinned = _pinned_ids(snapshot.rules_for(placement))
+    running = snapshot.experiments.get(placement)
+    if running is None or not running.rule_sets:
+        return pinned
+    others = [item for rules_of in running.rule_sets for item in _pinned_ids(snapshot.rules_for(rules_of))]
+    return sorted({*pinned, *others})
+
+
+def _experiment_apply(request: _Request, *, placement: str, unit: str) -> None:
+    """The shopper's variant of the placement's running experiment, and what its treatment changes of the request:
+    the placement's config (sources, fallbacks) and whose rules apply. No read: the snapshot has it all."""
+    running = request.snapshot.experiments.get(placement)
+    if running is None:
+        return
+    assignment = request.assignment = running.assign(unit)
+    treatment = assignment.treatment
+    if treatment.config is not None:
+        request.config = treatment.config
+    request.rules_of = treatment.rules_of
 
 
 @dataclass
@@ -350,11 +393,16 @@ class _Scored:
     result: ScoreResult | None = None
     retrieved: float | None = None
     ranked: float | None = None
+    # The path the slate reports when no Score path chose it (an experiment's popularity treatment).
+    path: str | None = None
 
 
 def _score(request: _Request, *, placement: str, size: int, want: int, started: float, budget_ms: float) -> _Scored:
     """Retrieval and ranking under the placement's deadline; Graph down, the session-only items."""
     state, config, degraded = request.state, request.config, request.degraded
+    treatment = request.assignment.treatment if request.assignment is not None else None
+    if treatment is not None and treatment.popularity:
+        return _popularity(state, want, degraded)
     if "user_state_unavailable" in degraded:
         _degrade(degraded, "graph_unavailable")
         return _Scored(items=_session_only(state.seeds, want, degraded))
@@ -371,7 +419,7 @@ def _score(request: _Request, *, placement: str, size: int, want: int, started: 
         else:
             result = scored.result = slate_score(
                 state=state, candidate_set=candidate_set, placement=placement, k=want, scorer=config.scorer,
-                explore_slot=size - 1,
+                explore_slot=size - 1, model=treatment.model if treatment is not None else None,
             )  # fmt: skip
             degraded += result.degraded
             scored.items = result.items
@@ -386,6 +434,17 @@ def _score(request: _Request, *, placement: str, size: int, want: int, started: 
     if candidate_set is not None:
         user_cache_writes_flush(candidate_set.unsaved)
     return scored
+
+
+def _popularity(state: UserState, want: int, degraded: list[str]) -> _Scored:
+    """An experiment's holdout: the popular items anyone without a history gets (no retrieval of the shopper's
+    own, no ranker, no bandit); the rules, caps and fallbacks still apply after."""
+    try:
+        items = popular_fallback(state=state, limit=want)
+    except DatabaseError as error:
+        _degrade(degraded, f"popular_failed:{type(error).__name__}")
+        items = []
+    return _Scored(items=[_served(item) for item in items], path=PATH_POPULARITY)
 
 
 def _late(scored: _Scored, late: list[Candidate], *, context: bool) -> None:
@@ -417,6 +476,7 @@ def _shelf(
         items=items, config=config, snapshot=request.snapshot, traits=request.traits, now=now,
         cap_state=request.cap_state, size=size, placement=placement, purchased=request.purchased, user_key=user_key,
         entity_payloads=request.entity_payloads, removed=preview.removed if preview is not None else None,
+        rules_of=request.rules_of,
     )  # fmt: skip
     if len(slate_items) < size:
         slate_items = _fill(
@@ -443,13 +503,14 @@ class _Pending:
     reserve: list[Candidate]
     cap_items: dict[str, Any]
     retention: int
+    started: float | None = None  # when the slate's build started (perf_counter): the impression log records it
 
 
 def _record(slate: Slate, pending: _Pending) -> Slate:
     if pending.config.caps and slate.items:
         slate = _caps_enforce_and_log(slate, pending)
     else:
-        _impression_log(slate=slate, user_key=pending.user_key)
+        _impression_log(slate=slate, user_key=pending.user_key, started=pending.started)
     key = (pending.user_key, slate.placement)
     _last_slates[key] = slate.items
     _last_slates.move_to_end(key)
@@ -547,9 +608,11 @@ def _apply_rules(
     user_key: str,
     entity_payloads: dict[str, bytes],
     removed: dict[str, str] | None = None,
+    rules_of: str | None = None,
 ) -> tuple[list[Candidate], dict[str, Any]]:
-    """The slate candidates in order (backfill after), and what the caps need to know of each."""
-    rules = snapshot.rules_for(placement)
+    """The slate candidates in order (backfill after), and what the caps need to know of each. `rules_of`: the
+    placement whose rules apply (a rules treatment's rule set), when not the placement's own."""
+    rules = snapshot.rules_for(rules_of or placement)
     pinned = _pinned_ids(rules)
     extra = [Candidate(item_id, 0.0, "pin", "", ("pin",)) for item_id in pinned if item_id in snapshot.pinnable]
     _item_facts([*items, *extra], user_key, entity_payloads)
@@ -691,7 +754,7 @@ def _caps_enforce_and_log(slate: Slate, pending: _Pending) -> Slate:
     # same user just took, so as many spares as slots are plenty (each item offered costs the script work).
     spares = [item for item in pending.reserve if item.item_id not in shown][: len(slate.items)]
     offered = [*slate.items, *spares]
-    record, impression = _impression_records(slate, user_key)
+    record, impression = _impression_records(slate, user_key, started=pending.started)
 
     def queue(pipeline: redis.client.Pipeline) -> None:
         _slate_keep(pipeline, slate, user_key, record)
@@ -718,13 +781,15 @@ def _caps_enforce_and_log(slate: Slate, pending: _Pending) -> Slate:
     FILTERED.labels(reason="cap").inc(len(refused))
     items = [item for item in offered if item.item_id not in refused][: len(slate.items)]
     served = Slate(**{**slate.__dict__, "items": items})
-    _impression_log(slate=served, user_key=user_key)
+    _impression_log(slate=served, user_key=user_key, started=pending.started)
     return served
 
 
-def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object], ImpressionLogCall]:
+def _impression_records(
+    slate: Slate, user_key: str, *, started: float | None
+) -> tuple[dict[str, object], ImpressionLogCall]:
     """The record kept for attribution, and the keys and arguments that log the impression
-    (`graph_app.state.interface.impression_log_call`)."""
+    (`graph_app.state.interface.impression_log_call`). `started`: when the slate's build started (perf_counter)."""
     served_at = time.time()
     items: list[dict[str, object]] = [
         {"item_id": item.item_id, "slot": slot, "score": item.score, "source": item.source}
@@ -744,7 +809,14 @@ def _impression_records(slate: Slate, user_key: str) -> tuple[dict[str, object],
         {**entry, "rules": list(item.rules)} if item.rules else entry
         for entry, item in zip(items, slate.items, strict=True)
     ]
-    logged: dict[str, object] = {**record, "items": logged_items, "variant": slate.variant, "path": slate.path}
+    logged: dict[str, object] = {
+        **record, "items": logged_items, "variant": slate.variant, "path": slate.path,
+        # What an experiment's results need of each slate: its variant, its build time so far, and whether it
+        # degraded (the guardrails).
+        "experiment": slate.experiment.as_dict() if slate.experiment is not None else None,
+        "serving_ms": round((time.perf_counter() - started) * 1000, 3) if started is not None else None,
+        "degraded": bool(slate.degraded),
+    }  # fmt: skip
     if slate.bandit is not None:
         # Only the log needs what the bandit learns from (not the slate kept in Redis for attribution): its
         # items carry their propensity and features, and the offered actions it did not pick ride along once.
@@ -772,11 +844,13 @@ def _slate_keep(pipeline: redis.client.Pipeline, slate: Slate, user_key: str, re
         redis_keys.user_last_slate(user_key, slate.placement),
         orjson.dumps([item.item_id for item in slate.items]), ex=LAST_SLATE_TTL_SECONDS,
     )  # fmt: skip
+    if slate.experiment is not None:  # served in an experiment: the shopper keeps the unit it was assigned by
+        assignment_unit_keep_queue(pipeline, user_key=user_key, unit=slate.experiment.unit)
 
 
-def _impression_log(*, slate: Slate, user_key: str) -> None:
+def _impression_log(*, slate: Slate, user_key: str, started: float | None = None) -> None:
     """The served slate, kept for attribution and logged as impressions, in one round trip."""
-    record, impression = _impression_records(slate, user_key)
+    record, impression = _impression_records(slate, user_key, started=started)
     client = get_redis()
 
     def queue(pipeline: redis.client.Pipeline) -> None:

@@ -67,6 +67,7 @@ def test_create_with_start_false_is_a_draft(api_client, home):
 
 def test_every_treatment_kind_is_stored_with_its_fields(api_client, home):
     version = model_version_create(kind="ranker", artifact=b"model", metrics={}).version
+    Placement.objects.create(name="summer", enabled=False)  # the rule set: a placement that is not served
     variants = _variants(
         {"kind": "model", "version": version},
         {"kind": "sources", "sources": ["popular", "fresh"]},
