@@ -54,6 +54,7 @@ _serving: dict[str, KindServing] = {}
 _loaded: dict[str, ServingModel] = {}  # version -> model, a few recent ones (rollbacks are instant)
 # Versions that running experiments serve (version -> kind): loaded ahead, in the background, and never evicted.
 _experiment_versions: dict[str, str] = {}
+_preload_failed_until: dict[str, float] = {}  # a version that failed to load is tried again after a while
 _loading: set[str] = set()
 _last_database_check: dict[str, float] = {}
 _failed_until: dict[bytes, float] = {}
@@ -114,8 +115,14 @@ def models_preload(*, versions: Mapping[str, str], wait: bool = False) -> None:
     loaded (`wait`: in this thread, for tests and benchmarks). Called when the rules snapshot changes."""
     with _lock:
         _experiment_versions.update(versions)
-        missing = {version: kind for version, kind in versions.items() if version not in _loaded}
-        missing = {version: kind for version, kind in missing.items() if f"version:{version}" not in _loading}
+        # Waiting, the versions load here whatever a background load is doing; else once at a time.
+        now = time.monotonic()
+        missing = {
+            version: kind
+            for version, kind in versions.items()
+            if version not in _loaded
+            and (wait or (f"version:{version}" not in _loading and _preload_failed_until.get(version, 0.0) < now))
+        }
         _loading.update(f"version:{version}" for version in missing)
     if not missing:
         return
@@ -128,8 +135,8 @@ def models_preload(*, versions: Mapping[str, str], wait: bool = False) -> None:
 def _versions_load(versions: Mapping[str, str], own_thread: bool) -> None:
     try:
         for version, kind in versions.items():
-            if kind in _loaders:
-                _model(kind, version)
+            if kind in _loaders and _model(kind, version) is None:
+                _preload_failed_until[version] = time.monotonic() + LOAD_RETRY_SECONDS
     except Exception:
         logger.exception("score.model_preload_failed", extra={"versions": list(versions)})
     finally:
@@ -174,6 +181,7 @@ def _models_forget() -> None:
         _serving.clear()
         _loaded.clear()
         _experiment_versions.clear()
+        _preload_failed_until.clear()
         _last_database_check.clear()
         _failed_until.clear()
 
