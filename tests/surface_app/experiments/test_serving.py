@@ -387,3 +387,40 @@ def test_serving_processes_switch_once_they_observe_the_configuration_version(
     served()
     rebuilt()
     assert served() is None
+
+
+@pytest.fixture
+def ranked_shop(django_capture_on_commit_callbacks, clean_redis):
+    """Shoppers with a favourite category each, and a ranker trained on their history (`test_slates`' shop)."""
+    from scoring_app.training import ranker_train
+    from tests.scoring_app.shop import shop_build
+
+    process_caches_reset(["score.serving_models"])
+    with django_capture_on_commit_callbacks(execute=True):
+        shop_build()
+        ranker_train()
+    yield
+    process_caches_reset(["score.serving_models"])
+
+
+def test_a_model_treatment_serves_its_ranker_version_to_its_shoppers_only(ranked_shop, clean_redis):
+    from graph_app.interface import model_artifact, model_version_active, model_version_create
+    from scoring_app.interface import models_preload
+    from surface_app.serving import slates
+
+    active = model_version_active(kind="ranker")
+    # Another version of the ranker (the same trees: what matters here is which version serves whom).
+    candidate = model_version_create(kind="ranker", artifact=model_artifact(version=active.version), metrics={},
+                                     feature_names=active.feature_names)  # fmt: skip
+    Placement.objects.create(name="home", size=5)
+    experiment = start({"kind": "current"}, {"kind": "model", "version": candidate.version})
+    models_preload(versions={candidate.version: "ranker"}, wait=True)
+    process_caches_reset(["surface.rules_snapshot"])
+    shoppers = [f"user-{number}" for number in range(30)]
+
+    served = {user: slates.slate_serve(user_key=user, placement="home") for user in shoppers}
+
+    assert {slate.path for slate in served.values()} == {"ranker"}
+    assert {user: slate.model_version for user, slate in served.items()} == {
+        user: candidate.version if variant_of(experiment, user) == "v1" else active.version for user in shoppers
+    }
