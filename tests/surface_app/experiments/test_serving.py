@@ -130,6 +130,19 @@ def test_an_anonymous_sessions_variant_holds_after_identify(api_client, shop, cl
     assert clean_redis.get(redis_keys.user_assignment_unit("alice")) == f"session:{session}".encode()
 
 
+def test_an_event_with_both_ids_identifies_and_the_sessions_variant_holds(api_client, shop):
+    experiment = start({"kind": "current"}, {"kind": "current"})
+    session = next(
+        f"s-{n}" for n in range(1000) if variant_of(experiment, f"session:s-{n}") != variant_of(experiment, "erin")
+    )
+    before = recommend(api_client, session_id=session)["experiment"]
+    view = {"event_id": "e-1", "type": "view", "user_id": "erin", "session_id": session, "item_id": "tea"}
+
+    assert api_client.post("/api/v1/events", view, format="json").status_code == 202
+
+    assert recommend(api_client, user_id="erin")["experiment"] == before
+
+
 def test_a_user_already_served_keeps_their_variant_after_identify(api_client, shop, clean_redis):
     experiment = start({"kind": "current"}, {"kind": "current"})
     session = next(
