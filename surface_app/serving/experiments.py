@@ -19,7 +19,7 @@ Treatments:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from surface_app.experiments.assignment import variant_index
 
@@ -59,9 +59,9 @@ class RunningExperiment:
         return Assignment(self.id, self.variants[index], unit, self.treatments[index])
 
 
-@dataclass(frozen=True)
-class Assignment:
-    """A request's variant: what the slate answers ({"id", "variant"}) and logs, and the treatment it gets."""
+class Assignment(NamedTuple):
+    """A request's variant: what the slate answers ({"id", "variant"}) and logs, and the treatment it gets. A
+    named tuple: built once a request in the hot path, where a frozen dataclass's constructor costs microseconds."""
 
     experiment_id: int
     variant: str
