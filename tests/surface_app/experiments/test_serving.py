@@ -437,3 +437,31 @@ def test_a_model_treatment_serves_its_ranker_version_to_its_shoppers_only(ranked
     assert {user: slate.model_version for user, slate in served.items()} == {
         user: candidate.version if variant_of(experiment, user) == "v1" else active.version for user in shoppers
     }
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_the_live_shelf_sends_the_variant_with_the_slate(clean_redis):
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from config.asgi import application
+    from personalization.services import api_key_create
+
+    def prepare() -> tuple[str, Experiment]:
+        for name, vector in (("a", unit(1, 0)), ("b", unit(1, 0.1)), ("c", unit(0, 1))):
+            ItemFactory(external_id=name, embedding=vector)
+        Placement.objects.create(name="home", size=2)
+        return api_key_create(name="ws").raw_key, start({"kind": "current"}, {"kind": "current"})
+
+    key, experiment = await sync_to_async(prepare)()
+    communicator = WebsocketCommunicator(
+        application, f"/ws/v1/recommendations/?api_key={key}&user_id=u1&placement=home&k=2"
+    )
+    connected, _ = await communicator.connect()
+
+    first = await communicator.receive_json_from(timeout=5)
+
+    assert connected and first["type"] == "recommendations"
+    assert first["experiment"] == {"id": experiment.pk, "variant": variant_of(experiment, "u1")}
+    await communicator.disconnect()
