@@ -465,3 +465,20 @@ async def test_the_live_shelf_sends_the_variant_with_the_slate(clean_redis):
     assert connected and first["type"] == "recommendations"
     assert first["experiment"] == {"id": experiment.pk, "variant": variant_of(experiment, "u1")}
     await communicator.disconnect()
+
+
+def test_the_consoles_preview_names_the_shoppers_variant(client, django_user_model, shop):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("merchandiser", password="pw", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(content_type__app_label="surface_app",
+                                                      codename="view_businessrule"))  # fmt: skip
+    client.force_login(staff)
+    experiment = start({"kind": "current"}, {"kind": "popularity"})
+    holdout = shopper_in(experiment, "v1")
+
+    page = client.post("/admin/console/preview/", {"placement": "home", "user_id": holdout, "rule-kind": ""})
+
+    assert page.status_code == 200
+    assert f'<dd class="meta-experiment">#{experiment.pk}: v1</dd>' in page.content.decode()
+    assert page.context["columns"][0].result.path == "popularity"
