@@ -13,12 +13,17 @@ request and of its state round trip; and the assignment alone (`RunningExperimen
 the shopper's unit rides on the state round trip in both settings (it is always queued).
 
     .venv/bin/python benchmarks/experiments_serving.py [--items 10000 --users 5000 --events 100000]
-        [--warm-users 300] [--requests 1000] [--no-record]
+        [--warm-users 300] [--requests 1000] [--no-record] [--json-out FILE]
+
+`--baseline` serves with whatever snapshot the code builds, no experiment of its own, and prints the figures
+(`total, baseline`): for code from before issue 22 (no unit read, no experiments), run from its own checkout on
+the same store (`PERSONALIZATION_DATA_DIR`), alternating runs with this code's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -64,7 +69,9 @@ def snapshots() -> dict[str, object]:
     return {"experiment": built, "none": replace(built, experiments={})}
 
 
-def requests_time(users: list[str], requests: int, settings: dict[str, object]) -> dict[str, dict[str, float]]:
+def requests_time(users: list[str], requests: int, settings: dict[str, object] | None) -> dict[str, dict[str, float]]:
+    """p50 / p99 ms of the state round trip and the whole request in each setting (None: one, "baseline", with the
+    snapshot serving builds itself)."""
     from benchmarks.recommendations_e2e import PLACEMENT, K
     from scoring_app.engine.registry import models_refresh
     from scoring_app.engine.retrieval import retrieval_warm_up
@@ -82,23 +89,23 @@ def requests_time(users: list[str], requests: int, settings: dict[str, object]) 
         finally:
             spent.append((time.perf_counter() - started) * 1000)
 
-    rows: dict[str, list[float]] = {f"{part}, {name}": [] for part in ("state", "total") for name in settings}
-    in_experiment = 0
+    names = list(settings) if settings is not None else ["baseline"]
+    rows: dict[str, list[float]] = {f"{part}, {name}": [] for part in ("state", "total") for name in names}
     slates.user_state_fetch = timed  # type: ignore[assignment]
     try:
         for index in range(2 * requests + WARM_UP_REQUESTS):
-            with_experiment = (index % 2 == 0) != ((index // 2) % 2 == 1)
-            name = "experiment" if with_experiment else "none"
-            rules._current[0] = settings[name]  # type: ignore[assignment]
+            with_experiment = settings is not None and (index % 2 == 0) != ((index // 2) % 2 == 1)
+            name = "baseline" if settings is None else "experiment" if with_experiment else "none"
+            if settings is not None:
+                rules._current[0] = settings[name]  # type: ignore[assignment]
             spent.clear()
             started = time.perf_counter()
             slate = slates.slate_serve(user_key=users[(index // 2) % len(users)], placement=PLACEMENT, k=K)
             total = (time.perf_counter() - started) * 1000
             if index < WARM_UP_REQUESTS:
                 continue
-            if (slate.experiment is not None) != with_experiment:
+            if (getattr(slate, "experiment", None) is not None) != with_experiment:
                 raise RuntimeError(f"request {index}: served {slate.experiment} with {name}")
-            in_experiment += slate.experiment is not None
             rows[f"state, {name}"].append(spent[0])
             rows[f"total, {name}"].append(total)
     finally:
@@ -128,6 +135,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="requests of each setting")
     parser.add_argument("--regenerate", action="store_true")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--baseline", action="store_true", help="no experiment; print only (see above)")
+    parser.add_argument("--json-out", type=Path, help="also write the figures here (JSON)")
     args = parser.parse_args()
     django_setup()
     from django.core.management import call_command
@@ -141,11 +150,19 @@ def main() -> None:
     e2e.streams_drain()
     e2e.per_user_state_reset(users)
     e2e.online_state_warm(users)
+    if args.baseline:
+        figures = requests_time(users, 2 * args.requests, None)
+        print(figures, flush=True)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(figures))
+        return
     experiment_id = experiment_start()
     settings = snapshots()
     figures = requests_time(users, args.requests, settings)
     micro = assign_cost(settings["experiment"])
     print(figures, f"assign: {micro:.2f} µs a call", flush=True)
+    if args.json_out:
+        args.json_out.write_text(json.dumps({**figures, "assign_us": micro}))
     lines = "\n".join(f"| {name} | {values['p50']} | {values['p99']} |" for name, values in sorted(figures.items()))
     body = (
         f"{args.items:,} items, {args.users:,} users, {args.events:,} events (the end-to-end benchmark's shop); "
