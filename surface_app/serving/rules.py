@@ -196,16 +196,10 @@ def rules_apply(
     reason each removed item was removed."""
     active = [rule for rule in rules if rule.active(now, traits)]
     removed: dict[str, int] = {}
-    blocked_ids = {item_id for rule in active if rule.kind == "block" for item_id in rule.item_ids}
-    filters = [rule for rule in active if rule.kind == "filter"]
+    refused = refusal_check(active=active, blocked=blocked)
 
     def eligible(item: Candidate) -> bool:
-        reason: str | None = None
-        if item.item_id in blocked_ids:
-            reason = "block"
-        else:
-            hit = next((rule for rule in filters if rule.touches(item.item_id)), None)
-            reason = hit.label if hit is not None else blocked(item)
+        reason = refused(item)
         if reason is not None:
             removed[reason] = removed.get(reason, 0) + 1
             if explain is not None:
@@ -236,6 +230,24 @@ def rules_apply(
     pins = [rule for rule in active if rule.kind == "pin" and rule.item_ids and rule.slot]
     ordered, overflow = _pin(ordered, overflow, pins, pinned_facts, eligible, size)
     return ordered, overflow, removed
+
+
+def refusal_check(
+    *, active: Sequence[CompiledRule], blocked: Callable[[Candidate], str | None]
+) -> Callable[[Candidate], str | None]:
+    """Why an item may not be shown at all (a block list, a filter rule, then `blocked`: purchased, cool-down,
+    cap), or None. `active`: the rules active for this request. The fallbacks' items pass the same check: a
+    blocked item must not come back through the popular list."""
+    blocked_ids = {item_id for rule in active if rule.kind == "block" for item_id in rule.item_ids}
+    filters = [rule for rule in active if rule.kind == "filter"]
+
+    def refused(item: Candidate) -> str | None:
+        if item.item_id in blocked_ids:
+            return "block"
+        hit = next((rule for rule in filters if rule.touches(item.item_id)), None)
+        return hit.label if hit is not None else blocked(item)
+
+    return refused
 
 
 def pins_exempt_from_caps(rules: Sequence[CompiledRule], now: float, traits: Mapping[str, Any]) -> frozenset[str]:

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,7 @@ from surface_app.serving.rules import (
     PlacementConfig,
     RulesSnapshot,
     pins_exempt_from_caps,
+    refusal_check,
     rules_apply,
     snapshot_current,
     snapshot_observe,
@@ -472,7 +473,7 @@ def _shelf(
     seeds = set(state.seeds)
     items = [item for item in scored.items if item.item_id not in seeds]
     scored.items = items
-    slate_items, cap_items = _apply_rules(
+    slate_items, cap_items, refused = _apply_rules(
         items=items, config=config, snapshot=request.snapshot, traits=request.traits, now=now,
         cap_state=request.cap_state, size=size, placement=placement, purchased=request.purchased, user_key=user_key,
         entity_payloads=request.entity_payloads, removed=preview.removed if preview is not None else None,
@@ -481,14 +482,14 @@ def _shelf(
     if len(slate_items) < size:
         slate_items = _fill(
             slate_items, config=config, state=state, last_slate=request.last_slate, user_key=user_key, size=size,
-            degraded=request.degraded, personal=bool(items),
+            degraded=request.degraded, personal=bool(items), refused=refused,
         )  # fmt: skip
     if len(slate_items) < size and scored.late_candidates:
         taken = {item.item_id for item in slate_items}
         slate_items += [
             _served(item)
             for item in scored.late_candidates
-            if item.item_id not in taken and item.item_id not in state.seeds
+            if item.item_id not in taken and item.item_id not in state.seeds and refused(item) is None
         ][: size - len(slate_items)]
     return slate_items, cap_items
 
@@ -609,7 +610,7 @@ def _apply_rules(
     entity_payloads: dict[str, bytes],
     removed: dict[str, str] | None = None,
     rules_of: str | None = None,
-) -> tuple[list[Candidate], dict[str, Any]]:
+) -> tuple[list[Candidate], dict[str, Any], Callable[[Candidate], str | None]]:
     """The slate candidates in order (backfill after), and what the caps need to know of each. `rules_of`: the
     placement whose rules apply (a rules treatment's rule set), when not the placement's own."""
     rules = snapshot.rules_for(rules_of or placement)
@@ -645,7 +646,8 @@ def _apply_rules(
             if item.campaign or item.item_id in exempt
         }
     )
-    return [_served(item) for item in everything], facts
+    active_rules = [rule for rule in rules if rule.active(now, traits)]
+    return [_served(item) for item in everything], facts, refusal_check(active=active_rules, blocked=blocked)
 
 
 def _pinned_ids(rules: list[CompiledRule]) -> list[str]:
@@ -696,10 +698,12 @@ def _fill(
     size: int,
     degraded: list[str],
     personal: bool,
+    refused: Callable[[Candidate], str | None],
 ) -> list[Candidate]:
     """Short of items: the placement's fallback chain, in its order, until the shelf is full. With context items (a
-    product page, a cart) the items similar to them ("session") come first: popular items are not what a shelf of
-    related items is for."""
+        product page, a cart) the items similar to them ("session") come first: popular items are not what a shelf of
+        related items is for. `refused`: what the rules and caps refuse (a fallback item meets the same block lists and
+    filters as the model's)."""
     seeds = state.seeds
     chosen = list(items)
     taken = {item.item_id for item in chosen} | set(seeds) | set(state.recent_items)
@@ -734,7 +738,7 @@ def _fill(
         for item in extra:
             if len(chosen) >= size:
                 break
-            if item.item_id not in taken:
+            if item.item_id not in taken and refused(item) is None:
                 chosen.append(item)
                 taken.add(item.item_id)
                 added += 1

@@ -486,3 +486,16 @@ def test_an_unknown_placement_is_served_with_the_defaults_and_says_so(api_client
 
     assert typo["items"] and "placement_unknown" in typo["degraded"]
     assert "placement_unknown" not in known["degraded"]
+
+
+def test_a_blocked_item_does_not_come_back_through_the_fallbacks(api_client, shop):
+    Placement.objects.create(
+        name="home", size=3, sources=["similar_to_recent"], fallbacks=["default_list"],
+        default_items=["wine", "tea", "mug-1"],
+    )  # fmt: skip
+    BusinessRule.objects.create(name="No wine", kind="block", item_ids=["wine"])
+
+    body = shelf(api_client, user="stranger")  # no history: only the default list can fill the shelf
+
+    assert ids(body) == ["tea", "mug-1"]
+    assert "fallback_default_list" in body["degraded"]
