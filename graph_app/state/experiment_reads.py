@@ -15,41 +15,46 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
-from django.db import connection
+from django.db import connection, transaction
 
 # Attributed events may carry a client timestamp a little before the slate was logged as served.
 EVENT_CLOCK_SLACK = timedelta(days=1)
 # How far back a shopper's activity counts as pre-exposure (CUPED): two weeks covers a weekly cycle twice.
 PRE_EXPOSURE_DAYS = 14
 
-# One scan of the experiment's impressions (`impression_experiment`, a partial index), joined to the attributed
-# events (`event_attributed_time`); per-shopper totals are aggregated into one array per variant (the arrays of one
-# aggregate node see the rows in the same order, so index i is one shopper throughout).
+# One scan of the experiment's impressions (`impression_experiment`, a partial index), folded into its slates at
+# once (a slate's rows share its shopper, variant, serving time and build time), so every later step handles a
+# fifth of the rows. The attributed events join their slate by `request_id`: the consumer sets `attributed_slot`
+# only to a slot of the logged slate, so counting distinct slots per slate counts its clicked impressions as the
+# dashboard's join on (request_id, slot) does. Per-shopper totals are aggregated into one array per variant (the
+# arrays of one aggregate node see the rows in the same order, so index i is one shopper throughout).
 _RESULTS_SQL = """
-WITH shown AS MATERIALIZED (
-    SELECT id, request_id, slot, user_key, experiment_variant AS variant, served_at, serving_ms, degraded
+WITH slates AS MATERIALIZED (
+    SELECT request_id, user_key, experiment_variant AS variant, count(*) AS impressions, min(served_at) AS served_at,
+        max(serving_ms) AS serving_ms, bool_or(degraded) AS degraded
     FROM signals_app_impression
     WHERE experiment_id = %(experiment)s AND served_at >= %(served_from)s
+    GROUP BY request_id, user_key, experiment_variant
 ), answered AS (
-    SELECT s.id,
-        bool_or(e.type = 'click') AS clicked,
-        bool_or(e.type = 'add_to_cart') AS carted,
-        bool_or(e.type = 'purchase') AS bought,
+    SELECT e.request_id,
+        count(DISTINCT e.attributed_slot) FILTER (WHERE e.type = 'click') AS clicks,
+        count(DISTINCT e.attributed_slot) FILTER (WHERE e.type = 'add_to_cart') AS add_to_carts,
+        count(DISTINCT e.attributed_slot) FILTER (WHERE e.type = 'purchase') AS purchases,
         coalesce(sum(coalesce(e.value, item.price::float8)) FILTER (WHERE e.type = 'purchase'), 0) AS revenue
     FROM signals_app_event e
-    JOIN shown s ON s.request_id = e.request_id AND s.slot = e.attributed_slot
     LEFT JOIN graph_app_item item ON item.external_id = e.item_id AND e.type = 'purchase' AND e.value IS NULL
     WHERE e.attributed_slot IS NOT NULL AND e.occurred_at >= %(events_from)s
-        AND e.type IN ('click', 'add_to_cart', 'purchase')
-    GROUP BY s.id
+        AND e.type IN ('click', 'add_to_cart', 'purchase') AND e.request_id IN (SELECT request_id FROM slates)
+    GROUP BY e.request_id
 ), outcomes AS MATERIALIZED (
-    SELECT s.variant, s.user_key, s.served_at, coalesce(a.clicked, false) AS clicked,
-        coalesce(a.carted, false) AS carted, coalesce(a.bought, false) AS bought, coalesce(a.revenue, 0) AS revenue
-    FROM shown s LEFT JOIN answered a ON a.id = s.id
-), shoppers AS (
-    SELECT variant, user_key, count(*) AS impressions, count(*) FILTER (WHERE clicked) AS clicks,
-        count(*) FILTER (WHERE carted) AS add_to_carts, count(*) FILTER (WHERE bought) AS purchases,
-        sum(revenue) AS revenue, min(served_at) AS first_seen
+    SELECT s.variant, s.user_key, s.served_at, s.impressions, s.serving_ms, s.degraded,
+        coalesce(a.clicks, 0) AS clicks, coalesce(a.add_to_carts, 0) AS add_to_carts,
+        coalesce(a.purchases, 0) AS purchases, coalesce(a.revenue, 0) AS revenue
+    FROM slates s LEFT JOIN answered a ON a.request_id = s.request_id
+), shoppers AS MATERIALIZED (
+    SELECT variant, user_key, sum(impressions) AS impressions, sum(clicks) AS clicks,
+        sum(add_to_carts) AS add_to_carts, sum(purchases) AS purchases, sum(revenue) AS revenue,
+        min(served_at) AS first_seen
     FROM outcomes GROUP BY 1, 2
 ), before AS (
     SELECT p.variant, p.user_key,
@@ -63,8 +68,8 @@ WITH shown AS MATERIALIZED (
     WHERE e.type IN ('click', 'add_to_cart', 'purchase') AND e.occurred_at >= %(served_from)s - %(pre_exposure)s
     GROUP BY 1, 2
 ), by_variant AS (
-    SELECT p.variant, array_agg(p.impressions) AS impressions, array_agg(p.clicks) AS clicks,
-        array_agg(p.add_to_carts) AS add_to_carts, array_agg(p.purchases) AS purchases,
+    SELECT p.variant, array_agg(p.impressions::int8) AS impressions, array_agg(p.clicks::int8) AS clicks,
+        array_agg(p.add_to_carts::int8) AS add_to_carts, array_agg(p.purchases::int8) AS purchases,
         array_agg(p.revenue) AS revenue, array_agg(coalesce(b.clicks, 0)) AS pre_clicks,
         array_agg(coalesce(b.add_to_carts, 0)) AS pre_add_to_carts,
         array_agg(coalesce(b.purchases, 0)) AS pre_purchases, array_agg(coalesce(b.revenue, 0)) AS pre_revenue
@@ -74,27 +79,26 @@ WITH shown AS MATERIALIZED (
     SELECT variant, json_agg(json_build_array(day, impressions, clicks, add_to_carts, purchases, revenue)
                              ORDER BY day) AS days
     FROM (
-        SELECT variant, date_trunc('day', served_at AT TIME ZONE 'UTC')::date AS day, count(*) AS impressions,
-            count(*) FILTER (WHERE clicked) AS clicks, count(*) FILTER (WHERE carted) AS add_to_carts,
-            count(*) FILTER (WHERE bought) AS purchases, sum(revenue) AS revenue
+        SELECT variant, date_trunc('day', served_at AT TIME ZONE 'UTC')::date AS day, sum(impressions) AS impressions,
+            sum(clicks) AS clicks, sum(add_to_carts) AS add_to_carts, sum(purchases) AS purchases,
+            sum(revenue) AS revenue
         FROM outcomes GROUP BY 1, 2
     ) daily
     GROUP BY 1
-), slates AS (
-    SELECT variant, count(*) AS slates,
-        percentile_cont(0.99) WITHIN GROUP (ORDER BY serving_ms) AS p99_ms,
+), guardrails AS (
+    SELECT variant, count(*) AS slates, percentile_cont(0.99) WITHIN GROUP (ORDER BY serving_ms) AS p99_ms,
         avg(degraded::int)::float8 AS degraded_rate
-    FROM (
-        SELECT variant, request_id, max(serving_ms) AS serving_ms, bool_or(degraded) AS degraded
-        FROM shown GROUP BY 1, 2
-    ) slate
-    GROUP BY 1
+    FROM outcomes GROUP BY 1
 )
 SELECT v.variant, v.impressions, v.clicks, v.add_to_carts, v.purchases, v.revenue, v.pre_clicks,
-    v.pre_add_to_carts, v.pre_purchases, v.pre_revenue, d.days, s.slates, s.p99_ms, s.degraded_rate
-FROM by_variant v JOIN days d ON d.variant = v.variant JOIN slates s ON s.variant = v.variant
+    v.pre_add_to_carts, v.pre_purchases, v.pre_revenue, d.days, g.slates, g.p99_ms, g.degraded_rate
+FROM by_variant v JOIN days d ON d.variant = v.variant JOIN guardrails g ON g.variant = v.variant
 ORDER BY v.variant
 """
+# The query's sorts and hashes hold a few hundred thousand slates and shoppers: in memory, not on disk. Its CTEs'
+# row counts are guessed low (by 4 to 30 times), and then PostgreSQL sorts 600k events on the shopper key for merge
+# joins: hash joins took 3.4 s where merge joins took 8.9 s at 1 M impressions (BENCHMARKS.md, issue 22).
+_RESULTS_SETTINGS = ("SET LOCAL work_mem = '128MB'", "SET LOCAL enable_mergejoin = off")
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,9 @@ def experiment_outcomes(*, experiment_id: int, served_from: datetime) -> list[Ex
         "events_from": served_from - EVENT_CLOCK_SLACK,
         "pre_exposure": timedelta(days=PRE_EXPOSURE_DAYS),
     }
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        for setting in _RESULTS_SETTINGS:
+            cursor.execute(setting)
         cursor.execute(_RESULTS_SQL, params)
         rows = cursor.fetchall()
     return [
