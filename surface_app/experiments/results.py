@@ -110,7 +110,9 @@ def _shoppers(outcomes: ExperimentVariantOutcomes) -> stats.VariantShoppers:
     )
 
 
-def _variant_result(config: dict[str, Any], outcomes: ExperimentVariantOutcomes, shoppers: stats.VariantShoppers):
+def _variant_result(
+    config: dict[str, Any], outcomes: ExperimentVariantOutcomes, shoppers: stats.VariantShoppers
+) -> VariantResult:
     summary = stats.variant_summarize(shoppers=shoppers, confidence=CONFIDENCE)
     return VariantResult(
         name=config["name"],
@@ -226,12 +228,19 @@ def _daily(outcomes: Sequence[ExperimentVariantOutcomes]) -> list[DailyPoint]:
 
 def experiment_results_compute(*, experiment: Experiment) -> ExperimentResults:
     """The results of the experiment from its logs (nothing served yet: zeros and "no difference yet")."""
-    configured = list(experiment.variants)
-    logged: dict[str, ExperimentVariantOutcomes] = {}
+    logged: list[ExperimentVariantOutcomes] = []
     if experiment.started_at is not None:
-        found = experiment_outcomes(experiment_id=experiment.pk, served_from=experiment.started_at)
-        logged = {row.variant: row for row in found}
-    outcomes = [logged.get(variant["name"]) or _empty(variant["name"]) for variant in configured]
+        logged = experiment_outcomes(experiment_id=experiment.pk, served_from=experiment.started_at)
+    return experiment_results_judge(experiment=experiment, logged=logged)
+
+
+def experiment_results_judge(
+    *, experiment: Experiment, logged: Sequence[ExperimentVariantOutcomes]
+) -> ExperimentResults:
+    """The statistics of what the log holds for the experiment's variants (a variant without a row: zeros)."""
+    configured = list(experiment.variants)
+    by_name = {row.variant: row for row in logged}
+    outcomes = [by_name.get(variant["name"]) or _empty(variant["name"]) for variant in configured]
     shoppers = [_shoppers(row) for row in outcomes]
     variants = [
         _variant_result(config, row, group) for config, row, group in zip(configured, outcomes, shoppers, strict=True)
