@@ -243,3 +243,14 @@ def test_anonymous_visitors_are_sent_to_the_login(client):
     response = client.get(LIST_URL)
 
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_start_and_stop_need_the_csrf_token(merchandiser):
+    experiment = _experiment()
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(merchandiser)
+
+    response = client.post(f"{LIST_URL}{experiment.pk}/stop/")
+
+    assert response.status_code == 403
+    assert Experiment.objects.get().status == "running"
