@@ -4,7 +4,7 @@ name the refused field, which `errors_place` puts back on the field it belongs t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
@@ -45,7 +45,7 @@ class ExperimentForm(forms.Form):
 
     def __init__(self, *args: Any, placements: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["placement"].choices = [(name, name) for name in placements]
+        cast(forms.ChoiceField, self.fields["placement"]).choices = [(name, name) for name in placements]
 
 
 class VariantForm(forms.Form):

@@ -19,7 +19,14 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from personalization.errors import ApplicationError
 from rules_admin import dashboard_charts as charts
-from rules_admin.experiment_forms import HOLDOUT_PRESET, TREATMENT_LABELS, ExperimentForm, errors_place, variant_forms
+from rules_admin.experiment_forms import (
+    HOLDOUT_PRESET,
+    TREATMENT_LABELS,
+    ExperimentForm,
+    VariantForm,
+    errors_place,
+    variant_forms,
+)
 from surface_app.interface import (
     Experiment,
     ExperimentResults,
@@ -92,7 +99,11 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
     return TemplateResponse(request, "rules_admin/experiment_form.html", context)
 
 
-def _create(request: HttpRequest, form: ExperimentForm, variants: list[Any], general: list[str]) -> Any:
+def _create(
+    request: HttpRequest, form: ExperimentForm, variants: list[VariantForm], general: list[str]
+) -> Experiment | None:
+    """The experiment created from the forms, or None with every refusal placed on its field (`general`: the
+    rest)."""
     rows_valid = [row.is_valid() for row in variants]  # every row, so that each shows its errors
     if not (form.is_valid() and all(rows_valid)):
         return None

@@ -143,7 +143,7 @@ def _day(row: list[Any]) -> ExperimentDay:
 def experiment_outcomes(*, experiment_id: int, served_from: datetime) -> list[ExperimentVariantOutcomes]:
     """Every variant with impressions of the experiment served since `served_from` (its start: the bound lets
     PostgreSQL skip the daily partitions before it), by variant name, in one SQL round trip."""
-    params = {
+    params: dict[str, Any] = {
         "experiment": experiment_id,
         "served_from": served_from,
         "events_from": served_from - EVENT_CLOCK_SLACK,
