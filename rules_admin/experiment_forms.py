@@ -27,7 +27,7 @@ HOLDOUT_PRESET: dict[str, Any] = {
         {"name": "holdout", "weight": 10, "kind": "popularity"},
     ],
 }
-# The service's names of the guardrails and treatment fields, and the form fields that show them.
+# The service's names of the guardrails, and the form fields that show them.
 GUARDRAIL_FIELDS = {
     "guardrails.serving_p99_ms": "guardrail_p99_ms",
     "guardrails.degraded_rate": "guardrail_degraded_rate",
