@@ -7,7 +7,13 @@ from personalization import views as platform_views
 from signals_app import segment_apis
 from signals_app.apis import EventIngestApi, IdentifyApi
 from surface_app.apis import RecommendationsApi, SimilarItemsApi
-from surface_app.experiments.apis import ExperimentCreateApi, ExperimentDetailApi, ExperimentStopApi
+from surface_app.experiments.apis import (
+    ExperimentCreateApi,
+    ExperimentDetailApi,
+    ExperimentResultsApi,
+    ExperimentStartApi,
+    ExperimentStopApi,
+)
 from surface_app.views import demo_page
 
 api_v1 = [
@@ -29,7 +35,9 @@ api_v1 = [
     path("users/<str:user_id>", UserApi.as_view(), name="user-traits"),
     path("recommendations", RecommendationsApi.as_view(), name="recommendations"),
     path("experiments", ExperimentCreateApi.as_view(), name="experiments"),
+    path("experiments/<str:experiment_id>/start", ExperimentStartApi.as_view(), name="experiment-start"),
     path("experiments/<str:experiment_id>/stop", ExperimentStopApi.as_view(), name="experiment-stop"),
+    path("experiments/<str:experiment_id>/results", ExperimentResultsApi.as_view(), name="experiment-results"),
     path("experiments/<str:experiment_id>", ExperimentDetailApi.as_view(), name="experiment-detail"),
     path("schema/", platform_views.ApiSchemaView.as_view(), name="schema"),
     path("docs/", platform_views.ApiDocsView.as_view(url_name="v1:schema"), name="docs"),

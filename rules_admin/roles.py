@@ -1,6 +1,6 @@
 """The console's two roles, as Django groups: merchandisers steer what shoppers see (placements, rules, pins, caps,
-fallback lists) and read the rest; administrators also manage API keys, models, schedules, event types, dead
-letters and locked-out logins. Every admin view checks these permissions (Django's model permissions)."""
+fallback lists, experiments) and read the rest; administrators also manage API keys, models, schedules, event
+types, dead letters and locked-out logins. Every admin view checks these permissions (Django's model permissions)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ MERCHANDISER_PERMISSIONS: list[tuple[str, str, tuple[str, ...]]] = [
     ("surface_app", "pinrule", ALL),
     ("surface_app", "frequencycap", ALL),
     ("surface_app", "fallbacklist", ("change", "view")),
+    ("surface_app", "experiment", ALL),
     ("surface_app", "historicalplacement", ("view",)),
     ("surface_app", "historicalbusinessrule", ("view",)),
     ("surface_app", "historicalfrequencycap", ("view",)),

@@ -57,7 +57,8 @@ def generated() -> Iterator[SimpleNamespace]:
 # Every operation of the schema, each called by a test below.
 OPERATIONS = {
     "events": {"events_ingest"},
-    "experiments": {"experiment_create", "experiment_get", "experiment_stop"},
+    "experiments": {"experiment_create", "experiment_get", "experiment_stop", "experiment_list", "experiment_start",
+                    "experiment_results"},
     "items": {"item_get", "item_upsert", "item_delete", "items_batch_upsert", "items_batch_patch", "items_batch_delete",
               "items_similar"},
     "recommendations": {"recommendations_get"},
@@ -296,6 +297,30 @@ def test_experiments_create_read_and_stop(generated, client):
     assert (conflict.status_code, conflict.parsed.code) == (409, "conflict")
     assert (read.status_code, [variant.name for variant in read.parsed.variants]) == (200, ["control", "popular"])
     assert (stopped.status_code, stopped.parsed.status) == (200, "stopped")
+
+
+def test_experiments_list_start_and_results(generated, client):
+    from surface_app.models import Placement
+
+    experiments, models = generated.api("experiments"), generated.models
+    Placement.objects.create(name="home", size=3)
+    body = models.ExperimentInputRequest.from_dict({
+        "name": "holdout", "placement": "home", "primary_metric": "rpm", "start": False,
+        "variants": [{"name": "control", "weight": 9, "treatment": {"kind": "current"}},
+                     {"name": "holdout", "weight": 1, "treatment": {"kind": "popularity"}}],
+    })  # fmt: skip
+    draft = experiments.experiment_create.sync_detailed(client=client, body=body)
+
+    drafts = experiments.experiment_list.sync_detailed(client=client, status=models.ExperimentListStatus.DRAFT)
+    started = experiments.experiment_start.sync_detailed(draft.parsed.id, client=client)
+    results = experiments.experiment_results.sync_detailed(draft.parsed.id, client=client)
+
+    assert [row.id for row in drafts.parsed] == [draft.parsed.id]
+    assert (started.status_code, started.parsed.status) == (200, "running")
+    assert results.status_code == 200
+    assert [(variant.name, variant.shoppers) for variant in results.parsed.variants] == [("control", 0), ("holdout", 0)]
+    assert (results.parsed.sample_ratio, results.parsed.verdict) == (None, "no difference yet")
+    assert results.parsed.lifts[0].metric == "rpm" and results.parsed.lifts[0].cuped is None
 
 
 SEGMENT_SOURCE_CALLS = {

@@ -4,9 +4,9 @@ Signal validates events and asks this module to apply them (`events_ingest_onlin
 stream brought (`event_log_append`, `events_apply_online`, `impressions_store`), to merge an identified session
 (`session_state_merge`) and to rebuild the online state from the log, handing in its identity links
 (`online_state_rebuild`); Score reads popularity on its own pipeline (`popular_items_queue`); Surface logs
-impressions (`impression_log_call`, `impression_log_queue`) and reads and keeps the shopper's experiment
-assignment unit on its own pipelines (`assignment_unit_queue`, `assignment_unit_keep_queue`). Nothing else reads
-or writes these keys and tables.
+impressions (`impression_log_call`, `impression_log_queue`), reads and keeps the shopper's experiment assignment
+unit on its own pipelines (`assignment_unit_queue`, `assignment_unit_keep_queue`) and reads an experiment's
+outcomes (`experiment_outcomes`). Nothing else reads or writes these keys and tables.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ from graph_app.state.bandit_log import (
 from graph_app.state.counters import CountersReport, item_counters_rebuild
 from graph_app.state.custom_types import event_types
 from graph_app.state.event_types import BUILT_IN_EVENT_TYPES, EventType, event_type_lookup
+from graph_app.state.experiment_reads import (
+    PRE_EXPOSURE_DAYS,
+    ExperimentDay,
+    ExperimentVariantOutcomes,
+    experiment_outcomes,
+)
 from graph_app.state.history import event_is_late, events_apply_online
 from graph_app.state.identity import SessionMerge, session_state_merge
 from graph_app.state.impression_log import impression_slates_logged, impressions_store
@@ -91,6 +97,7 @@ __all__ = [
     "COOLDOWN_KEPT_SECONDS",
     "DEDUPE_WINDOW",
     "IMPRESSION_LOG_LUA_FILES",
+    "PRE_EXPOSURE_DAYS",
     "RECENT_ITEMS_KEPT",
     "RECENT_ITEMS_TTL_SECONDS",
     "Attribution",
@@ -99,6 +106,8 @@ __all__ = [
     "EventOutcome",
     "EventRecord",
     "EventType",
+    "ExperimentDay",
+    "ExperimentVariantOutcomes",
     "ImpressionLogCall",
     "OnlineEvent",
     "OnlineStateRebuildReport",
@@ -129,6 +138,7 @@ __all__ = [
     "event_types",
     "events_apply_online",
     "events_ingest_online",
+    "experiment_outcomes",
     "impression_log_call",
     "impression_log_maintain",
     "impression_log_queue",

@@ -1,9 +1,11 @@
-"""The experiments' API (admin keys): `POST /api/v1/experiments` creates one, running or a draft;
-`GET /api/v1/experiments/{id}` reads it; `POST /api/v1/experiments/{id}/stop` stops it. The serializers check the
-body's types (as the schema declares them); `surface_app.experiments.services` checks the rest."""
+"""The experiments' API (admin keys): `POST /api/v1/experiments` creates one, running or a draft, and
+`GET /api/v1/experiments` lists them; `GET /api/v1/experiments/{id}` reads one, `POST .../start` starts a draft,
+`POST .../stop` stops it and `GET .../results` judges it (`surface_app.experiments.results`). The serializers check
+the body's types (as the schema declares them); `surface_app.experiments.services` checks the rest."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -19,7 +21,8 @@ from personalization.schema import ERROR_COMPONENT
 from personalization.validation import StrictBooleanField, StrictCharField
 from surface_app.experiments import services
 from surface_app.experiments.models import Experiment
-from surface_app.experiments.selectors import experiment_get
+from surface_app.experiments.results import ExperimentResults, experiment_results
+from surface_app.experiments.selectors import experiment_get, experiments_list
 from surface_app.models import FALLBACKS, RETRIEVAL_SOURCES
 
 EXPERIMENT_ID_PATTERN = re.compile(r"[0-9]{1,18}")  # within PostgreSQL's bigint
@@ -116,8 +119,25 @@ def _experiment_id(text: str) -> int:
     return int(text)
 
 
+class ExperimentListQuerySerializer(serializers.Serializer):
+    placement = StrictCharField(required=False, max_length=100, help_text="Only this placement's (by name).")
+    status = serializers.ChoiceField(choices=Experiment.Status.values, required=False, help_text="Only these.")
+
+
 class ExperimentCreateApi(APIView):
     required_scope = ApiScope.ADMIN  # the console's and operators' API
+
+    @extend_schema(
+        parameters=[ExperimentListQuerySerializer],
+        responses=ExperimentSerializer(many=True),
+        operation_id="experiment_list",
+        description="The experiments, newest first (at most 200), of one placement or status if asked.",
+    )
+    def get(self, request: Request) -> Response:
+        query = ExperimentListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        experiments = experiments_list(**query.validated_data)
+        return Response(ExperimentSerializer(experiments, many=True).data)
 
     @extend_schema(
         request=ExperimentInputSerializer,
@@ -157,3 +177,129 @@ class ExperimentStopApi(APIView):
     def post(self, request: Request, experiment_id: str) -> Response:
         experiment = services.experiment_stop(experiment_id=_experiment_id(experiment_id))
         return Response(ExperimentSerializer(experiment).data)
+
+
+class ExperimentStartApi(APIView):
+    required_scope = ApiScope.ADMIN
+
+    @extend_schema(
+        parameters=[EXPERIMENT_ID_PARAMETER],
+        request=None,
+        responses={200: ExperimentSerializer, 409: CONFLICT_RESPONSE},
+        operation_id="experiment_start",
+        description="Start a draft (409 while another experiment runs on its placement). A running one stays as it "
+        "is; a stopped one cannot start again (400 naming `status`).",
+    )
+    def post(self, request: Request, experiment_id: str) -> Response:
+        experiment = services.experiment_start(experiment_id=_experiment_id(experiment_id))
+        return Response(ExperimentSerializer(experiment).data)
+
+
+class FiniteFloatField(serializers.FloatField):
+    """A number, or null where the statistic is undefined (no shoppers yet, no variance): JSON has no NaN."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_null=True, read_only=True, **kwargs)
+
+    def to_representation(self, value: Any) -> float | None:
+        number = float(value)
+        return number if math.isfinite(number) else None
+
+
+class RateSerializer(serializers.Serializer):
+    value = FiniteFloatField(help_text="The ratio of sums (RPM: per thousand impressions).")
+    std_error = FiniteFloatField(help_text="Delta-method standard error, clustered by shopper.")
+    low = FiniteFloatField(help_text="95% interval, low end.")
+    high = FiniteFloatField(help_text="95% interval, high end.")
+
+
+class VariantResultSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    weight = serializers.IntegerField()
+    treatment = ExperimentTreatmentSerializer()
+    shoppers = serializers.IntegerField()
+    impressions = serializers.IntegerField()
+    clicks = serializers.IntegerField(help_text="Impressions clicked (attributed clicks; twice on one counts once).")
+    add_to_carts = serializers.IntegerField()
+    purchases = serializers.IntegerField()
+    revenue = serializers.FloatField()
+    ctr = RateSerializer(source="rates.ctr")
+    add_to_cart_rate = RateSerializer(source="rates.add_to_cart_rate")
+    conversion_rate = RateSerializer(source="rates.conversion_rate", help_text="Purchases per impression.")
+    rpm = RateSerializer(source="rates.rpm", help_text="Revenue per thousand impressions.")
+    slates = serializers.IntegerField()
+    p99_serving_ms = FiniteFloatField(help_text="Serving p99 over its slates (ms).")
+    degraded_rate = FiniteFloatField(help_text="Share of its slates served degraded.")
+
+
+class LiftIntervalSerializer(serializers.Serializer):
+    lift = FiniteFloatField(help_text="Relative lift over the first variant (0.1: +10%).")
+    low = FiniteFloatField()
+    high = FiniteFloatField()
+    p_value = FiniteFloatField()
+
+
+class LiftResultSerializer(serializers.Serializer):
+    variant = serializers.CharField()
+    metric = serializers.CharField(help_text="The metric, named as `primary_metric` names them.")
+    plain = LiftIntervalSerializer(help_text="Fixed-horizon 95% interval (valid at one planned look).")
+    cuped = LiftIntervalSerializer(
+        allow_null=True, help_text="The same after CUPED (null: no pre-exposure activity to adjust with)."
+    )
+    cuped_variance_reduction = FiniteFloatField()
+    sequential = LiftIntervalSerializer(help_text="Always-valid 95% interval (mSPRT): valid at every look.")
+
+
+class SampleRatioSerializer(serializers.Serializer):
+    observed = serializers.DictField(child=serializers.IntegerField(), help_text="Shoppers per variant.")
+    expected = serializers.DictField(child=serializers.FloatField(), help_text="Shoppers the weights expect.")
+    chi_square = FiniteFloatField()
+    p_value = FiniteFloatField()
+    alarm = serializers.BooleanField(help_text="p < 0.001: the split is broken; trust no other number.")
+
+
+class GuardrailBreachSerializer(serializers.Serializer):
+    variant = serializers.CharField()
+    guardrail = serializers.ChoiceField(choices=["p99_ms", "degraded_rate"])
+    value = serializers.FloatField()
+    limit = serializers.FloatField()
+
+
+class DailyPointSerializer(serializers.Serializer):
+    variant = serializers.CharField()
+    day = serializers.DateField()
+    impressions = serializers.IntegerField()
+    clicks = serializers.IntegerField()
+    add_to_carts = serializers.IntegerField()
+    purchases = serializers.IntegerField()
+    revenue = serializers.FloatField()
+
+
+class ExperimentResultsSerializer(serializers.Serializer):
+    experiment = ExperimentSerializer()
+    variants = VariantResultSerializer(many=True)
+    lifts = LiftResultSerializer(many=True, help_text="Each variant after the first, on each metric; primary first.")
+    sample_ratio = SampleRatioSerializer(allow_null=True, help_text="Null before any shopper was served.")
+    guardrail_breaches = GuardrailBreachSerializer(many=True)
+    daily = DailyPointSerializer(many=True, help_text="Per variant per UTC day of the impressions.")
+    verdict = serializers.CharField(
+        help_text='"winner: <variant>", "no difference yet", "stop: SRM" or "guardrail breached: ...".'
+    )
+    summary = serializers.CharField(help_text="The verdict in a sentence.")
+    pre_exposure_days = serializers.IntegerField(help_text="CUPED's window before each shopper's first exposure.")
+
+
+class ExperimentResultsApi(APIView):
+    required_scope = ApiScope.ADMIN
+
+    @extend_schema(
+        parameters=[EXPERIMENT_ID_PARAMETER],
+        responses=ExperimentResultsSerializer,
+        operation_id="experiment_results",
+        description="Per variant: shoppers, impressions, outcomes and rates with 95% intervals (delta method, "
+        "clustered by shopper); each variant's lift over the first (plain, CUPED, always-valid); the sample-ratio "
+        "check; guardrail breaches; a daily series; the verdict.",
+    )
+    def get(self, request: Request, experiment_id: str) -> Response:
+        results: ExperimentResults = experiment_results(experiment_id=_experiment_id(experiment_id))
+        return Response(ExperimentResultsSerializer(results).data)
