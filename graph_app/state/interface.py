@@ -4,7 +4,8 @@ Signal validates events and asks this module to apply them (`events_ingest_onlin
 stream brought (`event_log_append`, `events_apply_online`, `impressions_store`), to merge an identified session
 (`session_state_merge`) and to rebuild the online state from the log, handing in its identity links
 (`online_state_rebuild`); Score reads popularity on its own pipeline (`popular_items_queue`); Surface logs
-impressions (`impression_log_call`, `impression_log_queue`). Nothing else reads or writes these keys and tables.
+impressions (`impression_log_call`, `impression_log_queue`); off-policy evaluation reads the ranker's logged slates
+(`ranker_slates_logged`). Nothing else reads or writes these keys and tables.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from graph_app.state.log_reads import (
 )
 from graph_app.state.online_erasure import user_state_erase, user_state_keys
 from graph_app.state.popularity import PopularityReport, popularity_refresh
+from graph_app.state.ranker_log import REWARD_EVENT_TYPES, RankerSlateLogged, ranker_slates_logged
 from graph_app.state.reads import (
     PopularRead,
     affinity_queue,
@@ -84,6 +86,7 @@ __all__ = [
     "IMPRESSION_LOG_LUA_FILES",
     "RECENT_ITEMS_KEPT",
     "RECENT_ITEMS_TTL_SECONDS",
+    "REWARD_EVENT_TYPES",
     "Attribution",
     "CountersReport",
     "EventInput",
@@ -96,6 +99,7 @@ __all__ = [
     "PlacementDayOutcomes",
     "PopularRead",
     "PopularityReport",
+    "RankerSlateLogged",
     "SessionMerge",
     "ShopperLogTrace",
     "ShopperLogsErased",
@@ -131,6 +135,7 @@ __all__ = [
     "popular_items_queue",
     "popularity_refresh",
     "purchased_queue",
+    "ranker_slates_logged",
     "recent_items_queue",
     "session_state_merge",
     "shopper_log_trace",
