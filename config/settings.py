@@ -399,6 +399,15 @@ SCORE_EXPLORATION_SLOTS = int(os.environ.get("SCORE_EXPLORATION_SLOTS", "1"))
 # The bandit's picks for a user in a placement are drawn with the same random numbers for this long (each user's
 # window starts at an offset of their own), so that repeated requests do not reshuffle the shelf (0: every request).
 SCORE_EXPLORATION_RESEED_SECONDS = int(os.environ.get("SCORE_EXPLORATION_RESEED_SECONDS", "3600"))
+# Ranker exploration, so that a candidate ranker can be evaluated off-policy from the log
+# (scoring_app/engine/ranking_exploration.py): this share of ranker slates is drawn (Plackett-Luce over the pool's
+# standardized scores at this temperature) instead of being the deterministic top k, from the POOL best candidates
+# (at least k), and every slot logs its item's probability at that slot. 0 turns it off (every propensity 1). The
+# defaults are the off-policy simulator's trade-off of quality lost against estimation error (BENCHMARKS.md,
+# "Issue 22: off-policy evaluation").
+SCORE_RANKER_EXPLORATION_SHARE = float(os.environ.get("SCORE_RANKER_EXPLORATION_SHARE", "0.2"))
+SCORE_RANKER_EXPLORATION_TEMPERATURE = float(os.environ.get("SCORE_RANKER_EXPLORATION_TEMPERATURE", "1.0"))
+SCORE_RANKER_EXPLORATION_POOL = int(os.environ.get("SCORE_RANKER_EXPLORATION_POOL", "30"))
 
 # Scheduled training tunes itself: each embeddings and ranker training holds out the latest slice of each user's
 # history and searches its settings on it within this many seconds each (0 or TRAINING_SEARCH=0: the default
