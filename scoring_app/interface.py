@@ -26,7 +26,7 @@ from scoring_app.engine.retrieval import (
     similar_items,
     user_state_fetch,
 )
-from scoring_app.engine.scoring import CONTEXT_SOURCE, ScoreResult, slate_score
+from scoring_app.engine.scoring import CONTEXT_SOURCE, RankerPool, ScoreResult, slate_score
 from scoring_app.skew import RetrievalSkewReport, retrieval_skew_check
 from scoring_app.training import RankerTrainingReport, ranker_train
 from scoring_app.training_chain import TRAINING_TASKS, TaskRun, training_chain_run
@@ -37,6 +37,7 @@ __all__ = [
     "TRAINING_TASKS",
     "BanditLog",
     "CandidateSet",
+    "RankerPool",
     "RankerTrainingReport",
     "RetrievalSkewReport",
     "ScoreResult",
