@@ -29,6 +29,7 @@ benchmark exercises serving's code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,13 +86,27 @@ def pool_rows_of(*, scores: np.ndarray, k: int, policy: ExplorationPolicy) -> np
     return np.lexsort((np.arange(len(scores)), -scores))
 
 
-def _logits(pool_scores: np.ndarray, temperature: float) -> np.ndarray:
-    spread = float(pool_scores.std())
-    if spread == 0.0 or not np.isfinite(spread):
-        return np.zeros(len(pool_scores))
-    standardized = (pool_scores - pool_scores.mean()) / spread
-    clipped: np.ndarray = np.clip(standardized / max(temperature, 1e-6), -_LOGIT_CLIP, _LOGIT_CLIP)
-    return clipped
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """Scores as floats, a missing (NaN or infinite) score ranked below every real one."""
+    scores = np.asarray(scores, dtype=np.float64)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        scores = scores.copy()
+        scores[bad] = (scores[~bad].min() - 1.0) if (~bad).any() else 0.0
+    return scores
+
+
+def _logits_batch(pool_scores: np.ndarray, temperature: float) -> np.ndarray:
+    """(b, n): each pool's scores standardized (mean 0, sd 1) over its own rows, over the temperature; NaN (padding)
+    becomes -inf, a weight of 0."""
+    valid = ~np.isnan(pool_scores)
+    counts = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+    filled = np.where(valid, pool_scores, 0.0)
+    mean = filled.sum(axis=1, keepdims=True) / counts
+    spread = np.sqrt((np.where(valid, pool_scores - mean, 0.0) ** 2).sum(axis=1, keepdims=True) / counts)
+    standardized = np.where(spread > 0, (filled - mean) / np.where(spread > 0, spread, 1.0), 0.0)
+    logits = np.clip(standardized / max(temperature, 1e-6), -_LOGIT_CLIP, _LOGIT_CLIP)
+    return np.where(valid, logits, -np.inf)
 
 
 def plackett_luce_marginals(*, logits: np.ndarray, k: int) -> np.ndarray:
@@ -150,32 +165,32 @@ def plackett_luce_marginals_batch(*, logits: np.ndarray, k: int) -> np.ndarray:
     return result
 
 
-def _pool_marginals(*, pool_scores: np.ndarray, k: int, policy: ExplorationPolicy) -> np.ndarray:
-    """(len(pool), k): the mixture's P(pool position at slot); pool_scores best first."""
-    k = min(k, len(pool_scores))
-    deterministic = np.eye(len(pool_scores), k)
+def _pool_marginals_batch(*, pool_scores: np.ndarray, k: int, policy: ExplorationPolicy) -> np.ndarray:
+    """(b, n, k): the mixture's P(pool position at slot) for b pools, each best first, NaN-padded to n."""
+    deterministic = np.broadcast_to(np.eye(pool_scores.shape[1], k), (len(pool_scores), pool_scores.shape[1], k))
     if policy.share <= 0.0:
-        return deterministic
-    drawn = plackett_luce_marginals(logits=_logits(pool_scores, policy.temperature), k=k)
-    return (1.0 - policy.share) * deterministic + policy.share * drawn
+        return deterministic.copy()
+    drawn = plackett_luce_marginals_batch(logits=_logits_batch(pool_scores, policy.temperature), k=k)
+    mixture: np.ndarray = (1.0 - policy.share) * deterministic + policy.share * drawn
+    return mixture
 
 
 def slate_draw(*, scores: np.ndarray, k: int, policy: ExplorationPolicy, rng: np.random.Generator) -> SlateDraw:
     """One ranker slate of min(k, len(scores)) rows under the policy, with each slot's propensity.
 
     The pool is the max(pool, k) best rows so that a drawn slate is always full."""
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _finite(scores)
     pool_rows = pool_rows_of(scores=scores, k=k, policy=policy)
     slots = min(k, len(pool_rows))
     if policy.share <= 0.0:
         return SlateDraw(rows=pool_rows[:slots], propensities=np.ones(slots), pool_rows=pool_rows)
-    pool_scores = scores[pool_rows]
+    pool_scores = scores[pool_rows][None, :]
     if policy.share >= 1.0 or rng.random() < policy.share:
-        perturbed = _logits(pool_scores, policy.temperature) + rng.gumbel(size=len(pool_rows))
+        perturbed = _logits_batch(pool_scores, policy.temperature)[0] + rng.gumbel(size=len(pool_rows))
         positions = np.argsort(-perturbed, kind="stable")[:slots]
     else:
         positions = np.arange(slots)
-    marginals = _pool_marginals(pool_scores=pool_scores, k=slots, policy=policy)
+    marginals = _pool_marginals_batch(pool_scores=pool_scores, k=slots, policy=policy)[0]
     return SlateDraw(
         rows=pool_rows[positions],
         propensities=marginals[positions, np.arange(slots)],
@@ -190,9 +205,24 @@ def slot_marginals(
 
     Exact (see the module docstring): `rng` and `samples` are accepted for the agreed interface and not used."""
     del rng, samples
-    scores = np.asarray(scores, dtype=np.float64)
-    result = np.zeros((len(scores), k))
-    pool_rows = pool_rows_of(scores=scores, k=k, policy=policy)
-    slots = min(k, len(pool_rows))
-    result[pool_rows, :slots] = _pool_marginals(pool_scores=scores[pool_rows], k=slots, policy=policy)
-    return result
+    return slot_marginals_batch(scores=[scores], k=k, policy=policy)[0]
+
+
+def slot_marginals_batch(*, scores: Sequence[np.ndarray], k: int, policy: ExplorationPolicy) -> list[np.ndarray]:
+    """`slot_marginals` of many pools at once (the off-policy estimators evaluate thousands of slates)."""
+    cleaned = [_finite(one) for one in scores]
+    pools = [pool_rows_of(scores=one, k=k, policy=policy) for one in cleaned]
+    width = max((len(pool) for pool in pools), default=0)
+    slots = min(k, width)
+    padded = np.full((len(pools), width), np.nan)
+    for at, (one, pool) in enumerate(zip(cleaned, pools, strict=True)):
+        padded[at, : len(pool)] = one[pool]
+    marginals = _pool_marginals_batch(pool_scores=padded, k=slots, policy=policy) if width else None
+    results = []
+    for at, (one, pool) in enumerate(zip(cleaned, pools, strict=True)):
+        result = np.zeros((len(one), k))
+        if marginals is not None:
+            # a pool shorter than k fills only its own slots: its padded rows have weight 0 and are dropped
+            result[pool, : min(slots, len(pool))] = marginals[at, : len(pool), : min(slots, len(pool))]
+        results.append(result)
+    return results
