@@ -140,28 +140,30 @@ def plackett_luce_marginals_batch(*, logits: np.ndarray, k: int) -> np.ndarray:
     ordered = np.sort(np.where(weights > 0, weights, np.inf), axis=1)
     slowest = min(ordered[b, : max(sizes[b] - k + 1, 1)].sum() for b in range(batch))
     t = np.exp(np.arange(np.log(_T_LOW), np.log(_DECAYED / slowest) + _STEP, _STEP))  # (g,)
-    below = np.exp(-weights[:, :, None] * t)  # (b, n, g): P(row's perturbed logit is below the level)
+    grid = len(t)
+    below = np.exp(-weights.T[:, :, None] * t)[:, :, None, :]  # (n, b, 1, g): P(row's perturbed logit below level)
     above = 1.0 - below
     # prefix[m] / suffix[m]: the polynomial in z (z counts rows above) over rows < m / rows >= m, degrees < k.
-    prefix = np.empty((n + 1, batch, k, len(t)))
-    suffix = np.empty((n + 1, batch, k, len(t)))
-    prefix[0] = 0.0
+    prefix = np.zeros((n + 1, batch, k, grid))
+    suffix = np.zeros((n + 1, batch, k, grid))
     prefix[0, :, 0] = 1.0
-    suffix[n] = 0.0
     suffix[n, :, 0] = 1.0
-    for m in range(n):
-        np.multiply(prefix[m], below[:, None, m], out=prefix[m + 1])
-        prefix[m + 1, :, 1:] += prefix[m, :, :-1] * above[:, None, m]
+    shifted = np.empty((batch, k - 1, grid))
+    for m in range(n):  # each row multiplies by (below + above z); the buffers keep numpy's per-call cost low
+        np.multiply(prefix[m], below[m], out=prefix[m + 1])
+        np.multiply(prefix[m][:, :-1], above[m], out=shifted)
+        prefix[m + 1][:, 1:] += shifted
         back = n - 1 - m
-        np.multiply(suffix[back + 1], below[:, None, back], out=suffix[back])
-        suffix[back, :, 1:] += suffix[back + 1, :, :-1] * above[:, None, back]
+        np.multiply(suffix[back + 1], below[back], out=suffix[back])
+        np.multiply(suffix[back + 1][:, :-1], above[back], out=shifted)
+        suffix[back][:, 1:] += shifted
     # d(measure) = w_i exp(-w_i t) dt = w_i * below_i * t ds
-    density = below * (t * _STEP) * weights[:, :, None]  # (b, n, g)
-    before = prefix[:n] * density.transpose(1, 0, 2)[:, :, None, :]  # (n, b, k, g)
-    after = suffix[1:]
+    density = below[:, :, 0, :] * (t * _STEP) * weights.T[:, :, None]  # (n, b, g)
+    before = prefix[:n] * density[:, :, None, :]  # (n, b, k, g)
+    after = suffix[1:][:, :, ::-1, :]  # degrees reversed, so that degree rank - a is a slice
     for rank in range(1, k):
-        # every row but one: sum_a before[a] * after[rank - a]
-        result[:, :, rank] = np.einsum("nbag,nbag->bn", before[:, :, : rank + 1], after[:, :, rank::-1])
+        # every row but one: sum over a of before[a] * after[rank - a]
+        result[:, :, rank] = np.einsum("nbag,nbag->bn", before[:, :, : rank + 1], after[:, :, k - 1 - rank :])
     return result
 
 
