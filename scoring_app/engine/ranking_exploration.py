@@ -29,14 +29,20 @@ benchmark exercises serving's code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-# Trapezoid step in s = log t: the quadrature error is about exp(-pi^2 / step) (5e-9 at 0.5).
-_STEP = 0.5
-# The integrand is below about w_i * t: starting at t = 1e-10 (softmax weights sum to 1) leaves out < 1e-10.
-_T_LOW = 1e-10
+# Trapezoid step in s = log t: the quadrature error is about exp(-pi^2 / (2 step)) (1e-8 at 0.3).
+_STEP = 0.3
+# Rank 0 is exact (the softmax); for deeper ranks the integrand is below w_i t^2, so starting at t = 1e-4 (softmax
+# weights sum to 1) leaves out < 1e-8.
+_T_LOW = 1e-4
+# Beyond t_high every rank < k has decayed below exp(-40) (times at most C(n - 1, k - 1)).
+_DECAYED = 40.0
+# Pools per chunk of a batch.
+_BATCH = 32
 # Logits are clipped so that a tiny temperature cannot overflow exp(); 30 nats is a weight ratio of 1e13.
 _LOGIT_CLIP = 30.0
 
@@ -80,76 +86,113 @@ def pool_rows_of(*, scores: np.ndarray, k: int, policy: ExplorationPolicy) -> np
     return np.lexsort((np.arange(len(scores)), -scores))
 
 
-def _logits(pool_scores: np.ndarray, temperature: float) -> np.ndarray:
-    spread = float(pool_scores.std())
-    if spread == 0.0 or not np.isfinite(spread):
-        return np.zeros(len(pool_scores))
-    standardized = (pool_scores - pool_scores.mean()) / spread
-    clipped: np.ndarray = np.clip(standardized / max(temperature, 1e-6), -_LOGIT_CLIP, _LOGIT_CLIP)
-    return clipped
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """Scores as floats, a missing (NaN or infinite) score ranked below every real one."""
+    scores = np.asarray(scores, dtype=np.float64)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        scores = scores.copy()
+        scores[bad] = (scores[~bad].min() - 1.0) if (~bad).any() else 0.0
+    return scores
+
+
+def _logits_batch(pool_scores: np.ndarray, temperature: float) -> np.ndarray:
+    """(b, n): each pool's scores standardized (mean 0, sd 1) over its own rows, over the temperature; NaN (padding)
+    becomes -inf, a weight of 0."""
+    valid = ~np.isnan(pool_scores)
+    counts = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+    filled = np.where(valid, pool_scores, 0.0)
+    mean = filled.sum(axis=1, keepdims=True) / counts
+    spread = np.sqrt((np.where(valid, pool_scores - mean, 0.0) ** 2).sum(axis=1, keepdims=True) / counts)
+    standardized = np.where(spread > 0, (filled - mean) / np.where(spread > 0, spread, 1.0), 0.0)
+    logits = np.clip(standardized / max(temperature, 1e-6), -_LOGIT_CLIP, _LOGIT_CLIP)
+    return np.where(valid, logits, -np.inf)
 
 
 def plackett_luce_marginals(*, logits: np.ndarray, k: int) -> np.ndarray:
     """(n, k): P(row at rank j) when k rows are drawn without replacement in proportion to exp(logits)."""
-    n = len(logits)
+    batch = plackett_luce_marginals_batch(logits=np.asarray(logits, dtype=np.float64)[None, :], k=k)
+    single: np.ndarray = batch[0]
+    return single
+
+
+def plackett_luce_marginals_batch(*, logits: np.ndarray, k: int) -> np.ndarray:
+    """(b, n, k) for b pools at once (the off-policy estimators' batch); -inf pads a shorter pool (weight 0)."""
+    if len(logits) > _BATCH:  # in chunks: the polynomials take n * batch * k * grid doubles twice
+        return np.concatenate(
+            [
+                plackett_luce_marginals_batch(logits=logits[at : at + _BATCH], k=k)
+                for at in range(0, len(logits), _BATCH)
+            ]
+        )
+    batch, n = logits.shape
     k = min(k, n)
-    if n == 0 or k == 0:
-        return np.zeros((n, k))
-    weights = np.exp(logits - logits.max())
-    weights /= weights.sum()
-    # Beyond t_high every rank < k needs n - k + 1 rows below the row, all of them decayed: exp(-(their weight) t).
-    slowest = np.sort(weights)[: n - k + 1].sum()
-    t_high = 50.0 / slowest
-    s = np.arange(np.log(_T_LOW), np.log(t_high) + _STEP, _STEP)
-    t = np.exp(s)  # (g,)
-    below = np.exp(-np.outer(t, weights))  # (g, n): P(row's perturbed logit is below the level)
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    result = np.zeros((batch, n, k))
+    if k == 0:
+        return result
+    result[:, :, 0] = weights
+    if k == 1:
+        return result
+    # The slowest decay of a rank < k: n - k + 1 rows below, the lightest (padding, weight 0, excluded).
+    sizes = (weights > 0).sum(axis=1)
+    ordered = np.sort(np.where(weights > 0, weights, np.inf), axis=1)
+    slowest = min(ordered[b, : max(sizes[b] - k + 1, 1)].sum() for b in range(batch))
+    t = np.exp(np.arange(np.log(_T_LOW), np.log(_DECAYED / slowest) + _STEP, _STEP))  # (g,)
+    grid = len(t)
+    below = np.exp(-weights.T[:, :, None] * t)[:, :, None, :]  # (n, b, 1, g): P(row's perturbed logit below level)
     above = 1.0 - below
     # prefix[m] / suffix[m]: the polynomial in z (z counts rows above) over rows < m / rows >= m, degrees < k.
-    prefix = np.zeros((n + 1, len(t), k))
-    suffix = np.zeros((n + 1, len(t), k))
+    prefix = np.zeros((n + 1, batch, k, grid))
+    suffix = np.zeros((n + 1, batch, k, grid))
     prefix[0, :, 0] = 1.0
     suffix[n, :, 0] = 1.0
-    for m in range(n):
-        prefix[m + 1] = prefix[m] * below[:, m, None]
-        prefix[m + 1, :, 1:] += prefix[m, :, :-1] * above[:, m, None]
+    shifted = np.empty((batch, k - 1, grid))
+    for m in range(n):  # each row multiplies by (below + above z); the buffers keep numpy's per-call cost low
+        np.multiply(prefix[m], below[m], out=prefix[m + 1])
+        np.multiply(prefix[m][:, :-1], above[m], out=shifted)
+        prefix[m + 1][:, 1:] += shifted
         back = n - 1 - m
-        suffix[back] = suffix[back + 1] * below[:, back, None]
-        suffix[back, :, 1:] += suffix[back + 1, :, :-1] * above[:, back, None]
-    others = np.zeros((n, len(t), k))  # every row but one: prefix[i] * suffix[i + 1], truncated at degree k
-    for degree in range(k):
-        others[:, :, degree:] += prefix[:n, :, degree, None] * suffix[1:, :, : k - degree]
+        np.multiply(suffix[back + 1], below[back], out=suffix[back])
+        np.multiply(suffix[back + 1][:, :-1], above[back], out=shifted)
+        suffix[back][:, 1:] += shifted
     # d(measure) = w_i exp(-w_i t) dt = w_i * below_i * t ds
-    density = (below * t[:, None] * weights[None, :]).T * _STEP  # (n, g)
-    marginals: np.ndarray = np.einsum("ng,ngk->nk", density, others)
-    return marginals
+    density = below[:, :, 0, :] * (t * _STEP) * weights.T[:, :, None]  # (n, b, g)
+    before = prefix[:n] * density[:, :, None, :]  # (n, b, k, g)
+    after = suffix[1:][:, :, ::-1, :]  # degrees reversed, so that degree rank - a is a slice
+    for rank in range(1, k):
+        # every row but one: sum over a of before[a] * after[rank - a]
+        result[:, :, rank] = np.einsum("nbag,nbag->bn", before[:, :, : rank + 1], after[:, :, k - 1 - rank :])
+    return result
 
 
-def _pool_marginals(*, pool_scores: np.ndarray, k: int, policy: ExplorationPolicy) -> np.ndarray:
-    """(len(pool), k): the mixture's P(pool position at slot); pool_scores best first."""
-    k = min(k, len(pool_scores))
-    deterministic = np.eye(len(pool_scores), k)
+def _pool_marginals_batch(*, pool_scores: np.ndarray, k: int, policy: ExplorationPolicy) -> np.ndarray:
+    """(b, n, k): the mixture's P(pool position at slot) for b pools, each best first, NaN-padded to n."""
+    deterministic = np.broadcast_to(np.eye(pool_scores.shape[1], k), (len(pool_scores), pool_scores.shape[1], k))
     if policy.share <= 0.0:
-        return deterministic
-    drawn = plackett_luce_marginals(logits=_logits(pool_scores, policy.temperature), k=k)
-    return (1.0 - policy.share) * deterministic + policy.share * drawn
+        return deterministic.copy()
+    drawn = plackett_luce_marginals_batch(logits=_logits_batch(pool_scores, policy.temperature), k=k)
+    mixture: np.ndarray = (1.0 - policy.share) * deterministic + policy.share * drawn
+    return mixture
 
 
 def slate_draw(*, scores: np.ndarray, k: int, policy: ExplorationPolicy, rng: np.random.Generator) -> SlateDraw:
     """One ranker slate of min(k, len(scores)) rows under the policy, with each slot's propensity.
 
     The pool is the max(pool, k) best rows so that a drawn slate is always full."""
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _finite(scores)
     pool_rows = pool_rows_of(scores=scores, k=k, policy=policy)
     slots = min(k, len(pool_rows))
     if policy.share <= 0.0:
         return SlateDraw(rows=pool_rows[:slots], propensities=np.ones(slots), pool_rows=pool_rows)
-    pool_scores = scores[pool_rows]
+    pool_scores = scores[pool_rows][None, :]
     if policy.share >= 1.0 or rng.random() < policy.share:
-        perturbed = _logits(pool_scores, policy.temperature) + rng.gumbel(size=len(pool_rows))
+        perturbed = _logits_batch(pool_scores, policy.temperature)[0] + rng.gumbel(size=len(pool_rows))
         positions = np.argsort(-perturbed, kind="stable")[:slots]
     else:
         positions = np.arange(slots)
-    marginals = _pool_marginals(pool_scores=pool_scores, k=slots, policy=policy)
+    marginals = _pool_marginals_batch(pool_scores=pool_scores, k=slots, policy=policy)[0]
     return SlateDraw(
         rows=pool_rows[positions],
         propensities=marginals[positions, np.arange(slots)],
@@ -164,9 +207,24 @@ def slot_marginals(
 
     Exact (see the module docstring): `rng` and `samples` are accepted for the agreed interface and not used."""
     del rng, samples
-    scores = np.asarray(scores, dtype=np.float64)
-    result = np.zeros((len(scores), k))
-    pool_rows = pool_rows_of(scores=scores, k=k, policy=policy)
-    slots = min(k, len(pool_rows))
-    result[pool_rows, :slots] = _pool_marginals(pool_scores=scores[pool_rows], k=slots, policy=policy)
-    return result
+    return slot_marginals_batch(scores=[scores], k=k, policy=policy)[0]
+
+
+def slot_marginals_batch(*, scores: Sequence[np.ndarray], k: int, policy: ExplorationPolicy) -> list[np.ndarray]:
+    """`slot_marginals` of many pools at once (the off-policy estimators evaluate thousands of slates)."""
+    cleaned = [_finite(one) for one in scores]
+    pools = [pool_rows_of(scores=one, k=k, policy=policy) for one in cleaned]
+    width = max((len(pool) for pool in pools), default=0)
+    slots = min(k, width)
+    padded = np.full((len(pools), width), np.nan)
+    for at, (one, pool) in enumerate(zip(cleaned, pools, strict=True)):
+        padded[at, : len(pool)] = one[pool]
+    marginals = _pool_marginals_batch(pool_scores=padded, k=slots, policy=policy) if width else None
+    results = []
+    for at, (one, pool) in enumerate(zip(cleaned, pools, strict=True)):
+        result = np.zeros((len(one), k))
+        if marginals is not None:
+            # a pool shorter than k fills only its own slots: its padded rows have weight 0 and are dropped
+            result[pool, : min(slots, len(pool))] = marginals[at, : len(pool), : min(slots, len(pool))]
+        results.append(result)
+    return results
