@@ -64,12 +64,13 @@ class ConsoleSite(admin.AdminSite):
         return apps
 
     def _console_tools(self, request: HttpRequest) -> list[dict[str, Any]]:
-        """The console's own pages (preview, dashboard, blocking) on the index, for those allowed to see them."""
+        """The console's own pages (preview, dashboard, evaluation, blocking) on the index, for those allowed."""
         from django.urls import reverse
 
         pages = [
             ("Preview and explain", "console:preview", "surface_app.view_businessrule"),
             ("Dashboard", "console:dashboard", "graph_app.view_impression"),
+            ("Off-policy evaluation", "console:policy-evaluation", "graph_app.view_modelversion"),
             ("Block a category or brand", "console:block", "surface_app.add_businessrule"),
         ]
         return [

@@ -6,4 +6,5 @@ urlpatterns = [
     path("preview/", include("rules_admin.preview_urls")),
     path("dashboard/", include("rules_admin.dashboard_urls")),
     path("conditions/", include("rules_admin.condition_urls")),
+    path("evaluation/", include("rules_admin.policy_evaluation_urls")),
 ]
