@@ -181,10 +181,19 @@ def _doubly_robust_terms(*, slates: Sequence[LoggedSlate], batch: _Batch, rng: n
     slots = int(batch.slot.max()) + 1
     folds = rng.permutation(count) % FOLDS if count >= 2 * FOLDS else np.zeros(count, dtype=np.int64)
     fold_of_slot = folds[batch.slate_of_slot]
+    # every pool row of every slate, with the candidate's marginals padded to `slots` columns
+    pool_features = np.concatenate([np.asarray(slate.pool_features, dtype=np.float64) for slate in slates])
+    slate_of_row = np.repeat(np.arange(count), [len(slate.pool_features) for slate in slates])
+    marginals = np.zeros((len(pool_features), slots))
+    at = 0
+    for candidate in batch.candidate_marginals:
+        marginals[at : at + len(candidate), : candidate.shape[1]] = candidate
+        at += len(candidate)
     binary = bool(np.isin(batch.rewards, (0.0, 1.0)).all())
     terms = np.zeros(count)
+    single = len(np.unique(folds)) == 1
     for fold in np.unique(folds):
-        train = fold_of_slot != fold if len(np.unique(folds)) > 1 else np.ones(len(fold_of_slot), dtype=bool)
+        train = np.ones(len(fold_of_slot), dtype=bool) if single else fold_of_slot != fold
         model = _reward_model_fit(
             features=batch.shown_features[train],
             slot=batch.slot[train],
@@ -196,11 +205,9 @@ def _doubly_robust_terms(*, slates: Sequence[LoggedSlate], batch: _Batch, rng: n
         predicted_shown = model.predict(features=batch.shown_features[held], slot=batch.slot[held])
         residual = batch.weights[held] * (batch.rewards[held] - predicted_shown)
         terms += np.bincount(batch.slate_of_slot[held], weights=residual, minlength=count)
-        for index in np.flatnonzero(folds == fold):
-            marginals = batch.candidate_marginals[index]
-            pool = np.asarray(slates[index].pool_features, dtype=np.float64)
-            grid = model.predict_grid(features=pool, slots=marginals.shape[1])
-            terms[index] += float((marginals * grid).sum())
+        rows = np.flatnonzero(folds[slate_of_row] == fold)
+        direct = (marginals[rows] * model.predict_grid(features=pool_features[rows], slots=slots)).sum(axis=1)
+        terms += np.bincount(slate_of_row[rows], weights=direct, minlength=count)
     return terms
 
 

@@ -96,9 +96,9 @@ def _finite(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _logits_batch(pool_scores: np.ndarray, temperature: float) -> np.ndarray:
-    """(b, n): each pool's scores standardized (mean 0, sd 1) over its own rows, over the temperature; NaN (padding)
-    becomes -inf, a weight of 0."""
+def pool_logits(pool_scores: np.ndarray, temperature: float) -> np.ndarray:
+    """(b, n): the logits a drawn slate samples from, each pool's scores (best first) standardized over its own rows
+    (mean 0, sd 1) and divided by the temperature; NaN (padding) becomes -inf, a weight of 0."""
     valid = ~np.isnan(pool_scores)
     counts = np.maximum(valid.sum(axis=1, keepdims=True), 1)
     filled = np.where(valid, pool_scores, 0.0)
@@ -172,7 +172,7 @@ def _pool_marginals_batch(*, pool_scores: np.ndarray, k: int, policy: Exploratio
     deterministic = np.broadcast_to(np.eye(pool_scores.shape[1], k), (len(pool_scores), pool_scores.shape[1], k))
     if policy.share <= 0.0:
         return deterministic.copy()
-    drawn = plackett_luce_marginals_batch(logits=_logits_batch(pool_scores, policy.temperature), k=k)
+    drawn = plackett_luce_marginals_batch(logits=pool_logits(pool_scores, policy.temperature), k=k)
     mixture: np.ndarray = (1.0 - policy.share) * deterministic + policy.share * drawn
     return mixture
 
@@ -188,7 +188,7 @@ def slate_draw(*, scores: np.ndarray, k: int, policy: ExplorationPolicy, rng: np
         return SlateDraw(rows=pool_rows[:slots], propensities=np.ones(slots), pool_rows=pool_rows)
     pool_scores = scores[pool_rows][None, :]
     if policy.share >= 1.0 or rng.random() < policy.share:
-        perturbed = _logits_batch(pool_scores, policy.temperature)[0] + rng.gumbel(size=len(pool_rows))
+        perturbed = pool_logits(pool_scores, policy.temperature)[0] + rng.gumbel(size=len(pool_rows))
         positions = np.argsort(-perturbed, kind="stable")[:slots]
     else:
         positions = np.arange(slots)
