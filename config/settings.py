@@ -413,6 +413,10 @@ SCORE_RANKER_EXPLORATION_POOL = int(os.environ.get("SCORE_RANKER_EXPLORATION_POO
 # (graph_app_rankerslate); every ranker slot logs its propensity regardless. 1 logs them all; lower it when the
 # log's size matters more than the evaluation's precision (the intervals widen as 1 / sqrt(share)).
 SCORE_RANKER_POOL_LOG_SHARE = float(os.environ.get("SCORE_RANKER_POOL_LOG_SHARE", "1.0"))
+# A placement whose logged ranker slates gate the training's automatic promotion of a new ranker: it is not promoted
+# when off-policy evaluation finds it significantly worse than the serving policy there (scoring_app/
+# policy_evaluation.py `ranker_off_policy_gate`). Empty (the default): no such gate.
+SCORE_RANKER_OPE_GATE_PLACEMENT = os.environ.get("SCORE_RANKER_OPE_GATE_PLACEMENT", "")
 
 # Scheduled training tunes itself: each embeddings and ranker training holds out the latest slice of each user's
 # history and searches its settings on it within this many seconds each (0 or TRAINING_SEARCH=0: the default

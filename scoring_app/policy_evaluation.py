@@ -9,7 +9,9 @@ value per slate (IPS, self-normalized IPS, doubly robust, with intervals and the
 were served with the same exploration policy. The candidate is evaluated as a re-ranker of the logged pools: items
 outside them have no logged propensity.
 
-`manage.py evaluate_policy` and the console's page call `policy_evaluate_logged`.
+`manage.py evaluate_policy` and the console's page call `policy_evaluate_logged`. The ranker's training may also
+gate its automatic promotion on it (`ranker_off_policy_gate`, off unless SCORE_RANKER_OPE_GATE_PLACEMENT names a
+placement).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
+from django.conf import settings
 from django.utils import timezone
 
 from graph_app.interface import model_artifact, model_versions_of_kind
@@ -226,3 +229,42 @@ def _candidate_scorer(candidate: str) -> _Scorer:
     if not candidate or candidate not in candidate_versions():
         raise PolicyEvaluationError("candidate", f"{candidate!r} is neither a ranker version nor {POPULARITY!r}")
     return _RankerScorer(candidate, registry.model_load(RANKER, model_artifact(version=candidate)))
+
+
+@dataclass(frozen=True)
+class OffPolicyGate:
+    """Whether a newly trained ranker may be promoted automatically on off-policy evidence, and why."""
+
+    placement: str
+    passed: bool
+    reason: str
+    slates: int = 0
+    candidate_dr: tuple[float, float, float] | None = None  # value, low, high per slate
+    logged_value: float | None = None  # what the serving policy earned on the same slates
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "placement": self.placement, "passed": self.passed, "reason": self.reason, "slates": self.slates,
+            "dr": None if self.candidate_dr is None else [round(value, 6) for value in self.candidate_dr],
+            "logged_value": None if self.logged_value is None else round(self.logged_value, 6),
+        }  # fmt: skip
+
+
+def ranker_off_policy_gate(*, version: str, placement: str | None = None) -> OffPolicyGate:
+    """The off-policy gate of a ranker's automatic promotion, on SCORE_RANKER_OPE_GATE_PLACEMENT's log: it fails
+    when the candidate is significantly worse than what serves (its DR interval wholly below the logged value). A
+    tie passes: a gate that asked for a significant gain would stop nearly every retraining of a ranker that
+    serves well. Without logged slates to judge on, it passes. An administrator's promotion in the console is not
+    gated (it is the "forced" one)."""
+    placement = placement if placement is not None else settings.SCORE_RANKER_OPE_GATE_PLACEMENT
+    try:
+        report = policy_evaluate_logged(placement=placement, candidate=version)
+    except PolicyEvaluationError as error:
+        return OffPolicyGate(placement=placement, passed=True, reason=f"not evaluated: {error.message}")
+    dr, logged = report.estimate.dr, report.estimate.logged_value
+    passed = bool(dr.high >= logged)
+    reason = "not worse than the serving policy" if passed else "significantly worse than the serving policy"
+    return OffPolicyGate(
+        placement=placement, passed=passed, reason=reason, slates=report.estimate.slates,
+        candidate_dr=(dr.value, dr.low, dr.high), logged_value=logged,
+    )  # fmt: skip
