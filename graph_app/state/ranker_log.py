@@ -4,7 +4,8 @@ reward).
 
 A slate contributes the slots its ranker draw placed, from the first one down to the first that a rule, a pin, a
 cap or the bandit's exploration changed: those are slots where the shopper saw what the logging policy chose,
-where it chose it, so their logged propensities are what served them.
+in the order it chose it, so their logged propensities are what served them. A constant shift (context items or a
+pin above the draw) keeps them: it moves every draw alike, as it would move the candidate's.
 """
 
 from __future__ import annotations
