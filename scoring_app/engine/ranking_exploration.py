@@ -142,28 +142,26 @@ def plackett_luce_marginals_batch(*, logits: np.ndarray, k: int) -> np.ndarray:
     t = np.exp(np.arange(np.log(_T_LOW), np.log(_DECAYED / slowest) + _STEP, _STEP))  # (g,)
     grid = len(t)
     below = np.exp(-weights.T[:, :, None] * t)[:, :, None, :]  # (n, b, 1, g): P(row's perturbed logit below level)
-    above = 1.0 - below
-    # prefix[m] / suffix[m]: the polynomial in z (z counts rows above) over rows < m / rows >= m, degrees < k.
-    prefix = np.zeros((n + 1, batch, k, grid))
-    suffix = np.zeros((n + 1, batch, k, grid))
-    prefix[0, :, 0] = 1.0
-    suffix[n, :, 0] = 1.0
-    shifted = np.empty((batch, k - 1, grid))
-    for m in range(n):  # each row multiplies by (below + above z); the buffers keep numpy's per-call cost low
-        np.multiply(prefix[m], below[m], out=prefix[m + 1])
-        np.multiply(prefix[m][:, :-1], above[m], out=shifted)
-        prefix[m + 1][:, 1:] += shifted
-        back = n - 1 - m
-        np.multiply(suffix[back + 1], below[back], out=suffix[back])
-        np.multiply(suffix[back + 1][:, :-1], above[back], out=shifted)
-        suffix[back][:, 1:] += shifted
+    # Polynomials in z (z counts rows above), degrees < k: polys[m, 0] over rows < m (a prefix), polys[m, 1] over rows
+    # >= n - m (a suffix). Both advance in one multiplication per row by (below + above z), numpy's per-call cost
+    # being most of the time for a pool of 10 to 30.
+    factor_below = np.stack([below, below[::-1]], axis=1)  # (n, 2, b, 1, g): row m, and row n - 1 - m
+    factor_above = 1.0 - factor_below
+    polys = np.zeros((n + 1, 2, batch, k, grid))
+    polys[0, :, :, 0] = 1.0
+    shifted = np.empty((2, batch, k - 1, grid))
+    for m in range(n):
+        np.multiply(polys[m], factor_below[m], out=polys[m + 1])
+        np.multiply(polys[m][..., :-1, :], factor_above[m], out=shifted)
+        polys[m + 1][..., 1:, :] += shifted
     # d(measure) = w_i exp(-w_i t) dt = w_i * below_i * t ds
     density = below[:, :, 0, :] * (t * _STEP) * weights.T[:, :, None]  # (n, b, g)
-    before = prefix[:n] * density[:, :, None, :]  # (n, b, k, g)
-    after = suffix[1:][:, :, ::-1, :]  # degrees reversed, so that degree rank - a is a slice
+    before = polys[:n, 0] * density[:, :, None, :]  # (n, b, k, g): rows < i, times row i's density
+    after = polys[n - 1 :: -1, 1]  # (n, b, k, g): rows > i (the suffix from i + 1)
+    reversed_after = after[:, :, ::-1, :]  # degrees reversed, so that degree rank - a is a slice
     for rank in range(1, k):
         # every row but one: sum over a of before[a] * after[rank - a]
-        result[:, :, rank] = np.einsum("nbag,nbag->bn", before[:, :, : rank + 1], after[:, :, k - 1 - rank :])
+        result[:, :, rank] = np.einsum("nbag,nbag->bn", before[:, :, : rank + 1], reversed_after[:, :, k - 1 - rank :])
     return result
 
 
