@@ -155,23 +155,30 @@ def _flatten(
 
 def _mean_estimate(terms: np.ndarray) -> Estimate:
     """The mean of per-slate terms with its CLT interval."""
-    value = float(terms.mean())
-    half = Z_95 * float(terms.std(ddof=1)) / np.sqrt(len(terms)) if len(terms) > 1 else np.inf
-    return Estimate(value=value, low=value - half, high=value + half)
+    return _interval(value=float(terms.mean()), terms=terms)
 
 
 def _self_normalized(*, batch: _Batch, count: int) -> Estimate:
-    """Per slot sum(w r) / sum(w), summed over slots; the delta method's influence of each slate, clustered."""
+    """Per slot sum(w r) / sum(w) over the slates that have the slot, times their share of the slates (a slate of
+    fewer slots has no reward there), summed over slots; each slate's influence (the delta method) gives the
+    interval, its slots being one cluster."""
     slots = int(batch.slot.max()) + 1
     cell = batch.slate_of_slot * slots + batch.slot
     weighted = np.bincount(cell, weights=batch.weights * batch.rewards, minlength=count * slots).reshape(count, slots)
     weight = np.bincount(cell, weights=batch.weights, minlength=count * slots).reshape(count, slots)
-    mean_weight = weight.mean(axis=0)
-    usable = mean_weight > 0
-    ratio = np.where(usable, weighted.mean(axis=0) / np.where(usable, mean_weight, 1.0), 0.0)
-    value = float(ratio.sum())
-    influence = ((weighted - ratio * weight) / np.where(usable, mean_weight, 1.0))[:, usable].sum(axis=1)
-    half = Z_95 * float(influence.std(ddof=1)) / np.sqrt(count) if count > 1 else np.inf
+    present = np.bincount(cell, minlength=count * slots).reshape(count, slots).astype(np.float64)
+    mean_weight, share = weight.mean(axis=0), present.mean(axis=0)
+    usable = mean_weight > 0  # a slot where the candidate never shows what was logged contributes nothing known
+    divisor = np.where(usable, mean_weight, 1.0)
+    ratio = np.where(usable, weighted.mean(axis=0) / divisor, 0.0)
+    value = float((ratio * share).sum())
+    influence = (((weighted - ratio * weight) * share / divisor + ratio * (present - share))[:, usable]).sum(axis=1)
+    return _interval(value=value, terms=influence)
+
+
+def _interval(*, value: float, terms: np.ndarray) -> Estimate:
+    """value +- 1.96 standard errors of the mean of per-slate terms (the CLT over slates)."""
+    half = Z_95 * float(terms.std(ddof=1)) / float(np.sqrt(len(terms))) if len(terms) > 1 else float("inf")
     return Estimate(value=value, low=value - half, high=value + half)
 
 

@@ -14,14 +14,22 @@ logged too, so a candidate model can score the same pool later.
 PL(row at slot) is computed exactly (to about 1e-9), not sampled: with Gumbel noise, a row is at rank j when exactly
 j others beat its perturbed logit, so PL(i at j) = integral over t > 0 of w_i exp(-w_i t) [z^j] prod_{m != i}
 (exp(-w_m t) + (1 - exp(-w_m t)) z) dt (w = softmax weights). The integrand is smooth and decays doubly
-exponentially in s = log t, where the trapezoid rule converges exponentially (error about exp(-pi^2 / step)); the
-polynomials leave one row out through prefix and suffix products, so nothing is divided. `slot_marginals` and
+exponentially in s = log t, where the trapezoid rule converges exponentially (error about exp(-pi^2 / (2 step)));
+the polynomials leave one row out through prefix and suffix products, so nothing is divided. `slot_marginals` and
 `slate_draw` share that computation, so the logged propensities equal `slot_marginals` to rounding.
 
-The trade-off (benchmarks/off_policy.py, BENCHMARKS.md "Issue 22: off-policy evaluation"): exploration costs
-quality (an exploring slate is a worse-than-best ranking) and buys off-policy accuracy (the estimators' weights
-stay bounded only where the logging policy puts mass on what a candidate would show). The defaults (settings
-SCORE_RANKER_EXPLORATION_SHARE / _TEMPERATURE / _POOL) are the simulator's choice; see the settings' comment.
+The trade-off (benchmarks/off_policy.py, a synthetic shop; BENCHMARKS.md "Issue 22: off-policy evaluation"):
+exploration costs clicks (a drawn slate is a worse-than-best ranking) and buys off-policy accuracy, because the
+item-position weights P_candidate / P_logged stay small only where the log puts real mass on what a candidate would
+show at each slot. A share of 0.2 at temperature 1 over a pool of 30 cost about 6 % of the serving ranker's clicks
+and left the candidates an effective sample under 1 % of the log (errors near 20 % at 50,000 impressions); the
+defaults, share 0.5 at temperature 1.5 over a pool of 12, cost about 5 to 7 % and keep self-normalized IPS and DR
+within 5 % there. A small pool is what makes it cheap, and it is also the limit: a candidate is evaluated as a
+re-ranker of the serving ranker's pool, so items it would bring in from outside the pool are not seen (the
+simulator's `popularity` is worth 0.39 clicks per slate served from all candidates, 0.70 re-ranking the pool).
+
+Cost: one slate_draw is a few hundred microseconds of CPU for a pool of 12 to 30 and k = 10 (BENCHMARKS.md), mostly
+numpy's per-call overhead in the loop over the pool's rows.
 
 Pure numpy, no Django except `policy_from_settings`; the serving path and the simulator both call it, so the
 benchmark exercises serving's code.
@@ -142,28 +150,26 @@ def plackett_luce_marginals_batch(*, logits: np.ndarray, k: int) -> np.ndarray:
     t = np.exp(np.arange(np.log(_T_LOW), np.log(_DECAYED / slowest) + _STEP, _STEP))  # (g,)
     grid = len(t)
     below = np.exp(-weights.T[:, :, None] * t)[:, :, None, :]  # (n, b, 1, g): P(row's perturbed logit below level)
-    above = 1.0 - below
-    # prefix[m] / suffix[m]: the polynomial in z (z counts rows above) over rows < m / rows >= m, degrees < k.
-    prefix = np.zeros((n + 1, batch, k, grid))
-    suffix = np.zeros((n + 1, batch, k, grid))
-    prefix[0, :, 0] = 1.0
-    suffix[n, :, 0] = 1.0
-    shifted = np.empty((batch, k - 1, grid))
-    for m in range(n):  # each row multiplies by (below + above z); the buffers keep numpy's per-call cost low
-        np.multiply(prefix[m], below[m], out=prefix[m + 1])
-        np.multiply(prefix[m][:, :-1], above[m], out=shifted)
-        prefix[m + 1][:, 1:] += shifted
-        back = n - 1 - m
-        np.multiply(suffix[back + 1], below[back], out=suffix[back])
-        np.multiply(suffix[back + 1][:, :-1], above[back], out=shifted)
-        suffix[back][:, 1:] += shifted
+    # Polynomials in z (z counts rows above), degrees < k: polys[m, 0] over rows < m (a prefix), polys[m, 1] over rows
+    # >= n - m (a suffix). Both advance in one multiplication per row by (below + above z), numpy's per-call cost
+    # being most of the time for a pool of 10 to 30.
+    factor_below = np.stack([below, below[::-1]], axis=1)  # (n, 2, b, 1, g): row m, and row n - 1 - m
+    factor_above = 1.0 - factor_below
+    polys = np.zeros((n + 1, 2, batch, k, grid))
+    polys[0, :, :, 0] = 1.0
+    shifted = np.empty((2, batch, k - 1, grid))
+    for m in range(n):
+        np.multiply(polys[m], factor_below[m], out=polys[m + 1])
+        np.multiply(polys[m][..., :-1, :], factor_above[m], out=shifted)
+        polys[m + 1][..., 1:, :] += shifted
     # d(measure) = w_i exp(-w_i t) dt = w_i * below_i * t ds
     density = below[:, :, 0, :] * (t * _STEP) * weights.T[:, :, None]  # (n, b, g)
-    before = prefix[:n] * density[:, :, None, :]  # (n, b, k, g)
-    after = suffix[1:][:, :, ::-1, :]  # degrees reversed, so that degree rank - a is a slice
+    before = polys[:n, 0] * density[:, :, None, :]  # (n, b, k, g): rows < i, times row i's density
+    after = polys[n - 1 :: -1, 1]  # (n, b, k, g): rows > i (the suffix from i + 1)
+    reversed_after = after[:, :, ::-1, :]  # degrees reversed, so that degree rank - a is a slice
     for rank in range(1, k):
         # every row but one: sum over a of before[a] * after[rank - a]
-        result[:, :, rank] = np.einsum("nbag,nbag->bn", before[:, :, : rank + 1], after[:, :, k - 1 - rank :])
+        result[:, :, rank] = np.einsum("nbag,nbag->bn", before[:, :, : rank + 1], reversed_after[:, :, k - 1 - rank :])
     return result
 
 

@@ -136,6 +136,26 @@ def test_the_logging_policy_evaluated_on_its_own_log_is_its_logged_mean():
     assert estimate.dr.low <= estimate.logged_value <= estimate.dr.high
 
 
+def test_slates_of_fewer_slots_count_as_slates_with_no_reward_in_the_missing_slots():
+    rng = np.random.default_rng(2)
+    slates, targets = [], []
+    for _ in range(200):
+        rows = int(rng.integers(2, 8))  # pools of 2 give slates of 2 slots
+        features = rng.normal(size=(rows, 2))
+        scores = features @ np.array([1.0, 0.5])
+        drawn = slate_draw(scores=scores, k=SLOTS, policy=POLICY, rng=rng)
+        slates.append(
+            LoggedSlate(features, scores, drawn.rows, drawn.propensities, (rng.random(len(drawn.rows)) < 0.3) * 1.0)
+        )
+        targets.append(scores)
+
+    estimate = policy_evaluate(slates=slates, target_scores=targets, policy=POLICY, rng=rng)
+
+    assert estimate.impressions < 600
+    assert estimate.ips.value == pytest.approx(estimate.logged_value, rel=1e-7)
+    assert estimate.snips.value == pytest.approx(estimate.logged_value, rel=1e-7)
+
+
 def test_ips_is_unbiased_over_many_small_logs(repetitions):
     truth, estimates = repetitions
     values = np.array([estimate.ips.value for estimate in estimates])

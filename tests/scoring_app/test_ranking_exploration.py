@@ -71,7 +71,7 @@ def test_drawn_slates_propensities_are_the_marginals_and_match_the_frequencies_s
     scores = rng.normal(size=9)
     policy = ExplorationPolicy(share=0.5, temperature=1.0, pool=6)
     marginals = slot_marginals(scores=scores, k=4, policy=policy, rng=rng)
-    draws = 6000
+    draws = 2500
     counts = np.zeros_like(marginals)
 
     for _ in range(draws):
