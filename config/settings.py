@@ -411,8 +411,8 @@ SCORE_EXPLORATION_RESEED_SECONDS = int(os.environ.get("SCORE_EXPLORATION_RESEED_
 SCORE_RANKER_EXPLORATION_SHARE = float(os.environ.get("SCORE_RANKER_EXPLORATION_SHARE", "0.5"))
 SCORE_RANKER_EXPLORATION_TEMPERATURE = float(os.environ.get("SCORE_RANKER_EXPLORATION_TEMPERATURE", "1.5"))
 SCORE_RANKER_EXPLORATION_POOL = int(os.environ.get("SCORE_RANKER_EXPLORATION_POOL", "12"))
-# The share of ranker slates whose pool (items, feature rows, scores: about 6 KB in the stream and 3.2 KB a row in
-# PostgreSQL at 30 items, where a 10-slot slate's impressions take 1.2 KB) is logged for off-policy evaluation
+# The share of ranker slates whose pool (items, feature rows, scores: about 3 KB in the stream and 1.8 KB a row in
+# PostgreSQL at 12 items, where a 10-slot slate's impressions take 1.2 KB) is logged for off-policy evaluation
 # (graph_app_rankerslate); every ranker slot logs its propensity regardless. 1 logs them all; lower it when the
 # log's size matters more than the evaluation's precision (the intervals widen as 1 / sqrt(share)).
 SCORE_RANKER_POOL_LOG_SHARE = float(os.environ.get("SCORE_RANKER_POOL_LOG_SHARE", "1.0"))
