@@ -1,9 +1,10 @@
 """What the ranker's logging policy costs a served slate (issue 22): the draw with its exact propensities
 (`ranking_exploration.slate_draw`, on the serving path of every ranked request) and the pool's log record
 (`RankerPool.record`, built by the Surface for the impression stream), in process, on synthetic scores and feature
-rows of the serving shape (300 candidates, the feature store's columns).
+rows of the serving shape (300 candidates, the feature store's columns); and the estimators of `evaluate_policy`
+(`off_policy.policy_evaluate`) on as many logged slates as the console (3,000) and the command (20,000) read.
 
-    .venv/bin/python benchmarks/ranker_logging.py [--requests 2000]
+    .venv/bin/python benchmarks/ranker_logging.py [--requests 2000] [--slates 3000 20000]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--candidates", type=int, default=300)
+    parser.add_argument("--slates", type=int, nargs="*", default=[3000, 20000])
     arguments = parser.parse_args()
 
     import django
@@ -48,6 +50,7 @@ def main() -> None:
     from personalization.candidates import Candidate
     from scoring_app.engine.ranking_exploration import ExplorationPolicy, policy_from_settings, slate_draw
     from scoring_app.engine.scoring import RankerPool
+    from scoring_app.off_policy import LoggedSlate, policy_evaluate
 
     generator = np.random.default_rng(1)
     serving = policy_from_settings()
@@ -81,6 +84,19 @@ def main() -> None:
         f"pool record ({serving.pool} items, {len(FEATURE_NAMES)} features, 10 slots): {len(entry):,} bytes, "
         f"built and encoded in p50 {statistics.median(timings) * 1000:.0f} µs"
     )
+    for count in arguments.slates:
+        slates, targets = [], []
+        for _ in range(count):
+            scores = generator.normal(size=serving.pool)
+            draw = slate_draw(scores=scores, k=10, policy=serving, rng=generator)
+            pool_features = generator.normal(size=(serving.pool, len(FEATURE_NAMES)))
+            rewards = (generator.random(10) < 0.05).astype(np.float64)
+            slates.append(LoggedSlate(pool_features, scores, draw.rows, draw.propensities, rewards))
+            targets.append(scores + generator.normal(scale=0.5, size=serving.pool))
+        policy = ExplorationPolicy(serving.share, serving.temperature, serving.pool)
+        started = time.perf_counter()
+        policy_evaluate(slates=slates, target_scores=targets, policy=policy, rng=np.random.default_rng(0))
+        print(f"policy_evaluate, {count:,} slates of 10 slots: {time.perf_counter() - started:.2f} s")
 
 
 if __name__ == "__main__":

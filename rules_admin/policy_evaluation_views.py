@@ -19,7 +19,7 @@ from surface_app.interface import placement_names
 
 VIEW_PERMISSION = "graph_app.view_modelversion"
 # The page runs in the request: a bounded number of the most recent slates (a few seconds at most).
-CONSOLE_MAX_SLATES = 5000
+CONSOLE_MAX_SLATES = 3000
 WINDOWS = (7, 14, 30)
 DEFAULT_DAYS = 14
 REWARDS = (("click", "Clicks per slate"), ("revenue", "Revenue per slate"))
