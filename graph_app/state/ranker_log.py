@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from graph_app.models import Item
 from graph_app.state.models import Event, RankerSlate
 
 # Request ids per query when reading the rewards of logged slates (one IN list each).
@@ -98,7 +99,8 @@ def ranker_slates_logged(
 ) -> list[RankerSlateLogged]:
     """The placement's logged ranker slates served in [since, until), the most recent first and at most
     `max_slates` (memory: about 3 KB each), with each evaluable slot's reward: 1.0 when the shopper clicked the
-    item from that slate (reward "click"), or the value of the purchases attributed to it ("revenue")."""
+    item from that slate (reward "click"), or the value of the purchases attributed to it ("revenue": a purchase
+    without a value counts the item's price)."""
     if reward not in REWARD_EVENT_TYPES:
         raise ValueError(f"reward must be one of {sorted(REWARD_EVENT_TYPES)}")
     rows = list(
@@ -141,9 +143,11 @@ def ranker_slates_logged(
 
 
 def _slot_outcomes(*, request_ids: Collection[str], since: datetime, reward: str) -> dict[tuple[str, str], float]:
-    """(request id, item id) -> reward of the events attributed to these slates since `since`."""
+    """(request id, item id) -> reward of the events attributed to these slates since `since`. A purchase without
+    a value counts its item's catalog price, as the dashboard's revenue does."""
     types = list(REWARD_EVENT_TYPES[reward])
     outcomes: dict[tuple[str, str], float] = {}
+    unpriced: list[tuple[tuple[str, str], str]] = []
     ids = list(request_ids)
     for start in range(0, len(ids), REWARD_QUERY_CHUNK):
         events = Event.objects.filter(
@@ -156,6 +160,16 @@ def _slot_outcomes(*, request_ids: Collection[str], since: datetime, reward: str
             key = (request_id, item_id)
             if reward == "click":
                 outcomes[key] = 1.0
+            elif value is None:
+                unpriced.append((key, item_id))
             else:
-                outcomes[key] = outcomes.get(key, 0.0) + float(value or 0.0)
+                outcomes[key] = outcomes.get(key, 0.0) + float(value)
+    if unpriced:
+        prices = dict(
+            Item.objects.filter(external_id__in={item_id for _, item_id in unpriced}, price__isnull=False).values_list(
+                "external_id", "price"
+            )
+        )
+        for key, item_id in unpriced:
+            outcomes[key] = outcomes.get(key, 0.0) + float(prices.get(item_id) or 0.0)
     return outcomes

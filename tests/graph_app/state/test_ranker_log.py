@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from graph_app.state.log_erasure import shopper_logs_erase
 from graph_app.state.models import BanditDecision, Impression, RankerSlate
 from graph_app.state.ranker_log import evaluable_slots, ranker_slates_logged
 from graph_app.state.records import Attribution, EventInput, EventRecord
+from tests.factories import ItemFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -92,11 +94,13 @@ def test_a_logged_slate_reads_back_with_its_pool_and_each_slot_s_click():
 
 
 def test_revenue_sums_the_purchases_attributed_to_the_slot_and_the_cap_keeps_the_most_recent():
+    ItemFactory(external_id="sku-a", price=Decimal("12.50"))
     impressions_store(impressions=[record("r1", served_at=time.time() - 60), record("r2")])
     event_log_append(
         records=[
             click("p1", "r1", "sku-b", 0, "purchase", 20.0),
             click("p2", "r1", "sku-b", 0, "purchase", 5.0),
+            click("p3", "r1", "sku-a", 1, "purchase"),  # no value: the item's price
         ]
     )
     window = {"since": timezone.now() - timedelta(hours=1), "until": timezone.now() + timedelta(minutes=1)}
@@ -105,7 +109,7 @@ def test_revenue_sums_the_purchases_attributed_to_the_slot_and_the_cap_keeps_the
     both = ranker_slates_logged(placement="home", max_slates=5, reward="revenue", **window)
 
     assert latest.request_id == "r2"
-    assert both[1].rewards.tolist() == [25.0, 0.0]
+    assert both[1].rewards.tolist() == [25.0, 12.5]
     assert ranker_slates_logged(placement="search", max_slates=5, **window) == []
 
 
