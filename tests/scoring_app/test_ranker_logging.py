@@ -110,3 +110,29 @@ def test_without_exploration_every_propensity_is_1_and_the_pool_log_share_is_hon
     assert scores == sorted(scores, reverse=True)
     assert [logged for _, logged, _ in stored(body["request_id"])] == [1.0] * 5
     assert not RankerSlate.objects.exists()
+
+
+def test_context_items_lead_undrawn_and_the_draw_fills_the_shelf_after_them(trained_shop, settings):
+    from graph_app.similar_lists import similar_lists_refresh
+    from scoring_app.engine.retrieval import candidates_retrieve, user_state_fetch
+    from scoring_app.engine.scoring import slate_score
+
+    settings.SCORE_RANKER_EXPLORATION_SHARE = 1.0
+    similar_lists_refresh(k=5)
+    state = user_state_fetch(user_key="user-0", seeds=["lights-3"])
+    candidate_set, _ = candidates_retrieve(state=state)
+
+    result = slate_score(state=state, candidate_set=candidate_set, placement="product_page", k=20, explore_slot=9)
+
+    shelf = result.items[:10]
+    leading = [item for item in shelf if "context" in item.sources]
+    assert result.path == "ranker" and 0 < len(leading) < 10
+    assert shelf[: len(leading)] == leading  # the context's items first, in the ranker's order, not drawn
+    assert [item.score for item in leading] == sorted((item.score for item in leading), reverse=True)
+    assert all(item.logging_slot is None for item in leading)
+    drawn = shelf[len(leading) :]
+    assert [item.logging_slot for item in drawn] == list(range(len(drawn)))
+    assert all(0 < item.logging_propensity <= 1 for item in drawn)
+    assert all(item.logging_slot is None for item in result.items[10:])  # beyond the shelf: the ranker's order
+    record = result.ranker_pool.record(result.items[:10])
+    assert [served for _, _, served, _ in record["shown"]] == list(range(len(leading), 10))
