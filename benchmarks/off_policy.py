@@ -101,22 +101,25 @@ def candidate_scores(*, shop: Shop, candidate: str, features: np.ndarray) -> np.
     return features @ shop.ranker_weights[candidate]
 
 
-def serve_value(*, shop: Shop, candidate: str, policy, requests: int, seed: int, own_pool: bool) -> float:
-    """Mean expected clicks per slate of the candidate served with `slate_draw` on fresh requests."""
+def serve_value(*, shop: Shop, candidate: str, policy, requests: int, seed: int, own_pool: bool) -> tuple[float, float]:
+    """Mean expected clicks per slate of the candidate served with `slate_draw` on fresh requests, and its standard
+    error (the requests' spread: the truth is a measurement too)."""
     from scoring_app.engine.ranking_exploration import slate_draw
 
-    rng = np.random.default_rng(seed)
-    total = 0.0
+    # The requests come from their own generator: every policy and candidate is valued on the same requests, so
+    # that differences between them (exploration's cost) are not buried in the requests' noise.
+    request_rng, rng = np.random.default_rng(seed), np.random.default_rng(seed + 1)
+    values = []
     for _ in range(requests):
-        request = request_draw(shop=shop, rng=rng)
+        request = request_draw(shop=shop, rng=request_rng)
         rows = np.arange(CANDIDATES)
         if not own_pool:  # the serving ranker's pool, re-ranked by the candidate
             serving = candidate_scores(shop=shop, candidate="serving", features=request.features)
             rows = slate_draw(scores=serving, k=SLOTS, policy=policy, rng=rng).pool_rows
         scores = candidate_scores(shop=shop, candidate=candidate, features=request.features[rows])
         drawn = slate_draw(scores=scores, k=SLOTS, policy=policy, rng=rng)
-        total += float((EXAMINATION[: len(drawn.rows)] * request.attractiveness[rows[drawn.rows]]).sum())
-    return total / requests
+        values.append(float((EXAMINATION[: len(drawn.rows)] * request.attractiveness[rows[drawn.rows]]).sum()))
+    return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
 def log_collect(*, shop: Shop, policy, slates: int, seed: int) -> tuple[list, list[np.ndarray]]:
@@ -152,20 +155,22 @@ def evaluate_config(
     from scoring_app.off_policy import policy_evaluate
 
     deterministic = ExplorationPolicy(share=0.0, temperature=policy.temperature, pool=policy.pool)
-    truth = {
+    measured = {
         name: serve_value(shop=shop, candidate=name, policy=policy, requests=truth_requests, seed=7, own_pool=False)
         for name in candidates
     }
+    truth = {name: value for name, (value, _) in measured.items()}
+    truth_error = {name: error for name, (_, error) in measured.items()}
     own = {
-        name: serve_value(shop=shop, candidate=name, policy=policy, requests=truth_requests, seed=7, own_pool=True)
+        name: serve_value(shop=shop, candidate=name, policy=policy, requests=truth_requests, seed=7, own_pool=True)[0]
         for name in candidates
     }
     serving_exploring = serve_value(
         shop=shop, candidate="serving", policy=policy, requests=truth_requests, seed=7, own_pool=True
-    )
+    )[0]
     serving_deterministic = serve_value(
         shop=shop, candidate="serving", policy=deterministic, requests=truth_requests, seed=7, own_pool=True
-    )
+    )[0]
     errors: dict[str, dict[str, list[float]]] = {name: {"ips": [], "snips": [], "dr": []} for name in candidates}
     covered: dict[str, dict[str, list[bool]]] = {name: {"ips": [], "snips": [], "dr": []} for name in candidates}
     ess: dict[str, list[float]] = {name: [] for name in candidates}
@@ -187,6 +192,7 @@ def evaluate_config(
     return {
         "policy": policy,
         "truth": truth,
+        "truth_error": truth_error,
         "own": own,
         "serving_exploring": serving_exploring,
         "serving_deterministic": serving_deterministic,
@@ -200,8 +206,8 @@ def evaluate_config(
 
 def config_table(result: dict) -> str:
     lines = [
-        "| candidate | true value / slate: re-ranking the pool (own pool) | IPS error % (covered) |"
-        " SNIPS error % (covered) | DR error % (covered) | ESS (slates) |",
+        "| candidate | true value / slate: re-ranking the pool ± its standard error (own pool) |"
+        " IPS error % (covered) | SNIPS error % (covered) | DR error % (covered) | ESS (slates) |",
         "|---|---|---|---|---|---|",
     ]
     for name, truth in result["truth"].items():
@@ -210,7 +216,8 @@ def config_table(result: dict) -> str:
             errors, covered = result["errors"][name][kind], result["covered"][name][kind]
             cells.append(f"{np.mean(errors):.1f} (max {np.max(errors):.1f}; {sum(covered)}/{len(covered)})")
         lines.append(
-            f"| {name} | {truth:.4f} ({result['own'][name]:.4f}) | {' | '.join(cells)} | "
+            f"| {name} | {truth:.4f} ± {result['truth_error'][name]:.4f} ({result['own'][name]:.4f}) |"
+            f" {' | '.join(cells)} | "
             f"{np.mean(result['ess'][name]):.0f} of {result['slates']} |"
         )
     return "\n".join(lines)
@@ -249,7 +256,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, help="instead of SCORE_RANKER_EXPLORATION_TEMPERATURE")
     parser.add_argument("--pool", type=int, help="instead of SCORE_RANKER_EXPLORATION_POOL")
     parser.add_argument("--truth-requests", type=int, default=TRUTH_REQUESTS)
-    parser.add_argument("--sweep-truth-requests", type=int, default=3000)
+    parser.add_argument("--sweep-truth-requests", type=int, default=6000)
     parser.add_argument("--record", action="store_true", help="write the figures to BENCHMARKS.md")
     args = parser.parse_args()
     django_setup()
@@ -302,8 +309,8 @@ def main() -> None:
             " popularity candidates):",
             "",
             "| share | temperature | pool | clicks lost to exploration % | SNIPS error % | DR error % |"
-            " DR intervals covering |",
-            "|---|---|---|---|---|---|---|",
+            " DR intervals covering | truth's standard error % |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for share, temperature, pool in [
             (0.2, 1.0, 30),
@@ -326,9 +333,12 @@ def main() -> None:
             snips = np.mean([np.mean(result["errors"][name]["snips"]) for name in result["truth"]])
             dr = np.mean([np.mean(result["errors"][name]["dr"]) for name in result["truth"]])
             covering = [hit for name in result["truth"] for hit in result["covered"][name]["dr"]]
+            truth_error = np.mean(
+                [result["truth_error"][name] / result["truth"][name] * 100 for name in result["truth"]]
+            )
             rows.append(
                 f"| {share} | {temperature} | {pool} | {quality_cost(result):.1f} | {snips:.1f} | {dr:.1f} |"
-                f" {sum(covering)}/{len(covering)} |"
+                f" {sum(covering)}/{len(covering)} | {truth_error:.1f} |"
             )
             print(rows[-1], flush=True)
         body.extend(rows)

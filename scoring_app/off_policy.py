@@ -9,8 +9,8 @@ Estimators, per slate, under the additive item-position reward model (a slate's 
 a reward that depends only on the row and the slot: the "pseudo-inverse" / item-position estimator):
 
 - IPS: sum over slots of w * reward, w = P_c(shown row at slot) / P_logged(shown row at slot). Unbiased.
-- SNIPS: per slot, sum(w * reward) / sum(w) over slates (E[w] = 1 per slot), summed over slots. Slightly biased,
-  much less variable when the weights are.
+- SNIPS: per slot, sum(w * reward) / sum(w) over the slates that have the slot (E[w] = 1 there), times their share
+  of the slates, summed over slots. Slightly biased, much less variable when the weights are.
 - DR: a reward model's prediction of the candidate's slate (sum over rows and slots of P_c * predicted reward) plus
   the IPS of the model's residuals. Unbiased if either the propensities or the model are right; the model (a
   logistic regression of the reward on the pool's features and a per-slot offset, a position-based click model;
@@ -27,7 +27,14 @@ model ignores it; position-based examination, which the simulator has, is fine);
 the log has none (rows outside the logged pool cannot be evaluated, so the candidate is evaluated as a re-ranker
 of the serving pool; with exploration off, every propensity is 1 and only the serving ranking itself has support);
 and propensities that are tiny where the candidate's are large (unbiased, but the weights' variance, which the
-effective sample size shows). Pure numpy; rewards and propensities come from the log.
+effective sample size shows, and intervals that cover less than 95 % when a few huge weights dominate). The
+logged propensities are used as logged; `logging_scores` stay in the record so that they can be recomputed
+(`slot_marginals`) and checked.
+
+How good (benchmarks/off_policy.py, a SYNTHETIC shop with a position-based click model; BENCHMARKS.md "Issue 22:
+off-policy evaluation"): with the default exploration, SNIPS and DR are within about 2 to 5 % of a candidate's
+served value at 50,000 logged impressions; 5,000 slates evaluate in a second or two. Pure numpy; rewards and
+propensities come from the log.
 """
 
 from __future__ import annotations

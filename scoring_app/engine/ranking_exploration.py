@@ -192,18 +192,16 @@ def slate_draw(*, scores: np.ndarray, k: int, policy: ExplorationPolicy, rng: np
     slots = min(k, len(pool_rows))
     if policy.share <= 0.0:
         return SlateDraw(rows=pool_rows[:slots], propensities=np.ones(slots), pool_rows=pool_rows)
-    pool_scores = scores[pool_rows][None, :]
+    logits = pool_logits(scores[pool_rows][None, :], policy.temperature)
     if policy.share >= 1.0 or rng.random() < policy.share:
-        perturbed = pool_logits(pool_scores, policy.temperature)[0] + rng.gumbel(size=len(pool_rows))
-        positions = np.argsort(-perturbed, kind="stable")[:slots]
+        positions = np.argsort(-(logits[0] + rng.gumbel(size=len(pool_rows))), kind="stable")[:slots]
     else:
         positions = np.arange(slots)
-    marginals = _pool_marginals_batch(pool_scores=pool_scores, k=slots, policy=policy)[0]
-    return SlateDraw(
-        rows=pool_rows[positions],
-        propensities=marginals[positions, np.arange(slots)],
-        pool_rows=pool_rows,
-    )
+    # the mixture's marginals (_pool_marginals_batch) at the shown cells only
+    slot_order = np.arange(slots)
+    drawn = plackett_luce_marginals_batch(logits=logits, k=slots)[0, positions, slot_order]
+    propensities = (1.0 - policy.share) * (positions == slot_order) + policy.share * drawn
+    return SlateDraw(rows=pool_rows[positions], propensities=propensities, pool_rows=pool_rows)
 
 
 def slot_marginals(
