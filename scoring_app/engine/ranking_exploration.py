@@ -21,15 +21,17 @@ the polynomials leave one row out through prefix and suffix products, so nothing
 The trade-off (benchmarks/off_policy.py, a synthetic shop; BENCHMARKS.md "Issue 22: off-policy evaluation"):
 exploration costs clicks (a drawn slate is a worse-than-best ranking) and buys off-policy accuracy, because the
 item-position weights P_candidate / P_logged stay small only where the log puts real mass on what a candidate would
-show at each slot. A share of 0.2 at temperature 1 over a pool of 30 cost about 6 % of the serving ranker's clicks
-and left the candidates an effective sample under 1 % of the log (errors near 20 % at 50,000 impressions); the
-defaults, share 0.5 at temperature 1.5 over a pool of 12, cost about 5 to 7 % and keep self-normalized IPS and DR
-within 5 % there. A small pool is what makes it cheap, and it is also the limit: a candidate is evaluated as a
-re-ranker of the serving ranker's pool, so items it would bring in from outside the pool are not seen (the
-simulator's `popularity` is worth 0.39 clicks per slate served from all candidates, 0.70 re-ranking the pool).
+show at each slot. A share of 0.2 at temperature 1 over a pool of 30 cost about 4 % of the serving ranker's clicks
+and bought almost nothing (errors near 19 % at 50,000 logged impressions: over 30 rows the log's probability of a
+candidate's choice at its slot is too small). The defaults, share 0.5 at temperature 1.5 over a pool of 12, cost
+5 % and keep self-normalized IPS and DR within 2 to 4.5 % on average there; share 0.3 costs 3 % for about a
+third of the effective sample, share 0.7 costs 7.5 % for errors under 2 %. A small pool is what makes it cheap,
+and it is also the limit: a candidate is evaluated as a re-ranker of the serving ranker's pool, so items it would
+bring in from outside the pool are not seen (the simulator's `popularity` is worth 0.40 clicks per slate served
+from all candidates, 0.71 re-ranking the pool).
 
-Cost: one slate_draw is a few hundred microseconds of CPU for a pool of 12 to 30 and k = 10 (BENCHMARKS.md), mostly
-numpy's per-call overhead in the loop over the pool's rows.
+Cost: one slate_draw is about 0.5 ms of CPU on a slow, busy machine for 30 scores, a pool of 12 and k = 10 (a third
+of that on the fastest machine seen here), mostly numpy's per-call overhead in the loop over the pool's rows.
 
 Pure numpy, no Django except `policy_from_settings`; the serving path and the simulator both call it, so the
 benchmark exercises serving's code.
