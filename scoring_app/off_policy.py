@@ -107,6 +107,7 @@ def policy_evaluate(
         raise ValueError("target_scores must have one array per slate")
     if not slates:
         raise ValueError("no logged slates to evaluate")
+    _validate(slates=slates, target_scores=target_scores)
     batch = _flatten(slates=slates, target_scores=target_scores, policy=policy)
     count = len(slates)
     per_slate = np.bincount(batch.slate_of_slot, weights=batch.rewards, minlength=count)
@@ -126,6 +127,23 @@ def policy_evaluate(
     )
 
 
+def _validate(*, slates: Sequence[LoggedSlate], target_scores: Sequence[np.ndarray]) -> None:
+    """A malformed logged slate is refused with its index, before any work."""
+    for index, (slate, scores) in enumerate(zip(slates, target_scores, strict=True)):
+        rows = len(slate.pool_features)
+        shown = np.asarray(slate.shown)
+        if len(shown) == 0:
+            raise ValueError(f"slate {index}: nothing shown")
+        if not len(shown) == len(slate.propensities) == len(slate.rewards):
+            raise ValueError(f"slate {index}: shown, propensities and rewards differ in length")
+        if len(scores) != rows:
+            raise ValueError(f"slate {index}: target_scores need one score per pool row")
+        if shown.min() < 0 or shown.max() >= rows or len(np.unique(shown)) != len(shown):
+            raise ValueError(f"slate {index}: shown must be distinct pool rows")
+        if (np.asarray(slate.propensities, dtype=np.float64) <= 0).any():
+            raise ValueError(f"slate {index}: a logged propensity is not positive")
+
+
 def _flatten(
     *, slates: Sequence[LoggedSlate], target_scores: Sequence[np.ndarray], policy: ExplorationPolicy
 ) -> _Batch:
@@ -143,8 +161,6 @@ def _flatten(
         shown = np.asarray(slate.shown, dtype=np.int64)
         positions = np.arange(len(shown))
         propensities = np.asarray(slate.propensities, dtype=np.float64)
-        if (propensities <= 0).any():
-            raise ValueError(f"slate {index}: a logged propensity is not positive")
         slate_of_slot.append(np.full(len(shown), index))
         slot.append(positions)
         weights.append(candidate[index][shown, positions] / propensities)

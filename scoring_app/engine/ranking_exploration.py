@@ -21,15 +21,17 @@ the polynomials leave one row out through prefix and suffix products, so nothing
 The trade-off (benchmarks/off_policy.py, a synthetic shop; BENCHMARKS.md "Issue 22: off-policy evaluation"):
 exploration costs clicks (a drawn slate is a worse-than-best ranking) and buys off-policy accuracy, because the
 item-position weights P_candidate / P_logged stay small only where the log puts real mass on what a candidate would
-show at each slot. A share of 0.2 at temperature 1 over a pool of 30 cost about 6 % of the serving ranker's clicks
-and left the candidates an effective sample under 1 % of the log (errors near 20 % at 50,000 impressions); the
-defaults, share 0.5 at temperature 1.5 over a pool of 12, cost about 5 to 7 % and keep self-normalized IPS and DR
-within 5 % there. A small pool is what makes it cheap, and it is also the limit: a candidate is evaluated as a
-re-ranker of the serving ranker's pool, so items it would bring in from outside the pool are not seen (the
-simulator's `popularity` is worth 0.39 clicks per slate served from all candidates, 0.70 re-ranking the pool).
+show at each slot. A share of 0.2 at temperature 1 over a pool of 30 cost about 4 % of the serving ranker's clicks
+and bought almost nothing (errors near 19 % at 50,000 logged impressions: over 30 rows the log's probability of a
+candidate's choice at its slot is too small). The defaults, share 0.5 at temperature 1.5 over a pool of 12, cost
+5 % and keep self-normalized IPS and DR within 2 to 4.5 % on average there; share 0.3 costs 3 % for about a
+third of the effective sample, share 0.7 costs 7.5 % for errors under 2 %. A small pool is what makes it cheap,
+and it is also the limit: a candidate is evaluated as a re-ranker of the serving ranker's pool, so items it would
+bring in from outside the pool are not seen (the simulator's `popularity` is worth 0.40 clicks per slate served
+from all candidates, 0.71 re-ranking the pool).
 
-Cost: one slate_draw is a few hundred microseconds of CPU for a pool of 12 to 30 and k = 10 (BENCHMARKS.md), mostly
-numpy's per-call overhead in the loop over the pool's rows.
+Cost: one slate_draw is about 0.5 ms of CPU on a slow, busy machine for 30 scores, a pool of 12 and k = 10 (a third
+of that on the fastest machine seen here), mostly numpy's per-call overhead in the loop over the pool's rows.
 
 Pure numpy, no Django except `policy_from_settings`; the serving path and the simulator both call it, so the
 benchmark exercises serving's code.
@@ -173,6 +175,35 @@ def plackett_luce_marginals_batch(*, logits: np.ndarray, k: int) -> np.ndarray:
     return result
 
 
+def _plackett_luce_single(logits: np.ndarray, k: int) -> np.ndarray:
+    """`plackett_luce_marginals_batch` of one pool with every weight positive, without the batch's bookkeeping:
+    the same grid and arithmetic (so the same numbers), fewer numpy calls for slate_draw on the hot path."""
+    n = len(logits)
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    result = np.empty((n, k))
+    result[:, 0] = weights
+    if k == 1:
+        return result
+    slowest = np.sort(weights)[: n - k + 1].sum()
+    t = np.exp(np.arange(np.log(_T_LOW), np.log(_DECAYED / slowest) + _STEP, _STEP))
+    below = np.exp(np.outer(-weights, t))  # (n, g)
+    factor_below = np.stack([below, below[::-1]], axis=1)[:, :, None, :]  # (n, 2, 1, g)
+    factor_above = 1.0 - factor_below
+    polys = np.zeros((n + 1, 2, k, len(t)))
+    polys[0, :, 0] = 1.0
+    shifted = np.empty((2, k - 1, len(t)))
+    for m in range(n):
+        np.multiply(polys[m], factor_below[m], out=polys[m + 1])
+        np.multiply(polys[m][:, :-1], factor_above[m], out=shifted)
+        polys[m + 1][:, 1:] += shifted
+    before = polys[:n, 0] * (below * (t * _STEP) * weights[:, None])[:, None, :]  # (n, k, g)
+    reversed_after = polys[n - 1 :: -1, 1][:, ::-1, :]
+    for rank in range(1, k):
+        result[:, rank] = np.einsum("nag,nag->n", before[:, : rank + 1], reversed_after[:, k - 1 - rank :])
+    return result
+
+
 def _pool_marginals_batch(*, pool_scores: np.ndarray, k: int, policy: ExplorationPolicy) -> np.ndarray:
     """(b, n, k): the mixture's P(pool position at slot) for b pools, each best first, NaN-padded to n."""
     deterministic = np.broadcast_to(np.eye(pool_scores.shape[1], k), (len(pool_scores), pool_scores.shape[1], k))
@@ -192,14 +223,14 @@ def slate_draw(*, scores: np.ndarray, k: int, policy: ExplorationPolicy, rng: np
     slots = min(k, len(pool_rows))
     if policy.share <= 0.0:
         return SlateDraw(rows=pool_rows[:slots], propensities=np.ones(slots), pool_rows=pool_rows)
-    logits = pool_logits(scores[pool_rows][None, :], policy.temperature)
+    logits = pool_logits(scores[pool_rows][None, :], policy.temperature)[0]
     if policy.share >= 1.0 or rng.random() < policy.share:
-        positions = np.argsort(-(logits[0] + rng.gumbel(size=len(pool_rows))), kind="stable")[:slots]
+        positions = np.argsort(-(logits + rng.gumbel(size=len(pool_rows))), kind="stable")[:slots]
     else:
         positions = np.arange(slots)
     # the mixture's marginals (_pool_marginals_batch) at the shown cells only
     slot_order = np.arange(slots)
-    drawn = plackett_luce_marginals_batch(logits=logits, k=slots)[0, positions, slot_order]
+    drawn = _plackett_luce_single(logits, slots)[positions, slot_order]
     propensities = (1.0 - policy.share) * (positions == slot_order) + policy.share * drawn
     return SlateDraw(rows=pool_rows[positions], propensities=propensities, pool_rows=pool_rows)
 

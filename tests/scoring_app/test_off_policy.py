@@ -208,5 +208,19 @@ def test_bad_logs_are_refused():
         policy_evaluate(slates=[slate], target_scores=[np.zeros(2)], policy=POLICY, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="one array per slate"):
         policy_evaluate(slates=[slate], target_scores=[], policy=POLICY, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="distinct pool rows"):
+        policy_evaluate(
+            slates=[LoggedSlate(features, np.zeros(2), np.array([2]), np.array([0.5]), np.array([1.0]))],
+            target_scores=[np.zeros(2)],
+            policy=POLICY,
+            rng=np.random.default_rng(0),
+        )
+    with pytest.raises(ValueError, match="one score per pool row"):
+        policy_evaluate(
+            slates=[LoggedSlate(features, np.zeros(2), np.array([1]), np.array([0.5]), np.array([1.0]))],
+            target_scores=[np.zeros(3)],
+            policy=POLICY,
+            rng=np.random.default_rng(0),
+        )
     with pytest.raises(ValueError, match="no logged slates"):
         policy_evaluate(slates=[], target_scores=[], policy=POLICY, rng=np.random.default_rng(0))
