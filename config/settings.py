@@ -399,6 +399,27 @@ SCORE_EXPLORATION_SLOTS = int(os.environ.get("SCORE_EXPLORATION_SLOTS", "1"))
 # The bandit's picks for a user in a placement are drawn with the same random numbers for this long (each user's
 # window starts at an offset of their own), so that repeated requests do not reshuffle the shelf (0: every request).
 SCORE_EXPLORATION_RESEED_SECONDS = int(os.environ.get("SCORE_EXPLORATION_RESEED_SECONDS", "3600"))
+# Ranker exploration, so that a candidate ranker can be evaluated off-policy from the log
+# (scoring_app/engine/ranking_exploration.py): this share of ranker slates is drawn (Plackett-Luce over the pool's
+# standardized scores at this temperature) instead of being the deterministic top k, from the POOL best candidates
+# (at least k), and every slot logs its item's probability at that slot; 0 turns it off (every propensity 1). The
+# defaults are the off-policy simulator's cheapest setting that meets issue 22's goal (self-normalized IPS and DR
+# within 5 % at 50,000 logged impressions): it costs about 5 % of the serving ranker's clicks there. Less share or
+# a lower temperature costs less and needs a longer log for the same error (share 0.3: 3 %, about 3 times the
+# log); a larger pool lets a candidate bring in more of the retrieved items and costs more (BENCHMARKS.md,
+# "Issue 22: off-policy evaluation").
+SCORE_RANKER_EXPLORATION_SHARE = float(os.environ.get("SCORE_RANKER_EXPLORATION_SHARE", "0.5"))
+SCORE_RANKER_EXPLORATION_TEMPERATURE = float(os.environ.get("SCORE_RANKER_EXPLORATION_TEMPERATURE", "1.5"))
+SCORE_RANKER_EXPLORATION_POOL = int(os.environ.get("SCORE_RANKER_EXPLORATION_POOL", "12"))
+# The share of ranker slates whose pool (items, feature rows, scores: about 3 KB in the stream and 1.8 KB a row in
+# PostgreSQL at 12 items, where a 10-slot slate's impressions take 1.2 KB) is logged for off-policy evaluation
+# (graph_app_rankerslate); every ranker slot logs its propensity regardless. 1 logs them all; lower it when the
+# log's size matters more than the evaluation's precision (the intervals widen as 1 / sqrt(share)).
+SCORE_RANKER_POOL_LOG_SHARE = float(os.environ.get("SCORE_RANKER_POOL_LOG_SHARE", "1.0"))
+# A placement whose logged ranker slates gate the training's automatic promotion of a new ranker: it is not promoted
+# when off-policy evaluation finds it significantly worse than the serving policy there (scoring_app/
+# policy_evaluation.py `ranker_off_policy_gate`). Empty (the default): no such gate.
+SCORE_RANKER_OPE_GATE_PLACEMENT = os.environ.get("SCORE_RANKER_OPE_GATE_PLACEMENT", "")
 
 # Scheduled training tunes itself: each embeddings and ranker training holds out the latest slice of each user's
 # history and searches its settings on it within this many seconds each (0 or TRAINING_SEARCH=0: the default

@@ -77,6 +77,7 @@ from graph_app.model_registry.selectors import (
     model_artifact_arrays,
     model_version_active,
     model_version_kind,
+    model_versions_of_kind,
     model_versions_serving,
 )
 from graph_app.model_registry.services import (
@@ -249,6 +250,7 @@ __all__ = [
     "model_version_register",
     "model_version_retire",
     "model_version_rollback",
+    "model_versions_of_kind",
     "model_versions_serving",
     "model_versions_serving_rows",
     "models_serving_publish",

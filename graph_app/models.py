@@ -5,9 +5,9 @@ from pgvector.django import IvfflatIndex, VectorField
 # The model registry, the logs and the custom event types live in their own packages; imported here so Django
 # registers them with Graph's models.
 from graph_app.model_registry.models import ModelVersion
-from graph_app.state.models import BanditDecision, CustomEventType, Event, EventId, Impression
+from graph_app.state.models import BanditDecision, CustomEventType, Event, EventId, Impression, RankerSlate
 
-__all__ = ["BanditDecision", "CustomEventType", "Event", "EventId", "Impression", "ModelVersion"]
+__all__ = ["BanditDecision", "CustomEventType", "Event", "EventId", "Impression", "ModelVersion", "RankerSlate"]
 
 
 class Item(models.Model):

@@ -28,6 +28,10 @@ class Candidate:
 
     # Score: when the contextual bandit chose the item, the probability it had of being chosen.
     propensity: float | None = None
+    # Score: when the ranker's logging policy placed the item (`scoring_app.engine.ranking_exploration`), its slot in
+    # the ranker's draw and its probability of being there (what off-policy evaluation of another ranker divides by).
+    logging_slot: int | None = None
+    logging_propensity: float | None = None
     # Score: the item's entity keys as the feature read found them ("category:x|brand:y"; b"": none; None: not
     # read), so that the Surface's rules and caps need not read them again.
     entity_payload: bytes | None = None

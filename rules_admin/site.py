@@ -64,14 +64,15 @@ class ConsoleSite(admin.AdminSite):
         return apps
 
     def _console_tools(self, request: HttpRequest) -> list[dict[str, Any]]:
-        """The console's own pages (preview, dashboard, experiments, blocking) on the index, for those allowed to see
-        them."""
+        """The console's own pages (preview, dashboard, experiments, evaluation, blocking) on the index, for those
+        allowed to see them."""
         from django.urls import reverse
 
         pages = [
             ("Preview and explain", "console:preview", "surface_app.view_businessrule"),
             ("Dashboard", "console:dashboard", "graph_app.view_impression"),
             ("Experiments", "console:experiments", "surface_app.view_experiment"),
+            ("Off-policy evaluation", "console:policy-evaluation", "graph_app.view_modelversion"),
             ("Block a category or brand", "console:block", "surface_app.add_businessrule"),
         ]
         return [

@@ -7,4 +7,5 @@ urlpatterns = [
     path("dashboard/", include("rules_admin.dashboard_urls")),
     path("experiments/", include("rules_admin.experiment_urls")),
     path("conditions/", include("rules_admin.condition_urls")),
+    path("evaluation/", include("rules_admin.policy_evaluation_urls")),
 ]

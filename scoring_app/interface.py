@@ -3,6 +3,8 @@ Re-exports of the modules that implement them.
 
 - Training: the ranker (`ranker_train`) and the whole chain of scheduled trainings in order (`training_chain_run`).
 - Checks: retrieval's online/offline skew (`retrieval_skew_check`).
+- Off-policy evaluation: a candidate ranker version's (or popularity's) estimated value on a placement's logged
+  ranker slates (`policy_evaluate_logged`, with the versions it may be: `candidate_versions`).
 
 - Serving (the hot path, `scoring_app.engine`): the user's state in one round trip (`user_state_fetch`, which
   takes the caller's own reads as `StateReads`), the candidates of every retrieval source (`candidates_retrieve`),
@@ -27,26 +29,39 @@ from scoring_app.engine.retrieval import (
     similar_items,
     user_state_fetch,
 )
-from scoring_app.engine.scoring import CONTEXT_SOURCE, ScoreResult, slate_score
+from scoring_app.engine.scoring import CONTEXT_SOURCE, RankerPool, ScoreResult, slate_score
+from scoring_app.policy_evaluation import (
+    POPULARITY,
+    PolicyEvaluationError,
+    PolicyEvaluationReport,
+    candidate_versions,
+    policy_evaluate_logged,
+)
 from scoring_app.skew import RetrievalSkewReport, retrieval_skew_check
 from scoring_app.training import RankerTrainingReport, ranker_train
 from scoring_app.training_chain import TRAINING_TASKS, TaskRun, training_chain_run
 
 __all__ = [
     "CONTEXT_SOURCE",
+    "POPULARITY",
     "RANKER",
     "TRAINING_TASKS",
     "BanditLog",
     "CandidateSet",
+    "PolicyEvaluationError",
+    "PolicyEvaluationReport",
+    "RankerPool",
     "RankerTrainingReport",
     "RetrievalSkewReport",
     "ScoreResult",
     "StateReads",
     "TaskRun",
     "UserState",
+    "candidate_versions",
     "candidates_retrieve",
     "models_preload",
     "models_refresh",
+    "policy_evaluate_logged",
     "popular_fallback",
     "ranker_inputs",
     "ranker_train",

@@ -83,6 +83,7 @@ from scoring_app.engine.retrieval import (
     item_model_rows,
     similar_rows,
 )
+from scoring_app.policy_evaluation import ranker_off_policy_gate
 from scoring_app.ranker import RankingData, ranker_fit
 
 logger = logging.getLogger(__name__)
@@ -642,6 +643,8 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
         feature_names=list(FEATURE_NAMES),
         training_window=_window(interactions, holdout),
     )
+    if promoted and settings.SCORE_RANKER_OPE_GATE_PLACEMENT:
+        promoted = _off_policy_gate(model_version, gate_figures)
     if promoted:
         ranker_compile_ahead(bytes(model_version.artifact))
         model_version_promote(model_version=model_version)
@@ -660,6 +663,17 @@ def ranker_train(*, now: datetime | None = None, search: bool | None = None) -> 
     )
     logger.info("score.ranker_trained", extra=report.__dict__)
     return report
+
+
+def _off_policy_gate(model_version: Any, gate_figures: dict[str, object]) -> bool:
+    """The off-policy gate on SCORE_RANKER_OPE_GATE_PLACEMENT's log (`ranker_off_policy_gate`), recorded with the
+    version's gate figures; whether it passed."""
+    gate = ranker_off_policy_gate(version=model_version.version)
+    gate_figures["off_policy"] = gate.figures()
+    gate_figures["passed"] = gate.passed
+    model_version.metrics["gate"] = gate_figures
+    model_version.save(update_fields=["metrics"])
+    return gate.passed
 
 
 def _window(interactions: Interactions, holdout: Holdout) -> tuple[datetime | None, datetime | None]:

@@ -49,4 +49,9 @@ def impression_log_maintain_task() -> dict[str, object]:
     from graph_app.state.interface import impression_log_maintain
 
     report = impression_log_maintain()
-    return {"created": report.created, "dropped": report.dropped, "default_rows_deleted": report.default_rows_deleted}
+    return {
+        "created": report.created,
+        "dropped": report.dropped,
+        "default_rows_deleted": report.default_rows_deleted,
+        "ranker_slates_deleted": report.ranker_slates_deleted,
+    }

@@ -62,3 +62,14 @@ def model_versions_serving() -> list[ServingVersion]:
             "kind", "state", "version", "created_at", "canary_percent"
         )
     ]
+
+
+def model_versions_of_kind(*, kind: str, limit: int = 50) -> list[ServingVersion]:
+    """The `limit` newest versions of a kind in any state (what off-policy evaluation may score); one query."""
+    rows = ModelVersion.objects.filter(kind=kind).order_by("-created_at")[:limit]
+    return [
+        ServingVersion(kind=kind, state=state, version=version, created_at=created_at, canary_percent=percent)
+        for kind, state, version, created_at, percent in rows.values_list(
+            "kind", "state", "version", "created_at", "canary_percent"
+        )
+    ]

@@ -8,7 +8,8 @@ from typing import Any
 
 from django.db import transaction
 
-from graph_app.state.models import BanditDecision, Impression
+from graph_app.state.models import BanditDecision, Impression, RankerSlate
+from graph_app.state.ranker_log import ranker_slate_row
 
 
 def impression_slates_logged(*, request_ids: list[str], since: datetime) -> dict[str, dict[str, Any]]:
@@ -28,9 +29,9 @@ def impression_slates_logged(*, request_ids: list[str], since: datetime) -> dict
 
 
 def impressions_store(*, impressions: list[dict[str, Any]]) -> None:
-    """One row per item shown, and one per decision of the contextual bandit (what it could have shown); a
-    replayed entry is ignored (unique on request id, slot and serving time, which a replay repeats, and on request
-    id)."""
+    """One row per item shown, one per decision of the contextual bandit (what it could have shown) and one per
+    logged ranker pool (what the ranker drew from); a replayed entry is ignored (unique on request id, slot and
+    serving time, which a replay repeats, and on request id)."""
     rows = [
         _impression_row(record, item, experiment=record.get("experiment") or {})
         for record in impressions
@@ -49,10 +50,13 @@ def impressions_store(*, impressions: list[dict[str, Any]]) -> None:
         for record in impressions
         if record.get("bandit")
     ]
+    pools = [pool for record in impressions if (pool := ranker_slate_row(record)) is not None]
     with transaction.atomic():
         Impression.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
         if decisions:
             BanditDecision.objects.bulk_create(decisions, ignore_conflicts=True, batch_size=1000)
+        if pools:
+            RankerSlate.objects.bulk_create(pools, ignore_conflicts=True, batch_size=200)
 
 
 def _impression_row(record: dict[str, Any], item: dict[str, Any], *, experiment: dict[str, Any]) -> Impression:
@@ -67,6 +71,7 @@ def _impression_row(record: dict[str, Any], item: dict[str, Any], *, experiment:
         model_version=record.get("model_version") or "",
         served_at=datetime.fromtimestamp(record["served_at"], tz=UTC),
         propensity=item.get("propensity"),
+        logging_propensity=item.get("logging_propensity"),
         variant=record.get("variant") or "",
         rules=item.get("rules") or [],
         path=record.get("path") or "",

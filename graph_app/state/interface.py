@@ -6,7 +6,8 @@ stream brought (`event_log_append`, `events_apply_online`, `impressions_store`),
 (`online_state_rebuild`); Score reads popularity on its own pipeline (`popular_items_queue`); Surface logs
 impressions (`impression_log_call`, `impression_log_queue`), reads and keeps the shopper's experiment assignment
 unit on its own pipelines (`assignment_unit_queue`, `assignment_unit_keep_queue`) and reads an experiment's
-outcomes (`experiment_outcomes`). Nothing else reads or writes these keys and tables.
+outcomes (`experiment_outcomes`); off-policy evaluation reads the ranker's logged slates (`ranker_slates_logged`).
+Nothing else reads or writes these keys and tables.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from graph_app.state.log_reads import (
 )
 from graph_app.state.online_erasure import user_state_erase, user_state_keys
 from graph_app.state.popularity import PopularityReport, popularity_refresh
+from graph_app.state.ranker_log import REWARD_EVENT_TYPES, RankerSlateLogged, ranker_slates_logged
 from graph_app.state.reads import (
     PopularRead,
     affinity_queue,
@@ -100,6 +102,7 @@ __all__ = [
     "PRE_EXPOSURE_DAYS",
     "RECENT_ITEMS_KEPT",
     "RECENT_ITEMS_TTL_SECONDS",
+    "REWARD_EVENT_TYPES",
     "Attribution",
     "CountersReport",
     "EventInput",
@@ -114,6 +117,7 @@ __all__ = [
     "PlacementDayOutcomes",
     "PopularRead",
     "PopularityReport",
+    "RankerSlateLogged",
     "SessionMerge",
     "ShopperLogTrace",
     "ShopperLogsErased",
@@ -153,6 +157,7 @@ __all__ = [
     "popular_items_queue",
     "popularity_refresh",
     "purchased_queue",
+    "ranker_slates_logged",
     "recent_items_queue",
     "session_state_merge",
     "shopper_log_trace",

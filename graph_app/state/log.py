@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from graph_app.services import shoppers_ensure
+from graph_app.state.ranker_log import ranker_slates_prune
 from graph_app.state.records import EventRecord
 from personalization.partitions import RangePartitions
 
@@ -192,15 +193,23 @@ class ImpressionLogMaintenance:
     created: list[str]
     dropped: list[str]
     default_rows_deleted: int
+    ranker_slates_deleted: int = 0
 
 
 def impression_log_maintain(
     *, days_ahead: int = IMPRESSION_DAYS_AHEAD, retention_days: int | None = None, now: datetime | None = None
 ) -> ImpressionLogMaintenance:
     """The impression log's daily partitions exist for today and `days_ahead` days, and those wholly older than
-    the retention (IMPRESSION_LOG_RETENTION_DAYS; 0 keeps everything) are dropped."""
+    the retention (IMPRESSION_LOG_RETENTION_DAYS; 0 keeps everything) are dropped, with the ranker's logged pools
+    of that age (useless without their impressions)."""
     now = now or timezone.now()
     retention = settings.IMPRESSION_LOG_RETENTION_DAYS if retention_days is None else retention_days
     created = IMPRESSION_LOG.ensure(ahead=days_ahead, now=now)
-    dropped, deleted = IMPRESSION_LOG.drop_before(now - timedelta(days=retention)) if retention > 0 else ([], 0)
-    return ImpressionLogMaintenance(created=created, dropped=dropped, default_rows_deleted=deleted)
+    if retention <= 0:
+        return ImpressionLogMaintenance(created=created, dropped=[], default_rows_deleted=0)
+    horizon = now - timedelta(days=retention)
+    dropped, deleted = IMPRESSION_LOG.drop_before(horizon)
+    pools = ranker_slates_prune(before=horizon)
+    return ImpressionLogMaintenance(
+        created=created, dropped=dropped, default_rows_deleted=deleted, ranker_slates_deleted=pools
+    )

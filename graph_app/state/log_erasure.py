@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Q, QuerySet
 
-from graph_app.state.models import BanditDecision, Event, EventId, Impression
+from graph_app.state.models import BanditDecision, Event, EventId, Impression, RankerSlate
 
 
 @dataclass
@@ -25,6 +25,8 @@ class ShopperLogsErased:
     events: int
     impressions: int
     bandit_decisions: int
+    # The ranker's logged pools of its slates (their feature rows hold the shopper's user x item features).
+    ranker_slates: int = 0
 
 
 def _events(user_id: str, session_ids: Collection[str]) -> QuerySet[Event]:
@@ -47,8 +49,8 @@ def shopper_log_trace(*, user_id: str, session_ids: Collection[str], user_keys: 
 def shopper_logs_erase(
     *, user_id: str, session_ids: Collection[str], user_keys: Collection[str], request_ids: Collection[str]
 ) -> ShopperLogsErased:
-    """The shopper's events (and their ids), impressions, and the bandit's decisions of its slates (`request_ids`
-    and those of its impressions), deleted."""
+    """The shopper's events (and their ids), impressions, and the bandit's decisions and the ranker's logged pools
+    of its slates (`request_ids` and those of its impressions), deleted."""
     events = _events(user_id, session_ids)
     event_ids = list(events.values_list("event_id", flat=True))
     erased_events, _ = events.delete()
@@ -56,5 +58,9 @@ def shopper_logs_erase(
     keys = sorted(user_keys)
     served = set(Impression.objects.filter(user_key__in=keys).values_list("request_id", flat=True))
     impressions, _ = Impression.objects.filter(user_key__in=keys).delete()
-    decisions, _ = BanditDecision.objects.filter(request_id__in=sorted(served | set(request_ids))).delete()
-    return ShopperLogsErased(events=erased_events, impressions=impressions, bandit_decisions=decisions)
+    slates = sorted(served | set(request_ids))
+    decisions, _ = BanditDecision.objects.filter(request_id__in=slates).delete()
+    pools, _ = RankerSlate.objects.filter(request_id__in=slates).delete()
+    return ShopperLogsErased(
+        events=erased_events, impressions=impressions, bandit_decisions=decisions, ranker_slates=pools
+    )

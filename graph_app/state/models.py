@@ -1,6 +1,7 @@
 """The durable logs and the event types staff register: the event log (partitioned by month, raw SQL in
 `signals_app` migrations 0003), its idempotency keys, the impression log (partitioned by day, migration 0008), the
-bandit's decision log and custom event types. Their tables keep the names they had in `signals_app`."""
+bandit's decision log, the ranker's logged pools and custom event types. The tables that came from `signals_app`
+keep the names they had there."""
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -101,6 +102,10 @@ class Impression(models.Model):
     # Set when the contextual bandit chose the item: the probability it had of being chosen for its slot, given
     # the bandit's earlier picks in the slate (what off-policy learning and evaluation divide by).
     propensity = models.FloatField(null=True, blank=True)
+    # Set when the ranker's stochastic logging policy served the item (`scoring_app.engine.ranking_exploration`):
+    # its probability of being at its slot of the ranker's draw. Apart from `propensity` so that the bandit's
+    # learner (which reads rows with a propensity) never learns from the ranker's slots.
+    logging_propensity = models.FloatField(null=True, blank=True)
     # The cost the bandit was fed for this impression (negative: a reward); null until fed, so each learns once.
     bandit_cost = models.FloatField(null=True, blank=True)
     # The experiment running on the placement when the slate was served, and the shopper's variant in it (no
@@ -156,6 +161,39 @@ class BanditDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} ({len(self.actions)} actions)"
+
+
+class RankerSlate(models.Model):
+    """What the ranker drew a served slate from, for off-policy evaluation of another ranking (one row a logged
+    ranker slate): the pool's items (best first), their feature rows as the store served them, the serving
+    ranker's scores of them, the logging policy's parameters, and the pool rows it showed.
+
+    `features` is the pool's rows as little-endian float32 (len(item_ids) x len(feature_names), NaN: missing):
+    about a tenth of the same numbers in JSON. `shown` is [pool row, slot in the ranker's draw, slot served,
+    propensity] of each shown item the ranker's draw placed, in served order."""
+
+    request_id = models.CharField(max_length=100, unique=True)
+    placement = models.CharField(max_length=100)
+    served_at = models.DateTimeField()
+    model_version = models.CharField(max_length=60, blank=True, default="")
+    feature_names = models.JSONField(default=list)
+    item_ids = models.JSONField(default=list)
+    features = models.BinaryField()
+    logging_scores = models.JSONField(default=list)
+    policy = models.JSONField(default=dict)  # {"share", "temperature", "pool"}
+    shown = models.JSONField(default=list)
+
+    class Meta:
+        db_table = "graph_app_rankerslate"
+        ordering = ["-served_at"]
+        indexes = [
+            # Off-policy evaluation reads a placement's most recent slates; retention deletes by serving time.
+            models.Index(fields=["placement", "-served_at"], name="ranker_slate_placement_time"),
+            models.Index(fields=["served_at"], name="ranker_slate_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} ({len(self.item_ids)} in the pool)"
 
 
 class CustomEventType(models.Model):

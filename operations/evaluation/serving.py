@@ -4,7 +4,9 @@ The retrieval sources run one after another (SCORE_RETRIEVAL_THREADS=0, as in th
 deadline is lifted and the hot path's Redis client waits as long as the control plane's: on a busy machine a
 source past its deadline is dropped, the ranker is skipped for a late candidate set ("score_late"), or a 50 ms
 Redis timeout serves a user without their state, and the same seed would then give other figures. Latency is the
-benchmarks' business.
+benchmarks' business. The ranker's logging policy is off too (SCORE_RANKER_EXPLORATION_SHARE=0): its draws are
+seeded by the hour, so the figures would change from one hour to the next, and an evaluation measures the models
+(what the exploration costs is the off-policy simulator's figure, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ def _socket_timeout_set(pool: Any, seconds: float | None) -> None:
 @contextmanager
 def serving_without_deadlines() -> Iterator[None]:
     threads, factor = settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR
+    exploration = settings.SCORE_RANKER_EXPLORATION_SHARE
     pool = get_redis().connection_pool
     socket_timeout = pool.connection_kwargs.get("socket_timeout")
     settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = 0, math.inf
+    settings.SCORE_RANKER_EXPLORATION_SHARE = 0.0
     _socket_timeout_set(pool, CONTROL_SOCKET_TIMEOUT_SECONDS)
     try:
         yield
     finally:
         settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = threads, factor
+        settings.SCORE_RANKER_EXPLORATION_SHARE = exploration
         _socket_timeout_set(pool, socket_timeout)

@@ -68,6 +68,11 @@ def register_loader(kind: str, loader: Callable[[bytes], Any]) -> None:
     _loaders[kind] = loader
 
 
+def model_load(kind: str, artifact: bytes) -> Any:
+    """A stored artifact of `kind` as serving would load it (its registered loader), for the control plane."""
+    return _loaders[kind](artifact)
+
+
 def queue_snapshot(pipeline: redis.client.Pipeline) -> None:
     pipeline.hgetall(redis_keys.MODELS_SERVING)
 

@@ -1,7 +1,10 @@
 """The Score layer's answer for one request: retrieval's candidates ranked, with a confidence and the path taken.
 
 - `ranker`: the active (or, for a canary's share of users, the canary) LightGBM model orders every candidate by its
-  feature-store row, whatever its confidence (how much it knew about the user for the items it put on top).
+  feature-store row, whatever its confidence (how much it knew about the user for the items it put on top). The
+  shelf's slots are drawn by the ranker's logging policy (`ranking_exploration`: a share of slates drawn from the
+  best-scored pool, the rest its top k), each with its propensity, and the pool it drew from rides with the slate
+  (`RankerPool`) to the impression log, so that another ranker can be evaluated off-policy on it.
 - `bandit`: a user with no history at all (no recent items, no favourite categories, only popular, fresh or
   category best-seller candidates) when no ranker serves, or a placement whose scorer is the bandit: the contextual
   bandit picks the slate and logs each item's propensity.
@@ -16,9 +19,12 @@ context (a product page's item, a cart: the "context" retrieval source) lead the
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +34,7 @@ from redis.exceptions import RedisError
 
 from graph_app.interface import FeatureMatrix, features_fetch
 from personalization.candidates import Candidate
-from scoring_app.engine import bandit, registry
+from scoring_app.engine import bandit, ranking_exploration, registry
 from scoring_app.engine.ranking import RANKER, LoadedRanker, ranker_scores, ranking_confidence
 from scoring_app.engine.retrieval import CandidateSet, UserState
 
@@ -54,6 +60,40 @@ class ScoreResult:
     bandit_log: Any = None
     # "canary" when the model that chose the slate is this user's canary, else "control".
     variant: str = "control"
+    # What the ranker drew the slate from, logged for off-policy evaluation (None: not the ranker's, or not logged).
+    ranker_pool: RankerPool | None = None
+
+
+@dataclass(frozen=True)
+class RankerPool:
+    """The pool a ranker slate was drawn from (rows of the request's candidates, best first): item ids, their
+    feature rows as served, the serving ranker's scores, and the logging policy; what the impression log keeps of a
+    ranker slate for off-policy evaluation (`graph_app.state.ranker_log`)."""
+
+    item_ids: list[str]
+    feature_names: tuple[str, ...]
+    features: np.ndarray  # (N, F)
+    logging_scores: np.ndarray  # (N,)
+    policy: ranking_exploration.ExplorationPolicy
+
+    def record(self, items: Sequence[Candidate]) -> dict[str, object]:
+        """The impression stream's record of the pool, with [pool row, draw slot, served slot, propensity] of each
+        served item the ranker's draw placed (`items`: the slate as served, after rules and caps)."""
+        rows = {item_id: row for row, item_id in enumerate(self.item_ids)}
+        shown = [
+            [rows[item.item_id], item.logging_slot, slot, item.logging_propensity]
+            for slot, item in enumerate(items)
+            if item.logging_slot is not None and item.item_id in rows
+        ]
+        policy = self.policy
+        return {
+            "feature_names": list(self.feature_names),
+            "item_ids": self.item_ids,
+            "features": base64.b64encode(self.features.astype("<f4").tobytes()).decode(),
+            "logging_scores": self.logging_scores.tolist(),
+            "policy": {"share": policy.share, "temperature": policy.temperature, "pool": policy.pool},
+            "shown": shown,
+        }
 
 
 def _scored(
@@ -92,11 +132,7 @@ def _in_stock(features: FeatureMatrix, candidates: list[Candidate]) -> tuple[lis
 def _context_first(order: np.ndarray, candidates: list[Candidate]) -> np.ndarray:
     """`order` (rows of `candidates`) with the items related to the request's context (a product page's item, a
     cart: the "context" source found them) first, each group in its order."""
-    related = np.fromiter(
-        (CONTEXT_SOURCE in candidate.sources or candidate.source == CONTEXT_SOURCE for candidate in candidates),
-        bool,
-        len(candidates),
-    )
+    related = _related(candidates)
     if not related.any():
         return order
     leading = related[order]
@@ -128,17 +164,81 @@ def _fallback(
     )
 
 
+def _related(candidates: list[Candidate]) -> np.ndarray:
+    """Which candidates the request's context found (a product page's item, a cart)."""
+    return np.fromiter(
+        (CONTEXT_SOURCE in candidate.sources or candidate.source == CONTEXT_SOURCE for candidate in candidates),
+        bool,
+        len(candidates),
+    )
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """The ranker's answer: every candidate's row in serving order, their scores, its confidence over the top k,
+    the draw (rows placed by the logging policy, in slot order, and their propensities) and the pool logged."""
+
+    order: np.ndarray
+    scores: np.ndarray
+    confidence: float
+    drawn: np.ndarray
+    propensities: np.ndarray
+    pool: RankerPool | None
+
+
+def ranker_exploration_rng(*, user_key: str, placement: str, now: float, seconds: float) -> np.random.Generator:
+    """The random numbers of the ranker's draw for this user in this placement: the same within the user's
+    exploration window (`bandit.exploration_window`, SCORE_EXPLORATION_RESEED_SECONDS; 0: fresh every request), so
+    that a refresh shows the same slate, as the bandit's explored slots do."""
+    if seconds <= 0:
+        return np.random.default_rng()
+    window = bandit.exploration_window(user_key=user_key, placement=placement, now=now, seconds=seconds)
+    digest = hashlib.blake2b(f"ranker\x1f{user_key}\x1f{placement}\x1f{window}".encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "big"))
+
+
 def _ranked(
-    ranker: registry.ServingModel, candidates: list[Candidate], features: FeatureMatrix, k: int, *, context: bool
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Every candidate's row in ranked order (with `context`, the context's items first), their scores, and the
-    ranker's confidence over the top k."""
+    ranker: registry.ServingModel,
+    candidates: list[Candidate],
+    features: FeatureMatrix,
+    k: int,
+    *,
+    context: bool,
+    shelf: int,
+    rng: np.random.Generator,
+) -> _Ranking:
+    """The ranker's scores, and its slate: with `context`, the context's items first in its order; then the
+    `shelf`'s other slots drawn by the logging policy (`ranking_exploration.slate_draw`); then the rest in its
+    order (what the Surface may need beyond the shelf). The pool is logged for SCORE_RANKER_POOL_LOG_SHARE of the
+    slates."""
     loaded: LoadedRanker = ranker.model
     scores = ranker_scores(loaded, features)
     order = np.argsort(-scores, kind="stable")
-    if context:
-        order = _context_first(order, candidates)
-    return order, scores, ranking_confidence(features, order[:k])
+    related = _related(candidates) if context else np.zeros(len(candidates), dtype=bool)
+    leading = order[related[order]]
+    others = np.flatnonzero(~related)
+    slots = max(0, min(shelf, k) - len(leading))
+    if not slots or not len(others):
+        order = np.concatenate([leading, order[~related[order]]])
+        empty = np.zeros(0, dtype=np.int64)
+        return _Ranking(order, scores, ranking_confidence(features, order[:k]), empty, np.zeros(0), None)
+    policy = ranking_exploration.policy_from_settings()
+    draw = ranking_exploration.slate_draw(scores=scores[others], k=slots, policy=policy, rng=rng)
+    drawn = others[draw.rows]
+    placed = np.zeros(len(candidates), dtype=bool)
+    placed[drawn] = True
+    order = np.concatenate([leading, drawn, order[~related[order] & ~placed[order]]])
+    pool = None
+    if rng.random() < settings.SCORE_RANKER_POOL_LOG_SHARE:
+        rows = others[draw.pool_rows]
+        pool = RankerPool(
+            item_ids=[candidates[row].item_id for row in rows],
+            feature_names=features.names,
+            features=features.values[rows],
+            logging_scores=scores[rows],
+            policy=policy,
+        )
+    return _Ranking(order, scores, ranking_confidence(features, order[:k]), drawn, draw.propensities, pool)
 
 
 def _has_history(state: UserState, candidates: list[Candidate]) -> bool:
@@ -196,19 +296,23 @@ def slate_score(
     )
     if ranker is not None:
         try:
-            order, scores, confidence = _ranked(ranker, candidates, features, k, context=bool(state.seeds))
+            rng = ranker_exploration_rng(
+                user_key=state.user_key, placement=placement, now=time.time(),
+                seconds=settings.SCORE_EXPLORATION_RESEED_SECONDS,
+            )  # fmt: skip
+            ranking = _ranked(ranker, candidates, features, k, context=bool(state.seeds), shelf=last_slot + 1, rng=rng)
         except Exception as error:  # a broken model must not break the shelf
             logger.exception("score.ranker_failed", extra={"version": ranker.version})
             degraded.append(f"ranker_failed:{type(error).__name__}")
         else:
-            items = [
-                _scored(candidates[row], scores[row], entity_payload=_entities(features, row)) for row in order[:k]
-            ]
+            items = _ranked_items(ranking, candidates, features, k)
             # Unsure, the ranker still orders the slate: the bandit explores its slots only.
-            unsure = confidence < settings.SCORE_MIN_RANKER_CONFIDENCE
+            unsure = ranking.confidence < settings.SCORE_MIN_RANKER_CONFIDENCE
             reason = ("low_confidence" if history else "new_user") if unsure else "new_items"
-            items, log = explorer.explore(order, items, unsure=unsure, reason=reason)
-            return ScoreResult(items, confidence, PATH_RANKER, ranker.version, degraded, log, _variant(state))
+            items, log = explorer.explore(ranking.order, items, unsure=unsure, reason=reason)
+            return ScoreResult(
+                items, ranking.confidence, PATH_RANKER, ranker.version, degraded, log, _variant(state), ranking.pool
+            )
 
     if scorer == "bandit" or (scorer == "auto" and not history):
         reason = "missing_features" if history else "new_user"
@@ -234,6 +338,20 @@ def _experiment_versions(model: tuple[str, str] | None, degraded: list[str]) -> 
         degraded.append("experiment_model_loading")
         return {}
     return {kind: version}
+
+
+def _ranked_items(ranking: _Ranking, candidates: list[Candidate], features: FeatureMatrix, k: int) -> list[Candidate]:
+    """The top k of the ranking, scored; the drawn ones carry their draw slot and propensity."""
+    drawn = {int(row): slot for slot, row in enumerate(ranking.drawn)}
+    items = []
+    for row in ranking.order[:k]:
+        item = _scored(candidates[row], ranking.scores[row], entity_payload=_entities(features, row))
+        slot = drawn.get(int(row))
+        if slot is not None:
+            item.logging_slot = slot
+            item.logging_propensity = round(float(ranking.propensities[slot]), 9)
+        items.append(item)
+    return items
 
 
 def _variant(state: UserState) -> str:

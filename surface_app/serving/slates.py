@@ -68,7 +68,7 @@ from surface_app.serving.rules import (
 )
 
 if TYPE_CHECKING:
-    from scoring_app.interface import BanditLog
+    from scoring_app.interface import BanditLog, RankerPool
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ class Slate:
     variant: str = "control"
     # The experiment variant that served the slate (None: outside any experiment).
     experiment: Assignment | None = None
+    # Set when the ranker drew the slate and its pool is logged (`scoring_app.engine.scoring.RankerPool`).
+    ranker_pool: RankerPool | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -286,6 +288,7 @@ def _slate_build(
         bandit=result.bandit_log if result is not None else None,
         variant=result.variant if result is not None else "control",
         experiment=request.assignment,
+        ranker_pool=result.ranker_pool if result is not None else None,
     )
     pending = _Pending(
         config, user_key, now, slate_items[size:], cap_items, snapshot.caps_retention_seconds, started=started
@@ -813,6 +816,13 @@ def _impression_records(
         {**entry, "rules": list(item.rules)} if item.rules else entry
         for entry, item in zip(items, slate.items, strict=True)
     ]
+    if slate.path == "ranker":
+        # The ranker's logging propensities (apart from the bandit's) and the pool it drew from, for off-policy
+        # evaluation (`graph_app.state.ranker_log`).
+        logged_items = [
+            {**entry, "logging_propensity": item.logging_propensity} if item.logging_propensity is not None else entry
+            for entry, item in zip(logged_items, slate.items, strict=True)
+        ]
     logged: dict[str, object] = {
         **record, "items": logged_items, "variant": slate.variant, "path": slate.path,
         # What an experiment's results need of each slate: its variant, its build time so far, and whether it
@@ -821,6 +831,8 @@ def _impression_records(
         "serving_ms": round((time.perf_counter() - started) * 1000, 3) if started is not None else None,
         "degraded": bool(slate.degraded),
     }  # fmt: skip
+    if slate.ranker_pool is not None:
+        logged["ranker_pool"] = slate.ranker_pool.record(slate.items)
     if slate.bandit is not None:
         # Only the log needs what the bandit learns from (not the slate kept in Redis for attribution): its
         # items carry their propensity and features, and the offered actions it did not pick ride along once.

@@ -126,7 +126,9 @@ def test_the_index_lists_merchandising_first_then_models_and_schedules(administr
     surface = [model["object_name"] for model in apps_listed[1]["models"]]
 
     # The console's own pages first, then merchandising.
-    assert tools == ["Block a category or brand", "Dashboard", "Experiments", "Preview and explain"]
+    assert tools == [
+        "Block a category or brand", "Dashboard", "Experiments", "Off-policy evaluation", "Preview and explain"
+    ]  # fmt: skip
     assert labels[:4] == ["console", "surface_app", "models", "django_celery_beat"]
     assert surface == ["Placement", "BusinessRule", "PinRule", "FrequencyCap", "FallbackList"]
 

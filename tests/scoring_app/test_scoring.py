@@ -49,7 +49,8 @@ def recommend(api_client, user_id: str, k: int = 5) -> dict:
     return response.json()
 
 
-def test_a_known_shopper_is_ranked_by_the_active_model(api_client, trained_shop):
+def test_a_known_shopper_is_ranked_by_the_active_model(api_client, trained_shop, settings):
+    settings.SCORE_RANKER_EXPLORATION_SHARE = 0.0  # the ranker's own order (its logging policy draws some slates)
     body = recommend(api_client, "user-0")
 
     assert body["path"] == "ranker"
@@ -133,6 +134,7 @@ def test_an_unsure_ranker_keeps_its_order_and_the_bandit_explores_its_last_slots
     bandit_publish(clean_redis)
     settings.SCORE_MIN_RANKER_CONFIDENCE = 1.01  # the replayed shop: the ranker unsure for nearly every customer
     settings.SCORE_EXPLORATION_SLOTS = 2
+    settings.SCORE_RANKER_EXPLORATION_SHARE = 0.0  # the ranker's own order (its logging policy draws some slates)
     state = user_state_fetch(user_key="user-0")
     candidate_set, _ = candidates_retrieve(state=state)
 

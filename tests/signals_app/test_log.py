@@ -429,5 +429,5 @@ def test_impression_maintenance_is_scheduled_daily_with_the_configured_retention
     result = impression_log_maintain_task.apply().get()
 
     assert schedules["signals.impression_log_maintain"] == 1440
-    assert result == {"created": [], "dropped": [], "default_rows_deleted": 1}
+    assert result == {"created": [], "dropped": [], "default_rows_deleted": 1, "ranker_slates_deleted": 0}
     assert partition_of_impressions() == {}
