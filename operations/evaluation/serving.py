@@ -4,9 +4,10 @@ The retrieval sources run one after another (SCORE_RETRIEVAL_THREADS=0, as in th
 deadline is lifted and the hot path's Redis client waits as long as the control plane's: on a busy machine a
 source past its deadline is dropped, the ranker is skipped for a late candidate set ("score_late"), or a 50 ms
 Redis timeout serves a user without their state, and the same seed would then give other figures. Latency is the
-benchmarks' business. The ranker's logging policy is off too (SCORE_RANKER_EXPLORATION_SHARE=0): its draws are
-seeded by the hour, so the figures would change from one hour to the next, and an evaluation measures the models
-(what the exploration costs is the off-policy simulator's figure, BENCHMARKS.md).
+benchmarks' business. Exploration (the ranker's drawn slates, the bandit's slots) stays as shoppers get it: what
+is measured is what is served. Only its random numbers are held for the run: serving reseeds them per user and
+placement every SCORE_EXPLORATION_RESEED_SECONDS, and one window that spans any date gives the same figures for the
+same seed at any hour.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from django.conf import settings
 
 from personalization.redis_client import CONTROL_SOCKET_TIMEOUT_SECONDS, get_redis
 
+# An exploration window longer than any date: a user's window (`scoring_app.engine.bandit.exploration_window`) is
+# the same all run long.
+ONE_WINDOW_SECONDS = float(2**62)
+
 
 def _socket_timeout_set(pool: Any, seconds: float | None) -> None:
     pool.connection_kwargs["socket_timeout"] = seconds
@@ -31,15 +36,15 @@ def _socket_timeout_set(pool: Any, seconds: float | None) -> None:
 @contextmanager
 def serving_without_deadlines() -> Iterator[None]:
     threads, factor = settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR
-    exploration = settings.SCORE_RANKER_EXPLORATION_SHARE
+    reseed = settings.SCORE_EXPLORATION_RESEED_SECONDS
     pool = get_redis().connection_pool
     socket_timeout = pool.connection_kwargs.get("socket_timeout")
     settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = 0, math.inf
-    settings.SCORE_RANKER_EXPLORATION_SHARE = 0.0
+    settings.SCORE_EXPLORATION_RESEED_SECONDS = ONE_WINDOW_SECONDS
     _socket_timeout_set(pool, CONTROL_SOCKET_TIMEOUT_SECONDS)
     try:
         yield
     finally:
         settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = threads, factor
-        settings.SCORE_RANKER_EXPLORATION_SHARE = exploration
+        settings.SCORE_EXPLORATION_RESEED_SECONDS = reseed
         _socket_timeout_set(pool, socket_timeout)
