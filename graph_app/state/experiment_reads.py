@@ -4,8 +4,10 @@ variant, every shopper's totals (the unit the statistics cluster on) with their 
 
 The definitions are the console dashboard's (`rules_admin.dashboard_selectors`): an impression is clicked, added to
 a cart or bought when an event carrying its slate's `request_id` was attributed to its slot; revenue is the
-attributed purchases' `value` (the item's catalog price when sent without one). A shopper is the impression's
-`user_key` (the user id, or `session:<id>` before identify), an event's shopper the same key of the event.
+attributed purchases' `value` (the item's catalog price when sent without one). A shopper is the assignment unit
+the impression's variant was drawn by (`experiment_unit`: an anonymous session keeps its unit after identify, so a
+shopper who signs in mid-experiment counts once; rows logged without one count their `user_key`), and their
+pre-exposure events are those logged under that key.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ PRE_EXPOSURE_DAYS = 14
 # arrays of one aggregate node see the rows in the same order, so index i is one shopper throughout).
 _RESULTS_SQL = """
 WITH slates AS MATERIALIZED (
-    SELECT request_id, user_key, experiment_variant AS variant, count(*) AS impressions, min(served_at) AS served_at,
-        max(serving_ms) AS serving_ms, bool_or(degraded) AS degraded
+    SELECT request_id, coalesce(nullif(experiment_unit, ''), user_key) AS user_key, experiment_variant AS variant,
+        count(*) AS impressions, min(served_at) AS served_at, max(serving_ms) AS serving_ms,
+        bool_or(degraded) AS degraded
     FROM signals_app_impression
     WHERE experiment_id = %(experiment)s AND served_at >= %(served_from)s
-    GROUP BY request_id, user_key, experiment_variant
+    GROUP BY 1, 2, 3
 ), answered AS (
     SELECT e.request_id,
         count(DISTINCT e.attributed_slot) FILTER (WHERE e.type = 'click') AS clicks,

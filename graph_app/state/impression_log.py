@@ -77,6 +77,7 @@ def _impression_row(record: dict[str, Any], item: dict[str, Any], *, experiment:
         path=record.get("path") or "",
         experiment_id=experiment.get("id"),
         experiment_variant=experiment.get("variant") or "",
+        experiment_unit=experiment.get("unit") or "",
         serving_ms=record.get("serving_ms"),
         degraded=bool(record.get("degraded")),
     )

@@ -112,6 +112,9 @@ class Impression(models.Model):
     # foreign key: the log outlives what it logs, and the serving path writes it without a database read).
     experiment_id = models.IntegerField(null=True, blank=True)
     experiment_variant = models.CharField(max_length=50, blank=True, default="")
+    # The assignment unit the variant was drawn by (`graph_app.state.assignment_unit`): an anonymous session's key
+    # stays the unit after identify, so a shopper who signs in mid-experiment is one shopper in its results.
+    experiment_unit = models.CharField(max_length=220, blank=True, default="")
     # How long the slate took to build (ms), and whether it was degraded: an experiment's guardrails.
     serving_ms = models.FloatField(null=True, blank=True)
     degraded = models.BooleanField(default=False)

@@ -70,3 +70,7 @@ class Assignment(NamedTuple):
 
     def as_dict(self) -> dict[str, object]:
         return {"id": self.experiment_id, "variant": self.variant}
+
+    def logged(self) -> dict[str, object]:
+        """What the impression log keeps: the slate's answer and the unit (the shopper the results count)."""
+        return {"id": self.experiment_id, "variant": self.variant, "unit": self.unit}

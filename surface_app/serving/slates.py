@@ -827,7 +827,7 @@ def _impression_records(
         **record, "items": logged_items, "variant": slate.variant, "path": slate.path,
         # What an experiment's results need of each slate: its variant, its build time so far, and whether it
         # degraded (the guardrails).
-        "experiment": slate.experiment.as_dict() if slate.experiment is not None else None,
+        "experiment": slate.experiment.logged() if slate.experiment is not None else None,
         "serving_ms": round((time.perf_counter() - started) * 1000, 3) if started is not None else None,
         "degraded": bool(slate.degraded),
     }  # fmt: skip

@@ -45,6 +45,7 @@ def _slate(
     serving_ms: float | None = 10.0,
     degraded: bool = False,
     request_id: str | None = None,
+    unit: str = "",
 ) -> list[Impression]:
     request_id = request_id or f"{variant}-{user_key}-{served_at.timestamp()}"
     return Impression.objects.bulk_create(
@@ -57,6 +58,7 @@ def _slate(
             served_at=served_at,
             experiment_id=experiment.pk if experiment else None,
             experiment_variant=variant if experiment else "",
+            experiment_unit=unit,
             serving_ms=serving_ms,
             degraded=degraded,
         )
@@ -245,3 +247,21 @@ def test_a_draft_has_empty_results(days):
         ("control", 0, 0), ("popular", 0, 0),
     ]  # fmt: skip
     assert (results.sample_ratio, results.daily, results.verdict) == (None, [], "no difference yet")
+
+
+def test_a_shopper_who_signs_in_mid_experiment_counts_once_by_their_unit(days):
+    yesterday, today = days
+    experiment = _experiment(started_at=yesterday - timedelta(hours=1))
+    # Served anonymously, then as the user they identified as: the session's key stays the unit.
+    before = _slate(experiment, "control", "session:s7", served_at=yesterday, unit="session:s7")
+    after = _slate(experiment, "control", "u7", served_at=today, unit="session:s7")
+    _slate(experiment, "popular", "u8", served_at=today)  # logged without a unit: its user key counts
+    _outcome(before[0], "click")
+    _outcome(after[1], "click")
+
+    outcomes = {row.variant: row for row in experiment_outcomes(experiment_id=experiment.pk,
+                                                                  served_from=experiment.started_at)}  # fmt: skip
+
+    control = outcomes["control"]
+    assert (list(control.impressions), list(control.clicks)) == ([4], [2])
+    assert list(outcomes["popular"].impressions) == [2]

@@ -120,14 +120,23 @@ def test_an_anonymous_sessions_variant_holds_after_identify(api_client, shop, cl
     session = next(
         f"s-{n}" for n in range(1000) if variant_of(experiment, f"session:s-{n}") != variant_of(experiment, "alice")
     )
-    before = recommend(api_client, session_id=session)["experiment"]
+    anonymous = recommend(api_client, session_id=session)
+    before = anonymous["experiment"]
 
     response = api_client.post("/api/v1/users/alice/identify", {"session_id": session}, format="json")
-    after = recommend(api_client, user_id="alice")["experiment"]
+    known = recommend(api_client, user_id="alice")
+    after = known["experiment"]
+    while events_drain_all().read:
+        pass
 
     assert response.status_code == 200
     assert after == before == {"id": experiment.pk, "variant": variant_of(experiment, f"session:{session}")}
     assert clean_redis.get(redis_keys.user_assignment_unit("alice")) == f"session:{session}".encode()
+    # Both slates are logged under the one unit: the results count one shopper.
+    logged = Impression.objects.filter(request_id__in=[anonymous["request_id"], known["request_id"]])
+    assert {(row.user_key, row.experiment_unit) for row in logged} == {
+        (f"session:{session}", f"session:{session}"), ("alice", f"session:{session}"),
+    }  # fmt: skip
 
 
 def test_an_event_with_both_ids_identifies_and_the_sessions_variant_holds(api_client, shop):
