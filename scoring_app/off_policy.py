@@ -264,13 +264,24 @@ class _RewardModel:
         return self._link(row[:, None] + self.slot_offsets[None, :slots])
 
 
+def _column_moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and standard deviation over its known (non-NaN) values; a column never known (a feature
+    the log never had) or constant gets mean 0 and scale 1, so it standardizes to zeros."""
+    known = ~np.isnan(features)
+    counts = known.sum(axis=0)
+    filled = np.where(known, features, 0.0)
+    mean = np.divide(filled.sum(axis=0), counts, out=np.zeros(features.shape[1]), where=counts > 0)
+    spread = np.where(known, features - mean, 0.0)
+    variance = np.divide((spread**2).sum(axis=0), counts, out=np.zeros(features.shape[1]), where=counts > 0)
+    scale = np.sqrt(variance)
+    return mean, np.where(scale > 0, scale, 1.0)
+
+
 def _reward_model_fit(
     *, features: np.ndarray, slot: np.ndarray, rewards: np.ndarray, slots: int, binary: bool
 ) -> _RewardModel:
     """Ridge-penalized logistic (Newton) or least-squares fit on standardized features plus one-hot slots."""
-    mean = np.nan_to_num(np.nanmean(features, axis=0)) if len(features) else np.zeros(features.shape[1])
-    scale = np.nan_to_num(np.nanstd(features, axis=0)) if len(features) else np.ones(features.shape[1])
-    scale = np.where(scale > 0, scale, 1.0)
+    mean, scale = _column_moments(features)
     standardized = np.nan_to_num((features - mean) / scale)
     design = np.hstack([standardized, np.eye(slots)[slot]])
     penalty = np.full(design.shape[1], RIDGE)
