@@ -29,6 +29,9 @@ $(CHROMIUM):
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "No $(CHROMIUM): browser tests will be skipped"; fi
 
+# Two workers, one per core of the machines this runs on, each with its own embedded servers (tests/embedded_test_env.py).
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -39,7 +42,7 @@ test: $(STAMP) $(CHROMIUM)
 	@started=$$(date +%s); \
 		DATABASE_URL=postgresql://typecheck@localhost/none REDIS_URL=redis://localhost:1/0 $(BIN)/mypy; \
 		status=$$?; echo "mypy took $$(( $$(date +%s) - started )) s."; exit $$status
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

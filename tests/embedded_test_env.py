@@ -7,6 +7,18 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STARTED_EMBEDDED_SERVERS = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
 os.environ.setdefault("PERSONALIZATION_DATA_DIR", str(PROJECT_ROOT / ".data" / "test"))
+# `make test` runs the suite on two workers (pytest-xdist, which names each in PYTEST_XDIST_WORKER before this
+# module loads): each gets servers of its own under its own data folder, so that no test sees another's rows or keys.
+# With external servers, pytest-django gives each worker a test database of its own, and here each worker takes
+# its own Redis database (the URL's number plus the worker's).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["PERSONALIZATION_DATA_DIR"] += f"-{os.environ['PYTEST_XDIST_WORKER']}"
+    if os.environ.get("REDIS_URL"):
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(os.environ["REDIS_URL"])
+        database = int(parts.path.strip("/") or 0) + int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
+        os.environ["REDIS_URL"] = urlunsplit(parts._replace(path=f"/{database}"))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Several partitions, so that the tests exercise the Redis Cluster layout (production default: one).
 os.environ.setdefault("EVENT_PARTITIONS", "4")
