@@ -72,27 +72,16 @@ def snapshots() -> dict[str, object]:
 def requests_time(users: list[str], requests: int, settings: dict[str, object] | None) -> dict[str, dict[str, float]]:
     """p50 / p99 ms of the state round trip and the whole request in each setting (None: one, "baseline", with the
     snapshot serving builds itself)."""
-    from benchmarks.recommendations_e2e import PLACEMENT, K
+    from benchmarks.recommendations_e2e import PLACEMENT, K, state_fetch_timed
     from scoring_app.engine.registry import models_refresh
     from scoring_app.engine.retrieval import retrieval_warm_up
     from surface_app.serving import rules, slates
 
     retrieval_warm_up()
     models_refresh()
-    fetch = slates.user_state_fetch
-    spent: list[float] = []
-
-    def timed(*args: object, **kwargs: object) -> object:
-        started = time.perf_counter()
-        try:
-            return fetch(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            spent.append((time.perf_counter() - started) * 1000)
-
     names = list(settings) if settings is not None else ["baseline"]
     rows: dict[str, list[float]] = {f"{part}, {name}": [] for part in ("state", "total") for name in names}
-    slates.user_state_fetch = timed  # type: ignore[assignment]
-    try:
+    with state_fetch_timed() as spent:
         for index in range(2 * requests + WARM_UP_REQUESTS):
             with_experiment = settings is not None and (index % 2 == 0) != ((index // 2) % 2 == 1)
             name = "baseline" if settings is None else "experiment" if with_experiment else "none"
@@ -108,8 +97,6 @@ def requests_time(users: list[str], requests: int, settings: dict[str, object] |
                 raise RuntimeError(f"request {index}: served {slate.experiment} with {name}")
             rows[f"state, {name}"].append(spent[0])
             rows[f"total, {name}"].append(total)
-    finally:
-        slates.user_state_fetch = fetch  # type: ignore[assignment]
     return {
         name: {"p50": round(percentile(values, 0.5), 3), "p99": round(percentile(values, 0.99), 3)}
         for name, values in rows.items()

@@ -53,6 +53,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -772,16 +773,12 @@ def served_run(
 LIMITER_SECTION = "API keys: the rate limiter on the recommendation path"
 
 
-def state_round_trip_time(users: list[str], requests: int) -> dict[str, dict[str, float]]:
-    """`slate_serve` in process, one request after another, with and without a key's rate limit (alternating request
-    by request): the state round trip (which carries the bucket) and the whole request, p50 / p99 ms."""
-    from personalization.rate_limits import RateLimitCheck, RatePolicy
-    from scoring_app.engine.registry import models_refresh
-    from scoring_app.engine.retrieval import retrieval_warm_up
+@contextlib.contextmanager
+def state_fetch_timed() -> Iterator[list[float]]:
+    """While inside, each request's state round trip (`slates.user_state_fetch`) appends its ms to the list
+    yielded; the serving function is put back on leaving."""
     from surface_app.serving import slates
 
-    retrieval_warm_up()
-    models_refresh()
     fetch = slates.user_state_fetch
     spent: list[float] = []
 
@@ -792,10 +789,26 @@ def state_round_trip_time(users: list[str], requests: int) -> dict[str, dict[str
         finally:
             spent.append((time.perf_counter() - started) * 1000)
 
-    check = RateLimitCheck(api_key_id=-1, policy=RatePolicy("key", 10**9, 1))
-    rows: dict[str, list[float]] = {"state, limiter": [], "state, none": [], "total, limiter": [], "total, none": []}
     slates.user_state_fetch = timed  # type: ignore[assignment]
     try:
+        yield spent
+    finally:
+        slates.user_state_fetch = fetch  # type: ignore[assignment]
+
+
+def state_round_trip_time(users: list[str], requests: int) -> dict[str, dict[str, float]]:
+    """`slate_serve` in process, one request after another, with and without a key's rate limit (alternating request
+    by request): the state round trip (which carries the bucket) and the whole request, p50 / p99 ms."""
+    from personalization.rate_limits import RateLimitCheck, RatePolicy
+    from scoring_app.engine.registry import models_refresh
+    from scoring_app.engine.retrieval import retrieval_warm_up
+    from surface_app.serving import slates
+
+    retrieval_warm_up()
+    models_refresh()
+    check = RateLimitCheck(api_key_id=-1, policy=RatePolicy("key", 10**9, 1))
+    rows: dict[str, list[float]] = {"state, limiter": [], "state, none": [], "total, limiter": [], "total, none": []}
+    with state_fetch_timed() as spent:
         for index in range(2 * requests + 100):
             # Each user is asked twice in a row, the limiter first for every other user: the second request of a
             # user finds what the first cached.
@@ -814,8 +827,6 @@ def state_round_trip_time(users: list[str], requests: int) -> dict[str, dict[str
             name = "limiter" if limited else "none"
             rows[f"state, {name}"].append(spent[0])
             rows[f"total, {name}"].append(total)
-    finally:
-        slates.user_state_fetch = fetch  # type: ignore[assignment]
     return {
         name: {"p50": round(percentile(values, 0.5), 3), "p99": round(percentile(values, 0.99), 3)}
         for name, values in rows.items()
