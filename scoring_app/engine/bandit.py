@@ -217,11 +217,19 @@ def exploration_rng(*, user_key: str, placement: str, now: float, seconds: float
     logged propensities; the price is that a user's repeated impressions within a window are one draw, logged
     again each time. Sampling is by inverse CDF, one uniform number a slot, so a small change of the model's PMF
     (a learning update) moves few picks."""
+    return random.Random(exploration_seed(user_key=user_key, placement=placement, now=now, seconds=seconds))
+
+
+def exploration_seed(*, user_key: str, placement: str, now: float, seconds: float, stream: str = "") -> int | None:
+    """The seed of the user's exploration in the placement for the window holding `now` (None: `seconds` <= 0, fresh
+    numbers every request). `stream` names another user of the same windows (the ranker's draw), so that its
+    numbers are not the bandit's."""
     if seconds <= 0:
-        return random.Random()
+        return None
     window = exploration_window(user_key=user_key, placement=placement, now=now, seconds=seconds)
-    digest = hashlib.blake2b(f"{user_key}\x1f{placement}\x1f{window}".encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "big"))
+    prefix = f"{stream}\x1f" if stream else ""
+    digest = hashlib.blake2b(f"{prefix}{user_key}\x1f{placement}\x1f{window}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _sample(remaining: list[int], weights: list[float], threshold: float) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -190,11 +189,8 @@ def ranker_exploration_rng(*, user_key: str, placement: str, now: float, seconds
     """The random numbers of the ranker's draw for this user in this placement: the same within the user's
     exploration window (`bandit.exploration_window`, SCORE_EXPLORATION_RESEED_SECONDS; 0: fresh every request), so
     that a refresh shows the same slate, as the bandit's explored slots do."""
-    if seconds <= 0:
-        return np.random.default_rng()
-    window = bandit.exploration_window(user_key=user_key, placement=placement, now=now, seconds=seconds)
-    digest = hashlib.blake2b(f"ranker\x1f{user_key}\x1f{placement}\x1f{window}".encode(), digest_size=8).digest()
-    return np.random.default_rng(int.from_bytes(digest, "big"))
+    seed = bandit.exploration_seed(user_key=user_key, placement=placement, now=now, seconds=seconds, stream="ranker")
+    return np.random.default_rng(seed)
 
 
 def _ranked(
