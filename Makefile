@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
+NGINX := /usr/sbin/nginx
 
-.PHONY: run test lint typecheck bench clean-data
+.PHONY: run cluster test lint typecheck bench clean-data
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,18 @@ $(STAMP): requirements.txt requirements-dev.txt
 # terminal's Ctrl-C for itself (operations/startup.py), since make dies of any SIGINT it receives.
 run: $(STAMP)
 	$(BIN)/python manage.py run_platform $(RUN_ARGS)
+
+# Cluster mode (README, "Cluster mode"): nginx in front of several web, WebSocket and Celery processes, a Valkey
+# cluster, PostgreSQL primary and replica, in .data/cluster. RUN_ARGS as for run, e.g. RUN_ARGS="--web 2 --port 9080".
+cluster: $(STAMP) $(NGINX)
+	$(BIN)/python manage.py run_cluster $(RUN_ARGS)
+
+# Cluster mode's nginx is Debian's; install it where we may (root with apt), else `make cluster` says it is missing.
+$(NGINX):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's nginx-light for cluster mode"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+	else echo "No $(NGINX): install nginx (e.g. apt-get install nginx-light) for cluster mode"; exit 1; fi
 
 # Browser tests drive Debian's Chromium; install it where we may (root with apt), else those tests skip.
 $(CHROMIUM):

@@ -247,19 +247,30 @@ class ReadinessCheck:
 def readiness_checks(addresses: Addresses, *, worker_nodes: list[str], events_node: str) -> list[ReadinessCheck]:
     """The web processes' /readyz (PostgreSQL and Redis reached), the WebSocket server's /healthz, a Celery ping
     of each worker, and beat: a drain task it sent has run on the events worker."""
+    host = addresses.probe_host
+    return [
+        http_check("web", f"http://{host}:{addresses.port}/readyz"),
+        http_check("ws", f"http://{host}:{addresses.ws_port}/healthz"),
+        *celery_checks(worker_nodes=worker_nodes, events_nodes=[events_node]),
+    ]
+
+
+def http_check(name: str, url: str) -> ReadinessCheck:
+    return ReadinessCheck(name, lambda: http_ok(url))
+
+
+def celery_checks(*, worker_nodes: list[str], events_nodes: list[str]) -> list[ReadinessCheck]:
+    """A Celery ping of each worker, and beat: a drain task it sent has run on one of the events workers."""
     from config.celery import app
 
     def pinged(node: str) -> Callable[[], bool]:
         return lambda: bool(app.control.ping(destination=[node], timeout=0.5))
 
     def beat_sent_a_drain() -> bool:
-        stats = app.control.inspect(destination=[events_node], timeout=0.5).stats() or {}
-        return bool(stats.get(events_node, {}).get("total", {}).get("signals.events_drain"))
+        stats = app.control.inspect(destination=events_nodes, timeout=0.5).stats() or {}
+        return any(node.get("total", {}).get("signals.events_drain") for node in stats.values())
 
-    host = addresses.probe_host
     return [
-        ReadinessCheck("web", lambda: http_ok(f"http://{host}:{addresses.port}/readyz")),
-        ReadinessCheck("ws", lambda: http_ok(f"http://{host}:{addresses.ws_port}/healthz")),
         *[ReadinessCheck(node.split("@")[0], pinged(node)) for node in worker_nodes],
         ReadinessCheck("beat", beat_sent_a_drain),
     ]

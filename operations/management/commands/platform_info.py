@@ -20,6 +20,8 @@ from personalization import embedded
 
 class Command(BaseCommand):
     help = "Print the running platform's URLs, admin login and demo API key (the banner of `make run`)."
+    # cluster_info prints the same banner for `make cluster`, with its processes.
+    start_command = "make run"
 
     def handle(self, *args: object, **options: object) -> None:
         data_dir = Path(settings.DATA_DIR)
@@ -35,7 +37,7 @@ class Command(BaseCommand):
     def _print_banner(self, data_dir: Path) -> None:
         credentials = console_credentials_read()
         if credentials is None:
-            raise CommandError("No console login yet: `make run` makes one on its first start.")
+            raise CommandError(f"No console login yet: `{self.start_command}` makes one on its first start.")
         # Where the last `make run` listened; before any, the run command's defaults.
         environ = os.environ
         addresses = startup.addresses_read(data_dir) or startup.Addresses(
@@ -45,12 +47,15 @@ class Command(BaseCommand):
         self.stdout.write(
             startup.banner(
                 heading="Personalization platform: "
-                + ("running" if running else "not running (start it with `make run`)"),
+                + ("running" if running else f"not running (start it with `{self.start_command}`)"),
                 addresses=addresses,
                 admin_password=credentials.admin_password,
                 demo_api_key=credentials.demo_api_key,
                 example_user=startup.example_shopper(),
                 credentials_path=credentials_file(),
-                footer=[],
+                footer=self.footer(data_dir, running=running),
             )
         )
+
+    def footer(self, data_dir: Path, *, running: bool) -> list[str]:
+        return []

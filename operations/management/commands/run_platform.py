@@ -13,22 +13,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import shutil
 import socket
 import sys
-import threading
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import psutil
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from operations import startup
-from operations.bootstrap import BOOTSTRAP_STEPS, credentials_file, platform_bootstrap
+from operations import launcher, startup
+from operations.bootstrap import BOOTSTRAP_STEPS, credentials_file
 from personalization import embedded
 from personalization.supervision import Program, Service, Supervisor
 
@@ -36,10 +30,6 @@ WEB_PROGRAMS = ("web-1", "web-2")
 # The servers, the migrations, the bootstrap's steps, and the processes.
 STEP_COUNT = 2 + len(BOOTSTRAP_STEPS) + 1
 PROCESSES_STEP = "Starting web, WebSockets, workers and beat"
-# Celery warns at every start that a worker runs as root. `make run` is a developer's platform, often in a container
-# where root is the only user, and our workers accept JSON only (Celery refuses root outright with pickle).
-# Production runs them as their own user (deploy/systemd), and there the warning stays on.
-ROOT_WARNING_SILENCED = "ignore:You're running the worker with superuser privileges"
 
 
 class Command(BaseCommand):
@@ -60,56 +50,44 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         embedded_services = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
         data_dir = Path(settings.DATA_DIR)
-        with startup.terminal_foreground():
-            try:
-                self._run(options, embedded_services=embedded_services)
-            except KeyboardInterrupt:
-                with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
-                    self.stdout.write("\nStopped before the platform was up.")
-            finally:
-                if embedded_services:
-                    with contextlib.suppress(OSError):
-                        self.stdout.write("Stopping the embedded PostgreSQL and Valkey…")
-                    embedded.stop_all(data_dir)
+
+        def stop_servers() -> None:
+            with contextlib.suppress(OSError):
+                self.stdout.write("Stopping the embedded PostgreSQL and Valkey…")
+            embedded.stop_all(data_dir)
+
+        launcher.foreground_run(
+            partial(self._run, options, embedded_services=embedded_services),
+            stop_servers=stop_servers if embedded_services else None,
+            stdout=self.stdout,
+        )
 
     def _run(self, options: dict[str, object], *, embedded_services: bool) -> None:
         data_dir = Path(settings.DATA_DIR)
-        setup_log = data_dir / startup.SETUP_LOG_FILE
-        first_start = "" if credentials_file().exists() else " (a first start trains the first models"
-        if first_start:
-            first_start += ", on the demo data: a minute or two)" if not options["no_demo"] else ")"
-        self.stdout.write(
-            f"Starting the personalization platform{first_start}; set-up details in {startup.display_path(setup_log)}"
+        steps, report = launcher.platform_prepare(
+            data_dir=data_dir,
+            steps_total=STEP_COUNT,
+            # The settings started (or reached) the servers while Django loaded: that step is this process's age.
+            servers_title=(
+                "Starting the embedded PostgreSQL and Valkey" if embedded_services else "Connecting to the servers"
+            ),
+            with_demo_data=not options["no_demo"],
+            stdout=self.stdout,
         )
-        steps = startup.StepReporter(STEP_COUNT, stream=sys.stdout)
-        # The settings started (or reached) the servers while Django loaded: that step is this process's age.
-        servers = "Starting the embedded PostgreSQL and Valkey" if embedded_services else "Connecting to the servers"
-        steps.done(servers, time.time() - psutil.Process().create_time())
-        with startup.setup_log_to_file(setup_log):
-            with steps.step("Migrating the database"):
-                call_command("migrate", interactive=False, verbosity=0)
-            report = platform_bootstrap(with_demo_data=not options["no_demo"], step=steps.step)
-
         host, port, ws_port = options["host"], options["port"], options["ws_port"]
         assert isinstance(host, str) and isinstance(port, int) and isinstance(ws_port, int)
         addresses = startup.Addresses(host, port, ws_port)
         startup.addresses_store(data_dir, addresses)
-        env = {
-            **os.environ,
-            "DATABASE_URL": settings.DATABASE_URL,
-            "REDIS_URL": settings.REDIS_URL,
-            "WEBSOCKET_PUBLIC_URL": os.environ.get("WEBSOCKET_PUBLIC_URL", f"ws://{host}:{ws_port}"),
-            # The demo page's socket is authenticated by the console session only from trusted origins.
-            "DJANGO_CSRF_TRUSTED_ORIGINS": os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", f"http://{host}:{port}"),
-            "PYTHONUNBUFFERED": "1",
-            # Readable key=value lines in the terminal, whatever DJANGO_DEBUG says (production prints JSON).
-            "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"),
-        }
-        # Counters and histograms from every process are merged at scrape time (prometheus_client multiprocess).
-        metrics_dir = Path(settings.DATA_DIR) / "prometheus"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        env = launcher.child_env(
+            {
+                "DATABASE_URL": settings.DATABASE_URL,
+                "REDIS_URL": settings.REDIS_URL,
+                "WEBSOCKET_PUBLIC_URL": os.environ.get("WEBSOCKET_PUBLIC_URL", f"ws://{host}:{ws_port}"),
+                # The demo page's socket is authenticated by the console session only from trusted origins.
+                "DJANGO_CSRF_TRUSTED_ORIGINS": os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", f"http://{host}:{port}"),
+                "PROMETHEUS_MULTIPROC_DIR": str(launcher.metrics_dir_fresh(data_dir)),
+            }
+        )
         python = sys.executable
         bin_dir = os.path.dirname(python)
         # Two gunicorn masters on the same port (SO_REUSEPORT, config/gunicorn.py), the workers split between them:
@@ -140,8 +118,7 @@ class Command(BaseCommand):
             ),
             "beat": f"{bin_dir}/celery -A config --quiet beat --loglevel INFO",
         }
-        warning_filters = [env["PYTHONWARNINGS"]] if env.get("PYTHONWARNINGS") else []
-        celery_env = {**env, "PYTHONWARNINGS": ",".join([*warning_filters, ROOT_WARNING_SILENCED])}
+        celery_env = launcher.celery_env(env)
         banner = partial(
             startup.banner,
             addresses=addresses,
@@ -171,37 +148,6 @@ class Command(BaseCommand):
             for name, command in processes.items()
         ]
         supervisor = Supervisor(programs, services, output=sys.stdout)
-        heading = steps.heading(PROCESSES_STEP)
-        self.stdout.write(f"{heading} (their lines follow; the banner comes once each answers)")
-        self.stdout.flush()
-        stopping = threading.Event()
-        announcer = threading.Thread(
-            target=_announce_when_ready, args=(supervisor, checks, stopping, heading, banner), daemon=True
-        )
-        announcer.start()
-        try:
-            supervisor.run_until_signalled()
-        finally:
-            stopping.set()
-
-
-def _announce_when_ready(
-    supervisor: Supervisor,
-    checks: list[startup.ReadinessCheck],
-    stopping: threading.Event,
-    heading: str,
-    banner: Callable[..., str],
-) -> None:
-    """Print the banner once every process answers: its URLs work when it appears."""
-    began = time.monotonic()
-    ready = startup.readiness_wait(
-        checks,
-        stopping=stopping,
-        still_waiting=lambda names: supervisor.announce(f"{heading} still waiting for: {', '.join(names)}"),
-    )
-    if ready and not stopping.is_set():
-        started = time.time() - psutil.Process().create_time()
-        supervisor.announce(
-            f"{heading} 100% {time.monotonic() - began:.1f} s\n"
-            + banner(heading=f"Personalization platform: ready, started in {started:.0f} s")
+        launcher.supervise_until_signalled(
+            supervisor, checks=checks, heading=steps.heading(PROCESSES_STEP), banner=banner, stdout=self.stdout
         )
