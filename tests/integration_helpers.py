@@ -118,3 +118,17 @@ def platform_running(data_dir: Path, *, wait_for_websockets: bool = False) -> It
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def replica_replay_wait(*, primary_url: str, replica_url: str, timeout: float = 30.0) -> None:
+    """Wait until the streaming replica has replayed everything the primary had written when this was called."""
+    import psycopg
+
+    with psycopg.connect(primary_url, autocommit=True) as primary:
+        target = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(replica_url, autocommit=True) as replica:
+        while not replica.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [target]).fetchone()[0]:  # type: ignore[index]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replica did not replay up to {target} within {timeout} s")
+            time.sleep(0.02)

@@ -15,6 +15,7 @@ import redis
 
 from personalization import embedded
 from tests.embedded_test_env import PROJECT_ROOT
+from tests.integration_helpers import replica_replay_wait
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +112,42 @@ def test_a_killed_postgres_comes_back_on_the_same_socket_and_stop_stops_the_new_
     finally:
         embedded.stop_postgres(tmp_path)
     assert not embedded.postgres_running(tmp_path)
+
+
+def test_postgres_replica_streams_survives_a_stop_and_is_removed_with_its_slot(tmp_path):
+    primary_url = embedded.ensure_postgres(tmp_path)
+    try:
+        replica_url = embedded.ensure_postgres_replica(tmp_path, primary_url=primary_url)
+        assert f"host={tmp_path / 'pg-replica'}" in replica_url
+        pid = int((tmp_path / "pg-replica" / "postmaster.pid").read_text().split()[0])
+        assert embedded.ensure_postgres_replica(tmp_path, primary_url=primary_url) == replica_url  # attaches
+        assert int((tmp_path / "pg-replica" / "postmaster.pid").read_text().split()[0]) == pid
+        with psycopg.connect(primary_url, autocommit=True) as primary:
+            primary.execute("CREATE TABLE facts (value int)")
+            primary.execute("INSERT INTO facts VALUES (1)")
+        replica_replay_wait(primary_url=primary_url, replica_url=replica_url)
+        with psycopg.connect(replica_url, autocommit=True) as replica:
+            assert replica.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            assert replica.execute("SELECT value FROM facts").fetchall() == [(1,)]
+
+        # Stopped, the slot keeps the WAL it misses; started again, the same copy (no new base backup) catches up.
+        copy_inode = (tmp_path / "pg-replica").stat().st_ino
+        embedded.stop_postgres_replica(tmp_path)
+        assert not embedded.postgres_replica_running(tmp_path)
+        with psycopg.connect(primary_url, autocommit=True) as primary:
+            primary.execute("INSERT INTO facts VALUES (2)")
+            primary.execute("SELECT pg_switch_wal()")
+            primary.execute("CHECKPOINT")
+        assert embedded.ensure_postgres_replica(tmp_path, primary_url=primary_url) == replica_url
+        assert (tmp_path / "pg-replica").stat().st_ino == copy_inode
+        replica_replay_wait(primary_url=primary_url, replica_url=replica_url)
+        with psycopg.connect(replica_url, autocommit=True) as replica:
+            assert replica.execute("SELECT value FROM facts ORDER BY value").fetchall() == [(1,), (2,)]
+
+        embedded.remove_postgres_replica(tmp_path, primary_url=primary_url)
+        assert not (tmp_path / "pg-replica").exists()
+        with psycopg.connect(primary_url, autocommit=True) as primary:
+            assert primary.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+    finally:
+        embedded.stop_postgres_replica(tmp_path)
+        embedded.stop_postgres(tmp_path)
