@@ -327,4 +327,5 @@ def processes_table(plan: ClusterPlan, *, valkey_nodes: list[tuple[str, str]], s
     rows += [
         ("postgres", url, "streaming replica") for url in servers.get("DATABASE_REPLICA_URLS", "").split(",") if url
     ]
-    return [f"    {name:<9} {where:<22} {what}" for name, where, what in rows]
+    width = max(len(where) for _, where, _ in rows)
+    return [f"    {name:<9} {where:<{width}}  {what}" for name, where, what in rows]

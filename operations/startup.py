@@ -325,8 +325,10 @@ def banner(
     example_user: str,
     credentials_path: Path,
     footer: list[str],
+    again_command: str = "platform_info",
 ) -> str:
-    """The URLs, the console login and the demo API key, as `make run` and `manage.py platform_info` print them."""
+    """The URLs, the console login and the demo API key, as `make run` and `manage.py platform_info` print them
+    (`make cluster` and `manage.py cluster_info` too)."""
     base, key = addresses.base_url, demo_api_key
     password = (
         f"password {admin_password}"
@@ -344,7 +346,7 @@ def banner(
             f"  API key    {key}",
             f"  Try        curl -H 'Authorization: Bearer {key}' \\",
             f"               '{base}/api/v1/recommendations?user_id={example_user}&placement=home'",
-            f"  Again      .venv/bin/python manage.py platform_info   (kept in {display_path(credentials_path)})",
+            f"  Again      .venv/bin/python manage.py {again_command}   (kept in {display_path(credentials_path)})",
             *footer,
             "",
         ]

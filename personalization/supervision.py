@@ -59,6 +59,8 @@ class Service:
     name: str
     is_running: Callable[[], bool]
     start: Callable[[], object]
+    # Its own backoff instead of the supervisor's (a Valkey cluster master waits for its replica to take over).
+    backoff: Callable[[], Backoff] | None = None
 
 
 @dataclass
@@ -99,7 +101,7 @@ class Supervisor:
         stop_grace_seconds: float = STOP_GRACE_SECONDS,
     ) -> None:
         self._children = [_Child(name=p.name, backoff=backoff(), program=p) for p in programs]
-        self._watched = [_Watched(name=s.name, backoff=backoff(), service=s) for s in services]
+        self._watched = [_Watched(name=s.name, backoff=(s.backoff or backoff)(), service=s) for s in services]
         self._output = output
         self._output_lock = threading.Lock()
         self._stop_requested = threading.Event()

@@ -182,6 +182,24 @@ def test_a_service_that_fails_to_start_is_retried_with_a_growing_backoff():
     assert supervisor.restart_delays()["flaky"] == [0.01, 0.02, 0.04]
 
 
+def test_a_service_with_a_backoff_of_its_own_waits_that_long_the_others_the_supervisors():
+    attempts: dict[str, int] = {"slow": 0, "fast": 0}
+
+    def start(name: str) -> None:
+        attempts[name] += 1
+        if attempts[name] < 2:
+            raise RuntimeError("not yet")
+
+    slow_backoff = lambda: Backoff(initial_seconds=0.05, factor=2, cap_seconds=1)  # noqa: E731
+    slow = Service("slow", lambda: attempts["slow"] >= 2, lambda: start("slow"), slow_backoff)
+    fast = Service("fast", lambda: attempts["fast"] >= 2, lambda: start("fast"))
+    supervisor = Supervisor([], [slow, fast], backoff=_fast_backoff, output=io.StringIO())
+    with _running(supervisor):
+        _wait_until(lambda: min(attempts.values()) >= 2, "a second attempt of each")
+
+    assert supervisor.restart_delays() == {"slow": [0.05, 0.1], "fast": [0.01, 0.02]}
+
+
 def test_a_program_that_cannot_be_started_is_retried_and_the_others_run():
     output = io.StringIO()
     supervisor = Supervisor([Program("missing", ["/nonexistent/program"]), Program("web", SLEEPER)],

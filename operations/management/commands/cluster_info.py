@@ -14,6 +14,7 @@ from operations.management.commands import platform_info
 class Command(platform_info.Command):
     help = "Print the cluster's URLs, admin login, demo API key and processes (the banner of `make cluster`)."
     start_command = "make cluster"
+    again_command = "cluster_info"
 
     def footer(self, data_dir: Path, *, running: bool) -> list[str]:
         from personalization import embedded_cluster

@@ -22,6 +22,7 @@ class Command(BaseCommand):
     help = "Print the running platform's URLs, admin login and demo API key (the banner of `make run`)."
     # cluster_info prints the same banner for `make cluster`, with its processes.
     start_command = "make run"
+    again_command = "platform_info"
 
     def handle(self, *args: object, **options: object) -> None:
         data_dir = Path(settings.DATA_DIR)
@@ -54,6 +55,7 @@ class Command(BaseCommand):
                 example_user=startup.example_shopper(),
                 credentials_path=credentials_file(),
                 footer=self.footer(data_dir, running=running),
+                again_command=self.again_command,
             )
         )
 

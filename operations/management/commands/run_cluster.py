@@ -26,7 +26,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from operations import cluster, launcher, startup
 from operations.bootstrap import BOOTSTRAP_STEPS, credentials_file
 from personalization import embedded
-from personalization.supervision import Program, Service, Supervisor
+from personalization.supervision import Backoff, Program, Service, Supervisor
 
 # The servers, the migrations, the bootstrap's steps, and the processes.
 STEP_COUNT = 2 + len(BOOTSTRAP_STEPS) + 1
@@ -34,6 +34,10 @@ SERVERS_STEP = "Starting the Valkey cluster, the broker, PostgreSQL and its repl
 PROCESSES_STEP = "Starting nginx, web, WebSockets, workers and beat"
 # The Valkey nodes' roles are asked at most this often (every node is probed by the supervisor's every tick).
 NODES_PROBE_SECONDS = 0.5
+# A dead Valkey node is started again after this long at first: longer than its replica takes to be elected in its
+# place (cluster-node-timeout 1 s, then the election), so that a killed master comes back as the new master's
+# replica, as in a deployment where a host takes minutes to return, and the failover is exercised.
+NODE_RESTART_SECONDS = 5.0
 
 
 class Command(BaseCommand):
@@ -107,7 +111,9 @@ class Command(BaseCommand):
             for name, argv in commands.items()
         ]
         supervisor = Supervisor(programs, _services(data_dir, servers), output=sys.stdout)
-        nodes = servers["REDIS_CLUSTER_NODES"].split(",")
+        from personalization import embedded_cluster
+
+        nodes = embedded_cluster.valkey_cluster_nodes_running(data_dir / cluster.VALKEY_CLUSTER_FOLDER)
         banner = partial(
             startup.banner,
             addresses=addresses,
@@ -116,10 +122,13 @@ class Command(BaseCommand):
             example_user=startup.example_shopper(),
             credentials_path=credentials_file(),
             footer=[
-                "  Cluster    (again with .venv/bin/python manage.py cluster_info)",
-                *cluster.processes_table(plan, valkey_nodes=[(n, "node") for n in nodes], servers=servers),
+                "  Cluster",
+                *cluster.processes_table(
+                    plan, valkey_nodes=[(f"127.0.0.1:{node.port}", node.role) for node in nodes], servers=servers
+                ),
                 "  A process or server that exits is restarted; Ctrl-C stops everything.",
             ],
+            again_command="cluster_info",
         )
         launcher.supervise_until_signalled(
             supervisor,
@@ -164,9 +173,13 @@ def _services(data_dir: Path, servers: dict[str, str]) -> list[Service]:
     """The servers outside our process tree, probed every tick and started again when dead: each Valkey node (a
     master back after a kill rejoins as a replica), the broker, the PostgreSQL primary and its replica."""
     probe = _NodesProbe(data_dir / cluster.VALKEY_CLUSTER_FOLDER)
+    node_backoff = partial(Backoff, initial_seconds=NODE_RESTART_SECONDS, cap_seconds=2 * NODE_RESTART_SECONDS)
     ports = [int(node.rsplit(":", 1)[1]) for node in servers["REDIS_CLUSTER_NODES"].split(",")]
     return [
-        *[Service(f"valkey-{port}", partial(probe.running, port), partial(probe.start, port)) for port in ports],
+        *[
+            Service(f"valkey-{port}", partial(probe.running, port), partial(probe.start, port), node_backoff)
+            for port in ports
+        ],
         Service("broker", partial(embedded.valkey_running, data_dir), partial(embedded.ensure_valkey, data_dir)),
         Service(
             "pg-primary", partial(embedded.postgres_running, data_dir), partial(embedded.ensure_postgres, data_dir)
