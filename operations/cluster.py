@@ -304,7 +304,12 @@ def command_environ_prepare(argv: list[str], environ: MutableMapping[str, str]) 
     data_dir = cluster_data_dir(embedded.default_data_dir(Path(__file__).resolve().parent.parent))
     environ["PERSONALIZATION_DATA_DIR"] = str(data_dir)
     if command == "run_cluster" and not {"-h", "--help"} & set(argv):
-        environ.update(cluster_servers_start(data_dir))
+        try:
+            environ.update(cluster_servers_start(data_dir))
+        except (Exception, KeyboardInterrupt) as error:
+            # Nothing left behind half started: the next start begins from the same folders.
+            cluster_servers_stop(data_dir)
+            raise SystemExit(f"Cluster mode's servers did not start: {error}") from error
 
 
 def processes_table(plan: ClusterPlan, *, valkey_nodes: list[tuple[str, str]], servers: Mapping[str, str]) -> list[str]:
@@ -327,5 +332,5 @@ def processes_table(plan: ClusterPlan, *, valkey_nodes: list[tuple[str, str]], s
     rows += [
         ("postgres", url, "streaming replica") for url in servers.get("DATABASE_REPLICA_URLS", "").split(",") if url
     ]
-    width = max(len(where) for _, where, _ in rows)
+    width = min(26, max(len(where) for _, where, _ in rows))  # a long URL overflows its column
     return [f"    {name:<9} {where:<{width}}  {what}" for name, where, what in rows]
