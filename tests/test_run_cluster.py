@@ -152,6 +152,15 @@ def test_the_cluster_serves_through_nginx_survives_a_killed_web_process_and_stop
         assert stored is not None
         _plan, servers = stored
 
+        # The banner again, with each Valkey node's role now.
+        info = subprocess.run(
+            [sys.executable, "manage.py", "cluster_info"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+            timeout=WAIT_SECONDS,
+        )  # fmt: skip
+        assert "Personalization platform: running" in info.stdout, info.stdout + info.stderr
+        assert (info.stdout.count("cluster node, master"), info.stdout.count("cluster node, replica")) == (3, 3)
+        assert f"nginx     127.0.0.1:{port}" in info.stdout
+
         status, body = _request(
             f"{base}/api/v1/items/batch",
             key=key,

@@ -136,3 +136,13 @@ def test_nginx_accepts_the_configuration(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+def test_the_cluster_commands_get_the_cluster_folder_and_the_others_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(tmp_path))
+    environ = {"PERSONALIZATION_DATA_DIR": str(tmp_path)}
+
+    cluster.command_environ_prepare(["manage.py", "run_platform"], environ)
+    assert environ == {"PERSONALIZATION_DATA_DIR": str(tmp_path)}
+    cluster.command_environ_prepare(["manage.py", "cluster_info"], environ)
+    assert environ == {"PERSONALIZATION_DATA_DIR": str(tmp_path / "cluster")}
