@@ -9,6 +9,7 @@ from django.core.management.base import CommandError
 
 from operations import cluster
 from operations.management.commands import platform_info
+from personalization import embedded_cluster
 
 
 class Command(platform_info.Command):
@@ -17,8 +18,6 @@ class Command(platform_info.Command):
     again_command = "cluster_info"
 
     def footer(self, data_dir: Path, *, running: bool) -> list[str]:
-        from personalization import embedded_cluster
-
         stored = cluster.plan_read(data_dir)
         if stored is None:
             raise CommandError("No cluster started here yet: start it with `make cluster`.")

@@ -25,7 +25,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from operations import cluster, launcher, startup
 from operations.bootstrap import BOOTSTRAP_STEPS, credentials_file
-from personalization import embedded
+from personalization import embedded, embedded_cluster
 from personalization.supervision import Backoff, Program, Service, Supervisor
 
 # The servers, the migrations, the bootstrap's steps, and the processes.
@@ -68,18 +68,18 @@ class Command(BaseCommand):
 
     def _run(self, options: dict[str, object]) -> None:
         data_dir = Path(settings.DATA_DIR)
+        sizes = cluster.ClusterSizes(
+            web=_positive(options, "web"),
+            web_workers=_positive(options, "web_workers"),
+            ws=_positive(options, "ws"),
+            events_workers=_positive(options, "events_workers"),
+        )
         steps, report = launcher.platform_prepare(
             data_dir=data_dir,
             steps_total=STEP_COUNT,
             servers_title=SERVERS_STEP,
             with_demo_data=not options["no_demo"],
             stdout=self.stdout,
-        )
-        sizes = cluster.ClusterSizes(
-            web=_positive(options, "web"),
-            web_workers=_positive(options, "web_workers"),
-            ws=_positive(options, "ws"),
-            events_workers=_positive(options, "events_workers"),
         )
         host, port = options["host"], options["port"]
         assert isinstance(host, str) and isinstance(port, int)
@@ -111,8 +111,6 @@ class Command(BaseCommand):
             for name, argv in commands.items()
         ]
         supervisor = Supervisor(programs, _services(data_dir, servers), output=sys.stdout)
-        from personalization import embedded_cluster
-
         nodes = embedded_cluster.valkey_cluster_nodes_running(data_dir / cluster.VALKEY_CLUSTER_FOLDER)
         banner = partial(
             startup.banner,
@@ -206,15 +204,11 @@ class _NodesProbe:
         self._running: set[int] = set()
 
     def running(self, port: int) -> bool:
-        from personalization import embedded_cluster
-
         if time.monotonic() - self._asked_at >= NODES_PROBE_SECONDS:
             self._running = {node.port for node in embedded_cluster.valkey_cluster_nodes_running(self._folder)}
             self._asked_at = time.monotonic()
         return port in self._running
 
     def start(self, port: int) -> None:
-        from personalization import embedded_cluster
-
         embedded_cluster.start_valkey_node(self._folder, port)
         self._asked_at = 0.0  # asked again at the next probe: it runs now
