@@ -313,6 +313,7 @@ def stop_valkey(data_dir: Path) -> None:
 
 def stop_all(data_dir: Path) -> None:
     stop_valkey(data_dir)
+    stop_postgres_replica(data_dir)
     stop_postgres(data_dir)
 
 

@@ -13,6 +13,7 @@ from django.db.models import Exists, Min, OuterRef, QuerySet
 
 from graph_app.models import FeatureRow
 from graph_app.state.models import Event, Impression
+from personalization.db_router import read_connection
 
 _PLACEMENT_DAYS_SQL = """
 WITH shown AS (
@@ -61,7 +62,7 @@ def placement_day_outcomes(
     `impression_served_time` (the window's impressions), `event_attributed_time` (the attributed events since
     `events_from`, a partial index) and `impression_unique_slot` (an event's impression)."""
     params: dict[str, Any] = {"start": start, "end": end, "events_from": events_from, "types": list(outcome_types)}
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(_PLACEMENT_DAYS_SQL, params)
         return [
             PlacementDayOutcomes(placement, day, impressions, clicks, add_to_carts, purchases, float(revenue))
