@@ -128,7 +128,7 @@ class ReplicaRouter:
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
         # Replicas hold the primary's rows: an object read from one may relate to an object of the other.
         databases = {obj1._state.db, obj2._state.db}
-        if all(alias == DEFAULT_DB_ALIAS or alias.startswith(REPLICA_PREFIX) for alias in databases):
+        if all(alias == DEFAULT_DB_ALIAS or str(alias).startswith(REPLICA_PREFIX) for alias in databases):
             return True
         return None
 

@@ -322,6 +322,7 @@ class ModelAge:
     canary_percent: int
 
 
+@lag_tolerant_reads()
 def model_age_list(*, now: datetime | None = None) -> list[ModelAge]:
     """The serving model versions (active and canary, per kind) and how long ago each was trained."""
     now = now or timezone.now()

@@ -138,8 +138,13 @@ def test_a_stopped_replica_falls_back_to_the_primary_and_is_used_again_once_back
 
     embedded.stop_postgres_replica(settings.DATA_DIR, name=REPLICA_NAME)
     ItemFactory(external_id="sku-2")
-    # The cached probe still says healthy: the call fails on the replica and runs again on the primary.
-    assert _items_listed() == ["sku-1", "sku-2"]
+    now = timezone.now()
+    Impression.objects.create(
+        request_id="slate-1", user_key="u:1", placement="home", item_id="sku-1", slot=0, served_at=now
+    )
+    # The cached probe still says healthy: the dashboard's read fails on the replica and runs again on the primary.
+    kpis = placement_kpis_list(first_day=now.date(), last_day=now.date())
+    assert [(row.placement, row.impressions) for row in kpis.rows] == [("home", 1)]
     assert _fallbacks("error") == errors + 1
     assert not db_router.replica_health(ALIAS).healthy
     # Now known unhealthy: the next reads go straight to the primary.
