@@ -89,6 +89,13 @@ REDIS_HOT_PATH_TIMEOUT_SECONDS = float(os.environ.get("REDIS_HOT_PATH_TIMEOUT_SE
 REDIS_INGEST_SOCKET_TIMEOUT_SECONDS = float(os.environ.get("REDIS_INGEST_SOCKET_TIMEOUT_SECONDS", "2.0"))
 # Read replicas: reads from the control plane may go there; the hot path reads Redis and the primary.
 DATABASE_REPLICA_URLS = _env_list("DATABASE_REPLICA_URLS", "")
+# personalization/db_router.py: reads inside lag_tolerant_reads() go to a replica whose probe (cached per process this
+# long) connects within the timeout and finds it caught up or behind by less than the maximum lag.
+DATABASE_REPLICA_MAX_LAG_SECONDS = float(os.environ.get("DATABASE_REPLICA_MAX_LAG_SECONDS", "30"))
+DATABASE_REPLICA_HEALTH_CACHE_SECONDS = float(os.environ.get("DATABASE_REPLICA_HEALTH_CACHE_SECONDS", "5"))
+# A stopped replica must fail fast, so that its reads fall back to the primary within a request's deadline (libpq
+# counts whole seconds).
+DATABASE_REPLICA_CONNECT_TIMEOUT_SECONDS = int(os.environ.get("DATABASE_REPLICA_CONNECT_TIMEOUT_SECONDS", "2"))
 
 INSTALLED_APPS = [
     # The admin with the console's site (its index lists the sections in the order merchandisers use them).
@@ -197,6 +204,8 @@ def _database_from_url(url: str) -> dict[str, Any]:
 DATABASES = {"default": _database_from_url(DATABASE_URL)}
 for _index, _replica_url in enumerate(DATABASE_REPLICA_URLS):
     DATABASES[f"replica_{_index}"] = _database_from_url(_replica_url)
+    DATABASES[f"replica_{_index}"]["OPTIONS"]["connect_timeout"] = DATABASE_REPLICA_CONNECT_TIMEOUT_SECONDS
+DATABASE_ROUTERS = ["personalization.db_router.ReplicaRouter"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

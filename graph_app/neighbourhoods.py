@@ -36,6 +36,7 @@ from graph_app.progress import Progress
 from graph_app.state.event_types import BUILT_IN_EVENT_TYPES
 from graph_app.state.log_reads import user_items_in_window
 from personalization import redis_keys
+from personalization.db_router import lag_tolerant_reads, read_connection
 from personalization.redis_client import get_control_redis
 from personalization.training_compute import training_threads
 
@@ -86,8 +87,9 @@ class _Result:
     users: int
 
 
+@lag_tolerant_reads()
 def _catalog_load() -> _Catalog:
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         # Byte order (not the server's collation), so that ties between neighbours break the same way everywhere.
         cursor.execute('SELECT id, external_id, title FROM graph_app_item ORDER BY external_id COLLATE "C"')
         items = cursor.fetchall()
@@ -124,6 +126,7 @@ def _catalog_load() -> _Catalog:
     )
 
 
+@lag_tolerant_reads()
 def _interactions_load(*, catalog: _Catalog, since: datetime, now: datetime) -> tuple[sparse.csr_matrix, int]:
     """items x users, 1 where the user interacted with the item in the window; and the number of users."""
     types = [name for name, kind in BUILT_IN_EVENT_TYPES.items() if kind.popularity_weight > 0]

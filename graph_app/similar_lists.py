@@ -27,6 +27,7 @@ from graph_app.embeddings import normalize_rows
 from graph_app.models import Item
 from graph_app.progress import Progress
 from personalization import redis_keys
+from personalization.db_router import lag_tolerant_reads
 from personalization.redis_client import get_control_redis, swap_in
 from personalization.training_compute import training_threads, training_threads_used
 
@@ -220,6 +221,7 @@ def similar_lists_publish(*, item_ids: Sequence[str], vectors: np.ndarray, k: in
     return published
 
 
+@lag_tolerant_reads()
 def similar_lists_refresh(*, k: int = SIMILAR_PER_ITEM) -> int:
     """The lists from the embeddings stored in PostgreSQL (a repair, or a deployment upgrading to them)."""
     rows = list(

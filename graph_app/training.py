@@ -40,6 +40,7 @@ from graph_app.similar_lists import similar_lists_publish
 from graph_app.state.event_types import BUILT_IN_EVENT_TYPES
 from graph_app.state.log_reads import interaction_weights_sql
 from graph_app.user_lists import FILTERED_SCORE, user_lists_publish
+from personalization.db_router import lag_tolerant_reads, read_connection
 from personalization.training_compute import training_threads, training_threads_used
 
 logger = logging.getLogger(__name__)
@@ -107,12 +108,13 @@ def _interaction_weights_sql() -> tuple[str, list[object]]:
     return interaction_weights_sql(weights=weights)
 
 
+@lag_tolerant_reads()
 def _items_features() -> tuple[list[str], Any]:
     """The catalog's ids (in id order) and content features (CSR, a row per item), each item's features computed
     as its row is read: a million items' ItemContent objects would hold a GB of the worker's memory."""
     ids: list[str] = []
     links: dict[int, list[tuple[str, str, float]]] = {}
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(
             "SELECT l.item_id, e.kind, e.external_id, l.weight FROM graph_app_itementity l "
             "JOIN graph_app_entity e ON e.id = l.entity_id ORDER BY l.item_id, e.kind, e.external_id"

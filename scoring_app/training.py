@@ -74,6 +74,7 @@ from graph_app.interface import (
     slates_served_rows,
     top_k_items,
 )
+from personalization.db_router import lag_tolerant_reads
 from personalization.training_compute import training_threads_used
 from scoring_app.engine.ranking import ranker_compile_ahead, ranker_inputs, ranker_load
 from scoring_app.engine.retrieval import (
@@ -144,6 +145,7 @@ class _Query:
     labels: list[int]
 
 
+@lag_tolerant_reads()
 def _impression_queries(since: datetime) -> list[_Query]:
     request_ids = slates_reacted_to(since=since, limit=IMPRESSION_QUERIES_MAX)
     if len(request_ids) < MIN_IMPRESSION_QUERIES:

@@ -21,6 +21,7 @@ PROCESS_CACHE_MODULES = (
     "graph_app.item_vector_index",
     "graph_app.model_registry.selectors",
     "graph_app.state.event_types",
+    "personalization.db_router",
     "personalization.services",
     "scoring_app.engine.registry",
     "scoring_app.engine.retrieval",

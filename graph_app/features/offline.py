@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-from django.db import connection, transaction
+from django.db import transaction
 
 from graph_app.features.decayed_sums import decayed_sums
 from graph_app.features.definitions import (
@@ -39,6 +39,7 @@ from graph_app.progress import Progress
 from graph_app.state.custom_types import event_types
 from graph_app.state.event_types import EventType
 from graph_app.state.log_reads import ITEM_EVENTS_SERIES_SQL, PLACEMENT_IMPRESSIONS_SERIES_SQL, user_events_logged
+from personalization.db_router import lag_tolerant_reads, read_connection
 
 TTL = {feature.name: feature.ttl_seconds for feature in FEATURES}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -101,7 +102,8 @@ def _series_read(sql: str, params: dict[str, object], kinds: tuple[type, ...]) -
     """The query's columns as arrays of `kinds`, streamed (millions of rows: no list of tuples)."""
     parts: list[list[np.ndarray]] = []
     progress = Progress("offline features: events read", total=None)
-    with transaction.atomic(), connection.chunked_cursor() as cursor:
+    connection = read_connection()  # chosen before the transaction: a read inside one on the primary stays there
+    with transaction.atomic(using=connection.alias), connection.chunked_cursor() as cursor:
         cursor.execute(sql, params)
         while rows := cursor.fetchmany(SERIES_CHUNK_ROWS):
             count = len(rows)
@@ -120,6 +122,8 @@ def features_offline(*, requests: list[FeatureRequest], hidden: Collection[tuple
     return features_offline_sets(sets=[(requests, hidden)])[0]
 
 
+# Training's and the skew checks' rows as of past instants: a replica a few seconds behind gives the same values.
+@lag_tolerant_reads()
 def features_offline_sets(
     *, sets: Sequence[tuple[list[FeatureRequest], Collection[tuple[str, str]]]]
 ) -> list[np.ndarray]:

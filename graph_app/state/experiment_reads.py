@@ -17,7 +17,9 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
-from django.db import connection, transaction
+from django.db import transaction
+
+from personalization.db_router import lag_tolerant_reads, read_connection
 
 # Attributed events may carry a client timestamp a little before the slate was logged as served.
 EVENT_CLOCK_SLACK = timedelta(days=1)
@@ -143,6 +145,7 @@ def _day(row: list[Any]) -> ExperimentDay:
     return ExperimentDay(date.fromisoformat(day), impressions, clicks, add_to_carts, purchases, float(revenue))
 
 
+@lag_tolerant_reads()
 def experiment_outcomes(*, experiment_id: int, served_from: datetime) -> list[ExperimentVariantOutcomes]:
     """Every variant with impressions of the experiment served since `served_from` (its start: the bound lets
     PostgreSQL skip the daily partitions before it), by variant name, in one SQL round trip."""
@@ -152,7 +155,8 @@ def experiment_outcomes(*, experiment_id: int, served_from: datetime) -> list[Ex
         "events_from": served_from - EVENT_CLOCK_SLACK,
         "pre_exposure": timedelta(days=PRE_EXPOSURE_DAYS),
     }
-    with transaction.atomic(), connection.cursor() as cursor:
+    connection = read_connection()  # chosen before the transaction: a read inside one on the primary stays there
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         for setting in _RESULTS_SETTINGS:
             cursor.execute(setting)
         cursor.execute(_RESULTS_SQL, params)

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, cast
 
-from django.db import connection
 from django.db.models import Exists, Min, OuterRef, QuerySet
 
 from graph_app.models import FeatureRow
 from graph_app.state.models import Event, Impression
+from personalization.db_router import read_connection
 
 _PLACEMENT_DAYS_SQL = """
 WITH shown AS (
@@ -61,7 +61,7 @@ def placement_day_outcomes(
     `impression_served_time` (the window's impressions), `event_attributed_time` (the attributed events since
     `events_from`, a partial index) and `impression_unique_slot` (an event's impression)."""
     params: dict[str, Any] = {"start": start, "end": end, "events_from": events_from, "types": list(outcome_types)}
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(_PLACEMENT_DAYS_SQL, params)
         return [
             PlacementDayOutcomes(placement, day, impressions, clicks, add_to_carts, purchases, float(revenue))
@@ -71,7 +71,7 @@ def placement_day_outcomes(
 
 def logged_users_sample(*, users: int, seed: str) -> list[str]:
     """Up to `users` user ids of the event log, in an order the seed fixes."""
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(
             "SELECT user_id FROM (SELECT DISTINCT user_id FROM signals_app_event WHERE user_id <> '') u "
             "ORDER BY md5(user_id || %s) LIMIT %s",
@@ -82,7 +82,7 @@ def logged_users_sample(*, users: int, seed: str) -> list[str]:
 
 def user_items_logged(*, user_id: str, limit: int, types: Sequence[str] | None = None) -> list[str]:
     """The user's latest distinct items in the log (of these event types, or any), newest first."""
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         if types is None:
             cursor.execute(
                 "SELECT item_id FROM signals_app_event WHERE user_id = %s AND item_id <> '' "
@@ -99,7 +99,7 @@ def user_items_logged(*, user_id: str, limit: int, types: Sequence[str] | None =
 
 
 def user_purchases_logged(*, user_id: str) -> set[str]:
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(
             "SELECT DISTINCT item_id FROM signals_app_event WHERE user_id = %s AND type = 'purchase' ORDER BY 1",
             [user_id],
@@ -138,7 +138,7 @@ GROUP BY e.user_id
 
 def user_items_in_window(*, types: Sequence[str], since: datetime, now: datetime) -> list[tuple[str, list[str]]]:
     """(user id, the catalog items they had events of these types with in (since, now]), a row per user."""
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(_ITEM_USERS_SQL, {"types": list(types), "since": since, "now": now})
         rows: list[tuple[str, list[str]]] = cursor.fetchall()
         return rows
@@ -154,7 +154,7 @@ ORDER BY occurred_at, id
 
 def user_events_logged(*, users: Sequence[str], until: datetime) -> list[tuple[str, str, str, float]]:
     """(user id, item id, type, Unix time) of these users' item events up to `until`, in log order."""
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(_USER_EVENTS_SQL, {"users": list(users), "until": until})
         rows: list[tuple[str, str, str, float]] = cursor.fetchall()
         return rows
