@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connections, router, transaction
+from django.db import OperationalError, connections, router, transaction
 from django.utils import timezone
 
 from graph_app.models import Item
@@ -191,3 +191,24 @@ def _received(replica_url: str) -> None:
     with psycopg.connect(replica_url, autocommit=True) as replica:
         while not replica.execute("SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn", [target]).fetchone()[0]:
             replica.execute("SELECT pg_sleep(0.02)")
+
+
+def test_an_error_on_the_primary_is_not_taken_for_a_replica_failure(replica):
+    calls = []
+
+    @lag_tolerant_reads()
+    def read_then_fail_on_the_primary() -> None:
+        calls.append(list(Item.objects.all()))  # on the replica
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SET statement_timeout = 1")
+            try:
+                cursor.execute("SELECT pg_sleep(1)")
+            finally:
+                cursor.execute("SET statement_timeout = 0")
+
+    errors = _fallbacks("error")
+    with pytest.raises(OperationalError):
+        read_then_fail_on_the_primary()
+    assert len(calls) == 1  # not run again
+    assert _fallbacks("error") == errors
+    assert db_router.replica_health(ALIAS).healthy
