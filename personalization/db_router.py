@@ -198,20 +198,21 @@ def _probe(alias: str) -> ReplicaHealth:
     return ReplicaHealth(healthy=healthy, lag_seconds=lag, checked_at=time.monotonic())
 
 
-def _failed_replicas(aliases: set[str]) -> bool:
-    """Mark unhealthy the replicas a failed call used whose connection saw an error or that fail a probe now."""
-    failed = False
-    for alias in sorted(aliases):
+def _failed_replicas(used: set[str]) -> bool:
+    """Mark unhealthy the replicas a failed call used whose connection saw an error or that fail a probe now; they
+    leave `used`, so that an outer scope does not count them again."""
+    failed = [alias for alias in sorted(used) if connections[alias].errors_occurred or not _probe(alias).healthy]
+    for alias in failed:
+        used.discard(alias)
+        with _health_lock:
+            _health[alias] = ReplicaHealth(healthy=False, lag_seconds=None, checked_at=time.monotonic())
         connection = connections[alias]
-        if connection.errors_occurred or not _probe(alias).healthy:
-            failed = True
-            with _health_lock:
-                _health[alias] = ReplicaHealth(healthy=False, lag_seconds=None, checked_at=time.monotonic())
-            try:
-                connection.close()
-            except Exception:
-                logger.debug("database.replica_close_failed", extra={"alias": alias})
-    return failed
+        try:
+            connection.close()
+        except Exception:  # closing a broken connection may fail again; it is gone either way
+            logger.debug("database.replica_close_failed", extra={"alias": alias})
+        connection.errors_occurred = False  # the next connection starts clean
+    return bool(failed)
 
 
 @process_cache("database.replica_health")

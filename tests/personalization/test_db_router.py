@@ -12,9 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connections, router, transaction
+from django.db import OperationalError, connections, router, transaction
 from django.utils import timezone
 
+from graph_app.interface import item_content_matrix
 from graph_app.models import Item
 from graph_app.state.models import Impression
 from personalization import db_router, embedded
@@ -24,18 +25,19 @@ from tests.factories import ItemFactory
 from tests.integration_helpers import replica_replay_wait
 from tests.integration_helpers import test_database_url as primary_test_database_url
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases=["default", "replica_0"])]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases=["default", "replica_test"])]
 
-ALIAS = "replica_0"
+# Not replica_0: a run with DATABASE_REPLICA_URLS set has that alias already (this module then skips).
+ALIAS = "replica_test"
 REPLICA_NAME = "pg-replica-test"
 
 
 @pytest.fixture(scope="module")
 def replica_folder(django_db_setup, django_db_blocker) -> Path:
-    """A streaming replica of this worker's embedded primary, registered as alias replica_0 of the test database
+    """A streaming replica of this worker's embedded primary, registered as a replica alias of the test database
     for this module (before pytest-django checks each test's databases) and removed after it."""
-    if os.environ.get("DATABASE_URL"):
-        pytest.skip("the replica is made from the embedded primary")
+    if os.environ.get("DATABASE_URL") or settings.DATABASE_REPLICA_URLS:
+        pytest.skip("the replica is made from the embedded primary, and is the only one")
     data_dir = Path(settings.DATA_DIR)
     embedded.ensure_postgres_replica(data_dir, primary_url=settings.DATABASE_URL, name=REPLICA_NAME)
     config = copy.deepcopy(connections["default"].settings_dict)
@@ -191,3 +193,41 @@ def _received(replica_url: str) -> None:
     with psycopg.connect(replica_url, autocommit=True) as replica:
         while not replica.execute("SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn", [target]).fetchone()[0]:
             replica.execute("SELECT pg_sleep(0.02)")
+
+
+def test_an_error_on_the_primary_is_not_taken_for_a_replica_failure(replica):
+    calls = []
+
+    @lag_tolerant_reads()
+    def read_then_fail_on_the_primary() -> None:
+        calls.append(list(Item.objects.all()))  # on the replica
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SET statement_timeout = 1")
+            try:
+                cursor.execute("SELECT pg_sleep(1)")
+            finally:
+                cursor.execute("SET statement_timeout = 0")
+
+    errors = _fallbacks("error")
+    with pytest.raises(OperationalError):
+        read_then_fail_on_the_primary()
+    assert len(calls) == 1  # not run again
+    assert _fallbacks("error") == errors
+    assert db_router.replica_health(ALIAS).healthy
+
+
+def test_a_training_read_goes_through_the_replica(replica):
+    ItemFactory(external_id="sku-1", title="red shoe")
+    _replayed(replica)
+    with psycopg.connect(replica, autocommit=True) as replica_control:
+        replica_control.execute("SELECT pg_wal_replay_pause()")
+        try:
+            ItemFactory(external_id="sku-2", title="blue shoe")
+            on_replica = item_content_matrix()  # the embeddings' content read
+            with transaction.atomic():
+                on_primary = item_content_matrix()
+        finally:
+            replica_control.execute("SELECT pg_wal_replay_resume()")
+
+    assert on_replica.shape[0] == 1
+    assert on_primary.shape[0] == 2
