@@ -27,9 +27,9 @@ REPLICA_NAME = "pg-replica"
 # Three masters with a replica each.
 NODES_COUNT = 6
 DEFAULT_PORT = 8080
-# With the cluster's slots split evenly over three masters, the hash tags {p0}, {p1}, {p2} land one on each: every
-# master holds one partition's streams and state (EVENT_PARTITIONS in the environment wins).
-CLUSTER_EVENT_PARTITIONS = 3
+# The settings' default in cluster mode, spelled out for every child: four partitions on each of the three masters
+# (personalization.redis_keys places them); EVENT_PARTITIONS in the environment wins. Fixed once data exists.
+CLUSTER_EVENT_PARTITIONS = 12
 # The commands whose settings must see the cluster's servers (manage.py prepares their environment).
 CLUSTER_COMMANDS = ("run_cluster", "cluster_info")
 
