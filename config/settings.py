@@ -72,9 +72,20 @@ DATA_DIR = embedded.default_data_dir(BASE_DIR)
 DATABASE_URL = os.environ.get("DATABASE_URL") or (
     _required_in_production("DATABASE_URL", "") or embedded.ensure_postgres(DATA_DIR)
 )
-REDIS_URL = os.environ.get("REDIS_URL") or (
-    _required_in_production("REDIS_URL", "") or embedded.ensure_valkey(DATA_DIR)
-)
+# Redis Cluster mode: "host:port,host:port" of some of its nodes. Platform state (hot path, ingest, control plane,
+# event streams) then lives on the cluster; REDIS_URL (by default CELERY_BROKER_URL) names a standalone Redis for
+# what cannot run on a cluster (Celery's broker and results: kombu has no Redis Cluster transport; Django's cache).
+REDIS_CLUSTER_NODES = _env_list("REDIS_CLUSTER_NODES", "")
+if REDIS_CLUSTER_NODES and not os.environ.get("CELERY_BROKER_URL"):
+    raise ImproperlyConfigured(
+        "REDIS_CLUSTER_NODES is set: CELERY_BROKER_URL must name a standalone Redis (Celery cannot use a cluster)."
+    )
+if REDIS_CLUSTER_NODES:
+    REDIS_URL = os.environ.get("REDIS_URL") or os.environ["CELERY_BROKER_URL"]
+else:
+    REDIS_URL = os.environ.get("REDIS_URL") or (
+        _required_in_production("REDIS_URL", "") or embedded.ensure_valkey(DATA_DIR)
+    )
 # Before every Redis key of the platform, its cache, its WebSocket layer and Celery's broker (empty: none), so that
 # deployments or test runs sharing one Redis keep to their own keys. Letters, digits and ".:_-" only: a brace would
 # change the keys' Cluster slots, a glob character the key scans.
@@ -87,6 +98,12 @@ REDIS_HOT_PATH_TIMEOUT_SECONDS = float(os.environ.get("REDIS_HOT_PATH_TIMEOUT_SE
 # Event ingest's Redis socket timeout (personalization/redis_client.py): the hot path's 50 ms cut batches short on a
 # loaded machine (BENCHMARKS.md, "Signal layer: ingest under CPU load").
 REDIS_INGEST_SOCKET_TIMEOUT_SECONDS = float(os.environ.get("REDIS_INGEST_SOCKET_TIMEOUT_SECONDS", "2.0"))
+# Redis Cluster mode: an ingest waits (WAIT, in its own pipeline) until this many replicas of each master it wrote
+# to have its events, up to REDIS_INGEST_WAIT_TIMEOUT_MS, so that a master killed right after the 202 loses none of
+# them (replication is asynchronous). Short of it the events are acknowledged all the same, and counted
+# (signals_ingest_replicas_short_total). 0: no wait. Single-node mode never waits.
+REDIS_INGEST_REPLICAS_WAIT = int(os.environ.get("REDIS_INGEST_REPLICAS_WAIT", "1" if REDIS_CLUSTER_NODES else "0"))
+REDIS_INGEST_WAIT_TIMEOUT_MS = int(os.environ.get("REDIS_INGEST_WAIT_TIMEOUT_MS", "200"))
 # Read replicas: reads from the control plane may go there; the hot path reads Redis and the primary.
 DATABASE_REPLICA_URLS = _env_list("DATABASE_REPLICA_URLS", "")
 # personalization/db_router.py: reads inside lag_tolerant_reads() go to a replica whose probe (cached per process this
@@ -296,11 +313,16 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+# The WebSocket layer's Redis servers (comma list of redis:// URLs). Each group lives on one of them (channels_redis
+# hashes it); on a cluster, PUBLISH reaches the subscribers of every node, so each node may serve as a host.
+CHANNEL_LAYER_HOSTS = _env_list(
+    "CHANNEL_LAYER_HOSTS", ",".join(f"redis://{node}" for node in REDIS_CLUSTER_NODES) or REDIS_URL
+)
 CHANNEL_LAYERS = {
     "default": {
         # Pub/sub: a group send is one PUBLISH, fanned out by Redis to the WebSocket processes that subscribed.
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}channels"},
+        "CONFIG": {"hosts": CHANNEL_LAYER_HOSTS, "prefix": f"{REDIS_KEY_PREFIX}channels"},
     }
 }
 
@@ -347,8 +369,10 @@ SHOPPER_TOKEN_SECRET = os.environ.get("SHOPPER_TOKEN_SECRET", "")
 # A stream entry pending this long belongs to a consumer presumed dead and is reclaimed by another.
 EVENT_RECLAIM_IDLE_MS = int(os.environ.get("EVENT_RECLAIM_IDLE_MS", "60000"))
 # Online state and event streams are split into this many partitions (by user); see personalization/redis_keys.py.
-# One suits a single Redis node (item feature reads fan out over partitions); a Redis Cluster wants several.
-EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "1"))
+# One suits a single Redis node (item feature reads fan out over partitions); a Redis Cluster wants several: 12 puts
+# four on each of three masters (personalization.redis_keys.cluster_partition_tag). Fixed once data exists: keys and
+# stream entries stay in the partition they were written to.
+EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "12" if REDIS_CLUSTER_NODES else "1"))
 
 # A served slate stays in Redis this long for the attribution of the clicks and purchases that carry its request id
 # (about 1.1 KB a slate of 10: at 200 requests/s an hour holds 0.8 GB, a week would hold 130 GB). Later ones are

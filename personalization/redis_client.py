@@ -13,23 +13,32 @@ from __future__ import annotations
 import functools
 import keyword
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias, cast
 
 import hiredis
 import redis
 from django.conf import settings
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import NoScriptError
+from redis.crc import key_slot
+from redis.exceptions import ClusterDownError, NoScriptError, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
 
 HOT_PATH_SOCKET_TIMEOUT_SECONDS = 0.05
 HOT_PATH_CONNECT_TIMEOUT_SECONDS = 0.05
 CONTROL_SOCKET_TIMEOUT_SECONDS = 5.0
 CONTROL_CONNECT_TIMEOUT_SECONDS = 1.0
+# Ingest and the control plane wait this long for a failed master's replica to take over (Redis Cluster mode).
+CLUSTER_FAILOVER_WAIT_SECONDS = 5.0
+
+# The platform's annotations name the single-node client; in Redis Cluster mode the object is a RedisCluster, whose
+# commands and pipelines mirror it (redis-py gives the two no common base class to name instead).
+RedisClient: TypeAlias = redis.Redis
 
 
 class CommandPacker(HiredisRespSerializer):
@@ -69,25 +78,133 @@ def redis_client_for(
     )
 
 
+class _PackedConnection(redis.Connection):
+    """A cluster node's connection with our packer: RedisCluster drops `command_packer` from the arguments it hands
+    its nodes (redis.cluster.REDIS_ALLOWED_KEYS), but passes `connection_class` on to their pools."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(command_packer=_COMMAND_PACKER, **kwargs)  # type: ignore[no-untyped-call]
+
+
+# A failover: the dead master refuses connections, then the cluster is down for its slots until the replica is
+# elected (about 1-3 s with cluster-node-timeout 1000). A timeout is not among them: the command may have run.
+_FAILOVER_ERRORS = (redis.ConnectionError, ClusterDownError, SlotNotCoveredError, TryAgainError)
+_FAILOVER_PAUSE_SECONDS = 0.1
+
+
+class PatientRedisCluster(RedisCluster):
+    """A cluster client whose single commands wait through a master's failover, up to `failover_seconds`, instead
+    of failing on the first refused connection (redis-py's own retries follow one another at once). Pipelines keep
+    redis-py's immediate retries: a failed one raises, and its caller answers as for any Redis error."""
+
+    def __init__(self, *args: Any, failover_seconds: float = 0.0, **kwargs: Any) -> None:
+        self.failover_seconds = failover_seconds  # before redis-py's constructor, which sends commands
+        super().__init__(*args, **kwargs)
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.failover_seconds
+        while True:
+            try:
+                return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+            except _FAILOVER_ERRORS:
+                if time.monotonic() + _FAILOVER_PAUSE_SECONDS > deadline:
+                    raise
+                time.sleep(_FAILOVER_PAUSE_SECONDS)
+
+
+def redis_cluster_client_for(
+    nodes: list[str],
+    *,
+    socket_timeout: float = HOT_PATH_SOCKET_TIMEOUT_SECONDS,
+    connect_timeout: float = HOT_PATH_CONNECT_TIMEOUT_SECONDS,
+    failover_seconds: float = 0.0,
+) -> RedisClient:
+    """A client of the Redis Cluster at `nodes` ("host:port"), typed as the single-node client it mirrors (the same
+    commands and pipelines; redis-py gives the two no common base). `failover_seconds` 0: no retry at all, so that a
+    dead master costs the hot path one refused connection, never more than its timeout."""
+    addresses = [node.rsplit(":", 1) for node in nodes[1:]]
+    startup = [ClusterNode(host, int(port)) for host, port in addresses]  # type: ignore[no-untyped-call]
+    client = PatientRedisCluster(
+        # Given a URL, redis-py builds each node's client from a connection pool, which takes `connection_class`.
+        url=f"redis://{nodes[0]}",
+        startup_nodes=startup,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 3 if failover_seconds else 0),
+        connection_class=_PackedConnection,
+        failover_seconds=failover_seconds,
+    )
+    return cast(RedisClient, client)
+
+
+def cluster_mode() -> bool:
+    return bool(settings.REDIS_CLUSTER_NODES)
+
+
+def is_cluster(client: RedisClient) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+@dataclass
+class ReplicasWait:
+    """WAIT on a pipeline: after its writes, each master it wrote to (named by a key of its slots) answers once
+    `replicas` of its replicas acknowledged them, or after `timeout_ms`. A write acknowledged before a master dies
+    could otherwise be lost with it (replication is asynchronous). `short` counts the masters whose replicas fell
+    short. WAIT counts the writes of its own connection: it must go on the pipeline that wrote."""
+
+    replicas: int
+    timeout_ms: int
+    short: int = 0
+
+    def queue(self, client: RedisClient, pipeline: redis.client.Pipeline, keys: Iterable[str]) -> int:
+        """Queue one WAIT per master of `keys` (a Redis Cluster client's pipeline); returns how many."""
+        if not is_cluster(client):
+            return 0  # one server: no replica is asked for
+        cluster = cast(RedisCluster, client)
+        masters = [cluster.get_node_from_key(key) for key in keys]  # type: ignore[no-untyped-call]
+        nodes = {node.name: node for node in masters}
+        for node in nodes.values():
+            pipeline.execute_command("WAIT", self.replicas, self.timeout_ms, target_nodes=node)  # type: ignore[no-untyped-call]
+        return len(nodes)
+
+    def count(self, replies: list[Any]) -> None:
+        self.short += sum(1 for reply in replies if not isinstance(reply, int) or reply < self.replicas)
+
+
 @functools.cache
-def get_redis() -> redis.Redis:
+def get_redis() -> RedisClient:
     """The hot path's client (REDIS_HOT_PATH_TIMEOUT_SECONDS, 50 ms in production)."""
     timeout = settings.REDIS_HOT_PATH_TIMEOUT_SECONDS
+    if cluster_mode():
+        return redis_cluster_client_for(settings.REDIS_CLUSTER_NODES, socket_timeout=timeout, connect_timeout=timeout)
     return redis_client_for(settings.REDIS_URL, socket_timeout=timeout, connect_timeout=timeout)
 
 
 @functools.cache
-def get_ingest_redis() -> redis.Redis:
+def get_ingest_redis() -> RedisClient:
     """Event ingest's client: the hot path's with a longer socket timeout (REDIS_INGEST_SOCKET_TIMEOUT_SECONDS, 2 s).
     A batch's script calls take milliseconds of Redis time, but on a loaded machine (load average 8-13 on 2 cores)
     Redis waits for a core, and the 50 ms timeout cut 1 batch in 9 short after its events were applied. Storefronts
     send events in the background: they can wait."""
+    if cluster_mode():
+        return redis_cluster_client_for(
+            settings.REDIS_CLUSTER_NODES,
+            socket_timeout=settings.REDIS_INGEST_SOCKET_TIMEOUT_SECONDS,
+            failover_seconds=CLUSTER_FAILOVER_WAIT_SECONDS,
+        )
     return redis_client_for(settings.REDIS_URL, socket_timeout=settings.REDIS_INGEST_SOCKET_TIMEOUT_SECONDS)
 
 
 @functools.cache
-def get_control_redis() -> redis.Redis:
+def get_control_redis() -> RedisClient:
     """The control plane's client (longer timeouts)."""
+    if cluster_mode():
+        return redis_cluster_client_for(
+            settings.REDIS_CLUSTER_NODES,
+            socket_timeout=CONTROL_SOCKET_TIMEOUT_SECONDS,
+            connect_timeout=CONTROL_CONNECT_TIMEOUT_SECONDS,
+            failover_seconds=CLUSTER_FAILOVER_WAIT_SECONDS,
+        )
     return redis_client_for(
         settings.REDIS_URL,
         socket_timeout=CONTROL_SOCKET_TIMEOUT_SECONDS,
@@ -95,14 +212,24 @@ def get_control_redis() -> redis.Redis:
     )
 
 
+def delete_queue(pipeline: redis.client.Pipeline, *keys: str) -> None:
+    """Queue one DEL of `keys`, which must share a Redis Cluster slot (a hash tag): as a plain command, since a
+    cluster pipeline refuses its `delete` method for several keys."""
+    pipeline.execute_command("DEL", *keys)  # type: ignore[no-untyped-call]
+
+
 def swap_in(client: redis.Redis, *, key: str, staging: str) -> None:
     """Make `staging` (`redis_keys.staging` of `key`) the value of `key`, atomically: a reader sees the old value or
     the new one, never a mix. The old value (tens of MB for a list per item) is freed in the background (UNLINK),
     where a RENAME over it would free it in Redis's one thread. A missing `staging` removes `key`."""
     retired = f"{staging}:retired"
+    if key_slot(key.encode()) != key_slot(staging.encode()):
+        # A transaction on a Redis Cluster must stay in one slot: `staging` keeps the hash tag of `key`.
+        raise ValueError(f"{staging!r} is not in the Redis Cluster slot of {key!r}: give {key!r} a hash tag")
     swap = client.pipeline(transaction=True)
-    swap.rename(key, retired)  # fails harmlessly when nothing is served yet
-    swap.rename(staging, key)  # fails harmlessly when the build wrote nothing
+    # As plain commands: a cluster pipeline refuses its `rename` method, though a transaction in one slot may RENAME.
+    swap.execute_command("RENAME", key, retired)  # type: ignore[no-untyped-call]  # fails harmlessly when nothing is served yet
+    swap.execute_command("RENAME", staging, key)  # type: ignore[no-untyped-call]  # fails harmlessly when the build wrote nothing
     swap.execute(raise_on_error=False)
     client.unlink(retired, staging)
 
@@ -240,7 +367,9 @@ class ShaScript:
         raise AssertionError("unreachable")
 
     def queue(self, client: redis.Redis, pipeline: redis.client.Pipeline, keys: list[str], args: list[Any]) -> None:
-        pipeline.evalsha(self.loaded(client), len(keys), *keys, *args)
+        # As a plain command: a cluster pipeline refuses its `evalsha` method, but routes EVALSHA by its keys (which
+        # must share a slot).
+        pipeline.execute_command("EVALSHA", self.loaded(client), len(keys), *keys, *args)  # type: ignore[no-untyped-call]
 
     def call_named(self, client: redis.Redis, **named: Any) -> Any:
         return self.call(client, *self.arguments(**named))

@@ -7,10 +7,13 @@ keys live in one slot (partitions spread over the nodes). The partition count is
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import zlib
 
 from django.conf import settings
+from redis.crc import key_slot
 
 # Before every key (REDIS_KEY_PREFIX, empty by default): deployments, or a test run, that share one Redis keep out
 # of each other's keys. Outside the hash tags, so it moves no key to another Cluster slot.
@@ -26,7 +29,30 @@ def partitions() -> range:
 
 
 def _tag(partition: int) -> str:
+    if settings.REDIS_CLUSTER_NODES:
+        return cluster_partition_tag(partition)
     return f"{{p{partition}}}"
+
+
+CLUSTER_SLOTS = 16384
+# Partitions go round the masters of a cluster formed with equal slot ranges (personalization.embedded_cluster,
+# redis-cli --cluster create): partition p on the (p mod 3)-th third of the slots.
+CLUSTER_PARTITION_SPREAD = 3
+
+
+@functools.cache
+def cluster_partition_tag(partition: int) -> str:
+    """The hash tag of a partition on a Redis Cluster: `{pN}`, or `{pN.k}` with the smallest k that puts it in its
+    share of the slots, so that the partitions (and their streams and state) spread evenly over the masters;
+    `{pN}` alone lands unevenly (12 partitions: 3, 3 and 6 on three masters)."""
+    third = partition % CLUSTER_PARTITION_SPREAD
+    low = third * CLUSTER_SLOTS // CLUSTER_PARTITION_SPREAD
+    high = (third + 1) * CLUSTER_SLOTS // CLUSTER_PARTITION_SPREAD
+    for salt in itertools.chain([""], (f".{k}" for k in itertools.count())):
+        name = f"p{partition}{salt}"
+        if low <= key_slot(name.encode()) < high:
+            return f"{{{name}}}"
+    raise AssertionError("unreachable")
 
 
 # Per partition.

@@ -12,6 +12,11 @@ INGEST_SECONDS = Histogram(
     "Time to validate and apply one ingest request (one event or a batch) to the online state.",
     buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
+REPLICAS_SHORT = Counter(
+    "signals_ingest_replicas_short_total",
+    "Redis Cluster masters whose replicas did not acknowledge an ingest's events within REDIS_INGEST_WAIT_TIMEOUT_MS"
+    " (the events were acknowledged all the same).",
+)
 # Unknown types are reported under one label so that bad input cannot blow up the metric's cardinality.
 _OTHER_TYPE = "other"
 
@@ -25,3 +30,7 @@ def events_counted(type_name: object, outcome: str) -> None:
 
 def ingest_observed(seconds: float) -> None:
     INGEST_SECONDS.observe(seconds)
+
+
+def replicas_short_counted(masters: int) -> None:
+    REPLICAS_SHORT.inc(masters)

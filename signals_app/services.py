@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -21,7 +22,7 @@ from personalization import redis_keys
 from personalization.errors import ApplicationError
 from personalization.exception_handler import SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS
 from personalization.process_caches import process_cache
-from personalization.redis_client import get_control_redis, get_ingest_redis
+from personalization.redis_client import ReplicasWait, get_control_redis, get_ingest_redis
 from signals_app import metrics
 from signals_app.identity import identity_link_if_new
 from signals_app.models import DeadLetter
@@ -168,7 +169,11 @@ def events_ingest(
             raise _incomplete(len(raw_events), valid, [EventOutcome.NOT_APPLIED] * len(valid.events)) from error
         user_keys = {online.event.user_key for online in valid.events}
         also = (lambda pipeline: on_users_changed(pipeline, user_keys)) if on_users_changed else None
-        outcomes = events_ingest_online(client=client, events=valid.events, also=also)
+        replicas_wait = _replicas_wait()
+        outcomes = events_ingest_online(client=client, events=valid.events, also=also, replicas_wait=replicas_wait)
+        if replicas_wait is not None and replicas_wait.short:
+            # Still acknowledged: the events are on their master, and lost only if it dies before replicating them.
+            metrics.replicas_short_counted(replicas_wait.short)
         for online, outcome in zip(valid.events, outcomes, strict=True):
             if outcome is EventOutcome.NEW:
                 report.accepted += 1
@@ -181,6 +186,13 @@ def events_ingest(
             raise _incomplete(len(raw_events), valid, outcomes)
     metrics.ingest_observed(time.perf_counter() - started)
     return report
+
+
+def _replicas_wait() -> ReplicasWait | None:
+    """On a Redis Cluster, an event is acknowledged once a replica has it too (REDIS_INGEST_REPLICAS_WAIT)."""
+    if not settings.REDIS_CLUSTER_NODES or settings.REDIS_INGEST_REPLICAS_WAIT <= 0:
+        return None
+    return ReplicasWait(replicas=settings.REDIS_INGEST_REPLICAS_WAIT, timeout_ms=settings.REDIS_INGEST_WAIT_TIMEOUT_MS)
 
 
 def _link_sessions_seen_with_users(events: list[EventInput]) -> None:

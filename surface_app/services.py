@@ -77,7 +77,9 @@ def shelves_refresh_queue(pipeline: redis.client.Pipeline, user_keys: Iterable[s
     """Queue a refresh of these users' shelves on a pipeline the caller executes."""
     payload = _payload()
     for user_key in sorted(set(user_keys)):
-        pipeline.publish(_group_channel(shelf_group_name(user_key)), payload)
+        # As a plain command: a Redis Cluster pipeline refuses its `publish` method; a PUBLISH on any node of a cluster
+        # reaches the subscribers of every node.
+        pipeline.execute_command("PUBLISH", _group_channel(shelf_group_name(user_key)), payload)  # type: ignore[no-untyped-call]
 
 
 def shelves_notify(*, user_keys: set[str]) -> None:

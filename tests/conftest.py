@@ -5,6 +5,7 @@ import importlib
 import pytest
 import redis
 from django.conf import settings
+from redis.cluster import RedisCluster
 from rest_framework.test import APIClient
 
 from personalization import services as key_services
@@ -37,7 +38,10 @@ for _module in PROCESS_CACHE_MODULES:
 def clean_redis() -> redis.Redis:
     """Each test starts from an empty Redis database (the tests' own embedded Valkey unless REDIS_URL is set)."""
     client = get_control_redis()  # a flush may take longer than the hot path's timeout
-    client.flushdb()
+    if settings.REDIS_CLUSTER_NODES:
+        client.flushdb(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]  # each master its slots
+    else:
+        client.flushdb()
     return client
 
 

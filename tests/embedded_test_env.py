@@ -19,6 +19,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         parts = urlsplit(os.environ["REDIS_URL"])
         database = int(parts.path.strip("/") or 0) + int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
         os.environ["REDIS_URL"] = urlunsplit(parts._replace(path=f"/{database}"))
+# TEST_REDIS_CLUSTER=1: the whole run on an embedded Valkey cluster (three masters, a replica each) under the worker's
+# data folder, with the worker's single embedded Valkey as Celery's broker and the cache (README, "Testing").
+TEST_REDIS_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER", "") in {"1", "true", "yes"}
+if TEST_REDIS_CLUSTER:
+    from personalization import embedded, embedded_cluster
+
+    data_dir = Path(os.environ["PERSONALIZATION_DATA_DIR"])
+    os.environ["REDIS_CLUSTER_NODES"] = ",".join(embedded_cluster.ensure_valkey_cluster(data_dir / "valkey-cluster"))
+    os.environ["CELERY_BROKER_URL"] = os.environ.get("REDIS_URL") or embedded.ensure_valkey(data_dir)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Several partitions, so that the tests exercise the Redis Cluster layout (production default: one).
 os.environ.setdefault("EVENT_PARTITIONS", "4")
@@ -39,6 +48,7 @@ os.environ.setdefault("TRAINING_NICENESS", "0")
 
 def pytest_unconfigure(config: object) -> None:
     if STARTED_EMBEDDED_SERVERS and not os.environ.get("KEEP_TEST_SERVERS"):
-        from personalization import embedded
+        from personalization import embedded, embedded_cluster
 
         embedded.stop_all(Path(os.environ["PERSONALIZATION_DATA_DIR"]))
+        embedded_cluster.stop_valkey_cluster(Path(os.environ["PERSONALIZATION_DATA_DIR"]) / "valkey-cluster")

@@ -21,7 +21,7 @@ from graph_app.state.ingest import (
     affinity_merge_script,
 )
 from personalization import redis_keys
-from personalization.redis_client import get_redis
+from personalization.redis_client import delete_queue, get_redis
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ def session_state_merge(*, user_id: str, session_id: str, linked_at: datetime) -
         # session never served in one has no variant to keep: the user's own unit stays free for a later session.
         unit = assignment_unit_decode(session_unit, user_key=session_key)
         write.set(redis_keys.user_assignment_unit(user_id), unit, nx=True, ex=ASSIGNMENT_UNIT_TTL_SECONDS)
-    write.delete(
+    delete_queue(
+        write,
         redis_keys.user_recent_items(session_key),
         redis_keys.user_affinity(session_key),
         redis_keys.user_recent_last(session_key),

@@ -44,7 +44,8 @@ from graph_app.state.dedupe import DEDUPE_WINDOW, DEDUPE_WINDOW_SECONDS, Generat
 from graph_app.state.event_types import EventType
 from graph_app.state.records import EventInput
 from personalization import redis_keys
-from personalization.redis_client import ShaScript, script_pipeline_execute
+from personalization.redis_client import ReplicasWait, ShaScript, is_cluster, script_pipeline_execute
+from personalization.redis_keys import event_stream
 
 logger = logging.getLogger(__name__)
 
@@ -234,11 +235,13 @@ class IngestScript:
         client: redis.Redis,
         events: Sequence[OnlineEvent],
         also: Callable[[redis.client.Pipeline], None] | None = None,
+        replicas_wait: ReplicasWait | None = None,
     ) -> list[EventOutcome]:
         """Apply the events in one round trip (script calls per partition): each event's outcome. A call's writes
         are atomic, so each event is applied or not as its call is; a reply that never came (a timeout, a dropped
         connection) leaves its events UNKNOWN. `also` may queue more commands on the same pipeline (their replies
-        are ignored)."""
+        are ignored). `replicas_wait` (a Redis Cluster): the same pipeline then waits for the replicas of each master
+        written to, and counts those that fell short."""
         self.script.loaded(client)
         by_partition: dict[int, list[int]] = {}
         for index, online in enumerate(events):
@@ -271,9 +274,12 @@ class IngestScript:
                 self.queue(client, pipeline, partition, [events[index] for index in indexes], generations)
             if also is not None and attempt == 0:
                 also(pipeline)
+            waits = replicas_wait.queue(client, pipeline, [event_stream(p) for p, _ in calls]) if replicas_wait else 0
             try:
-                # Connected before anything is sent: a Redis that cannot be reached got none of the events.
-                pipeline.connection = client.connection_pool.get_connection()
+                # Connected before anything is sent: a Redis that cannot be reached got none of the events. (A
+                # cluster pipeline connects to each master as it sends: one that cannot be reached raises below.)
+                if not is_cluster(client):
+                    pipeline.connection = client.connection_pool.get_connection()
             except redis.RedisError as error:
                 logger.warning("signals.ingest_not_sent", extra={"error": repr(error), "events": len(events)})
                 return outcomes
@@ -286,6 +292,8 @@ class IngestScript:
                     for index in indexes:
                         outcomes[index] = EventOutcome.UNKNOWN
                 return outcomes
+            if replicas_wait is not None and waits:
+                replicas_wait.count(replies[-waits:])
             forgotten = []
             stale = set()
             script_forgotten = False

@@ -90,6 +90,7 @@ from graph_app.state.reads import (
 )
 from graph_app.state.rebuild import OnlineStateRebuildReport, online_state_rebuild
 from graph_app.state.records import Attribution, EventInput, EventRecord
+from personalization.redis_client import ReplicasWait
 
 __all__ = [
     "ASSIGNMENT_UNIT_TTL_SECONDS",
@@ -174,7 +175,9 @@ def events_ingest_online(
     client: redis.Redis,
     events: Sequence[OnlineEvent],
     also: Callable[[redis.client.Pipeline], None] | None = None,
+    replicas_wait: ReplicasWait | None = None,
 ) -> list[EventOutcome]:
     """Apply validated events to the online state and append them to the stream, in one round trip: each event's
-    outcome. `also` queues more commands on the same pipeline (their replies are ignored)."""
-    return ingest_script.run(client, events, also)
+    outcome. `also` queues more commands on the same pipeline (their replies are ignored); `replicas_wait` waits
+    there for the replicas of the masters written to (a Redis Cluster)."""
+    return ingest_script.run(client, events, also, replicas_wait)
