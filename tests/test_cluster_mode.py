@@ -29,7 +29,7 @@ from personalization.embedded_cluster import (
 )
 from personalization.process_caches import process_caches_reset
 from personalization.redis_client import ShaScript, get_control_redis, get_ingest_redis, get_redis
-from signals_app.consumer import events_drain_all
+from signals_app.consumer import CONSUMER_GROUP, events_drain_all
 from tests.factories import ItemFactory, unit
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
@@ -133,6 +133,20 @@ def test_rest_ingest_writes_state_and_streams_on_the_cluster_and_the_consumer_st
     assert set(Event.objects.values_list("event_id", flat=True)) == {event["event_id"] for event in events}
 
 
+def test_events_workers_of_one_consumer_group_share_the_partitions(api_client, on_cluster: RedisCluster) -> None:
+    api_client.post("/api/v1/events", {"events": _views("group", 48)}, format="json")
+
+    # Two workers, each draining the partitions in its own order, as Celery's events workers do.
+    first = events_drain_all(consumer="events-1@test")
+    second = events_drain_all(consumer="events-2@test")
+
+    assert (first.stored, second.stored) == (48, 0)
+    assert Event.objects.count() == 48
+    for partition in range(CLUSTER_PARTITIONS):
+        pending = on_cluster.xpending(redis_keys.event_stream(partition), CONSUMER_GROUP)
+        assert pending["pending"] == 0
+
+
 def test_recommendations_answer_from_cluster_state(api_client, on_cluster: RedisCluster, vacuumed_vector_index) -> None:
     ItemFactory(external_id="anchor", embedding=unit(1, 0))
     ItemFactory(external_id="near", embedding=unit(1, 0.1))
@@ -200,11 +214,18 @@ def test_a_master_killed_during_ingest_loses_no_acknowledged_event(
         else:
             refused += 1  # a 503: the storefront sends it again; nothing was acknowledged
 
+    def serve() -> None:
+        # Recommendations keep answering through the failover (degraded at worst: the hot path does not wait).
+        response = api_client.get("/api/v1/recommendations", {"user_id": f"kill{batch}-u0", "k": 3})
+        assert response.status_code == 200
+
     for _ in range(5):
         post_batch()
     os.kill(victim_pid, signal.SIGKILL)
-    # Ingest goes on through the failover until the replica serves partition 0 again, then a little more.
-    _eventually(lambda: (post_batch(), _promoted(on_cluster, victim_key, victim.port))[1], "the replica's promotion")
+    # Ingest and serving go on through the failover until the replica serves partition 0, then a little more.
+    _eventually(
+        lambda: (post_batch(), serve(), _promoted(on_cluster, victim_key, victim.port))[2], "the replica's promotion"
+    )
     for _ in range(5):
         post_batch()
 
