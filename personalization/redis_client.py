@@ -145,6 +145,19 @@ def is_cluster(client: RedisClient) -> bool:
     return isinstance(client, RedisCluster)
 
 
+def connection_pools(client: RedisClient) -> list[Any]:
+    """The client's connection pools: its one, or on a cluster one per node it knows."""
+    if not is_cluster(client):
+        return [client.connection_pool]
+    nodes = cast(RedisCluster, client).get_nodes()  # type: ignore[no-untyped-call]
+    return [node.redis_connection.connection_pool for node in nodes if node.redis_connection is not None]
+
+
+def _master_of(client: RedisClient, key: str) -> Any:
+    """The cluster node serving `key`'s slot, as the client's slot table has it."""
+    return cast(RedisCluster, client).get_node_from_key(key)  # type: ignore[no-untyped-call]
+
+
 @dataclass
 class ReplicasWait:
     """WAIT on a pipeline: after its writes, each master it wrote to (named by a key of its slots) answers once
@@ -160,9 +173,7 @@ class ReplicasWait:
         """Queue one WAIT per master of `keys` (a Redis Cluster client's pipeline); returns how many."""
         if not is_cluster(client):
             return 0  # one server: no replica is asked for
-        cluster = cast(RedisCluster, client)
-        masters = [cluster.get_node_from_key(key) for key in keys]  # type: ignore[no-untyped-call]
-        nodes = {node.name: node for node in masters}
+        nodes = {node.name: node for node in (_master_of(client, key) for key in keys)}
         for node in nodes.values():
             pipeline.execute_command("WAIT", self.replicas, self.timeout_ms, target_nodes=node)  # type: ignore[no-untyped-call]
         return len(nodes)
@@ -367,9 +378,11 @@ class ShaScript:
         raise AssertionError("unreachable")
 
     def queue(self, client: redis.Redis, pipeline: redis.client.Pipeline, keys: list[str], args: list[Any]) -> None:
-        # As a plain command: a cluster pipeline refuses its `evalsha` method, but routes EVALSHA by its keys (which
-        # must share a slot).
-        pipeline.execute_command("EVALSHA", self.loaded(client), len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        # As a plain command: a cluster pipeline refuses its `evalsha` method. Routed to the master of its keys (one
+        # slot) here: left to itself, a cluster pipeline asks its default node for the keys of every EVALSHA
+        # (COMMAND GETKEYS, a round trip each), and fails for good once that node is dead.
+        options = {"target_nodes": _master_of(client, keys[0])} if keys and is_cluster(client) else {}
+        pipeline.execute_command("EVALSHA", self.loaded(client), len(keys), *keys, *args, **options)  # type: ignore[no-untyped-call]
 
     def call_named(self, client: redis.Redis, **named: Any) -> Any:
         return self.call(client, *self.arguments(**named))

@@ -20,6 +20,7 @@ PROCESS_CACHE_MODULES = (
     "graph_app.features.user_affinity",
     "graph_app.item_rows",
     "graph_app.item_vector_index",
+    "graph_app.state.dedupe",
     "graph_app.model_registry.selectors",
     "graph_app.state.event_types",
     "personalization.db_router",

@@ -47,8 +47,11 @@ os.environ.setdefault("TRAINING_NICENESS", "0")
 
 
 def pytest_unconfigure(config: object) -> None:
-    if STARTED_EMBEDDED_SERVERS and not os.environ.get("KEEP_TEST_SERVERS"):
-        from personalization import embedded, embedded_cluster
+    if os.environ.get("KEEP_TEST_SERVERS"):
+        return
+    from personalization import embedded, embedded_cluster
 
-        embedded.stop_all(Path(os.environ["PERSONALIZATION_DATA_DIR"]))
-        embedded_cluster.stop_valkey_cluster(Path(os.environ["PERSONALIZATION_DATA_DIR"]) / "valkey-cluster")
+    data_dir = Path(os.environ["PERSONALIZATION_DATA_DIR"])
+    embedded_cluster.stop_valkey_cluster(data_dir / "valkey-cluster")  # the cluster tests' (always embedded)
+    if STARTED_EMBEDDED_SERVERS:
+        embedded.stop_all(data_dir)

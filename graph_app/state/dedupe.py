@@ -31,6 +31,7 @@ from functools import cached_property
 import redis
 
 from personalization import redis_keys
+from personalization.process_caches import process_cache
 from personalization.redis_client import ShaScript, script_pipeline_execute
 
 DEDUPE_WINDOW_SECONDS = 48 * 3600
@@ -143,6 +144,10 @@ class Layouts:
         # Snapshots made, reused while their layouts are the ones known (one a partition and arrival day, mostly).
         self._snapshots: dict[tuple[int, Generations], PartitionLayout] = {}
 
+    def clear(self) -> None:
+        self._known.clear()
+        self._snapshots.clear()
+
     def missing(self, partition: int, generations: Generations) -> bool:
         return any((partition, generation) not in self._known for generation in generations.checked)
 
@@ -191,6 +196,12 @@ class Layouts:
 
 
 layouts = Layouts()
+
+
+@process_cache("graph.dedupe_layouts")
+def _layouts_reset() -> None:
+    # The snapshots hold their key names: a switch of the Redis mode (the tests' cluster) changes the partition tags.
+    layouts.clear()
 
 
 def event_ids_seen(client: redis.Redis, events: Sequence[tuple[int, str]], arrival: float) -> list[bool]:

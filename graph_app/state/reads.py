@@ -74,7 +74,7 @@ class PopularRead:
 def popular_items_queue(pipeline: redis.client.Pipeline, *, depth: int, window: str = POPULAR_WINDOW) -> PopularRead:
     """Queue the reads of the `depth` most popular items on the caller's pipeline; the returned reader picks their
     replies out of the pipeline's."""
-    start = len(pipeline.command_stack)
+    start = len(pipeline)
     return PopularRead(start, queue_popular(pipeline, depth=depth, window=window), depth, window)
 
 
@@ -131,7 +131,7 @@ class UserStateRead:
 
 def user_state_queue(pipeline: redis.client.Pipeline, *, user_key: str, recent_depth: int) -> UserStateRead:
     """Queue the reads of the user's affinity hash and `recent_depth` latest items of interest."""
-    start = len(pipeline.command_stack)
+    start = len(pipeline)
     pipeline.hgetall(redis_keys.user_affinity(user_key))
     pipeline.lrange(redis_keys.user_recent_items(user_key), 0, recent_depth - 1)
     pipeline.get(redis_keys.user_recent_last(user_key))  # the layout before "#r"
@@ -153,7 +153,7 @@ class ItemCountersRead:
 def item_counters_queue(pipeline: redis.client.Pipeline, *, item_ids: list[str], placement: str) -> ItemCountersRead:
     """Queue the reads of the items' counters (popularity windows) and click-through counters in the placement, in
     every partition (`graph_app/state/packed_add.lua` writes them)."""
-    start = len(pipeline.command_stack)
+    start = len(pipeline)
     for partition in redis_keys.partitions():
         pipeline.hmget(redis_keys.item_counters(partition), item_ids)
         pipeline.hmget(redis_keys.placement_counters(partition, placement), item_ids)

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
-from personalization.redis_client import CONTROL_SOCKET_TIMEOUT_SECONDS, get_redis
+from personalization.redis_client import CONTROL_SOCKET_TIMEOUT_SECONDS, connection_pools, get_redis
 
 # An exploration window longer than any date: a user's window (`scoring_app.engine.bandit.exploration_window`) is
 # the same all run long.
@@ -37,14 +37,16 @@ def _socket_timeout_set(pool: Any, seconds: float | None) -> None:
 def serving_without_deadlines() -> Iterator[None]:
     threads, factor = settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR
     reseed = settings.SCORE_EXPLORATION_RESEED_SECONDS
-    pool = get_redis().connection_pool
-    socket_timeout = pool.connection_kwargs.get("socket_timeout")
+    pools = connection_pools(get_redis())
+    socket_timeouts = [pool.connection_kwargs.get("socket_timeout") for pool in pools]
     settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = 0, math.inf
     settings.SCORE_EXPLORATION_RESEED_SECONDS = ONE_WINDOW_SECONDS
-    _socket_timeout_set(pool, CONTROL_SOCKET_TIMEOUT_SECONDS)
+    for pool in pools:
+        _socket_timeout_set(pool, CONTROL_SOCKET_TIMEOUT_SECONDS)
     try:
         yield
     finally:
         settings.SCORE_RETRIEVAL_THREADS, settings.SCORE_RETRIEVAL_DEADLINE_FACTOR = threads, factor
         settings.SCORE_EXPLORATION_RESEED_SECONDS = reseed
-        _socket_timeout_set(pool, socket_timeout)
+        for pool, socket_timeout in zip(pools, socket_timeouts, strict=True):
+            _socket_timeout_set(pool, socket_timeout)

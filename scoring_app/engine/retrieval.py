@@ -722,7 +722,7 @@ class _ReadAhead:
         if self.item_model:
             pipeline.hget(redis_keys.user_item_model_lists(partition), state.user_key)
         # Nothing queued (no source that reads ahead): no round trip.
-        replies = pipeline.execute() if len(pipeline.command_stack) else []
+        replies = pipeline.execute() if len(pipeline) else []
         self._take(state, replies, neighbour_replies)
 
     def _take(self, state: UserState, replies: list[Any], neighbour_replies: int) -> None:

@@ -158,13 +158,13 @@ class _SurfaceReads:
         pipeline.get(redis_keys.user_last_slate(self.user_key, self.placement))
         purchased_queue(pipeline, user_key=self.user_key)
         assignment_unit_queue(pipeline, user_key=self.user_key)
-        before = len(pipeline.command_stack)
+        before = len(pipeline)
         if self.pinned:
             key = redis_keys.catalog_entities(redis_keys.partition_of(self.user_key))
             pipeline.hmget(key, self.pinned)
         if self.horizon:  # no cap, no cool-down: nothing to read
             frequency_caps.caps_queue(pipeline, user_key=self.user_key, now=self.now, horizon_seconds=self.horizon)
-        return 5 + len(pipeline.command_stack) - before + (self.rate_limit is not None)
+        return 5 + len(pipeline) - before + (self.rate_limit is not None)
 
     def receive(self, replies: list[Any]) -> None:
         self.found = self.decode(replies)

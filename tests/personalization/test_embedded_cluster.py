@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,6 @@ from redis.cluster import ClusterNode, RedisCluster
 from personalization.embedded_cluster import (
     ensure_valkey_cluster,
     start_valkey_node,
-    stop_valkey_cluster,
     valkey_cluster_nodes_running,
 )
 
@@ -34,12 +33,11 @@ def _eventually(condition: Callable[[], bool], what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster_folder() -> Iterator[Path]:
-    # A cluster of this module's own: the test kills one of its masters.
-    folder = Path(os.environ["PERSONALIZATION_DATA_DIR"]) / "valkey-cluster-embedded-test"
+def cluster_folder() -> Path:
+    # The worker's cluster, shared with tests/test_cluster_mode.py (the session's end stops it: embedded_test_env).
+    folder = Path(os.environ["PERSONALIZATION_DATA_DIR"]) / "valkey-cluster"
     ensure_valkey_cluster(folder)
-    yield folder
-    stop_valkey_cluster(folder)
+    return folder
 
 
 def _client(nodes: list[str]) -> RedisCluster:

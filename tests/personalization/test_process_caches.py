@@ -60,6 +60,7 @@ PLATFORM_CACHES = {
     "graph.catalog_facts": "graph_app.features.online",
     "graph.catalog_import": "graph_app.catalog_import",
     "graph.custom_event_types": "graph_app.state.event_types",
+    "graph.dedupe_layouts": "graph_app.state.dedupe",
     "graph.entity_keys_kept": "graph_app.catalog_bulk",
     "graph.entity_names": "graph_app.features.user_affinity",
     "graph.entity_numbers": "graph_app.features.online",
