@@ -20,7 +20,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         database = int(parts.path.strip("/") or 0) + int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
         os.environ["REDIS_URL"] = urlunsplit(parts._replace(path=f"/{database}"))
 # TEST_REDIS_CLUSTER=1: the whole run on an embedded Valkey cluster (three masters, a replica each) under the worker's
-# data folder, with the worker's single embedded Valkey as Celery's broker and the cache (README, "Testing").
+# data folder, with the worker's single embedded Valkey as Celery's broker and the cache (README, "Development").
 TEST_REDIS_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER", "") in {"1", "true", "yes"}
 if TEST_REDIS_CLUSTER:
     from personalization import embedded, embedded_cluster
