@@ -27,6 +27,7 @@ from personalization.embedded import _folder_lock, _port_is_free, _process_alive
 
 CLUSTER_SLOTS = 16384
 CLUSTER_BUS_PORT_OFFSET = 10000  # each node also listens on its port + 10000 for the cluster bus
+FIRST_PORT = 10000
 CLUSTER_FORM_TIMEOUT_SECONDS = 30.0
 # A master silent this long is marked failing and its replica elected: failover takes about 1-3 s.
 CLUSTER_NODE_TIMEOUT_MS = 1000
@@ -87,6 +88,11 @@ def start_valkey_node(folder: Path, port: int) -> None:
     node_dir = _node_dir(folder, port)
     node_dir.mkdir(parents=True, exist_ok=True)
     if not _node_alive(folder, port):
+        if not (_port_is_free(port) and _port_is_free(port + CLUSTER_BUS_PORT_OFFSET)):
+            raise RuntimeError(
+                f"port {port} (or its bus port) of the embedded Valkey cluster in {folder} is taken by another"
+                " program; stop it, or delete the folder to form a new cluster on other ports"
+            )
         subprocess.run(
             [
                 str(get_binary_path()),
@@ -200,13 +206,22 @@ def ensure_valkey_cluster(
 
 
 def _distinct_free_ports(count: int) -> list[int]:
-    """Ports whose cluster bus port (10000 higher, so at most 55535) is free too."""
+    """Free ports whose cluster bus port (10000 higher) is free too, both below the range the system hands out for
+    outgoing connections: a port in it may be taken by a client socket when a node restarts."""
+    ephemeral_low = _ephemeral_range_start()
     ports: list[int] = []
     while len(ports) < count:
-        port = random.randrange(20000, 45000)
+        port = random.randrange(FIRST_PORT, ephemeral_low - CLUSTER_BUS_PORT_OFFSET)
         if port not in ports and _port_is_free(port) and _port_is_free(port + CLUSTER_BUS_PORT_OFFSET):
             ports.append(port)
     return ports
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def valkey_cluster_nodes_running(folder: Path) -> list[NodeInfo]:

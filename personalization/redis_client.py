@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import HiredisRespSerializer
 from redis.crc import key_slot
-from redis.exceptions import ClusterDownError, NoScriptError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
 
 HOT_PATH_SOCKET_TIMEOUT_SECONDS = 0.05
@@ -124,16 +124,21 @@ def redis_cluster_client_for(
     dead master costs the hot path one refused connection, never more than its timeout."""
     addresses = [node.rsplit(":", 1) for node in nodes[1:]]
     startup = [ClusterNode(host, int(port)) for host, port in addresses]  # type: ignore[no-untyped-call]
-    client = PatientRedisCluster(
-        # Given a URL, redis-py builds each node's client from a connection pool, which takes `connection_class`.
-        url=f"redis://{nodes[0]}",
-        startup_nodes=startup,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), 3 if failover_seconds else 0),
-        connection_class=_PackedConnection,
-        failover_seconds=failover_seconds,
-    )
+    try:
+        client = PatientRedisCluster(
+            # Given a URL, redis-py builds each node's client from a connection pool, which takes `connection_class`.
+            url=f"redis://{nodes[0]}",
+            startup_nodes=startup,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 3 if failover_seconds else 0),
+            connection_class=_PackedConnection,
+            failover_seconds=failover_seconds,
+        )
+    except RedisClusterException as error:
+        # No node answered: callers handle Redis being away as a RedisError (a degraded answer, a 503); the getters'
+        # cache keeps no client, so the next call tries again.
+        raise redis.ConnectionError(str(error)) from error
     return cast(RedisClient, client)
 
 

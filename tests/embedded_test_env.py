@@ -2,6 +2,7 @@
 (under .data/test) unless DATABASE_URL / REDIS_URL point at real ones, so a running demo is never touched."""
 
 import os
+import shutil
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         database = int(parts.path.strip("/") or 0) + int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
         os.environ["REDIS_URL"] = urlunsplit(parts._replace(path=f"/{database}"))
 # TEST_REDIS_CLUSTER=1: the whole run on an embedded Valkey cluster (three masters, a replica each) under the worker's
-# data folder, with the worker's single embedded Valkey as Celery's broker and the cache (README, "Testing").
+# data folder, with the worker's single embedded Valkey as Celery's broker and the cache (README, "Development").
 TEST_REDIS_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER", "") in {"1", "true", "yes"}
 if TEST_REDIS_CLUSTER:
     from personalization import embedded, embedded_cluster
@@ -52,6 +53,8 @@ def pytest_unconfigure(config: object) -> None:
     from personalization import embedded, embedded_cluster
 
     data_dir = Path(os.environ["PERSONALIZATION_DATA_DIR"])
-    embedded_cluster.stop_valkey_cluster(data_dir / "valkey-cluster")  # the cluster tests' (always embedded)
+    # The cluster tests' (always embedded), formed afresh by the next run: its ports may be taken by then.
+    embedded_cluster.stop_valkey_cluster(data_dir / "valkey-cluster")
+    shutil.rmtree(data_dir / "valkey-cluster", ignore_errors=True)
     if STARTED_EMBEDDED_SERVERS:
         embedded.stop_all(data_dir)
