@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass
@@ -24,8 +23,6 @@ CLUSTER_FOLDER = "cluster"
 PLAN_FILE = "cluster-plan.json"
 VALKEY_CLUSTER_FOLDER = "valkey-cluster"
 REPLICA_NAME = "pg-replica"
-# Three masters with a replica each.
-NODES_COUNT = 6
 DEFAULT_PORT = 8080
 # The settings' default in cluster mode, spelled out for every child: four partitions on each of the three masters
 # (personalization.redis_keys places them); EVENT_PARTITIONS in the environment wins. Fixed once data exists.
@@ -284,31 +281,9 @@ def cluster_servers_start(data_dir: Path) -> dict[str, str]:
     database_url = embedded.ensure_postgres(data_dir)
     replica_url = embedded.ensure_postgres_replica(data_dir, primary_url=database_url, name=REPLICA_NAME)
     broker_url = embedded.ensure_valkey(data_dir)
-    nodes = embedded_cluster.ensure_valkey_cluster(
-        data_dir / VALKEY_CLUSTER_FOLDER, base_port=valkey_base_port(NODES_COUNT)
-    )
+    # Its ports are chosen below the ephemeral range on the first start, then kept.
+    nodes = embedded_cluster.ensure_valkey_cluster(data_dir / VALKEY_CLUSTER_FOLDER)
     return servers_env(database_url=database_url, replica_urls=[replica_url], broker_url=broker_url, valkey_nodes=nodes)
-
-
-def valkey_base_port(count: int, *, low: int = 10000, high: int = 22000) -> int:
-    """The first of `count` consecutive ports for the Valkey nodes (used on the cluster's first start only; the
-    ports are kept), each free with its bus port (10000 higher). Below Linux's ephemeral range (32768-60999), bus
-    ports too: a client connection could take one of those while its node is down and keep it from coming back."""
-    while True:
-        base = random.randrange(low, high - count)
-        ports = [base + offset for offset in range(count)]
-        if all(_port_is_free(port) and _port_is_free(port + 10000) for port in ports):
-            return base
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def cluster_servers_stop(data_dir: Path) -> None:
