@@ -40,6 +40,8 @@ def clean_redis() -> redis.Redis:
     """Each test starts from an empty Redis database (the tests' own embedded Valkey unless REDIS_URL is set)."""
     client = get_control_redis()  # a flush may take longer than the hot path's timeout
     if settings.REDIS_CLUSTER_NODES:
+        # The masters as they are now: a test may have killed one, whose replica took over.
+        client.nodes_manager.initialize()  # type: ignore[attr-defined]
         client.flushdb(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]  # each master its slots
     else:
         client.flushdb()

@@ -23,7 +23,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # TEST_REDIS_CLUSTER=1: the whole run on an embedded Valkey cluster (three masters, a replica each) under the worker's
 # data folder, with the worker's single embedded Valkey as Celery's broker and the cache (README, "Development").
 TEST_REDIS_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER", "") in {"1", "true", "yes"}
-if TEST_REDIS_CLUSTER:
+if TEST_REDIS_CLUSTER and not os.environ.get("REDIS_CLUSTER_NODES"):  # a child process keeps its parent's cluster
     from personalization import embedded, embedded_cluster
 
     data_dir = Path(os.environ["PERSONALIZATION_DATA_DIR"])
