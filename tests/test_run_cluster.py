@@ -43,8 +43,11 @@ BANNER_TIMEOUT_SECONDS = 240
 WAIT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 120
 BANNER_END = "Ctrl-C stops everything."
-# The test environment's settings that would point the cluster's processes elsewhere (manage.py sets the servers').
-NOT_INHERITED = ("DATABASE_URL", "REDIS_URL", "EVENT_PARTITIONS", "PROMETHEUS_MULTIPROC_DIR", "WEBSOCKET_PUBLIC_URL")
+# The test environment's settings that would point the cluster's processes elsewhere (manage.py sets the servers'),
+# the test run's own cluster (TEST_REDIS_CLUSTER) included.
+NOT_INHERITED = (
+    *cluster.SERVER_SETTINGS, "TEST_REDIS_CLUSTER", "PROMETHEUS_MULTIPROC_DIR", "WEBSOCKET_PUBLIC_URL",
+)  # fmt: skip
 
 
 class _Runner:
