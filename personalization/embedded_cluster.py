@@ -23,7 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from personalization.embedded import _folder_lock, _port_is_free, _process_alive, _valkey_answers
+from personalization.embedded import VALKEY_SETTINGS, _folder_lock, _port_is_free, _process_alive, _valkey_answers
 
 CLUSTER_SLOTS = 16384
 CLUSTER_BUS_PORT_OFFSET = 10000  # each node also listens on its port + 10000 for the cluster bus
@@ -105,6 +105,7 @@ def start_valkey_node(folder: Path, port: int) -> None:
                 "--appendonly", "yes",
                 "--appendfsync", "everysec",
                 "--save", "",
+                *VALKEY_SETTINGS,
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),

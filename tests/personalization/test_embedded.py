@@ -27,6 +27,8 @@ def test_valkey_starts_once_is_shared_and_keeps_data_across_restarts(tmp_path):
         client = redis.Redis.from_url(url)
         client.set("survives", "restart")
         assert client.config_get("appendonly") == {"appendonly": "yes"}
+        # Item counters of a few hundred fields are hash tables, read field by field in O(1) (embedded.VALKEY_SETTINGS).
+        assert client.config_get("hash-max-listpack-entries") == {"hash-max-listpack-entries": "128"}
 
         embedded.stop_valkey(tmp_path)
         with pytest.raises(redis.ConnectionError):

@@ -60,6 +60,9 @@ def test_a_second_call_attaches_to_the_running_cluster(cluster_folder: Path) -> 
     assert valkey_cluster_nodes_running(cluster_folder) == before
     assert nodes == [f"127.0.0.1:{node.port}" for node in before]
     assert sorted(node.role for node in before) == ["master"] * 3 + ["replica"] * 3
+    settings = {redis.Redis(port=node.port).config_get("hash-max-listpack-entries")["hash-max-listpack-entries"]
+                for node in before}  # fmt: skip
+    assert settings == {"128"}
 
 
 def test_slots_are_split_in_equal_thirds_over_three_masters(cluster_folder: Path) -> None:
