@@ -369,10 +369,11 @@ SHOPPER_TOKEN_SECRET = os.environ.get("SHOPPER_TOKEN_SECRET", "")
 # A stream entry pending this long belongs to a consumer presumed dead and is reclaimed by another.
 EVENT_RECLAIM_IDLE_MS = int(os.environ.get("EVENT_RECLAIM_IDLE_MS", "60000"))
 # Online state and event streams are split into this many partitions (by user); see personalization/redis_keys.py.
-# One suits a single Redis node (item feature reads fan out over partitions); a Redis Cluster wants several: 12 puts
-# four on each of three masters (personalization.redis_keys.cluster_partition_tag). Fixed once data exists: keys and
-# stream entries stay in the partition they were written to.
-EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "12" if REDIS_CLUSTER_NODES else "1"))
+# Every recommendation reads the item counters of every partition: one suits a single Redis node, and a Redis Cluster
+# one a master (3 on three masters; personalization.redis_keys.cluster_partition_tag places partition p on master
+# p mod 3). 12 cost 50 % more web CPU and twice the Valkey CPU a recommendation (BENCHMARKS.md, "Issue 23:
+# throughput"). Fixed once data exists: keys and stream entries stay in the partition they were written to.
+EVENT_PARTITIONS = int(os.environ.get("EVENT_PARTITIONS", "3" if REDIS_CLUSTER_NODES else "1"))
 
 # A served slate stays in Redis this long for the attribution of the clicks and purchases that carry its request id
 # (about 1.1 KB a slate of 10: at 200 requests/s an hour holds 0.8 GB, a week would hold 130 GB). Later ones are

@@ -24,9 +24,9 @@ PLAN_FILE = "cluster-plan.json"
 VALKEY_CLUSTER_FOLDER = "valkey-cluster"
 REPLICA_NAME = "pg-replica"
 DEFAULT_PORT = 8080
-# The settings' default in cluster mode, spelled out for every child: four partitions on each of the three masters
+# The settings' default in cluster mode, spelled out for every child: one partition on each of the three masters
 # (personalization.redis_keys places them); EVENT_PARTITIONS in the environment wins. Fixed once data exists.
-CLUSTER_EVENT_PARTITIONS = 12
+CLUSTER_EVENT_PARTITIONS = 3
 # The commands whose settings must see the cluster's servers (manage.py prepares their environment).
 CLUSTER_COMMANDS = ("run_cluster", "cluster_info")
 

@@ -96,18 +96,19 @@ def _stream_entries(client: RedisCluster) -> dict[int, int]:
     return {p: int(client.xlen(redis_keys.event_stream(p))) for p in range(CLUSTER_PARTITIONS)}
 
 
-def test_partitions_spread_over_every_master(settings, on_cluster: RedisCluster) -> None:
-    settings.EVENT_PARTITIONS = 12  # the cluster mode's default
+@pytest.mark.parametrize("partitions", [3, 12])  # the cluster mode's default, and four a master
+def test_partitions_spread_over_every_master(settings, on_cluster: RedisCluster, partitions: int) -> None:
+    settings.EVENT_PARTITIONS = partitions
 
-    owners = {on_cluster.get_node_from_key(redis_keys.event_stream(p)).name for p in range(12)}
+    owners = {on_cluster.get_node_from_key(redis_keys.event_stream(p)).name for p in range(partitions)}
     masters = {node.name for node in on_cluster.get_primaries()}
 
     assert owners == masters
     counts = [
-        sum(on_cluster.get_node_from_key(redis_keys.event_stream(p)).name == master for p in range(12))
+        sum(on_cluster.get_node_from_key(redis_keys.event_stream(p)).name == master for p in range(partitions))
         for master in masters
     ]
-    assert counts == [4, 4, 4]
+    assert counts == [partitions // 3] * 3
 
 
 def test_rest_ingest_writes_state_and_streams_on_the_cluster_and_the_consumer_stores_them(

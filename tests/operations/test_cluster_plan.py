@@ -76,7 +76,7 @@ def test_every_child_gets_the_cluster_servers_and_the_public_addresses_through_n
         "CELERY_BROKER_URL": "redis://127.0.0.1:7000/0",
         "REDIS_CLUSTER_NODES": "127.0.0.1:7001,127.0.0.1:7002",
         "CHANNEL_LAYER_HOSTS": "redis://127.0.0.1:7001/0,redis://127.0.0.1:7002/0",
-        "EVENT_PARTITIONS": "12",
+        "EVENT_PARTITIONS": "3",
         "PERSONALIZATION_DATA_DIR": str(tmp_path),
         "WEBSOCKET_PUBLIC_URL": "ws://127.0.0.1:8080",
         "DJANGO_CSRF_TRUSTED_ORIGINS": "http://127.0.0.1:8080",
