@@ -266,8 +266,10 @@ http {{
             proxy_connect_timeout 2s;
             # A request a killed web process did not answer goes to the next one. nginx retries a POST only with
             # non_idempotent: ours are safe to send twice (events are deduplicated by their event_id, item upserts
-            # replace), so a dead process costs no failed request.
-            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            # replace), so a dead process costs no failed request. Not on a 503: the platform's own answer while a
+            # Valkey master fails over, the same from every process; counted as failures, those 503s took every
+            # web process out for fail_timeout and turned the whole API into nginx's 502s.
+            proxy_next_upstream error timeout non_idempotent;
         }}
     }}
 }}
