@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -26,6 +27,22 @@ from personalization.supervision import Supervisor
 # where root is the only user, and our workers accept JSON only (Celery refuses root outright with pickle).
 # Production runs them as their own user (deploy/systemd), and there the warning stays on.
 ROOT_WARNING_SILENCED = "ignore:You're running the worker with superuser privileges"
+
+
+def banner_for(
+    report: BootstrapReport, addresses: startup.Addresses, *, footer: list[str], again_command: str = "platform_info"
+) -> Callable[..., str]:
+    """The banner of a run command, waiting for its heading (printed once every process answers)."""
+    return partial(
+        startup.banner,
+        addresses=addresses,
+        admin_password=report.admin_password,
+        demo_api_key=report.demo_api_key,
+        example_user=startup.example_shopper(),
+        credentials_path=credentials_file(),
+        footer=footer,
+        again_command=again_command,
+    )
 
 
 def foreground_run(run: Callable[[], None], *, stop_servers: Callable[[], None] | None, stdout: TextIO) -> None:

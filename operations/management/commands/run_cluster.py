@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from operations import cluster, launcher, startup
-from operations.bootstrap import BOOTSTRAP_STEPS, credentials_file
+from operations.bootstrap import BOOTSTRAP_STEPS
 from personalization import embedded, embedded_cluster
 from personalization.supervision import Backoff, Program, Service, Supervisor
 
@@ -112,13 +112,9 @@ class Command(BaseCommand):
         ]
         supervisor = Supervisor(programs, _services(data_dir, servers), output=sys.stdout)
         nodes = embedded_cluster.valkey_cluster_nodes_running(data_dir / cluster.VALKEY_CLUSTER_FOLDER)
-        banner = partial(
-            startup.banner,
-            addresses=addresses,
-            admin_password=report.admin_password,
-            demo_api_key=report.demo_api_key,
-            example_user=startup.example_shopper(),
-            credentials_path=credentials_file(),
+        banner = launcher.banner_for(
+            report,
+            addresses,
             footer=[
                 "  Cluster",
                 *cluster.processes_table(

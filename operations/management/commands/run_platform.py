@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from operations import launcher, startup
-from operations.bootstrap import BOOTSTRAP_STEPS, credentials_file
+from operations.bootstrap import BOOTSTRAP_STEPS
 from personalization import embedded
 from personalization.supervision import Program, Service, Supervisor
 
@@ -119,14 +119,8 @@ class Command(BaseCommand):
             "beat": f"{bin_dir}/celery -A config --quiet beat --loglevel INFO",
         }
         celery_env = launcher.celery_env(env)
-        banner = partial(
-            startup.banner,
-            addresses=addresses,
-            admin_password=report.admin_password,
-            demo_api_key=report.demo_api_key,
-            example_user=startup.example_shopper(),
-            credentials_path=credentials_file(),
-            footer=["  A process that exits is restarted; Ctrl-C stops everything."],
+        banner = launcher.banner_for(
+            report, addresses, footer=["  A process that exits is restarted; Ctrl-C stops everything."]
         )
         checks = startup.readiness_checks(addresses, worker_nodes=[worker_node, events_node], events_node=events_node)
         services = (
