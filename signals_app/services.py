@@ -189,8 +189,9 @@ def events_ingest(
 
 
 def _replicas_wait() -> ReplicasWait | None:
-    """On a Redis Cluster, an event is acknowledged once a replica has it too (REDIS_INGEST_REPLICAS_WAIT)."""
-    if not settings.REDIS_CLUSTER_NODES or settings.REDIS_INGEST_REPLICAS_WAIT <= 0:
+    """On a Redis Cluster, an event is acknowledged once a replica has it too (REDIS_INGEST_REPLICAS_WAIT, 0 on a
+    single node, where `ReplicasWait` asks nothing anyway)."""
+    if settings.REDIS_INGEST_REPLICAS_WAIT <= 0:
         return None
     return ReplicasWait(replicas=settings.REDIS_INGEST_REPLICAS_WAIT, timeout_ms=settings.REDIS_INGEST_WAIT_TIMEOUT_MS)
 

@@ -45,7 +45,6 @@ from graph_app.state.event_types import EventType
 from graph_app.state.records import EventInput
 from personalization import redis_keys
 from personalization.redis_client import ReplicasWait, ShaScript, is_cluster, script_pipeline_execute
-from personalization.redis_keys import event_stream
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +273,10 @@ class IngestScript:
                 self.queue(client, pipeline, partition, [events[index] for index in indexes], generations)
             if also is not None and attempt == 0:
                 also(pipeline)
-            waits = replicas_wait.queue(client, pipeline, [event_stream(p) for p, _ in calls]) if replicas_wait else 0
+            waits = 0
+            if replicas_wait is not None:
+                streams = [redis_keys.event_stream(partition) for partition, _ in calls]
+                waits = replicas_wait.queue(client, pipeline, streams)
             try:
                 # Connected before anything is sent: a Redis that cannot be reached got none of the events. (A
                 # cluster pipeline connects to each master as it sends: one that cannot be reached raises below.)

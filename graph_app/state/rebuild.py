@@ -145,9 +145,8 @@ class UserState:
         recent, recent_last = redis_keys.user_recent_items(user_key), redis_keys.user_recent_last(user_key)
         affinity, purchased = redis_keys.user_affinity(user_key), redis_keys.user_purchased(user_key)
         cooldown = redis_keys.user_cooldown(user_key)
-        delete_queue(
-            pipeline, recent, recent_last, affinity, purchased, cooldown
-        )  # recent_last: the layout before "#r"
+        # recent_last: the layout before "#r".
+        delete_queue(pipeline, recent, recent_last, affinity, purchased, cooldown)
         recent_valid = self.recent_last is not None and self.recent_last + RECENT_ITEMS_TTL_SECONDS > now
         affinity_valid = (
             self.frequency
