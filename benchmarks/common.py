@@ -39,6 +39,41 @@ def start_process(command: list[str], env: dict[str, str]) -> subprocess.Popen[b
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+# The run commands' banner, printed once every process answers (operations/launcher.py).
+READY_BANNER = "Personalization platform: ready"
+# Servers a run command would take from the environment instead of starting its own.
+SERVER_VARIABLES = ("DATABASE_URL", "REDIS_URL", "REDIS_CLUSTER_NODES", "DATABASE_REPLICA_URLS", "EVENT_PARTITIONS")
+
+
+def run_command_start(
+    arguments: list[str], *, data_dir: Path, log: Path, timeout: float, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """`manage.py run_platform|run_cluster ...` with its own embedded servers in `data_dir`, its output in `log`,
+    once its banner is printed; and the environment it was given."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {name: value for name, value in os.environ.items() if name not in SERVER_VARIABLES}
+    env |= {"PERSONALIZATION_DATA_DIR": str(data_dir), **(extra_env or {})}
+    with open(log, "w") as output:  # the child keeps its own descriptor
+        runner = subprocess.Popen(
+            [sys.executable, "manage.py", *arguments], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + timeout
+    while READY_BANNER not in log.read_text(errors="replace"):
+        if runner.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"manage.py {arguments[0]} did not start; see {log}")
+        time.sleep(1)
+    return runner, env
+
+
+def manage_py_shell(script: str, env: dict[str, str]) -> str:
+    """The last line `manage.py shell -c script` printed, run in `env` (a platform's servers)."""
+    output = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True,
+        text=True,
+    ).stdout  # fmt: skip
+    return output.strip().splitlines()[-1]
+
+
 def wait_for_http(port: int, path: str = "/healthz", timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -155,7 +155,8 @@ class FaultResult:
     note: str = ""
 
 
-def programs(runner_pid: int) -> dict[str, int]:
+def programs(runner_pid: int, markers: dict[str, str] = PROGRAM_MARKERS) -> dict[str, int]:
+    """The supervisor's programs by name, found by a marker of their command lines."""
     import psutil
 
     found = {}
@@ -164,7 +165,7 @@ def programs(runner_pid: int) -> dict[str, int]:
             command = " ".join(child.cmdline())
         except psutil.Error:  # exited, not yet reaped by the supervisor
             continue
-        found.update({name: child.pid for name, marker in PROGRAM_MARKERS.items() if marker in command})
+        found.update({name: child.pid for name, marker in markers.items() if marker in command})
     return found
 
 
@@ -258,8 +259,8 @@ def stored_counts(database_url: str, run_id: str) -> dict[str, int]:
     return dict(rows)
 
 
-def drain(database_url: str, run_id: str, acknowledged: set[str]) -> dict[str, int]:
-    """Wait until every acknowledged event is in the log, or the count stops moving."""
+def drain(database_url: str, run_id: str, acknowledged: set[str], *, stall_seconds: float = 30) -> dict[str, int]:
+    """Wait until every acknowledged event is in the log, or the count stops moving for `stall_seconds`."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
     last, unchanged_since = -1, time.monotonic()
     while True:
@@ -268,7 +269,7 @@ def drain(database_url: str, run_id: str, acknowledged: set[str]) -> dict[str, i
             return counts
         if len(counts) != last:
             last, unchanged_since = len(counts), time.monotonic()
-        elif time.monotonic() - unchanged_since > 30:
+        elif time.monotonic() - unchanged_since > stall_seconds:
             return counts
         time.sleep(1)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, free_port, percentile, record
+from benchmarks.common import ROOT, free_port, manage_py_shell, percentile, record, run_command_start
 from benchmarks.recommendations_e2e import cpu_seconds
 
 DATA_ROOT = ROOT / ".data" / "bench-scale-out"
@@ -152,24 +152,14 @@ class Platform:
             if self.mode == "single"
             else ["run_cluster", "--port", str(self.port)]
         )
-        env = {**os.environ, "PERSONALIZATION_DATA_DIR": str(self.data_dir)}
-        for name in ("DATABASE_URL", "REDIS_URL", "REDIS_CLUSTER_NODES", "DATABASE_REPLICA_URLS", "EVENT_PARTITIONS"):
-            env.pop(name, None)
-        if self.partitions:
-            env["EVENT_PARTITIONS"] = str(self.partitions)
-        log = open(self.data_dir / f"{self.mode}.log", "w")  # noqa: SIM115 - the child's, for its life
-        self.runner = subprocess.Popen(
-            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        self.runner, env = run_command_start(
+            command,
+            data_dir=self.data_dir,
+            log=self.data_dir / f"{self.mode}.log",
+            timeout=START_TIMEOUT_SECONDS,
+            extra_env={"EVENT_PARTITIONS": str(self.partitions)} if self.partitions else None,
         )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not _http_ok(self.port, "/readyz") or not self._banner_printed():
-            if self.runner.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.mode} did not start; see {self.data_dir / f'{self.mode}.log'}")
-            time.sleep(1)
         self.env = self._settings_env(env)
-
-    def _banner_printed(self) -> bool:
-        return "Personalization platform: ready" in (self.data_dir / f"{self.mode}.log").read_text(errors="replace")
 
     def _settings_env(self, env: dict[str, str]) -> dict[str, str]:
         """The environment in which a manage.py command reaches this platform's servers."""
@@ -190,11 +180,7 @@ class Platform:
             "items = list(Item.objects.order_by('id').values_list('external_id', flat=True)[:500])\n"
             "print(json.dumps({'key': key.raw_key, 'users': users, 'items': items}))\n"
         )
-        output = subprocess.run(
-            [sys.executable, "manage.py", "shell", "-c", script],
-            cwd=ROOT, env=self.env, check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-        prepared = json.loads(output.strip().splitlines()[-1])
+        prepared = json.loads(manage_py_shell(script, self.env))
         self.key, self.users, self.items = prepared["key"], prepared["users"], prepared["items"]
 
     def part_pids(self) -> dict[str, list[int]]:
@@ -235,15 +221,6 @@ class Platform:
                 self.runner.wait(120)
             except subprocess.TimeoutExpired:
                 self.runner.kill()
-
-
-def _http_ok(port: int, path: str) -> bool:
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        connection.request("GET", path)
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
 
 
 def measure(platform: Platform, args: argparse.Namespace) -> dict[str, object]:
